@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up a virtual environment from the project's own files and run every check:
+# ruff, mypy and the whole test suite (core and both integration packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e ".[dev]" \
+    -e "integrations/langchain[test]" \
+    -e "integrations/llama-index[test]"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+"$VENV/bin/mypy"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@" \
+    tests integrations/langchain/tests integrations/llama-index/tests

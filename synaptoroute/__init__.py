@@ -1,0 +1,62 @@
+"""synaptoroute: a local semantic router.
+
+Sends a text to one of several named routes by comparing its embedding with each
+route's example utterances, in milliseconds, on a CPU.
+"""
+
+from __future__ import annotations
+
+from .decision import DecisionPolicy
+from .encoder import DEFAULT_MODEL_ID, Encoder, EncoderProtocol, HashingEncoder
+from .exceptions import (
+    EncoderError,
+    EventLoopMismatchError,
+    InvalidInputError,
+    MissingDependencyError,
+    ModelMismatchError,
+    ModelNotAvailableError,
+    NoRouteMatchedError,
+    NotADatabaseError,
+    RouteExistsError,
+    RouteNotFoundError,
+    RouterClosedError,
+    RouterOverloadedError,
+    RouterTimeoutError,
+    StorageError,
+    SynaptorouteError,
+)
+from .models import Route, RouteMatch
+from .router import AdaptiveRouter
+from .storage import MemoryStorage, SQLiteStorage, Storage
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "AdaptiveRouter",
+    "DecisionPolicy",
+    "Encoder",
+    "EncoderError",
+    "EncoderProtocol",
+    "EventLoopMismatchError",
+    "HashingEncoder",
+    "InvalidInputError",
+    "MemoryStorage",
+    "MissingDependencyError",
+    "ModelMismatchError",
+    "ModelNotAvailableError",
+    "NoRouteMatchedError",
+    "NotADatabaseError",
+    "Route",
+    "RouteExistsError",
+    "RouteMatch",
+    "RouteNotFoundError",
+    "RouterClosedError",
+    "RouterOverloadedError",
+    "RouterTimeoutError",
+    "SQLiteStorage",
+    "Storage",
+    "StorageError",
+    "SynaptorouteError",
+    "__version__",
+]

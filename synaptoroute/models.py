@@ -1,0 +1,105 @@
+"""Pydantic types: a :class:`Route` and the one result type, :class:`RouteMatch`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["MatchReason", "Route", "RouteMatch"]
+
+#: Why a :class:`RouteMatch` came out as it did.
+MatchReason = Literal[
+    "matched",  # the best route passed its threshold (and the margin, if set)
+    "below_threshold",  # the best route scored under its threshold
+    "ambiguous",  # top-1 minus top-2 was under ``min_margin``
+    "empty_query",  # the query was empty or whitespace only; the model was not called
+    "no_routes",  # the router holds no routes
+    "rejected_by_head",  # a fitted head placed the query out of scope
+]
+
+SCORE_MIN = -1.0
+SCORE_MAX = 1.0
+
+
+class Route(BaseModel):
+    """A named destination and the example utterances that describe it.
+
+    Example:
+        >>> Route(name="billing", utterances=["I need a refund", " I need a refund "]).utterances
+        ['I need a refund']
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    utterances: list[str] = Field(default_factory=list)
+    description: str | None = None
+    threshold: float | None = Field(default=None, ge=SCORE_MIN, le=SCORE_MAX)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            msg = "route name must be non-empty after stripping whitespace"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("utterances")
+    @classmethod
+    def _clean_utterances(cls, values: list[str]) -> list[str]:
+        return clean_utterances(values)
+
+
+def clean_utterances(values: list[str]) -> list[str]:
+    """Strip each utterance and drop duplicates (first occurrence kept).
+
+    Raises:
+        ValueError: an utterance is not a string or is blank.
+    """
+    seen: dict[str, None] = {}
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            msg = f"utterance {i} must be a string, got {type(value).__name__}"
+            raise ValueError(msg)
+        stripped = value.strip()
+        if not stripped:
+            msg = f"utterance {i} is empty after stripping whitespace"
+            raise ValueError(msg)
+        seen.setdefault(stripped, None)
+    return list(seen)
+
+
+class RouteMatch(BaseModel):
+    """The outcome of one query: the chosen route, or ``name=None`` for no route.
+
+    ``candidate`` is the best-scoring route whether or not it passed, so a
+    rejection can be explained: ``score`` fell under ``threshold``, or the gap to
+    ``runner_up`` was under the margin (``reason`` says which).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str | None
+    score: float
+    candidate: str | None = None
+    threshold: float | None = None
+    runner_up: str | None = None
+    runner_up_score: float | None = None
+    reason: MatchReason = "matched"
+    confidence: float | None = None
+    nearest_utterance: str | None = None
+
+    @property
+    def matched(self) -> bool:
+        """Whether a route was chosen."""
+        return self.name is not None
+
+    @property
+    def margin(self) -> float | None:
+        """Score gap between the candidate and the runner-up."""
+        if self.runner_up_score is None:
+            return None
+        return self.score - self.runner_up_score

@@ -1,0 +1,502 @@
+"""The router: route management, sync queries, and async queries through the batcher."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .batching import BatchWorker
+from .decision import DecisionPolicy, decide, empty_match
+from .encoder import Encoder, EncoderProtocol, check_text
+from .exceptions import (
+    InvalidInputError,
+    ModelMismatchError,
+    RouteExistsError,
+    RouteNotFoundError,
+)
+from .index import Aggregation, RouteIndex
+from .models import SCORE_MAX, SCORE_MIN, Route, RouteMatch, clean_utterances
+from .storage import MemoryStorage, ModelInfo, Storage, StoredRoute
+
+__all__ = ["DEFAULT_THRESHOLD", "AdaptiveRouter", "EmbeddingCache"]
+
+#: Default minimum cosine similarity; chosen on the val splits (see BENCHMARKS.md).
+DEFAULT_THRESHOLD = 0.5
+# Below this many rows one BLAS thread is faster than waking a second one.
+_BLAS_PARALLEL_ROWS = 20_000
+_POLICY_KEY = "policy"
+
+
+class EmbeddingCache:
+    """A bounded, thread-safe LRU of query embeddings keyed by the exact text."""
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, text: str) -> NDArray[np.float32] | None:
+        """The cached vector, refreshed as most recent, or ``None``."""
+        with self._lock:
+            vec = self._data.get(text)
+            if vec is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(text)
+            self.hits += 1
+            return vec
+
+    def put(self, text: str, vector: NDArray[np.float32]) -> None:
+        """Insert, evicting the least recently used entry past ``maxsize``."""
+        if self.maxsize <= 0:
+            return
+        with self._lock:
+            self._data[text] = vector
+            self._data.move_to_end(text)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        with self._lock:
+            self._data.clear()
+
+
+_blas_controller: Any = None
+
+
+def _blas_limit(threads: int) -> AbstractContextManager[Any]:
+    global _blas_controller
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=threads, user_api="blas")  # type: ignore[no-any-return]
+
+
+class AdaptiveRouter:
+    """Routes texts to named routes by similarity to their example utterances.
+
+    Args:
+        encoder: any :class:`~synaptoroute.encoder.EncoderProtocol`; default the
+            bundled :class:`~synaptoroute.encoder.Encoder`.
+        storage: where routes and vectors live; default in memory. Routes already
+            in the store are loaded without calling the encoder.
+        threshold: default minimum score for a route to match.
+        aggregation: how a route's utterance similarities become its score:
+            ``"max"`` (nearest utterance), ``"mean_topk"`` or ``"centroid"``.
+        top_k: ``k`` for ``"mean_topk"``.
+        min_margin: top-1 minus top-2 under this gives no route (0 disables).
+        cache_size: query embeddings kept in the LRU cache.
+        blas_threads: BLAS threads for the similarity product; ``None`` picks 1
+            under 20,000 utterances and all cores above.
+        reencode: if the store's vectors come from another model, re-encode them
+            with this encoder (otherwise :class:`ModelMismatchError`).
+        max_batch_size, max_wait_ms, max_queue_size: the async batching worker.
+
+    Example:
+        >>> router = AdaptiveRouter()
+        >>> router.add_route(Route(name="billing", utterances=["I need a refund"]))
+        >>> router.query("How do I get my money back?").name
+        'billing'
+    """
+
+    def __init__(
+        self,
+        encoder: EncoderProtocol | None = None,
+        storage: Storage | None = None,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        aggregation: Aggregation = "max",
+        top_k: int = 3,
+        min_margin: float = 0.0,
+        cache_size: int = 10_000,
+        blas_threads: int | None = None,
+        reencode: bool = False,
+        max_batch_size: int = 64,
+        max_wait_ms: float = 0.0,
+        max_queue_size: int = 10_000,
+    ) -> None:
+        if aggregation not in ("max", "mean_topk", "centroid"):
+            msg = f"aggregation must be 'max', 'mean_topk' or 'centroid', got {aggregation!r}"
+            raise InvalidInputError(msg)
+        _check_threshold(threshold, "threshold")
+        if top_k < 1:
+            msg = "top_k must be at least 1"
+            raise InvalidInputError(msg)
+        self.encoder: EncoderProtocol = encoder if encoder is not None else Encoder()
+        self.storage: Storage = storage if storage is not None else MemoryStorage()
+        self.cache = EmbeddingCache(cache_size)
+        self.blas_threads = blas_threads
+        self._lock = threading.RLock()
+        self._routes: dict[str, Route] = {}
+        self._policy = DecisionPolicy(threshold=threshold, min_margin=min_margin)
+        self._index = RouteIndex(self.encoder.dimension, aggregation=aggregation, top_k=top_k)
+        self._worker: BatchWorker[RouteMatch] = BatchWorker(
+            self._route_texts,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_queue_size=max_queue_size,
+        )
+        self._load(reencode)
+
+    # -- loading -------------------------------------------------------------------
+    @property
+    def model(self) -> ModelInfo:
+        """The encoder's model id and dimension."""
+        return ModelInfo(self.encoder.model_id, self.encoder.dimension)
+
+    def _load(self, reencode: bool) -> None:
+        stored = self.storage.load()
+        info = self.storage.model_info()
+        if stored and info is not None and info != self.model:
+            if not reencode:
+                msg = (
+                    f"the store holds vectors of model {info.model_id!r} (dimension "
+                    f"{info.dimension}) but the encoder is {self.model.model_id!r} (dimension "
+                    f"{self.model.dimension}); pass reencode=True to re-encode every utterance "
+                    "with the new encoder, or open the store with its original model"
+                )
+                raise ModelMismatchError(msg)
+            texts = [u for item in stored for u in item.route.utterances]
+            vectors = self._encode(texts)
+            fresh, start = [], 0
+            for item in stored:
+                end = start + len(item.route.utterances)
+                fresh.append(StoredRoute(item.route, vectors[start:end]))
+                start = end
+            self.storage.replace_all(fresh, self.model)
+            stored = fresh
+        for item in stored:
+            self._routes[item.route.name] = item.route
+            self._index.add(item.route.name, item.vectors, item.route.utterances)
+        state = self.storage.get_state(_POLICY_KEY)
+        if state is not None:
+            self._policy = DecisionPolicy(
+                threshold=float(state.get("threshold", self._policy.threshold)),
+                min_margin=float(state.get("min_margin", self._policy.min_margin)),
+                thresholds=dict(state.get("thresholds", {})),
+            )
+
+    def _encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        if not texts:
+            return np.zeros((0, self.encoder.dimension), dtype=np.float32)
+        vectors = np.asarray(self.encoder.encode(list(texts)), dtype=np.float32)
+        if vectors.shape != (len(texts), self.encoder.dimension):
+            msg = (
+                f"encoder {self.encoder.model_id!r} returned shape {vectors.shape}, "
+                f"expected ({len(texts)}, {self.encoder.dimension})"
+            )
+            raise ModelMismatchError(msg)
+        return vectors
+
+    # -- route management ------------------------------------------------------------
+    def add_route(self, route: Route, *, replace: bool = False) -> None:
+        """Add a route (encodes its utterances once).
+
+        Raises:
+            RouteExistsError: the name exists and ``replace`` is false.
+        """
+        self.add_routes([route], replace=replace)
+
+    def add_routes(self, routes: Iterable[Route], *, replace: bool = False) -> None:
+        """Add several routes with one encoder call; all or nothing.
+
+        A route equal to the one already stored under its name is skipped.
+        """
+        routes = list(routes)
+        names = [r.name for r in routes]
+        if len(set(names)) != len(names):
+            msg = "duplicate route names in one add_routes call"
+            raise InvalidInputError(msg)
+        with self._lock:
+            # Re-adding an identical route is a no-op, so start-up scripts can rerun.
+            routes = [r for r in routes if self._routes.get(r.name) != r]
+            names = [r.name for r in routes]
+            if not replace:
+                taken = [n for n in names if n in self._routes]
+                if taken:
+                    msg = f"route {taken[0]!r} exists; pass replace=True to replace it"
+                    raise RouteExistsError(msg)
+            vectors = self._encode([u for r in routes for u in r.utterances])
+            stored, start = [], 0
+            for route in routes:
+                end = start + len(route.utterances)
+                stored.append(StoredRoute(route, vectors[start:end]))
+                start = end
+            for item in stored:
+                self.storage.put_route(item.route, item.vectors, self.model)
+                if item.route.name in self._routes:
+                    self._index.delete_route(item.route.name)
+                self._routes[item.route.name] = item.route
+                self._index.add(item.route.name, item.vectors, item.route.utterances)
+
+    def add_utterances(self, name: str, utterances: Sequence[str]) -> list[str]:
+        """Add example utterances to a route; returns those that were new."""
+        cleaned = clean_utterances(list(utterances))
+        with self._lock:
+            route = self.get_route(name)
+            new = [u for u in cleaned if u not in set(route.utterances)]
+            if not new:
+                return []
+            vectors = self._encode(new)
+            self.storage.add_utterances(name, new, vectors, self.model)
+            self._routes[name] = route.model_copy(update={"utterances": [*route.utterances, *new]})
+            self._index.add(name, vectors, new)
+            return new
+
+    def delete_route(self, name: str) -> None:
+        """Remove a route.
+
+        Raises:
+            RouteNotFoundError: no such route (a ``KeyError``).
+        """
+        with self._lock:
+            self.get_route(name)
+            self.storage.delete_route(name)
+            del self._routes[name]
+            self._index.delete_route(name)
+
+    def delete_utterances(self, name: str, utterances: Sequence[str]) -> int:
+        """Remove utterances from a route; returns how many were removed."""
+        with self._lock:
+            route = self.get_route(name)
+            drop = {u.strip() for u in utterances if isinstance(u, str)} & set(route.utterances)
+            if not drop:
+                return 0
+            self.storage.delete_utterances(name, sorted(drop))
+            self._routes[name] = route.model_copy(
+                update={"utterances": [u for u in route.utterances if u not in drop]}
+            )
+            return self._index.delete_texts(name, sorted(drop))
+
+    def set_threshold(self, name: str, threshold: float | None) -> None:
+        """Set (or with ``None`` clear) a route's own threshold."""
+        if threshold is not None:
+            _check_threshold(threshold, "threshold")
+        with self._lock:
+            route = self.get_route(name).model_copy(update={"threshold": threshold})
+            self.storage.update_route(route)
+            self._routes[name] = route
+
+    @property
+    def threshold(self) -> float:
+        """The default threshold for routes without their own."""
+        return self._policy.threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        _check_threshold(value, "threshold")
+        self.set_policy(DecisionPolicy(value, self._policy.min_margin, self._policy.thresholds))
+
+    @property
+    def policy(self) -> DecisionPolicy:
+        """The current decision policy (default threshold, margin, fitted thresholds)."""
+        return self._policy
+
+    def set_policy(self, policy: DecisionPolicy) -> None:
+        """Replace the decision policy and persist it."""
+        with self._lock:
+            self.storage.set_state(
+                _POLICY_KEY,
+                {
+                    "threshold": policy.threshold,
+                    "min_margin": policy.min_margin,
+                    "thresholds": dict(policy.thresholds),
+                },
+            )
+            self._policy = policy
+
+    def get_route(self, name: str) -> Route:
+        """The route called ``name``.
+
+        Raises:
+            RouteNotFoundError: no such route (a ``KeyError``).
+        """
+        try:
+            return self._routes[name]
+        except KeyError:
+            raise RouteNotFoundError(name) from None
+
+    def list_routes(self) -> list[Route]:
+        """Every route, in insertion order."""
+        return list(self._routes.values())
+
+    @property
+    def route_names(self) -> list[str]:
+        """Names of every route."""
+        return list(self._routes)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._routes
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    @property
+    def index_stats(self) -> Any:
+        """Counters of the route index (compiles, rebuilds, copies)."""
+        return self._index.stats
+
+    # -- queries -------------------------------------------------------------------
+    def _embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Embed queries through the LRU cache; each distinct miss is encoded once."""
+        out = np.empty((len(texts), self.encoder.dimension), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        for i, text in enumerate(texts):
+            vec = self.cache.get(text)
+            if vec is None:
+                missing.setdefault(text, []).append(i)
+            else:
+                out[i] = vec
+        if missing:
+            vectors = self._encode(list(missing))
+            for (text, rows), vec in zip(missing.items(), vectors, strict=True):
+                out[rows] = vec
+                self.cache.put(text, vec.copy())
+        return out
+
+    def _score(self, vectors: NDArray[np.float32], k: int) -> tuple[Any, list[Any]]:
+        snapshot = self._index.snapshot()
+        threads = self.blas_threads
+        if threads is None:
+            threads = 1 if len(snapshot.matrix) < _BLAS_PARALLEL_ROWS else (os.cpu_count() or 1)
+        limit = _blas_limit(threads) if len(vectors) else nullcontext()
+        with limit:
+            return snapshot, snapshot.score(vectors, k)
+
+    def _route_texts(self, texts: Sequence[str], k: int = 2) -> list[RouteMatch]:
+        """The one query path: validate, embed (cached), score, decide."""
+        for text in texts:
+            check_text(text)
+        live = [i for i, t in enumerate(texts) if t.strip()]
+        results: list[RouteMatch] = [empty_match() for _ in texts]
+        if not live:
+            return results
+        vectors = self._embed([texts[i] for i in live])
+        snapshot, ranked = self._score(vectors, max(k, 2))
+        thresholds = {name: r.threshold for name, r in self._routes.items()}
+        for j, i in enumerate(live):
+            results[i] = decide(ranked[j], snapshot, self._policy, thresholds, vectors[j])
+        return results
+
+    def query(self, text: str) -> RouteMatch:
+        """Route one text. ``result.name`` is ``None`` when no route passes.
+
+        An empty or whitespace-only text returns a no-match with
+        ``reason="empty_query"`` without calling the model.
+
+        Raises:
+            TypeError: ``text`` is not a ``str``.
+        """
+        return self._route_texts([text])[0]
+
+    def __call__(self, text: str) -> RouteMatch:
+        """Same as :meth:`query`."""
+        return self.query(text)
+
+    def query_batch(self, texts: Sequence[str]) -> list[RouteMatch]:
+        """Route many texts with one encoder call; results in input order."""
+        if isinstance(texts, str):
+            msg = "query_batch takes a list of texts, not a str"
+            raise TypeError(msg)
+        return self._route_texts(list(texts))
+
+    def query_top_k(self, text: str, k: int = 3) -> list[RouteMatch]:
+        """The ``k`` best routes for ``text``, best first, each judged against its threshold.
+
+        Each element names its route; ``reason`` tells whether it passed.
+        """
+        if k < 1:
+            msg = "k must be at least 1"
+            raise InvalidInputError(msg)
+        check_text(text)
+        if not text.strip():
+            return []
+        vectors = self._embed([text])
+        snapshot, ranked = self._score(vectors, k)
+        scores = ranked[0]
+        thresholds = {name: r.threshold for name, r in self._routes.items()}
+        out = []
+        for pos in range(len(scores.route_ids)):
+            rotated = type(scores)(
+                scores.route_ids[pos:], scores.scores[pos:], scores.nearest_rows[pos:]
+            )
+            match = decide(rotated, snapshot, self._policy, thresholds)
+            out.append(match.model_copy(update={"name": match.candidate}))
+        return out
+
+    # -- async -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the batching worker on the running event loop."""
+        await self._worker.start()
+
+    async def stop(self, *, drain: bool = True, timeout: float | None = 30.0) -> None:
+        """Stop the worker; every pending call gets its result or :class:`RouterClosedError`."""
+        await self._worker.stop(drain=drain, timeout=timeout)
+
+    async def aquery(self, text: str, *, timeout: float | None = None) -> RouteMatch:
+        """Route one text through the batching worker (started on first use).
+
+        Raises:
+            TypeError: ``text`` is not a ``str``.
+            RouterOverloadedError: the queue is full.
+            RouterTimeoutError: ``timeout`` expired.
+        """
+        check_text(text)
+        return (await self._worker.submit([text], timeout))[0]
+
+    async def aquery_batch(
+        self, texts: Sequence[str], *, timeout: float | None = None
+    ) -> list[RouteMatch]:
+        """Route many texts through the batching worker; results in input order."""
+        if isinstance(texts, str):
+            msg = "aquery_batch takes a list of texts, not a str"
+            raise TypeError(msg)
+        items = [check_text(t) for t in texts]
+        return await self._worker.submit(items, timeout)
+
+    @property
+    def worker(self) -> BatchWorker[RouteMatch]:
+        """The batching worker (for metrics)."""
+        return self._worker
+
+    async def __aenter__(self) -> AdaptiveRouter:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def close(self) -> None:
+        """Close the storage. Stop the worker first if it runs."""
+        if self._worker.running:
+            warnings.warn(
+                "close() while the async worker runs; call await stop() first", stacklevel=2
+            )
+        self.storage.close()
+
+
+def _check_threshold(value: float, field: str) -> None:
+    if not isinstance(value, (int, float)) or not SCORE_MIN <= value <= SCORE_MAX:
+        msg = f"{field} must be a number in [{SCORE_MIN}, {SCORE_MAX}], got {value!r}"
+        raise InvalidInputError(msg)

@@ -1,0 +1,511 @@
+"""Persistence: routes, utterances, their vectors (with model id and dimension), and state.
+
+:class:`SQLiteStorage` keeps everything in one SQLite file (WAL mode, one transaction
+per mutation, a versioned schema). :class:`MemoryStorage` keeps it in dicts and is
+used when no storage is given. Both satisfy :class:`Storage`, which a PostgreSQL
+backend implements too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .exceptions import NotADatabaseError, RouteNotFoundError, StorageError
+from .models import Route
+
+__all__ = ["MemoryStorage", "ModelInfo", "SQLiteStorage", "Storage", "StoredRoute"]
+
+_APP_ID = "synaptoroute"
+SCHEMA_VERSION = 2
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which encoder made the stored vectors."""
+
+    model_id: str
+    dimension: int
+
+
+@dataclass(frozen=True)
+class StoredRoute:
+    """A route as stored: its model and one vector per utterance (same order)."""
+
+    route: Route
+    vectors: NDArray[np.float32]
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What the router needs from a store. Every mutation is atomic."""
+
+    def model_info(self) -> ModelInfo | None:
+        """The model that made the stored vectors, or ``None`` for an empty store."""
+        ...
+
+    def load(self) -> list[StoredRoute]:
+        """Every route with its vectors, in insertion order."""
+        ...
+
+    def put_route(self, route: Route, vectors: NDArray[np.float32], model: ModelInfo) -> None:
+        """Create or replace ``route`` and all its utterances."""
+        ...
+
+    def add_utterances(
+        self, name: str, texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo
+    ) -> None:
+        """Append utterances to an existing route."""
+        ...
+
+    def delete_route(self, name: str) -> None:
+        """Remove a route and its utterances."""
+        ...
+
+    def delete_utterances(self, name: str, texts: Sequence[str]) -> None:
+        """Remove some utterances of a route."""
+        ...
+
+    def update_route(self, route: Route) -> None:
+        """Store a route's description, threshold and metadata (not its utterances)."""
+        ...
+
+    def replace_all(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
+        """Replace the whole content (used to re-encode under a new model)."""
+        ...
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        """A JSON document stored under ``key`` (fitted state, settings)."""
+        ...
+
+    def set_state(self, key: str, value: dict[str, Any] | None) -> None:
+        """Store (or with ``None`` delete) a JSON document."""
+        ...
+
+    def close(self) -> None:
+        """Release the store."""
+        ...
+
+
+def _check_vectors(texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo) -> None:
+    if vectors.shape != (len(texts), model.dimension):
+        msg = f"expected vectors of shape ({len(texts)}, {model.dimension}), got {vectors.shape}"
+        raise StorageError(msg)
+
+
+class MemoryStorage:
+    """A store that lives and dies with the process."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, StoredRoute] = {}
+        self._model: ModelInfo | None = None
+        self._state: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def model_info(self) -> ModelInfo | None:
+        """The model of the stored vectors."""
+        return self._model
+
+    def load(self) -> list[StoredRoute]:
+        """Every stored route."""
+        with self._lock:
+            return list(self._routes.values())
+
+    def put_route(self, route: Route, vectors: NDArray[np.float32], model: ModelInfo) -> None:
+        """Create or replace a route."""
+        _check_vectors(route.utterances, vectors, model)
+        with self._lock:
+            self._model = model
+            self._routes.pop(route.name, None)
+            self._routes[route.name] = StoredRoute(route, vectors.copy())
+
+    def _get(self, name: str) -> StoredRoute:
+        try:
+            return self._routes[name]
+        except KeyError:
+            raise RouteNotFoundError(name) from None
+
+    def add_utterances(
+        self, name: str, texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo
+    ) -> None:
+        """Append utterances."""
+        _check_vectors(texts, vectors, model)
+        with self._lock:
+            old = self._get(name)
+            route = old.route.model_copy(update={"utterances": [*old.route.utterances, *texts]})
+            self._routes[name] = StoredRoute(route, np.vstack([old.vectors, vectors]))
+
+    def delete_route(self, name: str) -> None:
+        """Remove a route."""
+        with self._lock:
+            self._get(name)
+            del self._routes[name]
+
+    def delete_utterances(self, name: str, texts: Sequence[str]) -> None:
+        """Remove utterances."""
+        drop = set(texts)
+        with self._lock:
+            old = self._get(name)
+            keep = [i for i, t in enumerate(old.route.utterances) if t not in drop]
+            route = old.route.model_copy(
+                update={"utterances": [old.route.utterances[i] for i in keep]}
+            )
+            self._routes[name] = StoredRoute(route, old.vectors[keep])
+
+    def update_route(self, route: Route) -> None:
+        """Store a route's settings."""
+        with self._lock:
+            old = self._get(route.name)
+            new = route.model_copy(update={"utterances": old.route.utterances})
+            self._routes[route.name] = StoredRoute(new, old.vectors)
+
+    def replace_all(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
+        """Replace everything."""
+        for item in routes:
+            _check_vectors(item.route.utterances, item.vectors, model)
+        with self._lock:
+            self._routes = {item.route.name: item for item in routes}
+            self._model = model
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        """A stored JSON document."""
+        value = self._state.get(key)
+        return json.loads(json.dumps(value)) if value is not None else None
+
+    def set_state(self, key: str, value: dict[str, Any] | None) -> None:
+        """Store a JSON document."""
+        with self._lock:
+            if value is None:
+                self._state.pop(key, None)
+            else:
+                self._state[key] = json.loads(json.dumps(value))
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT the migration's transaction; run statements one by one.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _migration_1(db: sqlite3.Connection) -> None:
+    _run_script(
+        db,
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE routes (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            description TEXT,
+            threshold REAL,
+            metadata TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE TABLE utterances (
+            id INTEGER PRIMARY KEY,
+            route_id INTEGER NOT NULL REFERENCES routes(id) ON DELETE CASCADE,
+            text TEXT NOT NULL,
+            vector BLOB NOT NULL,
+            UNIQUE (route_id, text)
+        );
+        CREATE INDEX utterances_route ON utterances(route_id, id);
+        """,
+    )
+
+
+def _migration_2(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+# Index i holds the step from schema version i to i + 1. Append, never edit.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
+
+
+class SQLiteStorage:
+    """Routes and vectors in one SQLite file.
+
+    The parent folder is created if missing. A file that is not a synaptoroute
+    store (or is corrupt) raises :class:`NotADatabaseError` and is not modified.
+    Older schemas are migrated in one transaction on open.
+
+    Args:
+        path: the database file, or ``":memory:"``.
+        timeout: seconds to wait for another writer's lock.
+
+    Example:
+        >>> store = SQLiteStorage("data/routes.sqlite")  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0) -> None:
+        self.path = str(path)
+        self._lock = threading.RLock()
+        if self.path != ":memory:":
+            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            msg = f"cannot open SQLite store {self.path!r}: {exc}"
+            raise StorageError(msg) from exc
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            msg = f"{self.path!r} is not a readable SQLite database ({exc}); it was left untouched"
+            raise NotADatabaseError(msg) from exc
+        except StorageError:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
+        db = self._db
+        # Reading before any write: a foreign or corrupt file fails here, unmodified.
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if tables:
+            app = None
+            if "meta" in tables:
+                row = db.execute("SELECT value FROM meta WHERE key='app'").fetchone()
+                app = row[0] if row else None
+            if app != _APP_ID:
+                msg = (
+                    f"{self.path!r} is a SQLite database but not a synaptoroute store; "
+                    "it was left untouched"
+                )
+                raise NotADatabaseError(msg)
+            if version > SCHEMA_VERSION:
+                msg = (
+                    f"{self.path!r} has schema version {version}, newer than this synaptoroute "
+                    f"understands ({SCHEMA_VERSION}); upgrade synaptoroute"
+                )
+                raise StorageError(msg)
+        if self.path != ":memory:":
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA synchronous=NORMAL")
+        if version < SCHEMA_VERSION:
+            with self._transaction() as tx:
+                for step in range(version, SCHEMA_VERSION):
+                    MIGRATIONS[step](tx)
+                if version == 0:
+                    tx.execute("INSERT INTO meta(key, value) VALUES ('app', ?)", (_APP_ID,))
+                tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    def _write(self, body: Callable[[sqlite3.Connection], object]) -> None:
+        try:
+            with self._transaction() as tx:
+                body(tx)
+        except sqlite3.Error as exc:
+            msg = f"SQLite store {self.path!r}: {exc}; nothing was written"
+            raise StorageError(msg) from exc
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open file."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def model_info(self) -> ModelInfo | None:
+        """The model that made the stored vectors, or ``None``."""
+        with self._lock:
+            rows = dict(
+                self._db.execute(
+                    "SELECT key, value FROM meta WHERE key IN ('model_id', 'dimension')"
+                )
+            )
+        if "model_id" not in rows:
+            return None
+        return ModelInfo(rows["model_id"], int(rows["dimension"]))
+
+    @staticmethod
+    def _set_model(tx: sqlite3.Connection, model: ModelInfo) -> None:
+        row = tx.execute("SELECT value FROM meta WHERE key='model_id'").fetchone()
+        dim = tx.execute("SELECT value FROM meta WHERE key='dimension'").fetchone()
+        if row is not None and (row[0] != model.model_id or int(dim[0]) != model.dimension):
+            msg = (
+                f"store holds vectors of {row[0]!r} (dimension {dim[0]}), "
+                f"refusing to mix in {model.model_id!r} (dimension {model.dimension})"
+            )
+            raise StorageError(msg)
+        tx.executemany(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+            [("model_id", model.model_id), ("dimension", str(model.dimension))],
+        )
+
+    def load(self) -> list[StoredRoute]:
+        """Every route with its vectors, in insertion order, without any encoding."""
+        info = self.model_info()
+        with self._lock:
+            routes = self._db.execute(
+                "SELECT id, name, description, threshold, metadata FROM routes ORDER BY id"
+            ).fetchall()
+            rows = self._db.execute(
+                "SELECT route_id, text, vector FROM utterances ORDER BY route_id, id"
+            ).fetchall()
+        if not routes:
+            return []
+        dim = info.dimension if info else 0
+        blob = b"".join(r[2] for r in rows)
+        matrix = (
+            np.frombuffer(blob, dtype=np.float32).reshape(len(rows), dim)
+            if rows
+            else np.zeros((0, dim), np.float32)
+        )
+        route_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        out = []
+        for rid, name, description, threshold, metadata in routes:
+            lo, hi = np.searchsorted(route_ids, [rid, rid + 1])
+            texts = [rows[i][1] for i in range(lo, hi)]
+            route = Route.model_construct(
+                name=name,
+                utterances=texts,
+                description=description,
+                threshold=threshold,
+                metadata=json.loads(metadata),
+            )
+            out.append(StoredRoute(route, matrix[lo:hi]))
+        return out
+
+    def _route_id(self, tx: sqlite3.Connection, name: str) -> int:
+        row = tx.execute("SELECT id FROM routes WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise RouteNotFoundError(name)
+        return int(row[0])
+
+    @staticmethod
+    def _insert_utterances(
+        tx: sqlite3.Connection, rid: int, texts: Sequence[str], vectors: NDArray[np.float32]
+    ) -> None:
+        tx.executemany(
+            "INSERT OR REPLACE INTO utterances(route_id, text, vector) VALUES (?, ?, ?)",
+            [
+                (rid, t, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                for t, v in zip(texts, vectors, strict=True)
+            ],
+        )
+
+    def _insert_route(
+        self, tx: sqlite3.Connection, route: Route, vectors: NDArray[np.float32]
+    ) -> None:
+        tx.execute("DELETE FROM routes WHERE name=?", (route.name,))
+        cur = tx.execute(
+            "INSERT INTO routes(name, description, threshold, metadata) VALUES (?, ?, ?, ?)",
+            (route.name, route.description, route.threshold, json.dumps(route.metadata)),
+        )
+        assert cur.lastrowid is not None
+        self._insert_utterances(tx, cur.lastrowid, route.utterances, vectors)
+
+    def put_route(self, route: Route, vectors: NDArray[np.float32], model: ModelInfo) -> None:
+        """Create or replace a route and its utterances in one transaction."""
+        _check_vectors(route.utterances, vectors, model)
+
+        def body(tx: sqlite3.Connection) -> None:
+            self._set_model(tx, model)
+            self._insert_route(tx, route, vectors)
+
+        self._write(body)
+
+    def add_utterances(
+        self, name: str, texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo
+    ) -> None:
+        """Append utterances to a route in one transaction."""
+        _check_vectors(texts, vectors, model)
+
+        def body(tx: sqlite3.Connection) -> None:
+            self._set_model(tx, model)
+            self._insert_utterances(tx, self._route_id(tx, name), texts, vectors)
+
+        self._write(body)
+
+    def delete_route(self, name: str) -> None:
+        """Remove a route and its utterances."""
+        self._write(
+            lambda tx: tx.execute("DELETE FROM routes WHERE id=?", (self._route_id(tx, name),))
+        )
+
+    def delete_utterances(self, name: str, texts: Sequence[str]) -> None:
+        """Remove some utterances of a route."""
+
+        def body(tx: sqlite3.Connection) -> None:
+            rid = self._route_id(tx, name)
+            tx.executemany(
+                "DELETE FROM utterances WHERE route_id=? AND text=?", [(rid, t) for t in texts]
+            )
+
+        self._write(body)
+
+    def update_route(self, route: Route) -> None:
+        """Store a route's description, threshold and metadata."""
+
+        def body(tx: sqlite3.Connection) -> None:
+            rid = self._route_id(tx, route.name)
+            tx.execute(
+                "UPDATE routes SET description=?, threshold=?, metadata=? WHERE id=?",
+                (route.description, route.threshold, json.dumps(route.metadata), rid),
+            )
+
+        self._write(body)
+
+    def replace_all(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
+        """Replace every route and the model record in one transaction."""
+        for item in routes:
+            _check_vectors(item.route.utterances, item.vectors, model)
+
+        def body(tx: sqlite3.Connection) -> None:
+            tx.execute("DELETE FROM routes")
+            tx.execute("DELETE FROM meta WHERE key IN ('model_id', 'dimension')")
+            self._set_model(tx, model)
+            for item in routes:
+                self._insert_route(tx, item.route, item.vectors)
+
+        self._write(body)
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        """A JSON document stored under ``key``."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_state(self, key: str, value: dict[str, Any] | None) -> None:
+        """Store (or delete) a JSON document."""
+        if value is None:
+            self._write(lambda tx: tx.execute("DELETE FROM state WHERE key=?", (key,)))
+        else:
+            text = json.dumps(value)
+            self._write(
+                lambda tx: tx.execute(
+                    "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (key, text)
+                )
+            )
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorage({self.path!r})"
