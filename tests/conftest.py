@@ -1,0 +1,38 @@
+"""Shared fixtures: the real default encoder (loaded once) and the CLINC150 slices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from synaptoroute import Encoder
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load_rows(name: str) -> list[dict[str, str | None]]:
+    """Rows of a fixture JSON-lines file."""
+    with (FIXTURES / name).open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def encoder() -> Encoder:
+    """The real bundled model, shared by every test in the session."""
+    enc = Encoder()
+    enc.load()
+    return enc
+
+
+@pytest.fixture(scope="session")
+def clinc_train() -> list[dict[str, str | None]]:
+    """20 CLINC150 intents x 30 train rows, plus 30 out-of-scope rows (label None)."""
+    return load_rows("clinc150_train_slice.jsonl")
+
+
+@pytest.fixture(scope="session")
+def clinc_val() -> list[dict[str, str | None]]:
+    """The same 20 intents x 20 val rows, plus 40 out-of-scope rows (label None)."""
+    return load_rows("clinc150_val_slice.jsonl")
