@@ -296,7 +296,7 @@ class Encoder:
         if "model" not in result:
             reason = result.get("error", f"no answer within {self.download_timeout:.0f} s")
             msg = (
-                f"model {name!r} is not available: {reason}. It is fetched from the "
+                f"model {name!r} is not available ({reason}). It is fetched from the "
                 "Hugging Face hub on first use; offline, download it elsewhere and pass "
                 "Encoder(model, model_path='/path/to/model_folder'), or use the bundled "
                 "default with Encoder()."

@@ -94,7 +94,7 @@ class Snapshot:
             return [empty] * m
         k = min(k, self.n_routes)
         if self.aggregation == "centroid":
-            sims = queries @ self.centroids.T
+            sims = _similarities(self.centroids, queries)
             out = []
             for row in sims:
                 top = _top_indices(row, k)
@@ -106,7 +106,7 @@ class Snapshot:
                     )
                 )
             return out
-        sims = queries @ self.matrix.T
+        sims = _similarities(self.matrix, queries)
         maxima = self.route_max(sims)
         results = []
         for qi in range(m):
@@ -146,6 +146,16 @@ class Snapshot:
             np.array([p for _, p in best], dtype=np.intp),
             np.array([s for s, _ in best], dtype=np.float32),
         )
+
+
+def _similarities(matrix: NDArray[np.float32], queries: NDArray[np.float32]) -> NDArray[np.float32]:
+    # One matrix-vector product per query, never one matrix-matrix product for the
+    # batch: BLAS rounds gemm and gemv differently, and a query must score the same
+    # whether it came alone or in a batch (query/aquery parity).
+    out = np.empty((len(queries), len(matrix)), dtype=np.float32)
+    for i, query in enumerate(queries):
+        np.dot(matrix, query, out=out[i])
+    return out
 
 
 def _top_indices(row: NDArray[np.float32], k: int) -> NDArray[np.intp]:

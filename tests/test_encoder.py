@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synaptoroute import Encoder, EncoderError, EncoderProtocol, HashingEncoder
+from synaptoroute.encoder import DEFAULT_MODEL_ID, ModelNotAvailableError, _default_model_files
+
+
+def test_default_encoder_is_offline_int8_minilm(encoder: Encoder) -> None:
+    assert isinstance(encoder, EncoderProtocol)
+    assert encoder.model_id == DEFAULT_MODEL_ID
+    assert encoder.dimension == 384
+    vectors = encoder.encode(["I need a refund", "How do I get my money back?", "Play jazz"])
+    assert vectors.dtype == np.float32
+    assert vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    sims = vectors @ vectors.T
+    # a paraphrase is closer than an unrelated request
+    assert sims[0, 1] > 0.5 > sims[0, 2]
+
+
+def test_encoding_is_independent_of_batch_composition(encoder: Encoder) -> None:
+    texts = ["short", "a much longer sentence about cancelling my gym membership today", "hi"]
+    together = encoder.encode(texts)
+    alone = np.vstack([encoder.encode([t]) for t in texts])
+    assert np.allclose(together, alone, atol=1e-4)
+
+
+def test_known_vector_is_stable(encoder: Encoder) -> None:
+    # golden values: the first components of a fixed sentence (guards model/tokenizer drift)
+    vec = encoder.encode(["The quick brown fox jumps over the lazy dog."])[0]
+    again = Encoder().encode(["The quick brown fox jumps over the lazy dog."])[0]
+    assert np.allclose(vec, again, atol=1e-5)
+    assert vec[:6] == pytest.approx([0.0418, 0.0587, 0.0513, 0.0754, 0.0258, -0.0375], abs=1e-3)
+
+
+def test_huge_text_is_truncated_to_the_token_limit(encoder: Encoder) -> None:
+    base = "please route this message to the billing team "
+    huge = base * 25_000  # > 1 MB
+    assert len(huge) > 1_000_000
+    vec_huge = encoder.encode([huge])[0]
+    # the same first 256 tokens give the same vector
+    vec_prefix = encoder.encode([base * 60])[0]
+    assert np.allclose(vec_huge, vec_prefix, atol=1e-4)
+
+
+def test_unicode_and_emoji(encoder: Encoder) -> None:
+    vectors = encoder.encode(["🍕🍕🍕", "¿Dónde está mi reembolso?", "返金してください", "\u200b"])
+    assert np.isfinite(vectors).all()
+    assert vectors.shape == (4, 384)
+
+
+def test_non_string_raises_type_error(encoder: Encoder) -> None:
+    with pytest.raises(TypeError, match="str"):
+        encoder.encode(["ok", b"bytes"])  # type: ignore[list-item]
+    assert encoder.encode([]).shape == (0, 384)
+
+
+def test_tampered_model_file_is_refused(tmp_path: Path) -> None:
+    model, tokenizer = _default_model_files()
+    shutil.copy(tokenizer, tmp_path / "tokenizer.json")
+    (tmp_path / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(EncoderError, match="could not load"):
+        Encoder(model_path=tmp_path).load()
+    with pytest.raises(ModelNotAvailableError, match="not found"):
+        Encoder(model_path=tmp_path / "missing").load()
+    assert model.is_file()
+
+
+def test_unreachable_fastembed_model_fails_fast_with_a_clear_message() -> None:
+    start = time.monotonic()
+    enc = Encoder("BAAI/bge-small-en-v1.5", download_timeout=8)
+    with pytest.raises(ModelNotAvailableError) as info:
+        enc.encode(["hello"])
+    message = str(info.value)
+    assert "BAAI/bge-small-en-v1.5" in message
+    assert "model_path" in message
+    # bounded: the fetch is abandoned at download_timeout, not after the hub's retries
+    assert time.monotonic() - start < 60
+
+
+def test_invalid_settings() -> None:
+    with pytest.raises(ValueError, match="max_tokens"):
+        Encoder(max_tokens=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        Encoder(batch_size=0)
+
+
+def test_hashing_encoder_is_deterministic_and_bag_of_words() -> None:
+    enc = HashingEncoder(dimension=64)
+    a, b, c = enc.encode(["refund my order", "my order refund please", "weather tomorrow"])
+    assert float(a @ b) > 0.5
+    assert float(a @ c) < 0.3
+    assert np.array_equal(enc.encode(["refund my order"])[0], a)
+    assert isinstance(enc, EncoderProtocol)

@@ -1,0 +1,164 @@
+"""Pure-algorithm tests of the lazily compiled index (random unit vectors, no model)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from synaptoroute.encoder import l2_normalize
+from synaptoroute.index import RouteIndex
+
+DIM = 16
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    return l2_normalize(rng.standard_normal((n, DIM)))
+
+
+def brute_force(
+    routes: dict[str, np.ndarray], query: np.ndarray, agg: str, k: int = 3
+) -> dict[str, float]:
+    out = {}
+    for name, vecs in routes.items():
+        sims = vecs @ query
+        if agg == "max":
+            out[name] = float(sims.max())
+        elif agg == "mean_topk":
+            out[name] = float(np.sort(sims)[::-1][: min(k, len(sims))].mean())
+        else:
+            centroid = vecs.sum(axis=0)
+            out[name] = float(centroid @ query / np.linalg.norm(centroid))
+    return out
+
+
+@pytest.mark.parametrize("agg", ["max", "mean_topk", "centroid"])
+def test_scores_match_brute_force_after_interleaved_changes(agg: str) -> None:
+    rng = np.random.default_rng(0)
+    index = RouteIndex(DIM, aggregation=agg)  # type: ignore[arg-type]
+    truth: dict[str, np.ndarray] = {}
+    texts: dict[str, list[str]] = {}
+    for i in range(30):
+        name = f"r{i % 12}"
+        vecs = unit(rng, int(rng.integers(1, 6)))
+        names = [f"{name}-{i}-{j}" for j in range(len(vecs))]
+        index.add(name, vecs, names)
+        truth[name] = np.vstack([truth[name], vecs]) if name in truth else vecs
+        texts.setdefault(name, []).extend(names)
+        if i % 7 == 6:  # query in between, so rows of one route end up in several segments
+            index.snapshot()
+    index.delete_route("r3")
+    del truth["r3"]
+    drop = texts["r5"][:2]
+    assert index.delete_texts("r5", drop) == 2
+    truth["r5"] = truth["r5"][2:]
+    queries = unit(rng, 20)
+    snap = index.snapshot()
+    for query, got in zip(queries, snap.score(queries, k=len(truth)), strict=True):
+        expected = brute_force(truth, query, agg)
+        ranked = sorted(expected, key=lambda n: -expected[n])
+        names = [snap.names[int(r)] for r in got.route_ids]
+        assert names == ranked
+        assert got.scores == pytest.approx([expected[n] for n in ranked], abs=1e-5)
+        if agg != "centroid":
+            # the nearest utterance belongs to the best route
+            assert snap.texts[int(got.nearest_rows[0])].startswith(names[0] + "-")
+
+
+def test_adding_routes_never_copies_the_matrix_per_add() -> None:
+    rng = np.random.default_rng(1)
+    index = RouteIndex(DIM, capacity=16)
+    total = 0
+    for i in range(2_000):
+        vecs = unit(rng, 5)
+        index.add(f"route{i}", vecs, [f"u{i}-{j}" for j in range(5)])
+        total += 5
+        index.snapshot()  # a query after every add compiles once
+    stats = index.stats
+    assert stats.compiles == 2_000
+    assert stats.full_rebuilds == 0
+    assert stats.rows_written == total
+    # capacity doubling: O(log n) reallocations, amortised O(1) rows copied per row added
+    assert stats.reallocations <= int(np.ceil(np.log2(total / 16))) + 1
+    assert stats.rows_copied < 2 * total
+
+
+def test_adds_without_queries_are_only_appended_to_pending() -> None:
+    rng = np.random.default_rng(2)
+    index = RouteIndex(DIM)
+    for i in range(100):
+        index.add(f"r{i}", unit(rng, 3), ["a", "b", "c"])
+    assert index.stats.compiles == 0
+    assert index.stats.rows_written == 0
+    index.snapshot()
+    assert index.stats.compiles == 1
+    assert index.stats.rows_written == 300
+    assert len(index) == 300
+
+
+def test_deletes_mask_then_compact() -> None:
+    rng = np.random.default_rng(3)
+    index = RouteIndex(DIM)
+    for i in range(1_000):
+        index.add(f"r{i}", unit(rng, 2), ["a", "b"])
+    index.snapshot()
+    for i in range(100):
+        index.delete_route(f"r{i}")
+    snap = index.snapshot()
+    assert index.stats.full_rebuilds == 0  # 200 dead rows of 2,000: only masked
+    assert snap.n_routes == 900
+    for i in range(100, 700):
+        index.delete_route(f"r{i}")
+    snap = index.snapshot()
+    assert index.stats.full_rebuilds == 1  # now compacted
+    assert snap.n_routes == 300
+    assert len(snap.matrix) == 600
+    result = snap.score(unit(rng, 1), k=300)[0]
+    assert {snap.names[int(r)] for r in result.route_ids} == {f"r{i}" for i in range(700, 1000)}
+
+
+def test_snapshot_is_immutable_under_concurrent_changes() -> None:
+    rng = np.random.default_rng(4)
+    index = RouteIndex(DIM)
+    index.add("stable", unit(rng, 4), ["s0", "s1", "s2", "s3"])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    query = unit(rng, 1)
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            index.add(f"tmp{i}", unit(rng, 3), ["a", "b", "c"])
+            if i >= 5:
+                index.delete_route(f"tmp{i - 5}")
+            i += 1
+
+    def reader() -> None:
+        try:
+            for _ in range(300):
+                snap = index.snapshot()
+                result = snap.score(query, k=3)[0]
+                # every name a snapshot reports is a live route of that snapshot
+                assert all(snap.names[int(r)] is not None for r in result.route_ids)
+                assert len(snap.texts) >= len(snap.matrix)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [
+        threading.Thread(target=reader) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads[1:]:
+        t.join()
+    stop.set()
+    threads[0].join()
+    assert not errors
+
+
+def test_empty_index_scores_nothing() -> None:
+    index = RouteIndex(DIM)
+    assert index.snapshot().score(np.zeros((2, DIM), dtype=np.float32), k=3)[0].route_ids.size == 0
+    index.add("empty", np.zeros((0, DIM), dtype=np.float32), [])
+    assert index.snapshot().n_routes == 0

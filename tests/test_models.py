@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from synaptoroute import Route, RouteMatch
+
+
+def test_route_strips_and_dedupes_utterances() -> None:
+    route = Route(name="  billing ", utterances=[" refund ", "refund", "receipt", "receipt "])
+    assert route.name == "billing"
+    assert route.utterances == ["refund", "receipt"]
+    assert route.metadata == {}
+    assert route.threshold is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"name": "   ", "utterances": ["x"]}, "name"),
+        ({"name": "a", "utterances": ["ok", "  "]}, "utterances"),
+        ({"name": "a", "utterances": ["ok", 3]}, "utterances"),
+        ({"name": "a", "utterances": ["ok"], "threshold": 1.5}, "threshold"),
+        ({"name": "a", "utterances": ["ok"], "threshold": -1.01}, "threshold"),
+        ({"name": "a", "utterances": ["ok"], "colour": "red"}, "colour"),
+    ],
+)
+def test_invalid_route_names_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Route(**kwargs)  # type: ignore[arg-type]
+    assert field in str(info.value)
+    # pydantic's ValidationError is a ValueError: 0.1.0 except clauses still work
+    assert isinstance(info.value, ValueError)
+
+
+def test_route_is_immutable() -> None:
+    route = Route(name="a", utterances=["x"])
+    with pytest.raises(ValidationError):
+        route.name = "b"
+
+
+def test_route_match_explains_itself() -> None:
+    match = RouteMatch(
+        name=None,
+        score=0.41,
+        candidate="billing",
+        threshold=0.5,
+        runner_up="support",
+        runner_up_score=0.30,
+        reason="below_threshold",
+    )
+    assert not match.matched
+    assert match.margin == pytest.approx(0.11)
+    assert RouteMatch(name="x", score=0.9).matched
+    assert RouteMatch(name="x", score=0.9).margin is None

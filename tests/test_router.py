@@ -1,0 +1,289 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synaptoroute import (
+    AdaptiveRouter,
+    Encoder,
+    HashingEncoder,
+    InvalidInputError,
+    Route,
+    RouteExistsError,
+    RouteNotFoundError,
+)
+
+BILLING = Route(name="billing", utterances=["I need a refund", "Where is my receipt?"])
+SUPPORT = Route(name="support", utterances=["The app crashes", "I can't log in"])
+
+
+class CountingEncoder:
+    """The real encoder, counting calls and texts."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.texts: list[str] = []
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        self.texts.extend(texts)
+        return self.inner.encode(texts)
+
+
+@pytest.fixture
+def router(encoder: Encoder) -> AdaptiveRouter:
+    r = AdaptiveRouter(CountingEncoder(encoder))  # type: ignore[arg-type]
+    r.add_routes([BILLING, SUPPORT])
+    return r
+
+
+def test_clinc_slice_accuracy(
+    encoder: Encoder,
+    clinc_train: list[dict[str, str | None]],
+    clinc_val: list[dict[str, str | None]],
+) -> None:
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for row in clinc_train:
+        if row["label"] is not None:
+            by_label[row["label"]].append(str(row["text"]))
+    assert len(by_label) >= 20
+    router = AdaptiveRouter(encoder, threshold=-1.0)
+    router.add_routes(Route(name=k, utterances=v) for k, v in by_label.items())
+    rows = [r for r in clinc_val if r["label"] is not None]
+    matches = router.query_batch([str(r["text"]) for r in rows])
+    accuracy = np.mean([m.name == r["label"] for m, r in zip(matches, rows, strict=True)])
+    assert accuracy >= 0.85
+
+
+def test_query_explains_the_decision(router: AdaptiveRouter) -> None:
+    match = router.query("How do I get my money back?")
+    assert match.name == "billing"
+    assert match.reason == "matched"
+    assert match.runner_up == "support"
+    assert match.score > match.runner_up_score  # type: ignore[operator]
+    assert match.nearest_utterance == "I need a refund"
+    assert match.threshold == router.threshold
+
+
+def test_threshold_and_margin_reject(router: AdaptiveRouter) -> None:
+    assert router.query("What is the capital of Mongolia?").name is None
+    unrelated = router.query("What is the capital of Mongolia?")
+    assert unrelated.reason == "below_threshold"
+    assert unrelated.candidate is not None
+    router.set_threshold("billing", 0.99)
+    strict = router.query("How do I get my money back?")
+    assert strict.name is None and strict.threshold == 0.99
+    router.set_threshold("billing", None)
+    margin_router = AdaptiveRouter(router.encoder, min_margin=0.9)
+    margin_router.add_routes([BILLING, SUPPORT])
+    ambiguous = margin_router.query("How do I get my money back?")
+    assert ambiguous.name is None and ambiguous.reason == "ambiguous"
+
+
+def test_empty_query_does_not_call_the_model(router: AdaptiveRouter) -> None:
+    calls = router.encoder.calls  # type: ignore[attr-defined]
+    for text in ["", "   ", "\n\t"]:
+        match = router.query(text)
+        assert match.name is None and match.reason == "empty_query"
+    assert router.query_batch(["", " "])[1].reason == "empty_query"
+    assert router.query_top_k("  ") == []
+    assert router.encoder.calls == calls  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("bad", [None, 42, b"bytes", ["list"]])
+def test_non_string_query_raises_type_error(router: AdaptiveRouter, bad: object) -> None:
+    with pytest.raises(TypeError):
+        router.query(bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        router.query_batch(["ok", bad])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        router.query_batch("not a list")
+
+
+def test_huge_and_unusual_queries(router: AdaptiveRouter) -> None:
+    huge = "I need a refund for my last order. " * 40_000  # > 1 MB
+    assert len(huge) > 1_000_000
+    assert router.query(huge).candidate == "billing"
+    for text in ["🍕🙂🎉", "返金してください", "x" * 5000, "\u200b\u200b", "Ünïcödé rëfünd"]:
+        match = router.query(text)
+        assert -1.0 <= match.score <= 1.0
+
+
+def test_query_batch_uses_one_encoder_call_and_dedupes(router: AdaptiveRouter) -> None:
+    enc = router.encoder
+    before = enc.calls  # type: ignore[attr-defined]
+    texts = ["money back please", "app won't start", "money back please", ""]
+    matches = router.query_batch(texts)
+    assert [m.name for m in matches] == ["billing", "support", "billing", None]
+    assert enc.calls == before + 1  # type: ignore[attr-defined]
+    assert enc.texts[-2:] == ["money back please", "app won't start"]  # type: ignore[attr-defined]
+    assert matches == [router.query(t) for t in texts]
+
+
+def test_query_cache_avoids_re_encoding(router: AdaptiveRouter) -> None:
+    enc = router.encoder
+    router.query("cached question about refunds")
+    calls = enc.calls  # type: ignore[attr-defined]
+    router.query("cached question about refunds")
+    assert enc.calls == calls  # type: ignore[attr-defined]
+    assert router.cache.hits >= 1
+
+
+def test_cache_is_bounded(encoder: Encoder) -> None:
+    router = AdaptiveRouter(encoder, cache_size=3)
+    router.add_route(BILLING)
+    for i in range(10):
+        router.query(f"question {i}")
+    assert len(router.cache) == 3
+
+
+def test_top_k_is_a_separate_call_returning_a_list(router: AdaptiveRouter) -> None:
+    top = router.query_top_k("How do I get my money back?", k=5)
+    assert [m.name for m in top] == ["billing", "support"]
+    assert top[0].reason == "matched"
+    assert top[1].reason == "below_threshold"
+    assert top[0].score >= top[1].score
+    with pytest.raises(InvalidInputError):
+        router.query_top_k("x", k=0)
+
+
+def test_route_management(router: AdaptiveRouter) -> None:
+    with pytest.raises(RouteExistsError):
+        router.add_route(Route(name="billing", utterances=["other"]))
+    router.add_route(BILLING)  # identical: no-op
+    router.add_route(Route(name="billing", utterances=["pay my invoice"]), replace=True)
+    assert router.get_route("billing").utterances == ["pay my invoice"]
+    assert router.add_utterances("billing", ["I want my money back", "pay my invoice"]) == [
+        "I want my money back"
+    ]
+    assert router.query("money back").nearest_utterance == "I want my money back"
+    assert router.delete_utterances("billing", ["I want my money back", "never there"]) == 1
+    assert router.get_route("billing").utterances == ["pay my invoice"]
+    router.delete_route("support")
+    assert router.route_names == ["billing"]
+    assert "support" not in router and len(router) == 1
+    for call in (
+        lambda: router.delete_route("nope"),
+        lambda: router.get_route("nope"),
+        lambda: router.add_utterances("nope", ["x"]),
+        lambda: router.set_threshold("nope", 0.3),
+        lambda: router.delete_utterances("nope", ["x"]),
+    ):
+        with pytest.raises(RouteNotFoundError) as info:
+            call()
+        assert isinstance(info.value, KeyError)
+    with pytest.raises(InvalidInputError):
+        router.set_threshold("billing", 2.0)
+    with pytest.raises(ValueError):
+        router.add_utterances("billing", ["  "])
+
+
+def test_no_routes_gives_a_documented_no_match(encoder: Encoder) -> None:
+    match = AdaptiveRouter(encoder).query("hello")
+    assert match.name is None and match.reason == "no_routes"
+
+
+def test_invalid_router_settings(encoder: Encoder) -> None:
+    with pytest.raises(InvalidInputError):
+        AdaptiveRouter(encoder, aggregation="median")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        AdaptiveRouter(encoder, threshold=3)
+
+
+def test_concurrent_queries_during_adds_and_deletes(encoder: Encoder) -> None:
+    router = AdaptiveRouter(HashingEncoder())
+    router.add_route(Route(name="billing", utterances=["refund my order please"]))
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def churn() -> None:
+        for i in range(200):
+            router.add_route(Route(name=f"tmp{i}", utterances=[f"temporary topic {i}"]))
+            if i >= 3:
+                router.delete_route(f"tmp{i - 3}")
+        done.set()
+
+    def ask() -> None:
+        try:
+            while not done.is_set():
+                match = router.query("refund my order")
+                assert match.name == "billing"
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn)] + [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(router) == 4
+
+
+def test_sync_methods_are_thread_safe_with_the_real_model(encoder: Encoder) -> None:
+    router = AdaptiveRouter(encoder)
+    router.add_routes([BILLING, SUPPORT])
+    results: list[str | None] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        name = router.query(f"I want a refund for order {i}").name
+        router.add_utterances("support", [f"error code {i}"])
+        with lock:
+            results.append(name)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["billing"] * 8
+    assert len(router.get_route("support").utterances) == 10
+
+
+QUICKSTART_010 = """
+import asyncio
+from synaptoroute.router import AdaptiveRouter
+from synaptoroute.encoder import Encoder
+from synaptoroute.storage import SQLiteStorage
+from synaptoroute.models import Route
+
+async def main():
+    encoder = Encoder()
+    storage = SQLiteStorage("data/memory.sqlite")
+    router = AdaptiveRouter(encoder, storage)
+    router.add_route(Route(name="billing", utterances=["I need a refund", "Where is my receipt?", "Cancel my subscription"]))
+    await router.start()
+    result = await router.aquery("How do I get my money back?")
+    print(f"Matched Intent: {result.name}")
+    await router.stop()
+
+asyncio.run(main())
+"""
+
+
+def test_010_quickstart_runs_unchanged_from_a_fresh_directory(tmp_path: Path) -> None:
+    script = tmp_path / "quickstart.py"
+    script.write_text(QUICKSTART_010)
+    for _ in range(2):  # and again on the existing store
+        out = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "Matched Intent: billing"
+    assert (tmp_path / "data" / "memory.sqlite").is_file()

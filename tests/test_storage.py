@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synaptoroute import (
+    AdaptiveRouter,
+    Encoder,
+    HashingEncoder,
+    MemoryStorage,
+    ModelMismatchError,
+    NotADatabaseError,
+    Route,
+    RouteNotFoundError,
+    SQLiteStorage,
+    StorageError,
+)
+from synaptoroute.storage import SCHEMA_VERSION, ModelInfo
+
+ROUTES = [
+    Route(name="billing", utterances=["I need a refund", "Where is my receipt?"], threshold=0.4),
+    Route(
+        name="support", utterances=["The app crashes", "I can't log in"], metadata={"team": "t2"}
+    ),
+    Route(name="weather", utterances=["Will it rain tomorrow?"], description="forecasts"),
+]
+QUERIES = ["How do I get my money back?", "my login fails", "is it sunny today", "play jazz"]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_round_trip_in_a_fresh_process_without_encoding(tmp_path: Path, encoder: Encoder) -> None:
+    db = tmp_path / "nested" / "dir" / "routes.sqlite"  # parent folders are created
+    router = AdaptiveRouter(encoder, SQLiteStorage(db))
+    router.add_routes(ROUTES)
+    router.add_utterances("weather", ["Do I need an umbrella?"])
+    router.delete_utterances("billing", ["Where is my receipt?"])
+    router.set_threshold("support", 0.45)
+    expected = [m.model_dump() for m in router.query_batch(QUERIES)]
+    router.close()
+
+    script = f"""
+import json
+from synaptoroute import AdaptiveRouter, Encoder, SQLiteStorage
+enc = Encoder()
+router = AdaptiveRouter(enc, SQLiteStorage({str(db)!r}))
+calls_on_open = enc.calls
+routes = [r.model_dump() for r in router.list_routes()]
+matches = [m.model_dump() for m in router.query_batch({QUERIES!r})]
+print(json.dumps({{"calls": calls_on_open, "routes": routes, "matches": matches}}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["calls"] == 0  # reopening never calls the encoder
+    # identical decisions; scores equal up to float rounding between processes
+    for got, want in zip(data["matches"], expected, strict=True):
+        assert {k: v for k, v in got.items() if "score" not in k} == {
+            k: v for k, v in want.items() if "score" not in k
+        }
+        assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+    by_name = {r["name"]: r for r in data["routes"]}
+    assert list(by_name) == ["billing", "support", "weather"]
+    assert by_name["billing"]["utterances"] == ["I need a refund"]
+    assert by_name["billing"]["threshold"] == 0.4
+    assert by_name["support"]["threshold"] == 0.45
+    assert by_name["support"]["metadata"] == {"team": "t2"}
+    assert by_name["weather"]["description"] == "forecasts"
+    assert by_name["weather"]["utterances"] == ["Will it rain tomorrow?", "Do I need an umbrella?"]
+
+
+def test_sqlite_settings_and_schema(tmp_path: Path) -> None:
+    store = SQLiteStorage(tmp_path / "s.db")
+    assert store.schema_version == SCHEMA_VERSION
+    mode = store._db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    assert store.model_info() is None
+    store.close()
+
+
+def test_old_schema_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path)
+    from synaptoroute.storage import MIGRATIONS
+
+    MIGRATIONS[0](db)
+    db.execute("INSERT INTO meta(key, value) VALUES ('app', 'synaptoroute')")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    store = SQLiteStorage(path)
+    assert store.schema_version == SCHEMA_VERSION
+    store.set_state("policy", {"threshold": 0.3})
+    assert store.get_state("policy") == {"threshold": 0.3}
+
+
+def test_model_mismatch_names_both_and_can_reencode(tmp_path: Path, encoder: Encoder) -> None:
+    path = tmp_path / "m.db"
+    hashing = HashingEncoder(dimension=64)
+    router = AdaptiveRouter(hashing, SQLiteStorage(path))
+    router.add_routes(ROUTES)
+    router.close()
+    before = sha(path)
+    with pytest.raises(ModelMismatchError) as info:
+        AdaptiveRouter(encoder, SQLiteStorage(path))
+    message = str(info.value)
+    assert "hashing-bow-64" in message and "64" in message
+    assert encoder.model_id in message and "384" in message
+    assert "reencode=True" in message
+    assert isinstance(info.value, ValueError)
+    assert sha(path) == before  # nothing written
+    router = AdaptiveRouter(encoder, SQLiteStorage(path), reencode=True)
+    assert router.query("How do I get my money back?").name == "billing"
+    router.close()
+    assert SQLiteStorage(path).model_info() == ModelInfo(encoder.model_id, 384)
+
+
+def test_corrupt_file_is_refused_and_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.db"
+    path.write_bytes(b"this is not sqlite at all" * 100)
+    before = sha(path)
+    with pytest.raises(NotADatabaseError, match="left untouched"):
+        SQLiteStorage(path)
+    assert sha(path) == before
+    assert not Path(str(path) + "-wal").exists()
+
+
+def test_foreign_sqlite_database_is_refused_and_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    db.execute("INSERT INTO invoices(total) VALUES (9.5)")
+    db.commit()
+    db.close()
+    before = sha(path)
+    with pytest.raises(NotADatabaseError, match="not a synaptoroute store"):
+        SQLiteStorage(path)
+    assert sha(path) == before
+    assert isinstance(NotADatabaseError("x"), StorageError)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    SQLiteStorage(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(StorageError, match="newer"):
+        SQLiteStorage(path)
+
+
+def test_failed_write_leaves_store_and_router_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "atomic.db"
+    router = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path))
+    router.add_route(ROUTES[0])
+    other = sqlite3.connect(path, timeout=0)
+    other.execute("BEGIN EXCLUSIVE")  # another writer holds the lock
+    router.storage._db.execute("PRAGMA busy_timeout=50")  # type: ignore[attr-defined]
+    with pytest.raises(StorageError, match="nothing was written"):
+        router.add_route(ROUTES[1])
+    other.rollback()
+    other.close()
+    assert router.route_names == ["billing"]
+    assert router.query("The app crashes").candidate == "billing"
+    fresh = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path))
+    assert fresh.route_names == ["billing"]
+
+
+def test_storage_errors_for_unknown_routes(tmp_path: Path) -> None:
+    for store in (SQLiteStorage(tmp_path / "u.db"), MemoryStorage()):
+        with pytest.raises(RouteNotFoundError):
+            store.delete_route("ghost")
+        with pytest.raises(RouteNotFoundError):
+            store.add_utterances("ghost", ["x"], np.zeros((1, 4), np.float32), ModelInfo("m", 4))
+        with pytest.raises(StorageError, match="shape"):
+            store.put_route(
+                Route(name="a", utterances=["x"]), np.zeros((2, 4), np.float32), ModelInfo("m", 4)
+            )
+
+
+def test_memory_storage_is_the_default(encoder: Encoder) -> None:
+    router = AdaptiveRouter(encoder)
+    assert isinstance(router.storage, MemoryStorage)
+    router.add_route(ROUTES[0])
+    again = AdaptiveRouter(encoder, router.storage)  # shares the in-memory store
+    assert again.route_names == ["billing"]
