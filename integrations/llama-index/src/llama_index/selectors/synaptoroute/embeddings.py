@@ -1,0 +1,201 @@
+"""Embeddings both ways between LlamaIndex and synaptoroute.
+
+:class:`SynaptorouteEmbedding` is a LlamaIndex ``BaseEmbedding`` backed by a
+synaptoroute encoder (by default the bundled, offline all-MiniLM-L6-v2 INT8 model),
+usable wherever LlamaIndex takes an ``embed_model``. :class:`LlamaIndexEncoder` goes
+the other way: it makes any LlamaIndex ``BaseEmbedding`` a synaptoroute encoder
+(:class:`synaptoroute.EncoderProtocol`), so the selector can route with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from numpy.typing import NDArray
+from typing_extensions import override
+
+from synaptoroute import DEFAULT_MODEL_ID, Encoder, EncoderError, EncoderProtocol
+from synaptoroute.encoder import check_text, l2_normalize
+
+__all__ = ["LlamaIndexEncoder", "SynaptorouteEmbedding", "as_encoder"]
+
+_PROBE_TEXT = "dimension probe"
+
+
+class SynaptorouteEmbedding(BaseEmbedding):
+    """A LlamaIndex embedding model backed by a synaptoroute encoder.
+
+    Queries and documents are embedded the same way (the model is symmetric); the
+    vectors have unit length. Async methods run the encoder in a worker thread, so
+    they never block the event loop.
+
+    Args:
+        encoder: any :class:`synaptoroute.EncoderProtocol`; default the bundled
+            :class:`synaptoroute.Encoder` (loaded on first use, fully offline).
+        **kwargs: ``BaseEmbedding`` fields such as ``embed_batch_size``.
+
+    Example:
+        >>> from llama_index.core import Document, VectorStoreIndex
+        >>> embed_model = SynaptorouteEmbedding()
+        >>> index = VectorStoreIndex.from_documents(
+        ...     [Document(text="Refunds take five days.")], embed_model=embed_model
+        ... )
+        >>> len(embed_model.get_query_embedding("refund"))
+        384
+    """
+
+    model_name: str = Field(default=DEFAULT_MODEL_ID, description="The synaptoroute model id.")
+    embed_batch_size: int = Field(
+        default=64, gt=0, le=2048, description="Texts handed to the encoder at once."
+    )
+    _encoder: EncoderProtocol = PrivateAttr()
+
+    def __init__(self, encoder: EncoderProtocol | None = None, **kwargs: Any) -> None:
+        encoder = encoder if encoder is not None else Encoder()
+        kwargs.setdefault("model_name", encoder.model_id)
+        super().__init__(**kwargs)
+        self._encoder = encoder
+
+    @classmethod
+    @override
+    def class_name(cls) -> str:
+        return "SynaptorouteEmbedding"
+
+    @property
+    def encoder(self) -> EncoderProtocol:
+        """The synaptoroute encoder behind this model."""
+        return self._encoder
+
+    def _embed(self, texts: list[str]) -> list[Embedding]:
+        vectors: list[Embedding] = self._encoder.encode(texts).tolist()
+        return vectors
+
+    @override
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._embed([query])[0]
+
+    @override
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return (await asyncio.to_thread(self._embed, [query]))[0]
+
+    @override
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._embed([text])[0]
+
+    @override
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return (await asyncio.to_thread(self._embed, [text]))[0]
+
+    @override
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self._embed(texts)
+
+    @override
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return await asyncio.to_thread(self._embed, texts)
+
+
+class LlamaIndexEncoder:
+    """A synaptoroute encoder backed by any LlamaIndex ``BaseEmbedding``.
+
+    Utterances and queries are both embedded with ``get_text_embedding_batch`` (the
+    router compares queries with example queries, so the symmetric side is the
+    right one) and L2-normalised.
+
+    Args:
+        embed_model: the LlamaIndex embedding model.
+        model_id: stored next to every vector; default
+            ``"llama-index/<class name>/<model name>"``.
+        dimension: vector length; if omitted, one probe text is embedded the
+            first time it is needed.
+
+    Example:
+        >>> from synaptoroute import AdaptiveRouter
+        >>> router = AdaptiveRouter(encoder=LlamaIndexEncoder(SynaptorouteEmbedding()))
+    """
+
+    def __init__(
+        self,
+        embed_model: BaseEmbedding,
+        *,
+        model_id: str | None = None,
+        dimension: int | None = None,
+    ) -> None:
+        self.embed_model = embed_model
+        self._model_id = (
+            model_id
+            if model_id is not None
+            else f"llama-index/{embed_model.class_name()}/{embed_model.model_name}"
+        )
+        self._dimension = dimension
+        self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        """The identifier stored next to every vector."""
+        return self._model_id
+
+    @property
+    def dimension(self) -> int:
+        """Vector length (embeds one probe text once if it was not given)."""
+        with self._lock:
+            if self._dimension is None:
+                self._dimension = self._call([_PROBE_TEXT]).shape[1]
+            return self._dimension
+
+    def _call(self, texts: list[str]) -> NDArray[np.float32]:
+        try:
+            rows = self.embed_model.get_text_embedding_batch(texts)
+        except Exception as exc:
+            msg = f"{self._model_id} failed to embed {len(texts)} texts: {exc}"
+            raise EncoderError(msg) from exc
+        out = np.asarray(rows, dtype=np.float32)
+        if out.ndim != 2 or out.shape[0] != len(texts):
+            msg = f"{self._model_id} returned shape {out.shape} for {len(texts)} texts"
+            raise EncoderError(msg)
+        return out
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Embed ``texts`` into an ``(n, dimension)`` float32 array of unit rows.
+
+        Raises:
+            TypeError: an element is not a ``str``.
+            EncoderError: the embedding model failed or returned the wrong shape.
+        """
+        items = [check_text(t) for t in texts]
+        dimension = self.dimension
+        if not items:
+            return np.zeros((0, dimension), dtype=np.float32)
+        out = self._call(items)
+        if out.shape[1] != dimension:
+            msg = f"{self._model_id} returned dimension {out.shape[1]}, expected {dimension}"
+            raise EncoderError(msg)
+        return l2_normalize(out)
+
+
+def as_encoder(model: EncoderProtocol | BaseEmbedding | None) -> EncoderProtocol:
+    """Turn what a user passes as ``encoder`` into a synaptoroute encoder.
+
+    ``None`` gives the bundled :class:`synaptoroute.Encoder`; a
+    :class:`SynaptorouteEmbedding` gives back its own encoder (no double wrapping);
+    any other ``BaseEmbedding`` is wrapped in :class:`LlamaIndexEncoder`.
+    """
+    if model is None:
+        return Encoder()
+    if isinstance(model, SynaptorouteEmbedding):
+        return model.encoder
+    if isinstance(model, BaseEmbedding):
+        return LlamaIndexEncoder(model)
+    if isinstance(model, EncoderProtocol):
+        return model
+    msg = (
+        "encoder must be a synaptoroute encoder (model_id, dimension, encode) or a "
+        f"LlamaIndex BaseEmbedding, got {type(model).__name__}"
+    )
+    raise TypeError(msg)

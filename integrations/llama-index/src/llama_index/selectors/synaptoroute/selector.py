@@ -1,0 +1,361 @@
+"""``SynaptorouteSelector``: a LlamaIndex selector that routes by example utterances.
+
+Each choice (a tool's ``ToolMetadata``) becomes a synaptoroute route whose texts are
+the choice's description, its name written as a phrase, and any example utterances
+given for that name. One :class:`synaptoroute.AdaptiveRouter` is built per choice
+set and cached, so a selection costs one query embedding, never a re-embedding of
+the choices. Sync and async selections rank the choices the same way and share one
+pure decision function, :func:`decide_selection`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from llama_index.core.base.base_selector import BaseSelector, SelectorResult, SingleSelection
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.prompts.mixin import PromptDictType
+from llama_index.core.schema import QueryBundle
+from llama_index.core.tools.types import ToolMetadata
+from typing_extensions import override
+
+from synaptoroute import (
+    AdaptiveRouter,
+    EncoderProtocol,
+    InvalidInputError,
+    NoRouteMatchedError,
+    Route,
+    RouteMatch,
+)
+
+from .embeddings import as_encoder
+
+__all__ = [
+    "ChoiceKey",
+    "NoMatchPolicy",
+    "SelectionPolicy",
+    "SynaptorouteSelector",
+    "decide_selection",
+]
+
+#: What to select when no choice reaches the threshold.
+NoMatchPolicy = Literal["fallback", "best", "raise"]
+_NO_MATCH_POLICIES: tuple[str, ...] = ("fallback", "best", "raise")
+
+#: Identifies a choice set: the (name, description) of every choice, in order.
+ChoiceKey = tuple[tuple[str | None, str], ...]
+
+
+@dataclass(frozen=True)
+class SelectionPolicy:
+    """How ranked choices become a selection.
+
+    Attributes:
+        top_n: most choices selected; all that reach the threshold, best first.
+        on_no_match: ``"best"`` selects the best-scoring choice anyway,
+            ``"fallback"`` selects the choice named ``fallback``, ``"raise"``
+            raises :class:`synaptoroute.NoRouteMatchedError`.
+        fallback: the choice name used by ``on_no_match="fallback"``.
+    """
+
+    top_n: int = 1
+    on_no_match: NoMatchPolicy = "best"
+    fallback: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.top_n, int) or self.top_n < 1:
+            msg = f"top_n must be an integer >= 1, got {self.top_n!r}"
+            raise InvalidInputError(msg)
+        if self.on_no_match not in _NO_MATCH_POLICIES:
+            msg = f"on_no_match must be one of {_NO_MATCH_POLICIES}, got {self.on_no_match!r}"
+            raise InvalidInputError(msg)
+        if self.on_no_match == "fallback" and not self.fallback:
+            msg = "on_no_match='fallback' needs fallback=<the name of a choice>"
+            raise InvalidInputError(msg)
+
+
+def _label(choices: Sequence[ToolMetadata], index: int) -> str:
+    name = choices[index].name
+    return repr(name) if name else f"choice {index}"
+
+
+def _index(match: RouteMatch) -> int:
+    # query_top_k names each element after its route, and routes are named by position.
+    return int(match.name if match.name is not None else match.candidate or 0)
+
+
+def _fallback_index(choices: Sequence[ToolMetadata], name: str) -> int:
+    for index, choice in enumerate(choices):
+        if choice.name == name:
+            return index
+    names = [c.name for c in choices if c.name]
+    msg = f"fallback choice {name!r} is not among the choices; their names are {names}"
+    raise InvalidInputError(msg)
+
+
+def decide_selection(
+    ranked: Sequence[RouteMatch],
+    choices: Sequence[ToolMetadata],
+    policy: SelectionPolicy,
+    query: str,
+) -> SelectorResult:
+    """Turn a query's ranked choices into a ``SelectorResult`` (pure; sync and async share it).
+
+    Args:
+        ranked: the best ``policy.top_n`` routes, best first, as
+            :meth:`synaptoroute.AdaptiveRouter.query_top_k` returns them; each
+            route is named by its choice's index.
+        choices: the choices, in the order the caller gave them.
+        policy: top-n and the no-match policy.
+        query: the query text, for messages.
+
+    Raises:
+        NoRouteMatchedError: nothing reached the threshold and ``on_no_match`` is
+            ``"raise"``.
+        InvalidInputError: the fallback name is not among the choices.
+    """
+    passed = [m for m in ranked if m.reason == "matched"][: policy.top_n]
+    if passed:
+        return SelectorResult(
+            selections=[
+                SingleSelection(
+                    index=_index(m),
+                    reason=(
+                        f"{_label(choices, _index(m))} scored {m.score:.3f} "
+                        f"(threshold {m.threshold:.2f}); nearest example: "
+                        f"{m.nearest_utterance!r}"
+                    ),
+                )
+                for m in passed
+            ]
+        )
+    best = ranked[0] if ranked else None
+    if best is None:
+        why = "the query is empty, so no choice was scored"
+    else:
+        why = (
+            f"no choice reached the threshold {best.threshold:.2f}; the best was "
+            f"{_label(choices, _index(best))} with score {best.score:.3f}"
+        )
+    if policy.on_no_match == "raise":
+        msg = (
+            f"{why} (query: {query[:200]!r}). Add example utterances for the intended "
+            "choice, lower the threshold, or use on_no_match='best' or 'fallback'"
+        )
+        raise NoRouteMatchedError(msg)
+    if policy.on_no_match == "fallback":
+        assert policy.fallback is not None
+        index = _fallback_index(choices, policy.fallback)
+        reason = f"{why}; fell back to {policy.fallback!r}"
+    else:
+        # With nothing scored (an empty query) "best" has no best; the first choice
+        # keeps the caller's promise that something is selected.
+        index = _index(best) if best is not None else 0
+        reason = f"{why}; selected {_label(choices, index)} as the best available"
+    return SelectorResult(selections=[SingleSelection(index=index, reason=reason)])
+
+
+def _phrase(name: str) -> str:
+    return " ".join(name.replace("_", " ").replace("-", " ").split())
+
+
+class SynaptorouteSelector(BaseSelector):
+    """Select query engines or retrievers by similarity to example utterances.
+
+    A drop-in selector for ``RouterQueryEngine`` and ``RouterRetriever``: no LLM
+    call, one local embedding per query. Each choice is represented by its
+    description, its name as a phrase (``"billing_engine"`` -> ``"billing engine"``)
+    and the example utterances given for its name; a choice's score is its best
+    cosine similarity to the query.
+
+    Args:
+        encoder: the synaptoroute encoder used for choices and queries.
+        utterances: example utterances per choice (tool) name.
+        threshold: minimum score for a choice to be selected; ``None`` keeps
+            the router's default (0.5).
+        top_n: most choices selected: every choice reaching the threshold, best
+            first, up to ``top_n``. Above 1, ``RouterQueryEngine`` queries each
+            selected engine and summarises their answers with its LLM.
+        on_no_match: when nothing reaches the threshold: ``"best"`` selects the
+            best-scoring choice anyway, ``"fallback"`` the choice named
+            ``fallback``, ``"raise"`` raises :class:`synaptoroute.NoRouteMatchedError`.
+        fallback: the choice name for ``on_no_match="fallback"``.
+        max_choice_sets: how many choice sets keep their embedded routes (least
+            recently used dropped first; a dropped set is embedded again if it returns).
+
+    Example:
+        >>> from llama_index.core.query_engine import RouterQueryEngine
+        >>> selector = SynaptorouteSelector.from_defaults(
+        ...     utterances={"billing": ["I need a refund", "Where is my invoice?"]},
+        ...     on_no_match="fallback",
+        ...     fallback="general",
+        ... )
+        >>> engine = RouterQueryEngine(selector=selector, query_engine_tools=tools, llm=llm)
+        >>> engine.query("How do I get my money back?").metadata["selector_result"].ind
+        0
+    """
+
+    def __init__(
+        self,
+        encoder: EncoderProtocol,
+        *,
+        utterances: Mapping[str, Sequence[str]] | None = None,
+        threshold: float | None = None,
+        top_n: int = 1,
+        on_no_match: NoMatchPolicy = "best",
+        fallback: str | None = None,
+        max_choice_sets: int = 16,
+    ) -> None:
+        self.encoder = encoder
+        self.utterances = _check_utterances(utterances)
+        self.threshold = threshold
+        self.policy = SelectionPolicy(top_n=top_n, on_no_match=on_no_match, fallback=fallback)
+        if max_choice_sets < 1:
+            msg = "max_choice_sets must be at least 1"
+            raise InvalidInputError(msg)
+        self.max_choice_sets = max_choice_sets
+        self._routers: OrderedDict[ChoiceKey, AdaptiveRouter] = OrderedDict()
+        self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
+        if threshold is not None and (
+            not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0
+        ):
+            msg = f"threshold must be a number in [-1, 1] (a cosine similarity), got {threshold!r}"
+            raise InvalidInputError(msg)
+
+    @classmethod
+    def from_defaults(
+        cls,
+        utterances: Mapping[str, Sequence[str]] | None = None,
+        threshold: float | None = None,
+        top_n: int = 1,
+        on_no_match: NoMatchPolicy = "best",
+        encoder: EncoderProtocol | BaseEmbedding | None = None,
+        *,
+        fallback: str | None = None,
+        max_choice_sets: int = 16,
+    ) -> SynaptorouteSelector:
+        """Build a selector; ``encoder`` may be a synaptoroute encoder or any LlamaIndex embedding.
+
+        With ``encoder=None`` the bundled offline model is used. A
+        :class:`~llama_index.selectors.synaptoroute.SynaptorouteEmbedding` shares its
+        encoder (and loaded model) with the selector.
+        """
+        return cls(
+            as_encoder(encoder),
+            utterances=utterances,
+            threshold=threshold,
+            top_n=top_n,
+            on_no_match=on_no_match,
+            fallback=fallback,
+            max_choice_sets=max_choice_sets,
+        )
+
+    # -- PromptMixin: this selector has no prompts ---------------------------------
+    @override
+    def _get_prompts(self) -> dict[str, Any]:
+        return {}
+
+    @override
+    def _update_prompts(self, prompts: PromptDictType) -> None:
+        pass
+
+    # -- choice sets ---------------------------------------------------------------
+    @staticmethod
+    def choice_key(choices: Sequence[ToolMetadata]) -> ChoiceKey:
+        """The cache key of a choice set: each choice's name and description, in order."""
+        return tuple((c.name, c.description) for c in choices)
+
+    def _routes(self, choices: Sequence[ToolMetadata]) -> list[Route]:
+        if not choices:
+            msg = "there are no choices to select from"
+            raise InvalidInputError(msg)
+        routes = []
+        for index, choice in enumerate(choices):
+            texts = [choice.description] if choice.description.strip() else []
+            if choice.name:
+                texts.append(_phrase(choice.name))
+                texts.extend(self.utterances.get(choice.name, ()))
+            if not texts:
+                msg = f"choice {index} has neither a description nor a name to route on"
+                raise InvalidInputError(msg)
+            # Routes are named by position: tool names may be missing or repeated.
+            routes.append(Route(name=str(index), utterances=texts))
+        return routes
+
+    def _cached_router(self, key: ChoiceKey) -> AdaptiveRouter | None:
+        with self._lock:
+            router = self._routers.get(key)
+            if router is not None:
+                self._routers.move_to_end(key)
+            return router
+
+    def router_for(self, choices: Sequence[ToolMetadata]) -> AdaptiveRouter:
+        """The router of this choice set, built (one encoder call) the first time."""
+        key = self.choice_key(choices)
+        router = self._cached_router(key)
+        if router is not None:
+            return router
+        routes = self._routes(choices)
+        # Builds are serialised so that concurrent first queries embed a choice set
+        # once; lookups take only the short-held cache lock, never wait for a build.
+        with self._build_lock:
+            router = self._cached_router(key)
+            if router is not None:
+                return router
+            router = (
+                AdaptiveRouter(self.encoder, threshold=self.threshold)
+                if self.threshold is not None
+                else AdaptiveRouter(self.encoder)
+            )
+            router.add_routes(routes)
+            with self._lock:
+                self._routers[key] = router
+                while len(self._routers) > self.max_choice_sets:
+                    self._routers.popitem(last=False)
+            return router
+
+    # -- selection -----------------------------------------------------------------
+    @override
+    def _select(self, choices: Sequence[ToolMetadata], query: QueryBundle) -> SelectorResult:
+        router = self.router_for(choices)
+        ranked = router.query_top_k(query.query_str, self.policy.top_n)
+        return decide_selection(ranked, choices, self.policy, query.query_str)
+
+    @override
+    async def _aselect(self, choices: Sequence[ToolMetadata], query: QueryBundle) -> SelectorResult:
+        router = self._cached_router(self.choice_key(choices))
+        if router is None:
+            router = await asyncio.to_thread(self.router_for, choices)
+        # aquery embeds the query on the router's batching worker, off the event loop,
+        # and leaves the vector in the router's cache: query_top_k then only scores.
+        await router.aquery(query.query_str)
+        ranked = router.query_top_k(query.query_str, self.policy.top_n)
+        return decide_selection(ranked, choices, self.policy, query.query_str)
+
+    async def aclose(self) -> None:
+        """Stop the batching workers started by :meth:`aselect` (on the loop that runs them)."""
+        with self._lock:
+            routers = list(self._routers.values())
+        for router in routers:
+            await router.stop()
+
+
+def _check_utterances(
+    utterances: Mapping[str, Sequence[str]] | None,
+) -> dict[str, list[str]]:
+    if utterances is None:
+        return {}
+    out: dict[str, list[str]] = {}
+    for name, texts in utterances.items():
+        if isinstance(texts, str):
+            msg = f"utterances[{name!r}] must be a list of strings, not one string"
+            raise InvalidInputError(msg)
+        # Route's own validation (strip, drop blanks' error, dedupe) runs now, not mid-query.
+        out[name] = Route(name=name, utterances=list(texts)).utterances
+    return out

@@ -1,0 +1,101 @@
+"""Embeddings both ways: SynaptorouteEmbedding (LlamaIndex side) and LlamaIndexEncoder."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from llama_index.core import VectorStoreIndex
+from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.schema import TextNode
+from llama_index.core.tools import ToolMetadata
+from llama_index.selectors.synaptoroute import (
+    LlamaIndexEncoder,
+    SynaptorouteEmbedding,
+    SynaptorouteSelector,
+)
+from llama_index.selectors.synaptoroute.embeddings import as_encoder
+from llamaindex_support import CLEAR_QUERIES, UTTERANCES, RecordingEncoder
+
+from synaptoroute import DEFAULT_MODEL_ID, AdaptiveRouter, Encoder, EncoderProtocol, Route
+
+TEXTS = ["Refunds are paid within five days.", "The app crashes on start", "hello"]
+
+
+def test_embedding_matches_the_encoder(encoder: Encoder) -> None:
+    embed_model = SynaptorouteEmbedding(encoder)
+    assert embed_model.model_name == DEFAULT_MODEL_ID
+    assert embed_model.class_name() == "SynaptorouteEmbedding"
+    expected = encoder.encode(TEXTS)
+    query = embed_model.get_query_embedding(TEXTS[0])
+    assert len(query) == 384
+    assert np.allclose(query, expected[0], atol=1e-5)
+    assert np.allclose(embed_model.get_text_embedding(TEXTS[1]), expected[1], atol=1e-5)
+    assert np.allclose(embed_model.get_text_embedding_batch(TEXTS), expected, atol=1e-5)
+
+
+async def test_async_embedding_runs_off_the_loop(recording: RecordingEncoder) -> None:
+    embed_model = SynaptorouteEmbedding(recording)
+    query = await embed_model.aget_query_embedding(TEXTS[0])
+    texts = await embed_model.aget_text_embedding_batch(TEXTS)
+    assert np.allclose(query, texts[0], atol=1e-5)
+    assert np.allclose(texts, recording.inner.encode(TEXTS), atol=1e-5)
+    assert recording.threads and threading.get_ident() not in recording.threads
+
+
+def test_vector_index_with_synaptoroute_embedding(encoder: Encoder) -> None:
+    nodes = [TextNode(text=t) for t in TEXTS]
+    index = VectorStoreIndex(nodes=nodes, embed_model=SynaptorouteEmbedding(encoder))
+    hits = index.as_retriever(similarity_top_k=1).retrieve("my application keeps crashing")
+    assert [h.node.get_content() for h in hits] == [TEXTS[1]]
+
+
+def test_llamaindex_encoder_over_a_llamaindex_model(encoder: Encoder) -> None:
+    wrapped = LlamaIndexEncoder(SynaptorouteEmbedding(encoder))
+    assert isinstance(wrapped, EncoderProtocol)
+    assert wrapped.model_id == f"llama-index/SynaptorouteEmbedding/{DEFAULT_MODEL_ID}"
+    assert wrapped.dimension == 384
+    vectors = wrapped.encode(TEXTS)
+    assert vectors.dtype == np.float32
+    assert np.allclose(vectors, encoder.encode(TEXTS), atol=1e-5)
+    assert wrapped.encode([]).shape == (0, 384)
+    with pytest.raises(TypeError):
+        wrapped.encode([b"bytes"])  # type: ignore[list-item]
+    router = AdaptiveRouter(encoder=wrapped)
+    router.add_routes(Route(name=n, utterances=u) for n, u in UTTERANCES.items())
+    assert router.query("How do I get my money back?").name == "billing"
+
+
+def test_llamaindex_encoder_normalises_any_model() -> None:
+    wrapped = LlamaIndexEncoder(MockEmbedding(embed_dim=8), model_id="mock")
+    assert (wrapped.model_id, wrapped.dimension) == ("mock", 8)
+    vectors = wrapped.encode(["a", "b"])
+    assert vectors.shape == (2, 8)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+
+
+def test_as_encoder(encoder: Encoder) -> None:
+    assert isinstance(as_encoder(None), Encoder)
+    assert as_encoder(SynaptorouteEmbedding(encoder)) is encoder
+    assert as_encoder(encoder) is encoder
+    assert isinstance(as_encoder(MockEmbedding(embed_dim=4)), LlamaIndexEncoder)
+    with pytest.raises(TypeError, match="BaseEmbedding"):
+        as_encoder("all-MiniLM-L6-v2")  # type: ignore[arg-type]
+
+
+def test_selector_with_a_llamaindex_embedding(encoder: Encoder) -> None:
+    # Shares the model of a SynaptorouteEmbedding rather than loading a second one.
+    shared = SynaptorouteSelector.from_defaults(encoder=SynaptorouteEmbedding(encoder))
+    assert shared.encoder is encoder
+    # Any other BaseEmbedding goes through LlamaIndexEncoder and routes the same.
+    generic = SynaptorouteSelector.from_defaults(
+        utterances=UTTERANCES, encoder=LlamaIndexEncoder(SynaptorouteEmbedding(encoder))
+    )
+    choices = [
+        ToolMetadata(name="billing", description="Invoices, payments and refunds"),
+        ToolMetadata(name="tech_support", description="Log-in problems, crashes and bugs"),
+        ToolMetadata(name="general", description="Opening hours, offices and jobs"),
+    ]
+    for query, expected in CLEAR_QUERIES:
+        assert generic.select(choices, query).inds == [expected]

@@ -1,0 +1,246 @@
+"""SynaptorouteSelector on its own: selection, multi-selection, no-match policies, caching."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Callable
+
+import pytest
+from llama_index.core.base.base_selector import SelectorResult
+from llama_index.core.tools import ToolMetadata
+from llama_index.selectors.synaptoroute import (
+    SelectionPolicy,
+    SynaptorouteSelector,
+    decide_selection,
+)
+from llamaindex_support import (
+    CLEAR_QUERIES,
+    OFF_TOPIC,
+    TWO_TOPICS,
+    UTTERANCES,
+    RecordingEncoder,
+)
+
+from synaptoroute import Encoder, InvalidInputError, NoRouteMatchedError, RouteMatch
+
+_SCORE = re.compile(r"scored (-?\d\.\d{3})")
+
+
+def _scores(result: SelectorResult) -> list[float]:
+    return [float(m.group(1)) for r in result.reasons if (m := _SCORE.search(r))]
+
+
+# -- the pure decision function (no model) -------------------------------------------
+
+
+def _match(index: int, score: float, threshold: float = 0.5) -> RouteMatch:
+    return RouteMatch(
+        name=str(index),
+        score=score,
+        candidate=str(index),
+        threshold=threshold,
+        reason="matched" if score >= threshold else "below_threshold",
+        nearest_utterance=f"example {index}",
+    )
+
+
+_CHOICES = [
+    ToolMetadata(name="a", description="first"),
+    ToolMetadata(name="b", description="second"),
+    ToolMetadata(name="c", description="third"),
+]
+
+
+def test_decide_keeps_all_passing_up_to_top_n_best_first() -> None:
+    ranked = [_match(2, 0.9), _match(0, 0.7), _match(1, 0.6)]
+    result = decide_selection(ranked, _CHOICES, SelectionPolicy(top_n=2), "q")
+    assert result.inds == [2, 0]
+    assert "'c' scored 0.900 (threshold 0.50)" in result.reasons[0]
+    assert "'a' scored 0.700" in result.reasons[1]
+
+
+def test_decide_stops_at_the_threshold() -> None:
+    ranked = [_match(1, 0.8), _match(0, 0.4), _match(2, 0.3)]
+    assert decide_selection(ranked, _CHOICES, SelectionPolicy(top_n=3), "q").inds == [1]
+
+
+def test_decide_no_match_policies() -> None:
+    ranked = [_match(1, 0.4), _match(2, 0.3)]
+    best = decide_selection(ranked, _CHOICES, SelectionPolicy(on_no_match="best"), "q")
+    assert best.inds == [1]
+    assert "no choice reached the threshold 0.50" in best.reason
+    assert "'b' with score 0.400" in best.reason
+    fallback = decide_selection(
+        ranked, _CHOICES, SelectionPolicy(on_no_match="fallback", fallback="c"), "q"
+    )
+    assert fallback.inds == [2]
+    assert "fell back to 'c'" in fallback.reason
+    with pytest.raises(NoRouteMatchedError, match=r"threshold 0\.50.*'b' with score 0\.400"):
+        decide_selection(ranked, _CHOICES, SelectionPolicy(on_no_match="raise"), "q")
+
+
+def test_decide_unknown_fallback_name_lists_the_choices() -> None:
+    policy = SelectionPolicy(on_no_match="fallback", fallback="zzz")
+    with pytest.raises(InvalidInputError, match=r"'zzz' is not among.*\['a', 'b', 'c'\]"):
+        decide_selection([_match(0, 0.1)], _CHOICES, policy, "q")
+
+
+def test_decide_with_nothing_scored() -> None:
+    assert decide_selection([], _CHOICES, SelectionPolicy(), "").inds == [0]
+    with pytest.raises(NoRouteMatchedError, match="empty"):
+        decide_selection([], _CHOICES, SelectionPolicy(on_no_match="raise"), "")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"top_n": 0}, "top_n"),
+        ({"on_no_match": "first"}, "on_no_match"),
+        ({"on_no_match": "fallback"}, "fallback="),
+        ({"threshold": 1.5}, "threshold"),
+        ({"utterances": {"billing": "I need a refund"}}, "list of strings"),
+        ({"utterances": {"billing": ["  "]}}, "empty"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(
+    encoder: Encoder, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        SynaptorouteSelector.from_defaults(encoder=encoder, **kwargs)  # type: ignore[arg-type]
+
+
+# -- with the real model ---------------------------------------------------------------
+
+
+def test_single_selection(encoder: Encoder, choices: list[ToolMetadata]) -> None:
+    selector = SynaptorouteSelector.from_defaults(utterances=UTTERANCES, encoder=encoder)
+    for query, expected in CLEAR_QUERIES:
+        result = selector.select(choices, query)
+        assert result.inds == [expected], (query, result.reasons)
+        assert _scores(result)[0] >= 0.5
+
+
+def test_routes_on_descriptions_alone(encoder: Encoder, choices: list[ToolMetadata]) -> None:
+    selector = SynaptorouteSelector.from_defaults(encoder=encoder, threshold=0.2)
+    assert selector.select(choices, "Where can I download my invoices?").inds == [0]
+    assert selector.select(choices, "The app shows a bug when I log in").inds == [1]
+
+
+def test_string_choices_without_names(encoder: Encoder) -> None:
+    selector = SynaptorouteSelector.from_defaults(encoder=encoder, threshold=0.2)
+    result = selector.select(["Refunds and invoices", "Bugs and crashes"], "my app crashes")
+    assert result.inds == [1]
+    assert result.reason.startswith("choice 1 scored")
+
+
+def test_multi_selection_best_first_above_threshold(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    selector = SynaptorouteSelector.from_defaults(
+        utterances=UTTERANCES, encoder=encoder, top_n=3, threshold=0.5
+    )
+    result = selector.select(choices, TWO_TOPICS)
+    assert sorted(result.inds) == [0, 1]
+    scores = _scores(result)
+    assert scores == sorted(scores, reverse=True)
+    assert all(s >= 0.5 for s in scores)
+    # A query on one topic selects only that one, even with top_n=3.
+    assert selector.select(choices, CLEAR_QUERIES[0][0]).inds == [0]
+    # top_n caps the number selected.
+    one = SynaptorouteSelector.from_defaults(utterances=UTTERANCES, encoder=encoder, top_n=1)
+    assert one.select(choices, TWO_TOPICS).inds == result.inds[:1]
+
+
+def test_no_match_policies_with_the_model(encoder: Encoder, choices: list[ToolMetadata]) -> None:
+    best = SynaptorouteSelector.from_defaults(utterances=UTTERANCES, encoder=encoder)
+    expected = int(best.router_for(choices).query_top_k(OFF_TOPIC, 1)[0].name or "")
+    result = best.select(choices, OFF_TOPIC)
+    assert result.inds == [expected]
+    assert "no choice reached the threshold 0.50" in result.reason
+    fallback = SynaptorouteSelector.from_defaults(
+        utterances=UTTERANCES, encoder=encoder, on_no_match="fallback", fallback="general"
+    )
+    assert fallback.select(choices, OFF_TOPIC).inds == [2]
+    assert fallback.select(choices, CLEAR_QUERIES[0][0]).inds == [0]
+    strict = SynaptorouteSelector.from_defaults(
+        utterances=UTTERANCES, encoder=encoder, on_no_match="raise"
+    )
+    with pytest.raises(NoRouteMatchedError, match="boiling point"):
+        strict.select(choices, OFF_TOPIC)
+    assert strict.select(choices, CLEAR_QUERIES[1][0]).inds == [1]
+
+
+def test_choices_embedded_once_per_choice_set(
+    recording: RecordingEncoder, choices: list[ToolMetadata]
+) -> None:
+    selector = SynaptorouteSelector.from_defaults(utterances=UTTERANCES, encoder=recording)
+    queries = [q for q, _ in CLEAR_QUERIES] + [TWO_TOPICS, OFF_TOPIC]
+    for query in queries:
+        selector.select(choices, query)
+    # One call embedded every choice text; after it each query cost one text.
+    choice_texts = 3 + 3 + sum(len(u) for u in UTTERANCES.values())  # descriptions, names
+    assert len(recording.calls[0]) == choice_texts
+    assert recording.calls[1:] == [[q] for q in queries]
+    # Equal choices (new ToolMetadata objects) reuse the cache; another set is built once.
+    copies = [ToolMetadata(name=c.name, description=c.description) for c in choices]
+    selector.select(copies, "one more question about my bill")
+    assert len(recording.calls) == 1 + len(queries) + 1
+    selector.select(copies[:2], "and one about a crash")
+    assert [len(c) for c in recording.calls[-2:]] == [2 + 2 + 6, 1]
+
+
+async def test_async_matches_sync_and_runs_off_the_loop(
+    recording: RecordingEncoder,
+    choices: list[ToolMetadata],
+    make_selector: Callable[..., SynaptorouteSelector],
+) -> None:
+    selector = make_selector(encoder=recording, top_n=2)
+    queries = [q for q, _ in CLEAR_QUERIES] + [TWO_TOPICS, OFF_TOPIC]
+    async_results = [await selector.aselect(choices, q) for q in queries]
+    # Every model call, the choices' included, ran outside the event loop's thread.
+    assert recording.threads
+    assert threading.get_ident() not in recording.threads
+    assert recording.calls[1:] == [[q] for q in queries]
+    assert selector.router_for(choices).worker.stats.items == len(queries)
+    sync_results = [selector.select(choices, q) for q in queries]
+    assert async_results == sync_results
+
+
+async def test_concurrent_async_selections_share_batches(
+    recording: RecordingEncoder,
+    choices: list[ToolMetadata],
+    make_selector: Callable[..., SynaptorouteSelector],
+) -> None:
+    selector = make_selector(encoder=recording)
+    selector.router_for(choices)  # embed the choices now
+    queries = [f"{q} ({i})" for i in range(4) for q, _ in CLEAR_QUERIES]
+    results = await asyncio.gather(*(selector.aselect(choices, q) for q in queries))
+    assert [r.ind for r in results] == [e for _ in range(4) for _, e in CLEAR_QUERIES]
+    assert recording.texts_encoded - len(recording.calls[0]) == len(queries)
+
+
+def test_async_across_event_loops(encoder: Encoder, choices: list[ToolMetadata]) -> None:
+    selector = SynaptorouteSelector.from_defaults(utterances=UTTERANCES, encoder=encoder)
+    # Each asyncio.run is a new loop; the router's worker follows the current one.
+    first = asyncio.run(selector.aselect(choices, CLEAR_QUERIES[0][0]))
+    second = asyncio.run(selector.aselect(choices, CLEAR_QUERIES[1][0]))
+    assert (first.ind, second.ind) == (0, 1)
+
+
+def test_no_prompts(encoder: Encoder) -> None:
+    selector = SynaptorouteSelector.from_defaults(encoder=encoder)
+    assert selector.get_prompts() == {}
+
+
+def test_least_recently_used_choice_set_is_dropped(
+    recording: RecordingEncoder, choices: list[ToolMetadata]
+) -> None:
+    selector = SynaptorouteSelector.from_defaults(encoder=recording, max_choice_sets=1)
+    first, second = choices[:2], choices[1:]
+    selector.select(first, "a refund please")
+    selector.select(second, "a crash please")
+    selector.select(first, "another refund please")
+    # Three choice sets built (the first one twice), each followed by its query.
+    assert [len(c) for c in recording.calls] == [4, 1, 4, 1, 4, 1]
