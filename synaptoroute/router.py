@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import warnings
@@ -9,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,6 +28,9 @@ from .index import Aggregation, RouteIndex
 from .models import SCORE_MAX, SCORE_MIN, Route, RouteMatch, clean_utterances
 from .storage import MemoryStorage, ModelInfo, Storage, StoredRoute
 
+if TYPE_CHECKING:
+    from .postgres import Change
+
 __all__ = ["DEFAULT_THRESHOLD", "AdaptiveRouter", "EmbeddingCache"]
 
 #: Default minimum cosine similarity; chosen on the val splits (see BENCHMARKS.md).
@@ -34,6 +38,7 @@ DEFAULT_THRESHOLD = 0.5
 # Below this many rows one BLAS thread is faster than waking a second one.
 _BLAS_PARALLEL_ROWS = 20_000
 _POLICY_KEY = "policy"
+_log = logging.getLogger("synaptoroute.router")
 
 
 class EmbeddingCache:
@@ -153,6 +158,7 @@ class AdaptiveRouter:
             max_queue_size=max_queue_size,
         )
         self._load(reencode)
+        self._start_follower()
 
     # -- loading -------------------------------------------------------------------
     @property
@@ -186,11 +192,7 @@ class AdaptiveRouter:
             self._index.add(item.route.name, item.vectors, item.route.utterances)
         state = self.storage.get_state(_POLICY_KEY)
         if state is not None:
-            self._policy = DecisionPolicy(
-                threshold=float(state.get("threshold", self._policy.threshold)),
-                min_margin=float(state.get("min_margin", self._policy.min_margin)),
-                thresholds=dict(state.get("thresholds", {})),
-            )
+            self._policy = self._policy_from_state(state)
 
     def _encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         if not texts:
@@ -494,6 +496,91 @@ class AdaptiveRouter:
                 "close() while the async worker runs; call await stop() first", stacklevel=2
             )
         self.storage.close()
+
+    # -- replication: applying changes other replicas committed ----------------------
+    # A store with a change feed (PostgresStorage) has ``watch``: the router then
+    # follows it and applies other replicas' changes here, from the vectors in the
+    # change, without encoding and without writing back. Its own writes are applied
+    # by the methods above and not delivered again.
+    def _start_follower(self) -> None:
+        watch = getattr(self.storage, "watch", None)
+        if callable(watch):
+            watch(self._apply_changes, lock=self._lock)
+
+    def _policy_from_state(self, state: dict[str, Any]) -> DecisionPolicy:
+        return DecisionPolicy(
+            threshold=float(state.get("threshold", self._policy.threshold)),
+            min_margin=float(state.get("min_margin", self._policy.min_margin)),
+            thresholds=dict(state.get("thresholds", {})),
+        )
+
+    def _apply_changes(self, changes: Sequence[Change]) -> None:
+        """Apply committed changes in order (called by the store's follower thread)."""
+        with self._lock:
+            for change in changes:
+                try:
+                    self._apply_change(change)
+                except Exception:
+                    _log.exception("could not apply change %d (%s)", change.seq, change.kind)
+
+    def _apply_change(self, change: Change) -> None:
+        if change.model is not None and change.model != self.model:
+            _log.error(
+                "change %d holds vectors of %r (dimension %d) but this router encodes with %r; "
+                "it was not applied: restart this replica with the store's model",
+                change.seq,
+                change.model.model_id,
+                change.model.dimension,
+                self.model.model_id,
+            )
+            return
+        # Queries read self._routes without the lock: build a new dict and swap it in.
+        routes = dict(self._routes)
+        name = change.name or ""
+        current = routes.get(name)
+        if change.kind == "put_route" and change.route is not None:
+            if current is not None:
+                self._index.delete_route(name)
+            routes[name] = change.route
+            self._index.add(name, self._vectors(change), change.route.utterances)
+        elif change.kind == "add_utterances" and current is not None:
+            have = set(current.utterances)
+            new = [i for i, t in enumerate(change.texts) if t not in have]
+            if new:
+                texts = [change.texts[i] for i in new]
+                self._index.add(name, self._vectors(change)[new], texts)
+                routes[name] = current.model_copy(
+                    update={"utterances": [*current.utterances, *texts]}
+                )
+        elif change.kind == "delete_route" and current is not None:
+            del routes[name]
+            self._index.delete_route(name)
+        elif change.kind == "delete_utterances" and current is not None:
+            drop = set(change.texts) & set(current.utterances)
+            if drop:
+                self._index.delete_texts(name, sorted(drop))
+                routes[name] = current.model_copy(
+                    update={"utterances": [u for u in current.utterances if u not in drop]}
+                )
+        elif change.kind == "update_route" and current is not None and change.route is not None:
+            routes[name] = change.route.model_copy(update={"utterances": current.utterances})
+        elif change.kind in ("reload", "resync"):
+            reset = list(routes) if change.kind == "reload" else list(change.names)
+            for old in reset:
+                if routes.pop(old, None) is not None:
+                    self._index.delete_route(old)
+            for item in change.routes:
+                routes[item.route.name] = item.route
+                self._index.add(item.route.name, item.vectors, item.route.utterances)
+        state = change.state.get(_POLICY_KEY)
+        if state is not None:
+            self._policy = self._policy_from_state(state)
+        self._routes = routes
+
+    def _vectors(self, change: Change) -> NDArray[np.float32]:
+        if change.vectors is None:
+            return np.zeros((0, self.encoder.dimension), dtype=np.float32)
+        return change.vectors
 
 
 def _check_threshold(value: float, field: str) -> None:

@@ -1,0 +1,752 @@
+"""PostgreSQL storage and replicas, against a real PostgreSQL server (no mocks).
+
+The server comes from ``scripts/postgres.sh`` (``.ci/run`` starts one and sets
+``SYNAPTOROUTE_TEST_PG_DSN``). Without a DSN these tests skip; with
+``SYNAPTOROUTE_TEST_PG_REQUIRED=1`` (CI) a missing server is a failure instead.
+
+Replicas run in separate processes: this file doubles as the replica program
+(``python tests/test_postgres.py --replica DSN SCHEMA ENCODER``), which reads one
+JSON command per line on stdin and answers one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from synaptoroute import (
+    AdaptiveRouter,
+    Encoder,
+    HashingEncoder,
+    NotADatabaseError,
+    Route,
+    RouteExistsError,
+    RouteNotFoundError,
+    SQLiteStorage,
+    Storage,
+    StorageError,
+)
+from synaptoroute.storage import ModelInfo, StoredRoute
+
+ROOT = Path(__file__).resolve().parent.parent
+DSN = os.environ.get("SYNAPTOROUTE_TEST_PG_DSN", "")
+CLUSTER_DIR = os.environ.get("SYNAPTOROUTE_TEST_PG_DIR", "")
+REQUIRED = os.environ.get("SYNAPTOROUTE_TEST_PG_REQUIRED") == "1"
+WAIT = 30.0  # generous upper bound for a replica to see a change; never a timing assertion
+
+ROUTES = [
+    Route(name="billing", utterances=["I need a refund", "where is my invoice"], threshold=0.3),
+    Route(name="support", utterances=["the app crashes", "I cannot log in"], metadata={"t": 2}),
+    Route(name="weather", utterances=["will it rain tomorrow"], description="forecasts"),
+]
+
+
+# -- what both sides compute ----------------------------------------------------------
+def digest(texts: Sequence[str], vectors: NDArray[np.float32]) -> str:
+    """A route's utterances with their exact vector bytes, order-independent."""
+    pairs = sorted(
+        (t, np.ascontiguousarray(v, np.float32).tobytes())
+        for t, v in zip(texts, vectors, strict=True)
+    )
+    h = hashlib.sha256()
+    for text, blob in pairs:
+        h.update(text.encode())
+        h.update(blob)
+    return h.hexdigest()
+
+
+def router_state(router: AdaptiveRouter) -> dict[str, Any]:
+    """Routes as the router holds them, and what its compiled matrix holds per route."""
+    snap = router._index.snapshot()
+    index = {}
+    for pos, rid in enumerate(snap.live_routes.tolist()):
+        rows = snap._route_rows(pos)
+        name = snap.names[rid]
+        assert name is not None
+        index[name] = digest([snap.texts[r] for r in rows], snap.matrix[rows])
+    routes = {
+        r.name: {
+            "utterances": sorted(r.utterances),
+            "threshold": r.threshold,
+            "description": r.description,
+            "metadata": r.metadata,
+        }
+        for r in router.list_routes()
+    }
+    return {"routes": routes, "index": index, "threshold": router.threshold}
+
+
+def stored_state(stored: Sequence[StoredRoute], threshold: float) -> dict[str, Any]:
+    """The same view computed from what the database holds."""
+    routes = {
+        s.route.name: {
+            "utterances": sorted(s.route.utterances),
+            "threshold": s.route.threshold,
+            "description": s.route.description,
+            "metadata": s.route.metadata,
+        }
+        for s in stored
+    }
+    index = {s.route.name: digest(s.route.utterances, s.vectors) for s in stored if len(s.vectors)}
+    return {"routes": routes, "index": index, "threshold": threshold}
+
+
+# -- the replica program (child process) ----------------------------------------------
+class CountingEncoder:
+    """Wraps an encoder and counts the texts it encodes (to prove nothing is re-encoded)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.texts = 0
+
+    @property
+    def model_id(self) -> str:
+        return str(self.inner.model_id)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.inner.dimension)
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        self.texts += len(texts)
+        out: NDArray[np.float32] = np.asarray(self.inner.encode(texts), dtype=np.float32)
+        return out
+
+
+def _burst(router: AdaptiveRouter, seed: int, n: int, names: list[str]) -> dict[str, int]:
+    """``n`` random writes on overlapping route names; the other replica does the same."""
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "sigma", "omega", "kappa", "lambda", "theta"]
+    outcome: dict[str, int] = {}
+    for i in range(n):
+        name = rng.choice(names)
+        texts = [f"{rng.choice(words)} {rng.choice(words)} {seed} {i} {k}" for k in range(3)]
+        op = rng.choice(["put", "put", "add", "add", "add", "del_utt", "threshold", "delete"])
+        try:
+            if op == "put":
+                router.add_route(Route(name=name, utterances=texts), replace=True)
+            elif op == "add":
+                router.add_utterances(name, texts)
+            elif op == "del_utt":
+                route = router.get_route(name)
+                router.delete_utterances(name, route.utterances[: rng.randint(1, 2)])
+            elif op == "threshold":
+                router.set_threshold(name, round(rng.uniform(0.1, 0.9), 3))
+            else:
+                router.delete_route(name)
+            key = op
+        except (RouteNotFoundError, RouteExistsError) as exc:
+            key = type(exc).__name__
+        outcome[key] = outcome.get(key, 0) + 1
+    return outcome
+
+
+def _replica_main(dsn: str, schema: str, encoder_kind: str) -> None:
+    from synaptoroute.postgres import PostgresStorage
+
+    inner = Encoder() if encoder_kind == "real" else HashingEncoder()
+    encoder = CountingEncoder(inner)
+    store = PostgresStorage(dsn, schema=schema, connect_timeout=2, poll_interval=1.0)
+    router = AdaptiveRouter(encoder, store)
+
+    def handle(op: str, args: dict[str, Any]) -> Any:
+        if op == "query":
+            return [
+                [m.name, m.score, m.candidate, m.reason] for m in router.query_batch(args["texts"])
+            ]
+        if op == "wait":
+            return store.wait_for_seq(args["seq"], args.get("timeout", WAIT))
+        if op == "state":
+            return {**router_state(router), "applied": store.applied_seq}
+        if op == "encoded":
+            return encoder.texts
+        if op == "connected":
+            return bool(store.watching and store.watching.connected)
+        if op == "burst":
+            return _burst(router, **args)
+        if op == "add_route":
+            router.add_route(Route(**args["route"]), replace=args.get("replace", False))
+        elif op == "add_utterances":
+            router.add_utterances(args["name"], args["texts"])
+        elif op == "delete_route":
+            router.delete_route(args["name"])
+        elif op == "delete_utterances":
+            router.delete_utterances(args["name"], args["texts"])
+        elif op == "set_threshold":
+            router.set_threshold(args["name"], args["threshold"])
+        elif op == "set_default_threshold":
+            router.threshold = args["value"]
+        else:
+            raise ValueError(op)
+        return store.last_write_seq  # what a write answers: its sequence number
+
+    print(json.dumps({"ok": True, "result": store.applied_seq}), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        try:
+            out = {"ok": True, "result": handle(command["op"], command.get("args", {}))}
+        except Exception as exc:
+            out = {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+        print(json.dumps(out), flush=True)
+    router.close()
+
+
+class Replica:
+    """A router in another process, driven over pipes."""
+
+    def __init__(self, dsn: str, schema: str, encoder: str = "hashing") -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--replica", dsn, schema, encoder],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        self.start_seq = self._read()
+
+    def _read(self) -> Any:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            msg = f"replica exited with {self.proc.wait()}"
+            raise RuntimeError(msg)
+        out = json.loads(line)
+        if not out["ok"]:
+            raise ReplicaError(out["error"], out["message"])
+        return out["result"]
+
+    def send(self, op: str, **args: Any) -> None:
+        """Send a command without waiting for its answer (see :meth:`receive`)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, "args": args}) + "\n")
+        self.proc.stdin.flush()
+
+    def receive(self) -> Any:
+        """The answer to the oldest command sent."""
+        return self._read()
+
+    def call(self, op: str, **args: Any) -> Any:
+        """Run one command and return its result (:class:`ReplicaError` if it raised)."""
+        self.send(op, **args)
+        return self._read()
+
+    def close(self) -> None:
+        """End the replica process."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class ReplicaError(Exception):
+    """An exception raised inside a replica process."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+# -- fixtures -------------------------------------------------------------------------
+def _unavailable(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"PostgreSQL is required here (SYNAPTOROUTE_TEST_PG_REQUIRED=1): {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def pg_dsn() -> str:
+    """The test server's DSN; skips (or fails under CI) without a reachable server."""
+    try:
+        import psycopg
+    except ImportError:
+        _unavailable("psycopg is not installed: pip install 'synaptoroute[postgres]'")
+    if not DSN:
+        _unavailable(
+            'no PostgreSQL server: run `eval "$(bash scripts/postgres.sh start)"` '
+            "(sets SYNAPTOROUTE_TEST_PG_DSN) to run these tests"
+        )
+    try:
+        psycopg.connect(DSN, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        _unavailable(f"PostgreSQL at SYNAPTOROUTE_TEST_PG_DSN is unreachable: {exc}")
+    return DSN
+
+
+@pytest.fixture
+def schema(pg_dsn: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test, dropped afterwards."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def replicas(pg_dsn: str, schema: str) -> Iterator[list[Replica]]:
+    """A list the test appends :class:`Replica` processes to; all ended afterwards."""
+    started: list[Replica] = []
+    yield started
+    for replica in started:
+        replica.close()
+
+
+def open_store(dsn: str, schema: str, **options: Any) -> Any:
+    from synaptoroute.postgres import PostgresStorage
+
+    return PostgresStorage(dsn, schema=schema, connect_timeout=2, **options)
+
+
+def db_state(dsn: str, schema: str) -> dict[str, Any]:
+    """What a fresh reader sees in the database."""
+    store = open_store(dsn, schema)
+    try:
+        policy = store.get_state("policy") or {}
+        return stored_state(store.load(), float(policy.get("threshold", 0.5)))
+    finally:
+        store.close()
+
+
+def cluster(action: str) -> None:
+    """Stop or start the test server (needs the cluster made by scripts/postgres.sh)."""
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "postgres.sh"), action, CLUSTER_DIR],
+        check=True,
+        timeout=120,
+    )
+
+
+def unit(rows: int, dim: int, seed: int) -> NDArray[np.float32]:
+    v = np.random.default_rng(seed).standard_normal((rows, dim)).astype(np.float32)
+    out: NDArray[np.float32] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+# -- errors within a bounded time (no server needed) ----------------------------------
+@pytest.mark.timeout(60)
+def test_bad_dsn_and_unreachable_servers_give_clear_errors() -> None:
+    pytest.importorskip("psycopg")
+    from synaptoroute.postgres import PostgresStorage
+
+    with pytest.raises(StorageError, match="not a valid PostgreSQL DSN"):
+        PostgresStorage("this is not a dsn")
+
+    # Nothing listens on this port: refused at once.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    with pytest.raises(StorageError, match=r"cannot connect to PostgreSQL .*127\.0\.0\.1"):
+        PostgresStorage(f"postgresql://nobody@127.0.0.1:{closed_port}/db", connect_timeout=2)
+
+    # A server that accepts the connection and never answers: connect_timeout ends it.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        with pytest.raises(StorageError, match=r"gave up after \d+\.\d s") as info:
+            PostgresStorage(f"postgresql://nobody:secret@127.0.0.1:{port}/db", connect_timeout=2)
+    assert "secret" not in str(info.value)  # the password never reaches a message
+
+
+def test_open_storage_picks_the_backend(pg_dsn: str, schema: str, tmp_path: Path) -> None:
+    from synaptoroute.postgres import PostgresStorage, open_storage
+
+    pg = open_storage(pg_dsn, schema=schema)
+    lite = open_storage(tmp_path / "routes.sqlite")
+    try:
+        assert isinstance(pg, PostgresStorage)
+        assert isinstance(lite, SQLiteStorage)
+        assert isinstance(pg, Storage)
+    finally:
+        pg.close()
+        lite.close()
+
+
+# -- the storage on its own -----------------------------------------------------------
+def test_storage_round_trip_is_exact(pg_dsn: str, schema: str) -> None:
+    store = open_store(pg_dsn, schema)
+    model = ModelInfo("m", 8)
+    assert store.model_info() is None
+    assert store.load() == []
+    vectors = {r.name: unit(len(r.utterances), 8, i) for i, r in enumerate(ROUTES)}
+    for route in ROUTES:
+        store.put_route(route, vectors[route.name], model)
+    extra = unit(2, 8, 9)
+    store.add_utterances("support", ["my password is wrong", "reset it"], extra, model)
+    store.delete_utterances("support", ["the app crashes"])
+    store.update_route(ROUTES[2].model_copy(update={"threshold": 0.7, "metadata": {"k": "v"}}))
+    store.set_state("policy", {"threshold": 0.42, "thresholds": {"billing": 0.2}})
+    store.set_state("gone", {"x": 1})
+    store.set_state("gone", None)
+    store.close()
+
+    again = open_store(pg_dsn, schema)  # a second connection, as another replica would
+    try:
+        assert again.model_info() == model
+        assert again.schema_version == 1
+        loaded = {s.route.name: s for s in again.load()}
+        assert list(loaded) == ["billing", "support", "weather"]
+        assert loaded["billing"].route == ROUTES[0]
+        np.testing.assert_array_equal(loaded["billing"].vectors, vectors["billing"])
+        assert loaded["support"].route.utterances == [
+            "I cannot log in",
+            "my password is wrong",
+            "reset it",
+        ]
+        np.testing.assert_array_equal(
+            loaded["support"].vectors, np.vstack([vectors["support"][1:], extra])
+        )
+        assert loaded["weather"].route.threshold == 0.7
+        assert loaded["weather"].route.metadata == {"k": "v"}
+        assert loaded["weather"].route.description == "forecasts"
+        assert again.get_state("policy") == {"threshold": 0.42, "thresholds": {"billing": 0.2}}
+        assert again.get_state("gone") is None
+
+        other = ModelInfo("n", 4)
+        again.replace_all([StoredRoute(ROUTES[2], unit(1, 4, 3))], other)
+        assert again.model_info() == other
+        assert [s.route.name for s in again.load()] == ["weather"]
+    finally:
+        again.close()
+
+
+def test_failed_writes_change_nothing(pg_dsn: str, schema: str) -> None:
+    store = open_store(pg_dsn, schema)
+    try:
+        model = ModelInfo("m", 8)
+        store.put_route(ROUTES[0], unit(2, 8, 1), model)
+        before, seq = store.load(), store.current_seq()
+        with pytest.raises(StorageError, match="refusing to mix"):
+            store.put_route(ROUTES[1], unit(2, 4, 1), ModelInfo("other", 4))
+        with pytest.raises(RouteNotFoundError):
+            store.add_utterances("nope", ["x"], unit(1, 8, 2), model)
+        with pytest.raises(RouteNotFoundError):
+            store.delete_route("nope")
+        with pytest.raises(StorageError, match="expected vectors of shape"):
+            store.put_route(ROUTES[1], unit(3, 8, 1), model)
+        assert store.current_seq() == seq  # no change-log row for a rolled-back write
+        after = store.load()
+        assert [s.route for s in after] == [s.route for s in before]
+        np.testing.assert_array_equal(after[0].vectors, before[0].vectors)
+    finally:
+        store.close()
+
+
+def test_a_foreign_or_newer_schema_is_left_untouched(pg_dsn: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'CREATE TABLE "{schema}".orders (id int)')
+    with pytest.raises(NotADatabaseError, match="not a synaptoroute store"):
+        open_store(pg_dsn, schema)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
+        ).fetchall()
+        assert tables == [("orders",)]
+        conn.execute(f'DROP TABLE "{schema}".orders')
+    open_store(pg_dsn, schema).close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"UPDATE \"{schema}\".meta SET value = '99' WHERE key = 'version'")
+    with pytest.raises(StorageError, match="version 99, newer"):
+        open_store(pg_dsn, schema)
+
+
+def test_every_change_is_logged_in_order_and_notified(pg_dsn: str, schema: str) -> None:
+    import psycopg
+
+    store = open_store(pg_dsn, schema)
+    try:
+        model = ModelInfo("m", 8)
+        with psycopg.connect(pg_dsn, autocommit=True) as listener:
+            listener.execute(f'LISTEN "synaptoroute_{schema}"')
+            store.put_route(ROUTES[0], unit(2, 8, 1), model)
+            store.add_utterances("billing", ["a new one"], unit(1, 8, 2), model)
+            store.set_state("policy", {"threshold": 0.6})
+            store.delete_route("billing")
+            notes = [int(n.payload) for n in listener.notifies(timeout=10, stop_after=4)]
+            rows = listener.execute(
+                f'SELECT seq, kind, name, origin FROM "{schema}".changes ORDER BY seq'
+            ).fetchall()
+        assert [r[1:3] for r in rows] == [
+            ("put_route", "billing"),
+            ("add_utterances", "billing"),
+            ("set_state", "policy"),
+            ("delete_route", "billing"),
+        ]
+        assert [r[0] for r in rows] == sorted({r[0] for r in rows})
+        assert notes == [r[0] for r in rows]
+        assert store.last_write_seq == rows[-1][0]
+        assert {r[3] for r in rows} == {store.origin}
+    finally:
+        store.close()
+
+
+def test_a_follower_behind_a_pruned_log_reloads_everything(pg_dsn: str, schema: str) -> None:
+    writer = open_store(pg_dsn, schema, keep_changes=2)
+    writer.prune_every = 1
+    reader = open_store(pg_dsn, schema)
+    try:
+        model = ModelInfo("m", 8)
+        for i in range(6):
+            writer.put_route(Route(name=f"r{i}", utterances=[f"text {i}"]), unit(1, 8, i), model)
+        received: list[Any] = []
+
+        reader.watch(received.extend, since=1)  # seq 2..4 are gone from the log
+        assert reader.wait_for_seq(writer.last_write_seq, WAIT)
+        assert received[0].kind == "reload"
+        assert [s.route.name for s in received[0].routes] == [f"r{i}" for i in range(6)]
+        np.testing.assert_array_equal(received[0].routes[3].vectors, unit(1, 8, 3))
+    finally:
+        reader.close()
+        writer.close()
+
+
+# -- replicas -------------------------------------------------------------------------
+def test_replicas_in_separate_processes_route_identically(
+    pg_dsn: str, schema: str, replicas: list[Replica], clinc_train: Any, clinc_val: Any
+) -> None:
+    a = Replica(pg_dsn, schema, "real")
+    replicas.append(a)
+    b = Replica(pg_dsn, schema, "real")
+    replicas.append(b)
+    labels = sorted({r["label"] for r in clinc_train if r["label"]})[:6]
+    train = {lab: [r["text"] for r in clinc_train if r["label"] == lab][:12] for lab in labels}
+    probes = [r["text"] for r in clinc_val if r["label"] in labels or r["label"] is None][:120]
+
+    def same_answers() -> list[Any]:
+        here: list[Any] = a.call("query", texts=probes)
+        there: list[Any] = b.call("query", texts=probes)
+        assert [m[0] for m in here] == [m[0] for m in there]
+        assert [m[3] for m in here] == [m[3] for m in there]
+        np.testing.assert_allclose([m[1] for m in here], [m[1] for m in there], atol=1e-6)
+        return here
+
+    # Added through A.
+    for lab in labels[:5]:
+        seq = a.call("add_route", route={"name": lab, "utterances": train[lab][:8]})
+    assert b.call("wait", seq=seq)
+    assert b.call("encoded") == 0  # B took the vectors from the database
+    first = same_answers()
+    assert sum(m[0] == labels[0] for m in first) > 5  # the route is really used
+
+    # Changed through A: replaced, extended, re-thresholded.
+    a.call("add_route", route={"name": labels[1], "utterances": train[labels[1]][4:]}, replace=True)
+    a.call("add_utterances", name=labels[0], texts=train[labels[0]][8:])
+    a.call("delete_utterances", name=labels[2], texts=train[labels[2]][:2])
+    seq = a.call("set_threshold", name=labels[3], threshold=0.9)
+    assert b.call("wait", seq=seq)
+    same_answers()
+    assert b.call("encoded") == len(set(probes))  # only B's own queries were encoded
+
+    # Deleted through A: B stops routing there at once.
+    seq = a.call("delete_route", name=labels[0])
+    assert b.call("wait", seq=seq)
+    after = same_answers()
+    assert labels[0] not in {m[0] for m in after} | {m[2] for m in after}
+
+    # And the other way round.
+    seq = b.call("add_route", route={"name": labels[5], "utterances": train[labels[5]]})
+    assert a.call("wait", seq=seq)
+    same_answers()
+    expected = db_state(pg_dsn, schema)
+    for replica in (a, b):
+        state = replica.call("state")
+        del state["applied"]
+        assert state == expected
+
+
+def test_a_replica_started_late_catches_up(
+    pg_dsn: str, schema: str, replicas: list[Replica]
+) -> None:
+    a = Replica(pg_dsn, schema)
+    replicas.append(a)
+    for i, route in enumerate(ROUTES):
+        a.call("add_route", route=route.model_dump())
+        a.call("add_utterances", name=route.name, texts=[f"extra {i}"])
+    a.call("delete_route", name="weather")
+    seq = a.call("set_default_threshold", value=0.35)
+    late = Replica(pg_dsn, schema)
+    replicas.append(late)
+    assert late.start_seq == seq
+    assert late.call("encoded") == 0
+    state = late.call("state")
+    assert state["threshold"] == 0.35
+    del state["applied"]
+    assert state == db_state(pg_dsn, schema)
+    probes = ["I need my money back", "it crashes on start", "rain?"]
+    assert late.call("query", texts=probes) == a.call("query", texts=probes)
+
+
+def test_concurrent_writers_leave_database_and_matrices_consistent(
+    pg_dsn: str, schema: str, replicas: list[Replica]
+) -> None:
+    a, b = Replica(pg_dsn, schema), Replica(pg_dsn, schema)
+    replicas += [a, b]
+    names = ["r0", "r1", "r2", "r3"]
+    a.send("burst", seed=1, n=120, names=names)
+    b.send("burst", seed=2, n=120, names=names)  # both run at once
+    outcomes = [a.receive(), b.receive()]
+    assert all(sum(o.values()) == 120 for o in outcomes)
+    # Both really wrote, and some writes hit a route the other had just deleted.
+    assert all(o.get("add", 0) + o.get("put", 0) > 10 for o in outcomes)
+    seq = open_store(pg_dsn, schema).current_seq()
+    assert a.call("wait", seq=seq) and b.call("wait", seq=seq)
+    expected = db_state(pg_dsn, schema)
+    for replica in (a, b):
+        state = replica.call("state")
+        del state["applied"]
+        assert state == expected
+
+
+def test_a_write_racing_an_unapplied_change_is_resynchronised(pg_dsn: str, schema: str) -> None:
+    enc = HashingEncoder()
+    a = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    b = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    try:
+        a.add_route(ROUTES[0])
+        assert b.storage.wait_for_seq(a.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        # Holding B's lock keeps B's follower from applying A's change, so B writes on
+        # top of a stale route, exactly as when the two writes race.
+        with b._lock:
+            a.add_utterances("billing", ["charged twice"])
+            a.set_threshold("billing", 0.25)
+            b.add_utterances("billing", ["wrong amount"])
+            assert "charged twice" not in b.get_route("billing").utterances
+        assert b.storage.wait_for_seq(b.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        assert a.storage.wait_for_seq(b.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        expected = db_state(pg_dsn, schema)
+        assert router_state(a) == expected == router_state(b)
+        assert b.get_route("billing").threshold == 0.25
+    finally:
+        a.close()
+        b.close()
+
+
+def test_deleting_a_route_another_replica_is_routing_to(pg_dsn: str, schema: str) -> None:
+    enc = HashingEncoder()
+    a = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    b = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    try:
+        a.add_routes(ROUTES)
+        assert b.storage.wait_for_seq(a.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        assert b.query("I need a refund").name == "billing"
+        with b._lock:  # B has not heard of the deletion yet
+            a.delete_route("billing")
+            assert b.query("I need a refund").name == "billing"
+            with pytest.raises(RouteNotFoundError):
+                b.add_utterances("billing", ["refund now"])
+            with pytest.raises(RouteNotFoundError):
+                b.delete_route("billing")
+        assert b.storage.wait_for_seq(a.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        assert "billing" not in b
+        assert b.query("I need a refund").candidate != "billing"
+        assert router_state(b) == db_state(pg_dsn, schema) == router_state(a)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_lost_connection_is_caught_up_from_the_last_sequence_number(
+    pg_dsn: str, schema: str
+) -> None:
+    import psycopg
+
+    enc = HashingEncoder()
+    writer = open_store(pg_dsn, schema)
+    follower = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    watch = follower.storage.watching  # type: ignore[attr-defined]
+    try:
+        model = ModelInfo(enc.model_id, enc.dimension)
+        writer.put_route(ROUTES[0], enc.encode(ROUTES[0].utterances), model)
+        assert follower.storage.wait_for_seq(writer.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            # Cut both of the follower's connections (its listener and its writer), then
+            # write while it is away: it must find these changes in the log, not in NOTIFY.
+            own = follower.storage._run("test", lambda conn: conn.info.backend_pid)  # type: ignore[attr-defined]
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid",
+                ([own, watch.backend_pid],),
+            ).fetchall()
+            assert killed == [(True,), (True,)]
+            for route in ROUTES[1:]:
+                writer.put_route(route, enc.encode(route.utterances), model)
+        assert follower.storage.wait_for_seq(writer.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        assert watch.reconnects >= 1
+        assert router_state(follower) == db_state(pg_dsn, schema)
+        # The follower's own store reconnects for writes too.
+        follower.delete_route("weather")
+        assert "weather" not in [s.route.name for s in writer.load()]
+    finally:
+        follower.close()
+        writer.close()
+
+
+@pytest.mark.skipif(not CLUSTER_DIR, reason="needs the cluster of scripts/postgres.sh to restart")
+def test_database_restart_while_both_replicas_run(
+    pg_dsn: str, schema: str, replicas: list[Replica]
+) -> None:
+    a, b = Replica(pg_dsn, schema), Replica(pg_dsn, schema)
+    replicas += [a, b]
+    for route in ROUTES:
+        seq = a.call("add_route", route=route.model_dump())
+    assert b.call("wait", seq=seq)
+    probes = ["I need a refund", "the app crashes again", "rain tomorrow?", "play jazz"]
+    before = b.call("query", texts=probes)
+
+    cluster("server-stop")
+    try:
+        # Queries keep working on the last known routes; changes fail clearly.
+        assert b.call("query", texts=probes) == before
+        assert a.call("query", texts=probes) == before
+        with pytest.raises(ReplicaError) as info:
+            a.call("add_utterances", name="billing", texts=["refund please"])
+        assert info.value.kind == "StorageError"
+        assert "nothing was changed" in info.value.message
+        assert a.call("state")["routes"]["billing"]["utterances"] == sorted(ROUTES[0].utterances)
+    finally:
+        cluster("server-start")
+
+    # The first write after the restart goes through, and B catches up.
+    a.call("add_utterances", name="billing", texts=["refund please"])
+    a.call("delete_route", name="weather")
+    seq = a.call("add_route", route={"name": "music", "utterances": ["play some jazz"]})
+    assert b.call("wait", seq=seq)
+    expected = db_state(pg_dsn, schema)
+    for replica in (a, b):
+        state = replica.call("state")
+        del state["applied"]
+        assert state == expected
+    assert b.call("query", texts=probes) == a.call("query", texts=probes)
+    assert b.call("query", texts=["play jazz"])[0][0] == "music"
+
+
+def test_sqlite_and_memory_routers_have_no_follower(tmp_path: Path) -> None:
+    router = AdaptiveRouter(HashingEncoder(), SQLiteStorage(tmp_path / "r.sqlite"))
+    router.add_routes(ROUTES)
+    assert not hasattr(router.storage, "watch")
+    assert router.query("I need a refund").name == "billing"
+    router.close()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--replica"]:
+    _replica_main(*sys.argv[2:5])
