@@ -1,0 +1,652 @@
+"""The ``synaptoroute`` command line: a thin layer over the library.
+
+Commands: ``route``, ``routes list|add|delete``, ``import``, ``export``, ``fit``,
+``eval`` and ``serve``. Every command has ``--help``; those that print data take
+``--json``. Long work (encoding many texts) shows a progress bar on stderr.
+
+Exit codes:
+    0: success.
+    1: the operation failed (the store or the model could not be used, an I/O error).
+    2: bad input (usage, a malformed or invalid file, an unknown route, a missing store).
+    3: an optional extra is not installed (the message names the ``pip install``).
+    130: interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import __version__
+from .encoder import Encoder, EncoderProtocol
+from .exceptions import (
+    InvalidInputError,
+    MissingDependencyError,
+    ModelMismatchError,
+    NotADatabaseError,
+    RouteExistsError,
+    RouteNotFoundError,
+    SynaptorouteError,
+)
+from .models import Route
+from .router import AdaptiveRouter
+from .storage import SQLiteStorage
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_MISSING_EXTRA",
+    "EXIT_OK",
+    "build_parser",
+    "main",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_MISSING_EXTRA = 3
+EXIT_INTERRUPTED = 130
+
+#: Used when ``--store`` is not given.
+STORE_ENV = "SYNAPTOROUTE_STORE"
+DEFAULT_STORE = "routes.db"
+# Texts per encoder call while a progress bar is shown: small enough for a smooth
+# bar, large enough that the batching inside the encoder still pays off.
+_PROGRESS_CHUNK = 256
+_PROGRESS_MIN = 100
+
+
+class BadInput(Exception):
+    """A usage problem found by the CLI itself (exit code 2)."""
+
+
+# -- progress --------------------------------------------------------------------------
+class ProgressEncoder:
+    """Wraps an encoder; while :attr:`bar` is set, encodes in chunks and advances it."""
+
+    def __init__(self, inner: EncoderProtocol) -> None:
+        self.inner = inner
+        self.bar: Any = None
+
+    @property
+    def model_id(self) -> str:
+        """The wrapped encoder's model id."""
+        return self.inner.model_id
+
+    @property
+    def dimension(self) -> int:
+        """The wrapped encoder's dimension."""
+        return self.inner.dimension
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the wrapped model is in memory."""
+        return bool(getattr(self.inner, "loaded", True))
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Encode ``texts``, advancing the progress bar if one is shown."""
+        bar = self.bar
+        if bar is None or len(texts) <= _PROGRESS_CHUNK:
+            out = self.inner.encode(texts)
+            if bar is not None:
+                bar.update(len(texts))
+            return out
+        parts = []
+        for start in range(0, len(texts), _PROGRESS_CHUNK):
+            chunk = texts[start : start + _PROGRESS_CHUNK]
+            parts.append(self.inner.encode(chunk))
+            bar.update(len(chunk))
+        return np.vstack(parts)
+
+
+@contextmanager
+def _progress(router: AdaptiveRouter, total: int, desc: str, quiet: bool) -> Iterator[None]:
+    encoder = router.encoder
+    if quiet or not isinstance(encoder, ProgressEncoder):
+        yield
+        return
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the bar is a comfort, not a requirement
+        yield
+        return
+    # A bar for a handful of texts is noise; long work is what it is for.
+    small = total < _PROGRESS_MIN
+    with tqdm(
+        total=total, desc=desc, unit="text", file=sys.stderr, leave=False, disable=small
+    ) as bar:
+        encoder.bar = bar
+        try:
+            yield
+        finally:
+            encoder.bar = None
+
+
+# -- helpers ---------------------------------------------------------------------------
+def _store_path(args: argparse.Namespace) -> str:
+    return str(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE)
+
+
+def _open_router(args: argparse.Namespace, *, create: bool) -> AdaptiveRouter:
+    path = _store_path(args)
+    if not create and path != ":memory:" and not Path(path).expanduser().exists():
+        msg = f"no store at {path!r}; create one with 'synaptoroute import' or 'routes add'"
+        raise BadInput(msg)
+    storage = SQLiteStorage(path)
+    try:
+        return AdaptiveRouter(ProgressEncoder(Encoder()), storage)
+    except BaseException:
+        storage.close()
+        raise
+
+
+@contextmanager
+def _router(args: argparse.Namespace, *, create: bool = False) -> Iterator[AdaptiveRouter]:
+    router = _open_router(args, create=create)
+    try:
+        yield router
+    finally:
+        router.close()
+
+
+def _print_json(data: Any, out: TextIO | None = None) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2), file=out or sys.stdout)
+
+
+def _match_dict(match: Any) -> dict[str, Any]:
+    from .server.schemas import RouteResult
+
+    return RouteResult.from_match(match).model_dump()
+
+
+def _library(name: str, *modules: str) -> Any:
+    import importlib
+
+    for module in modules:
+        try:
+            found = getattr(importlib.import_module(f"synaptoroute.{module}"), name, None)
+        except ImportError:
+            continue
+        if found is not None:
+            return found
+    msg = f"this synaptoroute has no {name}(); the command needs it"
+    raise SynaptorouteError(msg)
+
+
+def _read_labelled(path: str) -> tuple[list[str], list[str | None]]:
+    """Texts and labels of a JSON-lines file, validated before anything is written."""
+    rows = _library("load_jsonl", "datasets")(path)
+    return _texts_labels(rows)
+
+
+def _texts_labels(rows: Any) -> tuple[list[str], list[str | None]]:
+    texts = [r["text"] if isinstance(r, dict) else r.text for r in rows]
+    labels = [r["label"] if isinstance(r, dict) else r.label for r in rows]
+    return texts, labels
+
+
+# -- commands -------------------------------------------------------------------------
+def cmd_route(args: argparse.Namespace) -> int:
+    """Route texts and print the route of each."""
+    with _router(args) as router:
+        if args.top_k:
+            results = [
+                [_match_dict(m) for m in router.query_top_k(t, args.top_k)] for t in args.text
+            ]
+        else:
+            results = [[_match_dict(m)] for m in router.query_batch(args.text)]
+    for text, matches in zip(args.text, results, strict=True):
+        if args.json:
+            item = matches if args.top_k else matches[0]
+            print(json.dumps({"query": text, "result": item}, ensure_ascii=False))
+            continue
+        for m in matches:
+            print(f"{m['route'] or '-'}\t{m['score']:.4f}\t{m['reason']}\t{text}")
+    return EXIT_OK
+
+
+def cmd_routes_list(args: argparse.Namespace) -> int:
+    """Print every route."""
+    from .server.routes_file import dump_routes
+
+    with _router(args) as router:
+        doc = dump_routes(router)
+    if args.json:
+        _print_json(doc["routes"])
+        return EXIT_OK
+    print(f"{'route':24} {'utterances':>10} {'threshold':>9}  description")
+    for r in doc["routes"]:
+        threshold = f"{r['threshold']:.3f}" if "threshold" in r else "-"
+        desc = r.get("description") or ""
+        print(f"{r['name']:24} {len(r['utterances']):>10} {threshold:>9}  {desc}")
+    print(f"default threshold: {doc['threshold']:.3f}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_routes_add(args: argparse.Namespace) -> int:
+    """Add (or with --replace, replace) routes from arguments or a routes file."""
+    from .server.routes_file import RoutesDocument, apply_routes, load_routes_file
+
+    if args.file:
+        if args.name or args.utterances:
+            msg = "give either NAME UTTERANCE... or --file, not both"
+            raise BadInput(msg)
+        doc = load_routes_file(args.file)
+    else:
+        if not args.name:
+            msg = "give NAME UTTERANCE... or --file FILE"
+            raise BadInput(msg)
+        route = Route(
+            name=args.name,
+            utterances=args.utterances,
+            description=args.description,
+            threshold=args.threshold,
+        )
+        doc = RoutesDocument(routes=[route])
+    with _router(args, create=True) as router:
+        if not args.replace:
+            taken = [
+                r.name for r in doc.routes if r.name in router and router.get_route(r.name) != r
+            ]
+            if taken:
+                msg = f"route {taken[0]!r} exists; pass --replace to replace it"
+                raise RouteExistsError(msg)
+        total = sum(len(r.utterances) for r in doc.routes)
+        with _progress(router, total, "encoding", args.quiet):
+            report = apply_routes(router, doc)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for key in ("created", "replaced", "unchanged"):
+            for name in getattr(report, key):
+                print(f"{key}\t{name}")
+    return EXIT_OK
+
+
+def cmd_routes_delete(args: argparse.Namespace) -> int:
+    """Delete routes; nothing is deleted if any name is unknown."""
+    with _router(args) as router:
+        for name in args.names:
+            router.get_route(name)
+        for name in dict.fromkeys(args.names):
+            router.delete_route(name)
+    if args.json:
+        _print_json({"deleted": list(dict.fromkeys(args.names))})
+    else:
+        for name in dict.fromkeys(args.names):
+            print(f"deleted\t{name}")
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Build routes from labelled JSON lines (or apply a YAML/JSON routes file)."""
+    from .server.routes_file import RoutesDocument, apply_routes, load_routes_file
+
+    suffix = Path(args.file).suffix.lower()
+    if suffix in (".yaml", ".yml", ".json"):
+        doc = load_routes_file(args.file)
+        rows = sum(len(r.utterances) for r in doc.routes)
+    else:
+        texts, labels = _read_labelled(args.file)
+        routes_from_labelled = _library("routes_from_labelled", "datasets", "fitting")
+        doc = RoutesDocument(routes=list(routes_from_labelled(texts, labels)))
+        rows = len(texts)
+    with _router(args, create=True) as router:
+        if not args.replace:
+            taken = [
+                r.name for r in doc.routes if r.name in router and router.get_route(r.name) != r
+            ]
+            if taken:
+                msg = (
+                    f"route {taken[0]!r} exists with other content; pass --replace to replace "
+                    "existing routes"
+                )
+                raise RouteExistsError(msg)
+        total = sum(len(r.utterances) for r in doc.routes)
+        with _progress(router, total, "encoding", args.quiet):
+            report = apply_routes(router, doc)
+    summary = {"rows": rows, "routes": len(doc.routes), **report.to_dict()}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(
+            f"{summary['routes']} routes from {rows} rows: {len(report.created)} created, "
+            f"{len(report.replaced)} replaced, {len(report.unchanged)} unchanged"
+        )
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the store's routes as a routes file (YAML or JSON)."""
+    from .server.routes_file import dump_routes, render_routes
+
+    by_suffix = args.format is None and str(args.output or "").lower().endswith(".json")
+    fmt: Literal["yaml", "json"] = (
+        "json" if args.json or args.format == "json" or by_suffix else "yaml"
+    )
+    with _router(args) as router:
+        text = render_routes(dump_routes(router), fmt)
+    if args.output:
+        tmp = Path(args.output + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(args.output)  # a reader never sees half a file
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _report_json(report: Any) -> Any:
+    to_json = getattr(report, "to_json", None)
+    if to_json is None:
+        return report
+    value = to_json()
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit thresholds (and more) on labelled data; the fitted state is saved in the store."""
+    texts, labels = _read_labelled(args.file)
+    kwargs: dict[str, Any] = {}
+    if args.objective:
+        kwargs["objective"] = args.objective
+    with _router(args) as router:
+        if not len(router):
+            msg = (
+                f"the store {_store_path(args)!r} holds no routes; run 'synaptoroute import' first"
+            )
+            raise BadInput(msg)
+        with _progress(router, len(texts), "encoding", args.quiet):
+            report = getattr(router, "fit")(texts, labels, **kwargs)  # noqa: B009
+    data = _report_json(report)
+    if args.json:
+        _print_json(data)
+    else:
+        print(str(report) if not isinstance(data, dict) else _summary(data))
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate the store's router on labelled data; optionally plot the report."""
+    texts, labels = _read_labelled(args.file)
+    with _router(args) as router:
+        if not len(router):
+            msg = (
+                f"the store {_store_path(args)!r} holds no routes; run 'synaptoroute import' first"
+            )
+            raise BadInput(msg)
+        with _progress(router, len(texts), "encoding", args.quiet):
+            report = getattr(router, "evaluate")(texts, labels)  # noqa: B009
+    if args.plot:
+        report.plot(args.plot)
+    data = _report_json(report)
+    if args.json:
+        _print_json(data)
+    else:
+        print(_summary(data) if isinstance(data, dict) else str(report))
+        if args.plot:
+            print(f"plot written to {args.plot}")
+    return EXIT_OK
+
+
+def _summary(data: dict[str, Any]) -> str:
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, (int, float, str)) or value is None:
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            lines.append(f"{key:28} {shown}")
+    return "\n".join(lines)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the HTTP service until SIGINT/SIGTERM."""
+    import logging
+
+    from .server import ServerSettings, load_routes_file, run
+
+    settings = ServerSettings.from_env(
+        store=_store_path(args),
+        routes_file=args.routes,
+        host=args.host,
+        port=args.port,
+        read_only=args.read_only,
+        max_body_bytes=args.max_body_bytes,
+        max_queue_size=args.max_queue,
+        request_timeout=args.request_timeout,
+        drain_timeout=args.drain_timeout,
+        encoder_threads=args.threads,
+        log_level=args.log_level,
+    )
+    settings.check_safe()
+    if args.routes:
+        load_routes_file(args.routes)  # a bad file fails here with exit code 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
+    run(settings, access_log=args.access_log)
+    return EXIT_OK
+
+
+# -- parser ---------------------------------------------------------------------------
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        metavar="PATH",
+        help=f"SQLite store (default: ${STORE_ENV} or {DEFAULT_STORE}; ':memory:' for none)",
+    )
+
+
+def _add_json(p: argparse.ArgumentParser, what: str = "print JSON instead of text") -> None:
+    p.add_argument("--json", action="store_true", help=what)
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _threshold(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        msg = f"not a number: {value!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not -1.0 <= number <= 1.0:
+        msg = f"threshold must be in [-1, 1], got {number}"
+        raise argparse.ArgumentTypeError(msg)
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (used by ``main`` and the docs test)."""
+    parser = argparse.ArgumentParser(
+        prog="synaptoroute",
+        description="A local semantic router: route texts, manage routes, fit, evaluate, serve.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 bad input, 3 missing extra, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"synaptoroute {__version__}")
+    parser.add_argument("--traceback", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("route", help="route texts", description="Route each TEXT; print its route.")
+    p.add_argument("text", nargs="+", metavar="TEXT", help="text to route")
+    p.add_argument("--top-k", type=int, metavar="K", help="print the K best routes of each text")
+    _add_store(p)
+    _add_json(p, "print one JSON object per text (JSON lines)")
+    p.set_defaults(func=cmd_route)
+
+    p = sub.add_parser("routes", help="list, add or delete routes", description="Manage routes.")
+    routes = p.add_subparsers(dest="routes_command", metavar="ACTION", required=True)
+
+    q = routes.add_parser("list", help="list routes", description="List the store's routes.")
+    _add_store(q)
+    _add_json(q, "print the routes as a JSON array")
+    q.set_defaults(func=cmd_routes_list)
+
+    q = routes.add_parser(
+        "add",
+        help="add routes",
+        description="Add a route from arguments, or every route of a YAML/JSON routes file.",
+    )
+    q.add_argument("name", nargs="?", metavar="NAME", help="route name")
+    q.add_argument("utterances", nargs="*", metavar="UTTERANCE", help="example utterances")
+    q.add_argument("--file", metavar="FILE", help="a routes file (YAML or JSON, see docs)")
+    q.add_argument("--threshold", type=_threshold, help="the route's own threshold")
+    q.add_argument("--description", help="the route's description")
+    q.add_argument("--replace", action="store_true", help="replace routes that exist")
+    _add_store(q)
+    _add_json(q, "print what changed as JSON")
+    _add_quiet(q)
+    q.set_defaults(func=cmd_routes_add)
+
+    q = routes.add_parser(
+        "delete", help="delete routes", description="Delete routes (none if one is unknown)."
+    )
+    q.add_argument("names", nargs="+", metavar="NAME", help="route names")
+    _add_store(q)
+    _add_json(q, "print what was deleted as JSON")
+    q.set_defaults(func=cmd_routes_delete)
+
+    p = sub.add_parser(
+        "import",
+        help="build routes from labelled data",
+        description=(
+            'Build routes from JSON lines {"text": ..., "label": ...} (label null rows '
+            "are out-of-scope examples and make no route), or apply a .yaml/.yml/.json "
+            "routes file. The whole file is checked first: a malformed line is reported "
+            "with its number and nothing is written."
+        ),
+    )
+    p.add_argument("file", metavar="FILE", help="TRAIN.jsonl, or a routes file")
+    p.add_argument("--replace", action="store_true", help="replace routes that exist")
+    _add_store(p)
+    _add_json(p, "print a JSON summary")
+    _add_quiet(p)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser(
+        "export",
+        help="write routes as a routes file",
+        description="Write the store's routes as a routes file that 'routes add --file', "
+        "'import' and 'serve --routes' read.",
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--format", choices=("yaml", "json"), help="default: by suffix, else yaml")
+    _add_store(p)
+    _add_json(p, "same as --format json")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "fit",
+        help="fit thresholds on labelled data",
+        description="Fit the router on labelled JSON lines; the fitted state is saved in "
+        "the store. Nothing is written if the file is malformed.",
+    )
+    p.add_argument("file", metavar="DATA.jsonl", help="labelled rows (label null = out of scope)")
+    p.add_argument("--objective", help="what to maximise (see docs/cli.md)")
+    _add_store(p)
+    _add_json(p, "print the fit report as JSON")
+    _add_quiet(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate on labelled data",
+        description="Evaluate the store's router on labelled JSON lines.",
+    )
+    p.add_argument("file", metavar="DATA.jsonl", help="labelled rows (label null = out of scope)")
+    p.add_argument("--plot", metavar="OUT.png", help="also write a PNG report")
+    _add_store(p)
+    _add_json(p, "print the evaluation report as JSON")
+    _add_quiet(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTP service",
+        description=(
+            "Serve the store over HTTP (FastAPI + uvicorn). Route changes need "
+            "'Authorization: Bearer $SYNAPTOROUTE_API_KEY' when that variable is set; "
+            "without it the service only starts on a loopback host or with --read-only."
+        ),
+    )
+    _add_store(p)
+    p.add_argument("--routes", metavar="FILE", help="routes file applied to the store at start")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks one)")
+    p.add_argument("--read-only", action="store_true", help="refuse every route change (403)")
+    p.add_argument(
+        "--max-body-bytes", type=int, default=1 << 20, help="413 above this (default 1 MiB)"
+    )
+    p.add_argument("--max-queue", type=int, default=10_000, help="queued texts before 503")
+    p.add_argument(
+        "--request-timeout", type=float, default=30.0, help="seconds a query may wait (503 after)"
+    )
+    p.add_argument(
+        "--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for requests"
+    )
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="log level (default info)",
+    )
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, MissingDependencyError):
+        return EXIT_MISSING_EXTRA
+    bad_input = (
+        BadInput,
+        InvalidInputError,
+        RouteNotFoundError,
+        RouteExistsError,
+        NotADatabaseError,
+        ModelMismatchError,
+    )
+    if isinstance(exc, bad_input):
+        return EXIT_BAD_INPUT
+    # pydantic's ValidationError is a ValueError: a value given on the command line.
+    if isinstance(exc, ValueError) and not isinstance(exc, SynaptorouteError):
+        return EXIT_BAD_INPUT
+    return EXIT_FAILURE
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, RouteNotFoundError):
+        return str(exc)
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0] if type(exc).__name__ == "ValidationError" else text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("synaptoroute: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.traceback:
+            raise
+        code = _exit_code(exc)
+        kind = "bad input" if code == EXIT_BAD_INPUT else "error"
+        print(f"synaptoroute: {kind}: {_message(exc)}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

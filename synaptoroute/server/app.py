@@ -1,0 +1,632 @@
+"""The FastAPI application: routing, route management with hot reload, health, metrics.
+
+Queries go through the router's batching worker, which starts and stops with the
+application's lifespan. Route changes run the blocking library calls in a thread
+so the event loop keeps serving queries; each change is one store transaction, and
+the next query sees it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..encoder import Encoder
+from ..exceptions import (
+    InvalidInputError,
+    RouteExistsError,
+    RouteNotFoundError,
+    RouterClosedError,
+    RouterOverloadedError,
+    RouterTimeoutError,
+    StorageError,
+)
+from ..models import RouteMatch
+from ..router import AdaptiveRouter
+from ..storage import MemoryStorage, SQLiteStorage, Storage
+from .metrics import CONTENT_TYPE, ServiceMetrics
+from .routes_file import apply_routes, load_routes_file
+from .schemas import (
+    BatchRequest,
+    BatchResponse,
+    DefaultThreshold,
+    ErrorBody,
+    NewRoute,
+    QueryRequest,
+    RouteBody,
+    RouteOut,
+    RouteResult,
+    ThresholdBody,
+    UtteranceChange,
+    UtterancesAdded,
+    UtterancesDeleted,
+)
+from .settings import ServerSettings
+
+__all__ = ["ServiceState", "build_router", "create_app", "run"]
+
+log = logging.getLogger("synaptoroute.server")
+T = TypeVar("T")
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass
+class ServiceState:
+    """What the endpoints share; ``app.state.synaptoroute`` holds it."""
+
+    settings: ServerSettings
+    router: AdaptiveRouter | None
+    owns_router: bool
+    metrics: ServiceMetrics
+    ready: bool = False
+
+    def get_router(self) -> AdaptiveRouter:
+        """The router, once the lifespan has opened it."""
+        if self.router is None:
+            raise RouterClosedError("the service is starting")
+        return self.router
+
+
+def build_router(settings: ServerSettings) -> AdaptiveRouter:
+    """Open the store named in ``settings`` (memory when ``None``) with the bundled model."""
+    storage: Storage = SQLiteStorage(settings.store) if settings.store else MemoryStorage()
+    try:
+        return AdaptiveRouter(
+            Encoder(threads=settings.encoder_threads),
+            storage,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue_size=settings.max_queue_size,
+        )
+    except BaseException:
+        storage.close()
+        raise
+
+
+async def _blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    # Library mutations encode and write SQLite: keep them off the event loop. A
+    # cancelled request still waits for its thread, so a change is never cut short.
+    return await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
+
+
+# -- raw ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path) -------------
+class BodyLimitMiddleware:
+    """Answers 413 once a request body passes ``limit`` bytes, without reading the rest.
+
+    A declared ``Content-Length`` over the limit is refused before any byte is
+    read; otherwise the body is counted as it streams in (chunked uploads too).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.limit = limit
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        declared = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                declared = value
+                break
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], receive), send)
+
+    async def _refuse(self, send: Send) -> None:
+        self.metrics.rejections.inc(("body_too_large",))
+        response = JSONResponse(
+            {"detail": f"request body larger than {self.limit} bytes"},
+            status_code=413,
+            headers={"Connection": "close"},
+        )
+        await response({"type": "http"}, _never_receive, send)
+
+
+async def _never_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
+
+
+class MetricsMiddleware:
+    """Counts requests by method, path template and status, and times them."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics = self.metrics
+        start = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        metrics.in_flight.add(1)
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            metrics.in_flight.add(-1)
+            route = scope.get("route")
+            # Unmatched paths share one label so random URLs cannot grow the series.
+            path = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            metrics.requests.inc((method, path, str(status)))
+            metrics.latency.observe(time.perf_counter() - start, (method, path))
+
+
+# -- errors ------------------------------------------------------------------------
+def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
+    retry = {"Retry-After": str(state.settings.retry_after)}
+    rejections = state.metrics.rejections
+
+    async def validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        # Only where and what: the offending input is not echoed back.
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return _error(422, detail)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 400:
+            # FastAPI answers 400 when a body cannot be decoded at all (bad UTF-8, or
+            # nesting too deep): to a client that is just more bad JSON.
+            detail = [{"loc": ["body"], "msg": "body is not valid JSON", "type": "json_invalid"}]
+            return _error(422, detail)
+        return _error(exc.status_code, exc.detail, dict(exc.headers or {}) or None)
+
+    async def invalid_value(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ValidationError)
+        detail = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        return _error(422, detail)
+
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        return _error(404, str(exc))
+
+    async def exists(request: Request, exc: Exception) -> JSONResponse:
+        return _error(409, str(exc))
+
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
+        return _error(422, str(exc))
+
+    async def overloaded(request: Request, exc: Exception) -> JSONResponse:
+        rejections.inc(("overloaded",))
+        return _error(503, "the router is overloaded; retry later", retry)
+
+    async def timed_out(request: Request, exc: Exception) -> JSONResponse:
+        rejections.inc(("timeout",))
+        return _error(503, "no answer within the request timeout; retry later", retry)
+
+    async def closed(request: Request, exc: Exception) -> JSONResponse:
+        rejections.inc(("shutting_down",))
+        return _error(503, "the service is starting or stopping; retry later", retry)
+
+    async def storage(request: Request, exc: Exception) -> JSONResponse:
+        log.error("store error", exc_info=exc)
+        return _error(500, "the store could not be updated; nothing was changed")
+
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the server log, never to the client.
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal server error")
+
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(ValidationError, invalid_value)
+    app.add_exception_handler(RouteNotFoundError, not_found)
+    app.add_exception_handler(RouteExistsError, exists)
+    app.add_exception_handler(InvalidInputError, invalid)
+    app.add_exception_handler(RouterOverloadedError, overloaded)
+    app.add_exception_handler(RouterTimeoutError, timed_out)
+    app.add_exception_handler(RouterClosedError, closed)
+    app.add_exception_handler(StorageError, storage)
+    app.add_exception_handler(Exception, internal)
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        401: "Missing or wrong bearer token.",
+        403: "Route changes are disabled (read-only service).",
+        404: "No such route.",
+        409: "The route exists (use PUT to replace it).",
+        413: "Request body too large.",
+        422: "Malformed JSON or a body of the wrong shape.",
+        500: "Internal error (details only in the server log).",
+        503: "Overloaded, timed out, starting or stopping; see Retry-After.",
+    }
+    return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
+
+
+def _check_name(name: str) -> str:
+    if not name.strip() or name != name.strip():
+        msg = "route name must be non-empty and without surrounding whitespace"
+        raise InvalidInputError(msg)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        msg = "route name must be valid Unicode"
+        raise InvalidInputError(msg) from None
+    return name
+
+
+# -- the app -----------------------------------------------------------------------
+def create_app(
+    settings: ServerSettings | None = None, *, router: AdaptiveRouter | None = None
+) -> FastAPI:
+    """Build the service.
+
+    Args:
+        settings: service settings; default :meth:`ServerSettings.from_env`.
+        router: serve this router instead of opening ``settings.store``. The app
+            starts and stops its batching worker but does not close it.
+
+    Example:
+        >>> app = create_app(ServerSettings(store="routes.db"))  # doctest: +SKIP
+        >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
+    """
+    settings = settings if settings is not None else ServerSettings.from_env()
+    holder: dict[str, AdaptiveRouter] = {}
+
+    def queue_depth() -> float:
+        r = holder.get("router")
+        return float(r.worker.queue_depth) if r is not None else 0.0
+
+    def route_count() -> float:
+        r = holder.get("router")
+        return float(len(r)) if r is not None else 0.0
+
+    metrics = ServiceMetrics(queue_depth, route_count)
+    state = ServiceState(settings, router, owns_router=router is None, metrics=metrics)
+    if router is not None:
+        holder["router"] = router
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if state.router is None:
+            state.router = await _blocking(build_router, settings)
+            holder["router"] = state.router
+        r = state.router
+        try:
+            # Load the model and encode once, so the first request is not the slow one.
+            await _blocking(r.encoder.encode, ["warm-up"])
+            if settings.routes_file:
+                doc = await _blocking(load_routes_file, settings.routes_file)
+                report = await _blocking(apply_routes, r, doc)
+                log.info("routes file %s applied: %s", settings.routes_file, report.to_dict())
+            await r.start()
+        except BaseException:
+            if state.owns_router:
+                r.close()
+            raise
+        state.ready = True
+        metrics.ready.set(1)
+        try:
+            yield
+        finally:
+            state.ready = False
+            metrics.ready.set(0)
+            # uvicorn has already waited for requests in flight; this drains the queue.
+            await r.stop(drain=True, timeout=settings.drain_timeout)
+            if state.owns_router:
+                r.close()
+
+    app = FastAPI(
+        title="synaptoroute",
+        version=__version__,
+        description=(
+            "Routes a text to one of several named routes by embedding similarity. "
+            "Route-changing endpoints need `Authorization: Bearer $SYNAPTOROUTE_API_KEY` "
+            "when the key is set."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.synaptoroute = state
+    _install_error_handlers(app, state)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    bearer = HTTPBearer(auto_error=False, description="SYNAPTOROUTE_API_KEY")
+    key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+
+    async def authorize(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
+        if settings.read_only:
+            metrics.rejections.inc(("read_only",))
+            raise HTTPException(403, "route changes are disabled on this service")
+        if key is None:
+            return
+        given = credentials.credentials.encode("utf-8", "surrogateescape") if credentials else b""
+        # Constant-time, so the token cannot be guessed byte by byte from timings.
+        if not hmac.compare_digest(given, key):
+            metrics.rejections.inc(("unauthorized",))
+            raise HTTPException(
+                401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
+            )
+
+    change = [Depends(authorize)]
+    timeout = settings.request_timeout
+
+    def record(matches: list[RouteMatch]) -> None:
+        for m in matches:
+            metrics.queries.inc(("matched" if m.name is not None else "no_route",))
+        metrics.fold_batches(state.get_router().worker.stats)
+
+    # -- queries -------------------------------------------------------------------
+    @app.post(
+        "/route",
+        response_model=RouteResult,
+        tags=["routing"],
+        responses=_responses(413, 422, 500, 503),
+    )
+    async def route_query(body: QueryRequest) -> RouteResult:
+        """Route one text: the route (or `null`), its score and the runner-up."""
+        match = await state.get_router().aquery(body.query, timeout=timeout)
+        record([match])
+        return RouteResult.from_match(match)
+
+    @app.post(
+        "/route/batch",
+        response_model=BatchResponse,
+        tags=["routing"],
+        responses=_responses(413, 422, 500, 503),
+    )
+    async def route_batch(body: BatchRequest) -> BatchResponse:
+        """Route several texts; results come in the order of `queries`."""
+        matches = await state.get_router().aquery_batch(body.queries, timeout=timeout)
+        record(matches)
+        return BatchResponse(results=[RouteResult.from_match(m) for m in matches])
+
+    # -- route management -----------------------------------------------------------
+    @app.get("/routes", response_model=list[RouteOut], tags=["routes"])
+    async def list_routes() -> list[RouteOut]:
+        """Every route with its utterances."""
+        return [RouteOut.from_route(r) for r in state.get_router().list_routes()]
+
+    @app.get("/routes/{name}", response_model=RouteOut, tags=["routes"], responses=_responses(404))
+    async def get_route(name: str) -> RouteOut:
+        """One route."""
+        return RouteOut.from_route(state.get_router().get_route(name))
+
+    @app.put(
+        "/routes/{name}",
+        response_model=RouteOut,
+        tags=["routes"],
+        dependencies=change,
+        status_code=200,
+        responses={
+            201: {"model": RouteOut, "description": "Created."},
+            **_responses(401, 403, 413, 422, 500, 503),
+        },
+    )
+    async def put_route(name: str, body: RouteBody, response: Response) -> RouteOut:
+        """Create or replace a route; the next query sees it."""
+        route = body.to_route(_check_name(name))
+        r = state.get_router()
+        created = name not in r
+        await _blocking(r.add_route, route, replace=True)
+        response.status_code = 201 if created else 200
+        return RouteOut.from_route(r.get_route(name))
+
+    @app.post(
+        "/routes",
+        response_model=RouteOut,
+        tags=["routes"],
+        dependencies=change,
+        status_code=201,
+        responses=_responses(401, 403, 409, 413, 422, 500, 503),
+    )
+    async def create_route(body: NewRoute) -> RouteOut:
+        """Create a route; 409 if the name is taken."""
+        name = _check_name(body.name)
+        r = state.get_router()
+        if name in r:
+            msg = f"route {name!r} exists; PUT /routes/{{name}} replaces it"
+            raise RouteExistsError(msg)
+        await _blocking(r.add_route, body.to_route(name))
+        return RouteOut.from_route(r.get_route(name))
+
+    @app.delete(
+        "/routes/{name}",
+        status_code=204,
+        tags=["routes"],
+        dependencies=change,
+        responses=_responses(401, 403, 404, 500, 503),
+    )
+    async def delete_route(name: str) -> Response:
+        """Remove a route."""
+        await _blocking(state.get_router().delete_route, name)
+        return Response(status_code=204)
+
+    @app.post(
+        "/routes/{name}/utterances",
+        response_model=UtterancesAdded,
+        tags=["routes"],
+        dependencies=change,
+        responses=_responses(401, 403, 404, 413, 422, 500, 503),
+    )
+    async def add_utterances(name: str, body: UtteranceChange) -> UtterancesAdded:
+        """Add example utterances to a route; answers those that were new."""
+        added = await _blocking(state.get_router().add_utterances, name, body.utterances)
+        return UtterancesAdded(added=added)
+
+    @app.delete(
+        "/routes/{name}/utterances",
+        response_model=UtterancesDeleted,
+        tags=["routes"],
+        dependencies=change,
+        responses=_responses(401, 403, 404, 413, 422, 500, 503),
+    )
+    async def delete_utterances(name: str, body: UtteranceChange) -> UtterancesDeleted:
+        """Remove utterances from a route; answers how many were there."""
+        deleted = await _blocking(state.get_router().delete_utterances, name, body.utterances)
+        return UtterancesDeleted(deleted=deleted)
+
+    @app.put(
+        "/routes/{name}/threshold",
+        response_model=RouteOut,
+        tags=["routes"],
+        dependencies=change,
+        responses=_responses(401, 403, 404, 413, 422, 500, 503),
+    )
+    async def set_route_threshold(name: str, body: ThresholdBody) -> RouteOut:
+        """Set a route's own threshold (`null` clears it)."""
+        r = state.get_router()
+        await _blocking(r.set_threshold, name, body.threshold)
+        return RouteOut.from_route(r.get_route(name))
+
+    @app.get("/threshold", response_model=DefaultThreshold, tags=["routes"])
+    async def get_default_threshold() -> DefaultThreshold:
+        """The default threshold of routes without their own."""
+        return DefaultThreshold(threshold=state.get_router().threshold)
+
+    @app.put(
+        "/threshold",
+        response_model=DefaultThreshold,
+        tags=["routes"],
+        dependencies=change,
+        responses=_responses(401, 403, 413, 422, 500, 503),
+    )
+    async def set_default_threshold(body: DefaultThreshold) -> DefaultThreshold:
+        """Set the default threshold of routes without their own."""
+        r = state.get_router()
+        await _blocking(setattr, r, "threshold", body.threshold)
+        return DefaultThreshold(threshold=r.threshold)
+
+    # -- operations -------------------------------------------------------------------
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """The process is up and answering."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"model": ErrorBody}})
+    async def readyz() -> JSONResponse:
+        """Ready to route: model loaded, store open, batching worker running."""
+        checks = {"started": state.ready, "model": False, "store": False, "worker": False}
+        r = state.router
+        if r is not None:
+            checks["model"] = bool(getattr(r.encoder, "loaded", True))
+            checks["worker"] = r.worker.running
+            try:
+                await _blocking(r.storage.model_info)
+                checks["store"] = True
+            except Exception:
+                log.warning("readiness: the store cannot be read", exc_info=True)
+        ok = all(checks.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text."}},
+    )
+    async def prometheus() -> Response:
+        """Metrics in the Prometheus text format."""
+        r = state.router
+        text = metrics.render(r.worker.stats) if r is not None else metrics.registry.render()
+        return Response(text, media_type=CONTENT_TYPE)
+
+    return app
+
+
+def run(settings: ServerSettings, *, access_log: bool = False) -> None:
+    """Serve ``settings`` with uvicorn until SIGINT/SIGTERM; requests in flight finish first.
+
+    Raises:
+        InvalidInputError: an exposed host with changes enabled and no API key.
+    """
+    import uvicorn
+
+    settings.check_safe()
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.drain_timeout) or None,
+        backlog=4096,
+    )
+    server = uvicorn.Server(config)
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn re-raises a captured SIGTERM once it has drained; with this handler
+        # in place that ends in a normal return (exit status 0), not death by signal.
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+    if not server.started:
+        # uvicorn logs why (port taken, start-up failure) and returns instead of raising.
+        raise SystemExit(1)

@@ -1,0 +1,678 @@
+"""The HTTP service in process, over httpx's ASGI transport, on the real model.
+
+Each test runs the app's lifespan (the batching worker starts and stops with it)
+around a router built on the session's real encoder and a real SQLite file.
+Ordering is arranged with a gated encoder and events, never with sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import httpx
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, Route, SQLiteStorage
+from synaptoroute.server import ServerSettings, create_app
+from synaptoroute.server.routes_file import (
+    apply_routes,
+    dump_routes,
+    load_routes_file,
+    parse_routes,
+    render_routes,
+)
+from synaptoroute.server.schemas import MAX_BATCH_QUERIES
+from synaptoroute.server.settings import is_loopback
+
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+LIMIT_S = 30.0  # safety limit of every wait; reaching it fails the test
+
+ROUTES = [
+    Route(name="billing", utterances=["I need a refund", "Where is my receipt?"]),
+    Route(name="tech", utterances=["The app crashes on start", "I can't log in"]),
+    Route(name="greeting", utterances=["Hi there!", "Good morning"]),
+]
+
+
+class GatedEncoder:
+    """The real encoder behind a gate that can hold calls or make them fail."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_with: Exception | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    @property
+    def loaded(self) -> bool:
+        return self.inner.loaded
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        self.entered.set()
+        if not self.gate.wait(LIMIT_S):
+            msg = "gate never opened"
+            raise RuntimeError(msg)
+        if self.fail_with is not None:
+            raise self.fail_with
+        return self.inner.encode(texts)
+
+
+@pytest.fixture
+def gated(encoder: Encoder) -> GatedEncoder:
+    return GatedEncoder(encoder)
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "routes.db"
+
+
+def make_router(encoder: Any, path: Path, **kwargs: Any) -> AdaptiveRouter:
+    router = AdaptiveRouter(encoder, SQLiteStorage(path), **kwargs)
+    router.add_routes(ROUTES)
+    return router
+
+
+class Service:
+    """An app with its lifespan running, a client, and the router behind it."""
+
+    def __init__(self, app: Any, client: httpx.AsyncClient, router: AdaptiveRouter) -> None:
+        self.app = app
+        self.client = client
+        self.router = router
+
+
+async def _service(
+    router: AdaptiveRouter, settings: ServerSettings, *, raise_errors: bool = True
+) -> AsyncIterator[Service]:
+    app = create_app(settings, router=router)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_errors)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
+    ):
+        yield Service(app, client, router)
+
+
+@pytest.fixture
+async def svc(encoder: Encoder, store_path: Path) -> AsyncIterator[Service]:
+    router = make_router(encoder, store_path)
+    async for s in _service(router, ServerSettings(api_key=KEY)):
+        yield s
+    router.close()
+
+
+# -- queries -------------------------------------------------------------------------
+async def test_route_answers_route_score_and_runner_up(svc: Service) -> None:
+    r = await svc.client.post("/route", json={"query": "How do I get my money back?"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["route"] == "billing"
+    assert body["reason"] == "matched"
+    assert body["runner_up"] in {"tech", "greeting"}
+    assert body["score"] > body["runner_up_score"]
+    assert body["nearest_utterance"] == "I need a refund"
+    # Identical to the library's own answer.
+    lib = svc.router.query("How do I get my money back?")
+    assert body["score"] == pytest.approx(lib.score, abs=1e-6)
+
+
+async def test_route_keeps_010_request_shape_and_ignores_extra_fields(svc: Service) -> None:
+    r = await svc.client.post("/route", json={"query": "hello there", "client": "0.1.0"})
+    assert r.status_code == 200
+    assert r.json()["route"] == "greeting"
+
+
+async def test_empty_query_is_no_route_not_an_error(svc: Service) -> None:
+    r = await svc.client.post("/route", json={"query": "   "})
+    assert r.status_code == 200
+    assert r.json()["route"] is None
+    assert r.json()["reason"] == "empty_query"
+
+
+async def test_batch_answers_in_order_and_matches_sync_library(svc: Service) -> None:
+    texts = ["refund please", "the app keeps crashing", "good morning!", "", "quantum physics"]
+    r = await svc.client.post("/route/batch", json={"queries": texts})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    expected = svc.router.query_batch(texts)
+    assert [x["route"] for x in results] == [m.name for m in expected]
+    assert [x["route"] for x in results][:3] == ["billing", "tech", "greeting"]
+    for got, want in zip(results, expected, strict=True):
+        assert got["score"] == pytest.approx(want.score, abs=1e-5)
+
+
+async def test_batch_over_the_limit_is_422(svc: Service) -> None:
+    r = await svc.client.post("/route/batch", json={"queries": ["x"] * (MAX_BATCH_QUERIES + 1)})
+    assert r.status_code == 422
+
+
+# -- route management and hot reload --------------------------------------------------
+async def test_put_route_is_visible_to_the_next_query_and_persisted(
+    svc: Service, store_path: Path
+) -> None:
+    q = {"query": "what will the weather be tomorrow?"}
+    assert (await svc.client.post("/route", json=q)).json()["route"] is None
+    body = {"utterances": ["is it going to rain", "weather forecast for today"]}
+    r = await svc.client.put("/routes/weather", json=body, headers=AUTH)
+    assert r.status_code == 201
+    assert r.json()["utterances"] == body["utterances"]
+    assert (await svc.client.post("/route", json=q)).json()["route"] == "weather"
+
+    # Replacing answers 200; the replaced content is what the next query sees.
+    r = await svc.client.put(
+        "/routes/weather", json={"utterances": ["play some jazz music"]}, headers=AUTH
+    )
+    assert r.status_code == 200
+    assert (await svc.client.post("/route", json=q)).json()["route"] is None
+
+    reopened = SQLiteStorage(store_path)
+    try:
+        stored = {item.route.name: item.route for item in reopened.load()}
+    finally:
+        reopened.close()
+    assert stored["weather"].utterances == ["play some jazz music"]
+
+
+async def test_list_get_create_delete(svc: Service) -> None:
+    names = [r["name"] for r in (await svc.client.get("/routes")).json()]
+    assert names == ["billing", "tech", "greeting"]
+    r = await svc.client.get("/routes/tech")
+    assert r.status_code == 200
+    assert r.json()["utterances"] == ["The app crashes on start", "I can't log in"]
+
+    new = {"name": "music", "utterances": ["play a song"], "metadata": {"team": "media"}}
+    r = await svc.client.post("/routes", json=new, headers=AUTH)
+    assert r.status_code == 201
+    assert r.json()["metadata"] == {"team": "media"}
+    r = await svc.client.post("/routes", json=new, headers=AUTH)
+    assert r.status_code == 409
+
+    q = {"query": "I can't log in to my account"}
+    assert (await svc.client.post("/route", json=q)).json()["route"] == "tech"
+    r = await svc.client.delete("/routes/tech", headers=AUTH)
+    assert r.status_code == 204
+    assert (await svc.client.get("/routes/tech")).status_code == 404
+    assert (await svc.client.post("/route", json=q)).json()["route"] != "tech"
+    assert "tech" not in svc.router
+
+
+async def test_add_and_delete_utterances(svc: Service) -> None:
+    q = {"query": "my parcel never arrived"}
+    assert (await svc.client.post("/route", json=q)).json()["route"] is None
+    r = await svc.client.post(
+        "/routes/billing/utterances",
+        json={"utterances": ["my package did not arrive", "I need a refund"]},
+        headers=AUTH,
+    )
+    assert r.status_code == 200
+    assert r.json() == {"added": ["my package did not arrive"]}
+    after = (await svc.client.post("/route", json=q)).json()
+    assert after["route"] == "billing"
+    assert after["nearest_utterance"] == "my package did not arrive"
+
+    r = await svc.client.request(
+        "DELETE",
+        "/routes/billing/utterances",
+        json={"utterances": ["my package did not arrive"]},
+        headers=AUTH,
+    )
+    assert r.json() == {"deleted": 1}
+    assert (await svc.client.post("/route", json=q)).json()["route"] is None
+
+
+async def test_thresholds(svc: Service) -> None:
+    q = {"query": "How do I get my money back?"}
+    assert (await svc.client.post("/route", json=q)).json()["route"] == "billing"
+    r = await svc.client.put("/routes/billing/threshold", json={"threshold": 0.99}, headers=AUTH)
+    assert r.status_code == 200
+    assert r.json()["threshold"] == 0.99
+    body = (await svc.client.post("/route", json=q)).json()
+    assert body["route"] is None
+    assert body["reason"] == "below_threshold"
+    assert body["threshold"] == 0.99
+    await svc.client.put("/routes/billing/threshold", json={"threshold": None}, headers=AUTH)
+    assert (await svc.client.post("/route", json=q)).json()["route"] == "billing"
+
+    r = await svc.client.put("/threshold", json={"threshold": 0.95}, headers=AUTH)
+    assert r.json() == {"threshold": 0.95}
+    assert (await svc.client.get("/threshold")).json() == {"threshold": 0.95}
+    assert (await svc.client.post("/route", json=q)).json()["route"] is None
+
+
+async def test_unknown_route_is_404_everywhere(svc: Service) -> None:
+    c = svc.client
+    assert (await c.get("/routes/nope")).status_code == 404
+    assert (await c.delete("/routes/nope", headers=AUTH)).status_code == 404
+    r = await c.post("/routes/nope/utterances", json={"utterances": ["x"]}, headers=AUTH)
+    assert r.status_code == 404
+    r = await c.put("/routes/nope/threshold", json={"threshold": 0.3}, headers=AUTH)
+    assert r.status_code == 404
+    assert r.json() == {"detail": "unknown route: 'nope'"}
+
+
+# -- security ---------------------------------------------------------------------------
+async def test_changes_need_the_bearer_token(svc: Service) -> None:
+    body = {"utterances": ["hello"]}
+    r = await svc.client.put("/routes/x", json=body)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = await svc.client.put("/routes/x", json=body, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    r = await svc.client.put("/routes/x", json=body, headers={"Authorization": f"Basic {KEY}"})
+    assert r.status_code == 401
+    for method, path in [("DELETE", "/routes/billing"), ("PUT", "/threshold")]:
+        r = await svc.client.request(method, path, json={"threshold": 0.1})
+        assert r.status_code == 401
+    assert "x" not in svc.router
+    assert "billing" in svc.router
+    # Reading needs no token.
+    assert (await svc.client.get("/routes")).status_code == 200
+    assert (await svc.client.post("/route", json={"query": "hi"})).status_code == 200
+
+
+async def test_read_only_refuses_every_change(encoder: Encoder, store_path: Path) -> None:
+    router = make_router(encoder, store_path)
+    async for s in _service(router, ServerSettings(read_only=True, api_key=KEY)):
+        r = await s.client.put("/routes/x", json={"utterances": ["a"]}, headers=AUTH)
+        assert r.status_code == 403
+        assert (await s.client.delete("/routes/billing", headers=AUTH)).status_code == 403
+        assert (await s.client.post("/route", json={"query": "hi"})).status_code == 200
+    assert router.route_names == ["billing", "tech", "greeting"]
+    router.close()
+
+
+async def test_loopback_without_key_allows_changes(encoder: Encoder, store_path: Path) -> None:
+    router = make_router(encoder, store_path)
+    async for s in _service(router, ServerSettings()):
+        r = await s.client.put("/routes/x", json={"utterances": ["a"]})
+        assert r.status_code == 201
+    router.close()
+
+
+def test_refuses_exposed_host_with_changes_and_no_key() -> None:
+    with pytest.raises(InvalidInputError, match="SYNAPTOROUTE_API_KEY"):
+        ServerSettings(host="0.0.0.0").check_safe()
+    with pytest.raises(InvalidInputError):
+        ServerSettings(host="example.internal").check_safe()
+    with pytest.raises(InvalidInputError, match="empty"):
+        ServerSettings(host="127.0.0.1", api_key="").check_safe()
+    ServerSettings(host="0.0.0.0", api_key="k").check_safe()
+    ServerSettings(host="0.0.0.0", read_only=True).check_safe()
+    ServerSettings(host="::1").check_safe()
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNAPTOROUTE_API_KEY", "from-env")
+    settings = ServerSettings.from_env(host="0.0.0.0")
+    assert settings.api_key is not None
+    assert settings.api_key.get_secret_value() == "from-env"
+    assert "from-env" not in repr(settings)
+    settings.check_safe()
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.4", False),
+        ("myhost", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+# -- limits and bad input -------------------------------------------------------------
+async def test_declared_large_body_is_413_before_reading(svc: Service) -> None:
+    consumed = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal consumed
+        for _ in range(64):
+            consumed += 1
+            yield b"x" * 65536
+
+    r = await svc.client.post(
+        "/route",
+        content=body(),
+        headers={"content-type": "application/json", "content-length": str(64 * 65536)},
+    )
+    assert r.status_code == 413
+    assert consumed == 0
+
+
+async def test_streamed_large_body_is_413_without_reading_the_rest(svc: Service) -> None:
+    consumed = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal consumed
+        for _ in range(64):  # 4 MiB, chunked: no Content-Length
+            consumed += 1
+            yield b"[" * 65536
+
+    r = await svc.client.post(
+        "/route", content=body(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413
+    assert r.json() == {"detail": "request body larger than 1048576 bytes"}
+    assert consumed <= 17  # stopped just past 1 MiB, not at 4 MiB
+
+
+async def test_body_just_under_the_limit_is_read(svc: Service) -> None:
+    text = "I need a refund. " * ((1 << 20) // 17 - 10)
+    raw = json.dumps({"query": text}).encode()
+    assert 1_000_000 < len(raw) < 1 << 20
+    r = await svc.client.post("/route", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200
+    assert r.json()["candidate"] == "billing"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b"",
+        b"[" * 50_000,  # nesting deeper than the parser's recursion limit
+        b"\xff\xfe\x00",
+        b'{"query": 5}',
+        b'{"query": null}',
+        b'{"query": ["a"]}',
+        b'{"text": "hello"}',
+        b'["hello"]',
+        b'{"query": "\\ud800"}',  # a lone surrogate cannot be tokenised
+    ],
+)
+async def test_bad_json_or_shape_is_422_without_echo(svc: Service, raw: bytes) -> None:
+    r = await svc.client.post("/route", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert "Traceback" not in r.text
+    assert "input" not in r.json()["detail"][0] if isinstance(r.json()["detail"], list) else True
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/routes/x", b'{"utterances": ["  "]}'),
+        ("/routes/x", b'{"utterances": "not a list"}'),
+        ("/routes/x", b'{"utterances": ["a"], "threshold": 2}'),
+        ("/routes/x", b'{"utterances": ["a"], "threshold": NaN}'),
+        ("/routes/x", b'{"utterances": ["a"], "metadata": {"v": NaN}}'),
+        ("/routes/x", b'{"utterances": ["a"], "colour": "red"}'),
+        ("/routes/%20x", b'{"utterances": ["a"]}'),
+        ("/routes/billing/threshold", b'{"threshold": "high"}'),
+        ("/threshold", b'{"threshold": -3}'),
+    ],
+)
+async def test_invalid_changes_are_422_and_change_nothing(
+    svc: Service, path: str, raw: bytes
+) -> None:
+    before = dump_routes(svc.router)
+    r = await svc.client.put(
+        path, content=raw, headers={**AUTH, "content-type": "application/json"}
+    )
+    assert r.status_code == 422, r.text
+    assert dump_routes(svc.router) == before
+
+
+async def test_unknown_path_and_method(svc: Service) -> None:
+    assert (await svc.client.get("/nope")).status_code == 404
+    assert (await svc.client.get("/route")).status_code == 405
+
+
+# -- overload, timeouts, failures ------------------------------------------------------
+async def test_overload_is_503_with_retry_after(gated: GatedEncoder, store_path: Path) -> None:
+    router = make_router(gated, store_path, max_queue_size=1)
+    async for s in _service(router, ServerSettings(retry_after=3)):
+        gated.gate.clear()
+        gated.entered.clear()
+        first = asyncio.create_task(s.client.post("/route", json={"query": "refund one"}))
+        assert await anyio.to_thread.run_sync(gated.entered.wait, LIMIT_S)
+        second = asyncio.create_task(s.client.post("/route", json={"query": "refund two"}))
+        async with asyncio.timeout(LIMIT_S):
+            while router.worker.queue_depth < 1:
+                await asyncio.sleep(0)
+        r = await s.client.post("/route", json={"query": "refund three"})
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "3"
+        gated.gate.set()
+        assert (await first).status_code == 200
+        assert (await second).json()["route"] == "billing"
+        metrics = (await s.client.get("/metrics")).text
+        assert 'synaptoroute_rejections_total{reason="overloaded"} 1' in metrics
+    router.close()
+
+
+async def test_request_timeout_is_503(gated: GatedEncoder, store_path: Path) -> None:
+    router = make_router(gated, store_path)
+    async for s in _service(router, ServerSettings(request_timeout=0.05)):
+        gated.gate.clear()
+        r = await s.client.post("/route", json={"query": "refund"})
+        assert r.status_code == 503
+        assert "retry-after" in r.headers
+        gated.gate.set()
+    router.close()
+
+
+async def test_internal_errors_never_reach_the_client(
+    gated: GatedEncoder, store_path: Path
+) -> None:
+    router = make_router(gated, store_path)
+    async for s in _service(router, ServerSettings(), raise_errors=False):
+        gated.fail_with = RuntimeError("secret detail at /srv/model.onnx line 42")
+        r = await s.client.post("/route", json={"query": "refund"})
+        assert r.status_code == 500
+        assert r.json() == {"detail": "internal server error"}
+        r = await s.client.put("/routes/new", json={"utterances": ["a b c"]})
+        assert r.status_code == 500
+        assert "secret" not in r.text
+        assert "Traceback" not in r.text
+        assert "new" not in router  # a failed change left nothing behind
+        gated.fail_with = None
+        # The service keeps serving after a failure.
+        assert (await s.client.post("/route", json={"query": "refund"})).status_code == 200
+    router.close()
+
+
+async def test_queries_keep_flowing_while_routes_change(svc: Service) -> None:
+    texts = [f"refund number {i}" for i in range(120)]
+
+    async def change(i: int) -> int:
+        r = await svc.client.put(f"/routes/r{i}", json={"utterances": [f"topic {i}"]}, headers=AUTH)
+        return r.status_code
+
+    queries = [svc.client.post("/route", json={"query": t}) for t in texts]
+    changes = [change(i) for i in range(12)]
+    results = await asyncio.gather(*queries, *changes)
+    answers, statuses = results[: len(texts)], results[len(texts) :]
+    assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in answers)
+    assert statuses == [201] * 12
+    names = [r["name"] for r in (await svc.client.get("/routes")).json()]
+    assert {f"r{i}" for i in range(12)} <= set(names)
+
+
+# -- operations -------------------------------------------------------------------------
+async def test_health_and_readiness(encoder: Encoder, store_path: Path) -> None:
+    router = make_router(encoder, store_path)
+    app = create_app(ServerSettings(), router=router)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+        assert (await c.get("/healthz")).json() == {"status": "ok"}
+        r = await c.get("/readyz")  # lifespan not started: the worker is not running
+        assert r.status_code == 503
+        assert r.json()["checks"]["started"] is False
+        async with app.router.lifespan_context(app):
+            r = await c.get("/readyz")
+            assert r.status_code == 200
+            assert r.json()["checks"] == {
+                "started": True,
+                "model": True,
+                "store": True,
+                "worker": True,
+            }
+            router.storage.close()  # the store goes away under the service
+            r = await c.get("/readyz")
+            assert r.status_code == 503
+            assert r.json()["checks"]["store"] is False
+
+
+def _samples(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, value = line.rsplit(" ", 1)
+        out[name] = float(value)
+    return out
+
+
+async def test_metrics_in_prometheus_text_format(svc: Service) -> None:
+    await svc.client.post("/route", json={"query": "refund"})
+    await svc.client.post("/route/batch", json={"queries": ["hi", "crash", "zzz qqq"]})
+    await svc.client.put("/routes/x", json={"utterances": ["a"]})  # 401
+    big = b'{"query": "' + b"a" * (2 << 20) + b'"}'
+    await svc.client.post("/route", content=big)  # 413
+    r = await svc.client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = r.text
+    for line in text.splitlines():
+        if line.startswith("# TYPE"):
+            assert line.split()[3] in {"counter", "gauge", "histogram"}
+        elif line and not line.startswith("# HELP"):
+            _name, value = line.rsplit(" ", 1)
+            assert not math.isnan(float(value))
+    s = _samples(text)
+    assert s['synaptoroute_http_requests_total{method="POST",path="/route",status="200"}'] == 1
+    assert (
+        s['synaptoroute_http_requests_total{method="PUT",path="/routes/{name}",status="401"}'] == 1
+    )
+    assert s['synaptoroute_rejections_total{reason="unauthorized"}'] == 1
+    assert s['synaptoroute_rejections_total{reason="body_too_large"}'] == 1
+    assert s['synaptoroute_queries_total{outcome="matched"}'] >= 2
+    assert s['synaptoroute_queries_total{outcome="no_route"}'] >= 1
+    assert s["synaptoroute_batch_size_count"] >= 2
+    assert s["synaptoroute_batch_size_sum"] == 4  # one text, then a batch of three
+    assert s["synaptoroute_queue_depth"] == 0
+    assert s["synaptoroute_routes"] == 3
+    assert s["synaptoroute_ready"] == 1
+    assert s["synaptoroute_http_requests_in_flight"] == 1  # this scrape
+    count = 'synaptoroute_http_request_duration_seconds_count{method="POST",path="/route"}'
+    inf = 'synaptoroute_http_request_duration_seconds_bucket{method="POST",path="/route",le="+Inf"}'
+    assert s[count] == s[inf] == 1
+
+
+async def test_openapi_and_docs(svc: Service) -> None:
+    spec = (await svc.client.get("/openapi.json")).json()
+    assert {"/route", "/route/batch", "/routes", "/routes/{name}", "/metrics"} <= set(spec["paths"])
+    assert spec["paths"]["/route"]["post"]["requestBody"]
+    docs = await svc.client.get("/docs")
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+
+
+# -- routes files ---------------------------------------------------------------------
+def test_routes_file_yaml_and_json_agree(tmp_path: Path) -> None:
+    yaml_text = """
+threshold: 0.45
+routes:
+  - name: billing
+    utterances: [I need a refund, Where is my receipt]
+    threshold: 0.6
+    metadata: {team: payments}
+  - name: tech
+    utterances:
+      - The app crashes on start
+"""
+    (tmp_path / "r.yaml").write_text(yaml_text)
+    doc = load_routes_file(tmp_path / "r.yaml")
+    (tmp_path / "r.json").write_text(render_routes(doc.model_dump(), "json"))
+    assert load_routes_file(tmp_path / "r.json") == doc
+    assert doc.threshold == 0.45
+    assert doc.routes[0].threshold == 0.6
+    assert doc.routes[0].metadata == {"team": "payments"}
+    # A bare list of routes is accepted too.
+    assert parse_routes('[{"name": "a", "utterances": ["x"]}]', "json").routes[0].name == "a"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("routes: [{name: a, utterances: [x]}, {name: a}]", "'a' appears more than once"),
+        ("routes: [{name: a, utterances: [x, '  ']}]", "routes.0.utterances"),
+        ("routes: [{utterances: [x]}]", "routes.0.name"),
+        ("routes: [{name: a, threshold: 3}]", "routes.0.threshold"),
+        ("routes: [{name: a, colour: red}]", "routes.0.colour"),
+        ("thresold: 0.3", "thresold"),
+        ("routes: [a, b", "not valid YAML"),
+    ],
+)
+def test_routes_file_errors_name_the_field(text: str, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        parse_routes(text, "yaml", source="r.yaml")
+
+
+def test_apply_routes_creates_replaces_and_skips(encoder: Encoder, store_path: Path) -> None:
+    router = make_router(encoder, store_path)
+    doc = parse_routes(
+        json.dumps(
+            {
+                "threshold": 0.4,
+                "routes": [
+                    ROUTES[0].model_dump(),
+                    {"name": "tech", "utterances": ["printer on fire"]},
+                    {"name": "music", "utterances": ["play jazz"]},
+                ],
+            }
+        ),
+        "json",
+    )
+    report = apply_routes(router, doc)
+    assert report.to_dict() == {
+        "created": ["music"],
+        "replaced": ["tech"],
+        "unchanged": ["billing"],
+        "threshold_changed": True,
+    }
+    assert router.threshold == 0.4
+    assert router.get_route("greeting")  # routes not in the file are kept
+    again = apply_routes(router, doc)
+    assert again.created == again.replaced == []
+    router.close()
+
+
+async def test_lifespan_applies_the_routes_file(
+    encoder: Encoder, store_path: Path, tmp_path: Path
+) -> None:
+    routes_file = tmp_path / "routes.yaml"
+    routes_file.write_text("routes:\n  - name: music\n    utterances: [play some jazz]\n")
+    router = make_router(encoder, store_path)
+    async for s in _service(router, ServerSettings(routes_file=str(routes_file))):
+        r = await s.client.post("/route", json={"query": "put on some jazz music"})
+        assert r.json()["route"] == "music"
+    router.close()

@@ -1,0 +1,288 @@
+"""End to end: ``synaptoroute serve`` in a subprocess on 127.0.0.1, driven over HTTP.
+
+Covers routing, hot reload visible to the next query, auth refusals, limits, start-up
+refusals, and SIGTERM draining a request in flight. Waits poll a condition (the
+server's own readiness or metrics) under a safety limit that fails the test; no
+assertion depends on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from synaptoroute import SQLiteStorage
+
+HOST = "127.0.0.1"
+KEY = "e2e-secret-token"
+LIMIT_S = 120.0  # safety limit of every wait (model load on a busy 2-core machine)
+
+ROUTES_YAML = """\
+routes:
+  - name: billing
+    utterances: [I need a refund, Where is my receipt, Cancel my subscription]
+  - name: tech
+    utterances: [The app crashes on start, I can't log in, Reset my password]
+"""
+
+
+def synaptoroute_cmd() -> list[str]:
+    """The installed console script, or the module when it is not installed."""
+    script = Path(sys.executable).with_name("synaptoroute")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "synaptoroute.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], bool], what: str, limit: float = LIMIT_S) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+class Server:
+    """A ``synaptoroute serve`` process."""
+
+    def __init__(self, tmp: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.store = tmp / "routes.db"
+        routes = tmp / "routes.yaml"
+        routes.write_text(ROUTES_YAML)
+        self.log_path = tmp / "server.log"
+        self.log = self.log_path.open("w")
+        cmd = [
+            *synaptoroute_cmd(),
+            "serve",
+            "--store",
+            str(self.store),
+            "--routes",
+            str(routes),
+            "--port",
+            str(self.port),
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        wait_for(self.ready, "the server to be ready")
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"server exited with {self.proc.returncode}: {self.output()}")
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=LIMIT_S)
+        finally:
+            self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("e2e"), env={"SYNAPTOROUTE_API_KEY": KEY})
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def test_routes_a_query(client: httpx.Client) -> None:
+    r = client.post("/route", json={"query": "how do I get my money back"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["route"] == "billing"
+    assert body["runner_up"] == "tech"
+    assert body["score"] > body["runner_up_score"]
+
+
+def test_hot_reload_is_visible_to_the_next_query(client: httpx.Client, server: Server) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    q = {"query": "will it rain tomorrow?"}
+    assert client.post("/route", json=q).json()["route"] is None
+    r = client.put("/routes/weather", json={"utterances": ["weather forecast"]}, headers=auth)
+    assert r.status_code == 201
+    r = client.post(
+        "/routes/weather/utterances", json={"utterances": ["is it going to rain"]}, headers=auth
+    )
+    assert r.status_code == 200
+    assert client.post("/route", json=q).json()["route"] == "weather"
+    assert client.delete("/routes/weather", headers=auth).status_code == 204
+    assert client.post("/route", json=q).json()["route"] is None
+
+
+def test_auth_refusals(client: httpx.Client) -> None:
+    body = {"utterances": ["anything"]}
+    assert client.put("/routes/evil", json=body).status_code == 401
+    wrong = {"Authorization": "Bearer e2e-secret-tokem"}
+    assert client.put("/routes/evil", json=body, headers=wrong).status_code == 401
+    assert client.delete("/routes/billing", headers=wrong).status_code == 401
+    assert client.get("/routes/evil").status_code == 404
+    assert client.get("/routes/billing").status_code == 200
+
+
+def test_limits_and_bad_input(client: httpx.Client) -> None:
+    big = b'{"query": "' + b"a" * (3 << 20) + b'"}'
+    r = client.post("/route", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(48):
+            yield b" " * 65536
+
+    r = client.post("/route", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = client.post("/route", content=b"{oops", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert client.post("/route", json={"query": 42}).status_code == 422
+    assert "Traceback" not in r.text
+    # The service is unharmed.
+    assert client.post("/route", json={"query": "refund"}).status_code == 200
+
+
+def test_metrics_and_docs(client: httpx.Client) -> None:
+    text = client.get("/metrics").text
+    assert "synaptoroute_http_request_duration_seconds_bucket" in text
+    assert "synaptoroute_queue_depth" in text
+    assert client.get("/docs").status_code == 200
+
+
+def test_refuses_exposed_host_without_key(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SYNAPTOROUTE_API_KEY"}
+    out = subprocess.run(
+        [*synaptoroute_cmd(), "serve", "--store", str(tmp_path / "x.db"), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=LIMIT_S,
+    )
+    assert out.returncode == 2
+    assert "SYNAPTOROUTE_API_KEY" in out.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_refuses_a_bad_routes_file(tmp_path: Path) -> None:
+    bad = tmp_path / "routes.yaml"
+    bad.write_text("routes:\n  - name: a\n    utterances: [ok, '   ']\n")
+    out = subprocess.run(
+        [*synaptoroute_cmd(), "serve", "--store", str(tmp_path / "x.db"), "--routes", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=LIMIT_S,
+    )
+    assert out.returncode == 2
+    assert "routes.0.utterances" in out.stderr
+
+
+async def _partial_request(
+    port: int, body: bytes
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    head = (
+        f"POST /route HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    writer.write(head + body[:5])
+    await writer.drain()
+    return reader, writer
+
+
+def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
+    srv = Server(tmp_path)
+    auth_free_change = httpx.put(
+        f"{srv.url}/routes/music", json={"utterances": ["play some jazz"]}, timeout=60
+    )
+    assert auth_free_change.status_code == 201  # loopback without a key accepts changes
+
+    async def scenario() -> tuple[bytes, list[int]]:
+        body = b'{"query": "please play some jazz music"}'
+        # A request whose body is still arriving is in flight as far as the server knows.
+        reader, writer = await _partial_request(srv.port, body)
+        async with httpx.AsyncClient(base_url=srv.url, timeout=LIMIT_S) as c:
+            texts = [f"I want a refund for order number {i}" for i in range(512)]
+            batches = [
+                asyncio.create_task(c.post("/route/batch", json={"queries": texts[i::8]}))
+                for i in range(8)
+            ]
+            # In flight: the partial request, at least one batch, and the scrape itself.
+            await asyncio.to_thread(
+                wait_for,
+                lambda: srv.metric("synaptoroute_http_requests_in_flight") >= 3,
+                "requests to be in flight",
+            )
+            srv.proc.send_signal(signal.SIGTERM)
+
+            def refuses_new_connections() -> bool:
+                try:
+                    socket.create_connection((HOST, srv.port), timeout=1).close()
+                except OSError:
+                    return True
+                return False
+
+            await asyncio.to_thread(wait_for, refuses_new_connections, "shutdown to begin")
+            writer.write(body[5:])  # finish the request after the signal
+            await writer.drain()
+            response = await asyncio.wait_for(reader.read(), LIMIT_S)
+            writer.close()
+            statuses = []
+            for task in batches:
+                try:
+                    statuses.append((await task).status_code)
+                except httpx.ConnectError:
+                    statuses.append(-1)  # sent after the listener closed: never accepted
+            return response, statuses
+
+    response, statuses = asyncio.run(scenario())
+    assert response.startswith(b"HTTP/1.1 200"), response
+    assert b'"route":"music"' in response
+    # Every batch that reached the server was answered in full; none was cut off.
+    assert all(s in (200, -1) for s in statuses), statuses
+    assert 200 in statuses
+    assert srv.stop() == 0
+    output = srv.output()
+    assert "Traceback" not in output
+    store = SQLiteStorage(srv.store)
+    try:
+        assert {item.route.name for item in store.load()} == {"billing", "tech", "music"}
+    finally:
+        store.close()
