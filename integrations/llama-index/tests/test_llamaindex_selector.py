@@ -107,7 +107,7 @@ def test_decide_with_nothing_scored() -> None:
 def test_bad_arguments_fail_at_construction(
     encoder: Encoder, kwargs: dict[str, object], message: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidInputError, match=message):
         SynaptorouteSelector.from_defaults(encoder=encoder, **kwargs)  # type: ignore[arg-type]
 
 

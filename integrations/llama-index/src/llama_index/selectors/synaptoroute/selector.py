@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from llama_index.core.base.base_selector import BaseSelector, SelectorResult, SingleSelection
 from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.bridge.pydantic import ValidationError
 from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.schema import QueryBundle
 from llama_index.core.tools.types import ToolMetadata
@@ -356,6 +357,10 @@ def _check_utterances(
         if isinstance(texts, str):
             msg = f"utterances[{name!r}] must be a list of strings, not one string"
             raise InvalidInputError(msg)
-        # Route's own validation (strip, drop blanks' error, dedupe) runs now, not mid-query.
-        out[name] = Route(name=name, utterances=list(texts)).utterances
+        # Route's own rules (strip, refuse blanks, drop duplicates) apply now, not mid-query.
+        try:
+            out[name] = Route(name=name, utterances=list(texts)).utterances
+        except ValidationError as exc:
+            msg = f"utterances[{name!r}]: {exc.errors()[0]['msg']}"
+            raise InvalidInputError(msg) from None
     return out
