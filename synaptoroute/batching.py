@@ -4,15 +4,20 @@ Continuous micro-batching: a lone request is processed at once (no fixed sleep).
 While one batch runs in a worker thread, the event loop keeps accepting requests;
 they queue up and form the next batch. The queue is bounded: past
 ``max_queue_size`` a call is refused at once with :class:`RouterOverloadedError`.
+
+Lifecycle: the worker belongs to the event loop it was started on. ``stop()``
+resolves every pending call (result or :class:`RouterClosedError`) and releases
+the loop, so the worker can be started again, on the same loop or another. If the
+loop that ran it is closed without ``stop()`` (``asyncio.run`` returning), the
+next call from a new loop starts afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -28,6 +33,9 @@ from .exceptions import (
 __all__ = ["BatchWorker", "WorkerStats"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+_Item = tuple[str, asyncio.Future[T]]
 
 
 @dataclass
@@ -38,7 +46,7 @@ class WorkerStats:
     items: int = 0
     rejected: int = 0
     failed_batches: int = 0
-    batch_sizes: list[int] = field(default_factory=list)  # the last 1,000 batch sizes
+    batch_sizes: list[int] = field(default_factory=list)  # the last 500-1,000 batch sizes
 
 
 class BatchWorker(Generic[T]):
@@ -61,7 +69,7 @@ class BatchWorker(Generic[T]):
         max_wait_ms: float = 0.0,
         max_queue_size: int = 10_000,
     ) -> None:
-        if max_batch_size < 1 or max_queue_size < 1 or max_wait_ms < 0:
+        if max_batch_size < 1 or max_queue_size < 1 or not max_wait_ms >= 0:
             msg = "max_batch_size and max_queue_size must be >= 1 and max_wait_ms >= 0"
             raise InvalidInputError(msg)
         self._process = process
@@ -69,176 +77,291 @@ class BatchWorker(Generic[T]):
         self.max_wait_ms = max_wait_ms
         self.max_queue_size = max_queue_size
         self.stats = WorkerStats()
-        self._queue: deque[tuple[str, asyncio.Future[T]]] = deque()
+        self._queue: deque[_Item[T]] = deque()
+        self._inflight: list[_Item[T]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopper: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._closing = False
-        self._inflight: list[tuple[str, asyncio.Future[T]]] = []
 
+    # -- state -----------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        """Whether the worker task is alive."""
-        return self._task is not None and not self._task.done()
+        """Whether the worker task is alive on an open event loop."""
+        return (
+            self._task is not None
+            and not self._task.done()
+            and self._loop is not None
+            and not self._loop.is_closed()
+        )
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a ``stop()`` is in progress (new calls are refused meanwhile)."""
+        return (
+            self._stopper is not None
+            and not self._stopper.done()
+            and self._loop is not None
+            and not self._loop.is_closed()
+        )
 
     @property
     def queue_depth(self) -> int:
-        """Texts waiting for a batch."""
+        """Texts waiting for a batch (not counting the one being processed)."""
         return len(self._queue)
 
+    def _check_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        if (self.running or self.stopping) and self._loop is not loop:
+            msg = (
+                "this router's batching worker runs on another event loop; "
+                "use one router per loop, or await stop() on the first loop before "
+                "using it from a new one"
+            )
+            raise EventLoopMismatchError(msg)
+
+    def _discard(self) -> None:
+        """Forget the loop-bound state (after a stop, or a loop that went away)."""
+        if self._executor is not None:
+            # Nothing is queued on it any more; an abandoned (timed-out) batch may still
+            # be running and finishes on its own.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        loop = self._loop
+        if loop is not None and loop.is_closed():
+            # Futures of a closed loop cannot be resolved (their callbacks would be
+            # scheduled on it); their callers are gone with the loop.
+            self._queue.clear()
+            self._inflight = []
+        self._task = self._stopper = None
+        self._loop = None
+        self._wakeup = None
+        self._executor = None
+
+    # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the worker on the running event loop (no-op if already running there)."""
-        loop = asyncio.get_running_loop()
+        """Start the worker on the running event loop (no-op if already running there).
+
+        Raises:
+            EventLoopMismatchError: it runs on another event loop.
+            RouterClosedError: a ``stop()`` is still in progress.
+        """
+        self._ensure_started(asyncio.get_running_loop())
+
+    def _ensure_started(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._check_loop(loop)
+        if self.stopping:
+            msg = "the router is stopping; await stop() before starting it again"
+            raise RouterClosedError(msg)
         if self.running:
-            self._check_loop(loop)
             return
+        self._discard()  # leftovers of a loop that was closed without stop()
         self._loop = loop
-        self._closing = False
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synaptoroute-batch")
         self._task = loop.create_task(self._run(), name="synaptoroute-batch-worker")
 
-    def _check_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._loop is not loop:
-            msg = (
-                "this router's batching worker runs on another event loop; "
-                "use one router per loop, or stop() it before using it from a new loop"
-            )
-            raise EventLoopMismatchError(msg)
-
     async def stop(self, *, drain: bool = True, timeout: float | None = 30.0) -> None:
         """Stop the worker and resolve every pending call.
 
-        With ``drain`` the queued calls are still served (up to ``timeout``
-        seconds); whatever is left then fails with :class:`RouterClosedError`.
-        The worker can be started again afterwards.
+        With ``drain`` the queued calls are still served (for up to ``timeout``
+        seconds); without it they fail at once with :class:`RouterClosedError` and
+        only the batch already being processed finishes. Whatever is left when
+        ``timeout`` expires fails with :class:`RouterClosedError`. When this
+        returns, no task or future of the worker is pending, and the worker can be
+        started again. Concurrent ``stop()`` calls wait for the same shutdown;
+        cancelling the caller does not interrupt it.
+
+        Raises:
+            EventLoopMismatchError: called from a loop other than the worker's.
         """
         if self._task is None:
             return
-        self._check_loop(asyncio.get_running_loop())
-        self._closing = True
+        if not self.running and not self.stopping:
+            self._discard()  # the loop that ran it is gone
+            return
+        loop = asyncio.get_running_loop()
+        self._check_loop(loop)
         if not drain:
-            self._fail_queued(inflight=False)
-        assert self._wakeup is not None
-        self._wakeup.set()
-        task = self._task
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except asyncio.TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._fail_queued()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-        self._task = self._executor = self._loop = self._wakeup = None
+            self._fail(queued=True, inflight=False)
+        stopper = self._stopper
+        if stopper is None or stopper.done():
+            stopper = loop.create_task(self._shutdown(timeout), name="synaptoroute-batch-stop")
+            self._stopper = stopper
+        await asyncio.shield(stopper)
 
-    def _fail_queued(self, *, inflight: bool = True) -> None:
-        pending = [*self._queue]
+    async def _shutdown(self, timeout: float | None) -> None:
+        task = self._task
+        assert task is not None and self._wakeup is not None
+        try:
+            self._wakeup.set()
+            _, pending = await asyncio.wait({task}, timeout=timeout)
+            if pending:
+                task.cancel()
+                await asyncio.wait({task})
+            if not task.cancelled():
+                # A crash of _run already failed its callers; retrieve it so asyncio
+                # does not log "exception was never retrieved".
+                task.exception()
+        finally:
+            self._fail(queued=True, inflight=True)
+            self._discard()
+
+    def _fail(self, *, queued: bool, inflight: bool) -> None:
+        pending: list[_Item[T]] = []
+        if queued:
+            pending.extend(self._queue)
+            self._queue.clear()
         if inflight:
             pending.extend(self._inflight)
             self._inflight = []
-        self._queue.clear()
         for _, fut in pending:
             if not fut.done():
-                fut.set_exception(
-                    RouterClosedError("the router was stopped before this call was served")
-                )
+                fut.set_exception(RouterClosedError("the router was stopped before this call"))
 
+    # -- submitting ------------------------------------------------------------------
     async def submit(self, texts: Sequence[str], timeout: float | None = None) -> list[T]:
         """Queue ``texts`` and wait for their results (in order).
 
+        All or nothing: either every text is queued or none is. Texts may be served
+        in different batches.
+
         Raises:
             RouterOverloadedError: the queue cannot take them; nothing was queued.
-            RouterClosedError: the worker is stopping.
+            RouterClosedError: the worker is stopping, or was stopped before serving them.
             RouterTimeoutError: ``timeout`` seconds passed first.
             EventLoopMismatchError: called from a loop other than the worker's.
         """
+        _check_timeout(timeout)
+        if not texts:
+            return []
+        futures = self._enqueue(texts)
+        if len(futures) == 1:
+            return [await self._wait(futures[0], futures, timeout)]
+        return list(await self._wait(asyncio.gather(*futures), futures, timeout))
+
+    async def submit_one(self, text: str, timeout: float | None = None) -> T:
+        """Queue one text and wait for its result; see :meth:`submit`."""
+        _check_timeout(timeout)
+        futures = self._enqueue([text])
+        return await self._wait(futures[0], futures, timeout)
+
+    def _enqueue(self, texts: Sequence[str]) -> list[asyncio.Future[T]]:
         loop = asyncio.get_running_loop()
-        if not self.running:
-            if self._closing and self._task is not None:
-                raise RouterClosedError("the router is stopping")
-            await self.start()
-        self._check_loop(loop)
-        if self._closing:
-            raise RouterClosedError("the router is stopping")
+        self._ensure_started(loop)
         if len(self._queue) + len(texts) > self.max_queue_size:
             self.stats.rejected += len(texts)
-            msg = f"queue full ({len(self._queue)} of {self.max_queue_size} queued); retry later"
+            msg = (
+                f"queue full: {len(self._queue)} of {self.max_queue_size} texts queued, "
+                f"{len(texts)} more refused; retry later"
+            )
             raise RouterOverloadedError(msg)
         futures: list[asyncio.Future[T]] = [loop.create_future() for _ in texts]
         self._queue.extend(zip(texts, futures, strict=True))
         assert self._wakeup is not None
         self._wakeup.set()
-        gathered = asyncio.gather(*futures)
+        return futures
+
+    async def _wait(
+        self,
+        waiter: Awaitable[R],
+        futures: list[asyncio.Future[T]],
+        timeout: float | None,
+    ) -> R:
         try:
             if timeout is None:
-                return list(await gathered)
-            return list(await asyncio.wait_for(gathered, timeout))
+                return await waiter
+            return await asyncio.wait_for(waiter, timeout)
         except asyncio.TimeoutError:
             msg = f"no result within {timeout} s"
             raise RouterTimeoutError(msg) from None
         finally:
-            # A caller that gave up (timeout, cancellation) leaves cancelled futures
-            # that the worker skips; the rest of its batch is unaffected.
+            # A caller that gave up (timeout, cancellation, a sibling's error) leaves
+            # cancelled futures that the worker skips; the rest of its batch is unaffected.
             for fut in futures:
                 if not fut.done():
                     fut.cancel()
 
-    def _take_batch(self) -> list[tuple[str, asyncio.Future[T]]]:
-        batch: list[tuple[str, asyncio.Future[T]]] = []
-        while self._queue and len(batch) < self.max_batch_size:
-            item = self._queue.popleft()
-            if not item[1].done():
+    # -- the worker ------------------------------------------------------------------
+    def _take_batch(self) -> list[_Item[T]]:
+        batch: list[_Item[T]] = []
+        queue = self._queue
+        while queue and len(batch) < self.max_batch_size:
+            item = queue.popleft()
+            if not item[1].done():  # skip callers that already gave up
                 batch.append(item)
         return batch
 
+    async def _fill(self, wakeup: asyncio.Event) -> None:
+        """Wait up to ``max_wait_ms`` for the queue to hold a full batch."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_ms / 1000
+        while len(self._queue) < self.max_batch_size:
+            left = deadline - loop.time()
+            if left <= 0 or self.stopping:
+                return
+            wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), left)
+
     async def _run(self) -> None:
-        assert self._wakeup is not None and self._loop is not None
-        wakeup, loop = self._wakeup, self._loop
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                wakeup.clear()
-                await wakeup.wait()
-                continue
-            if (
-                self.max_wait_ms > 0
-                and len(self._queue) < self.max_batch_size
-                and not self._closing
-            ):
-                deadline = time.monotonic() + self.max_wait_ms / 1000
-                while (
-                    len(self._queue) < self.max_batch_size
-                    and (left := deadline - time.monotonic()) > 0
-                ):
+        wakeup, loop, executor = self._wakeup, self._loop, self._executor
+        assert wakeup is not None and loop is not None and executor is not None
+        try:
+            while True:
+                if not self._queue:
+                    if self.stopping:
+                        return
                     wakeup.clear()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(wakeup.wait(), left)
-            batch = self._take_batch()
-            if not batch:
-                continue
-            texts = [text for text, _ in batch]
-            self._inflight = batch
-            try:
-                results = await loop.run_in_executor(self._executor, self._process, texts)
-            except Exception as exc:
-                # Only this batch's callers see the failure; the worker keeps serving.
-                self.stats.failed_batches += 1
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                self._inflight = []
-                continue
+                    await wakeup.wait()
+                    continue
+                if self.max_wait_ms > 0 and not self.stopping:
+                    await self._fill(wakeup)
+                batch = self._take_batch()
+                if batch:
+                    await self._serve(batch, loop, executor)
+        except BaseException:
+            # Cancelled (a stop that timed out, or the loop shutting down) or a bug:
+            # nobody may be left waiting on a future that will never be resolved.
+            if not loop.is_closed():
+                self._fail(queued=True, inflight=True)
+            raise
+
+    async def _serve(
+        self,
+        batch: list[_Item[T]],
+        loop: asyncio.AbstractEventLoop,
+        executor: ThreadPoolExecutor,
+    ) -> None:
+        texts = [text for text, _ in batch]
+        self._inflight = batch
+        try:
+            results = await loop.run_in_executor(executor, self._process, texts)
+            if len(results) != len(batch):
+                msg = f"batch function returned {len(results)} results for {len(batch)} texts"
+                raise RuntimeError(msg)
+        except Exception as exc:
+            # Only this batch's callers see the failure; the worker keeps serving.
             self._inflight = []
-            self.stats.batches += 1
-            self.stats.items += len(batch)
-            sizes = self.stats.batch_sizes
-            sizes.append(len(batch))
-            if len(sizes) > 1000:
-                del sizes[:500]
-            for (_, fut), result in zip(batch, results, strict=True):
+            self.stats.failed_batches += 1
+            for _, fut in batch:
                 if not fut.done():
-                    fut.set_result(result)
+                    fut.set_exception(exc)
+            return
+        self._inflight = []
+        stats = self.stats
+        stats.batches += 1
+        stats.items += len(batch)
+        stats.batch_sizes.append(len(batch))
+        if len(stats.batch_sizes) > 1000:
+            del stats.batch_sizes[:500]
+        for (_, fut), result in zip(batch, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
+    ):
+        msg = f"timeout must be None or a number >= 0, got {timeout!r}"
+        raise InvalidInputError(msg)

@@ -444,28 +444,48 @@ class AdaptiveRouter:
 
     # -- async -----------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the batching worker on the running event loop."""
+        """Start the batching worker on the running event loop.
+
+        Optional: the first :meth:`aquery` starts it too. The worker belongs to this
+        loop until :meth:`stop`; calls from another loop raise
+        :class:`~synaptoroute.exceptions.EventLoopMismatchError`.
+        """
         await self._worker.start()
 
     async def stop(self, *, drain: bool = True, timeout: float | None = 30.0) -> None:
-        """Stop the worker; every pending call gets its result or :class:`RouterClosedError`."""
+        """Stop the worker; every pending call gets its result or :class:`RouterClosedError`.
+
+        Args:
+            drain: serve the queued calls first (otherwise they fail at once).
+            timeout: seconds to wait for the queue to drain; the rest then fail.
+
+        The router can be started again (also from another event loop) afterwards.
+        """
         await self._worker.stop(drain=drain, timeout=timeout)
 
     async def aquery(self, text: str, *, timeout: float | None = None) -> RouteMatch:
-        """Route one text through the batching worker (started on first use).
+        """Route one text through the batching worker; same result as :meth:`query`.
+
+        Called before :meth:`start`, it starts the worker on the running loop.
 
         Raises:
             TypeError: ``text`` is not a ``str``.
-            RouterOverloadedError: the queue is full.
-            RouterTimeoutError: ``timeout`` expired.
+            RouterOverloadedError: the queue is full; nothing was queued.
+            RouterTimeoutError: ``timeout`` seconds passed first.
+            RouterClosedError: the router is stopping or was stopped meanwhile.
+            EventLoopMismatchError: the worker runs on another event loop.
         """
         check_text(text)
-        return (await self._worker.submit([text], timeout))[0]
+        return await self._worker.submit_one(text, timeout)
 
     async def aquery_batch(
         self, texts: Sequence[str], *, timeout: float | None = None
     ) -> list[RouteMatch]:
-        """Route many texts through the batching worker; results in input order."""
+        """Route many texts through the batching worker; results in input order.
+
+        All texts are queued or none is (:class:`RouterOverloadedError`); they may be
+        served in several batches, together with other callers' texts.
+        """
         if isinstance(texts, str):
             msg = "aquery_batch takes a list of texts, not a str"
             raise TypeError(msg)
