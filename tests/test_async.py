@@ -1,0 +1,571 @@
+"""Async serving: the batching worker behind ``aquery``, on the real model.
+
+Ordering and batch composition are asserted with a gated encoder (the real model
+behind a thread gate that records every call), never with sleeps. The only waits
+are on events or queues, each with a generous safety limit that fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from synaptoroute import (
+    AdaptiveRouter,
+    Encoder,
+    EncoderError,
+    EventLoopMismatchError,
+    InvalidInputError,
+    Route,
+    RouteMatch,
+    RouterClosedError,
+    RouterOverloadedError,
+    RouterTimeoutError,
+)
+from synaptoroute.batching import BatchWorker
+
+# Safety limit for every blocking wait; reaching it fails the test (it never paces it).
+LIMIT_S = 30.0
+
+Rows = list[dict[str, str | None]]
+
+
+def _routes(rows: Rows, per_route: int) -> list[Route]:
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        label, text = row["label"], row["text"]
+        if label is not None and text is not None and len(by_label[label]) < per_route:
+            by_label[label].append(text)
+    return [Route(name=name, utterances=texts) for name, texts in by_label.items()]
+
+
+def _texts(rows: Rows) -> list[str]:
+    return list(dict.fromkeys(str(row["text"]) for row in rows))
+
+
+class GatedEncoder:
+    """The real encoder behind a gate: records calls, can hold or fail them.
+
+    Every call puts its texts on ``entered``. While ``hold`` is set, a call then
+    waits for one ``release()`` permit. A call containing a text of ``fail_on``
+    raises :class:`EncoderError` instead.
+    """
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+        self.calls: list[list[str]] = []
+        self.entered: queue.Queue[list[str]] = queue.Queue()
+        self.hold = False
+        self.fail_on: set[str] = set()
+        self._permits = threading.Semaphore(0)
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        batch = list(texts)
+        self.calls.append(batch)
+        self.entered.put(batch)
+        if self.fail_on.intersection(batch):
+            msg = "injected encoder failure"
+            raise EncoderError(msg)
+        if self.hold and not self._permits.acquire(timeout=LIMIT_S):
+            msg = "the test never released this batch"
+            raise EncoderError(msg)
+        return self.inner.encode(batch)
+
+    def release(self, n: int = 1) -> None:
+        """Let ``n`` held calls proceed."""
+        for _ in range(n):
+            self._permits.release()
+
+    async def next_call(self) -> list[str]:
+        """Wait (off the loop) until the worker hands the encoder its next batch."""
+        return await asyncio.to_thread(self.entered.get, True, LIMIT_S)
+
+    def reset(self) -> None:
+        """Open the gate for good and forget the record."""
+        self.hold = False
+        self.fail_on = set()
+        self.release(1000)
+        self._permits = threading.Semaphore(0)
+        self.calls.clear()
+        while not self.entered.empty():
+            self.entered.get_nowait()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until ``condition`` holds (a bounded number of turns, no timer)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    msg = "condition never became true"
+    raise AssertionError(msg)
+
+
+def only_this_task_left() -> bool:
+    return asyncio.all_tasks() == {asyncio.current_task()}
+
+
+# -- fixtures ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def clinc_router(encoder: Encoder, clinc_train: Rows) -> AdaptiveRouter:
+    """20 CLINC150 routes x 30 utterances on the real model, default batching."""
+    router = AdaptiveRouter(encoder)
+    router.add_routes(_routes(clinc_train, 30))
+    return router
+
+
+@pytest.fixture(scope="module")
+def gated_router(encoder: Encoder, clinc_train: Rows) -> AdaptiveRouter:
+    """A router whose encoder is the real model behind a :class:`GatedEncoder`."""
+    router = AdaptiveRouter(GatedEncoder(encoder), max_queue_size=6)
+    router.add_routes(_routes(clinc_train, 5))
+    return router
+
+
+@pytest.fixture
+async def gated(gated_router: AdaptiveRouter) -> AsyncIterator[AdaptiveRouter]:
+    """The gated router, clean for one test and stopped (gate opened) after it."""
+    enc = gated_router.encoder
+    assert isinstance(enc, GatedEncoder)
+    enc.reset()
+    gated_router.cache.clear()
+    gated_router.worker.max_batch_size = 64
+    yield gated_router
+    enc.reset()
+    await gated_router.stop(drain=False, timeout=LIMIT_S)
+    assert not gated_router.worker.running
+
+
+@pytest.fixture
+def val_texts(clinc_val: Rows) -> list[str]:
+    return _texts(clinc_val)
+
+
+def gate(router: AdaptiveRouter) -> GatedEncoder:
+    enc = router.encoder
+    assert isinstance(enc, GatedEncoder)
+    return enc
+
+
+# -- parity with the sync path (real model, many texts) ------------------------------------
+async def test_aquery_equals_query_over_the_val_slice(
+    clinc_router: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    texts = [*val_texts, "", "   ", "🚀 ünïcödé テキスト"]
+    clinc_router.cache.clear()
+    expected = [clinc_router.query(t) for t in texts]
+    assert any(m.name is not None for m in expected)
+    assert any(m.name is None for m in expected)
+
+    clinc_router.cache.clear()  # the async path must encode for itself, in batches
+    one_by_one = await asyncio.gather(*(clinc_router.aquery(t) for t in texts))
+    clinc_router.cache.clear()
+    batched = await clinc_router.aquery_batch(texts)
+    await clinc_router.stop()
+
+    assert one_by_one == expected
+    assert batched == expected
+    assert max(clinc_router.worker.stats.batch_sizes) > 1  # it really batched
+
+
+async def test_aquery_before_start_starts_the_worker_on_this_loop(
+    clinc_router: AdaptiveRouter,
+) -> None:
+    assert not clinc_router.worker.running
+    match = await clinc_router.aquery("what's the exchange rate for dollars to euros")
+    assert isinstance(match, RouteMatch)
+    assert clinc_router.worker.running
+    await clinc_router.stop()
+    assert not clinc_router.worker.running
+    assert only_this_task_left()
+
+
+async def test_async_with_starts_and_stops(clinc_router: AdaptiveRouter) -> None:
+    async with clinc_router as router:
+        assert router is clinc_router
+        assert router.worker.running
+        await router.aquery("please transfer money to my savings")
+    assert not clinc_router.worker.running
+    assert only_this_task_left()
+
+    with pytest.raises(ZeroDivisionError):
+        async with clinc_router:
+            _ = 1 / 0
+    assert not clinc_router.worker.running
+
+
+async def test_restart_after_stop(clinc_router: AdaptiveRouter) -> None:
+    text = "how do i say thank you in french"
+    for _ in range(3):
+        await clinc_router.start()
+        await clinc_router.start()  # a second start is a no-op
+        assert (await clinc_router.aquery(text)) == clinc_router.query(text)
+        await clinc_router.stop()
+        await clinc_router.stop()  # and so is a second stop
+        assert only_this_task_left()
+
+
+def test_a_new_asyncio_run_each_time(clinc_router: AdaptiveRouter) -> None:
+    """A loop closed without stop() (asyncio.run returning) does not pin the router."""
+    text = "can you translate this into spanish"
+
+    async def once() -> RouteMatch:
+        return await clinc_router.aquery(text)
+
+    first = asyncio.run(once())
+    second = asyncio.run(once())
+    assert first == second == clinc_router.query(text)
+
+
+async def test_input_errors_queue_nothing(clinc_router: AdaptiveRouter) -> None:
+    with pytest.raises(TypeError):
+        await clinc_router.aquery(123)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await clinc_router.aquery_batch("not a list")
+    with pytest.raises(TypeError):
+        await clinc_router.aquery_batch(["ok", None])  # type: ignore[list-item]
+    with pytest.raises(InvalidInputError):
+        await clinc_router.aquery("hello", timeout=-1)
+    assert clinc_router.worker.queue_depth == 0
+    assert await clinc_router.aquery_batch([]) == []
+    empty = await clinc_router.aquery("  ")
+    assert empty.name is None
+    assert empty.reason == "empty_query"
+    await clinc_router.stop()
+
+
+# -- batch composition and ordering ------------------------------------------------
+async def test_a_lone_request_goes_at_once_and_later_ones_form_the_next_batch(
+    gated: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    enc = gate(gated)
+    enc.hold = True
+    a, b, c, d = val_texts[0:4]
+
+    first = asyncio.create_task(gated.aquery(a))
+    assert await enc.next_call() == [a]  # alone: nothing else was queued, nobody waited
+
+    # The encoder is busy in the worker thread; the loop still takes requests.
+    rest = [asyncio.create_task(gated.aquery(t)) for t in (b, c, d)]
+    await until(lambda: gated.worker.queue_depth == 3)
+    assert not first.done()
+
+    enc.release()
+    assert await enc.next_call() == [b, c, d]  # queued meanwhile: the next batch, in order
+    enc.release()
+    results = [await first, *await asyncio.gather(*rest)]
+    assert results == [gated.query(t) for t in (a, b, c, d)]
+
+
+async def test_duplicates_are_encoded_once_and_the_cache_is_consulted_first(
+    gated: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    enc = gate(gated)
+    cached, a, b, blocker = val_texts[10:14]
+    await gated.aquery(cached)
+    assert await enc.next_call() == [cached]
+
+    enc.hold = True
+    first = asyncio.create_task(gated.aquery(blocker))
+    await enc.next_call()
+    batch = [asyncio.create_task(gated.aquery(t)) for t in (a, cached, b, a, a)]
+    await until(lambda: gated.worker.queue_depth == 5)
+    enc.release(2)
+    assert await enc.next_call() == [a, b]  # one batch; duplicates once; the cached text not at all
+    results = await asyncio.gather(*batch)
+    await first
+    assert results[0] == results[3] == results[4] == gated.query(a)
+    assert results[1] == gated.query(cached)
+    assert gated.worker.stats.batch_sizes[-1] == 5
+
+
+async def test_max_batch_size_splits_the_queue_in_arrival_order(
+    gated: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    enc = gate(gated)
+    gated.worker.max_batch_size = 2
+    blocker, *texts = val_texts[20:25]
+    enc.hold = True
+    first = asyncio.create_task(gated.aquery(blocker))
+    await enc.next_call()
+    batch = asyncio.create_task(gated.aquery_batch(texts))
+    await until(lambda: gated.worker.queue_depth == 4)
+    enc.release(3)
+    assert [await enc.next_call(), await enc.next_call()] == [texts[:2], texts[2:]]
+    assert await batch == [gated.query(t) for t in texts]
+    await first
+
+
+# -- overload, timeout, cancellation, failure ------------------------------------------
+async def test_a_full_queue_refuses_at_once_and_serves_what_it_holds(
+    gated: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    enc = gate(gated)
+    blocker, *texts = val_texts[30:40]
+    queued, refused = texts[:6], texts[6:]
+    enc.hold = True
+    first = asyncio.create_task(gated.aquery(blocker))
+    await enc.next_call()
+    held = [asyncio.create_task(gated.aquery(t)) for t in queued]
+    await until(lambda: gated.worker.queue_depth == 6)  # max_queue_size=6
+
+    rejected_before = gated.worker.stats.rejected
+    with pytest.raises(RouterOverloadedError):
+        await gated.aquery(refused[0])
+    with pytest.raises(RouterOverloadedError):
+        await gated.aquery_batch(refused[1:])
+    assert gated.worker.stats.rejected == rejected_before + 3
+    assert gated.worker.queue_depth == 6  # nothing of a refused call was queued
+
+    enc.release(2)
+    assert await asyncio.gather(*held) == [gated.query(t) for t in queued]
+    await first
+    assert all(t not in call for call in enc.calls for t in refused)
+
+
+async def test_a_batch_larger_than_the_queue_is_refused(gated: AdaptiveRouter) -> None:
+    with pytest.raises(RouterOverloadedError):
+        await gated.aquery_batch([f"text {i}" for i in range(7)])
+    assert gate(gated).calls == []
+
+
+async def test_timeout_while_in_flight_and_while_queued(
+    gated: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    enc = gate(gated)
+    in_flight, blocker, late, after = val_texts[60:64]
+    enc.hold = True
+    caller = asyncio.create_task(gated.aquery(in_flight, timeout=0.01))
+    assert await enc.next_call() == [in_flight]  # taken into a batch, then held there
+    with pytest.raises(RouterTimeoutError) as info:
+        await caller
+    assert isinstance(info.value, TimeoutError)
+    enc.release()
+
+    first = asyncio.create_task(gated.aquery(blocker))
+    assert await enc.next_call() == [blocker]
+    with pytest.raises(RouterTimeoutError):  # queued behind a held batch
+        await gated.aquery(late, timeout=0.01)
+    enc.release()
+    assert await first == gated.query(blocker)
+
+    enc.hold = False
+    assert await gated.aquery(after, timeout=LIMIT_S) == gated.query(after)
+    assert all(late not in call for call in enc.calls)  # dropped from the queue unencoded
+
+
+async def test_a_cancelled_caller_does_not_break_its_batch(
+    gated: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    enc = gate(gated)
+    blocker, a, b, c, queued = val_texts[70:75]
+    enc.hold = True
+    first = asyncio.create_task(gated.aquery(blocker))
+    await enc.next_call()
+    tasks = [asyncio.create_task(gated.aquery(t)) for t in (a, b, c)]
+    await until(lambda: gated.worker.queue_depth == 3)
+    enc.release()
+    assert await enc.next_call() == [a, b, c]  # now in flight together
+
+    tasks[1].cancel()  # b's caller gives up while its batch is being encoded
+    dropped = asyncio.create_task(gated.aquery(queued))
+    await until(lambda: gated.worker.queue_depth == 1)
+    dropped.cancel()  # a queued caller gives up before its batch
+    enc.release()
+    assert await tasks[0] == gated.query(a)
+    assert await tasks[2] == gated.query(c)
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[1]
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
+    await first
+    enc.hold = False
+    assert await gated.aquery(b) == gated.query(b)  # and the worker keeps serving
+    assert all(queued not in call for call in enc.calls)
+
+
+async def test_an_encoder_failure_fails_only_that_batch(
+    gated: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    enc = gate(gated)
+    blocker, bad, neighbour, later = val_texts[80:84]
+    enc.fail_on = {bad}
+    enc.hold = True
+    first = asyncio.create_task(gated.aquery(blocker))
+    await enc.next_call()
+    doomed = [asyncio.create_task(gated.aquery(t)) for t in (bad, neighbour)]
+    await until(lambda: gated.worker.queue_depth == 2)
+    enc.release()
+    assert await enc.next_call() == [bad, neighbour]
+    for task in doomed:
+        with pytest.raises(EncoderError, match="injected"):
+            await task
+    assert await first == gated.query(blocker)  # the batch before is untouched
+    enc.hold = False
+    assert gated.worker.running
+    assert await gated.aquery(later) == gated.query(later)  # and so is the next one
+    assert gated.worker.stats.failed_batches >= 1
+
+
+async def test_a_broken_batch_function_fails_its_callers_not_the_worker() -> None:
+    """Pure algorithm: a batch function that returns too few results."""
+    calls: list[list[str]] = []
+
+    def short(texts: list[str]) -> list[int]:
+        calls.append(texts)
+        return [len(t) for t in texts][: 1 if "short" in texts else None]
+
+    worker: BatchWorker[int] = BatchWorker(short)
+    with pytest.raises(RuntimeError, match="returned 1 results for 2 texts"):
+        await worker.submit(["short", "xx"])
+    assert await worker.submit(["abc", "de"]) == [3, 2]
+    await worker.stop()
+    assert calls == [["short", "xx"], ["abc", "de"]]
+
+
+# -- stop --------------------------------------------------------------------------
+async def test_stop_drains_calls_in_flight_and_queued(
+    gated: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    enc = gate(gated)
+    blocker, a, b, refused = val_texts[90:94]
+    enc.hold = True
+    first = asyncio.create_task(gated.aquery(blocker))
+    await enc.next_call()
+    queued = [asyncio.create_task(gated.aquery(t)) for t in (a, b)]
+    await until(lambda: gated.worker.queue_depth == 2)
+
+    stopping = asyncio.create_task(gated.stop())
+    await until(lambda: gated.worker.stopping)
+    with pytest.raises(RouterClosedError):  # no new work while stopping
+        await gated.aquery(refused)
+    with pytest.raises(RouterClosedError):
+        await gated.start()
+    enc.release(2)
+    await stopping
+    assert await first == gated.query(blocker)
+    assert await asyncio.gather(*queued) == [gated.query(a), gated.query(b)]
+    assert not gated.worker.running
+    assert gated.worker.queue_depth == 0
+    assert only_this_task_left()
+
+
+async def test_stop_without_drain_fails_the_queue_and_finishes_the_batch_in_flight(
+    gated: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    enc = gate(gated)
+    blocker, a, b = val_texts[100:103]
+    enc.hold = True
+    first = asyncio.create_task(gated.aquery(blocker))
+    await enc.next_call()
+    queued = [asyncio.create_task(gated.aquery(t)) for t in (a, b)]
+    await until(lambda: gated.worker.queue_depth == 2)
+
+    stopping = asyncio.create_task(gated.stop(drain=False))
+    await until(lambda: all(t.done() for t in queued))
+    for task in queued:
+        with pytest.raises(RouterClosedError):
+            await task
+    assert not first.done()
+    enc.release()
+    await stopping
+    assert await first == gated.query(blocker)
+    assert [call for call in enc.calls if a in call or b in call] == []
+    assert only_this_task_left()
+
+
+async def test_stop_timeout_fails_a_stuck_batch_and_the_router_restarts(
+    gated: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    enc = gate(gated)
+    stuck, queued_text, fresh = val_texts[110:113]
+    enc.hold = True
+    first = asyncio.create_task(gated.aquery(stuck))
+    await enc.next_call()
+    queued = asyncio.create_task(gated.aquery(queued_text))
+    await until(lambda: gated.worker.queue_depth == 1)
+
+    await gated.stop(timeout=0.01)  # the held batch cannot finish in time
+    for task in (first, queued):
+        with pytest.raises(RouterClosedError):
+            await task
+    assert not gated.worker.running
+    assert only_this_task_left()
+
+    enc.release()  # let the abandoned thread finish
+    enc.hold = False
+    assert await gated.aquery(fresh) == gated.query(fresh)
+
+
+async def test_a_cancelled_stop_still_completes(
+    gated: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    enc = gate(gated)
+    blocker = val_texts[120]
+    enc.hold = True
+    first = asyncio.create_task(gated.aquery(blocker))
+    await enc.next_call()
+    stopping = asyncio.create_task(gated.stop())
+    await until(lambda: gated.worker.stopping)
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert gated.worker.stopping  # the shutdown goes on without its caller
+    enc.release()
+    assert await first == gated.query(blocker)
+    await gated.stop()  # joins the shutdown in progress
+    assert not gated.worker.running
+    assert only_this_task_left()
+
+
+# -- event loops -----------------------------------------------------------------------
+async def test_a_second_event_loop_is_refused_until_stop(clinc_router: AdaptiveRouter) -> None:
+    text = "how do you say goodbye in german"
+    await clinc_router.aquery(text)
+
+    def from_another_loop(coro_fn: Callable[[], Awaitable[object]]) -> BaseException | None:
+        async def run() -> None:
+            await coro_fn()
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:
+            return exc
+        return None
+
+    for call in (
+        lambda: clinc_router.aquery(text),
+        lambda: clinc_router.aquery_batch([text]),
+        clinc_router.start,
+        clinc_router.stop,
+    ):
+        error = await asyncio.to_thread(from_another_loop, call)
+        assert isinstance(error, EventLoopMismatchError), error
+    assert clinc_router.worker.running  # the misuse did not disturb the owner
+
+    await clinc_router.stop()
+
+    async def use_and_stop() -> RouteMatch:
+        try:
+            return await clinc_router.aquery(text)
+        finally:
+            await clinc_router.stop()
+
+    # Once stopped, another loop may take the router over.
+    other = await asyncio.to_thread(asyncio.run, use_and_stop())
+    assert other == clinc_router.query(text)
