@@ -1,0 +1,212 @@
+"""Helpers shared by the benchmark scripts: data loading, machine description, percentiles.
+
+Run a benchmark as a script from the repository root (``python benchmarks/<name>.py``);
+the script's folder is then on ``sys.path``, so ``from common import ...`` works.
+The data folder is, in order: ``--data``, the ``SYNAPTOROUTE_DATA`` environment
+variable, or ``../shared/data`` next to the repository.
+
+This module is imported by several scripts: keep it small and its names stable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+
+import numpy as np
+from numpy.typing import NDArray
+
+from synaptoroute.encoder import EncoderProtocol
+
+__all__ = [
+    "DATASETS",
+    "REPO_ROOT",
+    "Example",
+    "PrecomputedEncoder",
+    "add_data_argument",
+    "by_label",
+    "cpu_model",
+    "data_dir",
+    "encode_cached",
+    "load_split",
+    "machine_info",
+    "percentile",
+    "summarize_ms",
+    "time_ms",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ("clinc150", "banking77", "snips")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled row; ``label`` is ``None`` for out-of-scope (CLINC150 only)."""
+
+    text: str
+    label: str | None
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """Add the shared ``--data`` option to a script's parser."""
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="folder holding <dataset>/{train,val}.jsonl "
+        "(default: $SYNAPTOROUTE_DATA, else ../shared/data next to the repository)",
+    )
+
+
+def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The data folder: ``override``, else ``$SYNAPTOROUTE_DATA``, else ``../shared/data``.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+    """
+    chosen = override or os.environ.get("SYNAPTOROUTE_DATA") or REPO_ROOT.parent / "shared/data"
+    path = Path(chosen).expanduser().resolve()
+    if not path.is_dir():
+        msg = f"data folder not found: {path} (pass --data or set SYNAPTOROUTE_DATA)"
+        raise FileNotFoundError(msg)
+    return path
+
+
+def load_split(
+    dataset: str, split: str, data: str | os.PathLike[str] | None = None
+) -> list[Example]:
+    """Rows of ``<data>/<dataset>/<split>.jsonl`` in file order."""
+    path = data_dir(data) / dataset / f"{split}.jsonl"
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                out.append(Example(str(row["text"]), row["label"]))
+    return out
+
+
+def by_label(rows: Iterable[Example]) -> dict[str, list[str]]:
+    """In-scope texts grouped by label, labels in first-seen order (OOS rows dropped)."""
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        if row.label is not None:
+            groups.setdefault(row.label, []).append(row.text)
+    return groups
+
+
+def cpu_model() -> str:
+    """The CPU model name as lscpu (or /proc/cpuinfo) reports it."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_info() -> str:
+    """One line: cores, CPU model, 1-minute load average, Python, numpy, date (UTC)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"{os.cpu_count()} cores, {cpu_model()}, load {load:.2f} at start, "
+        f"Python {platform.python_version()}, numpy {np.__version__}, {now}"
+    )
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``values``, linear interpolation."""
+    if not values:
+        msg = "percentile of an empty sequence"
+        raise ValueError(msg)
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def summarize_ms(values: Sequence[float]) -> dict[str, float]:
+    """p50, p99, mean and count of durations given in milliseconds."""
+    return {
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "mean": float(np.mean(values)),
+        "n": float(len(values)),
+    }
+
+
+def time_ms(fn: Callable[[], object]) -> float:
+    """Wall time of one call of ``fn`` in milliseconds (``perf_counter``)."""
+    start = perf_counter()
+    fn()
+    return (perf_counter() - start) * 1000.0
+
+
+class PrecomputedEncoder:
+    """An encoder that returns vectors computed earlier, so a benchmark encodes once.
+
+    It reports the model id of the encoder that made the vectors, so routers and
+    stores treat them as that model's. Unknown texts raise ``KeyError``.
+    """
+
+    def __init__(self, model_id: str, table: dict[str, NDArray[np.float32]]) -> None:
+        if not table:
+            msg = "PrecomputedEncoder needs at least one vector"
+            raise ValueError(msg)
+        self._model_id = model_id
+        self._table = table
+        self._dimension = len(next(iter(table.values())))
+        self.calls = 0
+
+    @property
+    def model_id(self) -> str:
+        """The model that made the vectors."""
+        return self._model_id
+
+    @property
+    def dimension(self) -> int:
+        """Vector length."""
+        return self._dimension
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """The stored vectors of ``texts``, in order."""
+        self.calls += 1
+        if not texts:
+            return np.zeros((0, self._dimension), dtype=np.float32)
+        return np.stack([self._table[t] for t in texts]).astype(np.float32, copy=False)
+
+
+def encode_cached(
+    encoder: EncoderProtocol, texts: Sequence[str], cache: str | os.PathLike[str] | None = None
+) -> NDArray[np.float32]:
+    """``encoder.encode(texts)``, reusing a ``.npy`` file in ``cache`` when one matches.
+
+    The file name hashes the model id and the texts, so a stale file is never used.
+    """
+    if cache is None:
+        return encoder.encode(list(texts))
+    digest = hashlib.sha256(encoder.model_id.encode())
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    path = Path(cache) / f"vectors-{digest.hexdigest()[:20]}.npy"
+    if path.is_file():
+        vectors: NDArray[np.float32] = np.load(path)
+        return vectors
+    vectors = encoder.encode(list(texts))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    return vectors
