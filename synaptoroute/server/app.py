@@ -17,15 +17,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
@@ -45,6 +46,7 @@ from ..storage import MemoryStorage, SQLiteStorage, Storage
 from .metrics import CONTENT_TYPE, ServiceMetrics
 from .routes_file import apply_routes, load_routes_file
 from .schemas import (
+    NAME_PATTERN,
     BatchRequest,
     BatchResponse,
     DefaultThreshold,
@@ -215,6 +217,15 @@ def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "\0"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
     retry = {"Retry-After": str(state.settings.retry_after)}
     rejections = state.metrics.rejections
@@ -235,7 +246,11 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
             # nesting too deep): to a client that is just more bad JSON.
             detail = [{"loc": ["body"], "msg": "body is not valid JSON", "type": "json_invalid"}]
             return _error(422, detail)
-        return _error(exc.status_code, exc.detail, dict(exc.headers or {}) or None)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path; list them all.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return _error(exc.status_code, exc.detail, headers or None)
 
     async def invalid_value(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ValidationError)
@@ -300,6 +315,10 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         503: "Overloaded, timed out, starting or stopping; see Retry-After.",
     }
     return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
+
+
+#: A route name in the URL: not empty, no surrounding whitespace.
+RouteName = Annotated[str, Path(pattern=NAME_PATTERN, description="The route's name.")]
 
 
 def _check_name(name: str) -> str:
@@ -390,26 +409,32 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    bearer = HTTPBearer(auto_error=False, description="SYNAPTOROUTE_API_KEY")
     key = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
-    async def authorize(
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
-    ) -> None:
+    def refuse_if_read_only() -> None:
         if settings.read_only:
             metrics.rejections.inc(("read_only",))
             raise HTTPException(403, "route changes are disabled on this service")
-        if key is None:
-            return
+
+    async def open_changes() -> None:
+        refuse_if_read_only()
+
+    bearer = HTTPBearer(auto_error=False, description="the value of SYNAPTOROUTE_API_KEY")
+
+    async def checked_changes(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
+        refuse_if_read_only()
         given = credentials.credentials.encode("utf-8", "surrogateescape") if credentials else b""
         # Constant-time, so the token cannot be guessed byte by byte from timings.
-        if not hmac.compare_digest(given, key):
+        if key is None or not hmac.compare_digest(given, key):
             metrics.rejections.inc(("unauthorized",))
             raise HTTPException(
                 401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
             )
 
-    change = [Depends(authorize)]
+    # Without a key (a loopback service) changes are open, and the schema says so.
+    change = [Depends(open_changes if key is None else checked_changes)]
     timeout = settings.request_timeout
 
     def record(matches: list[RouteMatch]) -> None:
@@ -449,7 +474,7 @@ def create_app(
         return [RouteOut.from_route(r) for r in state.get_router().list_routes()]
 
     @app.get("/routes/{name}", response_model=RouteOut, tags=["routes"], responses=_responses(404))
-    async def get_route(name: str) -> RouteOut:
+    async def get_route(name: RouteName) -> RouteOut:
         """One route."""
         return RouteOut.from_route(state.get_router().get_route(name))
 
@@ -464,7 +489,7 @@ def create_app(
             **_responses(401, 403, 413, 422, 500, 503),
         },
     )
-    async def put_route(name: str, body: RouteBody, response: Response) -> RouteOut:
+    async def put_route(name: RouteName, body: RouteBody, response: Response) -> RouteOut:
         """Create or replace a route; the next query sees it."""
         route = body.to_route(_check_name(name))
         r = state.get_router()
@@ -498,7 +523,7 @@ def create_app(
         dependencies=change,
         responses=_responses(401, 403, 404, 500, 503),
     )
-    async def delete_route(name: str) -> Response:
+    async def delete_route(name: RouteName) -> Response:
         """Remove a route."""
         await _blocking(state.get_router().delete_route, name)
         return Response(status_code=204)
@@ -510,7 +535,7 @@ def create_app(
         dependencies=change,
         responses=_responses(401, 403, 404, 413, 422, 500, 503),
     )
-    async def add_utterances(name: str, body: UtteranceChange) -> UtterancesAdded:
+    async def add_utterances(name: RouteName, body: UtteranceChange) -> UtterancesAdded:
         """Add example utterances to a route; answers those that were new."""
         added = await _blocking(state.get_router().add_utterances, name, body.utterances)
         return UtterancesAdded(added=added)
@@ -522,7 +547,7 @@ def create_app(
         dependencies=change,
         responses=_responses(401, 403, 404, 413, 422, 500, 503),
     )
-    async def delete_utterances(name: str, body: UtteranceChange) -> UtterancesDeleted:
+    async def delete_utterances(name: RouteName, body: UtteranceChange) -> UtterancesDeleted:
         """Remove utterances from a route; answers how many were there."""
         deleted = await _blocking(state.get_router().delete_utterances, name, body.utterances)
         return UtterancesDeleted(deleted=deleted)
@@ -534,7 +559,7 @@ def create_app(
         dependencies=change,
         responses=_responses(401, 403, 404, 413, 422, 500, 503),
     )
-    async def set_route_threshold(name: str, body: ThresholdBody) -> RouteOut:
+    async def set_route_threshold(name: RouteName, body: ThresholdBody) -> RouteOut:
         """Set a route's own threshold (`null` clears it)."""
         r = state.get_router()
         await _blocking(r.set_threshold, name, body.threshold)

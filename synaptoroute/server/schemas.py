@@ -11,6 +11,7 @@ from ..models import SCORE_MAX, SCORE_MIN, MatchReason, Route, RouteMatch, clean
 
 __all__ = [
     "MAX_BATCH_QUERIES",
+    "NAME_PATTERN",
     "BatchRequest",
     "BatchResponse",
     "DefaultThreshold",
@@ -52,9 +53,22 @@ def _json_object(value: dict[str, Any]) -> dict[str, Any]:
 
 #: A string that can be tokenised and stored.
 Text = Annotated[str, AfterValidator(_encodable)]
+# What str.strip() removes, spelled out: regex engines (ECMA-262 in the schema,
+# Rust in pydantic, Python in clients) disagree on what \s covers.
+_WS = (
+    "\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a"
+    "\\u2028\\u2029\\u202f\\u205f\\u3000"
+)
+#: Non-empty, no leading or trailing whitespace.
+NAME_PATTERN = f"^[^{_WS}]([\\s\\S]*[^{_WS}])?$"
+#: A route name: what :class:`~synaptoroute.Route` keeps after stripping.
+Name = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(_encodable)]
+#: An example utterance: at least one character that is not whitespace.
+Utterance = Annotated[str, Field(pattern=f"[^{_WS}]"), AfterValidator(_encodable)]
 #: Utterances as the library keeps them: stripped, none blank, duplicates dropped.
-Utterances = Annotated[list[Text], AfterValidator(clean_utterances)]
-Score = Annotated[float, Field(ge=SCORE_MIN, le=SCORE_MAX, allow_inf_nan=False)]
+Utterances = Annotated[list[Utterance], AfterValidator(clean_utterances)]
+# Strict: JSON true/false or "0.5" is not a score.
+Score = Annotated[float, Field(ge=SCORE_MIN, le=SCORE_MAX, allow_inf_nan=False, strict=True)]
 
 
 class QueryRequest(BaseModel):
@@ -130,7 +144,7 @@ class RouteBody(BaseModel):
 class NewRoute(RouteBody):
     """A route to create, name included."""
 
-    name: Text
+    name: Name
 
 
 class RouteOut(BaseModel):
