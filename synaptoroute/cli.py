@@ -25,6 +25,7 @@ from typing import Any, Literal, TextIO
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import ValidationError
 
 from . import __version__
 from .encoder import Encoder, EncoderProtocol
@@ -623,10 +624,12 @@ def _exit_code(exc: BaseException) -> int:
 
 
 def _message(exc: BaseException) -> str:
-    if isinstance(exc, RouteNotFoundError):
-        return str(exc)
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0] if type(exc).__name__ == "ValidationError" else text
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+    return str(exc) or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

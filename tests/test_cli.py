@@ -1,0 +1,327 @@
+"""The command line, in process (``main(argv)``), on the real model and real SQLite files.
+
+The real encoder is built once per session; commands get it in place of a fresh
+``Encoder()`` so each invocation does not reload the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from synaptoroute import Encoder, SQLiteStorage, cli
+from synaptoroute.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, build_parser, main
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def shared_encoder(monkeypatch: pytest.MonkeyPatch, encoder: Encoder) -> None:
+    monkeypatch.setattr(cli, "Encoder", lambda: encoder)
+    monkeypatch.delenv("SYNAPTOROUTE_STORE", raising=False)
+    monkeypatch.delenv("SYNAPTOROUTE_API_KEY", raising=False)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return str(tmp_path / "routes.db")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def stored_routes(path: str) -> dict[str, list[str]]:
+    storage = SQLiteStorage(path)
+    try:
+        return {item.route.name: list(item.route.utterances) for item in storage.load()}
+    finally:
+        storage.close()
+
+
+def seed(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    assert (
+        run(
+            capsys,
+            "routes",
+            "add",
+            "billing",
+            "I need a refund",
+            "Where is my receipt",
+            "--store",
+            store,
+        )[0]
+        == 0
+    )
+    assert (
+        run(
+            capsys, "routes", "add", "tech", "The app crashes", "I cannot log in", "--store", store
+        )[0]
+        == 0
+    )
+
+
+# -- every command: help and docs ---------------------------------------------------------
+def command_paths() -> Iterator[list[str]]:
+    def walk(parser: argparse.ArgumentParser, prefix: list[str]) -> Iterator[list[str]]:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield prefix
+            return
+        for name, child in subs[0].choices.items():
+            yield from walk(child, [*prefix, name])
+
+    yield from walk(build_parser(), [])
+
+
+COMMANDS = [" ".join(p) for p in command_paths()]
+
+
+def test_the_command_set() -> None:
+    assert COMMANDS == [
+        "route",
+        "routes list",
+        "routes add",
+        "routes delete",
+        "import",
+        "export",
+        "fit",
+        "eval",
+        "serve",
+    ]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command.split(), "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: synaptoroute {command}")
+    assert len(out.splitlines()) > 3
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_is_documented(command: str) -> None:
+    headings = re.findall(r"^#+ `synaptoroute ([^`]+)`", DOCS.read_text(), flags=re.MULTILINE)
+    assert any(h.split(" [")[0].split(" ARG")[0].startswith(command) for h in headings), headings
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_printing_data_has_json(command: str) -> None:
+    parser = build_parser()
+    for word in command.split():
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    options = {o for a in parser._actions for o in a.option_strings}
+    assert ("--json" in options) is (command != "serve")
+
+
+def test_exit_codes_are_documented() -> None:
+    text = DOCS.read_text()
+    for code in (
+        EXIT_OK,
+        EXIT_FAILURE,
+        EXIT_BAD_INPUT,
+        cli.EXIT_MISSING_EXTRA,
+        cli.EXIT_INTERRUPTED,
+    ):
+        assert re.search(rf"^\| `?{code}`? \|", text, flags=re.MULTILINE), code
+
+
+# -- route management -----------------------------------------------------------------------
+def test_add_list_route_delete(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    seed(capsys, store)
+    code, out, _ = run(capsys, "routes", "list", "--store", store, "--json")
+    assert code == 0
+    assert [r["name"] for r in json.loads(out)] == ["billing", "tech"]
+
+    code, out, _ = run(
+        capsys, "route", "How do I get my money back?", "hello", "--store", store, "--json"
+    )
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines[0]["query"] == "How do I get my money back?"
+    assert lines[0]["result"]["route"] == "billing"
+    assert lines[0]["result"]["runner_up"] == "tech"
+    assert lines[1]["result"]["route"] is None
+
+    code, out, _ = run(capsys, "route", "the app crashed again", "--store", store)
+    assert out.split("\t")[0] == "tech"
+
+    code, out, _ = run(capsys, "route", "refund", "--top-k", "2", "--store", store, "--json")
+    ranked = json.loads(out)["result"]
+    assert [m["route"] for m in ranked] == ["billing", "tech"]
+
+    assert run(capsys, "routes", "delete", "tech", "--store", store)[0] == 0
+    assert list(stored_routes(store)) == ["billing"]
+
+
+def test_add_existing_route_needs_replace(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    seed(capsys, store)
+    code, _, err = run(capsys, "routes", "add", "tech", "printer on fire", "--store", store)
+    assert code == EXIT_BAD_INPUT
+    assert "--replace" in err
+    assert stored_routes(store)["tech"] == ["The app crashes", "I cannot log in"]
+    code, out, _ = run(
+        capsys, "routes", "add", "tech", "printer on fire", "--replace", "--store", store, "--json"
+    )
+    assert code == 0
+    assert json.loads(out)["replaced"] == ["tech"]
+    assert stored_routes(store)["tech"] == ["printer on fire"]
+
+
+def test_delete_is_all_or_nothing(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    seed(capsys, store)
+    code, _, err = run(capsys, "routes", "delete", "tech", "nope", "--store", store)
+    assert code == EXIT_BAD_INPUT
+    assert "unknown route: 'nope'" in err
+    assert list(stored_routes(store)) == ["billing", "tech"]
+
+
+def test_export_and_reimport_round_trip(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    seed(capsys, store)
+    run(
+        capsys,
+        "routes",
+        "add",
+        "music",
+        "play jazz",
+        "--threshold",
+        "0.4",
+        "--description",
+        "tunes",
+        "--store",
+        store,
+    )
+    for fmt in ("yaml", "json"):
+        out_file = tmp_path / f"routes.{fmt}"
+        assert run(capsys, "export", "--store", store, "-o", str(out_file))[0] == 0
+        other = str(tmp_path / f"other-{fmt}.db")
+        code, out, _ = run(capsys, "import", str(out_file), "--store", other, "--json")
+        assert code == 0
+        assert json.loads(out)["created"] == ["billing", "tech", "music"]
+        assert stored_routes(other) == stored_routes(store)
+    code, out, _ = run(capsys, "export", "--store", store, "--json")
+    doc = json.loads(out)
+    assert doc["routes"][2] == {
+        "name": "music",
+        "utterances": ["play jazz"],
+        "description": "tunes",
+        "threshold": 0.4,
+    }
+
+
+def test_routes_file_with_progress_bar(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    rows = [
+        json.loads(line)
+        for line in (FIXTURES / "clinc150_train_slice.jsonl").read_text().splitlines()
+    ]
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        if row["label"] is not None:
+            groups.setdefault(row["label"], []).append(row["text"])
+    routes_file = tmp_path / "routes.json"
+    routes_file.write_text(
+        json.dumps({"routes": [{"name": k, "utterances": v} for k, v in groups.items()]})
+    )
+    code, out, err = run(capsys, "routes", "add", "--file", str(routes_file), "--store", store)
+    assert code == 0
+    assert "encoding" in err  # the tqdm bar, on stderr
+    assert "100%" in err
+    assert len(out.splitlines()) == len(groups)
+    assert stored_routes(store) == groups
+    # Quiet, and nothing to encode the second time.
+    code, out, err = run(
+        capsys, "routes", "add", "--file", str(routes_file), "--store", store, "-q", "--json"
+    )
+    assert err == ""
+    assert len(json.loads(out)["unchanged"]) == len(groups)
+
+
+# -- bad input vs failures ------------------------------------------------------------------
+def test_missing_store_is_bad_input_and_creates_nothing(
+    capsys: pytest.CaptureFixture[str], store: str
+) -> None:
+    for argv in (["route", "hi"], ["routes", "list"], ["export"], ["routes", "delete", "x"]):
+        code, _, err = run(capsys, *argv, "--store", store)
+        assert code == EXIT_BAD_INPUT
+        assert "no store at" in err
+    assert not Path(store).exists()
+
+
+def test_not_a_store_is_bad_input_and_left_untouched(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database" * 100)
+    code, _, err = run(capsys, "routes", "list", "--store", str(path))
+    assert code == EXIT_BAD_INPUT
+    assert "not a readable SQLite database" in err
+    assert path.read_bytes() == b"these are my notes, not a database" * 100
+
+
+def test_unusable_store_is_a_failure(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    folder = tmp_path / "a-folder.db"
+    folder.mkdir()
+    code, _, err = run(capsys, "routes", "add", "x", "hello", "--store", str(folder))
+    assert code == EXIT_FAILURE
+    assert err.startswith("synaptoroute: error:")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["routes", "add", "x", "a", "--threshold", "7"],
+        ["routes", "add", "x", "a", "--threshold", "high"],
+        ["route"],
+        ["frobnicate"],
+        [],
+    ],
+)
+def test_usage_errors_are_bad_input(
+    argv: list[str], capsys: pytest.CaptureFixture[str], store: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--store", store] if argv[:1] == ["routes"] else argv)
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert not Path(store).exists()
+
+
+def test_invalid_values_are_bad_input(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    code, _, err = run(capsys, "routes", "add", "x", "   ", "--store", store)
+    assert code == EXIT_BAD_INPUT
+    assert err == (
+        "synaptoroute: bad input: utterances: "
+        "Value error, utterance 0 is empty after stripping whitespace\n"
+    )
+    assert not Path(store).exists()
+    bad = tmp_path / "routes.yaml"
+    bad.write_text("routes:\n  - name: a\n    utterances: [ok]\n  - name: a\n")
+    code, _, err = run(capsys, "routes", "add", "--file", str(bad), "--store", store)
+    assert code == EXIT_BAD_INPUT
+    assert "'a' appears more than once" in err
+    assert stored_routes(store) == {}
+
+
+def test_serve_refuses_an_exposed_host_without_key(
+    capsys: pytest.CaptureFixture[str], store: str
+) -> None:
+    code, _, err = run(capsys, "serve", "--host", "0.0.0.0", "--store", store)
+    assert code == EXIT_BAD_INPUT
+    assert "SYNAPTOROUTE_API_KEY" in err
