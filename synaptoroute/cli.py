@@ -170,30 +170,19 @@ def _match_dict(match: Any) -> dict[str, Any]:
     return RouteResult.from_match(match).model_dump()
 
 
-def _library(name: str, *modules: str) -> Any:
-    import importlib
-
-    for module in modules:
-        try:
-            found = getattr(importlib.import_module(f"synaptoroute.{module}"), name, None)
-        except ImportError:
-            continue
-        if found is not None:
-            return found
-    msg = f"this synaptoroute has no {name}(); the command needs it"
-    raise SynaptorouteError(msg)
-
-
 def _read_labelled(path: str) -> tuple[list[str], list[str | None]]:
-    """Texts and labels of a JSON-lines file, validated before anything is written."""
-    rows = _library("load_jsonl", "datasets")(path)
-    return _texts_labels(rows)
+    """Texts and labels of a JSON-lines file, every line validated before anything is written.
 
+    Raises:
+        InvalidInputError: malformed lines, each named by its line number.
+    """
+    from .datasets import load_jsonl
 
-def _texts_labels(rows: Any) -> tuple[list[str], list[str | None]]:
-    texts = [r["text"] if isinstance(r, dict) else r.text for r in rows]
-    labels = [r["label"] if isinstance(r, dict) else r.label for r in rows]
-    return texts, labels
+    try:
+        return load_jsonl(path)
+    except OSError as exc:
+        msg = f"cannot read {path!r}: {exc.strerror or exc}"
+        raise BadInput(msg) from exc
 
 
 # -- commands -------------------------------------------------------------------------
@@ -298,9 +287,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         doc = load_routes_file(args.file)
         rows = sum(len(r.utterances) for r in doc.routes)
     else:
+        from .fitting import routes_from_labelled
+
         texts, labels = _read_labelled(args.file)
-        routes_from_labelled = _library("routes_from_labelled", "datasets", "fitting")
-        doc = RoutesDocument(routes=list(routes_from_labelled(texts, labels)))
+        doc = RoutesDocument(routes=routes_from_labelled(texts, labels))
+        if not doc.routes:
+            msg = f"{args.file}: every row is labelled null; there is no route to build"
+            raise BadInput(msg)
         rows = len(texts)
     with _router(args, create=True) as router:
         if not args.replace:
@@ -346,20 +339,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report_json(report: Any) -> Any:
-    to_json = getattr(report, "to_json", None)
-    if to_json is None:
-        return report
-    value = to_json()
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit thresholds (and more) on labelled data; the fitted state is saved in the store."""
     texts, labels = _read_labelled(args.file)
-    kwargs: dict[str, Any] = {}
-    if args.objective:
-        kwargs["objective"] = args.objective
     with _router(args) as router:
         if not len(router):
             msg = (
@@ -367,12 +349,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
             )
             raise BadInput(msg)
         with _progress(router, len(texts), "encoding", args.quiet):
-            report = getattr(router, "fit")(texts, labels, **kwargs)  # noqa: B009
-    data = _report_json(report)
+            report = router.fit(
+                texts, labels, objective=args.objective, target_oos_recall=args.target_oos_recall
+            )
     if args.json:
-        _print_json(data)
+        _print_json(report.to_dict())
     else:
-        print(str(report) if not isinstance(data, dict) else _summary(data))
+        print(report)
     return EXIT_OK
 
 
@@ -386,26 +369,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
             raise BadInput(msg)
         with _progress(router, len(texts), "encoding", args.quiet):
-            report = getattr(router, "evaluate")(texts, labels)  # noqa: B009
+            report = router.evaluate(texts, labels)
     if args.plot:
         report.plot(args.plot)
-    data = _report_json(report)
     if args.json:
-        _print_json(data)
+        _print_json(report.to_dict())
     else:
-        print(_summary(data) if isinstance(data, dict) else str(report))
+        print(report)
         if args.plot:
             print(f"plot written to {args.plot}")
     return EXIT_OK
-
-
-def _summary(data: dict[str, Any]) -> str:
-    lines = []
-    for key, value in data.items():
-        if isinstance(value, (int, float, str)) or value is None:
-            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-            lines.append(f"{key:28} {shown}")
-    return "\n".join(lines)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -550,7 +523,20 @@ def build_parser() -> argparse.ArgumentParser:
         "the store. Nothing is written if the file is malformed.",
     )
     p.add_argument("file", metavar="DATA.jsonl", help="labelled rows (label null = out of scope)")
-    p.add_argument("--objective", help="what to maximise (see docs/cli.md)")
+    p.add_argument(
+        "--objective",
+        choices=("accuracy", "macro_f1", "oos_recall"),
+        default="accuracy",
+        help="what to maximise: accuracy counting out-of-scope rows (default), macro-F1, "
+        "or in-scope accuracy at --target-oos-recall",
+    )
+    p.add_argument(
+        "--target-oos-recall",
+        type=float,
+        default=0.9,
+        metavar="R",
+        help="out-of-scope recall to reach with --objective oos_recall (default 0.9)",
+    )
     _add_store(p)
     _add_json(p, "print the fit report as JSON")
     _add_quiet(p)

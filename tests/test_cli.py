@@ -325,3 +325,84 @@ def test_serve_refuses_an_exposed_host_without_key(
     code, _, err = run(capsys, "serve", "--host", "0.0.0.0", "--store", store)
     assert code == EXIT_BAD_INPUT
     assert "SYNAPTOROUTE_API_KEY" in err
+
+
+# -- import, fit, eval (issue 4's library calls) -------------------------------------------
+TRAIN = str(FIXTURES / "clinc150_train_slice.jsonl")
+VAL = str(FIXTURES / "clinc150_val_slice.jsonl")
+
+
+def test_import_fit_eval(capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path) -> None:
+    code, out, err = run(capsys, "import", TRAIN, "--store", store, "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["rows"] == 630
+    assert summary["routes"] == len(summary["created"]) == 20
+    assert "encoding" in err
+
+    code, out, _ = run(capsys, "eval", VAL, "--store", store, "--json", "-q")
+    assert code == 0
+    before = json.loads(out)
+    assert before["rows"] == 440
+    assert before["out_of_scope"] == 40
+
+    code, out, _ = run(capsys, "fit", TRAIN, "--store", store, "--json", "-q")
+    assert code == 0
+    assert json.loads(out)["rows"] == 630
+
+    plot = tmp_path / "report.png"
+    code, out, _ = run(capsys, "eval", VAL, "--store", store, "--plot", str(plot), "-q")
+    assert code == 0
+    assert "accuracy" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The fitted state lives in the store: a new process (here: a new command) uses it.
+    code, out, _ = run(capsys, "eval", VAL, "--store", store, "--json", "-q")
+    after = json.loads(out)
+    assert after["accuracy"] > before["accuracy"]
+
+
+MALFORMED = (
+    '{"text": "move money to savings", "label": "transfer"}\n'
+    "{not json}\n"
+    '{"text": 5, "label": "transfer"}\n'
+    "\n"
+    '{"label": "transfer"}\n'
+)
+
+
+def test_malformed_lines_are_named_and_nothing_is_written(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(MALFORMED)
+    code, _, err = run(capsys, "import", str(bad), "--store", store)
+    assert code == EXIT_BAD_INPUT
+    assert "line 2: invalid JSON" in err
+    assert "line 3: 'text' must be a string" in err
+    assert "line 5: missing key 'text'" in err
+    assert not Path(store).exists()
+
+    seed(capsys, store)
+    before = stored_routes(store)
+    for command in ("import", "fit", "eval"):
+        code, _, err = run(capsys, command, str(bad), "--store", store)
+        assert code == EXIT_BAD_INPUT, command
+        assert "3 malformed lines" in err
+    assert stored_routes(store) == before
+    storage = SQLiteStorage(store)
+    try:
+        assert storage.get_state("policy") is None  # no fit was saved
+    finally:
+        storage.close()
+
+
+def test_fit_needs_routes_and_a_readable_file(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    code, _, err = run(capsys, "import", str(tmp_path / "missing.jsonl"), "--store", store)
+    assert code == EXIT_BAD_INPUT
+    assert "cannot read" in err
+    SQLiteStorage(store).close()  # an empty store
+    code, _, err = run(capsys, "fit", TRAIN, "--store", store)
+    assert code == EXIT_BAD_INPUT
+    assert "holds no routes" in err
