@@ -1,0 +1,50 @@
+"""LangChain integration for synaptoroute.
+
+``SynaptorouteRouter`` is a Runnable that sends its input to one of several Runnables
+by comparing it with each route's example utterances, locally and without an LLM
+call; ``SynaptorouteClassifier`` returns the decision itself. ``SynaptorouteEmbeddings``
+exposes synaptoroute's local encoder as LangChain ``Embeddings``, and
+``LangChainEncoder`` lets any LangChain ``Embeddings`` serve as a synaptoroute encoder.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .classifier import SynaptorouteClassifier
+    from .embeddings import LangChainEncoder, SynaptorouteEmbeddings
+    from .router import SynaptorouteRouter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LangChainEncoder",
+    "SynaptorouteClassifier",
+    "SynaptorouteEmbeddings",
+    "SynaptorouteRouter",
+    "__version__",
+]
+
+# Imported on first use, so that `import langchain_synaptoroute` stays cheap.
+_DYNAMIC_IMPORTS = {
+    "LangChainEncoder": "embeddings",
+    "SynaptorouteClassifier": "classifier",
+    "SynaptorouteEmbeddings": "embeddings",
+    "SynaptorouteRouter": "router",
+}
+
+
+def __getattr__(name: str) -> object:
+    module_name = _DYNAMIC_IMPORTS.get(name)
+    if module_name is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(import_module(f".{module_name}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

@@ -1,0 +1,593 @@
+"""A Runnable that sends its input to one of several Runnables by semantic similarity."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, Generic, TypeVar, cast
+
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForChainRun,
+    CallbackManager,
+    CallbackManagerForChainRun,
+)
+from langchain_core.embeddings import Embeddings
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableSerializable,
+    ensure_config,
+    get_config_list,
+    patch_config,
+)
+from langchain_core.runnables.base import RunnableLike, coerce_to_runnable
+from langchain_core.runnables.config import (
+    get_async_callback_manager_for_config,
+    get_callback_manager_for_config,
+    get_executor_for_config,
+)
+from langchain_core.runnables.utils import (
+    ConfigurableFieldSpec,
+    Input,
+    Output,
+    get_unique_config_specs,
+)
+from langchain_core.utils.pydantic import TypeBaseModel
+from pydantic import ConfigDict
+from typing_extensions import override
+
+from synaptoroute import (
+    AdaptiveRouter,
+    EncoderProtocol,
+    InvalidInputError,
+    NoRouteMatchedError,
+    Route,
+    RouteMatch,
+    RouteNotFoundError,
+)
+
+from ._inputs import (
+    TextExtractor,
+    aclassify_batch,
+    aclassify_one,
+    classify_batch,
+    classify_one,
+    extract_text,
+)
+from .classifier import SynaptorouteClassifier
+from .embeddings import as_encoder
+
+__all__ = ["DEFAULT_BRANCH", "SynaptorouteRouter"]
+
+T = TypeVar("T")
+
+#: Name of the default branch in tags (``route:default``) and run metadata.
+DEFAULT_BRANCH = "default"
+
+
+class SynaptorouteRouter(RunnableSerializable[Input, Output]):
+    """Runs the Runnable of the route its input matches; ``default`` when none matches.
+
+    A drop-in for ``RunnableBranch`` (hand-written conditions) and for an LLM call
+    that classifies: each route is described by example utterances, and the input
+    is embedded locally and compared with them in a few milliseconds. The chosen
+    Runnable receives the original input unchanged.
+
+    The text to route is read from the input: a ``str`` as is, a dict at
+    ``input_key`` (default ``"input"``), chat messages (or a prompt value) by their
+    last human message, or anything through ``text_extractor``.
+
+    Tracing follows ``RunnableBranch``: one chain run for the router, whose metadata
+    holds ``synaptoroute_route``, ``synaptoroute_score``, ``synaptoroute_candidate``
+    and ``synaptoroute_reason``; the chosen Runnable runs as its child, tagged
+    ``route:<name>`` (or ``route:default``), with the caller's config and kwargs.
+
+    ``batch``/``abatch`` embed every input in one call, then call each chosen
+    Runnable's own ``batch`` once on its group of inputs; results come back in input
+    order. Groups run concurrently unless the config sets ``max_concurrency``, in
+    which case they run one after another and each group's batch honours it.
+
+    Example:
+        ```python
+        from langchain_core.runnables import RunnableLambda
+        from langchain_synaptoroute import SynaptorouteRouter
+
+        router = SynaptorouteRouter.from_branches(
+            {
+                "billing": (
+                    ["I need a refund", "I was charged twice"],
+                    RunnableLambda(lambda q: f"billing: {q}"),
+                ),
+                "tech": (
+                    ["The app crashes", "I can't log in"],
+                    RunnableLambda(lambda q: f"tech: {q}"),
+                ),
+            },
+            default=RunnableLambda(lambda q: f"general: {q}"),
+        )
+        router.invoke("How do I get my money back?")  # 'billing: How do I get ...'
+        router.invoke("What is the boiling point of mercury?")  # 'general: ...'
+        ```
+    """
+
+    router: AdaptiveRouter
+    """The router that decides; it may be shared and persisted (``SQLiteStorage``)."""
+    runnables: dict[str, Runnable[Input, Output]]
+    """The Runnable to run for each route name."""
+    default: Runnable[Input, Output] | None = None
+    """Runs on inputs that match no route; without it they raise ``NoRouteMatchedError``."""
+    input_key: str = "input"
+    """Key of a dict input that holds the text (or the messages) to route."""
+    text_extractor: TextExtractor | None = None
+    """A function returning the text to route for an input; overrides ``input_key``."""
+    timeout: float | None = None
+    """Seconds an async call may wait for the router's batching worker."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    def __init__(
+        self,
+        *,
+        router: AdaptiveRouter,
+        runnables: Mapping[str, RunnableLike[Input, Output]],
+        default: RunnableLike[Input, Output] | None = None,
+        input_key: str = "input",
+        text_extractor: TextExtractor | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Route with an existing ``AdaptiveRouter``.
+
+        Args:
+            router: holds the routes; every route needs an entry in ``runnables``.
+            runnables: route name -> Runnable (or a function, or a dict of them).
+            default: runs on inputs that match no route.
+            input_key: key of a dict input holding the text to route.
+            text_extractor: returns the text to route for an input.
+            timeout: seconds an async call may wait for the batching worker.
+            name: the run name (default ``SynaptorouteRouter``).
+
+        Raises:
+            RouteNotFoundError: ``runnables`` names a route the router lacks.
+            InvalidInputError: a route of the router has no Runnable.
+        """
+        unknown = [key for key in runnables if key not in router]
+        if unknown:
+            raise RouteNotFoundError(unknown[0])
+        missing = [key for key in router.route_names if key not in runnables]
+        if missing:
+            msg = (
+                f"routes without a Runnable: {missing}; give each route of the router an "
+                "entry in runnables= (inputs that match no route go to default=)"
+            )
+            raise InvalidInputError(msg)
+        # Through a dict: the fields are this class's, unknown to the base __init__.
+        fields: dict[str, Any] = {
+            "router": router,
+            "runnables": {key: coerce_to_runnable(value) for key, value in runnables.items()},
+            "default": coerce_to_runnable(default) if default is not None else None,
+            "input_key": input_key,
+            "text_extractor": text_extractor,
+            "timeout": timeout,
+            "name": name,
+        }
+        super().__init__(**fields)
+
+    @classmethod
+    def from_branches(
+        cls,
+        branches: Mapping[str, tuple[Sequence[str] | Route, RunnableLike[Any, Any]]],
+        *,
+        default: RunnableLike[Any, Any] | None = None,
+        encoder: EncoderProtocol | Embeddings | None = None,
+        input_key: str = "input",
+        text_extractor: TextExtractor | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
+        **router_kwargs: Any,
+    ) -> SynaptorouteRouter[Any, Any]:
+        """Build the router and its routes from ``{name: (utterances, runnable)}``.
+
+        Args:
+            branches: route name -> (example utterances, or a ``Route``; the Runnable).
+            default: runs on inputs that match no route.
+            encoder: a synaptoroute encoder or any LangChain ``Embeddings``; default
+                the bundled local model.
+            input_key: key of a dict input holding the text to route.
+            text_extractor: returns the text to route for an input.
+            timeout: seconds an async call may wait for the batching worker.
+            name: the run name (default ``SynaptorouteRouter``).
+            **router_kwargs: passed to ``AdaptiveRouter`` (``threshold``,
+                ``storage``, ``aggregation``, ``min_margin``, ...).
+
+        Raises:
+            InvalidInputError: a ``Route`` is filed under another name.
+        """
+        routes: list[Route] = []
+        for key, (examples, _) in branches.items():
+            if isinstance(examples, Route):
+                if examples.name != key:
+                    msg = f"the Route named {examples.name!r} is filed under {key!r}"
+                    raise InvalidInputError(msg)
+                routes.append(examples)
+            else:
+                if isinstance(examples, str):
+                    msg = f"route {key!r}: pass a list of utterances, not one str"
+                    raise InvalidInputError(msg)
+                routes.append(Route(name=key, utterances=list(examples)))
+        router = AdaptiveRouter(encoder=as_encoder(encoder), **router_kwargs)
+        router.add_routes(routes, replace=True)
+        return cls(
+            router=router,
+            runnables={key: runnable for key, (_, runnable) in branches.items()},
+            default=default,
+            input_key=input_key,
+            text_extractor=text_extractor,
+            timeout=timeout,
+            name=name,
+        )
+
+    def as_classifier(self) -> SynaptorouteClassifier:
+        """A Runnable over the same router that returns the ``RouteMatch`` and runs nothing."""
+        return SynaptorouteClassifier(
+            router=self.router,
+            input_key=self.input_key,
+            text_extractor=self.text_extractor,
+            timeout=self.timeout,
+        )
+
+    # -- schema ----------------------------------------------------------------------
+    def _branches(self) -> list[Runnable[Input, Output]]:
+        return [*([self.default] if self.default is not None else []), *self.runnables.values()]
+
+    @override
+    def get_input_schema(self, config: RunnableConfig | None = None) -> TypeBaseModel:
+        for runnable in self._branches():
+            if runnable.get_input_jsonschema(config).get("type") is not None:
+                return runnable.get_input_schema(config)
+        return super().get_input_schema(config)
+
+    @property
+    @override
+    def config_specs(self) -> list[ConfigurableFieldSpec]:
+        return get_unique_config_specs(
+            spec for runnable in self._branches() for spec in runnable.config_specs
+        )
+
+    # -- the decision (shared by every entry point) -------------------------------------
+    def text_of(self, value: Any) -> str:
+        """The text this router routes for ``value``."""
+        return extract_text(value, self.input_key, self.text_extractor)
+
+    def _select(self, match: RouteMatch | Exception) -> tuple[str, Runnable[Input, Output]]:
+        """The branch name and Runnable for a classification, or its error raised."""
+        if isinstance(match, Exception):
+            raise match
+        if match.name is None:
+            if self.default is None:
+                raise NoRouteMatchedError(_no_match_message(match))
+            return DEFAULT_BRANCH, self.default
+        runnable = self.runnables.get(match.name)
+        if runnable is None:
+            # A route added to the AdaptiveRouter after this Runnable was built.
+            raise RouteNotFoundError(match.name)
+        return match.name, runnable
+
+    @staticmethod
+    def _child_config(
+        config: RunnableConfig,
+        run_manager: CallbackManagerForChainRun | AsyncCallbackManagerForChainRun,
+        branch: str,
+    ) -> RunnableConfig:
+        return patch_config(config, callbacks=run_manager.get_child(tag=f"route:{branch}"))
+
+    def _callback_manager(
+        self, config: RunnableConfig, match: RouteMatch | Exception
+    ) -> CallbackManager:
+        manager = get_callback_manager_for_config(config)
+        manager.add_metadata(_route_metadata(match), inherit=False)
+        return manager
+
+    def _async_callback_manager(
+        self, config: RunnableConfig, match: RouteMatch | Exception
+    ) -> AsyncCallbackManager:
+        manager = get_async_callback_manager_for_config(config)
+        manager.add_metadata(_route_metadata(match), inherit=False)
+        return manager
+
+    def _run_name(self, config: RunnableConfig) -> str:
+        return config.get("run_name") or self.get_name()
+
+    # -- single input ----------------------------------------------------------------
+    @override
+    def invoke(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Output:
+        """Route ``input`` and invoke the chosen Runnable on it.
+
+        Raises:
+            NoRouteMatchedError: nothing matched and there is no ``default``.
+        """
+        config = ensure_config(config)
+        match = classify_one(self.router, input, self.text_of)
+        run_manager = self._callback_manager(config, match).on_chain_start(
+            None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
+        )
+        try:
+            branch, runnable = self._select(match)
+            output = runnable.invoke(
+                input, self._child_config(config, run_manager, branch), **kwargs
+            )
+        except BaseException as exc:
+            run_manager.on_chain_error(exc)
+            raise
+        run_manager.on_chain_end(output)
+        return output
+
+    @override
+    async def ainvoke(
+        self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Output:
+        """Like :meth:`invoke`; the input is embedded by the router's batching worker."""
+        config = ensure_config(config)
+        match = await aclassify_one(self.router, input, self.text_of, self.timeout)
+        run_manager = await self._async_callback_manager(config, match).on_chain_start(
+            None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
+        )
+        try:
+            branch, runnable = self._select(match)
+            output = await runnable.ainvoke(
+                input, self._child_config(config, run_manager, branch), **kwargs
+            )
+        except BaseException as exc:
+            await run_manager.on_chain_error(exc)
+            raise
+        await run_manager.on_chain_end(output)
+        return output
+
+    @override
+    def stream(
+        self, input: Input, config: RunnableConfig | None = None, **kwargs: Any | None
+    ) -> Iterator[Output]:
+        """Route ``input`` and yield the chosen Runnable's chunks as they come."""
+        config = ensure_config(config)
+        match = classify_one(self.router, input, self.text_of)
+        run_manager = self._callback_manager(config, match).on_chain_start(
+            None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
+        )
+        final = _Accumulator[Output]()
+        try:
+            branch, runnable = self._select(match)
+            for chunk in runnable.stream(
+                input, self._child_config(config, run_manager, branch), **kwargs
+            ):
+                yield chunk
+                final.add(chunk)
+        except BaseException as exc:
+            run_manager.on_chain_error(exc)
+            raise
+        run_manager.on_chain_end(final.value)
+
+    @override
+    async def astream(
+        self, input: Input, config: RunnableConfig | None = None, **kwargs: Any | None
+    ) -> AsyncIterator[Output]:
+        """Like :meth:`stream`; the input is embedded by the router's batching worker."""
+        config = ensure_config(config)
+        match = await aclassify_one(self.router, input, self.text_of, self.timeout)
+        run_manager = await self._async_callback_manager(config, match).on_chain_start(
+            None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
+        )
+        final = _Accumulator[Output]()
+        try:
+            branch, runnable = self._select(match)
+            async for chunk in runnable.astream(
+                input, self._child_config(config, run_manager, branch), **kwargs
+            ):
+                yield chunk
+                final.add(chunk)
+        except BaseException as exc:
+            await run_manager.on_chain_error(exc)
+            raise
+        await run_manager.on_chain_end(final.value)
+
+    # -- many inputs -----------------------------------------------------------------
+    @override
+    def batch(
+        self,
+        inputs: list[Input],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any | None,
+    ) -> list[Output]:
+        """Embed every input in one call, then batch each chosen Runnable on its group.
+
+        Raises:
+            Exception: without ``return_exceptions``, the first error in input order,
+                after every input has run.
+        """
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+        matches = classify_batch(self.router, inputs, self.text_of)
+        run_managers = [
+            self._callback_manager(c, match).on_chain_start(
+                None, value, name=self._run_name(c), run_id=c.pop("run_id", None)
+            )
+            for c, value, match in zip(configs, inputs, matches, strict=True)
+        ]
+        plan = _Plan(self, matches)
+
+        def run_group(branch: str, rows: list[int]) -> None:
+            runnable = plan.runnables[branch]
+            outputs: Sequence[Output | Exception]
+            try:
+                outputs = runnable.batch(
+                    [inputs[i] for i in rows],
+                    [self._child_config(configs[i], run_managers[i], branch) for i in rows],
+                    return_exceptions=True,
+                    **kwargs,
+                )
+            except Exception as exc:
+                outputs = [exc for _ in rows]
+            plan.record(rows, outputs)
+
+        try:
+            groups = list(plan.groups.items())
+            if len(groups) > 1 and _groups_in_parallel(configs):
+                with get_executor_for_config(configs[0]) as executor:
+                    list(executor.map(lambda group: run_group(*group), groups))
+            else:
+                for branch, rows in groups:
+                    run_group(branch, rows)
+        except BaseException as exc:
+            for run_manager in run_managers:
+                run_manager.on_chain_error(exc)
+            raise
+        for run_manager, result in zip(run_managers, plan.results, strict=True):
+            if isinstance(result, Exception):
+                run_manager.on_chain_error(result)
+            else:
+                run_manager.on_chain_end(result)
+        return plan.outcome(return_exceptions)
+
+    @override
+    async def abatch(
+        self,
+        inputs: list[Input],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any | None,
+    ) -> list[Output]:
+        """Like :meth:`batch`; every input is submitted to the batching worker at once."""
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+        matches = await aclassify_batch(self.router, inputs, self.text_of, self.timeout)
+        run_managers: list[AsyncCallbackManagerForChainRun] = await asyncio.gather(
+            *(
+                self._async_callback_manager(c, match).on_chain_start(
+                    None, value, name=self._run_name(c), run_id=c.pop("run_id", None)
+                )
+                for c, value, match in zip(configs, inputs, matches, strict=True)
+            )
+        )
+        plan = _Plan(self, matches)
+
+        async def run_group(branch: str, rows: list[int]) -> None:
+            runnable = plan.runnables[branch]
+            outputs: Sequence[Output | Exception]
+            try:
+                outputs = await runnable.abatch(
+                    [inputs[i] for i in rows],
+                    [self._child_config(configs[i], run_managers[i], branch) for i in rows],
+                    return_exceptions=True,
+                    **kwargs,
+                )
+            except Exception as exc:
+                outputs = [exc for _ in rows]
+            plan.record(rows, outputs)
+
+        try:
+            groups = list(plan.groups.items())
+            if len(groups) > 1 and _groups_in_parallel(configs):
+                await asyncio.gather(*(run_group(branch, rows) for branch, rows in groups))
+            else:
+                for branch, rows in groups:
+                    await run_group(branch, rows)
+        except BaseException as exc:
+            await asyncio.gather(*(rm.on_chain_error(exc) for rm in run_managers))
+            raise
+        await asyncio.gather(
+            *(
+                rm.on_chain_error(result)
+                if isinstance(result, Exception)
+                else rm.on_chain_end(result)
+                for rm, result in zip(run_managers, plan.results, strict=True)
+            )
+        )
+        return plan.outcome(return_exceptions)
+
+
+# -- helpers shared by the sync and async paths -------------------------------------------
+def _route_metadata(match: RouteMatch | Exception) -> dict[str, Any]:
+    if isinstance(match, Exception):
+        return {}
+    return {
+        "synaptoroute_route": match.name,
+        "synaptoroute_score": match.score,
+        "synaptoroute_candidate": match.candidate,
+        "synaptoroute_reason": match.reason,
+    }
+
+
+def _no_match_message(match: RouteMatch) -> str:
+    if match.candidate is None:
+        why = f"({match.reason})"
+    else:
+        why = (
+            f"best candidate {match.candidate!r} scored {match.score:.3f} "
+            f"(threshold {match.threshold}, {match.reason})"
+        )
+    return f"no route matched the input: {why}; pass default= to handle such inputs"
+
+
+def _groups_in_parallel(configs: Sequence[RunnableConfig]) -> bool:
+    # With a concurrency limit, groups run one after another so the limit holds
+    # overall (each group's own batch enforces it within the group).
+    return all(c.get("max_concurrency") is None for c in configs)
+
+
+class _Plan(Generic[Input, Output]):
+    """Which branch each input of a batch takes, and the results as they come in."""
+
+    def __init__(
+        self, owner: SynaptorouteRouter[Input, Output], matches: list[RouteMatch | Exception]
+    ) -> None:
+        self.results: list[Output | Exception] = []
+        self.groups: dict[str, list[int]] = {}
+        self.runnables: dict[str, Runnable[Input, Output]] = {}
+        for i, match in enumerate(matches):
+            try:
+                branch, runnable = owner._select(match)
+            except Exception as exc:
+                self.results.append(exc)
+                continue
+            self.results.append(cast("Output", None))
+            self.groups.setdefault(branch, []).append(i)
+            self.runnables[branch] = runnable
+
+    def record(self, rows: list[int], outputs: Sequence[Output | Exception]) -> None:
+        """Store a group's outputs (or errors) at their inputs' positions."""
+        for i, output in zip(rows, outputs, strict=True):
+            self.results[i] = output
+
+    def outcome(self, return_exceptions: bool) -> list[Output]:
+        """The results in input order, or the first error when errors are not returned."""
+        if not return_exceptions:
+            for result in self.results:
+                if isinstance(result, Exception):
+                    raise result
+        return cast("list[Output]", self.results)
+
+
+class _Accumulator(Generic[T]):
+    """Adds streamed chunks up into the run's final output, as ``RunnableBranch`` does."""
+
+    def __init__(self) -> None:
+        self.value: T | None = None
+        self._addable = True
+
+    def add(self, chunk: T) -> None:
+        """Fold in one chunk; chunks that do not support ``+`` leave no final output."""
+        if not self._addable:
+            return
+        if self.value is None:
+            self.value = chunk
+            return
+        try:
+            self.value = self.value + chunk  # type: ignore[operator]
+        except TypeError:
+            self.value = None
+            self._addable = False

@@ -1,0 +1,73 @@
+"""SynaptorouteClassifier: the decision as a Runnable, alone or feeding RouterRunnable."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from langchain_core.runnables import RouterRunnable, RunnableLambda, RunnablePassthrough
+from langchain_synaptoroute import SynaptorouteClassifier, SynaptorouteRouter
+
+from synaptoroute import AdaptiveRouter, RouteMatch
+
+if TYPE_CHECKING:
+    from conftest import RecordingEncoder, RunRecorder
+
+
+def test_invoke_returns_the_route_match(
+    adaptive_router: AdaptiveRouter, recorder: RunRecorder
+) -> None:
+    classifier = SynaptorouteClassifier(router=adaptive_router)
+    match = classifier.invoke("I want a refund for my order", {"callbacks": [recorder]})
+    assert isinstance(match, RouteMatch)
+    assert match == adaptive_router.query("I want a refund for my order")
+    assert match.name == "billing"
+    assert classifier.invoke({"input": "who won the world cup"}).name is None
+    (run,) = recorder.roots("SynaptorouteClassifier")
+    assert run.outputs == match
+
+
+def test_batch_is_one_encoder_call_and_keeps_errors_in_place(
+    fresh_router: AdaptiveRouter, recording_encoder: RecordingEncoder
+) -> None:
+    classifier = SynaptorouteClassifier(router=fresh_router, input_key="q")
+    inputs: list[Any] = [{"q": "Reset my password"}, {"x": 1}, {"q": "Good morning"}]
+    results = classifier.batch(inputs, return_exceptions=True)
+    assert recording_encoder.calls == [["Reset my password", "Good morning"]]
+    assert [getattr(r, "name", None) for r in results] == ["tech", None, "smalltalk"]
+    assert isinstance(results[1], ValueError)
+    with pytest.raises(ValueError, match="no key 'q'"):
+        classifier.batch(inputs)
+
+
+async def test_async_matches_sync(adaptive_router: AdaptiveRouter) -> None:
+    classifier = SynaptorouteClassifier(router=adaptive_router)
+    texts = ["I need a refund", "tell me something funny", "who won the world cup"]
+    assert await classifier.abatch(texts) == classifier.batch(texts)
+    assert await classifier.ainvoke(texts[0]) == classifier.invoke(texts[0])
+
+
+def test_as_classifier_shares_router_and_input_reading(adaptive_router: AdaptiveRouter) -> None:
+    router = SynaptorouteRouter(
+        router=adaptive_router,
+        runnables={n: RunnableLambda(lambda x: x) for n in adaptive_router.route_names},
+        input_key="question",
+    )
+    classifier = router.as_classifier()
+    assert classifier.router is adaptive_router
+    assert classifier.invoke({"question": "Reset my password"}).name == "tech"
+
+
+def test_computes_the_key_of_a_router_runnable(adaptive_router: AdaptiveRouter) -> None:
+    classifier = SynaptorouteClassifier(router=adaptive_router)
+
+    def prefix(name: str) -> RunnableLambda[str, str]:
+        return RunnableLambda(lambda x: f"{name}:{x}")
+
+    targets = {name: prefix(name) for name in [*adaptive_router.route_names, "none"]}
+    chain = {
+        "key": classifier | (lambda m: m.name or "none"),
+        "input": RunnablePassthrough(),
+    } | RouterRunnable(targets)
+    assert chain.invoke("I was charged twice") == "billing:I was charged twice"
+    assert chain.invoke("who won the world cup") == "none:who won the world cup"

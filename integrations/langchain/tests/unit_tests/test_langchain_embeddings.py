@@ -1,0 +1,124 @@
+"""Embeddings both ways: SynaptorouteEmbeddings (standard suite) and LangChainEncoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
+from langchain_synaptoroute import LangChainEncoder, SynaptorouteEmbeddings, SynaptorouteRouter
+from langchain_tests.unit_tests import EmbeddingsUnitTests
+
+from synaptoroute import (
+    DEFAULT_MODEL_ID,
+    AdaptiveRouter,
+    Encoder,
+    EncoderError,
+    EncoderProtocol,
+    InvalidInputError,
+    Route,
+)
+
+
+class TestSynaptorouteEmbeddingsStandard(EmbeddingsUnitTests):
+    """The langchain-tests unit suite for embeddings."""
+
+    @property
+    def embeddings_class(self) -> type[SynaptorouteEmbeddings]:
+        return SynaptorouteEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict[str, object]:
+        return {}
+
+
+def test_vectors_are_the_encoders(encoder: Encoder) -> None:
+    embeddings = SynaptorouteEmbeddings(encoder=encoder)
+    texts = ["I need a refund", "Reset my password"]
+    docs = np.asarray(embeddings.embed_documents(texts))
+    assert np.allclose(docs, encoder.encode(texts), atol=1e-6)
+    assert np.allclose(np.linalg.norm(docs, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(embeddings.embed_query(texts[0]), docs[0], atol=1e-6)
+    assert embeddings.embed_documents([]) == []
+    assert embeddings.model_id == DEFAULT_MODEL_ID
+    assert embeddings.dimension == 384
+    assert embeddings.synaptoroute_encoder is encoder
+
+
+async def test_async_embeddings_match_sync(encoder: Encoder) -> None:
+    embeddings = SynaptorouteEmbeddings(encoder=encoder)
+    assert await embeddings.aembed_query("hello") == embeddings.embed_query("hello")
+
+
+def test_default_builds_the_bundled_encoder_lazily() -> None:
+    embeddings = SynaptorouteEmbeddings()
+    encoder = embeddings.synaptoroute_encoder
+    assert isinstance(encoder, Encoder)
+    assert not encoder.loaded  # nothing touched the model file yet
+    with pytest.raises(ValueError, match="either encoder= or model"):
+        SynaptorouteEmbeddings(encoder=encoder, threads=1)
+
+
+def test_langchain_encoder_normalises_any_embeddings() -> None:
+    fake = DeterministicFakeEmbedding(size=16)
+    adapter = LangChainEncoder(fake)
+    assert isinstance(adapter, EncoderProtocol)
+    assert adapter.model_id == "langchain:DeterministicFakeEmbedding"
+    assert adapter.dimension == 16  # measured with one probe text
+    vectors = adapter.encode(["a", "b", "a"])
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 16)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    raw = np.asarray(fake.embed_documents(["a"]), dtype=np.float32)[0]
+    assert np.allclose(vectors[0], raw / np.linalg.norm(raw), atol=1e-6)
+    assert np.array_equal(vectors[0], vectors[2])
+    assert adapter.encode([]).shape == (0, 16)
+    with pytest.raises(TypeError):
+        adapter.encode([b"bytes"])  # type: ignore[list-item]
+
+
+def test_langchain_encoder_names_and_checks() -> None:
+    class Named(DeterministicFakeEmbedding):
+        model: str = "text-embed-3"
+
+    assert LangChainEncoder(Named(size=4)).model_id == "langchain:Named:text-embed-3"
+    assert LangChainEncoder(Named(size=4), model_id="mine", dimension=4).model_id == "mine"
+    with pytest.raises(InvalidInputError):
+        LangChainEncoder(Named(size=4), dimension=0)
+    with pytest.raises(EncoderError, match="8 dimensions, expected 4"):
+        LangChainEncoder(DeterministicFakeEmbedding(size=8), dimension=4).encode(["x"])
+
+    class Broken(Embeddings):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            if texts == ["fail"]:
+                msg = "service unavailable"
+                raise ConnectionError(msg)
+            return [[1.0, 0.0]]  # one vector whatever the number of texts
+
+        def embed_query(self, text: str) -> list[float]:
+            return [1.0, 0.0]
+
+    with pytest.raises(EncoderError, match="service unavailable"):
+        LangChainEncoder(Broken(), dimension=2).encode(["fail"])
+    with pytest.raises(EncoderError, match=r"shape \(1, 2\) for 2 texts"):
+        LangChainEncoder(Broken(), dimension=2).encode(["a", "b"])
+
+
+def test_a_router_on_langchain_embeddings_routes_like_the_encoder(encoder: Encoder) -> None:
+    # SynaptorouteEmbeddings stands in for any hosted model here: wrapped as a plain
+    # Embeddings, it must give the same decisions as the encoder it wraps.
+    adapter = LangChainEncoder(SynaptorouteEmbeddings(encoder=encoder))
+    routes = [
+        Route(name="billing", utterances=["I need a refund", "I was charged twice"]),
+        Route(name="tech", utterances=["I can't log in", "The app crashes on start"]),
+    ]
+    via_adapter, direct = AdaptiveRouter(adapter), AdaptiveRouter(encoder)
+    via_adapter.add_routes(routes)
+    direct.add_routes(routes)
+    texts = ["How do I get my money back?", "the app keeps crashing", "who won the world cup"]
+    for a, b in zip(via_adapter.query_batch(texts), direct.query_batch(texts), strict=True):
+        assert a.name == b.name
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+def test_from_branches_rejects_other_encoders() -> None:
+    with pytest.raises(TypeError, match="LangChain Embeddings"):
+        SynaptorouteRouter.from_branches({"a": (["x"], lambda x: x)}, encoder=42)  # type: ignore[arg-type]

@@ -1,0 +1,112 @@
+"""What text the router reads from each kind of input, and that the branch gets the input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableLambda
+from langchain_synaptoroute import SynaptorouteRouter
+
+from synaptoroute import AdaptiveRouter, InvalidInputError
+
+
+def _echo(branch: str) -> RunnableLambda[Any, tuple[str, Any]]:
+    return RunnableLambda(lambda x: (branch, x))
+
+
+def _echo_router(adaptive_router: AdaptiveRouter, **options: Any) -> SynaptorouteRouter[Any, Any]:
+    """Every branch returns ``(branch, the input object it received)``."""
+    return SynaptorouteRouter(
+        router=adaptive_router,
+        runnables={name: _echo(name) for name in adaptive_router.route_names},
+        default=_echo("default"),
+        **options,
+    )
+
+
+def test_str_is_routed_as_is(adaptive_router: AdaptiveRouter) -> None:
+    router = _echo_router(adaptive_router)
+    assert router.text_of("  I need a refund ") == "  I need a refund "
+    assert router.invoke("How do I get my money back?") == (
+        "billing",
+        "How do I get my money back?",
+    )
+
+
+def test_dict_is_read_at_input_key_and_passed_on_unchanged(
+    adaptive_router: AdaptiveRouter,
+) -> None:
+    payload = {"input": "my password doesn't work anymore", "user": 7}
+    branch, received = _echo_router(adaptive_router).invoke(payload)
+    assert branch == "tech"
+    assert received is payload
+
+    custom = _echo_router(adaptive_router, input_key="question")
+    assert custom.invoke({"question": "I want a refund for my order"})[0] == "billing"
+
+
+def test_missing_key_names_the_keys_and_the_options(adaptive_router: AdaptiveRouter) -> None:
+    router = _echo_router(adaptive_router, input_key="question")
+    with pytest.raises(InvalidInputError, match=r"no key 'question' \(keys: 'query', 'n'\)"):
+        router.invoke({"query": "hi", "n": 1})
+
+
+def test_text_extractor_overrides_input_key(adaptive_router: AdaptiveRouter) -> None:
+    router = _echo_router(adaptive_router, text_extractor=lambda x: x["ticket"]["body"])
+    ticket = {"ticket": {"body": "the app keeps crashing", "id": 3}}
+    assert router.invoke(ticket) == ("tech", ticket)
+
+    wrong = _echo_router(adaptive_router, text_extractor=lambda x: 42)
+    with pytest.raises(TypeError, match="text_extractor must return a str, got int"):
+        wrong.invoke("anything")
+
+
+def test_chat_messages_route_on_the_last_human_message(adaptive_router: AdaptiveRouter) -> None:
+    router = _echo_router(adaptive_router)
+    messages = [
+        SystemMessage("You are a helpful assistant."),
+        HumanMessage("Hi there!"),
+        AIMessage("Hello! How can I help?"),
+        HumanMessage("I was charged twice this month"),
+        AIMessage("Let me check."),
+    ]
+    assert router.text_of(messages) == "I was charged twice this month"
+    branch, received = router.invoke(messages)
+    assert branch == "billing"
+    assert received is messages
+
+
+def test_message_like_tuples_dicts_and_nested_keys(adaptive_router: AdaptiveRouter) -> None:
+    router = _echo_router(adaptive_router, input_key="messages")
+    tuples = [("system", "be brief"), ("human", "Reset my password please")]
+    assert router.text_of(tuples) == "Reset my password please"
+    dicts = [{"role": "user", "content": "tell me something funny"}]
+    assert router.text_of(dicts) == "tell me something funny"
+    state = {"messages": [HumanMessage("I want a refund for my order")]}
+    assert router.invoke(state) == ("billing", state)
+
+
+def test_prompt_values_and_single_messages(adaptive_router: AdaptiveRouter) -> None:
+    router = _echo_router(adaptive_router)
+    prompt = ChatPromptTemplate.from_messages([("system", "billing desk"), ("human", "{q}")])
+    value = prompt.invoke({"q": "Where is my invoice?"})
+    assert router.text_of(value) == "Where is my invoice?"
+    assert router.invoke(value)[0] == "billing"
+    assert router.text_of(HumanMessage([{"type": "text", "text": "hello"}])) == "hello"
+
+
+def test_messages_without_a_human_message(adaptive_router: AdaptiveRouter) -> None:
+    router = _echo_router(adaptive_router)
+    with pytest.raises(InvalidInputError, match="no human message"):
+        router.invoke([SystemMessage("only a system prompt")])
+
+
+def test_unsupported_inputs_raise_type_error(adaptive_router: AdaptiveRouter) -> None:
+    router = _echo_router(adaptive_router)
+    with pytest.raises(TypeError, match="cannot route an input of type int"):
+        router.invoke(3)
+    with pytest.raises(TypeError, match="as chat messages"):
+        router.invoke([object()])
