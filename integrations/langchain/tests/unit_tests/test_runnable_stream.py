@@ -112,3 +112,19 @@ def test_stream_without_match_raises_before_any_chunk(adaptive_router: AdaptiveR
     with pytest.raises(NoRouteMatchedError):
         next(stream)
     assert log == []
+
+
+async def test_astream_events_show_the_router_and_the_branch(
+    adaptive_router: AdaptiveRouter,
+) -> None:
+    log: list[str] = []
+    router = _router(adaptive_router, log)
+    events = [
+        (e["event"], e["name"], e["tags"])
+        async for e in router.astream_events("the app keeps crashing", version="v2")
+    ]
+    assert events[0] == ("on_chain_start", "SynaptorouteRouter", [])
+    assert events[-1] == ("on_chain_end", "SynaptorouteRouter", [])
+    streamed = [name for kind, name, _ in events if kind == "on_chain_stream"]
+    assert streamed.count("SynaptorouteRouter") == len(WORDS)
+    assert ("on_chain_start", "produce", ["route:tech"]) in events
