@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from pydantic import SecretStr
 
 from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, Route, SQLiteStorage
 from synaptoroute.server import ServerSettings, create_app
@@ -116,7 +117,7 @@ async def _service(
 @pytest.fixture
 async def svc(encoder: Encoder, store_path: Path) -> AsyncIterator[Service]:
     router = make_router(encoder, store_path)
-    async for s in _service(router, ServerSettings(api_key=KEY)):
+    async for s in _service(router, ServerSettings(api_key=SecretStr(KEY))):
         yield s
     router.close()
 
@@ -292,7 +293,7 @@ async def test_changes_need_the_bearer_token(svc: Service) -> None:
 
 async def test_read_only_refuses_every_change(encoder: Encoder, store_path: Path) -> None:
     router = make_router(encoder, store_path)
-    async for s in _service(router, ServerSettings(read_only=True, api_key=KEY)):
+    async for s in _service(router, ServerSettings(read_only=True, api_key=SecretStr(KEY))):
         r = await s.client.put("/routes/x", json={"utterances": ["a"]}, headers=AUTH)
         assert r.status_code == 403
         assert (await s.client.delete("/routes/billing", headers=AUTH)).status_code == 403
@@ -315,8 +316,8 @@ def test_refuses_exposed_host_with_changes_and_no_key() -> None:
     with pytest.raises(InvalidInputError):
         ServerSettings(host="example.internal").check_safe()
     with pytest.raises(InvalidInputError, match="empty"):
-        ServerSettings(host="127.0.0.1", api_key="").check_safe()
-    ServerSettings(host="0.0.0.0", api_key="k").check_safe()
+        ServerSettings(host="127.0.0.1", api_key=SecretStr("")).check_safe()
+    ServerSettings(host="0.0.0.0", api_key=SecretStr("k")).check_safe()
     ServerSettings(host="0.0.0.0", read_only=True).check_safe()
     ServerSettings(host="::1").check_safe()
 
@@ -454,9 +455,12 @@ async def test_overload_is_503_with_retry_after(gated: GatedEncoder, store_path:
         first = asyncio.create_task(s.client.post("/route", json={"query": "refund one"}))
         assert await anyio.to_thread.run_sync(gated.entered.wait, LIMIT_S)
         second = asyncio.create_task(s.client.post("/route", json={"query": "refund two"}))
-        async with asyncio.timeout(LIMIT_S):
+
+        async def queued() -> None:
             while router.worker.queue_depth < 1:
                 await asyncio.sleep(0)
+
+        await asyncio.wait_for(queued(), LIMIT_S)
         r = await s.client.post("/route", json={"query": "refund three"})
         assert r.status_code == 503
         assert r.headers["retry-after"] == "3"

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import schemathesis
 from hypothesis import HealthCheck, settings
+from pydantic import SecretStr
 
 from synaptoroute import AdaptiveRouter, Encoder
 from synaptoroute.server import ServerSettings, create_app
@@ -28,7 +30,8 @@ _routes.write_text(
 # The encoder loads in the app's lifespan, when the first generated request arrives.
 KEY = "fuzz-key"
 app = create_app(
-    ServerSettings(routes_file=str(_routes), api_key=KEY), router=AdaptiveRouter(Encoder())
+    ServerSettings(routes_file=str(_routes), api_key=SecretStr(KEY)),
+    router=AdaptiveRouter(Encoder()),
 )
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
@@ -40,7 +43,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     derandomize=True,
     suppress_health_check=list(HealthCheck),
 )
-def test_api_never_fails_and_matches_its_schema(case: schemathesis.Case) -> None:
+def test_api_never_fails_and_matches_its_schema(case: schemathesis.Case[Any]) -> None:
     # With the token: the operations themselves are fuzzed; schemathesis also checks
     # on its own that a request without it is refused.
     case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"})

@@ -42,8 +42,9 @@ def test_5000_concurrent_requests_all_answered_nothing_lost(tmp_path: Path) -> N
                 c.put(f"/routes/load{i}", json={"utterances": [f"load topic {i}"]}, headers=auth)
                 for i in range(N_CHANGES)
             ]
-            async with asyncio.timeout(BOUND_S):
-                results = await asyncio.gather(*queries, *changes, return_exceptions=True)
+            results = await asyncio.wait_for(
+                asyncio.gather(*queries, *changes, return_exceptions=True), BOUND_S
+            )
         answers = results[:N_REQUESTS]
         change_codes = [
             r.status_code if isinstance(r, httpx.Response) else -1 for r in results[N_REQUESTS:]
