@@ -680,3 +680,23 @@ async def test_lifespan_applies_the_routes_file(
         r = await s.client.post("/route", json={"query": "put on some jazz music"})
         assert r.json()["route"] == "music"
     router.close()
+
+
+def test_public_names() -> None:
+    import synaptoroute.server as server
+
+    assert server.__all__ == [
+        "API_KEY_ENV",
+        "RoutesDocument",
+        "ServerSettings",
+        "ServiceState",
+        "apply_routes",
+        "create_app",
+        "dump_routes",
+        "load_routes_file",
+        "run",
+    ]
+    for name in server.__all__:
+        assert getattr(server, name) is not None
+    with pytest.raises(AttributeError):
+        _ = server.nothing_here
