@@ -1,0 +1,574 @@
+"""Router overhead, add-route cost and reopen-vs-re-encode (issue 2).
+
+Parts (``--parts``, default all):
+
+``overhead``
+    Single-query latency of ``router.query(text)`` against the raw
+    ``encoder.encode([text])`` on the same text, with 1k, 10k and 100k utterances,
+    for each ``blas_threads`` setting (default, 1, 2). The router runs with
+    ``cache_size=0`` so every query is encoded. The overhead is also measured
+    directly: the same router fed the query's vector by a zero-cost
+    :class:`common.PrecomputedEncoder` (validation + cache + scoring + decision),
+    and ``router._score`` alone.
+``add``
+    Time of ``add_route`` (10 utterances) while the router holds 1k, 10k and 100k
+    utterances, alone and followed by the query that compiles the index, against an
+    eager ``numpy.vstack`` of the matrix (and vstack + the matrix product) in the
+    same run. The encoder is a zero-cost precomputed one so the index and the store
+    are what is timed (the real encoder would add ~1.5 ms per utterance at every size).
+``reopen``
+    Reopening a SQLite store of 10,000 real utterances against encoding them again
+    with the real :class:`~synaptoroute.encoder.Encoder`.
+``profile``
+    Where a query's time goes at the largest size, and a prototype of an int8
+    pre-filter with exact float32 re-scoring (standalone; the library is untouched).
+
+Utterance sets: the real vectors of the first 20 CLINC150 intents (100 train rows
+each, 2,000 vectors) form copy 0; further copies are the same vectors under a
+random orthogonal rotation, which keeps each route's internal geometry but makes
+the copies unrelated to the queries. Routes have 100 utterances; N utterances are
+the first N/100 routes (1k: 10 real routes; 100k: 20 real + 980 rotated). Queries
+are CLINC150 val rows of the first 10 intents, so every size holds their route.
+
+Usage::
+
+    python benchmarks/core_latency.py [--data DIR] [--parts overhead add reopen profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import json
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import (
+    PrecomputedEncoder,
+    by_label,
+    encode_cached,
+    load_split,
+    machine_info,
+    summarize_ms,
+    time_ms,
+)
+from numpy.typing import NDArray
+
+from synaptoroute.encoder import Encoder
+from synaptoroute.index import Aggregation, Snapshot
+from synaptoroute.models import Route
+from synaptoroute.router import AdaptiveRouter, _blas_limit
+from synaptoroute.storage import MemoryStorage, ModelInfo, SQLiteStorage, StoredRoute
+
+SIZES = (1_000, 10_000, 100_000)
+ROUTE_SIZE = 100
+BASE_INTENTS = 20
+QUERY_INTENTS = 10
+ADD_UTTERANCES = 10
+BLAS_SETTINGS: tuple[int | None, ...] = (None, 1, 2)
+
+Vectors = NDArray[np.float32]
+
+
+class Workload:
+    """The encoded base block, its rotated copies and the query texts."""
+
+    def __init__(self, encoder: Encoder, data: str | None, cache: str | None, seed: int) -> None:
+        groups = by_label(load_split("clinc150", "train", data))
+        intents = list(groups)[:BASE_INTENTS]
+        self.base_texts = [groups[i][:ROUTE_SIZE] for i in intents]
+        self.intents = intents
+        flat = [t for g in self.base_texts for t in g]
+        self.base = encode_cached(encoder, flat, cache).reshape(BASE_INTENTS, ROUTE_SIZE, -1)
+        wanted = set(intents[:QUERY_INTENTS])
+        val = load_split("clinc150", "val", data)
+        self.queries = [r.text for r in val if r.label in wanted]
+        self.query_vectors = encode_cached(encoder, self.queries, cache)
+        self.rng = np.random.default_rng(seed)
+        self._rotations: list[Vectors] = []
+        self.model = ModelInfo(encoder.model_id, encoder.dimension)
+
+    def _rotation(self, copy: int) -> Vectors:
+        dim = self.base.shape[-1]
+        while len(self._rotations) < copy:
+            q, _ = np.linalg.qr(self.rng.standard_normal((dim, dim)))
+            self._rotations.append(q.astype(np.float32))
+        return self._rotations[copy - 1]
+
+    def routes(self, n_utterances: int) -> list[StoredRoute]:
+        """The first ``n_utterances / ROUTE_SIZE`` routes with their vectors."""
+        out = []
+        for r in range(n_utterances // ROUTE_SIZE):
+            copy, intent = divmod(r, BASE_INTENTS)
+            vectors = self.base[intent]
+            if copy:
+                vectors = vectors @ self._rotation(copy)
+            texts = [f"{t} #{copy}" if copy else t for t in self.base_texts[intent]]
+            name = f"{self.intents[intent]}#{copy}" if copy else self.intents[intent]
+            route = Route.model_construct(
+                name=name, utterances=texts, description=None, threshold=None, metadata={}
+            )
+            out.append(StoredRoute(route, np.ascontiguousarray(vectors, dtype=np.float32)))
+        return out
+
+    def memory_store(self, n_utterances: int) -> MemoryStorage:
+        """A :class:`MemoryStorage` holding ``n_utterances``."""
+        store = MemoryStorage()
+        store.replace_all(self.routes(n_utterances), self.model)
+        return store
+
+    def lookup(self, extra: dict[str, Vectors] | None = None) -> PrecomputedEncoder:
+        """A zero-cost encoder that knows the queries (and ``extra``)."""
+        table = dict(zip(self.queries, self.query_vectors, strict=True))
+        table.update(extra or {})
+        return PrecomputedEncoder(self.model.model_id, table)
+
+
+def fmt(summary: dict[str, float]) -> str:
+    """``p50 / p99`` in ms."""
+    return f"{summary['p50']:.3f} / {summary['p99']:.3f}"
+
+
+def blas_name(threads: int | None) -> str:
+    """How a ``blas_threads`` setting is shown."""
+    return "default" if threads is None else str(threads)
+
+
+# -- (a) overhead ---------------------------------------------------------------------
+def part_overhead(
+    work: Workload,
+    encoder: Encoder,
+    sizes: Sequence[int],
+    n_queries: int,
+    aggregations: Sequence[Aggregation],
+) -> list[dict[str, Any]]:
+    """Query vs raw encode, overhead measured directly, and ``_score`` alone."""
+    rows: list[dict[str, Any]] = []
+    texts = (work.queries * (n_queries // len(work.queries) + 1))[:n_queries]
+    vectors = dict(zip(work.queries, work.query_vectors, strict=True))
+    print("\n## overhead: query vs raw encode (ms, p50 / p99)")
+    print(
+        "| utterances | aggregation | blas_threads | encode | query | query - encode (p50) "
+        "| overhead (direct) | _score |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        store = work.memory_store(n)
+        for aggregation in aggregations:
+            for threads in BLAS_SETTINGS:
+                kwargs: dict[str, Any] = {
+                    "aggregation": aggregation,
+                    "blas_threads": threads,
+                    "cache_size": 0,
+                }
+                real = AdaptiveRouter(encoder, store, **kwargs)
+                zero = AdaptiveRouter(work.lookup(), store, **kwargs)
+                for text in work.queries[:20]:  # warm-up, compiles both snapshots
+                    real.query(text)
+                    zero.query(text)
+                enc, query, direct, score = [], [], [], []
+                gc.collect()
+                gc.disable()
+                try:
+                    for text in texts:
+                        vec = vectors[text][None, :]
+                        enc.append(time_ms(partial(encoder.encode, [text])))
+                        query.append(time_ms(partial(real.query, text)))
+                        direct.append(time_ms(partial(zero.query, text)))
+                        score.append(time_ms(partial(zero._score, vec, 2)))
+                finally:
+                    gc.enable()
+                s_enc, s_q = summarize_ms(enc), summarize_ms(query)
+                s_d, s_s = summarize_ms(direct), summarize_ms(score)
+                row = {
+                    "utterances": n,
+                    "aggregation": aggregation,
+                    "blas_threads": blas_name(threads),
+                    "encode": s_enc,
+                    "query": s_q,
+                    "query_minus_encode_p50": s_q["p50"] - s_enc["p50"],
+                    "overhead_direct": s_d,
+                    "score": s_s,
+                }
+                rows.append(row)
+                print(
+                    f"| {n:,} | {aggregation} | {blas_name(threads)} | {fmt(s_enc)} | {fmt(s_q)} "
+                    f"| {row['query_minus_encode_p50']:.3f} | {fmt(s_d)} | {fmt(s_s)} |",
+                    flush=True,
+                )
+    return rows
+
+
+# -- (b) add-route cost ------------------------------------------------------------------
+def part_add(work: Workload, sizes: Sequence[int], repeats: int) -> list[dict[str, Any]]:
+    """add_route alone and with the compiling query, against an eager vstack."""
+    rng = np.random.default_rng(1)
+    dim = work.model.dimension
+    rows: list[dict[str, Any]] = []
+    print(f"\n## add one route of {ADD_UTTERANCES} utterances (ms, p50 / max over {repeats} adds)")
+    print(
+        "| utterances held | add_route (memory) | add_route (SQLite) | add_route + query "
+        "| vstack | vstack + product |"
+    )
+    print("|---|---|---|---|---|---|")
+    query_text = work.queries[0]
+    q = work.query_vectors[0]
+    for n in sizes:
+        new_routes: list[tuple[Route, Vectors]] = []
+        extra: dict[str, Vectors] = {}
+        for r in range(3 * repeats):
+            texts = [f"new route {r} utterance {j}" for j in range(ADD_UTTERANCES)]
+            vecs = rng.standard_normal((ADD_UTTERANCES, dim)).astype(np.float32)
+            vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+            new_routes.append((Route(name=f"new-{r}", utterances=texts), vecs))
+            extra.update(zip(texts, vecs, strict=True))
+        lookup = work.lookup(extra)
+
+        router = AdaptiveRouter(lookup, work.memory_store(n), cache_size=0)
+        router.query(query_text)  # compile the loaded routes first
+        alone = [time_ms(partial(router.add_route, r)) for r, _ in new_routes[:repeats]]
+
+        def add_and_query(router: AdaptiveRouter, route: Route) -> None:
+            router.add_route(route)
+            router.query(query_text)
+
+        router.query(query_text)
+        with_query = [
+            time_ms(partial(add_and_query, router, route))
+            for route, _ in new_routes[repeats : 2 * repeats]
+        ]
+        with tempfile.TemporaryDirectory() as tmp:
+            store = SQLiteStorage(Path(tmp) / "bench.sqlite")
+            store.replace_all(work.routes(n), work.model)
+            sql_router = AdaptiveRouter(lookup, store, cache_size=0)
+            sql_router.query(query_text)
+            sqlite = [
+                time_ms(partial(sql_router.add_route, route))
+                for route, _ in new_routes[2 * repeats :]
+            ]
+            sql_router.close()
+
+        matrix = np.concatenate([s.vectors for s in work.routes(n)])
+        vstack, vstack_product = [], []
+        for _, vecs in new_routes[:repeats]:
+            t0 = time.perf_counter()
+            matrix = np.vstack([matrix, vecs])
+            vstack.append((time.perf_counter() - t0) * 1000)
+        for _, vecs in new_routes[repeats : 2 * repeats]:
+            t0 = time.perf_counter()
+            matrix = np.vstack([matrix, vecs])
+            int(np.argmax(matrix @ q))
+            vstack_product.append((time.perf_counter() - t0) * 1000)
+
+        cells = {
+            "add_route_memory": alone,
+            "add_route_sqlite": sqlite,
+            "add_route_plus_query": with_query,
+            "vstack": vstack,
+            "vstack_plus_product": vstack_product,
+        }
+        row: dict[str, Any] = {"utterances": n}
+        row.update({k: {**summarize_ms(v), "max": max(v)} for k, v in cells.items()})
+        rows.append(row)
+        print(
+            f"| {n:,} | "
+            + " | ".join(f"{row[k]['p50']:.3f} / {row[k]['max']:.3f}" for k in cells)
+            + " |",
+            flush=True,
+        )
+    first, last = rows[0], rows[-1]
+    for key in ("add_route_memory", "add_route_sqlite", "add_route_plus_query", "vstack"):
+        ratio = last[key]["p50"] / first[key]["p50"]
+        print(f"ratio p50 {sizes[-1]:,} / {sizes[0]:,} for {key}: {ratio:.2f}x")
+    return rows
+
+
+# -- (c) reopen vs re-encode -----------------------------------------------------------
+def part_reopen(encoder: Encoder, data: str | None, repeats: int) -> dict[str, Any]:
+    """Reopen a 10,000-utterance SQLite store vs encoding the texts again."""
+    groups = by_label(load_split("clinc150", "train", data))
+    picked = dict(list(groups.items())[:100])  # 100 intents x 100 = 10,000 utterances
+    texts = [t for g in picked.values() for t in g]
+    encoder.encode(texts[:64])  # model loaded and warm before timing
+    t0 = time.perf_counter()
+    vectors = encoder.encode(texts)
+    encode_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "reopen.sqlite"
+        lookup = PrecomputedEncoder(encoder.model_id, dict(zip(texts, vectors, strict=True)))
+        writer = AdaptiveRouter(lookup, SQLiteStorage(path))
+        writer.add_routes([Route(name=k, utterances=v) for k, v in picked.items()])
+        writer.close()
+        reopen, compiled = [], []
+        calls = 0
+        for _ in range(repeats):
+            fresh = Encoder()
+            t0 = time.perf_counter()
+            router = AdaptiveRouter(fresh, SQLiteStorage(path))
+            t1 = time.perf_counter()
+            router._index.snapshot()
+            t2 = time.perf_counter()
+            reopen.append(t1 - t0)
+            compiled.append(t2 - t0)
+            calls += fresh.calls + int(fresh.loaded)
+            assert sum(len(r.utterances) for r in router.list_routes()) == len(texts)
+            router.close()
+    out = {
+        "utterances": len(texts),
+        "encode_s": encode_s,
+        "reopen_s_median": float(np.median(reopen)),
+        "reopen_compile_s_median": float(np.median(compiled)),
+        "encoder_calls_on_reopen": calls,
+    }
+    out["speedup"] = encode_s / out["reopen_s_median"]
+    out["speedup_with_compile"] = encode_s / out["reopen_compile_s_median"]
+    print(f"\n## reopen a SQLite store of {len(texts):,} utterances vs re-encoding them")
+    print(
+        "| re-encode (s) | reopen (ms, median) | reopen + compile (ms) | speed-up | encoder calls |"
+    )
+    print("|---|---|---|---|---|")
+    print(
+        f"| {encode_s:.2f} | {1000 * out['reopen_s_median']:.1f} | "
+        f"{1000 * out['reopen_compile_s_median']:.1f} | {out['speedup']:.0f}x "
+        f"({out['speedup_with_compile']:.0f}x with compile) | {calls} |",
+        flush=True,
+    )
+    return out
+
+
+# -- profile and int8 prototype ----------------------------------------------------------
+class Int8Prefilter:
+    """Prototype: an int8 copy of the matrix scanned by onnxruntime, exact re-scoring after.
+
+    The int8 product (``MatMulInteger``, uint8 query x int8 matrix) reads a quarter of
+    the bytes of the float32 one. Rounding moves a row's score by at most
+    ``eps = 0.5/sq * |m|_1 + 0.5/sm * |q8/sq|_1``, so a row can only belong to one of
+    the ``k`` best routes if its approximate score is within ``2 * eps`` of the k-th
+    best approximate route maximum. Those rows are re-scored exactly in float32, so
+    the ``k`` best routes and their scores equal the exact ``max`` aggregation
+    (:func:`part_profile` checks it). ``mean_topk`` would need a bound per route;
+    not done here.
+    """
+
+    def __init__(self, snapshot: Snapshot, threads: int = 1) -> None:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        matrix = snapshot.matrix
+        self.snapshot = snapshot
+        self.matrix = matrix
+        self.scale = 127.0 / float(np.abs(matrix).max())
+        m8 = np.clip(np.rint(matrix * self.scale), -127, 127).astype(np.int8)
+        b = numpy_helper.from_array(np.ascontiguousarray(m8.T), name="B")
+        node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
+        graph = helper.make_graph(
+            [node],
+            "int8_scan",
+            [helper.make_tensor_value_info("A", TensorProto.UINT8, [1, matrix.shape[1]])],
+            [helper.make_tensor_value_info("Y", TensorProto.INT32, [1, matrix.shape[0]])],
+            initializer=[b],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(
+            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+        row_route = np.full(len(matrix), -1, dtype=np.int64)
+        for start, end, rid in zip(
+            snapshot.seg_starts, snapshot.seg_ends, snapshot.seg_route, strict=True
+        ):
+            row_route[start:end] = rid
+        self.row_route = row_route
+        # onnxruntime's fast kernel wants uint8 activations (an int8 query measured
+        # 20x slower): the query is shifted by 128 and 128 x each row's sum removed.
+        self.shift = 128 * m8.astype(np.int32).sum(axis=1)
+        self.max_row_l1 = float(np.abs(matrix).sum(axis=1).max())
+        self.last_candidates = 0
+
+    def top_routes(self, q: Vectors, k: int = 2) -> tuple[NDArray[np.int64], Vectors]:
+        """The ``k`` best route ids and their exact max scores for one query."""
+        sq = 127.0 / float(np.abs(q).max())
+        q8 = np.clip(np.rint(q * sq), -127, 127).astype(np.int16)
+        raw = self.session.run(None, {"A": (q8 + 128).astype(np.uint8)[None, :]})[0][0]
+        approx = (raw - self.shift).astype(np.float32) * np.float32(1.0 / (self.scale * sq))
+        eps = 0.5 / sq * self.max_row_l1 + 0.5 / self.scale * float(np.abs(q8).sum()) / sq
+        route_max = self.snapshot.route_max(approx[None, :])[0]
+        k = min(k, len(route_max))
+        kth = float(np.partition(route_max, len(route_max) - k)[len(route_max) - k])
+        cand = np.flatnonzero(approx >= kth - 2 * eps)
+        self.last_candidates = len(cand)
+        exact = self.matrix[cand] @ q
+        routes = self.row_route[cand]
+        order = np.lexsort((-exact, routes))
+        first = np.concatenate(([True], routes[order][1:] != routes[order][:-1]))
+        best_rows = order[first]
+        top = best_rows[np.argsort(-exact[best_rows], kind="stable")[:k]]
+        return routes[top], exact[top]
+
+
+def part_profile(work: Workload, n: int, n_queries: int) -> dict[str, Any]:
+    """Break a query down at ``n`` utterances and time the int8 prototype beside it.
+
+    Every step is timed for each query in turn, so all steps see the same machine load.
+    """
+    store = work.memory_store(n)
+    qs = work.query_vectors[:n_queries]
+    texts = work.queries[:n_queries]
+    out: dict[str, Any] = {"utterances": n}
+    rows: dict[str, list[float]] = {}
+    same: list[bool] = []
+    rescored: list[int] = []
+    for threads in (1, 2):
+        zero = AdaptiveRouter(work.lookup(), store, cache_size=0, blas_threads=threads)
+        snap = zero._index.snapshot()
+        proto = Int8Prefilter(snap, threads=threads)
+        steps = _profile_steps(zero, snap, proto, qs, texts)
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        with _blas_limit(threads):
+            for fn in steps.values():
+                fn(0)
+            for i in range(len(qs)):
+                for name, fn in steps.items():
+                    times[name].append(time_ms(partial(fn, i)))
+                if threads == 1:
+                    routes, scores = proto.top_routes(qs[i])
+                    exact = snap.score(qs[i][None, :], 2)[0]
+                    rescored.append(proto.last_candidates)
+                    same.append(
+                        list(routes) == list(exact.route_ids)
+                        and bool(np.allclose(scores, exact.scores, atol=1e-6))
+                    )
+        for name, values in times.items():
+            rows.setdefault(name, []).append(summarize_ms(values)["p50"])
+        out["matrix_mb"] = snap.matrix.nbytes / 1e6
+    print(f"\n## profile at {n:,} utterances ({out['matrix_mb']:.0f} MB float32 matrix)")
+    print("| step | 1 thread (ms p50) | 2 threads (ms p50) |")
+    print("|---|---|---|")
+    for name, cells in rows.items():
+        print(f"| {name} | {cells[0]:.3f} | {cells[1]:.3f} |")
+    product = rows["float32 product np.dot(matrix, q)"][0]
+    bandwidth = out["matrix_mb"] / 1000 / (product / 1000)
+    print(
+        f"1-thread product reads the matrix at {bandwidth:.1f} GB/s; int8 prototype: "
+        f"{np.mean(rescored):.0f} rows re-scored per query (mean), top-2 routes and scores "
+        f"equal to the exact index for {100 * np.mean(same):.1f}% of {len(same)} queries"
+    )
+    out.update({"steps": rows, "bandwidth_gbs": bandwidth, "rescored": float(np.mean(rescored))})
+    out["int8_equal_exact"] = float(np.mean(same))
+
+    # Where the rest goes: own time of the top functions over the same queries.
+    zero = AdaptiveRouter(work.lookup(), store, cache_size=0)
+    zero.query(texts[0])
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for text in texts:
+        zero.query(text)
+    profiler.disable()
+    print(f"\ncProfile of {len(texts)} router.query calls (zero-cost encoder), top own time:")
+    _print_profile(profiler, 6)
+    profiler = cProfile.Profile()
+    rng = np.random.default_rng(2)
+    profiler.enable()
+    for r in range(10):
+        vecs = rng.standard_normal((ADD_UTTERANCES, work.model.dimension)).astype(np.float32)
+        zero._index.add(f"profile-{r}", vecs, [f"p{r} {j}" for j in range(ADD_UTTERANCES)])
+        zero._index.snapshot()
+    profiler.disable()
+    print("\ncProfile of 10 x (add 10 rows to the index + compile), top own time:")
+    _print_profile(profiler, 6)
+    return out
+
+
+def _profile_steps(
+    router: AdaptiveRouter,
+    snap: Snapshot,
+    proto: Int8Prefilter,
+    qs: Vectors,
+    texts: Sequence[str],
+) -> dict[str, Callable[[int], object]]:
+    """The timed steps of :func:`part_profile`, each called with a query's index."""
+    return {
+        "float32 product np.dot(matrix, q)": lambda i: np.dot(snap.matrix, qs[i]),
+        "Snapshot.score (product + per-route max + top-2)": lambda i: snap.score(qs[i][None, :], 2),
+        "router._score (+ BLAS thread limit)": lambda i: router._score(qs[i][None, :], 2),
+        "router.query, zero-cost encoder (+ decide)": lambda i: router.query(texts[i]),
+        "int8 prototype (scan + exact re-score), max": lambda i: proto.top_routes(qs[i]),
+    }
+
+
+def _print_profile(profiler: cProfile.Profile, top: int) -> None:
+    stats = pstats.Stats(profiler)
+    entries = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])  # type: ignore[attr-defined]
+    total = sum(v[2] for _, v in entries)
+    print("| function | own ms total | share |")
+    print("|---|---|---|")
+    for (path, line, func), (_, calls, own, _, _) in entries[:top]:
+        where = f"{Path(path).name}:{line}({func})" if line else func
+        print(f"| {where} x{calls} | {1000 * own:.1f} | {100 * own / total:.0f}% |")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the selected parts and print Markdown tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=None, help="data folder (see common.data_dir)")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["overhead", "add", "reopen", "profile"],
+        choices=["overhead", "add", "reopen", "profile"],
+    )
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=int,
+        default=list(SIZES),
+        help="utterance counts (multiples of 100)",
+    )
+    parser.add_argument("--queries", type=int, default=200, help="timed queries per setting")
+    parser.add_argument("--repeats", type=int, default=20, help="timed adds per size")
+    parser.add_argument(
+        "--aggregations",
+        nargs="+",
+        default=["max", "mean_topk"],
+        choices=["max", "mean_topk", "centroid"],
+    )
+    parser.add_argument("--cache", default=None, help="folder to keep encoded vectors in")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="write all numbers to this file")
+    args = parser.parse_args(argv)
+
+    print(f"# machine: {machine_info()}")
+    print(f"# command: python benchmarks/core_latency.py {' '.join(sys.argv[1:])}".rstrip())
+    encoder = Encoder()
+    encoder.load()
+    results: dict[str, Any] = {"machine": machine_info()}
+    needs_work = set(args.parts) - {"reopen"}
+    work = Workload(encoder, args.data, args.cache, args.seed) if needs_work else None
+    if "overhead" in args.parts and work is not None:
+        results["overhead"] = part_overhead(
+            work, encoder, args.sizes, args.queries, args.aggregations
+        )
+    if "add" in args.parts and work is not None:
+        results["add"] = part_add(work, args.sizes, args.repeats)
+    if "reopen" in args.parts:
+        results["reopen"] = part_reopen(encoder, args.data, 5)
+    if "profile" in args.parts and work is not None:
+        big = [n for n in args.sizes if n >= 10_000] or [max(args.sizes)]
+        results["profile"] = [part_profile(work, n, args.queries) for n in big]
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
