@@ -100,8 +100,8 @@ class RouteResult(BaseModel):
 
     @classmethod
     def from_match(cls, match: RouteMatch) -> RouteResult:
-        """Convert the library's result."""
-        return cls(
+        """Convert the library's result (already valid: no second validation)."""
+        return cls.model_construct(
             route=match.name,
             score=match.score,
             runner_up=match.runner_up,
