@@ -159,7 +159,8 @@ def main() -> None:
     print(
         f"Throughput ratio (recipe wall time / synaptoroute wall time): best runs "
         f"{best_ratio:.2f}x; per run {', '.join(f'{r:.2f}x' for r in ratios)} "
-        f"(median {median(ratios):.2f}x)."
+        f"(median {median(ratios):.2f}x). CPU time of the process (all threads), recipe / "
+        f"synaptoroute, medians: {median(cpu['recipe']) / median(cpu['synaptoroute']):.2f}x."
     )
     print(
         f"SynaptorouteRouter's top-1 candidate before the threshold is right for {top1:.1%} "
