@@ -350,26 +350,25 @@ def create_app(
         >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
     """
     settings = settings if settings is not None else ServerSettings.from_env()
-    holder: dict[str, AdaptiveRouter] = {}
 
     def queue_depth() -> float:
-        r = holder.get("router")
-        return float(r.worker.queue_depth) if r is not None else 0.0
+        return float(state.router.worker.queue_depth) if state.router is not None else 0.0
 
     def route_count() -> float:
-        r = holder.get("router")
-        return float(len(r)) if r is not None else 0.0
+        return float(len(state.router)) if state.router is not None else 0.0
 
     metrics = ServiceMetrics(queue_depth, route_count)
     state = ServiceState(settings, router, owns_router=router is None, metrics=metrics)
-    if router is not None:
-        holder["router"] = router
+
+    def release(r: AdaptiveRouter) -> None:
+        if state.owns_router:
+            r.close()
+            state.router = None  # a restarted lifespan opens the store again
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.router is None:
             state.router = await _blocking(build_router, settings)
-            holder["router"] = state.router
         r = state.router
         try:
             # Load the model and encode once, so the first request is not the slow one.
@@ -380,8 +379,7 @@ def create_app(
                 log.info("routes file %s applied: %s", settings.routes_file, report.to_dict())
             await r.start()
         except BaseException:
-            if state.owns_router:
-                r.close()
+            release(r)
             raise
         state.ready = True
         metrics.ready.set(1)
@@ -392,8 +390,7 @@ def create_app(
             metrics.ready.set(0)
             # uvicorn has already waited for requests in flight; this drains the queue.
             await r.stop(drain=True, timeout=settings.drain_timeout)
-            if state.owns_router:
-                r.close()
+            release(r)
 
     app = FastAPI(
         title="synaptoroute",
