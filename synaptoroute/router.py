@@ -9,6 +9,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace as _replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .batching import BatchWorker
-from .decision import DecisionPolicy, decide, empty_match
+from .decision import DecisionPolicy, decide, empty_match, policy_for_routes
 from .encoder import Encoder, EncoderProtocol, check_text
 from .exceptions import (
     InvalidInputError,
@@ -29,6 +30,8 @@ from .models import SCORE_MAX, SCORE_MIN, Route, RouteMatch, clean_utterances
 from .storage import MemoryStorage, ModelInfo, Storage, StoredRoute
 
 if TYPE_CHECKING:
+    from .evaluation import EvaluationReport
+    from .fitting import FitReport
     from .postgres import Change
 
 __all__ = ["DEFAULT_THRESHOLD", "AdaptiveRouter", "EmbeddingCache"]
@@ -246,6 +249,7 @@ class AdaptiveRouter:
                     self._index.delete_route(item.route.name)
                 self._routes[item.route.name] = item.route
                 self._index.add(item.route.name, item.vectors, item.route.utterances)
+            self._reconcile_policy()
 
     def add_utterances(self, name: str, utterances: Sequence[str]) -> list[str]:
         """Add example utterances to a route; returns those that were new."""
@@ -272,6 +276,7 @@ class AdaptiveRouter:
             self.storage.delete_route(name)
             del self._routes[name]
             self._index.delete_route(name)
+            self._reconcile_policy()
 
     def delete_utterances(self, name: str, utterances: Sequence[str]) -> int:
         """Remove utterances from a route; returns how many were removed."""
@@ -303,7 +308,7 @@ class AdaptiveRouter:
     @threshold.setter
     def threshold(self, value: float) -> None:
         _check_threshold(value, "threshold")
-        self.set_policy(DecisionPolicy(value, self._policy.min_margin, self._policy.thresholds))
+        self.set_policy(_replace(self._policy, threshold=value))
 
     @property
     def policy(self) -> DecisionPolicy:
@@ -313,15 +318,37 @@ class AdaptiveRouter:
     def set_policy(self, policy: DecisionPolicy) -> None:
         """Replace the decision policy and persist it."""
         with self._lock:
-            self.storage.set_state(
-                _POLICY_KEY,
-                {
-                    "threshold": policy.threshold,
-                    "min_margin": policy.min_margin,
-                    "thresholds": dict(policy.thresholds),
-                },
-            )
+            self.storage.set_state(_POLICY_KEY, policy.to_state())
             self._policy = policy
+
+    def _reconcile_policy(self) -> None:
+        # A fitted head knows a fixed set of routes; see docs/accuracy.md.
+        policy, notes = policy_for_routes(self._policy, list(self._routes))
+        if policy is not self._policy:
+            self.set_policy(policy)
+        for note in notes:
+            warnings.warn(note, stacklevel=3)
+
+    def fit(self, texts: Sequence[str], labels: Sequence[str | None], **options: Any) -> FitReport:
+        """Fit the decision policy on labelled texts (label ``None``: no route fits).
+
+        Options and the method are described in :func:`synaptoroute.fitting.fit_router`;
+        the fitted policy is saved in the storage.
+        """
+        from .fitting import fit_router
+
+        return fit_router(self, texts, labels, **options)
+
+    def evaluate(
+        self, texts: Sequence[str], labels: Sequence[str | None], **options: Any
+    ) -> EvaluationReport:
+        """Route labelled texts and report accuracy, per-route figures and mistakes.
+
+        See :func:`synaptoroute.evaluation.evaluate_router`.
+        """
+        from .evaluation import evaluate_router
+
+        return evaluate_router(self, texts, labels, **options)
 
     def get_route(self, name: str) -> Route:
         """The route called ``name``.
@@ -390,10 +417,11 @@ class AdaptiveRouter:
         if not live:
             return results
         vectors = self._embed([texts[i] for i in live])
-        snapshot, ranked = self._score(vectors, max(k, 2))
+        policy = self._policy
+        snapshot, ranked = self._score(vectors, max(k, policy.ranked_k))
         thresholds = {name: r.threshold for name, r in self._routes.items()}
         for j, i in enumerate(live):
-            results[i] = decide(ranked[j], snapshot, self._policy, thresholds, vectors[j])
+            results[i] = decide(ranked[j], snapshot, policy, thresholds, vectors[j])
         return results
 
     def query(self, text: str) -> RouteMatch:
@@ -528,11 +556,15 @@ class AdaptiveRouter:
             watch(self._apply_changes, lock=self._lock)
 
     def _policy_from_state(self, state: dict[str, Any]) -> DecisionPolicy:
-        return DecisionPolicy(
-            threshold=float(state.get("threshold", self._policy.threshold)),
-            min_margin=float(state.get("min_margin", self._policy.min_margin)),
-            thresholds=dict(state.get("thresholds", {})),
-        )
+        policy = DecisionPolicy.from_state(state, self._policy)
+        if policy.head is not None and policy.head.model_id != self.model.model_id:
+            warnings.warn(
+                f"the stored fitted head was trained on {policy.head.model_id!r} embeddings, "
+                f"not {self.model.model_id!r}; it is ignored until the next fit()",
+                stacklevel=3,
+            )
+            policy = _replace(policy, head=None)
+        return policy
 
     def _apply_changes(self, changes: Sequence[Change]) -> None:
         """Apply committed changes in order (called by the store's follower thread)."""

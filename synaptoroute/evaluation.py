@@ -1,0 +1,445 @@
+"""Evaluation: route labelled texts and report how the router did.
+
+:func:`evaluate_router` (also :meth:`AdaptiveRouter.evaluate`) routes the texts
+through the router's own query path and returns an :class:`EvaluationReport`:
+accuracy, in-scope accuracy, out-of-scope precision/recall/F1, macro-F1, per-route
+precision/recall/F1, the most confused route pairs and the misrouted examples with
+their scores. :func:`figures` computes the headline figures from label indexes; the
+fitting code uses the same function, so a fit optimises exactly what is reported.
+
+Conventions: a label ``None`` means the text belongs to no route (out of scope); a
+prediction ``None`` means the router chose no route. Macro-F1 is the mean F1 of the
+routes that occur as a label or a prediction (out of scope has its own F1).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .exceptions import InvalidInputError, MissingDependencyError
+from .models import RouteMatch
+
+if TYPE_CHECKING:
+    from .router import AdaptiveRouter
+
+__all__ = [
+    "ConfusedPair",
+    "EvaluationReport",
+    "Figures",
+    "Misrouted",
+    "RouteFigures",
+    "evaluate_matches",
+    "evaluate_router",
+    "figures",
+    "label_indexes",
+]
+
+#: Index of "no route" / "out of scope" in label and prediction arrays.
+NONE = -1
+_PLOT_HINT = "pip install 'synaptoroute[plot]'"
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Headline figures; ``None`` where a figure is undefined (e.g. no out-of-scope rows)."""
+
+    accuracy: float | None
+    in_scope_accuracy: float | None
+    oos_precision: float | None
+    oos_recall: float | None
+    oos_f1: float | None
+    macro_f1: float | None
+    rows: int
+    in_scope: int
+    out_of_scope: int
+
+
+@dataclass(frozen=True)
+class RouteFigures:
+    """Precision, recall and F1 of one route (``0.0`` where nothing was predicted)."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int  # rows labelled with the route
+    predicted: int  # rows routed to it
+
+
+@dataclass(frozen=True)
+class ConfusedPair:
+    """``count`` rows labelled ``label`` went to ``predicted`` (``None``: no route)."""
+
+    label: str | None
+    predicted: str | None
+    count: int
+
+
+@dataclass(frozen=True)
+class Misrouted:
+    """One text whose route differs from its label, with what the router saw."""
+
+    index: int
+    text: str
+    label: str | None
+    predicted: str | None
+    candidate: str | None
+    score: float
+    confidence: float | None
+    reason: str
+    runner_up: str | None
+    runner_up_score: float | None
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num) / float(den) if den else None
+
+
+def _f1(precision: float | None, recall: float | None) -> float | None:
+    if precision is None or recall is None:
+        return None
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def per_route_counts(
+    y_true: NDArray[np.int64], y_pred: NDArray[np.int64], n_routes: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """True positives, support and predicted count of each route (``NONE`` excluded)."""
+    hit = (y_true == y_pred) & (y_true != NONE)
+    tp = np.bincount(y_true[hit], minlength=n_routes)
+    support = np.bincount(y_true[y_true != NONE], minlength=n_routes)
+    predicted = np.bincount(y_pred[y_pred != NONE], minlength=n_routes)
+    return tp, support, predicted
+
+
+def macro_f1_from_counts(
+    tp: NDArray[np.int64], support: NDArray[np.int64], predicted: NDArray[np.int64]
+) -> float | None:
+    """Mean F1 over the routes that occur as a label or a prediction."""
+    present = (support > 0) | (predicted > 0)
+    if not present.any():
+        return None
+    f1 = 2.0 * tp[present] / (support[present] + predicted[present])
+    return float(f1.mean())
+
+
+def figures(y_true: NDArray[np.int64], y_pred: NDArray[np.int64], n_routes: int) -> Figures:
+    """Headline figures of predictions against labels (route indexes, ``NONE`` for none)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    n = len(y_true)
+    oos = y_true == NONE
+    rejected = y_pred == NONE
+    correct = y_true == y_pred
+    n_oos = int(oos.sum())
+    oos_precision = _ratio(int((oos & rejected).sum()), int(rejected.sum()))
+    oos_recall = _ratio(int((oos & rejected).sum()), n_oos)
+    tp, support, predicted = per_route_counts(y_true, y_pred, n_routes)
+    return Figures(
+        accuracy=_ratio(int(correct.sum()), n),
+        in_scope_accuracy=_ratio(int((correct & ~oos).sum()), n - n_oos),
+        oos_precision=oos_precision,
+        oos_recall=oos_recall,
+        oos_f1=_f1(oos_precision, oos_recall) if n_oos else None,
+        macro_f1=macro_f1_from_counts(tp, support, predicted),
+        rows=n,
+        in_scope=n - n_oos,
+        out_of_scope=n_oos,
+    )
+
+
+def label_indexes(labels: Sequence[str | None], names: Sequence[str]) -> NDArray[np.int64]:
+    """Route index of each label (``NONE`` for ``None``).
+
+    Raises:
+        InvalidInputError: a label is not a string or ``None``, or names no route.
+    """
+    position = {name: i for i, name in enumerate(names)}
+    out = np.empty(len(labels), dtype=np.int64)
+    unknown: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        if label is None:
+            out[i] = NONE
+        elif not isinstance(label, str):
+            msg = f"label {i} must be a route name or None, got {type(label).__name__}"
+            raise InvalidInputError(msg)
+        elif label in position:
+            out[i] = position[label]
+        else:
+            unknown.setdefault(label, i)
+    if unknown:
+        shown = ", ".join(f"{k!r} (row {v})" for k, v in list(unknown.items())[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        msg = (
+            f"{len(unknown)} labels name no route of this router: {shown}{more}; add those "
+            "routes first (for example with routes_from_labelled or 'synaptoroute import'), "
+            "or label such rows null (out of scope)"
+        )
+        raise InvalidInputError(msg)
+    return out
+
+
+def check_labelled(texts: Sequence[str], labels: Sequence[str | None]) -> None:
+    """Validate parallel texts and labels.
+
+    Raises:
+        InvalidInputError: lengths differ, there are no rows, or a text is not a string.
+    """
+    if isinstance(texts, str):
+        msg = "texts must be a list of strings, not a str"
+        raise InvalidInputError(msg)
+    if len(texts) != len(labels):
+        msg = f"texts and labels differ in length ({len(texts)} != {len(labels)})"
+        raise InvalidInputError(msg)
+    if not texts:
+        msg = "no labelled rows given"
+        raise InvalidInputError(msg)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            msg = f"text {i} must be a string, got {type(text).__name__}"
+            raise InvalidInputError(msg)
+
+
+@dataclass
+class EvaluationReport:
+    """What :func:`evaluate_router` found. ``to_json()`` and ``plot(path)`` export it."""
+
+    figures: Figures
+    per_route: dict[str, RouteFigures]
+    confused_pairs: list[ConfusedPair]
+    misrouted: list[Misrouted]
+    routes: list[str]
+    confusion: NDArray[np.int64] = field(repr=False)  # (routes + none) x (routes + none)
+    scores: NDArray[np.float64] = field(repr=False)  # RouteMatch.score of each row
+    outcomes: NDArray[np.int8] = field(repr=False)  # 0 correct, 1 wrong, 2 out of scope
+
+    @property
+    def accuracy(self) -> float | None:
+        """Share of rows routed as labelled (a rejected out-of-scope row counts as right)."""
+        return self.figures.accuracy
+
+    @property
+    def in_scope_accuracy(self) -> float | None:
+        """Share of in-scope rows routed to their route."""
+        return self.figures.in_scope_accuracy
+
+    @property
+    def oos_recall(self) -> float | None:
+        """Share of out-of-scope rows given no route."""
+        return self.figures.oos_recall
+
+    @property
+    def macro_f1(self) -> float | None:
+        """Mean F1 of the routes that occur as a label or a prediction."""
+        return self.figures.macro_f1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the confusion matrix and raw score arrays, JSON-ready."""
+        return {
+            **asdict(self.figures),
+            "per_route": {name: asdict(f) for name, f in self.per_route.items()},
+            "confused_pairs": [asdict(p) for p in self.confused_pairs],
+            "misrouted": [asdict(m) for m in self.misrouted],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as a JSON string."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=indent)
+
+    def __str__(self) -> str:
+        f = self.figures
+        lines = [f"rows {f.rows} (in scope {f.in_scope}, out of scope {f.out_of_scope})"]
+        for key in (
+            "accuracy",
+            "in_scope_accuracy",
+            "oos_precision",
+            "oos_recall",
+            "oos_f1",
+            "macro_f1",
+        ):
+            value = getattr(f, key)
+            lines.append(f"{key:18} {'-' if value is None else f'{value:.4f}'}")
+        if self.confused_pairs:
+            lines.append("most confused (label -> predicted: count):")
+            for p in self.confused_pairs[:10]:
+                lines.append(f"  {p.label or '(none)'} -> {p.predicted or '(none)'}: {p.count}")
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path) -> Path:
+        """Write a PNG: a confusion heatmap and the score distributions of correct,
+        wrong and out-of-scope queries.
+
+        Raises:
+            MissingDependencyError: matplotlib is not installed (extra ``plot``).
+        """
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError as exc:
+            msg = f"plotting needs matplotlib: {_PLOT_HINT}"
+            raise MissingDependencyError(msg) from exc
+        out = Path(path)
+        fig = Figure(figsize=(14, 6.5), dpi=110)
+        FigureCanvasAgg(fig)
+        ax_heat, ax_hist = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1]})
+        ticks = [*self.routes, "(none)"]
+        # Rows normalised by label count, so small routes are as visible as large ones.
+        totals = self.confusion.sum(axis=1, keepdims=True)
+        shares = np.divide(
+            self.confusion, totals, out=np.zeros(self.confusion.shape), where=totals > 0
+        )
+        image = ax_heat.imshow(shares, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        fig.colorbar(image, ax=ax_heat, fraction=0.046, pad=0.04, label="share of label's rows")
+        if len(ticks) <= 40:
+            ax_heat.set_xticks(range(len(ticks)), ticks, rotation=90, fontsize=7)
+            ax_heat.set_yticks(range(len(ticks)), ticks, fontsize=7)
+        ax_heat.set_xlabel("predicted route")
+        ax_heat.set_ylabel("label")
+        acc = self.figures.accuracy
+        ax_heat.set_title(f"confusion ({len(self.routes)} routes; accuracy {acc or 0:.3f})")
+        bins = np.linspace(
+            min(0.0, float(self.scores.min(initial=0.0))),
+            max(1.0, float(self.scores.max(initial=1.0))),
+            41,
+        )
+        for code, label, color in (
+            (0, "correct", "tab:green"),
+            (1, "wrong (in scope)", "tab:red"),
+            (2, "out of scope", "tab:gray"),
+        ):
+            values = self.scores[self.outcomes == code]
+            if len(values):
+                ax_hist.hist(
+                    values, bins=bins, alpha=0.55, color=color, label=f"{label} ({len(values)})"
+                )
+        ax_hist.set_xlabel("score of the best route (cosine similarity)")
+        ax_hist.set_ylabel("queries")
+        ax_hist.set_title("score distributions")
+        ax_hist.legend()
+        fig.tight_layout()
+        fig.savefig(out, format="png")
+        return out
+
+
+def evaluate_matches(
+    texts: Sequence[str],
+    labels: Sequence[str | None],
+    matches: Sequence[RouteMatch],
+    routes: Sequence[str],
+    *,
+    top_pairs: int = 20,
+) -> EvaluationReport:
+    """Build a report from routing results that are already known.
+
+    Args:
+        texts: the queries.
+        labels: the expected route of each (``None``: no route).
+        matches: what the router returned for each.
+        routes: every route name (the report's route order).
+        top_pairs: how many confused pairs to keep.
+    """
+    check_labelled(texts, labels)
+    if len(matches) != len(texts):
+        msg = f"texts and matches differ in length ({len(texts)} != {len(matches)})"
+        raise InvalidInputError(msg)
+    names = list(routes)
+    y_true = label_indexes(labels, names)
+    y_pred = label_indexes([m.name for m in matches], names)
+    n_routes = len(names)
+    headline = figures(y_true, y_pred, n_routes)
+    tp, support, predicted = per_route_counts(y_true, y_pred, n_routes)
+    per_route = {}
+    for i, name in enumerate(names):
+        if support[i] == 0 and predicted[i] == 0:
+            continue
+        precision = tp[i] / predicted[i] if predicted[i] else 0.0
+        recall = tp[i] / support[i] if support[i] else 0.0
+        per_route[name] = RouteFigures(
+            precision=float(precision),
+            recall=float(recall),
+            f1=float(2 * tp[i] / (support[i] + predicted[i])),
+            support=int(support[i]),
+            predicted=int(predicted[i]),
+        )
+    # Column n_routes of the confusion matrix stands for "none".
+    true_col = np.where(y_true == NONE, n_routes, y_true)
+    pred_col = np.where(y_pred == NONE, n_routes, y_pred)
+    confusion = np.zeros((n_routes + 1, n_routes + 1), dtype=np.int64)
+    np.add.at(confusion, (true_col, pred_col), 1)
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None, kind="stable")[:top_pairs]
+    pairs = []
+    for cell in flat.tolist():
+        t, p = divmod(cell, n_routes + 1)
+        if off[t, p] == 0:
+            break
+        pairs.append(
+            ConfusedPair(
+                label=names[t] if t < n_routes else None,
+                predicted=names[p] if p < n_routes else None,
+                count=int(off[t, p]),
+            )
+        )
+    misrouted = [
+        Misrouted(
+            index=i,
+            text=texts[i],
+            label=labels[i],
+            predicted=m.name,
+            candidate=m.candidate,
+            score=m.score,
+            confidence=m.confidence,
+            reason=m.reason,
+            runner_up=m.runner_up,
+            runner_up_score=m.runner_up_score,
+        )
+        for i, m in enumerate(matches)
+        if y_true[i] != y_pred[i]
+    ]
+    outcomes = np.where(y_true == NONE, 2, np.where(y_true == y_pred, 0, 1)).astype(np.int8)
+    return EvaluationReport(
+        figures=headline,
+        per_route=per_route,
+        confused_pairs=pairs,
+        misrouted=misrouted,
+        routes=names,
+        confusion=confusion,
+        scores=np.array([m.score for m in matches], dtype=np.float64),
+        outcomes=outcomes,
+    )
+
+
+def evaluate_router(
+    router: AdaptiveRouter,
+    texts: Sequence[str],
+    labels: Sequence[str | None],
+    *,
+    batch_size: int = 256,
+    top_pairs: int = 20,
+) -> EvaluationReport:
+    """Route ``texts`` with ``router`` (its normal query path) and compare with ``labels``.
+
+    Args:
+        router: the router to evaluate; nothing in it changes (its query cache fills).
+        texts: the queries.
+        labels: the expected route of each; ``None`` for texts that fit no route.
+        batch_size: texts per ``query_batch`` call.
+        top_pairs: how many confused pairs to keep.
+
+    Raises:
+        InvalidInputError: lengths differ, or a label names no route of the router.
+    """
+    check_labelled(texts, labels)
+    names = router.route_names
+    label_indexes(labels, names)  # fail before any encoding
+    matches: list[RouteMatch] = []
+    for start in range(0, len(texts), batch_size):
+        matches.extend(router.query_batch(list(texts[start : start + batch_size])))
+    return evaluate_matches(texts, labels, matches, names, top_pairs=top_pairs)

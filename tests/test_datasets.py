@@ -1,0 +1,88 @@
+"""JSON-lines loading: valid files, and malformed lines reported by line number."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synaptoroute import InvalidInputError
+from synaptoroute.datasets import DatasetError, load_jsonl
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def write(tmp_path: Path, content: bytes | str) -> Path:
+    path = tmp_path / "data.jsonl"
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    path.write_bytes(content)
+    return path
+
+
+def test_loads_texts_and_labels_in_order(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '\ufeff{"text": "I need a refund", "label": "billing", "id": 7}\n'
+        "\n"
+        '{"text": "what is the weather", "label": null}\n'
+        '   \n{"text": "crash", "label": " support "}',
+    )
+    texts, labels = load_jsonl(path)
+    assert texts == ["I need a refund", "what is the weather", "crash"]
+    assert labels == ["billing", None, "support"]
+
+
+def test_loads_the_fixture_slice() -> None:
+    texts, labels = load_jsonl(FIXTURES / "clinc150_val_slice.jsonl")
+    assert len(texts) == len(labels) == 440
+    assert labels.count(None) == 40
+
+
+def test_malformed_lines_are_reported_by_number(tmp_path: Path) -> None:
+    lines = [
+        b'{"text": "fine", "label": "a"}',  # 1
+        b'{"text": "no closing brace", "label": "a"',  # 2
+        b'["text", "label"]',  # 3
+        b'{"label": "a"}',  # 4
+        b'{"text": "no label"}',  # 5
+        b'{"text": 42, "label": "a"}',  # 6
+        b'{"text": "  ", "label": "a"}',  # 7
+        b'{"text": "x", "label": 3}',  # 8
+        b'{"text": "x", "label": ""}',  # 9
+        b'{"text": "caf\xe9", "label": "a"}',  # 10: Latin-1, not UTF-8
+        b'{"text": "also fine", "label": null}',  # 11
+    ]
+    path = write(tmp_path, b"\n".join(lines) + b"\n")
+    with pytest.raises(DatasetError) as caught:
+        load_jsonl(path)
+    err = caught.value
+    assert isinstance(err, InvalidInputError) and isinstance(err, ValueError)
+    assert [n for n, _ in err.errors] == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    problems = dict(err.errors)
+    assert "invalid JSON" in problems[2]
+    assert "JSON object" in problems[3]
+    assert "'text'" in problems[4]
+    assert "'label'" in problems[5] and "null" in problems[5]
+    assert "string" in problems[6]
+    assert "empty" in problems[7]
+    assert "string or null" in problems[8]
+    assert "empty" in problems[9]
+    assert "UTF-8" in problems[10]
+    message = str(err)
+    assert str(path) in message and "9 malformed lines" in message
+    assert "line 2:" in message and "line 10:" in message
+    assert "and 0 more" not in message
+
+
+def test_many_errors_are_summarised(tmp_path: Path) -> None:
+    path = write(tmp_path, "not json\n" * 25)
+    with pytest.raises(DatasetError, match=r"25 malformed lines: line 1: .*; and 15 more"):
+        load_jsonl(path)
+
+
+def test_empty_file_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no labelled rows"):
+        load_jsonl(write(tmp_path, "\n\n"))
+    with pytest.raises(FileNotFoundError):
+        load_jsonl(tmp_path / "absent.jsonl")

@@ -1,0 +1,415 @@
+"""Fitting: exact threshold search, the head, calibration, persistence, route changes.
+
+Real model and real SQLite files, on the CLINC150 fixture slices (20 intents + out of
+scope). The routes are built once into a store that each test copies, so no test
+re-encodes the 600 route utterances.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synaptoroute import (
+    AdaptiveRouter,
+    Encoder,
+    InvalidInputError,
+    MissingDependencyError,
+    Route,
+    SQLiteStorage,
+)
+from synaptoroute.decision import DecisionPolicy
+from synaptoroute.evaluation import NONE, figures
+from synaptoroute.fitting import (
+    FitReport,
+    _isotonic,
+    _layout,
+    _platt,
+    _policy_predictions,
+    _rank,
+    _route_scores,
+    _Scored,
+    _search,
+    routes_from_labelled,
+)
+
+Rows = list[dict[str, str | None]]
+
+
+class CountingEncoder:
+    """The real encoder, recording every text it is asked to encode."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+        self.texts: list[str] = []
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.texts.extend(texts)
+        return self.inner.encode(texts)
+
+
+def split(rows: Rows) -> tuple[list[str], list[str | None]]:
+    return [str(r["text"]) for r in rows], [r["label"] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def base_store(
+    tmp_path_factory: pytest.TempPathFactory, encoder: Encoder, clinc_train: Rows
+) -> Path:
+    """A store holding one route per intent of the train slice (encoded once)."""
+    path = tmp_path_factory.mktemp("fit") / "routes.db"
+    router = AdaptiveRouter(encoder, SQLiteStorage(path))
+    router.add_routes(routes_from_labelled(*split(clinc_train)))
+    router.close()
+    return path
+
+
+@pytest.fixture
+def open_router(
+    base_store: Path, tmp_path: Path, encoder: Encoder
+) -> Iterator[Callable[..., AdaptiveRouter]]:
+    """Open a router on a private copy of the base store (same file on each call)."""
+    path = tmp_path / "routes.db"
+    shutil.copy(base_store, path)
+    opened: list[AdaptiveRouter] = []
+
+    def make(**kwargs: object) -> AdaptiveRouter:
+        enc = kwargs.pop("encoder", encoder)
+        router = AdaptiveRouter(enc, SQLiteStorage(path), **kwargs)  # type: ignore[arg-type]
+        opened.append(router)
+        return router
+
+    yield make
+    for router in opened:
+        router.close()
+
+
+def predicted(router: AdaptiveRouter, texts: list[str]) -> list[str | None]:
+    return [m.name for m in router.query_batch(texts)]
+
+
+def test_routes_from_labelled_groups_and_skips_out_of_scope() -> None:
+    routes = routes_from_labelled(
+        ["a refund please", "hi", "money back", " hi ", "weather?"],
+        ["billing", "greet", "billing", "greet", None],
+    )
+    assert routes == [
+        Route(name="billing", utterances=["a refund please", "money back"]),
+        Route(name="greet", utterances=["hi"]),
+    ]
+    with pytest.raises(InvalidInputError, match="differ in length"):
+        routes_from_labelled(["a"], [])
+    with pytest.raises(InvalidInputError, match="label 0"):
+        routes_from_labelled(["a"], [""])
+
+
+def test_fit_repairs_a_misset_threshold(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows, clinc_val: Rows
+) -> None:
+    router = open_router(threshold=0.95)  # deliberately far too strict
+    val_texts, val_labels = split(clinc_val)
+    before = router.evaluate(val_texts, val_labels)
+    assert before.accuracy is not None and before.accuracy < 0.3
+
+    report = router.fit(*split(clinc_train), head=False)
+
+    assert isinstance(report, FitReport)
+    assert report.decision == "thresholds"
+    assert report.threshold[0] == 0.95 and report.threshold[1] < 0.8
+    assert report.before.accuracy is not None and report.after.accuracy is not None
+    assert report.after.accuracy > report.before.accuracy + 0.4
+    after = router.evaluate(val_texts, val_labels)
+    assert after.accuracy is not None and after.accuracy > before.accuracy + 0.5
+    assert after.accuracy > 0.85
+    # The report is JSON-ready and names the figures flat for the CLI.
+    data = report.to_dict()
+    assert data["accuracy_after"] == report.after.accuracy
+    assert "before" in str(report) and "after" in str(report)
+
+
+def test_fit_reuses_stored_vectors(
+    open_router: Callable[..., AdaptiveRouter], encoder: Encoder, clinc_train: Rows
+) -> None:
+    counting = CountingEncoder(encoder)
+    router = open_router(encoder=counting)
+    texts, labels = split(clinc_train)
+    report = router.fit(texts, labels, head=False)
+    out_of_scope = [t for t, label in zip(texts, labels, strict=True) if label is None]
+    # Only the texts that are not route utterances (here the out-of-scope rows) are encoded.
+    assert sorted(counting.texts) == sorted(out_of_scope)
+    assert report.encoded == len(out_of_scope)
+    assert report.reused_vectors == len(texts) - len(out_of_scope)
+
+
+def test_out_of_scope_rows_are_rejected_after_fitting(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows, clinc_val: Rows
+) -> None:
+    router = open_router(threshold=-1.0)  # accepts everything: no out-of-scope detection
+    val_texts, val_labels = split(clinc_val)
+    oos = [t for t, label in zip(val_texts, val_labels, strict=True) if label is None]
+    assert all(name is not None for name in predicted(router, oos))
+
+    report = router.fit(*split(clinc_train), objective="oos_recall", target_oos_recall=0.9)
+
+    assert report.objective == "oos_recall" and report.target_oos_recall == 0.9
+    rejected = [name is None for name in predicted(router, oos)]
+    assert sum(rejected) / len(oos) >= 0.75
+    scores = router.evaluate(val_texts, val_labels)
+    assert scores.in_scope_accuracy is not None and scores.in_scope_accuracy >= 0.85
+
+
+def test_head_decides_explainably(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows, clinc_val: Rows
+) -> None:
+    router = open_router()
+    report = router.fit(*split(clinc_train), head=True)
+    assert report.decision == "head" and report.head is not None
+    head = router.policy.head
+    assert head is not None and head.has_oos
+    val_texts, val_labels = split(clinc_val)
+    matches = router.query_batch(val_texts)
+    in_scope = [
+        m.name == label for m, label in zip(matches, val_labels, strict=True) if label is not None
+    ]
+    assert sum(in_scope) / len(in_scope) >= 0.9
+    rejected = [m for m in matches if m.reason == "rejected_by_head"]
+    assert rejected, "some out-of-scope rows should be rejected by the head"
+    for m in matches:
+        assert m.confidence is not None and 0.0 <= m.confidence <= 1.0
+        assert m.threshold == head.cut
+        assert m.candidate is not None and -1.0 <= m.score <= 1.0
+        if m.reason == "matched":
+            assert m.name == m.candidate and m.confidence >= head.cut
+        else:
+            assert m.reason == "rejected_by_head"
+            assert m.name is None and m.confidence < head.cut
+
+
+def test_fitted_state_survives_reopening(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows, clinc_val: Rows
+) -> None:
+    router = open_router()
+    router.fit(*split(clinc_train), head=True)
+    val_texts, _ = split(clinc_val)
+    expected = [m.model_dump() for m in router.query_batch(val_texts)]
+    policy = router.policy
+    router.close()
+
+    fresh = open_router()  # a new router on the same SQLite file
+    assert fresh.policy.head is not None and policy.head is not None
+    assert np.array_equal(fresh.policy.head.weights, policy.head.weights)
+    assert fresh.policy.thresholds == policy.thresholds
+    assert [m.model_dump() for m in fresh.query_batch(val_texts)] == expected
+
+
+def test_fit_predicts_exactly_what_the_router_does(
+    open_router: Callable[..., AdaptiveRouter],
+    encoder: Encoder,
+    clinc_train: Rows,
+    clinc_val: Rows,
+) -> None:
+    """The fit's vectorised decisions equal ``decide`` on every query path."""
+    val_texts, _ = split(clinc_val)
+    vectors = encoder.encode(val_texts)
+    for aggregation, use_head in (("max", True), ("mean_topk", True), ("centroid", False)):
+        router = open_router(aggregation=aggregation)
+        router.fit(*split(clinc_train), head=use_head, per_route=True, folds=2)
+        assert (router.policy.head is not None) == use_head
+        snapshot = router._index.snapshot()
+        layout = _layout(snapshot)
+        ids, vals = _rank(_route_scores(snapshot, layout, vectors, val_texts), 5)
+        data = _Scored(ids, vals, np.zeros(len(val_texts), dtype=np.int64), len(layout.names))
+        fixed = np.full(len(layout.names), np.nan)
+        rows = np.arange(len(val_texts))
+        sim = _policy_predictions(router.policy, data, rows, layout.names, fixed, vectors)
+        simulated = [None if p == NONE else layout.names[p] for p in sim]
+        assert predicted(router, val_texts) == simulated, aggregation
+
+
+def test_routes_changed_after_fit_keep_the_router_consistent(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows
+) -> None:
+    router = open_router()
+    router.fit(*split(clinc_train), head=True, per_route=True)
+    fitted = dict(router.policy.thresholds)
+    assert router.policy.head is not None and fitted
+    victim = next(iter(fitted))
+
+    with pytest.warns(UserWarning, match="head was dropped"):
+        router.delete_route(victim)
+    assert router.policy.head is None
+    assert victim not in router.policy.thresholds
+    assert {k: v for k, v in fitted.items() if k != victim} == dict(router.policy.thresholds)
+    assert router.query("what's the exchange rate for euros").reason in (
+        "matched",
+        "below_threshold",
+    )
+    # Adding a route without a head to drop does not warn.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        router.add_route(Route(name="greeting", utterances=["hello there", "hi"]))
+    router.close()
+    reopened = open_router()
+    assert reopened.policy.head is None
+    assert reopened.policy.thresholds == router.policy.thresholds
+
+
+def test_fit_validates_before_changing_anything(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows
+) -> None:
+    router = open_router()
+    policy = router.policy
+    texts, labels = split(clinc_train)
+    with pytest.raises(InvalidInputError, match="no_such_route"):
+        router.fit(texts[:3], ["no_such_route", None, None])
+    with pytest.raises(InvalidInputError, match="differ in length"):
+        router.fit(texts, labels[:-1])
+    with pytest.raises(InvalidInputError, match="out-of-scope rows"):
+        in_scope = [(t, lab) for t, lab in zip(texts, labels, strict=True) if lab is not None]
+        router.fit([t for t, _ in in_scope], [lab for _, lab in in_scope], objective="oos_recall")
+    with pytest.raises(InvalidInputError, match="objective"):
+        router.fit(texts, labels, objective="precision")
+    assert router.policy is policy
+
+
+def test_head_needs_the_fit_extra(
+    open_router: Callable[..., AdaptiveRouter],
+    clinc_train: Rows,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)  # import now fails
+    router = open_router()
+    with pytest.raises(MissingDependencyError, match=r"synaptoroute\[fit\]"):
+        router.fit(*split(clinc_train), head=True)
+    with pytest.warns(UserWarning, match="no head was tried"):
+        report = router.fit(*split(clinc_train))
+    assert report.decision == "thresholds" and "head" not in report.candidates
+
+
+def test_similarity_confidence_is_calibrated(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows, clinc_val: Rows
+) -> None:
+    router = open_router()
+    router.fit(*split(clinc_train), head=False)
+    assert router.policy.calibrator is not None
+    val_texts, val_labels = split(clinc_val)
+    matches = router.query_batch(val_texts)
+    confidence = np.array([m.confidence for m in matches], dtype=float)
+    right = np.array([m.candidate == label for m, label in zip(matches, val_labels, strict=True)])
+    # Read as "probability that the best route is right", on unseen rows.
+    assert abs(confidence.mean() - right.mean()) < 0.1
+    order = np.argsort([m.score for m in matches])
+    assert np.all(np.diff(confidence[order]) >= -1e-12)  # monotone in the score
+
+
+# -- the exact search, against brute force (pure algorithm) ----------------------------
+def brute_force(
+    values: np.ndarray, cand: np.ndarray, y: np.ndarray, n_routes: int, objective: str
+) -> float:
+    """Best objective over every assignment of per-route cuts among occurring values."""
+    per_route = [np.r_[np.inf, np.unique(values[cand == r])] for r in range(n_routes)]
+    best = -1.0
+    for cuts in itertools.product(*per_route):
+        pred = np.where(values >= np.array(cuts)[cand], cand, NONE)
+        fig = figures(y, pred, n_routes)
+        value = fig.accuracy if objective == "accuracy" else fig.macro_f1
+        best = max(best, value or 0.0)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("objective", ["accuracy", "macro_f1"])
+def test_per_route_search_is_exact(seed: int, objective: str) -> None:
+    rng = np.random.default_rng(seed)
+    n, n_routes = 14, 3
+    values = np.round(rng.uniform(0, 1, n), 1)  # rounding makes ties
+    cand = rng.integers(0, n_routes, n)
+    y = np.where(rng.uniform(size=n) < 0.6, cand, rng.integers(-1, n_routes, n))
+    everywhere = np.ones(n, dtype=bool)
+    nowhere = np.full(n, NONE)
+    found = _search(
+        values, cand, y, everywhere, nowhere, cand, n_routes, n_routes,
+        objective, 0.9, objective == "macro_f1",  # type: ignore[arg-type]
+    )  # fmt: skip
+    fig = figures(y, found.pred, n_routes)
+    value = fig.accuracy if objective == "accuracy" else fig.macro_f1
+    assert value == pytest.approx(brute_force(values, cand, y, n_routes, objective))
+    # The cuts reproduce the predictions.
+    again = np.where(values >= found.cut[cand], cand, NONE)
+    assert np.array_equal(again, found.pred)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_global_macro_f1_search_is_exact(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n, n_routes = 30, 4
+    values = np.round(rng.uniform(0, 1, n), 2)
+    cand = rng.integers(0, n_routes, n)
+    y = np.where(rng.uniform(size=n) < 0.5, cand, rng.integers(-1, n_routes, n))
+    zeros = np.zeros(n, dtype=np.int64)
+    found = _search(
+        values, cand, y, np.ones(n, dtype=bool), np.full(n, NONE), zeros, 1, n_routes,
+        "macro_f1", 0.9, False,
+    )  # fmt: skip
+    best = max(
+        figures(y, np.where(values >= cut, cand, NONE), n_routes).macro_f1 or 0.0
+        for cut in np.r_[np.inf, np.unique(values)]
+    )
+    assert figures(y, found.pred, n_routes).macro_f1 == pytest.approx(best)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.75, 1.0])
+def test_target_recall_search_meets_the_target(target: float) -> None:
+    rng = np.random.default_rng(1)
+    n, n_routes = 200, 5
+    cand = rng.integers(0, n_routes, n)
+    y = np.where(rng.uniform(size=n) < 0.8, cand, NONE)
+    values = rng.normal(0.6, 0.1, n) - 0.15 * (y == NONE)
+    found = _search(
+        values, cand, y, np.ones(n, dtype=bool), np.full(n, NONE), cand, n_routes, n_routes,
+        "oos_recall", target, False,
+    )  # fmt: skip
+    fig = figures(y, found.pred, n_routes)
+    assert fig.oos_recall is not None and fig.oos_recall >= target
+    # A single global cut meeting the target does no better in scope.
+    best = max(
+        f.in_scope_accuracy or 0.0
+        for cut in np.unique(values)
+        if (f := figures(y, np.where(values >= cut, cand, NONE), n_routes)).oos_recall
+        and f.oos_recall >= target
+    )
+    assert fig.in_scope_accuracy is not None and fig.in_scope_accuracy >= best - 1e-12
+
+
+def test_isotonic_and_platt_calibrators() -> None:
+    x = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    y = np.array([0.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+    iso = _isotonic(x, y)
+    # Pool-adjacent-violators: (0.2, 0.3) pool to 0.5, the rest stay.
+    assert iso(x).tolist() == pytest.approx([0.0, 0.5, 0.5, 1.0, 1.0, 1.0])
+    assert np.all(np.diff(iso(np.linspace(0, 1, 50))) >= 0)
+    platt = _platt(x, y, logit_input=False)
+    out = platt(x)
+    assert np.all(np.diff(out) > 0) and 0 < out[0] < out[-1] < 1
+    assert platt.to_state() == type(platt).from_state(platt.to_state()).to_state()
+
+
+def test_policy_state_round_trip_without_fit() -> None:
+    policy = DecisionPolicy(threshold=0.4, min_margin=0.02, thresholds={"a": 0.3})
+    again = DecisionPolicy.from_state(policy.to_state(), DecisionPolicy(0.5))
+    assert again == policy
