@@ -118,11 +118,15 @@ async def _client(port: int, concurrency: int, texts: list[str]) -> dict[str, An
     }
 
 
-async def _inprocess(routes_file: str, concurrency: int, texts: list[str]) -> dict[str, Any]:
-    from synaptoroute import AdaptiveRouter
+async def _inprocess(
+    routes_file: str, concurrency: int, texts: list[str], threads: int | None, spin: bool
+) -> dict[str, Any]:
+    from synaptoroute import AdaptiveRouter, Encoder
     from synaptoroute.server.routes_file import apply_routes, load_routes_file
 
-    router = AdaptiveRouter()
+    # The server's encoder settings (its defaults: every core, no spinning), so the
+    # ratio measures the HTTP layer and nothing else.
+    router = AdaptiveRouter(Encoder(threads=threads, spin=spin))
     apply_routes(router, load_routes_file(routes_file))
     router.encoder.encode(["warm-up"])
     shares = [texts[i::concurrency] for i in range(concurrency)]
@@ -153,7 +157,9 @@ def _child(args: argparse.Namespace) -> None:
     if args.role == "client":
         result = asyncio.run(_client(args.port, args.concurrency, texts))
     else:
-        result = asyncio.run(_inprocess(args.routes_file, args.concurrency, texts))
+        result = asyncio.run(
+            _inprocess(args.routes_file, args.concurrency, texts, args.threads, args.spin)
+        )
     print(json.dumps(result))
 
 
@@ -171,7 +177,11 @@ def _run_child(role: str, concurrency: int, texts: list[str], tmp: Path, **extra
         str(path),
     ]
     for key, value in extra.items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        if value is True:
+            cmd.append(flag)
+        elif value not in (False, None):
+            cmd += [flag, str(value)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -199,7 +209,8 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 64, 512])
     parser.add_argument("--counts", type=int, nargs="+", default=[800, 4000, 3000])
     parser.add_argument("--rounds", type=int, default=3, help="HTTP/in-process pairs at the top")
-    parser.add_argument("--threads", type=int, default=None, help="server's ONNX threads")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX threads (both sides)")
+    parser.add_argument("--spin", action="store_true", help="ONNX spinning (both sides)")
     parser.add_argument("--role", choices=("client", "inprocess"), help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--texts", help=argparse.SUPPRESS)
@@ -245,6 +256,8 @@ def main() -> None:
         ]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        if args.spin:
+            cmd.append("--spin")
         server = subprocess.Popen(cmd, cwd=REPO_ROOT, env={**os.environ})
         results: list[dict[str, Any]] = []
         pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
@@ -260,7 +273,15 @@ def main() -> None:
             extra = slices[len(args.levels) :]
             for i, texts in enumerate([slices[len(args.levels) - 1], *extra]):
                 http = results[-1] if i == 0 else _run_child("client", top, texts, tmp, port=port)
-                base = _run_child("inprocess", top, texts, tmp, routes_file=routes_file)
+                base = _run_child(
+                    "inprocess",
+                    top,
+                    texts,
+                    tmp,
+                    routes_file=routes_file,
+                    threads=args.threads,
+                    spin=args.spin,
+                )
                 pairs.append((http, base))
                 print(json.dumps({"round": i, "http": http, "inprocess": base}), flush=True)
         finally:

@@ -398,6 +398,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout,
         drain_timeout=args.drain_timeout,
         encoder_threads=args.threads,
+        encoder_spin=args.spin,
         log_level=args.log_level,
     )
     settings.check_safe()
@@ -579,6 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for requests"
     )
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument(
+        "--spin",
+        action="store_true",
+        help="let ONNX Runtime threads spin between batches (lower latency on an idle machine, "
+        "less CPU for HTTP)",
+    )
     p.add_argument(
         "--log-level",
         default="info",

@@ -94,7 +94,7 @@ def build_router(settings: ServerSettings) -> AdaptiveRouter:
     storage: Storage = SQLiteStorage(settings.store) if settings.store else MemoryStorage()
     try:
         return AdaptiveRouter(
-            Encoder(threads=settings.encoder_threads),
+            Encoder(threads=settings.encoder_threads, spin=settings.encoder_spin),
             storage,
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,

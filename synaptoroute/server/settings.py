@@ -42,6 +42,9 @@ class ServerSettings(BaseModel):
         drain_timeout: seconds SIGTERM waits for requests in flight.
         max_batch_size, max_wait_ms, max_queue_size: the router's batching worker.
         encoder_threads: ONNX Runtime threads (default: every core).
+        encoder_spin: let ONNX Runtime threads spin between batches. Off by default:
+            spinning takes the cores that the event loop needs to parse requests
+            (measured in ``benchmarks/http_service.py``).
         log_level: uvicorn's log level.
 
     Example:
@@ -65,6 +68,7 @@ class ServerSettings(BaseModel):
     max_wait_ms: float = Field(default=0.0, ge=0)
     max_queue_size: int = Field(default=10_000, ge=1)
     encoder_threads: int | None = Field(default=None, ge=1)
+    encoder_spin: bool = False
     log_level: str = "info"
 
     @classmethod
