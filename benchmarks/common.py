@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, thread_time
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,6 +42,7 @@ __all__ = [
     "percentile",
     "summarize_ms",
     "time_ms",
+    "time_wall_cpu_ms",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -154,6 +155,17 @@ def time_ms(fn: Callable[[], object]) -> float:
     start = perf_counter()
     fn()
     return (perf_counter() - start) * 1000.0
+
+
+def time_wall_cpu_ms(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall time and the calling thread's CPU time of one call of ``fn``, in milliseconds.
+
+    On a busy machine the CPU time leaves out the time the thread waited for a core,
+    so it estimates the cost on an idle machine (for single-threaded work only).
+    """
+    wall, cpu = perf_counter(), thread_time()
+    fn()
+    return (perf_counter() - wall) * 1000.0, (thread_time() - cpu) * 1000.0
 
 
 class PrecomputedEncoder:
