@@ -584,12 +584,15 @@ def _isotonic(x: NDArray[np.float64], y: NDArray[np.float64]) -> Calibrator:
             prev[3] = merged[3]
     xs: list[float] = []
     ys: list[float] = []
+    # Like Platt's smoothed targets: a finite sample never shows certainty.
+    low, high = 1 / (len(x) + 2), (len(x) + 1) / (len(x) + 2)
     for sum_y, sum_w, first, last in blocks:
+        value = min(max(sum_y / sum_w, low), high)
         xs.append(float(first))
-        ys.append(sum_y / sum_w)
+        ys.append(value)
         if last > first:
             xs.append(float(last))
-            ys.append(sum_y / sum_w)
+            ys.append(value)
     return Calibrator("isotonic", tuple(xs), tuple(ys))
 
 
@@ -954,6 +957,11 @@ def fit_router(
         changed = _threshold_changes(old, new_policy, names, fixed)
         router.set_policy(new_policy)
 
+    if old.head is not None:
+        notes.append(
+            "'before' includes the previous head, which was probably trained on these "
+            "rows: its figures are in-sample and flattering"
+        )
     if any(not np.isnan(v) for v in fixed):
         notes.append(
             "routes with their own threshold (Route.threshold) kept it; clear it with "

@@ -400,8 +400,8 @@ def test_isotonic_and_platt_calibrators() -> None:
     x = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     y = np.array([0.0, 1.0, 0.0, 1.0, 1.0, 1.0])
     iso = _isotonic(x, y)
-    # Pool-adjacent-violators: (0.2, 0.3) pool to 0.5, the rest stay.
-    assert iso(x).tolist() == pytest.approx([0.0, 0.5, 0.5, 1.0, 1.0, 1.0])
+    # Pool-adjacent-violators: (0.2, 0.3) pool to 0.5; the ends are kept off 0 and 1.
+    assert iso(x).tolist() == pytest.approx([1 / 8, 0.5, 0.5, 7 / 8, 7 / 8, 7 / 8])
     assert np.all(np.diff(iso(np.linspace(0, 1, 50))) >= 0)
     platt = _platt(x, y, logit_input=False)
     out = platt(x)
