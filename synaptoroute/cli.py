@@ -39,8 +39,8 @@ from .exceptions import (
     SynaptorouteError,
 )
 from .models import Route
+from .postgres import is_database_url, open_storage
 from .router import AdaptiveRouter
-from .storage import SQLiteStorage
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -140,10 +140,11 @@ def _store_path(args: argparse.Namespace) -> str:
 
 def _open_router(args: argparse.Namespace, *, create: bool) -> AdaptiveRouter:
     path = _store_path(args)
-    if not create and path != ":memory:" and not Path(path).expanduser().exists():
+    remote = is_database_url(path)
+    if not create and not remote and path != ":memory:" and not Path(path).expanduser().exists():
         msg = f"no store at {path!r}; create one with 'synaptoroute import' or 'routes add'"
         raise BadInput(msg)
-    storage = SQLiteStorage(path)
+    storage = open_storage(path)
     try:
         return AdaptiveRouter(ProgressEncoder(Encoder()), storage)
     except BaseException:

@@ -39,7 +39,7 @@ from .storage import ModelInfo, SQLiteStorage, Storage, StoredRoute, _check_vect
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["Change", "ChangeKind", "PostgresStorage", "Watch", "open_storage"]
+__all__ = ["Change", "ChangeKind", "PostgresStorage", "Watch", "is_database_url", "open_storage"]
 
 _log = logging.getLogger("synaptoroute.postgres")
 
@@ -942,6 +942,11 @@ class PostgresStorage:
         return f"PostgresStorage({self._target!r}, schema={self.schema!r})"
 
 
+def is_database_url(target: str | os.PathLike[str]) -> bool:
+    """Whether ``target`` names a PostgreSQL server rather than a SQLite file."""
+    return os.fspath(target).startswith(_URL_PREFIXES)
+
+
 def open_storage(target: str | os.PathLike[str], **options: Any) -> Storage:
     """Open a store from a URL or path: ``postgresql://...`` or a SQLite file.
 
@@ -949,7 +954,6 @@ def open_storage(target: str | os.PathLike[str], **options: Any) -> Storage:
         target: a ``postgresql://`` / ``postgres://`` URL, or a SQLite path.
         options: passed to :class:`PostgresStorage` or :class:`SQLiteStorage`.
     """
-    text = os.fspath(target)
-    if text.startswith(_URL_PREFIXES):
-        return PostgresStorage(text, **options)
-    return SQLiteStorage(text, **options)
+    if is_database_url(target):
+        return PostgresStorage(os.fspath(target), **options)
+    return SQLiteStorage(target, **options)

@@ -419,10 +419,15 @@ class AdaptiveRouter:
         vectors = self._embed([texts[i] for i in live])
         policy = self._policy
         snapshot, ranked = self._score(vectors, max(k, policy.ranked_k))
-        thresholds = {name: r.threshold for name, r in self._routes.items()}
+        thresholds = self._route_thresholds()
         for j, i in enumerate(live):
             results[i] = decide(ranked[j], snapshot, policy, thresholds, vectors[j])
         return results
+
+    def _route_thresholds(self) -> dict[str, float | None]:
+        # dict() copies atomically under the GIL; iterating self._routes directly could
+        # race with a route change on another thread.
+        return {name: r.threshold for name, r in dict(self._routes).items()}
 
     def query(self, text: str) -> RouteMatch:
         """Route one text. ``result.name`` is ``None`` when no route passes.
@@ -460,7 +465,7 @@ class AdaptiveRouter:
         vectors = self._embed([text])
         snapshot, ranked = self._score(vectors, k)
         scores = ranked[0]
-        thresholds = {name: r.threshold for name, r in self._routes.items()}
+        thresholds = self._route_thresholds()
         out = []
         for pos in range(len(scores.route_ids)):
             rotated = type(scores)(

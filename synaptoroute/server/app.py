@@ -41,8 +41,9 @@ from ..exceptions import (
     StorageError,
 )
 from ..models import RouteMatch
+from ..postgres import open_storage
 from ..router import AdaptiveRouter
-from ..storage import MemoryStorage, SQLiteStorage, Storage
+from ..storage import MemoryStorage, Storage
 from .metrics import CONTENT_TYPE, ServiceMetrics
 from .routes_file import apply_routes, load_routes_file
 from .schemas import (
@@ -91,7 +92,7 @@ class ServiceState:
 
 def build_router(settings: ServerSettings) -> AdaptiveRouter:
     """Open the store named in ``settings`` (memory when ``None``) with the bundled model."""
-    storage: Storage = SQLiteStorage(settings.store) if settings.store else MemoryStorage()
+    storage: Storage = open_storage(settings.store) if settings.store else MemoryStorage()
     try:
         return AdaptiveRouter(
             Encoder(threads=settings.encoder_threads, spin=settings.encoder_spin),
