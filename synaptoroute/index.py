@@ -343,11 +343,14 @@ class RouteIndex:
         else:
             firsts = np.zeros(0, dtype=np.intp)
         live_routes = sorted_routes[firsts].astype(np.int64)
-        centroids = np.zeros((len(live_routes), self.dimension), dtype=np.float32)
-        for i, rid in enumerate(live_routes.tolist()):
-            total = self._sums[rid]
-            norm = float(np.linalg.norm(total))
-            centroids[i] = total / norm if norm > 0 else total
+        if self.aggregation == "centroid":
+            sums = np.array([self._sums[r] for r in live_routes.tolist()]).reshape(
+                -1, self.dimension
+            )
+            norms = np.linalg.norm(sums, axis=1, keepdims=True)
+            centroids = (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+        else:  # only the centroid aggregation reads them
+            centroids = np.zeros((0, self.dimension), dtype=np.float32)
         sizes = np.array([self._counts[r] for r in live_routes.tolist()], dtype=np.int64)
         return Snapshot(
             matrix=self._buf[:n],
