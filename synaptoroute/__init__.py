@@ -7,7 +7,7 @@ route's example utterances, in milliseconds, on a CPU.
 from __future__ import annotations
 
 from .decision import DecisionPolicy
-from .encoder import DEFAULT_MODEL_ID, Encoder, EncoderProtocol, HashingEncoder
+from .encoder import DEFAULT_MODEL_ID, CallableEncoder, Encoder, EncoderProtocol, HashingEncoder
 from .exceptions import (
     EncoderError,
     EventLoopMismatchError,
@@ -34,6 +34,7 @@ __version__ = "0.2.0"
 __all__ = [
     "DEFAULT_MODEL_ID",
     "AdaptiveRouter",
+    "CallableEncoder",
     "DecisionPolicy",
     "Encoder",
     "EncoderError",

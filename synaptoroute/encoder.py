@@ -15,7 +15,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,6 +31,7 @@ from .exceptions import (
 
 __all__ = [
     "DEFAULT_MODEL_ID",
+    "CallableEncoder",
     "Encoder",
     "EncoderProtocol",
     "HashingEncoder",
@@ -359,6 +360,81 @@ class Encoder:
             weights = mask[:, :, None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
             out[chunk] = pooled
+        return l2_normalize(out)
+
+
+_PROBE_TEXT = "dimension probe"
+
+
+class CallableEncoder:
+    """An encoder over any function that maps texts to vectors.
+
+    The adapter behind the LangChain and LlamaIndex integrations (any framework's
+    embeddings, or a hosted embedding API, as the router's encoder): it checks the
+    inputs, the shape of what comes back, and L2-normalises it.
+
+    Args:
+        embed: maps a list of texts to one vector each (lists or an array).
+        model_id: stored next to every vector; name the model, not the wrapper.
+        dimension: vector length; if omitted, one probe text is embedded the first
+            time it is needed.
+    """
+
+    def __init__(
+        self,
+        embed: Callable[[list[str]], Any],
+        *,
+        model_id: str,
+        dimension: int | None = None,
+    ) -> None:
+        if dimension is not None and dimension < 1:
+            msg = "dimension must be at least 1"
+            raise InvalidInputError(msg)
+        self._embed = embed
+        self._model_id = model_id
+        self._dimension = dimension
+        self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        """Identifier stored next to every vector."""
+        return self._model_id
+
+    @property
+    def dimension(self) -> int:
+        """Vector length (the first access may embed one probe text)."""
+        with self._lock:
+            if self._dimension is None:
+                self._dimension = int(self._call([_PROBE_TEXT]).shape[1])
+            return self._dimension
+
+    def _call(self, texts: list[str]) -> NDArray[np.float32]:
+        try:
+            rows = self._embed(texts)
+        except Exception as exc:
+            msg = f"{self._model_id} failed to embed {len(texts)} texts: {exc}"
+            raise EncoderError(msg) from exc
+        out = np.asarray(rows, dtype=np.float32)
+        if out.ndim != 2 or out.shape[0] != len(texts):
+            msg = f"{self._model_id} returned shape {out.shape} for {len(texts)} texts"
+            raise EncoderError(msg)
+        return out
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Embed ``texts`` into an ``(n, dimension)`` float32 array of unit rows.
+
+        Raises:
+            TypeError: an element is not a ``str``.
+            EncoderError: the function failed or returned vectors of the wrong shape.
+        """
+        items = [check_text(t) for t in texts]
+        dimension = self.dimension
+        if not items:
+            return np.zeros((0, dimension), dtype=np.float32)
+        out = self._call(items)
+        if out.shape[1] != dimension:
+            msg = f"{self._model_id} returned {out.shape[1]} dimensions, expected {dimension}"
+            raise EncoderError(msg)
         return l2_normalize(out)
 
 

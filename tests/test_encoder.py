@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synaptoroute import Encoder, EncoderError, EncoderProtocol, HashingEncoder
+from synaptoroute import CallableEncoder, Encoder, EncoderError, EncoderProtocol, HashingEncoder
 from synaptoroute.encoder import DEFAULT_MODEL_ID, ModelNotAvailableError, _default_model_files
 
 
@@ -98,3 +98,37 @@ def test_hashing_encoder_is_deterministic_and_bag_of_words() -> None:
     assert float(a @ c) < 0.3
     assert np.array_equal(enc.encode(["refund my order"])[0], a)
     assert isinstance(enc, EncoderProtocol)
+
+
+def test_callable_encoder_adapts_any_embedding_function(encoder: Encoder) -> None:
+    calls: list[list[str]] = []
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        calls.append(texts)
+        return (encoder.encode(texts) * 3.0).tolist()  # not normalised, plain lists
+
+    adapted = CallableEncoder(embed, model_id="hosted/minilm")
+    assert isinstance(adapted, EncoderProtocol)
+    assert adapted.dimension == 384  # probed once
+    vectors = adapted.encode(["I need a refund", "Play jazz"])
+    assert np.allclose(vectors, encoder.encode(["I need a refund", "Play jazz"]), atol=1e-5)
+    assert adapted.encode([]).shape == (0, 384)
+    assert len(calls) == 2
+    with pytest.raises(TypeError):
+        adapted.encode([None])  # type: ignore[list-item]
+
+
+def test_callable_encoder_reports_bad_functions() -> None:
+    def broken(texts: list[str]) -> list[list[float]]:
+        raise ConnectionError("service unavailable")
+
+    with pytest.raises(EncoderError, match="hosted failed to embed 1 texts: service unavailable"):
+        CallableEncoder(broken, model_id="hosted").encode(["x"])
+    short = CallableEncoder(lambda texts: [[1.0, 0.0]], model_id="short", dimension=2)
+    with pytest.raises(EncoderError, match=r"shape \(1, 2\) for 2 texts"):
+        short.encode(["a", "b"])
+    wide = CallableEncoder(lambda texts: [[1.0, 0.0, 0.0]], model_id="wide", dimension=2)
+    with pytest.raises(EncoderError, match="3 dimensions, expected 2"):
+        wide.encode(["a"])
+    with pytest.raises(ValueError, match="dimension"):
+        CallableEncoder(broken, model_id="x", dimension=0)

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from langchain_core.embeddings import Embeddings
-from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 from typing_extensions import override
 
-from synaptoroute import Encoder, EncoderError, EncoderProtocol, InvalidInputError
-from synaptoroute.encoder import check_text, l2_normalize
+from synaptoroute import CallableEncoder, Encoder, EncoderProtocol, InvalidInputError
 
 __all__ = ["LangChainEncoder", "SynaptorouteEmbeddings", "as_encoder"]
-
-_PROBE = "dimension probe"
 
 
 class SynaptorouteEmbeddings(BaseModel, Embeddings):
@@ -95,7 +88,7 @@ class SynaptorouteEmbeddings(BaseModel, Embeddings):
         return self.embed_documents([text])[0]
 
 
-class LangChainEncoder:
+class LangChainEncoder(CallableEncoder):
     """A synaptoroute encoder over any LangChain ``Embeddings``.
 
     For users who already embed with a hosted or local LangChain model: routes,
@@ -127,61 +120,12 @@ class LangChainEncoder:
         model_id: str | None = None,
         dimension: int | None = None,
     ) -> None:
-        if dimension is not None and dimension < 1:
-            msg = "dimension must be at least 1"
-            raise InvalidInputError(msg)
+        super().__init__(
+            embeddings.embed_documents,
+            model_id=model_id or _default_model_id(embeddings),
+            dimension=dimension,
+        )
         self.embeddings = embeddings
-        self._model_id = model_id or _default_model_id(embeddings)
-        self._dimension = dimension
-        self._lock = threading.Lock()
-
-    @property
-    def model_id(self) -> str:
-        """Identifier stored next to every vector."""
-        return self._model_id
-
-    @property
-    def dimension(self) -> int:
-        """Vector length (the first access may embed one probe text)."""
-        if self._dimension is None:
-            with self._lock:
-                if self._dimension is None:
-                    self._dimension = len(self._embed([_PROBE])[0])
-        return self._dimension
-
-    def _embed(self, texts: list[str]) -> NDArray[np.float32]:
-        try:
-            rows = self.embeddings.embed_documents(texts)
-        except Exception as exc:
-            msg = f"{self._model_id}: embed_documents failed: {exc}"
-            raise EncoderError(msg) from exc
-        vectors = np.asarray(rows, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(texts):
-            msg = (
-                f"{self._model_id}: embed_documents returned shape {vectors.shape} "
-                f"for {len(texts)} texts"
-            )
-            raise EncoderError(msg)
-        return vectors
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        """Embed ``texts`` into an ``(n, dimension)`` float32 array of unit rows.
-
-        Raises:
-            TypeError: an element is not a ``str``.
-            EncoderError: the model failed or returned vectors of the wrong shape.
-        """
-        items = [check_text(t) for t in texts]
-        if not items:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self._embed(items)
-        if vectors.shape[1] != self.dimension:
-            msg = (
-                f"{self._model_id}: vectors have {vectors.shape[1]} dimensions, "
-                f"expected {self.dimension}"
-            )
-            raise EncoderError(msg)
-        return l2_normalize(vectors)
 
 
 def _default_model_id(embeddings: Embeddings) -> str:

@@ -10,22 +10,15 @@ the other way: it makes any LlamaIndex ``BaseEmbedding`` a synaptoroute encoder
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
-from numpy.typing import NDArray
 from typing_extensions import override
 
-from synaptoroute import DEFAULT_MODEL_ID, Encoder, EncoderError, EncoderProtocol
-from synaptoroute.encoder import check_text, l2_normalize
+from synaptoroute import DEFAULT_MODEL_ID, CallableEncoder, Encoder, EncoderProtocol
 
 __all__ = ["LlamaIndexEncoder", "SynaptorouteEmbedding", "as_encoder"]
-
-_PROBE_TEXT = "dimension probe"
 
 
 class SynaptorouteEmbedding(BaseEmbedding):
@@ -101,7 +94,7 @@ class SynaptorouteEmbedding(BaseEmbedding):
         return await asyncio.to_thread(self._embed, texts)
 
 
-class LlamaIndexEncoder:
+class LlamaIndexEncoder(CallableEncoder):
     """A synaptoroute encoder backed by any LlamaIndex ``BaseEmbedding``.
 
     Utterances and queries are both embedded with ``get_text_embedding_batch`` (the
@@ -127,56 +120,14 @@ class LlamaIndexEncoder:
         model_id: str | None = None,
         dimension: int | None = None,
     ) -> None:
-        self.embed_model = embed_model
-        self._model_id = (
-            model_id
+        super().__init__(
+            embed_model.get_text_embedding_batch,
+            model_id=model_id
             if model_id is not None
-            else f"llama-index/{embed_model.class_name()}/{embed_model.model_name}"
+            else f"llama-index/{embed_model.class_name()}/{embed_model.model_name}",
+            dimension=dimension,
         )
-        self._dimension = dimension
-        self._lock = threading.Lock()
-
-    @property
-    def model_id(self) -> str:
-        """The identifier stored next to every vector."""
-        return self._model_id
-
-    @property
-    def dimension(self) -> int:
-        """Vector length (embeds one probe text once if it was not given)."""
-        with self._lock:
-            if self._dimension is None:
-                self._dimension = self._call([_PROBE_TEXT]).shape[1]
-            return self._dimension
-
-    def _call(self, texts: list[str]) -> NDArray[np.float32]:
-        try:
-            rows = self.embed_model.get_text_embedding_batch(texts)
-        except Exception as exc:
-            msg = f"{self._model_id} failed to embed {len(texts)} texts: {exc}"
-            raise EncoderError(msg) from exc
-        out = np.asarray(rows, dtype=np.float32)
-        if out.ndim != 2 or out.shape[0] != len(texts):
-            msg = f"{self._model_id} returned shape {out.shape} for {len(texts)} texts"
-            raise EncoderError(msg)
-        return out
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        """Embed ``texts`` into an ``(n, dimension)`` float32 array of unit rows.
-
-        Raises:
-            TypeError: an element is not a ``str``.
-            EncoderError: the embedding model failed or returned the wrong shape.
-        """
-        items = [check_text(t) for t in texts]
-        dimension = self.dimension
-        if not items:
-            return np.zeros((0, dimension), dtype=np.float32)
-        out = self._call(items)
-        if out.shape[1] != dimension:
-            msg = f"{self._model_id} returned dimension {out.shape[1]}, expected {dimension}"
-            raise EncoderError(msg)
-        return l2_normalize(out)
+        self.embed_model = embed_model
 
 
 def as_encoder(model: EncoderProtocol | BaseEmbedding | None) -> EncoderProtocol:
