@@ -30,7 +30,23 @@ from .exceptions import (
     RouterTimeoutError,
 )
 
-__all__ = ["BatchWorker", "WorkerStats"]
+__all__ = [
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_MAX_WAIT_MS",
+    "BatchWorker",
+    "WorkerStats",
+]
+
+#: Measured (benchmarks/async_serving.py): the encoder sorts a batch by token length,
+#: so a batch needs a few hundred texts before padding stops costing throughput; at 64
+#: a saturated worker reached ~70% of one-call encoding, at 512 ~95-100%. A batch only
+#: grows this large when that many texts are already queued.
+DEFAULT_MAX_BATCH_SIZE = 512
+#: Continuous batching already gathers what arrived during the previous batch, so a
+#: fill window only adds latency (measured no throughput gain at 8 or 1,000 callers).
+DEFAULT_MAX_WAIT_MS = 0.0
+DEFAULT_MAX_QUEUE_SIZE = 10_000
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -65,9 +81,9 @@ class BatchWorker(Generic[T]):
         self,
         process: Callable[[list[str]], Sequence[T]],
         *,
-        max_batch_size: int = 64,
-        max_wait_ms: float = 0.0,
-        max_queue_size: int = 10_000,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
     ) -> None:
         if max_batch_size < 1 or max_queue_size < 1 or not max_wait_ms >= 0:
             msg = "max_batch_size and max_queue_size must be >= 1 and max_wait_ms >= 0"

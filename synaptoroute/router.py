@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .batching import BatchWorker
+from .batching import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_MAX_WAIT_MS,
+    BatchWorker,
+)
 from .decision import DecisionPolicy, decide, empty_match, policy_for_routes
 from .encoder import Encoder, EncoderProtocol, check_text
 from .exceptions import (
@@ -114,7 +119,8 @@ class AdaptiveRouter:
             under 20,000 utterances and all cores above.
         reencode: if the store's vectors come from another model, re-encode them
             with this encoder (otherwise :class:`ModelMismatchError`).
-        max_batch_size, max_wait_ms, max_queue_size: the async batching worker.
+        max_batch_size, max_wait_ms, max_queue_size: the async batching worker
+            (defaults 512, 0 and 10,000; see ``docs/async.md``).
 
     Example:
         >>> router = AdaptiveRouter()
@@ -135,9 +141,9 @@ class AdaptiveRouter:
         cache_size: int = 10_000,
         blas_threads: int | None = None,
         reencode: bool = False,
-        max_batch_size: int = 64,
-        max_wait_ms: float = 0.0,
-        max_queue_size: int = 10_000,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
     ) -> None:
         if aggregation not in ("max", "mean_topk", "centroid"):
             msg = f"aggregation must be 'max', 'mean_topk' or 'centroid', got {aggregation!r}"
