@@ -527,13 +527,24 @@ def report(res: dict[str, Any], command: str, machine: str, load_end: float) -> 
     return "\n".join(lines) + "\n"
 
 
+NOTES = """\
+Notes. Every `aquery` crosses two threads (event loop to the worker thread and back).
+On a calm machine that costs little (the lone-`aquery` row above); when other jobs
+keep the cores busy, each crossing waits for a core. Earlier runs of this script on
+this machine at a 1-minute load of 8-13 showed the lone-`aquery` gap growing to
+several ms, and semantic-router's pool of encoding threads winning a larger share of
+the contended cores (higher wall-clock q/s than the single worker thread). The figures
+above come from a calmer period; rerun when comparing.
+"""
+
+
 def write_section(body: str) -> None:
     path = REPO_ROOT / "BENCHMARKS.md"
     text = path.read_text(encoding="utf-8")
     start = text.index(SECTION) + len(SECTION)
     end = text.find("\n## ", start)
     end = len(text) if end < 0 else end + 1
-    path.write_text(text[:start] + "\n" + body + "\n" + text[end:], encoding="utf-8")
+    path.write_text(text[:start] + "\n\n" + body + "\n" + text[end:], encoding="utf-8")
 
 
 def main() -> None:
@@ -551,7 +562,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
 
-    command = "python benchmarks/async_serving.py " + " ".join(sys.argv[1:])
+    command = " ".join([sys.executable, "benchmarks/async_serving.py", *sys.argv[1:]])
     machine = machine_info()
     print(machine)
     started = time.perf_counter()
@@ -567,7 +578,7 @@ def main() -> None:
         cycles=args.cycles,
     )
     body = report(res, command.strip(), machine, os.getloadavg()[0])
-    body += f"\nWhole run: {time.perf_counter() - started:.0f} s.\n"
+    body += f"\nWhole run: {time.perf_counter() - started:.0f} s.\n\n{NOTES}"
     print(body)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")
