@@ -7,6 +7,7 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from ..batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_MAX_WAIT_MS
 from ..exceptions import InvalidInputError
 
 __all__ = ["API_KEY_ENV", "DEFAULT_MAX_BODY_BYTES", "ServerSettings", "is_loopback"]
@@ -64,9 +65,9 @@ class ServerSettings(BaseModel):
     request_timeout: float = Field(default=30.0, gt=0)
     retry_after: int = Field(default=1, ge=0)
     drain_timeout: float = Field(default=30.0, ge=0)
-    max_batch_size: int = Field(default=64, ge=1)
-    max_wait_ms: float = Field(default=0.0, ge=0)
-    max_queue_size: int = Field(default=10_000, ge=1)
+    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1)
+    max_wait_ms: float = Field(default=DEFAULT_MAX_WAIT_MS, ge=0)
+    max_queue_size: int = Field(default=DEFAULT_MAX_QUEUE_SIZE, ge=1)
     encoder_threads: int | None = Field(default=None, ge=1)
     encoder_spin: bool = False
     log_level: str = "info"
