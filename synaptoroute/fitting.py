@@ -646,7 +646,7 @@ def _softmax_regression(
     try:
         from scipy.optimize import minimize  # type: ignore[import-untyped]
     except ImportError as exc:
-        msg = f"fitting a head needs scikit-learn/scipy: {_FIT_HINT}"
+        msg = f"fitting a head needs scipy: {_FIT_HINT}"
         raise MissingDependencyError(msg) from exc
     n, d = x.shape
     onehot = np.zeros((n, n_cols), dtype=np.float32)
