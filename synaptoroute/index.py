@@ -13,6 +13,8 @@ two ``np.maximum.reduceat`` passes, so scoring is one matrix product plus O(n).
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ class IndexStats:
     reallocations: int = 0  # capacity doublings
     rows_copied: int = 0  # rows moved by rebuilds and reallocations
     rows_written: int = 0  # pending rows written into the buffer tail
+    int8_builds: int = 0  # int8 copies of the matrix made for the pre-filter
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,67 @@ class RouteScores:
     route_ids: NDArray[np.int64]
     scores: NDArray[np.float32]
     nearest_rows: NDArray[np.int64]  # best utterance row of each route, -1 for centroid
+
+
+# A one-node ONNX graph, MatMulInteger(A: uint8[1, d], B: int8[d, n]) -> int32[1, n],
+# serialised once with the onnx package (so the library does not need it at run time).
+_INT8_SCAN_MODEL = (
+    b'\x08\x08\x12\x0csynaptoroute:h\n\x18\n\x01A\n\x01B\x12\x01Y"\rMatMulInteger\x12\t'
+    b"int8_scanZ\x14\n\x01A\x12\x0f\n\r\x08\x02\x12\t\n\x02\x08\x01\n\x03\x12\x01dZ\x15\n\x01B"
+    b"\x12\x10\n\x0e\x08\x03\x12\n\n\x03\x12\x01d\n\x03\x12\x01nb\x14\n\x01Y\x12\x0f\n\r\x08\x06"
+    b"\x12\t\n\x02\x08\x01\n\x03\x12\x01nB\x04\n\x00\x10\r"
+)
+# Below this many rows the float32 product is already a fraction of the encoder's time.
+INT8_MIN_ROWS = 4096
+_log = logging.getLogger("synaptoroute.index")
+
+
+class Int8Scan:
+    """An int8 copy of the first ``n`` matrix rows, scanned by onnxruntime.
+
+    It reads a quarter of the bytes of the float32 product; at 100k rows that product
+    is memory-bound. Each approximate score comes with a rigorous rounding bound, so
+    :meth:`Snapshot.score` re-scores in float32 only the rows that could matter and
+    returns exactly the routes and scores of the float32 ``max`` aggregation.
+    """
+
+    def __init__(self, rows: NDArray[np.float32], threads: int) -> None:
+        import onnxruntime as ort
+
+        self.n = len(rows)
+        peak = float(np.abs(rows).max()) if self.n else 1.0
+        self.scale = 127.0 / max(peak, 1e-12)
+        m8 = np.clip(np.rint(rows * self.scale), -127, 127).astype(np.int8)
+        self.columns = np.ascontiguousarray(m8.T)  # (dim, n): onnxruntime's fast layout
+        # The query goes in as uint8 (q8 + 128); 128 x each row's sum undoes the shift.
+        self.shift = 128 * m8.astype(np.int32).sum(axis=1)
+        self.l1 = np.abs(rows).sum(axis=1).astype(np.float32)
+        self.err = np.abs(rows - m8.astype(np.float32) / self.scale).max(axis=1)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(
+            _INT8_SCAN_MODEL, opts, providers=["CPUExecutionProvider"]
+        )
+
+    def bounds(self, query: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Lower and upper bounds of the exact scores of the first ``n`` rows."""
+        peak = float(np.abs(query).max())
+        sq = 127.0 / max(peak, 1e-12)
+        q8 = np.rint(query * sq).astype(np.int32)
+        raw = self.session.run(None, {"A": (q8 + 128).astype(np.uint8)[None, :], "B": self.columns})
+        approx = (raw[0][0] - self.shift).astype(np.float32) / np.float32(self.scale * sq)
+        # |q.m - q~.m~| <= |q - q~|_inf |m|_1 + |q~|_1 |m - m~|_inf ; plus float slack.
+        eps = (0.5 / sq) * self.l1 + float(np.abs(q8).sum() / sq) * self.err + 1e-5
+        return approx - eps, approx + eps
+
+
+def _build_int8(rows: NDArray[np.float32]) -> Int8Scan | None:
+    try:
+        return Int8Scan(rows, threads=1 if len(rows) < 20_000 else (os.cpu_count() or 1))
+    except Exception:  # no int8 kernel here: the float32 product still gives the answer
+        _log.warning("int8 pre-filter unavailable; scoring in float32", exc_info=True)
+        return None
 
 
 @dataclass(frozen=True)
@@ -65,6 +129,7 @@ class Snapshot:
     top_k: int
     version: int
     route_sizes: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    int8: Int8Scan | None = None  # covers the first int8.n rows; the rest scored exactly
 
     @property
     def n_routes(self) -> int:
@@ -106,6 +171,8 @@ class Snapshot:
                     )
                 )
             return out
+        if self.aggregation == "max" and self.int8 is not None:
+            return [self._max_prefiltered(query, k) for query in queries]
         sims = _similarities(self.matrix, queries)
         maxima = self.route_max(sims)
         results = []
@@ -124,6 +191,26 @@ class Snapshot:
             )
             results.append(RouteScores(self.live_routes[top], scores.astype(np.float32), nearest))
         return results
+
+    def _max_prefiltered(self, query: NDArray[np.float32], k: int) -> RouteScores:
+        # Exact top-k of the max aggregation: a route's true maximum is at least the
+        # largest lower bound of its rows, so the k-th largest such value is a floor for
+        # the k-th best route; only rows whose upper bound reaches it are re-scored.
+        assert self.int8 is not None
+        lower, upper = self.int8.bounds(query)
+        if len(self.matrix) > self.int8.n:
+            tail = self.matrix[self.int8.n :] @ query
+            lower, upper = np.concatenate([lower, tail]), np.concatenate([upper, tail])
+        floors = self.route_max(lower[None, :])[0]
+        floor = float(np.partition(floors, len(floors) - k)[len(floors) - k])
+        rows = np.flatnonzero(upper >= floor)
+        route = self.seg_route[np.searchsorted(self.seg_starts, rows, side="right") - 1]
+        rows, route = rows[route >= 0], route[route >= 0]
+        exact = self.matrix[rows] @ query
+        order = np.lexsort((-exact, route))
+        firsts = order[np.concatenate(([True], route[order][1:] != route[order][:-1]))]
+        top = firsts[np.argsort(-exact[firsts], kind="stable")[:k]]
+        return RouteScores(route[top], exact[top].astype(np.float32), rows[top].astype(np.int64))
 
     def _mean_topk(
         self, sims: NDArray[np.float32], maxima: NDArray[np.float32], k: int
@@ -173,7 +260,12 @@ class RouteIndex:
     """
 
     def __init__(
-        self, dimension: int, aggregation: Aggregation = "max", top_k: int = 3, capacity: int = 1024
+        self,
+        dimension: int,
+        aggregation: Aggregation = "max",
+        top_k: int = 3,
+        capacity: int = 1024,
+        int8_min_rows: int | None = INT8_MIN_ROWS,
     ) -> None:
         self.dimension = dimension
         self.aggregation: Aggregation = aggregation
@@ -193,6 +285,8 @@ class RouteIndex:
         self._counts: dict[int, int] = {}
         self._snapshot: Snapshot | None = None
         self._version = 0
+        self.int8_min_rows = int8_min_rows  # None: never use the int8 pre-filter
+        self._int8: Int8Scan | None = None
 
     # -- mutations (O(added) or O(deleted); no matrix copies) -----------------------
     def add(self, name: str, vectors: NDArray[np.float32], texts: Sequence[str]) -> None:
@@ -307,6 +401,7 @@ class RouteIndex:
             self._rows[rid].append(row)
         self.stats.full_rebuilds += 1
         self.stats.rows_copied += len(alive)
+        self._int8 = None  # row positions moved
 
     def snapshot(self) -> Snapshot:
         """The current compiled view, compiling first if anything changed."""
@@ -352,6 +447,7 @@ class RouteIndex:
         else:  # only the centroid aggregation reads them
             centroids = np.zeros((0, self.dimension), dtype=np.float32)
         sizes = np.array([self._counts[r] for r in live_routes.tolist()], dtype=np.int64)
+        self._refresh_int8(n)
         return Snapshot(
             matrix=self._buf[:n],
             seg_starts=seg_starts,
@@ -367,4 +463,16 @@ class RouteIndex:
             top_k=self.top_k,
             version=self._version,
             route_sizes=sizes,
+            int8=self._int8,
         )
+
+    def _refresh_int8(self, n: int) -> None:
+        if self.aggregation != "max" or self.int8_min_rows is None or n < self.int8_min_rows:
+            self._int8 = None
+            return
+        # Rows added since the last int8 copy are scored exactly; re-quantise only once
+        # they are an eighth of the matrix, so each row is quantised O(1) times.
+        covered = self._int8.n if self._int8 is not None else 0
+        if self._int8 is None or n - covered > max(self.int8_min_rows, n // 8):
+            self._int8 = _build_int8(self._buf[:n])
+            self.stats.int8_builds += 1

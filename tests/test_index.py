@@ -162,3 +162,60 @@ def test_empty_index_scores_nothing() -> None:
     assert index.snapshot().score(np.zeros((2, DIM), dtype=np.float32), k=3)[0].route_ids.size == 0
     index.add("empty", np.zeros((0, DIM), dtype=np.float32), [])
     assert index.snapshot().n_routes == 0
+
+
+def test_int8_prefilter_returns_the_exact_max_routes() -> None:
+    rng = np.random.default_rng(5)
+    exact = RouteIndex(DIM, int8_min_rows=None)
+    fast = RouteIndex(DIM, int8_min_rows=64)
+    truth: dict[str, np.ndarray] = {}
+
+    def add(name: str, n: int) -> None:
+        vecs = unit(rng, n)
+        texts = [f"{name}-{j}-{len(truth.get(name, []))}" for j in range(n)]
+        for index in (exact, fast):
+            index.add(name, vecs, texts)
+        truth[name] = np.vstack([truth[name], vecs]) if name in truth else vecs
+
+    def check() -> None:
+        queries = np.vstack([unit(rng, 15), truth["r7"][:3]])  # some exact hits too
+        for k in (1, 2, len(truth)):
+            got = fast.snapshot().score(queries, k=k)
+            want = exact.snapshot().score(queries, k=k)
+            for query, g, w in zip(queries, got, want, strict=True):
+                expected = brute_force(truth, query, "max")
+                ranked = sorted(expected, key=lambda n: -expected[n])[:k]
+                snap = fast.snapshot()
+                assert [snap.names[int(r)] for r in g.route_ids] == ranked
+                assert g.scores == pytest.approx([expected[n] for n in ranked], abs=1e-5)
+                assert list(g.nearest_rows) == list(w.nearest_rows)
+
+    for i in range(60):
+        add(f"r{i}", 5)
+    check()
+    assert fast.snapshot().int8 is not None and fast.stats.int8_builds == 1
+    assert exact.snapshot().int8 is None
+    for i in range(60, 70):  # 50 new rows: scored exactly in the tail, no re-quantising
+        add(f"r{i}", 5)
+    check()
+    assert fast.stats.int8_builds == 1
+    for index in (exact, fast):
+        index.delete_route("r3")
+        index.delete_texts("r5", ["r5-0-0"])
+    del truth["r3"]
+    truth["r5"] = truth["r5"][1:]
+    check()
+    for i in range(70, 100):  # the tail outgrows an eighth: one new int8 copy
+        add(f"r{i}", 5)
+    check()
+    assert fast.stats.int8_builds == 2
+
+
+def test_int8_prefilter_only_for_max_and_large_matrices() -> None:
+    rng = np.random.default_rng(6)
+    small = RouteIndex(DIM)  # default threshold (4,096 rows) not reached
+    mean = RouteIndex(DIM, aggregation="mean_topk", int8_min_rows=8)
+    for index in (small, mean):
+        for i in range(20):
+            index.add(f"r{i}", unit(rng, 5), [str(j) for j in range(5)])
+        assert index.snapshot().int8 is None
