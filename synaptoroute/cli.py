@@ -340,15 +340,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _require_routes(router: AdaptiveRouter, args: argparse.Namespace) -> None:
+    if not len(router):
+        msg = f"the store {_store_path(args)!r} holds no routes; run 'synaptoroute import' first"
+        raise BadInput(msg)
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit thresholds (and more) on labelled data; the fitted state is saved in the store."""
     texts, labels = _read_labelled(args.file)
     with _router(args) as router:
-        if not len(router):
-            msg = (
-                f"the store {_store_path(args)!r} holds no routes; run 'synaptoroute import' first"
-            )
-            raise BadInput(msg)
+        _require_routes(router, args)
         with _progress(router, len(texts), "encoding", args.quiet):
             report = router.fit(
                 texts, labels, objective=args.objective, target_oos_recall=args.target_oos_recall
@@ -364,11 +366,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the store's router on labelled data; optionally plot the report."""
     texts, labels = _read_labelled(args.file)
     with _router(args) as router:
-        if not len(router):
-            msg = (
-                f"the store {_store_path(args)!r} holds no routes; run 'synaptoroute import' first"
-            )
-            raise BadInput(msg)
+        _require_routes(router, args)
         with _progress(router, len(texts), "encoding", args.quiet):
             report = router.evaluate(texts, labels)
     if args.plot:
