@@ -261,6 +261,28 @@ class BatchWorker(Generic[T]):
         futures = self._enqueue([text])
         return await self._wait(futures[0], futures, timeout)
 
+    async def run(self, call: Callable[[], R], timeout: float | None = None) -> R:
+        """Run one blocking ``call`` on the worker's thread, between two batches.
+
+        For work that does not fit a batch of texts (a top-k query): it stays off the
+        event loop and never competes with a batch for the cores.
+
+        Raises:
+            RouterClosedError: the worker was stopped before the call ran.
+            RouterTimeoutError: ``timeout`` seconds passed first.
+        """
+        _check_timeout(timeout)
+        loop = asyncio.get_running_loop()
+        self._ensure_started(loop)
+        assert self._executor is not None
+        future = loop.run_in_executor(self._executor, call)
+        try:
+            return await self._wait(future, [], timeout)
+        except asyncio.CancelledError:
+            if future.cancelled() and not self.running:  # cancelled by stop(), not the caller
+                raise RouterClosedError("the router was stopped before this call") from None
+            raise
+
     def _enqueue(self, texts: Sequence[str]) -> list[asyncio.Future[T]]:
         loop = asyncio.get_running_loop()
         self._ensure_started(loop)

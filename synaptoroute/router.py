@@ -531,6 +531,13 @@ class AdaptiveRouter:
         items = [check_text(t) for t in texts]
         return await self._worker.submit(items, timeout)
 
+    async def aquery_top_k(
+        self, text: str, k: int = 3, *, timeout: float | None = None
+    ) -> list[RouteMatch]:
+        """:meth:`query_top_k` on the batching worker's thread, off the event loop."""
+        check_text(text)
+        return await self._worker.run(lambda: self.query_top_k(text, k), timeout)
+
     @property
     def worker(self) -> BatchWorker[RouteMatch]:
         """The batching worker (for metrics)."""

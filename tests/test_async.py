@@ -569,3 +569,46 @@ async def test_a_second_event_loop_is_refused_until_stop(clinc_router: AdaptiveR
     # Once stopped, another loop may take the router over.
     other = await asyncio.to_thread(asyncio.run, use_and_stop())
     assert other == clinc_router.query(text)
+
+
+class ThreadRecordingEncoder:
+    """The real encoder, recording which thread each call ran on."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+        self.threads: list[str] = []
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        self.threads.append(threading.current_thread().name)
+        return self.inner.encode(texts)
+
+
+async def test_aquery_top_k_matches_query_top_k_off_the_event_loop(encoder: Encoder) -> None:
+    recording = ThreadRecordingEncoder(encoder)
+    router = AdaptiveRouter(recording, cache_size=0)  # nothing cached: every call encodes
+    router.add_routes(
+        [
+            Route(name="billing", utterances=["I need a refund", "Where is my receipt?"]),
+            Route(name="support", utterances=["The app crashes", "I can't log in"]),
+            Route(name="weather", utterances=["Will it rain tomorrow?"]),
+        ]
+    )
+    recording.threads.clear()
+    async with router:
+        got = await router.aquery_top_k("How do I get my money back?", k=3)
+        assert await router.aquery_top_k("   ", k=2) == []
+        with pytest.raises(TypeError):
+            await router.aquery_top_k(None)  # type: ignore[arg-type]
+    assert got == router.query_top_k("How do I get my money back?", k=3)
+    assert got[0].name == "billing" and len(got) == 3
+    loop_thread = threading.current_thread().name
+    assert recording.threads[0].startswith("synaptoroute-batch")
+    assert recording.threads[0] != loop_thread

@@ -333,10 +333,8 @@ class SynaptorouteSelector(BaseSelector):
         router = self._cached_router(self.choice_key(choices))
         if router is None:
             router = await asyncio.to_thread(self.router_for, choices)
-        # aquery embeds the query on the router's batching worker, off the event loop,
-        # and leaves the vector in the router's cache: query_top_k then only scores.
-        await router.aquery(query.query_str)
-        ranked = router.query_top_k(query.query_str, self.policy.top_n)
+        # Embedding and scoring run on the router's worker thread, off the event loop.
+        ranked = await router.aquery_top_k(query.query_str, self.policy.top_n)
         return decide_selection(ranked, choices, self.policy, query.query_str)
 
     async def aclose(self) -> None:
