@@ -222,7 +222,7 @@ class Encoder:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning kept a lone query ~25% faster here (2.7 vs 3.5 ms p50 on 2 cores);
+        # Spinning keeps a lone query fastest (benchmarks/encoder_threads.py, BENCHMARKS.md);
         # switch it off where other work must have the cores between calls.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
         return opts

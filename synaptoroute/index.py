@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -128,7 +128,6 @@ class Snapshot:
     aggregation: Aggregation
     top_k: int
     version: int
-    route_sizes: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     int8: Int8Scan | None = None  # covers the first int8.n rows; the rest scored exactly
 
     @property
@@ -342,12 +341,6 @@ class RouteIndex:
             self._snapshot = None
             return removed
 
-    def clear(self) -> None:
-        """Drop every route."""
-        with self._lock:
-            for name in list(self._ids):
-                self.delete_route(name)
-
     def __contains__(self, name: object) -> bool:
         return name in self._ids
 
@@ -446,7 +439,6 @@ class RouteIndex:
             centroids = (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
         else:  # only the centroid aggregation reads them
             centroids = np.zeros((0, self.dimension), dtype=np.float32)
-        sizes = np.array([self._counts[r] for r in live_routes.tolist()], dtype=np.int64)
         self._refresh_int8(n)
         return Snapshot(
             matrix=self._buf[:n],
@@ -462,7 +454,6 @@ class RouteIndex:
             aggregation=self.aggregation,
             top_k=self.top_k,
             version=self._version,
-            route_sizes=sizes,
             int8=self._int8,
         )
 

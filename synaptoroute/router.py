@@ -30,7 +30,7 @@ from .exceptions import (
     RouteExistsError,
     RouteNotFoundError,
 )
-from .index import Aggregation, RouteIndex
+from .index import Aggregation, IndexStats, RouteIndex
 from .models import SCORE_MAX, SCORE_MIN, Route, RouteMatch, clean_utterances
 from .storage import MemoryStorage, ModelInfo, Storage, StoredRoute
 
@@ -385,7 +385,7 @@ class AdaptiveRouter:
         return len(self._routes)
 
     @property
-    def index_stats(self) -> Any:
+    def index_stats(self) -> IndexStats:
         """Counters of the route index (compiles, rebuilds, copies)."""
         return self._index.stats
 
