@@ -14,10 +14,11 @@ two ``np.maximum.reduceat`` passes, so scoring is one matrix product plus O(n).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -50,26 +51,96 @@ class RouteScores:
     nearest_rows: NDArray[np.int64]  # best utterance row of each route, -1 for centroid
 
 
-# A one-node ONNX graph, MatMulInteger(A: uint8[1, d], B: int8[d, n]) -> int32[1, n],
-# serialised once with the onnx package (so the library does not need it at run time).
-_INT8_SCAN_MODEL = (
-    b'\x08\x08\x12\x0csynaptoroute:h\n\x18\n\x01A\n\x01B\x12\x01Y"\rMatMulInteger\x12\t'
-    b"int8_scanZ\x14\n\x01A\x12\x0f\n\r\x08\x02\x12\t\n\x02\x08\x01\n\x03\x12\x01dZ\x15\n\x01B"
-    b"\x12\x10\n\x0e\x08\x03\x12\n\n\x03\x12\x01d\n\x03\x12\x01nb\x14\n\x01Y\x12\x0f\n\r\x08\x06"
-    b"\x12\t\n\x02\x08\x01\n\x03\x12\x01nB\x04\n\x00\x10\r"
+_NO_ROUTES = RouteScores(
+    np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
 )
 # Below this many rows the float32 product is already a fraction of the encoder's time.
 INT8_MIN_ROWS = 4096
 _log = logging.getLogger("synaptoroute.index")
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _pb_bytes(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _pb_int(field: int, value: int) -> bytes:
+    return _varint(field << 3) + _varint(value)
+
+
+def _pb_value_info(name: str, elem_type: int, dims: tuple[int, ...]) -> bytes:
+    shape = b"".join(_pb_bytes(1, _pb_int(1, d)) for d in dims)  # TensorShapeProto.dim
+    tensor = _pb_int(1, elem_type) + _pb_bytes(2, shape)  # TypeProto.Tensor
+    return _pb_bytes(1, name.encode()) + _pb_bytes(2, _pb_bytes(1, tensor))
+
+
+def _pb_tensor(name: str, elem_type: int, array: NDArray[np.generic]) -> bytes:
+    dims = b"".join(_pb_int(1, d) for d in array.shape)
+    return (
+        dims + _pb_int(2, elem_type) + _pb_bytes(8, name.encode()) + _pb_bytes(9, array.tobytes())
+    )
+
+
+def _pb_node(op: str, inputs: tuple[str, ...], outputs: tuple[str, ...], **ints: int) -> bytes:
+    node = b"".join(_pb_bytes(1, x.encode()) for x in inputs)
+    node += b"".join(_pb_bytes(2, x.encode()) for x in outputs) + _pb_bytes(4, op.encode())
+    for name, value in ints.items():  # AttributeProto {name, i, type: INT}
+        node += _pb_bytes(5, _pb_bytes(1, name.encode()) + _pb_int(3, value) + _pb_int(20, 2))
+    return node
+
+
+def _scan_model(columns: NDArray[np.int8], column_scale: float) -> bytes:
+    """ONNX bytes of the int8 scan of a float query ``A`` against ``columns``.
+
+    ``A`` is quantised to uint8 by ``DynamicQuantizeLinear`` (its scale ``AS`` is an
+    output, for the error bound), multiplied by the int8 ``columns`` with
+    ``MatMulInteger``, and scaled back to float (``Y``); ``QQ`` is ``|A|^2``. The
+    columns are a constant of the graph, so onnxruntime packs them once when the
+    session is made, not on every run. The protobuf is written by hand (a few
+    fields of onnx.proto3) so the library does not need the ``onnx`` package.
+    """
+    int8, float32 = 3, 1  # TensorProto.DataType
+    dim, n = columns.shape
+    nodes = [
+        _pb_node("DynamicQuantizeLinear", ("A",), ("A8", "AS", "AZ")),
+        _pb_node("MatMulInteger", ("A8", "B", "AZ"), ("YI",)),
+        _pb_node("Cast", ("YI",), ("YF",), to=float32),
+        _pb_node("Mul", ("AS", "BS"), ("SC",)),
+        _pb_node("Mul", ("YF", "SC"), ("Y",)),
+        _pb_node("ReduceSumSquare", ("A",), ("QQ",), keepdims=0),
+    ]
+    graph = b"".join(_pb_bytes(1, node) for node in nodes) + _pb_bytes(2, b"int8_scan")
+    graph += _pb_bytes(5, _pb_tensor("B", int8, columns))
+    graph += _pb_bytes(5, _pb_tensor("BS", float32, np.array(column_scale, dtype=np.float32)))
+    graph += _pb_bytes(11, _pb_value_info("A", float32, (1, dim)))
+    for name, dims in (("Y", (1, n)), ("AS", ()), ("QQ", ())):
+        graph += _pb_bytes(12, _pb_value_info(name, float32, dims))
+    # ModelProto: ir_version 8, producer, graph, opset_import {version: 13}
+    return (
+        _pb_int(1, 8)
+        + _pb_bytes(2, b"synaptoroute")
+        + _pb_bytes(7, graph)
+        + _pb_bytes(8, _pb_int(2, 13))
+    )
+
+
 class Int8Scan:
     """An int8 copy of the first ``n`` matrix rows, scanned by onnxruntime.
 
-    It reads a quarter of the bytes of the float32 product; at 100k rows that product
-    is memory-bound. Each approximate score comes with a rigorous rounding bound, so
-    :meth:`Snapshot.score` re-scores in float32 only the rows that could matter and
-    returns exactly the routes and scores of the float32 ``max`` aggregation.
+    It reads a quarter of the bytes of the float32 product, which is memory-bound
+    from 10k rows on (the encoder, run just before, evicts the matrix from cache).
+    :meth:`approx` returns approximate scores and one rigorous bound on their
+    rounding error, so :meth:`Snapshot.score` re-scores in float32 only the rows
+    that could matter and returns exactly the routes and scores of the float32
+    ``max`` aggregation.
     """
 
     def __init__(self, rows: NDArray[np.float32], threads: int) -> None:
@@ -79,28 +150,32 @@ class Int8Scan:
         peak = float(np.abs(rows).max()) if self.n else 1.0
         self.scale = 127.0 / max(peak, 1e-12)
         m8 = np.clip(np.rint(rows * self.scale), -127, 127).astype(np.int8)
-        self.columns = np.ascontiguousarray(m8.T)  # (dim, n): onnxruntime's fast layout
-        # The query goes in as uint8 (q8 + 128); 128 x each row's sum undoes the shift.
-        self.shift = 128 * m8.astype(np.int32).sum(axis=1)
-        self.l1 = np.abs(rows).sum(axis=1).astype(np.float32)
-        self.err = np.abs(rows - m8.astype(np.float32) / self.scale).max(axis=1)
+        residual = rows - m8.astype(np.float32) / np.float32(self.scale)
+        # Matrix-wide maxima of the norms the error bound needs: one bound for all
+        # rows keeps the per-query work to a few vector passes.
+        max_l1 = float(np.abs(rows).sum(axis=1).max()) if self.n else 0.0
+        max_l2 = float(np.linalg.norm(rows, axis=1).max()) if self.n else 0.0
+        self.row_factor = min(max_l1, math.sqrt(rows.shape[1]) * max_l2)
+        self.max_err_l2 = float(np.linalg.norm(residual, axis=1).max()) if self.n else 0.0
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            _INT8_SCAN_MODEL, opts, providers=["CPUExecutionProvider"]
-        )
+        # (dim, n) is onnxruntime's layout for the right-hand side of MatMulInteger.
+        model = _scan_model(np.ascontiguousarray(m8.T), 1.0 / self.scale)
+        self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        self._sqrt_dim = math.sqrt(rows.shape[1])
 
-    def bounds(self, query: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """Lower and upper bounds of the exact scores of the first ``n`` rows."""
-        peak = float(np.abs(query).max())
-        sq = 127.0 / max(peak, 1e-12)
-        q8 = np.rint(query * sq).astype(np.int32)
-        raw = self.session.run(None, {"A": (q8 + 128).astype(np.uint8)[None, :], "B": self.columns})
-        approx = (raw[0][0] - self.shift).astype(np.float32) / np.float32(self.scale * sq)
-        # |q.m - q~.m~| <= |q - q~|_inf |m|_1 + |q~|_1 |m - m~|_inf ; plus float slack.
-        eps = (0.5 / sq) * self.l1 + float(np.abs(q8).sum() / sq) * self.err + 1e-5
-        return approx - eps, approx + eps
+    def approx(self, query: NDArray[np.float32]) -> tuple[NDArray[np.float32], float]:
+        """Approximate scores of the first ``n`` rows and a bound on their error."""
+        y, a_scale, qq = self.session.run(None, {"A": query[None, :]})
+        step = float(a_scale)  # the query's quantisation step: |q - q~|_inf <= step / 2
+        # q.m - q~.m~ = (q - q~).m + q~.(m - m~). The first term is bounded by Hoelder
+        # (l_inf x l_1) or Cauchy-Schwarz, whichever is smaller (row_factor); the second
+        # by Cauchy-Schwarz with |q~|_2 <= |q|_2 + sqrt(dim) * step / 2. 1e-5 is slack
+        # for float32 rounding in the quantisers and the scaling.
+        first = step / 2 * self.row_factor
+        second = (math.sqrt(float(qq)) + self._sqrt_dim * step / 2) * self.max_err_l2
+        return y[0], first + second + 1e-5
 
 
 def _build_int8(rows: NDArray[np.float32]) -> Int8Scan | None:
@@ -129,11 +204,22 @@ class Snapshot:
     top_k: int
     version: int
     int8: Int8Scan | None = None  # covers the first int8.n rows; the rest scored exactly
+    # With int8: each row's route position in live_routes (n_routes for dead rows).
+    row_pos: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
 
     @property
     def n_routes(self) -> int:
         """Number of live routes."""
         return len(self.live_routes)
+
+    @property
+    def blas_rows(self) -> int:
+        """Rows of the float32 BLAS product per query (0: the int8 scan covers all)."""
+        if self.aggregation == "centroid":
+            return len(self.centroids)
+        if self.aggregation == "max" and self.int8 is not None:
+            return len(self.matrix) - self.int8.n
+        return len(self.matrix)
 
     def route_max(self, sims: NDArray[np.float32]) -> NDArray[np.float32]:
         """Per-live-route maximum similarity, shape ``(m, n_routes)``."""
@@ -151,11 +237,8 @@ class Snapshot:
     def score(self, queries: NDArray[np.float32], k: int) -> list[RouteScores]:
         """Top-``k`` routes for each row of ``queries`` under the snapshot's aggregation."""
         m = len(queries)
-        empty = RouteScores(
-            np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-        )
         if self.n_routes == 0:
-            return [empty] * m
+            return [_NO_ROUTES] * m
         k = min(k, self.n_routes)
         if self.aggregation == "centroid":
             sims = _similarities(self.centroids, queries)
@@ -192,24 +275,37 @@ class Snapshot:
         return results
 
     def _max_prefiltered(self, query: NDArray[np.float32], k: int) -> RouteScores:
-        # Exact top-k of the max aggregation: a route's true maximum is at least the
-        # largest lower bound of its rows, so the k-th largest such value is a floor for
-        # the k-th best route; only rows whose upper bound reaches it are re-scored.
+        # Exact top-k of the max aggregation. Every approximate score is within eps of
+        # the exact one, so a route's true maximum lies within eps of its approximate
+        # maximum, and the k-th largest approximate maximum minus eps is a floor for
+        # the k-th best route. A row is re-scored only if it could reach that floor
+        # *and* could be its own route's maximum: typically a few rows per query.
+        # Right after the encoder has run every numpy call is slow (cold caches), so
+        # the few surviving rows are ranked in plain Python.
         assert self.int8 is not None
-        lower, upper = self.int8.bounds(query)
-        if len(self.matrix) > self.int8.n:
-            tail = self.matrix[self.int8.n :] @ query
-            lower, upper = np.concatenate([lower, tail]), np.concatenate([upper, tail])
-        floors = self.route_max(lower[None, :])[0]
-        floor = float(np.partition(floors, len(floors) - k)[len(floors) - k])
-        rows = np.flatnonzero(upper >= floor)
-        route = self.seg_route[np.searchsorted(self.seg_starts, rows, side="right") - 1]
-        rows, route = rows[route >= 0], route[route >= 0]
-        exact = self.matrix[rows] @ query
-        order = np.lexsort((-exact, route))
-        firsts = order[np.concatenate(([True], route[order][1:] != route[order][:-1]))]
-        top = firsts[np.argsort(-exact[firsts], kind="stable")[:k]]
-        return RouteScores(route[top], exact[top].astype(np.float32), rows[top].astype(np.int64))
+        approx, eps = self.int8.approx(query)
+        if len(self.matrix) > self.int8.n:  # rows added since the int8 copy: exact
+            approx = np.concatenate([approx, self.matrix[self.int8.n :] @ query])
+        two = 2 * eps
+        seg_max = np.maximum.reduceat(approx, self.seg_starts)
+        route_max = np.maximum.reduceat(seg_max[self.seg_order], self.route_starts)
+        kth = np.partition(route_max, -k)[-k]
+        rows = np.flatnonzero(approx >= kth - two)
+        pos = self.row_pos[rows]  # dead rows have position n_routes: their bar is +inf
+        keep = approx[rows] >= np.append(route_max - two, np.inf)[pos]
+        rows, pos = rows[keep], pos[keep]
+        # Not BLAS: re-scoring a few rows must not wake BLAS threads (see the router).
+        exact = (self.matrix[rows] * query).sum(axis=1)
+        best: dict[int, tuple[float, int]] = {}  # route position -> (score, row)
+        for row, p, score in zip(rows.tolist(), pos.tolist(), exact.tolist(), strict=True):
+            if p not in best or score > best[p][0]:  # ties keep the lowest row
+                best[p] = (score, row)
+        top = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:k]
+        return RouteScores(
+            self.live_routes[[p for p, _ in top]],
+            np.array([score for _, (score, _) in top], dtype=np.float32),
+            np.array([row for _, (_, row) in top], dtype=np.int64),
+        )
 
     def _mean_topk(
         self, sims: NDArray[np.float32], maxima: NDArray[np.float32], k: int
@@ -440,6 +536,13 @@ class RouteIndex:
         else:  # only the centroid aggregation reads them
             centroids = np.zeros((0, self.dimension), dtype=np.float32)
         self._refresh_int8(n)
+        row_pos = np.zeros(0, dtype=np.intp)
+        if self._int8 is not None:
+            seg_pos = np.full(len(seg_starts), len(live_routes), dtype=np.intp)
+            seg_pos[seg_order] = np.repeat(
+                np.arange(len(firsts), dtype=np.intp), np.diff(np.append(firsts, len(seg_order)))
+            )
+            row_pos = np.repeat(seg_pos, seg_ends - seg_starts)
         return Snapshot(
             matrix=self._buf[:n],
             seg_starts=seg_starts,
@@ -455,6 +558,7 @@ class RouteIndex:
             top_k=self.top_k,
             version=self._version,
             int8=self._int8,
+            row_pos=row_pos,
         )
 
     def _refresh_int8(self, n: int) -> None:

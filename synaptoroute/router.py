@@ -45,6 +45,8 @@ __all__ = ["DEFAULT_THRESHOLD", "AdaptiveRouter", "EmbeddingCache"]
 DEFAULT_THRESHOLD = 0.5
 # Below this many rows one BLAS thread is faster than waking a second one.
 _BLAS_PARALLEL_ROWS = 20_000
+# RouteMatch is frozen, so every empty query can share one result.
+_EMPTY_QUERY = empty_match()
 _POLICY_KEY = "policy"
 _log = logging.getLogger("synaptoroute.router")
 
@@ -412,7 +414,7 @@ class AdaptiveRouter:
         threads = self.blas_threads
         if threads is None:
             threads = 1 if len(snapshot.matrix) < _BLAS_PARALLEL_ROWS else (os.cpu_count() or 1)
-        limit = _blas_limit(threads) if len(vectors) else nullcontext()
+        limit = _blas_limit(threads) if len(vectors) and snapshot.blas_rows else nullcontext()
         with limit:
             return snapshot, snapshot.score(vectors, k)
 
@@ -421,7 +423,7 @@ class AdaptiveRouter:
         for text in texts:
             check_text(text)
         live = [i for i, t in enumerate(texts) if t.strip()]
-        results: list[RouteMatch] = [empty_match() for _ in texts]
+        results: list[RouteMatch] = [_EMPTY_QUERY] * len(texts)
         if not live:
             return results
         vectors = self._embed([texts[i] for i in live])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from synaptoroute.encoder import l2_normalize
-from synaptoroute.index import RouteIndex
+from synaptoroute.index import Int8Scan, RouteIndex
 
 DIM = 16
 
@@ -219,3 +219,61 @@ def test_int8_prefilter_only_for_max_and_large_matrices() -> None:
         for i in range(20):
             index.add(f"r{i}", unit(rng, 5), [str(j) for j in range(5)])
         assert index.snapshot().int8 is None
+
+
+def test_int8_error_bound_holds_for_every_row() -> None:
+    # The pre-filter is exact only if |approx - exact| <= eps for every row; check the
+    # bound directly on real-sized vectors and on awkward queries.
+    rng = np.random.default_rng(7)
+    dim = 384
+    rows = rng.standard_normal((3000, dim)).astype(np.float32)
+    rows[:10] *= 0.01  # short rows next to unit ones
+    rows[10:] /= np.linalg.norm(rows[10:], axis=1, keepdims=True)
+    scan = Int8Scan(rows, threads=1)
+    one_hot = np.zeros(dim, dtype=np.float32)
+    one_hot[3] = 1.0
+    queries = [
+        *(rows[i] for i in range(12, 17)),
+        l2_normalize(rng.standard_normal((1, dim)))[0],
+        one_hot,
+        -rows[20],
+        rows[30] * 1e-3,  # tiny norm
+        np.full(dim, 1 / np.sqrt(dim), dtype=np.float32),
+    ]
+    for query in queries:
+        q = np.asarray(query, dtype=np.float32)
+        approx, eps = scan.approx(q)
+        exact = rows.astype(np.float64) @ q.astype(np.float64)
+        assert approx.shape == (len(rows),)
+        assert np.abs(approx - exact).max() <= eps
+        assert eps < 0.05  # and is tight enough to prune
+    approx, eps = scan.approx(np.zeros(dim, dtype=np.float32))  # degenerate, still bounded
+    assert np.all(approx == 0) and np.isfinite(eps)
+
+
+def test_int8_prefilter_is_exact_with_ties_and_degenerate_queries() -> None:
+    # Duplicate rows across and within routes make exact ties; the order among tied
+    # routes is unspecified (BLAS rounds identical rows differently in float32 too),
+    # so check what is specified: the k best scores, each route's own maximum, and
+    # a nearest row that attains it.
+    rng = np.random.default_rng(8)
+    fast = RouteIndex(DIM, int8_min_rows=16)
+    shared = unit(rng, 4)
+    truth: dict[str, np.ndarray] = {}
+    for i in range(12):
+        vecs = np.vstack([shared, shared[:2], unit(rng, 3)])
+        fast.add(f"r{i}", vecs, [f"r{i}-{j}" for j in range(len(vecs))])
+        truth[f"r{i}"] = vecs
+    snap = fast.snapshot()
+    assert snap.int8 is not None
+    queries = np.vstack([shared, np.zeros((1, DIM), dtype=np.float32), unit(rng, 5)])
+    for k in (1, 2, 5, 50):  # 50 > number of routes
+        for query, got in zip(queries, snap.score(queries, k=k), strict=True):
+            expected = brute_force(truth, query, "max")
+            best = sorted(expected.values(), reverse=True)[: min(k, len(truth))]
+            assert list(got.scores) == pytest.approx(best, abs=1e-6)
+            for rid, score, row in zip(got.route_ids, got.scores, got.nearest_rows, strict=True):
+                name = snap.names[int(rid)]
+                assert name is not None and expected[name] == pytest.approx(score, abs=1e-6)
+                assert snap.texts[int(row)].startswith(f"{name}-")
+                assert float(snap.matrix[int(row)] @ query) == pytest.approx(score, abs=1e-6)
