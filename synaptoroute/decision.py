@@ -344,6 +344,14 @@ def empty_match(reason: str = "empty_query") -> RouteMatch:
     return RouteMatch(name=None, score=0.0, reason=reason)  # type: ignore[arg-type]
 
 
+def _verdict(score: Any, runner_score: Any, threshold: Any, min_margin: float) -> Any:
+    # The threshold rule, written with operators only so one body serves Python
+    # floats (decide, per query: no numpy call on the hot path) and arrays (fitting).
+    below = score < threshold
+    ambiguous = (score - runner_score < min_margin) * (min_margin > 0)
+    return below + 2 * ambiguous * (1 - below)
+
+
 def threshold_verdicts(
     score: ArrayLike, runner_score: ArrayLike, threshold: ArrayLike, min_margin: float
 ) -> NDArray[np.int8]:
@@ -351,13 +359,14 @@ def threshold_verdicts(
 
     ``runner_score`` is ``-inf`` where there is no runner-up.
     """
-    s = np.asarray(score, dtype=np.float64)
-    below = s < np.asarray(threshold, dtype=np.float64)
-    verdict = np.where(below, 1, 0).astype(np.int8)
-    if min_margin > 0:
-        gap = s - np.asarray(runner_score, dtype=np.float64)
-        verdict[(~below) & (gap < min_margin)] = 2
-    return verdict
+    f64 = np.float64
+    codes = _verdict(
+        np.asarray(score, f64),
+        np.asarray(runner_score, f64),
+        np.asarray(threshold, f64),
+        min_margin,
+    )
+    return np.asarray(codes, dtype=np.int8)
 
 
 def decide(
@@ -395,12 +404,8 @@ def decide(
         runner_score = float(scores.scores[1])
     row = int(scores.nearest_rows[0])
     nearest = snapshot.texts[row] if row >= 0 else None
-    code = int(
-        threshold_verdicts(
-            score, -math.inf if runner_score is None else runner_score, threshold, policy.min_margin
-        )
-    )
-    reason = VERDICTS[code]
+    runner = -math.inf if runner_score is None else runner_score
+    reason = VERDICTS[_verdict(score, runner, threshold, policy.min_margin)]
     confidence = None if policy.calibrator is None else float(policy.calibrator(score))
     return RouteMatch(
         name=best if reason == "matched" else None,
