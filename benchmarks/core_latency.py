@@ -20,8 +20,8 @@ Parts (``--parts``, default all):
     Reopening a SQLite store of 10,000 real utterances against encoding them again
     with the real :class:`~synaptoroute.encoder.Encoder`.
 ``profile``
-    Where a query's time goes at the largest size, and a prototype of an int8
-    pre-filter with exact float32 re-scoring (standalone; the library is untouched).
+    Where a query's time goes from 10k utterances up: each step timed right after an
+    encoder call (as in a real query, with the CPU caches cold) and warm.
 
 Utterance sets: the real vectors of the first 20 CLINC150 intents (100 train rows
 each, 2,000 vectors) form copy 0; further copies are the same vectors under a
@@ -64,7 +64,7 @@ from common import (
 from numpy.typing import NDArray
 
 from synaptoroute.encoder import Encoder
-from synaptoroute.index import Aggregation, Snapshot
+from synaptoroute.index import Aggregation
 from synaptoroute.models import Route
 from synaptoroute.router import AdaptiveRouter, _blas_limit
 from synaptoroute.storage import MemoryStorage, ModelInfo, SQLiteStorage, StoredRoute
@@ -355,135 +355,56 @@ def part_reopen(encoder: Encoder, data: str | None, repeats: int) -> dict[str, A
     return out
 
 
-# -- profile and int8 prototype ----------------------------------------------------------
-class Int8Prefilter:
-    """Prototype: an int8 copy of the matrix scanned by onnxruntime, exact re-scoring after.
+# -- profile ------------------------------------------------------------------------
+def part_profile(work: Workload, encoder: Encoder, n: int, n_queries: int) -> dict[str, Any]:
+    """Where a query's time goes at ``n`` utterances, right after the encoder ran.
 
-    The int8 product (``MatMulInteger``, uint8 query x int8 matrix) reads a quarter of
-    the bytes of the float32 one. Rounding moves a row's score by at most
-    ``eps = 0.5/sq * |m|_1 + 0.5/sm * |q8/sq|_1``, so a row can only belong to one of
-    the ``k`` best routes if its approximate score is within ``2 * eps`` of the k-th
-    best approximate route maximum. Those rows are re-scored exactly in float32, so
-    the ``k`` best routes and their scores equal the exact ``max`` aggregation
-    (:func:`part_profile` checks it). ``mean_topk`` would need a bound per route;
-    not done here.
-    """
-
-    def __init__(self, snapshot: Snapshot, threads: int = 1) -> None:
-        import onnxruntime as ort
-        from onnx import TensorProto, helper, numpy_helper
-
-        matrix = snapshot.matrix
-        self.snapshot = snapshot
-        self.matrix = matrix
-        self.scale = 127.0 / float(np.abs(matrix).max())
-        m8 = np.clip(np.rint(matrix * self.scale), -127, 127).astype(np.int8)
-        b = numpy_helper.from_array(np.ascontiguousarray(m8.T), name="B")
-        node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
-        graph = helper.make_graph(
-            [node],
-            "int8_scan",
-            [helper.make_tensor_value_info("A", TensorProto.UINT8, [1, matrix.shape[1]])],
-            [helper.make_tensor_value_info("Y", TensorProto.INT32, [1, matrix.shape[0]])],
-            initializer=[b],
-        )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
-        row_route = np.full(len(matrix), -1, dtype=np.int64)
-        for start, end, rid in zip(
-            snapshot.seg_starts, snapshot.seg_ends, snapshot.seg_route, strict=True
-        ):
-            row_route[start:end] = rid
-        self.row_route = row_route
-        # onnxruntime's fast kernel wants uint8 activations (an int8 query measured
-        # 20x slower): the query is shifted by 128 and 128 x each row's sum removed.
-        self.shift = 128 * m8.astype(np.int32).sum(axis=1)
-        self.max_row_l1 = float(np.abs(matrix).sum(axis=1).max())
-        self.last_candidates = 0
-
-    def top_routes(self, q: Vectors, k: int = 2) -> tuple[NDArray[np.int64], Vectors]:
-        """The ``k`` best route ids and their exact max scores for one query."""
-        sq = 127.0 / float(np.abs(q).max())
-        q8 = np.clip(np.rint(q * sq), -127, 127).astype(np.int16)
-        raw = self.session.run(None, {"A": (q8 + 128).astype(np.uint8)[None, :]})[0][0]
-        approx = (raw - self.shift).astype(np.float32) * np.float32(1.0 / (self.scale * sq))
-        eps = 0.5 / sq * self.max_row_l1 + 0.5 / self.scale * float(np.abs(q8).sum()) / sq
-        route_max = self.snapshot.route_max(approx[None, :])[0]
-        k = min(k, len(route_max))
-        kth = float(np.partition(route_max, len(route_max) - k)[len(route_max) - k])
-        cand = np.flatnonzero(approx >= kth - 2 * eps)
-        self.last_candidates = len(cand)
-        exact = self.matrix[cand] @ q
-        routes = self.row_route[cand]
-        order = np.lexsort((-exact, routes))
-        first = np.concatenate(([True], routes[order][1:] != routes[order][:-1]))
-        best_rows = order[first]
-        top = best_rows[np.argsort(-exact[best_rows], kind="stable")[:k]]
-        return routes[top], exact[top]
-
-
-def part_profile(work: Workload, n: int, n_queries: int) -> dict[str, Any]:
-    """Break a query down at ``n`` utterances and time the int8 prototype beside it.
-
-    Every step is timed for each query in turn, so all steps see the same machine load.
+    The encoder's run evicts the matrix, and the code and data of everything that runs
+    after it, from the CPU caches, so a real query pays for steps that a tight loop
+    would find warm. Each step is timed right after its own ``encoder.encode`` call
+    ("after encode") and then again at once ("warm"), for every query in turn.
     """
     store = work.memory_store(n)
+    zero = AdaptiveRouter(work.lookup(), store, cache_size=0)
+    zero.query(work.queries[0])  # compile the snapshot
+    snap = zero._index.snapshot()
     qs = work.query_vectors[:n_queries]
     texts = work.queries[:n_queries]
-    out: dict[str, Any] = {"utterances": n}
-    rows: dict[str, list[float]] = {}  # step -> [1-thread wall, 1-thread CPU, 2-thread wall]
-    same: list[bool] = []
-    rescored: list[int] = []
-    for threads in (1, 2):
-        zero = AdaptiveRouter(work.lookup(), store, cache_size=0, blas_threads=threads)
-        snap = zero._index.snapshot()
-        proto = Int8Prefilter(snap, threads=threads)
-        steps = _profile_steps(zero, snap, proto, qs, texts)
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
-        with _blas_limit(threads):
-            for fn in steps.values():
-                fn(0)
-            for i in range(len(qs)):
-                for name, fn in steps.items():
-                    times[name].append(time_wall_cpu_ms(partial(fn, i)))
-                if threads == 1:
-                    routes, scores = proto.top_routes(qs[i])
-                    exact = snap.score(qs[i][None, :], 2)[0]
-                    rescored.append(proto.last_candidates)
-                    same.append(
-                        list(routes) == list(exact.route_ids)
-                        and bool(np.allclose(scores, exact.scores, atol=1e-6))
-                    )
-        for name, values in times.items():
-            cells = rows.setdefault(name, [])
-            cells.append(summarize_ms([w for w, _ in values])["p50"])
-            if threads == 1:  # CPU time of the calling thread only means something here
-                cells.append(summarize_ms([c for _, c in values])["p50"])
-        out["matrix_mb"] = snap.matrix.nbytes / 1e6
-    print(f"\n## profile at {n:,} utterances ({out['matrix_mb']:.0f} MB float32 matrix)")
-    print("| step | 1 thread: wall ms p50 | 1 thread: CPU ms p50 | 2 threads: wall ms p50 |")
-    print("|---|---|---|---|")
-    for name, cells in rows.items():
-        print(f"| {name} | {cells[0]:.3f} | {cells[1]:.3f} | {cells[2]:.3f} |")
-    wall, cpu = rows["float32 product np.dot(matrix, q)"][:2]
-    bandwidth = out["matrix_mb"] / wall
-    print(
-        f"1-thread product reads the matrix at {bandwidth:.1f} GB/s wall "
-        f"({out['matrix_mb'] / cpu:.1f} GB/s per CPU-second); int8 prototype: "
-        f"{np.mean(rescored):.0f} rows re-scored per query (mean), top-2 routes and scores "
-        f"equal to the exact index for {100 * np.mean(same):.1f}% of {len(same)} queries"
-    )
-    out.update({"steps": rows, "bandwidth_gbs": bandwidth, "rescored": float(np.mean(rescored))})
-    out["int8_equal_exact"] = float(np.mean(same))
+
+    def product(i: int) -> object:
+        with _blas_limit(1):
+            return snap.matrix @ qs[i]
+
+    steps: dict[str, Callable[[int], object]] = {"float32 product `matrix @ q` (BLAS)": product}
+    if snap.int8 is not None:
+        int8 = snap.int8
+        steps["int8 scan `Int8Scan.approx` (onnxruntime)"] = lambda i: int8.approx(qs[i])
+    steps["`Snapshot.score` (scan, exact top-2)"] = lambda i: snap.score(qs[i][None, :], 2)
+    steps["`router.query`, zero-cost encoder"] = lambda i: zero.query(texts[i])
+    cold: dict[str, list[float]] = {name: [] for name in steps}
+    warm: dict[str, list[float]] = {name: [] for name in steps}
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(len(qs)):
+            for name, fn in steps.items():
+                encoder.encode([texts[i]])
+                cold[name].append(time_ms(partial(fn, i)))
+                warm[name].append(time_ms(partial(fn, i)))
+    finally:
+        gc.enable()
+    mb = snap.matrix.nbytes / 1e6
+    int8_mb = mb / 4 if snap.int8 is not None else 0.0
+    print(f"\n## profile at {n:,} utterances ({mb:.1f} MB float32 matrix, {int8_mb:.1f} MB int8)")
+    print("| step | after encode, ms p50 | warm, ms p50 |")
+    print("|---|---|---|")
+    out: dict[str, Any] = {"utterances": n, "matrix_mb": mb, "steps": {}}
+    for name in steps:
+        c, w = summarize_ms(cold[name])["p50"], summarize_ms(warm[name])["p50"]
+        out["steps"][name] = {"after_encode": c, "warm": w}
+        print(f"| {name} | {c:.3f} | {w:.3f} |")
 
     # Where the rest goes: own time of the top functions over the same queries.
-    zero = AdaptiveRouter(work.lookup(), store, cache_size=0)
-    zero.query(texts[0])
     profiler = cProfile.Profile()
     profiler.enable()
     for text in texts:
@@ -502,23 +423,6 @@ def part_profile(work: Workload, n: int, n_queries: int) -> dict[str, Any]:
     print("\ncProfile of 10 x (add 10 rows to the index + compile), top own time:")
     _print_profile(profiler, 6)
     return out
-
-
-def _profile_steps(
-    router: AdaptiveRouter,
-    snap: Snapshot,
-    proto: Int8Prefilter,
-    qs: Vectors,
-    texts: Sequence[str],
-) -> dict[str, Callable[[int], object]]:
-    """The timed steps of :func:`part_profile`, each called with a query's index."""
-    return {
-        "float32 product np.dot(matrix, q)": lambda i: np.dot(snap.matrix, qs[i]),
-        "Snapshot.score (product + per-route max + top-2)": lambda i: snap.score(qs[i][None, :], 2),
-        "router._score (+ BLAS thread limit)": lambda i: router._score(qs[i][None, :], 2),
-        "router.query, zero-cost encoder (+ decide)": lambda i: router.query(texts[i]),
-        "int8 prototype (scan + exact re-score), max": lambda i: proto.top_routes(qs[i]),
-    }
 
 
 def _print_profile(profiler: cProfile.Profile, top: int) -> None:
@@ -579,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["reopen"] = part_reopen(encoder, args.data, 5)
     if "profile" in args.parts and work is not None:
         big = [n for n in args.sizes if n >= 10_000] or [max(args.sizes)]
-        results["profile"] = [part_profile(work, n, args.queries) for n in big]
+        results["profile"] = [part_profile(work, encoder, n, args.queries) for n in big]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float))
     return 0
