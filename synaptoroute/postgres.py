@@ -62,6 +62,17 @@ ChangeKind = Literal[
 
 
 @dataclass(frozen=True)
+class _LogEntry:
+    """One row to append to the change log."""
+
+    kind: ChangeKind
+    name: str | None
+    data: dict[str, Any] | None = None
+    vectors: NDArray[np.float32] | None = None
+    model: ModelInfo | None = None
+
+
+@dataclass(frozen=True)
 class Change:
     """One committed change, as a follower receives it. Carries vectors, never text to encode.
 
@@ -605,10 +616,31 @@ class PostgresStorage:
         vectors: NDArray[np.float32] | None = None,
         model: ModelInfo | None = None,
     ) -> int:
+        return self._write_many(body, [_LogEntry(kind, name, data, vectors, model)])
+
+    def _write_many(
+        self, body: Callable[[psycopg.Cursor[Any]], None], entries: Sequence[_LogEntry]
+    ) -> int:
+        """Run ``body`` and log ``entries`` (one change each) in one transaction.
+
+        Returns the sequence number of the last entry.
+        """
         pg = _psycopg()
         s = self._s
-        blob = None if vectors is None else np.ascontiguousarray(vectors, np.float32).tobytes()
-        jdata = None if data is None else pg.types.json.Jsonb(data)
+        rows = [
+            (
+                self.origin,
+                e.kind,
+                e.name,
+                None if e.data is None else pg.types.json.Jsonb(e.data),
+                None
+                if e.vectors is None
+                else np.ascontiguousarray(e.vectors, np.float32).tobytes(),
+                e.model.model_id if e.model else None,
+                e.model.dimension if e.model else None,
+            )
+            for e in entries
+        ]
 
         def work(conn: psycopg.Connection[Any]) -> tuple[int, Change | None]:
             with conn.transaction():
@@ -616,31 +648,30 @@ class PostgresStorage:
                 # One writer at a time per store: sequence numbers follow commit order.
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._lock_name,))
                 body(cur)
-                cur.execute(
-                    f"INSERT INTO {s}.changes(origin, kind, name, data, vectors, model_id, "
-                    "dimension) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING seq",
-                    (
-                        self.origin,
-                        kind,
-                        name,
-                        jdata,
-                        blob,
-                        model.model_id if model else None,
-                        model.dimension if model else None,
-                    ),
-                )
-                row = cur.fetchone()
-                assert row is not None
-                seq = int(row[0])
+                seqs = []
+                for row in rows:
+                    cur.execute(
+                        f"INSERT INTO {s}.changes(origin, kind, name, data, vectors, model_id, "
+                        "dimension) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING seq",
+                        row,
+                    )
+                    got = cur.fetchone()
+                    assert got is not None
+                    seqs.append(int(got[0]))
+                seq = seqs[-1]
                 cur.execute("SELECT pg_notify(%s, %s)", (self._channel, str(seq)))
-                resync = self._resync(conn, seq, kind, name) if self._applied is not None else None
-                if seq % self.prune_every == 0:
+                resync = None
+                if self._applied is not None:
+                    touched = [(e.kind, e.name) for e in entries]
+                    resync = self._resync(conn, seqs[0], seq, touched)
+                if any(n % self.prune_every == 0 for n in seqs):
                     self._prune(cur, seq)
                 self._committing = True
             return seq, resync
 
         with self._apply_lock:
-            seq, resync = self._run(kind.replace("_", " "), work, write=True)
+            label = entries[0].kind.replace("_", " ")
+            seq, resync = self._run(label, work, write=True)
             self.last_write_seq = seq
             if self._applied is not None:
                 if resync is not None:
@@ -649,22 +680,27 @@ class PostgresStorage:
         return seq
 
     def _resync(
-        self, conn: psycopg.Connection[Any], seq: int, kind: ChangeKind, name: str | None
+        self,
+        conn: psycopg.Connection[Any],
+        first: int,
+        seq: int,
+        own: Sequence[tuple[ChangeKind, str | None]],
     ) -> Change | None:
         """What the follower must reset when this write raced writes it has not applied.
 
-        The router applies its own write locally, on top of a state that may lack
-        another replica's earlier write; afterwards the follower resets every route
-        either touched to its exact state as of ``seq``, read in this transaction.
+        The router applies its own write (log entries ``first`` to ``seq``, kinds and
+        names ``own``) locally, on top of a state that may lack another replica's
+        earlier write; afterwards the follower resets every route either touched to
+        its exact state as of ``seq``, read in this transaction.
         """
         rows = conn.execute(
             f"SELECT kind, name FROM {self._s}.changes WHERE seq > %s AND seq < %s",
-            (self._applied, seq),
+            (self._applied, first),
         ).fetchall()
         pending = self._pending
         if not rows and pending is None:
             return None
-        touched = [*rows, (kind, name)]
+        touched = [*rows, *own]
         if any(k == "reload" for k, _ in touched) or (pending and pending.kind == "reload"):
             return self._whole(conn, seq)
         names = {n for k, n in touched if k != "set_state" and n is not None}
@@ -741,15 +777,35 @@ class PostgresStorage:
                 copy.write_row((rid, text, vec.tobytes()))
 
     def put_route(self, route: Route, vectors: NDArray[np.float32], model: ModelInfo) -> None:
-        """Create or replace a route and its utterances in one transaction."""
-        _check_vectors(route.utterances, vectors, model)
+        """Create or replace one route and its utterances (see :meth:`put_routes`)."""
+        self.put_routes([StoredRoute(route, vectors)], model)
+
+    def put_routes(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
+        """Create or replace routes and their utterances, all in one transaction.
+
+        The change log gets one ``put_route`` entry per route, committed together.
+        """
+        for item in routes:
+            _check_vectors(item.route.utterances, item.vectors, model)
+        if not routes:
+            return
 
         def body(cur: psycopg.Cursor[Any]) -> None:
             self._set_model(cur, model)
-            self._insert_route(cur, route, vectors)
+            for item in routes:
+                self._insert_route(cur, item.route, item.vectors)
 
-        data = _route_doc(route, utterances=True)
-        self._write("put_route", route.name, body, data=data, vectors=vectors, model=model)
+        entries = [
+            _LogEntry(
+                "put_route",
+                item.route.name,
+                _route_doc(item.route, utterances=True),
+                item.vectors,
+                model,
+            )
+            for item in routes
+        ]
+        self._write_many(body, entries)
 
     def add_utterances(
         self, name: str, texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo

@@ -251,8 +251,8 @@ class AdaptiveRouter:
                 end = start + len(route.utterances)
                 stored.append(StoredRoute(route, vectors[start:end]))
                 start = end
+            self.storage.put_routes(stored, self.model)  # one transaction: all or nothing
             for item in stored:
-                self.storage.put_route(item.route, item.vectors, self.model)
                 if item.route.name in self._routes:
                     self._index.delete_route(item.route.name)
                 self._routes[item.route.name] = item.route

@@ -58,8 +58,8 @@ class Storage(Protocol):
         """Every route with its vectors, in insertion order."""
         ...
 
-    def put_route(self, route: Route, vectors: NDArray[np.float32], model: ModelInfo) -> None:
-        """Create or replace ``route`` and all its utterances."""
+    def put_routes(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
+        """Create or replace these routes and all their utterances, in one transaction."""
         ...
 
     def add_utterances(
@@ -122,12 +122,19 @@ class MemoryStorage:
             return list(self._routes.values())
 
     def put_route(self, route: Route, vectors: NDArray[np.float32], model: ModelInfo) -> None:
-        """Create or replace a route."""
-        _check_vectors(route.utterances, vectors, model)
+        """Create or replace one route (see :meth:`put_routes`)."""
+        self.put_routes([StoredRoute(route, vectors)], model)
+
+    def put_routes(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
+        """Create or replace routes, all at once."""
+        for item in routes:
+            _check_vectors(item.route.utterances, item.vectors, model)
         with self._lock:
-            self._model = model
-            self._routes.pop(route.name, None)
-            self._routes[route.name] = StoredRoute(route, vectors.copy())
+            if routes:
+                self._model = model
+            for item in routes:
+                self._routes.pop(item.route.name, None)
+                self._routes[item.route.name] = StoredRoute(item.route, item.vectors.copy())
 
     def _get(self, name: str) -> StoredRoute:
         try:
@@ -420,12 +427,20 @@ class SQLiteStorage:
         self._insert_utterances(tx, cur.lastrowid, route.utterances, vectors)
 
     def put_route(self, route: Route, vectors: NDArray[np.float32], model: ModelInfo) -> None:
-        """Create or replace a route and its utterances in one transaction."""
-        _check_vectors(route.utterances, vectors, model)
+        """Create or replace one route and its utterances (see :meth:`put_routes`)."""
+        self.put_routes([StoredRoute(route, vectors)], model)
+
+    def put_routes(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
+        """Create or replace routes and their utterances, all in one transaction."""
+        for item in routes:
+            _check_vectors(item.route.utterances, item.vectors, model)
+        if not routes:
+            return
 
         def body(tx: sqlite3.Connection) -> None:
             self._set_model(tx, model)
-            self._insert_route(tx, route, vectors)
+            for item in routes:
+                self._insert_route(tx, item.route, item.vectors)
 
         self._write(body)
 

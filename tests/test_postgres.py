@@ -501,6 +501,42 @@ def test_every_change_is_logged_in_order_and_notified(pg_dsn: str, schema: str) 
         store.close()
 
 
+def test_put_routes_is_one_transaction_with_a_log_row_per_route(pg_dsn: str, schema: str) -> None:
+    import psycopg
+
+    store = open_store(pg_dsn, schema)
+    try:
+        model = ModelInfo("m", 8)
+        store.put_routes(
+            [StoredRoute(r, unit(len(r.utterances), 8, i)) for i, r in enumerate(ROUTES)], model
+        )
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                f'SELECT seq, kind, name FROM "{schema}".changes ORDER BY seq'
+            ).fetchall()
+            assert [r[1:] for r in rows] == [("put_route", r.name) for r in ROUTES]
+            assert store.last_write_seq == rows[-1][0]
+            conn.execute(
+                f'CREATE FUNCTION "{schema}".refuse() RETURNS trigger LANGUAGE plpgsql AS '
+                "$$ BEGIN RAISE EXCEPTION 'refused by a trigger'; END $$"
+            )
+            conn.execute(
+                f'CREATE TRIGGER refuse BEFORE INSERT ON "{schema}".routes FOR EACH ROW '
+                f"WHEN (NEW.name = 'boom') EXECUTE FUNCTION \"{schema}\".refuse()"
+            )
+        seq = store.current_seq()
+        fresh = Route(name="fresh", utterances=["a new route"])
+        boom = Route(name="boom", utterances=["kaboom"])
+        with pytest.raises(StorageError, match="refused by a trigger"):
+            store.put_routes(
+                [StoredRoute(fresh, unit(1, 8, 5)), StoredRoute(boom, unit(1, 8, 6))], model
+            )
+        assert store.current_seq() == seq  # nothing logged
+        assert [s.route.name for s in store.load()] == [r.name for r in ROUTES]
+    finally:
+        store.close()
+
+
 def test_a_follower_behind_a_pruned_log_reloads_everything(pg_dsn: str, schema: str) -> None:
     writer = open_store(pg_dsn, schema, keep_changes=2)
     writer.prune_every = 1

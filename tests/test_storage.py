@@ -22,7 +22,7 @@ from synaptoroute import (
     SQLiteStorage,
     StorageError,
 )
-from synaptoroute.storage import SCHEMA_VERSION, ModelInfo
+from synaptoroute.storage import SCHEMA_VERSION, ModelInfo, StoredRoute
 
 ROUTES = [
     Route(name="billing", utterances=["I need a refund", "Where is my receipt?"], threshold=0.4),
@@ -176,6 +176,40 @@ def test_failed_write_leaves_store_and_router_unchanged(tmp_path: Path) -> None:
     assert router.query("The app crashes").candidate == "billing"
     fresh = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path))
     assert fresh.route_names == ["billing"]
+
+
+def test_add_routes_is_one_transaction(tmp_path: Path) -> None:
+    # A real SQLite failure partway through a batch: a trigger refuses the third route.
+    path = tmp_path / "batch.db"
+    router = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path))
+    router.add_route(ROUTES[2])
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON routes WHEN NEW.name = 'boom' "
+        "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+    )
+    db.commit()
+    db.close()
+    boom = Route(name="boom", utterances=["kaboom"])
+    with pytest.raises(StorageError, match=r"refused by a trigger.*nothing was written"):
+        router.add_routes([ROUTES[0], ROUTES[1], boom])
+    assert router.route_names == ["weather"]
+    assert AdaptiveRouter(HashingEncoder(), SQLiteStorage(path)).route_names == ["weather"]
+    router.add_routes([ROUTES[0], ROUTES[1]])  # without the refused route: all land
+    fresh = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path))
+    assert sorted(fresh.route_names) == ["billing", "support", "weather"]
+
+
+def test_memory_put_routes_checks_every_route_before_writing() -> None:
+    store = MemoryStorage()
+    model = ModelInfo("m", 4)
+    good = StoredRoute(ROUTES[0], np.zeros((2, 4), np.float32))
+    bad = StoredRoute(ROUTES[1], np.zeros((1, 4), np.float32))  # two utterances, one vector
+    with pytest.raises(StorageError, match="shape"):
+        store.put_routes([good, bad], model)
+    assert store.load() == [] and store.model_info() is None
+    store.put_routes([good], model)
+    assert [s.route.name for s in store.load()] == ["billing"]
 
 
 def test_storage_errors_for_unknown_routes(tmp_path: Path) -> None:
