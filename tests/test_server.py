@@ -700,3 +700,34 @@ def test_public_names() -> None:
         assert getattr(server, name) is not None
     with pytest.raises(AttributeError):
         _ = server.nothing_here
+
+
+async def test_route_names_with_slashes_are_addressable(svc: Service) -> None:
+    c = svc.client
+    new = {"name": "billing/refunds", "utterances": ["I want my money back"]}
+    assert (await c.post("/routes", json=new, headers=AUTH)).status_code == 201
+    r = await c.get("/routes/billing/refunds")
+    assert r.status_code == 200 and r.json()["name"] == "billing/refunds"
+    assert (await c.get("/routes/billing%2Frefunds")).json()["name"] == "billing/refunds"
+    r = await c.post(
+        "/routes/billing/refunds/utterances", json={"utterances": ["refund please"]}, headers=AUTH
+    )
+    assert r.json() == {"added": ["refund please"]}
+    r = await c.put("/routes/billing/refunds/threshold", json={"threshold": 0.7}, headers=AUTH)
+    assert r.json()["name"] == "billing/refunds" and r.json()["threshold"] == 0.7
+    body = {"utterances": ["I want my money back", "a refund"]}
+    r = await c.put("/routes/billing/refunds", json=body, headers=AUTH)
+    assert r.status_code == 200 and r.json()["utterances"] == body["utterances"]
+    assert svc.router.get_route("billing").utterances == ROUTES[0].utterances  # untouched
+    assert (await c.delete("/routes/billing/refunds", headers=AUTH)).status_code == 204
+    assert "billing/refunds" not in svc.router and "billing" in svc.router
+    assert (await c.get("/routes/")).status_code in (404, 307)  # never an empty name
+    # "<name>/utterances" and "<name>/threshold" stay sub-resources: other methods are 405
+    # and such names are refused, so no path means two things.
+    r = await c.put("/routes/billing/utterances", json={"utterances": ["x"]}, headers=AUTH)
+    assert r.status_code == 405 and "POST" in r.headers["allow"]
+    assert (await c.get("/routes/billing/threshold")).status_code == 405
+    bad = {"name": "billing/threshold", "utterances": ["x"]}
+    r = await c.post("/routes", json=bad, headers=AUTH)
+    assert r.status_code == 422 and "sub-resources" in r.text
+    assert "billing/threshold" not in svc.router

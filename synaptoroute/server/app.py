@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -208,7 +209,8 @@ class MetricsMiddleware:
             metrics.in_flight.add(-1)
             route = scope.get("route")
             # Unmatched paths share one label so random URLs cannot grow the series.
-            path = getattr(route, "path", None) or "unmatched"
+            # path_format: the template without convertors ("/routes/{name}").
+            path = getattr(route, "path_format", None) or "unmatched"
             method = scope["method"]
             metrics.requests.inc((method, path, str(status)))
             metrics.latency.observe(time.perf_counter() - start, (method, path))
@@ -323,9 +325,40 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 RouteName = Annotated[str, Path(pattern=NAME_PATTERN, description="The route's name.")]
 
 
+#: Route names in paths may contain "/"; the sub-resources "/utterances" and
+#: "/threshold" keep their meaning, so a name may not end in either.
+_SUB_RESOURCES = ("utterances", "threshold")
+
+
+class _RouteNameConvertor(Convertor[str]):
+    """A route name in front of a sub-resource: one or more characters, ``/`` included."""
+
+    regex = r"[\s\S]+"  # any character, newlines included (names are any non-blank text)
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class _RoutePathConvertor(_RouteNameConvertor):
+    """A route name that is the whole rest of the path: never ``<name>/<sub-resource>``,
+    so an undeclared method on a sub-resource is a 405, not a route named ``x/threshold``."""
+
+    regex = rf"(?![\s\S]*/(?:{'|'.join(_SUB_RESOURCES)})\Z)[\s\S]+"
+
+
+register_url_convertor("route_name", _RouteNameConvertor())
+register_url_convertor("route_path", _RoutePathConvertor())
+
+
 def _check_name(name: str) -> str:
     if not name.strip() or name != name.strip():
         msg = "route name must be non-empty and without surrounding whitespace"
+        raise InvalidInputError(msg)
+    if name.rsplit("/", 1)[-1] in _SUB_RESOURCES and "/" in name:
+        msg = f"a route name may not end in /{' or /'.join(_SUB_RESOURCES)} (sub-resources)"
         raise InvalidInputError(msg)
     try:
         name.encode("utf-8")
@@ -474,31 +507,6 @@ def create_app(
         """Every route with its utterances."""
         return [RouteOut.from_route(r) for r in state.get_router().list_routes()]
 
-    @app.get("/routes/{name}", response_model=RouteOut, tags=["routes"], responses=_responses(404))
-    async def get_route(name: RouteName) -> RouteOut:
-        """One route."""
-        return RouteOut.from_route(state.get_router().get_route(name))
-
-    @app.put(
-        "/routes/{name}",
-        response_model=RouteOut,
-        tags=["routes"],
-        dependencies=change,
-        status_code=200,
-        responses={
-            201: {"model": RouteOut, "description": "Created."},
-            **_responses(401, 403, 413, 422, 500, 503),
-        },
-    )
-    async def put_route(name: RouteName, body: RouteBody, response: Response) -> RouteOut:
-        """Create or replace a route; the next query sees it."""
-        route = body.to_route(_check_name(name))
-        r = state.get_router()
-        created = name not in r
-        await _blocking(r.add_route, route, replace=True)
-        response.status_code = 201 if created else 200
-        return RouteOut.from_route(r.get_route(name))
-
     @app.post(
         "/routes",
         response_model=RouteOut,
@@ -517,20 +525,8 @@ def create_app(
         await _blocking(r.add_route, body.to_route(name))
         return RouteOut.from_route(r.get_route(name))
 
-    @app.delete(
-        "/routes/{name}",
-        status_code=204,
-        tags=["routes"],
-        dependencies=change,
-        responses=_responses(401, 403, 404, 500, 503),
-    )
-    async def delete_route(name: RouteName) -> Response:
-        """Remove a route."""
-        await _blocking(state.get_router().delete_route, name)
-        return Response(status_code=204)
-
     @app.post(
-        "/routes/{name}/utterances",
+        "/routes/{name:route_name}/utterances",
         response_model=UtterancesAdded,
         tags=["routes"],
         dependencies=change,
@@ -542,7 +538,7 @@ def create_app(
         return UtterancesAdded(added=added)
 
     @app.delete(
-        "/routes/{name}/utterances",
+        "/routes/{name:route_name}/utterances",
         response_model=UtterancesDeleted,
         tags=["routes"],
         dependencies=change,
@@ -554,7 +550,7 @@ def create_app(
         return UtterancesDeleted(deleted=deleted)
 
     @app.put(
-        "/routes/{name}/threshold",
+        "/routes/{name:route_name}/threshold",
         response_model=RouteOut,
         tags=["routes"],
         dependencies=change,
@@ -565,6 +561,48 @@ def create_app(
         r = state.get_router()
         await _blocking(r.set_threshold, name, body.threshold)
         return RouteOut.from_route(r.get_route(name))
+
+    @app.get(
+        "/routes/{name:route_path}",
+        response_model=RouteOut,
+        tags=["routes"],
+        responses=_responses(404),
+    )
+    async def get_route(name: RouteName) -> RouteOut:
+        """One route."""
+        return RouteOut.from_route(state.get_router().get_route(name))
+
+    @app.put(
+        "/routes/{name:route_path}",
+        response_model=RouteOut,
+        tags=["routes"],
+        dependencies=change,
+        status_code=200,
+        responses={
+            201: {"model": RouteOut, "description": "Created."},
+            **_responses(401, 403, 413, 422, 500, 503),
+        },
+    )
+    async def put_route(name: RouteName, body: RouteBody, response: Response) -> RouteOut:
+        """Create or replace a route; the next query sees it."""
+        route = body.to_route(_check_name(name))
+        r = state.get_router()
+        created = name not in r
+        await _blocking(r.add_route, route, replace=True)
+        response.status_code = 201 if created else 200
+        return RouteOut.from_route(r.get_route(name))
+
+    @app.delete(
+        "/routes/{name:route_path}",
+        status_code=204,
+        tags=["routes"],
+        dependencies=change,
+        responses=_responses(401, 403, 404, 500, 503),
+    )
+    async def delete_route(name: RouteName) -> Response:
+        """Remove a route."""
+        await _blocking(state.get_router().delete_route, name)
+        return Response(status_code=204)
 
     @app.get("/threshold", response_model=DefaultThreshold, tags=["routes"])
     async def get_default_threshold() -> DefaultThreshold:
