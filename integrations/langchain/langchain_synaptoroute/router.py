@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any, Generic, TypeVar, cast
+from concurrent.futures import FIRST_COMPLETED, wait
+from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -307,8 +308,13 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         Raises:
             NoRouteMatchedError: nothing matched and there is no ``default``.
         """
-        config = ensure_config(config)
         match = classify_one(self.router, input, self.text_of)
+        return self._invoke_matched(input, ensure_config(config), match, **kwargs)
+
+    def _invoke_matched(
+        self, input: Input, config: RunnableConfig, match: RouteMatch | Exception, **kwargs: Any
+    ) -> Output:
+        """Invoke the branch ``match`` chose for ``input``, inside this router's run."""
         run_manager = self._callback_manager(config, match).on_chain_start(
             None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
         )
@@ -450,6 +456,64 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
             else:
                 run_manager.on_chain_end(result)
         return plan.outcome(return_exceptions)
+
+    @overload
+    def batch_as_completed(
+        self,
+        inputs: Sequence[Input],
+        config: RunnableConfig | Sequence[RunnableConfig] | None = None,
+        *,
+        return_exceptions: Literal[False] = False,
+        **kwargs: Any,
+    ) -> Iterator[tuple[int, Output]]: ...
+
+    @overload
+    def batch_as_completed(
+        self,
+        inputs: Sequence[Input],
+        config: RunnableConfig | Sequence[RunnableConfig] | None = None,
+        *,
+        return_exceptions: Literal[True],
+        **kwargs: Any,
+    ) -> Iterator[tuple[int, Output | Exception]]: ...
+
+    @override
+    def batch_as_completed(
+        self,
+        inputs: Sequence[Input],
+        config: RunnableConfig | Sequence[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any | None,
+    ) -> Iterator[tuple[int, Output | Exception]]:
+        """Embed every input in one call, then yield ``(index, output)`` as branches finish.
+
+        The chosen Runnables run in parallel (``max_concurrency`` in the config bounds
+        them), each as in :meth:`invoke`.
+        """
+        if not inputs:
+            return
+        configs = get_config_list(config, len(inputs))
+        matches = classify_batch(self.router, inputs, self.text_of)
+
+        def run(i: int) -> tuple[int, Output | Exception]:
+            try:
+                return i, self._invoke_matched(inputs[i], configs[i], matches[i], **kwargs)
+            except Exception as exc:
+                if return_exceptions:
+                    return i, exc
+                raise
+
+        with get_executor_for_config(configs[0]) as executor:
+            pending = {executor.submit(run, i) for i in range(len(inputs))}
+            try:
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        yield future.result()
+            finally:
+                for future in pending:
+                    future.cancel()
 
     @override
     async def abatch(

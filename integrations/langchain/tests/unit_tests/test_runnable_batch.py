@@ -190,3 +190,43 @@ def test_max_concurrency_reaches_each_group_batch(adaptive_router: AdaptiveRoute
     )
     configs = branches["billing"].configs[0] + branches["tech"].configs[0]
     assert [c["max_concurrency"] for c in configs] == [2, 2, 2]
+
+
+def test_batch_as_completed_embeds_once_and_yields_each_result(
+    fresh_router: AdaptiveRouter, recording_encoder: RecordingEncoder, recorder: RunRecorder
+) -> None:
+    release = threading.Event()
+
+    def slow_tech(text: str) -> str:
+        # Held until the three other results have been yielded: they come as completed.
+        assert release.wait(30), "the other results were not yielded first"
+        return f"tech:{text}"
+
+    runnables: dict[str, Any] = {
+        n: RunnableLambda(_fail_on_boom(n)) for n in fresh_router.route_names
+    }
+    runnables["tech"] = RunnableLambda(slow_tech)
+    router = SynaptorouteRouter(
+        router=fresh_router, runnables=runnables, default=RunnableLambda(_fail_on_boom("default"))
+    )
+    inputs = INPUTS[:4]  # billing, tech (slow), default, billing that raises
+    seen: dict[int, Any] = {}
+    order: list[int] = []
+    for i, out in router.batch_as_completed(
+        inputs, {"callbacks": [recorder], "max_concurrency": 4}, return_exceptions=True
+    ):
+        seen[i] = out
+        order.append(i)
+        if len(order) == 3:
+            release.set()
+    assert recording_encoder.calls == [inputs]  # one encoder call for all of them
+    assert order[-1] == 1 and sorted(order) == [0, 1, 2, 3]
+    assert seen[0] == f"billing:{inputs[0]}" and seen[1] == f"tech:{inputs[1]}"
+    assert seen[2] == f"default:{inputs[2]}" and isinstance(seen[3], RuntimeError)
+    runs = recorder.roots("SynaptorouteRouter")
+    routes = [str(r.metadata["synaptoroute_route"]) for r in runs]
+    assert sorted(routes) == ["None", "billing", "billing", "tech"]
+    assert all(r.ended for r in runs)
+    with pytest.raises(RuntimeError, match="billing failed"):
+        list(router.batch_as_completed(inputs[3:]))
+    assert list(router.batch_as_completed([])) == []
