@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -147,27 +147,37 @@ class Int8Scan:
         import onnxruntime as ort
 
         self.n = len(rows)
-        peak = float(np.abs(rows).max()) if self.n else 1.0
+        dim = rows.shape[1]
+        peak = max((float(np.abs(b).max()) for b in _blocks(rows)), default=1.0)
         self.scale = 127.0 / max(peak, 1e-12)
-        m8 = np.clip(np.rint(rows * self.scale), -127, 127).astype(np.int8)
-        residual = rows - m8.astype(np.float32) / np.float32(self.scale)
-        # Matrix-wide maxima of the norms the error bound needs: one bound for all
-        # rows keeps the per-query work to a few vector passes.
-        max_l1 = float(np.abs(rows).sum(axis=1).max()) if self.n else 0.0
-        max_l2 = float(np.linalg.norm(rows, axis=1).max()) if self.n else 0.0
-        self.row_factor = min(max_l1, math.sqrt(rows.shape[1]) * max_l2)
-        self.max_err_l2 = float(np.linalg.norm(residual, axis=1).max()) if self.n else 0.0
+        columns = np.empty((dim, self.n), dtype=np.int8)  # onnxruntime's (dim, n) layout
+        # Matrix-wide maxima of the norms the error bound needs: one bound for all rows
+        # keeps the per-query work to a few vector passes. Computed block by block so
+        # the float temporaries stay small at any size.
+        max_l1 = max_l2 = max_err_l2 = 0.0
+        start = 0
+        for block in _blocks(rows):
+            m8 = np.clip(np.rint(block * self.scale), -127, 127).astype(np.int8)
+            columns[:, start : start + len(block)] = m8.T
+            start += len(block)
+            residual = block - m8.astype(np.float32) / np.float32(self.scale)
+            max_l1 = max(max_l1, float(np.abs(block).sum(axis=1).max()))
+            max_l2 = max(max_l2, float(np.linalg.norm(block, axis=1).max()))
+            max_err_l2 = max(max_err_l2, float(np.linalg.norm(residual, axis=1).max()))
+        self.row_factor = min(max_l1, math.sqrt(dim) * max_l2)
+        self.max_err_l2 = max_err_l2
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # (dim, n) is onnxruntime's layout for the right-hand side of MatMulInteger.
-        model = _scan_model(np.ascontiguousarray(m8.T), 1.0 / self.scale)
+        model = _scan_model(columns, 1.0 / self.scale)
+        del columns  # the session keeps its own packed copy
         self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-        self._sqrt_dim = math.sqrt(rows.shape[1])
+        self._sqrt_dim = math.sqrt(dim)
 
     def approx(self, query: NDArray[np.float32]) -> tuple[NDArray[np.float32], float]:
         """Approximate scores of the first ``n`` rows and a bound on their error."""
-        y, a_scale, qq = self.session.run(None, {"A": query[None, :]})
+        feed = np.ascontiguousarray(query, dtype=np.float32)[None, :]
+        y, a_scale, qq = self.session.run(None, {"A": feed})
         step = float(a_scale)  # the query's quantisation step: |q - q~|_inf <= step / 2
         # q.m - q~.m~ = (q - q~).m + q~.(m - m~). The first term is bounded by Hoelder
         # (l_inf x l_1) or Cauchy-Schwarz, whichever is smaller (row_factor); the second
@@ -176,6 +186,11 @@ class Int8Scan:
         first = step / 2 * self.row_factor
         second = (math.sqrt(float(qq)) + self._sqrt_dim * step / 2) * self.max_err_l2
         return y[0], first + second + 1e-5
+
+
+def _blocks(rows: NDArray[np.float32], size: int = 65_536) -> Iterator[NDArray[np.float32]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
 
 
 def _build_int8(rows: NDArray[np.float32]) -> Int8Scan | None:

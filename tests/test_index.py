@@ -277,3 +277,23 @@ def test_int8_prefilter_is_exact_with_ties_and_degenerate_queries() -> None:
                 assert name is not None and expected[name] == pytest.approx(score, abs=1e-6)
                 assert snap.texts[int(row)].startswith(f"{name}-")
                 assert float(snap.matrix[int(row)] @ query) == pytest.approx(score, abs=1e-6)
+
+
+def test_int8_copy_is_built_block_by_block_identically(monkeypatch: pytest.MonkeyPatch) -> None:
+    import synaptoroute.index as index_module
+
+    rng = np.random.default_rng(9)
+    rows = l2_normalize(rng.standard_normal((2500, 64)))
+    whole = Int8Scan(rows, threads=1)
+    blocks = index_module._blocks
+    monkeypatch.setattr(index_module, "_blocks", lambda r: blocks(r, size=700))
+    chunked = Int8Scan(rows, threads=1)
+    assert (chunked.scale, chunked.row_factor, chunked.max_err_l2) == (
+        whole.scale,
+        whole.row_factor,
+        whole.max_err_l2,
+    )
+    for query in rows[:3]:
+        a, ea = whole.approx(query)
+        b, eb = chunked.approx(query)
+        assert np.array_equal(a, b) and ea == eb
