@@ -397,6 +397,8 @@ class RouteIndex:
         self._version = 0
         self.int8_min_rows = int8_min_rows  # None: never use the int8 pre-filter
         self._int8: Int8Scan | None = None
+        self._int8_generation = 0  # bumped when row positions move (compaction)
+        self._int8_builder: threading.Thread | None = None
 
     # -- mutations (O(added) or O(deleted); no matrix copies) -----------------------
     def add(self, name: str, vectors: NDArray[np.float32], texts: Sequence[str]) -> None:
@@ -506,6 +508,7 @@ class RouteIndex:
         self.stats.full_rebuilds += 1
         self.stats.rows_copied += len(alive)
         self._int8 = None  # row positions moved
+        self._int8_generation += 1  # a copy being built now is of the old positions
 
     def snapshot(self) -> Snapshot:
         """The current compiled view, compiling first if anything changed."""
@@ -580,9 +583,42 @@ class RouteIndex:
         if self.aggregation != "max" or self.int8_min_rows is None or n < self.int8_min_rows:
             self._int8 = None
             return
-        # Rows added since the last int8 copy are scored exactly; re-quantise only once
-        # they are an eighth of the matrix, so each row is quantised O(1) times.
-        covered = self._int8.n if self._int8 is not None else 0
-        if self._int8 is None or n - covered > max(self.int8_min_rows, n // 8):
+        if self._int8 is None:  # the first copy, or the first after a compaction
             self._int8 = _build_int8(self._buf[:n])
+            if self._int8 is None:  # no int8 kernel here: stop trying
+                self.int8_min_rows = None
+                return
             self.stats.int8_builds += 1
+            return
+        # Rows added since the last int8 copy are scored exactly; re-quantise only once
+        # they are an eighth of the matrix, so each row is quantised O(1) times. That
+        # runs in the background (about a second at 100k rows): until the new copy is
+        # in, queries use the old one plus the exact tail, so none waits for it.
+        if n - self._int8.n > max(self.int8_min_rows, n // 8) and self._int8_builder is None:
+            self._start_int8_build(n)
+
+    def _start_int8_build(self, n: int) -> None:
+        # Rows below n never change in place (appends go past n, deletes only mark
+        # rows, a reallocation copies them), so this view stays valid; a compaction
+        # moves rows and bumps the generation, and a copy of the old rows is dropped.
+        rows, generation = self._buf[:n], self._int8_generation
+
+        def build() -> None:
+            scan = _build_int8(rows)
+            with self._lock:
+                self._int8_builder = None
+                if scan is not None and generation == self._int8_generation:
+                    self._int8 = scan
+                    self.stats.int8_builds += 1
+                    self._snapshot = None  # the next query compiles with the new copy
+
+        thread = threading.Thread(target=build, name="synaptoroute-int8", daemon=True)
+        self._int8_builder = thread
+        thread.start()
+
+    def wait_for_int8(self, timeout: float | None = None) -> bool:
+        """Wait for a background int8 re-quantisation; ``True`` once none is running."""
+        thread = self._int8_builder
+        if thread is not None:
+            thread.join(timeout)
+        return self._int8_builder is None

@@ -207,8 +207,12 @@ def test_int8_prefilter_returns_the_exact_max_routes() -> None:
     check()
     for i in range(70, 100):  # the tail outgrows an eighth: one new int8 copy
         add(f"r{i}", 5)
-    check()
+    check()  # exact while the new copy is built in the background, and after
+    assert fast.wait_for_int8(30)
     assert fast.stats.int8_builds == 2
+    snap = fast.snapshot()
+    assert snap.int8 is not None and snap.int8.n == len(snap.matrix)  # dead rows included
+    check()
 
 
 def test_int8_prefilter_only_for_max_and_large_matrices() -> None:
@@ -297,3 +301,44 @@ def test_int8_copy_is_built_block_by_block_identically(monkeypatch: pytest.Monke
         a, ea = whole.approx(query)
         b, eb = chunked.approx(query)
         assert np.array_equal(a, b) and ea == eb
+
+
+def test_background_int8_copy_of_moved_rows_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading as th
+
+    import synaptoroute.index as index_module
+
+    rng = np.random.default_rng(10)
+    index = RouteIndex(DIM, int8_min_rows=64)
+    per_route = 60
+
+    def add(i: int) -> None:
+        index.add(f"r{i}", unit(rng, per_route), [f"r{i}-{j}" for j in range(per_route)])
+
+    for i in range(20):
+        add(i)
+    assert index.snapshot().int8 is not None  # the first copy is built at once
+    gate, started = th.Event(), th.Event()
+    real_build = index_module._build_int8
+
+    def held_build(rows: np.ndarray) -> index_module.Int8Scan | None:
+        started.set()
+        assert gate.wait(30)
+        return real_build(rows)
+
+    monkeypatch.setattr(index_module, "_build_int8", held_build)
+    for i in range(20, 40):  # the tail outgrows an eighth: a background build starts
+        add(i)
+    index.snapshot()
+    assert started.wait(30) and not index.wait_for_int8(0)
+    monkeypatch.setattr(index_module, "_build_int8", real_build)
+    for i in range(30):  # 1,800 dead rows: the next compile compacts, moving rows
+        index.delete_route(f"r{i}")
+    snap = index.snapshot()
+    assert index.stats.full_rebuilds == 1
+    assert snap.int8 is not None and snap.int8.n == 10 * per_route  # rebuilt at once
+    builds = index.stats.int8_builds
+    gate.set()
+    assert index.wait_for_int8(30)
+    assert index.stats.int8_builds == builds  # the copy of the old rows was dropped
+    assert index.snapshot().int8 is snap.int8
