@@ -731,3 +731,10 @@ async def test_route_names_with_slashes_are_addressable(svc: Service) -> None:
     r = await c.post("/routes", json=bad, headers=AUTH)
     assert r.status_code == 422 and "sub-resources" in r.text
     assert "billing/threshold" not in svc.router
+
+
+async def test_lifespan_compiles_the_index_before_the_first_request(svc: Service) -> None:
+    # The warm-up query ran in the lifespan: model loaded, matrix compiled.
+    assert svc.router.index_stats.compiles >= 1
+    assert svc.router._index._snapshot is not None
+    assert svc.router.encoder.loaded  # type: ignore[attr-defined]

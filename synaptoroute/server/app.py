@@ -405,12 +405,13 @@ def create_app(
             state.router = await _blocking(build_router, settings)
         r = state.router
         try:
-            # Load the model and encode once, so the first request is not the slow one.
-            await _blocking(r.encoder.encode, ["warm-up"])
             if settings.routes_file:
                 doc = await _blocking(load_routes_file, settings.routes_file)
                 report = await _blocking(apply_routes, r, doc)
                 log.info("routes file %s applied: %s", settings.routes_file, report.to_dict())
+            # One query loads the model and compiles the index (with its int8 copy from
+            # 4,096 utterances), so the first request is not the slow one.
+            await _blocking(r.query, "warm-up")
             await r.start()
         except BaseException:
             release(r)
