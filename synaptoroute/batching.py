@@ -48,10 +48,9 @@ DEFAULT_MAX_BATCH_SIZE = 512
 DEFAULT_MAX_WAIT_MS = 0.0
 DEFAULT_MAX_QUEUE_SIZE = 10_000
 
+Q = TypeVar("Q")
 T = TypeVar("T")
 R = TypeVar("R")
-
-_Item = tuple[str, asyncio.Future[T]]
 
 
 @dataclass
@@ -65,21 +64,24 @@ class WorkerStats:
     batch_sizes: list[int] = field(default_factory=list)  # the last 500-1,000 batch sizes
 
 
-class BatchWorker(Generic[T]):
-    """Runs ``process(texts)`` on batches of queued texts in one background thread.
+class BatchWorker(Generic[Q, T]):
+    """Runs ``process(requests)`` on batches of queued requests in one background thread.
+
+    A request is whatever ``process`` takes: the router's are texts with, for top-k
+    calls, how many routes to return, so every kind of call shares one encoder batch.
 
     Args:
-        process: a blocking function mapping a list of texts to one result each;
+        process: a blocking function mapping a list of requests to one result each;
             it runs in a worker thread, never on the event loop.
-        max_batch_size: most texts handed to ``process`` at once.
+        max_batch_size: most requests handed to ``process`` at once.
         max_wait_ms: extra time to wait for a batch to fill once work is queued
             (0: never wait; a lone request goes at once).
-        max_queue_size: queued texts beyond which calls are refused.
+        max_queue_size: queued requests beyond which calls are refused.
     """
 
     def __init__(
         self,
-        process: Callable[[list[str]], Sequence[T]],
+        process: Callable[[list[Q]], Sequence[T]],
         *,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
@@ -93,8 +95,8 @@ class BatchWorker(Generic[T]):
         self.max_wait_ms = max_wait_ms
         self.max_queue_size = max_queue_size
         self.stats = WorkerStats()
-        self._queue: deque[_Item[T]] = deque()
-        self._inflight: list[_Item[T]] = []
+        self._queue: deque[tuple[Q, asyncio.Future[T]]] = deque()
+        self._inflight: list[tuple[Q, asyncio.Future[T]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopper: asyncio.Task[None] | None = None
@@ -223,7 +225,7 @@ class BatchWorker(Generic[T]):
             self._discard()
 
     def _fail(self, *, queued: bool, inflight: bool) -> None:
-        pending: list[_Item[T]] = []
+        pending: list[tuple[Q, asyncio.Future[T]]] = []
         if queued:
             pending.extend(self._queue)
             self._queue.clear()
@@ -235,10 +237,10 @@ class BatchWorker(Generic[T]):
                 fut.set_exception(RouterClosedError("the router was stopped before this call"))
 
     # -- submitting ------------------------------------------------------------------
-    async def submit(self, texts: Sequence[str], timeout: float | None = None) -> list[T]:
-        """Queue ``texts`` and wait for their results (in order).
+    async def submit(self, requests: Sequence[Q], timeout: float | None = None) -> list[T]:
+        """Queue ``requests`` and wait for their results (in order).
 
-        All or nothing: either every text is queued or none is. Texts may be served
+        All or nothing: either every request is queued or none is. They may be served
         in different batches.
 
         Raises:
@@ -248,53 +250,31 @@ class BatchWorker(Generic[T]):
             EventLoopMismatchError: called from a loop other than the worker's.
         """
         _check_timeout(timeout)
-        if not texts:
+        if not requests:
             return []
-        futures = self._enqueue(texts)
+        futures = self._enqueue(requests)
         if len(futures) == 1:
             return [await self._wait(futures[0], futures, timeout)]
         return list(await self._wait(asyncio.gather(*futures), futures, timeout))
 
-    async def submit_one(self, text: str, timeout: float | None = None) -> T:
-        """Queue one text and wait for its result; see :meth:`submit`."""
+    async def submit_one(self, request: Q, timeout: float | None = None) -> T:
+        """Queue one request and wait for its result; see :meth:`submit`."""
         _check_timeout(timeout)
-        futures = self._enqueue([text])
+        futures = self._enqueue([request])
         return await self._wait(futures[0], futures, timeout)
 
-    async def run(self, call: Callable[[], R], timeout: float | None = None) -> R:
-        """Run one blocking ``call`` on the worker's thread, between two batches.
-
-        For work that does not fit a batch of texts (a top-k query): it stays off the
-        event loop and never competes with a batch for the cores.
-
-        Raises:
-            RouterClosedError: the worker was stopped before the call ran.
-            RouterTimeoutError: ``timeout`` seconds passed first.
-        """
-        _check_timeout(timeout)
+    def _enqueue(self, requests: Sequence[Q]) -> list[asyncio.Future[T]]:
         loop = asyncio.get_running_loop()
         self._ensure_started(loop)
-        assert self._executor is not None
-        future = loop.run_in_executor(self._executor, call)
-        try:
-            return await self._wait(future, [], timeout)
-        except asyncio.CancelledError:
-            if future.cancelled() and not self.running:  # cancelled by stop(), not the caller
-                raise RouterClosedError("the router was stopped before this call") from None
-            raise
-
-    def _enqueue(self, texts: Sequence[str]) -> list[asyncio.Future[T]]:
-        loop = asyncio.get_running_loop()
-        self._ensure_started(loop)
-        if len(self._queue) + len(texts) > self.max_queue_size:
-            self.stats.rejected += len(texts)
+        if len(self._queue) + len(requests) > self.max_queue_size:
+            self.stats.rejected += len(requests)
             msg = (
                 f"queue full: {len(self._queue)} of {self.max_queue_size} texts queued, "
-                f"{len(texts)} more refused; retry later"
+                f"{len(requests)} more refused; retry later"
             )
             raise RouterOverloadedError(msg)
-        futures: list[asyncio.Future[T]] = [loop.create_future() for _ in texts]
-        self._queue.extend(zip(texts, futures, strict=True))
+        futures: list[asyncio.Future[T]] = [loop.create_future() for _ in requests]
+        self._queue.extend(zip(requests, futures, strict=True))
         assert self._wakeup is not None
         self._wakeup.set()
         return futures
@@ -320,8 +300,8 @@ class BatchWorker(Generic[T]):
                     fut.cancel()
 
     # -- the worker ------------------------------------------------------------------
-    def _take_batch(self) -> list[_Item[T]]:
-        batch: list[_Item[T]] = []
+    def _take_batch(self) -> list[tuple[Q, asyncio.Future[T]]]:
+        batch: list[tuple[Q, asyncio.Future[T]]] = []
         queue = self._queue
         while queue and len(batch) < self.max_batch_size:
             item = queue.popleft()
@@ -366,14 +346,14 @@ class BatchWorker(Generic[T]):
 
     async def _serve(
         self,
-        batch: list[_Item[T]],
+        batch: list[tuple[Q, asyncio.Future[T]]],
         loop: asyncio.AbstractEventLoop,
         executor: ThreadPoolExecutor,
     ) -> None:
-        texts = [text for text, _ in batch]
+        requests = [request for request, _ in batch]
         self._inflight = batch
         try:
-            results = await loop.run_in_executor(executor, self._process, texts)
+            results = await loop.run_in_executor(executor, self._process, requests)
             if len(results) != len(batch):
                 msg = f"batch function returned {len(results)} results for {len(batch)} texts"
                 raise RuntimeError(msg)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace as _replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,7 +30,7 @@ from .exceptions import (
     RouteExistsError,
     RouteNotFoundError,
 )
-from .index import Aggregation, IndexStats, RouteIndex
+from .index import Aggregation, IndexStats, RouteIndex, RouteScores, Snapshot
 from .models import SCORE_MAX, SCORE_MIN, Route, RouteMatch, clean_utterances
 from .storage import MemoryStorage, ModelInfo, Storage, StoredRoute
 
@@ -162,8 +162,8 @@ class AdaptiveRouter:
         self._routes: dict[str, Route] = {}
         self._policy = DecisionPolicy(threshold=threshold, min_margin=min_margin)
         self._index = RouteIndex(self.encoder.dimension, aggregation=aggregation, top_k=top_k)
-        self._worker: BatchWorker[RouteMatch] = BatchWorker(
-            self._route_texts,
+        self._worker: BatchWorker[_Request, _Answer] = BatchWorker(
+            self._answer,
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
             max_queue_size=max_queue_size,
@@ -409,8 +409,10 @@ class AdaptiveRouter:
                 self.cache.put(text, vec.copy())
         return out
 
-    def _score(self, vectors: NDArray[np.float32], k: int) -> tuple[Any, list[Any]]:
-        snapshot = self._index.snapshot()
+    def _score(
+        self, vectors: NDArray[np.float32], k: int, snapshot: Snapshot | None = None
+    ) -> tuple[Snapshot, list[RouteScores]]:
+        snapshot = self._index.snapshot() if snapshot is None else snapshot
         threads = self.blas_threads
         if threads is None:
             threads = 1 if len(snapshot.matrix) < _BLAS_PARALLEL_ROWS else (os.cpu_count() or 1)
@@ -418,21 +420,36 @@ class AdaptiveRouter:
         with limit:
             return snapshot, snapshot.score(vectors, k)
 
-    def _route_texts(self, texts: Sequence[str], k: int = 2) -> list[RouteMatch]:
-        """The one query path: validate, embed (cached), score, decide."""
-        for text in texts:
-            check_text(text)
-        live = [i for i, t in enumerate(texts) if t.strip()]
-        results: list[RouteMatch] = [_EMPTY_QUERY] * len(texts)
+    def _answer(self, requests: Sequence[_Request]) -> list[_Answer]:
+        """The one query path: validate, embed (cached, one encoder call), score, decide.
+
+        Serves :meth:`query`, :meth:`query_batch`, :meth:`query_top_k` and the batching
+        worker, whose batches mix the three. Requests are scored on one snapshot,
+        grouped by how many routes they rank, so each answer is exactly what the
+        request alone would get.
+        """
+        for request in requests:
+            check_text(request.text)
+        answers: list[_Answer] = [_EMPTY_QUERY if r.top_k is None else [] for r in requests]
+        live = [i for i, r in enumerate(requests) if r.text.strip()]
         if not live:
-            return results
-        vectors = self._embed([texts[i] for i in live])
+            return answers
+        vectors = self._embed([requests[i].text for i in live])
         policy = self._policy
-        snapshot, ranked = self._score(vectors, max(k, policy.ranked_k))
+        snapshot = self._index.snapshot()
         thresholds = self._route_thresholds()
+        groups: dict[int | None, list[int]] = {}  # top_k -> positions in live
         for j, i in enumerate(live):
-            results[i] = decide(ranked[j], snapshot, policy, thresholds, vectors[j])
-        return results
+            groups.setdefault(requests[i].top_k, []).append(j)
+        for top_k, rows in groups.items():
+            k = max(2, policy.ranked_k) if top_k is None else top_k
+            _, ranked = self._score(vectors[rows], k, snapshot)
+            for j, scores in zip(rows, ranked, strict=True):
+                if top_k is None:
+                    answers[live[j]] = decide(scores, snapshot, policy, thresholds, vectors[j])
+                else:
+                    answers[live[j]] = _each_route(scores, snapshot, policy, thresholds)
+        return answers
 
     def _route_thresholds(self) -> Mapping[str, float | None]:
         return _OwnThresholds(self._routes)
@@ -446,7 +463,7 @@ class AdaptiveRouter:
         Raises:
             TypeError: ``text`` is not a ``str``.
         """
-        return self._route_texts([text])[0]
+        return cast(RouteMatch, self._answer([_Request(text)])[0])
 
     def __call__(self, text: str) -> RouteMatch:
         """Same as :meth:`query`."""
@@ -457,31 +474,15 @@ class AdaptiveRouter:
         if isinstance(texts, str):
             msg = "query_batch takes a list of texts, not a str"
             raise TypeError(msg)
-        return self._route_texts(list(texts))
+        return cast(list[RouteMatch], self._answer([_Request(t) for t in texts]))
 
     def query_top_k(self, text: str, k: int = 3) -> list[RouteMatch]:
         """The ``k`` best routes for ``text``, best first, each judged against its threshold.
 
-        Each element names its route; ``reason`` tells whether it passed.
+        Each element names its route; ``reason`` tells whether it passed. An empty
+        text gives ``[]``.
         """
-        if k < 1:
-            msg = "k must be at least 1"
-            raise InvalidInputError(msg)
-        check_text(text)
-        if not text.strip():
-            return []
-        vectors = self._embed([text])
-        snapshot, ranked = self._score(vectors, k)
-        scores = ranked[0]
-        thresholds = self._route_thresholds()
-        out = []
-        for pos in range(len(scores.route_ids)):
-            rotated = type(scores)(
-                scores.route_ids[pos:], scores.scores[pos:], scores.nearest_rows[pos:]
-            )
-            match = decide(rotated, snapshot, self._policy, thresholds)
-            out.append(match.model_copy(update={"name": match.candidate}))
-        return out
+        return cast(list[RouteMatch], self._answer([_top_k_request(text, k)])[0])
 
     # -- async -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -517,7 +518,7 @@ class AdaptiveRouter:
             EventLoopMismatchError: the worker runs on another event loop.
         """
         check_text(text)
-        return await self._worker.submit_one(text, timeout)
+        return cast(RouteMatch, await self._worker.submit_one(_Request(text), timeout))
 
     async def aquery_batch(
         self, texts: Sequence[str], *, timeout: float | None = None
@@ -530,18 +531,18 @@ class AdaptiveRouter:
         if isinstance(texts, str):
             msg = "aquery_batch takes a list of texts, not a str"
             raise TypeError(msg)
-        items = [check_text(t) for t in texts]
-        return await self._worker.submit(items, timeout)
+        items = [_Request(check_text(t)) for t in texts]
+        return cast(list[RouteMatch], await self._worker.submit(items, timeout))
 
     async def aquery_top_k(
         self, text: str, k: int = 3, *, timeout: float | None = None
     ) -> list[RouteMatch]:
-        """:meth:`query_top_k` on the batching worker's thread, off the event loop."""
-        check_text(text)
-        return await self._worker.run(lambda: self.query_top_k(text, k), timeout)
+        """:meth:`query_top_k` through the batching worker, batched with other calls."""
+        request = _top_k_request(text, k)
+        return cast(list[RouteMatch], await self._worker.submit_one(request, timeout))
 
     @property
-    def worker(self) -> BatchWorker[RouteMatch]:
+    def worker(self) -> BatchWorker[_Request, _Answer]:
         """The batching worker (for metrics)."""
         return self._worker
 
@@ -653,6 +654,41 @@ class AdaptiveRouter:
         if change.vectors is None:
             return np.zeros((0, self.encoder.dimension), dtype=np.float32)
         return change.vectors
+
+
+class _Request(NamedTuple):
+    """One query for :meth:`AdaptiveRouter._answer`."""
+
+    text: str
+    top_k: int | None = None  # None: one decision (query); k: the k best routes
+
+
+#: What :meth:`AdaptiveRouter._answer` gives a request: a decision, or the k best routes.
+_Answer = RouteMatch | list[RouteMatch]
+
+
+def _top_k_request(text: str, k: int) -> _Request:
+    if k < 1:
+        msg = "k must be at least 1"
+        raise InvalidInputError(msg)
+    return _Request(check_text(text), k)
+
+
+def _each_route(
+    scores: RouteScores,
+    snapshot: Snapshot,
+    policy: DecisionPolicy,
+    thresholds: Mapping[str, float | None],
+) -> list[RouteMatch]:
+    """Every ranked route judged by its own threshold, each named after its route."""
+    out = []
+    for pos in range(len(scores.route_ids)):
+        rotated = RouteScores(
+            scores.route_ids[pos:], scores.scores[pos:], scores.nearest_rows[pos:]
+        )
+        match = decide(rotated, snapshot, policy, thresholds)
+        out.append(match.model_copy(update={"name": match.candidate}))
+    return out
 
 
 class _OwnThresholds(Mapping[str, "float | None"]):

@@ -272,6 +272,35 @@ async def test_a_lone_request_goes_at_once_and_later_ones_form_the_next_batch(
     assert results == [gated.query(t) for t in (a, b, c, d)]
 
 
+async def test_top_k_calls_share_a_batch_with_queries_and_each_other(
+    gated: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    enc = gate(gated)
+    enc.hold = True
+    blocker, a, b, c = val_texts[30:34]
+    first = asyncio.create_task(gated.aquery(blocker))
+    await enc.next_call()
+    calls = [
+        asyncio.create_task(gated.aquery_top_k(a, k=3)),
+        asyncio.create_task(gated.aquery(b)),
+        asyncio.create_task(gated.aquery_top_k(c, k=1)),
+        asyncio.create_task(gated.aquery_top_k("   ", k=2)),
+    ]
+    await until(lambda: gated.worker.queue_depth == 4)
+    enc.release(2)
+    assert await enc.next_call() == [a, b, c]  # one encoder call for all three kinds
+    top_a, match_b, top_c, empty = await asyncio.gather(*calls)
+    await first
+    gated.cache.clear()
+    enc.hold = False
+    assert top_a == gated.query_top_k(a, k=3) and len(top_a) == 3
+    assert match_b == gated.query(b)
+    assert top_c == gated.query_top_k(c, k=1) and len(top_c) == 1
+    assert empty == []
+    with pytest.raises(InvalidInputError, match="k must be at least 1"):
+        await gated.aquery_top_k(a, k=0)
+
+
 async def test_duplicates_are_encoded_once_and_the_cache_is_consulted_first(
     gated: AdaptiveRouter, val_texts: list[str]
 ) -> None:
@@ -430,7 +459,7 @@ async def test_a_broken_batch_function_fails_its_callers_not_the_worker() -> Non
         calls.append(texts)
         return [len(t) for t in texts][: 1 if "short" in texts else None]
 
-    worker: BatchWorker[int] = BatchWorker(short)
+    worker: BatchWorker[str, int] = BatchWorker(short)
     with pytest.raises(RuntimeError, match="returned 1 results for 2 texts"):
         await worker.submit(["short", "xx"])
     assert await worker.submit(["abc", "de"]) == [3, 2]
