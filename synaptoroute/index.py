@@ -232,7 +232,7 @@ class Snapshot:
         """Rows of the float32 BLAS product per query (0: the int8 scan covers all)."""
         if self.aggregation == "centroid":
             return len(self.centroids)
-        if self.aggregation == "max" and self.int8 is not None:
+        if self.int8 is not None:
             return len(self.matrix) - self.int8.n
         return len(self.matrix)
 
@@ -268,17 +268,21 @@ class Snapshot:
                     )
                 )
             return out
-        if self.aggregation == "max" and self.int8 is not None:
-            return [self._max_prefiltered(query, k) for query in queries]
+        if self.int8 is not None:
+            if self.aggregation == "max":
+                return [self._max_prefiltered(query, k) for query in queries]
+            out = []
+            for query in queries:
+                approx, eps, route_max = self._approximate(query)
+                out.append(self._mean_topk(approx, route_max, k, eps, query))
+            return out
         sims = _similarities(self.matrix, queries)
         maxima = self.route_max(sims)
+        if self.aggregation == "mean_topk":
+            return [self._mean_topk(sims[qi], maxima[qi], k) for qi in range(m)]
         results = []
         for qi in range(m):
-            if self.aggregation == "max":
-                top = _top_indices(maxima[qi], k)
-                scores = maxima[qi][top]
-            else:
-                top, scores = self._mean_topk(sims[qi], maxima[qi], k)
+            top = _top_indices(maxima[qi], k)
             nearest = np.array(
                 [
                     int(rows[np.argmax(sims[qi][rows])])
@@ -286,8 +290,21 @@ class Snapshot:
                 ],
                 dtype=np.int64,
             )
-            results.append(RouteScores(self.live_routes[top], scores.astype(np.float32), nearest))
+            scores = maxima[qi][top].astype(np.float32)
+            results.append(RouteScores(self.live_routes[top], scores, nearest))
         return results
+
+    def _approximate(
+        self, query: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], float, NDArray[np.float32]]:
+        """Every row's int8 score (exact past the int8 copy), their error bound, and
+        each live route's approximate maximum."""
+        assert self.int8 is not None
+        approx, eps = self.int8.approx(query)
+        if len(self.matrix) > self.int8.n:  # rows added since the int8 copy: exact
+            approx = np.concatenate([approx, self.matrix[self.int8.n :] @ query])
+        seg_max = np.maximum.reduceat(approx, self.seg_starts)
+        return approx, eps, np.maximum.reduceat(seg_max[self.seg_order], self.route_starts)
 
     def _max_prefiltered(self, query: NDArray[np.float32], k: int) -> RouteScores:
         # Exact top-k of the max aggregation. Every approximate score is within eps of
@@ -297,13 +314,8 @@ class Snapshot:
         # *and* could be its own route's maximum: typically a few rows per query.
         # Right after the encoder has run every numpy call is slow (cold caches), so
         # the few surviving rows are ranked in plain Python.
-        assert self.int8 is not None
-        approx, eps = self.int8.approx(query)
-        if len(self.matrix) > self.int8.n:  # rows added since the int8 copy: exact
-            approx = np.concatenate([approx, self.matrix[self.int8.n :] @ query])
+        approx, eps, route_max = self._approximate(query)
         two = 2 * eps
-        seg_max = np.maximum.reduceat(approx, self.seg_starts)
-        route_max = np.maximum.reduceat(seg_max[self.seg_order], self.route_starts)
         kth = np.partition(route_max, -k)[-k]
         rows = np.flatnonzero(approx >= kth - two)
         pos = self.row_pos[rows]  # dead rows have position n_routes: their bar is +inf
@@ -323,25 +335,41 @@ class Snapshot:
         )
 
     def _mean_topk(
-        self, sims: NDArray[np.float32], maxima: NDArray[np.float32], k: int
-    ) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
-        # A route's top-k mean never exceeds its maximum, so visiting routes by
-        # descending maximum and stopping once the maximum falls under the k-th best
-        # mean found is exact and touches few routes.
+        self,
+        values: NDArray[np.float32],
+        maxima: NDArray[np.float32],
+        k: int,
+        eps: float = 0.0,
+        query: NDArray[np.float32] | None = None,
+    ) -> RouteScores:
+        # ``values`` are every row's exact scores (eps 0), or int8 scores within eps of
+        # them, with ``maxima`` each route's maximum of ``values``. A route's top-t mean
+        # never exceeds its exact maximum (at most maxima + eps), so visiting routes by
+        # descending maximum and stopping once that bound falls under the k-th best
+        # mean found is exact and touches few routes. With eps > 0, a row can be in a
+        # route's exact top t only if its value is within 2 eps of the route's t-th
+        # largest value (order statistics move by at most eps): only those rows are
+        # re-scored, exactly.
         order = np.argsort(-maxima, kind="stable")
-        best: list[tuple[float, int]] = []
-        for pos in order:
-            if len(best) >= k and maxima[pos] < best[k - 1][0]:
+        best: list[tuple[float, int, int]] = []  # (mean, route position, nearest row)
+        for pos in order.tolist():
+            if len(best) >= k and maxima[pos] + eps < best[k - 1][0]:
                 break
-            vals = sims[self._route_rows(int(pos))]
+            rows = self._route_rows(pos)
+            vals = values[rows]
             t = min(self.top_k, len(vals))
+            if eps > 0:
+                assert query is not None
+                rows = rows[vals >= np.partition(vals, len(vals) - t)[len(vals) - t] - 2 * eps]
+                vals = (self.matrix[rows] * query).sum(axis=1)  # not BLAS, as above
             mean = float(np.partition(vals, len(vals) - t)[len(vals) - t :].mean())
-            best.append((mean, int(pos)))
+            best.append((mean, pos, int(rows[np.argmax(vals)])))
             best.sort(key=lambda item: -item[0])
         best = best[:k]
-        return (
-            np.array([p for _, p in best], dtype=np.intp),
-            np.array([s for s, _ in best], dtype=np.float32),
+        return RouteScores(
+            self.live_routes[[p for _, p, _ in best]],
+            np.array([s for s, _, _ in best], dtype=np.float32),
+            np.array([r for _, _, r in best], dtype=np.int64),
         )
 
 
@@ -580,7 +608,7 @@ class RouteIndex:
         )
 
     def _refresh_int8(self, n: int) -> None:
-        if self.aggregation != "max" or self.int8_min_rows is None or n < self.int8_min_rows:
+        if self.aggregation == "centroid" or self.int8_min_rows is None or n < self.int8_min_rows:
             self._int8 = None
             return
         if self._int8 is None:  # the first copy, or the first after a compaction

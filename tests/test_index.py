@@ -164,10 +164,11 @@ def test_empty_index_scores_nothing() -> None:
     assert index.snapshot().n_routes == 0
 
 
-def test_int8_prefilter_returns_the_exact_max_routes() -> None:
+@pytest.mark.parametrize("agg", ["max", "mean_topk"])
+def test_int8_prefilter_returns_the_exact_routes(agg: str) -> None:
     rng = np.random.default_rng(5)
-    exact = RouteIndex(DIM, int8_min_rows=None)
-    fast = RouteIndex(DIM, int8_min_rows=64)
+    exact = RouteIndex(DIM, aggregation=agg, int8_min_rows=None)  # type: ignore[arg-type]
+    fast = RouteIndex(DIM, aggregation=agg, int8_min_rows=64)  # type: ignore[arg-type]
     truth: dict[str, np.ndarray] = {}
 
     def add(name: str, n: int) -> None:
@@ -183,7 +184,7 @@ def test_int8_prefilter_returns_the_exact_max_routes() -> None:
             got = fast.snapshot().score(queries, k=k)
             want = exact.snapshot().score(queries, k=k)
             for query, g, w in zip(queries, got, want, strict=True):
-                expected = brute_force(truth, query, "max")
+                expected = brute_force(truth, query, agg)
                 ranked = sorted(expected, key=lambda n: -expected[n])[:k]
                 snap = fast.snapshot()
                 assert [snap.names[int(r)] for r in g.route_ids] == ranked
@@ -215,11 +216,11 @@ def test_int8_prefilter_returns_the_exact_max_routes() -> None:
     check()
 
 
-def test_int8_prefilter_only_for_max_and_large_matrices() -> None:
+def test_int8_prefilter_not_for_centroids_or_small_matrices() -> None:
     rng = np.random.default_rng(6)
     small = RouteIndex(DIM)  # default threshold (4,096 rows) not reached
-    mean = RouteIndex(DIM, aggregation="mean_topk", int8_min_rows=8)
-    for index in (small, mean):
+    centroid = RouteIndex(DIM, aggregation="centroid", int8_min_rows=8)
+    for index in (small, centroid):
         for i in range(20):
             index.add(f"r{i}", unit(rng, 5), [str(j) for j in range(5)])
         assert index.snapshot().int8 is None
