@@ -443,7 +443,8 @@ class AdaptiveRouter:
             groups.setdefault(requests[i].top_k, []).append(j)
         for top_k, rows in groups.items():
             k = max(2, policy.ranked_k) if top_k is None else top_k
-            _, ranked = self._score(vectors[rows], k, snapshot)
+            batch = vectors if len(groups) == 1 else vectors[rows]
+            _, ranked = self._score(batch, k, snapshot)
             for j, scores in zip(rows, ranked, strict=True):
                 if top_k is None:
                     answers[live[j]] = decide(scores, snapshot, policy, thresholds, vectors[j])
