@@ -641,3 +641,15 @@ async def test_aquery_top_k_matches_query_top_k_off_the_event_loop(encoder: Enco
     loop_thread = threading.current_thread().name
     assert recording.threads[0].startswith("synaptoroute-batch")
     assert recording.threads[0] != loop_thread
+
+
+async def test_start_compiles_the_index_off_the_loop(encoder: Encoder) -> None:
+    router = AdaptiveRouter(encoder)
+    router.add_routes(
+        [Route(name="a", utterances=["alpha one"]), Route(name="b", utterances=["beta"])]
+    )
+    assert router.index_stats.compiles == 0  # adds are lazy
+    async with router:  # start()
+        assert router.index_stats.compiles == 1
+        assert (await router.aquery("alpha one")).name == "a"
+        assert router.index_stats.compiles == 1  # the first query found it compiled
