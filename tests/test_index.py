@@ -118,9 +118,12 @@ def test_deletes_mask_then_compact() -> None:
     assert {snap.names[int(r)] for r in result.route_ids} == {f"r{i}" for i in range(700, 1000)}
 
 
-def test_snapshot_is_immutable_under_concurrent_changes() -> None:
+@pytest.mark.parametrize("int8_min_rows", [None, 16])
+def test_snapshot_is_immutable_under_concurrent_changes(int8_min_rows: int | None) -> None:
+    # With int8_min_rows=16 the int8 copy is rebuilt in the background and dropped by
+    # compactions while readers score.
     rng = np.random.default_rng(4)
-    index = RouteIndex(DIM)
+    index = RouteIndex(DIM, int8_min_rows=int8_min_rows)
     index.add("stable", unit(rng, 4), ["s0", "s1", "s2", "s3"])
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -155,6 +158,18 @@ def test_snapshot_is_immutable_under_concurrent_changes() -> None:
     stop.set()
     threads[0].join()
     assert not errors
+    assert index.wait_for_int8(30)
+    snap = index.snapshot()
+    if int8_min_rows is not None:
+        assert snap.int8 is not None and index.stats.int8_builds >= 2
+    got = snap.score(query, k=3)[0]
+    sims = snap.matrix @ query[0]
+    exact = {
+        snap.names[int(rid)]: float(sims[snap._route_rows(pos)].max())
+        for pos, rid in enumerate(snap.live_routes.tolist())
+    }
+    best = sorted(exact.values(), reverse=True)[:3]
+    assert list(got.scores) == pytest.approx(best, abs=1e-5)
 
 
 def test_empty_index_scores_nothing() -> None:
