@@ -734,7 +734,6 @@ async def test_route_names_with_slashes_are_addressable(svc: Service) -> None:
 
 
 async def test_lifespan_compiles_the_index_before_the_first_request(svc: Service) -> None:
-    # The warm-up query ran in the lifespan: model loaded, matrix compiled.
-    assert svc.router.index_stats.compiles >= 1
+    # The fixture added the routes (lazily); the lifespan's start() compiled them.
+    assert svc.router.index_stats.compiles == 1
     assert svc.router._index._snapshot is not None
-    assert svc.router.encoder.loaded  # type: ignore[attr-defined]

@@ -409,9 +409,9 @@ def create_app(
                 doc = await _blocking(load_routes_file, settings.routes_file)
                 report = await _blocking(apply_routes, r, doc)
                 log.info("routes file %s applied: %s", settings.routes_file, report.to_dict())
-            # One query loads the model and compiles the index (with its int8 copy from
-            # 4,096 utterances), so the first request is not the slow one.
-            await _blocking(r.query, "warm-up")
+            # Load the model and encode once; start() then compiles the index (with its
+            # int8 copy from 4,096 utterances), so the first request is not the slow one.
+            await _blocking(r.encoder.encode, ["warm-up"])
             await r.start()
         except BaseException:
             release(r)
