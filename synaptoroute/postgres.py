@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from .exceptions import MissingDependencyError, NotADatabaseError, RouteNotFoundError, StorageError
 from .models import Route
-from .storage import ModelInfo, SQLiteStorage, Storage, StoredRoute, _check_vectors
+from .storage import ModelInfo, SQLiteStorage, Storage, StoredRoute, _check_vectors, check_route
 
 if TYPE_CHECKING:
     import psycopg
@@ -364,8 +364,10 @@ class PostgresStorage:
                 tcp_user_timeout=int(max(connect_timeout, 5) * 2000),
             )
         except pg.Error as exc:
-            msg = f"not a valid PostgreSQL DSN ({_first_line(exc)})"
-            raise StorageError(msg) from exc
+            # libpq quotes the offending part of the string, which may be a password.
+            reason = re.sub(r'"[^"]*"', '"..."', _first_line(exc))
+            msg = f"not a valid PostgreSQL DSN ({reason}; the DSN is not shown, it may hold a password)"
+            raise StorageError(msg) from None
         self._target = "{}@{}:{}/{}".format(
             params.get("user") or os.environ.get("PGUSER", "?"),
             params.get("host") or os.environ.get("PGHOST", "localhost"),
@@ -787,6 +789,7 @@ class PostgresStorage:
         """
         for item in routes:
             _check_vectors(item.route.utterances, item.vectors, model)
+            check_route(item.route)
         if not routes:
             return
 
@@ -847,6 +850,7 @@ class PostgresStorage:
 
     def update_route(self, route: Route) -> None:
         """Store a route's description, threshold and metadata."""
+        check_route(route)
         pg = _psycopg()
 
         def body(cur: psycopg.Cursor[Any]) -> None:
@@ -863,6 +867,7 @@ class PostgresStorage:
         """Replace every route and the model record in one transaction."""
         for item in routes:
             _check_vectors(item.route.utterances, item.vectors, model)
+            check_route(item.route)
 
         def body(cur: psycopg.Cursor[Any]) -> None:
             cur.execute(f"DELETE FROM {self._s}.routes")

@@ -16,18 +16,104 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .exceptions import NotADatabaseError, RouteNotFoundError, StorageError
+from .exceptions import InvalidInputError, NotADatabaseError, RouteNotFoundError, StorageError
 from .models import Route
 
-__all__ = ["MemoryStorage", "ModelInfo", "SQLiteStorage", "Storage", "StoredRoute"]
+__all__ = [
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_DEPTH",
+    "Durability",
+    "MemoryStorage",
+    "ModelInfo",
+    "SQLiteStorage",
+    "Storage",
+    "StoredRoute",
+    "check_route",
+    "metadata_json",
+]
 
 _APP_ID = "synaptoroute"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Deepest nesting of a route's metadata: JSON encoders and pydantic serialisers
+#: recurse per level, so an unbounded depth would fail when the route is read back.
+MAX_METADATA_DEPTH = 32
+#: Largest serialised metadata of one route (UTF-8 bytes).
+MAX_METADATA_BYTES = 64 * 1024
+#: ``"full"``: every acknowledged change survives a power loss (an fsync per commit).
+#: ``"normal"``: WAL's cheaper mode; the last commits can roll back after a power
+#: loss (never after a process crash).
+Durability = Literal["full", "normal"]
+
+
+def _depth(value: object, limit: int) -> int:
+    """How deeply ``value`` nests containers, counting no further than ``limit + 1``."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:  # iterative: a deep document cannot exhaust the interpreter stack
+        item, level = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            level += 1
+            deepest = max(deepest, level)
+            if level > limit:
+                return level
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level) for child in children)
+    return deepest
+
+
+def metadata_json(metadata: dict[str, Any]) -> str:
+    """Serialise route metadata for the store, refusing what could not be read back.
+
+    Raises:
+        InvalidInputError: a string is not valid Unicode (a lone surrogate), a
+            number is NaN or infinite, a value is not JSON, the nesting is deeper
+            than :data:`MAX_METADATA_DEPTH` or the text longer than
+            :data:`MAX_METADATA_BYTES`. Nothing is written.
+    """
+    if _depth(metadata, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:
+        msg = f"metadata nests deeper than {MAX_METADATA_DEPTH} levels"
+        raise InvalidInputError(msg)
+    try:
+        text = json.dumps(metadata, ensure_ascii=False, allow_nan=False)
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        msg = "metadata must be valid Unicode (no lone surrogates)"
+        raise InvalidInputError(msg) from None
+    except (TypeError, ValueError) as exc:
+        msg = f"metadata must be JSON without NaN or infinite numbers ({exc})"
+        raise InvalidInputError(msg) from None
+    if size > MAX_METADATA_BYTES:
+        msg = f"metadata is {size} bytes as JSON, more than {MAX_METADATA_BYTES}"
+        raise InvalidInputError(msg)
+    return text
+
+
+def _check_unicode(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        msg = f"{what} must be valid Unicode (no lone surrogates)"
+        raise InvalidInputError(msg) from None
+
+
+def check_route(route: Route) -> str:
+    """Check that ``route`` can be stored and read back; returns its metadata as JSON.
+
+    Raises:
+        InvalidInputError: see :func:`metadata_json`; also a name, description or
+            utterance that is not valid Unicode.
+    """
+    _check_unicode(route.name, "route name")
+    if route.description is not None:
+        _check_unicode(route.description, "description")
+    for text in route.utterances:
+        _check_unicode(text, "utterance")
+    return metadata_json(route.metadata)
 
 
 @dataclass(frozen=True)
@@ -129,6 +215,7 @@ class MemoryStorage:
         """Create or replace routes, all at once."""
         for item in routes:
             _check_vectors(item.route.utterances, item.vectors, model)
+            check_route(item.route)
         with self._lock:
             if routes:
                 self._model = model
@@ -147,6 +234,8 @@ class MemoryStorage:
     ) -> None:
         """Append utterances."""
         _check_vectors(texts, vectors, model)
+        for text in texts:
+            _check_unicode(text, "utterance")
         with self._lock:
             old = self._get(name)
             route = old.route.model_copy(update={"utterances": [*old.route.utterances, *texts]})
@@ -171,6 +260,7 @@ class MemoryStorage:
 
     def update_route(self, route: Route) -> None:
         """Store a route's settings."""
+        check_route(route)
         with self._lock:
             old = self._get(route.name)
             new = route.model_copy(update={"utterances": old.route.utterances})
@@ -180,6 +270,7 @@ class MemoryStorage:
         """Replace everything."""
         for item in routes:
             _check_vectors(item.route.utterances, item.vectors, model)
+            check_route(item.route)
         with self._lock:
             self._routes = {item.route.name: item for item in routes}
             self._model = model
@@ -236,8 +327,44 @@ def _migration_2(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+def _migration_3(db: sqlite3.Connection) -> None:
+    # AUTOINCREMENT: a deleted route's id is never given to a new one, so an id read
+    # in one statement can never name another route in the next. Runs with foreign
+    # keys off (see _open), so dropping the old tables cascades nothing.
+    _run_script(
+        db,
+        """
+        CREATE TABLE routes_v3 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            description TEXT,
+            threshold REAL,
+            metadata TEXT NOT NULL DEFAULT '{}'
+        );
+        INSERT INTO routes_v3 SELECT id, name, description, threshold, metadata FROM routes;
+        CREATE TABLE utterances_v3 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            route_id INTEGER NOT NULL REFERENCES routes(id) ON DELETE CASCADE,
+            text TEXT NOT NULL,
+            vector BLOB NOT NULL,
+            UNIQUE (route_id, text)
+        );
+        INSERT INTO utterances_v3 SELECT id, route_id, text, vector FROM utterances;
+        DROP TABLE utterances;
+        DROP TABLE routes;
+        ALTER TABLE routes_v3 RENAME TO routes;
+        ALTER TABLE utterances_v3 RENAME TO utterances;
+        CREATE INDEX utterances_route ON utterances(route_id, id);
+        """,
+    )
+
+
 # Index i holds the step from schema version i to i + 1. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+]
 
 
 class SQLiteStorage:
@@ -247,16 +374,32 @@ class SQLiteStorage:
     store (or is corrupt) raises :class:`NotADatabaseError` and is not modified.
     Older schemas are migrated in one transaction on open.
 
+    Every read (:meth:`load`, :meth:`model_info`) is one snapshot: a concurrent
+    writer's change is seen whole or not at all.
+
     Args:
         path: the database file, or ``":memory:"``.
         timeout: seconds to wait for another writer's lock.
+        durability: ``"full"`` (default): when a change returns, it survives a power
+            loss. ``"normal"``: fewer fsyncs; the last changes can roll back after a
+            power loss, never after a crash of the process.
 
     Example:
         >>> store = SQLiteStorage("data/routes.sqlite")  # doctest: +SKIP
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = 10.0,
+        durability: Durability = "full",
+    ) -> None:
+        if durability not in ("full", "normal"):
+            msg = f"durability must be 'full' or 'normal', got {durability!r}"
+            raise InvalidInputError(msg)
         self.path = str(path)
+        self.durability = durability
         self._lock = threading.RLock()
         if self.path != ":memory:":
             Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -301,15 +444,22 @@ class SQLiteStorage:
                 raise StorageError(msg)
         if self.path != ":memory:":
             db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA synchronous={self.durability.upper()}")
         if version < SCHEMA_VERSION:
+            # Foreign keys stay off while tables are rebuilt (the pragma is a no-op
+            # inside a transaction, so it is set around it).
+            db.execute("PRAGMA foreign_keys=OFF")
             with self._transaction() as tx:
+                # Another process may have created or migrated the file since the
+                # first look: read the version again under the write lock.
+                version = int(tx.execute("PRAGMA user_version").fetchone()[0])
                 for step in range(version, SCHEMA_VERSION):
                     MIGRATIONS[step](tx)
                 if version == 0:
                     tx.execute("INSERT INTO meta(key, value) VALUES ('app', ?)", (_APP_ID,))
-                tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                if version < SCHEMA_VERSION:
+                    tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("PRAGMA foreign_keys=ON")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -339,11 +489,13 @@ class SQLiteStorage:
     def model_info(self) -> ModelInfo | None:
         """The model that made the stored vectors, or ``None``."""
         with self._lock:
-            rows = dict(
-                self._db.execute(
-                    "SELECT key, value FROM meta WHERE key IN ('model_id', 'dimension')"
-                )
-            )
+            return self._model_info(self._db)
+
+    @staticmethod
+    def _model_info(db: sqlite3.Connection) -> ModelInfo | None:
+        rows = dict(
+            db.execute("SELECT key, value FROM meta WHERE key IN ('model_id', 'dimension')")
+        )
         if "model_id" not in rows:
             return None
         return ModelInfo(rows["model_id"], int(rows["dimension"]))
@@ -364,15 +516,26 @@ class SQLiteStorage:
         )
 
     def load(self) -> list[StoredRoute]:
-        """Every route with its vectors, in insertion order, without any encoding."""
-        info = self.model_info()
+        """Every route with its vectors, in insertion order, without any encoding.
+
+        One read transaction: another process's change is seen whole or not at all.
+        """
         with self._lock:
-            routes = self._db.execute(
-                "SELECT id, name, description, threshold, metadata FROM routes ORDER BY id"
-            ).fetchall()
-            rows = self._db.execute(
-                "SELECT route_id, text, vector FROM utterances ORDER BY route_id, id"
-            ).fetchall()
+            try:
+                self._db.execute("BEGIN")
+                try:
+                    info = self._model_info(self._db)
+                    routes = self._db.execute(
+                        "SELECT id, name, description, threshold, metadata FROM routes ORDER BY id"
+                    ).fetchall()
+                    rows = self._db.execute(
+                        "SELECT route_id, text, vector FROM utterances ORDER BY route_id, id"
+                    ).fetchall()
+                finally:
+                    self._db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
+            except sqlite3.Error as exc:
+                msg = f"SQLite store {self.path!r} cannot be read: {exc}"
+                raise StorageError(msg) from exc
         if not routes:
             return []
         dim = info.dimension if info else 0
@@ -416,12 +579,12 @@ class SQLiteStorage:
         )
 
     def _insert_route(
-        self, tx: sqlite3.Connection, route: Route, vectors: NDArray[np.float32]
+        self, tx: sqlite3.Connection, route: Route, vectors: NDArray[np.float32], metadata: str
     ) -> None:
         tx.execute("DELETE FROM routes WHERE name=?", (route.name,))
         cur = tx.execute(
             "INSERT INTO routes(name, description, threshold, metadata) VALUES (?, ?, ?, ?)",
-            (route.name, route.description, route.threshold, json.dumps(route.metadata)),
+            (route.name, route.description, route.threshold, metadata),
         )
         assert cur.lastrowid is not None
         self._insert_utterances(tx, cur.lastrowid, route.utterances, vectors)
@@ -432,15 +595,17 @@ class SQLiteStorage:
 
     def put_routes(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
         """Create or replace routes and their utterances, all in one transaction."""
+        metadata = []
         for item in routes:
             _check_vectors(item.route.utterances, item.vectors, model)
+            metadata.append(check_route(item.route))
         if not routes:
             return
 
         def body(tx: sqlite3.Connection) -> None:
             self._set_model(tx, model)
-            for item in routes:
-                self._insert_route(tx, item.route, item.vectors)
+            for item, meta in zip(routes, metadata, strict=True):
+                self._insert_route(tx, item.route, item.vectors, meta)
 
         self._write(body)
 
@@ -449,6 +614,8 @@ class SQLiteStorage:
     ) -> None:
         """Append utterances to a route in one transaction."""
         _check_vectors(texts, vectors, model)
+        for text in texts:
+            _check_unicode(text, "utterance")
 
         def body(tx: sqlite3.Connection) -> None:
             self._set_model(tx, model)
@@ -475,27 +642,30 @@ class SQLiteStorage:
 
     def update_route(self, route: Route) -> None:
         """Store a route's description, threshold and metadata."""
+        metadata = check_route(route)
 
         def body(tx: sqlite3.Connection) -> None:
             rid = self._route_id(tx, route.name)
             tx.execute(
                 "UPDATE routes SET description=?, threshold=?, metadata=? WHERE id=?",
-                (route.description, route.threshold, json.dumps(route.metadata), rid),
+                (route.description, route.threshold, metadata, rid),
             )
 
         self._write(body)
 
     def replace_all(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
         """Replace every route and the model record in one transaction."""
+        metadata = []
         for item in routes:
             _check_vectors(item.route.utterances, item.vectors, model)
+            metadata.append(check_route(item.route))
 
         def body(tx: sqlite3.Connection) -> None:
             tx.execute("DELETE FROM routes")
             tx.execute("DELETE FROM meta WHERE key IN ('model_id', 'dimension')")
             self._set_model(tx, model)
-            for item in routes:
-                self._insert_route(tx, item.route, item.vectors)
+            for item, meta in zip(routes, metadata, strict=True):
+                self._insert_route(tx, item.route, item.vectors, meta)
 
         self._write(body)
 

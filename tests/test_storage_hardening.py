@@ -1,0 +1,305 @@
+"""The store under attack: poison values, torn reads, id reuse, kill -9, durability.
+
+Cross-process tests coordinate through pipes and line protocols (a child says what
+it has done; the parent acts on that), never through sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from synaptoroute import (
+    AdaptiveRouter,
+    HashingEncoder,
+    InvalidInputError,
+    MemoryStorage,
+    Route,
+    SQLiteStorage,
+)
+from synaptoroute.storage import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    ModelInfo,
+    StoredRoute,
+)
+
+LIMIT_S = 60.0  # upper bound of every wait on a child; reaching it fails the test
+MODEL = ModelInfo("m", 4)
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        doc = {"k": doc}
+    return doc
+
+
+POISON: list[tuple[dict[str, Any], str]] = [
+    ({"k": "\ud800"}, "lone surrogates"),
+    ({"\udfff": 1}, "lone surrogates"),
+    ({"k": float("nan")}, "NaN"),
+    ({"k": {1, 2}}, "JSON"),
+    (_nested(MAX_METADATA_DEPTH + 1), "deeper"),
+    (_nested(300), "deeper"),
+    ({"k": "x" * MAX_METADATA_BYTES}, "bytes"),
+]
+
+
+@pytest.mark.parametrize(("metadata", "message"), POISON)
+def test_poison_metadata_is_refused_before_anything_is_written(
+    tmp_path: Path, metadata: dict[str, Any], message: str
+) -> None:
+    path = tmp_path / "poison.db"
+    for store in (SQLiteStorage(path), MemoryStorage()):
+        router = AdaptiveRouter(HashingEncoder(), store)
+        router.add_route(Route(name="x", utterances=["hello"], metadata={"ok": 1}))
+        bad = Route.model_construct(name="x", utterances=["hello"], metadata=metadata)
+        with pytest.raises(InvalidInputError, match=message):
+            router.add_route(bad, replace=True)
+        with pytest.raises(InvalidInputError, match=message):
+            store.update_route(bad)
+        with pytest.raises(InvalidInputError, match=message):
+            store.put_routes([StoredRoute(bad, np.zeros((1, 4), np.float32))], MODEL)
+        assert router.get_route("x").metadata == {"ok": 1}
+        assert [s.route.metadata for s in store.load()] == [{"ok": 1}]
+    reopened = SQLiteStorage(path)
+    assert [s.route.metadata for s in reopened.load()] == [{"ok": 1}]
+
+
+def test_metadata_at_the_limits_is_stored_and_read_back(tmp_path: Path) -> None:
+    store = SQLiteStorage(tmp_path / "limits.db")
+    deep = _nested(MAX_METADATA_DEPTH)
+    big = {"k": "é" * ((MAX_METADATA_BYTES - 16) // 2)}
+    for i, metadata in enumerate([deep, big, {"emoji": "\U0001f600"}]):
+        route = Route(name=f"r{i}", utterances=["a"], metadata=metadata)
+        store.put_routes([StoredRoute(route, np.zeros((1, 4), np.float32))], MODEL)
+    assert [s.route.metadata for s in SQLiteStorage(store.path).load()] == [
+        deep,
+        big,
+        {"emoji": "\U0001f600"},
+    ]
+
+
+def test_route_ids_are_never_reused(tmp_path: Path) -> None:
+    path = tmp_path / "ids.db"
+    router = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path))
+    router.add_routes([Route(name="a", utterances=["x"]), Route(name="b", utterances=["y", "z"])])
+    db = sqlite3.connect(path)
+    (b_id,) = db.execute("SELECT id FROM routes WHERE name='b'").fetchone()
+    (last_utterance,) = db.execute("SELECT max(id) FROM utterances").fetchone()
+    router.delete_route("b")  # the highest ids: a plain rowid table would hand them out again
+    router.add_route(Route(name="c", utterances=["w"]))
+    (c_id,) = db.execute("SELECT id FROM routes WHERE name='c'").fetchone()
+    (c_utterance,) = db.execute("SELECT max(id) FROM utterances").fetchone()
+    db.close()
+    assert c_id > b_id
+    assert c_utterance > last_utterance
+
+
+def test_a_version_2_store_is_migrated_with_its_routes(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    db = sqlite3.connect(path)
+    for step in MIGRATIONS[:2]:
+        step(db)
+    db.execute("INSERT INTO meta(key, value) VALUES ('app', 'synaptoroute')")
+    db.execute("INSERT INTO meta(key, value) VALUES ('model_id', 'm'), ('dimension', '4')")
+    db.execute("INSERT INTO routes(id, name, metadata) VALUES (7, 'old', '{\"a\": 1}')")
+    vector = np.ones(4, np.float32).tobytes()
+    db.execute("INSERT INTO utterances(route_id, text, vector) VALUES (7, 'hi', ?)", (vector,))
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    store = SQLiteStorage(path)
+    assert store.schema_version == SCHEMA_VERSION == 3
+    (loaded,) = store.load()
+    assert loaded.route == Route(name="old", utterances=["hi"], metadata={"a": 1})
+    assert loaded.vectors.tolist() == [[1.0] * 4]
+    store.delete_route("old")  # foreign keys are back on: the utterance goes with it
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT count(*) FROM utterances").fetchone() == (0,)
+    assert check.execute("PRAGMA foreign_key_list(utterances)").fetchone()[2] == "routes"
+    check.close()
+
+
+def test_concurrent_creation_of_a_new_store_succeeds_everywhere(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    count = 8
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+    stores: list[SQLiteStorage] = []
+    lock = threading.Lock()
+
+    def open_it() -> None:
+        barrier.wait(LIMIT_S)
+        try:
+            store = SQLiteStorage(path)
+        except BaseException as exc:  # collected and asserted below
+            with lock:
+                errors.append(exc)
+        else:
+            with lock:
+                stores.append(store)
+
+    threads = [threading.Thread(target=open_it) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(LIMIT_S)
+    assert errors == []
+    assert len(stores) == count
+    assert {s.schema_version for s in stores} == {SCHEMA_VERSION}
+    for s in stores:
+        s.close()
+
+
+def test_durability_setting_is_applied_and_checked(tmp_path: Path) -> None:
+    assert SQLiteStorage(tmp_path / "f.db")._db.execute("PRAGMA synchronous").fetchone() == (2,)
+    normal = SQLiteStorage(tmp_path / "n.db", durability="normal")
+    assert normal._db.execute("PRAGMA synchronous").fetchone() == (1,)
+    with pytest.raises(InvalidInputError, match="durability"):
+        SQLiteStorage(tmp_path / "x.db", durability="off")  # type: ignore[arg-type]
+
+
+_SYNC_SCRIPT = """
+import sys
+from synaptoroute import AdaptiveRouter, HashingEncoder, Route, SQLiteStorage
+path, mode, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+store = SQLiteStorage(path) if mode == "default" else SQLiteStorage(path, durability=mode)
+router = AdaptiveRouter(HashingEncoder(), store)
+router.add_route(Route(name="warm", utterances=["x"]))
+print("BEGIN", flush=True)
+for i in range(count):
+    router.add_route(Route(name=f"r{i}", utterances=[f"text {i}"]))
+print("END", flush=True)
+"""
+
+
+def _syncs_per_change(tmp_path: Path, mode: str, count: int) -> int:
+    """fsync/fdatasync calls made by ``count`` acknowledged changes, counted by strace."""
+    script = tmp_path / "sync.py"
+    script.write_text(_SYNC_SCRIPT)
+    trace = tmp_path / f"{mode}.trace"
+    db = tmp_path / f"{mode}.db"
+    subprocess.run(
+        [
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,write",
+            "-o",
+            str(trace),
+            sys.executable,
+            str(script),
+            str(db),
+            mode,
+            str(count),
+        ],
+        check=True,
+        timeout=LIMIT_S * 2,
+        capture_output=True,
+    )
+    # Count only between the markers the script writes to stdout (fd 1).
+    lines = trace.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if re.search(r'write\(1, "BEGIN', line))
+    end = next(i for i, line in enumerate(lines) if re.search(r'write\(1, "END', line))
+    return sum(1 for line in lines[start:end] if re.search(r"\b(fsync|fdatasync)\(", line))
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (apt-get install strace)")
+def test_every_acknowledged_change_is_synced_by_default(tmp_path: Path) -> None:
+    count = 20
+    full = _syncs_per_change(tmp_path, "default", count)
+    normal = _syncs_per_change(tmp_path, "normal", count)
+    assert full >= count  # at least one sync per commit: a power loss cannot roll it back
+    assert normal < count  # the cheaper mode really is different (the test can tell)
+
+
+_WRITER_SCRIPT = """
+import sys
+from synaptoroute import AdaptiveRouter, HashingEncoder, Route, SQLiteStorage
+router = AdaptiveRouter(HashingEncoder(), SQLiteStorage(sys.argv[1]))
+for i in range(100_000):
+    router.add_route(Route(name=f"r{i}", utterances=[f"text {i}", f"more {i}"]))
+    print(f"r{i}", flush=True)
+"""
+
+
+def test_kill_9_loses_no_acknowledged_change(tmp_path: Path) -> None:
+    path = tmp_path / "kill.db"
+    for cycle in range(3):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _WRITER_SCRIPT.replace("r{i}", f"c{cycle}-{{i}}"), str(path)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        acknowledged = [child.stdout.readline().strip() for _ in range(15 + cycle)]
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(LIMIT_S)
+        loaded = {s.route.name: s for s in SQLiteStorage(path).load()}
+        for name in acknowledged:
+            assert name in loaded
+            assert len(loaded[name].route.utterances) == 2
+            assert loaded[name].vectors.shape == (2, HashingEncoder().dimension)
+
+
+_CHURN_SCRIPT = """
+import sys
+import numpy as np
+from synaptoroute import Route, SQLiteStorage
+from synaptoroute.storage import ModelInfo, StoredRoute
+store = SQLiteStorage(sys.argv[1])
+model = ModelInfo("m", 4)
+print("ready", flush=True)
+for i in range(int(sys.argv[2])):
+    # Delete and re-create both routes: with reused ids and separate reads, a reader
+    # would see "hot" with no utterances or with "cold"'s.
+    for name, value in (("hot", 1.0), ("cold", 2.0)):
+        store.delete_route(name)
+        route = Route(name=name, utterances=[f"{name} a", f"{name} b"])
+        store.put_routes([StoredRoute(route, np.full((2, 4), value, np.float32))], model)
+print("done", flush=True)
+"""
+
+
+def test_loads_are_consistent_snapshots_while_another_process_writes(tmp_path: Path) -> None:
+    path = tmp_path / "torn.db"
+    store = SQLiteStorage(path)
+    for name, value in (("hot", 1.0), ("cold", 2.0)):
+        route = Route(name=name, utterances=[f"{name} a", f"{name} b"])
+        store.put_routes([StoredRoute(route, np.full((2, 4), value, np.float32))], MODEL)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHURN_SCRIPT, str(path), "300"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    loads = 0
+    try:
+        while child.poll() is None and loads < 5_000:
+            for item in store.load():
+                name = item.route.name
+                expected = 1.0 if name == "hot" else 2.0
+                assert item.route.utterances == [f"{name} a", f"{name} b"]
+                assert item.vectors.tolist() == [[expected] * 4] * 2
+            loads += 1
+    finally:
+        child.wait(LIMIT_S * 2)
+    assert child.returncode == 0
+    assert loads > 0
