@@ -303,3 +303,18 @@ def test_loads_are_consistent_snapshots_while_another_process_writes(tmp_path: P
         child.wait(LIMIT_S * 2)
     assert child.returncode == 0
     assert loads > 0
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    ["postgresql://bob:hunter2@[db/x", "postgresql://bob:hunter2@db/x?hunter2", "hunter2 x"],
+)
+def test_a_bad_dsn_is_refused_without_showing_its_password(dsn: str) -> None:
+    pytest.importorskip("psycopg")
+    from synaptoroute import StorageError
+    from synaptoroute.postgres import PostgresStorage
+
+    with pytest.raises(StorageError, match="not a valid PostgreSQL DSN") as caught:
+        PostgresStorage(dsn)
+    assert "hunter2" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
