@@ -1,8 +1,10 @@
 """The ``synaptoroute`` command line: a thin layer over the library.
 
 Commands: ``route``, ``routes list|add|delete``, ``import``, ``export``, ``fit``,
-``eval`` and ``serve``. Every command has ``--help``; those that print data take
-``--json``. Long work (encoding many texts) shows a progress bar on stderr.
+``eval``, ``serve``, ``healthcheck`` and ``completion``. Every command has ``--help``;
+those that print data take ``--json``. Long work (encoding many texts) shows a progress
+bar on stderr when stderr is a terminal (``--progress``/``--no-progress`` force it), so
+redirected logs never receive its ``\r`` frames. ``python -m synaptoroute`` runs it too.
 
 Exit codes:
     0: success.
@@ -61,6 +63,9 @@ EXIT_INTERRUPTED = 130
 #: Used when ``--store`` is not given.
 STORE_ENV = "SYNAPTOROUTE_STORE"
 DEFAULT_STORE = "routes.db"
+#: Used by ``serve`` and ``healthcheck`` when ``--port`` is not given.
+PORT_ENV = "SYNAPTOROUTE_PORT"
+DEFAULT_PORT = 8000
 # Texts per encoder call while a progress bar is shown: small enough for a smooth
 # bar, large enough that the batching inside the encoder still pays off.
 _PROGRESS_CHUNK = 256
@@ -110,27 +115,43 @@ class ProgressEncoder:
         return np.vstack(parts)
 
 
-@contextmanager
-def _progress(router: AdaptiveRouter, total: int, desc: str, quiet: bool) -> Iterator[None]:
-    encoder = router.encoder
-    if quiet or not isinstance(encoder, ProgressEncoder):
-        yield
-        return
+def _open_bar(total: int, desc: str) -> Any:
+    """A tqdm bar on stderr, or ``None`` without the ``cli`` extra (tests wrap this)."""
     try:
         from tqdm import tqdm
     except ImportError:  # the bar is a comfort, not a requirement
+        return None
+    return tqdm(total=total, desc=desc, unit="text", file=sys.stderr, leave=False)
+
+
+def _show_progress(args: argparse.Namespace, total: int) -> bool:
+    """``--progress``/``--no-progress``/``-q`` if given, else long work on a terminal."""
+    forced: bool | None = getattr(args, "progress", None)
+    if getattr(args, "quiet", False):
+        return False
+    if forced is not None:
+        return forced
+    # A bar for a handful of texts is noise, and a redirected log must not get \r frames.
+    return total >= _PROGRESS_MIN and sys.stderr.isatty()
+
+
+@contextmanager
+def _progress(
+    router: AdaptiveRouter, total: int, desc: str, args: argparse.Namespace
+) -> Iterator[None]:
+    encoder = router.encoder
+    bar = None
+    if isinstance(encoder, ProgressEncoder) and _show_progress(args, total):
+        bar = _open_bar(total, desc)
+    if bar is None or not isinstance(encoder, ProgressEncoder):  # (the check narrows for mypy)
         yield
         return
-    # A bar for a handful of texts is noise; long work is what it is for.
-    small = total < _PROGRESS_MIN
-    with tqdm(
-        total=total, desc=desc, unit="text", file=sys.stderr, leave=False, disable=small
-    ) as bar:
-        encoder.bar = bar
-        try:
-            yield
-        finally:
-            encoder.bar = None
+    encoder.bar = bar
+    try:
+        yield
+    finally:
+        encoder.bar = None
+        bar.close()
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -253,7 +274,7 @@ def cmd_routes_add(args: argparse.Namespace) -> int:
                 msg = f"route {taken[0]!r} exists; pass --replace to replace it"
                 raise RouteExistsError(msg)
         total = sum(len(r.utterances) for r in doc.routes)
-        with _progress(router, total, "encoding", args.quiet):
+        with _progress(router, total, "encoding", args):
             report = apply_routes(router, doc)
     if args.json:
         _print_json(report.to_dict())
@@ -308,7 +329,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                 )
                 raise RouteExistsError(msg)
         total = sum(len(r.utterances) for r in doc.routes)
-        with _progress(router, total, "encoding", args.quiet):
+        with _progress(router, total, "encoding", args):
             report = apply_routes(router, doc)
     summary = {"rows": rows, "routes": len(doc.routes), **report.to_dict()}
     if args.json:
@@ -351,7 +372,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     texts, labels = _read_labelled(args.file)
     with _router(args) as router:
         _require_routes(router, args)
-        with _progress(router, len(texts), "encoding", args.quiet):
+        with _progress(router, len(texts), "encoding", args):
             report = router.fit(
                 texts, labels, objective=args.objective, target_oos_recall=args.target_oos_recall
             )
@@ -367,7 +388,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     texts, labels = _read_labelled(args.file)
     with _router(args) as router:
         _require_routes(router, args)
-        with _progress(router, len(texts), "encoding", args.quiet):
+        with _progress(router, len(texts), "encoding", args):
             report = router.evaluate(texts, labels)
     if args.plot:
         report.plot(args.plot)
@@ -390,8 +411,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store=_store_path(args),
         routes_file=args.routes,
         host=args.host,
-        port=args.port,
+        port=_port(args.port),
         read_only=args.read_only,
+        console=args.console,
         max_body_bytes=args.max_body_bytes,
         max_queue_size=args.max_queue,
         request_timeout=args.request_timeout,
@@ -405,6 +427,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
         load_routes_file(args.routes)  # a bad file fails here with exit code 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     run(settings, access_log=args.access_log)
+    return EXIT_OK
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 if a running service answers ``GET /readyz`` with 200, else 1."""
+    import urllib.error
+    import urllib.request
+
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{host}:{_port(args.port)}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            status = int(response.status)
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        print(f"synaptoroute: error: {url}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if status != 200:
+        print(f"synaptoroute: error: {url} answered {status}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print the shell completion script for bash, zsh or fish."""
+    from ._completion import completion_script
+
+    sys.stdout.write(completion_script(build_parser(), args.shell))
     return EXIT_OK
 
 
@@ -422,7 +473,13 @@ def _add_json(p: argparse.ArgumentParser, what: str = "print JSON instead of tex
 
 
 def _add_quiet(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar on stderr, or not (default: only when stderr is a terminal)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="same as --no-progress")
 
 
 def _threshold(value: str) -> float:
@@ -566,8 +623,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     p.add_argument("--routes", metavar="FILE", help="routes file applied to the store at start")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks one)")
+    p.add_argument(
+        "--port", type=int, default=None, help=f"port (default ${PORT_ENV} or 8000; 0 picks one)"
+    )
     p.add_argument("--read-only", action="store_true", help="refuse every route change (403)")
+    p.add_argument(
+        "--no-console",
+        dest="console",
+        action="store_false",
+        help="do not serve the browser console at /console",
+    )
     p.add_argument(
         "--max-body-bytes", type=int, default=1 << 20, help="413 above this (default 1 MiB)"
     )
@@ -578,7 +643,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for requests"
     )
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="ONNX Runtime threads (default: $SYNAPTOROUTE_THREADS, else the CPU quota)",
+    )
     p.add_argument(
         "--spin",
         action="store_true",
@@ -593,7 +662,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "healthcheck",
+        help="check that a running service is ready",
+        description="Exit 0 if the service on HOST:PORT answers GET /readyz with 200, else 1 "
+        "(the Docker image's HEALTHCHECK; it follows $SYNAPTOROUTE_PORT like 'serve').",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to ask (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help=f"port (default ${PORT_ENV} or 8000)")
+    p.add_argument("--timeout", type=float, default=4.0, help="seconds to wait (default 4)")
+    p.set_defaults(func=cmd_healthcheck)
+
+    p = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Print the completion script for SHELL. Load it with "
+        "'source <(synaptoroute completion bash)' (bash, zsh) or "
+        "'synaptoroute completion fish | source'.",
+    )
+    p.add_argument(
+        "shell", choices=("bash", "zsh", "fish"), metavar="SHELL", help="bash, zsh or fish"
+    )
+    p.set_defaults(func=cmd_completion)
     return parser
+
+
+def _port(value: int | None) -> int:
+    """``--port`` if given, else ``$SYNAPTOROUTE_PORT``, else 8000."""
+    if value is not None:
+        return value
+    text = os.environ.get(PORT_ENV, "").strip()
+    if not text:
+        return DEFAULT_PORT
+    try:
+        return int(text)
+    except ValueError:
+        msg = f"{PORT_ENV} must be a port number, got {text!r}"
+        raise BadInput(msg) from None
 
 
 def _exit_code(exc: BaseException) -> int:

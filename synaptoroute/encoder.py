@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
+from ._cpu import available_cpus
 from .exceptions import (
     EncoderError,
     InvalidInputError,
@@ -153,7 +154,8 @@ class Encoder:
             access the first time, or ``model_path``).
         model_path: a local folder holding a fastembed-compatible model, used
             instead of downloading ``model``.
-        threads: ONNX Runtime intra-op threads (default: the number of cores).
+        threads: ONNX Runtime intra-op threads (default: ``$SYNAPTOROUTE_THREADS``, else
+            the CPUs this process may use: the cgroup CPU quota or the affinity mask).
         max_tokens: texts are truncated to this many tokens.
         batch_size: texts per ONNX call; longer inputs are split.
         download_timeout: seconds before a model fetch is abandoned with
@@ -186,7 +188,8 @@ class Encoder:
             raise InvalidInputError(msg)
         self._model_name = model
         self._model_path = Path(model_path) if model_path is not None else None
-        self.threads = threads if threads is not None else (os.cpu_count() or 1)
+        # The container's CPU quota, not the host's cores (see _cpu.available_cpus).
+        self.threads = threads if threads is not None else available_cpus()
         self.max_tokens = max_tokens
         self.batch_size = batch_size
         self.download_timeout = download_timeout

@@ -7,14 +7,23 @@ The real encoder is built once per session; commands get it in place of a fresh
 from __future__ import annotations
 
 import argparse
+import http.server
+import io
 import json
 import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from synaptoroute import Encoder, SQLiteStorage, cli
+from synaptoroute import Encoder, SQLiteStorage, __version__, cli
 from synaptoroute.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, build_parser, main
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
@@ -96,6 +105,8 @@ def test_the_command_set() -> None:
         "fit",
         "eval",
         "serve",
+        "healthcheck",
+        "completion",
     ]
 
 
@@ -122,7 +133,8 @@ def test_every_command_printing_data_has_json(command: str) -> None:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         parser = sub.choices[word]
     options = {o for a in parser._actions for o in a.option_strings}
-    assert ("--json" in options) is (command != "serve")
+    # serve, healthcheck and completion print no data: a log, an exit code, a script.
+    assert ("--json" in options) is (command not in ("serve", "healthcheck", "completion"))
 
 
 def test_exit_codes_are_documented() -> None:
@@ -222,9 +234,9 @@ def test_export_and_reimport_round_trip(
     }
 
 
-def test_routes_file_with_progress_bar(
-    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
-) -> None:
+@pytest.fixture
+def clinc_routes(tmp_path: Path) -> tuple[Path, dict[str, list[str]]]:
+    """A routes file of every labelled row of the CLINC150 slice (hundreds of utterances)."""
     rows = [
         json.loads(line)
         for line in (FIXTURES / "clinc150_train_slice.jsonl").read_text().splitlines()
@@ -237,18 +249,207 @@ def test_routes_file_with_progress_bar(
     routes_file.write_text(
         json.dumps({"routes": [{"name": k, "utterances": v} for k, v in groups.items()]})
     )
-    code, out, err = run(capsys, "routes", "add", "--file", str(routes_file), "--store", store)
+    return routes_file, groups
+
+
+@pytest.fixture
+def bars(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every progress bar the CLI opens (real tqdm bars), kept for inspection."""
+    opened: list[Any] = []
+    real = cli._open_bar
+
+    def record(total: int, desc: str) -> Any:
+        bar = real(total, desc)
+        opened.append(bar)
+        return bar
+
+    monkeypatch.setattr(cli, "_open_bar", record)
+    return opened
+
+
+class FakeTerminal(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_forced_progress_counts_every_text(
+    capsys: pytest.CaptureFixture[str],
+    store: str,
+    clinc_routes: tuple[Path, dict[str, list[str]]],
+    bars: list[Any],
+) -> None:
+    routes_file, groups = clinc_routes
+    total = sum(len(v) for v in groups.values())
+    code, out, _ = run(
+        capsys, "routes", "add", "--file", str(routes_file), "--store", store, "--progress"
+    )
     assert code == 0
-    assert "encoding" in err  # the tqdm bar, on stderr
-    assert "100%" in err
+    assert len(bars) == 1
+    assert (bars[0].total, bars[0].n, bars[0].desc) == (total, total, "encoding")
     assert len(out.splitlines()) == len(groups)
     assert stored_routes(store) == groups
-    # Quiet, and nothing to encode the second time.
-    code, out, err = run(
-        capsys, "routes", "add", "--file", str(routes_file), "--store", store, "-q", "--json"
+    # Nothing to encode the second time: the bar opens and stays at zero.
+    code, out, _ = run(
+        capsys, "routes", "add", "--file", str(routes_file), "--store", store, "--json"
     )
-    assert err == ""
     assert len(json.loads(out)["unchanged"]) == len(groups)
+
+
+@pytest.mark.parametrize("flag", [None, "--no-progress", "-q"])
+def test_no_progress_in_a_redirected_log(
+    capsys: pytest.CaptureFixture[str],
+    store: str,
+    clinc_routes: tuple[Path, dict[str, list[str]]],
+    bars: list[Any],
+    flag: str | None,
+) -> None:
+    # capsys's stderr is not a terminal, like a log file or a pipe.
+    routes_file, _ = clinc_routes
+    argv = ["routes", "add", "--file", str(routes_file), "--store", store]
+    code, _, err = run(capsys, *argv, *([flag] if flag else []))
+    assert code == 0
+    assert bars == []
+    assert err == ""
+    assert "\r" not in err
+
+
+@pytest.mark.parametrize(("flag", "expected"), [(None, 1), ("--no-progress", 0), ("-q", 0)])
+def test_progress_on_a_terminal_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+    store: str,
+    clinc_routes: tuple[Path, dict[str, list[str]]],
+    bars: list[Any],
+    flag: str | None,
+    expected: int,
+) -> None:
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    routes_file, _ = clinc_routes
+    argv = ["routes", "add", "--file", str(routes_file), "--store", store]
+    assert main([*argv, *([flag] if flag else [])]) == 0
+    assert len(bars) == expected
+    if not expected:
+        assert terminal.getvalue() == ""
+
+
+def test_no_bar_on_a_terminal_for_a_handful_of_texts(
+    monkeypatch: pytest.MonkeyPatch, store: str, bars: list[Any]
+) -> None:
+    monkeypatch.setattr(sys, "stderr", FakeTerminal())
+    assert main(["routes", "add", "billing", "I need a refund", "--store", store]) == 0
+    assert bars == []
+    assert main(["routes", "add", "tech", "It crashes", "--store", store, "--progress"]) == 0
+    assert [(b.total, b.n) for b in bars] == [(1, 1)]
+
+
+# -- python -m, completion, healthcheck -------------------------------------------------------
+def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "synaptoroute", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"synaptoroute {__version__}"
+
+
+def bash_complete(script: str, *words: str) -> list[str]:
+    """What the bash completion script offers after ``synaptoroute WORDS...``."""
+    line = ["synaptoroute", *words]
+    driver = (
+        f"{script}\nCOMP_WORDS=({' '.join(shlex.quote(w) for w in line)})\n"
+        f"COMP_CWORD={len(line) - 1}\n_synaptoroute\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
+    )
+    done = subprocess.run(
+        ["bash", "--norc", "--noprofile"],
+        input=driver,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.split()
+
+
+def test_bash_completion(capsys: pytest.CaptureFixture[str]) -> None:
+    code, script, _ = run(capsys, "completion", "bash")
+    assert code == 0
+    subprocess.run(["bash", "-n"], input=script, text=True, timeout=60, check=True)
+    top = [c.split()[0] for c in COMMANDS]
+    assert bash_complete(script, "") == [*dict.fromkeys(top), "--help", "--version", "--traceback"]
+    assert bash_complete(script, "routes", "") == ["list", "add", "delete", "--help"]
+    assert bash_complete(script, "routes", "add", "--st") == ["--store"]
+    assert bash_complete(script, "import", "train.jsonl", "--pro") == ["--progress"]
+    assert bash_complete(script, "completion", "") == ["bash", "zsh", "fish", "--help"]
+
+
+@pytest.mark.parametrize("shell", ["zsh", "fish"])
+def test_zsh_and_fish_completion_name_every_command(
+    capsys: pytest.CaptureFixture[str], shell: str
+) -> None:
+    code, script, _ = run(capsys, "completion", shell)
+    assert code == 0
+    for command in COMMANDS:
+        assert command.split()[-1] in script
+    if shutil.which(shell):  # a syntax check where the shell is installed
+        subprocess.run([shell, "-n"], input=script, text=True, timeout=60, check=True)
+
+
+@pytest.fixture
+def readyz_server() -> Iterator[tuple[int, list[int]]]:
+    """A real HTTP server on 127.0.0.1 whose /readyz answers the status at the list's end."""
+    status = [200]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            code = status[-1] if self.path == "/readyz" else 404
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], status
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)
+
+
+def test_healthcheck_follows_the_port_variable(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    readyz_server: tuple[int, list[int]],
+) -> None:
+    port, status = readyz_server
+    monkeypatch.setenv(cli.PORT_ENV, str(port))
+    assert run(capsys, "healthcheck")[0] == EXIT_OK
+    status.append(503)
+    code, _, err = run(capsys, "healthcheck")
+    assert code == EXIT_FAILURE
+    assert "503" in err
+    status.append(200)
+    monkeypatch.setenv(cli.PORT_ENV, "not-a-port")
+    assert run(capsys, "healthcheck", "--port", str(port))[0] == EXIT_OK
+    assert run(capsys, "healthcheck")[0] == EXIT_BAD_INPUT
+
+
+def test_healthcheck_fails_when_nothing_listens(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago and is closed now
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, _, err = run(capsys, "healthcheck", "--port", str(port), "--timeout", "5")
+    assert code == EXIT_FAILURE
+    assert f"127.0.0.1:{port}/readyz" in err
 
 
 # -- bad input vs failures ------------------------------------------------------------------
@@ -332,13 +533,15 @@ TRAIN = str(FIXTURES / "clinc150_train_slice.jsonl")
 VAL = str(FIXTURES / "clinc150_val_slice.jsonl")
 
 
-def test_import_fit_eval(capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path) -> None:
-    code, out, err = run(capsys, "import", TRAIN, "--store", store, "--json")
+def test_import_fit_eval(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path, bars: list[Any]
+) -> None:
+    code, out, _ = run(capsys, "import", TRAIN, "--store", store, "--json", "--progress")
     assert code == 0
     summary = json.loads(out)
     assert summary["rows"] == 630
     assert summary["routes"] == len(summary["created"]) == 20
-    assert "encoding" in err
+    assert [(b.total, b.n) for b in bars] == [(600, 600)]  # the 30 null rows make no route
 
     code, out, _ = run(capsys, "eval", VAL, "--store", store, "--json", "-q")
     assert code == 0

@@ -42,7 +42,7 @@ class ServerSettings(BaseModel):
         retry_after: seconds sent in ``Retry-After`` with a 503.
         drain_timeout: seconds SIGTERM waits for requests in flight.
         max_batch_size, max_wait_ms, max_queue_size: the router's batching worker.
-        encoder_threads: ONNX Runtime threads (default: every core).
+        encoder_threads: ONNX Runtime threads (default: the CPU quota, see ``synaptoroute._cpu``).
         encoder_spin: let ONNX Runtime threads spin between batches. Off by default:
             spinning takes the cores that the event loop needs to parse requests
             (measured in ``benchmarks/http_service.py``).

@@ -1,0 +1,142 @@
+"""How many CPUs this process may really use: the default for encoder threads.
+
+``os.cpu_count()`` counts the host's cores. In a container limited to, say, two CPUs
+on a 64-core host, ONNX Runtime would start 64 threads that the kernel throttles in
+turn, which is slower than two. The limit is read from, in order:
+
+1. ``SYNAPTOROUTE_THREADS`` (a positive integer), for an operator who knows better;
+2. the cgroup CPU quota (v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us`` /
+   ``cpu.cfs_period_us``), rounded up;
+3. the CPU affinity mask (``taskset``, cpusets), else ``os.cpu_count()``.
+
+The smaller of the quota and the affinity count wins.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["THREADS_ENV", "available_cpus", "cgroup_cpu_limit"]
+
+THREADS_ENV = "SYNAPTOROUTE_THREADS"
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _quota(quota: str, period: str) -> float | None:
+    """CPUs allowed by a quota and a period, or ``None`` for no limit or a bad value."""
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:
+        return None  # "max" (v2) or garbage
+    if q <= 0 or p <= 0:  # v1 writes -1 for no limit
+        return None
+    return q / p
+
+
+def _own_cgroup_v2(root: Path, self_cgroup: Path) -> Path:
+    """The process's own cgroup v2 folder (``/proc/self/cgroup``'s ``0::/path`` line)."""
+    text = _read(self_cgroup) or ""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            own = root / line[3:].lstrip("/")
+            if own.is_dir():
+                return own
+    return root
+
+
+def cgroup_cpu_limit(
+    root: Path | str = "/sys/fs/cgroup", self_cgroup: Path | str = "/proc/self/cgroup"
+) -> float | None:
+    """The CPU quota of this process's cgroup, in CPUs, or ``None`` where there is none.
+
+    Looks for cgroup v2 ``cpu.max`` in the process's own cgroup and then its ancestors
+    up to ``root`` (a limit set on a parent applies), then for cgroup v1
+    ``cpu/cpu.cfs_quota_us`` and ``cpu/cpu.cfs_period_us`` under ``root``.
+
+    Args:
+        root: where the cgroup filesystem is mounted (a test passes a folder of fake files).
+        self_cgroup: the file naming this process's cgroups.
+
+    Returns:
+        The smallest quota found as a number of CPUs (may be fractional), or ``None``.
+    """
+    base = Path(root)
+    limits: list[float] = []
+    folder = _own_cgroup_v2(base, Path(self_cgroup))
+    # Bounded walk: each step goes one folder up, and stops at the mount point.
+    while True:
+        text = _read(folder / "cpu.max")
+        if text:
+            parts = text.split()
+            if len(parts) == 2:
+                limit = _quota(parts[0], parts[1])
+                if limit is not None:
+                    limits.append(limit)
+        if folder == base or base not in folder.parents:
+            break
+        folder = folder.parent
+    if not limits:
+        for v1 in (base / "cpu", base / "cpu,cpuacct", base):
+            quota, period = _read(v1 / "cpu.cfs_quota_us"), _read(v1 / "cpu.cfs_period_us")
+            if quota is not None and period is not None:
+                limit = _quota(quota, period)
+                if limit is not None:
+                    limits.append(limit)
+                break
+    return min(limits) if limits else None
+
+
+def _affinity_count() -> int:
+    sched = getattr(os, "sched_getaffinity", None)
+    if sched is not None:
+        try:
+            return max(1, len(sched(0)))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
+
+
+def available_cpus(
+    env: Mapping[str, str] | None = None,
+    cgroup_root: Path | str = "/sys/fs/cgroup",
+    self_cgroup: Path | str = "/proc/self/cgroup",
+) -> int:
+    """How many CPUs to give ONNX Runtime by default: the container's share, not the host's.
+
+    Args:
+        env: the environment to read ``SYNAPTOROUTE_THREADS`` from (default ``os.environ``).
+        cgroup_root: the cgroup mount point (tests pass a folder of fake files).
+        self_cgroup: the file naming this process's cgroups.
+
+    Returns:
+        ``SYNAPTOROUTE_THREADS`` if set, else the smaller of the cgroup CPU quota (rounded
+        up, at least 1) and the CPUs this process may run on.
+
+    Raises:
+        ValueError: ``SYNAPTOROUTE_THREADS`` is set but is not a positive integer.
+    """
+    environ = os.environ if env is None else env
+    forced = environ.get(THREADS_ENV, "").strip()
+    if forced:
+        try:
+            threads = int(forced)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            msg = f"{THREADS_ENV} must be a positive integer, got {forced!r}"
+            raise ValueError(msg)
+        return threads
+    cpus = _affinity_count()
+    quota = cgroup_cpu_limit(cgroup_root, self_cgroup)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return cpus

@@ -1,0 +1,123 @@
+"""The default thread count: the container's CPU quota, read from fake cgroup files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from synaptoroute import _cpu
+from synaptoroute._cpu import THREADS_ENV, available_cpus, cgroup_cpu_limit
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+
+
+@pytest.fixture
+def self_cgroup(tmp_path: Path) -> Path:
+    """A /proc/self/cgroup naming the process's v2 cgroup as /kubepods/pod1/ctr."""
+    path = tmp_path / "proc_self_cgroup"
+    write(path, "0::/kubepods/pod1/ctr")
+    return path
+
+
+@pytest.fixture
+def many_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host with 64 usable cores, so every quota below is the smaller number."""
+    monkeypatch.setattr(_cpu, "_affinity_count", lambda: 64)
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("200000 100000", 2.0), ("150000 100000", 1.5), ("50000 100000", 0.5), ("max 100000", None)],
+)
+def test_cgroup_v2_quota(
+    tmp_path: Path, self_cgroup: Path, cpu_max: str, expected: float | None
+) -> None:
+    root = tmp_path / "cgroup"
+    write(root / "kubepods/pod1/ctr/cpu.max", cpu_max)
+    assert cgroup_cpu_limit(root, self_cgroup) == expected
+
+
+def test_cgroup_v2_limit_on_a_parent_applies(tmp_path: Path, self_cgroup: Path) -> None:
+    root = tmp_path / "cgroup"
+    write(root / "kubepods/pod1/ctr/cpu.max", "max 100000")
+    write(root / "kubepods/pod1/cpu.max", "300000 100000")
+    write(root / "kubepods/cpu.max", "800000 100000")
+    assert cgroup_cpu_limit(root, self_cgroup) == 3.0
+
+
+def test_cgroup_v2_at_the_root_of_a_container_namespace(tmp_path: Path) -> None:
+    # Inside a container with its own cgroup namespace the process sees "0::/".
+    root = tmp_path / "cgroup"
+    write(root / "cpu.max", "400000 100000")
+    proc = tmp_path / "proc_self_cgroup"
+    write(proc, "0::/")
+    assert cgroup_cpu_limit(root, proc) == 4.0
+
+
+@pytest.mark.parametrize(
+    ("quota", "expected"), [("250000", 2.5), ("-1", None), ("junk", None), ("0", None)]
+)
+def test_cgroup_v1_quota(tmp_path: Path, quota: str, expected: float | None) -> None:
+    root = tmp_path / "cgroup"
+    write(root / "cpu/cpu.cfs_quota_us", quota)
+    write(root / "cpu/cpu.cfs_period_us", "100000")
+    assert cgroup_cpu_limit(root, tmp_path / "no_such_file") == expected
+
+
+def test_no_cgroup_files_means_no_limit(tmp_path: Path) -> None:
+    assert cgroup_cpu_limit(tmp_path / "empty", tmp_path / "no_such_file") is None
+
+
+@pytest.mark.usefixtures("many_cores")
+@pytest.mark.parametrize(("cpu_max", "expected"), [("150000 100000", 2), ("10000 100000", 1)])
+def test_available_cpus_rounds_the_quota_up(
+    tmp_path: Path, self_cgroup: Path, cpu_max: str, expected: int
+) -> None:
+    root = tmp_path / "cgroup"
+    write(root / "kubepods/pod1/ctr/cpu.max", cpu_max)
+    assert available_cpus({}, root, self_cgroup) == expected
+
+
+@pytest.mark.usefixtures("many_cores")
+def test_available_cpus_without_quota_is_the_affinity_count(tmp_path: Path) -> None:
+    assert available_cpus({}, tmp_path / "empty", tmp_path / "none") == 64
+
+
+def test_a_quota_above_the_affinity_count_changes_nothing(
+    tmp_path: Path, self_cgroup: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_cpu, "_affinity_count", lambda: 2)
+    root = tmp_path / "cgroup"
+    write(root / "kubepods/pod1/ctr/cpu.max", "800000 100000")
+    assert available_cpus({}, root, self_cgroup) == 2
+
+
+@pytest.mark.usefixtures("many_cores")
+def test_the_environment_variable_wins(tmp_path: Path, self_cgroup: Path) -> None:
+    root = tmp_path / "cgroup"
+    write(root / "kubepods/pod1/ctr/cpu.max", "100000 100000")
+    assert available_cpus({THREADS_ENV: "6"}, root, self_cgroup) == 6
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_a_bad_environment_variable_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match=THREADS_ENV):
+        available_cpus({THREADS_ENV: value})
+
+
+def test_the_real_machine_gives_a_usable_count() -> None:
+    cpus = available_cpus({})
+    assert 1 <= cpus <= (os.cpu_count() or 1)
+
+
+def test_the_encoder_defaults_to_available_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from synaptoroute import Encoder
+
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert Encoder().threads == 3  # the model is loaded lazily: nothing is read here
+    assert Encoder(threads=1).threads == 1
