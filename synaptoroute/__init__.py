@@ -7,7 +7,14 @@ route's example utterances, in milliseconds, on a CPU.
 from __future__ import annotations
 
 from .decision import DecisionPolicy
-from .encoder import DEFAULT_MODEL_ID, CallableEncoder, Encoder, EncoderProtocol, HashingEncoder
+from .encoder import (
+    DEFAULT_MODEL_ID,
+    CallableEncoder,
+    Encoder,
+    EncoderProtocol,
+    HashingEncoder,
+    default_encoder,
+)
 from .exceptions import (
     EncoderError,
     EventLoopMismatchError,
@@ -60,4 +67,5 @@ __all__ = [
     "StorageError",
     "SynaptorouteError",
     "__version__",
+    "default_encoder",
 ]

@@ -5,11 +5,12 @@ While one batch runs in a worker thread, the event loop keeps accepting requests
 they queue up and form the next batch. The queue is bounded: past
 ``max_queue_size`` a call is refused at once with :class:`RouterOverloadedError`.
 
-Lifecycle: the worker belongs to the event loop it was started on. ``stop()``
-resolves every pending call (result or :class:`RouterClosedError`) and releases
-the loop, so the worker can be started again, on the same loop or another. If the
-loop that ran it is closed without ``stop()`` (``asyncio.run`` returning), the
-next call from a new loop starts afresh.
+Lifecycle: a worker belongs to the event loop it was started on (the router keeps
+one worker per loop, so callers never see that). ``stop()`` resolves every pending
+call (result or :class:`RouterClosedError`) and releases the loop, so the worker can
+be started again, on the same loop or another. If the loop that ran it is closed
+without ``stop()`` (``asyncio.run`` returning), the next call from a new loop starts
+afresh.
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ class BatchWorker(Generic[Q, T]):
             and self._loop is not None
             and not self._loop.is_closed()
         )
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the worker runs on, or ``None`` when it is not started."""
+        return self._loop
 
     @property
     def stopping(self) -> bool:

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -23,8 +24,14 @@ from .batching import (
     DEFAULT_MAX_WAIT_MS,
     BatchWorker,
 )
-from .decision import DecisionPolicy, decide, empty_match, policy_for_routes
-from .encoder import Encoder, EncoderProtocol, check_text
+from .decision import (
+    DecisionPolicy,
+    decide,
+    empty_match,
+    policy_for_routes,
+    without_negatives,
+)
+from .encoder import EncoderProtocol, check_text, default_encoder
 from .exceptions import (
     InvalidInputError,
     ModelMismatchError,
@@ -32,7 +39,15 @@ from .exceptions import (
     RouteNotFoundError,
 )
 from .index import Aggregation, IndexStats, RouteIndex, RouteScores, Snapshot
-from .models import SCORE_MAX, SCORE_MIN, Route, RouteMatch, clean_utterances
+from .lexical import LexicalIndex
+from .models import (
+    NEGATIVES_ROUTE,
+    SCORE_MAX,
+    SCORE_MIN,
+    Route,
+    RouteMatch,
+    clean_utterances,
+)
 from .storage import MemoryStorage, ModelInfo, Storage, StoredRoute
 
 if TYPE_CHECKING:
@@ -109,7 +124,8 @@ class AdaptiveRouter:
 
     Args:
         encoder: any :class:`~synaptoroute.encoder.EncoderProtocol`; default the
-            bundled :class:`~synaptoroute.encoder.Encoder`.
+            bundled model, loaded once per process and shared by every router built
+            without one (:func:`~synaptoroute.encoder.default_encoder`).
         storage: where routes and vectors live; default in memory. Routes already
             in the store are loaded without calling the encoder.
         threshold: default minimum score for a route to match.
@@ -122,8 +138,8 @@ class AdaptiveRouter:
             under 20,000 utterances and all cores above.
         reencode: if the store's vectors come from another model, re-encode them
             with this encoder (otherwise :class:`ModelMismatchError`).
-        max_batch_size, max_wait_ms, max_queue_size: the async batching worker
-            (defaults 512, 0 and 10,000; see ``docs/async.md``).
+        max_batch_size, max_wait_ms, max_queue_size: the async batching worker of
+            each event loop (defaults 512, 0 and 10,000; see ``docs/async.md``).
 
     Example:
         >>> router = AdaptiveRouter()
@@ -155,7 +171,7 @@ class AdaptiveRouter:
         if top_k < 1:
             msg = "top_k must be at least 1"
             raise InvalidInputError(msg)
-        self.encoder: EncoderProtocol = encoder if encoder is not None else Encoder()
+        self.encoder: EncoderProtocol = encoder if encoder is not None else default_encoder()
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self.cache = EmbeddingCache(cache_size)
         self.blas_threads = blas_threads
@@ -163,12 +179,22 @@ class AdaptiveRouter:
         self._routes: dict[str, Route] = {}
         self._policy = DecisionPolicy(threshold=threshold, min_margin=min_margin)
         self._index = RouteIndex(self.encoder.dimension, aggregation=aggregation, top_k=top_k)
+        self._lexical = LexicalIndex()
+        #: Use the lexical signal of a hybrid head (set False to route dense only).
+        self.hybrid = True
+        # One batching worker per event loop: the first loop to query takes this one,
+        # other loops (threads running asyncio.run, notebooks, Celery/Django workers)
+        # get their own with the same settings, so batching stays within each loop.
         self._worker: BatchWorker[_Request, _Answer] = BatchWorker(
             self._answer,
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
             max_queue_size=max_queue_size,
         )
+        self._loop_workers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, BatchWorker[_Request, _Answer]
+        ] = weakref.WeakKeyDictionary()
+        self._workers_lock = threading.Lock()
         self._load(reencode)
         self._start_follower()
 
@@ -334,7 +360,7 @@ class AdaptiveRouter:
         # A fitted head knows a fixed set of routes; see docs/accuracy.md.
         if self._policy.head is None and not self._policy.thresholds:
             return  # nothing fitted: keep adds O(1) in the number of routes
-        policy, notes = policy_for_routes(self._policy, list(self._routes))
+        policy, notes = policy_for_routes(self._policy, self.route_names)
         if policy is not self._policy:
             self.set_policy(policy)
         for note in notes:
@@ -373,13 +399,48 @@ class AdaptiveRouter:
             raise RouteNotFoundError(name) from None
 
     def list_routes(self) -> list[Route]:
-        """Every route, in insertion order."""
-        return list(self._routes.values())
+        """Every route, in insertion order (the negative examples are not a route)."""
+        return [r for name, r in self._routes.items() if name != NEGATIVES_ROUTE]
 
     @property
     def route_names(self) -> list[str]:
         """Names of every route."""
-        return list(self._routes)
+        return [name for name in self._routes if name != NEGATIVES_ROUTE]
+
+    # -- negative examples ------------------------------------------------------------
+    @property
+    def negatives(self) -> list[str]:
+        """The negative examples: texts that must route nowhere (see :meth:`add_negatives`)."""
+        route = self._routes.get(NEGATIVES_ROUTE)
+        return [] if route is None else list(route.utterances)
+
+    def add_negatives(self, texts: Sequence[str]) -> list[str]:
+        """Add negative examples: a query nearer to one of them than to every route
+        gets no route (reason ``negative_example``), and :meth:`fit` trains the head
+        to reject them. They are kept in the storage like a route (the reserved
+        :data:`~synaptoroute.models.NEGATIVES_ROUTE`), so every back end and replica
+        has them.
+
+        Returns:
+            The texts that were new.
+        """
+        cleaned = clean_utterances(list(texts))
+        with self._lock:
+            if NEGATIVES_ROUTE in self._routes:
+                return self.add_utterances(NEGATIVES_ROUTE, cleaned)
+            if cleaned:
+                self.add_routes([Route(name=NEGATIVES_ROUTE, utterances=cleaned)])
+            return cleaned
+
+    def delete_negatives(self, texts: Sequence[str]) -> int:
+        """Remove negative examples; returns how many were removed."""
+        with self._lock:
+            if NEGATIVES_ROUTE not in self._routes:
+                return 0
+            removed = self.delete_utterances(NEGATIVES_ROUTE, texts)
+            if not self._routes[NEGATIVES_ROUTE].utterances:
+                self.delete_route(NEGATIVES_ROUTE)
+            return removed
 
     def __contains__(self, name: object) -> bool:
         return name in self._routes
@@ -439,18 +500,33 @@ class AdaptiveRouter:
         policy = self._policy
         snapshot = self._index.snapshot()
         thresholds = self._route_thresholds()
+        # One more ranked route when the negative examples' route may take a place.
+        extra = int(NEGATIVES_ROUTE in self._routes)
+        head = policy.head
+        lexical = None
+        if head is not None and head.beta and self.hybrid:
+            lexical = self._lexical.view(snapshot)
         groups: dict[int | None, list[int]] = {}  # top_k -> positions in live
         for j, i in enumerate(live):
             groups.setdefault(requests[i].top_k, []).append(j)
         for top_k, rows in groups.items():
-            k = max(2, policy.ranked_k) if top_k is None else top_k
+            k = (max(2, policy.ranked_k) if top_k is None else top_k) + extra
             batch = vectors if len(groups) == 1 else vectors[rows]
             _, ranked = self._score(batch, k, snapshot)
             for j, scores in zip(rows, ranked, strict=True):
                 if top_k is None:
-                    answers[live[j]] = decide(scores, snapshot, policy, thresholds, vectors[j])
+                    answers[live[j]] = decide(
+                        scores,
+                        snapshot,
+                        policy,
+                        thresholds,
+                        vectors[j],
+                        text=requests[live[j]].text,
+                        lexical=lexical,
+                    )
                 else:
-                    answers[live[j]] = _each_route(scores, snapshot, policy, thresholds)
+                    scores = without_negatives(scores, snapshot)
+                    answers[live[j]] = _each_route(scores, snapshot, policy, thresholds)[:top_k]
         return answers
 
     def _route_thresholds(self) -> Mapping[str, float | None]:
@@ -486,44 +562,82 @@ class AdaptiveRouter:
         """
         return cast(list[RouteMatch], self._answer([_top_k_request(text, k)])[0])
 
-    # -- async -----------------------------------------------------------------------
-    async def start(self) -> None:
-        """Start the batching worker on the running event loop.
+    def query_top_k_batch(self, texts: Sequence[str], k: int = 3) -> list[list[RouteMatch]]:
+        """:meth:`query_top_k` for many texts with one encoder call; results in input order."""
+        if isinstance(texts, str):
+            msg = "query_top_k_batch takes a list of texts, not a str"
+            raise TypeError(msg)
+        return cast(list[list[RouteMatch]], self._answer([_top_k_request(t, k) for t in texts]))
 
-        Optional: the first :meth:`aquery` starts it too. The worker belongs to this
-        loop until :meth:`stop`; calls from another loop raise
-        :class:`~synaptoroute.exceptions.EventLoopMismatchError`. It also compiles the
-        index in a thread (with its int8 copy from 4,096 utterances: 26 ms at 10,000,
-        0.7 s at 100,000 on 2 cores), so the first query does not pay for it.
+    # -- async -----------------------------------------------------------------------
+    def _worker_for(self, loop: asyncio.AbstractEventLoop) -> BatchWorker[_Request, _Answer]:
+        """The batching worker of ``loop``, created on its first use."""
+        with self._workers_lock:
+            worker = self._loop_workers.get(loop)
+            if worker is not None:
+                return worker
+            primary = self._worker
+            if not (primary.running or primary.stopping) or primary.loop is loop:
+                # Free (never started, stopped, or its loop was closed): this loop takes it.
+                for other, owned in list(self._loop_workers.items()):
+                    if owned is primary:
+                        del self._loop_workers[other]
+                worker = primary
+            else:
+                worker = BatchWorker(
+                    self._answer,
+                    max_batch_size=primary.max_batch_size,
+                    max_wait_ms=primary.max_wait_ms,
+                    max_queue_size=primary.max_queue_size,
+                )
+            self._loop_workers[loop] = worker
+            return worker
+
+    def _current_worker(self) -> BatchWorker[_Request, _Answer]:
+        return self._worker_for(asyncio.get_running_loop())
+
+    async def start(self) -> None:
+        """Start the batching worker of the running event loop.
+
+        Optional: the first :meth:`aquery` on a loop starts it too. Each event loop
+        that queries the router gets its own worker (requests are batched with
+        other requests of the same loop), so the router can be shared by threads
+        that each run ``asyncio.run``. It also compiles the index in a thread (with
+        its int8 copy), so the first query does not pay for it.
         """
-        await self._worker.start()
+        await self._current_worker().start()
         await asyncio.to_thread(self._index.snapshot)
 
     async def stop(self, *, drain: bool = True, timeout: float | None = 30.0) -> None:
-        """Stop the worker; every pending call gets its result or :class:`RouterClosedError`.
+        """Stop the running loop's worker; its pending calls get a result or :class:`RouterClosedError`.
 
         Args:
             drain: serve the queued calls first (otherwise they fail at once).
             timeout: seconds to wait for the queue to drain; the rest then fail.
 
-        The router can be started again (also from another event loop) afterwards.
+        Workers of other event loops keep serving: each loop stops its own (a loop
+        closed without ``stop()`` releases its worker by itself). The router can be
+        started again afterwards.
         """
-        await self._worker.stop(drain=drain, timeout=timeout)
+        with self._workers_lock:
+            worker = self._loop_workers.get(asyncio.get_running_loop())
+        if worker is not None:
+            await worker.stop(drain=drain, timeout=timeout)
 
     async def aquery(self, text: str, *, timeout: float | None = None) -> RouteMatch:
         """Route one text through the batching worker; same result as :meth:`query`.
 
-        Called before :meth:`start`, it starts the worker on the running loop.
+        Called before :meth:`start`, it starts the running loop's worker.
 
         Raises:
             TypeError: ``text`` is not a ``str``.
             RouterOverloadedError: the queue is full; nothing was queued.
             RouterTimeoutError: ``timeout`` seconds passed first.
             RouterClosedError: the router is stopping or was stopped meanwhile.
-            EventLoopMismatchError: the worker runs on another event loop.
         """
         check_text(text)
-        return cast(RouteMatch, await self._worker.submit_one(_Request(text), timeout))
+        worker = self._current_worker()
+        return cast(RouteMatch, await worker.submit_one(_Request(text), timeout))
 
     async def aquery_batch(
         self, texts: Sequence[str], *, timeout: float | None = None
@@ -537,19 +651,35 @@ class AdaptiveRouter:
             msg = "aquery_batch takes a list of texts, not a str"
             raise TypeError(msg)
         items = [_Request(check_text(t)) for t in texts]
-        return cast(list[RouteMatch], await self._worker.submit(items, timeout))
+        worker = self._current_worker()
+        return cast(list[RouteMatch], await worker.submit(items, timeout))
 
     async def aquery_top_k(
         self, text: str, k: int = 3, *, timeout: float | None = None
     ) -> list[RouteMatch]:
         """:meth:`query_top_k` through the batching worker, batched with other calls."""
         request = _top_k_request(text, k)
-        return cast(list[RouteMatch], await self._worker.submit_one(request, timeout))
+        worker = self._current_worker()
+        return cast(list[RouteMatch], await worker.submit_one(request, timeout))
 
     @property
     def worker(self) -> BatchWorker[_Request, _Answer]:
-        """The batching worker (for metrics)."""
-        return self._worker
+        """The batching worker of the running event loop (outside a loop: the first one).
+
+        For metrics and tuning; ``max_batch_size`` and the other settings set on the
+        first worker are copied to the workers of loops that come later.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return self._worker
+        return self._worker_for(loop)
+
+    @property
+    def workers(self) -> list[BatchWorker[_Request, _Answer]]:
+        """The batching workers of every event loop that has used the router and is open."""
+        with self._workers_lock:
+            return [w for loop, w in self._loop_workers.items() if not loop.is_closed()]
 
     async def __aenter__(self) -> AdaptiveRouter:
         await self.start()
@@ -565,7 +695,7 @@ class AdaptiveRouter:
 
     def close(self) -> None:
         """Close the storage. Stop the worker first if it runs."""
-        if self._worker.running:
+        if any(worker.running for worker in self.workers):
             warnings.warn(
                 "close() while the async worker runs; call await stop() first", stacklevel=2
             )

@@ -12,6 +12,7 @@ import queue
 import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -21,7 +22,6 @@ from synaptoroute import (
     AdaptiveRouter,
     Encoder,
     EncoderError,
-    EventLoopMismatchError,
     InvalidInputError,
     Route,
     RouteMatch,
@@ -30,6 +30,7 @@ from synaptoroute import (
     RouterTimeoutError,
 )
 from synaptoroute.batching import BatchWorker
+from synaptoroute.exceptions import EventLoopMismatchError
 
 # Safety limit for every blocking wait; reaching it fails the test (it never paces it).
 LIMIT_S = 30.0
@@ -563,41 +564,117 @@ async def test_a_cancelled_stop_still_completes(
 
 
 # -- event loops -----------------------------------------------------------------------
-async def test_a_second_event_loop_is_refused_until_stop(clinc_router: AdaptiveRouter) -> None:
+T_ = TypeVar("T_")
+
+
+async def test_a_bare_batch_worker_belongs_to_one_loop() -> None:
+    worker: BatchWorker[int, int] = BatchWorker(lambda xs: xs)
+    assert await worker.submit_one(1) == 1
+
+    async def misuse() -> int:
+        return await worker.submit_one(2)
+
+    with pytest.raises(EventLoopMismatchError):
+        await asyncio.to_thread(_in_a_new_loop, misuse)
+    await worker.stop()
+    assert await asyncio.to_thread(_in_a_new_loop, misuse) == 2  # free again after stop()
+
+
+def _in_a_new_loop(coro_fn: Callable[[], Awaitable[T_]]) -> T_:
+    """Run ``coro_fn()`` with ``asyncio.run`` in a fresh thread (a new event loop)."""
+    out: list[T_] = []
+    errors: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            out.append(asyncio.run(coro_fn()))  # type: ignore[arg-type]
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=main)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return out[0]
+
+
+async def test_each_event_loop_gets_its_own_worker(clinc_router: AdaptiveRouter) -> None:
     text = "how do you say goodbye in german"
     await clinc_router.aquery(text)
+    here = clinc_router.worker
+    assert here.running and here.loop is asyncio.get_running_loop()
 
-    def from_another_loop(coro_fn: Callable[[], Awaitable[object]]) -> BaseException | None:
-        async def run() -> None:
-            await coro_fn()
+    async def elsewhere() -> tuple[RouteMatch, list[RouteMatch], list[RouteMatch], bool]:
+        one = await clinc_router.aquery(text)
+        many = await clinc_router.aquery_batch([text, "what is my credit score"])
+        top = await clinc_router.aquery_top_k(text, 2)
+        other = clinc_router.worker
+        assert other is not here and other.running
+        await clinc_router.stop()  # stops this loop's worker only
+        return one, many, top, other.running
 
-        try:
-            asyncio.run(run())
-        except BaseException as exc:
-            return exc
-        return None
-
-    for call in (
-        lambda: clinc_router.aquery(text),
-        lambda: clinc_router.aquery_batch([text]),
-        clinc_router.start,
-        clinc_router.stop,
-    ):
-        error = await asyncio.to_thread(from_another_loop, call)
-        assert isinstance(error, EventLoopMismatchError), error
-    assert clinc_router.worker.running  # the misuse did not disturb the owner
-
+    one, many, top, still_running = await asyncio.to_thread(_in_a_new_loop, elsewhere)
+    assert one == clinc_router.query(text)
+    assert many == clinc_router.query_batch([text, "what is my credit score"])
+    assert top == clinc_router.query_top_k(text, 2)
+    assert not still_running
+    assert here.running  # the first loop's worker was not disturbed
+    assert clinc_router.worker is here
     await clinc_router.stop()
+    assert not here.running
 
-    async def use_and_stop() -> RouteMatch:
+
+def test_four_threads_each_running_asyncio_run(
+    clinc_router: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    texts = (val_texts * 3)[:100]
+    expected = [clinc_router.query(t) for t in texts]
+    ready = threading.Barrier(4)
+
+    async def serve() -> list[RouteMatch]:
+        await clinc_router.start()
+        await asyncio.to_thread(ready.wait)  # all four loops hold a live worker at once
         try:
-            return await clinc_router.aquery(text)
+            return list(await asyncio.gather(*(clinc_router.aquery(t) for t in texts)))
         finally:
             await clinc_router.stop()
 
-    # Once stopped, another loop may take the router over.
-    other = await asyncio.to_thread(asyncio.run, use_and_stop())
-    assert other == clinc_router.query(text)
+    results: list[list[RouteMatch] | BaseException] = [[] for _ in range(4)]
+
+    def run(slot: int) -> None:
+        try:
+            results[slot] = asyncio.run(serve())
+        except BaseException as exc:
+            results[slot] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        assert result == expected
+    assert not any(w.running for w in clinc_router.workers)
+
+
+def test_a_loop_closed_without_stop_releases_its_worker(clinc_router: AdaptiveRouter) -> None:
+    text = "how do i say thank you in french"
+    first = asyncio.run(clinc_router.aquery(text))  # the loop closes, no stop()
+    second = asyncio.run(clinc_router.aquery(text))
+    assert first == second == clinc_router.query(text)
+    assert not any(w.running for w in clinc_router.workers)
+
+
+async def test_settings_of_the_first_worker_reach_later_loops(gated: AdaptiveRouter) -> None:
+    gated.worker.max_batch_size = 3
+    await gated.start()
+
+    async def settings() -> tuple[int, int]:
+        worker = gated.worker
+        return worker.max_batch_size, worker.max_queue_size
+
+    assert await asyncio.to_thread(_in_a_new_loop, settings) == (3, 6)
 
 
 class ThreadRecordingEncoder:

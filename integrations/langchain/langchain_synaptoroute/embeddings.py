@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 from typing_extensions import override
 
 from synaptoroute import CallableEncoder, Encoder, EncoderProtocol, InvalidInputError
+from synaptoroute import default_encoder as _default_encoder
+from synaptoroute.adapters import as_encoder as _core_as_encoder
+from synaptoroute.adapters import langchain_model_id
 
 __all__ = ["LangChainEncoder", "SynaptorouteEmbeddings", "as_encoder"]
 
@@ -18,7 +21,8 @@ class SynaptorouteEmbeddings(BaseModel, Embeddings):
 
     With no arguments it runs the bundled all-MiniLM-L6-v2 INT8 ONNX model on the
     CPU, offline; vectors have 384 dimensions and unit length. The model loads on
-    the first call, not when the object is built.
+    the first call, not when the object is built, and is shared with every router,
+    adapter and selector in the process built without an explicit encoder.
 
     Args:
         model: ``None`` for the bundled model, or a fastembed model name (needs
@@ -58,6 +62,8 @@ class SynaptorouteEmbeddings(BaseModel, Embeddings):
                 msg = "pass either encoder= or model/model_path/threads, not both"
                 raise InvalidInputError(msg)
             self._encoder = self.encoder
+        elif self.model is None and self.model_path is None and self.threads is None:
+            self._encoder = _default_encoder()
         else:
             self._encoder = Encoder(self.model, model_path=self.model_path, threads=self.threads)
 
@@ -122,31 +128,24 @@ class LangChainEncoder(CallableEncoder):
     ) -> None:
         super().__init__(
             embeddings.embed_documents,
-            model_id=model_id or _default_model_id(embeddings),
+            model_id=model_id or langchain_model_id(embeddings),
             dimension=dimension,
         )
         self.embeddings = embeddings
 
 
-def _default_model_id(embeddings: Embeddings) -> str:
-    name = getattr(embeddings, "model", None) or getattr(embeddings, "model_name", None)
-    kind = type(embeddings).__name__
-    return f"langchain:{kind}:{name}" if isinstance(name, str) and name else f"langchain:{kind}"
+def as_encoder(source: Any) -> EncoderProtocol:
+    """A synaptoroute encoder for what a user passes as ``encoder=``.
 
+    ``None`` gives the process's shared bundled model; ``SynaptorouteEmbeddings``
+    (or the LlamaIndex package's ``SynaptorouteEmbedding``) gives back its own
+    encoder (no round trip through Python lists); any other LangChain
+    ``Embeddings`` is wrapped in :class:`LangChainEncoder`; a LlamaIndex
+    ``BaseEmbedding`` is wrapped too, so either framework's model can route.
 
-def as_encoder(source: EncoderProtocol | Embeddings | None) -> EncoderProtocol | None:
-    """A synaptoroute encoder for ``source``: unwrapped, adapted, or ``None`` for the default.
-
-    ``SynaptorouteEmbeddings`` gives back its own encoder (no round trip through
-    Python lists); any other ``Embeddings`` is wrapped in :class:`LangChainEncoder`.
+    Raises:
+        TypeError: ``source`` is not an encoder or an embedding model.
     """
-    if source is None:
-        return None
-    if isinstance(source, SynaptorouteEmbeddings):
-        return source.synaptoroute_encoder
-    if isinstance(source, Embeddings):
+    if isinstance(source, Embeddings) and not isinstance(source, SynaptorouteEmbeddings):
         return LangChainEncoder(source)
-    if isinstance(source, EncoderProtocol):
-        return source
-    msg = f"encoder must be a synaptoroute encoder or LangChain Embeddings, got {source!r}"
-    raise TypeError(msg)
+    return _core_as_encoder(source)

@@ -16,7 +16,9 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from typing_extensions import override
 
-from synaptoroute import DEFAULT_MODEL_ID, CallableEncoder, Encoder, EncoderProtocol
+from synaptoroute import DEFAULT_MODEL_ID, CallableEncoder, EncoderProtocol, default_encoder
+from synaptoroute.adapters import as_encoder as _core_as_encoder
+from synaptoroute.adapters import llama_index_model_id
 
 __all__ = ["LlamaIndexEncoder", "SynaptorouteEmbedding", "as_encoder"]
 
@@ -30,7 +32,8 @@ class SynaptorouteEmbedding(BaseEmbedding):
 
     Args:
         encoder: any :class:`synaptoroute.EncoderProtocol`; default the bundled
-            :class:`synaptoroute.Encoder` (loaded on first use, fully offline).
+            model (loaded on first use, fully offline, and shared with every router,
+            adapter and selector in the process built without an explicit encoder).
         **kwargs: ``BaseEmbedding`` fields such as ``embed_batch_size``.
 
     Example:
@@ -50,7 +53,7 @@ class SynaptorouteEmbedding(BaseEmbedding):
     _encoder: EncoderProtocol = PrivateAttr()
 
     def __init__(self, encoder: EncoderProtocol | None = None, **kwargs: Any) -> None:
-        encoder = encoder if encoder is not None else Encoder()
+        encoder = encoder if encoder is not None else default_encoder()
         kwargs.setdefault("model_name", encoder.model_id)
         super().__init__(**kwargs)
         self._encoder = encoder
@@ -63,6 +66,11 @@ class SynaptorouteEmbedding(BaseEmbedding):
     @property
     def encoder(self) -> EncoderProtocol:
         """The synaptoroute encoder behind this model."""
+        return self._encoder
+
+    @property
+    def synaptoroute_encoder(self) -> EncoderProtocol:
+        """The same as :attr:`encoder`, under the name both integrations' adapters share."""
         return self._encoder
 
     def _embed(self, texts: list[str]) -> list[Embedding]:
@@ -122,31 +130,24 @@ class LlamaIndexEncoder(CallableEncoder):
     ) -> None:
         super().__init__(
             embed_model.get_text_embedding_batch,
-            model_id=model_id
-            if model_id is not None
-            else f"llama-index/{embed_model.class_name()}/{embed_model.model_name}",
+            model_id=model_id if model_id is not None else llama_index_model_id(embed_model),
             dimension=dimension,
         )
         self.embed_model = embed_model
 
 
-def as_encoder(model: EncoderProtocol | BaseEmbedding | None) -> EncoderProtocol:
+def as_encoder(model: Any) -> EncoderProtocol:
     """Turn what a user passes as ``encoder`` into a synaptoroute encoder.
 
-    ``None`` gives the bundled :class:`synaptoroute.Encoder`; a
-    :class:`SynaptorouteEmbedding` gives back its own encoder (no double wrapping);
-    any other ``BaseEmbedding`` is wrapped in :class:`LlamaIndexEncoder`.
+    ``None`` gives the process's shared bundled model; a
+    :class:`SynaptorouteEmbedding` (or the LangChain package's
+    ``SynaptorouteEmbeddings``) gives back its own encoder (no double wrapping);
+    any other ``BaseEmbedding`` is wrapped in :class:`LlamaIndexEncoder`; a
+    LangChain ``Embeddings`` is wrapped too, so either framework's model can route.
+
+    Raises:
+        TypeError: ``model`` is not an encoder or an embedding model.
     """
-    if model is None:
-        return Encoder()
-    if isinstance(model, SynaptorouteEmbedding):
-        return model.encoder
-    if isinstance(model, BaseEmbedding):
+    if isinstance(model, BaseEmbedding) and not isinstance(model, SynaptorouteEmbedding):
         return LlamaIndexEncoder(model)
-    if isinstance(model, EncoderProtocol):
-        return model
-    msg = (
-        "encoder must be a synaptoroute encoder (model_id, dimension, encode) or a "
-        f"LlamaIndex BaseEmbedding, got {type(model).__name__}"
-    )
-    raise TypeError(msg)
+    return _core_as_encoder(model)

@@ -11,8 +11,10 @@ pure decision function, :func:`decide_selection`.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import threading
-from collections import OrderedDict
+import warnings
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -47,6 +49,9 @@ __all__ = [
 #: What to select when no choice reaches the threshold.
 NoMatchPolicy = Literal["fallback", "best", "raise"]
 _NO_MATCH_POLICIES: tuple[str, ...] = ("fallback", "best", "raise")
+
+#: Choices with fewer example utterances than this get a warning (once per choice).
+_FEW_EXAMPLES = 3
 
 #: Identifies a choice set: the (name, description) of every choice, in order.
 ChoiceKey = tuple[tuple[str | None, str], ...]
@@ -176,7 +181,10 @@ class SynaptorouteSelector(BaseSelector):
 
     Args:
         encoder: the synaptoroute encoder used for choices and queries.
-        utterances: example utterances per choice (tool) name.
+        utterances: example utterances per choice (tool) name. A name that matches
+            no choice the selector is given raises :class:`synaptoroute.InvalidInputError`
+            (with the closest name), and so do tools sharing a name; a choice with
+            fewer than 3 utterances gets a warning, once.
         threshold: minimum score for a choice to be selected; ``None`` keeps
             the router's default (0.5).
         top_n: most choices selected: every choice reaching the threshold, best
@@ -221,6 +229,10 @@ class SynaptorouteSelector(BaseSelector):
             raise InvalidInputError(msg)
         self.max_choice_sets = max_choice_sets
         self._routers: OrderedDict[ChoiceKey, AdaptiveRouter] = OrderedDict()
+        # Evicted routers may still have a batching worker running; aclose() stops them.
+        self._retired: list[AdaptiveRouter] = []
+        self._warned: set[str] = set()
+        self._seen_names: set[str] = set()
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
         if threshold is not None and (
@@ -236,16 +248,19 @@ class SynaptorouteSelector(BaseSelector):
         threshold: float | None = None,
         top_n: int = 1,
         on_no_match: NoMatchPolicy = "best",
-        encoder: EncoderProtocol | BaseEmbedding | None = None,
+        encoder: EncoderProtocol | BaseEmbedding | Any | None = None,
         *,
         fallback: str | None = None,
         max_choice_sets: int = 16,
     ) -> SynaptorouteSelector:
-        """Build a selector; ``encoder`` may be a synaptoroute encoder or any LlamaIndex embedding.
+        """Build a selector; ``encoder`` may be a synaptoroute encoder or any embedding model.
 
-        With ``encoder=None`` the bundled offline model is used. A
-        :class:`~llama_index.selectors.synaptoroute.SynaptorouteEmbedding` shares its
-        encoder (and loaded model) with the selector.
+        With ``encoder=None`` the bundled offline model is used, loaded once per
+        process and shared. A
+        :class:`~llama_index.selectors.synaptoroute.SynaptorouteEmbedding` (or the
+        LangChain package's ``SynaptorouteEmbeddings``) shares its encoder with the
+        selector; any LlamaIndex ``BaseEmbedding`` or LangChain ``Embeddings`` is
+        wrapped.
         """
         return cls(
             as_encoder(encoder),
@@ -272,10 +287,51 @@ class SynaptorouteSelector(BaseSelector):
         """The cache key of a choice set: each choice's name and description, in order."""
         return tuple((c.name, c.description) for c in choices)
 
+    def _check_choices(self, choices: Sequence[ToolMetadata]) -> None:
+        """Refuse utterances that name no choice, and tools that share a name when
+        utterances are keyed by name; warn once about choices with few examples."""
+        names = [c.name for c in choices if c.name]
+        repeated = sorted(n for n, count in Counter(names).items() if count > 1)
+        if repeated and self.utterances:
+            msg = (
+                f"several choices share the name {repeated[0]!r}, so utterances keyed by name "
+                "cannot tell them apart; give each tool its own name (e.g. "
+                "QueryEngineTool.from_defaults(engine, name='billing', description=...))"
+            )
+            raise InvalidInputError(msg)
+        # A key must name a choice of some set this selector was given (a subset of
+        # the tools may leave some keys unused); otherwise it is a typo or a stale name.
+        seen = self._seen_names | set(names)
+        unknown = sorted(set(self.utterances) - seen)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(seen), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            msg = (
+                f"utterances are given for {unknown[0]!r}, which is not the name of any "
+                f"choice{hint} (choices: {names})"
+            )
+            raise InvalidInputError(msg)
+        self._seen_names = seen
+        thin = [
+            _label(choices, i)
+            for i, c in enumerate(choices)
+            if len(self.utterances.get(c.name or "", ())) < _FEW_EXAMPLES
+        ]
+        fresh = [label for label in thin if label not in self._warned]
+        if fresh:
+            self._warned.update(fresh)
+            warnings.warn(
+                f"choices with fewer than {_FEW_EXAMPLES} example utterances route on their "
+                f"description and name alone, which is often unreliable: {', '.join(fresh)}; "
+                "pass utterances={name: [...]} with a few typical queries for each",
+                stacklevel=6,  # the caller of select()
+            )
+
     def _routes(self, choices: Sequence[ToolMetadata]) -> list[Route]:
         if not choices:
             msg = "there are no choices to select from"
             raise InvalidInputError(msg)
+        self._check_choices(choices)
         routes = []
         for index, choice in enumerate(choices):
             texts = [choice.description] if choice.description.strip() else []
@@ -318,7 +374,8 @@ class SynaptorouteSelector(BaseSelector):
             with self._lock:
                 self._routers[key] = router
                 while len(self._routers) > self.max_choice_sets:
-                    self._routers.popitem(last=False)
+                    _, evicted = self._routers.popitem(last=False)
+                    self._retired.append(evicted)
             return router
 
     # -- selection -----------------------------------------------------------------
@@ -338,9 +395,13 @@ class SynaptorouteSelector(BaseSelector):
         return decide_selection(ranked, choices, self.policy, query.query_str)
 
     async def aclose(self) -> None:
-        """Stop the batching workers started by :meth:`aselect` (on the loop that runs them)."""
+        """Stop the batching workers :meth:`aselect` started on the running loop.
+
+        Routers evicted from the cache are stopped too (and then forgotten).
+        """
         with self._lock:
-            routers = list(self._routers.values())
+            routers = [*self._retired, *self._routers.values()]
+            self._retired = []
         for router in routers:
             await router.stop()
 

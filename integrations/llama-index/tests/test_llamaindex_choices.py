@@ -1,0 +1,90 @@
+"""Choices and utterances that cannot work are refused; thin choices warn once; evicted
+routers are still stopped; the default model is shared."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+
+import pytest
+from llama_index.core.tools import QueryEngineTool, ToolMetadata
+from llama_index.selectors.synaptoroute import SynaptorouteEmbedding, SynaptorouteSelector
+from llamaindex_support import DESCRIPTIONS, UTTERANCES, EchoEngine
+
+from synaptoroute import Encoder, InvalidInputError, default_encoder
+
+
+def test_an_utterance_key_that_names_no_choice_is_refused(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    typo = {**UTTERANCES, "biling": ["refund me"]}
+    selector = SynaptorouteSelector.from_defaults(utterances=typo, encoder=encoder)
+    with pytest.raises(InvalidInputError, match=r"'biling'.*did you mean 'billing'"):
+        selector.select(choices, "I need a refund")
+
+
+def test_tools_sharing_a_name_are_refused_when_utterances_are_keyed_by_name(
+    encoder: Encoder,
+) -> None:
+    # QueryEngineTool.from_defaults without name= names every tool "query_engine_tool".
+    tools = [
+        QueryEngineTool.from_defaults(EchoEngine(name=name), description=text)
+        for name, text in DESCRIPTIONS.items()
+    ]
+    shared = tools[0].metadata.name
+    assert all(t.metadata.name == shared for t in tools)
+    selector = SynaptorouteSelector.from_defaults(
+        utterances={shared: ["I need a refund"]}, encoder=encoder
+    )
+    with pytest.raises(InvalidInputError, match="share the name 'query_engine_tool'"):
+        selector.select([t.metadata for t in tools], "I need a refund")
+    # Without utterances the names are never looked up, so such tools still route.
+    plain = SynaptorouteSelector.from_defaults(encoder=encoder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert plain.select([t.metadata for t in tools], "refund for my invoice").ind == 0
+
+
+def test_a_choice_with_fewer_than_three_utterances_warns_once(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    thin = {**UTTERANCES, "general": ["When are you open?"]}
+    selector = SynaptorouteSelector.from_defaults(utterances=thin, encoder=encoder)
+    with pytest.warns(UserWarning, match="fewer than 3") as caught:
+        selector.select(choices, "I need a refund")
+    assert len(caught) == 1
+    assert "'general'" in str(caught[0].message)
+    assert "'billing'" not in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second choice set with the same thin choice
+        selector.select(choices[1:], "my app crashes")
+    full = SynaptorouteSelector.from_defaults(utterances=UTTERANCES, encoder=encoder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        full.select(choices, "I need a refund")
+
+
+def test_aclose_stops_routers_evicted_from_the_cache(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    selector = SynaptorouteSelector.from_defaults(
+        utterances=UTTERANCES, encoder=encoder, max_choice_sets=1
+    )
+
+    async def main() -> list[bool]:
+        await selector.aselect(choices, "I need a refund")
+        first = selector.router_for(choices)
+        await selector.aselect(choices[:2], "my app crashes")  # evicts the first set
+        assert first.worker.running
+        await selector.aclose()
+        return [first.worker.running, selector.router_for(choices[:2]).worker.running]
+
+    assert asyncio.run(main()) == [False, False]
+
+
+def test_selectors_and_embeddings_built_without_an_encoder_share_one_model() -> None:
+    shared = default_encoder()
+    assert SynaptorouteEmbedding().encoder is shared
+    selector = SynaptorouteSelector.from_defaults(utterances=UTTERANCES)
+    assert selector.encoder is shared
+    assert SynaptorouteSelector.from_defaults().encoder is shared

@@ -1,0 +1,73 @@
+"""Any framework's embedding model as a synaptoroute encoder, without importing the framework.
+
+Both integration packages accept "an encoder" in the same forms, so a LangChain
+router can route with a LlamaIndex embedding model and a LlamaIndex selector with
+a LangChain one. The frameworks are recognised by their methods (``embed_documents``
+for LangChain ``Embeddings``, ``get_text_embedding_batch`` for LlamaIndex
+``BaseEmbedding``), so the core depends on neither.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .encoder import CallableEncoder, EncoderProtocol, default_encoder
+
+__all__ = ["as_encoder", "langchain_model_id", "llama_index_model_id"]
+
+
+def langchain_model_id(embeddings: Any) -> str:
+    """``langchain:<class>:<model name>`` for a LangChain ``Embeddings`` (stored with vectors)."""
+    name = getattr(embeddings, "model", None) or getattr(embeddings, "model_name", None)
+    kind = type(embeddings).__name__
+    return f"langchain:{kind}:{name}" if isinstance(name, str) and name else f"langchain:{kind}"
+
+
+def llama_index_model_id(embed_model: Any) -> str:
+    """``llama-index/<class>/<model name>`` for a LlamaIndex ``BaseEmbedding``."""
+    return f"llama-index/{embed_model.class_name()}/{embed_model.model_name}"
+
+
+def _is_langchain_embeddings(source: Any) -> bool:
+    return callable(getattr(source, "embed_documents", None)) and callable(
+        getattr(source, "embed_query", None)
+    )
+
+
+def _is_llama_index_embedding(source: Any) -> bool:
+    return callable(getattr(source, "get_text_embedding_batch", None)) and callable(
+        getattr(source, "class_name", None)
+    )
+
+
+def as_encoder(source: Any) -> EncoderProtocol:
+    """A synaptoroute encoder for what a user passes as ``encoder=``.
+
+    - ``None``: the process's shared bundled model (:func:`default_encoder`);
+    - either integration's synaptoroute adapter (``SynaptorouteEmbeddings``,
+      ``SynaptorouteEmbedding``): the encoder it wraps, so the model is not wrapped twice;
+    - a synaptoroute encoder: itself;
+    - a LangChain ``Embeddings`` or a LlamaIndex ``BaseEmbedding``: wrapped, with
+      its model named in the id stored next to every vector.
+
+    Raises:
+        TypeError: ``source`` is none of these.
+    """
+    if source is None:
+        return default_encoder()
+    inner = getattr(source, "synaptoroute_encoder", None)
+    if isinstance(inner, EncoderProtocol):
+        return inner
+    if isinstance(source, EncoderProtocol):
+        return source
+    if _is_langchain_embeddings(source):
+        return CallableEncoder(source.embed_documents, model_id=langchain_model_id(source))
+    if _is_llama_index_embedding(source):
+        return CallableEncoder(
+            source.get_text_embedding_batch, model_id=llama_index_model_id(source)
+        )
+    msg = (
+        "encoder must be a synaptoroute encoder (model_id, dimension, encode), a LangChain "
+        f"Embeddings or a LlamaIndex BaseEmbedding, got {type(source).__name__}"
+    )
+    raise TypeError(msg)
