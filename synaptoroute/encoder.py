@@ -39,6 +39,7 @@ __all__ = [
     "EncoderProtocol",
     "HashingEncoder",
     "check_text",
+    "default_encoder",
     "l2_normalize",
 ]
 
@@ -373,6 +374,25 @@ class Encoder:
             pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
             out[chunk] = pooled
         return l2_normalize(out)
+
+
+_default_lock = threading.Lock()
+_default: Encoder | None = None
+
+
+def default_encoder() -> Encoder:
+    """The bundled model's encoder, one per process.
+
+    Every router, embeddings adapter and selector built without an explicit
+    encoder uses this instance, so the model is loaded (lazily, once, thread-safely)
+    a single time however many of them a process builds. ``Encoder()`` still makes
+    a separate instance for callers who want their own settings.
+    """
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Encoder()
+        return _default
 
 
 _PROBE_TEXT = "dimension probe"
