@@ -380,10 +380,20 @@ async def test_timeout_while_in_flight_and_while_queued(
     enc = gate(gated)
     in_flight, blocker, late, after = val_texts[60:64]
     enc.hold = True
-    caller = asyncio.create_task(gated.aquery(in_flight, timeout=0.01))
-    assert await enc.next_call() == [in_flight]  # taken into a batch, then held there
-    with pytest.raises(RouterTimeoutError) as info:
-        await caller
+    # The loop's clock stands still until the batch is held, so the timeout cannot fire
+    # before the worker takes the call, however slow the machine.
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    clock = [now]
+    loop.time = lambda: clock[0]  # type: ignore[method-assign]
+    try:
+        caller = asyncio.create_task(gated.aquery(in_flight, timeout=0.01))
+        assert await enc.next_call() == [in_flight]  # taken into a batch, then held there
+        clock[0] = now + 1.0
+        with pytest.raises(RouterTimeoutError) as info:
+            await caller
+    finally:
+        del loop.time  # type: ignore[method-assign]
     assert isinstance(info.value, TimeoutError)
     enc.release()
 
