@@ -5,6 +5,8 @@ by comparing it with each route's example utterances, locally and without an LLM
 call; ``SynaptorouteClassifier`` returns the decision itself. ``SynaptorouteEmbeddings``
 exposes synaptoroute's local encoder as LangChain ``Embeddings``, and
 ``LangChainEncoder`` lets any LangChain ``Embeddings`` serve as a synaptoroute encoder.
+``SynaptorouteEdge``, ``SynaptorouteNode`` and ``SynaptorouteFanOut`` route LangGraph
+graphs (extra ``langgraph``; imported only when used).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .classifier import SynaptorouteClassifier
     from .embeddings import LangChainEncoder, SynaptorouteEmbeddings
+    from .langgraph import SynaptorouteEdge, SynaptorouteFanOut, SynaptorouteNode
     from .router import SynaptorouteRouter
 
 __version__ = "0.1.0"
@@ -22,7 +25,10 @@ __version__ = "0.1.0"
 __all__ = [
     "LangChainEncoder",
     "SynaptorouteClassifier",
+    "SynaptorouteEdge",
     "SynaptorouteEmbeddings",
+    "SynaptorouteFanOut",
+    "SynaptorouteNode",
     "SynaptorouteRouter",
     "__version__",
 ]
@@ -31,7 +37,10 @@ __all__ = [
 _DYNAMIC_IMPORTS = {
     "LangChainEncoder": "embeddings",
     "SynaptorouteClassifier": "classifier",
+    "SynaptorouteEdge": "langgraph",
     "SynaptorouteEmbeddings": "embeddings",
+    "SynaptorouteFanOut": "langgraph",
+    "SynaptorouteNode": "langgraph",
     "SynaptorouteRouter": "router",
 }
 

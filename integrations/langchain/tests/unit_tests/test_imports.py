@@ -10,7 +10,10 @@ import pytest
 EXPECTED_ALL = [
     "LangChainEncoder",
     "SynaptorouteClassifier",
+    "SynaptorouteEdge",
     "SynaptorouteEmbeddings",
+    "SynaptorouteFanOut",
+    "SynaptorouteNode",
     "SynaptorouteRouter",
     "__version__",
 ]
