@@ -5,6 +5,9 @@ by comparing it with each route's example utterances, locally and without an LLM
 call; ``SynaptorouteClassifier`` returns the decision itself. ``SynaptorouteEmbeddings``
 exposes synaptoroute's local encoder as LangChain ``Embeddings``, and
 ``LangChainEncoder`` lets any LangChain ``Embeddings`` serve as a synaptoroute encoder.
+``SynaptorouteMultiRouter`` runs every matching branch, ``SynaptorouteMultiClassifier``
+returns every matching route, and ``SynaptorouteToolSelectorMiddleware`` binds only the
+tools that match the user's message in a LangChain 1.x agent (extra ``agents``).
 ``SynaptorouteEdge``, ``SynaptorouteNode`` and ``SynaptorouteFanOut`` route LangGraph
 graphs (extra ``langgraph``; imported only when used).
 """
@@ -15,10 +18,11 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .classifier import SynaptorouteClassifier
+    from .classifier import SynaptorouteClassifier, SynaptorouteMultiClassifier
     from .embeddings import LangChainEncoder, SynaptorouteEmbeddings
     from .langgraph import SynaptorouteEdge, SynaptorouteFanOut, SynaptorouteNode
-    from .router import SynaptorouteRouter
+    from .middleware import SynaptorouteToolSelectorMiddleware
+    from .router import SynaptorouteMultiRouter, SynaptorouteRouter
 
 __version__ = "0.1.0"
 
@@ -28,8 +32,11 @@ __all__ = [
     "SynaptorouteEdge",
     "SynaptorouteEmbeddings",
     "SynaptorouteFanOut",
+    "SynaptorouteMultiClassifier",
+    "SynaptorouteMultiRouter",
     "SynaptorouteNode",
     "SynaptorouteRouter",
+    "SynaptorouteToolSelectorMiddleware",
     "__version__",
 ]
 
@@ -40,8 +47,11 @@ _DYNAMIC_IMPORTS = {
     "SynaptorouteEdge": "langgraph",
     "SynaptorouteEmbeddings": "embeddings",
     "SynaptorouteFanOut": "langgraph",
+    "SynaptorouteMultiClassifier": "classifier",
+    "SynaptorouteMultiRouter": "router",
     "SynaptorouteNode": "langgraph",
     "SynaptorouteRouter": "router",
+    "SynaptorouteToolSelectorMiddleware": "middleware",
 }
 
 

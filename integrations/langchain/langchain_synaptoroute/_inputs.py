@@ -6,22 +6,32 @@ same way, and so that sync and async classification share everything but the wai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from langchain_core.messages import BaseMessage, convert_to_messages
 from langchain_core.prompt_values import PromptValue
 
 from synaptoroute import AdaptiveRouter, InvalidInputError, RouteMatch
+from synaptoroute.decision import empty_match
 
 __all__ = [
     "TextExtractor",
     "aclassify_batch",
     "aclassify_one",
+    "arank_batch",
+    "arank_one",
+    "at_threshold",
     "classify_batch",
     "classify_one",
     "extract_text",
+    "passing",
+    "rank_batch",
+    "rank_one",
 ]
+
+T = TypeVar("T")
 
 #: A function that returns the text to route for one input.
 TextExtractor = Callable[[Any], str]
@@ -84,10 +94,88 @@ def _last_human_text(messages: Sequence[BaseMessage]) -> str:
     raise InvalidInputError(msg)
 
 
+def at_threshold(ranked: Sequence[RouteMatch], threshold: float) -> RouteMatch:
+    """One query's decision from its ranked routes, judged by a per-call ``threshold``.
+
+    Pure, so a per-call threshold never touches the shared router: the best route is
+    taken when its similarity score reaches ``threshold`` and the router did not find
+    it ambiguous (its ``min_margin``). No ranked routes (an empty text) is a no-match.
+    """
+    if not ranked:
+        return empty_match()
+    best = ranked[0]
+    if best.score < threshold:
+        reason = "below_threshold"
+    elif best.reason == "ambiguous":
+        reason = "ambiguous"
+    else:
+        reason = "matched"
+    return best.model_copy(
+        update={
+            "name": best.candidate if reason == "matched" else None,
+            "threshold": threshold,
+            "reason": reason,
+        }
+    )
+
+
+def passing(ranked: Sequence[RouteMatch], threshold: float | None = None) -> list[RouteMatch]:
+    """The ranked routes that pass, best first.
+
+    With ``threshold`` a route passes when its score reaches it; without, when it
+    reaches its own threshold in the router. Closeness to another route does not
+    exclude one here: running several close routes is what a multi-route call is for.
+    """
+    if threshold is None:
+        return [m for m in ranked if m.reason != "below_threshold"]
+    return [m for m in ranked if m.score >= threshold]
+
+
+#: Routes ranked for one decision under a per-call threshold: the best and the
+#: runner-up (for the margin and for tracing).
+_DECISION_K = 2
+
+
+def _decision(ranked: list[RouteMatch] | Exception, threshold: float) -> RouteMatch | Exception:
+    return ranked if isinstance(ranked, Exception) else at_threshold(ranked, threshold)
+
+
+def rank_one(
+    router: AdaptiveRouter, value: Any, read: Callable[[Any], str], k: int
+) -> list[RouteMatch] | Exception:
+    """One input's ``k`` best routes (``query_top_k``), or the error that prevented them."""
+    try:
+        return router.query_top_k(read(value), k)
+    except Exception as exc:
+        return exc
+
+
+async def arank_one(
+    router: AdaptiveRouter,
+    value: Any,
+    read: Callable[[Any], str],
+    k: int,
+    timeout: float | None = None,
+) -> list[RouteMatch] | Exception:
+    """Like :func:`rank_one`, through the router's batching worker."""
+    try:
+        return await router.aquery_top_k(read(value), k, timeout=timeout)
+    except Exception as exc:
+        return exc
+
+
 def classify_one(
-    router: AdaptiveRouter, value: Any, read: Callable[[Any], str]
+    router: AdaptiveRouter,
+    value: Any,
+    read: Callable[[Any], str],
+    threshold: float | None = None,
 ) -> RouteMatch | Exception:
-    """One input's match, or the error that prevented it (for the caller to raise)."""
+    """One input's match, or the error that prevented it (for the caller to raise).
+
+    ``threshold`` replaces the router's thresholds for this call (see :func:`at_threshold`).
+    """
+    if threshold is not None:
+        return _decision(rank_one(router, value, read, _DECISION_K), threshold)
     try:
         return router.query(read(value))
     except Exception as exc:
@@ -95,9 +183,16 @@ def classify_one(
 
 
 async def aclassify_one(
-    router: AdaptiveRouter, value: Any, read: Callable[[Any], str], timeout: float | None = None
+    router: AdaptiveRouter,
+    value: Any,
+    read: Callable[[Any], str],
+    timeout: float | None = None,
+    threshold: float | None = None,
 ) -> RouteMatch | Exception:
     """Like :func:`classify_one`, through the router's batching worker."""
+    if threshold is not None:
+        ranked = await arank_one(router, value, read, _DECISION_K, timeout)
+        return _decision(ranked, threshold)
     try:
         return await router.aquery(read(value), timeout=timeout)
     except Exception as exc:
@@ -120,37 +215,91 @@ def _read_all(
     return texts, errors
 
 
-def _merge(
-    errors: list[Exception | None], matches: Sequence[RouteMatch] | Exception
-) -> list[RouteMatch | Exception]:
-    served = iter(() if isinstance(matches, Exception) else matches)
-    out: list[RouteMatch | Exception] = []
+def _merge(errors: list[Exception | None], answers: Sequence[T] | Exception) -> list[T | Exception]:
+    served = iter(() if isinstance(answers, Exception) else answers)
+    out: list[T | Exception] = []
     for error in errors:
         if error is not None:
             out.append(error)
-        elif isinstance(matches, Exception):
-            out.append(matches)
+        elif isinstance(answers, Exception):
+            out.append(answers)
         else:
             out.append(next(served))
     return out
 
 
-def classify_batch(
-    router: AdaptiveRouter, inputs: Sequence[Any], read: Callable[[Any], str]
-) -> list[RouteMatch | Exception]:
-    """Route every input with one ``query_batch`` call; a failure stays with its input.
+def _ask_all(
+    inputs: Sequence[Any], read: Callable[[Any], str], ask: Callable[[list[str]], list[T]]
+) -> list[T | Exception]:
+    """Read every input, ask once for all readable texts; a failure stays with its input.
 
     An input whose text cannot be read gets its own error; an error of the whole
     query (the encoder failed) is given to every input that reached it.
     """
     texts, errors = _read_all(inputs, read)
-    matches: list[RouteMatch] | Exception = []
+    answers: list[T] | Exception = []
     if texts:
         try:
-            matches = router.query_batch(texts)
+            answers = ask(texts)
         except Exception as exc:
-            matches = exc
-    return _merge(errors, matches)
+            answers = exc
+    return _merge(errors, answers)
+
+
+async def _aask_all(
+    inputs: Sequence[Any],
+    read: Callable[[Any], str],
+    ask: Callable[[list[str]], Awaitable[list[T]]],
+) -> list[T | Exception]:
+    """Like :func:`_ask_all`, awaiting the answers."""
+    texts, errors = _read_all(inputs, read)
+    answers: list[T] | Exception = []
+    if texts:
+        try:
+            answers = await ask(texts)
+        except Exception as exc:
+            answers = exc
+    return _merge(errors, answers)
+
+
+def rank_batch(
+    router: AdaptiveRouter, inputs: Sequence[Any], read: Callable[[Any], str], k: int
+) -> list[list[RouteMatch] | Exception]:
+    """Every input's ``k`` best routes with one ``query_top_k_batch`` call."""
+    return _ask_all(inputs, read, lambda texts: router.query_top_k_batch(texts, k))
+
+
+async def arank_batch(
+    router: AdaptiveRouter,
+    inputs: Sequence[Any],
+    read: Callable[[Any], str],
+    k: int,
+    timeout: float | None = None,
+) -> list[list[RouteMatch] | Exception]:
+    """Like :func:`rank_batch`; every text is submitted to the batching worker at once."""
+
+    async def ask(texts: list[str]) -> list[list[RouteMatch]]:
+        return list(
+            await asyncio.gather(*(router.aquery_top_k(t, k, timeout=timeout) for t in texts))
+        )
+
+    return await _aask_all(inputs, read, ask)
+
+
+def classify_batch(
+    router: AdaptiveRouter,
+    inputs: Sequence[Any],
+    read: Callable[[Any], str],
+    threshold: float | None = None,
+) -> list[RouteMatch | Exception]:
+    """Route every input with one encoder call; a failure stays with its input.
+
+    ``threshold`` replaces the router's thresholds for this call (see :func:`at_threshold`).
+    """
+    if threshold is not None:
+        ranked = rank_batch(router, inputs, read, _DECISION_K)
+        return [_decision(r, threshold) for r in ranked]
+    return _ask_all(inputs, read, router.query_batch)
 
 
 async def aclassify_batch(
@@ -158,13 +307,14 @@ async def aclassify_batch(
     inputs: Sequence[Any],
     read: Callable[[Any], str],
     timeout: float | None = None,
+    threshold: float | None = None,
 ) -> list[RouteMatch | Exception]:
     """Like :func:`classify_batch`, through the router's batching worker."""
-    texts, errors = _read_all(inputs, read)
-    matches: list[RouteMatch] | Exception = []
-    if texts:
-        try:
-            matches = await router.aquery_batch(texts, timeout=timeout)
-        except Exception as exc:
-            matches = exc
-    return _merge(errors, matches)
+    if threshold is not None:
+        ranked = await arank_batch(router, inputs, read, _DECISION_K, timeout)
+        return [_decision(r, threshold) for r in ranked]
+
+    async def ask(texts: list[str]) -> list[RouteMatch]:
+        return await router.aquery_batch(texts, timeout=timeout)
+
+    return await _aask_all(inputs, read, ask)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
-from typing import Any, Generic, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -28,14 +28,16 @@ from langchain_core.runnables.config import (
     get_callback_manager_for_config,
     get_executor_for_config,
 )
+from langchain_core.runnables.graph import Graph
 from langchain_core.runnables.utils import (
     ConfigurableFieldSpec,
     Input,
     Output,
     get_unique_config_specs,
 )
+from langchain_core.tools import BaseTool
 from langchain_core.utils.pydantic import TypeBaseModel
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 from typing_extensions import override
 
 from synaptoroute import (
@@ -47,19 +49,27 @@ from synaptoroute import (
     RouteMatch,
     RouteNotFoundError,
 )
+from synaptoroute.decision import empty_match
 
 from ._inputs import (
     TextExtractor,
     aclassify_batch,
     aclassify_one,
+    arank_one,
     classify_batch,
     classify_one,
     extract_text,
+    passing,
+    rank_one,
 )
-from .classifier import SynaptorouteClassifier
+from ._tools import ArgsFromText, check_tool_keys, tool_runnable, tool_utterances
+from .classifier import SynaptorouteClassifier, SynaptorouteMultiClassifier
 from .embeddings import as_encoder
 
-__all__ = ["DEFAULT_BRANCH", "SynaptorouteRouter"]
+if TYPE_CHECKING:
+    from synaptoroute.fitting import FitReport
+
+__all__ = ["DEFAULT_BRANCH", "SynaptorouteMultiRouter", "SynaptorouteRouter"]
 
 T = TypeVar("T")
 
@@ -81,8 +91,15 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
 
     Tracing follows ``RunnableBranch``: one chain run for the router, whose metadata
     holds ``synaptoroute_route``, ``synaptoroute_score``, ``synaptoroute_candidate``
-    and ``synaptoroute_reason``; the chosen Runnable runs as its child, tagged
-    ``route:<name>`` (or ``route:default``), with the caller's config and kwargs.
+    and ``synaptoroute_reason``; the chosen Runnable runs as its child, named after
+    the route (or ``default``) and tagged ``route:<name>``, with the caller's config
+    and kwargs. The route fields are inherited by every run below the router (the
+    chat model's run inside a chain branch too), so traces can be sliced by route.
+    ``get_graph()`` draws an edge from the router to each branch.
+
+    ``threshold`` replaces the router's thresholds for this Runnable's calls without
+    changing the shared ``AdaptiveRouter``; as a field it can be set per call:
+    ``router.configurable_fields(threshold=ConfigurableField(id="threshold"))``.
 
     ``batch``/``abatch`` embed every input in one call, then call each chosen
     Runnable's own ``batch`` once on its group of inputs; results come back in input
@@ -124,6 +141,8 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
     """A function returning the text to route for an input; overrides ``input_key``."""
     timeout: float | None = None
     """Seconds an async call may wait for the router's batching worker."""
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Minimum score for this Runnable's calls (``None``: the router's own thresholds)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -136,6 +155,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         input_key: str = "input",
         text_extractor: TextExtractor | None = None,
         timeout: float | None = None,
+        threshold: float | None = None,
         name: str | None = None,
     ) -> None:
         """Route with an existing ``AdaptiveRouter``.
@@ -147,6 +167,8 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
             input_key: key of a dict input holding the text to route.
             text_extractor: returns the text to route for an input.
             timeout: seconds an async call may wait for the batching worker.
+            threshold: minimum score for this Runnable's calls; default the
+                router's own thresholds.
             name: the run name (default ``SynaptorouteRouter``).
 
         Raises:
@@ -171,6 +193,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
             "input_key": input_key,
             "text_extractor": text_extractor,
             "timeout": timeout,
+            "threshold": threshold,
             "name": name,
         }
         super().__init__(**fields)
@@ -186,9 +209,14 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         text_extractor: TextExtractor | None = None,
         timeout: float | None = None,
         name: str | None = None,
+        prune: bool = True,
         **router_kwargs: Any,
     ) -> SynaptorouteRouter[Any, Any]:
         """Build the router and its routes from ``{name: (utterances, runnable)}``.
+
+        The router mirrors ``branches``: with a persistent ``storage=``, routes stored
+        by an earlier build that ``branches`` no longer names are deleted (a branch
+        removed from the code is removed from the store), unless ``prune=False``.
 
         Args:
             branches: route name -> (example utterances, or a ``Route``; the Runnable).
@@ -199,11 +227,13 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
             text_extractor: returns the text to route for an input.
             timeout: seconds an async call may wait for the batching worker.
             name: the run name (default ``SynaptorouteRouter``).
+            prune: delete stored routes that ``branches`` does not name.
             **router_kwargs: passed to ``AdaptiveRouter`` (``threshold``,
                 ``storage``, ``aggregation``, ``min_margin``, ...).
 
         Raises:
-            InvalidInputError: a ``Route`` is filed under another name.
+            InvalidInputError: a ``Route`` is filed under another name, or (with
+                ``prune=False``) the store holds a route without a branch.
         """
         routes: list[Route] = []
         for key, (examples, _) in branches.items():
@@ -217,8 +247,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
                     msg = f"route {key!r}: pass a list of utterances, not one str"
                     raise InvalidInputError(msg)
                 routes.append(Route(name=key, utterances=list(examples)))
-        router = AdaptiveRouter(encoder=as_encoder(encoder), **router_kwargs)
-        router.add_routes(routes, replace=True)
+        router = _mirrored_router(routes, as_encoder(encoder), prune, router_kwargs)
         return cls(
             router=router,
             runnables={key: runnable for key, (_, runnable) in branches.items()},
@@ -229,6 +258,89 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
             name=name,
         )
 
+    @classmethod
+    def from_tools(
+        cls,
+        tools: Sequence[BaseTool],
+        *,
+        utterances: Mapping[str, Sequence[str]] | None = None,
+        args_from_text: ArgsFromText | Mapping[str, ArgsFromText] | None = None,
+        default: RunnableLike[Any, Any] | None = None,
+        encoder: EncoderProtocol | Embeddings | Any | None = None,
+        input_key: str = "input",
+        text_extractor: TextExtractor | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
+        prune: bool = True,
+        **router_kwargs: Any,
+    ) -> SynaptorouteRouter[Any, Any]:
+        """Route to LangChain tools; each tool is called with arguments made from the text.
+
+        Each tool's route is described by its name and description plus any
+        ``utterances`` given for it. The chosen tool never receives the raw input:
+        the text to route is turned into the tool's arguments by ``args_from_text``
+        (one function ``(text, tool) -> dict`` for every tool, or a dict of them by
+        tool name); a tool without one is called as ``{field: text}`` when its schema
+        has exactly one field and it is a string (``{}`` when it has none).
+
+        Args:
+            tools: the tools to route to; their names must be distinct.
+            utterances: tool name -> extra example utterances.
+            args_from_text: how to turn the text into a tool's arguments.
+            default: runs on inputs that match no tool.
+            encoder: as in :meth:`from_branches`.
+            input_key: key of a dict input holding the text to route.
+            text_extractor: returns the text to route for an input.
+            timeout: seconds an async call may wait for the batching worker.
+            name: the run name (default ``SynaptorouteRouter``).
+            prune: delete stored routes that name no tool (see :meth:`from_branches`).
+            **router_kwargs: passed to ``AdaptiveRouter``.
+
+        Raises:
+            InvalidInputError: two tools share a name; ``utterances`` or
+                ``args_from_text`` name no tool; a tool's schema needs more than one
+                text (the message names the tool and its fields) and no
+                ``args_from_text`` covers it.
+        """
+        names = [tool.name for tool in tools]
+        check_tool_keys(names, utterances, "utterances")
+        converters = args_from_text if isinstance(args_from_text, Mapping) else None
+        check_tool_keys(names, converters, "args_from_text")
+
+        def read(value: Any) -> str:
+            return extract_text(value, input_key, text_extractor)
+
+        branches: dict[str, tuple[Sequence[str] | Route, RunnableLike[Any, Any]]] = {}
+        for tool in tools:
+            convert = converters.get(tool.name) if converters is not None else args_from_text
+            examples = tool_utterances(tool, (utterances or {}).get(tool.name, ()))
+            branches[tool.name] = (examples, tool_runnable(tool, read, cast("Any", convert)))
+        return cls.from_branches(
+            branches,
+            default=default,
+            encoder=encoder,
+            input_key=input_key,
+            text_extractor=text_extractor,
+            timeout=timeout,
+            name=name,
+            prune=prune,
+            **router_kwargs,
+        )
+
+    def fit(self, texts: Sequence[str], labels: Sequence[str | None], **options: Any) -> FitReport:
+        """Fit the router's decision policy on labelled texts (``AdaptiveRouter.fit``).
+
+        Args:
+            texts: example inputs.
+            labels: the route each should take (``None``: no route).
+            **options: passed to ``AdaptiveRouter.fit``.
+
+        Returns:
+            The fit's report. The fitted policy is the shared router's, so every
+            Runnable over that router (and its storage) uses it from now on.
+        """
+        return self.router.fit(texts, labels, **options)
+
     def as_classifier(self) -> SynaptorouteClassifier:
         """A Runnable over the same router that returns the ``RouteMatch`` and runs nothing."""
         return SynaptorouteClassifier(
@@ -236,6 +348,36 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
             input_key=self.input_key,
             text_extractor=self.text_extractor,
             timeout=self.timeout,
+            threshold=self.threshold,
+        )
+
+    def as_multi_classifier(
+        self, *, top_k: int = 3, threshold: float | None = None
+    ) -> SynaptorouteMultiClassifier:
+        """A Runnable over the same router that returns every matching route (at most ``top_k``)."""
+        return SynaptorouteMultiClassifier(
+            router=self.router,
+            input_key=self.input_key,
+            text_extractor=self.text_extractor,
+            timeout=self.timeout,
+            top_k=top_k,
+            threshold=threshold if threshold is not None else self.threshold,
+        )
+
+    def as_multi_router(
+        self, *, top_k: int = 3, threshold: float | None = None
+    ) -> SynaptorouteMultiRouter[Input, Output]:
+        """A Runnable over the same routes that runs every matching branch in parallel.
+
+        Args:
+            top_k: the most branches run per input.
+            threshold: minimum score of a branch; default each route's own threshold.
+        """
+        return SynaptorouteMultiRouter(
+            routing=self,
+            top_k=top_k,
+            threshold=threshold if threshold is not None else self.threshold,
+            name=self.name,
         )
 
     # -- schema ----------------------------------------------------------------------
@@ -255,6 +397,11 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         return get_unique_config_specs(
             spec for runnable in self._branches() for spec in runnable.config_specs
         )
+
+    @override
+    def get_graph(self, config: RunnableConfig | None = None) -> Graph:
+        """The router node with one conditional edge to each branch, named after its route."""
+        return _route_graph(self, self.runnables, self.default, config)
 
     # -- the decision (shared by every entry point) -------------------------------------
     def text_of(self, value: Any) -> str:
@@ -280,8 +427,9 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         config: RunnableConfig,
         run_manager: CallbackManagerForChainRun | AsyncCallbackManagerForChainRun,
         branch: str,
+        match: RouteMatch | Exception,
     ) -> RunnableConfig:
-        return patch_config(config, callbacks=run_manager.get_child(tag=f"route:{branch}"))
+        return _branch_config(config, run_manager, branch, _route_metadata(match))
 
     def _callback_manager(
         self, config: RunnableConfig, match: RouteMatch | Exception
@@ -308,7 +456,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         Raises:
             NoRouteMatchedError: nothing matched and there is no ``default``.
         """
-        match = classify_one(self.router, input, self.text_of)
+        match = classify_one(self.router, input, self.text_of, self.threshold)
         return self._invoke_matched(input, ensure_config(config), match, **kwargs)
 
     def _invoke_matched(
@@ -321,7 +469,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         try:
             branch, runnable = self._select(match)
             output = runnable.invoke(
-                input, self._child_config(config, run_manager, branch), **kwargs
+                input, self._child_config(config, run_manager, branch, match), **kwargs
             )
         except BaseException as exc:
             run_manager.on_chain_error(exc)
@@ -335,14 +483,14 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
     ) -> Output:
         """Like :meth:`invoke`; the input is embedded by the router's batching worker."""
         config = ensure_config(config)
-        match = await aclassify_one(self.router, input, self.text_of, self.timeout)
+        match = await aclassify_one(self.router, input, self.text_of, self.timeout, self.threshold)
         run_manager = await self._async_callback_manager(config, match).on_chain_start(
             None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
         )
         try:
             branch, runnable = self._select(match)
             output = await runnable.ainvoke(
-                input, self._child_config(config, run_manager, branch), **kwargs
+                input, self._child_config(config, run_manager, branch, match), **kwargs
             )
         except BaseException as exc:
             await run_manager.on_chain_error(exc)
@@ -356,7 +504,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
     ) -> Iterator[Output]:
         """Route ``input`` and yield the chosen Runnable's chunks as they come."""
         config = ensure_config(config)
-        match = classify_one(self.router, input, self.text_of)
+        match = classify_one(self.router, input, self.text_of, self.threshold)
         run_manager = self._callback_manager(config, match).on_chain_start(
             None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
         )
@@ -364,7 +512,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         try:
             branch, runnable = self._select(match)
             for chunk in runnable.stream(
-                input, self._child_config(config, run_manager, branch), **kwargs
+                input, self._child_config(config, run_manager, branch, match), **kwargs
             ):
                 yield chunk
                 final.add(chunk)
@@ -379,7 +527,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
     ) -> AsyncIterator[Output]:
         """Like :meth:`stream`; the input is embedded by the router's batching worker."""
         config = ensure_config(config)
-        match = await aclassify_one(self.router, input, self.text_of, self.timeout)
+        match = await aclassify_one(self.router, input, self.text_of, self.timeout, self.threshold)
         run_manager = await self._async_callback_manager(config, match).on_chain_start(
             None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
         )
@@ -387,7 +535,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         try:
             branch, runnable = self._select(match)
             async for chunk in runnable.astream(
-                input, self._child_config(config, run_manager, branch), **kwargs
+                input, self._child_config(config, run_manager, branch, match), **kwargs
             ):
                 yield chunk
                 final.add(chunk)
@@ -415,7 +563,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         if not inputs:
             return []
         configs = get_config_list(config, len(inputs))
-        matches = classify_batch(self.router, inputs, self.text_of)
+        matches = classify_batch(self.router, inputs, self.text_of, self.threshold)
         run_managers = [
             self._callback_manager(c, match).on_chain_start(
                 None, value, name=self._run_name(c), run_id=c.pop("run_id", None)
@@ -430,7 +578,10 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
             try:
                 outputs = runnable.batch(
                     [inputs[i] for i in rows],
-                    [self._child_config(configs[i], run_managers[i], branch) for i in rows],
+                    [
+                        self._child_config(configs[i], run_managers[i], branch, matches[i])
+                        for i in rows
+                    ],
                     return_exceptions=True,
                     **kwargs,
                 )
@@ -494,7 +645,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         if not inputs:
             return
         configs = get_config_list(config, len(inputs))
-        matches = classify_batch(self.router, inputs, self.text_of)
+        matches = classify_batch(self.router, inputs, self.text_of, self.threshold)
 
         def run(i: int) -> tuple[int, Output | Exception]:
             try:
@@ -528,7 +679,9 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         if not inputs:
             return []
         configs = get_config_list(config, len(inputs))
-        matches = await aclassify_batch(self.router, inputs, self.text_of, self.timeout)
+        matches = await aclassify_batch(
+            self.router, inputs, self.text_of, self.timeout, self.threshold
+        )
         run_managers: list[AsyncCallbackManagerForChainRun] = await asyncio.gather(
             *(
                 self._async_callback_manager(c, match).on_chain_start(
@@ -545,7 +698,10 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
             try:
                 outputs = await runnable.abatch(
                     [inputs[i] for i in rows],
-                    [self._child_config(configs[i], run_managers[i], branch) for i in rows],
+                    [
+                        self._child_config(configs[i], run_managers[i], branch, matches[i])
+                        for i in rows
+                    ],
                     return_exceptions=True,
                     **kwargs,
                 )
@@ -655,3 +811,204 @@ class _Accumulator(Generic[T]):
         except TypeError:
             self.value = None
             self._addable = False
+
+
+def _branch_config(
+    config: RunnableConfig,
+    run_manager: CallbackManagerForChainRun | AsyncCallbackManagerForChainRun,
+    branch: str,
+    metadata: dict[str, Any],
+) -> RunnableConfig:
+    """The config a chosen branch runs with: a child run named after the route.
+
+    The route's metadata is inheritable, so it reaches every run below the branch
+    (a chat model inside a chain too); the ``route:<name>`` tag marks the branch itself.
+    """
+    child = run_manager.get_child(tag=f"route:{branch}")
+    child.add_metadata(metadata, inherit=True)
+    return patch_config(config, callbacks=child, run_name=branch)
+
+
+def _route_graph(
+    owner: Runnable[Any, Any],
+    runnables: Mapping[str, Runnable[Any, Any]],
+    default: Runnable[Any, Any] | None,
+    config: RunnableConfig | None,
+) -> Graph:
+    """``owner``'s node with one conditional edge per route (and ``default``) to its branch."""
+    graph = Graph()
+    input_node = graph.add_node(owner.get_input_schema(config))
+    router_node = graph.add_node(owner, metadata=config.get("metadata") if config else None)
+    output_node = graph.add_node(owner.get_output_schema(config))
+    graph.add_edge(input_node, router_node)
+    branches = {**runnables, **({DEFAULT_BRANCH: default} if default is not None else {})}
+    for branch, runnable in branches.items():
+        sub = runnable.get_graph(config)
+        sub.trim_first_node()
+        sub.trim_last_node()
+        first, last = graph.extend(sub, prefix=branch)
+        if first is None or last is None:
+            graph.add_edge(router_node, output_node, data=branch, conditional=True)
+            continue
+        graph.add_edge(router_node, first, data=branch, conditional=True)
+        graph.add_edge(last, output_node)
+    return graph
+
+
+def _mirrored_router(
+    routes: Sequence[Route],
+    encoder: EncoderProtocol | None,
+    prune: bool,
+    router_kwargs: Mapping[str, Any],
+) -> AdaptiveRouter:
+    """A router holding ``routes``; with ``prune``, holding nothing else (stored routes included)."""
+    router = AdaptiveRouter(encoder=encoder, **router_kwargs)
+    if prune:
+        wanted = {route.name for route in routes}
+        for stale in [name for name in router.route_names if name not in wanted]:
+            router.delete_route(stale)
+    router.add_routes(routes, replace=True)
+    return router
+
+
+class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
+    """Runs every branch its input matches, in parallel, and returns ``{route: output}``.
+
+    Built from a :class:`SynaptorouteRouter` (``router.as_multi_router(top_k=3)``): the
+    input is compared with the routes once; each route among the ``top_k`` best whose
+    score reaches ``threshold`` (without one, the route's own threshold) runs on the
+    unchanged input. The dict holds the routes best first. An input that matches no
+    route runs ``default`` (key ``"default"``), or raises ``NoRouteMatchedError``.
+
+    Each branch runs as a child of the router's run, named after its route and
+    tagged ``route:<name>``; its route and score are inherited by every run below
+    it. The router's own run lists ``synaptoroute_routes`` and ``synaptoroute_scores``.
+    ``top_k`` and ``threshold`` are fields, so ``configurable_fields`` can set them per
+    call. ``invoke`` runs the branches in threads, ``ainvoke`` as concurrent tasks.
+
+    Example:
+        ```python
+        multi = router.as_multi_router(top_k=2, threshold=0.4)
+        multi.invoke("refund me and fix the login")
+        # {'billing': 'billing: ...', 'tech': 'tech: ...'}
+        ```
+    """
+
+    routing: SynaptorouteRouter[Input, Output]
+    """The routes, their branches, the default and how inputs are read."""
+    top_k: int = Field(default=3, ge=1)
+    """The most branches run per input."""
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Minimum score of a branch (``None``: each route's own threshold)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    @override
+    def get_input_schema(self, config: RunnableConfig | None = None) -> TypeBaseModel:
+        return self.routing.get_input_schema(config)
+
+    @property
+    @override
+    def config_specs(self) -> list[ConfigurableFieldSpec]:
+        return self.routing.config_specs
+
+    @override
+    def get_graph(self, config: RunnableConfig | None = None) -> Graph:
+        """The router node with one conditional edge to each branch, named after its route."""
+        return _route_graph(self, self.routing.runnables, self.routing.default, config)
+
+    def _chosen(
+        self, ranked: list[RouteMatch] | Exception
+    ) -> list[tuple[str, Runnable[Input, Output], RouteMatch]]:
+        """The branches to run, best first: the passing routes, else the default."""
+        if isinstance(ranked, Exception):
+            raise ranked
+        matches = passing(ranked, self.threshold)
+        if matches:
+            return [(*self.routing._select(m), m) for m in matches]
+        best = ranked[0] if ranked else empty_match()
+        if self.routing.default is None:
+            raise NoRouteMatchedError(_no_match_message(best))
+        return [(DEFAULT_BRANCH, self.routing.default, best)]
+
+    def _metadata(self, ranked: list[RouteMatch] | Exception) -> dict[str, Any]:
+        if isinstance(ranked, Exception):
+            return {}
+        matches = passing(ranked, self.threshold)
+        return {
+            "synaptoroute_routes": [m.name for m in matches],
+            "synaptoroute_scores": [m.score for m in matches],
+        }
+
+    def _run_name(self, config: RunnableConfig) -> str:
+        return config.get("run_name") or self.get_name()
+
+    @override
+    def invoke(
+        self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> dict[str, Output]:
+        """Run every branch ``input`` matches, in parallel threads.
+
+        Raises:
+            NoRouteMatchedError: nothing matched and there is no ``default``.
+        """
+        config = ensure_config(config)
+        ranked = rank_one(self.routing.router, input, self.routing.text_of, self.top_k)
+        manager = get_callback_manager_for_config(config)
+        manager.add_metadata(self._metadata(ranked), inherit=False)
+        run_manager = manager.on_chain_start(
+            None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
+        )
+        try:
+            chosen = self._chosen(ranked)
+
+            def run(item: tuple[str, Runnable[Input, Output], RouteMatch]) -> Output:
+                branch, runnable, match = item
+                child = _branch_config(config, run_manager, branch, _route_metadata(match))
+                return runnable.invoke(input, child, **kwargs)
+
+            if len(chosen) == 1:
+                outputs = [run(chosen[0])]
+            else:
+                with get_executor_for_config(config) as executor:
+                    outputs = list(executor.map(run, chosen))
+            result = {branch: out for (branch, _, _), out in zip(chosen, outputs, strict=True)}
+        except BaseException as exc:
+            run_manager.on_chain_error(exc)
+            raise
+        run_manager.on_chain_end(result)
+        return result
+
+    @override
+    async def ainvoke(
+        self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> dict[str, Output]:
+        """Like :meth:`invoke`; the branches run as concurrent tasks."""
+        config = ensure_config(config)
+        routing = self.routing
+        ranked = await arank_one(
+            routing.router, input, routing.text_of, self.top_k, routing.timeout
+        )
+        manager = get_async_callback_manager_for_config(config)
+        manager.add_metadata(self._metadata(ranked), inherit=False)
+        run_manager = await manager.on_chain_start(
+            None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
+        )
+        try:
+            chosen = self._chosen(ranked)
+            outputs = await asyncio.gather(
+                *(
+                    runnable.ainvoke(
+                        input,
+                        _branch_config(config, run_manager, branch, _route_metadata(match)),
+                        **kwargs,
+                    )
+                    for branch, runnable, match in chosen
+                )
+            )
+            result = {branch: out for (branch, _, _), out in zip(chosen, outputs, strict=True)}
+        except BaseException as exc:
+            await run_manager.on_chain_error(exc)
+            raise
+        await run_manager.on_chain_end(result)
+        return result

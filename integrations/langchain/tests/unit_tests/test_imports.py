@@ -13,8 +13,11 @@ EXPECTED_ALL = [
     "SynaptorouteEdge",
     "SynaptorouteEmbeddings",
     "SynaptorouteFanOut",
+    "SynaptorouteMultiClassifier",
+    "SynaptorouteMultiRouter",
     "SynaptorouteNode",
     "SynaptorouteRouter",
+    "SynaptorouteToolSelectorMiddleware",
     "__version__",
 ]
 

@@ -65,7 +65,7 @@ async def test_sync_and_async_trace_the_same_tree(
     assert _tree(sync_rec) == _tree(async_rec)
     assert _tree(sync_rec)[:2] == [
         ("SynaptorouteRouter", ["t"], None, "billing"),
-        ("RunnableSequence", ["route:billing", "t"], "SynaptorouteRouter", None),
+        ("billing", ["route:billing", "t"], "SynaptorouteRouter", "billing"),
     ]
 
 

@@ -127,4 +127,5 @@ async def test_astream_events_show_the_router_and_the_branch(
     assert events[-1] == ("on_chain_end", "SynaptorouteRouter", [])
     streamed = [name for kind, name, _ in events if kind == "on_chain_stream"]
     assert streamed.count("SynaptorouteRouter") == len(WORDS)
-    assert ("on_chain_start", "produce", ["route:tech"]) in events
+    # The branch's run is named after its route.
+    assert ("on_chain_start", "tech", ["route:tech"]) in events

@@ -14,7 +14,7 @@ from langchain_synaptoroute import SynaptorouteRouter
 from synaptoroute import AdaptiveRouter, NoRouteMatchedError
 
 if TYPE_CHECKING:
-    from conftest import RunRecorder
+    from conftest import Run, RunRecorder
 
 
 def _support_router(adaptive_router: AdaptiveRouter) -> SynaptorouteRouter[Any, Any]:
@@ -53,14 +53,17 @@ def test_invoke_traces_like_runnable_branch(
     assert 0.5 <= meta["synaptoroute_score"] <= 1.0
 
     (branch,) = recorder.children(root)
-    assert branch.name == "RunnableSequence"
+    assert branch.name == "billing"  # the chosen branch's run is named after its route
     assert sorted(branch.tags) == ["route:billing", "support"]
-    # Config metadata reaches the branch; the route fields describe the router's run only.
     assert branch.metadata["tenant"] == "acme"
-    assert "synaptoroute_route" not in branch.metadata
+    assert branch.metadata["synaptoroute_route"] == "billing"
+    assert branch.metadata["synaptoroute_score"] == meta["synaptoroute_score"]
     steps = recorder.children(branch)
     assert [s.name for s in steps] == ["ChatPromptTemplate", "FakeListChatModel", "StrOutputParser"]
     assert all("support" in s.tags for s in steps)
+    # The route reaches the grandchildren (the chat model's run too); the tag does not.
+    assert all(s.metadata["synaptoroute_route"] == "billing" for s in steps)
+    assert all("route:billing" not in s.tags for s in steps)
 
 
 def test_unmatched_input_runs_the_default_tagged_route_default(
@@ -75,6 +78,7 @@ def test_unmatched_input_runs_the_default_tagged_route_default(
     assert root.metadata["synaptoroute_candidate"] in adaptive_router.route_names
     (branch,) = recorder.children(root)
     assert branch.tags == ["route:default"]
+    assert branch.name == "default"
 
 
 def test_errors_end_the_router_run(adaptive_router: AdaptiveRouter, recorder: RunRecorder) -> None:
@@ -117,3 +121,66 @@ def test_nested_in_a_chain_the_router_is_a_child_run(
     assert router_run.tags == ["seq:step:2"]
     assert router_run.metadata["synaptoroute_route"] == "tech"
     assert [c.tags for c in recorder.children(router_run)] == [["route:tech"]]
+
+
+def _nested_router(adaptive_router: AdaptiveRouter) -> SynaptorouteRouter[Any, Any]:
+    """Each branch is a chain holding a chain that holds the chat model (two levels)."""
+
+    def answer(topic: str) -> Any:
+        prompt = ChatPromptTemplate.from_messages([("system", topic), ("human", "{input}")])
+        inner = FakeListChatModel(responses=[f"{topic} answer"]) | StrOutputParser()
+        return prompt | inner.with_config(run_name="inner")
+
+    return SynaptorouteRouter(
+        router=adaptive_router,
+        runnables={name: answer(name) for name in adaptive_router.route_names},
+        default=answer("general"),
+    )
+
+
+def _below(recorder: RunRecorder, run: Run) -> list[Run]:
+    """Every run below ``run``, depth first."""
+    out: list[Run] = []
+    for child in recorder.children(run):
+        out += [child, *_below(recorder, child)]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_route_and_score_reach_every_run_below_the_router(
+    adaptive_router: AdaptiveRouter, recorder: RunRecorder, mode: str
+) -> None:
+    router = _nested_router(adaptive_router)
+    config: RunnableConfig = {"callbacks": [recorder], "metadata": {"tenant": "acme"}}
+    value = {"input": "my password doesn't work anymore"}
+    out = router.invoke(value, config) if mode == "sync" else await router.ainvoke(value, config)
+    assert out == "tech answer"
+    (root,) = recorder.roots("SynaptorouteRouter")
+    below = _below(recorder, root)
+    names = [run.name for run in below]
+    assert names[:3] == ["tech", "ChatPromptTemplate", "inner"]
+    assert "FakeListChatModel" in names
+    (chat,) = [run for run in below if run.kind == "chat_model"]
+    assert recorder.runs[chat.parent_run_id].name == "inner"  # type: ignore[index]
+    for run in below:
+        assert run.metadata["synaptoroute_route"] == "tech", run.name
+        assert run.metadata["synaptoroute_score"] == root.metadata["synaptoroute_score"]
+        assert run.metadata["tenant"] == "acme"
+
+
+def test_get_graph_draws_one_conditional_edge_per_route(adaptive_router: AdaptiveRouter) -> None:
+    router = _support_router(adaptive_router)
+    graph = router.get_graph()
+    (router_id,) = [key for key, node in graph.nodes.items() if node.data is router]
+    out_edges = [edge for edge in graph.edges if edge.source == router_id]
+    assert sorted(str(edge.data) for edge in out_edges) == sorted(
+        [*adaptive_router.route_names, "default"]
+    )
+    assert all(edge.conditional for edge in out_edges)
+    # Each edge leads into its own branch: the prompt of that route's chain.
+    assert [graph.nodes[edge.target].name for edge in out_edges] == ["ChatPromptTemplate"] * 4
+    assert len({edge.target for edge in out_edges}) == len(out_edges)
+    # Every branch ends in the router's output node.
+    (last,) = [graph.last_node()]
+    assert last is not None
+    assert sum(1 for edge in graph.edges if edge.target == last.id) == len(out_edges)

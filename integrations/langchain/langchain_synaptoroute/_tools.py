@@ -1,0 +1,128 @@
+"""LangChain tools as routes: their example texts, and turning a routed text into arguments.
+
+Shared by :meth:`SynaptorouteRouter.from_tools` and the tool-selector middleware, so
+that a tool is described the same way wherever it is routed to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.tools import BaseTool
+from pydantic import BaseModel
+
+from synaptoroute import InvalidInputError
+
+__all__ = [
+    "ArgsFromText",
+    "check_tool_keys",
+    "tool_fields",
+    "tool_runnable",
+    "tool_utterances",
+]
+
+#: Turns the routed text into the chosen tool's arguments: ``(text, tool) -> dict``.
+ArgsFromText = Callable[[str, BaseTool], dict[str, Any]]
+
+
+def tool_utterances(tool: BaseTool, extra: Sequence[str] = ()) -> list[str]:
+    """The example texts of ``tool``'s route: its name and description, then ``extra``.
+
+    The name is spelled as words (``get_weather`` -> ``get weather``) and joined with
+    the description, so a query is compared with what the tool is for.
+
+    Raises:
+        InvalidInputError: ``extra`` is one str instead of a list of them.
+    """
+    if isinstance(extra, str):
+        msg = f"tool {tool.name!r}: pass a list of utterances, not one str"
+        raise InvalidInputError(msg)
+    words = " ".join(tool.name.replace("_", " ").replace("-", " ").split())
+    description = " ".join((tool.description or "").split())
+    head = f"{words}: {description}" if description else words
+    return [head, *(text for text in extra if text != head)]
+
+
+def check_tool_keys(names: Sequence[str], given: Mapping[str, Any] | None, what: str) -> None:
+    """Fail on a duplicate tool name, or a key of ``given`` that names no tool.
+
+    Args:
+        names: the tools' names.
+        given: a per-tool setting (``utterances``, ``args_from_text``), or ``None``.
+        what: the setting's name, for the message.
+
+    Raises:
+        InvalidInputError: names repeat, or ``given`` has a key that is no tool's name
+            (a typo would otherwise be ignored silently).
+    """
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        msg = f"several tools are named {duplicates}; give each tool a distinct name"
+        raise InvalidInputError(msg)
+    unknown = sorted(key for key in (given or {}) if key not in names)
+    if unknown:
+        msg = f"{what} names tools that do not exist: {unknown} (tools: {sorted(names)})"
+        raise InvalidInputError(msg)
+
+
+def tool_fields(tool: BaseTool) -> dict[str, Any]:
+    """The JSON-schema properties of the arguments a model would call ``tool`` with."""
+    schema = tool.tool_call_schema
+    if isinstance(schema, dict):
+        document = schema
+    elif issubclass(schema, BaseModel):
+        document = schema.model_json_schema()
+    else:  # a pydantic v1 model
+        document = schema.schema()
+    properties = document.get("properties") or {}
+    return dict(properties)
+
+
+def _single_text_field(tool: BaseTool) -> Callable[[str], dict[str, Any]]:
+    """The automatic conversion: ``{field: text}`` for one string field, ``{}`` for none.
+
+    Raises:
+        InvalidInputError: the schema has another shape; names the tool and its fields.
+    """
+    fields = tool_fields(tool)
+    if not fields:
+        return lambda _text: {}
+    if len(fields) == 1:
+        (field, spec), *_ = fields.items()
+        if spec.get("type") == "string":
+            return lambda text: {field: text}
+    described = ", ".join(f"{name}: {spec.get('type', 'any')}" for name, spec in fields.items())
+    msg = (
+        f"tool {tool.name!r} takes ({described}), not one text; pass "
+        "args_from_text= (a function (text, tool) -> dict of arguments, or a dict of "
+        "them by tool name) so the routed text becomes its arguments"
+    )
+    raise InvalidInputError(msg)
+
+
+def tool_runnable(
+    tool: BaseTool, read: Callable[[Any], str], convert: ArgsFromText | None
+) -> Runnable[Any, Any]:
+    """A Runnable that reads the text of its input and calls ``tool`` with arguments from it.
+
+    Args:
+        tool: the tool to call.
+        read: returns the routed text of an input.
+        convert: ``(text, tool) -> arguments``; default the automatic conversion.
+
+    Raises:
+        InvalidInputError: no ``convert`` and the tool does not take one text.
+    """
+    auto = _single_text_field(tool) if convert is None else None
+
+    def arguments(value: Any) -> dict[str, Any]:
+        text = read(value)
+        args = auto(text) if auto is not None else convert(text, tool)  # type: ignore[misc]
+        if not isinstance(args, dict):
+            msg = f"args_from_text must return a dict for tool {tool.name!r}, got {args!r}"
+            raise TypeError(msg)
+        return args
+
+    return RunnableLambda(arguments, name=f"{tool.name}_arguments") | tool

@@ -1,0 +1,264 @@
+"""Zero-token tool selection for LangChain 1.x agents (``create_agent`` middleware).
+
+Needs the ``agents`` extra: ``pip install "langchain-synaptoroute[agents]"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+from langchain_core.embeddings import Embeddings
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.tools import BaseTool
+from typing_extensions import override
+
+from synaptoroute import AdaptiveRouter, EncoderProtocol, InvalidInputError, Route, RouteMatch
+
+from ._tools import check_tool_keys, tool_utterances
+from .embeddings import as_encoder
+
+__all__ = ["SynaptorouteToolSelectorMiddleware"]
+
+#: What to bind when no tool reaches the threshold: every tool, or only ``always_include``.
+NoMatch = Literal["all", "none"]
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """One model call's selection problem: the user's text and the tools to choose among."""
+
+    text: str
+    candidates: list[BaseTool]
+    k: int
+
+
+class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
+    """Binds only the tools that match the latest user message, before each model call.
+
+    The zero-token counterpart of LangChain's ``LLMToolSelectorMiddleware``: each
+    tool is a route whose examples are its name and description plus any
+    ``utterances`` given for it; the last human message is embedded locally and the
+    ``max_tools`` best tools whose score reaches ``threshold`` are bound to the model.
+    No model is called to select. Tools in ``always_include`` are always bound and
+    do not count against ``max_tools``; provider tool dicts are passed through.
+
+    The routes are built on the first model call from the agent's tools and rebuilt
+    only for tools that are new or whose name or description changed; a tool that
+    disappears is dropped from later selections.
+
+    With no human message in the conversation, or no tool reaching ``threshold``
+    (``on_no_match="all"``), every tool is bound, so the agent works as it would
+    without this middleware; ``on_no_match="none"`` binds only ``always_include``.
+
+    ``wrap_model_call`` and ``awrap_model_call`` share one selection; the async one
+    embeds through the router's batching worker.
+
+    Example:
+        ```python
+        from langchain.agents import create_agent
+        from langchain_synaptoroute import SynaptorouteToolSelectorMiddleware
+
+        agent = create_agent(
+            model,
+            tools=[get_weather, convert_currency, search_flights, ...],
+            middleware=[
+                SynaptorouteToolSelectorMiddleware(
+                    max_tools=3,
+                    always_include=["search_docs"],
+                    utterances={"get_weather": ["will it rain tomorrow?"]},
+                )
+            ],
+        )
+        ```
+    """
+
+    def __init__(
+        self,
+        *,
+        utterances: Mapping[str, Sequence[str]] | None = None,
+        max_tools: int | None = 5,
+        always_include: Sequence[str] = (),
+        threshold: float | None = None,
+        on_no_match: NoMatch = "all",
+        router: AdaptiveRouter | None = None,
+        encoder: EncoderProtocol | Embeddings | Any | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Configure the selector.
+
+        Args:
+            utterances: tool name -> example requests that should select the tool.
+            max_tools: the most tools selected per call (``None``: no limit).
+            always_include: tool names bound on every call, outside ``max_tools``.
+            threshold: minimum similarity score of a selected tool (``None``: the
+                ``max_tools`` best are selected whatever their score).
+            on_no_match: ``"all"`` binds every tool when none reaches
+                ``threshold``; ``"none"`` binds only ``always_include``.
+            router: the router holding the tool routes (for instance persisted
+                with ``SQLiteStorage``); a tool whose name is already a route in it
+                keeps that route. Default a new in-memory router.
+            encoder: the encoder of the default router (a synaptoroute encoder or a
+                LangChain ``Embeddings``); default the bundled local model.
+            timeout: seconds an async call may wait for the batching worker.
+
+        Raises:
+            InvalidInputError: ``max_tools`` is under 1, ``threshold`` is outside
+                ``[0, 1]``, ``on_no_match`` is unknown, or both ``router`` and
+                ``encoder`` are given.
+        """
+        super().__init__()
+        if max_tools is not None and max_tools < 1:
+            msg = f"max_tools must be at least 1 or None, got {max_tools}"
+            raise InvalidInputError(msg)
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            msg = f"threshold must be in [0, 1] or None, got {threshold}"
+            raise InvalidInputError(msg)
+        if on_no_match not in ("all", "none"):
+            msg = f"on_no_match must be 'all' or 'none', got {on_no_match!r}"
+            raise InvalidInputError(msg)
+        if router is not None and encoder is not None:
+            msg = "pass router= or encoder=, not both (the router has its encoder)"
+            raise InvalidInputError(msg)
+        self.utterances = {name: list(texts) for name, texts in (utterances or {}).items()}
+        self.max_tools = max_tools
+        self.always_include = list(always_include)
+        self.threshold = threshold
+        self.on_no_match: NoMatch = on_no_match
+        self.timeout = timeout
+        self._encoder = encoder
+        self._router = router
+        # Route name -> the examples this selector stored for it; a tool whose
+        # examples change gets its route replaced, others are never re-encoded.
+        self._built: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def router(self) -> AdaptiveRouter:
+        """The router holding one route per tool (created on first use)."""
+        with self._lock:
+            if self._router is None:
+                self._router = AdaptiveRouter(encoder=as_encoder(self._encoder))
+            return self._router
+
+    # -- the selection, shared by the sync and async paths ---------------------------
+    def _sync_routes(self, tools: Sequence[BaseTool]) -> None:
+        """Give every tool a route; (re)build only routes that are new or changed.
+
+        Raises:
+            InvalidInputError: tool names repeat, or ``utterances``/``always_include``
+                name a tool the agent does not have.
+        """
+        names = [tool.name for tool in tools]
+        check_tool_keys(names, self.utterances, "utterances")
+        check_tool_keys(names, dict.fromkeys(self.always_include), "always_include")
+        router = self.router
+        with self._lock:
+            changed = []
+            for tool in tools:
+                examples = tool_utterances(tool, self.utterances.get(tool.name, ()))
+                known = self._built.get(tool.name)
+                if known == examples or (known is None and tool.name in router):
+                    continue
+                changed.append(Route(name=tool.name, utterances=examples))
+                self._built[tool.name] = examples
+            if changed:
+                router.add_routes(changed, replace=True)
+
+    def _plan(
+        self, offered: Sequence[BaseTool | dict[str, Any]], messages: Sequence[BaseMessage]
+    ) -> _Selection | None:
+        """What to select among for a model call, or ``None`` when its tools stay as they are."""
+        tools = [tool for tool in offered if isinstance(tool, BaseTool)]
+        candidates = [tool for tool in tools if tool.name not in self.always_include]
+        text = _last_human_text(messages)
+        if not candidates or text is None or not text.strip():
+            if tools:
+                self._sync_routes(tools)  # still validates names on every path
+            return None
+        self._sync_routes(tools)
+        # Routes of tools absent from this call may rank above present ones; ask for
+        # enough that max_tools present ones remain.
+        absent = len(self.router) - len(tools)
+        wanted = len(candidates) if self.max_tools is None else self.max_tools
+        k = max(1, min(len(self.router), wanted + max(absent, 0)))
+        return _Selection(text=text, candidates=candidates, k=k)
+
+    def _chosen(self, plan: _Selection, ranked: Sequence[RouteMatch]) -> list[str] | None:
+        """The names of the selected tools, best first; ``None`` binds every tool."""
+        present = {tool.name for tool in plan.candidates}
+        names = [
+            m.candidate
+            for m in ranked
+            if m.candidate in present and (self.threshold is None or m.score >= self.threshold)
+        ]
+        if self.max_tools is not None:
+            names = names[: self.max_tools]
+        if not names and self.on_no_match == "all":
+            return None
+        return [name for name in names if name is not None]
+
+    def _apply(
+        self,
+        request: ModelRequest,
+        chosen: list[str] | None,
+    ) -> ModelRequest:
+        if chosen is None:
+            return request
+        keep = set(chosen) | set(self.always_include)
+        tools = [
+            tool for tool in request.tools if not isinstance(tool, BaseTool) or tool.name in keep
+        ]
+        return request.override(tools=tools)
+
+    def select_tools(self, text: str, tools: Sequence[BaseTool]) -> list[str]:
+        """The names of the tools this middleware would bind for ``text``, best first.
+
+        ``always_include`` tools come last; every tool when nothing is selected and
+        ``on_no_match="all"``. Used by the middleware itself, and handy for checks.
+        """
+        plan = self._plan(tools, [HumanMessage(text)])
+        if plan is None:
+            return [tool.name for tool in tools]
+        chosen = self._chosen(plan, self.router.query_top_k(plan.text, plan.k))
+        if chosen is None:
+            return [tool.name for tool in tools]
+        return [*chosen, *(name for name in self.always_include if name not in chosen)]
+
+    # -- the middleware hooks ----------------------------------------------------------
+    @override
+    def wrap_model_call(
+        self,
+        request: ModelRequest,
+        handler: Callable[[ModelRequest], ModelResponse],
+    ) -> ModelResponse | AIMessage:
+        """Bind the selected tools, then call the model."""
+        plan = self._plan(request.tools, request.messages)
+        if plan is None:
+            return handler(request)
+        ranked = self.router.query_top_k(plan.text, plan.k)
+        return handler(self._apply(request, self._chosen(plan, ranked)))
+
+    @override
+    async def awrap_model_call(
+        self,
+        request: ModelRequest,
+        handler: Callable[[ModelRequest], Awaitable[ModelResponse]],
+    ) -> ModelResponse | AIMessage:
+        """Like :meth:`wrap_model_call`; new routes are encoded off the event loop."""
+        plan = await asyncio.to_thread(self._plan, request.tools, request.messages)
+        if plan is None:
+            return await handler(request)
+        ranked = await self.router.aquery_top_k(plan.text, plan.k, timeout=self.timeout)
+        return await handler(self._apply(request, self._chosen(plan, ranked)))
+
+
+def _last_human_text(messages: Sequence[BaseMessage]) -> str | None:
+    for message in reversed(messages):
+        if message.type == "human":
+            return message.text
+    return None
