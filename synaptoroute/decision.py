@@ -21,9 +21,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .index import RouteScores, Snapshot
-from .models import MatchReason, RouteMatch
+from .lexical import LexicalView
+from .models import NEGATIVES_ROUTE, MatchReason, RouteMatch
 
 __all__ = [
+    "OOD_SCORERS",
     "Calibrator",
     "DecisionPolicy",
     "HeadVerdict",
@@ -34,6 +36,11 @@ __all__ = [
     "policy_for_routes",
     "threshold_verdicts",
 ]
+
+#: Out-of-scope scorers a head can judge its candidate by (see :class:`LinearHead`).
+OOD_SCORERS = ("max_prob", "energy", "nearest", "mahalanobis", "knn", "combined")
+#: Neighbours of the ``knn`` scorer: the k-th nearest utterance's similarity.
+KNN_K = 5
 
 #: Codes of :func:`threshold_verdicts`, in this order.
 VERDICTS: tuple[MatchReason, ...] = ("matched", "below_threshold", "ambiguous")
@@ -129,8 +136,16 @@ class LinearHead:
     also gets ``alpha`` times its similarity score (routes outside the ``top_k``
     ranked ones get the lowest ranked score). A softmax over all classes (the routes,
     plus an out-of-scope class when ``has_oos``) gives probabilities; the candidate is
-    the most probable of the ``top_k`` ranked routes; its probability, calibrated, is
-    the confidence, and the route is taken when the confidence is at least ``cut``.
+    the most probable of the ``top_k`` ranked routes. With ``beta > 0`` each ranked
+    route also gets ``beta`` times its lexical score (hybrid routing, see
+    :mod:`synaptoroute.lexical`). The candidate is judged by the out-of-scope
+    ``scorer`` (one of :data:`OOD_SCORERS`): its probability (``max_prob``), the
+    log-sum-exp of the route logits (``energy``), its dense similarity
+    (``nearest``), minus the Mahalanobis distance to the nearest route mean under a
+    shared covariance (``mahalanobis``), the similarity of the k-th nearest
+    utterance (``knn``), or a logistic combination of these (``combined``). That
+    value, calibrated, is the confidence, and the route is taken when the confidence
+    is at least ``cut``.
 
     Attributes:
         classes: route names in column order.
@@ -142,6 +157,12 @@ class LinearHead:
         cut: minimum calibrated confidence to take the candidate.
         calibrator: maps the candidate's probability to the confidence.
         model_id: the encoder whose embeddings the head was trained on.
+        beta: weight of the lexical score in a route's logit (0: dense only).
+        scorer: the out-of-scope scorer (see above).
+        ood: the scorer's parameters: ``precision`` ``(d, d)``, ``projected_means``
+            ``(d, routes)`` and ``mean_terms`` for Mahalanobis; ``combination``
+            (weights over :data:`OOD_SCORERS` minus itself, then a bias) and
+            ``center``/``scale`` for ``combined``.
     """
 
     classes: tuple[str, ...]
@@ -153,6 +174,9 @@ class LinearHead:
     cut: float
     calibrator: Calibrator
     model_id: str
+    beta: float = 0.0
+    scorer: str = "max_prob"
+    ood: Mapping[str, NDArray[np.float32]] = field(default_factory=dict)
     _columns: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -171,8 +195,18 @@ class LinearHead:
         out += self.bias
         return out
 
+    @property
+    def needs_knn(self) -> bool:
+        """Whether the scorer reads the k-th nearest utterance's similarity."""
+        return self.scorer in ("knn", "combined")
+
     def judge(
-        self, vectors: NDArray[np.float32], columns: NDArray[np.int64], sims: NDArray[np.floating]
+        self,
+        vectors: NDArray[np.float32],
+        columns: NDArray[np.int64],
+        sims: NDArray[np.floating],
+        lexical: NDArray[np.floating] | None = None,
+        knn: NDArray[np.floating] | None = None,
     ) -> HeadVerdict:
         """Decide for ``m`` queries at once.
 
@@ -180,12 +214,29 @@ class LinearHead:
             vectors: ``(m, dimension)`` query embeddings.
             columns: ``(m, K)`` head column of each query's ranked routes, best first.
             sims: ``(m, K)`` their similarity scores.
+            lexical: ``(m, K)`` their lexical scores (read when ``beta > 0``).
+            knn: ``(m,)`` similarity of each query's k-th nearest utterance (read by
+                the ``knn`` and ``combined`` scorers).
         """
-        choice, raw, ranked = head_choice(
-            self.logits(vectors), columns, sims, self.alpha, len(self.classes)
+        logits = self.logits(vectors)
+        lex = lexical if self.beta else None
+        choice, prob, ranked, energy = head_choice(
+            logits, columns, sims, self.alpha, len(self.classes), lex, self.beta
         )
+        sims64 = np.asarray(sims, dtype=np.float64)
+        nearest = sims64[np.arange(len(choice)), choice]
+        raw = ood_score(self, vectors, prob, energy, nearest, knn)
         confidence = self.calibrator(raw)
         return HeadVerdict(choice, raw, confidence, confidence >= self.cut, ranked)
+
+    def mahalanobis(self, vectors: NDArray[np.float32]) -> NDArray[np.float64]:
+        """Minus the squared Mahalanobis distance to the nearest route mean."""
+        return mahalanobis_score(
+            vectors,
+            self.ood["precision"],
+            self.ood["projected_means"],
+            self.ood["mean_terms"],
+        )
 
     def to_state(self) -> dict[str, Any]:
         """A JSON-serialisable description (weights as base64 float32, exact)."""
@@ -199,6 +250,9 @@ class LinearHead:
             "cut": self.cut,
             "calibrator": self.calibrator.to_state(),
             "model_id": self.model_id,
+            "beta": self.beta,
+            "scorer": self.scorer,
+            "ood": {key: _encode_array(value) for key, value in self.ood.items()},
         }
 
     @classmethod
@@ -214,7 +268,67 @@ class LinearHead:
             cut=float(doc["cut"]),
             calibrator=Calibrator.from_state(doc["calibrator"]),
             model_id=str(doc["model_id"]),
+            beta=float(doc.get("beta", 0.0)),
+            scorer=str(doc.get("scorer", "max_prob")),
+            ood={key: _decode_array(value) for key, value in doc.get("ood", {}).items()},
         )
+
+
+def mahalanobis_score(
+    vectors: NDArray[np.floating],
+    precision: NDArray[np.floating],
+    projected_means: NDArray[np.floating],
+    mean_terms: NDArray[np.floating],
+) -> NDArray[np.float64]:
+    """Minus the smallest squared Mahalanobis distance ``(x - mu)' P (x - mu)`` over
+    the route means, computed as ``x'Px - 2 x'(P mu) + mu'P mu``."""
+    x = np.asarray(vectors, dtype=np.float64)
+    quad = np.einsum("ij,ij->i", x @ np.asarray(precision, dtype=np.float64), x)
+    cross = x @ np.asarray(projected_means, dtype=np.float64)
+    dist = quad[:, None] - 2 * cross + np.asarray(mean_terms, dtype=np.float64)[None, :]
+    out: NDArray[np.float64] = -dist.min(axis=1)
+    return out
+
+
+def scorer_features(
+    prob: NDArray[np.float64],
+    energy: NDArray[np.float64],
+    nearest: NDArray[np.float64],
+    maha: NDArray[np.float64],
+    knn: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """The ``(m, 5)`` inputs of the ``combined`` scorer, in :data:`OOD_SCORERS` order
+    (the probability as a logit, so that every input is on an open scale)."""
+    p = np.clip(prob, 1e-9, 1 - 1e-9)
+    return np.stack([np.log(p / (1 - p)), energy, nearest, maha, knn], axis=1)
+
+
+def ood_score(
+    head: LinearHead,
+    vectors: NDArray[np.float32],
+    prob: NDArray[np.float64],
+    energy: NDArray[np.float64],
+    nearest: NDArray[np.float64],
+    knn: NDArray[np.floating] | None,
+) -> NDArray[np.float64]:
+    """The value ``head.scorer`` judges each candidate by (higher: more in scope)."""
+    scorer = head.scorer
+    if scorer == "max_prob":
+        return prob
+    if scorer == "energy":
+        return energy
+    if scorer == "nearest":
+        return nearest
+    if scorer == "mahalanobis":
+        return head.mahalanobis(vectors)
+    knn64 = np.zeros(len(prob)) if knn is None else np.asarray(knn, dtype=np.float64)
+    if scorer == "knn":
+        return knn64
+    feats = scorer_features(prob, energy, nearest, head.mahalanobis(vectors), knn64)
+    feats = (feats - head.ood["center"]) / head.ood["scale"]
+    weights = np.asarray(head.ood["combination"], dtype=np.float64)
+    out: NDArray[np.float64] = feats @ weights[:-1] + weights[-1]
+    return out
 
 
 def head_choice(
@@ -223,7 +337,9 @@ def head_choice(
     sims: NDArray[np.floating],
     alpha: float,
     n_routes: int,
-) -> tuple[NDArray[np.intp], NDArray[np.float64], NDArray[np.float64]]:
+    lexical: NDArray[np.floating] | None = None,
+    beta: float = 0.0,
+) -> tuple[NDArray[np.intp], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """The head's choice among each query's ranked routes (see :class:`LinearHead`).
 
     Args:
@@ -232,10 +348,13 @@ def head_choice(
         sims: ``(m, K)`` their similarity scores.
         alpha: weight of the similarity in a route's logit.
         n_routes: number of route columns (a last extra column is out of scope).
+        lexical: ``(m, K)`` lexical scores of the ranked routes, or ``None``.
+        beta: weight of the lexical score in a route's logit.
 
     Returns:
-        The chosen position in ``0..K-1``, its probability, and the ``(m, K)``
-        probabilities of the ranked routes.
+        The chosen position in ``0..K-1``, its probability, the ``(m, K)``
+        probabilities of the ranked routes, and the energy (log-sum-exp of the route
+        logits) of each query.
     """
     m = len(logits)
     sims64 = np.asarray(sims, dtype=np.float64)
@@ -246,12 +365,17 @@ def head_choice(
     z[:, :n_routes] += alpha * floor
     rows = np.arange(m)[:, None]
     z[rows, columns] += alpha * (sims64 - floor)
-    z -= z.max(axis=1, keepdims=True)
+    if lexical is not None and beta:
+        # Unranked routes get no lexical term: the same rule at fit and query time.
+        z[rows, columns] += beta * np.asarray(lexical, dtype=np.float64)
+    top = z.max(axis=1, keepdims=True)
+    z -= top
     probs = np.exp(z)
+    energy = np.log(probs[:, :n_routes].sum(axis=1)) + top[:, 0]
     probs /= probs.sum(axis=1, keepdims=True)
     ranked = probs[rows, columns]
     choice = ranked.argmax(axis=1)
-    return choice, ranked[np.arange(m), choice], ranked
+    return choice, ranked[np.arange(m), choice], ranked, energy
 
 
 @dataclass(frozen=True)
@@ -375,16 +499,35 @@ def decide(
     policy: DecisionPolicy,
     route_thresholds: Mapping[str, float | None],
     vector: NDArray[np.float32] | None = None,
+    *,
+    text: str | None = None,
+    lexical: LexicalView | None = None,
 ) -> RouteMatch:
     """Choose a route (or none) from one query's ranked route scores.
 
-    With a fitted head (and the query's ``vector``) the head decides among the
-    ranked routes; otherwise the best route must reach its threshold (and the
-    margin). ``vector`` is ``None`` in :meth:`~AdaptiveRouter.query_top_k`, which
-    judges each route by its threshold.
+    If the best-ranked route is the negative examples' route
+    (:data:`~synaptoroute.models.NEGATIVES_ROUTE`), the answer is no route (reason
+    ``negative_example``); otherwise that route is ignored. With a fitted head (and
+    the query's ``vector``) the head decides among the ranked routes (reading the
+    lexical scores of ``text`` from ``lexical`` when it is hybrid); otherwise the best
+    route must reach its threshold (and the margin). ``vector`` is ``None`` in
+    :meth:`~AdaptiveRouter.query_top_k`, which judges each route by its threshold.
     """
     if len(scores.route_ids) == 0:
         return empty_match("no_routes")
+    if NEGATIVES_ROUTE in snapshot.names:
+        first = snapshot.names[int(scores.route_ids[0])]
+        if first == NEGATIVES_ROUTE:
+            row = int(scores.nearest_rows[0])
+            return RouteMatch(
+                name=None,
+                score=float(scores.scores[0]),
+                reason="negative_example",
+                nearest_utterance=snapshot.texts[row] if row >= 0 else None,
+            )
+        scores = without_negatives(scores, snapshot)
+        if len(scores.route_ids) == 0:
+            return empty_match("no_routes")
     head = policy.head
     if head is not None and vector is not None:
         k = min(head.top_k, len(scores.route_ids))
@@ -392,7 +535,14 @@ def decide(
         columns = head.columns_of(names)
         # Routes the head never saw (changed by another replica) fall back to thresholds.
         if columns is not None:
-            return _decide_by_head(head, scores, snapshot, names, columns, vector)
+            lex = None
+            if head.beta and lexical is not None and text is not None:
+                positions = np.searchsorted(snapshot.live_routes, scores.route_ids[:k])
+                lex = lexical.scores(text)[positions]
+            knn = None
+            if head.needs_knn:
+                knn = np.array([knn_similarity(snapshot, vector)])
+            return _decide_by_head(head, scores, snapshot, names, columns, vector, lex, knn)
     best = snapshot.names[int(scores.route_ids[0])]
     assert best is not None
     score = float(scores.scores[0])
@@ -427,10 +577,13 @@ def _decide_by_head(
     names: list[str | None],
     columns: NDArray[np.int64],
     vector: NDArray[np.float32],
+    lexical: NDArray[np.float64] | None,
+    knn: NDArray[np.float64] | None,
 ) -> RouteMatch:
     k = len(names)
     sims = scores.scores[:k]
-    verdict = head.judge(vector[None, :], columns[None, :], sims[None, :])
+    lex = None if lexical is None else lexical[None, :]
+    verdict = head.judge(vector[None, :], columns[None, :], sims[None, :], lex, knn)
     pos = int(verdict.choice[0])
     accepted = bool(verdict.accepted[0])
     # The runner-up is the head's second choice among the ranked routes.
@@ -453,3 +606,28 @@ def _decide_by_head(
         confidence=float(verdict.confidence[0]),
         nearest_utterance=snapshot.texts[row] if row >= 0 else None,
     )
+
+
+def without_negatives(scores: RouteScores, snapshot: Snapshot) -> RouteScores:
+    """``scores`` without the negative examples' route (if it is among them)."""
+    keep = np.array(
+        [snapshot.names[int(r)] != NEGATIVES_ROUTE for r in scores.route_ids], dtype=bool
+    )
+    if keep.all():
+        return scores
+    return RouteScores(scores.route_ids[keep], scores.scores[keep], scores.nearest_rows[keep])
+
+
+def knn_similarity(snapshot: Snapshot, vector: NDArray[np.float32], k: int = KNN_K) -> float:
+    """Similarity of the k-th nearest live utterance to ``vector`` (Sun et al. 2022).
+
+    This scans every utterance row, so only the ``knn`` and ``combined`` scorers
+    pay for it.
+    """
+    sims = snapshot.matrix @ np.asarray(vector, dtype=np.float32)
+    live = np.repeat(snapshot.seg_route >= 0, snapshot.seg_ends - snapshot.seg_starts)
+    sims = sims[live]
+    if len(sims) == 0:
+        return -1.0
+    k = min(k, len(sims))
+    return float(np.partition(sims, len(sims) - k)[len(sims) - k])

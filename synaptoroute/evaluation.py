@@ -35,10 +35,13 @@ __all__ = [
     "Figures",
     "Misrouted",
     "RouteFigures",
+    "auroc",
     "evaluate_matches",
     "evaluate_router",
+    "expected_calibration_error",
     "figures",
     "label_indexes",
+    "oos_curve",
 ]
 
 #: Index of "no route" / "out of scope" in label and prediction arrays.
@@ -95,6 +98,62 @@ class Misrouted:
     reason: str
     runner_up: str | None
     runner_up_score: float | None
+
+
+def auroc(score: NDArray[np.floating], positive: NDArray[np.bool_]) -> float | None:
+    """Area under the ROC curve of ``score`` ranking ``positive`` rows above the others
+    (ties count half); ``None`` without both kinds of rows."""
+    values = np.asarray(score, dtype=np.float64)
+    n_pos = int(positive.sum())
+    n_neg = len(values) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(ordered)) + 1]
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)  # average 1-based ranks
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def oos_curve(
+    score: NDArray[np.floating], correct: NDArray[np.bool_], oos: NDArray[np.bool_]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """In-scope accuracy and out-of-scope recall at every cut of ``score``.
+
+    A row is routed (to its candidate) when its score is at least the cut.
+
+    Args:
+        score: each row's score (higher: more in scope).
+        correct: the row's candidate is its label.
+        oos: the row is out of scope.
+
+    Returns:
+        Cuts (increasing), in-scope accuracy and out-of-scope recall at each.
+    """
+    values = np.asarray(score, dtype=np.float64)
+    cuts = np.unique(values)
+    n_in, n_out = int((~oos).sum()), int(oos.sum())
+    right = np.sort(values[correct & ~oos])
+    outside = np.sort(values[oos])
+    in_acc = (len(right) - np.searchsorted(right, cuts, "left")) / max(n_in, 1)
+    recall = np.searchsorted(outside, cuts, "left") / max(n_out, 1)
+    return cuts, in_acc.astype(np.float64), recall.astype(np.float64)
+
+
+def expected_calibration_error(
+    confidence: NDArray[np.floating], correct: NDArray[np.bool_], bins: int = 10
+) -> float | None:
+    """Expected calibration error: the row-weighted mean gap between the mean
+    confidence and the share correct in equal-width confidence bins."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    if len(conf) == 0:
+        return None
+    which = np.minimum((conf * bins).astype(np.int64), bins - 1)
+    mean_conf = np.bincount(which, weights=conf, minlength=bins)
+    hits = np.bincount(which, weights=correct.astype(np.float64), minlength=bins)
+    return float(np.abs(mean_conf - hits).sum() / len(conf))
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -218,6 +277,44 @@ class EvaluationReport:
     confusion: NDArray[np.int64] = field(repr=False)  # (routes + none) x (routes + none)
     scores: NDArray[np.float64] = field(repr=False)  # RouteMatch.score of each row
     outcomes: NDArray[np.int8] = field(repr=False)  # 0 correct, 1 wrong, 2 out of scope
+    #: RouteMatch.confidence of each row (NaN where the router gave none).
+    confidences: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0), repr=False)
+    #: Whether each row's candidate (best route, passed or not) is its label.
+    candidate_correct: NDArray[np.bool_] = field(
+        default_factory=lambda: np.zeros(0, dtype=bool), repr=False
+    )
+    #: The router's cut: the head's confidence cut, or the default score threshold.
+    cut: float | None = None
+    #: What ``cut`` applies to: ``"confidence"`` or ``"score"``.
+    cut_on: str = "score"
+
+    @property
+    def ood_scores(self) -> NDArray[np.float64]:
+        """What the router judges scope by: the confidence where every row has one,
+        else the best route's score."""
+        conf = self.confidences
+        if len(conf) == len(self.scores) and len(conf) and not np.isnan(conf).any():
+            return conf
+        return self.scores
+
+    @property
+    def oos_auroc(self) -> float | None:
+        """AUROC of :attr:`ood_scores` separating in-scope from out-of-scope rows."""
+        return auroc(self.ood_scores, self.outcomes != 2)
+
+    @property
+    def ece(self) -> float | None:
+        """Expected calibration error of ``confidence`` (10 bins) against whether the
+        candidate was right; ``None`` if the router gives no confidence."""
+        conf = self.confidences
+        if len(conf) != len(self.scores) or not len(conf) or np.isnan(conf).any():
+            return None
+        return expected_calibration_error(conf, self.candidate_correct)
+
+    def oos_curve(self) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """In-scope accuracy and out-of-scope recall at every cut of
+        :attr:`ood_scores` (see :func:`oos_curve`)."""
+        return oos_curve(self.ood_scores, self.candidate_correct, self.outcomes == 2)
 
     @property
     def accuracy(self) -> float | None:
@@ -243,6 +340,10 @@ class EvaluationReport:
         """Everything but the confusion matrix and raw score arrays, JSON-ready."""
         return {
             **asdict(self.figures),
+            "oos_auroc": self.oos_auroc,
+            "ece": self.ece,
+            "cut": self.cut,
+            "cut_on": self.cut_on,
             "per_route": {name: asdict(f) for name, f in self.per_route.items()},
             "confused_pairs": [asdict(p) for p in self.confused_pairs],
             "misrouted": [asdict(m) for m in self.misrouted],
@@ -265,6 +366,8 @@ class EvaluationReport:
         ):
             value = getattr(f, key)
             lines.append(f"{key:18} {'-' if value is None else f'{value:.4f}'}")
+        for key, value in (("oos_auroc", self.oos_auroc), ("ece", self.ece), ("cut", self.cut)):
+            lines.append(f"{key:18} {'-' if value is None else f'{value:.4f}'}")
         if self.confused_pairs:
             lines.append("most confused (label -> predicted: count):")
             for p in self.confused_pairs[:10]:
@@ -272,8 +375,9 @@ class EvaluationReport:
         return "\n".join(lines)
 
     def plot(self, path: str | Path) -> Path:
-        """Write a PNG: a confusion heatmap and the score distributions of correct,
-        wrong and out-of-scope queries.
+        """Write a PNG: a confusion heatmap, the score distributions of correct,
+        wrong and out-of-scope queries, and (with out-of-scope rows) the in-scope
+        accuracy / out-of-scope recall curve with the router's cut marked.
 
         Raises:
             MissingDependencyError: matplotlib is not installed (extra ``plot``).
@@ -285,9 +389,14 @@ class EvaluationReport:
             msg = f"plotting needs matplotlib: {_PLOT_HINT}"
             raise MissingDependencyError(msg) from exc
         out = Path(path)
-        fig = Figure(figsize=(14, 6.5), dpi=110)
+        curve = self.figures.out_of_scope > 0 and self.figures.in_scope > 0
+        fig = Figure(figsize=(20 if curve else 14, 6.5), dpi=110)
         FigureCanvasAgg(fig)
-        ax_heat, ax_hist = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1]})
+        ratios = [1.15, 1, 1] if curve else [1.15, 1]
+        axes = fig.subplots(1, len(ratios), gridspec_kw={"width_ratios": ratios})
+        ax_heat, ax_hist = axes[0], axes[1]
+        if curve:
+            self._plot_curve(axes[2])
         ticks = [*self.routes, "(none)"]
         # Rows normalised by label count, so small routes are as visible as large ones.
         totals = self.confusion.sum(axis=1, keepdims=True)
@@ -325,6 +434,26 @@ class EvaluationReport:
         fig.tight_layout()
         fig.savefig(out, format="png")
         return out
+
+    def _plot_curve(self, ax: Any) -> None:
+        cuts, in_acc, recall = self.oos_curve()
+        ax.plot(recall, in_acc, color="tab:blue", label="every cut")
+        if self.cut is not None and self.cut_on == (
+            "confidence" if self.ood_scores is self.confidences else "score"
+        ):
+            at = int(np.clip(np.searchsorted(cuts, self.cut, "left"), 0, len(cuts) - 1))
+            ax.scatter(
+                [recall[at]],
+                [in_acc[at]],
+                color="tab:red",
+                zorder=3,
+                label=f"router's cut ({self.cut_on} {self.cut:.3f})",
+            )
+        auc = self.oos_auroc
+        ax.set_xlabel("out-of-scope recall")
+        ax.set_ylabel("in-scope accuracy")
+        ax.set_title(f"in scope / out of scope (AUROC {auc or 0:.3f})")
+        ax.legend(loc="lower left")
 
 
 def evaluate_matches(
@@ -404,6 +533,8 @@ def evaluate_matches(
         if y_true[i] != y_pred[i]
     ]
     outcomes = np.where(y_true == NONE, 2, np.where(y_true == y_pred, 0, 1)).astype(np.int8)
+    candidates = [m.candidate for m in matches]
+    y_cand = label_indexes([c if c in set(names) else None for c in candidates], names)
     return EvaluationReport(
         figures=headline,
         per_route=per_route,
@@ -413,6 +544,10 @@ def evaluate_matches(
         confusion=confusion,
         scores=np.array([m.score for m in matches], dtype=np.float64),
         outcomes=outcomes,
+        confidences=np.array(
+            [np.nan if m.confidence is None else m.confidence for m in matches], dtype=np.float64
+        ),
+        candidate_correct=(y_cand == y_true) & (y_true != NONE),
     )
 
 
@@ -442,4 +577,10 @@ def evaluate_router(
     matches: list[RouteMatch] = []
     for start in range(0, len(texts), batch_size):
         matches.extend(router.query_batch(list(texts[start : start + batch_size])))
-    return evaluate_matches(texts, labels, matches, names, top_pairs=top_pairs)
+    report = evaluate_matches(texts, labels, matches, names, top_pairs=top_pairs)
+    head = router.policy.head
+    if head is not None:
+        report.cut, report.cut_on = head.cut, "confidence"
+    else:
+        report.cut, report.cut_on = router.policy.threshold, "score"
+    return report

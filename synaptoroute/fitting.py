@@ -30,34 +30,41 @@ import time
 import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .decision import (
+    KNN_K,
     Calibrator,
     DecisionPolicy,
     LinearHead,
     head_choice,
+    mahalanobis_score,
+    scorer_features,
     threshold_verdicts,
 )
-from .evaluation import NONE, Figures, check_labelled, figures, label_indexes
+from .evaluation import NONE, Figures, auroc, check_labelled, figures, label_indexes
 from .exceptions import InvalidInputError, MissingDependencyError
 from .index import Snapshot
-from .models import SCORE_MIN, Route
+from .models import NEGATIVES_ROUTE, SCORE_MIN, Route
 
 if TYPE_CHECKING:
     from .router import AdaptiveRouter
 
 __all__ = ["FitReport", "Objective", "fit_router", "routes_from_labelled"]
 
-Objective = Literal["accuracy", "macro_f1", "oos_recall"]
-_OBJECTIVES = ("accuracy", "macro_f1", "oos_recall")
+Objective = Literal["auto", "balanced", "accuracy", "macro_f1", "oos_recall"]
+_OBJECTIVES = ("auto", "balanced", "accuracy", "macro_f1", "oos_recall")
 _FIT_HINT = "pip install 'synaptoroute[fit]'"
 #: Weights of the similarity score in the head's logits, tried on held-out data.
 _ALPHAS = (0.0, 2.5, 5.0, 10.0, 20.0, 40.0)
+#: Weights of the lexical score in the head's logits (0: dense only), tried likewise.
+_BETAS = (0.0, 2.5, 5.0, 10.0, 20.0)
+#: Shrinkage of the shared covariance towards a multiple of the identity (Mahalanobis).
+_SHRINK = 0.05
 #: Quantiles of the occurring top-1/top-2 gaps tried as the ambiguity margin.
 _MARGIN_QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.2)
 # A cut above all (or below all) of a segment's values sits this far beyond them.
@@ -390,6 +397,13 @@ def _search(
     oos = (t == NONE).astype(np.float64)
     if objective == "accuracy":
         return finish(_best_per_segment(_segment_cumsum(right - oos, starts, n), starts, ends, n))
+    if objective == "balanced":
+        # (1 - share) * in-scope accuracy + share * out-of-scope recall is accuracy
+        # with each in-scope row weighted (1 - share) / n_in, each other share / n_oos.
+        n_in = max(int((y != NONE).sum()), 1)
+        n_out = max(int((y == NONE).sum()), 1)
+        gain = _segment_cumsum((1 - target) * right / n_in - target * oos / n_out, starts, n)
+        return finish(_best_per_segment(gain, starts, ends, n))
     if objective == "oos_recall":
         total_oos = int((y == NONE).sum())
         if total_oos == 0:
@@ -471,6 +485,10 @@ def _global_f1(
 def _objective_value(fig: Figures, objective: Objective, target: float) -> float:
     if objective == "accuracy":
         return fig.accuracy or 0.0
+    if objective == "balanced":  # target: the out-of-scope share
+        if fig.oos_recall is None:
+            return fig.in_scope_accuracy or 0.0
+        return (1 - target) * (fig.in_scope_accuracy or 0.0) + target * fig.oos_recall
     if objective == "macro_f1":
         return fig.macro_f1 or 0.0
     # In-scope accuracy, minus any shortfall from the target recall.
@@ -487,6 +505,8 @@ class _Scored:
     top_vals: NDArray[np.float32]  # (n, K)
     y: NDArray[np.int64]
     n_routes: int
+    lex: NDArray[np.float64] | None = None  # (n_labelled, K) lexical scores of the ranked
+    knn: NDArray[np.float64] | None = None  # (n_labelled,) k-th nearest utterance similarity
 
     @property
     def s1(self) -> NDArray[np.float64]:
@@ -601,6 +621,10 @@ def _platt(x: NDArray[np.float64], y: NDArray[np.float64], logit_input: bool) ->
     if logit_input:
         p = np.clip(x, 1e-9, 1 - 1e-9)
         x = np.log(p / (1 - p))
+    # Newton's method on standardised inputs (scores such as Mahalanobis distances
+    # span hundreds); the result is mapped back to the raw scale at the end.
+    mu, sd = float(x.mean()), float(x.std()) or 1.0
+    x = (x - mu) / sd
     n_pos, n_neg = float(y.sum()), float(len(y) - y.sum())
     target = np.where(y > 0, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
     a, b = 1.0, 0.0
@@ -617,7 +641,7 @@ def _platt(x: NDArray[np.float64], y: NDArray[np.float64], logit_input: bool) ->
         a, b = a - float(step[0]), b - float(step[1])
         if float(np.abs(step).max()) < 1e-10:
             break
-    return Calibrator("platt", (a, b), (), logit_input)
+    return Calibrator("platt", (a / sd, b - a * mu / sd), (), logit_input)
 
 
 def _calibrate(
@@ -698,18 +722,228 @@ def _folds(y: NDArray[np.int64], k: int, seed: int) -> NDArray[np.int64]:
 @dataclass
 class _HeadFit:
     alpha: float
+    beta: float
+    scorer: str
     calibrator: Calibrator
     cut: float
     pred: NDArray[np.int64]  # held-out predictions on the labelled rows
-    value: float
+    value: float  # the objective at the best single cut of the pooled held-out values
+    scorers: dict[str, dict[str, Any]]  # each scorer's held-out figures
+    ood: dict[str, NDArray[np.float32]]  # the chosen scorer's parameters (filled later)
+    center: NDArray[np.float64] | None = None  # the combination's standardisation
+    scale: NDArray[np.float64] | None = None
+    combination: NDArray[np.float64] | None = None
 
 
 def _head_pred(
-    logits: NDArray[np.float64], data: _Scored, rows: NDArray[np.intp], k: int, alpha: float
-) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    logits: NDArray[np.float64],
+    data: _Scored,
+    rows: NDArray[np.intp],
+    k: int,
+    alpha: float,
+    beta: float = 0.0,
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Candidate route, its probability, the energy and the candidate's similarity."""
     cols = data.top_ids[rows, :k]
-    choice, raw, _ = head_choice(logits, cols, data.top_vals[rows, :k], alpha, data.n_routes)
-    return cols[np.arange(len(rows)), choice], raw
+    sims = data.top_vals[rows, :k]
+    lex = None if data.lex is None or not beta else data.lex[rows, :k]
+    choice, raw, _, energy = head_choice(logits, cols, sims, alpha, data.n_routes, lex, beta)
+    pick = np.arange(len(rows))
+    return cols[pick, choice], raw, energy, sims[pick, choice].astype(np.float64)
+
+
+def _mahalanobis_fit(
+    x: NDArray[np.float32], y: NDArray[np.int64], n_routes: int
+) -> dict[str, NDArray[np.float32]]:
+    """Route means and a shared, shrunk precision matrix (Podolskiy et al. 2021)."""
+    keep = y != NONE
+    xs = x[keep].astype(np.float64)
+    ys = y[keep]
+    counts = np.bincount(ys, minlength=n_routes).astype(np.float64)
+    sums = np.zeros((n_routes, x.shape[1]))
+    np.add.at(sums, ys, xs)
+    means = sums / np.maximum(counts, 1.0)[:, None]
+    centred = xs - means[ys]
+    cov = centred.T @ centred / max(len(xs) - 1, 1)
+    # Shrinking towards the mean variance keeps the inverse stable with few rows.
+    cov = (1 - _SHRINK) * cov + _SHRINK * float(np.trace(cov)) / len(cov) * np.eye(len(cov))
+    precision = np.linalg.inv(cov)
+    projected = precision @ means.T
+    terms = np.einsum("ij,ji->i", means, projected)
+    # A route with no rows here can never be the nearest mean.
+    terms[counts == 0] = np.inf
+    return {
+        "precision": precision.astype(np.float32),
+        "projected_means": projected.astype(np.float32),
+        "mean_terms": terms.astype(np.float32),
+    }
+
+
+def _knn_loo(
+    snapshot: Snapshot, layout: _Layout, vectors: NDArray[np.float32], texts: Sequence[str]
+) -> NDArray[np.float64]:
+    """The k-th nearest live utterance's similarity of each text, its own rows left out."""
+    live = np.flatnonzero(layout.row_pos >= 0)
+    matrix = snapshot.matrix[live]
+    where = np.full(len(layout.row_pos), -1, dtype=np.int64)
+    where[live] = np.arange(len(live))
+    out = np.full(len(texts), -1.0)
+    kk = min(KNN_K, len(live))
+    if kk == 0:
+        return out
+    for start in range(0, len(texts), _CHUNK):
+        stop = min(start + _CHUNK, len(texts))
+        sims = vectors[start:stop] @ matrix.T
+        for i in range(start, stop):
+            for row in layout.text_rows.get(texts[i], ()):
+                if where[row] >= 0:
+                    sims[i - start, where[row]] = -np.inf
+        top = np.partition(sims, len(live) - kk, axis=1)[:, len(live) - kk]
+        out[start:stop] = np.where(np.isfinite(top), top, -1.0)
+    return out
+
+
+def _logistic(x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.float64]:
+    """L2-regularised logistic regression by Newton's method; weights then bias."""
+    design = np.c_[x, np.ones(len(x))]
+    w = np.zeros(design.shape[1])
+    ridge = np.eye(len(w)) * 1e-2
+    ridge[-1, -1] = 0.0
+    for _ in range(50):
+        p = 0.5 * (1.0 + np.tanh(0.5 * (design @ w)))
+        grad = design.T @ (p - y) + ridge @ w
+        hess = (design * (p * (1 - p) + 1e-9)[:, None]).T @ design + ridge + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if float(np.abs(step).max()) < 1e-8:
+            break
+    return w
+
+
+def _held_out_cuts(
+    conf: NDArray[np.float64],
+    cand: NDArray[np.int64],
+    y: NDArray[np.int64],
+    fold: NDArray[np.int64],
+    folds: int,
+    n_routes: int,
+    objective: Objective,
+    target: float,
+) -> NDArray[np.int64]:
+    """Predictions where each fold's rows are cut at a value chosen on the other folds
+    (their out-of-scope rows included), so no row judges the cut it chose."""
+    zeros = np.zeros(len(y), dtype=np.int64)
+    nowhere = np.full(len(y), NONE, dtype=np.int64)
+    pred = np.empty(len(y), dtype=np.int64)
+    for f in range(folds):
+        test = fold == f
+        if not test.any():
+            continue
+        part = _search(conf, cand, y, ~test, nowhere, zeros, 1, n_routes, objective, target, False)
+        pred[test] = np.where(conf[test] >= part.cut[0], cand[test], NONE)
+    return pred
+
+
+def _pooled_cut(
+    conf: NDArray[np.float64],
+    cand: NDArray[np.int64],
+    y: NDArray[np.int64],
+    n_routes: int,
+    objective: Objective,
+    target: float,
+) -> tuple[float, float]:
+    """The objective at the best single cut of all rows, and that cut."""
+    zeros = np.zeros(len(y), dtype=np.int64)
+    nowhere = np.full(len(y), NONE, dtype=np.int64)
+    everywhere = np.ones(len(y), dtype=bool)
+    whole = _search(
+        conf, cand, y, everywhere, nowhere, zeros, 1, n_routes, objective, target, False
+    )
+    value = _objective_value(figures(y, whole.pred, n_routes), objective, target)
+    cut = float(whole.cut[0]) if np.isfinite(whole.cut[0]) else 1.0 + _BEYOND
+    return value, cut
+
+
+def _choose_head(
+    oof: NDArray[np.float64],
+    data: _Scored,
+    rows: NDArray[np.intp],
+    fold: NDArray[np.int64],
+    folds: int,
+    k: int,
+    objective: Objective,
+    target: float,
+    calibration: str,
+    maha: NDArray[np.float64] | None,
+    betas: Sequence[float],
+) -> _HeadFit:
+    """Pick ``alpha`` and ``beta``, then the out-of-scope scorer, on held-out logits.
+
+    ``alpha`` and ``beta`` are chosen by the objective at the best single cut of the
+    pooled held-out probabilities. Each scorer is then judged by held-out
+    predictions: each fold's rows are cut at a value chosen on the other folds, so
+    the out-of-scope rows a cut is judged on were not used to choose it (the
+    ``combined`` scorer's weights are also learned without the fold). The scorer
+    with the best held-out objective wins; ``max_prob`` wins ties.
+    """
+    y = data.y[rows]
+    n_routes = data.n_routes
+    # Platt keeps the order of the raw values, so a cut on the confidence is as fine
+    # as a cut on the raw value; isotonic steps would tie many rows.
+    kind = "platt" if calibration == "auto" else calibration
+    best: tuple[float, float, float] | None = None
+    for alpha in _ALPHAS:
+        for beta in betas:
+            cand, raw, _, _ = _head_pred(oof, data, rows, k, alpha, beta)
+            conf = _calibrate(raw, cand == y, kind, True)(raw)
+            value, _ = _pooled_cut(conf, cand, y, n_routes, objective, target)
+            if best is None or value > best[0] + 1e-12:
+                best = (value, alpha, beta)
+    assert best is not None
+    _, alpha, beta = best
+    cand, prob, energy, nearest = _head_pred(oof, data, rows, k, alpha, beta)
+    raws: dict[str, NDArray[np.float64]] = {"max_prob": prob, "energy": energy, "nearest": nearest}
+    if maha is not None:
+        raws["mahalanobis"] = maha
+    if data.knn is not None:
+        raws["knn"] = data.knn[rows]
+    center = scale = combination = None
+    if len(raws) == 5 and 0 < int((cand == y).sum()) < len(y):
+        feats = scorer_features(prob, energy, nearest, raws["mahalanobis"], raws["knn"])
+        center, scale = feats.mean(axis=0), feats.std(axis=0) + 1e-9
+        z = (feats - center) / scale
+        good = (cand == y).astype(np.float64)
+        combined = np.empty(len(y))
+        for f in range(folds):
+            test = fold == f
+            if test.any() and (~test).any():
+                w = _logistic(z[~test], good[~test])
+                combined[test] = z[test] @ w[:-1] + w[-1]
+        raws["combined"] = combined
+        combination = _logistic(z, good)
+    chosen: tuple[float, str, Calibrator, NDArray[np.int64]] | None = None
+    report: dict[str, dict[str, Any]] = {}
+    for scorer, raw in raws.items():
+        calibrator = _calibrate(raw, cand == y, kind, scorer == "max_prob")
+        conf = calibrator(raw)
+        pred = _held_out_cuts(conf, cand, y, fold, folds, n_routes, objective, target)
+        held = figures(y, pred, n_routes)
+        value = _objective_value(held, objective, target)
+        report[scorer] = {
+            "objective": value,
+            "in_scope_accuracy": held.in_scope_accuracy,
+            "oos_recall": held.oos_recall,
+            "oos_auroc": auroc(raw, y != NONE),
+        }
+        if chosen is None or value > chosen[0] + 1e-12:
+            chosen = (value, scorer, calibrator, pred)
+    assert chosen is not None
+    _, scorer, calibrator, pred = chosen
+    conf = calibrator(raws[scorer])
+    value, cut = _pooled_cut(conf, cand, y, n_routes, objective, target)
+    return _HeadFit(
+        alpha, beta, scorer, calibrator, cut, pred, value, report, {}, center, scale, combination
+    )
 
 
 # -- the fit ------------------------------------------------------------------------------
@@ -718,9 +952,11 @@ def fit_router(
     texts: Sequence[str],
     labels: Sequence[str | None],
     *,
-    objective: Objective = "accuracy",
+    objective: Objective = "auto",
     target_oos_recall: float = 0.9,
+    oos_share: float = 0.2,
     head: bool | Literal["auto"] = "auto",
+    hybrid: bool | Literal["auto"] = "auto",
     per_route: bool | Literal["auto"] = "auto",
     margin: bool = True,
     calibration: Literal["auto", "isotonic", "platt"] = "auto",
@@ -737,13 +973,23 @@ def fit_router(
         router: the router; its routes must exist (labels name them).
         texts: example queries.
         labels: the route each should go to; ``None`` for a query that fits no route.
-        objective: ``"accuracy"`` (all rows, a rejected out-of-scope row counts as
-            right), ``"macro_f1"`` (mean F1 over routes), or ``"oos_recall"`` (best
-            in-scope accuracy while rejecting at least ``target_oos_recall`` of the
-            out-of-scope rows; needs rows labelled ``None``).
+        objective: ``"auto"`` (the default: ``"balanced"`` when some labels are
+            ``None``, else ``"accuracy"``), ``"balanced"`` (the accuracy expected
+            when ``oos_share`` of the traffic is out of scope:
+            ``(1 - oos_share) * in-scope accuracy + oos_share * out-of-scope
+            recall``, whatever the share of ``None`` labels), ``"accuracy"`` (all rows, a rejected
+            out-of-scope row counts as right), ``"macro_f1"`` (mean F1 over routes),
+            or ``"oos_recall"`` (best in-scope accuracy while rejecting at least
+            ``target_oos_recall`` of the out-of-scope rows; needs rows labelled
+            ``None``).
         target_oos_recall: the recall ``"oos_recall"`` must reach.
+        oos_share: the share of out-of-scope traffic ``"balanced"`` assumes (0.2: about
+            CLINC150's test split, 1,000 of 5,500 queries; 0.5 is the plain mean).
         head: ``"auto"`` trains a head and uses it if it does better on held-out
             data; ``True`` uses it regardless; ``False`` fits thresholds only.
+        hybrid: add the lexical score (:mod:`synaptoroute.lexical`) to the head's
+            logits: ``"auto"`` if it does better on held-out data, ``True`` always
+            (the best positive weight), ``False`` never.
         per_route: one threshold per route (``True``), a single one (``False``), or
             whichever does better on held-out data (``"auto"``).
         margin: also search the ambiguity margin (top-1 minus top-2).
@@ -770,6 +1016,9 @@ def fit_router(
     if objective not in _OBJECTIVES:
         msg = f"objective must be one of {_OBJECTIVES}, got {objective!r}"
         raise InvalidInputError(msg)
+    if not 0.0 < oos_share < 1.0:
+        msg = f"oos_share must be in (0, 1), got {oos_share!r}"
+        raise InvalidInputError(msg)
     if not 0.0 < target_oos_recall <= 1.0:
         msg = f"target_oos_recall must be in (0, 1], got {target_oos_recall!r}"
         raise InvalidInputError(msg)
@@ -792,9 +1041,22 @@ def fit_router(
         if n_routes == 0:
             msg = "the router has no routes to fit; add routes first"
             raise InvalidInputError(msg)
+        # The negative examples' route is no class: its utterances are out-of-scope rows.
+        keep_cols = np.array([i for i, name in enumerate(names) if name != NEGATIVES_ROUTE])
+        remap = np.full(len(names) + 1, NONE, dtype=np.int64)
+        remap[keep_cols] = np.arange(len(keep_cols))
+        names = [names[i] for i in keep_cols.tolist()]
+        n_routes = len(names)
+        if n_routes == 0:
+            msg = "the router has no routes to fit; add routes first"
+            raise InvalidInputError(msg)
         y_fit = label_indexes(labels, names)
         n = len(texts)
         n_oos = int((y_fit == NONE).sum())
+        if objective == "auto":
+            objective = "balanced" if n_oos else "accuracy"
+        # The searches take one number: the recall to reach, or the out-of-scope share.
+        target = oos_share if objective == "balanced" else target_oos_recall
         if objective == "oos_recall" and n_oos == 0:
             msg = "objective 'oos_recall' needs out-of-scope rows (label None)"
             raise InvalidInputError(msg)
@@ -817,7 +1079,7 @@ def fit_router(
                 int(rows[0]) for text, rows in layout.text_rows.items() if text not in seen
             ]
         all_texts = fit_texts + [snapshot.texts[r] for r in extra_rows]
-        y_all = np.concatenate([y_fit, layout.row_pos[np.array(extra_rows, dtype=np.int64)]])
+        y_all = np.concatenate([y_fit, remap[layout.row_pos[np.array(extra_rows, dtype=np.int64)]]])
         vectors = np.empty((len(all_texts), router.encoder.dimension), dtype=np.float32)
         missing = [i for i, t in enumerate(fit_texts) if t not in layout.text_rows]
         reused = [i for i in range(len(all_texts)) if i >= n or fit_texts[i] in layout.text_rows]
@@ -832,10 +1094,32 @@ def fit_router(
         k = min(max(2, top_k), n_routes)
         old = router.policy
         k_rank = min(max(k, old.ranked_k), n_routes)
-        scores = _route_scores(snapshot, layout, vectors, all_texts)
+        scores_all = _route_scores(snapshot, layout, vectors, all_texts)
+        scores = scores_all[:, keep_cols]
+        # Rows a negative example outranks every route for are rejected at query time.
+        blocked = np.zeros(n, dtype=bool)
+        if len(keep_cols) < scores_all.shape[1]:
+            neg = int(np.setdiff1d(np.arange(scores_all.shape[1]), keep_cols)[0])
+            blocked = scores_all[:n, neg] >= scores[:n].max(axis=1)
         top_ids, top_vals = _rank(scores, k_rank)
         data = _Scored(top_ids, top_vals, y_all, n_routes)
         seconds["score"] = time.perf_counter() - t0
+        if want_head:
+            t0 = time.perf_counter()
+            data.knn = _knn_loo(snapshot, layout, vectors[:n], fit_texts)
+            seconds["knn"] = time.perf_counter() - t0
+            if hybrid is not False:
+                t0 = time.perf_counter()
+                view = router._lexical.view(snapshot)
+                lex_all = view.scores_many(fit_texts)
+                own = np.array(
+                    [layout.row_pos[layout.text_rows[t][0]] if t in layout.text_rows else -1
+                     for t in fit_texts],
+                    dtype=np.int64,
+                )  # fmt: skip
+                lex = view.leave_one_out(lex_all, own)[:, keep_cols]
+                data.lex = np.take_along_axis(lex, top_ids[:n], axis=1)
+                seconds["lexical"] = time.perf_counter() - t0
 
         fit_rows = np.arange(n, dtype=np.intp)
         fold_all = _folds(y_all, folds, seed)
@@ -848,7 +1132,7 @@ def fit_router(
             ]
         )  # fmt: skip
         before_pred = _policy_predictions(old, data, fit_rows, names, fixed, vectors[:n])
-        before = figures(y_fit, before_pred, n_routes)
+        before = figures(y_fit, np.where(blocked, NONE, before_pred), n_routes)
 
         # Threshold candidates, judged on held-out folds.
         t0 = time.perf_counter()
@@ -870,16 +1154,16 @@ def fit_router(
                 if len(test) == 0:
                     continue
                 part = _fit_thresholds(
-                    data, train, fixed, objective, target_oos_recall, mode, min_support, margins
+                    data, train, fixed, objective, target, mode, min_support, margins
                 )
                 pred[test] = _threshold_predictions(data, test, part, fixed)
                 slack[test] = _slack(data, test, part, fixed)
             held[key] = pred
             candidates[key] = _candidate(
-                slack, data.top_ids[:n, 0], y_fit, pred, n_routes, objective, target_oos_recall
+                slack, data.top_ids[:n, 0], y_fit, pred, n_routes, objective, target
             )
             fits[key] = _fit_thresholds(
-                data, fit_rows, fixed, objective, target_oos_recall, mode, min_support, margins
+                data, fit_rows, fixed, objective, target, mode, min_support, margins
             )
         best_key = max(fits, key=lambda key: candidates[key]["objective"])
         chosen = fits[best_key]
@@ -897,6 +1181,7 @@ def fit_router(
             cols_all = np.where(y_all == NONE, n_routes, y_all)
             dim = vectors.shape[1]
             oof = np.zeros((len(y_all), n_cols))
+            maha = np.zeros(n)
             solutions = []
             for f in range(folds):
                 train = fold_all != f
@@ -909,13 +1194,27 @@ def fit_router(
                 w = theta[: dim * n_cols].reshape(dim, n_cols)
                 b = theta[dim * n_cols :]
                 oof[~train] = vectors[~train].astype(np.float64) @ w + b
+                test = np.flatnonzero(~train[:n])
+                params = _mahalanobis_fit(vectors[train], y_all[train], n_routes)
+                maha[test] = mahalanobis_score(
+                    vectors[test],
+                    params["precision"],
+                    params["projected_means"],
+                    params["mean_terms"],
+                )
+            betas = {"auto": _BETAS, True: _BETAS[1:], False: (0.0,)}[hybrid]
             head_fit = _choose_head(
-                oof[:n], data, fit_rows, fold, folds, k, objective, target_oos_recall, calibration
-            )
+                oof[:n], data, fit_rows, fold, folds, k, objective, target,
+                calibration, maha, betas,
+            )  # fmt: skip
             candidates["head"] = {
                 "objective": head_fit.value,
                 "held_out": asdict(figures(y_fit, head_fit.pred, n_routes)),
                 "alpha": head_fit.alpha,
+                "beta": head_fit.beta,
+                "features": "dense+lexical" if head_fit.beta else "dense",
+                "scorer": head_fit.scorer,
+                "scorers": head_fit.scorers,
             }
             use_head = head is True or head_fit.value > candidates[best_key]["objective"] + 1e-9
             if use_head:
@@ -923,6 +1222,15 @@ def fit_router(
                 # are on the scale the calibrator and the cut were fitted on, and it
                 # saves a fit.
                 theta = np.mean(solutions, axis=0)
+                ood: dict[str, NDArray[np.float32]] = {}
+                if head_fit.scorer in ("mahalanobis", "combined"):
+                    ood.update(_mahalanobis_fit(vectors, y_all, n_routes))
+                if head_fit.scorer == "combined":
+                    assert head_fit.combination is not None
+                    assert head_fit.center is not None and head_fit.scale is not None
+                    ood["combination"] = head_fit.combination.astype(np.float32)
+                    ood["center"] = head_fit.center.astype(np.float32)
+                    ood["scale"] = head_fit.scale.astype(np.float32)
                 final_head = LinearHead(
                     classes=tuple(names),
                     weights=theta[: dim * n_cols].reshape(dim, n_cols).astype(np.float32),
@@ -933,6 +1241,9 @@ def fit_router(
                     cut=head_fit.cut,
                     calibrator=head_fit.calibrator,
                     model_id=router.model.model_id,
+                    beta=head_fit.beta,
+                    scorer=head_fit.scorer,
+                    ood=ood,
                 )
             seconds["head"] = time.perf_counter() - t0
 
@@ -945,15 +1256,34 @@ def fit_router(
             info={
                 "objective": objective,
                 "target_oos_recall": target_oos_recall if objective == "oos_recall" else None,
+                "oos_share": oos_share if objective == "balanced" else None,
                 "decision": "head" if final_head is not None else best_key,
+                "features": "dense+lexical" if final_head is not None and final_head.beta
+                else "dense",
+                "scorer": final_head.scorer if final_head is not None else "similarity",
                 "rows": n,
                 "fitted_at": time.time(),
             },
-        )
+        )  # fmt: skip
         after_pred = (
             head_fit.pred if final_head is not None and head_fit is not None else held[best_key]
         )
-        after = figures(y_fit, after_pred, n_routes)
+        after = figures(y_fit, np.where(blocked, NONE, after_pred), n_routes)
+        unfitted = old.head is None and not old.thresholds and "fitted_at" not in old.info
+        worse = _objective_value(after, objective, target) < _objective_value(
+            before, objective, target
+        )
+        if unfitted and worse:
+            # Few rows can make every fitted candidate worse than the defaults on held-out
+            # rows; then the fit changes nothing (the defaults are judged without fitting).
+            notes.append(
+                "no fitted candidate beat the current policy on held-out rows; it was kept"
+            )
+            # The confidence calibrator changes no decision, so it is still installed.
+            info = {**new_policy.info, "decision": "unchanged", "features": "dense"}
+            new_policy = replace(old, calibrator=sim_calibrator, info=info)
+            final_head = None
+            after = before
         changed = _threshold_changes(old, new_policy, names, fixed)
         router.set_policy(new_policy)
 
@@ -975,6 +1305,9 @@ def fit_router(
             "cut": final_head.cut,
             "top_k": final_head.top_k,
             "has_oos_class": final_head.has_oos,
+            "beta": final_head.beta,
+            "features": "dense+lexical" if final_head.beta else "dense",
+            "scorer": final_head.scorer,
             "calibration": final_head.calibrator.kind,
             "training_rows": len(y_all),
         }
@@ -1017,56 +1350,6 @@ def _fit_threads(router: AdaptiveRouter, rows: int, head: bool) -> AbstractConte
         size = max(len(router._index), rows)
         threads = 1 if size < _BLAS_PARALLEL_ROWS else (os.cpu_count() or 1)
     return threadpool_limits(limits=threads, user_api="blas")  # type: ignore[no-any-return]
-
-
-def _choose_head(
-    oof: NDArray[np.float64],
-    data: _Scored,
-    rows: NDArray[np.intp],
-    fold: NDArray[np.int64],
-    folds: int,
-    k: int,
-    objective: Objective,
-    target: float,
-    calibration: str,
-) -> _HeadFit:
-    """Pick ``alpha``, calibrate and cut on held-out logits.
-
-    ``alpha`` is chosen by the objective at the best single cut of the pooled
-    held-out confidences; the predictions kept for the report use, for each fold, a
-    cut fitted on the other folds.
-    """
-    y = data.y[rows]
-    n_routes = data.n_routes
-    best: tuple[float, float, Calibrator, NDArray[np.float64], NDArray[np.int64], float] | None
-    best = None
-    zeros = np.zeros(len(rows), dtype=np.int64)
-    nowhere = np.full(len(rows), NONE, dtype=np.int64)
-    everywhere = np.ones(len(rows), dtype=bool)
-    # Platt keeps the order of the raw probabilities, so a cut on the confidence is
-    # as fine as a cut on the raw value; isotonic steps would tie many rows.
-    kind = "platt" if calibration == "auto" else calibration
-    for alpha in _ALPHAS:
-        cand, raw = _head_pred(oof, data, rows, k, alpha)
-        calibrator = _calibrate(raw, cand == y, kind, True)
-        conf = calibrator(raw)
-        whole = _search(
-            conf, cand, y, everywhere, nowhere, zeros, 1, n_routes, objective, target, False
-        )
-        value = _objective_value(figures(y, whole.pred, n_routes), objective, target)
-        if best is None or value > best[0] + 1e-12:
-            cut = float(whole.cut[0]) if np.isfinite(whole.cut[0]) else 1.0 + _BEYOND
-            best = (value, alpha, calibrator, conf, cand, cut)
-    assert best is not None
-    value, alpha, calibrator, conf, cand, cut = best
-    pred = np.empty(len(rows), dtype=np.int64)
-    for f in range(folds):
-        test = fold == f
-        if not test.any():
-            continue
-        part = _search(conf, cand, y, ~test, nowhere, zeros, 1, n_routes, objective, target, False)
-        pred[test] = np.where(conf[test] >= part.cut[0], cand[test], NONE)
-    return _HeadFit(alpha, calibrator, cut, pred, value)
 
 
 def _slack(
@@ -1131,7 +1414,11 @@ def _policy_predictions(
     if column_of is None:  # the head does not know every route: thresholds decide
         return pred
     cols = column_of[data.top_ids[rows, :k]]
-    verdict = head.judge(vectors, cols, data.top_vals[rows, :k])
+    lex = None if data.lex is None else data.lex[rows, :k]
+    knn = None if data.knn is None else data.knn[rows]
+    if head.needs_knn and knn is None:
+        return pred
+    verdict = head.judge(vectors, cols, data.top_vals[rows, :k], lex, knn)
     chosen = data.top_ids[rows, :k][np.arange(len(rows)), verdict.choice]
     out: NDArray[np.int64] = np.where(verdict.accepted, chosen, NONE).astype(np.int64)
     return out

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["MatchReason", "Route", "RouteMatch"]
+__all__ = ["NEGATIVES_ROUTE", "MatchReason", "Route", "RouteMatch"]
 
 #: Why a :class:`RouteMatch` came out as it did.
 MatchReason = Literal[
@@ -16,7 +16,13 @@ MatchReason = Literal[
     "empty_query",  # the query was empty or whitespace only; the model was not called
     "no_routes",  # the router holds no routes
     "rejected_by_head",  # a fitted head placed the query out of scope
+    "negative_example",  # a negative example (add_negatives) was nearer than every route
 ]
+
+#: The reserved route that holds the negative examples (texts that must route nowhere).
+#: It is stored like a route, so every storage back end and replica keeps it, but it is
+#: never returned as a match and is hidden from the route listings.
+NEGATIVES_ROUTE = "__negatives__"
 
 SCORE_MIN = -1.0
 SCORE_MAX = 1.0

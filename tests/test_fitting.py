@@ -126,7 +126,7 @@ def test_fit_repairs_a_misset_threshold(
     before = router.evaluate(val_texts, val_labels)
     assert before.accuracy is not None and before.accuracy < 0.3
 
-    report = router.fit(*split(clinc_train), head=False)
+    report = router.fit(*split(clinc_train), head=False, objective="accuracy")
 
     assert isinstance(report, FitReport)
     assert report.decision == "thresholds"

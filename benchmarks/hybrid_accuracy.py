@@ -1,0 +1,183 @@
+"""Routing accuracy 2 (issue 13): hybrid lexical + dense routing and out-of-scope scorers.
+
+Routes and the fit come from train, figures from val (``../shared/data``), the bundled
+model, **default** ``fit()`` arguments unless a row says otherwise. Every text is
+encoded once (``PrecomputedEncoder``), so rows differ only in decisions.
+
+Sections (``--only`` picks some):
+
+* ``main``: CLINC150, BANKING77, SNIPS: default fit (hybrid auto) vs ``hybrid=False``
+  (dense only), and scikit-learn ``LogisticRegression`` on the same embeddings
+  (C=10, the head's regularisation; no out-of-scope handling beyond a class);
+  for CLINC150 the fit report's held-out figures of every out-of-scope scorer.
+* ``few``: CLINC150 with 10 utterances per intent (the first 10, and a seeded random
+  10), fitted on those rows, before and after fitting.
+* ``folds``: CLINC150 train+val in 5 stratified folds; each fold's rows (its
+  out-of-scope rows included) are unseen by the fit that is judged on them.
+
+Usage::
+
+    python benchmarks/hybrid_accuracy.py --cache /tmp/sr-cache [--only main few folds]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from common import (
+    Example,
+    PrecomputedEncoder,
+    add_data_argument,
+    encode_cached,
+    load_split,
+    machine_info,
+)
+
+from synaptoroute.encoder import Encoder
+from synaptoroute.fitting import routes_from_labelled
+from synaptoroute.router import AdaptiveRouter
+
+
+def shared_encoder(rows: Sequence[Example], cache: str | None) -> PrecomputedEncoder:
+    """Encode every distinct text once with the bundled model."""
+    encoder = Encoder()
+    texts = sorted({r.text for r in rows})
+    vectors = encode_cached(encoder, texts, cache)
+    return PrecomputedEncoder(encoder.model_id, dict(zip(texts, vectors, strict=True)))
+
+
+def figures_of(router: AdaptiveRouter, rows: Sequence[Example]) -> dict[str, Any]:
+    report = router.evaluate([r.text for r in rows], [r.label for r in rows])
+    f = report.figures
+    return {
+        "in_scope": f.in_scope_accuracy,
+        "oos_recall": f.oos_recall,
+        "accuracy": f.accuracy,
+        "oos_auroc": report.oos_auroc,
+        "ece": report.ece,
+    }
+
+
+def fitted(
+    encoder: PrecomputedEncoder,
+    train: Sequence[Example],
+    val: Sequence[Example],
+    **options: Any,
+) -> dict[str, Any]:
+    router = AdaptiveRouter(encoder)
+    texts, labels = [r.text for r in train], [r.label for r in train]
+    router.add_routes(routes_from_labelled(texts, labels))
+    before = figures_of(router, val)
+    start = time.perf_counter()
+    report = router.fit(texts, labels, **options)
+    seconds = time.perf_counter() - start
+    head = report.candidates.get("head", {})
+    return {
+        "before": before,
+        "after": figures_of(router, val),
+        "fit_s": round(seconds, 1),
+        "decision": report.decision,
+        "objective": report.objective,
+        "features": head.get("features") if report.decision == "head" else "dense",
+        "scorer": head.get("scorer") if report.decision == "head" else "similarity",
+        "scorers_held_out": head.get("scorers"),
+    }
+
+
+def logistic_peer(
+    encoder: PrecomputedEncoder, train: Sequence[Example], val: Sequence[Example]
+) -> dict[str, Any] | None:
+    """scikit-learn LogisticRegression on the same embeddings (out of scope = a class)."""
+    try:
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        return None
+    x = encoder.encode([r.text for r in train])
+    y = [r.label or "<oos>" for r in train]
+    model = LogisticRegression(C=10.0, max_iter=300)
+    model.fit(x, y)
+    pred = model.predict(encoder.encode([r.text for r in val]))
+    inside = [(p, r.label) for p, r in zip(pred, val, strict=True) if r.label is not None]
+    outside = [p for p, r in zip(pred, val, strict=True) if r.label is None]
+    return {
+        "in_scope": sum(p == t for p, t in inside) / len(inside),
+        "oos_recall": (sum(p == "<oos>" for p in outside) / len(outside)) if outside else None,
+    }
+
+
+def section_main(data: str | None, cache: str | None, out: dict[str, Any]) -> None:
+    for name in ("clinc150", "banking77", "snips"):
+        train, val = load_split(name, "train", data), load_split(name, "val", data)
+        encoder = shared_encoder([*train, *val], cache)
+        out[name] = {
+            "hybrid_auto": fitted(encoder, train, val),
+            "dense_only": fitted(encoder, train, val, hybrid=False),
+            "sklearn_logreg": logistic_peer(encoder, train, val),
+        }
+        print(name, json.dumps(out[name], indent=1), flush=True)
+
+
+def section_few(data: str | None, cache: str | None, out: dict[str, Any]) -> None:
+    train, val = load_split("clinc150", "train", data), load_split("clinc150", "val", data)
+    encoder = shared_encoder([*train, *val], cache)
+    groups: dict[str | None, list[Example]] = {}
+    for row in train:
+        groups.setdefault(row.label, []).append(row)
+    first = [r for label, rows in groups.items() for r in rows[:10]]
+    rng = random.Random(0)
+    sampled = [r for label, rows in groups.items() for r in rng.sample(rows, min(10, len(rows)))]
+    for key, rows in (("first_10", first), ("random_10_seed0", sampled)):
+        out[f"clinc150_{key}"] = fitted(encoder, rows, val)
+        print(key, json.dumps(out[f"clinc150_{key}"], indent=1), flush=True)
+
+
+def section_folds(data: str | None, cache: str | None, out: dict[str, Any]) -> None:
+    rows = [*load_split("clinc150", "train", data), *load_split("clinc150", "val", data)]
+    encoder = shared_encoder(rows, cache)
+    rng = np.random.default_rng(0)
+    fold = np.empty(len(rows), dtype=np.int64)
+    by: dict[str | None, list[int]] = {}
+    for i, row in enumerate(rows):
+        by.setdefault(row.label, []).append(i)
+    for members in by.values():
+        perm = rng.permutation(members)
+        fold[perm] = np.arange(len(perm)) % 5
+    results = []
+    for f in range(5):
+        train = [r for r, g in zip(rows, fold, strict=True) if g != f]
+        test = [r for r, g in zip(rows, fold, strict=True) if g == f]
+        results.append(fitted(encoder, train, test)["after"])
+        print(f"fold {f}", results[-1], flush=True)
+    out["clinc150_5fold"] = {
+        "folds": results,
+        "mean_in_scope": float(np.mean([r["in_scope"] for r in results])),
+        "mean_oos_recall": float(np.mean([r["oos_recall"] for r in results])),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_data_argument(parser)
+    parser.add_argument("--cache", help="keep encoded vectors here (.npy)")
+    parser.add_argument("--only", nargs="*", default=["main", "few", "folds"])
+    parser.add_argument("--json", help="write all numbers to this file")
+    args = parser.parse_args(argv)
+    out: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv)}
+    sections = {"main": section_main, "few": section_few, "folds": section_folds}
+    for key in args.only:
+        sections[key](args.data, args.cache, out)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(out, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,217 @@
+"""The lexical signal of hybrid routing: hashed word and character n-gram TF-IDF.
+
+Each route gets one sparse TF-IDF vector, the sum of its utterances' unit TF-IDF
+vectors; a query's lexical score for a route is the cosine between the query's
+TF-IDF vector and that sum. A fitted head (see :mod:`synaptoroute.fitting`) adds
+``beta`` times this score to each ranked route's logit, next to ``alpha`` times the
+dense similarity; ``beta = 0`` (or no head) leaves routing dense only.
+
+Nothing here is persisted: the state is derived from the stored utterances. Each
+distinct text is tokenised once and its features cached (a route change only
+tokenises the new texts, nothing is re-encoded); the per-route vectors are
+assembled with a few numpy operations when a query first needs a new index
+snapshot (milliseconds for ten thousand utterances), so reopening a store or a
+replica rebuilds the same state from the same texts. Hashing keeps the feature space
+fixed (no vocabulary to grow or persist); the hash is ``zlib.crc32``, so features do
+not depend on the process's string hash seed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .index import Snapshot
+
+__all__ = ["LexicalIndex", "LexicalView", "text_features"]
+
+#: Size of the hashed feature space (collisions are rare at this size and harmless).
+N_FEATURES = 1 << 18
+_WORD = re.compile(r"\w+")
+_MASK = N_FEATURES - 1
+
+
+def text_features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """The hashed features of ``text``: word uni- and bigrams and the character
+    3- and 4-grams of each word (with boundary marks), with sublinear counts.
+
+    Returns:
+        Sorted unique feature ids and their weights ``1 + log(count)``.
+    """
+    words = _WORD.findall(text.lower())
+    grams: list[str] = [f"w {w}" for w in words]
+    grams += [f"b {a} {b}" for a, b in pairwise(words)]
+    for word in words:
+        marked = f"<{word}>"
+        for n in (3, 4):
+            grams += [marked[i : i + n] for i in range(len(marked) - n + 1)]
+    counts = Counter(zlib.crc32(g.encode()) & _MASK for g in grams)
+    if not counts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    ids = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+    weights = np.fromiter(
+        (1.0 + math.log(c) for c in counts.values()), dtype=np.float32, count=len(counts)
+    )
+    order = np.argsort(ids)
+    return ids[order], weights[order]
+
+
+@dataclass(frozen=True)
+class LexicalView:
+    """Per-route TF-IDF vectors of one index snapshot, stored by feature (postings).
+
+    Attributes:
+        version: the snapshot version this view was built from.
+        idf: ``(N_FEATURES,)`` inverse document frequency over the live utterances.
+        post_ptr: ``(N_FEATURES + 1,)`` start of each feature's postings.
+        post_route: route position (in ``live_routes`` order) of each posting.
+        post_weight: the route vector's weight for that feature, over its norm.
+        route_norm: Euclidean norm of each route's summed vector (for leave-one-out).
+        n_routes: number of live routes.
+    """
+
+    version: int
+    idf: NDArray[np.float32]
+    post_ptr: NDArray[np.int64]
+    post_route: NDArray[np.int64]
+    post_weight: NDArray[np.float32]
+    route_norm: NDArray[np.float64]
+    n_routes: int
+
+    def query_vector(self, text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """The unit TF-IDF vector of ``text`` under this view's IDF."""
+        ids, weights = text_features(text)
+        values = weights * self.idf[ids]
+        norm = float(np.sqrt(np.dot(values, values)))
+        return ids, (values / norm if norm > 0 else values)
+
+    def scores(self, text: str) -> NDArray[np.float64]:
+        """Cosine of ``text`` with every route's vector, shape ``(n_routes,)``."""
+        ids, values = self.query_vector(text)
+        return self._scores(ids, values)
+
+    def _scores(self, ids: NDArray[np.int64], values: NDArray[np.float32]) -> NDArray[np.float64]:
+        starts, ends = self.post_ptr[ids], self.post_ptr[ids + 1]
+        lengths = ends - starts
+        total = int(lengths.sum())
+        if total == 0:
+            return np.zeros(self.n_routes)
+        # Positions of every posting of the query's features, without a Python loop.
+        offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+        contrib = np.repeat(values.astype(np.float64), lengths) * self.post_weight[offsets]
+        out: NDArray[np.float64] = np.bincount(
+            self.post_route[offsets], weights=contrib, minlength=self.n_routes
+        ).astype(np.float64)
+        return out
+
+    def scores_many(self, texts: Sequence[str]) -> NDArray[np.float64]:
+        """:meth:`scores` of each text, shape ``(len(texts), n_routes)``."""
+        out = np.zeros((len(texts), self.n_routes))
+        for i, text in enumerate(texts):
+            out[i] = self.scores(text)
+        return out
+
+    def leave_one_out(
+        self, scores: NDArray[np.float64], position: NDArray[np.int64]
+    ) -> NDArray[np.float64]:
+        """Scores of texts that are utterances of route ``position`` (one per row),
+        recomputed as if that utterance were not in its route's vector.
+
+        With ``q`` the utterance's unit vector and ``S`` its route's sum, the score
+        ``q.S/|S|`` becomes ``(q.S - 1) / |S - q|`` with ``|S - q|^2 = |S|^2 - 2 q.S + 1``.
+        """
+        out: NDArray[np.float64] = scores.copy()
+        rows = np.flatnonzero(position >= 0)
+        pos = position[rows]
+        norm = self.route_norm[pos]
+        dot = scores[rows, pos] * norm
+        rest = norm * norm - 2 * dot + 1.0
+        out[rows, pos] = np.where(rest > 1e-9, (dot - 1.0) / np.sqrt(np.maximum(rest, 1e-18)), 0.0)
+        return out
+
+
+class LexicalIndex:
+    """Builds (and caches) the :class:`LexicalView` of each index snapshot.
+
+    Thread-safe: queries on any thread may ask for a view; at most one build runs,
+    and a finished view is immutable.
+    """
+
+    def __init__(self) -> None:
+        self._features: dict[str, tuple[NDArray[np.int64], NDArray[np.float32]]] = {}
+        self._view: LexicalView | None = None
+        self._lock = threading.Lock()
+
+    def view(self, snapshot: Snapshot) -> LexicalView:
+        """The view of ``snapshot`` (built on first use of each snapshot version)."""
+        view = self._view
+        if view is not None and view.version == snapshot.version:
+            return view
+        with self._lock:
+            view = self._view
+            if view is None or view.version != snapshot.version:
+                view = self._build(snapshot)
+                self._view = view
+            return view
+
+    def _build(self, snapshot: Snapshot) -> LexicalView:
+        n_routes = snapshot.n_routes
+        row_ids: list[NDArray[np.int64]] = []
+        row_weights: list[NDArray[np.float32]] = []
+        row_route: list[int] = []
+        live_texts: set[str] = set()
+        for pos, start in enumerate(snapshot.route_starts.tolist()):
+            end = snapshot.route_starts[pos + 1] if pos + 1 < n_routes else len(snapshot.seg_order)
+            for seg in snapshot.seg_order[start:end].tolist():
+                for row in range(int(snapshot.seg_starts[seg]), int(snapshot.seg_ends[seg])):
+                    text = snapshot.texts[row]
+                    live_texts.add(text)
+                    feats = self._features.get(text)
+                    if feats is None:
+                        feats = text_features(text)
+                        self._features[text] = feats
+                    row_ids.append(feats[0])
+                    row_weights.append(feats[1])
+                    row_route.append(pos)
+        # Forget the features of texts no longer in any route (bounded memory).
+        if len(self._features) > len(live_texts):
+            self._features = {t: f for t, f in self._features.items() if t in live_texts}
+        lengths = np.array([len(ids) for ids in row_ids], dtype=np.int64)
+        ids = np.concatenate(row_ids) if row_ids else np.zeros(0, dtype=np.int64)
+        tf = np.concatenate(row_weights) if row_weights else np.zeros(0, dtype=np.float32)
+        n_rows = len(row_ids)
+        df = np.bincount(ids, minlength=N_FEATURES)
+        idf = (np.log((1.0 + n_rows) / (1.0 + df)) + 1.0).astype(np.float32)
+        values = (tf * idf[ids]).astype(np.float64)
+        row_of = np.repeat(np.arange(n_rows), lengths)
+        norms = np.sqrt(np.bincount(row_of, weights=values * values, minlength=n_rows))
+        values /= np.where(norms > 0, norms, 1.0)[row_of]
+        # Sum the unit rows of each route: merge equal (route, feature) pairs.
+        route = np.array(row_route, dtype=np.int64)[row_of]
+        key = route * N_FEATURES + ids
+        keys, inverse = np.unique(key, return_inverse=True)
+        summed = np.bincount(inverse, weights=values, minlength=len(keys))
+        k_route, k_feat = np.divmod(keys, N_FEATURES)
+        route_norm = np.sqrt(np.bincount(k_route, weights=summed * summed, minlength=n_routes))
+        weight = summed / np.where(route_norm > 0, route_norm, 1.0)[k_route]
+        order = np.argsort(k_feat, kind="stable")
+        post_ptr = np.zeros(N_FEATURES + 1, dtype=np.int64)
+        np.cumsum(np.bincount(k_feat, minlength=N_FEATURES), out=post_ptr[1:])
+        return LexicalView(
+            version=snapshot.version,
+            idf=idf,
+            post_ptr=post_ptr,
+            post_route=k_route[order],
+            post_weight=weight[order].astype(np.float32),
+            route_norm=route_norm,
+            n_routes=n_routes,
+        )
