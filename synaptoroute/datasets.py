@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .exceptions import InvalidInputError
 
-__all__ = ["DatasetError", "load_jsonl"]
+__all__ = ["DatasetError", "load_jsonl", "parse_jsonl"]
 
 #: Malformed lines listed in the message (all are in ``DatasetError.errors``).
 _SHOWN = 10
@@ -76,31 +77,48 @@ def load_jsonl(path: str | os.PathLike[str]) -> tuple[list[str], list[str | None
         OSError: the file cannot be read.
     """
     name = os.fspath(path)
+    with Path(name).open("rb") as fh:
+        return _parse_lines(fh, name)
+
+
+def parse_jsonl(data: bytes, name: str = "<data>") -> tuple[list[str], list[str | None]]:
+    """Labelled rows from JSON-lines bytes (an upload), checked like :func:`load_jsonl`.
+
+    Args:
+        data: the JSON lines, UTF-8.
+        name: what error messages call the data.
+
+    Raises:
+        DatasetError: as :func:`load_jsonl`.
+    """
+    return _parse_lines(data.splitlines(keepends=True), name)
+
+
+def _parse_lines(lines: Iterable[bytes], name: str) -> tuple[list[str], list[str | None]]:
     texts: list[str] = []
     labels: list[str | None] = []
     errors: list[tuple[int, str]] = []
-    with Path(name).open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                errors.append((number, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"))
-                continue
-            if number == 1:
-                line = line.removeprefix("\ufeff")
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append((number, f"invalid JSON ({exc.msg} at column {exc.colno})"))
-                continue
-            checked = _check_row(row)
-            if isinstance(checked, str):
-                errors.append((number, checked))
-                continue
-            texts.append(checked[0])
-            labels.append(checked[1])
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            errors.append((number, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"))
+            continue
+        if number == 1:
+            line = line.removeprefix("\ufeff")
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append((number, f"invalid JSON ({exc.msg} at column {exc.colno})"))
+            continue
+        checked = _check_row(row)
+        if isinstance(checked, str):
+            errors.append((number, checked))
+            continue
+        texts.append(checked[0])
+        labels.append(checked[1])
     if errors:
         raise DatasetError(name, errors)
     if not texts:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,3 +37,12 @@ def clinc_train() -> list[dict[str, str | None]]:
 def clinc_val() -> list[dict[str, str | None]]:
     """The same 20 intents x 20 val rows, plus 40 out-of-scope rows (label None)."""
     return load_rows("clinc150_val_slice.jsonl")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item (``item.rep_call``), for fixtures that
+    save artefacts (the console's screenshots) when the test failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

@@ -623,6 +623,11 @@ def create_app(
         await _blocking(setattr, r, "threshold", body.threshold)
         return DefaultThreshold(threshold=r.threshold)
 
+    if settings.console:
+        from .console import console_router
+
+        app.include_router(console_router(settings, metrics, state.get_router, change))
+
     # -- operations -------------------------------------------------------------------
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

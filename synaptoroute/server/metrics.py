@@ -74,6 +74,10 @@ class Counter(_Metric):
         """The current count of one series."""
         return self._values.get(labels, 0.0)
 
+    def series(self) -> dict[Labels, float]:
+        """A copy of every series' count, by label values."""
+        return dict(self._values)
+
     def samples(self) -> list[str]:
         """Exposition lines."""
         return [
@@ -139,6 +143,10 @@ class Histogram(_Metric):
     def count(self, labels: Labels = ()) -> int:
         """How many observations one series holds."""
         return sum(self._counts.get(labels, ()))
+
+    def series(self) -> dict[Labels, list[int]]:
+        """A copy of every series' per-bucket counts (not cumulative; ``+Inf`` last)."""
+        return {labels: list(counts) for labels, counts in self._counts.items()}
 
     def samples(self) -> list[str]:
         """Exposition lines: cumulative buckets, ``+Inf``, sum and count."""

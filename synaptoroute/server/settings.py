@@ -47,6 +47,7 @@ class ServerSettings(BaseModel):
             spinning takes the cores that the event loop needs to parse requests
             (measured in ``benchmarks/http_service.py``).
         log_level: uvicorn's log level.
+        console: serve the browser console at ``/console`` (read-only without the API key).
 
     Example:
         >>> ServerSettings(host="0.0.0.0", api_key="s3cret").changes_enabled
@@ -71,6 +72,7 @@ class ServerSettings(BaseModel):
     encoder_threads: int | None = Field(default=None, ge=1)
     encoder_spin: bool = False
     log_level: str = "info"
+    console: bool = True
 
     @classmethod
     def from_env(cls, **values: object) -> ServerSettings:

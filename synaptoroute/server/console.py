@@ -1,0 +1,631 @@
+"""The console: a browser UI at ``/console`` to see, try and fix routes.
+
+The page itself is three static files shipped in the wheel (``console/``: HTML, CSS
+and JavaScript, no build step). This module serves them under a strict
+Content-Security-Policy and adds the read-only endpoints the page needs under
+``/console/api``: an overview of the routes, a route's details, a query explained
+(top routes, their nearest utterances, the threshold and what decided), an
+evaluation of uploaded labelled JSON lines, a 2-D map of every stored utterance
+(PCA of the stored vectors, nothing re-encoded) and live figures from the service's
+own metrics. Changes made in the console go through the service's authenticated
+route endpoints, exactly as ``curl`` would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+import anyio.to_thread
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from ..datasets import parse_jsonl
+from ..evaluation import evaluate_matches
+from ..index import Snapshot
+from ..models import Route, RouteMatch
+from ..router import AdaptiveRouter
+from .metrics import ServiceMetrics
+from .schemas import RouteResult, Text
+from .settings import ServerSettings
+
+__all__ = [
+    "CONSOLE_CSP",
+    "Projection",
+    "console_router",
+    "histogram_quantile",
+    "project",
+]
+
+#: Sent with every console response: scripts, styles and requests from this origin only,
+#: nothing inline, no framing, no plugins, no form posts elsewhere.
+CONSOLE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": CONSOLE_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    # The page is small and changes with the package: always revalidate.
+    "Cache-Control": "no-cache",
+}
+_ASSETS = {
+    "index.html": "text/html; charset=utf-8",
+    "console.js": "text/javascript; charset=utf-8",
+    "console.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+#: Most misrouted rows an evaluation answers with (the figures count every row).
+MAX_MISROUTED = 500
+#: Up to this many utterances the map answers each point's text (shown on hover).
+MAP_TEXTS_MAX = 3000
+#: Seconds of history behind the live figures.
+LIVE_WINDOW_S = 10.0
+# Paths the live figures leave out, so the console does not measure its own polling.
+_UNCOUNTED = ("/console", "/metrics")
+_JSON = "application/json"
+
+
+# -- pure parts (unit-tested without a server) ------------------------------------------
+@dataclass(frozen=True)
+class Projection:
+    """A 2-D PCA projection of one index snapshot.
+
+    Attributes:
+        coords: ``(n, 2)`` position of each live utterance.
+        route_ids: the route (index into ``routes``) of each point.
+        texts: each point's utterance.
+        routes: the route names, in the order ``route_ids`` refers to.
+        mean: the centre of the vectors (subtracted before projecting).
+        components: ``(2, dim)`` principal axes.
+        explained: share of the variance each axis explains.
+    """
+
+    coords: NDArray[np.float32]
+    route_ids: NDArray[np.int64]
+    texts: list[str]
+    routes: list[str]
+    mean: NDArray[np.float32]
+    components: NDArray[np.float32]
+    explained: tuple[float, float]
+
+    def place(self, vector: NDArray[np.float32]) -> tuple[float, float]:
+        """Where a new vector (a query) falls on the map."""
+        x, y = (np.asarray(vector, dtype=np.float32) - self.mean) @ self.components.T
+        return float(x), float(y)
+
+
+def project(
+    vectors: NDArray[np.float32], route_ids: NDArray[np.int64], texts: list[str], routes: list[str]
+) -> Projection:
+    """Project utterance vectors onto their first two principal axes.
+
+    The SVD runs on the ``dim x dim`` scatter matrix rather than on the vectors, so
+    its cost grows with the number of utterances only through one matrix product.
+    Each axis is oriented so its largest loading is positive: the same vectors give
+    the same picture every time.
+    """
+    dim = vectors.shape[1]
+    x = np.asarray(vectors, dtype=np.float64)
+    mean = x.mean(axis=0) if len(x) else np.zeros(dim)
+    centred = x - mean
+    _, singular, vt = np.linalg.svd(centred.T @ centred)
+    axes = vt[:2] if len(vt) >= 2 else np.zeros((2, dim))
+    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])
+    axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
+    total = float(singular.sum())
+    shares = [float(s / total) if total > 0 else 0.0 for s in singular[:2]] + [0.0, 0.0]
+    return Projection(
+        coords=(centred @ axes.T).astype(np.float32),
+        route_ids=route_ids,
+        texts=texts,
+        routes=routes,
+        mean=mean.astype(np.float32),
+        components=axes.astype(np.float32),
+        explained=(shares[0], shares[1]),
+    )
+
+
+def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[int]) -> float | None:
+    """The ``q`` quantile of histogram counts, interpolated inside its bucket.
+
+    Args:
+        q: the quantile, between 0 and 1.
+        bounds: upper bounds of the finite buckets, ascending.
+        counts: observations per bucket (not cumulative); one more than ``bounds``
+            (the last is the ``+Inf`` bucket).
+
+    Returns:
+        The estimate, ``None`` without observations. In the ``+Inf`` bucket it is the
+        largest finite bound (the histogram knows no more).
+    """
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0.0
+    for i, n in enumerate(counts):
+        if n and seen + n >= rank:
+            if i >= len(bounds):
+                return float(bounds[-1])
+            low = bounds[i - 1] if i > 0 else 0.0
+            return float(low + (bounds[i] - low) * (rank - seen) / n)
+        seen += n
+    return float(bounds[-1])
+
+
+# -- request bodies ----------------------------------------------------------------------
+class TryRequest(BaseModel):
+    """``POST /console/api/try``: a query to explain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: Text = Field(max_length=10_000)
+    k: int = Field(default=5, ge=1, le=20, description="How many routes to rank.")
+    nearest: int = Field(default=3, ge=1, le=10, description="Utterances shown per route.")
+
+
+class MapRequest(BaseModel):
+    """``POST /console/api/map``: optionally, a query to place on the map."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: Text | None = Field(default=None, max_length=10_000)
+
+
+# -- service state the console keeps -------------------------------------------------------
+class _ChangeTimes:
+    """When this service first saw each route in its current form.
+
+    Routes are immutable and every change (here or from a replica's change feed)
+    swaps in a new object, so comparing objects finds changes without a store column.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[Route, float | None]] = {}
+        self._first = True
+
+    def observe(self, routes: Sequence[Route]) -> dict[str, float | None]:
+        """Update from the router's current routes; answers each route's change time."""
+        now = time.time()
+        with self._lock:
+            seen: dict[str, tuple[Route, float | None]] = {}
+            for route in routes:
+                old = self._seen.get(route.name)
+                if old is not None and old[0] is route:
+                    seen[route.name] = old
+                else:
+                    # Routes already there when the console first looked changed earlier.
+                    seen[route.name] = (route, None if self._first else now)
+            self._seen = seen
+            self._first = False
+            return {name: stamp for name, (_, stamp) in seen.items()}
+
+
+@dataclass(frozen=True)
+class _Sample:
+    at: float
+    requests: float
+    buckets: tuple[int, ...]
+
+
+class _Live:
+    """Request rate and latency quantiles over the last :data:`LIVE_WINDOW_S` seconds."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        zero = (0,) * (len(metrics.latency.buckets) + 1)
+        self._samples: deque[_Sample] = deque([_Sample(time.monotonic(), 0.0, zero)])
+
+    def _sample(self) -> _Sample:
+        def counted(labels: tuple[str, ...]) -> bool:
+            return not labels[1].startswith(_UNCOUNTED)
+
+        buckets = [0] * (len(self.metrics.latency.buckets) + 1)
+        for labels, counts in self.metrics.latency.series().items():
+            if counted(labels):
+                buckets = [a + b for a, b in zip(buckets, counts, strict=True)]
+        requests = sum(n for labels, n in self.metrics.requests.series().items() if counted(labels))
+        return _Sample(time.monotonic(), requests, tuple(buckets))
+
+    def figures(self) -> dict[str, float | None]:
+        """Requests per second, p50 and p99 latency (ms) since the window's start."""
+        now = self._sample()
+        with self._lock:
+            samples = self._samples
+            while len(samples) > 1 and samples[1].at <= now.at - LIVE_WINDOW_S:
+                samples.popleft()
+            base = samples[0]
+            samples.append(now)
+        span = max(now.at - base.at, 1e-9)
+        delta = [b - a for a, b in zip(base.buckets, now.buckets, strict=True)]
+        bounds = self.metrics.latency.buckets
+        p50, p99 = (histogram_quantile(q, bounds, delta) for q in (0.5, 0.99))
+        return {
+            "window_s": span,
+            "requests_per_s": (now.requests - base.requests) / span,
+            "p50_ms": None if p50 is None else p50 * 1000.0,
+            "p99_ms": None if p99 is None else p99 * 1000.0,
+        }
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Which stored rows are live utterances, and of which route, in one snapshot."""
+
+    rows: NDArray[np.intp]
+    route_ids: NDArray[np.int64]  # index into names, one per row
+    names: list[str]
+
+
+class _Views:
+    """What the console derives from the latest index snapshot, computed once per version."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._version = -1
+        self._layout: _Layout | None = None
+        self._map: tuple[Projection, list[dict[str, Any]]] | None = None
+
+    def layout(self, snapshot: Snapshot) -> _Layout:
+        """The rows of live utterances and their routes."""
+        with self._lock:
+            return self._layout_locked(snapshot)
+
+    def projection(self, snapshot: Snapshot) -> tuple[Projection, list[dict[str, Any]]]:
+        """The 2-D map and the closest route pairs."""
+        with self._lock:
+            layout = self._layout_locked(snapshot)
+            if self._map is None:
+                vectors = snapshot.matrix[layout.rows]
+                texts = [snapshot.texts[i] for i in layout.rows.tolist()]
+                projection = project(vectors, layout.route_ids, texts, layout.names)
+                self._map = (projection, _closest_pairs(projection, vectors))
+            return self._map
+
+    def _layout_locked(self, snapshot: Snapshot) -> _Layout:
+        if self._layout is None or self._version != snapshot.version:
+            self._layout = _live_rows(snapshot)
+            self._map = None
+            self._version = snapshot.version
+        return self._layout
+
+
+def _live_rows(snapshot: Snapshot) -> _Layout:
+    """Rows of live utterances, each one's route (index into the names) and the names."""
+    names: list[str] = []
+    position: dict[int, int] = {}
+    rows: list[NDArray[np.intp]] = []
+    routes: list[NDArray[np.int64]] = []
+    for start, end, rid in zip(
+        snapshot.seg_starts.tolist(),
+        snapshot.seg_ends.tolist(),
+        snapshot.seg_route.tolist(),
+        strict=True,
+    ):
+        name = snapshot.names[rid] if rid >= 0 else None
+        if name is None:
+            continue
+        pos = position.setdefault(rid, len(names))
+        if pos == len(names):
+            names.append(name)
+        rows.append(np.arange(start, end, dtype=np.intp))
+        routes.append(np.full(end - start, pos, dtype=np.int64))
+    if not rows:
+        return _Layout(np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64), names)
+    return _Layout(np.concatenate(rows), np.concatenate(routes), names)
+
+
+def _snapshot(router: AdaptiveRouter) -> Snapshot:
+    # The compiled index the queries read: the stored vectors, no re-encoding.
+    return router._index.snapshot()
+
+
+def _nearest(
+    snapshot: Snapshot,
+    layout: _Layout,
+    vector: NDArray[np.float32],
+    names: Sequence[str],
+    n: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """The ``n`` utterances of each named route most similar to ``vector``."""
+    position = {name: i for i, name in enumerate(layout.names)}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name in names:
+        pos = position.get(name)
+        if pos is None:
+            out[name] = []
+            continue
+        rows = layout.rows[layout.route_ids == pos]
+        sims = snapshot.matrix[rows] @ np.asarray(vector, dtype=np.float32)
+        best = np.argsort(-sims, kind="stable")[:n]
+        out[name] = [
+            {"text": snapshot.texts[int(rows[i])], "score": float(sims[i])} for i in best.tolist()
+        ]
+    return out
+
+
+def _closest_pairs(
+    projection: Projection, vectors: NDArray[np.float32], top: int = 10
+) -> list[dict[str, Any]]:
+    """Route pairs whose centroids are most alike: the overlaps worth a look."""
+    names = projection.routes
+    if len(names) < 2:
+        return []
+    centroids = np.zeros((len(names), vectors.shape[1]), dtype=np.float64)
+    np.add.at(centroids, projection.route_ids, vectors)
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    sims = centroids @ centroids.T
+    i, j = np.triu_indices(len(names), k=1)
+    order = np.argsort(-sims[i, j], kind="stable")[:top]
+    return [
+        {"a": names[int(i[o])], "b": names[int(j[o])], "similarity": float(sims[i[o], j[o]])}
+        for o in order.tolist()
+    ]
+
+
+def _json(payload: Any) -> Response:
+    return Response(
+        json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")),
+        media_type=_JSON,
+        headers=_SECURITY_HEADERS,
+    )
+
+
+def _rounded(values: NDArray[np.float32]) -> list[float]:
+    # Four decimals are finer than a pixel at any map size, and keep 15k points small.
+    return [float(v) for v in np.round(values.astype(np.float64), 4).tolist()]
+
+
+def _asset(name: str) -> bytes:
+    return (
+        resources.files(__package__ or "synaptoroute.server")
+        .joinpath("console")
+        .joinpath(name)
+        .read_bytes()
+    )
+
+
+def console_router(
+    settings: ServerSettings,
+    metrics: ServiceMetrics,
+    get_router: Callable[[], AdaptiveRouter],
+    change: Sequence[Any],
+) -> APIRouter:
+    """The console's pages and read-only API, to include in the service's app.
+
+    Args:
+        settings: the service's settings (what the page may offer to change).
+        metrics: the service's metrics, read by the live figures.
+        get_router: the open router (raises while the service starts or stops).
+        change: the dependencies of the service's route-changing endpoints; the
+            page's key check uses them, so it accepts exactly the keys they accept.
+    """
+    api = APIRouter(prefix="/console", include_in_schema=False)
+    changes = _ChangeTimes()
+    live = _Live(metrics)
+    views = _Views()
+    if settings.read_only:
+        access: Literal["open", "token", "read_only"] = "read_only"
+    else:
+        access = "token" if settings.api_key is not None else "open"
+    assets = {name: _asset(name) for name in _ASSETS}  # read once: a missing file fails here
+
+    @api.get("")
+    async def console_root() -> Response:
+        # Relative asset URLs in the page need the trailing slash.
+        return RedirectResponse("/console/", status_code=307, headers=_SECURITY_HEADERS)
+
+    @api.get("/")
+    async def console_page() -> Response:
+        return Response(
+            assets["index.html"], media_type=_ASSETS["index.html"], headers=_SECURITY_HEADERS
+        )
+
+    @api.get("/{asset}")
+    async def console_asset(asset: str) -> Response:
+        if asset not in _ASSETS or asset == "index.html":
+            raise HTTPException(404, "Not Found")
+        return Response(assets[asset], media_type=_ASSETS[asset], headers=_SECURITY_HEADERS)
+
+    @api.get("/api/overview")
+    async def overview() -> Response:
+        r = get_router()
+        routes = r.list_routes()
+        stamps = changes.observe(routes)
+        default = r.threshold
+        return _json(
+            {
+                "access": access,
+                "threshold": default,
+                "head": r.policy.head is not None,
+                "routes": [
+                    {
+                        "name": route.name,
+                        "utterances": len(route.utterances),
+                        "threshold": route.threshold,
+                        "effective_threshold": _effective(r, route),
+                        "description": route.description,
+                        "changed_at": stamps.get(route.name),
+                    }
+                    for route in routes
+                ],
+            }
+        )
+
+    @api.get("/api/routes/{name:route_path}")
+    async def route_details(name: str) -> Response:
+        r = get_router()
+        route = r.get_route(name)
+        stamps = changes.observe(r.list_routes())
+        return _json(
+            {
+                "name": route.name,
+                "utterances": list(route.utterances),
+                "description": route.description,
+                "threshold": route.threshold,
+                "effective_threshold": _effective(r, route),
+                "metadata": dict(route.metadata),
+                "changed_at": stamps.get(route.name),
+            }
+        )
+
+    @api.get("/api/access", dependencies=list(change))
+    async def check_access() -> Response:
+        # Reached only past the change endpoints' own checks: the key is right.
+        return _json({"changes": True})
+
+    @api.post("/api/try")
+    async def try_query(body: TryRequest) -> Response:
+        r = get_router()
+        timeout = settings.request_timeout
+        # Queued together, so both usually ride in the same batch (one encoding).
+        decision, ranked = await asyncio.gather(
+            r.aquery(body.query, timeout=timeout),
+            r.aquery_top_k(body.query, body.k, timeout=timeout),
+        )
+        explained = await anyio.to_thread.run_sync(_explain, r, views, body, decision, ranked)
+        return _json(explained)
+
+    @api.post("/api/evaluate")
+    async def evaluate(request: Request) -> Response:
+        texts, labels = parse_jsonl(await request.body(), "upload")
+        r = get_router()
+        matches: list[RouteMatch] = []
+        # Through the batching worker like any query, a bounded slice at a time.
+        for start in range(0, len(texts), 256):
+            chunk = texts[start : start + 256]
+            matches.extend(await r.aquery_batch(chunk, timeout=settings.request_timeout))
+        report = await anyio.to_thread.run_sync(
+            lambda: evaluate_matches(texts, labels, matches, r.route_names)
+        )
+        doc = report.to_dict()
+        doc["misrouted_total"] = len(doc["misrouted"])
+        doc["misrouted"] = doc["misrouted"][:MAX_MISROUTED]
+        return _json(_finite(doc))
+
+    @api.post("/api/map")
+    async def utterance_map(body: MapRequest) -> Response:
+        r = get_router()
+        vector = await _query_vector(r, body.query) if body.query else None
+        return _json(await anyio.to_thread.run_sync(_map, r, views, vector, body.query))
+
+    @api.get("/api/stats")
+    async def stats() -> Response:
+        r = get_router()
+        changes.observe(r.list_routes())
+        return _json(
+            {
+                **live.figures(),
+                "queue_depth": metrics.queue_depth.value,
+                "in_flight": max(metrics.in_flight.value - 1, 0.0),  # not this request
+                "routes": len(r),
+                "utterances": sum(len(route.utterances) for route in r.list_routes()),
+            }
+        )
+
+    return api
+
+
+def _effective(router: AdaptiveRouter, route: Route) -> float:
+    if route.threshold is not None:
+        return route.threshold
+    return float(router.policy.thresholds.get(route.name, router.threshold))
+
+
+def _finite(value: Any) -> Any:
+    # JSON has no NaN: an undefined figure is null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+async def _query_vector(router: AdaptiveRouter, query: str) -> NDArray[np.float32] | None:
+    """The query's embedding: from the router's cache after a query, else encoded once."""
+    if not query.strip():
+        return None
+    vector = router.cache.get(query)
+    if vector is not None:
+        return vector
+    encoded = await anyio.to_thread.run_sync(router.encoder.encode, [query])
+    first: NDArray[np.float32] = np.asarray(encoded, dtype=np.float32)[0]
+    return first
+
+
+def _explain(
+    router: AdaptiveRouter,
+    views: _Views,
+    body: TryRequest,
+    decision: RouteMatch,
+    ranked: list[RouteMatch],
+) -> dict[str, Any]:
+    """The decision, the ranked routes with their nearest utterances, and what decided."""
+    names = [m.name for m in ranked if m.name is not None]
+    vector = router.cache.get(body.query) if body.query.strip() else None
+    if vector is None and body.query.strip():
+        vector = np.asarray(router.encoder.encode([body.query]), dtype=np.float32)[0]
+    nearest: dict[str, list[dict[str, Any]]] = {}
+    if vector is not None:
+        snapshot = _snapshot(router)
+        nearest = _nearest(snapshot, views.layout(snapshot), vector, names, body.nearest)
+    head = router.policy.head
+    by_head = head is not None and head.columns_of(names[: head.top_k]) is not None
+    # A hybrid head also weighs each route's lexical (word overlap) score.
+    lexical = float(getattr(head, "beta", 0.0)) if by_head else 0.0
+    return {
+        "decision": RouteResult.from_match(decision).model_dump(),
+        "margin": decision.margin,
+        "decided_by": "head" if by_head else "threshold",
+        "lexical_weight": lexical or None,
+        "top": [
+            {
+                "route": m.name,
+                "score": m.score,
+                "threshold": m.threshold,
+                "passed": m.reason == "matched",
+                "nearest": nearest.get(m.name or "", []),
+            }
+            for m in ranked
+        ],
+    }
+
+
+def _map(
+    router: AdaptiveRouter, views: _Views, vector: NDArray[np.float32] | None, query: str | None
+) -> dict[str, Any]:
+    projection, pairs = views.projection(_snapshot(router))
+    placed = None
+    if vector is not None and len(projection.texts):
+        x, y = projection.place(vector)
+        placed = {"text": query, "x": x, "y": y}
+    return {
+        "routes": projection.routes,
+        "x": _rounded(projection.coords[:, 0]),
+        "y": _rounded(projection.coords[:, 1]),
+        "route": projection.route_ids.tolist(),
+        # Point labels for hovering only while they stay a small part of the answer.
+        "texts": projection.texts if len(projection.texts) <= MAP_TEXTS_MAX else None,
+        "explained": list(projection.explained),
+        "query": placed,
+        "closest_pairs": pairs,
+    }

@@ -1,0 +1,593 @@
+"""The console at ``/console``: its API over real HTTP, and the page in a real Chromium.
+
+The service runs in uvicorn on 127.0.0.1 with the real model and a real SQLite
+file. Browser tests drive the distribution's Chromium (``scripts/chromium.sh``
+installs it) through Playwright and wait only on DOM states, each with a generous
+limit that fails the test instead of pacing it. When a browser test fails, a
+screenshot of the page and of every console view is saved and its folder printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from synaptoroute import AdaptiveRouter, Encoder, Route
+from synaptoroute.datasets import DatasetError, parse_jsonl
+from synaptoroute.server import ServerSettings, create_app
+from synaptoroute.server.console import CONSOLE_CSP, histogram_quantile, project
+from synaptoroute.storage import SQLiteStorage
+
+KEY = "console-test-key"
+LIMIT_S = 60.0  # a hang bound for every wait; reaching it fails the test
+LIMIT_MS = LIMIT_S * 1000
+XSS = '<img src=x onerror="window.__xss = 1">'
+BASE = [
+    Route(
+        name="billing",
+        utterances=[
+            "I need a refund",
+            "Where is my invoice?",
+            "I was charged twice",
+            "How do I update my credit card?",
+        ],
+    ),
+    Route(
+        name="tech",
+        utterances=[
+            "The app crashes on start",
+            "I can't log in",
+            "The page does not load",
+            "Error message when uploading a file",
+        ],
+    ),
+    Route(
+        name="shipping",
+        utterances=["Where is my parcel?", "When will my order arrive?", "Track my delivery"],
+    ),
+]
+
+
+# -- a real service on 127.0.0.1 -----------------------------------------------------------
+class Service:
+    """uvicorn serving ``create_app`` in a thread, on a port of its own."""
+
+    def __init__(self, router: AdaptiveRouter, settings: ServerSettings) -> None:
+        import uvicorn
+
+        self.router = router
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_app(settings, router=router), log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]})
+        self.thread.start()
+        deadline = time.monotonic() + LIMIT_S
+        while not self.server.started:  # bounded: the lifespan loads the model first
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                msg = "the service did not start"
+                raise RuntimeError(msg)
+            time.sleep(0.01)
+        self.sock = sock
+
+    def reset(self, routes: list[Route]) -> None:
+        """Put the router back to ``routes`` (the router is thread-safe)."""
+        for name in self.router.route_names:
+            self.router.delete_route(name)
+        self.router.add_routes(routes)
+
+    def close(self) -> None:
+        """Stop uvicorn and wait for its thread."""
+        self.server.should_exit = True
+        self.thread.join(LIMIT_S)
+        self.sock.close()
+
+
+def _service(
+    tmp: Path, encoder: Encoder, **settings: Any
+) -> tuple[Service, AdaptiveRouter, SQLiteStorage]:
+    storage = SQLiteStorage(tmp / "routes.db")
+    router = AdaptiveRouter(encoder, storage)
+    router.add_routes(BASE)
+    return Service(router, ServerSettings(**settings)), router, storage
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Iterator[Service]:
+    """The console with an API key: read-only without it."""
+    svc, _, storage = _service(tmp_path_factory.mktemp("console"), encoder, api_key=KEY)
+    yield svc
+    svc.close()
+    storage.close()
+
+
+@pytest.fixture
+def live(service: Service) -> Service:
+    """The module's service, with the base routes back in place."""
+    service.reset(BASE)
+    return service
+
+
+@pytest.fixture
+def client(live: Service) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live.url, timeout=LIMIT_S) as c:
+        yield c
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+# -- pure parts ---------------------------------------------------------------------------------
+def test_project_finds_the_axis_of_spread_and_places_new_points() -> None:
+    rng = np.random.default_rng(0)
+    along = rng.normal(size=(200, 1)) * np.array([[3.0, 0.0, 0.0, 0.0]])
+    vectors = (along + rng.normal(scale=0.01, size=(200, 4))).astype(np.float32)
+    routes = np.zeros(200, dtype=np.int64)
+    p = project(vectors, routes, [f"t{i}" for i in range(200)], ["only"])
+    assert p.explained[0] > 0.99
+    assert abs(p.components[0, 0]) > 0.99 and p.components[0, 0] > 0  # oriented
+    # Placing a stored vector gives the point it already has.
+    x, y = p.place(vectors[7])
+    assert np.allclose((x, y), p.coords[7], atol=1e-4)
+    again = project(vectors, routes, p.texts, p.routes)
+    assert np.array_equal(again.coords, p.coords)
+
+
+def test_project_handles_one_point_and_none() -> None:
+    one = project(np.ones((1, 3), dtype=np.float32), np.zeros(1, dtype=np.int64), ["a"], ["r"])
+    assert one.coords.shape == (1, 2) and np.allclose(one.coords, 0)
+    none = project(np.zeros((0, 3), dtype=np.float32), np.zeros(0, dtype=np.int64), [], [])
+    assert none.coords.shape == (0, 2) and none.explained == (0.0, 0.0)
+
+
+def test_histogram_quantile_interpolates_inside_the_bucket() -> None:
+    bounds = [0.001, 0.01, 0.1]
+    assert histogram_quantile(0.5, bounds, [0, 0, 0, 0]) is None
+    assert histogram_quantile(0.5, bounds, [10, 0, 0, 0]) == pytest.approx(0.0005)
+    # 4 rows under 1 ms, 4 in (1, 10] ms: the median is the top of the first bucket.
+    assert histogram_quantile(0.5, bounds, [4, 4, 0, 0]) == pytest.approx(0.001)
+    assert histogram_quantile(0.99, bounds, [4, 4, 0, 0]) == pytest.approx(0.00982)
+    assert histogram_quantile(0.99, bounds, [0, 0, 0, 5]) == 0.1  # +Inf: the last bound
+
+
+def test_parse_jsonl_reads_an_upload_like_a_file() -> None:
+    data = b'\xef\xbb\xbf{"text": "hi", "label": "a"}\n\n{"text": "x", "label": null}\n'
+    assert parse_jsonl(data) == (["hi", "x"], ["a", None])
+    with pytest.raises(DatasetError, match=r"up: 2 malformed lines: line 1: .*line 2: "):
+        parse_jsonl(b'{"text": 1, "label": "a"}\nnot json\n', "up")
+    with pytest.raises(DatasetError, match="no labelled rows"):
+        parse_jsonl(b"\n")
+
+
+# -- the API over HTTP --------------------------------------------------------------------------
+def test_pages_are_served_with_a_strict_policy(client: httpx.Client) -> None:
+    assert client.get("/console").status_code == 307
+    for path in (
+        "/console/",
+        "/console/console.js",
+        "/console/console.css",
+        "/console/api/overview",
+    ):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert response.headers["content-security-policy"] == CONSOLE_CSP
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert "'unsafe-inline'" not in CONSOLE_CSP and "script-src 'self'" in CONSOLE_CSP
+    page = client.get("/console/").text
+    assert '<script src="console.js" defer></script>' in page
+    assert "<style" not in page and " style=" not in page and "onclick" not in page
+    assert client.get("/console/index.html").status_code == 404
+    assert client.get("/console/secrets.py").status_code == 404
+
+
+def test_overview_and_route_details(client: httpx.Client) -> None:
+    doc = client.get("/console/api/overview").json()
+    assert doc["access"] == "token"
+    assert [(r["name"], r["utterances"]) for r in doc["routes"]] == [
+        ("billing", 4),
+        ("tech", 4),
+        ("shipping", 3),
+    ]
+    assert all(r["effective_threshold"] == doc["threshold"] for r in doc["routes"])
+    details = client.get("/console/api/routes/tech").json()
+    assert details["utterances"] == BASE[1].utterances
+    assert client.get("/console/api/routes/nope").status_code == 404
+
+
+def test_last_change_is_stamped_when_a_route_changes(client: httpx.Client) -> None:
+    before = {
+        r["name"]: r["changed_at"] for r in client.get("/console/api/overview").json()["routes"]
+    }
+    assert before["tech"] is None  # there before the console first looked
+    added = client.post(
+        "/routes/tech/utterances", json={"utterances": ["The screen stays black"]}, headers=AUTH
+    )
+    assert added.status_code == 200
+    after = {
+        r["name"]: r["changed_at"] for r in client.get("/console/api/overview").json()["routes"]
+    }
+    assert after["tech"] is not None and after["billing"] is None
+
+
+def test_try_explains_the_decision(client: httpx.Client) -> None:
+    answer = client.post("/console/api/try", json={"query": "I want my money back", "k": 3}).json()
+    decision = answer["decision"]
+    assert decision["route"] == "billing"
+    assert answer["decided_by"] == "threshold" and answer["lexical_weight"] is None
+    assert answer["top"][0]["route"] == "billing"
+    assert len(answer["top"]) == 3
+    assert answer["margin"] == pytest.approx(decision["score"] - decision["runner_up_score"])
+    best = answer["top"][0]
+    assert best["passed"] and best["score"] == pytest.approx(decision["score"])
+    assert best["nearest"][0]["text"] == decision["nearest_utterance"]
+    assert best["nearest"][0]["score"] == pytest.approx(decision["score"], abs=1e-5)
+    assert {n["text"] for t in answer["top"] for n in t["nearest"]} <= {
+        u for r in BASE for u in r.utterances
+    }
+    assert client.post("/console/api/try", json={"query": 3}).status_code == 422
+
+
+def test_evaluate_reports_confusions(client: httpx.Client) -> None:
+    rows = [
+        {"text": "I was charged twice on my card", "label": "tech"},  # billing, labelled tech
+        {"text": "My parcel has not arrived", "label": "shipping"},
+        {"text": "What is the capital of Peru?", "label": None},
+    ]
+    body = "\n".join(json.dumps(r) for r in rows).encode()
+    report = client.post("/console/api/evaluate", content=body).json()
+    assert report["rows"] == 3 and report["in_scope"] == 2
+    assert {"label": "tech", "predicted": "billing", "count": 1} in report["confused_pairs"]
+    assert report["misrouted"][0]["text"] == rows[0]["text"]
+    assert report["misrouted_total"] == len(report["misrouted"])
+    bad = client.post("/console/api/evaluate", content=b'{"text": "x"}\n')
+    assert bad.status_code == 422 and "line 1" in bad.json()["detail"]
+    unknown = client.post("/console/api/evaluate", content=b'{"text": "x", "label": "nope"}\n')
+    assert unknown.status_code == 422
+
+
+def test_map_projects_the_stored_vectors(client: httpx.Client, live: Service) -> None:
+    doc = client.post("/console/api/map", json={"query": "I need a refund"}).json()
+    assert doc["routes"] == ["billing", "tech", "shipping"]
+    n = sum(len(r.utterances) for r in BASE)
+    assert len(doc["x"]) == len(doc["y"]) == len(doc["route"]) == n
+    # The query is a stored utterance: it lands on that utterance's point.
+    i = doc["texts"].index("I need a refund")
+    assert (doc["query"]["x"], doc["query"]["y"]) == pytest.approx(
+        (doc["x"][i], doc["y"][i]), abs=1e-3
+    )
+    assert doc["route"][i] == 0
+    assert len(doc["closest_pairs"]) == 3
+    # No re-encoding: the map reads the stored vectors (the query is in the cache).
+    calls = live.router.encoder.calls  # type: ignore[attr-defined]
+    again = client.post("/console/api/map", json={}).json()
+    assert again["x"] == doc["x"] and again["query"] is None
+    assert live.router.encoder.calls == calls  # type: ignore[attr-defined]
+
+
+def test_stats_count_the_service_not_the_console(client: httpx.Client) -> None:
+    for _ in range(5):
+        assert client.post("/route", json={"query": "Where is my parcel?"}).status_code == 200
+    stats = client.get("/console/api/stats").json()
+    assert stats["requests_per_s"] > 0
+    assert stats["p50_ms"] is not None and 0 < stats["p50_ms"] <= stats["p99_ms"]
+    assert stats["routes"] == 3 and stats["utterances"] == 11
+    assert stats["queue_depth"] == 0
+    quiet = client.get("/console/api/stats").json()  # only console requests since
+    assert (
+        quiet["requests_per_s"] * quiet["window_s"]
+        == pytest.approx(stats["requests_per_s"] * stats["window_s"])
+        or quiet["window_s"] > stats["window_s"]
+    )
+
+
+def test_the_key_check_accepts_only_the_key(client: httpx.Client) -> None:
+    assert client.get("/console/api/access").status_code == 401
+    assert (
+        client.get("/console/api/access", headers={"Authorization": "Bearer no"}).status_code == 401
+    )
+    assert client.get("/console/api/access", headers=AUTH).json() == {"changes": True}
+
+
+def test_console_can_be_turned_off_and_is_read_only_with_read_only(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    off, _, storage = _service(tmp_path, encoder, console=False)
+    try:
+        assert httpx.get(off.url + "/console/").status_code == 404
+        assert httpx.get(off.url + "/console/api/overview").status_code == 404
+        assert httpx.get(off.url + "/readyz").status_code == 200
+    finally:
+        off.close()
+        storage.close()
+    (tmp_path / "ro").mkdir()
+    ro, _, storage = _service(tmp_path / "ro", encoder, read_only=True)
+    try:
+        assert httpx.get(ro.url + "/console/api/overview").json()["access"] == "read_only"
+        assert httpx.get(ro.url + "/console/api/access").status_code == 403
+    finally:
+        ro.close()
+        storage.close()
+
+
+# -- the page in a real browser ---------------------------------------------------------------
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+VIEWS = ("routes", "try", "evaluate", "map", "live")
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("SYNAPTOROUTE_CHROMIUM"), "/usr/bin/chromium"):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    return found
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (dev extra)"
+    )
+    path = _chromium()
+    if path is None:
+        pytest.skip("no Chromium: run `bash scripts/chromium.sh` (installs the distribution's)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+class Console:
+    """A browser page on the console, recording what the page did."""
+
+    def __init__(self, page: Any, url: str) -> None:
+        self.page = page
+        self.url = url
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        page.on(
+            "console",
+            lambda msg: self.errors.append(msg.text) if msg.type == "error" else None,
+        )
+        page.on("dialog", self._dialog)
+        page.on("request", lambda r: self.requests.append((r.method, r.url, r.headers)))
+        page.set_default_timeout(LIMIT_MS)
+
+    def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def open(self, view: str = "routes") -> Any:
+        """Load the console on ``view`` and wait until it has rendered."""
+        response = self.page.goto(f"{self.url}/console/#/{view}")
+        self.wait(view.split("/")[0])
+        return response
+
+    def go(self, view: str) -> None:
+        """Switch view in the loaded page."""
+        self.page.evaluate("delete document.body.dataset.ready")
+        self.page.evaluate("view => { location.hash = '#/' + view; }", view)
+        self.wait(view.split("/")[0])
+
+    def wait(self, view: str) -> None:
+        self.page.wait_for_function(
+            "view => document.body.dataset.ready === view", arg=view, timeout=LIMIT_MS
+        )
+
+    def use_key(self, key: str = KEY) -> None:
+        from playwright.sync_api import expect
+
+        self.page.fill("#key-input", key)
+        self.page.click("#key-form button[type=submit]")
+        expect(self.page.locator("#access-status")).to_have_text(
+            "Changes enabled with your key (kept in this tab only).", timeout=LIMIT_MS
+        )
+
+    def screenshots(self, folder: Path) -> None:
+        """The page as it is, then every view."""
+        self.page.screenshot(path=str(folder / "failure.png"), full_page=True)
+        for view in VIEWS:
+            try:
+                self.go(view)
+            finally:
+                self.page.screenshot(path=str(folder / f"{view}.png"), full_page=True)
+
+
+@pytest.fixture
+def console(browser: Any, live: Service, request: pytest.FixtureRequest) -> Iterator[Console]:
+    context = browser.new_context(viewport={"width": 1024, "height": 800})
+    c = Console(context.new_page(), live.url)
+    yield c
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        folder = Path(tempfile.mkdtemp(prefix=f"console-{request.node.name}-"))
+        try:
+            c.screenshots(folder)
+        finally:
+            print(f"console screenshots of the failure: {folder}")
+    context.close()
+
+
+def _expect() -> Any:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=LIMIT_MS)  # a hang bound, not a pace
+    return expect
+
+
+def test_console_loads_with_the_routes(console: Console) -> None:
+    expect = _expect()
+    response = console.open()
+    assert response.headers["content-security-policy"] == CONSOLE_CSP
+    rows = console.page.locator("#routes-table tbody tr")
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0)).to_contain_text("billing")
+    expect(rows.nth(0).locator("td").nth(1)).to_have_text("4")
+    expect(console.page.locator("#access-status")).to_have_text(
+        "Read-only: enter the API key to change routes."
+    )
+    for view in ("try", "evaluate", "map", "live"):
+        console.go(view)
+    assert console.errors == [] and console.dialogs == []
+
+
+def test_a_tried_query_shows_its_route(console: Console) -> None:
+    expect = _expect()
+    console.open("try")
+    console.page.fill("#try-input", "How do I get my money back?")
+    console.page.press("#try-input", "Enter")  # the keyboard is enough
+    expect(console.page.locator("#try-route")).to_have_text("billing")
+    expect(console.page.locator("#try-top tbody tr")).to_have_count(3)
+    expect(console.page.locator("#try-top tbody tr").nth(0)).to_contain_text("I need a refund")
+    # The map places the last tried query.
+    console.go("map")
+    expect(console.page.locator("#map-info")).to_contain_text(
+        "The last tried query is the black cross."
+    )
+    expect(console.page.locator("#map-legend button")).to_have_count(3)
+    assert console.errors == []
+
+
+def test_with_the_key_an_added_utterance_changes_the_route(console: Console, live: Service) -> None:
+    expect = _expect()
+    query = "Can I pay with a gift voucher at the door?"
+    console.open("try")
+    console.page.fill("#try-input", query)
+    console.page.click("#try-form button")
+    expect(console.page.locator("#try-route")).not_to_have_text("")
+    before = console.page.locator("#try-route").text_content()
+    assert before != "shipping"
+    console.use_key()
+    console.go("route/shipping")
+    console.page.fill("#add-utterance-input", query)
+    console.page.press("#add-utterance-input", "Enter")
+    expect(console.page.locator("#utterance-list li")).to_have_count(4)
+    expect(console.page.locator("#notice")).to_have_text("Utterance added.")
+    assert query in live.router.get_route("shipping").utterances
+    console.go("try")
+    console.page.fill("#try-input", query)
+    console.page.click("#try-form button")
+    expect(console.page.locator("#try-route")).to_have_text("shipping")
+    # The key went only in the Authorization header, never in a URL.
+    changes = [r for r in console.requests if r[0] == "POST" and "/routes/" in r[1]]
+    assert changes and all(h.get("authorization") == f"Bearer {KEY}" for _, _, h in changes)
+    assert all(KEY not in url for _, url, _ in console.requests)
+    assert console.page.evaluate("sessionStorage.length") == 1
+    assert KEY not in console.page.url
+    assert console.errors == []
+
+
+def test_without_the_key_no_edit_controls_and_the_api_refuses(console: Console) -> None:
+    expect = _expect()
+    console.open("route/billing")
+    expect(console.page.locator("#utterance-list li")).to_have_count(4)
+    for selector in ("#add-utterance-form", "#threshold-form", "#delete-route-box"):
+        expect(console.page.locator(selector)).to_be_hidden()
+    expect(console.page.get_by_role("button", name="Delete")).to_have_count(0)
+    expect(console.page.get_by_role("button", name="Edit")).to_have_count(0)
+    console.go("routes")
+    expect(console.page.locator("#new-route-form")).to_be_hidden()
+    status = console.page.evaluate(
+        """async () => (await fetch('../routes/billing/utterances', {method: 'POST',
+            headers: {'Content-Type': 'application/json'},
+            body: JSON.stringify({utterances: ['sneaky']})})).status"""
+    )
+    assert status == 401
+    # A wrong key is refused and not kept.
+    console.page.fill("#key-input", "wrong")
+    console.page.click("#key-form button[type=submit]")
+    expect(console.page.locator("#message")).to_have_text("The API key was refused.")
+    assert console.page.evaluate("sessionStorage.length") == 0
+    expect(console.page.locator("#new-route-form")).to_be_hidden()
+
+
+def test_route_text_is_escaped(console: Console, live: Service) -> None:
+    expect = _expect()
+    live.router.add_route(
+        Route(name="<b>x</b>", utterances=[XSS, "<script>window.__xss=2</script>"])
+    )
+    console.open()
+    expect(console.page.locator("#routes-table tbody tr")).to_have_count(4)
+    expect(console.page.locator("#routes-table tbody tr").nth(3).locator("a")).to_have_text(
+        "<b>x</b>"
+    )
+    console.page.click("text=<b>x</b>")
+    console.wait("route")
+    items = console.page.locator("#utterance-list li")
+    expect(items).to_have_count(2)
+    expect(items.nth(0)).to_have_text(XSS)
+    assert console.page.locator("main img, main script, main b").count() == 0
+    console.go("try")
+    console.page.fill("#try-input", XSS)
+    console.page.click("#try-form button")
+    expect(console.page.locator("#try-route")).to_have_text("<b>x</b>")
+    expect(console.page.locator("#try-top .nearest").first).to_contain_text(XSS)
+    assert console.page.evaluate("window.__xss === undefined")
+    assert console.dialogs == [] and console.errors == []
+
+
+def test_an_evaluation_upload_shows_the_confusions(console: Console, live: Service) -> None:
+    expect = _expect()
+    rows = [
+        {"text": "I was charged twice on my card", "label": "tech"},
+        {"text": "My parcel has not arrived", "label": "shipping"},
+        {"text": "What is the capital of Peru?", "label": None},
+    ]
+    data = "\n".join(json.dumps(r) for r in rows).encode()
+    console.open("evaluate")
+    console.use_key()
+    console.page.set_input_files(
+        "#eval-file", files=[{"name": "val.jsonl", "mimeType": "application/json", "buffer": data}]
+    )
+    console.page.click("#eval-form button[type=submit]")
+    expect(console.page.locator("#confused-pairs li").first).to_have_text("tech → billing: 1")
+    expect(console.page.locator("#eval-figures")).to_contain_text("In-scope accuracy")
+    misrouted = console.page.locator("#misrouted tbody tr")
+    expect(misrouted.first).to_contain_text("I was charged twice on my card")
+    console.page.get_by_role("button", name="Add to tech").click()
+    expect(console.page.get_by_role("button", name="Added to tech")).to_be_disabled()
+    assert "I was charged twice on my card" in live.router.get_route("tech").utterances
+    assert console.errors == []
+
+
+def test_live_figures_and_a_narrow_screen(console: Console) -> None:
+    expect = _expect()
+    console.page.set_viewport_size({"width": 320, "height": 640})
+    console.open("live")
+    expect(console.page.locator("#live-queue")).to_have_text("0")
+    for view in ("routes", "try", "evaluate", "map", "live", "route/billing"):
+        console.go(view)
+        width = console.page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 320, (view, width)
+    # Every control has a label.
+    unlabelled = console.page.evaluate(
+        """() => [...document.querySelectorAll('input, textarea, select')]
+            .filter(e => e.labels.length === 0 && !e.getAttribute('aria-label')).map(e => e.id)"""
+    )
+    assert unlabelled == []
+    assert console.errors == []
