@@ -43,6 +43,7 @@ from .exceptions import (
 from .models import Route
 from .postgres import is_database_url, open_storage
 from .router import AdaptiveRouter
+from .server.settings import add_limit_arguments
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -406,6 +407,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from .server import ServerSettings, load_routes_file, run
+    from .server.settings import limit_values
 
     settings = ServerSettings.from_env(
         store=_store_path(args),
@@ -421,6 +423,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         encoder_threads=args.threads,
         encoder_spin=args.spin,
         log_level=args.log_level,
+        **limit_values(args),
     )
     settings.check_safe()
     if args.routes:
@@ -661,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (default info)",
     )
     p.add_argument("--access-log", action="store_true", help="log every request")
+    add_limit_arguments(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

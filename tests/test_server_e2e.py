@@ -228,7 +228,7 @@ async def _partial_request(
 
 
 def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
-    srv = Server(tmp_path)
+    srv = Server(tmp_path, "--max-batches-in-flight", "8")  # all eight batches admitted
     auth_free_change = httpx.put(
         f"{srv.url}/routes/music", json={"utterances": ["play some jazz"]}, timeout=60
     )

@@ -27,7 +27,18 @@ BOUND_S = 240.0  # the whole burst must finish within this, or the test fails
 @pytest.mark.timeout(400)
 def test_5000_concurrent_requests_all_answered_nothing_lost(tmp_path: Path) -> None:
     srv = Server(
-        tmp_path, "--max-queue", "1000", "--log-level", "warning", env={"SYNAPTOROUTE_API_KEY": KEY}
+        tmp_path,
+        "--max-queue",
+        "1000",
+        "--log-level",
+        "warning",
+        # One client's 5,000 connections: this test is about the queue, not the
+        # per-client connection limit (tests/test_server_attacks.py covers that).
+        "--max-connections",
+        "10000",
+        "--max-connections-per-client",
+        "10000",
+        env={"SYNAPTOROUTE_API_KEY": KEY},
     )
     auth = {"Authorization": f"Bearer {KEY}"}
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI, Path, Request, Response
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -34,6 +34,7 @@ from .. import __version__
 from ..encoder import Encoder
 from ..exceptions import (
     InvalidInputError,
+    ModelMismatchError,
     RouteExistsError,
     RouteNotFoundError,
     RouterClosedError,
@@ -45,7 +46,16 @@ from ..models import RouteMatch
 from ..postgres import open_storage
 from ..router import AdaptiveRouter
 from ..storage import MemoryStorage, Storage
-from .metrics import CONTENT_TYPE, ServiceMetrics
+from .guards import (
+    AdmissionError,
+    BatchAdmission,
+    HostGuardMiddleware,
+    InternalErrorMiddleware,
+    RateLimitMiddleware,
+)
+from .metrics import CONTENT_TYPE, Gauge, ServiceMetrics
+from .negatives import negatives_router
+from .protocol import ConnectionLimits, guarded_protocol
 from .routes_file import apply_routes, load_routes_file
 from .schemas import (
     NAME_PATTERN,
@@ -83,6 +93,8 @@ class ServiceState:
     owns_router: bool
     metrics: ServiceMetrics
     ready: bool = False
+    #: Checks a request's token before its body is judged (401 before 422).
+    precheck: Callable[[Request], HTTPException | None] | None = None
 
     def get_router(self) -> AdaptiveRouter:
         """The router, once the lifespan has opened it."""
@@ -234,8 +246,15 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
     retry = {"Retry-After": str(state.settings.retry_after)}
     rejections = state.metrics.rejections
 
-    async def validation(request: Request, exc: Exception) -> JSONResponse:
+    async def refused(request: Request) -> Response | None:
+        # A request without a valid token learns nothing about its body: 401 first.
+        refusal = state.precheck(request) if state.precheck is not None else None
+        return await http_error(request, refusal) if refusal is not None else None
+
+    async def validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
+        if (refusal := await refused(request)) is not None:
+            return refusal
         # Only where and what: the offending input is not echoed back.
         detail = [
             {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
@@ -246,6 +265,8 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 400:
+            if (refusal := await refused(request)) is not None:
+                return refusal
             # FastAPI answers 400 when a body cannot be decoded at all (bad UTF-8, or
             # nesting too deep): to a client that is just more bad JSON.
             detail = [{"loc": ["body"], "msg": "body is not valid JSON", "type": "json_invalid"}]
@@ -286,13 +307,19 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
         return _error(503, "the service is starting or stopping; retry later", retry)
 
     async def storage(request: Request, exc: Exception) -> JSONResponse:
+        # Every store change is one transaction: a failed one changed nothing, and the
+        # store may well take the retry (a lock held too long, a database restarting).
         log.error("store error", exc_info=exc)
-        return _error(500, "the store could not be updated; nothing was changed")
+        rejections.inc(("store_unavailable",))
+        return _error(503, "the store could not be updated; nothing was changed", retry)
 
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        # The traceback goes to the server log, never to the client.
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return _error(500, "internal server error")
+    async def mismatch(request: Request, exc: Exception) -> JSONResponse:
+        return _error(409, str(exc))
+
+    async def admission(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AdmissionError)
+        rejections.inc(("too_costly" if exc.status == 413 else "busy",))
+        return _error(exc.status, exc.detail, retry if exc.status == 429 else None)
 
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(HTTPException, http_error)
@@ -303,8 +330,10 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
     app.add_exception_handler(RouterOverloadedError, overloaded)
     app.add_exception_handler(RouterTimeoutError, timed_out)
     app.add_exception_handler(RouterClosedError, closed)
+    app.add_exception_handler(ModelMismatchError, mismatch)
     app.add_exception_handler(StorageError, storage)
-    app.add_exception_handler(Exception, internal)
+    app.add_exception_handler(AdmissionError, admission)
+    # Any other exception: InternalErrorMiddleware (one traceback, connection kept).
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -312,11 +341,14 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing or wrong bearer token.",
         403: "Route changes are disabled (read-only service).",
         404: "No such route.",
-        409: "The route exists (use PUT to replace it).",
-        413: "Request body too large.",
+        409: "The route exists (use PUT to replace it), or the store holds another model.",
+        413: "Request body too large, or a batch costing more than max_batch_cost.",
+        421: "A keyless service answers only loopback Host names.",
         422: "Malformed JSON or a body of the wrong shape.",
+        429: "Too many requests from this client, or batches in flight; see Retry-After.",
         500: "Internal error (details only in the server log).",
-        503: "Overloaded, timed out, starting or stopping; see Retry-After.",
+        503: "Overloaded, timed out, starting, stopping or the store unavailable "
+        "(nothing changed); see Retry-After.",
     }
     return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
 
@@ -418,6 +450,7 @@ def create_app(
             raise
         state.ready = True
         metrics.ready.set(1)
+        store_up.set(1)  # it was just read; /healthz/store checks again
         try:
             yield
         finally:
@@ -439,10 +472,25 @@ def create_app(
     )
     app.state.synaptoroute = state
     _install_error_handlers(app, state)
+    # Innermost first: the last added runs first.
+    app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-
     key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+    if key is None:
+        app.add_middleware(HostGuardMiddleware, allowed=settings.allowed_hosts)
+    if settings.rate_limit is not None:
+        app.add_middleware(
+            RateLimitMiddleware,
+            rate=settings.rate_limit,
+            burst=settings.rate_burst,
+            on_refuse=lambda: metrics.rejections.inc(("rate_limited",)),
+        )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    store_up = Gauge("synaptoroute_store_up", "1 when the last store check could read the store.")
+    metrics.registry.register(store_up)
+    admission = BatchAdmission(
+        settings.max_batch_cost, settings.max_batches_in_flight, settings.batch_chunk_cost
+    )
 
     def refuse_if_read_only() -> None:
         if settings.read_only:
@@ -454,10 +502,7 @@ def create_app(
 
     bearer = HTTPBearer(auto_error=False, description="the value of SYNAPTOROUTE_API_KEY")
 
-    async def checked_changes(
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
-    ) -> None:
-        refuse_if_read_only()
+    def check_token(credentials: HTTPAuthorizationCredentials | None) -> None:
         given = credentials.credentials.encode("utf-8", "surrogateescape") if credentials else b""
         # Constant-time, so the token cannot be guessed byte by byte from timings.
         if key is None or not hmac.compare_digest(given, key):
@@ -466,8 +511,38 @@ def create_app(
                 401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
             )
 
+    async def checked_changes(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
+        refuse_if_read_only()
+        check_token(credentials)
+
+    async def checked_reads(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
+        check_token(credentials)
+
     # Without a key (a loopback service) changes are open, and the schema says so.
     change = [Depends(open_changes if key is None else checked_changes)]
+    read = [Depends(checked_reads)] if settings.auth_reads and key is not None else []
+    guarded = {id(d.dependency) for d in (*change, *read)}
+
+    def precheck(request: Request) -> HTTPException | None:
+        route = request.scope.get("route")
+        if not any(id(d.dependency) in guarded for d in getattr(route, "dependencies", ())):
+            return None
+        try:
+            if route is not None and "GET" not in getattr(route, "methods", ()):
+                refuse_if_read_only()
+            if key is not None:
+                scheme, _, token = request.headers.get("authorization", "").partition(" ")
+                given = HTTPAuthorizationCredentials(scheme=scheme, credentials=token.strip())
+                check_token(given if scheme.lower() == "bearer" else None)
+        except HTTPException as exc:
+            return exc
+        return None
+
+    state.precheck = precheck
     timeout = settings.request_timeout
 
     def record(matches: list[RouteMatch]) -> None:
@@ -496,17 +571,62 @@ def create_app(
         responses=_responses(413, 422, 500, 503),
     )
     async def route_batch(body: BatchRequest) -> Response:
-        """Route several texts; results come in the order of `queries`."""
-        matches = await state.get_router().aquery_batch(body.queries, timeout=timeout)
+        """Route several texts; results come in the order of `queries`.
+
+        Admitted by cost (characters the model reads), not by count: a batch costing
+        more than `max_batch_cost` is refused with 413, one more than
+        `max_batches_in_flight` with 429.
+        """
+        r = state.get_router()
+
+        async def serve_chunk(chunk: list[str]) -> list[RouteMatch]:
+            return await r.aquery_batch(chunk, timeout=timeout)
+
+        matches = await admission.run(body.queries, serve_chunk)
         record(matches)
         answer = BatchResponse(results=[RouteResult.from_match(m) for m in matches])
         return Response(answer.model_dump_json(), media_type=_JSON)
 
     # -- route management -----------------------------------------------------------
-    @app.get("/routes", response_model=list[RouteOut], tags=["routes"])
-    async def list_routes() -> list[RouteOut]:
-        """Every route with its utterances."""
-        return [RouteOut.from_route(r) for r in state.get_router().list_routes()]
+    page_size = settings.routes_page_size
+
+    @app.get(
+        "/routes",
+        response_model=list[RouteOut],
+        tags=["routes"],
+        dependencies=read,
+        responses=_responses(401, 422),
+    )
+    async def list_routes(
+        request: Request,
+        offset: Annotated[int, Query(ge=0, description="Routes to skip.")] = 0,
+        limit: Annotated[
+            int | None, Query(ge=1, description="Routes in this page (at most the page size).")
+        ] = None,
+    ) -> Response:
+        """Routes with their utterances, in insertion order, one page at a time.
+
+        `X-Total-Count` gives the number of routes; `Link: <...>; rel="next"` the next
+        page while there is one.
+        """
+        size = min(limit or page_size, page_size)
+        routes = state.get_router().list_routes()
+        page = routes[offset : offset + size]
+
+        def render() -> bytes:
+            return (
+                b"["
+                + b",".join(RouteOut.from_route(r).model_dump_json().encode() for r in page)
+                + b"]"
+            )
+
+        # Large pages are serialised in a thread: the event loop keeps serving probes.
+        body = await _blocking(render)
+        headers = {"X-Total-Count": str(len(routes))}
+        if offset + size < len(routes):
+            url = request.url.include_query_params(offset=offset + size, limit=size)
+            headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
+        return Response(body, media_type=_JSON, headers=headers)
 
     @app.post(
         "/routes",
@@ -567,7 +687,8 @@ def create_app(
         "/routes/{name:route_path}",
         response_model=RouteOut,
         tags=["routes"],
-        responses=_responses(404),
+        dependencies=read,
+        responses=_responses(401, 404),
     )
     async def get_route(name: RouteName) -> RouteOut:
         """One route."""
@@ -605,7 +726,13 @@ def create_app(
         await _blocking(state.get_router().delete_route, name)
         return Response(status_code=204)
 
-    @app.get("/threshold", response_model=DefaultThreshold, tags=["routes"])
+    @app.get(
+        "/threshold",
+        response_model=DefaultThreshold,
+        tags=["routes"],
+        dependencies=read,
+        responses=_responses(401),
+    )
     async def get_default_threshold() -> DefaultThreshold:
         """The default threshold of routes without their own."""
         return DefaultThreshold(threshold=state.get_router().threshold)
@@ -623,6 +750,8 @@ def create_app(
         await _blocking(setattr, r, "threshold", body.threshold)
         return DefaultThreshold(threshold=r.threshold)
 
+    app.include_router(negatives_router(state.get_router, change, read, _responses))
+
     if settings.console:
         from .console import console_router
 
@@ -636,21 +765,40 @@ def create_app(
 
     @app.get("/readyz", tags=["operations"], responses={503: {"model": ErrorBody}})
     async def readyz() -> JSONResponse:
-        """Ready to route: model loaded, store open, batching worker running."""
-        checks = {"started": state.ready, "model": False, "store": False, "worker": False}
+        """Ready to route: started, model loaded, batching worker running.
+
+        Queries are answered from memory, so the store's health is not part of it
+        (see `/healthz/store`): a database blip must not take every replica out of
+        a load balancer. This is the Docker HEALTHCHECK's and a readiness probe's URL.
+        """
+        checks = {"started": state.ready, "model": False, "worker": False}
         r = state.router
         if r is not None:
             checks["model"] = bool(getattr(r.encoder, "loaded", True))
             checks["worker"] = r.worker.running
-            try:
-                await _blocking(r.storage.model_info)
-                checks["store"] = True
-            except Exception:
-                log.warning("readiness: the store cannot be read", exc_info=True)
         ok = all(checks.values())
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "checks": checks},
             status_code=200 if ok else 503,
+        )
+
+    @app.get("/healthz/store", tags=["operations"], responses={503: {"model": ErrorBody}})
+    async def store_health() -> JSONResponse:
+        """Whether the store can be read now (route changes need it; queries do not).
+
+        Also exported as the `synaptoroute_store_up` gauge.
+        """
+        r = state.router
+        ok = False
+        if r is not None:
+            try:
+                await _blocking(r.storage.model_info)
+                ok = True
+            except Exception:
+                log.warning("store check: the store cannot be read", exc_info=True)
+        store_up.set(1 if ok else 0)
+        return JSONResponse(
+            {"store": "ok" if ok else "unavailable"}, status_code=200 if ok else 503
         )
 
     @app.get(
@@ -677,6 +825,13 @@ def run(settings: ServerSettings, *, access_log: bool = False) -> None:
     import uvicorn
 
     settings.check_safe()
+    limits = ConnectionLimits(
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        max_header_bytes=settings.max_header_bytes,
+        max_connections=settings.max_connections,
+        max_connections_per_client=settings.max_connections_per_client,
+    )
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
@@ -685,6 +840,8 @@ def run(settings: ServerSettings, *, access_log: bool = False) -> None:
         access_log=access_log,
         lifespan="on",
         timeout_graceful_shutdown=int(settings.drain_timeout) or None,
+        timeout_keep_alive=settings.keep_alive_timeout,
+        http=guarded_protocol(limits),
         backlog=4096,
     )
     server = uvicorn.Server(config)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..models import SCORE_MAX, SCORE_MIN, MatchReason, Route, RouteMatch, clean_utterances
+from ..storage import metadata_json
 
 __all__ = [
     "MAX_BATCH_QUERIES",
@@ -43,11 +43,9 @@ def _encodable(value: str) -> str:
 
 
 def _json_object(value: dict[str, Any]) -> dict[str, Any]:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (ValueError, TypeError):
-        msg = "metadata must be a JSON object without NaN or infinite numbers"
-        raise ValueError(msg) from None
+    # What the store would refuse (lone surrogates, NaN, too deep, too large) is a
+    # 422 here, before anything is encoded or written.
+    metadata_json(value)
     return value
 
 

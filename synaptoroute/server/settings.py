@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from ..batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_MAX_WAIT_MS
 from ..exceptions import InvalidInputError
 
-__all__ = ["API_KEY_ENV", "DEFAULT_MAX_BODY_BYTES", "ServerSettings", "is_loopback"]
+__all__ = [
+    "API_KEY_ENV",
+    "DEFAULT_MAX_BODY_BYTES",
+    "ServerSettings",
+    "add_limit_arguments",
+    "is_loopback",
+    "limit_values",
+]
 
 #: The environment variable that holds the bearer token for route changes.
 API_KEY_ENV = "SYNAPTOROUTE_API_KEY"
@@ -47,6 +56,26 @@ class ServerSettings(BaseModel):
             spinning takes the cores that the event loop needs to parse requests
             (measured in ``benchmarks/http_service.py``).
         log_level: uvicorn's log level.
+        auth_reads: route reads (``GET /routes``, ``/routes/{name}``, ``/threshold``)
+            need the bearer token too.
+        allowed_hosts: ``Host`` names a keyless service answers besides loopback
+            names (a keyless service refuses others with 421: DNS rebinding).
+        routes_page_size: routes in one ``GET /routes`` page unless ``limit`` says
+            otherwise (and the most it may say).
+        max_batch_cost: most one ``/route/batch`` may cost, in characters the model
+            reads plus 16 a text (413 above).
+        max_batches_in_flight: ``/route/batch`` requests served at once (429 above).
+        batch_chunk_cost: a batch reaches the model in chunks of about this cost, so
+            single queries are served between two chunks.
+        header_timeout, body_timeout: seconds to receive a request's headers, then
+            its body, before the connection is closed.
+        keep_alive_timeout: seconds an idle keep-alive connection stays open.
+        max_header_bytes: request line and headers; more gets 431.
+        max_connections, max_connections_per_client: one more connection gets 503
+            and is closed at once.
+        rate_limit, rate_burst: requests a second per client address (a token
+            bucket of ``rate_burst``; 429 beyond); ``None`` turns it off. Probes
+            (``/healthz``, ``/readyz``) are never limited.
         console: serve the browser console at ``/console`` (read-only without the API key).
 
     Example:
@@ -72,6 +101,20 @@ class ServerSettings(BaseModel):
     encoder_threads: int | None = Field(default=None, ge=1)
     encoder_spin: bool = False
     log_level: str = "info"
+    auth_reads: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    routes_page_size: int = Field(default=1000, ge=1)
+    max_batch_cost: int = Field(default=131_072, ge=1024)
+    max_batches_in_flight: int = Field(default=2, ge=1)
+    batch_chunk_cost: int = Field(default=8192, ge=1)
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0)
+    keep_alive_timeout: int = Field(default=5, ge=1)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_client: int = Field(default=100, ge=1)
+    rate_limit: float | None = Field(default=None, gt=0)
+    rate_burst: int = Field(default=50, ge=1)
     console: bool = True
 
     @classmethod
@@ -96,9 +139,61 @@ class ServerSettings(BaseModel):
         if self.api_key is not None and not self.api_key.get_secret_value():
             msg = f"{API_KEY_ENV} is set but empty; set a real token or unset it"
             raise InvalidInputError(msg)
+        if self.auth_reads and self.api_key is None:
+            msg = f"auth_reads needs an API key: set {API_KEY_ENV}"
+            raise InvalidInputError(msg)
         if self.changes_enabled and self.api_key is None and not is_loopback(self.host):
             msg = (
                 f"refusing to listen on {self.host!r} with route changes enabled and no API "
                 f"key: set {API_KEY_ENV}, pass --read-only, or listen on 127.0.0.1"
             )
             raise InvalidInputError(msg)
+
+
+#: ``serve`` options for the hardening settings: (flag, field, type, help).
+_LIMIT_OPTIONS: list[tuple[str, str, type, str]] = [
+    ("--max-batch-cost", "max_batch_cost", int, "413 for a /route/batch costing more"),
+    ("--max-batches-in-flight", "max_batches_in_flight", int, "429 for one more batch"),
+    ("--header-timeout", "header_timeout", float, "seconds to receive a request's headers"),
+    ("--body-timeout", "body_timeout", float, "seconds to receive a request's body"),
+    ("--keep-alive-timeout", "keep_alive_timeout", int, "seconds an idle connection stays"),
+    ("--max-header-bytes", "max_header_bytes", int, "431 above this"),
+    ("--max-connections", "max_connections", int, "503 for one more connection"),
+    ("--max-connections-per-client", "max_connections_per_client", int, "per client address"),
+    ("--rate-limit", "rate_limit", float, "requests a second per client address (429 above)"),
+    ("--rate-burst", "rate_burst", int, "requests a client may send at once"),
+    ("--routes-page-size", "routes_page_size", int, "routes in one GET /routes page"),
+]
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the service's limits and read protection to a ``serve`` parser."""
+    fields = ServerSettings.model_fields
+    for flag, field, kind, text in _LIMIT_OPTIONS:
+        default = fields[field].default
+        suffix = "off" if default is None else default
+        parser.add_argument(flag, dest=field, type=kind, help=f"{text} (default {suffix})")
+    parser.add_argument(
+        "--auth-reads",
+        action="store_true",
+        help="route reads (GET /routes, /routes/NAME, /threshold) need the API key too",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        metavar="NAME",
+        help="a Host name a keyless service answers besides loopback names (repeatable)",
+    )
+
+
+def limit_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings that :func:`add_limit_arguments`' options were given."""
+    values: dict[str, Any] = {
+        field: getattr(args, field)
+        for _, field, _, _ in _LIMIT_OPTIONS
+        if getattr(args, field, None) is not None
+    }
+    values["auth_reads"] = bool(getattr(args, "auth_reads", False))
+    values["allowed_hosts"] = tuple(getattr(args, "allowed_hosts", None) or ())
+    return values

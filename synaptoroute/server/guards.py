@@ -1,0 +1,265 @@
+"""What keeps the service answering under abuse: raw ASGI middleware and admission.
+
+- :class:`InternalErrorMiddleware`: an unexpected error becomes one logged traceback
+  and a 500, and the keep-alive connection stays open (Starlette's own handler
+  re-raises, so uvicorn logged it a second time and closed the connection).
+- :class:`HostGuardMiddleware`: a keyless (loopback) service answers only requests
+  addressed to a loopback name, so a page on another site cannot reach it through
+  DNS rebinding.
+- :class:`RateLimitMiddleware`: a token bucket per client address (429).
+- :class:`BatchAdmission`: ``/route/batch`` admitted by cost (characters the encoder
+  will read), not by number of texts, and fed to the batching worker in chunks so a
+  single ``/route`` never waits behind a whole large batch.
+
+Connection-level limits (header and body read timeouts, header size, connection
+counts) live in :mod:`synaptoroute.server.protocol`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..exceptions import SynaptorouteError
+
+__all__ = [
+    "TEXT_COST_OVERHEAD",
+    "AdmissionError",
+    "BatchAdmission",
+    "HostGuardMiddleware",
+    "InternalErrorMiddleware",
+    "RateLimitMiddleware",
+    "host_allowed",
+    "text_cost",
+]
+
+log = logging.getLogger("synaptoroute.server")
+T = TypeVar("T")
+
+#: Characters the default encoder reads of one text at most (256 tokens, cut first by
+#: characters): a longer text costs no more.
+MAX_TEXT_COST = 4096
+#: Fixed cost of one text (tokenizer call, padding, the result), in characters.
+TEXT_COST_OVERHEAD = 16
+#: Paths that stay open to every client: probes must not be rate limited.
+_PROBES = frozenset({"/healthz", "/readyz", "/healthz/store"})
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def text_cost(text: str) -> int:
+    """What one text costs the encoder, in characters (bounded by what it reads)."""
+    return min(len(text), MAX_TEXT_COST) + TEXT_COST_OVERHEAD
+
+
+def _json_error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def _never_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+class InternalErrorMiddleware:
+    """Turns an exception that no handler took into one logged 500, connection kept."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            # The traceback goes to the server log once, never to the client.
+            log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
+            if started:  # nothing sensible can follow a half-sent response
+                return
+            response = _json_error(500, "internal server error")
+            await response(scope, _never_receive, send)
+
+
+def _host_name(value: str) -> str:
+    value = value.strip().lower()
+    if value.startswith("["):  # [::1]:8000
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def host_allowed(host_header: str, allowed: Sequence[str]) -> bool:
+    """Whether a ``Host`` header names a loopback name or one of ``allowed`` (port ignored)."""
+    name = _host_name(host_header)
+    return name in _LOOPBACK_NAMES or name.startswith("127.") or name in allowed
+
+
+class HostGuardMiddleware:
+    """Answers 421 to requests whose ``Host`` is not this machine's (DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp, allowed: Sequence[str]) -> None:
+        self.app = app
+        self.allowed = tuple(_host_name(h) for h in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = ""
+            for key, value in scope["headers"]:
+                if key == b"host":
+                    host = value.decode("latin-1")
+                    break
+            if not host_allowed(host, self.allowed):
+                response = _json_error(
+                    421,
+                    "this service only answers requests addressed to a loopback name "
+                    "(set an API key, or --allowed-host, to serve other names)",
+                )
+                await response(scope, _never_receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class RateLimitMiddleware:
+    """A token bucket per client address: ``rate`` requests a second, bursts of ``burst``.
+
+    Health probes are never limited. At most ``max_clients`` buckets are kept (the
+    least recently seen are dropped first), so many addresses cannot grow memory.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        rate: float,
+        burst: int,
+        on_refuse: Callable[[], None],
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app = app
+        self.rate = rate
+        self.burst = burst
+        self.on_refuse = on_refuse
+        self.max_clients = max_clients
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def _take(self, client: str) -> float:
+        """Take a token; 0 when granted, else the seconds until one is available."""
+        now = self.clock()
+        tokens, last = self._buckets.pop(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self._buckets[client] = (tokens, now)
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return wait
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in _PROBES:
+            client = scope.get("client")
+            wait = self._take(client[0] if client else "")
+            if wait > 0:
+                self.on_refuse()
+                response = _json_error(
+                    429,
+                    f"more than {self.rate:g} requests a second from this client; retry later",
+                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                )
+                await response(scope, _never_receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class AdmissionError(SynaptorouteError):
+    """A batch refused by cost: ``status`` 413 (never admissible) or 429 (retry later)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class BatchAdmission:
+    """Admits ``/route/batch`` requests by what they cost the encoder.
+
+    Args:
+        max_cost: most a single request may cost (characters, see :func:`text_cost`);
+            more is refused at once with 413, since it could never be admitted.
+        max_in_flight: batches served at once; one more is refused at once with 429.
+        chunk_cost: each batch reaches the batching worker in chunks of about this
+            cost, one after the other, so queries that arrive meanwhile are served
+            between two chunks instead of after the whole batch.
+    """
+
+    def __init__(self, max_cost: int, max_in_flight: int, chunk_cost: int) -> None:
+        self.max_cost = max_cost
+        self.max_in_flight = max_in_flight
+        self.chunk_cost = chunk_cost
+        self.in_flight = 0
+
+    def chunks(self, texts: Sequence[str]) -> list[list[str]]:
+        """Split ``texts`` (in order) into runs of at most ``chunk_cost`` (one text at least).
+
+        Raises:
+            AdmissionError: the whole batch costs more than ``max_cost`` (413).
+        """
+        out: list[list[str]] = []
+        current: list[str] = []
+        cost = total = 0
+        for text in texts:
+            c = text_cost(text)
+            total += c
+            if current and cost + c > self.chunk_cost:
+                out.append(current)
+                current, cost = [], 0
+            current.append(text)
+            cost += c
+        if total > self.max_cost:
+            msg = (
+                f"this batch costs {total} (characters the model reads, plus "
+                f"{TEXT_COST_OVERHEAD} a text), more than the {self.max_cost} a request may "
+                "cost; send fewer or shorter texts"
+            )
+            raise AdmissionError(413, msg)
+        if current:
+            out.append(current)
+        return out
+
+    async def run(
+        self, texts: Sequence[str], answer: Callable[[list[str]], Awaitable[list[T]]]
+    ) -> list[T]:
+        """Answer ``texts`` chunk by chunk with ``answer``; results in input order.
+
+        Raises:
+            AdmissionError: 413 (too costly) or 429 (``max_in_flight`` batches running).
+        """
+        chunks = self.chunks(texts)
+        if self.in_flight >= self.max_in_flight:
+            msg = f"{self.in_flight} batches are being served, the most at once; retry later"
+            raise AdmissionError(429, msg)
+        self.in_flight += 1
+        try:
+            results: list[T] = []
+            for chunk in chunks:
+                results.extend(await answer(chunk))
+            return results
+        finally:
+            self.in_flight -= 1

@@ -1,0 +1,173 @@
+"""Connection limits that uvicorn's HTTP protocol does not enforce itself.
+
+uvicorn's httptools protocol (the fast one, used by ``synaptoroute serve``) has no
+header read timeout (a connection that never sends a byte, or sends headers one byte
+at a time, stays open for ever), no body read timeout, no header size limit (an
+unterminated header is buffered whole) and no per-client connection limit;
+``limit_concurrency`` answers 503 to every client once idle connections fill it.
+:func:`guarded_protocol` returns its subclass that adds exactly those limits:
+
+- ``header_timeout``: from the connection's start (or a request's first byte) to
+  the end of its headers; then the connection is closed.
+- ``body_timeout``: from the end of the headers to the end of the body.
+- ``max_header_bytes``: request line and headers; more gets 431 and a close.
+- ``max_connections`` / ``max_connections_per_client``: one more connection is
+  never queued: its request is answered 503 (``Connection: close``) as soon as its
+  headers arrive, and it is closed after ``header_timeout`` if they never do, so one
+  client's idle connections cannot take what other clients and the probes need.
+
+The keep-alive idle timeout between requests stays uvicorn's (``timeout_keep_alive``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["ConnectionLimits", "guarded_protocol"]
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """See the module docstring; every value must be positive."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_header_bytes: int = 16 * 1024
+    max_connections: int = 1000
+    max_connections_per_client: int = 100
+
+
+def _plain_response(status: bytes, text: str) -> bytes:
+    body = text.encode("ascii")
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(body)).encode("ascii") + b"\r\n"
+        b"connection: close\r\n\r\n" + body
+    )
+
+
+_OVER_LIMIT_GRACE_S = 1.0
+_HEADERS_TOO_LARGE = _plain_response(
+    b"431 Request Header Fields Too Large", "request headers too large"
+)
+
+
+async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
+    """The ASGI app an over-limit connection gets: 503, then the connection closes."""
+    body = b'{"detail":"too many connections; retry later"}'
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _GuardedProtocol(HttpToolsProtocol):
+    limits = ConnectionLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._in_headers = True
+        self._header_bytes = 0
+        self._refused = False
+        self._client_key = ""
+
+    # -- bookkeeping shared by the server's connections ---------------------------
+    def _per_client(self) -> dict[str, int]:
+        counts: dict[str, int] | None = getattr(self.server_state, "synaptoroute_clients", None)
+        if counts is None:
+            counts = {}
+            self.server_state.synaptoroute_clients = counts  # type: ignore[attr-defined]
+        return counts
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _refuse(self, response: bytes) -> None:
+        self._refused = True
+        self._disarm()
+        self.transport.write(response)
+        self.transport.close()
+
+    # -- the protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        limits = self.limits
+        self._client_key = self.client[0] if self.client else ""
+        counts = self._per_client()
+        counts[self._client_key] = counts.get(self._client_key, 0) + 1
+        if (
+            len(self.connections) > limits.max_connections
+            or counts[self._client_key] > limits.max_connections_per_client
+        ):
+            # Answered (not reset) once its request arrives: a client that wrote its
+            # request before our close would otherwise see a reset, not the 503.
+            self.app = _too_many_connections
+            # An honest client sends its request at once; an idle one goes soon.
+            self._arm(min(limits.header_timeout, _OVER_LIMIT_GRACE_S))
+            return
+        self._arm(limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        counts = self._per_client()
+        left = counts.get(self._client_key, 1) - 1
+        if left > 0:
+            counts[self._client_key] = left
+        else:
+            counts.pop(self._client_key, None)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        counting = self._in_headers
+        super().data_received(data)
+        if counting and self._in_headers and not self.transport.is_closing():
+            # Still inside the headers after this chunk: count it (the parser holds
+            # unfinished header values in memory until the line ends).
+            self._header_bytes += len(data)
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._refuse(_HEADERS_TOO_LARGE)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+        self._header_bytes = 0
+        if self._deadline is None:
+            self._arm(self.limits.header_timeout)
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._arm(self.limits.body_timeout)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._in_headers = True  # what comes next is the next request's headers
+        self._header_bytes = 0
+        super().on_message_complete()
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with ``limits`` (pass it as ``uvicorn.Config(http=...)``)."""
+    return type("GuardedHttpToolsProtocol", (_GuardedProtocol,), {"limits": limits})
