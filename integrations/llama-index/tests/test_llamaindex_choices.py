@@ -4,6 +4,7 @@ routers are still stopped; the default model is shared."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import warnings
 
 import pytest
@@ -88,3 +89,40 @@ def test_selectors_and_embeddings_built_without_an_encoder_share_one_model() -> 
     selector = SynaptorouteSelector.from_defaults(utterances=UTTERANCES)
     assert selector.encoder is shared
     assert SynaptorouteSelector.from_defaults().encoder is shared
+
+
+def test_four_threads_each_running_asyncio_run_on_one_engine(
+    encoder: Encoder, engine_tools: list[QueryEngineTool]
+) -> None:
+    from llama_index.core.llms import MockLLM
+    from llama_index.core.query_engine import RouterQueryEngine
+    from llamaindex_support import CLEAR_QUERIES
+
+    selector = SynaptorouteSelector.from_defaults(utterances=UTTERANCES, encoder=encoder)
+    engine = RouterQueryEngine(selector=selector, query_engine_tools=engine_tools, llm=MockLLM())
+    names = list(DESCRIPTIONS)
+    queries = [q for q, _ in CLEAR_QUERIES] * 10
+    expected = [f"[{names[i]}] {q}" for q, i in CLEAR_QUERIES] * 10
+    results: list[object] = [None] * 4
+    start = threading.Barrier(4)
+
+    async def work() -> list[str]:
+        try:
+            answers = await asyncio.gather(*(engine.aquery(q) for q in queries))
+            return [str(a) for a in answers]
+        finally:
+            await selector.aclose()
+
+    def run(slot: int) -> None:
+        start.wait()
+        try:
+            results[slot] = asyncio.run(work())
+        except BaseException as exc:
+            results[slot] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [expected] * 4
