@@ -368,8 +368,10 @@ def _closest_pairs(
     names = projection.routes
     if len(names) < 2:
         return []
-    centroids = np.zeros((len(names), vectors.shape[1]), dtype=np.float64)
-    np.add.at(centroids, projection.route_ids, vectors)
+    # Sum each route's rows in one pass (np.add.at is an order of magnitude slower).
+    order = np.argsort(projection.route_ids, kind="stable")
+    starts = np.searchsorted(projection.route_ids[order], np.arange(len(names)))
+    centroids = np.add.reduceat(vectors[order].astype(np.float64), starts, axis=0)
     centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
     sims = centroids @ centroids.T
     i, j = np.triu_indices(len(names), k=1)
