@@ -1,33 +1,50 @@
 # synaptoroute HTTP service. Build: docker build -t synaptoroute .
 # Run:   docker run -p 8000:8000 -e SYNAPTOROUTE_API_KEY=change-me -v routes:/data synaptoroute
-# See docs/deployment.md.
+# See docs/deployment.md (how to update the base image and the dependency lock).
 
-FROM python:3.11-slim AS build
+# An exact Python release on an exact Debian release: a rebuild gets the same interpreter.
+# No digest: none could be verified where this file was written (docs/deployment.md).
+FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY synaptoroute ./synaptoroute
-# The model (all-MiniLM-L6-v2 INT8 ONNX and its tokenizer) is a pip dependency:
-# installing the package bundles it into the virtual environment.
-# httptools and uvloop: uvicorn's C HTTP parser and event loop (more requests/s).
+# Dependencies first, each file checked against its sha256 in the lock (docker/lock.sh
+# writes it): a change to the source alone reuses this layer instead of reinstalling them.
+COPY docker/requirements.lock ./
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install ".[server,cli]" "httptools>=0.6,<1" "uvloop>=0.19,<1"
+    && /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock
+COPY pyproject.toml README.md LICENSE* NOTICE* ./
+COPY synaptoroute ./synaptoroute
+# The build tools came from the lock too, so nothing unpinned is fetched here.
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation . \
+    && /opt/venv/bin/pip check
 
-FROM python:3.11-slim
+FROM python:3.11.14-slim-bookworm
+ARG VERSION=0.2.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="synaptoroute" \
+      org.opencontainers.image.description="A local semantic router: sends a text to one of several named routes by embedding similarity." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="docker.io/library/python:3.11.14-slim-bookworm"
+# SYNAPTOROUTE_PORT is read by both 'serve' and 'healthcheck', so changing it moves both.
+# ONNX Runtime threads default to the container's CPU quota; SYNAPTOROUTE_THREADS overrides.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    SYNAPTOROUTE_STORE=/data/routes.db
+    SYNAPTOROUTE_STORE=/data/routes.db \
+    SYNAPTOROUTE_PORT=8000
 COPY --from=build /opt/venv /opt/venv
-RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin synaptoroute \
-    && mkdir /data && chown synaptoroute:synaptoroute /data
-USER synaptoroute
+RUN groupadd --gid 10001 synaptoroute \
+    && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin synaptoroute \
+    && mkdir /data && chown 10001:10001 /data
+# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
 # Fail the build, not the first request, if the bundled model cannot load or encode.
 RUN python -c "from synaptoroute import Encoder; v = Encoder().encode(['build check']); assert v.shape == (1, 384), v.shape"
 VOLUME ["/data"]
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
-    CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s CMD ["synaptoroute", "healthcheck"]
 STOPSIGNAL SIGTERM
 # Listening on all interfaces: route changes need SYNAPTOROUTE_API_KEY (or add --read-only).
-CMD ["synaptoroute", "serve", "--host", "0.0.0.0", "--port", "8000", "--store", "/data/routes.db"]
+CMD ["synaptoroute", "serve", "--host", "0.0.0.0", "--store", "/data/routes.db"]
