@@ -84,16 +84,24 @@ def build_supervisor(
     router: AdaptiveRouter,
 ) -> tuple[CompiledStateGraph[Any, Any, Any, Any], SynaptorouteNode]:
     """The compiled graph (with an in-memory checkpointer) and its supervisor node."""
-    graph = StateGraph(SupervisorState)
     supervisor = SynaptorouteNode(router, default="fallback")
-    supervisor.add_to(graph, "supervisor")  # declares an edge per agent for get_graph()
+    return build_graph(supervisor, supervisor.destinations), supervisor
+
+
+def build_graph(
+    supervisor: Any, destinations: tuple[str, ...]
+) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """The graph around any ``supervisor`` node going to ``destinations``."""
+    graph = StateGraph(SupervisorState)
+    # destinations= gives get_graph() one edge per agent (the node jumps with Command).
+    graph.add_node("supervisor", supervisor, destinations=destinations)
     graph.add_edge(START, "supervisor")
     for name, (_, system, reply) in AGENTS.items():
         graph.add_node(name, agent(system, reply))
         graph.add_edge(name, END)
     graph.add_node("fallback", fallback)
     graph.add_edge("fallback", END)
-    return graph.compile(checkpointer=InMemorySaver()), supervisor
+    return graph.compile(checkpointer=InMemorySaver())
 
 
 def show(question: str, state: dict[str, Any]) -> None:
