@@ -6,6 +6,9 @@ route's example utterances, in milliseconds, on a CPU.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
 from .decision import DecisionPolicy
 from .encoder import (
     DEFAULT_MODEL_ID,
@@ -36,7 +39,10 @@ from .models import Route, RouteMatch
 from .router import AdaptiveRouter
 from .storage import MemoryStorage, SQLiteStorage, Storage
 
-__version__ = "0.2.0"
+try:  # the version is written once, in pyproject.toml; the installed metadata carries it
+    __version__ = _distribution_version("synaptoroute")
+except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DEFAULT_MODEL_ID",

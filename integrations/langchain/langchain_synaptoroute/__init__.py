@@ -15,6 +15,8 @@ graphs (extra ``langgraph``; imported only when used).
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,7 +26,10 @@ if TYPE_CHECKING:
     from .middleware import SynaptorouteToolSelectorMiddleware
     from .router import SynaptorouteMultiRouter, SynaptorouteRouter
 
-__version__ = "0.1.0"
+try:  # the version is written once, in pyproject.toml; the installed metadata carries it
+    __version__ = _distribution_version("langchain-synaptoroute")
+except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "LangChainEncoder",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import version
 from pathlib import Path
 
 import llama_index.selectors.synaptoroute as package
@@ -13,6 +14,7 @@ EXPECTED_ALL = [
     "SelectionPolicy",
     "SynaptorouteEmbedding",
     "SynaptorouteSelector",
+    "__version__",
     "decide_selection",
 ]
 
@@ -21,6 +23,10 @@ def test_all() -> None:
     assert package.__all__ == EXPECTED_ALL
     for name in EXPECTED_ALL:
         assert hasattr(package, name)
+
+
+def test_version_matches_distribution() -> None:
+    assert package.__version__ == version("llama-index-selectors-synaptoroute")
 
 
 def test_namespace_package_layout() -> None:

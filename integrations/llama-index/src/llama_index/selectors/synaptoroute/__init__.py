@@ -7,8 +7,16 @@ embedding; ``LlamaIndexEncoder`` lets any LlamaIndex embedding drive the router.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
 from .embeddings import LlamaIndexEncoder, SynaptorouteEmbedding
 from .selector import NoMatchPolicy, SelectionPolicy, SynaptorouteSelector, decide_selection
+
+try:  # the version is written once, in pyproject.toml; the installed metadata carries it
+    __version__ = _distribution_version("llama-index-selectors-synaptoroute")
+except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "LlamaIndexEncoder",
@@ -16,5 +24,6 @@ __all__ = [
     "SelectionPolicy",
     "SynaptorouteEmbedding",
     "SynaptorouteSelector",
+    "__version__",
     "decide_selection",
 ]
