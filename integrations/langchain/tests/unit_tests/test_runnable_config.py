@@ -1,0 +1,158 @@
+"""Per-call settings: threshold and top_k as configurable fields; fit through the Runnable."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+from langchain_core.runnables import ConfigurableField, RunnableLambda
+from langchain_synaptoroute import (
+    SynaptorouteClassifier,
+    SynaptorouteMultiClassifier,
+    SynaptorouteRouter,
+)
+
+from synaptoroute import AdaptiveRouter, Encoder, Route
+from synaptoroute.decision import DecisionPolicy
+
+TEXT = "How do I get my money back?"  # billing, scoring between 0.5 and 0.95
+
+
+def _echo_router(adaptive_router: AdaptiveRouter) -> SynaptorouteRouter[Any, str]:
+    return SynaptorouteRouter(
+        router=adaptive_router,
+        runnables={n: RunnableLambda(lambda _x, n=n: n) for n in adaptive_router.route_names},
+        default=RunnableLambda(lambda _x: "default"),
+    )
+
+
+def test_threshold_is_configurable_per_call_without_touching_the_router(
+    adaptive_router: AdaptiveRouter,
+) -> None:
+    score = adaptive_router.query(TEXT).score
+    assert 0.5 < score < 0.95
+    before = adaptive_router.threshold
+    router = _echo_router(adaptive_router).configurable_fields(
+        threshold=ConfigurableField(id="threshold", name="Routing threshold")
+    )
+    assert router.invoke(TEXT) == "billing"
+    assert router.invoke(TEXT, {"configurable": {"threshold": 0.95}}) == "default"
+    assert router.invoke(TEXT, {"configurable": {"threshold": score - 0.01}}) == "billing"
+    assert router.batch([TEXT, TEXT], {"configurable": {"threshold": 0.95}}) == ["default"] * 2
+    assert adaptive_router.threshold == before
+    assert adaptive_router.query(TEXT).name == "billing"
+
+
+async def test_async_calls_with_different_thresholds_run_side_by_side(
+    adaptive_router: AdaptiveRouter,
+) -> None:
+    router = _echo_router(adaptive_router).configurable_fields(
+        threshold=ConfigurableField(id="threshold")
+    )
+    strict, loose, plain = await asyncio.gather(
+        router.ainvoke(TEXT, {"configurable": {"threshold": 0.95}}),
+        router.ainvoke(TEXT, {"configurable": {"threshold": 0.2}}),
+        router.ainvoke(TEXT),
+    )
+    assert (strict, loose, plain) == ("default", "billing", "billing")
+    assert await router.abatch([TEXT], {"configurable": {"threshold": 0.95}}) == ["default"]
+
+
+def test_classifier_threshold_reports_the_per_call_threshold(
+    adaptive_router: AdaptiveRouter,
+) -> None:
+    classifier = SynaptorouteClassifier(router=adaptive_router).configurable_fields(
+        threshold=ConfigurableField(id="threshold")
+    )
+    match = classifier.invoke(TEXT, {"configurable": {"threshold": 0.95}})
+    assert match.name is None
+    assert match.candidate == "billing"
+    assert match.reason == "below_threshold"
+    assert match.threshold == 0.95
+    assert match.runner_up is not None  # ranked with the runner-up, as a plain query is
+    assert classifier.invoke(TEXT).name == "billing"
+    assert classifier.invoke("", {"configurable": {"threshold": 0.1}}).reason == "empty_query"
+
+
+def test_threshold_out_of_range_is_refused(adaptive_router: AdaptiveRouter) -> None:
+    router = _echo_router(adaptive_router).configurable_fields(
+        threshold=ConfigurableField(id="threshold")
+    )
+    with pytest.raises(ValueError, match="threshold"):
+        router.invoke(TEXT, {"configurable": {"threshold": 1.5}})
+
+
+def test_top_k_and_threshold_of_the_multi_classifier_are_configurable(
+    adaptive_router: AdaptiveRouter,
+) -> None:
+    classifier = SynaptorouteMultiClassifier(router=adaptive_router, threshold=0.0)
+    configurable = classifier.configurable_fields(
+        top_k=ConfigurableField(id="top_k"), threshold=ConfigurableField(id="threshold")
+    )
+    assert configurable.invoke(TEXT)[0].name == "billing"
+    assert len(configurable.invoke(TEXT)) == 3
+    assert len(configurable.invoke(TEXT, {"configurable": {"top_k": 1}})) == 1
+    assert configurable.invoke(TEXT, {"configurable": {"threshold": 0.99}}) == []
+
+
+def test_a_runnable_threshold_does_not_race_other_threads(
+    adaptive_router: AdaptiveRouter,
+) -> None:
+    # Two Runnables over one router with different thresholds, called from threads that
+    # start together: each sees its own threshold on every call.
+    strict = _echo_router(adaptive_router).model_copy(update={"threshold": 0.95})
+    loose = _echo_router(adaptive_router)
+    barrier = threading.Barrier(2)
+    seen: dict[str, list[str]] = {"strict": [], "loose": []}
+
+    def run(name: str, runnable: SynaptorouteRouter[Any, str]) -> None:
+        barrier.wait()
+        seen[name] = [runnable.invoke(TEXT) for _ in range(20)]
+
+    threads = [
+        threading.Thread(target=run, args=("strict", strict)),
+        threading.Thread(target=run, args=("loose", loose)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"strict": ["default"] * 20, "loose": ["billing"] * 20}
+
+
+def test_fit_is_reachable_from_the_runnable(encoder: Encoder) -> None:
+    router = SynaptorouteRouter.from_branches(
+        {
+            "billing": (["I need a refund", "I was charged twice"], RunnableLambda(lambda x: 1)),
+            "tech": (["The app crashes", "I can't log in"], RunnableLambda(lambda x: 2)),
+        },
+        encoder=encoder,
+    )
+    texts = [
+        "give me my money back",
+        "refund my last payment",
+        "my account is locked",
+        "the app closes by itself",
+        "what's the capital of peru",
+        "how tall is everest",
+    ]
+    labels: list[str | None] = ["billing", "billing", "tech", "tech", None, None]
+    policy_before = router.router.policy
+    report = router.fit(texts, labels, head=False)
+    assert report.rows == len(texts)
+    assert router.router.policy is not policy_before
+    assert isinstance(router.router.policy, DecisionPolicy)
+
+
+def test_route_added_later_has_no_branch(adaptive_router: AdaptiveRouter, encoder: Encoder) -> None:
+    # A multi-route call names only routes with a branch; a route added to the router
+    # afterwards is reported clearly rather than silently skipped.
+    router = AdaptiveRouter(encoder)
+    router.add_routes(Route(name=n, utterances=u) for n, u in [("a", ["I need a refund"])])
+    runnable = SynaptorouteRouter(router=router, runnables={"a": RunnableLambda(lambda x: "a")})
+    router.add_route(Route(name="b", utterances=["I was charged twice"]))
+    multi = runnable.as_multi_router(top_k=2, threshold=0.0)
+    with pytest.raises(Exception, match="b"):
+        multi.invoke("I was charged twice")

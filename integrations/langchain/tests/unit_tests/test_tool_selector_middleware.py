@@ -1,0 +1,228 @@
+"""The tool-selector middleware in a real ``create_agent``: the model sees only selected tools."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import BaseTool, tool
+from langchain_synaptoroute import SynaptorouteToolSelectorMiddleware
+from pydantic import Field
+
+from synaptoroute import AdaptiveRouter, InvalidInputError
+
+if TYPE_CHECKING:
+    from conftest import RecordingEncoder
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the current weather forecast for a city."""
+    return f"sunny in {city}"
+
+
+@tool
+def convert_currency(amount: float, currency: str) -> str:
+    """Convert an amount of money into another currency."""
+    return f"{amount} {currency}"
+
+
+@tool
+def book_flight(destination: str) -> str:
+    """Book a plane ticket to a destination."""
+    return f"booked to {destination}"
+
+
+@tool
+def send_email(to: str, body: str) -> str:
+    """Send an email message to someone."""
+    return "sent"
+
+
+@tool
+def set_timer(minutes: int) -> str:
+    """Set a countdown timer for some minutes."""
+    return "timer set"
+
+
+@tool
+def search_docs(query: str) -> str:
+    """Search the company's internal documentation."""
+    return "found"
+
+
+TOOLS: list[BaseTool] = [
+    get_weather,
+    convert_currency,
+    book_flight,
+    send_email,
+    set_timer,
+    search_docs,
+]
+
+
+class RecordingChatModel(GenericFakeChatModel):
+    """A fake chat model that records the tool names it is bound with on each call."""
+
+    bound: list[list[str]] = Field(default_factory=list)
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> RecordingChatModel:  # type: ignore[override]
+        """Record the tools' names; the model itself answers from its script."""
+        self.bound.append([t.name if isinstance(t, BaseTool) else str(t) for t in tools])
+        return self
+
+
+def _model(*replies: AIMessage | str) -> RecordingChatModel:
+    return RecordingChatModel(messages=iter(replies))
+
+
+def _selector(encoder: RecordingEncoder, **kwargs: Any) -> SynaptorouteToolSelectorMiddleware:
+    return SynaptorouteToolSelectorMiddleware(encoder=encoder, **kwargs)
+
+
+def test_the_model_sees_only_the_selected_tools(recording_encoder: RecordingEncoder) -> None:
+    model = _model("It will be sunny.")
+    agent = create_agent(model, tools=TOOLS, middleware=[_selector(recording_encoder, max_tools=2)])
+    agent.invoke({"messages": [HumanMessage("Will it rain in Paris tomorrow?")]})
+    (bound,) = model.bound
+    assert len(bound) == 2
+    assert "get_weather" in bound
+    # The selected tools keep the agent's order.
+    assert bound == [t.name for t in TOOLS if t.name in bound]
+
+
+def test_max_tools_and_always_include(recording_encoder: RecordingEncoder) -> None:
+    model = _model("Booked.")
+    selector = _selector(recording_encoder, max_tools=1, always_include=["search_docs"])
+    agent = create_agent(model, tools=TOOLS, middleware=[selector])
+    agent.invoke({"messages": [HumanMessage("Book me a plane ticket to Tokyo")]})
+    assert model.bound == [["book_flight", "search_docs"]]
+
+
+def test_a_tool_call_loop_keeps_the_selection_and_runs_the_tool(
+    recording_encoder: RecordingEncoder,
+) -> None:
+    call = AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": "Oslo"}, "id": "1"}])
+    model = _model(call, "Sunny in Oslo.")
+    agent = create_agent(model, tools=TOOLS, middleware=[_selector(recording_encoder, max_tools=3)])
+    result = agent.invoke({"messages": [HumanMessage("What's the weather like in Oslo?")]})
+    assert [m.content for m in result["messages"] if isinstance(m, ToolMessage)] == [
+        "sunny in Oslo"
+    ]
+    assert len(model.bound) == 2
+    assert model.bound[0] == model.bound[1]
+    assert "get_weather" in model.bound[0] and len(model.bound[0]) == 3
+
+
+async def test_async_agent_selects_the_same_tools(recording_encoder: RecordingEncoder) -> None:
+    texts = ["Convert 20 dollars to euros", "Set a timer for ten minutes"]
+    sync_model, async_model = _model("a", "b"), _model("a", "b")
+    selector = _selector(recording_encoder, max_tools=2)
+    sync_agent = create_agent(sync_model, tools=TOOLS, middleware=[selector])
+    async_agent = create_agent(async_model, tools=TOOLS, middleware=[selector])
+    for text in texts:
+        sync_agent.invoke({"messages": [HumanMessage(text)]})
+        await async_agent.ainvoke({"messages": [HumanMessage(text)]})
+    assert async_model.bound == sync_model.bound
+    assert [b for b in async_model.bound if len(b) == 2] == async_model.bound
+    assert "convert_currency" in async_model.bound[0]
+    assert "set_timer" in async_model.bound[1]
+
+
+def test_routes_are_built_once_and_rebuilt_only_for_changed_tools(
+    recording_encoder: RecordingEncoder,
+) -> None:
+    selector = _selector(recording_encoder, max_tools=2)
+    agent = create_agent(_model("a", "b"), tools=TOOLS, middleware=[selector])
+    agent.invoke({"messages": [HumanMessage("Send an email to Bob")]})
+    encoded = [text for call in recording_encoder.calls for text in call]
+    assert len(encoded) == len(TOOLS) + 1  # one example per tool, then the query
+    recording_encoder.calls.clear()
+    agent.invoke({"messages": [HumanMessage("Search the internal docs for the VPN guide")]})
+    assert recording_encoder.calls == [["Search the internal docs for the VPN guide"]]
+
+    # A tool whose description changed gets its route rebuilt; the others are kept.
+    renamed = book_flight.model_copy(update={"description": "Reserve seats on a flight."})
+    recording_encoder.calls.clear()
+    agent2 = create_agent(
+        _model("c"), tools=[*TOOLS[:2], renamed, *TOOLS[3:]], middleware=[selector]
+    )
+    agent2.invoke({"messages": [HumanMessage("Reserve two seats to Rome")]})
+    encoded = [text for call in recording_encoder.calls for text in call]
+    assert encoded == ["book flight: Reserve seats on a flight.", "Reserve two seats to Rome"]
+
+
+def test_only_present_tools_are_selected(recording_encoder: RecordingEncoder) -> None:
+    selector = _selector(recording_encoder, max_tools=2)
+    create_agent(_model("a"), tools=TOOLS, middleware=[selector]).invoke(
+        {"messages": [HumanMessage("hello")]}
+    )
+    model = _model("b")
+    # The same selector in an agent without the weather tool never binds it.
+    create_agent(model, tools=TOOLS[1:], middleware=[selector]).invoke(
+        {"messages": [HumanMessage("Will it rain in Paris tomorrow?")]}
+    )
+    (bound,) = model.bound
+    assert len(bound) == 2
+    assert "get_weather" not in bound
+
+
+def test_utterances_steer_the_selection(recording_encoder: RecordingEncoder) -> None:
+    text = "I'm off to Lisbon next week"
+    plain = _selector(recording_encoder, max_tools=1)
+    steered = _selector(
+        recording_encoder,
+        max_tools=1,
+        utterances={"book_flight": ["I'm travelling to Rome next month"]},
+    )
+    assert plain.select_tools(text, TOOLS) == ["get_weather"]
+    assert steered.select_tools(text, TOOLS) == ["book_flight"]
+
+
+def test_no_user_message_binds_every_tool(recording_encoder: RecordingEncoder) -> None:
+    model = _model("Hello!")
+    agent = create_agent(model, tools=TOOLS, middleware=[_selector(recording_encoder)])
+    agent.invoke({"messages": [AIMessage("Welcome, how can I help?")]})
+    assert model.bound == [[t.name for t in TOOLS]]
+
+
+@pytest.mark.parametrize(
+    ("on_no_match", "expected"),
+    [("all", [t.name for t in TOOLS]), ("none", ["search_docs"])],
+)
+def test_nothing_above_the_threshold(
+    recording_encoder: RecordingEncoder, on_no_match: Any, expected: list[str]
+) -> None:
+    model = _model("?")
+    selector = _selector(
+        recording_encoder, threshold=0.9, on_no_match=on_no_match, always_include=["search_docs"]
+    )
+    create_agent(model, tools=TOOLS, middleware=[selector]).invoke(
+        {"messages": [HumanMessage("What is the boiling point of mercury?")]}
+    )
+    (bound,) = model.bound
+    assert sorted(bound) == sorted(expected)
+
+
+def test_a_threshold_drops_weak_tools(recording_encoder: RecordingEncoder) -> None:
+    selector = _selector(recording_encoder, max_tools=5, threshold=0.45)
+    assert selector.select_tools("Set a timer for ten minutes", TOOLS) == ["set_timer"]
+
+
+def test_misnamed_settings_fail_clearly(recording_encoder: RecordingEncoder) -> None:
+    bad = _selector(recording_encoder, utterances={"get_wether": ["rain?"]})
+    with pytest.raises(InvalidInputError, match=r"\['get_wether'\]"):
+        create_agent(_model("x"), tools=TOOLS, middleware=[bad]).invoke(
+            {"messages": [HumanMessage("rain?")]}
+        )
+    missing = _selector(recording_encoder, always_include=["search"])
+    with pytest.raises(InvalidInputError, match="always_include"):
+        missing.select_tools("rain?", TOOLS)
+    with pytest.raises(InvalidInputError, match="max_tools"):
+        SynaptorouteToolSelectorMiddleware(max_tools=0)
+    with pytest.raises(InvalidInputError, match="not both"):
+        SynaptorouteToolSelectorMiddleware(router=AdaptiveRouter(recording_encoder), encoder=1)
