@@ -40,6 +40,7 @@ __all__ = [
     "load_split",
     "machine_info",
     "percentile",
+    "replace_section",
     "summarize_ms",
     "time_ms",
     "time_wall_cpu_ms",
@@ -130,6 +131,23 @@ def machine_info() -> str:
         f"{os.cpu_count()} cores, {cpu_model()}, load {load:.2f} at start, "
         f"Python {platform.python_version()}, numpy {np.__version__}, {now}"
     )
+
+
+def replace_section(section: str, text: str) -> None:
+    """Put ``text`` (which starts with the ``section`` heading) into BENCHMARKS.md.
+
+    It replaces the section of that heading, up to the next ``## `` heading, or is
+    appended at the end when the section does not exist yet.
+    """
+    path = REPO_ROOT / "BENCHMARKS.md"
+    doc = path.read_text(encoding="utf-8")
+    start = doc.find(section)
+    if start == -1:
+        doc = doc.rstrip("\n") + "\n\n" + text
+    else:
+        end = doc.find("\n## ", start + len(section))
+        doc = doc[:start] + text + (doc[end + 1 :] if end != -1 else "")
+    path.write_text(doc, encoding="utf-8")
 
 
 def percentile(values: Sequence[float], q: float) -> float:

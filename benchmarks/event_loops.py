@@ -27,7 +27,7 @@ import threading
 import time
 from statistics import median
 
-from common import REPO_ROOT, add_data_argument, by_label, load_split, machine_info
+from common import add_data_argument, by_label, load_split, machine_info, replace_section
 
 from synaptoroute import AdaptiveRouter, Route
 
@@ -173,7 +173,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        _write(text)
+        replace_section(SECTION, text)
 
 
 async def _gather(router: AdaptiveRouter, texts: list[str]) -> list[object]:
@@ -181,18 +181,6 @@ async def _gather(router: AdaptiveRouter, texts: list[str]) -> list[object]:
         return list(await asyncio.gather(*(router.aquery(t) for t in texts)))
     finally:
         await router.stop()
-
-
-def _write(text: str) -> None:
-    path = REPO_ROOT / "BENCHMARKS.md"
-    doc = path.read_text()
-    start = doc.find(SECTION)
-    if start == -1:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    else:
-        end = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text + (doc[end + 1 :] if end != -1 else "")
-    path.write_text(doc)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import os
 import re
 import socket
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -163,6 +164,13 @@ class Encoder:
             :class:`ModelNotAvailableError`.
         spin: let ONNX Runtime threads spin-wait between calls (lower latency,
             more CPU while idle).
+        device: where the model runs: ``"cpu"`` (default), ``"cuda"`` or
+            ``"cuda:<n>"`` (needs ``onnxruntime-gpu``, extra ``gpu``), ``"tensorrt"``,
+            ``"rocm"``, ``"coreml"``, ``"directml"`` or ``"openvino"``. A device
+            whose provider this onnxruntime lacks gives a warning and runs on the CPU.
+        providers: ONNX Runtime execution providers, passed as they are (names or
+            ``(name, options)`` pairs); overrides ``device``. Missing ones are dropped
+            with a warning; the CPU provider is always kept last.
 
     Example:
         >>> enc = Encoder()
@@ -177,13 +185,19 @@ class Encoder:
         model_path: str | os.PathLike[str] | None = None,
         threads: int | None = None,
         max_tokens: int = _DEFAULT_MAX_TOKENS,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         download_timeout: float = 10.0,
         spin: bool = True,
+        device: str | None = None,
+        providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
     ) -> None:
         if max_tokens < 8:
             msg = "max_tokens must be at least 8"
             raise InvalidInputError(msg)
+        self._requested = _requested_providers(device, providers)
+        on_accelerator = self._requested[0][0] != _CPU
+        if batch_size is None:
+            batch_size = _ACCELERATOR_BATCH if on_accelerator else _CPU_BATCH
         if batch_size < 1:
             msg = "batch_size must be at least 1"
             raise InvalidInputError(msg)
@@ -198,6 +212,7 @@ class Encoder:
         self._bundled = model is None or model == DEFAULT_MODEL_ID
         self._lock = threading.Lock()
         self._session: Any = None
+        self._providers: list[str] = []
         self._tokenizer: Any = None
         self._fastembed: Any = None
         self._dimension: int | None = _DEFAULT_DIM if self._bundled else None
@@ -215,6 +230,29 @@ class Encoder:
             self.load()
         assert self._dimension is not None
         return self._dimension
+
+    @property
+    def device(self) -> str:
+        """``"cpu"``, or the accelerator's provider short name (``"cuda"``...) once loaded.
+
+        Before loading it is the requested device; after, the one the session really
+        uses (``"cpu"`` after a fallback).
+        """
+        names = self._providers or [name for name, _ in self._requested]
+        return _SHORT_NAMES.get(names[0], names[0])
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers of the loaded session, best first (empty before loading)."""
+        return list(self._providers)
+
+    @property
+    def preferred_batch_size(self) -> int:
+        """Most requests the router's batching worker should hand this encoder at once.
+
+        Larger on an accelerator, where a bigger batch costs little more than a small one.
+        """
+        return _ACCELERATOR_WORKER_BATCH if self.device != "cpu" else _CPU_WORKER_BATCH
 
     @property
     def loaded(self) -> bool:
@@ -266,11 +304,12 @@ class Encoder:
             session = ort.InferenceSession(
                 str(model_file),
                 sess_options=self._session_options(),
-                providers=["CPUExecutionProvider"],
+                providers=_available(self._requested, ort.get_available_providers()),
             )
         except Exception as exc:
             msg = f"onnxruntime could not load {model_file}: {exc}"
             raise EncoderError(msg) from exc
+        self._providers = list(session.get_providers())
         self._input_names = {i.name for i in session.get_inputs()}
         self._tokenizer = tokenizer
         self._session = session
@@ -285,7 +324,13 @@ class Encoder:
             )
             raise MissingDependencyError(msg) from exc
         name = str(self._model_name)
-        kwargs: dict[str, Any] = {"model_name": name, "threads": self.threads}
+        import onnxruntime as ort
+
+        kwargs: dict[str, Any] = {
+            "model_name": name,
+            "threads": self.threads,
+            "providers": _available(self._requested, ort.get_available_providers()),
+        }
         if self._model_path is not None:
             kwargs["specific_model_path"] = str(self._model_path)
         else:
@@ -317,6 +362,7 @@ class Encoder:
             )
             raise ModelNotAvailableError(msg)
         self._fastembed = result["model"]
+        self._providers = [p if isinstance(p, str) else p[0] for p in kwargs["providers"]]
         probe = np.asarray(next(iter(self._fastembed.embed(["dimension probe"]))))
         self._dimension = int(probe.shape[-1])
 
@@ -393,6 +439,70 @@ def default_encoder() -> Encoder:
         if _default is None:
             _default = Encoder()
         return _default
+
+
+_CPU = "CPUExecutionProvider"
+#: Texts per ONNX call, and the batching worker's batch, by device: on a CPU padding
+#: costs throughput past a few dozen texts; an accelerator wants far larger batches.
+_CPU_BATCH, _ACCELERATOR_BATCH = 32, 256
+_CPU_WORKER_BATCH, _ACCELERATOR_WORKER_BATCH = 512, 2048
+_DEVICES: dict[str, list[str]] = {
+    "cpu": [_CPU],
+    "cuda": ["CUDAExecutionProvider", _CPU],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", _CPU],
+    "rocm": ["ROCMExecutionProvider", _CPU],
+    "coreml": ["CoreMLExecutionProvider", _CPU],
+    "directml": ["DmlExecutionProvider", _CPU],
+    "openvino": ["OpenVINOExecutionProvider", _CPU],
+}
+_SHORT_NAMES = {names[0]: device for device, names in _DEVICES.items()}
+_Provider = tuple[str, dict[str, Any]]
+
+
+def _requested_providers(
+    device: str | None, providers: Sequence[str | _Provider] | None
+) -> list[_Provider]:
+    """The providers asked for, as ``(name, options)``, CPU last; validated, not yet checked."""
+    if providers is not None:
+        if isinstance(providers, str) or not providers:
+            msg = "providers must be a non-empty list of provider names or (name, options) pairs"
+            raise InvalidInputError(msg)
+        out: list[_Provider] = []
+        for item in providers:
+            name, options = (item, {}) if isinstance(item, str) else item
+            if not isinstance(name, str) or not isinstance(options, dict):
+                msg = f"not an execution provider: {item!r}"
+                raise InvalidInputError(msg)
+            out.append((name, dict(options)))
+    else:
+        kind, _, index = (device or "cpu").strip().lower().partition(":")
+        if kind == "gpu":
+            kind = "cuda"
+        if kind not in _DEVICES or (index and not (kind == "cuda" and index.isdigit())):
+            msg = f"unknown device {device!r}: use one of {sorted(_DEVICES)} (or 'cuda:<n>')"
+            raise InvalidInputError(msg)
+        options = {"device_id": int(index)} if index else {}
+        out = [(name, options if name != _CPU else {}) for name in _DEVICES[kind]]
+    if all(name != _CPU for name, _ in out):
+        out.append((_CPU, {}))
+    return out
+
+
+def _available(requested: list[_Provider], available: Sequence[str]) -> list[str | _Provider]:
+    """``requested`` less what this onnxruntime lacks (with a warning); CPU always remains."""
+    missing = [name for name, _ in requested if name not in available]
+    if missing:
+        warnings.warn(
+            f"execution provider(s) {missing} are not available in this onnxruntime "
+            f"(available: {list(available)}); running on the CPU instead. For NVIDIA GPUs "
+            "install onnxruntime-gpu in place of onnxruntime (extra 'gpu').",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    kept: list[str | _Provider] = [
+        (name, options) if options else name for name, options in requested if name in available
+    ]
+    return kept or [_CPU]
 
 
 _PROBE_TEXT = "dimension probe"

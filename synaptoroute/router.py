@@ -139,7 +139,8 @@ class AdaptiveRouter:
         reencode: if the store's vectors come from another model, re-encode them
             with this encoder (otherwise :class:`ModelMismatchError`).
         max_batch_size, max_wait_ms, max_queue_size: the async batching worker of
-            each event loop (defaults 512, 0 and 10,000; see ``docs/async.md``).
+            each event loop (defaults: the encoder's ``preferred_batch_size`` if it
+            has one, else 512; 0; 10,000; see ``docs/async.md``).
 
     Example:
         >>> router = AdaptiveRouter()
@@ -160,7 +161,7 @@ class AdaptiveRouter:
         cache_size: int = 10_000,
         blas_threads: int | None = None,
         reencode: bool = False,
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_batch_size: int | None = None,
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
     ) -> None:
@@ -185,6 +186,9 @@ class AdaptiveRouter:
         # One batching worker per event loop: the first loop to query takes this one,
         # other loops (threads running asyncio.run, notebooks, Celery/Django workers)
         # get their own with the same settings, so batching stays within each loop.
+        if max_batch_size is None:
+            hint = getattr(self.encoder, "preferred_batch_size", None)
+            max_batch_size = hint if isinstance(hint, int) else DEFAULT_MAX_BATCH_SIZE
         self._worker: BatchWorker[_Request, _Answer] = BatchWorker(
             self._answer,
             max_batch_size=max_batch_size,
