@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from pydantic import ConfigDict, Field
 from typing_extensions import override
 
-from synaptoroute import AdaptiveRouter, RouteMatch
+from synaptoroute import AdaptiveRouter, InvalidInputError, RouteMatch
 
 from ._inputs import (
     TextExtractor,
@@ -23,6 +24,9 @@ from ._inputs import (
     rank_batch,
     rank_one,
 )
+
+if TYPE_CHECKING:
+    from .langgraph import SynaptorouteEdge
 
 __all__ = ["SynaptorouteClassifier", "SynaptorouteMultiClassifier"]
 
@@ -156,6 +160,44 @@ class SynaptorouteClassifier(_Classifying[RouteMatch]):
     async def _amany(self, values: list[Any]) -> list[RouteMatch | Exception]:
         return await aclassify_batch(
             self.router, values, self.text_of, self.timeout, self.threshold
+        )
+
+    def as_path(
+        self, *, default: str = "__end__", routes: Mapping[str, str] | None = None
+    ) -> SynaptorouteEdge:
+        """This classifier as a LangGraph path for ``add_conditional_edges``.
+
+        LangGraph looks a path's result up in the path map, and a ``RouteMatch`` is no
+        node name (``KeyError: RouteMatch(...)``); the path returns the node instead,
+        reading the state as this classifier reads its input. Needs the ``langgraph``
+        extra; see :class:`~langchain_synaptoroute.langgraph.SynaptorouteEdge`.
+
+        Args:
+            default: the node for states that match no route (default ``END``).
+            routes: route name -> node name, for routes whose node is named otherwise.
+
+        Returns:
+            The path; ``get_graph()`` draws one edge per route and the default.
+
+        Raises:
+            InvalidInputError: this classifier has a ``threshold``, which the path
+                cannot apply (it follows the router's thresholds).
+        """
+        from .langgraph import SynaptorouteEdge
+
+        if self.threshold is not None:
+            msg = (
+                "as_path() follows the router's thresholds and cannot apply this "
+                "classifier's threshold=; set it on the routes instead"
+            )
+            raise InvalidInputError(msg)
+        return SynaptorouteEdge(
+            self.router,
+            default=default,
+            routes=routes,
+            input_key=self.input_key,
+            text_extractor=self.text_extractor,
+            timeout=self.timeout,
         )
 
 

@@ -370,3 +370,21 @@ def test_importing_the_package_does_not_import_langgraph() -> None:
         "assert 'langgraph' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_classifier_as_path_replaces_the_keyerror_call(adaptive_router: AdaptiveRouter) -> None:
+    classifier = SynaptorouteClassifier(router=adaptive_router, input_key="messages")
+    # What a new user tries first: the RouteMatch is no key of the path map.
+    raw = _graph()
+    raw.add_conditional_edges(START, classifier, {n: n for n in (*ROUTE_NAMES, "general")})
+    with pytest.raises(KeyError, match="RouteMatch"):
+        raw.compile().invoke(_ask("I need a refund"))
+
+    graph = _graph()
+    graph.add_conditional_edges(START, classifier.as_path(default="general"))
+    app = graph.compile()
+    assert {t for s, t in _edges(app) if s == START} == {*ROUTE_NAMES, "general"}
+    assert app.invoke(_ask("I need a refund"))["seen"] == ["billing"]
+    assert app.invoke(_ask("who won the world cup"))["seen"] == ["general"]
+    with pytest.raises(InvalidInputError, match="threshold"):
+        classifier.model_copy(update={"threshold": 0.3}).as_path()
