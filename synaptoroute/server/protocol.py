@@ -76,6 +76,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._in_headers = True
+        self._headers_ended = False  # a request's headers ended in the current chunk
         self._header_bytes = 0
         self._refused = False
         self._client_key = ""
@@ -141,8 +142,14 @@ class _GuardedProtocol(HttpToolsProtocol):
         if self._refused:
             return
         counting = self._in_headers
+        self._headers_ended = False
         super().data_received(data)
-        if counting and self._in_headers and not self.transport.is_closing():
+        if (
+            counting
+            and self._in_headers
+            and not self._headers_ended
+            and not self.transport.is_closing()
+        ):
             # Still inside the headers after this chunk: count it (the parser holds
             # unfinished header values in memory until the line ends).
             self._header_bytes += len(data)
@@ -157,11 +164,25 @@ class _GuardedProtocol(HttpToolsProtocol):
             self._arm(self.limits.header_timeout)
 
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
         self._in_headers = False
+        self._headers_ended = True
+        # Headers that arrived whole in one chunk were not counted on the way.
+        size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+        if size > self.limits.max_header_bytes:
+            self._refuse(_HEADERS_TOO_LARGE)
+            return
         self._arm(self.limits.body_timeout)
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         self._disarm()
         self._in_headers = True  # what comes next is the next request's headers
         self._header_bytes = 0

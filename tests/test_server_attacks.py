@@ -1,0 +1,487 @@
+"""The attacks of issue 18, each bounded, against a real uvicorn server on 127.0.0.1.
+
+The server runs in a thread with the service's own protocol and limits (set low so
+the attacks stay small). Each test checks that the attack is refused and that the
+service still answers ``/healthz`` and ``/route`` to another client (a second
+loopback address, 127.0.0.2). Waits are bounded by ``LIMIT_S`` and only guard
+against hangs: what is asserted is always a state (closed, refused, answered), never
+how long it took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from numpy.typing import NDArray
+from pydantic import SecretStr
+
+from synaptoroute import AdaptiveRouter, Encoder, Route, SQLiteStorage
+from synaptoroute.server import ServerSettings, create_app
+from synaptoroute.server.protocol import ConnectionLimits, guarded_protocol
+
+HOST = "127.0.0.1"
+OTHER = "127.0.0.2"  # a second client address on the same machine
+LIMIT_S = 30.0
+KEY = "attack-key"
+ROUTES = [
+    Route(name="billing", utterances=["I need a refund", "Where is my receipt?"]),
+    Route(name="tech", utterances=["The app crashes on start", "I can't log in"]),
+]
+
+
+class FailingEncoder:
+    """The real encoder, except that a text containing ``boom`` raises."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        if any("boom" in t for t in texts):
+            msg = "an unexpected failure"
+            raise RuntimeError(msg)
+        return self.inner.encode(texts)
+
+
+class LiveServer:
+    """uvicorn serving the app in a thread, with the service's guarded protocol."""
+
+    def __init__(self, router: AdaptiveRouter, settings: ServerSettings) -> None:
+        limits = ConnectionLimits(
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            max_header_bytes=settings.max_header_bytes,
+            max_connections=settings.max_connections,
+            max_connections_per_client=settings.max_connections_per_client,
+        )
+        sock = socket.socket()
+        sock.bind((HOST, 0))
+        self.port = int(sock.getsockname()[1])
+        self.url = f"http://{HOST}:{self.port}"
+        config = uvicorn.Config(
+            create_app(settings, router=router),
+            log_level="warning",
+            lifespan="on",
+            timeout_keep_alive=settings.keep_alive_timeout,
+            http=guarded_protocol(limits),
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]})
+        self.thread.start()
+        deadline = time.monotonic() + LIMIT_S
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(LIMIT_S)
+
+    def connect(self, source: str = HOST) -> socket.socket:
+        sock = socket.create_connection((HOST, self.port), LIMIT_S, (source, 0))
+        sock.settimeout(LIMIT_S)
+        return sock
+
+    def client(self, source: str = OTHER) -> httpx.Client:
+        transport = httpx.HTTPTransport(local_address=source)
+        return httpx.Client(base_url=self.url, transport=transport, timeout=LIMIT_S)
+
+    def still_serves(self, source: str = OTHER) -> None:
+        with self.client(source) as c:
+            assert c.get("/healthz").status_code == 200
+            r = c.post("/route", json={"query": "I want my money back"})
+            assert r.status_code == 200
+            assert r.json()["route"] == "billing"
+
+
+def closed_by_server(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (bounded by LIMIT_S)."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+@pytest.fixture
+def router(encoder: Encoder, tmp_path: Path) -> Iterator[AdaptiveRouter]:
+    r = AdaptiveRouter(encoder, SQLiteStorage(tmp_path / "routes.db"))
+    r.add_routes(ROUTES)
+    yield r
+    r.close()
+
+
+def serve(router: AdaptiveRouter, **values: Any) -> LiveServer:
+    return LiveServer(router, ServerSettings(**values))
+
+
+# -- connections -----------------------------------------------------------------------
+def test_idle_connections_of_one_client_do_not_starve_others(router: AdaptiveRouter) -> None:
+    srv = serve(router, max_connections_per_client=20)
+    try:
+        idle = [srv.connect() for _ in range(200)]
+        srv.still_serves()
+        # The connections over the client's limit are closed by the server.
+        closed = sum(1 for s in idle[20:] if closed_by_server(s) == b"")
+        assert closed == 180
+        # One over the limit that does send a request is answered 503, not reset.
+        extra = srv.connect()
+        extra.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        answer = closed_by_server(extra)
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        assert b"retry-after: 1" in answer.lower()
+        for s in idle:
+            s.close()
+    finally:
+        srv.stop()
+
+
+def test_over_the_total_connection_limit_is_refused_not_queued(router: AdaptiveRouter) -> None:
+    srv = serve(router, max_connections=30, max_connections_per_client=1000)
+    try:
+        idle = [srv.connect() for _ in range(29)]
+        with srv.client() as c:  # the thirtieth connection: still served
+            assert c.get("/healthz").status_code == 200
+            over = srv.connect(OTHER)
+            over.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+            assert closed_by_server(over).startswith(b"HTTP/1.1 503")
+        for s in idle:
+            s.close()
+        srv.still_serves()
+    finally:
+        srv.stop()
+
+
+def test_silent_and_slow_header_connections_are_closed(router: AdaptiveRouter) -> None:
+    srv = serve(router, header_timeout=0.5)
+    try:
+        silent = srv.connect()
+        slow = srv.connect()
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")  # never ends
+        assert closed_by_server(silent) == b""
+        assert closed_by_server(slow) == b""
+        srv.still_serves()
+    finally:
+        srv.stop()
+
+
+def test_a_body_that_never_arrives_is_dropped(router: AdaptiveRouter) -> None:
+    srv = serve(router, body_timeout=0.5)
+    try:
+        stalled = srv.connect()
+        stalled.sendall(
+            b"POST /route HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100000\r\n\r\n{"query": "'
+        )
+        assert b"200 OK" not in closed_by_server(stalled)
+        srv.still_serves()
+    finally:
+        srv.stop()
+
+
+def test_oversized_headers_get_431_without_being_buffered(router: AdaptiveRouter) -> None:
+    srv = serve(router, max_header_bytes=16 * 1024)
+    try:
+        sock = srv.connect()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+        sent = 0
+        try:  # an unterminated header: the server answers and closes long before 8 MB
+            while sent < 8 << 20:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = closed_by_server(sock)
+        assert sent < 8 << 20
+        assert answer.startswith(b"HTTP/1.1 431") or answer == b""
+        big = srv.connect()
+        big.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+        )
+        assert closed_by_server(big).startswith(b"HTTP/1.1 431")
+        ok = srv.connect()  # headers under the limit are served
+        ok.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Ok: " + b"a" * 8_000 + b"\r\n\r\n"
+        )
+        assert ok.recv(65536).startswith(b"HTTP/1.1 200")
+        ok.close()
+        srv.still_serves()
+    finally:
+        srv.stop()
+
+
+def test_per_client_rate_limit(router: AdaptiveRouter) -> None:
+    # A rate so low that no token comes back during the test: the fourth request is over.
+    srv = serve(router, rate_limit=0.001, rate_burst=3, retry_after=1)
+    try:
+        with srv.client(HOST) as c:
+            codes = [c.post("/route", json={"query": "refund"}).status_code for _ in range(4)]
+            assert codes == [200, 200, 200, 429]
+            refused = c.get("/routes")
+            assert refused.status_code == 429
+            assert int(refused.headers["retry-after"]) >= 1
+            assert c.get("/healthz").status_code == 200  # probes are never limited
+            assert c.get("/readyz").status_code == 200
+        srv.still_serves()  # another client has its own bucket
+    finally:
+        srv.stop()
+
+
+# -- errors ------------------------------------------------------------------------------
+def test_an_unexpected_error_logs_one_traceback_and_keeps_the_connection(
+    encoder: Encoder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = AdaptiveRouter(FailingEncoder(encoder), SQLiteStorage(tmp_path / "e.db"))
+    r.add_routes(ROUTES)
+    srv = serve(r)
+    try:
+        with caplog.at_level(logging.ERROR), srv.client(HOST) as c:
+            first = c.post("/route", json={"query": "boom"})
+            second = c.post("/route", json={"query": "boom again"})
+            ok = c.post("/route", json={"query": "refund"})
+        assert first.status_code == second.status_code == 500
+        assert first.json() == {"detail": "internal server error"}
+        assert ok.status_code == 200
+        # One keep-alive connection carried all three requests.
+        assert first.headers.get("connection") != "close"
+        assert second.headers.get("connection") != "close"
+        tracebacks = [rec for rec in caplog.records if rec.exc_info is not None]
+        assert len(tracebacks) == 2
+    finally:
+        srv.stop()
+        r.close()
+
+
+def test_a_poisoned_change_never_commits_over_http(router: AdaptiveRouter) -> None:
+    srv = serve(router)
+    try:
+        bodies = [
+            b'{"utterances": ["a"], "metadata": {"k": "\\ud800"}}',
+            b'{"utterances": ["a"], "metadata": {"\\udfff": 1}}',
+            b'{"utterances": ["a"], "metadata": ' + b'{"k": ' * 300 + b"1" + b"}" * 301,
+            b'{"utterances": ["a"], "description": "\\ud83d"}',
+            b'{"utterances": ["a"], "metadata": {"k": "' + b"x" * 70_000 + b'"}}',
+        ]
+        with srv.client(HOST) as c:
+            for body in bodies:
+                r = c.put("/routes/x", content=body, headers={"content-type": "application/json"})
+                assert r.status_code == 422, r.text
+            listed = c.get("/routes")
+            assert listed.status_code == 200
+            assert [route["name"] for route in listed.json()] == ["billing", "tech"]
+        srv.still_serves()
+    finally:
+        srv.stop()
+    reopened = SQLiteStorage(router.storage.path)  # type: ignore[attr-defined]
+    assert [s.route.name for s in reopened.load()] == ["billing", "tech"]
+    reopened.close()
+
+
+# -- in process: admission, pagination, hosts, auth --------------------------------------
+class RecordingEncoder:
+    """The real encoder; records each call's texts and can hold the first call."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+        self.calls: list[list[str]] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        self.calls.append(list(texts))
+        self.entered.set()
+        assert self.gate.wait(LIMIT_S), "gate never opened"
+        return self.inner.encode(texts)
+
+
+async def _asgi(app: Any, host: str = HOST) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{host}")
+
+
+async def test_batch_cost_is_refused_at_once_and_single_queries_pass_between_chunks(
+    encoder: Encoder, tmp_path: Path
+) -> None:
+    rec = RecordingEncoder(encoder)
+    r = AdaptiveRouter(rec, SQLiteStorage(tmp_path / "b.db"))
+    r.add_routes(ROUTES)
+    settings = ServerSettings(max_batch_cost=4096, batch_chunk_cost=1024, max_batches_in_flight=1)
+    app = create_app(settings, router=r)
+    async with app.router.lifespan_context(app), await _asgi(app) as c:
+        rec.calls.clear()
+        # 10 texts of 1,000 characters cost more than 4,096: refused, nothing encoded.
+        big = await c.post("/route/batch", json={"queries": ["refund " * 143] * 10})
+        assert big.status_code == 413
+        assert "costs" in big.json()["detail"]
+        assert rec.calls == []
+        # Four texts of ~700 characters: admitted, fed to the model one chunk at a time.
+        texts = [f"{i} " + "refund please " * 50 for i in range(4)]
+        rec.gate.clear()
+        rec.entered.clear()
+        batch = asyncio.create_task(c.post("/route/batch", json={"queries": texts}))
+        while not rec.entered.is_set():
+            await asyncio.sleep(0)
+        busy = await c.post("/route/batch", json={"queries": ["hello"]})
+        assert busy.status_code == 429
+        assert "retry-after" in busy.headers
+        single = asyncio.create_task(c.post("/route", json={"query": "my app crashes"}))
+        while r.worker.queue_depth < 1:
+            await asyncio.sleep(0)
+        rec.gate.set()
+        assert (await batch).status_code == 200
+        assert (await single).json()["route"] == "tech"
+        calls = [call for call in rec.calls if call]
+        first_chunk = next(i for i, call in enumerate(calls) if texts[0] in call)
+        single_call = next(i for i, call in enumerate(calls) if "my app crashes" in call)
+        last_chunk = next(i for i, call in enumerate(calls) if texts[-1] in call)
+        assert texts[-1] not in calls[first_chunk]  # the batch was cut into chunks
+        assert first_chunk < single_call <= last_chunk  # the query did not wait for it all
+    r.close()
+
+
+async def test_routes_are_paginated(encoder: Encoder, tmp_path: Path) -> None:
+    r = AdaptiveRouter(encoder, SQLiteStorage(tmp_path / "p.db"))
+    r.add_routes([Route(name=f"r{i}", utterances=[f"topic {i}"]) for i in range(5)])
+    app = create_app(ServerSettings(routes_page_size=2), router=r)
+    async with app.router.lifespan_context(app), await _asgi(app) as c:
+        names: list[str] = []
+        url: str | None = "/routes"
+        pages = 0
+        while url is not None and pages < 10:
+            page = await c.get(url)
+            assert page.status_code == 200
+            assert page.headers["x-total-count"] == "5"
+            assert len(page.json()) <= 2
+            names += [route["name"] for route in page.json()]
+            link = page.headers.get("link")
+            url = link[1 : link.index(">")] if link else None
+            pages += 1
+        assert names == [f"r{i}" for i in range(5)]
+        assert pages == 3
+        assert [x["name"] for x in (await c.get("/routes?offset=4&limit=100")).json()] == ["r4"]
+        assert (await c.get("/routes?limit=0")).status_code == 422
+    r.close()
+
+
+async def test_keyless_service_refuses_foreign_host_names(router: AdaptiveRouter) -> None:
+    app = create_app(ServerSettings(allowed_hosts=("router.internal",)), router=router)
+    async with app.router.lifespan_context(app):
+        for host, status in [
+            ("127.0.0.1:8000", 200),
+            ("localhost", 200),
+            ("[::1]:8000", 200),
+            ("router.internal:8000", 200),
+            ("attacker.example", 421),
+            ("attacker.example:8000", 421),
+            ("localhost.attacker.example", 421),
+        ]:
+            async with await _asgi(app) as c:
+                r = await c.get("/routes", headers={"host": host})
+                assert r.status_code == status, host
+                change = await c.put(
+                    "/routes/evil", json={"utterances": ["x"]}, headers={"host": host}
+                )
+                assert change.status_code in ((200, 201) if status == 200 else (421,)), host
+    assert "evil" in router  # only the loopback requests changed anything
+    keyed = create_app(ServerSettings(api_key=SecretStr(KEY)), router=router)
+    async with keyed.router.lifespan_context(keyed), await _asgi(keyed, "router.example") as c:
+        assert (await c.get("/routes")).status_code == 200  # a keyed service may be exposed
+
+
+async def test_auth_reads_and_401_before_422(router: AdaptiveRouter) -> None:
+    app = create_app(ServerSettings(api_key=SecretStr(KEY), auth_reads=True), router=router)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    async with app.router.lifespan_context(app), await _asgi(app) as c:
+        for path in ("/routes", "/routes/billing", "/threshold"):
+            assert (await c.get(path)).status_code == 401, path
+            assert (await c.get(path, headers=auth)).status_code == 200, path
+        assert (await c.post("/route", json={"query": "refund"})).status_code == 200
+        assert (await c.get("/healthz")).status_code == 200
+        # Malformed or mis-shaped bodies without the token: 401, never 422.
+        json_headers = {"content-type": "application/json"}
+        for raw in (b"{not json", b'{"utterances": 5}', b"\xff\xfe"):
+            r = await c.put("/routes/x", content=raw, headers=json_headers)
+            assert r.status_code == 401, raw
+            r = await c.put("/routes/x", content=raw, headers={**json_headers, **auth})
+            assert r.status_code == 422, raw
+    with pytest.raises(ValueError, match="auth_reads needs an API key"):
+        ServerSettings(auth_reads=True).check_safe()
+
+
+async def test_store_failure_mid_change_is_503_and_leaves_nothing(
+    router: AdaptiveRouter,
+) -> None:
+    # Fault injection: a real trigger makes the store fail after the route row is
+    # written, while its utterances are being inserted.
+    import sqlite3
+
+    db = sqlite3.connect(router.storage.path)  # type: ignore[attr-defined]
+    db.execute(
+        "CREATE TRIGGER fail_mid_change BEFORE INSERT ON utterances "
+        "WHEN NEW.text = 'poisoned' BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    )
+    db.commit()
+    db.close()
+    app = create_app(ServerSettings(), router=router)
+    async with app.router.lifespan_context(app), await _asgi(app) as c:
+        before = (await c.get("/routes")).json()
+        r = await c.put("/routes/billing", json={"utterances": ["fine", "poisoned"]})
+        assert r.status_code == 503
+        assert r.json() == {"detail": "the store could not be updated; nothing was changed"}
+        assert "retry-after" in r.headers
+        r = await c.put("/routes/new", json={"utterances": ["poisoned"]})
+        assert r.status_code == 503
+        assert (await c.get("/routes")).json() == before
+        assert (await c.post("/route", json={"query": "refund"})).json()["route"] == "billing"
+    reopened = SQLiteStorage(router.storage.path)  # type: ignore[attr-defined]
+    assert [(s.route.name, s.route.utterances) for s in reopened.load()] == [
+        (x["name"], x["utterances"]) for x in before
+    ]
+    reopened.close()
+
+
+def test_metrics_report_the_new_rejections(router: AdaptiveRouter) -> None:
+    srv = serve(router, rate_limit=0.001, rate_burst=1)
+    try:
+        with srv.client(HOST) as c:
+            c.get("/threshold")
+            assert c.get("/threshold").status_code == 429
+            text = c.get("/healthz/store").text
+            assert json.loads(text) == {"store": "ok"}
+        with srv.client(OTHER) as c:
+            metrics = c.get("/metrics").text
+        assert 'synaptoroute_rejections_total{reason="rate_limited"} 1' in metrics
+        assert "synaptoroute_store_up 1" in metrics
+    finally:
+        srv.stop()
