@@ -134,7 +134,9 @@ def first_load(url: str, loads: int) -> dict[str, Any]:
                 context = browser.new_context()
                 page = context.new_page()
                 page.goto(url + "/console/#/routes")
-                page.wait_for_function("document.body.dataset.ready === 'routes'", timeout=60_000)
+                page.wait_for_function(
+                    "() => document.body.dataset.ready === 'routes'", timeout=60_000
+                )
                 doc = page.evaluate(
                     """() => {
                         const nav = performance.getEntriesByType('navigation')[0];

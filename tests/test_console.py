@@ -473,6 +473,8 @@ def test_a_tried_query_shows_its_route(console: Console) -> None:
     expect(console.page.locator("#try-route")).to_have_text("billing")
     expect(console.page.locator("#try-top tbody tr")).to_have_count(3)
     expect(console.page.locator("#try-top tbody tr").nth(0)).to_contain_text("I need a refund")
+    expect(console.page.locator("#try-top .bar .line")).to_have_count(3)  # the threshold lines
+    expect(console.page.locator("#try-top .bar .passed-fill")).to_have_count(1)
     # The map places the last tried query.
     console.go("map")
     expect(console.page.locator("#map-info")).to_contain_text(

@@ -120,17 +120,18 @@ def project(
     the same picture every time.
     """
     dim = vectors.shape[1]
-    x = np.asarray(vectors, dtype=np.float64)
-    mean = x.mean(axis=0) if len(x) else np.zeros(dim)
-    centred = x - mean
-    _, singular, vt = np.linalg.svd(centred.T @ centred)
+    x = np.asarray(vectors, dtype=np.float32)
+    mean = x.mean(axis=0, dtype=np.float64) if len(x) else np.zeros(dim)
+    # float32 for the one large product (a picture needs no more); the SVD in float64.
+    centred = x - mean.astype(np.float32)
+    _, singular, vt = np.linalg.svd((centred.T @ centred).astype(np.float64))
     axes = vt[:2] if len(vt) >= 2 else np.zeros((2, dim))
     signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])
     axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
     total = float(singular.sum())
     shares = [float(s / total) if total > 0 else 0.0 for s in singular[:2]] + [0.0, 0.0]
     return Projection(
-        coords=(centred @ axes.T).astype(np.float32),
+        coords=centred @ axes.T.astype(np.float32),
         route_ids=route_ids,
         texts=texts,
         routes=routes,

@@ -31,6 +31,15 @@
     return node;
   }
 
+  // Each cell names its column, so narrow screens can show a row as a stack of fields.
+  function labelCells(table) {
+    const heads = [...table.querySelectorAll("thead th")].map((th) => th.textContent);
+    for (const row of table.querySelectorAll("tbody tr")) {
+      [...row.cells].forEach((cell, i) => cell.setAttribute("data-label", heads[i] || ""));
+    }
+    return table;
+  }
+
   function clear(node) {
     node.replaceChildren();
     return node;
@@ -212,6 +221,7 @@
         )
       );
     }
+    labelCells($("routes-table"));
   }
 
   async function createRoute() {
@@ -309,6 +319,17 @@
   }
 
   // -- try it --------------------------------------------------------------------------
+  // A score from 0 to 1 as a bar, with the route's threshold as a vertical line. Sizes
+  // are set through the CSSOM, which the policy allows (no inline style attributes).
+  function scoreBar(score, threshold, passed) {
+    const clamp = (v) => Math.max(0, Math.min(1, v)) * 100 + "%";
+    const fill = el("span", { class: passed ? "fill passed-fill" : "fill" });
+    fill.style.width = clamp(score);
+    const line = el("span", { class: "line" });
+    line.style.left = clamp(threshold === null ? 0 : threshold);
+    return el("span", { class: "bar", "aria-hidden": "true" }, fill, line);
+  }
+
   async function tryQuery() {
     const query = $("try-input").value;
     const answer = await api("POST", "api/try", { query, k: 5, nearest: 3 });
@@ -340,7 +361,7 @@
         "tr",
         {},
         el("td", {}, el("a", { href: "#/route/" + encodeURIComponent(m.route), text: m.route })),
-        el("td", {}, el("meter", { min: -1, max: 1, value: m.score, "aria-label": `score of ${m.route}` }), " ", fmt(m.score)),
+        el("td", {}, scoreBar(m.score, m.threshold, m.passed), " ", fmt(m.score)),
         el("td", { text: fmt(m.threshold), class: m.passed ? "passed" : "failed" }, m.passed ? " ✓ passes" : " ✗ below"),
         el("td", {}, el("ul", { class: "nearest" }, m.nearest.map((n) => el("li", {}, `${fmt(n.score)} `, el("span", { text: n.text })))))
       )
@@ -350,12 +371,12 @@
       el(
         "div",
         { class: "scroll" },
-        el(
+        labelCells(el(
           "table",
-          { id: "try-top" },
-          el("thead", {}, el("tr", {}, ["Route", "Score", "Threshold", "Nearest utterances"].map((h) => el("th", { scope: "col", text: h })))),
+          { id: "try-top", class: "stack" },
+          el("thead", {}, el("tr", {}, ["Route", "Score (red line: threshold)", "Threshold", "Nearest utterances"].map((h) => el("th", { scope: "col", text: h })))),
           el("tbody", {}, rows)
-        )
+        ))
       )
     );
   }
@@ -417,12 +438,12 @@
       el(
         "div",
         { class: "scroll" },
-        el(
+        labelCells(el(
           "table",
-          { id: "misrouted" },
+          { id: "misrouted", class: "stack" },
           el("thead", {}, el("tr", {}, ["Text", "Label", "Routed to", "Score", ""].map((h) => el("th", { scope: "col", text: h })))),
           el("tbody", {}, rows)
-        )
+        ))
       )
     );
   }
