@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -485,3 +488,121 @@ def test_metrics_report_the_new_rejections(router: AdaptiveRouter) -> None:
         assert "synaptoroute_store_up 1" in metrics
     finally:
         srv.stop()
+
+
+# -- behind the shipped nginx configuration ------------------------------------------------
+NGINX_CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx.conf"
+
+
+def _nginx() -> str:
+    for candidate in (
+        os.environ.get("SYNAPTOROUTE_NGINX"),
+        shutil.which("nginx"),
+        "/usr/sbin/nginx",
+    ):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    if os.environ.get("SYNAPTOROUTE_TEST_NGINX_REQUIRED") == "1":
+        pytest.fail("nginx is required here: bash scripts/nginx.sh")
+    pytest.skip("needs nginx (bash scripts/nginx.sh installs the distribution's)")
+
+
+class Proxy:
+    """nginx with deploy/nginx.conf in front of ``upstream``; ``lower`` shrinks its limits."""
+
+    def __init__(self, upstream: LiveServer, tmp: Path, lower: dict[str, str]) -> None:
+        nginx = _nginx()
+        sock = socket.socket()
+        sock.bind((HOST, 0))
+        self.port = int(sock.getsockname()[1])
+        sock.close()
+        text = NGINX_CONF.read_text()
+        replacements = {
+            "listen 127.0.0.1:8080;": f"listen {HOST}:{self.port};",
+            "server 127.0.0.1:8000;": f"server {HOST}:{upstream.port};",
+            **lower,
+        }
+        for old, new in replacements.items():
+            assert old in text, old  # the shipped file still says what the test changes
+            text = text.replace(old, new)
+        conf = tmp / "nginx.conf"
+        conf.write_text(text)
+        self.proc = subprocess.Popen(
+            [
+                nginx,
+                "-p",
+                str(tmp),
+                "-c",
+                str(conf),
+                "-g",
+                f"daemon off; pid {tmp / 'nginx.pid'}; error_log {tmp / 'error.log'};",
+            ],
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + LIMIT_S
+        while True:
+            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
+            assert time.monotonic() < deadline, "nginx did not start"
+            try:
+                socket.create_connection((HOST, self.port), 1).close()
+                break
+            except OSError:
+                time.sleep(0.01)
+        self.url = f"http://{HOST}:{self.port}"
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection((HOST, self.port), LIMIT_S)
+        sock.settimeout(LIMIT_S)
+        return sock
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(LIMIT_S)
+
+
+@pytest.fixture
+def proxied(router: AdaptiveRouter, tmp_path: Path) -> Iterator[Proxy]:
+    srv = serve(router)
+    lower = {
+        "client_header_timeout 10s;": "client_header_timeout 1s;",
+        "client_body_timeout 30s;": "client_body_timeout 1s;",
+        "rate=50r/s;": "rate=1r/m;",
+        "burst=50 nodelay;": "burst=2 nodelay;",
+    }
+    proxy = Proxy(srv, tmp_path, lower)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        srv.stop()
+
+
+def test_nginx_config_rate_limits_and_keeps_probes_open(proxied: Proxy) -> None:
+    with httpx.Client(base_url=proxied.url, timeout=LIMIT_S) as c:
+        codes = [c.post("/route", json={"query": "refund"}).status_code for _ in range(4)]
+        assert codes[:3] == [200, 200, 200]  # one at the rate, two of burst
+        assert codes[3] == 429
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/readyz").status_code == 200
+
+
+def test_nginx_config_closes_slow_clients_and_refuses_big_headers(proxied: Proxy) -> None:
+    idle = [proxied.connect() for _ in range(200)]
+    silent = proxied.connect()
+    stalled = proxied.connect()
+    stalled.sendall(
+        b"POST /route HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100000\r\n\r\n{"query": "'
+    )
+    big = proxied.connect()
+    big.sendall(
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    )
+    with httpx.Client(base_url=proxied.url, timeout=LIMIT_S) as c:
+        assert c.get("/healthz").status_code == 200  # 200 idle connections changed nothing
+    assert closed_by_server(silent) == b""
+    stalled_answer = closed_by_server(stalled)  # nginx logs a 408 and closes, sending nothing
+    assert stalled_answer == b"" or stalled_answer.startswith(b"HTTP/1.1 408")
+    assert closed_by_server(big).startswith(b"HTTP/1.1 400")
+    for s in idle:
+        s.close()
