@@ -6,6 +6,7 @@ that a tool is described the same way wherever it is routed to.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -57,7 +58,7 @@ def check_tool_keys(names: Sequence[str], given: Mapping[str, Any] | None, what:
         InvalidInputError: names repeat, or ``given`` has a key that is no tool's name
             (a typo would otherwise be ignored silently).
     """
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = sorted(name for name, n in Counter(names).items() if n > 1)
     if duplicates:
         msg = f"several tools are named {duplicates}; give each tool a distinct name"
         raise InvalidInputError(msg)

@@ -135,6 +135,8 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         # Route name -> the examples this selector stored for it; a tool whose
         # examples change gets its route replaced, others are never re-encoded.
         self._built: dict[str, list[str]] = {}
+        # The (name, description) of the tools last checked and built.
+        self._checked: tuple[tuple[str, str], ...] = ()
         self._lock = threading.Lock()
 
     @property
@@ -153,6 +155,10 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             InvalidInputError: tool names repeat, or ``utterances``/``always_include``
                 name a tool the agent does not have.
         """
+        # Agents offer the same tools on every call: one comparison skips the rest.
+        signature = tuple((tool.name, tool.description) for tool in tools)
+        if signature == self._checked:
+            return
         names = [tool.name for tool in tools]
         check_tool_keys(names, self.utterances, "utterances")
         check_tool_keys(names, dict.fromkeys(self.always_include), "always_include")
@@ -168,6 +174,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
                 self._built[tool.name] = examples
             if changed:
                 router.add_routes(changed, replace=True)
+            self._checked = signature
 
     def _plan(
         self, offered: Sequence[BaseTool | dict[str, Any]], messages: Sequence[BaseMessage]
