@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -599,6 +600,17 @@ async def test_openapi_and_docs(svc: Service) -> None:
     docs = await svc.client.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+    # Only an exact Swagger UI version, each file with an integrity hash, nothing else
+    # from a third party (issue 18).
+    scripts = re.findall(r"<script src=[^>]*>", docs.text)
+    links = re.findall(r"<link [^>]*stylesheet[^>]*>", docs.text)
+    assert len(scripts) == 1 and len(links) == 1
+    for tag in (*scripts, *links):
+        assert "swagger-ui-dist@5.17.14/" in tag
+        assert re.search(r'integrity="sha384-[A-Za-z0-9+/]{64}"', tag), tag
+        assert 'crossorigin="anonymous"' in tag
+    assert "fastapi.tiangolo.com" not in docs.text
+    assert (await svc.client.get("/redoc")).status_code == 404
 
 
 # -- routes files ---------------------------------------------------------------------

@@ -22,7 +22,8 @@ from typing import Annotated, Any, TypeVar
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.convertors import Convertor, register_url_convertor
@@ -469,6 +470,9 @@ def create_app(
             "when the key is set."
         ),
         lifespan=lifespan,
+        # Replaced below by a page that loads a pinned Swagger UI with integrity hashes.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.synaptoroute = state
     _install_error_handlers(app, state)
@@ -757,6 +761,10 @@ def create_app(
 
         app.include_router(console_router(settings, metrics, state.get_router, change))
 
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return _swagger_page(app.title)
+
     # -- operations -------------------------------------------------------------------
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -814,6 +822,39 @@ def create_app(
         return Response(text, media_type=CONTENT_TYPE)
 
     return app
+
+
+#: Swagger UI for ``/docs``: an exact version from the CDN, each file checked by the
+#: browser against its sha384 (Subresource Integrity), computed from the npm package
+#: ``swagger-ui-dist`` of that version.
+SWAGGER_UI_VERSION = "5.17.14"
+_SWAGGER_CDN = f"https://cdn.jsdelivr.net/npm/swagger-ui-dist@{SWAGGER_UI_VERSION}"
+_SWAGGER_JS_SRI = "sha384-wmyclcVGX/WhUkdkATwhaK1X1JtiNrr2EoYJ+diV3vj4v6OC5yCeSu+yW13SYJep"
+_SWAGGER_CSS_SRI = "sha384-wxLW6kwyHktdDGr6Pv1zgm/VGJh99lfUbzSn6HNHBENZlCN7W602k9VkGdxuFvPn"
+
+
+def _swagger_page(title: str) -> HTMLResponse:
+    js, css = f"{_SWAGGER_CDN}/swagger-ui-bundle.js", f"{_SWAGGER_CDN}/swagger-ui.css"
+    page = get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title=f"{title} - Swagger UI",
+        swagger_js_url=js,
+        swagger_css_url=css,
+        swagger_favicon_url="data:,",  # no third-party icon either
+    )
+    html = bytes(page.body).decode()
+    tagged = {
+        f'<script src="{js}"></script>': (
+            f'<script src="{js}" integrity="{_SWAGGER_JS_SRI}" crossorigin="anonymous"></script>'
+        ),
+        f'href="{css}">': f'href="{css}" integrity="{_SWAGGER_CSS_SRI}" crossorigin="anonymous">',
+    }
+    for plain, checked in tagged.items():
+        if plain not in html:  # FastAPI changed its template: fail loudly, never unchecked
+            msg = "cannot add integrity hashes to FastAPI's Swagger UI page"
+            raise RuntimeError(msg)
+        html = html.replace(plain, checked)
+    return HTMLResponse(html)
 
 
 def run(settings: ServerSettings, *, access_log: bool = False) -> None:
