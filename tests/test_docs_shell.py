@@ -134,9 +134,10 @@ doctest_serve() {
     doctest_stop
     "$@" > "$DOCTEST_LOGS/serve.log" 2>&1 &
     DOCTEST_SERVER=$!
-    # Bounded: the model loads in seconds; give up after about two minutes.
-    for _ in $(seq 1200); do
-        if synaptoroute healthcheck --port "$DOCTEST_PORT" --timeout 5 2>/dev/null; then
+    # Bounded: the model loads in seconds; give up after 3000 polls (several minutes).
+    # curl, not 'synaptoroute healthcheck': a poll must not compete with the model load.
+    for _ in $(seq 3000); do
+        if curl -fs -o /dev/null --max-time 5 "http://127.0.0.1:$DOCTEST_PORT/readyz"; then
             return 0
         fi
         if ! kill -0 "$DOCTEST_SERVER" 2>/dev/null; then
