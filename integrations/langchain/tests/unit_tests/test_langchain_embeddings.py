@@ -16,6 +16,7 @@ from synaptoroute import (
     EncoderProtocol,
     InvalidInputError,
     Route,
+    default_encoder,
 )
 
 
@@ -53,7 +54,10 @@ def test_default_builds_the_bundled_encoder_lazily() -> None:
     embeddings = SynaptorouteEmbeddings()
     encoder = embeddings.synaptoroute_encoder
     assert isinstance(encoder, Encoder)
-    assert not encoder.loaded  # nothing touched the model file yet
+    assert encoder is default_encoder()  # one model per process
+    own = SynaptorouteEmbeddings(threads=1).synaptoroute_encoder
+    assert own is not encoder
+    assert not own.loaded  # nothing touched the model file yet
     with pytest.raises(ValueError, match="either encoder= or model"):
         SynaptorouteEmbeddings(encoder=encoder, threads=1)
 
