@@ -301,6 +301,41 @@ def cmd_routes_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_negatives_list(args: argparse.Namespace) -> int:
+    """Print every negative example."""
+    with _router(args) as router:
+        negatives = router.negatives
+    if args.json:
+        _print_json({"negatives": negatives})
+    else:
+        for text in negatives:
+            print(text)
+    return EXIT_OK
+
+
+def cmd_negatives_add(args: argparse.Namespace) -> int:
+    """Add negative examples (texts that must route nowhere)."""
+    with _router(args, create=True) as router:
+        added = router.add_negatives(args.texts)
+    if args.json:
+        _print_json({"added": added})
+    else:
+        for text in added:
+            print(f"added\t{text}")
+    return EXIT_OK
+
+
+def cmd_negatives_delete(args: argparse.Namespace) -> int:
+    """Delete negative examples."""
+    with _router(args) as router:
+        deleted = router.delete_negatives(args.texts)
+    if args.json:
+        _print_json({"deleted": deleted})
+    else:
+        print(f"deleted\t{deleted}")
+    return EXIT_OK
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     """Build routes from labelled JSON lines (or apply a YAML/JSON routes file)."""
     from .server.routes_file import RoutesDocument, apply_routes, load_routes_file
@@ -440,8 +475,10 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
 
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{host}:{_port(args.port)}/readyz"
+    # No proxy: an HTTP(S)_PROXY in the container's environment must not carry a local probe.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+        with opener.open(url, timeout=args.timeout) as response:
             status = int(response.status)
     except urllib.error.HTTPError as exc:
         status = exc.code
@@ -548,6 +585,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_routes_delete)
 
     p = sub.add_parser(
+        "negatives",
+        help="list, add or delete negative examples",
+        description="Manage negative examples: texts that must route nowhere.",
+    )
+    negatives = p.add_subparsers(dest="negatives_command", metavar="ACTION", required=True)
+    for action, func, help_text in (
+        ("list", cmd_negatives_list, "list negative examples"),
+        ("add", cmd_negatives_add, "add negative examples"),
+        ("delete", cmd_negatives_delete, "delete negative examples"),
+    ):
+        q = negatives.add_parser(action, help=help_text, description=help_text.capitalize() + ".")
+        if action != "list":
+            q.add_argument("texts", nargs="+", metavar="TEXT", help="negative examples")
+        _add_store(q)
+        _add_json(q, "print the result as JSON")
+        q.set_defaults(func=func)
+
+    p = sub.add_parser(
         "import",
         help="build routes from labelled data",
         description=(
@@ -585,10 +640,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="DATA.jsonl", help="labelled rows (label null = out of scope)")
     p.add_argument(
         "--objective",
-        choices=("accuracy", "macro_f1", "oos_recall"),
-        default="accuracy",
-        help="what to maximise: accuracy counting out-of-scope rows (default), macro-F1, "
-        "or in-scope accuracy at --target-oos-recall",
+        choices=("auto", "balanced", "accuracy", "macro_f1", "oos_recall"),
+        default="auto",
+        help="what to maximise: auto (default: balanced when some labels are null, else "
+        "accuracy), balanced (0.8 x in-scope accuracy + 0.2 x out-of-scope recall), "
+        "accuracy counting out-of-scope rows, macro-F1, or in-scope accuracy at "
+        "--target-oos-recall",
     )
     p.add_argument(
         "--target-oos-recall",

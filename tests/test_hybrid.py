@@ -1,0 +1,465 @@
+"""Issue 13: hybrid lexical + dense routing, out-of-scope scorers, negative examples,
+the default objective with out-of-scope labels, and the new evaluation figures.
+
+Real model, real SQLite files, the CLINC150 fixture slices, a real ASGI app and the
+real CLI. The lexical module's own arithmetic is checked against a direct
+computation; everything else goes through the public API.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from pydantic import SecretStr
+
+from synaptoroute import AdaptiveRouter, Encoder, Route, SQLiteStorage
+from synaptoroute.cli import main
+from synaptoroute.decision import OOD_SCORERS, Calibrator, LinearHead, knn_similarity
+from synaptoroute.evaluation import auroc, expected_calibration_error, oos_curve
+from synaptoroute.fitting import _mahalanobis_fit, routes_from_labelled
+from synaptoroute.lexical import LexicalIndex, text_features
+from synaptoroute.models import NEGATIVES_ROUTE
+from synaptoroute.server import ServerSettings, create_app
+
+Rows = list[dict[str, str | None]]
+KEY = "negatives-test-key"
+
+# Routes told apart only by a product code: each route's utterances use their own
+# sentence templates, and the queries put each code into the other routes'
+# templates, so the nearest utterance by meaning is (almost always) the wrong route.
+TEMPLATES = [
+    "my {} is broken",
+    "help me with the {}",
+    "the {} won't turn on",
+    "I want to return my {}",
+    "how do I set up the {}",
+    "{} keeps crashing",
+    "where can I buy a {}",
+    "is the {} waterproof",
+    "reset the {} to factory settings",
+    "update the {} software",
+    "the {} battery is dead",
+    "how much does the {} cost",
+]
+CODES = ["kx-1470-zq88-mm31", "kx-2583-pw41-tt72", "kx-3691-rb19-ha55", "kx-4702-lc63-dv04"]
+
+
+def split(rows: Rows) -> tuple[list[str], list[str | None]]:
+    return [str(r["text"]) for r in rows], [r["label"] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def base_store(
+    tmp_path_factory: pytest.TempPathFactory, encoder: Encoder, clinc_train: Rows
+) -> Path:
+    """A store holding one route per intent of the train slice (encoded once)."""
+    path = tmp_path_factory.mktemp("hybrid") / "routes.db"
+    router = AdaptiveRouter(encoder, SQLiteStorage(path))
+    router.add_routes(routes_from_labelled(*split(clinc_train)))
+    router.close()
+    return path
+
+
+@pytest.fixture
+def store(base_store: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "routes.db"
+    shutil.copy(base_store, path)
+    return path
+
+
+@pytest.fixture
+def opened() -> Iterator[list[AdaptiveRouter]]:
+    routers: list[AdaptiveRouter] = []
+    yield routers
+    for router in routers:
+        router.close()
+
+
+def open_at(path: Path, encoder: Encoder, opened: list[AdaptiveRouter]) -> AdaptiveRouter:
+    router = AdaptiveRouter(encoder, SQLiteStorage(path))
+    opened.append(router)
+    return router
+
+
+def code_routes() -> tuple[list[Route], list[str], list[str]]:
+    routes = [
+        Route(name=f"r{i}", utterances=[TEMPLATES[3 * i + j].format(code) for j in range(3)])
+        for i, code in enumerate(CODES)
+    ]
+    texts, labels = [], []
+    for i, code in enumerate(CODES):
+        for k, template in enumerate(TEMPLATES):
+            if k // 3 != i:
+                texts.append(template.format(code))
+                labels.append(f"r{i}")
+    return routes, texts, labels
+
+
+# -- hybrid routing -------------------------------------------------------------------
+def test_hybrid_beats_dense_only_when_only_the_words_separate_routes(encoder: Encoder) -> None:
+    routes, texts, labels = code_routes()
+    figures = {}
+    for hybrid in (False, True):
+        router = AdaptiveRouter(encoder)
+        router.add_routes(routes)
+        dense_nearest = router.evaluate(texts, labels).in_scope_accuracy
+        utterances = [u for r in routes for u in r.utterances]
+        owners = [r.name for r in routes for _ in r.utterances]
+        report = router.fit(utterances, owners, head=True, hybrid=hybrid)
+        assert report.head is not None
+        assert (report.head["beta"] > 0) is hybrid
+        assert report.head["features"] == ("dense+lexical" if hybrid else "dense")
+        figures[hybrid] = router.evaluate(texts, labels).in_scope_accuracy
+        # The same decisions through the batch, single and async-worker paths.
+        singles = [router.query(t).name for t in texts[:6]]
+        assert singles == [m.name for m in router.query_batch(texts[:6])]
+    assert dense_nearest is not None and dense_nearest < 0.5  # the templates mislead
+    assert figures[True] is not None and figures[False] is not None
+    assert figures[True] > figures[False]
+    assert figures[True] == 1.0
+
+
+def test_switching_hybrid_off_routes_dense_only(encoder: Encoder) -> None:
+    routes, texts, labels = code_routes()
+    router = AdaptiveRouter(encoder)
+    router.add_routes(routes)
+    utterances = [u for r in routes for u in r.utterances]
+    router.fit(utterances, [r.name for r in routes for _ in r.utterances], head=True, hybrid=True)
+    head = router.policy.head
+    assert head is not None and head.beta > 0
+    hybrid = router.evaluate(texts, labels).in_scope_accuracy
+    router.hybrid = False
+    dense = router.evaluate(texts, labels).in_scope_accuracy
+    assert hybrid is not None and dense is not None
+    assert hybrid == 1.0 and dense < hybrid
+
+
+def test_lexical_scores_match_a_direct_tfidf_computation(encoder: Encoder) -> None:
+    routes = [
+        Route(name="a", utterances=["reset my password", "password reset please"]),
+        Route(name="b", utterances=["update the firmware", "new firmware version"]),
+    ]
+    router = AdaptiveRouter(encoder)
+    router.add_routes(routes)
+    snapshot = router._index.snapshot()
+    view = LexicalIndex().view(snapshot)
+    texts = [u for r in routes for u in r.utterances]
+    feats = [text_features(t) for t in texts]
+    df: Counter[int] = Counter(int(f) for ids, _ in feats for f in ids)
+    n = len(texts)
+
+    def tfidf(text: str) -> dict[int, float]:
+        ids, w = text_features(text)
+        vec = {
+            int(f): float(x) * (math.log((1 + n) / (1 + df.get(int(f), 0))) + 1)
+            for f, x in zip(ids, w, strict=True)
+        }
+        norm = math.sqrt(sum(v * v for v in vec.values()))
+        return {k: v / norm for k, v in vec.items()}
+
+    sums = []
+    for route in routes:
+        total: dict[int, float] = {}
+        for u in route.utterances:
+            for k, v in tfidf(u).items():
+                total[k] = total.get(k, 0.0) + v
+        sums.append(total)
+    query = "please reset the firmware password"
+    q = tfidf(query)
+    expected = [
+        sum(q.get(k, 0.0) * v for k, v in s.items()) / math.sqrt(sum(v * v for v in s.values()))
+        for s in sums
+    ]
+    np.testing.assert_allclose(view.scores(query), expected, rtol=1e-5)
+    # Leave-one-out: an utterance scored as if it were not in its route.
+    own = texts[0]
+    rest = tfidf(routes[0].utterances[1])
+    loo_expected = sum(tfidf(own).get(k, 0.0) * v for k, v in rest.items())
+    loo = view.leave_one_out(view.scores_many([own]), np.array([0]))
+    assert loo[0, 0] == pytest.approx(loo_expected, rel=1e-4)
+
+
+def test_lexical_view_follows_route_changes_without_reencoding(encoder: Encoder) -> None:
+    router = AdaptiveRouter(encoder)
+    router.add_routes([Route(name="a", utterances=["zebra crossing"])])
+    lexical = LexicalIndex()
+    first = lexical.view(router._index.snapshot())
+    assert first.n_routes == 1 and first.scores("giraffe neck")[0] == 0.0
+    router.add_routes([Route(name="b", utterances=["giraffe neck"])])
+    second = lexical.view(router._index.snapshot())
+    assert second.version != first.version and second.n_routes == 2
+    assert second.scores("giraffe neck")[1] == pytest.approx(1.0, rel=1e-5)
+    router.delete_route("a")
+    third = lexical.view(router._index.snapshot())
+    assert third.n_routes == 1 and third.scores("giraffe neck")[0] == pytest.approx(1.0, rel=1e-5)
+
+
+def test_a_hybrid_head_survives_reopen(
+    store: Path, encoder: Encoder, opened: list[AdaptiveRouter], clinc_train: Rows, clinc_val: Rows
+) -> None:
+    router = open_at(store, encoder, opened)
+    report = router.fit(*split(clinc_train), head=True, hybrid=True)
+    assert report.head is not None and report.head["beta"] > 0
+    texts = split(clinc_val)[0]
+    before = [(m.name, m.confidence) for m in router.query_batch(texts)]
+    router.close()
+    again = open_at(store, encoder, opened)
+    head = again.policy.head
+    assert head is not None and head.beta == report.head["beta"]
+    assert head.scorer == report.head["scorer"]
+    after = [(m.name, m.confidence) for m in again.query_batch(texts)]
+    assert after == before
+
+
+# -- out-of-scope scoring and the objective ------------------------------------------
+def test_fit_compares_every_scorer_on_held_out_folds(
+    store: Path, encoder: Encoder, opened: list[AdaptiveRouter], clinc_train: Rows
+) -> None:
+    router = open_at(store, encoder, opened)
+    report = router.fit(*split(clinc_train), head=True)
+    head = report.candidates["head"]
+    assert set(head["scorers"]) == set(OOD_SCORERS)
+    best = max(v["objective"] for v in head["scorers"].values())
+    assert head["scorers"][head["scorer"]]["objective"] == best
+    assert router.policy.info["scorer"] == head["scorer"]
+    for values in head["scorers"].values():
+        assert 0.5 < values["oos_auroc"] <= 1.0
+
+
+@pytest.mark.parametrize("scorer", ["energy", "nearest", "mahalanobis", "knn", "combined"])
+def test_each_scorer_decides_as_fitting_predicted(
+    store: Path,
+    encoder: Encoder,
+    opened: list[AdaptiveRouter],
+    clinc_train: Rows,
+    clinc_val: Rows,
+    scorer: str,
+) -> None:
+    router = open_at(store, encoder, opened)
+    router.fit(*split(clinc_train), head=True)
+    head = router.policy.head
+    assert head is not None
+    # Swap in another scorer: the query path must compute that scorer's value
+    # exactly as the vectorised judge does.
+    texts = split(clinc_val)[0]
+    vectors = router._embed(texts)
+    ood = dict(head.ood)
+    if scorer in ("mahalanobis", "combined"):
+        rows = [u for r in router.list_routes() for u in r.utterances]
+        ys = np.array([i for i, r in enumerate(router.list_routes()) for _ in r.utterances])
+        ood.update(_mahalanobis_fit(router._embed(rows), ys, len(router.route_names)))
+    if scorer == "combined":
+        ood["combination"] = np.array([1, 0.5, 0.5, 0.01, 0.5, 0], dtype=np.float32)
+        ood["center"] = np.zeros(5, dtype=np.float32)
+        ood["scale"] = np.ones(5, dtype=np.float32)
+    swapped: LinearHead = replace(
+        head, scorer=scorer, ood=ood, calibrator=Calibrator("platt", (1.0, 0.0)), cut=0.5
+    )
+    router.set_policy(replace(router.policy, head=swapped))
+    matches = router.query_batch(texts)
+    assert {m.reason for m in matches} <= {"matched", "rejected_by_head"}
+    snapshot = router._index.snapshot()
+    view = router._lexical.view(snapshot)
+    for text, vector, match in zip(texts[:30], vectors[:30], matches[:30], strict=True):
+        ranked = snapshot.score(vector[None, :], head.top_k)[0]
+        names = [snapshot.names[int(r)] for r in ranked.route_ids]
+        columns = swapped.columns_of(names)
+        assert columns is not None
+        lex = view.scores(text)[np.searchsorted(snapshot.live_routes, ranked.route_ids)]
+        knn = np.array([knn_similarity(snapshot, vector)])
+        verdict = swapped.judge(
+            vector[None, :], columns[None, :], ranked.scores[None, :], lex[None, :], knn
+        )
+        assert match.confidence == pytest.approx(float(verdict.confidence[0]), rel=1e-6)
+        assert (match.name is not None) == bool(verdict.accepted[0])
+
+
+def test_default_objective_rejects_more_out_of_scope_than_accuracy(
+    base_store: Path,
+    tmp_path: Path,
+    encoder: Encoder,
+    opened: list[AdaptiveRouter],
+    clinc_train: Rows,
+    clinc_val: Rows,
+) -> None:
+    recalls = {}
+    for objective in ("auto", "accuracy"):
+        path = tmp_path / f"{objective}.db"
+        shutil.copy(base_store, path)
+        router = open_at(path, encoder, opened)
+        report = router.fit(*split(clinc_train), objective=objective, head=False)
+        assert report.objective == ("balanced" if objective == "auto" else "accuracy")
+        recalls[objective] = router.evaluate(*split(clinc_val)).oos_recall
+    assert recalls["auto"] is not None and recalls["accuracy"] is not None
+    assert recalls["auto"] > recalls["accuracy"]
+
+
+def test_without_none_labels_the_default_objective_is_accuracy(
+    store: Path, encoder: Encoder, opened: list[AdaptiveRouter], clinc_train: Rows
+) -> None:
+    in_scope = [r for r in clinc_train if r["label"] is not None]
+    router = open_at(store, encoder, opened)
+    auto = router.fit(*split(in_scope), head=False)
+    policy = router.policy
+    other = open_at(store, encoder, opened)
+    explicit = other.fit(*split(in_scope), head=False, objective="accuracy")
+    assert auto.objective == explicit.objective == "accuracy"
+    assert other.policy.threshold == policy.threshold
+    assert dict(other.policy.thresholds) == dict(policy.thresholds)
+
+
+def test_ten_utterances_per_route_never_fit_worse_than_unfitted(
+    encoder: Encoder, clinc_train: Rows
+) -> None:
+    by_label: dict[str | None, list[str]] = {}
+    for row in clinc_train:
+        by_label.setdefault(row["label"], []).append(str(row["text"]))
+    texts = [t for label, ts in by_label.items() for t in ts[:10]]
+    labels = [label for label, ts in by_label.items() for _ in ts[:10]]
+    router = AdaptiveRouter(encoder)
+    router.add_routes(routes_from_labelled(texts, labels))
+    report = router.fit(texts, labels)
+    before = report.before
+    after = report.after
+    share = 0.2
+    value_before = (1 - share) * (before.in_scope_accuracy or 0) + share * (before.oos_recall or 0)
+    value_after = (1 - share) * (after.in_scope_accuracy or 0) + share * (after.oos_recall or 0)
+    assert value_after >= value_before
+
+
+# -- negative examples ------------------------------------------------------------------
+def test_negative_examples_reject_what_they_cover_and_survive_reopen(
+    store: Path, encoder: Encoder, opened: list[AdaptiveRouter]
+) -> None:
+    router = open_at(store, encoder, opened)
+    query = "what is the meaning of life"
+    negatives = ["what is the meaning of life, the universe and everything"]
+    assert router.query(query).reason != "negative_example"
+    assert router.add_negatives(negatives) == negatives
+    assert router.add_negatives(negatives) == []
+    match = router.query(query)
+    assert match.name is None and match.reason == "negative_example"
+    assert match.nearest_utterance == negatives[0]
+    # Queries nearer to a route still route; the reserved route is never listed.
+    assert router.query("transfer 20 dollars to my savings account").name == "transfer"
+    assert NEGATIVES_ROUTE not in router.route_names
+    assert all(r.name != NEGATIVES_ROUTE for r in router.list_routes())
+    assert all(m.candidate != NEGATIVES_ROUTE for m in router.query_top_k(query, 3))
+    router.close()
+    again = open_at(store, encoder, opened)
+    assert again.negatives == negatives
+    assert again.query(query).reason == "negative_example"
+    assert again.delete_negatives(negatives) == 1
+    assert again.negatives == []
+    assert again.query(query).reason != "negative_example"
+
+
+def test_fit_trains_the_head_to_reject_negative_examples(
+    store: Path, encoder: Encoder, opened: list[AdaptiveRouter], clinc_train: Rows
+) -> None:
+    router = open_at(store, encoder, opened)
+    in_scope = [r for r in clinc_train if r["label"] is not None]
+    oos = [str(r["text"]) for r in clinc_train if r["label"] is None]
+    router.add_negatives(oos)
+    report = router.fit(*split(in_scope), head=True)
+    assert report.head is not None and report.head["has_oos_class"]
+    assert NEGATIVES_ROUTE not in (router.policy.head.classes if router.policy.head else ())
+
+
+async def test_negatives_over_http_with_the_change_guard(
+    encoder: Encoder, store: Path, opened: list[AdaptiveRouter]
+) -> None:
+    router = open_at(store, encoder, opened)
+    app = create_app(ServerSettings(api_key=SecretStr(KEY)), router=router)
+    transport = httpx.ASGITransport(app=app)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = {"texts": ["tell me a joke about cats"]}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
+    ):
+        refused = await client.post("/negatives", json=body)
+        assert refused.status_code == 401
+        added = await client.post("/negatives", json=body, headers=auth)
+        assert added.status_code == 200 and added.json() == {"added": body["texts"]}
+        listed = await client.get("/negatives", headers=auth)
+        assert listed.json() == {"negatives": body["texts"]}
+        routed = await client.post("/route", json={"query": "tell me a joke about cats"})
+        assert routed.json()["route"] is None
+        bad = await client.post("/negatives", json={"texts": []}, headers=auth)
+        assert bad.status_code == 422
+        deleted = await client.request("DELETE", "/negatives", json=body, headers=auth)
+        assert deleted.json() == {"deleted": 1}
+    assert router.negatives == []
+
+
+def test_negatives_from_the_cli(
+    store: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["synaptoroute"])
+    args = ["--store", str(store), "--json"]
+    assert main(["negatives", "add", "tell me a joke", "sing a song", *args]) == 0
+    assert json.loads(capsys.readouterr().out) == {"added": ["tell me a joke", "sing a song"]}
+    assert main(["negatives", "list", *args]) == 0
+    assert json.loads(capsys.readouterr().out) == {"negatives": ["tell me a joke", "sing a song"]}
+    assert main(["negatives", "delete", "sing a song", *args]) == 0
+    assert json.loads(capsys.readouterr().out) == {"deleted": 1}
+    assert main(["negatives", "list", *args]) == 0
+    assert json.loads(capsys.readouterr().out) == {"negatives": ["tell me a joke"]}
+
+
+# -- evaluation figures -------------------------------------------------------------------
+def test_auroc_curve_and_ece_against_direct_computations() -> None:
+    score = np.array([0.9, 0.8, 0.8, 0.3, 0.2, 0.7])
+    inside = np.array([True, True, False, True, False, False])
+    # Pairs (in, out) ranked right, ties half: 3 in x 3 out.
+    pairs = [(a, b) for a in score[inside] for b in score[~inside]]
+    expected = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+    assert auroc(score, inside) == pytest.approx(expected)
+    correct = np.array([True, False, False, True, False, False])
+    cuts, in_acc, recall = oos_curve(score, correct, ~inside)
+    for cut, acc, rec in zip(cuts, in_acc, recall, strict=True):
+        assert acc == pytest.approx(((score >= cut) & correct & inside).sum() / inside.sum())
+        assert rec == pytest.approx(((score < cut) & ~inside).sum() / (~inside).sum())
+    conf = np.array([0.95, 0.95, 0.15, 0.15])
+    right = np.array([True, False, False, False])
+    assert expected_calibration_error(conf, right) == pytest.approx((0.45 * 2 + 0.15 * 2) / 4)
+
+
+def test_evaluate_reports_auroc_ece_curve_and_cut(
+    store: Path,
+    encoder: Encoder,
+    opened: list[AdaptiveRouter],
+    clinc_train: Rows,
+    clinc_val: Rows,
+    tmp_path: Path,
+) -> None:
+    router = open_at(store, encoder, opened)
+    before = router.evaluate(*split(clinc_val))
+    assert before.ece is None and before.cut == router.threshold and before.cut_on == "score"
+    router.fit(*split(clinc_train), head=True)
+    report = router.evaluate(*split(clinc_val))
+    head = router.policy.head
+    assert head is not None and report.cut == head.cut and report.cut_on == "confidence"
+    assert report.oos_auroc is not None and 0.8 < report.oos_auroc <= 1.0
+    assert report.ece is not None and 0.0 <= report.ece < 0.2
+    cuts, in_acc, recall = report.oos_curve()
+    at = int(np.searchsorted(cuts, head.cut))
+    # At the router's cut the curve gives the router's own figures.
+    assert in_acc[at] == pytest.approx(report.in_scope_accuracy)
+    assert recall[at] == pytest.approx(report.oos_recall)
+    doc = json.loads(report.to_json())
+    assert {"oos_auroc", "ece", "cut", "cut_on"} <= set(doc)
+    pytest.importorskip("matplotlib")
+    path = report.plot(tmp_path / "report.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
