@@ -14,6 +14,8 @@ Sections (``--only`` picks some):
   10), fitted on those rows, before and after fitting.
 * ``folds``: CLINC150 train+val in 5 stratified folds; each fold's rows (its
   out-of-scope rows included) are unseen by the fit that is judged on them.
+* ``latency``: query p50 with the hybrid head's lexical term on and off (same run,
+  interleaved), 10,000 CLINC150 utterances, embeddings cached.
 
 Usage::
 
@@ -112,8 +114,13 @@ def logistic_peer(
     }
 
 
-def section_main(data: str | None, cache: str | None, out: dict[str, Any]) -> None:
-    for name in ("clinc150", "banking77", "snips"):
+DATASETS = ("clinc150", "banking77", "snips")
+
+
+def section_main(
+    data: str | None, cache: str | None, out: dict[str, Any], datasets: Sequence[str] = DATASETS
+) -> None:
+    for name in datasets:
         train, val = load_split(name, "train", data), load_split(name, "val", data)
         encoder = shared_encoder([*train, *val], cache)
         out[name] = {
@@ -162,17 +169,50 @@ def section_folds(data: str | None, cache: str | None, out: dict[str, Any]) -> N
     }
 
 
+def section_latency(data: str | None, cache: str | None, out: dict[str, Any]) -> None:
+    """Query p50 with the hybrid head's lexical term on and off, 10k utterances."""
+    train, val = load_split("clinc150", "train", data), load_split("clinc150", "val", data)
+    train = [r for r in train if r.label is not None][:10_000]
+    encoder = shared_encoder([*train, *val], cache)
+    router = AdaptiveRouter(encoder)
+    texts, labels = [r.text for r in train], [r.label for r in train]
+    router.add_routes(routes_from_labelled(texts, labels))
+    router.fit(texts, labels, head=True, hybrid=True)
+    queries = [r.text for r in val][:1000]
+    router.query_batch(queries)  # fill the embedding cache: time the library, not the model
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(3):
+        for hybrid in (True, False):  # interleaved, so drift hits both alike
+            router.hybrid = hybrid
+            for q in queries:
+                start = time.perf_counter()
+                router.query(q)
+                times[hybrid].append((time.perf_counter() - start) * 1000)
+    p50 = {k: float(np.percentile(v, 50)) for k, v in times.items()}
+    out["latency_10k"] = {
+        "utterances": len(router._index),
+        "p50_ms_hybrid": p50[True],
+        "p50_ms_dense": p50[False],
+        "overhead_ms": p50[True] - p50[False],
+    }
+    print(json.dumps(out["latency_10k"]), flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_data_argument(parser)
     parser.add_argument("--cache", help="keep encoded vectors here (.npy)")
-    parser.add_argument("--only", nargs="*", default=["main", "few", "folds"])
+    parser.add_argument("--only", nargs="*", default=["main", "few", "folds", "latency"])
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--json", help="write all numbers to this file")
     args = parser.parse_args(argv)
     out: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv)}
-    sections = {"main": section_main, "few": section_few, "folds": section_folds}
+    sections = {"few": section_few, "folds": section_folds, "latency": section_latency}
     for key in args.only:
-        sections[key](args.data, args.cache, out)
+        if key == "main":
+            section_main(args.data, args.cache, out, args.datasets)
+        else:
+            sections[key](args.data, args.cache, out)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=1)
