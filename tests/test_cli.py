@@ -432,6 +432,11 @@ def test_healthcheck_follows_the_port_variable(
 ) -> None:
     port, status = readyz_server
     monkeypatch.setenv(cli.PORT_ENV, str(port))
+    # A proxy in the environment (here: a closed port) must not carry the local probe.
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
     assert run(capsys, "healthcheck")[0] == EXIT_OK
     status.append(503)
     code, _, err = run(capsys, "healthcheck")
