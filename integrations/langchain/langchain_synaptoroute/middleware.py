@@ -156,7 +156,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
                 name a tool the agent does not have.
         """
         # Agents offer the same tools on every call: one comparison skips the rest.
-        signature = tuple((tool.name, tool.description) for tool in tools)
+        signature = _signature(tools)
         if signature == self._checked:
             return
         names = [tool.name for tool in tools]
@@ -257,11 +257,20 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         handler: Callable[[ModelRequest], Awaitable[ModelResponse]],
     ) -> ModelResponse | AIMessage:
         """Like :meth:`wrap_model_call`; new routes are encoded off the event loop."""
-        plan = await asyncio.to_thread(self._plan, request.tools, request.messages)
+        offered = [tool for tool in request.tools if isinstance(tool, BaseTool)]
+        if _signature(offered) == self._checked:  # nothing to encode: no thread hop
+            plan = self._plan(request.tools, request.messages)
+        else:
+            plan = await asyncio.to_thread(self._plan, request.tools, request.messages)
         if plan is None:
             return await handler(request)
         ranked = await self.router.aquery_top_k(plan.text, plan.k, timeout=self.timeout)
         return await handler(self._apply(request, self._chosen(plan, ranked)))
+
+
+def _signature(tools: Sequence[BaseTool]) -> tuple[tuple[str, str], ...]:
+    """What the routes of ``tools`` depend on: each tool's name and description."""
+    return tuple((tool.name, tool.description) for tool in tools)
 
 
 def _last_human_text(messages: Sequence[BaseMessage]) -> str | None:
