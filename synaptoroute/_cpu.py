@@ -19,6 +19,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from .exceptions import InvalidInputError
+
 __all__ = ["THREADS_ENV", "available_cpus", "cgroup_cpu_limit"]
 
 THREADS_ENV = "SYNAPTOROUTE_THREADS"
@@ -122,7 +124,8 @@ def available_cpus(
         up, at least 1) and the CPUs this process may run on.
 
     Raises:
-        ValueError: ``SYNAPTOROUTE_THREADS`` is set but is not a positive integer.
+        InvalidInputError: ``SYNAPTOROUTE_THREADS`` is set but is not a positive integer
+            (a ``ValueError``).
     """
     environ = os.environ if env is None else env
     forced = environ.get(THREADS_ENV, "").strip()
@@ -133,7 +136,7 @@ def available_cpus(
             threads = 0
         if threads < 1:
             msg = f"{THREADS_ENV} must be a positive integer, got {forced!r}"
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         return threads
     cpus = _affinity_count()
     quota = cgroup_cpu_limit(cgroup_root, self_cgroup)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synaptoroute import _cpu
+from synaptoroute import InvalidInputError, _cpu
 from synaptoroute._cpu import THREADS_ENV, available_cpus, cgroup_cpu_limit
 
 
@@ -106,7 +106,7 @@ def test_the_environment_variable_wins(tmp_path: Path, self_cgroup: Path) -> Non
 
 @pytest.mark.parametrize("value", ["0", "-2", "two"])
 def test_a_bad_environment_variable_is_refused(value: str) -> None:
-    with pytest.raises(ValueError, match=THREADS_ENV):
+    with pytest.raises(InvalidInputError, match=THREADS_ENV):
         available_cpus({THREADS_ENV: value})
 
 
