@@ -33,6 +33,7 @@ from langchain_core.runnables.utils import (
     ConfigurableFieldSpec,
     Input,
     Output,
+    gather_with_concurrency,
     get_unique_config_specs,
 )
 from langchain_core.tools import BaseTool
@@ -55,11 +56,13 @@ from ._inputs import (
     TextExtractor,
     aclassify_batch,
     aclassify_one,
+    arank_batch,
     arank_one,
     classify_batch,
     classify_one,
     extract_text,
     passing,
+    rank_batch,
     rank_one,
 )
 from ._tools import ArgsFromText, check_tool_keys, tool_runnable, tool_utterances
@@ -952,8 +955,17 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
         Raises:
             NoRouteMatchedError: nothing matched and there is no ``default``.
         """
-        config = ensure_config(config)
         ranked = rank_one(self.routing.router, input, self.routing.text_of, self.top_k)
+        return self._invoke_ranked(input, ensure_config(config), ranked, **kwargs)
+
+    def _invoke_ranked(
+        self,
+        input: Input,
+        config: RunnableConfig,
+        ranked: list[RouteMatch] | Exception,
+        **kwargs: Any,
+    ) -> dict[str, Output]:
+        """Run the branches ``ranked`` chose for ``input``, inside this router's run."""
         manager = get_callback_manager_for_config(config)
         manager.add_metadata(self._metadata(ranked), inherit=False)
         run_manager = manager.on_chain_start(
@@ -984,11 +996,20 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
         self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Output]:
         """Like :meth:`invoke`; the branches run as concurrent tasks."""
-        config = ensure_config(config)
         routing = self.routing
         ranked = await arank_one(
             routing.router, input, routing.text_of, self.top_k, routing.timeout
         )
+        return await self._ainvoke_ranked(input, ensure_config(config), ranked, **kwargs)
+
+    async def _ainvoke_ranked(
+        self,
+        input: Input,
+        config: RunnableConfig,
+        ranked: list[RouteMatch] | Exception,
+        **kwargs: Any,
+    ) -> dict[str, Output]:
+        """Like :meth:`_invoke_ranked`, awaiting the branches."""
         manager = get_async_callback_manager_for_config(config)
         manager.add_metadata(self._metadata(ranked), inherit=False)
         run_manager = await manager.on_chain_start(
@@ -1012,3 +1033,65 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
             raise
         await run_manager.on_chain_end(result)
         return result
+
+    @override
+    def batch(
+        self,
+        inputs: list[Input],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any | None,
+    ) -> list[dict[str, Output]]:
+        """Rank every input with one encoder call, then run each as :meth:`invoke` does.
+
+        Inputs run in LangChain's executor (bounded by ``max_concurrency``); results in
+        input order. Without ``return_exceptions`` the first error is raised.
+        The sync and async twins differ only in how they wait: threads, or tasks.
+        """
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+        routing = self.routing
+        ranked = rank_batch(routing.router, inputs, routing.text_of, self.top_k)
+
+        def run(i: int) -> dict[str, Output] | Exception:
+            try:
+                return self._invoke_ranked(inputs[i], configs[i], ranked[i], **kwargs)
+            except Exception as exc:
+                if return_exceptions:
+                    return exc
+                raise
+
+        with get_executor_for_config(configs[0]) as executor:
+            return cast("list[dict[str, Output]]", list(executor.map(run, range(len(inputs)))))
+
+    @override
+    async def abatch(
+        self,
+        inputs: list[Input],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any | None,
+    ) -> list[dict[str, Output]]:
+        """Like :meth:`batch`; every input is submitted to the batching worker at once."""
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+        routing = self.routing
+        ranked = await arank_batch(
+            routing.router, inputs, routing.text_of, self.top_k, routing.timeout
+        )
+
+        async def run(i: int) -> dict[str, Output] | Exception:
+            try:
+                return await self._ainvoke_ranked(inputs[i], configs[i], ranked[i], **kwargs)
+            except Exception as exc:
+                if return_exceptions:
+                    return exc
+                raise
+
+        limit = configs[0].get("max_concurrency")
+        outputs = await gather_with_concurrency(limit, *(run(i) for i in range(len(inputs))))
+        return cast("list[dict[str, Output]]", outputs)

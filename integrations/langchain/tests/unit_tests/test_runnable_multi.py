@@ -17,10 +17,10 @@ from langchain_synaptoroute import (
     SynaptorouteRouter,
 )
 
-from synaptoroute import AdaptiveRouter, NoRouteMatchedError
+from synaptoroute import AdaptiveRouter, InvalidInputError, NoRouteMatchedError
 
 if TYPE_CHECKING:
-    from conftest import RunRecorder
+    from conftest import RecordingEncoder, RunRecorder
 
 #: Matches billing and tech well above 0.4, smalltalk below it.
 BOTH = "I was charged twice and now the app crashes on start"
@@ -140,3 +140,30 @@ def test_multi_router_graph_has_one_edge_per_route(adaptive_router: AdaptiveRout
     assert sorted(str(e.data) for e in graph.edges if e.source == node_id) == sorted(
         adaptive_router.route_names
     )
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_multi_router_batch_ranks_every_input_in_one_encoder_call(
+    fresh_router: AdaptiveRouter, recording_encoder: RecordingEncoder, mode: str
+) -> None:
+    router = SynaptorouteRouter(
+        router=fresh_router,
+        runnables={n: RunnableLambda(lambda _x, n=n: n) for n in fresh_router.route_names},
+    )
+    multi = router.as_multi_router(threshold=0.4)
+    inputs: list[Any] = [BOTH, "I need a refund", "who won the world cup", {"nope": 1}]
+    if mode == "sync":
+        out = multi.batch(inputs, return_exceptions=True)
+    else:
+        out = await multi.abatch(inputs, return_exceptions=True)
+    assert out[0] == {"billing": "billing", "tech": "tech"}
+    assert out[1] == {"billing": "billing"}
+    assert isinstance(out[2], NoRouteMatchedError)
+    assert isinstance(out[3], InvalidInputError)
+    readable = [t for t in inputs if isinstance(t, str)]
+    if mode == "sync":
+        assert recording_encoder.calls == [readable]
+    else:  # the batching worker may split the submission, never re-encode a text
+        assert sorted(t for call in recording_encoder.calls for t in call) == sorted(readable)
+    with pytest.raises(NoRouteMatchedError):
+        multi.batch(["who won the world cup"])
