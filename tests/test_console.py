@@ -28,7 +28,12 @@ import pytest
 from synaptoroute import AdaptiveRouter, Encoder, Route
 from synaptoroute.datasets import DatasetError, parse_jsonl
 from synaptoroute.server import ServerSettings, create_app
-from synaptoroute.server.console import CONSOLE_CSP, histogram_quantile, project
+from synaptoroute.server.console import (
+    CONSOLE_CSP,
+    MAX_EVALUATION_ROWS,
+    histogram_quantile,
+    project,
+)
 from synaptoroute.storage import SQLiteStorage
 
 KEY = "console-test-key"
@@ -260,6 +265,9 @@ def test_evaluate_reports_confusions(client: httpx.Client) -> None:
     assert bad.status_code == 422 and "line 1" in bad.json()["detail"]
     unknown = client.post("/console/api/evaluate", content=b'{"text": "x", "label": "nope"}\n')
     assert unknown.status_code == 422
+    many = b'{"text": "x", "label": null}\n' * (MAX_EVALUATION_ROWS + 1)
+    too_many = client.post("/console/api/evaluate", content=many)
+    assert too_many.status_code == 422 and "at most" in too_many.json()["detail"]
 
 
 def test_map_projects_the_stored_vectors(client: httpx.Client, live: Service) -> None:
@@ -324,6 +332,14 @@ def test_console_can_be_turned_off_and_is_read_only_with_read_only(
     finally:
         ro.close()
         storage.close()
+
+
+def test_serve_turns_the_console_off_with_no_console() -> None:
+    from synaptoroute.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).console is True
+    assert build_parser().parse_args(["serve", "--no-console"]).console is False
+    assert ServerSettings().console is True
 
 
 # -- the page in a real browser ---------------------------------------------------------------

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException
 
 from ..datasets import parse_jsonl
 from ..evaluation import evaluate_matches
+from ..exceptions import InvalidInputError
 from ..index import Snapshot
 from ..models import Route, RouteMatch
 from ..router import AdaptiveRouter
@@ -69,6 +70,8 @@ _ASSETS = {
     "console.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
+#: Most labelled rows one evaluation upload may hold (each is routed: it bounds the work).
+MAX_EVALUATION_ROWS = 10_000
 #: Most misrouted rows an evaluation answers with (the figures count every row).
 MAX_MISROUTED = 500
 #: Up to this many utterances the map answers each point's text (shown on hover).
@@ -509,6 +512,9 @@ def console_router(
     @api.post("/api/evaluate")
     async def evaluate(request: Request) -> Response:
         texts, labels = parse_jsonl(await request.body(), "upload")
+        if len(texts) > MAX_EVALUATION_ROWS:
+            msg = f"an evaluation upload holds at most {MAX_EVALUATION_ROWS} rows, got {len(texts)}"
+            raise InvalidInputError(msg)
         r = get_router()
         matches: list[RouteMatch] = []
         # Through the batching worker like any query, a bounded slice at a time.
