@@ -250,7 +250,9 @@ class BatchWorker(Generic[Q, T]):
         in different batches.
 
         Raises:
-            RouterOverloadedError: the queue cannot take them; nothing was queued.
+            InvalidInputError: more requests than the queue can ever hold
+                (``max_queue_size``): a retry cannot succeed, so this is no overload.
+            RouterOverloadedError: the queue cannot take them now; nothing was queued.
             RouterClosedError: the worker is stopping, or was stopped before serving them.
             RouterTimeoutError: ``timeout`` seconds passed first.
             EventLoopMismatchError: called from a loop other than the worker's.
@@ -258,6 +260,12 @@ class BatchWorker(Generic[Q, T]):
         _check_timeout(timeout)
         if not requests:
             return []
+        if len(requests) > self.max_queue_size:
+            msg = (
+                f"{len(requests)} texts can never fit the queue of {self.max_queue_size}; "
+                "send them in smaller batches"
+            )
+            raise InvalidInputError(msg)
         futures = self._enqueue(requests)
         if len(futures) == 1:
             return [await self._wait(futures[0], futures, timeout)]

@@ -59,6 +59,9 @@ _DEFAULT_MAX_TOKENS = 256
 # first ``max_tokens`` tokens unless the text has long whitespace runs; cutting here
 # keeps a 1 MB query as cheap as a short one.
 _CHARS_PER_TOKEN_BOUND = 16
+# What BERT's tokenizer treats as whitespace (\t, \n, \r and Unicode's space
+# separators): any run of it only separates words, so one space stands for the run.
+_BERT_WORD = re.compile(r"[^ \t\n\r\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
 _FASTEMBED_HOST = ("huggingface.co", 443)
 
 
@@ -98,10 +101,23 @@ def l2_normalize(vectors: NDArray[Any]) -> NDArray[np.float32]:
 
 
 def check_text(text: object) -> str:
-    """Validate one query: a ``str`` or ``TypeError``. Returns it unchanged."""
+    """Validate one query and return it unchanged.
+
+    Raises:
+        TypeError: ``text`` is not a ``str``.
+        InvalidInputError: ``text`` is not valid Unicode (a lone surrogate such as
+            ``"\\ud800"``): no tokenizer can take it. Checked for each caller's own
+            texts before they join a batch, so one bad text never fails another's.
+    """
     if not isinstance(text, str):
         msg = f"query must be str, got {type(text).__name__}"
         raise TypeError(msg)
+    if not text.isascii():  # an ASCII text is valid Unicode: skip the copy
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            msg = "text must be valid Unicode (no lone surrogates)"
+            raise InvalidInputError(msg) from None
     return text
 
 
@@ -366,8 +382,29 @@ class Encoder:
         probe = np.asarray(next(iter(self._fastembed.embed(["dimension probe"]))))
         self._dimension = int(probe.shape[-1])
 
+    def truncate(self, text: str) -> str:
+        """The part of ``text`` the model reads at most: the same tokens, fewer characters.
+
+        For the bundled model, whitespace runs become one space (its tokenizer
+        splits on them and keeps nothing of them), so words after a long run of
+        whitespace are not cut off; then the text is cut to ``max_tokens`` x 16
+        characters. A text within that length is returned as it is. The router's
+        embedding cache is keyed by this text.
+        """
+        limit = self.max_tokens * _CHARS_PER_TOKEN_BOUND
+        if len(text) <= limit or not self._bundled:
+            return text[:limit]  # a text that fits is read whole, unchanged
+        words: list[str] = []
+        size = 0
+        for match in _BERT_WORD.finditer(text):  # stops once the limit is reached
+            words.append(match.group())
+            size += len(words[-1]) + 1
+            if size > limit:
+                break
+        return " ".join(words)[:limit]
+
     def _truncate(self, text: str) -> str:
-        return text[: self.max_tokens * _CHARS_PER_TOKEN_BOUND]
+        return self.truncate(text)
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Embed ``texts`` into an ``(n, dimension)`` float32 array of unit rows.

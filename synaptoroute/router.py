@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -33,6 +34,7 @@ from .decision import (
 )
 from .encoder import EncoderProtocol, check_text, default_encoder
 from .exceptions import (
+    EncoderError,
     InvalidInputError,
     ModelMismatchError,
     RouteExistsError,
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
     from .fitting import FitReport
     from .postgres import Change
 
-__all__ = ["DEFAULT_THRESHOLD", "AdaptiveRouter", "EmbeddingCache"]
+__all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_THRESHOLD", "AdaptiveRouter", "EmbeddingCache"]
 
 #: Default minimum cosine similarity; chosen on the val splits (see BENCHMARKS.md).
 DEFAULT_THRESHOLD = 0.5
@@ -65,17 +67,30 @@ _BLAS_PARALLEL_ROWS = 20_000
 _EMPTY_QUERY = empty_match()
 _POLICY_KEY = "policy"
 _log = logging.getLogger("synaptoroute.router")
+#: Default bound of the embedding cache in bytes (keys and vectors).
+DEFAULT_CACHE_BYTES = 64 << 20
 
 
 class EmbeddingCache:
-    """A bounded, thread-safe LRU of query embeddings keyed by the exact text."""
+    """A bounded, thread-safe LRU of query embeddings keyed by text.
 
-    def __init__(self, maxsize: int = 10_000) -> None:
+    Bounded in entries (``maxsize``) and in bytes (``max_bytes``: keys and vectors),
+    so long texts cannot grow it past ``max_bytes`` whatever their number. The
+    router keys it by the text the encoder reads (see ``Encoder.truncate``).
+    """
+
+    def __init__(self, maxsize: int = 10_000, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
         self._data: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.nbytes = 0
+
+    @staticmethod
+    def _cost(text: str, vector: NDArray[np.float32]) -> int:
+        return sys.getsizeof(text) + vector.nbytes
 
     def get(self, text: str) -> NDArray[np.float32] | None:
         """The cached vector, refreshed as most recent, or ``None``."""
@@ -89,14 +104,19 @@ class EmbeddingCache:
             return vec
 
     def put(self, text: str, vector: NDArray[np.float32]) -> None:
-        """Insert, evicting the least recently used entry past ``maxsize``."""
-        if self.maxsize <= 0:
+        """Insert, evicting least recently used entries past ``maxsize`` or ``max_bytes``."""
+        cost = self._cost(text, vector)
+        if self.maxsize <= 0 or cost > self.max_bytes:
             return
         with self._lock:
+            old = self._data.pop(text, None)
+            if old is not None:
+                self.nbytes -= self._cost(text, old)
             self._data[text] = vector
-            self._data.move_to_end(text)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
+            self.nbytes += cost
+            while len(self._data) > self.maxsize or self.nbytes > self.max_bytes:
+                key, evicted = self._data.popitem(last=False)
+                self.nbytes -= self._cost(key, evicted)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -105,6 +125,7 @@ class EmbeddingCache:
         """Drop every entry."""
         with self._lock:
             self._data.clear()
+            self.nbytes = 0
 
 
 _blas_controller: Any = None
@@ -133,7 +154,9 @@ class AdaptiveRouter:
             ``"max"`` (nearest utterance), ``"mean_topk"`` or ``"centroid"``.
         top_k: ``k`` for ``"mean_topk"``.
         min_margin: top-1 minus top-2 under this gives no route (0 disables).
-        cache_size: query embeddings kept in the LRU cache.
+        cache_size: query embeddings kept in the LRU cache (also bounded to
+            ``DEFAULT_CACHE_BYTES`` of keys and vectors; keyed by the text the encoder
+            reads, so long queries cost no more than their first tokens).
         blas_threads: BLAS threads for the similarity product; ``None`` picks 1
             under 20,000 utterances and all cores above.
         reencode: if the store's vectors come from another model, re-encode them
@@ -246,6 +269,10 @@ class AdaptiveRouter:
                 f"expected ({len(texts)}, {self.encoder.dimension})"
             )
             raise ModelMismatchError(msg)
+        if not np.isfinite(vectors).all():
+            # A NaN score compares false with every threshold and would pass as a match.
+            msg = f"encoder {self.encoder.model_id!r} returned NaN or infinite values"
+            raise EncoderError(msg)
         return vectors
 
     # -- route management ------------------------------------------------------------
@@ -292,6 +319,7 @@ class AdaptiveRouter:
 
     def add_utterances(self, name: str, utterances: Sequence[str]) -> list[str]:
         """Add example utterances to a route; returns those that were new."""
+        _not_a_str(utterances, "add_utterances")
         cleaned = clean_utterances(list(utterances))
         with self._lock:
             route = self.get_route(name)
@@ -319,6 +347,7 @@ class AdaptiveRouter:
 
     def delete_utterances(self, name: str, utterances: Sequence[str]) -> int:
         """Remove utterances from a route; returns how many were removed."""
+        _not_a_str(utterances, "delete_utterances")
         with self._lock:
             route = self.get_route(name)
             drop = {u.strip() for u in utterances if isinstance(u, str)} & set(route.utterances)
@@ -462,10 +491,13 @@ class AdaptiveRouter:
         """Embed queries through the LRU cache; each distinct miss is encoded once."""
         out = np.empty((len(texts), self.encoder.dimension), dtype=np.float32)
         missing: dict[str, list[int]] = {}
+        # Keyed by what the encoder reads: a 1 MB query is cached as its first tokens.
+        truncate = getattr(self.encoder, "truncate", None)
         for i, text in enumerate(texts):
-            vec = self.cache.get(text)
+            key = truncate(text) if truncate is not None else text
+            vec = self.cache.get(key)
             if vec is None:
-                missing.setdefault(text, []).append(i)
+                missing.setdefault(key, []).append(i)
             else:
                 out[i] = vec
         if missing:
@@ -849,7 +881,19 @@ class _OwnThresholds(Mapping[str, "float | None"]):
         return len(self._routes)
 
 
+def _not_a_str(values: object, method: str) -> None:
+    # A str is a sequence too: "hello" would become five one-letter utterances.
+    if isinstance(values, str):
+        msg = f"{method} takes a list of utterances, not a str"
+        raise TypeError(msg)
+
+
 def _check_threshold(value: float, field: str) -> None:
-    if not isinstance(value, (int, float)) or not SCORE_MIN <= value <= SCORE_MAX:
+    # bool is an int to Python, but True is not a score.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not SCORE_MIN <= value <= SCORE_MAX
+    ):
         msg = f"{field} must be a number in [{SCORE_MIN}, {SCORE_MAX}], got {value!r}"
         raise InvalidInputError(msg)

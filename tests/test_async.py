@@ -369,7 +369,8 @@ async def test_a_full_queue_refuses_at_once_and_serves_what_it_holds(
 
 
 async def test_a_batch_larger_than_the_queue_is_refused(gated: AdaptiveRouter) -> None:
-    with pytest.raises(RouterOverloadedError):
+    # It could never be queued, so it is invalid input, not "overloaded, retry later".
+    with pytest.raises(InvalidInputError, match="never fit the queue"):
         await gated.aquery_batch([f"text {i}" for i in range(7)])
     assert gate(gated).calls == []
 

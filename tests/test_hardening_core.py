@@ -1,0 +1,162 @@
+"""Issue 18 in the library: bad texts fail alone, a bounded cache, the smaller items."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from synaptoroute import (
+    AdaptiveRouter,
+    Encoder,
+    EncoderError,
+    HashingEncoder,
+    InvalidInputError,
+    Route,
+)
+from synaptoroute.encoder import check_text
+from synaptoroute.router import EmbeddingCache
+
+ROUTES = [
+    Route(name="billing", utterances=["I need a refund", "Where is my receipt?"]),
+    Route(name="tech", utterances=["The app crashes on start", "I can't log in"]),
+]
+LIMIT_S = 60.0
+
+
+@pytest.fixture
+def router(encoder: Encoder) -> AdaptiveRouter:
+    r = AdaptiveRouter(encoder)
+    r.add_routes(ROUTES)
+    return r
+
+
+@pytest.mark.parametrize("bad", ["\ud83d", "ok \ud800 ok", "\udfff"])
+def test_a_lone_surrogate_is_invalid_input(router: AdaptiveRouter, bad: str) -> None:
+    with pytest.raises(InvalidInputError, match="valid Unicode"):
+        check_text(bad)
+    with pytest.raises(InvalidInputError, match="valid Unicode"):
+        router.query(bad)
+    with pytest.raises(InvalidInputError, match="valid Unicode"):
+        router.query_batch(["refund", bad])
+    with pytest.raises(InvalidInputError, match="valid Unicode"):
+        router.encoder.encode([bad])
+    assert check_text("caf\u00e9 \U0001f600") == "caf\u00e9 \U0001f600"
+
+
+async def test_one_bad_text_never_fails_the_other_callers(router: AdaptiveRouter) -> None:
+    await router.start()
+    try:
+        good = [router.aquery(f"I need a refund for order {i}") for i in range(200)]
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *good[:100], router.aquery("\ud83d"), *good[100:], return_exceptions=True
+            ),
+            LIMIT_S,
+        )
+        bad = results.pop(100)
+        assert isinstance(bad, InvalidInputError)
+        assert all(not isinstance(r, BaseException) and r.name == "billing" for r in results)
+        with pytest.raises(InvalidInputError):
+            await router.aquery_batch(["refund", "\ud800"])
+        with pytest.raises(InvalidInputError):
+            await router.aquery_top_k("\ud800")
+        assert router.worker.queue_depth == 0  # nothing of a refused call was queued
+    finally:
+        await router.stop()
+
+
+async def test_a_batch_larger_than_the_queue_is_invalid_not_overload(encoder: Encoder) -> None:
+    router = AdaptiveRouter(encoder, max_queue_size=4)
+    router.add_routes(ROUTES)
+    try:
+        with pytest.raises(InvalidInputError, match="never fit the queue of 4"):
+            await router.aquery_batch(["refund"] * 5)
+        assert [m.name for m in await router.aquery_batch(["refund"] * 4)] == ["billing"] * 4
+    finally:
+        await router.stop()
+
+
+def test_cache_is_keyed_by_what_the_encoder_reads(router: AdaptiveRouter) -> None:
+    enc = router.encoder
+    assert isinstance(enc, Encoder)
+    router.cache.clear()
+    calls = enc.calls
+    head = "I need a refund " * 300  # longer than the model reads
+    for i in range(20):
+        assert router.query(head + f"tail {i} " * 10_000).candidate == "billing"
+    assert len(router.cache) == 1
+    assert enc.calls == calls + 1
+    (key,) = router.cache._data
+    assert len(key) <= enc.max_tokens * 16
+
+
+def test_words_after_a_long_whitespace_run_are_read(encoder: Encoder) -> None:
+    text = "my app" + " \t\n" * 3000 + "crashes on start"
+    assert encoder.truncate(text) == "my app crashes on start"
+    np.testing.assert_allclose(
+        encoder.encode([text]), encoder.encode(["my app crashes on start"]), atol=1e-6
+    )
+    short = "  keeps\tits   spacing "
+    assert encoder.truncate(short) == short  # a text that fits is read as it is
+
+
+def test_cache_is_bounded_in_bytes() -> None:
+    cache = EmbeddingCache(maxsize=1000, max_bytes=200_000)
+    vector = np.zeros(384, np.float32)
+    for i in range(200):
+        cache.put(f"{i} " + "x" * 10_000, vector)
+        assert cache.nbytes <= 200_000
+    assert 0 < len(cache) < 200
+    assert cache.get("199 " + "x" * 10_000) is not None  # the most recent stay
+    assert cache.get("0 " + "x" * 10_000) is None
+    cache.put("huge" * 100_000, vector)  # larger than the whole cache: not kept
+    assert cache.get("huge" * 100_000) is None
+    cache.clear()
+    assert cache.nbytes == 0 and len(cache) == 0
+
+
+class NaNEncoder:
+    """Returns NaN rows for texts containing "nan", like a broken custom model."""
+
+    model_id = "nan-model"
+    dimension = 8
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        out = HashingEncoder(8).encode(texts)
+        for i, text in enumerate(texts):
+            if "nan" in text:
+                out[i] = np.nan
+        return out
+
+
+def test_nan_from_an_encoder_is_an_error_not_a_match() -> None:
+    router = AdaptiveRouter(NaNEncoder())
+    router.add_route(Route(name="a", utterances=["hello there"]))
+    with pytest.raises(EncoderError, match="NaN"):
+        router.query("banana")
+    with pytest.raises(EncoderError, match="NaN"):
+        router.add_route(Route(name="b", utterances=["nan bread"]))
+    assert router.route_names == ["a"]
+
+
+def test_strings_are_not_lists_of_utterances(router: AdaptiveRouter) -> None:
+    with pytest.raises(TypeError, match="not a str"):
+        router.add_utterances("tech", "hello")
+    with pytest.raises(TypeError, match="not a str"):
+        router.delete_utterances("tech", "The app crashes on start")
+    assert router.get_route("tech").utterances == ROUTES[1].utterances
+
+
+@pytest.mark.parametrize("value", [True, False, float("nan"), "0.5", 1.5])
+def test_threshold_must_be_a_real_number_in_range(router: AdaptiveRouter, value: object) -> None:
+    with pytest.raises(InvalidInputError):
+        router.threshold = value  # type: ignore[assignment]
+    with pytest.raises(InvalidInputError):
+        router.set_threshold("tech", value)  # type: ignore[arg-type]
+    assert router.threshold == 0.5
+    router.threshold = 1  # an int is a number
+    assert router.threshold == 1
