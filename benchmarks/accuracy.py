@@ -102,9 +102,17 @@ def peer_available() -> str | None:
 
 
 def run_peer(
-    encoder: PrecomputedEncoder, train: Sequence[Example], val: Sequence[Example]
+    encoder: PrecomputedEncoder,
+    train: Sequence[Example],
+    val: Sequence[Example],
+    *,
+    hybrid: bool = False,
 ) -> dict[str, Any]:
     """semantic-router before and after its own fit, on the same vectors.
+
+    ``hybrid`` adds its sparse side: a ``TfidfEncoder`` fitted on the routes, mixed
+    with the dense score by its default ``alpha`` (0.7 dense) in a ``HybridLocalIndex``
+    (1.1.1's form of the older ``HybridRouter``).
 
     Its ``fit`` is a Platt calibration (two parameters) of the top score; on a busy
     2-core machine it scores ~15 queries/s, so with more than ``PEER_FIT_ROWS`` train
@@ -135,9 +143,15 @@ def run_peer(
 
     routes = routes_from_labelled([r.text for r in train], [r.label for r in train])
     names = [r.name for r in routes]
+    sparse: dict[str, Any] = {}
+    if hybrid:
+        from semantic_router.encoders import TfidfEncoder
+
+        sparse["sparse_encoder"] = TfidfEncoder()
     router = IndexedRouter(
         encoder=SharedModelEncoder(encoder),
         routes=[SrRoute(name=r.name, utterances=list(r.utterances)) for r in routes],
+        **sparse,
     )
     val_labels = [r.label for r in val]
     scored = run(router._scores_many([r.text for r in val]))

@@ -117,8 +117,26 @@ def logistic_peer(
 DATASETS = ("clinc150", "banking77", "snips")
 
 
+def semantic_router_peer(
+    encoder: PrecomputedEncoder, train: Sequence[Example], val: Sequence[Example]
+) -> dict[str, Any] | None:
+    """semantic-router 1.1.1, dense and hybrid (TF-IDF), before and after its ``fit``."""
+    from accuracy import peer_available, run_peer
+
+    if peer_available() is None:
+        return None
+    return {
+        "dense": run_peer(encoder, train, val),
+        "hybrid_tfidf": run_peer(encoder, train, val, hybrid=True),
+    }
+
+
 def section_main(
-    data: str | None, cache: str | None, out: dict[str, Any], datasets: Sequence[str] = DATASETS
+    data: str | None,
+    cache: str | None,
+    out: dict[str, Any],
+    datasets: Sequence[str] = DATASETS,
+    peers: bool = True,
 ) -> None:
     for name in datasets:
         train, val = load_split(name, "train", data), load_split(name, "val", data)
@@ -128,6 +146,8 @@ def section_main(
             "dense_only": fitted(encoder, train, val, hybrid=False),
             "sklearn_logreg": logistic_peer(encoder, train, val),
         }
+        if peers:
+            out[name]["semantic_router"] = semantic_router_peer(encoder, train, val)
         print(name, json.dumps(out[name], indent=1), flush=True)
 
 
@@ -205,12 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=["main", "few", "folds", "latency"])
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--json", help="write all numbers to this file")
+    parser.add_argument("--no-peer", action="store_true", help="skip semantic-router")
     args = parser.parse_args(argv)
     out: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv)}
     sections = {"few": section_few, "folds": section_folds, "latency": section_latency}
     for key in args.only:
         if key == "main":
-            section_main(args.data, args.cache, out, args.datasets)
+            section_main(args.data, args.cache, out, args.datasets, not args.no_peer)
         else:
             sections[key](args.data, args.cache, out)
     if args.json:
