@@ -107,7 +107,8 @@ def _fish(prog: str, nodes: list[CommandNode]) -> str:
         if not n.path:
             cond = "__fish_use_subcommand"
         else:
-            cond = f"__fish_seen_subcommand_from {n.path[-1]}"
+            # Every word of the path: "routes add" and "negatives add" differ by the first.
+            cond = "; and ".join(f"__fish_seen_subcommand_from {word}" for word in n.path)
             if n.subcommands:
                 cond += f"; and not __fish_seen_subcommand_from {' '.join(n.subcommands)}"
         for name, help_line in n.subcommands.items():

@@ -399,6 +399,16 @@ def test_zsh_and_fish_completion_name_every_command(
         subprocess.run([shell, "-n"], input=script, text=True, timeout=60, check=True)
 
 
+def test_fish_completion_tells_nested_commands_apart(capsys: pytest.CaptureFixture[str]) -> None:
+    script = run(capsys, "completion", "fish")[1]
+    # "routes add" options are offered after "routes ... add", not after any "add".
+    assert (
+        "-n '__fish_seen_subcommand_from routes; and __fish_seen_subcommand_from add' -l replace"
+        in script
+    )
+    assert "-n '__fish_seen_subcommand_from add' " not in script
+
+
 @pytest.fixture
 def readyz_server() -> Iterator[tuple[int, list[int]]]:
     """A real HTTP server on 127.0.0.1 whose /readyz answers the status at the list's end."""
