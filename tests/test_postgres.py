@@ -786,3 +786,47 @@ def test_sqlite_and_memory_routers_have_no_follower(tmp_path: Path) -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--replica"]:
     _replica_main(*sys.argv[2:5])
+
+
+def test_negatives_and_a_hybrid_head_reach_a_replica_and_survive_reopen(
+    pg_dsn: str, schema: str, encoder: Encoder
+) -> None:
+    """Issue 13: the negative examples (a reserved route) and a hybrid head (its beta in
+    the policy state; the lexical vectors rebuilt from the stored utterances) reach a
+    replica through the change feed and a fresh router on the same schema."""
+    codes = ["kx-1470-zq88", "kx-2583-pw41", "kx-3691-rb19"]
+    templates = ["my {} is broken", "help me with the {}", "the {} won't turn on"]
+    routes = [
+        Route(name=f"r{i}", utterances=[t.format(c) for t in templates])
+        for i, c in enumerate(codes)
+    ]
+    queries = [f"where can I buy a {c}" for c in codes] + ["tell me a joke about cats"]
+    writer = AdaptiveRouter(encoder, open_store(pg_dsn, schema))
+    replica = AdaptiveRouter(encoder, open_store(pg_dsn, schema))
+    opened = [writer, replica]
+    try:
+        writer.add_routes(routes)
+        assert writer.add_negatives(["tell me a joke about cats and dogs"])
+        utterances = [u for r in routes for u in r.utterances]
+        owners = [r.name for r in routes for _ in r.utterances]
+        writer.fit(utterances, owners, head=True, hybrid=True)
+        head = writer.policy.head
+        assert head is not None and head.beta > 0
+        expected = [(m.name, m.reason, m.confidence) for m in writer.query_batch(queries)]
+        assert expected[-1][1] == "negative_example"
+        assert replica.storage.wait_for_seq(writer.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        assert replica.negatives == writer.negatives
+        assert replica.policy.head is not None and replica.policy.head.beta == head.beta
+        got = [(m.name, m.reason, m.confidence) for m in replica.query_batch(queries)]
+        assert got == expected
+        fresh = AdaptiveRouter(encoder, open_store(pg_dsn, schema))
+        opened.append(fresh)
+        assert fresh.negatives == writer.negatives
+        assert [(m.name, m.reason, m.confidence) for m in fresh.query_batch(queries)] == expected
+        writer.delete_negatives(writer.negatives)
+        assert replica.storage.wait_for_seq(writer.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        assert replica.negatives == []
+        assert replica.query(queries[-1]).reason != "negative_example"
+    finally:
+        for router in opened:
+            router.close()
