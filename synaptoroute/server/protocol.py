@@ -15,6 +15,7 @@ unterminated header is buffered whole) and no per-client connection limit;
   never queued: its request is answered 503 (``Connection: close``) as soon as its
   headers arrive, and it is closed after ``header_timeout`` if they never do, so one
   client's idle connections cannot take what other clients and the probes need.
+  During a flood (more than 64 such connections waiting) the excess is closed at once.
 
 The keep-alive idle timeout between requests stays uvicorn's (``timeout_keep_alive``).
 """
@@ -51,6 +52,9 @@ def _plain_response(status: bytes, text: str) -> bytes:
 
 
 _OVER_LIMIT_GRACE_S = 1.0
+# Over-limit connections waiting for their request to be answered 503; past this
+# many, more are closed at once (a flood must not hold descriptors).
+_MAX_PENDING_REFUSALS = 64
 _HEADERS_TOO_LARGE = _plain_response(
     b"431 Request Header Fields Too Large", "request headers too large"
 )
@@ -79,6 +83,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._headers_ended = False  # a request's headers ended in the current chunk
         self._header_bytes = 0
         self._refused = False
+        self._counted_refusal = False
         self._client_key = ""
 
     # -- bookkeeping shared by the server's connections ---------------------------
@@ -88,6 +93,13 @@ class _GuardedProtocol(HttpToolsProtocol):
             counts = {}
             self.server_state.synaptoroute_clients = counts  # type: ignore[attr-defined]
         return counts
+
+    def _pending_refusals(self) -> list[int]:
+        pending: list[int] | None = getattr(self.server_state, "synaptoroute_refusing", None)
+        if pending is None:
+            pending = [0]
+            self.server_state.synaptoroute_refusing = pending  # type: ignore[attr-defined]
+        return pending
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
@@ -120,8 +132,16 @@ class _GuardedProtocol(HttpToolsProtocol):
             len(self.connections) > limits.max_connections
             or counts[self._client_key] > limits.max_connections_per_client
         ):
+            pending = self._pending_refusals()
+            if pending[0] >= _MAX_PENDING_REFUSALS:
+                # A flood: close at once, so its descriptors are never held.
+                self._refused = True
+                self.transport.close()
+                return
             # Answered (not reset) once its request arrives: a client that wrote its
             # request before our close would otherwise see a reset, not the 503.
+            pending[0] += 1
+            self._counted_refusal = True
             self.app = _too_many_connections
             # An honest client sends its request at once; an idle one goes soon.
             self._arm(min(limits.header_timeout, _OVER_LIMIT_GRACE_S))
@@ -130,6 +150,8 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._counted_refusal:
+            self._pending_refusals()[0] -= 1
         counts = self._per_client()
         left = counts.get(self._client_key, 1) - 1
         if left > 0:
