@@ -13,7 +13,7 @@ from langchain_core.tools import BaseTool, tool
 from langchain_synaptoroute import SynaptorouteToolSelectorMiddleware
 from pydantic import Field
 
-from synaptoroute import AdaptiveRouter, InvalidInputError
+from synaptoroute import AdaptiveRouter, InvalidInputError, Route
 
 if TYPE_CHECKING:
     from conftest import RecordingEncoder
@@ -226,3 +226,17 @@ def test_misnamed_settings_fail_clearly(recording_encoder: RecordingEncoder) -> 
         SynaptorouteToolSelectorMiddleware(max_tools=0)
     with pytest.raises(InvalidInputError, match="not both"):
         SynaptorouteToolSelectorMiddleware(router=AdaptiveRouter(recording_encoder), encoder=1)
+
+
+def test_a_given_router_keeps_its_routes(recording_encoder: RecordingEncoder) -> None:
+    router = AdaptiveRouter(recording_encoder)
+    router.add_route(Route(name="get_weather", utterances=["should I take an umbrella"]))
+    recording_encoder.calls.clear()
+    selector = SynaptorouteToolSelectorMiddleware(router=router, max_tools=1)
+    assert selector.router is router
+    assert selector.select_tools("Should I take an umbrella today?", TOOLS) == ["get_weather"]
+    encoded = [text for call in recording_encoder.calls for text in call]
+    # The other tools got routes; the router's own get_weather route was kept as it was.
+    assert len(encoded) == len(TOOLS)
+    assert not any(text.startswith("get weather") for text in encoded)
+    assert router.get_route("get_weather").utterances == ["should I take an umbrella"]
