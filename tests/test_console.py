@@ -529,6 +529,45 @@ def test_with_the_key_an_added_utterance_changes_the_route(console: Console, liv
     assert console.errors == []
 
 
+def test_with_the_key_routes_and_utterances_are_edited(console: Console, live: Service) -> None:
+    expect = _expect()
+    page = console.page
+    console.open()
+    console.use_key()
+    page.fill("#new-route-name", "returns")
+    page.fill("#new-route-utterances", "I want to return a jacket\nHow do I send it back?")
+    page.click("#new-route-form button[type=submit]")
+    expect(page.locator("#route-title")).to_have_text("returns")
+    expect(page.locator("#utterance-list li")).to_have_count(2)
+    expect(page.locator("#notice")).to_have_text("Route returns created.")
+    assert live.router.get_route("returns").utterances == [
+        "I want to return a jacket",
+        "How do I send it back?",
+    ]
+    # Edit an utterance from the keyboard: the new text replaces the old one.
+    page.get_by_role("button", name="Edit: How do I send it back?").click()
+    page.fill("#utterance-list input", "How do I send a parcel back?")
+    page.press("#utterance-list input", "Enter")
+    expect(page.locator("#notice")).to_have_text("Utterance changed.")
+    expect(page.locator("#utterance-list .utterance").nth(1)).to_have_text(
+        "How do I send a parcel back?"
+    )
+    page.get_by_role("button", name="Delete: I want to return a jacket").click()
+    expect(page.locator("#utterance-list li")).to_have_count(1)
+    page.fill("#threshold-input", "0.7")
+    page.click("#threshold-form button[type=submit]")
+    expect(page.locator("#notice")).to_have_text("Threshold set.")
+    expect(page.locator("#route-info dd").nth(1)).to_have_text("0.70")
+    route = live.router.get_route("returns")
+    assert route.utterances == ["How do I send a parcel back?"] and route.threshold == 0.7
+    page.click("#delete-route")
+    page.click("#delete-route-confirm")
+    expect(page.locator("#routes-table tbody tr")).to_have_count(3)
+    expect(page.locator("#notice")).to_have_text("Route returns deleted.")
+    assert "returns" not in live.router
+    assert console.errors == []
+
+
 def test_without_the_key_no_edit_controls_and_the_api_refuses(console: Console) -> None:
     expect = _expect()
     console.open("route/billing")

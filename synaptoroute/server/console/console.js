@@ -8,7 +8,7 @@
 (function () {
   const KEY_STORE = "synaptoroute-api-key";
   const LIVE_EVERY_MS = 2000;
-  const state = { access: "token", overview: null, lastQuery: null, liveTimer: null, map: null };
+  const state = { access: "token", overview: null, lastQuery: null, liveTimer: null, map: null, notice: null };
 
   // -- helpers ------------------------------------------------------------------------
   function $(id) {
@@ -230,8 +230,8 @@
     await api("POST", "../routes", { name, utterances });
     $("new-route-name").value = "";
     $("new-route-utterances").value = "";
+    state.notice = `Route ${name} created.`; // shown once the new view has rendered
     location.hash = "#/route/" + encodeURIComponent(name);
-    showNotice(`Route ${name} created.`);
   }
 
   async function showRoute(name) {
@@ -314,7 +314,7 @@
 
   async function deleteRoute() {
     await api("DELETE", routePath(state.route));
-    showNotice(`Route ${state.route} deleted.`);
+    state.notice = `Route ${state.route} deleted.`;
     location.hash = "#/routes";
   }
 
@@ -618,9 +618,11 @@
     $("eval-form").addEventListener("submit", guarded(evaluate));
     $("map-canvas").addEventListener("mousemove", hoverMap);
     window.addEventListener("resize", () => state.map && currentView() === "map" && drawMap());
-    window.addEventListener("hashchange", () => {
+    window.addEventListener("hashchange", async () => {
       clearMessages();
-      render();
+      await render();
+      if (state.notice) showNotice(state.notice);
+      state.notice = null;
     });
     render();
   }
