@@ -207,7 +207,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         branches: Mapping[str, tuple[Sequence[str] | Route, RunnableLike[Any, Any]]],
         *,
         default: RunnableLike[Any, Any] | None = None,
-        encoder: EncoderProtocol | Embeddings | None = None,
+        encoder: EncoderProtocol | Embeddings | Any | None = None,
         input_key: str = "input",
         text_extractor: TextExtractor | None = None,
         timeout: float | None = None,
@@ -224,8 +224,9 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         Args:
             branches: route name -> (example utterances, or a ``Route``; the Runnable).
             default: runs on inputs that match no route.
-            encoder: a synaptoroute encoder or any LangChain ``Embeddings``; default
-                the bundled local model.
+            encoder: a synaptoroute encoder, any LangChain ``Embeddings`` or any
+                LlamaIndex ``BaseEmbedding``; default the bundled local model, shared
+                by every router in the process built without one.
             input_key: key of a dict input holding the text to route.
             text_extractor: returns the text to route for an input.
             timeout: seconds an async call may wait for the batching worker.
