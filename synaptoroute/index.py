@@ -19,10 +19,14 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from .ann import AnnGraph
 
 __all__ = ["Aggregation", "IndexStats", "RouteIndex", "RouteScores", "Snapshot"]
 
@@ -42,6 +46,11 @@ class IndexStats:
     int8_builds: int = 0  # int8 copies of the matrix made for the pre-filter
     int8_queries: int = 0  # queries scored through the int8 copy
     rows_rescored: int = 0  # rows those queries re-scored exactly in float32
+    ann_builds: int = 0  # approximate graphs built from the matrix (docs/scale.md)
+    ann_cache_loads: int = 0  # graphs loaded from the cache file instead
+    ann_rows_fed: int = 0  # rows inserted into a serving graph
+    ann_queries: int = 0  # queries answered from the graph's candidates
+    ann_fallbacks: int = 0  # queries the graph could not certify: scored exactly
 
 
 @dataclass(frozen=True)
@@ -224,6 +233,7 @@ class Snapshot:
     # With int8: each row's route position in live_routes (n_routes for dead rows).
     row_pos: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
     stats: IndexStats | None = None  # the index's counters (int8 queries count here)
+    ann: AnnGraph | None = None  # graph over the leading rows ("max" only)
 
     @property
     def n_routes(self) -> int:
@@ -235,6 +245,8 @@ class Snapshot:
         """Rows of the float32 BLAS product per query (0: the int8 scan covers all)."""
         if self.aggregation == "centroid":
             return len(self.centroids)
+        if self.ann is not None:  # the rows the graph does not hold yet
+            return max(len(self.matrix) - self.ann.covered, 0)
         if self.int8 is not None:
             return len(self.matrix) - self.int8.n
         return len(self.matrix)
@@ -252,12 +264,25 @@ class Snapshot:
         segs = self.seg_order[first:last]
         return np.concatenate([np.arange(self.seg_starts[s], self.seg_ends[s]) for s in segs])
 
-    def score(self, queries: NDArray[np.float32], k: int) -> list[RouteScores]:
-        """Top-``k`` routes for each row of ``queries`` under the snapshot's aggregation."""
+    def score(
+        self, queries: NDArray[np.float32], k: int, *, exact: bool = False
+    ) -> list[RouteScores]:
+        """Top-``k`` routes for each row of ``queries`` under the snapshot's aggregation.
+
+        Args:
+            queries: query vectors, one per row.
+            k: routes wanted per query.
+            exact: score without the approximate graph even if the snapshot has one.
+
+        Returns:
+            One :class:`RouteScores` per query.
+        """
         m = len(queries)
         if self.n_routes == 0:
             return [_NO_ROUTES] * m
         k = min(k, self.n_routes)
+        if self.ann is not None and not exact and self.aggregation == "max":
+            return self._score_ann(queries, k)
         if self.aggregation == "centroid":
             sims = _similarities(self.centroids, queries)
             out = []
@@ -296,6 +321,75 @@ class Snapshot:
             scores = maxima[qi][top].astype(np.float32)
             results.append(RouteScores(self.live_routes[top], scores, nearest))
         return results
+
+    def _score_ann(self, queries: NDArray[np.float32], k: int) -> list[RouteScores]:
+        answers = [self._max_ann(query, k) for query in queries]
+        missing = [i for i, answer in enumerate(answers) if answer is None]
+        if self.stats is not None:  # unlocked: counters for tests and benchmarks
+            self.stats.ann_queries += len(answers) - len(missing)
+            self.stats.ann_fallbacks += len(missing)
+        if missing:
+            exact = self.score(queries[missing], k, exact=True)
+            for i, answer in zip(missing, exact, strict=True):
+                answers[i] = answer
+        return [answer for answer in answers if answer is not None]
+
+    def _max_ann(self, query: NDArray[np.float32], k: int) -> RouteScores | None:
+        # The graph proposes rows; they are re-scored in float32 (not BLAS, as in the
+        # int8 path) with the rows it does not hold yet, and the answer stands only if
+        # the horizon certifies it (ann.candidate_routes); else the caller scores the
+        # query exactly.
+        from .ann import CLOSE_MARGIN, RESCORE_BUDGET, ROUNDS, candidate_routes
+
+        assert self.ann is not None
+        n = len(self.matrix)
+        covered = min(self.ann.covered, n)  # rows past it: scored exactly below
+        tail = np.arange(covered, n, dtype=np.int64)
+        dead = self.n_routes  # row_pos of dead rows
+        for count, depth in ROUNDS:
+            keys, sims = self.ann.search(query, count, depth)
+            complete = len(keys) < count
+            inside = keys < covered  # keys past it came after this snapshot
+            rows = np.concatenate([keys[inside], tail])
+            approx = np.concatenate([sims[inside], np.full(len(tail), np.nan, np.float32)])
+            pos = self.row_pos[rows]
+            pos = np.where(pos == dead, -1, pos)
+            exact = (self.matrix[rows] * query).sum(axis=1)
+            self._count_rescored(len(rows))
+            order, horizon = candidate_routes(exact, approx, pos, complete)
+            if len(order) >= max(k, 2):
+                # Two routes at least: a close second sends the query to the exact path,
+                # where the graph is likeliest to have missed the winner.
+                top = self._full_routes(order, query, max(k, 2), RESCORE_BUDGET)
+                if top.scores[0] - top.scores[1] >= CLOSE_MARGIN and top.scores[-1] > horizon:
+                    return RouteScores(top.route_ids[:k], top.scores[:k], top.nearest_rows[:k])
+            if complete:
+                return None
+        return None
+
+    def _full_routes(
+        self, positions: list[int], query: NDArray[np.float32], k: int, budget: int
+    ) -> RouteScores:
+        # The graph may have found a route but not its best row: every row of the
+        # candidate routes is re-scored (best candidates first, the first k always,
+        # the others within the budget), so their scores are their exact maxima.
+        best: list[tuple[float, int, int]] = []
+        for p in positions:
+            rows = self._route_rows(p)
+            if len(best) >= k and len(rows) > budget:
+                break
+            budget -= len(rows)
+            exact = (self.matrix[rows] * query).sum(axis=1)
+            self._count_rescored(len(rows))
+            i = int(np.argmax(exact))
+            best.append((float(exact[i]), p, int(rows[i])))
+        best.sort(key=lambda item: (-item[0], item[1]))
+        best = best[:k]
+        return RouteScores(
+            self.live_routes[[p for _, p, _ in best]],
+            np.array([score for score, _, _ in best], dtype=np.float32),
+            np.array([row for _, _, row in best], dtype=np.int64),
+        )
 
     def _approximate(
         self, query: NDArray[np.float32]
@@ -415,6 +509,8 @@ class RouteIndex:
         top_k: int = 3,
         capacity: int = 1024,
         int8_min_rows: int | None = INT8_MIN_ROWS,
+        ann_min_rows: int | None = None,
+        ann_cache: str | os.PathLike[str] | None = None,
     ) -> None:
         self.dimension = dimension
         self.aggregation: Aggregation = aggregation
@@ -438,6 +534,14 @@ class RouteIndex:
         self._int8: Int8Scan | None = None
         self._int8_generation = 0  # bumped when row positions move (compaction)
         self._int8_builder: threading.Thread | None = None
+        # The approximate graph ("max" only; docs/scale.md): built or loaded once the
+        # index holds ann_min_rows rows, fed new rows in the background, dropped when
+        # a compaction moves rows. None: never.
+        self.ann_min_rows = ann_min_rows
+        self.ann_cache = Path(ann_cache) if ann_cache is not None else None
+        self._ann: AnnGraph | None = None
+        self._ann_worker: threading.Thread | None = None
+        self._ann_cache_tried = False
 
     # -- mutations (O(added) or O(deleted); no matrix copies) -----------------------
     def add(self, name: str, vectors: NDArray[np.float32], texts: Sequence[str]) -> None:
@@ -547,6 +651,7 @@ class RouteIndex:
         self.stats.full_rebuilds += 1
         self.stats.rows_copied += len(alive)
         self._int8 = None  # row positions moved
+        self._ann = None  # its keys are row numbers too
         self._int8_generation += 1  # a copy being built now is of the old positions
 
     def snapshot(self) -> Snapshot:
@@ -593,8 +698,9 @@ class RouteIndex:
         else:  # only the centroid aggregation reads them
             centroids = np.zeros((0, self.dimension), dtype=np.float32)
         self._refresh_int8(n)
+        self._refresh_ann(n)
         row_pos = np.zeros(0, dtype=np.intp)
-        if self._int8 is not None:
+        if self._int8 is not None or self._ann is not None:
             seg_pos = np.full(len(seg_starts), len(live_routes), dtype=np.intp)
             seg_pos[seg_order] = np.repeat(
                 np.arange(len(firsts), dtype=np.intp), np.diff(np.append(firsts, len(seg_order)))
@@ -617,6 +723,7 @@ class RouteIndex:
             int8=self._int8,
             row_pos=row_pos,
             stats=self.stats,
+            ann=self._ann,
         )
 
     def _refresh_int8(self, n: int) -> None:
@@ -662,3 +769,114 @@ class RouteIndex:
         if thread is not None:
             thread.join(timeout)
         return self._int8_builder is None
+
+    # -- the approximate graph (synaptoroute.ann) ----------------------------------
+    def _refresh_ann(self, n: int) -> None:
+        if self.aggregation != "max" or self.ann_min_rows is None or n < self.ann_min_rows:
+            self._ann = None
+            return
+        if self._ann_worker is not None:
+            return  # a build or a feed is running; it republishes when done
+        if self._ann is None and not self._ann_cache_tried and self.ann_cache is not None:
+            # Start-up: a graph saved over a prefix of these rows is loaded here (fast)
+            # instead of rebuilt; a change another replica made to that prefix gives
+            # another content key, and the graph is rebuilt below.
+            from .ann import AnnGraph
+
+            self._ann_cache_tried = True
+            self._ann = AnnGraph.load(self.ann_cache, self._buf[:n])
+            if self._ann is not None:
+                self.stats.ann_cache_loads += 1
+        if self._ann is None:
+            self._start_ann_worker(n, build=True)
+        elif self._ann.covered < n:
+            self._start_ann_worker(n, build=False)
+
+    def _start_ann_worker(self, n: int, *, build: bool) -> None:
+        # Like the int8 rebuild: rows below n never change in place and a compaction
+        # bumps the generation, so a graph of old row positions is never published.
+        generation = self._int8_generation
+        rows = self._buf[:n]
+
+        def run() -> None:
+            try:
+                if build:
+                    self._build_ann(rows, generation)
+                else:
+                    self._feed_ann(generation)
+            except Exception:  # queries keep the exact path
+                _log.warning("approximate index unavailable; scoring exactly", exc_info=True)
+                with self._lock:
+                    self.ann_min_rows = None
+                    self._ann = None
+            finally:
+                with self._lock:
+                    self._ann_worker = None
+                    self._snapshot = None  # the next query compiles with the new graph
+
+        thread = threading.Thread(target=run, name="synaptoroute-ann", daemon=True)
+        self._ann_worker = thread
+        thread.start()
+
+    def _build_ann(self, rows: NDArray[np.float32], generation: int) -> None:
+        from .ann import AnnGraph, content_key
+
+        graph = AnnGraph.build(rows, threads=os.cpu_count() or 1)
+        with self._lock:
+            if generation != self._int8_generation:
+                return
+            self._ann = graph
+            self.stats.ann_builds += 1
+        if self.ann_cache is not None:
+            try:
+                graph.save(self.ann_cache, content_key(rows))
+            except OSError:
+                _log.warning("could not write the approximate index cache", exc_info=True)
+        self._feed_ann(generation)
+
+    def _feed_ann(self, generation: int) -> None:
+        # Chunks are copied under the index lock (the buffer may be reallocated) and
+        # inserted under the graph's lock only, so a query waits for one chunk at most.
+        from .ann import FEED_CHUNK
+
+        while True:
+            with self._lock:
+                graph = self._ann
+                if graph is None or generation != self._int8_generation:
+                    return
+                start = graph.covered
+                chunk = self._buf[start : min(start + FEED_CHUNK, self._n)].copy()
+            if not len(chunk):
+                return
+            if not graph.feed(chunk, start):
+                return
+            self.stats.ann_rows_fed += len(chunk)
+
+    def wait_for_ann(self, timeout: float | None = None) -> bool:
+        """Wait until no graph build or feed runs and the graph holds every row.
+
+        Args:
+            timeout: seconds to wait for each background step.
+
+        Returns:
+            ``True`` once the graph (if any) is complete and nothing runs.
+        """
+        for _ in range(64):  # bounded: each round either finishes a worker or starts one
+            thread = self._ann_worker
+            if thread is not None:
+                thread.join(timeout)
+                if thread.is_alive():
+                    return False
+            self.snapshot()  # publishes a finished graph; starts a feed if rows are missing
+            with self._lock:
+                graph = self._ann
+                done = self._ann_worker is None and (graph is None or graph.covered >= self._n)
+            if done:
+                return True
+        return False
+
+    @property
+    def ann_bytes(self) -> int:
+        """Bytes the approximate graph holds (0 without one)."""
+        graph = self._ann
+        return graph.memory_bytes if graph is not None else 0

@@ -13,8 +13,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace as _replace
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -50,7 +51,7 @@ from .models import (
     RouteMatch,
     clean_utterances,
 )
-from .storage import MemoryStorage, ModelInfo, Storage, StoredRoute
+from .storage import MemoryStorage, ModelInfo, SQLiteStorage, Storage, StoredRoute
 
 if TYPE_CHECKING:
     from .evaluation import EvaluationReport
@@ -63,6 +64,9 @@ __all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_THRESHOLD", "AdaptiveRouter", "Embedd
 DEFAULT_THRESHOLD = 0.5
 # Below this many rows one BLAS thread is faster than waking a second one.
 _BLAS_PARALLEL_ROWS = 20_000
+#: Utterances from which ``index="auto"`` searches an approximate graph (docs/scale.md).
+DEFAULT_ANN_THRESHOLD = 50_000
+IndexKind = Literal["auto", "exact", "ann"]
 # RouteMatch is frozen, so every empty query can share one result.
 _EMPTY_QUERY = empty_match()
 _POLICY_KEY = "policy"
@@ -164,6 +168,15 @@ class AdaptiveRouter:
         max_batch_size, max_wait_ms, max_queue_size: the async batching worker of
             each event loop (defaults: the encoder's ``preferred_batch_size`` if it
             has one, else 512; 0; 10,000; see ``docs/async.md``).
+        index: ``"auto"`` searches an approximate HNSW graph (the ``ann`` extra) for
+            the ``"max"`` aggregation from ``ann_threshold`` utterances on, and scores
+            exactly below it or without the library; ``"exact"`` never uses the
+            graph; ``"ann"`` uses it at any size and needs the library. Answers the
+            graph cannot certify are scored exactly (``docs/scale.md``).
+        ann_threshold: utterances from which ``index="auto"`` uses the graph.
+        ann_cache: file the graph is saved to and loaded from at start-up (keyed by
+            the stored vectors' content). Default: next to a SQLite store's file
+            (``<store>.ann``), none for other stores; ``False`` for none.
 
     Example:
         >>> router = AdaptiveRouter()
@@ -187,6 +200,9 @@ class AdaptiveRouter:
         max_batch_size: int | None = None,
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        index: IndexKind = "auto",
+        ann_threshold: int = DEFAULT_ANN_THRESHOLD,
+        ann_cache: str | os.PathLike[str] | Literal[False] | None = None,
     ) -> None:
         if aggregation not in ("max", "mean_topk", "centroid"):
             msg = f"aggregation must be 'max', 'mean_topk' or 'centroid', got {aggregation!r}"
@@ -202,7 +218,12 @@ class AdaptiveRouter:
         self._lock = threading.RLock()
         self._routes: dict[str, Route] = {}
         self._policy = DecisionPolicy(threshold=threshold, min_margin=min_margin)
-        self._index = RouteIndex(self.encoder.dimension, aggregation=aggregation, top_k=top_k)
+        self._index = RouteIndex(
+            self.encoder.dimension,
+            aggregation=aggregation,
+            top_k=top_k,
+            **_ann_options(index, ann_threshold, ann_cache, aggregation, self.storage),
+        )
         self._lexical = LexicalIndex()
         #: Use the lexical signal of a hybrid head (set False to route dense only).
         self.hybrid = True
@@ -480,6 +501,21 @@ class AdaptiveRouter:
 
     def __len__(self) -> int:
         return len(self._routes)
+
+    def wait_for_index(self, timeout: float | None = None) -> bool:
+        """Wait for the index's background work (int8 copy, approximate graph).
+
+        Queries never wait for it; tests, benchmarks and start-up scripts that want
+        the steady state do.
+
+        Args:
+            timeout: seconds to wait for each background step.
+
+        Returns:
+            ``True`` once nothing runs in the background.
+        """
+        self._index.snapshot()
+        return self._index.wait_for_int8(timeout) and self._index.wait_for_ann(timeout)
 
     @property
     def index_stats(self) -> IndexStats:
@@ -879,6 +915,39 @@ class _OwnThresholds(Mapping[str, "float | None"]):
 
     def __len__(self) -> int:
         return len(self._routes)
+
+
+def _ann_options(
+    index: str,
+    threshold: int,
+    cache: str | os.PathLike[str] | Literal[False] | None,
+    aggregation: str,
+    storage: Storage,
+) -> dict[str, Any]:
+    """RouteIndex arguments for the router's ``index``/``ann_*`` options."""
+    if index not in ("auto", "exact", "ann"):
+        msg = f"index must be 'auto', 'exact' or 'ann', got {index!r}"
+        raise InvalidInputError(msg)
+    if threshold < 1:
+        msg = "ann_threshold must be at least 1"
+        raise InvalidInputError(msg)
+    if index == "exact" or (index == "auto" and aggregation != "max"):
+        return {}
+    if aggregation != "max":
+        msg = "index='ann' needs aggregation='max'"
+        raise InvalidInputError(msg)
+    if index == "ann":
+        from .ann import load_usearch
+
+        load_usearch()  # AnnUnavailableError (an ImportError) says how to install it
+    # With "auto" and no library, the first build logs a warning and stays exact.
+    if cache is None and isinstance(storage, SQLiteStorage) and storage.path != ":memory:":
+        path = Path(storage.path).expanduser()
+        cache = path.with_name(path.name + ".ann")
+    return {
+        "ann_min_rows": 1 if index == "ann" else threshold,
+        "ann_cache": cache if cache is not False else None,
+    }
 
 
 def _not_a_str(values: object, method: str) -> None:

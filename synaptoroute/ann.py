@@ -1,0 +1,265 @@
+"""Approximate nearest-neighbour search past a size: an HNSW graph from ``usearch``.
+
+Optional (extra ``ann``: ``pip install '.[ann]'`` in a checkout). :class:`~synaptoroute.index.RouteIndex`
+uses it for the ``"max"`` aggregation once it holds ``ann_min_rows`` rows; below that,
+or without the library, it scores exactly (see ``docs/scale.md``).
+
+The graph stores each row once, as float16 in usearch, keyed by its row number
+in the index's float32 matrix. It proposes candidate rows; the index re-scores them in
+float32 and answers from the graph only when the result is certified by the candidate
+horizon (:func:`candidate_routes`); otherwise the query takes the exact path. Rows added
+after the graph was built are fed into it by a background thread in small chunks, and
+are scored exactly until they are in. usearch calls are serialised by one lock: the
+library does not promise that a search is safe while another thread inserts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["AnnGraph", "AnnUnavailableError", "candidate_routes", "content_key", "load_usearch"]
+
+# HNSW settings: 32 links per node and a construction depth of 128; with 16 and 64
+# the graph missed the winning route of noisy copies of real embeddings too often
+# (tests/test_ann.py). The certification (candidate_routes) turns the remaining misses into exact fallbacks.
+CONNECTIVITY = 32
+EXPANSION_ADD = 128
+# Candidate rounds: (rows asked for, search depth). The second round only runs when
+# the first could not certify the answer.
+ROUNDS = ((64, 128), (256, 256))
+# Best two routes closer than this: the decision is scored exactly (a graph miss
+# there is the one most likely to change the answer).
+CLOSE_MARGIN = 0.02
+# Rows of candidate routes re-scored in full per query, beyond the first k routes.
+RESCORE_BUDGET = 4096
+# Rows fed into a serving graph per lock hold: queries wait at most one such chunk.
+FEED_CHUNK = 64
+_FORMAT = 1
+
+
+class AnnUnavailableError(ImportError):
+    """The approximate back end was asked for but ``usearch`` is not installed."""
+
+
+def load_usearch() -> ModuleType:
+    """Import ``usearch.index``, or raise :class:`AnnUnavailableError` with the fix.
+
+    onnxruntime is imported first: loading usearch's extension before onnxruntime's
+    makes the later onnxruntime import crash the process (usearch 2.26, onnxruntime
+    1.32 on Linux), and the router needs onnxruntime anyway.
+
+    Returns:
+        The ``usearch.index`` module.
+
+    Raises:
+        AnnUnavailableError: usearch cannot be imported.
+    """
+    importlib.import_module("onnxruntime")
+    try:
+        return importlib.import_module("usearch.index")
+    except ImportError as exc:
+        msg = (
+            "the approximate index needs usearch: pip install '.[ann]' in a checkout "
+            "(or pass index='exact')"
+        )
+        raise AnnUnavailableError(msg) from exc
+
+
+def content_key(rows: NDArray[np.float32]) -> str:
+    """A digest of ``rows`` in order: the cache file's key.
+
+    It covers every vector and its position, so any change a replica made to the
+    stored rows that the graph covers (a delete, a replaced route, another model)
+    gives another key, while rows appended after them keep the key of the prefix.
+
+    Args:
+        rows: the float32 rows the graph was built over.
+
+    Returns:
+        A hex digest.
+    """
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(f"{rows.shape[1]}:{len(rows)}:".encode())
+    for start in range(0, len(rows), 65_536):
+        digest.update(np.ascontiguousarray(rows[start : start + 65_536]).data)
+    return digest.hexdigest()
+
+
+def _new_graph(ndim: int) -> Any:
+    # float16 vectors: int8 ones (a quarter of float32) lost too much recall on
+    # MiniLM's small components for the answer to match the exact one often enough.
+    return load_usearch().Index(
+        ndim=ndim,
+        metric="ip",
+        dtype="f16",
+        connectivity=CONNECTIVITY,
+        expansion_add=EXPANSION_ADD,
+        expansion_search=ROUNDS[0][1],
+    )
+
+
+class AnnGraph:
+    """An HNSW graph over the first :attr:`covered` rows of one index generation.
+
+    Args:
+        graph: a ``usearch.index.Index`` whose keys are row numbers.
+        covered: how many leading rows it holds.
+    """
+
+    def __init__(self, graph: Any, covered: int) -> None:
+        self._graph = graph
+        self._lock = threading.Lock()
+        #: Leading rows in the graph; grows as the feeder inserts rows.
+        self.covered = covered
+
+    @classmethod
+    def build(cls, rows: NDArray[np.float32], threads: int) -> AnnGraph:
+        """Build a graph over ``rows`` (keys ``0..len(rows)-1``).
+
+        Args:
+            rows: unit-norm float32 vectors.
+            threads: usearch worker threads for the build.
+
+        Returns:
+            The graph.
+        """
+        graph = _new_graph(rows.shape[1])
+        if len(rows):
+            graph.add(np.arange(len(rows), dtype=np.uint64), rows, threads=threads)
+        return cls(graph, len(rows))
+
+    def search(
+        self, query: NDArray[np.float32], count: int, depth: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Candidate rows for ``query``, best first (at most ``count``).
+
+        Args:
+            query: a unit-norm float32 vector.
+            count: rows to return.
+            depth: the search depth (HNSW ``ef``).
+
+        Returns:
+            Row numbers and the graph's (float16) similarities of those rows.
+        """
+        with self._lock:
+            self._graph.expansion_search = depth
+            matches = self._graph.search(query, count, threads=1)
+        keys = np.asarray(matches.keys, dtype=np.int64)
+        return keys, (1.0 - np.asarray(matches.distances, dtype=np.float32))
+
+    def feed(self, rows: NDArray[np.float32], start: int) -> bool:
+        """Insert ``rows`` as rows ``start..`` if ``start`` is the next uncovered row.
+
+        Args:
+            rows: at most a chunk of vectors.
+            start: the row number of ``rows[0]``.
+
+        Returns:
+            False when ``start`` is stale (another feed got there first).
+        """
+        with self._lock:  # usearch grows its capacity inside add: never during a search
+            if start != self.covered:
+                return False
+            keys = np.arange(start, start + len(rows), dtype=np.uint64)
+            self._graph.add(keys, rows, threads=1)
+            self.covered = start + len(rows)
+            return True
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes usearch holds for the graph and its float16 vectors."""
+        with self._lock:
+            return int(self._graph.memory_usage)
+
+    def save(self, path: Path, key: str) -> None:
+        """Write the graph and its key next to each other, each replaced atomically.
+
+        Args:
+            path: the graph file; its key goes to ``path`` + ``.json``.
+            key: :func:`content_key` of the covered rows.
+        """
+        with self._lock:
+            covered = self.covered
+            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+            self._graph.save(str(tmp))
+        meta = {"format": _FORMAT, "covered": covered, "key": key, "ndim": self._graph.ndim}
+        os.replace(tmp, path)
+        meta_tmp = path.with_name(path.name + f".{os.getpid()}.json.tmp")
+        meta_tmp.write_text(json.dumps(meta))
+        os.replace(meta_tmp, path.with_name(path.name + ".json"))
+
+    @classmethod
+    def load(cls, path: Path, rows: NDArray[np.float32]) -> AnnGraph | None:
+        """The cached graph if it was built over a prefix of ``rows``, else ``None``.
+
+        Args:
+            path: the graph file written by :meth:`save`.
+            rows: the index's current rows.
+
+        Returns:
+            The graph covering that prefix, or ``None`` (missing, stale or unreadable).
+        """
+        try:
+            meta = json.loads(path.with_name(path.name + ".json").read_text())
+            covered = int(meta["covered"])
+            if (
+                meta.get("format") != _FORMAT
+                or int(meta["ndim"]) != rows.shape[1]
+                or covered > len(rows)
+                or meta["key"] != content_key(rows[:covered])
+            ):
+                return None
+            graph = _new_graph(rows.shape[1])
+            graph.load(str(path))
+            if len(graph) != covered:  # the graph file was replaced after its key
+                return None
+            return cls(graph, covered)
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError):
+            return None
+
+
+def candidate_routes(
+    exact: NDArray[np.float32],
+    approx: NDArray[np.float32],
+    pos: NDArray[np.intp],
+    complete: bool,
+) -> tuple[list[int], float]:
+    """The routes among the candidates, best first, and the horizon that certifies.
+
+    ``exact`` and ``approx`` are the candidates' float32 and graph similarities and
+    ``pos`` their route positions (``-1`` for dead rows, which still bound the
+    horizon; ``approx`` is NaN for rows scored exactly because the graph does not hold
+    them yet). If the graph returned the true nearest rows, every row it did not
+    return scores at most the lowest candidate's graph score plus the quantisation
+    error (taken as twice the largest one seen): a route whose exact maximum beats
+    that horizon outranks every route missing from the candidates.
+
+    Args:
+        exact: float32 scores of the candidate rows.
+        approx: the graph's scores of the same rows.
+        pos: route position of each row.
+        complete: the graph returned fewer rows than asked: it holds no other rows.
+
+    Returns:
+        Route positions by descending best candidate score, and the horizon.
+    """
+    best: dict[int, float] = {}
+    for p, score in zip(pos.tolist(), exact.tolist(), strict=True):
+        if p >= 0 and score > best.get(p, -np.inf):
+            best[p] = score
+    order = sorted(best, key=lambda p: (-best[p], p))
+    graph = ~np.isnan(approx)
+    if complete or not graph.any():
+        return order, -np.inf
+    err = float(np.abs(exact[graph] - approx[graph]).max())
+    return order, float(approx[graph].min()) + 2 * err + 1e-4

@@ -1,0 +1,242 @@
+"""The approximate back end (synaptoroute.ann): agreement with brute force, changes
+while serving, the start-up cache across replicas, and the missing-library path."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synaptoroute import AdaptiveRouter, Encoder, HashingEncoder, Route, SQLiteStorage
+from synaptoroute.ann import AnnUnavailableError
+from synaptoroute.encoder import l2_normalize
+from synaptoroute.index import RouteIndex
+
+# Not importorskip: importing usearch before onnxruntime crashes the process
+# (synaptoroute.ann.load_usearch imports them in the safe order).
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("usearch") is None, reason="the ann extra is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def real_vectors(
+    encoder: Encoder,
+    clinc_train: list[dict[str, str | None]],
+    clinc_val: list[dict[str, str | None]],
+) -> np.ndarray:
+    """The bundled model's embeddings of every fixture text (1,070 real vectors)."""
+    texts = [str(row["text"]) for row in clinc_train + clinc_val]
+    return np.asarray(encoder.encode(texts), dtype=np.float32)
+
+
+def noisy(rng: np.random.Generator, base: np.ndarray, sigma: float) -> np.ndarray:
+    """Unit vectors near ``base``: Gaussian noise of ``sigma`` per unit of norm."""
+    noise = rng.standard_normal(base.shape).astype(np.float32) * sigma / np.sqrt(base.shape[1])
+    return l2_normalize(base + noise)
+
+
+def test_agreement_with_brute_force_on_real_embeddings(real_vectors: np.ndarray) -> None:
+    # 30,000 utterances: 3,000 routes, each centred on a noisy copy of a real
+    # embedding (about three routes per real vector, so close routes are common),
+    # with 10 noisy utterances; 3,000 queries near random route centres.
+    rng = np.random.default_rng(7)
+    n_routes, per_route, n_queries = 3000, 10, 3000
+    centres = noisy(rng, real_vectors[rng.integers(0, len(real_vectors), n_routes)], 1.0)
+    routes = {
+        f"r{i}": noisy(rng, np.repeat(centres[i : i + 1], per_route, axis=0), 0.5)
+        for i in range(n_routes)
+    }
+    index = RouteIndex(real_vectors.shape[1], ann_min_rows=1)
+    for name, vectors in routes.items():
+        index.add(name, vectors, [f"{name}-{j}" for j in range(per_route)])
+    assert index.wait_for_ann(timeout=120)
+    queries = noisy(rng, centres[rng.integers(0, n_routes, n_queries)], 0.6)
+    snapshot = index.snapshot()
+    assert snapshot.ann is not None and snapshot.ann.covered == n_routes * per_route
+    got = snapshot.score(queries, 2)
+
+    names = list(routes)
+    maxima = np.stack([(vectors @ queries.T).max(axis=0) for vectors in routes.values()])
+    truth = np.argsort(-maxima, axis=0, kind="stable")[:2]
+    agree = 0
+    for q, scores in enumerate(got):
+        top = snapshot.names[int(scores.route_ids[0])]
+        if top == names[truth[0, q]]:
+            agree += 1
+            assert scores.scores[0] == pytest.approx(maxima[truth[0, q], q], abs=1e-5)
+    assert agree / n_queries >= 0.999
+    # The graph answered most queries itself: the exact fallback is not doing the work.
+    assert index.stats.ann_queries >= n_queries // 2
+    assert index.stats.ann_queries + index.stats.ann_fallbacks == n_queries
+
+
+def test_router_answers_equal_the_exact_router_on_real_utterances(
+    encoder: Encoder,
+    clinc_train: list[dict[str, str | None]],
+    clinc_val: list[dict[str, str | None]],
+) -> None:
+    by_label: dict[str, list[str]] = {}
+    for row in clinc_train:
+        if row["label"] is not None:
+            by_label.setdefault(str(row["label"]), []).append(str(row["text"]))
+    routers = [AdaptiveRouter(encoder, index=kind) for kind in ("ann", "exact")]
+    for router in routers:
+        router.add_routes(Route(name=name, utterances=texts) for name, texts in by_label.items())
+        assert router.wait_for_index(timeout=60)
+    texts = [str(row["text"]) for row in clinc_val]
+    approximate, exact = (router.query_top_k_batch(texts, 2) for router in routers)
+    assert [[m.name for m in ms] for ms in approximate] == [[m.name for m in ms] for ms in exact]
+    assert routers[0].index_stats.ann_queries > 0
+    assert routers[1].index_stats.ann_queries == 0
+
+
+def brute_force_top(truth: dict[str, np.ndarray], query: np.ndarray) -> tuple[str, float]:
+    scores = {name: float((vectors @ query).max()) for name, vectors in truth.items()}
+    name = max(scores, key=lambda n: scores[n])
+    return name, scores[name]
+
+
+def test_adds_and_deletes_while_queries_run() -> None:
+    dim = 32
+    rng = np.random.default_rng(3)
+    index = RouteIndex(dim, ann_min_rows=1)
+    truth: dict[str, np.ndarray] = {}
+    for i in range(400):
+        truth[f"r{i}"] = l2_normalize(rng.standard_normal((10, dim)))
+        index.add(f"r{i}", truth[f"r{i}"], [f"r{i}-{j}" for j in range(10)])
+    assert index.wait_for_ann(timeout=60)
+    queries = l2_normalize(rng.standard_normal((200, dim)))
+    started, mutated, done = threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    after = [0]
+
+    def serve() -> None:
+        try:
+            for i in range(1_000_000):  # bounded; ends one pass after the changes
+                names = index.snapshot().names
+                scores = index.snapshot().score(queries[i % len(queries) : i % len(queries) + 1], 1)
+                assert len(scores) == 1 and len(scores[0].route_ids) == 1
+                assert names  # every answer names a route the snapshot holds
+                started.set()
+                if mutated.is_set():
+                    after[0] += 1
+                    if after[0] >= len(queries):
+                        return
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    assert started.wait(60)
+    for i in range(400, 700):  # new routes: fed into the serving graph
+        truth[f"r{i}"] = l2_normalize(rng.standard_normal((10, dim)))
+        index.add(f"r{i}", truth[f"r{i}"], [f"r{i}-{j}" for j in range(10)])
+        if i % 50 == 0:
+            index.snapshot()  # a compile starts a feed while queries run
+    for i in range(0, 400, 2):  # deleted routes and utterances: masked rows
+        index.delete_route(f"r{i}")
+        del truth[f"r{i}"]
+    for i in range(1, 400, 2):
+        index.delete_texts(f"r{i}", [f"r{i}-0", f"r{i}-1"])
+        truth[f"r{i}"] = truth[f"r{i}"][2:]
+    mutated.set()
+    assert done.wait(120)
+    thread.join()
+    assert not errors, errors
+    assert index.wait_for_ann(timeout=60)
+    # 2,400 dead rows of 7,000 pass the compaction point: the graph was rebuilt.
+    assert index.stats.full_rebuilds >= 1 and index.stats.ann_builds >= 2
+    snapshot = index.snapshot()
+    assert snapshot.ann is not None and snapshot.ann.covered == len(snapshot.matrix)
+    before = index.stats.ann_queries
+    for query in queries:
+        (scores,) = snapshot.score(query[None, :], 1)
+        name, score = brute_force_top(truth, query)
+        assert snapshot.names[int(scores.route_ids[0])] == name
+        assert float(scores.scores[0]) == pytest.approx(score, abs=1e-5)
+    assert index.stats.ann_queries > before
+
+
+def test_feed_inserts_new_rows_without_a_rebuild() -> None:
+    rng = np.random.default_rng(5)
+    index = RouteIndex(16, ann_min_rows=1)
+    index.add("a", l2_normalize(rng.standard_normal((500, 16))), [f"a{i}" for i in range(500)])
+    assert index.wait_for_ann(timeout=60)
+    builds = index.stats.ann_builds
+    new = l2_normalize(rng.standard_normal((10, 16)))
+    index.add("b", new, [f"b{i}" for i in range(10)])
+    (scores,) = index.snapshot().score(new[:1], 1)  # scored exactly until fed
+    assert index.snapshot().names[int(scores.route_ids[0])] == "b"
+    assert index.wait_for_ann(timeout=60)
+    assert index.stats.ann_builds == builds
+    assert index.stats.ann_rows_fed == 10
+    assert index.snapshot().ann is not None
+    assert index.snapshot().ann.covered == 510  # type: ignore[union-attr]
+
+
+def routes_for(prefix: str, count: int) -> list[Route]:
+    return [
+        Route(name=f"{prefix}{i}", utterances=[f"{prefix} topic{i} word{i}x{j}" for j in range(5)])
+        for i in range(count)
+    ]
+
+
+def open_router(path: Path) -> AdaptiveRouter:
+    return AdaptiveRouter(HashingEncoder(), SQLiteStorage(path), index="ann")
+
+
+def test_cache_reused_at_start_up_and_invalidated_by_another_replica(tmp_path: Path) -> None:
+    path = tmp_path / "routes.db"
+    first = open_router(path)
+    first.add_routes(routes_for("t", 300))
+    assert first.wait_for_index(timeout=60)
+    assert first.index_stats.ann_builds == 1
+    assert (tmp_path / "routes.db.ann").exists()
+
+    reopened = open_router(path)  # same stored rows: the graph comes from the file
+    assert reopened.wait_for_index(timeout=60)
+    assert reopened.index_stats.ann_cache_loads == 1
+    assert reopened.index_stats.ann_builds == 0
+    assert reopened.query("t topic7 word7x1").name == "t7"
+    assert reopened.index_stats.ann_queries == 1
+
+    first.delete_route("t5")  # another replica's change to rows the graph covers
+    after_delete = open_router(path)
+    assert after_delete.wait_for_index(timeout=60)
+    assert after_delete.index_stats.ann_cache_loads == 0
+    assert after_delete.index_stats.ann_builds == 1  # rebuilt from stored vectors
+    assert after_delete.query("t topic5 word5x1").name != "t5"
+
+    first.add_routes(routes_for("u", 2))  # appended rows keep the prefix's key
+    appended = open_router(path)
+    assert appended.wait_for_index(timeout=60)
+    assert appended.index_stats.ann_cache_loads == 1
+    assert appended.index_stats.ann_builds == 0
+    assert appended.index_stats.ann_rows_fed == 10
+    assert appended.query("u topic1 word1x2").name == "u1"
+    for router in (first, reopened, after_delete, appended):
+        router.close()
+
+
+def test_missing_library(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "usearch", None)
+    monkeypatch.setitem(sys.modules, "usearch.index", None)
+    with pytest.raises(AnnUnavailableError, match=r"'\.\[ann\]' in a checkout"):
+        AdaptiveRouter(HashingEncoder(), index="ann")
+    router = AdaptiveRouter(HashingEncoder(), index="auto", ann_threshold=10)
+    router.add_routes(routes_for("m", 5))
+    with caplog.at_level(logging.WARNING, logger="synaptoroute.index"):
+        assert router.query("m topic3 word3x0").name == "m3"
+        assert router.wait_for_index(timeout=60)
+    assert "approximate index unavailable" in caplog.text
+    assert router.query("m topic2 word2x0").name == "m2"  # the exact path
+    assert router.index_stats.ann_builds == 0
+    assert router.index_stats.ann_queries == 0
