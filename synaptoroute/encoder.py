@@ -31,6 +31,7 @@ from .exceptions import (
     InvalidInputError,
     MissingDependencyError,
     ModelNotAvailableError,
+    install_hint,
 )
 
 __all__ = [
@@ -334,10 +335,7 @@ class Encoder:
         try:
             from fastembed import TextEmbedding
         except ImportError as exc:
-            msg = (
-                f"model {self._model_name!r} runs on fastembed: "
-                "pip install 'synaptoroute[fastembed]'"
-            )
+            msg = f"model {self._model_name!r} runs on fastembed: {install_hint('fastembed')}"
             raise MissingDependencyError(msg) from exc
         name = str(self._model_name)
         import onnxruntime as ort

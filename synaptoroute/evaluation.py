@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .exceptions import InvalidInputError, MissingDependencyError
+from .exceptions import InvalidInputError, MissingDependencyError, install_hint
 from .models import RouteMatch
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ __all__ = [
 
 #: Index of "no route" / "out of scope" in label and prediction arrays.
 NONE = -1
-_PLOT_HINT = "pip install 'synaptoroute[plot]'"
+_PLOT_HINT = install_hint("plot")
 
 
 @dataclass(frozen=True)

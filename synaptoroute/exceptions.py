@@ -73,6 +73,25 @@ class MissingDependencyError(SynaptorouteError, ImportError):
     """An optional extra is needed; the message names the ``pip install`` command."""
 
 
+#: This project's source. The package index's ``synaptoroute`` is another publisher's
+#: project, so install commands name a checkout of this repository, never the index.
+SOURCE_URL = "https://github.com/synaptoroute/synaptoroute"
+
+
+def install_hint(extra: str, folder: str = ".") -> str:
+    """The command that adds an optional extra of one of this project's packages.
+
+    Args:
+        extra: the extra's name, e.g. ``"plot"``.
+        folder: the package's folder in the checkout (``"."`` for the core,
+            ``"integrations/langchain"`` for the LangChain package).
+
+    Returns:
+        e.g. ``pip install '.[plot]'`` run in a checkout of this repository.
+    """
+    return f"pip install '{folder}[{extra}]' in a checkout of {SOURCE_URL}"
+
+
 class EncoderError(SynaptorouteError, RuntimeError):
     """The embedding model failed to load or to encode."""
 

@@ -47,7 +47,7 @@ from .decision import (
     threshold_verdicts,
 )
 from .evaluation import NONE, Figures, auroc, check_labelled, figures, label_indexes
-from .exceptions import InvalidInputError, MissingDependencyError
+from .exceptions import InvalidInputError, MissingDependencyError, install_hint
 from .index import Snapshot
 from .models import NEGATIVES_ROUTE, SCORE_MIN, Route
 
@@ -58,7 +58,7 @@ __all__ = ["FitReport", "Objective", "fit_router", "routes_from_labelled"]
 
 Objective = Literal["auto", "balanced", "accuracy", "macro_f1", "oos_recall"]
 _OBJECTIVES = ("auto", "balanced", "accuracy", "macro_f1", "oos_recall")
-_FIT_HINT = "pip install 'synaptoroute[fit]'"
+_FIT_HINT = install_hint("fit")
 #: Weights of the similarity score in the head's logits, tried on held-out data.
 _ALPHAS = (0.0, 2.5, 5.0, 10.0, 20.0, 40.0)
 #: Weights of the lexical score in the head's logits (0: dense only), tried likewise.

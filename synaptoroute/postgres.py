@@ -13,7 +13,8 @@ applied.
 Writers serialise on one advisory lock per store, so sequence numbers are handed
 out in commit order and a follower reading ``seq > last`` never skips a change.
 
-Needs the optional extra: ``pip install 'synaptoroute[postgres]'`` (psycopg 3).
+Needs the optional extra ``postgres`` (psycopg 3): ``pip install '.[postgres]'`` in a
+checkout of this repository.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .exceptions import MissingDependencyError, NotADatabaseError, RouteNotFoundError, StorageError
+from .exceptions import (
+    MissingDependencyError,
+    NotADatabaseError,
+    RouteNotFoundError,
+    StorageError,
+    install_hint,
+)
 from .models import Route
 from .storage import ModelInfo, SQLiteStorage, Storage, StoredRoute, _check_vectors, check_route
 
@@ -98,7 +105,7 @@ def _psycopg() -> Any:
     try:
         import psycopg
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        msg = "PostgresStorage needs psycopg 3: pip install 'synaptoroute[postgres]'"
+        msg = f"PostgresStorage needs psycopg 3: {install_hint('postgres')}"
         raise MissingDependencyError(msg) from exc
     return psycopg
 

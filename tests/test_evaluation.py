@@ -112,7 +112,9 @@ def test_plot_without_matplotlib_names_the_extra(
     hand_case: EvaluationReport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'synaptoroute\[plot\]'"):
+    with pytest.raises(
+        MissingDependencyError, match=r"pip install '\.\[plot\]' in a checkout of https://"
+    ):
         hand_case.plot(tmp_path / "report.png")
     assert not (tmp_path / "report.png").exists()
 

@@ -294,7 +294,7 @@ def test_head_needs_the_fit_extra(
 ) -> None:
     monkeypatch.setitem(sys.modules, "scipy.optimize", None)  # import now fails
     router = open_router()
-    with pytest.raises(MissingDependencyError, match=r"synaptoroute\[fit\]"):
+    with pytest.raises(MissingDependencyError, match=r"pip install '\.\[fit\]' in a checkout"):
         router.fit(*split(clinc_train), head=True)
     with pytest.warns(UserWarning, match="no head was tried"):
         report = router.fit(*split(clinc_train))

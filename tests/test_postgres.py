@@ -39,6 +39,7 @@ from synaptoroute import (
     Storage,
     StorageError,
 )
+from synaptoroute.exceptions import install_hint
 from synaptoroute.storage import ModelInfo, StoredRoute
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -276,7 +277,7 @@ def pg_dsn() -> str:
     try:
         import psycopg
     except ImportError:
-        _unavailable("psycopg is not installed: pip install 'synaptoroute[postgres]'")
+        _unavailable(f"psycopg is not installed: {install_hint('postgres')}")
     if not DSN:
         _unavailable(
             'no PostgreSQL server: run `eval "$(bash scripts/postgres.sh start)"` '

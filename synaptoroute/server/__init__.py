@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import MissingDependencyError
+from ..exceptions import MissingDependencyError, install_hint
 
 if TYPE_CHECKING:
     from .app import ServiceState, create_app, run
@@ -57,8 +57,6 @@ def __getattr__(name: str) -> Any:
             "anyio",
         }:
             raise
-        msg = (
-            f"the HTTP service needs the 'server' extra: pip install 'synaptoroute[server]' ({exc})"
-        )
+        msg = f"the HTTP service needs the 'server' extra: {install_hint('server')} ({exc})"
         raise MissingDependencyError(msg) from exc
     return getattr(module, name)

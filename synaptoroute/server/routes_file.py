@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..exceptions import InvalidInputError, MissingDependencyError
+from ..exceptions import InvalidInputError, MissingDependencyError, install_hint
 from ..models import SCORE_MAX, SCORE_MIN, Route
 from ..router import AdaptiveRouter
 
@@ -74,7 +74,7 @@ def _yaml() -> Any:
     try:
         import yaml
     except ImportError as exc:
-        msg = "YAML routes files need PyYAML: pip install 'synaptoroute[cli]'"
+        msg = f"YAML routes files need PyYAML: {install_hint('cli')}"
         raise MissingDependencyError(msg) from exc
     return yaml
 

@@ -15,7 +15,7 @@ Each reads the text to route from the state (by default the last human message o
 ``messages``), runs ``router.query`` when the graph is invoked and ``router.aquery``
 (the batching worker) when it is awaited, and declares its destinations so that
 ``graph.get_graph()`` draws one edge per route. Needs the ``langgraph`` extra:
-``pip install 'langchain-synaptoroute[langgraph]'``.
+``pip install 'integrations/langchain[langgraph]'`` in a checkout of this repository.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Literal, TypedDict, cast
 from langchain_core.runnables import RunnableLambda
 
 from synaptoroute import AdaptiveRouter, InvalidInputError, MissingDependencyError, RouteMatch
-from synaptoroute.exceptions import RouteNotFoundError
+from synaptoroute.exceptions import RouteNotFoundError, install_hint
 
 from ._inputs import TextExtractor, extract_text
 from .classifier import SynaptorouteClassifier
@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         raise
     _msg = (
         "langchain_synaptoroute.langgraph needs LangGraph: "
-        f"pip install 'langchain-synaptoroute[langgraph]' ({exc})"
+        f"{install_hint('langgraph', 'integrations/langchain')} ({exc})"
     )
     raise MissingDependencyError(_msg) from exc
 

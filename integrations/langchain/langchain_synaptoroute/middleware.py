@@ -1,6 +1,7 @@
 """Zero-token tool selection for LangChain 1.x agents (``create_agent`` middleware).
 
-Needs the ``agents`` extra: ``pip install "langchain-synaptoroute[agents]"``.
+Needs the ``agents`` extra: ``pip install 'integrations/langchain[agents]'`` in a checkout
+of this repository.
 """
 
 from __future__ import annotations

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Release checks: build the wheel and sdist of all three packages, check them with
+# `twine check --strict` and for their contents, then install the built wheels (not
+# editable) into fresh virtual environments and run the test suite against them:
+#   min     every declared minimum pinned (scripts/min_constraints.py), one environment
+#           per package: the core with its dev extra and the core tests; each integration
+#           (with the core wheel) with its test extra and its tests;
+#   latest  the newest release each range allows, all three packages, every test.
+# Usage: bash scripts/wheels.sh [build|min|latest|all] [pytest args...]   (default: all)
+# Tests are run from the repository with PYTHONSAFEPATH=1, so they import the installed
+# wheels, never the source tree; a test checks that (SYNAPTOROUTE_EXPECT_INSTALLED=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+MODE=${1:-all}
+shift || true
+WORK=${WHEELS_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/synaptoroute-wheels.XXXXXX")}
+DIST=$WORK/dist
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+venv() {  # venv NAME: a fresh virtual environment under $WORK
+    rm -rf "${WORK:?}/$1"
+    "$PY" -m venv "$WORK/$1"
+    "$WORK/$1/bin/python" -m pip install -q --upgrade pip
+}
+
+build() {
+    venv tools
+    "$WORK/tools/bin/pip" install -q -r scripts/release-requirements.txt
+    rm -rf "$DIST"
+    for pkg in . integrations/langchain integrations/llama-index; do
+        "$WORK/tools/bin/python" -m build -q --outdir "$DIST" "$pkg" >/dev/null
+    done
+    "$WORK/tools/bin/twine" check --strict "$DIST"/*
+    "$WORK/tools/bin/python" scripts/check_dists.py "$DIST"
+}
+
+wheel() {  # wheel PREFIX: the built wheel whose file name starts with PREFIX
+    local found=("$DIST/$1"-*.whl)
+    [ -f "${found[0]}" ] || { echo "no wheel $1 in $DIST (run: $0 build)" >&2; return 1; }
+    echo "${found[0]}"
+}
+
+run_tests() {  # run_tests VENV PATHS...: pytest from the repository against the installed wheels
+    local env=$1
+    shift
+    PYTHONSAFEPATH=1 SYNAPTOROUTE_EXPECT_INSTALLED=1 \
+        "$WORK/$env/bin/python" -m pytest -q -p no:cacheprovider "$@"
+}
+
+install_core() {  # install_core VENV [pip args...]: the core wheel with its dev extra
+    local env=$1
+    shift
+    "$WORK/$env/bin/pip" install -q "$@" "synaptoroute[dev] @ file://$(wheel synaptoroute)"
+}
+
+install_with_core() {  # install_with_core VENV DIST_PREFIX NAME [pip args...]: the core and an integration's test extra
+    local env=$1 prefix=$2 name=$3
+    shift 3
+    "$WORK/$env/bin/pip" install -q "$@" "synaptoroute @ file://$(wheel synaptoroute)" \
+        "$name[test] @ file://$(wheel "$prefix")"
+}
+
+# One environment per package: each at its own declared minimums (an integration's
+# shared floors are at least the core's; the core's own floors are tested in min-core).
+minimum() {
+    "$PY" scripts/min_constraints.py pyproject.toml:dev >"$WORK/min-core.txt"
+    venv min-core
+    install_core min-core -c "$WORK/min-core.txt"
+    echo "== minimum versions (core): $("$WORK/min-core/bin/pip" freeze | tr '\n' ' ')"
+    run_tests min-core "$@" tests
+    local pkg name prefix
+    for pkg in langchain:langchain-synaptoroute llama-index:llama-index-selectors-synaptoroute; do
+        name=${pkg#*:}
+        pkg=${pkg%%:*}
+        prefix=${name//-/_}
+        "$PY" scripts/min_constraints.py "integrations/$pkg/pyproject.toml:test" >"$WORK/min-$pkg.txt"
+        venv "min-$pkg"
+        install_with_core "min-$pkg" "$prefix" "$name" -c "$WORK/min-$pkg.txt"
+        echo "== minimum versions ($pkg): $("$WORK/min-$pkg/bin/pip" freeze | tr '\n' ' ')"
+        run_tests "min-$pkg" "$@" tests/test_packaging.py "integrations/$pkg/tests"
+    done
+}
+
+latest() {
+    venv latest
+    install_core latest
+    install_with_core latest langchain_synaptoroute langchain-synaptoroute
+    install_with_core latest llama_index_selectors_synaptoroute llama-index-selectors-synaptoroute
+    echo "== latest versions: $("$WORK/latest/bin/pip" freeze | tr '\n' ' ')"
+    run_tests latest "$@" tests integrations/langchain/tests integrations/llama-index/tests
+}
+
+case $MODE in
+build) build ;;
+min) minimum "$@" ;;
+latest) latest "$@" ;;
+all)
+    build
+    minimum "$@"
+    latest "$@"
+    [ -n "${WHEELS_WORK:-}" ] || rm -rf "$WORK"
+    ;;
+*)
+    echo "usage: $0 [build|min|latest|all] [pytest args...]" >&2
+    exit 2
+    ;;
+esac
+echo "wheels.sh $MODE: ok ($ROOT, work folder $WORK)"

@@ -1,0 +1,122 @@
+"""Packaging rules: what is under test, and where this project's packages come from.
+
+The package index's ``synaptoroute`` is another publisher's project, so no install
+command or error hint may fetch the core (or an integration) from the index, and the
+integrations' dependency on the core must exclude every release published there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+import synaptoroute
+from synaptoroute.exceptions import SOURCE_URL, install_hint
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+INTEGRATIONS = (ROOT / "integrations" / "langchain", ROOT / "integrations" / "llama-index")
+OUR_NAMES = ("synaptoroute", "langchain-synaptoroute", "llama-index-selectors-synaptoroute")
+# The other project's releases of `synaptoroute` on the package index (checked by hand
+# when this list was written; see docs on the name in the README's Install section).
+FOREIGN_RELEASES = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "0.4.1")
+# `pip install` followed by its arguments, up to the end of the command.
+_PIP_INSTALL = re.compile(r"pip install ([^\n`#;&|)]*)")
+_FROM_INDEX = re.compile(
+    r"""^['"]?(?:synaptoroute|langchain-synaptoroute|llama-index-selectors-synaptoroute)(?:\[[^\]]*\])?(?:[<>=!~].*)?['"]?$"""
+)
+
+
+def _pyproject(folder: Path) -> dict[str, object]:
+    project: dict[str, object] = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+    return project
+
+
+def _texts() -> list[Path]:
+    """Every file a user reads install commands or hints from."""
+    found = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    found += [folder / "README.md" for folder in INTEGRATIONS]
+    found += sorted((ROOT / "examples").glob("*.py"))
+    found += sorted((ROOT / "synaptoroute").rglob("*.py"))
+    for folder in INTEGRATIONS:
+        found += sorted(p for p in folder.rglob("*.py") if "tests" not in p.parts)
+    return [path for path in found if path.is_file()]
+
+
+def index_installs(text: str) -> list[str]:
+    """The ``pip install`` arguments in ``text`` that would fetch one of our names from the index."""
+    bad: list[str] = []
+    for match in _PIP_INSTALL.finditer(text):
+        bad += [arg for arg in match.group(1).split() if _FROM_INDEX.match(arg)]
+    return bad
+
+
+def test_the_scanner_recognises_index_installs() -> None:
+    assert index_installs("run `pip install synaptoroute`") == ["synaptoroute"]
+    assert index_installs("pip install 'synaptoroute[server]'") == ["'synaptoroute[server]'"]
+    assert index_installs("pip install -U langchain-synaptoroute>=0.1") == [
+        "langchain-synaptoroute>=0.1"
+    ]
+    assert index_installs("pip install -e . -e 'integrations/langchain[test]'") == []
+    assert index_installs("pip install '.[plot]' dist/synaptoroute-0.2.1-py3-none-any.whl") == []
+
+
+def test_install_commands_and_hints_never_fetch_our_packages_from_the_index() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): bad
+        for path in _texts()
+        if (bad := index_installs(path.read_text(encoding="utf-8")))
+    }
+    assert offenders == {}
+
+
+def test_hints_name_a_checkout_of_this_repository() -> None:
+    assert install_hint("plot") == f"pip install '.[plot]' in a checkout of {SOURCE_URL}"
+    assert index_installs(install_hint("langgraph", "integrations/langchain")) == []
+    urls = {_pyproject(folder)["urls"]["Repository"] for folder in (ROOT, *INTEGRATIONS)}  # type: ignore[index]
+    assert urls == {SOURCE_URL}
+
+
+@pytest.mark.parametrize("folder", INTEGRATIONS, ids=lambda p: p.name)
+def test_integrations_never_resolve_the_core_from_the_index(folder: Path) -> None:
+    dependencies = _pyproject(folder)["dependencies"]
+    assert isinstance(dependencies, list)
+    core = [Requirement(r) for r in dependencies if Requirement(r).name == "synaptoroute"]
+    assert len(core) == 1
+    assert not [v for v in FOREIGN_RELEASES if core[0].specifier.contains(v)]
+    ours = _pyproject(ROOT)["version"]
+    assert isinstance(ours, str)
+    assert core[0].specifier.contains(Version(ours))
+
+
+@pytest.mark.skipif(
+    os.environ.get("SYNAPTOROUTE_EXPECT_INSTALLED") != "1",
+    reason="only where scripts/wheels.sh runs the tests against installed wheels",
+)
+def test_the_installed_wheels_are_under_test() -> None:
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()
+    modules = ["synaptoroute", "langchain_synaptoroute", "llama_index.selectors.synaptoroute"]
+    checked = []
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue  # this environment does not install that package
+        location = Path(str(module.__file__)).resolve()
+        assert site in location.parents, f"{name} imported from {location}, not {site}"
+        assert ROOT not in location.parents
+        checked.append(name)
+    assert checked[0] == "synaptoroute"
+    assert Path(synaptoroute.__file__).parent.joinpath("_model", "tokenizer.json").is_file()
