@@ -360,7 +360,7 @@ class Snapshot:
             if len(order) >= max(k, 2):
                 # Two routes at least: a close second sends the query to the exact path,
                 # where the graph is likeliest to have missed the winner.
-                top = self._full_routes(order, query, max(k, 2), RESCORE_BUDGET)
+                top = self._full_routes(order[: max(k, 2) + 2], query, max(k, 2), RESCORE_BUDGET)
                 if top.scores[0] - top.scores[1] >= CLOSE_MARGIN and top.scores[-1] > horizon:
                     return RouteScores(top.route_ids[:k], top.scores[:k], top.nearest_rows[:k])
             if complete:

@@ -1,0 +1,196 @@
+"""Approximate search past a size (issue 17): overhead, agreement, adds, start-up, memory.
+
+For each size N (``--sizes``, default 100000), the same routes are served by a router
+with ``index="exact"`` (float32 + the int8 pre-filter) and one with ``index="ann"``
+(the usearch graph, docs/scale.md), in the same run:
+
+- router overhead per query: ``router.query(text)`` with a zero-cost precomputed
+  encoder (validation, cache, scoring, decision; the encoder excluded), p50 and p99;
+- agreement of the approximate router's route with the exact router's, and the share
+  of queries the graph answered itself (the rest took the exact path);
+- adding a route of 10 utterances, and the first query after it, against the same on
+  a 1k-utterance router;
+- start-up: opening a SQLite store of N utterances with the graph cache file present
+  (load + first query), against the build from stored vectors without it;
+- memory per utterance: the float32 matrix, the int8 copy, the graph (usearch's
+  ``memory_usage``).
+
+Data: the bundled model's embeddings of the 1,070 fixture texts (tests/fixtures),
+replicated with noise: each route (10 utterances) is centred on a noisy copy of one
+real vector, its utterances noisy copies of the centre; queries are noisy copies of
+random route centres. The vectors are cached in ``--cache`` (default /tmp/sr-scale).
+
+Usage::
+
+    python benchmarks/scale.py [--sizes 100000 1000000] [--queries 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from common import PrecomputedEncoder, machine_info, summarize_ms
+from numpy.typing import NDArray
+
+from synaptoroute import AdaptiveRouter, Route, SQLiteStorage
+from synaptoroute.encoder import default_encoder, l2_normalize
+from synaptoroute.storage import MemoryStorage, ModelInfo, StoredRoute
+
+ROOT = Path(__file__).resolve().parent.parent
+PER_ROUTE = 10
+
+
+def real_vectors(cache: Path) -> NDArray[np.float32]:
+    """Embeddings of every fixture text by the bundled model (cached)."""
+    path = cache / "real.npy"
+    if path.is_file():
+        return np.load(path)
+    texts = [
+        json.loads(line)["text"]
+        for name in ("clinc150_train_slice.jsonl", "clinc150_val_slice.jsonl")
+        for line in (ROOT / "tests" / "fixtures" / name).read_text().splitlines()
+        if line.strip()
+    ]
+    vectors = np.asarray(default_encoder().encode(texts), dtype=np.float32)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    return vectors
+
+
+def noisy(rng: np.random.Generator, base: NDArray[np.float32], sigma: float) -> NDArray[np.float32]:
+    noise = rng.standard_normal(base.shape, dtype=np.float32) * sigma / np.sqrt(base.shape[1])
+    return l2_normalize(base + noise)
+
+
+def dataset(
+    real: NDArray[np.float32], n: int, queries: int
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+    rng = np.random.default_rng(n)
+    centres = noisy(rng, real[rng.integers(0, len(real), n // PER_ROUTE)], 1.0)
+    rows = noisy(rng, np.repeat(centres, PER_ROUTE, axis=0), 0.5)
+    asked = noisy(rng, centres[rng.integers(0, len(centres), queries)], 0.6)
+    return centres, rows, asked
+
+
+def stored_routes(rows: NDArray[np.float32]) -> list[StoredRoute]:
+    return [
+        StoredRoute(
+            Route(name=f"r{i}", utterances=[f"r{i} u{j}" for j in range(PER_ROUTE)]),
+            rows[i * PER_ROUTE : (i + 1) * PER_ROUTE],
+        )
+        for i in range(len(rows) // PER_ROUTE)
+    ]
+
+
+def make_router(
+    encoder: PrecomputedEncoder, rows: NDArray[np.float32], index: str
+) -> AdaptiveRouter:
+    storage = MemoryStorage()
+    storage.put_routes(stored_routes(rows), ModelInfo(encoder.model_id, encoder.dimension))
+    router = AdaptiveRouter(encoder, storage, index=index, cache_size=0)  # type: ignore[arg-type]
+    assert router.wait_for_index(timeout=None)
+    return router
+
+
+def time_queries(router: AdaptiveRouter, texts: list[str]) -> tuple[dict[str, float], list[str]]:
+    times, names = [], []
+    for text in texts:
+        start = time.perf_counter()
+        match = router.query(text)
+        times.append((time.perf_counter() - start) * 1000.0)
+        names.append(str(match.name))
+    return summarize_ms(times), names
+
+
+def time_add(router: AdaptiveRouter, name: str, query: str) -> tuple[float, float]:
+    route = Route(name=name, utterances=[f"{name} u{j}" for j in range(PER_ROUTE)])
+    start = time.perf_counter()
+    router.add_route(route)
+    added = (time.perf_counter() - start) * 1000.0
+    start = time.perf_counter()
+    router.query(query)
+    return added, (time.perf_counter() - start) * 1000.0
+
+
+def run_size(real: NDArray[np.float32], n: int, n_queries: int, cache: Path) -> dict[str, object]:
+    centres, rows, asked = dataset(real, n, n_queries)
+    texts = [f"q{i}" for i in range(n_queries)]
+    rng = np.random.default_rng(1)
+    table = dict(zip(texts, asked, strict=True))
+    extra = noisy(rng, np.repeat(centres[:1], PER_ROUTE, axis=0), 0.5)
+    for name in ("new-a", "new-b"):
+        table.update({f"{name} u{j}": extra[j] for j in range(PER_ROUTE)})
+    encoder = PrecomputedEncoder("sentence-transformers/all-MiniLM-L6-v2", table)
+    out: dict[str, object] = {"utterances": n}
+    names: dict[str, list[str]] = {}
+    for kind in ("exact", "ann"):
+        start = time.perf_counter()
+        router = make_router(encoder, rows, kind)
+        out[f"{kind}_ready_s"] = round(time.perf_counter() - start, 1)
+        time_queries(router, texts[:50])  # warm-up
+        stats = router.index_stats
+        before = (stats.ann_queries, stats.ann_fallbacks)
+        out[f"{kind}_overhead_ms"], names[kind] = time_queries(router, texts)
+        if kind == "ann":
+            out["ann_answered"] = (stats.ann_queries - before[0]) / n_queries
+            out["ann_graph_bytes_per_utterance"] = round(router._index.ann_bytes / n, 1)
+        out[f"{kind}_add_route_ms"], out[f"{kind}_first_query_after_ms"] = time_add(
+            router, "new-a", texts[0]
+        )
+        router.close()
+        del router
+        gc.collect()
+    agree = sum(a == b for a, b in zip(names["ann"], names["exact"], strict=True))
+    out["agreement"] = agree / n_queries
+    small = make_router(encoder, rows[:1000], "ann")
+    time_queries(small, texts[:50])
+    out["ann_1k_add_route_ms"], out["ann_1k_first_query_after_ms"] = time_add(
+        small, "new-b", texts[0]
+    )
+    out["bytes_per_utterance"] = {"float32": 4 * rows.shape[1], "int8": rows.shape[1]}
+    out["startup"] = startup(encoder, rows, cache / f"store-{n}")
+    return out
+
+
+def startup(
+    encoder: PrecomputedEncoder, rows: NDArray[np.float32], folder: Path
+) -> dict[str, float]:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    path = folder / "routes.db"
+    storage = SQLiteStorage(path, durability="normal")
+    storage.put_routes(stored_routes(rows), ModelInfo(encoder.model_id, encoder.dimension))
+    storage.close()
+    out = {}
+    for label in ("build_s", "cache_s"):  # the first open builds and writes the cache
+        start = time.perf_counter()
+        router = AdaptiveRouter(encoder, SQLiteStorage(path), index="ann", cache_size=0)
+        router.query("q0")
+        if label == "build_s":
+            assert router.wait_for_index(timeout=None)
+        out[label] = round(time.perf_counter() - start, 1)
+        out[label.replace("_s", "_cache_loads")] = router.index_stats.ann_cache_loads
+        router.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/sr-scale"))
+    args = parser.parse_args()
+    print(machine_info())
+    real = real_vectors(args.cache)
+    for n in args.sizes:
+        print(json.dumps(run_size(real, n, args.queries, args.cache), indent=1))
+
+
+if __name__ == "__main__":
+    main()
