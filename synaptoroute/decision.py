@@ -33,6 +33,7 @@ __all__ = [
     "decide",
     "empty_match",
     "head_choice",
+    "head_scores",
     "policy_for_routes",
     "threshold_verdicts",
 ]
@@ -115,7 +116,7 @@ class HeadVerdict:
 
     Attributes:
         choice: position (``0..K-1``) of the chosen route among each query's ranked routes.
-        raw: its probability under the head.
+        raw: the value the head's scorer gives it (with ``max_prob``, its probability).
         confidence: ``raw`` calibrated.
         accepted: whether ``confidence`` reaches the head's ``cut``.
         ranked: ``(m, K)`` probabilities of the ranked routes.
@@ -220,7 +221,7 @@ class LinearHead:
         """
         logits = self.logits(vectors)
         lex = lexical if self.beta else None
-        choice, prob, ranked, energy = head_choice(
+        choice, prob, ranked, energy = head_scores(
             logits, columns, sims, self.alpha, len(self.classes), lex, self.beta
         )
         sims64 = np.asarray(sims, dtype=np.float64)
@@ -332,6 +333,19 @@ def ood_score(
 
 
 def head_choice(
+    logits: NDArray[np.float64],
+    columns: NDArray[np.int64],
+    sims: NDArray[np.floating],
+    alpha: float,
+    n_routes: int,
+) -> tuple[NDArray[np.intp], NDArray[np.float64], NDArray[np.float64]]:
+    """The head's choice among each query's ranked routes, dense terms only (0.2's
+    form): the first three values of :func:`head_scores`."""
+    choice, prob, ranked, _ = head_scores(logits, columns, sims, alpha, n_routes)
+    return choice, prob, ranked
+
+
+def head_scores(
     logits: NDArray[np.float64],
     columns: NDArray[np.int64],
     sims: NDArray[np.floating],

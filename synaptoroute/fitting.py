@@ -41,7 +41,7 @@ from .decision import (
     Calibrator,
     DecisionPolicy,
     LinearHead,
-    head_choice,
+    head_scores,
     mahalanobis_score,
     scorer_features,
     threshold_verdicts,
@@ -747,7 +747,7 @@ def _head_pred(
     cols = data.top_ids[rows, :k]
     sims = data.top_vals[rows, :k]
     lex = None if data.lex is None or not beta else data.lex[rows, :k]
-    choice, raw, _, energy = head_choice(logits, cols, sims, alpha, data.n_routes, lex, beta)
+    choice, raw, _, energy = head_scores(logits, cols, sims, alpha, data.n_routes, lex, beta)
     pick = np.arange(len(rows))
     return cols[pick, choice], raw, energy, sims[pick, choice].astype(np.float64)
 
