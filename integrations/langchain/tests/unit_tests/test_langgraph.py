@@ -246,7 +246,10 @@ def test_missing_langgraph_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.delitem(sys.modules, "langchain_synaptoroute.langgraph")
     monkeypatch.delitem(vars(langchain_synaptoroute), "SynaptorouteEdge", raising=False)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'integrations/langchain\[langgraph\]' in a checkout"):
+    with pytest.raises(
+        MissingDependencyError,
+        match=r"pip install 'integrations/langchain\[langgraph\]' in a checkout",
+    ):
         _ = langchain_synaptoroute.SynaptorouteEdge
 
 
