@@ -9,7 +9,9 @@ backend implements too.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +40,8 @@ __all__ = [
 ]
 
 _APP_ID = "synaptoroute"
+_log = logging.getLogger("synaptoroute.storage")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 SCHEMA_VERSION = 3
 #: Deepest nesting of a route's metadata: JSON encoders and pydantic serialisers
 #: recurse per level, so an unbounded depth would fail when the route is read back.
@@ -91,6 +95,21 @@ def metadata_json(metadata: dict[str, Any]) -> str:
         msg = f"metadata is {size} bytes as JSON, more than {MAX_METADATA_BYTES}"
         raise InvalidInputError(msg)
     return text
+
+
+def _read_metadata(text: str, route: str) -> dict[str, Any]:
+    """Stored metadata; lone surrogates that older versions let in become U+FFFD."""
+    value: dict[str, Any] = json.loads(text)
+    if "\\ud" not in text.lower():  # the only way a surrogate is stored: an escape
+        return value
+    dumped = json.dumps(value, ensure_ascii=False)
+    try:
+        dumped.encode("utf-8")
+    except UnicodeEncodeError:
+        _log.warning("route %r: invalid Unicode in stored metadata replaced by U+FFFD", route)
+        repaired: dict[str, Any] = json.loads(_SURROGATE.sub("\ufffd", dumped))
+        return repaired
+    return value
 
 
 def _check_unicode(text: str, what: str) -> None:
@@ -555,7 +574,7 @@ class SQLiteStorage:
                 utterances=texts,
                 description=description,
                 threshold=threshold,
-                metadata=json.loads(metadata),
+                metadata=_read_metadata(metadata, name),
             )
             out.append(StoredRoute(route, matrix[lo:hi]))
         return out

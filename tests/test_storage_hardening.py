@@ -6,6 +6,7 @@ it has done; the parent acts on that), never through sleeps.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -318,3 +319,18 @@ def test_a_bad_dsn_is_refused_without_showing_its_password(dsn: str) -> None:
         PostgresStorage(dsn)
     assert "hunter2" not in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_poison_committed_by_an_older_version_is_read_back_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "old-poison.db"
+    store = SQLiteStorage(path)
+    route = Route(name="x", utterances=["a"], metadata={"ok": "é"})
+    store.put_routes([StoredRoute(route, np.zeros((1, 4), np.float32))], MODEL)
+    store.close()
+    db = sqlite3.connect(path)  # what 0.2 wrote for {"k": "\ud800"}: an ASCII escape
+    db.execute("""UPDATE routes SET metadata='{"k": "a\\ud800b", "ok": "\\u00e9"}'""")
+    db.commit()
+    db.close()
+    (loaded,) = SQLiteStorage(path).load()
+    assert loaded.route.metadata == {"k": "a\ufffdb", "ok": "é"}
+    json.dumps(loaded.route.metadata, ensure_ascii=False).encode("utf-8")  # serialisable
