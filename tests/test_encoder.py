@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import shutil
-import time
+import socket
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from synaptoroute import CallableEncoder, Encoder, EncoderError, EncoderProtocol, HashingEncoder
+from synaptoroute import encoder as encoder_module
 from synaptoroute.encoder import DEFAULT_MODEL_ID, ModelNotAvailableError, _default_model_files
 
 
@@ -72,16 +74,42 @@ def test_tampered_model_file_is_refused(tmp_path: Path) -> None:
     assert model.is_file()
 
 
-def test_unreachable_fastembed_model_fails_fast_with_a_clear_message() -> None:
-    start = time.monotonic()
-    enc = Encoder("BAAI/bge-small-en-v1.5", download_timeout=8)
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_fastembed_model_fails_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The hub is made unreachable and the cache empty, so this holds on a machine that is
+    # online or has the model cached too.
+    monkeypatch.setattr(encoder_module, "_FASTEMBED_HOST", ("127.0.0.1", _closed_port()))
+    monkeypatch.setenv("FASTEMBED_CACHE_PATH", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = Encoder("BAAI/bge-small-en-v1.5", download_timeout=60)
     with pytest.raises(ModelNotAvailableError) as info:
         enc.encode(["hello"])
     message = str(info.value)
     assert "BAAI/bge-small-en-v1.5" in message
     assert "model_path" in message
-    # bounded: the fetch is abandoned at download_timeout, not after the hub's retries
-    assert time.monotonic() - start < 60
+
+
+def test_a_model_fetch_that_never_answers_is_abandoned(monkeypatch: pytest.MonkeyPatch) -> None:
+    fastembed = pytest.importorskip("fastembed")
+    release = threading.Event()
+
+    class Hanging:
+        def __init__(self, **kwargs: object) -> None:
+            release.wait()  # a hub that never answers
+
+    monkeypatch.setattr(fastembed, "TextEmbedding", Hanging)
+    try:
+        with pytest.raises(ModelNotAvailableError, match="no answer within"):
+            Encoder("BAAI/bge-small-en-v1.5", download_timeout=0.05).encode(["hello"])
+    finally:
+        release.set()
 
 
 def test_invalid_settings() -> None:
