@@ -426,9 +426,20 @@ async def test_auth_reads_and_401_before_422(router: AdaptiveRouter) -> None:
     app = create_app(ServerSettings(api_key=SecretStr(KEY), auth_reads=True), router=router)
     auth = {"Authorization": f"Bearer {KEY}"}
     async with app.router.lifespan_context(app), await _asgi(app) as c:
-        for path in ("/routes", "/routes/billing", "/threshold"):
+        for path in (
+            "/routes",
+            "/routes/billing",
+            "/threshold",
+            "/negatives",
+            "/console/api/overview",
+            "/console/api/routes/billing",
+            "/console/api/stats",
+        ):
             assert (await c.get(path)).status_code == 401, path
             assert (await c.get(path, headers=auth)).status_code == 200, path
+        tried = await c.post("/console/api/try", json={"query": "refund"})
+        assert tried.status_code == 401
+        assert (await c.get("/console/")).status_code == 200  # the page itself stays open
         assert (await c.post("/route", json={"query": "refund"})).status_code == 200
         assert (await c.get("/healthz")).status_code == 200
         # Malformed or mis-shaped bodies without the token: 401, never 422.

@@ -759,7 +759,7 @@ def create_app(
     if settings.console:
         from .console import console_router
 
-        app.include_router(console_router(settings, metrics, state.get_router, change))
+        app.include_router(console_router(settings, metrics, state.get_router, change, read))
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:

@@ -413,6 +413,7 @@ def console_router(
     metrics: ServiceMetrics,
     get_router: Callable[[], AdaptiveRouter],
     change: Sequence[Any],
+    read: Sequence[Any] = (),
 ) -> APIRouter:
     """The console's pages and read-only API, to include in the service's app.
 
@@ -422,6 +423,8 @@ def console_router(
         get_router: the open router (raises while the service starts or stops).
         change: the dependencies of the service's route-changing endpoints; the
             page's key check uses them, so it accepts exactly the keys they accept.
+        read: the dependencies guarding the service's reads (``--auth-reads``): the
+            console's data endpoints take them too; the page and its assets stay open.
     """
     api = APIRouter(prefix="/console", include_in_schema=False)
     changes = _ChangeTimes()
@@ -450,7 +453,7 @@ def console_router(
             raise HTTPException(404, "Not Found")
         return Response(assets[asset], media_type=_ASSETS[asset], headers=_SECURITY_HEADERS)
 
-    @api.get("/api/overview")
+    @api.get("/api/overview", dependencies=list(read))
     async def overview() -> Response:
         r = get_router()
         routes = r.list_routes()
@@ -475,7 +478,7 @@ def console_router(
             }
         )
 
-    @api.get("/api/routes/{name:route_path}")
+    @api.get("/api/routes/{name:route_path}", dependencies=list(read))
     async def route_details(name: str) -> Response:
         r = get_router()
         route = r.get_route(name)
@@ -497,7 +500,7 @@ def console_router(
         # Reached only past the change endpoints' own checks: the key is right.
         return _json({"changes": True})
 
-    @api.post("/api/try")
+    @api.post("/api/try", dependencies=list(read))
     async def try_query(body: TryRequest) -> Response:
         r = get_router()
         timeout = settings.request_timeout
@@ -509,7 +512,7 @@ def console_router(
         explained = await anyio.to_thread.run_sync(_explain, r, views, body, decision, ranked)
         return _json(explained)
 
-    @api.post("/api/evaluate")
+    @api.post("/api/evaluate", dependencies=list(read))
     async def evaluate(request: Request) -> Response:
         texts, labels = parse_jsonl(await request.body(), "upload")
         if len(texts) > MAX_EVALUATION_ROWS:
@@ -529,13 +532,13 @@ def console_router(
         doc["misrouted"] = doc["misrouted"][:MAX_MISROUTED]
         return _json(_finite(doc))
 
-    @api.post("/api/map")
+    @api.post("/api/map", dependencies=list(read))
     async def utterance_map(body: MapRequest) -> Response:
         r = get_router()
         vector = await _query_vector(r, body.query) if body.query else None
         return _json(await anyio.to_thread.run_sync(_map, r, views, vector, body.query))
 
-    @api.get("/api/stats")
+    @api.get("/api/stats", dependencies=list(read))
     async def stats() -> Response:
         r = get_router()
         changes.observe(r.list_routes())
