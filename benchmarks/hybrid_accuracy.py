@@ -14,6 +14,9 @@ Sections (``--only`` picks some):
   10), fitted on those rows, before and after fitting.
 * ``folds``: CLINC150 train+val in 5 stratified folds; each fold's rows (its
   out-of-scope rows included) are unseen by the fit that is judged on them.
+* ``head``: is the head under-fitted? The head's own softmax regression fitted once on
+  all of CLINC150 train (out of scope a class) at several ``C`` and iteration limits,
+  top-1 on val with no rejection, beside scikit-learn's ``LogisticRegression``.
 * ``latency``: query p50 with the hybrid head's lexical term on and off (same run,
   interleaved), 10,000 CLINC150 utterances, embeddings cached.
 
@@ -189,6 +192,43 @@ def section_folds(data: str | None, cache: str | None, out: dict[str, Any]) -> N
     }
 
 
+def section_head(data: str | None, cache: str | None, out: dict[str, Any]) -> None:
+    """The head's regression alone on all of CLINC150 train: top-1 on val, no cut."""
+    from threadpoolctl import threadpool_limits
+
+    from synaptoroute.fitting import _softmax_regression
+
+    train, val = load_split("clinc150", "train", data), load_split("clinc150", "val", data)
+    encoder = shared_encoder([*train, *val], cache)
+    names = sorted({r.label or "" for r in train})  # "" is the out-of-scope class
+    col = {name: i for i, name in enumerate(names)}
+    x = encoder.encode([r.text for r in train])
+    y = np.array([col[r.label or ""] for r in train])
+    xv = encoder.encode([r.text for r in val])
+    yv = np.array([col[r.label or ""] for r in val])
+    inside = yv != col[""]
+    dim, n_cols = x.shape[1], len(names)
+    rows = []
+    with threadpool_limits(limits=1, user_api="blas"):
+        for c, iterations in ((10.0, 100), (10.0, 1000), (30.0, 1000), (100.0, 1000)):
+            start = time.perf_counter()
+            theta = _softmax_regression(x, y, n_cols, c, None, iterations)
+            logits = xv @ theta[: dim * n_cols].reshape(dim, n_cols) + theta[dim * n_cols :]
+            pred = logits.argmax(axis=1)
+            rows.append(
+                {
+                    "C": c,
+                    "max_iter": iterations,
+                    "in_scope_top1": float((pred[inside] == yv[inside]).mean()),
+                    "oos_recall_as_class": float((pred[~inside] == col[""]).mean()),
+                    "fit_s": round(time.perf_counter() - start, 1),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    out["head_alone"] = {"rows": rows, "sklearn_logreg": logistic_peer(encoder, train, val)}
+    print(json.dumps(out["head_alone"]["sklearn_logreg"]), flush=True)
+
+
 def section_latency(data: str | None, cache: str | None, out: dict[str, Any]) -> None:
     """Query p50 with the hybrid head's lexical term on and off, 10k utterances."""
     train, val = load_split("clinc150", "train", data), load_split("clinc150", "val", data)
@@ -228,7 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-peer", action="store_true", help="skip semantic-router")
     args = parser.parse_args(argv)
     out: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv)}
-    sections = {"few": section_few, "folds": section_folds, "latency": section_latency}
+    sections = {
+        "few": section_few,
+        "folds": section_folds,
+        "head": section_head,
+        "latency": section_latency,
+    }
     for key in args.only:
         if key == "main":
             section_main(args.data, args.cache, out, args.datasets, not args.no_peer)
