@@ -27,6 +27,9 @@ ROOT_PAGES = {
     "SECURITY.md": "security.md",
     "BENCHMARKS.md": "benchmarks.md",
 }
+#: README.md is also the package index's project page, where relative links break; it
+#: links into the repository with absolute URLs under this prefix, mapped back here.
+REPO_BLOB = "https://github.com/synaptoroute/synaptoroute/blob/main/"
 _LINK = re.compile(r"\]\((?P<target>[^)\s#]+)(?P<anchor>#[^)\s]*)?\)")
 
 
@@ -55,6 +58,11 @@ def site_target(target: str, page_uri: str) -> str:
     Returns:
         The link to use: unchanged unless it points between docs/ and the root files.
     """
+    if target.startswith(REPO_BLOB):
+        local = target.removeprefix(REPO_BLOB)
+        if local in ROOT_PAGES or local.rstrip("/") == "docs" or local.startswith("docs/"):
+            return site_target(local, "index.md")
+        return target
     if "://" in target or target.startswith(("/", "mailto:")):
         return target
     root_source = next((s for s, p in ROOT_PAGES.items() if p == page_uri), None)

@@ -36,10 +36,28 @@ hooks = load_hooks()
         ("docs/versioning.md", "changelog.md", "versioning.md"),
         ("https://example.org/x.md", "index.md", "https://example.org/x.md"),
         ("../benchmarks/README.md", "async.md", "../benchmarks/README.md"),
+        (hooks.REPO_BLOB + "docs/cli.md", "index.md", "cli.md"),
+        (hooks.REPO_BLOB + "docs/", "index.md", "index.md"),
+        (hooks.REPO_BLOB + "BENCHMARKS.md", "index.md", "benchmarks.md"),
+        (
+            hooks.REPO_BLOB + "examples/quickstart.py",
+            "index.md",
+            hooks.REPO_BLOB + "examples/quickstart.py",
+        ),
     ],
 )
 def test_links_point_at_site_pages(target: str, page: str, expected: str) -> None:
     assert hooks.site_target(target, page) == expected
+
+
+def test_the_readme_links_absolutely_for_the_package_index() -> None:
+    # README.md is the project page on the package index, where relative links break.
+    relative = [
+        m["target"]
+        for m in hooks._LINK.finditer((ROOT / "README.md").read_text())
+        if "://" not in m["target"] and not m["target"].startswith(("#", "mailto:"))
+    ]
+    assert relative == []
 
 
 def test_every_docs_page_and_root_page_is_in_the_nav() -> None:
