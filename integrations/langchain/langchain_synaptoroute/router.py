@@ -830,7 +830,11 @@ def _branch_config(
     """
     child = run_manager.get_child(tag=f"route:{branch}")
     child.add_metadata(metadata, inherit=True)
-    return patch_config(config, callbacks=child, run_name=branch)
+    patched = patch_config(config, callbacks=child, run_name=branch)
+    # Also in the config's metadata, which every run below inherits whatever the
+    # langchain-core version does with a child manager's inheritable metadata.
+    patched["metadata"] = {**patched.get("metadata", {}), **metadata}
+    return patched
 
 
 def _route_graph(
