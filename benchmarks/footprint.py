@@ -168,6 +168,7 @@ def measure(repeats: int, baseline: str | None) -> list[Result]:
                 check=True,
                 capture_output=True,
                 text=True,
+                cwd="/",  # not the checkout, whose egg-info would answer for the tree
             ).stdout.strip()
             count, megabytes = _footprint(python)
             # One warm-up process: the first run compiles bytecode into the venv.
