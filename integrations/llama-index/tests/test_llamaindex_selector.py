@@ -244,3 +244,4 @@ def test_least_recently_used_choice_set_is_dropped(
     selector.select(first, "another refund please")
     # Three choice sets built (the first one twice), each followed by its query.
     assert [len(c) for c in recording.calls] == [4, 1, 4, 1, 4, 1]
+    assert selector._retired == []  # no worker ran: evicted routers are not kept for aclose()

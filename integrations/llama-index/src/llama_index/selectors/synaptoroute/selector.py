@@ -375,7 +375,10 @@ class SynaptorouteSelector(BaseSelector):
                 self._routers[key] = router
                 while len(self._routers) > self.max_choice_sets:
                     _, evicted = self._routers.popitem(last=False)
-                    self._retired.append(evicted)
+                    # Only a running worker needs aclose(); the rest are let go, so
+                    # sync-only use keeps at most max_choice_sets routers alive.
+                    if any(worker.running for worker in evicted.workers):
+                        self._retired.append(evicted)
             return router
 
     # -- selection -----------------------------------------------------------------
