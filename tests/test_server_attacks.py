@@ -69,13 +69,7 @@ class LiveServer:
     """uvicorn serving the app in a thread, with the service's guarded protocol."""
 
     def __init__(self, router: AdaptiveRouter, settings: ServerSettings) -> None:
-        limits = ConnectionLimits(
-            header_timeout=settings.header_timeout,
-            body_timeout=settings.body_timeout,
-            max_header_bytes=settings.max_header_bytes,
-            max_connections=settings.max_connections,
-            max_connections_per_client=settings.max_connections_per_client,
-        )
+        limits = ConnectionLimits.from_settings(settings)
         sock = socket.socket()
         sock.bind((HOST, 0))
         self.port = int(sock.getsockname()[1])

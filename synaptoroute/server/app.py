@@ -866,13 +866,7 @@ def run(settings: ServerSettings, *, access_log: bool = False) -> None:
     import uvicorn
 
     settings.check_safe()
-    limits = ConnectionLimits(
-        header_timeout=settings.header_timeout,
-        body_timeout=settings.body_timeout,
-        max_header_bytes=settings.max_header_bytes,
-        max_connections=settings.max_connections,
-        max_connections_per_client=settings.max_connections_per_client,
-    )
+    limits = ConnectionLimits.from_settings(settings)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+if TYPE_CHECKING:
+    from .settings import ServerSettings
 
 __all__ = ["ConnectionLimits", "guarded_protocol"]
 
@@ -40,6 +43,17 @@ class ConnectionLimits:
     max_header_bytes: int = 16 * 1024
     max_connections: int = 1000
     max_connections_per_client: int = 100
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> ConnectionLimits:
+        """The limits that ``settings`` names."""
+        return cls(
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            max_header_bytes=settings.max_header_bytes,
+            max_connections=settings.max_connections,
+            max_connections_per_client=settings.max_connections_per_client,
+        )
 
 
 def _plain_response(status: bytes, text: str) -> bytes:
