@@ -28,7 +28,7 @@ from langchain_core.runnables import RunnableLambda
 from synaptoroute import AdaptiveRouter, InvalidInputError, MissingDependencyError, RouteMatch
 from synaptoroute.exceptions import RouteNotFoundError, install_hint
 
-from ._inputs import TextExtractor, extract_text
+from ._inputs import TextExtractor, extract_text, passing
 from .classifier import SynaptorouteClassifier
 from .router import SynaptorouteRouter
 
@@ -410,16 +410,11 @@ class SynaptorouteFanOut(_Path, RunnableLambda[Any, str | list[Send]]):
         routing.returns(_literal(routing.destinations), route, aroute)
         super().__init__(route, aroute, name=name)
 
-    def _selected(self, match: RouteMatch) -> bool:
-        if self.min_score is not None:
-            return match.score >= self.min_score
-        # "ambiguous" still passed the threshold: fanning out is the answer to ambiguity.
-        return match.reason != "below_threshold"
-
     def _sends(self, state: Any, top: Sequence[RouteMatch]) -> str | list[Send]:
         sends: dict[str, Send] = {}
-        for match in top:
-            if match.name is None or not self._selected(match):
+        # "ambiguous" still passes: fanning out is the answer to ambiguity.
+        for match in passing(top, self.min_score):
+            if match.name is None:
                 continue
             node = self.routing.node_of(match)
             if node in sends:  # two routes of one node: the best one's decision is kept
