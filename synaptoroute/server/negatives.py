@@ -7,7 +7,6 @@ other route change, because they encode and write the store.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,9 +62,6 @@ def negatives_router(
     """
     api = APIRouter(tags=["negatives"])
 
-    async def blocking(func: Callable[..., Any], *args: Any) -> Any:
-        return await anyio.to_thread.run_sync(functools.partial(func, *args))
-
     @api.get(
         "/negatives",
         response_model=NegativesList,
@@ -85,7 +81,7 @@ def negatives_router(
     async def add_negatives(body: NegativesChange) -> NegativesAdded:
         """Add negative examples: a query nearer to one of them than to every route
         gets no route. Answers those that were new."""
-        added = await blocking(get_router().add_negatives, body.texts)
+        added = await anyio.to_thread.run_sync(get_router().add_negatives, body.texts)
         return NegativesAdded(added=added)
 
     @api.delete(
@@ -96,7 +92,7 @@ def negatives_router(
     )
     async def delete_negatives(body: NegativesChange) -> NegativesDeleted:
         """Remove negative examples; answers how many were there."""
-        deleted = await blocking(get_router().delete_negatives, body.texts)
+        deleted = await anyio.to_thread.run_sync(get_router().delete_negatives, body.texts)
         return NegativesDeleted(deleted=deleted)
 
     return api
