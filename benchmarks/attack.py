@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+from common import machine_info
 
 HOST, OTHER = "127.0.0.1", "127.0.0.2"
 
@@ -245,6 +246,7 @@ def main() -> None:
         default=["idle", "slow", "header", "cache", "cpu", "poison", "reads"],
     )
     args = parser.parse_args()
+    print(machine_info(), flush=True)  # load at start: the run's own traffic raises it
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "routes.db"
         build_store(store, args.utterances)
@@ -272,6 +274,8 @@ def main() -> None:
                     if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                         break
                 time.sleep(0.2)
+            else:
+                raise SystemExit("the service did not become ready in 300 s")
             attacks: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {
                 "idle": lambda stop: attack_idle(port, args.scale, stop),
                 "slow": lambda stop: attack_slow(port, args.scale, stop),
@@ -290,7 +294,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(60)
     print(
-        f"\nload {os.getloadavg()[0]:.2f}, cores {os.cpu_count()}, utterances {args.utterances}, duration {args.duration}s, scale {args.scale}"
+        f"\nload {os.getloadavg()[0]:.2f} at the end, cores {os.cpu_count()}, utterances {args.utterances}, duration {args.duration}s, scale {args.scale}"
     )
     print("| attack | legit requests | success | p50 ms | p99 ms | RSS before / peak / after MB |")
     print("|---|---|---|---|---|---|")
