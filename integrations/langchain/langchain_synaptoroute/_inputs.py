@@ -26,6 +26,7 @@ __all__ = [
     "classify_batch",
     "classify_one",
     "extract_text",
+    "last_human_text",
     "passing",
     "rank_batch",
     "rank_one",
@@ -86,12 +87,20 @@ def extract_text(
     raise TypeError(msg)
 
 
-def _last_human_text(messages: Sequence[BaseMessage]) -> str:
+def last_human_text(messages: Sequence[BaseMessage]) -> str | None:
+    """The text of the last human message, or ``None`` when there is none."""
     for message in reversed(messages):
         if message.type == "human":
             return message.text
-    msg = "the messages hold no human message to route on"
-    raise InvalidInputError(msg)
+    return None
+
+
+def _last_human_text(messages: Sequence[BaseMessage]) -> str:
+    text = last_human_text(messages)
+    if text is None:
+        msg = "the messages hold no human message to route on"
+        raise InvalidInputError(msg)
+    return text
 
 
 def at_threshold(ranked: Sequence[RouteMatch], threshold: float) -> RouteMatch:

@@ -20,6 +20,7 @@ from typing_extensions import override
 
 from synaptoroute import AdaptiveRouter, EncoderProtocol, InvalidInputError, Route, RouteMatch
 
+from ._inputs import last_human_text
 from ._tools import check_tool_keys, tool_utterances
 from .embeddings import as_encoder
 
@@ -183,7 +184,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         """What to select among for a model call, or ``None`` when its tools stay as they are."""
         tools = [tool for tool in offered if isinstance(tool, BaseTool)]
         candidates = [tool for tool in tools if tool.name not in self.always_include]
-        text = _last_human_text(messages)
+        text = last_human_text(messages)
         if not candidates or text is None or not text.strip():
             if tools:
                 self._sync_routes(tools)  # still validates names on every path
@@ -272,10 +273,3 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
 def _signature(tools: Sequence[BaseTool]) -> tuple[tuple[str, str], ...]:
     """What the routes of ``tools`` depend on: each tool's name and description."""
     return tuple((tool.name, tool.description) for tool in tools)
-
-
-def _last_human_text(messages: Sequence[BaseMessage]) -> str | None:
-    for message in reversed(messages):
-        if message.type == "human":
-            return message.text
-    return None
