@@ -11,16 +11,14 @@ import asyncio
 import json
 import math
 import re
-import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 import httpx
-import numpy as np
 import pytest
-from numpy.typing import NDArray
+from encoder_doubles import GatedEncoder
 from pydantic import SecretStr
 
 from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, Route, SQLiteStorage
@@ -44,38 +42,6 @@ ROUTES = [
     Route(name="tech", utterances=["The app crashes on start", "I can't log in"]),
     Route(name="greeting", utterances=["Hi there!", "Good morning"]),
 ]
-
-
-class GatedEncoder:
-    """The real encoder behind a gate that can hold calls or make them fail."""
-
-    def __init__(self, inner: Encoder) -> None:
-        self.inner = inner
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-        self.gate.set()
-        self.fail_with: Exception | None = None
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
-
-    @property
-    def loaded(self) -> bool:
-        return self.inner.loaded
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        self.entered.set()
-        if not self.gate.wait(LIMIT_S):
-            msg = "gate never opened"
-            raise RuntimeError(msg)
-        if self.fail_with is not None:
-            raise self.fail_with
-        return self.inner.encode(texts)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from encoder_doubles import GatedEncoder, WrappedEncoder
 from numpy.typing import NDArray
 from pydantic import SecretStr
 
@@ -44,19 +45,8 @@ ROUTES = [
 ]
 
 
-class FailingEncoder:
+class FailingEncoder(WrappedEncoder):
     """The real encoder, except that a text containing ``boom`` raises."""
-
-    def __init__(self, inner: Encoder) -> None:
-        self.inner = inner
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         if any("boom" in t for t in texts):
@@ -298,29 +288,6 @@ def test_a_poisoned_change_never_commits_over_http(router: AdaptiveRouter) -> No
 
 
 # -- in process: admission, pagination, hosts, auth --------------------------------------
-class RecordingEncoder:
-    """The real encoder; records each call's texts and can hold the first call."""
-
-    def __init__(self, inner: Encoder) -> None:
-        self.inner = inner
-        self.calls: list[list[str]] = []
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-        self.gate.set()
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        self.calls.append(list(texts))
-        self.entered.set()
-        assert self.gate.wait(LIMIT_S), "gate never opened"
-        return self.inner.encode(texts)
 
 
 async def _asgi(app: Any, host: str = HOST) -> httpx.AsyncClient:
@@ -330,7 +297,7 @@ async def _asgi(app: Any, host: str = HOST) -> httpx.AsyncClient:
 async def test_batch_cost_is_refused_at_once_and_single_queries_pass_between_chunks(
     encoder: Encoder, tmp_path: Path
 ) -> None:
-    rec = RecordingEncoder(encoder)
+    rec = GatedEncoder(encoder)
     r = AdaptiveRouter(rec, SQLiteStorage(tmp_path / "b.db"))
     r.add_routes(ROUTES)
     settings = ServerSettings(max_batch_cost=4096, batch_chunk_cost=1024, max_batches_in_flight=1)
