@@ -183,18 +183,17 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
     ) -> _Selection | None:
         """What to select among for a model call, or ``None`` when its tools stay as they are."""
         tools = [tool for tool in offered if isinstance(tool, BaseTool)]
+        if tools:
+            self._sync_routes(tools)  # validates the names on every call
         candidates = [tool for tool in tools if tool.name not in self.always_include]
         text = last_human_text(messages)
         if not candidates or text is None or not text.strip():
-            if tools:
-                self._sync_routes(tools)  # still validates names on every path
             return None
-        self._sync_routes(tools)
         # Routes of tools absent from this call may rank above present ones; ask for
         # enough that max_tools present ones remain.
-        absent = len(self.router) - len(tools)
+        stored = len(self.router)
         wanted = len(candidates) if self.max_tools is None else self.max_tools
-        k = max(1, min(len(self.router), wanted + max(absent, 0)))
+        k = max(1, min(stored, wanted + max(stored - len(tools), 0)))
         return _Selection(text=text, candidates=candidates, k=k)
 
     def _chosen(self, plan: _Selection, ranked: Sequence[RouteMatch]) -> list[str] | None:
