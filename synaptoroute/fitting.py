@@ -729,7 +729,6 @@ class _HeadFit:
     pred: NDArray[np.int64]  # held-out predictions on the labelled rows
     value: float  # the objective at the best single cut of the pooled held-out values
     scorers: dict[str, dict[str, Any]]  # each scorer's held-out figures
-    ood: dict[str, NDArray[np.float32]]  # the chosen scorer's parameters (filled later)
     center: NDArray[np.float64] | None = None  # the combination's standardisation
     scale: NDArray[np.float64] | None = None
     combination: NDArray[np.float64] | None = None
@@ -942,7 +941,7 @@ def _choose_head(
     conf = calibrator(raws[scorer])
     value, cut = _pooled_cut(conf, cand, y, n_routes, objective, target)
     return _HeadFit(
-        alpha, beta, scorer, calibrator, cut, pred, value, report, {}, center, scale, combination
+        alpha, beta, scorer, calibrator, cut, pred, value, report, center, scale, combination
     )
 
 
