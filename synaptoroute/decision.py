@@ -638,9 +638,7 @@ def knn_similarity(snapshot: Snapshot, vector: NDArray[np.float32], k: int = KNN
     This scans every utterance row, so only the ``knn`` and ``combined`` scorers
     pay for it.
     """
-    sims = snapshot.matrix @ np.asarray(vector, dtype=np.float32)
-    live = np.repeat(snapshot.seg_route >= 0, snapshot.seg_ends - snapshot.seg_starts)
-    sims = sims[live]
+    sims = (snapshot.matrix @ np.asarray(vector, dtype=np.float32))[snapshot.live_rows]
     if len(sims) == 0:
         return -1.0
     k = min(k, len(sims))

@@ -19,6 +19,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -250,6 +251,11 @@ class Snapshot:
         if self.int8 is not None:
             return len(self.matrix) - self.int8.n
         return len(self.matrix)
+
+    @cached_property
+    def live_rows(self) -> NDArray[np.bool_]:
+        """Whether each row of ``matrix`` is a live utterance (computed once per snapshot)."""
+        return np.repeat(self.seg_route >= 0, self.seg_ends - self.seg_starts)
 
     def route_max(self, sims: NDArray[np.float32]) -> NDArray[np.float32]:
         """Per-live-route maximum similarity, shape ``(m, n_routes)``."""
