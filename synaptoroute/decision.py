@@ -59,6 +59,13 @@ def _decode_array(doc: Mapping[str, Any]) -> NDArray[np.float32]:
     return array.reshape(shape)
 
 
+def logit(prob: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``log(p / (1 - p))``, with ``p`` clipped to ``[1e-9, 1 - 1e-9]``."""
+    p = np.clip(prob, 1e-9, 1 - 1e-9)
+    out: NDArray[np.float64] = np.log(p / (1 - p))
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class Calibrator:
     """A monotone map from a raw score to the probability that the candidate is right.
@@ -81,8 +88,7 @@ class Calibrator:
         """Calibrated probabilities for ``raw`` (any shape)."""
         x = np.asarray(raw, dtype=np.float64)
         if self.logit_input:
-            p = np.clip(x, 1e-9, 1 - 1e-9)
-            x = np.log(p / (1 - p))
+            x = logit(x)
         if self.kind == "platt":
             a, b = self.xs
             # tanh form of the logistic: no overflow for large |a * x + b|.
@@ -300,8 +306,7 @@ def scorer_features(
 ) -> NDArray[np.float64]:
     """The ``(m, 5)`` inputs of the ``combined`` scorer, in :data:`OOD_SCORERS` order
     (the probability as a logit, so that every input is on an open scale)."""
-    p = np.clip(prob, 1e-9, 1 - 1e-9)
-    return np.stack([np.log(p / (1 - p)), energy, nearest, maha, knn], axis=1)
+    return np.stack([logit(prob), energy, nearest, maha, knn], axis=1)
 
 
 def ood_score(

@@ -42,6 +42,7 @@ from .decision import (
     DecisionPolicy,
     LinearHead,
     head_scores,
+    logit,
     mahalanobis_score,
     scorer_features,
     threshold_verdicts,
@@ -619,8 +620,7 @@ def _isotonic(x: NDArray[np.float64], y: NDArray[np.float64]) -> Calibrator:
 def _platt(x: NDArray[np.float64], y: NDArray[np.float64], logit_input: bool) -> Calibrator:
     """Platt scaling with Platt's smoothed targets, fitted by Newton's method."""
     if logit_input:
-        p = np.clip(x, 1e-9, 1 - 1e-9)
-        x = np.log(p / (1 - p))
+        x = logit(x)
     # Newton's method on standardised inputs (scores such as Mahalanobis distances
     # span hundreds); the result is mapped back to the raw scale at the end.
     mu, sd = float(x.mean()), float(x.std()) or 1.0
