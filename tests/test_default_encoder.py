@@ -7,6 +7,9 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
+import synaptoroute.encoder
 from synaptoroute import AdaptiveRouter, Encoder, default_encoder
 
 _SCRIPT = """
@@ -42,7 +45,12 @@ def test_routers_built_without_an_encoder_share_the_default() -> None:
     assert Encoder() is not shared  # an explicit Encoder() keeps its own settings
 
 
-def test_the_default_is_created_once_under_concurrent_first_use() -> None:
+def test_the_default_is_created_once_under_concurrent_first_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Earlier tests have made the default already: start this one without it, so the
+    # threads really race to create it (the shared one is put back afterwards).
+    monkeypatch.setattr(synaptoroute.encoder, "_default", None)
     seen: list[object] = []
     start = threading.Barrier(8)
 
@@ -55,7 +63,8 @@ def test_the_default_is_created_once_under_concurrent_first_use() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len({id(e) for e in seen}) == 1
+    assert len(seen) == 8 and len({id(e) for e in seen}) == 1
+    assert synaptoroute.encoder._default is seen[0]
 
 
 def test_ten_default_routers_cost_about_one_model_of_memory() -> None:
