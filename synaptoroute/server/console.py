@@ -509,7 +509,10 @@ def console_router(
             r.aquery(body.query, timeout=timeout),
             r.aquery_top_k(body.query, body.k, timeout=timeout),
         )
-        explained = await anyio.to_thread.run_sync(_explain, r, views, body, decision, ranked)
+        vector = await _query_vector(r, body.query)
+        explained = await anyio.to_thread.run_sync(
+            _explain, r, views, body, decision, ranked, vector
+        )
         return _json(explained)
 
     @api.post("/api/evaluate", dependencies=list(read))
@@ -590,12 +593,10 @@ def _explain(
     body: TryRequest,
     decision: RouteMatch,
     ranked: list[RouteMatch],
+    vector: NDArray[np.float32] | None,
 ) -> dict[str, Any]:
     """The decision, the ranked routes with their nearest utterances, and what decided."""
     names = [m.name for m in ranked if m.name is not None]
-    vector = router.cache.get(body.query) if body.query.strip() else None
-    if vector is None and body.query.strip():
-        vector = np.asarray(router.encoder.encode([body.query]), dtype=np.float32)[0]
     nearest: dict[str, list[dict[str, Any]]] = {}
     if vector is not None:
         snapshot = _snapshot(router)
