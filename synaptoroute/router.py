@@ -478,6 +478,7 @@ class AdaptiveRouter:
         Returns:
             The texts that were new.
         """
+        _not_a_str(texts, "add_negatives")
         cleaned = clean_utterances(list(texts))
         with self._lock:
             if NEGATIVES_ROUTE in self._routes:
@@ -488,6 +489,7 @@ class AdaptiveRouter:
 
     def delete_negatives(self, texts: Sequence[str]) -> int:
         """Remove negative examples; returns how many were removed."""
+        _not_a_str(texts, "delete_negatives")
         with self._lock:
             if NEGATIVES_ROUTE not in self._routes:
                 return 0
@@ -496,11 +498,12 @@ class AdaptiveRouter:
                 self.delete_route(NEGATIVES_ROUTE)
             return removed
 
+    # The negative examples are no route here either, as in route_names.
     def __contains__(self, name: object) -> bool:
-        return name in self._routes
+        return name != NEGATIVES_ROUTE and name in self._routes
 
     def __len__(self) -> int:
-        return len(self._routes)
+        return len(self._routes) - (NEGATIVES_ROUTE in self._routes)
 
     def wait_for_index(self, timeout: float | None = None) -> bool:
         """Wait for the index's background work (int8 copy, approximate graph).

@@ -353,6 +353,9 @@ def test_negative_examples_reject_what_they_cover_and_survive_reopen(
     # Queries nearer to a route still route; the reserved route is never listed.
     assert router.query("transfer 20 dollars to my savings account").name == "transfer"
     assert NEGATIVES_ROUTE not in router.route_names
+    assert NEGATIVES_ROUTE not in router and len(router) == len(router.route_names)
+    with pytest.raises(TypeError, match="not a str"):
+        router.add_negatives("spam")  # not four one-letter negatives
     assert all(r.name != NEGATIVES_ROUTE for r in router.list_routes())
     assert all(m.candidate != NEGATIVES_ROUTE for m in router.query_top_k(query, 3))
     router.close()
