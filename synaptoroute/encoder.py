@@ -434,9 +434,6 @@ class Encoder:
                 break
         return " ".join(words)[:limit]
 
-    def _truncate(self, text: str) -> str:
-        return self.truncate(text)
-
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Embed ``texts`` into an ``(n, dimension)`` float32 array of unit rows.
 
@@ -447,7 +444,7 @@ class Encoder:
             TypeError: an element is not a ``str``.
             EncoderError: the model failed.
         """
-        items = [self._truncate(check_text(t)) for t in texts]
+        items = [self.truncate(check_text(t)) for t in texts]
         if not items:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if not self.loaded:
