@@ -14,6 +14,7 @@ import asyncio
 import difflib
 import threading
 import warnings
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -230,7 +231,8 @@ class SynaptorouteSelector(BaseSelector):
         self.max_choice_sets = max_choice_sets
         self._routers: OrderedDict[ChoiceKey, AdaptiveRouter] = OrderedDict()
         # Evicted routers may still have a batching worker running; aclose() stops them.
-        self._retired: list[AdaptiveRouter] = []
+        # Held weakly: a running worker keeps its router alive, an idle one is let go.
+        self._retired: weakref.WeakSet[AdaptiveRouter] = weakref.WeakSet()
         self._warned: set[str] = set()
         self._seen_names: set[str] = set()
         self._lock = threading.Lock()
@@ -375,10 +377,7 @@ class SynaptorouteSelector(BaseSelector):
                 self._routers[key] = router
                 while len(self._routers) > self.max_choice_sets:
                     _, evicted = self._routers.popitem(last=False)
-                    # Only a running worker needs aclose(); the rest are let go, so
-                    # sync-only use keeps at most max_choice_sets routers alive.
-                    if any(worker.running for worker in evicted.workers):
-                        self._retired.append(evicted)
+                    self._retired.add(evicted)
             return router
 
     # -- selection -----------------------------------------------------------------
@@ -404,7 +403,7 @@ class SynaptorouteSelector(BaseSelector):
         """
         with self._lock:
             routers = [*self._retired, *self._routers.values()]
-            self._retired = []
+            self._retired.clear()
         for router in routers:
             await router.stop()
 
