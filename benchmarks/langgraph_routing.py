@@ -28,11 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from common import REPO_ROOT, machine_info, summarize_ms
+from common import REPO_ROOT, machine_info, summarize_ms, time_ms
 from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.types import Command
@@ -41,13 +40,6 @@ from synaptoroute import AdaptiveRouter, Encoder, Route
 
 sys.path.insert(0, str(REPO_ROOT / "examples"))
 from langgraph_supervisor import AGENTS, QUESTIONS, build_graph, build_supervisor
-
-
-def timed(fn: Callable[[], object]) -> float:
-    """Milliseconds one call of ``fn`` takes."""
-    start = perf_counter()
-    fn()
-    return (perf_counter() - start) * 1000
 
 
 def run_mode(encoder: Encoder, cache_size: int, rounds: int) -> dict[str, dict[str, float]]:
@@ -75,13 +67,13 @@ def run_mode(encoder: Encoder, cache_size: int, rounds: int) -> dict[str, dict[s
         configs: list[Any] = [{"configurable": {"thread_id": str(next(threads))}} for _ in "12345"]
         timed_app.invoke(state, configs[4])
         return (
-            timed(lambda: router.query(text)),
-            timed(lambda: supervisor.invoke(state)),
+            time_ms(lambda: router.query(text)),
+            time_ms(lambda: supervisor.invoke(state)),
             inside[-1],
-            timed(lambda: app.invoke(state, configs[0])),
-            timed(lambda: fixed_app.invoke(state, configs[1])),
-            timed(lambda: app.invoke(state, configs[2], durability="sync")),
-            timed(lambda: fixed_app.invoke(state, configs[3], durability="sync")),
+            time_ms(lambda: app.invoke(state, configs[0])),
+            time_ms(lambda: fixed_app.invoke(state, configs[1])),
+            time_ms(lambda: app.invoke(state, configs[2], durability="sync")),
+            time_ms(lambda: fixed_app.invoke(state, configs[3], durability="sync")),
         )
 
     for text in QUESTIONS:  # warm every path up
