@@ -543,15 +543,15 @@ def console_router(
 
     @api.get("/api/stats", dependencies=list(read))
     async def stats() -> Response:
-        r = get_router()
-        changes.observe(r.list_routes())
+        routes = get_router().list_routes()
+        changes.observe(routes)
         return _json(
             {
                 **live.figures(),
                 "queue_depth": metrics.queue_depth.value,
                 "in_flight": max(metrics.in_flight.value - 1, 0.0),  # not this request
-                "routes": len(r),
-                "utterances": sum(len(route.utterances) for route in r.list_routes()),
+                "routes": len(routes),
+                "utterances": sum(len(route.utterances) for route in routes),
             }
         )
 
