@@ -314,14 +314,17 @@ async def test_batch_cost_is_refused_at_once_and_single_queries_pass_between_chu
         rec.gate.clear()
         rec.entered.clear()
         batch = asyncio.create_task(c.post("/route/batch", json={"queries": texts}))
-        while not rec.entered.is_set():
-            await asyncio.sleep(0)
+        assert await asyncio.to_thread(rec.entered.wait, LIMIT_S), "no chunk reached the model"
         busy = await c.post("/route/batch", json={"queries": ["hello"]})
         assert busy.status_code == 429
         assert "retry-after" in busy.headers
         single = asyncio.create_task(c.post("/route", json={"query": "my app crashes"}))
-        while r.worker.queue_depth < 1:
-            await asyncio.sleep(0)
+
+        async def queued() -> None:
+            while r.worker.queue_depth < 1:
+                await asyncio.sleep(0)
+
+        await asyncio.wait_for(queued(), LIMIT_S)  # a hang bound, not a pace
         rec.gate.set()
         assert (await batch).status_code == 200
         assert (await single).json()["route"] == "tech"
