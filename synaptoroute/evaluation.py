@@ -533,8 +533,8 @@ def evaluate_matches(
         if y_true[i] != y_pred[i]
     ]
     outcomes = np.where(y_true == NONE, 2, np.where(y_true == y_pred, 0, 1)).astype(np.int8)
-    candidates = [m.candidate for m in matches]
-    y_cand = label_indexes([c if c in set(names) else None for c in candidates], names)
+    known = set(names)  # once, not once per row
+    y_cand = label_indexes([m.candidate if m.candidate in known else None for m in matches], names)
     return EvaluationReport(
         figures=headline,
         per_route=per_route,
