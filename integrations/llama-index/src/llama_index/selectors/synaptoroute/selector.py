@@ -14,7 +14,6 @@ import asyncio
 import difflib
 import threading
 import warnings
-import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -167,6 +166,10 @@ def decide_selection(
     return SelectorResult(selections=[SingleSelection(index=index, reason=reason)])
 
 
+def _has_running_worker(router: AdaptiveRouter) -> bool:
+    return any(worker.running for worker in router.workers)
+
+
 def _phrase(name: str) -> str:
     return " ".join(name.replace("_", " ").replace("-", " ").split())
 
@@ -231,8 +234,7 @@ class SynaptorouteSelector(BaseSelector):
         self.max_choice_sets = max_choice_sets
         self._routers: OrderedDict[ChoiceKey, AdaptiveRouter] = OrderedDict()
         # Evicted routers may still have a batching worker running; aclose() stops them.
-        # Held weakly: a running worker keeps its router alive, an idle one is let go.
-        self._retired: weakref.WeakSet[AdaptiveRouter] = weakref.WeakSet()
+        self._retired: list[AdaptiveRouter] = []
         self._warned: set[str] = set()
         self._seen_names: set[str] = set()
         self._lock = threading.Lock()
@@ -377,7 +379,10 @@ class SynaptorouteSelector(BaseSelector):
                 self._routers[key] = router
                 while len(self._routers) > self.max_choice_sets:
                     _, evicted = self._routers.popitem(last=False)
-                    self._retired.add(evicted)
+                    # Kept for aclose() while a worker runs; the newest also while an
+                    # aselect may be about to start one. Idle ones are let go.
+                    self._retired = [r for r in self._retired if _has_running_worker(r)]
+                    self._retired.append(evicted)
             return router
 
     # -- selection -----------------------------------------------------------------
@@ -403,7 +408,7 @@ class SynaptorouteSelector(BaseSelector):
         """
         with self._lock:
             routers = [*self._retired, *self._routers.values()]
-            self._retired.clear()
+            self._retired = []
         for router in routers:
             await router.stop()
 
