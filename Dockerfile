@@ -19,7 +19,7 @@ RUN /opt/venv/bin/pip install --no-deps --no-build-isolation . \
     && /opt/venv/bin/pip check
 
 FROM python:3.11.14-slim-bookworm
-ARG VERSION=0.2.0
+ARG VERSION=0.2.1
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="synaptoroute" \
       org.opencontainers.image.description="A local semantic router: sends a text to one of several named routes by embedding similarity." \

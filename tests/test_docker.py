@@ -138,3 +138,9 @@ def test_oci_labels() -> None:
     labels = " ".join(arg for op, arg in instructions() if op == "LABEL")
     for key in ("title", "description", "version", "revision", "licenses"):
         assert f"org.opencontainers.image.{key}=" in labels
+
+
+def test_the_version_label_defaults_to_the_package_version() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    version = project["project"]["version"]
+    assert f"VERSION={version}" in [arg for op, arg in instructions() if op == "ARG"]
