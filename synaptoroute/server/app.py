@@ -53,6 +53,8 @@ from .guards import (
     HostGuardMiddleware,
     InternalErrorMiddleware,
     RateLimitMiddleware,
+    _json_error,
+    _never_receive,
 )
 from .metrics import CONTENT_TYPE, Gauge, ServiceMetrics
 from .negatives import negatives_router
@@ -171,16 +173,10 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, send: Send) -> None:
         self.metrics.rejections.inc(("body_too_large",))
-        response = JSONResponse(
-            {"detail": f"request body larger than {self.limit} bytes"},
-            status_code=413,
-            headers={"Connection": "close"},
+        response = _json_error(
+            413, f"request body larger than {self.limit} bytes", {"Connection": "close"}
         )
         await response({"type": "http"}, _never_receive, send)
-
-
-async def _never_receive() -> Message:
-    return {"type": "http.disconnect"}
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
@@ -230,10 +226,6 @@ class MetricsMiddleware:
 
 
 # -- errors ------------------------------------------------------------------------
-def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-
-
 def _allowed_methods(request: Request) -> list[str]:
     methods: set[str] = set()
     for route in request.app.routes:
@@ -261,7 +253,7 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
             {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
             for e in exc.errors()
         ]
-        return _error(422, detail)
+        return _json_error(422, detail)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -271,12 +263,12 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
             # FastAPI answers 400 when a body cannot be decoded at all (bad UTF-8, or
             # nesting too deep): to a client that is just more bad JSON.
             detail = [{"loc": ["body"], "msg": "body is not valid JSON", "type": "json_invalid"}]
-            return _error(422, detail)
+            return _json_error(422, detail)
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             # Starlette names only the first route that matched the path; list them all.
             headers["Allow"] = ", ".join(_allowed_methods(request))
-        return _error(exc.status_code, exc.detail, headers or None)
+        return _json_error(exc.status_code, exc.detail, headers or None)
 
     async def invalid_value(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ValidationError)
@@ -284,43 +276,43 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
             {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
             for e in exc.errors(include_url=False, include_input=False)
         ]
-        return _error(422, detail)
+        return _json_error(422, detail)
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return _error(404, str(exc))
+        return _json_error(404, str(exc))
 
     async def exists(request: Request, exc: Exception) -> JSONResponse:
-        return _error(409, str(exc))
+        return _json_error(409, str(exc))
 
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
-        return _error(422, str(exc))
+        return _json_error(422, str(exc))
 
     async def overloaded(request: Request, exc: Exception) -> JSONResponse:
         rejections.inc(("overloaded",))
-        return _error(503, "the router is overloaded; retry later", retry)
+        return _json_error(503, "the router is overloaded; retry later", retry)
 
     async def timed_out(request: Request, exc: Exception) -> JSONResponse:
         rejections.inc(("timeout",))
-        return _error(503, "no answer within the request timeout; retry later", retry)
+        return _json_error(503, "no answer within the request timeout; retry later", retry)
 
     async def closed(request: Request, exc: Exception) -> JSONResponse:
         rejections.inc(("shutting_down",))
-        return _error(503, "the service is starting or stopping; retry later", retry)
+        return _json_error(503, "the service is starting or stopping; retry later", retry)
 
     async def storage(request: Request, exc: Exception) -> JSONResponse:
         # Every store change is one transaction: a failed one changed nothing, and the
         # store may well take the retry (a lock held too long, a database restarting).
         log.error("store error", exc_info=exc)
         rejections.inc(("store_unavailable",))
-        return _error(503, "the store could not be updated; nothing was changed", retry)
+        return _json_error(503, "the store could not be updated; nothing was changed", retry)
 
     async def mismatch(request: Request, exc: Exception) -> JSONResponse:
-        return _error(409, str(exc))
+        return _json_error(409, str(exc))
 
     async def admission(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AdmissionError)
         rejections.inc(("too_costly" if exc.status == 413 else "busy",))
-        return _error(exc.status, exc.detail, retry if exc.status == 429 else None)
+        return _json_error(exc.status, exc.detail, retry if exc.status == 429 else None)
 
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(HTTPException, http_error)

@@ -22,7 +22,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -58,7 +58,7 @@ def text_cost(text: str) -> int:
     return min(len(text), MAX_TEXT_COST) + TEXT_COST_OVERHEAD
 
 
-def _json_error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _json_error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
