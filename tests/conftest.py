@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clinc import split
 
-from synaptoroute import Encoder
+from synaptoroute import AdaptiveRouter, Encoder, SQLiteStorage
+from synaptoroute.fitting import routes_from_labelled
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -37,6 +39,21 @@ def clinc_train() -> list[dict[str, str | None]]:
 def clinc_val() -> list[dict[str, str | None]]:
     """The same 20 intents x 20 val rows, plus 40 out-of-scope rows (label None)."""
     return load_rows("clinc150_val_slice.jsonl")
+
+
+@pytest.fixture(scope="session")
+def clinc_store(
+    tmp_path_factory: pytest.TempPathFactory,
+    encoder: Encoder,
+    clinc_train: list[dict[str, str | None]],
+) -> Path:
+    """A SQLite store holding one route per intent of the train slice, encoded once per
+    session; tests copy the file before opening a router on it."""
+    path = tmp_path_factory.mktemp("clinc") / "routes.db"
+    router = AdaptiveRouter(encoder, SQLiteStorage(path))
+    router.add_routes(routes_from_labelled(*split(clinc_train)))
+    router.close()
+    return path
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clinc import Rows, split
 
 from synaptoroute import (
     AdaptiveRouter,
@@ -40,8 +41,6 @@ from synaptoroute.fitting import (
     routes_from_labelled,
 )
 
-Rows = list[dict[str, str | None]]
-
 
 class CountingEncoder:
     """The real encoder, recording every text it is asked to encode."""
@@ -63,29 +62,13 @@ class CountingEncoder:
         return self.inner.encode(texts)
 
 
-def split(rows: Rows) -> tuple[list[str], list[str | None]]:
-    return [str(r["text"]) for r in rows], [r["label"] for r in rows]
-
-
-@pytest.fixture(scope="module")
-def base_store(
-    tmp_path_factory: pytest.TempPathFactory, encoder: Encoder, clinc_train: Rows
-) -> Path:
-    """A store holding one route per intent of the train slice (encoded once)."""
-    path = tmp_path_factory.mktemp("fit") / "routes.db"
-    router = AdaptiveRouter(encoder, SQLiteStorage(path))
-    router.add_routes(routes_from_labelled(*split(clinc_train)))
-    router.close()
-    return path
-
-
 @pytest.fixture
 def open_router(
-    base_store: Path, tmp_path: Path, encoder: Encoder
+    clinc_store: Path, tmp_path: Path, encoder: Encoder
 ) -> Iterator[Callable[..., AdaptiveRouter]]:
-    """Open a router on a private copy of the base store (same file on each call)."""
+    """Open a router on a private copy of the session's store (same file on each call)."""
     path = tmp_path / "routes.db"
-    shutil.copy(base_store, path)
+    shutil.copy(clinc_store, path)
     opened: list[AdaptiveRouter] = []
 
     def make(**kwargs: object) -> AdaptiveRouter:

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from clinc import Rows, split
 from pydantic import SecretStr
 
 from synaptoroute import AdaptiveRouter, Encoder, Route, SQLiteStorage
@@ -31,7 +32,6 @@ from synaptoroute.lexical import LexicalIndex, text_features
 from synaptoroute.models import NEGATIVES_ROUTE
 from synaptoroute.server import ServerSettings, create_app
 
-Rows = list[dict[str, str | None]]
 KEY = "negatives-test-key"
 
 # Routes told apart only by a product code: each route's utterances use their own
@@ -54,26 +54,10 @@ TEMPLATES = [
 CODES = ["kx-1470-zq88-mm31", "kx-2583-pw41-tt72", "kx-3691-rb19-ha55", "kx-4702-lc63-dv04"]
 
 
-def split(rows: Rows) -> tuple[list[str], list[str | None]]:
-    return [str(r["text"]) for r in rows], [r["label"] for r in rows]
-
-
-@pytest.fixture(scope="module")
-def base_store(
-    tmp_path_factory: pytest.TempPathFactory, encoder: Encoder, clinc_train: Rows
-) -> Path:
-    """A store holding one route per intent of the train slice (encoded once)."""
-    path = tmp_path_factory.mktemp("hybrid") / "routes.db"
-    router = AdaptiveRouter(encoder, SQLiteStorage(path))
-    router.add_routes(routes_from_labelled(*split(clinc_train)))
-    router.close()
-    return path
-
-
 @pytest.fixture
-def store(base_store: Path, tmp_path: Path) -> Path:
+def store(clinc_store: Path, tmp_path: Path) -> Path:
     path = tmp_path / "routes.db"
-    shutil.copy(base_store, path)
+    shutil.copy(clinc_store, path)
     return path
 
 
@@ -285,7 +269,7 @@ def test_each_scorer_decides_as_fitting_predicted(
 
 
 def test_default_objective_rejects_more_out_of_scope_than_accuracy(
-    base_store: Path,
+    clinc_store: Path,
     tmp_path: Path,
     encoder: Encoder,
     opened: list[AdaptiveRouter],
@@ -295,7 +279,7 @@ def test_default_objective_rejects_more_out_of_scope_than_accuracy(
     recalls = {}
     for objective in ("auto", "accuracy"):
         path = tmp_path / f"{objective}.db"
-        shutil.copy(base_store, path)
+        shutil.copy(clinc_store, path)
         router = open_at(path, encoder, opened)
         report = router.fit(*split(clinc_train), objective=objective, head=False)
         assert report.objective == ("balanced" if objective == "auto" else "accuracy")
