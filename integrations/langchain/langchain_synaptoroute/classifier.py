@@ -9,7 +9,7 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from pydantic import ConfigDict, Field
 from typing_extensions import override
 
-from synaptoroute import AdaptiveRouter, InvalidInputError, RouteMatch
+from synaptoroute import AdaptiveRouter, RouteMatch
 
 from ._inputs import (
     TextExtractor,
@@ -185,14 +185,8 @@ class SynaptorouteClassifier(_Classifying[RouteMatch]):
         """
         from .langgraph import SynaptorouteEdge
 
-        if self.threshold is not None:
-            msg = (
-                "as_path() follows the router's thresholds and cannot apply this "
-                "classifier's threshold=; set it on the routes instead"
-            )
-            raise InvalidInputError(msg)
         return SynaptorouteEdge(
-            self.router,
+            self,
             default=default,
             routes=routes,
             input_key=self.input_key,

@@ -123,6 +123,12 @@ class _Routing:
         timeout: float | None,
         kind: str,
     ) -> None:
+        if not isinstance(router, AdaptiveRouter) and router.threshold is not None:
+            msg = (
+                f"{kind} follows the router's thresholds and cannot apply the "
+                f"{type(router).__name__}'s threshold=; set it on the routes instead"
+            )
+            raise InvalidInputError(msg)
         core = router if isinstance(router, AdaptiveRouter) else router.router
         mapping = dict(routes or {})
         unknown = [name for name in mapping if name not in core]
@@ -274,6 +280,8 @@ class SynaptorouteEdge(_Path, RunnableLambda[Any, str]):
 
         Raises:
             RouteNotFoundError: ``routes`` names a route the router lacks.
+            InvalidInputError: ``router`` is a wrapper with a ``threshold``, which
+                the graph helpers cannot apply (they follow the router's thresholds).
         """
         self.routing = _Routing(router, default, routes, input_key, text_extractor, timeout, name)
         routing = self.routing

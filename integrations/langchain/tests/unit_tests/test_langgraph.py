@@ -391,3 +391,6 @@ def test_classifier_as_path_replaces_the_keyerror_call(adaptive_router: Adaptive
     assert app.invoke(_ask("who won the world cup"))["seen"] == ["general"]
     with pytest.raises(InvalidInputError, match="threshold"):
         classifier.model_copy(update={"threshold": 0.3}).as_path()
+    # Every helper refuses a wrapper's threshold rather than silently dropping it.
+    with pytest.raises(InvalidInputError, match="threshold"):
+        SynaptorouteFanOut(classifier.model_copy(update={"threshold": 0.3}))
