@@ -22,14 +22,12 @@ class CommandNode:
 
     Attributes:
         path: the words that reach it, e.g. ``("routes", "add")``; ``()`` for the program.
-        help: the one-line help shown for it by its parent.
         subcommands: sub-command name to help line, in the parser's order.
         options: every long (else short) option string, with its help line.
         choices: the values of its first positional argument with fixed choices.
     """
 
     path: tuple[str, ...]
-    help: str = ""
     subcommands: dict[str, str] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
     choices: tuple[str, ...] = ()
@@ -46,26 +44,26 @@ def command_tree(parser: argparse.ArgumentParser) -> list[CommandNode]:
     """
     nodes: list[CommandNode] = []
 
-    def walk(p: argparse.ArgumentParser, path: tuple[str, ...], help_line: str) -> None:
-        node = CommandNode(path=path, help=help_line)
+    def walk(p: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
+        node = CommandNode(path=path)
         nodes.append(node)
-        children: list[tuple[str, argparse.ArgumentParser, str]] = []
+        children: list[tuple[str, argparse.ArgumentParser]] = []
         for action in p._actions:
             if isinstance(action, argparse._SubParsersAction):
                 helps = {a.dest: a.help or "" for a in action._choices_actions}
                 for name, child in action.choices.items():
                     node.subcommands[name] = helps.get(name, "")
-                    children.append((name, child, helps.get(name, "")))
+                    children.append((name, child))
             elif action.option_strings:
                 longs = [o for o in action.option_strings if o.startswith("--")]
                 for option in longs or action.option_strings[:1]:
                     node.options[option] = action.help or ""
             elif action.choices and not node.choices:
                 node.choices = tuple(str(c) for c in action.choices)
-        for name, child, child_help in children:
-            walk(child, (*path, name), child_help)
+        for name, child in children:
+            walk(child, (*path, name))
 
-    walk(parser, (), parser.description or "")
+    walk(parser, ())
     return nodes
 
 
