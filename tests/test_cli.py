@@ -285,19 +285,18 @@ def test_forced_progress_counts_every_text(
 ) -> None:
     routes_file, groups = clinc_routes
     total = sum(len(v) for v in groups.values())
-    code, out, _ = run(
-        capsys, "routes", "add", "--file", str(routes_file), "--store", store, "--progress"
-    )
+    argv = ["routes", "add", "--file", str(routes_file), "--store", store, "--progress"]
+    code, out, _ = run(capsys, *argv)
     assert code == 0
     assert len(bars) == 1
     assert (bars[0].total, bars[0].n, bars[0].desc) == (total, total, "encoding")
     assert len(out.splitlines()) == len(groups)
     assert stored_routes(store) == groups
     # Nothing to encode the second time: the bar opens and stays at zero.
-    code, out, _ = run(
-        capsys, "routes", "add", "--file", str(routes_file), "--store", store, "--json"
-    )
+    code, out, _ = run(capsys, *argv, "--json")
     assert len(json.loads(out)["unchanged"]) == len(groups)
+    assert len(bars) == 2
+    assert bars[1].n == 0
 
 
 @pytest.mark.parametrize("flag", [None, "--no-progress", "-q"])
