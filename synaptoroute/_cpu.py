@@ -14,6 +14,7 @@ The smaller of the quota and the affinity count wins.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from .exceptions import InvalidInputError
 
-__all__ = ["THREADS_ENV", "available_cpus", "cgroup_cpu_limit"]
+__all__ = ["THREADS_ENV", "available_cpus", "cgroup_cpu_limit", "process_cpus"]
 
 THREADS_ENV = "SYNAPTOROUTE_THREADS"
 
@@ -143,3 +144,17 @@ def available_cpus(
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
     return cpus
+
+
+@functools.lru_cache(maxsize=1)
+def process_cpus() -> int:
+    """:func:`available_cpus` of this process, read once: the thread count of the BLAS
+    product over a large index, of the int8 and approximate-graph builds and of a fit.
+
+    A bad ``SYNAPTOROUTE_THREADS`` is ignored here (the encoder refuses it), so a
+    query never fails on it.
+    """
+    try:
+        return available_cpus()
+    except InvalidInputError:
+        return available_cpus({})

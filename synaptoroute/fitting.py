@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from ._cpu import process_cpus
 from .decision import (
     KNN_K,
     Calibrator,
@@ -1347,7 +1347,7 @@ def _fit_threads(router: AdaptiveRouter, rows: int, head: bool) -> AbstractConte
     threads = router.blas_threads
     if threads is None:
         size = max(len(router._index), rows)
-        threads = 1 if size < _BLAS_PARALLEL_ROWS else (os.cpu_count() or 1)
+        threads = 1 if size < _BLAS_PARALLEL_ROWS else process_cpus()
     return threadpool_limits(limits=threads, user_api="blas")  # type: ignore[no-any-return]
 
 

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from ._cpu import process_cpus
+
 if TYPE_CHECKING:
     from .ann import AnnGraph
 
@@ -207,7 +209,7 @@ def _blocks(rows: NDArray[np.float32], size: int = 65_536) -> Iterator[NDArray[n
 
 def _build_int8(rows: NDArray[np.float32]) -> Int8Scan | None:
     try:
-        return Int8Scan(rows, threads=1 if len(rows) < 20_000 else (os.cpu_count() or 1))
+        return Int8Scan(rows, threads=1 if len(rows) < 20_000 else process_cpus())
     except Exception:  # no int8 kernel here: the float32 product still gives the answer
         _log.warning("int8 pre-filter unavailable; scoring in float32", exc_info=True)
         return None
@@ -827,7 +829,7 @@ class RouteIndex:
     def _build_ann(self, rows: NDArray[np.float32], generation: int) -> None:
         from .ann import AnnGraph, content_key
 
-        graph = AnnGraph.build(rows, threads=os.cpu_count() or 1)
+        graph = AnnGraph.build(rows, threads=process_cpus())
         with self._lock:
             if generation != self._int8_generation:
                 return

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 import numpy as np
 from numpy.typing import NDArray
 
+from ._cpu import process_cpus
 from .batching import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_SIZE,
@@ -552,7 +553,7 @@ class AdaptiveRouter:
         snapshot = self._index.snapshot() if snapshot is None else snapshot
         threads = self.blas_threads
         if threads is None:
-            threads = 1 if len(snapshot.matrix) < _BLAS_PARALLEL_ROWS else (os.cpu_count() or 1)
+            threads = 1 if len(snapshot.matrix) < _BLAS_PARALLEL_ROWS else process_cpus()
         limit = _blas_limit(threads) if len(vectors) and snapshot.blas_rows else nullcontext()
         with limit:
             return snapshot, snapshot.score(vectors, k)

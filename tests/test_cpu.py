@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from synaptoroute import InvalidInputError, _cpu
-from synaptoroute._cpu import THREADS_ENV, available_cpus, cgroup_cpu_limit
+from synaptoroute._cpu import THREADS_ENV, available_cpus, cgroup_cpu_limit, process_cpus
 
 
 def write(path: Path, text: str) -> None:
@@ -113,6 +113,17 @@ def test_a_bad_environment_variable_is_refused(value: str) -> None:
 def test_the_real_machine_gives_a_usable_count() -> None:
     cpus = available_cpus({})
     assert 1 <= cpus <= (os.cpu_count() or 1)
+
+
+def test_the_index_and_blas_count_ignores_a_bad_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Read once for the BLAS product, the int8/graph builds and fits: a query never
+    # fails on the variable (the encoder refuses it instead).
+    process_cpus.cache_clear()
+    monkeypatch.setenv(THREADS_ENV, "zero")
+    try:
+        assert process_cpus() == available_cpus({})
+    finally:
+        process_cpus.cache_clear()
 
 
 def test_the_encoder_defaults_to_available_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
