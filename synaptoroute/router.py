@@ -163,7 +163,7 @@ class AdaptiveRouter:
             ``DEFAULT_CACHE_BYTES`` of keys and vectors; keyed by the text the encoder
             reads, so long queries cost no more than their first tokens).
         blas_threads: BLAS threads for the similarity product; ``None`` picks 1
-            under 20,000 utterances and all cores above.
+            under 20,000 utterances and, above, the CPUs the process may use (cgroup quota).
         reencode: if the store's vectors come from another model, re-encode them
             with this encoder (otherwise :class:`ModelMismatchError`).
         max_batch_size, max_wait_ms, max_queue_size: the async batching worker of
