@@ -534,19 +534,18 @@ def decide(
     """
     if len(scores.route_ids) == 0:
         return empty_match("no_routes")
-    if NEGATIVES_ROUTE in snapshot.names:
-        first = snapshot.names[int(scores.route_ids[0])]
-        if first == NEGATIVES_ROUTE:
-            row = int(scores.nearest_rows[0])
-            return RouteMatch(
-                name=None,
-                score=float(scores.scores[0]),
-                reason="negative_example",
-                nearest_utterance=snapshot.texts[row] if row >= 0 else None,
-            )
-        scores = without_negatives(scores, snapshot)
-        if len(scores.route_ids) == 0:
-            return empty_match("no_routes")
+    # O(k) in the ranked routes, never O(routes): this runs for every query.
+    if snapshot.names[int(scores.route_ids[0])] == NEGATIVES_ROUTE:
+        row = int(scores.nearest_rows[0])
+        return RouteMatch(
+            name=None,
+            score=float(scores.scores[0]),
+            reason="negative_example",
+            nearest_utterance=snapshot.texts[row] if row >= 0 else None,
+        )
+    scores = without_negatives(scores, snapshot)
+    if len(scores.route_ids) == 0:
+        return empty_match("no_routes")
     head = policy.head
     if head is not None and vector is not None:
         k = min(head.top_k, len(scores.route_ids))
@@ -629,12 +628,12 @@ def _decide_by_head(
 
 def without_negatives(scores: RouteScores, snapshot: Snapshot) -> RouteScores:
     """``scores`` without the negative examples' route (if it is among them)."""
-    keep = np.array(
-        [snapshot.names[int(r)] != NEGATIVES_ROUTE for r in scores.route_ids], dtype=bool
-    )
-    if keep.all():
+    names = snapshot.names
+    keep = [names[r] != NEGATIVES_ROUTE for r in scores.route_ids.tolist()]
+    if all(keep):
         return scores
-    return RouteScores(scores.route_ids[keep], scores.scores[keep], scores.nearest_rows[keep])
+    mask = np.array(keep, dtype=bool)
+    return RouteScores(scores.route_ids[mask], scores.scores[mask], scores.nearest_rows[mask])
 
 
 def knn_similarity(snapshot: Snapshot, vector: NDArray[np.float32], k: int = KNN_K) -> float:
