@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 import time
 import warnings
 
@@ -72,6 +73,16 @@ def measure(
     return percentile(single, 50), percentile(single, 99), asyncio.run(burst())
 
 
+def accelerator() -> str:
+    """The GPUs as ``nvidia-smi`` names them (the machine line names only the CPU)."""
+    query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+    try:
+        out = subprocess.run(query, capture_output=True, text=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no nvidia-smi)"
+    return "; ".join(line.strip() for line in out.stdout.splitlines() if line.strip())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     add_data_argument(parser)
@@ -92,7 +103,8 @@ def main() -> None:
     lines = [
         SECTION,
         "",
-        f"Command: `python benchmarks/gpu.py --device {args.device}`. Machine: {machine}.",
+        f"Command: `python benchmarks/gpu.py --device {args.device}`. Machine: {machine}; "
+        f"accelerator: {accelerator()}.",
         "",
         "| batch size | 1 query p50 (ms) | 1 query p99 (ms) | 1,000 concurrent (queries/s) |",
         "|---|---|---|---|",
