@@ -185,9 +185,12 @@ class LinearHead:
     scorer: str = "max_prob"
     ood: Mapping[str, NDArray[np.float32]] = field(default_factory=dict)
     _columns: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    # ``ood`` in float64, converted once here rather than on every query.
+    _ood64: dict[str, NDArray[np.float64]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._columns.update({name: i for i, name in enumerate(self.classes)})
+        self._ood64.update({k: np.asarray(v, dtype=np.float64) for k, v in self.ood.items()})
 
     def columns_of(self, names: Sequence[str | None]) -> NDArray[np.int64] | None:
         """Column of each route name, or ``None`` if any is unknown to the head."""
@@ -238,11 +241,9 @@ class LinearHead:
 
     def mahalanobis(self, vectors: NDArray[np.float32]) -> NDArray[np.float64]:
         """Minus the squared Mahalanobis distance to the nearest route mean."""
+        ood = self._ood64
         return mahalanobis_score(
-            vectors,
-            self.ood["precision"],
-            self.ood["projected_means"],
-            self.ood["mean_terms"],
+            vectors, ood["precision"], ood["projected_means"], ood["mean_terms"]
         )
 
     def to_state(self) -> dict[str, Any]:
@@ -331,8 +332,9 @@ def ood_score(
     if scorer == "knn":
         return knn64
     feats = scorer_features(prob, energy, nearest, head.mahalanobis(vectors), knn64)
-    feats = (feats - head.ood["center"]) / head.ood["scale"]
-    weights = np.asarray(head.ood["combination"], dtype=np.float64)
+    ood = head._ood64
+    feats = (feats - ood["center"]) / ood["scale"]
+    weights = ood["combination"]
     out: NDArray[np.float64] = feats @ weights[:-1] + weights[-1]
     return out
 
