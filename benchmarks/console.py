@@ -160,14 +160,18 @@ def first_load(url: str, loads: int) -> dict[str, Any]:
     }
 
 
-def round_trips(url: str, path: str, bodies: list[dict[str, Any]]) -> list[float]:
-    """Sequential keep-alive POSTs; each one's wall time in ms."""
-    out = []
+def round_trips(url: str, requests: list[tuple[str, dict[str, Any]]]) -> dict[str, list[float]]:
+    """Sequential keep-alive POSTs of ``(path, body)``; each one's wall time in ms, by path.
+
+    Give the paths interleaved, so the server's warm-up and the machine's load hit
+    every path alike.
+    """
+    out: dict[str, list[float]] = {}
     with httpx.Client(base_url=url, timeout=60) as client:
-        for body in bodies:
+        for path, body in requests:
             start = time.perf_counter()
             response = client.post(path, json=body)
-            out.append((time.perf_counter() - start) * 1000.0)
+            out.setdefault(path, []).append((time.perf_counter() - start) * 1000.0)
             response.raise_for_status()
     return out
 
@@ -203,11 +207,17 @@ def main() -> None:
         try:
             val = [e.text for e in load_split("clinc150", "val", args.data)]
             half = args.queries
-            # Different texts for each endpoint, so neither answers from the other's cache.
-            try_ms = round_trips(served.url, "/console/api/try", [{"query": t} for t in val[:half]])
-            route_ms = round_trips(
-                served.url, "/route", [{"query": t} for t in val[half : 2 * half]]
+            # Different texts for each endpoint, so neither answers from the other's cache;
+            # the two endpoints alternate.
+            timed = round_trips(
+                served.url,
+                [
+                    (path, {"query": text})
+                    for pair in zip(val[:half], val[half : 2 * half], strict=True)
+                    for path, text in zip(("/console/api/try", "/route"), pair, strict=True)
+                ],
             )
+            try_ms, route_ms = timed["/console/api/try"], timed["/route"]
             with httpx.Client(base_url=served.url, timeout=60) as client:
                 start = time.perf_counter()
                 first = client.post("/console/api/map", json={"query": val[0]})
