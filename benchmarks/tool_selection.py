@@ -27,7 +27,14 @@ from collections.abc import Sequence
 from time import perf_counter
 from typing import Any
 
-from common import add_data_argument, by_label, load_split, machine_info, replace_section
+from common import (
+    add_data_argument,
+    by_label,
+    load_split,
+    machine_info,
+    percentile,
+    replace_section,
+)
 from langchain_core.tools import BaseTool, StructuredTool
 from langchain_synaptoroute import SynaptorouteToolSelectorMiddleware
 
@@ -69,12 +76,11 @@ def measure(
         times.append((perf_counter() - start) * 1000.0)
         for k in RECALL_AT:
             hits[k] += intent in chosen[:k]
-    times.sort()
     n = len(rows)
     return {
         "recall": {k: hits[k] / n for k in RECALL_AT},
-        "p50_ms": times[n // 2],
-        "p99_ms": times[min(n - 1, int(n * 0.99))],
+        "p50_ms": percentile(times, 50),
+        "p99_ms": percentile(times, 99),
         "build_s": build_s,
         "rows": n,
     }
