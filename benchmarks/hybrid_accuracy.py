@@ -43,6 +43,7 @@ from common import (
     encode_cached,
     load_split,
     machine_info,
+    percentile,
 )
 
 from synaptoroute.encoder import Encoder
@@ -248,7 +249,7 @@ def section_latency(data: str | None, cache: str | None, out: dict[str, Any]) ->
                 start = time.perf_counter()
                 router.query(q)
                 times[hybrid].append((time.perf_counter() - start) * 1000)
-    p50 = {k: float(np.percentile(v, 50)) for k, v in times.items()}
+    p50 = {k: percentile(v, 50) for k, v in times.items()}
     out["latency_10k"] = {
         "utterances": len(router._index),
         "p50_ms_hybrid": p50[True],
