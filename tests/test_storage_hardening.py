@@ -264,17 +264,22 @@ import sys
 import numpy as np
 from synaptoroute import Route, SQLiteStorage
 from synaptoroute.storage import ModelInfo, StoredRoute
+from pathlib import Path
 store = SQLiteStorage(sys.argv[1])
+stop = Path(sys.argv[2])
 model = ModelInfo("m", 4)
 print("ready", flush=True)
-for i in range(int(sys.argv[2])):
+# Until the parent has done its loads (the bound only guards against a hang).
+for i in range(1_000_000):
+    if stop.exists():
+        break
     # Delete and re-create both routes: with reused ids and separate reads, a reader
     # would see "hot" with no utterances or with "cold"'s.
     for name, value in (("hot", 1.0), ("cold", 2.0)):
         store.delete_route(name)
         route = Route(name=name, utterances=[f"{name} a", f"{name} b"])
         store.put_routes([StoredRoute(route, np.full((2, 4), value, np.float32))], model)
-print("done", flush=True)
+print(i, flush=True)
 """
 
 
@@ -284,26 +289,28 @@ def test_loads_are_consistent_snapshots_while_another_process_writes(tmp_path: P
     for name, value in (("hot", 1.0), ("cold", 2.0)):
         route = Route(name=name, utterances=[f"{name} a", f"{name} b"])
         store.put_routes([StoredRoute(route, np.full((2, 4), value, np.float32))], MODEL)
+    stop = tmp_path / "stop"
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHURN_SCRIPT, str(path), "300"],
+        [sys.executable, "-c", _CHURN_SCRIPT, str(path), str(stop)],
         stdout=subprocess.PIPE,
         text=True,
     )
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "ready"
-    loads = 0
     try:
-        while child.poll() is None and loads < 5_000:
+        # The child churns until told to stop: every load overlaps its writes,
+        # however the two processes are scheduled.
+        for _ in range(2_000):
             for item in store.load():
                 name = item.route.name
                 expected = 1.0 if name == "hot" else 2.0
                 assert item.route.utterances == [f"{name} a", f"{name} b"]
                 assert item.vectors.tolist() == [[expected] * 4] * 2
-            loads += 1
     finally:
+        stop.touch()
         child.wait(LIMIT_S * 2)
     assert child.returncode == 0
-    assert loads > 0
+    assert int(child.stdout.read()) < 999_999  # stopped by the parent, not by its bound
 
 
 @pytest.mark.parametrize(
