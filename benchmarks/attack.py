@@ -33,7 +33,6 @@ import json
 import os
 import resource
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
-from common import machine_info
+from common import machine_info, percentile
 
 HOST, OTHER = "127.0.0.1", "127.0.0.2"
 
@@ -221,14 +220,13 @@ async def run_one(
     await asyncio.wait(tasks, timeout=120)
     await asyncio.sleep(2)  # let the server close what the attack left
     sampler.done.set()
-    ok = sorted(r for r in results if r is not None)
-    q = statistics.quantiles(ok, n=100) if len(ok) >= 2 else [float("nan")] * 99
+    ok = [r * 1000 for r in results if r is not None]
     return {
         "attack": name,
         "requests": len(results),
         "success": len(ok) / max(1, len(results)),
-        "p50_ms": q[49] * 1000,
-        "p99_ms": q[98] * 1000,
+        "p50_ms": percentile(ok, 50) if ok else float("nan"),
+        "p99_ms": percentile(ok, 99) if ok else float("nan"),
         "rss_before": before,
         "rss_peak": sampler.peak,
         "rss_after": rss_mb(pid),
