@@ -13,10 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,6 +21,7 @@ from typing import Any, NoReturn
 import httpx
 import numpy as np
 import pytest
+from threaded_server import ThreadedServer
 
 from synaptoroute import AdaptiveRouter, Encoder, Route
 from synaptoroute.datasets import DatasetError, parse_jsonl
@@ -67,42 +65,18 @@ BASE = [
 
 
 # -- a real service on 127.0.0.1 -----------------------------------------------------------
-class Service:
+class Service(ThreadedServer):
     """uvicorn serving ``create_app`` in a thread, on a port of its own."""
 
     def __init__(self, router: AdaptiveRouter, settings: ServerSettings) -> None:
-        import uvicorn
-
         self.router = router
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            create_app(settings, router=router), log_level="warning", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]})
-        self.thread.start()
-        deadline = time.monotonic() + LIMIT_S
-        while not self.server.started:  # bounded: the lifespan loads the model first
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                msg = "the service did not start"
-                raise RuntimeError(msg)
-            time.sleep(0.01)
-        self.sock = sock
+        super().__init__(create_app(settings, router=router))
 
     def reset(self, routes: list[Route]) -> None:
         """Put the router back to ``routes`` (the router is thread-safe)."""
         for name in self.router.route_names:
             self.router.delete_route(name)
         self.router.add_routes(routes)
-
-    def close(self) -> None:
-        """Stop uvicorn and wait for its thread."""
-        self.server.should_exit = True
-        self.thread.join(LIMIT_S)
-        self.sock.close()
 
 
 def _service(
@@ -119,7 +93,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Itera
     """The console with an API key: read-only without it."""
     svc, _, storage = _service(tmp_path_factory.mktemp("console"), encoder, api_key=KEY)
     yield svc
-    svc.close()
+    svc.stop()
     storage.close()
 
 
@@ -322,7 +296,7 @@ def test_console_can_be_turned_off_and_is_read_only_with_read_only(
         assert httpx.get(off.url + "/console/api/overview").status_code == 404
         assert httpx.get(off.url + "/readyz").status_code == 200
     finally:
-        off.close()
+        off.stop()
         storage.close()
     (tmp_path / "ro").mkdir()
     ro, _, storage = _service(tmp_path / "ro", encoder, read_only=True)
@@ -330,7 +304,7 @@ def test_console_can_be_turned_off_and_is_read_only_with_read_only(
         assert httpx.get(ro.url + "/console/api/overview").json()["access"] == "read_only"
         assert httpx.get(ro.url + "/console/api/access").status_code == 403
     finally:
-        ro.close()
+        ro.stop()
         storage.close()
 
 

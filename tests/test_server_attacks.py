@@ -17,7 +17,6 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,10 +25,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from encoder_doubles import GatedEncoder, WrappedEncoder
 from numpy.typing import NDArray
 from pydantic import SecretStr
+from threaded_server import ThreadedServer
 
 from synaptoroute import AdaptiveRouter, Encoder, Route, SQLiteStorage
 from synaptoroute.server import ServerSettings, create_app
@@ -55,33 +54,15 @@ class FailingEncoder(WrappedEncoder):
         return self.inner.encode(texts)
 
 
-class LiveServer:
+class LiveServer(ThreadedServer):
     """uvicorn serving the app in a thread, with the service's guarded protocol."""
 
     def __init__(self, router: AdaptiveRouter, settings: ServerSettings) -> None:
-        limits = ConnectionLimits.from_settings(settings)
-        sock = socket.socket()
-        sock.bind((HOST, 0))
-        self.port = int(sock.getsockname()[1])
-        self.url = f"http://{HOST}:{self.port}"
-        config = uvicorn.Config(
+        super().__init__(
             create_app(settings, router=router),
-            log_level="warning",
-            lifespan="on",
             timeout_keep_alive=settings.keep_alive_timeout,
-            http=guarded_protocol(limits),
+            http=guarded_protocol(ConnectionLimits.from_settings(settings)),
         )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]})
-        self.thread.start()
-        deadline = time.monotonic() + LIMIT_S
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(LIMIT_S)
 
     def connect(self, source: str = HOST) -> socket.socket:
         sock = socket.create_connection((HOST, self.port), LIMIT_S, (source, 0))
