@@ -38,6 +38,10 @@ def test_5000_concurrent_requests_all_answered_nothing_lost(tmp_path: Path) -> N
         "10000",
         "--max-connections-per-client",
         "10000",
+        # Nor about slow clients: a busy machine may accept a connection long before this
+        # client's loop, busy with 5,000 others, writes its request.
+        "--header-timeout",
+        str(BOUND_S),
         env={"SYNAPTOROUTE_API_KEY": KEY},
     )
     auth = {"Authorization": f"Bearer {KEY}"}
