@@ -281,7 +281,7 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
         return _json_error(404, str(exc))
 
-    async def exists(request: Request, exc: Exception) -> JSONResponse:
+    async def conflict(request: Request, exc: Exception) -> JSONResponse:
         return _json_error(409, str(exc))
 
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
@@ -306,9 +306,6 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
         rejections.inc(("store_unavailable",))
         return _json_error(503, "the store could not be updated; nothing was changed", retry)
 
-    async def mismatch(request: Request, exc: Exception) -> JSONResponse:
-        return _json_error(409, str(exc))
-
     async def admission(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AdmissionError)
         rejections.inc(("too_costly" if exc.status == 413 else "busy",))
@@ -318,12 +315,12 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(ValidationError, invalid_value)
     app.add_exception_handler(RouteNotFoundError, not_found)
-    app.add_exception_handler(RouteExistsError, exists)
+    app.add_exception_handler(RouteExistsError, conflict)
     app.add_exception_handler(InvalidInputError, invalid)
     app.add_exception_handler(RouterOverloadedError, overloaded)
     app.add_exception_handler(RouterTimeoutError, timed_out)
     app.add_exception_handler(RouterClosedError, closed)
-    app.add_exception_handler(ModelMismatchError, mismatch)
+    app.add_exception_handler(ModelMismatchError, conflict)
     app.add_exception_handler(StorageError, storage)
     app.add_exception_handler(AdmissionError, admission)
     # Any other exception: InternalErrorMiddleware (one traceback, connection kept).
