@@ -228,7 +228,13 @@ async def _partial_request(
 
 
 def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
-    srv = Server(tmp_path, "--max-batches-in-flight", "8")  # all eight batches admitted
+    srv = Server(
+        tmp_path,
+        *("--max-batches-in-flight", "8"),  # all eight batches admitted
+        # The partial request's body waits for the signal: bounded by LIMIT_S like every
+        # other wait here, not by the 30 s default meant for slow clients.
+        *("--body-timeout", str(LIMIT_S)),
+    )
     auth_free_change = httpx.put(
         f"{srv.url}/routes/music", json={"utterances": ["play some jazz"]}, timeout=60
     )
