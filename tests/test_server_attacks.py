@@ -108,7 +108,9 @@ def serve(router: AdaptiveRouter, **values: Any) -> LiveServer:
 
 # -- connections -----------------------------------------------------------------------
 def test_idle_connections_of_one_client_do_not_starve_others(router: AdaptiveRouter) -> None:
-    srv = serve(router, max_connections_per_client=20)
+    # The idle connections within the limit must outlive the test: bound their header
+    # timeout by LIMIT_S, not the 10 s default, so a slow machine cannot close them.
+    srv = serve(router, max_connections_per_client=20, header_timeout=LIMIT_S)
     try:
         idle = [srv.connect() for _ in range(200)]
         srv.still_serves()
@@ -128,7 +130,7 @@ def test_idle_connections_of_one_client_do_not_starve_others(router: AdaptiveRou
 
 
 def test_over_the_total_connection_limit_is_refused_not_queued(router: AdaptiveRouter) -> None:
-    srv = serve(router, max_connections=30, max_connections_per_client=1000)
+    srv = serve(router, max_connections=30, max_connections_per_client=1000, header_timeout=LIMIT_S)
     try:
         idle = [srv.connect() for _ in range(29)]
         with srv.client() as c:  # the thirtieth connection: still served
