@@ -203,9 +203,12 @@ class Storage(Protocol):
 
 
 def _check_vectors(texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo) -> None:
+    """Check utterances about to be written with their vectors (every backend calls it)."""
     if vectors.shape != (len(texts), model.dimension):
         msg = f"expected vectors of shape ({len(texts)}, {model.dimension}), got {vectors.shape}"
         raise StorageError(msg)
+    for text in texts:
+        _check_unicode(text, "utterance")
 
 
 class MemoryStorage:
@@ -253,8 +256,6 @@ class MemoryStorage:
     ) -> None:
         """Append utterances."""
         _check_vectors(texts, vectors, model)
-        for text in texts:
-            _check_unicode(text, "utterance")
         with self._lock:
             old = self._get(name)
             route = old.route.model_copy(update={"utterances": [*old.route.utterances, *texts]})
@@ -633,8 +634,6 @@ class SQLiteStorage:
     ) -> None:
         """Append utterances to a route in one transaction."""
         _check_vectors(texts, vectors, model)
-        for text in texts:
-            _check_unicode(text, "utterance")
 
         def body(tx: sqlite3.Connection) -> None:
             self._set_model(tx, model)

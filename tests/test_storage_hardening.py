@@ -81,6 +81,15 @@ def test_poison_metadata_is_refused_before_anything_is_written(
     assert [s.route.metadata for s in reopened.load()] == [{"ok": 1}]
 
 
+def test_an_utterance_that_is_not_unicode_is_refused_by_the_store(tmp_path: Path) -> None:
+    for store in (SQLiteStorage(tmp_path / "u.db"), MemoryStorage()):
+        ok = Route(name="x", utterances=["hello"])
+        store.put_routes([StoredRoute(ok, np.zeros((1, 4), np.float32))], MODEL)
+        with pytest.raises(InvalidInputError, match="lone surrogates"):
+            store.add_utterances("x", ["a\ud800b"], np.zeros((1, 4), np.float32), MODEL)
+        assert [s.route.utterances for s in store.load()] == [["hello"]]
+
+
 def test_metadata_at_the_limits_is_stored_and_read_back(tmp_path: Path) -> None:
     store = SQLiteStorage(tmp_path / "limits.db")
     deep = _nested(MAX_METADATA_DEPTH)
