@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, Route, SQLiteStorage
 from synaptoroute.server import ServerSettings, create_app
+from synaptoroute.server import app as app_module
 from synaptoroute.server.routes_file import (
     apply_routes,
     dump_routes,
@@ -716,3 +717,21 @@ async def test_lifespan_compiles_the_index_before_the_first_request(svc: Service
     # The fixture added the routes (lazily); the lifespan's start() compiled them.
     assert svc.router.index_stats.compiles == 1
     assert svc.router._index._snapshot is not None
+
+
+@pytest.mark.parametrize(("drain", "expected"), [(0.0, 0), (0.5, 1), (30.0, 30)])
+def test_run_hands_uvicorn_the_drain_timeout_rounded_up(
+    monkeypatch: pytest.MonkeyPatch, drain: float, expected: int
+) -> None:
+    import uvicorn
+
+    seen: list[object] = []
+
+    def capture(self: uvicorn.Server) -> None:
+        seen.append(self.config.timeout_graceful_shutdown)
+
+    monkeypatch.setattr(uvicorn.Server, "run", capture)
+    monkeypatch.setattr(app_module, "create_app", lambda settings: None)
+    with pytest.raises(SystemExit):  # the captured server never started
+        app_module.run(ServerSettings(drain_timeout=drain))
+    assert seen == [expected]  # never None: uvicorn reads that as "wait for ever"

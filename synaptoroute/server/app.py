@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import math
 import signal
 import threading
 import time
@@ -863,7 +864,8 @@ def run(settings: ServerSettings, *, access_log: bool = False) -> None:
         log_level=settings.log_level,
         access_log=access_log,
         lifespan="on",
-        timeout_graceful_shutdown=int(settings.drain_timeout) or None,
+        # uvicorn takes whole seconds (None: wait for ever); round up, keep 0 as 0.
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout),
         timeout_keep_alive=settings.keep_alive_timeout,
         http=guarded_protocol(limits),
         backlog=4096,
