@@ -2,8 +2,11 @@
 
 Continuous micro-batching: a lone request is processed at once (no fixed sleep).
 While one batch runs in a worker thread, the event loop keeps accepting requests;
-they queue up and form the next batch. The queue is bounded: past
-``max_queue_size`` a call is refused at once with :class:`RouterOverloadedError`.
+they queue up and form the next batch. The queue is bounded by what its requests cost
+the encoder as well as by their number: past ``max_queue_cost`` (characters the model
+reads, see :func:`text_cost`) or ``max_queue_size`` a call is refused at once with
+:class:`RouterOverloadedError`, and a batch is cut at ``max_batch_cost``, so one caller's
+long texts cannot hold the encoder for long while short queries wait.
 
 Lifecycle: a worker belongs to the event loop it was started on (the router keeps
 one worker per loop, so callers never see that). ``stop()`` resolves every pending
@@ -32,11 +35,16 @@ from .exceptions import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_BATCH_COST",
     "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_QUEUE_COST",
     "DEFAULT_MAX_QUEUE_SIZE",
     "DEFAULT_MAX_WAIT_MS",
+    "MAX_TEXT_COST",
+    "TEXT_COST_OVERHEAD",
     "BatchWorker",
     "WorkerStats",
+    "text_cost",
 ]
 
 #: Measured (benchmarks/async_serving.py): the encoder sorts a batch by token length,
@@ -48,6 +56,27 @@ DEFAULT_MAX_BATCH_SIZE = 512
 #: fill window only adds latency (measured no throughput gain at 8 or 1,000 callers).
 DEFAULT_MAX_WAIT_MS = 0.0
 DEFAULT_MAX_QUEUE_SIZE = 10_000
+#: Characters the default encoder reads of one text at most (256 tokens, cut first by
+#: characters, see ``Encoder.truncate``): a longer text costs no more.
+MAX_TEXT_COST = 4096
+#: Fixed cost of one text (tokenizer call, padding, the result), in characters.
+TEXT_COST_OVERHEAD = 16
+#: About as much encoder work as 10,000 typical queries; only ~240 texts of the
+#: longest kind, so a queue of long texts cannot grow into minutes of work.
+DEFAULT_MAX_QUEUE_COST = 1_000_000
+#: Above a full batch of typical queries (512 x ~50 characters), so short-query
+#: batching is untouched, while a batch of long texts is cut into several.
+DEFAULT_MAX_BATCH_COST = 32_768
+
+
+def text_cost(text: str) -> int:
+    """What one text costs the encoder, in characters (bounded by what it reads)."""
+    return min(len(text), MAX_TEXT_COST) + TEXT_COST_OVERHEAD
+
+
+def _unit_cost(_: object) -> int:
+    return 1
+
 
 Q = TypeVar("Q")
 T = TypeVar("T")
@@ -60,6 +89,7 @@ class WorkerStats:
 
     batches: int = 0
     items: int = 0
+    cost: int = 0  # summed cost of the requests taken into batches
     rejected: int = 0
     failed_batches: int = 0
     batch_sizes: list[int] = field(default_factory=list)  # the last 500-1,000 batch sizes
@@ -70,6 +100,8 @@ class BatchWorker(Generic[Q, T]):
 
     A request is whatever ``process`` takes: the router's are texts with, for top-k
     calls, how many routes to return, so every kind of call shares one encoder batch.
+    ``cost`` says what one request costs (the router's: :func:`text_cost`); queue and
+    batch are bounded in that unit as well as in requests.
 
     Args:
         process: a blocking function mapping a list of requests to one result each;
@@ -78,6 +110,11 @@ class BatchWorker(Generic[Q, T]):
         max_wait_ms: extra time to wait for a batch to fill once work is queued
             (0: never wait; a lone request goes at once).
         max_queue_size: queued requests beyond which calls are refused.
+        cost: the cost of one request (default: 1 each).
+        max_queue_cost: queued cost beyond which calls are refused (``None``: no bound
+            but ``max_queue_size``).
+        max_batch_cost: most cost handed to ``process`` at once (a request costing
+            more goes alone; ``None``: no bound but ``max_batch_size``).
     """
 
     def __init__(
@@ -87,16 +124,27 @@ class BatchWorker(Generic[Q, T]):
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        cost: Callable[[Q], int] = _unit_cost,
+        max_queue_cost: int | None = None,
+        max_batch_cost: int | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue_size < 1 or not max_wait_ms >= 0:
             msg = "max_batch_size and max_queue_size must be >= 1 and max_wait_ms >= 0"
             raise InvalidInputError(msg)
+        for name, bound in (("max_queue_cost", max_queue_cost), ("max_batch_cost", max_batch_cost)):
+            if bound is not None and (isinstance(bound, bool) or bound < 1):
+                msg = f"{name} must be None or >= 1, got {bound!r}"
+                raise InvalidInputError(msg)
         self._process = process
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
         self.max_queue_size = max_queue_size
+        self.cost = cost
+        self.max_queue_cost = max_queue_cost
+        self.max_batch_cost = max_batch_cost
         self.stats = WorkerStats()
         self._queue: deque[tuple[Q, asyncio.Future[T]]] = deque()
+        self._queued_cost = 0
         self._inflight: list[tuple[Q, asyncio.Future[T]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -135,6 +183,11 @@ class BatchWorker(Generic[Q, T]):
         """Texts waiting for a batch (not counting the one being processed)."""
         return len(self._queue)
 
+    @property
+    def queue_cost(self) -> int:
+        """The summed cost of the requests waiting for a batch."""
+        return self._queued_cost
+
     def _check_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         if (self.running or self.stopping) and self._loop is not loop:
             msg = (
@@ -154,7 +207,7 @@ class BatchWorker(Generic[Q, T]):
         if loop is not None and loop.is_closed():
             # Futures of a closed loop cannot be resolved (their callbacks would be
             # scheduled on it); their callers are gone with the loop.
-            self._queue.clear()
+            self._clear_queue()
             self._inflight = []
         self._task = self._stopper = None
         self._loop = None
@@ -234,13 +287,17 @@ class BatchWorker(Generic[Q, T]):
         pending: list[tuple[Q, asyncio.Future[T]]] = []
         if queued:
             pending.extend(self._queue)
-            self._queue.clear()
+            self._clear_queue()
         if inflight:
             pending.extend(self._inflight)
             self._inflight = []
         for _, fut in pending:
             if not fut.done():
                 fut.set_exception(RouterClosedError("the router was stopped before this call"))
+
+    def _clear_queue(self) -> None:
+        self._queue.clear()
+        self._queued_cost = 0
 
     # -- submitting ------------------------------------------------------------------
     async def submit(self, requests: Sequence[Q], timeout: float | None = None) -> list[T]:
@@ -250,8 +307,9 @@ class BatchWorker(Generic[Q, T]):
         in different batches.
 
         Raises:
-            InvalidInputError: more requests than the queue can ever hold
-                (``max_queue_size``): a retry cannot succeed, so this is no overload.
+            InvalidInputError: more requests, or more cost, than the queue can ever
+                hold (``max_queue_size``, ``max_queue_cost``): a retry cannot succeed,
+                so this is no overload.
             RouterOverloadedError: the queue cannot take them now; nothing was queued.
             RouterClosedError: the worker is stopping, or was stopped before serving them.
             RouterTimeoutError: ``timeout`` seconds passed first.
@@ -266,7 +324,7 @@ class BatchWorker(Generic[Q, T]):
                 "send them in smaller batches"
             )
             raise InvalidInputError(msg)
-        futures = self._enqueue(requests)
+        futures = self._enqueue(requests, self._check_cost(requests))
         if len(futures) == 1:
             return [await self._wait(futures[0], futures, timeout)]
         return list(await self._wait(asyncio.gather(*futures), futures, timeout))
@@ -274,10 +332,21 @@ class BatchWorker(Generic[Q, T]):
     async def submit_one(self, request: Q, timeout: float | None = None) -> T:
         """Queue one request and wait for its result; see :meth:`submit`."""
         _check_timeout(timeout)
-        futures = self._enqueue([request])
+        futures = self._enqueue([request], self._check_cost([request]))
         return await self._wait(futures[0], futures, timeout)
 
-    def _enqueue(self, requests: Sequence[Q]) -> list[asyncio.Future[T]]:
+    def _check_cost(self, requests: Sequence[Q]) -> int:
+        """The requests' summed cost; refused when no queue could ever take it."""
+        total = sum(self.cost(r) for r in requests)
+        if self.max_queue_cost is not None and total > self.max_queue_cost:
+            msg = (
+                f"these texts cost {total} (characters the model reads), more than the "
+                f"queue's {self.max_queue_cost} can ever hold; send fewer or shorter texts"
+            )
+            raise InvalidInputError(msg)
+        return total
+
+    def _enqueue(self, requests: Sequence[Q], cost: int) -> list[asyncio.Future[T]]:
         loop = asyncio.get_running_loop()
         self._ensure_started(loop)
         if len(self._queue) + len(requests) > self.max_queue_size:
@@ -287,8 +356,16 @@ class BatchWorker(Generic[Q, T]):
                 f"{len(requests)} more refused; retry later"
             )
             raise RouterOverloadedError(msg)
+        if self.max_queue_cost is not None and self._queued_cost + cost > self.max_queue_cost:
+            self.stats.rejected += len(requests)
+            msg = (
+                f"queue full: texts costing {self._queued_cost} of {self.max_queue_cost} "
+                f"queued, {cost} more refused; retry later"
+            )
+            raise RouterOverloadedError(msg)
         futures: list[asyncio.Future[T]] = [loop.create_future() for _ in requests]
         self._queue.extend(zip(requests, futures, strict=True))
+        self._queued_cost += cost
         assert self._wakeup is not None
         self._wakeup.set()
         return futures
@@ -316,11 +393,18 @@ class BatchWorker(Generic[Q, T]):
     # -- the worker ------------------------------------------------------------------
     def _take_batch(self) -> list[tuple[Q, asyncio.Future[T]]]:
         batch: list[tuple[Q, asyncio.Future[T]]] = []
-        queue = self._queue
+        queue, cost_of, limit = self._queue, self.cost, self.max_batch_cost
+        cost = 0
         while queue and len(batch) < self.max_batch_size:
-            item = queue.popleft()
-            if not item[1].done():  # skip callers that already gave up
-                batch.append(item)
+            c = cost_of(queue[0][0])
+            if batch and limit is not None and cost + c > limit:
+                break
+            request, fut = queue.popleft()
+            self._queued_cost -= c
+            if not fut.done():  # skip callers that already gave up
+                batch.append((request, fut))
+                cost += c
+        self.stats.cost += cost
         return batch
 
     async def _fill(self, wakeup: asyncio.Event) -> None:

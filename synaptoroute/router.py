@@ -22,10 +22,13 @@ from numpy.typing import NDArray
 
 from ._cpu import process_cpus
 from .batching import (
+    DEFAULT_MAX_BATCH_COST,
     DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_COST,
     DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_MAX_WAIT_MS,
     BatchWorker,
+    text_cost,
 )
 from .decision import (
     DecisionPolicy,
@@ -169,6 +172,10 @@ class AdaptiveRouter:
         max_batch_size, max_wait_ms, max_queue_size: the async batching worker of
             each event loop (defaults: the encoder's ``preferred_batch_size`` if it
             has one, else 512; 0; 10,000; see ``docs/async.md``).
+        max_queue_cost, max_batch_cost: the same worker's bounds in what texts cost
+            the encoder (:func:`~synaptoroute.batching.text_cost`: characters it
+            reads, plus 16 a text): queued cost beyond which calls are refused
+            (1,000,000) and most cost in one batch (32,768); ``None`` for no bound.
         index: ``"auto"`` searches an approximate HNSW graph (the ``ann`` extra) for
             the ``"max"`` aggregation from ``ann_threshold`` utterances on, and scores
             exactly below it or without the library; ``"exact"`` never uses the
@@ -201,6 +208,8 @@ class AdaptiveRouter:
         max_batch_size: int | None = None,
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        max_queue_cost: int | None = DEFAULT_MAX_QUEUE_COST,
+        max_batch_cost: int | None = DEFAULT_MAX_BATCH_COST,
         index: IndexKind = "auto",
         ann_threshold: int = DEFAULT_ANN_THRESHOLD,
         ann_cache: str | os.PathLike[str] | Literal[False] | None = None,
@@ -239,6 +248,9 @@ class AdaptiveRouter:
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
             max_queue_size=max_queue_size,
+            cost=_request_cost,
+            max_queue_cost=max_queue_cost,
+            max_batch_cost=max_batch_cost,
         )
         self._loop_workers: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, BatchWorker[_Request, _Answer]
@@ -665,6 +677,9 @@ class AdaptiveRouter:
                     max_batch_size=primary.max_batch_size,
                     max_wait_ms=primary.max_wait_ms,
                     max_queue_size=primary.max_queue_size,
+                    cost=_request_cost,
+                    max_queue_cost=primary.max_queue_cost,
+                    max_batch_cost=primary.max_batch_cost,
                 )
             self._loop_workers[loop] = worker
             return worker
@@ -876,6 +891,10 @@ class _Request(NamedTuple):
 
 #: What :meth:`AdaptiveRouter._answer` gives a request: a decision, or the k best routes.
 _Answer = RouteMatch | list[RouteMatch]
+
+
+def _request_cost(request: _Request) -> int:
+    return text_cost(request.text)
 
 
 def _top_k_request(text: str, k: int) -> _Request:

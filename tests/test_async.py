@@ -29,7 +29,14 @@ from synaptoroute import (
     RouterOverloadedError,
     RouterTimeoutError,
 )
-from synaptoroute.batching import BatchWorker
+from synaptoroute.batching import (
+    DEFAULT_MAX_BATCH_COST,
+    DEFAULT_MAX_QUEUE_COST,
+    MAX_TEXT_COST,
+    TEXT_COST_OVERHEAD,
+    BatchWorker,
+    text_cost,
+)
 from synaptoroute.exceptions import EventLoopMismatchError
 
 # Safety limit for every blocking wait; reaching it fails the test (it never paces it).
@@ -121,6 +128,11 @@ def only_this_task_left() -> bool:
     return asyncio.all_tasks() == {asyncio.current_task()}
 
 
+def _long(text: str) -> str:
+    """``text`` padded past what the model reads: the most a text can cost."""
+    return f"{text} " + "padding words " * (MAX_TEXT_COST // 10)
+
+
 # -- fixtures ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def clinc_router(encoder: Encoder, clinc_train: Rows) -> AdaptiveRouter:
@@ -146,6 +158,8 @@ async def gated(gated_router: AdaptiveRouter) -> AsyncIterator[AdaptiveRouter]:
     enc.reset()
     gated_router.cache.clear()
     gated_router.worker.max_batch_size = 64
+    gated_router.worker.max_queue_cost = DEFAULT_MAX_QUEUE_COST
+    gated_router.worker.max_batch_cost = DEFAULT_MAX_BATCH_COST
     yield gated_router
     enc.reset()
     await gated_router.stop(drain=False, timeout=LIMIT_S)
@@ -324,12 +338,19 @@ async def test_duplicates_are_encoded_once_and_the_cache_is_consulted_first(
     assert gated.worker.stats.batch_sizes[-1] == 5
 
 
-async def test_max_batch_size_splits_the_queue_in_arrival_order(
-    gated: AdaptiveRouter, val_texts: list[str]
+@pytest.mark.parametrize("bound", ["size", "cost"])
+async def test_a_batch_is_cut_by_size_or_cost_in_arrival_order(
+    gated: AdaptiveRouter, val_texts: list[str], bound: str
 ) -> None:
+    # By cost: long texts go to the encoder a few at a time, so a short query that
+    # arrives meanwhile waits behind one cut, not behind all of them.
     enc = gate(gated)
-    gated.worker.max_batch_size = 2
     blocker, *texts = val_texts[20:25]
+    if bound == "size":
+        gated.worker.max_batch_size = 2
+    else:
+        texts = [_long(t) for t in texts]
+        gated.worker.max_batch_cost = 2 * text_cost(texts[0])
     enc.hold = True
     first = asyncio.create_task(gated.aquery(blocker))
     await enc.next_call()
@@ -373,6 +394,59 @@ async def test_a_batch_larger_than_the_queue_is_refused(gated: AdaptiveRouter) -
     with pytest.raises(InvalidInputError, match="never fit the queue"):
         await gated.aquery_batch([f"text {i}" for i in range(7)])
     assert gate(gated).calls == []
+
+
+def test_text_cost_counts_what_the_model_reads() -> None:
+    assert text_cost("") == TEXT_COST_OVERHEAD
+    assert text_cost("abc") == 3 + TEXT_COST_OVERHEAD
+    assert text_cost("x" * 10 * MAX_TEXT_COST) == text_cost("x" * MAX_TEXT_COST)
+
+
+async def test_the_queue_is_bounded_by_cost_not_only_by_count(
+    gated: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    # Issue 18: three long texts hold far more encoder work than three short ones,
+    # so the queue refuses by what its texts cost while the count bound is still far.
+    enc = gate(gated)
+    blocker, short, *rest = val_texts[60:65]
+    long_texts = [_long(t) for t in rest]
+    gated.worker.max_queue_cost = 2 * text_cost(long_texts[0]) + text_cost(short)
+    enc.hold = True
+    first = asyncio.create_task(gated.aquery(blocker))
+    await enc.next_call()
+    held = [asyncio.create_task(gated.aquery(t)) for t in long_texts[:2]]
+    await until(lambda: gated.worker.queue_depth == 2)
+    assert gated.worker.queue_cost == 2 * text_cost(long_texts[0])
+
+    with pytest.raises(RouterOverloadedError, match="queue full: texts costing"):
+        await gated.aquery(long_texts[2])
+    assert gated.worker.queue_depth == 2  # count bound (6) not reached; nothing queued
+    fits = asyncio.create_task(gated.aquery(short))  # a short query still fits
+    await until(lambda: gated.worker.queue_depth == 3)
+
+    enc.release(10)
+    assert await asyncio.gather(*held, fits) == [gated.query(t) for t in [*long_texts[:2], short]]
+    await first
+    assert gated.worker.queue_cost == 0
+    assert all(long_texts[2] not in call for call in enc.calls)
+
+
+async def test_texts_costing_more_than_the_queue_can_hold_are_invalid(
+    gated: AdaptiveRouter, val_texts: list[str]
+) -> None:
+    gated.worker.max_queue_cost = 3 * text_cost(_long("x"))
+    with pytest.raises(InvalidInputError, match="can ever hold"):
+        await gated.aquery_batch([_long(t) for t in val_texts[70:74]])
+    assert gate(gated).calls == []
+    assert gated.worker.queue_cost == 0
+
+
+def test_cost_bounds_are_validated() -> None:
+    for bad in (0, -1, True):
+        with pytest.raises(InvalidInputError, match="max_queue_cost"):
+            BatchWorker(lambda xs: xs, max_queue_cost=bad)
+        with pytest.raises(InvalidInputError, match="max_batch_cost"):
+            BatchWorker(lambda xs: xs, max_batch_cost=bad)
 
 
 async def test_timeout_while_in_flight_and_while_queued(
@@ -679,13 +753,20 @@ def test_a_loop_closed_without_stop_releases_its_worker(clinc_router: AdaptiveRo
 
 async def test_settings_of_the_first_worker_reach_later_loops(gated: AdaptiveRouter) -> None:
     gated.worker.max_batch_size = 3
+    gated.worker.max_queue_cost = 5000
+    gated.worker.max_batch_cost = 700
     await gated.start()
 
-    async def settings() -> tuple[int, int]:
+    async def settings() -> tuple[int, int, int | None, int | None]:
         worker = gated.worker
-        return worker.max_batch_size, worker.max_queue_size
+        return (
+            worker.max_batch_size,
+            worker.max_queue_size,
+            worker.max_queue_cost,
+            worker.max_batch_cost,
+        )
 
-    assert await asyncio.to_thread(_in_a_new_loop, settings) == (3, 6)
+    assert await asyncio.to_thread(_in_a_new_loop, settings) == (3, 6, 5000, 700)
 
 
 class ThreadRecordingEncoder:

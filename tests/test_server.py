@@ -22,6 +22,7 @@ from encoder_doubles import GatedEncoder
 from pydantic import SecretStr
 
 from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, Route, SQLiteStorage
+from synaptoroute.batching import text_cost
 from synaptoroute.server import ServerSettings, create_app
 from synaptoroute.server import app as app_module
 from synaptoroute.server.routes_file import (
@@ -438,6 +439,46 @@ async def test_overload_is_503_with_retry_after(gated: GatedEncoder, store_path:
         metrics = (await s.client.get("/metrics")).text
         assert 'synaptoroute_rejections_total{reason="overloaded"} 1' in metrics
     router.close()
+
+
+async def test_the_queue_refuses_by_cost_with_503(gated: GatedEncoder, store_path: Path) -> None:
+    # Issue 18: the queue's bound counts what texts cost the model, so a few long
+    # queries fill it while many short ones would not.
+    long_query = "refund my order please " * 200  # past what the model reads
+    router = make_router(gated, store_path, max_queue_cost=text_cost(long_query) + 100)
+    async for s in _service(router, ServerSettings(retry_after=2)):
+        gated.gate.clear()
+        gated.entered.clear()
+        first = asyncio.create_task(s.client.post("/route", json={"query": "refund one"}))
+        assert await anyio.to_thread.run_sync(gated.entered.wait, LIMIT_S)
+        second = asyncio.create_task(s.client.post("/route", json={"query": long_query}))
+
+        async def queued() -> None:
+            while router.worker.queue_depth < 1:
+                await asyncio.sleep(0)
+
+        await asyncio.wait_for(queued(), LIMIT_S)
+        r = await s.client.post("/route", json={"query": long_query + " again"})
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "2"
+        metrics = (await s.client.get("/metrics")).text
+        assert f"synaptoroute_queue_cost {text_cost(long_query)}\n" in metrics
+        gated.gate.set()
+        assert (await first).status_code == 200
+        assert (await second).status_code == 200
+        assert all(long_query + " again" not in call for call in gated.calls)
+    router.close()
+
+
+def test_max_queue_cost_reaches_the_router(store_path: Path) -> None:
+    settings = ServerSettings(store=str(store_path), max_queue_cost=50_000)
+    router = app_module.build_router(settings)
+    try:
+        assert router.worker.max_queue_cost == 50_000
+    finally:
+        router.close()
+    with pytest.raises(ValueError, match="max_queue_cost"):
+        ServerSettings(max_queue_cost=100)  # less than one text can cost
 
 
 async def test_request_timeout_is_503(gated: GatedEncoder, store_path: Path) -> None:

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..batching import TEXT_COST_OVERHEAD, text_cost
 from ..exceptions import SynaptorouteError
 
 __all__ = [
@@ -43,19 +44,9 @@ __all__ = [
 log = logging.getLogger("synaptoroute.server")
 T = TypeVar("T")
 
-#: Characters the default encoder reads of one text at most (256 tokens, cut first by
-#: characters): a longer text costs no more.
-MAX_TEXT_COST = 4096
-#: Fixed cost of one text (tokenizer call, padding, the result), in characters.
-TEXT_COST_OVERHEAD = 16
 #: Paths that stay open to every client: probes must not be rate limited.
 _PROBES = frozenset({"/healthz", "/readyz", "/healthz/store"})
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-def text_cost(text: str) -> int:
-    """What one text costs the encoder, in characters (bounded by what it reads)."""
-    return min(len(text), MAX_TEXT_COST) + TEXT_COST_OVERHEAD
 
 
 def _json_error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -193,9 +193,15 @@ class ServiceMetrics:
     Args:
         queue_depth: reads the batching queue's depth at scrape time.
         routes: reads the number of routes at scrape time.
+        queue_cost: reads what the queued texts cost (characters the model reads).
     """
 
-    def __init__(self, queue_depth: Callable[[], float], routes: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        queue_depth: Callable[[], float],
+        routes: Callable[[], float],
+        queue_cost: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self.registry = Registry()
         self.requests = Counter(
             "synaptoroute_http_requests_total",
@@ -224,6 +230,12 @@ class ServiceMetrics:
         self.queue_depth = Gauge(
             "synaptoroute_queue_depth", "Texts waiting in the batching queue.", queue_depth
         )
+        self.queue_cost = Gauge(
+            "synaptoroute_queue_cost",
+            "What the texts waiting in the batching queue cost: characters the model "
+            "reads, plus 16 a text (the queue's bound is max_queue_cost).",
+            queue_cost,
+        )
         self.rejections = Counter(
             "synaptoroute_rejections_total",
             "Requests refused, by reason (overloaded, timeout, shutting_down, "
@@ -239,6 +251,7 @@ class ServiceMetrics:
             self.queries,
             self.batch_size,
             self.queue_depth,
+            self.queue_cost,
             self.rejections,
             self.routes,
             self.ready,
