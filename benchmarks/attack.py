@@ -284,7 +284,10 @@ def main() -> None:
                 "reads": lambda stop: attack_reads(url, args.scale, stop),
             }
             rows = []
-            for name in ["none", *args.attacks]:
+            # Two phases of legitimate traffic alone first: a fresh server's RSS
+            # still settles during the second (measured with --attacks none none),
+            # so "before the attacks" is read after it.
+            for name in ["warm-up", "none", *args.attacks]:
                 attack = attacks.get(name, lambda stop: stop.wait())
                 rows.append(asyncio.run(run_one(name, url, proc.pid, attack, args.duration)))
                 print(json.dumps(rows[-1]), flush=True)
@@ -300,6 +303,13 @@ def main() -> None:
         print(
             f"| {r['attack']} | {r['requests']} | {r['success']:.1%} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
             f"{r['rss_before']:.0f} / {r['rss_peak']:.0f} / {r['rss_after']:.0f} |"
+        )
+    if len(rows) > 2:
+        first, last = rows[2], rows[-1]
+        print(
+            f"\nRSS before the attacks (after the 'none' phase) {first['rss_before']:.0f} MB, "
+            f"after them {last['rss_after']:.0f} MB: "
+            f"{float(last['rss_after']) - float(first['rss_before']):+.0f} MB"
         )
 
 

@@ -64,6 +64,13 @@ _CHARS_PER_TOKEN_BOUND = 16
 # separators): any run of it only separates words, so one space stands for the run.
 _BERT_WORD = re.compile(r"[^ \t\n\r\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
 _FASTEMBED_HOST = ("huggingface.co", 443)
+# A model call whose attention is larger than two texts of 128 tokens (texts x
+# length^2 above this) hands its working memory back to the allocator when it ends.
+# ONNX Runtime's CPU arena otherwise keeps the peak of its largest call for good: a
+# single long text pinned tens of MB, a batch of them hundreds, after the request was
+# gone. Batches of ordinary queries stay below it and keep the arena warm; a long
+# text pays for fresh pages instead (BENCHMARKS.md, "Service under attack").
+_SHRINK_ARENA_CELLS = 2 * 128 * 128
 
 
 @runtime_checkable
@@ -236,6 +243,7 @@ class Encoder:
         self._bundled = model is None or model == DEFAULT_MODEL_ID
         self._lock = threading.Lock()
         self._session: Any = None
+        self._shrink_options: Any = None
         self._providers: list[str] = []
         self._tokenizer: Any = None
         self._fastembed: Any = None
@@ -340,6 +348,9 @@ class Encoder:
                 raise problems[0]
         self._providers = list(session.get_providers())
         self._input_names = {i.name for i in session.get_inputs()}
+        shrink = ort.RunOptions()
+        shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._shrink_options = shrink
         self._tokenizer = tokenizer
         self._session = session
 
@@ -476,8 +487,9 @@ class Encoder:
             feeds = {"input_ids": ids, "attention_mask": mask}
             if "token_type_ids" in self._input_names:
                 feeds["token_type_ids"] = np.zeros_like(ids)
+            big = len(chunk) * width * width > _SHRINK_ARENA_CELLS
             try:
-                hidden = self._session.run(None, feeds)[0]
+                hidden = self._session.run(None, feeds, self._shrink_options if big else None)[0]
             except Exception as exc:
                 msg = f"onnxruntime failed to encode a batch of {len(chunk)}: {exc}"
                 raise EncoderError(msg) from exc

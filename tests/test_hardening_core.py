@@ -160,3 +160,28 @@ def test_threshold_must_be_a_real_number_in_range(router: AdaptiveRouter, value:
     assert router.threshold == 0.5
     router.threshold = 1  # an int is a number
     assert router.threshold == 1
+
+
+def _rss_after_trim() -> int:
+    from synaptoroute.server.memory import malloc_trim, rss_bytes
+
+    malloc_trim()
+    rss = rss_bytes()
+    assert rss is not None
+    return rss
+
+
+def test_a_batch_of_long_texts_does_not_pin_its_memory(encoder: Encoder) -> None:
+    # Issue 18 (RSS after the attacks): 16 texts of 256 tokens need a few hundred MB
+    # inside ONNX Runtime while they are encoded; kept by its arena, that memory
+    # stayed with the process for good after the request was gone.
+    from synaptoroute.server.memory import _libc_trim, rss_bytes
+
+    if _libc_trim() is None or rss_bytes() is None:
+        pytest.skip("needs glibc and /proc")
+    encoder.encode(["a short warm-up query"])
+    before = _rss_after_trim()
+    vectors = encoder.encode([f"{i} " + "word " * 2000 for i in range(16)])
+    assert vectors.shape == (16, encoder.dimension)
+    grown = _rss_after_trim() - before
+    assert grown < 64 * 1024 * 1024, f"{grown / 2**20:.0f} MiB kept after the batch"

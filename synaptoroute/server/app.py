@@ -57,6 +57,7 @@ from .guards import (
     _json_error,
     _never_receive,
 )
+from .memory import MemoryTrimmer
 from .metrics import CONTENT_TYPE, Gauge, ServiceMetrics
 from .negatives import negatives_router
 from .protocol import ConnectionLimits, guarded_protocol
@@ -117,6 +118,7 @@ def build_router(settings: ServerSettings) -> AdaptiveRouter:
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             max_queue_size=settings.max_queue_size,
+            max_queue_cost=settings.max_queue_cost,
         )
     except BaseException:
         storage.close()
@@ -411,10 +413,14 @@ def create_app(
     def queue_depth() -> float:
         return float(state.router.worker.queue_depth) if state.router is not None else 0.0
 
+    def queue_cost() -> float:
+        return float(state.router.worker.queue_cost) if state.router is not None else 0.0
+
     def route_count() -> float:
         return float(len(state.router)) if state.router is not None else 0.0
 
-    metrics = ServiceMetrics(queue_depth, route_count)
+    metrics = ServiceMetrics(queue_depth, route_count, queue_cost)
+    trimmer = MemoryTrimmer(settings.memory_trim_interval)
     state = ServiceState(settings, router, owns_router=router is None, metrics=metrics)
 
     def release(r: AdaptiveRouter) -> None:
@@ -442,9 +448,11 @@ def create_app(
         state.ready = True
         metrics.ready.set(1)
         store_up.set(1)  # it was just read; /healthz/store checks again
+        trimmer.start()
         try:
             yield
         finally:
+            await trimmer.stop()
             state.ready = False
             metrics.ready.set(0)
             # uvicorn has already waited for requests in flight; this drains the queue.
@@ -465,6 +473,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.synaptoroute = state
+    app.state.memory_trimmer = trimmer
     _install_error_handlers(app, state)
     # Innermost first: the last added runs first.
     app.add_middleware(InternalErrorMiddleware)

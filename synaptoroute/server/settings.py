@@ -9,7 +9,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from ..batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_MAX_WAIT_MS
+from ..batching import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_COST,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_MAX_WAIT_MS,
+    MAX_TEXT_COST,
+    TEXT_COST_OVERHEAD,
+)
 from ..exceptions import InvalidInputError
 
 __all__ = [
@@ -51,6 +58,11 @@ class ServerSettings(BaseModel):
         retry_after: seconds sent in ``Retry-After`` with a 503.
         drain_timeout: seconds SIGTERM waits for requests in flight.
         max_batch_size, max_wait_ms, max_queue_size: the router's batching worker.
+        memory_trim_interval: seconds between two checks of whether the RSS grew
+            (by 8 MiB) since the C heap was last trimmed, giving freed pages back to
+            the OS after a burst (glibc only; 0 disables).
+        max_queue_cost: queued texts' cost (characters the model reads plus 16 a
+            text) beyond which queries get 503; the queue's bound by work, not count.
         encoder_threads: ONNX Runtime threads (default: the CPU quota, see ``synaptoroute._cpu``).
         encoder_spin: let ONNX Runtime threads spin between batches. Off by default:
             spinning takes the cores that the event loop needs to parse requests
@@ -98,6 +110,10 @@ class ServerSettings(BaseModel):
     max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1)
     max_wait_ms: float = Field(default=DEFAULT_MAX_WAIT_MS, ge=0)
     max_queue_size: int = Field(default=DEFAULT_MAX_QUEUE_SIZE, ge=1)
+    memory_trim_interval: float = Field(default=1.0, ge=0)
+    max_queue_cost: int = Field(
+        default=DEFAULT_MAX_QUEUE_COST, ge=MAX_TEXT_COST + TEXT_COST_OVERHEAD
+    )
     encoder_threads: int | None = Field(default=None, ge=1)
     encoder_spin: bool = False
     log_level: str = "info"
@@ -153,6 +169,8 @@ class ServerSettings(BaseModel):
 #: ``serve`` options for the hardening settings: (flag, field, type, help).
 _LIMIT_OPTIONS: list[tuple[str, str, type, str]] = [
     ("--max-batch-cost", "max_batch_cost", int, "413 for a /route/batch costing more"),
+    ("--max-queue-cost", "max_queue_cost", int, "503 once queued texts cost more"),
+    ("--memory-trim-interval", "memory_trim_interval", float, "seconds; 0: never trim"),
     ("--max-batches-in-flight", "max_batches_in_flight", int, "429 for one more batch"),
     ("--header-timeout", "header_timeout", float, "seconds to receive a request's headers"),
     ("--body-timeout", "body_timeout", float, "seconds to receive a request's body"),
