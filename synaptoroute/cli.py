@@ -283,6 +283,8 @@ def cmd_routes_add(args: argparse.Namespace) -> int:
         for key in ("created", "replaced", "unchanged"):
             for name in getattr(report, key):
                 print(f"{key}\t{name}")
+        if report.negatives_added:
+            print(f"negatives added\t{len(report.negatives_added)}")
     return EXIT_OK
 
 
@@ -364,16 +366,17 @@ def cmd_import(args: argparse.Namespace) -> int:
                     "existing routes"
                 )
                 raise RouteExistsError(msg)
-        total = sum(len(r.utterances) for r in doc.routes)
+        total = sum(len(r.utterances) for r in doc.routes) + len(doc.negatives)
         with _progress(router, total, "encoding", args):
             report = apply_routes(router, doc)
     summary = {"rows": rows, "routes": len(doc.routes), **report.to_dict()}
     if args.json:
         _print_json(summary)
     else:
+        negatives = f", {len(report.negatives_added)} negatives added" if doc.negatives else ""
         print(
             f"{summary['routes']} routes from {rows} rows: {len(report.created)} created, "
-            f"{len(report.replaced)} replaced, {len(report.unchanged)} unchanged"
+            f"{len(report.replaced)} replaced, {len(report.unchanged)} unchanged{negatives}"
         )
     return EXIT_OK
 

@@ -219,6 +219,8 @@ def test_export_and_reimport_round_trip(
         "--store",
         store,
     )
+    negatives = ["tell me a joke", "what is the weather"]
+    assert run(capsys, "negatives", "add", *negatives, "--store", store)[0] == 0
     for fmt in ("yaml", "json"):
         out_file = tmp_path / f"routes.{fmt}"
         assert run(capsys, "export", "--store", store, "-o", str(out_file))[0] == 0
@@ -226,9 +228,11 @@ def test_export_and_reimport_round_trip(
         code, out, _ = run(capsys, "import", str(out_file), "--store", other, "--json")
         assert code == 0
         assert json.loads(out)["created"] == ["billing", "tech", "music"]
-        assert stored_routes(other) == stored_routes(store)
+        assert json.loads(out)["negatives_added"] == negatives
+        assert stored_routes(other) == stored_routes(store)  # negatives included
     code, out, _ = run(capsys, "export", "--store", store, "--json")
     doc = json.loads(out)
+    assert doc["negatives"] == negatives
     assert doc["routes"][2] == {
         "name": "music",
         "utterances": ["play jazz"],

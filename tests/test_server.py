@@ -655,6 +655,8 @@ routes:
         ("routes: [{name: a, colour: red}]", "routes.0.colour"),
         ("thresold: 0.3", "thresold"),
         ("routes: [a, b", "not valid YAML"),
+        ("routes: [{name: __negatives__, utterances: [x]}]", "reserved; list texts"),
+        ("negatives: [ok, '  ']", "negatives: .*utterance 1 is empty"),
     ],
 )
 def test_routes_file_errors_name_the_field(text: str, message: str) -> None:
@@ -673,21 +675,26 @@ def test_apply_routes_creates_replaces_and_skips(encoder: Encoder, store_path: P
                     {"name": "tech", "utterances": ["printer on fire"]},
                     {"name": "music", "utterances": ["play jazz"]},
                 ],
+                "negatives": ["tell me a joke", "tell me a joke "],
             }
         ),
         "json",
     )
+    router.add_negatives(["what is the weather"])
     report = apply_routes(router, doc)
     assert report.to_dict() == {
         "created": ["music"],
         "replaced": ["tech"],
         "unchanged": ["billing"],
         "threshold_changed": True,
+        "negatives_added": ["tell me a joke"],
     }
     assert router.threshold == 0.4
     assert router.get_route("greeting")  # routes not in the file are kept
+    assert router.negatives == ["what is the weather", "tell me a joke"]  # added, none removed
+    assert dump_routes(router)["negatives"] == router.negatives
     again = apply_routes(router, doc)
-    assert again.created == again.replaced == []
+    assert again.created == again.replaced == again.negatives_added == []
     router.close()
 
 

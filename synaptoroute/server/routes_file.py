@@ -9,10 +9,12 @@ The format (YAML shown; the same keys in JSON)::
         description: Payments and refunds   # optional
         threshold: 0.6                      # optional: this route's own threshold
         metadata: {team: payments}          # optional: any JSON object
+    negatives: ["tell me a joke"]   # optional: texts that must route nowhere
 
 A bare list of routes is accepted too. Applying a file creates the routes it
 names, replaces those that differ from the store, leaves identical ones alone
-(nothing is re-encoded) and keeps routes the file does not mention.
+(nothing is re-encoded), keeps routes the file does not mention, and adds the
+negative examples the store lacks.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..exceptions import InvalidInputError, MissingDependencyError, install_hint
-from ..models import SCORE_MAX, SCORE_MIN, Route
+from ..models import NEGATIVES_ROUTE, SCORE_MAX, SCORE_MIN, Route, clean_utterances
 from ..router import AdaptiveRouter
 
 __all__ = [
@@ -49,6 +51,12 @@ class RoutesDocument(BaseModel):
 
     threshold: float | None = Field(default=None, ge=SCORE_MIN, le=SCORE_MAX)
     routes: list[Route] = Field(default_factory=list)
+    negatives: list[str] = Field(default_factory=list)
+
+    @field_validator("negatives")
+    @classmethod
+    def _clean_negatives(cls, values: list[str]) -> list[str]:
+        return clean_utterances(values)
 
 
 @dataclass
@@ -59,6 +67,7 @@ class ApplyReport:
     replaced: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     threshold_changed: bool = False
+    negatives_added: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary."""
@@ -67,6 +76,7 @@ class ApplyReport:
             "replaced": self.replaced,
             "unchanged": self.unchanged,
             "threshold_changed": self.threshold_changed,
+            "negatives_added": self.negatives_added,
         }
 
 
@@ -119,6 +129,12 @@ def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -
         msg = f"{source}: {_describe(exc)}"
         raise InvalidInputError(msg) from None
     names = [r.name for r in doc.routes]
+    if NEGATIVES_ROUTE in names:
+        msg = (
+            f"{source}: route name {NEGATIVES_ROUTE!r} is reserved; list texts that must "
+            "route nowhere under 'negatives'"
+        )
+        raise InvalidInputError(msg)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         msg = f"{source}: route {dupes[0]!r} appears more than once"
@@ -163,11 +179,16 @@ def apply_routes(router: AdaptiveRouter, doc: RoutesDocument) -> ApplyReport:
     if doc.threshold is not None and doc.threshold != router.threshold:
         router.threshold = doc.threshold
         report.threshold_changed = True
+    if doc.negatives:
+        report.negatives_added = router.add_negatives(doc.negatives)
     return report
 
 
 def dump_routes(router: AdaptiveRouter, routes: Sequence[Route] | None = None) -> dict[str, Any]:
-    """The router's routes (or ``routes``) as a routes document that :func:`parse_routes` reads."""
+    """The router's routes (or ``routes``) as a routes document that :func:`parse_routes` reads.
+
+    The whole router's document also carries its negative examples, if any.
+    """
     out = []
     for route in router.list_routes() if routes is None else routes:
         item: dict[str, Any] = {"name": route.name, "utterances": list(route.utterances)}
@@ -178,7 +199,10 @@ def dump_routes(router: AdaptiveRouter, routes: Sequence[Route] | None = None) -
         if route.metadata:
             item["metadata"] = route.metadata
         out.append(item)
-    return {"threshold": router.threshold, "routes": out}
+    doc: dict[str, Any] = {"threshold": router.threshold, "routes": out}
+    if routes is None and router.negatives:
+        doc["negatives"] = router.negatives
+    return doc
 
 
 def render_routes(doc: dict[str, Any], fmt: Format) -> str:
