@@ -41,7 +41,15 @@ from .exceptions import (
     install_hint,
 )
 from .models import Route
-from .storage import ModelInfo, SQLiteStorage, Storage, StoredRoute, _check_vectors, check_route
+from .storage import (
+    ModelInfo,
+    SQLiteStorage,
+    Storage,
+    StoredRoute,
+    _check_vectors,
+    _refuse_mixing,
+    check_route,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -743,13 +751,7 @@ class PostgresStorage:
         )
 
     def _set_model(self, cur: psycopg.Cursor[Any], model: ModelInfo) -> None:
-        current = self._model(cur)
-        if current is not None and current != model:
-            msg = (
-                f"store holds vectors of {current.model_id!r} (dimension {current.dimension}), "
-                f"refusing to mix in {model.model_id!r} (dimension {model.dimension})"
-            )
-            raise StorageError(msg)
+        _refuse_mixing(self._model(cur), model)
         cur.execute(
             f"INSERT INTO {self._s}.meta(key, value) VALUES ('model_id', %s), ('dimension', %s) "
             "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",

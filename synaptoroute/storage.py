@@ -202,6 +202,16 @@ class Storage(Protocol):
         ...
 
 
+def _refuse_mixing(stored: ModelInfo | None, model: ModelInfo) -> None:
+    """Every backend refuses to store vectors of another model beside the stored ones."""
+    if stored is not None and stored != model:
+        msg = (
+            f"store holds vectors of {stored.model_id!r} (dimension {stored.dimension}), "
+            f"refusing to mix in {model.model_id!r} (dimension {model.dimension})"
+        )
+        raise StorageError(msg)
+
+
 def _check_vectors(texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo) -> None:
     """Check utterances about to be written with their vectors (every backend calls it)."""
     if vectors.shape != (len(texts), model.dimension):
@@ -240,6 +250,7 @@ class MemoryStorage:
             check_route(item.route)
         with self._lock:
             if routes:
+                _refuse_mixing(self._model, model)
                 self._model = model
             for item in routes:
                 self._routes.pop(item.route.name, None)
@@ -258,6 +269,8 @@ class MemoryStorage:
         _check_vectors(texts, vectors, model)
         with self._lock:
             old = self._get(name)
+            _refuse_mixing(self._model, model)
+            self._model = model
             route = old.route.model_copy(update={"utterances": [*old.route.utterances, *texts]})
             self._routes[name] = StoredRoute(route, np.vstack([old.vectors, vectors]))
 
@@ -524,12 +537,7 @@ class SQLiteStorage:
     def _set_model(tx: sqlite3.Connection, model: ModelInfo) -> None:
         row = tx.execute("SELECT value FROM meta WHERE key='model_id'").fetchone()
         dim = tx.execute("SELECT value FROM meta WHERE key='dimension'").fetchone()
-        if row is not None and (row[0] != model.model_id or int(dim[0]) != model.dimension):
-            msg = (
-                f"store holds vectors of {row[0]!r} (dimension {dim[0]}), "
-                f"refusing to mix in {model.model_id!r} (dimension {model.dimension})"
-            )
-            raise StorageError(msg)
+        _refuse_mixing(None if row is None else ModelInfo(row[0], int(dim[0])), model)
         tx.executemany(
             "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
             [("model_id", model.model_id), ("dimension", str(model.dimension))],

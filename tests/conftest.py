@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest
 from clinc import split
 
 from synaptoroute import AdaptiveRouter, Encoder, SQLiteStorage
+from synaptoroute.exceptions import install_hint
 from synaptoroute.fitting import routes_from_labelled
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -54,6 +58,47 @@ def clinc_store(
     router.add_routes(routes_from_labelled(*split(clinc_train)))
     router.close()
     return path
+
+
+# -- PostgreSQL: the server of scripts/postgres.sh (.ci/run starts one) ----------------
+PG_DSN = os.environ.get("SYNAPTOROUTE_TEST_PG_DSN", "")
+PG_REQUIRED = os.environ.get("SYNAPTOROUTE_TEST_PG_REQUIRED") == "1"
+
+
+def _pg_unavailable(reason: str) -> None:
+    if PG_REQUIRED:
+        pytest.fail(f"PostgreSQL is required here (SYNAPTOROUTE_TEST_PG_REQUIRED=1): {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    """The test server's DSN; skips (or fails under CI) without a reachable server."""
+    try:
+        import psycopg
+    except ImportError:
+        _pg_unavailable(f"psycopg is not installed: {install_hint('postgres')}")
+    if not PG_DSN:
+        _pg_unavailable(
+            'no PostgreSQL server: run `eval "$(bash scripts/postgres.sh start)"` '
+            "(sets SYNAPTOROUTE_TEST_PG_DSN) to run these tests"
+        )
+    try:
+        psycopg.connect(PG_DSN, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        _pg_unavailable(f"PostgreSQL at SYNAPTOROUTE_TEST_PG_DSN is unreachable: {exc}")
+    return PG_DSN
+
+
+@pytest.fixture
+def schema(pg_dsn: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test, dropped afterwards."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 @pytest.hookimpl(hookwrapper=True)

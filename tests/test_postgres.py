@@ -18,7 +18,6 @@ import random
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,10 @@ from synaptoroute import (
     Storage,
     StorageError,
 )
-from synaptoroute.exceptions import install_hint
 from synaptoroute.storage import ModelInfo, StoredRoute
 
 ROOT = Path(__file__).resolve().parent.parent
-DSN = os.environ.get("SYNAPTOROUTE_TEST_PG_DSN", "")
 CLUSTER_DIR = os.environ.get("SYNAPTOROUTE_TEST_PG_DIR", "")
-REQUIRED = os.environ.get("SYNAPTOROUTE_TEST_PG_REQUIRED") == "1"
 WAIT = 30.0  # generous upper bound for a replica to see a change; never a timing assertion
 
 ROUTES = [
@@ -264,43 +260,7 @@ class ReplicaError(Exception):
         self.message = message
 
 
-# -- fixtures -------------------------------------------------------------------------
-def _unavailable(reason: str) -> None:
-    if REQUIRED:
-        pytest.fail(f"PostgreSQL is required here (SYNAPTOROUTE_TEST_PG_REQUIRED=1): {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def pg_dsn() -> str:
-    """The test server's DSN; skips (or fails under CI) without a reachable server."""
-    try:
-        import psycopg
-    except ImportError:
-        _unavailable(f"psycopg is not installed: {install_hint('postgres')}")
-    if not DSN:
-        _unavailable(
-            'no PostgreSQL server: run `eval "$(bash scripts/postgres.sh start)"` '
-            "(sets SYNAPTOROUTE_TEST_PG_DSN) to run these tests"
-        )
-    try:
-        psycopg.connect(DSN, connect_timeout=5).close()
-    except psycopg.Error as exc:
-        _unavailable(f"PostgreSQL at SYNAPTOROUTE_TEST_PG_DSN is unreachable: {exc}")
-    return DSN
-
-
-@pytest.fixture
-def schema(pg_dsn: str) -> Iterator[str]:
-    """A fresh PostgreSQL schema for one test, dropped afterwards."""
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-
-
+# -- fixtures (pg_dsn and schema: conftest.py) -----------------------------------------
 @pytest.fixture
 def replicas(pg_dsn: str, schema: str) -> Iterator[list[Replica]]:
     """A list the test appends :class:`Replica` processes to; all ended afterwards."""
