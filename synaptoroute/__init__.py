@@ -6,8 +6,10 @@ route's example utterances, in milliseconds, on a CPU.
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _distribution_version
+from typing import TYPE_CHECKING, Any
 
 from .decision import DecisionPolicy
 from .encoder import (
@@ -39,6 +41,31 @@ from .models import Route, RouteMatch
 from .router import AdaptiveRouter
 from .storage import MemoryStorage, SQLiteStorage, Storage
 
+if TYPE_CHECKING:
+    from .evaluation import EvaluationReport
+    from .fitting import FitReport
+    from .postgres import PostgresStorage, open_storage
+
+# Imported on first use, so that ``import synaptoroute`` stays light (no fitting,
+# evaluation or PostgreSQL code until they are needed).
+_LAZY = {
+    "EvaluationReport": "evaluation",
+    "FitReport": "fitting",
+    "PostgresStorage": "postgres",
+    "open_storage": "postgres",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        msg = f"module 'synaptoroute' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
 try:  # the version is written once, in pyproject.toml; the installed metadata carries it
     __version__ = _distribution_version("synaptoroute")
 except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
@@ -52,7 +79,9 @@ __all__ = [
     "Encoder",
     "EncoderError",
     "EncoderProtocol",
+    "EvaluationReport",
     "EventLoopMismatchError",
+    "FitReport",
     "HashingEncoder",
     "InvalidInputError",
     "MemoryStorage",
@@ -61,6 +90,7 @@ __all__ = [
     "ModelNotAvailableError",
     "NoRouteMatchedError",
     "NotADatabaseError",
+    "PostgresStorage",
     "Route",
     "RouteExistsError",
     "RouteMatch",
@@ -74,4 +104,5 @@ __all__ = [
     "SynaptorouteError",
     "__version__",
     "default_encoder",
+    "open_storage",
 ]

@@ -1,0 +1,109 @@
+"""The public API is a promise: these names, importable cheaply, and 0.1.0's still there.
+
+Adding a name is a decision made here on purpose; removing one breaks users (see
+docs/versioning.md for how names are deprecated first).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import synaptoroute
+
+PUBLIC = [
+    "DEFAULT_MODEL_ID",
+    "AdaptiveRouter",
+    "CallableEncoder",
+    "DecisionPolicy",
+    "Encoder",
+    "EncoderError",
+    "EncoderProtocol",
+    "EvaluationReport",
+    "EventLoopMismatchError",
+    "FitReport",
+    "HashingEncoder",
+    "InvalidInputError",
+    "MemoryStorage",
+    "MissingDependencyError",
+    "ModelMismatchError",
+    "ModelNotAvailableError",
+    "NoRouteMatchedError",
+    "NotADatabaseError",
+    "PostgresStorage",
+    "Route",
+    "RouteExistsError",
+    "RouteMatch",
+    "RouteNotFoundError",
+    "RouterClosedError",
+    "RouterOverloadedError",
+    "RouterTimeoutError",
+    "SQLiteStorage",
+    "Storage",
+    "StorageError",
+    "SynaptorouteError",
+    "__version__",
+    "default_encoder",
+    "open_storage",
+]
+
+#: What ``import synaptoroute`` must not load: the model runtime, the service, the
+#: database driver and the fitting code come when they are first used.
+HEAVY = [
+    "onnxruntime",
+    "tokenizers",
+    "fastapi",
+    "uvicorn",
+    "psycopg",
+    "usearch",
+    "synaptoroute.fitting",
+    "synaptoroute.evaluation",
+    "synaptoroute.postgres",
+    "synaptoroute.server",
+]
+
+
+def test_the_public_names_are_pinned() -> None:
+    assert synaptoroute.__all__ == PUBLIC
+    for name in PUBLIC:
+        assert getattr(synaptoroute, name) is not None, name
+
+
+def test_the_0_1_0_api_is_still_there() -> None:
+    from synaptoroute import AdaptiveRouter, Encoder, Route, SQLiteStorage
+
+    for method in ("add_route", "start", "aquery", "stop", "query"):
+        assert callable(getattr(AdaptiveRouter, method)), method
+    assert callable(Encoder) and callable(SQLiteStorage)
+    assert "name" in synaptoroute.RouteMatch.model_fields
+    assert Route(name="billing", utterances=["refund"]).name == "billing"
+
+
+def test_lazy_names_are_the_submodules_objects() -> None:
+    from synaptoroute.evaluation import EvaluationReport
+    from synaptoroute.fitting import FitReport
+    from synaptoroute.postgres import PostgresStorage, open_storage
+
+    assert synaptoroute.FitReport is FitReport
+    assert synaptoroute.EvaluationReport is EvaluationReport
+    assert synaptoroute.PostgresStorage is PostgresStorage
+    assert synaptoroute.open_storage is open_storage
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        synaptoroute.NoSuchThing  # noqa: B018
+
+
+def test_importing_the_package_loads_nothing_heavy() -> None:
+    code = (
+        "import json, sys, synaptoroute; "
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(out.stdout) == []
