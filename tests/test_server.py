@@ -783,3 +783,34 @@ def test_run_hands_uvicorn_the_drain_timeout_rounded_up(
     with pytest.raises(SystemExit):  # the captured server never started
         app_module.run(ServerSettings(drain_timeout=drain))
     assert seen == [expected]  # never None: uvicorn reads that as "wait for ever"
+
+
+def test_the_route_name_convertors_never_replace_another_apps(tmp_path: Path) -> None:
+    # Issue 15: Starlette's convertor registry is global; ours carry the package's
+    # prefix and are added when an app is built, never over another application's.
+    import subprocess
+    import sys
+
+    code = """
+import json
+from starlette.convertors import CONVERTOR_TYPES, StringConvertor, register_url_convertor
+theirs = StringConvertor()
+register_url_convertor("route_name", theirs)
+import synaptoroute.server.app as app_module
+on_import = sorted(k for k in CONVERTOR_TYPES if k.startswith("synaptoroute_"))
+from synaptoroute.server import ServerSettings, create_app
+create_app(ServerSettings(store=":memory:"))
+print(json.dumps({
+    "on_import": on_import,
+    "after": sorted(k for k in CONVERTOR_TYPES if k.startswith("synaptoroute_")),
+    "theirs_kept": CONVERTOR_TYPES["route_name"] is theirs,
+}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(out.stdout) == {
+        "on_import": [],
+        "after": ["synaptoroute_route_name", "synaptoroute_route_path"],
+        "theirs_kept": True,
+    }

@@ -27,7 +27,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
-from starlette.convertors import Convertor, register_url_convertor
+from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -374,8 +374,20 @@ class _RoutePathConvertor(_RouteNameConvertor):
     regex = rf"(?![\s\S]*/(?:{'|'.join(_SUB_RESOURCES)})\Z)[\s\S]+"
 
 
-register_url_convertor("route_name", _RouteNameConvertor())
-register_url_convertor("route_path", _RoutePathConvertor())
+#: Starlette looks path convertors up in one registry for the whole process, and
+#: FastAPI compiles paths when requests arrive, so ours must stay registered; their
+#: names carry the package's prefix so that they never replace another application's.
+_CONVERTORS: dict[str, Convertor[Any]] = {
+    "synaptoroute_route_name": _RouteNameConvertor(),
+    "synaptoroute_route_path": _RoutePathConvertor(),
+}
+
+
+def _register_convertors() -> None:
+    """Register the route-name convertors (when the first app is built, not on import)."""
+    for key, convertor in _CONVERTORS.items():
+        if key not in CONVERTOR_TYPES:
+            register_url_convertor(key, convertor)
 
 
 def _check_name(name: str) -> str:
@@ -409,6 +421,7 @@ def create_app(
         >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
     """
     settings = settings if settings is not None else ServerSettings.from_env()
+    _register_convertors()
 
     def queue_depth() -> float:
         return float(state.router.worker.queue_depth) if state.router is not None else 0.0
@@ -650,7 +663,7 @@ def create_app(
         return RouteOut.from_route(r.get_route(name))
 
     @app.post(
-        "/routes/{name:route_name}/utterances",
+        "/routes/{name:synaptoroute_route_name}/utterances",
         response_model=UtterancesAdded,
         tags=["routes"],
         dependencies=change,
@@ -662,7 +675,7 @@ def create_app(
         return UtterancesAdded(added=added)
 
     @app.delete(
-        "/routes/{name:route_name}/utterances",
+        "/routes/{name:synaptoroute_route_name}/utterances",
         response_model=UtterancesDeleted,
         tags=["routes"],
         dependencies=change,
@@ -674,7 +687,7 @@ def create_app(
         return UtterancesDeleted(deleted=deleted)
 
     @app.put(
-        "/routes/{name:route_name}/threshold",
+        "/routes/{name:synaptoroute_route_name}/threshold",
         response_model=RouteOut,
         tags=["routes"],
         dependencies=change,
@@ -687,7 +700,7 @@ def create_app(
         return RouteOut.from_route(r.get_route(name))
 
     @app.get(
-        "/routes/{name:route_path}",
+        "/routes/{name:synaptoroute_route_path}",
         response_model=RouteOut,
         tags=["routes"],
         dependencies=read,
@@ -698,7 +711,7 @@ def create_app(
         return RouteOut.from_route(state.get_router().get_route(name))
 
     @app.put(
-        "/routes/{name:route_path}",
+        "/routes/{name:synaptoroute_route_path}",
         response_model=RouteOut,
         tags=["routes"],
         dependencies=change,
@@ -718,7 +731,7 @@ def create_app(
         return RouteOut.from_route(r.get_route(name))
 
     @app.delete(
-        "/routes/{name:route_path}",
+        "/routes/{name:synaptoroute_route_path}",
         status_code=204,
         tags=["routes"],
         dependencies=change,

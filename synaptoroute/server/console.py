@@ -478,7 +478,7 @@ def console_router(
             }
         )
 
-    @api.get("/api/routes/{name:route_path}", dependencies=list(read))
+    @api.get("/api/routes/{name:synaptoroute_route_path}", dependencies=list(read))
     async def route_details(name: str) -> Response:
         r = get_router()
         route = r.get_route(name)
