@@ -22,9 +22,30 @@ from pathlib import Path
 
 from .exceptions import InvalidInputError
 
-__all__ = ["THREADS_ENV", "available_cpus", "cgroup_cpu_limit", "process_cpus"]
+__all__ = [
+    "BLAS_PARALLEL_ROWS",
+    "THREADS_ENV",
+    "available_cpus",
+    "blas_threads",
+    "cgroup_cpu_limit",
+    "process_cpus",
+]
 
 THREADS_ENV = "SYNAPTOROUTE_THREADS"
+#: Below this many matrix rows one BLAS thread is faster than waking a second one
+#: (and much faster on a busy machine).
+BLAS_PARALLEL_ROWS = 20_000
+
+
+def blas_threads(rows: int, configured: int | None = None) -> int:
+    """BLAS threads for a product over ``rows`` rows: the one rule of the router and of fit.
+
+    ``configured`` (the router's ``blas_threads``) wins when set; otherwise one thread
+    under :data:`BLAS_PARALLEL_ROWS`, and above it the CPUs the process may use.
+    """
+    if configured is not None:
+        return configured
+    return 1 if rows < BLAS_PARALLEL_ROWS else process_cpus()
 
 
 def _read(path: Path) -> str | None:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from ._cpu import process_cpus
+from ._cpu import blas_threads
 from .decision import (
     KNN_K,
     Calibrator,
@@ -1337,17 +1337,12 @@ def _fit_threads(router: AdaptiveRouter, rows: int, head: bool) -> AbstractConte
     more than it saves on small products (and much more on a busy machine)."""
     from threadpoolctl import threadpool_limits
 
-    from .router import _BLAS_PARALLEL_ROWS
-
     if head:
         # scipy brings its own BLAS: load it first, so that the limit covers it too
         # (unlimited, its L-BFGS bookkeeping was 5x slower on a busy 2-core machine).
         with suppress(ImportError):
             import scipy.optimize  # noqa: F401
-    threads = router.blas_threads
-    if threads is None:
-        size = max(len(router._index), rows)
-        threads = 1 if size < _BLAS_PARALLEL_ROWS else process_cpus()
+    threads = blas_threads(max(len(router._index), rows), router.blas_threads)
     return threadpool_limits(limits=threads, user_api="blas")  # type: ignore[no-any-return]
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from ._cpu import process_cpus
+from ._cpu import blas_threads
 from .batching import (
     DEFAULT_MAX_BATCH_COST,
     DEFAULT_MAX_BATCH_SIZE,
@@ -66,8 +66,6 @@ __all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_THRESHOLD", "AdaptiveRouter", "Embedd
 
 #: Default minimum cosine similarity; chosen on the val splits (see BENCHMARKS.md).
 DEFAULT_THRESHOLD = 0.5
-# Below this many rows one BLAS thread is faster than waking a second one.
-_BLAS_PARALLEL_ROWS = 20_000
 #: Utterances from which ``index="auto"`` searches an approximate graph (docs/scale.md).
 DEFAULT_ANN_THRESHOLD = 50_000
 IndexKind = Literal["auto", "exact", "ann"]
@@ -563,9 +561,7 @@ class AdaptiveRouter:
         self, vectors: NDArray[np.float32], k: int, snapshot: Snapshot | None = None
     ) -> tuple[Snapshot, list[RouteScores]]:
         snapshot = self._index.snapshot() if snapshot is None else snapshot
-        threads = self.blas_threads
-        if threads is None:
-            threads = 1 if len(snapshot.matrix) < _BLAS_PARALLEL_ROWS else process_cpus()
+        threads = blas_threads(len(snapshot.matrix), self.blas_threads)
         limit = _blas_limit(threads) if len(vectors) and snapshot.blas_rows else nullcontext()
         with limit:
             return snapshot, snapshot.score(vectors, k)

@@ -132,3 +132,16 @@ def test_the_encoder_defaults_to_available_cpus(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv(THREADS_ENV, "3")
     assert Encoder().threads == 3  # the model is loaded lazily: nothing is read here
     assert Encoder(threads=1).threads == 1
+
+
+def test_one_blas_rule_for_the_router_and_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from synaptoroute._cpu import BLAS_PARALLEL_ROWS, blas_threads
+
+    monkeypatch.setenv(THREADS_ENV, "6")
+    process_cpus.cache_clear()
+    try:
+        assert blas_threads(BLAS_PARALLEL_ROWS - 1) == 1  # a second thread costs more
+        assert blas_threads(BLAS_PARALLEL_ROWS) == 6  # the CPUs the process may use
+        assert blas_threads(10, configured=3) == 3  # the router's setting wins
+    finally:
+        process_cpus.cache_clear()
