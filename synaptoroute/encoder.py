@@ -248,7 +248,6 @@ class Encoder:
         self._tokenizer: Any = None
         self._fastembed: Any = None
         self._dimension: int | None = _DEFAULT_DIM if self._bundled else None
-        self.calls = 0  # encode() calls that reached the model; tests read it
 
     @property
     def model_id(self) -> str:
@@ -460,7 +459,6 @@ class Encoder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if not self.loaded:
             self.load()
-        self.calls += 1
         if self._fastembed is not None:
             try:
                 rows = np.asarray(list(self._fastembed.embed(items, batch_size=self.batch_size)))

@@ -35,6 +35,22 @@ class WrappedEncoder:
         return self.inner.encode(texts)
 
 
+class CountingEncoder(WrappedEncoder):
+    """Counts the calls that reach the model; reads texts as the real encoder does."""
+
+    def __init__(self, inner: Encoder) -> None:
+        super().__init__(inner)
+        self.calls = 0
+
+    def truncate(self, text: str) -> str:
+        return self.inner.truncate(text)
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        if len(texts):
+            self.calls += 1
+        return self.inner.encode(texts)
+
+
 class GatedEncoder(WrappedEncoder):
     """Records each call's texts; clearing ``gate`` holds calls, ``fail_with`` fails them."""
 

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import httpx
 import numpy as np
 import pytest
+from encoder_doubles import CountingEncoder
 from threaded_server import ThreadedServer
 
 from synaptoroute import AdaptiveRouter, Encoder, Route
@@ -83,7 +84,7 @@ def _service(
     tmp: Path, encoder: Encoder, **settings: Any
 ) -> tuple[Service, AdaptiveRouter, SQLiteStorage]:
     storage = SQLiteStorage(tmp / "routes.db")
-    router = AdaptiveRouter(encoder, storage)
+    router = AdaptiveRouter(CountingEncoder(encoder), storage)
     router.add_routes(BASE)
     return Service(router, ServerSettings(**settings)), router, storage
 

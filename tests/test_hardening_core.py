@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from encoder_doubles import CountingEncoder
 from numpy.typing import NDArray
 
 from synaptoroute import (
@@ -80,10 +81,10 @@ async def test_a_batch_larger_than_the_queue_is_invalid_not_overload(encoder: En
         await router.stop()
 
 
-def test_cache_is_keyed_by_what_the_encoder_reads(router: AdaptiveRouter) -> None:
-    enc = router.encoder
-    assert isinstance(enc, Encoder)
-    router.cache.clear()
+def test_cache_is_keyed_by_what_the_encoder_reads(encoder: Encoder) -> None:
+    enc = CountingEncoder(encoder)
+    router = AdaptiveRouter(enc)
+    router.add_routes(ROUTES)
     calls = enc.calls
     head = "I need a refund " * 300  # longer than the model reads
     for i in range(20):
@@ -91,7 +92,7 @@ def test_cache_is_keyed_by_what_the_encoder_reads(router: AdaptiveRouter) -> Non
     assert len(router.cache) == 1
     assert enc.calls == calls + 1
     (key,) = router.cache._data
-    assert len(key) <= enc.max_tokens * 16
+    assert len(key) <= encoder.max_tokens * 16
 
 
 def test_words_after_a_long_whitespace_run_are_read(encoder: Encoder) -> None:
