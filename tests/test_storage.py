@@ -53,17 +53,17 @@ import json
 from synaptoroute import AdaptiveRouter, Encoder, SQLiteStorage
 enc = Encoder()
 router = AdaptiveRouter(enc, SQLiteStorage({str(db)!r}))
-calls_on_open = enc.calls
+loaded_on_open = enc.loaded  # encoding needs the model: unloaded, nothing encoded
 routes = [r.model_dump() for r in router.list_routes()]
 matches = [m.model_dump() for m in router.query_batch({QUERIES!r})]
-print(json.dumps({{"calls": calls_on_open, "routes": routes, "matches": matches}}))
+print(json.dumps({{"loaded": loaded_on_open, "routes": routes, "matches": matches}}))
 """
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert data["calls"] == 0  # reopening never calls the encoder
+    assert data["loaded"] is False  # reopening never calls the encoder
     # identical decisions; scores equal up to float rounding between processes
     for got, want in zip(data["matches"], expected, strict=True):
         assert {k: v for k, v in got.items() if "score" not in k} == {
