@@ -39,12 +39,12 @@ from .exceptions import (
 )
 from .models import Route, RouteMatch
 from .router import AdaptiveRouter
-from .storage import MemoryStorage, SQLiteStorage, Storage
+from .storage import MemoryStorage, SQLiteStorage, Storage, open_storage
 
 if TYPE_CHECKING:
     from .evaluation import EvaluationReport
     from .fitting import FitReport
-    from .postgres import PostgresStorage, open_storage
+    from .postgres import PostgresStorage
 
 # Imported on first use, so that ``import synaptoroute`` stays light (no fitting,
 # evaluation or PostgreSQL code until they are needed).
@@ -52,7 +52,6 @@ _LAZY = {
     "EvaluationReport": "evaluation",
     "FitReport": "fitting",
     "PostgresStorage": "postgres",
-    "open_storage": "postgres",
 }
 
 

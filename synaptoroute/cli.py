@@ -41,9 +41,9 @@ from .exceptions import (
     SynaptorouteError,
 )
 from .models import Route
-from .postgres import is_database_url, open_storage
 from .router import AdaptiveRouter
 from .server.settings import add_limit_arguments
+from .storage import is_database_url, open_storage
 
 __all__ = [
     "EXIT_BAD_INPUT",

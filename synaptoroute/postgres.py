@@ -43,12 +43,12 @@ from .exceptions import (
 from .models import Route
 from .storage import (
     ModelInfo,
-    SQLiteStorage,
-    Storage,
     StoredRoute,
     _check_vectors,
     _refuse_mixing,
     check_route,
+    is_database_url,
+    open_storage,
 )
 
 if TYPE_CHECKING:
@@ -61,7 +61,6 @@ _log = logging.getLogger("synaptoroute.postgres")
 _APP_ID = "synaptoroute"
 SCHEMA_VERSION = 1
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
-_URL_PREFIXES = ("postgresql://", "postgres://")
 _T = TypeVar("_T")
 
 ChangeKind = Literal[
@@ -1010,20 +1009,3 @@ class PostgresStorage:
 
     def __repr__(self) -> str:
         return f"PostgresStorage({self._target!r}, schema={self.schema!r})"
-
-
-def is_database_url(target: str | os.PathLike[str]) -> bool:
-    """Whether ``target`` names a PostgreSQL server rather than a SQLite file."""
-    return os.fspath(target).startswith(_URL_PREFIXES)
-
-
-def open_storage(target: str | os.PathLike[str], **options: Any) -> Storage:
-    """Open a store from a URL or path: ``postgresql://...`` or a SQLite file.
-
-    Args:
-        target: a ``postgresql://`` / ``postgres://`` URL, or a SQLite path.
-        options: passed to :class:`PostgresStorage` or :class:`SQLiteStorage`.
-    """
-    if is_database_url(target):
-        return PostgresStorage(os.fspath(target), **options)
-    return SQLiteStorage(target, **options)

@@ -36,7 +36,9 @@ __all__ = [
     "Storage",
     "StoredRoute",
     "check_route",
+    "is_database_url",
     "metadata_json",
+    "open_storage",
 ]
 
 _APP_ID = "synaptoroute"
@@ -720,3 +722,26 @@ class SQLiteStorage:
 
     def __repr__(self) -> str:
         return f"SQLiteStorage({self.path!r})"
+
+
+_URL_PREFIXES = ("postgresql://", "postgres://")
+
+
+def is_database_url(target: str | os.PathLike[str]) -> bool:
+    """Whether ``target`` names a PostgreSQL server rather than a SQLite file."""
+    return os.fspath(target).startswith(_URL_PREFIXES)
+
+
+def open_storage(target: str | os.PathLike[str], **options: Any) -> Storage:
+    """Open a store from a URL or path: ``postgresql://...`` or a SQLite file.
+
+    Args:
+        target: a ``postgresql://`` / ``postgres://`` URL, or a SQLite path.
+        options: passed to :class:`~synaptoroute.postgres.PostgresStorage` or
+            :class:`SQLiteStorage`.
+    """
+    if is_database_url(target):
+        from .postgres import PostgresStorage  # the driver only when it is needed
+
+        return PostgresStorage(os.fspath(target), **options)
+    return SQLiteStorage(target, **options)

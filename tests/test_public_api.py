@@ -85,7 +85,8 @@ def test_the_0_1_0_api_is_still_there() -> None:
 def test_lazy_names_are_the_submodules_objects() -> None:
     from synaptoroute.evaluation import EvaluationReport
     from synaptoroute.fitting import FitReport
-    from synaptoroute.postgres import PostgresStorage, open_storage
+    from synaptoroute.postgres import PostgresStorage
+    from synaptoroute.storage import open_storage
 
     assert synaptoroute.FitReport is FitReport
     assert synaptoroute.EvaluationReport is EvaluationReport

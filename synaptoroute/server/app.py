@@ -45,9 +45,8 @@ from ..exceptions import (
     StorageError,
 )
 from ..models import RouteMatch
-from ..postgres import open_storage
 from ..router import AdaptiveRouter
-from ..storage import MemoryStorage, Storage
+from ..storage import MemoryStorage, Storage, open_storage
 from .guards import (
     AdmissionError,
     BatchAdmission,
