@@ -42,6 +42,13 @@ from .exceptions import (
 )
 from .models import Route
 from .router import AdaptiveRouter
+from .routes_file import (
+    RoutesDocument,
+    apply_routes,
+    dump_routes,
+    load_routes_file,
+    render_routes,
+)
 from .server.settings import add_limit_arguments
 from .storage import is_database_url, open_storage
 
@@ -230,8 +237,6 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 def cmd_routes_list(args: argparse.Namespace) -> int:
     """Print every route."""
-    from .server.routes_file import dump_routes
-
     with _router(args) as router:
         doc = dump_routes(router)
     if args.json:
@@ -248,8 +253,6 @@ def cmd_routes_list(args: argparse.Namespace) -> int:
 
 def cmd_routes_add(args: argparse.Namespace) -> int:
     """Add (or with --replace, replace) routes from arguments or a routes file."""
-    from .server.routes_file import RoutesDocument, apply_routes, load_routes_file
-
     if args.file:
         if args.name or args.utterances:
             msg = "give either NAME UTTERANCE... or --file, not both"
@@ -340,8 +343,6 @@ def cmd_negatives_delete(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Build routes from labelled JSON lines (or apply a YAML/JSON routes file)."""
-    from .server.routes_file import RoutesDocument, apply_routes, load_routes_file
-
     suffix = Path(args.file).suffix.lower()
     if suffix in (".yaml", ".yml", ".json"):
         doc = load_routes_file(args.file)
@@ -383,8 +384,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the store's routes as a routes file (YAML or JSON)."""
-    from .server.routes_file import dump_routes, render_routes
-
     by_suffix = args.format is None and str(args.output or "").lower().endswith(".json")
     fmt: Literal["yaml", "json"] = (
         "json" if args.json or args.format == "json" or by_suffix else "yaml"
@@ -444,7 +443,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP service until SIGINT/SIGTERM."""
     import logging
 
-    from .server import ServerSettings, load_routes_file, run
+    from .server import ServerSettings, run
     from .server.settings import limit_values
 
     settings = ServerSettings.from_env(

@@ -23,15 +23,15 @@ from pydantic import SecretStr
 
 from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, Route, SQLiteStorage
 from synaptoroute.batching import text_cost
-from synaptoroute.server import ServerSettings, create_app
-from synaptoroute.server import app as app_module
-from synaptoroute.server.routes_file import (
+from synaptoroute.routes_file import (
     apply_routes,
     dump_routes,
     load_routes_file,
     parse_routes,
     render_routes,
 )
+from synaptoroute.server import ServerSettings, create_app
+from synaptoroute.server import app as app_module
 from synaptoroute.server.schemas import MAX_BATCH_QUERIES
 from synaptoroute.server.settings import is_loopback
 
@@ -814,3 +814,13 @@ print(json.dumps({
         "after": ["synaptoroute_route_name", "synaptoroute_route_path"],
         "theirs_kept": True,
     }
+
+
+def test_routes_files_keep_their_0_2_0_import_path() -> None:
+    import synaptoroute.routes_file as core
+    import synaptoroute.server.routes_file as old
+    from synaptoroute import server
+
+    for name in old.__all__:
+        assert getattr(old, name) is getattr(core, name)
+    assert server.load_routes_file is core.load_routes_file

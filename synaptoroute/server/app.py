@@ -46,6 +46,7 @@ from ..exceptions import (
 )
 from ..models import RouteMatch
 from ..router import AdaptiveRouter
+from ..routes_file import apply_routes, load_routes_file
 from ..storage import MemoryStorage, Storage, open_storage
 from .guards import (
     AdmissionError,
@@ -60,7 +61,6 @@ from .memory import MemoryTrimmer
 from .metrics import CONTENT_TYPE, Gauge, ServiceMetrics
 from .negatives import negatives_router
 from .protocol import ConnectionLimits, guarded_protocol
-from .routes_file import apply_routes, load_routes_file
 from .schemas import (
     NAME_PATTERN,
     BatchRequest,

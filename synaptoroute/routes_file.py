@@ -1,0 +1,213 @@
+"""Routes files: the YAML or JSON document that seeds a store, and its export.
+
+The format (YAML shown; the same keys in JSON)::
+
+    threshold: 0.5            # optional: the router's default threshold
+    routes:
+      - name: billing
+        utterances: ["I need a refund", "Where is my receipt?"]
+        description: Payments and refunds   # optional
+        threshold: 0.6                      # optional: this route's own threshold
+        metadata: {team: payments}          # optional: any JSON object
+    negatives: ["tell me a joke"]   # optional: texts that must route nowhere
+
+A bare list of routes is accepted too. Applying a file creates the routes it
+names, replaces those that differ from the store, leaves identical ones alone
+(nothing is re-encoded), keeps routes the file does not mention, and adds the
+negative examples the store lacks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .exceptions import InvalidInputError, MissingDependencyError, install_hint
+from .models import NEGATIVES_ROUTE, SCORE_MAX, SCORE_MIN, Route, clean_utterances
+from .router import AdaptiveRouter
+
+__all__ = [
+    "ApplyReport",
+    "RoutesDocument",
+    "apply_routes",
+    "dump_routes",
+    "load_routes_file",
+    "parse_routes",
+    "render_routes",
+]
+
+Format = Literal["yaml", "json"]
+
+
+class RoutesDocument(BaseModel):
+    """A parsed routes file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold: float | None = Field(default=None, ge=SCORE_MIN, le=SCORE_MAX)
+    routes: list[Route] = Field(default_factory=list)
+    negatives: list[str] = Field(default_factory=list)
+
+    @field_validator("negatives")
+    @classmethod
+    def _clean_negatives(cls, values: list[str]) -> list[str]:
+        return clean_utterances(values)
+
+
+@dataclass
+class ApplyReport:
+    """What applying a routes file changed."""
+
+    created: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    threshold_changed: bool = False
+    negatives_added: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "created": self.created,
+            "replaced": self.replaced,
+            "unchanged": self.unchanged,
+            "threshold_changed": self.threshold_changed,
+            "negatives_added": self.negatives_added,
+        }
+
+
+def _yaml() -> Any:
+    try:
+        import yaml
+    except ImportError as exc:
+        msg = f"YAML routes files need PyYAML: {install_hint('cli')}"
+        raise MissingDependencyError(msg) from exc
+    return yaml
+
+
+def _format_of(path: Path) -> Format:
+    return "json" if path.suffix.lower() == ".json" else "yaml"
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -> RoutesDocument:
+    """Parse and validate a routes document.
+
+    Raises:
+        InvalidInputError: the text is not valid YAML/JSON, or not a routes document
+            (the message names the offending field).
+    """
+    try:
+        data = json.loads(text) if fmt == "json" else _yaml().safe_load(text)
+    except (ValueError, RecursionError) as exc:
+        msg = f"{source}: not valid JSON: {exc}"
+        raise InvalidInputError(msg) from exc
+    except Exception as exc:
+        yaml = _yaml()
+        if isinstance(exc, yaml.YAMLError):
+            msg = f"{source}: not valid YAML: {exc}"
+            raise InvalidInputError(msg) from exc
+        raise
+    if data is None:
+        data = {}
+    if isinstance(data, list):
+        data = {"routes": data}
+    try:
+        doc = RoutesDocument.model_validate(data)
+    except ValidationError as exc:
+        msg = f"{source}: {_describe(exc)}"
+        raise InvalidInputError(msg) from None
+    names = [r.name for r in doc.routes]
+    if NEGATIVES_ROUTE in names:
+        msg = (
+            f"{source}: route name {NEGATIVES_ROUTE!r} is reserved; list texts that must "
+            "route nowhere under 'negatives'"
+        )
+        raise InvalidInputError(msg)
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        msg = f"{source}: route {dupes[0]!r} appears more than once"
+        raise InvalidInputError(msg)
+    return doc
+
+
+def load_routes_file(path: str | Path) -> RoutesDocument:
+    """Read a ``.yaml``/``.yml`` or ``.json`` routes file.
+
+    Raises:
+        InvalidInputError: unreadable, malformed or invalid file.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"cannot read routes file {str(path)!r}: {exc}"
+        raise InvalidInputError(msg) from exc
+    return parse_routes(text, _format_of(path), source=str(path))
+
+
+def apply_routes(router: AdaptiveRouter, doc: RoutesDocument) -> ApplyReport:
+    """Create or replace the document's routes in ``router`` (one encoder call).
+
+    Validation happens before anything is written; routes identical to the stored
+    ones are skipped. Blocking: call it from a thread inside an event loop.
+    """
+    report = ApplyReport()
+    changed: list[Route] = []
+    for route in doc.routes:
+        if route.name not in router:
+            report.created.append(route.name)
+            changed.append(route)
+        elif router.get_route(route.name) != route:
+            report.replaced.append(route.name)
+            changed.append(route)
+        else:
+            report.unchanged.append(route.name)
+    if changed:
+        router.add_routes(changed, replace=True)
+    if doc.threshold is not None and doc.threshold != router.threshold:
+        router.threshold = doc.threshold
+        report.threshold_changed = True
+    if doc.negatives:
+        report.negatives_added = router.add_negatives(doc.negatives)
+    return report
+
+
+def dump_routes(router: AdaptiveRouter, routes: Sequence[Route] | None = None) -> dict[str, Any]:
+    """The router's routes (or ``routes``) as a routes document that :func:`parse_routes` reads.
+
+    The whole router's document also carries its negative examples, if any.
+    """
+    out = []
+    for route in router.list_routes() if routes is None else routes:
+        item: dict[str, Any] = {"name": route.name, "utterances": list(route.utterances)}
+        if route.description is not None:
+            item["description"] = route.description
+        if route.threshold is not None:
+            item["threshold"] = route.threshold
+        if route.metadata:
+            item["metadata"] = route.metadata
+        out.append(item)
+    doc: dict[str, Any] = {"threshold": router.threshold, "routes": out}
+    if routes is None and router.negatives:
+        doc["negatives"] = router.negatives
+    return doc
+
+
+def render_routes(doc: dict[str, Any], fmt: Format) -> str:
+    """Serialise a dumped routes document as YAML or JSON text."""
+    if fmt == "json":
+        return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    text: str = _yaml().safe_dump(doc, sort_keys=False, allow_unicode=True)
+    return text
