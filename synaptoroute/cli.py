@@ -50,7 +50,7 @@ from .routes_file import (
     render_routes,
 )
 from .server.settings import add_limit_arguments
-from .storage import is_database_url, open_storage
+from .storage import is_database_url
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -173,12 +173,7 @@ def _open_router(args: argparse.Namespace, *, create: bool) -> AdaptiveRouter:
     if not create and not remote and path != ":memory:" and not Path(path).expanduser().exists():
         msg = f"no store at {path!r}; create one with 'synaptoroute import' or 'routes add'"
         raise BadInput(msg)
-    storage = open_storage(path)
-    try:
-        return AdaptiveRouter(ProgressEncoder(Encoder()), storage)
-    except BaseException:
-        storage.close()
-        raise
+    return AdaptiveRouter.open(path, ProgressEncoder(Encoder()))
 
 
 @contextmanager

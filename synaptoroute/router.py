@@ -55,7 +55,14 @@ from .models import (
     RouteMatch,
     clean_utterances,
 )
-from .storage import MemoryStorage, ModelInfo, SQLiteStorage, Storage, StoredRoute
+from .storage import (
+    MemoryStorage,
+    ModelInfo,
+    SQLiteStorage,
+    Storage,
+    StoredRoute,
+    open_storage,
+)
 
 if TYPE_CHECKING:
     from .evaluation import EvaluationReport
@@ -256,6 +263,44 @@ class AdaptiveRouter:
         self._workers_lock = threading.Lock()
         self._load(reencode)
         self._start_follower()
+
+    @classmethod
+    def open(
+        cls,
+        store: str | os.PathLike[str] | None = None,
+        encoder: EncoderProtocol | None = None,
+        **options: Any,
+    ) -> AdaptiveRouter:
+        """A router on the store that ``store`` names, as the CLI and the service open one.
+
+        Args:
+            store: a SQLite file (created if missing; ``":memory:"`` for a SQLite
+                database in memory), a ``postgresql://`` URL, or ``None`` for a
+                :class:`~synaptoroute.storage.MemoryStorage`.
+            encoder: as for the constructor (default: the shared bundled model).
+            options: the constructor's other keyword arguments.
+
+        The store is closed again if the router cannot be built (a model mismatch,
+        a bad option), so a failed open leaves nothing behind.
+
+        Example:
+            >>> router = AdaptiveRouter.open("routes.db")  # doctest: +SKIP
+        """
+        storage: Storage = MemoryStorage() if store is None else open_storage(store)
+        try:
+            return cls(encoder, storage, **options)
+        except BaseException:
+            storage.close()
+            raise
+
+    def warm(self) -> None:
+        """Load the model and compile the index now, so that the first query is not slow.
+
+        Blocking; :meth:`start` compiles the index too (off the event loop) but does
+        not load the model.
+        """
+        self.encoder.encode(["warm-up"])  # loads the model and its runtime's kernels
+        self._index.snapshot()
 
     # -- loading -------------------------------------------------------------------
     @property

@@ -316,3 +316,46 @@ def test_default_aggregation_keeps_small_routes_matchable(encoder: Encoder) -> N
     assert scores["max"] == pytest.approx(0.643, abs=0.01)
     assert scores["mean_topk"] == pytest.approx(0.443, abs=0.01)
     assert scores["mean_topk"] < 0.45 < 0.5 < scores["max"]
+
+
+def test_open_names_the_store_and_closes_it_when_the_router_cannot_be_built(
+    encoder: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from synaptoroute import MemoryStorage, SQLiteStorage
+    from synaptoroute import router as router_module
+
+    assert isinstance(AdaptiveRouter.open(None, encoder).storage, MemoryStorage)
+    path = tmp_path / "sub" / "routes.db"
+    opened = AdaptiveRouter.open(path, encoder, threshold=0.6)
+    assert isinstance(opened.storage, SQLiteStorage) and path.exists()
+    assert opened.threshold == 0.6
+    opened.add_routes([BILLING])
+    opened.close()
+    assert AdaptiveRouter.open(str(path), encoder).route_names == ["billing"]
+
+    closed: list[bool] = []
+
+    class Tracked(SQLiteStorage):
+        def close(self) -> None:
+            closed.append(True)
+            super().close()
+
+    monkeypatch.setattr(router_module, "open_storage", lambda target: Tracked(target))
+    with pytest.raises(InvalidInputError, match="threshold"):
+        AdaptiveRouter.open(path, encoder, threshold=7)
+    assert closed == [True]  # a failed open leaves nothing open
+
+
+def test_warm_loads_the_model_and_compiles_the_index(encoder: Encoder, tmp_path: Path) -> None:
+    path = tmp_path / "routes.db"
+    writer = AdaptiveRouter.open(path, encoder)
+    writer.add_routes([BILLING, SUPPORT])
+    writer.close()
+    fresh = Encoder()  # not loaded yet
+    router = AdaptiveRouter.open(path, fresh)
+    assert not fresh.loaded and router.index_stats.compiles == 0
+    router.warm()
+    assert fresh.loaded and router.index_stats.compiles == 1
+    router.query("How do I get my money back?")
+    assert router.index_stats.compiles == 1  # the first query found it compiled
+    router.close()

@@ -47,7 +47,6 @@ from ..exceptions import (
 from ..models import RouteMatch
 from ..router import AdaptiveRouter
 from ..routes_file import apply_routes, load_routes_file
-from ..storage import MemoryStorage, Storage, open_storage
 from .guards import (
     AdmissionError,
     BatchAdmission,
@@ -109,19 +108,14 @@ class ServiceState:
 
 def build_router(settings: ServerSettings) -> AdaptiveRouter:
     """Open the store named in ``settings`` (memory when ``None``) with the bundled model."""
-    storage: Storage = open_storage(settings.store) if settings.store else MemoryStorage()
-    try:
-        return AdaptiveRouter(
-            Encoder(threads=settings.encoder_threads, spin=settings.encoder_spin),
-            storage,
-            max_batch_size=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            max_queue_size=settings.max_queue_size,
-            max_queue_cost=settings.max_queue_cost,
-        )
-    except BaseException:
-        storage.close()
-        raise
+    return AdaptiveRouter.open(
+        settings.store or None,
+        Encoder(threads=settings.encoder_threads, spin=settings.encoder_spin),
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue_size=settings.max_queue_size,
+        max_queue_cost=settings.max_queue_cost,
+    )
 
 
 async def _blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -450,9 +444,9 @@ def create_app(
                 doc = await _blocking(load_routes_file, settings.routes_file)
                 report = await _blocking(apply_routes, r, doc)
                 log.info("routes file %s applied: %s", settings.routes_file, report.to_dict())
-            # Load the model and encode once; start() then compiles the index (with its
-            # int8 copy from 4,096 utterances), so the first request is not the slow one.
-            await _blocking(r.encoder.encode, ["warm-up"])
+            # Load the model and compile the index (with its int8 copy), so the first
+            # request is not the slow one; start() then runs the batching worker.
+            await _blocking(r.warm)
             await r.start()
         except BaseException:
             release(r)
