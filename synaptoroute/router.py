@@ -61,6 +61,7 @@ from .storage import (
     SQLiteStorage,
     Storage,
     StoredRoute,
+    WatchableStorage,
     open_storage,
 )
 
@@ -834,14 +835,13 @@ class AdaptiveRouter:
         self.storage.close()
 
     # -- replication: applying changes other replicas committed ----------------------
-    # A store with a change feed (PostgresStorage) has ``watch``: the router then
-    # follows it and applies other replicas' changes here, from the vectors in the
+    # A store with a change feed (a WatchableStorage: PostgresStorage) has ``watch``; the router
+    # then follows it and applies other replicas' changes here, from the vectors in the
     # change, without encoding and without writing back. Its own writes are applied
     # by the methods above and not delivered again.
     def _start_follower(self) -> None:
-        watch = getattr(self.storage, "watch", None)
-        if callable(watch):
-            watch(self._apply_changes, lock=self._lock)
+        if isinstance(self.storage, WatchableStorage):
+            self.storage.watch(self._apply_changes, lock=self._lock)
 
     def _policy_from_state(self, state: dict[str, Any]) -> DecisionPolicy:
         policy = DecisionPolicy.from_state(state, self._policy)

@@ -18,13 +18,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .exceptions import InvalidInputError, NotADatabaseError, RouteNotFoundError, StorageError
 from .models import Route
+
+if TYPE_CHECKING:
+    from .postgres import Change
 
 __all__ = [
     "MAX_METADATA_BYTES",
@@ -35,6 +38,7 @@ __all__ = [
     "SQLiteStorage",
     "Storage",
     "StoredRoute",
+    "WatchableStorage",
     "check_route",
     "is_database_url",
     "metadata_json",
@@ -201,6 +205,26 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Release the store."""
+        ...
+
+
+@runtime_checkable
+class WatchableStorage(Storage, Protocol):
+    """A storage with a change feed (:class:`~synaptoroute.postgres.PostgresStorage`).
+
+    A router on such a store follows it: other replicas' committed changes reach the
+    router through :meth:`watch` and are applied from the vectors they carry, without
+    encoding and without writing back.
+    """
+
+    def watch(
+        self,
+        callback: Callable[[Sequence[Change]], None],
+        *,
+        lock: threading.RLock | None = None,
+        since: int | None = None,
+    ) -> Any:
+        """Call ``callback`` with every change other writers commit, in order."""
         ...
 
 

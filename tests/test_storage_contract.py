@@ -24,7 +24,7 @@ from synaptoroute import (
     Storage,
     StorageError,
 )
-from synaptoroute.storage import ModelInfo, StoredRoute
+from synaptoroute.storage import ModelInfo, StoredRoute, WatchableStorage
 
 MODEL = ModelInfo("contract-model", 8)
 OTHER = ModelInfo("another-model", 8)
@@ -184,3 +184,13 @@ def test_state_documents(storage: Storage) -> None:
     assert storage.get_state("policy") == doc
     storage.set_state("policy", None)
     assert storage.get_state("policy") is None
+
+
+def test_only_a_store_with_a_change_feed_is_watchable(
+    storage: Storage, request: pytest.FixtureRequest
+) -> None:
+    # The router follows a WatchableStorage (other replicas' changes); the others are
+    # plain stores it only reads at start-up.
+    assert isinstance(storage, Storage)
+    expected = request.node.callspec.params["storage"] == "postgres"
+    assert isinstance(storage, WatchableStorage) is expected
