@@ -343,7 +343,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         doc = load_routes_file(args.file)
         rows = sum(len(r.utterances) for r in doc.routes)
     else:
-        from .fitting import routes_from_labelled
+        from .datasets import routes_from_labelled
 
         texts, labels = _read_labelled(args.file)
         doc = RoutesDocument(routes=routes_from_labelled(texts, labels))

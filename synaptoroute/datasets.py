@@ -9,13 +9,28 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .exceptions import InvalidInputError
+import numpy as np
+from numpy.typing import NDArray
 
-__all__ = ["DatasetError", "load_jsonl", "parse_jsonl"]
+from .exceptions import InvalidInputError
+from .models import Route
+
+__all__ = [
+    "NONE",
+    "DatasetError",
+    "check_labelled",
+    "label_indexes",
+    "load_jsonl",
+    "parse_jsonl",
+    "routes_from_labelled",
+]
+
+#: Index of "no route" / "out of scope" in label and prediction arrays.
+NONE = -1
 
 #: Malformed lines listed in the message (all are in ``DatasetError.errors``).
 _SHOWN = 10
@@ -124,3 +139,81 @@ def _parse_lines(lines: Iterable[bytes], name: str) -> tuple[list[str], list[str
     if not texts:
         raise DatasetError(name, [], "the file holds no labelled rows")
     return texts, labels
+
+
+# -- labelled rows in memory ------------------------------------------------------------
+def label_indexes(labels: Sequence[str | None], names: Sequence[str]) -> NDArray[np.int64]:
+    """Route index of each label (``NONE`` for ``None``).
+
+    Raises:
+        InvalidInputError: a label is not a string or ``None``, or names no route.
+    """
+    position = {name: i for i, name in enumerate(names)}
+    out = np.empty(len(labels), dtype=np.int64)
+    unknown: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        if label is None:
+            out[i] = NONE
+        elif not isinstance(label, str):
+            msg = f"label {i} must be a route name or None, got {type(label).__name__}"
+            raise InvalidInputError(msg)
+        elif label in position:
+            out[i] = position[label]
+        else:
+            unknown.setdefault(label, i)
+    if unknown:
+        shown = ", ".join(f"{k!r} (row {v})" for k, v in list(unknown.items())[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        msg = (
+            f"{len(unknown)} labels name no route of this router: {shown}{more}; add those "
+            "routes first (for example with routes_from_labelled or 'synaptoroute import'), "
+            "or label such rows null (out of scope)"
+        )
+        raise InvalidInputError(msg)
+    return out
+
+
+def check_labelled(texts: Sequence[str], labels: Sequence[str | None]) -> None:
+    """Validate parallel texts and labels.
+
+    Raises:
+        InvalidInputError: lengths differ, there are no rows, or a text is not a string.
+    """
+    if isinstance(texts, str):
+        msg = "texts must be a list of strings, not a str"
+        raise InvalidInputError(msg)
+    if len(texts) != len(labels):
+        msg = f"texts and labels differ in length ({len(texts)} != {len(labels)})"
+        raise InvalidInputError(msg)
+    if not texts:
+        msg = "no labelled rows given"
+        raise InvalidInputError(msg)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            msg = f"text {i} must be a string, got {type(text).__name__}"
+            raise InvalidInputError(msg)
+
+
+def routes_from_labelled(texts: Sequence[str], labels: Sequence[str | None]) -> list[Route]:
+    """One route per distinct label, its utterances the texts with that label.
+
+    Rows labelled ``None`` (out of scope) belong to no route and are skipped. Routes
+    come in order of first appearance; duplicate texts are kept once.
+
+    Raises:
+        InvalidInputError: lengths differ, a text is not a non-empty string, or a
+            label is not a string or ``None``.
+    """
+    check_labelled(texts, labels)
+    grouped: dict[str, list[str]] = {}
+    for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
+        if label is None:
+            continue
+        if not isinstance(label, str) or not label.strip():
+            msg = f"label {i} must be a non-empty route name or None, got {label!r}"
+            raise InvalidInputError(msg)
+        if not text.strip():
+            msg = f"text {i} is empty"
+            raise InvalidInputError(msg)
+        grouped.setdefault(label.strip(), []).append(text)
+    return [Route(name=name, utterances=utterances) for name, utterances in grouped.items()]

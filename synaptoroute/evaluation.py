@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .datasets import NONE, check_labelled, label_indexes
 from .exceptions import InvalidInputError, MissingDependencyError, install_hint
 from .models import RouteMatch
 
@@ -44,8 +45,6 @@ __all__ = [
     "oos_curve",
 ]
 
-#: Index of "no route" / "out of scope" in label and prediction arrays.
-NONE = -1
 _PLOT_HINT = install_hint("plot")
 
 
@@ -211,58 +210,6 @@ def figures(y_true: NDArray[np.int64], y_pred: NDArray[np.int64], n_routes: int)
         in_scope=n - n_oos,
         out_of_scope=n_oos,
     )
-
-
-def label_indexes(labels: Sequence[str | None], names: Sequence[str]) -> NDArray[np.int64]:
-    """Route index of each label (``NONE`` for ``None``).
-
-    Raises:
-        InvalidInputError: a label is not a string or ``None``, or names no route.
-    """
-    position = {name: i for i, name in enumerate(names)}
-    out = np.empty(len(labels), dtype=np.int64)
-    unknown: dict[str, int] = {}
-    for i, label in enumerate(labels):
-        if label is None:
-            out[i] = NONE
-        elif not isinstance(label, str):
-            msg = f"label {i} must be a route name or None, got {type(label).__name__}"
-            raise InvalidInputError(msg)
-        elif label in position:
-            out[i] = position[label]
-        else:
-            unknown.setdefault(label, i)
-    if unknown:
-        shown = ", ".join(f"{k!r} (row {v})" for k, v in list(unknown.items())[:5])
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        msg = (
-            f"{len(unknown)} labels name no route of this router: {shown}{more}; add those "
-            "routes first (for example with routes_from_labelled or 'synaptoroute import'), "
-            "or label such rows null (out of scope)"
-        )
-        raise InvalidInputError(msg)
-    return out
-
-
-def check_labelled(texts: Sequence[str], labels: Sequence[str | None]) -> None:
-    """Validate parallel texts and labels.
-
-    Raises:
-        InvalidInputError: lengths differ, there are no rows, or a text is not a string.
-    """
-    if isinstance(texts, str):
-        msg = "texts must be a list of strings, not a str"
-        raise InvalidInputError(msg)
-    if len(texts) != len(labels):
-        msg = f"texts and labels differ in length ({len(texts)} != {len(labels)})"
-        raise InvalidInputError(msg)
-    if not texts:
-        msg = "no labelled rows given"
-        raise InvalidInputError(msg)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            msg = f"text {i} must be a string, got {type(text).__name__}"
-            raise InvalidInputError(msg)
 
 
 @dataclass

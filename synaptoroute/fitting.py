@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._cpu import blas_threads
+from .datasets import NONE, check_labelled, label_indexes, routes_from_labelled
 from .decision import (
     KNN_K,
     Calibrator,
@@ -47,10 +48,10 @@ from .decision import (
     scorer_features,
     threshold_verdicts,
 )
-from .evaluation import NONE, Figures, auroc, check_labelled, figures, label_indexes
+from .evaluation import Figures, auroc, figures
 from .exceptions import InvalidInputError, MissingDependencyError, install_hint
 from .index import Snapshot
-from .models import NEGATIVES_ROUTE, SCORE_MIN, Route
+from .models import NEGATIVES_ROUTE, SCORE_MIN
 
 if TYPE_CHECKING:
     from .router import AdaptiveRouter
@@ -71,32 +72,6 @@ _MARGIN_QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.2)
 # A cut above all (or below all) of a segment's values sits this far beyond them.
 _BEYOND = 1e-4
 _CHUNK = 1024
-
-
-# -- building routes from labelled rows ----------------------------------------------
-def routes_from_labelled(texts: Sequence[str], labels: Sequence[str | None]) -> list[Route]:
-    """One route per distinct label, its utterances the texts with that label.
-
-    Rows labelled ``None`` (out of scope) belong to no route and are skipped. Routes
-    come in order of first appearance; duplicate texts are kept once.
-
-    Raises:
-        InvalidInputError: lengths differ, a text is not a non-empty string, or a
-            label is not a string or ``None``.
-    """
-    check_labelled(texts, labels)
-    grouped: dict[str, list[str]] = {}
-    for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
-        if label is None:
-            continue
-        if not isinstance(label, str) or not label.strip():
-            msg = f"label {i} must be a non-empty route name or None, got {label!r}"
-            raise InvalidInputError(msg)
-        if not text.strip():
-            msg = f"text {i} is empty"
-            raise InvalidInputError(msg)
-        grouped.setdefault(label.strip(), []).append(text)
-    return [Route(name=name, utterances=utterances) for name, utterances in grouped.items()]
 
 
 # -- the report ------------------------------------------------------------------------

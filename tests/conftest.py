@@ -13,8 +13,8 @@ import pytest
 from clinc import split
 
 from synaptoroute import AdaptiveRouter, Encoder, SQLiteStorage
+from synaptoroute.datasets import routes_from_labelled
 from synaptoroute.exceptions import install_hint
-from synaptoroute.fitting import routes_from_labelled
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -86,3 +86,14 @@ def test_empty_file_and_missing_file(tmp_path: Path) -> None:
         load_jsonl(write(tmp_path, "\n\n"))
     with pytest.raises(FileNotFoundError):
         load_jsonl(tmp_path / "absent.jsonl")
+
+
+def test_labelled_row_helpers_live_with_the_datasets_and_keep_their_old_homes() -> None:
+    from synaptoroute import evaluation, fitting
+    from synaptoroute.datasets import NONE, label_indexes, routes_from_labelled
+
+    routes = routes_from_labelled(["refund", "crash", "joke", "refund"], ["b", "t", None, "b"])
+    assert [(r.name, r.utterances) for r in routes] == [("b", ["refund"]), ("t", ["crash"])]
+    assert label_indexes(["t", None, "b"], ["b", "t"]).tolist() == [1, NONE, 0]
+    assert fitting.routes_from_labelled is routes_from_labelled  # 0.2.0 import path
+    assert evaluation.label_indexes is label_indexes
