@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from synaptoroute.encoder import l2_normalize
-from synaptoroute.index import Int8Scan, RouteIndex
+from synaptoroute.index import RouteIndex
+from synaptoroute.int8 import Int8Scan
 
 DIM = 16
 
@@ -306,13 +307,13 @@ def test_int8_prefilter_is_exact_with_ties_and_degenerate_queries() -> None:
 
 
 def test_int8_copy_is_built_block_by_block_identically(monkeypatch: pytest.MonkeyPatch) -> None:
-    import synaptoroute.index as index_module
+    import synaptoroute.int8 as int8_module
 
     rng = np.random.default_rng(9)
     rows = l2_normalize(rng.standard_normal((2500, 64)))
     whole = Int8Scan(rows, threads=1)
-    blocks = index_module._blocks
-    monkeypatch.setattr(index_module, "_blocks", lambda r: blocks(r, size=700))
+    blocks = int8_module._blocks
+    monkeypatch.setattr(int8_module, "_blocks", lambda r: blocks(r, size=700))
     chunked = Int8Scan(rows, threads=1)
     assert (chunked.scale, chunked.row_factor, chunked.max_err_l2) == (
         whole.scale,

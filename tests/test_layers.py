@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "synaptoroute"
 LAYERS: list[set[str]] = [
     {"models", "exceptions", "_cpu"},
     {"encoder", "adapters"},
-    {"index", "ann", "lexical"},
+    {"index", "int8", "ann", "lexical"},
     {"decision"},
     {"storage", "postgres"},
     {"router", "batching"},
