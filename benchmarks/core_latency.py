@@ -64,7 +64,8 @@ from common import (
 from numpy.typing import NDArray
 
 from synaptoroute.encoder import Encoder
-from synaptoroute.index import Aggregation, Int8Scan
+from synaptoroute.index import Aggregation
+from synaptoroute.int8 import Int8Scan
 from synaptoroute.models import Route
 from synaptoroute.router import AdaptiveRouter, _blas_limit
 from synaptoroute.storage import MemoryStorage, ModelInfo, SQLiteStorage, StoredRoute
