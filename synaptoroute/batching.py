@@ -47,13 +47,12 @@ __all__ = [
     "text_cost",
 ]
 
-#: Measured (benchmarks/async_serving.py): the encoder sorts a batch by token length,
-#: so a batch needs a few hundred texts before padding stops costing throughput; with
-#: 1,000 callers a worker capped at 64 reached ~70-80% of one-call encoding, 512 ~100%.
+#: The encoder sorts a batch by token length, so a batch needs a few hundred texts
+#: before padding stops costing throughput (figures: BENCHMARKS.md, "Async serving").
 #: A batch only grows this large when that many texts are already queued.
 DEFAULT_MAX_BATCH_SIZE = 512
 #: Continuous batching already gathers what arrived during the previous batch, so a
-#: fill window only adds latency (measured no throughput gain at 8 or 1,000 callers).
+#: fill window only adds latency (BENCHMARKS.md, "Async serving").
 DEFAULT_MAX_WAIT_MS = 0.0
 DEFAULT_MAX_QUEUE_SIZE = 10_000
 #: Characters the default encoder reads of one text at most (256 tokens, cut first by

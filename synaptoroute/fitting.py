@@ -1314,7 +1314,7 @@ def _fit_threads(router: AdaptiveRouter, rows: int, head: bool) -> AbstractConte
 
     if head:
         # scipy brings its own BLAS: load it first, so that the limit covers it too
-        # (unlimited, its L-BFGS bookkeeping was 5x slower on a busy 2-core machine).
+        # (unlimited, its threads fight the others for the cores on a busy machine).
         with suppress(ImportError):
             import scipy.optimize  # noqa: F401
     threads = blas_threads(max(len(router._index), rows), router.blas_threads)

@@ -606,7 +606,7 @@ class RouteIndex:
             return
         # Rows added since the last int8 copy are scored exactly; re-quantise only once
         # they are an eighth of the matrix, so each row is quantised O(1) times. That
-        # runs in the background (0.7 s at 100k rows on 2 cores): until the new copy is
+        # runs in the background (it takes long at large sizes): until the new copy is
         # in, queries use the old one plus the exact tail, so none waits for it.
         if n - self._int8.n > max(self.int8_min_rows, n // 8) and self._int8_builder is None:
             self._start_int8_build(n)
