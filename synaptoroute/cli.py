@@ -173,7 +173,8 @@ def _open_router(args: argparse.Namespace, *, create: bool) -> AdaptiveRouter:
     if not create and not remote and path != ":memory:" and not Path(path).expanduser().exists():
         msg = f"no store at {path!r}; create one with 'synaptoroute import' or 'routes add'"
         raise BadInput(msg)
-    return AdaptiveRouter.open(path, ProgressEncoder(Encoder()))
+    encoder: EncoderProtocol = getattr(args, "encoder", None) or Encoder()
+    return AdaptiveRouter.open(path, ProgressEncoder(encoder))
 
 
 @contextmanager
@@ -788,10 +789,15 @@ def _message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+def main(argv: Sequence[str] | None = None, *, encoder: EncoderProtocol | None = None) -> int:
+    """Run the command line; returns the exit code.
+
+    ``encoder`` replaces the bundled model for the commands that open a store (an
+    embedding service, a test double); ``serve`` always builds its own.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.encoder = encoder
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

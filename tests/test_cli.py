@@ -630,3 +630,24 @@ def test_fit_needs_routes_and_a_readable_file(
     code, _, err = run(capsys, "fit", TRAIN, "--store", store)
     assert code == EXIT_BAD_INPUT
     assert "holds no routes" in err
+
+
+def test_the_encoder_can_be_injected(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # Issue 15: the command line takes its encoder by injection (an embedding service,
+    # or a test double that needs no model file).
+    from synaptoroute import HashingEncoder
+
+    store = str(tmp_path / "hashing.db")
+    hashing = HashingEncoder()
+    add = ["routes", "add", "billing", "refund my order", "--store", store]
+    assert main(add, encoder=hashing) == EXIT_OK
+    capsys.readouterr()
+    assert main(["route", "refund my order now", "--store", store, "--json"], encoder=hashing) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["result"]["route"] == "billing"
+    storage = SQLiteStorage(store)
+    try:
+        info = storage.model_info()
+        assert info is not None and info.model_id == hashing.model_id
+    finally:
+        storage.close()
