@@ -70,6 +70,8 @@ async def test_a_grown_heap_is_trimmed_and_the_rss_falls() -> None:
         assert not await trimmer.check()  # the new baseline is the trimmed RSS
     finally:
         libc.free(pin)
+        await trimmer.stop()
+    assert trimmer._executor is None
 
 
 def test_malloc_trim_is_safe_to_call_any_time() -> None:
@@ -83,6 +85,7 @@ def test_the_trimmer_can_be_switched_off() -> None:
         ServerSettings(memory_trim_interval=-1)
 
 
+@pytest.mark.model
 async def test_the_service_runs_the_trimmer_while_it_serves(tmp_path: Path) -> None:
     for interval, running in ((0.5, True), (0.0, False)):
         app = create_app(

@@ -22,6 +22,7 @@ import ctypes.util
 import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 __all__ = ["MemoryTrimmer", "malloc_trim", "rss_bytes"]
@@ -77,6 +78,9 @@ class MemoryTrimmer:
         self.trims = 0
         self._baseline = rss_bytes()
         self._task: asyncio.Task[None] | None = None
+        # Its own thread: the loop's default executor may be shut down before this
+        # task is cancelled when a loop closes without the service's shutdown.
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def enabled(self) -> bool:
@@ -90,7 +94,9 @@ class MemoryTrimmer:
             if rss is not None and self._baseline is not None:
                 self._baseline = min(self._baseline, rss)
             return False
-        await asyncio.to_thread(malloc_trim)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="synaptoroute-trim")
+        await asyncio.get_running_loop().run_in_executor(self._executor, malloc_trim)
         self.trims += 1
         self._baseline = rss_bytes()
         return True
@@ -117,3 +123,6 @@ class MemoryTrimmer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
