@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,49 @@ def schema(pg_dsn: str) -> Iterator[str]:
     yield name
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+# -- test tiers ------------------------------------------------------------------------
+# The unit tier (``pytest tests -m "not model"``) runs without the model and without
+# the network: a test that needs either is marked ``model``, by hand or, when it asks
+# for the ``encoder`` fixture, here. In every run an unmarked test that reaches the
+# real model or opens an internet socket fails, so a missing mark is found at once.
+_HERE = Path(__file__).parent
+_INTEGRATION_FIXTURES = {"encoder", "pg_dsn"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of this folder that uses the real model or a server through a fixture."""
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if _HERE in Path(str(item.path)).parents and uses & _INTEGRATION_FIXTURES:
+            item.add_marker(pytest.mark.model)
+
+
+def _refuse_model(*_: object, **__: object) -> Any:
+    msg = "this test reaches the real model: mark it @pytest.mark.model (integration tier)"
+    raise RuntimeError(msg)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("model") is not None:
+        return
+    monkeypatch.setattr(Encoder, "load", _refuse_model)
+    monkeypatch.setattr(Encoder, "encode", _refuse_model)
+    connect, bind = socket.socket.connect, socket.socket.bind
+
+    def local_only(real: Any) -> Any:
+        def call(self: socket.socket, address: Any) -> Any:
+            if self.family in (socket.AF_INET, socket.AF_INET6):
+                msg = "this test opens a network socket: mark it @pytest.mark.model"
+                raise RuntimeError(msg)
+            return real(self, address)
+
+        return call
+
+    monkeypatch.setattr(socket.socket, "connect", local_only(connect))
+    monkeypatch.setattr(socket.socket, "bind", local_only(bind))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -34,6 +34,9 @@ from pathlib import Path
 
 import pytest
 
+# Integration tier: the real model (and, for some, a real server).
+pytestmark = pytest.mark.model
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

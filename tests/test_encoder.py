@@ -63,6 +63,7 @@ def test_non_string_raises_type_error(encoder: Encoder) -> None:
     assert encoder.encode([]).shape == (0, 384)
 
 
+@pytest.mark.model
 def test_tampered_model_file_is_refused(tmp_path: Path) -> None:
     model, tokenizer = _default_model_files()
     shutil.copy(tokenizer, tmp_path / "tokenizer.json")
@@ -80,6 +81,7 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.model
 def test_unreachable_fastembed_model_fails_with_a_clear_message(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -96,6 +98,7 @@ def test_unreachable_fastembed_model_fails_with_a_clear_message(
     assert "model_path" in message
 
 
+@pytest.mark.model
 def test_a_model_fetch_that_never_answers_is_abandoned(monkeypatch: pytest.MonkeyPatch) -> None:
     fastembed = pytest.importorskip("fastembed")
     release = threading.Event()

@@ -20,6 +20,9 @@ from synaptoroute.encoder import (
     _sha256,
 )
 
+# Integration tier: the real model (and, for some, a real server).
+pytestmark = pytest.mark.model
+
 SENTENCE = "How do I get my money back?"
 
 

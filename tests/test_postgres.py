@@ -303,6 +303,7 @@ def unit(rows: int, dim: int, seed: int) -> NDArray[np.float32]:
 
 # -- errors within a bounded time (no server needed) ----------------------------------
 @pytest.mark.timeout(60)
+@pytest.mark.model
 def test_bad_dsn_and_unreachable_servers_give_clear_errors() -> None:
     pytest.importorskip("psycopg")
     from synaptoroute.postgres import PostgresStorage

@@ -23,6 +23,9 @@ import pytest
 
 from synaptoroute import SQLiteStorage
 
+# Integration tier: the real model (and, for some, a real server).
+pytestmark = pytest.mark.model
+
 HOST = "127.0.0.1"
 KEY = "e2e-secret-token"
 LIMIT_S = 120.0  # safety limit of every wait (model load on a busy 2-core machine)

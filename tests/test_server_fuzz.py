@@ -12,12 +12,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from pydantic import SecretStr
 
 from synaptoroute import AdaptiveRouter, Encoder
 from synaptoroute.server import ServerSettings, create_app
+
+# Integration tier: the real model (and, for some, a real server).
+pytestmark = pytest.mark.model
 
 MAX_EXAMPLES = 40
 

@@ -19,6 +19,9 @@ from test_server_e2e import KEY, Server
 
 from synaptoroute import SQLiteStorage
 
+# Integration tier: the real model (and, for some, a real server).
+pytestmark = pytest.mark.model
+
 N_REQUESTS = 5_000
 N_CHANGES = 40
 BOUND_S = 240.0  # the whole burst must finish within this, or the test fails

@@ -50,7 +50,7 @@ def content(storage: Storage) -> dict[str, tuple[Route, list[list[float]]]]:
     return {s.route.name: (s.route, s.vectors.tolist()) for s in storage.load()}
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.model)])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     if request.param == "memory":
         store: Storage = MemoryStorage()
