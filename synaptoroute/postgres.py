@@ -41,7 +41,7 @@ from .exceptions import (
     install_hint,
 )
 from .models import Route
-from .storage import (
+from .storage.base import (
     ModelInfo,
     StoredRoute,
     _check_vectors,

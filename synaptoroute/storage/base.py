@@ -1,0 +1,260 @@
+"""What every storage back end shares: the protocol, the stored types, validation.
+
+The back ends are :class:`~synaptoroute.storage.memory.MemoryStorage`,
+:class:`~synaptoroute.storage.sqlite.SQLiteStorage` and
+:class:`~synaptoroute.postgres.PostgresStorage`; ``tests/test_storage_contract.py``
+runs one suite over the three.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..exceptions import InvalidInputError, StorageError
+from ..models import Route
+
+if TYPE_CHECKING:
+    from ..postgres import Change
+
+__all__ = [
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_DEPTH",
+    "ModelInfo",
+    "Storage",
+    "StoredRoute",
+    "WatchableStorage",
+    "check_route",
+    "is_database_url",
+    "metadata_json",
+    "open_storage",
+]
+
+_log = logging.getLogger("synaptoroute.storage")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Deepest nesting of a route's metadata: JSON encoders and pydantic serialisers
+#: recurse per level, so an unbounded depth would fail when the route is read back.
+MAX_METADATA_DEPTH = 32
+#: Largest serialised metadata of one route (UTF-8 bytes).
+MAX_METADATA_BYTES = 64 * 1024
+
+
+def _depth(value: object, limit: int) -> int:
+    """How deeply ``value`` nests containers, counting no further than ``limit + 1``."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:  # iterative: a deep document cannot exhaust the interpreter stack
+        item, level = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            level += 1
+            deepest = max(deepest, level)
+            if level > limit:
+                return level
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level) for child in children)
+    return deepest
+
+
+def metadata_json(metadata: dict[str, Any]) -> str:
+    """Serialise route metadata for the store, refusing what could not be read back.
+
+    Raises:
+        InvalidInputError: a string is not valid Unicode (a lone surrogate), a
+            number is NaN or infinite, a value is not JSON, the nesting is deeper
+            than :data:`MAX_METADATA_DEPTH` or the text longer than
+            :data:`MAX_METADATA_BYTES`. Nothing is written.
+    """
+    if _depth(metadata, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:
+        msg = f"metadata nests deeper than {MAX_METADATA_DEPTH} levels"
+        raise InvalidInputError(msg)
+    try:
+        text = json.dumps(metadata, ensure_ascii=False, allow_nan=False)
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        msg = "metadata must be valid Unicode (no lone surrogates)"
+        raise InvalidInputError(msg) from None
+    except (TypeError, ValueError) as exc:
+        msg = f"metadata must be JSON without NaN or infinite numbers ({exc})"
+        raise InvalidInputError(msg) from None
+    if size > MAX_METADATA_BYTES:
+        msg = f"metadata is {size} bytes as JSON, more than {MAX_METADATA_BYTES}"
+        raise InvalidInputError(msg)
+    return text
+
+
+def _read_metadata(text: str, route: str) -> dict[str, Any]:
+    """Stored metadata; lone surrogates that older versions let in become U+FFFD."""
+    value: dict[str, Any] = json.loads(text)
+    if "\\ud" not in text.lower():  # the only way a surrogate is stored: an escape
+        return value
+    dumped = json.dumps(value, ensure_ascii=False)
+    try:
+        dumped.encode("utf-8")
+    except UnicodeEncodeError:
+        _log.warning("route %r: invalid Unicode in stored metadata replaced by U+FFFD", route)
+        repaired: dict[str, Any] = json.loads(_SURROGATE.sub("\ufffd", dumped))
+        return repaired
+    return value
+
+
+def _check_unicode(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        msg = f"{what} must be valid Unicode (no lone surrogates)"
+        raise InvalidInputError(msg) from None
+
+
+def check_route(route: Route) -> str:
+    """Check that ``route`` can be stored and read back; returns its metadata as JSON.
+
+    Raises:
+        InvalidInputError: see :func:`metadata_json`; also a name, description or
+            utterance that is not valid Unicode.
+    """
+    _check_unicode(route.name, "route name")
+    if route.description is not None:
+        _check_unicode(route.description, "description")
+    for text in route.utterances:
+        _check_unicode(text, "utterance")
+    return metadata_json(route.metadata)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which encoder made the stored vectors."""
+
+    model_id: str
+    dimension: int
+
+
+@dataclass(frozen=True)
+class StoredRoute:
+    """A route as stored: its model and one vector per utterance (same order)."""
+
+    route: Route
+    vectors: NDArray[np.float32]
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What the router needs from a store. Every mutation is atomic."""
+
+    def model_info(self) -> ModelInfo | None:
+        """The model that made the stored vectors, or ``None`` for an empty store."""
+        ...
+
+    def load(self) -> list[StoredRoute]:
+        """Every route with its vectors, in insertion order."""
+        ...
+
+    def put_routes(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
+        """Create or replace these routes and all their utterances, in one transaction."""
+        ...
+
+    def add_utterances(
+        self, name: str, texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo
+    ) -> None:
+        """Append utterances to an existing route."""
+        ...
+
+    def delete_route(self, name: str) -> None:
+        """Remove a route and its utterances."""
+        ...
+
+    def delete_utterances(self, name: str, texts: Sequence[str]) -> None:
+        """Remove some utterances of a route."""
+        ...
+
+    def update_route(self, route: Route) -> None:
+        """Store a route's description, threshold and metadata (not its utterances)."""
+        ...
+
+    def replace_all(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
+        """Replace the whole content (used to re-encode under a new model)."""
+        ...
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        """A JSON document stored under ``key`` (fitted state, settings)."""
+        ...
+
+    def set_state(self, key: str, value: dict[str, Any] | None) -> None:
+        """Store (or with ``None`` delete) a JSON document."""
+        ...
+
+    def close(self) -> None:
+        """Release the store."""
+        ...
+
+
+@runtime_checkable
+class WatchableStorage(Storage, Protocol):
+    """A storage with a change feed (:class:`~synaptoroute.postgres.PostgresStorage`).
+
+    A router on such a store follows it: other replicas' committed changes reach the
+    router through :meth:`watch` and are applied from the vectors they carry, without
+    encoding and without writing back.
+    """
+
+    def watch(
+        self,
+        callback: Callable[[Sequence[Change]], None],
+        *,
+        lock: threading.RLock | None = None,
+        since: int | None = None,
+    ) -> Any:
+        """Call ``callback`` with every change other writers commit, in order."""
+        ...
+
+
+def _refuse_mixing(stored: ModelInfo | None, model: ModelInfo) -> None:
+    """Every backend refuses to store vectors of another model beside the stored ones."""
+    if stored is not None and stored != model:
+        msg = (
+            f"store holds vectors of {stored.model_id!r} (dimension {stored.dimension}), "
+            f"refusing to mix in {model.model_id!r} (dimension {model.dimension})"
+        )
+        raise StorageError(msg)
+
+
+def _check_vectors(texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo) -> None:
+    """Check utterances about to be written with their vectors (every backend calls it)."""
+    if vectors.shape != (len(texts), model.dimension):
+        msg = f"expected vectors of shape ({len(texts)}, {model.dimension}), got {vectors.shape}"
+        raise StorageError(msg)
+    for text in texts:
+        _check_unicode(text, "utterance")
+
+
+_URL_PREFIXES = ("postgresql://", "postgres://")
+
+
+def is_database_url(target: str | os.PathLike[str]) -> bool:
+    """Whether ``target`` names a PostgreSQL server rather than a SQLite file."""
+    return os.fspath(target).startswith(_URL_PREFIXES)
+
+
+def open_storage(target: str | os.PathLike[str], **options: Any) -> Storage:
+    """Open a store from a URL or path: ``postgresql://...`` or a SQLite file.
+
+    Args:
+        target: a ``postgresql://`` / ``postgres://`` URL, or a SQLite path.
+        options: passed to :class:`~synaptoroute.postgres.PostgresStorage` or
+            :class:`SQLiteStorage`.
+    """
+    if is_database_url(target):
+        from ..postgres import PostgresStorage  # the driver only when it is needed
+
+        return PostgresStorage(os.fspath(target), **options)
+    from .sqlite import SQLiteStorage
+
+    return SQLiteStorage(target, **options)
