@@ -44,14 +44,14 @@ from .storage import MemoryStorage, SQLiteStorage, Storage, open_storage
 if TYPE_CHECKING:
     from .evaluation import EvaluationReport
     from .fitting import FitReport
-    from .postgres import PostgresStorage
+    from .storage.postgres import PostgresStorage
 
 # Imported on first use, so that ``import synaptoroute`` stays light (no fitting,
 # evaluation or PostgreSQL code until they are needed).
 _LAZY = {
     "EvaluationReport": "evaluation",
     "FitReport": "fitting",
-    "PostgresStorage": "postgres",
+    "PostgresStorage": "storage.postgres",
 }
 
 

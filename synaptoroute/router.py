@@ -68,7 +68,7 @@ from .storage import (
 if TYPE_CHECKING:
     from .evaluation import EvaluationReport
     from .fitting import FitReport
-    from .postgres import Change
+    from .storage.changes import Change
 
 __all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_THRESHOLD", "AdaptiveRouter", "EmbeddingCache"]
 

@@ -62,6 +62,7 @@ HEAVY = [
     "synaptoroute.fitting",
     "synaptoroute.evaluation",
     "synaptoroute.postgres",
+    "synaptoroute.storage.postgres",
     "synaptoroute.server",
 ]
 

@@ -24,7 +24,7 @@ from ..exceptions import InvalidInputError, StorageError
 from ..models import Route
 
 if TYPE_CHECKING:
-    from ..postgres import Change
+    from .changes import Change
 
 __all__ = [
     "MAX_METADATA_BYTES",
@@ -252,7 +252,7 @@ def open_storage(target: str | os.PathLike[str], **options: Any) -> Storage:
             :class:`SQLiteStorage`.
     """
     if is_database_url(target):
-        from ..postgres import PostgresStorage  # the driver only when it is needed
+        from .postgres import PostgresStorage  # the driver only when it is needed
 
         return PostgresStorage(os.fspath(target), **options)
     from .sqlite import SQLiteStorage

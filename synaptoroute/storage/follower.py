@@ -1,0 +1,161 @@
+"""The follower of a PostgreSQL store's change feed: one thread per watched store.
+
+It listens for ``NOTIFY``, reads the change log past the last sequence number it
+applied and hands the changes to the router's callback; after a lost connection it
+reconnects and catches up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .changes import Change
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from .postgres import PostgresStorage
+
+__all__ = ["Watch", "first_line"]
+
+_log = logging.getLogger("synaptoroute.postgres")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (a driver's can run to many lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Watch:
+    """A running follower of a store's change feed; :meth:`stop` ends it."""
+
+    def __init__(
+        self,
+        storage: PostgresStorage,
+        callback: Callable[[Sequence[Change]], None],
+        lock: threading.RLock,
+    ) -> None:
+        self._storage = storage
+        self._callback = callback
+        self._lock = lock
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self.reconnects = 0
+        self.backend_pid: int | None = None  # the listening session, for pg_stat_activity
+        self._thread = threading.Thread(
+            target=self._run, name="synaptoroute-pg-follower", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the follower currently listens on a live connection."""
+        return self._connected.is_set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop following; the thread exits within about ``timeout`` seconds."""
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # -- the follower thread ---------------------------------------------------------
+    def _run(self) -> None:
+        store = self._storage
+        delay = 0.05
+        down_since: float | None = None
+        while not self._stop.is_set():
+            conn = None
+            try:
+                conn = store._connect()
+                self.backend_pid = conn.info.backend_pid
+                conn.execute(f'LISTEN "{store._channel}"')
+                # LISTEN first, then read the log: a change committed in between is
+                # both notified and read, never neither.
+                self._catch_up(conn)
+                self._connected.set()
+                if down_since is not None:
+                    _log.warning(
+                        "reconnected to PostgreSQL %s after %.1f s; caught up to seq %d",
+                        store._target,
+                        time.monotonic() - down_since,
+                        store.applied_seq,
+                    )
+                    self.reconnects += 1
+                    down_since = None
+                delay = 0.05
+                self._listen(conn)
+            except Exception as exc:  # the follower must outlive any outage
+                self._connected.clear()
+                if down_since is None:
+                    down_since = time.monotonic()
+                    _log.warning(
+                        "lost the change feed of PostgreSQL %s (%s); routing goes on with "
+                        "the last known routes while reconnecting",
+                        store._target,
+                        first_line(exc),
+                    )
+                self._stop.wait(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                if conn is not None:
+                    conn.close()
+        self._connected.clear()
+
+    def _listen(self, conn: psycopg.Connection[Any]) -> None:
+        store = self._storage
+        last_poll = time.monotonic()
+        while not self._stop.is_set():
+            newest = 0
+            for note in conn.notifies(timeout=0.2, stop_after=1):
+                newest = max(newest, int(note.payload or 0))
+            now = time.monotonic()
+            # Polling the log by index is the safety net; notifications carry the latency.
+            poll = now - last_poll >= store.poll_interval
+            if newest > store._applied_or_zero() or poll or store._pending is not None:
+                self._catch_up(conn)
+                last_poll = now
+
+    def _catch_up(self, conn: psycopg.Connection[Any]) -> None:
+        store = self._storage
+        while not self._stop.is_set():
+            since = store._applied_or_zero()
+            rows = store._read_log(conn, since)
+            changes: list[Change] = []
+            reloaded = False
+            if rows and rows[0][0] > since + 1 and since < store._pruned_through(conn):
+                # The log no longer holds what this replica missed: take the whole store.
+                changes.append(store._snapshot(conn))
+                reloaded = True
+            else:
+                for row in rows:
+                    if row[2] == "reload":
+                        # Another replica replaced everything: read it from the tables.
+                        changes.append(store._snapshot(conn))
+                        reloaded = True
+                        break
+                    changes.append(store._row_to_change(row))
+            self._deliver(changes)
+            if not reloaded and len(rows) < store.batch_size:
+                return
+
+    def _deliver(self, changes: Sequence[Change]) -> None:
+        store = self._storage
+        with self._lock:
+            batch: list[Change] = []
+            pending, store._pending = store._pending, None
+            if pending is not None:
+                batch.append(pending)
+            applied = store._applied_or_zero()
+            batch.extend(c for c in changes if c.seq > applied)
+            if not batch:
+                return
+            try:
+                self._callback(batch)
+            except Exception:
+                _log.exception("applying changes up to seq %d failed", batch[-1].seq)
+            store._advance(max(c.seq for c in batch))

@@ -1,0 +1,844 @@
+"""PostgreSQL storage with a change feed: many router replicas, one source of truth.
+
+:class:`PostgresStorage` keeps routes, utterances, vectors (with model id and
+dimension), thresholds and JSON state in PostgreSQL, implementing the same
+:class:`~synaptoroute.storage.Storage` protocol as SQLite. Every mutation is one
+transaction that also appends a row to a change log (``changes``, increasing
+``seq``) and sends ``NOTIFY``. A router on this store follows the log through
+:meth:`PostgresStorage.watch`: it applies only what changed, with the vectors read
+from the log, so it never re-encodes. After a lost connection or a database
+restart the follower reconnects and catches up from the last sequence number it
+applied.
+
+Writers serialise on one advisory lock per store, so sequence numbers are handed
+out in commit order and a follower reading ``seq > last`` never skips a change.
+
+The change types live in :mod:`~synaptoroute.storage.changes` and the follower in
+:mod:`~synaptoroute.storage.follower`. Needs the optional extra ``postgres`` (psycopg 3): ``pip install '.[postgres]'`` in a
+checkout of this repository.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..exceptions import (
+    MissingDependencyError,
+    NotADatabaseError,
+    RouteNotFoundError,
+    StorageError,
+    install_hint,
+)
+from ..models import Route
+from .base import (
+    ModelInfo,
+    StoredRoute,
+    _check_vectors,
+    _refuse_mixing,
+    check_route,
+)
+from .changes import Change, ChangeKind
+from .follower import Watch, first_line
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["SCHEMA_VERSION", "PostgresStorage"]
+
+_log = logging.getLogger("synaptoroute.postgres")
+
+_APP_ID = "synaptoroute"
+SCHEMA_VERSION = 1
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class _LogEntry:
+    """One row to append to the change log."""
+
+    kind: ChangeKind
+    name: str | None
+    data: dict[str, Any] | None = None
+    vectors: NDArray[np.float32] | None = None
+    model: ModelInfo | None = None
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        msg = f"PostgresStorage needs psycopg 3: {install_hint('postgres')}"
+        raise MissingDependencyError(msg) from exc
+    return psycopg
+
+
+def _migration_1(cur: psycopg.Cursor[Any], s: str) -> None:
+    for statement in (
+        f"CREATE TABLE {s}.meta (key text PRIMARY KEY, value text NOT NULL)",
+        f"""CREATE TABLE {s}.routes (
+            id bigserial PRIMARY KEY,
+            name text NOT NULL UNIQUE,
+            description text,
+            threshold double precision,
+            metadata jsonb NOT NULL DEFAULT '{{}}'
+        )""",
+        f"""CREATE TABLE {s}.utterances (
+            id bigserial PRIMARY KEY,
+            route_id bigint NOT NULL REFERENCES {s}.routes(id) ON DELETE CASCADE,
+            text text NOT NULL,
+            vector bytea NOT NULL,
+            UNIQUE (route_id, text)
+        )""",
+        f"CREATE INDEX utterances_route ON {s}.utterances (route_id, id)",
+        f"CREATE TABLE {s}.state (key text PRIMARY KEY, value jsonb NOT NULL)",
+        f"""CREATE TABLE {s}.changes (
+            seq bigserial PRIMARY KEY,
+            origin text NOT NULL,
+            kind text NOT NULL,
+            name text,
+            data jsonb,
+            vectors bytea,
+            model_id text,
+            dimension integer,
+            committed_at timestamptz NOT NULL DEFAULT now()
+        )""",
+    ):
+        cur.execute(statement)
+
+
+# Index i holds the step from schema version i to i + 1. Append, never edit.
+MIGRATIONS: list[Callable[[psycopg.Cursor[Any], str], None]] = [_migration_1]
+
+
+def _route_doc(route: Route, *, utterances: bool) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "description": route.description,
+        "threshold": route.threshold,
+        "metadata": route.metadata,
+    }
+    if utterances:
+        doc["utterances"] = list(route.utterances)
+    return doc
+
+
+def _route_from_doc(name: str, doc: dict[str, Any], utterances: Sequence[str]) -> Route:
+    return Route.model_construct(
+        name=name,
+        utterances=list(utterances),
+        description=doc.get("description"),
+        threshold=doc.get("threshold"),
+        metadata=dict(doc.get("metadata") or {}),
+    )
+
+
+def _matrix(blobs: Sequence[bytes], dim: int) -> NDArray[np.float32]:
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
+
+
+class PostgresStorage:
+    """Routes and vectors in PostgreSQL, with a change log that replicas follow.
+
+    Tables live in their own schema (default ``synaptoroute``), created and migrated
+    on open. An unreachable server or a bad DSN raises :class:`StorageError` within
+    about ``connect_timeout`` seconds.
+
+    Args:
+        dsn: a libpq connection string or ``postgresql://`` URL.
+        schema: the PostgreSQL schema holding the tables (lower-case identifier).
+        connect_timeout: seconds to wait for a connection (libpq counts at least 2).
+        lock_timeout: seconds a write waits for another replica's write.
+        keep_changes: change-log rows kept; replicas further behind reload everything.
+        poll_interval: seconds between safety-net reads of the log while listening.
+
+    Example:
+        >>> store = PostgresStorage("postgresql://app@db.internal/routes")  # doctest: +SKIP
+        >>> router = AdaptiveRouter(storage=store)  # doctest: +SKIP
+    """
+
+    batch_size = 1000
+    prune_every = 1000
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "synaptoroute",
+        connect_timeout: float = 5.0,
+        lock_timeout: float = 30.0,
+        keep_changes: int = 100_000,
+        poll_interval: float = 5.0,
+    ) -> None:
+        pg = _psycopg()
+        if not _SCHEMA_NAME.match(schema):
+            msg = f"schema must be a lower-case identifier of at most 40 characters, got {schema!r}"
+            raise StorageError(msg)
+        if keep_changes < 1:
+            msg = "keep_changes must be at least 1"
+            raise StorageError(msg)
+        self.schema = schema
+        self.connect_timeout = connect_timeout
+        self.lock_timeout = lock_timeout
+        self.keep_changes = keep_changes
+        self.poll_interval = poll_interval
+        self.origin = uuid.uuid4().hex
+        self._s = f'"{schema}"'
+        self._channel = f"synaptoroute_{schema}"
+        try:
+            params = pg.conninfo.conninfo_to_dict(dsn)
+            self._conninfo = pg.conninfo.make_conninfo(
+                dsn,
+                connect_timeout=max(2, math.ceil(connect_timeout)),
+                application_name=params.get("application_name") or "synaptoroute",
+                keepalives=1,
+                keepalives_idle=5,
+                keepalives_interval=2,
+                keepalives_count=3,
+                tcp_user_timeout=int(max(connect_timeout, 5) * 2000),
+            )
+        except pg.Error as exc:
+            # libpq quotes the offending part of the string, which may be a password.
+            reason = re.sub(r'"[^"]*"', '"..."', first_line(exc))
+            msg = f"not a valid PostgreSQL DSN ({reason}; the DSN is not shown, it may hold a password)"
+            raise StorageError(msg) from None
+        self._target = "{}@{}:{}/{}".format(
+            params.get("user") or os.environ.get("PGUSER", "?"),
+            params.get("host") or os.environ.get("PGHOST", "localhost"),
+            params.get("port") or os.environ.get("PGPORT", "5432"),
+            params.get("dbname") or os.environ.get("PGDATABASE", "?"),
+        )
+        self._conn_lock = threading.RLock()
+        self._apply_lock: threading.RLock = threading.RLock()
+        self._cond = threading.Condition()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._used = time.monotonic()
+        self._committing = False
+        self._closed = False
+        self._applied: int | None = None  # last seq reflected in the follower's callback
+        self._pending: Change | None = None  # a resync waiting for the follower
+        self._watch: Watch | None = None
+        self.last_write_seq: int | None = None
+        self._conn = self._connect()
+        try:
+            self._migrate(self._conn)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- connections -----------------------------------------------------------------
+    def _connect(self) -> psycopg.Connection[Any]:
+        pg = _psycopg()
+        start = time.monotonic()
+        try:
+            conn: psycopg.Connection[Any] = pg.connect(self._conninfo, autocommit=True)
+        except pg.Error as exc:
+            msg = (
+                f"cannot connect to PostgreSQL {self._target} "
+                f"(gave up after {time.monotonic() - start:.1f} s): {first_line(exc)}"
+            )
+            raise StorageError(msg) from exc
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, false)",
+            (f"{int(self.lock_timeout * 1000)}ms",),
+        )
+        return conn
+
+    def _run(
+        self, doing: str, work: Callable[[psycopg.Connection[Any]], _T], *, write: bool = False
+    ) -> _T:
+        """Run ``work`` on the shared connection, turning database errors into StorageError.
+
+        A connection that turns out to be dead (server restarted, connection killed)
+        before a write reached COMMIT is replaced and the work retried once; the dead
+        session's transaction was rolled back by the server, so nothing is doubled.
+        """
+        pg = _psycopg()
+        after = "; nothing was changed" if write else ""
+        with self._conn_lock:
+            for attempt in (1, 2):
+                if self._closed:
+                    msg = f"PostgreSQL store {self._target} is closed; cannot {doing}{after}"
+                    raise StorageError(msg)
+                try:
+                    conn = self._live_connection()
+                except StorageError as exc:
+                    msg = f"cannot {doing}: {exc}{after}"
+                    raise StorageError(msg) from exc
+                self._committing = False
+                try:
+                    return work(conn)
+                except pg.Error as exc:
+                    broken = conn.broken or conn.closed
+                    if broken:
+                        conn.close()
+                        self._conn = None
+                    if broken and attempt == 1 and not self._committing:
+                        _log.info("PostgreSQL %s: connection lost; retrying", self._target)
+                        continue
+                    if self._committing:
+                        after = (
+                            "; the connection broke while committing, so the change may have "
+                            "been stored (replicas then apply it from the change log)"
+                        )
+                    msg = f"PostgreSQL store {self._target}: cannot {doing}: {first_line(exc)}"
+                    raise StorageError(msg + after) from exc
+        raise AssertionError  # pragma: no cover - the loop returns or raises
+
+    def _live_connection(self) -> psycopg.Connection[Any]:
+        pg = _psycopg()
+        conn = self._conn
+        if conn is not None and not conn.closed and time.monotonic() - self._used > 1.0:
+            # An idle connection may have died with a database restart; probing costs one
+            # round trip and saves the next write from failing although the server is back.
+            try:
+                conn.execute("SELECT 1")
+            except pg.Error:
+                conn.close()
+        if conn is None or conn.closed:
+            conn = self._conn = self._connect()
+        self._used = time.monotonic()
+        return conn
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        s = self._s
+        with conn.transaction():
+            cur = conn.cursor()
+            # Replicas starting together on an empty database take turns.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._lock_name,))
+            cur.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                (self.schema,),
+            )
+            tables = {row[0] for row in cur.fetchall()}
+            version = 0
+            if tables:
+                app = None
+                if "meta" in tables:
+                    cur.execute(f"SELECT key, value FROM {s}.meta WHERE key IN ('app', 'version')")
+                    meta = dict(cur.fetchall())
+                    app = meta.get("app")
+                    version = int(meta.get("version", 0))
+                if app != _APP_ID:
+                    msg = (
+                        f"schema {self.schema!r} in {self._target} holds tables that are not a "
+                        "synaptoroute store; it was left untouched (pass another schema=)"
+                    )
+                    raise NotADatabaseError(msg)
+                if version > SCHEMA_VERSION:
+                    msg = (
+                        f"schema {self.schema!r} in {self._target} has version {version}, newer "
+                        f"than this synaptoroute understands ({SCHEMA_VERSION}); upgrade synaptoroute"
+                    )
+                    raise StorageError(msg)
+            if version == SCHEMA_VERSION:
+                return
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+            for step in range(version, SCHEMA_VERSION):
+                MIGRATIONS[step](cur, s)
+            cur.execute(
+                f"INSERT INTO {s}.meta(key, value) VALUES ('app', %s), ('version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (_APP_ID, str(SCHEMA_VERSION)),
+            )
+
+    @property
+    def _lock_name(self) -> str:
+        return f"synaptoroute:{self.schema}"
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the store."""
+        sql = f"SELECT value FROM {self._s}.meta WHERE key='version'"
+        row = self._run("read the schema version", lambda conn: conn.execute(sql).fetchone())
+        return int(row[0]) if row else 0
+
+    # -- reads -----------------------------------------------------------------------
+    def model_info(self) -> ModelInfo | None:
+        """The model that made the stored vectors, or ``None``."""
+        return self._run("read the model", lambda conn: self._model(conn.cursor()))
+
+    def _model(self, cur: psycopg.Cursor[Any]) -> ModelInfo | None:
+        cur.execute(f"SELECT key, value FROM {self._s}.meta WHERE key IN ('model_id', 'dimension')")
+        rows = dict(cur.fetchall())
+        if "model_id" not in rows:
+            return None
+        return ModelInfo(rows["model_id"], int(rows["dimension"]))
+
+    def _read_routes(
+        self, conn: psycopg.Connection[Any], names: Sequence[str] | None = None
+    ) -> tuple[list[StoredRoute], ModelInfo | None]:
+        s = self._s
+        cur = conn.cursor(binary=True)
+        model = self._model(cur)
+        if names is None:
+            cur.execute(f"SELECT id, name, description, threshold, metadata FROM {s}.routes")
+        else:
+            cur.execute(
+                f"SELECT id, name, description, threshold, metadata FROM {s}.routes "
+                "WHERE name = ANY(%s)",
+                (list(names),),
+            )
+        routes = sorted(cur.fetchall(), key=lambda r: r[0])
+        if not routes:
+            return [], model
+        ids = [r[0] for r in routes]
+        cur.execute(
+            f"SELECT route_id, text, vector FROM {s}.utterances WHERE route_id = ANY(%s) "
+            "ORDER BY route_id, id",
+            (ids,),
+        )
+        texts: dict[int, list[str]] = {rid: [] for rid in ids}
+        blobs: dict[int, list[bytes]] = {rid: [] for rid in ids}
+        for rid, text, vector in cur:
+            texts[rid].append(text)
+            blobs[rid].append(vector)
+        dim = model.dimension if model else 0
+        out = []
+        for rid, name, description, threshold, metadata in routes:
+            route = _route_from_doc(
+                name,
+                {"description": description, "threshold": threshold, "metadata": metadata},
+                texts[rid],
+            )
+            out.append(StoredRoute(route, _matrix(blobs[rid], dim)))
+        return out, model
+
+    def load(self) -> list[StoredRoute]:
+        """Every route with its vectors, in insertion order, without any encoding.
+
+        Also records the change-log position of what was read, so a follower started
+        afterwards (:meth:`watch`) continues exactly from there.
+        """
+        with self._apply_lock:
+            snap = self._run("load the routes", self._snapshot)
+            if self._watch is None:
+                self._applied = snap.seq
+        return list(snap.routes)
+
+    def _snapshot(self, conn: psycopg.Connection[Any]) -> Change:
+        """The whole store and the log position it corresponds to, read consistently."""
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {self._s}.changes").fetchone()
+            return self._whole(conn, int(row[0]) if row else 0)
+
+    def _whole(self, conn: psycopg.Connection[Any], seq: int) -> Change:
+        routes, model = self._read_routes(conn)
+        rows = conn.execute(f"SELECT key, value FROM {self._s}.state").fetchall()
+        state: dict[str, dict[str, Any] | None] = {k: v for k, v in rows}
+        return Change(seq, "reload", routes=tuple(routes), model=model, state=state)
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        """A JSON document stored under ``key``."""
+        sql = f"SELECT value FROM {self._s}.state WHERE key=%s"
+        row = self._run("read state", lambda conn: conn.execute(sql, (key,)).fetchone())
+        return dict(row[0]) if row else None
+
+    def current_seq(self) -> int:
+        """The newest sequence number in the change log (0 for none)."""
+        sql = f"SELECT coalesce(max(seq), 0) FROM {self._s}.changes"
+        row = self._run("read the change log", lambda conn: conn.execute(sql).fetchone())
+        return int(row[0]) if row else 0
+
+    # -- writes ----------------------------------------------------------------------
+    def _write(
+        self,
+        kind: ChangeKind,
+        name: str | None,
+        body: Callable[[psycopg.Cursor[Any]], None],
+        *,
+        data: dict[str, Any] | None = None,
+        vectors: NDArray[np.float32] | None = None,
+        model: ModelInfo | None = None,
+    ) -> int:
+        return self._write_many(body, [_LogEntry(kind, name, data, vectors, model)])
+
+    def _write_many(
+        self, body: Callable[[psycopg.Cursor[Any]], None], entries: Sequence[_LogEntry]
+    ) -> int:
+        """Run ``body`` and log ``entries`` (one change each) in one transaction.
+
+        Returns the sequence number of the last entry.
+        """
+        pg = _psycopg()
+        s = self._s
+        rows = [
+            (
+                self.origin,
+                e.kind,
+                e.name,
+                None if e.data is None else pg.types.json.Jsonb(e.data),
+                None
+                if e.vectors is None
+                else np.ascontiguousarray(e.vectors, np.float32).tobytes(),
+                e.model.model_id if e.model else None,
+                e.model.dimension if e.model else None,
+            )
+            for e in entries
+        ]
+
+        def work(conn: psycopg.Connection[Any]) -> tuple[int, Change | None]:
+            with conn.transaction():
+                cur = conn.cursor()
+                # One writer at a time per store: sequence numbers follow commit order.
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._lock_name,))
+                body(cur)
+                seqs = []
+                for row in rows:
+                    cur.execute(
+                        f"INSERT INTO {s}.changes(origin, kind, name, data, vectors, model_id, "
+                        "dimension) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING seq",
+                        row,
+                    )
+                    got = cur.fetchone()
+                    assert got is not None
+                    seqs.append(int(got[0]))
+                seq = seqs[-1]
+                cur.execute("SELECT pg_notify(%s, %s)", (self._channel, str(seq)))
+                resync = None
+                if self._applied is not None:
+                    touched = [(e.kind, e.name) for e in entries]
+                    resync = self._resync(conn, seqs[0], seq, touched)
+                if any(n % self.prune_every == 0 for n in seqs):
+                    self._prune(cur, seq)
+                self._committing = True
+            return seq, resync
+
+        with self._apply_lock:
+            label = entries[0].kind.replace("_", " ")
+            seq, resync = self._run(label, work, write=True)
+            self.last_write_seq = seq
+            if self._applied is not None:
+                if resync is not None:
+                    self._pending = resync
+                self._advance(seq)
+        return seq
+
+    def _resync(
+        self,
+        conn: psycopg.Connection[Any],
+        first: int,
+        seq: int,
+        own: Sequence[tuple[ChangeKind, str | None]],
+    ) -> Change | None:
+        """What the follower must reset when this write raced writes it has not applied.
+
+        The router applies its own write (log entries ``first`` to ``seq``, kinds and
+        names ``own``) locally, on top of a state that may lack another replica's
+        earlier write; afterwards the follower resets every route either touched to
+        its exact state as of ``seq``, read in this transaction.
+        """
+        rows = conn.execute(
+            f"SELECT kind, name FROM {self._s}.changes WHERE seq > %s AND seq < %s",
+            (self._applied, first),
+        ).fetchall()
+        pending = self._pending
+        if not rows and pending is None:
+            return None
+        touched = [*rows, *own]
+        if any(k == "reload" for k, _ in touched) or (pending and pending.kind == "reload"):
+            return self._whole(conn, seq)
+        names = {n for k, n in touched if k != "set_state" and n is not None}
+        keys = {n for k, n in touched if k == "set_state" and n is not None}
+        if pending is not None:
+            names.update(pending.names)
+            keys.update(pending.state)
+        routes, model = self._read_routes(conn, sorted(names))
+        state: dict[str, dict[str, Any] | None] = {}
+        for key in sorted(keys):
+            row = conn.execute(f"SELECT value FROM {self._s}.state WHERE key=%s", (key,)).fetchone()
+            state[key] = row[0] if row else None
+        return Change(
+            seq,
+            "resync",
+            names=tuple(sorted(names)),
+            routes=tuple(routes),
+            model=model,
+            state=state,
+        )
+
+    def _prune(self, cur: psycopg.Cursor[Any], seq: int) -> None:
+        through = seq - self.keep_changes
+        if through <= 0:
+            return
+        cur.execute(f"DELETE FROM {self._s}.changes WHERE seq <= %s", (through,))
+        cur.execute(
+            f"INSERT INTO {self._s}.meta(key, value) VALUES ('pruned_through', %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (str(through),),
+        )
+
+    def _set_model(self, cur: psycopg.Cursor[Any], model: ModelInfo) -> None:
+        _refuse_mixing(self._model(cur), model)
+        cur.execute(
+            f"INSERT INTO {self._s}.meta(key, value) VALUES ('model_id', %s), ('dimension', %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (model.model_id, str(model.dimension)),
+        )
+
+    def _route_id(self, cur: psycopg.Cursor[Any], name: str) -> int:
+        cur.execute(f"SELECT id FROM {self._s}.routes WHERE name=%s", (name,))
+        row = cur.fetchone()
+        if row is None:
+            raise RouteNotFoundError(name)
+        return int(row[0])
+
+    def _insert_route(
+        self, cur: psycopg.Cursor[Any], route: Route, vectors: NDArray[np.float32]
+    ) -> None:
+        s = self._s
+        pg = _psycopg()
+        cur.execute(f"DELETE FROM {s}.routes WHERE name=%s", (route.name,))
+        cur.execute(
+            f"INSERT INTO {s}.routes(name, description, threshold, metadata) "
+            "VALUES (%s, %s, %s, %s) RETURNING id",
+            (route.name, route.description, route.threshold, pg.types.json.Jsonb(route.metadata)),
+        )
+        row = cur.fetchone()
+        assert row is not None
+        rid = int(row[0])
+        matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+        with cur.copy(
+            f"COPY {s}.utterances (route_id, text, vector) FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["int8", "text", "bytea"])
+            for text, vec in zip(route.utterances, matrix, strict=True):
+                copy.write_row((rid, text, vec.tobytes()))
+
+    def put_route(self, route: Route, vectors: NDArray[np.float32], model: ModelInfo) -> None:
+        """Create or replace one route and its utterances (see :meth:`put_routes`)."""
+        self.put_routes([StoredRoute(route, vectors)], model)
+
+    def put_routes(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
+        """Create or replace routes and their utterances, all in one transaction.
+
+        The change log gets one ``put_route`` entry per route, committed together.
+        """
+        for item in routes:
+            _check_vectors(item.route.utterances, item.vectors, model)
+            check_route(item.route)
+        if not routes:
+            return
+
+        def body(cur: psycopg.Cursor[Any]) -> None:
+            self._set_model(cur, model)
+            for item in routes:
+                self._insert_route(cur, item.route, item.vectors)
+
+        entries = [
+            _LogEntry(
+                "put_route",
+                item.route.name,
+                _route_doc(item.route, utterances=True),
+                item.vectors,
+                model,
+            )
+            for item in routes
+        ]
+        self._write_many(body, entries)
+
+    def add_utterances(
+        self, name: str, texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo
+    ) -> None:
+        """Append utterances to a route in one transaction (an existing text gets the new vector)."""
+        _check_vectors(texts, vectors, model)
+        matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+
+        def body(cur: psycopg.Cursor[Any]) -> None:
+            self._set_model(cur, model)
+            rid = self._route_id(cur, name)
+            cur.executemany(
+                f"INSERT INTO {self._s}.utterances(route_id, text, vector) VALUES (%s, %s, %s) "
+                "ON CONFLICT (route_id, text) DO UPDATE SET vector = EXCLUDED.vector",
+                [(rid, t, v.tobytes()) for t, v in zip(texts, matrix, strict=True)],
+            )
+
+        data = {"texts": list(texts)}
+        self._write("add_utterances", name, body, data=data, vectors=matrix, model=model)
+
+    def delete_route(self, name: str) -> None:
+        """Remove a route and its utterances."""
+
+        def body(cur: psycopg.Cursor[Any]) -> None:
+            cur.execute(f"DELETE FROM {self._s}.routes WHERE id=%s", (self._route_id(cur, name),))
+
+        self._write("delete_route", name, body)
+
+    def delete_utterances(self, name: str, texts: Sequence[str]) -> None:
+        """Remove some utterances of a route."""
+
+        def body(cur: psycopg.Cursor[Any]) -> None:
+            cur.execute(
+                f"DELETE FROM {self._s}.utterances WHERE route_id=%s AND text = ANY(%s)",
+                (self._route_id(cur, name), list(texts)),
+            )
+
+        self._write("delete_utterances", name, body, data={"texts": list(texts)})
+
+    def update_route(self, route: Route) -> None:
+        """Store a route's description, threshold and metadata."""
+        check_route(route)
+        pg = _psycopg()
+
+        def body(cur: psycopg.Cursor[Any]) -> None:
+            rid = self._route_id(cur, route.name)
+            cur.execute(
+                f"UPDATE {self._s}.routes SET description=%s, threshold=%s, metadata=%s "
+                "WHERE id=%s",
+                (route.description, route.threshold, pg.types.json.Jsonb(route.metadata), rid),
+            )
+
+        self._write("update_route", route.name, body, data=_route_doc(route, utterances=False))
+
+    def replace_all(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
+        """Replace every route and the model record in one transaction."""
+        for item in routes:
+            _check_vectors(item.route.utterances, item.vectors, model)
+            check_route(item.route)
+
+        def body(cur: psycopg.Cursor[Any]) -> None:
+            cur.execute(f"DELETE FROM {self._s}.routes")
+            cur.execute(f"DELETE FROM {self._s}.meta WHERE key IN ('model_id', 'dimension')")
+            self._set_model(cur, model)
+            for item in routes:
+                self._insert_route(cur, item.route, item.vectors)
+
+        # Followers read the new content from the tables rather than from the log.
+        self._write("reload", None, body, model=model)
+
+    def set_state(self, key: str, value: dict[str, Any] | None) -> None:
+        """Store (or with ``None`` delete) a JSON document."""
+        pg = _psycopg()
+
+        def body(cur: psycopg.Cursor[Any]) -> None:
+            if value is None:
+                cur.execute(f"DELETE FROM {self._s}.state WHERE key=%s", (key,))
+            else:
+                cur.execute(
+                    f"INSERT INTO {self._s}.state(key, value) VALUES (%s, %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    (key, pg.types.json.Jsonb(value)),
+                )
+
+        self._write("set_state", key, body, data={"value": value})
+
+    # -- the change feed -------------------------------------------------------------
+    def watch(
+        self,
+        callback: Callable[[Sequence[Change]], None],
+        *,
+        lock: threading.RLock | None = None,
+        since: int | None = None,
+    ) -> Watch:
+        """Call ``callback`` with every change committed after ``since``, in order.
+
+        ``since`` defaults to the position of the last :meth:`load`. Changes this
+        store writes itself are not delivered (the writer applied them already),
+        except when they raced another replica's write: then a ``resync`` follows.
+        ``lock`` is held while ``callback`` runs and during every write, so pass the
+        lock that guards the state the callback updates (the router's).
+
+        Raises:
+            StorageError: the store is already watched, or was never loaded and no
+                ``since`` was given.
+        """
+        with self._apply_lock:
+            if self._watch is not None:
+                msg = "this PostgresStorage is already watched; open one store per router"
+                raise StorageError(msg)
+            if since is not None:
+                self._applied = since
+            if self._applied is None:
+                msg = "call load() first or pass since= to watch()"
+                raise StorageError(msg)
+            self._watch = Watch(self, callback, lock if lock is not None else self._apply_lock)
+            if lock is not None:
+                self._apply_lock = lock
+            return self._watch
+
+    @property
+    def watching(self) -> Watch | None:
+        """The running follower, if any."""
+        return self._watch
+
+    @property
+    def applied_seq(self) -> int:
+        """The last change-log position reflected in the watcher's state (0 if none)."""
+        return self._applied_or_zero()
+
+    def wait_for_seq(self, seq: int, timeout: float | None = None) -> bool:
+        """Block until every change up to ``seq`` is applied; ``False`` on timeout."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._applied_or_zero() >= seq and self._pending is None, timeout
+            )
+
+    def _applied_or_zero(self) -> int:
+        return self._applied or 0
+
+    def _advance(self, seq: int) -> None:
+        with self._cond:
+            self._applied = max(self._applied_or_zero(), seq)
+            self._cond.notify_all()
+
+    def _read_log(self, conn: psycopg.Connection[Any], since: int) -> list[tuple[Any, ...]]:
+        cur = conn.cursor(binary=True)
+        cur.execute(
+            "SELECT seq, origin, kind, name, data, vectors, model_id, dimension "
+            f"FROM {self._s}.changes WHERE seq > %s ORDER BY seq LIMIT %s",
+            (since, self.batch_size),
+        )
+        return list(cur.fetchall())
+
+    def _pruned_through(self, conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute(
+            f"SELECT value FROM {self._s}.meta WHERE key = 'pruned_through'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _row_to_change(self, row: tuple[Any, ...]) -> Change:
+        seq, origin, kind, name, data, blob, model_id, dim = row
+        data = data or {}
+        model = ModelInfo(model_id, int(dim)) if model_id is not None else None
+        vectors = None
+        if blob is not None and model is not None:
+            vectors = np.frombuffer(bytes(blob), dtype=np.float32).reshape(-1, model.dimension)
+        if kind == "put_route":
+            route = _route_from_doc(name, data, data.get("utterances", []))
+            return Change(seq, kind, name, route=route, vectors=vectors, model=model, origin=origin)
+        if kind == "update_route":
+            route = _route_from_doc(name, data, [])
+            return Change(seq, kind, name, route=route, origin=origin)
+        if kind == "set_state":
+            return Change(seq, kind, name, state={name: data.get("value")}, origin=origin)
+        texts = tuple(data.get("texts", ()))
+        return Change(seq, kind, name, texts=texts, vectors=vectors, model=model, origin=origin)
+
+    # -- lifetime --------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the follower and close the connection."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
+        with self._conn_lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStorage({self._target!r}, schema={self.schema!r})"
