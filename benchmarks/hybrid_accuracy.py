@@ -197,7 +197,7 @@ def section_head(data: str | None, cache: str | None, out: dict[str, Any]) -> No
     """The head's regression alone on all of CLINC150 train: top-1 on val, no cut."""
     from threadpoolctl import threadpool_limits
 
-    from synaptoroute.fitting import _softmax_regression
+    from synaptoroute.fitting.head import _softmax_regression
 
     train, val = load_split("clinc150", "train", data), load_split("clinc150", "val", data)
     encoder = shared_encoder([*train, *val], cache)

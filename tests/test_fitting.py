@@ -28,18 +28,11 @@ from synaptoroute import (
 )
 from synaptoroute.decision import DecisionPolicy
 from synaptoroute.evaluation import NONE, figures
-from synaptoroute.fitting import (
-    FitReport,
-    _isotonic,
-    _layout,
-    _platt,
-    _policy_predictions,
-    _rank,
-    _route_scores,
-    _Scored,
-    _search,
-    routes_from_labelled,
-)
+from synaptoroute.fitting import FitReport, routes_from_labelled
+from synaptoroute.fitting.calibration import _isotonic, _platt
+from synaptoroute.fitting.cuts import _Scored, _search
+from synaptoroute.fitting.fit import _policy_predictions
+from synaptoroute.fitting.scores import _layout, _rank, _route_scores
 
 
 class CountingEncoder:

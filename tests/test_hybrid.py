@@ -27,7 +27,8 @@ from synaptoroute import AdaptiveRouter, Encoder, Route, SQLiteStorage
 from synaptoroute.cli import main
 from synaptoroute.decision import OOD_SCORERS, Calibrator, LinearHead, knn_similarity
 from synaptoroute.evaluation import auroc, expected_calibration_error, oos_curve
-from synaptoroute.fitting import _mahalanobis_fit, routes_from_labelled
+from synaptoroute.fitting import routes_from_labelled
+from synaptoroute.fitting.head import _mahalanobis_fit
 from synaptoroute.lexical import LexicalIndex, text_features
 from synaptoroute.models import NEGATIVES_ROUTE
 from synaptoroute.server import ServerSettings, create_app

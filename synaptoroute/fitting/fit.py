@@ -1,0 +1,541 @@
+""":func:`fit_router`: encode once, score once, fit every candidate on folds, keep the winner."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, suppress
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._cpu import blas_threads
+from ..datasets import NONE, check_labelled, label_indexes
+from ..decision import (
+    DecisionPolicy,
+    LinearHead,
+    mahalanobis_score,
+)
+from ..evaluation import figures
+from ..exceptions import InvalidInputError
+from ..models import NEGATIVES_ROUTE
+from .calibration import _calibrate
+from .cuts import (
+    Objective,
+    _fit_thresholds,
+    _objective_value,
+    _Scored,
+    _search,
+    _threshold_predictions,
+    _ThresholdFit,
+)
+from .head import (
+    _FIT_HINT,
+    _choose_head,
+    _folds,
+    _HeadFit,
+    _knn_loo,
+    _mahalanobis_fit,
+    _softmax_regression,
+)
+from .report import FitReport
+from .scores import _layout, _rank, _route_scores
+
+if TYPE_CHECKING:
+    from ..router import AdaptiveRouter
+
+#: Weights of the lexical score in the head's logits (0: dense only), tried likewise.
+_BETAS = (0.0, 2.5, 5.0, 10.0, 20.0)
+#: Quantiles of the occurring top-1/top-2 gaps tried as the ambiguity margin.
+_MARGIN_QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.2)
+_OBJECTIVES = ("auto", "balanced", "accuracy", "macro_f1", "oos_recall")
+
+
+def fit_router(
+    router: AdaptiveRouter,
+    texts: Sequence[str],
+    labels: Sequence[str | None],
+    *,
+    objective: Objective = "auto",
+    target_oos_recall: float = 0.9,
+    oos_share: float = 0.2,
+    head: bool | Literal["auto"] = "auto",
+    hybrid: bool | Literal["auto"] = "auto",
+    per_route: bool | Literal["auto"] = "auto",
+    margin: bool = True,
+    calibration: Literal["auto", "isotonic", "platt"] = "auto",
+    folds: int = 3,
+    top_k: int = 5,
+    regularization: float = 10.0,
+    min_support: int = 10,
+    max_iter: int = 100,
+    seed: int = 0,
+) -> FitReport:
+    """Fit ``router``'s decision policy on labelled texts and save it in its storage.
+
+    Args:
+        router: the router; its routes must exist (labels name them).
+        texts: example queries.
+        labels: the route each should go to; ``None`` for a query that fits no route.
+        objective: ``"auto"`` (the default: ``"balanced"`` when some labels are
+            ``None``, else ``"accuracy"``), ``"balanced"`` (the accuracy expected
+            when ``oos_share`` of the traffic is out of scope:
+            ``(1 - oos_share) * in-scope accuracy + oos_share * out-of-scope
+            recall``, whatever the share of ``None`` labels), ``"accuracy"`` (all rows, a rejected
+            out-of-scope row counts as right), ``"macro_f1"`` (mean F1 over routes),
+            or ``"oos_recall"`` (best in-scope accuracy while rejecting at least
+            ``target_oos_recall`` of the out-of-scope rows; needs rows labelled
+            ``None``).
+        target_oos_recall: the recall ``"oos_recall"`` must reach.
+        oos_share: the share of out-of-scope traffic ``"balanced"`` assumes (0.2: about
+            CLINC150's test split, 1,000 of 5,500 queries; 0.5 is the plain mean).
+        head: ``"auto"`` trains a head and uses it if it does better on held-out
+            data; ``True`` uses it regardless; ``False`` fits thresholds only.
+        hybrid: add the lexical score (:mod:`synaptoroute.lexical`) to the head's
+            logits: ``"auto"`` if it does better on held-out data, ``True`` always
+            (the best positive weight), ``False`` never.
+        per_route: one threshold per route (``True``), a single one (``False``), or
+            whichever does better on held-out data (``"auto"``).
+        margin: also search the ambiguity margin (top-1 minus top-2).
+        calibration: ``"isotonic"``, ``"platt"``, or ``"auto"`` (the score calibrator
+            isotonic from 1,000 rows on, else Platt; the head's always Platt).
+        folds: folds for the held-out estimates (at least 2).
+        top_k: how many ranked routes the head chooses among.
+        regularization: the head's inverse L2 strength (scikit-learn's ``C``).
+        min_support: a route needs this many rows where it ranks first to get its own
+            threshold; the others share the fitted default.
+        max_iter: L-BFGS iterations per head fit.
+        seed: fold assignment seed.
+
+    Returns:
+        A :class:`FitReport` of what changed, with before/after figures.
+
+    Raises:
+        InvalidInputError: bad rows, unknown labels, or bad options.
+        MissingDependencyError: ``head=True`` without the ``fit`` extra.
+    """
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    notes: list[str] = []
+    if objective not in _OBJECTIVES:
+        msg = f"objective must be one of {_OBJECTIVES}, got {objective!r}"
+        raise InvalidInputError(msg)
+    if not 0.0 < oos_share < 1.0:
+        msg = f"oos_share must be in (0, 1), got {oos_share!r}"
+        raise InvalidInputError(msg)
+    if not 0.0 < target_oos_recall <= 1.0:
+        msg = f"target_oos_recall must be in (0, 1], got {target_oos_recall!r}"
+        raise InvalidInputError(msg)
+    if folds < 2:
+        msg = "folds must be at least 2"
+        raise InvalidInputError(msg)
+    if top_k < 1:
+        msg = "top_k must be at least 1"
+        raise InvalidInputError(msg)
+    check_labelled(texts, labels)
+    for i, text in enumerate(texts):
+        if not text.strip():
+            msg = f"text {i} is empty"
+            raise InvalidInputError(msg)
+    with router._lock, _fit_threads(router, len(texts), head is not False):
+        snapshot = router._index.snapshot()
+        layout = _layout(snapshot)
+        names = layout.names
+        n_routes = len(names)
+        if n_routes == 0:
+            msg = "the router has no routes to fit; add routes first"
+            raise InvalidInputError(msg)
+        # The negative examples' route is no class: its utterances are out-of-scope rows.
+        keep_cols = np.array([i for i, name in enumerate(names) if name != NEGATIVES_ROUTE])
+        remap = np.full(len(names) + 1, NONE, dtype=np.int64)
+        remap[keep_cols] = np.arange(len(keep_cols))
+        names = [names[i] for i in keep_cols.tolist()]
+        n_routes = len(names)
+        if n_routes == 0:
+            msg = "the router has no routes to fit; add routes first"
+            raise InvalidInputError(msg)
+        y_fit = label_indexes(labels, names)
+        n = len(texts)
+        n_oos = int((y_fit == NONE).sum())
+        if objective == "auto":
+            objective = "balanced" if n_oos else "accuracy"
+        # The searches take one number: the recall to reach, or the out-of-scope share.
+        target = oos_share if objective == "balanced" else target_oos_recall
+        if objective == "oos_recall" and n_oos == 0:
+            msg = "objective 'oos_recall' needs out-of-scope rows (label None)"
+            raise InvalidInputError(msg)
+        want_head = head is not False and n_routes >= 2
+        if want_head and head == "auto":
+            try:
+                import scipy.optimize  # type: ignore[import-untyped]  # noqa: F401
+            except ImportError:
+                want_head = False
+                notes.append(f"no head was tried: the 'fit' extra is missing ({_FIT_HINT})")
+                warnings.warn(notes[-1], stacklevel=3)
+
+        # Rows: the labelled ones, then (for the head) utterances not among them.
+        t0 = time.perf_counter()
+        fit_texts = list(texts)
+        extra_rows: list[int] = []
+        if want_head:
+            seen = set(fit_texts)
+            extra_rows = [
+                int(rows[0]) for text, rows in layout.text_rows.items() if text not in seen
+            ]
+        all_texts = fit_texts + [snapshot.texts[r] for r in extra_rows]
+        y_all = np.concatenate([y_fit, remap[layout.row_pos[np.array(extra_rows, dtype=np.int64)]]])
+        vectors = np.empty((len(all_texts), router.encoder.dimension), dtype=np.float32)
+        missing = [i for i, t in enumerate(fit_texts) if t not in layout.text_rows]
+        reused = [i for i in range(len(all_texts)) if i >= n or fit_texts[i] in layout.text_rows]
+        for i in reused:
+            row = extra_rows[i - n] if i >= n else layout.text_rows[all_texts[i]][0]
+            vectors[i] = snapshot.matrix[row]
+        if missing:
+            vectors[missing] = router._encode([fit_texts[i] for i in missing])
+        seconds["encode"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        k = min(max(2, top_k), n_routes)
+        old = router.policy
+        k_rank = min(max(k, old.ranked_k), n_routes)
+        scores_all = _route_scores(snapshot, layout, vectors, all_texts)
+        scores = scores_all[:, keep_cols]
+        # Rows a negative example outranks every route for are rejected at query time.
+        blocked = np.zeros(n, dtype=bool)
+        if len(keep_cols) < scores_all.shape[1]:
+            neg = int(np.setdiff1d(np.arange(scores_all.shape[1]), keep_cols)[0])
+            blocked = scores_all[:n, neg] >= scores[:n].max(axis=1)
+        top_ids, top_vals = _rank(scores, k_rank)
+        data = _Scored(top_ids, top_vals, y_all, n_routes)
+        seconds["score"] = time.perf_counter() - t0
+        if want_head:
+            t0 = time.perf_counter()
+            data.knn = _knn_loo(snapshot, layout, vectors[:n], fit_texts)
+            seconds["knn"] = time.perf_counter() - t0
+            if hybrid is not False:
+                t0 = time.perf_counter()
+                view = router._lexical.view(snapshot)
+                lex_all = view.scores_many(fit_texts)
+                own = np.array(
+                    [layout.row_pos[layout.text_rows[t][0]] if t in layout.text_rows else -1
+                     for t in fit_texts],
+                    dtype=np.int64,
+                )  # fmt: skip
+                lex = view.leave_one_out(lex_all, own)[:, keep_cols]
+                data.lex = np.take_along_axis(lex, top_ids[:n], axis=1)
+                seconds["lexical"] = time.perf_counter() - t0
+
+        fit_rows = np.arange(n, dtype=np.intp)
+        fold_all = _folds(y_all, folds, seed)
+        fold = fold_all[:n]
+        fixed = np.array(
+            [
+                np.nan if router.get_route(name).threshold is None
+                else float(router.get_route(name).threshold)  # type: ignore[arg-type]
+                for name in names
+            ]
+        )  # fmt: skip
+        before_pred = _policy_predictions(old, data, fit_rows, names, fixed, vectors[:n])
+        before = figures(y_fit, np.where(blocked, NONE, before_pred), n_routes)
+
+        # Threshold candidates, judged on held-out folds.
+        t0 = time.perf_counter()
+        gaps = (data.s1 - data.s2)[:n]
+        gaps = gaps[np.isfinite(gaps)]
+        margins = [0.0]
+        if margin and len(gaps):
+            margins += sorted({float(q) for q in np.quantile(gaps, _MARGIN_QUANTILES) if q > 0})
+        modes = {"auto": [False, True], True: [True], False: [False]}[per_route]
+        candidates: dict[str, dict[str, Any]] = {}
+        fits: dict[str, _ThresholdFit] = {}
+        held: dict[str, NDArray[np.int64]] = {}
+        for mode in modes:
+            key = "per_route_thresholds" if mode else "global_threshold"
+            pred = np.empty(n, dtype=np.int64)
+            slack = np.empty(n)
+            for f in range(folds):
+                train, test = fit_rows[fold != f], fit_rows[fold == f]
+                if len(test) == 0:
+                    continue
+                part = _fit_thresholds(
+                    data, train, fixed, objective, target, mode, min_support, margins
+                )
+                pred[test] = _threshold_predictions(data, test, part, fixed)
+                slack[test] = _slack(data, test, part, fixed)
+            held[key] = pred
+            candidates[key] = _candidate(
+                slack, data.top_ids[:n, 0], y_fit, pred, n_routes, objective, target
+            )
+            fits[key] = _fit_thresholds(
+                data, fit_rows, fixed, objective, target, mode, min_support, margins
+            )
+        best_key = max(fits, key=lambda key: candidates[key]["objective"])
+        chosen = fits[best_key]
+        top1_correct = data.top_ids[:n, 0] == y_fit
+        sim_calibrator = _calibrate(data.s1[:n], top1_correct, calibration, False)
+        seconds["thresholds"] = time.perf_counter() - t0
+
+        # The head.
+        head_fit: _HeadFit | None = None
+        final_head: LinearHead | None = None
+        if want_head:
+            t0 = time.perf_counter()
+            has_oos = bool((y_all == NONE).any())
+            n_cols = n_routes + int(has_oos)
+            cols_all = np.where(y_all == NONE, n_routes, y_all)
+            dim = vectors.shape[1]
+            oof = np.zeros((len(y_all), n_cols))
+            maha = np.zeros(n)
+            solutions = []
+            for f in range(folds):
+                train = fold_all != f
+                if not train.any() or train.all():
+                    continue
+                theta = _softmax_regression(
+                    vectors[train], cols_all[train], n_cols, regularization, None, max_iter
+                )
+                solutions.append(theta)
+                w = theta[: dim * n_cols].reshape(dim, n_cols)
+                b = theta[dim * n_cols :]
+                oof[~train] = vectors[~train].astype(np.float64) @ w + b
+                test = np.flatnonzero(~train[:n])
+                params = _mahalanobis_fit(vectors[train], y_all[train], n_routes)
+                maha[test] = mahalanobis_score(
+                    vectors[test],
+                    params["precision"],
+                    params["projected_means"],
+                    params["mean_terms"],
+                )
+            betas = {"auto": _BETAS, True: _BETAS[1:], False: (0.0,)}[hybrid]
+            head_fit = _choose_head(
+                oof[:n], data, fit_rows, fold, folds, k, objective, target,
+                calibration, maha, betas,
+            )  # fmt: skip
+            candidates["head"] = {
+                "objective": head_fit.value,
+                "held_out": asdict(figures(y_fit, head_fit.pred, n_routes)),
+                "alpha": head_fit.alpha,
+                "beta": head_fit.beta,
+                "features": "dense+lexical" if head_fit.beta else "dense",
+                "scorer": head_fit.scorer,
+                "scorers": head_fit.scorers,
+            }
+            use_head = head is True or head_fit.value > candidates[best_key]["objective"] + 1e-9
+            if use_head:
+                # The mean of the fold models, not a refit on all rows: its logits
+                # are on the scale the calibrator and the cut were fitted on, and it
+                # saves a fit.
+                theta = np.mean(solutions, axis=0)
+                ood: dict[str, NDArray[np.float32]] = {}
+                if head_fit.scorer in ("mahalanobis", "combined"):
+                    ood.update(_mahalanobis_fit(vectors, y_all, n_routes))
+                if head_fit.scorer == "combined":
+                    assert head_fit.combination is not None
+                    assert head_fit.center is not None and head_fit.scale is not None
+                    ood["combination"] = head_fit.combination.astype(np.float32)
+                    ood["center"] = head_fit.center.astype(np.float32)
+                    ood["scale"] = head_fit.scale.astype(np.float32)
+                final_head = LinearHead(
+                    classes=tuple(names),
+                    weights=theta[: dim * n_cols].reshape(dim, n_cols).astype(np.float32),
+                    bias=theta[dim * n_cols :].astype(np.float32),
+                    has_oos=has_oos,
+                    alpha=head_fit.alpha,
+                    top_k=k,
+                    cut=head_fit.cut,
+                    calibrator=head_fit.calibrator,
+                    model_id=router.model.model_id,
+                    beta=head_fit.beta,
+                    scorer=head_fit.scorer,
+                    ood=ood,
+                )
+            seconds["head"] = time.perf_counter() - t0
+
+        new_policy = DecisionPolicy(
+            threshold=chosen.default,
+            min_margin=chosen.margin,
+            thresholds={names[p]: v for p, v in chosen.per_route.items()},
+            calibrator=sim_calibrator,
+            head=final_head,
+            info={
+                "objective": objective,
+                "target_oos_recall": target_oos_recall if objective == "oos_recall" else None,
+                "oos_share": oos_share if objective == "balanced" else None,
+                "decision": "head" if final_head is not None else best_key,
+                "features": "dense+lexical" if final_head is not None and final_head.beta
+                else "dense",
+                "scorer": final_head.scorer if final_head is not None else "similarity",
+                "rows": n,
+                "fitted_at": time.time(),
+            },
+        )  # fmt: skip
+        after_pred = (
+            head_fit.pred if final_head is not None and head_fit is not None else held[best_key]
+        )
+        after = figures(y_fit, np.where(blocked, NONE, after_pred), n_routes)
+        unfitted = old.head is None and not old.thresholds and "fitted_at" not in old.info
+        worse = _objective_value(after, objective, target) < _objective_value(
+            before, objective, target
+        )
+        if unfitted and worse:
+            # Few rows can make every fitted candidate worse than the defaults on held-out
+            # rows; then the fit changes nothing (the defaults are judged without fitting).
+            notes.append(
+                "no fitted candidate beat the current policy on held-out rows; it was kept"
+            )
+            # The confidence calibrator changes no decision, so it is still installed.
+            info = {**new_policy.info, "decision": "unchanged", "features": "dense"}
+            new_policy = replace(old, calibrator=sim_calibrator, info=info)
+            final_head = None
+            after = before
+        changed = _threshold_changes(old, new_policy, names, fixed)
+        router.set_policy(new_policy)
+
+    if old.head is not None:
+        notes.append(
+            "'before' includes the previous head, which was probably trained on these "
+            "rows: its figures are in-sample and flattering"
+        )
+    if any(not np.isnan(v) for v in fixed):
+        notes.append(
+            "routes with their own threshold (Route.threshold) kept it; clear it with "
+            "set_threshold(name, None) to let fit choose"
+        )
+    seconds["total"] = time.perf_counter() - started
+    head_info = None
+    if final_head is not None:
+        head_info = {
+            "alpha": final_head.alpha,
+            "cut": final_head.cut,
+            "top_k": final_head.top_k,
+            "has_oos_class": final_head.has_oos,
+            "beta": final_head.beta,
+            "features": "dense+lexical" if final_head.beta else "dense",
+            "scorer": final_head.scorer,
+            "calibration": final_head.calibrator.kind,
+            "training_rows": len(y_all),
+        }
+    return FitReport(
+        objective=objective,
+        target_oos_recall=target_oos_recall if objective == "oos_recall" else None,
+        decision="head" if final_head is not None else "thresholds",
+        rows=n,
+        in_scope=n - n_oos,
+        out_of_scope=n_oos,
+        reused_vectors=n - len(missing),
+        encoded=len(missing),
+        before=before,
+        after=after,
+        candidates=candidates,
+        threshold=(old.threshold, new_policy.threshold),
+        min_margin=(old.min_margin, new_policy.min_margin),
+        thresholds_changed=changed,
+        head=head_info,
+        calibration=sim_calibrator.kind,
+        notes=notes,
+        seconds={key: round(value, 3) for key, value in seconds.items()},
+    )
+
+
+def _fit_threads(router: AdaptiveRouter, rows: int, head: bool) -> AbstractContextManager[Any]:
+    """BLAS threads for the fit, by the router's rule: waking a second thread costs
+    more than it saves on small products (and much more on a busy machine)."""
+    from threadpoolctl import threadpool_limits
+
+    if head:
+        # scipy brings its own BLAS: load it first, so that the limit covers it too
+        # (unlimited, its threads fight the others for the cores on a busy machine).
+        with suppress(ImportError):
+            import scipy.optimize  # noqa: F401
+    threads = blas_threads(max(len(router._index), rows), router.blas_threads)
+    return threadpool_limits(limits=threads, user_api="blas")  # type: ignore[no-any-return]
+
+
+def _slack(
+    data: _Scored, rows: NDArray[np.intp], fit: _ThresholdFit, fixed: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """How far each row's best score is above its threshold (``-inf`` if ambiguous)."""
+    thr = np.full(data.n_routes, fit.default)
+    for p, value in fit.per_route.items():
+        thr[p] = value
+    thr = np.where(np.isnan(fixed), thr, fixed)
+    top1 = data.top_ids[rows, 0]
+    out: NDArray[np.float64] = data.s1[rows] - thr[top1]
+    if fit.margin > 0:
+        out[data.s1[rows] - data.s2[rows] < fit.margin] = -np.inf
+    return out
+
+
+def _candidate(
+    slack: NDArray[np.float64],
+    cand: NDArray[np.int64],
+    y: NDArray[np.int64],
+    pred: NDArray[np.int64],
+    n_routes: int,
+    objective: Objective,
+    target: float,
+) -> dict[str, Any]:
+    """A threshold candidate's held-out figures and its comparison value.
+
+    The value is the objective at the best single shift of all its (held-out)
+    thresholds, as for the head, so candidates are compared on how well they rank
+    rows rather than on where one noisy cut fell.
+    """
+    active = np.isfinite(slack)
+    nowhere = np.full(len(y), NONE, dtype=np.int64)
+    zeros = np.zeros(len(y), dtype=np.int64)
+    pooled = _search(slack, cand, y, active, nowhere, zeros, 1, n_routes, objective, target, False)
+    return {
+        "objective": _objective_value(figures(y, pooled.pred, n_routes), objective, target),
+        "held_out": asdict(figures(y, pred, n_routes)),
+    }
+
+
+def _policy_predictions(
+    policy: DecisionPolicy,
+    data: _Scored,
+    rows: NDArray[np.intp],
+    names: list[str],
+    fixed: NDArray[np.float64],
+    vectors: NDArray[np.float32],
+) -> NDArray[np.int64]:
+    """What ``policy`` decides for ``rows`` (as :func:`~synaptoroute.decision.decide`)."""
+    thr = np.array([policy.thresholds.get(name, policy.threshold) for name in names])
+    fit = _ThresholdFit(
+        policy.threshold, {p: float(v) for p, v in enumerate(thr)}, policy.min_margin
+    )
+    pred = _threshold_predictions(data, rows, fit, fixed)
+    head = policy.head
+    if head is None:
+        return pred
+    k = min(head.top_k, data.top_ids.shape[1])
+    column_of = head.columns_of(names)
+    if column_of is None:  # the head does not know every route: thresholds decide
+        return pred
+    cols = column_of[data.top_ids[rows, :k]]
+    lex = None if data.lex is None else data.lex[rows, :k]
+    knn = None if data.knn is None else data.knn[rows]
+    if head.needs_knn and knn is None:
+        return pred
+    verdict = head.judge(vectors, cols, data.top_vals[rows, :k], lex, knn)
+    chosen = data.top_ids[rows, :k][np.arange(len(rows)), verdict.choice]
+    out: NDArray[np.int64] = np.where(verdict.accepted, chosen, NONE).astype(np.int64)
+    return out
+
+
+def _threshold_changes(
+    old: DecisionPolicy, new: DecisionPolicy, names: list[str], fixed: NDArray[np.float64]
+) -> dict[str, tuple[float, float]]:
+    changed = {}
+    for p, name in enumerate(names):
+        if not np.isnan(fixed[p]):
+            continue
+        before = float(old.thresholds.get(name, old.threshold))
+        after = float(new.thresholds.get(name, new.threshold))
+        if not math.isclose(before, after, abs_tol=1e-9):
+            changed[name] = (before, after)
+    return changed

@@ -1,0 +1,319 @@
+"""The head: softmax regression on the frozen embeddings, the out-of-scope scorers, and
+the choice between them on held-out folds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..datasets import NONE
+from ..decision import (
+    KNN_K,
+    Calibrator,
+    head_scores,
+    scorer_features,
+)
+from ..evaluation import auroc, figures
+from ..exceptions import MissingDependencyError, install_hint
+from ..index import Snapshot
+from .calibration import _calibrate
+from .cuts import _BEYOND, Objective, _objective_value, _Scored, _search
+from .scores import _CHUNK, _Layout
+
+#: Weights of the similarity score in the head's logits, tried on held-out data.
+_ALPHAS = (0.0, 2.5, 5.0, 10.0, 20.0, 40.0)
+_FIT_HINT = install_hint("fit")
+#: Shrinkage of the shared covariance towards a multiple of the identity (Mahalanobis).
+_SHRINK = 0.05
+
+
+def _softmax_regression(
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    n_cols: int,
+    c: float,
+    init: NDArray[np.float64] | None,
+    max_iter: int,
+) -> NDArray[np.float64]:
+    """Multinomial logistic regression, mean log-loss plus ``|W|^2 / (2 C n)`` (the
+    objective of scikit-learn's ``LogisticRegression(C=c)``), by L-BFGS in float32."""
+    try:
+        from scipy.optimize import minimize  # type: ignore[import-untyped]
+    except ImportError as exc:
+        msg = f"fitting a head needs scipy: {_FIT_HINT}"
+        raise MissingDependencyError(msg) from exc
+    n, d = x.shape
+    onehot = np.zeros((n, n_cols), dtype=np.float32)
+    onehot[np.arange(n), y] = 1.0
+    lam = 1.0 / (c * n)
+
+    def loss_grad(theta: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
+        w = theta[: d * n_cols].reshape(d, n_cols).astype(np.float32)
+        b = theta[d * n_cols :].astype(np.float32)
+        z = x @ w
+        z += b
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        s = e.sum(axis=1, keepdims=True)
+        loss = float(np.log(s).sum() - (z * onehot).sum()) / n
+        loss += 0.5 * lam * float(np.dot(theta[: d * n_cols], theta[: d * n_cols]))
+        e /= s
+        e -= onehot
+        grad_w = (x.T @ e) / n + lam * w
+        grad_b = e.sum(axis=0) / n
+        return loss, np.concatenate([grad_w.ravel(), grad_b]).astype(np.float64)
+
+    theta0 = np.zeros(d * n_cols + n_cols) if init is None else init
+    result = minimize(
+        loss_grad,
+        theta0,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": max_iter, "gtol": 1e-4},
+    )
+    out: NDArray[np.float64] = result.x
+    return out
+
+
+def _folds(y: NDArray[np.int64], k: int, seed: int) -> NDArray[np.int64]:
+    """Stratified fold of each row: within each label, rows are dealt round-robin."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(y))
+    order = perm[np.argsort(y[perm], kind="stable")]
+    fold = np.empty(len(y), dtype=np.int64)
+    labels = y[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(labels)) + 1]
+    rank = np.arange(len(y)) - np.repeat(starts, np.diff(np.r_[starts, len(y)]))
+    offset = rng.integers(k)
+    fold[order] = (rank + offset) % k
+    return fold
+
+
+@dataclass
+class _HeadFit:
+    alpha: float
+    beta: float
+    scorer: str
+    calibrator: Calibrator
+    cut: float
+    pred: NDArray[np.int64]  # held-out predictions on the labelled rows
+    value: float  # the objective at the best single cut of the pooled held-out values
+    scorers: dict[str, dict[str, Any]]  # each scorer's held-out figures
+    center: NDArray[np.float64] | None = None  # the combination's standardisation
+    scale: NDArray[np.float64] | None = None
+    combination: NDArray[np.float64] | None = None
+
+
+def _head_pred(
+    logits: NDArray[np.float64],
+    data: _Scored,
+    rows: NDArray[np.intp],
+    k: int,
+    alpha: float,
+    beta: float = 0.0,
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Candidate route, its probability, the energy and the candidate's similarity."""
+    cols = data.top_ids[rows, :k]
+    sims = data.top_vals[rows, :k]
+    lex = None if data.lex is None or not beta else data.lex[rows, :k]
+    choice, raw, _, energy = head_scores(logits, cols, sims, alpha, data.n_routes, lex, beta)
+    pick = np.arange(len(rows))
+    return cols[pick, choice], raw, energy, sims[pick, choice].astype(np.float64)
+
+
+def _mahalanobis_fit(
+    x: NDArray[np.float32], y: NDArray[np.int64], n_routes: int
+) -> dict[str, NDArray[np.float32]]:
+    """Route means and a shared, shrunk precision matrix (Podolskiy et al. 2021)."""
+    keep = y != NONE
+    xs = x[keep].astype(np.float64)
+    ys = y[keep]
+    counts = np.bincount(ys, minlength=n_routes).astype(np.float64)
+    sums = np.zeros((n_routes, x.shape[1]))
+    np.add.at(sums, ys, xs)
+    means = sums / np.maximum(counts, 1.0)[:, None]
+    centred = xs - means[ys]
+    cov = centred.T @ centred / max(len(xs) - 1, 1)
+    # Shrinking towards the mean variance keeps the inverse stable with few rows.
+    cov = (1 - _SHRINK) * cov + _SHRINK * float(np.trace(cov)) / len(cov) * np.eye(len(cov))
+    precision = np.linalg.inv(cov)
+    projected = precision @ means.T
+    terms = np.einsum("ij,ji->i", means, projected)
+    # A route with no rows here can never be the nearest mean.
+    terms[counts == 0] = np.inf
+    return {
+        "precision": precision.astype(np.float32),
+        "projected_means": projected.astype(np.float32),
+        "mean_terms": terms.astype(np.float32),
+    }
+
+
+def _knn_loo(
+    snapshot: Snapshot, layout: _Layout, vectors: NDArray[np.float32], texts: Sequence[str]
+) -> NDArray[np.float64]:
+    """The k-th nearest live utterance's similarity of each text, its own rows left out."""
+    live = np.flatnonzero(layout.row_pos >= 0)
+    matrix = snapshot.matrix[live]
+    where = np.full(len(layout.row_pos), -1, dtype=np.int64)
+    where[live] = np.arange(len(live))
+    out = np.full(len(texts), -1.0)
+    kk = min(KNN_K, len(live))
+    if kk == 0:
+        return out
+    for start in range(0, len(texts), _CHUNK):
+        stop = min(start + _CHUNK, len(texts))
+        sims = vectors[start:stop] @ matrix.T
+        for i in range(start, stop):
+            for row in layout.text_rows.get(texts[i], ()):
+                if where[row] >= 0:
+                    sims[i - start, where[row]] = -np.inf
+        top = np.partition(sims, len(live) - kk, axis=1)[:, len(live) - kk]
+        out[start:stop] = np.where(np.isfinite(top), top, -1.0)
+    return out
+
+
+def _logistic(x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.float64]:
+    """L2-regularised logistic regression by Newton's method; weights then bias."""
+    design = np.c_[x, np.ones(len(x))]
+    w = np.zeros(design.shape[1])
+    ridge = np.eye(len(w)) * 1e-2
+    ridge[-1, -1] = 0.0
+    for _ in range(50):
+        p = 0.5 * (1.0 + np.tanh(0.5 * (design @ w)))
+        grad = design.T @ (p - y) + ridge @ w
+        hess = (design * (p * (1 - p) + 1e-9)[:, None]).T @ design + ridge + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if float(np.abs(step).max()) < 1e-8:
+            break
+    return w
+
+
+def _held_out_cuts(
+    conf: NDArray[np.float64],
+    cand: NDArray[np.int64],
+    y: NDArray[np.int64],
+    fold: NDArray[np.int64],
+    folds: int,
+    n_routes: int,
+    objective: Objective,
+    target: float,
+) -> NDArray[np.int64]:
+    """Predictions where each fold's rows are cut at a value chosen on the other folds
+    (their out-of-scope rows included), so no row judges the cut it chose."""
+    zeros = np.zeros(len(y), dtype=np.int64)
+    nowhere = np.full(len(y), NONE, dtype=np.int64)
+    pred = np.empty(len(y), dtype=np.int64)
+    for f in range(folds):
+        test = fold == f
+        if not test.any():
+            continue
+        part = _search(conf, cand, y, ~test, nowhere, zeros, 1, n_routes, objective, target, False)
+        pred[test] = np.where(conf[test] >= part.cut[0], cand[test], NONE)
+    return pred
+
+
+def _pooled_cut(
+    conf: NDArray[np.float64],
+    cand: NDArray[np.int64],
+    y: NDArray[np.int64],
+    n_routes: int,
+    objective: Objective,
+    target: float,
+) -> tuple[float, float]:
+    """The objective at the best single cut of all rows, and that cut."""
+    zeros = np.zeros(len(y), dtype=np.int64)
+    nowhere = np.full(len(y), NONE, dtype=np.int64)
+    everywhere = np.ones(len(y), dtype=bool)
+    whole = _search(
+        conf, cand, y, everywhere, nowhere, zeros, 1, n_routes, objective, target, False
+    )
+    value = _objective_value(figures(y, whole.pred, n_routes), objective, target)
+    cut = float(whole.cut[0]) if np.isfinite(whole.cut[0]) else 1.0 + _BEYOND
+    return value, cut
+
+
+def _choose_head(
+    oof: NDArray[np.float64],
+    data: _Scored,
+    rows: NDArray[np.intp],
+    fold: NDArray[np.int64],
+    folds: int,
+    k: int,
+    objective: Objective,
+    target: float,
+    calibration: str,
+    maha: NDArray[np.float64] | None,
+    betas: Sequence[float],
+) -> _HeadFit:
+    """Pick ``alpha`` and ``beta``, then the out-of-scope scorer, on held-out logits.
+
+    ``alpha`` and ``beta`` are chosen by the objective at the best single cut of the
+    pooled held-out probabilities. Each scorer is then judged by held-out
+    predictions: each fold's rows are cut at a value chosen on the other folds, so
+    the out-of-scope rows a cut is judged on were not used to choose it (the
+    ``combined`` scorer's weights are also learned without the fold). The scorer
+    with the best held-out objective wins; ``max_prob`` wins ties.
+    """
+    y = data.y[rows]
+    n_routes = data.n_routes
+    # Platt keeps the order of the raw values, so a cut on the confidence is as fine
+    # as a cut on the raw value; isotonic steps would tie many rows.
+    kind = "platt" if calibration == "auto" else calibration
+    best: tuple[float, float, float] | None = None
+    for alpha in _ALPHAS:
+        for beta in betas:
+            cand, raw, _, _ = _head_pred(oof, data, rows, k, alpha, beta)
+            conf = _calibrate(raw, cand == y, kind, True)(raw)
+            value, _ = _pooled_cut(conf, cand, y, n_routes, objective, target)
+            if best is None or value > best[0] + 1e-12:
+                best = (value, alpha, beta)
+    assert best is not None
+    _, alpha, beta = best
+    cand, prob, energy, nearest = _head_pred(oof, data, rows, k, alpha, beta)
+    raws: dict[str, NDArray[np.float64]] = {"max_prob": prob, "energy": energy, "nearest": nearest}
+    if maha is not None:
+        raws["mahalanobis"] = maha
+    if data.knn is not None:
+        raws["knn"] = data.knn[rows]
+    center = scale = combination = None
+    if len(raws) == 5 and 0 < int((cand == y).sum()) < len(y):
+        feats = scorer_features(prob, energy, nearest, raws["mahalanobis"], raws["knn"])
+        center, scale = feats.mean(axis=0), feats.std(axis=0) + 1e-9
+        z = (feats - center) / scale
+        good = (cand == y).astype(np.float64)
+        combined = np.empty(len(y))
+        for f in range(folds):
+            test = fold == f
+            if test.any() and (~test).any():
+                w = _logistic(z[~test], good[~test])
+                combined[test] = z[test] @ w[:-1] + w[-1]
+        raws["combined"] = combined
+        combination = _logistic(z, good)
+    chosen: tuple[float, str, Calibrator, NDArray[np.int64]] | None = None
+    report: dict[str, dict[str, Any]] = {}
+    for scorer, raw in raws.items():
+        calibrator = _calibrate(raw, cand == y, kind, scorer == "max_prob")
+        conf = calibrator(raw)
+        pred = _held_out_cuts(conf, cand, y, fold, folds, n_routes, objective, target)
+        held = figures(y, pred, n_routes)
+        value = _objective_value(held, objective, target)
+        report[scorer] = {
+            "objective": value,
+            "in_scope_accuracy": held.in_scope_accuracy,
+            "oos_recall": held.oos_recall,
+            "oos_auroc": auroc(raw, y != NONE),
+        }
+        if chosen is None or value > chosen[0] + 1e-12:
+            chosen = (value, scorer, calibrator, pred)
+    assert chosen is not None
+    _, scorer, calibrator, pred = chosen
+    conf = calibrator(raws[scorer])
+    value, cut = _pooled_cut(conf, cand, y, n_routes, objective, target)
+    return _HeadFit(
+        alpha, beta, scorer, calibrator, cut, pred, value, report, center, scale, combination
+    )
