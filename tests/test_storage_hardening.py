@@ -26,8 +26,10 @@ from synaptoroute import (
     HashingEncoder,
     InvalidInputError,
     MemoryStorage,
+    NotADatabaseError,
     Route,
     SQLiteStorage,
+    StorageError,
 )
 from synaptoroute.storage import (
     MAX_METADATA_BYTES,
@@ -350,3 +352,39 @@ def test_poison_committed_by_an_older_version_is_read_back_repaired(tmp_path: Pa
     (loaded,) = SQLiteStorage(path).load()
     assert loaded.route.metadata == {"k": "a\ufffdb", "ok": "é"}
     json.dumps(loaded.route.metadata, ensure_ascii=False).encode("utf-8")  # serialisable
+
+
+def test_a_busy_open_is_tried_again_not_called_corrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Opening a new file while other connections switch it to WAL can answer "database
+    # is locked" without SQLite's busy handler waiting: that is contention, so the
+    # open is tried again (it was a NotADatabaseError, and failed a CI run once).
+    real_open = SQLiteStorage._open
+    calls: list[int] = []
+
+    def busy_twice(self: SQLiteStorage) -> None:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        real_open(self)
+
+    monkeypatch.setattr(SQLiteStorage, "_open", busy_twice)
+    store = SQLiteStorage(tmp_path / "new.db")
+    assert len(calls) == 3 and store.schema_version == SCHEMA_VERSION
+    store.close()
+
+    def always_busy(self: SQLiteStorage) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(SQLiteStorage, "_open", always_busy)
+    with pytest.raises(StorageError, match="stayed locked") as caught:
+        SQLiteStorage(tmp_path / "other.db", timeout=0.05)
+    assert not isinstance(caught.value, NotADatabaseError)
+
+    def corrupt(self: SQLiteStorage) -> None:
+        raise sqlite3.DatabaseError("file is not a database")
+
+    monkeypatch.setattr(SQLiteStorage, "_open", corrupt)
+    with pytest.raises(NotADatabaseError, match="not a readable SQLite database"):
+        SQLiteStorage(tmp_path / "third.db")

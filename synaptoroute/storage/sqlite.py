@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,15 @@ SCHEMA_VERSION = 3
 #: ``"normal"``: WAL's cheaper mode; the last commits can roll back after a power
 #: loss (never after a process crash).
 Durability = Literal["full", "normal"]
+
+
+def _busy(exc: sqlite3.DatabaseError) -> bool:
+    """Whether ``exc`` is SQLITE_BUSY or SQLITE_LOCKED (another connection's lock)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -153,15 +163,34 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             msg = f"cannot open SQLite store {self.path!r}: {exc}"
             raise StorageError(msg) from exc
-        try:
-            self._open()
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            msg = f"{self.path!r} is not a readable SQLite database ({exc}); it was left untouched"
-            raise NotADatabaseError(msg) from exc
-        except StorageError:
-            self._db.close()
-            raise
+        # Opening reads and may set WAL mode and migrate. While other connections do
+        # the same to a new file, SQLite can answer "locked" without waiting (its busy
+        # handler does not cover every lock of a journal-mode change), so a busy open
+        # is tried again until ``timeout``: it is contention, never a corrupt file.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._open()
+                return
+            except sqlite3.DatabaseError as exc:
+                if _busy(exc) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                    continue
+                self._db.close()
+                if _busy(exc):
+                    msg = (
+                        f"SQLite store {self.path!r} stayed locked by other connections for "
+                        f"{timeout:g} s ({exc}); nothing was changed"
+                    )
+                    raise StorageError(msg) from exc
+                msg = (
+                    f"{self.path!r} is not a readable SQLite database ({exc}); "
+                    "it was left untouched"
+                )
+                raise NotADatabaseError(msg) from exc
+            except StorageError:
+                self._db.close()
+                raise
 
     def _open(self) -> None:
         db = self._db
