@@ -224,6 +224,15 @@ def test_try_explains_the_decision(client: httpx.Client) -> None:
     assert client.post("/console/api/try", json={"query": 3}).status_code == 422
 
 
+def test_try_encodes_a_long_query_once(client: httpx.Client, live: Service) -> None:
+    # The explanation reads the vector the router cached for its answer; the cache is
+    # keyed by the text the model reads, so a query longer than that is no exception.
+    query = "I want my money back " * 400
+    calls = live.router.encoder.calls  # type: ignore[attr-defined]
+    assert client.post("/console/api/try", json={"query": query, "k": 2}).status_code == 200
+    assert live.router.encoder.calls == calls + 1  # type: ignore[attr-defined]
+
+
 def test_evaluate_reports_confusions(client: httpx.Client) -> None:
     rows = [
         {"text": "I was charged twice on my card", "label": "tech"},  # billing, labelled tech

@@ -576,14 +576,12 @@ def _finite(value: Any) -> Any:
 
 
 async def _query_vector(router: AdaptiveRouter, query: str) -> NDArray[np.float32] | None:
-    """The query's embedding: from the router's cache after a query, else encoded once."""
+    """The query's embedding through the router's own cache (keyed by the text the
+    encoder reads), so a query the router has just answered is not encoded again."""
     if not query.strip():
         return None
-    vector = router.cache.get(query)
-    if vector is not None:
-        return vector
-    encoded = await anyio.to_thread.run_sync(router.encoder.encode, [query])
-    first: NDArray[np.float32] = np.asarray(encoded, dtype=np.float32)[0]
+    vectors = await anyio.to_thread.run_sync(router._embed, [query])
+    first: NDArray[np.float32] = vectors[0]
     return first
 
 
