@@ -151,6 +151,19 @@ class BatchWorker(Generic[Q, T]):
         self._wakeup: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
 
+    def sibling(self) -> BatchWorker[Q, T]:
+        """A new, unstarted worker with this one's function and current settings
+        (for another event loop)."""
+        return BatchWorker(
+            self._process,
+            max_batch_size=self.max_batch_size,
+            max_wait_ms=self.max_wait_ms,
+            max_queue_size=self.max_queue_size,
+            cost=self.cost,
+            max_queue_cost=self.max_queue_cost,
+            max_batch_cost=self.max_batch_cost,
+        )
+
     # -- state -----------------------------------------------------------------------
     @property
     def running(self) -> bool:

@@ -714,15 +714,7 @@ class AdaptiveRouter:
                         del self._loop_workers[other]
                 worker = primary
             else:
-                worker = BatchWorker(
-                    self._answer,
-                    max_batch_size=primary.max_batch_size,
-                    max_wait_ms=primary.max_wait_ms,
-                    max_queue_size=primary.max_queue_size,
-                    cost=_request_cost,
-                    max_queue_cost=primary.max_queue_cost,
-                    max_batch_cost=primary.max_batch_cost,
-                )
+                worker = primary.sibling()
             self._loop_workers[loop] = worker
             return worker
 
