@@ -443,6 +443,15 @@ class RouteIndex:
             del self._sums[rid], self._counts[rid]
             self._snapshot = None
 
+    def vectors_of(self, name: str) -> dict[str, NDArray[np.float32]]:
+        """The stored vector of each utterance of route ``name`` (copies; ``{}`` if unknown)."""
+        with self._lock:
+            rid = self._ids.get(name)
+            if rid is None:
+                return {}
+            self._flush_pending()
+            return {self._texts[row]: self._buf[row].copy() for row in self._rows[rid]}
+
     def delete_texts(self, name: str, texts: Sequence[str]) -> int:
         """Mask the rows of ``texts`` in route ``name``; returns how many were removed."""
         drop = set(texts)

@@ -365,7 +365,9 @@ class AdaptiveRouter:
     def add_routes(self, routes: Iterable[Route], *, replace: bool = False) -> None:
         """Add several routes with one encoder call; all or nothing.
 
-        A route equal to the one already stored under its name is skipped.
+        A route equal to the one already stored under its name is skipped; a route
+        that replaces one keeps the vectors of the utterances both share (only new
+        utterances are encoded).
         """
         routes = list(routes)
         names = [r.name for r in routes]
@@ -381,7 +383,7 @@ class AdaptiveRouter:
                 if taken:
                     msg = f"route {taken[0]!r} exists; pass replace=True to replace it"
                     raise RouteExistsError(msg)
-            vectors = self._encode([u for r in routes for u in r.utterances])
+            vectors = self._vectors_for(routes)
             stored, start = [], 0
             for route in routes:
                 end = start + len(route.utterances)
@@ -395,13 +397,31 @@ class AdaptiveRouter:
                 self._index.add(item.route.name, item.vectors, item.route.utterances)
             self._reconcile_policy()
 
+    def _vectors_for(self, routes: Sequence[Route]) -> NDArray[np.float32]:
+        """One row per utterance of ``routes``, in order: the stored vector where the
+        route already holds that utterance, else encoded (all in one encoder call)."""
+        held = {r.name: self._index.vectors_of(r.name) for r in routes if r.name in self._routes}
+        missing = list(
+            dict.fromkeys(u for r in routes for u in r.utterances if u not in held.get(r.name, {}))
+        )
+        encoded = dict(zip(missing, self._encode(missing), strict=True))
+        out = np.empty((sum(len(r.utterances) for r in routes), self.encoder.dimension), np.float32)
+        i = 0
+        for r in routes:
+            known = held.get(r.name, {})
+            for u in r.utterances:
+                out[i] = known[u] if u in known else encoded[u]
+                i += 1
+        return out
+
     def add_utterances(self, name: str, utterances: Sequence[str]) -> list[str]:
         """Add example utterances to a route; returns those that were new."""
         _not_a_str(utterances, "add_utterances")
         cleaned = clean_utterances(list(utterances))
         with self._lock:
             route = self.get_route(name)
-            new = [u for u in cleaned if u not in set(route.utterances)]
+            have = set(route.utterances)
+            new = [u for u in cleaned if u not in have]
             if not new:
                 return []
             vectors = self._encode(new)

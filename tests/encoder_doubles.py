@@ -36,11 +36,13 @@ class WrappedEncoder:
 
 
 class CountingEncoder(WrappedEncoder):
-    """Counts the calls that reach the model; reads texts as the real encoder does."""
+    """Counts the calls that reach the model and records their texts; reads texts as
+    the real encoder does."""
 
     def __init__(self, inner: Encoder) -> None:
         super().__init__(inner)
         self.calls = 0
+        self.texts: list[str] = []
 
     def truncate(self, text: str) -> str:
         return self.inner.truncate(text)
@@ -48,6 +50,7 @@ class CountingEncoder(WrappedEncoder):
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         if len(texts):
             self.calls += 1
+            self.texts.extend(texts)
         return self.inner.encode(texts)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clinc import Rows, split
+from encoder_doubles import CountingEncoder
 
 from synaptoroute import (
     AdaptiveRouter,
@@ -33,26 +34,6 @@ from synaptoroute.fitting.calibration import _isotonic, _platt
 from synaptoroute.fitting.cuts import _Scored, _search
 from synaptoroute.fitting.fit import _policy_predictions
 from synaptoroute.fitting.scores import _layout, _rank, _route_scores
-
-
-class CountingEncoder:
-    """The real encoder, recording every text it is asked to encode."""
-
-    def __init__(self, inner: Encoder) -> None:
-        self.inner = inner
-        self.texts: list[str] = []
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        self.texts.extend(texts)
-        return self.inner.encode(texts)
 
 
 @pytest.fixture

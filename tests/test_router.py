@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from encoder_doubles import CountingEncoder
 
 from synaptoroute import (
     AdaptiveRouter,
@@ -21,28 +22,6 @@ from synaptoroute import (
 
 BILLING = Route(name="billing", utterances=["I need a refund", "Where is my receipt?"])
 SUPPORT = Route(name="support", utterances=["The app crashes", "I can't log in"])
-
-
-class CountingEncoder:
-    """The real encoder, counting calls and texts."""
-
-    def __init__(self, inner: Encoder) -> None:
-        self.inner = inner
-        self.calls = 0
-        self.texts: list[str] = []
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        self.calls += 1
-        self.texts.extend(texts)
-        return self.inner.encode(texts)
 
 
 @pytest.fixture
@@ -359,3 +338,19 @@ def test_warm_loads_the_model_and_compiles_the_index(encoder: Encoder, tmp_path:
     router.query("How do I get my money back?")
     assert router.index_stats.compiles == 1  # the first query found it compiled
     router.close()
+
+
+def test_replacing_a_route_encodes_only_its_new_utterances(router: AdaptiveRouter) -> None:
+    enc = router.encoder
+    assert isinstance(enc, CountingEncoder)
+    before = router._index.vectors_of("billing")
+    kept = list(BILLING.utterances[:1])
+    enc.texts.clear()
+    router.add_route(
+        BILLING.model_copy(update={"utterances": [*kept, "charge reversed"]}), replace=True
+    )
+    assert enc.texts == ["charge reversed"]  # the kept utterance keeps its stored vector
+    after = router._index.vectors_of("billing")
+    assert set(after) == {*kept, "charge reversed"}
+    np.testing.assert_array_equal(after[kept[0]], before[kept[0]])
+    assert router.query(kept[0]).name == "billing"
