@@ -158,10 +158,12 @@ def load_routes_file(path: str | Path) -> RoutesDocument:
 
 
 def apply_routes(router: AdaptiveRouter, doc: RoutesDocument) -> ApplyReport:
-    """Create or replace the document's routes in ``router`` (one encoder call).
+    """Create or replace the document's routes and add its negative examples in
+    ``router``: one encoder call, one storage transaction.
 
     Validation happens before anything is written; routes identical to the stored
-    ones are skipped. Blocking: call it from a thread inside an event loop.
+    ones are skipped, and a replaced route re-encodes only its new utterances.
+    Blocking: call it from a thread inside an event loop.
     """
     report = ApplyReport()
     changed: list[Route] = []
@@ -174,13 +176,17 @@ def apply_routes(router: AdaptiveRouter, doc: RoutesDocument) -> ApplyReport:
             changed.append(route)
         else:
             report.unchanged.append(route.name)
+    # The negative examples are the reserved route: written with the others.
+    have = router.negatives
+    held = set(have)
+    report.negatives_added = [t for t in doc.negatives if t not in held]
+    if report.negatives_added:
+        changed.append(Route(name=NEGATIVES_ROUTE, utterances=[*have, *report.negatives_added]))
     if changed:
         router.add_routes(changed, replace=True)
     if doc.threshold is not None and doc.threshold != router.threshold:
         router.threshold = doc.threshold
         report.threshold_changed = True
-    if doc.negatives:
-        report.negatives_added = router.add_negatives(doc.negatives)
     return report
 
 

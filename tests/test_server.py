@@ -18,7 +18,7 @@ from typing import Any
 import anyio.to_thread
 import httpx
 import pytest
-from encoder_doubles import GatedEncoder
+from encoder_doubles import CountingEncoder, GatedEncoder
 from pydantic import SecretStr
 
 from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, Route, SQLiteStorage
@@ -665,7 +665,8 @@ def test_routes_file_errors_name_the_field(text: str, message: str) -> None:
 
 
 def test_apply_routes_creates_replaces_and_skips(encoder: Encoder, store_path: Path) -> None:
-    router = make_router(encoder, store_path)
+    counting = CountingEncoder(encoder)
+    router = make_router(counting, store_path)
     doc = parse_routes(
         json.dumps(
             {
@@ -681,7 +682,20 @@ def test_apply_routes_creates_replaces_and_skips(encoder: Encoder, store_path: P
         "json",
     )
     router.add_negatives(["what is the weather"])
+    writes: list[str] = []
+    for method in ("put_routes", "add_utterances"):  # the two ways the store takes texts
+        real = getattr(router.storage, method)
+
+        def counted(*args: Any, _real: Any = real, _name: str = method, **kwargs: Any) -> None:
+            writes.append(_name)
+            _real(*args, **kwargs)
+
+        setattr(router.storage, method, counted)
+    counting.texts.clear()
     report = apply_routes(router, doc)
+    assert writes == ["put_routes"]  # routes and negative examples: one transaction
+    # Only what is new is encoded; the stored negative keeps its vector.
+    assert sorted(counting.texts) == ["play jazz", "printer on fire", "tell me a joke"]
     assert report.to_dict() == {
         "created": ["music"],
         "replaced": ["tech"],
