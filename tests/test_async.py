@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 import pytest
+from encoder_doubles import WrappedEncoder
 from numpy.typing import NDArray
 
 from synaptoroute import (
@@ -58,7 +59,7 @@ def _texts(rows: Rows) -> list[str]:
     return list(dict.fromkeys(str(row["text"]) for row in rows))
 
 
-class GatedEncoder:
+class GatedEncoder(WrappedEncoder):
     """The real encoder behind a gate: records calls, can hold or fail them.
 
     Every call puts its texts on ``entered``. While ``hold`` is set, a call then
@@ -67,20 +68,12 @@ class GatedEncoder:
     """
 
     def __init__(self, inner: Encoder) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.calls: list[list[str]] = []
         self.entered: queue.Queue[list[str]] = queue.Queue()
         self.hold = False
         self.fail_on: set[str] = set()
         self._permits = threading.Semaphore(0)
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         batch = list(texts)
