@@ -10,10 +10,9 @@ Nothing here is persisted: the state is derived from the stored utterances. Each
 distinct text is tokenised once and its features cached (a route change only
 tokenises the new texts, nothing is re-encoded); the per-route vectors are
 assembled again, over every utterance, when a query first needs a new index
-snapshot: that query waits for it (about 0.6 s for the first build of ten thousand
-8-word utterances and 0.12 s after each later change, 2 cores; it grows with the
-number of utterances). Reopening a store or a replica rebuilds the same state from
-the same texts. Hashing keeps the feature space
+snapshot: that query waits for it, and the wait grows with the number of
+utterances (not with the change). Reopening a store or a replica rebuilds the same
+state from the same texts. Hashing keeps the feature space
 fixed (no vocabulary to grow or persist); the hash is ``zlib.crc32``, so features do
 not depend on the process's string hash seed.
 """
