@@ -644,8 +644,5 @@ def knn_similarity(snapshot: Snapshot, vector: NDArray[np.float32], k: int = KNN
     This scans every utterance row, so only the ``knn`` and ``combined`` scorers
     pay for it.
     """
-    sims = (snapshot.matrix @ np.asarray(vector, dtype=np.float32))[snapshot.live_rows]
-    if len(sims) == 0:
-        return -1.0
-    k = min(k, len(sims))
-    return float(np.partition(sims, len(sims) - k)[len(sims) - k])
+    query = np.asarray(vector, dtype=np.float32)[None, :]
+    return float(snapshot.knn_similarity(query, k)[0])

@@ -18,7 +18,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,7 +28,7 @@ from .exceptions import InvalidInputError, MissingDependencyError, install_hint
 from .models import RouteMatch
 
 if TYPE_CHECKING:
-    from .router import AdaptiveRouter
+    from .decision import DecisionPolicy
 
 __all__ = [
     "ConfusedPair",
@@ -498,8 +498,26 @@ def evaluate_matches(
     )
 
 
+class Routes(Protocol):
+    """What :func:`evaluate_router` reads of a router (an :class:`AdaptiveRouter` has it)."""
+
+    @property
+    def route_names(self) -> list[str]:
+        """The routes' names."""
+        ...
+
+    @property
+    def policy(self) -> DecisionPolicy:
+        """The decision policy in force."""
+        ...
+
+    def query_batch(self, texts: Sequence[str]) -> list[RouteMatch]:
+        """Route each text."""
+        ...
+
+
 def evaluate_router(
-    router: AdaptiveRouter,
+    router: Routes,
     texts: Sequence[str],
     labels: Sequence[str | None],
     *,

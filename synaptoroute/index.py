@@ -28,14 +28,17 @@ from numpy.typing import NDArray
 from ._cpu import process_cpus
 from .int8 import Int8Scan
 from .int8 import build as _build_int8
+from .models import SCORE_MIN
 
 if TYPE_CHECKING:
     from .ann import AnnGraph
 
-__all__ = ["Aggregation", "IndexStats", "RouteIndex", "RouteScores", "Snapshot"]
+__all__ = ["Aggregation", "IndexStats", "RouteIndex", "RouteLayout", "RouteScores", "Snapshot"]
 
 Aggregation = Literal["max", "mean_topk", "centroid"]
 _NEG = np.float32(-np.inf)
+#: Queries per matrix product when scoring many vectors against every row.
+_CHUNK = 1024
 
 
 @dataclass
@@ -64,6 +67,30 @@ class RouteScores:
     route_ids: NDArray[np.int64]
     scores: NDArray[np.float32]
     nearest_rows: NDArray[np.int64]  # best utterance row of each route, -1 for centroid
+
+
+@dataclass(frozen=True)
+class RouteLayout:
+    """Where each live route's utterance rows are in a snapshot's matrix."""
+
+    names: list[str]  # route name of each position (positions follow live_routes)
+    row_pos: NDArray[np.int64]  # matrix row -> route position, -1 for dead rows
+    route_rows: list[NDArray[np.intp]]  # the rows of each position
+    text_rows: dict[str, list[int]]  # a live utterance's text -> its rows
+
+    @cached_property
+    def live(self) -> NDArray[np.intp]:
+        """The rows of live utterances, in matrix order."""
+        return np.flatnonzero(self.row_pos >= 0)
+
+    def hidden_pairs(self, texts: Sequence[str]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """(text index, matrix row) of every row that holds one of ``texts``."""
+        q_idx, r_idx = [], []
+        for i, text in enumerate(texts):
+            for row in self.text_rows.get(text, ()):
+                q_idx.append(i)
+                r_idx.append(row)
+        return np.array(q_idx, dtype=np.int64), np.array(r_idx, dtype=np.int64)
 
 
 _NO_ROUTES = RouteScores(
@@ -130,6 +157,128 @@ class Snapshot:
         )
         segs = self.seg_order[first:last]
         return np.concatenate([np.arange(self.seg_starts[s], self.seg_ends[s]) for s in segs])
+
+    @cached_property
+    def layout(self) -> RouteLayout:
+        """Each live route's rows and each live text's rows (computed once per snapshot)."""
+        n = len(self.matrix)
+        row_pos = np.full(n, -1, dtype=np.int64)
+        pos_of = {int(rid): p for p, rid in enumerate(self.live_routes.tolist())}
+        if n == 0:  # its segment arrays are not aligned (one end, no start)
+            return RouteLayout([], row_pos, [], {})
+        for start, end, rid in zip(
+            self.seg_starts.tolist(), self.seg_ends.tolist(), self.seg_route.tolist(), strict=True
+        ):
+            if rid >= 0:
+                row_pos[start:end] = pos_of[rid]
+        order = np.argsort(row_pos, kind="stable")
+        counts = np.bincount(row_pos[row_pos >= 0], minlength=len(pos_of))
+        live = order[n - int(counts.sum()) :]
+        route_rows = np.split(live, np.cumsum(counts)[:-1]) if len(pos_of) else []
+        text_rows: dict[str, list[int]] = {}
+        for row in live.tolist():
+            text_rows.setdefault(self.texts[row], []).append(row)
+        names = [str(self.names[int(rid)]) for rid in self.live_routes.tolist()]
+        return RouteLayout(names, row_pos, [r.astype(np.intp) for r in route_rows], text_rows)
+
+    def all_scores(
+        self, vectors: NDArray[np.float32], leave_out: Sequence[str] | None = None
+    ) -> NDArray[np.float32]:
+        """``(n, n_routes)``: every live route's score for each vector, by the aggregation.
+
+        Args:
+            vectors: one vector per row.
+            leave_out: a text per vector; the rows holding that text are left out of
+                that vector's scores (so a route's own utterance is judged as if it
+                were not there). A route left with no row scores ``SCORE_MIN``.
+        """
+        layout = self.layout
+        n = len(vectors)
+        out = np.empty((n, self.n_routes), dtype=np.float32)
+        if leave_out is None:
+            hide_q = hide_r = np.zeros(0, dtype=np.int64)
+        else:
+            hide_q, hide_r = layout.hidden_pairs(leave_out)
+        if self.aggregation == "centroid":
+            return self._centroid_scores(vectors, hide_q, hide_r)
+        for start in range(0, n, _CHUNK):
+            stop = min(start + _CHUNK, n)
+            sims = vectors[start:stop] @ self.matrix.T
+            sel = (hide_q >= start) & (hide_q < stop)
+            sims[hide_q[sel] - start, hide_r[sel]] = -np.inf
+            if self.aggregation == "max":
+                out[start:stop] = self.route_max(sims)
+                continue
+            for p, rows in enumerate(layout.route_rows):
+                vals = sims[:, rows]
+                t = min(self.top_k, len(rows))
+                top = np.partition(vals, len(rows) - t, axis=1)[:, len(rows) - t :]
+                finite = np.isfinite(top)
+                count = finite.sum(axis=1)
+                total = np.where(finite, top, 0.0).sum(axis=1)
+                out[start:stop, p] = np.where(count > 0, total / np.maximum(count, 1), SCORE_MIN)
+        out[~np.isfinite(out)] = SCORE_MIN
+        return out
+
+    def _centroid_scores(
+        self,
+        vectors: NDArray[np.float32],
+        hide_q: NDArray[np.int64],
+        hide_r: NDArray[np.int64],
+    ) -> NDArray[np.float32]:
+        # A hidden row is subtracted from its route's sum, and the rest renormalised.
+        out: NDArray[np.float32] = np.asarray(vectors @ self.centroids.T, dtype=np.float32)
+        if not len(hide_q):
+            return out
+        layout = self.layout
+        matrix = self.matrix.astype(np.float64)
+        sums = np.stack([matrix[rows].sum(axis=0) for rows in layout.route_rows])
+        pos = layout.row_pos[hide_r]
+        n_routes = len(layout.names)
+        keys, inverse = np.unique(hide_q * n_routes + pos, return_inverse=True)
+        removed = np.zeros((len(keys), matrix.shape[1]))
+        np.add.at(removed, inverse, matrix[hide_r])
+        q, p = np.divmod(keys, n_routes)
+        rest = sums[p] - removed
+        rest_norm = np.linalg.norm(rest, axis=1)
+        sim = np.einsum("ij,ij->i", vectors[q].astype(np.float64), rest)
+        out[q, p] = np.where(rest_norm > 1e-9, sim / np.maximum(rest_norm, 1e-12), SCORE_MIN)
+        return out
+
+    def knn_similarity(
+        self, vectors: NDArray[np.float32], k: int, leave_out: Sequence[str] | None = None
+    ) -> NDArray[np.float64]:
+        """Similarity of each vector's ``k``-th nearest live utterance (Sun et al. 2022).
+
+        Args:
+            vectors: one vector per row.
+            k: which neighbour.
+            leave_out: a text per vector whose rows are not its neighbours.
+
+        Returns:
+            ``(n,)`` similarities: with fewer than ``k`` live utterances, the farthest
+            one's; ``-1.0`` where there is none (left out included).
+        """
+        layout = self.layout
+        live = layout.live
+        out = np.full(len(vectors), -1.0)
+        kk = min(k, len(live))
+        if kk == 0:
+            return out
+        column = np.full(len(layout.row_pos), -1, dtype=np.int64)
+        column[live] = np.arange(len(live))
+        if leave_out is None:
+            hide_q = hide_r = np.zeros(0, dtype=np.int64)
+        else:
+            hide_q, hide_r = layout.hidden_pairs(leave_out)
+        for start in range(0, len(vectors), _CHUNK):
+            stop = min(start + _CHUNK, len(vectors))
+            sims = (vectors[start:stop] @ self.matrix.T)[:, live]
+            sel = (hide_q >= start) & (hide_q < stop)
+            sims[hide_q[sel] - start, column[hide_r[sel]]] = -np.inf
+            top = np.partition(sims, len(live) - kk, axis=1)[:, len(live) - kk]
+            out[start:stop] = np.where(np.isfinite(top), top, -1.0)
+        return out
 
     def score(
         self, queries: NDArray[np.float32], k: int, *, exact: bool = False

@@ -64,11 +64,11 @@ from .storage import (
     WatchableStorage,
     open_storage,
 )
+from .storage.changes import Change, apply_change
 
 if TYPE_CHECKING:
     from .evaluation import EvaluationReport
     from .fitting import FitReport
-    from .storage.changes import Change
 
 __all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_THRESHOLD", "AdaptiveRouter", "EmbeddingCache"]
 
@@ -500,12 +500,26 @@ class AdaptiveRouter:
     def fit(self, texts: Sequence[str], labels: Sequence[str | None], **options: Any) -> FitReport:
         """Fit the decision policy on labelled texts (label ``None``: no route fits).
 
-        Options and the method are described in :func:`synaptoroute.fitting.fit_router`;
-        the fitted policy is saved in the storage.
+        Options and the method are described in :func:`synaptoroute.fitting.fit_policy`;
+        the fitted policy is installed and saved in the storage.
         """
-        from .fitting import fit_router
+        from .fitting.fit import FitInputs, fit_policy
 
-        return fit_router(self, texts, labels, **options)
+        with self._lock:
+            snapshot = self._index.snapshot()
+            inputs = FitInputs(
+                snapshot=snapshot,
+                embed=self._encode,
+                dimension=self.encoder.dimension,
+                policy=self.policy,
+                route_thresholds={name: r.threshold for name, r in self._routes.items()},
+                lexical=lambda: self._lexical.view(snapshot),
+                model_id=self.model.model_id,
+                blas_threads=self.blas_threads,
+            )
+            policy, report = fit_policy(inputs, texts, labels, **options)
+            self.set_policy(policy)
+        return report
 
     def evaluate(
         self, texts: Sequence[str], labels: Sequence[str | None], **options: Any
@@ -886,53 +900,12 @@ class AdaptiveRouter:
                 self.model.model_id,
             )
             return
-        # Queries read self._routes without the lock: build a new dict and swap it in.
-        routes = dict(self._routes)
-        name = change.name or ""
-        current = routes.get(name)
-        if change.kind == "put_route" and change.route is not None:
-            if current is not None:
-                self._index.delete_route(name)
-            routes[name] = change.route
-            self._index.add(name, self._vectors(change), change.route.utterances)
-        elif change.kind == "add_utterances" and current is not None:
-            have = set(current.utterances)
-            new = [i for i, t in enumerate(change.texts) if t not in have]
-            if new:
-                texts = [change.texts[i] for i in new]
-                self._index.add(name, self._vectors(change)[new], texts)
-                routes[name] = current.model_copy(
-                    update={"utterances": [*current.utterances, *texts]}
-                )
-        elif change.kind == "delete_route" and current is not None:
-            del routes[name]
-            self._index.delete_route(name)
-        elif change.kind == "delete_utterances" and current is not None:
-            drop = set(change.texts) & set(current.utterances)
-            if drop:
-                self._index.delete_texts(name, sorted(drop))
-                routes[name] = current.model_copy(
-                    update={"utterances": [u for u in current.utterances if u not in drop]}
-                )
-        elif change.kind == "update_route" and current is not None and change.route is not None:
-            routes[name] = change.route.model_copy(update={"utterances": current.utterances})
-        elif change.kind in ("reload", "resync"):
-            reset = list(routes) if change.kind == "reload" else list(change.names)
-            for old in reset:
-                if routes.pop(old, None) is not None:
-                    self._index.delete_route(old)
-            for item in change.routes:
-                routes[item.route.name] = item.route
-                self._index.add(item.route.name, item.vectors, item.route.utterances)
+        # Queries read self._routes without the lock: a new dict is swapped in.
+        routes = apply_change(change, self._routes, self._index, self.encoder.dimension)
         state = change.state.get(_POLICY_KEY)
         if state is not None:
             self._policy = self._policy_from_state(state)
         self._routes = routes
-
-    def _vectors(self, change: Change) -> NDArray[np.float32]:
-        if change.vectors is None:
-            return np.zeros((0, self.encoder.dimension), dtype=np.float32)
-        return change.vectors
 
 
 class _Request(NamedTuple):

@@ -33,7 +33,7 @@ from synaptoroute.fitting import FitReport, routes_from_labelled
 from synaptoroute.fitting.calibration import _isotonic, _platt
 from synaptoroute.fitting.cuts import _Scored, _search
 from synaptoroute.fitting.fit import _policy_predictions
-from synaptoroute.fitting.scores import _layout, _rank, _route_scores
+from synaptoroute.fitting.scores import _rank
 
 
 @pytest.fixture
@@ -188,8 +188,8 @@ def test_fit_predicts_exactly_what_the_router_does(
         router.fit(*split(clinc_train), head=use_head, per_route=True, folds=2)
         assert (router.policy.head is not None) == use_head
         snapshot = router._index.snapshot()
-        layout = _layout(snapshot)
-        ids, vals = _rank(_route_scores(snapshot, layout, vectors, val_texts), 5)
+        layout = snapshot.layout
+        ids, vals = _rank(snapshot.all_scores(vectors, leave_out=val_texts), 5)
         data = _Scored(ids, vals, np.zeros(len(val_texts), dtype=np.int64), len(layout.names))
         fixed = np.full(len(layout.names), np.nan)
         rows = np.arange(len(val_texts))

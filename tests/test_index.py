@@ -34,21 +34,37 @@ def brute_force(
     return out
 
 
-@pytest.mark.parametrize("agg", ["max", "mean_topk", "centroid"])
-def test_scores_match_brute_force_after_interleaved_changes(agg: str) -> None:
-    rng = np.random.default_rng(0)
-    index = RouteIndex(DIM, aggregation=agg)  # type: ignore[arg-type]
+def fill(
+    index: RouteIndex,
+    rng: np.random.Generator,
+    adds: int,
+    routes: int,
+    size: int,
+    compile_every: int,
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """Random utterances added in turns to ``routes`` routes; each route's vectors and texts.
+
+    Compiling between adds leaves a route's rows in several segments.
+    """
     truth: dict[str, np.ndarray] = {}
     texts: dict[str, list[str]] = {}
-    for i in range(30):
-        name = f"r{i % 12}"
-        vecs = unit(rng, int(rng.integers(1, 6)))
+    for i in range(adds):
+        name = f"r{i % routes}"
+        vecs = unit(rng, int(rng.integers(1, size)))
         names = [f"{name}-{i}-{j}" for j in range(len(vecs))]
         index.add(name, vecs, names)
         truth[name] = np.vstack([truth[name], vecs]) if name in truth else vecs
         texts.setdefault(name, []).extend(names)
-        if i % 7 == 6:  # query in between, so rows of one route end up in several segments
+        if i % compile_every == compile_every - 1:
             index.snapshot()
+    return truth, texts
+
+
+@pytest.mark.parametrize("agg", ["max", "mean_topk", "centroid"])
+def test_scores_match_brute_force_after_interleaved_changes(agg: str) -> None:
+    rng = np.random.default_rng(0)
+    index = RouteIndex(DIM, aggregation=agg)  # type: ignore[arg-type]
+    truth, texts = fill(index, rng, adds=30, routes=12, size=6, compile_every=7)
     index.delete_route("r3")
     del truth["r3"]
     drop = texts["r5"][:2]
@@ -365,3 +381,52 @@ def test_background_int8_copy_of_moved_rows_is_dropped(monkeypatch: pytest.Monke
     assert index.wait_for_int8(30)
     assert index.stats.int8_builds == builds  # the copy of the old rows was dropped
     assert index.snapshot().int8 is snap.int8
+
+
+@pytest.mark.parametrize("agg", ["max", "mean_topk", "centroid"])
+def test_all_scores_and_leave_one_out_match_brute_force(agg: str) -> None:
+    rng = np.random.default_rng(3)
+    index = RouteIndex(DIM, aggregation=agg)  # type: ignore[arg-type]
+    truth, texts = fill(index, rng, adds=9, routes=4, size=5, compile_every=1)
+    index.add("alone", unit(rng, 1), ["alone-0"])  # its only utterance left out: no score
+    truth["alone"], texts["alone"] = index.vectors_of("alone")["alone-0"][None, :], ["alone-0"]
+    snap = index.snapshot()
+    names = snap.layout.names
+    assert sorted(names) == sorted(truth)
+    queries = unit(rng, 5)
+    for query, row in zip(queries, snap.all_scores(queries), strict=True):
+        expected = brute_force(truth, query, agg)
+        assert row == pytest.approx([expected[n] for n in names], abs=1e-5)
+    # Each route's first utterance, scored with its own row left out, scores as if the
+    # route did not hold it; every other route's score is untouched.
+    own = [texts[n][0] for n in names]
+    vectors = np.vstack([truth[n][0] for n in names]).astype(np.float32)
+    left = snap.all_scores(vectors, leave_out=own)
+    for i, name in enumerate(names):
+        rest = {n: (v[1:] if n == name else v) for n, v in truth.items()}
+        for j, other in enumerate(names):
+            if len(rest[other]) == 0:
+                assert left[i, j] == -1.0  # SCORE_MIN
+            else:
+                want = brute_force({other: rest[other]}, vectors[i], agg)[other]
+                assert left[i, j] == pytest.approx(want, abs=1e-5), (name, other)
+
+
+def test_knn_similarity_is_the_kth_neighbour_with_own_rows_left_out() -> None:
+    rng = np.random.default_rng(4)
+    index = RouteIndex(DIM)
+    vecs = unit(rng, 12)
+    index.add("a", vecs[:7], [f"a{i}" for i in range(7)])
+    index.add("b", vecs[7:], [f"b{i}" for i in range(5)])
+    index.delete_texts("b", ["b4"])  # a dead row is nobody's neighbour
+    snap = index.snapshot()
+    live = vecs[:11]
+    queries = unit(rng, 3)
+    for k in (1, 3, 11):
+        want = [np.sort(live @ q)[::-1][k - 1] for q in queries]
+        assert snap.knn_similarity(queries, k) == pytest.approx(want, abs=1e-5)
+    # Fewer than k utterances: the farthest one; none at all: -1.
+    assert snap.knn_similarity(queries, 12) == pytest.approx(snap.knn_similarity(queries, 11))
+    assert (RouteIndex(DIM).snapshot().knn_similarity(queries, 1) == -1.0).all()
+    got = snap.knn_similarity(vecs[:1], 1, leave_out=["a0"])
+    assert got[0] == pytest.approx(np.sort(live[1:] @ vecs[0])[::-1][0], abs=1e-5)

@@ -1,9 +1,8 @@
 """The core's layers import one way (docs/architecture.md), checked on the source.
 
 Every ``from .x import`` of the package, wherever it stands (module level, inside a
-function, under ``TYPE_CHECKING``), must reach the same layer or a lower one. The few
-known upward imports are listed below with the issue that removes them; the list may
-only shrink. Module-level imports that run on import must also form no cycle.
+function, under ``TYPE_CHECKING``), must reach the same layer or a lower one: there is
+no exception. Module-level imports that run on import must also form no cycle.
 """
 
 from __future__ import annotations
@@ -20,17 +19,10 @@ LAYERS: list[set[str]] = [
     {"index", "int8", "ann", "lexical"},
     {"decision"},
     {"storage", "postgres"},
+    {"datasets", "evaluation", "fitting"},
     {"router", "batching"},
-    {"fitting", "evaluation", "datasets"},
     {"routes_file", "cli", "_completion", "__main__", "__init__", "server"},
 ]
-
-#: Upward imports that exist today; issue 15 turns fitting into a function of a snapshot
-#: and an embed function, which removes them.
-KNOWN_UPWARD = {
-    ("router", "fitting"),
-    ("router", "evaluation"),
-}
 
 
 def _layer(module: str) -> int:
@@ -79,8 +71,7 @@ def test_every_import_goes_down_or_sideways() -> None:
         for target, _ in _imports(module, path):
             if _layer(target) > _layer(module):
                 upward.add((module.split(".")[0], target.split(".")[0]))
-    assert upward <= KNOWN_UPWARD, f"new upward imports: {sorted(upward - KNOWN_UPWARD)}"
-    assert upward == KNOWN_UPWARD, "an upward import is gone: take it off KNOWN_UPWARD"
+    assert not upward, f"upward imports: {sorted(upward)}"
 
 
 def test_no_import_cycle_at_import_time() -> None:

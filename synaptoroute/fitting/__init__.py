@@ -1,6 +1,7 @@
 """Fitting a router's decision policy on labelled texts.
 
-:func:`fit_router` (also :meth:`AdaptiveRouter.fit`) encodes the labelled texts once
+:meth:`AdaptiveRouter.fit` (:func:`fit_policy` on the router's :class:`FitInputs`, under
+its lock; :func:`fit_router` for 0.2.0 callers) encodes the labelled texts once
 (texts that are already utterances of a route reuse the stored vectors), scores them
 once against every route, and then only does arithmetic on those scores:
 
@@ -28,7 +29,14 @@ from __future__ import annotations
 
 from ..datasets import routes_from_labelled
 from .cuts import Objective
-from .fit import fit_router
+from .fit import FitInputs, fit_policy, fit_router
 from .report import FitReport
 
-__all__ = ["FitReport", "Objective", "fit_router", "routes_from_labelled"]
+__all__ = [
+    "FitInputs",
+    "FitReport",
+    "Objective",
+    "fit_policy",
+    "fit_router",
+    "routes_from_labelled",
+]

@@ -1,14 +1,19 @@
-""":func:`fit_router`: encode once, score once, fit every candidate on folds, keep the winner."""
+""":func:`fit_policy`: encode once, score once, fit every candidate on folds, keep the winner.
+
+It reads a router only through :class:`FitInputs` (a snapshot of its index and an embed
+function), so fitting sits below the router: :meth:`AdaptiveRouter.fit` takes its lock,
+calls :func:`fit_policy` and installs the policy it returns.
+"""
 
 from __future__ import annotations
 
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, suppress
-from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,6 +21,7 @@ from numpy.typing import NDArray
 from .._cpu import blas_threads
 from ..datasets import NONE, check_labelled, label_indexes
 from ..decision import (
+    KNN_K,
     DecisionPolicy,
     LinearHead,
     mahalanobis_score,
@@ -38,15 +44,15 @@ from .head import (
     _choose_head,
     _folds,
     _HeadFit,
-    _knn_loo,
     _mahalanobis_fit,
     _softmax_regression,
 )
 from .report import FitReport
-from .scores import _layout, _rank, _route_scores
+from .scores import _rank
 
 if TYPE_CHECKING:
-    from ..router import AdaptiveRouter
+    from ..index import Snapshot
+    from ..lexical import LexicalView
 
 #: Weights of the lexical score in the head's logits (0: dense only), tried likewise.
 _BETAS = (0.0, 2.5, 5.0, 10.0, 20.0)
@@ -55,8 +61,45 @@ _MARGIN_QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.2)
 _OBJECTIVES = ("auto", "balanced", "accuracy", "macro_f1", "oos_recall")
 
 
+@dataclass(frozen=True)
+class FitInputs:
+    """What a fit reads of a router, taken under the router's lock."""
+
+    #: The compiled index: the stored vectors the labelled texts are scored against.
+    snapshot: Snapshot
+    #: Encodes texts the index does not hold (the router's cached encode path).
+    embed: Callable[[list[str]], NDArray[np.float32]]
+    #: The encoder's dimension.
+    dimension: int
+    #: The policy in force: the fit reports "before" from it and may keep it.
+    policy: DecisionPolicy
+    #: Each route's own threshold (``Route.threshold``; ``None``: the policy decides).
+    route_thresholds: Mapping[str, float | None]
+    #: The lexical view of ``snapshot`` (called only when the hybrid head is tried).
+    lexical: Callable[[], LexicalView]
+    #: The encoder's model id, recorded in a fitted head.
+    model_id: str
+    #: The router's BLAS thread setting (``None``: the shared rule decides).
+    blas_threads: int | None = None
+
+
+class _Fits(Protocol):
+    def fit(self, texts: Sequence[str], labels: Sequence[str | None], **options: Any) -> Any: ...
+
+
 def fit_router(
-    router: AdaptiveRouter,
+    router: _Fits, texts: Sequence[str], labels: Sequence[str | None], **options: Any
+) -> FitReport:
+    """Fit ``router`` on labelled texts: the same as ``router.fit(texts, labels, **options)``.
+
+    Kept for callers of 0.2.0; the options are those of :func:`fit_policy`.
+    """
+    report: FitReport = router.fit(texts, labels, **options)
+    return report
+
+
+def fit_policy(
+    inputs: FitInputs,
     texts: Sequence[str],
     labels: Sequence[str | None],
     *,
@@ -74,11 +117,12 @@ def fit_router(
     min_support: int = 10,
     max_iter: int = 100,
     seed: int = 0,
-) -> FitReport:
-    """Fit ``router``'s decision policy on labelled texts and save it in its storage.
+) -> tuple[DecisionPolicy, FitReport]:
+    """Fit a decision policy on labelled texts; nothing is changed or saved here.
 
     Args:
-        router: the router; its routes must exist (labels name them).
+        inputs: what the fit reads of the router (:class:`FitInputs`); the labels
+            name its routes.
         texts: example queries.
         labels: the route each should go to; ``None`` for a query that fits no route.
         objective: ``"auto"`` (the default: ``"balanced"`` when some labels are
@@ -112,7 +156,9 @@ def fit_router(
         seed: fold assignment seed.
 
     Returns:
-        A :class:`FitReport` of what changed, with before/after figures.
+        The fitted policy (the current one, recalibrated, when no fitted candidate
+        beats it on held-out rows), and a :class:`FitReport` of what changed, with
+        before/after figures.
 
     Raises:
         InvalidInputError: bad rows, unknown labels, or bad options.
@@ -141,9 +187,11 @@ def fit_router(
         if not text.strip():
             msg = f"text {i} is empty"
             raise InvalidInputError(msg)
-    with router._lock, _fit_threads(router, len(texts), head is not False):
-        snapshot = router._index.snapshot()
-        layout = _layout(snapshot)
+    snapshot = inputs.snapshot
+    with _fit_threads(
+        len(snapshot.layout.live), len(texts), inputs.blas_threads, head is not False
+    ):
+        layout = snapshot.layout
         names = layout.names
         n_routes = len(names)
         if n_routes == 0:
@@ -188,21 +236,21 @@ def fit_router(
             ]
         all_texts = fit_texts + [snapshot.texts[r] for r in extra_rows]
         y_all = np.concatenate([y_fit, remap[layout.row_pos[np.array(extra_rows, dtype=np.int64)]]])
-        vectors = np.empty((len(all_texts), router.encoder.dimension), dtype=np.float32)
+        vectors = np.empty((len(all_texts), inputs.dimension), dtype=np.float32)
         missing = [i for i, t in enumerate(fit_texts) if t not in layout.text_rows]
         reused = [i for i in range(len(all_texts)) if i >= n or fit_texts[i] in layout.text_rows]
         for i in reused:
             row = extra_rows[i - n] if i >= n else layout.text_rows[all_texts[i]][0]
             vectors[i] = snapshot.matrix[row]
         if missing:
-            vectors[missing] = router._encode([fit_texts[i] for i in missing])
+            vectors[missing] = inputs.embed([fit_texts[i] for i in missing])
         seconds["encode"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         k = min(max(2, top_k), n_routes)
-        old = router.policy
+        old = inputs.policy
         k_rank = min(max(k, old.ranked_k), n_routes)
-        scores_all = _route_scores(snapshot, layout, vectors, all_texts)
+        scores_all = snapshot.all_scores(vectors, leave_out=all_texts)
         scores = scores_all[:, keep_cols]
         # Rows a negative example outranks every route for are rejected at query time.
         blocked = np.zeros(n, dtype=bool)
@@ -214,11 +262,11 @@ def fit_router(
         seconds["score"] = time.perf_counter() - t0
         if want_head:
             t0 = time.perf_counter()
-            data.knn = _knn_loo(snapshot, layout, vectors[:n], fit_texts)
+            data.knn = snapshot.knn_similarity(vectors[:n], KNN_K, leave_out=fit_texts)
             seconds["knn"] = time.perf_counter() - t0
             if hybrid is not False:
                 t0 = time.perf_counter()
-                view = router._lexical.view(snapshot)
+                view = inputs.lexical()
                 lex_all = view.scores_many(fit_texts)
                 own = np.array(
                     [layout.row_pos[layout.text_rows[t][0]] if t in layout.text_rows else -1
@@ -232,13 +280,8 @@ def fit_router(
         fit_rows = np.arange(n, dtype=np.intp)
         fold_all = _folds(y_all, folds, seed)
         fold = fold_all[:n]
-        fixed = np.array(
-            [
-                np.nan if router.get_route(name).threshold is None
-                else float(router.get_route(name).threshold)  # type: ignore[arg-type]
-                for name in names
-            ]
-        )  # fmt: skip
+        own_thresholds = [inputs.route_thresholds.get(name) for name in names]
+        fixed = np.array([np.nan if t is None else float(t) for t in own_thresholds])
         before_pred = _policy_predictions(old, data, fit_rows, names, fixed, vectors[:n])
         before = figures(y_fit, np.where(blocked, NONE, before_pred), n_routes)
 
@@ -348,7 +391,7 @@ def fit_router(
                     top_k=k,
                     cut=head_fit.cut,
                     calibrator=head_fit.calibrator,
-                    model_id=router.model.model_id,
+                    model_id=inputs.model_id,
                     beta=head_fit.beta,
                     scorer=head_fit.scorer,
                     ood=ood,
@@ -393,7 +436,6 @@ def fit_router(
             final_head = None
             after = before
         changed = _threshold_changes(old, new_policy, names, fixed)
-        router.set_policy(new_policy)
 
     if old.head is not None:
         notes.append(
@@ -419,7 +461,7 @@ def fit_router(
             "calibration": final_head.calibrator.kind,
             "training_rows": len(y_all),
         }
-    return FitReport(
+    report = FitReport(
         objective=objective,
         target_oos_recall=target_oos_recall if objective == "oos_recall" else None,
         decision="head" if final_head is not None else "thresholds",
@@ -439,9 +481,12 @@ def fit_router(
         notes=notes,
         seconds={key: round(value, 3) for key, value in seconds.items()},
     )
+    return new_policy, report
 
 
-def _fit_threads(router: AdaptiveRouter, rows: int, head: bool) -> AbstractContextManager[Any]:
+def _fit_threads(
+    index_rows: int, rows: int, setting: int | None, head: bool
+) -> AbstractContextManager[Any]:
     """BLAS threads for the fit, by the router's rule: waking a second thread costs
     more than it saves on small products (and much more on a busy machine)."""
     from threadpoolctl import threadpool_limits
@@ -451,7 +496,7 @@ def _fit_threads(router: AdaptiveRouter, rows: int, head: bool) -> AbstractConte
         # (unlimited, its threads fight the others for the cores on a busy machine).
         with suppress(ImportError):
             import scipy.optimize  # noqa: F401
-    threads = blas_threads(max(len(router._index), rows), router.blas_threads)
+    threads = blas_threads(max(index_rows, rows), setting)
     return threadpool_limits(limits=threads, user_api="blas")  # type: ignore[no-any-return]
 
 

@@ -12,17 +12,14 @@ from numpy.typing import NDArray
 
 from ..datasets import NONE
 from ..decision import (
-    KNN_K,
     Calibrator,
     head_scores,
     scorer_features,
 )
 from ..evaluation import auroc, figures
 from ..exceptions import MissingDependencyError, install_hint
-from ..index import Snapshot
 from .calibration import _calibrate
 from .cuts import _BEYOND, Objective, _objective_value, _Scored, _search
-from .scores import _CHUNK, _Layout
 
 #: Weights of the similarity score in the head's logits, tried on held-out data.
 _ALPHAS = (0.0, 2.5, 5.0, 10.0, 20.0, 40.0)
@@ -150,30 +147,6 @@ def _mahalanobis_fit(
         "projected_means": projected.astype(np.float32),
         "mean_terms": terms.astype(np.float32),
     }
-
-
-def _knn_loo(
-    snapshot: Snapshot, layout: _Layout, vectors: NDArray[np.float32], texts: Sequence[str]
-) -> NDArray[np.float64]:
-    """The k-th nearest live utterance's similarity of each text, its own rows left out."""
-    live = np.flatnonzero(layout.row_pos >= 0)
-    matrix = snapshot.matrix[live]
-    where = np.full(len(layout.row_pos), -1, dtype=np.int64)
-    where[live] = np.arange(len(live))
-    out = np.full(len(texts), -1.0)
-    kk = min(KNN_K, len(live))
-    if kk == 0:
-        return out
-    for start in range(0, len(texts), _CHUNK):
-        stop = min(start + _CHUNK, len(texts))
-        sims = vectors[start:stop] @ matrix.T
-        for i in range(start, stop):
-            for row in layout.text_rows.get(texts[i], ()):
-                if where[row] >= 0:
-                    sims[i - start, where[row]] = -np.inf
-        top = np.partition(sims, len(live) - kk, axis=1)[:, len(live) - kk]
-        out[start:stop] = np.where(np.isfinite(top), top, -1.0)
-    return out
 
 
 def _logistic(x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.float64]:

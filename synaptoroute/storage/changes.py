@@ -1,17 +1,20 @@
-"""The changes a store with a change feed delivers to the routers that follow it."""
+"""The changes a store with a change feed delivers to the routers that follow it, and
+how one is applied to a router's routes and index (:func:`apply_change`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
+from ..index import RouteIndex
 from ..models import Route
 from .base import ModelInfo, StoredRoute
 
-__all__ = ["Change", "ChangeKind"]
+__all__ = ["Change", "ChangeKind", "apply_change"]
 
 ChangeKind = Literal[
     "put_route",  # a route created or replaced, with all its utterances and vectors
@@ -45,3 +48,59 @@ class Change:
     names: tuple[str, ...] = ()  # ``resync``: every route to reset (absent from routes: deleted)
     state: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     origin: str = ""
+
+
+def apply_change(
+    change: Change, routes: Mapping[str, Route], index: RouteIndex, dimension: int
+) -> dict[str, Route]:
+    """Apply ``change`` to ``index`` and to a copy of ``routes``; return the new routes.
+
+    The vectors come with the change: nothing is encoded. A change to a route this
+    replica does not have (it was deleted since) changes nothing. The caller holds the
+    lock that guards both and checks that the change's model is its own.
+
+    Args:
+        change: the committed change.
+        routes: the router's routes by name (not modified).
+        index: the router's index (modified).
+        dimension: the encoder's dimension (for a change without vectors).
+    """
+    out = dict(routes)
+    name = change.name or ""
+    current = out.get(name)
+    vectors = (
+        change.vectors if change.vectors is not None else np.zeros((0, dimension), dtype=np.float32)
+    )
+    if change.kind == "put_route" and change.route is not None:
+        if current is not None:
+            index.delete_route(name)
+        out[name] = change.route
+        index.add(name, vectors, change.route.utterances)
+    elif change.kind == "add_utterances" and current is not None:
+        have = set(current.utterances)
+        new = [i for i, t in enumerate(change.texts) if t not in have]
+        if new:
+            texts = [change.texts[i] for i in new]
+            index.add(name, vectors[new], texts)
+            out[name] = current.model_copy(update={"utterances": [*current.utterances, *texts]})
+    elif change.kind == "delete_route" and current is not None:
+        del out[name]
+        index.delete_route(name)
+    elif change.kind == "delete_utterances" and current is not None:
+        drop = set(change.texts) & set(current.utterances)
+        if drop:
+            index.delete_texts(name, sorted(drop))
+            out[name] = current.model_copy(
+                update={"utterances": [u for u in current.utterances if u not in drop]}
+            )
+    elif change.kind == "update_route" and current is not None and change.route is not None:
+        out[name] = change.route.model_copy(update={"utterances": current.utterances})
+    elif change.kind in ("reload", "resync"):
+        reset = list(out) if change.kind == "reload" else list(change.names)
+        for old in reset:
+            if out.pop(old, None) is not None:
+                index.delete_route(old)
+        for item in change.routes:
+            out[item.route.name] = item.route
+            index.add(item.route.name, item.vectors, item.route.utterances)
+    return out
