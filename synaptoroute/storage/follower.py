@@ -74,6 +74,10 @@ class Watch:
                 conn = store._connect()
                 self.backend_pid = conn.info.backend_pid
                 conn.execute(f'LISTEN "{store._channel}"')
+                if down_since is not None:
+                    # Counted before the catch-up: whoever sees its changes applied
+                    # (wait_for_seq) also sees the reconnection that brought them.
+                    self.reconnects += 1
                 # LISTEN first, then read the log: a change committed in between is
                 # both notified and read, never neither.
                 self._catch_up(conn)
@@ -85,7 +89,6 @@ class Watch:
                         time.monotonic() - down_since,
                         store.applied_seq,
                     )
-                    self.reconnects += 1
                     down_since = None
                 delay = 0.05
                 self._listen(conn)
