@@ -1,14 +1,22 @@
-"""Test doubles around the real encoder, shared by the service tests."""
+"""Every test double of an encoder, in one module (the integration packages keep theirs
+in their own test folders: they are separate distributions).
+
+Most wrap the real encoder and change what :meth:`encode` does; waits have a safety
+limit that fails the test, never paces it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import threading
 from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
-from synaptoroute import Encoder
+from synaptoroute import EncoderError, HashingEncoder
+from synaptoroute.encoder import EncoderProtocol
 
 LIMIT_S = 30.0  # safety limit of every wait; reaching it fails the test
 
@@ -16,7 +24,7 @@ LIMIT_S = 30.0  # safety limit of every wait; reaching it fails the test
 class WrappedEncoder:
     """The real encoder, seen through a wrapper; subclasses change :meth:`encode`."""
 
-    def __init__(self, inner: Encoder) -> None:
+    def __init__(self, inner: EncoderProtocol) -> None:
         self.inner = inner
 
     @property
@@ -29,7 +37,7 @@ class WrappedEncoder:
 
     @property
     def loaded(self) -> bool:
-        return self.inner.loaded
+        return bool(getattr(self.inner, "loaded", True))
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         return self.inner.encode(texts)
@@ -39,13 +47,14 @@ class CountingEncoder(WrappedEncoder):
     """Counts the calls that reach the model and records their texts; reads texts as
     the real encoder does."""
 
-    def __init__(self, inner: Encoder) -> None:
+    def __init__(self, inner: EncoderProtocol) -> None:
         super().__init__(inner)
         self.calls = 0
         self.texts: list[str] = []
 
     def truncate(self, text: str) -> str:
-        return self.inner.truncate(text)
+        truncate = getattr(self.inner, "truncate", None)
+        return text if truncate is None else str(truncate(text))
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         if len(texts):
@@ -57,7 +66,7 @@ class CountingEncoder(WrappedEncoder):
 class GatedEncoder(WrappedEncoder):
     """Records each call's texts; clearing ``gate`` holds calls, ``fail_with`` fails them."""
 
-    def __init__(self, inner: Encoder) -> None:
+    def __init__(self, inner: EncoderProtocol) -> None:
         super().__init__(inner)
         self.calls: list[list[str]] = []
         self.entered = threading.Event()
@@ -74,3 +83,87 @@ class GatedEncoder(WrappedEncoder):
         if self.fail_with is not None:
             raise self.fail_with
         return self.inner.encode(texts)
+
+
+class HeldEncoder(WrappedEncoder):
+    """The real encoder behind a gate: records calls, can hold or fail them.
+
+    Every call puts its texts on ``entered``. While ``hold`` is set, a call then
+    waits for one ``release()`` permit. A call containing a text of ``fail_on``
+    raises :class:`EncoderError` instead.
+    """
+
+    def __init__(self, inner: EncoderProtocol) -> None:
+        super().__init__(inner)
+        self.calls: list[list[str]] = []
+        self.entered: queue.Queue[list[str]] = queue.Queue()
+        self.hold = False
+        self.fail_on: set[str] = set()
+        self._permits = threading.Semaphore(0)
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        batch = list(texts)
+        self.calls.append(batch)
+        self.entered.put(batch)
+        if self.fail_on.intersection(batch):
+            msg = "injected encoder failure"
+            raise EncoderError(msg)
+        if self.hold and not self._permits.acquire(timeout=LIMIT_S):
+            msg = "the test never released this batch"
+            raise EncoderError(msg)
+        return self.inner.encode(batch)
+
+    def release(self, n: int = 1) -> None:
+        """Let ``n`` held calls proceed."""
+        for _ in range(n):
+            self._permits.release()
+
+    async def next_call(self) -> list[str]:
+        """Wait (off the loop) until the worker hands the encoder its next batch."""
+        return await asyncio.to_thread(self.entered.get, True, LIMIT_S)
+
+    def reset(self) -> None:
+        """Open the gate for good and forget the record."""
+        self.hold = False
+        self.fail_on = set()
+        self.release(1000)
+        self._permits = threading.Semaphore(0)
+        self.calls.clear()
+        while not self.entered.empty():
+            self.entered.get_nowait()
+
+
+class ThreadRecordingEncoder(WrappedEncoder):
+    """The real encoder, recording which thread each call ran on."""
+
+    def __init__(self, inner: EncoderProtocol) -> None:
+        super().__init__(inner)
+        self.threads: list[str] = []
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        self.threads.append(threading.current_thread().name)
+        return self.inner.encode(texts)
+
+
+class FailingEncoder(WrappedEncoder):
+    """The real encoder, except that a text containing ``boom`` raises."""
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        if any("boom" in t for t in texts):
+            msg = "an unexpected failure"
+            raise RuntimeError(msg)
+        return self.inner.encode(texts)
+
+
+class NaNEncoder:
+    """Returns NaN rows for texts containing "nan", like a broken custom model."""
+
+    model_id = "nan-model"
+    dimension = 8
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        out = HashingEncoder(8).encode(texts)
+        for i, text in enumerate(texts):
+            if "nan" in text:
+                out[i] = np.nan
+        return out

@@ -8,16 +8,13 @@ are on events or queues, each with a generous safety limit that fails the test.
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-import numpy as np
 import pytest
-from encoder_doubles import WrappedEncoder
-from numpy.typing import NDArray
+from encoder_doubles import LIMIT_S, HeldEncoder, ThreadRecordingEncoder
 
 from synaptoroute import (
     AdaptiveRouter,
@@ -40,9 +37,6 @@ from synaptoroute.batching import (
 )
 from synaptoroute.exceptions import EventLoopMismatchError
 
-# Safety limit for every blocking wait; reaching it fails the test (it never paces it).
-LIMIT_S = 30.0
-
 Rows = list[dict[str, str | None]]
 
 
@@ -57,54 +51,6 @@ def _routes(rows: Rows, per_route: int) -> list[Route]:
 
 def _texts(rows: Rows) -> list[str]:
     return list(dict.fromkeys(str(row["text"]) for row in rows))
-
-
-class GatedEncoder(WrappedEncoder):
-    """The real encoder behind a gate: records calls, can hold or fail them.
-
-    Every call puts its texts on ``entered``. While ``hold`` is set, a call then
-    waits for one ``release()`` permit. A call containing a text of ``fail_on``
-    raises :class:`EncoderError` instead.
-    """
-
-    def __init__(self, inner: Encoder) -> None:
-        super().__init__(inner)
-        self.calls: list[list[str]] = []
-        self.entered: queue.Queue[list[str]] = queue.Queue()
-        self.hold = False
-        self.fail_on: set[str] = set()
-        self._permits = threading.Semaphore(0)
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        batch = list(texts)
-        self.calls.append(batch)
-        self.entered.put(batch)
-        if self.fail_on.intersection(batch):
-            msg = "injected encoder failure"
-            raise EncoderError(msg)
-        if self.hold and not self._permits.acquire(timeout=LIMIT_S):
-            msg = "the test never released this batch"
-            raise EncoderError(msg)
-        return self.inner.encode(batch)
-
-    def release(self, n: int = 1) -> None:
-        """Let ``n`` held calls proceed."""
-        for _ in range(n):
-            self._permits.release()
-
-    async def next_call(self) -> list[str]:
-        """Wait (off the loop) until the worker hands the encoder its next batch."""
-        return await asyncio.to_thread(self.entered.get, True, LIMIT_S)
-
-    def reset(self) -> None:
-        """Open the gate for good and forget the record."""
-        self.hold = False
-        self.fail_on = set()
-        self.release(1000)
-        self._permits = threading.Semaphore(0)
-        self.calls.clear()
-        while not self.entered.empty():
-            self.entered.get_nowait()
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -137,8 +83,8 @@ def clinc_router(encoder: Encoder, clinc_train: Rows) -> AdaptiveRouter:
 
 @pytest.fixture(scope="module")
 def gated_router(encoder: Encoder, clinc_train: Rows) -> AdaptiveRouter:
-    """A router whose encoder is the real model behind a :class:`GatedEncoder`."""
-    router = AdaptiveRouter(GatedEncoder(encoder), max_queue_size=6)
+    """A router whose encoder is the real model behind a :class:`HeldEncoder`."""
+    router = AdaptiveRouter(HeldEncoder(encoder), max_queue_size=6)
     router.add_routes(_routes(clinc_train, 5))
     return router
 
@@ -147,7 +93,7 @@ def gated_router(encoder: Encoder, clinc_train: Rows) -> AdaptiveRouter:
 async def gated(gated_router: AdaptiveRouter) -> AsyncIterator[AdaptiveRouter]:
     """The gated router, clean for one test and stopped (gate opened) after it."""
     enc = gated_router.encoder
-    assert isinstance(enc, GatedEncoder)
+    assert isinstance(enc, HeldEncoder)
     enc.reset()
     gated_router.cache.clear()
     gated_router.worker.max_batch_size = 64
@@ -164,9 +110,9 @@ def val_texts(clinc_val: Rows) -> list[str]:
     return _texts(clinc_val)
 
 
-def gate(router: AdaptiveRouter) -> GatedEncoder:
+def gate(router: AdaptiveRouter) -> HeldEncoder:
     enc = router.encoder
-    assert isinstance(enc, GatedEncoder)
+    assert isinstance(enc, HeldEncoder)
     return enc
 
 
@@ -760,26 +706,6 @@ async def test_settings_of_the_first_worker_reach_later_loops(gated: AdaptiveRou
         )
 
     assert await asyncio.to_thread(_in_a_new_loop, settings) == (3, 6, 5000, 700)
-
-
-class ThreadRecordingEncoder:
-    """The real encoder, recording which thread each call ran on."""
-
-    def __init__(self, inner: Encoder) -> None:
-        self.inner = inner
-        self.threads: list[str] = []
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        self.threads.append(threading.current_thread().name)
-        return self.inner.encode(texts)
 
 
 async def test_aquery_top_k_matches_query_top_k_off_the_event_loop(encoder: Encoder) -> None:

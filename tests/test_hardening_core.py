@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from encoder_doubles import CountingEncoder
-from numpy.typing import NDArray
+from encoder_doubles import CountingEncoder, NaNEncoder
 
 from synaptoroute import (
     AdaptiveRouter,
     Encoder,
     EncoderError,
-    HashingEncoder,
     InvalidInputError,
     Route,
 )
@@ -118,20 +115,6 @@ def test_cache_is_bounded_in_bytes() -> None:
     assert cache.get("huge" * 100_000) is None
     cache.clear()
     assert cache.nbytes == 0 and len(cache) == 0
-
-
-class NaNEncoder:
-    """Returns NaN rows for texts containing "nan", like a broken custom model."""
-
-    model_id = "nan-model"
-    dimension = 8
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        out = HashingEncoder(8).encode(texts)
-        for i, text in enumerate(texts):
-            if "nan" in text:
-                out[i] = np.nan
-        return out
 
 
 def test_nan_from_an_encoder_is_an_error_not_a_match() -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from encoder_doubles import CountingEncoder
 from numpy.typing import NDArray
 
 from synaptoroute import (
@@ -102,27 +103,6 @@ def stored_state(stored: Sequence[StoredRoute], threshold: float) -> dict[str, A
 
 
 # -- the replica program (child process) ----------------------------------------------
-class CountingEncoder:
-    """Wraps an encoder and counts the texts it encodes (to prove nothing is re-encoded)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.texts = 0
-
-    @property
-    def model_id(self) -> str:
-        return str(self.inner.model_id)
-
-    @property
-    def dimension(self) -> int:
-        return int(self.inner.dimension)
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        self.texts += len(texts)
-        out: NDArray[np.float32] = np.asarray(self.inner.encode(texts), dtype=np.float32)
-        return out
-
-
 def _burst(router: AdaptiveRouter, seed: int, n: int, names: list[str]) -> dict[str, int]:
     """``n`` random writes on overlapping route names; the other replica does the same."""
     rng = random.Random(seed)
@@ -169,7 +149,7 @@ def _replica_main(dsn: str, schema: str, encoder_kind: str) -> None:
         if op == "state":
             return {**router_state(router), "applied": store.applied_seq}
         if op == "encoded":
-            return encoder.texts
+            return len(encoder.texts)
         if op == "connected":
             return bool(store.watching and store.watching.connected)
         if op == "burst":

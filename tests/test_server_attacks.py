@@ -18,15 +18,13 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-from encoder_doubles import GatedEncoder, WrappedEncoder
-from numpy.typing import NDArray
+from encoder_doubles import FailingEncoder, GatedEncoder
 from pydantic import SecretStr
 from threaded_server import ThreadedServer
 
@@ -42,16 +40,6 @@ ROUTES = [
     Route(name="billing", utterances=["I need a refund", "Where is my receipt?"]),
     Route(name="tech", utterances=["The app crashes on start", "I can't log in"]),
 ]
-
-
-class FailingEncoder(WrappedEncoder):
-    """The real encoder, except that a text containing ``boom`` raises."""
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        if any("boom" in t for t in texts):
-            msg = "an unexpected failure"
-            raise RuntimeError(msg)
-        return self.inner.encode(texts)
 
 
 class LiveServer(ThreadedServer):
