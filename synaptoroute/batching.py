@@ -14,6 +14,9 @@ call (result or :class:`RouterClosedError`) and releases the loop, so the worker
 be started again, on the same loop or another. If the loop that ran it is closed
 without ``stop()`` (``asyncio.run`` returning), the next call from a new loop starts
 afresh.
+
+Why one module over 400 lines: admission, batch cutting, the worker thread hand-off
+and the lifecycle share one queue and one set of invariants; they are read together.
 """
 
 from __future__ import annotations

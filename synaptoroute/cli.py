@@ -6,6 +6,10 @@ those that print data take ``--json``. Long work (encoding many texts) shows a p
 bar on stderr when stderr is a terminal (``--progress``/``--no-progress`` force it), so
 redirected logs never receive its ``\r`` frames. ``python -m synaptoroute`` runs it too.
 
+Why one module over 400 lines: each command is a parser entry and a short handler
+that calls the library; they share the output helpers and the exit-code mapping,
+and splitting them apart would spread that mapping over files.
+
 Exit codes:
     0: success.
     1: the operation failed (the store or the model could not be used, an I/O error).

@@ -7,6 +7,10 @@ policy (see :mod:`synaptoroute.fitting`) may add a :class:`Calibrator`, which fi
 instead of the thresholds. Everything here is pure: no I/O, no locks, no awaiting.
 The vectorised helpers (:func:`threshold_verdicts`, :meth:`LinearHead.judge`) are also
 what fitting and evaluation call, so a fit predicts exactly what the router will do.
+
+Why one module over 400 lines: the policy, its calibrator, the head and its
+out-of-scope scorers are what :func:`decide` applies, and they must stay in step with
+it; keeping them together keeps the one decision path in one place.
 """
 
 from __future__ import annotations

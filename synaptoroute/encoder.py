@@ -8,6 +8,10 @@ pinned sha256 digests, run by onnxruntime with an explicit thread budget.
 Any other fastembed model can be named for users who are online (extra ``fastembed``).
 :class:`HashingEncoder` is a deterministic bag-of-words encoder for pure-algorithm tests. Anything that satisfies
 :class:`EncoderProtocol` can be passed to the router.
+
+Why one module over 400 lines: the default encoder's loading (files, digests, thread
+budget, the ONNX Runtime session and its arena), tokenising and truncation must agree
+with each other, and the small encoders beside it share its normalisation.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ query in another thread always sees a complete matrix.
 
 A route's rows form one or more contiguous *segments*; per-route maxima come from
 two ``np.maximum.reduceat`` passes, so scoring is one matrix product plus O(n).
+
+Why one module over 400 lines: :class:`Snapshot` reads the segment layout that
+:class:`RouteIndex` compiles, and every scoring path (exact, int8 pre-filter, graph,
+all routes with leave-one-out) must agree on it; the int8 scan and the graph live in
+:mod:`~synaptoroute.int8` and :mod:`~synaptoroute.ann`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,11 @@
-"""The router: route management, sync queries, and async queries through the batcher."""
+"""The router: route management, sync queries, and async queries through the batcher.
+
+Why one module over 400 lines: :class:`AdaptiveRouter` is the public facade, and most
+of its length is the documented public methods. Each method holds only the router's
+own part (its lock, its cache, its routes dict) and delegates the rest: scoring to
+:mod:`~synaptoroute.index`, answers to :mod:`~synaptoroute.decision`, persistence and
+replicas' changes to :mod:`~synaptoroute.storage`, fitting to
+:mod:`~synaptoroute.fitting`, async batching to :mod:`~synaptoroute.batching`."""
 
 from __future__ import annotations
 

@@ -94,3 +94,19 @@ def test_no_import_cycle_at_import_time() -> None:
 
     for module in sorted(graph):
         walk(module, [])
+
+
+#: A module longer than this says at its top why it is one module.
+MAX_LINES = 400
+
+
+def test_a_long_module_says_why_it_is_one() -> None:
+    unexplained = []
+    for module, path in _modules().items():
+        source = path.read_text(encoding="utf-8")
+        if source.count("\n") <= MAX_LINES:
+            continue
+        doc = ast.get_docstring(ast.parse(source)) or ""
+        if f"over {MAX_LINES} lines" not in doc:
+            unexplained.append(f"{module} ({source.count(chr(10))} lines)")
+    assert not unexplained, f"over {MAX_LINES} lines without a reason at the top: {unexplained}"

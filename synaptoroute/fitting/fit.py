@@ -3,6 +3,10 @@
 It reads a router only through :class:`FitInputs` (a snapshot of its index and an embed
 function), so fitting sits below the router: :meth:`AdaptiveRouter.fit` takes its lock,
 calls :func:`fit_policy` and installs the policy it returns.
+
+Why one module over 400 lines: :func:`fit_policy` is the orchestration of the stages
+in :mod:`.scores`, :mod:`.cuts`, :mod:`.calibration` and :mod:`.head` (every candidate
+on the same folds and the same scores); the arithmetic lives in those modules.
 """
 
 from __future__ import annotations

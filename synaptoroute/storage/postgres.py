@@ -14,7 +14,9 @@ Writers serialise on one advisory lock per store, so sequence numbers are handed
 out in commit order and a follower reading ``seq > last`` never skips a change.
 
 The change types live in :mod:`~synaptoroute.storage.changes` and the follower in
-:mod:`~synaptoroute.storage.follower`. Needs the optional extra ``postgres`` (psycopg 3): ``pip install '.[postgres]'`` in a
+:mod:`~synaptoroute.storage.follower`. Why this module is still over 400 lines: each
+mutation's SQL, its change-log row and its conflict handling belong in one
+transaction, and reading them side by side is how their consistency is checked. Needs the optional extra ``postgres`` (psycopg 3): ``pip install '.[postgres]'`` in a
 checkout of this repository.
 """
 

@@ -1,4 +1,7 @@
-"""One SQLite file: WAL mode, one transaction per mutation, a versioned schema."""
+"""One SQLite file: WAL mode, one transaction per mutation, a versioned schema.
+
+Why one module over 400 lines: the schema, its migrations and every mutation's
+transaction are checked against each other here, as in the PostgreSQL store."""
 
 from __future__ import annotations
 
