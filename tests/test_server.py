@@ -800,8 +800,9 @@ def test_run_hands_uvicorn_the_drain_timeout_rounded_up(
 
 
 def test_the_route_name_convertors_never_replace_another_apps(tmp_path: Path) -> None:
-    # Issue 15: Starlette's convertor registry is global; ours carry the package's
-    # prefix and are added when an app is built, never over another application's.
+    # Issue 15: Starlette's convertor registry is global; route names in paths are
+    # matched by the routes themselves (server/paths.py), so nothing is registered
+    # there, on import or when an app is built, and another application's stays.
     import subprocess
     import sys
 
@@ -810,6 +811,7 @@ import json
 from starlette.convertors import CONVERTOR_TYPES, StringConvertor, register_url_convertor
 theirs = StringConvertor()
 register_url_convertor("route_name", theirs)
+before = sorted(CONVERTOR_TYPES)
 import synaptoroute.server.app as app_module
 on_import = sorted(k for k in CONVERTOR_TYPES if k.startswith("synaptoroute_"))
 from synaptoroute.server import ServerSettings, create_app
@@ -817,6 +819,7 @@ create_app(ServerSettings(store=":memory:"))
 print(json.dumps({
     "on_import": on_import,
     "after": sorted(k for k in CONVERTOR_TYPES if k.startswith("synaptoroute_")),
+    "unchanged": sorted(CONVERTOR_TYPES) == before,
     "theirs_kept": CONVERTOR_TYPES["route_name"] is theirs,
 }))
 """
@@ -825,9 +828,31 @@ print(json.dumps({
     )
     assert json.loads(out.stdout) == {
         "on_import": [],
-        "after": ["synaptoroute_route_name", "synaptoroute_route_path"],
+        "after": [],
+        "unchanged": True,
         "theirs_kept": True,
     }
+
+
+async def test_building_and_serving_an_app_leaves_starlettes_convertors_alone(
+    encoder: Encoder, store_path: Path
+) -> None:
+    from starlette.convertors import CONVERTOR_TYPES
+
+    before = dict(CONVERTOR_TYPES)
+    router = make_router(encoder, store_path)
+    router.add_route(Route(name="billing/refunds", utterances=["I want my money back"]))
+    try:
+        async for s in _service(router, ServerSettings(api_key=SecretStr(KEY))):
+            assert (await s.client.get("/routes/billing/refunds")).status_code == 200
+            r = await s.client.get("/console/api/routes/billing/refunds")
+            assert r.json()["name"] == "billing/refunds"
+            r = await s.client.put("/routes/billing/refunds/utterances", headers=AUTH)
+            assert r.status_code == 405  # a sub-resource, not a route of that name
+    finally:
+        router.close()
+    assert sorted(CONVERTOR_TYPES) == sorted(before)
+    assert all(CONVERTOR_TYPES[k] is v for k, v in before.items())
 
 
 def test_routes_files_keep_their_0_2_0_import_path() -> None:

@@ -39,6 +39,7 @@ from ..index import Snapshot
 from ..models import Route, RouteMatch
 from ..router import AdaptiveRouter
 from .metrics import ServiceMetrics
+from .paths import RouteNameRoute
 from .schemas import RouteResult, Text
 from .settings import ServerSettings
 
@@ -426,7 +427,7 @@ def console_router(
         read: the dependencies guarding the service's reads (``--auth-reads``): the
             console's data endpoints take them too; the page and its assets stay open.
     """
-    api = APIRouter(prefix="/console", include_in_schema=False)
+    api = APIRouter(prefix="/console", include_in_schema=False, route_class=RouteNameRoute)
     changes = _ChangeTimes()
     live = _Live(metrics)
     views = _Views()
@@ -478,7 +479,7 @@ def console_router(
             }
         )
 
-    @api.get("/api/routes/{name:synaptoroute_route_path}", dependencies=list(read))
+    @api.get("/api/routes/{name:path}", dependencies=list(read))
     async def route_details(name: str) -> Response:
         r = get_router()
         route = r.get_route(name)

@@ -1,0 +1,279 @@
+"""The service's routing and route-management endpoints: ``/route``, ``/routes``, ``/threshold``.
+
+:func:`endpoints_router` builds them as an ``APIRouter`` over the service's state, the
+batch admission of ``/route/batch`` and the dependencies that guard reads and changes.
+Queries go through the router's batching worker; route changes run the blocking
+library calls in a thread (:func:`_blocking`) so the event loop keeps serving queries,
+each change is one store transaction, and the next query sees it. Route names in
+paths may contain ``/`` (:mod:`synaptoroute.server.paths`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request, Response
+
+from ..exceptions import RouteExistsError
+from ..models import RouteMatch
+from .errors import _responses
+from .guards import BatchAdmission
+from .paths import RouteName, RouteNameRoute, _check_name
+from .schemas import (
+    BatchRequest,
+    BatchResponse,
+    DefaultThreshold,
+    NewRoute,
+    QueryRequest,
+    RouteBody,
+    RouteOut,
+    RouteResult,
+    ThresholdBody,
+    UtteranceChange,
+    UtterancesAdded,
+    UtterancesDeleted,
+)
+
+if TYPE_CHECKING:
+    from .app import ServiceState
+
+__all__ = ["endpoints_router"]
+
+T = TypeVar("T")
+
+_JSON = "application/json"
+
+
+async def _blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    # Library mutations encode and write SQLite: keep them off the event loop. A
+    # cancelled request still waits for its thread, so a change is never cut short.
+    return await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
+
+
+def endpoints_router(
+    state: ServiceState,
+    admission: BatchAdmission,
+    change: Sequence[Any],
+    read: Sequence[Any],
+) -> APIRouter:
+    """The routing and route-management endpoints.
+
+    Args:
+        state: the service's state (its router is read at each request).
+        admission: admits ``/route/batch`` requests by cost.
+        change: dependencies guarding changes (token, read-only switch).
+        read: dependencies guarding reads.
+    """
+    api = APIRouter(route_class=RouteNameRoute)
+    metrics = state.metrics
+    timeout = state.settings.request_timeout
+
+    def record(matches: list[RouteMatch]) -> None:
+        for m in matches:
+            metrics.queries.inc(("matched" if m.name is not None else "no_route",))
+        metrics.fold_batches(state.get_router().worker.stats)
+
+    # -- queries -------------------------------------------------------------------
+    @api.post(
+        "/route",
+        response_model=RouteResult,
+        tags=["routing"],
+        responses=_responses(413, 422, 500, 503),
+    )
+    async def route_query(body: QueryRequest) -> Response:
+        """Route one text: the route (or `null`), its score and the runner-up."""
+        match = await state.get_router().aquery(body.query, timeout=timeout)
+        record([match])
+        # The hot path: serialised once by pydantic's core, not validated again.
+        return Response(RouteResult.from_match(match).model_dump_json(), media_type=_JSON)
+
+    @api.post(
+        "/route/batch",
+        response_model=BatchResponse,
+        tags=["routing"],
+        responses=_responses(413, 422, 500, 503),
+    )
+    async def route_batch(body: BatchRequest) -> Response:
+        """Route several texts; results come in the order of `queries`.
+
+        Admitted by cost (characters the model reads), not by count: a batch costing
+        more than `max_batch_cost` is refused with 413, one more than
+        `max_batches_in_flight` with 429.
+        """
+        r = state.get_router()
+
+        async def serve_chunk(chunk: list[str]) -> list[RouteMatch]:
+            return await r.aquery_batch(chunk, timeout=timeout)
+
+        matches = await admission.run(body.queries, serve_chunk)
+        record(matches)
+        answer = BatchResponse(results=[RouteResult.from_match(m) for m in matches])
+        return Response(answer.model_dump_json(), media_type=_JSON)
+
+    # -- route management -----------------------------------------------------------
+    page_size = state.settings.routes_page_size
+
+    @api.get(
+        "/routes",
+        response_model=list[RouteOut],
+        tags=["routes"],
+        dependencies=read,
+        responses=_responses(401, 422),
+    )
+    async def list_routes(
+        request: Request,
+        offset: Annotated[int, Query(ge=0, description="Routes to skip.")] = 0,
+        limit: Annotated[
+            int | None, Query(ge=1, description="Routes in this page (at most the page size).")
+        ] = None,
+    ) -> Response:
+        """Routes with their utterances, in insertion order, one page at a time.
+
+        `X-Total-Count` gives the number of routes; `Link: <...>; rel="next"` the next
+        page while there is one.
+        """
+        size = min(limit or page_size, page_size)
+        routes = state.get_router().list_routes()
+        page = routes[offset : offset + size]
+
+        def render() -> bytes:
+            return (
+                b"["
+                + b",".join(RouteOut.from_route(r).model_dump_json().encode() for r in page)
+                + b"]"
+            )
+
+        # Large pages are serialised in a thread: the event loop keeps serving probes.
+        body = await _blocking(render)
+        headers = {"X-Total-Count": str(len(routes))}
+        if offset + size < len(routes):
+            url = request.url.include_query_params(offset=offset + size, limit=size)
+            headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
+        return Response(body, media_type=_JSON, headers=headers)
+
+    @api.post(
+        "/routes",
+        response_model=RouteOut,
+        tags=["routes"],
+        dependencies=change,
+        status_code=201,
+        responses=_responses(401, 403, 409, 413, 422, 500, 503),
+    )
+    async def create_route(body: NewRoute) -> RouteOut:
+        """Create a route; 409 if the name is taken."""
+        name = _check_name(body.name)
+        r = state.get_router()
+        if name in r:
+            msg = f"route {name!r} exists; PUT /routes/{{name}} replaces it"
+            raise RouteExistsError(msg)
+        await _blocking(r.add_route, body.to_route(name))
+        return RouteOut.from_route(r.get_route(name))
+
+    @api.post(
+        "/routes/{name:path}/utterances",
+        response_model=UtterancesAdded,
+        tags=["routes"],
+        dependencies=change,
+        responses=_responses(401, 403, 404, 413, 422, 500, 503),
+    )
+    async def add_utterances(name: RouteName, body: UtteranceChange) -> UtterancesAdded:
+        """Add example utterances to a route; answers those that were new."""
+        added = await _blocking(state.get_router().add_utterances, name, body.utterances)
+        return UtterancesAdded(added=added)
+
+    @api.delete(
+        "/routes/{name:path}/utterances",
+        response_model=UtterancesDeleted,
+        tags=["routes"],
+        dependencies=change,
+        responses=_responses(401, 403, 404, 413, 422, 500, 503),
+    )
+    async def delete_utterances(name: RouteName, body: UtteranceChange) -> UtterancesDeleted:
+        """Remove utterances from a route; answers how many were there."""
+        deleted = await _blocking(state.get_router().delete_utterances, name, body.utterances)
+        return UtterancesDeleted(deleted=deleted)
+
+    @api.put(
+        "/routes/{name:path}/threshold",
+        response_model=RouteOut,
+        tags=["routes"],
+        dependencies=change,
+        responses=_responses(401, 403, 404, 413, 422, 500, 503),
+    )
+    async def set_route_threshold(name: RouteName, body: ThresholdBody) -> RouteOut:
+        """Set a route's own threshold (`null` clears it)."""
+        r = state.get_router()
+        await _blocking(r.set_threshold, name, body.threshold)
+        return RouteOut.from_route(r.get_route(name))
+
+    @api.get(
+        "/routes/{name:path}",
+        response_model=RouteOut,
+        tags=["routes"],
+        dependencies=read,
+        responses=_responses(401, 404),
+    )
+    async def get_route(name: RouteName) -> RouteOut:
+        """One route."""
+        return RouteOut.from_route(state.get_router().get_route(name))
+
+    @api.put(
+        "/routes/{name:path}",
+        response_model=RouteOut,
+        tags=["routes"],
+        dependencies=change,
+        status_code=200,
+        responses={
+            201: {"model": RouteOut, "description": "Created."},
+            **_responses(401, 403, 413, 422, 500, 503),
+        },
+    )
+    async def put_route(name: RouteName, body: RouteBody, response: Response) -> RouteOut:
+        """Create or replace a route; the next query sees it."""
+        route = body.to_route(_check_name(name))
+        r = state.get_router()
+        created = name not in r
+        await _blocking(r.add_route, route, replace=True)
+        response.status_code = 201 if created else 200
+        return RouteOut.from_route(r.get_route(name))
+
+    @api.delete(
+        "/routes/{name:path}",
+        status_code=204,
+        tags=["routes"],
+        dependencies=change,
+        responses=_responses(401, 403, 404, 500, 503),
+    )
+    async def delete_route(name: RouteName) -> Response:
+        """Remove a route."""
+        await _blocking(state.get_router().delete_route, name)
+        return Response(status_code=204)
+
+    @api.get(
+        "/threshold",
+        response_model=DefaultThreshold,
+        tags=["routes"],
+        dependencies=read,
+        responses=_responses(401),
+    )
+    async def get_default_threshold() -> DefaultThreshold:
+        """The default threshold of routes without their own."""
+        return DefaultThreshold(threshold=state.get_router().threshold)
+
+    @api.put(
+        "/threshold",
+        response_model=DefaultThreshold,
+        tags=["routes"],
+        dependencies=change,
+        responses=_responses(401, 403, 413, 422, 500, 503),
+    )
+    async def set_default_threshold(body: DefaultThreshold) -> DefaultThreshold:
+        """Set the default threshold of routes without their own."""
+        r = state.get_router()
+        await _blocking(setattr, r, "threshold", body.threshold)
+        return DefaultThreshold(threshold=r.threshold)
+
+    return api

@@ -1,0 +1,118 @@
+"""The service's own raw ASGI middleware: the request body limit and request metrics.
+
+Raw ASGI rather than Starlette's ``BaseHTTPMiddleware``, which costs more on the hot
+path. :class:`BodyLimitMiddleware` answers 413 as soon as a body passes the limit,
+without reading the rest, and hands the application a body it has already read
+(``_replay``); :class:`MetricsMiddleware` counts and times every request by method,
+path template and status. The middleware that guards against abuse (internal errors,
+Host names, rate limits) lives in :mod:`synaptoroute.server.guards`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .guards import _json_error, _never_receive
+from .metrics import ServiceMetrics
+
+__all__ = ["BodyLimitMiddleware", "MetricsMiddleware"]
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class BodyLimitMiddleware:
+    """Answers 413 once a request body passes ``limit`` bytes, without reading the rest.
+
+    A declared ``Content-Length`` over the limit is refused before any byte is
+    read; otherwise the body is counted as it streams in (chunked uploads too).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.limit = limit
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        declared = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                declared = value
+                break
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], receive), send)
+
+    async def _refuse(self, send: Send) -> None:
+        self.metrics.rejections.inc(("body_too_large",))
+        response = _json_error(
+            413, f"request body larger than {self.limit} bytes", {"Connection": "close"}
+        )
+        await response({"type": "http"}, _never_receive, send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
+
+
+class MetricsMiddleware:
+    """Counts requests by method, path template and status, and times them."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics = self.metrics
+        start = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        metrics.in_flight.add(1)
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            metrics.in_flight.add(-1)
+            route = scope.get("route")
+            # Unmatched paths share one label so random URLs cannot grow the series.
+            # path_format: the template without convertors ("/routes/{name}").
+            path = getattr(route, "path_format", None) or "unmatched"
+            method = scope["method"]
+            metrics.requests.inc((method, path, str(status)))
+            metrics.latency.observe(time.perf_counter() - start, (method, path))

@@ -1,0 +1,132 @@
+"""The service's operations endpoints: health, readiness, the store's health, metrics, docs.
+
+:func:`operations_router` builds ``/healthz`` (the process answers), ``/readyz``
+(started, model loaded, batching worker running: the readiness probe), ``/healthz/store``
+(the store can be read, also the ``synaptoroute_store_up`` gauge), ``/metrics`` (the
+Prometheus text) and ``/docs``: a Swagger UI page of an exact version whose files the
+browser checks against their sha384 hashes. None of them takes the service's token.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from .endpoints import _blocking
+from .metrics import CONTENT_TYPE, Gauge
+from .schemas import ErrorBody
+
+if TYPE_CHECKING:
+    from .app import ServiceState
+
+__all__ = ["SWAGGER_UI_VERSION", "operations_router"]
+
+log = logging.getLogger("synaptoroute.server")
+
+#: Swagger UI for ``/docs``: an exact version from the CDN, each file checked by the
+#: browser against its sha384 (Subresource Integrity), computed from the npm package
+#: ``swagger-ui-dist`` of that version.
+SWAGGER_UI_VERSION = "5.17.14"
+_SWAGGER_CDN = f"https://cdn.jsdelivr.net/npm/swagger-ui-dist@{SWAGGER_UI_VERSION}"
+_SWAGGER_JS_SRI = "sha384-wmyclcVGX/WhUkdkATwhaK1X1JtiNrr2EoYJ+diV3vj4v6OC5yCeSu+yW13SYJep"
+_SWAGGER_CSS_SRI = "sha384-wxLW6kwyHktdDGr6Pv1zgm/VGJh99lfUbzSn6HNHBENZlCN7W602k9VkGdxuFvPn"
+
+
+def operations_router(state: ServiceState, store_up: Gauge) -> APIRouter:
+    """The health, readiness, metrics and docs endpoints.
+
+    Args:
+        state: the service's state (``router`` stays ``None`` while it starts).
+        store_up: the gauge that ``/healthz/store`` sets.
+    """
+    api = APIRouter()
+    metrics = state.metrics
+
+    @api.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        return _swagger_page(request.app.title)
+
+    @api.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """The process is up and answering."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", tags=["operations"], responses={503: {"model": ErrorBody}})
+    async def readyz() -> JSONResponse:
+        """Ready to route: started, model loaded, batching worker running.
+
+        Queries are answered from memory, so the store's health is not part of it
+        (see `/healthz/store`): a database blip must not take every replica out of
+        a load balancer. This is the Docker HEALTHCHECK's and a readiness probe's URL.
+        """
+        checks = {"started": state.ready, "model": False, "worker": False}
+        r = state.router
+        if r is not None:
+            checks["model"] = bool(getattr(r.encoder, "loaded", True))
+            checks["worker"] = r.worker.running
+        ok = all(checks.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    @api.get("/healthz/store", tags=["operations"], responses={503: {"model": ErrorBody}})
+    async def store_health() -> JSONResponse:
+        """Whether the store can be read now (route changes need it; queries do not).
+
+        Also exported as the `synaptoroute_store_up` gauge.
+        """
+        r = state.router
+        ok = False
+        if r is not None:
+            try:
+                await _blocking(r.storage.model_info)
+                ok = True
+            except Exception:
+                log.warning("store check: the store cannot be read", exc_info=True)
+        store_up.set(1 if ok else 0)
+        return JSONResponse(
+            {"store": "ok" if ok else "unavailable"}, status_code=200 if ok else 503
+        )
+
+    @api.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text."}},
+    )
+    async def prometheus() -> Response:
+        """Metrics in the Prometheus text format."""
+        r = state.router
+        text = metrics.render(r.worker.stats) if r is not None else metrics.registry.render()
+        return Response(text, media_type=CONTENT_TYPE)
+
+    return api
+
+
+def _swagger_page(title: str) -> HTMLResponse:
+    js, css = f"{_SWAGGER_CDN}/swagger-ui-bundle.js", f"{_SWAGGER_CDN}/swagger-ui.css"
+    page = get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title=f"{title} - Swagger UI",
+        swagger_js_url=js,
+        swagger_css_url=css,
+        swagger_favicon_url="data:,",  # no third-party icon either
+    )
+    html = bytes(page.body).decode()
+    tagged = {
+        f'<script src="{js}"></script>': (
+            f'<script src="{js}" integrity="{_SWAGGER_JS_SRI}" crossorigin="anonymous"></script>'
+        ),
+        f'href="{css}">': f'href="{css}" integrity="{_SWAGGER_CSS_SRI}" crossorigin="anonymous">',
+    }
+    for plain, checked in tagged.items():
+        if plain not in html:  # FastAPI changed its template: fail loudly, never unchecked
+            msg = "cannot add integrity hashes to FastAPI's Swagger UI page"
+            raise RuntimeError(msg)
+        html = html.replace(plain, checked)
+    return HTMLResponse(html)
