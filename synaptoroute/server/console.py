@@ -9,6 +9,9 @@ evaluation of uploaded labelled JSON lines, a 2-D map of every stored utterance
 (PCA of the stored vectors, nothing re-encoded) and live figures from the service's
 own metrics. Changes made in the console go through the service's authenticated
 route endpoints, exactly as ``curl`` would.
+
+Why one module over 400 lines: the console's endpoints and the views they compute
+(projection, nearest utterances, live figures) serve one page and change with it.
 """
 
 from __future__ import annotations
@@ -270,71 +273,26 @@ class _Live:
         }
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """Which stored rows are live utterances, and of which route, in one snapshot."""
-
-    rows: NDArray[np.intp]
-    route_ids: NDArray[np.int64]  # index into names, one per row
-    names: list[str]
-
-
 class _Views:
     """What the console derives from the latest index snapshot, computed once per version."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._version = -1
-        self._layout: _Layout | None = None
         self._map: tuple[Projection, list[dict[str, Any]]] | None = None
-
-    def layout(self, snapshot: Snapshot) -> _Layout:
-        """The rows of live utterances and their routes."""
-        with self._lock:
-            return self._layout_locked(snapshot)
 
     def projection(self, snapshot: Snapshot) -> tuple[Projection, list[dict[str, Any]]]:
         """The 2-D map and the closest route pairs."""
         with self._lock:
-            layout = self._layout_locked(snapshot)
-            if self._map is None:
-                vectors = snapshot.matrix[layout.rows]
-                texts = [snapshot.texts[i] for i in layout.rows.tolist()]
-                projection = project(vectors, layout.route_ids, texts, layout.names)
+            if self._map is None or self._version != snapshot.version:
+                layout = snapshot.layout
+                vectors = snapshot.matrix[layout.live]
+                texts = [snapshot.texts[i] for i in layout.live.tolist()]
+                route_ids = layout.row_pos[layout.live]
+                projection = project(vectors, route_ids, texts, layout.names)
                 self._map = (projection, _closest_pairs(projection, vectors))
+                self._version = snapshot.version
             return self._map
-
-    def _layout_locked(self, snapshot: Snapshot) -> _Layout:
-        if self._layout is None or self._version != snapshot.version:
-            self._layout = _live_rows(snapshot)
-            self._map = None
-            self._version = snapshot.version
-        return self._layout
-
-
-def _live_rows(snapshot: Snapshot) -> _Layout:
-    """Rows of live utterances, each one's route (index into the names) and the names."""
-    names: list[str] = []
-    position: dict[int, int] = {}
-    rows: list[NDArray[np.intp]] = []
-    routes: list[NDArray[np.int64]] = []
-    for start, end, rid in zip(
-        snapshot.seg_starts.tolist(),
-        snapshot.seg_ends.tolist(),
-        snapshot.seg_route.tolist(),
-        strict=True,
-    ):
-        name = snapshot.names[rid] if rid >= 0 else None
-        if name is None:
-            continue
-        pos = position.setdefault(rid, len(names))
-        if pos == len(names):
-            names.append(name)
-        rows.append(np.arange(start, end, dtype=np.intp))
-        routes.append(np.full(end - start, pos, dtype=np.int64))
-    if not rows:
-        return _Layout(np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64), names)
-    return _Layout(np.concatenate(rows), np.concatenate(routes), names)
 
 
 def _snapshot(router: AdaptiveRouter) -> Snapshot:
@@ -343,13 +301,10 @@ def _snapshot(router: AdaptiveRouter) -> Snapshot:
 
 
 def _nearest(
-    snapshot: Snapshot,
-    layout: _Layout,
-    vector: NDArray[np.float32],
-    names: Sequence[str],
-    n: int,
+    snapshot: Snapshot, vector: NDArray[np.float32], names: Sequence[str], n: int
 ) -> dict[str, list[dict[str, Any]]]:
     """The ``n`` utterances of each named route most similar to ``vector``."""
+    layout = snapshot.layout
     position = {name: i for i, name in enumerate(layout.names)}
     out: dict[str, list[dict[str, Any]]] = {}
     for name in names:
@@ -357,7 +312,7 @@ def _nearest(
         if pos is None:
             out[name] = []
             continue
-        rows = layout.rows[layout.route_ids == pos]
+        rows = layout.route_rows[pos]
         sims = snapshot.matrix[rows] @ np.asarray(vector, dtype=np.float32)
         best = np.argsort(-sims, kind="stable")[:n]
         out[name] = [
@@ -511,9 +466,7 @@ def console_router(
             r.aquery_top_k(body.query, body.k, timeout=timeout),
         )
         vector = await _query_vector(r, body.query)
-        explained = await anyio.to_thread.run_sync(
-            _explain, r, views, body, decision, ranked, vector
-        )
+        explained = await anyio.to_thread.run_sync(_explain, r, body, decision, ranked, vector)
         return _json(explained)
 
     @api.post("/api/evaluate", dependencies=list(read))
@@ -588,7 +541,6 @@ async def _query_vector(router: AdaptiveRouter, query: str) -> NDArray[np.float3
 
 def _explain(
     router: AdaptiveRouter,
-    views: _Views,
     body: TryRequest,
     decision: RouteMatch,
     ranked: list[RouteMatch],
@@ -598,8 +550,7 @@ def _explain(
     names = [m.name for m in ranked if m.name is not None]
     nearest: dict[str, list[dict[str, Any]]] = {}
     if vector is not None:
-        snapshot = _snapshot(router)
-        nearest = _nearest(snapshot, views.layout(snapshot), vector, names, body.nearest)
+        nearest = _nearest(_snapshot(router), vector, names, body.nearest)
     head = router.policy.head
     by_head = head is not None and head.columns_of(names[: head.top_k]) is not None
     # A hybrid head also weighs each route's lexical (word overlap) score.
