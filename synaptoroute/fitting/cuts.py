@@ -251,14 +251,19 @@ class _ThresholdFit:
     per_route: dict[int, float]  # route position -> threshold
     margin: float
 
+    def vector(self, fixed: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Each route position's threshold: its own (``fixed``, NaN: none), else fitted."""
+        thr = np.full(len(fixed), self.default)
+        for p, value in self.per_route.items():
+            thr[p] = value
+        out: NDArray[np.float64] = np.where(np.isnan(fixed), thr, fixed)
+        return out
+
 
 def _threshold_predictions(
     data: _Scored, rows: NDArray[np.intp], fit: _ThresholdFit, fixed: NDArray[np.float64]
 ) -> NDArray[np.int64]:
-    thr = np.full(data.n_routes, fit.default)
-    for p, value in fit.per_route.items():
-        thr[p] = value
-    thr = np.where(np.isnan(fixed), thr, fixed)
+    thr = fit.vector(fixed)
     top1 = data.top_ids[rows, 0]
     verdict = threshold_verdicts(data.s1[rows], data.s2[rows], thr[top1], fit.margin)
     return np.where(verdict == 0, top1, NONE).astype(np.int64)

@@ -508,10 +508,7 @@ def _slack(
     data: _Scored, rows: NDArray[np.intp], fit: _ThresholdFit, fixed: NDArray[np.float64]
 ) -> NDArray[np.float64]:
     """How far each row's best score is above its threshold (``-inf`` if ambiguous)."""
-    thr = np.full(data.n_routes, fit.default)
-    for p, value in fit.per_route.items():
-        thr[p] = value
-    thr = np.where(np.isnan(fixed), thr, fixed)
+    thr = fit.vector(fixed)
     top1 = data.top_ids[rows, 0]
     out: NDArray[np.float64] = data.s1[rows] - thr[top1]
     if fit.margin > 0:
