@@ -185,12 +185,18 @@ class Replica:
     """A router in another process, driven over pipes."""
 
     def __init__(self, dsn: str, schema: str, encoder: str = "hashing") -> None:
+        # The program imports the shared test doubles from this folder, which is not on
+        # its path when the tests run with PYTHONSAFEPATH (against installed wheels).
+        path = os.pathsep.join(
+            filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])
+        )
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--replica", dsn, schema, encoder],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": path},
         )
         self.start_seq = self._read()
 
