@@ -1,5 +1,6 @@
-"""Every test double of an encoder, in one module (the integration packages keep theirs
-in their own test folders: they are separate distributions).
+"""Every test double of an encoder the core's tests use, in one module; the recording
+encoder that the integration packages' tests use too is
+:class:`synaptoroute.testing.RecordingEncoder`.
 
 Most wrap the real encoder and change what :meth:`encode` does; waits have a safety
 limit that fails the test, never paces it.
@@ -131,18 +132,6 @@ class HeldEncoder(WrappedEncoder):
         self.calls.clear()
         while not self.entered.empty():
             self.entered.get_nowait()
-
-
-class ThreadRecordingEncoder(WrappedEncoder):
-    """The real encoder, recording which thread each call ran on."""
-
-    def __init__(self, inner: EncoderProtocol) -> None:
-        super().__init__(inner)
-        self.threads: list[str] = []
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        self.threads.append(threading.current_thread().name)
-        return self.inner.encode(texts)
 
 
 class FailingEncoder(WrappedEncoder):

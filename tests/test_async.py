@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-from encoder_doubles import LIMIT_S, HeldEncoder, ThreadRecordingEncoder
+from encoder_doubles import LIMIT_S, HeldEncoder
 
 from synaptoroute import (
     AdaptiveRouter,
@@ -36,6 +36,7 @@ from synaptoroute.batching import (
     text_cost,
 )
 from synaptoroute.exceptions import EventLoopMismatchError
+from synaptoroute.testing import RecordingEncoder
 
 Rows = list[dict[str, str | None]]
 
@@ -709,7 +710,7 @@ async def test_settings_of_the_first_worker_reach_later_loops(gated: AdaptiveRou
 
 
 async def test_aquery_top_k_matches_query_top_k_off_the_event_loop(encoder: Encoder) -> None:
-    recording = ThreadRecordingEncoder(encoder)
+    recording = RecordingEncoder(encoder)
     router = AdaptiveRouter(recording, cache_size=0)  # nothing cached: every call encodes
     router.add_routes(
         [
@@ -718,7 +719,7 @@ async def test_aquery_top_k_matches_query_top_k_off_the_event_loop(encoder: Enco
             Route(name="weather", utterances=["Will it rain tomorrow?"]),
         ]
     )
-    recording.threads.clear()
+    recording.clear()
     async with router:
         got = await router.aquery_top_k("How do I get my money back?", k=3)
         assert await router.aquery_top_k("   ", k=2) == []
@@ -727,8 +728,8 @@ async def test_aquery_top_k_matches_query_top_k_off_the_event_loop(encoder: Enco
     assert got == router.query_top_k("How do I get my money back?", k=3)
     assert got[0].name == "billing" and len(got) == 3
     loop_thread = threading.current_thread().name
-    assert recording.threads[0].startswith("synaptoroute-batch")
-    assert recording.threads[0] != loop_thread
+    assert recording.thread_names[0].startswith("synaptoroute-batch")
+    assert recording.thread_names[0] != loop_thread
 
 
 async def test_start_compiles_the_index_off_the_loop(encoder: Encoder) -> None:

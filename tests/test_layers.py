@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"storage", "postgres"},
     {"datasets", "evaluation", "fitting"},
     {"router", "batching"},
-    {"routes_file", "cli", "_completion", "__main__", "__init__", "server"},
+    {"routes_file", "cli", "_completion", "__main__", "__init__", "server", "testing"},
 ]
 
 

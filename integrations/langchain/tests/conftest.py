@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import numpy as np
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
-from numpy.typing import NDArray
 
 from synaptoroute import AdaptiveRouter, Encoder, Route
+from synaptoroute.testing import RecordingEncoder
 
 #: Three routes with four example utterances each; small, so tests encode little.
 ROUTES: dict[str, list[str]] = {
@@ -65,33 +63,6 @@ def encoder() -> Encoder:
     return enc
 
 
-class RecordingEncoder:
-    """Wraps an encoder and records each ``encode`` call's texts and thread (thread-safe)."""
-
-    def __init__(self, inner: Encoder) -> None:
-        self.inner = inner
-        self.calls: list[list[str]] = []
-        self.threads: list[int] = []
-        self._lock = threading.Lock()
-
-    @property
-    def model_id(self) -> str:
-        """The wrapped encoder's model id."""
-        return self.inner.model_id
-
-    @property
-    def dimension(self) -> int:
-        """The wrapped encoder's dimension."""
-        return self.inner.dimension
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        """Record the call, then encode with the wrapped model."""
-        with self._lock:
-            self.calls.append(list(texts))
-            self.threads.append(threading.get_ident())
-        return self.inner.encode(texts)
-
-
 @pytest.fixture
 def recording_encoder(encoder: Encoder) -> RecordingEncoder:
     """A fresh recorder over the shared real encoder."""
@@ -104,8 +75,7 @@ def fresh_router(recording_encoder: RecordingEncoder) -> AdaptiveRouter:
     ``recording_encoder`` has its calls cleared after the routes were encoded."""
     router = AdaptiveRouter(recording_encoder)
     router.add_routes(Route(name=name, utterances=utts) for name, utts in ROUTES.items())
-    recording_encoder.calls.clear()
-    recording_encoder.threads.clear()
+    recording_encoder.clear()
     return router
 
 

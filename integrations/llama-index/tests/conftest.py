@@ -9,9 +9,10 @@ import pytest
 from llama_index.core import Settings
 from llama_index.core.tools import QueryEngineTool, ToolMetadata
 from llama_index.selectors.synaptoroute import SynaptorouteSelector
-from llamaindex_support import DESCRIPTIONS, UTTERANCES, EchoEngine, RecordingEncoder
+from llamaindex_support import DESCRIPTIONS, UTTERANCES, EchoEngine
 
 from synaptoroute import Encoder
+from synaptoroute.testing import RecordingEncoder
 
 
 @pytest.fixture(scope="session")

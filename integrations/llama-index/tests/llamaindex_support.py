@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
-
-import numpy as np
 from llama_index.core.query_engine import CustomQueryEngine
-from numpy.typing import NDArray
-
-from synaptoroute import EncoderProtocol
 
 DESCRIPTIONS = {
     "billing": "Answers questions about invoices, payments and refunds",
@@ -31,34 +24,6 @@ CLEAR_QUERIES = [
 TWO_TOPICS = "I was charged twice and now the app crashes"
 #: A query that no choice is about.
 OFF_TOPIC = "what is the boiling point of mercury"
-
-
-class RecordingEncoder:
-    """Wraps a real encoder and records every call: its texts and its thread."""
-
-    def __init__(self, inner: EncoderProtocol) -> None:
-        self.inner = inner
-        self.calls: list[list[str]] = []
-        self.threads: list[int] = []
-        self._lock = threading.Lock()
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
-
-    @property
-    def texts_encoded(self) -> int:
-        return sum(len(c) for c in self.calls)
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        with self._lock:
-            self.calls.append(list(texts))
-            self.threads.append(threading.get_ident())
-        return self.inner.encode(texts)
 
 
 class EchoEngine(CustomQueryEngine):

@@ -16,9 +16,10 @@ from llama_index.selectors.synaptoroute import (
     SynaptorouteSelector,
 )
 from llama_index.selectors.synaptoroute.embeddings import as_encoder
-from llamaindex_support import CLEAR_QUERIES, UTTERANCES, RecordingEncoder
+from llamaindex_support import CLEAR_QUERIES, UTTERANCES
 
 from synaptoroute import DEFAULT_MODEL_ID, AdaptiveRouter, Encoder, EncoderProtocol, Route
+from synaptoroute.testing import RecordingEncoder
 
 TEXTS = ["Refunds are paid within five days.", "The app crashes on start", "hello"]
 

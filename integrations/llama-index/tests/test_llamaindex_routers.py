@@ -15,16 +15,10 @@ from llama_index.core.retrievers import RouterRetriever
 from llama_index.core.schema import TextNode
 from llama_index.core.tools import QueryEngineTool, RetrieverTool
 from llama_index.selectors.synaptoroute import SynaptorouteEmbedding, SynaptorouteSelector
-from llamaindex_support import (
-    CLEAR_QUERIES,
-    DESCRIPTIONS,
-    OFF_TOPIC,
-    TWO_TOPICS,
-    UTTERANCES,
-    RecordingEncoder,
-)
+from llamaindex_support import CLEAR_QUERIES, DESCRIPTIONS, OFF_TOPIC, TWO_TOPICS, UTTERANCES
 
 from synaptoroute import Encoder, NoRouteMatchedError
+from synaptoroute.testing import RecordingEncoder
 
 NAMES = list(DESCRIPTIONS)
 DOCUMENTS = {

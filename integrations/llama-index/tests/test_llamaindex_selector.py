@@ -15,15 +15,10 @@ from llama_index.selectors.synaptoroute import (
     SynaptorouteSelector,
     decide_selection,
 )
-from llamaindex_support import (
-    CLEAR_QUERIES,
-    OFF_TOPIC,
-    TWO_TOPICS,
-    UTTERANCES,
-    RecordingEncoder,
-)
+from llamaindex_support import CLEAR_QUERIES, OFF_TOPIC, TWO_TOPICS, UTTERANCES
 
 from synaptoroute import Encoder, InvalidInputError, NoRouteMatchedError, RouteMatch
+from synaptoroute.testing import RecordingEncoder
 
 _SCORE = re.compile(r"scored (-?\d\.\d{3})")
 
