@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from . import __version__
-from .encoder import Encoder, EncoderProtocol
+from .encoder import Encoder, EncoderProtocol, EncoderWrapper
 from .exceptions import (
     InvalidInputError,
     MissingDependencyError,
@@ -89,27 +89,12 @@ class BadInput(Exception):
 
 
 # -- progress --------------------------------------------------------------------------
-class ProgressEncoder:
+class ProgressEncoder(EncoderWrapper):
     """Wraps an encoder; while :attr:`bar` is set, encodes in chunks and advances it."""
 
     def __init__(self, inner: EncoderProtocol) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.bar: Any = None
-
-    @property
-    def model_id(self) -> str:
-        """The wrapped encoder's model id."""
-        return self.inner.model_id
-
-    @property
-    def dimension(self) -> int:
-        """The wrapped encoder's dimension."""
-        return self.inner.dimension
-
-    @property
-    def loaded(self) -> bool:
-        """Whether the wrapped model is in memory."""
-        return bool(getattr(self.inner, "loaded", True))
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Encode ``texts``, advancing the progress bar if one is shown."""

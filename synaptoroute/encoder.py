@@ -43,6 +43,7 @@ __all__ = [
     "CallableEncoder",
     "Encoder",
     "EncoderProtocol",
+    "EncoderWrapper",
     "HashingEncoder",
     "check_text",
     "default_encoder",
@@ -585,6 +586,42 @@ def _available(requested: list[_Provider], available: Sequence[str]) -> list[str
 
 
 _PROBE_TEXT = "dimension probe"
+
+
+class EncoderWrapper:
+    """Another encoder, seen through a wrapper that reads texts exactly as it does.
+
+    Forwards ``model_id``, ``dimension``, ``loaded`` and ``truncate`` (the text the
+    wrapped encoder reads, which keys the router's query cache); subclasses change
+    :meth:`encode`, e.g. to draw progress or record calls.
+    """
+
+    def __init__(self, inner: EncoderProtocol) -> None:
+        self.inner = inner
+
+    @property
+    def model_id(self) -> str:
+        """The wrapped encoder's model id."""
+        return self.inner.model_id
+
+    @property
+    def dimension(self) -> int:
+        """The wrapped encoder's dimension."""
+        return self.inner.dimension
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the wrapped model is in memory (an encoder without the notion: yes)."""
+        return bool(getattr(self.inner, "loaded", True))
+
+    def truncate(self, text: str) -> str:
+        """The part of ``text`` the wrapped encoder reads (all of it if it does not say)."""
+        truncate = getattr(self.inner, "truncate", None)
+        return text if truncate is None else str(truncate(text))
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Encode with the wrapped encoder."""
+        return self.inner.encode(texts)
 
 
 class CallableEncoder:

@@ -14,16 +14,16 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .encoder import EncoderProtocol
+from .encoder import EncoderProtocol, EncoderWrapper
 
 __all__ = ["RecordingEncoder"]
 
 
-class RecordingEncoder:
+class RecordingEncoder(EncoderWrapper):
     """Wraps an encoder and records every ``encode`` call: its texts and its thread.
 
-    Recording is thread-safe. The wrapper has no ``truncate``, so a router keys its
-    query cache by the raw text.
+    Recording is thread-safe. The wrapper reads texts as the wrapped encoder does
+    (:class:`~synaptoroute.encoder.EncoderWrapper`).
 
     Example:
         >>> from synaptoroute import AdaptiveRouter, HashingEncoder, Route
@@ -36,7 +36,7 @@ class RecordingEncoder:
     """
 
     def __init__(self, inner: EncoderProtocol) -> None:
-        self.inner = inner
+        super().__init__(inner)
         #: The texts of each call, in call order.
         self.calls: list[list[str]] = []
         #: The ``threading.get_ident()`` of each call's thread.
@@ -44,16 +44,6 @@ class RecordingEncoder:
         #: The name of each call's thread.
         self.thread_names: list[str] = []
         self._lock = threading.Lock()
-
-    @property
-    def model_id(self) -> str:
-        """The wrapped encoder's model id."""
-        return self.inner.model_id
-
-    @property
-    def dimension(self) -> int:
-        """The wrapped encoder's dimension."""
-        return self.inner.dimension
 
     @property
     def texts_encoded(self) -> int:

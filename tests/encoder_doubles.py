@@ -17,34 +17,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from synaptoroute import EncoderError, HashingEncoder
-from synaptoroute.encoder import EncoderProtocol
+from synaptoroute.encoder import EncoderProtocol, EncoderWrapper
 
 LIMIT_S = 30.0  # safety limit of every wait; reaching it fails the test
 
 
-class WrappedEncoder:
-    """The real encoder, seen through a wrapper; subclasses change :meth:`encode`."""
-
-    def __init__(self, inner: EncoderProtocol) -> None:
-        self.inner = inner
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
-
-    @property
-    def loaded(self) -> bool:
-        return bool(getattr(self.inner, "loaded", True))
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        return self.inner.encode(texts)
-
-
-class CountingEncoder(WrappedEncoder):
+class CountingEncoder(EncoderWrapper):
     """Counts the calls that reach the model and records their texts; reads texts as
     the real encoder does."""
 
@@ -53,10 +31,6 @@ class CountingEncoder(WrappedEncoder):
         self.calls = 0
         self.texts: list[str] = []
 
-    def truncate(self, text: str) -> str:
-        truncate = getattr(self.inner, "truncate", None)
-        return text if truncate is None else str(truncate(text))
-
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         if len(texts):
             self.calls += 1
@@ -64,7 +38,7 @@ class CountingEncoder(WrappedEncoder):
         return self.inner.encode(texts)
 
 
-class GatedEncoder(WrappedEncoder):
+class GatedEncoder(EncoderWrapper):
     """Records each call's texts; clearing ``gate`` holds calls, ``fail_with`` fails them."""
 
     def __init__(self, inner: EncoderProtocol) -> None:
@@ -86,7 +60,7 @@ class GatedEncoder(WrappedEncoder):
         return self.inner.encode(texts)
 
 
-class HeldEncoder(WrappedEncoder):
+class HeldEncoder(EncoderWrapper):
     """The real encoder behind a gate: records calls, can hold or fail them.
 
     Every call puts its texts on ``entered``. While ``hold`` is set, a call then
@@ -134,7 +108,7 @@ class HeldEncoder(WrappedEncoder):
             self.entered.get_nowait()
 
 
-class FailingEncoder(WrappedEncoder):
+class FailingEncoder(EncoderWrapper):
     """The real encoder, except that a text containing ``boom`` raises."""
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:

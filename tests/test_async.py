@@ -297,7 +297,8 @@ async def test_a_batch_is_cut_by_size_or_cost_in_arrival_order(
     batch = asyncio.create_task(gated.aquery_batch(texts))
     await until(lambda: gated.worker.queue_depth == 4)
     enc.release(3)
-    assert [await enc.next_call(), await enc.next_call()] == [texts[:2], texts[2:]]
+    read = [enc.truncate(t) for t in texts]  # the encoder gets the text it reads
+    assert [await enc.next_call(), await enc.next_call()] == [read[:2], read[2:]]
     assert await batch == [gated.query(t) for t in texts]
     await first
 
