@@ -199,13 +199,13 @@ class Snapshot:
         """
         layout = self.layout
         n = len(vectors)
-        out = np.empty((n, self.n_routes), dtype=np.float32)
         if leave_out is None:
             hide_q = hide_r = np.zeros(0, dtype=np.int64)
         else:
             hide_q, hide_r = layout.hidden_pairs(leave_out)
         if self.aggregation == "centroid":
             return self._centroid_scores(vectors, hide_q, hide_r)
+        out = np.empty((n, self.n_routes), dtype=np.float32)
         for start in range(0, n, _CHUNK):
             stop = min(start + _CHUNK, n)
             sims = vectors[start:stop] @ self.matrix.T
@@ -264,24 +264,24 @@ class Snapshot:
             ``(n,)`` similarities: with fewer than ``k`` live utterances, the farthest
             one's; ``-1.0`` where there is none (left out included).
         """
-        layout = self.layout
-        live = layout.live
+        # Per query (leave_out None) only the cached live-row mask is read: no layout.
+        live = self.live_rows
+        n_live = int(live.sum())
         out = np.full(len(vectors), -1.0)
-        kk = min(k, len(live))
+        kk = min(k, n_live)
         if kk == 0:
             return out
-        column = np.full(len(layout.row_pos), -1, dtype=np.int64)
-        column[live] = np.arange(len(live))
         if leave_out is None:
-            hide_q = hide_r = np.zeros(0, dtype=np.int64)
+            hide_q = hide_c = np.zeros(0, dtype=np.int64)
         else:
-            hide_q, hide_r = layout.hidden_pairs(leave_out)
+            hide_q, hide_r = self.layout.hidden_pairs(leave_out)
+            hide_c = (np.cumsum(live) - 1)[hide_r]  # matrix row -> column among live rows
         for start in range(0, len(vectors), _CHUNK):
             stop = min(start + _CHUNK, len(vectors))
             sims = (vectors[start:stop] @ self.matrix.T)[:, live]
             sel = (hide_q >= start) & (hide_q < stop)
-            sims[hide_q[sel] - start, column[hide_r[sel]]] = -np.inf
-            top = np.partition(sims, len(live) - kk, axis=1)[:, len(live) - kk]
+            sims[hide_q[sel] - start, hide_c[sel]] = -np.inf
+            top = np.partition(sims, n_live - kk, axis=1)[:, n_live - kk]
             out[start:stop] = np.where(np.isfinite(top), top, -1.0)
         return out
 
