@@ -517,7 +517,6 @@ class AdaptiveRouter:
             inputs = FitInputs(
                 snapshot=snapshot,
                 embed=self._encode,
-                dimension=self.encoder.dimension,
                 policy=self.policy,
                 route_thresholds={name: r.threshold for name, r in self._routes.items()},
                 lexical=lambda: self._lexical.view(snapshot),
@@ -908,7 +907,7 @@ class AdaptiveRouter:
             )
             return
         # Queries read self._routes without the lock: a new dict is swapped in.
-        routes = apply_change(change, self._routes, self._index, self.encoder.dimension)
+        routes = apply_change(change, self._routes, self._index)
         state = change.state.get(_POLICY_KEY)
         if state is not None:
             self._policy = self._policy_from_state(state)

@@ -370,3 +370,14 @@ def test_policy_state_round_trip_without_fit() -> None:
     policy = DecisionPolicy(threshold=0.4, min_margin=0.02, thresholds={"a": 0.3})
     again = DecisionPolicy.from_state(policy.to_state(), DecisionPolicy(0.5))
     assert again == policy
+
+
+def test_fit_with_only_negative_examples_is_a_clear_error() -> None:
+    from synaptoroute import HashingEncoder
+
+    router = AdaptiveRouter(HashingEncoder())
+    with pytest.raises(InvalidInputError, match="no routes to fit"):
+        router.fit(["hello"], [None])
+    router.add_negatives(["tell me a joke", "what's the weather"])
+    with pytest.raises(InvalidInputError, match="no routes to fit"):
+        router.fit(["hello"], [None])

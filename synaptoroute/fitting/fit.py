@@ -73,8 +73,6 @@ class FitInputs:
     snapshot: Snapshot
     #: Encodes texts the index does not hold (the router's cached encode path).
     embed: Callable[[list[str]], NDArray[np.float32]]
-    #: The encoder's dimension.
-    dimension: int
     #: The policy in force: the fit reports "before" from it and may keep it.
     policy: DecisionPolicy
     #: Each route's own threshold (``Route.threshold``; ``None``: the policy decides).
@@ -197,12 +195,10 @@ def fit_policy(
     ):
         layout = snapshot.layout
         names = layout.names
-        n_routes = len(names)
-        if n_routes == 0:
-            msg = "the router has no routes to fit; add routes first"
-            raise InvalidInputError(msg)
         # The negative examples' route is no class: its utterances are out-of-scope rows.
-        keep_cols = np.array([i for i, name in enumerate(names) if name != NEGATIVES_ROUTE])
+        keep_cols = np.array(
+            [i for i, name in enumerate(names) if name != NEGATIVES_ROUTE], dtype=np.intp
+        )
         remap = np.full(len(names) + 1, NONE, dtype=np.int64)
         remap[keep_cols] = np.arange(len(keep_cols))
         names = [names[i] for i in keep_cols.tolist()]
@@ -240,7 +236,7 @@ def fit_policy(
             ]
         all_texts = fit_texts + [snapshot.texts[r] for r in extra_rows]
         y_all = np.concatenate([y_fit, remap[layout.row_pos[np.array(extra_rows, dtype=np.int64)]]])
-        vectors = np.empty((len(all_texts), inputs.dimension), dtype=np.float32)
+        vectors = np.empty((len(all_texts), snapshot.matrix.shape[1]), dtype=np.float32)
         missing = [i for i, t in enumerate(fit_texts) if t not in layout.text_rows]
         reused = [i for i in range(len(all_texts)) if i >= n or fit_texts[i] in layout.text_rows]
         for i in reused:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..index import RouteIndex
 from ..models import Route
 from .base import ModelInfo, StoredRoute
+
+if TYPE_CHECKING:
+    from ..index import RouteIndex
 
 __all__ = ["Change", "ChangeKind", "apply_change"]
 
@@ -51,7 +53,7 @@ class Change:
 
 
 def apply_change(
-    change: Change, routes: Mapping[str, Route], index: RouteIndex, dimension: int
+    change: Change, routes: Mapping[str, Route], index: RouteIndex
 ) -> dict[str, Route]:
     """Apply ``change`` to ``index`` and to a copy of ``routes``; return the new routes.
 
@@ -63,13 +65,14 @@ def apply_change(
         change: the committed change.
         routes: the router's routes by name (not modified).
         index: the router's index (modified).
-        dimension: the encoder's dimension (for a change without vectors).
     """
     out = dict(routes)
     name = change.name or ""
     current = out.get(name)
     vectors = (
-        change.vectors if change.vectors is not None else np.zeros((0, dimension), dtype=np.float32)
+        change.vectors
+        if change.vectors is not None
+        else np.zeros((0, index.dimension), dtype=np.float32)
     )
     if change.kind == "put_route" and change.route is not None:
         if current is not None:
