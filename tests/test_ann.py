@@ -29,9 +29,11 @@ def _one_build_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """HNSW is approximate: the horizon certifies an answer only if the graph returned
     the true nearest rows, and a graph built by several threads differs from run to run
     (two CI runs each saw one answer differ from brute force). Graphs are built by one
-    thread here so that every check is reproducible; agreement over many noisy queries
-    is what test_agreement_with_brute_force_on_real_embeddings and benchmarks/scale.py
-    measure."""
+    thread here so that a graph built up front is reproducible. A graph fed while
+    queries run still depends on scheduling: the tests of that case assert what the
+    design guarantees (a live route with its exact score) and an agreement rate, never
+    equality with brute force; test_agreement_with_brute_force_on_real_embeddings and
+    benchmarks/scale.py measure agreement over many queries."""
     import synaptoroute.index as index_module
 
     monkeypatch.setattr(index_module, "process_cpus", lambda: 1)

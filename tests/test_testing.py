@@ -8,12 +8,13 @@ import threading
 import numpy as np
 
 import synaptoroute.testing
-from synaptoroute import AdaptiveRouter, HashingEncoder, Route
+from synaptoroute import HashingEncoder
 from synaptoroute.testing import RecordingEncoder
 
 
 def test_the_docstring_example_runs() -> None:
-    assert doctest.testmod(synaptoroute.testing).failed == 0
+    result = doctest.testmod(synaptoroute.testing)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_it_records_calls_texts_and_threads_and_changes_no_vector() -> None:
@@ -35,13 +36,3 @@ def test_it_records_calls_texts_and_threads_and_changes_no_vector() -> None:
     assert recording.thread_names == [threading.current_thread().name, "recorded-worker"]
     recording.clear()
     assert (recording.calls, recording.threads, recording.thread_names) == ([], [], [])
-
-
-def test_a_router_over_it_encodes_each_new_text_once() -> None:
-    recording = RecordingEncoder(HashingEncoder())
-    router = AdaptiveRouter(recording)
-    router.add_route(Route(name="billing", utterances=["I need a refund"]))
-    recording.clear()
-    router.query_batch(["refund me", "refund me", "my refund"])
-    router.query("refund me")
-    assert recording.texts_encoded == 2  # the repeat and the later query came from the cache

@@ -81,7 +81,7 @@ def endpoints_router(
         "/route",
         response_model=RouteResult,
         tags=["routing"],
-        responses=_responses(413, 422, 500, 503),
+        responses=_responses(413, 422, 429, 500, 503),
     )
     async def route_query(body: QueryRequest) -> Response:
         """Route one text: the route (or `null`), its score and the runner-up."""
@@ -94,7 +94,7 @@ def endpoints_router(
         "/route/batch",
         response_model=BatchResponse,
         tags=["routing"],
-        responses=_responses(413, 422, 500, 503),
+        responses=_responses(413, 422, 429, 500, 503),
     )
     async def route_batch(body: BatchRequest) -> Response:
         """Route several texts; results come in the order of `queries`.
