@@ -598,7 +598,7 @@ def _decide_by_head(
     head: LinearHead,
     scores: RouteScores,
     snapshot: Snapshot,
-    names: list[str | None],
+    names: list[str],
     columns: NDArray[np.int64],
     vector: NDArray[np.float32],
     lexical: NDArray[np.float64] | None,

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,6 +51,7 @@ class IndexStats:
     """Counters that tests and benchmarks read (no timing involved)."""
 
     compiles: int = 0
+    full_compiles: int = 0  # compiles that rebuilt the segment arrays (not an append)
     full_rebuilds: int = 0  # compactions: every live row copied into a new buffer
     reallocations: int = 0  # capacity doublings
     rows_copied: int = 0  # rows moved by rebuilds and reallocations
@@ -119,12 +120,12 @@ class Snapshot:
     live_routes: NDArray[np.int64]  # route id for each entry of route_starts
     centroids: NDArray[np.float32]  # (len(live_routes), dim)
     texts: list[str]
-    names: tuple[str | None, ...]  # route id -> name
+    names: Sequence[str]  # route id -> name (ids of deleted routes too)
     aggregation: Aggregation
     top_k: int
     version: int
     int8: Int8Scan | None = None  # covers the first int8.n rows; the rest scored exactly
-    # With int8: each row's route position in live_routes (n_routes for dead rows).
+    # Each row's route position in live_routes (-1 for dead rows).
     row_pos: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
     stats: IndexStats | None = None  # the index's counters (int8 queries count here)
     ann: AnnGraph | None = None  # graph over the leading rows ("max" only)
@@ -148,12 +149,34 @@ class Snapshot:
     @cached_property
     def live_rows(self) -> NDArray[np.bool_]:
         """Whether each row of ``matrix`` is a live utterance (computed once per snapshot)."""
-        return np.repeat(self.seg_route >= 0, self.seg_ends - self.seg_starts)
+        return self.row_pos >= 0
 
     def route_max(self, sims: NDArray[np.float32]) -> NDArray[np.float32]:
         """Per-live-route maximum similarity, shape ``(m, n_routes)``."""
         seg_max = np.maximum.reduceat(sims, self.seg_starts, axis=1)
         return np.maximum.reduceat(seg_max[:, self.seg_order], self.route_starts, axis=1)
+
+    @cached_property
+    def route_spans(self) -> NDArray[np.intp]:
+        """``(n_routes, 2)``: each live route's first and past-last row when its rows are
+        one segment (the usual case: a route added at once), ``-1`` when they are split."""
+        counts = np.diff(np.append(self.route_starts, len(self.seg_order)))
+        first = self.seg_order[self.route_starts]
+        spans = np.stack([self.seg_starts[first], self.seg_ends[first]], axis=1).astype(np.intp)
+        spans[counts > 1] = -1
+        return spans
+
+    def _route_best(self, pos: int, query: NDArray[np.float32]) -> tuple[float, int, int]:
+        """Route position ``pos``'s exact maximum for ``query``, its row, and rows scored."""
+        start, end = self.route_spans[pos].tolist()
+        if start >= 0:  # one segment: a view, no gather
+            sims = (self.matrix[start:end] * query).sum(axis=1)  # not BLAS, as below
+            i = int(np.argmax(sims))
+            return float(sims[i]), start + i, end - start
+        rows = self._route_rows(pos)
+        sims = (self.matrix[rows] * query).sum(axis=1)
+        i = int(np.argmax(sims))
+        return float(sims[i]), int(rows[i]), len(rows)
 
     def _route_rows(self, pos: int) -> NDArray[np.intp]:
         first = self.route_starts[pos]
@@ -167,19 +190,12 @@ class Snapshot:
     def layout(self) -> RouteLayout:
         """Each live route's rows and each live text's rows (computed once per snapshot)."""
         n = len(self.matrix)
-        row_pos = np.full(n, -1, dtype=np.int64)
-        pos_of = {int(rid): p for p, rid in enumerate(self.live_routes.tolist())}
-        if n == 0:  # its segment arrays are not aligned (one end, no start)
-            return RouteLayout([], row_pos, [], {})
-        for start, end, rid in zip(
-            self.seg_starts.tolist(), self.seg_ends.tolist(), self.seg_route.tolist(), strict=True
-        ):
-            if rid >= 0:
-                row_pos[start:end] = pos_of[rid]
+        row_pos = self.row_pos.astype(np.int64)
+        n_routes = self.n_routes
         order = np.argsort(row_pos, kind="stable")
-        counts = np.bincount(row_pos[row_pos >= 0], minlength=len(pos_of))
+        counts = np.bincount(row_pos[row_pos >= 0], minlength=n_routes)
         live = order[n - int(counts.sum()) :]
-        route_rows = np.split(live, np.cumsum(counts)[:-1]) if len(pos_of) else []
+        route_rows = np.split(live, np.cumsum(counts)[:-1]) if n_routes else []
         text_rows: dict[str, list[int]] = {}
         for row in live.tolist():
             text_rows.setdefault(self.texts[row], []).append(row)
@@ -366,15 +382,13 @@ class Snapshot:
         n = len(self.matrix)
         covered = min(self.ann.covered, n)  # rows past it: scored exactly below
         tail = np.arange(covered, n, dtype=np.int64)
-        dead = self.n_routes  # row_pos of dead rows
         for count, depth in ROUNDS:
             keys, sims = self.ann.search(query, count, depth)
             complete = len(keys) < count
             inside = keys < covered  # keys past it came after this snapshot
             rows = np.concatenate([keys[inside], tail])
             approx = np.concatenate([sims[inside], np.full(len(tail), np.nan, np.float32)])
-            pos = self.row_pos[rows]
-            pos = np.where(pos == dead, -1, pos)
+            pos = self.row_pos[rows]  # -1: a dead row
             exact = (self.matrix[rows] * query).sum(axis=1)
             self._count_rescored(len(rows))
             order, horizon = candidate_routes(exact, approx, pos, complete)
@@ -394,16 +408,19 @@ class Snapshot:
         # The graph may have found a route but not its best row: every row of the
         # candidate routes is re-scored (best candidates first, the first k always,
         # the others within the budget), so their scores are their exact maxima.
+        spans = self.route_spans
         best: list[tuple[float, int, int]] = []
+        scored = 0
         for p in positions:
-            rows = self._route_rows(p)
-            if len(best) >= k and len(rows) > budget:
+            start, end = spans[p].tolist()
+            size = end - start if start >= 0 else len(self._route_rows(p))
+            if len(best) >= k and size > budget:
                 break
-            budget -= len(rows)
-            exact = (self.matrix[rows] * query).sum(axis=1)
-            self._count_rescored(len(rows))
-            i = int(np.argmax(exact))
-            best.append((float(exact[i]), p, int(rows[i])))
+            score, row, size = self._route_best(p, query)
+            budget -= size
+            scored += size
+            best.append((score, p, row))
+        self._count_rescored(scored)
         best.sort(key=lambda item: (-item[0], item[1]))
         best = best[:k]
         return RouteScores(
@@ -438,7 +455,7 @@ class Snapshot:
         two = 2 * eps
         kth = np.partition(route_max, -k)[-k]
         rows = np.flatnonzero(approx >= kth - two)
-        pos = self.row_pos[rows]  # dead rows have position n_routes: their bar is +inf
+        pos = self.row_pos[rows]  # dead rows have position -1: their bar is +inf
         keep = approx[rows] >= np.append(route_max - two, np.inf)[pos]
         rows, pos = rows[keep], pos[keep]
         self._count_rescored(len(rows))
@@ -516,6 +533,114 @@ def _top_indices(row: NDArray[np.float32], k: int) -> NDArray[np.intp]:
     return part[np.argsort(-row[part], kind="stable")]
 
 
+class _Segments:
+    """The compiled segment arrays in growable buffers, so a compile after appends
+    only writes the new rows' entries (O(added), not O(n)).
+
+    A snapshot holds views of the prefixes; entries below them are never written
+    again (a structural change starts a new table), so those views stay valid.
+    """
+
+    _ARRAYS = ("seg_starts", "seg_ends", "seg_route", "seg_order", "route_starts", "live_routes")
+
+    def __init__(self, n_rows: int) -> None:
+        self.n_rows = 0
+        self.n_segs = 0  # entries of seg_starts / seg_ends / seg_route
+        self.n_live = 0  # entries of seg_order
+        self.n_routes = 0  # entries of route_starts / live_routes
+        self.last_rid = -1  # the largest live route id
+        self.bufs: dict[str, NDArray[Any]] = {
+            name: np.zeros(16, dtype=np.int64 if name in ("seg_route", "live_routes") else np.intp)
+            for name in self._ARRAYS
+        }
+        self.row_pos = np.zeros(max(n_rows, 16), dtype=np.intp)
+
+    def view(self, name: str) -> NDArray[Any]:
+        """The current prefix of one array."""
+        size = {
+            "seg_starts": self.n_segs,
+            "seg_ends": self.n_segs,
+            "seg_route": self.n_segs,
+            "seg_order": self.n_live,
+            "route_starts": self.n_routes,
+            "live_routes": self.n_routes,
+        }[name]
+        return self.bufs[name][:size]
+
+    def _put(self, name: str, at: int, values: NDArray[Any]) -> None:
+        buf = self.bufs[name]
+        if at + len(values) > len(buf):  # a new buffer: views of the old one stay valid
+            grown = np.zeros(max(2 * len(buf), at + len(values)), dtype=buf.dtype)
+            grown[:at] = buf[:at]
+            self.bufs[name] = buf = grown
+        buf[at : at + len(values)] = values
+
+    def append(self, route: NDArray[np.int64], start: int) -> bool:
+        """Add rows ``start..`` with route ids ``route``; ``False`` (nothing written)
+        unless they are new routes' rows in id order, the case of adding routes."""
+        cuts = np.flatnonzero(np.diff(route)) + 1
+        firsts = np.concatenate(([0], cuts)).astype(np.intp)
+        rids = route[firsts]
+        if start != self.n_rows or rids[0] <= self.last_rid or (np.diff(rids) <= 0).any():
+            return False
+        count = len(firsts)
+        starts = firsts + start
+        ends = np.append(starts[1:], start + len(route))
+        self._put("seg_starts", self.n_segs, starts)
+        self._put("seg_ends", self.n_segs, ends)
+        self._put("seg_route", self.n_segs, rids)
+        self._put("seg_order", self.n_live, np.arange(self.n_segs, self.n_segs + count))
+        self._put("route_starts", self.n_routes, np.arange(self.n_live, self.n_live + count))
+        self._put("live_routes", self.n_routes, rids)
+        positions = np.repeat(np.arange(self.n_routes, self.n_routes + count), ends - starts)
+        if start + len(route) > len(self.row_pos):
+            grown = np.zeros(max(2 * len(self.row_pos), start + len(route)), dtype=np.intp)
+            grown[:start] = self.row_pos[:start]
+            self.row_pos = grown
+        self.row_pos[start : start + len(route)] = positions
+        self.n_segs += count
+        self.n_live += count
+        self.n_routes += count
+        self.n_rows = start + len(route)
+        self.last_rid = int(rids[-1])
+        return True
+
+    @classmethod
+    def full(cls, route: NDArray[np.int64]) -> _Segments:
+        """The table of rows with route ids ``route`` (``-1``: dead), from scratch."""
+        n = len(route)
+        table = cls(n)
+        if n == 0:
+            return table
+        cuts = np.flatnonzero(np.diff(route)) + 1
+        seg_starts = np.concatenate(([0], cuts)).astype(np.intp)
+        seg_ends = np.append(seg_starts[1:], n).astype(np.intp)
+        seg_route = route[seg_starts]
+        live = np.flatnonzero(seg_route >= 0)
+        seg_order = live[np.argsort(seg_route[live], kind="stable")].astype(np.intp)
+        sorted_routes = seg_route[seg_order]
+        if len(seg_order):
+            firsts = np.concatenate(([0], np.flatnonzero(np.diff(sorted_routes)) + 1))
+        else:
+            firsts = np.zeros(0, dtype=np.intp)
+        live_routes = sorted_routes[firsts]
+        for name, values in zip(
+            cls._ARRAYS,
+            (seg_starts, seg_ends, seg_route, seg_order, firsts, live_routes),
+            strict=True,
+        ):
+            table._put(name, 0, values)
+        seg_pos = np.full(len(seg_starts), -1, dtype=np.intp)
+        seg_pos[seg_order] = np.repeat(
+            np.arange(len(firsts), dtype=np.intp), np.diff(np.append(firsts, len(seg_order)))
+        )
+        table.row_pos[:n] = np.repeat(seg_pos, seg_ends - seg_starts)
+        table.n_rows, table.n_segs, table.n_live = n, len(seg_starts), len(seg_order)
+        table.n_routes = len(firsts)
+        table.last_rid = int(live_routes[-1]) if len(live_routes) else -1
+        return table
+
+
 class RouteIndex:
     """Utterance vectors grouped by route, compiled lazily into a :class:`Snapshot`.
 
@@ -545,11 +670,12 @@ class RouteIndex:
         self._dead = 0
         self._pending: list[tuple[int, NDArray[np.float32], list[str]]] = []
         self._ids: dict[str, int] = {}
-        self._names: list[str | None] = []
+        self._names: list[str] = []  # route id -> name, deleted ones included
         self._rows: dict[int, list[int]] = {}  # route id -> its rows in the buffer
         self._sums: dict[int, NDArray[np.float64]] = {}
         self._counts: dict[int, int] = {}
         self._snapshot: Snapshot | None = None
+        self._segments: _Segments | None = None  # the last compile's arrays
         self._version = 0
         self.int8_min_rows = int8_min_rows  # None: never use the int8 pre-filter
         self._int8: Int8Scan | None = None
@@ -589,7 +715,9 @@ class RouteIndex:
         """Remove a route; its rows are masked now and compacted later."""
         with self._lock:
             rid = self._ids.pop(name)
-            self._names[rid] = None
+            # The names list only grows (snapshots share it, and a query in flight on
+            # an older one still names the route); ids are never reused.
+            self._segments = None
             rows = self._rows.pop(rid)
             self._row_route[rows] = -1
             self._dead += len(rows)
@@ -624,6 +752,8 @@ class RouteIndex:
                     keep.append(row)
             self._rows[rid] = keep
             self._dead += removed
+            if removed:
+                self._segments = None
             self._snapshot = None
             return removed
 
@@ -682,6 +812,7 @@ class RouteIndex:
         self.stats.rows_copied += len(alive)
         self._int8 = None  # row positions moved
         self._ann = None  # its keys are row numbers too
+        self._segments = None
         self._int8_generation += 1  # a copy being built now is of the old positions
 
     def snapshot(self) -> Snapshot:
@@ -701,24 +832,19 @@ class RouteIndex:
         self.stats.compiles += 1
         self._version += 1
         n = self._n
-        route = self._row_route[:n]
-        if n:
-            cuts = np.flatnonzero(np.diff(route)) + 1
-            seg_starts = np.concatenate(([0], cuts)).astype(np.intp)
-        else:
-            seg_starts = np.zeros(0, dtype=np.intp)
-        seg_ends = np.append(seg_starts[1:], n).astype(np.intp)
-        seg_route = route[seg_starts] if n else np.zeros(0, dtype=np.int64)
-        live = np.flatnonzero(seg_route >= 0)
-        seg_order = live[np.argsort(seg_route[live], kind="stable")].astype(np.intp)
-        sorted_routes = seg_route[seg_order]
-        if len(seg_order):
-            firsts = np.concatenate(([0], np.flatnonzero(np.diff(sorted_routes)) + 1)).astype(
-                np.intp
+        table = self._segments
+        if (
+            table is None
+            or self.aggregation == "centroid"
+            or n < table.n_rows
+            or (
+                n > table.n_rows
+                and not table.append(self._row_route[table.n_rows : n], table.n_rows)
             )
-        else:
-            firsts = np.zeros(0, dtype=np.intp)
-        live_routes = sorted_routes[firsts].astype(np.int64)
+        ):
+            table = self._segments = _Segments.full(self._row_route[:n])
+            self.stats.full_compiles += 1
+        live_routes = table.view("live_routes")
         if self.aggregation == "centroid":
             sums = np.array([self._sums[r] for r in live_routes.tolist()]).reshape(
                 -1, self.dimension
@@ -729,29 +855,22 @@ class RouteIndex:
             centroids = np.zeros((0, self.dimension), dtype=np.float32)
         self._refresh_int8(n)
         self._refresh_ann(n)
-        row_pos = np.zeros(0, dtype=np.intp)
-        if self._int8 is not None or self._ann is not None:
-            seg_pos = np.full(len(seg_starts), len(live_routes), dtype=np.intp)
-            seg_pos[seg_order] = np.repeat(
-                np.arange(len(firsts), dtype=np.intp), np.diff(np.append(firsts, len(seg_order)))
-            )
-            row_pos = np.repeat(seg_pos, seg_ends - seg_starts)
         return Snapshot(
             matrix=self._buf[:n],
-            seg_starts=seg_starts,
-            seg_ends=seg_ends,
-            seg_route=seg_route,
-            seg_order=seg_order,
-            route_starts=firsts,
+            seg_starts=table.view("seg_starts"),
+            seg_ends=table.view("seg_ends"),
+            seg_route=table.view("seg_route"),
+            seg_order=table.view("seg_order"),
+            route_starts=table.view("route_starts"),
             live_routes=live_routes,
             centroids=centroids,
             texts=self._texts,
-            names=tuple(self._names),
+            names=self._names,
             aggregation=self.aggregation,
             top_k=self.top_k,
             version=self._version,
             int8=self._int8,
-            row_pos=row_pos,
+            row_pos=table.row_pos[:n],
             stats=self.stats,
             ann=self._ann,
         )

@@ -101,6 +101,62 @@ def test_adding_routes_never_copies_the_matrix_per_add() -> None:
     assert stats.rows_copied < 2 * total
 
 
+@pytest.mark.parametrize(("agg", "int8_min_rows"), [("max", None), ("max", 16), ("mean_topk", 16)])
+def test_compiles_after_adding_routes_append_to_the_segment_arrays(
+    agg: str, int8_min_rows: int | None
+) -> None:
+    # Adding new routes (the common change at scale) compiles in O(added): the segment
+    # arrays and row positions are extended, not rebuilt. Anything else (a delete, more
+    # utterances for an old route) rebuilds them. Scores match brute force throughout,
+    # and a snapshot taken earlier keeps answering as it did.
+    rng = np.random.default_rng(11)
+    index = RouteIndex(DIM, aggregation=agg, int8_min_rows=int8_min_rows)  # type: ignore[arg-type]
+    truth: dict[str, np.ndarray] = {}
+    queries = unit(rng, 12)
+
+    def add(name: str, count: int) -> None:
+        vecs = unit(rng, count)
+        index.add(name, vecs, [f"{name}-{len(truth.get(name, ()))}-{j}" for j in range(count)])
+        truth[name] = np.vstack([truth[name], vecs]) if name in truth else vecs
+
+    def check() -> None:
+        snap = index.snapshot()
+        for query, got in zip(queries, snap.score(queries, k=len(truth)), strict=True):
+            expected = brute_force(truth, query, agg)
+            ranked = sorted(expected, key=lambda n: -expected[n])
+            assert [snap.names[int(r)] for r in got.route_ids] == ranked
+            assert got.scores == pytest.approx([expected[n] for n in ranked], abs=1e-5)
+
+    for i in range(40):
+        add(f"r{i}", int(rng.integers(1, 6)))
+        if i % 3 == 0:
+            add(f"r{i}b", 2)  # two new routes in one compile
+        check()
+    assert index.stats.full_compiles == 1  # the first compile only
+    early = index.snapshot()
+    early_answers = early.score(queries, k=5)
+    for i in range(40, 400):  # the buffers grow past their first capacity
+        add(f"r{i}", 3)
+        index.snapshot()
+    check()
+    assert index.stats.full_compiles == 1
+    for before, after in zip(early_answers, early.score(queries, k=5), strict=True):
+        assert list(before.route_ids) == list(after.route_ids)
+        assert list(before.scores) == list(after.scores)
+
+    add("r5", 2)  # more utterances for an old route: rebuilt
+    check()
+    assert index.stats.full_compiles == 2
+    index.delete_route("r7")
+    del truth["r7"]
+    check()
+    assert index.stats.full_compiles == 3
+    add("r7", 3)  # the name again: a new route id, appended
+    add("s0", 2)
+    check()
+    assert index.stats.full_compiles == 3
+
+
 def test_adds_without_queries_are_only_appended_to_pending() -> None:
     rng = np.random.default_rng(2)
     index = RouteIndex(DIM)
