@@ -8,8 +8,8 @@ with ``index="exact"`` (float32 + the int8 pre-filter) and one with ``index="ann
   encoder (validation, cache, scoring, decision; the encoder excluded), p50 and p99;
 - agreement of the approximate router's route with the exact router's, and the share
   of queries the graph answered itself (the rest took the exact path);
-- adding a route of 10 utterances, and the first query after it, against the same on
-  a 1k-utterance router;
+- adding a route of 10 utterances, and the first query after it (medians over 20
+  adds), against the same on a 1k-utterance router;
 - start-up: opening a SQLite store of N utterances with the graph cache file present
   (load + first query), against the build from stored vectors without it;
 - memory per utterance: the float32 matrix, the int8 copy, the graph (usearch's
@@ -44,6 +44,7 @@ from synaptoroute.storage import MemoryStorage, ModelInfo, StoredRoute
 
 ROOT = Path(__file__).resolve().parent.parent
 PER_ROUTE = 10
+ADDS = 20  # routes added per router; the add figures are their medians
 
 
 def real_vectors(cache: Path) -> NDArray[np.float32]:
@@ -108,14 +109,22 @@ def time_queries(router: AdaptiveRouter, texts: list[str]) -> tuple[dict[str, fl
     return summarize_ms(times), names
 
 
-def time_add(router: AdaptiveRouter, name: str, query: str) -> tuple[float, float]:
-    route = Route(name=name, utterances=[f"{name} u{j}" for j in range(PER_ROUTE)])
-    start = time.perf_counter()
-    router.add_route(route)
-    added = (time.perf_counter() - start) * 1000.0
-    start = time.perf_counter()
-    router.query(query)
-    return added, (time.perf_counter() - start) * 1000.0
+def time_add(router: AdaptiveRouter, prefix: str, queries: list[str]) -> tuple[float, float]:
+    """p50 over ``ADDS`` adds of a 10-utterance route, and of the first query after each
+    (a few more queries run between adds, as in service)."""
+    adds, firsts = [], []
+    for a in range(ADDS):
+        name = f"{prefix}{a}"
+        route = Route(name=name, utterances=[f"{name} u{j}" for j in range(PER_ROUTE)])
+        start = time.perf_counter()
+        router.add_route(route)
+        adds.append((time.perf_counter() - start) * 1000.0)
+        start = time.perf_counter()
+        router.query(queries[a % len(queries)])
+        firsts.append((time.perf_counter() - start) * 1000.0)
+        for text in queries[:5]:
+            router.query(text)
+    return float(np.median(adds)), float(np.median(firsts))
 
 
 def run_size(real: NDArray[np.float32], n: int, n_queries: int, cache: Path) -> dict[str, object]:
@@ -124,7 +133,7 @@ def run_size(real: NDArray[np.float32], n: int, n_queries: int, cache: Path) -> 
     rng = np.random.default_rng(1)
     table = dict(zip(texts, asked, strict=True))
     extra = noisy(rng, np.repeat(centres[:1], PER_ROUTE, axis=0), 0.5)
-    for name in ("new-a", "new-b"):
+    for name in (f"new-{kind}-{a}" for kind in ("exact", "ann", "small") for a in range(ADDS)):
         table.update({f"{name} u{j}": extra[j] for j in range(PER_ROUTE)})
     encoder = PrecomputedEncoder("sentence-transformers/all-MiniLM-L6-v2", table)
     out: dict[str, object] = {"utterances": n}
@@ -141,7 +150,7 @@ def run_size(real: NDArray[np.float32], n: int, n_queries: int, cache: Path) -> 
             out["ann_answered"] = (stats.ann_queries - before[0]) / n_queries
             out["ann_graph_bytes_per_utterance"] = round(router._index.ann_bytes / n, 1)
         out[f"{kind}_add_route_ms"], out[f"{kind}_first_query_after_ms"] = time_add(
-            router, "new-a", texts[0]
+            router, f"new-{kind}-", texts
         )
         router.close()
         del router
@@ -151,7 +160,7 @@ def run_size(real: NDArray[np.float32], n: int, n_queries: int, cache: Path) -> 
     small = make_router(encoder, rows[:1000], "ann")
     time_queries(small, texts[:50])
     out["ann_1k_add_route_ms"], out["ann_1k_first_query_after_ms"] = time_add(
-        small, "new-b", texts[0]
+        small, "new-small-", texts
     )
     out["bytes_per_utterance"] = {"float32": 4 * rows.shape[1], "int8": rows.shape[1]}
     out["startup"] = startup(encoder, rows, cache / f"store-{n}")
