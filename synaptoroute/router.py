@@ -369,24 +369,44 @@ class AdaptiveRouter:
         """
         self.add_routes([route], replace=replace)
 
-    def add_routes(self, routes: Iterable[Route], *, replace: bool = False) -> None:
+    def add_routes(
+        self, routes: Iterable[Route], *, replace: bool = False, negatives: Sequence[str] = ()
+    ) -> list[str]:
         """Add several routes with one encoder call; all or nothing.
 
         A route equal to the one already stored under its name is skipped; a route
         that replaces one keeps the vectors of the utterances both share (only new
         utterances are encoded).
+
+        Args:
+            routes: the routes.
+            replace: replace routes that exist (else :class:`RouteExistsError`).
+            negatives: negative examples to add in the same transaction (see
+                :meth:`add_negatives`), merged with the held ones under the lock.
+
+        Returns:
+            The negative examples that were new (empty without ``negatives``).
         """
+        _not_a_str(negatives, "add_routes(negatives=...)")
         routes = list(routes)
+        new_negatives = clean_utterances(list(negatives))
         names = [r.name for r in routes]
-        if len(set(names)) != len(names):
+        if len(set(names)) != len(names) or (new_negatives and NEGATIVES_ROUTE in names):
             msg = "duplicate route names in one add_routes call"
             raise InvalidInputError(msg)
         with self._lock:
+            if new_negatives:
+                have = self.negatives
+                held = set(have)
+                new_negatives = [t for t in new_negatives if t not in held]
+                if new_negatives:  # the held ones plus the new: replaces the reserved route
+                    routes.append(Route(name=NEGATIVES_ROUTE, utterances=[*have, *new_negatives]))
             # Re-adding an identical route is a no-op, so start-up scripts can rerun.
             routes = [r for r in routes if self._routes.get(r.name) != r]
             names = [r.name for r in routes]
             if not replace:
-                taken = [n for n in names if n in self._routes]
+                mine = NEGATIVES_ROUTE if new_negatives else None
+                taken = [n for n in names if n in self._routes and n != mine]
                 if taken:
                     msg = f"route {taken[0]!r} exists; pass replace=True to replace it"
                     raise RouteExistsError(msg)
@@ -403,6 +423,7 @@ class AdaptiveRouter:
                 self._routes[item.route.name] = item.route
                 self._index.add(item.route.name, item.vectors, item.route.utterances)
             self._reconcile_policy()
+            return new_negatives
 
     def _vectors_for(self, routes: Sequence[Route]) -> NDArray[np.float32]:
         """One row per utterance of ``routes``, in order: the stored vector where the

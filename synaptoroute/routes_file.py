@@ -176,14 +176,10 @@ def apply_routes(router: AdaptiveRouter, doc: RoutesDocument) -> ApplyReport:
             changed.append(route)
         else:
             report.unchanged.append(route.name)
-    # The negative examples are the reserved route: written with the others.
-    have = router.negatives
-    held = set(have)
-    report.negatives_added = [t for t in doc.negatives if t not in held]
-    if report.negatives_added:
-        changed.append(Route(name=NEGATIVES_ROUTE, utterances=[*have, *report.negatives_added]))
-    if changed:
-        router.add_routes(changed, replace=True)
+    # The negative examples are the reserved route: merged with the held ones under
+    # the router's lock and written with the others.
+    if changed or doc.negatives:
+        report.negatives_added = router.add_routes(changed, replace=True, negatives=doc.negatives)
     if doc.threshold is not None and doc.threshold != router.threshold:
         router.threshold = doc.threshold
         report.threshold_changed = True

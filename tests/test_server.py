@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, Route, SQLiteStorage
 from synaptoroute.batching import text_cost
+from synaptoroute.models import NEGATIVES_ROUTE
 from synaptoroute.routes_file import (
     apply_routes,
     dump_routes,
@@ -709,6 +710,32 @@ def test_apply_routes_creates_replaces_and_skips(encoder: Encoder, store_path: P
     assert dump_routes(router)["negatives"] == router.negatives
     again = apply_routes(router, doc)
     assert again.created == again.replaced == again.negatives_added == []
+    router.close()
+
+
+def test_apply_routes_keeps_negatives_added_while_it_runs(
+    encoder: Encoder, store_path: Path
+) -> None:
+    # Another caller adds a negative example after apply_routes has read the file but
+    # before its write: the merge with the held negatives happens under the router's
+    # lock, inside the write, so that example is kept (it used to be overwritten).
+    router = make_router(encoder, store_path)
+    router.add_negatives(["what is the weather"])
+    real_add_routes = router.add_routes
+
+    def add_routes_after_a_concurrent_add(*args: Any, **kwargs: Any) -> list[str]:
+        router.add_negatives(["who won the match"])
+        return real_add_routes(*args, **kwargs)
+
+    router.add_routes = add_routes_after_a_concurrent_add  # type: ignore[method-assign]
+    doc = parse_routes(json.dumps({"negatives": ["tell me a joke", "who won the match"]}), "json")
+    report = apply_routes(router, doc)
+    assert report.negatives_added == ["tell me a joke"]
+    assert router.negatives == ["what is the weather", "who won the match", "tell me a joke"]
+    with pytest.raises(InvalidInputError, match="duplicate"):
+        real_add_routes([Route(name=NEGATIVES_ROUTE, utterances=["x"])], negatives=["y"])
+    with pytest.raises(TypeError, match="not a str"):
+        real_add_routes([], negatives="spam")
     router.close()
 
 
