@@ -853,8 +853,8 @@ class RouteIndex:
             centroids = (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
         else:  # only the centroid aggregation reads them
             centroids = np.zeros((0, self.dimension), dtype=np.float32)
-        self._refresh_int8(n)
         self._refresh_ann(n)
+        self._refresh_int8(n)
         return Snapshot(
             matrix=self._buf[:n],
             seg_starts=table.view("seg_starts"),
@@ -878,6 +878,13 @@ class RouteIndex:
     def _refresh_int8(self, n: int) -> None:
         if self.aggregation == "centroid" or self.int8_min_rows is None or n < self.int8_min_rows:
             self._int8 = None
+            return
+        if self._int8 is None and self._ann is not None:
+            # A graph (loaded from the cache file at start-up) answers the queries: the
+            # first copy, only the exact path's, is built in the background (4 s at 1M
+            # utterances) instead of in the first query.
+            if self._int8_builder is None:
+                self._start_int8_build(n)
             return
         if self._int8 is None:  # the first copy, or the first after a compaction
             self._int8 = _build_int8(self._buf[:n])
@@ -903,7 +910,9 @@ class RouteIndex:
             scan = _build_int8(rows)
             with self._lock:
                 self._int8_builder = None
-                if scan is not None and generation == self._int8_generation:
+                if scan is None:  # no int8 kernel here: stop trying
+                    self.int8_min_rows = None
+                elif generation == self._int8_generation:
                     self._int8 = scan
                     self.stats.int8_builds += 1
                     self._snapshot = None  # the next query compiles with the new copy

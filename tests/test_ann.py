@@ -247,6 +247,46 @@ def test_cache_reused_at_start_up_and_invalidated_by_another_replica(tmp_path: P
         router.close()
 
 
+def test_first_int8_copy_builds_in_the_background_when_the_graph_comes_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At start-up with a cache file the graph answers the first query; the int8 copy
+    # (only the exact path's) must not hold that query up: it is built in a thread.
+    import synaptoroute.index as index_module
+
+    rng = np.random.default_rng(5)
+    routes = {f"r{i}": l2_normalize(rng.standard_normal((10, 32))) for i in range(200)}
+
+    def opened() -> RouteIndex:
+        index = RouteIndex(32, int8_min_rows=16, ann_min_rows=1, ann_cache=tmp_path / "g.ann")
+        for name, vectors in routes.items():
+            index.add(name, vectors, [f"{name}-{j}" for j in range(10)])
+        return index
+
+    first = opened()
+    assert first.snapshot().int8 is not None  # no graph yet: built in the compile
+    assert first.wait_for_ann(timeout=60) and (tmp_path / "g.ann").exists()
+
+    release = threading.Event()
+    real_build = index_module._build_int8
+
+    def held_build(rows: np.ndarray) -> object:
+        release.wait(timeout=60)
+        return real_build(rows)
+
+    monkeypatch.setattr(index_module, "_build_int8", held_build)
+    second = opened()
+    snapshot = second.snapshot()  # returns while the copy is held
+    assert second.stats.ann_cache_loads == 1
+    assert snapshot.ann is not None and snapshot.int8 is None
+    query = routes["r7"][3]
+    assert snapshot.names[int(snapshot.score(query[None], 2)[0].route_ids[0])] == "r7"
+    assert not second.wait_for_int8(timeout=0)
+    release.set()
+    assert second.wait_for_int8(timeout=60)
+    assert second.snapshot().int8 is not None and second.stats.int8_builds == 1
+
+
 def test_missing_library(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, "usearch", None)
     monkeypatch.setitem(sys.modules, "usearch.index", None)
