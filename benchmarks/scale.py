@@ -12,8 +12,13 @@ with ``index="exact"`` (float32 + the int8 pre-filter) and one with ``index="ann
   adds), against the same on a 1k-utterance router;
 - start-up: opening a SQLite store of N utterances with the graph cache file present
   (load + first query), against the build from stored vectors without it;
+- deleting one of those routes, and the first query after it;
 - memory per utterance: the float32 matrix, the int8 copy, the graph (usearch's
-  ``memory_usage``).
+  ``memory_usage``);
+- semantic-router's ``IndexedRouter`` (max aggregation) on the same vectors, up to
+  ``--peer-max`` utterances, when it is installed (a separate venv:
+  ``pip install -e . -r benchmarks/requirements-peers.txt``): its overhead per query,
+  the time to add a route, and how often its top route is the brute-force one.
 
 Data: the bundled model's embeddings of the 1,070 fixture texts (tests/fixtures),
 replicated with noise: each route (10 utterances) is centred on a noisy copy of one
@@ -29,10 +34,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from common import PrecomputedEncoder, machine_info, summarize_ms
@@ -109,31 +117,106 @@ def time_queries(router: AdaptiveRouter, texts: list[str]) -> tuple[dict[str, fl
     return summarize_ms(times), names
 
 
-def time_add(router: AdaptiveRouter, prefix: str, queries: list[str]) -> tuple[float, float]:
-    """p50 over ``ADDS`` adds of a 10-utterance route, and of the first query after each
-    (a few more queries run between adds, as in service)."""
-    adds, firsts = [], []
+def time_change(
+    router: AdaptiveRouter, change: Callable[[int], None], queries: list[str]
+) -> tuple[float, float]:
+    """p50 over ``ADDS`` calls of ``change(a)``, and of the first query after each
+    (a few more queries run between changes, as in service)."""
+    changes, firsts = [], []
     for a in range(ADDS):
-        name = f"{prefix}{a}"
-        route = Route(name=name, utterances=[f"{name} u{j}" for j in range(PER_ROUTE)])
         start = time.perf_counter()
-        router.add_route(route)
-        adds.append((time.perf_counter() - start) * 1000.0)
+        change(a)
+        changes.append((time.perf_counter() - start) * 1000.0)
         start = time.perf_counter()
         router.query(queries[a % len(queries)])
         firsts.append((time.perf_counter() - start) * 1000.0)
         for text in queries[:5]:
             router.query(text)
-    return float(np.median(adds)), float(np.median(firsts))
+    return float(np.median(changes)), float(np.median(firsts))
 
 
-def run_size(real: NDArray[np.float32], n: int, n_queries: int, cache: Path) -> dict[str, object]:
+def time_add(router: AdaptiveRouter, prefix: str, queries: list[str]) -> tuple[float, float]:
+    """Adding a 10-utterance route ``prefix{a}``, and the first query after it."""
+
+    def add(a: int) -> None:
+        name = f"{prefix}{a}"
+        router.add_route(Route(name=name, utterances=[f"{name} u{j}" for j in range(PER_ROUTE)]))
+
+    return time_change(router, add, queries)
+
+
+def time_delete(router: AdaptiveRouter, prefix: str, queries: list[str]) -> tuple[float, float]:
+    """Deleting the routes :func:`time_add` added, and the first query after each (a
+    delete rebuilds the compiled segment arrays: O(n))."""
+    return time_change(router, lambda a: router.delete_route(f"{prefix}{a}"), queries)
+
+
+def peer(
+    rows: NDArray[np.float32], table: dict[str, NDArray[np.float32]], texts: list[str]
+) -> dict[str, object] | str:
+    """semantic-router's ``IndexedRouter`` (max aggregation) on the same vectors: its
+    overhead per query, its routes, and the time to add a 10-utterance route."""
+    try:
+        from semantic_router import IndexedRouter
+        from semantic_router import Route as SrRoute
+        from semantic_router.encoders import DenseEncoder
+    except ImportError:
+        return "not installed (pip install -r benchmarks/requirements-peers.txt)"
+
+    def vector(text: str) -> NDArray[np.float32]:
+        if text in table:
+            return table[text]
+        route, utterance = text.split(" u")  # "r{i} u{j}"
+        return rows[int(route[1:]) * PER_ROUTE + int(utterance)]
+
+    class Precomputed(DenseEncoder):  # type: ignore[misc]
+        name: str = "precomputed"
+        type: str = "precomputed"
+        score_threshold: float = -1.0  # always the top route: compared with brute force
+
+        def __call__(self, docs: list[Any]) -> list[list[float]]:
+            return [vector(str(d)).tolist() for d in docs]
+
+    routes = [
+        SrRoute(name=f"r{i}", utterances=[f"r{i} u{j}" for j in range(PER_ROUTE)])
+        for i in range(len(rows) // PER_ROUTE)
+    ]
+    start = time.perf_counter()
+    router = IndexedRouter(encoder=Precomputed(), routes=routes, top_k=5, aggregation="max")
+    ready = time.perf_counter() - start
+    router(texts[0])  # warm-up
+    times, names = [], []
+    for text in texts:
+        start = time.perf_counter()
+        choice = router(text)
+        times.append((time.perf_counter() - start) * 1000.0)
+        names.append(str(choice.name))
+    adds = []
+    for a in range(3):
+        name = f"new-peer-{a}"
+        start = time.perf_counter()
+        router.add(SrRoute(name=name, utterances=[f"{name} u{j}" for j in range(PER_ROUTE)]))
+        adds.append((time.perf_counter() - start) * 1000.0)
+    return {
+        "ready_s": round(ready, 1),
+        "overhead_ms": summarize_ms(times),
+        "names": names,
+        "add_route_ms": float(np.median(adds)),
+        "version": importlib.metadata.version("semantic-router"),
+    }
+
+
+def run_size(
+    real: NDArray[np.float32], n: int, n_queries: int, cache: Path, peer_max: int
+) -> dict[str, object]:
     centres, rows, asked = dataset(real, n, n_queries)
     texts = [f"q{i}" for i in range(n_queries)]
     rng = np.random.default_rng(1)
     table = dict(zip(texts, asked, strict=True))
     extra = noisy(rng, np.repeat(centres[:1], PER_ROUTE, axis=0), 0.5)
-    for name in (f"new-{kind}-{a}" for kind in ("exact", "ann", "small") for a in range(ADDS)):
+    for name in (
+        f"new-{kind}-{a}" for kind in ("exact", "ann", "small", "peer") for a in range(ADDS)
+    ):
         table.update({f"{name} u{j}": extra[j] for j in range(PER_ROUTE)})
     encoder = PrecomputedEncoder("sentence-transformers/all-MiniLM-L6-v2", table)
     out: dict[str, object] = {"utterances": n}
@@ -152,11 +235,24 @@ def run_size(real: NDArray[np.float32], n: int, n_queries: int, cache: Path) -> 
         out[f"{kind}_add_route_ms"], out[f"{kind}_first_query_after_ms"] = time_add(
             router, f"new-{kind}-", texts
         )
+        out[f"{kind}_delete_route_ms"], out[f"{kind}_first_query_after_delete_ms"] = time_delete(
+            router, f"new-{kind}-", texts
+        )
         router.close()
         del router
         gc.collect()
     agree = sum(a == b for a, b in zip(names["ann"], names["exact"], strict=True))
     out["agreement"] = agree / n_queries
+    if n <= peer_max:  # its Python lists of floats make 1M utterances impractical
+        peer_out = peer(rows, table, texts[: min(n_queries, 300)])
+        if isinstance(peer_out, dict):
+            peer_names = peer_out.pop("names")
+            assert isinstance(peer_names, list)
+            # the exact max-aggregation route (its thresholds differ from ours)
+            best = np.argmax(asked[: len(peer_names)] @ rows.T, axis=1) // PER_ROUTE
+            same = sum(a == f"r{i}" for a, i in zip(peer_names, best.tolist(), strict=True))
+            peer_out["top_route_agreement_with_brute_force"] = same / len(peer_names)
+        out["semantic_router"] = peer_out
     small = make_router(encoder, rows[:1000], "ann")
     time_queries(small, texts[:50])
     out["ann_1k_add_route_ms"], out["ann_1k_first_query_after_ms"] = time_add(
@@ -194,11 +290,17 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/sr-scale"))
+    parser.add_argument(
+        "--peer-max",
+        type=int,
+        default=100_000,
+        help="run semantic-router side by side up to this size (if installed)",
+    )
     args = parser.parse_args()
     print(machine_info())
     real = real_vectors(args.cache)
     for n in args.sizes:
-        print(json.dumps(run_size(real, n, args.queries, args.cache), indent=1))
+        print(json.dumps(run_size(real, n, args.queries, args.cache, args.peer_max), indent=1))
 
 
 if __name__ == "__main__":

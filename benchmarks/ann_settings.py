@@ -1,0 +1,117 @@
+"""The approximate graph's settings (issue 17): vector type and search rounds.
+
+For the data of ``benchmarks/scale.py`` at ``--size`` utterances (noisy copies of the
+bundled model's embeddings of the fixture texts), builds the usearch graph with each
+vector type (``f16`` with the inner product, the 0.2 choice; ``i8`` with cosine, the
+current one) and reports, per type:
+
+- the build time and usearch's ``memory_usage`` per utterance;
+- for each (rows, depth): the search alone (p50, one thread) and how often the true
+  nearest row is among the rows returned;
+- for each set of rounds (``synaptoroute.ann.ROUNDS``): ``Snapshot.score`` p50 (the
+  search, the float32 re-scoring and the certification; router overhead excluded)
+  and how often its top route is the brute-force one, over ``--queries`` queries.
+
+Usage::
+
+    python benchmarks/ann_settings.py [--size 100000] [--queries 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import machine_info
+from scale import PER_ROUTE, dataset, real_vectors
+
+import synaptoroute.ann as ann
+from synaptoroute.index import RouteIndex
+
+SEARCHES = ((64, 128), (32, 64), (16, 32))
+ROUNDS = (
+    ((64, 128), (256, 256)),
+    ((32, 64), (256, 256)),
+    ((64, 192), (256, 256)),
+    ((64, 256), (256, 512)),
+)
+TYPES = {"f16": "ip", "i8": "cos"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=5000)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/sr-scale"))
+    parser.add_argument("--types", nargs="+", choices=sorted(TYPES), default=sorted(TYPES))
+    args = parser.parse_args()
+    print(machine_info())
+    _, rows, asked = dataset(real_vectors(args.cache), args.size, args.queries)
+    nearest = np.empty(len(asked), dtype=np.int64)
+    for start in range(0, len(asked), 500):
+        nearest[start : start + 500] = np.argmax(asked[start : start + 500] @ rows.T, axis=1)
+    truth = nearest // PER_ROUTE  # route ids follow insertion order
+    usearch = ann.load_usearch()
+    default_rounds = ann.ROUNDS
+    for dtype in args.types:
+        metric = TYPES[dtype]
+
+        def new_graph(ndim: int, dtype: str = dtype, metric: str = metric) -> Any:
+            return usearch.Index(
+                ndim=ndim,
+                metric=metric,
+                dtype=dtype,
+                connectivity=ann.CONNECTIVITY,
+                expansion_add=ann.EXPANSION_ADD,
+            )
+
+        ann._new_graph = new_graph  # type: ignore[assignment]
+        index = RouteIndex(rows.shape[1], ann_min_rows=1)
+        for r in range(len(rows) // PER_ROUTE):
+            block = rows[r * PER_ROUTE : (r + 1) * PER_ROUTE]
+            index.add(f"r{r}", block, [f"r{r} u{j}" for j in range(PER_ROUTE)])
+        start = time.perf_counter()
+        snapshot = index.snapshot()
+        assert index.wait_for_ann(None)
+        build = time.perf_counter() - start
+        snapshot = index.snapshot()
+        graph = snapshot.ann
+        assert graph is not None
+        out: dict[str, Any] = {
+            "type": f"{dtype} ({metric})",
+            "build_s": round(build, 1),
+            "graph_bytes_per_utterance": round(graph.memory_bytes / len(rows), 1),
+        }
+        for count, depth in SEARCHES:
+            times, found = [], 0
+            for q, query in enumerate(asked):
+                start = time.perf_counter()
+                keys, _ = graph.search(query, count, depth)
+                times.append(time.perf_counter() - start)
+                found += int(nearest[q] in keys)
+            out[f"search {count}/{depth}"] = {
+                "p50_ms": round(float(np.median(times)) * 1000, 3),
+                "nearest_row_found": found / len(asked),
+            }
+        for rounds in ROUNDS:
+            ann.ROUNDS = rounds
+            times, agree = [], 0
+            for q, query in enumerate(asked):
+                start = time.perf_counter()
+                got = snapshot.score(query[None], 2)[0]
+                times.append(time.perf_counter() - start)
+                agree += int(got.route_ids[0]) == int(truth[q])
+            out[f"rounds {rounds}"] = {
+                "score_p50_ms": round(float(np.median(times)) * 1000, 3),
+                "route_agreement": agree / len(asked),
+            }
+        ann.ROUNDS = default_rounds
+        print(json.dumps(out, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
