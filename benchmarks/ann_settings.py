@@ -32,9 +32,10 @@ from scale import PER_ROUTE, dataset, real_vectors
 import synaptoroute.ann as ann
 from synaptoroute.index import RouteIndex
 
-SEARCHES = ((64, 128), (32, 64), (16, 32))
+SEARCHES = ((64, 128), (128, 128), (32, 64), (16, 32))
 ROUNDS = (
     ((64, 128), (256, 256)),
+    ((128, 128), (256, 256)),
     ((32, 64), (256, 256)),
     ((64, 192), (256, 256)),
     ((64, 256), (256, 512)),

@@ -146,8 +146,7 @@ def time_add(router: AdaptiveRouter, prefix: str, queries: list[str]) -> tuple[f
 
 
 def time_delete(router: AdaptiveRouter, prefix: str, queries: list[str]) -> tuple[float, float]:
-    """Deleting the routes :func:`time_add` added, and the first query after each (a
-    delete rebuilds the compiled segment arrays: O(n))."""
+    """Deleting the routes :func:`time_add` added, and the first query after each."""
     return time_change(router, lambda a: router.delete_route(f"{prefix}{a}"), queries)
 
 

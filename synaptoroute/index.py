@@ -125,8 +125,10 @@ class Snapshot:
     top_k: int
     version: int
     int8: Int8Scan | None = None  # covers the first int8.n rows; the rest scored exactly
-    # Each row's route position in live_routes (-1 for dead rows).
-    row_pos: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    # Each row's route id (-1: dead), and each route id's position in live_routes (-1:
+    # not live); row_pos combines them.
+    row_route: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    route_pos: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
     stats: IndexStats | None = None  # the index's counters (int8 queries count here)
     ann: AnnGraph | None = None  # graph over the leading rows ("max" only)
 
@@ -150,6 +152,17 @@ class Snapshot:
     def live_rows(self) -> NDArray[np.bool_]:
         """Whether each row of ``matrix`` is a live utterance (computed once per snapshot)."""
         return self.row_pos >= 0
+
+    @cached_property
+    def row_pos(self) -> NDArray[np.intp]:
+        """Each row's route position in ``live_routes``, ``-1`` for dead rows (computed
+        once per snapshot; the query paths look up only the rows they score)."""
+        return self.positions(np.arange(len(self.matrix)))
+
+    def positions(self, rows: NDArray[np.integer[Any]]) -> NDArray[np.intp]:
+        """The route position of each of ``rows`` (``-1``: a dead row)."""
+        rids = self.row_route[rows]
+        return np.where(rids >= 0, self.route_pos[rids], -1)
 
     def route_max(self, sims: NDArray[np.float32]) -> NDArray[np.float32]:
         """Per-live-route maximum similarity, shape ``(m, n_routes)``."""
@@ -388,7 +401,7 @@ class Snapshot:
             inside = keys < covered  # keys past it came after this snapshot
             rows = np.concatenate([keys[inside], tail])
             approx = np.concatenate([sims[inside], np.full(len(tail), np.nan, np.float32)])
-            pos = self.row_pos[rows]  # -1: a dead row
+            pos = self.positions(rows)  # -1: a dead row
             exact = (self.matrix[rows] * query).sum(axis=1)
             self._count_rescored(len(rows))
             order, horizon = candidate_routes(exact, approx, pos, complete)
@@ -455,7 +468,7 @@ class Snapshot:
         two = 2 * eps
         kth = np.partition(route_max, -k)[-k]
         rows = np.flatnonzero(approx >= kth - two)
-        pos = self.row_pos[rows]  # dead rows have position -1: their bar is +inf
+        pos = self.positions(rows)  # dead rows have position -1: their bar is +inf
         keep = approx[rows] >= np.append(route_max - two, np.inf)[pos]
         rows, pos = rows[keep], pos[keep]
         self._count_rescored(len(rows))
@@ -534,26 +547,29 @@ def _top_indices(row: NDArray[np.float32], k: int) -> NDArray[np.intp]:
 
 
 class _Segments:
-    """The compiled segment arrays in growable buffers, so a compile after appends
-    only writes the new rows' entries (O(added), not O(n)).
+    """The compiled segment arrays in growable buffers, so a compile after adding
+    routes only writes the new rows' entries (O(added), not O(n)), and deleting a
+    route rewrites the per-segment and per-route arrays only (O(routes), no per-row
+    work).
 
-    A snapshot holds views of the prefixes; entries below them are never written
-    again (a structural change starts a new table), so those views stay valid.
+    Rows carry their route id (``row_route``, written once per row); ``route_pos``
+    maps a route id to its live position. A snapshot holds views of the prefixes:
+    appends write past them, and a delete writes new buffers, so those views never
+    change.
     """
 
     _ARRAYS = ("seg_starts", "seg_ends", "seg_route", "seg_order", "route_starts", "live_routes")
 
-    def __init__(self, n_rows: int) -> None:
+    def __init__(self) -> None:
         self.n_rows = 0
         self.n_segs = 0  # entries of seg_starts / seg_ends / seg_route
         self.n_live = 0  # entries of seg_order
         self.n_routes = 0  # entries of route_starts / live_routes
+        self.n_ids = 0  # entries of route_pos (route ids seen)
         self.last_rid = -1  # the largest live route id
         self.bufs: dict[str, NDArray[Any]] = {
-            name: np.zeros(16, dtype=np.int64 if name in ("seg_route", "live_routes") else np.intp)
-            for name in self._ARRAYS
+            name: np.zeros(16, dtype=np.intp) for name in (*self._ARRAYS, "route_pos", "row_route")
         }
-        self.row_pos = np.zeros(max(n_rows, 16), dtype=np.intp)
 
     def view(self, name: str) -> NDArray[Any]:
         """The current prefix of one array."""
@@ -564,18 +580,29 @@ class _Segments:
             "seg_order": self.n_live,
             "route_starts": self.n_routes,
             "live_routes": self.n_routes,
+            "route_pos": self.n_ids,
+            "row_route": self.n_rows,
         }[name]
         return self.bufs[name][:size]
 
-    def _put(self, name: str, at: int, values: NDArray[Any]) -> None:
+    def _put(self, name: str, at: int, values: NDArray[Any] | int) -> None:
         buf = self.bufs[name]
-        if at + len(values) > len(buf):  # a new buffer: views of the old one stay valid
-            grown = np.zeros(max(2 * len(buf), at + len(values)), dtype=buf.dtype)
+        size = at + (values if isinstance(values, int) else len(values))
+        if size > len(buf):  # a new buffer: views of the old one stay valid
+            grown = np.zeros(max(2 * len(buf), size), dtype=buf.dtype)
             grown[:at] = buf[:at]
             self.bufs[name] = buf = grown
-        buf[at : at + len(values)] = values
+        if not isinstance(values, int):
+            buf[at:size] = values
 
-    def append(self, route: NDArray[np.int64], start: int) -> bool:
+    def _set_ids(self, n_ids: int) -> None:
+        # New route ids (routes created since, some maybe deleted already): not live.
+        if n_ids > self.n_ids:
+            self._put("route_pos", self.n_ids, n_ids - self.n_ids)
+            self.bufs["route_pos"][self.n_ids : n_ids] = -1
+            self.n_ids = n_ids
+
+    def append(self, route: NDArray[np.int64], start: int, n_ids: int) -> bool:
         """Add rows ``start..`` with route ids ``route``; ``False`` (nothing written)
         unless they are new routes' rows in id order, the case of adding routes."""
         cuts = np.flatnonzero(np.diff(route)) + 1
@@ -586,18 +613,15 @@ class _Segments:
         count = len(firsts)
         starts = firsts + start
         ends = np.append(starts[1:], start + len(route))
+        self._set_ids(n_ids)
         self._put("seg_starts", self.n_segs, starts)
         self._put("seg_ends", self.n_segs, ends)
         self._put("seg_route", self.n_segs, rids)
         self._put("seg_order", self.n_live, np.arange(self.n_segs, self.n_segs + count))
         self._put("route_starts", self.n_routes, np.arange(self.n_live, self.n_live + count))
         self._put("live_routes", self.n_routes, rids)
-        positions = np.repeat(np.arange(self.n_routes, self.n_routes + count), ends - starts)
-        if start + len(route) > len(self.row_pos):
-            grown = np.zeros(max(2 * len(self.row_pos), start + len(route)), dtype=np.intp)
-            grown[:start] = self.row_pos[:start]
-            self.row_pos = grown
-        self.row_pos[start : start + len(route)] = positions
+        self._put("row_route", start, route)
+        self.bufs["route_pos"][rids] = np.arange(self.n_routes, self.n_routes + count)
         self.n_segs += count
         self.n_live += count
         self.n_routes += count
@@ -605,11 +629,46 @@ class _Segments:
         self.last_rid = int(rids[-1])
         return True
 
+    def without(self, rid: int) -> _Segments:
+        """A new table without route ``rid`` (its rows stay, as dead rows)."""
+        out = _Segments()
+        out.n_rows, out.n_segs, out.n_ids = self.n_rows, self.n_segs, self.n_ids
+        out.bufs["row_route"] = self.bufs["row_route"]  # ids never change: shared
+        live_routes = self.view("live_routes")
+        route_pos = self.view("route_pos").copy()
+        p = int(route_pos[rid]) if rid < self.n_ids else -1
+        seg_route = self.view("seg_route").copy()
+        seg_order, route_starts = self.view("seg_order"), self.view("route_starts")
+        if p >= 0:
+            first = int(route_starts[p])
+            last = int(route_starts[p + 1]) if p + 1 < len(route_starts) else len(seg_order)
+            seg_route[seg_order[first:last]] = -1
+            seg_order = np.delete(seg_order, np.s_[first:last])
+            route_starts = np.delete(route_starts, p)
+            route_starts[p:] -= last - first
+            live_routes = np.delete(live_routes, p)
+            route_pos[rid] = -1
+            route_pos[route_pos > p] -= 1
+        for name, values in (
+            ("seg_starts", self.view("seg_starts")),
+            ("seg_ends", self.view("seg_ends")),
+            ("seg_route", seg_route),
+            ("seg_order", seg_order),
+            ("route_starts", route_starts),
+            ("live_routes", live_routes),
+            ("route_pos", route_pos),
+        ):
+            out._put(name, 0, values)
+        out.n_live, out.n_routes = len(seg_order), len(live_routes)
+        out.last_rid = int(live_routes[-1]) if len(live_routes) else -1
+        return out
+
     @classmethod
-    def full(cls, route: NDArray[np.int64]) -> _Segments:
+    def full(cls, route: NDArray[np.int64], n_ids: int) -> _Segments:
         """The table of rows with route ids ``route`` (``-1``: dead), from scratch."""
         n = len(route)
-        table = cls(n)
+        table = cls()
+        table._set_ids(n_ids)
         if n == 0:
             return table
         cuts = np.flatnonzero(np.diff(route)) + 1
@@ -625,16 +684,12 @@ class _Segments:
             firsts = np.zeros(0, dtype=np.intp)
         live_routes = sorted_routes[firsts]
         for name, values in zip(
-            cls._ARRAYS,
-            (seg_starts, seg_ends, seg_route, seg_order, firsts, live_routes),
+            (*cls._ARRAYS, "row_route"),
+            (seg_starts, seg_ends, seg_route, seg_order, firsts, live_routes, route),
             strict=True,
         ):
             table._put(name, 0, values)
-        seg_pos = np.full(len(seg_starts), -1, dtype=np.intp)
-        seg_pos[seg_order] = np.repeat(
-            np.arange(len(firsts), dtype=np.intp), np.diff(np.append(firsts, len(seg_order)))
-        )
-        table.row_pos[:n] = np.repeat(seg_pos, seg_ends - seg_starts)
+        table.bufs["route_pos"][live_routes] = np.arange(len(live_routes))
         table.n_rows, table.n_segs, table.n_live = n, len(seg_starts), len(seg_order)
         table.n_routes = len(firsts)
         table.last_rid = int(live_routes[-1]) if len(live_routes) else -1
@@ -717,9 +772,10 @@ class RouteIndex:
             rid = self._ids.pop(name)
             # The names list only grows (snapshots share it, and a query in flight on
             # an older one still names the route); ids are never reused.
-            self._segments = None
             rows = self._rows.pop(rid)
             self._row_route[rows] = -1
+            if self._segments is not None:  # O(routes): the next compile only appends
+                self._segments = self._segments.without(rid)
             self._dead += len(rows)
             self._pending = [p for p in self._pending if p[0] != rid]
             del self._sums[rid], self._counts[rid]
@@ -839,10 +895,12 @@ class RouteIndex:
             or n < table.n_rows
             or (
                 n > table.n_rows
-                and not table.append(self._row_route[table.n_rows : n], table.n_rows)
+                and not table.append(
+                    self._row_route[table.n_rows : n], table.n_rows, len(self._names)
+                )
             )
         ):
-            table = self._segments = _Segments.full(self._row_route[:n])
+            table = self._segments = _Segments.full(self._row_route[:n], len(self._names))
             self.stats.full_compiles += 1
         live_routes = table.view("live_routes")
         if self.aggregation == "centroid":
@@ -870,7 +928,8 @@ class RouteIndex:
             top_k=self.top_k,
             version=self._version,
             int8=self._int8,
-            row_pos=table.row_pos[:n],
+            row_route=table.view("row_route"),
+            route_pos=table.view("route_pos"),
             stats=self.stats,
             ann=self._ann,
         )

@@ -102,13 +102,14 @@ def test_adding_routes_never_copies_the_matrix_per_add() -> None:
 
 
 @pytest.mark.parametrize(("agg", "int8_min_rows"), [("max", None), ("max", 16), ("mean_topk", 16)])
-def test_compiles_after_adding_routes_append_to_the_segment_arrays(
+def test_compiles_after_adding_or_deleting_routes_do_not_rebuild_the_segment_arrays(
     agg: str, int8_min_rows: int | None
 ) -> None:
     # Adding new routes (the common change at scale) compiles in O(added): the segment
-    # arrays and row positions are extended, not rebuilt. Anything else (a delete, more
-    # utterances for an old route) rebuilds them. Scores match brute force throughout,
-    # and a snapshot taken earlier keeps answering as it did.
+    # arrays and row ids are extended, not rebuilt; deleting a route rewrites only the
+    # per-segment and per-route arrays. More utterances for an old route, or deleted
+    # utterances, rebuild them. Scores match brute force throughout, and a snapshot
+    # taken earlier keeps answering as it did.
     rng = np.random.default_rng(11)
     index = RouteIndex(DIM, aggregation=agg, int8_min_rows=int8_min_rows)  # type: ignore[arg-type]
     truth: dict[str, np.ndarray] = {}
@@ -147,12 +148,24 @@ def test_compiles_after_adding_routes_append_to_the_segment_arrays(
     add("r5", 2)  # more utterances for an old route: rebuilt
     check()
     assert index.stats.full_compiles == 2
-    index.delete_route("r7")
-    del truth["r7"]
+    before_delete = index.snapshot()
+    answers = before_delete.score(queries, k=5)
+    for name in ("r7", "r399", "r0"):  # a middle, the last and the first route
+        index.delete_route(name)
+        del truth[name]
+        check()
+    index.delete_route("r8")  # deleted before a compile, with more routes pending
+    del truth["r8"]
+    add("s1", 2)
     check()
-    assert index.stats.full_compiles == 3
+    assert index.stats.full_compiles == 2  # deletes rewrite the per-route arrays only
+    for before, after in zip(answers, before_delete.score(queries, k=5), strict=True):
+        assert list(before.route_ids) == list(after.route_ids)
     add("r7", 3)  # the name again: a new route id, appended
     add("s0", 2)
+    check()
+    assert index.delete_texts("s0", [f"s0-0-{j}" for j in range(2)]) == 2  # rows: rebuilt
+    del truth["s0"]
     check()
     assert index.stats.full_compiles == 3
 
