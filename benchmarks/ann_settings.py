@@ -8,9 +8,10 @@ current one) and reports, per type:
 - the build time and usearch's ``memory_usage`` per utterance;
 - for each (rows, depth): the search alone (p50, one thread) and how often the true
   nearest row is among the rows returned;
-- for each set of rounds (``synaptoroute.ann.ROUNDS``): ``Snapshot.score`` p50 (the
-  search, the float32 re-scoring and the certification; router overhead excluded)
-  and how often its top route is the brute-force one, over ``--queries`` queries.
+- for each ``ann_depth`` (the router's option; its rounds are ``ann.rounds_for``):
+  ``Snapshot.score`` p50 (the search, the float32 re-scoring and the certification;
+  router overhead excluded) and how often its top route is the brute-force one, over
+  ``--queries`` queries.
 
 Usage::
 
@@ -20,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -33,13 +35,7 @@ import synaptoroute.ann as ann
 from synaptoroute.index import RouteIndex
 
 SEARCHES = ((64, 128), (128, 128), (32, 64), (16, 32))
-ROUNDS = (
-    ((64, 128), (256, 256)),
-    ((128, 128), (256, 256)),
-    ((32, 64), (256, 256)),
-    ((64, 192), (256, 256)),
-    ((64, 256), (256, 512)),
-)
+DEPTHS = (64, 128, 192, 256)  # the router's ann_depth
 TYPES = {"f16": "ip", "i8": "cos"}
 
 
@@ -57,7 +53,6 @@ def main() -> None:
         nearest[start : start + 500] = np.argmax(asked[start : start + 500] @ rows.T, axis=1)
     truth = nearest // PER_ROUTE  # route ids follow insertion order
     usearch = ann.load_usearch()
-    default_rounds = ann.ROUNDS
     for dtype in args.types:
         metric = TYPES[dtype]
 
@@ -98,19 +93,19 @@ def main() -> None:
                 "p50_ms": round(float(np.median(times)) * 1000, 3),
                 "nearest_row_found": found / len(asked),
             }
-        for rounds in ROUNDS:
-            ann.ROUNDS = rounds
+        for depth in DEPTHS:
+            rounds = ann.rounds_for(depth)
+            deep = dataclasses.replace(snapshot, ann_rounds=rounds)
             times, agree = [], 0
             for q, query in enumerate(asked):
                 start = time.perf_counter()
-                got = snapshot.score(query[None], 2)[0]
+                got = deep.score(query[None], 2)[0]
                 times.append(time.perf_counter() - start)
                 agree += int(got.route_ids[0]) == int(truth[q])
-            out[f"rounds {rounds}"] = {
+            out[f"ann_depth {depth}: rounds {rounds}"] = {
                 "score_p50_ms": round(float(np.median(times)) * 1000, 3),
                 "route_agreement": agree / len(asked),
             }
-        ann.ROUNDS = default_rounds
         print(json.dumps(out, indent=1), flush=True)
 
 

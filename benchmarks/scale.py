@@ -97,12 +97,21 @@ def stored_routes(rows: NDArray[np.float32]) -> list[StoredRoute]:
     ]
 
 
+ANN_DEPTH = [128]  # --ann-depth
+
+
 def make_router(
     encoder: PrecomputedEncoder, rows: NDArray[np.float32], index: str
 ) -> AdaptiveRouter:
     storage = MemoryStorage()
     storage.put_routes(stored_routes(rows), ModelInfo(encoder.model_id, encoder.dimension))
-    router = AdaptiveRouter(encoder, storage, index=index, cache_size=0)  # type: ignore[arg-type]
+    router = AdaptiveRouter(
+        encoder,  # type: ignore[arg-type]
+        storage,
+        index=index,  # type: ignore[arg-type]
+        cache_size=0,
+        ann_depth=ANN_DEPTH[0],
+    )
     assert router.wait_for_index(timeout=None)
     return router
 
@@ -274,7 +283,9 @@ def startup(
     out = {}
     for label in ("build_s", "cache_s"):  # the first open builds and writes the cache
         start = time.perf_counter()
-        router = AdaptiveRouter(encoder, SQLiteStorage(path), index="ann", cache_size=0)
+        router = AdaptiveRouter(
+            encoder, SQLiteStorage(path), index="ann", cache_size=0, ann_depth=ANN_DEPTH[0]
+        )
         router.query("q0")
         if label == "build_s":
             assert router.wait_for_index(timeout=None)
@@ -295,8 +306,10 @@ def main() -> None:
         default=100_000,
         help="run semantic-router side by side up to this size (if installed)",
     )
+    parser.add_argument("--ann-depth", type=int, default=128, help="the router's ann_depth")
     args = parser.parse_args()
-    print(machine_info())
+    ANN_DEPTH[0] = args.ann_depth
+    print(machine_info(), f"ann_depth {args.ann_depth}")
     real = real_vectors(args.cache)
     for n in args.sizes:
         print(json.dumps(run_size(real, n, args.queries, args.cache, args.peer_max), indent=1))

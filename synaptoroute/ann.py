@@ -27,16 +27,23 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["AnnGraph", "AnnUnavailableError", "candidate_routes", "content_key", "load_usearch"]
+__all__ = [
+    "AnnGraph",
+    "AnnUnavailableError",
+    "candidate_routes",
+    "content_key",
+    "load_usearch",
+    "rounds_for",
+]
 
 # HNSW settings: 32 links per node and a construction depth of 128; with 16 and 64
 # the graph missed the winning route of noisy copies of real embeddings too often
 # (tests/test_ann.py). The certification (candidate_routes) turns the remaining misses into exact fallbacks.
 CONNECTIVITY = 32
 EXPANSION_ADD = 128
-# Candidate rounds: (rows asked for, search depth). The second round only runs when
-# the first could not certify the answer.
-ROUNDS = ((64, 128), (256, 256))
+# The first search depth (HNSW ef) unless the router's ``ann_depth`` says otherwise:
+# deeper finds the winning route more often, and costs more (rounds_for).
+DEFAULT_DEPTH = 128
 # Best two routes closer than this: the decision is scored exactly (a graph miss
 # there is the one most likely to change the answer).
 CLOSE_MARGIN = 0.02
@@ -107,7 +114,7 @@ def _new_graph(ndim: int) -> Any:
         dtype="i8",
         connectivity=CONNECTIVITY,
         expansion_add=EXPANSION_ADD,
-        expansion_search=ROUNDS[0][1],
+        expansion_search=DEFAULT_DEPTH,
     )
 
 
@@ -229,6 +236,13 @@ class AnnGraph:
             return cls(graph, covered)
         except (OSError, ValueError, KeyError, RuntimeError, TypeError):
             return None
+
+
+def rounds_for(depth: int) -> tuple[tuple[int, int], ...]:
+    """The candidate rounds, (rows asked for, search depth) each, for a first search
+    depth of ``depth``: the second round only runs when the first could not certify
+    the answer, and the exact path when neither could."""
+    return ((min(64, depth), depth), (256, max(256, 2 * depth)))
 
 
 def candidate_routes(

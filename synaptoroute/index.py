@@ -131,6 +131,7 @@ class Snapshot:
     route_pos: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
     stats: IndexStats | None = None  # the index's counters (int8 queries count here)
     ann: AnnGraph | None = None  # graph over the leading rows ("max" only)
+    ann_rounds: tuple[tuple[int, int], ...] = ((64, 128), (256, 256))  # ann.rounds_for
 
     @property
     def n_routes(self) -> int:
@@ -389,13 +390,13 @@ class Snapshot:
         # int8 path) with the rows it does not hold yet, and the answer stands only if
         # the horizon certifies it (ann.candidate_routes); else the caller scores the
         # query exactly.
-        from .ann import CLOSE_MARGIN, RESCORE_BUDGET, ROUNDS, candidate_routes
+        from .ann import CLOSE_MARGIN, RESCORE_BUDGET, candidate_routes
 
         assert self.ann is not None
         n = len(self.matrix)
         covered = min(self.ann.covered, n)  # rows past it: scored exactly below
         tail = np.arange(covered, n, dtype=np.int64)
-        for count, depth in ROUNDS:
+        for count, depth in self.ann_rounds:
             keys, sims = self.ann.search(query, count, depth)
             complete = len(keys) < count
             inside = keys < covered  # keys past it came after this snapshot
@@ -712,6 +713,7 @@ class RouteIndex:
         int8_min_rows: int | None = INT8_MIN_ROWS,
         ann_min_rows: int | None = None,
         ann_cache: str | os.PathLike[str] | None = None,
+        ann_depth: int = 128,
     ) -> None:
         self.dimension = dimension
         self.aggregation: Aggregation = aggregation
@@ -741,6 +743,9 @@ class RouteIndex:
         # a compaction moves rows. None: never.
         self.ann_min_rows = ann_min_rows
         self.ann_cache = Path(ann_cache) if ann_cache is not None else None
+        from .ann import rounds_for  # stdlib and numpy only: usearch loads on first use
+
+        self._ann_rounds = rounds_for(ann_depth)
         self._ann: AnnGraph | None = None
         self._ann_worker: threading.Thread | None = None
         self._ann_cache_tried = False
@@ -932,6 +937,7 @@ class RouteIndex:
             route_pos=table.view("route_pos"),
             stats=self.stats,
             ann=self._ann,
+            ann_rounds=self._ann_rounds,
         )
 
     def _refresh_int8(self, n: int) -> None:

@@ -198,6 +198,9 @@ class AdaptiveRouter:
         ann_cache: file the graph is saved to and loaded from at start-up (keyed by
             the stored vectors' content). Default: next to a SQLite store's file
             (``<store>.ann``), none for other stores; ``False`` for none.
+        ann_depth: the graph's search depth (HNSW ``ef``, at least 16; default 128):
+            deeper agrees with the exact route more often and costs more per query
+            (measured in ``BENCHMARKS.md``; ``docs/scale.md``).
 
     Example:
         >>> router = AdaptiveRouter()
@@ -226,6 +229,7 @@ class AdaptiveRouter:
         index: IndexKind = "auto",
         ann_threshold: int = DEFAULT_ANN_THRESHOLD,
         ann_cache: str | os.PathLike[str] | Literal[False] | None = None,
+        ann_depth: int = 128,
     ) -> None:
         if aggregation not in ("max", "mean_topk", "centroid"):
             msg = f"aggregation must be 'max', 'mean_topk' or 'centroid', got {aggregation!r}"
@@ -245,7 +249,7 @@ class AdaptiveRouter:
             self.encoder.dimension,
             aggregation=aggregation,
             top_k=top_k,
-            **_ann_options(index, ann_threshold, ann_cache, aggregation, self.storage),
+            **_ann_options(index, ann_threshold, ann_cache, aggregation, self.storage, ann_depth),
         )
         self._lexical = LexicalIndex()
         #: Use the lexical signal of a hybrid head (set False to route dense only).
@@ -999,6 +1003,7 @@ def _ann_options(
     cache: str | os.PathLike[str] | Literal[False] | None,
     aggregation: str,
     storage: Storage,
+    depth: int,
 ) -> dict[str, Any]:
     """RouteIndex arguments for the router's ``index``/``ann_*`` options."""
     if index not in ("auto", "exact", "ann"):
@@ -1006,6 +1011,9 @@ def _ann_options(
         raise InvalidInputError(msg)
     if threshold < 1:
         msg = "ann_threshold must be at least 1"
+        raise InvalidInputError(msg)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 16:
+        msg = f"ann_depth must be an int of at least 16, got {depth!r}"
         raise InvalidInputError(msg)
     if index == "exact" or (index == "auto" and aggregation != "max"):
         return {}
@@ -1023,6 +1031,7 @@ def _ann_options(
     return {
         "ann_min_rows": 1 if index == "ann" else threshold,
         "ann_cache": cache if cache is not False else None,
+        "ann_depth": depth,
     }
 
 

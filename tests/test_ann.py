@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synaptoroute import AdaptiveRouter, Encoder, HashingEncoder, Route, SQLiteStorage
+from synaptoroute import (
+    AdaptiveRouter,
+    Encoder,
+    HashingEncoder,
+    InvalidInputError,
+    Route,
+    SQLiteStorage,
+)
 from synaptoroute.ann import AnnUnavailableError
 from synaptoroute.encoder import l2_normalize
 from synaptoroute.index import RouteIndex
@@ -285,6 +292,32 @@ def test_first_int8_copy_builds_in_the_background_when_the_graph_comes_from_the_
     release.set()
     assert second.wait_for_int8(timeout=60)
     assert second.snapshot().int8 is not None and second.stats.int8_builds == 1
+
+
+@pytest.mark.parametrize("depth", [16, 128, 300])
+def test_ann_depth_sets_the_search_depth(depth: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from synaptoroute.ann import AnnGraph
+
+    seen: list[tuple[int, int]] = []
+    real_search = AnnGraph.search
+
+    def search(self: AnnGraph, query: np.ndarray, count: int, depth: int) -> object:
+        seen.append((count, depth))
+        return real_search(self, query, count, depth)
+
+    monkeypatch.setattr(AnnGraph, "search", search)
+    router = AdaptiveRouter(HashingEncoder(), index="ann", ann_depth=depth)
+    router.add_routes(routes_for("t", 40))
+    assert router.wait_for_index(timeout=60)
+    assert router.query("t topic3 word3x1").name == "t3"
+    assert seen and seen[0] == (min(64, depth), depth)
+    assert all(d >= depth for _, d in seen)
+
+
+@pytest.mark.parametrize("depth", [0, 15, True, 64.0, "128"])
+def test_ann_depth_is_checked(depth: object) -> None:
+    with pytest.raises(InvalidInputError, match="ann_depth"):
+        AdaptiveRouter(HashingEncoder(), index="ann", ann_depth=depth)  # type: ignore[arg-type]
 
 
 def test_missing_library(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
