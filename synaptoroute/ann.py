@@ -107,7 +107,7 @@ def _new_graph(ndim: int) -> Any:
     # cosine on the codes undoes the norm the rounding loses (the inner product of
     # the codes does not, and its scores stray by about 0.1). Measured at 100,000
     # noisy copies of real embeddings (BENCHMARKS.md): the same route agreement as
-    # float16 vectors, a search about 1.3x faster, and 0.64 kB less per utterance.
+    # float16 vectors, a search about 1.4x faster, and 0.67 kB less per utterance.
     return load_usearch().Index(
         ndim=ndim,
         metric="cos",
