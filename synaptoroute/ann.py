@@ -4,12 +4,12 @@ Optional (extra ``ann``: ``pip install '.[ann]'`` in a checkout). :class:`~synap
 uses it for the ``"max"`` aggregation once it holds ``ann_min_rows`` rows; below that,
 or without the library, it scores exactly (see ``docs/scale.md``).
 
-The graph stores each row once, as int8 in usearch (cosine on the int8 codes),
-keyed by its row number in the index's float32 matrix. It proposes candidate rows; the index re-scores them in
-float32 and answers from the graph only when the result is certified by the candidate
-horizon (:func:`candidate_routes`); otherwise the query takes the exact path. Rows added
-after the graph was built are fed into it by a background thread in small chunks, and
-are scored exactly until they are in. usearch calls are serialised by one lock: the
+The graph stores each row once, as int8 codes in usearch (compared by cosine), keyed
+by its row number in the index's float32 matrix. It proposes candidate rows; the index
+re-scores them in float32 and answers from the graph only when the result is certified
+by the candidate horizon (:func:`candidate_routes`); otherwise the query takes the exact
+path. Rows added after the graph was built are fed into it by a background thread in
+small chunks, and are scored exactly until they are in. usearch calls are serialised by one lock: the
 library does not promise that a search is safe while another thread inserts.
 """
 
