@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 from common import machine_info
-from scale import PER_ROUTE, dataset, real_vectors
+from scale import dataset, real_vectors
 
 import synaptoroute.ann as ann
 from synaptoroute.index import RouteIndex
@@ -47,11 +47,12 @@ def main() -> None:
     parser.add_argument("--types", nargs="+", choices=sorted(TYPES), default=sorted(TYPES))
     args = parser.parse_args()
     print(machine_info())
-    _, rows, asked = dataset(real_vectors(args.cache), args.size, args.queries)
+    data = dataset(real_vectors(args.cache), args.size, args.queries)
+    rows, asked = data.rows, data.asked
     nearest = np.empty(len(asked), dtype=np.int64)
     for start in range(0, len(asked), 500):
         nearest[start : start + 500] = np.argmax(asked[start : start + 500] @ rows.T, axis=1)
-    truth = nearest // PER_ROUTE  # route ids follow insertion order
+    truth = data.route_of(nearest)  # route ids follow insertion order
     usearch = ann.load_usearch()
     for dtype in args.types:
         metric = TYPES[dtype]
@@ -67,9 +68,8 @@ def main() -> None:
 
         ann._new_graph = new_graph  # type: ignore[assignment]
         index = RouteIndex(rows.shape[1], ann_min_rows=1)
-        for r in range(len(rows) // PER_ROUTE):
-            block = rows[r * PER_ROUTE : (r + 1) * PER_ROUTE]
-            index.add(f"r{r}", block, [f"r{r} u{j}" for j in range(PER_ROUTE)])
+        for r, lo, hi in data.routes():
+            index.add(f"r{r}", rows[lo:hi], [f"r{r} u{j}" for j in range(hi - lo)])
         start = time.perf_counter()
         snapshot = index.snapshot()
         assert index.wait_for_ann(None)

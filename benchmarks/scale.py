@@ -20,10 +20,15 @@ with ``index="exact"`` (float32 + the int8 pre-filter) and one with ``index="ann
   ``pip install -e . -r benchmarks/requirements-peers.txt``): its overhead per query,
   the time to add a route, and how often its top route is the brute-force one.
 
-Data: the bundled model's embeddings of the 1,070 fixture texts (tests/fixtures),
-replicated with noise: each route (10 utterances) is centred on a noisy copy of one
-real vector, its utterances noisy copies of the centre; queries are noisy copies of
-random route centres. The vectors are cached in ``--cache`` (default /tmp/sr-scale).
+Data (``--vectors``): ``noisy`` (default): the bundled model's embeddings of the
+1,070 fixture texts (tests/fixtures), replicated with noise: each route (10
+utterances) is centred on a noisy copy of one real vector, its utterances noisy
+copies of the centre; queries are noisy copies of random route centres. ``text``:
+real text encoded by the bundled model: the train rows of CLINC150, BANKING77 and
+SNIPS (``--data``, default ../shared/data) in 10-utterance routes of one label each,
+then routes of random word sequences drawn from the same words up to N; queries are
+the three datasets' val texts. The vectors are cached in ``--cache`` (default
+/tmp/sr-scale).
 
 Usage::
 
@@ -39,11 +44,21 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import PrecomputedEncoder, machine_info, summarize_ms
+from common import (
+    DATASETS,
+    PrecomputedEncoder,
+    add_data_argument,
+    by_label,
+    encode_cached,
+    load_split,
+    machine_info,
+    summarize_ms,
+)
 from numpy.typing import NDArray
 
 from synaptoroute import AdaptiveRouter, Route, SQLiteStorage
@@ -77,23 +92,68 @@ def noisy(rng: np.random.Generator, base: NDArray[np.float32], sigma: float) -> 
     return l2_normalize(base + noise)
 
 
-def dataset(
-    real: NDArray[np.float32], n: int, queries: int
-) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+@dataclass
+class Data:
+    """Route vectors (``rows``, each route a run starting at ``starts``) and queries."""
+
+    rows: NDArray[np.float32]
+    starts: NDArray[np.int64]
+    asked: NDArray[np.float32]
+
+    def routes(self, limit: int | None = None) -> list[tuple[int, int, int]]:
+        """(route number, first row, past-last row) of each route (within ``limit`` rows)."""
+        n = len(self.rows) if limit is None else min(limit, len(self.rows))
+        starts = self.starts[self.starts < n].tolist()
+        return [
+            (i, lo, hi) for i, (lo, hi) in enumerate(zip(starts, [*starts[1:], n], strict=True))
+        ]
+
+    def route_of(self, rows: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The route number of each row."""
+        return np.searchsorted(self.starts, rows, side="right") - 1
+
+
+def dataset(real: NDArray[np.float32], n: int, queries: int) -> Data:
     rng = np.random.default_rng(n)
     centres = noisy(rng, real[rng.integers(0, len(real), n // PER_ROUTE)], 1.0)
     rows = noisy(rng, np.repeat(centres, PER_ROUTE, axis=0), 0.5)
     asked = noisy(rng, centres[rng.integers(0, len(centres), queries)], 0.6)
-    return centres, rows, asked
+    return Data(rows, np.arange(0, len(rows), PER_ROUTE), asked)
 
 
-def stored_routes(rows: NDArray[np.float32]) -> list[StoredRoute]:
+def text_dataset(n: int, queries: int, cache: Path, data: str | None) -> Data:
+    """Real text, encoded by the bundled model: one route per label of CLINC150,
+    BANKING77 and SNIPS train (234 routes, 37k utterances), then routes of 10 random
+    word sequences drawn from the same words, up to ``n``; queries are the three
+    datasets' val texts (out-of-scope ones too)."""
+    rng = np.random.default_rng(n)
+    texts: list[str] = []
+    starts: list[int] = []
+    for name in DATASETS:
+        for group in by_label(load_split(name, "train", data)).values():
+            if len(texts) + len(group) <= n:
+                starts.append(len(texts))
+                texts.extend(group)
+    words = [w for text in texts for w in text.split()]
+    fillers = len(texts)
+    while len(texts) < n:
+        if (len(texts) - fillers) % PER_ROUTE == 0:
+            starts.append(len(texts))
+        size = int(rng.integers(4, 13))
+        texts.append(" ".join(words[i] for i in rng.integers(0, len(words), size)))
+    asked = [row.text for name in DATASETS for row in load_split(name, "val", data)]
+    asked = [asked[i] for i in rng.permutation(len(asked))[:queries]]
+    vectors = encode_cached(default_encoder(), texts + asked, cache)
+    return Data(vectors[:n], np.array(starts, dtype=np.int64), vectors[n:])
+
+
+def stored_routes(data: Data, limit: int | None = None) -> list[StoredRoute]:
     return [
         StoredRoute(
-            Route(name=f"r{i}", utterances=[f"r{i} u{j}" for j in range(PER_ROUTE)]),
-            rows[i * PER_ROUTE : (i + 1) * PER_ROUTE],
+            Route(name=f"r{i}", utterances=[f"r{i} u{j}" for j in range(hi - lo)]),
+            data.rows[lo:hi],
         )
-        for i in range(len(rows) // PER_ROUTE)
+        for i, lo, hi in data.routes(limit)
     ]
 
 
@@ -101,10 +161,10 @@ ANN_DEPTH = [128]  # --ann-depth
 
 
 def make_router(
-    encoder: PrecomputedEncoder, rows: NDArray[np.float32], index: str
+    encoder: PrecomputedEncoder, data: Data, index: str, limit: int | None = None
 ) -> AdaptiveRouter:
     storage = MemoryStorage()
-    storage.put_routes(stored_routes(rows), ModelInfo(encoder.model_id, encoder.dimension))
+    storage.put_routes(stored_routes(data, limit), ModelInfo(encoder.model_id, encoder.dimension))
     router = AdaptiveRouter(
         encoder,  # type: ignore[arg-type]
         storage,
@@ -160,7 +220,7 @@ def time_delete(router: AdaptiveRouter, prefix: str, queries: list[str]) -> tupl
 
 
 def peer(
-    rows: NDArray[np.float32], table: dict[str, NDArray[np.float32]], texts: list[str]
+    data: Data, table: dict[str, NDArray[np.float32]], texts: list[str]
 ) -> dict[str, object] | str:
     """semantic-router's ``IndexedRouter`` (max aggregation) on the same vectors: its
     overhead per query, its routes, and the time to add a 10-utterance route."""
@@ -175,7 +235,7 @@ def peer(
         if text in table:
             return table[text]
         route, utterance = text.split(" u")  # "r{i} u{j}"
-        return rows[int(route[1:]) * PER_ROUTE + int(utterance)]
+        return data.rows[int(data.starts[int(route[1:])]) + int(utterance)]
 
     class Precomputed(DenseEncoder):  # type: ignore[misc]
         name: str = "precomputed"
@@ -186,8 +246,8 @@ def peer(
             return [vector(str(d)).tolist() for d in docs]
 
     routes = [
-        SrRoute(name=f"r{i}", utterances=[f"r{i} u{j}" for j in range(PER_ROUTE)])
-        for i in range(len(rows) // PER_ROUTE)
+        SrRoute(name=f"r{i}", utterances=[f"r{i} u{j}" for j in range(hi - lo)])
+        for i, lo, hi in data.routes()
     ]
     start = time.perf_counter()
     router = IndexedRouter(encoder=Precomputed(), routes=routes, top_k=5, aggregation="max")
@@ -215,13 +275,19 @@ def peer(
 
 
 def run_size(
-    real: NDArray[np.float32], n: int, n_queries: int, cache: Path, peer_max: int
+    args: argparse.Namespace, n: int, real: NDArray[np.float32] | None
 ) -> dict[str, object]:
-    centres, rows, asked = dataset(real, n, n_queries)
+    cache, peer_max = args.cache, args.peer_max
+    if real is None:
+        data = text_dataset(n, args.queries, cache, args.data)
+    else:
+        data = dataset(real, n, args.queries)
+    rows, asked = data.rows, data.asked
+    n_queries = len(asked)
     texts = [f"q{i}" for i in range(n_queries)]
     rng = np.random.default_rng(1)
     table = dict(zip(texts, asked, strict=True))
-    extra = noisy(rng, np.repeat(centres[:1], PER_ROUTE, axis=0), 0.5)
+    extra = noisy(rng, np.repeat(rows[:1], PER_ROUTE, axis=0), 0.5)
     for name in (
         f"new-{kind}-{a}" for kind in ("exact", "ann", "small", "peer") for a in range(ADDS)
     ):
@@ -231,7 +297,7 @@ def run_size(
     names: dict[str, list[str]] = {}
     for kind in ("exact", "ann"):
         start = time.perf_counter()
-        router = make_router(encoder, rows, kind)
+        router = make_router(encoder, data, kind)
         out[f"{kind}_ready_s"] = round(time.perf_counter() - start, 1)
         time_queries(router, texts[:50])  # warm-up
         stats = router.index_stats
@@ -252,33 +318,31 @@ def run_size(
     agree = sum(a == b for a, b in zip(names["ann"], names["exact"], strict=True))
     out["agreement"] = agree / n_queries
     if n <= peer_max:  # its Python lists of floats make 1M utterances impractical
-        peer_out = peer(rows, table, texts[: min(n_queries, 300)])
+        peer_out = peer(data, table, texts[: min(n_queries, 300)])
         if isinstance(peer_out, dict):
             peer_names = peer_out.pop("names")
             assert isinstance(peer_names, list)
             # the exact max-aggregation route (its thresholds differ from ours)
-            best = np.argmax(asked[: len(peer_names)] @ rows.T, axis=1) // PER_ROUTE
+            best = data.route_of(np.argmax(asked[: len(peer_names)] @ rows.T, axis=1))
             same = sum(a == f"r{i}" for a, i in zip(peer_names, best.tolist(), strict=True))
             peer_out["top_route_agreement_with_brute_force"] = same / len(peer_names)
         out["semantic_router"] = peer_out
-    small = make_router(encoder, rows[:1000], "ann")
+    small = make_router(encoder, data, "ann", limit=1000)
     time_queries(small, texts[:50])
     out["ann_1k_add_route_ms"], out["ann_1k_first_query_after_ms"] = time_add(
         small, "new-small-", texts
     )
     out["bytes_per_utterance"] = {"float32": 4 * rows.shape[1], "int8": rows.shape[1]}
-    out["startup"] = startup(encoder, rows, cache / f"store-{n}")
+    out["startup"] = startup(encoder, data, cache / f"store-{n}")
     return out
 
 
-def startup(
-    encoder: PrecomputedEncoder, rows: NDArray[np.float32], folder: Path
-) -> dict[str, float]:
+def startup(encoder: PrecomputedEncoder, data: Data, folder: Path) -> dict[str, float]:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     path = folder / "routes.db"
     storage = SQLiteStorage(path, durability="normal")
-    storage.put_routes(stored_routes(rows), ModelInfo(encoder.model_id, encoder.dimension))
+    storage.put_routes(stored_routes(data), ModelInfo(encoder.model_id, encoder.dimension))
     storage.close()
     out = {}
     for label in ("build_s", "cache_s"):  # the first open builds and writes the cache
@@ -307,12 +371,19 @@ def main() -> None:
         help="run semantic-router side by side up to this size (if installed)",
     )
     parser.add_argument("--ann-depth", type=int, default=128, help="the router's ann_depth")
+    parser.add_argument(
+        "--vectors",
+        choices=("noisy", "text"),
+        default="noisy",
+        help="noisy copies of real embeddings (default), or encoded real and filler text",
+    )
+    add_data_argument(parser)
     args = parser.parse_args()
     ANN_DEPTH[0] = args.ann_depth
-    print(machine_info(), f"ann_depth {args.ann_depth}")
-    real = real_vectors(args.cache)
+    print(machine_info(), f"ann_depth {args.ann_depth}, vectors {args.vectors}")
+    real = real_vectors(args.cache) if args.vectors == "noisy" else None
     for n in args.sizes:
-        print(json.dumps(run_size(real, n, args.queries, args.cache, args.peer_max), indent=1))
+        print(json.dumps(run_size(args, n, real), indent=1))
 
 
 if __name__ == "__main__":
