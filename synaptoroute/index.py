@@ -25,12 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ._cpu import process_cpus
+from .ann import DEFAULT_DEPTH, rounds_for  # stdlib and numpy only: usearch loads on use
 from .int8 import Int8Scan
 from .int8 import build as _build_int8
 from .models import SCORE_MIN
@@ -131,7 +132,7 @@ class Snapshot:
     route_pos: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
     stats: IndexStats | None = None  # the index's counters (int8 queries count here)
     ann: AnnGraph | None = None  # graph over the leading rows ("max" only)
-    ann_rounds: tuple[tuple[int, int], ...] = ((64, 128), (256, 256))  # ann.rounds_for
+    ann_rounds: tuple[tuple[int, int], ...] = rounds_for(DEFAULT_DEPTH)
 
     @property
     def n_routes(self) -> int:
@@ -572,18 +573,21 @@ class _Segments:
             name: np.zeros(16, dtype=np.intp) for name in (*self._ARRAYS, "route_pos", "row_route")
         }
 
+    # Which counter gives each array's current length.
+    _SIZE: ClassVar[dict[str, str]] = {
+        "seg_starts": "n_segs",
+        "seg_ends": "n_segs",
+        "seg_route": "n_segs",
+        "seg_order": "n_live",
+        "route_starts": "n_routes",
+        "live_routes": "n_routes",
+        "route_pos": "n_ids",
+        "row_route": "n_rows",
+    }
+
     def view(self, name: str) -> NDArray[Any]:
         """The current prefix of one array."""
-        size = {
-            "seg_starts": self.n_segs,
-            "seg_ends": self.n_segs,
-            "seg_route": self.n_segs,
-            "seg_order": self.n_live,
-            "route_starts": self.n_routes,
-            "live_routes": self.n_routes,
-            "route_pos": self.n_ids,
-            "row_route": self.n_rows,
-        }[name]
+        size: int = getattr(self, self._SIZE[name])
         return self.bufs[name][:size]
 
     def _put(self, name: str, at: int, values: NDArray[Any] | int) -> None:
@@ -743,7 +747,6 @@ class RouteIndex:
         # a compaction moves rows. None: never.
         self.ann_min_rows = ann_min_rows
         self.ann_cache = Path(ann_cache) if ann_cache is not None else None
-        from .ann import rounds_for  # stdlib and numpy only: usearch loads on first use
 
         self._ann_rounds = rounds_for(ann_depth)
         self._ann: AnnGraph | None = None
