@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .index import RouteScores, Snapshot
-from .lexical import LexicalView
+from .lexical import LexicalView, NgramFeatures
 from .models import NEGATIVES_ROUTE, MatchReason, RouteMatch
 
 __all__ = [
@@ -51,16 +51,22 @@ KNN_K = 5
 VERDICTS: tuple[MatchReason, ...] = ("matched", "below_threshold", "ambiguous")
 
 
-def _encode_array(values: NDArray[Any]) -> dict[str, Any]:
-    data = np.ascontiguousarray(values, dtype="<f4")
-    return {"shape": list(data.shape), "f32le": base64.b64encode(data.tobytes()).decode("ascii")}
+# Array encodings of the stored state: the key names the little-endian type.
+_CODES = {"f32le": "<f4", "f16le": "<f2", "i32le": "<i4"}
 
 
-def _decode_array(doc: Mapping[str, Any]) -> NDArray[np.float32]:
-    raw = base64.b64decode(doc["f32le"])
-    array: NDArray[np.float32] = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+def _encode_array(values: NDArray[Any], code: str = "f32le") -> dict[str, Any]:
+    data = np.ascontiguousarray(values, dtype=_CODES[code])
+    return {"shape": list(data.shape), code: base64.b64encode(data.tobytes()).decode("ascii")}
+
+
+def _decode_array(doc: Mapping[str, Any]) -> NDArray[Any]:
+    """The array of :func:`_encode_array`: float32 from either float code, else int64."""
+    code = next(c for c in _CODES if c in doc)
+    array = np.frombuffer(base64.b64decode(doc[code]), dtype=_CODES[code])
     shape = tuple(int(n) for n in doc["shape"])
-    return array.reshape(shape)
+    kind = np.int64 if code == "i32le" else np.float32
+    return array.astype(kind).reshape(shape)
 
 
 def logit(prob: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -147,8 +153,9 @@ class LinearHead:
     also gets ``alpha`` times its similarity score (routes outside the ``top_k``
     ranked ones get the lowest ranked score). A softmax over all classes (the routes,
     plus an out-of-scope class when ``has_oos``) gives probabilities; the candidate is
-    the most probable of the ``top_k`` ranked routes. With ``beta > 0`` each ranked
-    route also gets ``beta`` times its lexical score (hybrid routing, see
+    the most probable of the ``top_k`` ranked routes. With ``ngrams`` the query's
+    n-gram features add ``row @ ngram_weights`` to the logits, and with ``beta > 0``
+    each ranked route also gets ``beta`` times its lexical score (hybrid routing, see
     :mod:`synaptoroute.lexical`). The candidate is judged by the out-of-scope
     ``scorer`` (one of :data:`OOD_SCORERS`): its probability (``max_prob``), the
     log-sum-exp of the route logits (``energy``), its dense similarity
@@ -174,6 +181,9 @@ class LinearHead:
             ``(d, routes)`` and ``mean_terms`` for Mahalanobis; ``combination``
             (weights over :data:`OOD_SCORERS` minus itself, then a bias) and
             ``center``/``scale`` for ``combined``.
+        ngrams: the n-gram feature vocabulary (``None``: the embedding only).
+        ngram_weights: ``(len(ngrams), columns)`` weights of those features, float16
+            values (stored as such, so a reopened head decides identically).
     """
 
     classes: tuple[str, ...]
@@ -188,6 +198,8 @@ class LinearHead:
     beta: float = 0.0
     scorer: str = "max_prob"
     ood: Mapping[str, NDArray[np.float32]] = field(default_factory=dict)
+    ngrams: NgramFeatures | None = None
+    ngram_weights: NDArray[np.float32] | None = None
     _columns: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     # ``ood`` in float64, converted once here rather than on every query.
     _ood64: dict[str, NDArray[np.float64]] = field(default_factory=dict, init=False, repr=False)
@@ -203,10 +215,15 @@ class LinearHead:
         except KeyError:
             return None
 
-    def logits(self, vectors: NDArray[np.float32]) -> NDArray[np.float64]:
-        """The linear part: ``vectors @ weights + bias``, shape ``(m, columns)``."""
+    def logits(
+        self, vectors: NDArray[np.float32], texts: Sequence[str] | None = None
+    ) -> NDArray[np.float64]:
+        """The linear part: ``vectors @ weights + bias``, plus the n-gram features'
+        products when the head has them and ``texts`` are given; ``(m, columns)``."""
         out = (np.asarray(vectors, dtype=np.float32) @ self.weights).astype(np.float64)
         out += self.bias
+        if self.ngrams is not None and self.ngram_weights is not None and texts is not None:
+            out += self.ngrams.products(texts, self.ngram_weights)
         return out
 
     @property
@@ -221,6 +238,7 @@ class LinearHead:
         sims: NDArray[np.floating],
         lexical: NDArray[np.floating] | None = None,
         knn: NDArray[np.floating] | None = None,
+        texts: Sequence[str] | None = None,
     ) -> HeadVerdict:
         """Decide for ``m`` queries at once.
 
@@ -231,8 +249,10 @@ class LinearHead:
             lexical: ``(m, K)`` their lexical scores (read when ``beta > 0``).
             knn: ``(m,)`` similarity of each query's k-th nearest utterance (read by
                 the ``knn`` and ``combined`` scorers).
+            texts: the queries, for the n-gram features (``None``: left out, as when
+                the router's ``hybrid`` is off).
         """
-        logits = self.logits(vectors)
+        logits = self.logits(vectors, texts)
         lex = lexical if self.beta else None
         choice, prob, ranked, energy = head_scores(
             logits, columns, sims, self.alpha, len(self.classes), lex, self.beta
@@ -251,7 +271,8 @@ class LinearHead:
         )
 
     def to_state(self) -> dict[str, Any]:
-        """A JSON-serialisable description (weights as base64 float32, exact)."""
+        """A JSON-serialisable description (weights as base64 float32, the n-gram
+        weights as float16, which is what they hold: exact either way)."""
         return {
             "classes": list(self.classes),
             "weights": _encode_array(self.weights),
@@ -265,11 +286,25 @@ class LinearHead:
             "beta": self.beta,
             "scorer": self.scorer,
             "ood": {key: _encode_array(value) for key, value in self.ood.items()},
+            **self._ngrams_state(),
+        }
+
+    def _ngrams_state(self) -> dict[str, Any]:
+        if self.ngrams is None or self.ngram_weights is None:
+            return {}
+        return {
+            "ngrams": {
+                "ids": _encode_array(self.ngrams.ids, "i32le"),
+                "idf": _encode_array(self.ngrams.idf),
+                "scale": self.ngrams.scale,
+                "weights": _encode_array(self.ngram_weights, "f16le"),
+            }
         }
 
     @classmethod
     def from_state(cls, doc: Mapping[str, Any]) -> LinearHead:
         """The head described by :meth:`to_state`."""
+        grams = doc.get("ngrams")
         return cls(
             classes=tuple(doc["classes"]),
             weights=_decode_array(doc["weights"]),
@@ -283,7 +318,11 @@ class LinearHead:
             beta=float(doc.get("beta", 0.0)),
             scorer=str(doc.get("scorer", "max_prob")),
             ood={key: _decode_array(value) for key, value in doc.get("ood", {}).items()},
-        )
+            ngrams=None if grams is None else NgramFeatures(
+                _decode_array(grams["ids"]), _decode_array(grams["idf"]), float(grams["scale"])
+            ),
+            ngram_weights=None if grams is None else _decode_array(grams["weights"]),
+        )  # fmt: skip
 
 
 def mahalanobis_score(
@@ -534,7 +573,8 @@ def decide(
     (:data:`~synaptoroute.models.NEGATIVES_ROUTE`), the answer is no route (reason
     ``negative_example``); otherwise that route is ignored. With a fitted head (and
     the query's ``vector``) the head decides among the ranked routes (reading the
-    lexical scores of ``text`` from ``lexical`` when it is hybrid); otherwise the best
+    n-gram features of ``text`` when it has them, and its lexical scores from
+    ``lexical`` when it uses them; ``text=None`` leaves both out); otherwise the best
     route must reach its threshold (and the margin). ``vector`` is ``None`` in
     :meth:`~AdaptiveRouter.query_top_k`, which judges each route by its threshold.
     """
@@ -566,7 +606,7 @@ def decide(
             knn = None
             if head.needs_knn:
                 knn = np.array([knn_similarity(snapshot, vector)])
-            return _decide_by_head(head, scores, snapshot, names, columns, vector, lex, knn)
+            return _decide_by_head(head, scores, snapshot, names, columns, vector, lex, knn, text)
     best = snapshot.names[int(scores.route_ids[0])]
     assert best is not None
     score = float(scores.scores[0])
@@ -603,11 +643,13 @@ def _decide_by_head(
     vector: NDArray[np.float32],
     lexical: NDArray[np.float64] | None,
     knn: NDArray[np.float64] | None,
+    text: str | None,
 ) -> RouteMatch:
     k = len(names)
     sims = scores.scores[:k]
     lex = None if lexical is None else lexical[None, :]
-    verdict = head.judge(vector[None, :], columns[None, :], sims[None, :], lex, knn)
+    texts = None if text is None else [text]
+    verdict = head.judge(vector[None, :], columns[None, :], sims[None, :], lex, knn, texts)
     pos = int(verdict.choice[0])
     accepted = bool(verdict.accepted[0])
     # The runner-up is the head's second choice among the ranked routes.

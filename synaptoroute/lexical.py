@@ -1,29 +1,32 @@
-"""The lexical signal of hybrid routing: hashed word and character n-gram TF-IDF.
+"""The lexical signals of hybrid routing: hashed word and character n-gram TF-IDF.
 
-Each route gets one sparse TF-IDF vector, the sum of its utterances' unit TF-IDF
-vectors; a query's lexical score for a route is the cosine between the query's
-TF-IDF vector and that sum. A fitted head (see :mod:`synaptoroute.fitting`) adds
-``beta`` times this score to each ranked route's logit, next to ``alpha`` times the
-dense similarity; ``beta = 0`` (or no head) leaves routing dense only.
+A fitted head (see :mod:`synaptoroute.fitting`) can read two of them:
 
-Nothing here is persisted: the state is derived from the stored utterances. Each
-distinct text is tokenised once and its features cached (a route change only
-tokenises the new texts, nothing is re-encoded); the per-route vectors are
-assembled again, over every utterance, when a query first needs a new index
-snapshot: that query waits for it, and the wait grows with the number of
-utterances (not with the change). Reopening a store or a replica rebuilds the same
-state from the same texts. Hashing keeps the feature space
-fixed (no vocabulary to grow or persist); the hash is ``zlib.crc32``, so features do
-not depend on the process's string hash seed.
+* **n-gram features** (:class:`NgramFeatures`): the query's sparse TF-IDF row over a
+  vocabulary learned by the fit, with one learned weight per feature and route, added
+  to the route logits like the embedding's. The vocabulary, its IDF and the weights
+  are stored with the head, so they survive a reopen and reach replicas.
+* **a lexical score per route** (:class:`LexicalView`): the cosine between the
+  query's TF-IDF vector and the sum of the route's utterances' unit TF-IDF vectors,
+  added ``beta`` times to each ranked route's logit next to ``alpha`` times the dense
+  similarity (``beta = 0``, or no head, leaves it out).
+
+The per-route vectors are not persisted: they are derived from the stored
+utterances. Each distinct text is tokenised once and its features cached (a route
+change only tokenises the new texts, nothing is re-encoded); the per-route vectors
+are assembled again, over every utterance, when a query first needs a new index
+snapshot: that query waits for it, and the wait grows with the number of utterances
+(not with the change). Reopening a store or a replica rebuilds the same state from
+the same texts. Hashing keeps the feature space fixed (no vocabulary to grow); the
+hash is ``zlib.crc32``, so features do not depend on the process's string hash seed.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import re
 import threading
 import zlib
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -33,7 +36,7 @@ from numpy.typing import NDArray
 
 from .index import Snapshot
 
-__all__ = ["LexicalIndex", "LexicalView", "text_features"]
+__all__ = ["LexicalIndex", "LexicalView", "NgramFeatures", "text_features"]
 
 #: Size of the hashed feature space (collisions are rare at this size and harmless).
 N_FEATURES = 1 << 18
@@ -41,12 +44,16 @@ _WORD = re.compile(r"\w+")
 _MASK = N_FEATURES - 1
 
 
+# A few recent texts: a query's two lexical signals (a head's n-gram features and the
+# per-route scores) tokenise the same text once. Kept small, because texts can be long.
+@functools.lru_cache(maxsize=32)
 def text_features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     """The hashed features of ``text``: word uni- and bigrams and the character
     3- and 4-grams of each word (with boundary marks), with sublinear counts.
 
     Returns:
-        Sorted unique feature ids and their weights ``1 + log(count)``.
+        Sorted unique feature ids and their weights ``1 + log(count)`` (read-only
+        arrays: recent results are shared).
     """
     words = _WORD.findall(text.lower())
     grams: list[str] = [f"w {w}" for w in words]
@@ -55,15 +62,95 @@ def text_features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         marked = f"<{word}>"
         for n in (3, 4):
             grams += [marked[i : i + n] for i in range(len(marked) - n + 1)]
-    counts = Counter(zlib.crc32(g.encode()) & _MASK for g in grams)
-    if not counts:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    ids = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-    weights = np.fromiter(
-        (1.0 + math.log(c) for c in counts.values()), dtype=np.float32, count=len(counts)
-    )
-    order = np.argsort(ids)
-    return ids[order], weights[order]
+    hashes = np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.int64, count=len(grams))
+    ids, counts = np.unique(hashes & _MASK, return_counts=True)
+    weights = (1.0 + np.log(counts)).astype(np.float32)
+    ids.flags.writeable = False
+    weights.flags.writeable = False
+    return ids, weights
+
+
+@dataclass(frozen=True, eq=False)
+class NgramFeatures:
+    """A fixed vocabulary of hashed n-gram features: the sparse inputs of a head.
+
+    A text's row holds, for each of its features in the vocabulary, ``1 + log(count)``
+    times the feature's IDF, scaled to Euclidean norm ``scale`` (features outside the
+    vocabulary are dropped). The vocabulary and IDF are learned once, from a fit's
+    rows, and stored with the head, so routing a query does not depend on the routes
+    added or deleted since.
+
+    Attributes:
+        ids: sorted feature ids (see :func:`text_features`).
+        idf: inverse document frequency of each, over the rows it was learned from.
+        scale: the norm of a row (the features' weight next to the unit embedding).
+    """
+
+    ids: NDArray[np.int64]
+    idf: NDArray[np.float32]
+    scale: float
+
+    @classmethod
+    def learn(
+        cls,
+        texts: Sequence[str],
+        scale: float,
+        min_df: int = 3,
+        found: Sequence[tuple[NDArray[np.int64], NDArray[np.float32]]] | None = None,
+    ) -> NgramFeatures:
+        """The features found in at least ``min_df`` of ``texts``, with their IDF
+        (``found``: their :func:`text_features`, if the caller has them)."""
+        found = [text_features(t) for t in texts] if found is None else found
+        every = np.concatenate([ids for ids, _ in found]) if found else np.zeros(0, np.int64)
+        ids, df = np.unique(every, return_counts=True)
+        keep = df >= min_df
+        idf = np.log((1.0 + len(texts)) / (1.0 + df[keep])) + 1.0
+        return cls(ids[keep], idf.astype(np.float32), float(scale))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(
+        self,
+        text: str,
+        features: tuple[NDArray[np.int64], NDArray[np.float32]] | None = None,
+    ) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
+        """Positions in the vocabulary of ``text``'s features, and their values
+        (``features``: its :func:`text_features`, if the caller has them)."""
+        ids, weights = text_features(text) if features is None else features
+        pos = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
+        known = self.ids[pos] == ids if len(self.ids) else np.zeros(len(ids), dtype=bool)
+        pos = pos[known]
+        values = weights[known] * self.idf[pos]
+        norm = float(np.sqrt(np.dot(values, values)))
+        if norm > 0:
+            values *= self.scale / norm
+        return pos.astype(np.intp), values.astype(np.float32)
+
+    def rows(
+        self,
+        texts: Sequence[str],
+        found: Sequence[tuple[NDArray[np.int64], NDArray[np.float32]]] | None = None,
+    ) -> tuple[NDArray[np.int64], NDArray[np.intp], NDArray[np.float32]]:
+        """The rows of ``texts`` in compressed sparse row form: ``(indptr, indices,
+        values)`` (``found``: their :func:`text_features`, if the caller has them)."""
+        parts = [self.row(t, None if found is None else found[i]) for i, t in enumerate(texts)]
+        indptr = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum([len(p) for p, _ in parts], out=indptr[1:])
+        if not parts:
+            return indptr, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.float32)
+        indices = np.concatenate([p for p, _ in parts])
+        return indptr, indices, np.concatenate([v for _, v in parts])
+
+    def products(self, texts: Sequence[str], weights: NDArray[np.float32]) -> NDArray[np.float64]:
+        """Each text's row times ``weights`` (``(len(self), columns)``): shape
+        ``(len(texts), columns)``."""
+        out = np.zeros((len(texts), weights.shape[1]))
+        for i, text in enumerate(texts):
+            pos, values = self.row(text)
+            if len(pos):
+                out[i] = values @ weights[pos]
+        return out
 
 
 @dataclass(frozen=True)

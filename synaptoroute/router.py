@@ -716,7 +716,8 @@ class AdaptiveRouter:
                         policy,
                         thresholds,
                         vectors[j],
-                        text=requests[live[j]].text,
+                        # No text: the head's n-gram features and lexical term stay out.
+                        text=requests[live[j]].text if self.hybrid else None,
                         lexical=lexical,
                     )
                 else:

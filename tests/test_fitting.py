@@ -27,7 +27,7 @@ from synaptoroute import (
     Route,
     SQLiteStorage,
 )
-from synaptoroute.decision import DecisionPolicy
+from synaptoroute.decision import KNN_K, DecisionPolicy
 from synaptoroute.evaluation import NONE, figures
 from synaptoroute.fitting import FitReport, routes_from_labelled
 from synaptoroute.fitting.calibration import _isotonic, _platt
@@ -191,9 +191,16 @@ def test_fit_predicts_exactly_what_the_router_does(
         layout = snapshot.layout
         ids, vals = _rank(snapshot.all_scores(vectors, leave_out=val_texts), 5)
         data = _Scored(ids, vals, np.zeros(len(val_texts), dtype=np.int64), len(layout.names))
+        # The lexical scores of the ranked routes and the k-NN scorer's input, as the
+        # fit computes them (the head may use either).
+        lexical = router._lexical.view(snapshot).scores_many(val_texts)
+        data.lex = np.take_along_axis(lexical, ids, axis=1)
+        data.knn = snapshot.knn_similarity(vectors, KNN_K)
         fixed = np.full(len(layout.names), np.nan)
         rows = np.arange(len(val_texts))
-        sim = _policy_predictions(router.policy, data, rows, layout.names, fixed, vectors)
+        sim = _policy_predictions(
+            router.policy, data, rows, layout.names, fixed, vectors, val_texts
+        )
         simulated = [None if p == NONE else layout.names[p] for p in sim]
         assert predicted(router, val_texts) == simulated, aggregation
 

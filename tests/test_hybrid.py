@@ -29,7 +29,7 @@ from synaptoroute.decision import OOD_SCORERS, Calibrator, LinearHead, knn_simil
 from synaptoroute.evaluation import auroc, expected_calibration_error, oos_curve
 from synaptoroute.fitting import routes_from_labelled
 from synaptoroute.fitting.head import _mahalanobis_fit
-from synaptoroute.lexical import LexicalIndex, text_features
+from synaptoroute.lexical import LexicalIndex, NgramFeatures, text_features
 from synaptoroute.models import NEGATIVES_ROUTE
 from synaptoroute.server import ServerSettings, create_app
 
@@ -103,7 +103,7 @@ def test_hybrid_beats_dense_only_when_only_the_words_separate_routes(encoder: En
         report = router.fit(utterances, owners, head=True, hybrid=hybrid)
         assert report.head is not None
         assert (report.head["beta"] > 0) is hybrid
-        assert report.head["features"] == ("dense+lexical" if hybrid else "dense")
+        assert report.head["features"] == ("dense+ngrams+lexical" if hybrid else "dense")
         figures[hybrid] = router.evaluate(texts, labels).in_scope_accuracy
         # The same decisions through the batch, single and async-worker paths.
         singles = [router.query(t).name for t in texts[:6]]
@@ -112,6 +112,55 @@ def test_hybrid_beats_dense_only_when_only_the_words_separate_routes(encoder: En
     assert figures[True] is not None and figures[False] is not None
     assert figures[True] > figures[False]
     assert figures[True] == 1.0
+
+
+def test_the_heads_ngram_features_alone_separate_the_routes(encoder: Encoder) -> None:
+    """The n-gram features are the head's own inputs: with the lexical score's weight
+    set to 0 they still tell the routes apart, which the dense-only head cannot."""
+    routes, texts, labels = code_routes()
+    utterances = [u for r in routes for u in r.utterances]
+    owners = [r.name for r in routes for _ in r.utterances]
+    figures = {}
+    for hybrid in (False, True):
+        router = AdaptiveRouter(encoder)
+        router.add_routes(routes)
+        router.fit(utterances, owners, head=True, hybrid=hybrid)
+        head = router.policy.head
+        assert head is not None and (head.ngrams is not None) is hybrid
+        router.set_policy(replace(router.policy, head=replace(head, beta=0.0)))
+        figures[hybrid] = router.evaluate(texts, labels).in_scope_accuracy
+    assert figures[True] is not None and figures[False] is not None
+    assert figures[True] == 1.0 and figures[True] > figures[False]
+
+
+def test_ngram_rows_match_a_direct_computation() -> None:
+    texts = ["reset my password", "password reset please", "reset the router", "hello"]
+    grams = NgramFeatures.learn(texts, scale=0.5, min_df=2)
+    found = [text_features(t) for t in texts]
+    df: Counter[int] = Counter(int(f) for ids, _ in found for f in ids)
+    assert grams.ids.tolist() == sorted(f for f, c in df.items() if c >= 2)
+    query = "please reset my modem"
+    ids, weights = text_features(query)
+    expected = {
+        int(f): float(w) * (math.log((1 + 4) / (1 + df[int(f)])) + 1)
+        for f, w in zip(ids, weights, strict=True)
+        if df.get(int(f), 0) >= 2
+    }
+    norm = math.sqrt(sum(v * v for v in expected.values()))
+    pos, values = grams.row(query)
+    got = {int(grams.ids[p]): float(v) for p, v in zip(pos, values, strict=True)}
+    assert got.keys() == expected.keys() and got
+    for feature, value in expected.items():
+        assert got[feature] == pytest.approx(0.5 * value / norm, rel=1e-5)
+    # A text with no known feature has an empty row and adds nothing to the logits.
+    assert len(grams.row("zzzz qqqq")[0]) == 0
+    weights_table = np.arange(len(grams) * 3, dtype=np.float32).reshape(len(grams), 3)
+    products = grams.products([query, "zzzz qqqq"], weights_table)
+    np.testing.assert_allclose(products[0], values @ weights_table[pos], rtol=1e-6)
+    assert not products[1].any()
+    indptr, indices, flat = grams.rows([query, "zzzz qqqq"])
+    assert indptr.tolist() == [0, len(pos), len(pos)]
+    assert indices.tolist() == pos.tolist() and np.array_equal(flat, values)
 
 
 def test_switching_hybrid_off_routes_dense_only(encoder: Encoder) -> None:
@@ -202,6 +251,13 @@ def test_a_hybrid_head_survives_reopen(
     head = again.policy.head
     assert head is not None and head.beta == report.head["beta"]
     assert head.scorer == report.head["scorer"]
+    # The n-gram vocabulary, its IDF and weights come back bit for bit.
+    fitted = router.policy.head
+    assert fitted is not None and fitted.ngrams is not None and head.ngrams is not None
+    assert np.array_equal(head.ngrams.ids, fitted.ngrams.ids)
+    assert np.array_equal(head.ngrams.idf, fitted.ngrams.idf)
+    assert head.ngrams.scale == fitted.ngrams.scale
+    assert np.array_equal(head.ngram_weights, fitted.ngram_weights)  # type: ignore[arg-type]
     after = [(m.name, m.confidence) for m in again.query_batch(texts)]
     assert after == before
 
@@ -263,7 +319,7 @@ def test_each_scorer_decides_as_fitting_predicted(
         lex = view.scores(text)[np.searchsorted(snapshot.live_routes, ranked.route_ids)]
         knn = np.array([knn_similarity(snapshot, vector)])
         verdict = swapped.judge(
-            vector[None, :], columns[None, :], ranked.scores[None, :], lex[None, :], knn
+            vector[None, :], columns[None, :], ranked.scores[None, :], lex[None, :], knn, [text]
         )
         assert match.confidence == pytest.approx(float(verdict.confidence[0]), rel=1e-6)
         assert (match.name is not None) == bool(verdict.accepted[0])

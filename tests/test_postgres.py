@@ -739,9 +739,10 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--replica"]:
 def test_negatives_and_a_hybrid_head_reach_a_replica_and_survive_reopen(
     pg_dsn: str, schema: str, encoder: Encoder
 ) -> None:
-    """Issue 13: the negative examples (a reserved route) and a hybrid head (its beta in
-    the policy state; the lexical vectors rebuilt from the stored utterances) reach a
-    replica through the change feed and a fresh router on the same schema."""
+    """Issue 13: the negative examples (a reserved route) and a hybrid head (its beta
+    and n-gram weights in the policy state; the lexical vectors rebuilt from the stored
+    utterances) reach a replica through the change feed and a fresh router on the same
+    schema."""
     codes = ["kx-1470-zq88", "kx-2583-pw41", "kx-3691-rb19"]
     templates = ["my {} is broken", "help me with the {}", "the {} won't turn on"]
     routes = [
@@ -765,6 +766,9 @@ def test_negatives_and_a_hybrid_head_reach_a_replica_and_survive_reopen(
         assert replica.storage.wait_for_seq(writer.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
         assert replica.negatives == writer.negatives
         assert replica.policy.head is not None and replica.policy.head.beta == head.beta
+        assert head.ngrams is not None and replica.policy.head.ngrams is not None
+        assert np.array_equal(replica.policy.head.ngrams.ids, head.ngrams.ids)
+        assert np.array_equal(replica.policy.head.ngram_weights, head.ngram_weights)  # type: ignore[arg-type]
         got = [(m.name, m.reason, m.confidence) for m in replica.query_batch(queries)]
         assert got == expected
         fresh = AdaptiveRouter(encoder, open_store(pg_dsn, schema))

@@ -31,7 +31,8 @@ from ..decision import (
     mahalanobis_score,
 )
 from ..evaluation import figures
-from ..exceptions import InvalidInputError
+from ..exceptions import InvalidInputError, MissingDependencyError
+from ..lexical import NgramFeatures, text_features
 from ..models import NEGATIVES_ROUTE
 from .calibration import _calibrate
 from .cuts import (
@@ -60,6 +61,10 @@ if TYPE_CHECKING:
 
 #: Weights of the lexical score in the head's logits (0: dense only), tried likewise.
 _BETAS = (0.0, 2.5, 5.0, 10.0, 20.0)
+#: The norm of a row of n-gram features next to the unit embedding (NgramFeatures.scale).
+#: 0.5 helped top-1 on val of CLINC150, BANKING77 and SNIPS alike (docs/accuracy.md);
+#: whether the features help a given router is decided on folds.
+_NGRAM_SCALE = 0.5
 #: Quantiles of the occurring top-1/top-2 gaps tried as the ambiguity margin.
 _MARGIN_QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.2)
 _OBJECTIVES = ("auto", "balanced", "accuracy", "macro_f1", "oos_recall")
@@ -141,9 +146,10 @@ def fit_policy(
             CLINC150's test split, 1,000 of 5,500 queries; 0.5 is the plain mean).
         head: ``"auto"`` trains a head and uses it if it does better on held-out
             data; ``True`` uses it regardless; ``False`` fits thresholds only.
-        hybrid: add the lexical score (:mod:`synaptoroute.lexical`) to the head's
-            logits: ``"auto"`` if it does better on held-out data, ``True`` always
-            (the best positive weight), ``False`` never.
+        hybrid: give the head the lexical signals (:mod:`synaptoroute.lexical`): its
+            n-gram features as inputs, and the lexical score in its logits.
+            ``"auto"`` uses each if it does better on held-out data, ``True`` both
+            always (the score at its best positive weight), ``False`` neither.
         per_route: one threshold per route (``True``), a single one (``False``), or
             whichever does better on held-out data (``"auto"``).
         margin: also search the ambiguity margin (top-1 minus top-2).
@@ -282,7 +288,7 @@ def fit_policy(
         fold = fold_all[:n]
         own_thresholds = [inputs.route_thresholds.get(name) for name in names]
         fixed = np.array([np.nan if t is None else float(t) for t in own_thresholds])
-        before_pred = _policy_predictions(old, data, fit_rows, names, fixed, vectors[:n])
+        before_pred = _policy_predictions(old, data, fit_rows, names, fixed, vectors[:n], fit_texts)
         before = figures(y_fit, np.where(blocked, NONE, before_pred), n_routes)
 
         # Threshold candidates, judged on held-out folds.
@@ -331,20 +337,26 @@ def fit_policy(
             n_cols = n_routes + int(has_oos)
             cols_all = np.where(y_all == NONE, n_routes, y_all)
             dim = vectors.shape[1]
-            oof = np.zeros((len(y_all), n_cols))
+            grams, sparse = _ngram_inputs(all_texts) if hybrid is not False else (None, None)
+            feature_sets = {"auto": ["dense", "ngrams"], True: ["ngrams"], False: ["dense"]}
+            tried = [i for i in feature_sets[hybrid] if sparse is not None or i == "dense"]
+            oofs = {feats: np.zeros((len(y_all), n_cols)) for feats in tried}
+            solutions: dict[str, list[NDArray[np.float64]]] = {feats: [] for feats in tried}
             maha = np.zeros(n)
-            solutions = []
             for f in range(folds):
                 train = fold_all != f
                 if not train.any() or train.all():
                     continue
-                theta = _softmax_regression(
-                    vectors[train], cols_all[train], n_cols, regularization, None, max_iter
-                )
-                solutions.append(theta)
-                w = theta[: dim * n_cols].reshape(dim, n_cols)
-                b = theta[dim * n_cols :]
-                oof[~train] = vectors[~train].astype(np.float64) @ w + b
+                for feats in tried:
+                    rows = None if feats == "dense" else sparse
+                    theta = _softmax_regression(
+                        vectors[train], cols_all[train], n_cols, regularization, None, max_iter,
+                        None if rows is None else rows[train],
+                    )  # fmt: skip
+                    solutions[feats].append(theta)
+                    oofs[feats][~train] = _logits(
+                        theta, vectors[~train], None if rows is None else rows[~train], n_cols
+                    )
                 test = np.flatnonzero(~train[:n])
                 params = _mahalanobis_fit(vectors[train], y_all[train], n_routes)
                 maha[test] = mahalanobis_score(
@@ -355,15 +367,15 @@ def fit_policy(
                 )
             betas = {"auto": _BETAS, True: _BETAS[1:], False: (0.0,)}[hybrid]
             head_fit = _choose_head(
-                oof[:n], data, fit_rows, fold, folds, k, objective, target,
-                calibration, maha, betas,
+                {feats: oof[:n] for feats, oof in oofs.items()}, data, fit_rows, fold,
+                folds, k, objective, target, calibration, maha, betas,
             )  # fmt: skip
             candidates["head"] = {
                 "objective": head_fit.value,
                 "held_out": asdict(figures(y_fit, head_fit.pred, n_routes)),
                 "alpha": head_fit.alpha,
                 "beta": head_fit.beta,
-                "features": "dense+lexical" if head_fit.beta else "dense",
+                "features": _features(head_fit.inputs == "ngrams", head_fit.beta),
                 "scorer": head_fit.scorer,
                 "scorers": head_fit.scorers,
             }
@@ -372,7 +384,7 @@ def fit_policy(
                 # The mean of the fold models, not a refit on all rows: its logits
                 # are on the scale the calibrator and the cut were fitted on, and it
                 # saves a fit.
-                theta = np.mean(solutions, axis=0)
+                theta = np.mean(solutions[head_fit.inputs], axis=0)
                 ood: dict[str, NDArray[np.float32]] = {}
                 if head_fit.scorer in ("mahalanobis", "combined"):
                     ood.update(_mahalanobis_fit(vectors, y_all, n_routes))
@@ -382,10 +394,24 @@ def fit_policy(
                     ood["combination"] = head_fit.combination.astype(np.float32)
                     ood["center"] = head_fit.center.astype(np.float32)
                     ood["scale"] = head_fit.scale.astype(np.float32)
+                ngram_weights = None
+                if head_fit.inputs == "ngrams":
+                    assert grams is not None
+                    # float16 values: what is stored, so a reopened head is this head.
+                    width = dim + len(grams)
+                    ngram_weights = (
+                        theta[dim * n_cols : width * n_cols]
+                        .reshape(len(grams), n_cols)
+                        .astype(np.float16)
+                        .astype(np.float32)
+                    )
+                else:
+                    grams = None
+                    width = dim
                 final_head = LinearHead(
                     classes=tuple(names),
                     weights=theta[: dim * n_cols].reshape(dim, n_cols).astype(np.float32),
-                    bias=theta[dim * n_cols :].astype(np.float32),
+                    bias=theta[width * n_cols :].astype(np.float32),
                     has_oos=has_oos,
                     alpha=head_fit.alpha,
                     top_k=k,
@@ -395,6 +421,8 @@ def fit_policy(
                     beta=head_fit.beta,
                     scorer=head_fit.scorer,
                     ood=ood,
+                    ngrams=grams,
+                    ngram_weights=ngram_weights,
                 )
             seconds["head"] = time.perf_counter() - t0
 
@@ -409,8 +437,7 @@ def fit_policy(
                 "target_oos_recall": target_oos_recall if objective == "oos_recall" else None,
                 "oos_share": oos_share if objective == "balanced" else None,
                 "decision": "head" if final_head is not None else best_key,
-                "features": "dense+lexical" if final_head is not None and final_head.beta
-                else "dense",
+                "features": "dense" if final_head is None else _head_features(final_head),
                 "scorer": final_head.scorer if final_head is not None else "similarity",
                 "rows": n,
                 "fitted_at": time.time(),
@@ -456,7 +483,7 @@ def fit_policy(
             "top_k": final_head.top_k,
             "has_oos_class": final_head.has_oos,
             "beta": final_head.beta,
-            "features": "dense+lexical" if final_head.beta else "dense",
+            "features": _head_features(final_head),
             "scorer": final_head.scorer,
             "calibration": final_head.calibrator.kind,
             "training_rows": len(y_all),
@@ -537,6 +564,44 @@ def _candidate(
     }
 
 
+def _ngram_inputs(texts: Sequence[str]) -> tuple[NgramFeatures | None, Any]:
+    """The n-gram vocabulary of ``texts`` and their rows as a SciPy CSR matrix;
+    ``(None, None)`` when no feature is frequent enough."""
+    try:
+        from scipy.sparse import csr_matrix  # type: ignore[import-untyped]
+    except ImportError as exc:
+        msg = f"fitting a head needs scipy: {_FIT_HINT}"
+        raise MissingDependencyError(msg) from exc
+    found = [text_features(t) for t in texts]
+    grams = NgramFeatures.learn(texts, _NGRAM_SCALE, found=found)
+    if not len(grams):
+        return None, None
+    indptr, indices, values = grams.rows(texts, found)
+    return grams, csr_matrix((values, indices, indptr), shape=(len(texts), len(grams)))
+
+
+def _logits(
+    theta: NDArray[np.float64], vectors: NDArray[np.float32], sparse: Any, n_cols: int
+) -> NDArray[np.float64]:
+    """The logits of a :func:`_softmax_regression` solution (``sparse``: its n-gram rows)."""
+    dim = vectors.shape[1]
+    width = dim + (0 if sparse is None else int(sparse.shape[1]))
+    w = theta[: width * n_cols].reshape(width, n_cols)
+    out: NDArray[np.float64] = vectors.astype(np.float64) @ w[:dim] + theta[width * n_cols :]
+    if sparse is not None:
+        out += sparse @ w[dim:]
+    return out
+
+
+def _features(ngrams: bool, beta: float) -> str:
+    """What a head reads: ``dense``, then ``+ngrams`` and ``+lexical`` when it uses them."""
+    return "dense" + "+ngrams" * ngrams + "+lexical" * bool(beta)
+
+
+def _head_features(head: LinearHead) -> str:
+    return _features(head.ngrams is not None, head.beta)
+
+
 def _policy_predictions(
     policy: DecisionPolicy,
     data: _Scored,
@@ -544,6 +609,7 @@ def _policy_predictions(
     names: list[str],
     fixed: NDArray[np.float64],
     vectors: NDArray[np.float32],
+    texts: Sequence[str],
 ) -> NDArray[np.int64]:
     """What ``policy`` decides for ``rows`` (as :func:`~synaptoroute.decision.decide`)."""
     thr = np.array([policy.thresholds.get(name, policy.threshold) for name in names])
@@ -563,7 +629,7 @@ def _policy_predictions(
     knn = None if data.knn is None else data.knn[rows]
     if head.needs_knn and knn is None:
         return pred
-    verdict = head.judge(vectors, cols, data.top_vals[rows, :k], lex, knn)
+    verdict = head.judge(vectors, cols, data.top_vals[rows, :k], lex, knn, texts)
     chosen = data.top_ids[rows, :k][np.arange(len(rows)), verdict.choice]
     out: NDArray[np.int64] = np.where(verdict.accepted, chosen, NONE).astype(np.int64)
     return out

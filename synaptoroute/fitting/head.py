@@ -35,42 +35,60 @@ def _softmax_regression(
     c: float,
     init: NDArray[np.float64] | None,
     max_iter: int,
+    sparse: Any = None,
 ) -> NDArray[np.float64]:
     """Multinomial logistic regression, mean log-loss plus ``|W|^2 / (2 C n)`` (the
-    objective of scikit-learn's ``LogisticRegression(C=c)``), by L-BFGS in float32."""
+    objective of scikit-learn's ``LogisticRegression(C=c)``), by L-BFGS in float32.
+
+    ``sparse`` (a SciPy CSR matrix, one row per row of ``x``) adds features after the
+    dense ones: the weights are ``(d + sparse columns, n_cols)``, then the bias.
+    """
     try:
         from scipy.optimize import minimize  # type: ignore[import-untyped]
     except ImportError as exc:
         msg = f"fitting a head needs scipy: {_FIT_HINT}"
         raise MissingDependencyError(msg) from exc
     n, d = x.shape
+    extra = 0 if sparse is None else int(sparse.shape[1])
+    width = d + extra
+    sparse_t = None if sparse is None else sparse.T.tocsr()
     onehot = np.zeros((n, n_cols), dtype=np.float32)
     onehot[np.arange(n), y] = 1.0
     lam = 1.0 / (c * n)
 
     def loss_grad(theta: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
-        w = theta[: d * n_cols].reshape(d, n_cols).astype(np.float32)
-        b = theta[d * n_cols :].astype(np.float32)
-        z = x @ w
+        w = theta[: width * n_cols].reshape(width, n_cols).astype(np.float32)
+        b = theta[width * n_cols :].astype(np.float32)
+        z = x @ w[:d]
+        if sparse is not None:
+            z += sparse @ w[d:]
         z += b
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
         s = e.sum(axis=1, keepdims=True)
         loss = float(np.log(s).sum() - (z * onehot).sum()) / n
-        loss += 0.5 * lam * float(np.dot(theta[: d * n_cols], theta[: d * n_cols]))
+        loss += 0.5 * lam * float(np.dot(theta[: width * n_cols], theta[: width * n_cols]))
         e /= s
         e -= onehot
-        grad_w = (x.T @ e) / n + lam * w
+        grad_w = np.empty_like(w)
+        grad_w[:d] = x.T @ e
+        if sparse_t is not None:
+            grad_w[d:] = sparse_t @ e
+        grad_w /= n
+        grad_w += lam * w
         grad_b = e.sum(axis=0) / n
         return loss, np.concatenate([grad_w.ravel(), grad_b]).astype(np.float64)
 
-    theta0 = np.zeros(d * n_cols + n_cols) if init is None else init
+    theta0 = np.zeros(width * n_cols + n_cols) if init is None else init
     result = minimize(
         loss_grad,
         theta0,
         jac=True,
         method="L-BFGS-B",
-        options={"maxiter": max_iter, "gtol": 1e-4},
+        # Five correction pairs, not ten: the same optimum (the loss is convex), and
+        # L-BFGS's own bookkeeping, which grows with pairs x weights, dominated fits
+        # with n-gram features (tens of thousands of weights per column).
+        options={"maxiter": max_iter, "gtol": 1e-4, "maxcor": 5},
     )
     out: NDArray[np.float64] = result.x
     return out
@@ -92,6 +110,7 @@ def _folds(y: NDArray[np.int64], k: int, seed: int) -> NDArray[np.int64]:
 
 @dataclass
 class _HeadFit:
+    inputs: str  # "dense" or "ngrams": the fold models it was chosen with
     alpha: float
     beta: float
     scorer: str
@@ -211,7 +230,7 @@ def _pooled_cut(
 
 
 def _choose_head(
-    oof: NDArray[np.float64],
+    oofs: dict[str, NDArray[np.float64]],
     data: _Scored,
     rows: NDArray[np.intp],
     fold: NDArray[np.int64],
@@ -223,10 +242,13 @@ def _choose_head(
     maha: NDArray[np.float64] | None,
     betas: Sequence[float],
 ) -> _HeadFit:
-    """Pick ``alpha`` and ``beta``, then the out-of-scope scorer, on held-out logits.
+    """Pick the inputs, ``alpha`` and ``beta``, then the out-of-scope scorer, on
+    held-out logits.
 
+    ``oofs`` holds each candidate model's held-out logits by its inputs (``"dense"``:
+    the embedding; ``"ngrams"``: the embedding and the n-gram features). The inputs,
     ``alpha`` and ``beta`` are chosen by the objective at the best single cut of the
-    pooled held-out probabilities. Each scorer is then judged by held-out
+    pooled held-out probabilities (earlier inputs win ties). Each scorer is then judged by held-out
     predictions: each fold's rows are cut at a value chosen on the other folds, so
     the out-of-scope rows a cut is judged on were not used to choose it (the
     ``combined`` scorer's weights are also learned without the fold). The scorer
@@ -237,16 +259,18 @@ def _choose_head(
     # Platt keeps the order of the raw values, so a cut on the confidence is as fine
     # as a cut on the raw value; isotonic steps would tie many rows.
     kind = "platt" if calibration == "auto" else calibration
-    best: tuple[float, float, float] | None = None
-    for alpha in _ALPHAS:
-        for beta in betas:
-            cand, raw, _, _ = _head_pred(oof, data, rows, k, alpha, beta)
-            conf = _calibrate(raw, cand == y, kind, True)(raw)
-            value, _ = _pooled_cut(conf, cand, y, n_routes, objective, target)
-            if best is None or value > best[0] + 1e-12:
-                best = (value, alpha, beta)
+    best: tuple[float, str, float, float] | None = None
+    for inputs, logits in oofs.items():
+        for alpha in _ALPHAS:
+            for beta in betas:
+                cand, raw, _, _ = _head_pred(logits, data, rows, k, alpha, beta)
+                conf = _calibrate(raw, cand == y, kind, True)(raw)
+                value, _ = _pooled_cut(conf, cand, y, n_routes, objective, target)
+                if best is None or value > best[0] + 1e-12:
+                    best = (value, inputs, alpha, beta)
     assert best is not None
-    _, alpha, beta = best
+    _, inputs, alpha, beta = best
+    oof = oofs[inputs]
     cand, prob, energy, nearest = _head_pred(oof, data, rows, k, alpha, beta)
     raws: dict[str, NDArray[np.float64]] = {"max_prob": prob, "energy": energy, "nearest": nearest}
     if maha is not None:
@@ -288,5 +312,16 @@ def _choose_head(
     conf = calibrator(raws[scorer])
     value, cut = _pooled_cut(conf, cand, y, n_routes, objective, target)
     return _HeadFit(
-        alpha, beta, scorer, calibrator, cut, pred, value, report, center, scale, combination
+        inputs,
+        alpha,
+        beta,
+        scorer,
+        calibrator,
+        cut,
+        pred,
+        value,
+        report,
+        center,
+        scale,
+        combination,
     )
