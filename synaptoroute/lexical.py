@@ -44,17 +44,27 @@ _WORD = re.compile(r"\w+")
 _MASK = N_FEATURES - 1
 
 
-# A few recent texts: a query's two lexical signals (a head's n-gram features and the
-# per-route scores) tokenise the same text once. Kept small, because texts can be long.
-@functools.lru_cache(maxsize=32)
+#: Characters of a text that its features are read from: about what the encoder reads
+#: (it truncates long texts), and a bound on the work a hostile megabyte query costs.
+MAX_CHARS = 4096
+
+
 def text_features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-    """The hashed features of ``text``: word uni- and bigrams and the character
-    3- and 4-grams of each word (with boundary marks), with sublinear counts.
+    """The hashed features of the first :data:`MAX_CHARS` characters of ``text``: word
+    uni- and bigrams and the character 3- and 4-grams of each word (with boundary
+    marks), with sublinear counts.
 
     Returns:
         Sorted unique feature ids and their weights ``1 + log(count)`` (read-only
         arrays: recent results are shared).
     """
+    return _features(text[:MAX_CHARS])
+
+
+# A few recent texts: a query's two lexical signals (a head's n-gram features and the
+# per-route scores) tokenise the same text once.
+@functools.lru_cache(maxsize=32)
+def _features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     words = _WORD.findall(text.lower())
     grams: list[str] = [f"w {w}" for w in words]
     grams += [f"b {a} {b}" for a, b in pairwise(words)]

@@ -29,7 +29,7 @@ from synaptoroute.decision import OOD_SCORERS, Calibrator, LinearHead, knn_simil
 from synaptoroute.evaluation import auroc, expected_calibration_error, oos_curve
 from synaptoroute.fitting import routes_from_labelled
 from synaptoroute.fitting.head import _mahalanobis_fit
-from synaptoroute.lexical import LexicalIndex, NgramFeatures, text_features
+from synaptoroute.lexical import MAX_CHARS, LexicalIndex, NgramFeatures, text_features
 from synaptoroute.models import NEGATIVES_ROUTE
 from synaptoroute.server import ServerSettings, create_app
 
@@ -161,6 +161,16 @@ def test_ngram_rows_match_a_direct_computation() -> None:
     indptr, indices, flat = grams.rows([query, "zzzz qqqq"])
     assert indptr.tolist() == [0, len(pos), len(pos)]
     assert indices.tolist() == pos.tolist() and np.array_equal(flat, values)
+
+
+def test_text_features_read_a_bounded_prefix_and_share_read_only_results() -> None:
+    huge = "reset the kx-1470 router " * 50_000  # 1.25 MB, like a hostile query
+    ids, weights = text_features(huge)
+    prefix_ids, prefix_weights = text_features(huge[:MAX_CHARS])
+    assert np.array_equal(ids, prefix_ids) and np.array_equal(weights, prefix_weights)
+    assert not ids.flags.writeable and not weights.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        weights *= 2
 
 
 def test_switching_hybrid_off_routes_dense_only(encoder: Encoder) -> None:
