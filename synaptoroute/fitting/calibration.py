@@ -39,31 +39,39 @@ def _isotonic(x: NDArray[np.float64], y: NDArray[np.float64]) -> Calibrator:
     return Calibrator("isotonic", tuple(xs), tuple(ys))
 
 
+def _newton_logistic(
+    design: NDArray[np.float64],
+    target: NDArray[np.float64],
+    ridge: NDArray[np.float64],
+    init: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """Logistic regression by Newton's method: the weights minimising the summed
+    log-loss of ``design @ w`` against ``target`` (probabilities) plus ``w' ridge w / 2``.
+    """
+    w = init.astype(np.float64)
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-np.clip(design @ w, -35, 35)))
+        grad = design.T @ (p - target) + ridge @ w
+        hess = (design * (p * (1 - p) + 1e-12)[:, None]).T @ design + ridge
+        step = np.linalg.solve(hess + 1e-9 * np.eye(len(w)), grad)
+        w -= step
+        if float(np.abs(step).max()) < 1e-10:
+            break
+    return w
+
+
 def _platt(x: NDArray[np.float64], y: NDArray[np.float64], logit_input: bool) -> Calibrator:
-    """Platt scaling with Platt's smoothed targets, fitted by Newton's method."""
+    """Platt scaling with Platt's smoothed targets."""
     if logit_input:
         x = logit(x)
     # Newton's method on standardised inputs (scores such as Mahalanobis distances
     # span hundreds); the result is mapped back to the raw scale at the end.
     mu, sd = float(x.mean()), float(x.std()) or 1.0
-    x = (x - mu) / sd
+    design = np.c_[(x - mu) / sd, np.ones(len(x))]
     n_pos, n_neg = float(y.sum()), float(len(y) - y.sum())
     target = np.where(y > 0, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-    a, b = 1.0, 0.0
-    for _ in range(100):
-        z = np.clip(a * x + b, -35, 35)
-        p = 1 / (1 + np.exp(-z))
-        g = p - target
-        w = p * (1 - p) + 1e-12
-        grad = np.array([float((g * x).sum()), float(g.sum())])
-        hess = np.array(
-            [[float((w * x * x).sum()) + 1e-9, float((w * x).sum())], [float((w * x).sum()), float(w.sum()) + 1e-9]]
-        )  # fmt: skip
-        step = np.linalg.solve(hess, grad)
-        a, b = a - float(step[0]), b - float(step[1])
-        if float(np.abs(step).max()) < 1e-10:
-            break
-    return Calibrator("platt", (a / sd, b - a * mu / sd), (), logit_input)
+    a, b = _newton_logistic(design, target, np.zeros((2, 2)), np.array([1.0, 0.0]))
+    return Calibrator("platt", (float(a / sd), float(b - a * mu / sd)), (), logit_input)
 
 
 def _calibrate(

@@ -166,6 +166,22 @@ def _search(
     return finish(_global_f1(c, t, ends, forced, y, support, n_routes, starts, n))
 
 
+def _single_cut(
+    values: NDArray[np.float64],
+    cand: NDArray[np.int64],
+    y: NDArray[np.int64],
+    active: NDArray[np.bool_],
+    n_routes: int,
+    objective: Objective,
+    target: float,
+) -> _Cuts:
+    """:func:`_search` with one cut for every ``active`` row; the other rows go
+    nowhere."""
+    nowhere = np.full(len(y), NONE, dtype=np.int64)
+    zeros = np.zeros(len(y), dtype=np.int64)
+    return _search(values, cand, y, active, nowhere, zeros, 1, n_routes, objective, target, False)
+
+
 def _global_f1(
     c: NDArray[np.int64],
     t: NDArray[np.int64],

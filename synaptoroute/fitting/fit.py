@@ -40,7 +40,7 @@ from .cuts import (
     _fit_thresholds,
     _objective_value,
     _Scored,
-    _search,
+    _single_cut,
     _threshold_predictions,
     _ThresholdFit,
 )
@@ -554,10 +554,7 @@ def _candidate(
     thresholds, as for the head, so candidates are compared on how well they rank
     rows rather than on where one noisy cut fell.
     """
-    active = np.isfinite(slack)
-    nowhere = np.full(len(y), NONE, dtype=np.int64)
-    zeros = np.zeros(len(y), dtype=np.int64)
-    pooled = _search(slack, cand, y, active, nowhere, zeros, 1, n_routes, objective, target, False)
+    pooled = _single_cut(slack, cand, y, np.isfinite(slack), n_routes, objective, target)
     return {
         "objective": _objective_value(figures(y, pooled.pred, n_routes), objective, target),
         "held_out": asdict(figures(y, pred, n_routes)),

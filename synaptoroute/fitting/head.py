@@ -18,8 +18,8 @@ from ..decision import (
 )
 from ..evaluation import auroc, figures
 from ..exceptions import MissingDependencyError, install_hint
-from .calibration import _calibrate
-from .cuts import _BEYOND, Objective, _objective_value, _Scored, _search
+from .calibration import _calibrate, _newton_logistic
+from .cuts import _BEYOND, Objective, _objective_value, _Scored, _single_cut
 
 #: Weights of the similarity score in the head's logits, tried on held-out data.
 _ALPHAS = (0.0, 2.5, 5.0, 10.0, 20.0, 40.0)
@@ -169,20 +169,10 @@ def _mahalanobis_fit(
 
 
 def _logistic(x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.float64]:
-    """L2-regularised logistic regression by Newton's method; weights then bias."""
-    design = np.c_[x, np.ones(len(x))]
-    w = np.zeros(design.shape[1])
-    ridge = np.eye(len(w)) * 1e-2
+    """L2-regularised logistic regression (the bias unpenalised); weights then bias."""
+    ridge = np.eye(x.shape[1] + 1) * 1e-2
     ridge[-1, -1] = 0.0
-    for _ in range(50):
-        p = 0.5 * (1.0 + np.tanh(0.5 * (design @ w)))
-        grad = design.T @ (p - y) + ridge @ w
-        hess = (design * (p * (1 - p) + 1e-9)[:, None]).T @ design + ridge + 1e-9 * np.eye(len(w))
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if float(np.abs(step).max()) < 1e-8:
-            break
-    return w
+    return _newton_logistic(np.c_[x, np.ones(len(x))], y, ridge, np.zeros(x.shape[1] + 1))
 
 
 def _held_out_cuts(
@@ -197,14 +187,12 @@ def _held_out_cuts(
 ) -> NDArray[np.int64]:
     """Predictions where each fold's rows are cut at a value chosen on the other folds
     (their out-of-scope rows included), so no row judges the cut it chose."""
-    zeros = np.zeros(len(y), dtype=np.int64)
-    nowhere = np.full(len(y), NONE, dtype=np.int64)
     pred = np.empty(len(y), dtype=np.int64)
     for f in range(folds):
         test = fold == f
         if not test.any():
             continue
-        part = _search(conf, cand, y, ~test, nowhere, zeros, 1, n_routes, objective, target, False)
+        part = _single_cut(conf, cand, y, ~test, n_routes, objective, target)
         pred[test] = np.where(conf[test] >= part.cut[0], cand[test], NONE)
     return pred
 
@@ -218,12 +206,7 @@ def _pooled_cut(
     target: float,
 ) -> tuple[float, float]:
     """The objective at the best single cut of all rows, and that cut."""
-    zeros = np.zeros(len(y), dtype=np.int64)
-    nowhere = np.full(len(y), NONE, dtype=np.int64)
-    everywhere = np.ones(len(y), dtype=bool)
-    whole = _search(
-        conf, cand, y, everywhere, nowhere, zeros, 1, n_routes, objective, target, False
-    )
+    whole = _single_cut(conf, cand, y, np.ones(len(y), dtype=bool), n_routes, objective, target)
     value = _objective_value(figures(y, whole.pred, n_routes), objective, target)
     cut = float(whole.cut[0]) if np.isfinite(whole.cut[0]) else 1.0 + _BEYOND
     return value, cut
