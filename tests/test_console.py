@@ -211,6 +211,7 @@ def test_try_explains_the_decision(client: httpx.Client) -> None:
     decision = answer["decision"]
     assert decision["route"] == "billing"
     assert answer["decided_by"] == "threshold" and answer["lexical_weight"] is None
+    assert answer["ngram_features"] is None
     assert answer["top"][0]["route"] == "billing"
     assert len(answer["top"]) == 3
     assert answer["margin"] == pytest.approx(decision["score"] - decision["runner_up_score"])
@@ -222,6 +223,23 @@ def test_try_explains_the_decision(client: httpx.Client) -> None:
         u for r in BASE for u in r.utterances
     }
     assert client.post("/console/api/try", json={"query": 3}).status_code == 422
+
+
+def test_try_names_a_hybrid_heads_lexical_signals(client: httpx.Client, live: Service) -> None:
+    router = live.router
+    policy = router.policy
+    utterances = [u for r in BASE for u in r.utterances]
+    owners = [r.name for r in BASE for _ in r.utterances]
+    try:
+        router.fit(utterances, owners, head=True, hybrid=True)
+        head = router.policy.head
+        assert head is not None and head.ngrams is not None
+        answer = client.post("/console/api/try", json={"query": "I was charged twice"}).json()
+        assert answer["decided_by"] == "head"
+        assert answer["lexical_weight"] == head.beta > 0
+        assert answer["ngram_features"] == len(head.ngrams) > 0
+    finally:
+        router.set_policy(policy)
 
 
 def test_try_encodes_a_long_query_once(client: httpx.Client, live: Service) -> None:

@@ -553,13 +553,16 @@ def _explain(
         nearest = _nearest(_snapshot(router), vector, names, body.nearest)
     head = router.policy.head
     by_head = head is not None and head.columns_of(names[: head.top_k]) is not None
-    # A hybrid head also weighs each route's lexical (word overlap) score.
-    lexical = float(getattr(head, "beta", 0.0)) if by_head else 0.0
+    # A hybrid head also weighs each route's lexical (word overlap) score, and reads
+    # the query's n-gram features.
+    lexical = float(head.beta) if head is not None and by_head else 0.0
+    ngrams = head.ngrams if head is not None and by_head else None
     return {
         "decision": RouteResult.from_match(decision).model_dump(),
         "margin": decision.margin,
         "decided_by": "head" if by_head else "threshold",
         "lexical_weight": lexical or None,
+        "ngram_features": None if ngrams is None else len(ngrams),
         "top": [
             {
                 "route": m.name,

@@ -353,6 +353,7 @@
         el("dt", { text: "Margin to runner-up" }), el("dd", { text: answer.margin === null ? "—" : `${fmt(answer.margin)} (${routeLabel(d.runner_up)})` }),
         el("dt", { text: "Decided by" }), el("dd", { id: "try-decided-by", text: answer.decided_by === "head" ? "the fitted head" : "the threshold" }),
         answer.lexical_weight === null ? null : [el("dt", { text: "Lexical signal" }), el("dd", { text: `weight ${fmt(answer.lexical_weight)} in the head` })],
+        answer.ngram_features === null ? null : [el("dt", { text: "N-gram features" }), el("dd", { text: `${answer.ngram_features} in the head's vocabulary` })],
         d.confidence === null ? null : [el("dt", { text: "Confidence" }), el("dd", { text: fmt(d.confidence) })]
       )
     );
