@@ -307,12 +307,17 @@ class Snapshot:
         else:
             hide_q, hide_r = self.layout.hidden_pairs(leave_out)
             hide_c = (np.cumsum(live) - 1)[hide_r]  # matrix row -> column among live rows
+        every = n_live == len(live)
         for start in range(0, len(vectors), _CHUNK):
             stop = min(start + _CHUNK, len(vectors))
-            sims = (vectors[start:stop] @ self.matrix.T)[:, live]
+            sims = vectors[start:stop] @ self.matrix.T
+            if not every:
+                sims = sims[:, live]
             sel = (hide_q >= start) & (hide_q < stop)
             sims[hide_q[sel] - start, hide_c[sel]] = -np.inf
-            top = np.partition(sims, n_live - kk, axis=1)[:, n_live - kk]
+            # In place: a partitioned copy of the chunk would cost as much again.
+            sims.partition(n_live - kk, axis=1)
+            top = sims[:, n_live - kk]
             out[start:stop] = np.where(np.isfinite(top), top, -1.0)
         return out
 

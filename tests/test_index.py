@@ -499,3 +499,12 @@ def test_knn_similarity_is_the_kth_neighbour_with_own_rows_left_out() -> None:
     assert (RouteIndex(DIM).snapshot().knn_similarity(queries, 1) == -1.0).all()
     got = snap.knn_similarity(vecs[:1], 1, leave_out=["a0"])
     assert got[0] == pytest.approx(np.sort(live[1:] @ vecs[0])[::-1][0], abs=1e-5)
+    # Every row live (no mask to apply), with and without a left-out row.
+    whole = RouteIndex(DIM)
+    whole.add("a", vecs[:7], [f"a{i}" for i in range(7)])
+    full = whole.snapshot()
+    for k in (1, 3, 7):
+        want = [np.sort(vecs[:7] @ q)[::-1][k - 1] for q in queries]
+        assert full.knn_similarity(queries, k) == pytest.approx(want, abs=1e-5)
+    got = full.knn_similarity(vecs[:1], 2, leave_out=["a0"])
+    assert got[0] == pytest.approx(np.sort(vecs[1:7] @ vecs[0])[::-1][1], abs=1e-5)
