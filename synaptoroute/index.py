@@ -90,6 +90,11 @@ class RouteLayout:
         """The rows of live utterances, in matrix order."""
         return np.flatnonzero(self.row_pos >= 0)
 
+    @cached_property
+    def position(self) -> dict[str, int]:
+        """Each live route name's position (built once per snapshot)."""
+        return {name: i for i, name in enumerate(self.names)}
+
     def hidden_pairs(self, texts: Sequence[str]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """(text index, matrix row) of every row that holds one of ``texts``."""
         q_idx, r_idx = [], []

@@ -462,6 +462,7 @@ def test_all_scores_and_leave_one_out_match_brute_force(agg: str) -> None:
     snap = index.snapshot()
     names = snap.layout.names
     assert sorted(names) == sorted(truth)
+    assert [snap.layout.position[n] for n in names] == list(range(len(names)))
     queries = unit(rng, 5)
     for query, row in zip(queries, snap.all_scores(queries), strict=True):
         expected = brute_force(truth, query, agg)

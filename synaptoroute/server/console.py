@@ -305,10 +305,9 @@ def _nearest(
 ) -> dict[str, list[dict[str, Any]]]:
     """The ``n`` utterances of each named route most similar to ``vector``."""
     layout = snapshot.layout
-    position = {name: i for i, name in enumerate(layout.names)}
     out: dict[str, list[dict[str, Any]]] = {}
     for name in names:
-        pos = position.get(name)
+        pos = layout.position.get(name)
         if pos is None:
             out[name] = []
             continue
