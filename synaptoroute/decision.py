@@ -62,7 +62,10 @@ def _encode_array(values: NDArray[Any], code: str = "f32le") -> dict[str, Any]:
 
 def _decode_array(doc: Mapping[str, Any]) -> NDArray[Any]:
     """The array of :func:`_encode_array`: float32 from either float code, else int64."""
-    code = next(c for c in _CODES if c in doc)
+    code = next((c for c in _CODES if c in doc), None)
+    if code is None:
+        msg = f"a stored array needs one of {sorted(_CODES)}"
+        raise KeyError(msg)
     array = np.frombuffer(base64.b64decode(doc[code]), dtype=_CODES[code])
     shape = tuple(int(n) for n in doc["shape"])
     kind = np.int64 if code == "i32le" else np.float32

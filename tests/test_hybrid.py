@@ -163,6 +163,41 @@ def test_ngram_rows_match_a_direct_computation() -> None:
     assert indices.tolist() == pos.tolist() and np.array_equal(flat, values)
 
 
+def test_head_state_round_trips_its_ngrams_and_reads_older_states() -> None:
+    rng = np.random.default_rng(0)
+    grams = NgramFeatures.learn(["reset my password", "reset the router"], scale=0.5, min_df=1)
+    weights = rng.standard_normal((len(grams), 3)).astype(np.float16).astype(np.float32)
+    head = LinearHead(
+        classes=("a", "b"),
+        weights=rng.standard_normal((4, 3)).astype(np.float32),
+        bias=np.zeros(3, dtype=np.float32),
+        has_oos=True,
+        alpha=5.0,
+        top_k=2,
+        cut=0.5,
+        calibrator=Calibrator("platt", (1.0, 0.0)),
+        model_id="m",
+        ngrams=grams,
+        ngram_weights=weights,
+    )
+    state = json.loads(json.dumps(head.to_state()))
+    back = LinearHead.from_state(state)
+    assert back.ngrams is not None and back.ngram_weights is not None
+    assert np.array_equal(back.ngrams.ids, grams.ids) and back.ngrams.ids.dtype == np.int64
+    assert np.array_equal(back.ngrams.idf, grams.idf) and back.ngrams.scale == 0.5
+    assert np.array_equal(back.ngram_weights, weights)
+    vectors = rng.standard_normal((1, 4)).astype(np.float32)
+    query = ["reset my router"]
+    assert np.array_equal(back.logits(vectors, query), head.logits(vectors, query))
+    assert not np.array_equal(head.logits(vectors, query), head.logits(vectors))
+    # A 0.2 state has no n-grams; a state whose array lost its data is refused.
+    del state["ngrams"]
+    assert LinearHead.from_state(state).ngrams is None
+    state["weights"] = {"shape": [4, 3]}
+    with pytest.raises(KeyError, match="stored array"):
+        LinearHead.from_state(state)
+
+
 def test_text_features_read_a_bounded_prefix_and_share_read_only_results() -> None:
     huge = "reset the kx-1470 router " * 50_000  # 1.25 MB, like a hostile query
     ids, weights = text_features(huge)

@@ -394,20 +394,17 @@ def fit_policy(
                     ood["combination"] = head_fit.combination.astype(np.float32)
                     ood["center"] = head_fit.center.astype(np.float32)
                     ood["scale"] = head_fit.scale.astype(np.float32)
+                head_grams = grams if head_fit.inputs == "ngrams" else None
+                width = dim + (0 if head_grams is None else len(head_grams))
                 ngram_weights = None
-                if head_fit.inputs == "ngrams":
-                    assert grams is not None
+                if head_grams is not None:
                     # float16 values: what is stored, so a reopened head is this head.
-                    width = dim + len(grams)
                     ngram_weights = (
                         theta[dim * n_cols : width * n_cols]
-                        .reshape(len(grams), n_cols)
+                        .reshape(len(head_grams), n_cols)
                         .astype(np.float16)
                         .astype(np.float32)
                     )
-                else:
-                    grams = None
-                    width = dim
                 final_head = LinearHead(
                     classes=tuple(names),
                     weights=theta[: dim * n_cols].reshape(dim, n_cols).astype(np.float32),
@@ -421,7 +418,7 @@ def fit_policy(
                     beta=head_fit.beta,
                     scorer=head_fit.scorer,
                     ood=ood,
-                    ngrams=grams,
+                    ngrams=head_grams,
                     ngram_weights=ngram_weights,
                 )
             seconds["head"] = time.perf_counter() - t0

@@ -231,11 +231,11 @@ def _choose_head(
     ``oofs`` holds each candidate model's held-out logits by its inputs (``"dense"``:
     the embedding; ``"ngrams"``: the embedding and the n-gram features). The inputs,
     ``alpha`` and ``beta`` are chosen by the objective at the best single cut of the
-    pooled held-out probabilities (earlier inputs win ties). Each scorer is then judged by held-out
-    predictions: each fold's rows are cut at a value chosen on the other folds, so
-    the out-of-scope rows a cut is judged on were not used to choose it (the
-    ``combined`` scorer's weights are also learned without the fold). The scorer
-    with the best held-out objective wins; ``max_prob`` wins ties.
+    pooled held-out probabilities (earlier inputs win ties). Each scorer is then
+    judged by held-out predictions: each fold's rows are cut at a value chosen on the
+    other folds, so the out-of-scope rows a cut is judged on were not used to choose
+    it (the ``combined`` scorer's weights are also learned without the fold). The
+    scorer with the best held-out objective wins; ``max_prob`` wins ties.
     """
     y = data.y[rows]
     n_routes = data.n_routes
