@@ -208,6 +208,22 @@ def test_text_features_read_a_bounded_prefix_and_share_read_only_results() -> No
         weights *= 2
 
 
+def test_a_hybrid_fit_on_a_handful_of_rows_reads_no_ngrams_and_says_so(
+    encoder: Encoder,
+) -> None:
+    # One utterance per route: no n-gram occurs in 3 rows, and the Mahalanobis
+    # scorer's covariance has no variance at all; the fit still trains a head.
+    router = AdaptiveRouter(encoder)
+    router.add_routes(
+        [Route(name="a", utterances=["cats purr"]), Route(name="b", utterances=["dogs bark"])]
+    )
+    report = router.fit(["kittens meow", "puppies woof"], ["a", "b"], head=True, hybrid=True)
+    head = router.policy.head
+    assert head is not None and head.ngrams is None and head.beta > 0
+    assert any("n-gram" in note for note in report.notes)
+    assert router.query("kittens meow").candidate == "a"
+
+
 def test_switching_hybrid_off_routes_dense_only(encoder: Encoder) -> None:
     routes, texts, labels = code_routes()
     router = AdaptiveRouter(encoder)

@@ -340,6 +340,9 @@ def fit_policy(
             grams, sparse = _ngram_inputs(all_texts) if hybrid is not False else (None, None)
             feature_sets = {"auto": ["dense", "ngrams"], True: ["ngrams"], False: ["dense"]}
             tried = [i for i in feature_sets[hybrid] if sparse is not None or i == "dense"]
+            if not tried:
+                tried = ["dense"]
+                notes.append("no n-gram feature is frequent enough: the head reads no n-grams")
             oofs = {feats: np.zeros((len(y_all), n_cols)) for feats in tried}
             solutions: dict[str, list[NDArray[np.float64]]] = {feats: [] for feats in tried}
             maha = np.zeros(n)

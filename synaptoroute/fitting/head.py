@@ -154,8 +154,10 @@ def _mahalanobis_fit(
     means = sums / np.maximum(counts, 1.0)[:, None]
     centred = xs - means[ys]
     cov = centred.T @ centred / max(len(xs) - 1, 1)
-    # Shrinking towards the mean variance keeps the inverse stable with few rows.
-    cov = (1 - _SHRINK) * cov + _SHRINK * float(np.trace(cov)) / len(cov) * np.eye(len(cov))
+    # Shrinking towards the mean variance keeps the inverse stable with few rows (and
+    # a floor under it with one row per route, where there is no variance at all).
+    spread = max(float(np.trace(cov)) / len(cov), 1e-6)
+    cov = (1 - _SHRINK) * cov + _SHRINK * spread * np.eye(len(cov))
     precision = np.linalg.inv(cov)
     projected = precision @ means.T
     terms = np.einsum("ij,ji->i", means, projected)
