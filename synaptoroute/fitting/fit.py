@@ -62,8 +62,7 @@ if TYPE_CHECKING:
 #: Weights of the lexical score in the head's logits (0: dense only), tried likewise.
 _BETAS = (0.0, 2.5, 5.0, 10.0, 20.0)
 #: The norm of a row of n-gram features next to the unit embedding (NgramFeatures.scale).
-#: 0.5 helped top-1 on val of CLINC150, BANKING77 and SNIPS alike (docs/accuracy.md);
-#: whether the features help a given router is decided on folds.
+#: Whether the features help a given router is decided on folds.
 _NGRAM_SCALE = 0.5
 #: Quantiles of the occurring top-1/top-2 gaps tried as the ambiguity margin.
 _MARGIN_QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.2)
