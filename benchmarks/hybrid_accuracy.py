@@ -197,7 +197,7 @@ def section_head(data: str | None, cache: str | None, out: dict[str, Any]) -> No
     """The head's regression alone on all of CLINC150 train: top-1 on val, no cut."""
     from threadpoolctl import threadpool_limits
 
-    from synaptoroute.fitting.head import _softmax_regression
+    from synaptoroute.fitting.head import _softmax_regression, _unpack
 
     train, val = load_split("clinc150", "train", data), load_split("clinc150", "val", data)
     encoder = shared_encoder([*train, *val], cache)
@@ -214,7 +214,8 @@ def section_head(data: str | None, cache: str | None, out: dict[str, Any]) -> No
         for c, iterations in ((10.0, 100), (10.0, 1000), (30.0, 1000), (100.0, 1000)):
             start = time.perf_counter()
             theta = _softmax_regression(x, y, n_cols, c, None, iterations)
-            logits = xv @ theta[: dim * n_cols].reshape(dim, n_cols) + theta[dim * n_cols :]
+            w, bias = _unpack(theta, dim, n_cols)
+            logits = xv @ w + bias
             pred = logits.argmax(axis=1)
             rows.append(
                 {

@@ -51,6 +51,7 @@ from .head import (
     _HeadFit,
     _mahalanobis_fit,
     _softmax_regression,
+    _unpack,
 )
 from .report import FitReport
 from .scores import _rank
@@ -336,7 +337,10 @@ def fit_policy(
             n_cols = n_routes + int(has_oos)
             cols_all = np.where(y_all == NONE, n_routes, y_all)
             dim = vectors.shape[1]
-            grams, sparse = _ngram_inputs(all_texts) if hybrid is not False else (None, None)
+            grams: NgramFeatures | None = None
+            sparse: Any = None  # a SciPy CSR matrix of the n-gram rows
+            if hybrid is not False:
+                grams, sparse = _ngram_inputs(all_texts)
             feature_sets = {"auto": ["dense", "ngrams"], True: ["ngrams"], False: ["dense"]}
             tried = [i for i in feature_sets[hybrid] if sparse is not None or i == "dense"]
             if not tried:
@@ -350,14 +354,14 @@ def fit_policy(
                 if not train.any() or train.all():
                     continue
                 for feats in tried:
-                    rows = None if feats == "dense" else sparse
+                    grams_in = feats == "ngrams"
                     theta = _softmax_regression(
                         vectors[train], cols_all[train], n_cols, regularization, None, max_iter,
-                        None if rows is None else rows[train],
+                        sparse[train] if grams_in else None,
                     )  # fmt: skip
                     solutions[feats].append(theta)
                     oofs[feats][~train] = _logits(
-                        theta, vectors[~train], None if rows is None else rows[~train], n_cols
+                        theta, vectors[~train], sparse[~train] if grams_in else None, n_cols
                     )
                 test = np.flatnonzero(~train[:n])
                 params = _mahalanobis_fit(vectors[train], y_all[train], n_routes)
@@ -397,20 +401,15 @@ def fit_policy(
                     ood["center"] = head_fit.center.astype(np.float32)
                     ood["scale"] = head_fit.scale.astype(np.float32)
                 head_grams = grams if head_fit.inputs == "ngrams" else None
-                width = dim + (0 if head_grams is None else len(head_grams))
-                ngram_weights = None
-                if head_grams is not None:
-                    # float16 values: what is stored, so a reopened head is this head.
-                    ngram_weights = (
-                        theta[dim * n_cols : width * n_cols]
-                        .reshape(len(head_grams), n_cols)
-                        .astype(np.float16)
-                        .astype(np.float32)
-                    )
+                w, bias = _unpack(theta, dim + (len(head_grams) if head_grams else 0), n_cols)
+                # float16 values: what is stored, so a reopened head is this head.
+                ngram_weights = (
+                    w[dim:].astype(np.float16).astype(np.float32) if head_grams else None
+                )
                 final_head = LinearHead(
                     classes=tuple(names),
-                    weights=theta[: dim * n_cols].reshape(dim, n_cols).astype(np.float32),
-                    bias=theta[width * n_cols :].astype(np.float32),
+                    weights=w[:dim].astype(np.float32),
+                    bias=bias.astype(np.float32),
                     has_oos=has_oos,
                     alpha=head_fit.alpha,
                     top_k=k,
@@ -581,9 +580,8 @@ def _logits(
 ) -> NDArray[np.float64]:
     """The logits of a :func:`_softmax_regression` solution (``sparse``: its n-gram rows)."""
     dim = vectors.shape[1]
-    width = dim + (0 if sparse is None else int(sparse.shape[1]))
-    w = theta[: width * n_cols].reshape(width, n_cols)
-    out: NDArray[np.float64] = vectors.astype(np.float64) @ w[:dim] + theta[width * n_cols :]
+    w, bias = _unpack(theta, dim + (0 if sparse is None else int(sparse.shape[1])), n_cols)
+    out: NDArray[np.float64] = vectors.astype(np.float64) @ w[:dim] + bias
     if sparse is not None:
         out += sparse @ w[dim:]
     return out

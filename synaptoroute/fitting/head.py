@@ -28,6 +28,14 @@ _FIT_HINT = install_hint("fit")
 _SHRINK = 0.05
 
 
+def _unpack(
+    theta: NDArray[np.float64], width: int, n_cols: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The ``(width, n_cols)`` weights and the bias of a :func:`_softmax_regression`
+    solution (the embedding's rows first, then the n-gram features')."""
+    return theta[: width * n_cols].reshape(width, n_cols), theta[width * n_cols :]
+
+
 def _softmax_regression(
     x: NDArray[np.float32],
     y: NDArray[np.int64],
@@ -57,8 +65,8 @@ def _softmax_regression(
     lam = 1.0 / (c * n)
 
     def loss_grad(theta: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
-        w = theta[: width * n_cols].reshape(width, n_cols).astype(np.float32)
-        b = theta[width * n_cols :].astype(np.float32)
+        w64, b64 = _unpack(theta, width, n_cols)
+        w, b = w64.astype(np.float32), b64.astype(np.float32)
         z = x @ w[:d]
         if sparse is not None:
             z += sparse @ w[d:]
@@ -67,7 +75,7 @@ def _softmax_regression(
         e = np.exp(z)
         s = e.sum(axis=1, keepdims=True)
         loss = float(np.log(s).sum() - (z * onehot).sum()) / n
-        loss += 0.5 * lam * float(np.dot(theta[: width * n_cols], theta[: width * n_cols]))
+        loss += 0.5 * lam * float((w64 * w64).sum())
         e /= s
         e -= onehot
         grad_w = np.empty_like(w)
