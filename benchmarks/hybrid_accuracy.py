@@ -19,6 +19,11 @@ Sections (``--only`` picks some):
   top-1 on val with no rejection, beside scikit-learn's ``LogisticRegression``.
 * ``latency``: query p50 with the hybrid head's lexical term on and off (same run,
   interleaved), 10,000 CLINC150 utterances, embeddings cached.
+* ``norms``: the head's softmax regression on all of train, without and with n-gram
+  features at several norms (the fit uses 0.5), top-1 on val with no rejection, for
+  each of ``--datasets``: how the features' norm was chosen.
+* ``e2e``: CLINC150 end to end with the bundled model and no cache: the routes from
+  train (every text encoded), then the default ``fit()``, each timed.
 
 Usage::
 
@@ -62,12 +67,19 @@ def shared_encoder(rows: Sequence[Example], cache: str | None) -> PrecomputedEnc
 def figures_of(router: AdaptiveRouter, rows: Sequence[Example]) -> dict[str, Any]:
     report = router.evaluate([r.text for r in rows], [r.label for r in rows])
     f = report.figures
+    best_at_85 = None
+    if f.out_of_scope and f.in_scope:
+        # The in-scope / out-of-scope curve: the best in-scope accuracy of any single
+        # cut (chosen on these rows, so an upper bound) that rejects 85% of them.
+        _, in_scope, recall = report.oos_curve()
+        best_at_85 = float(in_scope[recall >= 0.85].max())
     return {
         "in_scope": f.in_scope_accuracy,
         "oos_recall": f.oos_recall,
         "accuracy": f.accuracy,
         "oos_auroc": report.oos_auroc,
         "ece": report.ece,
+        "best_in_scope_at_85_recall": best_at_85,
     }
 
 
@@ -231,6 +243,73 @@ def section_head(data: str | None, cache: str | None, out: dict[str, Any]) -> No
     print(json.dumps(out["head_alone"]["sklearn_logreg"]), flush=True)
 
 
+def section_norms(
+    data: str | None, cache: str | None, out: dict[str, Any], datasets: Sequence[str]
+) -> None:
+    """Top-1 on val of the head's regression on all of train, per n-gram norm."""
+    from scipy.sparse import csr_matrix
+    from threadpoolctl import threadpool_limits
+
+    from synaptoroute.fitting.fit import _logits
+    from synaptoroute.fitting.head import _softmax_regression
+    from synaptoroute.lexical import NgramFeatures
+
+    for name in datasets:
+        train, val = load_split(name, "train", data), load_split(name, "val", data)
+        encoder = shared_encoder([*train, *val], cache)
+        labels = sorted({r.label or "" for r in train})  # "" is the out-of-scope class
+        col = {label: i for i, label in enumerate(labels)}
+        x, xv = encoder.encode([r.text for r in train]), encoder.encode([r.text for r in val])
+        y = np.array([col[r.label or ""] for r in train])
+        inside = [i for i, r in enumerate(val) if r.label is not None and r.label in col]
+        yv = np.array([col[val[i].label or ""] for i in inside])
+        rows = []
+        for scale in (0.0, 0.25, 0.5, 1.0, 1.5):  # 0: the embedding alone
+            start = time.perf_counter()
+            sparse = sparse_v = None
+            if scale:
+                grams = NgramFeatures.learn([r.text for r in train], scale)
+
+                def matrix(texts: Sequence[str], grams: NgramFeatures = grams) -> Any:
+                    indptr, indices, values = grams.rows(texts)
+                    return csr_matrix((values, indices, indptr), shape=(len(texts), len(grams)))
+
+                sparse, sparse_v = matrix([r.text for r in train]), matrix([r.text for r in val])
+            with threadpool_limits(limits=1, user_api="blas"):
+                theta = _softmax_regression(x, y, len(labels), 10.0, None, 100, sparse)
+            pred = _logits(theta, xv, sparse_v, len(labels)).argmax(axis=1)[inside]
+            rows.append(
+                {
+                    "ngram_norm": scale,
+                    "in_scope_top1": float((pred == yv).mean()),
+                    "fit_s": round(time.perf_counter() - start, 1),
+                }
+            )
+            print(name, json.dumps(rows[-1]), flush=True)
+        out[f"{name}_norms"] = rows
+
+
+def section_e2e(data: str | None, out: dict[str, Any]) -> None:
+    """CLINC150 from texts: routes from train with the bundled model, then ``fit()``."""
+    train = load_split("clinc150", "train", data)
+    texts, labels = [r.text for r in train], [r.label for r in train]
+    start = time.perf_counter()
+    router = AdaptiveRouter(Encoder())
+    router.add_routes(routes_from_labelled(texts, labels))
+    routes_s = time.perf_counter() - start
+    start = time.perf_counter()
+    report = router.fit(texts, labels)
+    fit_s = time.perf_counter() - start
+    out["clinc150_e2e"] = {
+        "texts": len(texts),
+        "model_and_routes_s": round(routes_s, 1),
+        "fit_s": round(fit_s, 1),
+        "total_s": round(routes_s + fit_s, 1),
+        "decision": report.decision,
+    }
+    print(json.dumps(out["clinc150_e2e"]), flush=True)
+
+
 def section_latency(data: str | None, cache: str | None, out: dict[str, Any]) -> None:
     """Query p50 with the hybrid head's lexical term on and off, 10k utterances."""
     train, val = load_split("clinc150", "train", data), load_split("clinc150", "val", data)
@@ -253,6 +332,7 @@ def section_latency(data: str | None, cache: str | None, out: dict[str, Any]) ->
     p50 = {k: percentile(v, 50) for k, v in times.items()}
     out["latency_10k"] = {
         "utterances": len(router._index),
+        "scorer": router.policy.head.scorer if router.policy.head else None,
         "p50_ms_hybrid": p50[True],
         "p50_ms_dense": p50[False],
         "overhead_ms": p50[True] - p50[False],
@@ -279,6 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in args.only:
         if key == "main":
             section_main(args.data, args.cache, out, args.datasets, not args.no_peer)
+        elif key == "norms":
+            section_norms(args.data, args.cache, out, args.datasets)
+        elif key == "e2e":
+            section_e2e(args.data, out)
         else:
             sections[key](args.data, args.cache, out)
     if args.json:

@@ -30,9 +30,10 @@ from synaptoroute import (
 from synaptoroute.decision import KNN_K, DecisionPolicy
 from synaptoroute.evaluation import NONE, figures
 from synaptoroute.fitting import FitReport, routes_from_labelled
-from synaptoroute.fitting.calibration import _isotonic, _platt
-from synaptoroute.fitting.cuts import _Scored, _search
+from synaptoroute.fitting.calibration import _isotonic, _newton_logistic, _platt
+from synaptoroute.fitting.cuts import _objective_value, _Scored, _search
 from synaptoroute.fitting.fit import _policy_predictions
+from synaptoroute.fitting.head import _credits, _pick_scorer, _row_weights
 from synaptoroute.fitting.scores import _rank
 
 
@@ -371,6 +372,77 @@ def test_isotonic_and_platt_calibrators() -> None:
     out = platt(x)
     assert np.all(np.diff(out) > 0) and 0 < out[0] < out[-1] < 1
     assert platt.to_state() == type(platt).from_state(platt.to_state()).to_state()
+
+
+def test_weighted_logistic_equals_repeated_rows() -> None:
+    rng = np.random.default_rng(3)
+    x = np.c_[rng.normal(size=(40, 2)), np.ones(40)]
+    y = (rng.uniform(size=40) < 0.4).astype(np.float64)
+    reps = rng.integers(1, 4, 40)
+    ridge = np.eye(3) * 0.1
+    weighted = _newton_logistic(x, y, ridge, np.zeros(3), reps.astype(np.float64))
+    repeated = _newton_logistic(np.repeat(x, reps, axis=0), np.repeat(y, reps), ridge, np.zeros(3))
+    assert weighted == pytest.approx(repeated, abs=1e-9)
+
+
+def test_row_weights_give_out_of_scope_rows_the_objectives_share() -> None:
+    y = np.array([0, 1, 2, 1, 0, 2, 1, 0, NONE, NONE])
+    weights = _row_weights(y, "balanced", 0.2)
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[y == NONE].sum() / weights.sum() == pytest.approx(0.2)
+    halves = _row_weights(y, "oos_recall", 0.9)
+    assert halves[y == NONE].sum() == pytest.approx(halves[y != NONE].sum())
+    # Their share of the rows: nothing to reweigh.
+    assert np.array_equal(_row_weights(y, "accuracy", 0.2), np.ones(10))
+    assert np.array_equal(_row_weights(np.array([0, 1, 1]), "balanced", 0.2), np.ones(3))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(
+    ("objective", "target"), [("accuracy", 0.2), ("balanced", 0.2), ("oos_recall", 0.6)]
+)
+def test_row_credits_sum_to_the_objective(seed: int, objective: str, target: float) -> None:
+    rng = np.random.default_rng(seed)
+    n_routes = 4
+    y = rng.integers(-1, n_routes, 60)
+    pred = np.where(rng.uniform(size=60) < 0.7, y, rng.integers(-1, n_routes, 60))
+    credits = _credits(pred, y, objective, target)  # type: ignore[arg-type]
+    assert credits is not None
+    value = _objective_value(figures(y, pred, n_routes), objective, target)  # type: ignore[arg-type]
+    recall = figures(y, pred, n_routes).oos_recall
+    if objective == "oos_recall" and recall is not None and recall < target:
+        value += target  # the credits count the recall while it is short of the target
+    assert credits.sum() == pytest.approx(value)
+    assert _credits(pred, y, "macro_f1", target) is None
+
+
+def test_scorer_pick_prefers_separation_among_statistical_ties() -> None:
+    rng = np.random.default_rng(0)
+    n_in, n_oos = 400, 40
+    y = np.r_[rng.integers(0, 5, n_in), np.full(n_oos, NONE)]
+    cand = np.where(y == NONE, rng.integers(0, 5, n_in + n_oos), y)
+    oos = y == NONE
+    # "a" rejects one more out-of-scope row than "b" (31 vs 30 of 40, five rows differ):
+    # within the noise. "b" separates in-scope from out-of-scope rows better over
+    # every cut.
+    at = np.arange(len(y)) - n_in
+    pred_a = np.where(oos & (at >= 2) & (at < 33), NONE, cand)
+    pred_b = np.where(oos & (at < 30), NONE, cand)
+    raws = {"a": rng.normal(size=len(y)) + 2.0 * ~oos, "b": rng.normal(size=len(y)) + 4.0 * ~oos}
+    report = {
+        key: {"objective": _objective_value(figures(y, pred, 5), "balanced", 0.2)}
+        for key, pred in (("a", pred_a), ("b", pred_b))
+    }
+    preds = {"a": pred_a, "b": pred_b}
+    assert report["a"]["objective"] > report["b"]["objective"]
+    assert _pick_scorer(report, preds, raws, cand, y, "balanced", 0.2) == "b"
+    # Far behind on the objective: better separation does not save it.
+    pred_c = np.where(oos & (at < 5), NONE, cand)
+    report["c"] = {"objective": _objective_value(figures(y, pred_c, 5), "balanced", 0.2)}
+    preds["c"], raws["c"] = pred_c, rng.normal(size=len(y)) + 8.0 * ~oos
+    assert _pick_scorer(report, preds, raws, cand, y, "balanced", 0.2) == "b"
+    # Without a sum over rows (macro F1) the best objective wins as it is.
+    assert _pick_scorer(report, preds, raws, cand, y, "macro_f1", 0.2) == "a"
 
 
 def test_policy_state_round_trip_without_fit() -> None:

@@ -331,8 +331,15 @@ def test_fit_compares_every_scorer_on_held_out_folds(
     report = router.fit(*split(clinc_train), head=True)
     head = report.candidates["head"]
     assert set(head["scorers"]) == set(OOD_SCORERS)
-    best = max(v["objective"] for v in head["scorers"].values())
-    assert head["scorers"][head["scorer"]]["objective"] == best
+    scorers = head["scorers"]
+    best = max(scorers, key=lambda s: scorers[s]["objective"])
+    chosen = scorers[head["scorer"]]
+    # The best held-out objective, or a scorer statistically tied with it that
+    # separates out-of-scope rows better (fitting.head._pick_scorer).
+    assert head["scorer"] == best or (
+        chosen["oos_auroc"] >= scorers[best]["oos_auroc"]
+        and chosen["objective"] <= scorers[best]["objective"]
+    )
     assert router.policy.info["scorer"] == head["scorer"]
     for values in head["scorers"].values():
         assert 0.5 < values["oos_auroc"] <= 1.0

@@ -44,15 +44,18 @@ def _newton_logistic(
     target: NDArray[np.float64],
     ridge: NDArray[np.float64],
     init: NDArray[np.float64],
+    weight: NDArray[np.float64] | None = None,
 ) -> NDArray[np.float64]:
     """Logistic regression by Newton's method: the weights minimising the summed
-    log-loss of ``design @ w`` against ``target`` (probabilities) plus ``w' ridge w / 2``.
+    log-loss of ``design @ w`` against ``target`` (probabilities), each row's loss
+    times its ``weight`` (default 1), plus ``w' ridge w / 2``.
     """
     w = init.astype(np.float64)
+    rw = np.ones(len(design)) if weight is None else weight
     for _ in range(100):
         p = 1 / (1 + np.exp(-np.clip(design @ w, -35, 35)))
-        grad = design.T @ (p - target) + ridge @ w
-        hess = (design * (p * (1 - p) + 1e-12)[:, None]).T @ design + ridge
+        grad = design.T @ (rw * (p - target)) + ridge @ w
+        hess = (design * (rw * p * (1 - p) + 1e-12)[:, None]).T @ design + ridge
         step = np.linalg.solve(hess + 1e-9 * np.eye(len(w)), grad)
         w -= step
         if float(np.abs(step).max()) < 1e-10:

@@ -3,7 +3,7 @@ the choice between them on held-out folds."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,11 +178,29 @@ def _mahalanobis_fit(
     }
 
 
-def _logistic(x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.float64]:
-    """L2-regularised logistic regression (the bias unpenalised); weights then bias."""
+def _logistic(
+    x: NDArray[np.float64], y: NDArray[np.float64], weight: NDArray[np.float64] | None = None
+) -> NDArray[np.float64]:
+    """L2-regularised logistic regression (the bias unpenalised), each row's loss
+    times its ``weight``; weights then bias."""
     ridge = np.eye(x.shape[1] + 1) * 1e-2
     ridge[-1, -1] = 0.0
-    return _newton_logistic(np.c_[x, np.ones(len(x))], y, ridge, np.zeros(x.shape[1] + 1))
+    design = np.c_[x, np.ones(len(x))]
+    return _newton_logistic(design, y, ridge, np.zeros(x.shape[1] + 1), weight)
+
+
+def _row_weights(y: NDArray[np.int64], objective: Objective, target: float) -> NDArray[np.float64]:
+    """Weights (mean 1) that give the out-of-scope rows the share of the loss that
+    ``objective`` gives out-of-scope recall: ``target`` under ``balanced``, half under
+    ``oos_recall``, their share of the rows otherwise. With few out-of-scope rows
+    among many, an unweighted loss would learn to spot in-scope mistakes and
+    nearly ignore what tells out-of-scope queries apart."""
+    oos = y == NONE
+    n_oos = int(oos.sum())
+    share = {"balanced": target, "oos_recall": 0.5}.get(objective)
+    if share is None or n_oos in (0, len(y)):
+        return np.ones(len(y))
+    return np.where(oos, share / n_oos, (1 - share) / (len(y) - n_oos)) * len(y)
 
 
 def _held_out_cuts(
@@ -222,6 +240,68 @@ def _pooled_cut(
     return value, cut
 
 
+def _credits(
+    pred: NDArray[np.int64], y: NDArray[np.int64], objective: Objective, target: float
+) -> NDArray[np.float64] | None:
+    """Each row's share of the objective (it sums to the objective), or ``None`` for an
+    objective that is not a sum over rows (``macro_f1``). Under ``oos_recall`` the
+    recall term counts only while the recall is short of the target."""
+    oos = y == NONE
+    n_oos, n_in = int(oos.sum()), int((~oos).sum())
+    right = np.where(oos, pred == NONE, pred == y).astype(np.float64)
+    weight: NDArray[np.float64]
+    if objective == "accuracy":
+        weight = np.full(len(y), 1.0 / len(y))
+    elif objective == "balanced":
+        share = target if n_oos else 0.0
+        weight = np.where(oos, share / max(n_oos, 1), (1 - share) / max(n_in, 1))
+    elif objective == "oos_recall":
+        short = n_oos > 0 and float(right[oos].mean()) < target
+        weight = np.where(oos, float(short) / max(n_oos, 1), 1.0 / max(n_in, 1))
+    else:
+        return None
+    out: NDArray[np.float64] = right * weight
+    return out
+
+
+def _pick_scorer(
+    report: Mapping[str, Mapping[str, Any]],
+    preds: Mapping[str, NDArray[np.int64]],
+    raws: Mapping[str, NDArray[np.float64]],
+    cand: NDArray[np.int64],
+    y: NDArray[np.int64],
+    objective: Objective,
+    target: float,
+) -> str:
+    """The scorer to keep: among those whose held-out objective is within one standard
+    error of the best one's (the paired difference over rows, within the in-scope and
+    the out-of-scope rows), the one with the best AUROC separating in-scope from
+    out-of-scope rows (without out-of-scope rows: the rows the head gets right from
+    the rest); ``max_prob`` first on exact ties.
+
+    With about a hundred out-of-scope rows, one row moves the objective by more than
+    the gap between good scorers, so the best held-out objective alone picks by
+    chance; the separation over every cut is the steadier judge among the tied.
+    """
+    order = sorted(report, key=lambda s: (-report[s]["objective"], s != "max_prob"))
+    best = order[0]
+    base = _credits(preds[best], y, objective, target)
+    if base is None:
+        return best
+    oos = y == NONE
+    right = cand == y
+    tied = []
+    for scorer in order:
+        diff = base - _credits(preds[scorer], y, objective, target)  # type: ignore[operator]
+        var = sum(float(diff[g].var(ddof=1)) * int(g.sum()) for g in (oos, ~oos) if g.sum() > 1)
+        if float(diff.sum()) <= np.sqrt(var) + 1e-12:
+            tied.append(scorer)
+    # Out-of-scope rows, where there are some, are the scarce ones.
+    positive = ~oos if oos.any() else right
+    separation = {s: auroc(raws[s], positive) or 0.0 for s in tied}
+    return max(tied, key=lambda s: (separation[s], s == "max_prob"))
+
+
 def _choose_head(
     oofs: dict[str, NDArray[np.float64]],
     data: _Scored,
@@ -244,8 +324,8 @@ def _choose_head(
     pooled held-out probabilities (earlier inputs win ties). Each scorer is then
     judged by held-out predictions: each fold's rows are cut at a value chosen on the
     other folds, so the out-of-scope rows a cut is judged on were not used to choose
-    it (the ``combined`` scorer's weights are also learned without the fold). The
-    scorer with the best held-out objective wins; ``max_prob`` wins ties.
+    it (the ``combined`` scorer's weights are also learned without the fold), and
+    :func:`_pick_scorer` keeps one.
     """
     y = data.y[rows]
     n_routes = data.n_routes
@@ -276,32 +356,32 @@ def _choose_head(
         center, scale = feats.mean(axis=0), feats.std(axis=0) + 1e-9
         z = (feats - center) / scale
         good = (cand == y).astype(np.float64)
+        weight = _row_weights(y, objective, target)
         combined = np.empty(len(y))
         for f in range(folds):
             test = fold == f
             if test.any() and (~test).any():
-                w = _logistic(z[~test], good[~test])
+                w = _logistic(z[~test], good[~test], weight[~test])
                 combined[test] = z[test] @ w[:-1] + w[-1]
         raws["combined"] = combined
-        combination = _logistic(z, good)
-    chosen: tuple[float, str, Calibrator, NDArray[np.int64]] | None = None
+        combination = _logistic(z, good, weight)
     report: dict[str, dict[str, Any]] = {}
+    held_preds: dict[str, NDArray[np.int64]] = {}
+    calibrators: dict[str, Calibrator] = {}
     for scorer, raw in raws.items():
-        calibrator = _calibrate(raw, cand == y, kind, scorer == "max_prob")
-        conf = calibrator(raw)
+        calibrators[scorer] = _calibrate(raw, cand == y, kind, scorer == "max_prob")
+        conf = calibrators[scorer](raw)
         pred = _held_out_cuts(conf, cand, y, fold, folds, n_routes, objective, target)
         held = figures(y, pred, n_routes)
-        value = _objective_value(held, objective, target)
+        held_preds[scorer] = pred
         report[scorer] = {
-            "objective": value,
+            "objective": _objective_value(held, objective, target),
             "in_scope_accuracy": held.in_scope_accuracy,
             "oos_recall": held.oos_recall,
             "oos_auroc": auroc(raw, y != NONE),
         }
-        if chosen is None or value > chosen[0] + 1e-12:
-            chosen = (value, scorer, calibrator, pred)
-    assert chosen is not None
-    _, scorer, calibrator, pred = chosen
+    scorer = _pick_scorer(report, held_preds, raws, cand, y, objective, target)
+    calibrator, pred = calibrators[scorer], held_preds[scorer]
     conf = calibrator(raws[scorer])
     value, cut = _pooled_cut(conf, cand, y, n_routes, objective, target)
     return _HeadFit(
