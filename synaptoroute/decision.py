@@ -608,7 +608,8 @@ def decide(
                 lex = lexical.scores(text)[positions]
             knn = None
             if head.needs_knn:
-                knn = np.array([knn_similarity(snapshot, vector)])
+                found = scores.knn  # from the scan that ranked the routes, if it saw every row
+                knn = np.array([knn_similarity(snapshot, vector) if found is None else found])
             return _decide_by_head(head, scores, snapshot, names, columns, vector, lex, knn, text)
     best = snapshot.names[int(scores.route_ids[0])]
     assert best is not None
@@ -684,14 +685,17 @@ def without_negatives(scores: RouteScores, snapshot: Snapshot) -> RouteScores:
     if all(keep):
         return scores
     mask = np.array(keep, dtype=bool)
-    return RouteScores(scores.route_ids[mask], scores.scores[mask], scores.nearest_rows[mask])
+    return RouteScores(
+        scores.route_ids[mask], scores.scores[mask], scores.nearest_rows[mask], scores.knn
+    )
 
 
 def knn_similarity(snapshot: Snapshot, vector: NDArray[np.float32], k: int = KNN_K) -> float:
     """Similarity of the k-th nearest live utterance to ``vector`` (Sun et al. 2022).
 
     This scans every utterance row, so only the ``knn`` and ``combined`` scorers
-    pay for it.
+    pay for it, and only when the scan that ranked the routes did not give it
+    (:attr:`~synaptoroute.index.RouteScores.knn`: the approximate graph, ``centroid``).
     """
     query = np.asarray(vector, dtype=np.float32)[None, :]
     return float(snapshot.knn_similarity(query, k)[0])

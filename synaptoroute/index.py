@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -74,6 +74,9 @@ class RouteScores:
     route_ids: NDArray[np.int64]
     scores: NDArray[np.float32]
     nearest_rows: NDArray[np.int64]  # best utterance row of each route, -1 for centroid
+    # Similarity of the query's k-th nearest live utterance, when Snapshot.score was
+    # asked for it and its path scored every row (None: not computed).
+    knn: float | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,11 @@ class Snapshot:
     def live_rows(self) -> NDArray[np.bool_]:
         """Whether each row of ``matrix`` is a live utterance (computed once per snapshot)."""
         return self.row_pos >= 0
+
+    @cached_property
+    def all_live(self) -> bool:
+        """Whether every row of ``matrix`` is live (no deleted rows awaiting compaction)."""
+        return bool(self.live_rows.all())
 
     @cached_property
     def row_pos(self) -> NDArray[np.intp]:
@@ -302,7 +310,7 @@ class Snapshot:
         """
         # Per query (leave_out None) only the cached live-row mask is read: no layout.
         live = self.live_rows
-        n_live = int(live.sum())
+        n_live = len(live) if self.all_live else int(live.sum())
         out = np.full(len(vectors), -1.0)
         kk = min(k, n_live)
         if kk == 0:
@@ -312,7 +320,7 @@ class Snapshot:
         else:
             hide_q, hide_r = self.layout.hidden_pairs(leave_out)
             hide_c = (np.cumsum(live) - 1)[hide_r]  # matrix row -> column among live rows
-        every = n_live == len(live)
+        every = self.all_live
         for start in range(0, len(vectors), _CHUNK):
             stop = min(start + _CHUNK, len(vectors))
             sims = vectors[start:stop] @ self.matrix.T
@@ -327,7 +335,7 @@ class Snapshot:
         return out
 
     def score(
-        self, queries: NDArray[np.float32], k: int, *, exact: bool = False
+        self, queries: NDArray[np.float32], k: int, *, exact: bool = False, knn: int = 0
     ) -> list[RouteScores]:
         """Top-``k`` routes for each row of ``queries`` under the snapshot's aggregation.
 
@@ -335,6 +343,10 @@ class Snapshot:
             queries: query vectors, one per row.
             k: routes wanted per query.
             exact: score without the approximate graph even if the snapshot has one.
+            knn: when positive, also each query's ``knn``-th nearest live utterance
+                similarity (:attr:`RouteScores.knn`, what :meth:`knn_similarity`
+                gives) from the paths that score every row anyway, the float32 and
+                int8 scans; the approximate graph and ``centroid`` leave it ``None``.
 
         Returns:
             One :class:`RouteScores` per query.
@@ -344,7 +356,7 @@ class Snapshot:
             return [_NO_ROUTES] * m
         k = min(k, self.n_routes)
         if self.ann is not None and not exact and self.aggregation == "max":
-            return self._score_ann(queries, k)
+            return self._score_ann(queries, k, knn)
         if self.aggregation == "centroid":
             sims = _similarities(self.centroids, queries)
             out = []
@@ -359,17 +371,22 @@ class Snapshot:
                 )
             return out
         if self.int8 is not None:
-            if self.aggregation == "max":
-                return [self._max_prefiltered(query, k) for query in queries]
             out = []
             for query in queries:
                 approx, eps, route_max = self._approximate(query)
-                out.append(self._mean_topk(approx, route_max, k, eps, query))
+                if self.aggregation == "max":
+                    ranked = self._max_prefiltered(approx, eps, route_max, query, k)
+                else:
+                    ranked = self._mean_topk(approx, route_max, k, eps, query)
+                out.append(self._with_knn(ranked, approx, eps, query, knn))
             return out
         sims = _similarities(self.matrix, queries)
         maxima = self.route_max(sims)
         if self.aggregation == "mean_topk":
-            return [self._mean_topk(sims[qi], maxima[qi], k) for qi in range(m)]
+            return [
+                self._with_knn(self._mean_topk(sims[qi], maxima[qi], k), sims[qi], 0.0, q, knn)
+                for qi, q in enumerate(queries)
+            ]
         results = []
         for qi in range(m):
             top = _top_indices(maxima[qi], k)
@@ -381,22 +398,52 @@ class Snapshot:
                 dtype=np.int64,
             )
             scores = maxima[qi][top].astype(np.float32)
-            results.append(RouteScores(self.live_routes[top], scores, nearest))
+            ranked = RouteScores(self.live_routes[top], scores, nearest)
+            results.append(self._with_knn(ranked, sims[qi], 0.0, queries[qi], knn))
         return results
 
-    def _score_ann(self, queries: NDArray[np.float32], k: int) -> list[RouteScores]:
-        answers = [self._max_ann(query, k) for query in queries]
+    def _with_knn(
+        self,
+        ranked: RouteScores,
+        values: NDArray[np.float32],
+        eps: float,
+        query: NDArray[np.float32],
+        k: int,
+    ) -> RouteScores:
+        """``ranked`` with the exact ``k``-th largest live score (``k`` > 0), from every
+        row's ``values``, each within ``eps`` of its exact score: only rows that could
+        be among the ``k`` largest are re-scored."""
+        if k <= 0:
+            return ranked
+        live = self.live_rows
+        n_live = len(live) if self.all_live else int(live.sum())
+        kk = min(k, n_live)
+        if kk == 0:
+            return replace(ranked, knn=-1.0)
+        vals = values if self.all_live else np.where(live, values, -np.inf)
+        kth = float(np.partition(vals, len(vals) - kk)[len(vals) - kk])
+        if eps > 0:
+            # The k-th largest exact score is at least kth - eps, so each row among the
+            # k largest scores at least kth - 2 eps here.
+            rows = np.flatnonzero(vals >= kth - 2 * eps)
+            self._count_rescored(len(rows))
+            exact = (self.matrix[rows] * query).sum(axis=1)  # not BLAS, as below
+            kth = float(np.partition(exact, len(exact) - kk)[len(exact) - kk])
+        return replace(ranked, knn=kth)
+
+    def _score_ann(self, queries: NDArray[np.float32], k: int, knn: int) -> list[RouteScores]:
+        answers = [self._max_ann(query, k, knn) for query in queries]
         missing = [i for i, answer in enumerate(answers) if answer is None]
         if self.stats is not None:  # unlocked: counters for tests and benchmarks
             self.stats.ann_queries += len(answers) - len(missing)
             self.stats.ann_fallbacks += len(missing)
         if missing:
-            exact = self.score(queries[missing], k, exact=True)
+            exact = self.score(queries[missing], k, exact=True, knn=knn)
             for i, answer in zip(missing, exact, strict=True):
                 answers[i] = answer
         return [answer for answer in answers if answer is not None]
 
-    def _max_ann(self, query: NDArray[np.float32], k: int) -> RouteScores | None:
+    def _max_ann(self, query: NDArray[np.float32], k: int, knn: int = 0) -> RouteScores | None:
         # The graph proposes rows; they are re-scored in float32 (not BLAS, as in the
         # int8 path) with the rows it does not hold yet, and the answer stands only if
         # the horizon certifies it (ann.candidate_routes); else the caller scores the
@@ -422,7 +469,12 @@ class Snapshot:
                 # where the graph is likeliest to have missed the winner.
                 top = self._full_routes(order[: max(k, 2) + 2], query, max(k, 2), RESCORE_BUDGET)
                 if top.scores[0] - top.scores[1] >= CLOSE_MARGIN and top.scores[-1] > horizon:
-                    return RouteScores(top.route_ids[:k], top.scores[:k], top.nearest_rows[:k])
+                    return RouteScores(
+                        top.route_ids[:k],
+                        top.scores[:k],
+                        top.nearest_rows[:k],
+                        _kth_above(exact[pos >= 0], knn, horizon),
+                    )
             if complete:
                 return None
         return None
@@ -468,7 +520,14 @@ class Snapshot:
         seg_max = np.maximum.reduceat(approx, self.seg_starts)
         return approx, eps, np.maximum.reduceat(seg_max[self.seg_order], self.route_starts)
 
-    def _max_prefiltered(self, query: NDArray[np.float32], k: int) -> RouteScores:
+    def _max_prefiltered(
+        self,
+        approx: NDArray[np.float32],
+        eps: float,
+        route_max: NDArray[np.float32],
+        query: NDArray[np.float32],
+        k: int,
+    ) -> RouteScores:
         # Exact top-k of the max aggregation. Every approximate score is within eps of
         # the exact one, so a route's true maximum lies within eps of its approximate
         # maximum, and the k-th largest approximate maximum minus eps is a floor for
@@ -476,7 +535,6 @@ class Snapshot:
         # *and* could be its own route's maximum: typically a few rows per query.
         # Right after the encoder has run every numpy call is slow (cold caches), so
         # the few surviving rows are ranked in plain Python.
-        approx, eps, route_max = self._approximate(query)
         two = 2 * eps
         kth = np.partition(route_max, -k)[-k]
         rows = np.flatnonzero(approx >= kth - two)
@@ -539,6 +597,16 @@ class Snapshot:
             np.array([s for s, _, _ in best], dtype=np.float32),
             np.array([r for _, _, r in best], dtype=np.int64),
         )
+
+
+def _kth_above(values: NDArray[np.float32], k: int, horizon: float) -> float | None:
+    """The ``k``-th largest of the candidates' exact ``values`` if it beats the graph's
+    horizon (then no row outside the candidates can be among the ``k`` nearest, as
+    for the routes in :func:`~synaptoroute.ann.candidate_routes`), else ``None``."""
+    if k <= 0 or len(values) < k:
+        return None
+    kth = float(np.partition(values, len(values) - k)[len(values) - k])
+    return kth if kth > horizon else None
 
 
 def _similarities(matrix: NDArray[np.float32], queries: NDArray[np.float32]) -> NDArray[np.float32]:

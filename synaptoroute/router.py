@@ -38,6 +38,7 @@ from .batching import (
     text_cost,
 )
 from .decision import (
+    KNN_K,
     DecisionPolicy,
     decide,
     empty_match,
@@ -669,13 +670,17 @@ class AdaptiveRouter:
         return out
 
     def _score(
-        self, vectors: NDArray[np.float32], k: int, snapshot: Snapshot | None = None
+        self,
+        vectors: NDArray[np.float32],
+        k: int,
+        snapshot: Snapshot | None = None,
+        knn: int = 0,
     ) -> tuple[Snapshot, list[RouteScores]]:
         snapshot = self._index.snapshot() if snapshot is None else snapshot
         threads = blas_threads(len(snapshot.matrix), self.blas_threads)
         limit = _blas_limit(threads) if len(vectors) and snapshot.blas_rows else nullcontext()
         with limit:
-            return snapshot, snapshot.score(vectors, k)
+            return snapshot, snapshot.score(vectors, k, knn=knn)
 
     def _answer(self, requests: Sequence[_Request]) -> list[_Answer]:
         """The one query path: validate, embed (cached, one encoder call), score, decide.
@@ -707,7 +712,9 @@ class AdaptiveRouter:
         for top_k, rows in groups.items():
             k = (max(2, policy.ranked_k) if top_k is None else top_k) + extra
             batch = vectors if len(groups) == 1 else vectors[rows]
-            _, ranked = self._score(batch, k, snapshot)
+            # A head that reads the k-th nearest utterance gets it from the same scan.
+            knn = KNN_K if top_k is None and head is not None and head.needs_knn else 0
+            _, ranked = self._score(batch, k, snapshot, knn)
             for j, scores in zip(rows, ranked, strict=True):
                 if top_k is None:
                     answers[live[j]] = decide(

@@ -97,6 +97,17 @@ def test_agreement_with_brute_force_on_real_embeddings(real_vectors: np.ndarray)
     assert index.stats.ann_queries >= n_queries // 2
     assert index.stats.ann_queries + index.stats.ann_fallbacks == n_queries
 
+    # The 5th nearest utterance from the same candidates, where the horizon certifies
+    # it (None sends the decision to a scan of its own), or from the exact fallback.
+    every = np.vstack(list(routes.values()))
+    sample = queries[:500]
+    fifth = np.sort(every @ sample.T, axis=0)[-5]
+    knn = [s.knn for s in snapshot.score(sample, 2, knn=5)]
+    given = [q for q, value in enumerate(knn) if value is not None]
+    assert len(given) >= len(sample) // 2
+    close = sum(abs(knn[q] - fifth[q]) <= 1e-5 for q in given)  # type: ignore[operator]
+    assert close / len(given) >= 0.999
+
 
 def test_router_answers_equal_the_exact_router_on_real_utterances(
     encoder: Encoder,

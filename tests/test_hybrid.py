@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -29,6 +30,7 @@ from synaptoroute.decision import OOD_SCORERS, Calibrator, LinearHead, knn_simil
 from synaptoroute.evaluation import auroc, expected_calibration_error, oos_curve
 from synaptoroute.fitting import routes_from_labelled
 from synaptoroute.fitting.head import _mahalanobis_fit
+from synaptoroute.index import Snapshot
 from synaptoroute.lexical import MAX_CHARS, LexicalIndex, NgramFeatures, text_features
 from synaptoroute.models import NEGATIVES_ROUTE
 from synaptoroute.server import ServerSettings, create_app
@@ -353,6 +355,7 @@ def test_each_scorer_decides_as_fitting_predicted(
     clinc_train: Rows,
     clinc_val: Rows,
     scorer: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     router = open_at(store, encoder, opened)
     router.fit(*split(clinc_train), head=True)
@@ -375,7 +378,18 @@ def test_each_scorer_decides_as_fitting_predicted(
         head, scorer=scorer, ood=ood, calibrator=Calibrator("platt", (1.0, 0.0)), cut=0.5
     )
     router.set_policy(replace(router.policy, head=swapped))
+    scans: list[int] = []
+    real_scan = Snapshot.knn_similarity
+
+    def counted(self: Snapshot, *args: Any, **kwargs: Any) -> Any:
+        scans.append(1)
+        return real_scan(self, *args, **kwargs)
+
+    monkeypatch.setattr(Snapshot, "knn_similarity", counted)
     matches = router.query_batch(texts)
+    # The k-th neighbour comes from the scan that ranked the routes: no second scan.
+    assert not scans
+    monkeypatch.undo()
     assert {m.reason for m in matches} <= {"matched", "rejected_by_head"}
     snapshot = router._index.snapshot()
     view = router._lexical.view(snapshot)

@@ -509,3 +509,37 @@ def test_knn_similarity_is_the_kth_neighbour_with_own_rows_left_out() -> None:
         assert full.knn_similarity(queries, k) == pytest.approx(want, abs=1e-5)
     got = full.knn_similarity(vecs[:1], 2, leave_out=["a0"])
     assert got[0] == pytest.approx(np.sort(vecs[1:7] @ vecs[0])[::-1][1], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("agg", "int8_min_rows"),
+    [("max", None), ("max", 16), ("mean_topk", None), ("mean_topk", 16), ("centroid", None)],
+)
+def test_scores_carry_the_kth_neighbour_of_the_scan(agg: str, int8_min_rows: int | None) -> None:
+    rng = np.random.default_rng(9)
+    index = RouteIndex(DIM, aggregation=agg, int8_min_rows=int8_min_rows)  # type: ignore[arg-type]
+    truth, texts = fill(index, rng, adds=30, routes=8, size=6, compile_every=7)
+    index.delete_route("r3")
+    index.delete_texts("r5", texts["r5"][:1])  # dead rows are nobody's neighbour
+    del truth["r3"]
+    truth["r5"] = truth["r5"][1:]
+    live = np.vstack(list(truth.values()))
+    snap = index.snapshot()
+    assert (snap.int8 is not None) == (int8_min_rows is not None)
+    queries = np.vstack([unit(rng, 6), live[:2]])
+    assert all(s.knn is None for s in snap.score(queries, 2))  # not asked for
+    for k in (1, 5, len(live), len(live) + 3):
+        got = [s.knn for s in snap.score(queries, 2, knn=k)]
+        if agg == "centroid":  # no row scores: the caller scans
+            assert got == [None] * len(queries)
+            continue
+        want = [np.sort(live @ q)[::-1][min(k, len(live)) - 1] for q in queries]
+        assert got == pytest.approx(want, abs=1e-5)
+        assert got == pytest.approx(snap.knn_similarity(queries, k).tolist(), abs=1e-6)
+    empty = RouteIndex(DIM, aggregation=agg)  # type: ignore[arg-type]
+    empty.add("a", unit(rng, 2), ["x", "y"])
+    empty.delete_texts("a", ["x"])
+    # Fewer live rows than k: the farthest one's, as knn_similarity gives.
+    only = empty.snapshot().score(queries[:1], 1, knn=5)[0].knn
+    want = None if agg == "centroid" else float(empty.vectors_of("a")["y"] @ queries[0])
+    assert only == (None if want is None else pytest.approx(want, abs=1e-6))
