@@ -695,7 +695,8 @@ def knn_similarity(snapshot: Snapshot, vector: NDArray[np.float32], k: int = KNN
 
     This scans every utterance row, so only the ``knn`` and ``combined`` scorers
     pay for it, and only when the scan that ranked the routes did not give it
-    (:attr:`~synaptoroute.index.RouteScores.knn`: the approximate graph, ``centroid``).
+    (:attr:`~synaptoroute.index.RouteScores.knn`: an uncertified graph answer,
+    ``centroid``).
     """
     query = np.asarray(vector, dtype=np.float32)[None, :]
     return float(snapshot.knn_similarity(query, k)[0])

@@ -345,8 +345,9 @@ class Snapshot:
             exact: score without the approximate graph even if the snapshot has one.
             knn: when positive, also each query's ``knn``-th nearest live utterance
                 similarity (:attr:`RouteScores.knn`, what :meth:`knn_similarity`
-                gives) from the paths that score every row anyway, the float32 and
-                int8 scans; the approximate graph and ``centroid`` leave it ``None``.
+                gives) from the paths that score every row anyway (the float32 and
+                int8 scans), or from the graph's candidates when their horizon
+                certifies it; otherwise (and with ``centroid``) it is ``None``.
 
         Returns:
             One :class:`RouteScores` per query.
