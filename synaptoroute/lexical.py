@@ -185,9 +185,14 @@ class LexicalView:
     route_norm: NDArray[np.float64]
     n_routes: int
 
-    def query_vector(self, text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        """The unit TF-IDF vector of ``text`` under this view's IDF."""
-        ids, weights = text_features(text)
+    def query_vector(
+        self,
+        text: str,
+        features: tuple[NDArray[np.int64], NDArray[np.float32]] | None = None,
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """The unit TF-IDF vector of ``text`` under this view's IDF (``features``: its
+        :func:`text_features`, if the caller has them)."""
+        ids, weights = text_features(text) if features is None else features
         values = weights * self.idf[ids]
         norm = float(np.sqrt(np.dot(values, values)))
         return ids, (values / norm if norm > 0 else values)
@@ -211,11 +216,16 @@ class LexicalView:
         ).astype(np.float64)
         return out
 
-    def scores_many(self, texts: Sequence[str]) -> NDArray[np.float64]:
-        """:meth:`scores` of each text, shape ``(len(texts), n_routes)``."""
+    def scores_many(
+        self,
+        texts: Sequence[str],
+        found: Sequence[tuple[NDArray[np.int64], NDArray[np.float32]]] | None = None,
+    ) -> NDArray[np.float64]:
+        """:meth:`scores` of each text, shape ``(len(texts), n_routes)`` (``found``:
+        their :func:`text_features`, if the caller has them)."""
         out = np.zeros((len(texts), self.n_routes))
         for i, text in enumerate(texts):
-            out[i] = self.scores(text)
+            out[i] = self._scores(*self.query_vector(text, None if found is None else found[i]))
         return out
 
     def leave_one_out(
@@ -248,6 +258,13 @@ class LexicalIndex:
         self._features: dict[str, tuple[NDArray[np.int64], NDArray[np.float32]]] = {}
         self._view: LexicalView | None = None
         self._lock = threading.Lock()
+
+    def features(self, texts: Sequence[str]) -> list[tuple[NDArray[np.int64], NDArray[np.float32]]]:
+        """:func:`text_features` of each text, from the cache of the utterances' features
+        (filled by the last :meth:`view`) where it has them: a fit over the routes' own
+        utterances does not tokenise them again. Other texts are tokenised, not cached."""
+        cache = self._features  # replaced whole by a build, never changed in place
+        return [cache.get(text) or text_features(text) for text in texts]
 
     def view(self, snapshot: Snapshot) -> LexicalView:
         """The view of ``snapshot`` (built on first use of each snapshot version)."""

@@ -546,6 +546,7 @@ class AdaptiveRouter:
                 policy=self.policy,
                 route_thresholds={name: r.threshold for name, r in self._routes.items()},
                 lexical=lambda: self._lexical.view(snapshot),
+                features=self._lexical.features,
                 model_id=self.model.model_id,
                 blas_threads=self.blas_threads,
             )

@@ -301,6 +301,32 @@ def test_lexical_view_follows_route_changes_without_reencoding(encoder: Encoder)
     assert third.n_routes == 1 and third.scores("giraffe neck")[0] == pytest.approx(1.0, rel=1e-5)
 
 
+def test_lexical_features_come_from_the_utterances_cache(
+    encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    router = AdaptiveRouter(encoder)
+    router.add_routes([Route(name="a", utterances=["zebra crossing", "zebra stripes"])])
+    lexical = LexicalIndex()
+    lexical.view(router._index.snapshot())
+    texts = ["zebra crossing", "a new text", "zebra stripes"]
+    want = [text_features(t) for t in texts]
+    # The utterances come from the cache (no tokenising); other texts are tokenised.
+    tokenised: list[str] = []
+    real = text_features
+
+    def counted(text: str) -> tuple[np.ndarray, np.ndarray]:
+        tokenised.append(text)
+        return real(text)
+
+    monkeypatch.setattr("synaptoroute.lexical.text_features", counted)
+    got = lexical.features(texts)
+    assert tokenised == ["a new text"]
+    for (ids, weights), (want_ids, want_weights) in zip(got, want, strict=True):
+        assert np.array_equal(ids, want_ids) and np.array_equal(weights, want_weights)
+    view = lexical.view(router._index.snapshot())
+    np.testing.assert_array_equal(view.scores_many(texts, got), view.scores_many(texts))
+
+
 def test_a_hybrid_head_survives_reopen(
     store: Path, encoder: Encoder, opened: list[AdaptiveRouter], clinc_train: Rows, clinc_val: Rows
 ) -> None:

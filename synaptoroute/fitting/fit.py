@@ -70,6 +70,13 @@ _MARGIN_QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.2)
 _OBJECTIVES = ("auto", "balanced", "accuracy", "macro_f1", "oos_recall")
 
 
+_Features = tuple[NDArray[np.int64], NDArray[np.float32]]
+
+
+def _tokenise(texts: Sequence[str]) -> list[_Features]:
+    return [text_features(t) for t in texts]
+
+
 @dataclass(frozen=True)
 class FitInputs:
     """What a fit reads of a router, taken under the router's lock."""
@@ -88,6 +95,9 @@ class FitInputs:
     model_id: str
     #: The router's BLAS thread setting (``None``: the shared rule decides).
     blas_threads: int | None = None
+    #: :func:`~synaptoroute.lexical.text_features` of each text (the router's reads
+    #: its cache of the utterances' features).
+    features: Callable[[Sequence[str]], list[_Features]] = _tokenise
 
 
 class _Fits(Protocol):
@@ -265,6 +275,7 @@ def fit_policy(
             blocked = scores_all[:n, neg] >= scores[:n].max(axis=1)
         top_ids, top_vals = _rank(scores, k_rank)
         data = _Scored(top_ids, top_vals, y_all, n_routes)
+        found: list[_Features] | None = None  # the texts' n-gram features, read once
         seconds["score"] = time.perf_counter() - t0
         if want_head:
             t0 = time.perf_counter()
@@ -273,7 +284,8 @@ def fit_policy(
             if hybrid is not False:
                 t0 = time.perf_counter()
                 view = inputs.lexical()
-                lex_all = view.scores_many(fit_texts)
+                found = inputs.features(all_texts)
+                lex_all = view.scores_many(fit_texts, found[:n])
                 own = np.array(
                     [layout.row_pos[layout.text_rows[t][0]] if t in layout.text_rows else -1
                      for t in fit_texts],
@@ -340,7 +352,9 @@ def fit_policy(
             grams: NgramFeatures | None = None
             sparse: Any = None  # a SciPy CSR matrix of the n-gram rows
             if hybrid is not False:
-                grams, sparse = _ngram_inputs(all_texts)
+                if found is None:
+                    found = inputs.features(all_texts)
+                grams, sparse = _ngram_inputs(all_texts, found)
             feature_sets = {"auto": ["dense", "ngrams"], True: ["ngrams"], False: ["dense"]}
             tried = [i for i in feature_sets[hybrid] if sparse is not None or i == "dense"]
             if not tried:
@@ -559,15 +573,17 @@ def _candidate(
     }
 
 
-def _ngram_inputs(texts: Sequence[str]) -> tuple[NgramFeatures | None, Any]:
-    """The n-gram vocabulary of ``texts`` and their rows as a SciPy CSR matrix;
-    ``(None, None)`` when no feature is frequent enough."""
+def _ngram_inputs(
+    texts: Sequence[str], found: Sequence[_Features]
+) -> tuple[NgramFeatures | None, Any]:
+    """The n-gram vocabulary of ``texts`` (``found``: their :func:`text_features`) and
+    their rows as a SciPy CSR matrix; ``(None, None)`` when no feature is frequent
+    enough."""
     try:
         from scipy.sparse import csr_matrix  # type: ignore[import-untyped]
     except ImportError as exc:
         msg = f"fitting a head needs scipy: {_FIT_HINT}"
         raise MissingDependencyError(msg) from exc
-    found = [text_features(t) for t in texts]
     grams = NgramFeatures.learn(texts, _NGRAM_SCALE, found=found)
     if not len(grams):
         return None, None
