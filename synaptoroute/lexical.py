@@ -263,7 +263,9 @@ class LexicalIndex:
         """:func:`text_features` of each text, from the cache of the utterances' features
         (filled by the last :meth:`view`) where it has them: a fit over the routes' own
         utterances does not tokenise them again. Other texts are tokenised, not cached."""
-        cache = self._features  # replaced whole by a build, never changed in place
+        # Read without the lock: a build adds entries or swaps in a pruned dict, and a
+        # text missing from the one read is simply tokenised.
+        cache = self._features
         return [cache.get(text) or text_features(text) for text in texts]
 
     def view(self, snapshot: Snapshot) -> LexicalView:
