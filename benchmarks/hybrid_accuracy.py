@@ -24,6 +24,14 @@ Sections (``--only`` picks some):
   each of ``--datasets``: how the features' norm was chosen.
 * ``e2e``: CLINC150 end to end with the bundled model and no cache: the routes from
   train (every text encoded), then the default ``fit()``, each timed.
+* ``ceiling``: how high in-scope accuracy can go on the sets whose targets the fit
+  misses (the two 10-per-intent sets, BANKING77): top-1 on val's in-scope rows with
+  **no rejection** (out-of-scope rows left out of training and of the figures) for
+  the head's softmax regression with and without n-gram features (alone, and with
+  the best of the fit's similarity weights chosen on val itself), scikit-learn's
+  ``LogisticRegression`` at several ``C`` and the nearest utterance. Rejecting
+  anything can only lower these, so each is a ceiling for a router that rejects
+  with that classifier's ranking.
 
 Usage::
 
@@ -167,16 +175,21 @@ def section_main(
         print(name, json.dumps(out[name], indent=1), flush=True)
 
 
-def section_few(data: str | None, cache: str | None, out: dict[str, Any]) -> None:
-    train, val = load_split("clinc150", "train", data), load_split("clinc150", "val", data)
-    encoder = shared_encoder([*train, *val], cache)
+def few_sets(train: Sequence[Example]) -> dict[str, list[Example]]:
+    """The 10-per-label sets (out of scope a label too): the first 10 and a seeded random 10."""
     groups: dict[str | None, list[Example]] = {}
     for row in train:
         groups.setdefault(row.label, []).append(row)
     first = [r for label, rows in groups.items() for r in rows[:10]]
     rng = random.Random(0)
     sampled = [r for label, rows in groups.items() for r in rng.sample(rows, min(10, len(rows)))]
-    for key, rows in (("first_10", first), ("random_10_seed0", sampled)):
+    return {"first_10": first, "random_10_seed0": sampled}
+
+
+def section_few(data: str | None, cache: str | None, out: dict[str, Any]) -> None:
+    train, val = load_split("clinc150", "train", data), load_split("clinc150", "val", data)
+    encoder = shared_encoder([*train, *val], cache)
+    for key, rows in few_sets(train).items():
         out[f"clinc150_{key}"] = fitted(encoder, rows, val)
         print(key, json.dumps(out[f"clinc150_{key}"], indent=1), flush=True)
 
@@ -243,11 +256,18 @@ def section_head(data: str | None, cache: str | None, out: dict[str, Any]) -> No
     print(json.dumps(out["head_alone"]["sklearn_logreg"]), flush=True)
 
 
+def ngram_matrix(grams: Any, texts: Sequence[str]) -> Any:
+    """The n-gram features of ``texts`` as a SciPy CSR matrix (the head's input)."""
+    from scipy.sparse import csr_matrix
+
+    indptr, indices, values = grams.rows(texts)
+    return csr_matrix((values, indices, indptr), shape=(len(texts), len(grams)))
+
+
 def section_norms(
     data: str | None, cache: str | None, out: dict[str, Any], datasets: Sequence[str]
 ) -> None:
     """Top-1 on val of the head's regression on all of train, per n-gram norm."""
-    from scipy.sparse import csr_matrix
     from threadpoolctl import threadpool_limits
 
     from synaptoroute.fitting.fit import _logits
@@ -269,12 +289,8 @@ def section_norms(
             sparse = sparse_v = None
             if scale:
                 grams = NgramFeatures.learn([r.text for r in train], scale)
-
-                def matrix(texts: Sequence[str], grams: NgramFeatures = grams) -> Any:
-                    indptr, indices, values = grams.rows(texts)
-                    return csr_matrix((values, indices, indptr), shape=(len(texts), len(grams)))
-
-                sparse, sparse_v = matrix([r.text for r in train]), matrix([r.text for r in val])
+                sparse = ngram_matrix(grams, [r.text for r in train])
+                sparse_v = ngram_matrix(grams, [r.text for r in val])
             with threadpool_limits(limits=1, user_api="blas"):
                 theta = _softmax_regression(x, y, len(labels), 10.0, None, 100, sparse)
             pred = _logits(theta, xv, sparse_v, len(labels)).argmax(axis=1)[inside]
@@ -287,6 +303,68 @@ def section_norms(
             )
             print(name, json.dumps(rows[-1]), flush=True)
         out[f"{name}_norms"] = rows
+
+
+def top1_ceilings(
+    encoder: PrecomputedEncoder, train: Sequence[Example], val: Sequence[Example]
+) -> dict[str, float]:
+    """Top-1 on val's in-scope rows, nothing rejected, of classifiers fitted on train's
+    in-scope rows (see ``ceiling`` in the module docstring)."""
+    from threadpoolctl import threadpool_limits
+
+    from synaptoroute.fitting.fit import _logits
+    from synaptoroute.fitting.head import _ALPHAS, _softmax_regression
+    from synaptoroute.lexical import NgramFeatures
+
+    train = [r for r in train if r.label is not None]
+    val = [r for r in val if r.label is not None]
+    labels = sorted({r.label for r in train if r.label is not None})
+    col = {label: i for i, label in enumerate(labels)}
+    texts, val_texts = [r.text for r in train], [r.text for r in val]
+    x, xv = encoder.encode(texts), encoder.encode(val_texts)
+    y = np.array([col[r.label] for r in train if r.label is not None])
+    yv = np.array([col[r.label] for r in val if r.label is not None])
+    out: dict[str, float] = {}
+    sims = xv @ x.T
+    route_sims = np.stack([sims[:, y == c].max(axis=1) for c in range(len(labels))], axis=1)
+    grams = NgramFeatures.learn(texts, 0.5)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for key, sparse, sparse_v in (
+            ("head_dense", None, None),
+            ("head_dense_ngrams", ngram_matrix(grams, texts), ngram_matrix(grams, val_texts)),
+        ):
+            theta = _softmax_regression(x, y, len(labels), 10.0, None, 100, sparse)
+            logits = _logits(theta, xv, sparse_v, len(labels))
+            out[key] = float((logits.argmax(axis=1) == yv).mean())
+            # The fit's head adds alpha x each route's similarity (max aggregation):
+            # the best alpha of its grid, chosen on val itself (so a ceiling).
+            out[f"{key}_best_alpha"] = max(
+                float(((logits + alpha * route_sims).argmax(axis=1) == yv).mean())
+                for alpha in _ALPHAS
+            )
+    out["nearest_utterance"] = float((y[sims.argmax(axis=1)] == yv).mean())
+    try:
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        return out
+    for c in (1.0, 10.0, 100.0):
+        model = LogisticRegression(C=c, max_iter=1000).fit(x, y)
+        out[f"sklearn_logreg_C{c:g}"] = float((model.predict(xv) == yv).mean())
+    return out
+
+
+def section_ceiling(data: str | None, cache: str | None, out: dict[str, Any]) -> None:
+    train, val = load_split("clinc150", "train", data), load_split("clinc150", "val", data)
+    encoder = shared_encoder([*train, *val], cache)
+    for key, rows in few_sets(train).items():
+        out[f"ceiling_clinc150_{key}"] = top1_ceilings(encoder, rows, val)
+        print(key, json.dumps(out[f"ceiling_clinc150_{key}"]), flush=True)
+    out["ceiling_clinc150"] = top1_ceilings(encoder, train, val)
+    print("clinc150", json.dumps(out["ceiling_clinc150"]), flush=True)
+    train, val = load_split("banking77", "train", data), load_split("banking77", "val", data)
+    encoder = shared_encoder([*train, *val], cache)
+    out["ceiling_banking77"] = top1_ceilings(encoder, train, val)
+    print("banking77", json.dumps(out["ceiling_banking77"]), flush=True)
 
 
 def section_e2e(data: str | None, out: dict[str, Any]) -> None:
@@ -354,6 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "few": section_few,
         "folds": section_folds,
         "head": section_head,
+        "ceiling": section_ceiling,
         "latency": section_latency,
     }
     for key in args.only:
