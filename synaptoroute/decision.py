@@ -605,7 +605,7 @@ def decide(
             lex = None
             if head.beta and lexical is not None and text is not None:
                 positions = np.searchsorted(snapshot.live_routes, scores.route_ids[:k])
-                lex = lexical.scores(text)[positions]
+                lex = lexical.route_scores(text, positions)
             knn = None
             if head.needs_knn:
                 found = scores.knn  # from the scan that ranked the routes, if it saw every row

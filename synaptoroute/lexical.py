@@ -29,7 +29,9 @@ import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -66,18 +68,47 @@ def text_features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
 @functools.lru_cache(maxsize=32)
 def _features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     words = _WORD.findall(text.lower())
-    grams: list[str] = [f"w {w}" for w in words]
-    grams += [f"b {a} {b}" for a, b in pairwise(words)]
+    grams: list[int] = []
     for word in words:
-        marked = f"<{word}>"
-        for n in (3, 4):
-            grams += [marked[i : i + n] for i in range(len(marked) - n + 1)]
-    hashes = np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.int64, count=len(grams))
-    ids, counts = np.unique(hashes & _MASK, return_counts=True)
-    weights = (1.0 + np.log(counts)).astype(np.float32)
+        grams.extend(_word_ids(word))
+    grams.extend(zlib.crc32(f"b {a} {b}".encode()) & _MASK for a, b in pairwise(words))
+    # Sorted ids and run lengths by hand: np.unique's own overhead was a fifth of a
+    # query's lexical cost (a query has some tens of n-grams).
+    hashes = np.array(grams, dtype=np.int64)
+    hashes.sort()
+    first = np.ones(len(hashes), dtype=bool)
+    np.not_equal(hashes[1:], hashes[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    ids = hashes[starts]
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:]
+    ends[-1:] = len(hashes)
+    weights = (1.0 + np.log(ends - starts)).astype(np.float32)
     ids.flags.writeable = False
     weights.flags.writeable = False
     return ids, weights
+
+
+#: Words whose feature ids are kept (a query's words repeat across queries; hashing
+#: each of a word's n-grams again was most of a query's lexical cost). Cleared when
+#: full, so a hostile stream of new words costs memory for at most this many.
+_WORD_CACHE_SIZE = 20_000
+_word_cache: dict[str, tuple[int, ...]] = {}
+
+
+def _word_ids(word: str) -> tuple[int, ...]:
+    """The feature ids of one word: its unigram and its character 3- and 4-grams."""
+    ids = _word_cache.get(word)
+    if ids is None:
+        marked = f"<{word}>"
+        grams = [f"w {word}"]
+        for n in (3, 4):
+            grams += [marked[i : i + n] for i in range(len(marked) - n + 1)]
+        ids = tuple(zlib.crc32(g.encode()) & _MASK for g in grams)
+        if len(_word_cache) >= _WORD_CACHE_SIZE:
+            _word_cache.clear()
+        _word_cache[word] = ids
+    return ids
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,7 +166,7 @@ class NgramFeatures:
         norm = float(np.sqrt(np.dot(values, values)))
         if norm > 0:
             values *= self.scale / norm
-        return pos.astype(np.intp), values.astype(np.float32)
+        return pos.astype(np.intp, copy=False), values.astype(np.float32, copy=False)
 
     def rows(
         self,
@@ -165,25 +196,39 @@ class NgramFeatures:
 
 @dataclass(frozen=True)
 class LexicalView:
-    """Per-route TF-IDF vectors of one index snapshot, stored by feature (postings).
+    """Per-route TF-IDF vectors of one index snapshot, stored by route: each route's
+    features sorted, as the keys ``route * N_FEATURES + feature``.
+
+    A query needs only its ranked routes' scores (:meth:`route_scores`: one sorted
+    search of its features in those routes); the by-feature postings that score every
+    route at once (:meth:`scores`, :meth:`scores_many`, what a fit reads) are derived
+    on first use.
 
     Attributes:
         version: the snapshot version this view was built from.
         idf: ``(N_FEATURES,)`` inverse document frequency over the live utterances.
-        post_ptr: ``(N_FEATURES + 1,)`` start of each feature's postings.
-        post_route: route position (in ``live_routes`` order) of each posting.
-        post_weight: the route vector's weight for that feature, over its norm.
+        keys: sorted ``route position * N_FEATURES + feature id`` of every nonzero
+            weight (route positions in ``live_routes`` order).
+        weights: the route vector's weight for each key's feature, over its norm.
         route_norm: Euclidean norm of each route's summed vector (for leave-one-out).
         n_routes: number of live routes.
     """
 
     version: int
     idf: NDArray[np.float32]
-    post_ptr: NDArray[np.int64]
-    post_route: NDArray[np.int64]
-    post_weight: NDArray[np.float32]
+    keys: NDArray[np.int64]
+    weights: NDArray[np.float32]
     route_norm: NDArray[np.float64]
     n_routes: int
+
+    @cached_property
+    def _postings(self) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]:
+        """By feature: each feature's start, then the route and weight of each posting."""
+        route, feature = np.divmod(self.keys, N_FEATURES)
+        order = np.argsort(feature, kind="stable")
+        ptr = np.zeros(N_FEATURES + 1, dtype=np.int64)
+        np.cumsum(np.bincount(feature, minlength=N_FEATURES), out=ptr[1:])
+        return ptr, route[order], self.weights[order]
 
     def query_vector(
         self,
@@ -203,17 +248,32 @@ class LexicalView:
         return self._scores(ids, values)
 
     def _scores(self, ids: NDArray[np.int64], values: NDArray[np.float32]) -> NDArray[np.float64]:
-        starts, ends = self.post_ptr[ids], self.post_ptr[ids + 1]
+        post_ptr, post_route, post_weight = self._postings
+        starts, ends = post_ptr[ids], post_ptr[ids + 1]
         lengths = ends - starts
         total = int(lengths.sum())
         if total == 0:
             return np.zeros(self.n_routes)
         # Positions of every posting of the query's features, without a Python loop.
         offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
-        contrib = np.repeat(values.astype(np.float64), lengths) * self.post_weight[offsets]
+        contrib = np.repeat(values.astype(np.float64), lengths) * post_weight[offsets]
         out: NDArray[np.float64] = np.bincount(
-            self.post_route[offsets], weights=contrib, minlength=self.n_routes
+            post_route[offsets], weights=contrib, minlength=self.n_routes
         ).astype(np.float64)
+        return out
+
+    def route_scores(self, text: str, positions: NDArray[np.integer[Any]]) -> NDArray[np.float64]:
+        """:meth:`scores` of the routes at ``positions`` only (a query's ranked routes):
+        each of the query's features is looked up in each route's sorted keys."""
+        ids, values = self.query_vector(text)
+        if not len(ids) or not len(positions) or not len(self.keys):
+            return np.zeros(len(positions))
+        wanted = (np.asarray(positions, dtype=np.int64)[:, None] * N_FEATURES + ids).ravel()
+        at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        found = np.where(self.keys[at] == wanted, self.weights[at], 0.0)
+        out: NDArray[np.float64] = found.reshape(len(positions), len(ids)) @ values.astype(
+            np.float64
+        )
         return out
 
     def scores_many(
@@ -317,18 +377,14 @@ class LexicalIndex:
         key = route * N_FEATURES + ids
         keys, inverse = np.unique(key, return_inverse=True)
         summed = np.bincount(inverse, weights=values, minlength=len(keys))
-        k_route, k_feat = np.divmod(keys, N_FEATURES)
+        k_route = keys // N_FEATURES
         route_norm = np.sqrt(np.bincount(k_route, weights=summed * summed, minlength=n_routes))
         weight = summed / np.where(route_norm > 0, route_norm, 1.0)[k_route]
-        order = np.argsort(k_feat, kind="stable")
-        post_ptr = np.zeros(N_FEATURES + 1, dtype=np.int64)
-        np.cumsum(np.bincount(k_feat, minlength=N_FEATURES), out=post_ptr[1:])
         return LexicalView(
             version=snapshot.version,
             idf=idf,
-            post_ptr=post_ptr,
-            post_route=k_route[order],
-            post_weight=weight[order].astype(np.float32),
+            keys=keys,
+            weights=weight.astype(np.float32),
             route_norm=route_norm,
             n_routes=n_routes,
         )

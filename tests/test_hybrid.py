@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import sys
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +28,20 @@ from clinc import Rows, split
 from pydantic import SecretStr
 
 from synaptoroute import AdaptiveRouter, Encoder, Route, SQLiteStorage
+from synaptoroute import lexical as lexical_module
 from synaptoroute.cli import main
 from synaptoroute.decision import OOD_SCORERS, Calibrator, LinearHead, knn_similarity
 from synaptoroute.evaluation import auroc, expected_calibration_error, oos_curve
 from synaptoroute.fitting import routes_from_labelled
 from synaptoroute.fitting.head import _mahalanobis_fit
 from synaptoroute.index import Snapshot
-from synaptoroute.lexical import MAX_CHARS, LexicalIndex, NgramFeatures, text_features
+from synaptoroute.lexical import (
+    MAX_CHARS,
+    N_FEATURES,
+    LexicalIndex,
+    NgramFeatures,
+    text_features,
+)
 from synaptoroute.models import NEGATIVES_ROUTE
 from synaptoroute.server import ServerSettings, create_app
 
@@ -200,6 +210,39 @@ def test_head_state_round_trips_its_ngrams_and_reads_older_states() -> None:
         LinearHead.from_state(state)
 
 
+def test_text_features_match_a_direct_tokenisation(monkeypatch: pytest.MonkeyPatch) -> None:
+    def direct(text: str) -> dict[int, float]:
+        words = re.findall(r"\w+", text.lower())
+        grams = [f"w {w}" for w in words] + [f"b {a} {b}" for a, b in pairwise(words)]
+        for w in words:
+            marked = f"<{w}>"
+            grams += [marked[i : i + n] for n in (3, 4) for i in range(len(marked) - n + 1)]
+        counts = Counter(zlib.crc32(g.encode()) & (N_FEATURES - 1) for g in grams)
+        return {k: 1.0 + math.log(c) for k, c in counts.items()}
+
+    texts = [
+        "Reset my password",
+        "reset reset RESET my my password",  # repeated words and n-grams
+        "Straße ünïcödé 東京 x_y 42",
+        "a b",
+        "",
+        "   ",
+        "the the the the the",
+    ]
+    # A word cache of three words: cleared when full, same features either way.
+    monkeypatch.setattr(lexical_module, "_WORD_CACHE_SIZE", 3)
+    monkeypatch.setattr(lexical_module, "_word_cache", {})
+    for _ in range(2):
+        for text in texts:
+            ids, weights = lexical_module._features.__wrapped__(text)
+            assert len(lexical_module._word_cache) <= 3
+            assert ids.dtype == np.int64 and weights.dtype == np.float32
+            assert np.all(np.diff(ids) > 0)
+            want = direct(text)
+            assert ids.tolist() == sorted(want)
+            np.testing.assert_allclose(weights, [want[i] for i in ids.tolist()], rtol=1e-6)
+
+
 def test_text_features_read_a_bounded_prefix_and_share_read_only_results() -> None:
     huge = "reset the kx-1470 router " * 50_000  # 1.25 MB, like a hostile query
     ids, weights = text_features(huge)
@@ -278,6 +321,12 @@ def test_lexical_scores_match_a_direct_tfidf_computation(encoder: Encoder) -> No
         for s in sums
     ]
     np.testing.assert_allclose(view.scores(query), expected, rtol=1e-5)
+    # A query's ranked routes only (the decision's path), in any order.
+    for positions in ([1, 0], [1], []):
+        got = view.route_scores(query, np.array(positions, dtype=np.int64))
+        np.testing.assert_allclose(got, np.array(expected)[positions], rtol=1e-5)
+    assert view.route_scores("", np.array([0, 1])).tolist() == [0.0, 0.0]
+    assert view.route_scores("zebra giraffe", np.array([0, 1])).tolist() == [0.0, 0.0]
     # Leave-one-out: an utterance scored as if it were not in its route.
     own = texts[0]
     rest = tfidf(routes[0].utterances[1])
