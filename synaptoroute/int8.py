@@ -23,6 +23,13 @@ __all__ = ["Int8Scan", "build"]
 # The index's logger: a missing kernel is a fact about the index's scoring.
 _log = logging.getLogger("synaptoroute.index")
 
+# The int8 codes use 7 bits (-63..63), not 8. On x86 CPUs without VNNI (AVX2 only),
+# onnxruntime's uint8 x int8 product adds pairs of products into int16 with
+# saturation (vpmaddubsw): 255 x 127 x 2 overflows, and scores came out wrong by far
+# more than the error bound (0.52 for an exact 1.0). 255 x 63 x 2 = 32,130 fits. The
+# cost is a coarser copy: a larger bound, so a few more rows are re-scored exactly.
+_LEVELS = 63
+
 
 def _varint(value: int) -> bytes:
     out = bytearray()
@@ -114,7 +121,7 @@ class Int8Scan:
         self.n = len(rows)
         dim = rows.shape[1]
         peak = max((float(np.abs(b).max()) for b in _blocks(rows)), default=1.0)
-        self.scale = 127.0 / max(peak, 1e-12)
+        self.scale = _LEVELS / max(peak, 1e-12)
         columns = np.empty((dim, self.n), dtype=np.int8)  # onnxruntime's (dim, n) layout
         # Matrix-wide maxima of the norms the error bound needs: one bound for all rows
         # keeps the per-query work to a few vector passes. Computed block by block so
@@ -122,7 +129,7 @@ class Int8Scan:
         max_l1 = max_l2 = max_err_l2 = 0.0
         start = 0
         for block in _blocks(rows):
-            m8 = np.clip(np.rint(block * self.scale), -127, 127).astype(np.int8)
+            m8 = np.clip(np.rint(block * self.scale), -_LEVELS, _LEVELS).astype(np.int8)
             columns[:, start : start + len(block)] = m8.T
             start += len(block)
             residual = block - m8.astype(np.float32) / np.float32(self.scale)
