@@ -241,14 +241,38 @@ class Snapshot:
                 that vector's scores (so a route's own utterance is judged as if it
                 were not there). A route left with no row scores ``SCORE_MIN``.
         """
+        return self.scores_and_knn(vectors, leave_out)[0]
+
+    def scores_and_knn(
+        self,
+        vectors: NDArray[np.float32],
+        leave_out: Sequence[str] | None = None,
+        k: int = 0,
+        knn_rows: int | None = None,
+    ) -> tuple[NDArray[np.float32], NDArray[np.float64] | None]:
+        """:meth:`all_scores`, and with ``k > 0`` also :meth:`knn_similarity` of the first
+        ``knn_rows`` vectors (all by default) with the same ``leave_out``, from the same
+        products (a fit needs both; one pass over the matrix instead of two).
+
+        Returns:
+            The scores, and the ``k``-th neighbour similarities (``None`` when ``k``
+            is 0).
+        """
         layout = self.layout
         n = len(vectors)
+        m = n if knn_rows is None else min(knn_rows, n)
         if leave_out is None:
             hide_q = hide_r = np.zeros(0, dtype=np.int64)
         else:
             hide_q, hide_r = layout.hidden_pairs(leave_out)
-        if self.aggregation == "centroid":
-            return self._centroid_scores(vectors, hide_q, hide_r)
+        if self.aggregation == "centroid":  # no per-row products to share
+            cut = None if leave_out is None else leave_out[:m]
+            knn = self.knn_similarity(vectors[:m], k, cut) if k else None
+            return self._centroid_scores(vectors, hide_q, hide_r), knn
+        knn_out = np.full(m, -1.0) if k else None
+        live = self.live_rows
+        n_live = len(live) if self.all_live else int(live.sum())
+        kk = min(k, n_live)
         out = np.empty((n, self.n_routes), dtype=np.float32)
         for start in range(0, n, _CHUNK):
             stop = min(start + _CHUNK, n)
@@ -257,17 +281,27 @@ class Snapshot:
             sims[hide_q[sel] - start, hide_r[sel]] = -np.inf
             if self.aggregation == "max":
                 out[start:stop] = self.route_max(sims)
-                continue
-            for p, rows in enumerate(layout.route_rows):
-                vals = sims[:, rows]
-                t = min(self.top_k, len(rows))
-                top = np.partition(vals, len(rows) - t, axis=1)[:, len(rows) - t :]
-                finite = np.isfinite(top)
-                count = finite.sum(axis=1)
-                total = np.where(finite, top, 0.0).sum(axis=1)
-                out[start:stop, p] = np.where(count > 0, total / np.maximum(count, 1), SCORE_MIN)
+            else:
+                for p, rows in enumerate(layout.route_rows):
+                    vals = sims[:, rows]
+                    t = min(self.top_k, len(rows))
+                    top = np.partition(vals, len(rows) - t, axis=1)[:, len(rows) - t :]
+                    finite = np.isfinite(top)
+                    count = finite.sum(axis=1)
+                    total = np.where(finite, top, 0.0).sum(axis=1)
+                    out[start:stop, p] = np.where(
+                        count > 0, total / np.maximum(count, 1), SCORE_MIN
+                    )
+            if knn_out is not None and kk and start < m:
+                # The scores are taken: the products can be partitioned in place.
+                near = sims[: min(stop, m) - start]
+                if not self.all_live:
+                    near = near[:, live]
+                near.partition(n_live - kk, axis=1)
+                top = near[:, n_live - kk]
+                knn_out[start : min(stop, m)] = np.where(np.isfinite(top), top, -1.0)
         out[~np.isfinite(out)] = SCORE_MIN
-        return out
+        return out, knn_out
 
     def _centroid_scores(
         self,

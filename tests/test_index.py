@@ -530,6 +530,33 @@ def test_knn_similarity_is_the_kth_neighbour_with_own_rows_left_out() -> None:
     assert got[0] == pytest.approx(np.sort(vecs[1:7] @ vecs[0])[::-1][1], abs=1e-5)
 
 
+@pytest.mark.parametrize("agg", ["max", "mean_topk", "centroid"])
+@pytest.mark.parametrize("dead", [False, True])
+def test_scores_and_knn_share_one_pass_and_equal_the_two_calls(agg: str, dead: bool) -> None:
+    rng = np.random.default_rng(6)
+    index = RouteIndex(DIM, aggregation=agg)  # type: ignore[arg-type]
+    _, texts = fill(index, rng, adds=12, routes=4, size=5, compile_every=3)
+    if dead:  # masked rows awaiting compaction: nobody's neighbour
+        index.delete_texts("r1", texts["r1"][:2])
+        index.delete_route("r3")
+    snap = index.snapshot()
+    assert snap.all_live is not dead
+    layout = snap.layout
+    own = [text for name in ("r0", "r2") for text in texts[name][:3]]
+    vectors = np.vstack([snap.matrix[layout.text_rows[t][0]] for t in own]).astype(np.float32)
+    vectors = np.vstack([vectors, unit(rng, 3)]).astype(np.float32)
+    leave_out = [*own, "", "", ""]
+    for k, rows in ((5, 4), (3, None), (1000, 2)):
+        scores, knn = snap.scores_and_knn(vectors, leave_out, k, knn_rows=rows)
+        m = len(vectors) if rows is None else rows
+        assert np.array_equal(scores, snap.all_scores(vectors, leave_out=leave_out))
+        assert knn is not None and knn.shape == (m,)
+        want = snap.knn_similarity(vectors[:m], k, leave_out=leave_out[:m])
+        assert knn == pytest.approx(want, abs=1e-6)
+    scores, knn = snap.scores_and_knn(vectors, leave_out)
+    assert knn is None and np.array_equal(scores, snap.all_scores(vectors, leave_out=leave_out))
+
+
 @pytest.mark.parametrize(
     ("agg", "int8_min_rows"),
     [("max", None), ("max", 16), ("mean_topk", None), ("mean_topk", 16), ("centroid", None)],

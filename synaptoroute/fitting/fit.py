@@ -266,7 +266,10 @@ def fit_policy(
         k = min(max(2, top_k), n_routes)
         old = inputs.policy
         k_rank = min(max(k, old.ranked_k), n_routes)
-        scores_all = snapshot.all_scores(vectors, leave_out=all_texts)
+        # The head's k-NN input (the fit rows' k-th neighbour) from the same products.
+        scores_all, knn = snapshot.scores_and_knn(
+            vectors, all_texts, KNN_K if want_head else 0, knn_rows=n
+        )
         scores = scores_all[:, keep_cols]
         # Rows a negative example outranks every route for are rejected at query time.
         blocked = np.zeros(n, dtype=bool)
@@ -278,9 +281,7 @@ def fit_policy(
         found: list[_Features] | None = None  # the texts' n-gram features, read once
         seconds["score"] = time.perf_counter() - t0
         if want_head:
-            t0 = time.perf_counter()
-            data.knn = snapshot.knn_similarity(vectors[:n], KNN_K, leave_out=fit_texts)
-            seconds["knn"] = time.perf_counter() - t0
+            data.knn = knn
             if hybrid is not False:
                 t0 = time.perf_counter()
                 view = inputs.lexical()
