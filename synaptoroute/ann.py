@@ -20,6 +20,7 @@ import importlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -51,6 +52,9 @@ CLOSE_MARGIN = 0.02
 RESCORE_BUDGET = 4096
 # Rows fed into a serving graph per lock hold: queries wait at most one such chunk.
 FEED_CHUNK = 64
+# Rows per insertion call of a build: a build told to stop (the interpreter exits)
+# ends within one such call (about a second on 2 cores).
+BUILD_CHUNK = 8192
 _FORMAT = 2  # 2: int8 codes (1 held float16 vectors)
 
 
@@ -133,19 +137,29 @@ class AnnGraph:
         self.covered = covered
 
     @classmethod
-    def build(cls, rows: NDArray[np.float32], threads: int) -> AnnGraph:
-        """Build a graph over ``rows`` (keys ``0..len(rows)-1``).
+    def build(
+        cls,
+        rows: NDArray[np.float32],
+        threads: int,
+        stop: Callable[[], bool] | None = None,
+    ) -> AnnGraph | None:
+        """Build a graph over ``rows`` (keys ``0..len(rows)-1``), :data:`BUILD_CHUNK`
+        rows at a time.
 
         Args:
             rows: unit-norm float32 vectors.
             threads: usearch worker threads for the build.
+            stop: asked before each chunk; when it says ``True`` the build ends.
 
         Returns:
-            The graph.
+            The graph, or ``None`` if ``stop`` ended the build.
         """
         graph = _new_graph(rows.shape[1])
-        if len(rows):
-            graph.add(np.arange(len(rows), dtype=np.uint64), rows, threads=threads)
+        for start in range(0, len(rows), BUILD_CHUNK):
+            if stop is not None and stop():
+                return None
+            end = min(start + BUILD_CHUNK, len(rows))
+            graph.add(np.arange(start, end, dtype=np.uint64), rows[start:end], threads=threads)
         return cls(graph, len(rows))
 
     def search(

@@ -18,9 +18,12 @@ all routes with leave-one-out) must agree on it; the int8 scan and the graph liv
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
+import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -114,6 +117,47 @@ _NO_ROUTES = RouteScores(
 # Below this many rows the float32 product is already a fraction of the encoder's time.
 INT8_MIN_ROWS = 4096
 _log = logging.getLogger("synaptoroute.index")
+
+# Background work (int8 copies, graph builds and feeds) runs in daemon threads, inside
+# C++ calls that release the GIL. A daemon thread that returns from one while the
+# interpreter finalises is unwound by pthread_exit through C++ frames, and the process
+# aborted ("terminate called without an active exception", status 134): a script or a
+# CLI command on a store past ann_threshold that exits while its graph builds. So at
+# exit the work is told to stop (graph builds and feeds stop at their next chunk) and
+# joined, before finalisation begins.
+_STOPPING = threading.Event()
+_BACKGROUND: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+#: Seconds the interpreter waits at exit for background work to stop.
+EXIT_WAIT = 60.0
+
+
+def _start_background(target: Any, name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    _BACKGROUND.add(thread)
+    thread.start()
+    return thread
+
+
+def stop_background(timeout: float = EXIT_WAIT) -> bool:
+    """Tell background index work to stop and wait for it (run at interpreter exit).
+
+    Returns:
+        ``True`` if every background thread ended within ``timeout`` seconds.
+    """
+    _STOPPING.set()
+    deadline = time.monotonic() + timeout
+    for thread in list(_BACKGROUND):
+        if thread is not threading.current_thread():
+            thread.join(max(deadline - time.monotonic(), 0.0))
+    return not any(t.is_alive() for t in _BACKGROUND)
+
+
+def stopping() -> bool:
+    """Whether background index work has been told to stop."""
+    return _STOPPING.is_set()
+
+
+atexit.register(stop_background)
 
 
 @dataclass(frozen=True)
@@ -1082,6 +1126,8 @@ class RouteIndex:
             self._start_int8_build(n)
 
     def _start_int8_build(self, n: int) -> None:
+        if stopping():  # the interpreter is exiting: queries keep the current copy
+            return
         # Rows below n never change in place (appends go past n, deletes only mark
         # rows, a reallocation copies them), so this view stays valid; a compaction
         # moves rows and bumps the generation, and a copy of the old rows is dropped.
@@ -1098,9 +1144,7 @@ class RouteIndex:
                     self.stats.int8_builds += 1
                     self._snapshot = None  # the next query compiles with the new copy
 
-        thread = threading.Thread(target=build, name="synaptoroute-int8", daemon=True)
-        self._int8_builder = thread
-        thread.start()
+        self._int8_builder = _start_background(build, "synaptoroute-int8")
 
     def wait_for_int8(self, timeout: float | None = None) -> bool:
         """Wait for a background int8 re-quantisation; ``True`` once none is running."""
@@ -1114,8 +1158,8 @@ class RouteIndex:
         if self.aggregation != "max" or self.ann_min_rows is None or n < self.ann_min_rows:
             self._ann = None
             return
-        if self._ann_worker is not None:
-            return  # a build or a feed is running; it republishes when done
+        if self._ann_worker is not None or stopping():
+            return  # a build or a feed is running (it republishes when done), or exiting
         if self._ann is None and not self._ann_cache_tried and self.ann_cache is not None:
             # Start-up: a graph saved over a prefix of these rows is loaded here (fast)
             # instead of rebuilt; a change another replica made to that prefix gives
@@ -1153,14 +1197,14 @@ class RouteIndex:
                     self._ann_worker = None
                     self._snapshot = None  # the next query compiles with the new graph
 
-        thread = threading.Thread(target=run, name="synaptoroute-ann", daemon=True)
-        self._ann_worker = thread
-        thread.start()
+        self._ann_worker = _start_background(run, "synaptoroute-ann")
 
     def _build_ann(self, rows: NDArray[np.float32], generation: int) -> None:
         from .ann import AnnGraph, content_key
 
-        graph = AnnGraph.build(rows, threads=process_cpus())
+        graph = AnnGraph.build(rows, threads=process_cpus(), stop=stopping)
+        if graph is None:  # the interpreter is exiting
+            return
         with self._lock:
             if generation != self._int8_generation:
                 return
@@ -1178,7 +1222,7 @@ class RouteIndex:
         # inserted under the graph's lock only, so a query waits for one chunk at most.
         from .ann import FEED_CHUNK
 
-        while True:
+        while not stopping():
             with self._lock:
                 graph = self._ann
                 if graph is None or generation != self._int8_generation:

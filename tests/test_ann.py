@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -345,3 +346,76 @@ def test_missing_library(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCapt
     assert router.query("m topic2 word2x0").name == "m2"  # the exact path
     assert router.index_stats.ann_builds == 0
     assert router.index_stats.ann_queries == 0
+
+
+def test_the_process_exits_cleanly_while_a_graph_is_being_built(tmp_path: Path) -> None:
+    # A script that exits while the graph builds in the background (a CLI query on a
+    # large store, say) aborted: usearch's build threads were still running when the
+    # interpreter exited ("terminate called without an active exception", status 134).
+    # Builds now stop at their next chunk when the interpreter exits.
+    script = tmp_path / "exit_while_building.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from synaptoroute.ann import load_usearch\n"
+        "from synaptoroute.index import RouteIndex\n"
+        "load_usearch()\n"
+        "rng = np.random.default_rng(0)\n"
+        "rows = rng.standard_normal((60_000, 384)).astype(np.float32)\n"
+        "rows /= np.linalg.norm(rows, axis=1, keepdims=True)\n"
+        "index = RouteIndex(384, ann_min_rows=1)\n"
+        "index.add('r', rows, [str(i) for i in range(len(rows))])\n"
+        "index.snapshot()  # starts the build\n"
+        "assert index._ann_worker is not None and index._ann_worker.is_alive()\n"
+        "print('leaving', flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "leaving"
+    assert "terminate called" not in done.stderr
+
+
+def test_a_build_stops_between_chunks_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    import synaptoroute.ann as ann_module
+
+    monkeypatch.setattr(ann_module, "BUILD_CHUNK", 100)
+    rng = np.random.default_rng(5)
+    rows = l2_normalize(rng.standard_normal((1_000, 16)).astype(np.float32))
+    asked: list[int] = []
+
+    def stop_after_three() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    assert ann_module.AnnGraph.build(rows, threads=1, stop=stop_after_three) is None
+    assert len(asked) == 4  # three chunks inserted, then told to stop
+    whole = ann_module.AnnGraph.build(rows, threads=1, stop=lambda: False)
+    assert whole is not None and whole.covered == len(rows)
+    keys, _ = whole.search(rows[700], 1, 64)
+    assert keys.tolist() == [700]
+
+
+def test_background_work_is_stopped_and_joined_at_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import synaptoroute.ann as ann_module
+    import synaptoroute.index as index_module
+
+    # A fresh flag: the real one is set only when the interpreter exits.
+    monkeypatch.setattr(index_module, "_STOPPING", threading.Event())
+    monkeypatch.setattr(ann_module, "BUILD_CHUNK", 64)
+    rng = np.random.default_rng(6)
+    rows = l2_normalize(rng.standard_normal((20_000, 32)).astype(np.float32))
+    index = RouteIndex(32, ann_min_rows=1, int8_min_rows=16)
+    index.add("r", rows, [str(i) for i in range(len(rows))])
+    index.snapshot()  # starts the graph build
+    worker = index._ann_worker
+    assert worker is not None
+    assert index_module.stop_background(timeout=120)
+    assert not worker.is_alive() and index._ann_worker is None
+    # Nothing new starts once stopping: queries keep answering exactly.
+    index.add("s", rows[:5], ["s0", "s1", "s2", "s3", "s4"])
+    snapshot = index.snapshot()
+    assert index._ann_worker is None and index._int8_builder is None
+    got = snapshot.score(rows[3:4], 1)[0]
+    assert snapshot.names[int(got.route_ids[0])] in {"r", "s"}
+    assert float(got.scores[0]) == pytest.approx(1.0, abs=1e-5)
