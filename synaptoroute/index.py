@@ -314,9 +314,6 @@ class Snapshot:
             knn = self.knn_similarity(vectors[:m], k, cut) if k else None
             return self._centroid_scores(vectors, hide_q, hide_r), knn
         knn_out = np.full(m, -1.0) if k else None
-        live = self.live_rows
-        n_live = len(live) if self.all_live else int(live.sum())
-        kk = min(k, n_live)
         out = np.empty((n, self.n_routes), dtype=np.float32)
         for start in range(0, n, _CHUNK):
             stop = min(start + _CHUNK, n)
@@ -336,14 +333,9 @@ class Snapshot:
                     out[start:stop, p] = np.where(
                         count > 0, total / np.maximum(count, 1), SCORE_MIN
                     )
-            if knn_out is not None and kk and start < m:
+            if knn_out is not None and start < m:
                 # The scores are taken: the products can be partitioned in place.
-                near = sims[: min(stop, m) - start]
-                if not self.all_live:
-                    near = near[:, live]
-                near.partition(n_live - kk, axis=1)
-                top = near[:, n_live - kk]
-                knn_out[start : min(stop, m)] = np.where(np.isfinite(top), top, -1.0)
+                knn_out[start : min(stop, m)] = self._kth_live(sims[: min(stop, m) - start], k)
         out[~np.isfinite(out)] = SCORE_MIN
         return out, knn_out
 
@@ -387,30 +379,38 @@ class Snapshot:
             one's; ``-1.0`` where there is none (left out included).
         """
         # Per query (leave_out None) only the cached live-row mask is read: no layout.
-        live = self.live_rows
-        n_live = len(live) if self.all_live else int(live.sum())
         out = np.full(len(vectors), -1.0)
-        kk = min(k, n_live)
-        if kk == 0:
+        if min(k, self.n_live) == 0:
             return out
         if leave_out is None:
-            hide_q = hide_c = np.zeros(0, dtype=np.int64)
+            hide_q = hide_r = np.zeros(0, dtype=np.int64)
         else:
             hide_q, hide_r = self.layout.hidden_pairs(leave_out)
-            hide_c = (np.cumsum(live) - 1)[hide_r]  # matrix row -> column among live rows
-        every = self.all_live
         for start in range(0, len(vectors), _CHUNK):
             stop = min(start + _CHUNK, len(vectors))
             sims = vectors[start:stop] @ self.matrix.T
-            if not every:
-                sims = sims[:, live]
             sel = (hide_q >= start) & (hide_q < stop)
-            sims[hide_q[sel] - start, hide_c[sel]] = -np.inf
-            # In place: a partitioned copy of the chunk would cost as much again.
-            sims.partition(n_live - kk, axis=1)
-            top = sims[:, n_live - kk]
-            out[start:stop] = np.where(np.isfinite(top), top, -1.0)
+            sims[hide_q[sel] - start, hide_r[sel]] = -np.inf
+            out[start:stop] = self._kth_live(sims, k)
         return out
+
+    @cached_property
+    def n_live(self) -> int:
+        """Number of live rows of ``matrix`` (computed once per snapshot)."""
+        return len(self.matrix) if self.all_live else int(self.live_rows.sum())
+
+    def _kth_live(self, sims: NDArray[np.float32], k: int) -> NDArray[np.float64]:
+        """Each row's ``k``-th largest value over the live columns of ``sims`` (products
+        with every matrix row; left-out pairs already ``-inf``), ``-1.0`` where it is
+        not finite; the farthest live value with fewer than ``k`` live rows. ``sims``
+        is partitioned in place: a partitioned copy would cost as much again."""
+        kk = min(k, self.n_live)
+        if kk == 0:
+            return np.full(len(sims), -1.0)
+        near = sims if self.all_live else sims[:, self.live_rows]
+        near.partition(self.n_live - kk, axis=1)
+        top = near[:, self.n_live - kk]
+        return np.where(np.isfinite(top), top, -1.0)
 
     def score(
         self, queries: NDArray[np.float32], k: int, *, exact: bool = False, knn: int = 0
@@ -494,12 +494,10 @@ class Snapshot:
         be among the ``k`` largest are re-scored."""
         if k <= 0:
             return ranked
-        live = self.live_rows
-        n_live = len(live) if self.all_live else int(live.sum())
-        kk = min(k, n_live)
+        kk = min(k, self.n_live)
         if kk == 0:
             return replace(ranked, knn=-1.0)
-        vals = values if self.all_live else np.where(live, values, -np.inf)
+        vals = values if self.all_live else np.where(self.live_rows, values, -np.inf)
         kth = float(np.partition(vals, len(vals) - kk)[len(vals) - kk])
         if eps > 0:
             # The k-th largest exact score is at least kth - eps, so each row among the
