@@ -13,6 +13,9 @@ with ``index="exact"`` (float32 + the int8 pre-filter) and one with ``index="ann
 - start-up: opening a SQLite store of N utterances with the graph cache file present
   (load + first query), against the build from stored vectors without it;
 - deleting one of those routes, and the first query after it;
+- two more utterances for a stored route (its rows then lie in two places), and
+  deleting one utterance from the middle of a stored route's rows, each with the
+  first query after it (medians over 20 changes);
 - memory per utterance: the float32 matrix, the int8 copy, the graph (usearch's
   ``memory_usage``);
 - semantic-router's ``IndexedRouter`` (max aggregation) on the same vectors, up to
@@ -25,8 +28,8 @@ Data (``--vectors``): ``noisy`` (default): the bundled model's embeddings of the
 utterances) is centred on a noisy copy of one real vector, its utterances noisy
 copies of the centre; queries are noisy copies of random route centres. ``text``:
 real text encoded by the bundled model: the train rows of CLINC150, BANKING77 and
-SNIPS (``--data``, default ../shared/data) in 10-utterance routes of one label each,
-then routes of random word sequences drawn from the same words up to N; queries are
+SNIPS (``--data``, default ../shared/data), one route per label, then 10-utterance
+routes of random word sequences drawn from the same words up to N; queries are
 the three datasets' val texts. The vectors are cached in ``--cache`` (default
 /tmp/sr-scale).
 
@@ -219,6 +222,33 @@ def time_delete(router: AdaptiveRouter, prefix: str, queries: list[str]) -> tupl
     return time_change(router, lambda a: router.delete_route(f"{prefix}{a}"), queries)
 
 
+def grown_route(a: int) -> str:
+    """The stored route that change ``a`` of the utterance-level timings edits."""
+    return f"r{7 * a + 1}"
+
+
+def time_add_utterances(
+    router: AdaptiveRouter, prefix: str, queries: list[str]
+) -> tuple[float, float]:
+    """Two more utterances for a stored route (not the newest: its rows are no longer
+    the last ones), and the first query after them."""
+
+    def add(a: int) -> None:
+        router.add_utterances(grown_route(a), [f"{prefix}{a} u{j}" for j in range(2)])
+
+    return time_change(router, add, queries)
+
+
+def time_delete_utterance(router: AdaptiveRouter, queries: list[str]) -> tuple[float, float]:
+    """Deleting one stored utterance from the middle of a route's rows, and the first
+    query after it."""
+    return time_change(
+        router,
+        lambda a: router.delete_utterances(grown_route(a), [f"{grown_route(a)} u3"]),
+        queries,
+    )
+
+
 def peer(
     data: Data, table: dict[str, NDArray[np.float32]], texts: list[str]
 ) -> dict[str, object] | str:
@@ -289,7 +319,10 @@ def run_size(
     table = dict(zip(texts, asked, strict=True))
     extra = noisy(rng, np.repeat(rows[:1], PER_ROUTE, axis=0), 0.5)
     for name in (
-        f"new-{kind}-{a}" for kind in ("exact", "ann", "small", "peer") for a in range(ADDS)
+        f"{what}-{kind}-{a}"
+        for what in ("new", "more")
+        for kind in ("exact", "ann", "small", "peer")
+        for a in range(ADDS)
     ):
         table.update({f"{name} u{j}": extra[j] for j in range(PER_ROUTE)})
     encoder = PrecomputedEncoder("sentence-transformers/all-MiniLM-L6-v2", table)
@@ -311,6 +344,12 @@ def run_size(
         )
         out[f"{kind}_delete_route_ms"], out[f"{kind}_first_query_after_delete_ms"] = time_delete(
             router, f"new-{kind}-", texts
+        )
+        out[f"{kind}_add_utterances_ms"], out[f"{kind}_first_query_after_add_utterances_ms"] = (
+            time_add_utterances(router, f"more-{kind}-", texts)
+        )
+        out[f"{kind}_delete_utterance_ms"], out[f"{kind}_first_query_after_delete_utterance_ms"] = (
+            time_delete_utterance(router, texts)
         )
         router.close()
         del router

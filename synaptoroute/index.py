@@ -705,9 +705,10 @@ def _top_indices(row: NDArray[np.float32], k: int) -> NDArray[np.intp]:
 
 class _Segments:
     """The compiled segment arrays in growable buffers, so a compile after adding
-    routes only writes the new rows' entries (O(added), not O(n)), and deleting a
-    route rewrites the per-segment and per-route arrays only (O(routes), no per-row
-    work).
+    routes only writes the new rows' entries (O(added), not O(n)); deleting a route,
+    adding utterances to one or deleting some rewrites the per-segment and per-route
+    arrays only (O(segments), no per-row work but one copy of the row ids when rows
+    die).
 
     Rows carry their route id (``row_route``, written once per row); ``route_pos``
     maps a route id to its live position. A snapshot holds views of the prefixes:
@@ -749,7 +750,7 @@ class _Segments:
         buf = self.bufs[name]
         size = at + (values if isinstance(values, int) else len(values))
         if size > len(buf):  # a new buffer: views of the old one stay valid
-            grown = np.zeros(max(2 * len(buf), size), dtype=buf.dtype)
+            grown = np.empty(max(2 * len(buf), size), dtype=buf.dtype)
             grown[:at] = buf[:at]
             self.bufs[name] = buf = grown
         if not isinstance(values, int):
@@ -762,32 +763,117 @@ class _Segments:
             self.bufs["route_pos"][self.n_ids : n_ids] = -1
             self.n_ids = n_ids
 
-    def append(self, route: NDArray[np.int64], start: int, n_ids: int) -> bool:
-        """Add rows ``start..`` with route ids ``route``; ``False`` (nothing written)
-        unless they are new routes' rows in id order, the case of adding routes."""
+    def extended(self, route: NDArray[np.int64], start: int, n_ids: int) -> _Segments | None:
+        """The table with rows ``start..`` of route ids ``route`` (``-1``: dead) added.
+
+        New routes' rows (the case of adding routes) are appended in O(added); rows of
+        live routes (more utterances for a route) rewrite the segment order and the
+        routes' starts into new arrays, O(segments). Rows deleted before this compile,
+        or the first rows of a route created before the last live one, give a new
+        table rebuilt from the segments, also O(segments). Never O(rows). ``None``
+        when the rows do not follow this table's (the caller rebuilds it).
+        """
+        if start != self.n_rows:
+            return None
         cuts = np.flatnonzero(np.diff(route)) + 1
         firsts = np.concatenate(([0], cuts)).astype(np.intp)
         rids = route[firsts]
-        if start != self.n_rows or rids[0] <= self.last_rid or (np.diff(rids) <= 0).any():
-            return False
-        count = len(firsts)
         starts = firsts + start
-        ends = np.append(starts[1:], start + len(route))
         self._set_ids(n_ids)
-        self._put("seg_starts", self.n_segs, starts)
-        self._put("seg_ends", self.n_segs, ends)
-        self._put("seg_route", self.n_segs, rids)
-        self._put("seg_order", self.n_live, np.arange(self.n_segs, self.n_segs + count))
-        self._put("route_starts", self.n_routes, np.arange(self.n_live, self.n_live + count))
-        self._put("live_routes", self.n_routes, rids)
+        pos = np.where(rids >= 0, self.bufs["route_pos"][np.maximum(rids, 0)], -1)
+        fresh = (rids >= 0) & (pos < 0)
+        if (rids < 0).any() or (rids[fresh] <= self.last_rid).any():
+            out = _Segments()
+            out._set_ids(n_ids)
+            out.bufs["row_route"] = self.bufs["row_route"]  # its prefix never changes
+            out._put("row_route", start, route)
+            seg_starts = np.concatenate([self.view("seg_starts"), starts])
+            seg_route = np.concatenate([self.view("seg_route"), rids])
+            out._fill(seg_starts, seg_route, start + len(route))
+            return out
+        new_rids = np.unique(rids[fresh])
+        pos[fresh] = self.n_routes + np.searchsorted(new_rids, rids[fresh])
+        self._add_segments(starts, rids, pos, new_rids, start + len(route))
         self._put("row_route", start, route)
-        self.bufs["route_pos"][rids] = np.arange(self.n_routes, self.n_routes + count)
+        return self
+
+    def _add_segments(
+        self,
+        starts: NDArray[np.intp],
+        rids: NDArray[np.int64],
+        pos: NDArray[np.intp],
+        new_rids: NDArray[np.int64],
+        n_rows: int,
+    ) -> None:
+        # Segments past the last one, of live routes (pos < n_routes) or of new ones
+        # (new_rids, sorted, take the next positions).
+        count = len(starts)
+        seg_ids = np.arange(self.n_segs, self.n_segs + count)
+        n_total = self.n_routes + len(new_rids)
+        self._put("seg_starts", self.n_segs, starts)
+        self._put("seg_ends", self.n_segs, np.append(starts[1:], n_rows))
+        self._put("seg_route", self.n_segs, rids)
+        if len(new_rids) == count and (np.diff(pos) > 0).all():  # one each, in order
+            self._put("seg_order", self.n_live, seg_ids)
+            self._put("route_starts", self.n_routes, np.arange(self.n_live, self.n_live + count))
+        else:  # new arrays: snapshots taken earlier keep their views of the old ones
+            route_starts = self.view("route_starts")
+            group_ends = np.append(route_starts[1:], self.n_live)
+            where = np.append(group_ends, self.n_live)[np.minimum(pos, self.n_routes)]
+            order = np.lexsort((seg_ids, pos))  # by route, then row
+            seg_order = np.insert(self.view("seg_order"), where[order], seg_ids[order])
+            counts = np.bincount(pos, minlength=n_total)
+            counts[: self.n_routes] += np.diff(group_ends, prepend=0)
+            new_starts = np.zeros(n_total, dtype=np.intp)
+            np.cumsum(counts[:-1], out=new_starts[1:])
+            self.bufs["seg_order"], self.bufs["route_starts"] = seg_order, new_starts
+        self._put("live_routes", self.n_routes, new_rids)
+        self.bufs["route_pos"][new_rids] = np.arange(self.n_routes, n_total)
         self.n_segs += count
         self.n_live += count
-        self.n_routes += count
-        self.n_rows = start + len(route)
-        self.last_rid = int(rids[-1])
-        return True
+        self.n_routes = n_total
+        self.n_rows = n_rows
+        if len(new_rids):
+            self.last_rid = int(new_rids[-1])
+
+    def without_rows(self, rows: NDArray[np.intp]) -> _Segments:
+        """A new table where the live ``rows`` (all in this table) are dead.
+
+        Only the segments holding them are split (into runs of live and dead rows);
+        the rest is rebuilt from the segments: O(segments + deleted), and one copy of
+        the row ids (snapshots taken earlier keep theirs).
+        """
+        out = _Segments()
+        out._set_ids(self.n_ids)
+        buf = np.empty_like(self.bufs["row_route"])  # one copy, with the old spare room
+        buf[: self.n_rows] = self.view("row_route")
+        buf[rows] = -1
+        out.bufs["row_route"] = buf
+        row_route = buf[: self.n_rows]
+        seg_starts, seg_ends = self.view("seg_starts"), self.view("seg_ends")
+        hit = np.unique(np.searchsorted(seg_starts, rows, side="right") - 1)
+        # A split segment keeps its id for its first run of rows; the other runs are
+        # inserted after it. Other segments keep their route ids (-1 for deleted
+        # routes, whose rows still carry their ids).
+        seg_route = self.view("seg_route").copy()
+        at: list[NDArray[np.intp]] = []
+        starts: list[NDArray[np.intp]] = []
+        routes: list[NDArray[np.int64]] = []
+        for seg in hit.tolist():  # the deleted rows' segments: a few per call
+            first, end = int(seg_starts[seg]), int(seg_ends[seg])
+            run = row_route[first:end]
+            firsts = np.concatenate(([0], np.flatnonzero(np.diff(run)) + 1))
+            seg_route[seg] = run[0]
+            at.append(np.full(len(firsts) - 1, seg + 1, dtype=np.intp))
+            starts.append((firsts[1:] + first).astype(np.intp))
+            routes.append(run[firsts[1:]])
+        where = np.concatenate(at)
+        out._fill(
+            np.insert(seg_starts, where, np.concatenate(starts)),
+            np.insert(seg_route, where, np.concatenate(routes)),
+            self.n_rows,
+        )
+        return out
 
     def without(self, rid: int) -> _Segments:
         """A new table without route ``rid`` (its rows stay, as dead rows)."""
@@ -826,34 +912,43 @@ class _Segments:
     @classmethod
     def full(cls, route: NDArray[np.int64], n_ids: int) -> _Segments:
         """The table of rows with route ids ``route`` (``-1``: dead), from scratch."""
-        n = len(route)
         table = cls()
         table._set_ids(n_ids)
-        if n == 0:
+        if len(route) == 0:
             return table
+        table._put("row_route", 0, route)
         cuts = np.flatnonzero(np.diff(route)) + 1
         seg_starts = np.concatenate(([0], cuts)).astype(np.intp)
+        table._fill(seg_starts, route[seg_starts], len(route))
+        return table
+
+    def _fill(self, seg_starts: NDArray[np.intp], seg_route: NDArray[np.int64], n: int) -> None:
+        # Everything but row_route and the route ids' count, from the segments of a
+        # fresh table (O(segments)). Segments are runs of rows of one route id (-1:
+        # dead); a route's segments need not be adjacent.
         seg_ends = np.append(seg_starts[1:], n).astype(np.intp)
-        seg_route = route[seg_starts]
         live = np.flatnonzero(seg_route >= 0)
-        seg_order = live[np.argsort(seg_route[live], kind="stable")].astype(np.intp)
-        sorted_routes = seg_route[seg_order]
+        live_route = seg_route[live]
+        if (np.diff(live_route) >= 0).all():  # the usual order: no sort
+            seg_order, sorted_routes = live.astype(np.intp), live_route
+        else:
+            by_route = np.argsort(live_route, kind="stable")
+            seg_order, sorted_routes = live[by_route].astype(np.intp), live_route[by_route]
         if len(seg_order):
             firsts = np.concatenate(([0], np.flatnonzero(np.diff(sorted_routes)) + 1))
         else:
             firsts = np.zeros(0, dtype=np.intp)
         live_routes = sorted_routes[firsts]
         for name, values in zip(
-            (*cls._ARRAYS, "row_route"),
-            (seg_starts, seg_ends, seg_route, seg_order, firsts, live_routes, route),
+            self._ARRAYS,
+            (seg_starts, seg_ends, seg_route, seg_order, firsts, live_routes),
             strict=True,
         ):
-            table._put(name, 0, values)
-        table.bufs["route_pos"][live_routes] = np.arange(len(live_routes))
-        table.n_rows, table.n_segs, table.n_live = n, len(seg_starts), len(seg_order)
-        table.n_routes = len(firsts)
-        table.last_rid = int(live_routes[-1]) if len(live_routes) else -1
-        return table
+            self._put(name, 0, values)
+        self.bufs["route_pos"][live_routes] = np.arange(len(live_routes))
+        self.n_rows, self.n_segs, self.n_live = n, len(seg_starts), len(seg_order)
+        self.n_routes = len(firsts)
+        self.last_rid = int(live_routes[-1]) if len(live_routes) else -1
 
 
 class RouteIndex:
@@ -960,21 +1055,25 @@ class RouteIndex:
             rid = self._ids[name]
             self._flush_pending()
             keep: list[int] = []
-            removed = 0
+            gone: list[int] = []
             for row in self._rows[rid]:
                 if self._texts[row] in drop:
                     self._row_route[row] = -1
                     self._sums[rid] -= self._buf[row]
                     self._counts[rid] -= 1
-                    removed += 1
+                    gone.append(row)
                 else:
                     keep.append(row)
             self._rows[rid] = keep
-            self._dead += removed
-            if removed:
-                self._segments = None
+            self._dead += len(gone)
+            table = self._segments
+            # Rows the table does not hold yet come in dead; "centroid" always rebuilds.
+            if gone and table is not None and self.aggregation != "centroid":
+                inside = np.array([r for r in gone if r < table.n_rows], dtype=np.intp)
+                if len(inside):
+                    self._segments = table.without_rows(inside)
             self._snapshot = None
-            return removed
+            return len(gone)
 
     def __contains__(self, name: object) -> bool:
         return name in self._ids
@@ -1052,19 +1151,14 @@ class RouteIndex:
         self._version += 1
         n = self._n
         table = self._segments
-        if (
-            table is None
-            or self.aggregation == "centroid"
-            or n < table.n_rows
-            or (
-                n > table.n_rows
-                and not table.append(
-                    self._row_route[table.n_rows : n], table.n_rows, len(self._names)
-                )
+        if table is not None and n > table.n_rows and self.aggregation != "centroid":
+            table = table.extended(
+                self._row_route[table.n_rows : n], table.n_rows, len(self._names)
             )
-        ):
-            table = self._segments = _Segments.full(self._row_route[:n], len(self._names))
+        if table is None or self.aggregation == "centroid" or n < table.n_rows:
+            table = _Segments.full(self._row_route[:n], len(self._names))
             self.stats.full_compiles += 1
+        self._segments = table
         live_routes = table.view("live_routes")
         if self.aggregation == "centroid":
             sums = np.array([self._sums[r] for r in live_routes.tolist()]).reshape(

@@ -175,6 +175,12 @@ def test_adds_and_deletes_while_queries_run() -> None:
         index.add(f"r{i}", truth[f"r{i}"], [f"r{i}-{j}" for j in range(10)])
         if i % 50 == 0:
             index.snapshot()  # a compile starts a feed while queries run
+    for i in range(1, 400, 4):  # more utterances for live routes: segments of their own
+        more = l2_normalize(rng.standard_normal((2, dim)))
+        index.add(f"r{i}", more, [f"r{i}-more-{j}" for j in range(2)])
+        truth[f"r{i}"] = np.vstack([truth[f"r{i}"], more])
+        if i % 40 == 1:
+            index.snapshot()
     for i in range(0, 400, 2):  # deleted routes and utterances: masked rows
         index.delete_route(f"r{i}")
         del truth[f"r{i}"]
@@ -186,7 +192,7 @@ def test_adds_and_deletes_while_queries_run() -> None:
     thread.join()
     assert not errors, errors
     assert index.wait_for_ann(timeout=60)
-    # 2,400 dead rows of 7,000 pass the compaction point: the graph was rebuilt.
+    # 2,400 dead rows of 7,200 pass the compaction point: the graph was rebuilt.
     assert index.stats.full_rebuilds >= 1 and index.stats.ann_builds >= 2
     snapshot = index.snapshot()
     assert snapshot.ann is not None and snapshot.ann.covered == len(snapshot.matrix)
