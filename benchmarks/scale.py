@@ -13,6 +13,8 @@ with ``index="exact"`` (float32 + the int8 pre-filter) and one with ``index="ann
 - start-up: opening a SQLite store of N utterances with the graph cache file present
   (load + first query), against the build from stored vectors without it;
 - deleting one of those routes, and the first query after it;
+- queries served while the graph is fed the rows of 100 routes added in one call
+  (``ann_overhead_during_feed_ms``);
 - two more utterances for a stored route (its rows then lie in two places), and
   deleting one utterance from the middle of a stored route's rows, each with the
   first query after it (medians over 20 changes);
@@ -249,6 +251,31 @@ def time_delete_utterance(router: AdaptiveRouter, queries: list[str]) -> tuple[f
     )
 
 
+FEED_ROUTES = 100  # routes added in one call for the during-a-feed timings
+
+
+def time_during_feed(router: AdaptiveRouter, texts: list[str]) -> dict[str, float]:
+    """Queries served while the graph is fed the rows of ``FEED_ROUTES`` new routes
+    added in one call (the first query compiles and starts the feed): their p50, p99
+    and count, and how long the feed took."""
+    target = router.index_stats.ann_rows_fed + FEED_ROUTES * PER_ROUTE
+    router.add_routes(
+        [
+            Route(name=f"feed-{i}", utterances=[f"feed-{i} u{j}" for j in range(PER_ROUTE)])
+            for i in range(FEED_ROUTES)
+        ]
+    )
+    times: list[float] = []
+    began = time.perf_counter()
+    while router.index_stats.ann_rows_fed < target and len(times) < 1_000_000:
+        start = time.perf_counter()
+        router.query(texts[len(times) % len(texts)])
+        times.append((time.perf_counter() - start) * 1000.0)
+    feed_s = time.perf_counter() - began
+    assert router.wait_for_index(timeout=None)
+    return {**summarize_ms(times), "feed_s": round(feed_s, 2)}
+
+
 def peer(
     data: Data, table: dict[str, NDArray[np.float32]], texts: list[str]
 ) -> dict[str, object] | str:
@@ -325,6 +352,14 @@ def run_size(
         for a in range(ADDS)
     ):
         table.update({f"{name} u{j}": extra[j] for j in range(PER_ROUTE)})
+    fed = noisy(rng, rows[rng.integers(0, len(rows), FEED_ROUTES * PER_ROUTE)], 0.05)
+    table.update(
+        {
+            f"feed-{i} u{j}": fed[i * PER_ROUTE + j]
+            for i in range(FEED_ROUTES)
+            for j in range(PER_ROUTE)
+        }
+    )
     encoder = PrecomputedEncoder("sentence-transformers/all-MiniLM-L6-v2", table)
     out: dict[str, object] = {"utterances": n}
     names: dict[str, list[str]] = {}
@@ -339,6 +374,7 @@ def run_size(
         if kind == "ann":
             out["ann_answered"] = (stats.ann_queries - before[0]) / n_queries
             out["ann_graph_bytes_per_utterance"] = round(router._index.ann_bytes / n, 1)
+            out["ann_overhead_during_feed_ms"] = time_during_feed(router, texts)
         out[f"{kind}_add_route_ms"], out[f"{kind}_first_query_after_ms"] = time_add(
             router, f"new-{kind}-", texts
         )

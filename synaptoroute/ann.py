@@ -50,8 +50,12 @@ DEFAULT_DEPTH = 128
 CLOSE_MARGIN = 0.02
 # Rows of candidate routes re-scored in full per query, beyond the first k routes.
 RESCORE_BUDGET = 4096
-# Rows fed into a serving graph per lock hold: queries wait at most one such chunk.
-FEED_CHUNK = 64
+# Rows fed into a serving graph per lock hold: a query waits for one such chunk at
+# most, and inserting a row into a graph of 100,000 or more takes about as long as a
+# search (0.5-1 ms on 2 cores), so one row at a time.
+FEED_CHUNK = 1
+# Seconds a feed waits for searches in flight before it inserts its next row anyway.
+FEED_YIELD = 0.005
 # Rows per insertion call of a build: a build told to stop (the interpreter exits)
 # ends within one such call (about a second on 2 cores).
 BUILD_CHUNK = 8192
@@ -133,6 +137,10 @@ class AnnGraph:
     def __init__(self, graph: Any, covered: int) -> None:
         self._graph = graph
         self._lock = threading.Lock()
+        # Searches waiting for or holding the lock: a feed lets them go first (a row
+        # inserted into a large graph takes about as long as a search).
+        self._searches = 0
+        self._turn = threading.Condition(threading.Lock())
         #: Leading rows in the graph; grows as the feeder inserts rows.
         self.covered = covered
 
@@ -175,9 +183,16 @@ class AnnGraph:
         Returns:
             Row numbers and the graph's (int8 cosine) similarities of those rows.
         """
-        with self._lock:
-            self._graph.expansion_search = depth
-            matches = self._graph.search(query, count, threads=1)
+        with self._turn:
+            self._searches += 1
+        try:
+            with self._lock:
+                self._graph.expansion_search = depth
+                matches = self._graph.search(query, count, threads=1)
+        finally:
+            with self._turn:
+                self._searches -= 1
+                self._turn.notify_all()
         keys = np.asarray(matches.keys, dtype=np.int64)
         return keys, (1.0 - np.asarray(matches.distances, dtype=np.float32))
 
@@ -191,6 +206,8 @@ class AnnGraph:
         Returns:
             False when ``start`` is stale (another feed got there first).
         """
+        with self._turn:  # searches first, but a stream of them delays a feed boundedly
+            self._turn.wait_for(lambda: self._searches == 0, timeout=FEED_YIELD)
         with self._lock:  # usearch grows its capacity inside add: never during a search
             if start != self.covered:
                 return False

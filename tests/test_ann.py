@@ -436,3 +436,54 @@ def test_background_work_is_stopped_and_joined_at_exit(monkeypatch: pytest.Monke
     got = snapshot.score(rows[3:4], 1)[0]
     assert snapshot.names[int(got.route_ids[0])] in {"r", "s"}
     assert float(got.scores[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+class _BlockingGraph:
+    """A stand-in for usearch's index that logs its calls; ``add`` waits for ``go``."""
+
+    ndim = 4
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.go = threading.Event()
+        self.expansion_search = 0
+
+    def add(self, keys: np.ndarray, rows: np.ndarray, threads: int) -> None:
+        self.log.append(f"add {int(keys[0])}")
+        assert self.go.wait(60)
+
+    def search(self, query: np.ndarray, count: int, threads: int) -> object:
+        self.log.append("search")
+        return type("Matches", (), {"keys": [0], "distances": [0.0]})()
+
+
+def test_a_waiting_search_goes_before_the_next_fed_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Inserting a row into a large graph takes about a search's time, so rows are fed
+    # one per lock hold and a search waiting for the lock goes before the feed's next
+    # row: a query after an add waits for one row, not the whole feed. (FEED_YIELD
+    # bounds how long a feed defers to searches; long here, so the order is certain.)
+    import synaptoroute.ann as ann_module
+
+    monkeypatch.setattr(ann_module, "FEED_YIELD", 60.0)
+    assert ann_module.FEED_CHUNK == 1
+    fake = _BlockingGraph()
+    graph = ann_module.AnnGraph(fake, covered=0)
+    rows = l2_normalize(np.ones((2, 4)))
+
+    def feed() -> None:
+        for start in range(2):
+            assert graph.feed(rows[start : start + 1], start)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    while fake.log != ["add 0"]:  # the first row holds the graph's lock
+        feeder.join(0.001)
+    searcher = threading.Thread(target=graph.search, args=(rows[0], 1, 16))
+    searcher.start()
+    while graph._searches != 1:  # the search waits for the lock
+        searcher.join(0.001)
+    fake.go.set()
+    feeder.join(60)
+    searcher.join(60)
+    assert fake.log == ["add 0", "search", "add 1"]
+    assert graph.covered == 2
