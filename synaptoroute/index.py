@@ -185,6 +185,10 @@ class Snapshot:
     stats: IndexStats | None = None  # the index's counters (int8 queries count here)
     ann: AnnGraph | None = None  # graph over the leading rows ("max" only)
     ann_rounds: tuple[tuple[int, int], ...] = rounds_for(DEFAULT_DEPTH)
+    # (n_routes, 2): each live route's first and past-last row when its rows are one
+    # segment (the usual case: a route added at once), -1 when they are split. Kept
+    # by the compile (appended for new routes), not derived per snapshot: O(routes).
+    route_spans: NDArray[np.intp] = field(default_factory=lambda: np.zeros((0, 2), dtype=np.intp))
 
     @property
     def n_routes(self) -> int:
@@ -227,16 +231,6 @@ class Snapshot:
         """Per-live-route maximum similarity, shape ``(m, n_routes)``."""
         seg_max = np.maximum.reduceat(sims, self.seg_starts, axis=1)
         return np.maximum.reduceat(seg_max[:, self.seg_order], self.route_starts, axis=1)
-
-    @cached_property
-    def route_spans(self) -> NDArray[np.intp]:
-        """``(n_routes, 2)``: each live route's first and past-last row when its rows are
-        one segment (the usual case: a route added at once), ``-1`` when they are split."""
-        counts = np.diff(np.append(self.route_starts, len(self.seg_order)))
-        first = self.seg_order[self.route_starts]
-        spans = np.stack([self.seg_starts[first], self.seg_ends[first]], axis=1).astype(np.intp)
-        spans[counts > 1] = -1
-        return spans
 
     def _route_best(self, pos: int, query: NDArray[np.float32]) -> tuple[float, int, int]:
         """Route position ``pos``'s exact maximum for ``query``, its row, and rows scored."""
@@ -726,7 +720,8 @@ class _Segments:
         self.n_ids = 0  # entries of route_pos (route ids seen)
         self.last_rid = -1  # the largest live route id
         self.bufs: dict[str, NDArray[Any]] = {
-            name: np.zeros(16, dtype=np.intp) for name in (*self._ARRAYS, "route_pos", "row_route")
+            name: np.zeros(16, dtype=np.intp)
+            for name in (*self._ARRAYS, "route_pos", "row_route", "route_span")
         }
 
     # Which counter gives each array's current length.
@@ -743,8 +738,21 @@ class _Segments:
 
     def view(self, name: str) -> NDArray[Any]:
         """The current prefix of one array."""
+        if name == "route_span":  # two entries per route: (n_routes, 2)
+            return self.bufs[name][: 2 * self.n_routes].reshape(-1, 2)
         size: int = getattr(self, self._SIZE[name])
         return self.bufs[name][:size]
+
+    def _spans_from_arrays(self) -> None:
+        # Every route's span from the segment arrays, into a new buffer: O(routes).
+        route_starts, seg_order = self.view("route_starts"), self.view("seg_order")
+        counts = np.diff(np.append(route_starts, len(seg_order)))
+        first = seg_order[route_starts]
+        spans = np.stack(
+            [self.view("seg_starts")[first], self.view("seg_ends")[first]], axis=1
+        ).astype(np.intp)
+        spans[counts > 1] = -1
+        self.bufs["route_span"] = spans.ravel()
 
     def _put(self, name: str, at: int, values: NDArray[Any] | int) -> None:
         buf = self.bufs[name]
@@ -816,6 +824,9 @@ class _Segments:
         if len(new_rids) == count and (np.diff(pos) > 0).all():  # one each, in order
             self._put("seg_order", self.n_live, seg_ids)
             self._put("route_starts", self.n_routes, np.arange(self.n_live, self.n_live + count))
+            ends = np.append(starts[1:], n_rows)
+            self._put("route_span", 2 * self.n_routes, np.stack([starts, ends], axis=1).ravel())
+            spans_done = True
         else:  # new arrays: snapshots taken earlier keep their views of the old ones
             route_starts = self.view("route_starts")
             group_ends = np.append(route_starts[1:], self.n_live)
@@ -827,6 +838,7 @@ class _Segments:
             new_starts = np.zeros(n_total, dtype=np.intp)
             np.cumsum(counts[:-1], out=new_starts[1:])
             self.bufs["seg_order"], self.bufs["route_starts"] = seg_order, new_starts
+            spans_done = False
         self._put("live_routes", self.n_routes, new_rids)
         self.bufs["route_pos"][new_rids] = np.arange(self.n_routes, n_total)
         self.n_segs += count
@@ -835,6 +847,8 @@ class _Segments:
         self.n_rows = n_rows
         if len(new_rids):
             self.last_rid = int(new_rids[-1])
+        if not spans_done:
+            self._spans_from_arrays()
 
     def without_rows(self, rows: NDArray[np.intp]) -> _Segments:
         """A new table where the live ``rows`` (all in this table) are dead.
@@ -885,7 +899,9 @@ class _Segments:
         p = int(route_pos[rid]) if rid < self.n_ids else -1
         seg_route = self.view("seg_route").copy()
         seg_order, route_starts = self.view("seg_order"), self.view("route_starts")
+        spans = self.view("route_span")
         if p >= 0:
+            spans = np.delete(spans, p, axis=0)
             first = int(route_starts[p])
             last = int(route_starts[p + 1]) if p + 1 < len(route_starts) else len(seg_order)
             seg_route[seg_order[first:last]] = -1
@@ -903,6 +919,7 @@ class _Segments:
             ("route_starts", route_starts),
             ("live_routes", live_routes),
             ("route_pos", route_pos),
+            ("route_span", spans.ravel()),
         ):
             out._put(name, 0, values)
         out.n_live, out.n_routes = len(seg_order), len(live_routes)
@@ -949,6 +966,7 @@ class _Segments:
         self.n_rows, self.n_segs, self.n_live = n, len(seg_starts), len(seg_order)
         self.n_routes = len(firsts)
         self.last_rid = int(live_routes[-1]) if len(live_routes) else -1
+        self._spans_from_arrays()
 
 
 class RouteIndex:
@@ -1187,6 +1205,7 @@ class RouteIndex:
             int8=self._int8,
             row_route=table.view("row_route"),
             route_pos=table.view("route_pos"),
+            route_spans=table.view("route_span"),
             stats=self.stats,
             ann=self._ann,
             ann_rounds=self._ann_rounds,

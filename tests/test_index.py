@@ -138,6 +138,16 @@ def test_compiles_after_adding_or_deleting_routes_do_not_rebuild_the_segment_arr
             ranked = sorted(expected, key=lambda n: -expected[n])
             assert [snap.names[int(r)] for r in got.route_ids] == ranked
             assert got.scores == pytest.approx([expected[n] for n in ranked], abs=1e-5)
+        # The routes' spans, kept by the compile: a route of one segment spans its rows,
+        # one of several has none (-1).
+        segments = np.diff(np.append(snap.route_starts, len(snap.seg_order)))
+        assert len(snap.route_spans) == snap.n_routes
+        for pos, (start, end) in enumerate(snap.route_spans.tolist()):
+            rows = np.flatnonzero(snap.row_pos == pos).tolist()
+            if segments[pos] == 1:
+                assert rows == list(range(start, end))
+            else:
+                assert (start, end) == (-1, -1)
 
     for i in range(40):
         add(f"r{i}", int(rng.integers(1, 6)))
