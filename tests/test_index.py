@@ -211,6 +211,53 @@ def test_compiles_after_adding_or_deleting_routes_do_not_rebuild_the_segment_arr
         assert list(before.scores) == list(after.scores)
 
 
+@pytest.mark.parametrize("deleted", [(), ("x",), ("x", "y")])
+def test_one_compile_of_new_routes_out_of_order_and_more_rows_for_old_ones(
+    deleted: tuple[str, ...],
+) -> None:
+    # Pending rows of a new route, another new route, the first one again, then an
+    # old route's (or none left: every earlier route deleted): one compile from the
+    # segments, never from the rows; scores and spans as brute force says.
+    rng = np.random.default_rng(7)
+    index = RouteIndex(DIM, int8_min_rows=None)
+    truth: dict[str, np.ndarray] = {}
+
+    def add(name: str, count: int) -> None:
+        vecs = unit(rng, count)
+        start = len(truth.get(name, ()))
+        index.add(name, vecs, [f"{name}-{start + j}" for j in range(count)])
+        truth[name] = np.vstack([truth[name], vecs]) if name in truth else vecs
+
+    add("x", 3)
+    add("y", 2)
+    index.snapshot()
+    for name in deleted:
+        index.delete_route(name)
+        del truth[name]
+    index.snapshot()
+    add("a", 2)
+    add("b", 2)
+    add("a", 1)
+    if "y" in truth:
+        add("y", 2)
+    snap = index.snapshot()
+    assert index.stats.full_compiles == 1
+    queries = unit(rng, 20)
+    for query, got in zip(queries, snap.score(queries, k=len(truth)), strict=True):
+        expected = brute_force(truth, query, "max")
+        ranked = sorted(expected, key=lambda n: -expected[n])
+        assert [snap.names[int(r)] for r in got.route_ids] == ranked
+        assert got.scores == pytest.approx([expected[n] for n in ranked], abs=1e-5)
+    spans = {
+        snap.names[int(r)]: span
+        for r, span in zip(snap.live_routes, snap.route_spans.tolist(), strict=True)
+    }
+    assert spans["a"] == [-1, -1]  # rows in two places
+    assert spans["b"][1] - spans["b"][0] == 2
+    if "y" in truth:
+        assert spans["y"] == [-1, -1]
+
+
 def test_adds_without_queries_are_only_appended_to_pending() -> None:
     rng = np.random.default_rng(2)
     index = RouteIndex(DIM)
