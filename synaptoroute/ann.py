@@ -51,8 +51,8 @@ CLOSE_MARGIN = 0.02
 # Rows of candidate routes re-scored in full per query, beyond the first k routes.
 RESCORE_BUDGET = 4096
 # Rows fed into a serving graph per lock hold: a query waits for one such chunk at
-# most, and inserting a row into a graph of 100,000 or more takes about as long as a
-# search (0.5-1 ms on 2 cores), so one row at a time.
+# most, and inserting a row into a large graph costs about what a search does, so one
+# row at a time (BENCHMARKS.md: queries during a feed).
 FEED_CHUNK = 1
 # Seconds a feed waits for searches in flight before it inserts its next row anyway.
 FEED_YIELD = 0.005

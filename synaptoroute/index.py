@@ -818,15 +818,15 @@ class _Segments:
         count = len(starts)
         seg_ids = np.arange(self.n_segs, self.n_segs + count)
         n_total = self.n_routes + len(new_rids)
+        ends = np.append(starts[1:], n_rows)
         self._put("seg_starts", self.n_segs, starts)
-        self._put("seg_ends", self.n_segs, np.append(starts[1:], n_rows))
+        self._put("seg_ends", self.n_segs, ends)
         self._put("seg_route", self.n_segs, rids)
-        if len(new_rids) == count and (np.diff(pos) > 0).all():  # one each, in order
+        appended = len(new_rids) == count and bool((np.diff(pos) > 0).all())  # one each, in order
+        if appended:
             self._put("seg_order", self.n_live, seg_ids)
             self._put("route_starts", self.n_routes, np.arange(self.n_live, self.n_live + count))
-            ends = np.append(starts[1:], n_rows)
             self._put("route_span", 2 * self.n_routes, np.stack([starts, ends], axis=1).ravel())
-            spans_done = True
         else:  # new arrays: snapshots taken earlier keep their views of the old ones
             route_starts = self.view("route_starts")
             group_ends = np.append(route_starts[1:], self.n_live)
@@ -838,7 +838,6 @@ class _Segments:
             new_starts = np.zeros(n_total, dtype=np.intp)
             np.cumsum(counts[:-1], out=new_starts[1:])
             self.bufs["seg_order"], self.bufs["route_starts"] = seg_order, new_starts
-            spans_done = False
         self._put("live_routes", self.n_routes, new_rids)
         self.bufs["route_pos"][new_rids] = np.arange(self.n_routes, n_total)
         self.n_segs += count
@@ -847,7 +846,7 @@ class _Segments:
         self.n_rows = n_rows
         if len(new_rids):
             self.last_rid = int(new_rids[-1])
-        if not spans_done:
+        if not appended:  # spans from the rewritten arrays (the counters must be current)
             self._spans_from_arrays()
 
     def without_rows(self, rows: NDArray[np.intp]) -> _Segments:
