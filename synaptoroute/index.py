@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from ._buffers import take_buffer
 from ._cpu import process_cpus
 from .ann import DEFAULT_DEPTH, rounds_for  # stdlib and numpy only: usearch loads on use
 from .int8 import Int8Scan
@@ -60,6 +61,7 @@ class IndexStats:
     reallocations: int = 0  # capacity doublings
     rows_copied: int = 0  # rows moved by rebuilds and reallocations
     rows_written: int = 0  # pending rows written into the buffer tail
+    rows_taken: int = 0  # rows of a store's handed-over buffer taken without a copy
     int8_builds: int = 0  # int8 copies of the matrix made for the pre-filter
     int8_queries: int = 0  # queries scored through the int8 copy
     rows_rescored: int = 0  # rows those queries re-scored exactly in float32
@@ -1000,7 +1002,7 @@ class RouteIndex:
         self._ids: dict[str, int] = {}
         self._names: list[str] = []  # route id -> name, deleted ones included
         self._rows: dict[int, list[int]] = {}  # route id -> its rows in the buffer
-        self._sums: dict[int, NDArray[np.float64]] = {}
+        self._sums: dict[int, NDArray[np.float64]] = {}  # "centroid" only: 3 kB a route
         self._counts: dict[int, int] = {}
         self._snapshot: Snapshot | None = None
         self._segments: _Segments | None = None  # the last compile's arrays
@@ -1033,12 +1035,50 @@ class RouteIndex:
                 self._ids[name] = rid
                 self._names.append(name)
                 self._rows[rid] = []
-                self._sums[rid] = np.zeros(self.dimension, dtype=np.float64)
+                if self.aggregation == "centroid":
+                    self._sums[rid] = np.zeros(self.dimension, dtype=np.float64)
                 self._counts[rid] = 0
             if len(vectors):
                 self._pending.append((rid, np.asarray(vectors, dtype=np.float32), list(texts)))
-                self._sums[rid] += vectors.sum(axis=0)
+                if self.aggregation == "centroid":
+                    self._sums[rid] += vectors.sum(axis=0)
                 self._counts[rid] += len(vectors)
+            self._snapshot = None
+
+    def load(self, routes: Sequence[tuple[str, NDArray[np.float32], Sequence[str]]]) -> None:
+        """Add many routes (a store opening) with one write of their vectors at most.
+
+        When the vectors are consecutive rows of a buffer a store's loader handed over
+        (:mod:`synaptoroute._buffers`), the index takes that buffer and copies nothing;
+        otherwise, or when the index is not empty, this is :meth:`add` per route.
+        """
+        with self._lock:
+            names = [name for name, _, _ in routes]
+            taken = None
+            if not self._names and self.aggregation != "centroid" and len(set(names)) == len(names):
+                taken = take_buffer([v for _, v, _ in routes], self.dimension)
+            if taken is None:
+                for name, vectors, texts in routes:
+                    self.add(name, vectors, texts)
+                return
+            buf, n = taken
+            counts = [len(v) for _, v, _ in routes]
+            if any(len(t) != c for (_, _, t), c in zip(routes, counts, strict=True)):
+                msg = "vectors and texts differ in length"
+                raise ValueError(msg)
+            self._buf = buf
+            self._row_route = np.full(len(buf), -1, dtype=np.int64)
+            self._row_route[:n] = np.repeat(np.arange(len(names), dtype=np.int64), counts)
+            self._names = names
+            self._ids = {name: rid for rid, name in enumerate(names)}
+            start = 0
+            for rid, (count, (_, _, texts)) in enumerate(zip(counts, routes, strict=True)):
+                self._rows[rid] = list(range(start, start + count))
+                self._counts[rid] = count
+                self._texts.extend(texts)
+                start += count
+            self._n = n
+            self.stats.rows_taken += n
             self._snapshot = None
 
     def delete_route(self, name: str) -> None:
@@ -1053,7 +1093,8 @@ class RouteIndex:
                 self._segments = self._segments.without(rid)
             self._dead += len(rows)
             self._pending = [p for p in self._pending if p[0] != rid]
-            del self._sums[rid], self._counts[rid]
+            self._sums.pop(rid, None)
+            del self._counts[rid]
             self._snapshot = None
 
     def vectors_of(self, name: str) -> dict[str, NDArray[np.float32]]:
@@ -1076,7 +1117,8 @@ class RouteIndex:
             for row in self._rows[rid]:
                 if self._texts[row] in drop:
                     self._row_route[row] = -1
-                    self._sums[rid] -= self._buf[row]
+                    if self.aggregation == "centroid":
+                        self._sums[rid] -= self._buf[row]
                     self._counts[rid] -= 1
                     gone.append(row)
                 else:

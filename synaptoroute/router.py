@@ -344,7 +344,9 @@ class AdaptiveRouter:
             stored = fresh
         for item in stored:
             self._routes[item.route.name] = item.route
-            self._index.add(item.route.name, item.vectors, item.route.utterances)
+        self._index.load(
+            [(item.route.name, item.vectors, item.route.utterances) for item in stored]
+        )
         state = self.storage.get_state(_POLICY_KEY)
         if state is not None:
             self._policy = self._policy_from_state(state)

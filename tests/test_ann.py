@@ -487,3 +487,23 @@ def test_a_waiting_search_goes_before_the_next_fed_row(monkeypatch: pytest.Monke
     searcher.join(60)
     assert fake.log == ["add 0", "search", "add 1"]
     assert graph.covered == 2
+
+
+def test_content_key_covers_every_row_in_blocks_hashed_in_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import synaptoroute.ann as ann
+
+    monkeypatch.setattr(ann, "_KEY_BLOCK", 4)  # several blocks from a few rows
+    rows = l2_normalize(np.random.default_rng(3).standard_normal((11, 8)))
+    key = ann.content_key(rows)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        assert ann.content_key(rows, pool) == key  # the same with threads
+    assert ann.content_key(np.vstack([rows, rows[:2]])[:11]) == key  # a prefix's key
+    changed = rows.copy()
+    changed[9, 5] += 1e-6
+    assert ann.content_key(changed) != key  # any value, in any block
+    assert ann.content_key(rows[:10]) != key  # a row fewer
+    assert ann.content_key(rows[[1, 0, *range(2, 11)]]) != key  # two rows swapped

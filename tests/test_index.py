@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from synaptoroute._buffers import take_buffer, vector_buffer
 from synaptoroute.encoder import l2_normalize
 from synaptoroute.index import RouteIndex
 from synaptoroute.int8 import Int8Scan
@@ -677,3 +678,98 @@ def test_scores_carry_the_kth_neighbour_of_the_scan(agg: str, int8_min_rows: int
     only = empty.snapshot().score(queries[:1], 1, knn=5)[0].knn
     want = None if agg == "centroid" else float(empty.vectors_of("a")["y"] @ queries[0])
     assert only == (None if want is None else pytest.approx(want, abs=1e-6))
+
+
+def handed_over(
+    rng: np.random.Generator, sizes: list[int]
+) -> tuple[np.ndarray, list[tuple[str, np.ndarray, list[str]]]]:
+    """Routes whose vectors are consecutive rows of one handed-over buffer (a store's load)."""
+    buf = vector_buffer(sum(sizes), DIM)
+    routes, start = [], 0
+    for i, size in enumerate(sizes):
+        buf[start : start + size] = unit(rng, size)
+        routes.append((f"r{i}", buf[start : start + size], [f"r{i}-{j}" for j in range(size)]))
+        start += size
+    return buf, routes
+
+
+def check_brute_force(index: RouteIndex, truth: dict[str, np.ndarray], seed: int) -> None:
+    queries = unit(np.random.default_rng(seed), 20)
+    snap = index.snapshot()
+    for query, got in zip(queries, snap.score(queries, k=len(truth)), strict=True):
+        expected = brute_force(truth, query, "max")
+        ranked = sorted(expected, key=lambda n: -expected[n])
+        assert [snap.names[int(r)] for r in got.route_ids] == ranked
+        assert got.scores == pytest.approx([expected[n] for n in ranked], abs=1e-5)
+
+
+def test_load_takes_a_handed_over_buffer_and_copies_nothing() -> None:
+    rng = np.random.default_rng(11)
+    buf, routes = handed_over(rng, [3, 1, 5, 2] * 10)
+    index = RouteIndex(DIM, int8_min_rows=None)
+    index.load(routes)
+    assert index.stats.rows_taken == 110 and index.stats.rows_written == 0
+    truth = {name: vectors.copy() for name, vectors, _ in routes}
+    check_brute_force(index, truth, 1)
+
+    # The buffer's spare rows (capacity 128) take the next rows: no reallocation.
+    truth["new"] = unit(rng, 4)
+    index.add("new", truth["new"], ["n0", "n1", "n2", "n3"])
+    more = unit(rng, 2)
+    index.add("r2", more, ["x0", "x1"])
+    truth["r2"] = np.vstack([truth["r2"], more])
+    index.delete_route("r0")
+    del truth["r0"]
+    assert index.delete_texts("r6", ["r6-0"]) == 1
+    truth["r6"] = truth["r6"][1:]
+    check_brute_force(index, truth, 2)
+    assert index.stats.reallocations == 0 and index.stats.rows_written == 6
+
+    # Taken once: a second index given the same rows copies them.
+    again = RouteIndex(DIM, int8_min_rows=None)
+    again.load(routes)
+    assert again.snapshot().matrix.base is not buf
+    assert again.stats.rows_taken == 0 and again.stats.rows_written == 110
+
+
+def test_load_copies_rows_it_was_not_handed() -> None:
+    rng = np.random.default_rng(12)
+    plain = [(f"p{i}", unit(rng, 3), [f"p{i}-{j}" for j in range(3)]) for i in range(4)]
+    _, gapped = handed_over(rng, [2, 2, 2])
+    del gapped[1]  # not consecutive rows of the buffer
+    _, duplicated = handed_over(rng, [2, 2])
+    duplicated[1] = ("r0", duplicated[1][1], ["r0-x", "r0-y"])  # one route, twice
+    _, later = handed_over(rng, [2, 2])
+    for routes, already in ((plain, False), (gapped, False), (duplicated, False), (later, True)):
+        index = RouteIndex(DIM, int8_min_rows=None)
+        if already:  # an index that holds routes appends with add()
+            index.add("first", unit(rng, 2), ["f0", "f1"])
+        index.load(routes)
+        assert index.stats.rows_taken == 0
+        truth: dict[str, np.ndarray] = {}
+        if already:
+            truth["first"] = index.snapshot().matrix[:2].copy()
+        for name, vectors, _ in routes:
+            truth[name] = np.vstack([truth[name], vectors]) if name in truth else vectors.copy()
+        check_brute_force(index, truth, 3)
+
+
+def test_load_takes_nothing_for_the_centroid_aggregation() -> None:
+    # "centroid" keeps per-route sums that only add() maintains.
+    _, routes = handed_over(np.random.default_rng(13), [3, 4])
+    index = RouteIndex(DIM, aggregation="centroid")
+    index.load(routes)
+    index.snapshot()
+    assert index.stats.rows_taken == 0 and index.stats.rows_written == 7
+
+
+def test_take_buffer_refuses_what_it_did_not_hand_over() -> None:
+    buf = vector_buffer(10, DIM)
+    assert buf.shape == (16, DIM)
+    assert take_buffer([np.zeros((10, DIM), np.float32)], DIM) is None
+    assert take_buffer([buf[:4], buf[5:10]], DIM) is None  # a gap
+    assert take_buffer([buf[:4]], DIM + 1) is None  # another dimension
+    assert take_buffer([], DIM) is None
+    taken = take_buffer([buf[:4], buf[4:4], buf[4:10]], DIM)
+    assert taken is not None and taken[0] is buf and taken[1] == 10
+    assert take_buffer([buf[:10]], DIM) is None  # taken once

@@ -230,3 +230,47 @@ def test_memory_storage_is_the_default(encoder: Encoder) -> None:
     router.add_route(ROUTES[0])
     again = AdaptiveRouter(encoder, router.storage)  # shares the in-memory store
     assert again.route_names == ["billing"]
+
+
+def test_reopened_router_takes_the_loaded_vectors_without_a_copy(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    # Opening a store writes its vectors once: the index takes the loader's buffer.
+    path = tmp_path / "routes.db"
+    first = AdaptiveRouter(encoder, SQLiteStorage(path))
+    first.add_routes(ROUTES)
+    first.add_utterances("weather", ["Do I need an umbrella?"])
+    expected = [m.model_dump() for m in first.query_batch(QUERIES)]
+    first.close()
+
+    reopened = AdaptiveRouter(encoder, SQLiteStorage(path))
+    assert [m.model_dump() for m in reopened.query_batch(QUERIES)] == expected
+    stats = reopened.index_stats
+    assert stats.rows_taken == 6 and stats.rows_written == 0
+    # Changes after the opening write into the taken buffer's free rows.
+    reopened.add_route(Route(name="music", utterances=["play some jazz", "put on a song"]))
+    reopened.add_utterances("billing", ["refund my order"])
+    reopened.delete_utterances("support", ["The app crashes"])
+    assert reopened.query("play jazz").name == "music"
+    assert reopened.query("I want a refund for my order").name == "billing"
+    assert reopened.index_stats.rows_written == 3
+    changed = [m.model_dump() for m in reopened.query_batch(QUERIES)]
+    reopened.close()
+
+    # The store holds what the router changed, and a third opening answers the same.
+    third = AdaptiveRouter(encoder, SQLiteStorage(path))
+    assert [m.model_dump() for m in third.query_batch(QUERIES)] == changed
+    assert third.index_stats.rows_taken == 8
+    third.close()
+
+
+def test_stored_vector_of_the_wrong_size_is_a_storage_error(tmp_path: Path) -> None:
+    path = tmp_path / "routes.db"
+    store = SQLiteStorage(path)
+    store.put_routes([StoredRoute(ROUTES[2], np.ones((1, 8), np.float32))], ModelInfo("hash", 8))
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE utterances SET vector = ?", (b"\0" * 12,))
+    db.close()
+    with pytest.raises(StorageError, match="not 8 float32s"):
+        SQLiteStorage(path).load()

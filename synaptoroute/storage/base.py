@@ -93,6 +93,8 @@ def metadata_json(metadata: dict[str, Any]) -> str:
 
 def _read_metadata(text: str, route: str) -> dict[str, Any]:
     """Stored metadata; lone surrogates that older versions let in become U+FFFD."""
+    if text == "{}":  # most routes: skips a JSON parse per route when a store opens
+        return {}
     value: dict[str, Any] = json.loads(text)
     if "\\ud" not in text.lower():  # the only way a surrogate is stored: an escape
         return value

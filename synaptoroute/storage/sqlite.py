@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from .._buffers import vector_buffer
 from ..exceptions import InvalidInputError, NotADatabaseError, RouteNotFoundError, StorageError
 from ..models import Route
 from .base import (
@@ -32,6 +33,8 @@ from .base import (
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Durability", "SQLiteStorage"]
 
 _APP_ID = "synaptoroute"
+#: Utterance rows fetched at a time when loading the store.
+_LOAD_CHUNK = 4096
 SCHEMA_VERSION = 3
 #: ``"full"``: every acknowledged change survives a power loss (an fsync per commit).
 #: ``"normal"``: WAL's cheaper mode; the last commits can roll back after a power
@@ -298,9 +301,7 @@ class SQLiteStorage:
                     routes = self._db.execute(
                         "SELECT id, name, description, threshold, metadata FROM routes ORDER BY id"
                     ).fetchall()
-                    rows = self._db.execute(
-                        "SELECT route_id, text, vector FROM utterances ORDER BY route_id, id"
-                    ).fetchall()
+                    route_ids, texts, matrix = self._read_utterances(info)
                 finally:
                     self._db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
             except sqlite3.Error as exc:
@@ -308,27 +309,51 @@ class SQLiteStorage:
                 raise StorageError(msg) from exc
         if not routes:
             return []
-        dim = info.dimension if info else 0
-        blob = b"".join(r[2] for r in rows)
-        matrix = (
-            np.frombuffer(blob, dtype=np.float32).reshape(len(rows), dim)
-            if rows
-            else np.zeros((0, dim), np.float32)
-        )
-        route_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         out = []
-        for rid, name, description, threshold, metadata in routes:
-            lo, hi = np.searchsorted(route_ids, [rid, rid + 1])
-            texts = [rows[i][1] for i in range(lo, hi)]
+        ids = np.array([r[0] for r in routes], dtype=np.int64)
+        starts = np.searchsorted(route_ids, ids).tolist()
+        ends = np.searchsorted(route_ids, ids + 1).tolist()
+        for (_, name, description, threshold, metadata), lo, hi in zip(
+            routes, starts, ends, strict=True
+        ):
             route = Route.model_construct(
                 name=name,
-                utterances=texts,
+                utterances=texts[lo:hi],
                 description=description,
                 threshold=threshold,
                 metadata=_read_metadata(metadata, name),
             )
             out.append(StoredRoute(route, matrix[lo:hi]))
         return out
+
+    def _read_utterances(
+        self, info: ModelInfo | None
+    ) -> tuple[NDArray[np.int64], list[str], NDArray[np.float32]]:
+        # Streamed into one buffer the router's index takes over (synaptoroute._buffers):
+        # fetchall() and a join held every vector twice more, 3 GB at a million rows.
+        dim = info.dimension if info else 0
+        (count,) = self._db.execute("SELECT COUNT(*) FROM utterances").fetchone()
+        buf = vector_buffer(count, dim)
+        route_ids = np.empty(count, dtype=np.int64)
+        texts: list[str] = []
+        cursor = self._db.execute(
+            "SELECT route_id, text, vector FROM utterances ORDER BY route_id, id"
+        )
+        at = 0
+        while chunk := cursor.fetchmany(_LOAD_CHUNK):
+            end = at + len(chunk)
+            blob = b"".join(r[2] for r in chunk)
+            if len(blob) != len(chunk) * dim * 4:
+                msg = f"SQLite store {self.path!r} holds vectors that are not {dim} float32s"
+                raise StorageError(msg)
+            if end > count:  # cannot happen inside the read transaction
+                msg = f"SQLite store {self.path!r} changed while it was read"
+                raise StorageError(msg)
+            buf[at:end] = np.frombuffer(blob, dtype=np.float32).reshape(len(chunk), dim)
+            route_ids[at:end] = [r[0] for r in chunk]
+            texts.extend(r[1] for r in chunk)
+            at = end
+        return route_ids[:at], texts, buf[:at]
 
     def _route_id(self, tx: sqlite3.Connection, name: str) -> int:
         row = tx.execute("SELECT id FROM routes WHERE name=?", (name,)).fetchone()

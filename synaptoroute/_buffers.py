@@ -1,0 +1,83 @@
+"""Vector buffers a store's loader hands over to the router's index.
+
+Opening a large store copied every vector twice after reading it (into one matrix,
+then into the index's buffer): at a million utterances that is 3 GB of fresh memory,
+and first touches of fresh memory are slow on virtual machines. A loader that reads
+into :func:`vector_buffer` and returns consecutive rows of it lets the index take the
+buffer itself (:func:`take_buffer`), so the vectors are written once.
+
+A buffer is taken only if it came from :func:`vector_buffer` and was not taken
+before: arrays a store keeps for itself (``MemoryStorage``) are always copied.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["buffer_capacity", "take_buffer", "vector_buffer"]
+
+# id -> buffer, while the buffer lives and is not taken. Arrays are not hashable, so
+# a WeakValueDictionary keyed by id stands in for a weak set.
+_GIVEN: weakref.WeakValueDictionary[int, NDArray[np.float32]] = weakref.WeakValueDictionary()
+
+
+def buffer_capacity(rows: int) -> int:
+    """The capacity the index grows to for ``rows`` rows: a power of two, at least 16."""
+    return 1 << max(4, (rows - 1).bit_length())
+
+
+def vector_buffer(rows: int, dimension: int) -> NDArray[np.float32]:
+    """An uninitialised float32 buffer for ``rows`` vectors, with the index's room to grow.
+
+    Args:
+        rows: how many vectors the loader will write into its leading rows.
+        dimension: vector length.
+
+    Returns:
+        A ``(capacity, dimension)`` array; rows past ``rows`` are left untouched, so
+        they cost no memory until the index writes them.
+    """
+    buf = np.empty((buffer_capacity(rows), dimension), dtype=np.float32)
+    _GIVEN[id(buf)] = buf
+    return buf
+
+
+def take_buffer(
+    parts: Sequence[NDArray[np.float32]], dimension: int
+) -> tuple[NDArray[np.float32], int] | None:
+    """The handed-over buffer that ``parts`` are consecutive leading rows of.
+
+    Args:
+        parts: arrays of vectors, in order.
+        dimension: the index's vector length.
+
+    Returns:
+        ``(buffer, rows)`` (the buffer is no longer offered to anyone else), or
+        ``None`` when the parts are not exactly rows ``0..rows`` of one buffer from
+        :func:`vector_buffer`.
+    """
+    if not parts:
+        return None
+    # Both alive, so equal ids mean the same object.
+    buf = _GIVEN.get(id(parts[0].base))
+    if buf is None:
+        return None
+    if buf.ndim != 2 or buf.shape[1] != dimension or not buf.flags.c_contiguous:
+        return None
+    address, row_bytes, rows = buf.ctypes.data, buf.strides[0], 0
+    owner: object = buf
+    for part in parts:
+        if (
+            part.base is not owner
+            or part.ndim != 2
+            or not part.flags.c_contiguous
+            or (len(part) and part.ctypes.data != address + rows * row_bytes)
+        ):  # (an empty slice's data pointer is the buffer's start)
+            return None
+        rows += len(part)
+    del _GIVEN[id(buf)]
+    return buf, rows
