@@ -1054,18 +1054,20 @@ class RouteIndex:
         """
         with self._lock:
             names = [name for name, _, _ in routes]
+            counts = [len(v) for _, v, _ in routes]
             taken = None
-            if not self._names and self.aggregation != "centroid" and len(set(names)) == len(names):
+            if (
+                not self._names
+                and self.aggregation != "centroid"
+                and len(set(names)) == len(names)
+                and all(len(t) == c for (_, _, t), c in zip(routes, counts, strict=True))
+            ):
                 taken = take_buffer([v for _, v, _ in routes], self.dimension)
-            if taken is None:
+            if taken is None:  # add() also refuses vectors and texts of unequal lengths
                 for name, vectors, texts in routes:
                     self.add(name, vectors, texts)
                 return
             buf, n = taken
-            counts = [len(v) for _, v, _ in routes]
-            if any(len(t) != c for (_, _, t), c in zip(routes, counts, strict=True)):
-                msg = "vectors and texts differ in length"
-                raise ValueError(msg)
             self._buf = buf
             self._row_route = np.full(len(buf), -1, dtype=np.int64)
             self._row_route[:n] = np.repeat(np.arange(len(names), dtype=np.int64), counts)

@@ -773,3 +773,13 @@ def test_take_buffer_refuses_what_it_did_not_hand_over() -> None:
     taken = take_buffer([buf[:4], buf[4:4], buf[4:10]], DIM)
     assert taken is not None and taken[0] is buf and taken[1] == 10
     assert take_buffer([buf[:10]], DIM) is None  # taken once
+
+
+def test_load_refuses_vectors_and_texts_of_unequal_lengths() -> None:
+    buf, routes = handed_over(np.random.default_rng(14), [3, 2])
+    routes[1] = ("r1", routes[1][1], ["only one"])
+    index = RouteIndex(DIM)
+    with pytest.raises(ValueError, match="differ in length"):
+        index.load(routes)
+    assert index.stats.rows_taken == 0
+    assert take_buffer([buf[:5]], DIM) is not None  # still on offer: nothing was taken
