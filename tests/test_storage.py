@@ -269,8 +269,13 @@ def test_stored_vector_of_the_wrong_size_is_a_storage_error(tmp_path: Path) -> N
     store = SQLiteStorage(path)
     store.put_routes([StoredRoute(ROUTES[2], np.ones((1, 8), np.float32))], ModelInfo("hash", 8))
     store.close()
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE utterances SET vector = ?", (b"\0" * 12,))
-    db.close()
-    with pytest.raises(StorageError, match="not 8 float32s"):
-        SQLiteStorage(path).load()
+    for blobs in ([b"\0" * 12], [b"\0" * 28, b"\0" * 36]):  # the second: 2 x 32 bytes in all
+        with sqlite3.connect(path) as db:
+            db.execute("DELETE FROM utterances")
+            db.executemany(
+                "INSERT INTO utterances(route_id, text, vector) VALUES (1, ?, ?)",
+                [(f"u{i}", blob) for i, blob in enumerate(blobs)],
+            )
+        db.close()
+        with pytest.raises(StorageError, match="not 8 float32s"):
+            SQLiteStorage(path).load()

@@ -332,6 +332,7 @@ class SQLiteStorage:
         # Streamed into one buffer the router's index takes over (synaptoroute._buffers):
         # fetchall() and a join held every vector twice more, 3 GB at a million rows.
         dim = info.dimension if info else 0
+        width = 4 * dim
         (count,) = self._db.execute("SELECT COUNT(*) FROM utterances").fetchone()
         buf = vector_buffer(count, dim)
         route_ids = np.empty(count, dtype=np.int64)
@@ -342,10 +343,10 @@ class SQLiteStorage:
         at = 0
         while chunk := cursor.fetchmany(_LOAD_CHUNK):
             end = at + len(chunk)
-            blob = b"".join(r[2] for r in chunk)
-            if len(blob) != len(chunk) * dim * 4:
+            if any(len(r[2]) != width for r in chunk):
                 msg = f"SQLite store {self.path!r} holds vectors that are not {dim} float32s"
                 raise StorageError(msg)
+            blob = b"".join(r[2] for r in chunk)
             if end > count:  # cannot happen inside the read transaction
                 msg = f"SQLite store {self.path!r} changed while it was read"
                 raise StorageError(msg)
