@@ -11,7 +11,8 @@ current one) and reports, per type:
 - for each ``ann_depth`` (the router's option; its rounds are ``ann.rounds_for``):
   ``Snapshot.score`` p50 (the search, the float32 re-scoring and the certification;
   router overhead excluded) and how often its top route is the brute-force one, over
-  ``--queries`` queries.
+  ``--queries`` queries; for the queries where it is not, the medians of the true
+  nearest row's similarity and of the answer's score.
 
 Usage::
 
@@ -53,6 +54,7 @@ def main() -> None:
     for start in range(0, len(asked), 500):
         nearest[start : start + 500] = np.argmax(asked[start : start + 500] @ rows.T, axis=1)
     truth = data.route_of(nearest)  # route ids follow insertion order
+    nearest_sim = (asked * rows[nearest]).sum(axis=1)
     usearch = ann.load_usearch()
     for dtype in args.types:
         metric = TYPES[dtype]
@@ -96,15 +98,24 @@ def main() -> None:
         for depth in DEPTHS:
             rounds = ann.rounds_for(depth)
             deep = dataclasses.replace(snapshot, ann_rounds=rounds)
-            times, agree = [], 0
+            times, agree, missed = [], 0, []
             for q, query in enumerate(asked):
                 start = time.perf_counter()
                 got = deep.score(query[None], 2)[0]
                 times.append(time.perf_counter() - start)
-                agree += int(got.route_ids[0]) == int(truth[q])
+                if int(got.route_ids[0]) == int(truth[q]):
+                    agree += 1
+                else:
+                    missed.append((float(nearest_sim[q]), float(got.scores[0])))
             out[f"ann_depth {depth}: rounds {rounds}"] = {
                 "score_p50_ms": round(float(np.median(times)) * 1000, 3),
                 "route_agreement": agree / len(asked),
+                # How far a wrong answer is from the query's true neighbourhood: a
+                # near-tie (answer just below) or a search lost elsewhere (far below).
+                "misses: nearest row's similarity, the answer's (medians)": [
+                    round(float(np.median([m[i] for m in missed])), 3) if missed else None
+                    for i in (0, 1)
+                ],
             }
         print(json.dumps(out, indent=1), flush=True)
 
