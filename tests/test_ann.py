@@ -501,7 +501,8 @@ def test_content_key_covers_every_row_in_blocks_hashed_in_threads(
     key = ann.content_key(rows)
     with ThreadPoolExecutor(max_workers=3) as pool:
         assert ann.content_key(rows, pool) == key  # the same with threads
-    assert ann.content_key(np.vstack([rows, rows[:2]])[:11]) == key  # a prefix's key
+    # The leading rows of a longer matrix: rows appended later keep the prefix's key.
+    assert ann.content_key(np.vstack([rows, rows[:2]])[:11]) == key
     changed = rows.copy()
     changed[9, 5] += 1e-6
     assert ann.content_key(changed) != key  # any value, in any block

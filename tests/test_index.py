@@ -10,7 +10,7 @@ import pytest
 
 from synaptoroute._buffers import take_buffer, vector_buffer
 from synaptoroute.encoder import l2_normalize
-from synaptoroute.index import RouteIndex
+from synaptoroute.index import RouteIndex, Snapshot
 from synaptoroute.int8 import Int8Scan
 
 DIM = 16
@@ -34,6 +34,17 @@ def brute_force(
             centroid = vecs.sum(axis=0)
             out[name] = float(centroid @ query / np.linalg.norm(centroid))
     return out
+
+
+def assert_brute_force(
+    snap: Snapshot, truth: dict[str, np.ndarray], queries: np.ndarray, agg: str = "max"
+) -> None:
+    """Every route of ``snap`` ranked and scored as brute force over ``truth`` says."""
+    for query, got in zip(queries, snap.score(queries, k=len(truth)), strict=True):
+        expected = brute_force(truth, query, agg)
+        ranked = sorted(expected, key=lambda n: -expected[n])
+        assert [snap.names[int(r)] for r in got.route_ids] == ranked
+        assert got.scores == pytest.approx([expected[n] for n in ranked], abs=1e-5)
 
 
 def fill(
@@ -134,11 +145,7 @@ def test_compiles_after_adding_or_deleting_routes_do_not_rebuild_the_segment_arr
 
     def check() -> None:
         snap = index.snapshot()
-        for query, got in zip(queries, snap.score(queries, k=len(truth)), strict=True):
-            expected = brute_force(truth, query, agg)
-            ranked = sorted(expected, key=lambda n: -expected[n])
-            assert [snap.names[int(r)] for r in got.route_ids] == ranked
-            assert got.scores == pytest.approx([expected[n] for n in ranked], abs=1e-5)
+        assert_brute_force(snap, truth, queries, agg)
         # The routes' spans, kept by the compile: a route of one segment spans its rows,
         # one of several has none (-1).
         segments = np.diff(np.append(snap.route_starts, len(snap.seg_order)))
@@ -243,12 +250,7 @@ def test_one_compile_of_new_routes_out_of_order_and_more_rows_for_old_ones(
         add("y", 2)
     snap = index.snapshot()
     assert index.stats.full_compiles == 1
-    queries = unit(rng, 20)
-    for query, got in zip(queries, snap.score(queries, k=len(truth)), strict=True):
-        expected = brute_force(truth, query, "max")
-        ranked = sorted(expected, key=lambda n: -expected[n])
-        assert [snap.names[int(r)] for r in got.route_ids] == ranked
-        assert got.scores == pytest.approx([expected[n] for n in ranked], abs=1e-5)
+    assert_brute_force(snap, truth, unit(rng, 20))
     spans = {
         snap.names[int(r)]: span
         for r, span in zip(snap.live_routes, snap.route_spans.tolist(), strict=True)
@@ -693,16 +695,6 @@ def handed_over(
     return buf, routes
 
 
-def check_brute_force(index: RouteIndex, truth: dict[str, np.ndarray], seed: int) -> None:
-    queries = unit(np.random.default_rng(seed), 20)
-    snap = index.snapshot()
-    for query, got in zip(queries, snap.score(queries, k=len(truth)), strict=True):
-        expected = brute_force(truth, query, "max")
-        ranked = sorted(expected, key=lambda n: -expected[n])
-        assert [snap.names[int(r)] for r in got.route_ids] == ranked
-        assert got.scores == pytest.approx([expected[n] for n in ranked], abs=1e-5)
-
-
 def test_load_takes_a_handed_over_buffer_and_copies_nothing() -> None:
     rng = np.random.default_rng(11)
     buf, routes = handed_over(rng, [3, 1, 5, 2] * 10)
@@ -710,7 +702,7 @@ def test_load_takes_a_handed_over_buffer_and_copies_nothing() -> None:
     index.load(routes)
     assert index.stats.rows_taken == 110 and index.stats.rows_written == 0
     truth = {name: vectors.copy() for name, vectors, _ in routes}
-    check_brute_force(index, truth, 1)
+    assert_brute_force(index.snapshot(), truth, unit(np.random.default_rng(1), 20))
 
     # The buffer's spare rows (capacity 128) take the next rows: no reallocation.
     truth["new"] = unit(rng, 4)
@@ -722,7 +714,7 @@ def test_load_takes_a_handed_over_buffer_and_copies_nothing() -> None:
     del truth["r0"]
     assert index.delete_texts("r6", ["r6-0"]) == 1
     truth["r6"] = truth["r6"][1:]
-    check_brute_force(index, truth, 2)
+    assert_brute_force(index.snapshot(), truth, unit(np.random.default_rng(2), 20))
     assert index.stats.reallocations == 0 and index.stats.rows_written == 6
 
     # Taken once: a second index given the same rows copies them.
@@ -751,7 +743,7 @@ def test_load_copies_rows_it_was_not_handed() -> None:
             truth["first"] = index.snapshot().matrix[:2].copy()
         for name, vectors, _ in routes:
             truth[name] = np.vstack([truth[name], vectors]) if name in truth else vectors.copy()
-        check_brute_force(index, truth, 3)
+        assert_brute_force(index.snapshot(), truth, unit(np.random.default_rng(3), 20))
 
 
 def test_load_takes_nothing_for_the_centroid_aggregation() -> None:

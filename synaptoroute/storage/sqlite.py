@@ -330,7 +330,7 @@ class SQLiteStorage:
         self, info: ModelInfo | None
     ) -> tuple[NDArray[np.int64], list[str], NDArray[np.float32]]:
         # Streamed into one buffer the router's index takes over (synaptoroute._buffers):
-        # fetchall() and a join held every vector twice more, 3 GB at a million rows.
+        # fetchall() and a join held every vector twice more.
         dim = info.dimension if info else 0
         width = 4 * dim
         (count,) = self._db.execute("SELECT COUNT(*) FROM utterances").fetchone()
