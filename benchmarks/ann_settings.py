@@ -8,11 +8,14 @@ current one) and reports, per type:
 - the build time and usearch's ``memory_usage`` per utterance;
 - for each (rows, depth): the search alone (p50, one thread) and how often the true
   nearest row is among the rows returned;
-- for each ``ann_depth`` (the router's option; its rounds are ``ann.rounds_for``):
-  ``Snapshot.score`` p50 (the search, the float32 re-scoring and the certification;
-  router overhead excluded) and how often its top route is the brute-force one, over
-  ``--queries`` queries; for the queries where it is not, the medians of the true
-  nearest row's similarity and of the answer's score.
+- for each ``ann_depth`` (the router's option; its rounds are ``ann.rounds_for``),
+  with and without the lost-search check (``AnnGraph.floor`` and the deeper round it
+  calls for): ``Snapshot.score`` p50, p99 and mean (the search, the float32
+  re-scoring and the certification; router overhead excluded), how often its top
+  route is the brute-force one over ``--queries`` queries, the rounds found lost and
+  the queries that took the exact path; for the queries where the route is not the
+  brute-force one, the medians of the true nearest row's similarity and of the
+  answer's score.
 
 Usage::
 
@@ -23,8 +26,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +44,18 @@ from synaptoroute.index import RouteIndex
 SEARCHES = ((64, 128), (128, 128), (32, 64), (16, 32))
 DEPTHS = (64, 128, 192, 256)  # the router's ann_depth
 TYPES = {"f16": "ip", "i8": "cos"}
+
+
+@contextmanager
+def floor_checked(on: bool) -> Iterator[None]:
+    """With ``on`` false, no search is ever found lost (``AnnGraph.floor`` is -inf)."""
+    real = ann.AnnGraph.floor
+    if not on:
+        ann.AnnGraph.floor = lambda self, query: -np.inf  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ann.AnnGraph.floor = real  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -95,21 +113,31 @@ def main() -> None:
                 "p50_ms": round(float(np.median(times)) * 1000, 3),
                 "nearest_row_found": found / len(asked),
             }
-        for depth in DEPTHS:
+        for depth, lost_check in itertools.product(DEPTHS, (True, False)):
             rounds = ann.rounds_for(depth)
+            if not lost_check:  # as before the sample's floor: no lost round
+                rounds = rounds[: ann.LOST_ROUND]
             deep = dataclasses.replace(snapshot, ann_rounds=rounds)
             times, agree, missed = [], 0, []
-            for q, query in enumerate(asked):
-                start = time.perf_counter()
-                got = deep.score(query[None], 2)[0]
-                times.append(time.perf_counter() - start)
-                if int(got.route_ids[0]) == int(truth[q]):
-                    agree += 1
-                else:
-                    missed.append((float(nearest_sim[q]), float(got.scores[0])))
-            out[f"ann_depth {depth}: rounds {rounds}"] = {
-                "score_p50_ms": round(float(np.median(times)) * 1000, 3),
+            index.stats.ann_lost = index.stats.ann_fallbacks = 0
+            with floor_checked(lost_check):
+                for q, query in enumerate(asked):
+                    start = time.perf_counter()
+                    got = deep.score(query[None], 2)[0]
+                    times.append(time.perf_counter() - start)
+                    if int(got.route_ids[0]) == int(truth[q]):
+                        agree += 1
+                    else:
+                        missed.append((float(nearest_sim[q]), float(got.scores[0])))
+            check = "with" if lost_check else "without"
+            out[f"ann_depth {depth}, {check} the lost check: rounds {rounds}"] = {
+                "score_p50_p99_mean_ms": [
+                    round(float(v) * 1000, 3)
+                    for v in (np.median(times), np.quantile(times, 0.99), np.mean(times))
+                ],
                 "route_agreement": agree / len(asked),
+                "lost_rounds": index.stats.ann_lost,
+                "exact_fallbacks": index.stats.ann_fallbacks,
                 # How far a wrong answer is from the query's true neighbourhood: a
                 # near-tie (answer just below) or a search lost elsewhere (far below).
                 "misses: nearest row's similarity, the answer's (medians)": [

@@ -65,6 +65,16 @@ BUILD_CHUNK = 8192
 _FORMAT = 3  # 3: SHA-256 keys of row blocks (2: blake2b keys; 1: float16 vectors)
 # Rows per hashed block of the content key (part of the key: changing it is a format change).
 _KEY_BLOCK = 65_536
+# Rows of the graph kept aside (one in LOST_EVERY, evenly spaced, at most LOST_SAMPLE)
+# to tell a lost search: when every row the graph proposes scores below the best of
+# these, the search settled in the wrong region (on crowded data at 1M, about 2% of
+# searches), and certification cannot see it because the candidates look like a clear
+# answer. At most 6 MB of float32, one product per query (BENCHMARKS.md: lost searches).
+LOST_EVERY = 64
+LOST_SAMPLE = 4096
+# The search depth of the round a lost search gets (at least this many, and 8x the
+# first round's): deep enough to find the region again in most lost searches.
+LOST_DEPTH = 1024
 
 
 class AnnUnavailableError(ImportError):
@@ -152,10 +162,15 @@ class AnnGraph:
 
     Args:
         graph: a ``usearch.index.Index`` whose keys are row numbers.
-        covered: how many leading rows it holds.
+        rows: the leading rows it holds (row ``i`` under key ``i``); a sample of them
+            is kept to tell lost searches (:meth:`floor`).
     """
 
-    def __init__(self, graph: Any, covered: int) -> None:
+    def __init__(self, graph: Any, rows: NDArray[np.float32]) -> None:
+        covered = len(rows)
+        size = min(LOST_SAMPLE, -(-covered // LOST_EVERY))
+        picks = np.linspace(0, covered - 1, size).round().astype(np.int64)
+        self._sample = np.ascontiguousarray(rows[picks], dtype=np.float32)
         self._graph = graph
         self._lock = threading.Lock()
         # Searches waiting for or holding the lock: a feed lets them go first (a row
@@ -189,7 +204,7 @@ class AnnGraph:
                 return None
             end = min(start + BUILD_CHUNK, len(rows))
             graph.add(np.arange(start, end, dtype=np.uint64), rows[start:end], threads=threads)
-        return cls(graph, len(rows))
+        return cls(graph, rows)
 
     def search(
         self, query: NDArray[np.float32], count: int, depth: int
@@ -217,6 +232,22 @@ class AnnGraph:
         keys = np.asarray(matches.keys, dtype=np.int64)
         return keys, (1.0 - np.asarray(matches.distances, dtype=np.float32))
 
+    def floor(self, query: NDArray[np.float32]) -> float:
+        """The best similarity of ``query`` to the graph's sample of its rows.
+
+        A search whose proposed rows all score below it did not reach the query's
+        region of the graph: a row the graph holds beats everything it returned.
+
+        Args:
+            query: a unit-norm float32 vector.
+
+        Returns:
+            That similarity (``-inf`` for an empty graph).
+        """
+        if not len(self._sample):
+            return -np.inf
+        return float((self._sample @ query).max())
+
     def feed(self, rows: NDArray[np.float32], start: int) -> bool:
         """Insert ``rows`` as rows ``start..`` if ``start`` is the next uncovered row.
 
@@ -239,9 +270,9 @@ class AnnGraph:
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes usearch holds for the graph and its int8 vectors."""
+        """Bytes usearch holds for the graph and its int8 vectors, and the sample's."""
         with self._lock:
-            return int(self._graph.memory_usage)
+            return int(self._graph.memory_usage) + self._sample.nbytes
 
     def save(self, path: Path, key: str) -> None:
         """Write the graph and its key next to each other, each replaced atomically.
@@ -288,7 +319,7 @@ class AnnGraph:
                 graph = loading.result()
             if len(graph) != covered:  # the graph file was replaced after its key
                 return None
-            return cls(graph, covered)
+            return cls(graph, rows[:covered])
         except (OSError, ValueError, KeyError, RuntimeError, TypeError):
             return None
 
@@ -296,8 +327,13 @@ class AnnGraph:
 def rounds_for(depth: int) -> tuple[tuple[int, int], ...]:
     """The candidate rounds, (rows asked for, search depth) each, for a first search
     depth of ``depth``: the second round only runs when the first could not certify
-    the answer, and the exact path when neither could."""
-    return ((min(64, depth), depth), (256, max(256, 2 * depth)))
+    the answer, the third (:data:`LOST_ROUND`, deeper) only when the second was lost
+    (:meth:`AnnGraph.floor`), and the exact path when none certified."""
+    return ((min(64, depth), depth), (256, max(256, 2 * depth)), (64, max(LOST_DEPTH, 8 * depth)))
+
+
+#: The position in :func:`rounds_for` of the round that runs only for a lost search.
+LOST_ROUND = 2
 
 
 def candidate_routes(

@@ -70,6 +70,7 @@ class IndexStats:
     ann_rows_fed: int = 0  # rows inserted into a serving graph
     ann_queries: int = 0  # queries answered from the graph's candidates
     ann_fallbacks: int = 0  # queries the graph could not certify: scored exactly
+    ann_lost: int = 0  # graph searches below the sample's best row (ann.AnnGraph.floor)
 
 
 @dataclass(frozen=True)
@@ -519,15 +520,19 @@ class Snapshot:
     def _max_ann(self, query: NDArray[np.float32], k: int, knn: int = 0) -> RouteScores | None:
         # The graph proposes rows; they are re-scored in float32 (not BLAS, as in the
         # int8 path) with the rows it does not hold yet, and the answer stands only if
-        # the horizon certifies it (ann.candidate_routes); else the caller scores the
-        # query exactly.
-        from .ann import CLOSE_MARGIN, RESCORE_BUDGET, candidate_routes
+        # the horizon certifies it (ann.candidate_routes) and the search was not lost
+        # (ann.AnnGraph.floor); else the caller scores the query exactly.
+        from .ann import CLOSE_MARGIN, LOST_ROUND, RESCORE_BUDGET, candidate_routes
 
         assert self.ann is not None
         n = len(self.matrix)
         covered = min(self.ann.covered, n)  # rows past it: scored exactly below
         tail = np.arange(covered, n, dtype=np.int64)
-        for count, depth in self.ann_rounds:
+        floor = self.ann.floor(query) - 1e-5  # below: lost (the margin absorbs rounding)
+        lost = False
+        for round_no, (count, depth) in enumerate(self.ann_rounds):
+            if round_no >= LOST_ROUND and not lost:
+                return None  # not lost, just uncertain: only the exact path settles it
             keys, sims = self.ann.search(query, count, depth)
             complete = len(keys) < count
             inside = keys < covered  # keys past it came after this snapshot
@@ -536,6 +541,13 @@ class Snapshot:
             pos = self.positions(rows)  # -1: a dead row
             exact = (self.matrix[rows] * query).sum(axis=1)
             self._count_rescored(len(rows))
+            # Dead rows count here: the question is where the search went, not the answer.
+            found = exact[: int(inside.sum())]
+            lost = not complete and (not len(found) or float(found.max()) < floor)
+            if lost:
+                if self.stats is not None:
+                    self.stats.ann_lost += 1
+                continue
             order, horizon = candidate_routes(exact, approx, pos, complete)
             if len(order) >= max(k, 2):
                 # Two routes at least: a close second sends the query to the exact path,

@@ -338,6 +338,124 @@ def test_ann_depth_is_checked(depth: object) -> None:
         AdaptiveRouter(HashingEncoder(), index="ann", ann_depth=depth)  # type: ignore[arg-type]
 
 
+def clustered_index(seed: int) -> tuple[RouteIndex, dict[str, np.ndarray], np.ndarray]:
+    """300 routes of 10 noisy rows around random centres (64 dimensions), the graph
+    built, and 200 queries near random centres."""
+    rng = np.random.default_rng(seed)
+    centres = l2_normalize(rng.standard_normal((300, 64)).astype(np.float32))
+    routes = {
+        f"r{i}": noisy(rng, np.repeat(centres[i : i + 1], 10, axis=0), 0.5) for i in range(300)
+    }
+    index = RouteIndex(64, ann_min_rows=1)
+    for name, vectors in routes.items():
+        index.add(name, vectors, [f"{name}-{j}" for j in range(10)])
+    assert index.wait_for_ann(timeout=60)
+    return index, routes, noisy(rng, centres[rng.integers(0, 300, 200)], 0.6)
+
+
+def record_searches(
+    monkeypatch: pytest.MonkeyPatch, matrix: np.ndarray, lost_below: int
+) -> list[int]:
+    """Record each graph search's depth; searches below ``lost_below`` are sent to the
+    far side of the sphere (the rows nearest -query, with their true similarities)."""
+    import synaptoroute.ann as ann
+
+    real_search = ann.AnnGraph.search
+    depths: list[int] = []
+
+    def search(
+        self: ann.AnnGraph, query: np.ndarray, count: int, depth: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        depths.append(depth)
+        if depth >= lost_below:
+            return real_search(self, query, count, depth)
+        keys, _ = real_search(self, -query, count, depth)
+        return keys, matrix[keys] @ query
+
+    monkeypatch.setattr(ann.AnnGraph, "search", search)
+    return depths
+
+
+@pytest.mark.parametrize("deep_round_lost", [False, True])
+def test_a_lost_search_is_never_certified_and_is_searched_again_deeper(
+    deep_round_lost: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A search that settles in the wrong region proposes rows that look like a clear
+    # answer (no close second, a horizon below the best), so certification alone takes
+    # it. The graph's sample of its own rows tells: a row the graph holds beats every
+    # row proposed. Here searches are sent to the far side of the sphere (the rows
+    # nearest -query, with their true similarities), below LOST_DEPTH or at any depth.
+    import synaptoroute.ann as ann
+
+    index, routes, queries = clustered_index(11)
+    snapshot = index.snapshot()
+    depths = record_searches(
+        monkeypatch, snapshot.matrix, 10**9 if deep_round_lost else ann.LOST_DEPTH
+    )
+    truth = [brute_force_top(routes, query) for query in queries]
+
+    def answers() -> list[tuple[str, float]]:
+        got = snapshot.score(queries, 2)
+        return [(snapshot.names[int(s.route_ids[0])], float(s.scores[0])) for s in got]
+
+    # Without the sample's floor the lost searches are certified: wrong answers.
+    real_floor = ann.AnnGraph.floor
+    monkeypatch.setattr(ann.AnnGraph, "floor", lambda self, query: -np.inf)
+    wrong = sum(got[0] != want[0] for got, want in zip(answers(), truth, strict=True))
+    assert wrong > len(queries) // 2
+    monkeypatch.setattr(ann.AnnGraph, "floor", real_floor)
+    index.stats.ann_lost = index.stats.ann_fallbacks = index.stats.ann_queries = 0
+    depths.clear()
+
+    for (name, score), (want, want_score) in zip(answers(), truth, strict=True):
+        assert name == want
+        assert score == pytest.approx(want_score, abs=1e-5)
+    rounds = ann.rounds_for(128)
+    assert depths == [depth for _, depth in rounds] * len(queries)  # two lost, then deep
+    assert rounds[ann.LOST_ROUND][1] >= ann.LOST_DEPTH
+    if deep_round_lost:  # every round lost: the exact path answered
+        assert index.stats.ann_lost == 3 * len(queries)
+        assert index.stats.ann_fallbacks == len(queries)
+    else:
+        assert index.stats.ann_lost == 2 * len(queries)
+        assert index.stats.ann_queries == len(queries)
+
+
+def test_an_uncertain_search_that_is_not_lost_takes_the_exact_path_without_going_deeper(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A query halfway between two routes' rows: the graph finds both (not lost), they
+    # are too close to certify, and only the exact path settles it; a deeper search
+    # would not change that, so the lost round does not run.
+    import synaptoroute.ann as ann
+
+    index, routes, queries = clustered_index(12)
+    snapshot = index.snapshot()
+    depths = record_searches(monkeypatch, snapshot.matrix, lost_below=0)
+    tie = l2_normalize(routes["r0"][:1] + routes["r1"][:1])
+    got = snapshot.score(tie, 2)[0]
+    assert {snapshot.names[int(r)] for r in got.route_ids} == {"r0", "r1"}
+    assert index.stats.ann_fallbacks == 1 and index.stats.ann_lost == 0
+    assert depths == [depth for _, depth in ann.rounds_for(128)[: ann.LOST_ROUND]]
+    # Over ordinary queries too, a deep round only ever follows a lost one.
+    depths.clear()
+    snapshot.score(queries, 2)
+    assert sum(depth >= ann.LOST_DEPTH for depth in depths) <= index.stats.ann_lost
+
+
+def test_the_floor_is_the_best_row_of_an_evenly_spaced_sample() -> None:
+    import synaptoroute.ann as ann
+
+    rows = l2_normalize(np.random.default_rng(5).standard_normal((1000, 8)).astype(np.float32))
+    graph = ann.AnnGraph(_BlockingGraph(), rows)
+    sample = np.linspace(0, 999, -(-1000 // ann.LOST_EVERY)).round().astype(int)
+    for query in rows[:50]:
+        assert graph.floor(query) == pytest.approx(float((rows[sample] @ query).max()), abs=1e-6)
+    assert graph.floor(rows[0]) == pytest.approx(1.0, abs=1e-6)  # the first and last
+    assert graph.floor(rows[999]) == pytest.approx(1.0, abs=1e-6)  # rows are in it
+    assert ann.AnnGraph(_BlockingGraph(), rows[:0]).floor(rows[0]) == -np.inf
+
+
 def test_missing_library(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, "usearch", None)
     monkeypatch.setitem(sys.modules, "usearch.index", None)
@@ -467,7 +585,7 @@ def test_a_waiting_search_goes_before_the_next_fed_row(monkeypatch: pytest.Monke
     monkeypatch.setattr(ann_module, "FEED_YIELD", 60.0)
     assert ann_module.FEED_CHUNK == 1
     fake = _BlockingGraph()
-    graph = ann_module.AnnGraph(fake, covered=0)
+    graph = ann_module.AnnGraph(fake, l2_normalize(np.ones((0, 4))))
     rows = l2_normalize(np.ones((2, 4)))
 
     def feed() -> None:
