@@ -67,9 +67,9 @@ _FORMAT = 3  # 3: SHA-256 keys of row blocks (2: blake2b keys; 1: float16 vector
 _KEY_BLOCK = 65_536
 # Rows of the graph kept aside (one in LOST_EVERY, evenly spaced, at most LOST_SAMPLE)
 # to tell a lost search: when every row the graph proposes scores below the best of
-# these, the search settled in the wrong region (on crowded data at 1M, about 2% of
-# searches), and certification cannot see it because the candidates look like a clear
-# answer. At most 6 MB of float32, one product per query (BENCHMARKS.md: lost searches).
+# these, the search settled in the wrong region, and certification cannot see it
+# because the candidates look like a clear answer. At most 6 MB of float32, one product
+# per query (BENCHMARKS.md, "Lost searches": 100 lost rounds in 3,000 queries at 1M).
 LOST_EVERY = 64
 LOST_SAMPLE = 4096
 # The search depth of the round a lost search gets (at least this many, and 8x the
