@@ -443,6 +443,20 @@ def test_an_uncertain_search_that_is_not_lost_takes_the_exact_path_without_going
     assert sum(depth >= ann.LOST_DEPTH for depth in depths) <= index.stats.ann_lost
 
 
+def test_the_graph_proposes_its_rows_with_their_similarities() -> None:
+    # usearch 2.12-2.13.0 returned, for int8 codes compared by cosine, keys of rows
+    # unrelated to the query with a similarity of 1.0: certification then failed for
+    # about half of the queries (exact, but slow), and such a key would defeat the
+    # lost-search floor. The extra's minimum is 2.13.5, where this holds.
+    index, _, queries = clustered_index(13)
+    snapshot = index.snapshot()
+    assert snapshot.ann is not None
+    for query in queries:
+        keys, sims = snapshot.ann.search(query, 64, 128)
+        assert len(keys) == 64
+        assert np.abs(snapshot.matrix[keys] @ query - sims).max() < 0.05
+
+
 def test_the_floor_is_the_best_row_of_an_evenly_spaced_sample() -> None:
     import synaptoroute.ann as ann
 
