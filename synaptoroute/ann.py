@@ -7,10 +7,14 @@ or without the library, it scores exactly (see ``docs/scale.md``).
 The graph stores each row once, as int8 codes in usearch (compared by cosine), keyed
 by its row number in the index's float32 matrix. It proposes candidate rows; the index
 re-scores them in float32 and answers from the graph only when the result is certified
-by the candidate horizon (:func:`candidate_routes`); otherwise the query takes the exact
-path. Rows added after the graph was built are fed into it by a background thread in
-small chunks, and are scored exactly until they are in. usearch calls are serialised by one lock: the
-library does not promise that a search is safe while another thread inserts.
+by the candidate horizon (:func:`candidate_routes`) and the search was not lost: a
+search whose every proposed row scores below the best of a sample of the graph's rows
+(:meth:`AnnGraph.floors`) settled in the wrong region, and gets a deeper round
+(:func:`rounds_for`). Otherwise the query takes the exact path. Rows added after the
+graph was built are fed into it by a background thread one at a time
+(:data:`FEED_CHUNK`), and are scored exactly until they are in. usearch calls are
+serialised by one lock: the library does not promise that a search is safe while
+another thread inserts.
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ LOST_SAMPLE = 4096
 # The search depth of the round a lost search gets (at least this many, and 8x the
 # first round's): deep enough to find the region again in most lost searches.
 LOST_DEPTH = 1024
+#: The position in :func:`rounds_for` of the round that runs only for a lost search.
+LOST_ROUND = 2
 
 
 class AnnUnavailableError(ImportError):
@@ -163,7 +169,7 @@ class AnnGraph:
     Args:
         graph: a ``usearch.index.Index`` whose keys are row numbers.
         rows: the leading rows it holds (row ``i`` under key ``i``); a sample of them
-            is kept to tell lost searches (:meth:`floor`).
+            is kept to tell lost searches (:meth:`floors`).
     """
 
     def __init__(self, graph: Any, rows: NDArray[np.float32]) -> None:
@@ -232,21 +238,27 @@ class AnnGraph:
         keys = np.asarray(matches.keys, dtype=np.int64)
         return keys, (1.0 - np.asarray(matches.distances, dtype=np.float32))
 
-    def floor(self, query: NDArray[np.float32]) -> float:
-        """The best similarity of ``query`` to the graph's sample of its rows.
+    def floors(self, queries: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Each query's best similarity to the graph's sample of its rows, in one
+        matrix product for the whole batch.
 
         A search whose proposed rows all score below it did not reach the query's
         region of the graph: a row the graph holds beats everything it returned.
 
         Args:
-            query: a unit-norm float32 vector.
+            queries: unit-norm float32 vectors, shape ``(m, dim)``.
 
         Returns:
-            That similarity (``-inf`` for an empty graph).
+            Those similarities, shape ``(m,)`` (``-inf`` for an empty graph).
         """
         if not len(self._sample):
-            return -np.inf
-        return float((self._sample @ query).max())
+            return np.full(len(queries), -np.inf, dtype=np.float32)
+        return np.asarray((queries @ self._sample.T).max(axis=1), dtype=np.float32)
+
+    @property
+    def sample_rows(self) -> int:
+        """Rows in the sample :meth:`floors` scores (a float32 product per batch)."""
+        return len(self._sample)
 
     def feed(self, rows: NDArray[np.float32], start: int) -> bool:
         """Insert ``rows`` as rows ``start..`` if ``start`` is the next uncovered row.
@@ -328,12 +340,8 @@ def rounds_for(depth: int) -> tuple[tuple[int, int], ...]:
     """The candidate rounds, (rows asked for, search depth) each, for a first search
     depth of ``depth``: the second round only runs when the first could not certify
     the answer, the third (:data:`LOST_ROUND`, deeper) only when the second was lost
-    (:meth:`AnnGraph.floor`), and the exact path when none certified."""
+    (:meth:`AnnGraph.floors`), and the exact path when none certified."""
     return ((min(64, depth), depth), (256, max(256, 2 * depth)), (64, max(LOST_DEPTH, 8 * depth)))
-
-
-#: The position in :func:`rounds_for` of the round that runs only for a lost search.
-LOST_ROUND = 2
 
 
 def candidate_routes(

@@ -70,7 +70,7 @@ class IndexStats:
     ann_rows_fed: int = 0  # rows inserted into a serving graph
     ann_queries: int = 0  # queries answered from the graph's candidates
     ann_fallbacks: int = 0  # queries the graph could not certify: scored exactly
-    ann_lost: int = 0  # graph searches below the sample's best row (ann.AnnGraph.floor)
+    ann_lost: int = 0  # graph searches below the sample's best row (ann.AnnGraph.floors)
 
 
 @dataclass(frozen=True)
@@ -200,11 +200,11 @@ class Snapshot:
 
     @property
     def blas_rows(self) -> int:
-        """Rows of the float32 BLAS product per query (0: the int8 scan covers all)."""
+        """Rows of the float32 BLAS products per query (0: the int8 scan covers all)."""
         if self.aggregation == "centroid":
             return len(self.centroids)
-        if self.ann is not None:  # the rows the graph does not hold yet
-            return max(len(self.matrix) - self.ann.covered, 0)
+        if self.ann is not None:  # the lost-search sample and the rows not held yet
+            return self.ann.sample_rows + max(len(self.matrix) - self.ann.covered, 0)
         if self.int8 is not None:
             return len(self.matrix) - self.int8.n
         return len(self.matrix)
@@ -506,7 +506,13 @@ class Snapshot:
         return replace(ranked, knn=kth)
 
     def _score_ann(self, queries: NDArray[np.float32], k: int, knn: int) -> list[RouteScores]:
-        answers = [self._max_ann(query, k, knn) for query in queries]
+        assert self.ann is not None
+        # Below its floor a search is lost; the margin absorbs rounding.
+        floors = self.ann.floors(queries) - 1e-5
+        answers = [
+            self._max_ann(query, float(floor), k, knn)
+            for query, floor in zip(queries, floors, strict=True)
+        ]
         missing = [i for i, answer in enumerate(answers) if answer is None]
         if self.stats is not None:  # unlocked: counters for tests and benchmarks
             self.stats.ann_queries += len(answers) - len(missing)
@@ -517,18 +523,19 @@ class Snapshot:
                 answers[i] = answer
         return [answer for answer in answers if answer is not None]
 
-    def _max_ann(self, query: NDArray[np.float32], k: int, knn: int = 0) -> RouteScores | None:
+    def _max_ann(
+        self, query: NDArray[np.float32], floor: float, k: int, knn: int = 0
+    ) -> RouteScores | None:
         # The graph proposes rows; they are re-scored in float32 (not BLAS, as in the
         # int8 path) with the rows it does not hold yet, and the answer stands only if
         # the horizon certifies it (ann.candidate_routes) and the search was not lost
-        # (ann.AnnGraph.floor); else the caller scores the query exactly.
+        # (ann.AnnGraph.floors: ``floor``); else the caller scores the query exactly.
         from .ann import CLOSE_MARGIN, LOST_ROUND, RESCORE_BUDGET, candidate_routes
 
         assert self.ann is not None
         n = len(self.matrix)
         covered = min(self.ann.covered, n)  # rows past it: scored exactly below
         tail = np.arange(covered, n, dtype=np.int64)
-        floor = self.ann.floor(query) - 1e-5  # below: lost (the margin absorbs rounding)
         lost = False
         for round_no, (count, depth) in enumerate(self.ann_rounds):
             if round_no >= LOST_ROUND and not lost:

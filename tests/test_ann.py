@@ -399,11 +399,11 @@ def test_a_lost_search_is_never_certified_and_is_searched_again_deeper(
         return [(snapshot.names[int(s.route_ids[0])], float(s.scores[0])) for s in got]
 
     # Without the sample's floor the lost searches are certified: wrong answers.
-    real_floor = ann.AnnGraph.floor
-    monkeypatch.setattr(ann.AnnGraph, "floor", lambda self, query: -np.inf)
+    real_floors = ann.AnnGraph.floors
+    monkeypatch.setattr(ann.AnnGraph, "floors", lambda self, qs: np.full(len(qs), -np.inf))
     wrong = sum(got[0] != want[0] for got, want in zip(answers(), truth, strict=True))
     assert wrong > len(queries) // 2
-    monkeypatch.setattr(ann.AnnGraph, "floor", real_floor)
+    monkeypatch.setattr(ann.AnnGraph, "floors", real_floors)
     index.stats.ann_lost = index.stats.ann_fallbacks = index.stats.ann_queries = 0
     depths.clear()
 
@@ -463,11 +463,43 @@ def test_the_floor_is_the_best_row_of_an_evenly_spaced_sample() -> None:
     rows = l2_normalize(np.random.default_rng(5).standard_normal((1000, 8)).astype(np.float32))
     graph = ann.AnnGraph(_BlockingGraph(), rows)
     sample = np.linspace(0, 999, -(-1000 // ann.LOST_EVERY)).round().astype(int)
-    for query in rows[:50]:
-        assert graph.floor(query) == pytest.approx(float((rows[sample] @ query).max()), abs=1e-6)
-    assert graph.floor(rows[0]) == pytest.approx(1.0, abs=1e-6)  # the first and last
-    assert graph.floor(rows[999]) == pytest.approx(1.0, abs=1e-6)  # rows are in it
-    assert ann.AnnGraph(_BlockingGraph(), rows[:0]).floor(rows[0]) == -np.inf
+    assert graph.sample_rows == len(sample)
+    floors = graph.floors(rows[:50])  # one product for the batch, one floor per query
+    assert floors.shape == (50,)
+    np.testing.assert_allclose(floors, (rows[:50] @ rows[sample].T).max(axis=1), atol=1e-6)
+    for query, floor in zip(rows[:50], floors, strict=True):  # as each query alone
+        assert graph.floors(query[None])[0] == pytest.approx(float(floor), abs=1e-6)
+    # The first and last rows are in it.
+    np.testing.assert_allclose(graph.floors(rows[[0, 999]]), 1.0, atol=1e-6)
+    empty = ann.AnnGraph(_BlockingGraph(), rows[:0])
+    assert empty.sample_rows == 0
+    assert list(empty.floors(rows[:2])) == [-np.inf, -np.inf]
+
+
+def test_the_router_budgets_the_blas_threads_of_the_lost_search_sample(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With every row in the graph no float32 matrix is scanned, but the sample's product
+    # still runs on BLAS: the router's blas_threads must bound it (2 cores, ONNX Runtime
+    # threads beside it).
+    import synaptoroute.router as router_module
+
+    router = AdaptiveRouter(HashingEncoder(), index="ann", blas_threads=1)
+    router.add_routes(routes_for("r", 20))
+    assert router._index.wait_for_ann(timeout=None)
+    snapshot = router._index.snapshot()
+    assert snapshot.ann is not None and snapshot.ann.covered == len(snapshot.matrix)
+    assert snapshot.blas_rows == snapshot.ann.sample_rows > 0
+    limits: list[int] = []
+    real_limit = router_module._blas_limit
+
+    def recording_limit(threads: int) -> object:
+        limits.append(threads)
+        return real_limit(threads)
+
+    monkeypatch.setattr(router_module, "_blas_limit", recording_limit)
+    assert router.query("r topic3 word3x1").name == "r3"
+    assert limits == [1]
 
 
 def test_missing_library(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
