@@ -72,7 +72,7 @@ from .storage import (
     WatchableStorage,
     open_storage,
 )
-from .storage.changes import Change, apply_change
+from .storage.changes import Change, apply_change, install_route
 
 if TYPE_CHECKING:
     from .evaluation import EvaluationReport
@@ -425,10 +425,7 @@ class AdaptiveRouter:
                 start = end
             self.storage.put_routes(stored, self.model)  # one transaction: all or nothing
             for item in stored:
-                if item.route.name in self._routes:
-                    self._index.delete_route(item.route.name)
-                self._routes[item.route.name] = item.route
-                self._index.add(item.route.name, item.vectors, item.route.utterances)
+                install_route(self._routes, self._index, item.route, item.vectors)
             self._reconcile_policy()
             return new_negatives
 

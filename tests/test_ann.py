@@ -464,7 +464,7 @@ def test_the_floor_is_the_best_row_of_an_evenly_spaced_sample() -> None:
     graph = ann.AnnGraph(_BlockingGraph(), rows)
     sample = np.linspace(0, 999, -(-1000 // ann.LOST_EVERY)).round().astype(int)
     assert graph.sample_rows == len(sample)
-    floors = graph.floors(rows[:50])  # one product for the batch, one floor per query
+    floors = graph.floors(rows[:50])  # one floor per query of a batch
     assert floors.shape == (50,)
     np.testing.assert_allclose(floors, (rows[:50] @ rows[sample].T).max(axis=1), atol=1e-6)
     for query, floor in zip(rows[:50], floors, strict=True):  # as each query alone

@@ -16,7 +16,7 @@ from .base import ModelInfo, StoredRoute
 if TYPE_CHECKING:
     from ..index import RouteIndex
 
-__all__ = ["Change", "ChangeKind", "apply_change"]
+__all__ = ["Change", "ChangeKind", "apply_change", "install_route"]
 
 ChangeKind = Literal[
     "put_route",  # a route created or replaced, with all its utterances and vectors
@@ -52,6 +52,18 @@ class Change:
     origin: str = ""
 
 
+def install_route(
+    routes: dict[str, Route], index: RouteIndex, route: Route, vectors: NDArray[np.float32]
+) -> None:
+    """Put ``route`` and its utterances' ``vectors`` into ``routes`` and ``index``,
+    replacing a route of the same name: the one step of a local add and of a
+    replica's ``put_route`` / ``reload``."""
+    if route.name in routes:
+        index.delete_route(route.name)
+    routes[route.name] = route
+    index.add(route.name, vectors, route.utterances)
+
+
 def apply_change(
     change: Change, routes: Mapping[str, Route], index: RouteIndex
 ) -> dict[str, Route]:
@@ -75,10 +87,7 @@ def apply_change(
         else np.zeros((0, index.dimension), dtype=np.float32)
     )
     if change.kind == "put_route" and change.route is not None:
-        if current is not None:
-            index.delete_route(name)
-        out[name] = change.route
-        index.add(name, vectors, change.route.utterances)
+        install_route(out, index, change.route, vectors)
     elif change.kind == "add_utterances" and current is not None:
         have = set(current.utterances)
         new = [i for i, t in enumerate(change.texts) if t not in have]
@@ -104,6 +113,5 @@ def apply_change(
             if out.pop(old, None) is not None:
                 index.delete_route(old)
         for item in change.routes:
-            out[item.route.name] = item.route
-            index.add(item.route.name, item.vectors, item.route.utterances)
+            install_route(out, index, item.route, item.vectors)
     return out
