@@ -376,6 +376,55 @@ def test_storage_round_trip_is_exact(pg_dsn: str, schema: str) -> None:
         again.close()
 
 
+def test_stored_vectors_of_the_wrong_size_are_a_storage_error(pg_dsn: str, schema: str) -> None:
+    import psycopg
+
+    store = open_store(pg_dsn, schema)
+    try:
+        store.put_route(ROUTES[0], unit(2, 8, 1), ModelInfo("m", 8))
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:  # damaged outside the store
+            conn.execute(f'UPDATE "{schema}".utterances SET vector = %s', (b"\0" * 12,))
+        with pytest.raises(StorageError, match="not 8 float32s"):
+            store.load()
+    finally:
+        store.close()
+
+
+def test_rows_committed_after_the_count_still_load(
+    pg_dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A write's resync reads under read committed: rows committed between the count
+    # and the read must not be lost. A buffer sized for fewer rows stands in for that.
+    import synaptoroute.storage.postgres as pg_module
+    from synaptoroute._buffers import take_buffer, vector_buffer
+
+    store = open_store(pg_dsn, schema)
+    try:
+        routes = [
+            Route(name=f"r{i}", utterances=[f"u{i} {j}" for j in range(4)]) for i in range(10)
+        ]
+        vectors = [unit(4, 8, i) for i in range(10)]
+        store.put_routes(
+            [StoredRoute(r, v) for r, v in zip(routes, vectors, strict=True)], ModelInfo("m", 8)
+        )
+        sizes: list[int] = []
+
+        def short_buffer(rows: int, dim: int) -> np.ndarray:
+            sizes.append(rows)
+            return vector_buffer(1 if len(sizes) == 1 else rows, dim)  # room for 16 rows
+
+        monkeypatch.setattr(pg_module, "vector_buffer", short_buffer)
+        loaded = store.load()
+        assert sizes == [40, 40]  # the counted rows, then a buffer with room for them all
+        assert [s.route for s in loaded] == routes
+        for got, want in zip(loaded, vectors, strict=True):
+            np.testing.assert_array_equal(got.vectors, want)
+        taken = take_buffer([s.vectors for s in loaded], 8)
+        assert taken is not None and taken[1] == 40
+    finally:
+        store.close()
+
+
 def test_failed_writes_change_nothing(pg_dsn: str, schema: str) -> None:
     store = open_store(pg_dsn, schema)
     try:

@@ -82,6 +82,32 @@ def test_routes_come_back_whole_and_in_order(storage: Storage) -> None:
         np.testing.assert_array_equal(got.vectors, put.vectors)
 
 
+def test_a_load_writes_every_vector_once_into_one_buffer(storage: Storage) -> None:
+    # SQLite and PostgreSQL stream their vectors into one buffer the router's index
+    # takes over instead of copying (synaptoroute._buffers); the memory store keeps
+    # its arrays, which are always copied. Rows come by route, then by insertion, also
+    # for an utterance added to the first route after the others.
+    from synaptoroute._buffers import take_buffer
+
+    items = stored()
+    storage.put_routes(items, MODEL)
+    late = unit(1, seed=9)
+    storage.add_utterances("billing", ["refund it now"], late, MODEL)
+    loaded = storage.load()
+    assert [s.route.utterances for s in loaded] == [
+        [*ROUTES[0].utterances, "refund it now"],
+        *(r.utterances for r in ROUTES[1:]),
+    ]
+    np.testing.assert_array_equal(loaded[0].vectors, np.vstack([items[0].vectors, late]))
+    for got, put in zip(loaded[1:], items[1:], strict=True):
+        np.testing.assert_array_equal(got.vectors, put.vectors)
+    taken = take_buffer([s.vectors for s in loaded], MODEL.dimension)
+    if isinstance(storage, MemoryStorage):
+        assert taken is None
+    else:
+        assert taken is not None and taken[1] == 6
+
+
 def test_put_routes_replaces_a_route_of_the_same_name(storage: Storage) -> None:
     storage.put_routes(stored(), MODEL)
     new = Route(name="billing", utterances=["refund please"], description="money")

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from .._buffers import vector_buffer
 from ..exceptions import (
     MissingDependencyError,
     NotADatabaseError,
@@ -65,6 +66,8 @@ _APP_ID = "synaptoroute"
 SCHEMA_VERSION = 1
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 _T = TypeVar("_T")
+# Rows per fetch of the server-side cursor that loads utterances.
+_LOAD_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -144,12 +147,6 @@ def _route_from_doc(name: str, doc: dict[str, Any], utterances: Sequence[str]) -
         threshold=doc.get("threshold"),
         metadata=dict(doc.get("metadata") or {}),
     )
-
-
-def _matrix(blobs: Sequence[bytes], dim: int) -> NDArray[np.float32]:
-    if not blobs:
-        return np.zeros((0, dim), dtype=np.float32)
-    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
 
 
 class PostgresStorage:
@@ -398,26 +395,59 @@ class PostgresStorage:
         if not routes:
             return [], model
         ids = [r[0] for r in routes]
-        cur.execute(
-            f"SELECT route_id, text, vector FROM {s}.utterances WHERE route_id = ANY(%s) "
-            "ORDER BY route_id, id",
-            (ids,),
-        )
-        texts: dict[int, list[str]] = {rid: [] for rid in ids}
-        blobs: dict[int, list[bytes]] = {rid: [] for rid in ids}
-        for rid, text, vector in cur:
-            texts[rid].append(text)
-            blobs[rid].append(vector)
-        dim = model.dimension if model else 0
+        route_ids, texts, matrix = self._read_utterances(conn, ids, model)
+        starts = np.searchsorted(route_ids, ids).tolist()
+        ends = np.searchsorted(route_ids, np.asarray(ids) + 1).tolist()
         out = []
-        for rid, name, description, threshold, metadata in routes:
+        for (_, name, description, threshold, metadata), lo, hi in zip(
+            routes, starts, ends, strict=True
+        ):
             route = _route_from_doc(
                 name,
                 {"description": description, "threshold": threshold, "metadata": metadata},
-                texts[rid],
+                texts[lo:hi],
             )
-            out.append(StoredRoute(route, _matrix(blobs[rid], dim)))
+            out.append(StoredRoute(route, matrix[lo:hi]))
         return out, model
+
+    def _read_utterances(
+        self, conn: psycopg.Connection[Any], ids: Sequence[int], model: ModelInfo | None
+    ) -> tuple[NDArray[np.int64], list[str], NDArray[np.float32]]:
+        """The utterances of routes ``ids`` (ascending), by route and insertion order:
+        their route ids, texts and vectors.
+
+        Streamed through a server-side cursor into one buffer the router's index takes
+        over (synaptoroute._buffers), as the SQLite store does: a client-side cursor
+        held the whole result, then its rows' bytes, then a copy per route.
+        """
+        s = self._s
+        dim = model.dimension if model else 0
+        width = 4 * dim
+        where = f"FROM {s}.utterances WHERE route_id = ANY(%s)"
+        counted = conn.execute(f"SELECT count(*) {where}", (list(ids),)).fetchone()
+        buf = vector_buffer(int(counted[0]) if counted else 0, dim)
+        route_ids = np.empty(len(buf), dtype=np.int64)
+        texts: list[str] = []
+        at = 0
+        with conn.cursor(name=f"synaptoroute_load_{uuid.uuid4().hex}", binary=True) as cur:
+            cur.execute(
+                f"SELECT route_id, text, vector {where} ORDER BY route_id, id", (list(ids),)
+            )
+            while chunk := cur.fetchmany(_LOAD_CHUNK):
+                if any(len(r[2]) != width for r in chunk):
+                    msg = f"PostgreSQL store {self._s!r} holds vectors that are not {dim} float32s"
+                    raise StorageError(msg)
+                end = at + len(chunk)
+                if end > len(buf):  # rows committed after the count (a write's resync)
+                    bigger = vector_buffer(end, dim)
+                    bigger[:at] = buf[:at]
+                    buf, route_ids = bigger, np.resize(route_ids, len(bigger))
+                blob = b"".join(r[2] for r in chunk)
+                buf[at:end] = np.frombuffer(blob, dtype=np.float32).reshape(len(chunk), dim)
+                route_ids[at:end] = [r[0] for r in chunk]
+                texts.extend(r[1] for r in chunk)
+                at = end
+        return route_ids[:at], texts, buf[:at]
 
     def load(self) -> list[StoredRoute]:
         """Every route with its vectors, in insertion order, without any encoding.
