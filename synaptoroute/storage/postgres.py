@@ -435,7 +435,7 @@ class PostgresStorage:
             )
             while chunk := cur.fetchmany(_LOAD_CHUNK):
                 if any(len(r[2]) != width for r in chunk):
-                    msg = f"PostgreSQL store {self._s!r} holds vectors that are not {dim} float32s"
+                    msg = f"{self!r} holds vectors that are not {dim} float32s"
                     raise StorageError(msg)
                 end = at + len(chunk)
                 if end > len(buf):  # rows committed after the count (a write's resync)
