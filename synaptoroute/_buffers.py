@@ -13,12 +13,12 @@ before: arrays a store keeps for itself (``MemoryStorage``) are always copied.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["buffer_capacity", "take_buffer", "vector_buffer"]
+__all__ = ["buffer_capacity", "read_utterances", "take_buffer", "vector_buffer"]
 
 # id -> buffer, while the buffer lives and is not taken. Arrays are not hashable, so
 # a WeakValueDictionary keyed by id stands in for a weak set.
@@ -81,3 +81,46 @@ def take_buffer(
         rows += len(part)
     del _GIVEN[id(buf)]
     return buf, rows
+
+
+def read_utterances(
+    chunks: Iterable[Sequence[tuple[int, str, bytes]]], count: int, dim: int, store: str
+) -> tuple[NDArray[np.int64], list[str], NDArray[np.float32]]:
+    """Stream a store's ``(route_id, text, vector bytes)`` rows into one :func:`vector_buffer`.
+
+    The one reader of the SQLite and PostgreSQL loaders.
+
+    Args:
+        chunks: the rows, in route then insertion order, a chunk at a time.
+        count: the rows counted beforehand (the buffer grows if more come).
+        dim: the vectors' length.
+        store: names the store in the error.
+
+    Returns:
+        The rows' route ids, texts and vectors (leading rows of the buffer).
+
+    Raises:
+        StorageError: a vector is not ``dim`` float32s.
+    """
+    from .exceptions import StorageError
+
+    width = 4 * dim
+    buf = vector_buffer(count, dim)
+    route_ids = np.empty(len(buf), dtype=np.int64)
+    texts: list[str] = []
+    at = 0
+    for chunk in chunks:
+        if any(len(r[2]) != width for r in chunk):
+            msg = f"{store} holds vectors that are not {dim} float32s"
+            raise StorageError(msg)
+        end = at + len(chunk)
+        if end > len(buf):  # rows committed after the count (PostgreSQL's read committed)
+            bigger = vector_buffer(end, dim)
+            bigger[:at] = buf[:at]
+            buf, route_ids = bigger, np.resize(route_ids, len(bigger))
+        blob = b"".join(r[2] for r in chunk)
+        buf[at:end] = np.frombuffer(blob, dtype=np.float32).reshape(len(chunk), dim)
+        route_ids[at:end] = [r[0] for r in chunk]
+        texts.extend(r[1] for r in chunk)
+        at = end
+    return route_ids[:at], texts, buf[:at]

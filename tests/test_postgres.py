@@ -395,7 +395,7 @@ def test_rows_committed_after_the_count_still_load(
 ) -> None:
     # A write's resync reads under read committed: rows committed between the count
     # and the read must not be lost. A buffer sized for fewer rows stands in for that.
-    import synaptoroute.storage.postgres as pg_module
+    import synaptoroute._buffers as buffers
     from synaptoroute._buffers import take_buffer, vector_buffer
 
     store = open_store(pg_dsn, schema)
@@ -413,7 +413,7 @@ def test_rows_committed_after_the_count_still_load(
             sizes.append(rows)
             return vector_buffer(1 if len(sizes) == 1 else rows, dim)  # room for 16 rows
 
-        monkeypatch.setattr(pg_module, "vector_buffer", short_buffer)
+        monkeypatch.setattr(buffers, "vector_buffer", short_buffer)
         loaded = store.load()
         assert sizes == [40, 40]  # the counted rows, then a buffer with room for them all
         assert [s.route for s in loaded] == routes

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .._buffers import vector_buffer
+from .._buffers import read_utterances
 from ..exceptions import (
     MissingDependencyError,
     NotADatabaseError,
@@ -420,34 +420,16 @@ class PostgresStorage:
         over (synaptoroute._buffers), as the SQLite store does: a client-side cursor
         held the whole result, then its rows' bytes, then a copy per route.
         """
-        s = self._s
-        dim = model.dimension if model else 0
-        width = 4 * dim
-        where = f"FROM {s}.utterances WHERE route_id = ANY(%s)"
+        where = f"FROM {self._s}.utterances WHERE route_id = ANY(%s)"
         counted = conn.execute(f"SELECT count(*) {where}", (list(ids),)).fetchone()
-        buf = vector_buffer(int(counted[0]) if counted else 0, dim)
-        route_ids = np.empty(len(buf), dtype=np.int64)
-        texts: list[str] = []
-        at = 0
         with conn.cursor(name=f"synaptoroute_load_{uuid.uuid4().hex}", binary=True) as cur:
             cur.execute(
                 f"SELECT route_id, text, vector {where} ORDER BY route_id, id", (list(ids),)
             )
-            while chunk := cur.fetchmany(_LOAD_CHUNK):
-                if any(len(r[2]) != width for r in chunk):
-                    msg = f"{self!r} holds vectors that are not {dim} float32s"
-                    raise StorageError(msg)
-                end = at + len(chunk)
-                if end > len(buf):  # rows committed after the count (a write's resync)
-                    bigger = vector_buffer(end, dim)
-                    bigger[:at] = buf[:at]
-                    buf, route_ids = bigger, np.resize(route_ids, len(bigger))
-                blob = b"".join(r[2] for r in chunk)
-                buf[at:end] = np.frombuffer(blob, dtype=np.float32).reshape(len(chunk), dim)
-                route_ids[at:end] = [r[0] for r in chunk]
-                texts.extend(r[1] for r in chunk)
-                at = end
-        return route_ids[:at], texts, buf[:at]
+            chunks = iter(lambda: cur.fetchmany(_LOAD_CHUNK), [])
+            count = int(counted[0]) if counted else 0
+            dim = model.dimension if model else 0
+            return read_utterances(chunks, count, dim, repr(self))
 
     def load(self) -> list[StoredRoute]:
         """Every route with its vectors, in insertion order, without any encoding.

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from .._buffers import vector_buffer
+from .._buffers import read_utterances
 from ..exceptions import InvalidInputError, NotADatabaseError, RouteNotFoundError, StorageError
 from ..models import Route
 from .base import (
@@ -331,30 +331,13 @@ class SQLiteStorage:
     ) -> tuple[NDArray[np.int64], list[str], NDArray[np.float32]]:
         # Streamed into one buffer the router's index takes over (synaptoroute._buffers):
         # fetchall() and a join held every vector twice more.
-        dim = info.dimension if info else 0
-        width = 4 * dim
         (count,) = self._db.execute("SELECT COUNT(*) FROM utterances").fetchone()
-        buf = vector_buffer(count, dim)
-        route_ids = np.empty(count, dtype=np.int64)
-        texts: list[str] = []
         cursor = self._db.execute(
             "SELECT route_id, text, vector FROM utterances ORDER BY route_id, id"
         )
-        at = 0
-        while chunk := cursor.fetchmany(_LOAD_CHUNK):
-            end = at + len(chunk)
-            if any(len(r[2]) != width for r in chunk):
-                msg = f"SQLite store {self.path!r} holds vectors that are not {dim} float32s"
-                raise StorageError(msg)
-            blob = b"".join(r[2] for r in chunk)
-            if end > count:  # cannot happen inside the read transaction
-                msg = f"SQLite store {self.path!r} changed while it was read"
-                raise StorageError(msg)
-            buf[at:end] = np.frombuffer(blob, dtype=np.float32).reshape(len(chunk), dim)
-            route_ids[at:end] = [r[0] for r in chunk]
-            texts.extend(r[1] for r in chunk)
-            at = end
-        return route_ids[:at], texts, buf[:at]
+        chunks = iter(lambda: cursor.fetchmany(_LOAD_CHUNK), [])
+        dim = info.dimension if info else 0
+        return read_utterances(chunks, count, dim, f"SQLite store {self.path!r}")
 
     def _route_id(self, tx: sqlite3.Connection, name: str) -> int:
         row = tx.execute("SELECT id FROM routes WHERE name=?", (name,)).fetchone()
