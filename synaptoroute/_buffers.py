@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["buffer_capacity", "read_utterances", "take_buffer", "vector_buffer"]
+__all__ = ["buffer_capacity", "read_utterances", "split_by_route", "take_buffer", "vector_buffer"]
 
 # id -> buffer, while the buffer lives and is not taken. Arrays are not hashable, so
 # a WeakValueDictionary keyed by id stands in for a weak set.
@@ -26,7 +26,13 @@ _GIVEN: weakref.WeakValueDictionary[int, NDArray[np.float32]] = weakref.WeakValu
 
 
 def buffer_capacity(rows: int) -> int:
-    """The capacity the index grows to for ``rows`` rows: a power of two, at least 16."""
+    """The capacity a buffer for ``rows`` rows gets: a power of two, at least 16.
+
+    The one growth policy of the index's buffer (:meth:`RouteIndex._grow
+    <synaptoroute.index.RouteIndex>`) and of the buffers loaders fill, so a taken
+    buffer has the room the index would have given it: capacities double, and each row
+    is copied O(1) times however the buffer grows.
+    """
     return 1 << max(4, (rows - 1).bit_length())
 
 
@@ -124,3 +130,27 @@ def read_utterances(
         texts.extend(r[1] for r in chunk)
         at = end
     return route_ids[:at], texts, buf[:at]
+
+
+def split_by_route(
+    route_ids: NDArray[np.int64],
+    texts: list[str],
+    vectors: NDArray[np.float32],
+    ids: Sequence[int],
+) -> list[tuple[list[str], NDArray[np.float32]]]:
+    """Each route's texts and its vectors (views) from :func:`read_utterances`'s rows.
+
+    Args:
+        route_ids: the rows' route ids, ascending.
+        texts: the rows' texts.
+        vectors: the rows' vectors.
+        ids: the routes wanted, ascending; one with no rows gets empty parts.
+
+    Returns:
+        ``(texts, vectors)`` per id, in order; the vectors stay consecutive rows of the
+        loader's buffer, so the index can take it.
+    """
+    wanted = np.asarray(ids, dtype=np.int64)
+    starts = np.searchsorted(route_ids, wanted).tolist()
+    ends = np.searchsorted(route_ids, wanted + 1).tolist()
+    return [(texts[lo:hi], vectors[lo:hi]) for lo, hi in zip(starts, ends, strict=True)]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from ._buffers import take_buffer
+from ._buffers import buffer_capacity, take_buffer
 from ._cpu import process_cpus
 from .ann import DEFAULT_DEPTH, rounds_for  # stdlib and numpy only: usearch loads on use
 from .int8 import Int8Scan
@@ -1050,13 +1050,7 @@ class RouteIndex:
         with self._lock:
             rid = self._ids.get(name)
             if rid is None:
-                rid = len(self._names)
-                self._ids[name] = rid
-                self._names.append(name)
-                self._rows[rid] = []
-                if self.aggregation == "centroid":
-                    self._sums[rid] = np.zeros(self.dimension, dtype=np.float64)
-                self._counts[rid] = 0
+                rid = self._new_route(name)
             if len(vectors):
                 self._pending.append((rid, np.asarray(vectors, dtype=np.float32), list(texts)))
                 if self.aggregation == "centroid":
@@ -1073,13 +1067,12 @@ class RouteIndex:
         """
         with self._lock:
             names = [name for name, _, _ in routes]
-            counts = [len(v) for _, v, _ in routes]
             taken = None
             if (
                 not self._names
                 and self.aggregation != "centroid"
                 and len(set(names)) == len(names)
-                and all(len(t) == c for (_, _, t), c in zip(routes, counts, strict=True))
+                and all(len(t) == len(v) for _, v, t in routes)
             ):
                 taken = take_buffer([v for _, v, _ in routes], self.dimension)
             if taken is None:  # add() also refuses vectors and texts of unequal lengths
@@ -1087,18 +1080,12 @@ class RouteIndex:
                     self.add(name, vectors, texts)
                 return
             buf, n = taken
-            self._buf = buf
+            self._buf = buf  # the vectors are in place: only the bookkeeping is written
             self._row_route = np.full(len(buf), -1, dtype=np.int64)
-            self._row_route[:n] = np.repeat(np.arange(len(names), dtype=np.int64), counts)
-            self._names = names
-            self._ids = {name: rid for rid, name in enumerate(names)}
-            start = 0
-            for rid, (count, (_, _, texts)) in enumerate(zip(counts, routes, strict=True)):
-                self._rows[rid] = list(range(start, start + count))
-                self._counts[rid] = count
-                self._texts.extend(texts)
-                start += count
-            self._n = n
+            for name, _, texts in routes:
+                rid = self._new_route(name)
+                self._counts[rid] = len(texts)
+                self._place(rid, texts)
             self.stats.rows_taken += n
             self._snapshot = None
 
@@ -1171,19 +1158,31 @@ class RouteIndex:
         if need > len(self._buf):
             self._grow(need)
         for rid, vectors, texts in self._pending:
-            end = self._n + len(vectors)
-            self._buf[self._n : end] = vectors
-            self._row_route[self._n : end] = rid
-            self._rows[rid].extend(range(self._n, end))
-            self._texts.extend(texts)
+            self._buf[self._n : self._n + len(vectors)] = vectors
             self.stats.rows_written += len(vectors)
-            self._n = end
+            self._place(rid, texts)
         self._pending = []
 
+    def _new_route(self, name: str) -> int:
+        rid = len(self._names)
+        self._ids[name] = rid
+        self._names.append(name)
+        self._rows[rid] = []
+        if self.aggregation == "centroid":
+            self._sums[rid] = np.zeros(self.dimension, dtype=np.float64)
+        self._counts[rid] = 0
+        return rid
+
+    def _place(self, rid: int, texts: Sequence[str]) -> None:
+        """Book the buffer's next ``len(texts)`` rows, already written, to route ``rid``."""
+        end = self._n + len(texts)
+        self._row_route[self._n : end] = rid
+        self._rows[rid].extend(range(self._n, end))
+        self._texts.extend(texts)
+        self._n = end
+
     def _grow(self, need: int) -> None:
-        capacity = len(self._buf)
-        while capacity < need:
-            capacity *= 2
+        capacity = max(buffer_capacity(need), 2 * len(self._buf))
         buf = np.zeros((capacity, self.dimension), dtype=np.float32)
         buf[: self._n] = self._buf[: self._n]
         route = np.full(capacity, -1, dtype=np.int64)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .._buffers import read_utterances
+from .._buffers import read_utterances, split_by_route
 from ..exceptions import (
     MissingDependencyError,
     NotADatabaseError,
@@ -396,18 +396,17 @@ class PostgresStorage:
             return [], model
         ids = [r[0] for r in routes]
         route_ids, texts, matrix = self._read_utterances(conn, ids, model)
-        starts = np.searchsorted(route_ids, ids).tolist()
-        ends = np.searchsorted(route_ids, np.asarray(ids) + 1).tolist()
         out = []
-        for (_, name, description, threshold, metadata), lo, hi in zip(
-            routes, starts, ends, strict=True
+        parts = split_by_route(route_ids, texts, matrix, ids)
+        for (_, name, description, threshold, metadata), (utterances, vectors) in zip(
+            routes, parts, strict=True
         ):
             route = _route_from_doc(
                 name,
                 {"description": description, "threshold": threshold, "metadata": metadata},
-                texts[lo:hi],
+                utterances,
             )
-            out.append(StoredRoute(route, matrix[lo:hi]))
+            out.append(StoredRoute(route, vectors))
         return out, model
 
     def _read_utterances(

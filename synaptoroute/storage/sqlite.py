@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from .._buffers import read_utterances
+from .._buffers import read_utterances, split_by_route
 from ..exceptions import InvalidInputError, NotADatabaseError, RouteNotFoundError, StorageError
 from ..models import Route
 from .base import (
@@ -310,20 +310,18 @@ class SQLiteStorage:
         if not routes:
             return []
         out = []
-        ids = np.array([r[0] for r in routes], dtype=np.int64)
-        starts = np.searchsorted(route_ids, ids).tolist()
-        ends = np.searchsorted(route_ids, ids + 1).tolist()
-        for (_, name, description, threshold, metadata), lo, hi in zip(
-            routes, starts, ends, strict=True
+        parts = split_by_route(route_ids, texts, matrix, [r[0] for r in routes])
+        for (_, name, description, threshold, metadata), (utterances, vectors) in zip(
+            routes, parts, strict=True
         ):
             route = Route.model_construct(
                 name=name,
-                utterances=texts[lo:hi],
+                utterances=utterances,
                 description=description,
                 threshold=threshold,
                 metadata=_read_metadata(metadata, name),
             )
-            out.append(StoredRoute(route, matrix[lo:hi]))
+            out.append(StoredRoute(route, vectors))
         return out
 
     def _read_utterances(
