@@ -1,9 +1,12 @@
-"""The approximate graph's settings (issue 17): vector type and search rounds.
+"""The approximate graph's settings (issue 17): vector type, construction depth and
+search rounds.
 
-For the data of ``benchmarks/scale.py`` at ``--size`` utterances (noisy copies of the
-bundled model's embeddings of the fixture texts), builds the usearch graph with each
-vector type (``f16`` with the inner product, the 0.2 choice; ``i8`` with cosine, the
-current one) and reports, per type:
+For the data of ``benchmarks/scale.py`` at ``--size`` utterances (``--vectors noisy``:
+noisy copies of the bundled model's embeddings of the fixture texts; ``text``: real
+text encoded by the bundled model, as ``scale.py --vectors text``), builds the usearch
+graph with each vector type (``f16`` with the inner product, the 0.2 choice; ``i8``
+with cosine, the current one) and each construction depth (``--expansions``, HNSW
+``ef_construction``; default the library's ``ann.EXPANSION_ADD``), and reports, per graph:
 
 - the build time and usearch's ``memory_usage`` per utterance;
 - for each (rows, depth): the search alone (p50, one thread) and how often the true
@@ -21,6 +24,7 @@ current one) and reports, per type:
 Usage::
 
     python benchmarks/ann_settings.py [--size 100000] [--queries 5000]
+        [--vectors noisy|text] [--types i8] [--expansions 128 256] [--depths 128]
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any
 
 import numpy as np
 from common import machine_info
-from scale import dataset, real_vectors
+from scale import dataset, real_vectors, text_dataset
 
 import synaptoroute.ann as ann
 from synaptoroute.index import RouteIndex
@@ -58,9 +62,9 @@ def floor_checked(on: bool) -> Iterator[None]:
         ann.AnnGraph.floors = real  # type: ignore[method-assign]
 
 
-def check_orders() -> Iterator[tuple[int, bool]]:
+def check_orders(depths: list[int]) -> Iterator[tuple[int, bool]]:
     """(ann_depth, lost check on) pairs, the check's run first at every other depth."""
-    for i, depth in enumerate(DEPTHS):
+    for i, depth in enumerate(depths):
         for lost_check in (True, False) if i % 2 == 0 else (False, True):
             yield depth, lost_check
 
@@ -71,9 +75,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=5000)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/sr-scale"))
     parser.add_argument("--types", nargs="+", choices=sorted(TYPES), default=sorted(TYPES))
+    parser.add_argument("--vectors", choices=("noisy", "text"), default="noisy")
+    parser.add_argument("--data", help="the datasets' folder for --vectors text")
+    parser.add_argument("--expansions", nargs="+", type=int, default=[ann.EXPANSION_ADD])
+    parser.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS))
     args = parser.parse_args()
     print(machine_info())
-    data = dataset(real_vectors(args.cache), args.size, args.queries)
+    if args.vectors == "text":
+        data = text_dataset(args.size, args.queries, args.cache, args.data)
+    else:
+        data = dataset(real_vectors(args.cache), args.size, args.queries)
     rows, asked = data.rows, data.asked
     nearest = np.empty(len(asked), dtype=np.int64)
     for start in range(0, len(asked), 500):
@@ -81,16 +92,18 @@ def main() -> None:
     truth = data.route_of(nearest)  # route ids follow insertion order
     nearest_sim = (asked * rows[nearest]).sum(axis=1)
     usearch = ann.load_usearch()
-    for dtype in args.types:
+    for dtype, expansion in [(t, e) for t in args.types for e in args.expansions]:
         metric = TYPES[dtype]
 
-        def new_graph(ndim: int, dtype: str = dtype, metric: str = metric) -> Any:
+        def new_graph(
+            ndim: int, dtype: str = dtype, metric: str = metric, expansion: int = expansion
+        ) -> Any:
             return usearch.Index(
                 ndim=ndim,
                 metric=metric,
                 dtype=dtype,
                 connectivity=ann.CONNECTIVITY,
-                expansion_add=ann.EXPANSION_ADD,
+                expansion_add=expansion,
             )
 
         ann._new_graph = new_graph  # type: ignore[assignment]
@@ -106,6 +119,8 @@ def main() -> None:
         assert graph is not None
         out: dict[str, Any] = {
             "type": f"{dtype} ({metric})",
+            "vectors": args.vectors,
+            "construction_depth": expansion,
             "build_s": round(build, 1),
             "graph_bytes_per_utterance": round(graph.memory_bytes / len(rows), 1),
         }
@@ -120,7 +135,7 @@ def main() -> None:
                 "p50_ms": round(float(np.median(times)) * 1000, 3),
                 "nearest_row_found": found / len(asked),
             }
-        for depth, lost_check in check_orders():
+        for depth, lost_check in check_orders(args.depths):
             rounds = ann.rounds_for(depth)
             if not lost_check:  # as before the sample's floor: no lost round
                 rounds = rounds[: ann.LOST_ROUND]

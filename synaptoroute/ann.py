@@ -44,11 +44,15 @@ __all__ = [
     "rounds_for",
 ]
 
-# HNSW settings: 32 links per node and a construction depth of 128; with 16 and 64
+# HNSW settings: 32 links per node and a construction depth of 256. With 16 and 64
 # the graph missed the winning route of noisy copies of real embeddings too often
-# (tests/test_ann.py). The certification (candidate_routes) turns the remaining misses into exact fallbacks.
+# (tests/test_ann.py); on real text the searches of a graph built at depth 128 missed
+# the query's nearest row about twice as often as at 256, and a certified answer
+# missing that row is wrong (BENCHMARKS.md, "Construction depth"). A deeper
+# construction costs build and feed time, not search time. The certification
+# (candidate_routes) turns the remaining misses into exact fallbacks.
 CONNECTIVITY = 32
-EXPANSION_ADD = 128
+EXPANSION_ADD = 256
 # The first search depth (HNSW ef) unless the router's ``ann_depth`` says otherwise:
 # deeper finds the winning route more often, and costs more (rounds_for).
 DEFAULT_DEPTH = 128
@@ -58,8 +62,8 @@ CLOSE_MARGIN = 0.02
 # Rows of candidate routes re-scored in full per query, beyond the first k routes.
 RESCORE_BUDGET = 4096
 # Rows fed into a serving graph per lock hold: a query waits for one such chunk at
-# most, and inserting a row into a large graph costs about what a search does, so one
-# row at a time (BENCHMARKS.md: queries during a feed).
+# most, and inserting a row into a large graph costs about what one or two searches
+# do, so one row at a time (BENCHMARKS.md: queries during a feed).
 FEED_CHUNK = 1
 # Seconds a feed waits for searches in flight before it inserts its next row anyway.
 FEED_YIELD = 0.005
