@@ -19,12 +19,15 @@ with cosine, the current one) and each construction depth (``--expansions``, HNS
   route is the brute-force one over ``--queries`` queries, the rounds found lost and
   the queries that took the exact path; for the queries where the route is not the
   brute-force one, the medians of the true nearest row's similarity and of the
-  answer's score.
+  answer's score;
+- for each ``--margins`` value (``ann.CLOSE_MARGIN``: best two routes closer than it
+  send the query to the exact path; default the library's), the same per ``ann_depth``.
 
 Usage::
 
     python benchmarks/ann_settings.py [--size 100000] [--queries 5000]
         [--vectors noisy|text] [--types i8] [--expansions 128 256] [--depths 128]
+        [--margins 0 0.02]
 """
 
 from __future__ import annotations
@@ -79,7 +82,9 @@ def main() -> None:
     parser.add_argument("--data", help="the datasets' folder for --vectors text")
     parser.add_argument("--expansions", nargs="+", type=int, default=[ann.EXPANSION_ADD])
     parser.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS))
+    parser.add_argument("--margins", nargs="+", type=float, default=[ann.CLOSE_MARGIN])
     args = parser.parse_args()
+    default_margin = ann.CLOSE_MARGIN
     print(machine_info())
     if args.vectors == "text":
         data = text_dataset(args.size, args.queries, args.cache, args.data)
@@ -135,7 +140,10 @@ def main() -> None:
                 "p50_ms": round(float(np.median(times)) * 1000, 3),
                 "nearest_row_found": found / len(asked),
             }
-        for depth, lost_check in check_orders(args.depths):
+        for margin, (depth, lost_check) in [
+            (m, order) for m in args.margins for order in check_orders(args.depths)
+        ]:
+            ann.CLOSE_MARGIN = margin  # read by the index at each query
             rounds = ann.rounds_for(depth)
             if not lost_check:  # as before the sample's floor: no lost round
                 rounds = rounds[: ann.LOST_ROUND]
@@ -152,7 +160,10 @@ def main() -> None:
                     else:
                         missed.append((float(nearest_sim[q]), float(got.scores[0])))
             check = "with" if lost_check else "without"
-            out[f"ann_depth {depth}, {check} the lost check: rounds {rounds}"] = {
+            label = f"ann_depth {depth}, {check} the lost check: rounds {rounds}"
+            if args.margins != [default_margin]:
+                label += f", close margin {margin}"
+            out[label] = {
                 "score_p50_p99_mean_ms": [
                     round(float(v) * 1000, 3)
                     for v in (np.median(times), np.quantile(times, 0.99), np.mean(times))
