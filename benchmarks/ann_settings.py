@@ -20,8 +20,9 @@ with cosine, the current one) and each construction depth (``--expansions``, HNS
   the queries that took the exact path; for the queries where the route is not the
   brute-force one, the medians of the true nearest row's similarity and of the
   answer's score;
-- for each ``--margins`` value (``ann.CLOSE_MARGIN``: best two routes closer than it
-  send the query to the exact path; default the library's), the same per ``ann_depth``.
+- for each ``--margins`` value (``Snapshot.ann_margin``: best two routes closer than
+  it send the query to the exact path; default the library's ``ann.CLOSE_MARGIN``),
+  the same per ``ann_depth``.
 
 Usage::
 
@@ -84,7 +85,6 @@ def main() -> None:
     parser.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS))
     parser.add_argument("--margins", nargs="+", type=float, default=[ann.CLOSE_MARGIN])
     args = parser.parse_args()
-    default_margin = ann.CLOSE_MARGIN
     print(machine_info())
     if args.vectors == "text":
         data = text_dataset(args.size, args.queries, args.cache, args.data)
@@ -143,11 +143,10 @@ def main() -> None:
         for margin, (depth, lost_check) in [
             (m, order) for m in args.margins for order in check_orders(args.depths)
         ]:
-            ann.CLOSE_MARGIN = margin  # read by the index at each query
             rounds = ann.rounds_for(depth)
             if not lost_check:  # as before the sample's floor: no lost round
                 rounds = rounds[: ann.LOST_ROUND]
-            deep = dataclasses.replace(snapshot, ann_rounds=rounds)
+            deep = dataclasses.replace(snapshot, ann_rounds=rounds, ann_margin=margin)
             times, agree, missed = [], 0, []
             index.stats.ann_lost = index.stats.ann_fallbacks = 0
             with floor_checked(lost_check):
@@ -161,7 +160,7 @@ def main() -> None:
                         missed.append((float(nearest_sim[q]), float(got.scores[0])))
             check = "with" if lost_check else "without"
             label = f"ann_depth {depth}, {check} the lost check: rounds {rounds}"
-            if args.margins != [default_margin]:
+            if args.margins != [ann.CLOSE_MARGIN]:
                 label += f", close margin {margin}"
             out[label] = {
                 "score_p50_p99_mean_ms": [

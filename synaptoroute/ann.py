@@ -49,15 +49,17 @@ __all__ = [
 # (tests/test_ann.py); on real text the searches of a graph built at depth 128 missed
 # the query's nearest row about twice as often as at 256, and a certified answer
 # missing that row is wrong (BENCHMARKS.md, "Construction depth"). A deeper
-# construction costs build and feed time, not search time. The certification
+# construction costs build and feed time (about 2x), and at 100,000 rows about 1.4x
+# per search at the same depth (more of each node's links filled). The certification
 # (candidate_routes) turns the remaining misses into exact fallbacks.
 CONNECTIVITY = 32
 EXPANSION_ADD = 256
 # The first search depth (HNSW ef) unless the router's ``ann_depth`` says otherwise:
 # deeper finds the winning route more often, and costs more (rounds_for).
 DEFAULT_DEPTH = 128
-# Best two routes closer than this: the decision is scored exactly (a graph miss
-# there is the one most likely to change the answer).
+# Best two routes closer than this: the decision is scored exactly (the default of
+# ``Snapshot.ann_margin``). On real text it buys 0.03-0.1 points of agreement for
+# about 10% of queries scored exactly (BENCHMARKS.md, "The close margin").
 CLOSE_MARGIN = 0.02
 # Rows of candidate routes re-scored in full per query, beyond the first k routes.
 RESCORE_BUDGET = 4096

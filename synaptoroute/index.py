@@ -35,7 +35,14 @@ from numpy.typing import NDArray
 
 from ._buffers import buffer_capacity, take_buffer
 from ._cpu import process_cpus
-from .ann import DEFAULT_DEPTH, rounds_for  # stdlib and numpy only: usearch loads on use
+from .ann import (  # stdlib and numpy only: usearch loads on use
+    CLOSE_MARGIN,
+    DEFAULT_DEPTH,
+    LOST_ROUND,
+    RESCORE_BUDGET,
+    candidate_routes,
+    rounds_for,
+)
 from .int8 import Int8Scan
 from .int8 import build as _build_int8
 from .models import SCORE_MIN
@@ -188,6 +195,8 @@ class Snapshot:
     stats: IndexStats | None = None  # the index's counters (int8 queries count here)
     ann: AnnGraph | None = None  # graph over the leading rows ("max" only)
     ann_rounds: tuple[tuple[int, int], ...] = rounds_for(DEFAULT_DEPTH)
+    # Best two routes closer than this after the graph's rounds: scored exactly.
+    ann_margin: float = CLOSE_MARGIN
     # (n_routes, 2): each live route's first and past-last row when its rows are one
     # segment (the usual case: a route added at once), -1 when they are split. Kept
     # by the compile (appended for new routes), not derived per snapshot: O(routes).
@@ -530,8 +539,6 @@ class Snapshot:
         # int8 path) with the rows it does not hold yet, and the answer stands only if
         # the horizon certifies it (ann.candidate_routes) and the search was not lost
         # (ann.AnnGraph.floors: ``floor``); else the caller scores the query exactly.
-        from .ann import CLOSE_MARGIN, LOST_ROUND, RESCORE_BUDGET, candidate_routes
-
         assert self.ann is not None
         n = len(self.matrix)
         covered = min(self.ann.covered, n)  # rows past it: scored exactly below
@@ -557,10 +564,10 @@ class Snapshot:
                 continue
             order, horizon = candidate_routes(exact, approx, pos, complete)
             if len(order) >= max(k, 2):
-                # Two routes at least: a close second sends the query to the exact path,
-                # where the graph is likeliest to have missed the winner.
+                # Two routes at least: a second within ann_margin sends the query to the
+                # exact path (BENCHMARKS.md, "The close margin").
                 top = self._full_routes(order[: max(k, 2) + 2], query, max(k, 2), RESCORE_BUDGET)
-                if top.scores[0] - top.scores[1] >= CLOSE_MARGIN and top.scores[-1] > horizon:
+                if top.scores[0] - top.scores[1] >= self.ann_margin and top.scores[-1] > horizon:
                     return RouteScores(
                         top.route_ids[:k],
                         top.scores[:k],

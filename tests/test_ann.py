@@ -3,6 +3,7 @@ while serving, the start-up cache across replicas, and the missing-library path.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import subprocess
@@ -437,6 +438,15 @@ def test_an_uncertain_search_that_is_not_lost_takes_the_exact_path_without_going
     assert {snapshot.names[int(r)] for r in got.route_ids} == {"r0", "r1"}
     assert index.stats.ann_fallbacks == 1 and index.stats.ann_lost == 0
     assert depths == [depth for _, depth in ann.rounds_for(128)[: ann.LOST_ROUND]]
+    # Without the close margin both routes' exact maxima, above the horizon, settle it
+    # in the graph's first round, with the exact path's answer.
+    depths.clear()
+    untied = dataclasses.replace(snapshot, ann_margin=0.0)
+    got_untied = untied.score(tie, 2)[0]
+    assert index.stats.ann_fallbacks == 1 and len(depths) == 1
+    want = snapshot.score(tie, 2, exact=True)[0]
+    assert list(got_untied.route_ids) == list(want.route_ids)
+    np.testing.assert_allclose(got_untied.scores, want.scores, atol=1e-6)
     # Over ordinary queries too, a deep round only ever follows a lost one.
     depths.clear()
     snapshot.score(queries, 2)
