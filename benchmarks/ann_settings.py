@@ -16,8 +16,10 @@ with cosine, the current one) and each construction depth (``--expansions``, HNS
   calls for; which of the two runs first alternates from one depth to the next, so the
   order does not favour either): ``Snapshot.score`` p50, p99 and mean (the search, the float32
   re-scoring and the certification; router overhead excluded), how often its top
-  route is the brute-force one over ``--queries`` queries, the rounds found lost and
-  the queries that took the exact path; for the queries where the route is not the
+  route is the brute-force one over ``--queries`` queries, the rounds found lost, the
+  queries that took the exact path, the graph searches per query
+  (``IndexStats.ann_searches``) and the mean time of the queries the graph answered
+  and of those it sent to the exact path; for the queries where the route is not the
   brute-force one, the medians of the true nearest row's similarity and of the
   answer's score;
 - for each ``--margins`` value (``Snapshot.ann_margin``: best two routes closer than
@@ -147,13 +149,16 @@ def main() -> None:
             if not lost_check:  # as before the sample's floor: no lost round
                 rounds = rounds[: ann.LOST_ROUND]
             deep = dataclasses.replace(snapshot, ann_rounds=rounds, ann_margin=margin)
-            times, agree, missed = [], 0, []
-            index.stats.ann_lost = index.stats.ann_fallbacks = 0
+            times, agree, missed, fell_back = [], 0, [], []
+            stats = index.stats
+            stats.ann_lost = stats.ann_fallbacks = stats.ann_searches = 0
             with floor_checked(lost_check):
                 for q, query in enumerate(asked):
+                    fallbacks = stats.ann_fallbacks
                     start = time.perf_counter()
                     got = deep.score(query[None], 2)[0]
                     times.append(time.perf_counter() - start)
+                    fell_back.append(stats.ann_fallbacks > fallbacks)
                     if int(got.route_ids[0]) == int(truth[q]):
                         agree += 1
                     else:
@@ -168,8 +173,18 @@ def main() -> None:
                     for v in (np.median(times), np.quantile(times, 0.99), np.mean(times))
                 ],
                 "route_agreement": agree / len(asked),
-                "lost_rounds": index.stats.ann_lost,
-                "exact_fallbacks": index.stats.ann_fallbacks,
+                "lost_rounds": stats.ann_lost,
+                "exact_fallbacks": stats.ann_fallbacks,
+                "graph_searches_per_query": round(stats.ann_searches / len(asked), 3),
+                # Where the time goes: queries the graph answered, and those it sent
+                # to the exact path after its rounds.
+                "mean_ms_answered_fallen_back": [
+                    round(float(np.mean(part)) * 1000, 3) if len(part) else None
+                    for part in (
+                        np.asarray(times)[~np.asarray(fell_back)],
+                        np.asarray(times)[np.asarray(fell_back)],
+                    )
+                ],
                 # How far a wrong answer is from the query's true neighbourhood: a
                 # near-tie (answer just below) or a search lost elsewhere (far below).
                 "misses: nearest row's similarity, the answer's (medians)": [

@@ -76,6 +76,7 @@ class IndexStats:
     ann_cache_loads: int = 0  # graphs loaded from the cache file instead
     ann_rows_fed: int = 0  # rows inserted into a serving graph
     ann_queries: int = 0  # queries answered from the graph's candidates
+    ann_searches: int = 0  # graph searches run (rounds of ann.rounds_for, all queries)
     ann_fallbacks: int = 0  # queries the graph could not certify: scored exactly
     ann_lost: int = 0  # graph searches below the sample's best row (ann.AnnGraph.floors)
 
@@ -548,6 +549,8 @@ class Snapshot:
             if round_no >= LOST_ROUND and not lost:
                 return None  # not lost, just uncertain: only the exact path settles it
             keys, sims = self.ann.search(query, count, depth)
+            if self.stats is not None:  # unlocked: counters for tests and benchmarks
+                self.stats.ann_searches += 1
             complete = len(keys) < count
             inside = keys < covered  # keys past it came after this snapshot
             rows = np.concatenate([keys[inside], tail])
@@ -567,7 +570,11 @@ class Snapshot:
                 # Two routes at least: a second within ann_margin sends the query to the
                 # exact path (BENCHMARKS.md, "The close margin").
                 top = self._full_routes(order[: max(k, 2) + 2], query, max(k, 2), RESCORE_BUDGET)
-                if top.scores[0] - top.scores[1] >= self.ann_margin and top.scores[-1] > horizon:
+                if top.scores[-1] > horizon:
+                    if top.scores[0] - top.scores[1] < self.ann_margin:
+                        # Certified near-tie: a deeper round finds the same two routes
+                        # with the same gap, so it would only delay the exact path.
+                        return None
                     return RouteScores(
                         top.route_ids[:k],
                         top.scores[:k],

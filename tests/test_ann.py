@@ -425,9 +425,10 @@ def test_a_lost_search_is_never_certified_and_is_searched_again_deeper(
 def test_an_uncertain_search_that_is_not_lost_takes_the_exact_path_without_going_deeper(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A query halfway between two routes' rows: the graph finds both (not lost), they
-    # are too close to certify, and only the exact path settles it; a deeper search
-    # would not change that, so the lost round does not run.
+    # A query halfway between two routes' rows: the graph finds both (not lost), and
+    # their exact maxima, above the horizon, are too close to each other: only the exact
+    # path settles it. A deeper search would find the same two routes with the same
+    # gap, so neither the second round nor the lost one runs.
     import synaptoroute.ann as ann
 
     index, routes, queries = clustered_index(12)
@@ -437,7 +438,7 @@ def test_an_uncertain_search_that_is_not_lost_takes_the_exact_path_without_going
     got = snapshot.score(tie, 2)[0]
     assert {snapshot.names[int(r)] for r in got.route_ids} == {"r0", "r1"}
     assert index.stats.ann_fallbacks == 1 and index.stats.ann_lost == 0
-    assert depths == [depth for _, depth in ann.rounds_for(128)[: ann.LOST_ROUND]]
+    assert depths == [ann.rounds_for(128)[0][1]]
     # Without the close margin both routes' exact maxima, above the horizon, settle it
     # in the graph's first round, with the exact path's answer.
     depths.clear()
