@@ -33,6 +33,18 @@ Sections (``--only`` picks some):
   ``LogisticRegression`` at several ``C`` and the nearest utterance. Rejecting
   anything can only lower these, so each is a ceiling for a router that rejects
   with that classifier's ranking.
+* ``pooling``: would other poolings of the same frozen model help the head? The
+  model's token states pooled by mean (the bundled embedding), mean and max, mean and
+  the first token, each part unit-norm; the head's softmax regression (C=10, 100
+  iterations) on train's in-scope rows, top-1 on val's in-scope rows with no
+  rejection, for each of ``--datasets`` (CLINC150 and BANKING77 by default).
+* ``oos_scores``: would more out-of-scope scores help CLINC150? The default fit on
+  train; on val, the best in-scope accuracy of any single cut that rejects 85% of the
+  out-of-scope rows (chosen on val: an upper bound), for the router's own score
+  (``RouteMatch.confidence``) alone and mixed (rank average, each weight's result
+  shown) with scores the fit does not use: relative Mahalanobis distance (Ren et al.
+  2021) and the norm of the embedding's residual outside the top principal
+  components of train (the "virtual logit" part of ViM, Wang et al. 2022).
 
 Usage::
 
@@ -42,11 +54,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,6 +73,7 @@ from common import (
     machine_info,
     percentile,
 )
+from numpy.typing import NDArray
 
 from synaptoroute.encoder import Encoder
 from synaptoroute.fitting import routes_from_labelled
@@ -368,6 +383,155 @@ def section_ceiling(data: str | None, cache: str | None, out: dict[str, Any]) ->
     print("banking77", json.dumps(out["ceiling_banking77"]), flush=True)
 
 
+def pooled_states(texts: Sequence[str], cache: str | None) -> dict[str, NDArray[np.float32]]:
+    """The bundled model's token states of ``texts`` pooled three ways, each unit-norm:
+    ``mean`` (the router's embedding), ``max`` and ``first`` (the [CLS] token).
+
+    Reads the encoder's session directly (a benchmark-only view of its internals);
+    ``mean`` is checked against :meth:`Encoder.encode`.
+    """
+    from synaptoroute.encoder import l2_normalize
+
+    encoder = Encoder()
+    digest = hashlib.sha256(encoder.model_id.encode())
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    path = Path(cache) / f"pooled-{digest.hexdigest()[:20]}.npz" if cache else None
+    if path is not None and path.is_file():
+        with np.load(path) as saved:
+            return {key: saved[key] for key in saved.files}
+    encoder.load()
+    pools = {key: np.empty((len(texts), encoder.dimension), np.float32) for key in POOLS}
+    tokens = encoder._tokenizer.encode_batch(list(texts))
+    for start in range(0, len(texts), 64):
+        chunk = tokens[start : start + 64]
+        width = max(len(t.ids) for t in chunk)
+        ids = np.zeros((len(chunk), width), dtype=np.int64)
+        for row, tok in enumerate(chunk):
+            ids[row, : len(tok.ids)] = tok.ids
+        mask = np.arange(width)[None, :] < np.array([len(t.ids) for t in chunk])[:, None]
+        feeds = {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
+        if "token_type_ids" in encoder._input_names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        states = encoder._session.run(None, feeds)[0]
+        weights = mask[:, :, None].astype(np.float32)
+        end = start + len(chunk)
+        pools["mean"][start:end] = (states * weights).sum(axis=1) / weights.sum(axis=1)
+        pools["max"][start:end] = np.where(mask[:, :, None], states, -np.inf).max(axis=1)
+        pools["first"][start:end] = states[:, 0]
+    pools = {key: l2_normalize(value) for key, value in pools.items()}
+    check = encoder.encode(list(texts[:32]))
+    assert np.allclose(check, pools["mean"][:32], atol=1e-4), "mean pooling differs from encode"
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **pools)
+    return pools
+
+
+POOLS = ("mean", "max", "first")
+
+
+def section_pooling(
+    data: str | None, cache: str | None, out: dict[str, Any], datasets: Sequence[str]
+) -> None:
+    """Top-1 on val, no rejection, of the head's regression on other poolings."""
+    from threadpoolctl import threadpool_limits
+
+    from synaptoroute.fitting.head import _softmax_regression, _unpack
+
+    for name in datasets:
+        train = [r for r in load_split(name, "train", data) if r.label is not None]
+        val = [r for r in load_split(name, "val", data) if r.label is not None]
+        pooled = pooled_states([r.text for r in [*train, *val]], cache)
+        labels = sorted({r.label for r in train if r.label is not None})
+        col = {label: i for i, label in enumerate(labels)}
+        y = np.array([col[r.label] for r in train if r.label is not None])
+        yv = np.array([col.get(r.label or "", -1) for r in val])
+        rows = []
+        for parts in (("mean",), ("mean", "max"), ("mean", "first"), ("mean", "max", "first")):
+            both = np.hstack([pooled[p] for p in parts])
+            x, xv = both[: len(train)], both[len(train) :]
+            start = time.perf_counter()
+            with threadpool_limits(limits=1, user_api="blas"):
+                theta = _softmax_regression(x, y, len(labels), 10.0, None, 100)
+            w, bias = _unpack(theta, x.shape[1], len(labels))
+            pred = (xv @ w + bias).argmax(axis=1)
+            rows.append(
+                {
+                    "pooling": "+".join(parts),
+                    "in_scope_top1": float((pred == yv).mean()),
+                    "fit_s": round(time.perf_counter() - start, 1),
+                }
+            )
+            print(name, json.dumps(rows[-1]), flush=True)
+        out[f"{name}_pooling"] = rows
+
+
+def section_oos_scores(data: str | None, cache: str | None, out: dict[str, Any]) -> None:
+    """CLINC150: does any out-of-scope score the fit does not use add to its own?"""
+    from scipy.stats import rankdata
+
+    from synaptoroute.evaluation import auroc, oos_curve
+
+    train, val = load_split("clinc150", "train", data), load_split("clinc150", "val", data)
+    encoder = shared_encoder([*train, *val], cache)
+    router = AdaptiveRouter(encoder)
+    texts, labels = [r.text for r in train], [r.label for r in train]
+    router.add_routes(routes_from_labelled(texts, labels))
+    fit = router.fit(texts, labels)
+    report = router.evaluate([r.text for r in val], [r.label for r in val])
+    own, correct, oos = report.ood_scores, report.candidate_correct, report.outcomes == 2
+
+    def best_at_85(score: NDArray[np.float64]) -> float:
+        _, in_scope, recall = oos_curve(score, correct, oos)
+        return float(in_scope[recall >= 0.85].max())
+
+    inside = [r for r in train if r.label is not None]
+    x = encoder.encode([r.text for r in inside])
+    xv = encoder.encode([r.text for r in val])
+    y = np.array([r.label for r in inside])
+    classes = sorted(set(y.tolist()))
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    center = x.mean(axis=0)
+
+    def precision(deviations: NDArray[np.float32]) -> NDArray[np.float64]:
+        # Shrunk towards a multiple of the identity, as the fit's Mahalanobis scorer.
+        cov = deviations.T.astype(np.float64) @ deviations / len(deviations)
+        cov += 0.05 * np.trace(cov) / len(cov) * np.eye(len(cov))
+        inverse: NDArray[np.float64] = np.linalg.inv(cov)
+        return inverse
+
+    shared = precision(np.concatenate([x[y == c] - means[i] for i, c in enumerate(classes)]))
+    background = precision(x - center)
+    diff = xv[:, None, :] - means[None]
+    maha = np.einsum("nkd,de,nke->nk", diff, shared, diff)
+    maha_bg = np.einsum("nd,de,ne->n", xv - center, background, xv - center)
+    extra = {"relative_mahalanobis": -(maha - maha_bg[:, None]).min(axis=1)}
+    _, _, components = np.linalg.svd(x - center, full_matrices=False)
+    for k in (50, 100, 200):
+        basis = components[:k]
+        residual = (xv - center) - ((xv - center) @ basis.T) @ basis
+        extra[f"residual_{k}"] = -np.linalg.norm(residual, axis=1)
+    rows: dict[str, Any] = {
+        "scorer": fit.candidates.get("head", {}).get("scorer"),
+        "own_auroc": auroc(own, ~oos),
+        "own_best_in_scope_at_85": best_at_85(own),
+    }
+    rank_own = rankdata(own) / len(own)
+    for key, score in extra.items():
+        rank = rankdata(score) / len(score)
+        rows[key] = {
+            "auroc": auroc(score, ~oos),
+            "alone_best_in_scope_at_85": best_at_85(score),
+            "mixed_best_in_scope_at_85": {
+                str(w): best_at_85(rank_own + w * rank) for w in (0.1, 0.25, 0.5, 1.0)
+            },
+        }
+        print(key, json.dumps(rows[key]), flush=True)
+    out["clinc150_oos_scores"] = rows
+    print(json.dumps({k: v for k, v in rows.items() if not isinstance(v, dict)}), flush=True)
+
+
 def section_e2e(data: str | None, out: dict[str, Any]) -> None:
     """CLINC150 from texts: routes from train with the bundled model, then ``fit()``."""
     train = load_split("clinc150", "train", data)
@@ -438,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "folds": section_folds,
         "head": section_head,
         "ceiling": section_ceiling,
+        "oos_scores": section_oos_scores,
         "latency": section_latency,
     }
     for key in args.only:
@@ -445,6 +610,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             section_main(args.data, args.cache, out, args.datasets, not args.no_peer)
         elif key == "norms":
             section_norms(args.data, args.cache, out, args.datasets)
+        elif key == "pooling":
+            pooling_sets = [d for d in args.datasets if d != "snips"] or args.datasets
+            section_pooling(args.data, args.cache, out, pooling_sets)
         elif key == "e2e":
             section_e2e(args.data, out)
         else:
