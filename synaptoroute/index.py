@@ -210,14 +210,17 @@ class Snapshot:
 
     @property
     def blas_rows(self) -> int:
-        """Rows of the float32 BLAS products per query (0: the int8 scan covers all)."""
+        """The most rows a query's float32 BLAS products cover (0: the int8 scan covers
+        all); the router sizes its BLAS threads by it (``_cpu.blas_threads``)."""
         if self.aggregation == "centroid":
             return len(self.centroids)
-        if self.ann is not None:  # the lost-search sample and the rows not held yet
-            return self.ann.sample_rows + max(len(self.matrix) - self.ann.covered, 0)
-        if self.int8 is not None:
-            return len(self.matrix) - self.int8.n
-        return len(self.matrix)
+        exact = len(self.matrix) - self.int8.n if self.int8 is not None else len(self.matrix)
+        if self.ann is not None:
+            # The lost-search sample and the rows not held yet; a query the graph cannot
+            # certify takes the exact path's products.
+            graph = self.ann.sample_rows + max(len(self.matrix) - self.ann.covered, 0)
+            return max(graph, exact)
+        return exact
 
     @cached_property
     def live_rows(self) -> NDArray[np.bool_]:

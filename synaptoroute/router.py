@@ -179,8 +179,10 @@ class AdaptiveRouter:
         cache_size: query embeddings kept in the LRU cache (also bounded to
             ``DEFAULT_CACHE_BYTES`` of keys and vectors; keyed by the text the encoder
             reads, so long queries cost no more than their first tokens).
-        blas_threads: BLAS threads for the similarity product; ``None`` picks 1
-            under 20,000 utterances and, above, the CPUs the process may use (cgroup quota).
+        blas_threads: BLAS threads for the similarity product; ``None`` picks 1 when
+            a query's float32 products cover fewer than 20,000 rows (the int8 copy and
+            the approximate graph leave only a few; ``docs/concepts.md``) and, above,
+            the CPUs the process may use (cgroup quota).
         reencode: if the store's vectors come from another model, re-encode them
             with this encoder (otherwise :class:`ModelMismatchError`).
         max_batch_size, max_wait_ms, max_queue_size: the async batching worker of
@@ -677,7 +679,9 @@ class AdaptiveRouter:
         knn: int = 0,
     ) -> tuple[Snapshot, list[RouteScores]]:
         snapshot = self._index.snapshot() if snapshot is None else snapshot
-        threads = blas_threads(len(snapshot.matrix), self.blas_threads)
+        # Sized by the rows the products cover, not the matrix: in the graph's path they
+        # are a few thousand, and a second thread would fight the graph's feed.
+        threads = blas_threads(snapshot.blas_rows, self.blas_threads)
         limit = _blas_limit(threads) if len(vectors) and snapshot.blas_rows else nullcontext()
         with limit:
             return snapshot, snapshot.score(vectors, k, knn=knn)

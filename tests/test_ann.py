@@ -487,20 +487,10 @@ def test_the_floor_is_the_best_row_of_an_evenly_spaced_sample() -> None:
     assert list(empty.floors(rows[:2])) == [-np.inf, -np.inf]
 
 
-def test_the_router_budgets_the_blas_threads_of_the_lost_search_sample(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # With every row in the graph no float32 matrix is scanned, but the sample's product
-    # still runs on BLAS: the router's blas_threads must bound it (2 cores, ONNX Runtime
-    # threads beside it).
+def record_blas_limits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the thread count of each BLAS limit the router applies."""
     import synaptoroute.router as router_module
 
-    router = AdaptiveRouter(HashingEncoder(), index="ann", blas_threads=1)
-    router.add_routes(routes_for("r", 20))
-    assert router._index.wait_for_ann(timeout=None)
-    snapshot = router._index.snapshot()
-    assert snapshot.ann is not None and snapshot.ann.covered == len(snapshot.matrix)
-    assert snapshot.blas_rows == snapshot.ann.sample_rows > 0
     limits: list[int] = []
     real_limit = router_module._blas_limit
 
@@ -509,8 +499,67 @@ def test_the_router_budgets_the_blas_threads_of_the_lost_search_sample(
         return real_limit(threads)
 
     monkeypatch.setattr(router_module, "_blas_limit", recording_limit)
+    return limits
+
+
+def test_the_router_budgets_the_blas_threads_of_the_lost_search_sample(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With every row in the graph no float32 matrix is scanned, but the sample's product
+    # still runs on BLAS: the router's blas_threads must bound it (2 cores, ONNX Runtime
+    # threads beside it).
+    router = AdaptiveRouter(HashingEncoder(), index="ann", blas_threads=1)
+    router.add_routes(routes_for("r", 20))
+    assert router._index.wait_for_ann(timeout=None)
+    snapshot = router._index.snapshot()
+    assert snapshot.ann is not None and snapshot.ann.covered == len(snapshot.matrix)
+    assert snapshot.blas_rows >= snapshot.ann.sample_rows > 0
+    limits = record_blas_limits(monkeypatch)
     assert router.query("r topic3 word3x1").name == "r3"
     assert limits == [1]
+
+
+def test_blas_threads_follow_the_rows_the_products_cover_not_the_matrix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With the graph and the int8 copy, a query's float32 products cover the graph's
+    # sample only: sized by the whole matrix, a second BLAS thread woke for them, and
+    # while the graph was fed new rows it fought the feed for the second core (queries
+    # took about 7-9 ms instead of 5 at 100,000 utterances, BENCHMARKS.md).
+    import synaptoroute._cpu as cpu
+
+    router = AdaptiveRouter(HashingEncoder(), index="ann")
+    router._index.int8_min_rows = 16
+    router.add_routes(routes_for("r", 20))
+    assert router._index.wait_for_ann(timeout=None)
+    snapshot = router._index.snapshot()
+    assert router._index.wait_for_int8(timeout=None)
+    snapshot = router._index.snapshot()
+    assert snapshot.ann is not None and snapshot.int8 is not None
+    assert snapshot.ann.covered == snapshot.int8.n == len(snapshot.matrix)
+    assert snapshot.blas_rows == snapshot.ann.sample_rows < len(snapshot.matrix)
+    # A machine where the matrix alone would get 4 threads.
+    monkeypatch.setattr(cpu, "BLAS_PARALLEL_ROWS", snapshot.blas_rows + 1)
+    monkeypatch.setattr(cpu, "process_cpus", lambda: 4)
+    limits = record_blas_limits(monkeypatch)
+    assert router.query("r topic3 word3x1").name == "r3"
+    assert limits == [1]
+    # Without the int8 copy a query the graph cannot certify scans the whole matrix in
+    # float32, and that product gets the threads.
+    no_int8 = dataclasses.replace(snapshot, int8=None)
+    assert no_int8.blas_rows == len(snapshot.matrix)
+    assert cpu.blas_threads(no_int8.blas_rows) == 4
+    # Rows the graph does not hold yet are scored by BLAS too.
+    partial = dataclasses.replace(snapshot, ann=_Covering(snapshot.ann, 3))
+    assert partial.blas_rows == snapshot.ann.sample_rows + len(snapshot.matrix) - 3
+
+
+class _Covering:
+    """A graph that holds only its first ``covered`` rows (for :attr:`Snapshot.blas_rows`)."""
+
+    def __init__(self, graph: object, covered: int) -> None:
+        self.sample_rows = graph.sample_rows  # type: ignore[attr-defined]
+        self.covered = covered
 
 
 def test_missing_library(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
