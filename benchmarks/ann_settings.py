@@ -163,6 +163,7 @@ def main() -> None:
                         agree += 1
                     else:
                         missed.append((float(nearest_sim[q]), float(got.scores[0])))
+            taken, exact = np.asarray(times), np.asarray(fell_back)
             check = "with" if lost_check else "without"
             label = f"ann_depth {depth}, {check} the lost check: rounds {rounds}"
             if args.margins != [ann.CLOSE_MARGIN]:
@@ -180,10 +181,7 @@ def main() -> None:
                 # to the exact path after its rounds.
                 "mean_ms_answered_fallen_back": [
                     round(float(np.mean(part)) * 1000, 3) if len(part) else None
-                    for part in (
-                        np.asarray(times)[~np.asarray(fell_back)],
-                        np.asarray(times)[np.asarray(fell_back)],
-                    )
+                    for part in (taken[~exact], taken[exact])
                 ],
                 # How far a wrong answer is from the query's true neighbourhood: a
                 # near-tie (answer just below) or a search lost elsewhere (far below).

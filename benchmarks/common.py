@@ -34,6 +34,7 @@ __all__ = [
     "PrecomputedEncoder",
     "add_data_argument",
     "by_label",
+    "cache_file",
     "cpu_model",
     "data_dir",
     "encode_cached",
@@ -220,6 +221,17 @@ class PrecomputedEncoder:
         return np.stack([self._table[t] for t in texts]).astype(np.float32, copy=False)
 
 
+def cache_file(
+    cache: str | os.PathLike[str], kind: str, model_id: str, texts: Sequence[str], suffix: str
+) -> Path:
+    """The file in ``cache`` for ``kind`` of data computed from ``texts`` by ``model_id``:
+    its name hashes the model id and the texts, so a stale file is never used."""
+    digest = hashlib.sha256(model_id.encode())
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    return Path(cache) / f"{kind}-{digest.hexdigest()[:20]}.{suffix}"
+
+
 def encode_cached(
     encoder: EncoderProtocol, texts: Sequence[str], cache: str | os.PathLike[str] | None = None
 ) -> NDArray[np.float32]:
@@ -229,10 +241,7 @@ def encode_cached(
     """
     if cache is None:
         return encoder.encode(list(texts))
-    digest = hashlib.sha256(encoder.model_id.encode())
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\0")
-    path = Path(cache) / f"vectors-{digest.hexdigest()[:20]}.npy"
+    path = cache_file(cache, "vectors", encoder.model_id, texts, "npy")
     if path.is_file():
         vectors: NDArray[np.float32] = np.load(path)
         return vectors

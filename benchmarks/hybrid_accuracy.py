@@ -37,7 +37,8 @@ Sections (``--only`` picks some):
   model's token states pooled by mean (the bundled embedding), mean and max, mean and
   the first token, each part unit-norm; the head's softmax regression (C=10, 100
   iterations) on train's in-scope rows, top-1 on val's in-scope rows with no
-  rejection, for each of ``--datasets`` (CLINC150 and BANKING77 by default).
+  rejection, for each of ``--datasets`` (``--datasets clinc150 banking77``: the sets
+  whose targets the fit misses).
 * ``oos_scores``: would more out-of-scope scores help CLINC150? The default fit on
   train; on val, the best in-scope accuracy of any single cut that rejects 85% of the
   out-of-scope rows (chosen on val: an upper bound), for the router's own score
@@ -54,13 +55,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,6 +67,7 @@ from common import (
     Example,
     PrecomputedEncoder,
     add_data_argument,
+    cache_file,
     encode_cached,
     load_split,
     machine_info,
@@ -393,10 +393,7 @@ def pooled_states(texts: Sequence[str], cache: str | None) -> dict[str, NDArray[
     from synaptoroute.encoder import l2_normalize
 
     encoder = Encoder()
-    digest = hashlib.sha256(encoder.model_id.encode())
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\0")
-    path = Path(cache) / f"pooled-{digest.hexdigest()[:20]}.npz" if cache else None
+    path = cache_file(cache, "pooled", encoder.model_id, texts, "npz") if cache else None
     if path is not None and path.is_file():
         with np.load(path) as saved:
             return {key: saved[key] for key in saved.files}
@@ -471,7 +468,9 @@ def section_oos_scores(data: str | None, cache: str | None, out: dict[str, Any])
     """CLINC150: does any out-of-scope score the fit does not use add to its own?"""
     from scipy.stats import rankdata
 
+    from synaptoroute.decision import mahalanobis_score
     from synaptoroute.evaluation import auroc, oos_curve
+    from synaptoroute.fitting.head import _mahalanobis_fit
 
     train, val = load_split("clinc150", "train", data), load_split("clinc150", "val", data)
     encoder = shared_encoder([*train, *val], cache)
@@ -489,24 +488,19 @@ def section_oos_scores(data: str | None, cache: str | None, out: dict[str, Any])
     inside = [r for r in train if r.label is not None]
     x = encoder.encode([r.text for r in inside])
     xv = encoder.encode([r.text for r in val])
-    y = np.array([r.label for r in inside])
-    classes = sorted(set(y.tolist()))
-    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    col = {name: i for i, name in enumerate(sorted({r.label or "" for r in inside}))}
+    y = np.array([col[r.label or ""] for r in inside])
+    # The fit's own Mahalanobis scorer (route means, shared shrunk covariance); one
+    # "route" holding every row gives the background distance (Ren et al. 2021).
+    routes = _mahalanobis_fit(x, y, len(col))
+    background = _mahalanobis_fit(x, np.zeros(len(x), dtype=np.int64), 1)
     center = x.mean(axis=0)
-
-    def precision(deviations: NDArray[np.float32]) -> NDArray[np.float64]:
-        # Shrunk towards a multiple of the identity, as the fit's Mahalanobis scorer.
-        cov = deviations.T.astype(np.float64) @ deviations / len(deviations)
-        cov += 0.05 * np.trace(cov) / len(cov) * np.eye(len(cov))
-        inverse: NDArray[np.float64] = np.linalg.inv(cov)
-        return inverse
-
-    shared = precision(np.concatenate([x[y == c] - means[i] for i, c in enumerate(classes)]))
-    background = precision(x - center)
-    diff = xv[:, None, :] - means[None]
-    maha = np.einsum("nkd,de,nke->nk", diff, shared, diff)
-    maha_bg = np.einsum("nd,de,ne->n", xv - center, background, xv - center)
-    extra = {"relative_mahalanobis": -(maha - maha_bg[:, None]).min(axis=1)}
+    # Each score is minus a squared distance: the relative distance is the route
+    # distance minus the background one.
+    extra = {
+        "relative_mahalanobis": mahalanobis_score(xv, **routes)
+        - mahalanobis_score(xv, **background)
+    }
     _, _, components = np.linalg.svd(x - center, full_matrices=False)
     for k in (50, 100, 200):
         basis = components[:k]
@@ -611,8 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif key == "norms":
             section_norms(args.data, args.cache, out, args.datasets)
         elif key == "pooling":
-            pooling_sets = [d for d in args.datasets if d != "snips"] or args.datasets
-            section_pooling(args.data, args.cache, out, pooling_sets)
+            section_pooling(args.data, args.cache, out, args.datasets)
         elif key == "e2e":
             section_e2e(args.data, out)
         else:

@@ -524,15 +524,14 @@ def test_blas_threads_follow_the_rows_the_products_cover_not_the_matrix(
 ) -> None:
     # With the graph and the int8 copy, a query's float32 products cover the graph's
     # sample only: sized by the whole matrix, a second BLAS thread woke for them, and
-    # while the graph was fed new rows it fought the feed for the second core (queries
-    # took about 7-9 ms instead of 5 at 100,000 utterances, BENCHMARKS.md).
+    # while the graph was fed new rows it fought the feed for the second core
+    # (BENCHMARKS.md, "BLAS threads sized by the rows the products cover").
     import synaptoroute._cpu as cpu
 
     router = AdaptiveRouter(HashingEncoder(), index="ann")
     router._index.int8_min_rows = 16
     router.add_routes(routes_for("r", 20))
     assert router._index.wait_for_ann(timeout=None)
-    snapshot = router._index.snapshot()
     assert router._index.wait_for_int8(timeout=None)
     snapshot = router._index.snapshot()
     assert snapshot.ann is not None and snapshot.int8 is not None
