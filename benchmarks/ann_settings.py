@@ -3,7 +3,9 @@ search rounds.
 
 For the data of ``benchmarks/scale.py`` at ``--size`` utterances (``--vectors noisy``:
 noisy copies of the bundled model's embeddings of the fixture texts; ``text``: real
-text encoded by the bundled model, as ``scale.py --vectors text``), builds the usearch
+text encoded by the bundled model, as ``scale.py --vectors text``; ``text_unseen``: the
+same without SNIPS's seven routes, ``--queries`` of their train rows asked, a domain no
+route covers and no val text), builds the usearch
 graph with each vector type (``f16`` with the inner product, the 0.2 choice; ``i8``
 with cosine, the current one) and each construction depth (``--expansions``, HNSW
 ``ef_construction``; default the library's ``ann.EXPANSION_ADD``), and reports, per graph:
@@ -15,7 +17,8 @@ with cosine, the current one) and each construction depth (``--expansions``, HNS
   with and without the lost-search check (``AnnGraph.floors`` and the deeper round it
   calls for; which of the two runs first alternates from one depth to the next, so the
   order does not favour either): ``Snapshot.score`` p50, p99 and mean (the search, the float32
-  re-scoring and the certification; router overhead excluded), how often its top
+  re-scoring and the certification, with the BLAS threads the router would allow;
+  router overhead excluded), how often its top
   route is the brute-force one over ``--queries`` queries, the rounds found lost, the
   queries that took the exact path, the graph searches per query
   (``IndexStats.ann_searches``) and the mean time of the queries the graph answered
@@ -24,13 +27,18 @@ with cosine, the current one) and each construction depth (``--expansions``, HNS
   answer's score;
 - for each ``--margins`` value (``Snapshot.ann_margin``: best two routes closer than
   it send the query to the exact path; default the library's ``ann.CLOSE_MARGIN``),
-  the same per ``ann_depth``.
+  the same per ``ann_depth``;
+- for each ``--contrasts`` value (``Snapshot.ann_contrast``: a certified first round
+  whose best row stands fewer deviations than it above the mean of the graph's sample
+  gets the second round; default the library's ``ann.HARD_CONTRAST``, 0 turns it off),
+  the same, with the count of first rounds it confirmed. ``--lost-check on`` skips
+  the runs without the lost-search check.
 
 Usage::
 
     python benchmarks/ann_settings.py [--size 100000] [--queries 5000]
-        [--vectors noisy|text] [--types i8] [--expansions 128 256] [--depths 128]
-        [--margins 0 0.02]
+        [--vectors noisy|text|text_unseen] [--types i8] [--expansions 128 256]
+        [--depths 128] [--margins 0 0.02] [--contrasts 0 6] [--lost-check both|on]
 """
 
 from __future__ import annotations
@@ -46,9 +54,11 @@ from typing import Any
 
 import numpy as np
 from common import machine_info
-from scale import dataset, real_vectors, text_dataset
+from scale import dataset, real_vectors, text_dataset, unseen_dataset
+from threadpoolctl import threadpool_limits
 
 import synaptoroute.ann as ann
+from synaptoroute._cpu import blas_threads
 from synaptoroute.index import RouteIndex
 
 SEARCHES = ((64, 128), (128, 128), (32, 64), (16, 32))
@@ -58,14 +68,21 @@ TYPES = {"f16": "ip", "i8": "cos"}
 
 @contextmanager
 def floor_checked(on: bool) -> Iterator[None]:
-    """With ``on`` false, no search is ever found lost (``AnnGraph.floors`` is -inf)."""
-    real = ann.AnnGraph.floors
+    """With ``on`` false, no search is ever found lost (the floor of
+    ``AnnGraph.sample_stats`` is -inf; its mean and deviation stay)."""
+    real = ann.AnnGraph.sample_stats
+
+    def no_floor(self: ann.AnnGraph, queries: Any) -> Any:
+        stats = real(self, queries)
+        stats[:, 0] = -np.inf
+        return stats
+
     if not on:
-        ann.AnnGraph.floors = lambda self, queries: np.full(len(queries), -np.inf)  # type: ignore[method-assign]
+        ann.AnnGraph.sample_stats = no_floor  # type: ignore[method-assign]
     try:
         yield
     finally:
-        ann.AnnGraph.floors = real  # type: ignore[method-assign]
+        ann.AnnGraph.sample_stats = real  # type: ignore[method-assign]
 
 
 def check_orders(depths: list[int]) -> Iterator[tuple[int, bool]]:
@@ -81,15 +98,20 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=5000)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/sr-scale"))
     parser.add_argument("--types", nargs="+", choices=sorted(TYPES), default=sorted(TYPES))
-    parser.add_argument("--vectors", choices=("noisy", "text"), default="noisy")
+    parser.add_argument("--vectors", choices=("noisy", "text", "text_unseen"), default="noisy")
     parser.add_argument("--data", help="the datasets' folder for --vectors text")
     parser.add_argument("--expansions", nargs="+", type=int, default=[ann.EXPANSION_ADD])
     parser.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS))
     parser.add_argument("--margins", nargs="+", type=float, default=[ann.CLOSE_MARGIN])
+    parser.add_argument("--contrasts", nargs="+", type=float, default=[ann.HARD_CONTRAST])
+    parser.add_argument("--lost-check", choices=("both", "on"), default="both")
     args = parser.parse_args()
     print(machine_info())
     if args.vectors == "text":
         data = text_dataset(args.size, args.queries, args.cache, args.data)
+    elif args.vectors == "text_unseen":  # SNIPS's routes left out, their rows asked
+        data = text_dataset(args.size, args.queries, args.cache, args.data)
+        data = unseen_dataset(data, "snips", args.queries)
     else:
         data = dataset(real_vectors(args.cache), args.size, args.queries)
     rows, asked = data.rows, data.asked
@@ -142,17 +164,25 @@ def main() -> None:
                 "p50_ms": round(float(np.median(times)) * 1000, 3),
                 "nearest_row_found": found / len(asked),
             }
-        for margin, (depth, lost_check) in [
-            (m, order) for m in args.margins for order in check_orders(args.depths)
+        for margin, contrast, (depth, lost_check) in [
+            (m, c, order)
+            for m in args.margins
+            for c in args.contrasts
+            for order in check_orders(args.depths)
+            if order[1] or args.lost_check == "both"
         ]:
             rounds = ann.rounds_for(depth)
             if not lost_check:  # as before the sample's floor: no lost round
                 rounds = rounds[: ann.LOST_ROUND]
-            deep = dataclasses.replace(snapshot, ann_rounds=rounds, ann_margin=margin)
+            deep = dataclasses.replace(
+                snapshot, ann_rounds=rounds, ann_margin=margin, ann_contrast=contrast
+            )
             times, agree, missed, fell_back = [], 0, [], []
             stats = index.stats
-            stats.ann_lost = stats.ann_fallbacks = stats.ann_searches = 0
-            with floor_checked(lost_check):
+            stats.ann_lost = stats.ann_fallbacks = stats.ann_searches = stats.ann_hard = 0
+            # BLAS threads as the router budgets them for this snapshot (its _score).
+            threads = blas_threads(snapshot.blas_rows)
+            with floor_checked(lost_check), threadpool_limits(threads, user_api="blas"):
                 for q, query in enumerate(asked):
                     fallbacks = stats.ann_fallbacks
                     start = time.perf_counter()
@@ -168,6 +198,8 @@ def main() -> None:
             label = f"ann_depth {depth}, {check} the lost check: rounds {rounds}"
             if args.margins != [ann.CLOSE_MARGIN]:
                 label += f", close margin {margin}"
+            if args.contrasts != [ann.HARD_CONTRAST]:
+                label += f", hard contrast {contrast}"
             out[label] = {
                 "score_p50_p99_mean_ms": [
                     round(float(v) * 1000, 3)
@@ -175,6 +207,7 @@ def main() -> None:
                 ],
                 "route_agreement": agree / len(asked),
                 "lost_rounds": stats.ann_lost,
+                "hard_first_rounds_confirmed": stats.ann_hard,
                 "exact_fallbacks": stats.ann_fallbacks,
                 "graph_searches_per_query": round(stats.ann_searches / len(asked), 3),
                 # Where the time goes: queries the graph answered, and those it sent

@@ -49,7 +49,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,8 @@ class Data:
     rows: NDArray[np.float32]
     starts: NDArray[np.int64]
     asked: NDArray[np.float32]
+    # For real text: each dataset's routes, (first route number, past-last).
+    sources: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def routes(self, limit: int | None = None) -> list[tuple[int, int, int]]:
         """(route number, first row, past-last row) of each route (within ``limit`` rows)."""
@@ -134,11 +136,14 @@ def text_dataset(n: int, queries: int, cache: Path, data: str | None) -> Data:
     rng = np.random.default_rng(n)
     texts: list[str] = []
     starts: list[int] = []
+    sources: dict[str, tuple[int, int]] = {}
     for name in DATASETS:
+        first = len(starts)
         for group in by_label(load_split(name, "train", data)).values():
             if len(texts) + len(group) <= n:
                 starts.append(len(texts))
                 texts.extend(group)
+        sources[name] = (first, len(starts))
     words = [w for text in texts for w in text.split()]
     fillers = len(texts)
     while len(texts) < n:
@@ -149,7 +154,20 @@ def text_dataset(n: int, queries: int, cache: Path, data: str | None) -> Data:
     asked = [row.text for name in DATASETS for row in load_split(name, "val", data)]
     asked = [asked[i] for i in rng.permutation(len(asked))[:queries]]
     vectors = encode_cached(default_encoder(), texts + asked, cache)
-    return Data(vectors[:n], np.array(starts, dtype=np.int64), vectors[n:])
+    return Data(vectors[:n], np.array(starts, dtype=np.int64), vectors[n:], sources)
+
+
+def unseen_dataset(data: Data, name: str, queries: int) -> Data:
+    """``data`` without dataset ``name``'s routes; ``queries`` of their rows (seeded)
+    are the queries: text of a domain no route covers, none of them val texts."""
+    first, past = data.sources[name]
+    bounds = [*data.starts.tolist(), len(data.rows)]
+    lo, hi = bounds[first], bounds[past]
+    picks = np.random.default_rng(queries).permutation(hi - lo)[:queries] + lo
+    keep = np.ones(len(data.rows), dtype=bool)
+    keep[lo:hi] = False
+    starts = np.concatenate([data.starts[:first], data.starts[past:] - (hi - lo)])
+    return Data(data.rows[keep], starts, data.rows[picks])
 
 
 def stored_routes(data: Data, limit: int | None = None) -> list[StoredRoute]:

@@ -10,9 +10,10 @@ re-scores them in float32 and answers from the graph only when the result is cer
 by the candidate horizon (:func:`candidate_routes`) and the search was not lost: a
 search whose every proposed row scores below the best of a sample of the graph's rows
 (:meth:`AnnGraph.floors`) settled in the wrong region, and gets a deeper round
-(:func:`rounds_for`). Otherwise the query takes the exact path. Rows added after the
-graph was built are fed into it by a background thread one at a time
-(:data:`FEED_CHUNK`), and are scored exactly until they are in. usearch calls are
+(:func:`rounds_for`); a first round whose best row barely stands out from that sample
+(:data:`HARD_CONTRAST`) is confirmed by the second round. Otherwise the query takes
+the exact path. Rows added after the graph was built are fed into it by a background
+thread one at a time (:data:`FEED_CHUNK`), and are scored exactly until they are in. usearch calls are
 serialised by one lock: the library does not promise that a search is safe while
 another thread inserts.
 """
@@ -85,6 +86,12 @@ LOST_SAMPLE = 4096
 # The search depth of the round a lost search gets (at least this many, and 8x the
 # first round's): deep enough to find the region again in most lost searches.
 LOST_DEPTH = 1024
+# A first round whose best row stands fewer than this many deviations above the mean
+# similarity of the lost-search sample (AnnGraph.sample_stats) gets the second round
+# even when its answer is certified: such queries lie in sparse regions, where the
+# graph misses the nearest rows most often and the candidates still look like a clear
+# answer (BENCHMARKS.md, "Hard queries get the second round"). 0 turns it off.
+HARD_CONTRAST = 6.0
 #: The position in :func:`rounds_for` of the round that runs only for a lost search.
 LOST_ROUND = 2
 
@@ -244,23 +251,41 @@ class AnnGraph:
         keys = np.asarray(matches.keys, dtype=np.int64)
         return keys, (1.0 - np.asarray(matches.distances, dtype=np.float32))
 
-    def floors(self, queries: NDArray[np.float32]) -> NDArray[np.float32]:
-        """Each query's best similarity to the graph's sample of its rows.
+    def sample_stats(self, queries: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Each query's best, mean and standard deviation of similarity over the
+        graph's sample of its rows.
 
-        A search whose proposed rows all score below it did not reach the query's
-        region of the graph: a row the graph holds beats everything it returned.
+        The best is the query's floor: a search whose proposed rows all score below it
+        did not reach the query's region of the graph (a row the graph holds beats
+        everything it returned). The mean and deviation tell how far a found row stands
+        out from the rows at large: a best row few deviations above the mean marks a
+        query in a sparse region, where searches miss the nearest rows most often
+        (:data:`HARD_CONTRAST`).
 
         Args:
             queries: unit-norm float32 vectors, shape ``(m, dim)``.
 
         Returns:
-            Those similarities, shape ``(m,)`` (``-inf`` for an empty graph).
+            Shape ``(m, 3)``: best, mean, deviation (``-inf``, 0, 0 for an empty graph).
         """
+        out = np.zeros((len(queries), 3), dtype=np.float32)
         if not len(self._sample):
-            return np.full(len(queries), -np.inf, dtype=np.float32)
+            out[:, 0] = -np.inf
+            return out
         # A matrix-vector product per query: OpenBLAS packs the whole sample for a
         # product over several queries, which costs more than it saves in small batches.
-        return np.array([(self._sample @ query).max() for query in queries], dtype=np.float32)
+        size = len(self._sample)
+        for row, query in zip(out, queries, strict=True):
+            sims = self._sample @ query
+            mean = float(sims.sum()) / size
+            spread = max(float(sims @ sims) / size - mean * mean, 0.0) ** 0.5
+            row[:] = (float(sims.max()), mean, spread)
+        return out
+
+    def floors(self, queries: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Each query's best similarity to the graph's sample of its rows (the first
+        column of :meth:`sample_stats`), shape ``(m,)``."""
+        return self.sample_stats(queries)[:, 0]
 
     @property
     def sample_rows(self) -> int:

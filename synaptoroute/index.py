@@ -38,6 +38,7 @@ from ._cpu import process_cpus
 from .ann import (  # stdlib and numpy only: usearch loads on use
     CLOSE_MARGIN,
     DEFAULT_DEPTH,
+    HARD_CONTRAST,
     LOST_ROUND,
     RESCORE_BUDGET,
     candidate_routes,
@@ -79,6 +80,7 @@ class IndexStats:
     ann_searches: int = 0  # graph searches run (rounds of ann.rounds_for, all queries)
     ann_fallbacks: int = 0  # queries the graph could not certify: scored exactly
     ann_lost: int = 0  # graph searches below the sample's best row (ann.AnnGraph.floors)
+    ann_hard: int = 0  # certified first rounds confirmed by the second (ann.HARD_CONTRAST)
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,9 @@ class Snapshot:
     ann_rounds: tuple[tuple[int, int], ...] = rounds_for(DEFAULT_DEPTH)
     # Best two routes closer than this after the graph's rounds: scored exactly.
     ann_margin: float = CLOSE_MARGIN
+    # A certified first round whose best row stands fewer deviations than this above
+    # the mean of the graph's sample gets the second round (0: never).
+    ann_contrast: float = HARD_CONTRAST
     # (n_routes, 2): each live route's first and past-last row when its rows are one
     # segment (the usual case: a route added at once), -1 when they are split. Kept
     # by the compile (appended for new routes), not derived per snapshot: O(routes).
@@ -520,11 +525,14 @@ class Snapshot:
 
     def _score_ann(self, queries: NDArray[np.float32], k: int, knn: int) -> list[RouteScores]:
         assert self.ann is not None
-        # Below its floor a search is lost; the margin absorbs rounding.
-        floors = self.ann.floors(queries) - 1e-5
+        # Below its floor a search is lost; the margin absorbs rounding. Below its bar
+        # a certified first round is confirmed by the second.
+        stats = self.ann.sample_stats(queries)
+        floors = stats[:, 0] - 1e-5
+        bars = stats[:, 1] + self.ann_contrast * stats[:, 2] if self.ann_contrast > 0 else floors
         answers = [
-            self._max_ann(query, float(floor), k, knn)
-            for query, floor in zip(queries, floors, strict=True)
+            self._max_ann(query, float(floor), float(bar), k, knn)
+            for query, floor, bar in zip(queries, floors, bars, strict=True)
         ]
         missing = [i for i, answer in enumerate(answers) if answer is None]
         if self.stats is not None:  # unlocked: counters for tests and benchmarks
@@ -537,12 +545,14 @@ class Snapshot:
         return [answer for answer in answers if answer is not None]
 
     def _max_ann(
-        self, query: NDArray[np.float32], floor: float, k: int, knn: int = 0
+        self, query: NDArray[np.float32], floor: float, bar: float, k: int, knn: int = 0
     ) -> RouteScores | None:
         # The graph proposes rows; they are re-scored in float32 (not BLAS, as in the
         # int8 path) with the rows it does not hold yet, and the answer stands only if
         # the horizon certifies it (ann.candidate_routes) and the search was not lost
-        # (ann.AnnGraph.floors: ``floor``); else the caller scores the query exactly.
+        # (ann.AnnGraph.floors: ``floor``); else the caller scores the query exactly. A
+        # first round whose best row is below ``bar`` (a query in a sparse region,
+        # ann.HARD_CONTRAST) is confirmed by the second round even when certified.
         assert self.ann is not None
         n = len(self.matrix)
         covered = min(self.ann.covered, n)  # rows past it: scored exactly below
@@ -578,6 +588,10 @@ class Snapshot:
                         # Certified near-tie: a deeper round finds the same two routes
                         # with the same gap, so it would only delay the exact path.
                         return None
+                    if round_no == 0 and not complete and float(found.max()) < bar:
+                        if self.stats is not None:
+                            self.stats.ann_hard += 1
+                        continue
                     return RouteScores(
                         top.route_ids[:k],
                         top.scores[:k],

@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -354,11 +355,18 @@ def clustered_index(seed: int) -> tuple[RouteIndex, dict[str, np.ndarray], np.nd
     return index, routes, noisy(rng, centres[rng.integers(0, 300, 200)], 0.6)
 
 
+Search = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
+
+
 def record_searches(
-    monkeypatch: pytest.MonkeyPatch, matrix: np.ndarray, lost_below: int
+    monkeypatch: pytest.MonkeyPatch,
+    matrix: np.ndarray,
+    lost_below: int,
+    answer: Callable[[Search, np.ndarray, int, int], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[int]:
     """Record each graph search's depth; searches below ``lost_below`` are sent to the
-    far side of the sphere (the rows nearest -query, with their true similarities)."""
+    far side of the sphere (the rows nearest -query, with their true similarities).
+    ``answer``, when given, answers every search instead, from the real one."""
     import synaptoroute.ann as ann
 
     real_search = ann.AnnGraph.search
@@ -368,6 +376,8 @@ def record_searches(
         self: ann.AnnGraph, query: np.ndarray, count: int, depth: int
     ) -> tuple[np.ndarray, np.ndarray]:
         depths.append(depth)
+        if answer is not None:
+            return answer(lambda q, c, d: real_search(self, q, c, d), query, count, depth)
         if depth >= lost_below:
             return real_search(self, query, count, depth)
         keys, _ = real_search(self, -query, count, depth)
@@ -400,11 +410,13 @@ def test_a_lost_search_is_never_certified_and_is_searched_again_deeper(
         return [(snapshot.names[int(s.route_ids[0])], float(s.scores[0])) for s in got]
 
     # Without the sample's floor the lost searches are certified: wrong answers.
-    real_floors = ann.AnnGraph.floors
-    monkeypatch.setattr(ann.AnnGraph, "floors", lambda self, qs: np.full(len(qs), -np.inf))
+    real_stats = ann.AnnGraph.sample_stats
+    monkeypatch.setattr(
+        ann.AnnGraph, "sample_stats", lambda self, qs: np.tile([-np.inf, -np.inf, 0], (len(qs), 1))
+    )
     wrong = sum(got[0] != want[0] for got, want in zip(answers(), truth, strict=True))
     assert wrong > len(queries) // 2
-    monkeypatch.setattr(ann.AnnGraph, "floors", real_floors)
+    monkeypatch.setattr(ann.AnnGraph, "sample_stats", real_stats)
     index.stats.ann_lost = index.stats.ann_fallbacks = index.stats.ann_queries = 0
     depths.clear()
 
@@ -440,9 +452,10 @@ def test_an_uncertain_search_that_is_not_lost_takes_the_exact_path_without_going
     assert index.stats.ann_fallbacks == 1 and index.stats.ann_lost == 0
     assert depths == [ann.rounds_for(128)[0][1]]
     # Without the close margin both routes' exact maxima, above the horizon, settle it
-    # in the graph's first round, with the exact path's answer.
+    # in the graph's first round, with the exact path's answer (a query halfway between
+    # two routes stands out little from the rows at large: the hard-query check is off).
     depths.clear()
-    untied = dataclasses.replace(snapshot, ann_margin=0.0)
+    untied = dataclasses.replace(snapshot, ann_margin=0.0, ann_contrast=0.0)
     got_untied = untied.score(tie, 2)[0]
     assert index.stats.ann_fallbacks == 1 and len(depths) == 1
     want = snapshot.score(tie, 2, exact=True)[0]
@@ -452,6 +465,60 @@ def test_an_uncertain_search_that_is_not_lost_takes_the_exact_path_without_going
     depths.clear()
     snapshot.score(queries, 2)
     assert sum(depth >= ann.LOST_DEPTH for depth in depths) <= index.stats.ann_lost
+
+
+def test_a_hard_query_certified_in_the_first_round_is_confirmed_by_the_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The graph's first round misses the query's nearest route but lands nearby (not
+    # lost), so its candidates certify the runner-up: a wrong answer. A query whose best
+    # row stands out little from the graph's sample (ann.HARD_CONTRAST) gets the second
+    # round, which finds the route. Here every first round misses, and the contrast bar
+    # decides which queries are confirmed.
+    import synaptoroute.ann as ann
+
+    index, routes, queries = clustered_index(14)
+    snapshot = index.snapshot()
+    first_depth = ann.rounds_for(128)[0][1]
+
+    def first_round_misses(
+        search: Search, query: np.ndarray, count: int, depth: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if depth != first_depth:
+            return search(query, count, depth)
+        keys, sims = search(query, count + 10, depth)
+        pos = snapshot.positions(keys)
+        keep = pos != pos[np.argmax(snapshot.matrix[keys] @ query)]  # hide the best route
+        return keys[keep][:count], sims[keep][:count]
+
+    depths = record_searches(monkeypatch, snapshot.matrix, 0, first_round_misses)
+    truth = [brute_force_top(routes, query)[0] for query in queries]
+
+    def wrong(contrast: float) -> int:
+        index.stats.ann_hard = 0
+        depths.clear()
+        got = dataclasses.replace(snapshot, ann_contrast=contrast).score(queries, 2)
+        return sum(
+            snapshot.names[int(g.route_ids[0])] != t for g, t in zip(got, truth, strict=True)
+        )
+
+    missed = wrong(0.0)  # never confirmed: the runner-up, certified
+    assert missed > len(queries) // 4
+    assert index.stats.ann_hard == 0
+    assert wrong(1e9) == 0  # every certified first round confirmed
+    assert index.stats.ann_hard >= missed
+    assert depths.count(ann.rounds_for(128)[1][1]) >= index.stats.ann_hard
+    # A bar in between confirms the queries whose best row found stands fewer
+    # deviations above the sample's mean: here the half below the median.
+    assert snapshot.ann is not None
+    stats = snapshot.ann.sample_stats(queries)
+    found = np.array(
+        [(snapshot.matrix[snapshot.ann.search(q, 64, first_depth)[0]] @ q).max() for q in queries]
+    )
+    contrasts = (found - stats[:, 1]) / stats[:, 2]
+    bar = float(np.median(contrasts))
+    assert 0 < wrong(bar) < missed
+    assert 0 < index.stats.ann_hard <= int((contrasts < bar).sum())
 
 
 def test_the_graph_proposes_its_rows_with_their_similarities() -> None:
@@ -482,9 +549,16 @@ def test_the_floor_is_the_best_row_of_an_evenly_spaced_sample() -> None:
         assert graph.floors(query[None])[0] == pytest.approx(float(floor), abs=1e-6)
     # The first and last rows are in it.
     np.testing.assert_allclose(graph.floors(rows[[0, 999]]), 1.0, atol=1e-6)
+    # With the mean and deviation of the same similarities.
+    stats = graph.sample_stats(rows[:50])
+    sims = rows[:50] @ rows[sample].T
+    np.testing.assert_allclose(stats[:, 0], floors)
+    np.testing.assert_allclose(stats[:, 1], sims.mean(axis=1), atol=1e-6)
+    np.testing.assert_allclose(stats[:, 2], sims.std(axis=1), atol=1e-5)
     empty = ann.AnnGraph(_BlockingGraph(), rows[:0])
     assert empty.sample_rows == 0
     assert list(empty.floors(rows[:2])) == [-np.inf, -np.inf]
+    assert empty.sample_stats(rows[:2]).tolist() == [[-np.inf, 0, 0]] * 2
 
 
 def record_blas_limits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
