@@ -13,9 +13,14 @@ search whose every proposed row scores below the best of a sample of the graph's
 (:func:`rounds_for`); a first round whose best row barely stands out from that sample
 (:data:`HARD_CONTRAST`) is confirmed by the second round. Otherwise the query takes
 the exact path. Rows added after the graph was built are fed into it by a background
-thread one at a time (:data:`FEED_CHUNK`), and are scored exactly until they are in. usearch calls are
-serialised by one lock: the library does not promise that a search is safe while
-another thread inserts.
+thread one at a time (:data:`FEED_CHUNK`), and are scored exactly until they are in.
+usearch calls are serialised by one lock: the library does not promise that a search
+is safe while another thread inserts.
+
+Why one module over 400 lines: the graph's settings, its search rounds, the sample
+that tells lost and hard searches, the certification of its candidates and the key of
+its cache file are one contract with :class:`~synaptoroute.index.Snapshot`; each part
+reads the others' constants, and usearch is imported in one place.
 """
 
 from __future__ import annotations
