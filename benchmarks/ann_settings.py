@@ -14,7 +14,7 @@ with cosine, the current one) and each construction depth (``--expansions``, HNS
 - for each (rows, depth): the search alone (p50, one thread) and how often the true
   nearest row is among the rows returned;
 - for each ``ann_depth`` (the router's option; its rounds are ``ann.rounds_for``),
-  with and without the lost-search check (``AnnGraph.floors`` and the deeper round it
+  with and without the lost-search check (the floor of ``AnnGraph.sample_stats`` and the deeper round it
   calls for; which of the two runs first alternates from one depth to the next, so the
   order does not favour either): ``Snapshot.score`` p50, p99 and mean (the search, the float32
   re-scoring and the certification, with the BLAS threads the router would allow;

@@ -9,7 +9,7 @@ by its row number in the index's float32 matrix. It proposes candidate rows; the
 re-scores them in float32 and answers from the graph only when the result is certified
 by the candidate horizon (:func:`candidate_routes`) and the search was not lost: a
 search whose every proposed row scores below the best of a sample of the graph's rows
-(:meth:`AnnGraph.floors`) settled in the wrong region, and gets a deeper round
+(:meth:`AnnGraph.sample_stats`) settled in the wrong region, and gets a deeper round
 (:func:`rounds_for`); a first round whose best row barely stands out from that sample
 (:data:`HARD_CONTRAST`) is confirmed by the second round. Otherwise the query takes
 the exact path. Rows added after the graph was built are fed into it by a background
@@ -187,7 +187,7 @@ class AnnGraph:
     Args:
         graph: a ``usearch.index.Index`` whose keys are row numbers.
         rows: the leading rows it holds (row ``i`` under key ``i``); a sample of them
-            is kept to tell lost searches (:meth:`floors`).
+            is kept to tell lost and hard searches (:meth:`sample_stats`).
     """
 
     def __init__(self, graph: Any, rows: NDArray[np.float32]) -> None:
@@ -287,14 +287,9 @@ class AnnGraph:
             row[:] = (float(sims.max()), mean, spread)
         return out
 
-    def floors(self, queries: NDArray[np.float32]) -> NDArray[np.float32]:
-        """Each query's best similarity to the graph's sample of its rows (the first
-        column of :meth:`sample_stats`), shape ``(m,)``."""
-        return self.sample_stats(queries)[:, 0]
-
     @property
     def sample_rows(self) -> int:
-        """Rows in the sample :meth:`floors` scores (a float32 product per query)."""
+        """Rows in the sample :meth:`sample_stats` scores (a float32 product per query)."""
         return len(self._sample)
 
     def feed(self, rows: NDArray[np.float32], start: int) -> bool:
@@ -377,7 +372,7 @@ def rounds_for(depth: int) -> tuple[tuple[int, int], ...]:
     """The candidate rounds, (rows asked for, search depth) each, for a first search
     depth of ``depth``: the second round only runs when the first could not certify
     the answer, the third (:data:`LOST_ROUND`, deeper) only when the second was lost
-    (:meth:`AnnGraph.floors`), and the exact path when none certified."""
+    (:meth:`AnnGraph.sample_stats`), and the exact path when none certified."""
     return ((min(64, depth), depth), (256, max(256, 2 * depth)), (64, max(LOST_DEPTH, 8 * depth)))
 
 

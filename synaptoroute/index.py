@@ -79,7 +79,7 @@ class IndexStats:
     ann_queries: int = 0  # queries answered from the graph's candidates
     ann_searches: int = 0  # graph searches run (rounds of ann.rounds_for, all queries)
     ann_fallbacks: int = 0  # queries the graph could not certify: scored exactly
-    ann_lost: int = 0  # graph searches below the sample's best row (ann.AnnGraph.floors)
+    ann_lost: int = 0  # graph searches below the sample's best row (AnnGraph.sample_stats)
     ann_hard: int = 0  # certified first rounds confirmed by the second (ann.HARD_CONTRAST)
 
 
@@ -529,7 +529,9 @@ class Snapshot:
         # a certified first round is confirmed by the second.
         stats = self.ann.sample_stats(queries)
         floors = stats[:, 0] - 1e-5
-        bars = stats[:, 1] + self.ann_contrast * stats[:, 2] if self.ann_contrast > 0 else floors
+        bars = stats[:, 1] + self.ann_contrast * stats[:, 2]
+        if self.ann_contrast <= 0:  # off: no first round is hard
+            bars[:] = -np.inf
         answers = [
             self._max_ann(query, float(floor), float(bar), k, knn)
             for query, floor, bar in zip(queries, floors, bars, strict=True)
@@ -550,7 +552,7 @@ class Snapshot:
         # The graph proposes rows; they are re-scored in float32 (not BLAS, as in the
         # int8 path) with the rows it does not hold yet, and the answer stands only if
         # the horizon certifies it (ann.candidate_routes) and the search was not lost
-        # (ann.AnnGraph.floors: ``floor``); else the caller scores the query exactly. A
+        # (ann.AnnGraph.sample_stats: ``floor``); else the caller scores the query exactly. A
         # first round whose best row is below ``bar`` (a query in a sparse region,
         # ann.HARD_CONTRAST) is confirmed by the second round even when certified.
         assert self.ann is not None

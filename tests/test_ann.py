@@ -535,29 +535,25 @@ def test_the_graph_proposes_its_rows_with_their_similarities() -> None:
         assert np.abs(snapshot.matrix[keys] @ query - sims).max() < 0.05
 
 
-def test_the_floor_is_the_best_row_of_an_evenly_spaced_sample() -> None:
+def test_the_floor_and_the_spread_come_from_an_evenly_spaced_sample() -> None:
     import synaptoroute.ann as ann
 
     rows = l2_normalize(np.random.default_rng(5).standard_normal((1000, 8)).astype(np.float32))
     graph = ann.AnnGraph(_BlockingGraph(), rows)
     sample = np.linspace(0, 999, -(-1000 // ann.LOST_EVERY)).round().astype(int)
     assert graph.sample_rows == len(sample)
-    floors = graph.floors(rows[:50])  # one floor per query of a batch
-    assert floors.shape == (50,)
-    np.testing.assert_allclose(floors, (rows[:50] @ rows[sample].T).max(axis=1), atol=1e-6)
-    for query, floor in zip(rows[:50], floors, strict=True):  # as each query alone
-        assert graph.floors(query[None])[0] == pytest.approx(float(floor), abs=1e-6)
-    # The first and last rows are in it.
-    np.testing.assert_allclose(graph.floors(rows[[0, 999]]), 1.0, atol=1e-6)
-    # With the mean and deviation of the same similarities.
-    stats = graph.sample_stats(rows[:50])
+    stats = graph.sample_stats(rows[:50])  # best, mean, deviation per query of a batch
+    assert stats.shape == (50, 3)
     sims = rows[:50] @ rows[sample].T
-    np.testing.assert_allclose(stats[:, 0], floors)
+    np.testing.assert_allclose(stats[:, 0], sims.max(axis=1), atol=1e-6)
     np.testing.assert_allclose(stats[:, 1], sims.mean(axis=1), atol=1e-6)
     np.testing.assert_allclose(stats[:, 2], sims.std(axis=1), atol=1e-5)
+    for query, row in zip(rows[:50], stats, strict=True):  # as each query alone
+        np.testing.assert_allclose(graph.sample_stats(query[None])[0], row, atol=1e-6)
+    # The first and last rows are in it.
+    np.testing.assert_allclose(graph.sample_stats(rows[[0, 999]])[:, 0], 1.0, atol=1e-6)
     empty = ann.AnnGraph(_BlockingGraph(), rows[:0])
     assert empty.sample_rows == 0
-    assert list(empty.floors(rows[:2])) == [-np.inf, -np.inf]
     assert empty.sample_stats(rows[:2]).tolist() == [[-np.inf, 0, 0]] * 2
 
 
