@@ -8,6 +8,8 @@ must match the schema it publishes.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,11 @@ pytestmark = pytest.mark.model
 
 MAX_EXAMPLES = 40
 
-_routes = Path(tempfile.mkdtemp(prefix="synaptoroute-fuzz-")) / "routes.yaml"
+# The app is built at import (schemathesis reads its schema here), so its routes file
+# outlives every fixture: it is removed when the test process exits.
+_folder = tempfile.mkdtemp(prefix="synaptoroute-fuzz-")
+atexit.register(shutil.rmtree, _folder, ignore_errors=True)
+_routes = Path(_folder) / "routes.yaml"
 _routes.write_text(
     "routes:\n"
     "  - name: billing\n    utterances: [I need a refund, Where is my receipt]\n"
