@@ -253,18 +253,6 @@ class Snapshot:
         seg_max = np.maximum.reduceat(sims, self.seg_starts, axis=1)
         return np.maximum.reduceat(seg_max[:, self.seg_order], self.route_starts, axis=1)
 
-    def _route_best(self, pos: int, query: NDArray[np.float32]) -> tuple[float, int, int]:
-        """Route position ``pos``'s exact maximum for ``query``, its row, and rows scored."""
-        start, end = self.route_spans[pos].tolist()
-        if start >= 0:  # one segment: a view, no gather
-            sims = (self.matrix[start:end] * query).sum(axis=1)  # not BLAS, as below
-            i = int(np.argmax(sims))
-            return float(sims[i]), start + i, end - start
-        rows = self._route_rows(pos)
-        sims = (self.matrix[rows] * query).sum(axis=1)
-        i = int(np.argmax(sims))
-        return float(sims[i]), int(rows[i]), len(rows)
-
     def _route_rows(self, pos: int) -> NDArray[np.intp]:
         first = self.route_starts[pos]
         last = (
@@ -527,14 +515,18 @@ class Snapshot:
         assert self.ann is not None
         # Below its floor a search is lost; the margin absorbs rounding. Below its bar
         # a certified first round is confirmed by the second.
-        stats = self.ann.sample_stats(queries)
-        floors = stats[:, 0] - 1e-5
-        bars = stats[:, 1] + self.ann_contrast * stats[:, 2]
-        if self.ann_contrast <= 0:  # off: no first round is hard
-            bars[:] = -np.inf
+        contrast = self.ann_contrast
         answers = [
-            self._max_ann(query, float(floor), float(bar), k, knn)
-            for query, floor, bar in zip(queries, floors, bars, strict=True)
+            self._max_ann(
+                query,
+                best - 1e-5,
+                mean + contrast * spread if contrast > 0 else -np.inf,  # <= 0: off
+                k,
+                knn,
+            )
+            for query, (best, mean, spread) in zip(
+                queries, self.ann.sample_stats(queries).tolist(), strict=True
+            )
         ]
         missing = [i for i, answer in enumerate(answers) if answer is None]
         if self.stats is not None:  # unlocked: counters for tests and benchmarks
@@ -556,26 +548,34 @@ class Snapshot:
         # first round whose best row is below ``bar`` (a query in a sparse region,
         # ann.HARD_CONTRAST) is confirmed by the second round even when certified.
         assert self.ann is not None
+        graph = self.ann
         n = len(self.matrix)
-        covered = min(self.ann.covered, n)  # rows past it: scored exactly below
-        tail = np.arange(covered, n, dtype=np.int64)
+        covered = min(graph.covered, n)  # rows past it: scored exactly below
         lost = False
         for round_no, (count, depth) in enumerate(self.ann_rounds):
             if round_no >= LOST_ROUND and not lost:
                 return None  # not lost, just uncertain: only the exact path settles it
-            keys, sims = self.ann.search(query, count, depth)
+            keys, sims = graph.search(query, count, depth)
             if self.stats is not None:  # unlocked: counters for tests and benchmarks
                 self.stats.ann_searches += 1
             complete = len(keys) < count
-            inside = keys < covered  # keys past it came after this snapshot
-            rows = np.concatenate([keys[inside], tail])
-            approx = np.concatenate([sims[inside], np.full(len(tail), np.nan, np.float32)])
+            if covered == n and graph.covered == covered:
+                # The usual case, without a numpy call to spare (each costs several
+                # microseconds after the search): the graph held exactly this
+                # snapshot's rows during the search (it only grows, under its lock).
+                rows, approx, held = keys, sims, len(keys)
+            else:  # keys past covered came after this snapshot; rows past it are not held
+                inside = keys < covered
+                tail = np.arange(covered, n, dtype=np.int64)
+                rows = np.concatenate([keys[inside], tail])
+                approx = np.concatenate([sims[inside], np.full(len(tail), np.nan, np.float32)])
+                held = int(inside.sum())
             pos = self.positions(rows)  # -1: a dead row
             exact = (self.matrix[rows] * query).sum(axis=1)
             self._count_rescored(len(rows))
             # Dead rows count here: the question is where the search went, not the answer.
-            found = exact[: int(inside.sum())]
-            lost = not complete and (not len(found) or float(found.max()) < floor)
+            best_found = float(exact[:held].max()) if held else -np.inf
+            lost = not complete and (not held or best_found < floor)
             if lost:
                 if self.stats is not None:
                     self.stats.ann_lost += 1
@@ -590,7 +590,7 @@ class Snapshot:
                         # Certified near-tie: a deeper round finds the same two routes
                         # with the same gap, so it would only delay the exact path.
                         return None
-                    if round_no == 0 and not complete and float(found.max()) < bar:
+                    if round_no == 0 and not complete and best_found < bar:
                         if self.stats is not None:
                             self.stats.ann_hard += 1
                         continue
@@ -598,7 +598,7 @@ class Snapshot:
                         top.route_ids[:k],
                         top.scores[:k],
                         top.nearest_rows[:k],
-                        _kth_above(exact[pos >= 0], knn, horizon),
+                        _kth_above(exact[pos >= 0], knn, horizon) if knn > 0 else None,
                     )
             if complete:
                 return None
@@ -610,18 +610,35 @@ class Snapshot:
         # The graph may have found a route but not its best row: every row of the
         # candidate routes is re-scored (best candidates first, the first k always,
         # the others within the budget), so their scores are their exact maxima.
-        spans = self.route_spans
-        best: list[tuple[float, int, int]] = []
-        scored = 0
-        for p in positions:
-            start, end = spans[p].tolist()
-            size = end - start if start >= 0 else len(self._route_rows(p))
-            if len(best) >= k and size > budget:
+        # Chosen first, then scored in one product: every numpy call costs several
+        # microseconds right after the graph's search (cold caches).
+        chosen: list[tuple[int, int, NDArray[np.intp] | None]] = []  # position, start, rows
+        blocks: list[NDArray[np.float32]] = []
+        sizes: list[int] = []
+        for p, (start, end) in zip(positions, self.route_spans[positions].tolist(), strict=True):
+            rows = None if start >= 0 else self._route_rows(p)
+            size = end - start if rows is None else len(rows)
+            if len(chosen) >= k and size > budget:
                 break
-            score, row, size = self._route_best(p, query)
             budget -= size
-            scored += size
-            best.append((score, p, row))
+            chosen.append((p, start, rows))
+            blocks.append(self.matrix[start:end] if rows is None else self.matrix[rows])
+            sizes.append(size)
+        scored = sum(sizes)
+        if scored <= 512:  # the usual case: a few small routes, scored in one product
+            block = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+            values = (block * query).sum(axis=1).tolist()  # not BLAS, as in the int8 path
+            segments = []
+            for size in sizes:
+                segments.append(values[:size])
+                values = values[size:]
+        else:  # large routes: one product each, no copy of their rows
+            segments = [(b * query).sum(axis=1) for b in blocks]
+        best: list[tuple[float, int, int]] = []
+        for (p, start, rows), seg in zip(chosen, segments, strict=True):
+            i = int(np.argmax(seg)) if scored > 512 else max(range(len(seg)), key=seg.__getitem__)
+            row = start + i if rows is None else int(rows[i])
+            best.append((float(seg[i]), p, row))
         self._count_rescored(scored)
         best.sort(key=lambda item: (-item[0], item[1]))
         best = best[:k]

@@ -241,6 +241,74 @@ def open_router(path: Path) -> AdaptiveRouter:
     return AdaptiveRouter(HashingEncoder(), SQLiteStorage(path), index="ann")
 
 
+def test_a_snapshot_behind_or_ahead_of_its_graph_answers_from_its_own_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The graph and a snapshot can disagree about the rows: rows added since the graph
+    # was fed are scored exactly, and rows fed after a snapshot was taken are ignored
+    # by it. The feed is stopped here so that both states are reached for certain.
+    rng = np.random.default_rng(8)
+    dim = 16
+    index = RouteIndex(dim, ann_min_rows=1)
+    for r in range(50):
+        index.add(
+            f"r{r}", l2_normalize(rng.standard_normal((10, dim))), [f"r{r}-{j}" for j in range(10)]
+        )
+    assert index.wait_for_ann(timeout=60)
+    older = index.snapshot()
+    monkeypatch.setattr(RouteIndex, "_feed_ann", lambda self, generation: None)
+    new = l2_normalize(rng.standard_normal((10, dim)))
+    index.add("new", new, [f"new-{j}" for j in range(10)])
+    behind = index.snapshot()  # the graph holds 500 of its 510 rows
+    graph = behind.ann
+    assert graph is not None and graph is older.ann and graph.covered == 500
+    for snapshot, queries in ((behind, new), (behind, older.matrix[::50])):
+        for query in queries:
+            (got,) = snapshot.score(query[None], 2)
+            (exact,) = snapshot.score(query[None], 2, exact=True)
+            assert got.route_ids.tolist() == exact.route_ids.tolist()
+            np.testing.assert_allclose(got.scores, exact.scores, atol=1e-6)
+    assert graph.feed(new, 500) and graph.covered == 510  # now the graph is ahead of `older`
+    for query in new:
+        (got,) = older.score(query[None], 2)
+        (exact,) = older.score(query[None], 2, exact=True)
+        assert (got.nearest_rows < 500).all()  # never a row the snapshot does not hold
+        assert got.route_ids.tolist() == exact.route_ids.tolist()
+
+
+@pytest.mark.parametrize("big", [0, 3])
+def test_small_large_and_split_routes_are_rescored_in_full_from_the_graph(big: int) -> None:
+    # The graph proposes a few rows of each candidate route; the answer is each
+    # route's exact maximum over all its rows: small routes in one product, large ones
+    # (over 512 rows together) one by one, split routes (rows added later) gathered.
+    rng = np.random.default_rng(9 + big)
+    dim = 16
+    index = RouteIndex(dim, ann_min_rows=1)
+    for r in range(big):
+        vectors = l2_normalize(rng.standard_normal((700, dim)))
+        index.add(f"big{r}", vectors, [f"big{r}-{j}" for j in range(700)])
+    for r in range(100):
+        index.add(
+            f"r{r}", l2_normalize(rng.standard_normal((5, dim))), [f"r{r}-{j}" for j in range(5)]
+        )
+    for r in range(0, 100, 3):  # more rows for every third small route: split routes
+        more = l2_normalize(rng.standard_normal((3, dim)))
+        index.add(f"r{r}", more, [f"r{r}-x{j}" for j in range(3)])
+    assert index.wait_for_ann(timeout=60)
+    snapshot = index.snapshot()
+    assert snapshot.ann is not None and snapshot.ann.covered == len(snapshot.matrix)
+    near = snapshot.matrix[rng.integers(0, len(snapshot.matrix), 300)]
+    queries = l2_normalize(near + 0.3 * rng.standard_normal(near.shape))
+    before = index.stats.ann_queries
+    for query in queries:
+        (got,) = snapshot.score(query[None], 2)
+        (exact,) = snapshot.score(query[None], 2, exact=True)
+        assert got.route_ids.tolist() == exact.route_ids.tolist()
+        assert got.nearest_rows.tolist() == exact.nearest_rows.tolist()
+        np.testing.assert_allclose(got.scores, exact.scores, atol=1e-6)
+    assert index.stats.ann_queries - before >= 150  # most answered by the graph itself
+
+
 def test_cache_reused_at_start_up_and_invalidated_by_another_replica(tmp_path: Path) -> None:
     path = tmp_path / "routes.db"
     first = open_router(path)
