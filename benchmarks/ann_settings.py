@@ -32,13 +32,17 @@ with cosine, the current one) and each construction depth (``--expansions``, HNS
   whose best row stands fewer deviations than it above the mean of the graph's sample
   gets the second round; default the library's ``ann.HARD_CONTRAST``, 0 turns it off),
   the same, with the count of first rounds it confirmed. ``--lost-check on`` skips
-  the runs without the lost-search check.
+  the runs without the lost-search check;
+- for each ``--samples`` value (the most rows in the graph's lost-search sample, one
+  in ``ann.LOST_EVERY`` below it; default the library's ``ann.LOST_SAMPLE``), the
+  same on a graph object sharing the built graph with a sample of that size.
 
 Usage::
 
     python benchmarks/ann_settings.py [--size 100000] [--queries 5000]
         [--vectors noisy|text|text_unseen] [--types i8] [--expansions 128 256]
         [--depths 128] [--margins 0 0.02] [--contrasts 0 6] [--lost-check both|on]
+        [--samples 4096 1024]
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ def main() -> None:
     parser.add_argument("--margins", nargs="+", type=float, default=[ann.CLOSE_MARGIN])
     parser.add_argument("--contrasts", nargs="+", type=float, default=[ann.HARD_CONTRAST])
     parser.add_argument("--lost-check", choices=("both", "on"), default="both")
+    parser.add_argument("--samples", nargs="+", type=int, default=[ann.LOST_SAMPLE])
     args = parser.parse_args()
     print(machine_info())
     if args.vectors == "text":
@@ -164,10 +169,16 @@ def main() -> None:
                 "p50_ms": round(float(np.median(times)) * 1000, 3),
                 "nearest_row_found": found / len(asked),
             }
-        for margin, contrast, (depth, lost_check) in [
-            (m, c, order)
+        # The same graph under each sample size (the lost-search floor and the spread).
+        sampled = {
+            size: ann.AnnGraph(graph._graph, snapshot.matrix[: graph.covered], sample=size)
+            for size in args.samples
+        }
+        for margin, contrast, size, (depth, lost_check) in [
+            (m, c, s, order)
             for m in args.margins
             for c in args.contrasts
+            for s in args.samples
             for order in check_orders(args.depths)
             if order[1] or args.lost_check == "both"
         ]:
@@ -175,13 +186,17 @@ def main() -> None:
             if not lost_check:  # as before the sample's floor: no lost round
                 rounds = rounds[: ann.LOST_ROUND]
             deep = dataclasses.replace(
-                snapshot, ann_rounds=rounds, ann_margin=margin, ann_contrast=contrast
+                snapshot,
+                ann=sampled[size],
+                ann_rounds=rounds,
+                ann_margin=margin,
+                ann_contrast=contrast,
             )
             times, agree, missed, fell_back = [], 0, [], []
             stats = index.stats
             stats.ann_lost = stats.ann_fallbacks = stats.ann_searches = stats.ann_hard = 0
             # BLAS threads as the router budgets them for this snapshot (its _score).
-            threads = blas_threads(snapshot.blas_rows)
+            threads = blas_threads(deep.blas_rows)
             with floor_checked(lost_check), threadpool_limits(threads, user_api="blas"):
                 for q, query in enumerate(asked):
                     fallbacks = stats.ann_fallbacks
@@ -200,6 +215,8 @@ def main() -> None:
                 label += f", close margin {margin}"
             if args.contrasts != [ann.HARD_CONTRAST]:
                 label += f", hard contrast {contrast}"
+            if args.samples != [ann.LOST_SAMPLE]:
+                label += f", sample of {sampled[size].sample_rows} rows"
             out[label] = {
                 "score_p50_p99_mean_ms": [
                     round(float(v) * 1000, 3)

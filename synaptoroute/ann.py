@@ -188,11 +188,12 @@ class AnnGraph:
         graph: a ``usearch.index.Index`` whose keys are row numbers.
         rows: the leading rows it holds (row ``i`` under key ``i``); a sample of them
             is kept to tell lost and hard searches (:meth:`sample_stats`).
+        sample: the most rows in that sample (one in :data:`LOST_EVERY` below it).
     """
 
-    def __init__(self, graph: Any, rows: NDArray[np.float32]) -> None:
+    def __init__(self, graph: Any, rows: NDArray[np.float32], sample: int = LOST_SAMPLE) -> None:
         covered = len(rows)
-        size = min(LOST_SAMPLE, -(-covered // LOST_EVERY))
+        size = min(sample, -(-covered // LOST_EVERY))
         picks = np.linspace(0, covered - 1, size).round().astype(np.int64)
         self._sample = np.ascontiguousarray(rows[picks], dtype=np.float32)
         self._graph = graph
