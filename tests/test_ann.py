@@ -620,6 +620,12 @@ def test_the_floor_and_the_spread_come_from_an_evenly_spaced_sample() -> None:
         np.testing.assert_allclose(graph.sample_stats(query[None])[0], row, atol=1e-6)
     # The first and last rows are in it.
     np.testing.assert_allclose(graph.sample_stats(rows[[0, 999]])[:, 0], 1.0, atol=1e-6)
+    capped = ann.AnnGraph(_BlockingGraph(), rows, sample=5)  # at most 5, still spread out
+    assert capped.sample_rows == 5
+    picks = np.linspace(0, 999, 5).round().astype(int)
+    np.testing.assert_allclose(
+        capped.sample_stats(rows[:3])[:, 0], (rows[:3] @ rows[picks].T).max(axis=1), atol=1e-6
+    )
     empty = ann.AnnGraph(_BlockingGraph(), rows[:0])
     assert empty.sample_rows == 0
     assert empty.sample_stats(rows[:2]).tolist() == [[-np.inf, 0, 0]] * 2
