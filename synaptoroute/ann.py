@@ -410,13 +410,12 @@ def candidate_routes(
     order = sorted(best, key=lambda p: (-best[p], p))
     if complete or not len(approx):
         return order, -np.inf
-    # Without rows the graph does not hold (no NaN), four numpy calls: the query path
-    # runs this with cold caches, where each call costs several microseconds.
-    err = float(np.abs(exact - approx).max())
-    if err == err:
-        return order, float(approx.min()) + 2 * err + 1e-4
-    graph = ~np.isnan(approx)
-    if not graph.any():
-        return order, -np.inf
-    err = float(np.abs(exact[graph] - approx[graph]).max())
-    return order, float(approx[graph].min()) + 2 * err + 1e-4
+    errors = np.abs(exact - approx)
+    err = float(errors.max())
+    low = float(approx.min())
+    if np.isnan(err):  # rows the graph does not hold yet: the horizon is the others'
+        held = ~np.isnan(approx)
+        if not held.any():
+            return order, -np.inf
+        err, low = float(errors[held].max()), float(approx[held].min())
+    return order, low + 2 * err + 1e-4

@@ -610,35 +610,19 @@ class Snapshot:
         # The graph may have found a route but not its best row: every row of the
         # candidate routes is re-scored (best candidates first, the first k always,
         # the others within the budget), so their scores are their exact maxima.
-        # Chosen first, then scored in one product: every numpy call costs several
-        # microseconds right after the graph's search (cold caches).
-        chosen: list[tuple[int, int, NDArray[np.intp] | None]] = []  # position, start, rows
-        blocks: list[NDArray[np.float32]] = []
-        sizes: list[int] = []
-        for p, (start, end) in zip(positions, self.route_spans[positions].tolist(), strict=True):
-            rows = None if start >= 0 else self._route_rows(p)
-            size = end - start if rows is None else len(rows)
-            if len(chosen) >= k and size > budget:
-                break
-            budget -= size
-            chosen.append((p, start, rows))
-            blocks.append(self.matrix[start:end] if rows is None else self.matrix[rows])
-            sizes.append(size)
-        scored = sum(sizes)
-        if scored <= 512:  # the usual case: a few small routes, scored in one product
-            block = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-            values = (block * query).sum(axis=1).tolist()  # not BLAS, as in the int8 path
-            segments = []
-            for size in sizes:
-                segments.append(values[:size])
-                values = values[size:]
-        else:  # large routes: one product each, no copy of their rows
-            segments = [(b * query).sum(axis=1) for b in blocks]
         best: list[tuple[float, int, int]] = []
-        for (p, start, rows), seg in zip(chosen, segments, strict=True):
-            i = int(np.argmax(seg)) if scored > 512 else max(range(len(seg)), key=seg.__getitem__)
-            row = start + i if rows is None else int(rows[i])
-            best.append((float(seg[i]), p, row))
+        scored = 0
+        for p, (start, end) in zip(positions, self.route_spans[positions].tolist(), strict=True):
+            rows = None if start >= 0 else self._route_rows(p)  # split: gathered
+            size = end - start if rows is None else len(rows)
+            if len(best) >= k and size > budget:
+                break
+            block = self.matrix[start:end] if rows is None else self.matrix[rows]
+            sims = (block * query).sum(axis=1)  # not BLAS, as in the int8 path
+            i = int(sims.argmax())
+            best.append((float(sims[i]), p, start + i if rows is None else int(rows[i])))
+            budget -= size
+            scored += size
         self._count_rescored(scored)
         best.sort(key=lambda item: (-item[0], item[1]))
         best = best[:k]

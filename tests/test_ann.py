@@ -279,8 +279,8 @@ def test_a_snapshot_behind_or_ahead_of_its_graph_answers_from_its_own_rows(
 @pytest.mark.parametrize("big", [0, 3])
 def test_small_large_and_split_routes_are_rescored_in_full_from_the_graph(big: int) -> None:
     # The graph proposes a few rows of each candidate route; the answer is each
-    # route's exact maximum over all its rows: small routes in one product, large ones
-    # (over 512 rows together) one by one, split routes (rows added later) gathered.
+    # route's exact maximum over all its rows, large routes (700 rows) and split ones
+    # (rows added later) included.
     rng = np.random.default_rng(9 + big)
     dim = 16
     index = RouteIndex(dim, ann_min_rows=1)
