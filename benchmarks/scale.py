@@ -9,7 +9,8 @@ with ``index="exact"`` (float32 + the int8 pre-filter) and one with ``index="ann
 - agreement of the approximate router's route with the exact router's, and the share
   of queries the graph answered itself (the rest took the exact path);
 - adding a route of 10 utterances, and the first query after it (medians over 20
-  adds), against the same on a 1k-utterance router;
+  adds), against the same on a 1k-utterance router; ``*_added_ms`` is what the change
+  added to that query: its time minus the same query's just before the change;
 - start-up: opening a SQLite store of N utterances with the graph cache file present
   (load + first query), against the build from stored vectors without it;
 - deleting one of those routes, and the first query after it;
@@ -209,25 +210,42 @@ def time_queries(router: AdaptiveRouter, texts: list[str]) -> tuple[dict[str, fl
     return summarize_ms(times), names
 
 
+Change = tuple[float, float, float]
+
+
 def time_change(
     router: AdaptiveRouter, change: Callable[[int], None], queries: list[str]
-) -> tuple[float, float]:
-    """p50 over ``ADDS`` calls of ``change(a)``, and of the first query after each
-    (a few more queries run between changes, as in service)."""
-    changes, firsts = [], []
+) -> Change:
+    """p50 over ``ADDS`` calls of ``change(a)``; of the first query after each; and of
+    what the change added to that query: its time minus the same query's just before
+    the change (queries differ in cost, e.g. near-ties take the exact path, so the
+    first query's time alone mixes the change's cost with the query's own). A few more
+    queries run between changes, as in service."""
+    changes, firsts, added = [], [], []
     for a in range(ADDS):
+        text = queries[a % len(queries)]
+        start = time.perf_counter()
+        router.query(text)
+        steady = (time.perf_counter() - start) * 1000.0
         start = time.perf_counter()
         change(a)
         changes.append((time.perf_counter() - start) * 1000.0)
         start = time.perf_counter()
-        router.query(queries[a % len(queries)])
+        router.query(text)
         firsts.append((time.perf_counter() - start) * 1000.0)
-        for text in queries[:5]:
-            router.query(text)
-    return float(np.median(changes)), float(np.median(firsts))
+        added.append(firsts[-1] - steady)
+        for other in queries[:5]:
+            router.query(other)
+    return float(np.median(changes)), float(np.median(firsts)), float(np.median(added))
 
 
-def time_add(router: AdaptiveRouter, prefix: str, queries: list[str]) -> tuple[float, float]:
+def record(out: dict[str, object], change: str, after: str, timed: Change) -> None:
+    """:func:`time_change`'s three figures as ``{change}_ms``, ``{after}_ms`` and
+    ``{after}_added_ms``."""
+    out[f"{change}_ms"], out[f"{after}_ms"], out[f"{after}_added_ms"] = timed
+
+
+def time_add(router: AdaptiveRouter, prefix: str, queries: list[str]) -> Change:
     """Adding a 10-utterance route ``prefix{a}``, and the first query after it."""
 
     def add(a: int) -> None:
@@ -237,7 +255,7 @@ def time_add(router: AdaptiveRouter, prefix: str, queries: list[str]) -> tuple[f
     return time_change(router, add, queries)
 
 
-def time_delete(router: AdaptiveRouter, prefix: str, queries: list[str]) -> tuple[float, float]:
+def time_delete(router: AdaptiveRouter, prefix: str, queries: list[str]) -> Change:
     """Deleting the routes :func:`time_add` added, and the first query after each."""
     return time_change(router, lambda a: router.delete_route(f"{prefix}{a}"), queries)
 
@@ -247,9 +265,7 @@ def grown_route(a: int) -> str:
     return f"r{7 * a + 1}"
 
 
-def time_add_utterances(
-    router: AdaptiveRouter, prefix: str, queries: list[str]
-) -> tuple[float, float]:
+def time_add_utterances(router: AdaptiveRouter, prefix: str, queries: list[str]) -> Change:
     """Two more utterances for a stored route (not the newest: its rows are no longer
     the last ones), and the first query after them."""
 
@@ -259,7 +275,7 @@ def time_add_utterances(
     return time_change(router, add, queries)
 
 
-def time_delete_utterance(router: AdaptiveRouter, queries: list[str]) -> tuple[float, float]:
+def time_delete_utterance(router: AdaptiveRouter, queries: list[str]) -> Change:
     """Deleting one stored utterance from the middle of a route's rows, and the first
     query after it."""
     return time_change(
@@ -393,17 +409,25 @@ def run_size(
             out["ann_answered"] = (stats.ann_queries - before[0]) / n_queries
             out["ann_graph_bytes_per_utterance"] = round(router._index.ann_bytes / n, 1)
             out["ann_overhead_during_feed_ms"] = time_during_feed(router, texts)
-        out[f"{kind}_add_route_ms"], out[f"{kind}_first_query_after_ms"] = time_add(
-            router, f"new-{kind}-", texts
+        after = f"{kind}_first_query_after"
+        record(out, f"{kind}_add_route", after, time_add(router, f"new-{kind}-", texts))
+        record(
+            out,
+            f"{kind}_delete_route",
+            f"{after}_delete",
+            time_delete(router, f"new-{kind}-", texts),
         )
-        out[f"{kind}_delete_route_ms"], out[f"{kind}_first_query_after_delete_ms"] = time_delete(
-            router, f"new-{kind}-", texts
+        record(
+            out,
+            f"{kind}_add_utterances",
+            f"{after}_add_utterances",
+            time_add_utterances(router, f"more-{kind}-", texts),
         )
-        out[f"{kind}_add_utterances_ms"], out[f"{kind}_first_query_after_add_utterances_ms"] = (
-            time_add_utterances(router, f"more-{kind}-", texts)
-        )
-        out[f"{kind}_delete_utterance_ms"], out[f"{kind}_first_query_after_delete_utterance_ms"] = (
-            time_delete_utterance(router, texts)
+        record(
+            out,
+            f"{kind}_delete_utterance",
+            f"{after}_delete_utterance",
+            time_delete_utterance(router, texts),
         )
         router.close()
         del router
@@ -422,8 +446,8 @@ def run_size(
         out["semantic_router"] = peer_out
     small = make_router(encoder, data, "ann", limit=1000)
     time_queries(small, texts[:50])
-    out["ann_1k_add_route_ms"], out["ann_1k_first_query_after_ms"] = time_add(
-        small, "new-small-", texts
+    record(
+        out, "ann_1k_add_route", "ann_1k_first_query_after", time_add(small, "new-small-", texts)
     )
     out["bytes_per_utterance"] = {"float32": 4 * rows.shape[1], "int8": rows.shape[1]}
     out["startup"] = startup(encoder, data, cache / f"store-{n}")
