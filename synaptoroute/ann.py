@@ -30,8 +30,9 @@ import importlib
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -44,6 +45,7 @@ from ._cpu import process_cpus
 __all__ = [
     "AnnGraph",
     "AnnUnavailableError",
+    "ReadGate",
     "candidate_routes",
     "content_key",
     "load_usearch",
@@ -73,7 +75,8 @@ RESCORE_BUDGET = 4096
 # most, and inserting a row into a large graph costs about what one or two searches
 # do, so one row at a time (BENCHMARKS.md: queries during a feed).
 FEED_CHUNK = 1
-# Seconds a feed waits for searches in flight before it inserts its next row anyway.
+# Seconds a feed waits for reads in flight (ReadGate) before it inserts its next row
+# anyway.
 FEED_YIELD = 0.005
 # Rows per insertion call of a build: a build told to stop (the interpreter exits)
 # ends within one such call (about a second on 2 cores).
@@ -181,6 +184,49 @@ def _read_graph(path: Path, ndim: int) -> Any:
     return graph
 
 
+class ReadGate:
+    """Reads of a graph in flight: a feed inserts its next row only when none is, or
+    after :data:`FEED_YIELD`.
+
+    A search enters the gate while it waits for and holds the graph's lock. The index
+    shares its gate with its graph and enters it for a whole query, compile included:
+    a feed started by that compile, or one already running, then inserts no row
+    between the query's search rounds, and an insert never shares the two cores with
+    the query's re-scoring (BENCHMARKS.md, "A feed waits for whole queries").
+    """
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._turn = threading.Condition(threading.Lock())
+
+    @property
+    def readers(self) -> int:
+        """Reads in flight now."""
+        return self._readers
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Count a read in flight for the ``with`` block (reentrant: it counts)."""
+        with self._turn:
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._turn:
+                self._readers -= 1
+                if not self._readers:  # a waiting feed wakes only when it may go
+                    self._turn.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no read is in flight, at most ``timeout`` seconds.
+
+        Returns:
+            ``True`` if none was in flight when it returned.
+        """
+        with self._turn:
+            return self._turn.wait_for(lambda: self._readers == 0, timeout=timeout)
+
+
 class AnnGraph:
     """An HNSW graph over the first :attr:`covered` rows of one index generation.
 
@@ -189,19 +235,25 @@ class AnnGraph:
         rows: the leading rows it holds (row ``i`` under key ``i``); a sample of them
             is kept to tell lost and hard searches (:meth:`sample_stats`).
         sample: the most rows in that sample (one in :data:`LOST_EVERY` below it).
+        gate: the reads a feed defers to (:class:`ReadGate`); a new one by default.
     """
 
-    def __init__(self, graph: Any, rows: NDArray[np.float32], sample: int = LOST_SAMPLE) -> None:
+    def __init__(
+        self,
+        graph: Any,
+        rows: NDArray[np.float32],
+        sample: int = LOST_SAMPLE,
+        gate: ReadGate | None = None,
+    ) -> None:
         covered = len(rows)
         size = min(sample, -(-covered // LOST_EVERY))
         picks = np.linspace(0, covered - 1, size).round().astype(np.int64)
         self._sample = np.ascontiguousarray(rows[picks], dtype=np.float32)
         self._graph = graph
         self._lock = threading.Lock()
-        # Searches waiting for or holding the lock: a feed lets them go first (a row
-        # inserted into a large graph takes about as long as a search).
-        self._searches = 0
-        self._turn = threading.Condition(threading.Lock())
+        # A feed lets reads go first: a row inserted into a large graph takes about as
+        # long as a search.
+        self.gate = gate if gate is not None else ReadGate()
         #: Leading rows in the graph; grows as the feeder inserts rows.
         self.covered = covered
 
@@ -211,6 +263,7 @@ class AnnGraph:
         rows: NDArray[np.float32],
         threads: int,
         stop: Callable[[], bool] | None = None,
+        gate: ReadGate | None = None,
     ) -> AnnGraph | None:
         """Build a graph over ``rows`` (keys ``0..len(rows)-1``), :data:`BUILD_CHUNK`
         rows at a time.
@@ -219,6 +272,7 @@ class AnnGraph:
             rows: unit-norm float32 vectors.
             threads: usearch worker threads for the build.
             stop: asked before each chunk; when it says ``True`` the build ends.
+            gate: the graph's :class:`ReadGate`.
 
         Returns:
             The graph, or ``None`` if ``stop`` ended the build.
@@ -229,7 +283,7 @@ class AnnGraph:
                 return None
             end = min(start + BUILD_CHUNK, len(rows))
             graph.add(np.arange(start, end, dtype=np.uint64), rows[start:end], threads=threads)
-        return cls(graph, rows)
+        return cls(graph, rows, gate=gate)
 
     def search(
         self, query: NDArray[np.float32], count: int, depth: int
@@ -244,16 +298,9 @@ class AnnGraph:
         Returns:
             Row numbers and the graph's (int8 cosine) similarities of those rows.
         """
-        with self._turn:
-            self._searches += 1
-        try:
-            with self._lock:
-                self._graph.expansion_search = depth
-                matches = self._graph.search(query, count, threads=1)
-        finally:
-            with self._turn:
-                self._searches -= 1
-                self._turn.notify_all()
+        with self.gate.reading(), self._lock:
+            self._graph.expansion_search = depth
+            matches = self._graph.search(query, count, threads=1)
         keys = np.asarray(matches.keys, dtype=np.int64)
         return keys, (1.0 - np.asarray(matches.distances, dtype=np.float32))
 
@@ -304,8 +351,7 @@ class AnnGraph:
         Returns:
             False when ``start`` is stale (another feed got there first).
         """
-        with self._turn:  # searches first, but a stream of them delays a feed boundedly
-            self._turn.wait_for(lambda: self._searches == 0, timeout=FEED_YIELD)
+        self.gate.wait_idle(FEED_YIELD)  # reads first; a stream of them delays a feed boundedly
         with self._lock:  # usearch grows its capacity inside add: never during a search
             if start != self.covered:
                 return False
@@ -338,12 +384,15 @@ class AnnGraph:
         os.replace(meta_tmp, path.with_name(path.name + ".json"))
 
     @classmethod
-    def load(cls, path: Path, rows: NDArray[np.float32]) -> AnnGraph | None:
+    def load(
+        cls, path: Path, rows: NDArray[np.float32], gate: ReadGate | None = None
+    ) -> AnnGraph | None:
         """The cached graph if it was built over a prefix of ``rows``, else ``None``.
 
         Args:
             path: the graph file written by :meth:`save`.
             rows: the index's current rows.
+            gate: the graph's :class:`ReadGate`.
 
         Returns:
             The graph covering that prefix, or ``None`` (missing, stale or unreadable).
@@ -365,7 +414,7 @@ class AnnGraph:
                 graph = loading.result()
             if len(graph) != covered:  # the graph file was replaced after its key
                 return None
-            return cls(graph, rows[:covered])
+            return cls(graph, rows[:covered], gate=gate)
         except (OSError, ValueError, KeyError, RuntimeError, TypeError):
             return None
 

@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -41,6 +42,7 @@ from .ann import (  # stdlib and numpy only: usearch loads on use
     HARD_CONTRAST,
     LOST_ROUND,
     RESCORE_BUDGET,
+    ReadGate,
     candidate_routes,
     rounds_for,
 )
@@ -1074,6 +1076,7 @@ class RouteIndex:
         self._ann: AnnGraph | None = None
         self._ann_worker: threading.Thread | None = None
         self._ann_cache_tried = False
+        self._gate = ReadGate()  # shared with every graph this index builds or loads
 
     # -- mutations (O(added) or O(deleted); no matrix copies) -----------------------
     def add(self, name: str, vectors: NDArray[np.float32], texts: Sequence[str]) -> None:
@@ -1246,6 +1249,12 @@ class RouteIndex:
         self._segments = None
         self._int8_generation += 1  # a copy being built now is of the old positions
 
+    def reading(self) -> AbstractContextManager[None]:
+        """Mark a query in flight for a ``with`` block around its compile and scoring:
+        a graph feed inserts no row meanwhile (or waits ``ann.FEED_YIELD`` per row at
+        most), so the query after a change does not wait for the rows it fed."""
+        return self._gate.reading()
+
     def snapshot(self) -> Snapshot:
         """The current compiled view, compiling first if anything changed."""
         snap = self._snapshot
@@ -1373,7 +1382,7 @@ class RouteIndex:
             from .ann import AnnGraph
 
             self._ann_cache_tried = True
-            self._ann = AnnGraph.load(self.ann_cache, self._buf[:n])
+            self._ann = AnnGraph.load(self.ann_cache, self._buf[:n], gate=self._gate)
             if self._ann is not None:
                 self.stats.ann_cache_loads += 1
         if self._ann is None:
@@ -1408,7 +1417,7 @@ class RouteIndex:
     def _build_ann(self, rows: NDArray[np.float32], generation: int) -> None:
         from .ann import AnnGraph, content_key
 
-        graph = AnnGraph.build(rows, threads=process_cpus(), stop=stopping)
+        graph = AnnGraph.build(rows, threads=process_cpus(), stop=stopping, gate=self._gate)
         if graph is None:  # the interpreter is exiting
             return
         with self._lock:

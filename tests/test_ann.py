@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,9 +24,9 @@ from synaptoroute import (
     Route,
     SQLiteStorage,
 )
-from synaptoroute.ann import AnnUnavailableError
+from synaptoroute.ann import AnnUnavailableError, ReadGate
 from synaptoroute.encoder import l2_normalize
-from synaptoroute.index import RouteIndex
+from synaptoroute.index import RouteIndex, Snapshot
 
 # Not importorskip: importing usearch before onnxruntime crashes the process
 # (synaptoroute.ann.load_usearch imports them in the safe order).
@@ -847,13 +848,92 @@ def test_a_waiting_search_goes_before_the_next_fed_row(monkeypatch: pytest.Monke
         feeder.join(0.001)
     searcher = threading.Thread(target=graph.search, args=(rows[0], 1, 16))
     searcher.start()
-    while graph._searches != 1:  # the search waits for the lock
+    while graph.gate.readers != 1:  # the search waits for the lock
         searcher.join(0.001)
     fake.go.set()
     feeder.join(60)
     searcher.join(60)
     assert fake.log == ["add 0", "search", "add 1"]
     assert graph.covered == 2
+
+
+def test_a_feed_inserts_no_row_while_a_query_is_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The query after an add compiles, which starts the feed of the new rows; the
+    # whole query (compile, every search round, the re-scoring) is one read of the
+    # index's gate, so no row goes in until it is answered, and the query scores the
+    # new rows exactly meanwhile. (FEED_YIELD bounds how long a feed defers to reads;
+    # long here, so the order is certain.)
+    import synaptoroute.ann as ann_module
+
+    monkeypatch.setattr(ann_module, "FEED_YIELD", 60.0)
+    rng = np.random.default_rng(12)
+    dim = 16
+    index = RouteIndex(dim, ann_min_rows=1)
+    for r in range(50):
+        index.add(
+            f"r{r}", l2_normalize(rng.standard_normal((10, dim))), [f"r{r}-{j}" for j in range(10)]
+        )
+    assert index.wait_for_ann(timeout=60)
+    new = l2_normalize(rng.standard_normal((10, dim)))
+    index.add("new", new, [f"new-{j}" for j in range(10)])
+    with index.reading():
+        snapshot = index.snapshot()  # starts the feed of the 10 new rows
+        feeder = index._ann_worker
+        graph = snapshot.ann
+        assert feeder is not None and graph is not None and graph.gate.readers == 1
+        for query in new:
+            (got,) = snapshot.score(query[None], 1)
+            assert snapshot.names[int(got.route_ids[0])] == "new"
+            feeder.join(0.02)  # time enough for a feed that did not wait to insert
+            assert graph.covered == 500
+    feeder.join(60)
+    assert not feeder.is_alive() and graph.covered == 510
+    assert graph.gate.readers == 0
+
+
+def test_a_router_query_after_an_add_scores_before_the_feed_inserts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Through the router: the query after an add compiles (starting the feed) and
+    # scores inside one read, so it is answered with the new route from the exact tail
+    # before any of its rows goes into the graph; they all go in afterwards.
+    import synaptoroute.ann as ann_module
+
+    monkeypatch.setattr(ann_module, "FEED_YIELD", 60.0)
+    router = AdaptiveRouter(HashingEncoder(), index="ann")
+    router.add_routes(routes_for("r", 20))
+    assert router._index.wait_for_ann(timeout=None)
+    graph = router._index.snapshot().ann
+    assert graph is not None
+    held = graph.covered
+    seen: list[tuple[int, int]] = []
+    score = Snapshot.score
+
+    def spy(self: Snapshot, *args: Any, **kwargs: Any) -> Any:
+        seen.append((graph.gate.readers, graph.covered))
+        return score(self, *args, **kwargs)
+
+    monkeypatch.setattr(Snapshot, "score", spy)
+    router.add_route(Route(name="new", utterances=["new topic99 word99x1", "new topic99 word99x2"]))
+    assert router.query("new topic99 word99x1").name == "new"
+    assert seen == [(1, held)]  # inside the read, before the feed's first row
+    assert router._index.wait_for_ann(timeout=None)
+    assert graph.covered == held + 2 and graph.gate.readers == 0
+
+
+def test_a_read_gate_counts_nested_reads_and_lets_a_waiting_feed_go_after_the_last() -> None:
+    gate = ReadGate()
+    assert gate.wait_idle(0)
+    with gate.reading():
+        with gate.reading():  # a search inside a query
+            assert gate.readers == 2
+        assert gate.readers == 1
+        assert not gate.wait_idle(0)
+        released: list[bool] = []
+        waiter = threading.Thread(target=lambda: released.append(gate.wait_idle(60)))
+        waiter.start()
+    waiter.join(60)
+    assert released == [True] and gate.readers == 0
 
 
 def test_content_key_covers_every_row_in_blocks_hashed_in_threads(
