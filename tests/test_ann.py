@@ -242,6 +242,17 @@ def open_router(path: Path) -> AdaptiveRouter:
     return AdaptiveRouter(HashingEncoder(), SQLiteStorage(path), index="ann")
 
 
+def fed_index(rng: np.random.Generator, dim: int) -> RouteIndex:
+    """An index of 50 random 10-row routes whose graph holds all 500 rows."""
+    index = RouteIndex(dim, ann_min_rows=1)
+    for r in range(50):
+        index.add(
+            f"r{r}", l2_normalize(rng.standard_normal((10, dim))), [f"r{r}-{j}" for j in range(10)]
+        )
+    assert index.wait_for_ann(timeout=60)
+    return index
+
+
 def test_a_snapshot_behind_or_ahead_of_its_graph_answers_from_its_own_rows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -250,12 +261,7 @@ def test_a_snapshot_behind_or_ahead_of_its_graph_answers_from_its_own_rows(
     # by it. The feed is stopped here so that both states are reached for certain.
     rng = np.random.default_rng(8)
     dim = 16
-    index = RouteIndex(dim, ann_min_rows=1)
-    for r in range(50):
-        index.add(
-            f"r{r}", l2_normalize(rng.standard_normal((10, dim))), [f"r{r}-{j}" for j in range(10)]
-        )
-    assert index.wait_for_ann(timeout=60)
+    index = fed_index(rng, dim)
     older = index.snapshot()
     monkeypatch.setattr(RouteIndex, "_feed_ann", lambda self, generation: None)
     new = l2_normalize(rng.standard_normal((10, dim)))
@@ -868,12 +874,7 @@ def test_a_feed_inserts_no_row_while_a_query_is_in_flight(monkeypatch: pytest.Mo
     monkeypatch.setattr(ann_module, "FEED_YIELD", 60.0)
     rng = np.random.default_rng(12)
     dim = 16
-    index = RouteIndex(dim, ann_min_rows=1)
-    for r in range(50):
-        index.add(
-            f"r{r}", l2_normalize(rng.standard_normal((10, dim))), [f"r{r}-{j}" for j in range(10)]
-        )
-    assert index.wait_for_ann(timeout=60)
+    index = fed_index(rng, dim)
     new = l2_normalize(rng.standard_normal((10, dim)))
     index.add("new", new, [f"new-{j}" for j in range(10)])
     with index.reading():
