@@ -191,8 +191,8 @@ class ReadGate:
     A search enters the gate while it waits for and holds the graph's lock. The index
     shares its gate with its graph and enters it for a whole query, compile included:
     a feed started by that compile, or one already running, then inserts no row
-    between the query's search rounds, and an insert never shares the two cores with
-    the query's re-scoring (BENCHMARKS.md, "A feed waits for whole queries").
+    between the query's search rounds or beside its re-scoring, unless the query
+    outlasts :data:`FEED_YIELD` (BENCHMARKS.md, "A feed waits for whole queries").
     """
 
     def __init__(self) -> None:

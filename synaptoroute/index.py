@@ -1251,8 +1251,8 @@ class RouteIndex:
 
     def reading(self) -> AbstractContextManager[None]:
         """Mark a query in flight for a ``with`` block around its compile and scoring:
-        a graph feed inserts no row meanwhile (or waits ``ann.FEED_YIELD`` per row at
-        most), so the query after a change does not wait for the rows it fed."""
+        a graph feed inserts no row meanwhile (it waits ``ann.FEED_YIELD`` per row at
+        most), so the query whose compile starts a feed does not wait for its rows."""
         return self._gate.reading()
 
     def snapshot(self) -> Snapshot:

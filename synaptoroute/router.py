@@ -701,43 +701,54 @@ class AdaptiveRouter:
         if not live:
             return answers
         vectors = self._embed([requests[i].text for i in live])
-        policy = self._policy
         # Compile and scoring as one read: a graph feed started or running meanwhile
-        # inserts no row until the query is answered (ann.ReadGate).
+        # inserts no row until the requests are answered (ann.ReadGate).
         with self._index.reading():
-            snapshot = self._index.snapshot()
-            thresholds = self._route_thresholds()
-            # One more ranked route when the negative examples' route may take a place.
-            extra = int(NEGATIVES_ROUTE in self._routes)
-            head = policy.head
-            lexical = None
-            if head is not None and head.beta and self.hybrid:
-                lexical = self._lexical.view(snapshot)
-            groups: dict[int | None, list[int]] = {}  # top_k -> positions in live
-            for j, i in enumerate(live):
-                groups.setdefault(requests[i].top_k, []).append(j)
-            for top_k, rows in groups.items():
-                k = (max(2, policy.ranked_k) if top_k is None else top_k) + extra
-                batch = vectors if len(groups) == 1 else vectors[rows]
-                # A head that reads the k-th nearest utterance gets it from the same scan.
-                knn = KNN_K if top_k is None and head is not None and head.needs_knn else 0
-                _, ranked = self._score(batch, k, snapshot, knn)
-                for j, scores in zip(rows, ranked, strict=True):
-                    if top_k is None:
-                        answers[live[j]] = decide(
-                            scores,
-                            snapshot,
-                            policy,
-                            thresholds,
-                            vectors[j],
-                            # No text: the head's n-gram features and lexical term stay out.
-                            text=requests[live[j]].text if self.hybrid else None,
-                            lexical=lexical,
-                        )
-                    else:
-                        scores = without_negatives(scores, snapshot)
-                        answers[live[j]] = _each_route(scores, snapshot, policy, thresholds)[:top_k]
+            self._rank_and_decide(requests, live, vectors, answers)
         return answers
+
+    def _rank_and_decide(
+        self,
+        requests: Sequence[_Request],
+        live: list[int],
+        vectors: NDArray[np.float32],
+        answers: list[_Answer],
+    ) -> None:
+        """Score ``requests[live]`` (their ``vectors``) on one snapshot and write each
+        decision into ``answers``."""
+        policy = self._policy
+        snapshot = self._index.snapshot()
+        thresholds = self._route_thresholds()
+        # One more ranked route when the negative examples' route may take a place.
+        extra = int(NEGATIVES_ROUTE in self._routes)
+        head = policy.head
+        lexical = None
+        if head is not None and head.beta and self.hybrid:
+            lexical = self._lexical.view(snapshot)
+        groups: dict[int | None, list[int]] = {}  # top_k -> positions in live
+        for j, i in enumerate(live):
+            groups.setdefault(requests[i].top_k, []).append(j)
+        for top_k, rows in groups.items():
+            k = (max(2, policy.ranked_k) if top_k is None else top_k) + extra
+            batch = vectors if len(groups) == 1 else vectors[rows]
+            # A head that reads the k-th nearest utterance gets it from the same scan.
+            knn = KNN_K if top_k is None and head is not None and head.needs_knn else 0
+            _, ranked = self._score(batch, k, snapshot, knn)
+            for j, scores in zip(rows, ranked, strict=True):
+                if top_k is None:
+                    answers[live[j]] = decide(
+                        scores,
+                        snapshot,
+                        policy,
+                        thresholds,
+                        vectors[j],
+                        # No text: the head's n-gram features and lexical term stay out.
+                        text=requests[live[j]].text if self.hybrid else None,
+                        lexical=lexical,
+                    )
+                else:
+                    scores = without_negatives(scores, snapshot)
+                    answers[live[j]] = _each_route(scores, snapshot, policy, thresholds)[:top_k]
 
     def _route_thresholds(self) -> Mapping[str, float | None]:
         return _OwnThresholds(self._routes)

@@ -917,7 +917,9 @@ def test_a_router_query_after_an_add_scores_before_the_feed_inserts(
     monkeypatch.setattr(Snapshot, "score", spy)
     router.add_route(Route(name="new", utterances=["new topic99 word99x1", "new topic99 word99x2"]))
     assert router.query("new topic99 word99x1").name == "new"
-    assert seen == [(1, held)]  # inside the read, before the feed's first row
+    # Every scoring of that query (an exact fallback scores again) ran inside the
+    # read, before the feed's first row.
+    assert seen and set(seen) == {(1, held)}
     assert router._index.wait_for_ann(timeout=None)
     assert graph.covered == held + 2 and graph.gate.readers == 0
 
