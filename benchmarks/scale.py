@@ -220,7 +220,9 @@ def time_change(
     what the change added to that query: its time minus the same query's just before
     the change (queries differ in cost, e.g. near-ties take the exact path, so the
     first query's time alone mixes the change's cost with the query's own). A few more
-    queries run between changes, as in service."""
+    queries run between changes, as in service. The group starts once the index has
+    settled, so it does not pay for the previous group's background feed."""
+    assert router.wait_for_index(timeout=None)
     changes, firsts, added = [], [], []
     for a in range(ADDS):
         text = queries[a % len(queries)]
