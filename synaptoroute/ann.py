@@ -64,8 +64,8 @@ CONNECTIVITY = 32
 EXPANSION_ADD = 256
 # The first search depth (HNSW ef) unless the router's ``ann_depth`` says otherwise:
 # deeper finds the winning route more often, and costs more (rounds_for). On real text
-# at 1M, 256 reached the 99.9% agreement that 128 misses (99.77%), for 1.9-2.7x the
-# p50: the search is most of a query there, so the default keeps the time
+# at 1M, 256 reached the 99.9% agreement that 128 misses (99.77%), for 1.6x the p50
+# (same day): the search is most of a query there, so the default keeps the time
 # (BENCHMARKS.md, "Real text at 1M").
 DEFAULT_DEPTH = 128
 # Best two routes closer than this: the decision is scored exactly (the default of
