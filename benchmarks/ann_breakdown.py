@@ -19,9 +19,9 @@ split into the parts the decision path calls, timed by wrapping them:
 Queries are grouped by how they were answered (by the graph, or by the exact path)
 and by the number of graph searches they ran; for each group the script prints its
 share of the queries and the medians of the total and of each part (ms). A missing
-store, or one that holds other data than the arguments describe, is rebuilt as
-scale.py builds it (its graph build is the slow part: about 25 minutes at 1M on 2
-cores).
+store is built as scale.py builds it (its graph build is the slow part: about 25
+minutes at 1M on 2 cores); one that holds other data than the arguments describe
+stops the script.
 
 Usage::
 
@@ -42,13 +42,12 @@ from typing import Any
 
 import numpy as np
 from common import PrecomputedEncoder, add_data_argument, machine_info
-from scale import Data, dataset, real_vectors, startup, text_dataset
+from scale import MODEL, Data, dataset, real_vectors, startup, text_dataset
 
 from synaptoroute import AdaptiveRouter, SQLiteStorage
 from synaptoroute import ann as ann_module
 from synaptoroute import index as index_module
 
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 PARTS: dict[str, tuple[Any, str]] = {
     "sample_stats": (ann_module.AnnGraph, "sample_stats"),
     "search": (ann_module.AnnGraph, "search"),
@@ -85,27 +84,20 @@ def timed_parts(spent: dict[str, float], calls: dict[str, int]) -> Iterator[None
             setattr(owner, attr, originals[name])
 
 
-def store_matches(path: Path, encoder: PrecomputedEncoder, data: Data) -> bool:
-    """Whether scale.py's store at ``path``, with its graph cache file, holds
-    ``data``'s routes: their count and the sizes of the first and the last (the two
-    kinds of data differ in both)."""
-    if not path.is_file() or not path.with_name(path.name + ".ann").is_file():
+def holds(router: AdaptiveRouter, data: Data) -> bool:
+    """Whether the opened store holds ``data``'s routes: their count and the sizes of
+    the first and the last (the two kinds of data differ in both)."""
+    routes = data.routes()
+    if len(router.route_names) != len(routes):
         return False
-    router = AdaptiveRouter(encoder, SQLiteStorage(path), index="exact", cache_size=0)
-    try:
-        routes = data.routes()
-        if len(router.route_names) != len(routes):
-            return False
-        for i in (0, len(routes) - 1):
-            if len(router.get_route(f"r{i}").utterances) != routes[i][2] - routes[i][1]:
-                return False
-        return True
-    finally:
-        router.close()
+    return all(
+        len(router.get_route(f"r{i}").utterances) == routes[i][2] - routes[i][1]
+        for i in (0, len(routes) - 1)
+    )
 
 
 def breakdown(
-    encoder: PrecomputedEncoder, path: Path, texts: list[str], depth: int
+    encoder: PrecomputedEncoder, path: Path, data: Data, texts: list[str], depth: int
 ) -> dict[str, Any]:
     """Open the store at ``depth`` and split each query's time into :data:`PARTS`."""
     start = time.perf_counter()
@@ -120,14 +112,19 @@ def breakdown(
     assert router.wait_for_index(timeout=None)
     opened = time.perf_counter() - start
     try:
+        if not holds(router, data):
+            raise SystemExit(f"{path} holds other data: remove its folder or use another --cache")
         for text in texts[:WARM]:
             router.query(text)
         spent: dict[str, float] = defaultdict(float)
         calls: dict[str, int] = defaultdict(int)
         per_query: list[dict[str, float]] = []
+        stats = router.index_stats
+        counted = {name: getattr(stats, name) for name in ("ann_fallbacks", "ann_hard", "ann_lost")}
         with timed_parts(spent, calls):
             for text in texts:
                 before, before_calls = dict(spent), dict(calls)
+                fallbacks = stats.ann_fallbacks
                 t0 = time.perf_counter()
                 router.query(text)
                 total = time.perf_counter() - t0
@@ -135,9 +132,9 @@ def breakdown(
                 parts["total"] = total
                 parts["other"] = total - sum(parts[name] for name in PARTS)
                 parts["searches"] = calls["search"] - before_calls.get("search", 0)
-                parts["exact"] = calls["exact_scan"] - before_calls.get("exact_scan", 0)
+                parts["exact"] = stats.ann_fallbacks - fallbacks
                 per_query.append(parts)
-        stats = router.index_stats
+        counted = {name: getattr(stats, name) - value for name, value in counted.items()}
     finally:
         router.close()
     groups: dict[str, list[dict[str, float]]] = defaultdict(list)
@@ -151,9 +148,7 @@ def breakdown(
         "queries": len(per_query),
         "total_p50_ms": round(1000 * float(np.median(totals)), 3),
         "total_mean_ms": round(1000 * float(np.mean(totals)), 3),
-        "ann_fallbacks": stats.ann_fallbacks,
-        "ann_hard": stats.ann_hard,
-        "ann_lost": stats.ann_lost,
+        **counted,  # the timed queries' own
     }
     for key in sorted(groups):
         rows = groups[key]
@@ -182,10 +177,10 @@ def main() -> None:
     encoder = PrecomputedEncoder(MODEL, dict(zip(texts, data.asked, strict=True)))
     folder = args.cache / f"store-{args.size}"
     path = folder / "routes.db"
-    if not store_matches(path, encoder, data):
+    if not path.with_name(path.name + ".ann").is_file():
         print("building the store and its graph:", startup(encoder, data, folder), flush=True)
     for depth in args.depths:
-        print(json.dumps(breakdown(encoder, path, texts, depth), indent=1), flush=True)
+        print(json.dumps(breakdown(encoder, path, data, texts, depth), indent=1), flush=True)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,8 @@ from synaptoroute.storage import MemoryStorage, ModelInfo, StoredRoute
 ROOT = Path(__file__).resolve().parent.parent
 PER_ROUTE = 10
 ADDS = 20  # routes added per router; the add figures are their medians
+# The model id the stores are written under (the precomputed vectors are its).
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def real_vectors(cache: Path) -> NDArray[np.float32]:
@@ -396,7 +398,7 @@ def run_size(
             for j in range(PER_ROUTE)
         }
     )
-    encoder = PrecomputedEncoder("sentence-transformers/all-MiniLM-L6-v2", table)
+    encoder = PrecomputedEncoder(MODEL, table)
     out: dict[str, object] = {"utterances": n}
     names: dict[str, list[str]] = {}
     for kind in ("exact", "ann"):
