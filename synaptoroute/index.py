@@ -895,6 +895,15 @@ class _Segments:
             new_starts = np.zeros(n_total, dtype=np.intp)
             np.cumsum(counts[:-1], out=new_starts[1:])
             self.bufs["seg_order"], self.bufs["route_starts"] = seg_order, new_starts
+            # Spans change only for the routes given segments: a stored route now has
+            # two or more (-1); a new one has its segment's bounds if it got one.
+            spans = np.full((n_total, 2), -1, dtype=np.intp)
+            spans[: self.n_routes] = self.view("route_span")
+            new = pos >= self.n_routes
+            single = new & (counts[pos] == 1)
+            spans[pos[single]] = np.stack([starts[single], ends[single]], axis=1)
+            spans[pos[~new]] = -1
+            self.bufs["route_span"] = spans.ravel()
         self._put("live_routes", self.n_routes, new_rids)
         self.bufs["route_pos"][new_rids] = np.arange(self.n_routes, n_total)
         self.n_segs += count
@@ -903,15 +912,15 @@ class _Segments:
         self.n_rows = n_rows
         if len(new_rids):
             self.last_rid = int(new_rids[-1])
-        if not appended:  # spans from the rewritten arrays (the counters must be current)
-            self._spans_from_arrays()
 
     def without_rows(self, rows: NDArray[np.intp]) -> _Segments:
         """A new table where the live ``rows`` (all in this table) are dead.
 
-        Only the segments holding them are split (into runs of live and dead rows);
-        the rest is rebuilt from the segments: O(segments + deleted), and one copy of
-        the row ids (snapshots taken earlier keep theirs).
+        Only the segments holding them are split (into runs of live and dead rows),
+        and only the routes holding them change in the per-route arrays: a few passes
+        over the segment arrays (O(segments + deleted), no sort) and one copy of the
+        row ids (snapshots taken earlier keep theirs). A route left without rows
+        makes it a rebuild from the segments, also O(segments).
         """
         out = _Segments()
         out._set_ids(self.n_ids)
@@ -926,24 +935,100 @@ class _Segments:
         # inserted after it. Other segments keep their route ids (-1 for deleted
         # routes, whose rows still carry their ids).
         seg_route = self.view("seg_route").copy()
+        route_pos = self.view("route_pos")
         at: list[NDArray[np.intp]] = []
         starts: list[NDArray[np.intp]] = []
         routes: list[NDArray[np.int64]] = []
+        # New segment ids of the split: (route position, id) of the live runs after a
+        # segment's first, and of the segments whose first run died.
+        gained: list[tuple[int, int]] = []
+        lost: list[tuple[int, int]] = []
+        inserted = 0
         for seg in hit.tolist():  # the deleted rows' segments: a few per call
             first, end = int(seg_starts[seg]), int(seg_ends[seg])
             run = row_route[first:end]
             firsts = np.concatenate(([0], np.flatnonzero(np.diff(run)) + 1))
+            pos = int(route_pos[seg_route[seg]])  # a live route's segment: rows were live
+            base = seg + inserted
+            if run[0] < 0:
+                lost.append((pos, base))
+            gained.extend(
+                (pos, base + 1 + j) for j, rid in enumerate(run[firsts[1:]].tolist()) if rid >= 0
+            )
+            inserted += len(firsts) - 1
             seg_route[seg] = run[0]
             at.append(np.full(len(firsts) - 1, seg + 1, dtype=np.intp))
             starts.append((firsts[1:] + first).astype(np.intp))
             routes.append(run[firsts[1:]])
         where = np.concatenate(at)
-        out._fill(
-            np.insert(seg_starts, where, np.concatenate(starts)),
-            np.insert(seg_route, where, np.concatenate(routes)),
-            self.n_rows,
-        )
+        new_starts = np.insert(seg_starts, where, np.concatenate(starts))
+        new_route = np.insert(seg_route, where, np.concatenate(routes))
+        if not out._split(self, where, gained, lost, new_starts, new_route):
+            out._fill(new_starts, new_route, self.n_rows)
         return out
+
+    def _split(
+        self,
+        old: _Segments,
+        where: NDArray[np.intp],
+        gained: list[tuple[int, int]],
+        lost: list[tuple[int, int]],
+        seg_starts: NDArray[np.intp],
+        seg_route: NDArray[np.int64],
+    ) -> bool:
+        # The rest of a fresh table after old's segments were split (without_rows):
+        # old's segment ids shift past the runs inserted before them (``where``), the
+        # routes' groups gain the ``gained`` ids and lose the ``lost`` ones, and only
+        # those routes' starts and spans move. False (nothing written) when a route
+        # loses its last segment: its position would go, so the caller rebuilds.
+        route_starts = old.view("route_starts")
+        order = old.view("seg_order")
+        counts = np.diff(np.append(route_starts, len(order)))
+        delta: dict[int, int] = {}
+        for pos, _ in gained:
+            delta[pos] = delta.get(pos, 0) + 1
+        for pos, _ in lost:
+            delta[pos] = delta.get(pos, 0) - 1
+        if any(counts[pos] + d <= 0 for pos, d in delta.items()):
+            return False
+        order = order + np.searchsorted(where, order, side="right")
+        if gained:  # into their routes' groups, in id order as the groups are
+            group_ends = np.append(route_starts[1:], len(order))
+            at = [
+                int(route_starts[pos])
+                + int(np.searchsorted(order[route_starts[pos] : group_ends[pos]], sid))
+                for pos, sid in gained
+            ]
+            order = np.insert(order, at, [sid for _, sid in gained])
+        if lost:
+            order = order[~np.isin(order, [sid for _, sid in lost])]
+        shift = np.zeros(len(route_starts) + 1, dtype=np.intp)
+        for pos, d in delta.items():
+            shift[pos + 1] += d
+        starts = route_starts + np.cumsum(shift[:-1])
+        n = old.n_rows
+        seg_ends = np.append(seg_starts[1:], n).astype(np.intp)
+        spans = old.view("route_span").copy()
+        for pos in delta:
+            if counts[pos] + delta[pos] == 1:
+                sid = int(order[starts[pos]])
+                spans[pos] = (seg_starts[sid], seg_ends[sid])
+            else:
+                spans[pos] = -1
+        for name, values in (
+            ("seg_starts", seg_starts),
+            ("seg_ends", seg_ends),
+            ("seg_route", seg_route),
+            ("seg_order", order),
+            ("route_starts", starts),
+            ("live_routes", old.view("live_routes").copy()),
+            ("route_pos", old.view("route_pos").copy()),
+            ("route_span", spans.ravel()),
+        ):
+            self.bufs[name] = values
+        self.n_rows, self.n_segs, self.n_live = n, len(seg_starts), len(order)
+        self.n_routes, self.last_rid = old.n_routes, old.last_rid
+        return True
 
     def without(self, rid: int) -> _Segments:
         """A new table without route ``rid`` (its rows stay, as dead rows)."""
@@ -967,9 +1052,12 @@ class _Segments:
             live_routes = np.delete(live_routes, p)
             route_pos[rid] = -1
             route_pos[route_pos > p] -= 1
+        # The segments' bounds do not change: shared, as the row ids are (this table
+        # is dropped, so only ``out`` appends past their prefixes). The arrays made
+        # above are new: taken as they are, not copied again.
+        out.bufs["seg_starts"] = self.bufs["seg_starts"]
+        out.bufs["seg_ends"] = self.bufs["seg_ends"]
         for name, values in (
-            ("seg_starts", self.view("seg_starts")),
-            ("seg_ends", self.view("seg_ends")),
             ("seg_route", seg_route),
             ("seg_order", seg_order),
             ("route_starts", route_starts),
@@ -977,7 +1065,7 @@ class _Segments:
             ("route_pos", route_pos),
             ("route_span", spans.ravel()),
         ):
-            out._put(name, 0, values)
+            out.bufs[name] = values
         out.n_live, out.n_routes = len(seg_order), len(live_routes)
         out.last_rid = int(live_routes[-1]) if len(live_routes) else -1
         return out

@@ -177,6 +177,11 @@ def test_compiles_after_adding_or_deleting_routes_do_not_rebuild_the_segment_arr
     add("r5", 2)  # more utterances for an old route: from the segments
     add("r398", 1)  # and for the last but one
     check()
+    add("n1", 2)  # in one compile: a new route in two places, an old route, a new one
+    add("r9", 1)
+    add("n1", 1)
+    add("n2", 2)
+    check()
     assert index.stats.full_compiles == 1
     before_delete = index.snapshot()
     answers = before_delete.score(queries, k=5)
@@ -213,6 +218,12 @@ def test_compiles_after_adding_or_deleting_routes_do_not_rebuild_the_segment_arr
     del truth["r6"]
     check()
     assert all(index.snapshot().names[int(r)] != "r6" for r in index.snapshot().live_routes)
+    add("t1", 4)  # one segment: its first utterance, then a middle one
+    index.snapshot()
+    drop("t1", [0])
+    check()  # still one segment, shorter: its span follows
+    drop("t1", [1])
+    check()  # two segments: no span
     assert index.stats.full_compiles == 1
     for before, after in zip(answers, before_texts.score(queries, k=5), strict=True):
         assert list(before.route_ids) == list(after.route_ids)
