@@ -30,11 +30,11 @@ from collections.abc import Callable
 
 import numpy as np
 from common import machine_info
+from scale import PER_ROUTE
 
 from synaptoroute.index import RouteIndex
 
-PER_ROUTE = 10
-DIM = 384
+DIM = 384  # the bundled model's
 
 
 def build(n: int, rng: np.random.Generator) -> RouteIndex:

@@ -256,10 +256,7 @@ class Snapshot:
         return np.maximum.reduceat(seg_max[:, self.seg_order], self.route_starts, axis=1)
 
     def _route_rows(self, pos: int) -> NDArray[np.intp]:
-        first = self.route_starts[pos]
-        last = (
-            self.route_starts[pos + 1] if pos + 1 < len(self.route_starts) else len(self.seg_order)
-        )
+        first, last = _group(self.route_starts, len(self.seg_order), pos)
         segs = self.seg_order[first:last]
         return np.concatenate([np.arange(self.seg_starts[s], self.seg_ends[s]) for s in segs])
 
@@ -754,6 +751,12 @@ def _top_indices(row: NDArray[np.float32], k: int) -> NDArray[np.intp]:
     return part[np.argsort(-row[part], kind="stable")]
 
 
+def _group(route_starts: NDArray[np.intp], n_order: int, pos: int) -> tuple[int, int]:
+    """The first and past-last entries of route position ``pos`` in the segment order."""
+    end = int(route_starts[pos + 1]) if pos + 1 < len(route_starts) else n_order
+    return int(route_starts[pos]), end
+
+
 class _Segments:
     """The compiled segment arrays in growable buffers, so a compile after adding
     routes only writes the new rows' entries (O(added), not O(n)); deleting a route,
@@ -983,34 +986,32 @@ class _Segments:
         # loses its last segment: its position would go, so the caller rebuilds.
         route_starts = old.view("route_starts")
         order = old.view("seg_order")
-        counts = np.diff(np.append(route_starts, len(order)))
-        delta: dict[int, int] = {}
+        groups = {pos: _group(route_starts, len(order), pos) for pos, _ in gained + lost}
+        count = {pos: last - first for pos, (first, last) in groups.items()}  # then after
         for pos, _ in gained:
-            delta[pos] = delta.get(pos, 0) + 1
+            count[pos] += 1
         for pos, _ in lost:
-            delta[pos] = delta.get(pos, 0) - 1
-        if any(counts[pos] + d <= 0 for pos, d in delta.items()):
+            count[pos] -= 1
+        if min(count.values()) <= 0:
             return False
         order = order + np.searchsorted(where, order, side="right")
         if gained:  # into their routes' groups, in id order as the groups are
-            group_ends = np.append(route_starts[1:], len(order))
             at = [
-                int(route_starts[pos])
-                + int(np.searchsorted(order[route_starts[pos] : group_ends[pos]], sid))
+                groups[pos][0] + int(np.searchsorted(order[slice(*groups[pos])], sid))
                 for pos, sid in gained
             ]
             order = np.insert(order, at, [sid for _, sid in gained])
         if lost:
             order = order[~np.isin(order, [sid for _, sid in lost])]
         shift = np.zeros(len(route_starts) + 1, dtype=np.intp)
-        for pos, d in delta.items():
-            shift[pos + 1] += d
+        for pos, (first, last) in groups.items():
+            shift[pos + 1] = count[pos] - (last - first)
         starts = route_starts + np.cumsum(shift[:-1])
         n = old.n_rows
         seg_ends = np.append(seg_starts[1:], n).astype(np.intp)
         spans = old.view("route_span").copy()
-        for pos in delta:
-            if counts[pos] + delta[pos] == 1:
+        for pos in groups:
+            if count[pos] == 1:
                 sid = int(order[starts[pos]])
                 spans[pos] = (seg_starts[sid], seg_ends[sid])
             else:
@@ -1043,8 +1044,7 @@ class _Segments:
         spans = self.view("route_span")
         if p >= 0:
             spans = np.delete(spans, p, axis=0)
-            first = int(route_starts[p])
-            last = int(route_starts[p + 1]) if p + 1 < len(route_starts) else len(seg_order)
+            first, last = _group(route_starts, len(seg_order), p)
             seg_route[seg_order[first:last]] = -1
             seg_order = np.delete(seg_order, np.s_[first:last])
             route_starts = np.delete(route_starts, p)
