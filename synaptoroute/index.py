@@ -946,6 +946,7 @@ class _Segments:
         # segment's first, and of the segments whose first run died.
         gained: list[tuple[int, int]] = []
         lost: list[tuple[int, int]] = []
+        touched: list[int] = []  # every split segment's route: its span may change
         inserted = 0
         for seg in hit.tolist():  # the deleted rows' segments: a few per call
             first, end = int(seg_starts[seg]), int(seg_ends[seg])
@@ -953,6 +954,7 @@ class _Segments:
             firsts = np.concatenate(([0], np.flatnonzero(np.diff(run)) + 1))
             pos = int(route_pos[seg_route[seg]])  # a live route's segment: rows were live
             base = seg + inserted
+            touched.append(pos)
             if run[0] < 0:
                 lost.append((pos, base))
             gained.extend(
@@ -966,7 +968,7 @@ class _Segments:
         where = np.concatenate(at)
         new_starts = np.insert(seg_starts, where, np.concatenate(starts))
         new_route = np.insert(seg_route, where, np.concatenate(routes))
-        if not out._split(self, where, gained, lost, new_starts, new_route):
+        if not out._split(self, where, touched, gained, lost, new_starts, new_route):
             out._fill(new_starts, new_route, self.n_rows)
         return out
 
@@ -974,6 +976,7 @@ class _Segments:
         self,
         old: _Segments,
         where: NDArray[np.intp],
+        touched: list[int],
         gained: list[tuple[int, int]],
         lost: list[tuple[int, int]],
         seg_starts: NDArray[np.intp],
@@ -982,17 +985,18 @@ class _Segments:
         # The rest of a fresh table after old's segments were split (without_rows):
         # old's segment ids shift past the runs inserted before them (``where``), the
         # routes' groups gain the ``gained`` ids and lose the ``lost`` ones, and only
-        # those routes' starts and spans move. False (nothing written) when a route
+        # the ``touched`` routes' starts and spans move (a span shrinks when only a
+        # segment's trailing rows died). False (nothing written) when a route
         # loses its last segment: its position would go, so the caller rebuilds.
         route_starts = old.view("route_starts")
         order = old.view("seg_order")
-        groups = {pos: _group(route_starts, len(order), pos) for pos, _ in gained + lost}
+        groups = {pos: _group(route_starts, len(order), pos) for pos in touched}
         count = {pos: last - first for pos, (first, last) in groups.items()}  # then after
         for pos, _ in gained:
             count[pos] += 1
         for pos, _ in lost:
             count[pos] -= 1
-        if min(count.values()) <= 0:
+        if any(c <= 0 for c in count.values()):
             return False
         order = order + np.searchsorted(where, order, side="right")
         if gained:  # into their routes' groups, in id order as the groups are

@@ -224,6 +224,10 @@ def test_compiles_after_adding_or_deleting_routes_do_not_rebuild_the_segment_arr
     check()  # still one segment, shorter: its span follows
     drop("t1", [1])
     check()  # two segments: no span
+    add("t2", 3)  # one segment: its last utterance (no route gains or loses a segment)
+    index.snapshot()
+    drop("t2", [2])
+    check()
     assert index.stats.full_compiles == 1
     for before, after in zip(answers, before_texts.score(queries, k=5), strict=True):
         assert list(before.route_ids) == list(after.route_ids)
