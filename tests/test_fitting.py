@@ -30,10 +30,17 @@ from synaptoroute import (
 from synaptoroute.decision import KNN_K, DecisionPolicy
 from synaptoroute.evaluation import NONE, figures
 from synaptoroute.fitting import FitReport, routes_from_labelled
+from synaptoroute.fitting import head as head_module
 from synaptoroute.fitting.calibration import _isotonic, _newton_logistic, _platt
 from synaptoroute.fitting.cuts import _objective_value, _Scored, _search
 from synaptoroute.fitting.fit import _policy_predictions
-from synaptoroute.fitting.head import _credits, _pick_scorer, _row_weights
+from synaptoroute.fitting.head import (
+    _credits,
+    _pick_scorer,
+    _row_weights,
+    _softmax_regression,
+)
+from synaptoroute.fitting.optimize import lbfgs
 from synaptoroute.fitting.scores import _rank
 
 
@@ -257,13 +264,16 @@ def test_head_needs_the_fit_extra(
     clinc_train: Rows,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(sys.modules, "scipy.optimize", None)  # import now fails
+    monkeypatch.setitem(sys.modules, "scipy.sparse", None)  # import now fails
     router = open_router()
     with pytest.raises(MissingDependencyError, match=r"pip install '\.\[fit\]' in a checkout"):
         router.fit(*split(clinc_train), head=True)
     with pytest.warns(UserWarning, match="no head was tried"):
         report = router.fit(*split(clinc_train))
     assert report.decision == "thresholds" and "head" not in report.candidates
+    # Only the n-gram rows need SciPy: a dense head fits without it.
+    report = router.fit(*split(clinc_train), head=True, hybrid=False)
+    assert report.decision == "head" and report.candidates["head"]["features"] == "dense"
 
 
 def test_similarity_confidence_is_calibrated(
@@ -383,6 +393,79 @@ def test_weighted_logistic_equals_repeated_rows() -> None:
     weighted = _newton_logistic(x, y, ridge, np.zeros(3), reps.astype(np.float64))
     repeated = _newton_logistic(np.repeat(x, reps, axis=0), np.repeat(y, reps), ridge, np.zeros(3))
     assert weighted == pytest.approx(repeated, abs=1e-9)
+
+
+def softmax_problem(
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, int, object, Callable[[np.ndarray], float]]:
+    """A small hybrid softmax regression (dense rows, sparse n-gram-like rows, out of
+    scope a class) and its objective in float64, computed directly."""
+    from scipy.sparse import csr_matrix
+
+    rng = np.random.default_rng(seed)
+    n, d, extra, n_cols = 240, 12, 40, 5
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = rng.integers(0, n_cols, n)
+    x[np.arange(n), y % d] += 1.5  # learnable, not separable
+    grams = rng.uniform(size=(n, extra)) * (rng.uniform(size=(n, extra)) < 0.1)
+    sparse = csr_matrix(grams.astype(np.float32))
+    c = 2.0
+
+    def objective(theta: np.ndarray) -> float:
+        w = theta[: (d + extra) * n_cols].reshape(d + extra, n_cols)
+        z = x.astype(np.float64) @ w[:d] + sparse.toarray() @ w[d:] + theta[-n_cols:]
+        z -= z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-log_p[np.arange(n), y].mean() + 0.5 * (w * w).sum() / (c * n))
+
+    return x, y, n_cols, sparse, objective
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_head_regression_reaches_scipys_optimum(seed: int) -> None:
+    """The head's own L-BFGS reaches the optimum SciPy's L-BFGS-B finds from the same
+    objective (strictly convex, so one optimum), and the sparse product run beside
+    the dense one changes no bit."""
+    from scipy.optimize import minimize
+
+    x, y, n_cols, sparse, objective = softmax_problem(seed)
+    theta = _softmax_regression(x, y, n_cols, 2.0, None, 500, sparse)
+    reference = minimize(
+        objective, np.zeros_like(theta), method="L-BFGS-B", options={"maxiter": 5000, "gtol": 1e-9}
+    )
+    assert objective(theta) == pytest.approx(reference.fun, abs=1e-5)
+    assert objective(theta) < objective(np.zeros_like(theta)) - 0.1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(head_module, "process_cpus", lambda: 1)
+        alone = _softmax_regression(x, y, n_cols, 2.0, None, 500, sparse)
+    assert np.array_equal(alone, theta)
+
+
+def test_lbfgs_minimises_a_quadratic_and_stops_where_told() -> None:
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(30, 30))
+    a = (m @ m.T + 30 * np.eye(30)).astype(np.float32)  # well conditioned, positive definite
+    b = rng.normal(size=30).astype(np.float32)
+    calls: list[int] = []
+
+    def fun(v: np.ndarray) -> tuple[float, np.ndarray]:
+        calls.append(1)
+        v64 = v.astype(np.float64)  # a float32 value could not see the last steps' gains
+        grad = a.astype(np.float64) @ v64 - b
+        return float(0.5 * v64 @ (grad - b)), grad.astype(np.float32)
+
+    x0 = np.zeros(30, np.float32)
+    solution = lbfgs(fun, x0, max_iter=200, gtol=1e-5)
+    exact = np.linalg.solve(a.astype(np.float64), b)
+    assert np.allclose(solution, exact, atol=1e-5)
+    assert fun(solution)[0] - fun(exact.astype(np.float32))[0] <= 1e-8
+    assert not x0.any()  # the start is not overwritten
+    calls.clear()
+    lbfgs(fun, x0, max_iter=2, gtol=1e-5)
+    assert 3 <= len(calls) <= 3 + 2 * 30  # the start, then two iterations' line searches
+    calls.clear()
+    assert np.array_equal(lbfgs(fun, solution, max_iter=200, gtol=1e-3), solution)
+    assert len(calls) == 1  # already within gtol: no step
 
 
 def test_row_weights_give_out_of_scope_rows_the_objectives_share() -> None:

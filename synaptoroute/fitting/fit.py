@@ -15,7 +15,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, suppress
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -180,7 +180,8 @@ def fit_policy(
 
     Raises:
         InvalidInputError: bad rows, unknown labels, or bad options.
-        MissingDependencyError: ``head=True`` without the ``fit`` extra.
+        MissingDependencyError: ``head=True`` without the ``fit`` extra (SciPy, for
+            the n-gram features' sparse rows) unless ``hybrid=False``.
     """
     started = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -206,9 +207,7 @@ def fit_policy(
             msg = f"text {i} is empty"
             raise InvalidInputError(msg)
     snapshot = inputs.snapshot
-    with _fit_threads(
-        len(snapshot.layout.live), len(texts), inputs.blas_threads, head is not False
-    ):
+    with _fit_threads(len(snapshot.layout.live), len(texts), inputs.blas_threads):
         layout = snapshot.layout
         names = layout.names
         # The negative examples' route is no class: its utterances are out-of-scope rows.
@@ -235,7 +234,7 @@ def fit_policy(
         want_head = head is not False and n_routes >= 2
         if want_head and head == "auto":
             try:
-                import scipy.optimize  # type: ignore[import-untyped]  # noqa: F401
+                import scipy.sparse  # type: ignore[import-untyped]  # noqa: F401
             except ImportError:
                 want_head = False
                 notes.append(f"no head was tried: the 'fit' extra is missing ({_FIT_HINT})")
@@ -524,18 +523,11 @@ def fit_policy(
     return new_policy, report
 
 
-def _fit_threads(
-    index_rows: int, rows: int, setting: int | None, head: bool
-) -> AbstractContextManager[Any]:
+def _fit_threads(index_rows: int, rows: int, setting: int | None) -> AbstractContextManager[Any]:
     """BLAS threads for the fit, by the router's rule: waking a second thread costs
     more than it saves on small products (and much more on a busy machine)."""
     from threadpoolctl import threadpool_limits
 
-    if head:
-        # scipy brings its own BLAS: load it first, so that the limit covers it too
-        # (unlimited, its threads fight the others for the cores on a busy machine).
-        with suppress(ImportError):
-            import scipy.optimize  # noqa: F401
     threads = blas_threads(max(index_rows, rows), setting)
     return threadpool_limits(limits=threads, user_api="blas")  # type: ignore[no-any-return]
 
@@ -581,7 +573,7 @@ def _ngram_inputs(
     their rows as a SciPy CSR matrix; ``(None, None)`` when no feature is frequent
     enough."""
     try:
-        from scipy.sparse import csr_matrix  # type: ignore[import-untyped]
+        from scipy.sparse import csr_matrix
     except ImportError as exc:
         msg = f"fitting a head needs scipy: {_FIT_HINT}"
         raise MissingDependencyError(msg) from exc

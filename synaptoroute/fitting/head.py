@@ -4,33 +4,31 @@ the choice between them on held-out folds."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .._cpu import process_cpus
 from ..datasets import NONE
-from ..decision import (
-    Calibrator,
-    head_scores,
-    scorer_features,
-)
+from ..decision import Calibrator, head_scores, scorer_features
 from ..evaluation import auroc, figures
-from ..exceptions import MissingDependencyError, install_hint
+from ..exceptions import install_hint
 from .calibration import _calibrate, _newton_logistic
 from .cuts import _BEYOND, Objective, _objective_value, _Scored, _single_cut
+from .optimize import lbfgs
 
 #: Weights of the similarity score in the head's logits, tried on held-out data.
 _ALPHAS = (0.0, 2.5, 5.0, 10.0, 20.0, 40.0)
 _FIT_HINT = install_hint("fit")
 #: Shrinkage of the shared covariance towards a multiple of the identity (Mahalanobis).
 _SHRINK = 0.05
+_F = TypeVar("_F", np.float32, np.float64)
 
 
-def _unpack(
-    theta: NDArray[np.float64], width: int, n_cols: int
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _unpack(theta: NDArray[_F], width: int, n_cols: int) -> tuple[NDArray[_F], NDArray[_F]]:
     """The ``(width, n_cols)`` weights and the bias of a :func:`_softmax_regression`
     solution (the embedding's rows first, then the n-gram features')."""
     return theta[: width * n_cols].reshape(width, n_cols), theta[width * n_cols :]
@@ -46,60 +44,61 @@ def _softmax_regression(
     sparse: Any = None,
 ) -> NDArray[np.float64]:
     """Multinomial logistic regression, mean log-loss plus ``|W|^2 / (2 C n)`` (the
-    objective of scikit-learn's ``LogisticRegression(C=c)``), by L-BFGS in float32.
+    objective of scikit-learn's ``LogisticRegression(C=c)``), by L-BFGS in float32
+    (:func:`.optimize.lbfgs`).
 
     ``sparse`` (a SciPy CSR matrix, one row per row of ``x``) adds features after the
     dense ones: the weights are ``(d + sparse columns, n_cols)``, then the bias.
     """
-    try:
-        from scipy.optimize import minimize  # type: ignore[import-untyped]
-    except ImportError as exc:
-        msg = f"fitting a head needs scipy: {_FIT_HINT}"
-        raise MissingDependencyError(msg) from exc
     n, d = x.shape
     extra = 0 if sparse is None else int(sparse.shape[1])
     width = d + extra
     sparse_t = None if sparse is None else sparse.T.tocsr()
     onehot = np.zeros((n, n_cols), dtype=np.float32)
     onehot[np.arange(n), y] = 1.0
-    lam = 1.0 / (c * n)
+    lam = np.float32(1.0 / (c * n))
+    # The sparse products are single-threaded SciPy kernels that release the GIL, and
+    # the fit runs BLAS on one thread below 20,000 rows: with a second CPU, each runs
+    # beside the dense product of the same step instead of after it.
+    beside = ThreadPoolExecutor(1) if sparse is not None and process_cpus() > 1 else None
 
-    def loss_grad(theta: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
-        w64, b64 = _unpack(theta, width, n_cols)
-        w, b = w64.astype(np.float32), b64.astype(np.float32)
-        z = x @ w[:d]
-        if sparse is not None:
-            z += sparse @ w[d:]
-        z += b
+    def loss_grad(theta: NDArray[np.float32]) -> tuple[float, NDArray[np.float32]]:
+        w, b = _unpack(theta, width, n_cols)
+        if sparse is None:
+            z = x @ w + b
+        else:
+            pending = None if beside is None else beside.submit(lambda: sparse @ w[d:])
+            z = x @ w[:d]
+            z += sparse @ w[d:] if pending is None else pending.result()
+            z += b
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
         s = e.sum(axis=1, keepdims=True)
-        loss = float(np.log(s).sum() - (z * onehot).sum()) / n
-        loss += 0.5 * lam * float((w64 * w64).sum())
+        loss = float(np.log(s).sum(dtype=np.float64) - (z * onehot).sum(dtype=np.float64)) / n
+        weights = theta[: width * n_cols]
+        loss += 0.5 * float(lam) * float(weights @ weights)
         e /= s
         e -= onehot
-        grad_w = np.empty_like(w)
-        grad_w[:d] = x.T @ e
-        if sparse_t is not None:
-            grad_w[d:] = sparse_t @ e
+        grad = np.empty_like(theta)
+        grad_w, grad_b = _unpack(grad, width, n_cols)
+        if sparse_t is None:
+            np.matmul(x.T, e, out=grad_w)
+        else:
+            pending = None if beside is None else beside.submit(lambda: sparse_t @ e)
+            np.matmul(x.T, e, out=grad_w[:d])
+            grad_w[d:] = sparse_t @ e if pending is None else pending.result()
         grad_w /= n
         grad_w += lam * w
-        grad_b = e.sum(axis=0) / n
-        return loss, np.concatenate([grad_w.ravel(), grad_b]).astype(np.float64)
+        grad_b[:] = e.sum(axis=0) / n
+        return loss, grad
 
-    theta0 = np.zeros(width * n_cols + n_cols) if init is None else init
-    result = minimize(
-        loss_grad,
-        theta0,
-        jac=True,
-        method="L-BFGS-B",
-        # Five correction pairs, not ten: the same optimum (the loss is convex), and
-        # L-BFGS's own bookkeeping, which grows with pairs x weights, dominated fits
-        # with n-gram features (tens of thousands of weights per column).
-        options={"maxiter": max_iter, "gtol": 1e-4, "maxcor": 5},
-    )
-    out: NDArray[np.float64] = result.x
-    return out
+    theta0 = np.zeros(width * n_cols + n_cols, np.float32) if init is None else init
+    try:
+        out = lbfgs(loss_grad, theta0.astype(np.float32), max_iter, gtol=1e-4)
+    finally:
+        if beside is not None:
+            beside.shutdown()
+    return out.astype(np.float64)
 
 
 def _folds(y: NDArray[np.int64], k: int, seed: int) -> NDArray[np.int64]:
