@@ -30,7 +30,7 @@ from synaptoroute import (
 from synaptoroute.decision import KNN_K, DecisionPolicy
 from synaptoroute.evaluation import NONE, figures
 from synaptoroute.fitting import FitReport, routes_from_labelled
-from synaptoroute.fitting import head as head_module
+from synaptoroute.fitting import fit as fit_module
 from synaptoroute.fitting.calibration import _isotonic, _newton_logistic, _platt
 from synaptoroute.fitting.cuts import _objective_value, _Scored, _search
 from synaptoroute.fitting.fit import _policy_predictions
@@ -163,6 +163,25 @@ def test_head_decides_explainably(
         else:
             assert m.reason == "rejected_by_head"
             assert m.name is None and m.confidence < head.cut
+
+
+def test_fold_models_side_by_side_equal_one_after_another(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two fold regressions run at once (a second CPU) give the head one fitted after
+    another does, bit for bit, n-gram weights included."""
+    router = open_router()
+    monkeypatch.setattr(fit_module, "process_cpus", lambda: 2)
+    router.fit(*split(clinc_train), head=True, hybrid=True)
+    side_by_side = router.policy.head
+    monkeypatch.setattr(fit_module, "process_cpus", lambda: 1)
+    router.fit(*split(clinc_train), head=True, hybrid=True)
+    alone = router.policy.head
+    assert side_by_side is not None and alone is not None and alone is not side_by_side
+    assert alone.ngram_weights is not None and side_by_side.ngram_weights is not None
+    assert np.array_equal(alone.weights, side_by_side.weights)
+    assert np.array_equal(alone.ngram_weights, side_by_side.ngram_weights)
+    assert np.array_equal(alone.bias, side_by_side.bias) and alone.cut == side_by_side.cut
 
 
 def test_fitted_state_survives_reopening(
@@ -424,8 +443,7 @@ def softmax_problem(
 @pytest.mark.parametrize("seed", range(3))
 def test_head_regression_reaches_scipys_optimum(seed: int) -> None:
     """The head's own L-BFGS reaches the optimum SciPy's L-BFGS-B finds from the same
-    objective (strictly convex, so one optimum), and the sparse product run beside
-    the dense one changes no bit."""
+    objective (strictly convex, so one optimum)."""
     from scipy.optimize import minimize
 
     x, y, n_cols, sparse, objective = softmax_problem(seed)
@@ -435,10 +453,6 @@ def test_head_regression_reaches_scipys_optimum(seed: int) -> None:
     )
     assert objective(theta) == pytest.approx(reference.fun, abs=1e-5)
     assert objective(theta) < objective(np.zeros_like(theta)) - 0.1
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(head_module, "process_cpus", lambda: 1)
-        alone = _softmax_regression(x, y, n_cols, 2.0, None, 500, sparse)
-    assert np.array_equal(alone, theta)
 
 
 def test_lbfgs_minimises_a_quadratic_and_stops_where_told() -> None:

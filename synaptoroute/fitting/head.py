@@ -4,14 +4,12 @@ the choice between them on held-out folds."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .._cpu import process_cpus
 from ..datasets import NONE
 from ..decision import Calibrator, head_scores, scorer_features
 from ..evaluation import auroc, figures
@@ -43,9 +41,8 @@ def _softmax_regression(
     max_iter: int,
     sparse: Any = None,
 ) -> NDArray[np.float64]:
-    """Multinomial logistic regression, mean log-loss plus ``|W|^2 / (2 C n)`` (the
-    objective of scikit-learn's ``LogisticRegression(C=c)``), by L-BFGS in float32
-    (:func:`.optimize.lbfgs`).
+    """Multinomial logistic regression, mean log-loss plus ``|W|^2 / (2 C n)`` (as
+    scikit-learn's ``LogisticRegression(C=c)``), by :func:`.optimize.lbfgs` in float32.
 
     ``sparse`` (a SciPy CSR matrix, one row per row of ``x``) adds features after the
     dense ones: the weights are ``(d + sparse columns, n_cols)``, then the bias.
@@ -57,20 +54,13 @@ def _softmax_regression(
     onehot = np.zeros((n, n_cols), dtype=np.float32)
     onehot[np.arange(n), y] = 1.0
     lam = np.float32(1.0 / (c * n))
-    # The sparse products are single-threaded SciPy kernels that release the GIL, and
-    # the fit runs BLAS on one thread below 20,000 rows: with a second CPU, each runs
-    # beside the dense product of the same step instead of after it.
-    beside = ThreadPoolExecutor(1) if sparse is not None and process_cpus() > 1 else None
 
     def loss_grad(theta: NDArray[np.float32]) -> tuple[float, NDArray[np.float32]]:
         w, b = _unpack(theta, width, n_cols)
-        if sparse is None:
-            z = x @ w + b
-        else:
-            pending = None if beside is None else beside.submit(lambda: sparse @ w[d:])
-            z = x @ w[:d]
-            z += sparse @ w[d:] if pending is None else pending.result()
-            z += b
+        z = x @ w[:d]
+        if sparse is not None:
+            z += sparse @ w[d:]
+        z += b
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
         s = e.sum(axis=1, keepdims=True)
@@ -81,23 +71,16 @@ def _softmax_regression(
         e -= onehot
         grad = np.empty_like(theta)
         grad_w, grad_b = _unpack(grad, width, n_cols)
-        if sparse_t is None:
-            np.matmul(x.T, e, out=grad_w)
-        else:
-            pending = None if beside is None else beside.submit(lambda: sparse_t @ e)
-            np.matmul(x.T, e, out=grad_w[:d])
-            grad_w[d:] = sparse_t @ e if pending is None else pending.result()
+        np.matmul(x.T, e, out=grad_w[:d])
+        if sparse_t is not None:
+            grad_w[d:] = sparse_t @ e
         grad_w /= n
         grad_w += lam * w
         grad_b[:] = e.sum(axis=0) / n
         return loss, grad
 
     theta0 = np.zeros(width * n_cols + n_cols, np.float32) if init is None else init
-    try:
-        out = lbfgs(loss_grad, theta0.astype(np.float32), max_iter, gtol=1e-4)
-    finally:
-        if beside is not None:
-            beside.shutdown()
+    out = lbfgs(loss_grad, theta0.astype(np.float32), max_iter, gtol=1e-4)
     return out.astype(np.float64)
 
 
