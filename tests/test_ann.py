@@ -600,7 +600,7 @@ def test_the_graph_proposes_its_rows_with_their_similarities() -> None:
     # usearch 2.12-2.13.0 returned, for int8 codes compared by cosine, keys of rows
     # unrelated to the query with a similarity of 1.0: certification then failed for
     # about half of the queries (exact, but slow), and such a key would defeat the
-    # lost-search floor. The extra's minimum is 2.13.5, where this holds.
+    # lost-search floor. The extra's minimum (2.26.0) is past 2.13.5, where this holds.
     index, _, queries = clustered_index(13)
     snapshot = index.snapshot()
     assert snapshot.ann is not None
