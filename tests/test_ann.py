@@ -732,10 +732,12 @@ def test_the_process_exits_cleanly_while_a_graph_is_being_built(tmp_path: Path) 
     # A script that exits while the graph builds in the background (a CLI query on a
     # large store, say) could abort: usearch's build returned into a daemon thread
     # while the interpreter finalised ("terminate called without an active
-    # exception", status 134). Whether that happens depends on timing, so the script
-    # also checks the cause at its real exit: a handler registered before synaptoroute
-    # is imported runs after synaptoroute's own (atexit is last in, first out) and
-    # finds the build thread ended, before finalisation begins.
+    # exception", status 134). The script holds the build back until the main thread
+    # is leaving, so the build is under way when the interpreter exits on any machine
+    # (a fast one could otherwise finish it first, a slow usearch hold up the caller);
+    # a handler registered before synaptoroute is imported runs after synaptoroute's
+    # own (atexit is last in, first out) and finds the build thread ended, before
+    # finalisation begins.
     script = tmp_path / "exit_while_building.py"
     script.write_text(
         "import atexit, threading\n"
@@ -744,17 +746,25 @@ def test_the_process_exits_cleanly_while_a_graph_is_being_built(tmp_path: Path) 
         "    print('alive at exit:', alive, flush=True)\n"
         "atexit.register(check)\n"
         "import numpy as np\n"
-        "from synaptoroute.ann import load_usearch\n"
+        "import synaptoroute.ann as ann\n"
         "from synaptoroute.index import RouteIndex\n"
-        "load_usearch()\n"
+        "ann.load_usearch()\n"
+        "ann.BUILD_CHUNK = 1024\n"
+        "leaving = threading.Event()\n"
+        "real_build = ann.AnnGraph.build.__func__\n"
+        "def held_build(cls, rows, **options):\n"
+        "    leaving.wait()\n"
+        "    return real_build(cls, rows, **options)\n"
+        "ann.AnnGraph.build = classmethod(held_build)\n"
         "rng = np.random.default_rng(0)\n"
-        "rows = rng.standard_normal((60_000, 384)).astype(np.float32)\n"
+        "rows = rng.standard_normal((20_000, 384)).astype(np.float32)\n"
         "rows /= np.linalg.norm(rows, axis=1, keepdims=True)\n"
         "index = RouteIndex(384, ann_min_rows=1)\n"
         "index.add('r', rows, [str(i) for i in range(len(rows))])\n"
         "index.snapshot()  # starts the build\n"
         "assert index._ann_worker is not None and index._ann_worker.is_alive()\n"
         "print('leaving', flush=True)\n"
+        "leaving.set()\n"
     )
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=False
