@@ -23,6 +23,7 @@ import socket
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -76,6 +77,11 @@ _FASTEMBED_HOST = ("huggingface.co", 443)
 # gone. Batches of ordinary queries stay below it and keep the arena warm; a long
 # text pays for fresh pages instead (BENCHMARKS.md, "Service under attack").
 _SHRINK_ARENA_CELLS = 2 * 128 * 128
+#: Texts in one :meth:`Encoder.encode` call from which the bundled model on a CPU runs
+#: its batches side by side on ``threads`` single-threaded workers (a second session,
+#: opened on the first such call and kept: about 120 MB). Below it, and so for every
+#: batch the router's batching worker hands over, one call at a time uses all threads.
+BULK_MIN_TEXTS = 2048
 
 
 @runtime_checkable
@@ -194,6 +200,8 @@ class Encoder:
             instead of downloading ``model``.
         threads: ONNX Runtime intra-op threads (default: ``$SYNAPTOROUTE_THREADS``, else
             the CPUs this process may use: the cgroup CPU quota or the affinity mask).
+            A call of :data:`BULK_MIN_TEXTS` texts or more on a CPU runs its batches
+            on this many single-threaded workers instead.
         max_tokens: texts are truncated to this many tokens.
         batch_size: texts per ONNX call; longer inputs are split.
         download_timeout: seconds before a model fetch is abandoned with
@@ -248,6 +256,8 @@ class Encoder:
         self._bundled = model is None or model == DEFAULT_MODEL_ID
         self._lock = threading.Lock()
         self._session: Any = None
+        self._bulk: Any = None
+        self._model_file = ""
         self._shrink_options: Any = None
         self._providers: list[str] = []
         self._tokenizer: Any = None
@@ -356,6 +366,7 @@ class Encoder:
         shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._shrink_options = shrink
         self._tokenizer = tokenizer
+        self._model_file = str(model_file)
         self._session = session
 
     def _open_bundled(
@@ -478,8 +489,9 @@ class Encoder:
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(items))
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(items), _DEFAULT_DIM), dtype=np.float32)
-        for start in range(0, len(items), self.batch_size):
-            chunk = order[start : start + self.batch_size]
+        chunks = [order[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+
+        def run(session: Any, chunk: NDArray[np.int64]) -> None:
             width = int(lengths[chunk].max())
             ids = np.zeros((len(chunk), width), dtype=np.int64)
             mask = np.zeros((len(chunk), width), dtype=np.int64)
@@ -492,14 +504,47 @@ class Encoder:
                 feeds["token_type_ids"] = np.zeros_like(ids)
             big = len(chunk) * width * width > _SHRINK_ARENA_CELLS
             try:
-                hidden = self._session.run(None, feeds, self._shrink_options if big else None)[0]
+                hidden = session.run(None, feeds, self._shrink_options if big else None)[0]
             except Exception as exc:
                 msg = f"onnxruntime failed to encode a batch of {len(chunk)}: {exc}"
                 raise EncoderError(msg) from exc
             weights = mask[:, :, None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
             out[chunk] = pooled
+
+        bulk = self._bulk_session(len(items))
+        if bulk is None:
+            for chunk in chunks:
+                run(self._session, chunk)
+        else:
+            # Short texts make small matrices, which one model call splits over
+            # threads at a loss; whole calls side by side keep every core busy
+            # (BENCHMARKS.md, "Bulk encoding"). Workers take the length-sorted
+            # batches in turn, so they finish together.
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="synaptoroute-encode") as pool:
+                for _ in pool.map(lambda chunk: run(bulk, chunk), chunks):
+                    pass
         return l2_normalize(out)
+
+    def _bulk_session(self, texts: int) -> Any:
+        """A single-threaded session for a call of ``texts`` texts to run on ``threads``
+        workers, or ``None`` where one call at a time with all threads is better."""
+        if texts < BULK_MIN_TEXTS or self.threads < 2 or self._providers[:1] != [_CPU]:
+            return None
+        with self._lock:
+            if self._bulk is None:
+                import onnxruntime as ort
+
+                opts = self._session_options()
+                opts.intra_op_num_threads = 1
+                try:
+                    self._bulk = ort.InferenceSession(
+                        self._model_file, sess_options=opts, providers=[_CPU]
+                    )
+                except Exception as exc:
+                    msg = f"onnxruntime could not load {self._model_file}: {exc}"
+                    raise EncoderError(msg) from exc
+            return self._bulk
 
 
 _default_lock = threading.Lock()

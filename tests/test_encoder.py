@@ -33,6 +33,41 @@ def test_encoding_is_independent_of_batch_composition(encoder: Encoder) -> None:
     assert np.allclose(together, alone, atol=1e-4)
 
 
+@pytest.mark.model
+def test_a_bulk_call_runs_its_batches_side_by_side_with_the_same_vectors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    words = [
+        "please",
+        "move",
+        "my",
+        "dentist",
+        "appointment",
+        "to",
+        "next",
+        "friday",
+        "afternoon",
+        "if",
+        "you",
+        "can",
+    ]
+    texts = [" ".join(words[: 1 + i % len(words)]) + f" {i}" for i in range(90)]
+    enc = Encoder(threads=2, batch_size=4)
+    monkeypatch.setattr(encoder_module, "BULK_MIN_TEXTS", 10**9)
+    one_at_a_time = enc.encode(texts)
+    assert enc._bulk is None
+    monkeypatch.setattr(encoder_module, "BULK_MIN_TEXTS", 64)
+    assert enc.encode(texts[:63]) is not None and enc._bulk is None  # below the size
+    side_by_side = enc.encode(texts)
+    assert enc._bulk is not None
+    # The same batches, so the same vectors (bit for bit here; a tolerance in case
+    # a kernel splits its sums by thread count elsewhere), in the callers' order.
+    assert np.allclose(side_by_side, one_at_a_time, rtol=0, atol=1e-6)
+    single = Encoder(threads=1, batch_size=4)  # nothing to run side by side on
+    assert np.allclose(single.encode(texts), one_at_a_time, rtol=0, atol=1e-6)
+    assert single._bulk is None
+
+
 def test_known_vector_is_stable(encoder: Encoder) -> None:
     # golden values: the first components of a fixed sentence (guards model/tokenizer drift)
     vec = encoder.encode(["The quick brown fox jumps over the lazy dog."])[0]
