@@ -17,10 +17,15 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from .exceptions import InvalidInputError
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 __all__ = [
     "BLAS_PARALLEL_ROWS",
@@ -29,6 +34,7 @@ __all__ = [
     "blas_threads",
     "cgroup_cpu_limit",
     "process_cpus",
+    "side_by_side",
 ]
 
 THREADS_ENV = "SYNAPTOROUTE_THREADS"
@@ -179,3 +185,14 @@ def process_cpus() -> int:
         return available_cpus()
     except InvalidInputError:
         return available_cpus({})
+
+
+def side_by_side(fn: Callable[[_T], _R], items: Sequence[_T], workers: int) -> list[_R]:
+    """``fn`` of each item, in the items' order, on up to ``workers`` threads (in the
+    calling thread below two); items start in the order given. For work that releases
+    the GIL (numpy, BLAS, ONNX Runtime), so threads give the CPUs something to do."""
+    workers = min(workers, len(items))
+    if workers < 2:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))

@@ -145,3 +145,22 @@ def test_one_blas_rule_for_the_router_and_fit(monkeypatch: pytest.MonkeyPatch) -
         assert blas_threads(10, configured=3) == 3  # the router's setting wins
     finally:
         process_cpus.cache_clear()
+
+
+def test_side_by_side_keeps_the_order_and_uses_threads_only_when_told() -> None:
+    import threading
+
+    from synaptoroute._cpu import side_by_side
+
+    started = threading.Barrier(2, timeout=30)
+
+    def both_running(item: int) -> tuple[int, str]:
+        if item < 2:
+            started.wait()  # only returns once two items run at the same time
+        return item * item, threading.current_thread().name
+
+    results = side_by_side(both_running, list(range(6)), workers=2)
+    assert [r[0] for r in results] == [0, 1, 4, 9, 16, 25]
+    assert threading.current_thread().name not in {r[1] for r in results}
+    alone = side_by_side(lambda item: (item, threading.current_thread().name), [3, 1, 2], 1)
+    assert alone == [(i, threading.current_thread().name) for i in (3, 1, 2)]

@@ -31,6 +31,7 @@ from synaptoroute.decision import KNN_K, DecisionPolicy
 from synaptoroute.evaluation import NONE, figures
 from synaptoroute.fitting import FitReport, routes_from_labelled
 from synaptoroute.fitting import fit as fit_module
+from synaptoroute.fitting import head as head_module
 from synaptoroute.fitting.calibration import _isotonic, _newton_logistic, _platt
 from synaptoroute.fitting.cuts import _objective_value, _Scored, _search
 from synaptoroute.fitting.fit import _policy_predictions
@@ -168,13 +169,16 @@ def test_head_decides_explainably(
 def test_fold_models_side_by_side_equal_one_after_another(
     open_router: Callable[..., AdaptiveRouter], clinc_train: Rows, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two fold regressions run at once (a second CPU) give the head one fitted after
-    another does, bit for bit, n-gram weights included."""
+    """Two fold regressions (and two points of the head's grid) run at once on a
+    second CPU give the head one fitted after another does, bit for bit, n-gram
+    weights included."""
     router = open_router()
     monkeypatch.setattr(fit_module, "process_cpus", lambda: 2)
+    monkeypatch.setattr(head_module, "process_cpus", lambda: 2)
     router.fit(*split(clinc_train), head=True, hybrid=True)
     side_by_side = router.policy.head
     monkeypatch.setattr(fit_module, "process_cpus", lambda: 1)
+    monkeypatch.setattr(head_module, "process_cpus", lambda: 1)
     router.fit(*split(clinc_train), head=True, hybrid=True)
     alone = router.policy.head
     assert side_by_side is not None and alone is not None and alone is not side_by_side

@@ -15,7 +15,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from .._cpu import blas_threads, process_cpus
+from .._cpu import blas_threads, process_cpus, side_by_side
 from ..datasets import NONE, check_labelled, label_indexes
 from ..decision import (
     KNN_K,
@@ -268,9 +267,10 @@ def fit_policy(
         old = inputs.policy
         k_rank = min(max(k, old.ranked_k), n_routes)
         # The head's k-NN input (the fit rows' k-th neighbour) from the same products.
-        scores_all, knn = snapshot.scores_and_knn(
-            vectors, all_texts, KNN_K if want_head else 0, knn_rows=n
-        )
+        with _scoring_threads(len(layout.live), len(all_texts), inputs.blas_threads):
+            scores_all, knn = snapshot.scores_and_knn(
+                vectors, all_texts, KNN_K if want_head else 0, knn_rows=n
+            )
         scores = scores_all[:, keep_cols]
         # Rows a negative example outranks every route for are rejected at query time.
         blocked = np.zeros(n, dtype=bool)
@@ -532,23 +532,36 @@ def fit_policy(
 
 
 def _side_by_side(jobs: Sequence[Callable[[], NDArray[np.float64]]]) -> list[NDArray[np.float64]]:
-    """The fold models' regressions, in order, two at a time when a second CPU is
-    there: each is mostly one thread (BLAS below 20,000 rows, SciPy's sparse kernel,
-    numpy's elementwise steps), so a second CPU would idle. Two, not one per CPU: each
-    holds its L-BFGS history, ten copies of its weights. Jobs start in the order given."""
-    workers = min(2, process_cpus(), len(jobs))
-    if workers < 2:
+    """The fold models' regressions, in order, two at a time on one BLAS thread each
+    when a second CPU is there: much of each is one thread anyway (SciPy's sparse
+    kernel, numpy's elementwise steps), so a second CPU would idle. Two, not one per
+    CPU: each holds its L-BFGS history, ten copies of its weights. Jobs start in the
+    order given."""
+    workers = min(2, process_cpus())
+    if workers < 2 or len(jobs) < 2:
         return [job() for job in jobs]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda job: job(), jobs))
+    with _blas_limit(1):
+        return side_by_side(lambda job: job(), jobs, workers)
 
 
 def _fit_threads(index_rows: int, rows: int, setting: int | None) -> AbstractContextManager[Any]:
     """BLAS threads for the fit, by the router's rule: waking a second thread costs
     more than it saves on small products (and much more on a busy machine)."""
+    return _blas_limit(blas_threads(max(index_rows, rows), setting))
+
+
+def _scoring_threads(
+    index_rows: int, rows: int, setting: int | None
+) -> AbstractContextManager[Any]:
+    """BLAS threads for scoring every fit text against the index at once: by the
+    same rule, ``rows`` queries' products over ``index_rows`` rows each. Only this
+    product gets them: the regressions' results would change with the thread count."""
+    return _blas_limit(blas_threads(index_rows * rows, setting))
+
+
+def _blas_limit(threads: int) -> AbstractContextManager[Any]:
     from threadpoolctl import threadpool_limits
 
-    threads = blas_threads(max(index_rows, rows), setting)
     return threadpool_limits(limits=threads, user_api="blas")  # type: ignore[no-any-return]
 
 

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from .._cpu import process_cpus, side_by_side
 from ..datasets import NONE
 from ..decision import Calibrator, head_scores, scorer_features
 from ..evaluation import auroc, figures
@@ -314,15 +315,20 @@ def _choose_head(
     # Platt keeps the order of the raw values, so a cut on the confidence is as fine
     # as a cut on the raw value; isotonic steps would tie many rows.
     kind = "platt" if calibration == "auto" else calibration
+    grid = [(inputs, alpha, beta) for inputs in oofs for alpha in _ALPHAS for beta in betas]
+
+    def value_of(point: tuple[str, float, float]) -> float:
+        inputs, alpha, beta = point
+        cand, raw, _, _ = _head_pred(oofs[inputs], data, rows, k, alpha, beta)
+        conf = _calibrate(raw, cand == y, kind, True)(raw)
+        return _pooled_cut(conf, cand, y, n_routes, objective, target)[0]
+
+    # Each point is mostly numpy over every row, so two run side by side.
     best: tuple[float, str, float, float] | None = None
-    for inputs, logits in oofs.items():
-        for alpha in _ALPHAS:
-            for beta in betas:
-                cand, raw, _, _ = _head_pred(logits, data, rows, k, alpha, beta)
-                conf = _calibrate(raw, cand == y, kind, True)(raw)
-                value, _ = _pooled_cut(conf, cand, y, n_routes, objective, target)
-                if best is None or value > best[0] + 1e-12:
-                    best = (value, inputs, alpha, beta)
+    values = side_by_side(value_of, grid, min(2, process_cpus()))
+    for value, point in zip(values, grid, strict=True):
+        if best is None or value > best[0] + 1e-12:
+            best = (value, *point)
     assert best is not None
     _, inputs, alpha, beta = best
     oof = oofs[inputs]
