@@ -23,14 +23,14 @@ import socket
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ._cpu import available_cpus
+from ._cpu import available_cpus, side_by_side
 from .exceptions import (
     EncoderError,
     InvalidInputError,
@@ -521,9 +521,7 @@ class Encoder:
             # threads at a loss; whole calls side by side keep every core busy
             # (BENCHMARKS.md, "Bulk encoding"). Workers take the length-sorted
             # batches in turn, so they finish together.
-            with ThreadPoolExecutor(self.threads, thread_name_prefix="synaptoroute-encode") as pool:
-                for _ in pool.map(lambda chunk: run(bulk, chunk), chunks):
-                    pass
+            side_by_side(partial(run, bulk), chunks, self.threads)
         return l2_normalize(out)
 
     def _bulk_session(self, texts: int) -> Any:
