@@ -257,7 +257,7 @@ class Encoder:
         self._lock = threading.Lock()
         self._session: Any = None
         self._bulk: Any = None
-        self._model_file = ""
+        self._model_files: tuple[Path, Path] | None = None
         self._shrink_options: Any = None
         self._providers: list[str] = []
         self._tokenizer: Any = None
@@ -366,7 +366,7 @@ class Encoder:
         shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._shrink_options = shrink
         self._tokenizer = tokenizer
-        self._model_file = str(model_file)
+        self._model_files = (model_file, tokenizer_file)
         self._session = session
 
     def _open_bundled(
@@ -533,14 +533,18 @@ class Encoder:
             if self._bulk is None:
                 import onnxruntime as ort
 
+                assert self._model_files is not None
+                model_file, tokenizer_file = self._model_files
+                if self._model_path is None:  # read again: checked again
+                    _check_default_model_files(model_file, tokenizer_file)
                 opts = self._session_options()
                 opts.intra_op_num_threads = 1
                 try:
                     self._bulk = ort.InferenceSession(
-                        self._model_file, sess_options=opts, providers=[_CPU]
+                        str(model_file), sess_options=opts, providers=[_CPU]
                     )
                 except Exception as exc:
-                    msg = f"onnxruntime could not load {self._model_file}: {exc}"
+                    msg = f"onnxruntime could not load {model_file}: {exc}"
                     raise EncoderError(msg) from exc
             return self._bulk
 

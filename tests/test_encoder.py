@@ -110,6 +110,24 @@ def test_tampered_model_file_is_refused(tmp_path: Path) -> None:
     assert model.is_file()
 
 
+@pytest.mark.model
+def test_the_bulk_session_checks_the_model_file_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, tokenizer = _default_model_files()
+    shutil.copy(model, tmp_path / "model.onnx")
+    shutil.copy(tokenizer, tmp_path / "tokenizer.json")
+    monkeypatch.setenv(encoder_module.MODEL_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(encoder_module, "BULK_MIN_TEXTS", 8)
+    enc = Encoder(threads=2, batch_size=2)
+    enc.load()  # checked here
+    (tmp_path / "model.onnx").write_bytes(model.read_bytes()[:-1] + b"\0")
+    with pytest.raises(EncoderError, match="sha256"):
+        enc.encode([f"text {i}" for i in range(8)])  # the second session reads it again
+    assert enc._bulk is None
+    assert enc.encode(["a call below the size"]).shape == (1, 384)  # the checked session
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
