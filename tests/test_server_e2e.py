@@ -108,8 +108,8 @@ class Server:
                 return float(line.split()[-1])
         return 0.0
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
+    def stop(self, *, signal_it: bool = True) -> int:
+        if signal_it and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout=LIMIT_S)
@@ -287,7 +287,9 @@ def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
     # Every batch that reached the server was answered in full; none was cut off.
     assert all(s in (200, -1) for s in statuses), statuses
     assert 200 in statuses
-    assert srv.stop() == 0
+    # Wait for the exit the first SIGTERM began: a second one, sent while the drain
+    # ends, can meet the default handler and kill the process (status -15).
+    assert srv.stop(signal_it=False) == 0
     output = srv.output()
     assert "Traceback" not in output
     store = SQLiteStorage(srv.store)
