@@ -79,7 +79,7 @@ _FASTEMBED_HOST = ("huggingface.co", 443)
 _SHRINK_ARENA_CELLS = 2 * 128 * 128
 #: Texts in one :meth:`Encoder.encode` call from which the bundled model on a CPU runs
 #: its batches side by side on ``threads`` single-threaded workers (a second session,
-#: opened on the first such call and kept: about 120 MB). Below it, and so for every
+#: opened on the first such call and kept: about 145 MiB). Below it, and so for every
 #: batch the router's batching worker hands over, one call at a time uses all threads.
 BULK_MIN_TEXTS = 2048
 
