@@ -62,6 +62,7 @@ from common import (
     time_wall_cpu_ms,
 )
 from numpy.typing import NDArray
+from threadpoolctl import ThreadpoolController
 
 from synaptoroute.encoder import Encoder
 from synaptoroute.index import Aggregation
@@ -384,11 +385,19 @@ def part_profile(work: Workload, encoder: Encoder, n: int, n_queries: int) -> di
         with _blas_limit(1):
             pass
 
+    # What the router did before the budget (0.2.0): threadpoolctl's limit, same run.
+    controller = ThreadpoolController()
+
+    def threadpoolctl_limit(i: int) -> None:
+        with controller.limit(limits=1, user_api="blas"):
+            pass
+
     # A memory baseline: summing as many bytes as the int8 copy holds.
     raw = np.ones(snap.matrix.size, dtype=np.int8).view(np.int64)
     steps: dict[str, Callable[[int], object]] = {
         "float32 product `matrix @ q` (BLAS)": product,
-        "BLAS thread limit (threadpoolctl enter + exit)": blas_limit,
+        "BLAS thread limit (the router's budget, enter + exit)": blas_limit,
+        "BLAS thread limit (threadpoolctl's limit, enter + exit; 0.2.0)": threadpoolctl_limit,
         "numpy sum over the int8 copy's bytes (memory baseline)": lambda i: raw.sum(),
     }
     if snap.int8 is not None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from ._cpu import blas_threads
+from ._cpu import blas_limit, blas_threads
 from .batching import (
     DEFAULT_MAX_BATCH_COST,
     DEFAULT_MAX_BATCH_SIZE,
@@ -150,16 +150,10 @@ class EmbeddingCache:
             self.nbytes = 0
 
 
-_blas_controller: Any = None
-
-
 def _blas_limit(threads: int) -> AbstractContextManager[Any]:
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=threads, user_api="blas")  # type: ignore[no-any-return]
+    # The process's one budget (_cpu.BlasBudget), shared with fit: queries in
+    # different threads do not undo each other's limits.
+    return blas_limit(threads)
 
 
 class AdaptiveRouter:
