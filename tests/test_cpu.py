@@ -378,3 +378,30 @@ def test_a_query_runs_its_product_at_its_budget_and_restores_blas(
     assert router.query("is it raining").name == "weather"
     assert seen == [{1}]
     assert set(_cpu.BLAS_BUDGET.threads().values()) == {2}
+
+
+def test_queries_from_many_threads_leave_blas_as_they_found_it(
+    two_blas_threads: BlasBudget,
+) -> None:
+    # Below the int8 copy's rows every query takes a limit: four threads querying at
+    # once overlap their limits in every order the scheduler picks.
+    from synaptoroute import AdaptiveRouter, HashingEncoder, Route
+
+    router = AdaptiveRouter(HashingEncoder(), blas_threads=1)
+    router.add_route(Route(name="weather", utterances=["is it raining", "weather today"]))
+    router.add_route(Route(name="music", utterances=["play a song", "next track"]))
+    start = threading.Barrier(4, timeout=60)
+
+    def ask(i: int) -> list[str | None]:
+        start.wait()
+        return [router.query(f"is it raining {i} {j}").name for j in range(200)]
+
+    answers: list[list[str | None]] = []
+    threads = [threading.Thread(target=lambda i=i: answers.append(ask(i))) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert [set(names) for names in answers] == [{"weather"}] * 4
+    assert set(_cpu.BLAS_BUDGET.threads().values()) == {2}
