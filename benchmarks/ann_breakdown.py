@@ -85,15 +85,21 @@ def timed_parts(spent: dict[str, float], calls: dict[str, int]) -> Iterator[None
 
 
 def holds(router: AdaptiveRouter, data: Data) -> bool:
-    """Whether the opened store holds ``data``'s routes: their count and the sizes of
-    the first and the last (the two kinds of data differ in both)."""
+    """Whether the opened store holds ``data``'s routes: their count, and the vectors
+    of the first, a middle and the last route (a store of other data, or of the same
+    data encoded by another model, differs in them)."""
     routes = data.routes()
     if len(router.route_names) != len(routes):
         return False
-    return all(
-        len(router.get_route(f"r{i}").utterances) == routes[i][2] - routes[i][1]
-        for i in (0, len(routes) - 1)
-    )
+    for i in (0, len(routes) // 2, len(routes) - 1):
+        _, lo, hi = routes[i]
+        stored = router._index.vectors_of(f"r{i}")
+        wanted = {f"r{i} u{j}": data.rows[lo + j] for j in range(hi - lo)}
+        if stored.keys() != wanted.keys() or not all(
+            np.allclose(stored[text], vector, atol=1e-6) for text, vector in wanted.items()
+        ):
+            return False
+    return True
 
 
 def breakdown(
