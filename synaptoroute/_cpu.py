@@ -11,8 +11,8 @@ turn, which is slower than two. The limit is read from, in order:
 
 The smaller of the quota and the affinity count wins.
 
-It also holds the process's BLAS thread budget (:class:`BlasBudget`), which the
-router's queries and ``fit`` share.
+The process's BLAS thread budget, which holds BLAS at the counts this module chooses,
+is :mod:`synaptoroute._blas`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ from __future__ import annotations
 import functools
 import math
 import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .exceptions import InvalidInputError
 
@@ -33,12 +31,9 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 __all__ = [
-    "BLAS_BUDGET",
     "BLAS_PARALLEL_ROWS",
     "THREADS_ENV",
-    "BlasBudget",
     "available_cpus",
-    "blas_limit",
     "blas_threads",
     "cgroup_cpu_limit",
     "process_cpus",
@@ -60,160 +55,6 @@ def blas_threads(rows: int, configured: int | None = None) -> int:
     if configured is not None:
         return configured
     return 1 if rows < BLAS_PARALLEL_ROWS else process_cpus()
-
-
-def _blas_libraries() -> list[Any]:
-    """threadpoolctl's controllers of the BLAS libraries loaded now (a ~1.5 ms scan)."""
-    from threadpoolctl import ThreadpoolController
-
-    return list(ThreadpoolController().select(user_api="blas").lib_controllers)
-
-
-class BlasBudget:
-    """One process-wide BLAS thread count shared by every block that sets one.
-
-    A BLAS library built with its own threads (OpenBLAS's pthreads build, numpy's)
-    keeps one thread count per process, so threads that each set and restore it
-    (threadpoolctl's ``limit``) race: when the blocks of two threads overlap without
-    nesting, the one that leaves last restores the count the other had set, and the
-    process keeps it after both are gone (one thread instead of two with
-    threadpoolctl 3.8.0 and numpy's OpenBLAS). Here the blocks in flight are
-    counted: the first one in saves the libraries' counts, the last one out restores
-    them, and in between each thread's innermost block sets that thread's count (as
-    nested threadpoolctl limits do: a fit's big product gets more threads than the
-    fit around it) and the library runs the smallest count over the threads (blocks
-    in flight in two threads already keep two cores busy, so more BLAS threads would
-    only oversubscribe them). A count is set only when it changes, and a block costs
-    about 60% of a threadpoolctl ``limit`` (``benchmarks/core_latency.py``).
-    An OpenMP build keeps a count per calling thread: each block sets its own
-    thread's and restores it.
-
-    Args:
-        scan: returns the BLAS libraries' controllers (objects with ``filepath``,
-            ``get_num_threads`` and ``set_num_threads``, as threadpoolctl's); default
-            threadpoolctl's scan of the libraries loaded in this process. Called on
-            the first block and on each one entered with ``rescan=True``.
-    """
-
-    def __init__(self, scan: Callable[[], Sequence[Any]] = _blas_libraries) -> None:
-        self._scan = scan
-        self._lock = threading.Lock()
-        self._libs: list[Any] | None = None  # libraries with one count per process
-        self._own: list[Any] = []  # libraries with one count per thread (OpenMP)
-        self._held: dict[int, list[int]] = {}  # thread id -> its blocks' counts, nested
-        self._saved: dict[str, int] = {}  # each library's count before the first block
-        self._set: dict[str, int] = {}  # what this budget last set, by library
-
-    def limit(self, threads: int, *, rescan: bool = False) -> _BlasBlock:
-        """A ``with`` block in which BLAS runs at most ``threads`` threads (at least 1).
-
-        ``rescan`` looks for BLAS libraries loaded since the last scan first (a fit,
-        which may load SciPy's); a query reuses the last scan.
-        """
-        return _BlasBlock(self, max(1, int(threads)), rescan)
-
-    def threads(self) -> dict[str, int]:
-        """Each scanned library's thread count now (this thread's for an OpenMP
-        build), by its file path."""
-        with self._lock:
-            libs = [*(self._libs or ()), *self._own]
-            return {lib.filepath: lib.get_num_threads() for lib in libs}
-
-    def _enter(self, threads: int, rescan: bool) -> list[tuple[Any, int]]:
-        """Returns the per-thread libraries' counts to restore on leaving."""
-        with self._lock:
-            if self._libs is None or rescan:
-                scanned = list(self._scan())
-                self._libs = [lib for lib in scanned if not _per_thread(lib)]
-                self._own = [lib for lib in scanned if _per_thread(lib)]
-            stack = self._held.setdefault(threading.get_ident(), [])
-            stack.append(threads)
-            try:
-                self._apply(self._wanted())
-            except BaseException:  # the block is not entered: it must not stay counted
-                self._leave()
-                raise
-            own = self._own
-        # OpenMP builds keep a count per calling thread: set here, for this block only.
-        restore = [(lib, lib.get_num_threads()) for lib in own]
-        for lib, _ in restore:
-            lib.set_num_threads(threads)
-        return restore
-
-    def _exit(self) -> None:
-        with self._lock:
-            self._leave()
-
-    def _leave(self) -> None:
-        # Under the lock: drop this thread's innermost block; the last one out restores.
-        me = threading.get_ident()
-        stack = self._held[me]
-        stack.pop()
-        if not stack:
-            del self._held[me]
-        if self._held:
-            self._apply(self._wanted())
-            return
-        saved, self._saved, self._set = self._saved, {}, {}
-        for lib in self._libs or ():
-            key = lib.filepath
-            if key in saved and lib.get_num_threads() != saved[key]:
-                _set_shared(lib, saved[key])
-
-    def _wanted(self) -> int:
-        return min(stack[-1] for stack in self._held.values())
-
-    def _apply(self, threads: int) -> None:
-        for lib in self._libs or ():
-            key = lib.filepath
-            if key not in self._saved:  # first block in, or a library found since
-                self._saved[key] = self._set[key] = lib.get_num_threads()
-            if self._set[key] != threads:
-                _set_shared(lib, threads)
-                self._set[key] = threads
-
-
-def _per_thread(lib: Any) -> bool:
-    # An OpenMP-threaded BLAS limits the calling thread only (threadpoolctl's docs).
-    return getattr(lib, "threading_layer", None) == "openmp"
-
-
-def _set_shared(lib: Any, threads: int) -> None:
-    # threadpoolctl >= 3.6 lets only one "controlling" thread set a process-wide
-    # OpenBLAS count (others silently do nothing); the budget's lock already orders
-    # every change, so it calls the library directly where threadpoolctl has that.
-    getattr(lib, "_real_set_num_threads", lib.set_num_threads)(threads)
-
-
-class _BlasBlock:
-    # A plain class, not @contextmanager: this runs around every query's product.
-    __slots__ = ("_budget", "_rescan", "_restore", "_threads")
-
-    def __init__(self, budget: BlasBudget, threads: int, rescan: bool) -> None:
-        self._budget, self._threads, self._rescan = budget, threads, rescan
-        self._restore: list[tuple[Any, int]] = []
-
-    def __enter__(self) -> None:
-        self._restore = self._budget._enter(self._threads, self._rescan)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        for lib, threads in reversed(self._restore):
-            lib.set_num_threads(threads)
-        self._budget._exit()
-
-
-#: The process's budget: the router's queries and fit share it.
-BLAS_BUDGET = BlasBudget()
-
-
-def blas_limit(threads: int, *, rescan: bool = False) -> _BlasBlock:
-    """:meth:`BlasBudget.limit` of the process's budget (:data:`BLAS_BUDGET`)."""
-    return BLAS_BUDGET.limit(threads, rescan=rescan)
 
 
 def _read(path: Path) -> str | None:

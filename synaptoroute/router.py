@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from ._cpu import blas_limit, blas_threads
+from ._blas import blas_limit
+from ._cpu import blas_threads
 from .batching import (
     DEFAULT_MAX_BATCH_COST,
     DEFAULT_MAX_BATCH_SIZE,
@@ -151,7 +152,7 @@ class EmbeddingCache:
 
 
 def _blas_limit(threads: int) -> AbstractContextManager[Any]:
-    # The process's one budget (_cpu.BlasBudget), shared with fit: queries in
+    # The process's one budget (_blas.BlasBudget), shared with fit: queries in
     # different threads do not undo each other's limits.
     return blas_limit(threads)
 

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from .._cpu import blas_limit, blas_threads, process_cpus, side_by_side
+from .._blas import blas_limit
+from .._cpu import blas_threads, process_cpus, side_by_side
 from ..datasets import NONE, check_labelled, label_indexes
 from ..decision import (
     KNN_K,
@@ -560,7 +561,7 @@ def _scoring_threads(
 
 
 def _blas_limit(threads: int) -> AbstractContextManager[Any]:
-    # The router's budget (_cpu.BlasBudget), so queries served during a fit do not
+    # The router's budget (_blas.BlasBudget), so queries served during a fit do not
     # undo its limits; rescanned, since a fit may have loaded SciPy's BLAS.
     return blas_limit(threads, rescan=True)
 
