@@ -8,12 +8,12 @@ product gets is :func:`synaptoroute._cpu.blas_threads`'s rule.
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
+
+from ._fork import BUDGET, hold_across_fork
 
 __all__ = ["BLAS_BUDGET", "BlasBudget", "blas_limit"]
 
@@ -64,7 +64,7 @@ class BlasBudget:
         self._held: dict[int, list[int]] = {}  # thread id -> its blocks' counts, nested
         self._saved: dict[str, int] = {}  # each library's count before the first block
         self._set: dict[str, int] = {}  # what this budget last set, by library
-        _BUDGETS.add(self)
+        hold_across_fork(self, BUDGET, in_child="_forked")
 
     def limit(self, threads: int, *, rescan: bool = False) -> _BlasBlock:
         """A ``with`` block in which BLAS runs at most ``threads`` threads (at least 1).
@@ -131,10 +131,7 @@ class BlasBudget:
         # that forked runs here, so the other threads' blocks will never leave.
         me = threading.get_ident()
         self._held = {me: self._held[me]} if me in self._held else {}
-        try:
-            self._settle()
-        finally:
-            self._lock.release()
+        self._settle()
 
     def _wanted(self) -> int:
         return min(stack[-1] for stack in self._held.values())
@@ -147,38 +144,6 @@ class BlasBudget:
             if self._set[key] != threads:
                 _set_shared(lib, threads)
                 self._set[key] = threads
-
-
-_BUDGETS: weakref.WeakSet[BlasBudget] = weakref.WeakSet()
-_FORKING: list[BlasBudget] = []  # the budgets whose locks the forking thread holds
-
-
-def _before_fork() -> None:
-    # A thread in another budget call finishes it first: no child inherits a lock
-    # held by a thread that does not exist there (its next query would hang).
-    _FORKING[:] = list(_BUDGETS)
-    for budget in _FORKING:
-        budget._lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    for budget in _FORKING:
-        budget._lock.release()
-    _FORKING.clear()
-
-
-def _after_fork_in_child() -> None:
-    for budget in _FORKING:
-        budget._forked()
-    _FORKING.clear()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
 
 
 def _per_thread(lib: Any) -> bool:

@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 
 from ._buffers import buffer_capacity, take_buffer
 from ._cpu import process_cpus
+from ._fork import INDEX, hold_across_fork
 from .ann import (  # stdlib and numpy only: usearch loads on use
     CLOSE_MARGIN,
     DEFAULT_DEPTH,
@@ -1140,6 +1141,7 @@ class RouteIndex:
         self.top_k = top_k
         self.stats = IndexStats()
         self._lock = threading.RLock()
+        hold_across_fork(self, INDEX)  # a compile holds it; so do the builds' swaps
         self._buf = np.zeros((max(capacity, 16), dimension), dtype=np.float32)
         self._row_route = np.full(len(self._buf), -1, dtype=np.int64)
         self._texts: list[str] = []

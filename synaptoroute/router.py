@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from ._blas import blas_limit
 from ._cpu import blas_threads
+from ._fork import ROUTER, hold_across_fork
 from .batching import (
     DEFAULT_MAX_BATCH_COST,
     DEFAULT_MAX_BATCH_SIZE,
@@ -241,6 +242,7 @@ class AdaptiveRouter:
         self.cache = EmbeddingCache(cache_size)
         self.blas_threads = blas_threads
         self._lock = threading.RLock()
+        hold_across_fork(self, ROUTER)  # a route change holds it while it encodes
         self._routes: dict[str, Route] = {}
         self._policy = DecisionPolicy(threshold=threshold, min_margin=min_margin)
         self._index = RouteIndex(

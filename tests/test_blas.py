@@ -4,16 +4,13 @@ for the router's queries, and forked children."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import threading
-import traceback
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
+from forking import hold_until_the_fork, in_child, needs_fork
 
 from synaptoroute import _blas
 from synaptoroute._blas import BlasBudget
@@ -249,29 +246,6 @@ def test_queries_from_many_threads_leave_blas_as_they_found_it(
     assert set(_blas.BLAS_BUDGET.threads().values()) == {2}
 
 
-def in_child(check: Callable[[], None]) -> int:
-    """Run ``check`` in a forked child; its exit code (0: passed, 1: failed; killed by
-    SIGALRM, -14, if it hangs for a minute, instead of hanging the suite)."""
-    with warnings.catch_warnings():  # 3.12+ warns that forking a threaded process may hang
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            signal.alarm(60)
-            check()
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
-needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
-
-
 @needs_fork
 def test_a_child_drops_the_blocks_of_threads_it_did_not_inherit() -> None:
     # Forked while another thread's block is open: that thread does not exist in the
@@ -300,20 +274,7 @@ def test_a_fork_waits_for_a_thread_holding_the_budgets_lock() -> None:
     # handler the child inherits the lock held, and its next block hangs for good.
     lib = FakeBlas("openblas", 4)
     budget = BlasBudget(lambda: [lib])
-    holding, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with budget._lock:
-            holding.set()
-            # Held until the fork has begun: the forking thread then waits for it.
-            for _ in range(6000):
-                if _blas._FORKING:
-                    break
-                done.wait(0.01)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    assert holding.wait(60)
+    thread = hold_until_the_fork(budget._lock)  # in the middle of a budget call
 
     def child() -> None:
         with budget.limit(2):
@@ -323,7 +284,6 @@ def test_a_fork_waits_for_a_thread_holding_the_budgets_lock() -> None:
     try:
         assert in_child(child) == 0
     finally:
-        done.set()
         thread.join(60)
     with budget.limit(1):  # and the parent's lock was given back
         assert lib.count == 1
