@@ -8,9 +8,9 @@ takes them in: a router's, then its index's, then the BLAS budget's), and gives 
 back in the parent and in the child once it has forked. A child hook runs first,
 under the lock, to drop what belonged to threads that did not come along.
 
-The locks registered are held only briefly (a route change while it encodes, an
-index compile, a BLAS count change), so a fork waits at most for the one call in
-flight. Nothing is registered on platforms without ``os.register_at_fork``.
+Each registered lock is held for one call (a route change, for as long as it encodes
+its new utterances; an index compile; a BLAS count change), so a fork waits for the
+calls in flight, never for a thread's whole life. Nothing is registered on platforms without ``os.register_at_fork``.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ __all__ = ["BUDGET", "INDEX", "ROUTER", "hold_across_fork"]
 #: levels before it may be held, never the other way round.
 ROUTER, INDEX, BUDGET = 0, 1, 2
 
-_Lock = Any  # threading.Lock or threading.RLock: both acquire() and release()
 _HELD: dict[int, weakref.WeakKeyDictionary[Any, tuple[str, str | None]]] = {
     level: weakref.WeakKeyDictionary() for level in (ROUTER, INDEX, BUDGET)
 }
-_FORKING: list[tuple[_Lock, Callable[[], None] | None]] = []  # taken by the fork
-_STATE = {"forking": False}
+# The locks the fork has taken, with their child hooks; None outside a fork (a list,
+# possibly empty, from the fork's first step on, before it waits for any lock).
+_FORKING: list[tuple[Any, Callable[[], None] | None]] | None = None
 
 
 def hold_across_fork(
@@ -40,19 +40,20 @@ def hold_across_fork(
     """Make a fork wait for ``owner``'s lock (the attribute ``lock``) at ``level``.
 
     ``in_child`` names a method of ``owner`` that the child calls, holding the lock,
-    before giving it back. ``owner`` is held weakly: a collected owner is forgotten.
+    before giving it back (a name, not a bound method, so that ``owner`` stays held
+    weakly: a collected owner is forgotten).
     """
     _HELD[level][owner] = (lock, in_child)
 
 
 def forking() -> bool:
     """Whether a fork has begun taking the registered locks (for tests)."""
-    return _STATE["forking"]
+    return _FORKING is not None
 
 
 def _before() -> None:
-    _FORKING.clear()
-    _STATE["forking"] = True
+    global _FORKING
+    _FORKING = []
     for level in (ROUTER, INDEX, BUDGET):
         for owner, (name, hook) in list(_HELD[level].items()):
             lock = getattr(owner, name)
@@ -61,21 +62,21 @@ def _before() -> None:
 
 
 def _after_in_parent() -> None:
-    for lock, _ in reversed(_FORKING):
+    global _FORKING
+    for lock, _ in reversed(_FORKING or ()):
         lock.release()
-    _FORKING.clear()
-    _STATE["forking"] = False
+    _FORKING = None
 
 
 def _after_in_child() -> None:
-    for lock, hook in reversed(_FORKING):
+    global _FORKING
+    for lock, hook in reversed(_FORKING or ()):
         try:
             if hook is not None:
                 hook()
         finally:
             lock.release()
-    _FORKING.clear()
-    _STATE["forking"] = False
+    _FORKING = None
 
 
 if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
