@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from ._fork import BUDGET, hold_across_fork
+from ._fork import LEAF, hold_across_fork
 
 __all__ = ["BLAS_BUDGET", "BlasBudget", "blas_limit"]
 
@@ -64,7 +64,7 @@ class BlasBudget:
         self._held: dict[int, list[int]] = {}  # thread id -> its blocks' counts, nested
         self._saved: dict[str, int] = {}  # each library's count before the first block
         self._set: dict[str, int] = {}  # what this budget last set, by library
-        hold_across_fork(self, BUDGET, in_child="_forked")
+        hold_across_fork(self, LEAF, in_child="_forked")
 
     def limit(self, threads: int, *, rescan: bool = False) -> _BlasBlock:
         """A ``with`` block in which BLAS runs at most ``threads`` threads (at least 1).

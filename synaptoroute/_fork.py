@@ -4,13 +4,17 @@ A thread that holds a lock when another thread forks does not exist in the child
 the child's copy of the lock stays held and the next call that takes it waits for
 good. :func:`hold_across_fork` registers an object's lock: before a fork the forking
 thread takes every registered lock, outer levels first (the order the code itself
-takes them in: a router's, then its index's, then the BLAS budget's), and gives them
+takes them in: a router's, its store's, an encoder's, a lexical index's, a route
+index's, its graph's, then the leaves that nothing is taken under), and gives them
 back in the parent and in the child once it has forked. A child hook runs first,
-under the lock, to drop what belonged to threads that did not come along.
+under the lock, to drop what belonged to threads that did not come along (a route
+index restarts its background builds that way).
 
 Each registered lock is held for one call (a route change, for as long as it encodes
-its new utterances; an index compile; a BLAS count change), so a fork waits for the
-calls in flight, never for a thread's whole life. Nothing is registered on platforms without ``os.register_at_fork``.
+its new utterances; a store write or read; a model load; an index compile; one graph
+search, insert or save; a BLAS count change), so a fork waits for the calls in
+flight, never for a thread's whole life. Nothing is registered on platforms without
+``os.register_at_fork``.
 """
 
 from __future__ import annotations
@@ -20,14 +24,17 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BUDGET", "INDEX", "ROUTER", "hold_across_fork"]
+__all__ = ["ENCODER", "GRAPH", "INDEX", "LEAF", "LEXICAL", "ROUTER", "STORE", "hold_across_fork"]
 
 #: Levels, outermost first: a lock of one level is taken in code while those of the
-#: levels before it may be held, never the other way round.
-ROUTER, INDEX, BUDGET = 0, 1, 2
+#: levels before it may be held, never the other way round. ``LEAF`` locks (the BLAS
+#: budget's, a graph's read gate, the embedding cache's) are held around a few
+#: statements that take no other lock.
+ROUTER, STORE, ENCODER, LEXICAL, INDEX, GRAPH, LEAF = range(7)
+_LEVELS = (ROUTER, STORE, ENCODER, LEXICAL, INDEX, GRAPH, LEAF)
 
 _HELD: dict[int, weakref.WeakKeyDictionary[Any, tuple[str, str | None]]] = {
-    level: weakref.WeakKeyDictionary() for level in (ROUTER, INDEX, BUDGET)
+    level: weakref.WeakKeyDictionary() for level in _LEVELS
 }
 # The locks the fork has taken, with their child hooks; None outside a fork (a list,
 # possibly empty, from the fork's first step on, before it waits for any lock).
@@ -37,7 +44,8 @@ _FORKING: list[tuple[Any, Callable[[], None] | None]] | None = None
 def hold_across_fork(
     owner: object, level: int, lock: str = "_lock", in_child: str | None = None
 ) -> None:
-    """Make a fork wait for ``owner``'s lock (the attribute ``lock``) at ``level``.
+    """Make a fork wait for ``owner``'s lock (the attribute ``lock``) at ``level``
+    (one lock per owner and level).
 
     ``in_child`` names a method of ``owner`` that the child calls, holding the lock,
     before giving it back (a name, not a bound method, so that ``owner`` stays held
@@ -54,7 +62,7 @@ def forking() -> bool:
 def _before() -> None:
     global _FORKING
     _FORKING = []
-    for level in (ROUTER, INDEX, BUDGET):
+    for level in _LEVELS:
         for owner, (name, hook) in list(_HELD[level].items()):
             lock = getattr(owner, name)
             lock.acquire()

@@ -41,6 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._cpu import process_cpus
+from ._fork import GRAPH, LEAF, hold_across_fork
 
 __all__ = [
     "AnnGraph",
@@ -200,7 +201,10 @@ class ReadGate:
 
     def __init__(self) -> None:
         self._readers = 0
+        # Reads in flight by thread: a forked child keeps only its own thread's.
+        self._by_thread: dict[int, int] = {}
         self._turn = threading.Condition(threading.Lock())
+        hold_across_fork(self, LEAF, lock="_turn", in_child="_forked")
 
     @property
     def readers(self) -> int:
@@ -210,15 +214,27 @@ class ReadGate:
     @contextmanager
     def reading(self) -> Iterator[None]:
         """Count a read in flight for the ``with`` block (reentrant: it counts)."""
+        me = threading.get_ident()
         with self._turn:
             self._readers += 1
+            self._by_thread[me] = self._by_thread.get(me, 0) + 1
         try:
             yield
         finally:
             with self._turn:
                 self._readers -= 1
+                left = self._by_thread.pop(me) - 1
+                if left:
+                    self._by_thread[me] = left
                 if not self._readers:  # a waiting feed wakes only when it may go
                     self._turn.notify_all()
+
+    def _forked(self) -> None:
+        # In a forked child, under _turn: the other threads' reads never end there.
+        me = threading.get_ident()
+        mine = self._by_thread.get(me, 0)
+        self._by_thread = {me: mine} if mine else {}
+        self._readers = mine
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no read is in flight, at most ``timeout`` seconds.
@@ -254,6 +270,7 @@ class AnnGraph:
         self._sample = np.ascontiguousarray(rows[picks], dtype=np.float32)
         self._graph = graph
         self._lock = threading.Lock()
+        hold_across_fork(self, GRAPH)  # held for one search, insert or save
         # A feed lets reads go first: a row inserted into a large graph takes about as
         # long as a search.
         self.gate = gate if gate is not None else ReadGate()

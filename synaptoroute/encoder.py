@@ -31,6 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._cpu import available_cpus, side_by_side
+from ._fork import ENCODER, hold_across_fork
 from .exceptions import (
     EncoderError,
     InvalidInputError,
@@ -255,6 +256,7 @@ class Encoder:
         self.spin = spin
         self._bundled = model is None or model == DEFAULT_MODEL_ID
         self._lock = threading.Lock()
+        hold_across_fork(self, ENCODER)  # held while a model session loads
         self._session: Any = None
         self._bulk: Any = None
         self._model_files: tuple[Path, Path] | None = None
@@ -699,6 +701,7 @@ class CallableEncoder:
         self._model_id = model_id
         self._dimension = dimension
         self._lock = threading.Lock()
+        hold_across_fork(self, ENCODER)  # held while the first call finds the dimension
 
     @property
     def model_id(self) -> str:

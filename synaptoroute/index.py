@@ -1141,7 +1141,8 @@ class RouteIndex:
         self.top_k = top_k
         self.stats = IndexStats()
         self._lock = threading.RLock()
-        hold_across_fork(self, INDEX)  # a compile holds it; so do the builds' swaps
+        # A compile holds it; so do the builds' swaps. The child restarts the builds.
+        hold_across_fork(self, INDEX, in_child="_forked")
         self._buf = np.zeros((max(capacity, 16), dimension), dtype=np.float32)
         self._row_route = np.full(len(self._buf), -1, dtype=np.int64)
         self._texts: list[str] = []
@@ -1342,6 +1343,17 @@ class RouteIndex:
         self._ann = None  # its keys are row numbers too
         self._segments = None
         self._int8_generation += 1  # a copy being built now is of the old positions
+
+    def _forked(self) -> None:
+        # In a forked child, under the lock: the graph's and the int8 copy's background
+        # threads did not come along, so none runs; the next compile starts what is
+        # missing (a graph build or feed, an int8 copy) in the child, loading the graph
+        # from the cache file first if the parent has saved one since.
+        self._ann_worker = None
+        self._int8_builder = None
+        if self._ann is None:
+            self._ann_cache_tried = False
+        self._snapshot = None
 
     def reading(self) -> AbstractContextManager[None]:
         """Mark a query in flight for a ``with`` block around its compile and scoring:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ._fork import LEXICAL, hold_across_fork
 from .index import Snapshot
 
 __all__ = ["LexicalIndex", "LexicalView", "NgramFeatures", "text_features"]
@@ -318,6 +319,7 @@ class LexicalIndex:
         self._features: dict[str, tuple[NDArray[np.int64], NDArray[np.float32]]] = {}
         self._view: LexicalView | None = None
         self._lock = threading.Lock()
+        hold_across_fork(self, LEXICAL)  # held while a view is built
 
     def features(self, texts: Sequence[str]) -> list[tuple[NDArray[np.int64], NDArray[np.float32]]]:
         """:func:`text_features` of each text, from the cache of the utterances' features

@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from ._blas import blas_limit
 from ._cpu import blas_threads
-from ._fork import ROUTER, hold_across_fork
+from ._fork import LEAF, ROUTER, hold_across_fork
 from .batching import (
     DEFAULT_MAX_BATCH_COST,
     DEFAULT_MAX_BATCH_SIZE,
@@ -108,6 +108,7 @@ class EmbeddingCache:
         self.max_bytes = max_bytes
         self._data: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
         self._lock = threading.Lock()
+        hold_across_fork(self, LEAF)
         self.hits = 0
         self.misses = 0
         self.nbytes = 0
@@ -273,6 +274,7 @@ class AdaptiveRouter:
             asyncio.AbstractEventLoop, BatchWorker[_Request, _Answer]
         ] = weakref.WeakKeyDictionary()
         self._workers_lock = threading.Lock()
+        hold_across_fork(self, LEAF, lock="_workers_lock")
         self._load(reencode)
         self._start_follower()
 

@@ -1,16 +1,22 @@
 """Forked children never inherit a lock held by a thread that did not come along:
 the order a fork takes the registered locks in, and a real router forked during a
-route change and during an index compile (the model, SQLite-free in-memory store)."""
+route change and during an index compile (the model, SQLite-free in-memory store);
+a router on the approximate graph forked while the graph is built, searched or read,
+and every other registered lock (encoder, lexical index, cache, store)."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from forking import hold_until_the_fork, in_child, needs_fork, wait_for_the_fork
 
-from synaptoroute import AdaptiveRouter, Route, _fork
+from synaptoroute import AdaptiveRouter, Route, SQLiteStorage, _fork
 
 
 class Owner:
@@ -45,7 +51,7 @@ def test_a_fork_takes_the_locks_outer_level_first_and_gives_them_back() -> None:
     for owner in (budget, index, router):
         owner._lock = RecordingLock(owner)  # type: ignore[assignment]
     # Registered innermost first, as imports would: the fork still goes outer first.
-    _fork.hold_across_fork(budget, _fork.BUDGET, in_child="in_child")
+    _fork.hold_across_fork(budget, _fork.LEAF, in_child="in_child")
     _fork.hold_across_fork(index, _fork.INDEX)
     _fork.hold_across_fork(router, _fork.ROUTER)
 
@@ -131,3 +137,151 @@ def test_a_child_forked_during_an_index_compile_queries(router: Any) -> None:
     finally:
         thread.join(60)
     assert router.query("play some music").name == "music"
+
+
+needs_usearch = pytest.mark.skipif(
+    importlib.util.find_spec("usearch") is None, reason="the ann extra is not installed"
+)
+
+TOPICS = {
+    "weather": ["is it raining", "weather today", "will it be sunny", "how cold is it"],
+    "music": ["play a song", "next track", "turn the music up", "put on some jazz"],
+    "greeting": ["hello there", "good morning", "hi how are you", "hey nice to see you"],
+}
+
+
+@pytest.fixture
+def graph_router(encoder: Any, tmp_path: Path) -> Any:
+    """A router whose every query goes through the approximate graph, saved to a cache
+    file."""
+    router = AdaptiveRouter(encoder, index="ann", ann_cache=tmp_path / "graph.usearch")
+    router.add_routes([Route(name=name, utterances=texts) for name, texts in TOPICS.items()])
+    yield router
+    router.close()
+
+
+def _graph_answers(router: Any) -> None:
+    # The child's graph holds every row and answers as the exact scan does.
+    index = router._index
+    assert index.wait_for_ann(60)
+    assert index._ann is not None and index._ann.covered == len(index)
+    queries = ["will it rain tomorrow", "skip to the next song", "good morning to you"]
+    vectors = router.encoder.encode(queries)
+    snapshot = index.snapshot()
+    answered = index.stats.ann_queries
+    by_graph = snapshot.score(vectors, 1)
+    assert index.stats.ann_queries > answered  # the graph answered, not the exact scan
+    exact = snapshot.score(vectors, 1, exact=True)
+    assert [int(s.route_ids[0]) for s in by_graph] == [int(s.route_ids[0]) for s in exact]
+    assert [router.query(q).name for q in queries] == ["weather", "music", "greeting"]
+
+
+@needs_fork
+@needs_usearch
+def test_a_child_forked_during_a_graph_build_builds_its_own(
+    graph_router: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before the child restarted it, a build in flight at the fork never ended there:
+    # the child's index thought it still ran and scored every query exactly for good.
+    import synaptoroute.ann as ann
+
+    index = graph_router._index
+    assert index.wait_for_ann(60)  # the graph of the routes above, saved to the cache file
+    real_build = ann.AnnGraph.build.__func__  # type: ignore[attr-defined]
+    started, forked = threading.Event(), threading.Event()
+
+    def build_after_the_fork(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        if not started.is_set():  # the parent's build: in flight until the child is done
+            started.set()
+            forked.wait(120)
+        return real_build(cls, *args, **kwargs)
+
+    monkeypatch.setattr(ann.AnnGraph, "build", classmethod(build_after_the_fork))
+    graph_router.add_route(Route(name="travel", utterances=["book a flight", "a hotel in rome"]))
+    index._ann = None  # as if the graph was dropped (a compaction): the next compile builds
+    index._snapshot = None
+    graph_router.query("book me a flight")
+    assert started.wait(60)
+
+    builds, loads = index.stats.ann_builds, index.stats.ann_cache_loads
+
+    def child() -> None:
+        assert graph_router.query("book me a flight to paris").name == "travel"
+        _graph_answers(graph_router)
+        # From the cache file the parent saved (a prefix of these rows, fed the rest),
+        # not built again.
+        assert index.stats.ann_cache_loads == loads + 1
+        assert index.stats.ann_builds == builds
+
+    try:
+        assert in_child(child) == 0
+    finally:
+        forked.set()
+    assert index.wait_for_ann(60)
+    assert index.stats.ann_builds == builds + 1  # the parent's build went on
+
+
+@needs_fork
+@needs_usearch
+def test_a_child_forked_during_a_graph_search_or_read_searches(graph_router: Any) -> None:
+    index = graph_router._index
+    assert index.wait_for_ann(60)
+    graph = index._ann
+    reading, forked = threading.Event(), threading.Event()
+
+    def read_until_the_child_is_done() -> None:  # a query in flight in another thread
+        with index.reading():
+            reading.set()
+            forked.wait(120)
+
+    reader = threading.Thread(target=read_until_the_child_is_done)
+    reader.start()
+    assert reading.wait(60)
+    searcher = hold_until_the_fork(graph._lock)
+
+    def child() -> None:
+        assert graph.gate.readers == 0  # the other thread's read did not come along
+        graph_router.add_route(Route(name="travel", utterances=["book a flight"]))
+        _graph_answers(graph_router)
+
+    try:
+        assert in_child(child) == 0
+    finally:
+        forked.set()
+        searcher.join(60)
+        reader.join(60)
+    assert graph.gate.readers == 0
+
+
+def _held_locks(router: Any, store: Any) -> dict[str, tuple[Any, Callable[[], Any]]]:
+    # Each registered lock, and a call in the child that takes it.
+    index = router._index
+    return {
+        "encoder": (router.encoder._lock, router.encoder.load),
+        "lexical": (router._lexical._lock, lambda: router._lexical.view(index.snapshot())),
+        "cache": (router.cache._lock, lambda: router.query("is it raining")),
+        "workers": (router._workers_lock, lambda: asyncio.run(router.aquery("play a song"))),
+        "store": (store._lock, lambda: router.add_route(Route(name="x", utterances=["a b"]))),
+    }
+
+
+@needs_fork
+@pytest.mark.parametrize("which", ["encoder", "lexical", "cache", "workers", "store"])
+def test_a_fork_waits_for_every_registered_lock(encoder: Any, tmp_path: Path, which: str) -> None:
+    store = SQLiteStorage(tmp_path / "routes.db")
+    router = AdaptiveRouter(encoder, store)
+    router.add_routes([Route(name=name, utterances=texts) for name, texts in TOPICS.items()])
+    lock, call = _held_locks(router, store)[which]
+    holder = hold_until_the_fork(lock)
+
+    def child() -> None:
+        assert lock.acquire(timeout=30)  # free in the child: the fork waited for it
+        lock.release()
+        call()
+        assert router.query("turn the music up").name == "music"
+
+    try:
+        assert in_child(child) == 0
+    finally:
+        holder.join(60)
+    router.close()

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .._fork import STORE, hold_across_fork
 from ..exceptions import RouteNotFoundError
 from ..models import Route
 from .base import ModelInfo, StoredRoute, _check_vectors, _refuse_mixing, check_route
@@ -25,6 +26,7 @@ class MemoryStorage:
         self._model: ModelInfo | None = None
         self._state: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        hold_across_fork(self, STORE)
 
     def model_info(self) -> ModelInfo | None:
         """The model of the stored vectors."""

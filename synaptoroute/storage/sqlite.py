@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._buffers import read_utterances, split_by_route
+from .._fork import STORE, hold_across_fork
 from ..exceptions import InvalidInputError, NotADatabaseError, RouteNotFoundError, StorageError
 from ..models import Route
 from .base import (
@@ -160,6 +161,7 @@ class SQLiteStorage:
         self.path = str(path)
         self.durability = durability
         self._lock = threading.RLock()
+        hold_across_fork(self, STORE)  # held for one read or write
         if self.path != ":memory:":
             Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         try:
