@@ -4,11 +4,12 @@ A thread that holds a lock when another thread forks does not exist in the child
 the child's copy of the lock stays held and the next call that takes it waits for
 good. :func:`hold_across_fork` registers an object's lock: before a fork the forking
 thread takes every registered lock, outer levels first (the order the code itself
-takes them in: a router's, its store's, an encoder's, a lexical index's, a route
-index's, its graph's, then the leaves that nothing is taken under), and gives them
+takes them in: a router's, its store's, a PostgreSQL store's connection's, an
+encoder's, a lexical index's, a route index's, its graph's, then the leaves that
+nothing is taken under), and gives them
 back in the parent and in the child once it has forked. A child hook runs first,
 under the lock, to drop what belonged to threads that did not come along (a route
-index restarts its background builds that way).
+index restarts its background builds that way, a PostgreSQL store its follower).
 
 Each registered lock is held for one call (a route change, for as long as it encodes
 its new utterances; a store write or read; a model load; an index compile; one graph
@@ -19,19 +20,33 @@ flight, never for a thread's whole life. Nothing is registered on platforms with
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ENCODER", "GRAPH", "INDEX", "LEAF", "LEXICAL", "ROUTER", "STORE", "hold_across_fork"]
+__all__ = [
+    "CONNECTION",
+    "ENCODER",
+    "GRAPH",
+    "INDEX",
+    "LEAF",
+    "LEXICAL",
+    "ROUTER",
+    "STORE",
+    "hold_across_fork",
+]
 
 #: Levels, outermost first: a lock of one level is taken in code while those of the
-#: levels before it may be held, never the other way round. ``LEAF`` locks (the BLAS
-#: budget's, a graph's read gate, the embedding cache's) are held around a few
-#: statements that take no other lock.
-ROUTER, STORE, ENCODER, LEXICAL, INDEX, GRAPH, LEAF = range(7)
-_LEVELS = (ROUTER, STORE, ENCODER, LEXICAL, INDEX, GRAPH, LEAF)
+#: levels before it may be held, never the other way round. ``STORE`` is a store's
+#: write lock, ``CONNECTION`` a PostgreSQL store's connection lock (taken inside its
+#: write lock). ``LEAF`` locks (the BLAS budget's, a graph's read gate, the embedding
+#: cache's) are held around a few statements that take no other lock.
+ROUTER, STORE, CONNECTION, ENCODER, LEXICAL, INDEX, GRAPH, LEAF = range(8)
+_LEVELS = (ROUTER, STORE, CONNECTION, ENCODER, LEXICAL, INDEX, GRAPH, LEAF)
+
+_log = logging.getLogger("synaptoroute.fork")
 
 _HELD: dict[int, weakref.WeakKeyDictionary[Any, tuple[str, str | None]]] = {
     level: weakref.WeakKeyDictionary() for level in _LEVELS
@@ -82,6 +97,8 @@ def _after_in_child() -> None:
         try:
             if hook is not None:
                 hook()
+        except Exception:  # every lock is still given back; the child goes on as it can
+            _log.exception("a forked child could not reset %r", hook)
         finally:
             lock.release()
     _FORKING = None

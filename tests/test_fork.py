@@ -66,6 +66,25 @@ def test_a_fork_takes_the_locks_outer_level_first_and_gives_them_back() -> None:
     assert not any(owner._real.locked() for owner in (budget, index, router))
 
 
+class Failing(Owner):
+    def in_child(self) -> None:
+        raise RuntimeError("this reset failed")
+
+
+@needs_fork
+def test_a_child_hook_that_fails_still_gives_back_every_lock() -> None:
+    taken: list[str] = []
+    outer, failing = Owner("outer", taken), Failing("failing", taken)
+    _fork.hold_across_fork(outer, _fork.ROUTER, in_child="in_child")
+    _fork.hold_across_fork(failing, _fork.LEAF, in_child="in_child")
+
+    def child() -> None:
+        assert outer.children == 1  # the outer hook ran after the inner one failed
+        assert not outer._lock.locked() and not failing._lock.locked()
+
+    assert in_child(child) == 0
+
+
 @pytest.fixture
 def router(encoder: Any) -> Any:
     router = AdaptiveRouter(encoder)
@@ -284,4 +303,27 @@ def test_a_fork_waits_for_every_registered_lock(encoder: Any, tmp_path: Path, wh
         assert in_child(child) == 0
     finally:
         holder.join(60)
+    router.close()
+
+
+@needs_fork
+def test_a_forked_child_opens_its_own_sqlite_connection(encoder: Any, tmp_path: Path) -> None:
+    # SQLite's locks and its record of them are per process: a connection must not
+    # cross a fork. The child writes through its own, and closing its router does
+    # not touch the parent's.
+    store = SQLiteStorage(tmp_path / "routes.db")
+    router = AdaptiveRouter(encoder, store)
+    router.add_routes([Route(name=name, utterances=texts) for name, texts in TOPICS.items()])
+    inherited = store._db
+
+    def child() -> None:
+        assert store._db is not inherited and store._inherited == [inherited]
+        router.add_route(Route(name="travel", utterances=["book a flight", "a hotel in rome"]))
+        router.close()
+
+    assert in_child(child) == 0
+    assert store._db is inherited
+    assert "travel" in {stored.route.name for stored in store.load()}  # the child's write
+    router.add_route(Route(name="cooking", utterances=["a recipe for soup"]))
+    assert len(SQLiteStorage(tmp_path / "routes.db").load()) == 5
     router.close()

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 from encoder_doubles import CountingEncoder
+from forking import in_child, needs_fork
 from numpy.typing import NDArray
 
 from synaptoroute import (
@@ -732,6 +733,46 @@ def test_a_lost_connection_is_caught_up_from_the_last_sequence_number(
     finally:
         follower.close()
         writer.close()
+
+
+@needs_fork
+def test_a_forked_replica_follows_and_writes_on_its_own_sessions(pg_dsn: str, schema: str) -> None:
+    # A router built before a fork (gunicorn --preload): the child's follower thread
+    # did not come along and its connections are the parent's sessions. The child must
+    # connect anew and follow again; closing its router must not end the parent's.
+    enc = HashingEncoder()
+    router = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    store: Any = router.storage
+    router.add_route(ROUTES[0])
+    watch = store.watching
+    assert watch._connected.wait(WAIT)  # listening: its session is the parent's
+    own = store._run("test", lambda conn: conn.info.backend_pid)
+    listening = watch.backend_pid
+
+    def child() -> None:
+        assert store._run("test", lambda conn: conn.info.backend_pid) != own
+        other = AdaptiveRouter(enc, open_store(pg_dsn, schema))  # another replica
+        other.add_route(ROUTES[1])
+        assert store.wait_for_seq(other.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        assert ROUTES[1].name in router
+        assert store.watching.backend_pid not in (None, listening)
+        router.add_route(ROUTES[2])
+        other.close()
+        router.close()
+
+    try:
+        assert in_child(child) == 0
+        reader = open_store(pg_dsn, schema)
+        reader.load()
+        assert store.wait_for_seq(reader.applied_seq, WAIT)  # the child's writes, followed
+        reader.close()
+        assert router_state(router) == db_state(pg_dsn, schema)
+        assert set(router.route_names) == {route.name for route in ROUTES}
+        # The parent's sessions are the ones it had: nothing ended them.
+        assert store._run("test", lambda conn: conn.info.backend_pid) == own
+        assert watch.backend_pid == listening and watch.reconnects == 0
+    finally:
+        router.close()
 
 
 @pytest.mark.skipif(not CLUSTER_DIR, reason="needs the cluster of scripts/postgres.sh to restart")

@@ -7,7 +7,9 @@ reconnects and catches up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 
     from .postgres import PostgresStorage
 
-__all__ = ["Watch", "first_line"]
+__all__ = ["Watch", "disown", "first_line"]
 
 _log = logging.getLogger("synaptoroute.postgres")
 
@@ -29,6 +31,25 @@ def first_line(exc: BaseException) -> str:
     """The first line of an error's message (a driver's can run to many lines)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def disown(conn: psycopg.Connection[Any]) -> None:
+    """Close a connection inherited across a fork without ending the parent's session.
+
+    Closing, or merely collecting, a libpq connection sends the server a terminate
+    message on its socket, which the child shares with the parent: that would end the
+    parent's session. The child's descriptor is pointed at ``/dev/null`` first, so the
+    message goes nowhere and the socket stays the parent's alone.
+    """
+    with contextlib.suppress(Exception):  # already closed or broken: no socket left
+        fd = conn.fileno()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+    with contextlib.suppress(Exception):
+        conn.close()
 
 
 class Watch:
@@ -41,8 +62,9 @@ class Watch:
         lock: threading.RLock,
     ) -> None:
         self._storage = storage
-        self._callback = callback
-        self._lock = lock
+        self.callback = callback
+        self.lock = lock
+        self._conn: psycopg.Connection[Any] | None = None  # the listening session
         self._stop = threading.Event()
         self._connected = threading.Event()
         self.reconnects = 0
@@ -63,6 +85,13 @@ class Watch:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
+    def disown(self) -> None:
+        """In a forked child: let go of the parent's listening session without ending
+        it (the thread that used it did not come along)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            disown(conn)
+
     # -- the follower thread ---------------------------------------------------------
     def _run(self) -> None:
         store = self._storage
@@ -71,7 +100,7 @@ class Watch:
         while not self._stop.is_set():
             conn = None
             try:
-                conn = store._connect()
+                conn = self._conn = store._connect()
                 self.backend_pid = conn.info.backend_pid
                 conn.execute(f'LISTEN "{store._channel}"')
                 if down_since is not None:
@@ -105,6 +134,7 @@ class Watch:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 2.0)
             finally:
+                self._conn = None
                 if conn is not None:
                     conn.close()
         self._connected.clear()
@@ -148,7 +178,7 @@ class Watch:
 
     def _deliver(self, changes: Sequence[Change]) -> None:
         store = self._storage
-        with self._lock:
+        with self.lock:
             batch: list[Change] = []
             pending, store._pending = store._pending, None
             if pending is not None:
@@ -158,7 +188,7 @@ class Watch:
             if not batch:
                 return
             try:
-                self._callback(batch)
+                self.callback(batch)
             except Exception:
                 _log.exception("applying changes up to seq %d failed", batch[-1].seq)
             store._advance(max(c.seq for c in batch))

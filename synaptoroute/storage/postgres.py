@@ -37,6 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._buffers import read_utterances, split_by_route
+from .._fork import CONNECTION, LEAF, STORE, hold_across_fork
 from ..exceptions import (
     MissingDependencyError,
     NotADatabaseError,
@@ -53,7 +54,7 @@ from .base import (
     check_route,
 )
 from .changes import Change, ChangeKind
-from .follower import Watch, first_line
+from .follower import Watch, disown, first_line
 
 if TYPE_CHECKING:
     import psycopg
@@ -231,6 +232,12 @@ class PostgresStorage:
         self._pending: Change | None = None  # a resync waiting for the follower
         self._watch: Watch | None = None
         self.last_write_seq: int | None = None
+        # A fork waits for a write (the apply lock; the router's once watched, which
+        # the fork takes anyway), a call on the connection and a wake-up of waiters;
+        # the child then opens its own sessions (_forked).
+        hold_across_fork(self, STORE, lock="_apply_lock")
+        hold_across_fork(self, CONNECTION, lock="_conn_lock", in_child="_forked")
+        hold_across_fork(self, LEAF, lock="_cond")
         self._conn = self._connect()
         try:
             self._migrate(self._conn)
@@ -840,6 +847,19 @@ class PostgresStorage:
             return Change(seq, kind, name, state={name: data.get("value")}, origin=origin)
         texts = tuple(data.get("texts", ()))
         return Change(seq, kind, name, texts=texts, vectors=vectors, model=model, origin=origin)
+
+    def _forked(self) -> None:
+        # In a forked child, under every registered lock: the inherited connections
+        # are the parent's sessions. They are disowned (closing them here cannot end
+        # the parent's sessions), the next call connects anew, and a watched store's
+        # follower, whose thread did not come along, starts again on its own session.
+        if self._conn is not None:
+            disown(self._conn)
+            self._conn = None
+        watch = self._watch
+        if watch is not None:
+            watch.disown()
+            self._watch = Watch(self, watch.callback, watch.lock)
 
     # -- lifetime --------------------------------------------------------------------
     def close(self) -> None:

@@ -160,14 +160,16 @@ class SQLiteStorage:
             raise InvalidInputError(msg)
         self.path = str(path)
         self.durability = durability
+        self._timeout = timeout
+        self._closed = False
+        self._inherited: list[sqlite3.Connection] = []  # a forked child's parent's
         self._lock = threading.RLock()
-        hold_across_fork(self, STORE)  # held for one read or write
+        # Held for one read or write; a forked child opens its own connection.
+        hold_across_fork(self, STORE, in_child="_forked")
         if self.path != ":memory:":
             Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(
-                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
+            self._db = self._connect()
         except sqlite3.Error as exc:
             msg = f"cannot open SQLite store {self.path!r}: {exc}"
             raise StorageError(msg) from exc
@@ -199,6 +201,25 @@ class SQLiteStorage:
             except StorageError:
                 self._db.close()
                 raise
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
+
+    def _forked(self) -> None:
+        # In a forked child, under the lock: SQLite keeps its locks, and its record of
+        # them, per process, so a connection must not cross a fork (sqlite.org,
+        # "How To Corrupt An SQLite Database File", 2.6). The child opens its own; the
+        # inherited one stays open and unused, since closing it could act on the
+        # parent's locks. An in-memory database is the child's own copy: kept.
+        if self._closed or self.path == ":memory:":
+            return
+        db = self._connect()
+        db.execute(f"PRAGMA synchronous={self.durability.upper()}")
+        db.execute("PRAGMA foreign_keys=ON")
+        self._inherited.append(self._db)
+        self._db = db
 
     def _open(self) -> None:
         db = self._db
@@ -467,6 +488,7 @@ class SQLiteStorage:
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
+            self._closed = True
             self._db.close()
 
     def __repr__(self) -> str:
