@@ -39,17 +39,28 @@ def disown(conn: psycopg.Connection[Any]) -> None:
     Closing, or merely collecting, a libpq connection sends the server a terminate
     message on its socket, which the child shares with the parent: that would end the
     parent's session. The child's descriptor is pointed at ``/dev/null`` first, so the
-    message goes nowhere and the socket stays the parent's alone.
+    message goes nowhere and the socket stays the parent's alone. Where that fails,
+    the connection is kept, never closed or collected, for the child's lifetime.
     """
-    with contextlib.suppress(Exception):  # already closed or broken: no socket left
+    try:
         fd = conn.fileno()
+    except Exception:  # closed or broken: no socket left to share
+        return
+    try:
         devnull = os.open(os.devnull, os.O_RDWR)
         try:
             os.dup2(devnull, fd)
         finally:
             os.close(devnull)
+    except OSError:
+        _KEPT.append(conn)
+        return
     with contextlib.suppress(Exception):
         conn.close()
+
+
+#: Inherited connections a forked child could not disown (see :func:`disown`).
+_KEPT: list[Any] = []
 
 
 class Watch:
