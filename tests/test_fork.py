@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -327,3 +329,58 @@ def test_a_forked_child_opens_its_own_sqlite_connection(encoder: Any, tmp_path: 
     router.add_route(Route(name="cooking", utterances=["a recipe for soup"]))
     assert len(SQLiteStorage(tmp_path / "routes.db").load()) == 5
     router.close()
+
+
+class InheritedConnection:
+    """A connection whose socket a child shares with its parent; ``close`` sends a
+    goodbye on it, as libpq's terminate message does."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock, self.closed = sock, False
+
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
+    def close(self) -> None:
+        self.closed = True
+        os.write(self.fileno(), b"goodbye")
+
+
+def test_disowning_a_connection_sends_nothing_to_the_shared_socket() -> None:
+    from synaptoroute.storage.follower import disown
+
+    ours, server = socket.socketpair()
+    parents = os.dup(ours.fileno())  # the parent's descriptor of the same socket
+    conn = InheritedConnection(ours)
+    disown(conn)
+    assert conn.closed
+    server.setblocking(False)
+    with pytest.raises(BlockingIOError):  # nothing arrived, and the socket is still open
+        server.recv(16)
+    os.write(parents, b"still here")
+    assert os.read(server.fileno(), 16) == b"still here"
+    os.close(parents)
+    ours.close()
+    server.close()
+
+
+def test_a_connection_that_cannot_be_disowned_is_kept_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    from synaptoroute.storage import follower
+
+    class NoDescriptorLeft:
+        devnull, open, close, O_RDWR = os.devnull, os.open, os.close, os.O_RDWR
+
+        @staticmethod
+        def dup2(*_: Any) -> None:
+            raise OSError("no descriptor left")
+
+    ours, server = socket.socketpair()
+    conn = InheritedConnection(ours)
+    monkeypatch.setattr(follower, "os", NoDescriptorLeft)
+    monkeypatch.setattr(follower, "_KEPT", [])
+    follower.disown(conn)
+    assert not conn.closed
+    kept = follower._KEPT
+    assert kept == [conn]
+    ours.close()
+    server.close()
