@@ -255,7 +255,9 @@ class Encoder:
         self.download_timeout = download_timeout
         self.spin = spin
         self._bundled = model is None or model == DEFAULT_MODEL_ID
-        self._lock = threading.Lock()
+        # Reentrant: a fork waits for it, so a fork made while it is held in this very
+        # thread (a model loader that forks) must not wait for itself.
+        self._lock = threading.RLock()
         hold_across_fork(self, ENCODER)  # held while a model session loads
         self._session: Any = None
         self._bulk: Any = None
@@ -700,7 +702,8 @@ class CallableEncoder:
         self._embed = embed
         self._model_id = model_id
         self._dimension = dimension
-        self._lock = threading.Lock()
+        # Reentrant: the user's function runs under it and may fork (a process pool).
+        self._lock = threading.RLock()
         hold_across_fork(self, ENCODER)  # held while the first call finds the dimension
 
     @property

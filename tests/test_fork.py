@@ -384,3 +384,24 @@ def test_a_connection_that_cannot_be_disowned_is_kept_open(monkeypatch: pytest.M
     assert kept == [conn]
     ours.close()
     server.close()
+
+
+@needs_fork
+def test_a_fork_inside_an_embedding_function_does_not_wait_for_itself() -> None:
+    # The function runs under the encoder's lock, which a fork takes: a function that
+    # forks (a process pool) must not make the fork wait for its own thread.
+    from synaptoroute import CallableEncoder
+
+    children: list[int] = []
+
+    def embed(texts: list[str]) -> Any:
+        children.append(in_child(lambda: None))
+        return [[1.0, 0.0, 0.0]] * len(texts)
+
+    encoder = CallableEncoder(embed, model_id="forks-inside")
+    asking = threading.Thread(target=lambda: encoder.dimension, daemon=True)
+    asking.start()
+    asking.join(60)
+    assert not asking.is_alive()
+    assert encoder.dimension == 3
+    assert children == [0]
