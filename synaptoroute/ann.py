@@ -217,8 +217,7 @@ class ReadGate:
     """
 
     def __init__(self) -> None:
-        self._readers = 0
-        # Reads in flight by thread: a forked child keeps only its own thread's.
+        # Reads in flight, by thread: a forked child keeps only its own thread's.
         self._by_thread: dict[int, int] = {}
         self._turn = threading.Condition(threading.Lock())
         self._read = _Read(self)  # stateless: one for every read
@@ -227,7 +226,7 @@ class ReadGate:
     @property
     def readers(self) -> int:
         """Reads in flight now."""
-        return self._readers
+        return sum(self._by_thread.values())
 
     def reading(self) -> AbstractContextManager[None]:
         """Count a read in flight for the ``with`` block (reentrant: it counts)."""
@@ -236,17 +235,15 @@ class ReadGate:
     def _enter(self) -> None:
         me = threading.get_ident()
         with self._turn:
-            self._readers += 1
             self._by_thread[me] = self._by_thread.get(me, 0) + 1
 
     def _leave(self) -> None:
         me = threading.get_ident()
         with self._turn:
-            self._readers -= 1
             left = self._by_thread.pop(me) - 1
             if left:
                 self._by_thread[me] = left
-            if not self._readers:  # a waiting feed wakes only when it may go
+            if not self._by_thread:  # a waiting feed wakes only when it may go
                 self._turn.notify_all()
 
     def _forked(self) -> None:
@@ -254,7 +251,6 @@ class ReadGate:
         me = threading.get_ident()
         mine = self._by_thread.get(me, 0)
         self._by_thread = {me: mine} if mine else {}
-        self._readers = mine
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no read is in flight, at most ``timeout`` seconds.
@@ -263,7 +259,7 @@ class ReadGate:
             ``True`` if none was in flight when it returned.
         """
         with self._turn:
-            return self._turn.wait_for(lambda: self._readers == 0, timeout=timeout)
+            return self._turn.wait_for(lambda: not self._by_thread, timeout=timeout)
 
 
 class AnnGraph:

@@ -207,6 +207,11 @@ class SQLiteStorage:
             self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
         )
 
+    def _configure(self, db: sqlite3.Connection) -> None:
+        # The settings each connection has to be given (the file keeps none of them).
+        db.execute(f"PRAGMA synchronous={self.durability.upper()}")
+        db.execute("PRAGMA foreign_keys=ON")
+
     def _forked(self) -> None:
         # In a forked child, under the lock: SQLite keeps its locks, and its record of
         # them, per process, so a connection must not cross a fork (sqlite.org,
@@ -216,8 +221,7 @@ class SQLiteStorage:
         if self._closed or self.path == ":memory:":
             return
         db = self._connect()
-        db.execute(f"PRAGMA synchronous={self.durability.upper()}")
-        db.execute("PRAGMA foreign_keys=ON")
+        self._configure(db)
         self._inherited.append(self._db)
         self._db = db
 
@@ -245,7 +249,7 @@ class SQLiteStorage:
                 raise StorageError(msg)
         if self.path != ":memory:":
             db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self.durability.upper()}")
+        self._configure(db)
         if version < SCHEMA_VERSION:
             # Foreign keys stay off while tables are rebuilt (the pragma is a no-op
             # inside a transaction, so it is set around it).
@@ -260,7 +264,7 @@ class SQLiteStorage:
                     tx.execute("INSERT INTO meta(key, value) VALUES ('app', ?)", (_APP_ID,))
                 if version < SCHEMA_VERSION:
                     tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA foreign_keys=ON")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
