@@ -188,6 +188,30 @@ def test_fold_models_side_by_side_equal_one_after_another(
     assert np.array_equal(alone.bias, side_by_side.bias) and alone.cut == side_by_side.cut
 
 
+def test_the_heads_c_is_chosen_on_folds(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows
+) -> None:
+    """Several ``C`` values are fold candidates like the features, reported with the
+    head; a useless ``C`` (an overwhelming penalty, worse on held-out rows when it is
+    the only one) is not the one kept."""
+    router = open_router()
+    texts, labels = split(clinc_train)
+    alone = router.fit(texts, labels, head=True, regularization=10.0)
+    assert alone.candidates["head"]["regularization"] == 10.0
+    assert alone.head is not None and alone.head["regularization"] == 10.0
+
+    both = router.fit(texts, labels, head=True, regularization=[30, 10.0])
+    chosen = both.candidates["head"]["regularization"]
+    assert chosen in (10.0, 30.0) and both.head is not None
+    assert both.head["regularization"] == chosen
+
+    crushed = router.fit(texts, labels, head=True, regularization=(1e-4, 10.0))
+    assert crushed.candidates["head"]["regularization"] == 10.0
+    worst = router.fit(texts, labels, head=True, regularization=1e-4)
+    assert worst.candidates["head"]["regularization"] == 1e-4
+    assert worst.candidates["head"]["objective"] < crushed.candidates["head"]["objective"]
+
+
 def test_fitted_state_survives_reopening(
     open_router: Callable[..., AdaptiveRouter], clinc_train: Rows, clinc_val: Rows
 ) -> None:
@@ -279,6 +303,9 @@ def test_fit_validates_before_changing_anything(
         router.fit([t for t, _ in in_scope], [lab for _, lab in in_scope], objective="oos_recall")
     with pytest.raises(InvalidInputError, match="objective"):
         router.fit(texts, labels, objective="precision")
+    for bad in (0.0, -1.0, float("nan"), float("inf"), (), (10.0, 0.0), "ten", None):
+        with pytest.raises(InvalidInputError, match="regularization"):
+            router.fit(texts, labels, regularization=bad)
     assert router.policy is policy
 
 

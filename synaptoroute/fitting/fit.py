@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -73,6 +73,7 @@ _OBJECTIVES = ("auto", "balanced", "accuracy", "macro_f1", "oos_recall")
 
 
 _Features = tuple[NDArray[np.int64], NDArray[np.float32]]
+_T = TypeVar("_T")
 
 
 def _tokenise(texts: Sequence[str]) -> list[_Features]:
@@ -132,7 +133,7 @@ def fit_policy(
     calibration: Literal["auto", "isotonic", "platt"] = "auto",
     folds: int = 3,
     top_k: int = 5,
-    regularization: float = 10.0,
+    regularization: float | Sequence[float] = (10.0, 30.0),
     min_support: int = 10,
     max_iter: int = 100,
     seed: int = 0,
@@ -169,7 +170,9 @@ def fit_policy(
             isotonic from 1,000 rows on, else Platt; the head's always Platt).
         folds: folds for the held-out estimates (at least 2).
         top_k: how many ranked routes the head chooses among.
-        regularization: the head's inverse L2 strength (scikit-learn's ``C``).
+        regularization: the head's inverse L2 strength (scikit-learn's ``C``), or
+            several, chosen among on held-out folds like the features (the default:
+            10 and 30); each costs one regression per fold and feature set.
         min_support: a route needs this many rows where it ranks first to get its own
             threshold; the others share the fitted default.
         max_iter: L-BFGS iterations per head fit.
@@ -203,6 +206,7 @@ def fit_policy(
     if top_k < 1:
         msg = "top_k must be at least 1"
         raise InvalidInputError(msg)
+    strengths = _strengths(regularization)
     check_labelled(texts, labels)
     for i, text in enumerate(texts):
         if not text.strip():
@@ -363,25 +367,35 @@ def fit_policy(
             if not tried:
                 tried = ["dense"]
                 notes.append("no n-gram feature is frequent enough: the head reads no n-grams")
-            oofs = {feats: np.zeros((len(y_all), n_cols)) for feats in tried}
-            solutions: dict[str, list[NDArray[np.float64]]] = {feats: [] for feats in tried}
+            models = [(feats, c) for feats in tried for c in strengths]
+            oofs = {model: np.zeros((len(y_all), n_cols)) for model in models}
+            solutions: dict[tuple[str, float], list[NDArray[np.float64]]] = {
+                model: [] for model in models
+            }
             maha = np.zeros(n)
             used = [f for f in range(folds) if 0 < (fold_all != f).sum() < len(fold_all)]
             # The n-gram models first: the longest jobs start first when two run at once.
-            runs = [(f, feats) for feats in sorted(tried, key="ngrams".__ne__) for f in used]
+            runs = [
+                (f, feats, c)
+                for feats in sorted(tried, key="ngrams".__ne__)
+                for f in used
+                for c in strengths
+            ]
 
-            def fold_model(f: int, feats: str) -> NDArray[np.float64]:
+            def fold_model(f: int, feats: str, c: float) -> NDArray[np.float64]:
+                # Each C from zero: L-BFGS started from another C's solution stops at
+                # once, as the penalty's share of the gradient is under its tolerance.
                 train = fold_all != f
                 return _softmax_regression(
-                    vectors[train], cols_all[train], n_cols, regularization, None, max_iter,
+                    vectors[train], cols_all[train], n_cols, c, None, max_iter,
                     sparse[train] if feats == "ngrams" else None,
                 )  # fmt: skip
 
-            thetas = _side_by_side([partial(fold_model, f, feats) for f, feats in runs])
-            for (f, feats), theta in zip(runs, thetas, strict=True):
+            thetas = _side_by_side([partial(fold_model, *run) for run in runs])
+            for (f, feats, c), theta in zip(runs, thetas, strict=True):
                 train = fold_all != f
-                solutions[feats].append(theta)
-                oofs[feats][~train] = _logits(
+                solutions[feats, c].append(theta)
+                oofs[feats, c][~train] = _logits(
                     theta, vectors[~train], sparse[~train] if feats == "ngrams" else None, n_cols
                 )
             for f in used:
@@ -396,7 +410,7 @@ def fit_policy(
                 )
             betas = {"auto": _BETAS, True: _BETAS[1:], False: (0.0,)}[hybrid]
             head_fit = _choose_head(
-                {feats: oof[:n] for feats, oof in oofs.items()}, data, fit_rows, fold,
+                {model: oof[:n] for model, oof in oofs.items()}, data, fit_rows, fold,
                 folds, k, objective, target, calibration, maha, betas,
             )  # fmt: skip
             candidates["head"] = {
@@ -405,6 +419,7 @@ def fit_policy(
                 "alpha": head_fit.alpha,
                 "beta": head_fit.beta,
                 "features": _features(head_fit.inputs == "ngrams", head_fit.beta),
+                "regularization": head_fit.regularization,
                 "scorer": head_fit.scorer,
                 "scorers": head_fit.scorers,
             }
@@ -413,7 +428,7 @@ def fit_policy(
                 # The mean of the fold models, not a refit on all rows: its logits
                 # are on the scale the calibrator and the cut were fitted on, and it
                 # saves a fit.
-                theta = np.mean(solutions[head_fit.inputs], axis=0)
+                theta = np.mean(solutions[head_fit.inputs, head_fit.regularization], axis=0)
                 ood: dict[str, NDArray[np.float32]] = {}
                 if head_fit.scorer in ("mahalanobis", "combined"):
                     ood.update(_mahalanobis_fit(vectors, y_all, n_routes))
@@ -506,6 +521,7 @@ def fit_policy(
             "beta": final_head.beta,
             "features": _head_features(final_head),
             "scorer": final_head.scorer,
+            "regularization": head_fit.regularization if head_fit is not None else None,
             "calibration": final_head.calibrator.kind,
             "training_rows": len(y_all),
         }
@@ -532,7 +548,7 @@ def fit_policy(
     return new_policy, report
 
 
-def _side_by_side(jobs: Sequence[Callable[[], NDArray[np.float64]]]) -> list[NDArray[np.float64]]:
+def _side_by_side(jobs: Sequence[Callable[[], _T]]) -> list[_T]:
     """The fold models' regressions, in order, two at a time on one BLAS thread each
     when a second CPU is there: much of each is one thread anyway (SciPy's sparse
     kernel, numpy's elementwise steps), so a second CPU would idle. Two, not one per
@@ -543,6 +559,23 @@ def _side_by_side(jobs: Sequence[Callable[[], NDArray[np.float64]]]) -> list[NDA
         return [job() for job in jobs]
     with _blas_limit(1):
         return side_by_side(lambda job: job(), jobs, workers)
+
+
+def _strengths(regularization: float | Sequence[float]) -> tuple[float, ...]:
+    """The head's ``C`` values to try, strongest penalty (smallest ``C``) first: the
+    order held-out ties are broken in."""
+    values = [regularization] if isinstance(regularization, int | float) else regularization
+    try:
+        strengths = tuple(sorted({float(c) for c in values}))
+    except (TypeError, ValueError):
+        strengths = ()
+    if not strengths or not all(math.isfinite(c) and c > 0 for c in strengths):
+        msg = (
+            "regularization must be a positive number or a non-empty sequence of them, "
+            f"got {regularization!r}"
+        )
+        raise InvalidInputError(msg)
+    return strengths
 
 
 def _fit_threads(index_rows: int, rows: int, setting: int | None) -> AbstractContextManager[Any]:

@@ -102,6 +102,7 @@ def _folds(y: NDArray[np.int64], k: int, seed: int) -> NDArray[np.int64]:
 @dataclass
 class _HeadFit:
     inputs: str  # "dense" or "ngrams": the fold models it was chosen with
+    regularization: float  # their C
     alpha: float
     beta: float
     scorer: str
@@ -286,7 +287,7 @@ def _pick_scorer(
 
 
 def _choose_head(
-    oofs: dict[str, NDArray[np.float64]],
+    oofs: dict[tuple[str, float], NDArray[np.float64]],
     data: _Scored,
     rows: NDArray[np.intp],
     fold: NDArray[np.int64],
@@ -302,8 +303,8 @@ def _choose_head(
     held-out logits.
 
     ``oofs`` holds each candidate model's held-out logits by its inputs (``"dense"``:
-    the embedding; ``"ngrams"``: the embedding and the n-gram features). The inputs,
-    ``alpha`` and ``beta`` are chosen by the objective at the best single cut of the
+    the embedding; ``"ngrams"``: the embedding and the n-gram features) and its ``C``.
+    The model, ``alpha`` and ``beta`` are chosen by the objective at the best single cut of the
     pooled held-out probabilities (earlier inputs win ties). Each scorer is then
     judged by held-out predictions: each fold's rows are cut at a value chosen on the
     other folds, so the out-of-scope rows a cut is judged on were not used to choose
@@ -315,24 +316,24 @@ def _choose_head(
     # Platt keeps the order of the raw values, so a cut on the confidence is as fine
     # as a cut on the raw value; isotonic steps would tie many rows.
     kind = "platt" if calibration == "auto" else calibration
-    grid = [(inputs, alpha, beta) for inputs in oofs for alpha in _ALPHAS for beta in betas]
+    grid = [(model, alpha, beta) for model in oofs for alpha in _ALPHAS for beta in betas]
 
-    def value_of(point: tuple[str, float, float]) -> float:
-        inputs, alpha, beta = point
-        cand, raw, _, _ = _head_pred(oofs[inputs], data, rows, k, alpha, beta)
+    def value_of(point: tuple[tuple[str, float], float, float]) -> float:
+        model, alpha, beta = point
+        cand, raw, _, _ = _head_pred(oofs[model], data, rows, k, alpha, beta)
         conf = _calibrate(raw, cand == y, kind, True)(raw)
         return _pooled_cut(conf, cand, y, n_routes, objective, target)[0]
 
     # Each point is mostly numpy over every row, so two run side by side; not one per
     # CPU, as each holds a few rows x classes float64 arrays (about 18 MB each here).
-    best: tuple[float, str, float, float] | None = None
+    best: tuple[float, tuple[str, float], float, float] | None = None
     values = side_by_side(value_of, grid, min(2, process_cpus()))
     for value, point in zip(values, grid, strict=True):
         if best is None or value > best[0] + 1e-12:
             best = (value, *point)
     assert best is not None
-    _, inputs, alpha, beta = best
-    oof = oofs[inputs]
+    _, model, alpha, beta = best
+    oof = oofs[model]
     cand, prob, energy, nearest = _head_pred(oof, data, rows, k, alpha, beta)
     raws: dict[str, NDArray[np.float64]] = {"max_prob": prob, "energy": energy, "nearest": nearest}
     if maha is not None:
@@ -374,7 +375,8 @@ def _choose_head(
     conf = calibrator(raws[scorer])
     value, cut = _pooled_cut(conf, cand, y, n_routes, objective, target)
     return _HeadFit(
-        inputs,
+        model[0],
+        model[1],
         alpha,
         beta,
         scorer,
