@@ -20,6 +20,7 @@ import hashlib
 import os
 import re
 import socket
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._cpu import available_cpus, side_by_side
-from ._fork import ENCODER, hold_across_fork
+from ._fork import ENCODER, LEAF, hold_across_fork
 from .exceptions import (
     EncoderError,
     InvalidInputError,
@@ -555,6 +556,8 @@ class Encoder:
 
 _default_lock = threading.Lock()
 _default: Encoder | None = None
+# Held while the shared encoder is made (Encoder() takes no other registered lock).
+hold_across_fork(sys.modules[__name__], LEAF, "_default_lock")
 
 
 def default_encoder() -> Encoder:

@@ -19,6 +19,7 @@ import pytest
 from forking import hold_until_the_fork, in_child, needs_fork, wait_for_the_fork
 
 from synaptoroute import AdaptiveRouter, Route, SQLiteStorage, _fork
+from synaptoroute import encoder as encoder_module
 
 
 class Owner:
@@ -283,11 +284,13 @@ def _held_locks(router: Any, store: Any) -> dict[str, tuple[Any, Callable[[], An
         "cache": (router.cache._lock, lambda: router.query("is it raining")),
         "workers": (router._workers_lock, lambda: asyncio.run(router.aquery("play a song"))),
         "store": (store._lock, lambda: router.add_route(Route(name="x", utterances=["a b"]))),
+        # The process's shared encoder, made under a module lock.
+        "default": (encoder_module._default_lock, encoder_module.default_encoder),
     }
 
 
 @needs_fork
-@pytest.mark.parametrize("which", ["encoder", "lexical", "cache", "workers", "store"])
+@pytest.mark.parametrize("which", ["encoder", "lexical", "cache", "workers", "store", "default"])
 def test_a_fork_waits_for_every_registered_lock(encoder: Any, tmp_path: Path, which: str) -> None:
     store = SQLiteStorage(tmp_path / "routes.db")
     router = AdaptiveRouter(encoder, store)
