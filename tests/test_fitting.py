@@ -196,7 +196,7 @@ def test_the_heads_c_is_chosen_on_folds(
     the only one) is not the one kept."""
     router = open_router()
     texts, labels = split(clinc_train)
-    alone = router.fit(texts, labels, head=True, regularization=10.0)
+    alone = router.fit(texts, labels, head=True, regularization=np.float32(10))
     assert alone.candidates["head"]["regularization"] == 10.0
     assert alone.head is not None and alone.head["regularization"] == 10.0
 
@@ -303,7 +303,7 @@ def test_fit_validates_before_changing_anything(
         router.fit([t for t, _ in in_scope], [lab for _, lab in in_scope], objective="oos_recall")
     with pytest.raises(InvalidInputError, match="objective"):
         router.fit(texts, labels, objective="precision")
-    for bad in (0.0, -1.0, float("nan"), float("inf"), (), (10.0, 0.0), "ten", None):
+    for bad in (0.0, -1.0, float("nan"), float("inf"), (), (10.0, 0.0), "10", True, None):
         with pytest.raises(InvalidInputError, match="regularization"):
             router.fit(texts, labels, regularization=bad)
     assert router.policy is policy

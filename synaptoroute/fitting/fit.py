@@ -12,9 +12,10 @@ on the same folds and the same scores); the arithmetic lives in those modules.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -564,18 +565,23 @@ def _side_by_side(jobs: Sequence[Callable[[], _T]]) -> list[_T]:
 def _strengths(regularization: float | Sequence[float]) -> tuple[float, ...]:
     """The head's ``C`` values to try, strongest penalty (smallest ``C``) first: the
     order held-out ties are broken in."""
-    values = [regularization] if isinstance(regularization, int | float) else regularization
-    try:
-        strengths = tuple(sorted({float(c) for c in values}))
-    except (TypeError, ValueError):
-        strengths = ()
-    if not strengths or not all(math.isfinite(c) and c > 0 for c in strengths):
+
+    def strength(c: object) -> bool:  # numbers.Real: numpy scalars too; a bool is none
+        return isinstance(c, numbers.Real) and not isinstance(c, bool)
+
+    if strength(regularization):
+        values: list[Any] = [regularization]
+    elif isinstance(regularization, Iterable) and not isinstance(regularization, str | bytes):
+        values = list(regularization)
+    else:
+        values = []
+    if not values or not all(strength(c) and math.isfinite(c) and c > 0 for c in values):
         msg = (
             "regularization must be a positive number or a non-empty sequence of them, "
             f"got {regularization!r}"
         )
         raise InvalidInputError(msg)
-    return strengths
+    return tuple(sorted({float(c) for c in values}))
 
 
 def _fit_threads(index_rows: int, rows: int, setting: int | None) -> AbstractContextManager[Any]:
