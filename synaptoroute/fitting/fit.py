@@ -370,7 +370,7 @@ def fit_policy(
                 notes.append("no n-gram feature is frequent enough: the head reads no n-grams")
             models = [(feats, c) for feats in tried for c in strengths]
             oofs = {model: np.zeros((len(y_all), n_cols)) for model in models}
-            solutions: dict[tuple[str, float], list[NDArray[np.float64]]] = {
+            solutions: dict[tuple[str, float], list[NDArray[np.float32]]] = {
                 model: [] for model in models
             }
             maha = np.zeros(n)
@@ -383,22 +383,27 @@ def fit_policy(
                 for c in strengths
             ]
 
-            def fold_model(f: int, feats: str, c: float) -> NDArray[np.float64]:
+            def fold_model(f: int, feats: str, c: float) -> NDArray[np.float32]:
                 # Each C from zero: L-BFGS started from another C's solution stops at
                 # once, as the penalty's share of the gradient is under its tolerance.
                 train = fold_all != f
-                return _softmax_regression(
+                theta = _softmax_regression(
                     vectors[train], cols_all[train], n_cols, c, None, max_iter,
                     sparse[train] if feats == "ngrams" else None,
                 )  # fmt: skip
+                # Float32 values in float64: kept as float32, exactly, at half the memory
+                # (a hybrid head has millions of weights, and every fold model is kept
+                # until the choice).
+                return theta.astype(np.float32)
 
             thetas = _side_by_side([partial(fold_model, *run) for run in runs])
             for (f, feats, c), theta in zip(runs, thetas, strict=True):
                 train = fold_all != f
                 solutions[feats, c].append(theta)
                 oofs[feats, c][~train] = _logits(
-                    theta, vectors[~train], sparse[~train] if feats == "ngrams" else None, n_cols
-                )
+                    theta.astype(np.float64), vectors[~train],
+                    sparse[~train] if feats == "ngrams" else None, n_cols,
+                )  # fmt: skip
             for f in used:
                 train = fold_all != f
                 test = np.flatnonzero(~train[:n])
@@ -429,7 +434,9 @@ def fit_policy(
                 # The mean of the fold models, not a refit on all rows: its logits
                 # are on the scale the calibrator and the cut were fitted on, and it
                 # saves a fit.
-                theta = np.mean(solutions[head_fit.inputs, head_fit.regularization], axis=0)
+                theta = np.mean(
+                    solutions[head_fit.inputs, head_fit.regularization], axis=0, dtype=np.float64
+                )
                 ood: dict[str, NDArray[np.float32]] = {}
                 if head_fit.scorer in ("mahalanobis", "combined"):
                     ood.update(_mahalanobis_fit(vectors, y_all, n_routes))
