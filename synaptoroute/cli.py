@@ -396,8 +396,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     with _router(args) as router:
         _require_routes(router, args)
         with _progress(router, len(texts), "encoding", args):
+            options: dict[str, Any] = {}
+            if args.regularization is not None:
+                options["regularization"] = args.regularization
             report = router.fit(
-                texts, labels, objective=args.objective, target_oos_recall=args.target_oos_recall
+                texts,
+                labels,
+                objective=args.objective,
+                target_oos_recall=args.target_oos_recall,
+                **options,
             )
     if args.json:
         _print_json(report.to_dict())
@@ -640,6 +647,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.9,
         metavar="R",
         help="out-of-scope recall to reach with --objective oos_recall (default 0.9)",
+    )
+    p.add_argument(
+        "--regularization",
+        type=float,
+        nargs="+",
+        metavar="C",
+        help="the head's inverse L2 strength; several are chosen among on held-out folds "
+        "(default: 10 30; one value fits faster)",
     )
     _add_store(p)
     _add_json(p, "print the fit report as JSON")

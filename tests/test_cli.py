@@ -570,9 +570,27 @@ def test_import_fit_eval(
     assert before["rows"] == 440
     assert before["out_of_scope"] == 40
 
+    # A bad C is refused before anything is fitted or saved.
+    code, _, err = run(capsys, "fit", TRAIN, "--store", store, "--regularization", "0", "-q")
+    assert code == EXIT_BAD_INPUT
+    assert "regularization must be a positive number" in err
+    storage = SQLiteStorage(store)
+    try:
+        assert storage.get_state("policy") is None
+    finally:
+        storage.close()
+
     code, out, _ = run(capsys, "fit", TRAIN, "--store", store, "--json", "-q")
     assert code == 0
-    assert json.loads(out)["rows"] == 630
+    report = json.loads(out)
+    assert report["rows"] == 630
+    assert report["candidates"]["head"]["regularization"] in (10.0, 30.0)
+    # One C, as asked (a faster fit), is the only one tried.
+    code, out, _ = run(
+        capsys, "fit", TRAIN, "--store", store, "--regularization", "30", "--json", "-q"
+    )
+    assert code == 0
+    assert json.loads(out)["candidates"]["head"]["regularization"] == 30.0
 
     plot = tmp_path / "report.png"
     code, out, _ = run(capsys, "eval", VAL, "--store", store, "--plot", str(plot), "-q")
