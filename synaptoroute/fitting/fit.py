@@ -529,7 +529,7 @@ def fit_policy(
             "beta": final_head.beta,
             "features": _head_features(final_head),
             "scorer": final_head.scorer,
-            "regularization": head_fit.regularization if head_fit is not None else None,
+            "regularization": candidates["head"]["regularization"],
             "calibration": final_head.calibrator.kind,
             "training_rows": len(y_all),
         }
