@@ -4,9 +4,10 @@ A thread that holds a lock when another thread forks does not exist in the child
 the child's copy of the lock stays held and the next call that takes it waits for
 good. :func:`hold_across_fork` registers an object's lock: before a fork the forking
 thread takes every registered lock, outer levels first (the order the code itself
-takes them in: a router's, its store's, a PostgreSQL store's connection's, an
-encoder's, a lexical index's, a route index's, its graph's, then the leaves that
-nothing is taken under), and gives them
+takes them in: an integration's, held while it makes or changes a router, then a
+router's, its store's, a PostgreSQL store's connection's, an encoder's, a lexical
+index's, a route index's, its graph's, an integration's cache of routers, then the
+leaves that nothing is taken under), and gives them
 back in the parent and in the child once it has forked. A child hook runs first,
 under the lock, to drop what belonged to threads that did not come along (a route
 index restarts its background builds that way, a PostgreSQL store its follower).
@@ -27,6 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "APP",
+    "APP_CACHE",
     "CONNECTION",
     "ENCODER",
     "GRAPH",
@@ -39,12 +42,16 @@ __all__ = [
 ]
 
 #: Levels, outermost first: a lock of one level is taken in code while those of the
-#: levels before it may be held, never the other way round. ``STORE`` is a store's
-#: write lock, ``CONNECTION`` a PostgreSQL store's connection lock (taken inside its
-#: write lock). ``LEAF`` locks (the BLAS budget's, a graph's read gate, the embedding
-#: cache's) are held around a few statements that take no other lock.
-ROUTER, STORE, CONNECTION, ENCODER, LEXICAL, INDEX, GRAPH, LEAF = range(8)
-_LEVELS = (ROUTER, STORE, CONNECTION, ENCODER, LEXICAL, INDEX, GRAPH, LEAF)
+#: levels before it may be held, never the other way round. ``APP`` is an
+#: integration's lock held while it makes a router or changes its routes (the
+#: LangChain tool selector's, the LlamaIndex selector's build lock); ``APP_CACHE`` an
+#: integration's lock around its routers, which reads their ``LEAF``-guarded state
+#: (the LlamaIndex selector's cache). ``STORE`` is a store's write lock,
+#: ``CONNECTION`` a PostgreSQL store's connection lock (taken inside its write lock).
+#: ``LEAF`` locks (the BLAS budget's, a graph's read gate, the embedding cache's) are
+#: held around a few statements that take no other lock.
+APP, ROUTER, STORE, CONNECTION, ENCODER, LEXICAL, INDEX, GRAPH, APP_CACHE, LEAF = range(10)
+_LEVELS = (APP, ROUTER, STORE, CONNECTION, ENCODER, LEXICAL, INDEX, GRAPH, APP_CACHE, LEAF)
 
 _log = logging.getLogger("synaptoroute.fork")
 

@@ -2,21 +2,85 @@
 
 :class:`RecordingEncoder` wraps any encoder and records what reaches it, so a test can
 check what a cache, a batcher or an integration sent to the model, and on which
-thread, without timing anything. The project's own tests and both integration
-packages use it.
+thread, without timing anything. :func:`in_forked_child` and
+:func:`hold_until_the_fork` test fork safety (a child forked while another thread
+holds a lock must not inherit it held) by events, not by sleeping. The project's own
+tests and both integration packages use them.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
-from collections.abc import Sequence
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from . import _fork
+from ._fork import LEAF, hold_across_fork
 from .encoder import EncoderProtocol, EncoderWrapper
 
-__all__ = ["RecordingEncoder"]
+__all__ = ["RecordingEncoder", "hold_until_the_fork", "in_forked_child", "wait_for_the_fork"]
+
+
+def in_forked_child(check: Callable[[], None], timeout: int = 60) -> int:
+    """Run ``check`` in a forked child (POSIX only) and return its exit code: 0 when it
+    passed, 1 when it raised (the traceback goes to the child's stderr), and -14 when
+    SIGALRM killed it after ``timeout`` seconds, so a child stuck on an inherited lock
+    fails the test instead of hanging the suite."""
+    with warnings.catch_warnings():  # 3.12+ warns that forking a threaded process may hang
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's test runner
+        code = 1
+        try:
+            signal.alarm(timeout)
+            check()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def wait_for_the_fork(timeout: float = 60.0) -> bool:
+    """Wait until a fork in this process has begun taking synaptoroute's registered
+    locks; ``False`` if none did within ``timeout`` seconds."""
+    pause = threading.Event()
+    for _ in range(max(1, int(timeout * 100))):
+        if _fork.forking():
+            return True
+        pause.wait(0.01)
+    return False
+
+
+def hold_until_the_fork(lock: Any, timeout: float = 60.0) -> threading.Thread:
+    """Start a thread that holds ``lock`` until a fork has begun taking the registered
+    locks (so that fork must wait for it), then lets go; returns once it holds it.
+
+    Raises:
+        TimeoutError: the thread could not take ``lock`` within ``timeout`` seconds.
+    """
+    held = threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            wait_for_the_fork(timeout)
+
+    thread = threading.Thread(target=hold, name="synaptoroute-holds-until-fork", daemon=True)
+    thread.start()
+    if not held.wait(timeout):
+        msg = f"could not take {lock!r} within {timeout} s"
+        raise TimeoutError(msg)
+    return thread
 
 
 class RecordingEncoder(EncoderWrapper):
@@ -44,6 +108,7 @@ class RecordingEncoder(EncoderWrapper):
         #: The name of each call's thread.
         self.thread_names: list[str] = []
         self._lock = threading.Lock()
+        hold_across_fork(self, LEAF)  # a forked child records too
 
     @property
     def texts_encoded(self) -> int:

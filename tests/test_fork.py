@@ -2,7 +2,8 @@
 the order a fork takes the registered locks in, and a real router forked during a
 route change and during an index compile (the model, SQLite-free in-memory store);
 a router on the approximate graph forked while the graph is built, searched or read,
-and every other registered lock (encoder, lexical index, cache, store)."""
+and every other registered lock (encoder, lexical index, cache, store, the testing
+encoder's record)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from forking import hold_until_the_fork, in_child, needs_fork, wait_for_the_fork
 
 from synaptoroute import AdaptiveRouter, Route, SQLiteStorage, _fork
 from synaptoroute import encoder as encoder_module
+from synaptoroute.testing import RecordingEncoder
 
 
 class Owner:
@@ -309,6 +311,23 @@ def test_a_fork_waits_for_every_registered_lock(encoder: Any, tmp_path: Path, wh
     finally:
         holder.join(60)
     router.close()
+
+
+@needs_fork
+def test_a_fork_waits_for_a_recording_encoders_lock(encoder: Any) -> None:
+    recording = RecordingEncoder(encoder)
+    router = AdaptiveRouter(recording)
+    router.add_routes([Route(name=name, utterances=texts) for name, texts in TOPICS.items()])
+    holder = hold_until_the_fork(recording._lock)
+
+    def child() -> None:
+        assert router.query("turn the music up").name == "music"  # records the call
+        assert recording.calls[-1] == ["turn the music up"]
+
+    try:
+        assert in_child(child) == 0
+    finally:
+        holder.join(60)
 
 
 @needs_fork

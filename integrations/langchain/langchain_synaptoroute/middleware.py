@@ -20,6 +20,10 @@ from typing_extensions import override
 
 from synaptoroute import AdaptiveRouter, EncoderProtocol, InvalidInputError, Route, RouteMatch
 
+# The same repository's core (pinned below 0.3): a fork waits for this selector's lock
+# like the router's own, so a child never inherits it held.
+from synaptoroute._fork import APP, hold_across_fork
+
 from ._inputs import last_human_text
 from ._tools import check_tool_keys, tool_utterances
 from .embeddings import as_encoder
@@ -139,7 +143,8 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         self._built: dict[str, list[str]] = {}
         # The (name, description) of the tools last checked and built.
         self._checked: tuple[tuple[str, str], ...] = ()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while it makes the router or changes routes
+        hold_across_fork(self, APP)
 
     @property
     def router(self) -> AdaptiveRouter:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from llama_index.selectors.synaptoroute import (
 from llamaindex_support import CLEAR_QUERIES, OFF_TOPIC, TWO_TOPICS, UTTERANCES
 
 from synaptoroute import Encoder, InvalidInputError, NoRouteMatchedError, RouteMatch
-from synaptoroute.testing import RecordingEncoder
+from synaptoroute.testing import RecordingEncoder, hold_until_the_fork, in_forked_child
 
 _SCORE = re.compile(r"scored (-?\d\.\d{3})")
 
@@ -241,3 +242,28 @@ def test_least_recently_used_choice_set_is_dropped(
     assert [len(c) for c in recording.calls] == [4, 1, 4, 1, 4, 1]
     # No worker ran: of the two evicted routers only the newest is kept for aclose().
     assert len(selector._retired) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+@pytest.mark.parametrize("which", ["_build_lock", "_lock"])
+def test_a_child_forked_while_the_selector_holds_a_lock_selects(
+    encoder: Encoder, choices: list[ToolMetadata], which: str
+) -> None:
+    # A worker process forked while another thread builds a choice set's router (the
+    # build lock) or reads the cache (the cache lock) must not inherit the lock held.
+    selector = SynaptorouteSelector.from_defaults(utterances=UTTERANCES, encoder=encoder)
+    query, expected = CLEAR_QUERIES[0]
+    assert selector.select(choices, query).inds == [expected]
+    lock = getattr(selector, which)
+    holder = hold_until_the_fork(lock)
+
+    def child() -> None:
+        assert lock.acquire(timeout=30)  # free in the child: the fork waited for it
+        lock.release()
+        assert selector.select(choices, query).inds == [expected]
+        assert selector.select(choices[1:], CLEAR_QUERIES[1][0]).inds == [0]  # a new build
+
+    try:
+        assert in_forked_child(child) == 0
+    finally:
+        holder.join(60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from langchain_synaptoroute import SynaptorouteToolSelectorMiddleware
 from pydantic import Field
 
 from synaptoroute import AdaptiveRouter, InvalidInputError, Route
+from synaptoroute.testing import hold_until_the_fork, in_forked_child
 
 if TYPE_CHECKING:
     from conftest import RecordingEncoder
@@ -240,3 +242,26 @@ def test_a_given_router_keeps_its_routes(recording_encoder: RecordingEncoder) ->
     assert len(encoded) == len(TOOLS)
     assert not any(text.startswith("get weather") for text in encoded)
     assert router.get_route("get_weather").utterances == ["should I take an umbrella"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_while_the_selector_builds_routes_selects(
+    recording_encoder: RecordingEncoder,
+) -> None:
+    # A worker process forked while another thread holds the selector's lock (making
+    # the router or changing its routes) must not inherit the lock held.
+    selector = _selector(recording_encoder, max_tools=2)
+    holder = hold_until_the_fork(selector._lock)
+
+    def child() -> None:
+        assert selector._lock.acquire(timeout=30)  # free in the child: the fork waited
+        selector._lock.release()
+        model = _model("It will be sunny.")
+        agent = create_agent(model, tools=TOOLS, middleware=[selector])
+        agent.invoke({"messages": [HumanMessage("Will it rain in Paris tomorrow?")]})
+        assert "get_weather" in model.bound[0]
+
+    try:
+        assert in_forked_child(child) == 0
+    finally:
+        holder.join(60)

@@ -35,6 +35,7 @@ from synaptoroute import (
     Route,
     RouteMatch,
 )
+from synaptoroute._fork import APP, APP_CACHE, hold_across_fork
 
 from .embeddings import as_encoder
 
@@ -239,6 +240,10 @@ class SynaptorouteSelector(BaseSelector):
         self._seen_names: set[str] = set()
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
+        # A fork waits for both (the core's locks, same repository), the build lock
+        # first: it is held while a router is made, and the cache lock is taken under it.
+        hold_across_fork(self, APP, lock="_build_lock")
+        hold_across_fork(self, APP_CACHE)
         if threshold is not None and (
             not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0
         ):
