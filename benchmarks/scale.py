@@ -38,7 +38,7 @@ the three datasets' val texts. The vectors are cached in ``--cache`` (default
 
 Usage::
 
-    python benchmarks/scale.py [--sizes 100000 1000000] [--queries 1000]
+    python benchmarks/scale.py [--sizes 100000 1000000] [--queries 1000] [--ann-margin 0]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from common import (
 )
 from numpy.typing import NDArray
 
-from synaptoroute import AdaptiveRouter, Route, SQLiteStorage
+from synaptoroute import AdaptiveRouter, Route, SQLiteStorage, ann
 from synaptoroute.encoder import default_encoder, l2_normalize
 from synaptoroute.storage import MemoryStorage, ModelInfo, StoredRoute
 
@@ -184,6 +184,7 @@ def stored_routes(data: Data, limit: int | None = None) -> list[StoredRoute]:
 
 
 ANN_DEPTH = [128]  # --ann-depth
+ANN_MARGIN = [ann.CLOSE_MARGIN]  # --ann-margin
 
 
 def make_router(
@@ -197,6 +198,7 @@ def make_router(
         index=index,  # type: ignore[arg-type]
         cache_size=0,
         ann_depth=ANN_DEPTH[0],
+        ann_margin=ANN_MARGIN[0],
     )
     assert router.wait_for_index(timeout=None)
     return router
@@ -469,7 +471,12 @@ def startup(encoder: PrecomputedEncoder, data: Data, folder: Path) -> dict[str, 
     for label in ("build_s", "cache_s"):  # the first open builds and writes the cache
         start = time.perf_counter()
         router = AdaptiveRouter(
-            encoder, SQLiteStorage(path), index="ann", cache_size=0, ann_depth=ANN_DEPTH[0]
+            encoder,
+            SQLiteStorage(path),
+            index="ann",
+            cache_size=0,
+            ann_depth=ANN_DEPTH[0],
+            ann_margin=ANN_MARGIN[0],
         )
         router.query("q0")
         if label == "build_s":
@@ -493,6 +500,9 @@ def main() -> None:
     )
     parser.add_argument("--ann-depth", type=int, default=128, help="the router's ann_depth")
     parser.add_argument(
+        "--ann-margin", type=float, default=ann.CLOSE_MARGIN, help="the router's ann_margin"
+    )
+    parser.add_argument(
         "--vectors",
         choices=("noisy", "text"),
         default="noisy",
@@ -501,7 +511,11 @@ def main() -> None:
     add_data_argument(parser)
     args = parser.parse_args()
     ANN_DEPTH[0] = args.ann_depth
-    print(machine_info(), f"ann_depth {args.ann_depth}, vectors {args.vectors}")
+    ANN_MARGIN[0] = args.ann_margin
+    print(
+        machine_info(),
+        f"ann_depth {args.ann_depth}, ann_margin {args.ann_margin}, vectors {args.vectors}",
+    )
     real = real_vectors(args.cache) if args.vectors == "noisy" else None
     for n in args.sizes:
         print(json.dumps(run_size(args, n, real), indent=1))

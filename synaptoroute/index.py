@@ -1135,6 +1135,7 @@ class RouteIndex:
         ann_min_rows: int | None = None,
         ann_cache: str | os.PathLike[str] | None = None,
         ann_depth: int = 128,
+        ann_margin: float = CLOSE_MARGIN,
     ) -> None:
         self.dimension = dimension
         self.aggregation: Aggregation = aggregation
@@ -1168,6 +1169,7 @@ class RouteIndex:
         self.ann_cache = Path(ann_cache) if ann_cache is not None else None
 
         self._ann_rounds = rounds_for(ann_depth)
+        self._ann_margin = ann_margin
         self._ann: AnnGraph | None = None
         self._ann_worker: threading.Thread | None = None
         self._ann_cache_tried = False
@@ -1419,6 +1421,7 @@ class RouteIndex:
             stats=self.stats,
             ann=self._ann,
             ann_rounds=self._ann_rounds,
+            ann_margin=self._ann_margin,
         )
 
     def _refresh_int8(self, n: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import numbers
 import os
 import sys
 import threading
@@ -30,6 +31,7 @@ from numpy.typing import NDArray
 from ._blas import blas_limit
 from ._cpu import blas_threads
 from ._fork import LEAF, ROUTER, hold_across_fork
+from .ann import CLOSE_MARGIN
 from .batching import (
     DEFAULT_MAX_BATCH_COST,
     DEFAULT_MAX_BATCH_SIZE,
@@ -201,6 +203,10 @@ class AdaptiveRouter:
         ann_depth: the graph's search depth (HNSW ``ef``, at least 16; default 128):
             deeper agrees with the exact route more often and costs more per query
             (measured in ``BENCHMARKS.md``; ``docs/scale.md``).
+        ann_margin: when the graph's best two routes, both scored exactly, are closer
+            than this, the query is scored exactly anyway (default 0.02, in [0, 1);
+            0: never for a near-tie). It buys a little agreement with the exact route
+            for the cost of an exact scan on such queries (``docs/scale.md``).
 
     Example:
         >>> router = AdaptiveRouter()
@@ -230,6 +236,7 @@ class AdaptiveRouter:
         ann_threshold: int = DEFAULT_ANN_THRESHOLD,
         ann_cache: str | os.PathLike[str] | Literal[False] | None = None,
         ann_depth: int = 128,
+        ann_margin: float = CLOSE_MARGIN,
     ) -> None:
         if aggregation not in ("max", "mean_topk", "centroid"):
             msg = f"aggregation must be 'max', 'mean_topk' or 'centroid', got {aggregation!r}"
@@ -250,7 +257,9 @@ class AdaptiveRouter:
             self.encoder.dimension,
             aggregation=aggregation,
             top_k=top_k,
-            **_ann_options(index, ann_threshold, ann_cache, aggregation, self.storage, ann_depth),
+            **_ann_options(
+                index, ann_threshold, ann_cache, aggregation, self.storage, ann_depth, ann_margin
+            ),
         )
         self._lexical = LexicalIndex()
         #: Use the lexical signal of a hybrid head (set False to route dense only).
@@ -1029,6 +1038,7 @@ def _ann_options(
     aggregation: str,
     storage: Storage,
     depth: int,
+    margin: float = CLOSE_MARGIN,
 ) -> dict[str, Any]:
     """RouteIndex arguments for the router's ``index``/``ann_*`` options."""
     if index not in ("auto", "exact", "ann"):
@@ -1039,6 +1049,13 @@ def _ann_options(
         raise InvalidInputError(msg)
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 16:
         msg = f"ann_depth must be an int of at least 16, got {depth!r}"
+        raise InvalidInputError(msg)
+    if (
+        isinstance(margin, bool)
+        or not isinstance(margin, numbers.Real)
+        or not 0.0 <= float(margin) < 1.0
+    ):
+        msg = f"ann_margin must be a number in [0, 1), got {margin!r}"
         raise InvalidInputError(msg)
     if index == "exact" or (index == "auto" and aggregation != "max"):
         return {}
@@ -1057,6 +1074,7 @@ def _ann_options(
         "ann_min_rows": 1 if index == "ann" else threshold,
         "ann_cache": cache if cache is not False else None,
         "ann_depth": depth,
+        "ann_margin": float(margin),
     }
 
 

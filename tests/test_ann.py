@@ -415,6 +415,34 @@ def test_ann_depth_is_checked(depth: object) -> None:
         AdaptiveRouter(HashingEncoder(), index="ann", ann_depth=depth)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("margin", [0.0, 0.1])
+def test_ann_margin_reaches_the_decision_and_a_near_tie_takes_the_exact_path_below_it(
+    margin: float,
+) -> None:
+    # A query with the words of two routes: their best rows score about the same.
+    router = AdaptiveRouter(HashingEncoder(), index="ann", ann_margin=margin)
+    exact = AdaptiveRouter(HashingEncoder(), index="exact")
+    for r in (router, exact):
+        r.add_routes(routes_for("t", 40))
+    assert router.wait_for_index(timeout=60)
+    stats = router._index.stats
+    assert router._index.snapshot().ann_margin == margin
+    tie = "t topic3 word3x1 topic4 word4x1"
+    got = router.query_top_k(tie, 2)
+    want = exact.query_top_k(tie, 2)
+    assert [m.name for m in got] == [m.name for m in want]
+    assert [m.score for m in got] == pytest.approx([m.score for m in want], abs=1e-5)
+    assert 0 < got[0].score - got[1].score < 0.1  # a near-tie under the wider margin
+    # Under the margin: the exact path; with none, the graph's exact re-scoring.
+    assert (stats.ann_fallbacks, stats.ann_queries) == ((1, 0) if margin else (0, 1))
+
+
+@pytest.mark.parametrize("margin", [-0.01, 1.0, float("nan"), True, "0.02", None])
+def test_ann_margin_is_checked(margin: object) -> None:
+    with pytest.raises(InvalidInputError, match="ann_margin"):
+        AdaptiveRouter(HashingEncoder(), index="ann", ann_margin=margin)  # type: ignore[arg-type]
+
+
 def clustered_index(seed: int) -> tuple[RouteIndex, dict[str, np.ndarray], np.ndarray]:
     """300 routes of 10 noisy rows around random centres (64 dimensions), the graph
     built, and 200 queries near random centres."""
