@@ -52,23 +52,28 @@ class RecordingLock:
 @needs_fork
 def test_a_fork_takes_the_locks_outer_level_first_and_gives_them_back() -> None:
     taken: list[str] = []
-    budget, index, router = (Owner(name, taken) for name in ("budget", "index", "router"))
-    for owner in (budget, index, router):
+    names = ("budget", "cache", "index", "router", "app")
+    budget, cache, index, router, app = owners = [Owner(name, taken) for name in names]
+    for owner in owners:
         owner._lock = RecordingLock(owner)  # type: ignore[assignment]
-    # Registered innermost first, as imports would: the fork still goes outer first.
+    # Registered innermost first, as imports would: the fork still goes outer first
+    # (an integration's build lock, a router's, an index's, an integration's cache of
+    # routers, then a leaf).
     _fork.hold_across_fork(budget, _fork.LEAF, in_child="in_child")
+    _fork.hold_across_fork(cache, _fork.APP_CACHE)
     _fork.hold_across_fork(index, _fork.INDEX)
     _fork.hold_across_fork(router, _fork.ROUTER)
+    _fork.hold_across_fork(app, _fork.APP)
 
     def child() -> None:
         assert budget.children == 1
-        assert not any(owner._real.locked() for owner in (budget, index, router))
+        assert not any(owner._real.locked() for owner in owners)
 
     assert in_child(child) == 0
-    mine = [name for name in taken if name in {"router", "index", "budget"}]
-    assert mine == ["router", "index", "budget"]
+    mine = [name for name in taken if name in names]
+    assert mine == ["app", "router", "index", "cache", "budget"]
     assert budget.children == 0  # the hook runs in the child only
-    assert not any(owner._real.locked() for owner in (budget, index, router))
+    assert not any(owner._real.locked() for owner in owners)
 
 
 class Failing(Owner):
