@@ -70,8 +70,9 @@ EXPANSION_ADD = 256
 # (BENCHMARKS.md, "Real text at 1M").
 DEFAULT_DEPTH = 128
 # Best two routes closer than this: the decision is scored exactly (the default of
-# the router's ``ann_margin`` and ``Snapshot.ann_margin``). On real text it buys 0.03-0.1 points of agreement for
-# about 10% of queries scored exactly (BENCHMARKS.md, "The close margin").
+# the router's ``ann_margin`` and ``Snapshot.ann_margin``). On real text it buys
+# 0.03-0.1 points of agreement for about 10% of queries scored exactly (BENCHMARKS.md,
+# "The close margin" and "The margin again").
 CLOSE_MARGIN = 0.02
 # Rows of candidate routes re-scored in full per query, beyond the first k routes.
 RESCORE_BUDGET = 4096
