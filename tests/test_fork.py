@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from forking import hold_until_the_fork, in_child, needs_fork, wait_for_the_fork
 
-from synaptoroute import AdaptiveRouter, Route, SQLiteStorage, _fork
+from synaptoroute import AdaptiveRouter, Route, SQLiteStorage, StorageError, _fork
 from synaptoroute import encoder as encoder_module
 from synaptoroute.testing import RecordingEncoder
 
@@ -355,6 +355,32 @@ def test_a_forked_child_opens_its_own_sqlite_connection(encoder: Any, tmp_path: 
     assert "travel" in {stored.route.name for stored in store.load()}  # the child's write
     router.add_route(Route(name="cooking", utterances=["a recipe for soup"]))
     assert len(SQLiteStorage(tmp_path / "routes.db").load()) == 5
+    router.close()
+
+
+@needs_fork
+def test_a_child_forked_after_the_store_file_was_deleted_makes_no_empty_store(
+    encoder: Any, tmp_path: Path
+) -> None:
+    # The child reopens the store by its path; a file deleted since the parent opened
+    # it must not come back empty for the child to write into (and to leave behind
+    # for the next process to open as an empty store).
+    path = tmp_path / "routes.db"
+    store = SQLiteStorage(path)
+    router = AdaptiveRouter(encoder, store)
+    router.add_routes([Route(name=name, utterances=texts) for name, texts in TOPICS.items()])
+    for name in ("routes.db", "routes.db-wal", "routes.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+
+    def child() -> None:
+        assert router.query("turn the music up").name == "music"  # routes are in memory
+        with pytest.raises(StorageError, match="cannot be opened in this forked process"):
+            router.add_route(Route(name="travel", utterances=["book a flight"]))
+        assert "travel" not in router
+        assert not path.exists()
+
+    assert in_child(child) == 0
+    assert not path.exists()
     router.close()
 
 

@@ -163,6 +163,7 @@ class SQLiteStorage:
         self._timeout = timeout
         self._closed = False
         self._inherited: list[sqlite3.Connection] = []  # a forked child's parent's
+        self._gone: str | None = None  # why a forked child has no connection
         self._lock = threading.RLock()
         # Held for one read or write; a forked child opens its own connection.
         hold_across_fork(self, STORE, in_child="_forked")
@@ -220,9 +221,26 @@ class SQLiteStorage:
         # parent's locks. An in-memory database is the child's own copy: kept.
         if self._closed or self.path == ":memory:":
             return
-        db = self._connect()
-        self._configure(db)
         self._inherited.append(self._db)
+        try:
+            # mode=rw: a file deleted since the parent opened it is not made again,
+            # empty, for the child to write routes into and leave behind.
+            db = sqlite3.connect(
+                Path(self.path).absolute().as_uri() + "?mode=rw",
+                uri=True,
+                timeout=self._timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._configure(db)
+        except sqlite3.Error as exc:
+            self._gone = (
+                f"SQLite store {self.path!r} cannot be opened in this forked process "
+                f"({exc}; was its file deleted?); nothing was written"
+            )
+            self._closed = True
+            db = sqlite3.connect(":memory:", check_same_thread=False)
+            db.close()  # reads fail as on a closed store
         self._db = db
 
     def _open(self) -> None:
@@ -279,6 +297,8 @@ class SQLiteStorage:
                 self._db.execute("COMMIT")
 
     def _write(self, body: Callable[[sqlite3.Connection], object]) -> None:
+        if self._gone is not None:
+            raise StorageError(self._gone)
         try:
             with self._transaction() as tx:
                 body(tx)
