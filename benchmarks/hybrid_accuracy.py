@@ -298,7 +298,7 @@ def section_head(data: str | None, cache: str | None, out: dict[str, Any]) -> No
     with threadpool_limits(limits=1, user_api="blas"):
         for c, iterations in ((10.0, 100), (10.0, 1000), (30.0, 1000), (100.0, 1000)):
             start = time.perf_counter()
-            theta = _softmax_regression(x, y, n_cols, c, None, iterations)
+            theta = _softmax_regression(x, y, n_cols, c, None, iterations).astype(np.float64)
             w, bias = _unpack(theta, dim, n_cols)
             logits = xv @ w + bias
             pred = logits.argmax(axis=1)

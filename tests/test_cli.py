@@ -140,6 +140,18 @@ def test_every_command_printing_data_has_json(command: str) -> None:
     assert ("--json" in options) is (command not in ("serve", "healthcheck", "completion"))
 
 
+def test_fit_help_names_the_fits_default_regularization() -> None:
+    # The CLI leaves the default to fit() (it does not import the fitting modules to
+    # start): its help must not drift from it.
+    from synaptoroute.fitting.fit import DEFAULT_REGULARIZATION
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    action = next(a for a in sub.choices["fit"]._actions if "--regularization" in a.option_strings)
+    assert action.default is None
+    assert action.help is not None
+    assert f"default: {' '.join(f'{c:g}' for c in DEFAULT_REGULARIZATION)};" in action.help
+
+
 def test_exit_codes_are_documented() -> None:
     text = DOCS.read_text()
     for code in (

@@ -478,7 +478,7 @@ def test_head_regression_reaches_scipys_optimum(seed: int) -> None:
     from scipy.optimize import minimize
 
     x, y, n_cols, sparse, objective = softmax_problem(seed)
-    theta = _softmax_regression(x, y, n_cols, 2.0, None, 500, sparse)
+    theta = _softmax_regression(x, y, n_cols, 2.0, None, 500, sparse).astype(np.float64)
     reference = minimize(
         objective, np.zeros_like(theta), method="L-BFGS-B", options={"maxiter": 5000, "gtol": 1e-9}
     )

@@ -76,6 +76,9 @@ _OBJECTIVES = ("auto", "balanced", "accuracy", "macro_f1", "oos_recall")
 _Features = tuple[NDArray[np.int64], NDArray[np.float32]]
 _T = TypeVar("_T")
 
+#: The head's ``C`` values a fit chooses among on held-out folds by default.
+DEFAULT_REGULARIZATION = (10.0, 30.0)
+
 
 def _tokenise(texts: Sequence[str]) -> list[_Features]:
     return [text_features(t) for t in texts]
@@ -134,7 +137,7 @@ def fit_policy(
     calibration: Literal["auto", "isotonic", "platt"] = "auto",
     folds: int = 3,
     top_k: int = 5,
-    regularization: float | Sequence[float] = (10.0, 30.0),
+    regularization: float | Sequence[float] = DEFAULT_REGULARIZATION,
     min_support: int = 10,
     max_iter: int = 100,
     seed: int = 0,
@@ -387,23 +390,20 @@ def fit_policy(
                 # Each C from zero: L-BFGS started from another C's solution stops at
                 # once, as the penalty's share of the gradient is under its tolerance.
                 train = fold_all != f
-                theta = _softmax_regression(
+                # Float32, as the optimiser leaves it: every fold model is kept until
+                # the choice, and a hybrid head has millions of weights.
+                return _softmax_regression(
                     vectors[train], cols_all[train], n_cols, c, None, max_iter,
                     sparse[train] if feats == "ngrams" else None,
                 )  # fmt: skip
-                # Float32 values in float64: kept as float32, exactly, at half the memory
-                # (a hybrid head has millions of weights, and every fold model is kept
-                # until the choice).
-                return theta.astype(np.float32)
 
             thetas = _side_by_side([partial(fold_model, *run) for run in runs])
             for (f, feats, c), theta in zip(runs, thetas, strict=True):
                 train = fold_all != f
                 solutions[feats, c].append(theta)
                 oofs[feats, c][~train] = _logits(
-                    theta.astype(np.float64), vectors[~train],
-                    sparse[~train] if feats == "ngrams" else None, n_cols,
-                )  # fmt: skip
+                    theta, vectors[~train], sparse[~train] if feats == "ngrams" else None, n_cols
+                )
             for f in used:
                 train = fold_all != f
                 test = np.flatnonzero(~train[:n])
@@ -665,11 +665,13 @@ def _ngram_inputs(
 
 
 def _logits(
-    theta: NDArray[np.float64], vectors: NDArray[np.float32], sparse: Any, n_cols: int
+    theta: NDArray[np.float32], vectors: NDArray[np.float32], sparse: Any, n_cols: int
 ) -> NDArray[np.float64]:
-    """The logits of a :func:`_softmax_regression` solution (``sparse``: its n-gram rows)."""
+    """The logits of a :func:`_softmax_regression` solution (``sparse``: its n-gram
+    rows), computed in float64."""
     dim = vectors.shape[1]
-    w, bias = _unpack(theta, dim + (0 if sparse is None else int(sparse.shape[1])), n_cols)
+    theta64 = theta.astype(np.float64)
+    w, bias = _unpack(theta64, dim + (0 if sparse is None else int(sparse.shape[1])), n_cols)
     out: NDArray[np.float64] = vectors.astype(np.float64) @ w[:dim] + bias
     if sparse is not None:
         out += sparse @ w[dim:]

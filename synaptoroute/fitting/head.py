@@ -41,9 +41,10 @@ def _softmax_regression(
     init: NDArray[np.float64] | None,
     max_iter: int,
     sparse: Any = None,
-) -> NDArray[np.float64]:
+) -> NDArray[np.float32]:
     """Multinomial logistic regression, mean log-loss plus ``|W|^2 / (2 C n)`` (as
-    scikit-learn's ``LogisticRegression(C=c)``), by :func:`.optimize.lbfgs` in float32.
+    scikit-learn's ``LogisticRegression(C=c)``), by :func:`.optimize.lbfgs` in float32
+    (the solution is returned as it is: a hybrid head's has millions of weights).
 
     ``sparse`` (a SciPy CSR matrix, one row per row of ``x``) adds features after the
     dense ones: the weights are ``(d + sparse columns, n_cols)``, then the bias.
@@ -81,8 +82,7 @@ def _softmax_regression(
         return loss, grad
 
     theta0 = np.zeros(width * n_cols + n_cols, np.float32) if init is None else init
-    out = lbfgs(loss_grad, theta0.astype(np.float32), max_iter, gtol=1e-4)
-    return out.astype(np.float64)
+    return lbfgs(loss_grad, theta0.astype(np.float32), max_iter, gtol=1e-4)
 
 
 def _folds(y: NDArray[np.int64], k: int, seed: int) -> NDArray[np.int64]:
@@ -304,8 +304,8 @@ def _choose_head(
 
     ``oofs`` holds each candidate model's held-out logits by its inputs (``"dense"``:
     the embedding; ``"ngrams"``: the embedding and the n-gram features) and its ``C``.
-    The model, ``alpha`` and ``beta`` are chosen by the objective at the best single cut of the
-    pooled held-out probabilities (earlier inputs win ties). Each scorer is then
+    The model, ``alpha`` and ``beta`` are chosen by the objective at the best single
+    cut of the pooled held-out probabilities (earlier inputs win ties). Each scorer is then
     judged by held-out predictions: each fold's rows are cut at a value chosen on the
     other folds, so the out-of-scope rows a cut is judged on were not used to choose
     it (the ``combined`` scorer's weights are also learned without the fold), and
