@@ -203,9 +203,13 @@ class SQLiteStorage:
                 self._db.close()
                 raise
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, existing: bool = False) -> sqlite3.Connection:
+        # existing: open the file only if it is there (mode=rw), never create it.
+        path, uri = self.path, False
+        if existing:
+            path, uri = Path(self.path).absolute().as_uri() + "?mode=rw", True
         return sqlite3.connect(
-            self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            path, timeout=self._timeout, isolation_level=None, check_same_thread=False, uri=uri
         )
 
     def _configure(self, db: sqlite3.Connection) -> None:
@@ -223,15 +227,9 @@ class SQLiteStorage:
             return
         self._inherited.append(self._db)
         try:
-            # mode=rw: a file deleted since the parent opened it is not made again,
-            # empty, for the child to write routes into and leave behind.
-            db = sqlite3.connect(
-                Path(self.path).absolute().as_uri() + "?mode=rw",
-                uri=True,
-                timeout=self._timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
+            # A file deleted since the parent opened it is not made again, empty, for
+            # the child to write routes into and leave behind.
+            db = self._connect(existing=True)
             self._configure(db)
         except sqlite3.Error as exc:
             self._gone = (
