@@ -377,6 +377,8 @@ def test_a_child_forked_after_the_store_file_was_deleted_makes_no_empty_store(
         with pytest.raises(StorageError, match="cannot be opened in this forked process"):
             router.add_route(Route(name="travel", utterances=["book a flight"]))
         assert "travel" not in router
+        with pytest.raises(StorageError, match="cannot be opened in this forked process"):
+            store.load()  # a read says why too, not "Cannot operate on a closed database"
         assert not path.exists()
 
     assert in_child(child) == 0

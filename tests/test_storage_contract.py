@@ -8,7 +8,7 @@ skip, or fail under ``SYNAPTOROUTE_TEST_PG_REQUIRED=1``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +220,31 @@ def test_only_a_store_with_a_change_feed_is_watchable(
     assert isinstance(storage, Storage)
     expected = request.node.callspec.params["storage"] == "postgres"
     assert isinstance(storage, WatchableStorage) is expected
+
+
+def test_a_closed_store_refuses_reads_and_writes_by_name(storage: Storage) -> None:
+    storage.put_routes(stored(), MODEL)
+    storage.set_state("policy", {"threshold": 0.4})
+    storage.close()
+    if isinstance(storage, MemoryStorage):
+        # Documented: nothing to release, so it stays usable.
+        assert [s.route.name for s in storage.load()] == [r.name for r in ROUTES]
+        return
+    reads: dict[str, Callable[[], object]] = {
+        "load": storage.load,
+        "model_info": storage.model_info,
+        "get_state": lambda: storage.get_state("policy"),
+    }
+    for read in reads.values():
+        with pytest.raises(StorageError, match=r"store .+ is closed; cannot"):
+            read()
+    writes: dict[str, Callable[[], object]] = {
+        "put_routes": lambda: storage.put_routes(stored([ROUTES[0]]), MODEL),
+        "delete_route": lambda: storage.delete_route("billing"),
+        "update_route": lambda: storage.update_route(ROUTES[1]),
+        "set_state": lambda: storage.set_state("policy", None),
+    }
+    for write in writes.values():
+        with pytest.raises(StorageError, match=r"store .+ is closed; cannot .*nothing was"):
+            write()
+    storage.close()  # closing twice is harmless

@@ -234,7 +234,7 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             self._gone = (
                 f"SQLite store {self.path!r} cannot be opened in this forked process "
-                f"({exc}; was its file deleted?); nothing was written"
+                f"({exc}; was its file deleted?)"
             )
             self._closed = True
             db = sqlite3.connect(":memory:", check_same_thread=False)
@@ -294,25 +294,45 @@ class SQLiteStorage:
             else:
                 self._db.execute("COMMIT")
 
+    def _refuse_if_closed(self, doing: str) -> None:
+        # Under the lock. A closed store says so, as PostgresStorage does, instead of
+        # sqlite3's "Cannot operate on a closed database".
+        if self._closed:
+            why = self._gone or f"SQLite store {self.path!r} is closed"
+            msg = f"{why}; cannot {doing}"
+            raise StorageError(msg)
+
     def _write(self, body: Callable[[sqlite3.Connection], object]) -> None:
-        if self._gone is not None:
-            raise StorageError(self._gone)
-        try:
-            with self._transaction() as tx:
-                body(tx)
-        except sqlite3.Error as exc:
-            msg = f"SQLite store {self.path!r}: {exc}; nothing was written"
-            raise StorageError(msg) from exc
+        with self._lock:
+            self._refuse_if_closed("write: nothing was written")
+            try:
+                with self._transaction() as tx:
+                    body(tx)
+            except sqlite3.Error as exc:
+                msg = f"SQLite store {self.path!r}: {exc}; nothing was written"
+                raise StorageError(msg) from exc
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for one read, under the lock; sqlite3 errors become StorageError."""
+        with self._lock:
+            self._refuse_if_closed("read")
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                msg = f"SQLite store {self.path!r} cannot be read: {exc}"
+                raise StorageError(msg) from exc
 
     @property
     def schema_version(self) -> int:
         """The schema version of the open file."""
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        with self._reading() as db:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
 
     def model_info(self) -> ModelInfo | None:
         """The model that made the stored vectors, or ``None``."""
-        with self._lock:
-            return self._model_info(self._db)
+        with self._reading() as db:
+            return self._model_info(db)
 
     @staticmethod
     def _model_info(db: sqlite3.Connection) -> ModelInfo | None:
@@ -338,20 +358,16 @@ class SQLiteStorage:
 
         One read transaction: another process's change is seen whole or not at all.
         """
-        with self._lock:
+        with self._reading() as db:
+            db.execute("BEGIN")
             try:
-                self._db.execute("BEGIN")
-                try:
-                    info = self._model_info(self._db)
-                    routes = self._db.execute(
-                        "SELECT id, name, description, threshold, metadata FROM routes ORDER BY id"
-                    ).fetchall()
-                    route_ids, texts, matrix = self._read_utterances(info)
-                finally:
-                    self._db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
-            except sqlite3.Error as exc:
-                msg = f"SQLite store {self.path!r} cannot be read: {exc}"
-                raise StorageError(msg) from exc
+                info = self._model_info(db)
+                routes = db.execute(
+                    "SELECT id, name, description, threshold, metadata FROM routes ORDER BY id"
+                ).fetchall()
+                route_ids, texts, matrix = self._read_utterances(info)
+            finally:
+                db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
         if not routes:
             return []
         out = []
@@ -491,8 +507,8 @@ class SQLiteStorage:
 
     def get_state(self, key: str) -> dict[str, Any] | None:
         """A JSON document stored under ``key``."""
-        with self._lock:
-            row = self._db.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def set_state(self, key: str, value: dict[str, Any] | None) -> None:
