@@ -36,6 +36,7 @@ from .exceptions import (
     RouterOverloadedError,
     RouterTimeoutError,
 )
+from .models import is_number
 
 __all__ = [
     "DEFAULT_MAX_BATCH_COST",
@@ -491,8 +492,6 @@ class BatchWorker(Generic[Q, T]):
 
 
 def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
-    ):
+    if timeout is not None and (not is_number(timeout) or not timeout >= 0):
         msg = f"timeout must be None or a number >= 0, got {timeout!r}"
         raise InvalidInputError(msg)

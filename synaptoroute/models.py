@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import numbers
+from typing import Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,6 +27,12 @@ NEGATIVES_ROUTE = "__negatives__"
 
 SCORE_MIN = -1.0
 SCORE_MAX = 1.0
+
+
+def is_number(value: object) -> TypeGuard[float]:
+    """Whether ``value`` is a real number, numpy's scalars included; a bool is not one
+    (Python counts ``True`` as the int 1, but it is no threshold, timeout or margin)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class Route(BaseModel):

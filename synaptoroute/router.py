@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import numbers
 import os
 import sys
 import threading
@@ -66,6 +65,7 @@ from .models import (
     Route,
     RouteMatch,
     clean_utterances,
+    is_number,
 )
 from .storage import (
     MemoryStorage,
@@ -241,7 +241,7 @@ class AdaptiveRouter:
         if aggregation not in ("max", "mean_topk", "centroid"):
             msg = f"aggregation must be 'max', 'mean_topk' or 'centroid', got {aggregation!r}"
             raise InvalidInputError(msg)
-        _check_threshold(threshold, "threshold")
+        threshold = _check_threshold(threshold, "threshold")
         if top_k < 1:
             msg = "top_k must be at least 1"
             raise InvalidInputError(msg)
@@ -502,7 +502,7 @@ class AdaptiveRouter:
     def set_threshold(self, name: str, threshold: float | None) -> None:
         """Set (or with ``None`` clear) a route's own threshold."""
         if threshold is not None:
-            _check_threshold(threshold, "threshold")
+            threshold = _check_threshold(threshold, "threshold")
         with self._lock:
             route = self.get_route(name).model_copy(update={"threshold": threshold})
             self.storage.update_route(route)
@@ -515,7 +515,7 @@ class AdaptiveRouter:
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        _check_threshold(value, "threshold")
+        value = _check_threshold(value, "threshold")
         self.set_policy(_replace(self._policy, threshold=value))
 
     @property
@@ -1050,11 +1050,7 @@ def _ann_options(
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 16:
         msg = f"ann_depth must be an int of at least 16, got {depth!r}"
         raise InvalidInputError(msg)
-    if (
-        isinstance(margin, bool)
-        or not isinstance(margin, numbers.Real)
-        or not 0.0 <= float(margin) < 1.0
-    ):
+    if not is_number(margin) or not 0.0 <= float(margin) < 1.0:
         msg = f"ann_margin must be a number in [0, 1), got {margin!r}"
         raise InvalidInputError(msg)
     if index == "exact" or (index == "auto" and aggregation != "max"):
@@ -1085,12 +1081,9 @@ def _not_a_str(values: object, method: str) -> None:
         raise TypeError(msg)
 
 
-def _check_threshold(value: float, field: str) -> None:
-    # bool is an int to Python, but True is not a score.
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not SCORE_MIN <= value <= SCORE_MAX
-    ):
+def _check_threshold(value: float, field: str) -> float:
+    # A Python float: numpy's scalars are accepted, and stores bind floats only.
+    if not is_number(value) or not SCORE_MIN <= value <= SCORE_MAX:
         msg = f"{field} must be a number in [{SCORE_MIN}, {SCORE_MAX}], got {value!r}"
         raise InvalidInputError(msg)
+    return float(value)

@@ -184,6 +184,30 @@ def test_invalid_router_settings(encoder: Encoder) -> None:
         AdaptiveRouter(encoder, threshold=3)
 
 
+def test_thresholds_take_numpy_scalars_and_refuse_bools(encoder: Encoder, tmp_path: Path) -> None:
+    # A threshold computed with numpy (np.float32 is no Python float) is a number; it
+    # is stored as a float, so a SQLite store can write it and a reopen reads it back.
+    path = tmp_path / "routes.db"
+    router = AdaptiveRouter.open(path, encoder, threshold=np.float32(0.25))
+    assert router.threshold == pytest.approx(0.25) and type(router.threshold) is float
+    router.add_routes([BILLING])
+    router.set_threshold("billing", np.float64(0.5))
+    router.threshold = np.float32(0.375)
+    for bad in (True, "0.5", float("nan"), None):
+        with pytest.raises(InvalidInputError, match="threshold must be a number"):
+            AdaptiveRouter(encoder, threshold=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="threshold must be a number"):
+            router.threshold = bad  # type: ignore[assignment]
+        if bad is not None:  # None clears a route's own threshold
+            with pytest.raises(InvalidInputError, match="threshold must be a number"):
+                router.set_threshold("billing", bad)  # type: ignore[arg-type]
+    assert router.get_route("billing").threshold == 0.5 and router.threshold == 0.375
+    router.close()
+    reopened = AdaptiveRouter.open(path, encoder)
+    assert reopened.get_route("billing").threshold == 0.5
+    reopened.close()
+
+
 def test_concurrent_queries_during_adds_and_deletes(encoder: Encoder) -> None:
     router = AdaptiveRouter(HashingEncoder())
     router.add_route(Route(name="billing", utterances=["refund my order please"]))

@@ -12,7 +12,6 @@ on the same folds and the same scores); the arithmetic lives in those modules.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,7 +35,7 @@ from ..decision import (
 from ..evaluation import figures
 from ..exceptions import InvalidInputError, MissingDependencyError
 from ..lexical import NgramFeatures, text_features
-from ..models import NEGATIVES_ROUTE
+from ..models import NEGATIVES_ROUTE, is_number
 from .calibration import _calibrate
 from .cuts import (
     Objective,
@@ -572,17 +571,13 @@ def _side_by_side(jobs: Sequence[Callable[[], _T]]) -> list[_T]:
 def _strengths(regularization: float | Sequence[float]) -> tuple[float, ...]:
     """The head's ``C`` values to try, strongest penalty (smallest ``C``) first: the
     order held-out ties are broken in."""
-
-    def strength(c: object) -> bool:  # numbers.Real: numpy scalars too; a bool is none
-        return isinstance(c, numbers.Real) and not isinstance(c, bool)
-
-    if strength(regularization):
+    if is_number(regularization):
         values: list[Any] = [regularization]
     elif isinstance(regularization, Iterable) and not isinstance(regularization, str | bytes):
         values = list(regularization)
     else:
         values = []
-    if not values or not all(strength(c) and math.isfinite(c) and c > 0 for c in values):
+    if not values or not all(is_number(c) and math.isfinite(c) and c > 0 for c in values):
         msg = (
             "regularization must be a positive number or a non-empty sequence of them, "
             f"got {regularization!r}"
