@@ -61,11 +61,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import random
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -82,8 +84,11 @@ from common import (
 from numpy.typing import NDArray
 
 from synaptoroute.encoder import Encoder
-from synaptoroute.fitting import routes_from_labelled
+from synaptoroute.fitting import fit_policy, routes_from_labelled
 from synaptoroute.router import AdaptiveRouter
+
+#: The share of out-of-scope traffic the default objective ("balanced") assumes.
+OOS_SHARE: float = inspect.signature(fit_policy).parameters["oos_share"].default
 
 
 def shared_encoder(rows: Sequence[Example], cache: str | None) -> PrecomputedEncoder:
@@ -221,9 +226,11 @@ def section_regularization(
                 run = fitted(encoder, rows, val, regularization=c)
                 after = run["after"]
                 recall = after["oos_recall"]
-                # The default objective, "balanced": 0.8 in scope + 0.2 out-of-scope recall.
+                # The default objective, "balanced", at the fit's default oos_share.
                 balanced = (
-                    after["in_scope"] if recall is None else 0.8 * after["in_scope"] + 0.2 * recall
+                    after["in_scope"]
+                    if recall is None
+                    else (1 - OOS_SHARE) * after["in_scope"] + OOS_SHARE * recall
                 )
                 label = (
                     f"C={c:g}"
@@ -365,6 +372,38 @@ def section_norms(
         out[f"{name}_norms"] = rows
 
 
+@dataclass
+class InScope:
+    """Train's and val's in-scope rows: texts, embeddings and label columns."""
+
+    labels: list[str]
+    texts: list[str]
+    val_texts: list[str]
+    x: NDArray[np.float32]
+    xv: NDArray[np.float32]
+    y: NDArray[np.intp]
+    yv: NDArray[np.intp]
+
+    @classmethod
+    def of(
+        cls, encoder: PrecomputedEncoder, train: Sequence[Example], val: Sequence[Example]
+    ) -> InScope:
+        train = [r for r in train if r.label is not None]
+        val = [r for r in val if r.label is not None]
+        labels = sorted({r.label for r in train if r.label is not None})
+        col = {label: i for i, label in enumerate(labels)}
+        texts, val_texts = [r.text for r in train], [r.text for r in val]
+        return cls(
+            labels,
+            texts,
+            val_texts,
+            encoder.encode(texts),
+            encoder.encode(val_texts),
+            np.array([col[r.label] for r in train if r.label is not None]),
+            np.array([col[r.label] for r in val if r.label is not None]),
+        )
+
+
 def top1_ceilings(
     encoder: PrecomputedEncoder, train: Sequence[Example], val: Sequence[Example]
 ) -> dict[str, float]:
@@ -376,14 +415,8 @@ def top1_ceilings(
     from synaptoroute.fitting.head import _ALPHAS, _softmax_regression
     from synaptoroute.lexical import NgramFeatures
 
-    train = [r for r in train if r.label is not None]
-    val = [r for r in val if r.label is not None]
-    labels = sorted({r.label for r in train if r.label is not None})
-    col = {label: i for i, label in enumerate(labels)}
-    texts, val_texts = [r.text for r in train], [r.text for r in val]
-    x, xv = encoder.encode(texts), encoder.encode(val_texts)
-    y = np.array([col[r.label] for r in train if r.label is not None])
-    yv = np.array([col[r.label] for r in val if r.label is not None])
+    s = InScope.of(encoder, train, val)
+    labels, texts, val_texts, x, xv, y, yv = s.labels, s.texts, s.val_texts, s.x, s.xv, s.y, s.yv
     out: dict[str, float] = {}
     sims = xv @ x.T
     route_sims = np.stack([sims[:, y == c].max(axis=1) for c in range(len(labels))], axis=1)
