@@ -21,6 +21,7 @@ from forking import hold_until_the_fork, in_child, needs_fork, wait_for_the_fork
 
 from synaptoroute import AdaptiveRouter, Route, SQLiteStorage, StorageError, _fork
 from synaptoroute import encoder as encoder_module
+from synaptoroute import forking as fork_api  # tests/forking.py is the helpers
 from synaptoroute.testing import RecordingEncoder
 
 
@@ -333,6 +334,57 @@ def test_a_fork_waits_for_a_recording_encoders_lock(encoder: Any) -> None:
         assert in_child(child) == 0
     finally:
         holder.join(60)
+
+
+class Dispatcher:
+    """An application's own object that queries a router under its own lock."""
+
+    def __init__(self, router: AdaptiveRouter) -> None:
+        self.router = router
+        self._lock = threading.Lock()
+        self.resets = 0
+        fork_api.hold_across_fork(self, fork_api.APP, in_child="_forked")
+
+    def _forked(self) -> None:
+        self.resets += 1
+
+    def route(self, text: str) -> str | None:
+        with self._lock:
+            return self.router.query(text).name
+
+
+@needs_fork
+def test_an_applications_lock_registered_with_forking_is_free_in_the_child(
+    encoder: Any,
+) -> None:
+    router = AdaptiveRouter(encoder)
+    router.add_routes([Route(name=name, utterances=texts) for name, texts in TOPICS.items()])
+    dispatcher = Dispatcher(router)
+    holder = hold_until_the_fork(dispatcher._lock)
+
+    def child() -> None:
+        assert dispatcher._lock.acquire(timeout=30)  # held in the parent by another thread
+        dispatcher._lock.release()
+        assert dispatcher.route("turn the music up") == "music"
+        assert dispatcher.resets == 1  # the child hook ran, once
+
+    try:
+        assert in_child(child) == 0
+    finally:
+        holder.join(60)
+    assert dispatcher.resets == 0  # not in the parent
+
+
+def test_forking_refuses_what_a_fork_could_not_take() -> None:
+    owner = Dispatcher.__new__(Dispatcher)
+    owner._lock = threading.Lock()
+    with pytest.raises(ValueError, match=r"APP or forking\.APP_CACHE"):
+        fork_api.hold_across_fork(owner, _fork.INDEX)  # synaptoroute's own level
+    with pytest.raises(TypeError, match="is not a lock"):
+        fork_api.hold_across_fork(owner, fork_api.APP, lock="router")
+    with pytest.raises(TypeError, match="is not a method"):
+        fork_api.hold_across_fork(owner, fork_api.APP, in_child="resets")
+    assert all(owner not in held for held in _fork._HELD.values())  # nothing registered
 
 
 @needs_fork

@@ -22,7 +22,7 @@ from synaptoroute import AdaptiveRouter, EncoderProtocol, InvalidInputError, Rou
 
 # The same repository's core (pinned below 0.3): a fork waits for this selector's lock
 # like the router's own, so a child never inherits it held.
-from synaptoroute._fork import APP, hold_across_fork
+from synaptoroute.forking import APP, hold_across_fork
 
 from ._inputs import last_human_text
 from ._tools import check_tool_keys, tool_utterances

@@ -35,7 +35,7 @@ from synaptoroute import (
     Route,
     RouteMatch,
 )
-from synaptoroute._fork import APP, APP_CACHE, hold_across_fork
+from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
 
 from .embeddings import as_encoder
 
