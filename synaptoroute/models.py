@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any, Literal, TypeGuard
+from typing import Annotated, Any, Literal, TypeGuard
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 __all__ = ["NEGATIVES_ROUTE", "MatchReason", "Route", "RouteMatch"]
 
@@ -35,6 +35,21 @@ def is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _not_a_bool(value: object) -> object:
+    # pydantic reads True as 1.0; the router's own setters refuse it too (is_number).
+    if isinstance(value, bool):
+        msg = f"a threshold must be a number, not a bool, got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+#: A model field holding a score threshold: a number in [SCORE_MIN, SCORE_MAX] (numpy
+#: scalars read as floats), never a bool, or None.
+OptionalThreshold = Annotated[
+    Annotated[float, Field(ge=SCORE_MIN, le=SCORE_MAX)] | None, BeforeValidator(_not_a_bool)
+]
+
+
 class Route(BaseModel):
     """A named destination and the example utterances that describe it.
 
@@ -48,7 +63,7 @@ class Route(BaseModel):
     name: str
     utterances: list[str] = Field(default_factory=list)
     description: str | None = None
-    threshold: float | None = Field(default=None, ge=SCORE_MIN, le=SCORE_MAX)
+    threshold: OptionalThreshold = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")

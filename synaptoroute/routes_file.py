@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .exceptions import InvalidInputError, MissingDependencyError, install_hint
-from .models import NEGATIVES_ROUTE, SCORE_MAX, SCORE_MIN, Route, clean_utterances
+from .models import NEGATIVES_ROUTE, OptionalThreshold, Route, clean_utterances
 from .router import AdaptiveRouter
 
 __all__ = [
@@ -49,7 +49,7 @@ class RoutesDocument(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    threshold: float | None = Field(default=None, ge=SCORE_MIN, le=SCORE_MAX)
+    threshold: OptionalThreshold = None
     routes: list[Route] = Field(default_factory=list)
     negatives: list[str] = Field(default_factory=list)
 

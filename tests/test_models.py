@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -22,6 +23,7 @@ def test_route_strips_and_dedupes_utterances() -> None:
         ({"name": "a", "utterances": ["ok", 3]}, "utterances"),
         ({"name": "a", "utterances": ["ok"], "threshold": 1.5}, "threshold"),
         ({"name": "a", "utterances": ["ok"], "threshold": -1.01}, "threshold"),
+        ({"name": "a", "utterances": ["ok"], "threshold": True}, "threshold"),
         ({"name": "a", "utterances": ["ok"], "colour": "red"}, "colour"),
     ],
 )
@@ -31,6 +33,11 @@ def test_invalid_route_names_the_field(kwargs: dict[str, object], field: str) ->
     assert field in str(info.value)
     # pydantic's ValidationError is a ValueError: 0.1.0 except clauses still work
     assert isinstance(info.value, ValueError)
+
+
+def test_route_threshold_takes_numpy_scalars_as_floats() -> None:
+    route = Route(name="a", utterances=["x"], threshold=np.float32(0.25))
+    assert route.threshold == 0.25 and type(route.threshold) is float
 
 
 def test_route_is_immutable() -> None:

@@ -653,6 +653,8 @@ routes:
         ("routes: [{name: a, utterances: [x, '  ']}]", "routes.0.utterances"),
         ("routes: [{utterances: [x]}]", "routes.0.name"),
         ("routes: [{name: a, threshold: 3}]", "routes.0.threshold"),
+        ("routes: [{name: a, threshold: true}]", "routes.0.threshold: .*not a bool"),
+        ("threshold: yes", "threshold: .*not a bool"),
         ("routes: [{name: a, colour: red}]", "routes.0.colour"),
         ("thresold: 0.3", "thresold"),
         ("routes: [a, b", "not valid YAML"),
