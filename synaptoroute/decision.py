@@ -24,9 +24,10 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .exceptions import InvalidInputError
 from .index import RouteScores, Snapshot
 from .lexical import LexicalView, NgramFeatures
-from .models import NEGATIVES_ROUTE, MatchReason, RouteMatch
+from .models import NEGATIVES_ROUTE, MatchReason, RouteMatch, is_number
 
 __all__ = [
     "OOD_SCORERS",
@@ -464,6 +465,22 @@ class DecisionPolicy:
     calibrator: Calibrator | None = None
     head: LinearHead | None = None
     info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Wherever a policy is made (the router, set_policy, fit, a stored state): numbers
+        # only, kept as Python floats (stores write JSON). Ranges are the router's to
+        # check: a fitted cut may lie just past a score's bounds, meaning "none pass".
+        for name in ("threshold", "min_margin"):
+            value = getattr(self, name)
+            if not is_number(value) or math.isnan(value):
+                msg = f"{name} must be a number, got {value!r}"
+                raise InvalidInputError(msg)
+            object.__setattr__(self, name, float(value))
+        bad = {k: v for k, v in self.thresholds.items() if not is_number(v) or math.isnan(v)}
+        if bad:
+            msg = f"thresholds must map route names to numbers, got {bad!r}"
+            raise InvalidInputError(msg)
+        object.__setattr__(self, "thresholds", {k: float(v) for k, v in self.thresholds.items()})
 
     @property
     def ranked_k(self) -> int:

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal, TypeGuard
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from .exceptions import InvalidInputError
+
 __all__ = ["NEGATIVES_ROUTE", "MatchReason", "Route", "RouteMatch"]
 
 #: Why a :class:`RouteMatch` came out as it did.
@@ -33,6 +35,16 @@ def is_number(value: object) -> TypeGuard[float]:
     """Whether ``value`` is a real number, numpy's scalars included; a bool is not one
     (Python counts ``True`` as the int 1, but it is no threshold, timeout or margin)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_threshold(value: object, field: str) -> float:
+    """``value`` as a Python float if it is a score threshold (a number in
+    [SCORE_MIN, SCORE_MAX], numpy scalars included, not a bool); else
+    :class:`~synaptoroute.exceptions.InvalidInputError` naming ``field``."""
+    if not is_number(value) or not SCORE_MIN <= value <= SCORE_MAX:
+        msg = f"{field} must be a number in [{SCORE_MIN}, {SCORE_MAX}], got {value!r}"
+        raise InvalidInputError(msg)
+    return float(value)
 
 
 def _not_a_bool(value: object) -> object:

@@ -64,6 +64,7 @@ from .models import (
     SCORE_MIN,
     Route,
     RouteMatch,
+    check_threshold,
     clean_utterances,
     is_number,
 )
@@ -241,7 +242,12 @@ class AdaptiveRouter:
         if aggregation not in ("max", "mean_topk", "centroid"):
             msg = f"aggregation must be 'max', 'mean_topk' or 'centroid', got {aggregation!r}"
             raise InvalidInputError(msg)
-        threshold = _check_threshold(threshold, "threshold")
+        threshold = check_threshold(threshold, "threshold")
+        if not is_number(min_margin) or not 0.0 <= min_margin <= SCORE_MAX - SCORE_MIN:
+            msg = (
+                f"min_margin must be a number in [0, {SCORE_MAX - SCORE_MIN:g}], got {min_margin!r}"
+            )
+            raise InvalidInputError(msg)
         if top_k < 1:
             msg = "top_k must be at least 1"
             raise InvalidInputError(msg)
@@ -502,7 +508,7 @@ class AdaptiveRouter:
     def set_threshold(self, name: str, threshold: float | None) -> None:
         """Set (or with ``None`` clear) a route's own threshold."""
         if threshold is not None:
-            threshold = _check_threshold(threshold, "threshold")
+            threshold = check_threshold(threshold, "threshold")
         with self._lock:
             route = self.get_route(name).model_copy(update={"threshold": threshold})
             self.storage.update_route(route)
@@ -515,7 +521,7 @@ class AdaptiveRouter:
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        value = _check_threshold(value, "threshold")
+        value = check_threshold(value, "threshold")
         self.set_policy(_replace(self._policy, threshold=value))
 
     @property
@@ -1079,11 +1085,3 @@ def _not_a_str(values: object, method: str) -> None:
     if isinstance(values, str):
         msg = f"{method} takes a list of utterances, not a str"
         raise TypeError(msg)
-
-
-def _check_threshold(value: float, field: str) -> float:
-    # A Python float: numpy's scalars are accepted, and stores bind floats only.
-    if not is_number(value) or not SCORE_MIN <= value <= SCORE_MAX:
-        msg = f"{field} must be a number in [{SCORE_MIN}, {SCORE_MAX}], got {value!r}"
-        raise InvalidInputError(msg)
-    return float(value)

@@ -12,6 +12,7 @@ from encoder_doubles import CountingEncoder
 
 from synaptoroute import (
     AdaptiveRouter,
+    DecisionPolicy,
     Encoder,
     HashingEncoder,
     InvalidInputError,
@@ -206,6 +207,40 @@ def test_thresholds_take_numpy_scalars_and_refuse_bools(encoder: Encoder, tmp_pa
     reopened = AdaptiveRouter.open(path, encoder)
     assert reopened.get_route("billing").threshold == 0.5
     reopened.close()
+
+
+def test_a_policy_is_checked_wherever_it_is_made(tmp_path: Path) -> None:
+    # The router's constructor, set_policy, fit and a stored state all make a
+    # DecisionPolicy: it refuses what is not a number and keeps floats, so a policy of
+    # numpy scalars is stored as JSON and read back. The router checks the ranges.
+    encoder = HashingEncoder(dimension=64)
+    for bad in (True, "0.1", float("nan"), -0.1, 2.5):
+        with pytest.raises(InvalidInputError, match="min_margin must be a number"):
+            AdaptiveRouter(encoder, min_margin=bad)  # type: ignore[arg-type]
+    for bad in (True, "0.1", float("nan")):
+        with pytest.raises(InvalidInputError, match="threshold must be a number"):
+            DecisionPolicy(threshold=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="min_margin must be a number"):
+            DecisionPolicy(threshold=0.4, min_margin=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="thresholds must map route names"):
+        DecisionPolicy(threshold=0.4, thresholds={"billing": "high"})  # type: ignore[dict-item]
+    path = tmp_path / "routes.db"
+    router = AdaptiveRouter.open(path, encoder)
+    router.add_routes([BILLING])
+    router.set_policy(
+        DecisionPolicy(
+            threshold=np.float32(0.25),
+            min_margin=np.float64(0.05),
+            thresholds={"billing": np.float32(0.5)},
+        )
+    )
+    router.close()
+    policy = AdaptiveRouter.open(path, encoder).policy
+    assert (policy.threshold, policy.min_margin, dict(policy.thresholds)) == (
+        0.25,
+        0.05,
+        {"billing": 0.5},
+    )
 
 
 def test_concurrent_queries_during_adds_and_deletes(encoder: Encoder) -> None:
