@@ -37,6 +37,16 @@ def is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def check_count(value: object, field: str, minimum: int) -> int:
+    """``value`` if it is an int (numpy's included, not a bool) of at least
+    ``minimum``; else :class:`~synaptoroute.exceptions.InvalidInputError` naming
+    ``field``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        msg = f"{field} must be at least {minimum}, as an int; got {value!r}"
+        raise InvalidInputError(msg)
+    return int(value)
+
+
 def check_threshold(value: object, field: str) -> float:
     """``value`` as a Python float if it is a score threshold (a number in
     [SCORE_MIN, SCORE_MAX], numpy scalars included, not a bool); else

@@ -64,6 +64,7 @@ from .models import (
     SCORE_MIN,
     Route,
     RouteMatch,
+    check_count,
     check_threshold,
     clean_utterances,
     is_number,
@@ -248,9 +249,10 @@ class AdaptiveRouter:
                 f"min_margin must be a number in [0, {SCORE_MAX - SCORE_MIN:g}], got {min_margin!r}"
             )
             raise InvalidInputError(msg)
-        if top_k < 1:
-            msg = "top_k must be at least 1"
-            raise InvalidInputError(msg)
+        top_k = check_count(top_k, "top_k", 1)
+        cache_size = check_count(cache_size, "cache_size", 0)
+        if blas_threads is not None:
+            blas_threads = check_count(blas_threads, "blas_threads", 1)
         self.encoder: EncoderProtocol = encoder if encoder is not None else default_encoder()
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self.cache = EmbeddingCache(cache_size)
@@ -995,10 +997,7 @@ def _request_cost(request: _Request) -> int:
 
 
 def _top_k_request(text: str, k: int) -> _Request:
-    if k < 1:
-        msg = "k must be at least 1"
-        raise InvalidInputError(msg)
-    return _Request(check_text(text), k)
+    return _Request(check_text(text), check_count(k, "k", 1))
 
 
 def _each_route(
@@ -1050,12 +1049,8 @@ def _ann_options(
     if index not in ("auto", "exact", "ann"):
         msg = f"index must be 'auto', 'exact' or 'ann', got {index!r}"
         raise InvalidInputError(msg)
-    if threshold < 1:
-        msg = "ann_threshold must be at least 1"
-        raise InvalidInputError(msg)
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 16:
-        msg = f"ann_depth must be an int of at least 16, got {depth!r}"
-        raise InvalidInputError(msg)
+    threshold = check_count(threshold, "ann_threshold", 1)
+    depth = check_count(depth, "ann_depth", 16)
     if not is_number(margin) or not 0.0 <= float(margin) < 1.0:
         msg = f"ann_margin must be a number in [0, 1), got {margin!r}"
         raise InvalidInputError(msg)

@@ -209,6 +209,42 @@ def test_thresholds_take_numpy_scalars_and_refuse_bools(encoder: Encoder, tmp_pa
     reopened.close()
 
 
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"top_k": True}, "top_k"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"top_k": 0}, "top_k"),
+        ({"cache_size": -1}, "cache_size"),
+        ({"cache_size": "10"}, "cache_size"),
+        ({"blas_threads": 0}, "blas_threads"),
+        ({"blas_threads": "2"}, "blas_threads"),
+        ({"ann_threshold": True}, "ann_threshold"),
+        ({"ann_depth": 64.0}, "ann_depth"),
+    ],
+)
+def test_router_counts_are_ints_in_range(options: dict[str, object], field: str) -> None:
+    # Each was taken before and failed later, if at all (a str cache size at the
+    # first query, a negative BLAS count inside the BLAS library).
+    with pytest.raises(InvalidInputError, match=f"{field} must be at least"):
+        AdaptiveRouter(HashingEncoder(dimension=64), **options)  # type: ignore[arg-type]
+
+
+def test_counts_accept_numpy_ints_and_k_refuses_a_bool() -> None:
+    router = AdaptiveRouter(HashingEncoder(dimension=64), top_k=np.int64(2), cache_size=np.int32(5))
+    router.add_routes([BILLING, SUPPORT])
+    assert len(router.query_top_k("I need a refund", np.int64(2))) == 2
+    with pytest.raises(InvalidInputError, match="k must be at least 1"):
+        router.query_top_k("I need a refund", True)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="target_oos_recall must be a number"):
+        router.fit(
+            ["I need a refund", "the app crashes", "tell me a joke"],
+            ["billing", "support", None],
+            objective="oos_recall",
+            target_oos_recall=True,
+        )
+
+
 def test_a_policy_is_checked_wherever_it_is_made(tmp_path: Path) -> None:
     # The router's constructor, set_policy, fit and a stored state all make a
     # DecisionPolicy: it refuses what is not a number and keeps floats, so a policy of

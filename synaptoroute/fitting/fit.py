@@ -35,7 +35,7 @@ from ..decision import (
 from ..evaluation import figures
 from ..exceptions import InvalidInputError, MissingDependencyError
 from ..lexical import NgramFeatures, text_features
-from ..models import NEGATIVES_ROUTE, is_number
+from ..models import NEGATIVES_ROUTE, check_count, is_number
 from .calibration import _calibrate
 from .cuts import (
     Objective,
@@ -197,18 +197,14 @@ def fit_policy(
     if objective not in _OBJECTIVES:
         msg = f"objective must be one of {_OBJECTIVES}, got {objective!r}"
         raise InvalidInputError(msg)
-    if not 0.0 < oos_share < 1.0:
-        msg = f"oos_share must be in (0, 1), got {oos_share!r}"
+    if not is_number(oos_share) or not 0.0 < oos_share < 1.0:
+        msg = f"oos_share must be a number in (0, 1), got {oos_share!r}"
         raise InvalidInputError(msg)
-    if not 0.0 < target_oos_recall <= 1.0:
-        msg = f"target_oos_recall must be in (0, 1], got {target_oos_recall!r}"
+    if not is_number(target_oos_recall) or not 0.0 < target_oos_recall <= 1.0:
+        msg = f"target_oos_recall must be a number in (0, 1], got {target_oos_recall!r}"
         raise InvalidInputError(msg)
-    if folds < 2:
-        msg = "folds must be at least 2"
-        raise InvalidInputError(msg)
-    if top_k < 1:
-        msg = "top_k must be at least 1"
-        raise InvalidInputError(msg)
+    folds = check_count(folds, "folds", 2)
+    top_k = check_count(top_k, "top_k", 1)
     strengths = _strengths(regularization)
     check_labelled(texts, labels)
     for i, text in enumerate(texts):
