@@ -36,7 +36,7 @@ from .exceptions import (
     RouterOverloadedError,
     RouterTimeoutError,
 )
-from .models import is_number
+from .models import check_count, is_number
 
 __all__ = [
     "DEFAULT_MAX_BATCH_COST",
@@ -131,13 +131,15 @@ class BatchWorker(Generic[Q, T]):
         max_queue_cost: int | None = None,
         max_batch_cost: int | None = None,
     ) -> None:
-        if max_batch_size < 1 or max_queue_size < 1 or not max_wait_ms >= 0:
-            msg = "max_batch_size and max_queue_size must be >= 1 and max_wait_ms >= 0"
+        max_batch_size = check_count(max_batch_size, "max_batch_size", 1)
+        max_queue_size = check_count(max_queue_size, "max_queue_size", 1)
+        if not is_number(max_wait_ms) or not max_wait_ms >= 0:
+            msg = f"max_wait_ms must be a number >= 0, got {max_wait_ms!r}"
             raise InvalidInputError(msg)
-        for name, bound in (("max_queue_cost", max_queue_cost), ("max_batch_cost", max_batch_cost)):
-            if bound is not None and (isinstance(bound, bool) or bound < 1):
-                msg = f"{name} must be None or >= 1, got {bound!r}"
-                raise InvalidInputError(msg)
+        if max_queue_cost is not None:
+            max_queue_cost = check_count(max_queue_cost, "max_queue_cost", 1)
+        if max_batch_cost is not None:
+            max_batch_cost = check_count(max_batch_cost, "max_batch_cost", 1)
         self._process = process
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms

@@ -40,6 +40,7 @@ from .exceptions import (
     ModelNotAvailableError,
     install_hint,
 )
+from .models import check_count
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -237,16 +238,14 @@ class Encoder:
         device: str | None = None,
         providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
     ) -> None:
-        if max_tokens < 8:
-            msg = "max_tokens must be at least 8"
-            raise InvalidInputError(msg)
+        max_tokens = check_count(max_tokens, "max_tokens", 8)
+        if threads is not None:
+            threads = check_count(threads, "threads", 1)
         self._requested = _requested_providers(device, providers)
         on_accelerator = self._requested[0][0] != _CPU
         if batch_size is None:
             batch_size = _ACCELERATOR_BATCH if on_accelerator else _CPU_BATCH
-        if batch_size < 1:
-            msg = "batch_size must be at least 1"
-            raise InvalidInputError(msg)
+        batch_size = check_count(batch_size, "batch_size", 1)
         self._model_name = model
         self._model_path = Path(model_path) if model_path is not None else None
         # The container's CPU quota, not the host's cores (see _cpu.available_cpus).
@@ -763,7 +762,7 @@ class HashingEncoder:
     """
 
     def __init__(self, dimension: int = 256, model_id: str = "hashing-bow") -> None:
-        self._dimension = dimension
+        self._dimension = check_count(dimension, "dimension", 1)
         self._model_id = model_id
         self.calls = 0
         self.texts_encoded = 0

@@ -221,6 +221,10 @@ def test_thresholds_take_numpy_scalars_and_refuse_bools(encoder: Encoder, tmp_pa
         ({"blas_threads": "2"}, "blas_threads"),
         ({"ann_threshold": True}, "ann_threshold"),
         ({"ann_depth": 64.0}, "ann_depth"),
+        ({"max_batch_size": True}, "max_batch_size"),
+        ({"max_queue_size": "64"}, "max_queue_size"),
+        ({"max_queue_cost": 0}, "max_queue_cost"),
+        ({"max_batch_cost": True}, "max_batch_cost"),
     ],
 )
 def test_router_counts_are_ints_in_range(options: dict[str, object], field: str) -> None:
@@ -228,6 +232,12 @@ def test_router_counts_are_ints_in_range(options: dict[str, object], field: str)
     # first query, a negative BLAS count inside the BLAS library).
     with pytest.raises(InvalidInputError, match=f"{field} must be at least"):
         AdaptiveRouter(HashingEncoder(dimension=64), **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("wait", [True, "1", -1.0, float("nan")])
+def test_the_batching_wait_is_a_number(wait: object) -> None:
+    with pytest.raises(InvalidInputError, match="max_wait_ms must be a number"):
+        AdaptiveRouter(HashingEncoder(dimension=64), max_wait_ms=wait)  # type: ignore[arg-type]
 
 
 def test_counts_accept_numpy_ints_and_k_refuses_a_bool() -> None:
