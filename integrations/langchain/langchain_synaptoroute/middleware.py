@@ -7,6 +7,7 @@ of this repository.
 from __future__ import annotations
 
 import asyncio
+import numbers
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -118,11 +119,18 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
                 ``encoder`` are given.
         """
         super().__init__()
-        if max_tools is not None and max_tools < 1:
-            msg = f"max_tools must be at least 1 or None, got {max_tools}"
+        # A bool is an int to Python, but True is no count and no threshold.
+        if max_tools is not None and (
+            isinstance(max_tools, bool) or not isinstance(max_tools, int) or max_tools < 1
+        ):
+            msg = f"max_tools must be an int of at least 1 or None, got {max_tools!r}"
             raise InvalidInputError(msg)
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            msg = f"threshold must be in [0, 1] or None, got {threshold}"
+        if threshold is not None and (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, numbers.Real)
+            or not 0.0 <= threshold <= 1.0
+        ):
+            msg = f"threshold must be a number in [0, 1] or None, got {threshold!r}"
             raise InvalidInputError(msg)
         if on_no_match not in ("all", "none"):
             msg = f"on_no_match must be 'all' or 'none', got {on_no_match!r}"

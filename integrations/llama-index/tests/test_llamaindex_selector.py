@@ -93,6 +93,10 @@ def test_decide_with_nothing_scored() -> None:
     ("kwargs", "message"),
     [
         ({"top_n": 0}, "top_n"),
+        ({"top_n": True}, "top_n"),
+        ({"max_choice_sets": True}, "max_choice_sets"),
+        ({"threshold": True}, "threshold"),
+        ({"threshold": "0.3"}, "threshold"),
         ({"on_no_match": "first"}, "on_no_match"),
         ({"on_no_match": "fallback"}, "fallback="),
         ({"threshold": 1.5}, "threshold"),

@@ -224,8 +224,12 @@ def test_misnamed_settings_fail_clearly(recording_encoder: RecordingEncoder) -> 
     missing = _selector(recording_encoder, always_include=["search"])
     with pytest.raises(InvalidInputError, match="always_include"):
         missing.select_tools("rain?", TOOLS)
-    with pytest.raises(InvalidInputError, match="max_tools"):
-        SynaptorouteToolSelectorMiddleware(max_tools=0)
+    for bad_count in (0, True, 2.5):
+        with pytest.raises(InvalidInputError, match="max_tools"):
+            SynaptorouteToolSelectorMiddleware(max_tools=bad_count)  # type: ignore[arg-type]
+    for bad_threshold in (True, "0.4", 1.5):
+        with pytest.raises(InvalidInputError, match="threshold must be a number"):
+            SynaptorouteToolSelectorMiddleware(threshold=bad_threshold)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="not both"):
         SynaptorouteToolSelectorMiddleware(router=AdaptiveRouter(recording_encoder), encoder=1)
 

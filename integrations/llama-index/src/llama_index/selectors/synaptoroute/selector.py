@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import numbers
 import threading
 import warnings
 from collections import Counter, OrderedDict
@@ -75,7 +76,8 @@ class SelectionPolicy:
     fallback: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.top_n, int) or self.top_n < 1:
+        # A bool is an int to Python, but True is no count.
+        if isinstance(self.top_n, bool) or not isinstance(self.top_n, int) or self.top_n < 1:
             msg = f"top_n must be an integer >= 1, got {self.top_n!r}"
             raise InvalidInputError(msg)
         if self.on_no_match not in _NO_MATCH_POLICIES:
@@ -229,8 +231,12 @@ class SynaptorouteSelector(BaseSelector):
         self.utterances = _check_utterances(utterances)
         self.threshold = threshold
         self.policy = SelectionPolicy(top_n=top_n, on_no_match=on_no_match, fallback=fallback)
-        if max_choice_sets < 1:
-            msg = "max_choice_sets must be at least 1"
+        if (
+            isinstance(max_choice_sets, bool)
+            or not isinstance(max_choice_sets, int)
+            or max_choice_sets < 1
+        ):
+            msg = f"max_choice_sets must be an integer >= 1, got {max_choice_sets!r}"
             raise InvalidInputError(msg)
         self.max_choice_sets = max_choice_sets
         self._routers: OrderedDict[ChoiceKey, AdaptiveRouter] = OrderedDict()
@@ -245,7 +251,9 @@ class SynaptorouteSelector(BaseSelector):
         hold_across_fork(self, APP, lock="_build_lock")
         hold_across_fork(self, APP_CACHE)
         if threshold is not None and (
-            not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0
+            isinstance(threshold, bool)
+            or not isinstance(threshold, numbers.Real)
+            or not -1.0 <= threshold <= 1.0
         ):
             msg = f"threshold must be a number in [-1, 1] (a cosine similarity), got {threshold!r}"
             raise InvalidInputError(msg)
