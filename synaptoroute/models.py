@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Annotated, Any, Literal, TypeGuard
 
@@ -45,6 +46,17 @@ def check_count(value: object, field: str, minimum: int) -> int:
         msg = f"{field} must be at least {minimum}, as an int; got {value!r}"
         raise InvalidInputError(msg)
     return int(value)
+
+
+def check_seconds(value: object, field: str, *, zero: bool = False) -> float:
+    """``value`` as a float if it is a finite number of seconds, above 0 (or at least 0
+    with ``zero``); else :class:`~synaptoroute.exceptions.InvalidInputError` naming
+    ``field``."""
+    if not is_number(value) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        msg = f"{field} must be a finite number of seconds {bound}, got {value!r}"
+        raise InvalidInputError(msg)
+    return float(value)
 
 
 def check_threshold(value: object, field: str) -> float:

@@ -32,6 +32,7 @@ from synaptoroute import (
     AdaptiveRouter,
     Encoder,
     HashingEncoder,
+    InvalidInputError,
     NotADatabaseError,
     Route,
     RouteExistsError,
@@ -313,6 +314,32 @@ def test_bad_dsn_and_unreachable_servers_give_clear_errors() -> None:
         with pytest.raises(StorageError, match=r"gave up after \d+\.\d s") as info:
             PostgresStorage(f"postgresql://nobody:secret@127.0.0.1:{port}/db", connect_timeout=2)
     assert "secret" not in str(info.value)  # the password never reaches a message
+
+
+@pytest.mark.model
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"connect_timeout": 0}, "connect_timeout must be a finite number of seconds > 0"),
+        ({"connect_timeout": "5"}, "connect_timeout must be"),
+        ({"lock_timeout": -1.0}, "lock_timeout must be"),
+        ({"lock_timeout": float("inf")}, "lock_timeout must be"),
+        ({"poll_interval": 0.0}, "poll_interval must be"),
+        ({"poll_interval": True}, "poll_interval must be"),
+    ],
+)
+def test_bad_timeouts_are_refused_before_connecting(
+    options: dict[str, object], message: str
+) -> None:
+    # A lock_timeout of 0 would reach PostgreSQL as "wait for good", a poll interval of
+    # 0 would spin; refused by name, before any connection (nothing listens there).
+    pytest.importorskip("psycopg")
+    from synaptoroute.postgres import PostgresStorage
+
+    with pytest.raises(InvalidInputError, match=message):
+        PostgresStorage("postgresql://nobody@127.0.0.1:1/db", **options)  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match="keep_changes must be at least 1"):
+        PostgresStorage("postgresql://nobody@127.0.0.1:1/db", keep_changes=True)
 
 
 def test_open_storage_picks_the_backend(pg_dsn: str, schema: str, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from synaptoroute import (
     AdaptiveRouter,
     Encoder,
     HashingEncoder,
+    InvalidInputError,
     MemoryStorage,
     ModelMismatchError,
     NotADatabaseError,
@@ -87,6 +88,11 @@ def test_sqlite_settings_and_schema(tmp_path: Path) -> None:
     assert mode == "wal"
     assert store.model_info() is None
     store.close()
+    assert SQLiteStorage(tmp_path / "s.db", timeout=0)._timeout == 0.0  # 0: never wait
+    for bad in (-1, "10", True, float("nan")):
+        with pytest.raises(InvalidInputError, match="timeout must be a finite number"):
+            SQLiteStorage(tmp_path / "t.db", timeout=bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "t.db").exists()  # refused before the file was made
 
 
 def test_old_schema_is_migrated(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ from ..exceptions import (
     StorageError,
     install_hint,
 )
-from ..models import Route
+from ..models import Route, check_seconds
 from .base import (
     ModelInfo,
     StoredRoute,
@@ -187,14 +187,15 @@ class PostgresStorage:
         if not _SCHEMA_NAME.match(schema):
             msg = f"schema must be a lower-case identifier of at most 40 characters, got {schema!r}"
             raise StorageError(msg)
-        if keep_changes < 1:
-            msg = "keep_changes must be at least 1"
+        if isinstance(keep_changes, bool) or not isinstance(keep_changes, int) or keep_changes < 1:
+            msg = f"keep_changes must be at least 1, as an int; got {keep_changes!r}"
             raise StorageError(msg)
         self.schema = schema
-        self.connect_timeout = connect_timeout
-        self.lock_timeout = lock_timeout
+        self.connect_timeout = check_seconds(connect_timeout, "connect_timeout")
+        # PostgreSQL reads a lock_timeout of 0 ms as "wait for good": at least 1 ms.
+        self.lock_timeout = max(check_seconds(lock_timeout, "lock_timeout"), 0.001)
         self.keep_changes = keep_changes
-        self.poll_interval = poll_interval
+        self.poll_interval = check_seconds(poll_interval, "poll_interval")
         self.origin = uuid.uuid4().hex
         self._s = f'"{schema}"'
         self._channel = f"synaptoroute_{schema}"

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from .._buffers import read_utterances, split_by_route
 from .._fork import STORE, hold_across_fork
 from ..exceptions import InvalidInputError, NotADatabaseError, RouteNotFoundError, StorageError
-from ..models import Route
+from ..models import Route, check_seconds
 from .base import (
     ModelInfo,
     StoredRoute,
@@ -160,7 +160,7 @@ class SQLiteStorage:
             raise InvalidInputError(msg)
         self.path = str(path)
         self.durability = durability
-        self._timeout = timeout
+        self._timeout = check_seconds(timeout, "timeout", zero=True)
         self._closed = False
         self._inherited: list[sqlite3.Connection] = []  # a forked child's parent's
         self._gone: str | None = None  # why a forked child has no connection
