@@ -40,7 +40,7 @@ from .exceptions import (
     ModelNotAvailableError,
     install_hint,
 )
-from .models import check_count
+from .models import check_count, check_seconds
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -252,7 +252,7 @@ class Encoder:
         self.threads = threads if threads is not None else available_cpus()
         self.max_tokens = max_tokens
         self.batch_size = batch_size
-        self.download_timeout = download_timeout
+        self.download_timeout = check_seconds(download_timeout, "download_timeout")
         self.spin = spin
         self._bundled = model is None or model == DEFAULT_MODEL_ID
         # Reentrant: a fork waits for it, so a fork made while it is held in this very

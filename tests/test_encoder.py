@@ -183,6 +183,9 @@ def test_invalid_settings() -> None:
         with pytest.raises(ValueError, match="dimension must be at least 1"):
             HashingEncoder(dimension=dimension)  # type: ignore[arg-type]
     assert Encoder(threads=np.int64(2), batch_size=np.int32(16)).threads == 2
+    for wait in (0, -1, "10", float("inf")):  # a fetch must give up: a bound in seconds
+        with pytest.raises(ValueError, match="download_timeout must be a finite number"):
+            Encoder("BAAI/bge-small-en-v1.5", download_timeout=wait)  # type: ignore[arg-type]
 
 
 def test_hashing_encoder_is_deterministic_and_bag_of_words() -> None:
