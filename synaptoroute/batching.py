@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -133,8 +134,9 @@ class BatchWorker(Generic[Q, T]):
     ) -> None:
         max_batch_size = check_count(max_batch_size, "max_batch_size", 1)
         max_queue_size = check_count(max_queue_size, "max_queue_size", 1)
-        if not is_number(max_wait_ms) or not max_wait_ms >= 0:
-            msg = f"max_wait_ms must be a number >= 0, got {max_wait_ms!r}"
+        # Finite: a batch that waits for good for company never answers a lone query.
+        if not is_number(max_wait_ms) or not 0 <= max_wait_ms < math.inf:
+            msg = f"max_wait_ms must be a finite number >= 0, got {max_wait_ms!r}"
             raise InvalidInputError(msg)
         if max_queue_cost is not None:
             max_queue_cost = check_count(max_queue_cost, "max_queue_cost", 1)

@@ -234,9 +234,9 @@ def test_router_counts_are_ints_in_range(options: dict[str, object], field: str)
         AdaptiveRouter(HashingEncoder(dimension=64), **options)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("wait", [True, "1", -1.0, float("nan")])
+@pytest.mark.parametrize("wait", [True, "1", -1.0, float("nan"), float("inf")])
 def test_the_batching_wait_is_a_number(wait: object) -> None:
-    with pytest.raises(InvalidInputError, match="max_wait_ms must be a number"):
+    with pytest.raises(InvalidInputError, match="max_wait_ms must be a finite number"):
         AdaptiveRouter(HashingEncoder(dimension=64), max_wait_ms=wait)  # type: ignore[arg-type]
 
 
