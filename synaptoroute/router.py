@@ -413,7 +413,14 @@ class AdaptiveRouter:
             The negative examples that were new (empty without ``negatives``).
         """
         _not_a_str(negatives, "add_routes(negatives=...)")
+        if isinstance(routes, Route):  # a pydantic model iterates over its fields
+            msg = "add_routes takes a list of routes; add_route takes one"
+            raise TypeError(msg)
         routes = list(routes)
+        for route in routes:
+            if not isinstance(route, Route):
+                msg = f"add_routes takes Route objects, got {type(route).__name__}: {route!r:.80}"
+                raise TypeError(msg)
         new_negatives = clean_utterances(list(negatives))
         names = [r.name for r in routes]
         if len(set(names)) != len(names) or (new_negatives and NEGATIVES_ROUTE in names):

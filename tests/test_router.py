@@ -240,6 +240,17 @@ def test_the_batching_wait_is_a_number(wait: object) -> None:
         AdaptiveRouter(HashingEncoder(dimension=64), max_wait_ms=wait)  # type: ignore[arg-type]
 
 
+def test_add_routes_names_what_is_not_a_route() -> None:
+    router = AdaptiveRouter(HashingEncoder(dimension=64))
+    with pytest.raises(TypeError, match="add_routes takes Route objects, got dict"):
+        router.add_route({"name": "billing", "utterances": ["refund"]})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="add_routes takes a list of routes"):
+        router.add_routes(BILLING)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got NoneType"):
+        router.add_routes([BILLING, None])  # type: ignore[list-item]
+    assert router.route_names == []  # all or nothing
+
+
 def test_counts_accept_numpy_ints_and_k_refuses_a_bool() -> None:
     router = AdaptiveRouter(HashingEncoder(dimension=64), top_k=np.int64(2), cache_size=np.int32(5))
     router.add_routes([BILLING, SUPPORT])

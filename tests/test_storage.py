@@ -93,6 +93,9 @@ def test_sqlite_settings_and_schema(tmp_path: Path) -> None:
         with pytest.raises(InvalidInputError, match="timeout must be a finite number"):
             SQLiteStorage(tmp_path / "t.db", timeout=bad)  # type: ignore[arg-type]
     assert not (tmp_path / "t.db").exists()  # refused before the file was made
+    for empty in ("", "  "):
+        with pytest.raises(InvalidInputError, match="needs a file path"):
+            SQLiteStorage(empty)
 
 
 def test_old_schema_is_migrated(tmp_path: Path) -> None:

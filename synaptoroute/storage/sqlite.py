@@ -159,6 +159,9 @@ class SQLiteStorage:
             msg = f"durability must be 'full' or 'normal', got {durability!r}"
             raise InvalidInputError(msg)
         self.path = str(path)
+        if not self.path.strip():  # sqlite3 would open a private temporary file
+            msg = "SQLiteStorage needs a file path (or ':memory:'), got an empty one"
+            raise InvalidInputError(msg)
         self.durability = durability
         self._timeout = check_seconds(timeout, "timeout", zero=True)
         self._closed = False
