@@ -39,13 +39,18 @@ def is_number(value: object) -> TypeGuard[float]:
 
 
 def check_count(value: object, field: str, minimum: int) -> int:
-    """``value`` if it is an int (numpy's included, not a bool) of at least
-    ``minimum``; else :class:`~synaptoroute.exceptions.InvalidInputError` naming
-    ``field``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        msg = f"{field} must be at least {minimum}, as an int; got {value!r}"
+    """``value`` as an int if it is a whole number (an int, numpy's included, or a
+    float such as ``1e5`` with no fraction; not a bool) of at least ``minimum``; else
+    :class:`~synaptoroute.exceptions.InvalidInputError` naming ``field``."""
+    count: int | None = None
+    if (isinstance(value, numbers.Integral) and not isinstance(value, bool)) or (
+        is_number(value) and math.isfinite(value) and float(value).is_integer()
+    ):
+        count = int(value)
+    if count is None or count < minimum:
+        msg = f"{field} must be at least {minimum} (a whole number), got {value!r}"
         raise InvalidInputError(msg)
-    return int(value)
+    return count
 
 
 def check_seconds(value: object, field: str, *, zero: bool = False) -> float:

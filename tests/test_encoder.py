@@ -177,9 +177,9 @@ def test_invalid_settings() -> None:
     # Each of these was taken and failed at the model's load, or ran as 1.
     for options in ({"threads": "2"}, {"threads": 0}, {"threads": True}, {"batch_size": True}):
         name = next(iter(options))
-        with pytest.raises(ValueError, match=f"{name} must be at least 1, as an int"):
+        with pytest.raises(ValueError, match=rf"{name} must be at least 1 \(a whole number\)"):
             Encoder(**options)  # type: ignore[arg-type]
-    for dimension in (0, True, 8.0):
+    for dimension in (0, True, 8.5):
         with pytest.raises(ValueError, match="dimension must be at least 1"):
             HashingEncoder(dimension=dimension)  # type: ignore[arg-type]
     assert Encoder(threads=np.int64(2), batch_size=np.int32(16)).threads == 2

@@ -220,7 +220,7 @@ def test_thresholds_take_numpy_scalars_and_refuse_bools(encoder: Encoder, tmp_pa
         ({"blas_threads": 0}, "blas_threads"),
         ({"blas_threads": "2"}, "blas_threads"),
         ({"ann_threshold": True}, "ann_threshold"),
-        ({"ann_depth": 64.0}, "ann_depth"),
+        ({"ann_depth": 64.5}, "ann_depth"),
         ({"max_batch_size": True}, "max_batch_size"),
         ({"max_queue_size": "64"}, "max_queue_size"),
         ({"max_queue_cost": 0}, "max_queue_cost"),
@@ -253,6 +253,8 @@ def test_add_routes_names_what_is_not_a_route() -> None:
 
 def test_counts_accept_numpy_ints_and_k_refuses_a_bool() -> None:
     router = AdaptiveRouter(HashingEncoder(dimension=64), top_k=np.int64(2), cache_size=np.int32(5))
+    whole = AdaptiveRouter(HashingEncoder(dimension=64), cache_size=1e4, ann_threshold=5e4)
+    assert whole.cache.maxsize == 10_000  # a float with no fraction is a count too
     router.add_routes([BILLING, SUPPORT])
     assert len(router.query_top_k("I need a refund", np.int64(2))) == 2
     with pytest.raises(InvalidInputError, match="k must be at least 1"):
