@@ -409,7 +409,7 @@ def test_ann_depth_sets_the_search_depth(depth: int, monkeypatch: pytest.MonkeyP
     assert all(d >= depth for _, d in seen)
 
 
-@pytest.mark.parametrize("depth", [0, 15, True, 64.0, "128"])
+@pytest.mark.parametrize("depth", [0, 15, True, 64.5, "128"])
 def test_ann_depth_is_checked(depth: object) -> None:
     with pytest.raises(InvalidInputError, match="ann_depth"):
         AdaptiveRouter(HashingEncoder(), index="ann", ann_depth=depth)  # type: ignore[arg-type]
