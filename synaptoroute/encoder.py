@@ -258,9 +258,11 @@ class Encoder:
         # Reentrant: a fork waits for it, so a fork made while it is held in this very
         # thread (a model loader that forks) must not wait for itself.
         self._lock = threading.RLock()
-        hold_across_fork(self, ENCODER)  # held while a model session loads
+        # Held while a model session loads; the child drops the parent's sessions.
+        hold_across_fork(self, ENCODER, in_child="_forked")
         self._session: Any = None
         self._bulk: Any = None
+        self._inherited: list[Any] = []  # a forked child's parent's sessions
         self._model_files: tuple[Path, Path] | None = None
         self._shrink_options: Any = None
         self._providers: list[str] = []
@@ -308,6 +310,16 @@ class Encoder:
     def loaded(self) -> bool:
         """Whether the model is in memory."""
         return self._session is not None or self._fastembed is not None
+
+    def _forked(self) -> None:
+        # In a forked child, under the lock. An ONNX Runtime session's thread pool is
+        # the parent's threads, which did not come along: a run can wait for them for
+        # good, and destroying the session can crash joining them (onnxruntime#31961).
+        # The child keeps them referenced, never used, and loads its own on first use.
+        held = (self._session, self._bulk, self._fastembed)
+        if any(part is not None for part in held):
+            self._inherited.append(held)
+            self._session = self._bulk = self._fastembed = None
 
     def load(self) -> None:
         """Load the model now instead of on the first :meth:`encode`."""

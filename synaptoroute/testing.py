@@ -39,6 +39,9 @@ def in_forked_child(check: Callable[[], None], timeout: int = 60) -> int:
     if pid == 0:  # the child: never returns into the caller's test runner
         code = 1
         try:
+            # The default action, not a handler inherited from the parent (pytest-timeout
+            # sets one): a Python handler never runs while a thread waits in native code.
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.alarm(timeout)
             check()
             code = 0

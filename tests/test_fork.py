@@ -320,6 +320,23 @@ def test_a_fork_waits_for_every_registered_lock(encoder: Any, tmp_path: Path, wh
 
 
 @needs_fork
+def test_a_forked_child_loads_its_own_model_session(encoder: Any) -> None:
+    # An ONNX Runtime session's thread pool is the parent's threads: the child must not
+    # run it (a run can wait for them for good) nor destroy it (onnxruntime#31961).
+    encoder.load()
+    parent = encoder._session
+
+    def child() -> None:
+        assert not encoder.loaded  # the parent's session is set aside
+        assert encoder._inherited[-1][0] is parent  # and kept, never destroyed
+        assert encoder.encode(["turn the music up"]).shape == (1, encoder.dimension)
+        assert encoder._session is not None and encoder._session is not parent
+
+    assert in_child(child) == 0
+    assert encoder._session is parent and encoder.loaded  # the parent's is untouched
+
+
+@needs_fork
 def test_a_fork_waits_for_a_recording_encoders_lock(encoder: Any) -> None:
     recording = RecordingEncoder(encoder)
     router = AdaptiveRouter(recording)
