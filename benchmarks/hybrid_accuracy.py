@@ -61,7 +61,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import random
 import sys
@@ -84,11 +83,11 @@ from common import (
 from numpy.typing import NDArray
 
 from synaptoroute.encoder import Encoder
-from synaptoroute.fitting import fit_policy, routes_from_labelled
+from synaptoroute.fitting import routes_from_labelled
+from synaptoroute.fitting.fit import DEFAULT_OOS_SHARE
 from synaptoroute.router import AdaptiveRouter
 
-#: The share of out-of-scope traffic the default objective ("balanced") assumes.
-OOS_SHARE: float = inspect.signature(fit_policy).parameters["oos_share"].default
+OOS_SHARE = DEFAULT_OOS_SHARE  # the default objective's ("balanced")
 
 
 def shared_encoder(rows: Sequence[Example], cache: str | None) -> PrecomputedEncoder:

@@ -71,8 +71,17 @@ def hold_across_fork(
 
     ``in_child`` names a method of ``owner`` that the child calls, holding the lock,
     before giving it back (a name, not a bound method, so that ``owner`` stays held
-    weakly: a collected owner is forgotten).
+    weakly: a collected owner is forgotten). ``TypeError`` when ``lock`` names no lock
+    or ``in_child`` no method: checked here, as the fork itself could only fail in its
+    hooks, in every process.
     """
+    held = getattr(owner, lock, None)
+    if not (callable(getattr(held, "acquire", None)) and callable(getattr(held, "release", None))):
+        msg = f"{type(owner).__name__}.{lock} is not a lock (no acquire and release)"
+        raise TypeError(msg)
+    if in_child is not None and not callable(getattr(owner, in_child, None)):
+        msg = f"{type(owner).__name__}.{in_child} is not a method"
+        raise TypeError(msg)
     _HELD[level][owner] = (lock, in_child)
 
 

@@ -43,12 +43,4 @@ def hold_across_fork(
     if level not in (APP, APP_CACHE):
         msg = f"level must be forking.APP or forking.APP_CACHE, got {level!r}"
         raise ValueError(msg)
-    # Checked now: the fork itself could only fail in its hooks, in every process.
-    held = getattr(owner, lock, None)
-    if not (callable(getattr(held, "acquire", None)) and callable(getattr(held, "release", None))):
-        msg = f"{type(owner).__name__}.{lock} is not a lock (no acquire and release)"
-        raise TypeError(msg)
-    if in_child is not None and not callable(getattr(owner, in_child, None)):
-        msg = f"{type(owner).__name__}.{in_child} is not a method"
-        raise TypeError(msg)
-    _fork.hold_across_fork(owner, level, lock, in_child)
+    _fork.hold_across_fork(owner, level, lock, in_child)  # checks the lock and the method

@@ -77,6 +77,8 @@ _T = TypeVar("_T")
 
 #: The head's ``C`` values a fit chooses among on held-out folds by default.
 DEFAULT_REGULARIZATION = (10.0, 30.0)
+#: The share of out-of-scope traffic the default objective, ``"balanced"``, assumes.
+DEFAULT_OOS_SHARE = 0.2
 
 
 def _tokenise(texts: Sequence[str]) -> list[_Features]:
@@ -128,7 +130,7 @@ def fit_policy(
     *,
     objective: Objective = "auto",
     target_oos_recall: float = 0.9,
-    oos_share: float = 0.2,
+    oos_share: float = DEFAULT_OOS_SHARE,
     head: bool | Literal["auto"] = "auto",
     hybrid: bool | Literal["auto"] = "auto",
     per_route: bool | Literal["auto"] = "auto",
