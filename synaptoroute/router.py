@@ -251,11 +251,10 @@ class AdaptiveRouter:
             raise InvalidInputError(msg)
         top_k = check_count(top_k, "top_k", 1)
         cache_size = check_count(cache_size, "cache_size", 0)
-        if blas_threads is not None:
-            blas_threads = check_count(blas_threads, "blas_threads", 1)
         self.encoder: EncoderProtocol = encoder if encoder is not None else default_encoder()
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self.cache = EmbeddingCache(cache_size)
+        self._blas_threads: int | None = None
         self.blas_threads = blas_threads
         self._lock = threading.RLock()
         hold_across_fork(self, ROUTER)  # a route change holds it while it encodes
@@ -532,6 +531,15 @@ class AdaptiveRouter:
     def threshold(self, value: float) -> None:
         value = check_threshold(value, "threshold")
         self.set_policy(_replace(self._policy, threshold=value))
+
+    @property
+    def blas_threads(self) -> int | None:
+        """BLAS threads for the similarity product (``None``: by the rows it covers)."""
+        return self._blas_threads
+
+    @blas_threads.setter
+    def blas_threads(self, value: int | None) -> None:
+        self._blas_threads = None if value is None else check_count(value, "blas_threads", 1)
 
     @property
     def policy(self) -> DecisionPolicy:

@@ -234,6 +234,20 @@ def test_router_counts_are_ints_in_range(options: dict[str, object], field: str)
         AdaptiveRouter(HashingEncoder(dimension=64), **options)  # type: ignore[arg-type]
 
 
+def test_blas_threads_set_later_are_checked_as_at_construction() -> None:
+    # An assignment was taken as it came: 0 or "2" failed inside the BLAS library at
+    # the next query; a numpy int is kept as a plain int.
+    router = AdaptiveRouter(HashingEncoder(dimension=64), blas_threads=np.int64(2))
+    assert router.blas_threads == 2 and type(router.blas_threads) is int
+    for bad in (0, "2", True, 1.5):
+        with pytest.raises(InvalidInputError, match="blas_threads must be at least 1"):
+            router.blas_threads = bad  # type: ignore[assignment]
+    assert router.blas_threads == 2
+    router.blas_threads = None
+    router.add_routes([BILLING, SUPPORT])
+    assert router.query("I need a refund").name == "billing"
+
+
 @pytest.mark.parametrize("wait", [True, "1", -1.0, float("nan"), float("inf")])
 def test_the_batching_wait_is_a_number(wait: object) -> None:
     with pytest.raises(InvalidInputError, match="max_wait_ms must be a finite number"):
