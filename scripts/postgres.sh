@@ -9,7 +9,9 @@
 #     eval "$(bash scripts/postgres.sh start)"   # prints the export lines
 #     bash scripts/postgres.sh server-stop        # stop the server, keep its data (restart tests)
 #     bash scripts/postgres.sh server-start       # start it again on the same port
-#     bash scripts/postgres.sh stop               # stop it and delete the cluster
+#     bash scripts/postgres.sh stop [DIR]         # stop it and delete the cluster (DIR:
+#                                                 # default $SYNAPTOROUTE_TEST_PG_DIR; exits 1
+#                                                 # naming the clusters left when it has none)
 #
 # The distribution's server package is installed with apt-get when no server binaries
 # are found (root only). The cluster lives in a temporary folder owned by a non-root
@@ -133,7 +135,19 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
             echo "export SYNAPTOROUTE_TEST_PG_DIR=$SYNAPTOROUTE_TEST_PG_DIR"
             echo "export SYNAPTOROUTE_TEST_PG_DSN=$SYNAPTOROUTE_TEST_PG_DSN"
             ;;
-        stop) synaptoroute_pg_stop "${2:-}" ;;
+        stop)
+            # Run by hand with neither a DIR nor the variable, stopping nothing silently
+            # left servers running; the sourced function stays quiet (an EXIT trap).
+            dir=${2:-${SYNAPTOROUTE_TEST_PG_DIR:-}}
+            if [ -z "$dir" ] || [ ! -f "$dir/cluster.env" ]; then
+                _sr_pg_log "no cluster to stop: ${dir:-neither DIR nor SYNAPTOROUTE_TEST_PG_DIR given}"
+                for found in "${TMPDIR:-/tmp}"/synaptoroute-pg.*; do
+                    [ -f "$found/cluster.env" ] && _sr_pg_log "a cluster is left in $found (stop $found)"
+                done
+                exit 1
+            fi
+            synaptoroute_pg_stop "$dir"
+            ;;
         server-stop) _sr_pg_server_stop "${2:-$SYNAPTOROUTE_TEST_PG_DIR}" ;;
         server-start) _sr_pg_server_start "${2:-$SYNAPTOROUTE_TEST_PG_DIR}" ;;
         *)

@@ -290,6 +290,33 @@ def unit(rows: int, dim: int, seed: int) -> NDArray[np.float32]:
 
 
 # -- errors within a bounded time (no server needed) ----------------------------------
+def test_stopping_by_hand_without_a_cluster_says_so_and_names_the_ones_left(
+    tmp_path: Path,
+) -> None:
+    # `bash scripts/postgres.sh stop` with neither DIR nor the variable stopped nothing
+    # and said nothing, so servers started by hand kept running unnoticed.
+    left = tmp_path / "synaptoroute-pg.abc123"
+    left.mkdir()
+    (left / "cluster.env").write_text("PG_PORT=1\n")
+    env = {k: v for k, v in os.environ.items() if k != "SYNAPTOROUTE_TEST_PG_DIR"}
+    env["TMPDIR"] = str(tmp_path)
+    script = str(ROOT / "scripts" / "postgres.sh")
+    done = subprocess.run(
+        ["bash", script, "stop"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "no cluster to stop" in done.stderr and f"a cluster is left in {left}" in done.stderr
+    assert (left / "cluster.env").exists()  # named, not touched
+    missing = subprocess.run(
+        ["bash", script, "stop", str(tmp_path / "gone")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 1 and f"no cluster to stop: {tmp_path / 'gone'}" in missing.stderr
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.model
 def test_bad_dsn_and_unreachable_servers_give_clear_errors() -> None:
