@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from .checks import check_count, is_number
 from .exceptions import (
     EventLoopMismatchError,
     InvalidInputError,
@@ -37,7 +38,6 @@ from .exceptions import (
     RouterOverloadedError,
     RouterTimeoutError,
 )
-from .models import check_count, is_number
 
 __all__ = [
     "DEFAULT_MAX_BATCH_COST",

@@ -24,10 +24,11 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .checks import is_number
 from .exceptions import InvalidInputError
 from .index import RouteScores, Snapshot
 from .lexical import LexicalView, NgramFeatures
-from .models import NEGATIVES_ROUTE, MatchReason, RouteMatch, is_number
+from .models import NEGATIVES_ROUTE, MatchReason, RouteMatch
 
 __all__ = [
     "OOD_SCORERS",

@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 
 from ._cpu import available_cpus, side_by_side
 from ._fork import ENCODER, LEAF, hold_across_fork
+from .checks import check_count, check_seconds
 from .exceptions import (
     EncoderError,
     InvalidInputError,
@@ -40,7 +41,6 @@ from .exceptions import (
     ModelNotAvailableError,
     install_hint,
 )
-from .models import check_count, check_seconds
 
 __all__ = [
     "DEFAULT_MODEL_ID",

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Annotated, Any, Literal, TypeGuard
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
-
-from .exceptions import InvalidInputError
 
 __all__ = ["NEGATIVES_ROUTE", "MatchReason", "Route", "RouteMatch"]
 
@@ -30,48 +26,6 @@ NEGATIVES_ROUTE = "__negatives__"
 
 SCORE_MIN = -1.0
 SCORE_MAX = 1.0
-
-
-def is_number(value: object) -> TypeGuard[float]:
-    """Whether ``value`` is a real number, numpy's scalars included; a bool is not one
-    (Python counts ``True`` as the int 1, but it is no threshold, timeout or margin)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def check_count(value: object, field: str, minimum: int) -> int:
-    """``value`` as an int if it is a whole number (an int, numpy's included, or a
-    float such as ``1e5`` with no fraction; not a bool) of at least ``minimum``; else
-    :class:`~synaptoroute.exceptions.InvalidInputError` naming ``field``."""
-    count: int | None = None
-    if (isinstance(value, numbers.Integral) and not isinstance(value, bool)) or (
-        is_number(value) and math.isfinite(value) and float(value).is_integer()
-    ):
-        count = int(value)
-    if count is None or count < minimum:
-        msg = f"{field} must be at least {minimum} (a whole number), got {value!r}"
-        raise InvalidInputError(msg)
-    return count
-
-
-def check_seconds(value: object, field: str, *, zero: bool = False) -> float:
-    """``value`` as a float if it is a finite number of seconds, above 0 (or at least 0
-    with ``zero``); else :class:`~synaptoroute.exceptions.InvalidInputError` naming
-    ``field``."""
-    if not is_number(value) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-        bound = ">= 0" if zero else "> 0"
-        msg = f"{field} must be a finite number of seconds {bound}, got {value!r}"
-        raise InvalidInputError(msg)
-    return float(value)
-
-
-def check_threshold(value: object, field: str) -> float:
-    """``value`` as a Python float if it is a score threshold (a number in
-    [SCORE_MIN, SCORE_MAX], numpy scalars included, not a bool); else
-    :class:`~synaptoroute.exceptions.InvalidInputError` naming ``field``."""
-    if not is_number(value) or not SCORE_MIN <= value <= SCORE_MAX:
-        msg = f"{field} must be a number in [{SCORE_MIN}, {SCORE_MAX}], got {value!r}"
-        raise InvalidInputError(msg)
-    return float(value)
 
 
 def _not_a_bool(value: object) -> object:

@@ -40,6 +40,7 @@ from .batching import (
     BatchWorker,
     text_cost,
 )
+from .checks import check_count, check_threshold, is_number
 from .decision import (
     KNN_K,
     DecisionPolicy,
@@ -64,10 +65,7 @@ from .models import (
     SCORE_MIN,
     Route,
     RouteMatch,
-    check_count,
-    check_threshold,
     clean_utterances,
-    is_number,
 )
 from .storage import (
     MemoryStorage,

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "synaptoroute"
 
 #: Lowest first; a module may import from its own layer and those before it.
 LAYERS: list[set[str]] = [
-    {"models", "exceptions", "_cpu", "_blas", "_fork", "forking", "_buffers"},
+    {"models", "checks", "exceptions", "_cpu", "_blas", "_fork", "forking", "_buffers"},
     {"encoder", "adapters"},
     {"index", "int8", "ann", "lexical"},
     {"decision"},

@@ -6,6 +6,7 @@ docs/versioning.md for how names are deprecated first).
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -50,6 +51,18 @@ PUBLIC = [
     "open_storage",
 ]
 
+#: The public submodules (docs/reference/core.md) and their names.
+PUBLIC_SUBMODULES = {
+    "synaptoroute.checks": ["check_count", "check_seconds", "check_threshold", "is_number"],
+    "synaptoroute.forking": ["APP", "APP_CACHE", "hold_across_fork"],
+    "synaptoroute.testing": [
+        "RecordingEncoder",
+        "hold_until_the_fork",
+        "in_forked_child",
+        "wait_for_the_fork",
+    ],
+}
+
 #: What ``import synaptoroute`` must not load: the model runtime, the service, the
 #: database driver and the fitting code come when they are first used.
 HEAVY = [
@@ -71,6 +84,15 @@ def test_the_public_names_are_pinned() -> None:
     assert synaptoroute.__all__ == PUBLIC
     for name in PUBLIC:
         assert getattr(synaptoroute, name) is not None, name
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC_SUBMODULES))
+def test_the_public_submodules_names_are_pinned(module: str) -> None:
+    imported = importlib.import_module(module)
+    assert imported.__all__ == PUBLIC_SUBMODULES[module]
+    for name in imported.__all__:
+        value = getattr(imported, name)
+        assert not callable(value) or value.__doc__, f"{module}.{name} has no docstring"
 
 
 def test_the_0_1_0_api_is_still_there() -> None:

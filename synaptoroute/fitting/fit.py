@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 from .._blas import blas_limit
 from .._cpu import blas_threads, process_cpus, side_by_side
+from ..checks import check_count, is_number
 from ..datasets import NONE, check_labelled, label_indexes
 from ..decision import (
     KNN_K,
@@ -35,7 +36,7 @@ from ..decision import (
 from ..evaluation import figures
 from ..exceptions import InvalidInputError, MissingDependencyError
 from ..lexical import NgramFeatures, text_features
-from ..models import NEGATIVES_ROUTE, check_count, is_number
+from ..models import NEGATIVES_ROUTE
 from .calibration import _calibrate
 from .cuts import (
     Objective,

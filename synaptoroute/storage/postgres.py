@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 
 from .._buffers import read_utterances, split_by_route
 from .._fork import CONNECTION, LEAF, STORE, hold_across_fork
+from ..checks import check_seconds
 from ..exceptions import (
     MissingDependencyError,
     NotADatabaseError,
@@ -45,7 +46,7 @@ from ..exceptions import (
     StorageError,
     install_hint,
 )
-from ..models import Route, check_seconds
+from ..models import Route
 from .base import (
     ModelInfo,
     StoredRoute,

@@ -20,8 +20,9 @@ from numpy.typing import NDArray
 
 from .._buffers import read_utterances, split_by_route
 from .._fork import STORE, hold_across_fork
+from ..checks import check_seconds
 from ..exceptions import InvalidInputError, NotADatabaseError, RouteNotFoundError, StorageError
-from ..models import Route, check_seconds
+from ..models import Route
 from .base import (
     ModelInfo,
     StoredRoute,

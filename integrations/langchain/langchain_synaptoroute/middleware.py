@@ -7,7 +7,6 @@ of this repository.
 from __future__ import annotations
 
 import asyncio
-import numbers
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from synaptoroute import AdaptiveRouter, EncoderProtocol, InvalidInputError, Rou
 
 # The same repository's core (pinned below 0.3): a fork waits for this selector's lock
 # like the router's own, so a child never inherits it held.
+from synaptoroute.checks import check_count, check_threshold
 from synaptoroute.forking import APP, hold_across_fork
 
 from ._inputs import last_human_text
@@ -119,19 +119,11 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
                 ``encoder`` are given.
         """
         super().__init__()
-        # A bool is an int to Python, but True is no count and no threshold.
-        if max_tools is not None and (
-            isinstance(max_tools, bool) or not isinstance(max_tools, int) or max_tools < 1
-        ):
-            msg = f"max_tools must be an int of at least 1 or None, got {max_tools!r}"
-            raise InvalidInputError(msg)
-        if threshold is not None and (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, numbers.Real)
-            or not 0.0 <= threshold <= 1.0
-        ):
-            msg = f"threshold must be a number in [0, 1] or None, got {threshold!r}"
-            raise InvalidInputError(msg)
+        # The core's checks: numpy scalars are numbers, a bool is none.
+        if max_tools is not None:
+            max_tools = check_count(max_tools, "max_tools", 1)
+        if threshold is not None:
+            threshold = check_threshold(threshold, "threshold", low=0.0, high=1.0)
         if on_no_match not in ("all", "none"):
             msg = f"on_no_match must be 'all' or 'none', got {on_no_match!r}"
             raise InvalidInputError(msg)

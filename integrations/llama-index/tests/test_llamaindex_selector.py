@@ -8,6 +8,7 @@ import re
 import threading
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 from llama_index.core.base.base_selector import SelectorResult
 from llama_index.core.tools import ToolMetadata
@@ -100,6 +101,8 @@ def test_decide_with_nothing_scored() -> None:
         ({"on_no_match": "first"}, "on_no_match"),
         ({"on_no_match": "fallback"}, "fallback="),
         ({"threshold": 1.5}, "threshold"),
+        ({"threshold": float("nan")}, "threshold"),
+        ({"max_choice_sets": 2.5}, "max_choice_sets"),
         ({"utterances": {"billing": "I need a refund"}}, "list of strings"),
         ({"utterances": {"billing": ["  "]}}, "empty"),
     ],
@@ -109,6 +112,18 @@ def test_bad_arguments_fail_at_construction(
 ) -> None:
     with pytest.raises(InvalidInputError, match=message):
         SynaptorouteSelector.from_defaults(encoder=encoder, **kwargs)  # type: ignore[arg-type]
+
+
+def test_numpy_arguments_are_numbers(encoder: Encoder, choices: list[ToolMetadata]) -> None:
+    # Arguments computed with numpy (np.int64 is no int to isinstance) were refused.
+    selector = SynaptorouteSelector.from_defaults(
+        encoder=encoder, top_n=np.int64(2), threshold=np.float32(0.25), max_choice_sets=np.int32(3)
+    )
+    assert (selector.policy.top_n, selector.max_choice_sets) == (2, 3)
+    assert type(selector.policy.top_n) is int and type(selector.threshold) is float
+    assert selector.threshold == pytest.approx(0.25)
+    query, expected = CLEAR_QUERIES[0]
+    assert selector.select(choices, query).inds[0] == expected
 
 
 # -- with the real model ---------------------------------------------------------------

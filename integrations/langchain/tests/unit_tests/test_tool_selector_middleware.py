@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
@@ -215,6 +216,13 @@ def test_a_threshold_drops_weak_tools(recording_encoder: RecordingEncoder) -> No
     assert selector.select_tools("Set a timer for ten minutes", TOOLS) == ["set_timer"]
 
 
+def test_numpy_settings_are_numbers(recording_encoder: RecordingEncoder) -> None:
+    # Settings computed with numpy (np.int64 is no int to isinstance) were refused.
+    selector = _selector(recording_encoder, max_tools=np.int64(5), threshold=np.float32(0.45))
+    assert type(selector.max_tools) is int and type(selector.threshold) is float
+    assert selector.select_tools("Set a timer for ten minutes", TOOLS) == ["set_timer"]
+
+
 def test_misnamed_settings_fail_clearly(recording_encoder: RecordingEncoder) -> None:
     bad = _selector(recording_encoder, utterances={"get_wether": ["rain?"]})
     with pytest.raises(InvalidInputError, match=r"\['get_wether'\]"):
@@ -227,7 +235,7 @@ def test_misnamed_settings_fail_clearly(recording_encoder: RecordingEncoder) -> 
     for bad_count in (0, True, 2.5):
         with pytest.raises(InvalidInputError, match="max_tools"):
             SynaptorouteToolSelectorMiddleware(max_tools=bad_count)  # type: ignore[arg-type]
-    for bad_threshold in (True, "0.4", 1.5):
+    for bad_threshold in (True, "0.4", 1.5, float("nan")):
         with pytest.raises(InvalidInputError, match="threshold must be a number"):
             SynaptorouteToolSelectorMiddleware(threshold=bad_threshold)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="not both"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import numbers
 import threading
 import warnings
 from collections import Counter, OrderedDict
@@ -36,6 +35,7 @@ from synaptoroute import (
     Route,
     RouteMatch,
 )
+from synaptoroute.checks import check_count, check_threshold
 from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
 
 from .embeddings import as_encoder
@@ -76,10 +76,8 @@ class SelectionPolicy:
     fallback: str | None = None
 
     def __post_init__(self) -> None:
-        # A bool is an int to Python, but True is no count.
-        if isinstance(self.top_n, bool) or not isinstance(self.top_n, int) or self.top_n < 1:
-            msg = f"top_n must be an integer >= 1, got {self.top_n!r}"
-            raise InvalidInputError(msg)
+        # Frozen: the checked count (numpy's ints become ints) is set as the dataclass does.
+        object.__setattr__(self, "top_n", check_count(self.top_n, "top_n", 1))
         if self.on_no_match not in _NO_MATCH_POLICIES:
             msg = f"on_no_match must be one of {_NO_MATCH_POLICIES}, got {self.on_no_match!r}"
             raise InvalidInputError(msg)
@@ -229,16 +227,10 @@ class SynaptorouteSelector(BaseSelector):
     ) -> None:
         self.encoder = encoder
         self.utterances = _check_utterances(utterances)
-        self.threshold = threshold
+        # A cosine similarity: the core's check (numpy scalars in, bools and NaN out).
+        self.threshold = None if threshold is None else check_threshold(threshold, "threshold")
         self.policy = SelectionPolicy(top_n=top_n, on_no_match=on_no_match, fallback=fallback)
-        if (
-            isinstance(max_choice_sets, bool)
-            or not isinstance(max_choice_sets, int)
-            or max_choice_sets < 1
-        ):
-            msg = f"max_choice_sets must be an integer >= 1, got {max_choice_sets!r}"
-            raise InvalidInputError(msg)
-        self.max_choice_sets = max_choice_sets
+        self.max_choice_sets = check_count(max_choice_sets, "max_choice_sets", 1)
         self._routers: OrderedDict[ChoiceKey, AdaptiveRouter] = OrderedDict()
         # Evicted routers may still have a batching worker running; aclose() stops them.
         self._retired: list[AdaptiveRouter] = []
@@ -250,13 +242,6 @@ class SynaptorouteSelector(BaseSelector):
         # first: it is held while a router is made, and the cache lock is taken under it.
         hold_across_fork(self, APP, lock="_build_lock")
         hold_across_fork(self, APP_CACHE)
-        if threshold is not None and (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, numbers.Real)
-            or not -1.0 <= threshold <= 1.0
-        ):
-            msg = f"threshold must be a number in [-1, 1] (a cosine similarity), got {threshold!r}"
-            raise InvalidInputError(msg)
 
     @classmethod
     def from_defaults(
