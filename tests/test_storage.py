@@ -88,7 +88,9 @@ def test_sqlite_settings_and_schema(tmp_path: Path) -> None:
     assert mode == "wal"
     assert store.model_info() is None
     store.close()
-    assert SQLiteStorage(tmp_path / "s.db", timeout=0)._timeout == 0.0  # 0: never wait
+    never_waits = SQLiteStorage(tmp_path / "s.db", timeout=0)
+    assert never_waits._timeout == 0.0  # 0: never wait
+    never_waits.close()
     for bad in (-1, "10", True, float("nan")):
         with pytest.raises(InvalidInputError, match="timeout must be a finite number"):
             SQLiteStorage(tmp_path / "t.db", timeout=bad)  # type: ignore[arg-type]
