@@ -408,6 +408,12 @@ class AdaptiveRouter:
 
         Returns:
             The negative examples that were new (empty without ``negatives``).
+
+        Raises:
+            RouteExistsError: a name exists and ``replace`` is false.
+            InvalidInputError: two routes share a name, or one is named
+                :data:`~synaptoroute.models.NEGATIVES_ROUTE` (reserved: the negative
+                examples are changed by :meth:`add_negatives` only).
         """
         _not_a_str(negatives, "add_routes(negatives=...)")
         if isinstance(routes, Route):  # a pydantic model iterates over its fields
@@ -418,9 +424,25 @@ class AdaptiveRouter:
             if not isinstance(route, Route):
                 msg = f"add_routes takes Route objects, got {type(route).__name__}: {route!r:.80}"
                 raise TypeError(msg)
+        names = [r.name for r in routes]
+        if NEGATIVES_ROUTE in names:
+            # A route of that name would replace (or, deleted, wipe) every negative
+            # example: they are managed through add_negatives / delete_negatives only.
+            msg = (
+                f"{NEGATIVES_ROUTE!r} is reserved for the negative examples "
+                "(add_negatives, delete_negatives); give the route another name"
+            )
+            raise InvalidInputError(msg)
+        return self._add_routes(routes, replace=replace, negatives=negatives)
+
+    def _add_routes(
+        self, routes: list[Route], *, replace: bool, negatives: Sequence[str] = ()
+    ) -> list[str]:
+        # add_routes without the reserved-name check: add_negatives stores the
+        # negative examples through it.
         new_negatives = clean_utterances(list(negatives))
         names = [r.name for r in routes]
-        if len(set(names)) != len(names) or (new_negatives and NEGATIVES_ROUTE in names):
+        if len(set(names)) != len(names):
             msg = "duplicate route names in one add_routes call"
             raise InvalidInputError(msg)
         with self._lock:
@@ -471,9 +493,13 @@ class AdaptiveRouter:
     def add_utterances(self, name: str, utterances: Sequence[str]) -> list[str]:
         """Add example utterances to a route; returns those that were new."""
         _not_a_str(utterances, "add_utterances")
+        self.get_route(name)  # an unknown name (the reserved one too) fails before encoding
+        return self._add_utterances(name, utterances)
+
+    def _add_utterances(self, name: str, utterances: Sequence[str]) -> list[str]:
         cleaned = clean_utterances(list(utterances))
         with self._lock:
-            route = self.get_route(name)
+            route = self._held(name)
             have = set(route.utterances)
             new = [u for u in cleaned if u not in have]
             if not new:
@@ -490,8 +516,12 @@ class AdaptiveRouter:
         Raises:
             RouteNotFoundError: no such route (a ``KeyError``).
         """
+        self.get_route(name)  # the reserved name is no route: delete_negatives
+        self._delete_route(name)
+
+    def _delete_route(self, name: str) -> None:
         with self._lock:
-            self.get_route(name)
+            self._held(name)
             self.storage.delete_route(name)
             del self._routes[name]
             self._index.delete_route(name)
@@ -500,8 +530,12 @@ class AdaptiveRouter:
     def delete_utterances(self, name: str, utterances: Sequence[str]) -> int:
         """Remove utterances from a route; returns how many were removed."""
         _not_a_str(utterances, "delete_utterances")
+        self.get_route(name)
+        return self._delete_utterances(name, utterances)
+
+    def _delete_utterances(self, name: str, utterances: Sequence[str]) -> int:
         with self._lock:
-            route = self.get_route(name)
+            route = self._held(name)
             drop = {u.strip() for u in utterances if isinstance(u, str)} & set(route.utterances)
             if not drop:
                 return 0
@@ -601,6 +635,12 @@ class AdaptiveRouter:
         Raises:
             RouteNotFoundError: no such route (a ``KeyError``).
         """
+        if name == NEGATIVES_ROUTE:  # held like a route, but none: see add_negatives
+            raise RouteNotFoundError(name)
+        return self._held(name)
+
+    def _held(self, name: str) -> Route:
+        # A route by name, the reserved route of the negative examples included.
         try:
             return self._routes[name]
         except KeyError:
@@ -636,9 +676,9 @@ class AdaptiveRouter:
         cleaned = clean_utterances(list(texts))
         with self._lock:
             if NEGATIVES_ROUTE in self._routes:
-                return self.add_utterances(NEGATIVES_ROUTE, cleaned)
+                return self._add_utterances(NEGATIVES_ROUTE, cleaned)
             if cleaned:
-                self.add_routes([Route(name=NEGATIVES_ROUTE, utterances=cleaned)])
+                self._add_routes([Route(name=NEGATIVES_ROUTE, utterances=cleaned)], replace=False)
             return cleaned
 
     def delete_negatives(self, texts: Sequence[str]) -> int:
@@ -647,9 +687,9 @@ class AdaptiveRouter:
         with self._lock:
             if NEGATIVES_ROUTE not in self._routes:
                 return 0
-            removed = self.delete_utterances(NEGATIVES_ROUTE, texts)
+            removed = self._delete_utterances(NEGATIVES_ROUTE, texts)
             if not self._routes[NEGATIVES_ROUTE].utterances:
-                self.delete_route(NEGATIVES_ROUTE)
+                self._delete_route(NEGATIVES_ROUTE)
             return removed
 
     # The negative examples are no route here either, as in route_names.

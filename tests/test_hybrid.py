@@ -599,6 +599,18 @@ async def test_negatives_over_http_with_the_change_guard(
         assert routed.json()["route"] is None
         bad = await client.post("/negatives", json={"texts": []}, headers=auth)
         assert bad.status_code == 422
+        # The reserved route that holds them is no route: it cannot be written,
+        # read or deleted as one (a PUT replaced every negative, a DELETE wiped them).
+        route = {"utterances": ["oops"]}
+        put = await client.put(f"/routes/{NEGATIVES_ROUTE}", json=route, headers=auth)
+        assert put.status_code == 422 and "reserved" in put.text
+        post = await client.post("/routes", json={"name": NEGATIVES_ROUTE, **route}, headers=auth)
+        assert post.status_code == 422
+        for method in ("GET", "DELETE"):
+            gone = await client.request(method, f"/routes/{NEGATIVES_ROUTE}", headers=auth)
+            assert gone.status_code == 404, method
+        listed = await client.get("/negatives", headers=auth)
+        assert listed.json() == {"negatives": body["texts"]}
         deleted = await client.request("DELETE", "/negatives", json=body, headers=auth)
         assert deleted.json() == {"deleted": 1}
     assert router.negatives == []
@@ -615,6 +627,16 @@ def test_negatives_from_the_cli(
     assert json.loads(capsys.readouterr().out) == {"negatives": ["tell me a joke", "sing a song"]}
     assert main(["negatives", "delete", "sing a song", *args]) == 0
     assert json.loads(capsys.readouterr().out) == {"deleted": 1}
+    assert main(["negatives", "list", *args]) == 0
+    assert json.loads(capsys.readouterr().out) == {"negatives": ["tell me a joke"]}
+    # The reserved route is no route to the route commands.
+    assert main(["routes", "add", NEGATIVES_ROUTE, "oops", *args]) == 2
+    assert "reserved" in capsys.readouterr().err
+    assert main(["routes", "delete", NEGATIVES_ROUTE, *args]) == 2  # unknown: nothing deleted
+    labelled = store.parent / "labelled.jsonl"
+    labelled.write_text(json.dumps({"text": "oops", "label": NEGATIVES_ROUTE}) + "\n")
+    assert main(["import", str(labelled), *args]) == 2
+    capsys.readouterr()
     assert main(["negatives", "list", *args]) == 0
     assert json.loads(capsys.readouterr().out) == {"negatives": ["tell me a joke"]}
 

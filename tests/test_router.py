@@ -20,6 +20,7 @@ from synaptoroute import (
     RouteExistsError,
     RouteNotFoundError,
 )
+from synaptoroute.models import NEGATIVES_ROUTE
 
 BILLING = Route(name="billing", utterances=["I need a refund", "Where is my receipt?"])
 SUPPORT = Route(name="support", utterances=["The app crashes", "I can't log in"])
@@ -252,6 +253,34 @@ def test_blas_threads_set_later_are_checked_as_at_construction() -> None:
 def test_the_batching_wait_is_a_number(wait: object) -> None:
     with pytest.raises(InvalidInputError, match="max_wait_ms must be a finite number"):
         AdaptiveRouter(HashingEncoder(dimension=64), max_wait_ms=wait)  # type: ignore[arg-type]
+
+
+def test_the_reserved_name_of_the_negatives_is_no_route_to_any_method() -> None:
+    # Each of these replaced, changed or wiped every negative example as if it were a
+    # route (add_route, add_routes(replace=True) and delete_route took the name).
+    router = AdaptiveRouter(HashingEncoder(dimension=64))
+    router.add_routes([BILLING])
+    router.add_negatives(["tell me a joke", "what is the weather"])
+    held = router.negatives
+    for replace in (False, True):
+        with pytest.raises(InvalidInputError, match="reserved for the negative examples"):
+            router.add_route(Route(name=NEGATIVES_ROUTE, utterances=["oops"]), replace=replace)
+        with pytest.raises(InvalidInputError, match="reserved"):  # all or nothing
+            router.add_routes([SUPPORT, Route(name=NEGATIVES_ROUTE, utterances=["x"])])
+    for change in (
+        lambda: router.get_route(NEGATIVES_ROUTE),
+        lambda: router.delete_route(NEGATIVES_ROUTE),
+        lambda: router.add_utterances(NEGATIVES_ROUTE, ["oops"]),
+        lambda: router.delete_utterances(NEGATIVES_ROUTE, ["tell me a joke"]),
+        lambda: router.set_threshold(NEGATIVES_ROUTE, 0.9),
+    ):
+        with pytest.raises(RouteNotFoundError, match=NEGATIVES_ROUTE):
+            change()
+    assert router.negatives == held and router.route_names == ["billing"]
+    # The negatives' own methods still manage them, down to the last one.
+    assert router.add_negatives(["who won the match"]) == ["who won the match"]
+    assert router.delete_negatives([*held, "who won the match"]) == 3
+    assert router.negatives == [] and router.route_names == ["billing"]
 
 
 def test_add_routes_names_what_is_not_a_route() -> None:

@@ -734,7 +734,7 @@ def test_apply_routes_keeps_negatives_added_while_it_runs(
     report = apply_routes(router, doc)
     assert report.negatives_added == ["tell me a joke"]
     assert router.negatives == ["what is the weather", "who won the match", "tell me a joke"]
-    with pytest.raises(InvalidInputError, match="duplicate"):
+    with pytest.raises(InvalidInputError, match="reserved for the negative examples"):
         real_add_routes([Route(name=NEGATIVES_ROUTE, utterances=["x"])], negatives=["y"])
     with pytest.raises(TypeError, match="not a str"):
         real_add_routes([], negatives="spam")
