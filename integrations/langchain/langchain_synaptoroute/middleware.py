@@ -143,6 +143,8 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         self._built: dict[str, list[str]] = {}
         # The (name, description) of the tools last checked and built.
         self._checked: tuple[tuple[str, str], ...] = ()
+        # Every tool name offered so far: an utterances key must name one of them.
+        self._seen_names: set[str] = set()
         self._lock = threading.Lock()  # held while it makes the router or changes routes
         hold_across_fork(self, APP)
 
@@ -159,16 +161,22 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         """Give every tool a route; (re)build only routes that are new or changed.
 
         Raises:
-            InvalidInputError: tool names repeat, or ``utterances``/``always_include``
-                name a tool the agent does not have.
+            InvalidInputError: tool names repeat, ``always_include`` names a tool this
+                call does not offer, or ``utterances`` names a tool no call offered.
         """
         # Agents offer the same tools on every call: one comparison skips the rest.
         signature = _signature(tools)
         if signature == self._checked:
             return
         names = [tool.name for tool in tools]
-        check_tool_keys(names, self.utterances, "utterances")
+        # A call may offer a subset of the tools (another middleware filters them, or
+        # agents with other tools share this instance): an utterances key only has to
+        # name a tool some call offered; a key none did is a typo or a stale name.
+        seen = self._seen_names | set(names)
+        check_tool_keys(names, None, "utterances")
+        check_tool_keys(sorted(seen), self.utterances, "utterances")
         check_tool_keys(names, dict.fromkeys(self.always_include), "always_include")
+        self._seen_names = seen
         router = self.router
         with self._lock:
             changed = []
@@ -194,11 +202,12 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         text = last_human_text(messages)
         if not candidates or text is None or not text.strip():
             return None
-        # Routes of tools absent from this call may rank above present ones; ask for
-        # enough that max_tools present ones remain.
+        # Routes of tools that are no candidate (absent from this call, or always
+        # included) may rank above the candidates; ask for enough that max_tools
+        # candidates remain.
         stored = len(self.router)
         wanted = len(candidates) if self.max_tools is None else self.max_tools
-        k = max(1, min(stored, wanted + max(stored - len(tools), 0)))
+        k = max(1, min(stored, wanted + max(stored - len(candidates), 0)))
         return _Selection(text=text, candidates=candidates, k=k)
 
     def _chosen(self, plan: _Selection, ranked: Sequence[RouteMatch]) -> list[str] | None:

@@ -106,6 +106,46 @@ def test_max_tools_and_always_include(recording_encoder: RecordingEncoder) -> No
     assert model.bound == [["book_flight", "search_docs"]]
 
 
+def test_an_always_included_tool_takes_no_slot_when_it_ranks_first(
+    recording_encoder: RecordingEncoder,
+) -> None:
+    # The message is about the always-included tool: it ranked first and took the one
+    # slot, so no candidate remained and every tool was bound (on_no_match="all").
+    selector = _selector(recording_encoder, max_tools=1, always_include=["search_docs"])
+    text = "Search the company documentation for how to send an email"
+    chosen = selector.select_tools(text, TOOLS)
+    assert len(chosen) == 2 and chosen[-1] == "search_docs", chosen
+    model = _model("Found it.")
+    create_agent(model, tools=TOOLS, middleware=[selector]).invoke(
+        {"messages": [HumanMessage(text)]}
+    )
+    assert len(model.bound[0]) == 2 and "search_docs" in model.bound[0]
+    top = selector.router.query_top_k(text, 1)[0].candidate
+    assert top == "search_docs"  # the case: the always-included tool ranks first
+    nothing = _selector(
+        recording_encoder, max_tools=1, always_include=["search_docs"], on_no_match="none"
+    )
+    assert len(nothing.select_tools(text, TOOLS)) == 2  # a candidate, not only search_docs
+
+
+def test_a_tool_left_out_of_a_later_call_keeps_its_utterances(
+    recording_encoder: RecordingEncoder,
+) -> None:
+    # Another middleware filters the tools per call: a tool with utterances missing
+    # from the second call raised "utterances names tools that do not exist".
+    selector = _selector(
+        recording_encoder, max_tools=1, utterances={"get_weather": ["will it rain tomorrow"]}
+    )
+    assert selector.select_tools("will it rain tomorrow", TOOLS) == ["get_weather"]
+    without = [t for t in TOOLS if t.name != "get_weather"]
+    assert selector.select_tools("convert 20 euros to dollars", without) == ["convert_currency"]
+    assert selector.select_tools("will it rain tomorrow", without) != ["get_weather"]
+    # A key that no call ever offered is still a typo.
+    typo = _selector(recording_encoder, utterances={"get_wether": ["rain?"]})
+    with pytest.raises(InvalidInputError, match=r"\['get_wether'\]"):
+        typo.select_tools("rain?", TOOLS)
+
+
 def test_a_tool_call_loop_keeps_the_selection_and_runs_the_tool(
     recording_encoder: RecordingEncoder,
 ) -> None:
