@@ -391,6 +391,14 @@ class AdaptiveRouter:
         """
         self.add_routes([route], replace=replace)
 
+    def _put_route(self, route: Route) -> bool:
+        # add_route(route, replace=True) that tells whether the name was new, decided
+        # under the lock (the service's PUT answers 201 or 200 by it, under
+        # concurrent writers of one name).
+        created: list[str] = []
+        self._add_routes(self._checked_routes([route]), replace=True, created=created)
+        return created == [route.name]
+
     def add_routes(
         self, routes: Iterable[Route], *, replace: bool = False, negatives: Sequence[str] = ()
     ) -> list[str]:
@@ -416,6 +424,9 @@ class AdaptiveRouter:
                 examples are changed by :meth:`add_negatives` only).
         """
         _not_a_str(negatives, "add_routes(negatives=...)")
+        return self._add_routes(self._checked_routes(routes), replace=replace, negatives=negatives)
+
+    def _checked_routes(self, routes: Iterable[Route]) -> list[Route]:
         if isinstance(routes, Route):  # a pydantic model iterates over its fields
             msg = "add_routes takes a list of routes; add_route takes one"
             raise TypeError(msg)
@@ -433,13 +444,18 @@ class AdaptiveRouter:
                 "(add_negatives, delete_negatives); give the route another name"
             )
             raise InvalidInputError(msg)
-        return self._add_routes(routes, replace=replace, negatives=negatives)
+        return routes
 
     def _add_routes(
-        self, routes: list[Route], *, replace: bool, negatives: Sequence[str] = ()
+        self,
+        routes: list[Route],
+        *,
+        replace: bool,
+        negatives: Sequence[str] = (),
+        created: list[str] | None = None,
     ) -> list[str]:
         # add_routes without the reserved-name check: add_negatives stores the
-        # negative examples through it.
+        # negative examples through it. ``created`` receives the names that were new.
         new_negatives = clean_utterances(list(negatives))
         names = [r.name for r in routes]
         if len(set(names)) != len(names):
@@ -468,6 +484,8 @@ class AdaptiveRouter:
                 stored.append(StoredRoute(route, vectors[start:end]))
                 start = end
             self.storage.put_routes(stored, self.model)  # one transaction: all or nothing
+            if created is not None:
+                created.extend(n for n in names if n not in self._routes)
             for item in stored:
                 install_route(self._routes, self._index, item.route, item.vectors)
             self._reconcile_policy()
@@ -545,14 +563,16 @@ class AdaptiveRouter:
             )
             return self._index.delete_texts(name, sorted(drop))
 
-    def set_threshold(self, name: str, threshold: float | None) -> None:
-        """Set (or with ``None`` clear) a route's own threshold."""
+    def set_threshold(self, name: str, threshold: float | None) -> Route:
+        """Set (or with ``None`` clear) a route's own threshold; returns the route as
+        changed (a concurrent change may follow it before ``get_route`` would read it)."""
         if threshold is not None:
             threshold = check_threshold(threshold, "threshold")
         with self._lock:
             route = self.get_route(name).model_copy(update={"threshold": threshold})
             self.storage.update_route(route)
             self._routes[name] = route
+            return route
 
     @property
     def threshold(self) -> float:

@@ -11,7 +11,7 @@ import asyncio
 import json
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 from encoder_doubles import CountingEncoder, GatedEncoder
 from pydantic import SecretStr
 
+import synaptoroute.router as router_module
 from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, Route, SQLiteStorage
 from synaptoroute.batching import text_cost
 from synaptoroute.models import NEGATIVES_ROUTE
@@ -162,6 +163,60 @@ async def test_put_route_is_visible_to_the_next_query_and_persisted(
     finally:
         reopened.close()
     assert stored["weather"].utterances == ["play some jazz music"]
+
+
+async def test_a_write_answers_what_it_wrote_when_another_change_follows_at_once(
+    svc: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A DELETE of the same route landing between a write and its answer made the
+    # answer of a successful PUT, POST or threshold change a 404 (it read the route
+    # back); and a PUT told 201 or 200 from a check made before the write. The
+    # concurrent changes happen here inside the write, on the router's reentrant
+    # lock, so the order is fixed.
+    router = svc.router
+    real_install = router_module.install_route
+    follow: list[Callable[[], None]] = []
+
+    def install_then_follow(*args: Any) -> None:
+        real_install(*args)
+        while follow:
+            follow.pop()()
+
+    monkeypatch.setattr(router_module, "install_route", install_then_follow)
+    body = {"utterances": ["play some jazz music"]}
+    for method, url, payload in (
+        ("PUT", "/routes/music", body),
+        ("POST", "/routes", {"name": "music", **body}),
+    ):
+        follow.append(lambda: router.delete_route("music"))
+        r = await svc.client.request(method, url, json=payload, headers=AUTH)
+        assert r.status_code == 201, (method, r.text)
+        assert r.json()["utterances"] == body["utterances"] and "music" not in router
+    real_set = router.set_threshold
+
+    def set_then_delete(name: str, threshold: float | None) -> Route:
+        changed = real_set(name, threshold)
+        router.delete_route(name)
+        return changed
+
+    monkeypatch.setattr(router, "set_threshold", set_then_delete)
+    r = await svc.client.put("/routes/tech/threshold", json={"threshold": 0.7}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["threshold"] == 0.7
+    # Another writer creates the route after this PUT's check, before its write:
+    # this PUT replaced it (200), it did not create it.
+    real_vectors = router._vectors_for
+    nested: list[bool] = []
+
+    def another_put_first(routes: Any) -> Any:
+        if not nested:
+            nested.append(True)
+            router.add_route(Route(name="radio", utterances=["turn on the radio"]))
+        return real_vectors(routes)
+
+    monkeypatch.setattr(router, "_vectors_for", another_put_first)
+    r = await svc.client.put("/routes/radio", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert router.get_route("radio").utterances == body["utterances"]
 
 
 async def test_list_get_create_delete(svc: Service) -> None:

@@ -169,8 +169,10 @@ def endpoints_router(
         if name in r:
             msg = f"route {name!r} exists; PUT /routes/{{name}} replaces it"
             raise RouteExistsError(msg)
-        await _blocking(r.add_route, body.to_route(name))
-        return RouteOut.from_route(r.get_route(name))
+        route = body.to_route(name)
+        await _blocking(r.add_route, route)
+        # What was written, not a read after it: a concurrent DELETE may come between.
+        return RouteOut.from_route(route)
 
     @api.post(
         "/routes/{name:path}/utterances",
@@ -205,9 +207,8 @@ def endpoints_router(
     )
     async def set_route_threshold(name: RouteName, body: ThresholdBody) -> RouteOut:
         """Set a route's own threshold (`null` clears it)."""
-        r = state.get_router()
-        await _blocking(r.set_threshold, name, body.threshold)
-        return RouteOut.from_route(r.get_route(name))
+        changed = await _blocking(state.get_router().set_threshold, name, body.threshold)
+        return RouteOut.from_route(changed)
 
     @api.get(
         "/routes/{name:path}",
@@ -234,11 +235,11 @@ def endpoints_router(
     async def put_route(name: RouteName, body: RouteBody, response: Response) -> RouteOut:
         """Create or replace a route; the next query sees it."""
         route = body.to_route(_check_name(name))
-        r = state.get_router()
-        created = name not in r
-        await _blocking(r.add_route, route, replace=True)
+        # Created or replaced, decided under the router's lock; the body is what was
+        # written (a concurrent DELETE after it made a read answer 404).
+        created = await _blocking(state.get_router()._put_route, route)
         response.status_code = 201 if created else 200
-        return RouteOut.from_route(r.get_route(name))
+        return RouteOut.from_route(route)
 
     @api.delete(
         "/routes/{name:path}",
