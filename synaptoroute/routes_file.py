@@ -20,16 +20,18 @@ negative examples the store lacks.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .encoder import check_text
 from .exceptions import InvalidInputError, MissingDependencyError, install_hint
 from .models import NEGATIVES_ROUTE, OptionalThreshold, Route, clean_utterances
 from .router import AdaptiveRouter
+from .storage import check_route
 
 __all__ = [
     "ApplyReport",
@@ -110,7 +112,10 @@ def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -
     """
     try:
         data = json.loads(text) if fmt == "json" else _yaml().safe_load(text)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError as exc:
+        msg = f"{source}: not valid {fmt.upper()}: it nests too deeply"
+        raise InvalidInputError(msg) from exc
+    except ValueError as exc:
         msg = f"{source}: not valid JSON: {exc}"
         raise InvalidInputError(msg) from exc
     except Exception as exc:
@@ -139,6 +144,18 @@ def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -
     if dupes:
         msg = f"{source}: route {dupes[0]!r} appears more than once"
         raise InvalidInputError(msg)
+    # What the store would refuse (lone surrogates, metadata it cannot read back) is
+    # refused here, naming the field, not later when the service is already starting.
+    checks: list[tuple[str, Callable[[Any], object], Any]] = [
+        *((f"routes.{i} ({r.name!r})", check_route, r) for i, r in enumerate(doc.routes)),
+        *((f"negatives.{i}", check_text, t) for i, t in enumerate(doc.negatives)),
+    ]
+    for field_name, check, value in checks:
+        try:
+            check(value)
+        except InvalidInputError as exc:
+            msg = f"{source}: {field_name}: {exc}"
+            raise InvalidInputError(msg) from None
     return doc
 
 

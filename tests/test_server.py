@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 import httpx
@@ -720,6 +720,32 @@ routes:
 def test_routes_file_errors_name_the_field(text: str, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
         parse_routes(text, "yaml", source="r.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "fmt", "message"),
+    [
+        (
+            '{"routes": [{"name": "s", "utterances": ["\\ud800"]}]}',
+            "json",
+            r"routes\.0 \('s'\): utterance",
+        ),
+        (
+            '{"routes": [{"name": "s", "utterances": ["x"], "metadata": {"v": NaN}}]}',
+            "json",
+            "routes.0 .*NaN",
+        ),
+        ('{"negatives": ["ok", "\\udfff"]}', "json", "negatives.1: text must be valid Unicode"),
+        ("routes: " + "[" * 5000 + "]" * 5000, "yaml", "not valid YAML: it nests too deeply"),
+    ],
+)
+def test_routes_file_errors_the_store_would_raise_name_the_field(
+    text: str, fmt: Literal["json", "yaml"], message: str
+) -> None:
+    # These passed the file check and failed later, without the field (for serve:
+    # inside the service's start-up); a YAML nested too deeply was "not valid JSON".
+    with pytest.raises(InvalidInputError, match=message):
+        parse_routes(text, fmt, source="r")
 
 
 def test_apply_routes_creates_replaces_and_skips(encoder: Encoder, store_path: Path) -> None:

@@ -204,17 +204,58 @@ def test_refuses_exposed_host_without_key(tmp_path: Path) -> None:
     assert not (tmp_path / "x.db").exists()
 
 
-def test_refuses_a_bad_routes_file(tmp_path: Path) -> None:
-    bad = tmp_path / "routes.yaml"
-    bad.write_text("routes:\n  - name: a\n    utterances: [ok, '   ']\n")
-    out = subprocess.run(
-        [*synaptoroute_cmd(), "serve", "--store", str(tmp_path / "x.db"), "--routes", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=LIMIT_S,
+def serve_until_it_fails(*args: str) -> subprocess.CompletedProcess[str]:
+    """``synaptoroute serve ARGS`` run to its exit (each caller's case stops it)."""
+    return subprocess.run(
+        [*synaptoroute_cmd(), "serve", *args], capture_output=True, text=True, timeout=LIMIT_S
     )
-    assert out.returncode == 2
-    assert "routes.0.utterances" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "routes.yaml",
+            "routes:\n  - name: a\n    utterances: [ok, '   ']\n",
+            "routes.0.utterances",
+        ),
+        # Valid JSON that the store refuses: it passed the file check and failed inside
+        # uvicorn's start-up (exit code 3, "extra missing", and a traceback).
+        (
+            "routes.json",
+            '{"routes": [{"name": "s", "utterances": ["ok", "\\ud800"]}]}',
+            "routes.0 ('s'): utterance must be valid Unicode",
+        ),
+    ],
+)
+def test_refuses_a_bad_routes_file_before_it_listens(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    bad = tmp_path / name
+    bad.write_text(content)
+    out = serve_until_it_fails("--store", str(tmp_path / "x.db"), "--routes", str(bad))
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_start_up_failures_exit_as_documented_without_a_traceback(tmp_path: Path) -> None:
+    # Each exited with uvicorn's 3 ("an optional extra is missing" in our table) and
+    # a traceback: a store that is no database is bad input (2), a port that is
+    # taken a failed operation (1).
+    notdb = tmp_path / "notdb.db"
+    notdb.write_text("not a database")
+    out = serve_until_it_fails("--store", str(notdb), "--port", str(free_port()))
+    assert out.returncode == 2, out.stderr
+    assert "is not a readable SQLite database" in out.stderr and "Traceback" not in out.stderr
+    assert notdb.read_text() == "not a database"
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        out = serve_until_it_fails(
+            "--store", str(tmp_path / "y.db"), "--port", str(taken.getsockname()[1])
+        )
+    assert out.returncode == 1, out.stderr
+    assert "address already in use" in out.stderr
 
 
 async def _partial_request(

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..encoder import Encoder
-from ..exceptions import RouterClosedError
+from ..exceptions import RouterClosedError, SynaptorouteError
 from ..router import AdaptiveRouter
 from ..routes_file import apply_routes, load_routes_file
 from .endpoints import _blocking, endpoints_router
@@ -118,8 +118,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if state.router is None:
-            state.router = await _blocking(build_router, settings)
+        try:
+            if state.router is None:
+                state.router = await _blocking(build_router, settings)
+        except SynaptorouteError as exc:
+            app.state.startup_error = exc  # run() reports it in one line
+            raise
         r = state.router
         try:
             if settings.routes_file:
@@ -130,7 +134,9 @@ def create_app(
             # request is not the slow one; start() then runs the batching worker.
             await _blocking(r.warm)
             await r.start()
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, SynaptorouteError):
+                app.state.startup_error = exc
             release(r)
             raise
         state.ready = True
@@ -246,18 +252,40 @@ def create_app(
     return app
 
 
+class _ExpectedStartupError(logging.Filter):
+    """Drops the traceback that uvicorn logs for a start-up error of synaptoroute's own
+    (``run`` raises that error, and the command line prints it in one line); other
+    start-up failures keep their traceback."""
+
+    def __init__(self, app: FastAPI) -> None:
+        super().__init__()
+        self.app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(self.app.state, "startup_error", None) is None:
+            return True
+        return not str(record.msg).startswith("Traceback (most recent call last)")
+
+
 def run(settings: ServerSettings, *, access_log: bool = False) -> None:
     """Serve ``settings`` with uvicorn until SIGINT/SIGTERM; requests in flight finish first.
 
     Raises:
         InvalidInputError: an exposed host with changes enabled and no API key.
+        SynaptorouteError: the service could not start (the store is not a database
+            or holds another model's vectors, the routes file cannot be applied): the
+            error itself, not uvicorn's exit, so the command line reports it in one
+            line.
+        SystemExit: 1 when uvicorn could not start otherwise (the port is taken);
+            uvicorn logs why.
     """
     import uvicorn
 
     settings.check_safe()
     limits = ConnectionLimits.from_settings(settings)
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -274,9 +302,22 @@ def run(settings: ServerSettings, *, access_log: bool = False) -> None:
         # uvicorn re-raises a captured SIGTERM once it has drained; with this handler
         # in place that ends in a normal return (exit status 0), not death by signal.
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    quiet = _ExpectedStartupError(app)
+    uvicorn_log.addFilter(quiet)
     try:
         server.run()
+    except SystemExit as exc:
+        # uvicorn exits with 3 ("startup failure") whatever the cause; an error of
+        # ours (a bad store, a routes file the store refuses) is raised as itself.
+        error = getattr(app.state, "startup_error", None)
+        if error is not None:
+            raise error from None
+        if exc.code not in (0, None):
+            raise SystemExit(1) from None
+        raise
     finally:
+        uvicorn_log.removeFilter(quiet)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
     if not server.started:
