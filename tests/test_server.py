@@ -296,6 +296,28 @@ async def test_unknown_route_is_404_everywhere(svc: Service) -> None:
     assert r.json() == {"detail": "unknown route: 'nope'"}
 
 
+async def test_a_route_name_of_invalid_utf8_in_the_url_is_refused_not_replaced(
+    svc: Service,
+) -> None:
+    # The server decodes percent-escapes with errors="replace": PUT /routes/%FF made a
+    # route named "\ufffd", which /routes/%FE then read and deleted.
+    c = svc.client
+    body = {"utterances": ["play some jazz"]}
+    for bad in ("%FF", "%ED%A0%80", "a%C3", "%FF/utterances", "%FF/threshold"):
+        for method in ("PUT", "GET", "DELETE", "POST"):
+            r = await c.request(method, f"/routes/{bad}", json=body, headers=AUTH)
+            if r.status_code == 405:  # no such method on that path
+                continue
+            assert r.status_code == 422, (method, bad, r.text)
+            assert r.json()["detail"][0]["loc"] == ["path", "name"]
+            assert "unicode" in r.text
+    assert svc.router.route_names == [r.name for r in ROUTES]
+    r = await c.put("/routes/%EF%BF%BD", json=body, headers=AUTH)  # U+FFFD itself is fine
+    assert r.status_code == 201 and r.json()["name"] == "\ufffd"
+    assert (await c.get("/routes/%FE")).status_code == 422
+    assert svc.router.get_route("\ufffd").utterances == body["utterances"]
+
+
 # -- security ---------------------------------------------------------------------------
 async def test_changes_need_the_bearer_token(svc: Service) -> None:
     body = {"utterances": ["hello"]}

@@ -179,6 +179,10 @@ def test_limits_and_bad_input(client: httpx.Client) -> None:
     assert r.status_code == 422
     assert client.post("/route", json={"query": 42}).status_code == 422
     assert "Traceback" not in r.text
+    # Invalid UTF-8 in a route name's percent-escapes (uvicorn decodes it to U+FFFD).
+    auth = {"Authorization": f"Bearer {KEY}"}
+    r = client.put("/routes/%FF?x=1", json={"utterances": ["jazz"]}, headers=auth)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["path", "name"]
     # The service is unharmed.
     assert client.post("/route", json={"query": "refund"}).status_code == 200
 

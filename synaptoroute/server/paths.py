@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from re import Pattern
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import Path
 from fastapi.routing import APIRoute
@@ -96,7 +97,29 @@ class RouteNameRoute(APIRoute):
         match, child_scope = Route.matches(self, scope)
         if match is not Match.NONE:
             child_scope["route"] = self
+            if "\ufffd" in scope["path"]:
+                self._keep_invalid_bytes(scope, child_scope)
         return match, child_scope
+
+    def _keep_invalid_bytes(self, scope: Scope, child_scope: Scope) -> None:
+        # The server decodes the path's percent-escapes with errors="replace", so
+        # /routes/%FF and /routes/%FE both name the route "\ufffd". The names are
+        # taken again from the raw path with the invalid bytes kept as lone
+        # surrogates, which _check_name refuses (422) and no stored route can match.
+        raw = scope.get("raw_path")
+        if not isinstance(raw, bytes):
+            return
+        path = unquote_to_bytes(raw.split(b"?", 1)[0]).decode("utf-8", "surrogateescape")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        found = self.path_regex.match(path)
+        if found is None or path == scope["path"]:
+            return
+        params = dict(child_scope.get("path_params", {}))
+        for key, value in found.groupdict().items():
+            params[key] = self.param_convertors[key].convert(value)
+        child_scope["path_params"] = params
 
 
 def _check_name(name: str) -> str:
