@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 
 import numpy as np
@@ -18,7 +19,14 @@ from llama_index.selectors.synaptoroute import (
 from llama_index.selectors.synaptoroute.embeddings import as_encoder
 from llamaindex_support import CLEAR_QUERIES, UTTERANCES
 
-from synaptoroute import DEFAULT_MODEL_ID, AdaptiveRouter, Encoder, EncoderProtocol, Route
+from synaptoroute import (
+    DEFAULT_MODEL_ID,
+    AdaptiveRouter,
+    Encoder,
+    EncoderProtocol,
+    HashingEncoder,
+    Route,
+)
 from synaptoroute.testing import RecordingEncoder
 
 TEXTS = ["Refunds are paid within five days.", "The app crashes on start", "hello"]
@@ -34,6 +42,29 @@ def test_embedding_matches_the_encoder(encoder: Encoder) -> None:
     assert np.allclose(query, expected[0], atol=1e-5)
     assert np.allclose(embed_model.get_text_embedding(TEXTS[1]), expected[1], atol=1e-5)
     assert np.allclose(embed_model.get_text_embedding_batch(TEXTS), expected, atol=1e-5)
+
+
+def test_a_copy_embeds_with_the_same_model(encoder: Encoder) -> None:
+    # LlamaIndex unpickles (IngestionPipeline workers) and loads from_dict by calling
+    # __init__ with the fields: the copy ran the bundled 384-d model whatever the
+    # original ran, and model_name= was ignored.
+    hashing = SynaptorouteEmbedding(HashingEncoder(dimension=16))
+    copy = pickle.loads(pickle.dumps(hashing))
+    assert isinstance(copy.encoder, HashingEncoder) and copy.model_name == "hashing-bow-16"
+    assert copy.get_text_embedding(TEXTS[0]) == hashing.get_text_embedding(TEXTS[0])
+    bundled = SynaptorouteEmbedding(encoder)
+    for again in (
+        pickle.loads(pickle.dumps(bundled)),
+        SynaptorouteEmbedding.from_json(bundled.to_json()),
+    ):
+        assert again.model_name == DEFAULT_MODEL_ID
+        assert np.allclose(
+            again.get_text_embedding(TEXTS[0]), encoder.encode(TEXTS[:1])[0], atol=1e-5
+        )
+    named = SynaptorouteEmbedding(model_name="BAAI/bge-small-en-v1.5")  # loads on first use
+    assert isinstance(named.encoder, Encoder) and named.encoder.model_id == "BAAI/bge-small-en-v1.5"
+    with pytest.raises(ValueError, match="is not the encoder's model"):
+        SynaptorouteEmbedding(HashingEncoder(dimension=16), model_name=DEFAULT_MODEL_ID)
 
 
 async def test_async_embedding_runs_off_the_loop(recording: RecordingEncoder) -> None:

@@ -10,13 +10,20 @@ the other way: it makes any LlamaIndex ``BaseEmbedding`` a synaptoroute encoder
 from __future__ import annotations
 
 import asyncio
+import pickle
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from typing_extensions import override
 
-from synaptoroute import DEFAULT_MODEL_ID, CallableEncoder, EncoderProtocol, default_encoder
+from synaptoroute import (
+    DEFAULT_MODEL_ID,
+    CallableEncoder,
+    Encoder,
+    EncoderProtocol,
+    default_encoder,
+)
 from synaptoroute.adapters import as_encoder as _core_as_encoder
 from synaptoroute.adapters import llama_index_model_id
 
@@ -31,10 +38,22 @@ class SynaptorouteEmbedding(BaseEmbedding):
     they never block the event loop.
 
     Args:
-        encoder: any :class:`synaptoroute.EncoderProtocol`; default the bundled
-            model (loaded on first use, fully offline, and shared with every router,
-            adapter and selector in the process built without an explicit encoder).
-        **kwargs: ``BaseEmbedding`` fields such as ``embed_batch_size``.
+        encoder: any :class:`synaptoroute.EncoderProtocol`; default the model named
+            by ``model_name``.
+        **kwargs: ``BaseEmbedding`` fields such as ``embed_batch_size``, and
+            ``model_name``: without ``encoder``, the model to run (the bundled one,
+            ``DEFAULT_MODEL_ID``, by default: loaded on first use, fully offline, and
+            shared with every router, adapter and selector in the process built
+            without an explicit encoder; any other name is a fastembed model, fetched
+            on first use); with ``encoder``, it must be the encoder's ``model_id``.
+
+    A copy made by pickling (LlamaIndex sends transformations to worker processes
+    that way) or by ``from_dict``/``from_json`` embeds with the same model: the
+    encoder itself travels when it can be pickled, else the model is loaded again
+    by its name.
+
+    Raises:
+        ValueError: ``model_name`` is not the given encoder's model.
 
     Example:
         >>> from llama_index.core import Document, VectorStoreIndex
@@ -53,10 +72,33 @@ class SynaptorouteEmbedding(BaseEmbedding):
     _encoder: EncoderProtocol = PrivateAttr()
 
     def __init__(self, encoder: EncoderProtocol | None = None, **kwargs: Any) -> None:
-        encoder = encoder if encoder is not None else default_encoder()
-        kwargs.setdefault("model_name", encoder.model_id)
+        name = kwargs.get("model_name")
+        if encoder is None:
+            # The name decides: a copy rebuilt from its fields (unpickling, from_dict)
+            # gets its model back, not silently the bundled one.
+            encoder = default_encoder() if name in (None, DEFAULT_MODEL_ID) else Encoder(name)
+        elif name is not None and name != encoder.model_id:
+            msg = (
+                f"model_name {name!r} is not the encoder's model {encoder.model_id!r}; "
+                "pass the encoder alone, or model_name alone"
+            )
+            raise ValueError(msg)
+        kwargs["model_name"] = encoder.model_id
         super().__init__(**kwargs)
         self._encoder = encoder
+
+    def __getstate__(self) -> dict[str, Any]:
+        # LlamaIndex unpickles by calling __init__ with the fields: an encoder that
+        # pickles (HashingEncoder, a CallableEncoder of a plain function) rides along;
+        # an ONNX one does not, and is loaded again by model_name.
+        state: dict[str, Any] = super().__getstate__()
+        if self._encoder is not default_encoder():
+            try:
+                pickle.dumps(self._encoder)
+            except Exception:  # any failure: rebuilt by name instead
+                return state
+            state["__dict__"] = {**state["__dict__"], "encoder": self._encoder}
+        return state
 
     @classmethod
     @override
