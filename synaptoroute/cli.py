@@ -204,7 +204,7 @@ def _read_labelled(path: str) -> tuple[list[str], list[str | None]]:
 def cmd_route(args: argparse.Namespace) -> int:
     """Route texts and print the route of each."""
     with _router(args) as router:
-        if args.top_k:
+        if args.top_k is not None:  # 0 is refused by query_top_k, not ignored
             results = [
                 [_match_dict(m) for m in router.query_top_k(t, args.top_k)] for t in args.text
             ]
@@ -212,7 +212,7 @@ def cmd_route(args: argparse.Namespace) -> int:
             results = [[_match_dict(m)] for m in router.query_batch(args.text)]
     for text, matches in zip(args.text, results, strict=True):
         if args.json:
-            item = matches if args.top_k else matches[0]
+            item = matches if args.top_k is not None else matches[0]
             print(json.dumps({"query": text, "result": item}, ensure_ascii=False))
             continue
         for m in matches:
@@ -377,8 +377,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         text = render_routes(dump_routes(router), fmt)
     if args.output:
         tmp = Path(args.output + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(args.output)  # a reader never sees half a file
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(args.output)  # a reader never sees half a file
+        finally:
+            tmp.unlink(missing_ok=True)  # left only when the write or the rename failed
     else:
         sys.stdout.write(text)
     return EXIT_OK

@@ -73,6 +73,14 @@ def _check_row(row: Any) -> tuple[str, str | None] | str:
         return f"'label' must be a string or null, got {type(label).__name__}"
     if isinstance(label, str) and not label.strip():
         return "'label' is empty (use null for a text that fits no route)"
+    # JSON escapes can spell lone surrogates ("\ud800"), which no tokenizer or store
+    # takes: refused here, with the line, not later without it.
+    for key, value in (("text", text), ("label", label)):
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"'{key}' is not valid Unicode (a lone surrogate)"
     return text, label.strip() if isinstance(label, str) else None
 
 

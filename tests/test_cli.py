@@ -553,6 +553,27 @@ def test_invalid_values_are_bad_input(
     assert stored_routes(store) == {}
 
 
+def test_odd_arguments_fail_cleanly_and_leave_nothing(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    seed(capsys, store)
+    # --top-k 0 printed the ordinary answer with exit code 0 (-1 was refused).
+    code, _, err = run(capsys, "route", "refund", "--top-k", "0", "--store", store)
+    assert code == EXIT_BAD_INPUT and "k must be at least 1" in err
+    # Exporting onto a folder failed but left "<folder>.tmp" behind.
+    folder = tmp_path / "out"
+    folder.mkdir()
+    code, _, _ = run(capsys, "export", "--store", store, "-o", str(folder))
+    assert code != EXIT_OK
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", Path(store).name])
+    # A lone surrogate in a JSON line was refused without its line number.
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"text": "ok", "label": "billing"}\n{"text": "x\\ud800", "label": "billing"}\n')
+    code, _, err = run(capsys, "import", str(bad), "--store", store)
+    assert code == EXIT_BAD_INPUT and "line 2: 'text' is not valid Unicode" in err
+    assert stored_routes(store)["billing"] == ["I need a refund", "Where is my receipt"]
+
+
 def test_serve_refuses_an_exposed_host_without_key(
     capsys: pytest.CaptureFixture[str], store: str
 ) -> None:
