@@ -217,6 +217,13 @@ class BatchWorker(Generic[Q, T]):
             )
             raise EventLoopMismatchError(msg)
 
+    def release(self) -> None:
+        """Drop what a worker keeps of a loop that was closed without ``stop()`` (its
+        thread, its unanswerable futures); no-op while it runs or stops on an open
+        loop."""
+        if not self.running and not self.stopping:
+            self._discard()
+
     def _discard(self) -> None:
         """Forget the loop-bound state (after a stop, or a loop that went away)."""
         if self._executor is not None:
@@ -460,6 +467,10 @@ class BatchWorker(Generic[Q, T]):
             # nobody may be left waiting on a future that will never be resolved.
             if not loop.is_closed():
                 self._fail(queued=True, inflight=True)
+            # Its thread goes too: a loop closed without stop() (asyncio.run ends by
+            # cancelling this task) would otherwise keep an idle thread for good. A
+            # start() afterwards makes a new executor.
+            executor.shutdown(wait=False, cancel_futures=True)
             raise
 
     async def _serve(

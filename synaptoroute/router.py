@@ -886,6 +886,12 @@ class AdaptiveRouter:
             worker = self._loop_workers.get(loop)
             if worker is not None:
                 return worker
+            # Forget the workers of loops closed without stop() (asyncio.run): each
+            # holds its loop, so the weak mapping alone would keep them for good.
+            for other, owned in list(self._loop_workers.items()):
+                if other.is_closed():
+                    del self._loop_workers[other]
+                    owned.release()
             primary = self._worker
             if not (primary.running or primary.stopping) or primary.loop is loop:
                 # Free (never started, stopped, or its loop was closed): this loop takes it.

@@ -20,6 +20,7 @@ from synaptoroute import (
     AdaptiveRouter,
     Encoder,
     EncoderError,
+    HashingEncoder,
     InvalidInputError,
     Route,
     RouteMatch,
@@ -690,6 +691,32 @@ def test_a_loop_closed_without_stop_releases_its_worker(clinc_router: AdaptiveRo
     second = asyncio.run(clinc_router.aquery(text))
     assert first == second == clinc_router.query(text)
     assert not any(w.running for w in clinc_router.workers)
+
+
+async def test_loops_closed_without_stop_leave_no_worker_or_thread_behind() -> None:
+    # This loop holds the first worker, so each asyncio.run below gets a worker of its
+    # own; each kept its loop, its idle thread and its entry for good (100 runs: 100
+    # threads), although "a loop closed without stop() releases its worker by itself".
+    router = AdaptiveRouter(HashingEncoder(dimension=64))
+    router.add_routes([Route(name="billing", utterances=["I need a refund"])])
+    await router.aquery("refund")  # the first worker runs here, with its thread
+    before = {t for t in threading.enumerate() if t.name.startswith("synaptoroute-batch")}
+
+    def runs() -> list[str | None]:
+        return [asyncio.run(router.aquery("I need a refund")).name for _ in range(20)]
+
+    assert await asyncio.to_thread(runs) == ["billing"] * 20
+    assert len(router._loop_workers) <= 2  # this loop's, and the last run's until the next
+    left = [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("synaptoroute-batch") and t not in before
+    ]
+    for thread in left:
+        thread.join(LIMIT_S)  # an executor shut down lets its thread end
+    assert not [t for t in left if t.is_alive()]
+    assert router.worker.running and (await router.aquery("refund")).name == "billing"
+    await router.stop()
 
 
 async def test_settings_of_the_first_worker_reach_later_loops(gated: AdaptiveRouter) -> None:
