@@ -151,6 +151,10 @@ class BatchWorker(Generic[Q, T]):
         self.max_batch_cost = max_batch_cost
         self.stats = WorkerStats()
         self._queue: deque[tuple[Q, asyncio.Future[T]]] = deque()
+        # The queued futures whose callers still wait, with each one's cost: a caller
+        # that gives up leaves its entry in the deque (skipped when its turn comes)
+        # but stops counting against the limits at once.
+        self._waiting: dict[asyncio.Future[T], int] = {}
         self._queued_cost = 0
         self._inflight: list[tuple[Q, asyncio.Future[T]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -200,8 +204,9 @@ class BatchWorker(Generic[Q, T]):
 
     @property
     def queue_depth(self) -> int:
-        """Texts waiting for a batch (not counting the one being processed)."""
-        return len(self._queue)
+        """Texts waiting for a batch (not counting the one being processed, nor callers
+        that gave up)."""
+        return len(self._waiting)
 
     @property
     def queue_cost(self) -> int:
@@ -324,7 +329,19 @@ class BatchWorker(Generic[Q, T]):
 
     def _clear_queue(self) -> None:
         self._queue.clear()
+        self._waiting.clear()
         self._queued_cost = 0
+
+    def _forget(self, fut: asyncio.Future[T]) -> None:
+        """Stop counting a queued future whose caller gave up (no-op once taken)."""
+        cost = self._waiting.pop(fut, None)
+        if cost is None:
+            return
+        self._queued_cost -= cost
+        if len(self._queue) > 2 * len(self._waiting) + 64:
+            # Callers keep giving up while a batch is stuck: drop their entries now,
+            # so the deque stays within a constant factor of what waits.
+            self._queue = deque(e for e in self._queue if e[1] in self._waiting)
 
     # -- submitting ------------------------------------------------------------------
     async def submit(self, requests: Sequence[Q], timeout: float | None = None) -> list[T]:
@@ -351,7 +368,7 @@ class BatchWorker(Generic[Q, T]):
                 "send them in smaller batches"
             )
             raise InvalidInputError(msg)
-        futures = self._enqueue(requests, self._check_cost(requests))
+        futures = self._enqueue(requests, self._costs(requests))
         if len(futures) == 1:
             return [await self._wait(futures[0], futures, timeout)]
         return list(await self._wait(asyncio.gather(*futures), futures, timeout))
@@ -359,27 +376,29 @@ class BatchWorker(Generic[Q, T]):
     async def submit_one(self, request: Q, timeout: float | None = None) -> T:
         """Queue one request and wait for its result; see :meth:`submit`."""
         _check_timeout(timeout)
-        futures = self._enqueue([request], self._check_cost([request]))
+        futures = self._enqueue([request], self._costs([request]))
         return await self._wait(futures[0], futures, timeout)
 
-    def _check_cost(self, requests: Sequence[Q]) -> int:
-        """The requests' summed cost; refused when no queue could ever take it."""
-        total = sum(self.cost(r) for r in requests)
+    def _costs(self, requests: Sequence[Q]) -> list[int]:
+        """Each request's cost; refused when no queue could ever take their sum."""
+        costs = [self.cost(r) for r in requests]
+        total = sum(costs)
         if self.max_queue_cost is not None and total > self.max_queue_cost:
             msg = (
                 f"these texts cost {total} (characters the model reads), more than the "
                 f"queue's {self.max_queue_cost} can ever hold; send fewer or shorter texts"
             )
             raise InvalidInputError(msg)
-        return total
+        return costs
 
-    def _enqueue(self, requests: Sequence[Q], cost: int) -> list[asyncio.Future[T]]:
+    def _enqueue(self, requests: Sequence[Q], costs: list[int]) -> list[asyncio.Future[T]]:
         loop = asyncio.get_running_loop()
         self._ensure_started(loop)
-        if len(self._queue) + len(requests) > self.max_queue_size:
+        cost = sum(costs)
+        if len(self._waiting) + len(requests) > self.max_queue_size:
             self.stats.rejected += len(requests)
             msg = (
-                f"queue full: {len(self._queue)} of {self.max_queue_size} texts queued, "
+                f"queue full: {len(self._waiting)} of {self.max_queue_size} texts queued, "
                 f"{len(requests)} more refused; retry later"
             )
             raise RouterOverloadedError(msg)
@@ -392,6 +411,7 @@ class BatchWorker(Generic[Q, T]):
             raise RouterOverloadedError(msg)
         futures: list[asyncio.Future[T]] = [loop.create_future() for _ in requests]
         self._queue.extend(zip(requests, futures, strict=True))
+        self._waiting.update(zip(futures, costs, strict=True))
         self._queued_cost += cost
         assert self._wakeup is not None
         self._wakeup.set()
@@ -416,21 +436,31 @@ class BatchWorker(Generic[Q, T]):
             for fut in futures:
                 if not fut.done():
                     fut.cancel()
+                # A cancelled caller's own future was cancelled with it: either way a
+                # future still queued stops counting against the limits now.
+                self._forget(fut)
 
     # -- the worker ------------------------------------------------------------------
     def _take_batch(self) -> list[tuple[Q, asyncio.Future[T]]]:
         batch: list[tuple[Q, asyncio.Future[T]]] = []
-        queue, cost_of, limit = self._queue, self.cost, self.max_batch_cost
+        queue, waiting, limit = self._queue, self._waiting, self.max_batch_cost
         cost = 0
         while queue and len(batch) < self.max_batch_size:
-            c = cost_of(queue[0][0])
+            request, fut = queue[0]
+            c = waiting.get(fut)
+            if c is None or fut.done():  # a caller that gave up: uncounted already
+                queue.popleft()
+                if c is not None:
+                    del waiting[fut]
+                    self._queued_cost -= c
+                continue
             if batch and limit is not None and cost + c > limit:
                 break
-            request, fut = queue.popleft()
+            queue.popleft()
+            del waiting[fut]
             self._queued_cost -= c
-            if not fut.done():  # skip callers that already gave up
-                batch.append((request, fut))
-                cost += c
+            batch.append((request, fut))
+            cost += c
         self.stats.cost += cost
         return batch
 
@@ -438,7 +468,7 @@ class BatchWorker(Generic[Q, T]):
         """Wait up to ``max_wait_ms`` for the queue to hold a full batch."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_ms / 1000
-        while len(self._queue) < self.max_batch_size:
+        while len(self._waiting) < self.max_batch_size:
             left = deadline - loop.time()
             if left <= 0 or self.stopping:
                 return

@@ -456,6 +456,34 @@ async def test_a_cancelled_caller_does_not_break_its_batch(
     assert all(queued not in call for call in enc.calls)
 
 
+async def test_callers_that_gave_up_stop_counting_against_the_queue_at_once() -> None:
+    # Cancelled or timed-out callers kept their place in max_queue_size and
+    # max_queue_cost until the batch in flight finished: new callers were refused as
+    # overload (a 503 from the service) and queue_depth counted callers that were gone.
+    enc = HeldEncoder(HashingEncoder(dimension=64))
+    router = AdaptiveRouter(enc, max_queue_size=4)
+    router.add_routes([Route(name="billing", utterances=["I need a refund"])])
+    enc.hold = True
+    first = asyncio.create_task(router.aquery("blocker"))
+    await enc.next_call()  # in flight, held
+    gone = [asyncio.create_task(router.aquery(f"refund {i}")) for i in range(4)]
+    await until(lambda: router.worker.queue_depth == 4)
+    with pytest.raises(RouterOverloadedError):
+        await router.aquery("one more")
+    for task in gone:
+        task.cancel()
+    await asyncio.gather(*gone, return_exceptions=True)
+    assert (router.worker.queue_depth, router.worker.queue_cost) == (0, 0)
+    waiting = [asyncio.create_task(router.aquery("I need a refund")) for _ in range(4)]
+    await until(lambda: router.worker.queue_depth == 4)  # admitted: the four left room
+    enc.release(2)  # the blocker, then one batch of the four live callers
+    await first
+    assert [m.name for m in await asyncio.gather(*waiting)] == ["billing"] * 4
+    assert all("refund 0" not in call for call in enc.calls)  # the gone were skipped
+    enc.hold = False
+    await router.stop()
+
+
 async def test_an_encoder_failure_fails_only_that_batch(
     gated: AdaptiveRouter, val_texts: list[str]
 ) -> None:
