@@ -19,6 +19,7 @@ from synaptoroute import (
     Route,
     RouteExistsError,
     RouteNotFoundError,
+    SQLiteStorage,
 )
 from synaptoroute.models import NEGATIVES_ROUTE
 
@@ -281,6 +282,21 @@ def test_the_reserved_name_of_the_negatives_is_no_route_to_any_method() -> None:
     assert router.add_negatives(["who won the match"]) == ["who won the match"]
     assert router.delete_negatives([*held, "who won the match"]) == 3
     assert router.negatives == [] and router.route_names == ["billing"]
+
+
+def test_a_store_whose_routes_were_all_deleted_takes_a_new_encoder(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    first = AdaptiveRouter(HashingEncoder(dimension=64), SQLiteStorage(path))
+    first.add_routes([BILLING])
+    first.delete_route("billing")
+    first.close()
+    # It opened (no vectors to mismatch), then every write failed: "refusing to mix".
+    second = AdaptiveRouter(HashingEncoder(dimension=32), SQLiteStorage(path))
+    second.add_routes([SUPPORT])
+    second.close()
+    third = AdaptiveRouter(HashingEncoder(dimension=32), SQLiteStorage(path))
+    assert third.route_names == ["support"] and third.query("The app crashes").name == "support"
+    third.close()
 
 
 def test_add_routes_names_what_is_not_a_route() -> None:

@@ -177,6 +177,22 @@ def test_vectors_of_another_model_are_never_mixed_in(storage: Storage) -> None:
     assert storage.model_info() == MODEL
 
 
+def test_a_store_emptied_of_every_route_takes_another_model(storage: Storage) -> None:
+    # Its model record outlived its vectors: a router of another model opened it
+    # (nothing to mismatch) and then every write failed ("refusing to mix in"), with
+    # no way out but deleting the store.
+    storage.put_routes(stored(), MODEL)
+    for route in ROUTES:
+        storage.delete_route(route.name)
+    small = ModelInfo("small-model", 4)
+    music = StoredRoute(Route(name="music", utterances=["play jazz"]), unit(1, seed=3, dim=4))
+    storage.put_routes([music], small)
+    assert storage.model_info() == small
+    assert content(storage) == {"music": (music.route, music.vectors.tolist())}
+    with pytest.raises(StorageError, match="refusing to mix in 'contract-model'"):
+        storage.put_routes(stored(), MODEL)  # it holds vectors again: no mixing
+
+
 def test_replace_all_moves_the_store_to_another_model(storage: Storage) -> None:
     storage.put_routes(stored(), MODEL)
     items = [StoredRoute(ROUTES[0], unit(2, seed=7, dim=4))]

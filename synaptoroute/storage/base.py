@@ -218,9 +218,13 @@ class WatchableStorage(Storage, Protocol):
         ...
 
 
-def _refuse_mixing(stored: ModelInfo | None, model: ModelInfo) -> None:
-    """Every backend refuses to store vectors of another model beside the stored ones."""
-    if stored is not None and stored != model:
+def _refuse_mixing(stored: ModelInfo | None, model: ModelInfo, *, empty: bool = False) -> None:
+    """Every backend refuses to store vectors of another model beside the stored ones.
+
+    ``empty``: the store holds no vector any more (every route was deleted), so the
+    model it records is no one's and the new one takes its place.
+    """
+    if stored is not None and stored != model and not empty:
         msg = (
             f"store holds vectors of {stored.model_id!r} (dimension {stored.dimension}), "
             f"refusing to mix in {model.model_id!r} (dimension {model.dimension})"

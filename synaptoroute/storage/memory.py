@@ -48,7 +48,7 @@ class MemoryStorage:
             check_route(item.route)
         with self._lock:
             if routes:
-                _refuse_mixing(self._model, model)
+                _refuse_mixing(self._model, model, empty=not self._routes)
                 self._model = model
             for item in routes:
                 self._routes.pop(item.route.name, None)

@@ -605,7 +605,9 @@ class PostgresStorage:
         )
 
     def _set_model(self, cur: psycopg.Cursor[Any], model: ModelInfo) -> None:
-        _refuse_mixing(self._model(cur), model)
+        cur.execute(f"SELECT 1 FROM {self._s}.utterances LIMIT 1")
+        empty = cur.fetchone() is None
+        _refuse_mixing(self._model(cur), model, empty=empty)
         cur.execute(
             f"INSERT INTO {self._s}.meta(key, value) VALUES ('model_id', %s), ('dimension', %s) "
             "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
