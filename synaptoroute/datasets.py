@@ -193,7 +193,7 @@ def check_labelled(texts: Sequence[str], labels: Sequence[str | None]) -> None:
     if len(texts) != len(labels):
         msg = f"texts and labels differ in length ({len(texts)} != {len(labels)})"
         raise InvalidInputError(msg)
-    if not texts:
+    if len(texts) == 0:  # not "not texts": a numpy array has no truth value
         msg = "no labelled rows given"
         raise InvalidInputError(msg)
     for i, text in enumerate(texts):

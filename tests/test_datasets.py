@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from synaptoroute import InvalidInputError
+from synaptoroute import AdaptiveRouter, HashingEncoder, InvalidInputError
 from synaptoroute.datasets import DatasetError, load_jsonl
+from synaptoroute.fitting import routes_from_labelled
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -97,3 +99,17 @@ def test_labelled_row_helpers_live_with_the_datasets_and_keep_their_old_homes() 
     assert label_indexes(["t", None, "b"], ["b", "t"]).tolist() == [1, NONE, 0]
     assert fitting.routes_from_labelled is routes_from_labelled  # 0.2.0 import path
     assert evaluation.label_indexes is label_indexes
+
+
+def test_fit_and_evaluate_take_numpy_arrays_of_texts() -> None:
+    # np.array(texts) failed inside the check ("truth value of an array ... is
+    # ambiguous") where query_batch and numpy labels worked.
+    texts = ["I need a refund", "refund my money", "the app crashes", "cannot log in"] * 3
+    labels = ["billing", "billing", "tech", "tech"] * 3
+    router = AdaptiveRouter(HashingEncoder(dimension=64))
+    router.add_routes(routes_from_labelled(np.array(texts), np.array(labels, dtype=object)))
+    report = router.evaluate(np.array(texts), np.array(labels, dtype=object))
+    assert report.figures.accuracy == 1.0
+    assert router.fit(np.array(texts), np.array(labels, dtype=object), folds=2).decision
+    with pytest.raises(InvalidInputError, match="no labelled rows"):
+        router.evaluate(np.array([], dtype=str), np.array([], dtype=object))
