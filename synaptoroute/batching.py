@@ -282,7 +282,9 @@ class BatchWorker(Generic[Q, T]):
 
         Raises:
             EventLoopMismatchError: called from a loop other than the worker's.
+            InvalidInputError: ``timeout`` is not ``None`` or a number >= 0.
         """
+        check_timeout(timeout)
         if self._task is None:
             return
         if not self.running and not self.stopping:
@@ -359,7 +361,7 @@ class BatchWorker(Generic[Q, T]):
             RouterTimeoutError: ``timeout`` seconds passed first.
             EventLoopMismatchError: called from a loop other than the worker's.
         """
-        _check_timeout(timeout)
+        check_timeout(timeout)
         if not requests:
             return []
         if len(requests) > self.max_queue_size:
@@ -375,7 +377,7 @@ class BatchWorker(Generic[Q, T]):
 
     async def submit_one(self, request: Q, timeout: float | None = None) -> T:
         """Queue one request and wait for its result; see :meth:`submit`."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         futures = self._enqueue([request], self._costs([request]))
         return await self._wait(futures[0], futures, timeout)
 
@@ -536,7 +538,8 @@ class BatchWorker(Generic[Q, T]):
                 fut.set_result(result)
 
 
-def _check_timeout(timeout: float | None) -> None:
+def check_timeout(timeout: float | None) -> None:
+    """Refuse a timeout that is neither None nor a number of seconds >= 0."""
     if timeout is not None and (not is_number(timeout) or not timeout >= 0):
         msg = f"timeout must be None or a number >= 0, got {timeout!r}"
         raise InvalidInputError(msg)

@@ -10,6 +10,7 @@ replicas' changes to :mod:`~synaptoroute.storage`, fitting to
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -38,6 +39,7 @@ from .batching import (
     DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_MAX_WAIT_MS,
     BatchWorker,
+    check_timeout,
     text_cost,
 )
 from .checks import check_count, check_threshold, is_number
@@ -599,7 +601,14 @@ class AdaptiveRouter:
         return self._policy
 
     def set_policy(self, policy: DecisionPolicy) -> None:
-        """Replace the decision policy and persist it."""
+        """Replace the decision policy and persist it.
+
+        Raises:
+            InvalidInputError: a threshold outside the score range (a fitted cut may
+                lie up to 0.001 past it), ``min_margin`` outside [0, 2], or an
+                ``info`` that is not JSON; nothing is changed.
+        """
+        _check_policy(policy)
         with self._lock:
             self.storage.set_state(_POLICY_KEY, policy.to_state())
             self._policy = policy
@@ -930,6 +939,7 @@ class AdaptiveRouter:
         closed without ``stop()`` releases its worker by itself). The router can be
         started again afterwards.
         """
+        check_timeout(timeout)  # also when this loop has no worker to stop
         with self._workers_lock:
             worker = self._loop_workers.get(asyncio.get_running_loop())
         if worker is not None:
@@ -1058,6 +1068,31 @@ class AdaptiveRouter:
         if state is not None:
             self._policy = self._policy_from_state(state)
         self._routes = routes
+
+
+#: How far past the score range a threshold may lie: a fitted cut "none pass" sits
+#: just above the largest score (synaptoroute.fitting.cuts).
+_CUT_SLACK = 1e-3
+
+
+def _check_policy(policy: DecisionPolicy) -> None:
+    low, high = SCORE_MIN - _CUT_SLACK, SCORE_MAX + _CUT_SLACK
+    named = {
+        "threshold": policy.threshold,
+        **{f"thresholds[{k!r}]": v for k, v in policy.thresholds.items()},
+    }
+    for field_name, value in named.items():
+        if not low <= value <= high:
+            msg = f"policy {field_name} must be in [{SCORE_MIN}, {SCORE_MAX}], got {value!r}"
+            raise InvalidInputError(msg)
+    if not 0.0 <= policy.min_margin <= 2.0:
+        msg = f"policy min_margin must be in [0, 2], got {policy.min_margin!r}"
+        raise InvalidInputError(msg)
+    try:
+        json.dumps(dict(policy.info))
+    except (TypeError, ValueError) as exc:
+        msg = f"policy info must be JSON (str, numbers, lists, dicts): {exc}"
+        raise InvalidInputError(msg) from None
 
 
 class _Request(NamedTuple):

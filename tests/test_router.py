@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import threading
@@ -297,6 +298,38 @@ def test_a_store_whose_routes_were_all_deleted_takes_a_new_encoder(tmp_path: Pat
     third = AdaptiveRouter(HashingEncoder(dimension=32), SQLiteStorage(path))
     assert third.route_names == ["support"] and third.query("The app crashes").name == "support"
     third.close()
+
+
+def test_set_policy_refuses_what_the_rest_of_the_api_refuses(tmp_path: Path) -> None:
+    # A threshold of 5 or inf made every query answer None, for good (it was stored);
+    # a negative margin was taken; numpy numbers in info raised a bare TypeError.
+    router = AdaptiveRouter(HashingEncoder(dimension=64), SQLiteStorage(tmp_path / "s.db"))
+    router.add_routes([BILLING])
+    held = router.policy
+    for bad, field in (
+        (DecisionPolicy(threshold=5.0), "threshold"),
+        (DecisionPolicy(threshold=math.inf), "threshold"),
+        (DecisionPolicy(threshold=0.3, thresholds={"billing": -2.0}), "thresholds"),
+        (DecisionPolicy(threshold=0.3, min_margin=-1.0), "min_margin"),
+        (DecisionPolicy(threshold=0.3, info={"x": np.float32(1)}), "info must be JSON"),
+    ):
+        with pytest.raises(InvalidInputError, match=field):
+            router.set_policy(bad)
+    assert router.policy is held and router.query("I need a refund").name == "billing"
+    router.set_policy(DecisionPolicy(threshold=1.0001, thresholds={"billing": -1.0001}))
+    router.close()
+
+
+async def test_stop_checks_its_timeout() -> None:
+    router = AdaptiveRouter(HashingEncoder(dimension=64))
+    router.add_routes([BILLING])
+    await router.aquery("refund")
+    for bad in ("5", -1, math.nan):
+        with pytest.raises(InvalidInputError, match="timeout must be None or a number"):
+            await router.stop(timeout=bad)  # type: ignore[arg-type]
+    assert router.worker.running  # nothing was stopped
+    await router.stop(timeout=5)
+    assert not router.worker.running
 
 
 def test_add_routes_names_what_is_not_a_route() -> None:
