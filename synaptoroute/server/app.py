@@ -305,21 +305,23 @@ def run(settings: ServerSettings, *, access_log: bool = False) -> None:
     uvicorn_log = logging.getLogger("uvicorn.error")
     quiet = _ExpectedStartupError(app)
     uvicorn_log.addFilter(quiet)
+    exit_code: str | int | None = None
     try:
         server.run()
     except SystemExit as exc:
-        # uvicorn exits with 3 ("startup failure") whatever the cause; an error of
-        # ours (a bad store, a routes file the store refuses) is raised as itself.
-        error = getattr(app.state, "startup_error", None)
-        if error is not None:
-            raise error from None
-        if exc.code not in (0, None):
-            raise SystemExit(1) from None
-        raise
+        # Recent uvicorn exits with 3 ("startup failure") whatever the cause; older
+        # releases return with started false. Either way an error of ours (a bad
+        # store, a routes file the store refuses) is raised as itself below.
+        exit_code = exc.code
     finally:
         uvicorn_log.removeFilter(quiet)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
+    error = getattr(app.state, "startup_error", None)
+    if error is not None:
+        raise error
+    if exit_code not in (0, None):
+        raise SystemExit(1)
     if not server.started:
         # uvicorn logs why (port taken, start-up failure) and returns instead of raising.
         raise SystemExit(1)
