@@ -523,6 +523,17 @@ def test_a_foreign_or_newer_schema_is_left_untouched(pg_dsn: str, schema: str) -
         open_store(pg_dsn, schema)
 
 
+def test_a_schema_the_server_refuses_is_a_storage_error(pg_dsn: str) -> None:
+    # The driver's own exception (psycopg.errors.ReservedName for pg_*; the same for a
+    # role without CREATE) escaped from the constructor; code catching StorageError,
+    # as for every other failure to open, missed it.
+    import psycopg
+
+    with pytest.raises(StorageError, match="cannot open the store in schema 'pg_sr_test'") as info:
+        open_store(pg_dsn, "pg_sr_test")
+    assert isinstance(info.value.__cause__, psycopg.Error)
+
+
 def test_every_change_is_logged_in_order_and_notified(pg_dsn: str, schema: str) -> None:
     import psycopg
 

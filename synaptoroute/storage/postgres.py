@@ -243,6 +243,13 @@ class PostgresStorage:
         self._conn = self._connect()
         try:
             self._migrate(self._conn)
+        except _psycopg().Error as exc:
+            # A schema name PostgreSQL reserves (pg_*), a role that may not create
+            # the schema or read its tables: a StorageError like every other failure
+            # to open, not the driver's own exception.
+            self._conn.close()
+            msg = f"cannot open the store in schema {schema!r} at {self._target}: {first_line(exc)}"
+            raise StorageError(msg) from exc
         except BaseException:
             self._conn.close()
             raise
