@@ -1179,7 +1179,7 @@ def _ann_options(
         load_usearch()  # AnnUnavailableError (an ImportError) says how to install it
     # With "auto" and no library, the first build logs a warning and stays exact.
     if cache is None and isinstance(storage, SQLiteStorage) and storage.path != ":memory:":
-        path = Path(storage.path).expanduser()
+        path = Path(storage.file)  # absolute: a later chdir does not move the cache
         cache = path.with_name(path.name + ".ann")
     return {
         "ann_min_rows": 1 if index == "ann" else threshold,

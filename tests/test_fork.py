@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from forking import hold_until_the_fork, in_child, needs_fork, wait_for_the_fork
 
-from synaptoroute import AdaptiveRouter, Route, SQLiteStorage, StorageError, _fork
+from synaptoroute import AdaptiveRouter, HashingEncoder, Route, SQLiteStorage, StorageError, _fork
 from synaptoroute import encoder as encoder_module
 from synaptoroute import forking as fork_api  # tests/forking.py is the helpers
 from synaptoroute.testing import RecordingEncoder
@@ -452,6 +452,32 @@ def test_a_child_forked_after_the_store_file_was_deleted_makes_no_empty_store(
 
     assert in_child(child) == 0
     assert not path.exists()
+    router.close()
+
+
+@needs_fork
+def test_a_child_forked_after_a_chdir_writes_to_the_parents_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store opened by a relative path was reopened in the child against the new
+    # working directory: a missing file made the child's writes fail, an existing one
+    # took them silently (another database).
+    monkeypatch.chdir(tmp_path)
+    store = SQLiteStorage("routes.db")
+    router = AdaptiveRouter(HashingEncoder(dimension=64), store)
+    router.add_routes([Route(name="billing", utterances=["I need a refund"])])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    SQLiteStorage("routes.db").close()  # the decoy: a store of the same name here
+
+    def child() -> None:
+        router.add_route(Route(name="travel", utterances=["book a flight"]))
+
+    assert in_child(child) == 0
+    names = {item.route.name for item in SQLiteStorage(tmp_path / "routes.db").load()}
+    assert names == {"billing", "travel"}
+    assert SQLiteStorage(elsewhere / "routes.db").load() == []
     router.close()
 
 

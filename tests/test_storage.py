@@ -290,3 +290,22 @@ def test_stored_vector_of_the_wrong_size_is_a_storage_error(tmp_path: Path) -> N
         db.close()
         with pytest.raises(StorageError, match="not 8 float32s"):
             SQLiteStorage(path).load()
+
+
+def test_a_store_path_with_a_tilde_is_the_home_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "~" was expanded to make the folder but not to open the file: the open failed
+    # ("unable to open database file") and left the empty folder behind (a store path
+    # from an environment variable is never expanded by a shell).
+    monkeypatch.setenv("HOME", str(tmp_path))
+    store = SQLiteStorage("~/sub/routes.db")
+    assert store.file == str(tmp_path / "sub" / "routes.db")
+    store.put_routes(
+        [StoredRoute(Route(name="a", utterances=["x"]), np.ones((1, 4), np.float32))],
+        ModelInfo("m", 4),
+    )
+    store.close()
+    assert [item.route.name for item in SQLiteStorage(tmp_path / "sub" / "routes.db").load()] == [
+        "a"
+    ]

@@ -139,7 +139,10 @@ class SQLiteStorage:
     writer's change is seen whole or not at all.
 
     Args:
-        path: the database file, or ``":memory:"``.
+        path: the database file (``~`` is expanded; a relative path is resolved
+            against the working directory of the moment it is opened, so a later
+            ``chdir`` changes nothing, in this process or a forked child), or
+            ``":memory:"``.
         timeout: seconds to wait for another writer's lock.
         durability: ``"full"`` (default): when a change returns, it survives a power
             loss. ``"normal"``: fewer fsyncs; the last changes can roll back after a
@@ -163,6 +166,11 @@ class SQLiteStorage:
         if not self.path.strip():  # sqlite3 would open a private temporary file
             msg = "SQLiteStorage needs a file path (or ':memory:'), got an empty one"
             raise InvalidInputError(msg)
+        #: The file every connection opens: ``path`` with ``~`` expanded, made
+        #: absolute when the store is opened (``":memory:"`` stays itself).
+        self.file = (
+            self.path if self.path == ":memory:" else str(Path(self.path).expanduser().absolute())
+        )
         self.durability = durability
         self._timeout = check_seconds(timeout, "timeout", zero=True)
         self._closed = False
@@ -172,7 +180,7 @@ class SQLiteStorage:
         # Held for one read or write; a forked child opens its own connection.
         hold_across_fork(self, STORE, in_child="_forked")
         if self.path != ":memory:":
-            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            Path(self.file).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = self._connect()
         except sqlite3.Error as exc:
@@ -209,9 +217,9 @@ class SQLiteStorage:
 
     def _connect(self, existing: bool = False) -> sqlite3.Connection:
         # existing: open the file only if it is there (mode=rw), never create it.
-        path, uri = self.path, False
+        path, uri = self.file, False
         if existing:
-            path, uri = Path(self.path).absolute().as_uri() + "?mode=rw", True
+            path, uri = Path(self.file).as_uri() + "?mode=rw", True
         return sqlite3.connect(
             path, timeout=self._timeout, isolation_level=None, check_same_thread=False, uri=uri
         )
