@@ -44,7 +44,7 @@ from .exceptions import (
     RouteNotFoundError,
     SynaptorouteError,
 )
-from .models import Route
+from .models import NEGATIVES_ROUTE, Route
 from .router import AdaptiveRouter
 from .routes_file import (
     RoutesDocument,
@@ -244,8 +244,8 @@ def cmd_routes_add(args: argparse.Namespace) -> int:
             raise BadInput(msg)
         doc = load_routes_file(args.file)
     else:
-        if not args.name:
-            msg = "give NAME UTTERANCE... or --file FILE"
+        if not args.name or not args.utterances:
+            msg = "give NAME UTTERANCE... (at least one utterance) or --file FILE"
             raise BadInput(msg)
         route = Route(
             name=args.name,
@@ -337,6 +337,13 @@ def cmd_import(args: argparse.Namespace) -> int:
 
         texts, labels = _read_labelled(args.file)
         doc = RoutesDocument(routes=routes_from_labelled(texts, labels))
+        if NEGATIVES_ROUTE in {r.name for r in doc.routes}:
+            # Refused before the store is opened (or made): nothing is written.
+            msg = (
+                f"{args.file}: the label {NEGATIVES_ROUTE!r} is reserved; add texts that "
+                "must route nowhere with 'synaptoroute negatives add'"
+            )
+            raise BadInput(msg)
         if not doc.routes:
             msg = f"{args.file}: every row is labelled null; there is no route to build"
             raise BadInput(msg)

@@ -100,8 +100,9 @@ def load_jsonl(path: str | os.PathLike[str]) -> tuple[list[str], list[str | None
         OSError: the file cannot be read.
     """
     name = os.fspath(path)
-    with Path(name).open("rb") as fh:
-        return _parse_lines(fh, name)
+    # Split as parse_jsonl splits an upload (\n, \r\n or a lone \r), so a file reads
+    # the same from the command line and the console.
+    return _parse_lines(Path(name).read_bytes().splitlines(keepends=True), name)
 
 
 def parse_jsonl(data: bytes, name: str = "<data>") -> tuple[list[str], list[str | None]]:
@@ -170,7 +171,7 @@ def label_indexes(labels: Sequence[str | None], names: Sequence[str]) -> NDArray
         else:
             unknown.setdefault(label, i)
     if unknown:
-        shown = ", ".join(f"{k!r} (row {v})" for k, v in list(unknown.items())[:5])
+        shown = ", ".join(f"{k!r} (at index {v})" for k, v in list(unknown.items())[:5])
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         msg = (
             f"{len(unknown)} labels name no route of this router: {shown}{more}; add those "

@@ -121,7 +121,12 @@ def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -
     except Exception as exc:
         yaml = _yaml()
         if isinstance(exc, yaml.YAMLError):
-            msg = f"{source}: not valid YAML: {exc}"
+            # One line (errors are one line on stderr): the problem and where, not
+            # PyYAML's excerpt of the file with a caret under it.
+            problem = getattr(exc, "problem", None) or str(exc)
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            msg = f"{source}: not valid YAML: {' '.join(str(problem).split())}{where}"
             raise InvalidInputError(msg) from exc
         raise
     if data is None:
@@ -167,7 +172,7 @@ def load_routes_file(path: str | Path) -> RoutesDocument:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Notepad's BOM is no JSON error
     except (OSError, UnicodeDecodeError) as exc:
         msg = f"cannot read routes file {str(path)!r}: {exc}"
         raise InvalidInputError(msg) from exc

@@ -574,6 +574,43 @@ def test_odd_arguments_fail_cleanly_and_leave_nothing(
     assert stored_routes(store)["billing"] == ["I need a refund", "Where is my receipt"]
 
 
+def test_files_as_editors_write_them_and_refusals_that_write_nothing(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    # A JSON routes file with a BOM (Notepad, PowerShell) was "not valid JSON".
+    bom = tmp_path / "routes.json"
+    bom.write_bytes(
+        b"\xef\xbb\xbf" + b'{"routes": [{"name": "billing", "utterances": ["refund"]}]}'
+    )
+    assert run(capsys, "import", str(bom), "--store", store)[0] == EXIT_OK
+    # A YAML syntax error printed PyYAML's excerpt over several lines.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes:\n  - name: billing\n    utterances: [a, b\n")
+    code, _, err = run(capsys, "import", str(bad), "--store", store)
+    assert code == EXIT_BAD_INPUT and len(err.strip().splitlines()) == 1, err
+    assert "not valid YAML" in err and "(line " in err
+    # A JSONL file with the reserved label made an empty store before it was refused.
+    other = tmp_path / "other.db"
+    labelled = tmp_path / "rows.jsonl"
+    labelled.write_text(
+        '{"text": "tell me a joke", "label": "__negatives__"}\n{"text": "refund", "label": "b"}\n'
+    )
+    code, _, err = run(capsys, "import", str(labelled), "--store", str(other))
+    assert code == EXIT_BAD_INPUT and "'__negatives__' is reserved" in err
+    assert not other.exists()
+    # Lines ended by a lone CR read as one line here, and as two in the console.
+    cr = tmp_path / "cr.jsonl"
+    cr.write_bytes(
+        b'{"text": "refund please", "label": "billing"}\r{"text": "hi", "label": null}\r'
+    )
+    code, out, _ = run(capsys, "import", str(cr), "--store", str(other), "--json")
+    assert code == EXIT_OK and json.loads(out)["rows"] == 2
+    # A route with no utterance was stored, and then never routed to.
+    code, _, err = run(capsys, "routes", "add", "empty", "--store", store)
+    assert code == EXIT_BAD_INPUT and "at least one utterance" in err
+    assert "empty" not in stored_routes(store)
+
+
 def test_serve_refuses_an_exposed_host_without_key(
     capsys: pytest.CaptureFixture[str], store: str
 ) -> None:

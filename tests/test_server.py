@@ -925,7 +925,9 @@ def test_run_hands_uvicorn_the_drain_timeout_rounded_up(
         seen.append(self.config.timeout_graceful_shutdown)
 
     monkeypatch.setattr(uvicorn.Server, "run", capture)
-    monkeypatch.setattr(app_module, "create_app", lambda settings: None)
+    from fastapi import FastAPI
+
+    monkeypatch.setattr(app_module, "create_app", lambda settings: FastAPI())
     with pytest.raises(SystemExit):  # the captured server never started
         app_module.run(ServerSettings(drain_timeout=drain))
     assert seen == [expected]  # never None: uvicorn reads that as "wait for ever"
