@@ -163,7 +163,8 @@ class PostgresStorage:
         schema: the PostgreSQL schema holding the tables (lower-case identifier).
         connect_timeout: seconds to wait for a connection (libpq counts at least 2).
         lock_timeout: seconds a write waits for another replica's write.
-        keep_changes: change-log rows kept; replicas further behind reload everything.
+        keep_changes: change-log rows kept at least (pruned back to them every
+            ``prune_every`` changes); replicas further behind reload everything.
         poll_interval: seconds between safety-net reads of the log while listening.
 
     Example:
