@@ -44,11 +44,12 @@ from .exceptions import (
     RouteNotFoundError,
     SynaptorouteError,
 )
-from .models import NEGATIVES_ROUTE, Route
+from .models import Route
 from .router import AdaptiveRouter
 from .routes_file import (
     RoutesDocument,
     apply_routes,
+    check_document,
     dump_routes,
     load_routes_file,
     render_routes,
@@ -337,13 +338,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
         texts, labels = _read_labelled(args.file)
         doc = RoutesDocument(routes=routes_from_labelled(texts, labels))
-        if NEGATIVES_ROUTE in {r.name for r in doc.routes}:
-            # Refused before the store is opened (or made): nothing is written.
-            msg = (
-                f"{args.file}: the label {NEGATIVES_ROUTE!r} is reserved; add texts that "
-                "must route nowhere with 'synaptoroute negatives add'"
-            )
-            raise BadInput(msg)
+        check_document(doc, args.file)  # before the store is opened (or made)
         if not doc.routes:
             msg = f"{args.file}: every row is labelled null; there is no route to build"
             raise BadInput(msg)

@@ -37,6 +37,7 @@ __all__ = [
     "ApplyReport",
     "RoutesDocument",
     "apply_routes",
+    "check_document",
     "dump_routes",
     "load_routes_file",
     "parse_routes",
@@ -138,11 +139,23 @@ def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -
     except ValidationError as exc:
         msg = f"{source}: {_describe(exc)}"
         raise InvalidInputError(msg) from None
+    check_document(doc, source)
+    return doc
+
+
+def check_document(doc: RoutesDocument, source: str) -> None:
+    """Refuse, naming ``source`` and the field, what applying ``doc`` would refuse:
+    the reserved name of the negative examples, a name twice, a value the store
+    cannot take. Run before any store is opened, so a refusal writes nothing.
+
+    Raises:
+        InvalidInputError: the first such problem.
+    """
     names = [r.name for r in doc.routes]
     if NEGATIVES_ROUTE in names:
         msg = (
-            f"{source}: route name {NEGATIVES_ROUTE!r} is reserved; list texts that must "
-            "route nowhere under 'negatives'"
+            f"{source}: route name {NEGATIVES_ROUTE!r} is reserved; texts that must route "
+            "nowhere are negative examples ('negatives' in a routes file)"
         )
         raise InvalidInputError(msg)
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -161,7 +174,6 @@ def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -
         except InvalidInputError as exc:
             msg = f"{source}: {field_name}: {exc}"
             raise InvalidInputError(msg) from None
-    return doc
 
 
 def load_routes_file(path: str | Path) -> RoutesDocument:
