@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .encoder import check_text
 from .exceptions import InvalidInputError
 from .models import Route
 
@@ -76,10 +77,10 @@ def _check_row(row: Any) -> tuple[str, str | None] | str:
     # JSON escapes can spell lone surrogates ("\ud800"), which no tokenizer or store
     # takes: refused here, with the line, not later without it.
     for key, value in (("text", text), ("label", label)):
-        if isinstance(value, str) and not value.isascii():
+        if isinstance(value, str):
             try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
+                check_text(value)
+            except InvalidInputError:
                 return f"'{key}' is not valid Unicode (a lone surrogate)"
     return text, label.strip() if isinstance(label, str) else None
 
