@@ -218,13 +218,17 @@ class WatchableStorage(Storage, Protocol):
         ...
 
 
-def _refuse_mixing(stored: ModelInfo | None, model: ModelInfo, *, empty: bool = False) -> None:
+def _refuse_mixing(
+    stored: ModelInfo | None, model: ModelInfo, is_empty: Callable[[], bool]
+) -> None:
     """Every backend refuses to store vectors of another model beside the stored ones.
 
-    ``empty``: the store holds no vector any more (every route was deleted), so the
-    model it records is no one's and the new one takes its place.
+    ``is_empty`` (asked only when the models differ, so a write of the same model
+    pays nothing): whether the store holds no vector any more (every route was
+    deleted), in which case the model it records is no one's and the new one takes
+    its place.
     """
-    if stored is not None and stored != model and not empty:
+    if stored is not None and stored != model and not is_empty():
         msg = (
             f"store holds vectors of {stored.model_id!r} (dimension {stored.dimension}), "
             f"refusing to mix in {model.model_id!r} (dimension {model.dimension})"

@@ -48,7 +48,7 @@ class MemoryStorage:
             check_route(item.route)
         with self._lock:
             if routes:
-                _refuse_mixing(self._model, model, empty=not self._routes)
+                _refuse_mixing(self._model, model, lambda: not self._routes)
                 self._model = model
             for item in routes:
                 self._routes.pop(item.route.name, None)
@@ -67,7 +67,7 @@ class MemoryStorage:
         _check_vectors(texts, vectors, model)
         with self._lock:
             old = self._get(name)
-            _refuse_mixing(self._model, model)
+            _refuse_mixing(self._model, model, lambda: not self._routes)
             self._model = model
             route = old.route.model_copy(update={"utterances": [*old.route.utterances, *texts]})
             self._routes[name] = StoredRoute(route, np.vstack([old.vectors, vectors]))

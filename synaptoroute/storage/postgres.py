@@ -613,9 +613,11 @@ class PostgresStorage:
         )
 
     def _set_model(self, cur: psycopg.Cursor[Any], model: ModelInfo) -> None:
-        cur.execute(f"SELECT 1 FROM {self._s}.utterances LIMIT 1")
-        empty = cur.fetchone() is None
-        _refuse_mixing(self._model(cur), model, empty=empty)
+        def is_empty() -> bool:
+            cur.execute(f"SELECT 1 FROM {self._s}.utterances LIMIT 1")
+            return cur.fetchone() is None
+
+        _refuse_mixing(self._model(cur), model, is_empty)
         cur.execute(
             f"INSERT INTO {self._s}.meta(key, value) VALUES ('model_id', %s), ('dimension', %s) "
             "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",

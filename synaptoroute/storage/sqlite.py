@@ -359,8 +359,11 @@ class SQLiteStorage:
     def _set_model(tx: sqlite3.Connection, model: ModelInfo) -> None:
         row = tx.execute("SELECT value FROM meta WHERE key='model_id'").fetchone()
         dim = tx.execute("SELECT value FROM meta WHERE key='dimension'").fetchone()
-        empty = tx.execute("SELECT 1 FROM utterances LIMIT 1").fetchone() is None
-        _refuse_mixing(None if row is None else ModelInfo(row[0], int(dim[0])), model, empty=empty)
+        _refuse_mixing(
+            None if row is None else ModelInfo(row[0], int(dim[0])),
+            model,
+            lambda: tx.execute("SELECT 1 FROM utterances LIMIT 1").fetchone() is None,
+        )
         tx.executemany(
             "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
             [("model_id", model.model_id), ("dimension", str(model.dimension))],
