@@ -116,14 +116,9 @@ def create_app(
             r.close()
             state.router = None  # a restarted lifespan opens the store again
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            if state.router is None:
-                state.router = await _blocking(build_router, settings)
-        except SynaptorouteError as exc:
-            app.state.startup_error = exc  # run() reports it in one line
-            raise
+    async def start_up() -> AdaptiveRouter:
+        if state.router is None:
+            state.router = await _blocking(build_router, settings)
         r = state.router
         try:
             if settings.routes_file:
@@ -134,10 +129,17 @@ def create_app(
             # request is not the slow one; start() then runs the batching worker.
             await _blocking(r.warm)
             await r.start()
-        except BaseException as exc:
-            if isinstance(exc, SynaptorouteError):
-                app.state.startup_error = exc
+        except BaseException:
             release(r)
+            raise
+        return r
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            r = await start_up()
+        except SynaptorouteError as exc:
+            app.state.startup_error = exc  # run() reports it in one line
             raise
         state.ready = True
         metrics.ready.set(1)
