@@ -735,7 +735,10 @@ routes:
         ("routes: [{name: a, colour: red}]", "routes.0.colour"),
         ("thresold: 0.3", "thresold"),
         ("routes: [a, b", "not valid YAML"),
-        ("routes: [{name: __negatives__, utterances: [x]}]", "reserved; texts that must route nowhere"),
+        (
+            "routes: [{name: __negatives__, utterances: [x]}]",
+            "reserved; texts that must route nowhere",
+        ),
         ("negatives: [ok, '  ']", "negatives: .*utterance 1 is empty"),
     ],
 )
