@@ -619,6 +619,15 @@ def test_serve_refuses_an_exposed_host_without_key(
     assert "SYNAPTOROUTE_API_KEY" in err
 
 
+def test_serve_refuses_a_set_but_empty_key_on_loopback(
+    capsys: pytest.CaptureFixture[str], store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SYNAPTOROUTE_API_KEY", "")
+    code, _, err = run(capsys, "serve", "--host", "127.0.0.1", "--store", store)
+    assert code == EXIT_BAD_INPUT
+    assert "SYNAPTOROUTE_API_KEY is set but empty" in err
+
+
 # -- import, fit, eval (issue 4's library calls) -------------------------------------------
 TRAIN = str(FIXTURES / "clinc150_train_slice.jsonl")
 VAL = str(FIXTURES / "clinc150_val_slice.jsonl")

@@ -369,6 +369,23 @@ def test_refuses_exposed_host_with_changes_and_no_key() -> None:
     ServerSettings(host="::1").check_safe()
 
 
+@pytest.mark.parametrize("value", ["", "  "])
+def test_a_set_but_blank_key_is_refused_not_taken_as_none(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # SYNAPTOROUTE_API_KEY= (a deploy whose secret did not arrive) read as unset would
+    # serve route changes to anyone on loopback; it is refused wherever it is read.
+    monkeypatch.setenv("SYNAPTOROUTE_API_KEY", value)
+    settings = ServerSettings.from_env()
+    assert settings.api_key is not None
+    with pytest.raises(InvalidInputError, match="empty"):
+        settings.check_safe()
+    with pytest.raises(InvalidInputError, match="empty"):
+        create_app()
+    with pytest.raises(InvalidInputError, match="empty"):
+        create_app(ServerSettings(api_key=SecretStr(value)))
+
+
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SYNAPTOROUTE_API_KEY", "from-env")
     settings = ServerSettings.from_env(host="0.0.0.0")

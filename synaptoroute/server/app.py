@@ -92,11 +92,16 @@ def create_app(
         router: serve this router instead of opening ``settings.store``. The app
             starts and stops its batching worker but does not close it.
 
+    Raises:
+        InvalidInputError: the API key is set but blank (``SYNAPTOROUTE_API_KEY=``),
+            which would otherwise leave route changes open.
+
     Example:
         >>> app = create_app(ServerSettings(store="routes.db"))  # doctest: +SKIP
         >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
     """
     settings = settings if settings is not None else ServerSettings.from_env()
+    settings.check_key()
 
     def queue_depth() -> float:
         return float(state.router.worker.queue_depth) if state.router is not None else 0.0

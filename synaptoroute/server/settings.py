@@ -136,7 +136,8 @@ class ServerSettings(BaseModel):
     @classmethod
     def from_env(cls, **values: object) -> ServerSettings:
         """Settings from keyword values, the API key from ``SYNAPTOROUTE_API_KEY`` if unset."""
-        if values.get("api_key") is None and os.environ.get(API_KEY_ENV):
+        # Set but empty is kept (not taken as unset), so check_safe refuses it.
+        if values.get("api_key") is None and API_KEY_ENV in os.environ:
             values["api_key"] = os.environ[API_KEY_ENV]
         return cls.model_validate(values)
 
@@ -145,16 +146,26 @@ class ServerSettings(BaseModel):
         """Whether route-changing endpoints exist at all."""
         return not self.read_only
 
+    def check_key(self) -> None:
+        """Refuse a set but empty (or blank) API key, which would otherwise read as none
+        and leave route changes open.
+
+        Raises:
+            InvalidInputError: the key is set and blank.
+        """
+        if self.api_key is not None and not self.api_key.get_secret_value().strip():
+            msg = f"{API_KEY_ENV} is set but empty; set a real token or unset it"
+            raise InvalidInputError(msg)
+
     def check_safe(self) -> None:
         """Refuse an exposed service that anyone could change.
 
         Raises:
-            InvalidInputError: changes are enabled, no API key is set, and ``host``
-                is not a loopback address.
+            InvalidInputError: the API key is set but blank (:meth:`check_key`), or
+                changes are enabled, no API key is set, and ``host`` is not a loopback
+                address.
         """
-        if self.api_key is not None and not self.api_key.get_secret_value():
-            msg = f"{API_KEY_ENV} is set but empty; set a real token or unset it"
-            raise InvalidInputError(msg)
+        self.check_key()
         if self.auth_reads and self.api_key is None:
             msg = f"auth_reads needs an API key: set {API_KEY_ENV}"
             raise InvalidInputError(msg)
