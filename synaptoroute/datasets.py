@@ -167,8 +167,8 @@ def label_indexes(labels: Sequence[str | None], names: Sequence[str]) -> NDArray
         elif not isinstance(label, str):
             msg = f"label {i} must be a route name or None, got {type(label).__name__}"
             raise InvalidInputError(msg)
-        elif label in position:
-            out[i] = position[label]
+        elif label.strip() in position:  # stripped, as routes_from_labelled names routes
+            out[i] = position[label.strip()]
         else:
             unknown.setdefault(label, i)
     if unknown:

@@ -21,14 +21,18 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .checks import check_count
 from .datasets import NONE, check_labelled, label_indexes
 from .exceptions import InvalidInputError, MissingDependencyError, install_hint
 from .models import RouteMatch
+
+#: The reasons for which a router gives no route without judging the query's scope.
+_TURNED_AWAY = frozenset({"empty_query", "no_routes", "negative_example"})
 
 if TYPE_CHECKING:
     from .decision import DecisionPolicy
@@ -112,7 +116,8 @@ def auroc(score: NDArray[np.floating], positive: NDArray[np.bool_]) -> float | N
         return None
     order = np.argsort(values, kind="stable")
     ordered = values[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(ordered)) + 1]
+    # Not np.diff: -inf minus -inf is NaN, which would split a tie of -inf scores.
+    starts = np.r_[0, np.flatnonzero(ordered[1:] != ordered[:-1]) + 1]
     ends = np.r_[starts[1:], len(values)]
     ranks = np.empty(len(values))
     ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)  # average 1-based ranks
@@ -124,7 +129,8 @@ def oos_curve(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """In-scope accuracy and out-of-scope recall at every cut of ``score``.
 
-    A row is routed (to its candidate) when its score is at least the cut.
+    A row is routed (to its candidate) when its score is at least the cut; a row
+    scored ``-inf`` (turned away before its scope was judged) never is.
 
     Args:
         score: each row's score (higher: more in scope).
@@ -135,7 +141,9 @@ def oos_curve(
         Cuts (increasing), in-scope accuracy and out-of-scope recall at each.
     """
     values = np.asarray(score, dtype=np.float64)
-    cuts = np.unique(values)
+    cuts = np.unique(values[values > -np.inf])
+    if not len(cuts):  # every row turned away: the one operating point routes none
+        cuts = np.array([np.inf])
     n_in, n_out = int((~oos).sum()), int(oos.sum())
     right = np.sort(values[correct & ~oos])
     outside = np.sort(values[oos])
@@ -237,15 +245,34 @@ class EvaluationReport:
     cut: float | None = None
     #: What ``cut`` applies to: ``"confidence"`` or ``"score"``.
     cut_on: str = "score"
+    #: Rows the router turned away before judging their scope: an empty query, a
+    #: router with no routes, or a negative example nearer than every route.
+    turned_away: NDArray[np.bool_] = field(
+        default_factory=lambda: np.zeros(0, dtype=bool), repr=False
+    )
+
+    def _judged(self) -> NDArray[np.bool_]:
+        # The rows whose scope the router judged by a score or a confidence.
+        if len(self.turned_away) == len(self.scores):
+            return ~self.turned_away
+        return np.ones(len(self.scores), dtype=bool)
+
+    @property
+    def ood_on(self) -> Literal["confidence", "score"]:
+        """What :attr:`ood_scores` holds: ``"confidence"`` where every judged row has
+        one (after a fit), else ``"score"`` (the best route's similarity)."""
+        conf, judged = self.confidences, self._judged()
+        if len(conf) == len(self.scores) and judged.any() and not np.isnan(conf[judged]).any():
+            return "confidence"
+        return "score"
 
     @property
     def ood_scores(self) -> NDArray[np.float64]:
-        """What the router judges scope by: the confidence where every row has one,
-        else the best route's score."""
-        conf = self.confidences
-        if len(conf) == len(self.scores) and len(conf) and not np.isnan(conf).any():
-            return conf
-        return self.scores
+        """What the router judges scope by (:attr:`ood_on`), per row; ``-inf`` for a
+        row it turned away (:attr:`turned_away`), which no cut routes."""
+        values = self.confidences if self.ood_on == "confidence" else self.scores
+        out: NDArray[np.float64] = np.where(self._judged(), values, -np.inf)
+        return out
 
     @property
     def oos_auroc(self) -> float | None:
@@ -255,11 +282,12 @@ class EvaluationReport:
     @property
     def ece(self) -> float | None:
         """Expected calibration error of ``confidence`` (10 bins) against whether the
-        candidate was right; ``None`` if the router gives no confidence."""
-        conf = self.confidences
-        if len(conf) != len(self.scores) or not len(conf) or np.isnan(conf).any():
+        candidate was right, over the rows the router judged (not those it turned
+        away); ``None`` if the router gives no confidence (before a fit)."""
+        if self.ood_on != "confidence":
             return None
-        return expected_calibration_error(conf, self.candidate_correct)
+        judged = self._judged()
+        return expected_calibration_error(self.confidences[judged], self.candidate_correct[judged])
 
     def oos_curve(self) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         """In-scope accuracy and out-of-scope recall at every cut of
@@ -388,9 +416,7 @@ class EvaluationReport:
     def _plot_curve(self, ax: Any) -> None:
         cuts, in_acc, recall = self.oos_curve()
         ax.plot(recall, in_acc, color="tab:blue", label="every cut")
-        if self.cut is not None and self.cut_on == (
-            "confidence" if self.ood_scores is self.confidences else "score"
-        ):
+        if self.cut is not None and self.cut_on == self.ood_on:
             at = int(np.clip(np.searchsorted(cuts, self.cut, "left"), 0, len(cuts) - 1))
             ax.scatter(
                 [recall[at]],
@@ -498,6 +524,7 @@ def evaluate_matches(
             [np.nan if m.confidence is None else m.confidence for m in matches], dtype=np.float64
         ),
         candidate_correct=(y_cand == y_true) & (y_true != NONE),
+        turned_away=np.array([m.reason in _TURNED_AWAY for m in matches], dtype=bool),
     )
 
 
@@ -537,8 +564,11 @@ def evaluate_router(
         top_pairs: how many confused pairs to keep.
 
     Raises:
-        InvalidInputError: lengths differ, or a label names no route of the router.
+        InvalidInputError: lengths differ, a label names no route of the router, or
+            ``batch_size`` or ``top_pairs`` is not a whole number >= 1 (>= 0).
     """
+    batch_size = check_count(batch_size, "batch_size", 1)
+    top_pairs = check_count(top_pairs, "top_pairs", 0)
     check_labelled(texts, labels)
     names = router.route_names
     label_indexes(labels, names)  # fail before any encoding

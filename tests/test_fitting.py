@@ -309,6 +309,92 @@ def test_fit_validates_before_changing_anything(
     assert router.policy is policy
 
 
+def test_fit_refuses_bad_options_before_any_work(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows
+) -> None:
+    router = open_router()
+    policy = router.policy
+    texts, labels = split(clinc_train)
+    bad: list[tuple[str, object]] = [
+        ("head", "yes"),
+        ("head", 1),
+        ("hybrid", "yes"),
+        ("per_route", None),
+        ("calibration", "bogus"),
+        ("min_support", None),
+        ("min_support", -1),
+        ("max_iter", -5),
+        ("max_iter", 0),
+        ("seed", "x"),
+        ("seed", -1),
+    ]
+    for option, value in bad:
+        with pytest.raises(InvalidInputError, match=option):
+            router.fit(texts, labels, **{option: value})
+    assert router.policy is policy
+
+
+def test_padded_texts_and_labels_fit_as_their_stripped_forms(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows
+) -> None:
+    # Routes strip their utterances and routes_from_labelled strips labels; a fit on
+    # the unstripped rows (a JSON-lines file with stray spaces) must still know each
+    # row as the utterance it is: reused, and left out of its own scores.
+    texts, labels = split(clinc_train)
+    padded = [f" {t}\t" for t in texts]
+    padded_labels = [None if label is None else f"{label} " for label in labels]
+    router = open_router()
+    unfitted = router.policy
+    clean = router.fit(texts, labels, head=False)
+    router.set_policy(unfitted)
+    report = router.fit(padded, padded_labels, head=False)
+    assert report.reused_vectors == clean.reused_vectors > 0
+    assert report.threshold[1] == pytest.approx(clean.threshold[1])
+    assert report.before == clean.before and report.after == clean.after
+
+
+def test_head_that_cannot_be_fitted_is_reported_not_a_crash() -> None:
+    from synaptoroute import HashingEncoder
+
+    router = AdaptiveRouter(HashingEncoder())
+    router.add_routes([Route(name="a", utterances=["I need a refund"]),
+                       Route(name="b", utterances=["the app crashes"])])  # fmt: skip
+    # One row per label: every row falls in one fold, none can be held out.
+    with pytest.warns(UserWarning, match="too few rows"):
+        report = router.fit(["I need a refund", "the app crashes"], ["a", "b"], head=True)
+    assert report.decision == "thresholds" and router.policy.head is None
+    assert any("too few rows" in note for note in report.notes)
+    single = AdaptiveRouter(HashingEncoder())
+    single.add_route(Route(name="billing", utterances=["refund please", "money back"]))
+    with pytest.warns(UserWarning, match="two routes"):
+        report = single.fit(["refund please", "money back", "tell me a joke"],
+                            ["billing", "billing", None], head=True)  # fmt: skip
+    assert report.decision == "thresholds"
+    assert any("two routes" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("changed", ["knn", "lexical"])
+def test_before_judges_the_current_head_whatever_the_new_fit_computes(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows, clinc_val: Rows, changed: str
+) -> None:
+    # 'before' is what the router does now: a current head that reads the k-NN input or
+    # the lexical score is judged with them, even by a fit that needs neither.
+    from dataclasses import replace
+
+    router = open_router()
+    router.fit(*split(clinc_train), head=True, hybrid=True)
+    head = router.policy.head
+    assert head is not None
+    head = replace(head, scorer="knn") if changed == "knn" else replace(head, beta=200.0)
+    router.set_policy(replace(router.policy, head=head))
+    current = router.policy
+    texts, labels = split(clinc_val)
+    now = router.evaluate(texts, labels).figures
+    for options in ({"head": False}, {"head": True, "hybrid": False}):
+        router.set_policy(current)
+        assert router.fit(texts, labels, **options).before == now
+
+
 def test_head_needs_the_fit_extra(
     open_router: Callable[..., AdaptiveRouter],
     clinc_train: Rows,

@@ -27,7 +27,7 @@ import pytest
 from clinc import Rows, split
 from pydantic import SecretStr
 
-from synaptoroute import AdaptiveRouter, Encoder, Route, SQLiteStorage
+from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, Route, SQLiteStorage
 from synaptoroute import lexical as lexical_module
 from synaptoroute.cli import main
 from synaptoroute.decision import OOD_SCORERS, Calibrator, LinearHead, knn_similarity
@@ -686,3 +686,46 @@ def test_evaluate_reports_auroc_ece_curve_and_cut(
     pytest.importorskip("matplotlib")
     path = report.plot(tmp_path / "report.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rows_turned_away_count_as_out_of_scope_in_the_curves(
+    store: Path, encoder: Encoder, opened: list[AdaptiveRouter], clinc_train: Rows, clinc_val: Rows
+) -> None:
+    # A negative example or an empty query turns a row away before its scope is judged:
+    # it carries no confidence, and a negative's score is its similarity to the negative
+    # (high). Neither may read as the most in-scope row, nor take the ECE away.
+    router = open_at(store, encoder, opened)
+    router.fit(*split(clinc_train), head=True)
+    texts, labels = split(clinc_val)
+    plain = router.evaluate(texts, labels)
+    oos = [t for t, label in zip(texts, labels, strict=True) if label is None]
+    router.add_negatives(oos[:5])
+    with_negatives = router.evaluate(texts, labels)
+    assert with_negatives.turned_away.sum() >= 5
+    assert with_negatives.ood_on == "confidence" and with_negatives.ece is not None
+    assert with_negatives.oos_auroc is not None and plain.oos_auroc is not None
+    assert with_negatives.oos_auroc >= plain.oos_auroc
+    cuts, in_acc, recall = with_negatives.oos_curve()
+    at = int(np.searchsorted(cuts, with_negatives.cut))
+    assert in_acc[at] == pytest.approx(with_negatives.in_scope_accuracy)
+    assert recall[at] == pytest.approx(with_negatives.oos_recall)
+    router.delete_negatives(oos[:5])
+    blank = router.evaluate([*texts, "   "], [*labels, None])
+    assert blank.ood_on == "confidence" and blank.ece == pytest.approx(plain.ece)
+    assert blank.turned_away.tolist() == [False] * len(texts) + [True]
+    with pytest.raises(InvalidInputError, match="batch_size"):
+        router.evaluate(texts, labels, batch_size=0)
+
+
+def test_auroc_and_curve_take_rows_scored_minus_infinity() -> None:
+    score = np.array([0.9, -np.inf, 0.4, -np.inf, 0.2])
+    inside = np.array([True, False, True, True, False])
+    # Ties of -inf count half, as other ties do.
+    pairs = [(a, b) for a in score[inside] for b in score[~inside]]
+    expected = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+    assert auroc(score, inside) == pytest.approx(expected)
+    cuts, in_acc, recall = oos_curve(score, inside, ~inside)
+    assert np.isfinite(cuts).all()  # no cut routes a row scored -inf
+    assert in_acc[0] == pytest.approx(2 / 3) and recall[0] == pytest.approx(0.5)
+    cuts, in_acc, recall = oos_curve(np.full(3, -np.inf), inside[:3], ~inside[:3])
+    assert in_acc.tolist() == [0.0] and recall.tolist() == [1.0]

@@ -71,6 +71,7 @@ _NGRAM_SCALE = 0.5
 #: Quantiles of the occurring top-1/top-2 gaps tried as the ambiguity margin.
 _MARGIN_QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.2)
 _OBJECTIVES = ("auto", "balanced", "accuracy", "macro_f1", "oos_recall")
+_CALIBRATIONS = ("auto", "isotonic", "platt")
 
 
 _Features = tuple[NDArray[np.int64], NDArray[np.float32]]
@@ -206,8 +207,18 @@ def fit_policy(
     if not is_number(target_oos_recall) or not 0.0 < target_oos_recall <= 1.0:
         msg = f"target_oos_recall must be a number in (0, 1], got {target_oos_recall!r}"
         raise InvalidInputError(msg)
+    for option, value in (("head", head), ("hybrid", hybrid), ("per_route", per_route)):
+        if not (value is True or value is False or (isinstance(value, str) and value == "auto")):
+            msg = f"{option} must be True, False or 'auto', got {value!r}"
+            raise InvalidInputError(msg)
+    if calibration not in _CALIBRATIONS:
+        msg = f"calibration must be one of {_CALIBRATIONS}, got {calibration!r}"
+        raise InvalidInputError(msg)
     folds = check_count(folds, "folds", 2)
     top_k = check_count(top_k, "top_k", 1)
+    min_support = check_count(min_support, "min_support", 0)
+    max_iter = check_count(max_iter, "max_iter", 1)
+    seed = check_count(seed, "seed", 0)
     strengths = _strengths(regularization)
     check_labelled(texts, labels)
     for i, text in enumerate(texts):
@@ -240,6 +251,9 @@ def fit_policy(
             msg = "objective 'oos_recall' needs out-of-scope rows (label None)"
             raise InvalidInputError(msg)
         want_head = head is not False and n_routes >= 2
+        if head is True and not want_head:
+            notes.append("no head was fitted: a head needs at least two routes to choose among")
+            warnings.warn(notes[-1], stacklevel=3)
         if want_head and head == "auto":
             try:
                 import scipy.sparse  # type: ignore[import-untyped]  # noqa: F401
@@ -250,7 +264,9 @@ def fit_policy(
 
         # Rows: the labelled ones, then (for the head) utterances not among them.
         t0 = time.perf_counter()
-        fit_texts = list(texts)
+        # Stripped as utterances are, so a labelled row that is an utterance is known
+        # as one (its vector reused, itself left out of its scores).
+        fit_texts = [text.strip() for text in texts]
         extra_rows: list[int] = []
         if want_head:
             seen = set(fit_texts)
@@ -273,10 +289,13 @@ def fit_policy(
         k = min(max(2, top_k), n_routes)
         old = inputs.policy
         k_rank = min(max(k, old.ranked_k), n_routes)
+        # What the heads read, the new one's and the current one's (for 'before').
+        need_knn = want_head or (old.head is not None and old.head.needs_knn)
+        need_lex = (want_head and hybrid is not False) or bool(old.head and old.head.beta)
         # The head's k-NN input (the fit rows' k-th neighbour) from the same products.
         with _scoring_threads(len(layout.live), len(all_texts), inputs.blas_threads):
             scores_all, knn = snapshot.scores_and_knn(
-                vectors, all_texts, KNN_K if want_head else 0, knn_rows=n
+                vectors, all_texts, KNN_K if need_knn else 0, knn_rows=n
             )
         scores = scores_all[:, keep_cols]
         # Rows a negative example outranks every route for are rejected at query time.
@@ -288,21 +307,21 @@ def fit_policy(
         data = _Scored(top_ids, top_vals, y_all, n_routes)
         found: list[_Features] | None = None  # the texts' n-gram features, read once
         seconds["score"] = time.perf_counter() - t0
-        if want_head:
+        if need_knn:
             data.knn = knn
-            if hybrid is not False:
-                t0 = time.perf_counter()
-                view = inputs.lexical()
-                found = inputs.features(all_texts)
-                lex_all = view.scores_many(fit_texts, found[:n])
-                own = np.array(
-                    [layout.row_pos[layout.text_rows[t][0]] if t in layout.text_rows else -1
-                     for t in fit_texts],
-                    dtype=np.int64,
-                )  # fmt: skip
-                lex = view.leave_one_out(lex_all, own)[:, keep_cols]
-                data.lex = np.take_along_axis(lex, top_ids[:n], axis=1)
-                seconds["lexical"] = time.perf_counter() - t0
+        if need_lex:
+            t0 = time.perf_counter()
+            view = inputs.lexical()
+            found = inputs.features(all_texts)
+            lex_all = view.scores_many(fit_texts, found[:n])
+            own = np.array(
+                [layout.row_pos[layout.text_rows[t][0]] if t in layout.text_rows else -1
+                 for t in fit_texts],
+                dtype=np.int64,
+            )  # fmt: skip
+            lex = view.leave_one_out(lex_all, own)[:, keep_cols]
+            data.lex = np.take_along_axis(lex, top_ids[:n], axis=1)
+            seconds["lexical"] = time.perf_counter() - t0
 
         fit_rows = np.arange(n, dtype=np.intp)
         fold_all = _folds(y_all, folds, seed)
@@ -349,7 +368,12 @@ def fit_policy(
         sim_calibrator = _calibrate(data.s1[:n], top1_correct, calibration, False)
         seconds["thresholds"] = time.perf_counter() - t0
 
-        # The head.
+        # The head, when some fold can be held out (not when every row falls in one).
+        if want_head and not any(0 < (fold_all != f).sum() < len(fold_all) for f in range(folds)):
+            want_head = False
+            notes.append("no head was fitted: too few rows to hold any out; label more rows")
+            if head is True:
+                warnings.warn(notes[-1], stacklevel=3)
         head_fit: _HeadFit | None = None
         final_head: LinearHead | None = None
         if want_head:
