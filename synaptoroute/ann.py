@@ -30,6 +30,7 @@ import importlib
 import json
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -86,7 +87,9 @@ FEED_YIELD = 0.005
 # Rows per insertion call of a build: a build told to stop (the interpreter exits)
 # ends within one such call (about a second on 2 cores).
 BUILD_CHUNK = 8192
-_FORMAT = 3  # 3: SHA-256 keys of row blocks (2: blake2b keys; 1: float16 vectors)
+# 4: the key names the graph file it was written with (3: SHA-256 keys of row blocks;
+# 2: blake2b keys; 1: float16 vectors)
+_FORMAT = 4
 # Rows per hashed block of the content key (part of the key: changing it is a format change).
 _KEY_BLOCK = 65_536
 # Rows of the graph kept aside (one in LOST_EVERY, evenly spaced, at most LOST_SAMPLE)
@@ -406,19 +409,41 @@ class AnnGraph:
     def save(self, path: Path, key: str) -> None:
         """Write the graph and its key next to each other, each replaced atomically.
 
+        The key names the graph file it belongs to (its inode, size and modification
+        time), so a graph whose key was never written (a writer stopped between the
+        two replacements, or another writer's graph) is not taken for this one.
+
         Args:
             path: the graph file; its key goes to ``path`` + ``.json``.
             key: :func:`content_key` of the covered rows.
+
+        Raises:
+            OSError: a file could not be written (usearch's errors included).
         """
-        with self._lock:
-            covered = self.covered
-            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-            self._graph.save(str(tmp))
-        meta = {"format": _FORMAT, "covered": covered, "key": key, "ndim": self._graph.ndim}
-        os.replace(tmp, path)
-        meta_tmp = path.with_name(path.name + f".{os.getpid()}.json.tmp")
-        meta_tmp.write_text(json.dumps(meta))
-        os.replace(meta_tmp, path.with_name(path.name + ".json"))
+        # Unique per writer, so two routers of one process on one store never share one.
+        stem = f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}"
+        tmp, meta_tmp = path.with_name(stem + ".tmp"), path.with_name(stem + ".json.tmp")
+        try:
+            with self._lock:
+                covered = self.covered
+                try:
+                    self._graph.save(str(tmp))
+                except RuntimeError as exc:  # usearch reports I/O failures so
+                    raise OSError(f"could not write {tmp}: {exc}") from exc
+            written = tmp.stat()
+            meta = {
+                "format": _FORMAT,
+                "covered": covered,
+                "key": key,
+                "ndim": self._graph.ndim,
+                "file": _file_id(written),
+            }
+            meta_tmp.write_text(json.dumps(meta))
+            os.replace(tmp, path)  # a rename keeps the size and modification time
+            os.replace(meta_tmp, path.with_name(path.name + ".json"))
+        finally:
+            for leftover in (tmp, meta_tmp):
+                leftover.unlink(missing_ok=True)
 
     @classmethod
     def load(
@@ -443,17 +468,32 @@ class AnnGraph:
                 or covered > len(rows)
             ):
                 return None
+            if not _same_file(path, meta["file"]):  # not the graph this key was written for
+                return None
             with ThreadPoolExecutor(max_workers=max(2, process_cpus())) as pool:
                 # The graph file is read while its key is checked, not after.
                 loading = pool.submit(_read_graph, path, rows.shape[1])
                 if meta["key"] != content_key(rows[:covered], pool):
                     return None
                 graph = loading.result()
-            if len(graph) != covered:  # the graph file was replaced after its key
+            # The file may have been replaced while it was read.
+            if len(graph) != covered or graph.ndim != rows.shape[1]:
+                return None
+            if not _same_file(path, meta["file"]):
                 return None
             return cls(graph, rows[:covered], gate=gate)
         except (OSError, ValueError, KeyError, RuntimeError, TypeError):
             return None
+
+
+def _file_id(stat: os.stat_result) -> list[int]:
+    # A rename keeps all three; a file written anew changes its inode at least.
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+
+
+def _same_file(path: Path, recorded: object) -> bool:
+    """Whether ``path`` is the file :func:`_file_id` recorded."""
+    return isinstance(recorded, list) and recorded == _file_id(path.stat())
 
 
 def rounds_for(depth: int) -> tuple[tuple[int, int], ...]:

@@ -58,6 +58,7 @@ from .exceptions import (
     ModelMismatchError,
     RouteExistsError,
     RouteNotFoundError,
+    StorageError,
 )
 from .index import Aggregation, IndexStats, RouteIndex, RouteScores, Snapshot
 from .lexical import LexicalIndex
@@ -94,6 +95,8 @@ IndexKind = Literal["auto", "exact", "ann"]
 # RouteMatch is frozen, so every empty query can share one result.
 _EMPTY_QUERY = empty_match()
 _POLICY_KEY = "policy"
+# Reads of a store's routes before its model must have held still once (_read_store).
+_LOAD_TRIES = 5
 _log = logging.getLogger("synaptoroute.router")
 #: Default bound of the embedding cache in bytes (keys and vectors).
 DEFAULT_CACHE_BYTES = 64 << 20
@@ -338,10 +341,27 @@ class AdaptiveRouter:
         """The encoder's model id and dimension."""
         return ModelInfo(self.encoder.model_id, self.encoder.dimension)
 
+    def _read_store(self) -> tuple[list[StoredRoute], ModelInfo | None]:
+        # The routes and the model they were encoded with, as of one moment: another
+        # process's reencode may commit between two reads (a Storage reads each in its
+        # own transaction), and vectors read as of one model must not be taken for
+        # another's. The model is read on both sides of the routes; once it is the same
+        # on both, no reencode committed in between.
+        for _ in range(_LOAD_TRIES):
+            before = self.storage.model_info()
+            stored = list(self.storage.load())
+            info = self.storage.model_info()
+            if info == before:
+                return stored, info
+        msg = f"the store's model changed {_LOAD_TRIES} times while its routes were read"
+        raise StorageError(msg)
+
     def _load(self, reencode: bool) -> None:
-        stored = self.storage.load()
-        info = self.storage.model_info()
-        if stored and info is not None and info != self.model:
+        stored, info = self._read_store()
+        # A store whose routes hold no utterance holds no vector: its model is no one's
+        # (as every back end's write path agrees), and the encoder's takes its place.
+        holds_vectors = any(item.route.utterances for item in stored)
+        if holds_vectors and info is not None and info != self.model:
             if not reencode:
                 msg = (
                     f"the store holds vectors of model {info.model_id!r} (dimension "
@@ -350,15 +370,7 @@ class AdaptiveRouter:
                     "with the new encoder, or open the store with its original model"
                 )
                 raise ModelMismatchError(msg)
-            texts = [u for item in stored for u in item.route.utterances]
-            vectors = self._encode(texts)
-            fresh, start = [], 0
-            for item in stored:
-                end = start + len(item.route.utterances)
-                fresh.append(StoredRoute(item.route, vectors[start:end]))
-                start = end
-            self.storage.replace_all(fresh, self.model)
-            stored = fresh
+            stored = self._reencode(stored)
         for item in stored:
             self._routes[item.route.name] = item.route
         self._index.load(
@@ -367,6 +379,36 @@ class AdaptiveRouter:
         state = self.storage.get_state(_POLICY_KEY)
         if state is not None:
             self._policy = self._policy_from_state(state)
+
+    def _reencode(self, stored: list[StoredRoute]) -> list[StoredRoute]:
+        # Encoding a large store takes minutes, while processes still on the old model
+        # may write: after each encode the routes are read again, and a change is
+        # encoded (only its new texts) before replace_all writes all in one transaction.
+        # A write is then lost only if it lands between the last read and that write
+        # (a Storage has no compare-and-set), not at any time during the encode.
+        texts = [u for item in stored for u in item.route.utterances]
+        vectors = self._encode(texts)
+        done = dict(zip(texts, vectors, strict=True))
+        for _ in range(_LOAD_TRIES):
+            fresh, start = [], 0
+            for item in stored:
+                end = start + len(item.route.utterances)
+                fresh.append(StoredRoute(item.route, vectors[start:end]))
+                start = end
+            again, _ = self._read_store()
+            if [item.route for item in again] == [item.route for item in stored]:
+                self.storage.replace_all(fresh, self.model)
+                return fresh
+            stored = again
+            texts = [u for item in stored for u in item.route.utterances]
+            new = list(dict.fromkeys(u for u in texts if u not in done))
+            if new:
+                done.update(zip(new, self._encode(new), strict=True))
+            vectors = np.array([done[u] for u in texts], dtype=np.float32).reshape(
+                len(texts), self.model.dimension
+            )
+        msg = f"the store changed {_LOAD_TRIES} times while it was re-encoded; nothing was written"
+        raise StorageError(msg)
 
     def _encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         if not texts:

@@ -349,6 +349,46 @@ def test_cache_reused_at_start_up_and_invalidated_by_another_replica(tmp_path: P
         router.close()
 
 
+def test_a_graph_file_not_written_with_its_key_is_not_loaded(tmp_path: Path) -> None:
+    # A writer stopped between replacing the graph and its key, or a graph of another
+    # dimension beside a matching key, must not be taken for the key's graph: the first
+    # was loaded and never certified a query, the second crashed every query.
+    from synaptoroute.ann import AnnGraph, content_key
+
+    rng = np.random.default_rng(3)
+    rows = l2_normalize(rng.standard_normal((600, 16)))
+    other = l2_normalize(rng.standard_normal((600, 16)))
+    path = tmp_path / "g.ann"
+    built = [AnnGraph.build(x, threads=1) for x in (rows, other)]
+    assert built[0] is not None and built[1] is not None
+    built[0].save(path, content_key(rows))
+    assert AnnGraph.load(path, rows) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.ann", "g.ann.json"]
+    key = (tmp_path / "g.ann.json").read_text()
+    built[1].save(path, content_key(other))
+    (tmp_path / "g.ann.json").write_text(key)  # the other graph under rows' key
+    assert AnnGraph.load(path, rows) is None
+    narrow = AnnGraph.build(l2_normalize(rng.standard_normal((600, 8))), threads=1)
+    assert narrow is not None
+    narrow.save(path, content_key(rows))  # a key that matches rows, beside an 8-d graph
+    assert AnnGraph.load(path, rows) is None
+
+
+def test_an_unwritable_cache_keeps_the_graph(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(4)
+    index = RouteIndex(16, ann_min_rows=1, ann_cache=tmp_path / "missing" / "g.ann")
+    with caplog.at_level(logging.WARNING, logger="synaptoroute"):
+        for r in range(60):
+            vectors = l2_normalize(rng.standard_normal((10, 16)))
+            index.add(f"r{r}", vectors, [f"r{r}-{j}" for j in range(10)])
+        assert index.wait_for_ann(timeout=60)
+    assert "could not write the approximate index cache" in caplog.text
+    assert index.ann_min_rows == 1 and index.snapshot().ann is not None
+    assert not (tmp_path / "missing").exists()
+
+
 def test_first_int8_copy_builds_in_the_background_when_the_graph_comes_from_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

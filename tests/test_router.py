@@ -5,11 +5,13 @@ import subprocess
 import sys
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from encoder_doubles import CountingEncoder
+from numpy.typing import NDArray
 
 from synaptoroute import (
     AdaptiveRouter,
@@ -283,6 +285,80 @@ def test_the_reserved_name_of_the_negatives_is_no_route_to_any_method() -> None:
     assert router.add_negatives(["who won the match"]) == ["who won the match"]
     assert router.delete_negatives([*held, "who won the match"]) == 3
     assert router.negatives == [] and router.route_names == ["billing"]
+
+
+def test_a_reencode_committed_while_the_routes_load_is_not_mixed_up() -> None:
+    # Another process re-encodes the store with the new model between the read of the
+    # routes and the read of the model: the routes (old vectors) must not be taken for
+    # the new model's, as the model read afterwards would say.
+    from synaptoroute.storage import MemoryStorage, ModelInfo, StoredRoute
+
+    old, new = HashingEncoder(dimension=64), HashingEncoder(dimension=32)
+
+    class Raced(MemoryStorage):
+        raced = True  # armed once the store holds the old model's routes
+
+        def load(self) -> list[StoredRoute]:
+            routes = super().load()
+            if not self.raced:
+                self.raced = True
+                fresh = [
+                    StoredRoute(r.route, new.encode(r.route.utterances)) for r in routes
+                ]  # fmt: skip
+                self.replace_all(fresh, ModelInfo(new.model_id, new.dimension))
+            return routes
+
+    storage = Raced()
+    AdaptiveRouter(old, storage).add_routes([BILLING, SUPPORT])
+    storage.raced = False
+    router = AdaptiveRouter(new, storage)
+    assert storage.raced
+    assert router.query("The app crashes").name == "support"
+    assert router.query(BILLING.utterances[0]).score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_route_written_while_the_store_is_reencoded_is_kept(tmp_path: Path) -> None:
+    # reencode=True encodes every utterance (minutes on a large store) while processes
+    # still on the old model keep writing; replace_all used to drop what they wrote.
+    path = tmp_path / "s.db"
+    old, new = HashingEncoder(dimension=64), HashingEncoder(dimension=32)
+    writer = AdaptiveRouter(old, SQLiteStorage(path))
+    writer.add_routes([BILLING])
+    music = Route(name="music", utterances=["play some jazz", "next song"])
+
+    class WritesMeanwhile(CountingEncoder):
+        def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+            if self.calls == 0 and len(texts):
+                writer.add_routes([music])  # another process, during the first encode
+            return super().encode(texts)
+
+    encoder = WritesMeanwhile(new)
+    router = AdaptiveRouter(encoder, SQLiteStorage(path), reencode=True)
+    assert router.route_names == ["billing", "music"]
+    # Only the new route's texts were encoded again.
+    assert sorted(encoder.texts) == sorted([*BILLING.utterances, *music.utterances])
+    assert router.query("play some jazz").name == "music"
+    router.close()
+    writer.close()
+    reopened = AdaptiveRouter(new, SQLiteStorage(path))
+    assert reopened.route_names == ["billing", "music"]
+    reopened.close()
+
+
+def test_a_store_whose_routes_hold_no_utterance_opens_with_a_new_encoder(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    first = AdaptiveRouter(HashingEncoder(dimension=64), SQLiteStorage(path))
+    first.add_routes([BILLING])
+    first.delete_utterances("billing", BILLING.utterances)
+    first.close()
+    # No vector to mismatch: it opens (it raised ModelMismatchError) and writes.
+    second = AdaptiveRouter(HashingEncoder(dimension=32), SQLiteStorage(path))
+    second.add_routes([SUPPORT])
+    second.close()
+    third = AdaptiveRouter(HashingEncoder(dimension=32), SQLiteStorage(path))
+    assert third.route_names == ["billing", "support"]
+    assert third.query("The app crashes").name == "support"
+    third.close()
 
 
 def test_a_store_whose_routes_were_all_deleted_takes_a_new_encoder(tmp_path: Path) -> None:

@@ -147,11 +147,21 @@ def test_corrupt_file_is_refused_and_untouched(tmp_path: Path) -> None:
     assert not Path(str(path) + "-wal").exists()
 
 
-def test_foreign_sqlite_database_is_refused_and_untouched(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "setup",
+    [
+        "CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)",
+        # Another application's database need not hold a table: a schema version or a
+        # view says the file is not empty, and it must not be turned into a store.
+        "PRAGMA user_version=7",
+        "PRAGMA user_version=3",
+        "CREATE VIEW answers AS SELECT 42 AS x",
+    ],
+)
+def test_foreign_sqlite_database_is_refused_and_untouched(tmp_path: Path, setup: str) -> None:
     path = tmp_path / "other.db"
     db = sqlite3.connect(path)
-    db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
-    db.execute("INSERT INTO invoices(total) VALUES (9.5)")
+    db.execute(setup)
     db.commit()
     db.close()
     before = sha(path)

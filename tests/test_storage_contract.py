@@ -193,6 +193,18 @@ def test_a_store_emptied_of_every_route_takes_another_model(storage: Storage) ->
         storage.put_routes(stored(), MODEL)  # it holds vectors again: no mixing
 
 
+def test_a_store_whose_routes_hold_no_utterance_takes_another_model(storage: Storage) -> None:
+    # Routes emptied of utterances keep no vector: as with no routes, the model record
+    # is no one's (the memory back end asked whether routes were left, not vectors).
+    storage.put_routes(stored(), MODEL)
+    for route in ROUTES:
+        storage.delete_utterances(route.name, route.utterances)
+    small = ModelInfo("small-model", 4)
+    music = StoredRoute(Route(name="music", utterances=["play jazz"]), unit(1, seed=3, dim=4))
+    storage.put_routes([music], small)
+    assert storage.model_info() == small
+
+
 def test_replace_all_moves_the_store_to_another_model(storage: Storage) -> None:
     storage.put_routes(stored(), MODEL)
     items = [StoredRoute(ROUTES[0], unit(2, seed=7, dim=4))]

@@ -48,11 +48,15 @@ class MemoryStorage:
             check_route(item.route)
         with self._lock:
             if routes:
-                _refuse_mixing(self._model, model, lambda: not self._routes)
+                _refuse_mixing(self._model, model, self._holds_no_vector)
                 self._model = model
             for item in routes:
                 self._routes.pop(item.route.name, None)
                 self._routes[item.route.name] = StoredRoute(item.route, item.vectors.copy())
+
+    def _holds_no_vector(self) -> bool:
+        # As the SQL stores ask: routes left without utterances hold no vector either.
+        return not any(len(item.vectors) for item in self._routes.values())
 
     def _get(self, name: str) -> StoredRoute:
         try:
@@ -67,7 +71,7 @@ class MemoryStorage:
         _check_vectors(texts, vectors, model)
         with self._lock:
             old = self._get(name)
-            _refuse_mixing(self._model, model, lambda: not self._routes)
+            _refuse_mixing(self._model, model, self._holds_no_vector)
             self._model = model
             route = old.route.model_copy(update={"utterances": [*old.route.utterances, *texts]})
             self._routes[name] = StoredRoute(route, np.vstack([old.vectors, vectors]))

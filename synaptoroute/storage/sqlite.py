@@ -256,9 +256,14 @@ class SQLiteStorage:
     def _open(self) -> None:
         db = self._db
         # Reading before any write: a foreign or corrupt file fails here, unmodified.
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        objects = {
+            (kind, name) for kind, name in db.execute("SELECT type, name FROM sqlite_master")
+        }
+        tables = {name for kind, name in objects if kind == "table"}
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
-        if tables:
+        # Only a file with nothing in it (no table, view, index or trigger, and no
+        # schema version of its own) is a new store; anything else must prove it is one.
+        if objects or version:
             app = None
             if "meta" in tables:
                 row = db.execute("SELECT value FROM meta WHERE key='app'").fetchone()
