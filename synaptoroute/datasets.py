@@ -187,11 +187,17 @@ def check_labelled(texts: Sequence[str], labels: Sequence[str | None]) -> None:
     """Validate parallel texts and labels.
 
     Raises:
-        InvalidInputError: lengths differ, there are no rows, or a text is not a string.
+        InvalidInputError: texts or labels are not sequences (a generator), lengths
+            differ, there are no rows, or a text is not a string.
     """
     if isinstance(texts, str):
         msg = "texts must be a list of strings, not a str"
         raise InvalidInputError(msg)
+    for name, value in (("texts", texts), ("labels", labels)):
+        # Read more than once (and by index): a generator would be used up by the first.
+        if not hasattr(value, "__len__") or not hasattr(value, "__getitem__"):
+            msg = f"{name} must be a sequence such as a list, got {type(value).__name__}"
+            raise InvalidInputError(msg)
     if len(texts) != len(labels):
         msg = f"texts and labels differ in length ({len(texts)} != {len(labels)})"
         raise InvalidInputError(msg)

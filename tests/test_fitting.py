@@ -331,6 +331,11 @@ def test_fit_refuses_bad_options_before_any_work(
     for option, value in bad:
         with pytest.raises(InvalidInputError, match=option):
             router.fit(texts, labels, **{option: value})
+    # Generators are read once; the rows are read several times: said, not a TypeError.
+    with pytest.raises(InvalidInputError, match="texts must be a sequence"):
+        router.fit((t for t in texts), labels)
+    with pytest.raises(InvalidInputError, match="labels must be a sequence"):
+        router.evaluate(texts, iter(labels))
     assert router.policy is policy
 
 

@@ -335,6 +335,28 @@ def test_lexical_scores_match_a_direct_tfidf_computation(encoder: Encoder) -> No
     assert loo[0, 0] == pytest.approx(loo_expected, rel=1e-4)
 
 
+def test_fit_leaves_a_text_out_of_every_route_that_holds_it() -> None:
+    # Duplicate texts with conflicting labels make one utterance of two routes: its
+    # lexical score was left out of the first route only (the dense one, of both).
+    from synaptoroute import HashingEncoder
+    from synaptoroute.fitting.fit import lexical_left_out
+
+    text = "reset my router password"
+    router = AdaptiveRouter(HashingEncoder())
+    router.add_routes([Route(name="a", utterances=[text, "wifi is down again"]),
+                       Route(name="b", utterances=["cancel my plan", text])])  # fmt: skip
+    snapshot = router._index.snapshot()
+    view = LexicalIndex().view(snapshot)
+    texts = [text, "wifi router"]  # the second is no utterance: left as it is
+    raw = view.scores_many(texts)
+    got = lexical_left_out(view, raw, snapshot.layout, texts)
+    for name in ("a", "b"):
+        p = snapshot.layout.names.index(name)
+        alone = view.leave_one_out(raw, np.array([p, -1], dtype=np.int64))[0, p]
+        assert got[0, p] == pytest.approx(alone) and alone < raw[0, p]
+    np.testing.assert_array_equal(got[1], raw[1])
+
+
 def test_lexical_view_follows_route_changes_without_reencoding(encoder: Encoder) -> None:
     router = AdaptiveRouter(encoder)
     router.add_routes([Route(name="a", utterances=["zebra crossing"])])

@@ -60,7 +60,7 @@ from .report import FitReport
 from .scores import _rank
 
 if TYPE_CHECKING:
-    from ..index import Snapshot
+    from ..index import RouteLayout, Snapshot
     from ..lexical import LexicalView
 
 #: Weights of the lexical score in the head's logits (0: dense only), tried likewise.
@@ -314,12 +314,7 @@ def fit_policy(
             view = inputs.lexical()
             found = inputs.features(all_texts)
             lex_all = view.scores_many(fit_texts, found[:n])
-            own = np.array(
-                [layout.row_pos[layout.text_rows[t][0]] if t in layout.text_rows else -1
-                 for t in fit_texts],
-                dtype=np.int64,
-            )  # fmt: skip
-            lex = view.leave_one_out(lex_all, own)[:, keep_cols]
+            lex = lexical_left_out(view, lex_all, layout, fit_texts)[:, keep_cols]
             data.lex = np.take_along_axis(lex, top_ids[:n], axis=1)
             seconds["lexical"] = time.perf_counter() - t0
 
@@ -576,6 +571,18 @@ def fit_policy(
         seconds={key: round(value, 3) for key, value in seconds.items()},
     )
     return new_policy, report
+
+
+def lexical_left_out(
+    view: LexicalView, scores: NDArray[np.float64], layout: RouteLayout, texts: Sequence[str]
+) -> NDArray[np.float64]:
+    """The lexical ``scores`` of ``texts`` with each text left out of every route that
+    holds it as an utterance (one route per pass), as the dense scores leave it out."""
+    owners = [[int(layout.row_pos[r]) for r in layout.text_rows.get(t, ())] for t in texts]
+    for j in range(max(map(len, owners), default=0)):
+        own = np.array([o[j] if j < len(o) else -1 for o in owners], dtype=np.int64)
+        scores = view.leave_one_out(scores, own)
+    return scores
 
 
 def _side_by_side(jobs: Sequence[Callable[[], _T]]) -> list[_T]:
