@@ -138,6 +138,12 @@ def _parse_lines(lines: Iterable[bytes], name: str) -> tuple[list[str], list[str
         except json.JSONDecodeError as exc:
             errors.append((number, f"invalid JSON ({exc.msg} at column {exc.colno})"))
             continue
+        except RecursionError:
+            errors.append((number, "invalid JSON (nested too deeply)"))
+            continue
+        except ValueError:  # an integer past Python's digit limit (4,300 by default)
+            errors.append((number, "invalid JSON (a number too long to read)"))
+            continue
         checked = _check_row(row)
         if isinstance(checked, str):
             errors.append((number, checked))

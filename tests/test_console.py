@@ -265,6 +265,11 @@ def test_evaluate_reports_confusions(client: httpx.Client) -> None:
     assert report["misrouted_total"] == len(report["misrouted"])
     bad = client.post("/console/api/evaluate", content=b'{"text": "x"}\n')
     assert bad.status_code == 422 and "line 1" in bad.json()["detail"]
+    # JSON the parser gives up on (too deep, a number past Python's digit limit) is a
+    # malformed line too, not a 500.
+    for line in (b"[" * 5000, b'{"text": "x", "label": ' + b"1" * 5000 + b"}"):
+        hostile = client.post("/console/api/evaluate", content=line + b"\n")
+        assert hostile.status_code == 422 and "line 1: invalid JSON" in hostile.json()["detail"]
     unknown = client.post("/console/api/evaluate", content=b'{"text": "x", "label": "nope"}\n')
     assert unknown.status_code == 422
     many = b'{"text": "x", "label": null}\n' * (MAX_EVALUATION_ROWS + 1)

@@ -386,6 +386,15 @@ def test_a_set_but_blank_key_is_refused_not_taken_as_none(
         create_app(ServerSettings(api_key=SecretStr(value)))
 
 
+@pytest.mark.parametrize("value", ["clé-ключ", "two words", "tab\tkey"])
+def test_a_key_no_client_could_send_is_refused(value: str) -> None:
+    # A header carries bytes that Starlette reads as latin-1: a non-ASCII key (or one
+    # with spaces) could never be presented, and every change would be refused for good.
+    with pytest.raises(InvalidInputError, match="printable ASCII"):
+        create_app(ServerSettings(api_key=SecretStr(value)))
+    ServerSettings(api_key=SecretStr("Az09-._~+/=!")).check_key()
+
+
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SYNAPTOROUTE_API_KEY", "from-env")
     settings = ServerSettings.from_env(host="0.0.0.0")

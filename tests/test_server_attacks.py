@@ -117,6 +117,30 @@ def test_idle_connections_of_one_client_do_not_starve_others(router: AdaptiveRou
         srv.stop()
 
 
+def test_websocket_upgrade_requests_do_not_leak_their_clients_connection_count(
+    router: AdaptiveRouter,
+) -> None:
+    # An upgraded connection left the guarded protocol without its connection_lost, so
+    # each upgrade request kept a count of its client: after max_connections_per_client
+    # of them, every request from that address got 503 for good.
+    srv = serve(router, max_connections_per_client=5)
+    upgrade = (
+        f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade, close\r\n"
+        "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    ).encode()
+    try:
+        for _ in range(20):
+            sock = srv.connect(HOST)
+            sock.sendall(upgrade)
+            answer = closed_by_server(sock)
+            assert answer.startswith(b"HTTP/1.1 200"), answer  # plain HTTP, no switch
+            sock.close()
+        srv.still_serves(HOST)
+    finally:
+        srv.stop()
+
+
 def test_over_the_total_connection_limit_is_refused_not_queued(router: AdaptiveRouter) -> None:
     srv = serve(router, max_connections=30, max_connections_per_client=1000, header_timeout=LIMIT_S)
     try:
@@ -343,6 +367,12 @@ async def test_keyless_service_refuses_foreign_host_names(router: AdaptiveRouter
             ("attacker.example", 421),
             ("attacker.example:8000", 421),
             ("localhost.attacker.example", 421),
+            ("127.5.6.7:8000", 200),
+            # Names that start like a loopback address are DNS names an attacker owns.
+            ("127.attacker.example", 421),
+            ("127.0.0.1.attacker.example:8000", 421),
+            ("[::1].attacker.example", 421),
+            ("[::1]x:8000", 421),
         ]:
             async with await _asgi(app) as c:
                 r = await c.get("/routes", headers={"host": host})

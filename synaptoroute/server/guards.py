@@ -17,6 +17,7 @@ counts) live in :mod:`synaptoroute.server.protocol`.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
@@ -88,15 +89,29 @@ class InternalErrorMiddleware:
 
 def _host_name(value: str) -> str:
     value = value.strip().lower()
-    if value.startswith("["):  # [::1]:8000
-        return value[1 : value.find("]")] if "]" in value else value
+    if value.startswith("["):  # [::1] or [::1]:8000, nothing else after the bracket
+        end = value.find("]")
+        rest = value[end + 1 :] if end > 0 else "?"
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            return value  # not a bracketed address: matches no allowed name
+        return value[1:end]
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
+def _is_loopback_address(name: str) -> bool:
+    # An address, not a name that starts like one: "127.attacker.example" is a DNS
+    # name its owner can point at 127.0.0.1 (DNS rebinding).
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def host_allowed(host_header: str, allowed: Sequence[str]) -> bool:
-    """Whether a ``Host`` header names a loopback name or one of ``allowed`` (port ignored)."""
+    """Whether a ``Host`` header names a loopback name or address, or one of
+    ``allowed`` (port ignored)."""
     name = _host_name(host_header)
-    return name in _LOOPBACK_NAMES or name.startswith("127.") or name in allowed
+    return name in _LOOPBACK_NAMES or _is_loopback_address(name) or name in allowed
 
 
 class HostGuardMiddleware:

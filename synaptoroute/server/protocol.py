@@ -11,6 +11,8 @@ unterminated header is buffered whole) and no per-client connection limit;
   the end of its headers; then the connection is closed.
 - ``body_timeout``: from the end of the headers to the end of the body.
 - ``max_header_bytes``: request line and headers; more gets 431 and a close.
+- no WebSocket upgrade: the service has no WebSocket route, and an upgraded
+  connection would escape these limits (and never give back its client's count).
 - ``max_connections`` / ``max_connections_per_client``: one more connection is
   never queued: its request is answered 503 (``Connection: close``) as soon as its
   headers arrive, and it is closed after ``header_timeout`` if they never do, so one
@@ -136,6 +138,19 @@ class _GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
     # -- the protocol ---------------------------------------------------------------
+    def _should_upgrade_to_ws(self) -> bool:
+        # The service has no WebSocket route. An upgraded connection is handed to
+        # another protocol object, so this one's connection_lost never ran: each
+        # upgrade request leaked a count of its client, which was then refused for
+        # good (503) after max_connections_per_client of them. Upgrade requests are
+        # answered as plain HTTP instead.
+        return False
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # uvicorn logs two warnings per upgrade request (one blames a missing library):
+        # any client could fill the log with them.
+        return
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         limits = self.limits

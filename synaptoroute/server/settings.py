@@ -147,21 +147,34 @@ class ServerSettings(BaseModel):
         return not self.read_only
 
     def check_key(self) -> None:
-        """Refuse a set but empty (or blank) API key, which would otherwise read as none
-        and leave route changes open.
+        """Refuse an API key that could not work: set but empty (or blank), which would
+        otherwise read as none and leave route changes open, or with characters that
+        an HTTP header cannot carry as such (non-ASCII, spaces, control characters),
+        which no client could ever present.
 
         Raises:
-            InvalidInputError: the key is set and blank.
+            InvalidInputError: the key is set and blank, or not printable ASCII.
         """
-        if self.api_key is not None and not self.api_key.get_secret_value().strip():
+        if self.api_key is None:
+            return
+        key = self.api_key.get_secret_value()
+        if not key.strip():
             msg = f"{API_KEY_ENV} is set but empty; set a real token or unset it"
+            raise InvalidInputError(msg)
+        if not all("!" <= c <= "~" for c in key):
+            msg = (
+                f"{API_KEY_ENV} must be printable ASCII without spaces (it travels in an "
+                'HTTP header); generate one with: python -c "import secrets; '
+                'print(secrets.token_urlsafe(32))"'
+            )
             raise InvalidInputError(msg)
 
     def check_safe(self) -> None:
         """Refuse an exposed service that anyone could change.
 
         Raises:
-            InvalidInputError: the API key is set but blank (:meth:`check_key`), or
+            InvalidInputError: the API key is set but blank or not printable ASCII
+                (:meth:`check_key`), or
                 changes are enabled, no API key is set, and ``host`` is not a loopback
                 address.
         """
