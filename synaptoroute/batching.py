@@ -22,6 +22,7 @@ and the lifecycle share one queue and one set of invariants; they are read toget
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import math
 from collections import deque
@@ -425,14 +426,21 @@ class BatchWorker(Generic[Q, T]):
         futures: list[asyncio.Future[T]],
         timeout: float | None,
     ) -> R:
+        # Not wait_for: its timeout and a TimeoutError the batch function raised (an
+        # embedding API's read timeout) are both TimeoutError, and the latter must reach
+        # the caller as itself, as query() raises it, not as RouterTimeoutError.
+        task = asyncio.ensure_future(waiter)
         try:
             if timeout is None:
-                return await waiter
-            return await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
-            msg = f"no result within {timeout} s"
-            raise RouterTimeoutError(msg) from None
+                return await task
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+            if not done:
+                msg = f"no result within {timeout} s"
+                raise RouterTimeoutError(msg)
+            return task.result()
         finally:
+            if not task.done():
+                task.cancel()
             # A caller that gave up (timeout, cancellation, a sibling's error) leaves
             # cancelled futures that the worker skips; the rest of its batch is unaffected.
             for fut in futures:
@@ -505,6 +513,16 @@ class BatchWorker(Generic[Q, T]):
             executor.shutdown(wait=False, cancel_futures=True)
             raise
 
+    def _process_boxed(self, requests: list[Q]) -> Sequence[T]:
+        # In the worker thread. A CancelledError the batch function raises (an encoder
+        # built on futures) would read, in the awaiting task, as the worker itself being
+        # cancelled: it stopped and failed every queued caller. It is this batch's error.
+        try:
+            return self._process(requests)
+        except (asyncio.CancelledError, concurrent.futures.CancelledError) as exc:
+            msg = f"the batch function raised {type(exc).__name__}: {exc}"
+            raise RuntimeError(msg) from exc
+
     async def _serve(
         self,
         batch: list[tuple[Q, asyncio.Future[T]]],
@@ -514,7 +532,7 @@ class BatchWorker(Generic[Q, T]):
         requests = [request for request, _ in batch]
         self._inflight = batch
         try:
-            results = await loop.run_in_executor(executor, self._process, requests)
+            results = await loop.run_in_executor(executor, self._process_boxed, requests)
             if len(results) != len(batch):
                 msg = f"batch function returned {len(results)} results for {len(batch)} texts"
                 raise RuntimeError(msg)

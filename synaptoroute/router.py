@@ -944,11 +944,12 @@ class AdaptiveRouter:
                     del self._loop_workers[other]
                     owned.release()
             primary = self._worker
-            if not (primary.running or primary.stopping) or primary.loop is loop:
-                # Free (never started, stopped, or its loop was closed): this loop takes it.
-                for other, owned in list(self._loop_workers.items()):
-                    if owned is primary:
-                        del self._loop_workers[other]
+            # Free when no open loop holds it: one that took it may not have started it
+            # yet (its first aquery is between this lookup and the start), and a loop
+            # that stopped it may start it again. Taking it then handed one worker to
+            # two loops (EventLoopMismatchError, or futures of another loop).
+            held = any(owned is primary for owned in self._loop_workers.values())
+            if primary.loop is loop or not (held or primary.running or primary.stopping):
                 worker = primary
             else:
                 worker = primary.sibling()
@@ -1024,6 +1025,18 @@ class AdaptiveRouter:
         request = _top_k_request(text, k)
         worker = self._current_worker()
         return cast(list[RouteMatch], await worker.submit_one(request, timeout))
+
+    async def aquery_top_k_batch(
+        self, texts: Sequence[str], k: int = 3, *, timeout: float | None = None
+    ) -> list[list[RouteMatch]]:
+        """:meth:`query_top_k_batch` through the batching worker; all texts are queued
+        or none is (:class:`RouterOverloadedError`), as with :meth:`aquery_batch`."""
+        if isinstance(texts, str):
+            msg = "aquery_top_k_batch takes a list of texts, not a str"
+            raise TypeError(msg)
+        items = [_top_k_request(t, k) for t in texts]
+        worker = self._current_worker()
+        return cast(list[list[RouteMatch]], await worker.submit(items, timeout))
 
     @property
     def worker(self) -> BatchWorker[_Request, _Answer]:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
+import numpy as np
 import pytest
 from encoder_doubles import LIMIT_S, HeldEncoder
+from numpy.typing import NDArray
 
 from synaptoroute import (
     AdaptiveRouter,
@@ -523,6 +525,55 @@ async def test_a_broken_batch_function_fails_its_callers_not_the_worker() -> Non
     assert calls == [["short", "xx"], ["abc", "de"]]
 
 
+async def test_a_batch_functions_own_timeout_or_cancellation_is_its_batchs_error() -> None:
+    """Pure algorithm: a TimeoutError the function raises is not the call's timeout,
+    and a CancelledError it raises is not the worker being cancelled."""
+    import concurrent.futures
+
+    def flaky(texts: list[str]) -> list[int]:
+        if "timeout" in texts:
+            msg = "embedding API read timed out"
+            raise TimeoutError(msg)
+        if "cancelled" in texts:
+            raise asyncio.CancelledError
+        if "futures-cancelled" in texts:
+            raise concurrent.futures.CancelledError
+        return [len(t) for t in texts]
+
+    worker: BatchWorker[str, int] = BatchWorker(flaky)
+    for timeout in (None, 30.0):
+        with pytest.raises(TimeoutError, match="read timed out") as caught:
+            await worker.submit(["timeout"], timeout=timeout)
+        assert not isinstance(caught.value, RouterTimeoutError)
+    for text in ("cancelled", "futures-cancelled"):
+        with pytest.raises(RuntimeError, match="raised CancelledError"):
+            await worker.submit_one(text)
+        assert worker.running  # it was stopped, failing every queued caller
+    assert await worker.submit(["abc"], timeout=30.0) == [3]
+    assert worker.stats.failed_batches == 4
+    await worker.stop()
+
+
+async def test_an_encoders_timeout_reaches_aquery_as_query_raises_it(encoder: Encoder) -> None:
+    class TimesOut(RecordingEncoder):
+        def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+            if any("slow" in t for t in texts):
+                msg = "embedding API read timed out"
+                raise TimeoutError(msg)
+            return super().encode(texts)
+
+    router = AdaptiveRouter(TimesOut(encoder))
+    router.add_route(Route(name="billing", utterances=["I need a refund"]))
+    with pytest.raises(TimeoutError, match="read timed out"):
+        router.query("a slow query")
+    for timeout in (None, 30.0):
+        with pytest.raises(TimeoutError, match="read timed out") as caught:
+            await router.aquery("a slow query", timeout=timeout)
+        assert not isinstance(caught.value, RouterTimeoutError)
+    assert (await router.aquery("I need a refund")).name == "billing"
+    await router.stop()
+
+
 # -- stop --------------------------------------------------------------------------
 async def test_stop_drains_calls_in_flight_and_queued(
     gated: AdaptiveRouter, val_texts: list[str]
@@ -678,6 +729,28 @@ async def test_each_event_loop_gets_its_own_worker(clinc_router: AdaptiveRouter)
     assert clinc_router.worker is here
     await clinc_router.stop()
     assert not here.running
+
+
+async def test_a_worker_taken_but_not_yet_started_is_not_handed_to_another_loop(
+    encoder: Encoder,
+) -> None:
+    # Loop A's first aquery takes the router's worker, then starts it; a loop B that
+    # asked in between was handed the same worker (it was not running yet), and A's
+    # call failed with EventLoopMismatchError.
+    router = AdaptiveRouter(encoder)
+    router.add_route(Route(name="billing", utterances=["I need a refund"]))
+    taken = router._current_worker()  # what aquery does first, on this loop
+    assert not taken.running
+
+    async def elsewhere() -> tuple[str | None, bool]:
+        match = await router.aquery("I need a refund")
+        return match.name, router.worker is taken
+
+    name, shared = await asyncio.to_thread(_in_a_new_loop, elsewhere)
+    assert name == "billing" and not shared
+    assert (await router.aquery("I need a refund")).name == "billing"
+    assert router.worker is taken and taken.loop is asyncio.get_running_loop()
+    await router.stop()
 
 
 def test_four_threads_each_running_asyncio_run(

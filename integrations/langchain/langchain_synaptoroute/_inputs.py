@@ -6,7 +6,6 @@ same way, and so that sync and async classification share everything but the wai
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -14,6 +13,7 @@ from langchain_core.messages import BaseMessage, convert_to_messages
 from langchain_core.prompt_values import PromptValue
 
 from synaptoroute import AdaptiveRouter, InvalidInputError, RouteMatch
+from synaptoroute.batching import text_cost
 from synaptoroute.decision import empty_match
 
 __all__ = [
@@ -278,6 +278,37 @@ def rank_batch(
     return _ask_all(inputs, read, lambda texts: router.query_top_k_batch(texts, k))
 
 
+def _runs(router: AdaptiveRouter, texts: list[str]) -> list[list[str]]:
+    """``texts`` in order, cut into runs that the running loop's batching worker can
+    queue whole (at most its ``max_queue_size`` texts and ``max_queue_cost``)."""
+    worker = router.worker
+    size, budget = worker.max_queue_size, worker.max_queue_cost
+    runs: list[list[str]] = []
+    run: list[str] = []
+    cost = 0
+    for text in texts:
+        c = text_cost(text)
+        if run and (len(run) == size or (budget is not None and cost + c > budget)):
+            runs.append(run)
+            run, cost = [], 0
+        run.append(text)
+        cost += c
+    if run:
+        runs.append(run)
+    return runs
+
+
+async def _asubmit(
+    router: AdaptiveRouter, texts: list[str], submit: Callable[[list[str]], Awaitable[list[T]]]
+) -> list[T]:
+    # One submission per run, each all or nothing: a batch larger than the worker's
+    # queue is served (as the sync batch is), not refused as one that can never fit.
+    out: list[T] = []
+    for run in _runs(router, texts):
+        out.extend(await submit(run))
+    return out
+
+
 async def arank_batch(
     router: AdaptiveRouter,
     inputs: Sequence[Any],
@@ -285,11 +316,12 @@ async def arank_batch(
     k: int,
     timeout: float | None = None,
 ) -> list[list[RouteMatch] | Exception]:
-    """Like :func:`rank_batch`; every text is submitted to the batching worker at once."""
+    """Like :func:`rank_batch`, through the router's batching worker (a submission per
+    run of inputs its queue can hold whole)."""
 
     async def ask(texts: list[str]) -> list[list[RouteMatch]]:
-        return list(
-            await asyncio.gather(*(router.aquery_top_k(t, k, timeout=timeout) for t in texts))
+        return await _asubmit(
+            router, texts, lambda run: router.aquery_top_k_batch(run, k, timeout=timeout)
         )
 
     return await _aask_all(inputs, read, ask)
@@ -324,6 +356,6 @@ async def aclassify_batch(
         return [_decision(r, threshold) for r in ranked]
 
     async def ask(texts: list[str]) -> list[RouteMatch]:
-        return await router.aquery_batch(texts, timeout=timeout)
+        return await _asubmit(router, texts, lambda run: router.aquery_batch(run, timeout=timeout))
 
     return await _aask_all(inputs, read, ask)

@@ -8,7 +8,7 @@ import pytest
 from langchain_core.runnables import RouterRunnable, RunnableLambda, RunnablePassthrough
 from langchain_synaptoroute import SynaptorouteClassifier, SynaptorouteRouter
 
-from synaptoroute import AdaptiveRouter, RouteMatch
+from synaptoroute import AdaptiveRouter, Encoder, Route, RouteMatch
 
 if TYPE_CHECKING:
     from conftest import RecordingEncoder, RunRecorder
@@ -45,6 +45,22 @@ async def test_async_matches_sync(adaptive_router: AdaptiveRouter) -> None:
     texts = ["I need a refund", "tell me something funny", "who won the world cup"]
     assert await classifier.abatch(texts) == classifier.batch(texts)
     assert await classifier.ainvoke(texts[0]) == classifier.invoke(texts[0])
+
+
+async def test_abatch_larger_than_the_workers_queue_is_served_as_batch_is(
+    encoder: Encoder, routes: dict[str, list[str]]
+) -> None:
+    # abatch was refused whole ("can never fit the queue") past max_queue_size, and with
+    # a threshold every input got RouterOverloadedError after a partial gather.
+    router = AdaptiveRouter(encoder, max_queue_size=8, max_queue_cost=600)
+    router.add_routes(Route(name=name, utterances=utts) for name, utts in routes.items())
+    texts = [f"{t} {i}" for i in range(4) for t in ("I need a refund", "Reset my password",
+             "tell me something funny", "who won the world cup", "x" * 150)]  # fmt: skip
+    for threshold in (None, 0.4):
+        classifier = SynaptorouteClassifier(router=router, threshold=threshold)
+        assert await classifier.abatch(texts) == classifier.batch(texts)
+    assert router.worker.queue_depth == 0 and router.worker.queue_cost == 0
+    await router.stop()
 
 
 def test_as_classifier_shares_router_and_input_reading(adaptive_router: AdaptiveRouter) -> None:
