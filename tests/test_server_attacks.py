@@ -184,6 +184,38 @@ def test_a_body_that_never_arrives_is_dropped(router: AdaptiveRouter) -> None:
         srv.stop()
 
 
+def test_chunk_trailers_are_bounded_like_headers(router: AdaptiveRouter) -> None:
+    # After a chunked body, trailer bytes were neither header nor body bytes: the
+    # parser held an unterminated trailer until the body timeout (70 MB a connection).
+    srv = serve(router, max_header_bytes=1024, max_body_bytes=1024, body_timeout=LIMIT_S)
+    head = (
+        b"POST /route HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    body = b'{"query": "I need a refund"}'
+    try:
+        sock = srv.connect()
+        sock.sendall(head + b"%x\r\n%s\r\n" % (len(body), body) + b"0\r\nX-Trailer: ")
+        sent = 0
+        try:  # an unterminated trailer: refused long before 8 MB
+            while sent < 8 << 20:
+                sock.sendall(b"a" * 1024)
+                sent += 1024
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = closed_by_server(sock)
+        assert sent < 8 << 20
+        assert answer.startswith(b"HTTP/1.1 431") or answer == b""
+        # Many small chunks are framing too, but an honest body in a few is served.
+        ok = srv.connect()
+        ok.sendall(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        assert ok.recv(65536).startswith(b"HTTP/1.1 200")
+        ok.close()
+        srv.still_serves()
+    finally:
+        srv.stop()
+
+
 def test_oversized_headers_get_431_without_being_buffered(router: AdaptiveRouter) -> None:
     srv = serve(router, max_header_bytes=16 * 1024)
     try:
@@ -459,9 +491,14 @@ def test_metrics_report_the_new_rejections(router: AdaptiveRouter) -> None:
             text = c.get("/healthz/store").text
             assert json.loads(text) == {"store": "ok"}
         with srv.client(OTHER) as c:
+            # Methods outside HTTP's usual set share one label: no series per method.
+            for method in ("PURGE", "PROPFIND", "MKCOL", "QUERY"):
+                c.request(method, "/healthz")
             metrics = c.get("/metrics").text
         assert 'synaptoroute_rejections_total{reason="rate_limited"} 1' in metrics
         assert "synaptoroute_store_up 1" in metrics
+        assert 'method="other",path="/healthz",status="405"} 4' in metrics
+        assert "PURGE" not in metrics and "PROPFIND" not in metrics
     finally:
         srv.stop()
 

@@ -20,6 +20,9 @@ from .metrics import ServiceMetrics
 __all__ = ["BodyLimitMiddleware", "MetricsMiddleware"]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Methods counted under their own name; the others (the parser takes some thirty:
+#: WebDAV's, PURGE...) share "other", so a client cannot grow the series with them.
+_COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class BodyLimitMiddleware:
@@ -113,6 +116,6 @@ class MetricsMiddleware:
             # Unmatched paths share one label so random URLs cannot grow the series.
             # path_format: the template without convertors ("/routes/{name}").
             path = getattr(route, "path_format", None) or "unmatched"
-            method = scope["method"]
+            method = scope["method"] if scope["method"] in _COUNTED_METHODS else "other"
             metrics.requests.inc((method, path, str(status)))
             metrics.latency.observe(time.perf_counter() - start, (method, path))

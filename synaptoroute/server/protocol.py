@@ -10,7 +10,10 @@ unterminated header is buffered whole) and no per-client connection limit;
 - ``header_timeout``: from the connection's start (or a request's first byte) to
   the end of its headers; then the connection is closed.
 - ``body_timeout``: from the end of the headers to the end of the body.
-- ``max_header_bytes``: request line and headers; more gets 431 and a close.
+- ``max_header_bytes``: request line and headers; more gets 431 and a close. After
+  the headers, what is not body (chunk-size lines, trailers) may add up to
+  ``max_header_bytes`` + ``max_body_bytes``; more gets 431 and a close (the body
+  itself is limited by the app's body limit).
 - no WebSocket upgrade: the service has no WebSocket route, and an upgraded
   connection would escape these limits (and never give back its client's count).
 - ``max_connections`` / ``max_connections_per_client``: one more connection is
@@ -43,6 +46,7 @@ class ConnectionLimits:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 1024 * 1024
     max_connections: int = 1000
     max_connections_per_client: int = 100
 
@@ -53,6 +57,7 @@ class ConnectionLimits:
             header_timeout=settings.header_timeout,
             body_timeout=settings.body_timeout,
             max_header_bytes=settings.max_header_bytes,
+            max_body_bytes=settings.max_body_bytes,
             max_connections=settings.max_connections,
             max_connections_per_client=settings.max_connections_per_client,
         )
@@ -73,6 +78,9 @@ _OVER_LIMIT_GRACE_S = 1.0
 _MAX_PENDING_REFUSALS = 64
 _HEADERS_TOO_LARGE = _plain_response(
     b"431 Request Header Fields Too Large", "request headers too large"
+)
+_FRAMING_TOO_LARGE = _plain_response(
+    b"431 Request Header Fields Too Large", "chunk framing or trailers too large"
 )
 
 
@@ -97,7 +105,10 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._in_headers = True
         self._headers_ended = False  # a request's headers ended in the current chunk
+        self._message_ended = False  # a request ended in the current chunk
         self._header_bytes = 0
+        self._body_bytes = 0  # this request's body bytes, as the parser hands them on
+        self._framing_bytes = 0  # its other bytes after the headers (chunk lines, trailers)
         self._refused = False
         self._counted_refusal = False
         self._client_key = ""
@@ -194,18 +205,25 @@ class _GuardedProtocol(HttpToolsProtocol):
             return
         counting = self._in_headers
         self._headers_ended = False
+        self._message_ended = False
+        body_before = self._body_bytes
         super().data_received(data)
-        if (
-            counting
-            and self._in_headers
-            and not self._headers_ended
-            and not self.transport.is_closing()
-        ):
+        if self._refused or self.transport.is_closing():
+            return
+        if counting and self._in_headers and not self._headers_ended:
             # Still inside the headers after this chunk: count it (the parser holds
             # unfinished header values in memory until the line ends).
             self._header_bytes += len(data)
             if self._header_bytes > self.limits.max_header_bytes:
                 self._refuse(_HEADERS_TOO_LARGE)
+        elif not counting and not self._message_ended:
+            # Wholly after the headers and before the message's end: what is not body
+            # is chunk framing or trailers, which the parser also holds (a trailer's
+            # value until its line ends) and which no body limit counts.
+            self._framing_bytes += len(data) - (self._body_bytes - body_before)
+            limits = self.limits
+            if self._framing_bytes > limits.max_header_bytes + limits.max_body_bytes:
+                self._refuse(_FRAMING_TOO_LARGE)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -228,6 +246,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
         if not self._refused:
             super().on_body(body)
 
@@ -236,7 +255,8 @@ class _GuardedProtocol(HttpToolsProtocol):
             return
         self._disarm()
         self._in_headers = True  # what comes next is the next request's headers
-        self._header_bytes = 0
+        self._message_ended = True
+        self._header_bytes = self._body_bytes = self._framing_bytes = 0
         super().on_message_complete()
 
 
