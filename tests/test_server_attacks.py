@@ -184,6 +184,20 @@ def test_a_body_that_never_arrives_is_dropped(router: AdaptiveRouter) -> None:
         srv.stop()
 
 
+def refused_before_8_mb(sock: socket.socket, piece: int) -> bool:
+    """Send ``piece`` bytes of ``a`` at a time until the server closes the connection;
+    whether it did so before 8 MB, answering 431 (or nothing, if it closed first)."""
+    sent = 0
+    try:
+        while sent < 8 << 20:
+            sock.sendall(b"a" * piece)
+            sent += piece
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    answer = closed_by_server(sock)
+    return sent < 8 << 20 and (answer.startswith(b"HTTP/1.1 431") or answer == b"")
+
+
 def test_chunk_trailers_are_bounded_like_headers(router: AdaptiveRouter) -> None:
     # After a chunked body, trailer bytes were neither header nor body bytes: the
     # parser held an unterminated trailer until the body timeout (70 MB a connection).
@@ -196,16 +210,7 @@ def test_chunk_trailers_are_bounded_like_headers(router: AdaptiveRouter) -> None
     try:
         sock = srv.connect()
         sock.sendall(head + b"%x\r\n%s\r\n" % (len(body), body) + b"0\r\nX-Trailer: ")
-        sent = 0
-        try:  # an unterminated trailer: refused long before 8 MB
-            while sent < 8 << 20:
-                sock.sendall(b"a" * 1024)
-                sent += 1024
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        answer = closed_by_server(sock)
-        assert sent < 8 << 20
-        assert answer.startswith(b"HTTP/1.1 431") or answer == b""
+        assert refused_before_8_mb(sock, 1024)  # an unterminated trailer
         # Many small chunks are framing too, but an honest body in a few is served.
         ok = srv.connect()
         ok.sendall(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
@@ -221,16 +226,7 @@ def test_oversized_headers_get_431_without_being_buffered(router: AdaptiveRouter
     try:
         sock = srv.connect()
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
-        sent = 0
-        try:  # an unterminated header: the server answers and closes long before 8 MB
-            while sent < 8 << 20:
-                sock.sendall(b"a" * 65536)
-                sent += 65536
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        answer = closed_by_server(sock)
-        assert sent < 8 << 20
-        assert answer.startswith(b"HTTP/1.1 431") or answer == b""
+        assert refused_before_8_mb(sock, 65536)  # an unterminated header
         big = srv.connect()
         big.sendall(
             b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
