@@ -35,15 +35,28 @@ def tool_utterances(tool: BaseTool, extra: Sequence[str] = ()) -> list[str]:
     the description, so a query is compared with what the tool is for.
 
     Raises:
-        InvalidInputError: ``extra`` is one str instead of a list of them.
+        InvalidInputError: ``extra`` is one str instead of a list of them, or the tool
+            has nothing to route by (a blank name, or one of only ``_`` and ``-``, no
+            description and no ``extra``).
     """
     if isinstance(extra, str):
         msg = f"tool {tool.name!r}: pass a list of utterances, not one str"
         raise InvalidInputError(msg)
+    if not tool.name.strip():
+        msg = f"tool name {tool.name!r} is blank: a route needs a name"
+        raise InvalidInputError(msg)
     words = " ".join(tool.name.replace("_", " ").replace("-", " ").split())
     description = " ".join((tool.description or "").split())
-    head = f"{words}: {description}" if description else words
-    return [head, *(text for text in extra if text != head)]
+    head = ": ".join(part for part in (words, description) if part)
+    texts = [head] if head else []
+    texts += [text for text in extra if text != head]
+    if not texts:
+        msg = (
+            f"tool {tool.name!r} has nothing to route by (no words in its name, no "
+            "description): give it a description or utterances"
+        )
+        raise InvalidInputError(msg)
+    return texts
 
 
 def check_tool_keys(names: Sequence[str], given: Mapping[str, Any] | None, what: str) -> None:

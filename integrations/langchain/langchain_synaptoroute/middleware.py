@@ -141,8 +141,11 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         # Route name -> the examples this selector stored for it; a tool whose
         # examples change gets its route replaced, others are never re-encoded.
         self._built: dict[str, list[str]] = {}
-        # The (name, description) of the tools last checked and built.
-        self._checked: tuple[tuple[str, str], ...] = ()
+        # The (name, description) signatures of tool sets whose routes all hold what
+        # those tools need: a call offering one of them changes nothing and takes no
+        # lock. A set, not the last one, so agents with other tools sharing this
+        # instance do not re-check (under the lock) on every call.
+        self._checked: set[tuple[tuple[str, str], ...]] = set()
         # Every tool name offered so far: an utterances key must name one of them.
         self._seen_names: set[str] = set()
         self._lock = threading.Lock()  # held while it makes the router or changes routes
@@ -151,6 +154,9 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
     @property
     def router(self) -> AdaptiveRouter:
         """The router holding one route per tool (created on first use)."""
+        router = self._router
+        if router is not None:  # no lock: another call may hold it while it encodes
+            return router
         with self._lock:
             if self._router is None:
                 self._router = AdaptiveRouter(encoder=as_encoder(self._encoder))
@@ -164,9 +170,9 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             InvalidInputError: tool names repeat, ``always_include`` names a tool this
                 call does not offer, or ``utterances`` names a tool no call offered.
         """
-        # Agents offer the same tools on every call: one comparison skips the rest.
+        # Agents offer the same tools on every call: one lookup skips the rest.
         signature = _signature(tools)
-        if signature == self._checked:
+        if signature in self._checked:
             return
         names = [tool.name for tool in tools]
         # A call may offer a subset of the tools (another middleware filters them, or
@@ -189,7 +195,17 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
                 self._built[tool.name] = examples
             if changed:
                 router.add_routes(changed, replace=True)
-            self._checked = signature
+                # A replaced route may be another tool set's (same name, another
+                # description): the sets naming it are checked again on their next call.
+                names_changed = {route.name for route in changed}
+                self._checked = {
+                    checked
+                    for checked in self._checked
+                    if not any(name in names_changed for name, _ in checked)
+                }
+            if len(self._checked) >= _MAX_CHECKED:
+                self._checked.clear()
+            self._checked.add(signature)
 
     def _plan(
         self, offered: Sequence[BaseTool | dict[str, Any]], messages: Sequence[BaseMessage]
@@ -210,6 +226,18 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         k = max(1, min(stored, wanted + max(stored - len(candidates), 0)))
         return _Selection(text=text, candidates=candidates, k=k)
 
+    def _wider(self, plan: _Selection, ranked: Sequence[RouteMatch]) -> int | None:
+        """A larger k when ``ranked`` was cut before it held ``max_tools`` candidates:
+        routes another call added after the plan (another agent's tools) outranked
+        them, and every tool would have been bound. ``None`` when ``ranked`` will do."""
+        present = {tool.name for tool in plan.candidates}
+        wanted = len(present) if self.max_tools is None else min(self.max_tools, len(present))
+        found = sum(1 for m in ranked if m.candidate in present)
+        stored = len(self.router)
+        if found >= wanted or len(ranked) < plan.k or stored <= plan.k:
+            return None
+        return stored
+
     def _chosen(self, plan: _Selection, ranked: Sequence[RouteMatch]) -> list[str] | None:
         """The names of the selected tools, best first; ``None`` binds every tool."""
         present = {tool.name for tool in plan.candidates}
@@ -223,6 +251,12 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         if not names and self.on_no_match == "all":
             return None
         return [name for name in names if name is not None]
+
+    def _ranked(self, plan: _Selection) -> list[RouteMatch]:
+        """The routes ranked for ``plan`` (sync; the async hook awaits the same two steps)."""
+        ranked = self.router.query_top_k(plan.text, plan.k)
+        wider = self._wider(plan, ranked)
+        return ranked if wider is None else self.router.query_top_k(plan.text, wider)
 
     def _apply(
         self,
@@ -246,7 +280,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         plan = self._plan(tools, [HumanMessage(text)])
         if plan is None:
             return [tool.name for tool in tools]
-        chosen = self._chosen(plan, self.router.query_top_k(plan.text, plan.k))
+        chosen = self._chosen(plan, self._ranked(plan))
         if chosen is None:
             return [tool.name for tool in tools]
         return [*chosen, *(name for name in self.always_include if name not in chosen)]
@@ -262,8 +296,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         plan = self._plan(request.tools, request.messages)
         if plan is None:
             return handler(request)
-        ranked = self.router.query_top_k(plan.text, plan.k)
-        return handler(self._apply(request, self._chosen(plan, ranked)))
+        return handler(self._apply(request, self._chosen(plan, self._ranked(plan))))
 
     @override
     async def awrap_model_call(
@@ -273,14 +306,22 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
     ) -> ModelResponse | AIMessage:
         """Like :meth:`wrap_model_call`; new routes are encoded off the event loop."""
         offered = [tool for tool in request.tools if isinstance(tool, BaseTool)]
-        if _signature(offered) == self._checked:  # nothing to encode: no thread hop
+        if _signature(offered) in self._checked:  # nothing to encode: no thread hop
             plan = self._plan(request.tools, request.messages)
         else:
             plan = await asyncio.to_thread(self._plan, request.tools, request.messages)
         if plan is None:
             return await handler(request)
         ranked = await self.router.aquery_top_k(plan.text, plan.k, timeout=self.timeout)
+        wider = self._wider(plan, ranked)
+        if wider is not None:
+            ranked = await self.router.aquery_top_k(plan.text, wider, timeout=self.timeout)
         return await handler(self._apply(request, self._chosen(plan, ranked)))
+
+
+#: Tool sets remembered as checked (agents sharing one instance); past it, all are
+#: forgotten and checked again once.
+_MAX_CHECKED = 256
 
 
 def _signature(tools: Sequence[BaseTool]) -> tuple[tuple[str, str], ...]:

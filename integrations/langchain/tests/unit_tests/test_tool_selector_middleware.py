@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,11 +16,13 @@ from langchain_core.tools import BaseTool, tool
 from langchain_synaptoroute import SynaptorouteToolSelectorMiddleware
 from pydantic import Field
 
-from synaptoroute import AdaptiveRouter, InvalidInputError, Route
+from synaptoroute import AdaptiveRouter, InvalidInputError, Route, RouteMatch
 from synaptoroute.testing import hold_until_the_fork, in_forked_child
 
 if TYPE_CHECKING:
     from conftest import RecordingEncoder
+
+LIMIT_S = 30.0  # a hang guard: reaching it fails the test
 
 
 @tool
@@ -294,6 +297,56 @@ def test_a_given_router_keeps_its_routes(recording_encoder: RecordingEncoder) ->
     assert len(encoded) == len(TOOLS)
     assert not any(text.startswith("get weather") for text in encoded)
     assert router.get_route("get_weather").utterances == ["should I take an umbrella"]
+
+
+def test_routes_another_call_adds_while_one_ranks_do_not_crowd_out_its_tools(
+    recording_encoder: RecordingEncoder,
+) -> None:
+    # The plan sized k from the routes stored before ranking; another agent's first
+    # call adding routes in between pushed this call's tools out of the top k, and
+    # on_no_match="all" bound every tool.
+    others = [Route(name=f"rain_tool_{i}", utterances=[f"will it rain tomorrow {i}"])
+              for i in range(8)]  # fmt: skip
+
+    class Meanwhile(AdaptiveRouter):
+        def query_top_k(self, text: str, k: int = 3) -> list[RouteMatch]:
+            if others[0].name not in self:
+                self.add_routes(others)
+            return super().query_top_k(text, k)
+
+    selector = SynaptorouteToolSelectorMiddleware(router=Meanwhile(recording_encoder), max_tools=1)
+    tools = [get_weather, convert_currency, set_timer]
+    assert selector.select_tools("Will it rain in Paris tomorrow?", tools) == ["get_weather"]
+
+
+def test_the_router_is_reachable_while_another_call_builds_routes(
+    recording_encoder: RecordingEncoder,
+) -> None:
+    # awrap_model_call's fast path reads the router on the event loop; it waited for
+    # the lock another call held while encoding its new tools (seconds, on the loop).
+    selector = _selector(recording_encoder)
+    router = selector.router
+    got: list[AdaptiveRouter] = []
+    with selector._lock:  # another call is building routes
+        reader = threading.Thread(target=lambda: got.append(selector.router))
+        reader.start()
+        reader.join(LIMIT_S)  # a hang guard only
+        assert got == [router]
+
+
+def test_a_tool_with_nothing_to_route_by_is_named(recording_encoder: RecordingEncoder) -> None:
+    selector = _selector(recording_encoder)
+    for name in ("_", "- _"):
+        blank = get_weather.model_copy(update={"name": name, "description": ""})
+        with pytest.raises(InvalidInputError, match="nothing to route by"):
+            selector.select_tools("rain?", [blank, set_timer])
+    unnamed = get_weather.model_copy(update={"name": "  "})
+    with pytest.raises(InvalidInputError, match="blank"):
+        selector.select_tools("rain?", [unnamed, set_timer])
+    # Utterances alone are enough to route by.
+    helper = get_weather.model_copy(update={"name": "_", "description": ""})
+    chosen = _selector(recording_encoder, utterances={"_": ["will it rain"]}, max_tools=1)
+    assert chosen.select_tools("will it rain tomorrow", [helper, set_timer]) == ["_"]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
