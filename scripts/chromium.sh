@@ -27,8 +27,8 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     exit 1
 fi
 echo "chromium.sh: installing the distribution's Chromium with apt-get" >&2
-apt=(env DEBIAN_FRONTEND=noninteractive apt-get -y -q install --no-install-recommends chromium)
+apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -q install --no-install-recommends chromium)
 # The package lists may be stale or absent in a fresh container: update them first.
-apt-get update -q >/dev/null
+apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
 "${apt[@]}" >/dev/null
 _sr_chromium_path

@@ -30,12 +30,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
         exit 1
     fi
     echo "hardening_tools.sh: installing ${missing[*]} with apt-get" >&2
-    apt-get update -q >/dev/null
+    # DPkg::Lock::Timeout (here and in chromium.sh, postgres.sh): another install on the
+    # machine (a second test run, an unattended upgrade) is waited for, not a failure.
+    apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
     # policy-rc.d keeps the package from starting a system nginx on port 80.
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
     chmod +x /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    env DEBIAN_FRONTEND=noninteractive apt-get -y -q install --no-install-recommends \
+    env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -q install --no-install-recommends \
         "${missing[@]}" >/dev/null
 fi
 _sr_nginx_path

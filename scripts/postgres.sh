@@ -44,9 +44,9 @@ _sr_pg_install() {
     mkdir -p /etc/postgresql-common
     [ -e /etc/postgresql-common/createcluster.conf ] ||
         echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
-    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -y -q
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -q
         -o Dpkg::Options::=--force-confold install --no-install-recommends postgresql)
-    "${apt[@]}" >/dev/null || { apt-get update -q >/dev/null && "${apt[@]}" >/dev/null; }
+    "${apt[@]}" >/dev/null || { apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null && "${apt[@]}" >/dev/null; }
 }
 
 # Run a command as the cluster's owner (PostgreSQL will not run as root).
