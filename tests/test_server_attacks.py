@@ -571,6 +571,9 @@ class Proxy:
 
 @pytest.fixture
 def proxied(router: AdaptiveRouter, tmp_path: Path) -> Iterator[Proxy]:
+    # Skip before a server starts: a skip raised after it left its (non-daemon) thread
+    # serving, and the test process never exited on a machine without nginx.
+    _nginx()
     srv = serve(router)
     lower = {
         "client_header_timeout 10s;": "client_header_timeout 1s;",
@@ -578,11 +581,13 @@ def proxied(router: AdaptiveRouter, tmp_path: Path) -> Iterator[Proxy]:
         "rate=50r/s;": "rate=1r/m;",
         "burst=50 nodelay;": "burst=2 nodelay;",
     }
-    proxy = Proxy(srv, tmp_path, lower)
     try:
-        yield proxy
+        proxy = Proxy(srv, tmp_path, lower)
+        try:
+            yield proxy
+        finally:
+            proxy.stop()
     finally:
-        proxy.stop()
         srv.stop()
 
 
