@@ -149,7 +149,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
     # -- the protocol ---------------------------------------------------------------
-    def _should_upgrade_to_ws(self) -> bool:
+    def _should_upgrade_to_ws(self, *upgrade: Any) -> bool:  # uvicorn < 0.30 passes one
         # The service has no WebSocket route. An upgraded connection is handed to
         # another protocol object, so this one's connection_lost never ran: each
         # upgrade request leaked a count of its client, which was then refused for
