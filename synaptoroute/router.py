@@ -386,21 +386,19 @@ class AdaptiveRouter:
         # encoded (only its new texts) before replace_all writes all in one transaction.
         # A write is then lost only if it lands between the last read and that write
         # (a Storage has no compare-and-set), not at any time during the encode.
-        texts = [u for item in stored for u in item.route.utterances]
+        routes = [item.route for item in stored]
+        texts = [u for route in routes for u in route.utterances]
         vectors = self._encode(texts)
-        done = dict(zip(texts, vectors, strict=True))
         for _ in range(_LOAD_TRIES):
-            fresh, start = [], 0
-            for item in stored:
-                end = start + len(item.route.utterances)
-                fresh.append(StoredRoute(item.route, vectors[start:end]))
-                start = end
             again, _ = self._read_store()
-            if [item.route for item in again] == [item.route for item in stored]:
+            if [item.route for item in again] == routes:
+                fresh = _with_vectors(routes, vectors)
                 self.storage.replace_all(fresh, self.model)
                 return fresh
-            stored = again
-            texts = [u for item in stored for u in item.route.utterances]
+            # Changed meanwhile (rare): reuse what was encoded, encode the new texts.
+            done = dict(zip(texts, vectors, strict=True))
+            routes = [item.route for item in again]
+            texts = [u for route in routes for u in route.utterances]
             new = list(dict.fromkeys(u for u in texts if u not in done))
             if new:
                 done.update(zip(new, self._encode(new), strict=True))
@@ -521,12 +519,7 @@ class AdaptiveRouter:
                 if taken:
                     msg = f"route {taken[0]!r} exists; pass replace=True to replace it"
                     raise RouteExistsError(msg)
-            vectors = self._vectors_for(routes)
-            stored, start = [], 0
-            for route in routes:
-                end = start + len(route.utterances)
-                stored.append(StoredRoute(route, vectors[start:end]))
-                start = end
+            stored = _with_vectors(routes, self._vectors_for(routes))
             self.storage.put_routes(stored, self.model)  # one transaction: all or nothing
             if created is not None:
                 created.extend(n for n in names if n not in self._routes)
@@ -1159,6 +1152,16 @@ class _Request(NamedTuple):
 
 #: What :meth:`AdaptiveRouter._answer` gives a request: a decision, or the k best routes.
 _Answer = RouteMatch | list[RouteMatch]
+
+
+def _with_vectors(routes: Sequence[Route], vectors: NDArray[np.float32]) -> list[StoredRoute]:
+    """Each route with its rows of ``vectors`` (one row per utterance, routes in order)."""
+    stored, start = [], 0
+    for route in routes:
+        end = start + len(route.utterances)
+        stored.append(StoredRoute(route, vectors[start:end]))
+        start = end
+    return stored
 
 
 def _request_cost(request: _Request) -> int:
