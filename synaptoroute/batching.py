@@ -79,6 +79,29 @@ def text_cost(text: str) -> int:
     return min(len(text), MAX_TEXT_COST) + TEXT_COST_OVERHEAD
 
 
+def runs_by_cost(
+    texts: Sequence[str], max_cost: int | None, max_count: int | None = None
+) -> list[list[str]]:
+    """``texts`` in order, cut into runs of at most ``max_cost`` (:func:`text_cost`)
+    and ``max_count`` texts (``None``: no bound); a text costing more than
+    ``max_cost`` alone is a run of its own. The pieces a caller submits one after
+    another: to fit a worker's queue whole, or to let other calls in between."""
+    runs: list[list[str]] = []
+    run: list[str] = []
+    cost = 0
+    for text in texts:
+        c = text_cost(text)
+        full = max_count is not None and len(run) >= max_count
+        if run and (full or (max_cost is not None and cost + c > max_cost)):
+            runs.append(run)
+            run, cost = [], 0
+        run.append(text)
+        cost += c
+    if run:
+        runs.append(run)
+    return runs
+
+
 def _unit_cost(_: object) -> int:
     return 1
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..batching import TEXT_COST_OVERHEAD, text_cost
+from ..batching import TEXT_COST_OVERHEAD, runs_by_cost, text_cost
 from ..exceptions import SynaptorouteError
 
 __all__ = [
@@ -227,17 +227,7 @@ class BatchAdmission:
         Raises:
             AdmissionError: the whole batch costs more than ``max_cost`` (413).
         """
-        out: list[list[str]] = []
-        current: list[str] = []
-        cost = total = 0
-        for text in texts:
-            c = text_cost(text)
-            total += c
-            if current and cost + c > self.chunk_cost:
-                out.append(current)
-                current, cost = [], 0
-            current.append(text)
-            cost += c
+        total = sum(text_cost(text) for text in texts)
         if total > self.max_cost:
             msg = (
                 f"this batch costs {total} (characters the model reads, plus "
@@ -245,9 +235,7 @@ class BatchAdmission:
                 "cost; send fewer or shorter texts"
             )
             raise AdmissionError(413, msg)
-        if current:
-            out.append(current)
-        return out
+        return runs_by_cost(texts, self.chunk_cost)
 
     async def run(
         self, texts: Sequence[str], answer: Callable[[list[str]], Awaitable[list[T]]]

@@ -13,7 +13,7 @@ from langchain_core.messages import BaseMessage, convert_to_messages
 from langchain_core.prompt_values import PromptValue
 
 from synaptoroute import AdaptiveRouter, InvalidInputError, RouteMatch
-from synaptoroute.batching import text_cost
+from synaptoroute.batching import runs_by_cost
 from synaptoroute.decision import empty_match
 
 __all__ = [
@@ -278,33 +278,14 @@ def rank_batch(
     return _ask_all(inputs, read, lambda texts: router.query_top_k_batch(texts, k))
 
 
-def _runs(router: AdaptiveRouter, texts: list[str]) -> list[list[str]]:
-    """``texts`` in order, cut into runs that the running loop's batching worker can
-    queue whole (at most its ``max_queue_size`` texts and ``max_queue_cost``)."""
-    worker = router.worker
-    size, budget = worker.max_queue_size, worker.max_queue_cost
-    runs: list[list[str]] = []
-    run: list[str] = []
-    cost = 0
-    for text in texts:
-        c = text_cost(text)
-        if run and (len(run) == size or (budget is not None and cost + c > budget)):
-            runs.append(run)
-            run, cost = [], 0
-        run.append(text)
-        cost += c
-    if run:
-        runs.append(run)
-    return runs
-
-
 async def _asubmit(
     router: AdaptiveRouter, texts: list[str], submit: Callable[[list[str]], Awaitable[list[T]]]
 ) -> list[T]:
     # One submission per run, each all or nothing: a batch larger than the worker's
     # queue is served (as the sync batch is), not refused as one that can never fit.
+    worker = router.worker
     out: list[T] = []
-    for run in _runs(router, texts):
+    for run in runs_by_cost(texts, worker.max_queue_cost, worker.max_queue_size):
         out.extend(await submit(run))
     return out
 
