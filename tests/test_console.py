@@ -77,6 +77,8 @@ class Service(ThreadedServer):
         """Put the router back to ``routes`` (the router is thread-safe)."""
         for name in self.router.route_names:
             self.router.delete_route(name)
+        if self.router.negatives:
+            self.router.delete_negatives(self.router.negatives)
         self.router.add_routes(routes)
 
 
@@ -189,6 +191,10 @@ def test_overview_and_route_details(client: httpx.Client) -> None:
     details = client.get("/console/api/routes/tech").json()
     assert details["utterances"] == BASE[1].utterances
     assert client.get("/console/api/routes/nope").status_code == 404
+    # A name the API refuses is refused here the same way, not looked up.
+    for bad in ("%FF", "%20tech"):
+        assert client.get(f"/console/api/routes/{bad}").status_code == 422, bad
+        assert client.get(f"/routes/{bad}").status_code == 422, bad
 
 
 def test_last_change_is_stamped_when_a_route_changes(client: httpx.Client) -> None:
@@ -294,6 +300,19 @@ def test_map_projects_the_stored_vectors(client: httpx.Client, live: Service) ->
     again = client.post("/console/api/map", json={}).json()
     assert again["x"] == doc["x"] and again["query"] is None
     assert live.router.encoder.calls == calls  # type: ignore[attr-defined]
+
+
+def test_map_leaves_the_negative_examples_out(client: httpx.Client, live: Service) -> None:
+    live.router.add_negatives(["tell me a joke", "what is the weather like"])
+    doc = client.post("/console/api/map", json={"query": "tell me a joke"}).json()
+    # Held as a reserved route, they are no route: not named, not drawn, not paired.
+    assert doc["routes"] == ["billing", "tech", "shipping"]
+    assert len(doc["x"]) == sum(len(r.utterances) for r in BASE)
+    assert "tell me a joke" not in doc["texts"]
+    assert sorted(set(doc["route"])) == [0, 1, 2]
+    assert doc["texts"][doc["route"].index(2)] in BASE[2].utterances
+    assert all("__negatives__" not in (p["a"], p["b"]) for p in doc["closest_pairs"])
+    assert client.get("/console/api/routes/__negatives__").status_code == 404
 
 
 def test_stats_count_the_service_not_the_console(client: httpx.Client) -> None:

@@ -39,10 +39,10 @@ from ..datasets import parse_jsonl
 from ..evaluation import evaluate_matches
 from ..exceptions import InvalidInputError
 from ..index import Snapshot
-from ..models import Route, RouteMatch
+from ..models import NEGATIVES_ROUTE, Route, RouteMatch
 from ..router import AdaptiveRouter
 from .metrics import ServiceMetrics
-from .paths import RouteNameRoute
+from .paths import RouteName, RouteNameRoute, _check_name
 from .schemas import RouteResult, Text
 from .settings import ServerSettings
 
@@ -286,10 +286,17 @@ class _Views:
         with self._lock:
             if self._map is None or self._version != snapshot.version:
                 layout = snapshot.layout
-                vectors = snapshot.matrix[layout.live]
-                texts = [snapshot.texts[i] for i in layout.live.tolist()]
-                route_ids = layout.row_pos[layout.live]
-                projection = project(vectors, route_ids, texts, layout.names)
+                live, route_ids, names = layout.live, layout.row_pos[layout.live], layout.names
+                if NEGATIVES_ROUTE in names:
+                    # The negative examples are held as a route but are none: off the map.
+                    held = names.index(NEGATIVES_ROUTE)
+                    keep = route_ids != held
+                    live, route_ids = live[keep], route_ids[keep]
+                    route_ids = np.where(route_ids > held, route_ids - 1, route_ids)
+                    names = [name for name in names if name != NEGATIVES_ROUTE]
+                vectors = snapshot.matrix[live]
+                texts = [snapshot.texts[i] for i in live.tolist()]
+                projection = project(vectors, route_ids, texts, names)
                 self._map = (projection, _closest_pairs(projection, vectors))
                 self._version = snapshot.version
             return self._map
@@ -434,9 +441,9 @@ def console_router(
         )
 
     @api.get("/api/routes/{name:path}", dependencies=list(read))
-    async def route_details(name: str) -> Response:
+    async def route_details(name: RouteName) -> Response:
         r = get_router()
-        route = r.get_route(name)
+        route = r.get_route(_check_name(name))
         stamps = changes.observe(r.list_routes())
         return _json(
             {
