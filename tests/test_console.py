@@ -300,6 +300,12 @@ def test_map_projects_the_stored_vectors(client: httpx.Client, live: Service) ->
     again = client.post("/console/api/map", json={}).json()
     assert again["x"] == doc["x"] and again["query"] is None
     assert live.router.encoder.calls == calls  # type: ignore[attr-defined]
+    # A new query is encoded once, by the batching worker (its limits apply).
+    items = sum(w.stats.items for w in live.router.workers)
+    placed = client.post("/console/api/map", json={"query": "my parcel never came"}).json()
+    assert placed["query"]["text"] == "my parcel never came"
+    assert sum(w.stats.items for w in live.router.workers) == items + 1
+    assert live.router.encoder.calls == calls + 1  # type: ignore[attr-defined]
 
 
 def test_map_leaves_the_negative_examples_out(client: httpx.Client, live: Service) -> None:

@@ -498,7 +498,12 @@ def console_router(
     @api.post("/api/map", dependencies=list(read))
     async def utterance_map(body: MapRequest) -> Response:
         r = get_router()
-        vector = await _query_vector(r, body.query) if body.query else None
+        vector = None
+        if body.query:
+            # Encoded by the batching worker like any query, so its queue limits and
+            # overload refusals apply; the vector is then read from the router's cache.
+            await r.aquery(body.query, timeout=settings.request_timeout)
+            vector = await _query_vector(r, body.query)
         return _json(await anyio.to_thread.run_sync(_map, r, views, vector, body.query))
 
     @api.get("/api/stats", dependencies=list(read))
