@@ -194,6 +194,22 @@ def test_metrics_and_docs(client: httpx.Client) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_probes_answer_head_like_get_without_a_body(server: Server, client: httpx.Client) -> None:
+    for path in ("/healthz", "/readyz", "/healthz/store"):
+        got = client.get(path)
+        with socket.create_connection((HOST, server.port), timeout=LIMIT_S) as s:
+            s.sendall(f"HEAD {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):  # the server closes after answering
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        assert lines[0].startswith(f"HTTP/1.1 {got.status_code} "), path
+        assert body == b"", path
+        assert headers["content-length"] == str(len(got.content)), path
+
+
 def test_refuses_exposed_host_without_key(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SYNAPTOROUTE_API_KEY"}
     out = subprocess.run(

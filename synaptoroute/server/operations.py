@@ -10,7 +10,8 @@ browser checks against their sha384 hashes. None of them takes the service's tok
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -36,6 +37,9 @@ _SWAGGER_JS_SRI = "sha384-wmyclcVGX/WhUkdkATwhaK1X1JtiNrr2EoYJ+diV3vj4v6OC5yCeSu
 _SWAGGER_CSS_SRI = "sha384-wxLW6kwyHktdDGr6Pv1zgm/VGJh99lfUbzSn6HNHBENZlCN7W602k9VkGdxuFvPn"
 
 
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+
+
 def operations_router(state: ServiceState, store_up: Gauge) -> APIRouter:
     """The health, readiness, metrics and docs endpoints.
 
@@ -46,16 +50,27 @@ def operations_router(state: ServiceState, store_up: Gauge) -> APIRouter:
     api = APIRouter()
     metrics = state.metrics
 
+    def probe(path: str, **options: Any) -> Callable[[_Endpoint], _Endpoint]:
+        # Some load balancers and uptime monitors probe with HEAD: the same answer
+        # without its body (the server leaves it out), kept out of the OpenAPI
+        # document, whose operation ids must stay unique.
+        def register(endpoint: _Endpoint) -> _Endpoint:
+            api.add_api_route(path, endpoint, methods=["GET"], **options)
+            api.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
+            return endpoint
+
+        return register
+
     @api.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         return _swagger_page(request.app.title)
 
-    @api.get("/healthz", tags=["operations"])
+    @probe("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
         """The process is up and answering."""
         return {"status": "ok"}
 
-    @api.get("/readyz", tags=["operations"], responses={503: {"model": ErrorBody}})
+    @probe("/readyz", tags=["operations"], responses={503: {"model": ErrorBody}})
     async def readyz() -> JSONResponse:
         """Ready to route: started, model loaded, batching worker running.
 
@@ -74,7 +89,7 @@ def operations_router(state: ServiceState, store_up: Gauge) -> APIRouter:
             status_code=200 if ok else 503,
         )
 
-    @api.get("/healthz/store", tags=["operations"], responses={503: {"model": ErrorBody}})
+    @probe("/healthz/store", tags=["operations"], responses={503: {"model": ErrorBody}})
     async def store_health() -> JSONResponse:
         """Whether the store can be read now (route changes need it; queries do not).
 
