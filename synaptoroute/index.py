@@ -1176,6 +1176,12 @@ class RouteIndex:
         self._gate = ReadGate()  # shared with every graph this index builds or loads
 
     # -- mutations (O(added) or O(deleted); no matrix copies) -----------------------
+    def changing(self) -> AbstractContextManager[Any]:
+        """Hold the index while several changes are made, so that queries see all of
+        them or none: a route replaced (deleted, then added) is never seen missing.
+        Re-entrant: the changes take the same lock."""
+        return self._lock
+
     def add(self, name: str, vectors: NDArray[np.float32], texts: Sequence[str]) -> None:
         """Append utterance vectors to route ``name`` (created if new)."""
         if len(vectors) != len(texts):

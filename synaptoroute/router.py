@@ -523,8 +523,9 @@ class AdaptiveRouter:
             self.storage.put_routes(stored, self.model)  # one transaction: all or nothing
             if created is not None:
                 created.extend(n for n in names if n not in self._routes)
-            for item in stored:
-                install_route(self._routes, self._index, item.route, item.vectors)
+            with self._index.changing():  # stored in one transaction, served at once
+                for item in stored:
+                    install_route(self._routes, self._index, item.route, item.vectors)
             self._reconcile_policy()
             return new_negatives
 

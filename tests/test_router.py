@@ -24,7 +24,10 @@ from synaptoroute import (
     RouteNotFoundError,
     SQLiteStorage,
 )
+from synaptoroute.index import RouteIndex
 from synaptoroute.models import NEGATIVES_ROUTE
+from synaptoroute.storage.base import StoredRoute
+from synaptoroute.storage.changes import Change, apply_change
 
 BILLING = Route(name="billing", utterances=["I need a refund", "Where is my receipt?"])
 SUPPORT = Route(name="support", utterances=["The app crashes", "I can't log in"])
@@ -498,6 +501,88 @@ def test_concurrent_queries_during_adds_and_deletes(encoder: Encoder) -> None:
         t.join()
     assert not errors
     assert len(router) == 4
+
+
+def _snapshot_seen_from_another_thread(index: RouteIndex) -> list[str] | None:
+    """The routes a query arriving now would see, or None when it would wait for the
+    change in progress (the index is held)."""
+    seen: list[list[str] | None] = []
+
+    def look() -> None:
+        if not index._lock.acquire(blocking=False):
+            seen.append(None)
+            return
+        try:
+            seen.append(index.snapshot().layout.names)
+        finally:
+            index._lock.release()
+
+    thread = threading.Thread(target=look)
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_a_route_replaced_while_serving_is_never_missing(
+    router: AdaptiveRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Replacing deletes the route's rows and adds the new ones: a query compiling in
+    # between would see no route of that name and answer another (or none).
+    index = router._index
+    seen: list[list[str] | None] = []
+    add = index.add
+
+    def add_and_look(name: str, vectors: NDArray[np.float32], texts: Sequence[str]) -> None:
+        seen.append(_snapshot_seen_from_another_thread(index))
+        add(name, vectors, texts)
+
+    monkeypatch.setattr(index, "add", add_and_look)
+    router.add_route(BILLING.model_copy(update={"threshold": 0.4}), replace=True)
+    router.add_routes(
+        [
+            BILLING.model_copy(update={"threshold": 0.3}),
+            SUPPORT.model_copy(update={"threshold": 0.3}),
+        ],
+        replace=True,
+    )
+    assert len(seen) == 3
+    assert all(names is None or {"billing", "support"} <= set(names) for names in seen), seen
+    monkeypatch.undo()
+    assert router.query("I need a refund").name == "billing"
+    assert router.get_route("billing").threshold == 0.3
+
+
+def test_a_replica_reload_is_seen_whole_or_not_at_all(encoder: Encoder) -> None:
+    index = RouteIndex(encoder.dimension)
+    vectors = encoder.encode(["I need a refund", "The app crashes"])
+    routes = apply_change(
+        Change(
+            seq=1,
+            kind="reload",
+            routes=(
+                StoredRoute(Route(name="billing", utterances=["I need a refund"]), vectors[:1]),
+                StoredRoute(Route(name="support", utterances=["The app crashes"]), vectors[1:]),
+            ),
+        ),
+        {},
+        index,
+    )
+    seen: list[list[str] | None] = []
+    delete_route = index.delete_route
+
+    def delete_and_look(name: str) -> None:
+        delete_route(name)
+        seen.append(_snapshot_seen_from_another_thread(index))
+
+    index.delete_route = delete_and_look  # type: ignore[method-assign]
+    reload = Change(
+        seq=2,
+        kind="reload",
+        routes=tuple(StoredRoute(routes[n], vectors[i : i + 1]) for i, n in enumerate(routes)),
+    )
+    apply_change(reload, routes, index)
+    assert len(seen) == 2 and seen == [None, None], seen
+    assert sorted(index.snapshot().layout.names) == ["billing", "support"]
 
 
 def test_sync_methods_are_thread_safe_with_the_real_model(encoder: Encoder) -> None:

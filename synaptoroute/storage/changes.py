@@ -57,11 +57,12 @@ def install_route(
 ) -> None:
     """Put ``route`` and its utterances' ``vectors`` into ``routes`` and ``index``,
     replacing a route of the same name: the one step of a local add and of a
-    replica's ``put_route`` / ``reload``."""
-    if route.name in routes:
-        index.delete_route(route.name)
-    routes[route.name] = route
-    index.add(route.name, vectors, route.utterances)
+    replica's ``put_route`` / ``reload``. Queries never see the route missing."""
+    with index.changing():
+        if route.name in routes:
+            index.delete_route(route.name)
+        routes[route.name] = route
+        index.add(route.name, vectors, route.utterances)
 
 
 def apply_change(
@@ -109,9 +110,10 @@ def apply_change(
         out[name] = change.route.model_copy(update={"utterances": current.utterances})
     elif change.kind in ("reload", "resync"):
         reset = list(out) if change.kind == "reload" else list(change.names)
-        for old in reset:
-            if out.pop(old, None) is not None:
-                index.delete_route(old)
-        for item in change.routes:
-            install_route(out, index, item.route, item.vectors)
+        with index.changing():  # queries see the routes before or after, never between
+            for old in reset:
+                if out.pop(old, None) is not None:
+                    index.delete_route(old)
+            for item in change.routes:
+                install_route(out, index, item.route, item.vectors)
     return out
