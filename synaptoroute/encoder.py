@@ -22,6 +22,7 @@ import re
 import socket
 import sys
 import threading
+import unicodedata
 import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -65,13 +66,19 @@ _TOKENIZER_HINT = "reinstall synaptoroute from this project's repository or whee
 _DEFAULT_DIM = 384
 # sentence-transformers serves all-MiniLM-L6-v2 with max_seq_length=256.
 _DEFAULT_MAX_TOKENS = 256
+# The bundled model's position embeddings: a longer input fails inside onnxruntime.
+_BUNDLED_MAX_TOKENS = 512
 # A WordPiece token covers at least one character, so this many characters hold the
 # first ``max_tokens`` tokens unless the text has long whitespace runs; cutting here
 # keeps a 1 MB query as cheap as a short one.
 _CHARS_PER_TOKEN_BOUND = 16
-# What BERT's tokenizer treats as whitespace (\t, \n, \r and Unicode's space
-# separators): any run of it only separates words, so one space stands for the run.
-_BERT_WORD = re.compile(r"[^ \t\n\r\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
+# What BERT's tokenizer treats as whitespace (\t, \n, \r, Unicode's space separators
+# and the line and paragraph separators): any run of it only separates words, so one
+# space stands for the run.
+_BERT_WORD = re.compile(r"[^ \t\n\r\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
+# What its normalizer deletes: control, format and private-use characters (\x85, \x0c,
+# zero-width spaces, NUL, U+FFFD...) and, as it strips accents, combining marks.
+_BERT_DELETED_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Mn"})
 _FASTEMBED_HOST = ("huggingface.co", 443)
 # A model call whose attention is larger than two texts of 128 tokens (texts x
 # length^2 above this) hands its working memory back to the allocator when it ends.
@@ -85,6 +92,43 @@ _SHRINK_ARENA_CELLS = 2 * 128 * 128
 #: opened on the first such call and kept: about 145 MiB). Below it, and so for every
 #: batch the router's batching worker hands over, one call at a time uses all threads.
 BULK_MIN_TEXTS = 2048
+
+
+def _bert_deleted(normalize: Callable[[str], str]) -> re.Pattern[str]:
+    """The characters the tokenizer's ``normalize`` deletes, as one character class.
+
+    Candidates come from Python's Unicode tables (control, format, private-use
+    characters, combining marks); only those ``normalize`` does delete are kept, as
+    the tokenizer's tables may be of another Unicode version. The ideographic planes
+    2 and 3 hold no candidate; the private-use planes 15 and 16 are taken whole (but
+    for their noncharacters) when ``normalize`` deletes their first character.
+    """
+    candidates = [
+        c
+        for first, last in ((0, 0x1FFFF), (0xE0000, 0xEFFFF))
+        for c in map(chr, range(first, last + 1))
+        if c not in "\t\n\r|"
+        and not "\ud800" <= c <= "\udfff"
+        and (c == "\ufffd" or unicodedata.category(c) in _BERT_DELETED_CATEGORIES)
+    ]
+    parts = normalize("|".join(f"x{c}" for c in candidates)).split("|")
+    if len(parts) != len(candidates):  # not a per-character normalizer: delete nothing
+        return re.compile("(?!)")
+    ranges: list[tuple[int, int]] = []
+    for c, part in zip(candidates, parts, strict=True):
+        if part != "x":
+            continue
+        cp = ord(c)
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1] = (ranges[-1][0], cp)
+        else:
+            ranges.append((cp, cp))
+    if normalize(f"x{chr(0xF0000)}") == "x":
+        ranges += [(0xF0000, 0xFFFFD), (0x100000, 0x10FFFD)]
+    if not ranges:
+        return re.compile("(?!)")
+    spans = "".join(f"{re.escape(chr(lo))}-{re.escape(chr(hi))}" for lo, hi in ranges)
+    return re.compile(f"[{spans}]+")
 
 
 @runtime_checkable
@@ -205,7 +249,8 @@ class Encoder:
             the CPUs this process may use: the cgroup CPU quota or the affinity mask).
             A call of :data:`BULK_MIN_TEXTS` texts or more on a CPU runs its batches
             on this many single-threaded workers instead.
-        max_tokens: texts are truncated to this many tokens.
+        max_tokens: texts are truncated to this many tokens (the bundled model reads
+            at most 512: more is refused).
         batch_size: texts per ONNX call; longer inputs are split.
         download_timeout: seconds before a model fetch is abandoned with
             :class:`ModelNotAvailableError`.
@@ -255,6 +300,14 @@ class Encoder:
         self.download_timeout = check_seconds(download_timeout, "download_timeout")
         self.spin = spin
         self._bundled = model is None or model == DEFAULT_MODEL_ID
+        if self._bundled and max_tokens > _BUNDLED_MAX_TOKENS:
+            # Refused here: at encode time the whole batch would fail, other callers'
+            # texts with it.
+            msg = (
+                f"max_tokens must be at most {_BUNDLED_MAX_TOKENS} for the bundled model "
+                f"(its longest input), got {max_tokens}"
+            )
+            raise InvalidInputError(msg)
         # Reentrant: a fork waits for it, so a fork made while it is held in this very
         # thread (a model loader that forks) must not wait for itself.
         self._lock = threading.RLock()
@@ -267,6 +320,7 @@ class Encoder:
         self._shrink_options: Any = None
         self._providers: list[str] = []
         self._tokenizer: Any = None
+        self._deleted: re.Pattern[str] | None = None  # see _deleted_characters
         self._fastembed: Any = None
         self._dimension: int | None = _DEFAULT_DIM if self._bundled else None
 
@@ -455,6 +509,18 @@ class Encoder:
         probe = np.asarray(next(iter(self._fastembed.embed(["dimension probe"]))))
         self._dimension = int(probe.shape[-1])
 
+    def _deleted_characters(self) -> re.Pattern[str]:
+        # Built on the first text longer than the model reads (about 0.2 s), from the
+        # tokenizer itself: it is what decides.
+        deleted = self._deleted
+        if deleted is None:
+            with self._lock:
+                self.load()
+                if self._deleted is None:
+                    self._deleted = _bert_deleted(self._tokenizer.normalizer.normalize_str)
+                deleted = self._deleted
+        return deleted
+
     def truncate(self, text: str) -> str:
         """The part of ``text`` the model reads at most: the same tokens, fewer characters.
 
@@ -467,13 +533,18 @@ class Encoder:
         limit = self.max_tokens * _CHARS_PER_TOKEN_BOUND
         if len(text) <= limit or not self._bundled:
             return text[:limit]  # a text that fits is read whole, unchanged
+        deleted = self._deleted_characters()
         words: list[str] = []
         size = 0
         for match in _BERT_WORD.finditer(text):  # stops once the limit is reached
-            words.append(match.group())
-            size += len(words[-1]) + 1
-            if size > limit:
-                break
+            # Characters the tokenizer deletes take no room: a long run of them must
+            # not push the words after it past the cut.
+            word = deleted.sub("", match.group())
+            if word:
+                words.append(word)
+                size += len(word) + 1
+                if size > limit:
+                    break
         return " ".join(words)[:limit]
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:

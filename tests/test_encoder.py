@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synaptoroute import CallableEncoder, Encoder, EncoderError, EncoderProtocol, HashingEncoder
+from synaptoroute import (
+    CallableEncoder,
+    Encoder,
+    EncoderError,
+    EncoderProtocol,
+    HashingEncoder,
+    InvalidInputError,
+)
 from synaptoroute import encoder as encoder_module
 from synaptoroute.encoder import DEFAULT_MODEL_ID, ModelNotAvailableError, _default_model_files
 
@@ -169,9 +176,19 @@ def test_a_model_fetch_that_never_answers_is_abandoned(monkeypatch: pytest.Monke
         release.set()
 
 
+@pytest.mark.model
+def test_the_longest_input_the_bundled_model_takes_encodes() -> None:
+    longest = Encoder(max_tokens=512).encode(["I need a refund", "word " * 600])
+    assert longest.shape == (2, 384) and np.allclose(np.linalg.norm(longest, axis=1), 1.0)
+
+
 def test_invalid_settings() -> None:
     with pytest.raises(ValueError, match="max_tokens"):
         Encoder(max_tokens=2)
+    # Past the bundled model's 512 positions every long text failed in onnxruntime,
+    # and took the rest of its batch down with it.
+    with pytest.raises(InvalidInputError, match="max_tokens must be at most 512"):
+        Encoder(max_tokens=513)
     with pytest.raises(ValueError, match="batch_size"):
         Encoder(batch_size=0)
     # Each of these was taken and failed at the model's load, or ran as 1.

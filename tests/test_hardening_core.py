@@ -102,6 +102,35 @@ def test_words_after_a_long_whitespace_run_are_read(encoder: Encoder) -> None:
     assert encoder.truncate(short) == short  # a text that fits is read as it is
 
 
+@pytest.mark.parametrize("pad", ["\u2028", "\x0c", "\x85", "\u200b", "\x00", "\u0301", "\ue000"])
+def test_words_after_a_long_run_the_tokenizer_drops_are_read(encoder: Encoder, pad: str) -> None:
+    # Line separators split words; control, format, private-use characters and
+    # combining marks are deleted: 5,000 of them took the whole cut, and the query
+    # was read as empty.
+    text = pad * 5000 + "I need a refund"
+    assert encoder.truncate(text) == "I need a refund"
+    np.testing.assert_allclose(
+        encoder.encode([text]), encoder.encode(["I need a refund"]), atol=1e-6
+    )
+
+
+def test_what_truncate_drops_the_tokenizer_drops(encoder: Encoder) -> None:
+    dropped = encoder._deleted_characters()
+    normalizer = encoder._tokenizer.normalizer
+    checked = 0
+    for cp in [*range(0x10000), *range(0xE0000, 0xE0200), 0xF0000, 0x10FFFD]:
+        c = chr(cp)
+        if 0xD800 <= cp <= 0xDFFF or not dropped.fullmatch(c):
+            continue
+        assert normalizer.normalize_str(f"a{c}b") == "ab", hex(cp)
+        checked += 1
+    assert checked > 1000
+    for sep in " \t\n\r\u00a0\u2028\u2029\u3000":
+        assert normalizer.normalize_str(f"a{sep}b") == "a b"
+        cut = encoder.truncate(("a" + sep) * 3000)
+        assert cut.split(" ") == ["a"] * 2048 + [""] and len(cut) == 4096
+
+
 def test_cache_is_bounded_in_bytes() -> None:
     cache = EmbeddingCache(maxsize=1000, max_bytes=200_000)
     vector = np.zeros(384, np.float32)
