@@ -863,7 +863,9 @@ class AdaptiveRouter:
         for j, i in enumerate(live):
             groups.setdefault(requests[i].top_k, []).append(j)
         for top_k, rows in groups.items():
-            k = (max(2, policy.ranked_k) if top_k is None else top_k) + extra
+            # A ranking scores one route more than it returns, so its last route is
+            # judged against its true runner-up, as it is when k is larger.
+            k = (max(2, policy.ranked_k) if top_k is None else top_k + 1) + extra
             batch = vectors if len(groups) == 1 else vectors[rows]
             # A head that reads the k-th nearest utterance gets it from the same scan.
             knn = KNN_K if top_k is None and head is not None and head.needs_knn else 0
@@ -1179,7 +1181,9 @@ def _each_route(
     policy: DecisionPolicy,
     thresholds: Mapping[str, float | None],
 ) -> list[RouteMatch]:
-    """Every ranked route judged by its own threshold, each named after its route."""
+    """Every ranked route judged by its own threshold, each named after its route: as
+    the decision would judge it were the routes ranked above it gone (its margin is to
+    the route ranked next)."""
     out = []
     for pos in range(len(scores.route_ids)):
         rotated = RouteScores(

@@ -503,6 +503,27 @@ def test_concurrent_queries_during_adds_and_deletes(encoder: Encoder) -> None:
     assert len(router) == 4
 
 
+def test_a_ranked_route_is_judged_the_same_whatever_k() -> None:
+    router = AdaptiveRouter(HashingEncoder(64), threshold=0.3, min_margin=0.1)
+    router.add_routes(
+        [
+            Route(name="a", utterances=["refund my order please"]),
+            Route(name="b", utterances=["refund my order now"]),
+            Route(name="c", utterances=["the weather is nice today"]),
+        ]
+    )
+    query = "refund my order"
+    decision = router.query(query)
+    assert decision.reason == "ambiguous"  # a and b tie
+    ranked = router.query_top_k(query, 3)
+    # The first is judged as the decision judges it; the last route a ranking returns
+    # was taken for matched with no runner-up to measure its margin against.
+    assert ranked[0].reason == "ambiguous"
+    for k in (1, 2):
+        assert router.query_top_k(query, k) == ranked[:k], k
+    assert router.query_top_k_batch([query], 1) == [ranked[:1]]
+
+
 def _snapshot_seen_from_another_thread(index: RouteIndex) -> list[str] | None:
     """The routes a query arriving now would see, or None when it would wait for the
     change in progress (the index is held)."""
