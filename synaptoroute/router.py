@@ -642,7 +642,8 @@ class AdaptiveRouter:
         Raises:
             InvalidInputError: a threshold outside the score range (a fitted cut may
                 lie up to 0.001 past it), ``min_margin`` outside [0, 2], or an
-                ``info`` that is not JSON; nothing is changed.
+                ``info`` that is not JSON (NaN and infinity included); nothing is
+                changed.
         """
         _check_policy(policy)
         with self._lock:
@@ -1140,9 +1141,10 @@ def _check_policy(policy: DecisionPolicy) -> None:
         msg = f"policy min_margin must be in [0, 2], got {policy.min_margin!r}"
         raise InvalidInputError(msg)
     try:
-        json.dumps(dict(policy.info))
+        # No NaN or infinity: PostgreSQL's JSON refuses them, so every back end does.
+        json.dumps(dict(policy.info), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        msg = f"policy info must be JSON (str, numbers, lists, dicts): {exc}"
+        msg = f"policy info must be JSON (str, finite numbers, lists, dicts): {exc}"
         raise InvalidInputError(msg) from None
 
 

@@ -391,6 +391,9 @@ def test_set_policy_refuses_what_the_rest_of_the_api_refuses(tmp_path: Path) -> 
         (DecisionPolicy(threshold=0.3, thresholds={"billing": -2.0}), "thresholds"),
         (DecisionPolicy(threshold=0.3, min_margin=-1.0), "min_margin"),
         (DecisionPolicy(threshold=0.3, info={"x": np.float32(1)}), "info must be JSON"),
+        # Stored by SQLite and the memory store, refused by PostgreSQL's JSON.
+        (DecisionPolicy(threshold=0.3, info={"x": [math.nan]}), "info must be JSON"),
+        (DecisionPolicy(threshold=0.3, info={"x": -math.inf}), "info must be JSON"),
     ):
         with pytest.raises(InvalidInputError, match=field):
             router.set_policy(bad)
