@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from . import __version__
-from .encoder import Encoder, EncoderProtocol, EncoderWrapper
+from .encoder import Encoder, EncoderProtocol, EncoderWrapper, check_text
 from .exceptions import (
     InvalidInputError,
     MissingDependencyError,
@@ -44,7 +44,7 @@ from .exceptions import (
     RouteNotFoundError,
     SynaptorouteError,
 )
-from .models import Route
+from .models import NEGATIVES_ROUTE, Route, clean_utterances
 from .router import AdaptiveRouter
 from .routes_file import (
     RoutesDocument,
@@ -55,7 +55,7 @@ from .routes_file import (
     render_routes,
 )
 from .server.settings import add_limit_arguments
-from .storage import is_database_url
+from .storage import check_route, is_database_url
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -243,6 +243,13 @@ def cmd_routes_add(args: argparse.Namespace) -> int:
         if args.name or args.utterances:
             msg = "give either NAME UTTERANCE... or --file, not both"
             raise BadInput(msg)
+        # Ignored, they would leave the file's values in place of the ones asked for.
+        if args.threshold is not None or args.description is not None:
+            msg = (
+                "--threshold and --description go with NAME UTTERANCE...; a routes file "
+                "sets them per route"
+            )
+            raise BadInput(msg)
         doc = load_routes_file(args.file)
     else:
         if not args.name or not args.utterances:
@@ -254,6 +261,7 @@ def cmd_routes_add(args: argparse.Namespace) -> int:
             description=args.description,
             threshold=args.threshold,
         )
+        _check_route_arguments(route)
         doc = RoutesDocument(routes=[route])
     with _router(args, create=True) as router:
         if not args.replace:
@@ -275,6 +283,23 @@ def cmd_routes_add(args: argparse.Namespace) -> int:
         if report.negatives_added:
             print(f"negatives added\t{len(report.negatives_added)}")
     return EXIT_OK
+
+
+def _check_route_arguments(route: Route) -> None:
+    """Refuse what the store would refuse, before the store is opened (or made), so
+    bad input leaves no empty store behind (a routes file gets this from its check).
+
+    Raises:
+        BadInput: the reserved name of the negative examples.
+        InvalidInputError: a name, description or utterance that is not valid Unicode.
+    """
+    if route.name == NEGATIVES_ROUTE:
+        msg = (
+            f"route name {NEGATIVES_ROUTE!r} is reserved; add texts that must route nowhere "
+            "with 'synaptoroute negatives add'"
+        )
+        raise BadInput(msg)
+    check_route(route)
 
 
 def cmd_routes_delete(args: argparse.Namespace) -> int:
@@ -306,6 +331,9 @@ def cmd_negatives_list(args: argparse.Namespace) -> int:
 
 def cmd_negatives_add(args: argparse.Namespace) -> int:
     """Add negative examples (texts that must route nowhere)."""
+    # Checked before the store is opened (or made): a refusal leaves no empty store.
+    for text in clean_utterances(args.texts):
+        check_text(text)
     with _router(args, create=True) as router:
         added = router.add_negatives(args.texts)
     if args.json:
@@ -371,12 +399,16 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the store's routes as a routes file (YAML or JSON)."""
+    if args.json and args.format == "yaml":
+        msg = "--json means --format json; give one format"
+        raise BadInput(msg)
     by_suffix = args.format is None and str(args.output or "").lower().endswith(".json")
     fmt: Literal["yaml", "json"] = (
         "json" if args.json or args.format == "json" or by_suffix else "yaml"
     )
     with _router(args) as router:
-        text = render_routes(dump_routes(router), fmt)
+        doc = dump_routes(router)
+    text = render_routes(doc, fmt)
     if args.output:
         tmp = Path(args.output + ".tmp")
         try:
@@ -757,17 +789,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _port(value: int | None) -> int:
-    """``--port`` if given, else ``$SYNAPTOROUTE_PORT``, else 8000."""
+    """``--port`` if given, else ``$SYNAPTOROUTE_PORT``, else 8000.
+
+    Raises:
+        BadInput: not a number, or out of 0-65535 (the socket layer would wrap it
+            around to another port).
+    """
     if value is not None:
-        return value
-    text = os.environ.get(PORT_ENV, "").strip()
-    if not text:
-        return DEFAULT_PORT
-    try:
-        return int(text)
-    except ValueError:
-        msg = f"{PORT_ENV} must be a port number, got {text!r}"
-        raise BadInput(msg) from None
+        port, what = value, "--port"
+    else:
+        text = os.environ.get(PORT_ENV, "").strip()
+        if not text:
+            return DEFAULT_PORT
+        try:
+            port = int(text)
+        except ValueError:
+            msg = f"{PORT_ENV} must be a port number, got {text!r}"
+            raise BadInput(msg) from None
+        what = PORT_ENV
+    if not 0 <= port <= 65535:
+        msg = f"{what} must be a port number (0-65535), got {port}"
+        raise BadInput(msg)
+    return port
 
 
 def _exit_code(exc: BaseException) -> int:

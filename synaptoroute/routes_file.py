@@ -19,6 +19,7 @@ negative examples the store lacks.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -241,9 +242,36 @@ def dump_routes(router: AdaptiveRouter, routes: Sequence[Route] | None = None) -
     return doc
 
 
+# YAML 1.1 line breaks besides "\n". PyYAML writes them raw in a plain or single-quoted
+# scalar, and its reader folds U+0085 there into a space (U+2028/U+2029 survive PyYAML
+# but not every YAML reader): only a double-quoted scalar escapes them (\N, \L, \P).
+_YAML_BREAKS = frozenset("\x85\u2028\u2029")
+
+
+@functools.cache
+def _yaml_dumper() -> Any:
+    """PyYAML's safe dumper, writing strings with a YAML-only line break double-quoted."""
+    yaml = _yaml()
+
+    def represent_str(dumper: Any, value: str) -> Any:
+        if _YAML_BREAKS.isdisjoint(value):
+            # The default keeps ordinary text readable (plain, or quoted where it must be).
+            return dumper.represent_str(value)
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
+
+    class RoutesDumper(yaml.SafeDumper):  # type: ignore[misc,name-defined]
+        pass
+
+    RoutesDumper.add_representer(str, represent_str)
+    return RoutesDumper
+
+
 def render_routes(doc: dict[str, Any], fmt: Format) -> str:
-    """Serialise a dumped routes document as YAML or JSON text."""
+    """Serialise a dumped routes document as YAML or JSON text.
+
+    Every string reads back exactly, whichever characters it holds.
+    """
     if fmt == "json":
         return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-    text: str = _yaml().safe_dump(doc, sort_keys=False, allow_unicode=True)
+    text: str = _yaml().dump(doc, Dumper=_yaml_dumper(), sort_keys=False, allow_unicode=True)
     return text

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from synaptoroute import Encoder, SQLiteStorage, __version__, cli
+from synaptoroute import AdaptiveRouter, Encoder, Route, SQLiteStorage, __version__, cli
 from synaptoroute.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, build_parser, main
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
@@ -127,6 +127,22 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
 def test_every_command_is_documented(command: str) -> None:
     headings = re.findall(r"^#+ `synaptoroute ([^`]+)`", DOCS.read_text(), flags=re.MULTILINE)
     assert any(h.split(" [")[0].split(" ARG")[0].startswith(command) for h in headings), headings
+
+
+def test_progress_options_are_documented() -> None:
+    # The docs said every command took --progress/--no-progress/-q; four do.
+    with_progress = []
+    for command in COMMANDS:
+        parser = build_parser()
+        for word in command.split():
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            parser = sub.choices[word]
+        options = {o for a in parser._actions for o in a.option_strings}
+        if {"--progress", "--no-progress", "-q"} <= options:
+            with_progress.append(command)
+    bullet = next(b for b in DOCS.read_text().split("\n- ") if b.startswith("Long work"))
+    documented = [c for c in re.findall(r"`([a-z ]+)`", bullet) if c in COMMANDS]
+    assert documented == with_progress == ["routes add", "import", "fit", "eval"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -251,6 +267,58 @@ def test_export_and_reimport_round_trip(
         "description": "tunes",
         "threshold": 0.4,
     }
+
+
+# Characters a YAML writer or reader may fold, escape or read as something else.
+AWKWARD = [
+    "caf\x85menu",  # NEL: a YAML 1.1 line break, folded into a space when written raw
+    "line\u2028separator",
+    "paragraph\u2029separator",
+    "tab\tinside",
+    "nul\x00inside",
+    "\ufeffbyte order mark first",
+    "byte order\ufeffmark inside",
+    "emoji \U0001f600 and é",
+    "two\nlines",
+    "cr\r\nlf",
+    "bell\x07 and del\x7f and c1\x9f",
+    "yes",
+    "null",
+    "~",
+    "0x10",
+    "'single' and \"double\" quotes",
+    "key: value # not a comment",
+]
+
+
+def test_export_keeps_every_character(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    # The YAML export wrote U+0085 raw, and reading it back turned "caf\x85menu" into
+    # "caf menu": an import or a 'routes add --file' stored other utterances.
+    argv = ["--description", "menu\x85card", "--store", store]
+    assert run(capsys, "routes", "add", "awkward", *AWKWARD, *argv)[0] == EXIT_OK
+    assert run(capsys, "negatives", "add", "joke\x85please", "--store", store)[0] == EXIT_OK
+    for fmt in ("yaml", "json"):
+        routes_file = tmp_path / f"routes.{fmt}"
+        assert run(capsys, "export", "--store", store, "-o", str(routes_file))[0] == EXIT_OK
+        other = str(tmp_path / f"other-{fmt}.db")
+        assert run(capsys, "import", str(routes_file), "--store", other)[0] == EXIT_OK
+        assert stored_routes(other) == stored_routes(store)  # negatives included
+        assert stored_routes(other)["awkward"] == AWKWARD
+        exported = [run(capsys, "export", "--store", s, "--json")[1] for s in (store, other)]
+        assert json.loads(exported[0])["routes"][0]["description"] == "menu\x85card"
+        assert exported[0] == exported[1]
+        # Applied again, the file matches the store: nothing to replace or re-encode.
+        code, out, _ = run(
+            capsys, "routes", "add", "--file", str(routes_file), "--store", store, "--json"
+        )
+        assert code == EXIT_OK
+        assert json.loads(out)["unchanged"] == ["awkward"]
+    # Ordinary text stays readable in the YAML; only the folded breaks are escaped.
+    text = (tmp_path / "routes.yaml").read_text(encoding="utf-8")
+    assert "- emoji \U0001f600 and é\n" in text
+    assert '"caf\\Nmenu"' in text
 
 
 @pytest.fixture
@@ -609,6 +677,100 @@ def test_files_as_editors_write_them_and_refusals_that_write_nothing(
     code, _, err = run(capsys, "routes", "add", "empty", "--store", store)
     assert code == EXIT_BAD_INPUT and "at least one utterance" in err
     assert "empty" not in stored_routes(store)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["negatives", "add", "  "],
+        ["negatives", "add", "ok", "\udcff"],  # what Python makes of the byte 0xff in argv
+        ["routes", "add", "x", "\udcff"],
+        ["routes", "add", "x", "a", "--description", "\udcff"],
+        ["routes", "add", "\udcff", "a"],
+        ["routes", "add", "__negatives__", "a"],
+    ],
+)
+def test_bad_arguments_make_no_store(
+    argv: list[str], capsys: pytest.CaptureFixture[str], store: str
+) -> None:
+    # These were refused only once the store was open: an empty store file was left.
+    code, _, err = run(capsys, *argv, "--store", store)
+    assert code == EXIT_BAD_INPUT
+    assert err.startswith("synaptoroute: bad input: ")
+    assert not Path(store).exists()
+
+
+@pytest.mark.parametrize("option", [["--threshold", "0.5"], ["--description", "Payments"]])
+def test_routes_add_file_refuses_the_options_of_one_route(
+    option: list[str], capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    # They were ignored: the routes were stored with the file's values, exit code 0.
+    routes_file = tmp_path / "routes.yaml"
+    routes_file.write_text("routes:\n  - name: billing\n    utterances: [refund]\n")
+    code, _, err = run(
+        capsys, "routes", "add", "--file", str(routes_file), *option, "--store", store
+    )
+    assert code == EXIT_BAD_INPUT
+    assert "a routes file sets them per route" in err
+    assert not Path(store).exists()
+
+
+def test_a_route_without_utterances_goes_out_and_comes_back(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path, encoder: Encoder
+) -> None:
+    # The API and the console may leave a route without utterances, to be filled later:
+    # an export is a backup, so it must import again as it is.
+    seed(capsys, store)
+    router = AdaptiveRouter.open(store, encoder)
+    try:
+        router.add_routes([Route(name="later", description="filled in later")])
+    finally:
+        router.close()
+    routes_file = tmp_path / "routes.yaml"
+    code, _, err = run(capsys, "export", "--store", store, "-o", str(routes_file))
+    assert code == EXIT_OK and err == ""
+    copy = str(tmp_path / "copy.db")
+    code, _, _ = run(capsys, "import", str(routes_file), "--store", copy)
+    assert code == EXIT_OK
+    router = AdaptiveRouter.open(copy, encoder)
+    try:
+        assert router.get_route("later").utterances == []
+        assert router.get_route("later").description == "filled in later"
+    finally:
+        router.close()
+
+
+def test_export_refuses_two_formats(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    seed(capsys, store)
+    # --format yaml --json printed JSON, silently dropping one of the two.
+    code, out, err = run(capsys, "export", "--format", "yaml", "--json", "--store", store)
+    assert code == EXIT_BAD_INPUT
+    assert out == ""
+    assert "--json means --format json" in err
+    code, out, _ = run(capsys, "export", "--format", "json", "--json", "--store", store)
+    assert code == EXIT_OK
+    assert [r["name"] for r in json.loads(out)["routes"]] == ["billing", "tech"]
+
+
+@pytest.mark.parametrize("command", ["healthcheck", "serve"])
+@pytest.mark.parametrize("port", ["70000", "65536", "-1"])
+def test_port_out_of_range_is_bad_input(
+    command: str,
+    port: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    store: str,
+) -> None:
+    # healthcheck took 70000 and asked another port (70000 - 65536) instead.
+    extra = ["--store", store] if command == "serve" else []
+    code, _, err = run(capsys, command, "--port", port, *extra)
+    assert code == EXIT_BAD_INPUT
+    assert f"--port must be a port number (0-65535), got {port}" in err
+    monkeypatch.setenv(cli.PORT_ENV, port)
+    code, _, err = run(capsys, command, *extra)
+    assert code == EXIT_BAD_INPUT
+    assert f"{cli.PORT_ENV} must be a port number (0-65535), got {port}" in err
+    assert not Path(store).exists()
 
 
 def test_serve_refuses_an_exposed_host_without_key(
