@@ -6,6 +6,7 @@ same way, and so that sync and async classification share everything but the wai
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -14,7 +15,7 @@ from langchain_core.prompt_values import PromptValue
 
 from synaptoroute import AdaptiveRouter, InvalidInputError, RouteMatch
 from synaptoroute.batching import runs_by_cost
-from synaptoroute.decision import empty_match
+from synaptoroute.decision import VERDICTS, empty_match, threshold_verdicts
 
 __all__ = [
     "TextExtractor",
@@ -103,22 +104,23 @@ def _last_human_text(messages: Sequence[BaseMessage]) -> str:
     return text
 
 
-def at_threshold(ranked: Sequence[RouteMatch], threshold: float) -> RouteMatch:
+def at_threshold(
+    ranked: Sequence[RouteMatch], threshold: float, min_margin: float = 0.0
+) -> RouteMatch:
     """One query's decision from its ranked routes, judged by a per-call ``threshold``.
 
     Pure, so a per-call threshold never touches the shared router: the best route is
-    taken when its similarity score reaches ``threshold`` and the router did not find
-    it ambiguous (its ``min_margin``). No ranked routes (an empty text) is a no-match.
+    taken when its similarity score reaches ``threshold`` and leads the runner-up by
+    ``min_margin`` (the router's; 0 disables it), by the router's own rule. No ranked
+    routes (an empty text) is a no-match.
     """
     if not ranked:
         return empty_match()
     best = ranked[0]
-    if best.score < threshold:
-        reason = "below_threshold"
-    elif best.reason == "ambiguous":
-        reason = "ambiguous"
-    else:
-        reason = "matched"
+    # The router judged ``ambiguous`` only above its own threshold; a per-call one
+    # below it must apply the margin afresh, by the core's rule.
+    runner = ranked[1].score if len(ranked) > 1 else -math.inf
+    reason = VERDICTS[int(threshold_verdicts(best.score, runner, threshold, min_margin))]
     return best.model_copy(
         update={
             "name": best.candidate if reason == "matched" else None,
@@ -145,8 +147,12 @@ def passing(ranked: Sequence[RouteMatch], threshold: float | None = None) -> lis
 _DECISION_K = 2
 
 
-def _decision(ranked: list[RouteMatch] | Exception, threshold: float) -> RouteMatch | Exception:
-    return ranked if isinstance(ranked, Exception) else at_threshold(ranked, threshold)
+def _decision(
+    router: AdaptiveRouter, ranked: list[RouteMatch] | Exception, threshold: float
+) -> RouteMatch | Exception:
+    if isinstance(ranked, Exception):
+        return ranked
+    return at_threshold(ranked, threshold, router.policy.min_margin)
 
 
 def rank_one(
@@ -184,7 +190,7 @@ def classify_one(
     ``threshold`` replaces the router's thresholds for this call (see :func:`at_threshold`).
     """
     if threshold is not None:
-        return _decision(rank_one(router, value, read, _DECISION_K), threshold)
+        return _decision(router, rank_one(router, value, read, _DECISION_K), threshold)
     try:
         return router.query(read(value))
     except Exception as exc:
@@ -201,7 +207,7 @@ async def aclassify_one(
     """Like :func:`classify_one`, through the router's batching worker."""
     if threshold is not None:
         ranked = await arank_one(router, value, read, _DECISION_K, timeout)
-        return _decision(ranked, threshold)
+        return _decision(router, ranked, threshold)
     try:
         return await router.aquery(read(value), timeout=timeout)
     except Exception as exc:
@@ -320,7 +326,7 @@ def classify_batch(
     """
     if threshold is not None:
         ranked = rank_batch(router, inputs, read, _DECISION_K)
-        return [_decision(r, threshold) for r in ranked]
+        return [_decision(router, r, threshold) for r in ranked]
     return _ask_all(inputs, read, router.query_batch)
 
 
@@ -334,7 +340,7 @@ async def aclassify_batch(
     """Like :func:`classify_batch`, through the router's batching worker."""
     if threshold is not None:
         ranked = await arank_batch(router, inputs, read, _DECISION_K, timeout)
-        return [_decision(r, threshold) for r in ranked]
+        return [_decision(router, r, threshold) for r in ranked]
 
     async def ask(texts: list[str]) -> list[RouteMatch]:
         return await _asubmit(router, texts, lambda run: router.aquery_batch(run, timeout=timeout))

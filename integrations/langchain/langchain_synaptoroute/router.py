@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 
 from langchain_core.callbacks import (
@@ -28,8 +29,10 @@ from langchain_core.runnables.config import (
     get_callback_manager_for_config,
     get_executor_for_config,
 )
+from langchain_core.runnables.configurable import RunnableConfigurableFields
 from langchain_core.runnables.graph import Graph
 from langchain_core.runnables.utils import (
+    AnyConfigurableField,
     ConfigurableFieldSpec,
     Input,
     Output,
@@ -178,16 +181,14 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
             RouteNotFoundError: ``runnables`` names a route the router lacks.
             InvalidInputError: a route of the router has no Runnable.
         """
-        unknown = [key for key in runnables if key not in router]
-        if unknown:
-            raise RouteNotFoundError(unknown[0])
-        missing = [key for key in router.route_names if key not in runnables]
-        if missing:
-            msg = (
-                f"routes without a Runnable: {missing}; give each route of the router an "
-                "entry in runnables= (inputs that match no route go to default=)"
-            )
-            raise InvalidInputError(msg)
+        source = _REBUILT_FROM.get()
+        # A per-call copy made by configurable_fields keeps its original's branches; the
+        # shared router may have changed since, which must not fail every configured
+        # call (the original serves on: a deleted route stops matching, one added
+        # without a Runnable raises when an input matches it). Branches set per call
+        # are checked as at construction.
+        if source is None or runnables is not source.runnables or router is not source.router:
+            _check_branches(router, runnables)
         # Through a dict: the fields are this class's, unknown to the base __init__.
         fields: dict[str, Any] = {
             "router": router,
@@ -330,6 +331,22 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
             prune=prune,
             **router_kwargs,
         )
+
+    @override
+    def configurable_fields(
+        self, **kwargs: AnyConfigurableField
+    ) -> RunnableSerializable[Input, Output]:
+        """This router with fields set per call (``configurable_fields`` of LangChain).
+
+        Each configured call runs a copy of this router with the call's values; the
+        copy keeps this router's branches even when the shared ``AdaptiveRouter``
+        gained or lost routes since this router was built.
+
+        Raises:
+            ValueError: a key is not a field of this router.
+        """
+        super().configurable_fields(**kwargs)  # LangChain's checks of the keys
+        return _ConfiguredRouter(default=self, fields=kwargs)
 
     def fit(self, texts: Sequence[str], labels: Sequence[str | None], **options: Any) -> FitReport:
         """Fit the router's decision policy on labelled texts (``AdaptiveRouter.fit``).
@@ -732,6 +749,51 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
             )
         )
         return plan.outcome(return_exceptions)
+
+
+#: The router that :class:`_ConfiguredRouter` is copying for one call, while it does.
+_REBUILT_FROM: ContextVar[SynaptorouteRouter[Any, Any] | None] = ContextVar(
+    "synaptoroute_rebuilt_from", default=None
+)
+
+
+def _check_branches(router: AdaptiveRouter, runnables: Mapping[str, Any]) -> None:
+    """Raise unless ``runnables`` has exactly one entry per route of ``router``."""
+    unknown = [key for key in runnables if key not in router]
+    if unknown:
+        raise RouteNotFoundError(unknown[0])
+    missing = [key for key in router.route_names if key not in runnables]
+    if missing:
+        msg = (
+            f"routes without a Runnable: {missing}; give each route of the router an "
+            "entry in runnables= (inputs that match no route go to default=)"
+        )
+        raise InvalidInputError(msg)
+
+
+class _ConfiguredRouter(RunnableConfigurableFields[Input, Output]):
+    """``configurable_fields`` of a :class:`SynaptorouteRouter`.
+
+    LangChain builds a new router per configured call through ``__init__``; this
+    marks that build so that it skips the branch checks its original passed when
+    it was built (see ``SynaptorouteRouter.__init__``).
+    """
+
+    @classmethod
+    @override
+    def is_lc_serializable(cls) -> bool:
+        # The router it wraps is not serializable either.
+        return False
+
+    @override
+    def _prepare(
+        self, config: RunnableConfig | None = None
+    ) -> tuple[Runnable[Input, Output], RunnableConfig]:
+        token = _REBUILT_FROM.set(cast("SynaptorouteRouter[Any, Any]", self.default))
+        try:
+            return super()._prepare(config)
+        finally:
+            _REBUILT_FROM.reset(token)
 
 
 # -- helpers shared by the sync and async paths -------------------------------------------

@@ -8,6 +8,8 @@ import threading
 import warnings
 
 import pytest
+from llama_index.core.llms import MockLLM
+from llama_index.core.query_engine import RouterQueryEngine
 from llama_index.core.tools import QueryEngineTool, ToolMetadata
 from llama_index.selectors.synaptoroute import SynaptorouteEmbedding, SynaptorouteSelector
 from llamaindex_support import DESCRIPTIONS, UTTERANCES, EchoEngine
@@ -63,6 +65,51 @@ def test_a_choice_with_fewer_than_three_utterances_warns_once(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         full.select(choices, "I need a refund")
+
+
+async def test_the_few_examples_warning_names_the_callers_line(
+    encoder: Encoder, engine_tools: list[QueryEngineTool]
+) -> None:
+    # Filtered by where it is issued, the warning must be blamed on the code that
+    # selects, not on LlamaIndex's select() (a fixed stacklevel pointed there).
+    choices = [tool.metadata for tool in engine_tools]
+    entry_points = {
+        "select": lambda selector: selector.select(choices, "I need a refund"),
+        "engine": lambda selector: RouterQueryEngine(
+            selector=selector, query_engine_tools=engine_tools, llm=MockLLM()
+        ).query("I need a refund"),
+    }
+    for entry, call in entry_points.items():
+        selector = SynaptorouteSelector.from_defaults(encoder=encoder)
+        with pytest.warns(UserWarning, match="fewer than 3") as caught:
+            call(selector)
+        assert [w.filename for w in caught] == [__file__], entry
+    selector = SynaptorouteSelector.from_defaults(encoder=encoder)
+    with pytest.warns(UserWarning, match="fewer than 3") as caught:
+        await selector.aselect(choices, "I need a refund")
+    assert [w.filename for w in caught] == [__file__]  # not the worker thread's
+    await selector.aclose()
+
+
+@pytest.mark.filterwarnings("ignore:choices with fewer than")
+def test_a_name_without_words_routes_on_the_description(encoder: Encoder) -> None:
+    # "_" as a phrase is "": it was appended as an utterance, and the Route refused it
+    # with a raw pydantic ValidationError.
+    selector = SynaptorouteSelector.from_defaults(encoder=encoder)
+    for name in ("_", "-", "  "):
+        choices = [
+            ToolMetadata(name=name, description="Refunds and invoices"),
+            ToolMetadata(name="tech", description="Crashes and log-in problems"),
+        ]
+        assert selector.select(choices, "I want a refund").ind == 0, name
+    nameless = [ToolMetadata(name="_", description=" "), ToolMetadata(name="tech", description="x")]
+    with pytest.raises(InvalidInputError, match="choice '_' has nothing to route by"):
+        selector.select(nameless, "I want a refund")
+    # Utterances keyed by such a name still describe its choice.
+    keyed = SynaptorouteSelector.from_defaults(
+        utterances={"_": ["I want my money back"]}, encoder=encoder
+    )
+    assert keyed.select(nameless, "I want a refund").ind == 0
 
 
 def test_aclose_stops_routers_evicted_from_the_cache(

@@ -22,9 +22,11 @@ from llamaindex_support import CLEAR_QUERIES, UTTERANCES
 from synaptoroute import (
     DEFAULT_MODEL_ID,
     AdaptiveRouter,
+    CallableEncoder,
     Encoder,
     EncoderProtocol,
     HashingEncoder,
+    ModelNotAvailableError,
     Route,
 )
 from synaptoroute.testing import RecordingEncoder
@@ -65,6 +67,26 @@ def test_a_copy_embeds_with_the_same_model(encoder: Encoder) -> None:
     assert isinstance(named.encoder, Encoder) and named.encoder.model_id == "BAAI/bge-small-en-v1.5"
     with pytest.raises(ValueError, match="is not the encoder's model"):
         SynaptorouteEmbedding(HashingEncoder(dimension=16), model_name=DEFAULT_MODEL_ID)
+
+
+def _lengths(texts: list[str]) -> list[list[float]]:
+    """A module-level embedding function: the function itself pickles."""
+    return [[float(len(t)), 1.0, 0.5] for t in texts]
+
+
+async def test_a_pickled_copy_whose_encoder_stays_behind_says_so() -> None:
+    # A CallableEncoder holds a lock and never pickles: the copy was rebuilt as
+    # Encoder("my-length-model"), which failed on first use as an unknown fastembed
+    # model (or, under a real model's name, would embed with another model).
+    original = SynaptorouteEmbedding(CallableEncoder(_lengths, model_id="my-length-model"))
+    copy = pickle.loads(pickle.dumps(original))
+    assert copy.model_name == "my-length-model"
+    stayed = r"'my-length-model', a CallableEncoder .*could not be pickled.*num_workers=None"
+    with pytest.raises(ModelNotAvailableError, match=stayed):
+        copy.get_text_embedding(TEXTS[0])
+    with pytest.raises(ModelNotAvailableError, match=stayed):
+        await copy.aget_query_embedding(TEXTS[0])
+    assert len(original.get_text_embedding(TEXTS[0])) == 3  # the original is untouched
 
 
 async def test_async_embedding_runs_off_the_loop(recording: RecordingEncoder) -> None:

@@ -14,7 +14,14 @@ from langchain_synaptoroute import (
     SynaptorouteRouter,
 )
 
-from synaptoroute import AdaptiveRouter, Encoder, Route
+from synaptoroute import (
+    AdaptiveRouter,
+    Encoder,
+    HashingEncoder,
+    InvalidInputError,
+    Route,
+    RouteNotFoundError,
+)
 from synaptoroute.decision import DecisionPolicy
 
 TEXT = "How do I get my money back?"  # billing, scoring between 0.5 and 0.95
@@ -95,6 +102,72 @@ def test_top_k_and_threshold_of_the_multi_classifier_are_configurable(
     assert len(configurable.invoke(TEXT)) == 3
     assert len(configurable.invoke(TEXT, {"configurable": {"top_k": 1}})) == 1
     assert configurable.invoke(TEXT, {"configurable": {"threshold": 0.99}}) == []
+
+
+def test_configured_calls_follow_routes_added_or_deleted_later(
+    fresh_router: AdaptiveRouter,
+) -> None:
+    # LangChain builds a new router for each configured call: the shared router's
+    # changes since the original was built failed every such call at construction.
+    plain = _echo_router(fresh_router)
+    router = plain.configurable_fields(threshold=ConfigurableField(id="threshold"))
+    classifier = SynaptorouteClassifier(router=fresh_router).configurable_fields(
+        threshold=ConfigurableField(id="threshold")
+    )
+    multi = plain.as_multi_router(top_k=1).configurable_fields(
+        threshold=ConfigurableField(id="threshold")
+    )
+    loose = {"configurable": {"threshold": 0.3}}
+    fresh_router.delete_route("billing")
+    assert router.invoke("the app keeps crashing", loose) == "tech"
+    assert router.invoke(TEXT, {"configurable": {"threshold": 0.95}}) == "default"
+    assert classifier.invoke("the app keeps crashing", loose).name == "tech"
+    assert multi.invoke("the app keeps crashing", loose) == {"tech": "tech"}
+    fresh_router.add_route(Route(name="shipping", utterances=["Where is my parcel?"]))
+    assert router.batch(["the app keeps crashing"], loose) == ["tech"]
+    # As in the plain router, a route without a Runnable fails only the inputs it wins.
+    for runnable in (plain, router):
+        with pytest.raises(RouteNotFoundError, match="shipping"):
+            runnable.invoke("where is my parcel", loose)
+
+
+def test_branches_set_per_call_are_checked_against_the_routes(
+    adaptive_router: AdaptiveRouter,
+) -> None:
+    router = _echo_router(adaptive_router).configurable_fields(
+        runnables=ConfigurableField(id="runnables")
+    )
+    stale = {"billing": RunnableLambda(lambda _x: "billing")}
+    with pytest.raises(
+        InvalidInputError, match=r"routes without a Runnable: \['tech', 'smalltalk'\]"
+    ):
+        router.invoke(TEXT, {"configurable": {"runnables": stale}})
+
+
+def test_a_per_call_threshold_under_the_routers_keeps_its_min_margin() -> None:
+    # "a" and "b" tie at 0.408 on QUERY: under the router's 0.5, where the router
+    # itself never judges the margin, a per-call 0.3 took "a" as if there were none.
+    adaptive = AdaptiveRouter(HashingEncoder(dimension=4096), threshold=0.5, min_margin=0.1)
+    adaptive.add_routes(
+        [Route(name="a", utterances=["alpha beta"]), Route(name="b", utterances=["alpha gamma"])]
+    )
+    query = "alpha delta epsilon"
+    assert [round(m.score, 3) for m in adaptive.query_top_k(query, 2)] == [0.408, 0.408]
+    classifier = SynaptorouteClassifier(router=adaptive, threshold=0.3)
+    match = classifier.invoke(query)
+    assert (match.name, match.candidate, match.reason) == (None, "a", "ambiguous")
+    assert match.threshold == 0.3
+    assert [m.reason for m in classifier.batch([query, "alpha beta"])] == ["ambiguous", "matched"]
+    configurable = SynaptorouteClassifier(router=adaptive).configurable_fields(
+        threshold=ConfigurableField(id="threshold")
+    )
+    assert configurable.invoke(query, {"configurable": {"threshold": 0.3}}).reason == "ambiguous"
+    router = _echo_router(adaptive).model_copy(update={"threshold": 0.3})
+    assert router.invoke(query) == "default"
+    assert asyncio.run(router.ainvoke(query)) == "default"
+    # Without a margin the per-call threshold alone decides.
+    adaptive.set_policy(DecisionPolicy(threshold=0.5))
+    assert classifier.invoke(query).reason == "matched"
 
 
 def test_a_runnable_threshold_does_not_race_other_threads(

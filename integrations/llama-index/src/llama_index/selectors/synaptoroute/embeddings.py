@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from numpy.typing import NDArray
 from typing_extensions import override
 
 from synaptoroute import (
@@ -22,6 +25,7 @@ from synaptoroute import (
     CallableEncoder,
     Encoder,
     EncoderProtocol,
+    ModelNotAvailableError,
     default_encoder,
 )
 from synaptoroute.adapters import as_encoder as _core_as_encoder
@@ -48,9 +52,12 @@ class SynaptorouteEmbedding(BaseEmbedding):
             on first use); with ``encoder``, it must be the encoder's ``model_id``.
 
     A copy made by pickling (LlamaIndex sends transformations to worker processes
-    that way) or by ``from_dict``/``from_json`` embeds with the same model: the
-    encoder itself travels when it can be pickled, else the model is loaded again
-    by its name.
+    that way) takes the encoder along when it can be pickled (``HashingEncoder``);
+    an ``Encoder`` (the bundled model, a fastembed one) is loaded again by its name,
+    as is the model of a copy made by ``from_dict``/``from_json``. Any other encoder
+    that cannot be pickled (a ``CallableEncoder``, a wrapped LangChain or LlamaIndex
+    model) stays behind: the pickled copy raises ``ModelNotAvailableError`` when it
+    is first asked to embed, saying so.
 
     Raises:
         ValueError: ``model_name`` is not the given encoder's model.
@@ -72,8 +79,14 @@ class SynaptorouteEmbedding(BaseEmbedding):
     _encoder: EncoderProtocol = PrivateAttr()
 
     def __init__(self, encoder: EncoderProtocol | None = None, **kwargs: Any) -> None:
+        left_behind = kwargs.pop(_LEFT_BEHIND, None)
         name = kwargs.get("model_name")
-        if encoder is None:
+        if encoder is None and left_behind is not None:
+            # A pickled copy whose encoder could not travel: loading a model by the
+            # encoder's name would fail, or run another model, and vectors of two
+            # models would be mixed in one index.
+            encoder = _LeftBehind(str(name), str(left_behind))
+        elif encoder is None:
             # The name decides: a copy rebuilt from its fields (unpickling, from_dict)
             # gets its model back, not silently the bundled one.
             encoder = default_encoder() if name in (None, DEFAULT_MODEL_ID) else Encoder(name)
@@ -89,13 +102,17 @@ class SynaptorouteEmbedding(BaseEmbedding):
 
     def __getstate__(self) -> dict[str, Any]:
         # LlamaIndex unpickles by calling __init__ with the fields: an encoder that
-        # pickles (HashingEncoder, a CallableEncoder of a plain function) rides along;
-        # an ONNX one does not, and is loaded again by model_name.
+        # pickles (HashingEncoder) rides along; an ONNX one does not, and is loaded
+        # again by model_name. Any other (a CallableEncoder holds a lock) cannot be
+        # rebuilt from its name, so the copy is told it stayed behind.
         state: dict[str, Any] = super().__getstate__()
         if self._encoder is not default_encoder():
             try:
                 pickle.dumps(self._encoder)
-            except Exception:  # any failure: rebuilt by name instead
+            except Exception as exc:  # any failure: the encoder does not travel
+                if not isinstance(self._encoder, Encoder):
+                    why = f"{type(self._encoder).__name__} ({type(exc).__name__}: {exc})"
+                    state["__dict__"] = {**state["__dict__"], _LEFT_BEHIND: why}
                 return state
             state["__dict__"] = {**state["__dict__"], "encoder": self._encoder}
         return state
@@ -142,6 +159,46 @@ class SynaptorouteEmbedding(BaseEmbedding):
     @override
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return await asyncio.to_thread(self._embed, texts)
+
+
+#: The field a pickled SynaptorouteEmbedding carries when its encoder did not travel.
+_LEFT_BEHIND = "synaptoroute_encoder_left_behind"
+
+
+class _LeftBehind:
+    """The encoder of a pickled copy whose original encoder could not be pickled.
+
+    It keeps the model id (the copy's ``model_name``) and fails on use, naming what
+    happened and what to do instead.
+    """
+
+    def __init__(self, model_id: str, why: str) -> None:
+        self._model_id = model_id
+        self._why = why
+
+    @property
+    def model_id(self) -> str:
+        """The original encoder's model id."""
+        return self._model_id
+
+    @property
+    def dimension(self) -> int:
+        """Unknown here: raises as :meth:`encode` does."""
+        raise self._error()
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Raise: this copy has no encoder."""
+        raise self._error()
+
+    def _error(self) -> ModelNotAvailableError:
+        msg = (
+            f"this SynaptorouteEmbedding is a pickled copy (e.g. for a worker process of "
+            f"IngestionPipeline(num_workers=...)) and its encoder {self._model_id!r}, a "
+            f"{self._why}, could not be pickled, so it did not travel; embed in the "
+            "original's process (num_workers=None), or give the SynaptorouteEmbedding an "
+            "encoder that pickles or loads by name (model_name=...)"
+        )
+        return ModelNotAvailableError(msg)
 
 
 class LlamaIndexEncoder(CallableEncoder):

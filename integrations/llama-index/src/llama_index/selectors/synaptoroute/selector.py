@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import sys
 import threading
 import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, Literal
 
 from llama_index.core.base.base_selector import BaseSelector, SelectorResult, SingleSelection
@@ -171,6 +173,27 @@ def _has_running_worker(router: AdaptiveRouter) -> bool:
     return any(worker.running for worker in router.workers)
 
 
+def _in_llama_index(frame: FrameType) -> bool:
+    # LlamaIndex's frames (the selector's callers, this package, the instrumentation
+    # wrapper around _select), by module: the same whatever the install layout.
+    top = str(frame.f_globals.get("__name__", "")).partition(".")[0]
+    return top == "llama_index" or top.startswith("llama_index_")
+
+
+def _warn_user(message: str) -> None:
+    """Issue a ``UserWarning`` attributed to the first caller outside LlamaIndex.
+
+    The number of LlamaIndex frames between that caller and this package varies
+    (``select``, a query engine, the instrumentation wrapper), so it is counted.
+    """
+    frame = sys._getframe(1)
+    level = 2  # 1 is this function; 2 its caller
+    while frame.f_back is not None and _in_llama_index(frame):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
 def _phrase(name: str) -> str:
     return " ".join(name.replace("_", " ").replace("-", " ").split())
 
@@ -322,11 +345,10 @@ class SynaptorouteSelector(BaseSelector):
         fresh = [label for label in thin if label not in self._warned]
         if fresh:
             self._warned.update(fresh)
-            warnings.warn(
+            _warn_user(
                 f"choices with fewer than {_FEW_EXAMPLES} example utterances route on their "
                 f"description and name alone, which is often unreliable: {', '.join(fresh)}; "
-                "pass utterances={name: [...]} with a few typical queries for each",
-                stacklevel=6,  # the caller of select()
+                "pass utterances={name: [...]} with a few typical queries for each"
             )
 
     def _routes(self, choices: Sequence[ToolMetadata]) -> list[Route]:
@@ -338,10 +360,17 @@ class SynaptorouteSelector(BaseSelector):
         for index, choice in enumerate(choices):
             texts = [choice.description] if choice.description.strip() else []
             if choice.name:
-                texts.append(_phrase(choice.name))
+                # A name of only "_", "-" or spaces has no words: the description
+                # (and any utterances) describe the choice without it.
+                phrase = _phrase(choice.name)
+                texts.extend([phrase] if phrase else [])
                 texts.extend(self.utterances.get(choice.name, ()))
             if not texts:
-                msg = f"choice {index} has neither a description nor a name to route on"
+                what = f"choice {choice.name!r}" if choice.name else f"choice {index}"
+                msg = (
+                    f"{what} has nothing to route by (no words in its name, no "
+                    "description): give it a description or utterances"
+                )
                 raise InvalidInputError(msg)
             # Routes are named by position: tool names may be missing or repeated.
             routes.append(Route(name=str(index), utterances=texts))
@@ -360,7 +389,10 @@ class SynaptorouteSelector(BaseSelector):
         router = self._cached_router(key)
         if router is not None:
             return router
-        routes = self._routes(choices)
+        return self._build(key, self._routes(choices))
+
+    def _build(self, key: ChoiceKey, routes: list[Route]) -> AdaptiveRouter:
+        """The router of the choice set ``key``: cached, or built from ``routes``."""
         # Builds are serialised so that concurrent first queries embed a choice set
         # once; lookups take only the short-held cache lock, never wait for a build.
         with self._build_lock:
@@ -392,9 +424,12 @@ class SynaptorouteSelector(BaseSelector):
 
     @override
     async def _aselect(self, choices: Sequence[ToolMetadata], query: QueryBundle) -> SelectorResult:
-        router = self._cached_router(self.choice_key(choices))
+        key = self.choice_key(choices)
+        router = self._cached_router(key)
         if router is None:
-            router = await asyncio.to_thread(self.router_for, choices)
+            # Checked here, so that a warning names the caller's line, not a thread's.
+            routes = self._routes(choices)
+            router = await asyncio.to_thread(self._build, key, routes)
         # Embedding and scoring run on the router's worker thread, off the event loop.
         ranked = await router.aquery_top_k(query.query_str, self.policy.top_n)
         return decide_selection(ranked, choices, self.policy, query.query_str)
