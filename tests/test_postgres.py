@@ -18,7 +18,8 @@ import random
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +290,47 @@ def unit(rows: int, dim: int, seed: int) -> NDArray[np.float32]:
     return out
 
 
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for ``condition`` for up to WAIT seconds; fail the test if it never holds."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up after {WAIT} s waiting for {what}"
+        time.sleep(0.05)
+
+
+_STORE_TABLES = ("meta", "routes", "utterances", "state", "changes")  # parents first
+
+
+def back_up(dsn: str, schema: str) -> None:
+    """What pg_dump keeps of a store: its rows and its sequences' positions."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute(f'CREATE SCHEMA "{schema}_bk"')
+        for table in _STORE_TABLES:
+            conn.execute(f'CREATE TABLE "{schema}_bk".{table} AS TABLE "{schema}".{table}')
+        conn.execute(
+            f'CREATE TABLE "{schema}_bk".seqs AS SELECT sequencename, last_value, '
+            "last_value IS NOT NULL AS called FROM pg_sequences WHERE schemaname = %s",
+            (schema,),
+        )
+
+
+def restore(dsn: str, schema: str) -> None:
+    """Put back what :func:`back_up` kept, as restoring a dump does: the log goes back."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute("TRUNCATE " + ", ".join(f'"{schema}".{t}' for t in _STORE_TABLES) + " CASCADE")
+        for table in _STORE_TABLES:
+            conn.execute(f'INSERT INTO "{schema}".{table} TABLE "{schema}_bk".{table}')
+        conn.execute(
+            "SELECT setval(format('%%I.%%I', %s::text, sequencename), coalesce(last_value, 1), "
+            f'called) FROM "{schema}_bk".seqs',
+            (schema,),
+        )
+
+
 # -- errors within a bounded time (no server needed) ----------------------------------
 def test_stopping_by_hand_without_a_cluster_says_so_and_names_the_ones_left(
     tmp_path: Path,
@@ -353,6 +395,11 @@ def test_bad_dsn_and_unreachable_servers_give_clear_errors() -> None:
         ({"lock_timeout": float("inf")}, "lock_timeout must be"),
         ({"poll_interval": 0.0}, "poll_interval must be"),
         ({"poll_interval": True}, "poll_interval must be"),
+        # Past PostgreSQL's int milliseconds: the server refused the session's settings
+        # with a raw psycopg error (connect_timeout: libpq's tcp_user_timeout).
+        ({"lock_timeout": 3e6}, "lock_timeout must be at most 2147483 seconds"),
+        ({"connect_timeout": 3e6}, "connect_timeout must be at most 2147483 seconds"),
+        ({"poll_interval": 1e300}, "poll_interval must be at most 2147483 seconds"),
     ],
 )
 def test_bad_timeouts_are_refused_before_connecting(
@@ -532,6 +579,105 @@ def test_a_schema_the_server_refuses_is_a_storage_error(pg_dsn: str) -> None:
     with pytest.raises(StorageError, match="cannot open the store in schema 'pg_sr_test'") as info:
         open_store(pg_dsn, "pg_sr_test")
     assert isinstance(info.value.__cause__, psycopg.Error)
+
+
+def test_the_longest_timeouts_are_accepted(pg_dsn: str, schema: str) -> None:
+    from synaptoroute.storage.postgres import MAX_SECONDS
+
+    store = open_store(pg_dsn, schema, lock_timeout=MAX_SECONDS, poll_interval=MAX_SECONDS)
+    try:
+        assert store._run("test", lambda c: c.execute("SHOW lock_timeout").fetchone()) == (
+            f"{MAX_SECONDS}s",
+        )
+    finally:
+        store.close()
+    from synaptoroute.postgres import PostgresStorage
+
+    PostgresStorage(pg_dsn, schema=schema, connect_timeout=MAX_SECONDS).close()
+
+
+def test_a_session_that_cannot_be_set_up_is_closed_and_a_storage_error(
+    pg_dsn: str, schema: str
+) -> None:
+    # The session's settings ran outside the driver-error handling: the server's refusal
+    # escaped as a raw psycopg error and the new session was never closed.
+    import psycopg
+
+    name = f"sr_{schema}"
+    store = open_store(psycopg.conninfo.make_conninfo(pg_dsn, application_name=name), schema)
+    try:
+        store.lock_timeout = 3e6  # a setting this server refuses, past the constructor's checks
+        store._conn.close()  # the next call opens a new session
+        with pytest.raises(StorageError, match=r"cannot set up a session .*lock_timeout"):
+            store.current_seq()
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+            wait_until(lambda: admin.execute(sql, (name,)).fetchone() == (0,), "the session to end")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("ddl", "kind"),
+    [
+        ("CREATE TABLE {s}.meta (id int, note text)", "tables"),
+        (
+            "CREATE TABLE {s}.meta (key int, value int); INSERT INTO {s}.meta VALUES (1, 2)",
+            "tables",
+        ),
+        ("CREATE SEQUENCE {s}.ids", "sequences"),
+        ("CREATE FUNCTION {s}.hello() RETURNS int LANGUAGE sql AS 'SELECT 1'", "functions"),
+        ("CREATE VIEW {s}.report AS SELECT 1 AS x", "views"),
+        ("CREATE TYPE {s}.mood AS ENUM ('ok')", "types"),
+    ],
+)
+def test_a_schema_of_another_application_is_refused_whatever_it_holds(
+    pg_dsn: str, schema: str, ddl: str, kind: str
+) -> None:
+    # Only information_schema's tables were counted, and a table named meta was read
+    # without checking its columns: another application's meta gave a StorageError
+    # from PostgreSQL, and a schema of sequences or functions got the store's tables.
+    import psycopg
+
+    def objects(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+        return conn.execute(
+            "SELECT relname, relkind FROM pg_class WHERE relnamespace = %s::regnamespace "
+            "UNION ALL SELECT proname, 'function' FROM pg_proc "
+            "WHERE pronamespace = %s::regnamespace ORDER BY 1",
+            (schema, schema),
+        ).fetchall()
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(ddl.format(s=f'"{schema}"'))
+        before = objects(conn)
+    with pytest.raises(NotADatabaseError, match=f"holds {kind} that are not a synaptoroute store"):
+        open_store(pg_dsn, schema)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert objects(conn) == before
+
+
+def test_a_store_with_a_damaged_version_or_objects_added_by_its_user(
+    pg_dsn: str, schema: str
+) -> None:
+    import psycopg
+
+    open_store(pg_dsn, schema).close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        # Objects added to the store's own schema leave it the store.
+        conn.execute(f'CREATE VIEW "{schema}".report AS SELECT count(*) FROM "{schema}".routes')
+        conn.execute(f'CREATE SEQUENCE "{schema}".ids')
+        open_store(pg_dsn, schema).close()
+        for version in ("1.0", " 1", "", "0"):
+            conn.execute(
+                f'UPDATE "{schema}".meta SET value = %s WHERE key = %s', (version, "version")
+            )
+            with pytest.raises(StorageError, match="schema version is damaged") as info:
+                open_store(pg_dsn, schema)
+            assert not isinstance(info.value, NotADatabaseError)  # it is ours, only damaged
+        conn.execute(f"DELETE FROM \"{schema}\".meta WHERE key = 'version'")
+        with pytest.raises(StorageError, match=r"schema version is damaged \(None\)"):
+            open_store(pg_dsn, schema)
 
 
 def test_every_change_is_logged_in_order_and_notified(pg_dsn: str, schema: str) -> None:
@@ -739,6 +885,108 @@ def test_a_write_racing_an_unapplied_change_is_resynchronised(pg_dsn: str, schem
     finally:
         a.close()
         b.close()
+
+
+def test_a_write_behind_a_pruned_log_reloads_everything(pg_dsn: str, schema: str) -> None:
+    # The writer reset only the routes named by the log rows it had missed; those the
+    # pruning had removed were lost for good, since its position then moved past them.
+    enc = HashingEncoder()
+    a = AdaptiveRouter(enc, open_store(pg_dsn, schema, keep_changes=1))
+    b = AdaptiveRouter(enc, open_store(pg_dsn, schema, keep_changes=1))
+    for router in (a, b):
+        router.storage.prune_every = 1  # type: ignore[attr-defined]
+    try:
+        a.add_routes(ROUTES)
+        assert b.storage.wait_for_seq(a.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        with b._lock:  # B's follower cannot apply A's changes
+            a.add_utterances("billing", ["charged twice"])  # pruned by the next write
+            a.set_threshold("support", 0.25)
+            b.add_utterances("weather", ["is it sunny"])
+        assert b.storage.wait_for_seq(b.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        assert a.storage.wait_for_seq(b.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        assert "charged twice" in b.get_route("billing").utterances
+        assert router_state(a) == db_state(pg_dsn, schema) == router_state(b)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_running_replicas_reload_a_store_restored_from_a_backup(
+    pg_dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A restore takes the log back: the followers read only ``seq > applied``, so they
+    # skipped every change numbered up to their old position and applied later ones
+    # on top of routes the store no longer held.
+    import psycopg
+
+    enc = HashingEncoder()
+    a = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    b = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    c = None
+    try:
+        a.add_route(ROUTES[0])
+        back_up(pg_dsn, schema)
+        for i in range(3):
+            a.add_route(Route(name=f"tmp{i}", utterances=[f"temporary {i}"]))
+        assert b.storage.wait_for_seq(a.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        restore(pg_dsn, schema)
+        c = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+        c.add_route(ROUTES[1])  # numbered below what A and B have applied
+
+        def in_step() -> bool:
+            expected = db_state(pg_dsn, schema)
+            return router_state(a) == expected == router_state(b)
+
+        wait_until(in_step, "the replicas to reload the restored store")
+        assert set(b.route_names) == {"billing", "support"}
+        assert b.storage.applied_seq == c.storage.last_write_seq  # type: ignore[attr-defined]
+        assert "change log of PostgreSQL" in caplog.text and "went back" in caplog.text
+        # Followed on from there.
+        c.add_route(ROUTES[2])
+        assert b.storage.wait_for_seq(c.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        assert router_state(b) == db_state(pg_dsn, schema)
+    finally:
+        for router in (a, b, c):
+            if router is not None:
+                router.close()
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}_bk" CASCADE')
+
+
+def test_a_write_right_after_a_restore_reloads_everything(pg_dsn: str, schema: str) -> None:
+    # The writer took its new sequence number, one it had applied before the restore,
+    # as progress: its position stayed ahead of the log, so the changes numbered up to
+    # it were skipped.
+    import psycopg
+
+    enc = HashingEncoder()
+    a = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    b = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    try:
+        a.add_route(ROUTES[0])
+        back_up(pg_dsn, schema)
+        for i in range(3):
+            a.add_route(Route(name=f"tmp{i}", utterances=[f"temporary {i}"]))
+        old = a.storage.last_write_seq  # type: ignore[attr-defined]
+        assert b.storage.wait_for_seq(old, WAIT)  # type: ignore[attr-defined]
+        with b._lock:  # B's follower cannot notice the restore first
+            restore(pg_dsn, schema)
+            b.add_route(ROUTES[1])
+            seq = b.storage.last_write_seq  # type: ignore[attr-defined]
+            assert seq <= old
+            assert b.storage.applied_seq == seq  # type: ignore[attr-defined]
+            for i in range(3):
+                a.add_utterances("billing", [f"more {i}"])
+        assert a.storage.last_write_seq > old  # type: ignore[attr-defined]
+        assert b.storage.wait_for_seq(a.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        assert set(b.route_names) == {"billing", "support"}
+        assert router_state(b) == db_state(pg_dsn, schema)
+        wait_until(lambda: router_state(a) == router_state(b), "A to reload the restored store")
+    finally:
+        a.close()
+        b.close()
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}_bk" CASCADE')
 
 
 def test_deleting_a_route_another_replica_is_routing_to(pg_dsn: str, schema: str) -> None:

@@ -154,13 +154,15 @@ class Watch:
         store = self._storage
         last_poll = time.monotonic()
         while not self._stop.is_set():
-            newest = 0
-            for note in conn.notifies(timeout=0.2, stop_after=1):
-                newest = max(newest, int(note.payload or 0))
+            # Every notification leads to a read of the log, even one at or before the
+            # position applied (this replica's own writes, mostly): after a restore
+            # from a backup the other replicas' changes come with such numbers, and
+            # only the read notices that the log went back.
+            notified = any(True for _ in conn.notifies(timeout=0.2, stop_after=1))
             now = time.monotonic()
             # Polling the log by index is the safety net; notifications carry the latency.
             poll = now - last_poll >= store.poll_interval
-            if newest > store._applied_or_zero() or poll or store._pending is not None:
+            if notified or poll or store._pending is not None:
                 self._catch_up(conn)
                 last_poll = now
 
@@ -171,6 +173,21 @@ class Watch:
             rows = store._read_log(conn, since)
             changes: list[Change] = []
             reloaded = False
+            if not rows and since > 0 and store._newest(conn) < since:
+                # The log ends before the position applied here: the store was restored
+                # from a backup (or dropped and made anew). Reading on past ``since``
+                # would skip the changes now numbered up to it and apply later ones on
+                # top of routes the store no longer holds.
+                snap = store._snapshot(conn)
+                if self._rewind(snap, since):
+                    _log.warning(
+                        "the change log of PostgreSQL %s went back from seq %d to %d (was "
+                        "the store restored from a backup?); reloaded everything",
+                        store._target,
+                        since,
+                        snap.seq,
+                    )
+                continue
             if rows and rows[0][0] > since + 1 and since < store._pruned_through(conn):
                 # The log no longer holds what this replica missed: take the whole store.
                 changes.append(store._snapshot(conn))
@@ -186,6 +203,22 @@ class Watch:
             self._deliver(changes)
             if not reloaded and len(rows) < store.batch_size:
                 return
+
+    def _rewind(self, snap: Change, since: int) -> bool:
+        """Apply ``snap``, the whole store at a position before ``since``, and move the
+        position back to it; ``False`` if a write here moved the position meanwhile
+        (it handled the same rewind itself, or the next read decides again)."""
+        store = self._storage
+        with self.lock:
+            if store._applied_or_zero() != since:
+                return False
+            store._pending = None  # the snapshot holds everything a pending reset would
+            try:
+                self.callback([snap])
+            except Exception:
+                _log.exception("applying the reload at seq %d failed", snap.seq)
+            store._rewind(snap.seq)
+            return True
 
     def _deliver(self, changes: Sequence[Change]) -> None:
         store = self._storage

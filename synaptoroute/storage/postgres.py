@@ -40,6 +40,7 @@ from .._buffers import read_utterances, split_by_route
 from .._fork import CONNECTION, LEAF, STORE, hold_across_fork
 from ..checks import check_seconds
 from ..exceptions import (
+    InvalidInputError,
     MissingDependencyError,
     NotADatabaseError,
     RouteNotFoundError,
@@ -68,6 +69,11 @@ _APP_ID = "synaptoroute"
 SCHEMA_VERSION = 1
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 _T = TypeVar("_T")
+# PostgreSQL and libpq hold their timeouts in a C int of milliseconds (lock_timeout,
+# tcp_user_timeout) or seconds (connect_timeout): a longer duration is refused by the
+# server or the driver, so it is refused here by name, before connecting.
+_INT_MAX = 2**31 - 1
+MAX_SECONDS = _INT_MAX // 1000  # 2,147,483 s: about 24.8 days
 # Rows per fetch of the server-side cursor that loads utterances.
 _LOAD_CHUNK = 4096
 
@@ -81,6 +87,14 @@ class _LogEntry:
     data: dict[str, Any] | None = None
     vectors: NDArray[np.float32] | None = None
     model: ModelInfo | None = None
+
+
+def _check_duration(value: object, field: str) -> float:
+    seconds = check_seconds(value, field)
+    if seconds > MAX_SECONDS:
+        msg = f"{field} must be at most {MAX_SECONDS} seconds (PostgreSQL's limit), got {value!r}"
+        raise InvalidInputError(msg)
+    return seconds
 
 
 def _psycopg() -> Any:
@@ -167,6 +181,8 @@ class PostgresStorage:
             ``prune_every`` changes); replicas further behind reload everything.
         poll_interval: seconds between safety-net reads of the log while listening.
 
+    The durations must be above 0 and at most 2,147,483 seconds (PostgreSQL's limit).
+
     Example:
         >>> store = PostgresStorage("postgresql://app@db.internal/routes")  # doctest: +SKIP
         >>> router = AdaptiveRouter(storage=store)  # doctest: +SKIP
@@ -193,11 +209,11 @@ class PostgresStorage:
             msg = f"keep_changes must be at least 1, as an int; got {keep_changes!r}"
             raise StorageError(msg)
         self.schema = schema
-        self.connect_timeout = check_seconds(connect_timeout, "connect_timeout")
+        self.connect_timeout = _check_duration(connect_timeout, "connect_timeout")
         # PostgreSQL reads a lock_timeout of 0 ms as "wait for good": at least 1 ms.
-        self.lock_timeout = max(check_seconds(lock_timeout, "lock_timeout"), 0.001)
+        self.lock_timeout = max(_check_duration(lock_timeout, "lock_timeout"), 0.001)
         self.keep_changes = keep_changes
-        self.poll_interval = check_seconds(poll_interval, "poll_interval")
+        self.poll_interval = _check_duration(poll_interval, "poll_interval")
         self.origin = uuid.uuid4().hex
         self._s = f'"{schema}"'
         self._channel = f"synaptoroute_{schema}"
@@ -205,13 +221,13 @@ class PostgresStorage:
             params = pg.conninfo.conninfo_to_dict(dsn)
             self._conninfo = pg.conninfo.make_conninfo(
                 dsn,
-                connect_timeout=max(2, math.ceil(connect_timeout)),
+                connect_timeout=max(2, math.ceil(self.connect_timeout)),
                 application_name=params.get("application_name") or "synaptoroute",
                 keepalives=1,
                 keepalives_idle=5,
                 keepalives_interval=2,
                 keepalives_count=3,
-                tcp_user_timeout=int(max(connect_timeout, 5) * 2000),
+                tcp_user_timeout=min(int(max(self.connect_timeout, 5) * 2000), _INT_MAX),
             )
         except pg.Error as exc:
             # libpq quotes the offending part of the string, which may be a password.
@@ -267,10 +283,18 @@ class PostgresStorage:
                 f"(gave up after {time.monotonic() - start:.1f} s): {first_line(exc)}"
             )
             raise StorageError(msg) from exc
-        conn.execute(
-            "SELECT set_config('lock_timeout', %s, false)",
-            (f"{int(self.lock_timeout * 1000)}ms",),
-        )
+        try:
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, false)",
+                (f"{int(self.lock_timeout * 1000)}ms",),
+            )
+        except BaseException as exc:
+            # A session that cannot be set up is of no use, and nothing else would close it.
+            conn.close()
+            if isinstance(exc, pg.Error):
+                msg = f"cannot set up a session on PostgreSQL {self._target}: {first_line(exc)}"
+                raise StorageError(msg) from exc
+            raise
         return conn
 
     def _run(
@@ -335,25 +359,18 @@ class PostgresStorage:
             cur = conn.cursor()
             # Replicas starting together on an empty database take turns.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._lock_name,))
-            cur.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
-                (self.schema,),
-            )
-            tables = {row[0] for row in cur.fetchall()}
+            kinds = self._objects(cur)
             version = 0
-            if tables:
-                app = None
-                if "meta" in tables:
-                    cur.execute(f"SELECT key, value FROM {s}.meta WHERE key IN ('app', 'version')")
-                    meta = dict(cur.fetchall())
-                    app = meta.get("app")
-                    version = int(meta.get("version", 0))
-                if app != _APP_ID:
+            if kinds:
+                meta = self._meta(cur)
+                if meta is None or meta.get("app") != _APP_ID:
                     msg = (
-                        f"schema {self.schema!r} in {self._target} holds tables that are not a "
-                        "synaptoroute store; it was left untouched (pass another schema=)"
+                        f"schema {self.schema!r} in {self._target} holds {', '.join(kinds)} "
+                        "that are not a synaptoroute store; it was left untouched "
+                        "(pass another schema=)"
                     )
                     raise NotADatabaseError(msg)
+                version = self._stored_version(meta.get("version"))
                 if version > SCHEMA_VERSION:
                     msg = (
                         f"schema {self.schema!r} in {self._target} has version {version}, newer "
@@ -370,6 +387,74 @@ class PostgresStorage:
                 "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                 (_APP_ID, str(SCHEMA_VERSION)),
             )
+
+    def _objects(self, cur: psycopg.Cursor[Any]) -> list[str]:
+        """The kinds of objects the schema holds (empty for a missing or empty schema).
+
+        Read from the catalogs, not information_schema: that lists only tables and views,
+        and only those the role may use, so a schema holding another application's
+        sequences or functions (or tables this role cannot see) passed as empty and got
+        the store's tables created beside them.
+        """
+        in_schema = "IN (SELECT oid FROM pg_namespace WHERE nspname = %(schema)s)"
+        others = [
+            ("operators", "pg_operator", "oprnamespace"),
+            ("collations", "pg_collation", "collnamespace"),
+            ("conversions", "pg_conversion", "connamespace"),
+            ("text search objects", "pg_ts_config", "cfgnamespace"),
+            ("text search objects", "pg_ts_dict", "dictnamespace"),
+            ("text search objects", "pg_ts_parser", "prsnamespace"),
+            ("text search objects", "pg_ts_template", "tmplnamespace"),
+            ("operator classes", "pg_opclass", "opcnamespace"),
+            ("operator classes", "pg_opfamily", "opfnamespace"),
+            ("statistics objects", "pg_statistic_ext", "stxnamespace"),
+            ("extensions", "pg_extension", "extnamespace"),
+        ]
+        parts = [
+            # Indexes and TOAST tables belong to a table, which is counted itself.
+            "SELECT CASE WHEN relkind IN ('v', 'm') THEN 'views' WHEN relkind = 'S' "
+            "THEN 'sequences' WHEN relkind = 'c' THEN 'types' ELSE 'tables' END "
+            f"FROM pg_class WHERE relnamespace {in_schema} AND relkind NOT IN ('i', 'I', 't')",
+            f"SELECT 'functions' FROM pg_proc WHERE pronamespace {in_schema}",
+            # A table's row type and every array type come with another object.
+            f"SELECT 'types' FROM pg_type t WHERE typnamespace {in_schema} AND typrelid = 0 "
+            "AND NOT EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid)",
+            *(
+                f"SELECT '{kind}' FROM {table} WHERE {column} {in_schema}"
+                for kind, table, column in others
+            ),
+        ]
+        cur.execute(
+            f"SELECT DISTINCT kind FROM ({' UNION ALL '.join(parts)}) AS objects(kind) ORDER BY 1",
+            {"schema": self.schema},
+        )
+        return [row[0] for row in cur.fetchall()]
+
+    def _meta(self, cur: psycopg.Cursor[Any]) -> dict[str, str] | None:
+        """The store's ``app`` and ``version`` entries, or ``None`` when the schema has no
+        table ``meta`` of text ``key`` and ``value`` (another application's, or none)."""
+        cur.execute(
+            "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = 'meta' AND c.relkind IN ('r', 'p') "
+            "AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid = 'text'::regtype",
+            (self.schema,),
+        )
+        if not {"key", "value"} <= {row[0] for row in cur.fetchall()}:
+            return None
+        cur.execute(f"SELECT key, value FROM {self._s}.meta WHERE key IN ('app', 'version')")
+        return {str(k): str(v) for k, v in cur.fetchall()}
+
+    def _stored_version(self, value: str | None) -> int:
+        # int() would take " 1", "1_0" or other scripts' digits, and raise a bare
+        # ValueError on anything else.
+        if value is None or not re.fullmatch(r"[1-9][0-9]{0,8}", value):
+            msg = (
+                f"schema {self.schema!r} in {self._target} is a synaptoroute store whose "
+                f"schema version is damaged ({value!r}); it was left untouched"
+            )
+            raise StorageError(msg)
+        return int(value)
 
     @property
     def _lock_name(self) -> str:
@@ -521,7 +606,7 @@ class PostgresStorage:
             for e in entries
         ]
 
-        def work(conn: psycopg.Connection[Any]) -> tuple[int, Change | None]:
+        def work(conn: psycopg.Connection[Any]) -> tuple[int, Change | None, bool]:
             with conn.transaction():
                 cur = conn.cursor()
                 # One writer at a time per store: sequence numbers follow commit order.
@@ -540,22 +625,36 @@ class PostgresStorage:
                 seq = seqs[-1]
                 cur.execute("SELECT pg_notify(%s, %s)", (self._channel, str(seq)))
                 resync = None
+                # A sequence number this replica has applied already: the log went
+                # back (the store was restored from a backup, or dropped and made anew).
+                rewound = self._applied is not None and seqs[0] <= self._applied
                 if self._applied is not None:
                     touched = [(e.kind, e.name) for e in entries]
-                    resync = self._resync(conn, seqs[0], seq, touched)
+                    resync = self._resync(conn, seqs[0], seq, touched, rewound=rewound)
                 if any(n % self.prune_every == 0 for n in seqs):
                     self._prune(cur, seq)
                 self._committing = True
-            return seq, resync
+            return seq, resync, rewound
 
         with self._apply_lock:
             label = entries[0].kind.replace("_", " ")
-            seq, resync = self._run(label, work, write=True)
+            seq, resync, rewound = self._run(label, work, write=True)
             self.last_write_seq = seq
             if self._applied is not None:
                 if resync is not None:
                     self._pending = resync
-                self._advance(seq)
+                if rewound:
+                    _log.warning(
+                        "the change log of PostgreSQL %s went back: this write got seq %d, "
+                        "at or before seq %d already applied here (was the store restored "
+                        "from a backup?); reloading everything",
+                        self._target,
+                        seq,
+                        self._applied_or_zero(),
+                    )
+                    self._rewind(seq)
+                else:
+                    self._advance(seq)
         return seq
 
     def _resync(
@@ -564,14 +663,26 @@ class PostgresStorage:
         first: int,
         seq: int,
         own: Sequence[tuple[ChangeKind, str | None]],
+        *,
+        rewound: bool = False,
     ) -> Change | None:
         """What the follower must reset when this write raced writes it has not applied.
 
         The router applies its own write (log entries ``first`` to ``seq``, kinds and
         names ``own``) locally, on top of a state that may lack another replica's
         earlier write; afterwards the follower resets every route either touched to
-        its exact state as of ``seq``, read in this transaction.
+        its exact state as of ``seq``, read in this transaction. When the log no longer
+        tells what those writes were (pruned, or ``rewound``: it went back), the
+        follower resets everything.
         """
+        assert self._applied is not None
+        missed = first > self._applied + 1
+        if rewound or (missed and self._applied < self._pruned_through(conn)):
+            # Rows this replica never applied were pruned (or belong to another history):
+            # the rows left cannot name every route they touched. Once this write has
+            # moved the position past them the follower's own check of the pruned log
+            # no longer fires, so the whole store is read here, as the follower would.
+            return self._whole(conn, seq)
         rows = conn.execute(
             f"SELECT kind, name FROM {self._s}.changes WHERE seq > %s AND seq < %s",
             (self._applied, first),
@@ -828,6 +939,16 @@ class PostgresStorage:
         with self._cond:
             self._applied = max(self._applied_or_zero(), seq)
             self._cond.notify_all()
+
+    def _rewind(self, seq: int) -> None:
+        """Set the position back to ``seq``: the log went back (a restored backup)."""
+        with self._cond:
+            self._applied = seq
+            self._cond.notify_all()
+
+    def _newest(self, conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {self._s}.changes").fetchone()
+        return int(row[0]) if row else 0
 
     def _read_log(self, conn: psycopg.Connection[Any], since: int) -> list[tuple[Any, ...]]:
         cur = conn.cursor(binary=True)
