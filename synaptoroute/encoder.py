@@ -791,6 +791,16 @@ class CallableEncoder:
         self._lock = threading.RLock()
         hold_across_fork(self, ENCODER)  # held while the first call finds the dimension
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (pickle, a process pool's worker) gets a lock of its own; it pickles
+        # when the function does (a module-level function, not a lambda or closure).
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        hold_across_fork(self, ENCODER)
+
     @property
     def model_id(self) -> str:
         """Identifier stored next to every vector."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 import shutil
 import socket
 import threading
@@ -180,6 +181,21 @@ def test_a_model_fetch_that_never_answers_is_abandoned(monkeypatch: pytest.Monke
 def test_the_longest_input_the_bundled_model_takes_encodes() -> None:
     longest = Encoder(max_tokens=512).encode(["I need a refund", "word " * 600])
     assert longest.shape == (2, 384) and np.allclose(np.linalg.norm(longest, axis=1), 1.0)
+
+
+def _two_dims(texts: list[str]) -> list[list[float]]:
+    return [[float(len(t)), 1.0] for t in texts]
+
+
+def test_a_callable_encoder_pickles_when_its_function_does() -> None:
+    # Its lock never pickled, so no CallableEncoder could reach a process pool.
+    encoder = CallableEncoder(_two_dims, model_id="lengths")
+    copy = pickle.loads(pickle.dumps(encoder))
+    assert copy.model_id == "lengths" and copy.dimension == 2
+    np.testing.assert_array_equal(copy.encode(["ab", "abc"]), encoder.encode(["ab", "abc"]))
+    assert copy._lock is not encoder._lock
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        pickle.dumps(CallableEncoder(lambda texts: _two_dims(texts), model_id="lambda"))
 
 
 def test_invalid_settings() -> None:

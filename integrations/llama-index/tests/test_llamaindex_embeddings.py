@@ -74,19 +74,26 @@ def _lengths(texts: list[str]) -> list[list[float]]:
     return [[float(len(t)), 1.0, 0.5] for t in texts]
 
 
-async def test_a_pickled_copy_whose_encoder_stays_behind_says_so() -> None:
-    # A CallableEncoder holds a lock and never pickles: the copy was rebuilt as
-    # Encoder("my-length-model"), which failed on first use as an unknown fastembed
-    # model (or, under a real model's name, would embed with another model).
+async def test_a_pickled_copy_carries_its_encoder_or_says_it_stayed_behind() -> None:
+    # A CallableEncoder of a module-level function travels (it pickles, its lock does
+    # not: the copy makes its own) and embeds as the original does.
     original = SynaptorouteEmbedding(CallableEncoder(_lengths, model_id="my-length-model"))
     copy = pickle.loads(pickle.dumps(original))
+    assert copy.get_text_embedding(TEXTS[0]) == original.get_text_embedding(TEXTS[0])
+    # One over a lambda cannot: the copy was rebuilt as Encoder("my-length-model"),
+    # which failed on first use as an unknown fastembed model (or, under a real
+    # model's name, would embed with another model). It says what happened now.
+    lambda_based = SynaptorouteEmbedding(
+        CallableEncoder(lambda texts: _lengths(texts), model_id="my-length-model")
+    )
+    copy = pickle.loads(pickle.dumps(lambda_based))
     assert copy.model_name == "my-length-model"
     stayed = r"'my-length-model', a CallableEncoder .*could not be pickled.*num_workers=None"
     with pytest.raises(ModelNotAvailableError, match=stayed):
         copy.get_text_embedding(TEXTS[0])
     with pytest.raises(ModelNotAvailableError, match=stayed):
         await copy.aget_query_embedding(TEXTS[0])
-    assert len(original.get_text_embedding(TEXTS[0])) == 3  # the original is untouched
+    assert len(lambda_based.get_text_embedding(TEXTS[0])) == 3  # the original is untouched
 
 
 async def test_async_embedding_runs_off_the_loop(recording: RecordingEncoder) -> None:

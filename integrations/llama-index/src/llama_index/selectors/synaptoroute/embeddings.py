@@ -52,12 +52,13 @@ class SynaptorouteEmbedding(BaseEmbedding):
             on first use); with ``encoder``, it must be the encoder's ``model_id``.
 
     A copy made by pickling (LlamaIndex sends transformations to worker processes
-    that way) takes the encoder along when it can be pickled (``HashingEncoder``);
-    an ``Encoder`` (the bundled model, a fastembed one) is loaded again by its name,
-    as is the model of a copy made by ``from_dict``/``from_json``. Any other encoder
-    that cannot be pickled (a ``CallableEncoder``, a wrapped LangChain or LlamaIndex
-    model) stays behind: the pickled copy raises ``ModelNotAvailableError`` when it
-    is first asked to embed, saying so.
+    that way) takes the encoder along when it can be pickled (``HashingEncoder``, a
+    ``CallableEncoder`` of a module-level function); an ``Encoder`` (the bundled
+    model, a fastembed one) is loaded again by its name, as is the model of a copy
+    made by ``from_dict``/``from_json``. Any other encoder that cannot be pickled (a
+    ``CallableEncoder`` of a lambda or closure, a wrapped model that does not pickle)
+    stays behind: the pickled copy raises ``ModelNotAvailableError`` when it is first
+    asked to embed, saying so.
 
     Raises:
         ValueError: ``model_name`` is not the given encoder's model.
