@@ -349,6 +349,28 @@ async def test_read_only_refuses_every_change(encoder: Encoder, store_path: Path
     router.close()
 
 
+async def test_read_only_with_guarded_reads_refuses_no_read(
+    encoder: Encoder, store_path: Path
+) -> None:
+    # The console's reads sent by POST were taken for changes before their body was
+    # read: a malformed one got 403 "route changes are disabled", counted as such.
+    router = make_router(encoder, store_path)
+    settings = ServerSettings(read_only=True, auth_reads=True, api_key=SecretStr(KEY))
+    async for s in _service(router, settings):
+        for path in ("/console/api/try", "/console/api/map"):
+            bad = await s.client.post(path, json={"query": "hi", "bogus": 1}, headers=AUTH)
+            assert bad.status_code == 422, path
+            broken = await s.client.post(path, content=b"garbage{", headers=AUTH)
+            assert broken.status_code == 422, path
+            assert (await s.client.post(path, json={"query": "hi"})).status_code == 401
+            assert (await s.client.post(path, json={"query": "hi"}, headers=AUTH)).is_success
+        r = await s.client.put("/routes/x", json={"utterances": ["a"]}, headers=AUTH)
+        assert r.status_code == 403
+        metrics = (await s.client.get("/metrics")).text
+        assert 'synaptoroute_rejections_total{reason="read_only"} 1\n' in metrics
+    router.close()
+
+
 async def test_loopback_without_key_allows_changes(encoder: Encoder, store_path: Path) -> None:
     router = make_router(encoder, store_path)
     async for s in _service(router, ServerSettings()):

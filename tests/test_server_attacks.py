@@ -232,7 +232,12 @@ def test_oversized_headers_get_431_without_being_buffered(router: AdaptiveRouter
         big.sendall(
             b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
         )
-        assert closed_by_server(big).startswith(b"HTTP/1.1 431")
+        answer = closed_by_server(big)
+        assert answer.startswith(b"HTTP/1.1 431")
+        # The JSON error body every error has (it was plain text).
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"content-type: application/json" in head.lower()
+        assert json.loads(body) == {"detail": "request headers too large"}
         ok = srv.connect()  # headers under the limit are served
         ok.sendall(
             b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Ok: " + b"a" * 8_000 + b"\r\n\r\n"

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -208,6 +209,24 @@ def test_probes_answer_head_like_get_without_a_body(server: Server, client: http
         assert lines[0].startswith(f"HTTP/1.1 {got.status_code} "), path
         assert body == b"", path
         assert headers["content-length"] == str(len(got.content)), path
+
+
+def test_a_route_is_created_only_with_a_name_its_url_can_carry(client: httpx.Client) -> None:
+    # A name too long for the request head (431) was created and could then never be
+    # read, changed or deleted over HTTP.
+    auth = {"Authorization": f"Bearer {KEY}"}
+    room = 16 * 1024 - 512  # the default --max-header-bytes, less the head's other parts
+    longest = "日" * (room // len(quote("日")))
+    too_long = longest + "日"
+    r = client.post("/routes", json={"name": too_long, "utterances": ["x"]}, headers=auth)
+    assert r.status_code == 422 and "--max-header-bytes" in r.json()["detail"]
+    assert too_long not in [x["name"] for x in client.get("/routes").json()]
+    r = client.post("/routes", json={"name": longest, "utterances": ["x"]}, headers=auth)
+    assert r.status_code == 201
+    path = "/routes/" + quote(longest)
+    assert client.get(path).json()["name"] == longest
+    assert client.post(path + "/utterances", json={"utterances": ["y"]}, headers=auth).is_success
+    assert client.delete(path, headers=auth).status_code == 204
 
 
 def test_refuses_exposed_host_without_key(tmp_path: Path) -> None:

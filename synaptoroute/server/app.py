@@ -229,14 +229,17 @@ def create_app(
     # Without a key (a loopback service) changes are open, and the schema says so.
     change = [Depends(open_changes if key is None else checked_changes)]
     read = [Depends(checked_reads)] if settings.auth_reads and key is not None else []
-    guarded = {id(d.dependency) for d in (*change, *read)}
+    changes = {id(d.dependency) for d in change}
+    guarded = changes | {id(d.dependency) for d in read}
 
     def precheck(request: Request) -> HTTPException | None:
         route = request.scope.get("route")
-        if not any(id(d.dependency) in guarded for d in getattr(route, "dependencies", ())):
+        needs = {id(d.dependency) for d in getattr(route, "dependencies", ())}
+        if not needs & guarded:
             return None
         try:
-            if route is not None and "GET" not in getattr(route, "methods", ()):
+            # Only what changes routes: a read sent by POST (the console's) is no change.
+            if needs & changes:
                 refuse_if_read_only()
             if key is not None:
                 scheme, _, token = request.headers.get("authorization", "").partition(" ")

@@ -13,11 +13,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from urllib.parse import quote
 
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
 
-from ..exceptions import RouteExistsError
+from ..exceptions import InvalidInputError, RouteExistsError
 from ..models import RouteMatch
 from .errors import _responses
 from .guards import BatchAdmission
@@ -51,6 +52,24 @@ async def _blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     # Library mutations encode and write SQLite: keep them off the event loop. A
     # cancelled request still waits for its thread, so a change is never cut short.
     return await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
+
+
+#: Room kept in the request head for all but the route name's part of the URL: the
+#: method, ``/routes/``, ``/utterances``, the protocol and the usual headers.
+_HEAD_ROOM = 512
+
+
+def _check_addressable(name: str, max_header_bytes: int) -> None:
+    """Refuse a name whose URL would not fit in this service's request head (431): the
+    route could be created but never read, changed or deleted over HTTP."""
+    size = len(quote(name, safe="/"))
+    room = max_header_bytes - _HEAD_ROOM
+    if size > room:
+        msg = (
+            f"route name is {size} bytes in a URL, more than the {room} this service's "
+            f"request head leaves for it (--max-header-bytes {max_header_bytes})"
+        )
+        raise InvalidInputError(msg)
 
 
 def endpoints_router(
@@ -165,6 +184,7 @@ def endpoints_router(
     async def create_route(body: NewRoute) -> RouteOut:
         """Create a route; 409 if the name is taken."""
         name = _check_name(body.name)
+        _check_addressable(name, state.settings.max_header_bytes)
         r = state.get_router()
         if name in r:
             msg = f"route {name!r} exists; PUT /routes/{{name}} replaces it"

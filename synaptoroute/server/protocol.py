@@ -28,6 +28,7 @@ The keep-alive idle timeout between requests stays uvicorn's (``timeout_keep_ali
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,10 +64,11 @@ class ConnectionLimits:
         )
 
 
-def _plain_response(status: bytes, text: str) -> bytes:
-    body = text.encode("ascii")
+def _error_response(status: bytes, detail: str) -> bytes:
+    # Written by the protocol before any app runs; the same JSON body as every error.
+    body = json.dumps({"detail": detail}).encode("ascii")
     return (
-        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
         b"content-length: " + str(len(body)).encode("ascii") + b"\r\n"
         b"connection: close\r\n\r\n" + body
     )
@@ -76,10 +78,10 @@ _OVER_LIMIT_GRACE_S = 1.0
 # Over-limit connections waiting for their request to be answered 503; past this
 # many, more are closed at once (a flood must not hold descriptors).
 _MAX_PENDING_REFUSALS = 64
-_HEADERS_TOO_LARGE = _plain_response(
+_HEADERS_TOO_LARGE = _error_response(
     b"431 Request Header Fields Too Large", "request headers too large"
 )
-_FRAMING_TOO_LARGE = _plain_response(
+_FRAMING_TOO_LARGE = _error_response(
     b"431 Request Header Fields Too Large", "chunk framing or trailers too large"
 )
 
