@@ -69,6 +69,7 @@ class IndexStats:
     compiles: int = 0
     full_compiles: int = 0  # compiles that rebuilt the segment arrays (not an append)
     full_rebuilds: int = 0  # compactions: every live row copied into a new buffer
+    renumbers: int = 0  # live routes given ids 0..k-1 again, deleted routes' ids dropped
     reallocations: int = 0  # capacity doublings
     rows_copied: int = 0  # rows moved by rebuilds and reallocations
     rows_written: int = 0  # pending rows written into the buffer tail
@@ -1118,6 +1119,11 @@ class _Segments:
         self._spans_from_arrays()
 
 
+# Deletes between two compiles patched into the last compile's arrays (each O(routes));
+# past this many, the next compile rebuilds them once (O(rows)) instead.
+_PATCHED_DELETES = 16
+
+
 class RouteIndex:
     """Utterance vectors grouped by route, compiled lazily into a :class:`Snapshot`.
 
@@ -1152,6 +1158,8 @@ class RouteIndex:
         self._pending: list[tuple[int, NDArray[np.float32], list[str]]] = []
         self._ids: dict[str, int] = {}
         self._names: list[str] = []  # route id -> name, deleted ones included
+        self._dead_ids = 0  # ids of deleted routes in _names (see _renumber_routes)
+        self._deletes_since_compile = 0
         self._rows: dict[int, list[int]] = {}  # route id -> its rows in the buffer
         self._sums: dict[int, NDArray[np.float64]] = {}  # "centroid" only: 3 kB a route
         self._counts: dict[int, int] = {}
@@ -1233,12 +1241,18 @@ class RouteIndex:
         """Remove a route; its rows are masked now and compacted later."""
         with self._lock:
             rid = self._ids.pop(name)
-            # The names list only grows (snapshots share it, and a query in flight on
-            # an older one still names the route); ids are never reused.
+            # Snapshots share the names list, and a query in flight on an older one
+            # still names the route: its id stays until _renumber_routes.
             rows = self._rows.pop(rid)
             self._row_route[rows] = -1
-            if self._segments is not None:  # O(routes): the next compile only appends
-                self._segments = self._segments.without(rid)
+            self._dead_ids += 1
+            self._deletes_since_compile += 1
+            if self._segments is not None:
+                if self._deletes_since_compile <= _PATCHED_DELETES:
+                    # O(routes): the next compile only appends
+                    self._segments = self._segments.without(rid)
+                else:  # many in one go (a bulk replace): one full compile, not O(routes) each
+                    self._segments = None
             self._dead += len(rows)
             self._pending = [p for p in self._pending if p[0] != rid]
             self._sums.pop(rid, None)
@@ -1352,6 +1366,28 @@ class RouteIndex:
         self._segments = None
         self._int8_generation += 1  # a copy being built now is of the old positions
 
+    def _renumber_routes(self) -> None:
+        """Give the live routes ids ``0..k-1``, in their order, dropping the deleted
+        routes' ids: otherwise a router that adds and deletes (or replaces) routes all
+        day keeps every name it ever held, and each compile and delete costs O(ids).
+
+        Rows stay where they are; the row-to-route array and the names list are new
+        objects, so snapshots taken before keep theirs.
+        """
+        live = sorted(self._rows)
+        remap = np.full(len(self._names) + 1, -1, dtype=np.int64)  # [-1]: dead rows stay -1
+        remap[live] = np.arange(len(live))
+        self._row_route = remap[self._row_route]
+        self._names = [self._names[rid] for rid in live]
+        self._ids = {name: int(remap[rid]) for name, rid in self._ids.items()}
+        self._rows = {int(remap[rid]): rows for rid, rows in self._rows.items()}
+        self._counts = {int(remap[rid]): n for rid, n in self._counts.items()}
+        self._sums = {int(remap[rid]): v for rid, v in self._sums.items()}
+        self._pending = [(int(remap[rid]), v, t) for rid, v, t in self._pending]
+        self._segments = None
+        self._dead_ids = 0
+        self.stats.renumbers += 1
+
     def _forked(self) -> None:
         # In a forked child, under the lock: the graph's and the int8 copy's background
         # threads did not come along, so none runs; the next compile starts what is
@@ -1383,6 +1419,9 @@ class RouteIndex:
         self._flush_pending()
         if self._dead and self._dead >= max(1024, self._n // 4):
             self._compact()
+        if self._dead_ids >= max(1024, len(self._ids)):
+            self._renumber_routes()
+        self._deletes_since_compile = 0
         self.stats.compiles += 1
         self._version += 1
         n = self._n

@@ -96,6 +96,58 @@ def test_scores_match_brute_force_after_interleaved_changes(agg: str) -> None:
             assert snap.texts[int(got.nearest_rows[0])].startswith(names[0] + "-")
 
 
+@pytest.mark.parametrize("agg", ["max", "mean_topk", "centroid"])
+def test_route_ids_of_deleted_routes_are_dropped_over_a_long_churn(agg: str) -> None:
+    # Ids were never reused: a router adding and deleting (or replacing) routes all
+    # day kept every name it ever held, and each compile and delete cost O(ids).
+    rng = np.random.default_rng(5)
+    index = RouteIndex(DIM, aggregation=agg)  # type: ignore[arg-type]
+    truth: dict[str, np.ndarray] = {}
+    queries = unit(rng, 6)
+    early = None
+    for i in range(6000):
+        name = f"r{i % 40}"
+        if name in truth:
+            index.delete_route(name)  # a replace: delete, then add under the same name
+        vecs = unit(rng, 1 + i % 3)
+        index.add(name, vecs, [f"{name}-{i}-{j}" for j in range(len(vecs))])
+        truth[name] = vecs
+        if i % 250 == 0:
+            snap = index.snapshot()
+            assert_brute_force(snap, truth, queries, agg)
+            if i == 500:
+                early, early_truth = snap, dict(truth)
+        # Dropped at the compile after 1,024 deletes (one in 250 cycles here).
+        assert len(index._names) <= 1024 + 250 + 40
+    assert index.stats.renumbers >= 4
+    assert_brute_force(index.snapshot(), truth, queries, agg)
+    # A snapshot taken before the renumbering still answers with its own names.
+    assert early is not None
+    assert_brute_force(early, early_truth, queries, agg)
+    held = index.vectors_of("r7")
+    assert len(held) == len(truth["r7"])
+    np.testing.assert_allclose(np.array(list(held.values())), truth["r7"], atol=1e-6)
+    assert index.delete_texts("r7", list(held)[:1]) == 1
+
+
+def test_many_deletes_between_compiles_rebuild_the_arrays_once() -> None:
+    # A bulk replace deleted routes one by one, each patching the last compile's
+    # arrays in O(routes): quadratic in the routes replaced.
+    rng = np.random.default_rng(6)
+    index = RouteIndex(DIM)
+    truth = {f"r{i}": unit(rng, 2) for i in range(200)}
+    for name, vecs in truth.items():
+        index.add(name, vecs, [f"{name}-{j}" for j in range(2)])
+    index.snapshot()
+    full = index.stats.full_compiles
+    for name in list(truth)[:150]:
+        index.delete_route(name)
+        truth[name] = unit(rng, 3)
+        index.add(name, truth[name], [f"{name}-new-{j}" for j in range(3)])
+    assert_brute_force(index.snapshot(), truth, unit(rng, 8))
+    assert index.stats.full_compiles == full + 1
+
+
 def test_adding_routes_never_copies_the_matrix_per_add() -> None:
     rng = np.random.default_rng(1)
     index = RouteIndex(DIM, capacity=16)
