@@ -545,7 +545,11 @@ def policy_for_routes(
         head = None
     if head is policy.head and len(thresholds) == len(policy.thresholds):
         return policy, notes
-    return replace(policy, thresholds=thresholds, head=head), notes
+    info = dict(policy.info)
+    if head is None and policy.head is not None and info.get("decision") == "head":
+        # What decides now, as a fit that kept no head would say.
+        info.update(decision="thresholds", features="dense", scorer="similarity")
+    return replace(policy, thresholds=thresholds, head=head, info=info), notes
 
 
 def empty_match(reason: str = "empty_query") -> RouteMatch:

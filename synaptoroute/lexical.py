@@ -304,7 +304,11 @@ class LexicalView:
         norm = self.route_norm[pos]
         dot = scores[rows, pos] * norm
         rest = norm * norm - 2 * dot + 1.0
-        out[rows, pos] = np.where(rest > 1e-9, (dot - 1.0) / np.sqrt(np.maximum(rest, 1e-18)), 0.0)
+        left = np.where(rest > 1e-9, (dot - 1.0) / np.sqrt(np.maximum(rest, 1e-18)), 0.0)
+        # Weights are not negative and S holds q, so q.S >= q.q = 1 for a unit q; below
+        # that q is the zero vector of a text with no n-gram (an emoji): S is the same
+        # without it, and its score stays 0 (not (0 - 1) / |S|).
+        out[rows, pos] = np.where(dot < 0.5, scores[rows, pos], left)
         return out
 
 

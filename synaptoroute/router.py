@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -564,6 +565,8 @@ class AdaptiveRouter:
             self.storage.add_utterances(name, new, vectors, self.model)
             self._routes[name] = route.model_copy(update={"utterances": [*route.utterances, *new]})
             self._index.add(name, vectors, new)
+            if not route.utterances:  # it scores from now on: a route a fitted head lacks
+                self._reconcile_policy()
             return new
 
     def delete_route(self, name: str) -> None:
@@ -654,9 +657,14 @@ class AdaptiveRouter:
         # A fitted head knows a fixed set of routes; see docs/accuracy.md.
         if self._policy.head is None and not self._policy.thresholds:
             return  # nothing fitted: keep adds O(1) in the number of routes
-        policy, notes = policy_for_routes(self._policy, self.route_names)
+        # A route without utterances scores nothing: no class of a head, and none of
+        # its changes (an identical re-add, negatives, a replace) is a new class.
+        scored = [n for n, r in self._routes.items() if r.utterances and n != NEGATIVES_ROUTE]
+        policy, notes = policy_for_routes(self._policy, scored)
         if policy is not self._policy:
-            self.set_policy(policy)
+            # A policy stored by an older version may hold NaN in its info, which
+            # set_policy refuses; the route change is stored already, so keep it finite.
+            self.set_policy(_replace(policy, info=_finite_json(policy.info)))
         for note in notes:
             warnings.warn(note, stacklevel=3)
 
@@ -1085,6 +1093,7 @@ class AdaptiveRouter:
 
     def _policy_from_state(self, state: dict[str, Any]) -> DecisionPolicy:
         policy = DecisionPolicy.from_state(state, self._policy)
+        fitted_on = policy.info.get("model")
         if policy.head is not None and policy.head.model_id != self.model.model_id:
             warnings.warn(
                 f"the stored fitted head was trained on {policy.head.model_id!r} embeddings, "
@@ -1092,6 +1101,15 @@ class AdaptiveRouter:
                 stacklevel=3,
             )
             policy = _replace(policy, head=None)
+        elif fitted_on not in (None, self.model.model_id):
+            # Thresholds and the calibrator are cuts on another model's scores: kept
+            # (they may still route), but they no longer mean what the fit measured.
+            warnings.warn(
+                f"the stored policy was fitted on {fitted_on!r} scores, not "
+                f"{self.model.model_id!r}; its thresholds and confidence calibration "
+                "were kept, call fit() again",
+                stacklevel=3,
+            )
         return policy
 
     def _apply_changes(self, changes: Sequence[Change]) -> None:
@@ -1114,12 +1132,26 @@ class AdaptiveRouter:
                 self.model.model_id,
             )
             return
-        # Queries read self._routes without the lock: a new dict is swapped in.
-        routes = apply_change(change, self._routes, self._index)
-        state = change.state.get(_POLICY_KEY)
-        if state is not None:
-            self._policy = self._policy_from_state(state)
-        self._routes = routes
+        # Queries read self._routes without the lock: a new dict is swapped in, while
+        # the index is held, so a query compiling meanwhile sees both changed.
+        with self._index.changing():
+            routes = apply_change(change, self._routes, self._index)
+            state = change.state.get(_POLICY_KEY)
+            if state is not None:
+                self._policy = self._policy_from_state(state)
+            self._routes = routes
+
+
+def _finite_json(value: Any) -> Any:
+    """``value`` (JSON) with every NaN or infinite number replaced by ``None`` (JSON
+    has none; PostgreSQL refuses them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_json(v) for v in value]
+    return value
 
 
 #: How far past the score range a threshold may lie: a fitted cut "none pass" sits
@@ -1184,8 +1216,8 @@ def _each_route(
     thresholds: Mapping[str, float | None],
 ) -> list[RouteMatch]:
     """Every ranked route judged by its own threshold, each named after its route: as
-    the decision would judge it were the routes ranked above it gone (its margin is to
-    the route ranked next)."""
+    the threshold rule would judge it were the routes ranked above it gone (its margin
+    is to the route ranked next). No head and no negative example take part."""
     out = []
     for pos in range(len(scores.route_ids)):
         rotated = RouteScores(

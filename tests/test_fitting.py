@@ -8,6 +8,7 @@ re-encodes the 600 route utterances.
 from __future__ import annotations
 
 import itertools
+import math
 import shutil
 import sys
 import warnings
@@ -286,6 +287,73 @@ def test_routes_changed_after_fit_keep_the_router_consistent(
     reopened = open_router()
     assert reopened.policy.head is None
     assert reopened.policy.thresholds == router.policy.thresholds
+
+
+def test_a_route_without_utterances_is_no_class_a_change_can_add(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows
+) -> None:
+    # The head's classes are the routes with utterances; an empty route counted as a
+    # class the head lacked, so any later change (an identical re-add, negatives, a
+    # replace) dropped the head.
+    router = open_router()
+    router.add_route(Route(name="placeholder"))
+    router.fit(*split(clinc_train), head=True)
+    head = router.policy.head
+    assert head is not None and "placeholder" not in head.classes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = router.get_route(head.classes[0])
+        router.add_routes([kept])  # identical: nothing stored
+        router.add_route(
+            kept.model_copy(update={"utterances": [*kept.utterances, "x y"]}), replace=True
+        )
+        router.add_negatives(["tell me a joke about cats"])
+    assert router.policy.head is head
+    # Once it holds utterances it is a route the head does not know: dropped, and the
+    # policy's info says what decides now.
+    with pytest.warns(UserWarning, match=r"head was dropped.*added \['placeholder'\]"):
+        router.add_utterances("placeholder", ["a new kind of request"])
+    assert router.policy.head is None
+    assert router.policy.info["decision"] == "thresholds"
+    assert router.policy.info["features"] == "dense"
+    assert router.policy.info["scorer"] == "similarity"
+
+
+def test_a_stored_policy_with_nan_in_its_info_does_not_block_route_changes(
+    open_router: Callable[..., AdaptiveRouter],
+) -> None:
+    # SQLite stored NaN in policy.info before set_policy refused it; a route change
+    # that reconciles such a policy raised after the change was stored.
+    router = open_router()
+    names = router.route_names[:2]
+    state = DecisionPolicy(threshold=0.4, thresholds={n: 0.6 for n in names}).to_state()
+    state["info"] = {"rows": 3, "auroc": math.nan, "curve": [1.0, -math.inf]}
+    router.storage.set_state("policy", state)
+    router.close()
+    reopened = open_router()
+    assert math.isnan(reopened.policy.info["auroc"])
+    reopened.delete_route(names[0])
+    assert reopened.policy.thresholds == {names[1]: 0.6}
+    assert reopened.policy.info == {"rows": 3, "auroc": None, "curve": [1.0, None]}
+    reopened.close()
+    assert open_router().policy.thresholds == {names[1]: 0.6}
+
+
+def test_a_policy_fitted_on_another_models_scores_is_flagged_on_opening(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows, encoder: Encoder
+) -> None:
+    # Reopened with reencode=True under another model, the fitted thresholds and the
+    # calibrator (cuts on the old model's scores) stayed in force without a word.
+    router = open_router()
+    router.fit(*split(clinc_train), head=False)
+    assert router.policy.info["model"] == encoder.model_id
+    state = router.policy.to_state()
+    state["info"] = {**state["info"], "model": "another/model"}
+    router.storage.set_state("policy", state)
+    router.close()
+    with pytest.warns(UserWarning, match="fitted on 'another/model' scores"):
+        reopened = open_router()
+    assert reopened.policy.thresholds == router.policy.thresholds  # kept, flagged
 
 
 def test_fit_validates_before_changing_anything(

@@ -27,7 +27,14 @@ import pytest
 from clinc import Rows, split
 from pydantic import SecretStr
 
-from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, Route, SQLiteStorage
+from synaptoroute import (
+    AdaptiveRouter,
+    Encoder,
+    HashingEncoder,
+    InvalidInputError,
+    Route,
+    SQLiteStorage,
+)
 from synaptoroute import lexical as lexical_module
 from synaptoroute.cli import main
 from synaptoroute.decision import OOD_SCORERS, Calibrator, LinearHead, knn_similarity
@@ -333,6 +340,20 @@ def test_lexical_scores_match_a_direct_tfidf_computation(encoder: Encoder) -> No
     loo_expected = sum(tfidf(own).get(k, 0.0) * v for k, v in rest.items())
     loo = view.leave_one_out(view.scores_many([own]), np.array([0]))
     assert loo[0, 0] == pytest.approx(loo_expected, rel=1e-4)
+
+
+def test_an_utterance_without_ngrams_is_left_out_as_nothing() -> None:
+    # An emoji has no n-gram feature: its vector is zero, and its route's vector is the
+    # same without it, so its left-out score is 0. It was (0 - 1) / |S| (a unit vector
+    # assumed): the fit trained beta on negative scores no query can have.
+    router = AdaptiveRouter(HashingEncoder(dimension=64))
+    router.add_routes([Route(name="yes", utterances=["👍", "sure thing", "sure please"])])
+    view = LexicalIndex().view(router._index.snapshot())
+    assert len(text_features("👍")[0]) == 0
+    raw = view.scores_many(["👍", "sure thing"])
+    loo = view.leave_one_out(raw, np.array([0, 0]))
+    assert loo[0, 0] == 0.0
+    assert 0.0 < loo[1, 0] < raw[1, 0]  # a text with n-grams is still left out
 
 
 def test_fit_leaves_a_text_out_of_every_route_that_holds_it() -> None:

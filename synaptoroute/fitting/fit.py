@@ -501,6 +501,7 @@ def fit_policy(
                 "features": "dense" if final_head is None else _head_features(final_head),
                 "scorer": final_head.scorer if final_head is not None else "similarity",
                 "rows": n,
+                "model": inputs.model_id,  # the scores its cuts were chosen on
                 "fitted_at": time.time(),
             },
         )  # fmt: skip

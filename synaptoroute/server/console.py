@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import threading
 import time
 from collections import deque
@@ -40,7 +39,7 @@ from ..evaluation import evaluate_matches
 from ..exceptions import InvalidInputError
 from ..index import Snapshot
 from ..models import NEGATIVES_ROUTE, Route, RouteMatch
-from ..router import AdaptiveRouter
+from ..router import AdaptiveRouter, _finite_json
 from .metrics import ServiceMetrics
 from .paths import RouteName, RouteNameRoute, _check_name
 from .schemas import RouteResult, Text
@@ -493,7 +492,7 @@ def console_router(
         doc = report.to_dict()
         doc["misrouted_total"] = len(doc["misrouted"])
         doc["misrouted"] = doc["misrouted"][:MAX_MISROUTED]
-        return _json(_finite(doc))
+        return _json(_finite_json(doc))
 
     @api.post("/api/map", dependencies=list(read))
     async def utterance_map(body: MapRequest) -> Response:
@@ -527,17 +526,6 @@ def _effective(router: AdaptiveRouter, route: Route) -> float:
     if route.threshold is not None:
         return route.threshold
     return float(router.policy.thresholds.get(route.name, router.threshold))
-
-
-def _finite(value: Any) -> Any:
-    # JSON has no NaN: an undefined figure is null.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 async def _query_vector(router: AdaptiveRouter, query: str) -> NDArray[np.float32] | None:

@@ -154,11 +154,18 @@ class Watch:
         store = self._storage
         last_poll = time.monotonic()
         while not self._stop.is_set():
-            # Every notification leads to a read of the log, even one at or before the
-            # position applied (this replica's own writes, mostly): after a restore
-            # from a backup the other replicas' changes come with such numbers, and
-            # only the read notices that the log went back.
-            notified = any(True for _ in conn.notifies(timeout=0.2, stop_after=1))
+            seqs = [int(n.payload or 0) for n in conn.notifies(timeout=0.2, stop_after=1)]
+            if seqs:  # the rest of a burst too: one read of the log for all of them
+                seqs += [int(n.payload or 0) for n in conn.notifies(timeout=0)]
+            applied = store._applied_or_zero()
+            # A change at or before the position applied leads to a read too, unless it
+            # is this replica's own write: after a restore from a backup the other
+            # replicas' changes come with such numbers, and only the read notices that
+            # the log went back.
+            try:
+                notified = any(seq > applied or seq not in store._own_seqs for seq in seqs)
+            except RuntimeError:  # a write appended meanwhile: read, to be safe
+                notified = True
             now = time.monotonic()
             # Polling the log by index is the safety net; notifications carry the latency.
             poll = now - last_poll >= store.poll_interval

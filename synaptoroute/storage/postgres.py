@@ -29,6 +29,7 @@ import re
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -251,6 +252,8 @@ class PostgresStorage:
         self._pending: Change | None = None  # a resync waiting for the follower
         self._watch: Watch | None = None
         self.last_write_seq: int | None = None
+        # The latest writes of this store object: their notifications need no read.
+        self._own_seqs: deque[int] = deque(maxlen=256)
         # A fork waits for a write (the apply lock; the router's once watched, which
         # the fork takes anyway), a call on the connection and a wake-up of waiters;
         # the child then opens its own sessions (_forked).
@@ -640,6 +643,7 @@ class PostgresStorage:
             label = entries[0].kind.replace("_", " ")
             seq, resync, rewound = self._run(label, work, write=True)
             self.last_write_seq = seq
+            self._own_seqs.append(seq)
             if self._applied is not None:
                 if resync is not None:
                     self._pending = resync
