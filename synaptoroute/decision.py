@@ -42,6 +42,7 @@ __all__ = [
     "head_scores",
     "policy_for_routes",
     "threshold_verdicts",
+    "without_head",
 ]
 
 #: Out-of-scope scorers a head can judge its candidate by (see :class:`LinearHead`).
@@ -519,13 +520,16 @@ class DecisionPolicy:
 
 
 def policy_for_routes(
-    policy: DecisionPolicy, names: Sequence[str]
+    policy: DecisionPolicy, names: Sequence[str], scored: Sequence[str] | None = None
 ) -> tuple[DecisionPolicy, list[str]]:
     """Keep a fitted policy consistent with the router's current route names.
 
     Fitted thresholds of routes that are gone are dropped; the other routes keep
-    theirs. A head trained on another set of routes is dropped, because its classes
-    no longer match (a refit trains a new one).
+    theirs. A head is dropped when a route it does not know can be scored (``scored``:
+    the routes with utterances, all of ``names`` if not given) or a route it knows is
+    gone, because its classes no longer match (a refit trains a new one). A route
+    without utterances is no class of a fit, and one emptied since scores nothing: the
+    head keeps working around either.
 
     Returns:
         The policy (the same object if nothing changed) and notes on what changed.
@@ -534,22 +538,31 @@ def policy_for_routes(
     notes: list[str] = []
     thresholds = {k: v for k, v in policy.thresholds.items() if k in present}
     head = policy.head
-    if head is not None and set(head.classes) != present:
-        added = sorted(present - set(head.classes))
-        removed = sorted(set(head.classes) - present)
-        notes.append(
-            "the fitted head was dropped because the routes changed "
-            f"(added {added[:5]}, removed {removed[:5]}); the fitted thresholds of the other "
-            "routes still apply; call fit() again to train a new head"
-        )
-        head = None
+    if head is not None:
+        known = set(head.classes)
+        added = sorted(set(names if scored is None else scored) - known)
+        removed = sorted(known - present)
+        if added or removed:
+            notes.append(
+                "the fitted head was dropped because the routes changed "
+                f"(added {added[:5]}, removed {removed[:5]}); the fitted thresholds of the "
+                "other routes still apply; call fit() again to train a new head"
+            )
+            head = None
     if head is policy.head and len(thresholds) == len(policy.thresholds):
         return policy, notes
+    if head is None and policy.head is not None:
+        policy = without_head(policy)
+    return replace(policy, thresholds=thresholds), notes
+
+
+def without_head(policy: DecisionPolicy) -> DecisionPolicy:
+    """``policy`` without its head, its ``info`` saying what decides now (as a fit
+    that kept no head would say)."""
     info = dict(policy.info)
-    if head is None and policy.head is not None and info.get("decision") == "head":
-        # What decides now, as a fit that kept no head would say.
+    if info.get("decision") == "head":
         info.update(decision="thresholds", features="dense", scorer="similarity")
-    return replace(policy, thresholds=thresholds, head=head, info=info), notes
+    return replace(policy, head=None, info=info)
 
 
 def empty_match(reason: str = "empty_query") -> RouteMatch:

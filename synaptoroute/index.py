@@ -1119,9 +1119,8 @@ class _Segments:
         self._spans_from_arrays()
 
 
-# Deletes between two compiles patched into the last compile's arrays (each O(routes)),
-# at least; past this many, or past rows per route if more, the next compile rebuilds
-# them once (O(rows)) instead.
+# Deletes between two compiles patched into the last compile's arrays (each O(routes)
+# and O(segments)); past this many, the next compile rebuilds them once (O(rows)).
 _PATCHED_DELETES = 16
 
 
@@ -1249,9 +1248,7 @@ class RouteIndex:
             self._dead_ids += 1
             self._deletes_since_compile += 1
             if self._segments is not None:
-                # Patching costs O(ids) a delete, the full compile O(rows) once.
-                patched = max(_PATCHED_DELETES, self._n // max(len(self._names), 1))
-                if self._deletes_since_compile <= patched:
+                if self._deletes_since_compile <= _PATCHED_DELETES:
                     # O(routes): the next compile only appends
                     self._segments = self._segments.without(rid)
                 else:  # many in one go (a bulk replace): one full compile, not O(routes) each

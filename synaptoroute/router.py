@@ -50,6 +50,7 @@ from .decision import (
     decide,
     empty_match,
     policy_for_routes,
+    without_head,
     without_negatives,
 )
 from .encoder import EncoderProtocol, check_text, default_encoder
@@ -657,14 +658,11 @@ class AdaptiveRouter:
         # A fitted head knows a fixed set of routes; see docs/accuracy.md.
         if self._policy.head is None and not self._policy.thresholds:
             return  # nothing fitted: keep adds O(1) in the number of routes
-        # A route without utterances scores nothing: no class of a head, and none of
-        # its changes (an identical re-add, negatives, a replace) is a new class.
+        # A route without utterances scores nothing: no new class of a head.
         scored = [n for n, r in self._routes.items() if r.utterances and n != NEGATIVES_ROUTE]
-        policy, notes = policy_for_routes(self._policy, scored)
+        policy, notes = policy_for_routes(self._policy, self.route_names, scored)
         if policy is not self._policy:
-            # A policy stored by an older version may hold NaN in its info, which
-            # set_policy refuses; the route change is stored already, so keep it finite.
-            self.set_policy(_replace(policy, info=_finite_json(policy.info)))
+            self.set_policy(policy)
         for note in notes:
             warnings.warn(note, stacklevel=3)
 
@@ -1093,6 +1091,9 @@ class AdaptiveRouter:
 
     def _policy_from_state(self, state: dict[str, Any]) -> DecisionPolicy:
         policy = DecisionPolicy.from_state(state, self._policy)
+        # Older versions stored NaN in info, which set_policy (every later change of
+        # the policy, a route change's included) refuses: JSON has none.
+        policy = _replace(policy, info=_finite_json(policy.info))
         fitted_on = policy.info.get("model")
         if policy.head is not None and policy.head.model_id != self.model.model_id:
             warnings.warn(
@@ -1100,7 +1101,7 @@ class AdaptiveRouter:
                 f"not {self.model.model_id!r}; it is ignored until the next fit()",
                 stacklevel=3,
             )
-            policy = _replace(policy, head=None)
+            policy = without_head(policy)
         elif fitted_on not in (None, self.model.model_id):
             # Thresholds and the calibrator are cuts on another model's scores: kept
             # (they may still route), but they no longer mean what the fit measured.

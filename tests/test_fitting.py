@@ -13,6 +13,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -309,11 +310,22 @@ def test_a_route_without_utterances_is_no_class_a_change_can_add(
         )
         router.add_negatives(["tell me a joke about cats"])
     assert router.policy.head is head
+    # A route of the head emptied scores nothing: the head works around it, and a
+    # threshold set on an empty route stays.
+    emptied = router.get_route(head.classes[1])
+    router.delete_utterances(emptied.name, emptied.utterances)
+    router.set_policy(replace(router.policy, thresholds={"placeholder": 0.7}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        router.add_route(Route(name="another placeholder"))
+    assert router.policy.head is head
+    assert router.policy.thresholds == {"placeholder": 0.7}
     # Once it holds utterances it is a route the head does not know: dropped, and the
     # policy's info says what decides now.
     with pytest.warns(UserWarning, match=r"head was dropped.*added \['placeholder'\]"):
         router.add_utterances("placeholder", ["a new kind of request"])
     assert router.policy.head is None
+    assert router.policy.thresholds == {"placeholder": 0.7}
     assert router.policy.info["decision"] == "thresholds"
     assert router.policy.info["features"] == "dense"
     assert router.policy.info["scorer"] == "similarity"
@@ -331,10 +343,10 @@ def test_a_stored_policy_with_nan_in_its_info_does_not_block_route_changes(
     router.storage.set_state("policy", state)
     router.close()
     reopened = open_router()
-    assert math.isnan(reopened.policy.info["auroc"])
+    assert reopened.policy.info == {"rows": 3, "auroc": None, "curve": [1.0, None]}
+    reopened.threshold = 0.45  # any change of the policy: set_policy refuses NaN
     reopened.delete_route(names[0])
     assert reopened.policy.thresholds == {names[1]: 0.6}
-    assert reopened.policy.info == {"rows": 3, "auroc": None, "curve": [1.0, None]}
     reopened.close()
     assert open_router().policy.thresholds == {names[1]: 0.6}
 

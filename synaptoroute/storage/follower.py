@@ -154,18 +154,16 @@ class Watch:
         store = self._storage
         last_poll = time.monotonic()
         while not self._stop.is_set():
-            seqs = [int(n.payload or 0) for n in conn.notifies(timeout=0.2, stop_after=1)]
-            if seqs:  # the rest of a burst too: one read of the log for all of them
-                seqs += [int(n.payload or 0) for n in conn.notifies(timeout=0)]
+            notes = list(conn.notifies(timeout=0.2, stop_after=1))
+            if notes:  # the rest of a burst too: one read of the log for all of them
+                notes += conn.notifies(timeout=0)
             applied = store._applied_or_zero()
-            # A change at or before the position applied leads to a read too, unless it
-            # is this replica's own write: after a restore from a backup the other
-            # replicas' changes come with such numbers, and only the read notices that
-            # the log went back.
-            try:
-                notified = any(seq > applied or seq not in store._own_seqs for seq in seqs)
-            except RuntimeError:  # a write appended meanwhile: read, to be safe
-                notified = True
+            own = tuple(store._own_pids)
+            # A change at or before the position applied leads to a read too, unless
+            # this replica's own connection wrote it: after a restore from a backup the
+            # other replicas' changes come with such numbers, and only the read notices
+            # that the log went back.
+            notified = any(int(n.payload or 0) > applied or n.pid not in own for n in notes)
             now = time.monotonic()
             # Polling the log by index is the safety net; notifications carry the latency.
             poll = now - last_poll >= store.poll_interval

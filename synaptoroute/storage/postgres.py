@@ -252,8 +252,9 @@ class PostgresStorage:
         self._pending: Change | None = None  # a resync waiting for the follower
         self._watch: Watch | None = None
         self.last_write_seq: int | None = None
-        # The latest writes of this store object: their notifications need no read.
-        self._own_seqs: deque[int] = deque(maxlen=256)
+        # The server processes of this store object's write connections: notifications
+        # they sent are its own writes, applied already, and need no read of the log.
+        self._own_pids: deque[int] = deque(maxlen=8)
         # A fork waits for a write (the apply lock; the router's once watched, which
         # the fork takes anyway), a call on the connection and a wake-up of waiters;
         # the child then opens its own sessions (_forked).
@@ -627,6 +628,8 @@ class PostgresStorage:
                     seqs.append(int(got[0]))
                 seq = seqs[-1]
                 cur.execute("SELECT pg_notify(%s, %s)", (self._channel, str(seq)))
+                if conn.info.backend_pid not in self._own_pids:
+                    self._own_pids.append(conn.info.backend_pid)
                 resync = None
                 # A sequence number this replica has applied already: the log went
                 # back (the store was restored from a backup, or dropped and made anew).
@@ -643,7 +646,6 @@ class PostgresStorage:
             label = entries[0].kind.replace("_", " ")
             seq, resync, rewound = self._run(label, work, write=True)
             self.last_write_seq = seq
-            self._own_seqs.append(seq)
             if self._applied is not None:
                 if resync is not None:
                     self._pending = resync
