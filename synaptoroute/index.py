@@ -1217,7 +1217,8 @@ class RouteIndex:
             names = [name for name, _, _ in routes]
             taken = None
             if (
-                not self._names
+                self._n == 0  # not names: renumbering leaves dead rows and no name
+                and not self._names
                 and self.aggregation != "centroid"
                 and len(set(names)) == len(names)
                 and all(len(t) == len(v) for _, v, t in routes)

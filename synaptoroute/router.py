@@ -525,10 +525,11 @@ class AdaptiveRouter:
             self.storage.put_routes(stored, self.model)  # one transaction: all or nothing
             if created is not None:
                 created.extend(n for n in names if n not in self._routes)
+            policy = self._policy_for({item.route.name: item.route for item in stored})
             with self._index.changing():  # stored in one transaction, served at once
                 for item in stored:
                     install_route(self._routes, self._index, item.route, item.vectors)
-            self._reconcile_policy()
+                self._policy = policy
             return new_negatives
 
     def _vectors_for(self, routes: Sequence[Route]) -> NDArray[np.float32]:
@@ -564,10 +565,13 @@ class AdaptiveRouter:
                 return []
             vectors = self._encode(new)
             self.storage.add_utterances(name, new, vectors, self.model)
-            self._routes[name] = route.model_copy(update={"utterances": [*route.utterances, *new]})
-            self._index.add(name, vectors, new)
-            if not route.utterances:  # it scores from now on: a route a fitted head lacks
-                self._reconcile_policy()
+            updated = route.model_copy(update={"utterances": [*route.utterances, *new]})
+            # From its first utterances on, it scores: a route a fitted head may lack.
+            policy = self._policy if route.utterances else self._policy_for({name: updated})
+            with self._index.changing():
+                self._routes[name] = updated
+                self._index.add(name, vectors, new)
+                self._policy = policy
             return new
 
     def delete_route(self, name: str) -> None:
@@ -583,9 +587,11 @@ class AdaptiveRouter:
         with self._lock:
             self._held(name)
             self.storage.delete_route(name)
-            del self._routes[name]
-            self._index.delete_route(name)
-            self._reconcile_policy()
+            policy = self._policy_for({name: None})
+            with self._index.changing():
+                del self._routes[name]
+                self._index.delete_route(name)
+                self._policy = policy
 
     def delete_utterances(self, name: str, utterances: Sequence[str]) -> int:
         """Remove utterances from a route; returns how many were removed."""
@@ -654,17 +660,26 @@ class AdaptiveRouter:
             self.storage.set_state(_POLICY_KEY, policy.to_state())
             self._policy = policy
 
-    def _reconcile_policy(self) -> None:
+    def _policy_for(self, changed: Mapping[str, Route | None]) -> DecisionPolicy:
+        """The policy reconciled with the routes as ``changed`` leaves them (``None``:
+        deleted), stored when it differs. The caller installs it in the same
+        ``changing()`` block as the routes, so queries see both or neither; it is
+        called before that block: the store's locks come before the index's
+        (synaptoroute._fork)."""
         # A fitted head knows a fixed set of routes; see docs/accuracy.md.
         if self._policy.head is None and not self._policy.thresholds:
-            return  # nothing fitted: keep adds O(1) in the number of routes
+            return self._policy  # nothing fitted: keep adds O(1) in the number of routes
+        after = {n: r for n, r in {**self._routes, **changed}.items() if r is not None}
         # A route without utterances scores nothing: no new class of a head.
-        scored = [n for n, r in self._routes.items() if r.utterances and n != NEGATIVES_ROUTE]
-        policy, notes = policy_for_routes(self._policy, self.route_names, scored)
+        scored = [n for n, r in after.items() if r.utterances and n != NEGATIVES_ROUTE]
+        names = [n for n in after if n != NEGATIVES_ROUTE]
+        policy, notes = policy_for_routes(self._policy, names, scored)
         if policy is not self._policy:
-            self.set_policy(policy)
+            _check_policy(policy)
+            self.storage.set_state(_POLICY_KEY, policy.to_state())
         for note in notes:
-            warnings.warn(note, stacklevel=3)
+            warnings.warn(note, stacklevel=4)
+        return policy
 
     def fit(self, texts: Sequence[str], labels: Sequence[str | None], **options: Any) -> FitReport:
         """Fit the decision policy on labelled texts (label ``None``: no route fits).
@@ -720,12 +735,14 @@ class AdaptiveRouter:
 
     def list_routes(self) -> list[Route]:
         """Every route, in insertion order (the negative examples are not a route)."""
-        return [r for name, r in self._routes.items() if name != NEGATIVES_ROUTE]
+        # A copy (one C call, atomic under the GIL): a route change may add or delete
+        # a name while this runs, and changes the dict in place (O(1) per add).
+        return [r for name, r in self._routes.copy().items() if name != NEGATIVES_ROUTE]
 
     @property
     def route_names(self) -> list[str]:
         """Names of every route."""
-        return [name for name in self._routes if name != NEGATIVES_ROUTE]
+        return [name for name in self._routes.copy() if name != NEGATIVES_ROUTE]
 
     # -- negative examples ------------------------------------------------------------
     @property
@@ -857,8 +874,10 @@ class AdaptiveRouter:
     ) -> None:
         """Score ``requests[live]`` (their ``vectors``) on one snapshot and write each
         decision into ``answers``."""
-        policy = self._policy
         snapshot = self._index.snapshot()
+        # After the snapshot: a query whose compile waited for a change reads the
+        # policy that change installed with its routes.
+        policy = self._policy
         thresholds = self._route_thresholds()
         # One more ranked route when the negative examples' route may take a place.
         extra = int(NEGATIVES_ROUTE in self._routes)
@@ -1133,14 +1152,22 @@ class AdaptiveRouter:
                 self.model.model_id,
             )
             return
-        # Queries read self._routes without the lock: a new dict is swapped in, while
-        # the index is held, so a query compiling meanwhile sees both changed.
-        with self._index.changing():
-            routes = apply_change(change, self._routes, self._index)
-            state = change.state.get(_POLICY_KEY)
-            if state is not None:
-                self._policy = self._policy_from_state(state)
-            self._routes = routes
+        policy = self._policy
+        state = change.state.get(_POLICY_KEY)
+        if state is not None:
+            # Read before the index changes: a policy that cannot be read (or a
+            # warning made an error) must not leave the index and the routes apart.
+            try:
+                policy = self._policy_from_state(state)
+            except Exception:
+                _log.exception(
+                    "change %d: the stored decision policy could not be read; the routes "
+                    "were applied and the policy this replica had was kept",
+                    change.seq,
+                )
+        with self._index.changing():  # a query compiling meanwhile sees both changed
+            self._routes = apply_change(change, self._routes, self._index)
+            self._policy = policy
 
 
 def _finite_json(value: Any) -> Any:
@@ -1242,7 +1269,7 @@ class _OwnThresholds(Mapping[str, "float | None"]):
         return self._routes[name].threshold
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._routes))
+        return iter(self._routes.copy())
 
     def __len__(self) -> int:
         return len(self._routes)

@@ -762,6 +762,27 @@ def handed_over(
     return buf, routes
 
 
+def test_load_into_an_index_whose_routes_were_all_renumbered_away() -> None:
+    # Renumbering with no live route empties the names while dead rows remain: load()
+    # took that for a new index and booked the buffer's rows after the dead ones.
+    rng = np.random.default_rng(12)
+    index = RouteIndex(DIM, int8_min_rows=None)
+    index.add("a", unit(rng, 10), [f"a{j}" for j in range(10)])
+    index.snapshot()
+    for i in range(1100):
+        index.add(f"empty{i}", np.zeros((0, DIM), np.float32), [])
+        index.delete_route(f"empty{i}")
+    index.delete_route("a")
+    index.snapshot()
+    assert index.stats.renumbers >= 1
+    _, routes = handed_over(rng, [4, 3])
+    index.load(routes)
+    truth = {name: vectors.copy() for name, vectors, _ in routes}
+    assert_brute_force(index.snapshot(), truth, unit(rng, 20))
+    held = index.vectors_of("r0")
+    np.testing.assert_allclose(np.array(list(held.values())), truth["r0"], atol=1e-6)
+
+
 def test_load_takes_a_handed_over_buffer_and_copies_nothing() -> None:
     rng = np.random.default_rng(11)
     buf, routes = handed_over(rng, [3, 1, 5, 2] * 10)

@@ -4,9 +4,11 @@ import math
 import subprocess
 import sys
 import threading
+import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -749,3 +751,86 @@ def test_replacing_a_route_encodes_only_its_new_utterances(router: AdaptiveRoute
     assert set(after) == {*kept, "charge reversed"}
     np.testing.assert_array_equal(after[kept[0]], before[kept[0]])
     assert router.query(kept[0]).name == "billing"
+
+
+def test_a_replica_change_whose_policy_cannot_be_read_still_applies_its_routes(
+    encoder: Encoder, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The index took the change and the route list did not (the policy was read in
+    # between and raised): every later change was applied on the wrong base.
+    router = AdaptiveRouter(encoder)
+    router.add_route(BILLING)
+    other = DecisionPolicy(threshold=0.2, info={"model": "another-model"})
+    reload = Change(
+        seq=1,
+        kind="reload",
+        routes=(StoredRoute(SUPPORT, encoder.encode(SUPPORT.utterances)),),
+        state={"policy": other.to_state()},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the "fitted on another model" warning raises
+        router._apply_changes([reload])
+    assert router.route_names == ["support"]
+    assert [m.name for m in router.query_top_k("I need a refund", 3)] == ["support"]
+    assert router.query("The app crashes").name == "support"
+    assert router.query("I need a refund").name != "billing"
+    assert router.policy.threshold == 0.5  # the policy this replica had
+    assert "could not be read" in caplog.text
+
+
+class _LiveRoutes(dict[str, Route]):
+    """The router's routes, refusing a Python-level walk: route changes add and delete
+    names in place, so a walk that another thread's change interleaves with raises
+    "dictionary changed size during iteration" (or skips a route)."""
+
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("the live routes were walked")
+
+    def items(self) -> Any:
+        raise AssertionError("the live routes were walked")
+
+
+def test_readers_never_walk_the_routes_a_change_may_be_changing(encoder: Encoder) -> None:
+    # list_routes(), route_names (GET /routes, the console) and the thresholds mapping
+    # read the routes without the router's lock; they walked the live dict.
+    router = AdaptiveRouter(encoder)
+    router.add_routes([BILLING, SUPPORT])
+    router._routes = _LiveRoutes(router._routes)
+    router.add_negatives(["What is the weather like?"])
+    router.add_utterances("support", ["The screen is blank"])
+    router.delete_route("billing")
+    router.add_route(BILLING)
+    assert [r.name for r in router.list_routes()] == ["support", "billing"]
+    assert router.route_names == ["support", "billing"]
+    assert sorted(router._route_thresholds()) == sorted(["support", "billing", NEGATIVES_ROUTE])
+    assert router.query("I need a refund").name == "billing"
+
+
+def test_a_query_whose_compile_waits_for_a_change_reads_its_policy(
+    encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A query read the policy, then waited for the index a change held: it decided
+    # the new routes with the policy from before the change.
+    router = AdaptiveRouter(encoder)
+    router.add_route(BILLING)
+    assert router.query("I want my money back").name == "billing"
+    strict = DecisionPolicy(threshold=0.999)
+    snapshot = router._index.snapshot
+    changed: list[bool] = []
+
+    def change_meanwhile() -> Any:
+        if not changed:  # the change this query's compile waits for
+            changed.append(True)
+            router._apply_changes(
+                [
+                    Change(
+                        seq=1, kind="set_state", name="policy", state={"policy": strict.to_state()}
+                    )
+                ]
+            )
+        return snapshot()
+
+    monkeypatch.setattr(router._index, "snapshot", change_meanwhile)
+    result = router.query("I want my money back")
+    assert changed
+    assert result.name is None and result.reason == "below_threshold"
