@@ -1051,6 +1051,86 @@ def test_a_lost_connection_is_caught_up_from_the_last_sequence_number(
         writer.close()
 
 
+def test_a_notification_that_is_not_a_seq_is_read_as_a_change_not_a_lost_connection(
+    pg_dsn: str, schema: str
+) -> None:
+    import psycopg
+
+    enc = HashingEncoder()
+    writer = open_store(pg_dsn, schema)
+    follower = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    store: Any = follower.storage
+    watch = store.watching
+    try:
+        model = ModelInfo(enc.model_id, enc.dimension)
+        follower.add_route(ROUTES[0])  # its write session's pid is now its own
+        assert watch._connected.wait(WAIT)
+        channel = f"synaptoroute_{schema}"
+        payloads = ["x", "", "-1", " 7", "1e3", "\u0663", "9" * 5000]
+        # Any client that may connect can notify on the channel, with any payload; the
+        # store's own write session too, where such a payload must not pass as its own.
+        with psycopg.connect(pg_dsn, autocommit=True) as other:
+            for payload in payloads:
+                other.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+        for payload in payloads:
+            store._run(
+                "test",
+                lambda conn, p=payload: conn.execute("SELECT pg_notify(%s, %s)", (channel, p)),
+            )
+        writer.put_route(ROUTES[1], enc.encode(ROUTES[1].utterances), model)
+        assert store.wait_for_seq(writer.last_write_seq, WAIT)
+        assert ROUTES[1].name in follower
+        # Read as "read the log", never as a lost connection to reconnect from.
+        assert watch.reconnects == 0 and watch.connected
+        assert store.watching is watch
+    finally:
+        follower.close()
+        writer.close()
+
+
+@needs_fork
+def test_only_the_live_write_session_counts_as_the_stores_own(pg_dsn: str, schema: str) -> None:
+    # Notifications from the pids in _own_pids at or before the position applied are
+    # skipped. A closed session's pid may be reused by another replica's session, and a
+    # forked child's sessions are not the parent's: neither may stay in the list.
+    import psycopg
+
+    store = open_store(pg_dsn, schema)
+    try:
+        model = ModelInfo("m", 8)
+        store.put_route(ROUTES[0], unit(2, 8, 1), model)
+        first = store._run("test", lambda conn: conn.info.backend_pid)
+        assert list(store._own_pids) == [first]
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            ended = admin.execute("SELECT pg_terminate_backend(%s)", (first,)).fetchone()
+            assert ended == (True,)
+            wait_until(
+                lambda: (
+                    not admin.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (first,)
+                    ).fetchall()
+                ),
+                "the write session to end",
+            )
+        store.put_route(ROUTES[1], unit(2, 8, 2), model)  # on a new session
+        second = store._run("test", lambda conn: conn.info.backend_pid)
+        assert second != first
+        assert list(store._own_pids) == [second]
+
+        def child() -> None:
+            assert list(store._own_pids) == []  # the parent's session is not the child's
+            store.put_route(ROUTES[2], unit(1, 8, 3), model)
+            mine = store._run("test", lambda conn: conn.info.backend_pid)
+            assert mine != second
+            assert list(store._own_pids) == [mine]
+            store.close()
+
+        assert in_child(child) == 0
+        assert list(store._own_pids) == [second]  # the parent's are its own still
+    finally:
+        store.close()
+
+
 @needs_fork
 def test_a_forked_replica_follows_and_writes_on_its_own_sessions(pg_dsn: str, schema: str) -> None:
     # A router built before a fork (gunicorn --preload): the child's follower thread

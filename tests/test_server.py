@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import anyio.to_thread
 import httpx
@@ -956,6 +957,23 @@ async def test_route_names_with_slashes_are_addressable(svc: Service) -> None:
     r = await c.post("/routes", json=bad, headers=AUTH)
     assert r.status_code == 422 and "sub-resources" in r.text
     assert "billing/threshold" not in svc.router
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/../billing", "a/./b", "../billing", "b/.."])
+async def test_route_names_with_dot_segments_are_refused(svc: Service, name: str) -> None:
+    # Clients and browsers (the console) drop "." and ".." from a URL's path: such a
+    # route could not be reached, and "a/../billing" addressed route "billing".
+    c = svc.client
+    r = await c.post("/routes", json={"name": name, "utterances": ["x"]}, headers=AUTH)
+    assert r.status_code == 422 and "'..'" in r.json()["detail"]
+    # Percent-encoded dots pass the client and reach the server as written.
+    escaped = quote(name, safe="").replace(".", "%2E")
+    r = await c.put(f"/routes/{escaped}", json={"utterances": ["x"]}, headers=AUTH)
+    assert r.status_code == 422 and "'..'" in r.json()["detail"]
+    assert name not in svc.router
+    assert svc.router.route_names == [r.name for r in ROUTES]
+    ok = {"name": "a..b/.c/d.", "utterances": ["x"]}  # dots inside a segment are fine
+    assert (await c.post("/routes", json=ok, headers=AUTH)).status_code == 201
 
 
 async def test_lifespan_compiles_the_index_before_the_first_request(svc: Service) -> None:

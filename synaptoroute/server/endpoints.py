@@ -55,15 +55,26 @@ async def _blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 #: Room kept in the request head for all but the route name's part of the URL: the
-#: method, ``/routes/``, ``/utterances``, the protocol and the usual headers.
-_HEAD_ROOM = 512
+#: method, ``/routes/``, ``/utterances``, the protocol and the headers (a browser's
+#: user agent, client hints and cookies: the console's requests).
+_HEAD_ROOM = 4096
 
 
-def _check_addressable(name: str, max_header_bytes: int) -> None:
-    """Refuse a name whose URL would not fit in this service's request head (431): the
-    route could be created but never read, changed or deleted over HTTP."""
-    size = len(quote(name, safe="/"))
-    room = max_header_bytes - _HEAD_ROOM
+def _check_addressable(name: str, max_header_bytes: int | None = None) -> None:
+    """Refuse a name that a URL cannot address (422): a path segment ``.`` or ``..``
+    (browsers, the console's included, and HTTP clients remove them, so ``a/../b``
+    reached route ``b``), or, given ``max_header_bytes``, one whose URL would not fit
+    in this service's request head (431): the route could be created but never read,
+    changed or deleted over HTTP."""
+    if any(part in (".", "..") for part in name.split("/")):
+        msg = "a route name may not hold a path segment '.' or '..' (URLs drop them)"
+        raise InvalidInputError(msg)
+    if max_header_bytes is None:
+        return
+    # Every reserved character escaped, '/' too: the console sends names so.
+    size = len(quote(name, safe=""))
+    # Half of a small head (--max-header-bytes may be 1,024): names still fit.
+    room = max_header_bytes - min(_HEAD_ROOM, max_header_bytes // 2)
     if size > room:
         msg = (
             f"route name is {size} bytes in a URL, more than the {room} this service's "
@@ -254,7 +265,9 @@ def endpoints_router(
     )
     async def put_route(name: RouteName, body: RouteBody, response: Response) -> RouteOut:
         """Create or replace a route; the next query sees it."""
-        route = body.to_route(_check_name(name))
+        name = _check_name(name)
+        _check_addressable(name)  # a URL held it, but percent-encoded dots pass clients
+        route = body.to_route(name)
         # Created or replaced, decided under the router's lock; the body is what was
         # written (a concurrent DELETE after it made a read answer 404).
         created = await _blocking(state.get_router()._put_route, route)

@@ -63,6 +63,26 @@ def disown(conn: psycopg.Connection[Any]) -> None:
 _KEPT: list[Any] = []
 
 
+def _needs_read(note: psycopg.Notify, applied: int, own: Sequence[int]) -> bool:
+    """Whether a notification calls for a read of the log: all do but those of this
+    store's own writes at or before the position applied.
+
+    Any client that may connect can notify on the channel, with any payload. One that
+    is not a plain non-negative integer (a store's writes send the ``seq``) is read as
+    "read the log": it must not raise, since the follower would take that for a lost
+    connection and reconnect, once per such notification.
+    """
+    if note.pid not in own:
+        return True
+    payload = note.payload
+    if not (payload.isascii() and payload.isdigit()):
+        return True
+    try:
+        return int(payload) > applied
+    except ValueError:  # more digits than int() accepts (sys.set_int_max_str_digits)
+        return True
+
+
 class Watch:
     """A running follower of a store's change feed; :meth:`stop` ends it."""
 
@@ -163,7 +183,7 @@ class Watch:
             # this replica's own connection wrote it: after a restore from a backup the
             # other replicas' changes come with such numbers, and only the read notices
             # that the log went back.
-            notified = any(int(n.payload or 0) > applied or n.pid not in own for n in notes)
+            notified = any(_needs_read(n, applied, own) for n in notes)
             now = time.monotonic()
             # Polling the log by index is the safety net; notifications carry the latency.
             poll = now - last_poll >= store.poll_interval

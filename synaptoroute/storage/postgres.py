@@ -252,8 +252,12 @@ class PostgresStorage:
         self._pending: Change | None = None  # a resync waiting for the follower
         self._watch: Watch | None = None
         self.last_write_seq: int | None = None
-        # The server processes of this store object's write connections: notifications
-        # they sent are its own writes, applied already, and need no read of the log.
+        # The server process of this store object's live write connection: notifications
+        # it sent are its own writes, applied already, and need no read of the log. Only
+        # the live session's: the pid of a closed one may be reused by another replica's
+        # session, whose notifications must not be skipped (after a restore they carry a
+        # seq at or before the one applied); a late one of a closed session of its own
+        # costs no more than a read of the log.
         self._own_pids: deque[int] = deque(maxlen=8)
         # A fork waits for a write (the apply lock; the router's once watched, which
         # the fork takes anyway), a call on the connection and a wake-up of waiters;
@@ -330,6 +334,7 @@ class PostgresStorage:
                     if broken:
                         conn.close()
                         self._conn = None
+                        self._own_pids.clear()  # its session is gone (see __init__)
                     if broken and attempt == 1 and not self._committing:
                         _log.info("PostgreSQL %s: connection lost; retrying", self._target)
                         continue
@@ -353,6 +358,8 @@ class PostgresStorage:
             except pg.Error:
                 conn.close()
         if conn is None or conn.closed:
+            # A new session replaces a closed one: the closed one's pid is no longer ours.
+            self._own_pids.clear()
             conn = self._conn = self._connect()
         self._used = time.monotonic()
         return conn
@@ -997,6 +1004,8 @@ class PostgresStorage:
         if self._conn is not None:
             disown(self._conn)
             self._conn = None
+        # The parent's session pids: the child's own writes go through new sessions.
+        self._own_pids.clear()
         watch = self._watch
         if watch is not None:
             watch.disown()

@@ -148,11 +148,32 @@ _DECISION_K = 2
 
 
 def _decision(
-    router: AdaptiveRouter, ranked: list[RouteMatch] | Exception, threshold: float
-) -> RouteMatch | Exception:
-    if isinstance(ranked, Exception):
-        return ranked
+    router: AdaptiveRouter,
+    ranked: Sequence[RouteMatch],
+    own: RouteMatch | None,
+    threshold: float,
+) -> RouteMatch:
+    """One query's decision under a per-call ``threshold``.
+
+    ``ranked`` leaves the negative examples out (``query_top_k`` does), so ``own``,
+    the router's own decision (asked only while it holds negative examples), says
+    when the query is nearest to one: then it routes nowhere, as ``router.query``
+    answers, whatever the threshold. Otherwise :func:`at_threshold` decides.
+    """
+    if own is not None and own.reason == "negative_example":
+        return own.model_copy(update={"threshold": threshold})
     return at_threshold(ranked, threshold, router.policy.min_margin)
+
+
+def _decisions(
+    router: AdaptiveRouter,
+    ranked: Sequence[Sequence[RouteMatch]],
+    own: Sequence[RouteMatch] | None,
+    threshold: float,
+) -> list[RouteMatch]:
+    """:func:`_decision` for each query of a batch (``own`` ``None``: no negatives)."""
+    owns: Sequence[RouteMatch | None] = [None] * len(ranked) if own is None else own
+    return [_decision(router, r, o, threshold) for r, o in zip(ranked, owns, strict=True)]
 
 
 def rank_one(
@@ -187,14 +208,19 @@ def classify_one(
 ) -> RouteMatch | Exception:
     """One input's match, or the error that prevented it (for the caller to raise).
 
-    ``threshold`` replaces the router's thresholds for this call (see :func:`at_threshold`).
+    ``threshold`` replaces the router's thresholds for this call (see :func:`at_threshold`);
+    an input nearest to a negative example still routes nowhere (``negative_example``).
     """
-    if threshold is not None:
-        return _decision(router, rank_one(router, value, read, _DECISION_K), threshold)
     try:
-        return router.query(read(value))
+        text = read(value)
+        if threshold is None:
+            return router.query(text)
+        ranked = router.query_top_k(text, _DECISION_K)
+        # The text's vector is cached: a second scoring, not a second encoding.
+        own = router.query(text) if router.negatives else None
     except Exception as exc:
         return exc
+    return _decision(router, ranked, own, threshold)
 
 
 async def aclassify_one(
@@ -205,13 +231,15 @@ async def aclassify_one(
     threshold: float | None = None,
 ) -> RouteMatch | Exception:
     """Like :func:`classify_one`, through the router's batching worker."""
-    if threshold is not None:
-        ranked = await arank_one(router, value, read, _DECISION_K, timeout)
-        return _decision(router, ranked, threshold)
     try:
-        return await router.aquery(read(value), timeout=timeout)
+        text = read(value)
+        if threshold is None:
+            return await router.aquery(text, timeout=timeout)
+        ranked = await router.aquery_top_k(text, _DECISION_K, timeout=timeout)
+        own = await router.aquery(text, timeout=timeout) if router.negatives else None
     except Exception as exc:
         return exc
+    return _decision(router, ranked, own, threshold)
 
 
 def _read_all(
@@ -322,12 +350,20 @@ def classify_batch(
 ) -> list[RouteMatch | Exception]:
     """Route every input with one encoder call; a failure stays with its input.
 
-    ``threshold`` replaces the router's thresholds for this call (see :func:`at_threshold`).
+    ``threshold`` replaces the router's thresholds for this call (see :func:`at_threshold`);
+    an input nearest to a negative example still routes nowhere (``negative_example``).
     """
-    if threshold is not None:
-        ranked = rank_batch(router, inputs, read, _DECISION_K)
-        return [_decision(router, r, threshold) for r in ranked]
-    return _ask_all(inputs, read, router.query_batch)
+    if threshold is None:
+        return _ask_all(inputs, read, router.query_batch)
+    cut = threshold
+
+    def ask(texts: list[str]) -> list[RouteMatch]:
+        ranked = router.query_top_k_batch(texts, _DECISION_K)
+        # The texts' vectors are cached: a second scoring, not a second encoding.
+        own = router.query_batch(texts) if router.negatives else None
+        return _decisions(router, ranked, own, cut)
+
+    return _ask_all(inputs, read, ask)
 
 
 async def aclassify_batch(
@@ -338,11 +374,19 @@ async def aclassify_batch(
     threshold: float | None = None,
 ) -> list[RouteMatch | Exception]:
     """Like :func:`classify_batch`, through the router's batching worker."""
-    if threshold is not None:
-        ranked = await arank_batch(router, inputs, read, _DECISION_K, timeout)
-        return [_decision(router, r, threshold) for r in ranked]
 
     async def ask(texts: list[str]) -> list[RouteMatch]:
         return await _asubmit(router, texts, lambda run: router.aquery_batch(run, timeout=timeout))
 
-    return await _aask_all(inputs, read, ask)
+    if threshold is None:
+        return await _aask_all(inputs, read, ask)
+    cut = threshold
+
+    async def ask_at_threshold(texts: list[str]) -> list[RouteMatch]:
+        ranked = await _asubmit(
+            router, texts, lambda run: router.aquery_top_k_batch(run, _DECISION_K, timeout=timeout)
+        )
+        own = await ask(texts) if router.negatives else None
+        return _decisions(router, ranked, own, cut)
+
+    return await _aask_all(inputs, read, ask_at_threshold)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from langchain_core.runnables import ConfigurableField, RunnableLambda
+from langchain_core.runnables import ConfigurableField, RunnableConfig, RunnableLambda
 from langchain_synaptoroute import (
     SynaptorouteClassifier,
     SynaptorouteMultiClassifier,
@@ -23,6 +23,9 @@ from synaptoroute import (
     RouteNotFoundError,
 )
 from synaptoroute.decision import DecisionPolicy
+
+if TYPE_CHECKING:
+    from conftest import RecordingEncoder
 
 TEXT = "How do I get my money back?"  # billing, scoring between 0.5 and 0.95
 
@@ -168,6 +171,74 @@ def test_a_per_call_threshold_under_the_routers_keeps_its_min_margin() -> None:
     # Without a margin the per-call threshold alone decides.
     adaptive.set_policy(DecisionPolicy(threshold=0.5))
     assert classifier.invoke(query).reason == "matched"
+
+
+#: A negative example of the billing route's vocabulary, and a text near that route.
+NEGATIVE = "refund my invoice please now"
+NEAR = "I want a refund for my order"
+
+
+def _with_negative(router: AdaptiveRouter) -> None:
+    router.add_negatives([NEGATIVE])
+    assert router.query(NEGATIVE).reason == "negative_example"
+    assert router.query(NEAR).name == "billing"
+
+
+def _reasons(matches: list[Any]) -> list[tuple[str | None, str, float | None]]:
+    return [(m.name, m.reason, m.threshold) for m in matches]
+
+
+#: What a per-call 0.3 gives NEGATIVE and NEAR: no route for the negative example.
+KEPT = [(None, "negative_example", 0.3), ("billing", "matched", 0.3)]
+LOOSE: RunnableConfig = {"configurable": {"threshold": 0.3}}
+
+
+def test_a_per_call_threshold_keeps_the_negative_examples(
+    fresh_router: AdaptiveRouter, recording_encoder: RecordingEncoder
+) -> None:
+    # query_top_k leaves the negative examples out: a per-call threshold matched
+    # billing for a text the router itself routes nowhere, and ran billing's branch.
+    _with_negative(fresh_router)
+    classifier = SynaptorouteClassifier(router=fresh_router, threshold=0.3)
+    assert _reasons([classifier.invoke(NEGATIVE), classifier.invoke(NEAR)]) == KEPT
+    assert classifier.invoke(NEGATIVE).nearest_utterance == NEGATIVE
+    # A batch is still one encoder call (the router's own decision reads the cache),
+    # and an input that cannot be read keeps its own error.
+    recording_encoder.clear()
+    results = classifier.batch([NEGATIVE, TEXT, {"x": 1}], return_exceptions=True)
+    assert recording_encoder.calls == [[TEXT]]
+    assert _reasons(results[:2]) == KEPT  # TEXT is billing too
+    assert isinstance(results[2], ValueError)
+    configurable = SynaptorouteClassifier(router=fresh_router).configurable_fields(
+        threshold=ConfigurableField(id="threshold")
+    )
+    assert _reasons(configurable.batch([NEGATIVE, NEAR], LOOSE)) == KEPT
+    router = _echo_router(fresh_router).configurable_fields(
+        threshold=ConfigurableField(id="threshold")
+    )
+    assert router.invoke(NEGATIVE, LOOSE) == "default"
+    assert router.invoke(NEAR, LOOSE) == "billing"
+    assert router.batch([NEGATIVE, NEAR], LOOSE) == ["default", "billing"]
+    # Without negative examples the per-call decision is the ranking's alone.
+    fresh_router.delete_negatives([NEGATIVE])
+    assert classifier.invoke(NEGATIVE).name == "billing"
+
+
+async def test_an_async_per_call_threshold_keeps_the_negative_examples(
+    fresh_router: AdaptiveRouter,
+) -> None:
+    _with_negative(fresh_router)
+    classifier = SynaptorouteClassifier(router=fresh_router, threshold=0.3)
+    assert _reasons([await classifier.ainvoke(NEGATIVE), await classifier.ainvoke(NEAR)]) == KEPT
+    assert _reasons(await classifier.abatch([NEGATIVE, NEAR])) == KEPT
+    assert await classifier.abatch([NEGATIVE, NEAR]) == classifier.batch([NEGATIVE, NEAR])
+    router = _echo_router(fresh_router).configurable_fields(
+        threshold=ConfigurableField(id="threshold")
+    )
+    assert await router.ainvoke(NEGATIVE, LOOSE) == "default"
+    assert await router.ainvoke(NEAR, LOOSE) == "billing"
+    assert await router.abatch([NEGATIVE, NEAR], LOOSE) == ["default", "billing"]
+    await fresh_router.stop()
 
 
 def test_a_runnable_threshold_does_not_race_other_threads(
