@@ -19,7 +19,7 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace as _replace
 from pathlib import Path
@@ -522,14 +522,16 @@ class AdaptiveRouter:
                     msg = f"route {taken[0]!r} exists; pass replace=True to replace it"
                     raise RouteExistsError(msg)
             stored = _with_vectors(routes, self._vectors_for(routes))
+            policy, notes = self._policy_for({item.route.name: item.route for item in stored})
             self.storage.put_routes(stored, self.model)  # one transaction: all or nothing
             if created is not None:
                 created.extend(n for n in names if n not in self._routes)
-            policy = self._policy_for({item.route.name: item.route for item in stored})
-            with self._index.changing():  # stored in one transaction, served at once
+
+            def install() -> None:  # stored in one transaction, served at once
                 for item in stored:
                     install_route(self._routes, self._index, item.route, item.vectors)
-                self._policy = policy
+
+            self._install(install, policy, notes)
             return new_negatives
 
     def _vectors_for(self, routes: Sequence[Route]) -> NDArray[np.float32]:
@@ -564,14 +566,16 @@ class AdaptiveRouter:
             if not new:
                 return []
             vectors = self._encode(new)
-            self.storage.add_utterances(name, new, vectors, self.model)
             updated = route.model_copy(update={"utterances": [*route.utterances, *new]})
             # From its first utterances on, it scores: a route a fitted head may lack.
-            policy = self._policy if route.utterances else self._policy_for({name: updated})
-            with self._index.changing():
+            policy, notes = self._policy_for({name: updated} if not route.utterances else {})
+            self.storage.add_utterances(name, new, vectors, self.model)
+
+            def install() -> None:
                 self._routes[name] = updated
                 self._index.add(name, vectors, new)
-                self._policy = policy
+
+            self._install(install, policy, notes)
             return new
 
     def delete_route(self, name: str) -> None:
@@ -586,12 +590,14 @@ class AdaptiveRouter:
     def _delete_route(self, name: str) -> None:
         with self._lock:
             self._held(name)
+            policy, notes = self._policy_for({name: None})
             self.storage.delete_route(name)
-            policy = self._policy_for({name: None})
-            with self._index.changing():
+
+            def install() -> None:
                 del self._routes[name]
                 self._index.delete_route(name)
-                self._policy = policy
+
+            self._install(install, policy, notes)
 
     def delete_utterances(self, name: str, utterances: Sequence[str]) -> int:
         """Remove utterances from a route; returns how many were removed."""
@@ -660,15 +666,14 @@ class AdaptiveRouter:
             self.storage.set_state(_POLICY_KEY, policy.to_state())
             self._policy = policy
 
-    def _policy_for(self, changed: Mapping[str, Route | None]) -> DecisionPolicy:
+    def _policy_for(self, changed: Mapping[str, Route | None]) -> tuple[DecisionPolicy, list[str]]:
         """The policy reconciled with the routes as ``changed`` leaves them (``None``:
-        deleted), stored when it differs. The caller installs it in the same
-        ``changing()`` block as the routes, so queries see both or neither; it is
-        called before that block: the store's locks come before the index's
-        (synaptoroute._fork)."""
+        deleted; empty: as they are) and the notes on what it dropped: pure, and
+        checked, before the change is stored, so a policy that cannot be kept stops
+        the change before anything is written."""
         # A fitted head knows a fixed set of routes; see docs/accuracy.md.
-        if self._policy.head is None and not self._policy.thresholds:
-            return self._policy  # nothing fitted: keep adds O(1) in the number of routes
+        if not changed or (self._policy.head is None and not self._policy.thresholds):
+            return self._policy, []  # nothing fitted: adds stay O(1) in the routes
         after = {n: r for n, r in {**self._routes, **changed}.items() if r is not None}
         # A route without utterances scores nothing: no new class of a head.
         scored = [n for n, r in after.items() if r.utterances and n != NEGATIVES_ROUTE]
@@ -676,10 +681,28 @@ class AdaptiveRouter:
         policy, notes = policy_for_routes(self._policy, names, scored)
         if policy is not self._policy:
             _check_policy(policy)
-            self.storage.set_state(_POLICY_KEY, policy.to_state())
+        return policy, notes
+
+    def _install(
+        self, install: Callable[[], None], policy: DecisionPolicy, notes: Sequence[str]
+    ) -> None:
+        """Serve a stored route change (``install`` changes the routes and the index)
+        with ``policy``, stored first when it changed: both in one ``changing()`` block,
+        so a query sees both or neither, after the store's writes (the store's locks
+        come before the index's: synaptoroute._fork)."""
+        try:
+            if policy is not self._policy:
+                self.storage.set_state(_POLICY_KEY, policy.to_state())
+        except BaseException:
+            # The routes are stored: serve them, with the policy the store still holds.
+            with self._index.changing():
+                install()
+            raise
+        with self._index.changing():
+            install()
+            self._policy = policy
         for note in notes:
             warnings.warn(note, stacklevel=4)
-        return policy
 
     def fit(self, texts: Sequence[str], labels: Sequence[str | None], **options: Any) -> FitReport:
         """Fit the decision policy on labelled texts (label ``None``: no route fits).

@@ -21,10 +21,12 @@ from synaptoroute import (
     Encoder,
     HashingEncoder,
     InvalidInputError,
+    MemoryStorage,
     Route,
     RouteExistsError,
     RouteNotFoundError,
     SQLiteStorage,
+    StorageError,
 )
 from synaptoroute.index import RouteIndex
 from synaptoroute.models import NEGATIVES_ROUTE
@@ -834,3 +836,36 @@ def test_a_query_whose_compile_waits_for_a_change_reads_its_policy(
     result = router.query("I want my money back")
     assert changed
     assert result.name is None and result.reason == "below_threshold"
+
+
+class _PolicyWriteFails(MemoryStorage):
+    """A store whose policy writes fail (a full disk, a lost connection)."""
+
+    failing = False
+
+    def set_state(self, key: str, value: dict[str, Any] | None) -> None:
+        if self.failing:
+            raise StorageError("the policy could not be written")
+        super().set_state(key, value)
+
+
+def test_a_policy_write_that_fails_leaves_the_store_and_the_router_agreeing(
+    encoder: Encoder,
+) -> None:
+    # The route change was stored, then storing the reconciled policy raised before
+    # the change was served: the store had lost the route, the router still routed to
+    # it (and a second delete said it did not exist).
+    store = _PolicyWriteFails()
+    router = AdaptiveRouter(encoder, store)
+    router.add_routes([BILLING, SUPPORT])
+    router.set_policy(DecisionPolicy(threshold=0.5, thresholds={"billing": 0.3, "support": 0.3}))
+    store.failing = True
+    with pytest.raises(StorageError):
+        router.delete_route("billing")
+    assert [s.route.name for s in store.load()] == router.route_names == ["support"]
+    assert router.query("I need a refund").name != "billing"
+    assert router.policy.thresholds == {"billing": 0.3, "support": 0.3}  # as stored
+    store.failing = False
+    router.add_route(BILLING)
+    assert router.query("I need a refund").name == "billing"
+    assert AdaptiveRouter(encoder, store).policy == router.policy

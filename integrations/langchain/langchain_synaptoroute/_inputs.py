@@ -216,7 +216,8 @@ def classify_one(
         if threshold is None:
             return router.query(text)
         ranked = router.query_top_k(text, _DECISION_K)
-        # The text's vector is cached: a second scoring, not a second encoding.
+        # The router's query cache holds the text's vector: a second scoring, not a
+        # second encoding (unless cache_size=0 or other traffic evicted it).
         own = router.query(text) if router.negatives else None
     except Exception as exc:
         return exc
@@ -359,7 +360,8 @@ def classify_batch(
 
     def ask(texts: list[str]) -> list[RouteMatch]:
         ranked = router.query_top_k_batch(texts, _DECISION_K)
-        # The texts' vectors are cached: a second scoring, not a second encoding.
+        # The router's query cache holds the vectors: a second scoring, not a second
+        # encoding (unless cache_size=0 or the batch outgrows the cache).
         own = router.query_batch(texts) if router.negatives else None
         return _decisions(router, ranked, own, cut)
 
