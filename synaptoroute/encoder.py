@@ -24,7 +24,7 @@ import sys
 import threading
 import unicodedata
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -92,6 +92,29 @@ _SHRINK_ARENA_CELLS = 2 * 128 * 128
 #: opened on the first such call and kept: about 145 MiB). Below it, and so for every
 #: batch the router's batching worker hands over, one call at a time uses all threads.
 BULK_MIN_TEXTS = 2048
+
+
+#: Words of deleted characters only, in a row, after which the rest of a text is
+#: cleaned in one pass (a text of them would otherwise cost a Python step per word).
+_EMPTY_WORDS_IN_A_ROW = 256
+
+
+def _read_words(text: str, deleted: re.Pattern[str]) -> Iterator[str]:
+    """The words of ``text`` as the tokenizer reads them, lazily: split on whitespace,
+    without the characters it deletes (they take no room: a long run of them must not
+    push the words after it past the cut), words of deleted characters only left out."""
+    empty = 0
+    for match in _BERT_WORD.finditer(text):
+        word = deleted.sub("", match.group())
+        if word:
+            empty = 0
+            yield word
+            continue
+        empty += 1
+        if empty == _EMPTY_WORDS_IN_A_ROW:
+            rest = deleted.sub("", text[match.end() :])
+            yield from (m.group() for m in _BERT_WORD.finditer(rest))
+            return
 
 
 def _bert_deleted(normalize: Callable[[str], str]) -> re.Pattern[str]:
@@ -517,7 +540,12 @@ class Encoder:
             with self._lock:
                 self.load()
                 if self._deleted is None:
-                    self._deleted = _bert_deleted(self._tokenizer.normalizer.normalize_str)
+                    normalizer = self._tokenizer.normalizer  # None in an export without one
+                    self._deleted = (
+                        re.compile("(?!)")  # nothing deleted
+                        if normalizer is None
+                        else _bert_deleted(normalizer.normalize_str)
+                    )
                 deleted = self._deleted
         return deleted
 
@@ -533,18 +561,13 @@ class Encoder:
         limit = self.max_tokens * _CHARS_PER_TOKEN_BOUND
         if len(text) <= limit or not self._bundled:
             return text[:limit]  # a text that fits is read whole, unchanged
-        deleted = self._deleted_characters()
         words: list[str] = []
         size = 0
-        for match in _BERT_WORD.finditer(text):  # stops once the limit is reached
-            # Characters the tokenizer deletes take no room: a long run of them must
-            # not push the words after it past the cut.
-            word = deleted.sub("", match.group())
-            if word:
-                words.append(word)
-                size += len(word) + 1
-                if size > limit:
-                    break
+        for word in _read_words(text, self._deleted_characters()):
+            words.append(word)
+            size += len(word) + 1
+            if size > limit:  # stops once the limit is reached
+                break
         return " ".join(words)[:limit]
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:

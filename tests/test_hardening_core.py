@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import numpy as np
 import pytest
@@ -112,6 +113,43 @@ def test_words_after_a_long_run_the_tokenizer_drops_are_read(encoder: Encoder, p
     np.testing.assert_allclose(
         encoder.encode([text]), encoder.encode(["I need a refund"]), atol=1e-6
     )
+
+
+class _CountingPattern:
+    """A compiled pattern that counts its ``sub`` calls."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        self.subs = 0
+
+    def sub(self, repl: str, text: str) -> str:
+        self.subs += 1
+        return self.pattern.sub(repl, text)
+
+
+def test_a_long_text_of_words_the_tokenizer_drops_is_cut_in_few_steps(encoder: Encoder) -> None:
+    # Words of deleted characters only took no room, so the cut walked the whole text,
+    # a Python step per word (0.17 s a megabyte, twice a query).
+    counting = _CountingPattern(encoder._deleted_characters())
+    copy = Encoder()
+    copy._deleted = counting  # type: ignore[assignment]
+    text = "\u200b " * 100_000 + "I need\u200b a refund " + "\x00 " * 1000
+    assert copy.truncate(text) == "I need a refund"
+    assert counting.subs <= 300
+    mixed = ("\u200b " * 300 + "word ") * 2000  # runs of them between words
+    assert copy.truncate(mixed) == " ".join(["word"] * 2000)[:4096]
+
+
+@pytest.mark.model
+def test_a_tokenizer_without_a_normalizer_deletes_nothing() -> None:
+    # An export whose tokenizer.json has "normalizer": null (model_path=): every text
+    # longer than the cut raised AttributeError.
+    encoder = Encoder()
+    encoder.load()
+    encoder._tokenizer.normalizer = None
+    text = "I need a refund " * 400
+    assert encoder.truncate(text) == text[:4096]
+    assert encoder.encode([text]).shape == (1, encoder.dimension)
 
 
 def test_what_truncate_drops_the_tokenizer_drops(encoder: Encoder) -> None:
