@@ -147,6 +147,44 @@ def test_a_version_2_store_is_migrated_with_its_routes(tmp_path: Path) -> None:
     check.close()
 
 
+def test_a_store_made_by_another_process_while_this_one_looks_is_no_foreign_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Opening read the file's objects, then its schema version, in two reads: another
+    # process creating the store between them made it look half made (a version, no
+    # tables) and the open failed with "not a synaptoroute store" (seen in CI).
+    path = tmp_path / "new.db"
+    real_connect = sqlite3.connect
+    other: list[str] = []
+
+    class Looking(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            cursor = super().execute(sql, *args)
+            if sql.startswith("SELECT type, name FROM sqlite_master") and not other:
+                try:  # the other process creates the store now, between the reads
+                    SQLiteStorage(path, timeout=0).close()
+                    other.append("created it")
+                except StorageError:
+                    other.append("waited")  # the reads hold the file: it must wait
+            return cursor
+
+    connections: list[int] = []
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        connections.append(1)
+        if len(connections) == 1:  # this store's; the other's is a plain one
+            kwargs["factory"] = Looking
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    store = SQLiteStorage(path)
+    assert other == ["waited"]
+    assert store.schema_version == SCHEMA_VERSION
+    store.close()
+    monkeypatch.undo()
+    SQLiteStorage(path).close()  # and the other opens it once it may
+
+
 def test_concurrent_creation_of_a_new_store_succeeds_everywhere(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     count = 8

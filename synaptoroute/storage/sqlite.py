@@ -256,18 +256,26 @@ class SQLiteStorage:
     def _open(self) -> None:
         db = self._db
         # Reading before any write: a foreign or corrupt file fails here, unmodified.
-        objects = {
-            (kind, name) for kind, name in db.execute("SELECT type, name FROM sqlite_master")
-        }
-        tables = {name for kind, name in objects if kind == "table"}
-        version = int(db.execute("PRAGMA user_version").fetchone()[0])
-        # Only a file with nothing in it (no table, view, index or trigger, and no
-        # schema version of its own) is a new store; anything else must prove it is one.
-        if objects or version:
+        # One read transaction: another process creating the store between two reads
+        # made it look half made (a schema version, no tables): "not a synaptoroute
+        # store".
+        db.execute("BEGIN")
+        try:
+            objects = {
+                (kind, name) for kind, name in db.execute("SELECT type, name FROM sqlite_master")
+            }
+            tables = {name for kind, name in objects if kind == "table"}
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
             app = None
             if "meta" in tables:
                 row = db.execute("SELECT value FROM meta WHERE key='app'").fetchone()
                 app = row[0] if row else None
+        finally:
+            if db.in_transaction:  # a read: nothing to commit
+                db.execute("ROLLBACK")
+        # Only a file with nothing in it (no table, view, index or trigger, and no
+        # schema version of its own) is a new store; anything else must prove it is one.
+        if objects or version:
             if app != _APP_ID:
                 msg = (
                     f"{self.path!r} is a SQLite database but not a synaptoroute store; "
