@@ -17,6 +17,7 @@ with each other, and the small encoders beside it share its normalisation.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
@@ -99,22 +100,66 @@ BULK_MIN_TEXTS = 2048
 _EMPTY_WORDS_IN_A_ROW = 256
 
 
-def _read_words(text: str, deleted: re.Pattern[str]) -> Iterator[str]:
+#: The characters BERT's tokenizer splits off one by one (its "Chinese characters").
+_BERT_CJK = re.compile(
+    "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df"
+    "\U0002a700-\U0002ceaf\U0002f800-\U0002fa1f]"
+)
+
+
+def _unknown_stand_in(tokenizer: Any) -> tuple[int, str] | None:
+    """``(n, c)``: a word of letters and digits longer than ``n`` characters reads as
+    the unknown token, as the one character ``c`` does; ``None`` when ``tokenizer``
+    (a WordPiece one, asked itself) has no such rule or no such character."""
+    try:
+        model = json.loads(tokenizer.to_str())["model"]
+        longest, unknown = int(model["max_input_chars_per_word"]), str(model["unk_token"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+    def tokens(text: str) -> list[str]:
+        return list(tokenizer.encode(text, add_special_tokens=False).tokens)
+
+    if tokens("a" * (longest + 1)) != [unknown]:
+        return None
+    for c in ("\u2603", "\ufffc", "\U0001f600"):
+        if tokens(f"a {c} b") == ["a", unknown, "b"]:
+            return longest, c
+    return None
+
+
+def _read_words(
+    text: str, deleted: re.Pattern[str], unknown: tuple[int, str] | None = None
+) -> Iterator[str]:
     """The words of ``text`` as the tokenizer reads them, lazily: split on whitespace,
     without the characters it deletes (they take no room: a long run of them must not
-    push the words after it past the cut), words of deleted characters only left out."""
+    push the words after it past the cut), words of deleted characters only left out,
+    and a word the tokenizer reads as one unknown token (``unknown``: a word of letters
+    and digits over its longest) as one character that it reads so: a text of such
+    words within the model's tokens is read whole, not cut by its length."""
     empty = 0
     for match in _BERT_WORD.finditer(text):
         word = deleted.sub("", match.group())
         if word:
             empty = 0
-            yield word
+            yield _as_read(word, unknown)
             continue
         empty += 1
         if empty == _EMPTY_WORDS_IN_A_ROW:
             rest = deleted.sub("", text[match.end() :])
-            yield from (m.group() for m in _BERT_WORD.finditer(rest))
+            yield from (_as_read(m.group(), unknown) for m in _BERT_WORD.finditer(rest))
             return
+
+
+def _as_read(word: str, unknown: tuple[int, str] | None) -> str:
+    # Letters and digits only (no punctuation or CJK): one word for the tokenizer, of
+    # at least as many characters after its normalizer (lowercasing and stripping
+    # accents shorten none).
+    if unknown is None or len(word) <= unknown[0]:
+        return word
+    if word.isalnum() and not _BERT_CJK.search(word):
+        return unknown[1]
+    return word
 
 
 def _bert_deleted(normalize: Callable[[str], str]) -> re.Pattern[str]:
@@ -344,6 +389,7 @@ class Encoder:
         self._providers: list[str] = []
         self._tokenizer: Any = None
         self._deleted: re.Pattern[str] | None = None  # see _deleted_characters
+        self._unknown: tuple[int, str] | None = None  # see _unknown_stand_in
         self._fastembed: Any = None
         self._dimension: int | None = _DEFAULT_DIM if self._bundled else None
 
@@ -540,6 +586,7 @@ class Encoder:
             with self._lock:
                 self.load()
                 if self._deleted is None:
+                    self._unknown = _unknown_stand_in(self._tokenizer)
                     normalizer = self._tokenizer.normalizer  # None in an export without one
                     self._deleted = (
                         re.compile("(?!)")  # nothing deleted
@@ -553,9 +600,10 @@ class Encoder:
         """The part of ``text`` the model reads at most: the same tokens, fewer characters.
 
         For the bundled model, whitespace runs become one space (its tokenizer
-        splits on them and keeps nothing of them), so words after a long run of
-        whitespace are not cut off; then the text is cut to ``max_tokens`` x 16
-        characters. A text within that length is returned as it is. The router's
+        splits on them and keeps nothing of them), the characters it deletes are
+        left out and a word it reads as one unknown token becomes one character it
+        reads so, so words after a long run of such things are not cut off; then the
+        text is cut to ``max_tokens`` x 16 characters. A text within that length is returned as it is. The router's
         embedding cache is keyed by this text.
         """
         limit = self.max_tokens * _CHARS_PER_TOKEN_BOUND
@@ -563,7 +611,7 @@ class Encoder:
             return text[:limit]  # a text that fits is read whole, unchanged
         words: list[str] = []
         size = 0
-        for word in _read_words(text, self._deleted_characters()):
+        for word in _read_words(text, self._deleted_characters(), self._unknown):
             words.append(word)
             size += len(word) + 1
             if size > limit:  # stops once the limit is reached

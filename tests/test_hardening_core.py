@@ -158,6 +158,25 @@ def test_a_tokenizer_without_a_normalizer_deletes_nothing() -> None:
     assert encoder.encode([text]).shape == (1, encoder.dimension)
 
 
+@pytest.mark.parametrize("word", ["x" * 120, "Ünïcödé" * 20, "a1" * 60])
+def test_words_the_tokenizer_reads_as_one_unknown_token_take_one_place(
+    encoder: Encoder, word: str
+) -> None:
+    # Such a word (over 100 letters and digits) is one [UNK]: forty of them are 47
+    # tokens with the query, well within what the model reads, but the cut by length
+    # kept only them, and every query after them read the same.
+    refund, joke = (f"{word} " * 40 + q for q in ("I need a refund", "tell me a joke"))
+    tokenizer = encoder._tokenizer
+    for text in (refund, joke):
+        assert tokenizer.encode(encoder.truncate(text)).ids == tokenizer.encode(text).ids
+    a, b = encoder.encode([refund, joke])
+    assert float(a @ b) < 0.95
+    # Not such words: punctuation or CJK splits them, and a text that fits is as it is.
+    for other in ("ab-" * 40, "返金" * 60, "x" * 100):
+        text = f"{other} " * 40 + "I need a refund"
+        assert tokenizer.encode(encoder.truncate(text)).ids == tokenizer.encode(text).ids
+
+
 def test_what_truncate_drops_the_tokenizer_drops(encoder: Encoder) -> None:
     dropped = encoder._deleted_characters()
     normalizer = encoder._tokenizer.normalizer
