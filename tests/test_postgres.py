@@ -1090,9 +1090,9 @@ def test_a_notification_that_is_not_a_seq_is_read_as_a_change_not_a_lost_connect
 
 @needs_fork
 def test_only_the_live_write_session_counts_as_the_stores_own(pg_dsn: str, schema: str) -> None:
-    # Notifications from the pids in _own_pids at or before the position applied are
+    # Notifications from the pid in _own_pid at or before the position applied are
     # skipped. A closed session's pid may be reused by another replica's session, and a
-    # forked child's sessions are not the parent's: neither may stay in the list.
+    # forked child's sessions are not the parent's: neither may stay its own.
     import psycopg
 
     store = open_store(pg_dsn, schema)
@@ -1100,7 +1100,7 @@ def test_only_the_live_write_session_counts_as_the_stores_own(pg_dsn: str, schem
         model = ModelInfo("m", 8)
         store.put_route(ROUTES[0], unit(2, 8, 1), model)
         first = store._run("test", lambda conn: conn.info.backend_pid)
-        assert list(store._own_pids) == [first]
+        assert store._own_pid == first
         with psycopg.connect(pg_dsn, autocommit=True) as admin:
             ended = admin.execute("SELECT pg_terminate_backend(%s)", (first,)).fetchone()
             assert ended == (True,)
@@ -1115,18 +1115,18 @@ def test_only_the_live_write_session_counts_as_the_stores_own(pg_dsn: str, schem
         store.put_route(ROUTES[1], unit(2, 8, 2), model)  # on a new session
         second = store._run("test", lambda conn: conn.info.backend_pid)
         assert second != first
-        assert list(store._own_pids) == [second]
+        assert store._own_pid == second
 
         def child() -> None:
-            assert list(store._own_pids) == []  # the parent's session is not the child's
+            assert store._own_pid is None  # the parent's session is not the child's
             store.put_route(ROUTES[2], unit(1, 8, 3), model)
             mine = store._run("test", lambda conn: conn.info.backend_pid)
             assert mine != second
-            assert list(store._own_pids) == [mine]
+            assert store._own_pid == mine
             store.close()
 
         assert in_child(child) == 0
-        assert list(store._own_pids) == [second]  # the parent's are its own still
+        assert store._own_pid == second  # the parent's are its own still
     finally:
         store.close()
 

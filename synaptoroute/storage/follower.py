@@ -63,7 +63,7 @@ def disown(conn: psycopg.Connection[Any]) -> None:
 _KEPT: list[Any] = []
 
 
-def _needs_read(note: psycopg.Notify, applied: int, own: Sequence[int]) -> bool:
+def _needs_read(note: psycopg.Notify, applied: int, own: int | None) -> bool:
     """Whether a notification calls for a read of the log: all do but those of this
     store's own writes at or before the position applied.
 
@@ -72,7 +72,7 @@ def _needs_read(note: psycopg.Notify, applied: int, own: Sequence[int]) -> bool:
     "read the log": it must not raise, since the follower would take that for a lost
     connection and reconnect, once per such notification.
     """
-    if note.pid not in own:
+    if note.pid != own:
         return True
     payload = note.payload
     if not (payload.isascii() and payload.isdigit()):
@@ -178,7 +178,7 @@ class Watch:
             if notes:  # the rest of a burst too: one read of the log for all of them
                 notes += conn.notifies(timeout=0)
             applied = store._applied_or_zero()
-            own = tuple(store._own_pids)
+            own = store._own_pid
             # A change at or before the position applied leads to a read too, unless
             # this replica's own connection wrote it: after a restore from a backup the
             # other replicas' changes come with such numbers, and only the read notices

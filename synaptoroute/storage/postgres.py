@@ -29,7 +29,6 @@ import re
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -258,7 +257,7 @@ class PostgresStorage:
         # session, whose notifications must not be skipped (after a restore they carry a
         # seq at or before the one applied); a late one of a closed session of its own
         # costs no more than a read of the log.
-        self._own_pids: deque[int] = deque(maxlen=8)
+        self._own_pid: int | None = None
         # A fork waits for a write (the apply lock; the router's once watched, which
         # the fork takes anyway), a call on the connection and a wake-up of waiters;
         # the child then opens its own sessions (_forked).
@@ -334,7 +333,7 @@ class PostgresStorage:
                     if broken:
                         conn.close()
                         self._conn = None
-                        self._own_pids.clear()  # its session is gone (see __init__)
+                        self._own_pid = None  # its session is gone (see __init__)
                     if broken and attempt == 1 and not self._committing:
                         _log.info("PostgreSQL %s: connection lost; retrying", self._target)
                         continue
@@ -359,7 +358,7 @@ class PostgresStorage:
                 conn.close()
         if conn is None or conn.closed:
             # A new session replaces a closed one: the closed one's pid is no longer ours.
-            self._own_pids.clear()
+            self._own_pid = None
             conn = self._conn = self._connect()
         self._used = time.monotonic()
         return conn
@@ -635,8 +634,7 @@ class PostgresStorage:
                     seqs.append(int(got[0]))
                 seq = seqs[-1]
                 cur.execute("SELECT pg_notify(%s, %s)", (self._channel, str(seq)))
-                if conn.info.backend_pid not in self._own_pids:
-                    self._own_pids.append(conn.info.backend_pid)
+                self._own_pid = conn.info.backend_pid
                 resync = None
                 # A sequence number this replica has applied already: the log went
                 # back (the store was restored from a backup, or dropped and made anew).
@@ -1004,8 +1002,8 @@ class PostgresStorage:
         if self._conn is not None:
             disown(self._conn)
             self._conn = None
-        # The parent's session pids: the child's own writes go through new sessions.
-        self._own_pids.clear()
+        # The parent's session pid: the child's own writes go through new sessions.
+        self._own_pid = None
         watch = self._watch
         if watch is not None:
             watch.disown()
