@@ -16,6 +16,7 @@ from langchain_core.prompt_values import PromptValue
 from synaptoroute import AdaptiveRouter, InvalidInputError, RouteMatch
 from synaptoroute.batching import runs_by_cost
 from synaptoroute.decision import VERDICTS, empty_match, threshold_verdicts
+from synaptoroute.encoder import check_text
 
 __all__ = [
     "TextExtractor",
@@ -45,9 +46,10 @@ def extract_text(
     """The text to route for one Runnable input.
 
     ``extractor`` wins when given. Otherwise a ``str`` is routed as is; a dict is read
-    at ``input_key`` (and its value read by these same rules); a message, a prompt
-    value or a list of messages (or message-like tuples and dicts) is routed on the
-    text of its last human message.
+    at ``input_key`` (and its value read by these same rules); one message is routed
+    on its text, whatever its type (so ``chat_model | router`` routes on the model's
+    answer); a prompt value or a list of messages (or message-like tuples and dicts)
+    is routed on the text of its last human message.
 
     Raises:
         InvalidInputError: a dict lacks ``input_key``, or messages hold no human message.
@@ -176,14 +178,40 @@ def _decisions(
     return [_decision(router, r, o, threshold) for r, o in zip(ranked, owns, strict=True)]
 
 
+def _unless_negative(ranked: list[RouteMatch], own: RouteMatch | None) -> list[RouteMatch]:
+    """``ranked``, or no routes when the router's own decision (``own``, asked only
+    while it holds negative examples) finds the query nearest to a negative example:
+    such a text routes nowhere, however many routes a call may run."""
+    if own is not None and own.reason == "negative_example":
+        return []
+    return ranked
+
+
+def _unless_negatives(
+    ranked: list[list[RouteMatch]], own: Sequence[RouteMatch] | None
+) -> list[list[RouteMatch]]:
+    """:func:`_unless_negative` for each query of a batch (``own`` ``None``: no negatives)."""
+    if own is None:
+        return ranked
+    return [_unless_negative(r, o) for r, o in zip(ranked, own, strict=True)]
+
+
 def rank_one(
     router: AdaptiveRouter, value: Any, read: Callable[[Any], str], k: int
 ) -> list[RouteMatch] | Exception:
-    """One input's ``k`` best routes (``query_top_k``), or the error that prevented them."""
+    """One input's ``k`` best routes (``query_top_k``), or the error that prevented them.
+
+    An input nearest to a negative example has no routes (``query_top_k`` leaves the
+    negative examples out, so the router's own decision is asked too while it holds
+    any; the query cache holds the text's vector, so that is a second scoring).
+    """
     try:
-        return router.query_top_k(read(value), k)
+        text = read(value)
+        ranked = router.query_top_k(text, k)
+        own = router.query(text) if router.negatives else None
     except Exception as exc:
         return exc
+    return _unless_negative(ranked, own)
 
 
 async def arank_one(
@@ -195,9 +223,12 @@ async def arank_one(
 ) -> list[RouteMatch] | Exception:
     """Like :func:`rank_one`, through the router's batching worker."""
     try:
-        return await router.aquery_top_k(read(value), k, timeout=timeout)
+        text = read(value)
+        ranked = await router.aquery_top_k(text, k, timeout=timeout)
+        own = await router.aquery(text, timeout=timeout) if router.negatives else None
     except Exception as exc:
         return exc
+    return _unless_negative(ranked, own)
 
 
 def classify_one(
@@ -251,7 +282,9 @@ def _read_all(
     errors: list[Exception | None] = []
     for value in inputs:
         try:
-            texts.append(read(value))
+            # Checked here, per input: the core refuses a whole batch for one text
+            # that is not valid Unicode, which would fail every input with it.
+            texts.append(check_text(read(value)))
         except Exception as exc:
             errors.append(exc)
         else:
@@ -309,8 +342,15 @@ async def _aask_all(
 def rank_batch(
     router: AdaptiveRouter, inputs: Sequence[Any], read: Callable[[Any], str], k: int
 ) -> list[list[RouteMatch] | Exception]:
-    """Every input's ``k`` best routes with one ``query_top_k_batch`` call."""
-    return _ask_all(inputs, read, lambda texts: router.query_top_k_batch(texts, k))
+    """Every input's ``k`` best routes with one ``query_top_k_batch`` call (none for an
+    input nearest to a negative example, as :func:`rank_one`)."""
+
+    def ask(texts: list[str]) -> list[list[RouteMatch]]:
+        ranked = router.query_top_k_batch(texts, k)
+        own = router.query_batch(texts) if router.negatives else None
+        return _unless_negatives(ranked, own)
+
+    return _ask_all(inputs, read, ask)
 
 
 async def _asubmit(
@@ -336,9 +376,15 @@ async def arank_batch(
     run of inputs its queue can hold whole)."""
 
     async def ask(texts: list[str]) -> list[list[RouteMatch]]:
-        return await _asubmit(
+        ranked = await _asubmit(
             router, texts, lambda run: router.aquery_top_k_batch(run, k, timeout=timeout)
         )
+        own = (
+            await _asubmit(router, texts, lambda run: router.aquery_batch(run, timeout=timeout))
+            if router.negatives
+            else None
+        )
+        return _unless_negatives(ranked, own)
 
     return await _aask_all(inputs, read, ask)
 

@@ -94,6 +94,21 @@ def tool_fields(tool: BaseTool) -> dict[str, Any]:
     return dict(properties)
 
 
+def _takes_text(spec: Mapping[str, Any]) -> bool:
+    """Whether a JSON-schema property accepts a string (``str``, ``Optional[str]``)."""
+    if spec.get("type") == "string":
+        return True
+    options = spec.get("anyOf") or spec.get("oneOf") or ()
+    return any(isinstance(o, Mapping) and o.get("type") == "string" for o in options)
+
+
+def _described(spec: Mapping[str, Any]) -> str:
+    options = spec.get("anyOf") or spec.get("oneOf")
+    if "type" not in spec and options:
+        return " | ".join(str(o.get("type", "any")) for o in options if isinstance(o, Mapping))
+    return str(spec.get("type", "any"))
+
+
 def _single_text_field(tool: BaseTool) -> Callable[[str], dict[str, Any]]:
     """The automatic conversion: ``{field: text}`` for one string field, ``{}`` for none.
 
@@ -105,9 +120,9 @@ def _single_text_field(tool: BaseTool) -> Callable[[str], dict[str, Any]]:
         return lambda _text: {}
     if len(fields) == 1:
         (field, spec), *_ = fields.items()
-        if spec.get("type") == "string":
+        if _takes_text(spec):
             return lambda text: {field: text}
-    described = ", ".join(f"{name}: {spec.get('type', 'any')}" for name, spec in fields.items())
+    described = ", ".join(f"{name}: {_described(spec)}" for name, spec in fields.items())
     msg = (
         f"tool {tool.name!r} takes ({described}), not one text; pass "
         "args_from_text= (a function (text, tool) -> dict of arguments, or a dict of "

@@ -144,6 +144,12 @@ class SynaptorouteClassifier(_Classifying[RouteMatch]):
         ```
     """
 
+    @property
+    @override
+    def OutputType(self) -> type[RouteMatch]:
+        """``RouteMatch`` (the generic base would give LangChain an unbound type)."""
+        return RouteMatch
+
     @override
     def _one(self, value: Any) -> RouteMatch | Exception:
         return classify_one(self.router, value, self.text_of, self.threshold)
@@ -214,6 +220,12 @@ class SynaptorouteMultiClassifier(_Classifying[list[RouteMatch]]):
 
     top_k: int = Field(default=3, ge=1)
     """The most routes returned per input."""
+
+    @property
+    @override
+    def OutputType(self) -> Any:
+        """``list[RouteMatch]`` (the generic base would give LangChain an unbound type)."""
+        return list[RouteMatch]
 
     @override
     def _one(self, value: Any) -> list[RouteMatch] | Exception:

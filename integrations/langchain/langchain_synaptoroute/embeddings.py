@@ -57,6 +57,9 @@ class SynaptorouteEmbeddings(BaseModel, Embeddings):
 
     @override
     def model_post_init(self, context: Any, /) -> None:
+        self._build()
+
+    def _build(self) -> None:
         if self.encoder is not None:
             if self.model is not None or self.model_path is not None or self.threads is not None:
                 msg = "pass either encoder= or model/model_path/threads, not both"
@@ -66,6 +69,27 @@ class SynaptorouteEmbeddings(BaseModel, Embeddings):
             self._encoder = _default_encoder()
         else:
             self._encoder = Encoder(self.model, model_path=self.model_path, threads=self.threads)
+
+    @override
+    def __getstate__(self) -> dict[Any, Any]:
+        # The loaded model holds a lock and an ONNX session: a copy (pickle, a process
+        # pool's worker) loads its own from the fields, or shares the process's bundled
+        # one. An ``encoder=`` travels as a field, when it pickles.
+        state: dict[Any, Any] = super().__getstate__()
+        private = {k: v for k, v in (state.get("__pydantic_private__") or {}).items()}
+        private.pop("_encoder", None)
+        return {**state, "__pydantic_private__": private}
+
+    @override
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._build()
+
+    @override
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> SynaptorouteEmbeddings:
+        # The fields are settings and a model: the copy shares the model (an
+        # ``encoder=`` too), as copies of the other LangChain embeddings share clients.
+        return self.model_copy()
 
     @property
     def synaptoroute_encoder(self) -> EncoderProtocol:

@@ -28,7 +28,7 @@ from langchain_core.runnables import RunnableLambda
 from synaptoroute import AdaptiveRouter, InvalidInputError, MissingDependencyError, RouteMatch
 from synaptoroute.exceptions import RouteNotFoundError, install_hint
 
-from ._inputs import TextExtractor, extract_text, passing
+from ._inputs import TextExtractor, arank_one, extract_text, passing, rank_one
 from .classifier import SynaptorouteClassifier
 from .router import SynaptorouteRouter
 
@@ -407,18 +407,19 @@ class SynaptorouteFanOut(_Path, RunnableLambda[Any, str | list[Send]]):
         routing = self.routing
 
         def route(state: Any) -> str | list[Send]:
-            text = routing.text_of(state)
-            return self._sends(state, routing.router.query_top_k(text, k))
+            return self._sends(state, rank_one(routing.router, state, routing.text_of, k))
 
         async def aroute(state: Any) -> str | list[Send]:
-            text = routing.text_of(state)
-            top = await routing.router.aquery_top_k(text, k, timeout=routing.timeout)
+            top = await arank_one(routing.router, state, routing.text_of, k, routing.timeout)
             return self._sends(state, top)
 
         routing.returns(_literal(routing.destinations), route, aroute)
         super().__init__(route, aroute, name=name)
 
-    def _sends(self, state: Any, top: Sequence[RouteMatch]) -> str | list[Send]:
+    def _sends(self, state: Any, top: Sequence[RouteMatch] | Exception) -> str | list[Send]:
+        # ``rank_one`` gives no routes for a text nearest to a negative example.
+        if isinstance(top, Exception):
+            raise top
         sends: dict[str, Send] = {}
         # "ambiguous" still passes: fanning out is the answer to ambiguity.
         for match in passing(top, self.min_score):

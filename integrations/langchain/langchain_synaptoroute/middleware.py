@@ -172,7 +172,10 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         """
         # Agents offer the same tools on every call: one lookup skips the rest.
         signature = _signature(tools)
-        if signature in self._checked:
+        router = self.router
+        # ... unless a tool's route was deleted from a shared ``router=`` since: then
+        # it is built again (a tool without a route could never be selected).
+        if signature in self._checked and all(tool.name in router for tool in tools):
             return
         names = [tool.name for tool in tools]
         # A call may offer a subset of the tools (another middleware filters them, or
@@ -183,13 +186,12 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         check_tool_keys(sorted(seen), self.utterances, "utterances")
         check_tool_keys(names, dict.fromkeys(self.always_include), "always_include")
         self._seen_names = seen
-        router = self.router
         with self._lock:
             changed = []
             for tool in tools:
                 examples = tool_utterances(tool, self.utterances.get(tool.name, ()))
                 known = self._built.get(tool.name)
-                if known == examples or (known is None and tool.name in router):
+                if tool.name in router and (known is None or known == examples):
                     continue
                 changed.append(Route(name=tool.name, utterances=examples))
                 self._built[tool.name] = examples

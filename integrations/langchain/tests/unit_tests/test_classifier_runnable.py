@@ -6,7 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from langchain_core.runnables import RouterRunnable, RunnableLambda, RunnablePassthrough
-from langchain_synaptoroute import SynaptorouteClassifier, SynaptorouteRouter
+from langchain_synaptoroute import (
+    SynaptorouteClassifier,
+    SynaptorouteMultiClassifier,
+    SynaptorouteRouter,
+)
 
 from synaptoroute import AdaptiveRouter, Encoder, Route, RouteMatch
 
@@ -61,6 +65,16 @@ async def test_abatch_larger_than_the_workers_queue_is_served_as_batch_is(
         assert await classifier.abatch(texts) == classifier.batch(texts)
     assert router.worker.queue_depth == 0 and router.worker.queue_cost == 0
     await router.stop()
+
+
+def test_output_types_are_route_matches(adaptive_router: AdaptiveRouter) -> None:
+    # The generic base left LangChain an unbound TypeVar (an empty output schema).
+    one = SynaptorouteClassifier(router=adaptive_router)
+    assert one.OutputType is RouteMatch
+    assert one.get_output_jsonschema()["properties"]["reason"]["enum"]
+    many = SynaptorouteMultiClassifier(router=adaptive_router)
+    assert many.OutputType == list[RouteMatch]
+    assert many.get_output_jsonschema()["type"] == "array"
 
 
 def test_as_classifier_shares_router_and_input_reading(adaptive_router: AdaptiveRouter) -> None:

@@ -98,6 +98,27 @@ def test_a_tool_needing_more_than_text_fails_at_build_time_naming_its_fields(
         SynaptorouteRouter.from_tools([get_weather, convert_currency], encoder=encoder)
 
 
+def test_a_tool_with_one_optional_text_field_gets_the_text(encoder: Encoder) -> None:
+    # Optional[str] is {"anyOf": [{"type": "string"}, {"type": "null"}]}: it was refused.
+    @tool
+    def search_web(query: str | None = None) -> str:
+        """Search the web for pages about a topic."""
+        return f"searched {query}"
+
+    router = SynaptorouteRouter.from_tools(
+        [search_web], utterances={"search_web": ["search the web for cats"]}, encoder=encoder
+    )
+    assert router.invoke("search the web for cats") == "searched search the web for cats"
+
+    @tool
+    def count(n: int | None = None) -> str:
+        """Count things."""
+        return str(n)
+
+    with pytest.raises(InvalidInputError, match=r"'count' takes \(n: integer \| null\)"):
+        SynaptorouteRouter.from_tools([count], encoder=encoder)
+
+
 def test_unknown_tool_names_are_refused(encoder: Encoder) -> None:
     with pytest.raises(InvalidInputError, match=r"utterances names tools .*\['get_wether'\]"):
         SynaptorouteRouter.from_tools(

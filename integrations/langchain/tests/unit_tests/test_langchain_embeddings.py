@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
@@ -14,6 +17,7 @@ from synaptoroute import (
     Encoder,
     EncoderError,
     EncoderProtocol,
+    HashingEncoder,
     InvalidInputError,
     Route,
     default_encoder,
@@ -60,6 +64,24 @@ def test_default_builds_the_bundled_encoder_lazily() -> None:
     assert not own.loaded  # nothing touched the model file yet
     with pytest.raises(ValueError, match="either encoder= or model"):
         SynaptorouteEmbeddings(encoder=encoder, threads=1)
+
+
+def test_copies_share_or_reload_the_model(encoder: Encoder) -> None:
+    # The loaded model holds a lock: pickling and deepcopy raised TypeError.
+    embeddings = SynaptorouteEmbeddings()
+    vector = embeddings.embed_query("refund")
+    for copy_of in (copy.deepcopy, lambda e: pickle.loads(pickle.dumps(e))):
+        twin = copy_of(embeddings)
+        assert twin.synaptoroute_encoder is default_encoder()
+        assert twin.embed_query("refund") == vector
+    given = SynaptorouteEmbeddings(encoder=HashingEncoder(dimension=64))
+    twin = pickle.loads(pickle.dumps(given))
+    assert isinstance(twin.synaptoroute_encoder, HashingEncoder)
+    assert twin.synaptoroute_encoder is twin.encoder
+    assert twin.embed_query("refund") == given.embed_query("refund")
+    assert copy.deepcopy(given).synaptoroute_encoder is given.synaptoroute_encoder
+    shared = SynaptorouteEmbeddings(encoder=encoder)
+    assert copy.deepcopy(shared).synaptoroute_encoder is encoder
 
 
 def test_langchain_encoder_normalises_any_embeddings() -> None:

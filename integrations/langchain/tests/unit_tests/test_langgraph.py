@@ -364,6 +364,19 @@ async def test_fan_out_ainvoke_uses_the_worker(fresh_router: AdaptiveRouter) -> 
     assert fresh_router.worker.stats.items == 2
 
 
+async def test_fan_out_sends_nothing_for_a_negative_example(fresh_router: AdaptiveRouter) -> None:
+    # query_top_k leaves the negative examples out: the fan-out sent billing a text
+    # that the router (and SynaptorouteEdge) routes nowhere.
+    negative = "I need a refund for my cat's vet surgery"
+    fresh_router.add_negatives([negative])
+    assert fresh_router.query(negative).reason == "negative_example"
+    app = _fan_graph(SynaptorouteFanOut(fresh_router, min_score=0.3, default="general"))
+    assert app.invoke(_ask(negative))["seen"] == ["general"]
+    assert (await app.ainvoke(_ask(negative)))["seen"] == ["general"]
+    assert "billing" in app.invoke(_ask("I need a refund for my order"))["seen"]
+    await fresh_router.stop()
+
+
 def test_importing_the_package_does_not_import_langgraph() -> None:
     code = (
         "import sys, langchain_synaptoroute as p; "

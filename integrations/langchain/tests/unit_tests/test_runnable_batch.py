@@ -11,7 +11,7 @@ from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langchain_synaptoroute import SynaptorouteRouter
 from typing_extensions import override
 
-from synaptoroute import AdaptiveRouter, NoRouteMatchedError
+from synaptoroute import AdaptiveRouter, InvalidInputError, NoRouteMatchedError
 
 if TYPE_CHECKING:
     from conftest import RecordingEncoder, RunRecorder
@@ -106,6 +106,23 @@ def test_errors_are_returned_in_place_or_the_first_one_raised(
     with pytest.raises(TypeError, match="cannot route an input of type int"):
         strict.batch(inputs)
     assert strict.batch([]) == []
+
+
+def test_a_text_that_is_not_valid_unicode_fails_only_its_own_input(
+    adaptive_router: AdaptiveRouter,
+) -> None:
+    # The core refuses a whole batch for one lone surrogate: every input of the batch
+    # got that one error, though each failure must stay at its position.
+    runnables = {n: RunnableLambda(lambda _x, n=n: n) for n in adaptive_router.route_names}
+    router = SynaptorouteRouter(router=adaptive_router, runnables=runnables)
+    inputs = ["I want a refund for my order", "refund \ud83d", "the app keeps crashing"]
+    results = router.batch(inputs, return_exceptions=True)
+    assert results[0] == "billing"
+    assert isinstance(results[1], InvalidInputError)
+    assert results[2] == "tech"
+    classified = router.as_classifier().batch(inputs, return_exceptions=True)
+    assert [getattr(m, "name", None) for m in classified] == ["billing", None, "tech"]
+    assert isinstance(classified[1], InvalidInputError)
 
 
 def test_batch_traces_one_run_per_input(

@@ -241,6 +241,30 @@ async def test_an_async_per_call_threshold_keeps_the_negative_examples(
     await fresh_router.stop()
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_multi_route_runnables_keep_the_negative_examples(
+    fresh_router: AdaptiveRouter, mode: str
+) -> None:
+    # query_top_k leaves the negative examples out: the multi-route Runnables ran
+    # billing's branch (and classified billing) for a text the router routes nowhere.
+    _with_negative(fresh_router)
+    classifier = SynaptorouteMultiClassifier(router=fresh_router, top_k=3, threshold=0.3)
+    multi = _echo_router(fresh_router).as_multi_router(top_k=3, threshold=0.3)
+    inputs = [NEGATIVE, NEAR]
+    if mode == "sync":
+        one, many = classifier.invoke(NEGATIVE), classifier.batch(inputs)
+        ran, runs = multi.invoke(NEGATIVE), multi.batch(inputs)
+    else:
+        one, many = await classifier.ainvoke(NEGATIVE), await classifier.abatch(inputs)
+        ran, runs = await multi.ainvoke(NEGATIVE), await multi.abatch(inputs)
+        await fresh_router.stop()
+    assert one == []
+    assert [[m.name for m in matches][:1] for matches in many] == [[], ["billing"]]
+    assert ran == {"default": "default"}
+    assert runs[0] == ran
+    assert runs[1]["billing"] == "billing"
+
+
 def test_a_runnable_threshold_does_not_race_other_threads(
     adaptive_router: AdaptiveRouter,
 ) -> None:

@@ -299,6 +299,20 @@ def test_a_given_router_keeps_its_routes(recording_encoder: RecordingEncoder) ->
     assert router.get_route("get_weather").utterances == ["should I take an umbrella"]
 
 
+def test_a_tool_route_deleted_from_a_shared_router_is_built_again(
+    recording_encoder: RecordingEncoder,
+) -> None:
+    # The cached tool-set signature (and the remembered examples) skipped the rebuild:
+    # the deleted tool could never be selected again, and another tool was bound.
+    router = AdaptiveRouter(recording_encoder)
+    selector = SynaptorouteToolSelectorMiddleware(router=router, max_tools=1)
+    question = "Should I take an umbrella today?"
+    assert selector.select_tools(question, TOOLS) == ["get_weather"]
+    router.delete_route("get_weather")
+    assert selector.select_tools(question, TOOLS) == ["get_weather"]
+    assert "get_weather" in router
+
+
 def test_routes_another_call_adds_while_one_ranks_do_not_crowd_out_its_tools(
     recording_encoder: RecordingEncoder,
 ) -> None:
