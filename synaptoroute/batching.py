@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .checks import check_count, is_number
 from .exceptions import (
@@ -464,6 +464,9 @@ class BatchWorker(Generic[Q, T]):
         finally:
             if not task.done():
                 task.cancel()
+                # A cancelled gather() ends with CancelledError as its exception, which
+                # asyncio logs as "never retrieved" unless someone reads it.
+                task.add_done_callback(_retrieve)
             # A caller that gave up (timeout, cancellation, a sibling's error) leaves
             # cancelled futures that the worker skips; the rest of its batch is unaffected.
             for fut in futures:
@@ -577,6 +580,11 @@ class BatchWorker(Generic[Q, T]):
         for (_, fut), result in zip(batch, results, strict=True):
             if not fut.done():
                 fut.set_result(result)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def check_timeout(timeout: float | None) -> None:

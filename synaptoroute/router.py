@@ -443,6 +443,14 @@ class AdaptiveRouter:
         self._add_routes(self._checked_routes([route]), replace=True, created=created)
         return created == [route.name]
 
+    def _create_route(self, route: Route) -> bool:
+        # add_route(route) that tells whether this call created the route, decided
+        # under the lock: add_route takes a route equal to the stored one as a no-op,
+        # so two identical POSTs of the service at once both seemed to create it.
+        created: list[str] = []
+        self._add_routes(self._checked_routes([route]), replace=False, created=created)
+        return created == [route.name]
+
     def add_routes(
         self, routes: Iterable[Route], *, replace: bool = False, negatives: Sequence[str] = ()
     ) -> list[str]:

@@ -540,6 +540,29 @@ async def test_a_broken_batch_function_fails_its_callers_not_the_worker() -> Non
     assert calls == [["short", "xx"], ["abc", "de"]]
 
 
+async def test_a_timed_out_batch_logs_no_unretrieved_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Pure algorithm: a caller of several texts that times out cancels its gather(),
+    whose CancelledError asyncio logged as "exception was never retrieved"."""
+    import gc
+
+    held = threading.Event()
+
+    def slow(texts: list[str]) -> list[int]:
+        held.wait(LIMIT_S)
+        return [len(t) for t in texts]
+
+    worker: BatchWorker[str, int] = BatchWorker(slow)
+    with caplog.at_level("ERROR", logger="asyncio"), pytest.raises(RouterTimeoutError):
+        await worker.submit(["one", "two"], timeout=0.01)  # held: it cannot finish first
+    held.set()
+    await worker.stop()
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
 async def test_a_batch_functions_own_timeout_or_cancellation_is_its_batchs_error() -> None:
     """Pure algorithm: a TimeoutError the function raises is not the call's timeout,
     and a CancelledError it raises is not the worker being cancelled."""

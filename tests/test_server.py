@@ -243,6 +243,44 @@ async def test_list_get_create_delete(svc: Service) -> None:
     assert "tech" not in svc.router
 
 
+async def test_concurrent_identical_creates_answer_one_201_and_one_409(
+    gated: GatedEncoder, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The "name taken" check ran outside the router's lock, and add_route takes a
+    # route equal to the stored one as a no-op: two identical POST /routes at once
+    # both answered 201. The second is held after its check, while the first is
+    # encoding (under the lock), so both pass the check before either has created.
+    router = make_router(gated, store_path)
+    checks: list[object] = []
+    contains = AdaptiveRouter.__contains__
+
+    def recorded(self: AdaptiveRouter, name: object) -> bool:
+        checks.append(name)
+        return contains(self, name)
+
+    monkeypatch.setattr(AdaptiveRouter, "__contains__", recorded)
+    new = {"name": "music", "utterances": ["play a song"]}
+    async for s in _service(router, ServerSettings()):
+        gated.gate.clear()
+        gated.entered.clear()
+        first = asyncio.create_task(s.client.post("/routes", json=new))
+        assert await anyio.to_thread.run_sync(gated.entered.wait, LIMIT_S)
+        checks.clear()
+        second = asyncio.create_task(s.client.post("/routes", json=new))
+
+        async def checked() -> None:
+            while "music" not in checks:
+                await asyncio.sleep(0)
+
+        await asyncio.wait_for(checked(), LIMIT_S)  # a hang bound, not a pace
+        assert not contains(router, "music")  # the second passed the check
+        gated.gate.set()
+        answers = sorted([(await first).status_code, (await second).status_code])
+        assert answers == [201, 409]
+        assert router.get_route("music").utterances == ["play a song"]
+    router.close()
+
+
 async def test_add_and_delete_utterances(svc: Service) -> None:
     q = {"query": "my parcel never arrived"}
     assert (await svc.client.post("/route", json=q)).json()["route"] is None
@@ -390,6 +428,30 @@ def test_refuses_exposed_host_with_changes_and_no_key() -> None:
     ServerSettings(host="0.0.0.0", api_key=SecretStr("k")).check_safe()
     ServerSettings(host="0.0.0.0", read_only=True).check_safe()
     ServerSettings(host="::1").check_safe()
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize(
+    "field",
+    ["drain_timeout", "request_timeout", "max_wait_ms", "memory_trim_interval", "rate_limit"],
+)
+def test_float_settings_refuse_inf_and_nan(field: str, value: float) -> None:
+    # --drain-timeout inf passed (nan did not) and crashed start-up with OverflowError
+    # (uvicorn takes whole seconds); no limit means "for ever" by inf.
+    with pytest.raises(ValueError, match=f"(?s){field}.*finite number"):
+        ServerSettings(**{field: value})
+
+
+def test_serve_refuses_an_infinite_drain_timeout_as_bad_input(
+    capsys: pytest.CaptureFixture[str], store_path: Path
+) -> None:
+    from synaptoroute.cli import EXIT_BAD_INPUT, main
+
+    code = main(["serve", "--store", str(store_path), "--drain-timeout", "inf"])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT, err
+    assert "drain_timeout: Input should be a finite number" in err
+    assert not store_path.exists()
 
 
 @pytest.mark.parametrize("value", ["", "  "])

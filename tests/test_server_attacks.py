@@ -249,6 +249,27 @@ def test_oversized_headers_get_431_without_being_buffered(router: AdaptiveRouter
         srv.stop()
 
 
+def test_a_pipelined_requests_headers_are_bounded_too(router: AdaptiveRouter) -> None:
+    # A read holding the end of one request and the start of the next one's headers
+    # counted none of them: an unterminated header pipelined behind a GET stayed
+    # buffered, however long, until the header timeout.
+    srv = serve(router, max_header_bytes=16 * 1024, header_timeout=LIMIT_S)
+    try:
+        sock = srv.connect()
+        first = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        big = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 60_000
+        sock.sendall(first + big)  # more than twice the limit, never terminated
+        answer = closed_by_server(sock)  # the server closes it, nothing more is sent
+        assert b"HTTP/1.1 431" in answer, answer[:200]
+        ok = srv.connect()  # honest pipelined requests are still served
+        ok.sendall(first + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Ok: " + b"a" * 8_000)
+        ok.sendall(b"\r\nConnection: close\r\n\r\n")
+        assert closed_by_server(ok).count(b"HTTP/1.1 200") == 2
+        srv.still_serves()
+    finally:
+        srv.stop()
+
+
 def test_per_client_rate_limit(router: AdaptiveRouter) -> None:
     # A rate so low that no token comes back during the test: the fourth request is over.
     srv = serve(router, rate_limit=0.001, rate_burst=3, retry_after=1)
@@ -363,6 +384,130 @@ async def test_batch_cost_is_refused_at_once_and_single_queries_pass_between_chu
         last_chunk = next(i for i, call in enumerate(calls) if texts[-1] in call)
         assert texts[-1] not in calls[first_chunk]  # the batch was cut into chunks
         assert first_chunk < single_call <= last_chunk  # the query did not wait for it all
+    r.close()
+
+
+@pytest.mark.parametrize(
+    ("queue", "texts"),
+    [
+        ({"max_queue_size": 100}, [f"refund please {i}" for i in range(300)]),
+        ({"max_queue_cost": 5000}, [f"{i} " + "x" * 2000 for i in range(3)]),
+    ],
+)
+async def test_a_batch_is_cut_into_chunks_the_workers_queue_can_hold(
+    encoder: Encoder, tmp_path: Path, queue: dict[str, int], texts: list[str]
+) -> None:
+    # Chunks were cut by batch_chunk_cost alone: a queue smaller than one chunk (300
+    # short texts past --max-queue 100, two 2,000-character texts past a queue cost
+    # of 5,000) refused a valid batch with 422 ("can never fit the queue").
+    rec = GatedEncoder(encoder)
+    r = AdaptiveRouter(rec, SQLiteStorage(tmp_path / "q.db"), **queue)
+    r.add_routes(ROUTES)
+    app = create_app(ServerSettings(), router=r)
+    async with app.router.lifespan_context(app), await _asgi(app) as c:
+        rec.calls.clear()
+        answer = await c.post("/route/batch", json={"queries": texts})
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["results"]) == len(texts)
+        encoded = [t for call in rec.calls for t in call]
+        assert set(texts) <= set(encoded)
+        assert all(len(call) <= 100 for call in rec.calls)
+    r.close()
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("spent", "status", "given"), [(40.0, 200, [100.0, 60.0, 20.0]), (50.0, 503, [100.0, 50.0])]
+)
+async def test_the_request_timeout_bounds_the_whole_batch_not_each_chunk(
+    encoder: Encoder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spent: float,
+    status: int,
+    given: list[float],
+) -> None:
+    # Each chunk was given the whole --request-timeout, one chunk after the other: a
+    # batch of n chunks could take n times it. One deadline now bounds the request,
+    # each chunk gets what is left, and a chunk whose turn comes with nothing left
+    # is a 503, like a query that timed out. A fake clock says how long each chunk
+    # took: nothing here depends on how fast the machine is.
+    rec = GatedEncoder(encoder)
+    r = AdaptiveRouter(rec, SQLiteStorage(tmp_path / "t.db"))
+    r.add_routes(ROUTES)
+    settings = ServerSettings(request_timeout=100.0, batch_chunk_cost=1024)
+    app = create_app(settings, router=r)
+    clock = _FakeClock()
+    app.state.batch_admission.clock = clock
+    timeouts: list[float | None] = []
+    real = r.aquery_batch
+
+    async def timed(texts: Any, *, timeout: float | None = None) -> Any:
+        timeouts.append(timeout)
+        answer = await real(texts, timeout=timeout)
+        clock.now += spent  # what this chunk took
+        return answer
+
+    monkeypatch.setattr(r, "aquery_batch", timed)
+    # Three texts of ~700 characters: one chunk each at a chunk cost of 1,024.
+    texts = [f"{i} " + "refund please " * 50 for i in range(3)]
+    async with app.router.lifespan_context(app), await _asgi(app) as c:
+        rec.calls.clear()
+        answer = await c.post("/route/batch", json={"queries": texts})
+        assert answer.status_code == status, answer.text
+        assert timeouts == pytest.approx(given)
+        encoded = [t for call in rec.calls for t in call]
+        if status == 503:
+            assert "retry-after" in answer.headers
+            assert texts[-1] not in encoded  # the last chunk was never queued
+            metrics = (await c.get("/metrics")).text
+            assert 'synaptoroute_rejections_total{reason="timeout"} 1' in metrics
+        else:
+            assert len(answer.json()["results"]) == 3
+    r.close()
+
+
+async def test_console_evaluations_are_admitted_and_chunked_like_batches(
+    encoder: Encoder, tmp_path: Path
+) -> None:
+    # The console's evaluation queued slices of 256 rows, whatever they cost: an upload
+    # of long rows got 422 ("can never fit the queue"), and it bypassed the batch
+    # admission (a reader's uploads could fill the queue and delay /route).
+    rec = GatedEncoder(encoder)
+    r = AdaptiveRouter(rec, SQLiteStorage(tmp_path / "e.db"), max_queue_cost=5000)
+    r.add_routes(ROUTES)
+    settings = ServerSettings(batch_chunk_cost=1024, max_batches_in_flight=1)
+    app = create_app(settings, router=r)
+    rows = [{"text": f"{i} " + "refund please " * 150, "label": "billing"} for i in range(3)]
+    upload = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    texts = [str(row["text"]) for row in rows]
+    async with app.router.lifespan_context(app), await _asgi(app) as c:
+        rec.calls.clear()
+        report = await c.post("/console/api/evaluate", content=upload)
+        assert report.status_code == 200, report.text
+        assert report.json()["rows"] == 3
+        # One row a chunk (each costs more than half of 1,024), never the whole upload.
+        assert all(
+            sum(t in call for t in texts) == 1 for call in rec.calls if set(call) & set(texts)
+        )
+        # It counts among the batches in flight: with one /route/batch being served,
+        # an evaluation is refused at once with 429, like another batch.
+        rec.gate.clear()
+        rec.entered.clear()
+        batch = asyncio.create_task(c.post("/route/batch", json={"queries": ["a refund"]}))
+        assert await asyncio.to_thread(rec.entered.wait, LIMIT_S), "the batch never arrived"
+        busy = await c.post("/console/api/evaluate", content=upload)
+        assert busy.status_code == 429
+        assert "retry-after" in busy.headers
+        rec.gate.set()
+        assert (await batch).status_code == 200
     r.close()
 
 

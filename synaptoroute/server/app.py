@@ -195,6 +195,7 @@ def create_app(
     admission = BatchAdmission(
         settings.max_batch_cost, settings.max_batches_in_flight, settings.batch_chunk_cost
     )
+    app.state.batch_admission = admission  # /route/batch's and the console's evaluations
 
     def refuse_if_read_only() -> None:
         if settings.read_only:
@@ -256,7 +257,9 @@ def create_app(
     if settings.console:
         from .console import console_router
 
-        app.include_router(console_router(settings, metrics, state.get_router, change, read))
+        app.include_router(
+            console_router(settings, metrics, state.get_router, change, read, admission)
+        )
 
     app.include_router(operations_router(state, store_up))
     return app

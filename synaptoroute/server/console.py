@@ -40,6 +40,7 @@ from ..exceptions import InvalidInputError
 from ..index import Snapshot
 from ..models import NEGATIVES_ROUTE, Route, RouteMatch
 from ..router import AdaptiveRouter, _finite_json
+from .guards import BatchAdmission
 from .metrics import ServiceMetrics
 from .paths import RouteName, RouteNameRoute, _check_name
 from .schemas import RouteResult, Text
@@ -375,6 +376,7 @@ def console_router(
     get_router: Callable[[], AdaptiveRouter],
     change: Sequence[Any],
     read: Sequence[Any] = (),
+    admission: BatchAdmission | None = None,
 ) -> APIRouter:
     """The console's pages and read-only API, to include in the service's app.
 
@@ -386,7 +388,17 @@ def console_router(
             page's key check uses them, so it accepts exactly the keys they accept.
         read: the dependencies guarding the service's reads (``--auth-reads``): the
             console's data endpoints take them too; the page and its assets stay open.
+        admission: the service's ``/route/batch`` admission: an evaluation upload is
+            served through it (in chunks its queue can hold, counted among the batches
+            in flight); default: one of its own, from ``settings``.
     """
+    evaluations = (
+        admission
+        if admission is not None
+        else BatchAdmission(
+            settings.max_batch_cost, settings.max_batches_in_flight, settings.batch_chunk_cost
+        )
+    )
     api = APIRouter(prefix="/console", include_in_schema=False, route_class=RouteNameRoute)
     changes = _ChangeTimes()
     live = _Live(metrics)
@@ -481,11 +493,23 @@ def console_router(
             msg = f"an evaluation upload holds at most {MAX_EVALUATION_ROWS} rows, got {len(texts)}"
             raise InvalidInputError(msg)
         r = get_router()
-        matches: list[RouteMatch] = []
-        # Through the batching worker like any query, a bounded slice at a time.
-        for start in range(0, len(texts), 256):
-            chunk = texts[start : start + 256]
-            matches.extend(await r.aquery_batch(chunk, timeout=settings.request_timeout))
+        worker = r.worker
+
+        async def serve_chunk(chunk: list[str], _left: float | None) -> list[RouteMatch]:
+            # Each chunk may wait the request timeout: an upload is bounded by its rows
+            # and the body limit, not by --max-batch-cost or one query's timeout.
+            return await r.aquery_batch(chunk, timeout=settings.request_timeout)
+
+        # Through the batching worker like /route/batch: chunks of batch_chunk_cost
+        # that its queue can hold (queries are served between two), at most
+        # --max-batches-in-flight batches and evaluations at once (429 beyond).
+        matches = await evaluations.run(
+            texts,
+            serve_chunk,
+            queue_size=worker.max_queue_size,
+            queue_cost=worker.max_queue_cost,
+            limit_cost=False,
+        )
         report = await anyio.to_thread.run_sync(
             lambda: evaluate_matches(texts, labels, matches, r.route_names)
         )

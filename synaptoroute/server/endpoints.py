@@ -131,14 +131,23 @@ def endpoints_router(
 
         Admitted by cost (characters the model reads), not by count: a batch costing
         more than `max_batch_cost` is refused with 413, one more than
-        `max_batches_in_flight` with 429.
+        `max_batches_in_flight` with 429. The request timeout bounds the whole batch.
         """
         r = state.get_router()
+        worker = r.worker
 
-        async def serve_chunk(chunk: list[str]) -> list[RouteMatch]:
-            return await r.aquery_batch(chunk, timeout=timeout)
+        async def serve_chunk(chunk: list[str], left: float | None) -> list[RouteMatch]:
+            return await r.aquery_batch(chunk, timeout=left)
 
-        matches = await admission.run(body.queries, serve_chunk)
+        # Chunks the worker's queue can hold (it refuses more texts, or more cost, than
+        # it may ever hold with 422), each given what is left of one deadline.
+        matches = await admission.run(
+            body.queries,
+            serve_chunk,
+            timeout=timeout,
+            queue_size=worker.max_queue_size,
+            queue_cost=worker.max_queue_cost,
+        )
         record(matches)
         answer = BatchResponse(results=[RouteResult.from_match(m) for m in matches])
         return Response(answer.model_dump_json(), media_type=_JSON)
@@ -197,11 +206,19 @@ def endpoints_router(
         name = _check_name(body.name)
         _check_addressable(name, state.settings.max_header_bytes)
         r = state.get_router()
-        if name in r:
-            msg = f"route {name!r} exists; PUT /routes/{{name}} replaces it"
+        msg = f"route {name!r} exists; PUT /routes/{{name}} replaces it"
+        if name in r:  # refused before anything is encoded
             raise RouteExistsError(msg)
         route = body.to_route(name)
-        await _blocking(r.add_route, route)
+
+        def create() -> bool:
+            try:
+                return r._create_route(route)  # decided under the router's lock
+            except RouteExistsError:
+                return False  # another route of this name came first
+
+        if not await _blocking(create):
+            raise RouteExistsError(msg)
         # What was written, not a read after it: a concurrent DELETE may come between.
         return RouteOut.from_route(route)
 

@@ -8,8 +8,9 @@
   DNS rebinding.
 - :class:`RateLimitMiddleware`: a token bucket per client address (429).
 - :class:`BatchAdmission`: ``/route/batch`` admitted by cost (characters the encoder
-  will read), not by number of texts, and fed to the batching worker in chunks so a
-  single ``/route`` never waits behind a whole large batch.
+  will read), not by number of texts, and fed to the batching worker in chunks (each
+  small enough for its queue) so a single ``/route`` never waits behind a whole large
+  batch; one deadline bounds the whole request.
 
 Connection-level limits (header and body read timeouts, header size, connection
 counts) live in :mod:`synaptoroute.server.protocol`.
@@ -29,7 +30,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..batching import TEXT_COST_OVERHEAD, runs_by_cost, text_cost
-from ..exceptions import SynaptorouteError
+from ..exceptions import RouterTimeoutError, SynaptorouteError
 
 __all__ = [
     "TEXT_COST_OVERHEAD",
@@ -213,39 +214,78 @@ class BatchAdmission:
         chunk_cost: each batch reaches the batching worker in chunks of about this
             cost, one after the other, so queries that arrive meanwhile are served
             between two chunks instead of after the whole batch.
+        clock: seconds, for the deadline of :meth:`run`'s ``timeout``.
+
+    Each chunk is queued on its own (the worker takes it whole or refuses it): a
+    chunk refused after earlier ones were answered fails the request, and the
+    earlier chunks' work is lost.
     """
 
-    def __init__(self, max_cost: int, max_in_flight: int, chunk_cost: int) -> None:
+    def __init__(
+        self,
+        max_cost: int,
+        max_in_flight: int,
+        chunk_cost: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_cost = max_cost
         self.max_in_flight = max_in_flight
         self.chunk_cost = chunk_cost
+        self.clock = clock
         self.in_flight = 0
 
-    def chunks(self, texts: Sequence[str]) -> list[list[str]]:
-        """Split ``texts`` (in order) into runs of at most ``chunk_cost`` (one text at least).
+    def chunks(
+        self,
+        texts: Sequence[str],
+        *,
+        queue_size: int | None = None,
+        queue_cost: int | None = None,
+        limit_cost: bool = True,
+    ) -> list[list[str]]:
+        """Split ``texts`` (in order) into runs of at most ``chunk_cost`` (one text at
+        least), and at most what the worker's queue can ever hold: ``queue_size`` texts
+        and ``queue_cost`` (``None``: no such bound).
 
         Raises:
-            AdmissionError: the whole batch costs more than ``max_cost`` (413).
+            AdmissionError: ``limit_cost`` and the whole batch costs more than
+                ``max_cost`` (413).
         """
         total = sum(text_cost(text) for text in texts)
-        if total > self.max_cost:
+        if limit_cost and total > self.max_cost:
             msg = (
                 f"this batch costs {total} (characters the model reads, plus "
                 f"{TEXT_COST_OVERHEAD} a text), more than the {self.max_cost} a request may "
                 "cost; send fewer or shorter texts"
             )
             raise AdmissionError(413, msg)
-        return runs_by_cost(texts, self.chunk_cost)
+        cost = self.chunk_cost if queue_cost is None else min(self.chunk_cost, queue_cost)
+        return runs_by_cost(texts, cost, max_count=queue_size)
 
     async def run(
-        self, texts: Sequence[str], answer: Callable[[list[str]], Awaitable[list[T]]]
+        self,
+        texts: Sequence[str],
+        answer: Callable[[list[str], float | None], Awaitable[list[T]]],
+        *,
+        timeout: float | None = None,
+        queue_size: int | None = None,
+        queue_cost: int | None = None,
+        limit_cost: bool = True,
     ) -> list[T]:
-        """Answer ``texts`` chunk by chunk with ``answer``; results in input order.
+        """Answer ``texts`` chunk by chunk with ``answer(chunk, seconds_left)``; results
+        in input order.
+
+        ``timeout`` bounds the whole request: each chunk is given what is left of it
+        (``None``: no bound). ``queue_size``, ``queue_cost`` and ``limit_cost``: see
+        :meth:`chunks`.
 
         Raises:
             AdmissionError: 413 (too costly) or 429 (``max_in_flight`` batches running).
+            RouterTimeoutError: a chunk's turn came with no time left.
         """
-        chunks = self.chunks(texts)
+        deadline = None if timeout is None else self.clock() + timeout
+        chunks = self.chunks(
+            texts, queue_size=queue_size, queue_cost=queue_cost, limit_cost=limit_cost
+        )
         if self.in_flight >= self.max_in_flight:
             msg = f"{self.in_flight} batches are being served, the most at once; retry later"
             raise AdmissionError(429, msg)
@@ -253,7 +293,11 @@ class BatchAdmission:
         try:
             results: list[T] = []
             for chunk in chunks:
-                results.extend(await answer(chunk))
+                left = None if deadline is None else deadline - self.clock()
+                if left is not None and left <= 0:
+                    msg = f"no result within {timeout} s"
+                    raise RouterTimeoutError(msg)
+                results.extend(await answer(chunk, left))
             return results
         finally:
             self.in_flight -= 1

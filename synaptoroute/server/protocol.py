@@ -10,7 +10,9 @@ unterminated header is buffered whole) and no per-client connection limit;
 - ``header_timeout``: from the connection's start (or a request's first byte) to
   the end of its headers; then the connection is closed.
 - ``body_timeout``: from the end of the headers to the end of the body.
-- ``max_header_bytes``: request line and headers; more gets 431 and a close. After
+- ``max_header_bytes``: request line and headers; more gets 431 and a close (a head
+  that arrives in one read with the end of the request before it, pipelined, is
+  counted with that request's bytes, against one more limit for each). After
   the headers, what is not body (chunk-size lines, trailers) may add up to
   ``max_header_bytes`` + ``max_body_bytes``; more gets 431 and a close (the body
   itself is limited by the app's body limit).
@@ -107,8 +109,11 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._in_headers = True
         self._headers_ended = False  # a request's headers ended in the current chunk
-        self._message_ended = False  # a request ended in the current chunk
+        self._messages_ended = 0  # requests that ended in the current chunk
+        self._next_begun = False  # a request began since the last one ended
         self._header_bytes = 0
+        self._header_limit = self.limits.max_header_bytes  # what _header_bytes may reach
+        self._chunk_body_bytes = 0  # body bytes of the current chunk, whatever the request
         self._body_bytes = 0  # this request's body bytes, as the parser hands them on
         self._framing_bytes = 0  # its other bytes after the headers (chunk lines, trailers)
         self._refused = False
@@ -207,18 +212,28 @@ class _GuardedProtocol(HttpToolsProtocol):
             return
         counting = self._in_headers
         self._headers_ended = False
-        self._message_ended = False
+        self._messages_ended = 0
+        self._chunk_body_bytes = 0
         body_before = self._body_bytes
         super().data_received(data)
         if self._refused or self.transport.is_closing():
             return
-        if counting and self._in_headers and not self._headers_ended:
+        if self._messages_ended and self._in_headers and self._next_begun:
+            # A request ended in this chunk and the next one's headers began in it
+            # (pipelining): they were not counted. Count every byte of the chunk that
+            # is not body: the next head's, and the ended requests' heads and framing,
+            # so the limit of this head grows by one head per ended request.
+            self._header_bytes += len(data) - self._chunk_body_bytes
+            self._header_limit = self.limits.max_header_bytes * (1 + self._messages_ended)
+            if self._header_bytes > self._header_limit:
+                self._refuse(_HEADERS_TOO_LARGE)
+        elif counting and self._in_headers and not self._headers_ended:
             # Still inside the headers after this chunk: count it (the parser holds
             # unfinished header values in memory until the line ends).
             self._header_bytes += len(data)
-            if self._header_bytes > self.limits.max_header_bytes:
+            if self._header_bytes > self._header_limit:
                 self._refuse(_HEADERS_TOO_LARGE)
-        elif not counting and not self._message_ended:
+        elif not counting and not self._messages_ended:
             # Wholly after the headers and before the message's end: what is not body
             # is chunk framing or trailers, which the parser also holds (a trailer's
             # value until its line ends) and which no body limit counts.
@@ -231,6 +246,8 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_headers = True
         self._header_bytes = 0
+        self._header_limit = self.limits.max_header_bytes
+        self._next_begun = True
         if self._deadline is None:
             self._arm(self.limits.header_timeout)
 
@@ -249,6 +266,7 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
+        self._chunk_body_bytes += len(body)
         if not self._refused:
             super().on_body(body)
 
@@ -257,7 +275,8 @@ class _GuardedProtocol(HttpToolsProtocol):
             return
         self._disarm()
         self._in_headers = True  # what comes next is the next request's headers
-        self._message_ended = True
+        self._messages_ended += 1
+        self._next_begun = False
         self._header_bytes = self._body_bytes = self._framing_bytes = 0
         super().on_message_complete()
 

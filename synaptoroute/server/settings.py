@@ -95,7 +95,9 @@ class ServerSettings(BaseModel):
         True
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan refused on every float (pydantic took inf): --drain-timeout inf
+    # crashed start-up (uvicorn takes whole seconds); no limit here means "never" by it.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     store: str | None = None
     routes_file: str | None = None
