@@ -21,11 +21,12 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -159,12 +160,31 @@ def _store_path(args: argparse.Namespace) -> str:
 
 def _open_router(args: argparse.Namespace, *, create: bool) -> AdaptiveRouter:
     path = _store_path(args)
-    remote = is_database_url(path)
-    if not create and not remote and path != ":memory:" and not Path(path).expanduser().exists():
-        msg = f"no store at {path!r}; create one with 'synaptoroute import' or 'routes add'"
-        raise BadInput(msg)
+    if not create and not is_database_url(path) and path != ":memory:":
+        _check_store_exists(path)
     encoder: EncoderProtocol = getattr(args, "encoder", None) or Encoder()
     return AdaptiveRouter.open(path, ProgressEncoder(encoder))
+
+
+def _check_store_exists(path: str) -> None:
+    """Refuse, for a command that only reads, a store that is not there: no file, or an
+    empty one (SQLite would make a new store of it, and the file would be changed).
+
+    Raises:
+        BadInput: the file is missing or empty; it is left as it was.
+    """
+    file = Path(path).expanduser()
+    hint = "create one with 'synaptoroute import' or 'routes add'"
+    if not file.exists():
+        msg = f"no store at {path!r}; {hint}"
+        raise BadInput(msg)
+    try:
+        empty = file.is_file() and file.stat().st_size == 0
+    except OSError:  # unreadable: opening it reports why
+        empty = False
+    if empty:
+        msg = f"no store at {path!r}: the file is empty; {hint}"
+        raise BadInput(msg)
 
 
 @contextmanager
@@ -176,8 +196,35 @@ def _router(args: argparse.Namespace, *, create: bool = False) -> Iterator[Adapt
         router.close()
 
 
+def _takes_unicode(stream: TextIO) -> bool:
+    """Whether ``stream`` encodes every character (UTF-8, -16 or -32)."""
+    try:
+        return codecs.lookup(getattr(stream, "encoding", None) or "utf-8").name.startswith("utf")
+    except LookupError:
+        return False
+
+
+def _json_text(data: Any, indent: int | None = None, out: TextIO | None = None) -> str:
+    # \u escapes where the output cannot take a character: still JSON, and exact (the
+    # stream's backslash escapes would be neither, for a character beyond U+FFFF).
+    return json.dumps(data, ensure_ascii=not _takes_unicode(out or sys.stdout), indent=indent)
+
+
 def _print_json(data: Any, out: TextIO | None = None) -> None:
-    print(json.dumps(data, ensure_ascii=False, indent=2), file=out or sys.stdout)
+    print(_json_text(data, 2, out), file=out or sys.stdout)
+
+
+def _write_document(text: str) -> None:
+    """Write a routes file to stdout in UTF-8, the encoding routes files are read in,
+    whatever the terminal's: escapes in its place would read back as other text."""
+    stream = sys.stdout
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None or _takes_unicode(stream):
+        stream.write(text)
+        return
+    stream.flush()
+    buffer.write(text.encode("utf-8"))
+    buffer.flush()
 
 
 def _match_dict(match: Any) -> dict[str, Any]:
@@ -214,7 +261,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     for text, matches in zip(args.text, results, strict=True):
         if args.json:
             item = matches if args.top_k is not None else matches[0]
-            print(json.dumps({"query": text, "result": item}, ensure_ascii=False))
+            print(_json_text({"query": text, "result": item}))
             continue
         for m in matches:
             print(f"{m['route'] or '-'}\t{m['score']:.4f}\t{m['reason']}\t{text}")
@@ -410,15 +457,30 @@ def cmd_export(args: argparse.Namespace) -> int:
         doc = dump_routes(router)
     text = render_routes(doc, fmt)
     if args.output:
-        tmp = Path(args.output + ".tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(args.output)  # a reader never sees half a file
-        finally:
-            tmp.unlink(missing_ok=True)  # left only when the write or the rename failed
+        _write_atomically(Path(args.output), text)
     else:
-        sys.stdout.write(text)
+        _write_document(text)
     return EXIT_OK
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a new temporary file beside ``path``, then rename it over
+    ``path``: a reader never sees half a file, and the temporary file has a name of its
+    own (``mkstemp``), so no other file is overwritten and two exports do not collide."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        # mkstemp makes the file 0600; give it the mode a plain write would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # left only when the write or the rename failed
 
 
 def _require_routes(router: AdaptiveRouter, args: argparse.Namespace) -> None:
@@ -826,6 +888,10 @@ def _exit_code(exc: BaseException) -> int:
     )
     if isinstance(exc, bad_input):
         return EXIT_BAD_INPUT
+    # Writing the output failed (a stream that cannot encode a character), maybe after
+    # the store was written: no bad input, which promises that nothing was written.
+    if isinstance(exc, UnicodeError) and not isinstance(exc, UnicodeDecodeError):
+        return EXIT_FAILURE
     # pydantic's ValidationError is a ValueError: a value given on the command line.
     if isinstance(exc, ValueError) and not isinstance(exc, SynaptorouteError):
         return EXIT_BAD_INPUT
@@ -847,9 +913,37 @@ def main(argv: Sequence[str] | None = None, *, encoder: EncoderProtocol | None =
     ``encoder`` replaces the bundled model for the commands that open a store (an
     embedding service, a test double); ``serve`` always builds its own.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.encoder = encoder
+    with _escaping_output():  # usage errors and --help print too
+        args = build_parser().parse_args(argv)
+        args.encoder = encoder
+        return _run(args)
+
+
+@contextmanager
+def _escaping_output() -> Iterator[None]:
+    """Write characters stdout or stderr cannot encode (a cp1252 console, a C locale) as
+    backslash escapes for the command's length, instead of failing once the store may
+    already have been written; each stream's own setting is restored afterwards."""
+    restore: list[tuple[Any, str | None]] = []
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is None:
+            continue
+        errors = getattr(stream, "errors", None)
+        try:
+            reconfigure(errors="backslashreplace")
+        except (OSError, ValueError):  # a closed or detached stream: left as it is
+            continue
+        restore.append((stream, errors))
+    try:
+        yield
+    finally:
+        for stream, errors in restore:
+            with suppress(OSError, ValueError):
+                stream.reconfigure(errors=errors)
+
+
+def _run(args: argparse.Namespace) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -144,12 +144,34 @@ def oos_curve(
     cuts = np.unique(values[values > -np.inf])
     if not len(cuts):  # every row turned away: the one operating point routes none
         cuts = np.array([np.inf])
+    return _curve_at(values, correct, oos, cuts)
+
+
+def _curve_at(
+    values: NDArray[np.float64],
+    correct: NDArray[np.bool_],
+    oos: NDArray[np.bool_],
+    cuts: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    # The figures of oos_curve at the given (increasing) cuts.
     n_in, n_out = int((~oos).sum()), int(oos.sum())
     right = np.sort(values[correct & ~oos])
     outside = np.sort(values[oos])
     in_acc = (len(right) - np.searchsorted(right, cuts, "left")) / max(n_in, 1)
     recall = np.searchsorted(outside, cuts, "left") / max(n_out, 1)
     return cuts, in_acc.astype(np.float64), recall.astype(np.float64)
+
+
+def _route_nothing_curve(
+    score: NDArray[np.floating], correct: NDArray[np.bool_], oos: NDArray[np.bool_]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """:func:`oos_curve` ending with the cut ``+inf``, which routes nothing (in-scope
+    accuracy 0, out-of-scope recall 1): where a cut above every score lies."""
+    values = np.asarray(score, dtype=np.float64)
+    cuts = np.unique(values[values > -np.inf])
+    if not len(cuts) or cuts[-1] != np.inf:
+        cuts = np.append(cuts, np.inf)
+    return _curve_at(values, correct, oos, cuts)
 
 
 def expected_calibration_error(
@@ -168,12 +190,6 @@ def expected_calibration_error(
 
 def _ratio(num: float, den: float) -> float | None:
     return float(num) / float(den) if den else None
-
-
-def _f1(precision: float | None, recall: float | None) -> float | None:
-    if precision is None or recall is None:
-        return None
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
 def per_route_counts(
@@ -207,15 +223,18 @@ def figures(y_true: NDArray[np.int64], y_pred: NDArray[np.int64], n_routes: int)
     rejected = y_pred == NONE
     correct = y_true == y_pred
     n_oos = int(oos.sum())
-    oos_precision = _ratio(int((oos & rejected).sum()), int(rejected.sum()))
-    oos_recall = _ratio(int((oos & rejected).sum()), n_oos)
+    n_rejected = int(rejected.sum())
+    n_hit = int((oos & rejected).sum())
+    oos_precision = _ratio(n_hit, n_rejected)
+    oos_recall = _ratio(n_hit, n_oos)
     tp, support, predicted = per_route_counts(y_true, y_pred, n_routes)
     return Figures(
         accuracy=_ratio(int(correct.sum()), n),
         in_scope_accuracy=_ratio(int((correct & ~oos).sum()), n - n_oos),
         oos_precision=oos_precision,
         oos_recall=oos_recall,
-        oos_f1=_f1(oos_precision, oos_recall) if n_oos else None,
+        # 2 TP / (2 TP + FP + FN): defined (0.0) when no row was rejected, too.
+        oos_f1=2 * n_hit / (n_oos + n_rejected) if n_oos else None,
         macro_f1=macro_f1_from_counts(tp, support, predicted),
         rows=n,
         in_scope=n - n_oos,
@@ -291,8 +310,34 @@ class EvaluationReport:
 
     def oos_curve(self) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         """In-scope accuracy and out-of-scope recall at every cut of
-        :attr:`ood_scores` (see :func:`oos_curve`)."""
-        return oos_curve(self.ood_scores, self.candidate_correct, self.outcomes == 2)
+        :attr:`ood_scores` (see :func:`oos_curve`), ending with the cut ``+inf``, which
+        routes nothing (in-scope accuracy 0, out-of-scope recall 1)."""
+        return _route_nothing_curve(self.ood_scores, self.candidate_correct, self.outcomes == 2)
+
+    def _cut_curve(
+        self,
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], int | None]:
+        """The curve of :meth:`oos_curve` on what the router's :attr:`cut` applies to,
+        and the index of the cut on it (``None`` where the cut cannot be placed).
+
+        After a fit without a head every row has a confidence (:attr:`ood_on` is
+        ``"confidence"``) but the router cuts the score: the curve is then drawn over
+        the scores (the confidence is a non-decreasing map of the score, so every cut
+        of the confidence is a cut of the score, and only the score's curve holds every
+        point a threshold can reach). A cut above every value lands on the final
+        ``+inf`` cut, which routes nothing.
+        """
+        on, values = self.ood_on, self.ood_scores
+        if self.cut_on == "score" and on == "confidence":
+            on, values = "score", np.where(self._judged(), self.scores, -np.inf)
+        cuts, in_acc, recall = _route_nothing_curve(
+            values, self.candidate_correct, self.outcomes == 2
+        )
+        at = None
+        if self.cut is not None and self.cut_on == on:
+            # The first cut at or above the router's routes the same rows (none between).
+            at = min(int(np.searchsorted(cuts, self.cut, "left")), len(cuts) - 1)
+        return cuts, in_acc, recall, at
 
     @property
     def accuracy(self) -> float | None:
@@ -414,10 +459,9 @@ class EvaluationReport:
         return out
 
     def _plot_curve(self, ax: Any) -> None:
-        cuts, in_acc, recall = self.oos_curve()
+        _, in_acc, recall, at = self._cut_curve()
         ax.plot(recall, in_acc, color="tab:blue", label="every cut")
-        if self.cut is not None and self.cut_on == self.ood_on:
-            at = int(np.clip(np.searchsorted(cuts, self.cut, "left"), 0, len(cuts) - 1))
+        if at is not None and self.cut is not None:
             ax.scatter(
                 [recall[at]],
                 [in_acc[at]],

@@ -93,6 +93,80 @@ def _yaml() -> Any:
     return yaml
 
 
+class _DuplicateKeyError(ValueError):
+    """A JSON object names a key twice (``json.loads`` would keep the last value)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads' object_pairs_hook: a repeated key is refused, not silently dropped.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            msg = f"not valid JSON: key {key!r} appears more than once in one object"
+            raise _DuplicateKeyError(msg)
+        out[key] = value
+    return out
+
+
+@functools.cache
+def _yaml_loader() -> Any:
+    """PyYAML's safe loader, stricter where a routes file would otherwise lose data or
+    memory: a key repeated in a mapping is refused (PyYAML keeps the last value), an
+    alias (``*name``) is refused (a few lines of nested aliases expand to billions of
+    nodes; a routes file has no need of them), and a value that cannot be built (an
+    impossible date, an integer too long to convert) is a YAML error with its line."""
+    yaml = _yaml()
+    from yaml.composer import ComposerError
+    from yaml.constructor import ConstructorError
+    from yaml.events import AliasEvent
+    from yaml.nodes import MappingNode
+
+    merge = "tag:yaml.org,2002:merge"
+
+    class RoutesLoader(yaml.SafeLoader):  # type: ignore[misc,name-defined]
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(AliasEvent):
+                event = self.peek_event()
+                problem = (
+                    f"found alias *{event.anchor}; aliases are not allowed in a routes "
+                    "file (write the value out)"
+                )
+                raise ComposerError(None, None, problem, event.start_mark)
+            return super().compose_node(parent, index)
+
+        def construct_object(self, node: Any, deep: bool = False) -> Any:
+            try:
+                return super().construct_object(node, deep=deep)
+            except (ValueError, OverflowError) as exc:
+                problem = f"cannot read the value {node.value!r}: {exc}"
+                if len(problem) > 200:
+                    problem = f"cannot read the value: {exc}"
+                raise ConstructorError(None, None, problem, node.start_mark) from exc
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, MappingNode):
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == merge:
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        repeated = key in seen
+                    except TypeError:  # unhashable: PyYAML's own check reports it
+                        break
+                    if repeated:
+                        raise ConstructorError(
+                            "while constructing a mapping",
+                            node.start_mark,
+                            f"found key {key!r} more than once in one mapping",
+                            key_node.start_mark,
+                        )
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return RoutesLoader
+
+
 def _format_of(path: Path) -> Format:
     return "json" if path.suffix.lower() == ".json" else "yaml"
 
@@ -113,11 +187,19 @@ def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -
             (the message names the offending field).
     """
     try:
-        data = json.loads(text) if fmt == "json" else _yaml().safe_load(text)
+        if fmt == "json":
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        else:
+            data = _yaml().load(text, Loader=_yaml_loader())  # a SafeLoader
     except RecursionError as exc:
         msg = f"{source}: not valid {fmt.upper()}: it nests too deeply"
         raise InvalidInputError(msg) from exc
+    except _DuplicateKeyError as exc:
+        msg = f"{source}: {exc}"
+        raise InvalidInputError(msg) from exc
     except ValueError as exc:
+        if fmt != "json":  # the loader turns a value's error into a YAMLError with its line
+            raise
         msg = f"{source}: not valid JSON: {exc}"
         raise InvalidInputError(msg) from exc
     except Exception as exc:

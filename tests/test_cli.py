@@ -10,10 +10,12 @@ import argparse
 import http.server
 import io
 import json
+import os
 import re
 import shlex
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,6 +27,7 @@ import pytest
 
 from synaptoroute import AdaptiveRouter, Encoder, Route, SQLiteStorage, __version__, cli
 from synaptoroute.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, build_parser, main
+from synaptoroute.routes_file import parse_routes
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -267,6 +270,26 @@ def test_export_and_reimport_round_trip(
         "description": "tunes",
         "threshold": 0.4,
     }
+
+
+def test_export_writes_through_a_temporary_file_of_its_own(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    # 'export -o FILE' wrote FILE.tmp: a file of that name was overwritten, then
+    # deleted, and two exports to one file wrote the same temporary file.
+    seed(capsys, store)
+    out_file = tmp_path / "routes.yaml"
+    mine = tmp_path / "routes.yaml.tmp"
+    mine.write_text("my notes")
+    out_file.write_text("an older export")
+    assert run(capsys, "export", "--store", store, "-o", str(out_file))[0] == EXIT_OK
+    assert mine.read_text() == "my notes"
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([Path(store).name, "routes.yaml", "routes.yaml.tmp"])
+    assert out_file.read_text() == run(capsys, "export", "--store", store)[1]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out_file.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain write makes it
 
 
 # Characters a YAML writer or reader may fold, escape or read as something else.
@@ -582,6 +605,93 @@ def test_unusable_store_is_a_failure(capsys: pytest.CaptureFixture[str], tmp_pat
     assert code == EXIT_FAILURE
     assert err.startswith("synaptoroute: error:")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["route", "hi"], ["routes", "list"], ["export"], ["routes", "delete", "x"]],
+)
+def test_an_empty_file_is_no_store_for_a_command_that_reads(
+    argv: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # A 0-byte file was made a store (the schema written into it) by commands that
+    # refuse a missing store, and 'routes list' printed an empty table with exit 0.
+    path = tmp_path / "routes.db"
+    path.touch()
+    code, _, err = run(capsys, *argv, "--store", str(path))
+    assert code == EXIT_BAD_INPUT
+    assert f"no store at {str(path)!r}: the file is empty" in err
+    assert path.read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["routes.db"]
+    # A command that creates a store still makes one of it.
+    assert run(capsys, "negatives", "add", "tell me a joke", "--store", str(path))[0] == EXIT_OK
+    assert path.stat().st_size > 0
+
+
+def test_a_store_that_cannot_be_written_is_a_failure(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A valid store in a folder the process cannot write (SQLite cannot make its -wal
+    # and -shm files) exited 2, "not a readable SQLite database". Tests run as root,
+    # whom permission bits do not stop: SQLite is made to open the store read-only,
+    # in rollback-journal mode, so that the open's switch to WAL is the refused write.
+    path = tmp_path / "ro.db"
+    SQLiteStorage(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode=DELETE")
+    db.close()
+    before = path.read_bytes()
+
+    def read_only(self: SQLiteStorage, existing: bool = False) -> sqlite3.Connection:
+        uri = Path(self.file).as_uri() + "?mode=ro"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+
+    monkeypatch.setattr(SQLiteStorage, "_connect", read_only)
+    code, _, err = run(capsys, "routes", "list", "--store", str(path))
+    assert code == EXIT_FAILURE
+    assert err.startswith("synaptoroute: error: ")
+    assert "the file or its folder is not writable" in err
+    assert path.read_bytes() == before
+
+
+def cp1252_stdout(monkeypatch: pytest.MonkeyPatch) -> Any:
+    out = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors="strict")
+    monkeypatch.setattr(sys, "stdout", out)
+    return out
+
+
+def test_output_the_terminal_cannot_encode_is_escaped(
+    monkeypatch: pytest.MonkeyPatch, store: str
+) -> None:
+    # With a cp1252 stdout (a Windows console, PYTHONIOENCODING=cp1252) printing a route
+    # name failed after the route was stored, and exited 2 ("bad input", which promises
+    # that nothing was written).
+    name = "snow\u2603\U0001f600"
+    out = cp1252_stdout(monkeypatch)
+    assert main(["routes", "add", name, "it snows", "--store", store]) == EXIT_OK
+    assert out.errors == "strict"  # the stream's own setting is given back
+    out.flush()
+    assert out.buffer.getvalue() == b"created\tsnow\\u2603\\U0001f600\n"
+    assert name in stored_routes(store)
+    # JSON is escaped as JSON (exact, where the stream's escapes would not be) ...
+    out = cp1252_stdout(monkeypatch)
+    assert main(["routes", "list", "--json", "--store", store]) == EXIT_OK
+    out.flush()
+    assert json.loads(out.buffer.getvalue().decode("ascii"))[0]["name"] == name
+    # ... and an export is UTF-8, the encoding routes files are read in.
+    out = cp1252_stdout(monkeypatch)
+    assert main(["export", "--store", store]) == EXIT_OK
+    out.flush()
+    exported = out.buffer.getvalue().decode("utf-8")
+    assert [r.name for r in parse_routes(exported, "yaml").routes] == [name]
+
+
+def test_an_output_that_fails_is_no_bad_input() -> None:
+    failed = UnicodeEncodeError("cp1252", "\u2603", 0, 1, "character maps to <undefined>")
+    assert cli._exit_code(failed) == EXIT_FAILURE
+    # A file that cannot be decoded is bad input, as before.
+    undecodable = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    assert cli._exit_code(undecodable) == EXIT_BAD_INPUT
 
 
 @pytest.mark.parametrize(

@@ -146,3 +146,71 @@ def test_evaluate_real_router(
         assert wrong.text == texts[wrong.index]
     with pytest.raises(InvalidInputError, match="no_such_route"):
         router.evaluate(texts[:2], ["no_such_route", None])
+
+
+def test_oos_f1_is_zero_when_no_row_was_rejected() -> None:
+    # Out-of-scope rows exist but every row was routed: F1 = 2 TP / (2 TP + FP + FN) = 0
+    # (oos_precision has no rejected row to divide by and stays None).
+    matches = [match("billing", "billing", 0.8), match("billing", "billing", 0.6)]
+    report = evaluate_matches(["a", "b"], ["billing", None], matches, ROUTES)
+    assert report.figures.oos_precision is None
+    assert report.figures.oos_recall == 0.0
+    assert report.figures.oos_f1 == 0.0
+    assert "oos_f1             0.0000" in str(report)
+    # Without out-of-scope rows it stays undefined.
+    alone = evaluate_matches(["a"], ["billing"], matches[:1], ROUTES)
+    assert alone.figures.oos_f1 is None
+
+
+def marker(report: EvaluationReport) -> list[tuple[float, float]]:
+    """The (out-of-scope recall, in-scope accuracy) points the plot marks as the cut."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    report._plot_curve(ax)
+    return [(float(x), float(y)) for c in ax.collections for x, y in c.get_offsets()]
+
+
+def test_a_cut_above_every_score_marks_the_end_that_routes_nothing() -> None:
+    # The router's threshold 0.9 routes nothing; the marker sat on the highest score
+    # (0.8), a point where the in-scope row is routed (in-scope accuracy 1).
+    matches = [match(None, "billing", 0.8), match(None, "billing", 0.3)]
+    report = evaluate_matches(["a", "b"], ["billing", None], matches, ROUTES)
+    report.cut, report.cut_on = 0.9, "score"
+    cuts, in_acc, recall = report.oos_curve()
+    assert cuts.tolist() == [0.3, 0.8, float("inf")]
+    assert (in_acc[-1], recall[-1]) == (0.0, 1.0)
+    assert report.oos_auroc == 1.0  # the curve's end changes no figure
+    assert (report.in_scope_accuracy, report.oos_recall) == (0.0, 1.0)
+    assert marker(report) == [(1.0, 0.0)]
+
+
+def test_the_cut_of_a_fit_without_head_is_marked_on_the_curve() -> None:
+    # After a fit without a head every row has a confidence (a non-decreasing map of
+    # the score, flat from 0.45 to 0.6 here) but the router cuts the score: the curve
+    # was drawn on the confidence and the cut was left out.
+    def fitted(name: str | None, score: float, confidence: float) -> RouteMatch:
+        reason = "matched" if name else "below_threshold"
+        return RouteMatch(
+            name=name, score=score, candidate="billing", reason=reason, confidence=confidence
+        )
+
+    matches = [
+        fitted("billing", 0.9, 0.95),
+        fitted("billing", 0.6, 0.7),
+        fitted(None, 0.45, 0.7),  # out of scope, below the 0.5 threshold: rejected
+        fitted(None, 0.3, 0.1),
+    ]
+    report = evaluate_matches(list("abcd"), ["billing", "billing", None, None], matches, ROUTES)
+    report.cut, report.cut_on = 0.5, "score"
+    assert report.ood_on == "confidence"
+    assert (report.oos_recall, report.in_scope_accuracy) == (1.0, 1.0)
+    # At the router's own cut the curve gives the router's own figures.
+    assert marker(report) == [(1.0, 1.0)]
+    # A head's confidence cut is marked on the confidence curve, as before.
+    report.cut, report.cut_on = 0.7, "confidence"
+    assert marker(report) == [(0.5, 1.0)]

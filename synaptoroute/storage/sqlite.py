@@ -53,6 +53,15 @@ def _busy(exc: sqlite3.DatabaseError) -> bool:
     return "locked" in text or "busy" in text
 
 
+def _not_writable(exc: sqlite3.DatabaseError) -> bool:
+    """Whether ``exc`` is SQLITE_READONLY: SQLite could not write the file, or create
+    its ``-wal``/``-shm`` files beside it (which it does even to read a WAL store)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return bool(code & 0xFF == 8)  # SQLITE_READONLY (primary code)
+    return "readonly database" in str(exc).lower()
+
+
 def _run_script(db: sqlite3.Connection, script: str) -> None:
     # executescript() would COMMIT the migration's transaction; run statements one by one.
     for statement in script.split(";"):
@@ -204,6 +213,13 @@ class SQLiteStorage:
                     msg = (
                         f"SQLite store {self.path!r} stayed locked by other connections for "
                         f"{timeout:g} s ({exc}); nothing was changed"
+                    )
+                    raise StorageError(msg) from exc
+                if _not_writable(exc):
+                    msg = (
+                        f"SQLite store {self.path!r} cannot be opened: the file or its folder "
+                        f"is not writable ({exc}); SQLite writes the file and its -wal and "
+                        "-shm files beside it, even to read it. It was left untouched"
                     )
                     raise StorageError(msg) from exc
                 msg = (

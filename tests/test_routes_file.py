@@ -1,0 +1,97 @@
+"""Routes files: what a YAML or JSON document may hold, and how a bad one is reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synaptoroute import InvalidInputError
+from synaptoroute.routes_file import load_routes_file, parse_routes
+
+pytest.importorskip("yaml")
+
+ROUTE = "routes:\n  - name: billing\n    utterances: [refund]\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("2024-02-30", "day is out of range for month"),  # PyYAML builds a date of it
+        ("1" * 5000, "digits"),  # over Python's int() digit limit
+    ],
+)
+def test_a_yaml_value_that_cannot_be_built_is_a_yaml_error_with_its_line(
+    value: str, problem: str
+) -> None:
+    # PyYAML raised a bare ValueError, reported as "r.yaml: not valid JSON: ...".
+    text = f"{ROUTE}    metadata: {{when: {value}}}\n"
+    with pytest.raises(InvalidInputError) as info:
+        parse_routes(text, "yaml", source="r.yaml")
+    message = str(info.value)
+    assert message.startswith("r.yaml: not valid YAML: ")
+    assert "JSON" not in message
+    assert problem in message
+    assert "(line 4, column " in message
+    assert len(message) < 400  # one line, not the 5000 digits
+
+
+def test_a_key_repeated_in_a_yaml_mapping_is_refused_with_its_line(tmp_path: Path) -> None:
+    # The second "utterances" replaced the first: "will it rain" was silently dropped.
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        "routes:\n  - name: weather\n    utterances: [will it rain]\n    utterances: [sunny]\n"
+    )
+    with pytest.raises(InvalidInputError) as info:
+        load_routes_file(path)
+    message = str(info.value)
+    assert "not valid YAML" in message
+    assert "'utterances' more than once" in message
+    assert "(line 4, column 5)" in message
+    # At the top level too, where a second "routes" dropped every route of the first.
+    with pytest.raises(InvalidInputError, match=r"'routes' more than once .*\(line 4,"):
+        parse_routes(f"{ROUTE}routes:\n  - name: x\n    utterances: [y]\n", "yaml")
+    # Equal keys written differently are the same key.
+    with pytest.raises(InvalidInputError, match="'a' more than once"):
+        parse_routes(f"{ROUTE}    metadata: {{a: 1, 'a': 2}}\n", "yaml")
+
+
+def test_a_key_repeated_in_a_json_object_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "routes.json"
+    path.write_text(
+        '{"routes": [{"name": "weather", "utterances": ["will it rain"], "utterances": ["sunny"]}]}'
+    )
+    with pytest.raises(InvalidInputError) as info:
+        load_routes_file(path)
+    assert str(info.value) == (
+        f"{path}: not valid JSON: key 'utterances' appears more than once in one object"
+    )
+
+
+def test_distinct_keys_and_plain_documents_still_load() -> None:
+    doc = parse_routes(
+        f"threshold: 0.5\n{ROUTE}    metadata: {{a: 1, b: {{a: 2}}}}\nnegatives: [hi]\n", "yaml"
+    )
+    assert doc.routes[0].metadata == {"a": 1, "b": {"a": 2}}
+    json_doc = parse_routes(
+        '{"routes": [{"name": "b", "utterances": ["x"], "metadata": {"a": {"a": 1}}}]}', "json"
+    )
+    assert json_doc.routes[0].metadata == {"a": {"a": 1}}
+
+
+def test_yaml_aliases_are_refused() -> None:
+    # Nested aliases expand exponentially (a "billion laughs" file of a few hundred
+    # bytes held gigabytes); a routes file has no use for them.
+    text = (
+        "routes:\n  - name: billing\n    utterances: &u [refund]\n"
+        "  - name: other\n    utterances: *u\n"
+    )
+    with pytest.raises(InvalidInputError) as info:
+        parse_routes(text, "yaml", source="r.yaml")
+    message = str(info.value)
+    assert message.startswith("r.yaml: not valid YAML: found alias *u; aliases are not allowed")
+    assert "(line 5, column 17)" in message
+    laughs = "".join(f"      a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+    bomb = f"{ROUTE}    metadata:\n      a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n{laughs}"
+    with pytest.raises(InvalidInputError, match="aliases are not allowed"):
+        parse_routes(bomb, "yaml")
