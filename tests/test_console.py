@@ -30,12 +30,15 @@ from synaptoroute.server import ServerSettings, create_app
 from synaptoroute.server.console import (
     CONSOLE_CSP,
     MAX_EVALUATION_ROWS,
+    _Live,
     histogram_quantile,
     project,
 )
+from synaptoroute.server.metrics import ServiceMetrics
 from synaptoroute.storage import SQLiteStorage
 
 KEY = "console-test-key"
+NDJSON = {"Content-Type": "application/x-ndjson"}
 LIMIT_S = 60.0  # a hang bound for every wait; reaching it fails the test
 LIMIT_MS = LIMIT_S * 1000
 XSS = '<img src=x onerror="window.__xss = 1">'
@@ -264,23 +267,46 @@ def test_evaluate_reports_confusions(client: httpx.Client) -> None:
         {"text": "What is the capital of Peru?", "label": None},
     ]
     body = "\n".join(json.dumps(r) for r in rows).encode()
-    report = client.post("/console/api/evaluate", content=body).json()
+    report = client.post("/console/api/evaluate", headers=NDJSON, content=body).json()
     assert report["rows"] == 3 and report["in_scope"] == 2
     assert {"label": "tech", "predicted": "billing", "count": 1} in report["confused_pairs"]
     assert report["misrouted"][0]["text"] == rows[0]["text"]
     assert report["misrouted_total"] == len(report["misrouted"])
-    bad = client.post("/console/api/evaluate", content=b'{"text": "x"}\n')
+    bad = client.post("/console/api/evaluate", headers=NDJSON, content=b'{"text": "x"}\n')
     assert bad.status_code == 422 and "line 1" in bad.json()["detail"]
     # JSON the parser gives up on (too deep, a number past Python's digit limit) is a
     # malformed line too, not a 500.
     for line in (b"[" * 5000, b'{"text": "x", "label": ' + b"1" * 5000 + b"}"):
-        hostile = client.post("/console/api/evaluate", content=line + b"\n")
+        hostile = client.post("/console/api/evaluate", headers=NDJSON, content=line + b"\n")
         assert hostile.status_code == 422 and "line 1: invalid JSON" in hostile.json()["detail"]
-    unknown = client.post("/console/api/evaluate", content=b'{"text": "x", "label": "nope"}\n')
+    unknown = client.post(
+        "/console/api/evaluate", headers=NDJSON, content=b'{"text": "x", "label": "nope"}\n'
+    )
     assert unknown.status_code == 422
     many = b'{"text": "x", "label": null}\n' * (MAX_EVALUATION_ROWS + 1)
-    too_many = client.post("/console/api/evaluate", content=many)
+    too_many = client.post("/console/api/evaluate", headers=NDJSON, content=many)
     assert too_many.status_code == 422 and "at most" in too_many.json()["detail"]
+
+
+def test_an_upload_not_declared_as_json_lines_is_refused(client: httpx.Client) -> None:
+    # A cross-site page could POST text/plain (no CORS preflight) and make the service
+    # route up to 10,000 rows per request.
+    body = b'{"text": "I need a refund", "label": "billing"}\n'
+    for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "multipart/form-data"}, {}):
+        refused = client.post("/console/api/evaluate", headers=headers, content=body)
+        assert refused.status_code == 415, headers
+        assert "application/x-ndjson" in refused.json()["detail"]
+    for media in ("application/x-ndjson", "application/json; charset=utf-8"):
+        taken = client.post("/console/api/evaluate", headers={"Content-Type": media}, content=body)
+        assert taken.status_code == 200 and taken.json()["rows"] == 1
+
+
+def test_try_says_when_a_negative_example_decided(client: httpx.Client, live: Service) -> None:
+    negative = "I need a refund for my cat's vet surgery"
+    live.router.add_negatives([negative])
+    answer = client.post("/console/api/try", json={"query": negative}).json()
+    assert answer["decision"]["reason"] == "negative_example"
+    assert answer["decided_by"] == "negative_example"
 
 
 def test_map_projects_the_stored_vectors(client: httpx.Client, live: Service) -> None:
@@ -335,6 +361,35 @@ def test_stats_count_the_service_not_the_console(client: httpx.Client) -> None:
     assert quiet["requests_per_s"] * quiet["window_s"] <= (
         stats["requests_per_s"] * stats["window_s"] + 1e-6
     )
+
+
+def test_live_figures_leave_out_traffic_from_before_the_window() -> None:
+    # Sampled only when polled, the first poll after an idle gap reported the gap's
+    # traffic as the last seconds' (30 requests an hour ago: "2.5 requests/s").
+    clock = [100.0]
+    metrics = ServiceMetrics(lambda: 0.0, lambda: 0.0)
+    live = _Live(metrics, lambda: clock[0])
+
+    def served(n: int) -> None:  # what the metrics middleware does for each request
+        for _ in range(n):
+            metrics.requests.inc(("POST", "/route", "200"))
+            metrics.latency.observe(0.001, ("POST", "/route"))
+            for hook in metrics.on_request:
+                hook()
+
+    clock[0] = 100.5
+    served(30)  # within a second of the last sample: none taken
+    clock[0] = 112.0
+    idle = live.figures()
+    assert idle["requests_per_s"] == 0.0
+    assert idle["p50_ms"] is None
+    clock[0] = 113.0
+    served(10)
+    clock[0] = 115.0
+    busy = live.figures()
+    assert busy["requests_per_s"] is not None and busy["window_s"] is not None
+    assert busy["requests_per_s"] * busy["window_s"] == pytest.approx(10.0)
+    assert busy["window_s"] <= 10.0 + 2 * 1.0 + 1e-9
 
 
 def test_the_key_check_accepts_only_the_key(client: httpx.Client) -> None:
@@ -622,6 +677,50 @@ def test_without_the_key_no_edit_controls_and_the_api_refuses(console: Console) 
     expect(console.page.locator("#message")).to_have_text("The API key was refused.")
     assert console.page.evaluate("sessionStorage.length") == 0
     expect(console.page.locator("#new-route-form")).to_be_hidden()
+
+
+def test_a_route_that_fails_to_load_leaves_no_controls_of_the_one_before(
+    console: Console, live: Service
+) -> None:
+    # The title, utterances and edit controls of the route shown before stayed, and
+    # "Add" or "Delete route" then acted on it.
+    expect = _expect()
+    page = console.page
+    console.open("route/billing")
+    console.use_key()
+    expect(page.locator("#add-utterance-form")).to_be_visible()
+    console.go("route/no-such-route")
+    expect(page.locator("#message")).to_contain_text("404")
+    expect(page.locator("#route-title")).to_have_text("")
+    expect(page.locator("#utterance-list li")).to_have_count(0)
+    for selector in ("#add-utterance-form", "#threshold-form", "#delete-route-box"):
+        expect(page.locator(selector)).to_be_hidden()
+    console.go("route/billing")
+    expect(page.locator("#add-utterance-form")).to_be_visible()
+    assert live.router.get_route("billing").utterances == BASE[0].utterances
+
+
+def test_with_auth_reads_the_key_form_unlocks_the_page(
+    browser: Any, tmp_path: Path, encoder: Encoder
+) -> None:
+    # Reads need the key: the overview's 401 left the page "Loading…" with the key
+    # form hidden (only a loaded overview revealed it), so it could not be unlocked.
+    expect = _expect()
+    svc, _, storage = _service(tmp_path, encoder, api_key=KEY, auth_reads=True)
+    context = browser.new_context()
+    try:
+        console = Console(context.new_page(), svc.url)
+        console.open("routes")
+        expect(console.page.locator("#key-form")).to_be_visible()
+        expect(console.page.locator("#access-status")).to_have_text(
+            "This service needs the API key to read: enter it."
+        )
+        console.use_key()  # the page renders its view again with the key
+        expect(console.page.locator("#routes-table tbody tr")).to_have_count(len(BASE))
+    finally:
+        context.close()
+        svc.stop()
+        storage.close()
 
 
 def test_route_text_is_escaped(console: Console, live: Service) -> None:

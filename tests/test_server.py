@@ -970,6 +970,21 @@ async def test_lifespan_applies_the_routes_file(
     router.close()
 
 
+async def test_a_routes_file_route_no_url_can_address_is_refused_at_start(
+    encoder: Encoder, store_path: Path, tmp_path: Path
+) -> None:
+    # POST /routes refuses '..' (URLs drop the segment); a routes file loaded it, and
+    # the console listed a route it could not open (its edits reached other URLs).
+    routes_file = tmp_path / "routes.yaml"
+    routes_file.write_text("routes:\n  - name: '..'\n    utterances: [play some jazz]\n")
+    router = make_router(encoder, store_path)
+    with pytest.raises(InvalidInputError, match=r"route '\.\.': a route name may not hold"):
+        async for _ in _service(router, ServerSettings(routes_file=str(routes_file))):
+            pass
+    assert ".." not in router
+    router.close()
+
+
 def test_public_names() -> None:
     import synaptoroute.server as server
 

@@ -490,7 +490,11 @@ async def test_console_evaluations_are_admitted_and_chunked_like_batches(
     texts = [str(row["text"]) for row in rows]
     async with app.router.lifespan_context(app), await _asgi(app) as c:
         rec.calls.clear()
-        report = await c.post("/console/api/evaluate", content=upload)
+        report = await c.post(
+            "/console/api/evaluate",
+            headers={"Content-Type": "application/x-ndjson"},
+            content=upload,
+        )
         assert report.status_code == 200, report.text
         assert report.json()["rows"] == 3
         # One row a chunk (each costs more than half of 1,024), never the whole upload.
@@ -503,7 +507,11 @@ async def test_console_evaluations_are_admitted_and_chunked_like_batches(
         rec.entered.clear()
         batch = asyncio.create_task(c.post("/route/batch", json={"queries": ["a refund"]}))
         assert await asyncio.to_thread(rec.entered.wait, LIMIT_S), "the batch never arrived"
-        busy = await c.post("/console/api/evaluate", content=upload)
+        busy = await c.post(
+            "/console/api/evaluate",
+            headers={"Content-Type": "application/x-ndjson"},
+            content=upload,
+        )
         assert busy.status_code == 429
         assert "retry-after" in busy.headers
         rec.gate.set()

@@ -27,10 +27,10 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..encoder import Encoder
-from ..exceptions import RouterClosedError, SynaptorouteError
+from ..exceptions import InvalidInputError, RouterClosedError, SynaptorouteError
 from ..router import AdaptiveRouter
 from ..routes_file import apply_routes, load_routes_file
-from .endpoints import _blocking, endpoints_router
+from .endpoints import _blocking, _check_addressable, endpoints_router
 from .errors import _install_error_handlers, _responses
 from .guards import (
     BatchAdmission,
@@ -128,6 +128,14 @@ def create_app(
         try:
             if settings.routes_file:
                 doc = await _blocking(load_routes_file, settings.routes_file)
+                # As POST /routes refuses them: a route no URL can address could be
+                # served but never read, changed or deleted over HTTP (or the console).
+                for route in doc.routes:
+                    try:
+                        _check_addressable(route.name, settings.max_header_bytes)
+                    except InvalidInputError as exc:
+                        msg = f"routes file {settings.routes_file!r}: route {route.name!r}: {exc}"
+                        raise InvalidInputError(msg) from exc
                 report = await _blocking(apply_routes, r, doc)
                 log.info("routes file %s applied: %s", settings.routes_file, report.to_dict())
             # Load the model and compile the index (with its int8 copy), so the first

@@ -82,6 +82,8 @@ MAX_MISROUTED = 500
 MAP_TEXTS_MAX = 3000
 #: Seconds of history behind the live figures.
 LIVE_WINDOW_S = 10.0
+#: Seconds between two samples taken after requests (see ``_Live``).
+_TICK_S = 1.0
 # Paths the live figures leave out, so the console does not measure its own polling.
 _UNCOUNTED = ("/console", "/metrics")
 _JSON = "application/json"
@@ -233,13 +235,45 @@ class _Sample:
 
 
 class _Live:
-    """Request rate and latency quantiles over the last :data:`LIVE_WINDOW_S` seconds."""
+    """Request rate and latency quantiles over the last :data:`LIVE_WINDOW_S` seconds.
 
-    def __init__(self, metrics: ServiceMetrics) -> None:
+    Sampled after a request at most every :data:`_TICK_S` (and on each poll), not only
+    when the page polls: the window then starts within a second of its length ago, so
+    traffic that came while nobody looked is not reported as the last seconds'.
+    """
+
+    def __init__(
+        self, metrics: ServiceMetrics, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.metrics = metrics
+        self.clock = clock
         self._lock = threading.Lock()
         zero = (0,) * (len(metrics.latency.buckets) + 1)
-        self._samples: deque[_Sample] = deque([_Sample(time.monotonic(), 0.0, zero)])
+        self._samples: deque[_Sample] = deque([_Sample(clock(), 0.0, zero)])
+        metrics.on_request.append(self.tick)
+
+    def tick(self) -> None:
+        """Take a sample when the newest is :data:`_TICK_S` old (after each request)."""
+        with self._lock:
+            if self.clock() - self._samples[-1].at < _TICK_S:
+                return
+        self._add(self._sample())
+
+    def _add(self, sample: _Sample) -> _Sample:
+        # The window's base: the newest sample at least LIVE_WINDOW_S old (or the oldest).
+        with self._lock:
+            samples = self._samples
+            while len(samples) > 1 and samples[1].at <= sample.at - LIVE_WINDOW_S:
+                samples.popleft()
+            base = samples[0]
+            if len(samples) > 1 and (samples[1].requests, samples[1].buckets) == (
+                base.requests,
+                base.buckets,
+            ):
+                # Nothing was counted between the two: the window starts its length ago.
+                base = _Sample(max(base.at, sample.at - LIVE_WINDOW_S), base.requests, base.buckets)
+            samples.append(sample)
+        return base
 
     def _sample(self) -> _Sample:
         def counted(labels: tuple[str, ...]) -> bool:
@@ -250,17 +284,20 @@ class _Live:
             if counted(labels):
                 buckets = [a + b for a, b in zip(buckets, counts, strict=True)]
         requests = sum(n for labels, n in self.metrics.requests.series().items() if counted(labels))
-        return _Sample(time.monotonic(), requests, tuple(buckets))
+        return _Sample(self.clock(), requests, tuple(buckets))
 
     def figures(self) -> dict[str, float | None]:
         """Requests per second, p50 and p99 latency (ms) since the window's start."""
         now = self._sample()
         with self._lock:
-            samples = self._samples
-            while len(samples) > 1 and samples[1].at <= now.at - LIVE_WINDOW_S:
-                samples.popleft()
-            base = samples[0]
-            samples.append(now)
+            newest = self._samples[-1]
+        idle_since = newest.at + _TICK_S
+        if idle_since <= now.at - LIVE_WINDOW_S:
+            # A request after idle_since would have taken a sample: what was counted
+            # since the newest sample came before it, outside the window. The window
+            # was idle; its base holds today's counts.
+            self._add(_Sample(idle_since, now.requests, now.buckets))
+        base = self._add(now)
         span = max(now.at - base.at, 1e-9)
         delta = [b - a for a, b in zip(base.buckets, now.buckets, strict=True)]
         bounds = self.metrics.latency.buckets
@@ -488,6 +525,7 @@ def console_router(
 
     @api.post("/api/evaluate", dependencies=list(read))
     async def evaluate(request: Request) -> Response:
+        _check_upload_type(request.headers.get("content-type"))
         texts, labels = parse_jsonl(await request.body(), "upload")
         if len(texts) > MAX_EVALUATION_ROWS:
             msg = f"an evaluation upload holds at most {MAX_EVALUATION_ROWS} rows, got {len(texts)}"
@@ -562,6 +600,24 @@ async def _query_vector(router: AdaptiveRouter, query: str) -> NDArray[np.float3
     return first
 
 
+#: Media types an evaluation upload may declare: none a cross-site form or "simple"
+#: request can send, so a browser asks the service first (CORS) and it refuses.
+UPLOAD_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/json"})
+
+
+def _check_upload_type(content_type: str | None) -> None:
+    """Refuse an evaluation upload not declared as JSON lines (415).
+
+    Raises:
+        HTTPException: 415, naming the types taken.
+    """
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media not in UPLOAD_TYPES:
+        taken = ", ".join(sorted(UPLOAD_TYPES))
+        got = media or "none"
+        raise HTTPException(415, f"an evaluation upload must be sent as {taken}, not {got}")
+
+
 def _explain(
     router: AdaptiveRouter,
     body: TryRequest,
@@ -583,7 +639,13 @@ def _explain(
     return {
         "decision": RouteResult.from_match(decision).model_dump(),
         "margin": decision.margin,
-        "decided_by": "head" if by_head else "threshold",
+        "decided_by": (
+            "negative_example"
+            if decision.reason == "negative_example"
+            else "head"
+            if by_head
+            else "threshold"
+        ),
         "lexical_weight": lexical or None,
         "ngram_features": None if ngrams is None else len(ngrams),
         "top": [

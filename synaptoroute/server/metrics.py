@@ -239,7 +239,8 @@ class ServiceMetrics:
         self.rejections = Counter(
             "synaptoroute_rejections_total",
             "Requests refused, by reason (overloaded, timeout, shutting_down, "
-            "body_too_large, unauthorized, read_only).",
+            "store_unavailable, too_costly, busy, body_too_large, rate_limited, "
+            "read_only, unauthorized).",
             ("reason",),
         )
         self.routes = Gauge("synaptoroute_routes", "Routes held by the router.", routes)
@@ -258,6 +259,8 @@ class ServiceMetrics:
         ):
             self.registry.register(metric)
         self._seen_batches = 0
+        #: Called after each request is counted (the console's live figures sample then).
+        self.on_request: list[Callable[[], None]] = []
 
     def fold_batches(self, stats: _WorkerStats) -> None:
         """Move batch sizes recorded by the worker since the last call into the histogram.

@@ -119,3 +119,5 @@ class MetricsMiddleware:
             method = scope["method"] if scope["method"] in _COUNTED_METHODS else "other"
             metrics.requests.inc((method, path, str(status)))
             metrics.latency.observe(time.perf_counter() - start, (method, path))
+            for hook in metrics.on_request:
+                hook()

@@ -8,7 +8,8 @@
 (function () {
   const KEY_STORE = "synaptoroute-api-key";
   const LIVE_EVERY_MS = 2000;
-  const state = { access: "token", overview: null, lastQuery: null, liveTimer: null, map: null, notice: null };
+  const DECIDED_BY = { head: "the fitted head", threshold: "the threshold", negative_example: "a negative example (routes nowhere)" };
+  const state = { access: "token", readsNeedKey: false, overview: null, route: null, lastQuery: null, liveTimer: null, map: null, notice: null };
 
   // -- helpers ------------------------------------------------------------------------
   function $(id) {
@@ -161,7 +162,11 @@
     else if (state.access === "open") status.textContent = "Changes are open: this service has no API key.";
     else if (token() === null) status.textContent = "Read-only: enter the API key to change routes.";
     else status.textContent = "Changes enabled with your key (kept in this tab only).";
-    for (const node of document.querySelectorAll(".edit")) node.hidden = !canEdit();
+    if (state.readsNeedKey && token() === null) status.textContent = "This service needs the API key to read: enter it.";
+    // A route's controls act on state.route: none while no route has loaded.
+    for (const node of document.querySelectorAll(".edit")) {
+      node.hidden = !canEdit() || (node.closest("#view-route") !== null && state.route === null);
+    }
   }
 
   async function useKey(event) {
@@ -190,8 +195,20 @@
 
   // -- routes --------------------------------------------------------------------------
   async function loadOverview() {
-    state.overview = await api("GET", "api/overview");
+    try {
+      state.overview = await api("GET", "api/overview");
+    } catch (error) {
+      // --auth-reads without a key (or with a stale one): show the key form, or
+      // "Forget key", which only renderAccess reveals, so the page can be unlocked.
+      if (error instanceof ApiError && error.status === 401) {
+        state.access = "token";
+        state.readsNeedKey = true;
+        renderAccess();
+      }
+      throw error;
+    }
     state.access = state.overview.access;
+    state.readsNeedKey = false;
     renderAccess();
     return state.overview;
   }
@@ -235,9 +252,17 @@
   }
 
   async function showRoute(name) {
+    // Nothing of the route shown before stays while this one loads: a failed load
+    // (a route deleted meanwhile) must leave no controls acting on the previous one.
+    state.route = null;
+    $("route-title").textContent = "";
+    clear($("route-info"));
+    clear($("utterance-list"));
+    renderAccess();
     await loadOverview();
     const route = await api("GET", "api/routes/" + encodeURIComponent(name));
     state.route = route.name;
+    renderAccess();
     $("route-title").textContent = route.name;
     const info = clear($("route-info"));
     info.append(
@@ -293,28 +318,36 @@
     await showRoute(name);
   }
 
+  function shownRoute() {
+    if (state.route === null) throw new Error("No route is shown: open one from the list.");
+    return state.route;
+  }
+
   async function addUtterance() {
+    const name = shownRoute();
     const input = $("add-utterance-input");
     const text = input.value.trim();
     if (!text) return;
-    const answer = await api("POST", routePath(state.route, "utterances"), { utterances: [text] });
+    const answer = await api("POST", routePath(name, "utterances"), { utterances: [text] });
     input.value = "";
     showNotice(answer.added.length ? "Utterance added." : "That utterance was already there.");
-    await showRoute(state.route);
+    await showRoute(name);
     $("add-utterance-input").focus();
   }
 
   async function setThreshold() {
+    const name = shownRoute();
     const raw = $("threshold-input").value.trim();
     const threshold = raw === "" ? null : Number(raw);
-    await api("PUT", routePath(state.route, "threshold"), { threshold });
+    await api("PUT", routePath(name, "threshold"), { threshold });
     showNotice("Threshold set.");
-    await showRoute(state.route);
+    await showRoute(name);
   }
 
   async function deleteRoute() {
-    await api("DELETE", routePath(state.route));
-    state.notice = `Route ${state.route} deleted.`;
+    const name = shownRoute();
+    await api("DELETE", routePath(name));
+    state.notice = `Route ${name} deleted.`;
     location.hash = "#/routes";
   }
 
@@ -351,7 +384,7 @@
         el("dt", { text: "Score" }), el("dd", { text: fmt(d.score) }),
         el("dt", { text: "Threshold" }), el("dd", { text: fmt(d.threshold) }),
         el("dt", { text: "Margin to runner-up" }), el("dd", { text: answer.margin === null ? "—" : `${fmt(answer.margin)} (${routeLabel(d.runner_up)})` }),
-        el("dt", { text: "Decided by" }), el("dd", { id: "try-decided-by", text: answer.decided_by === "head" ? "the fitted head" : "the threshold" }),
+        el("dt", { text: "Decided by" }), el("dd", { id: "try-decided-by", text: DECIDED_BY[answer.decided_by] || answer.decided_by }),
         answer.lexical_weight === null ? null : [el("dt", { text: "Lexical signal" }), el("dd", { text: `weight ${fmt(answer.lexical_weight)} in the head` })],
         answer.ngram_features === null ? null : [el("dt", { text: "N-gram features" }), el("dd", { text: `${answer.ngram_features} in the head's vocabulary` })],
         d.confidence === null ? null : [el("dt", { text: "Confidence" }), el("dd", { text: fmt(d.confidence) })]
