@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,11 +158,20 @@ def _parse_lines(lines: Iterable[bytes], name: str) -> tuple[list[str], list[str
 
 
 # -- labelled rows in memory ------------------------------------------------------------
-def label_indexes(labels: Sequence[str | None], names: Sequence[str]) -> NDArray[np.int64]:
+def label_indexes(
+    labels: Sequence[str | None], names: Sequence[str], empty: Collection[str] = ()
+) -> NDArray[np.int64]:
     """Route index of each label (``NONE`` for ``None``).
 
+    Args:
+        labels: a route name or ``None`` per row.
+        names: the routes a label may name, in index order.
+        empty: routes of the router that are not among ``names`` because they hold
+            no utterances (a label naming one is told so).
+
     Raises:
-        InvalidInputError: a label is not a string or ``None``, or names no route.
+        InvalidInputError: a label is not a string or ``None``, or names no route
+            (or one without utterances).
     """
     position = {name: i for i, name in enumerate(names)}
     out = np.empty(len(labels), dtype=np.int64)
@@ -177,16 +186,30 @@ def label_indexes(labels: Sequence[str | None], names: Sequence[str]) -> NDArray
             out[i] = position[label.strip()]
         else:
             unknown.setdefault(label, i)
-    if unknown:
-        shown = ", ".join(f"{k!r} (at index {v})" for k, v in list(unknown.items())[:5])
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        msg = (
-            f"{len(unknown)} labels name no route of this router: {shown}{more}; add those "
-            "routes first (for example with routes_from_labelled or 'synaptoroute import'), "
-            "or label such rows null (out of scope)"
+    hollow = {k: v for k, v in unknown.items() if k.strip() in empty}
+    unknown = {k: v for k, v in unknown.items() if k not in hollow}
+    problems = []
+    if hollow:
+        problems.append(
+            f"{_some_labels(hollow)} name a route with no utterances; a route is scored "
+            "by its utterances, so add some to it first"
         )
+    if unknown:
+        problems.append(
+            f"{_some_labels(unknown)} name no route of this router; add those routes "
+            "first (for example with routes_from_labelled or 'synaptoroute import')"
+        )
+    if problems:
+        msg = "; ".join(problems) + ", or label such rows null (out of scope)"
         raise InvalidInputError(msg)
     return out
+
+
+def _some_labels(found: dict[str, int]) -> str:
+    """``found`` (label: first index) as a message shows it: at most five of them."""
+    shown = ", ".join(f"{k!r} (at index {v})" for k, v in list(found.items())[:5])
+    more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+    return f"{len(found)} labels: {shown}{more}"
 
 
 def check_labelled(texts: Sequence[str], labels: Sequence[str | None]) -> None:

@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 __all__ = ["Aggregation", "IndexStats", "RouteIndex", "RouteLayout", "RouteScores", "Snapshot"]
 
 Aggregation = Literal["max", "mean_topk", "centroid"]
+#: (vector index, matrix row) pairs: rows left out of those vectors' scores.
+Pairs = tuple[NDArray[np.int64], NDArray[np.int64]]
 _NEG = np.float32(-np.inf)
 #: Queries per matrix product when scoring many vectors against every row.
 _CHUNK = 1024
@@ -118,14 +120,24 @@ class RouteLayout:
         """Each live route name's position (built once per snapshot)."""
         return {name: i for i, name in enumerate(self.names)}
 
-    def hidden_pairs(self, texts: Sequence[str]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """(text index, matrix row) of every row that holds one of ``texts``."""
+    def hidden_pairs(
+        self, texts: Sequence[str], also: Pairs | None = None
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """(text index, matrix row) of every row that holds one of ``texts``, and the
+        pairs ``also`` (rows found otherwise to be the same as a text), each pair once."""
         q_idx, r_idx = [], []
         for i, text in enumerate(texts):
             for row in self.text_rows.get(text, ()):
                 q_idx.append(i)
                 r_idx.append(row)
-        return np.array(q_idx, dtype=np.int64), np.array(r_idx, dtype=np.int64)
+        q = np.array(q_idx, dtype=np.int64)
+        r = np.array(r_idx, dtype=np.int64)
+        if also is None or not len(also[0]):
+            return q, r
+        n_rows = len(self.row_pos)
+        keys = np.unique(np.concatenate([q, also[0]]) * n_rows + np.concatenate([r, also[1]]))
+        q, r = np.divmod(keys, n_rows)
+        return q, r
 
 
 _NO_ROUTES = RouteScores(
@@ -297,10 +309,12 @@ class Snapshot:
         leave_out: Sequence[str] | None = None,
         k: int = 0,
         knn_rows: int | None = None,
+        also: Pairs | None = None,
     ) -> tuple[NDArray[np.float32], NDArray[np.float64] | None]:
         """:meth:`all_scores`, and with ``k > 0`` also :meth:`knn_similarity` of the first
         ``knn_rows`` vectors (all by default) with the same ``leave_out``, from the same
-        products (a fit needs both; one pass over the matrix instead of two).
+        products (a fit needs both; one pass over the matrix instead of two). ``also``:
+        more (vector index, matrix row) pairs left out (with ``leave_out``).
 
         Returns:
             The scores, and the ``k``-th neighbour similarities (``None`` when ``k``
@@ -312,10 +326,11 @@ class Snapshot:
         if leave_out is None:
             hide_q = hide_r = np.zeros(0, dtype=np.int64)
         else:
-            hide_q, hide_r = layout.hidden_pairs(leave_out)
+            hide_q, hide_r = layout.hidden_pairs(leave_out, also)
         if self.aggregation == "centroid":  # no per-row products to share
             cut = None if leave_out is None else leave_out[:m]
-            knn = self.knn_similarity(vectors[:m], k, cut) if k else None
+            near = None if also is None else (also[0][also[0] < m], also[1][also[0] < m])
+            knn = self.knn_similarity(vectors[:m], k, cut, near) if k else None
             return self._centroid_scores(vectors, hide_q, hide_r), knn
         knn_out = np.full(m, -1.0) if k else None
         out = np.empty((n, self.n_routes), dtype=np.float32)
@@ -369,7 +384,11 @@ class Snapshot:
         return out
 
     def knn_similarity(
-        self, vectors: NDArray[np.float32], k: int, leave_out: Sequence[str] | None = None
+        self,
+        vectors: NDArray[np.float32],
+        k: int,
+        leave_out: Sequence[str] | None = None,
+        also: Pairs | None = None,
     ) -> NDArray[np.float64]:
         """Similarity of each vector's ``k``-th nearest live utterance (Sun et al. 2022).
 
@@ -377,6 +396,7 @@ class Snapshot:
             vectors: one vector per row.
             k: which neighbour.
             leave_out: a text per vector whose rows are not its neighbours.
+            also: more (vector index, matrix row) pairs that are not (with ``leave_out``).
 
         Returns:
             ``(n,)`` similarities: with fewer than ``k`` live utterances, the farthest
@@ -389,7 +409,7 @@ class Snapshot:
         if leave_out is None:
             hide_q = hide_r = np.zeros(0, dtype=np.int64)
         else:
-            hide_q, hide_r = self.layout.hidden_pairs(leave_out)
+            hide_q, hide_r = self.layout.hidden_pairs(leave_out, also)
         for start in range(0, len(vectors), _CHUNK):
             stop = min(start + _CHUNK, len(vectors))
             sims = vectors[start:stop] @ self.matrix.T

@@ -24,8 +24,10 @@ hash is ``zlib.crc32``, so features do not depend on the process's string hash s
 from __future__ import annotations
 
 import functools
+import math
 import re
 import threading
+import unicodedata
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,8 +45,43 @@ __all__ = ["LexicalIndex", "LexicalView", "NgramFeatures", "text_features"]
 
 #: Size of the hashed feature space (collisions are rare at this size and harmless).
 N_FEATURES = 1 << 18
-_WORD = re.compile(r"\w+")
 _MASK = N_FEATURES - 1
+
+
+def _mark_ranges() -> str:
+    """The combining marks (Unicode category M) as a regular expression class body.
+    Scanned where marks are (none before U+0300, in the CJK ideographs, the Hangul
+    syllables or the private use areas, nor past the variation selectors), so the
+    scan costs milliseconds at import."""
+    spans = [(0x0300, 0x4E00), (0xA000, 0xAC00), (0xD7A4, 0xD800), (0xF900, 0x20000),
+             (0xE0100, 0xE01F0)]  # fmt: skip
+    out: list[str] = []
+    for lo, hi in spans:
+        start = None
+        for code in range(lo, hi + 1):
+            mark = code < hi and unicodedata.category(chr(code)).startswith("M")
+            if mark and start is None:
+                start = code
+            elif not mark and start is not None:
+                out.append(f"{re.escape(chr(start))}-{re.escape(chr(code - 1))}")
+                start = None
+    return "".join(out)
+
+
+#: A word: letters, digits and the combining marks inside it (a vowel sign, an accent
+#: left decomposed): ``\w`` alone split "दिन" into "द" and "न", as it did "दान".
+_WORD = re.compile(rf"[\w{_mark_ranges()}]+")
+#: How words were read before 0.3 (see :data:`TOKENISER`); kept for the heads fitted then.
+_LEGACY_WORD = re.compile(r"\w+")
+#: The version of the tokeniser: 2 reads the NFC normal form, case-folded, and keeps
+#: combining marks in words (1, before: ``str.lower`` and ``\w+`` on the text as given,
+#: so canonically equal texts could get different features). A vocabulary learned by
+#: :meth:`NgramFeatures.learn` is marked as version 2 (:data:`_VERSION_MARK`); one
+#: without the mark (a head fitted before) reads queries as version 1 did, so it
+#: decides as it was fitted to until the next fit.
+TOKENISER = 2
+#: The id that marks a version-2 vocabulary: past the hashed ids, so no text has it.
+_VERSION_MARK = N_FEATURES
 
 
 #: Characters of a text that its features are read from: about what the encoder reads
@@ -53,22 +90,41 @@ MAX_CHARS = 4096
 
 
 def text_features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-    """The hashed features of the first :data:`MAX_CHARS` characters of ``text``: word
-    uni- and bigrams and the character 3- and 4-grams of each word (with boundary
-    marks), with sublinear counts.
+    """The hashed features of the first :data:`MAX_CHARS` characters of ``text`` (in
+    Unicode normal form NFC, case-folded): word uni- and bigrams and the character 3-
+    and 4-grams of each word (with boundary marks), with sublinear counts. Canonically
+    equivalent texts (NFC and NFD, say) have the same features, as they have the same
+    embedding.
 
     Returns:
         Sorted unique feature ids and their weights ``1 + log(count)`` (read-only
         arrays: recent results are shared).
     """
-    return _features(text[:MAX_CHARS])
+    return _features(text[: 2 * MAX_CHARS])
+
+
+def legacy_text_features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """:func:`text_features` as version 1 of the tokeniser read them (see
+    :data:`TOKENISER`): what a head fitted before reads."""
+    return _legacy_features(text[:MAX_CHARS])
 
 
 # A few recent texts: a query's two lexical signals (a head's n-gram features and the
 # per-route scores) tokenise the same text once.
 @functools.lru_cache(maxsize=32)
 def _features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-    words = _WORD.findall(text.lower())
+    # Normalised before the cut, so a decomposed text (longer) keeps as many characters.
+    folded = unicodedata.normalize("NFC", text)[:MAX_CHARS].casefold()
+    return _counted(_WORD.findall(folded))
+
+
+@functools.lru_cache(maxsize=32)
+def _legacy_features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    return _counted(_LEGACY_WORD.findall(text.lower()))
+
+
+def _counted(words: list[str]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """The sorted feature ids of ``words`` and their weights."""
     grams: list[int] = []
     for word in words:
         grams.extend(_word_ids(word))
@@ -123,7 +179,8 @@ class NgramFeatures:
     added or deleted since.
 
     Attributes:
-        ids: sorted feature ids (see :func:`text_features`).
+        ids: sorted feature ids (see :func:`text_features`), then :data:`_VERSION_MARK`
+            in a vocabulary of the current tokeniser (never in a text's row).
         idf: inverse document frequency of each, over the rows it was learned from.
         scale: the norm of a row (the features' weight next to the unit embedding).
     """
@@ -147,10 +204,24 @@ class NgramFeatures:
         ids, df = np.unique(every, return_counts=True)
         keep = df >= min_df
         idf = np.log((1.0 + len(texts)) / (1.0 + df[keep])) + 1.0
-        return cls(ids[keep], idf.astype(np.float32), float(scale))
+        if not keep.any():
+            return cls(ids[keep], idf.astype(np.float32), float(scale))
+        # The version mark, stored with the vocabulary (a head's state keeps ids and idf).
+        return cls(
+            np.append(ids[keep], _VERSION_MARK).astype(np.int64),
+            np.append(idf, 0.0).astype(np.float32),
+            float(scale),
+        )
+
+    @cached_property
+    def legacy(self) -> bool:
+        """Whether the vocabulary was learned by version 1 of the tokeniser (a head
+        fitted before :data:`TOKENISER` 2): its rows read texts as version 1 did."""
+        return not (len(self.ids) and int(self.ids[-1]) == _VERSION_MARK)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        """The number of features (the rows of a head's n-gram weights)."""
+        return len(self.ids) - (not self.legacy)
 
     def row(
         self,
@@ -158,8 +229,12 @@ class NgramFeatures:
         features: tuple[NDArray[np.int64], NDArray[np.float32]] | None = None,
     ) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
         """Positions in the vocabulary of ``text``'s features, and their values
-        (``features``: its :func:`text_features`, if the caller has them)."""
-        ids, weights = text_features(text) if features is None else features
+        (``features``: its :func:`text_features`, if the caller has them; a legacy
+        vocabulary reads the text itself)."""
+        if self.legacy:
+            ids, weights = legacy_text_features(text)
+        else:
+            ids, weights = text_features(text) if features is None else features
         pos = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
         known = self.ids[pos] == ids if len(self.ids) else np.zeros(len(ids), dtype=bool)
         pos = pos[known]
@@ -310,6 +385,60 @@ class LexicalView:
         # without it, and its score stays 0 (not (0 - 1) / |S|).
         out[rows, pos] = np.where(dot < 0.5, scores[rows, pos], left)
         return out
+
+    def leave_rows_out(
+        self,
+        scores: NDArray[np.float64],
+        queries: Sequence[tuple[NDArray[np.int64], NDArray[np.float32]]],
+        query: NDArray[np.int64],
+        position: NDArray[np.int64],
+        rows: Sequence[tuple[NDArray[np.int64], NDArray[np.float32]]],
+    ) -> NDArray[np.float64]:
+        """``scores`` (of texts with :func:`text_features` ``queries``) with utterances
+        left out of their routes' vectors: the utterance with features ``rows[j]`` out
+        of route ``position[j]`` for text ``query[j]`` (the text itself, or one the
+        encoder cannot tell from it).
+
+        With ``q`` a text's unit vector, ``S`` its route's sum and ``R`` the sum of the
+        unit vectors left out of it, the score ``q.S/|S|`` becomes ``(q.S - q.R) /
+        |S - R|``, with ``|S - R|^2 = |S|^2 - 2 R.S + |R|^2``; a route left with nothing
+        scores 0. (An utterance with no n-gram is the zero vector: nothing changes.)
+        """
+        out: NDArray[np.float64] = scores.copy()
+        groups: dict[tuple[int, int], list[int]] = {}
+        for j, (qi, pos) in enumerate(zip(query.tolist(), position.tolist(), strict=True)):
+            groups.setdefault((qi, pos), []).append(j)
+        for (qi, pos), members in groups.items():
+            parts = [self.query_vector("", rows[j]) for j in members]
+            every = np.concatenate([ids for ids, _ in parts])
+            r_ids, inverse = np.unique(every, return_inverse=True)
+            r_vals = np.bincount(
+                inverse, weights=np.concatenate([v for _, v in parts]), minlength=len(r_ids)
+            )
+            q_ids, q_vals = self.query_vector("", queries[qi])
+            common, at_q, at_r = np.intersect1d(
+                q_ids, r_ids, assume_unique=True, return_indices=True
+            )
+            q_r = (
+                float(np.dot(q_vals[at_q].astype(np.float64), r_vals[at_r])) if len(common) else 0.0
+            )
+            norm = float(self.route_norm[pos])
+            r_s = float(self._key_weights(pos, r_ids) @ r_vals) * norm
+            rest = norm * norm - 2.0 * r_s + float(np.dot(r_vals, r_vals))
+            q_s = float(scores[qi, pos]) * norm
+            out[qi, pos] = (q_s - q_r) / math.sqrt(rest) if rest > 1e-9 else 0.0
+        return out
+
+    def _key_weights(self, position: int, ids: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Route ``position``'s (normalised) weight of each feature of ``ids``."""
+        if not len(self.keys) or not len(ids):
+            return np.zeros(len(ids))
+        wanted = position * N_FEATURES + ids
+        at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        found: NDArray[np.float64] = np.where(
+            self.keys[at] == wanted, self.weights[at], 0.0
+        ).astype(np.float64)
+        return found
 
 
 class LexicalIndex:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synaptoroute import AdaptiveRouter, HashingEncoder, InvalidInputError
+from synaptoroute import AdaptiveRouter, HashingEncoder, InvalidInputError, Route
 from synaptoroute.datasets import DatasetError, load_jsonl
 from synaptoroute.fitting import routes_from_labelled
 
@@ -113,3 +113,22 @@ def test_fit_and_evaluate_take_numpy_arrays_of_texts() -> None:
     assert router.fit(np.array(texts), np.array(labels, dtype=object), folds=2).decision
     with pytest.raises(InvalidInputError, match="no labelled rows"):
         router.evaluate(np.array([], dtype=str), np.array([], dtype=object))
+
+
+def test_a_label_naming_a_route_without_utterances_says_so() -> None:
+    # Such a route is in no index snapshot, and the error said it was no route of the
+    # router and to add it first: it was there.
+    router = AdaptiveRouter(HashingEncoder())
+    router.add_routes(routes_from_labelled(["a refund please", "money back"], ["billing"] * 2))
+    router.add_route(Route(name="support"))  # no utterances
+    with pytest.raises(InvalidInputError) as info:
+        router.fit(["my app crashed", "refund"], ["support", "billing"])
+    message = str(info.value)
+    assert "'support' (at index 0) name a route with no utterances" in message
+    assert "no route of this router" not in message
+    # An unknown label next to it is still named as such, in the same message.
+    with pytest.raises(InvalidInputError) as info:
+        router.fit(["my app crashed", "hi"], ["support", "greet"])
+    message = str(info.value)
+    assert "1 labels: 'support' (at index 0) name a route with no utterances" in message
+    assert "1 labels: 'greet' (at index 1) name no route of this router" in message

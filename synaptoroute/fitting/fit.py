@@ -60,7 +60,7 @@ from .report import FitReport
 from .scores import _rank
 
 if TYPE_CHECKING:
-    from ..index import RouteLayout, Snapshot
+    from ..index import Pairs, RouteLayout, Snapshot
     from ..lexical import LexicalView
 
 #: Weights of the lexical score in the head's logits (0: dense only), tried likewise.
@@ -68,6 +68,11 @@ _BETAS = (0.0, 2.5, 5.0, 10.0, 20.0)
 #: The norm of a row of n-gram features next to the unit embedding (NgramFeatures.scale).
 #: Whether the features help a given router is decided on folds.
 _NGRAM_SCALE = 0.5
+#: A stored utterance at least ``1 - _SAME`` similar to a labelled text is the same
+#: text to the model (it differs in case or spacing, say): left out of its scores.
+_SAME = 1e-6
+#: Labelled rows per product when looking for them.
+_CHUNK = 1024
 #: Quantiles of the occurring top-1/top-2 gaps tried as the ambiguity margin.
 _MARGIN_QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.2)
 _OBJECTIVES = ("auto", "balanced", "accuracy", "macro_f1", "oos_recall")
@@ -230,8 +235,14 @@ def fit_policy(
         layout = snapshot.layout
         names = layout.names
         # The negative examples' route is no class: its utterances are out-of-scope rows.
+        # Classes in name order, not the order routes were added: the same routes,
+        # labels and seed fit the same policy however the router was built.
         keep_cols = np.array(
-            [i for i, name in enumerate(names) if name != NEGATIVES_ROUTE], dtype=np.intp
+            sorted(
+                (i for i, name in enumerate(names) if name != NEGATIVES_ROUTE),
+                key=names.__getitem__,
+            ),
+            dtype=np.intp,
         )
         remap = np.full(len(names) + 1, NONE, dtype=np.int64)
         remap[keep_cols] = np.arange(len(keep_cols))
@@ -240,7 +251,9 @@ def fit_policy(
         if n_routes == 0:
             msg = "the router has no routes to fit; add routes first"
             raise InvalidInputError(msg)
-        y_fit = label_indexes(labels, names)
+        # Routes without utterances are in no snapshot: a label naming one is told so.
+        hollow = set(inputs.route_thresholds) - set(layout.names) - {NEGATIVES_ROUTE}
+        y_fit = label_indexes(labels, names, empty=hollow)
         n = len(texts)
         n_oos = int((y_fit == NONE).sum())
         if objective == "auto":
@@ -267,22 +280,30 @@ def fit_policy(
         # Stripped as utterances are, so a labelled row that is an utterance is known
         # as one (its vector reused, itself left out of its scores).
         fit_texts = [text.strip() for text in texts]
+        fit_vectors = np.empty((n, snapshot.matrix.shape[1]), dtype=np.float32)
+        missing = [i for i, t in enumerate(fit_texts) if t not in layout.text_rows]
+        for i, text in enumerate(fit_texts):
+            if text in layout.text_rows:
+                fit_vectors[i] = snapshot.matrix[_owner_rows(layout, layout.text_rows[text])[0]]
+        if missing:
+            fit_vectors[missing] = inputs.embed([fit_texts[i] for i in missing])
+        # Utterances the model cannot tell from a labelled text (the same text cased or
+        # spaced otherwise, for an uncased model) are left out of its scores like the
+        # text itself: scored against themselves, they made every row look easy.
+        with _scoring_threads(len(layout.live), n, inputs.blas_threads):
+            near = _same_rows(snapshot, fit_vectors)
+        # The head's extra rows: one per route holding each utterance, in (text, route
+        # name) order, so neither the rows nor the folds they are dealt into depend on
+        # the order routes were added.
         extra_rows: list[int] = []
         if want_head:
-            seen = set(fit_texts)
-            extra_rows = [
-                int(rows[0]) for text, rows in layout.text_rows.items() if text not in seen
-            ]
+            known = set(fit_texts).union(snapshot.texts[r] for r in near[1].tolist())
+            for text in sorted(layout.text_rows.keys() - known):
+                extra_rows += _owner_rows(layout, layout.text_rows[text])
         all_texts = fit_texts + [snapshot.texts[r] for r in extra_rows]
-        y_all = np.concatenate([y_fit, remap[layout.row_pos[np.array(extra_rows, dtype=np.int64)]]])
-        vectors = np.empty((len(all_texts), snapshot.matrix.shape[1]), dtype=np.float32)
-        missing = [i for i, t in enumerate(fit_texts) if t not in layout.text_rows]
-        reused = [i for i in range(len(all_texts)) if i >= n or fit_texts[i] in layout.text_rows]
-        for i in reused:
-            row = extra_rows[i - n] if i >= n else layout.text_rows[all_texts[i]][0]
-            vectors[i] = snapshot.matrix[row]
-        if missing:
-            vectors[missing] = inputs.embed([fit_texts[i] for i in missing])
+        extra = np.array(extra_rows, dtype=np.int64)
+        y_all = np.concatenate([y_fit, remap[layout.row_pos[extra]]])
+        vectors = np.concatenate([fit_vectors, snapshot.matrix[extra]])
         seconds["encode"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -295,7 +316,7 @@ def fit_policy(
         # The head's k-NN input (the fit rows' k-th neighbour) from the same products.
         with _scoring_threads(len(layout.live), len(all_texts), inputs.blas_threads):
             scores_all, knn = snapshot.scores_and_knn(
-                vectors, all_texts, KNN_K if need_knn else 0, knn_rows=n
+                vectors, all_texts, KNN_K if need_knn else 0, knn_rows=n, also=near
             )
         scores = scores_all[:, keep_cols]
         # Rows a negative example outranks every route for are rejected at query time.
@@ -314,7 +335,9 @@ def fit_policy(
             view = inputs.lexical()
             found = inputs.features(all_texts)
             lex_all = view.scores_many(fit_texts, found[:n])
-            lex = lexical_left_out(view, lex_all, layout, fit_texts)[:, keep_cols]
+            lex = lexical_left_out(
+                view, lex_all, layout, fit_texts, near, snapshot.texts, inputs.features
+            )[:, keep_cols]
             data.lex = np.take_along_axis(lex, top_ids[:n], axis=1)
             seconds["lexical"] = time.perf_counter() - t0
 
@@ -575,15 +598,51 @@ def fit_policy(
 
 
 def lexical_left_out(
-    view: LexicalView, scores: NDArray[np.float64], layout: RouteLayout, texts: Sequence[str]
+    view: LexicalView,
+    scores: NDArray[np.float64],
+    layout: RouteLayout,
+    texts: Sequence[str],
+    also: Pairs | None = None,
+    row_texts: Sequence[str] | None = None,
+    features: Callable[[Sequence[str]], list[_Features]] = _tokenise,
 ) -> NDArray[np.float64]:
     """The lexical ``scores`` of ``texts`` with each text left out of every route that
-    holds it as an utterance (one route per pass), as the dense scores leave it out."""
-    owners = [[int(layout.row_pos[r]) for r in layout.text_rows.get(t, ())] for t in texts]
-    for j in range(max(map(len, owners), default=0)):
-        own = np.array([o[j] if j < len(o) else -1 for o in owners], dtype=np.int64)
-        scores = view.leave_one_out(scores, own)
-    return scores
+    holds it as an utterance, as the dense scores leave it out, and so are the rows of
+    ``also`` ((text index, matrix row) pairs; ``row_texts``: the snapshot's texts)."""
+    query, rows = layout.hidden_pairs(texts, also)
+    if not len(query):
+        return scores
+    if row_texts is None:
+        if also is not None and len(also[0]):
+            msg = "lexical_left_out needs row_texts to leave out the rows of 'also'"
+            raise ValueError(msg)
+        held = [texts[q] for q in query.tolist()]  # rows found by their text
+    else:
+        held = [row_texts[r] for r in rows.tolist()]
+    return view.leave_rows_out(scores, features(texts), query, layout.row_pos[rows], features(held))
+
+
+def _same_rows(snapshot: Snapshot, vectors: NDArray[np.float32]) -> Pairs:
+    """(vector index, matrix row) of each live utterance at least ``1 - _SAME`` similar
+    to one of ``vectors``: one the model does not tell from it, whatever its text."""
+    live = snapshot.live_rows
+    found_q, found_r = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for start in range(0, len(vectors), _CHUNK):
+        sims = vectors[start : start + _CHUNK] @ snapshot.matrix.T
+        q, r = np.nonzero(sims >= 1.0 - _SAME)
+        keep = live[r]
+        found_q.append(q[keep].astype(np.int64) + start)
+        found_r.append(r[keep].astype(np.int64))
+    return np.concatenate(found_q), np.concatenate(found_r)
+
+
+def _owner_rows(layout: RouteLayout, rows: Sequence[int]) -> list[int]:
+    """Of ``rows`` (those holding one text), the first of each route, in route-name
+    order: a choice that does not depend on the order routes were added."""
+    first: dict[str, int] = {}
+    for row in sorted(rows):
+        first.setdefault(layout.names[int(layout.row_pos[row])], int(row))
+    return [first[name] for name in sorted(first)]
 
 
 def _side_by_side(jobs: Sequence[Callable[[], _T]]) -> list[_T]:
