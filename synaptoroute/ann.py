@@ -43,6 +43,7 @@ from numpy.typing import NDArray
 
 from ._cpu import process_cpus
 from ._fork import GRAPH, LEAF, hold_across_fork
+from .exceptions import MissingDependencyError, install_hint
 
 __all__ = [
     "AnnGraph",
@@ -112,8 +113,12 @@ HARD_CONTRAST = 6.0
 LOST_ROUND = 2
 
 
-class AnnUnavailableError(ImportError):
-    """The approximate back end was asked for but ``usearch`` is not installed."""
+class AnnUnavailableError(MissingDependencyError):
+    """The approximate back end was asked for but ``usearch`` is not installed.
+
+    A :class:`~synaptoroute.exceptions.MissingDependencyError`, so a
+    :class:`~synaptoroute.exceptions.SynaptorouteError` and an ``ImportError``.
+    """
 
 
 def load_usearch() -> ModuleType:
@@ -133,10 +138,7 @@ def load_usearch() -> ModuleType:
     try:
         return importlib.import_module("usearch.index")
     except ImportError as exc:
-        msg = (
-            "the approximate index needs usearch: pip install '.[ann]' in a checkout "
-            "(or pass index='exact')"
-        )
+        msg = f"the approximate index needs usearch: {install_hint('ann')} (or pass index='exact')"
         raise AnnUnavailableError(msg) from exc
 
 

@@ -240,9 +240,9 @@ class BatchWorker(Generic[Q, T]):
     def _check_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         if (self.running or self.stopping) and self._loop is not loop:
             msg = (
-                "this router's batching worker runs on another event loop; "
-                "use one router per loop, or await stop() on the first loop before "
-                "using it from a new one"
+                "this batching worker runs on another event loop; await stop() on "
+                "that loop before using it from a new one (a router gives each event "
+                "loop a worker of its own)"
             )
             raise EventLoopMismatchError(msg)
 

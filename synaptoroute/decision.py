@@ -506,13 +506,24 @@ class DecisionPolicy:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], default: DecisionPolicy) -> DecisionPolicy:
-        """The policy described by :meth:`to_state`; missing keys come from ``default``."""
+        """The policy described by :meth:`to_state`; missing keys come from ``default``.
+
+        The stored values are checked as any policy's are (no conversion first).
+
+        Raises:
+            InvalidInputError: a threshold or margin is a bool, not a number, or NaN,
+                or ``thresholds`` is not a mapping.
+        """
         calibrator = state.get("calibrator")
         head = state.get("head")
+        thresholds = state.get("thresholds", {})
+        if not isinstance(thresholds, Mapping):
+            msg = f"thresholds must map route names to numbers, got {thresholds!r}"
+            raise InvalidInputError(msg)
         return cls(
-            threshold=float(state.get("threshold", default.threshold)),
-            min_margin=float(state.get("min_margin", default.min_margin)),
-            thresholds={k: float(v) for k, v in state.get("thresholds", {}).items()},
+            threshold=state.get("threshold", default.threshold),
+            min_margin=state.get("min_margin", default.min_margin),
+            thresholds=dict(thresholds),
             calibrator=Calibrator.from_state(calibrator) if calibrator else None,
             head=LinearHead.from_state(head) if head else None,
             info=dict(state.get("info", {})),

@@ -328,9 +328,15 @@ class Encoder:
             ``"cuda:<n>"`` (needs ``onnxruntime-gpu``, extra ``gpu``), ``"tensorrt"``,
             ``"rocm"``, ``"coreml"``, ``"directml"`` or ``"openvino"``. A device
             whose provider this onnxruntime lacks gives a warning and runs on the CPU.
-        providers: ONNX Runtime execution providers, passed as they are (names or
-            ``(name, options)`` pairs); overrides ``device``. Missing ones are dropped
-            with a warning; the CPU provider is always kept last.
+        providers: ONNX Runtime execution providers, passed as they are and in their
+            order (names or ``(name, options)`` pairs), with the CPU provider appended
+            only when the list lacks it; overrides ``device``. Missing ones are dropped
+            with a warning.
+
+    A device or provider this onnxruntime lacks is known when the encoder is made: the
+    warning comes then (not again at load), and without ``batch_size`` the batch
+    sizes (``batch_size``, :attr:`preferred_batch_size`) are those of the provider the
+    session will run on, the CPU's after a fallback.
 
     Example:
         >>> enc = Encoder()
@@ -355,7 +361,19 @@ class Encoder:
         if threads is not None:
             threads = check_count(threads, "threads", 1)
         self._requested = _requested_providers(device, providers)
+        # Whether the session will run on an accelerator, as far as the providers this
+        # onnxruntime has tell before loading (a fallback to the CPU must not keep the
+        # accelerator's batch sizes; the router reads preferred_batch_size before load).
         on_accelerator = self._requested[0][0] != _CPU
+        self._missing_warned = False
+        if on_accelerator:
+            import onnxruntime as ort
+
+            kept = _available(self._requested, ort.get_available_providers(), stacklevel=3)
+            self._missing_warned = len(kept) < len(self._requested)
+            first = kept[0] if isinstance(kept[0], str) else kept[0][0]
+            on_accelerator = first != _CPU
+        self._on_accelerator = on_accelerator
         if batch_size is None:
             batch_size = _ACCELERATOR_BATCH if on_accelerator else _CPU_BATCH
         batch_size = check_count(batch_size, "batch_size", 1)
@@ -426,8 +444,11 @@ class Encoder:
         """Most requests the router's batching worker should hand this encoder at once.
 
         Larger on an accelerator, where a bigger batch costs little more than a small one.
+        Before loading it follows the provider the session will run on (the CPU when
+        the device asked for is not available); after, the one it runs on.
         """
-        return _ACCELERATOR_WORKER_BATCH if self.device != "cpu" else _CPU_WORKER_BATCH
+        on_accelerator = self.device != "cpu" if self._providers else self._on_accelerator
+        return _ACCELERATOR_WORKER_BATCH if on_accelerator else _CPU_WORKER_BATCH
 
     @property
     def loaded(self) -> bool:
@@ -522,7 +543,9 @@ class Encoder:
             session = ort.InferenceSession(
                 str(model_file),
                 sess_options=self._session_options(),
-                providers=_available(self._requested, ort.get_available_providers()),
+                providers=_available(
+                    self._requested, ort.get_available_providers(), warn=not self._missing_warned
+                ),
             )
         except Exception as exc:
             msg = f"onnxruntime could not load {model_file}: {exc}"
@@ -541,7 +564,9 @@ class Encoder:
         kwargs: dict[str, Any] = {
             "model_name": name,
             "threads": self.threads,
-            "providers": _available(self._requested, ort.get_available_providers()),
+            "providers": _available(
+                self._requested, ort.get_available_providers(), warn=not self._missing_warned
+            ),
         }
         if self._model_path is not None:
             kwargs["specific_model_path"] = str(self._model_path)
@@ -749,7 +774,8 @@ _Provider = tuple[str, dict[str, Any]]
 def _requested_providers(
     device: str | None, providers: Sequence[str | _Provider] | None
 ) -> list[_Provider]:
-    """The providers asked for, as ``(name, options)``, CPU last; validated, not yet checked."""
+    """The providers asked for, as ``(name, options)``, in their order, the CPU provider
+    appended when they lack it; validated, not yet checked against onnxruntime's."""
     if providers is not None:
         if isinstance(providers, str) or not providers:
             msg = "providers must be a non-empty list of provider names or (name, options) pairs"
@@ -775,16 +801,19 @@ def _requested_providers(
     return out
 
 
-def _available(requested: list[_Provider], available: Sequence[str]) -> list[str | _Provider]:
-    """``requested`` less what this onnxruntime lacks (with a warning); CPU always remains."""
+def _available(
+    requested: list[_Provider], available: Sequence[str], *, warn: bool = True, stacklevel: int = 4
+) -> list[str | _Provider]:
+    """``requested`` less what this onnxruntime lacks (with a warning unless ``warn`` is
+    false); CPU always remains."""
     missing = [name for name, _ in requested if name not in available]
-    if missing:
+    if missing and warn:
         warnings.warn(
             f"execution provider(s) {missing} are not available in this onnxruntime "
             f"(available: {list(available)}); running on the CPU instead. For NVIDIA GPUs "
             "install onnxruntime-gpu in place of onnxruntime (extra 'gpu').",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
     kept: list[str | _Provider] = [
         (name, options) if options else name for name, options in requested if name in available

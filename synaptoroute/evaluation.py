@@ -350,9 +350,21 @@ class EvaluationReport:
         return self.figures.in_scope_accuracy
 
     @property
+    def oos_precision(self) -> float | None:
+        """Share of the rows given no route that are out of scope (``None`` when no
+        row was given no route)."""
+        return self.figures.oos_precision
+
+    @property
     def oos_recall(self) -> float | None:
         """Share of out-of-scope rows given no route."""
         return self.figures.oos_recall
+
+    @property
+    def oos_f1(self) -> float | None:
+        """F1 of giving no route to the out-of-scope rows (0 when out-of-scope rows
+        exist but none was given no route; ``None`` without out-of-scope rows)."""
+        return self.figures.oos_f1
 
     @property
     def macro_f1(self) -> float | None:

@@ -10,6 +10,7 @@ working::
     ├── RouteExistsError (ValueError)         add_route on an existing name without replace=True
     ├── NoRouteMatchedError (ValueError)      an integration was asked to route and nothing matched
     ├── MissingDependencyError (ImportError)  an optional extra is not installed
+    │   └── AnnUnavailableError               index="ann" without usearch (synaptoroute.ann)
     ├── EncoderError (RuntimeError)           the model failed to load or to encode
     │   └── ModelNotAvailableError (OSError)  a model cannot be found or downloaded
     ├── StorageError (RuntimeError)           the store cannot be read or written
@@ -18,7 +19,7 @@ working::
     ├── RouterOverloadedError (RuntimeError)  the batching queue is full; retry later
     ├── RouterClosedError (RuntimeError)      the router was stopped while the call waited
     ├── RouterTimeoutError (TimeoutError)     a per-call timeout expired
-    └── EventLoopMismatchError (RuntimeError) one router used from two event loops
+    └── EventLoopMismatchError (RuntimeError) a bare BatchWorker used from a second event loop
 """
 
 from __future__ import annotations
@@ -125,4 +126,5 @@ class RouterTimeoutError(SynaptorouteError, TimeoutError):
 
 
 class EventLoopMismatchError(SynaptorouteError, RuntimeError):
-    """A router's worker runs on one event loop and was called from another."""
+    """A bare :class:`~synaptoroute.batching.BatchWorker` runs on one event loop and was
+    called from another. A router never raises it: it gives each loop its own worker."""

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from .exceptions import InvalidInputError
+
 __all__ = ["NEGATIVES_ROUTE", "MatchReason", "Route", "RouteMatch"]
 
 #: Why a :class:`RouteMatch` came out as it did.
@@ -78,17 +80,19 @@ def clean_utterances(values: list[str]) -> list[str]:
     """Strip each utterance and drop duplicates (first occurrence kept).
 
     Raises:
-        ValueError: an utterance is not a string or is blank.
+        InvalidInputError: an utterance is not a string or is blank (a ``ValueError``,
+            so a :class:`Route` field validator turns it into pydantic's
+            ``ValidationError``).
     """
     seen: dict[str, None] = {}
     for i, value in enumerate(values):
         if not isinstance(value, str):
             msg = f"utterance {i} must be a string, got {type(value).__name__}"
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         stripped = value.strip()
         if not stripped:
             msg = f"utterance {i} is empty after stripping whitespace"
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         seen.setdefault(stripped, None)
     return list(seen)
 

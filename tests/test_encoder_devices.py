@@ -16,6 +16,8 @@ CUDA = "CUDAExecutionProvider"
 
 
 def test_devices_map_to_providers_with_the_cpu_last() -> None:
+    # An explicit list is kept in its order: the CPU provider is appended only when absent.
+    assert _requested_providers(None, [CPU, CUDA]) == [(CPU, {}), (CUDA, {})]
     assert _requested_providers(None, None) == [(CPU, {})]
     assert _requested_providers("cpu", None) == [(CPU, {})]
     assert _requested_providers("cuda", None) == [(CUDA, {}), (CPU, {})]
@@ -74,12 +76,17 @@ def test_cpu_is_the_default_device_with_cpu_batch_sizes(encoder: Encoder) -> Non
 def test_cuda_on_a_machine_without_it_falls_back_to_the_cpu_and_still_routes(
     encoder: Encoder,
 ) -> None:
-    gpu = Encoder(device="cuda")
-    # Before loading, the batch sizes follow the device asked for.
-    assert (gpu.device, gpu.batch_size, gpu.preferred_batch_size) == ("cuda", 256, 2048)
+    # The missing provider is known when the encoder is made: the warning comes then,
+    # and the batch sizes are the CPU's, the router's worker's included.
     with pytest.warns(RuntimeWarning, match="running on the CPU instead"):
+        gpu = Encoder(device="cuda")
+    assert (gpu.batch_size, gpu.preferred_batch_size) == (32, 512)
+    assert AdaptiveRouter(gpu).worker.max_batch_size == 512
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, not again at load
         gpu.load()
     assert gpu.providers == [CPU]
+    assert gpu.preferred_batch_size == 512
     assert gpu.device == "cpu"
     texts = ["I need a refund", "the app crashes on start"]
     assert np.allclose(gpu.encode(texts), encoder.encode(texts), atol=1e-5)
@@ -88,6 +95,24 @@ def test_cuda_on_a_machine_without_it_falls_back_to_the_cpu_and_still_routes(
     assert router.query("How do I get my money back?").name == "billing"
 
 
+def test_an_available_accelerator_gets_its_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gpu = Encoder(device="cuda")
+    assert (gpu.device, gpu.batch_size, gpu.preferred_batch_size) == ("cuda", 256, 2048)
+    assert AdaptiveRouter(gpu).worker.max_batch_size == 2048
+    # TensorRT missing, CUDA there: the session runs on CUDA, so the sizes are CUDA's.
+    with pytest.warns(RuntimeWarning, match="TensorrtExecutionProvider"):
+        trt = Encoder(device="tensorrt")
+    assert (trt.batch_size, trt.preferred_batch_size) == (256, 2048)
+    # A list that names the CPU first runs on the CPU: passed as it is, in its order.
+    cpu_first = Encoder(providers=[CPU, CUDA])
+    assert (cpu_first.batch_size, cpu_first.preferred_batch_size) == (32, 512)
+
+
 def test_an_explicit_batch_size_wins_over_the_device_default() -> None:
-    assert Encoder(device="cuda", batch_size=8).batch_size == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no CUDA on this machine
+        assert Encoder(device="cuda", batch_size=8).batch_size == 8
     assert AdaptiveRouter(Encoder(), max_batch_size=7).worker.max_batch_size == 7

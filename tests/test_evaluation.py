@@ -162,6 +162,27 @@ def test_oos_f1_is_zero_when_no_row_was_rejected() -> None:
     assert alone.figures.oos_f1 is None
 
 
+def test_the_report_reads_every_headline_figure_as_an_attribute(
+    hand_case: EvaluationReport,
+) -> None:
+    # docs/accuracy.md lists these as EvaluationReport's own attributes.
+    f = hand_case.figures
+    for name in (
+        "accuracy",
+        "in_scope_accuracy",
+        "oos_precision",
+        "oos_recall",
+        "oos_f1",
+        "macro_f1",
+    ):
+        assert getattr(hand_case, name) == getattr(f, name), name
+    assert (hand_case.oos_precision, hand_case.oos_f1) == pytest.approx((2 / 3, 2 / 3))
+    matches = [match("billing", "billing", 0.8), match("billing", "billing", 0.6)]
+    none_rejected = evaluate_matches(["a", "b"], ["billing", None], matches, ROUTES)
+    assert none_rejected.oos_precision is None
+    assert none_rejected.oos_f1 == 0.0
+
+
 def marker(report: EvaluationReport) -> list[tuple[float, float]]:
     """The (out-of-scope recall, in-scope accuracy) points the plot marks as the cut."""
     pytest.importorskip("matplotlib")

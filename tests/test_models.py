@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from synaptoroute import Route, RouteMatch
+from synaptoroute import AdaptiveRouter, HashingEncoder, InvalidInputError, Route, RouteMatch
 
 
 def test_route_strips_and_dedupes_utterances() -> None:
@@ -33,6 +35,27 @@ def test_invalid_route_names_the_field(kwargs: dict[str, object], field: str) ->
     assert field in str(info.value)
     # pydantic's ValidationError is a ValueError: 0.1.0 except clauses still work
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda r: r.add_utterances("a", [" "]), "utterance 0 is empty"),
+        (lambda r: r.add_utterances("a", ["ok", 1]), "utterance 1 must be a string, got int"),
+        (lambda r: r.add_negatives([""]), "utterance 0 is empty"),
+        (lambda r: r.add_routes([], negatives=[" "]), "utterance 0 is empty"),
+    ],
+    ids=["blank-utterance", "non-str-utterance", "blank-negative", "blank-add-routes-negative"],
+)
+def test_bad_utterances_of_router_calls_raise_invalid_input(
+    call: Callable[[AdaptiveRouter], object], message: str
+) -> None:
+    router = AdaptiveRouter(HashingEncoder())
+    router.add_route(Route(name="a", utterances=["x"]))
+    with pytest.raises(InvalidInputError, match=message):
+        call(router)
+    assert router.get_route("a").utterances == ["x"]  # nothing was changed
+    assert router.negatives == []
 
 
 def test_route_threshold_takes_numpy_scalars_as_floats() -> None:

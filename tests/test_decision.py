@@ -1,0 +1,57 @@
+"""DecisionPolicy: what a stored state may hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from synaptoroute import AdaptiveRouter, HashingEncoder, InvalidInputError, Route, SQLiteStorage
+from synaptoroute.decision import DecisionPolicy
+
+DEFAULT = DecisionPolicy(0.5, min_margin=0.1)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"threshold": True},
+        {"threshold": "0.3"},
+        {"threshold": None},
+        {"threshold": float("nan")},
+        {"min_margin": False},
+        {"min_margin": "0.1"},
+        {"thresholds": {"a": True}},
+        {"thresholds": {"a": "0.3"}},
+        {"thresholds": {"a": None}},
+        {"thresholds": [["a", 0.3]]},
+    ],
+)
+def test_a_stored_policy_is_checked_as_any_policy_is(state: dict[str, Any]) -> None:
+    # docs/concepts.md: the policy refuses a bool, a non-number or NaN wherever one is
+    # made, a stored state included; nothing is converted first.
+    with pytest.raises(InvalidInputError, match="must"):
+        DecisionPolicy.from_state(state, DEFAULT)
+
+
+def test_a_stored_policy_round_trips_and_missing_keys_come_from_the_default() -> None:
+    policy = DecisionPolicy(0.4, min_margin=0.05, thresholds={"a": 0.6})
+    assert DecisionPolicy.from_state(policy.to_state(), DEFAULT) == policy
+    partial = DecisionPolicy.from_state({"threshold": 1}, DEFAULT)
+    assert (partial.threshold, partial.min_margin, partial.thresholds) == (1.0, 0.1, {})
+    assert type(partial.threshold) is float
+
+
+def test_a_store_with_a_bad_stored_policy_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "routes.db"
+    router = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path))
+    router.add_route(Route(name="a", utterances=["x"]))
+    router.close()
+    storage = SQLiteStorage(path)
+    storage.set_state("policy", {"threshold": True, "min_margin": 0.0, "thresholds": {}})
+    try:
+        with pytest.raises(InvalidInputError, match="threshold must be a number, got True"):
+            AdaptiveRouter(HashingEncoder(), storage)
+    finally:
+        storage.close()
