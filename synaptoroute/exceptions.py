@@ -15,6 +15,7 @@ working::
     │   └── ModelNotAvailableError (OSError)  a model cannot be found or downloaded
     ├── StorageError (RuntimeError)           the store cannot be read or written
     │   ├── NotADatabaseError                 the file is not a synaptoroute store, or corrupt
+    │   ├── PolicyNotStoredError              a route change stored, its policy not
     │   └── ModelMismatchError (ValueError)   stored vectors come from another model/dimension
     ├── RouterOverloadedError (RuntimeError)  the batching queue is full; retry later
     ├── RouterClosedError (RuntimeError)      the router was stopped while the call waited
@@ -33,6 +34,7 @@ __all__ = [
     "ModelNotAvailableError",
     "NoRouteMatchedError",
     "NotADatabaseError",
+    "PolicyNotStoredError",
     "RouteExistsError",
     "RouteNotFoundError",
     "RouterClosedError",
@@ -103,6 +105,13 @@ class ModelNotAvailableError(EncoderError, OSError):
 
 class StorageError(SynaptorouteError, RuntimeError):
     """The store cannot be opened, read or written; the store is left as it was."""
+
+
+class PolicyNotStoredError(StorageError):
+    """A route change was stored and is served, but storing the decision policy
+    reconciled with it failed: the router and the store keep the previous policy until
+    the next change of the routes or of the policy. The route change is done: retrying
+    it would find it made (a 409 or 404 over HTTP)."""
 
 
 class NotADatabaseError(StorageError):

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import warnings
@@ -58,6 +59,7 @@ from .exceptions import (
     EncoderError,
     InvalidInputError,
     ModelMismatchError,
+    PolicyNotStoredError,
     RouteExistsError,
     RouteNotFoundError,
     StorageError,
@@ -264,7 +266,9 @@ class AdaptiveRouter:
         self._lock = threading.RLock()
         hold_across_fork(self, ROUTER)  # a route change holds it while it encodes
         self._routes: dict[str, Route] = {}
-        self._policy = DecisionPolicy(threshold=threshold, min_margin=min_margin)
+        # The policy of a store that holds none: what a reload finding none goes back to.
+        self._default_policy = DecisionPolicy(threshold=threshold, min_margin=min_margin)
+        self._policy = self._default_policy
         self._index = RouteIndex(
             self.encoder.dimension,
             aggregation=aggregation,
@@ -701,10 +705,21 @@ class AdaptiveRouter:
         try:
             if policy is not self._policy:
                 self.storage.set_state(_POLICY_KEY, policy.to_state())
-        except BaseException:
+        except BaseException as exc:
             # The routes are stored: serve them, with the policy the store still holds.
             with self._index.changing():
                 install()
+            if isinstance(exc, StorageError):
+                # The store's message says "nothing was changed" of the policy's own
+                # write; the route change before it was committed and is served now.
+                detail = re.sub(r"[;:] nothing was (changed|written)$", "", str(exc))
+                msg = (
+                    "the route change was stored and is served, but storing the decision "
+                    "policy reconciled with it failed, so the router and the store keep "
+                    "the previous policy (the next change of the routes or of the policy "
+                    f"stores a reconciled one): {detail}"
+                )
+                raise PolicyNotStoredError(msg) from exc
             raise
         with self._index.changing():
             install()
@@ -716,10 +731,15 @@ class AdaptiveRouter:
         """Fit the decision policy on labelled texts (label ``None``: no route fits).
 
         Options and the method are described in :func:`synaptoroute.fitting.fit_policy`;
-        the fitted policy is installed and saved in the storage.
+        the fitted policy is installed and saved in the storage. With
+        ``router.hybrid = False`` the default ``hybrid="auto"`` fits a dense-only head,
+        as queries then leave the lexical signals out.
         """
         from .fitting.fit import FitInputs, fit_policy
 
+        if not self.hybrid and options.get("hybrid", "auto") == "auto":
+            # Queries leave the lexical signals out: a head must not be chosen for them.
+            options["hybrid"] = False
         with self._lock:
             snapshot = self._index.snapshot()
             inputs = FitInputs(
@@ -1140,7 +1160,7 @@ class AdaptiveRouter:
             self.storage.watch(self._apply_changes, lock=self._lock)
 
     def _policy_from_state(self, state: dict[str, Any]) -> DecisionPolicy:
-        policy = DecisionPolicy.from_state(state, self._policy)
+        policy = DecisionPolicy.from_state(state, self._default_policy)
         # Older versions stored NaN in info, which set_policy (every later change of
         # the policy, a route change's included) refuses: JSON has none.
         policy = _replace(policy, info=_finite_json(policy.info))
@@ -1185,7 +1205,11 @@ class AdaptiveRouter:
             return
         policy = self._policy
         state = change.state.get(_POLICY_KEY)
-        if state is not None:
+        if state is None and (change.kind == "reload" or _POLICY_KEY in change.state):
+            # The store holds no policy (deleted, or a restored backup from before
+            # one was set): the constructor's, as a router opened on it now has.
+            policy = self._default_policy
+        elif state is not None:
             # Read before the index changes: a policy that cannot be read (or a
             # warning made an error) must not leave the index and the routes apart.
             try:

@@ -379,6 +379,33 @@ def test_switching_hybrid_off_routes_dense_only(encoder: Encoder) -> None:
     assert hybrid == 1.0 and dense < hybrid
 
 
+def test_a_router_with_hybrid_off_fits_a_dense_head(
+    encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # hybrid="auto" could choose the n-gram features and the lexical score on held-out
+    # folds though this router's queries leave both out (the head decided without them).
+    import synaptoroute.fitting.fit as fitting
+
+    asked: list[object] = []
+    real = fitting.fit_policy
+
+    def spy(*args: Any, **options: Any) -> Any:
+        asked.append(options.get("hybrid", "auto"))
+        return real(*args, **options)
+
+    monkeypatch.setattr(fitting, "fit_policy", spy)
+    routes, texts, labels = code_routes()
+    router = AdaptiveRouter(encoder)
+    router.add_routes(routes)
+    router.fit(texts, labels, head=True)
+    router.hybrid = False
+    report = router.fit(texts, labels, head=True)
+    assert report.head is not None and report.head["features"] == "dense"
+    router.fit(texts, labels, head=True, hybrid="auto")
+    router.fit(texts, labels, head=True, hybrid=True)  # asked for: kept
+    assert asked == ["auto", False, False, True]
+
+
 def test_lexical_scores_match_a_direct_tfidf_computation(encoder: Encoder) -> None:
     routes = [
         Route(name="a", utterances=["reset my password", "password reset please"]),

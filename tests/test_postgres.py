@@ -549,6 +549,188 @@ def test_failed_writes_change_nothing(pg_dsn: str, schema: str) -> None:
         store.close()
 
 
+def test_text_postgresql_cannot_store_is_bad_input_and_changes_nothing(
+    pg_dsn: str, schema: str
+) -> None:
+    # NUL characters (text and jsonb refuse them) and an utterance or name too long for
+    # the unique B-tree indexes were a StorageError, which the service answers with
+    # 503 "retry": a retry can never succeed.
+    enc = HashingEncoder()
+    model, dim = ModelInfo(enc.model_id, enc.dimension), enc.dimension
+    store = open_store(pg_dsn, schema)
+    try:
+        store.put_route(ROUTES[0], unit(2, dim, 1), model)
+        before, seq = store.load(), store.current_seq()
+        nul = "x\x00y"
+        base = Route(name="r", utterances=["ok"])
+        bad_routes = [
+            base.model_copy(update={"utterances": ["ok", nul]}),
+            base.model_copy(update={"name": nul}),
+            base.model_copy(update={"description": nul}),
+            base.model_copy(update={"metadata": {"k": [nul]}}),
+            base.model_copy(update={"metadata": {nul: 1}}),
+        ]
+        for route in bad_routes:
+            vectors = unit(len(route.utterances), dim, 2)
+            with pytest.raises(InvalidInputError, match="NUL character"):
+                store.put_route(route, vectors, model)
+            with pytest.raises(InvalidInputError, match="NUL character"):
+                store.replace_all([StoredRoute(route, vectors)], model)
+        with pytest.raises(InvalidInputError, match="NUL character"):
+            store.update_route(ROUTES[0].model_copy(update={"description": nul}))
+        with pytest.raises(InvalidInputError, match="NUL character"):
+            store.add_utterances("billing", [nul], unit(1, dim, 3), model)
+        with pytest.raises(InvalidInputError, match="NUL character"):
+            store.delete_utterances("billing", [nul])
+        with pytest.raises(InvalidInputError, match="NUL character"):
+            store.delete_route(nul)
+        with pytest.raises(InvalidInputError, match="NUL character"):
+            store.set_state("policy", {"info": {"note": nul}})
+        with pytest.raises(InvalidInputError, match="NUL character"):
+            store.set_state(nul, {})
+        assert store.get_state(nul) is None
+        # Random text does not compress: past the index's entry size at any length here.
+        rng = random.Random(0)
+        long = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(3000))
+        huge = long * 3
+        for route in (
+            Route(name="r", utterances=[long]),
+            Route(name="r", utterances=[huge]),
+            Route(name=long, utterances=["x"]),
+            Route(name=huge, utterances=["x"]),
+        ):
+            with pytest.raises(InvalidInputError, match="too long for the store's index") as info:
+                store.put_route(route, unit(1, dim, 4), model)
+            assert "nothing was changed" in str(info.value)
+        with pytest.raises(InvalidInputError, match="too long for the store's index"):
+            store.add_utterances("billing", [long], unit(1, dim, 5), model)
+        assert store.current_seq() == seq  # rolled back: no change-log row
+        after = store.load()
+        assert [s.route for s in after] == [s.route for s in before]
+        store.add_utterances("billing", ["still writable"], unit(1, dim, 6), model)
+        assert store.current_seq() == seq + 1
+    finally:
+        store.close()
+    # Through the router: refused, nothing served.
+    router = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    try:
+        names = router.route_names
+        with pytest.raises(InvalidInputError, match="NUL character"):
+            router.add_route(Route(name="a", utterances=["x\x00y"]))
+        with pytest.raises(InvalidInputError, match="too long for the store's index"):
+            router.add_route(Route(name="a", utterances=[long]))
+        assert router.route_names == names
+    finally:
+        router.close()
+
+
+def test_a_current_store_opens_while_another_replica_holds_the_writers_lock(
+    pg_dsn: str, schema: str
+) -> None:
+    # Opening took the writers' advisory lock even when the schema was current: a
+    # replica could not start while another held it for a long write (a reencode).
+    import psycopg
+
+    open_store(pg_dsn, schema).close()
+    with psycopg.connect(pg_dsn) as conn:  # a transaction holding the lock
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"synaptoroute:{schema}",))
+        store = open_store(pg_dsn, schema, lock_timeout=1)
+        try:
+            assert store.schema_version == 1 and store.load() == []
+        finally:
+            store.close()
+    new = f"{schema}_new"
+    with psycopg.connect(pg_dsn) as conn:
+        # Creating a store still takes turns with the lock's holder.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"synaptoroute:{new}",))
+        with pytest.raises(StorageError, match="lock timeout"):
+            open_store(pg_dsn, new, lock_timeout=1)
+    open_store(pg_dsn, new).close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{new}" CASCADE')
+
+
+def test_a_policy_write_failing_after_the_route_change_says_the_change_was_stored(
+    pg_dsn: str, schema: str
+) -> None:
+    # delete_route stores the route change, then the policy without the route: two
+    # transactions. The second failing raised "nothing was changed".
+    import psycopg
+
+    from synaptoroute import DecisionPolicy
+
+    router = AdaptiveRouter(HashingEncoder(), open_store(pg_dsn, schema))
+    try:
+        router.add_routes(ROUTES)
+        router.set_policy(DecisionPolicy(threshold=0.5, thresholds={"billing": 0.8}))
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                f'CREATE FUNCTION "{schema}".boom() RETURNS trigger LANGUAGE plpgsql '
+                "AS $$BEGIN RAISE EXCEPTION 'simulated failure'; END$$"
+            )
+            conn.execute(
+                f'CREATE TRIGGER boom BEFORE INSERT OR UPDATE ON "{schema}".state '
+                f'FOR EACH ROW EXECUTE FUNCTION "{schema}".boom()'
+            )
+        with pytest.raises(StorageError, match="route change was stored and is served") as info:
+            router.delete_route("billing")
+        assert "simulated failure" in str(info.value)
+        assert "nothing was changed" not in str(info.value)
+        assert "billing" not in router.route_names
+        assert "billing" not in db_state(pg_dsn, schema)["routes"]
+    finally:
+        router.close()
+
+
+@pytest.mark.skipif(not CLUSTER_DIR, reason="needs the cluster of scripts/postgres.sh to pause")
+def test_close_does_not_wait_for_good_on_a_stalled_server(pg_dsn: str, schema: str) -> None:
+    # A server process that stops answering (paused, a hung disk) while its host still
+    # acknowledges the packets blocked a write for good, and close() behind it.
+    import signal
+    import threading
+
+    store = open_store(pg_dsn, schema, lock_timeout=1)
+    router = AdaptiveRouter(HashingEncoder(), store)
+    router.add_route(ROUTES[0])
+    pid = store._conn.info.backend_pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except PermissionError:
+        router.close()
+        pytest.skip("cannot pause the server's processes")
+    outcome: list[BaseException | None] = []
+
+    def write() -> None:
+        try:
+            router.add_route(ROUTES[1])
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    closer = threading.Thread(target=router.close, daemon=True)
+    try:
+        writer.start()
+
+        def blocked() -> bool:  # the write holds the connection, waiting for the server
+            if store._conn_lock.acquire(blocking=False):
+                store._conn_lock.release()
+                return False
+            return True
+
+        wait_until(blocked, "the write to reach the server")
+        closer.start()
+        closer.join(WAIT)
+        assert not closer.is_alive(), "close() waited for the stalled server"
+        writer.join(WAIT)
+        assert not writer.is_alive()
+        assert isinstance(outcome[0], StorageError)
+        assert "closed" in str(outcome[0])
+        assert router.route_names == ["billing"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def test_a_foreign_or_newer_schema_is_left_untouched(pg_dsn: str, schema: str) -> None:
     import psycopg
 
@@ -952,6 +1134,41 @@ def test_running_replicas_reload_a_store_restored_from_a_backup(
         for router in (a, b, c):
             if router is not None:
                 router.close()
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}_bk" CASCADE')
+
+
+def test_a_replica_reloading_a_restored_store_without_a_policy_takes_its_default(
+    pg_dsn: str, schema: str
+) -> None:
+    # The backup was taken before a policy was set: a running replica's reload kept the
+    # policy it had (threshold 0.95) while a router opened on the store got the default.
+    import psycopg
+
+    from synaptoroute import DecisionPolicy
+
+    enc = HashingEncoder()
+    a = AdaptiveRouter(enc, open_store(pg_dsn, schema, poll_interval=0.2))
+    b = AdaptiveRouter(enc, open_store(pg_dsn, schema, poll_interval=0.2), threshold=0.4)
+    default = a.policy
+    try:
+        a.add_route(ROUTES[0])
+        back_up(pg_dsn, schema)
+        a.set_policy(DecisionPolicy(threshold=0.95, min_margin=0.1))
+        a.add_route(ROUTES[1])
+        assert b.storage.wait_for_seq(a.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        assert b.threshold == 0.95
+        restore(pg_dsn, schema)
+        wait_until(lambda: b.route_names == ["billing"], "B to reload the restored store")
+        assert b.policy == DecisionPolicy(threshold=0.4)  # its constructor's, as on opening
+        wait_until(lambda: a.route_names == ["billing"], "A to reload the restored store")
+        assert a.policy == default
+        fresh = AdaptiveRouter(enc, open_store(pg_dsn, schema), threshold=0.4)
+        assert fresh.policy == b.policy
+        fresh.close()
+    finally:
+        a.close()
+        b.close()
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}_bk" CASCADE')
 

@@ -34,6 +34,7 @@ PUBLIC = [
     "ModelNotAvailableError",
     "NoRouteMatchedError",
     "NotADatabaseError",
+    "PolicyNotStoredError",
     "PostgresStorage",
     "Route",
     "RouteExistsError",

@@ -22,6 +22,7 @@ from synaptoroute import (
     HashingEncoder,
     InvalidInputError,
     MemoryStorage,
+    PolicyNotStoredError,
     Route,
     RouteExistsError,
     RouteNotFoundError,
@@ -869,3 +870,46 @@ def test_a_policy_write_that_fails_leaves_the_store_and_the_router_agreeing(
     router.add_route(BILLING)
     assert router.query("I need a refund").name == "billing"
     assert AdaptiveRouter(encoder, store).policy == router.policy
+
+
+def test_a_policy_write_that_fails_after_the_route_change_says_the_change_was_stored() -> None:
+    # A route change and the policy change it causes are two writes: when the second
+    # failed, the error said "nothing was changed" although the route change was stored
+    # and served (and the service answered so).
+    store = _PolicyWriteFails()
+    router = AdaptiveRouter(HashingEncoder(), store)
+    router.add_routes([BILLING, SUPPORT])
+    router.set_policy(DecisionPolicy(threshold=0.5, thresholds={"billing": 0.3, "support": 0.3}))
+    store.failing = True
+    with pytest.raises(PolicyNotStoredError, match="route change was stored and is served") as info:
+        router.delete_route("billing")
+    assert isinstance(info.value, StorageError)
+    assert "nothing was" not in str(info.value)
+    assert "the policy could not be written" in str(info.value)  # the store's reason
+    assert isinstance(info.value.__cause__, StorageError)
+    assert router.route_names == [s.route.name for s in store.load()] == ["support"]
+
+
+def test_a_reload_finding_no_stored_policy_goes_back_to_the_constructors() -> None:
+    # A replica's reload (a store restored from a backup taken before any policy was
+    # set) kept the policy it had, while a router opened on the store got the default.
+    enc = HashingEncoder()
+    router = AdaptiveRouter(enc, threshold=0.3, min_margin=0.1)
+    router.add_route(BILLING)
+    router.set_policy(DecisionPolicy(threshold=0.95, thresholds={"billing": 0.9}))
+    routes = (StoredRoute(SUPPORT, enc.encode(SUPPORT.utterances)),)
+    router._apply_changes([Change(seq=1, kind="reload", routes=routes, state={})])
+    assert router.route_names == ["support"]
+    assert router.policy == DecisionPolicy(threshold=0.3, min_margin=0.1)
+    # So does a change that deletes the stored policy, and a resync that finds none.
+    for change in (
+        Change(seq=2, kind="set_state", name="policy", state={"policy": None}),
+        Change(seq=3, kind="resync", names=(), state={"policy": None}),
+    ):
+        router.set_policy(DecisionPolicy(threshold=0.95))
+        router._apply_changes([change])
+        assert router.policy == DecisionPolicy(threshold=0.3, min_margin=0.1)
+    # A change of another state key leaves the policy alone.
+    router.set_policy(DecisionPolicy(threshold=0.95))
+    router._apply_changes([Change(seq=4, kind="set_state", name="other", state={"other": None})])
+    assert router.threshold == 0.95

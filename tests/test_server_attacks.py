@@ -28,7 +28,7 @@ from encoder_doubles import FailingEncoder, GatedEncoder
 from pydantic import SecretStr
 from threaded_server import ThreadedServer
 
-from synaptoroute import AdaptiveRouter, Encoder, Route, SQLiteStorage
+from synaptoroute import AdaptiveRouter, DecisionPolicy, Encoder, Route, SQLiteStorage
 from synaptoroute.server import ServerSettings, create_app
 from synaptoroute.server.protocol import ConnectionLimits, guarded_protocol
 
@@ -635,6 +635,33 @@ async def test_store_failure_mid_change_is_503_and_leaves_nothing(
         (x["name"], x["utterances"]) for x in before
     ]
     reopened.close()
+
+
+async def test_a_policy_write_failing_after_a_route_change_is_500_saying_it_was_stored(
+    router: AdaptiveRouter,
+) -> None:
+    # The route change and the policy it needs are two writes: when the second failed
+    # the service answered 503 "nothing was changed" and invited a retry, though the
+    # route was deleted (a retry got 404).
+    import sqlite3
+
+    router.set_policy(DecisionPolicy(threshold=0.5, thresholds={"billing": 0.3}))
+    db = sqlite3.connect(router.storage.path)  # type: ignore[attr-defined]
+    for event in ("INSERT", "UPDATE"):
+        db.execute(
+            f"CREATE TRIGGER fail_policy_{event.lower()} BEFORE {event} ON state "
+            "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+        )
+    db.commit()
+    db.close()
+    app = create_app(ServerSettings(), router=router)
+    async with app.router.lifespan_context(app), await _asgi(app) as c:
+        r = await c.delete("/routes/billing")
+        assert r.status_code == 500
+        assert "route change was stored and is served" in r.json()["detail"]
+        assert "nothing was changed" not in r.json()["detail"]
+        assert "retry-after" not in r.headers
+        assert (await c.get("/routes/billing")).status_code == 404
 
 
 def test_metrics_report_the_new_rejections(router: AdaptiveRouter) -> None:

@@ -23,6 +23,7 @@ from starlette.routing import Match
 from ..exceptions import (
     InvalidInputError,
     ModelMismatchError,
+    PolicyNotStoredError,
     RouteExistsError,
     RouteNotFoundError,
     RouterClosedError,
@@ -133,6 +134,13 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
         rejections.inc(("store_unavailable",))
         return _json_error(503, "the store could not be updated; nothing was changed", retry)
 
+    async def policy_not_stored(request: Request, exc: Exception) -> JSONResponse:
+        # The route change is stored and served: no "nothing was changed", no retry
+        # (it would find the change made: 409 or 404).
+        log.error("store error after a route change was stored", exc_info=exc)
+        rejections.inc(("store_unavailable",))
+        return _json_error(500, str(exc))
+
     async def admission(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AdmissionError)
         rejections.inc(("too_costly" if exc.status == 413 else "busy",))
@@ -149,6 +157,7 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
     app.add_exception_handler(RouterClosedError, closed)
     app.add_exception_handler(ModelMismatchError, conflict)
     app.add_exception_handler(StorageError, storage)
+    app.add_exception_handler(PolicyNotStoredError, policy_not_stored)
     app.add_exception_handler(AdmissionError, admission)
     # Any other exception: InternalErrorMiddleware (one traceback, connection kept).
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
     from .postgres import PostgresStorage
 
-__all__ = ["Watch", "disown", "first_line"]
+__all__ = ["Watch", "disown", "first_line", "shut_down"]
 
 _log = logging.getLogger("synaptoroute.postgres")
 
@@ -57,6 +58,28 @@ def disown(conn: psycopg.Connection[Any]) -> None:
         return
     with contextlib.suppress(Exception):
         conn.close()
+
+
+def shut_down(conn: psycopg.Connection[Any]) -> None:
+    """End a connection's socket under a call blocked on it in another thread.
+
+    For a server that stalls (its process paused, its disk hung) while its host still
+    acknowledges the packets: no keepalive or TCP timeout notices that, and the call
+    waits for an answer for good. Shutting the socket down wakes it with an error, and
+    that thread then closes the connection itself: closing it here, under a call that
+    uses it, would free what the call still reads.
+    """
+    try:
+        fd = conn.fileno()
+        sock = socket.socket(fileno=os.dup(fd))
+    except Exception:  # closed or broken already: nothing blocks on it
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()  # the duplicate only; the connection keeps its descriptor
 
 
 #: Inherited connections a forked child could not disown (see :func:`disown`).
@@ -115,6 +138,10 @@ class Watch:
         self._stop.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+            conn = self._conn
+            if self._thread.is_alive() and conn is not None:
+                # Blocked on a stalled server: wake it, so that it ends and closes its session.
+                shut_down(conn)
 
     def disown(self) -> None:
         """In a forked child: let go of the parent's listening session without ending

@@ -56,7 +56,7 @@ from .base import (
     check_route,
 )
 from .changes import Change, ChangeKind
-from .follower import Watch, disown, first_line
+from .follower import Watch, disown, first_line, shut_down
 
 if TYPE_CHECKING:
     import psycopg
@@ -95,6 +95,48 @@ def _check_duration(value: object, field: str) -> float:
         msg = f"{field} must be at most {MAX_SECONDS} seconds (PostgreSQL's limit), got {value!r}"
         raise InvalidInputError(msg)
     return seconds
+
+
+# PostgreSQL's text and jsonb cannot hold the NUL character: refused by name before
+# writing, as bad input, not reported as a failure of the store.
+_NUL = "\x00"
+# SQLSTATE program_limit_exceeded: a value past a fixed limit of the server, on a write
+# almost always an utterance or a name too long for a unique B-tree index's entry.
+_PROGRAM_LIMIT_EXCEEDED = "54000"
+
+
+def _refuse_nul(text: str, what: str) -> None:
+    if _NUL in text:
+        msg = (
+            f"{what} contains a NUL character (\\x00), which PostgreSQL cannot store; "
+            "nothing was changed"
+        )
+        raise InvalidInputError(msg)
+
+
+def _refuse_nul_in_json(value: object, what: str) -> None:
+    """Refuse a NUL character in any key or string of a JSON document (jsonb has none)."""
+    stack = [value]
+    while stack:  # iterative: nesting is bounded by the callers, but need not be
+        item = stack.pop()
+        if isinstance(item, str):
+            _refuse_nul(item, what)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str):
+                    _refuse_nul(key, f"a key of {what}")
+                stack.append(child)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
+def _refuse_nul_in_route(route: Route) -> None:
+    _refuse_nul(route.name, "route name")
+    if route.description is not None:
+        _refuse_nul(route.description, f"the description of route {route.name!r}")
+    for text in route.utterances:
+        _refuse_nul(text, f"an utterance of route {route.name!r}")
+    _refuse_nul_in_json(route.metadata, f"the metadata of route {route.name!r}")
 
 
 def _psycopg() -> Any:
@@ -329,6 +371,20 @@ class PostgresStorage:
                 try:
                     return work(conn)
                 except pg.Error as exc:
+                    if (
+                        write
+                        and not self._committing
+                        and getattr(exc, "sqlstate", None) == _PROGRAM_LIMIT_EXCEEDED
+                    ):
+                        # Bad input, not a store that may take a retry: the transaction
+                        # was rolled back and the session is fine.
+                        msg = (
+                            f"PostgreSQL store {self._target}: cannot {doing}: a value over "
+                            "PostgreSQL's size limit, most likely an utterance or name too "
+                            f"long for the store's index ({first_line(exc)}); nothing was "
+                            "changed"
+                        )
+                        raise InvalidInputError(msg) from exc
                     broken = conn.broken or conn.closed
                     if broken:
                         conn.close()
@@ -359,34 +415,27 @@ class PostgresStorage:
         if conn is None or conn.closed:
             # A new session replaces a closed one: the closed one's pid is no longer ours.
             self._own_pid = None
+            if self._closed:  # close() shut a stalled session down under this call
+                msg = f"PostgreSQL store {self._target} was closed"
+                raise StorageError(msg)
             conn = self._conn = self._connect()
         self._used = time.monotonic()
         return conn
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         s = self._s
+        # A current store (every open but the first) is only read: without the writers'
+        # lock, so a replica opens while another holds it for a long write (a reencode).
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if self._stored_schema_version(conn.cursor()) == SCHEMA_VERSION:
+                return
         with conn.transaction():
             cur = conn.cursor()
-            # Replicas starting together on an empty database take turns.
+            # Replicas starting together on an empty database take turns; the one that
+            # waited finds the schema made (or migrated) by the other.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._lock_name,))
-            kinds = self._objects(cur)
-            version = 0
-            if kinds:
-                meta = self._meta(cur)
-                if meta is None or meta.get("app") != _APP_ID:
-                    msg = (
-                        f"schema {self.schema!r} in {self._target} holds {', '.join(kinds)} "
-                        "that are not a synaptoroute store; it was left untouched "
-                        "(pass another schema=)"
-                    )
-                    raise NotADatabaseError(msg)
-                version = self._stored_version(meta.get("version"))
-                if version > SCHEMA_VERSION:
-                    msg = (
-                        f"schema {self.schema!r} in {self._target} has version {version}, newer "
-                        f"than this synaptoroute understands ({SCHEMA_VERSION}); upgrade synaptoroute"
-                    )
-                    raise StorageError(msg)
+            version = self._stored_schema_version(cur)
             if version == SCHEMA_VERSION:
                 return
             cur.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
@@ -397,6 +446,33 @@ class PostgresStorage:
                 "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                 (_APP_ID, str(SCHEMA_VERSION)),
             )
+
+    def _stored_schema_version(self, cur: psycopg.Cursor[Any]) -> int:
+        """The schema version of the store (0: no store yet, an empty schema).
+
+        Raises:
+            NotADatabaseError: the schema holds objects of another application.
+            StorageError: the version is damaged, or newer than this code understands.
+        """
+        kinds = self._objects(cur)
+        if not kinds:
+            return 0
+        meta = self._meta(cur)
+        if meta is None or meta.get("app") != _APP_ID:
+            msg = (
+                f"schema {self.schema!r} in {self._target} holds {', '.join(kinds)} "
+                "that are not a synaptoroute store; it was left untouched "
+                "(pass another schema=)"
+            )
+            raise NotADatabaseError(msg)
+        version = self._stored_version(meta.get("version"))
+        if version > SCHEMA_VERSION:
+            msg = (
+                f"schema {self.schema!r} in {self._target} has version {version}, newer "
+                f"than this synaptoroute understands ({SCHEMA_VERSION}); upgrade synaptoroute"
+            )
+            raise StorageError(msg)
+        return version
 
     def _objects(self, cur: psycopg.Cursor[Any]) -> list[str]:
         """The kinds of objects the schema holds (empty for a missing or empty schema).
@@ -569,6 +645,8 @@ class PostgresStorage:
 
     def get_state(self, key: str) -> dict[str, Any] | None:
         """A JSON document stored under ``key``."""
+        if _NUL in key:  # text cannot hold one: no such key is stored
+            return None
         sql = f"SELECT value FROM {self._s}.state WHERE key=%s"
         row = self._run("read state", lambda conn: conn.execute(sql, (key,)).fetchone())
         return dict(row[0]) if row else None
@@ -787,6 +865,7 @@ class PostgresStorage:
         for item in routes:
             _check_vectors(item.route.utterances, item.vectors, model)
             check_route(item.route)
+            _refuse_nul_in_route(item.route)
         if not routes:
             return
 
@@ -812,6 +891,9 @@ class PostgresStorage:
     ) -> None:
         """Append utterances to a route in one transaction (an existing text gets the new vector)."""
         _check_vectors(texts, vectors, model)
+        _refuse_nul(name, "route name")
+        for text in texts:
+            _refuse_nul(text, f"an utterance of route {name!r}")
         matrix = np.ascontiguousarray(vectors, dtype=np.float32)
 
         def body(cur: psycopg.Cursor[Any]) -> None:
@@ -828,6 +910,7 @@ class PostgresStorage:
 
     def delete_route(self, name: str) -> None:
         """Remove a route and its utterances."""
+        _refuse_nul(name, "route name")
 
         def body(cur: psycopg.Cursor[Any]) -> None:
             cur.execute(f"DELETE FROM {self._s}.routes WHERE id=%s", (self._route_id(cur, name),))
@@ -836,6 +919,9 @@ class PostgresStorage:
 
     def delete_utterances(self, name: str, texts: Sequence[str]) -> None:
         """Remove some utterances of a route."""
+        _refuse_nul(name, "route name")
+        for text in texts:
+            _refuse_nul(text, f"an utterance of route {name!r}")
 
         def body(cur: psycopg.Cursor[Any]) -> None:
             cur.execute(
@@ -848,6 +934,7 @@ class PostgresStorage:
     def update_route(self, route: Route) -> None:
         """Store a route's description, threshold and metadata."""
         check_route(route)
+        _refuse_nul_in_route(route)
         pg = _psycopg()
 
         def body(cur: psycopg.Cursor[Any]) -> None:
@@ -865,6 +952,7 @@ class PostgresStorage:
         for item in routes:
             _check_vectors(item.route.utterances, item.vectors, model)
             check_route(item.route)
+            _refuse_nul_in_route(item.route)
 
         def body(cur: psycopg.Cursor[Any]) -> None:
             cur.execute(f"DELETE FROM {self._s}.routes")
@@ -878,6 +966,8 @@ class PostgresStorage:
 
     def set_state(self, key: str, value: dict[str, Any] | None) -> None:
         """Store (or with ``None`` delete) a JSON document."""
+        _refuse_nul(key, "a state key")
+        _refuse_nul_in_json(value, f"state {key!r}")
         pg = _psycopg()
 
         def body(cur: psycopg.Cursor[Any]) -> None:
@@ -1011,15 +1101,33 @@ class PostgresStorage:
 
     # -- lifetime --------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the follower and close the connection."""
+        """Stop the follower and close the connection.
+
+        Waits for a call running on the connection for at most ``lock_timeout`` plus
+        ``connect_timeout`` seconds; one still running then (a stalled server) has
+        its socket shut down and fails with :class:`StorageError`.
+        """
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.stop()
-        with self._conn_lock:
+        if not self._conn_lock.acquire(timeout=self.lock_timeout + self.connect_timeout):
+            self._closed = True  # the blocked call, woken, reconnects no more
+            conn = self._conn
+            if conn is not None:
+                _log.warning(
+                    "PostgreSQL %s: closing the store while a call still waits for the "
+                    "server; its connection was shut down",
+                    self._target,
+                )
+                shut_down(conn)  # the call then closes the connection itself
+            return
+        try:
             self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        finally:
+            self._conn_lock.release()
 
     def __repr__(self) -> str:
         return f"PostgresStorage({self._target!r}, schema={self.schema!r})"
