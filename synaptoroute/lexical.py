@@ -100,7 +100,9 @@ def text_features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         Sorted unique feature ids and their weights ``1 + log(count)`` (read-only
         arrays: recent results are shared).
     """
-    return _features(text[: 2 * MAX_CHARS])
+    # An NFC character is at most 4 in any other form (Greek with three marks; a
+    # Hangul syllable is 3): this cut keeps MAX_CHARS of the NFC text whatever the form.
+    return _features(text[: 4 * MAX_CHARS])
 
 
 def legacy_text_features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:

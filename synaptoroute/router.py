@@ -802,6 +802,11 @@ class AdaptiveRouter:
         route = self._routes.get(NEGATIVES_ROUTE)
         return [] if route is None else list(route.utterances)
 
+    @property
+    def has_negatives(self) -> bool:
+        """Whether the router holds negative examples (without copying them)."""
+        return NEGATIVES_ROUTE in self._routes
+
     def add_negatives(self, texts: Sequence[str]) -> list[str]:
         """Add negative examples: a query nearer to one of them than to every route
         gets no route (reason ``negative_example``), and :meth:`fit` trains the head
@@ -1160,7 +1165,18 @@ class AdaptiveRouter:
             self.storage.watch(self._apply_changes, lock=self._lock)
 
     def _policy_from_state(self, state: dict[str, Any]) -> DecisionPolicy:
-        policy = DecisionPolicy.from_state(state, self._default_policy)
+        try:
+            policy = DecisionPolicy.from_state(state, self._default_policy)
+        except InvalidInputError as exc:
+            # 0.2's set_policy took a bool or a numeric string and its reader converted
+            # them: such a store must still open, deciding as it did then.
+            policy = DecisionPolicy.from_state(_legacy_numbers(state), self._default_policy)
+            warnings.warn(
+                f"the stored decision policy holds values that are not numbers ({exc}), "
+                "written by an older version: read as numbers, as that version did; the "
+                "next change of the policy stores numbers",
+                stacklevel=3,
+            )
         # Older versions stored NaN in info, which set_policy (every later change of
         # the policy, a route change's included) refuses: JSON has none.
         policy = _replace(policy, info=_finite_json(policy.info))
@@ -1223,6 +1239,22 @@ class AdaptiveRouter:
         with self._index.changing():  # a query compiling meanwhile sees both changed
             self._routes = apply_change(change, self._routes, self._index)
             self._policy = policy
+
+
+def _legacy_numbers(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its thresholds and margin converted by ``float()``, as 0.2 read
+    them (a bool or a numeric string); what ``float()`` refuses raises here."""
+    out = dict(state)
+    try:
+        for key in ("threshold", "min_margin"):
+            if key in out:
+                out[key] = float(out[key])
+        if isinstance(out.get("thresholds"), dict):
+            out["thresholds"] = {k: float(v) for k, v in out["thresholds"].items()}
+    except (TypeError, ValueError) as exc:
+        msg = f"the stored decision policy cannot be read: {exc}"
+        raise InvalidInputError(msg) from exc
+    return out
 
 
 def _finite_json(value: Any) -> Any:

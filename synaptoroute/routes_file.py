@@ -108,12 +108,38 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: Values (YAML nodes) the aliases of one routes file may stand for, all together: a
+#: few lines of nested aliases (a "billion laughs") expand to billions, which every
+#: later walk of the document (the metadata's checks) would visit.
+MAX_ALIAS_NODES = 100_000
+
+
+def _node_size(node: Any, sizes: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for once its aliases are expanded (memoised by
+    node: an anchored node is shared, so each is sized once)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    value = node.value
+    if isinstance(value, list):
+        size = 1
+        for item in value:
+            if isinstance(item, tuple):  # a mapping's (key, value) pair
+                size += _node_size(item[0], sizes) + _node_size(item[1], sizes)
+            else:
+                size += _node_size(item, sizes)
+    else:
+        size = 1
+    sizes[id(node)] = size
+    return size
+
+
 @functools.cache
 def _yaml_loader() -> Any:
     """PyYAML's safe loader, stricter where a routes file would otherwise lose data or
-    memory: a key repeated in a mapping is refused (PyYAML keeps the last value), an
-    alias (``*name``) is refused (a few lines of nested aliases expand to billions of
-    nodes; a routes file has no need of them), and a value that cannot be built (an
+    memory: a key repeated in a mapping is refused (PyYAML keeps the last value),
+    aliases (``*name``, merge keys) that expand to more than :data:`MAX_ALIAS_NODES`
+    values are refused (a few lines of nested aliases expand to billions), and a value that cannot be built (an
     impossible date, an integer too long to convert) is a YAML error with its line."""
     yaml = _yaml()
     from yaml.composer import ComposerError
@@ -124,15 +150,23 @@ def _yaml_loader() -> Any:
     merge = "tag:yaml.org,2002:merge"
 
     class RoutesLoader(yaml.SafeLoader):  # type: ignore[misc,name-defined]
+        def __init__(self, stream: Any) -> None:
+            super().__init__(stream)
+            self._expanded = 0  # nodes the aliases so far stand for
+            self._sizes: dict[int, int] = {}
+
         def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(AliasEvent):
-                event = self.peek_event()
-                problem = (
-                    f"found alias *{event.anchor}; aliases are not allowed in a routes "
-                    "file (write the value out)"
-                )
-                raise ComposerError(None, None, problem, event.start_mark)
-            return super().compose_node(parent, index)
+            event = self.peek_event() if self.check_event(AliasEvent) else None
+            node = super().compose_node(parent, index)
+            if event is not None:
+                self._expanded += _node_size(node, self._sizes)
+                if self._expanded > MAX_ALIAS_NODES:
+                    problem = (
+                        f"found alias *{event.anchor}: the aliases expand to more than "
+                        f"{MAX_ALIAS_NODES:,} values (write the values out)"
+                    )
+                    raise ComposerError(None, None, problem, event.start_mark)
+            return node
 
         def construct_object(self, node: Any, deep: bool = False) -> Any:
             try:

@@ -43,15 +43,25 @@ def test_a_stored_policy_round_trips_and_missing_keys_come_from_the_default() ->
     assert type(partial.threshold) is float
 
 
-def test_a_store_with_a_bad_stored_policy_is_refused(tmp_path: Path) -> None:
+def test_a_store_with_an_older_versions_policy_values_still_opens(tmp_path: Path) -> None:
+    # 0.2's set_policy stored a bool or a numeric string and its reader converted them:
+    # the strict reader refused such a store whole. Read as 0.2 did, with a warning.
     path = tmp_path / "routes.db"
     router = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path))
     router.add_route(Route(name="a", utterances=["x"]))
     router.close()
     storage = SQLiteStorage(path)
-    storage.set_state("policy", {"threshold": True, "min_margin": 0.0, "thresholds": {}})
+    storage.set_state(
+        "policy", {"threshold": "0.4", "min_margin": True, "thresholds": {"a": "0.3"}}
+    )
     try:
-        with pytest.raises(InvalidInputError, match="threshold must be a number, got True"):
+        with pytest.warns(UserWarning, match="not numbers .* read as numbers"):
+            reopened = AdaptiveRouter(HashingEncoder(), storage)
+        assert reopened.policy.threshold == 0.4 and reopened.policy.min_margin == 1.0
+        assert reopened.policy.thresholds == {"a": 0.3}
+        # What float() cannot read is refused, naming the value.
+        storage.set_state("policy", {"threshold": "high"})
+        with pytest.raises(InvalidInputError, match="cannot be read"):
             AdaptiveRouter(HashingEncoder(), storage)
     finally:
         storage.close()

@@ -273,6 +273,12 @@ def test_canonically_equal_texts_have_the_same_lexical_features() -> None:
     assert lexical_module._WORD.findall(crème) == [crème]  # one word, not "cre", "me"
     assert not np.intersect1d(text_features("दिन")[0], text_features("दान")[0]).size
     assert np.array_equal(text_features("STRASSE")[0], text_features("straße")[0])
+    # Past the read prefix too: a decomposed Hangul text is three times as long.
+    long = "한국어 " * 2_000
+    nfc, nfd = (unicodedata.normalize(form, long) for form in ("NFC", "NFD"))
+    assert len(nfd) > 2 * len(nfc) > 2 * lexical_module.MAX_CHARS
+    for got, want in zip(text_features(nfd), text_features(nfc), strict=True):
+        assert np.array_equal(got, want)
     # The lexical scores too, route by route.
     router = AdaptiveRouter(HashingEncoder())
     router.add_routes([Route(name="food", utterances=["un café crème", "crème brûlée"]),
@@ -747,10 +753,10 @@ def test_negative_examples_reject_what_they_cover_and_survive_reopen(
     assert all(m.candidate != NEGATIVES_ROUTE for m in router.query_top_k(query, 3))
     router.close()
     again = open_at(store, encoder, opened)
-    assert again.negatives == negatives
+    assert again.negatives == negatives and again.has_negatives
     assert again.query(query).reason == "negative_example"
     assert again.delete_negatives(negatives) == 1
-    assert again.negatives == []
+    assert again.negatives == [] and not again.has_negatives
     assert again.query(query).reason != "negative_example"
 
 

@@ -261,6 +261,23 @@ def test_a_pipelined_requests_headers_are_bounded_too(router: AdaptiveRouter) ->
         sock.sendall(first + big)  # more than twice the limit, never terminated
         answer = closed_by_server(sock)  # the server closes it, nothing more is sent
         assert b"HTTP/1.1 431" in answer, answer[:200]
+        # Behind many small requests too: each once widened the limit by a whole one.
+        sock = srv.connect()
+        small = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        sock.sendall(small * 300 + b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 40_000)
+        answer = closed_by_server(sock)
+        assert b"HTTP/1.1 431" in answer, answer[-200:]
+        # An honest chunked body of tiny chunks (more framing than the limit) with the
+        # next request in the same read is no head over the limit.
+        body = b'{"query": "refund"' + b" " * 12_000 + b"}"
+        chunked = b"".join(b"1\r\n" + body[i : i + 1] + b"\r\n" for i in range(len(body)))
+        sock = srv.connect()
+        sock.sendall(
+            b"POST /route HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        assert closed_by_server(sock).count(b"HTTP/1.1 200") == 2
         ok = srv.connect()  # honest pipelined requests are still served
         ok.sendall(first + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Ok: " + b"a" * 8_000)
         ok.sendall(b"\r\nConnection: close\r\n\r\n")

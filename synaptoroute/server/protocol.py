@@ -12,7 +12,8 @@ unterminated header is buffered whole) and no per-client connection limit;
 - ``body_timeout``: from the end of the headers to the end of the body.
 - ``max_header_bytes``: request line and headers; more gets 431 and a close (a head
   that arrives in one read with the end of the request before it, pipelined, is
-  counted with that request's bytes, against one more limit for each). After
+  counted as what that read holds besides the ended requests' heads, bodies and
+  framing, with a few bytes of room per ended request). After
   the headers, what is not body (chunk-size lines, trailers) may add up to
   ``max_header_bytes`` + ``max_body_bytes``; more gets 431 and a close (the body
   itself is limited by the app's body limit).
@@ -86,6 +87,12 @@ _HEADERS_TOO_LARGE = _error_response(
 _FRAMING_TOO_LARGE = _error_response(
     b"431 Request Header Fields Too Large", "chunk framing or trailers too large"
 )
+# Bytes of a parsed head that its size (URL and header fields) leaves out: the method,
+# the version, the line ends, spacing around values. Per request ended in a read.
+_HEAD_SLACK = 64
+# The framing of one chunk of a chunked body: its size line (with an extension, rare)
+# and the line end after its data.
+_FRAME_BYTES = 24
 
 
 async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
@@ -112,7 +119,8 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._messages_ended = 0  # requests that ended in the current chunk
         self._next_begun = False  # a request began since the last one ended
         self._header_bytes = 0
-        self._header_limit = self.limits.max_header_bytes  # what _header_bytes may reach
+        self._chunk_heads = 0  # bytes of the heads that ended in the current chunk
+        self._chunk_frames = 0  # chunked-body chunks that began in the current chunk
         self._chunk_body_bytes = 0  # body bytes of the current chunk, whatever the request
         self._body_bytes = 0  # this request's body bytes, as the parser hands them on
         self._framing_bytes = 0  # its other bytes after the headers (chunk lines, trailers)
@@ -213,25 +221,30 @@ class _GuardedProtocol(HttpToolsProtocol):
         counting = self._in_headers
         self._headers_ended = False
         self._messages_ended = 0
-        self._chunk_body_bytes = 0
+        self._chunk_body_bytes = self._chunk_heads = self._chunk_frames = 0
         body_before = self._body_bytes
         super().data_received(data)
         if self._refused or self.transport.is_closing():
             return
         if self._messages_ended and self._in_headers and self._next_begun:
             # A request ended in this chunk and the next one's headers began in it
-            # (pipelining): they were not counted. Count every byte of the chunk that
-            # is not body: the next head's, and the ended requests' heads and framing,
-            # so the limit of this head grows by one head per ended request.
-            self._header_bytes += len(data) - self._chunk_body_bytes
-            self._header_limit = self.limits.max_header_bytes * (1 + self._messages_ended)
-            if self._header_bytes > self._header_limit:
+            # (pipelining): they were not counted. They are what the chunk holds
+            # besides bodies, the ended requests' heads (as parsed, with a little
+            # room for the request line and spacing) and their chunk framing.
+            known = (
+                self._chunk_body_bytes
+                + self._chunk_heads
+                + _FRAME_BYTES * self._chunk_frames
+                + _HEAD_SLACK * self._messages_ended
+            )
+            self._header_bytes += max(0, len(data) - known)
+            if self._header_bytes > self.limits.max_header_bytes:
                 self._refuse(_HEADERS_TOO_LARGE)
         elif counting and self._in_headers and not self._headers_ended:
             # Still inside the headers after this chunk: count it (the parser holds
             # unfinished header values in memory until the line ends).
             self._header_bytes += len(data)
-            if self._header_bytes > self._header_limit:
+            if self._header_bytes > self.limits.max_header_bytes:
                 self._refuse(_HEADERS_TOO_LARGE)
         elif not counting and not self._messages_ended:
             # Wholly after the headers and before the message's end: what is not body
@@ -246,7 +259,6 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_headers = True
         self._header_bytes = 0
-        self._header_limit = self.limits.max_header_bytes
         self._next_begun = True
         if self._deadline is None:
             self._arm(self.limits.header_timeout)
@@ -261,8 +273,13 @@ class _GuardedProtocol(HttpToolsProtocol):
         if size > self.limits.max_header_bytes:
             self._refuse(_HEADERS_TOO_LARGE)
             return
+        # What of this head the current chunk held (earlier chunks' share was counted).
+        self._chunk_heads += max(0, size - self._header_bytes)
         self._arm(self.limits.body_timeout)
         super().on_headers_complete()
+
+    def on_chunk_header(self) -> None:
+        self._chunk_frames += 1
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)

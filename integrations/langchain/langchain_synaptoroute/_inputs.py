@@ -208,7 +208,7 @@ def rank_one(
     try:
         text = read(value)
         ranked = router.query_top_k(text, k)
-        own = router.query(text) if router.negatives else None
+        own = router.query(text) if router.has_negatives else None
     except Exception as exc:
         return exc
     return _unless_negative(ranked, own)
@@ -225,7 +225,7 @@ async def arank_one(
     try:
         text = read(value)
         ranked = await router.aquery_top_k(text, k, timeout=timeout)
-        own = await router.aquery(text, timeout=timeout) if router.negatives else None
+        own = await router.aquery(text, timeout=timeout) if router.has_negatives else None
     except Exception as exc:
         return exc
     return _unless_negative(ranked, own)
@@ -249,7 +249,7 @@ def classify_one(
         ranked = router.query_top_k(text, _DECISION_K)
         # The router's query cache holds the text's vector: a second scoring, not a
         # second encoding (unless cache_size=0 or other traffic evicted it).
-        own = router.query(text) if router.negatives else None
+        own = router.query(text) if router.has_negatives else None
     except Exception as exc:
         return exc
     return _decision(router, ranked, own, threshold)
@@ -268,7 +268,7 @@ async def aclassify_one(
         if threshold is None:
             return await router.aquery(text, timeout=timeout)
         ranked = await router.aquery_top_k(text, _DECISION_K, timeout=timeout)
-        own = await router.aquery(text, timeout=timeout) if router.negatives else None
+        own = await router.aquery(text, timeout=timeout) if router.has_negatives else None
     except Exception as exc:
         return exc
     return _decision(router, ranked, own, threshold)
@@ -347,7 +347,7 @@ def rank_batch(
 
     def ask(texts: list[str]) -> list[list[RouteMatch]]:
         ranked = router.query_top_k_batch(texts, k)
-        own = router.query_batch(texts) if router.negatives else None
+        own = router.query_batch(texts) if router.has_negatives else None
         return _unless_negatives(ranked, own)
 
     return _ask_all(inputs, read, ask)
@@ -381,7 +381,7 @@ async def arank_batch(
         )
         own = (
             await _asubmit(router, texts, lambda run: router.aquery_batch(run, timeout=timeout))
-            if router.negatives
+            if router.has_negatives
             else None
         )
         return _unless_negatives(ranked, own)
@@ -408,7 +408,7 @@ def classify_batch(
         ranked = router.query_top_k_batch(texts, _DECISION_K)
         # The router's query cache holds the vectors: a second scoring, not a second
         # encoding (unless cache_size=0 or the batch outgrows the cache).
-        own = router.query_batch(texts) if router.negatives else None
+        own = router.query_batch(texts) if router.has_negatives else None
         return _decisions(router, ranked, own, cut)
 
     return _ask_all(inputs, read, ask)
@@ -434,7 +434,7 @@ async def aclassify_batch(
         ranked = await _asubmit(
             router, texts, lambda run: router.aquery_top_k_batch(run, _DECISION_K, timeout=timeout)
         )
-        own = await ask(texts) if router.negatives else None
+        own = await ask(texts) if router.has_negatives else None
         return _decisions(router, ranked, own, cut)
 
     return await _aask_all(inputs, read, ask_at_threshold)
