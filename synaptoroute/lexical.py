@@ -19,6 +19,11 @@ snapshot: that query waits for it, and the wait grows with the number of utteran
 (not with the change). Reopening a store or a replica rebuilds the same state from
 the same texts. Hashing keeps the feature space fixed (no vocabulary to grow); the
 hash is ``zlib.crc32``, so features do not depend on the process's string hash seed.
+
+Why one module over 400 lines: the tokeniser (and its versions), the fitted vocabulary
+and the per-route view must read a text the same way, or a head would score queries
+with features other than those it was fitted on; keeping them together keeps that one
+reading.
 """
 
 from __future__ import annotations
