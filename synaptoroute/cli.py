@@ -466,18 +466,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to a new temporary file beside ``path``, then rename it over
     ``path``: a reader never sees half a file, and the temporary file has a name of its
-    own (``mkstemp``), so no other file is overwritten and two exports do not collide."""
-    import tempfile
+    own (as the graph cache's, ``ann.py``), so no other file is overwritten and two
+    exports do not collide."""
+    import uuid
 
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        # mkstemp makes the file 0600; give it the mode a plain write would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o666 & ~umask)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # left only when the write or the rename failed

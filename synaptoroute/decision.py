@@ -505,14 +505,19 @@ class DecisionPolicy:
         return state
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], default: DecisionPolicy) -> DecisionPolicy:
+    def from_state(
+        cls, state: Mapping[str, Any], default: DecisionPolicy, *, lenient: bool = False
+    ) -> DecisionPolicy:
         """The policy described by :meth:`to_state`; missing keys come from ``default``.
 
-        The stored values are checked as any policy's are (no conversion first).
+        The stored values are checked as any policy's are (no conversion first), unless
+        ``lenient``: then thresholds and the margin are read with ``float()``, as 0.2 read
+        them (its ``set_policy`` stored a bool or a numeric string).
 
         Raises:
-            InvalidInputError: a threshold or margin is a bool, not a number, or NaN,
-                or ``thresholds`` is not a mapping.
+            InvalidInputError: a threshold or margin is a bool, not a number, or NaN
+                (with ``lenient``: one ``float()`` cannot read), or ``thresholds`` is not
+                a mapping.
         """
         calibrator = state.get("calibrator")
         head = state.get("head")
@@ -520,9 +525,18 @@ class DecisionPolicy:
         if not isinstance(thresholds, Mapping):
             msg = f"thresholds must map route names to numbers, got {thresholds!r}"
             raise InvalidInputError(msg)
+        threshold = state.get("threshold", default.threshold)
+        min_margin = state.get("min_margin", default.min_margin)
+        if lenient:
+            try:
+                threshold, min_margin = float(threshold), float(min_margin)
+                thresholds = {k: float(v) for k, v in thresholds.items()}
+            except (TypeError, ValueError) as exc:
+                msg = f"the stored decision policy cannot be read: {exc}"
+                raise InvalidInputError(msg) from exc
         return cls(
-            threshold=state.get("threshold", default.threshold),
-            min_margin=state.get("min_margin", default.min_margin),
+            threshold=threshold,
+            min_margin=min_margin,
             thresholds=dict(thresholds),
             calibrator=Calibrator.from_state(calibrator) if calibrator else None,
             head=LinearHead.from_state(head) if head else None,

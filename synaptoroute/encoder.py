@@ -361,18 +361,18 @@ class Encoder:
         if threads is not None:
             threads = check_count(threads, "threads", 1)
         self._requested = _requested_providers(device, providers)
-        # Whether the session will run on an accelerator, as far as the providers this
-        # onnxruntime has tell before loading (a fallback to the CPU must not keep the
-        # accelerator's batch sizes; the router reads preferred_batch_size before load).
-        on_accelerator = self._requested[0][0] != _CPU
-        self._missing_warned = False
-        if on_accelerator:
+        # The providers the session will get, known (and a missing one warned of, once)
+        # before loading: a fallback to the CPU must not keep the accelerator's batch
+        # sizes, and the router reads preferred_batch_size before the model loads.
+        if any(name != _CPU for name, _ in self._requested):
             import onnxruntime as ort
 
-            kept = _available(self._requested, ort.get_available_providers(), stacklevel=3)
-            self._missing_warned = len(kept) < len(self._requested)
-            first = kept[0] if isinstance(kept[0], str) else kept[0][0]
-            on_accelerator = first != _CPU
+            available: Sequence[str] = ort.get_available_providers()
+        else:
+            available = (_CPU,)  # no import: the CPU-only default loads lazily
+        self._session_providers = _available(self._requested, available, stacklevel=3)
+        first = self._session_providers[0]
+        on_accelerator = (first if isinstance(first, str) else first[0]) != _CPU
         self._on_accelerator = on_accelerator
         if batch_size is None:
             batch_size = _ACCELERATOR_BATCH if on_accelerator else _CPU_BATCH
@@ -543,9 +543,7 @@ class Encoder:
             session = ort.InferenceSession(
                 str(model_file),
                 sess_options=self._session_options(),
-                providers=_available(
-                    self._requested, ort.get_available_providers(), warn=not self._missing_warned
-                ),
+                providers=self._session_providers,
             )
         except Exception as exc:
             msg = f"onnxruntime could not load {model_file}: {exc}"
@@ -559,14 +557,11 @@ class Encoder:
             msg = f"model {self._model_name!r} runs on fastembed: {install_hint('fastembed')}"
             raise MissingDependencyError(msg) from exc
         name = str(self._model_name)
-        import onnxruntime as ort
 
         kwargs: dict[str, Any] = {
             "model_name": name,
             "threads": self.threads,
-            "providers": _available(
-                self._requested, ort.get_available_providers(), warn=not self._missing_warned
-            ),
+            "providers": self._session_providers,
         }
         if self._model_path is not None:
             kwargs["specific_model_path"] = str(self._model_path)
@@ -802,12 +797,12 @@ def _requested_providers(
 
 
 def _available(
-    requested: list[_Provider], available: Sequence[str], *, warn: bool = True, stacklevel: int = 4
+    requested: list[_Provider], available: Sequence[str], *, stacklevel: int = 4
 ) -> list[str | _Provider]:
-    """``requested`` less what this onnxruntime lacks (with a warning unless ``warn`` is
-    false); CPU always remains."""
+    """``requested`` less what this onnxruntime lacks (with a warning); CPU always
+    remains."""
     missing = [name for name, _ in requested if name not in available]
-    if missing and warn:
+    if missing:
         warnings.warn(
             f"execution provider(s) {missing} are not available in this onnxruntime "
             f"(available: {list(available)}); running on the CPU instead. For NVIDIA GPUs "

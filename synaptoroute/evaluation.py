@@ -125,7 +125,11 @@ def auroc(score: NDArray[np.floating], positive: NDArray[np.bool_]) -> float | N
 
 
 def oos_curve(
-    score: NDArray[np.floating], correct: NDArray[np.bool_], oos: NDArray[np.bool_]
+    score: NDArray[np.floating],
+    correct: NDArray[np.bool_],
+    oos: NDArray[np.bool_],
+    *,
+    route_nothing: bool = False,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """In-scope accuracy and out-of-scope recall at every cut of ``score``.
 
@@ -136,42 +140,23 @@ def oos_curve(
         score: each row's score (higher: more in scope).
         correct: the row's candidate is its label.
         oos: the row is out of scope.
+        route_nothing: end with the cut ``+inf``, which routes nothing (in-scope
+            accuracy 0, out-of-scope recall 1): where a cut above every score lies.
 
     Returns:
         Cuts (increasing), in-scope accuracy and out-of-scope recall at each.
     """
     values = np.asarray(score, dtype=np.float64)
     cuts = np.unique(values[values > -np.inf])
-    if not len(cuts):  # every row turned away: the one operating point routes none
-        cuts = np.array([np.inf])
-    return _curve_at(values, correct, oos, cuts)
-
-
-def _curve_at(
-    values: NDArray[np.float64],
-    correct: NDArray[np.bool_],
-    oos: NDArray[np.bool_],
-    cuts: NDArray[np.float64],
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    # The figures of oos_curve at the given (increasing) cuts.
+    # Every row turned away: the one operating point routes none.
+    if (route_nothing or not len(cuts)) and not (len(cuts) and cuts[-1] == np.inf):
+        cuts = np.append(cuts, np.inf)
     n_in, n_out = int((~oos).sum()), int(oos.sum())
     right = np.sort(values[correct & ~oos])
     outside = np.sort(values[oos])
     in_acc = (len(right) - np.searchsorted(right, cuts, "left")) / max(n_in, 1)
     recall = np.searchsorted(outside, cuts, "left") / max(n_out, 1)
     return cuts, in_acc.astype(np.float64), recall.astype(np.float64)
-
-
-def _route_nothing_curve(
-    score: NDArray[np.floating], correct: NDArray[np.bool_], oos: NDArray[np.bool_]
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """:func:`oos_curve` ending with the cut ``+inf``, which routes nothing (in-scope
-    accuracy 0, out-of-scope recall 1): where a cut above every score lies."""
-    values = np.asarray(score, dtype=np.float64)
-    cuts = np.unique(values[values > -np.inf])
-    if not len(cuts) or cuts[-1] != np.inf:
-        cuts = np.append(cuts, np.inf)
-    return _curve_at(values, correct, oos, cuts)
 
 
 def expected_calibration_error(
@@ -312,7 +297,9 @@ class EvaluationReport:
         """In-scope accuracy and out-of-scope recall at every cut of
         :attr:`ood_scores` (see :func:`oos_curve`), ending with the cut ``+inf``, which
         routes nothing (in-scope accuracy 0, out-of-scope recall 1)."""
-        return _route_nothing_curve(self.ood_scores, self.candidate_correct, self.outcomes == 2)
+        return oos_curve(
+            self.ood_scores, self.candidate_correct, self.outcomes == 2, route_nothing=True
+        )
 
     def _cut_curve(
         self,
@@ -330,8 +317,8 @@ class EvaluationReport:
         on, values = self.ood_on, self.ood_scores
         if self.cut_on == "score" and on == "confidence":
             on, values = "score", np.where(self._judged(), self.scores, -np.inf)
-        cuts, in_acc, recall = _route_nothing_curve(
-            values, self.candidate_correct, self.outcomes == 2
+        cuts, in_acc, recall = oos_curve(
+            values, self.candidate_correct, self.outcomes == 2, route_nothing=True
         )
         at = None
         if self.cut is not None and self.cut_on == on:

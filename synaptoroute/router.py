@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import threading
 import warnings
@@ -439,20 +438,13 @@ class AdaptiveRouter:
         """
         self.add_routes([route], replace=replace)
 
-    def _put_route(self, route: Route) -> bool:
-        # add_route(route, replace=True) that tells whether the name was new, decided
-        # under the lock (the service's PUT answers 201 or 200 by it, under
-        # concurrent writers of one name).
+    def _store_route(self, route: Route, *, replace: bool) -> bool:
+        # add_route(route, replace=...) that tells whether this call created the route,
+        # decided under the lock: the service's PUT answers 201 or 200 by it, and its
+        # POST 201 or 409 (add_route takes a route equal to the stored one as a no-op,
+        # so two identical POSTs at once both seemed to create it).
         created: list[str] = []
-        self._add_routes(self._checked_routes([route]), replace=True, created=created)
-        return created == [route.name]
-
-    def _create_route(self, route: Route) -> bool:
-        # add_route(route) that tells whether this call created the route, decided
-        # under the lock: add_route takes a route equal to the stored one as a no-op,
-        # so two identical POSTs of the service at once both seemed to create it.
-        created: list[str] = []
-        self._add_routes(self._checked_routes([route]), replace=False, created=created)
+        self._add_routes(self._checked_routes([route]), replace=replace, created=created)
         return created == [route.name]
 
     def add_routes(
@@ -702,28 +694,27 @@ class AdaptiveRouter:
         with ``policy``, stored first when it changed: both in one ``changing()`` block,
         so a query sees both or neither, after the store's writes (the store's locks
         come before the index's: synaptoroute._fork)."""
+        written = False
         try:
             if policy is not self._policy:
                 self.storage.set_state(_POLICY_KEY, policy.to_state())
-        except BaseException as exc:
-            # The routes are stored: serve them, with the policy the store still holds.
+            written = True
+        except StorageError as exc:
+            # The store's message speaks of the policy's own write (which changed
+            # nothing); the route change before it was committed and is served.
+            msg = (
+                "the route change was stored and is served, but storing the decision "
+                "policy reconciled with it failed, so the router and the store keep "
+                "the previous policy (the next change of the routes or of the policy "
+                f"stores a reconciled one). The policy write: {exc}"
+            )
+            raise PolicyNotStoredError(msg) from exc
+        finally:
+            # The routes are stored: serve them, with the policy only if it was stored.
             with self._index.changing():
                 install()
-            if isinstance(exc, StorageError):
-                # The store's message says "nothing was changed" of the policy's own
-                # write; the route change before it was committed and is served now.
-                detail = re.sub(r"[;:] nothing was (changed|written)$", "", str(exc))
-                msg = (
-                    "the route change was stored and is served, but storing the decision "
-                    "policy reconciled with it failed, so the router and the store keep "
-                    "the previous policy (the next change of the routes or of the policy "
-                    f"stores a reconciled one): {detail}"
-                )
-                raise PolicyNotStoredError(msg) from exc
-            raise
-        with self._index.changing():
-            install()
-            self._policy = policy
+                if written:
+                    self._policy = policy
         for note in notes:
             warnings.warn(note, stacklevel=4)
 
@@ -1170,7 +1161,7 @@ class AdaptiveRouter:
         except InvalidInputError as exc:
             # 0.2's set_policy took a bool or a numeric string and its reader converted
             # them: such a store must still open, deciding as it did then.
-            policy = DecisionPolicy.from_state(_legacy_numbers(state), self._default_policy)
+            policy = DecisionPolicy.from_state(state, self._default_policy, lenient=True)
             warnings.warn(
                 f"the stored decision policy holds values that are not numbers ({exc}), "
                 "written by an older version: read as numbers, as that version did; the "
@@ -1239,22 +1230,6 @@ class AdaptiveRouter:
         with self._index.changing():  # a query compiling meanwhile sees both changed
             self._routes = apply_change(change, self._routes, self._index)
             self._policy = policy
-
-
-def _legacy_numbers(state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` with its thresholds and margin converted by ``float()``, as 0.2 read
-    them (a bool or a numeric string); what ``float()`` refuses raises here."""
-    out = dict(state)
-    try:
-        for key in ("threshold", "min_margin"):
-            if key in out:
-                out[key] = float(out[key])
-        if isinstance(out.get("thresholds"), dict):
-            out["thresholds"] = {k: float(v) for k, v in out["thresholds"].items()}
-    except (TypeError, ValueError) as exc:
-        msg = f"the stored decision policy cannot be read: {exc}"
-        raise InvalidInputError(msg) from exc
-    return out
 
 
 def _finite_json(value: Any) -> Any:

@@ -93,17 +93,13 @@ def _yaml() -> Any:
     return yaml
 
 
-class _DuplicateKeyError(ValueError):
-    """A JSON object names a key twice (``json.loads`` would keep the last value)."""
-
-
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # json.loads' object_pairs_hook: a repeated key is refused, not silently dropped.
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            msg = f"not valid JSON: key {key!r} appears more than once in one object"
-            raise _DuplicateKeyError(msg)
+            msg = f"key {key!r} appears more than once in one object"
+            raise ValueError(msg)
         out[key] = value
     return out
 
@@ -227,9 +223,6 @@ def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -
             data = _yaml().load(text, Loader=_yaml_loader())  # a SafeLoader
     except RecursionError as exc:
         msg = f"{source}: not valid {fmt.upper()}: it nests too deeply"
-        raise InvalidInputError(msg) from exc
-    except _DuplicateKeyError as exc:
-        msg = f"{source}: {exc}"
         raise InvalidInputError(msg) from exc
     except ValueError as exc:
         if fmt != "json":  # the loader turns a value's error into a YAMLError with its line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +123,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _refuse_model(*_: object, **__: object) -> Any:
     msg = "this test reaches the real model: mark it @pytest.mark.model (integration tier)"
     raise RuntimeError(msg)
+
+
+@pytest.fixture
+def read_only_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A valid store that SQLite may read but not write, as in a folder the process
+    cannot write (tests run as root, whom permission bits do not stop): its
+    connections open it with ``mode=ro``, and it is in rollback-journal mode, so the
+    open's switch to WAL is a write that SQLite refuses with SQLITE_READONLY, as it
+    refuses to create the -wal and -shm files of a WAL store in such a folder."""
+    path = tmp_path / "ro.db"
+    SQLiteStorage(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode=DELETE")
+    db.close()
+
+    def connect(self: SQLiteStorage, existing: bool = False) -> sqlite3.Connection:
+        uri = Path(self.file).as_uri() + "?mode=ro"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+
+    monkeypatch.setattr(SQLiteStorage, "_connect", connect)
+    return path
 
 
 @pytest.fixture(autouse=True)

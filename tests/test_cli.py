@@ -15,7 +15,6 @@ import re
 import shlex
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -629,24 +628,12 @@ def test_an_empty_file_is_no_store_for_a_command_that_reads(
 
 
 def test_a_store_that_cannot_be_written_is_a_failure(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], read_only_store: Path
 ) -> None:
     # A valid store in a folder the process cannot write (SQLite cannot make its -wal
-    # and -shm files) exited 2, "not a readable SQLite database". Tests run as root,
-    # whom permission bits do not stop: SQLite is made to open the store read-only,
-    # in rollback-journal mode, so that the open's switch to WAL is the refused write.
-    path = tmp_path / "ro.db"
-    SQLiteStorage(path).close()
-    with sqlite3.connect(path) as db:
-        db.execute("PRAGMA journal_mode=DELETE")
-    db.close()
+    # and -shm files) exited 2, "not a readable SQLite database" (see the fixture).
+    path = read_only_store
     before = path.read_bytes()
-
-    def read_only(self: SQLiteStorage, existing: bool = False) -> sqlite3.Connection:
-        uri = Path(self.file).as_uri() + "?mode=ro"
-        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-
-    monkeypatch.setattr(SQLiteStorage, "_connect", read_only)
     code, _, err = run(capsys, "routes", "list", "--store", str(path))
     assert code == EXIT_FAILURE
     assert err.startswith("synaptoroute: error: ")

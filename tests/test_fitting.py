@@ -809,13 +809,15 @@ def test_labelled_texts_the_model_cannot_tell_from_utterances_are_left_out(
         shutil.copy(clinc_store, path)
         router = AdaptiveRouter(encoder, SQLiteStorage(path))
         report = router.fit(texts, labels, head=False)
-        reports.append((report.threshold, report.after))
+        reports.append((*report.threshold, report.after.accuracy))
         objectives.append({k: c["objective"] for k, c in report.candidates.items()})
         accuracy.append(router.evaluate(*split(clinc_val)).accuracy)
         router.close()
-    assert reports[1] == reports[0]
-    assert accuracy[1] == accuracy[0]
-    # Vectors a few 1e-7 apart may move a held-out cut by a row.
+    # Vectors a few 1e-7 apart (other batches, other padding) may move a cut by a bit
+    # or a held-out figure by a row; the leak was a threshold of 0.79 against 0.50
+    # and val accuracy of 0.44 against 0.86.
+    assert reports[1] == pytest.approx(reports[0], abs=0.01)
+    assert accuracy[1] == pytest.approx(accuracy[0], abs=0.01)
     assert objectives[1] == pytest.approx(objectives[0], abs=0.01)
 
 

@@ -982,6 +982,11 @@ async def test_a_routes_file_route_no_url_can_address_is_refused_at_start(
         async for _ in _service(router, ServerSettings(routes_file=str(routes_file))):
             pass
     assert ".." not in router
+    # Nor one ending in a sub-resource ('/utterances' reaches the route's utterances).
+    routes_file.write_text("routes:\n  - name: a/utterances\n    utterances: [jazz]\n")
+    with pytest.raises(InvalidInputError, match="may not end in /utterances"):
+        async for _ in _service(router, ServerSettings(routes_file=str(routes_file))):
+            pass
     router.close()
 
 

@@ -267,17 +267,20 @@ def test_a_pipelined_requests_headers_are_bounded_too(router: AdaptiveRouter) ->
         sock.sendall(small * 300 + b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 40_000)
         answer = closed_by_server(sock)
         assert b"HTTP/1.1 431" in answer, answer[-200:]
-        # An honest chunked body of tiny chunks (more framing than the limit) with the
-        # next request in the same read is no head over the limit.
-        body = b'{"query": "refund"' + b" " * 12_000 + b"}"
+        # An honest chunked body of tiny chunks (more framing than the limit) and, in
+        # the same read, the start of the next request's head: the framing is no head.
+        body = b'{"query": "refund"' + b" " * 4_000 + b"}"
         chunked = b"".join(b"1\r\n" + body[i : i + 1] + b"\r\n" for i in range(len(body)))
         sock = srv.connect()
         sock.sendall(
             b"POST /route HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n"
-            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         )
-        assert closed_by_server(sock).count(b"HTTP/1.1 200") == 2
+        answered = sock.recv(65536)  # the POST's answer: the first read was judged
+        sock.sendall(b"Connection: close\r\n\r\n")
+        answered += closed_by_server(sock)
+        assert answered.count(b"HTTP/1.1 200") == 2, answered[:200]
         ok = srv.connect()  # honest pipelined requests are still served
         ok.sendall(first + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Ok: " + b"a" * 8_000)
         ok.sendall(b"\r\nConnection: close\r\n\r\n")
@@ -675,8 +678,7 @@ async def test_a_policy_write_failing_after_a_route_change_is_500_saying_it_was_
     async with app.router.lifespan_context(app), await _asgi(app) as c:
         r = await c.delete("/routes/billing")
         assert r.status_code == 500
-        assert "route change was stored and is served" in r.json()["detail"]
-        assert "nothing was changed" not in r.json()["detail"]
+        assert r.json()["detail"].startswith("the route change was stored and is served")
         assert "retry-after" not in r.headers
         assert (await c.get("/routes/billing")).status_code == 404
 

@@ -237,9 +237,11 @@ class _Sample:
 class _Live:
     """Request rate and latency quantiles over the last :data:`LIVE_WINDOW_S` seconds.
 
-    Sampled after a request at most every :data:`_TICK_S` (and on each poll), not only
-    when the page polls: the window then starts within a second of its length ago, so
-    traffic that came while nobody looked is not reported as the last seconds'.
+    Sampled when a request comes (before it is counted) at most every :data:`_TICK_S`,
+    and on each poll: a request counted after the newest sample came within
+    :data:`_TICK_S` of it (a later one would have taken a sample), so the counts are
+    known at every time since, and traffic from before the window is never reported as
+    the last seconds'.
     """
 
     def __init__(
@@ -253,7 +255,8 @@ class _Live:
         metrics.on_request.append(self.tick)
 
     def tick(self) -> None:
-        """Take a sample when the newest is :data:`_TICK_S` old (after each request)."""
+        """Take a sample when the newest is :data:`_TICK_S` old (as a request comes,
+        before it is counted)."""
         with self._lock:
             if self.clock() - self._samples[-1].at < _TICK_S:
                 return
@@ -263,6 +266,10 @@ class _Live:
         # The window's base: the newest sample at least LIVE_WINDOW_S old (or the oldest).
         with self._lock:
             samples = self._samples
+            idle_since = samples[-1].at + _TICK_S
+            if idle_since < sample.at:
+                # Nothing was counted from then on (it would have taken a sample).
+                samples.append(_Sample(idle_since, sample.requests, sample.buckets))
             while len(samples) > 1 and samples[1].at <= sample.at - LIVE_WINDOW_S:
                 samples.popleft()
             base = samples[0]
@@ -289,14 +296,6 @@ class _Live:
     def figures(self) -> dict[str, float | None]:
         """Requests per second, p50 and p99 latency (ms) since the window's start."""
         now = self._sample()
-        with self._lock:
-            newest = self._samples[-1]
-        idle_since = newest.at + _TICK_S
-        if idle_since <= now.at - LIVE_WINDOW_S:
-            # A request after idle_since would have taken a sample: what was counted
-            # since the newest sample came before it, outside the window. The window
-            # was idle; its base holds today's counts.
-            self._add(_Sample(idle_since, now.requests, now.buckets))
         base = self._add(now)
         span = max(now.at - base.at, 1e-9)
         delta = [b - a for a, b in zip(base.buckets, now.buckets, strict=True)]

@@ -60,17 +60,19 @@ async def _blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 _HEAD_ROOM = 4096
 
 
-def _check_addressable(name: str, max_header_bytes: int | None = None) -> None:
-    """Refuse a name that a URL cannot address (422): a path segment ``.`` or ``..``
+def _check_addressable(name: str, max_header_bytes: int | None = None) -> str:
+    """``name``, checked as every route name (:func:`_check_name`), and refused when a URL
+    cannot address it (422): a path segment ``.`` or ``..``
     (browsers, the console's included, and HTTP clients remove them, so ``a/../b``
     reached route ``b``), or, given ``max_header_bytes``, one whose URL would not fit
     in this service's request head (431): the route could be created but never read,
     changed or deleted over HTTP."""
+    name = _check_name(name)
     if any(part in (".", "..") for part in name.split("/")):
         msg = "a route name may not hold a path segment '.' or '..' (URLs drop them)"
         raise InvalidInputError(msg)
     if max_header_bytes is None:
-        return
+        return name
     # Every reserved character escaped, '/' too: the console sends names so.
     size = len(quote(name, safe=""))
     # Half of a small head (--max-header-bytes may be 1,024): names still fit.
@@ -81,6 +83,7 @@ def _check_addressable(name: str, max_header_bytes: int | None = None) -> None:
             f"request head leaves for it (--max-header-bytes {max_header_bytes})"
         )
         raise InvalidInputError(msg)
+    return name
 
 
 def endpoints_router(
@@ -203,21 +206,17 @@ def endpoints_router(
     )
     async def create_route(body: NewRoute) -> RouteOut:
         """Create a route; 409 if the name is taken."""
-        name = _check_name(body.name)
-        _check_addressable(name, state.settings.max_header_bytes)
+        name = _check_addressable(body.name, state.settings.max_header_bytes)
         r = state.get_router()
         msg = f"route {name!r} exists; PUT /routes/{{name}} replaces it"
         if name in r:  # refused before anything is encoded
             raise RouteExistsError(msg)
         route = body.to_route(name)
-
-        def create() -> bool:
-            try:
-                return r._create_route(route)  # decided under the router's lock
-            except RouteExistsError:
-                return False  # another route of this name came first
-
-        if not await _blocking(create):
+        try:  # decided under the router's lock
+            created = await _blocking(r._store_route, route, replace=False)
+        except RouteExistsError:  # another route of this name came first
+            raise RouteExistsError(msg) from None
+        if not created:  # an equal one came first
             raise RouteExistsError(msg)
         # What was written, not a read after it: a concurrent DELETE may come between.
         return RouteOut.from_route(route)
@@ -282,12 +281,11 @@ def endpoints_router(
     )
     async def put_route(name: RouteName, body: RouteBody, response: Response) -> RouteOut:
         """Create or replace a route; the next query sees it."""
-        name = _check_name(name)
-        _check_addressable(name)  # a URL held it, but percent-encoded dots pass clients
+        name = _check_addressable(name)  # a URL held it, but encoded dots pass clients
         route = body.to_route(name)
         # Created or replaced, decided under the router's lock; the body is what was
         # written (a concurrent DELETE after it made a read answer 404).
-        created = await _blocking(state.get_router()._put_route, route)
+        created = await _blocking(state.get_router()._store_route, route, replace=True)
         response.status_code = 201 if created else 200
         return RouteOut.from_route(route)
 

@@ -259,7 +259,8 @@ class ServiceMetrics:
         ):
             self.registry.register(metric)
         self._seen_batches = 0
-        #: Called after each request is counted (the console's live figures sample then).
+        #: Called as each request ends, before it is counted (the console's live
+        #: figures sample then).
         self.on_request: list[Callable[[], None]] = []
 
     def fold_batches(self, stats: _WorkerStats) -> None:

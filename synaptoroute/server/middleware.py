@@ -117,7 +117,7 @@ class MetricsMiddleware:
             # path_format: the template without convertors ("/routes/{name}").
             path = getattr(route, "path_format", None) or "unmatched"
             method = scope["method"] if scope["method"] in _COUNTED_METHODS else "other"
+            for hook in metrics.on_request:  # before the request is counted
+                hook()
             metrics.requests.inc((method, path, str(status)))
             metrics.latency.observe(time.perf_counter() - start, (method, path))
-            for hook in metrics.on_request:
-                hook()

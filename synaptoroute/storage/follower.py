@@ -97,12 +97,9 @@ def _needs_read(note: psycopg.Notify, applied: int, own: int | None) -> bool:
     """
     if note.pid != own:
         return True
-    payload = note.payload
-    if not (payload.isascii() and payload.isdigit()):
-        return True
     try:
-        return int(payload) > applied
-    except ValueError:  # more digits than int() accepts (sys.set_int_max_str_digits)
+        return int(note.payload) > applied
+    except ValueError:  # not a number, or more digits than int() accepts
         return True
 
 

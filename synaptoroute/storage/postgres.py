@@ -89,6 +89,19 @@ class _LogEntry:
     model: ModelInfo | None = None
 
 
+def _refused_value(exc: Exception, data_error: type[Exception]) -> str | None:
+    """What PostgreSQL refused to store, when ``exc`` says a value cannot be stored:
+    bad input to report as such, not a failure of the store."""
+    if isinstance(exc, data_error):  # psycopg's own (NUL in text), or class 22
+        return "a value PostgreSQL cannot store, such as text with a NUL character"
+    if getattr(exc, "sqlstate", None) == _PROGRAM_LIMIT_EXCEEDED:
+        return (
+            "a value over PostgreSQL's size limit, most likely an utterance or name too "
+            "long for the store's index"
+        )
+    return None
+
+
 def _check_duration(value: object, field: str) -> float:
     seconds = check_seconds(value, field)
     if seconds > MAX_SECONDS:
@@ -97,46 +110,9 @@ def _check_duration(value: object, field: str) -> float:
     return seconds
 
 
-# PostgreSQL's text and jsonb cannot hold the NUL character: refused by name before
-# writing, as bad input, not reported as a failure of the store.
-_NUL = "\x00"
 # SQLSTATE program_limit_exceeded: a value past a fixed limit of the server, on a write
 # almost always an utterance or a name too long for a unique B-tree index's entry.
 _PROGRAM_LIMIT_EXCEEDED = "54000"
-
-
-def _refuse_nul(text: str, what: str) -> None:
-    if _NUL in text:
-        msg = (
-            f"{what} contains a NUL character (\\x00), which PostgreSQL cannot store; "
-            "nothing was changed"
-        )
-        raise InvalidInputError(msg)
-
-
-def _refuse_nul_in_json(value: object, what: str) -> None:
-    """Refuse a NUL character in any key or string of a JSON document (jsonb has none)."""
-    stack = [value]
-    while stack:  # iterative: nesting is bounded by the callers, but need not be
-        item = stack.pop()
-        if isinstance(item, str):
-            _refuse_nul(item, what)
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                if isinstance(key, str):
-                    _refuse_nul(key, f"a key of {what}")
-                stack.append(child)
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-
-
-def _refuse_nul_in_route(route: Route) -> None:
-    _refuse_nul(route.name, "route name")
-    if route.description is not None:
-        _refuse_nul(route.description, f"the description of route {route.name!r}")
-    for text in route.utterances:
-        _refuse_nul(text, f"an utterance of route {route.name!r}")
-    _refuse_nul_in_json(route.metadata, f"the metadata of route {route.name!r}")
 
 
 def _psycopg() -> Any:
@@ -371,18 +347,13 @@ class PostgresStorage:
                 try:
                     return work(conn)
                 except pg.Error as exc:
-                    if (
-                        write
-                        and not self._committing
-                        and getattr(exc, "sqlstate", None) == _PROGRAM_LIMIT_EXCEEDED
-                    ):
+                    refused = _refused_value(exc, pg.DataError)
+                    if write and not self._committing and refused:
                         # Bad input, not a store that may take a retry: the transaction
                         # was rolled back and the session is fine.
                         msg = (
-                            f"PostgreSQL store {self._target}: cannot {doing}: a value over "
-                            "PostgreSQL's size limit, most likely an utterance or name too "
-                            f"long for the store's index ({first_line(exc)}); nothing was "
-                            "changed"
+                            f"PostgreSQL store {self._target}: cannot {doing}: {refused} "
+                            f"({first_line(exc)}); nothing was changed"
                         )
                         raise InvalidInputError(msg) from exc
                     broken = conn.broken or conn.closed
@@ -645,7 +616,7 @@ class PostgresStorage:
 
     def get_state(self, key: str) -> dict[str, Any] | None:
         """A JSON document stored under ``key``."""
-        if _NUL in key:  # text cannot hold one: no such key is stored
+        if "\x00" in key:  # text cannot hold one: no such key is stored
             return None
         sql = f"SELECT value FROM {self._s}.state WHERE key=%s"
         row = self._run("read state", lambda conn: conn.execute(sql, (key,)).fetchone())
@@ -865,7 +836,6 @@ class PostgresStorage:
         for item in routes:
             _check_vectors(item.route.utterances, item.vectors, model)
             check_route(item.route)
-            _refuse_nul_in_route(item.route)
         if not routes:
             return
 
@@ -891,9 +861,6 @@ class PostgresStorage:
     ) -> None:
         """Append utterances to a route in one transaction (an existing text gets the new vector)."""
         _check_vectors(texts, vectors, model)
-        _refuse_nul(name, "route name")
-        for text in texts:
-            _refuse_nul(text, f"an utterance of route {name!r}")
         matrix = np.ascontiguousarray(vectors, dtype=np.float32)
 
         def body(cur: psycopg.Cursor[Any]) -> None:
@@ -910,7 +877,6 @@ class PostgresStorage:
 
     def delete_route(self, name: str) -> None:
         """Remove a route and its utterances."""
-        _refuse_nul(name, "route name")
 
         def body(cur: psycopg.Cursor[Any]) -> None:
             cur.execute(f"DELETE FROM {self._s}.routes WHERE id=%s", (self._route_id(cur, name),))
@@ -919,9 +885,6 @@ class PostgresStorage:
 
     def delete_utterances(self, name: str, texts: Sequence[str]) -> None:
         """Remove some utterances of a route."""
-        _refuse_nul(name, "route name")
-        for text in texts:
-            _refuse_nul(text, f"an utterance of route {name!r}")
 
         def body(cur: psycopg.Cursor[Any]) -> None:
             cur.execute(
@@ -934,7 +897,6 @@ class PostgresStorage:
     def update_route(self, route: Route) -> None:
         """Store a route's description, threshold and metadata."""
         check_route(route)
-        _refuse_nul_in_route(route)
         pg = _psycopg()
 
         def body(cur: psycopg.Cursor[Any]) -> None:
@@ -952,7 +914,6 @@ class PostgresStorage:
         for item in routes:
             _check_vectors(item.route.utterances, item.vectors, model)
             check_route(item.route)
-            _refuse_nul_in_route(item.route)
 
         def body(cur: psycopg.Cursor[Any]) -> None:
             cur.execute(f"DELETE FROM {self._s}.routes")
@@ -966,8 +927,6 @@ class PostgresStorage:
 
     def set_state(self, key: str, value: dict[str, Any] | None) -> None:
         """Store (or with ``None`` delete) a JSON document."""
-        _refuse_nul(key, "a state key")
-        _refuse_nul_in_json(value, f"state {key!r}")
         pg = _psycopg()
 
         def body(cur: psycopg.Cursor[Any]) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "aclassify_one",
     "arank_batch",
     "arank_one",
+    "aranked",
     "at_threshold",
     "classify_batch",
     "classify_one",
@@ -32,6 +33,7 @@ __all__ = [
     "passing",
     "rank_batch",
     "rank_one",
+    "ranked",
 ]
 
 T = TypeVar("T")
@@ -196,22 +198,32 @@ def _unless_negatives(
     return [_unless_negative(r, o) for r, o in zip(ranked, own, strict=True)]
 
 
+def ranked(router: AdaptiveRouter, text: str, k: int) -> list[RouteMatch]:
+    """The ``k`` best routes of ``text`` (``query_top_k``); none when it is nearest to a
+    negative example (``query_top_k`` leaves the negative examples out, so the router's
+    own decision is asked too while it holds any: the query cache holds the text's
+    vector, so that is a second scoring)."""
+    best = router.query_top_k(text, k)
+    return _unless_negative(best, router.query(text) if router.has_negatives else None)
+
+
+async def aranked(
+    router: AdaptiveRouter, text: str, k: int, timeout: float | None = None
+) -> list[RouteMatch]:
+    """Like :func:`ranked`, through the router's batching worker."""
+    best = await router.aquery_top_k(text, k, timeout=timeout)
+    own = await router.aquery(text, timeout=timeout) if router.has_negatives else None
+    return _unless_negative(best, own)
+
+
 def rank_one(
     router: AdaptiveRouter, value: Any, read: Callable[[Any], str], k: int
 ) -> list[RouteMatch] | Exception:
-    """One input's ``k`` best routes (``query_top_k``), or the error that prevented them.
-
-    An input nearest to a negative example has no routes (``query_top_k`` leaves the
-    negative examples out, so the router's own decision is asked too while it holds
-    any; the query cache holds the text's vector, so that is a second scoring).
-    """
+    """One input's :func:`ranked` routes, or the error that prevented them."""
     try:
-        text = read(value)
-        ranked = router.query_top_k(text, k)
-        own = router.query(text) if router.has_negatives else None
+        return ranked(router, read(value), k)
     except Exception as exc:
         return exc
-    return _unless_negative(ranked, own)
 
 
 async def arank_one(
@@ -223,12 +235,9 @@ async def arank_one(
 ) -> list[RouteMatch] | Exception:
     """Like :func:`rank_one`, through the router's batching worker."""
     try:
-        text = read(value)
-        ranked = await router.aquery_top_k(text, k, timeout=timeout)
-        own = await router.aquery(text, timeout=timeout) if router.has_negatives else None
+        return await aranked(router, read(value), k, timeout)
     except Exception as exc:
         return exc
-    return _unless_negative(ranked, own)
 
 
 def classify_one(
