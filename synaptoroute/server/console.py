@@ -411,8 +411,8 @@ def console_router(
     metrics: ServiceMetrics,
     get_router: Callable[[], AdaptiveRouter],
     change: Sequence[Any],
-    read: Sequence[Any] = (),
-    admission: BatchAdmission | None = None,
+    read: Sequence[Any],
+    admission: BatchAdmission,
 ) -> APIRouter:
     """The console's pages and read-only API, to include in the service's app.
 
@@ -426,15 +426,8 @@ def console_router(
             console's data endpoints take them too; the page and its assets stay open.
         admission: the service's ``/route/batch`` admission: an evaluation upload is
             served through it (in chunks its queue can hold, counted among the batches
-            in flight); default: one of its own, from ``settings``.
+            in flight).
     """
-    evaluations = (
-        admission
-        if admission is not None
-        else BatchAdmission(
-            settings.max_batch_cost, settings.max_batches_in_flight, settings.batch_chunk_cost
-        )
-    )
     api = APIRouter(prefix="/console", include_in_schema=False, route_class=RouteNameRoute)
     changes = _ChangeTimes()
     live = _Live(metrics)
@@ -530,23 +523,12 @@ def console_router(
             msg = f"an evaluation upload holds at most {MAX_EVALUATION_ROWS} rows, got {len(texts)}"
             raise InvalidInputError(msg)
         r = get_router()
-        worker = r.worker
-
-        async def serve_chunk(chunk: list[str], _left: float | None) -> list[RouteMatch]:
-            # Each chunk may wait the request timeout: an upload is bounded by its rows
-            # and the body limit, not by --max-batch-cost or one query's timeout.
-            return await r.aquery_batch(chunk, timeout=settings.request_timeout)
-
         # Through the batching worker like /route/batch: chunks of batch_chunk_cost
         # that its queue can hold (queries are served between two), at most
-        # --max-batches-in-flight batches and evaluations at once (429 beyond).
-        matches = await evaluations.run(
-            texts,
-            serve_chunk,
-            queue_size=worker.max_queue_size,
-            queue_cost=worker.max_queue_cost,
-            limit_cost=False,
-        )
+        # --max-batches-in-flight batches and evaluations at once (429 beyond). Each
+        # chunk may wait the request timeout: an upload is bounded by its rows and the
+        # body limit, not by --max-batch-cost or one query's timeout.
+        matches = await admission.run(texts, r, settings.request_timeout, per_chunk=True)
         report = await anyio.to_thread.run_sync(
             lambda: evaluate_matches(texts, labels, matches, r.route_names)
         )

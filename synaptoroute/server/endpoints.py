@@ -136,21 +136,10 @@ def endpoints_router(
         more than `max_batch_cost` is refused with 413, one more than
         `max_batches_in_flight` with 429. The request timeout bounds the whole batch.
         """
-        r = state.get_router()
-        worker = r.worker
-
-        async def serve_chunk(chunk: list[str], left: float | None) -> list[RouteMatch]:
-            return await r.aquery_batch(chunk, timeout=left)
-
+        admission.check_cost(body.queries)
         # Chunks the worker's queue can hold (it refuses more texts, or more cost, than
         # it may ever hold with 422), each given what is left of one deadline.
-        matches = await admission.run(
-            body.queries,
-            serve_chunk,
-            timeout=timeout,
-            queue_size=worker.max_queue_size,
-            queue_cost=worker.max_queue_cost,
-        )
+        matches = await admission.run(body.queries, state.get_router(), timeout)
         record(matches)
         answer = BatchResponse(results=[RouteResult.from_match(m) for m in matches])
         return Response(answer.model_dump_json(), media_type=_JSON)

@@ -23,14 +23,18 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..batching import TEXT_COST_OVERHEAD, runs_by_cost, text_cost
 from ..exceptions import RouterTimeoutError, SynaptorouteError
+
+if TYPE_CHECKING:
+    from ..models import RouteMatch
+    from ..router import AdaptiveRouter
 
 __all__ = [
     "TEXT_COST_OVERHEAD",
@@ -44,7 +48,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("synaptoroute.server")
-T = TypeVar("T")
 
 #: Paths that stay open to every client: probes must not be rate limited.
 _PROBES = frozenset({"/healthz", "/readyz", "/healthz/store"})
@@ -234,70 +237,57 @@ class BatchAdmission:
         self.clock = clock
         self.in_flight = 0
 
-    def chunks(
-        self,
-        texts: Sequence[str],
-        *,
-        queue_size: int | None = None,
-        queue_cost: int | None = None,
-        limit_cost: bool = True,
-    ) -> list[list[str]]:
-        """Split ``texts`` (in order) into runs of at most ``chunk_cost`` (one text at
-        least), and at most what the worker's queue can ever hold: ``queue_size`` texts
-        and ``queue_cost`` (``None``: no such bound).
+    def check_cost(self, texts: Sequence[str]) -> None:
+        """Refuse a batch costing more than ``max_cost`` (it could never be admitted).
 
         Raises:
-            AdmissionError: ``limit_cost`` and the whole batch costs more than
-                ``max_cost`` (413).
+            AdmissionError: 413.
         """
         total = sum(text_cost(text) for text in texts)
-        if limit_cost and total > self.max_cost:
+        if total > self.max_cost:
             msg = (
                 f"this batch costs {total} (characters the model reads, plus "
                 f"{TEXT_COST_OVERHEAD} a text), more than the {self.max_cost} a request may "
                 "cost; send fewer or shorter texts"
             )
             raise AdmissionError(413, msg)
-        cost = self.chunk_cost if queue_cost is None else min(self.chunk_cost, queue_cost)
-        return runs_by_cost(texts, cost, max_count=queue_size)
 
     async def run(
         self,
         texts: Sequence[str],
-        answer: Callable[[list[str], float | None], Awaitable[list[T]]],
+        router: AdaptiveRouter,
+        timeout: float | None,
         *,
-        timeout: float | None = None,
-        queue_size: int | None = None,
-        queue_cost: int | None = None,
-        limit_cost: bool = True,
-    ) -> list[T]:
-        """Answer ``texts`` chunk by chunk with ``answer(chunk, seconds_left)``; results
-        in input order.
+        per_chunk: bool = False,
+    ) -> list[RouteMatch]:
+        """Route ``texts`` through ``router``'s batching worker chunk by chunk (each
+        at most ``chunk_cost`` and what the worker's queue can ever hold, one text at
+        least); results in input order.
 
-        ``timeout`` bounds the whole request: each chunk is given what is left of it
-        (``None``: no bound). ``queue_size``, ``queue_cost`` and ``limit_cost``: see
-        :meth:`chunks`.
+        ``timeout`` bounds the whole request, each chunk getting what is left of it,
+        or with ``per_chunk`` each chunk on its own (``None``: no bound).
 
         Raises:
-            AdmissionError: 413 (too costly) or 429 (``max_in_flight`` batches running).
+            AdmissionError: 429 (``max_in_flight`` batches running).
             RouterTimeoutError: a chunk's turn came with no time left.
         """
-        deadline = None if timeout is None else self.clock() + timeout
-        chunks = self.chunks(
-            texts, queue_size=queue_size, queue_cost=queue_cost, limit_cost=limit_cost
-        )
+        worker = router.worker
+        queue_cost = worker.max_queue_cost
+        cost = self.chunk_cost if queue_cost is None else min(self.chunk_cost, queue_cost)
+        chunks = runs_by_cost(texts, cost, max_count=worker.max_queue_size)
         if self.in_flight >= self.max_in_flight:
             msg = f"{self.in_flight} batches are being served, the most at once; retry later"
             raise AdmissionError(429, msg)
+        deadline = None if timeout is None or per_chunk else self.clock() + timeout
         self.in_flight += 1
         try:
-            results: list[T] = []
+            results: list[RouteMatch] = []
             for chunk in chunks:
-                left = None if deadline is None else deadline - self.clock()
+                left = timeout if deadline is None else deadline - self.clock()
                 if left is not None and left <= 0:
                     msg = f"no result within {timeout} s"
                     raise RouterTimeoutError(msg)
-                results.extend(await answer(chunk, left))
+                results.extend(await router.aquery_batch(chunk, timeout=left))
             return results
         finally:
             self.in_flight -= 1
