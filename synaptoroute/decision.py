@@ -303,6 +303,7 @@ class LinearHead:
                 "ids": _encode_array(self.ngrams.ids, "i32le"),
                 "idf": _encode_array(self.ngrams.idf),
                 "scale": self.ngrams.scale,
+                "tokeniser": self.ngrams.tokeniser,
                 "weights": _encode_array(self.ngram_weights, "f16le"),
             }
         }
@@ -325,7 +326,8 @@ class LinearHead:
             scorer=str(doc.get("scorer", "max_prob")),
             ood={key: _decode_array(value) for key, value in doc.get("ood", {}).items()},
             ngrams=None if grams is None else NgramFeatures(
-                _decode_array(grams["ids"]), _decode_array(grams["idf"]), float(grams["scale"])
+                _decode_array(grams["ids"]), _decode_array(grams["idf"]), float(grams["scale"]),
+                int(grams.get("tokeniser", 1)),  # heads stored before it was recorded: 1
             ),
             ngram_weights=None if grams is None else _decode_array(grams["weights"]),
         )  # fmt: skip

@@ -80,13 +80,11 @@ _WORD = re.compile(rf"[\w{_mark_ranges()}]+")
 _LEGACY_WORD = re.compile(r"\w+")
 #: The version of the tokeniser: 2 reads the NFC normal form, case-folded, and keeps
 #: combining marks in words (1, before: ``str.lower`` and ``\w+`` on the text as given,
-#: so canonically equal texts could get different features). A vocabulary learned by
-#: :meth:`NgramFeatures.learn` is marked as version 2 (:data:`_VERSION_MARK`); one
-#: without the mark (a head fitted before) reads queries as version 1 did, so it
-#: decides as it was fitted to until the next fit.
+#: so canonically equal texts could get different features). A vocabulary records the
+#: version that learned it (:attr:`NgramFeatures.tokeniser`; a head stored before has
+#: none, read as 1) and reads queries with it, so a head decides as it was fitted to
+#: until the next fit.
 TOKENISER = 2
-#: The id that marks a version-2 vocabulary: past the hashed ids, so no text has it.
-_VERSION_MARK = N_FEATURES
 
 
 #: Characters of a text that its features are read from: about what the encoder reads
@@ -186,15 +184,17 @@ class NgramFeatures:
     added or deleted since.
 
     Attributes:
-        ids: sorted feature ids (see :func:`text_features`), then :data:`_VERSION_MARK`
-            in a vocabulary of the current tokeniser (never in a text's row).
+        ids: sorted feature ids (see :func:`text_features`).
         idf: inverse document frequency of each, over the rows it was learned from.
         scale: the norm of a row (the features' weight next to the unit embedding).
+        tokeniser: the version of the tokeniser that learned it (:data:`TOKENISER`),
+            which reads texts for it.
     """
 
     ids: NDArray[np.int64]
     idf: NDArray[np.float32]
     scale: float
+    tokeniser: int = TOKENISER
 
     @classmethod
     def learn(
@@ -211,24 +211,17 @@ class NgramFeatures:
         ids, df = np.unique(every, return_counts=True)
         keep = df >= min_df
         idf = np.log((1.0 + len(texts)) / (1.0 + df[keep])) + 1.0
-        if not keep.any():
-            return cls(ids[keep], idf.astype(np.float32), float(scale))
-        # The version mark, stored with the vocabulary (a head's state keeps ids and idf).
-        return cls(
-            np.append(ids[keep], _VERSION_MARK).astype(np.int64),
-            np.append(idf, 0.0).astype(np.float32),
-            float(scale),
-        )
+        return cls(ids[keep], idf.astype(np.float32), float(scale))
 
-    @cached_property
+    @property
     def legacy(self) -> bool:
         """Whether the vocabulary was learned by version 1 of the tokeniser (a head
         fitted before :data:`TOKENISER` 2): its rows read texts as version 1 did."""
-        return not (len(self.ids) and int(self.ids[-1]) == _VERSION_MARK)
+        return self.tokeniser < 2
 
     def __len__(self) -> int:
         """The number of features (the rows of a head's n-gram weights)."""
-        return len(self.ids) - (not self.legacy)
+        return len(self.ids)
 
     def row(
         self,

@@ -158,9 +158,8 @@ def test_ngram_rows_match_a_direct_computation() -> None:
     grams = NgramFeatures.learn(texts, scale=0.5, min_df=2)
     found = [text_features(t) for t in texts]
     df: Counter[int] = Counter(int(f) for ids, _ in found for f in ids)
-    # The learned ids, then the tokeniser's version mark.
-    assert grams.ids.tolist() == [*sorted(f for f, c in df.items() if c >= 2), N_FEATURES]
-    assert len(grams) == len(grams.ids) - 1
+    assert grams.ids.tolist() == sorted(f for f, c in df.items() if c >= 2)
+    assert grams.tokeniser == 2
     query = "please reset my modem"
     ids, weights = text_features(query)
     expected = {
@@ -295,15 +294,14 @@ def test_canonically_equal_texts_have_the_same_lexical_features() -> None:
 
 def test_a_head_fitted_before_the_tokeniser_changed_reads_queries_as_it_was_fitted() -> None:
     # A stored head's vocabulary holds the ids of the tokeniser that learned it; read
-    # with the new one, a Devanagari query matched none of them. A vocabulary without
-    # the version mark (one stored before) reads queries as version 1 did.
+    # with the new one, a Devanagari query matched none of them. A vocabulary of a
+    # head stored before (no tokeniser recorded) reads queries as version 1 did.
     texts = ["दिन अच्छा है", "आज का दिन", "दिन भर काम", "café crème", "crème brûlée"]
     legacy_found = [lexical_module.legacy_text_features(t) for t in texts]
     old = NgramFeatures.learn(texts, scale=0.5, min_df=2, found=legacy_found)
-    old = NgramFeatures(old.ids[:-1], old.idf[:-1], old.scale)  # as a 0.2 head stored it
+    old = replace(old, tokeniser=1)
     new = NgramFeatures.learn(texts, scale=0.5, min_df=2)
     assert old.legacy and not new.legacy and lexical_module.TOKENISER == 2
-    assert len(old) == len(old.ids) and len(new) == len(new.ids) - 1
     query = "दिन"
     pos = old.row(query)[0]
     legacy_ids, _ = lexical_module.legacy_text_features(query)
@@ -312,7 +310,6 @@ def test_a_head_fitted_before_the_tokeniser_changed_reads_queries_as_it_was_fitt
     assert np.array_equal(old.row(query, text_features(query))[0], pos)
     pos = new.row(query)[0]
     assert len(pos) and set(new.ids[pos].tolist()) <= set(text_features(query)[0].tolist())
-    assert (pos < len(new)).all()  # the mark is in no row
     # A head with the old vocabulary survives its state round trip as such.
     rng = np.random.default_rng(0)
     head = LinearHead(
@@ -328,7 +325,9 @@ def test_a_head_fitted_before_the_tokeniser_changed_reads_queries_as_it_was_fitt
         ngrams=old,
         ngram_weights=np.ones((len(old), 2), dtype=np.float32),
     )
-    back = LinearHead.from_state(json.loads(json.dumps(head.to_state())))
+    stored = json.loads(json.dumps(head.to_state()))
+    del stored["ngrams"]["tokeniser"]  # as 0.2 stored it
+    back = LinearHead.from_state(stored)
     assert back.ngrams is not None and back.ngrams.legacy
     vectors = rng.standard_normal((1, 4)).astype(np.float32)
     assert np.array_equal(back.logits(vectors, [query]), head.logits(vectors, [query]))
