@@ -646,7 +646,7 @@ def decide(
     if len(scores.route_ids) == 0:
         return empty_match("no_routes")
     # O(k) in the ranked routes, never O(routes): this runs for every query.
-    if snapshot.names[int(scores.route_ids[0])] == NEGATIVES_ROUTE:
+    if negative_first(scores, snapshot):
         row = int(scores.nearest_rows[0])
         return RouteMatch(
             name=None,
@@ -738,6 +738,13 @@ def _decide_by_head(
         confidence=float(verdict.confidence[0]),
         nearest_utterance=snapshot.texts[row] if row >= 0 else None,
     )
+
+
+def negative_first(scores: RouteScores, snapshot: Snapshot) -> bool:
+    """Whether the negative examples' route ranks first in ``scores`` (:func:`decide`
+    then answers ``negative_example``)."""
+    ids = scores.route_ids
+    return len(ids) > 0 and snapshot.names[int(ids[0])] == NEGATIVES_ROUTE
 
 
 def without_negatives(scores: RouteScores, snapshot: Snapshot) -> RouteScores:

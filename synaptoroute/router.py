@@ -49,6 +49,7 @@ from .decision import (
     DecisionPolicy,
     decide,
     empty_match,
+    negative_first,
     policy_for_routes,
     without_head,
     without_negatives,
@@ -955,6 +956,9 @@ class AdaptiveRouter:
                         text=requests[live[j]].text if self.hybrid else None,
                         lexical=lexical,
                     )
+                elif requests[live[j]].negatives and negative_first(scores, snapshot):
+                    # The decision query gives, from the same ranking: one read, one snapshot.
+                    answers[live[j]] = [decide(scores, snapshot, policy, thresholds)]
                 else:
                     scores = without_negatives(scores, snapshot)
                     answers[live[j]] = _each_route(scores, snapshot, policy, thresholds)[:top_k]
@@ -984,20 +988,29 @@ class AdaptiveRouter:
             raise TypeError(msg)
         return cast(list[RouteMatch], self._answer([_Request(t) for t in texts]))
 
-    def query_top_k(self, text: str, k: int = 3) -> list[RouteMatch]:
+    def query_top_k(
+        self, text: str, k: int = 3, *, respect_negatives: bool = False
+    ) -> list[RouteMatch]:
         """The ``k`` best routes for ``text``, best first, each judged against its threshold.
 
         Each element names its route; ``reason`` tells whether it passed. An empty
-        text gives ``[]``.
+        text gives ``[]``. The negative examples are left out of the ranking, unless
+        ``respect_negatives``: then a text nearer to a negative example than to every
+        route gets one element, the no-route match :meth:`query` gives it
+        (``reason="negative_example"``), from the same scoring.
         """
-        return cast(list[RouteMatch], self._answer([_top_k_request(text, k)])[0])
+        request = _top_k_request(text, k, respect_negatives)
+        return cast(list[RouteMatch], self._answer([request])[0])
 
-    def query_top_k_batch(self, texts: Sequence[str], k: int = 3) -> list[list[RouteMatch]]:
+    def query_top_k_batch(
+        self, texts: Sequence[str], k: int = 3, *, respect_negatives: bool = False
+    ) -> list[list[RouteMatch]]:
         """:meth:`query_top_k` for many texts with one encoder call; results in input order."""
         if isinstance(texts, str):
             msg = "query_top_k_batch takes a list of texts, not a str"
             raise TypeError(msg)
-        return cast(list[list[RouteMatch]], self._answer([_top_k_request(t, k) for t in texts]))
+        items = [_top_k_request(t, k, respect_negatives) for t in texts]
+        return cast(list[list[RouteMatch]], self._answer(items))
 
     # -- async -----------------------------------------------------------------------
     def _worker_for(self, loop: asyncio.AbstractEventLoop) -> BatchWorker[_Request, _Answer]:
@@ -1088,22 +1101,32 @@ class AdaptiveRouter:
         return cast(list[RouteMatch], await worker.submit(items, timeout))
 
     async def aquery_top_k(
-        self, text: str, k: int = 3, *, timeout: float | None = None
+        self,
+        text: str,
+        k: int = 3,
+        *,
+        timeout: float | None = None,
+        respect_negatives: bool = False,
     ) -> list[RouteMatch]:
         """:meth:`query_top_k` through the batching worker, batched with other calls."""
-        request = _top_k_request(text, k)
+        request = _top_k_request(text, k, respect_negatives)
         worker = self._current_worker()
         return cast(list[RouteMatch], await worker.submit_one(request, timeout))
 
     async def aquery_top_k_batch(
-        self, texts: Sequence[str], k: int = 3, *, timeout: float | None = None
+        self,
+        texts: Sequence[str],
+        k: int = 3,
+        *,
+        timeout: float | None = None,
+        respect_negatives: bool = False,
     ) -> list[list[RouteMatch]]:
         """:meth:`query_top_k_batch` through the batching worker; all texts are queued
         or none is (:class:`RouterOverloadedError`), as with :meth:`aquery_batch`."""
         if isinstance(texts, str):
             msg = "aquery_top_k_batch takes a list of texts, not a str"
             raise TypeError(msg)
-        items = [_top_k_request(t, k) for t in texts]
+        items = [_top_k_request(t, k, respect_negatives) for t in texts]
         worker = self._current_worker()
         return cast(list[list[RouteMatch]], await worker.submit(items, timeout))
 
@@ -1275,6 +1298,7 @@ class _Request(NamedTuple):
 
     text: str
     top_k: int | None = None  # None: one decision (query); k: the k best routes
+    negatives: bool = False  # a ranking: the decision instead when a negative example is first
 
 
 #: What :meth:`AdaptiveRouter._answer` gives a request: a decision, or the k best routes.
@@ -1295,8 +1319,8 @@ def _request_cost(request: _Request) -> int:
     return text_cost(request.text)
 
 
-def _top_k_request(text: str, k: int) -> _Request:
-    return _Request(check_text(text), check_count(k, "k", 1))
+def _top_k_request(text: str, k: int, respect_negatives: bool = False) -> _Request:
+    return _Request(check_text(text), check_count(k, "k", 1), bool(respect_negatives))
 
 
 def _each_route(

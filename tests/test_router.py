@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import math
 import subprocess
 import sys
@@ -791,6 +792,38 @@ class _LiveRoutes(dict[str, Route]):
 
     def items(self) -> Any:
         raise AssertionError("the live routes were walked")
+
+
+async def test_a_ranking_that_respects_negatives_gives_the_decision_when_one_is_nearest(
+    encoder: Encoder,
+) -> None:
+    # The LangChain routers asked query_top_k and then query for every input while the
+    # router held negative examples: two scorings, possibly on two snapshots.
+    router = AdaptiveRouter(encoder)
+    router.add_routes([BILLING, SUPPORT], negatives=["What is the weather like?"])
+    negative, routed = "what's the weather like today", "I need a refund please"
+    decision = router.query(negative)
+    assert decision.reason == "negative_example"
+    assert decision.nearest_utterance == "What is the weather like?"
+    # By default a ranking lists routes only.
+    plain = router.query_top_k(negative, 2)
+    assert sorted(str(m.name) for m in plain) == ["billing", "support"]
+    assert router.query_top_k(negative, 2, respect_negatives=True) == [decision]
+    # A text nearest to a route ranks as it does without the option.
+    assert router.query_top_k(routed, 2, respect_negatives=True) == router.query_top_k(routed, 2)
+    texts = [negative, routed, ""]
+    expected = [[decision], router.query_top_k(routed, 2), []]
+    assert router.query_top_k_batch(texts, 2, respect_negatives=True) == expected
+    assert await router.aquery_top_k(negative, 2, respect_negatives=True) == [decision]
+    assert await router.aquery_top_k_batch(texts, 2, respect_negatives=True) == expected
+    # Mixed in one worker batch with plain rankings and decisions, each gets its own.
+    answers = await asyncio.gather(
+        router.aquery_top_k(negative, 2, respect_negatives=True),
+        router.aquery_top_k(negative, 2),
+        router.aquery(negative),
+    )
+    assert answers == [[decision], plain, decision]
+    await router.stop()
 
 
 def test_readers_never_walk_the_routes_a_change_may_be_changing(encoder: Encoder) -> None:

@@ -151,69 +151,51 @@ def passing(ranked: Sequence[RouteMatch], threshold: float | None = None) -> lis
 _DECISION_K = 2
 
 
-def _decision(
-    router: AdaptiveRouter,
-    ranked: Sequence[RouteMatch],
-    own: RouteMatch | None,
-    threshold: float,
-) -> RouteMatch:
+def _negative(ranked: Sequence[RouteMatch]) -> RouteMatch | None:
+    """The router's ``negative_example`` no-match when ``ranked`` (asked with
+    ``respect_negatives=True``) finds the query nearest to a negative example."""
+    if ranked and ranked[0].reason == "negative_example":
+        return ranked[0]
+    return None
+
+
+def _decision(router: AdaptiveRouter, ranked: Sequence[RouteMatch], threshold: float) -> RouteMatch:
     """One query's decision under a per-call ``threshold``.
 
-    ``ranked`` leaves the negative examples out (``query_top_k`` does), so ``own``,
-    the router's own decision (asked only while it holds negative examples), says
-    when the query is nearest to one: then it routes nowhere, as ``router.query``
+    A query nearest to a negative example routes nowhere, as ``router.query``
     answers, whatever the threshold. Otherwise :func:`at_threshold` decides.
     """
-    if own is not None and own.reason == "negative_example":
-        return own.model_copy(update={"threshold": threshold})
+    negative = _negative(ranked)
+    if negative is not None:
+        return negative.model_copy(update={"threshold": threshold})
     return at_threshold(ranked, threshold, router.policy.min_margin)
 
 
 def _decisions(
-    router: AdaptiveRouter,
-    ranked: Sequence[Sequence[RouteMatch]],
-    own: Sequence[RouteMatch] | None,
-    threshold: float,
+    router: AdaptiveRouter, ranked: Sequence[Sequence[RouteMatch]], threshold: float
 ) -> list[RouteMatch]:
-    """:func:`_decision` for each query of a batch (``own`` ``None``: no negatives)."""
-    owns: Sequence[RouteMatch | None] = [None] * len(ranked) if own is None else own
-    return [_decision(router, r, o, threshold) for r, o in zip(ranked, owns, strict=True)]
+    """:func:`_decision` for each query of a batch."""
+    return [_decision(router, r, threshold) for r in ranked]
 
 
-def _unless_negative(ranked: list[RouteMatch], own: RouteMatch | None) -> list[RouteMatch]:
-    """``ranked``, or no routes when the router's own decision (``own``, asked only
-    while it holds negative examples) finds the query nearest to a negative example:
-    such a text routes nowhere, however many routes a call may run."""
-    if own is not None and own.reason == "negative_example":
-        return []
-    return ranked
-
-
-def _unless_negatives(
-    ranked: list[list[RouteMatch]], own: Sequence[RouteMatch] | None
-) -> list[list[RouteMatch]]:
-    """:func:`_unless_negative` for each query of a batch (``own`` ``None``: no negatives)."""
-    if own is None:
-        return ranked
-    return [_unless_negative(r, o) for r, o in zip(ranked, own, strict=True)]
+def _unless_negative(ranked: list[RouteMatch]) -> list[RouteMatch]:
+    """``ranked``, or no routes when the query is nearest to a negative example: such
+    a text routes nowhere, however many routes a call may run."""
+    return [] if _negative(ranked) is not None else ranked
 
 
 def ranked(router: AdaptiveRouter, text: str, k: int) -> list[RouteMatch]:
     """The ``k`` best routes of ``text`` (``query_top_k``); none when it is nearest to a
-    negative example (``query_top_k`` leaves the negative examples out, so the router's
-    own decision is asked too while it holds any: the query cache holds the text's
-    vector, so that is a second scoring)."""
-    best = router.query_top_k(text, k)
-    return _unless_negative(best, router.query(text) if router.has_negatives else None)
+    negative example."""
+    return _unless_negative(router.query_top_k(text, k, respect_negatives=True))
 
 
 async def aranked(
     router: AdaptiveRouter, text: str, k: int, timeout: float | None = None
 ) -> list[RouteMatch]:
     """Like :func:`ranked`, through the router's batching worker."""
-    best = await router.aquery_top_k(text, k, timeout=timeout)
-    own = await router.aquery(text, timeout=timeout) if router.has_negatives else None
-    return _unless_negative(best, own)
+    best = await router.aquery_top_k(text, k, timeout=timeout, respect_negatives=True)
+    return _unless_negative(best)
 
 
 def rank_one(
@@ -255,13 +237,10 @@ def classify_one(
         text = read(value)
         if threshold is None:
             return router.query(text)
-        ranked = router.query_top_k(text, _DECISION_K)
-        # The router's query cache holds the text's vector: a second scoring, not a
-        # second encoding (unless cache_size=0 or other traffic evicted it).
-        own = router.query(text) if router.has_negatives else None
+        ranked = router.query_top_k(text, _DECISION_K, respect_negatives=True)
     except Exception as exc:
         return exc
-    return _decision(router, ranked, own, threshold)
+    return _decision(router, ranked, threshold)
 
 
 async def aclassify_one(
@@ -276,11 +255,12 @@ async def aclassify_one(
         text = read(value)
         if threshold is None:
             return await router.aquery(text, timeout=timeout)
-        ranked = await router.aquery_top_k(text, _DECISION_K, timeout=timeout)
-        own = await router.aquery(text, timeout=timeout) if router.has_negatives else None
+        ranked = await router.aquery_top_k(
+            text, _DECISION_K, timeout=timeout, respect_negatives=True
+        )
     except Exception as exc:
         return exc
-    return _decision(router, ranked, own, threshold)
+    return _decision(router, ranked, threshold)
 
 
 def _read_all(
@@ -355,9 +335,9 @@ def rank_batch(
     input nearest to a negative example, as :func:`rank_one`)."""
 
     def ask(texts: list[str]) -> list[list[RouteMatch]]:
-        ranked = router.query_top_k_batch(texts, k)
-        own = router.query_batch(texts) if router.has_negatives else None
-        return _unless_negatives(ranked, own)
+        return [
+            _unless_negative(r) for r in router.query_top_k_batch(texts, k, respect_negatives=True)
+        ]
 
     return _ask_all(inputs, read, ask)
 
@@ -386,14 +366,11 @@ async def arank_batch(
 
     async def ask(texts: list[str]) -> list[list[RouteMatch]]:
         ranked = await _asubmit(
-            router, texts, lambda run: router.aquery_top_k_batch(run, k, timeout=timeout)
+            router,
+            texts,
+            lambda run: router.aquery_top_k_batch(run, k, timeout=timeout, respect_negatives=True),
         )
-        own = (
-            await _asubmit(router, texts, lambda run: router.aquery_batch(run, timeout=timeout))
-            if router.has_negatives
-            else None
-        )
-        return _unless_negatives(ranked, own)
+        return [_unless_negative(r) for r in ranked]
 
     return await _aask_all(inputs, read, ask)
 
@@ -414,11 +391,8 @@ def classify_batch(
     cut = threshold
 
     def ask(texts: list[str]) -> list[RouteMatch]:
-        ranked = router.query_top_k_batch(texts, _DECISION_K)
-        # The router's query cache holds the vectors: a second scoring, not a second
-        # encoding (unless cache_size=0 or the batch outgrows the cache).
-        own = router.query_batch(texts) if router.has_negatives else None
-        return _decisions(router, ranked, own, cut)
+        ranked = router.query_top_k_batch(texts, _DECISION_K, respect_negatives=True)
+        return _decisions(router, ranked, cut)
 
     return _ask_all(inputs, read, ask)
 
@@ -441,9 +415,12 @@ async def aclassify_batch(
 
     async def ask_at_threshold(texts: list[str]) -> list[RouteMatch]:
         ranked = await _asubmit(
-            router, texts, lambda run: router.aquery_top_k_batch(run, _DECISION_K, timeout=timeout)
+            router,
+            texts,
+            lambda run: router.aquery_top_k_batch(
+                run, _DECISION_K, timeout=timeout, respect_negatives=True
+            ),
         )
-        own = await ask(texts) if router.has_negatives else None
-        return _decisions(router, ranked, own, cut)
+        return _decisions(router, ranked, cut)
 
     return await _aask_all(inputs, read, ask_at_threshold)

@@ -265,6 +265,32 @@ async def test_multi_route_runnables_keep_the_negative_examples(
     assert runs[1]["billing"] == "billing"
 
 
+async def test_each_input_is_scored_once_while_the_router_holds_negative_examples(
+    fresh_router: AdaptiveRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each input was ranked (query_top_k) and then decided (query) to see whether a
+    # negative example was nearest: two scorings, each on its own snapshot.
+    _with_negative(fresh_router)
+    scored: list[str] = []
+    rank_and_decide = fresh_router._rank_and_decide
+
+    def counting(requests: Any, live: list[int], *args: Any) -> None:
+        scored.extend(requests[i].text for i in live)
+        rank_and_decide(requests, live, *args)
+
+    monkeypatch.setattr(fresh_router, "_rank_and_decide", counting)
+    classifier = SynaptorouteClassifier(router=fresh_router, threshold=0.3)
+    multi = SynaptorouteMultiClassifier(router=fresh_router, top_k=3, threshold=0.3)
+    inputs = [NEGATIVE, NEAR]
+    assert _reasons([classifier.invoke(NEGATIVE), *classifier.batch([NEAR])]) == KEPT
+    assert [m.name for m in multi.invoke(NEAR)][:1] == ["billing"]
+    assert multi.batch(inputs)[0] == []
+    assert _reasons(await classifier.abatch(inputs)) == KEPT
+    assert await multi.ainvoke(NEGATIVE) == []
+    assert scored == [NEGATIVE, NEAR, NEAR, *inputs, *inputs, NEGATIVE]
+    await fresh_router.stop()
+
+
 def test_a_runnable_threshold_does_not_race_other_threads(
     adaptive_router: AdaptiveRouter,
 ) -> None:
