@@ -1305,6 +1305,72 @@ def test_a_notification_that_is_not_a_seq_is_read_as_a_change_not_a_lost_connect
         writer.close()
 
 
+@pytest.mark.parametrize(
+    ("kind", "name", "data", "floats"),
+    [
+        ("put_route", "ghost", {"utterances": ["boo"]}, 5),  # vectors of the wrong size
+        ("add_utterances", "billing", "refund please", None),  # data not a JSON object
+        ("rename_route", "billing", {"to": "invoices"}, None),  # a kind of a newer writer
+    ],
+    ids=["wrong-size-vectors", "data-not-an-object", "unknown-kind"],
+)
+def test_a_change_log_row_that_cannot_be_read_reloads_the_store_and_following_goes_on(
+    pg_dsn: str,
+    schema: str,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+    name: str,
+    data: Any,
+    floats: int | None,
+) -> None:
+    # Such a row used to escape the follower as if the connection were lost: it
+    # reconnected and read the same row again, for good, and the replica stopped
+    # following the store (an unknown kind was skipped without a word).
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    enc = HashingEncoder()
+    writer = open_store(pg_dsn, schema)  # not watching: only the follower reads the row
+    follower = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    store: Any = follower.storage
+    watch = store.watching
+    try:
+        model = ModelInfo(enc.model_id, enc.dimension)
+        writer.put_route(ROUTES[0], enc.encode(ROUTES[0].utterances), model)
+        assert store.wait_for_seq(writer.last_write_seq, WAIT)
+        vectors = None if floats is None else np.zeros(floats, np.float32).tobytes()
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                f'INSERT INTO "{schema}".changes(origin, kind, name, data, vectors, model_id, '
+                "dimension) VALUES ('another writer', %s, %s, %s, %s, %s, %s) RETURNING seq",
+                (kind, name, Jsonb(data), vectors, model.model_id, model.dimension),
+            ).fetchone()
+        assert row is not None
+        bad = int(row[0])
+        writer.put_route(ROUTES[1], enc.encode(ROUTES[1].utterances), model)
+        assert store.wait_for_seq(writer.last_write_seq, WAIT)
+        assert router_state(follower) == db_state(pg_dsn, schema)
+        assert set(follower.route_names) == {"billing", "support"}
+        errors = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelname == "ERROR" and f"row seq {bad} cannot be read" in r.getMessage()
+        ]
+        assert len(errors) == 1, errors
+        assert "reading the whole store from its tables" in errors[0]
+        # Not taken for a lost connection, and followed on from the log.
+        assert watch.reconnects == 0 and watch.connected
+        writer.put_route(ROUTES[2], enc.encode(ROUTES[2].utterances), model)
+        writer.delete_route("billing")
+        assert store.wait_for_seq(writer.last_write_seq, WAIT)
+        assert router_state(follower) == db_state(pg_dsn, schema)
+        assert set(follower.route_names) == {"support", "weather"}
+        assert sum(f"row seq {bad} " in r.getMessage() for r in caplog.records) == 1
+    finally:
+        follower.close()
+        writer.close()
+
+
 @needs_fork
 def test_only_the_live_write_session_counts_as_the_stores_own(pg_dsn: str, schema: str) -> None:
     # Notifications from the pid in _own_pid at or before the position applied are

@@ -23,9 +23,14 @@ if TYPE_CHECKING:
 
     from .postgres import PostgresStorage
 
-__all__ = ["Watch", "disown", "first_line", "shut_down"]
+__all__ = ["UnreadableChangeError", "Watch", "disown", "first_line", "shut_down"]
 
 _log = logging.getLogger("synaptoroute.postgres")
+
+
+class UnreadableChangeError(ValueError):
+    """A row of the change log that cannot be turned into a change (written by another
+    version, damaged, or made by hand): the follower reads the whole store instead."""
 
 
 def first_line(exc: BaseException) -> str:
@@ -248,7 +253,20 @@ class Watch:
                         changes.append(store._snapshot(conn))
                         reloaded = True
                         break
-                    changes.append(store._row_to_change(row))
+                    try:
+                        changes.append(store._row_to_change(row))
+                    except UnreadableChangeError as exc:
+                        # Not a lost connection: reading the row again would fail again
+                        # and stall the follower. The tables hold its effect: read them.
+                        snap = store._snapshot(conn)
+                        _log.error(
+                            "PostgreSQL %s: %s; reading the whole store from its tables instead",
+                            store._target,
+                            exc,
+                        )
+                        changes.append(snap)
+                        reloaded = True
+                        break
             self._deliver(changes)
             if not reloaded and len(rows) < store.batch_size:
                 return

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -56,7 +56,7 @@ from .base import (
     check_route,
 )
 from .changes import Change, ChangeKind
-from .follower import Watch, disown, first_line, shut_down
+from .follower import UnreadableChangeError, Watch, disown, first_line, shut_down
 
 if TYPE_CHECKING:
     import psycopg
@@ -180,6 +180,61 @@ def _route_from_doc(name: str, doc: dict[str, Any], utterances: Sequence[str]) -
         description=doc.get("description"),
         threshold=doc.get("threshold"),
         metadata=dict(doc.get("metadata") or {}),
+    )
+
+
+# The kinds of change a row of the log may hold ("reload" rows are read from the tables).
+_LOGGED_KINDS = frozenset(get_args(ChangeKind)) - {"reload", "resync"}
+
+
+def _texts(data: dict[str, Any], field: str) -> list[str]:
+    texts = data.get(field, [])
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        msg = f"{field} is not a list of strings"
+        raise ValueError(msg)
+    return texts
+
+
+def _change_from_row(
+    seq: int,
+    origin: str,
+    kind: str,
+    name: str | None,
+    data: Any,
+    blob: bytes | None,
+    model_id: str | None,
+    dim: int | None,
+) -> Change:
+    """A log row's change, checked as far as applying it needs: a ``ValueError`` or
+    ``TypeError`` means a row this version cannot read."""
+    data = {} if data is None else data
+    if kind not in _LOGGED_KINDS or not isinstance(name, str) or not isinstance(data, dict):
+        msg = f"{kind!r} is not a kind of change, or it has no name or no JSON object"
+        raise ValueError(msg)
+    model = ModelInfo(model_id, int(dim)) if model_id is not None and dim is not None else None
+    vectors = None
+    if blob is not None and model is not None:
+        vectors = np.frombuffer(bytes(blob), dtype=np.float32).reshape(-1, model.dimension)
+    change = cast(ChangeKind, kind)
+    if kind == "set_state":
+        value = data.get("value")
+        if value is not None and not isinstance(value, dict):
+            msg = f"state {name!r} is not a JSON object"
+            raise ValueError(msg)
+        return Change(seq, change, name, state={name: value}, origin=origin)
+    if kind == "update_route":
+        route = _route_from_doc(name, data, [])
+        return Change(seq, change, name, route=route, origin=origin)
+    texts = _texts(data, "utterances" if kind == "put_route" else "texts")
+    rows = 0 if vectors is None else len(vectors)
+    if kind in ("put_route", "add_utterances") and rows != len(texts):
+        msg = f"{len(texts)} utterances but {rows} vectors"
+        raise ValueError(msg)
+    if kind == "put_route":
+        route = _route_from_doc(name, data, texts)
+        return Change(seq, change, name, route=route, vectors=vectors, model=model, origin=origin)
+    return Change(
+        seq, change, name, texts=tuple(texts), vectors=vectors, model=model, origin=origin
     )
 
 
@@ -1026,22 +1081,20 @@ class PostgresStorage:
         return int(row[0]) if row else 0
 
     def _row_to_change(self, row: tuple[Any, ...]) -> Change:
-        seq, origin, kind, name, data, blob, model_id, dim = row
-        data = data or {}
-        model = ModelInfo(model_id, int(dim)) if model_id is not None else None
-        vectors = None
-        if blob is not None and model is not None:
-            vectors = np.frombuffer(bytes(blob), dtype=np.float32).reshape(-1, model.dimension)
-        if kind == "put_route":
-            route = _route_from_doc(name, data, data.get("utterances", []))
-            return Change(seq, kind, name, route=route, vectors=vectors, model=model, origin=origin)
-        if kind == "update_route":
-            route = _route_from_doc(name, data, [])
-            return Change(seq, kind, name, route=route, origin=origin)
-        if kind == "set_state":
-            return Change(seq, kind, name, state={name: data.get("value")}, origin=origin)
-        texts = tuple(data.get("texts", ()))
-        return Change(seq, kind, name, texts=texts, vectors=vectors, model=model, origin=origin)
+        """The change a row of the log holds (``seq, origin, kind, name, data,
+        vectors, model_id, dimension``; not a ``reload``, which the follower reads from
+        the tables).
+
+        Raises:
+            UnreadableChangeError: the row is not one this version writes (another
+                version's writer, a damaged or hand-made row); the follower then reads
+                the whole store from the tables instead.
+        """
+        try:
+            return _change_from_row(*row)
+        except (TypeError, ValueError) as exc:
+            msg = f"the change-log row seq {row[0]} cannot be read: {first_line(exc)}"
+            raise UnreadableChangeError(msg) from exc
 
     def _forked(self) -> None:
         # In a forked child, under every registered lock: the inherited connections
