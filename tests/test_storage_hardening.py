@@ -59,6 +59,10 @@ POISON: list[tuple[dict[str, Any], str]] = [
     (_nested(MAX_METADATA_DEPTH + 1), "deeper"),
     (_nested(300), "deeper"),
     ({"k": "x" * MAX_METADATA_BYTES}, "bytes"),
+    # JSON makes these keys strings (1 and "1" one key): the route read back would differ.
+    ({"limits": {1: "one", "1": "uno", None: "n"}}, "keys must be strings, got 1"),
+    ({"k": [{None: 1}]}, "keys must be strings, got None"),
+    ({"k": ({True: 1},)}, "keys must be strings, got True"),
 ]
 
 

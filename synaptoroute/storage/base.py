@@ -48,20 +48,26 @@ MAX_METADATA_DEPTH = 32
 MAX_METADATA_BYTES = 64 * 1024
 
 
-def _depth(value: object, limit: int) -> int:
-    """How deeply ``value`` nests containers, counting no further than ``limit + 1``."""
-    deepest = 0
-    stack: list[tuple[object, int]] = [(value, 0)]
+def _check_shape(metadata: dict[str, Any]) -> None:
+    """Refuse metadata nesting deeper than :data:`MAX_METADATA_DEPTH` or with a key that
+    is not a ``str`` (JSON would turn ``1``, ``None`` or ``True`` into a string, and
+    ``1`` and ``"1"`` into one key: the route read back would differ)."""
+    stack: list[tuple[object, int]] = [(metadata, 0)]
     while stack:  # iterative: a deep document cannot exhaust the interpreter stack
         item, level = stack.pop()
         if isinstance(item, dict | list | tuple):
             level += 1
-            deepest = max(deepest, level)
-            if level > limit:
-                return level
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, level) for child in children)
-    return deepest
+            if level > MAX_METADATA_DEPTH:
+                msg = f"metadata nests deeper than {MAX_METADATA_DEPTH} levels"
+                raise InvalidInputError(msg)
+            if isinstance(item, dict):
+                keys = [k for k in item if not isinstance(k, str)]
+                if keys:
+                    msg = f"metadata keys must be strings, got {keys[0]!r}"
+                    raise InvalidInputError(msg)
+                stack.extend((child, level) for child in item.values())
+            else:
+                stack.extend((child, level) for child in item)
 
 
 def metadata_json(metadata: dict[str, Any]) -> str:
@@ -69,13 +75,11 @@ def metadata_json(metadata: dict[str, Any]) -> str:
 
     Raises:
         InvalidInputError: a string is not valid Unicode (a lone surrogate), a
-            number is NaN or infinite, a value is not JSON, the nesting is deeper
-            than :data:`MAX_METADATA_DEPTH` or the text longer than
+            number is NaN or infinite, a value is not JSON, a key is not a ``str``,
+            the nesting is deeper than :data:`MAX_METADATA_DEPTH` or the text longer than
             :data:`MAX_METADATA_BYTES`. Nothing is written.
     """
-    if _depth(metadata, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:
-        msg = f"metadata nests deeper than {MAX_METADATA_DEPTH} levels"
-        raise InvalidInputError(msg)
+    _check_shape(metadata)
     try:
         text = json.dumps(metadata, ensure_ascii=False, allow_nan=False)
         size = len(text.encode("utf-8"))
