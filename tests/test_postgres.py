@@ -731,6 +731,41 @@ def test_close_does_not_wait_for_good_on_a_stalled_server(pg_dsn: str, schema: s
         os.kill(pid, signal.SIGCONT)
 
 
+def test_a_router_dropped_without_close_ends_its_follower_and_its_sessions(
+    pg_dsn: str, schema: str
+) -> None:
+    # The follower thread held the router's method: a router dropped without close()
+    # (one per request, a notebook cell run again) kept its thread and two PostgreSQL
+    # sessions for the life of the process.
+    import gc
+    import weakref
+
+    import psycopg
+
+    router = AdaptiveRouter(HashingEncoder(), open_store(pg_dsn, schema))
+    router.add_route(ROUTES[0])
+    watch = router.storage.watching  # type: ignore[attr-defined]
+    wait_until(watch._connected.is_set, "the follower to listen")
+    pids = [watch.backend_pid, router.storage._conn.info.backend_pid]  # type: ignore[attr-defined]
+    thread = watch._thread
+    gone = weakref.ref(router)
+    del router, watch
+    gc.collect()
+    assert gone() is None, "something else keeps the router alive"
+    thread.join(WAIT)
+    assert not thread.is_alive()
+
+    def sessions_ended() -> bool:
+        gc.collect()  # the store, left behind with the router, closes its session when freed
+        with psycopg.connect(pg_dsn) as admin:
+            found = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+            ).fetchone()
+        return found is not None and found[0] == 0
+
+    wait_until(sessions_ended, "the dropped router's sessions to end")
+
+
 def test_a_foreign_or_newer_schema_is_left_untouched(pg_dsn: str, schema: str) -> None:
     import psycopg
 

@@ -8,11 +8,13 @@ reconnects and catches up.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -118,10 +120,18 @@ class Watch:
         lock: threading.RLock,
     ) -> None:
         self._storage = storage
-        self.callback = callback
         self.lock = lock
         self._conn: psycopg.Connection[Any] | None = None  # the listening session
         self._stop = threading.Event()
+        # A router's method is held weakly: a router dropped without close() is
+        # collected, and its follower then ends and closes its session (a strong
+        # reference from this thread kept both alive for good).
+        self._callback: Callable[[], Callable[[Sequence[Change]], None] | None]
+        if inspect.ismethod(callback):
+            self._callback = weakref.WeakMethod(callback)
+            weakref.finalize(callback.__self__, self._stop.set)
+        else:
+            self._callback = lambda: callback
         self._connected = threading.Event()
         self.reconnects = 0
         self.backend_pid: int | None = None  # the listening session, for pg_stat_activity
@@ -129,6 +139,11 @@ class Watch:
             target=self._run, name="synaptoroute-pg-follower", daemon=True
         )
         self._thread.start()
+
+    @property
+    def callback(self) -> Callable[[Sequence[Change]], None] | None:
+        """What changes are handed to; ``None`` once the router it belonged to is gone."""
+        return self._callback()
 
     @property
     def connected(self) -> bool:
@@ -280,8 +295,11 @@ class Watch:
             if store._applied_or_zero() != since:
                 return False
             store._pending = None  # the snapshot holds everything a pending reset would
+            callback = self.callback
+            if callback is None:  # its router is gone: this follower is ending
+                return False
             try:
-                self.callback([snap])
+                callback([snap])
             except Exception:
                 _log.exception("applying the reload at seq %d failed", snap.seq)
             store._rewind(snap.seq)
@@ -296,10 +314,11 @@ class Watch:
                 batch.append(pending)
             applied = store._applied_or_zero()
             batch.extend(c for c in changes if c.seq > applied)
-            if not batch:
+            callback = self.callback
+            if not batch or callback is None:
                 return
             try:
-                self.callback(batch)
+                callback(batch)
             except Exception:
                 _log.exception("applying changes up to seq %d failed", batch[-1].seq)
             store._advance(max(c.seq for c in batch))

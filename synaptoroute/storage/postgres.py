@@ -1106,10 +1106,12 @@ class PostgresStorage:
             self._conn = None
         # The parent's session pid: the child's own writes go through new sessions.
         self._own_pid = None
-        watch = self._watch
+        watch, self._watch = self._watch, None
         if watch is not None:
             watch.disown()
-            self._watch = Watch(self, watch.callback, watch.lock)
+            callback = watch.callback
+            if callback is not None:
+                self._watch = Watch(self, callback, watch.lock)
 
     # -- lifetime --------------------------------------------------------------------
     def close(self) -> None:
