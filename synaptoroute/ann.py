@@ -33,7 +33,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -408,7 +408,13 @@ class AnnGraph:
         with self._lock:
             return int(self._graph.memory_usage) + self._sample.nbytes
 
-    def save(self, path: Path, key: str) -> None:
+    def save(
+        self,
+        path: Path,
+        key: str,
+        stop: Callable[[], bool] | None = None,
+        lock: AbstractContextManager[Any] | None = None,
+    ) -> bool:
         """Write the graph and its key next to each other, each replaced atomically.
 
         The key names the graph file it belongs to (its inode, size and modification
@@ -418,10 +424,22 @@ class AnnGraph:
         Args:
             path: the graph file; its key goes to ``path`` + ``.json``.
             key: :func:`content_key` of the covered rows.
+            stop: asked before the graph is written and again, holding ``lock``, before
+                the files are replaced; when it says ``True`` nothing is replaced (the
+                files written so far are removed).
+            lock: held while ``stop`` is asked the second time and the files are
+                replaced: whoever makes ``stop`` say ``True`` and then takes ``lock``
+                knows that this call replaces no file afterwards (the router's
+                ``close()``).
+
+        Returns:
+            ``True`` if the files were replaced, ``False`` if ``stop`` said ``True``.
 
         Raises:
             OSError: a file could not be written (usearch's errors included).
         """
+        if stop is not None and stop():
+            return False
         # Unique per writer, so two routers of one process on one store never share one.
         stem = f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}"
         tmp, meta_tmp = path.with_name(stem + ".tmp"), path.with_name(stem + ".json.tmp")
@@ -441,8 +459,12 @@ class AnnGraph:
                 "file": _file_id(written),
             }
             meta_tmp.write_text(json.dumps(meta))
-            os.replace(tmp, path)  # a rename keeps the size and modification time
-            os.replace(meta_tmp, path.with_name(path.name + ".json"))
+            with lock if lock is not None else nullcontext():
+                if stop is not None and stop():
+                    return False
+                os.replace(tmp, path)  # a rename keeps the size and modification time
+                os.replace(meta_tmp, path.with_name(path.name + ".json"))
+            return True
         finally:
             for leftover in (tmp, meta_tmp):
                 leftover.unlink(missing_ok=True)
@@ -459,7 +481,14 @@ class AnnGraph:
             gate: the graph's :class:`ReadGate`.
 
         Returns:
-            The graph covering that prefix, or ``None`` (missing, stale or unreadable).
+            The graph covering that prefix, or ``None`` (missing, stale or unreadable:
+            a key file whose numbers are out of range included).
+
+        Raises:
+            AnnUnavailableError: the file and its key are this index's, but usearch,
+                which reads the file, is not installed (checked before the rows are
+                hashed). A missing library is not a property of the file: the caller
+                decides what to do without the graph.
         """
         try:
             meta = json.loads(path.with_name(path.name + ".json").read_text())
@@ -472,6 +501,10 @@ class AnnGraph:
                 return None
             if not _same_file(path, meta["file"]):  # not the graph this key was written for
                 return None
+        except _UNREADABLE:
+            return None
+        load_usearch()  # AnnUnavailableError: the caller's to handle, not an unreadable file
+        try:
             with ThreadPoolExecutor(max_workers=max(2, process_cpus())) as pool:
                 # The graph file is read while its key is checked, not after.
                 loading = pool.submit(_read_graph, path, rows.shape[1])
@@ -484,8 +517,13 @@ class AnnGraph:
             if not _same_file(path, meta["file"]):
                 return None
             return cls(graph, rows[:covered], gate=gate)
-        except (OSError, ValueError, KeyError, RuntimeError, TypeError):
+        except _UNREADABLE:
             return None
+
+
+# What a missing, truncated or tampered cache file raises while it is read and checked
+# (usearch's errors are RuntimeErrors; OverflowError: int() of Infinity in the key file).
+_UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, TypeError, OverflowError)
 
 
 def _file_id(stat: os.stat_result) -> list[int]:

@@ -36,13 +36,14 @@ from numpy.typing import NDArray
 
 from ._buffers import buffer_capacity, take_buffer
 from ._cpu import process_cpus
-from ._fork import INDEX, hold_across_fork
+from ._fork import INDEX, LEAF, hold_across_fork
 from .ann import (  # stdlib and numpy only: usearch loads on use
     CLOSE_MARGIN,
     DEFAULT_DEPTH,
     HARD_CONTRAST,
     LOST_ROUND,
     RESCORE_BUDGET,
+    AnnUnavailableError,
     ReadGate,
     candidate_routes,
     rounds_for,
@@ -1202,6 +1203,12 @@ class RouteIndex:
         self._ann_worker: threading.Thread | None = None
         self._ann_cache_tried = False
         self._gate = ReadGate()  # shared with every graph this index builds or loads
+        # close(): background work stops (a build at its next chunk, a feed at its next
+        # row), none starts, and no cache file is replaced. A cache write checks the flag
+        # and replaces its files under _cache_lock, which close() takes after setting it.
+        self._closed = False
+        self._cache_lock = threading.Lock()
+        hold_across_fork(self, LEAF, lock="_cache_lock")  # held for two renames
 
     # -- mutations (O(added) or O(deleted); no matrix copies) -----------------------
     def changing(self) -> AbstractContextManager[Any]:
@@ -1516,7 +1523,7 @@ class RouteIndex:
             self._start_int8_build(n)
 
     def _start_int8_build(self, n: int) -> None:
-        if stopping():  # the interpreter is exiting: queries keep the current copy
+        if self._stopped():  # closed, or exiting: queries keep the current copy
             return
         # Rows below n never change in place (appends go past n, deletes only mark
         # rows, a reallocation copies them), so this view stays valid; a compaction
@@ -1544,12 +1551,32 @@ class RouteIndex:
         return self._int8_builder is None
 
     # -- the approximate graph (synaptoroute.ann) ----------------------------------
+    def close(self) -> None:
+        """Stop the background graph work for good, without waiting for its thread.
+
+        A graph build ends before its next chunk of rows (``ann.BUILD_CHUNK``: about a
+        second on 2 cores), a feed before its next row, and neither starts again; no
+        int8 copy starts either (one under way finishes, and is kept). Once this
+        returns, no cache file is replaced: a write under way is discarded (its
+        temporary files are removed). Queries keep answering from the rows and the
+        graph in memory, scoring exactly what the graph does not hold.
+        """
+        self._closed = True
+        # Replacements in flight end first; a write that takes the lock later sees the flag.
+        with self._cache_lock:
+            pass
+
+    def _stopped(self) -> bool:
+        """Whether background work must stop: this index was closed, or the
+        interpreter is exiting (:func:`stopping`)."""
+        return self._closed or stopping()
+
     def _refresh_ann(self, n: int) -> None:
         if self.aggregation != "max" or self.ann_min_rows is None or n < self.ann_min_rows:
             self._ann = None
             return
-        if self._ann_worker is not None or stopping():
-            return  # a build or a feed is running (it republishes when done), or exiting
+        if self._ann_worker is not None or self._stopped():
+            return  # a build or a feed is running (it republishes when done), or stopped
         if self._ann is None and not self._ann_cache_tried and self.ann_cache is not None:
             # Start-up: a graph saved over a prefix of these rows is loaded here (fast)
             # instead of rebuilt; a change another replica made to that prefix gives
@@ -1557,7 +1584,11 @@ class RouteIndex:
             from .ann import AnnGraph
 
             self._ann_cache_tried = True
-            self._ann = AnnGraph.load(self.ann_cache, self._buf[:n], gate=self._gate)
+            try:
+                self._ann = AnnGraph.load(self.ann_cache, self._buf[:n], gate=self._gate)
+            except AnnUnavailableError:  # a store made where the ann extra is installed
+                self._ann_unavailable()
+                return
             if self._ann is not None:
                 self.stats.ann_cache_loads += 1
         if self._ann is None:
@@ -1578,10 +1609,8 @@ class RouteIndex:
                 else:
                     self._feed_ann(generation)
             except Exception:  # queries keep the exact path
-                _log.warning("approximate index unavailable; scoring exactly", exc_info=True)
                 with self._lock:
-                    self.ann_min_rows = None
-                    self._ann = None
+                    self._ann_unavailable()
             finally:
                 with self._lock:
                     self._ann_worker = None
@@ -1589,20 +1618,30 @@ class RouteIndex:
 
         self._ann_worker = _start_background(run, "synaptoroute-ann")
 
+    def _ann_unavailable(self) -> None:
+        # Under the lock: no graph from now on (usearch missing, or a build that
+        # failed); queries keep the exact path. Logged once: nothing retries.
+        _log.warning("approximate index unavailable; scoring exactly", exc_info=True)
+        self.ann_min_rows = None
+        self._ann = None
+
     def _build_ann(self, rows: NDArray[np.float32], generation: int) -> None:
         from .ann import AnnGraph, content_key
 
-        graph = AnnGraph.build(rows, threads=process_cpus(), stop=stopping, gate=self._gate)
-        if graph is None:  # the interpreter is exiting
+        graph = AnnGraph.build(rows, threads=process_cpus(), stop=self._stopped, gate=self._gate)
+        if graph is None:  # closed, or the interpreter is exiting
             return
         with self._lock:
             if generation != self._int8_generation:
                 return
             self._ann = graph
             self.stats.ann_builds += 1
-        if self.ann_cache is not None:
+        if self.ann_cache is not None and not self._stopped():
             try:
-                graph.save(self.ann_cache, content_key(rows))
+                # Asked again under _cache_lock before the files are replaced (close()).
+                graph.save(
+                    self.ann_cache, content_key(rows), stop=self._stopped, lock=self._cache_lock
+                )
             except OSError:
                 _log.warning("could not write the approximate index cache", exc_info=True)
         self._feed_ann(generation)
@@ -1612,7 +1651,7 @@ class RouteIndex:
         # inserted under the graph's lock only, so a query waits for one chunk at most.
         from .ann import FEED_CHUNK
 
-        while not stopping():
+        while not self._stopped():
             with self._lock:
                 graph = self._ann
                 if graph is None or generation != self._int8_generation:
@@ -1632,7 +1671,8 @@ class RouteIndex:
             timeout: seconds to wait for each background step.
 
         Returns:
-            ``True`` once the graph (if any) is complete and nothing runs.
+            ``True`` once the graph (if any) is complete and nothing runs, or nothing
+            runs and nothing will (closed, or the interpreter is exiting).
         """
         for _ in range(64):  # bounded: each round either finishes a worker or starts one
             thread = self._ann_worker
@@ -1643,7 +1683,9 @@ class RouteIndex:
             self.snapshot()  # publishes a finished graph; starts a feed if rows are missing
             with self._lock:
                 graph = self._ann
-                done = self._ann_worker is None and (graph is None or graph.covered >= self._n)
+                done = self._ann_worker is None and (
+                    graph is None or graph.covered >= self._n or self._stopped()
+                )
             if done:
                 return True
         return False

@@ -1162,11 +1162,21 @@ class AdaptiveRouter:
         await self.stop()
 
     def close(self) -> None:
-        """Close the storage. Stop the worker first if it runs."""
+        """Stop the index's background work, then close the storage. Stop the worker
+        first if it runs.
+
+        Does not wait for the background thread: a graph build ends before its next
+        chunk of rows (about a second on 2 cores), a feed before its next row, and no
+        graph build or feed or int8 copy starts again. Once ``close()`` returns the
+        router replaces no cache file (``<store>.ann``): a write under way is
+        discarded, and a graph whose build was stopped is not saved, so the next router
+        opened on the store builds it again (``docs/scale.md``).
+        """
         if any(worker.running for worker in self.workers):
             warnings.warn(
                 "close() while the async worker runs; call await stop() first", stacklevel=2
             )
+        self._index.close()
         self.storage.close()
 
     # -- replication: applying changes other replicas committed ----------------------

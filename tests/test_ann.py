@@ -796,6 +796,142 @@ def test_missing_library(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCapt
     assert router.index_stats.ann_queries == 0
 
 
+def test_a_cache_file_without_the_library_logs_one_warning_and_scores_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A store made where the ann extra is installed, opened where it is not (default
+    # index="auto"): its cache file matches the stored rows, but reading it needs
+    # usearch. The first query, warm() and the HTTP service's start used to raise
+    # AnnUnavailableError from the compile; now the index logs one warning and scores
+    # exactly, as without a cache file, and leaves the file for a router that can read it.
+    path = tmp_path / "routes.db"
+    first = open_router(path)
+    first.add_routes(routes_for("c", 30))
+    assert first.wait_for_index(timeout=60)
+    first.close()
+    cache = tmp_path / "routes.db.ann"
+    files = {p: p.read_bytes() for p in (cache, tmp_path / "routes.db.ann.json")}
+
+    monkeypatch.setitem(sys.modules, "usearch", None)
+    monkeypatch.setitem(sys.modules, "usearch.index", None)
+    router = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path), ann_threshold=1)
+    with caplog.at_level(logging.WARNING, logger="synaptoroute.index"):
+        router.warm()
+        assert router.query("c topic3 word3x1").name == "c3"
+        assert router.wait_for_index(timeout=60)
+        assert router.query("c topic7 word7x2").name == "c7"
+    unavailable = [r for r in caplog.records if "approximate index unavailable" in r.getMessage()]
+    assert len(unavailable) == 1
+    stats = router.index_stats
+    assert (stats.ann_cache_loads, stats.ann_builds, stats.ann_queries) == (0, 0, 0)
+    assert {p: p.read_bytes() for p in files} == files
+    router.close()
+
+
+@pytest.mark.parametrize("field", ["covered", "ndim"])
+def test_a_cache_key_with_an_infinite_number_is_not_loaded(tmp_path: Path, field: str) -> None:
+    # json reads Infinity as a float, and int() of it raises OverflowError: a tampered
+    # or damaged key file is an unreadable cache (rebuilt), not a crash of the compile.
+    import json
+
+    from synaptoroute.ann import AnnGraph, content_key
+
+    rows = l2_normalize(np.random.default_rng(8).standard_normal((200, 16)))
+    graph = AnnGraph.build(rows, threads=1)
+    assert graph is not None
+    path = tmp_path / "g.ann"
+    graph.save(path, content_key(rows))
+    assert AnnGraph.load(path, rows) is not None
+    key_file = tmp_path / "g.ann.json"
+    meta = json.loads(key_file.read_text())
+    meta[field] = float("inf")
+    key_file.write_text(json.dumps(meta))
+    assert AnnGraph.load(path, rows) is None
+
+
+def test_close_stops_a_graph_build_and_saves_no_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # close() used to leave a build running: on every core, holding the old rows, and
+    # writing <store>.ann after the store was closed (beside a router reopened on it).
+    # The build is held after its first chunk until the router is closed; it then
+    # stops before its next chunk, and nothing is saved.
+    import synaptoroute.ann as ann_module
+
+    monkeypatch.setattr(ann_module, "BUILD_CHUNK", 64)
+    building, closed = threading.Event(), threading.Event()
+    real_build = ann_module.AnnGraph.build.__func__  # type: ignore[attr-defined]
+
+    def held_build(cls: type, rows: np.ndarray, threads: int, **options: Any) -> object:
+        stop = options.pop("stop")
+        asked: list[int] = []
+
+        def held_stop() -> bool:
+            asked.append(1)
+            if len(asked) == 2:  # one chunk is in the graph
+                building.set()
+                assert closed.wait(60)
+            return bool(stop())
+
+        return real_build(cls, rows, threads, stop=held_stop, **options)
+
+    monkeypatch.setattr(ann_module.AnnGraph, "build", classmethod(held_build))
+    router = open_router(tmp_path / "routes.db")
+    router.add_routes(routes_for("b", 60))  # 300 rows: five chunks
+    assert router.query("b topic4 word4x1").name == "b4"
+    assert building.wait(60)
+    worker = router._index._ann_worker
+    assert worker is not None and worker.is_alive()
+    router.close()
+    closed.set()
+    worker.join(60)
+    assert not worker.is_alive()
+    assert router.index_stats.ann_builds == 0
+    assert [p.name for p in tmp_path.iterdir() if ".ann" in p.name] == []
+    assert router.wait_for_index(timeout=60)  # nothing runs, nothing will
+
+
+def test_close_during_a_cache_write_replaces_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The build is done and its graph is being written when the router is closed: the
+    # write finishes into its temporary files, which are removed, and the cache files
+    # are never replaced after close() returned.
+    import synaptoroute.ann as ann_module
+
+    writing, closed = threading.Event(), threading.Event()
+    real_new = ann_module._new_graph
+
+    class HeldSave:
+        def __init__(self, graph: Any) -> None:
+            object.__setattr__(self, "_inner", graph)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            setattr(self._inner, name, value)
+
+        def save(self, path: str) -> None:
+            writing.set()
+            assert closed.wait(60)
+            self._inner.save(path)
+
+    monkeypatch.setattr(ann_module, "_new_graph", lambda ndim: HeldSave(real_new(ndim)))
+    router = open_router(tmp_path / "routes.db")
+    router.add_routes(routes_for("w", 40))
+    assert router.query("w topic4 word4x1").name == "w4"
+    assert writing.wait(60)
+    worker = router._index._ann_worker
+    assert worker is not None and worker.is_alive()
+    router.close()
+    closed.set()
+    worker.join(60)
+    assert not worker.is_alive()
+    assert router.index_stats.ann_builds == 1  # the graph was built; only its file is dropped
+    assert [p.name for p in tmp_path.iterdir() if ".ann" in p.name] == []
+
+
 def test_the_process_exits_cleanly_while_a_graph_is_being_built(tmp_path: Path) -> None:
     # A script that exits while the graph builds in the background (a CLI query on a
     # large store, say) could abort: usearch's build returned into a daemon thread
