@@ -360,6 +360,19 @@ class Encoder:
         max_tokens = check_count(max_tokens, "max_tokens", 8)
         if threads is not None:
             threads = check_count(threads, "threads", 1)
+        # As given (threads and batch size unresolved: a copy in another process
+        # resolves them there): what a pickled copy is built from (__reduce__).
+        self._arguments: dict[str, Any] = {
+            "model": model,
+            "model_path": None if model_path is None else os.fspath(model_path),
+            "threads": threads,
+            "max_tokens": max_tokens,
+            "batch_size": batch_size,
+            "download_timeout": download_timeout,
+            "spin": spin,
+            "device": device,
+            "providers": None if providers is None else list(providers),
+        }
         self._requested = _requested_providers(device, providers)
         # The providers the session will get, known (and a missing one warned of, once)
         # before loading: a fallback to the CPU must not keep the accelerator's batch
@@ -410,6 +423,27 @@ class Encoder:
         self._unknown: tuple[int, str] | None = None  # see _unknown_stand_in
         self._fastembed: Any = None
         self._dimension: int | None = _DEFAULT_DIM if self._bundled else None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the arguments the encoder was made with, not its loaded model (an
+        ONNX session and a lock do not pickle): the copy (a worker process's) is
+        built from them, loads the model on first use and embeds as this one does.
+        The process's :func:`default_encoder` stays that process's shared one. A
+        subclass pickles only with a ``__reduce__`` of its own: what it changes is
+        not among the arguments.
+
+        Raises:
+            TypeError: a subclass without its own ``__reduce__``.
+        """
+        if type(self) is not Encoder:
+            msg = (
+                f"cannot pickle {type(self).__name__}: a subclass of Encoder pickles "
+                "only with a __reduce__ of its own"
+            )
+            raise TypeError(msg)
+        if self is _default:
+            return (default_encoder, ())
+        return (partial(Encoder, **self._arguments), ())
 
     @property
     def model_id(self) -> str:

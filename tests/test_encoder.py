@@ -16,6 +16,7 @@ from synaptoroute import (
     EncoderProtocol,
     HashingEncoder,
     InvalidInputError,
+    default_encoder,
 )
 from synaptoroute import encoder as encoder_module
 from synaptoroute.encoder import DEFAULT_MODEL_ID, ModelNotAvailableError, _default_model_files
@@ -185,6 +186,34 @@ def test_the_longest_input_the_bundled_model_takes_encodes() -> None:
 
 def _two_dims(texts: list[str]) -> list[list[float]]:
     return [[float(len(t)), 1.0] for t in texts]
+
+
+def test_an_encoder_pickles_as_the_arguments_it_was_made_with(
+    encoder: Encoder, tmp_path: Path
+) -> None:
+    # Its lock and ONNX session never pickled, so an Encoder could not reach a process
+    # pool, and the integrations' copies rebuilt one by name (other max_tokens, path).
+    model, tokenizer = _default_model_files()
+    (tmp_path / "model.onnx").symlink_to(model)
+    (tmp_path / "tokenizer.json").symlink_to(tokenizer)
+    short = Encoder(model_path=tmp_path, max_tokens=8, threads=1, batch_size=7, spin=False)
+    text = ["I need a refund for the weather in the mountains and a new invoice please"]
+    vector = short.encode(text)
+    copy = pickle.loads(pickle.dumps(short))
+    assert type(copy) is Encoder and copy is not short and not copy.loaded
+    assert (copy.max_tokens, copy.threads, copy.batch_size, copy.spin) == (8, 1, 7, False)
+    assert np.allclose(copy.encode(text), vector, atol=1e-6)
+    assert not np.allclose(encoder.encode(text), vector, atol=1e-3)  # 8 tokens differ
+    # Threads and batch sizes left to the encoder are resolved again where it lands.
+    assert pickle.loads(pickle.dumps(Encoder()))._arguments["threads"] is None
+    # The process's shared model stays shared: a copy does not load a second one.
+    assert pickle.loads(pickle.dumps(default_encoder())) is default_encoder()
+
+    class Shorter(Encoder):
+        pass
+
+    with pytest.raises(TypeError, match="subclass of Encoder pickles only with"):
+        pickle.dumps(Shorter())
 
 
 def test_a_callable_encoder_pickles_when_its_function_does() -> None:

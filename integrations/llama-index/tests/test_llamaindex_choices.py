@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import warnings
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 
 import pytest
 from llama_index.core.llms import MockLLM
@@ -13,17 +15,109 @@ from llama_index.core.query_engine import RouterQueryEngine
 from llama_index.core.tools import QueryEngineTool, ToolMetadata
 from llama_index.selectors.synaptoroute import SynaptorouteEmbedding, SynaptorouteSelector
 from llamaindex_support import DESCRIPTIONS, UTTERANCES, EchoEngine
+from typing_extensions import Self
 
 from synaptoroute import Encoder, InvalidInputError, default_encoder
 
 
-def test_an_utterance_key_that_names_no_choice_is_refused(
+def test_an_utterance_key_misspelling_a_choice_is_refused(
     encoder: Encoder, choices: list[ToolMetadata]
 ) -> None:
-    typo = {**UTTERANCES, "biling": ["refund me"]}
+    # The misspelt key leaves "billing" without utterances: that is what gives it away.
+    typo = {"biling": UTTERANCES["billing"], "general": UTTERANCES["general"]}
     selector = SynaptorouteSelector.from_defaults(utterances=typo, encoder=encoder)
     with pytest.raises(InvalidInputError, match=r"'biling'.*did you mean 'billing'"):
         selector.select(choices, "I need a refund")
+    # A set the key is not close to goes on; the set it misspells is refused later.
+    other = SynaptorouteSelector.from_defaults(utterances=typo, encoder=encoder)
+    weather = [ToolMetadata(name="weather", description="Forecasts"), choices[2]]
+    with pytest.warns(UserWarning, match="fewer than 3"):
+        assert other.select(weather, "will it rain tomorrow").ind == 0
+    with pytest.raises(InvalidInputError, match=r"did you mean 'billing'"):
+        other.select(choices, "I need a refund")
+
+
+_WEATHER = {
+    "weather": ["Will it rain tomorrow?", "What's the forecast?", "How hot is it today?"],
+}
+
+
+def _tools(names: list[str]) -> list[QueryEngineTool]:
+    descriptions = {**DESCRIPTIONS, "weather": "Weather forecasts: rain, sun, temperature"}
+    descriptions["billing_eu"] = "Invoices and VAT for European customers"
+    return [
+        QueryEngineTool.from_defaults(EchoEngine(name=n), name=n, description=descriptions[n])
+        for n in names
+    ]
+
+
+@pytest.mark.parametrize("first", ["billing", "weather"])
+def test_one_selector_serves_engines_with_different_tools(encoder: Encoder, first: str) -> None:
+    # Keys for the other engine's tools were refused as unknown, and the names seen
+    # were only remembered when nothing was refused: with disjoint tool sets every
+    # selection raised, in either order.
+    utterances = {k: UTTERANCES[k] for k in ("billing", "general")} | _WEATHER
+    selector = SynaptorouteSelector.from_defaults(utterances=utterances, encoder=encoder)
+    engines = {
+        name: RouterQueryEngine(
+            selector=selector, query_engine_tools=_tools([name, "general"]), llm=MockLLM()
+        )
+        for name in ("billing", "weather")
+    }
+    queries = {"billing": "I was charged twice", "weather": "Will it rain on Sunday?"}
+    order = [first, *(n for n in engines if n != first)]
+    for name in order * 2:
+        assert str(engines[name].query(queries[name])) == f"[{name}] {queries[name]}"
+
+
+def test_names_alike_in_different_tool_sets_are_not_typos(encoder: Encoder) -> None:
+    # "billing_eu" is close to "billing", but "billing" has utterances of its own.
+    eu = ["My VAT number is missing", "Invoice in euros", "EU billing address"]
+    utterances = {**UTTERANCES, "billing_eu": eu}
+    selector = SynaptorouteSelector.from_defaults(utterances=utterances, encoder=encoder)
+    for names in (["billing", "general"], ["billing_eu", "general"]):
+        choices = [t.metadata for t in _tools(names)]
+        assert selector.select(choices, "I need an invoice").ind == 0
+
+
+class _Watched(set[str]):
+    """A set that records, at each change, whether the selector's lock was held."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        super().__init__()
+        self.lock = lock
+        self.held: list[bool] = []
+
+    def update(self, *others: Iterable[str]) -> None:
+        self.held.append(self.lock.locked())
+        super().update(*others)
+
+    def add(self, item: str) -> None:
+        self.held.append(self.lock.locked())
+        super().add(item)
+
+    def __ior__(self, other: AbstractSet[str]) -> Self:  # type: ignore[override,misc]
+        self.held.append(self.lock.locked())
+        return super().__ior__(other)
+
+
+def test_names_seen_and_warnings_are_recorded_under_the_lock(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    # Two threads selecting first over two choice sets read and replaced these sets
+    # unlocked: one's names could be lost, and both could warn about a choice. Whether
+    # the lock is held at each change is checked directly (no timing).
+    thin = {**UTTERANCES, "general": ["When are you open?"]}
+    selector = SynaptorouteSelector.from_defaults(utterances=thin, encoder=encoder)
+    seen, warned = _Watched(selector._lock), _Watched(selector._lock)
+    selector._seen_names, selector._warned = seen, warned
+    with pytest.warns(UserWarning, match="fewer than 3"):
+        selector.select(choices, "I need a refund")
+    selector.select(choices[1:], "my app crashes")
+    assert selector._seen_names is seen and selector._warned is warned
+    assert seen == set(DESCRIPTIONS) and warned == {"'general'"}
+    assert seen.held and warned.held
+    assert all(seen.held + warned.held)
 
 
 def test_tools_sharing_a_name_are_refused_when_utterances_are_keyed_by_name(
@@ -128,6 +222,27 @@ def test_aclose_stops_routers_evicted_from_the_cache(
         return [first.worker.running, selector.router_for(choices[:2]).worker.running]
 
     assert asyncio.run(main()) == [False, False]
+
+
+def test_aclose_on_one_loop_keeps_evicted_routers_another_loop_runs(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    # aclose() forgot every evicted router after stopping this loop's workers, so a
+    # later aclose() on another loop never stopped that loop's worker of one.
+    selector = SynaptorouteSelector.from_defaults(
+        utterances=UTTERANCES, encoder=encoder, max_choice_sets=1
+    )
+    with asyncio.Runner() as one, asyncio.Runner() as two:
+        one.run(selector.aselect(choices, "I need a refund"))
+        two.run(selector.aselect(choices, "my app crashes"))
+        first = selector.router_for(choices)
+        assert [w.running for w in first.workers] == [True, True]
+        one.run(selector.aselect(choices[:2], "my app crashes"))  # evicts the first set
+        one.run(selector.aclose())
+        assert [w.running for w in first.workers] == [False, True]  # the other loop's
+        two.run(selector.aclose())
+        assert not any(w.running for w in first.workers)
+        assert selector._retired == []  # nothing left to stop: forgotten
 
 
 def test_selectors_and_embeddings_built_without_an_encoder_share_one_model() -> None:

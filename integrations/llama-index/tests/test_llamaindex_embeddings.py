@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pickle
 import threading
+import warnings
+from collections.abc import Sequence
+from copy import deepcopy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +22,7 @@ from llama_index.selectors.synaptoroute import (
 )
 from llama_index.selectors.synaptoroute.embeddings import as_encoder
 from llamaindex_support import CLEAR_QUERIES, UTTERANCES
+from numpy.typing import NDArray
 
 from synaptoroute import (
     DEFAULT_MODEL_ID,
@@ -28,7 +33,9 @@ from synaptoroute import (
     HashingEncoder,
     ModelNotAvailableError,
     Route,
+    default_encoder,
 )
+from synaptoroute.encoder import _default_model_files
 from synaptoroute.testing import RecordingEncoder
 
 TEXTS = ["Refunds are paid within five days.", "The app crashes on start", "hello"]
@@ -94,6 +101,72 @@ async def test_a_pickled_copy_carries_its_encoder_or_says_it_stayed_behind() -> 
     with pytest.raises(ModelNotAvailableError, match=stayed):
         await copy.aget_query_embedding(TEXTS[0])
     assert len(lambda_based.get_text_embedding(TEXTS[0])) == 3  # the original is untouched
+
+
+class _FirstWordsEncoder(Encoder):
+    """An Encoder subclass: what it changes is not among the Encoder's settings."""
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        return super().encode([" ".join(t.split()[:2]) for t in texts])
+
+
+def test_a_pickled_copy_of_an_encoder_keeps_its_settings(encoder: Encoder, tmp_path: Path) -> None:
+    # The copy was Encoder(model_name): max_tokens, model_path, device... were dropped,
+    # so IngestionPipeline(num_workers=N)'s workers embedded otherwise than the parent.
+    model, tokenizer = _default_model_files()
+    (tmp_path / "model.onnx").symlink_to(model)
+    (tmp_path / "tokenizer.json").symlink_to(tokenizer)
+    short = Encoder(model_path=tmp_path, max_tokens=16, threads=1, batch_size=7, spin=False)
+    original = SynaptorouteEmbedding(short)
+    copy = pickle.loads(pickle.dumps(original))
+    assert type(copy.encoder) is Encoder and copy.encoder is not short
+    assert copy.encoder._arguments == short._arguments
+    assert (copy.encoder.max_tokens, copy.encoder.threads, copy.encoder.batch_size) == (16, 1, 7)
+    long_text = "I need a refund for " + "the weather in the mountains " * 8  # > 16 tokens
+    vector = copy.get_text_embedding(long_text)
+    assert np.allclose(vector, original.get_text_embedding(long_text), atol=1e-5)
+    assert not np.allclose(vector, encoder.encode([long_text])[0], atol=1e-3)
+    # The device asked for travels too (not loaded here: whatever this machine has).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no CUDA in this onnxruntime
+        on_gpu = SynaptorouteEmbedding(Encoder(device="cuda:1"))
+        copy = pickle.loads(pickle.dumps(on_gpu))
+    assert copy.encoder.device == "cuda"
+    assert copy.encoder._arguments == on_gpu.encoder._arguments
+    # The process's shared bundled model is the copy's process's shared one.
+    shared = SynaptorouteEmbedding(default_encoder())
+    assert pickle.loads(pickle.dumps(shared)).encoder is default_encoder()
+
+
+def test_a_pickled_copy_of_an_encoder_subclass_says_it_stayed_behind(encoder: Encoder) -> None:
+    # It was rebuilt as a plain Encoder by name, and embedded otherwise, silently.
+    original = SynaptorouteEmbedding(_FirstWordsEncoder())
+    copy = pickle.loads(pickle.dumps(original))
+    with pytest.raises(
+        ModelNotAvailableError, match=r"a _FirstWordsEncoder .*could not be pickled"
+    ):
+        copy.get_text_embedding(TEXTS[0])
+    assert len(original.get_text_embedding(TEXTS[0])) == 384
+
+
+def test_a_deep_copy_shares_the_encoder(encoder: Encoder) -> None:
+    # deepcopy raised TypeError (the Encoder's lock), unlike LangChain's embeddings.
+    original = SynaptorouteEmbedding(encoder, embed_batch_size=8)
+    twin = deepcopy(original)
+    assert twin.encoder is encoder and twin is not original
+    assert twin.embed_batch_size == 8 and twin.callback_manager is not original.callback_manager
+    assert twin.get_text_embedding(TEXTS[0]) == original.get_text_embedding(TEXTS[0])
+
+
+def test_every_public_method_has_a_docstring() -> None:
+    # SynaptorouteEmbedding.class_name had none.
+    for cls in (SynaptorouteEmbedding, LlamaIndexEncoder, SynaptorouteSelector):
+        for name, attr in vars(cls).items():
+            function = getattr(attr, "__func__", getattr(attr, "fget", attr))
+            if name.startswith("_") or not callable(function):
+                continue
+            if function.__module__.startswith("llama_index.selectors.synaptoroute"):
+                assert function.__doc__, f"{cls.__name__}.{name}"
 
 
 async def test_async_embedding_runs_off_the_loop(recording: RecordingEncoder) -> None:

@@ -105,6 +105,16 @@ def test_decide_with_nothing_scored() -> None:
         ({"max_choice_sets": 2.5}, "max_choice_sets"),
         ({"utterances": {"billing": "I need a refund"}}, "list of strings"),
         ({"utterances": {"billing": ["  "]}}, "empty"),
+        # A bare TypeError; a lone surrogate passed and failed every selection later.
+        ({"utterances": {"billing": None}}, r"utterances\['billing'\] must be a list.*NoneType"),
+        ({"utterances": {"billing": {"a refund"}}}, r"utterances\['billing'\] must be a list"),
+        ({"utterances": {"billing": ["ok", 3]}}, r"utterances\['billing'\]\[1\] must be a str"),
+        (
+            {"utterances": {"billing": ["ok", "refund \ud800"]}},
+            r"utterances\['billing'\]\[1\] \('refund \\ud800'\): .*valid Unicode",
+        ),
+        ({"utterances": {3: ["I need a refund"]}}, "keyed by tool name"),
+        ({"utterances": [("billing", ["I need a refund"])]}, "must be a dict"),
     ],
 )
 def test_bad_arguments_fail_at_construction(

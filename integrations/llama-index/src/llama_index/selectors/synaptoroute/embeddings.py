@@ -18,7 +18,7 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from numpy.typing import NDArray
-from typing_extensions import override
+from typing_extensions import Self, override
 
 from synaptoroute import (
     DEFAULT_MODEL_ID,
@@ -52,13 +52,17 @@ class SynaptorouteEmbedding(BaseEmbedding):
             on first use); with ``encoder``, it must be the encoder's ``model_id``.
 
     A copy made by pickling (LlamaIndex sends transformations to worker processes
-    that way) takes the encoder along when it can be pickled (``HashingEncoder``, a
-    ``CallableEncoder`` of a module-level function); an ``Encoder`` (the bundled
-    model, a fastembed one) is loaded again by its name, as is the model of a copy
-    made by ``from_dict``/``from_json``. Any other encoder that cannot be pickled (a
-    ``CallableEncoder`` of a lambda or closure, a wrapped model that does not pickle)
-    stays behind: the pickled copy raises ``ModelNotAvailableError`` when it is first
-    asked to embed, saying so.
+    that way) embeds as the original does. An ``Encoder`` (the bundled model, a
+    fastembed one) is built again with the arguments it was made with
+    (``model_path``, ``max_tokens``, ``device``...; the shared
+    ``synaptoroute.default_encoder()`` is the copy's process's shared one); any
+    other encoder is taken along when it can be pickled (``HashingEncoder``, a
+    ``CallableEncoder`` of a module-level function). One that cannot be (a
+    ``CallableEncoder`` of a lambda or closure, a wrapped model that does not pickle,
+    a subclass of ``Encoder`` that does not pickle) stays behind: the pickled copy
+    raises ``ModelNotAvailableError`` when it is first asked to embed, saying so. A
+    ``copy.deepcopy`` shares the encoder. A copy made by ``from_dict``/``from_json``
+    has the fields alone: it loads the model by its name, with default settings.
 
     Raises:
         ValueError: ``model_name`` is not the given encoder's model.
@@ -102,25 +106,33 @@ class SynaptorouteEmbedding(BaseEmbedding):
         self._encoder = encoder
 
     def __getstate__(self) -> dict[str, Any]:
-        # LlamaIndex unpickles by calling __init__ with the fields: an encoder that
-        # pickles (HashingEncoder) rides along; an ONNX one does not, and is loaded
-        # again by model_name. Any other (a CallableEncoder holds a lock) cannot be
-        # rebuilt from its name, so the copy is told it stayed behind.
+        # LlamaIndex unpickles by calling __init__ with the fields. An encoder that
+        # pickles rides along (an Encoder pickles as the arguments it was made with,
+        # the process's default one as that process's); any other cannot be rebuilt
+        # faithfully from its name, so the copy is told it stayed behind.
         state: dict[str, Any] = super().__getstate__()
-        if self._encoder is not default_encoder():
-            try:
-                pickle.dumps(self._encoder)
-            except Exception as exc:  # any failure: the encoder does not travel
-                if not isinstance(self._encoder, Encoder):
-                    why = f"{type(self._encoder).__name__} ({type(exc).__name__}: {exc})"
-                    state["__dict__"] = {**state["__dict__"], _LEFT_BEHIND: why}
-                return state
-            state["__dict__"] = {**state["__dict__"], "encoder": self._encoder}
+        extra: dict[str, Any]
+        try:
+            pickle.dumps(self._encoder)
+        except Exception as exc:  # any failure: the encoder does not travel
+            why = f"{type(self._encoder).__name__} ({type(exc).__name__}: {exc})"
+            extra = {_LEFT_BEHIND: why}
+        else:
+            extra = {"encoder": self._encoder}
+        state["__dict__"] = {**state["__dict__"], **extra}
         return state
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        # The encoder (a loaded model, with a lock) is shared, as by the LangChain
+        # package's SynaptorouteEmbeddings; the fields are copied.
+        memo = {} if memo is None else memo
+        memo[id(self._encoder)] = self._encoder
+        return super().__deepcopy__(memo)
 
     @classmethod
     @override
     def class_name(cls) -> str:
+        """The name LlamaIndex records for this class (``to_dict``'s ``class_name``)."""
         return "SynaptorouteEmbedding"
 
     @property

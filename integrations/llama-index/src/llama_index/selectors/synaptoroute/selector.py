@@ -38,6 +38,7 @@ from synaptoroute import (
     RouteMatch,
 )
 from synaptoroute.checks import check_count, check_threshold
+from synaptoroute.encoder import check_text
 from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
 
 from .embeddings import as_encoder
@@ -209,10 +210,13 @@ class SynaptorouteSelector(BaseSelector):
 
     Args:
         encoder: the synaptoroute encoder used for choices and queries.
-        utterances: example utterances per choice (tool) name. A name that matches
-            no choice the selector is given raises :class:`synaptoroute.InvalidInputError`
-            (with the closest name), and so do tools sharing a name; a choice with
-            fewer than 3 utterances gets a warning, once.
+        utterances: example utterances per choice (tool) name; one selector may
+            serve engines with different tools, so a name may be for any of their
+            choice sets. A name that looks like a misspelling of a choice without
+            utterances (no choice set seen has that name, and it is close to the
+            choice's) raises :class:`synaptoroute.InvalidInputError` naming it, and
+            so do tools sharing a name; a choice with fewer than 3 utterances gets a
+            warning, once. A value that is not a list of valid strings is refused here.
         threshold: minimum score for a choice to be selected; ``None`` keeps
             the router's default (0.5).
         top_n: most choices selected: every choice reaching the threshold, best
@@ -313,8 +317,18 @@ class SynaptorouteSelector(BaseSelector):
         return tuple((c.name, c.description) for c in choices)
 
     def _check_choices(self, choices: Sequence[ToolMetadata]) -> None:
-        """Refuse utterances that name no choice, and tools that share a name when
-        utterances are keyed by name; warn once about choices with few examples."""
+        """Refuse an utterance key that looks like a misspelt choice name, and tools
+        that share a name when utterances are keyed by name; warn once about choices
+        with few examples.
+
+        One selector may serve engines with different tools, so a key that names no
+        choice of this set may be meant for another set, not yet seen. It is refused
+        only when it looks like a typo here: no set seen so far has a choice of that
+        name, and it is close to the name of a choice of this set that has no
+        utterances of its own (the choice the misspelt key was meant for). A key
+        close to a choice that has its own utterances (``"billing_eu"`` beside
+        ``"billing"``) is taken for another set's.
+        """
         names = [c.name for c in choices if c.name]
         repeated = sorted(n for n, count in Counter(names).items() if count > 1)
         if repeated and self.utterances:
@@ -324,27 +338,29 @@ class SynaptorouteSelector(BaseSelector):
                 "QueryEngineTool.from_defaults(engine, name='billing', description=...))"
             )
             raise InvalidInputError(msg)
-        # A key must name a choice of some set this selector was given (a subset of
-        # the tools may leave some keys unused); otherwise it is a typo or a stale name.
-        seen = self._seen_names | set(names)
-        unknown = sorted(set(self.utterances) - seen)
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], sorted(seen), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            msg = (
-                f"utterances are given for {unknown[0]!r}, which is not the name of any "
-                f"choice{hint} (choices: {names})"
-            )
-            raise InvalidInputError(msg)
-        self._seen_names = seen
         thin = [
             _label(choices, i)
             for i, c in enumerate(choices)
             if len(self.utterances.get(c.name or "", ())) < _FEW_EXAMPLES
         ]
-        fresh = [label for label in thin if label not in self._warned]
-        if fresh:
+        # Under the cache lock: concurrent first selections of two choice sets must not
+        # lose each other's names, nor both warn about the same choice.
+        with self._lock:
+            unknown = sorted(set(self.utterances) - self._seen_names - set(names))
+            bare = sorted({n for n in names if n not in self.utterances})
+            for key in unknown:
+                close = difflib.get_close_matches(key, bare, n=1)
+                if close:
+                    msg = (
+                        f"utterances are given for {key!r}, which is not the name of any "
+                        f"choice seen, while choice {close[0]!r} has no utterances: did you "
+                        f"mean {close[0]!r}? (choices: {names})"
+                    )
+                    raise InvalidInputError(msg)
+            self._seen_names.update(names)
+            fresh = [label for label in thin if label not in self._warned]
             self._warned.update(fresh)
+        if fresh:
             _warn_user(
                 f"choices with fewer than {_FEW_EXAMPLES} example utterances route on their "
                 f"description and name alone, which is often unreliable: {', '.join(fresh)}; "
@@ -437,25 +453,57 @@ class SynaptorouteSelector(BaseSelector):
     async def aclose(self) -> None:
         """Stop the batching workers :meth:`aselect` started on the running loop.
 
-        Routers evicted from the cache are stopped too (and then forgotten).
+        Routers evicted from the cache are stopped too; an evicted router is
+        forgotten once no event loop runs a worker of it (one whose worker runs on
+        another loop is kept for that loop's ``aclose()``).
         """
         with self._lock:
-            routers = [*self._retired, *self._routers.values()]
-            self._retired = []
+            retired = list(self._retired)
+            routers = [*retired, *self._routers.values()]
         for router in routers:
             await router.stop()
+        with self._lock:
+            # Routers retired meanwhile are left to the eviction's own rule.
+            self._retired = [
+                r
+                for r in self._retired
+                if _has_running_worker(r) or not any(r is old for old in retired)
+            ]
 
 
 def _check_utterances(
     utterances: Mapping[str, Sequence[str]] | None,
 ) -> dict[str, list[str]]:
+    """The utterances as the routes will hold them; anything that would fail a
+    selection later is refused now, naming the key."""
     if utterances is None:
         return {}
+    if not isinstance(utterances, Mapping):
+        kind = type(utterances).__name__
+        msg = f"utterances must be a dict of {{tool name: [example, ...]}}, got {kind}"
+        raise InvalidInputError(msg)
     out: dict[str, list[str]] = {}
     for name, texts in utterances.items():
+        if not isinstance(name, str):
+            msg = f"utterances must be keyed by tool name (a str), got the key {name!r}"
+            raise InvalidInputError(msg)
         if isinstance(texts, str):
             msg = f"utterances[{name!r}] must be a list of strings, not one string"
             raise InvalidInputError(msg)
+        if not isinstance(texts, Sequence) or isinstance(texts, bytes):
+            msg = f"utterances[{name!r}] must be a list of strings, got {type(texts).__name__}"
+            raise InvalidInputError(msg)
+        for index, text in enumerate(texts):
+            # The core's check of every text it embeds: a lone surrogate would pass the
+            # Route and then fail every selection of its choice set, naming nothing.
+            try:
+                check_text(text)
+            except TypeError:
+                msg = f"utterances[{name!r}][{index}] must be a str, got {type(text).__name__}"
+                raise InvalidInputError(msg) from None
+            except InvalidInputError as exc:
+                msg = f"utterances[{name!r}][{index}] ({text[:60]!r}): {exc}"
+                raise InvalidInputError(msg) from None
         # Route's own rules (strip, refuse blanks, drop duplicates) apply now, not mid-query.
         try:
             out[name] = Route(name=name, utterances=list(texts)).utterances
