@@ -9,7 +9,8 @@ for LangChain ``Embeddings``, ``get_text_embedding_batch`` for LlamaIndex
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, TypeGuard
 
 from .encoder import CallableEncoder, EncoderProtocol, default_encoder
 
@@ -26,6 +27,21 @@ def langchain_model_id(embeddings: Any) -> str:
 def llama_index_model_id(embed_model: Any) -> str:
     """``llama-index/<class>/<model name>`` for a LlamaIndex ``BaseEmbedding``."""
     return f"llama-index/{embed_model.class_name()}/{embed_model.model_name}"
+
+
+def _is_encoder(source: object) -> TypeGuard[EncoderProtocol]:
+    """Whether ``source`` has an :class:`EncoderProtocol`'s members, looked up without
+    running them: ``isinstance`` with the runtime protocol reads ``dimension`` before
+    Python 3.12, which embeds a probe text through a remote model's API."""
+    missing = object()
+    model_id, dimension, encode = (
+        inspect.getattr_static(source, name, missing)
+        for name in ("model_id", "dimension", "encode")
+    )
+    if model_id is not missing and dimension is not missing and callable(encode):
+        return True
+    # A proxy that forwards its members through __getattr__ can only be asked.
+    return hasattr(type(source), "__getattr__") and isinstance(source, EncoderProtocol)
 
 
 def _is_langchain_embeddings(source: Any) -> bool:
@@ -56,9 +72,9 @@ def as_encoder(source: Any) -> EncoderProtocol:
     if source is None:
         return default_encoder()
     inner = getattr(source, "synaptoroute_encoder", None)
-    if isinstance(inner, EncoderProtocol):
+    if _is_encoder(inner):
         return inner
-    if isinstance(source, EncoderProtocol):
+    if _is_encoder(source):
         return source
     if _is_langchain_embeddings(source):
         return CallableEncoder(source.embed_documents, model_id=langchain_model_id(source))

@@ -480,6 +480,9 @@ class DecisionPolicy:
                 msg = f"{name} must be a number, got {value!r}"
                 raise InvalidInputError(msg)
             object.__setattr__(self, name, float(value))
+        if not isinstance(self.thresholds, Mapping):
+            msg = f"thresholds must map route names to numbers, got {self.thresholds!r}"
+            raise InvalidInputError(msg)
         bad = {k: v for k, v in self.thresholds.items() if not is_number(v) or math.isnan(v)}
         if bad:
             msg = f"thresholds must map route names to numbers, got {bad!r}"

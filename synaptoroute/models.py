@@ -30,10 +30,13 @@ SCORE_MIN = -1.0
 SCORE_MAX = 1.0
 
 
-def _not_a_bool(value: object) -> object:
-    # pydantic reads True as 1.0; the router's own setters refuse it too (is_number).
-    if isinstance(value, bool):
-        msg = f"a threshold must be a number, not a bool, got {value!r}"
+def _a_number(value: object) -> object:
+    # pydantic reads True, numpy's True and "0.5" as numbers; the router's own setters
+    # refuse them (is_number), so a route must too.
+    from .checks import is_number  # checks reads this module's score bounds
+
+    if value is not None and not is_number(value):
+        msg = f"a threshold must be a number (not a bool or a string), got {value!r}"
         raise ValueError(msg)
     return value
 
@@ -41,7 +44,7 @@ def _not_a_bool(value: object) -> object:
 #: A model field holding a score threshold: a number in [SCORE_MIN, SCORE_MAX] (numpy
 #: scalars read as floats), never a bool, or None.
 OptionalThreshold = Annotated[
-    Annotated[float, Field(ge=SCORE_MIN, le=SCORE_MAX)] | None, BeforeValidator(_not_a_bool)
+    Annotated[float, Field(ge=SCORE_MIN, le=SCORE_MAX)] | None, BeforeValidator(_a_number)
 ]
 
 

@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from synaptoroute import AdaptiveRouter, HashingEncoder, InvalidInputError, Route, RouteMatch
+from synaptoroute.decision import DecisionPolicy
 
 
 def test_route_strips_and_dedupes_utterances() -> None:
@@ -26,6 +27,9 @@ def test_route_strips_and_dedupes_utterances() -> None:
         ({"name": "a", "utterances": ["ok"], "threshold": 1.5}, "threshold"),
         ({"name": "a", "utterances": ["ok"], "threshold": -1.01}, "threshold"),
         ({"name": "a", "utterances": ["ok"], "threshold": True}, "threshold"),
+        # pydantic read these as 0.5 and 1.0; set_threshold refuses them.
+        ({"name": "a", "utterances": ["ok"], "threshold": "0.5"}, "not a bool or a string"),
+        ({"name": "a", "utterances": ["ok"], "threshold": np.True_}, "not a bool or a string"),
         ({"name": "a", "utterances": ["ok"], "colour": "red"}, "colour"),
     ],
 )
@@ -61,6 +65,13 @@ def test_bad_utterances_of_router_calls_raise_invalid_input(
 def test_route_threshold_takes_numpy_scalars_as_floats() -> None:
     route = Route(name="a", utterances=["x"], threshold=np.float32(0.25))
     assert route.threshold == 0.25 and type(route.threshold) is float
+
+
+@pytest.mark.parametrize("thresholds", [None, [0.5], "billing"])
+def test_a_policy_whose_thresholds_are_no_mapping_is_bad_input(thresholds: object) -> None:
+    # None raised AttributeError, where every other bad policy value is InvalidInputError.
+    with pytest.raises(InvalidInputError, match="thresholds must map route names"):
+        DecisionPolicy(threshold=0.5, thresholds=thresholds)  # type: ignore[arg-type]
 
 
 def test_route_is_immutable() -> None:
