@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +59,13 @@ _log = logging.getLogger("synaptoroute.fork")
 _HELD: dict[int, weakref.WeakKeyDictionary[Any, tuple[str, str | None]]] = {
     level: weakref.WeakKeyDictionary() for level in _LEVELS
 }
+# Guards _HELD: a registration (any thread that makes a router, an encoder, a cache)
+# and the fork's copy of it. Iterating a WeakKeyDictionary runs Python code, so another
+# thread's registration could change its size under the fork, which then lost the
+# locks it had not reached yet (a hook's exception only gets logged, the fork goes on).
+# Held only around the dict itself: never while a registered lock is taken, so a thread
+# that registers while it holds one of them cannot deadlock with a fork.
+_REGISTRY = threading.Lock()
 # The locks the fork has taken, with their child hooks; None outside a fork (a list,
 # possibly empty, from the fork's first step on, before it waits for any lock).
 _FORKING: list[tuple[Any, Callable[[], None] | None]] | None = None
@@ -82,7 +90,8 @@ def hold_across_fork(
     if in_child is not None and not callable(getattr(owner, in_child, None)):
         msg = f"{type(owner).__name__}.{in_child} is not a method"
         raise TypeError(msg)
-    _HELD[level][owner] = (lock, in_child)
+    with _REGISTRY:
+        _HELD[level][owner] = (lock, in_child)
 
 
 def forking() -> bool:
@@ -93,8 +102,13 @@ def forking() -> bool:
 def _before() -> None:
     global _FORKING
     _FORKING = []
-    for level in _LEVELS:
-        for owner, (name, hook) in list(_HELD[level].items()):
+    # A copy, under the registry lock, taken before any registered lock: the owners are
+    # then held (strongly) for the fork, and a registration meanwhile waits only for the
+    # copy. One made after it is not taken: its owner was made during the fork.
+    with _REGISTRY:
+        held = [list(_HELD[level].items()) for level in _LEVELS]
+    for owners in held:  # outer levels first
+        for owner, (name, hook) in owners:
             lock = getattr(owner, name)
             lock.acquire()
             _FORKING.append((lock, getattr(owner, hook) if hook else None))
@@ -108,7 +122,11 @@ def _after_in_parent() -> None:
 
 
 def _after_in_child() -> None:
-    global _FORKING
+    global _FORKING, _REGISTRY
+    # Another thread may have been registering when the process forked: that thread is
+    # gone, and the child's copy of the lock would stay held (the dict itself is whole:
+    # the insertion is one step under the GIL).
+    _REGISTRY = threading.Lock()
     for lock, hook in reversed(_FORKING or ()):
         try:
             if hook is not None:

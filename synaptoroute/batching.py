@@ -13,7 +13,10 @@ one worker per loop, so callers never see that). ``stop()`` resolves every pendi
 call (result or :class:`RouterClosedError`) and releases the loop, so the worker can
 be started again, on the same loop or another. If the loop that ran it is closed
 without ``stop()`` (``asyncio.run`` returning), the next call from a new loop starts
-afresh.
+afresh. What a started worker has of its loop (its task, its thread) belongs to the
+loop, and the worker refers to it weakly: a loop dropped without ``close()`` is
+collected with them, the worker's thread ends, and an idle worker's task keeps no
+worker (nor router) alive.
 
 Why one module over 400 lines: admission, batch cutting, the worker thread hand-off
 and the lifecycle share one queue and one set of invariants; they are read together.
@@ -25,6 +28,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import math
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -106,6 +110,63 @@ def _unit_cost(_: object) -> int:
     return 1
 
 
+#: The attribute of an event loop that holds its workers' runs (see :class:`_Run`).
+_RUNS = "_synaptoroute_batch_runs"
+
+
+class _Run:
+    """What one start of a worker has of its event loop: the task, its wake-up event,
+    the thread that runs the batches and, while it stops, the stopping task.
+
+    The loop owns it (its attribute ``_RUNS``, keyed weakly by worker) and the worker
+    refers to it weakly, and the task holds the worker only while there is work. So a
+    loop dropped without ``close()`` is collected with its runs (a router's map of loops
+    to workers, weak by loop, keeps neither: no worker holds its loop), and a worker
+    collected while its loop lives (its router dropped) is not kept by the loop.
+    """
+
+    __slots__ = ("__weakref__", "executor", "loop", "stopper", "task", "wakeup")
+
+    def __init__(self, worker: BatchWorker[Any, Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.wakeup = asyncio.Event()
+        self.executor = executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="synaptoroute-batch"
+        )
+        self.stopper: asyncio.Task[None] | None = None
+
+        def collected(_: object) -> None:
+            # The worker went while its loop lives: its thread ends now, not when a
+            # later collection finds this run (a cycle through its task).
+            executor.shutdown(wait=False, cancel_futures=True)
+
+        self.task = loop.create_task(
+            _work(weakref.ref(worker, collected), self), name="synaptoroute-batch-worker"
+        )
+        # Destroyed pending when its loop, or its worker, is collected: nobody can be
+        # waiting on it then, so there is nothing to report.
+        with contextlib.suppress(AttributeError):  # a task factory's own kind of task
+            self.task._log_destroy_pending = False  # type: ignore[attr-defined]
+
+    def owned_by_loop(self, worker: BatchWorker[Any, Any]) -> bool:
+        """Hand this run to its loop; ``False`` where the loop takes no attribute."""
+        runs: weakref.WeakKeyDictionary[BatchWorker[Any, Any], _Run] | None
+        runs = getattr(self.loop, _RUNS, None)
+        if runs is None:
+            runs = weakref.WeakKeyDictionary()
+            try:
+                setattr(self.loop, _RUNS, runs)
+            except (AttributeError, TypeError):  # a loop that takes no attributes
+                return False
+        runs[worker] = self
+        return True
+
+    def disown(self, worker: BatchWorker[Any, Any]) -> None:
+        runs = getattr(self.loop, _RUNS, None)
+        if runs is not None and runs.get(worker) is self:
+            del runs[worker]
+
+
 Q = TypeVar("Q")
 T = TypeVar("T")
 R = TypeVar("R")
@@ -181,11 +242,10 @@ class BatchWorker(Generic[Q, T]):
         self._waiting: dict[asyncio.Future[T], int] = {}
         self._queued_cost = 0
         self._inflight: list[tuple[Q, asyncio.Future[T]]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopper: asyncio.Task[None] | None = None
-        self._wakeup: asyncio.Event | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        # The current start's loop-bound state, held by its loop (weakly here); held
+        # here as well only where the loop could not take it.
+        self._run: weakref.ref[_Run] | None = None
+        self._kept: _Run | None = None
 
     def sibling(self) -> BatchWorker[Q, T]:
         """A new, unstarted worker with this one's function and current settings
@@ -201,29 +261,32 @@ class BatchWorker(Generic[Q, T]):
         )
 
     # -- state -----------------------------------------------------------------------
+    def _current(self) -> _Run | None:
+        """The current start's state; ``None`` when not started, stopped, or its loop
+        was collected."""
+        return None if self._run is None else self._run()
+
     @property
     def running(self) -> bool:
         """Whether the worker task is alive on an open event loop."""
-        return (
-            self._task is not None
-            and not self._task.done()
-            and self._loop is not None
-            and not self._loop.is_closed()
-        )
+        run = self._current()
+        return run is not None and not run.task.done() and not run.loop.is_closed()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The event loop the worker runs on, or ``None`` when it is not started."""
-        return self._loop
+        run = self._current()
+        return None if run is None else run.loop
 
     @property
     def stopping(self) -> bool:
         """Whether a ``stop()`` is in progress (new calls are refused meanwhile)."""
+        run = self._current()
         return (
-            self._stopper is not None
-            and not self._stopper.done()
-            and self._loop is not None
-            and not self._loop.is_closed()
+            run is not None
+            and run.stopper is not None
+            and not run.stopper.done()
+            and not run.loop.is_closed()
         )
 
     @property
@@ -238,7 +301,7 @@ class BatchWorker(Generic[Q, T]):
         return self._queued_cost
 
     def _check_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        if (self.running or self.stopping) and self._loop is not loop:
+        if (self.running or self.stopping) and self.loop is not loop:
             msg = (
                 "this batching worker runs on another event loop; await stop() on "
                 "that loop before using it from a new one (a router gives each event "
@@ -255,20 +318,19 @@ class BatchWorker(Generic[Q, T]):
 
     def _discard(self) -> None:
         """Forget the loop-bound state (after a stop, or a loop that went away)."""
-        if self._executor is not None:
-            # Nothing is queued on it any more; an abandoned (timed-out) batch may still
-            # be running and finishes on its own.
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        loop = self._loop
-        if loop is not None and loop.is_closed():
+        run = self._current()
+        self._run = self._kept = None
+        if run is None:  # its loop was collected, and the run with it (its thread ends)
+            return
+        # Nothing is queued on it any more; an abandoned (timed-out) batch may still be
+        # running and finishes on its own.
+        run.executor.shutdown(wait=False, cancel_futures=True)
+        if run.loop.is_closed():
             # Futures of a closed loop cannot be resolved (their callbacks would be
             # scheduled on it); their callers are gone with the loop.
             self._clear_queue()
             self._inflight = []
-        self._task = self._stopper = None
-        self._loop = None
-        self._wakeup = None
-        self._executor = None
+        run.disown(self)
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -288,10 +350,12 @@ class BatchWorker(Generic[Q, T]):
         if self.running:
             return
         self._discard()  # leftovers of a loop that was closed without stop()
-        self._loop = loop
-        self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synaptoroute-batch")
-        self._task = loop.create_task(self._run(), name="synaptoroute-batch-worker")
+        run = _Run(self, loop)
+        self._run = weakref.ref(run)
+        if not run.owned_by_loop(self):
+            # Held here then: such a loop, dropped without close(), is kept until the
+            # worker starts again or goes.
+            self._kept = run
 
     async def stop(self, *, drain: bool = True, timeout: float | None = 30.0) -> None:
         """Stop the worker and resolve every pending call.
@@ -309,26 +373,24 @@ class BatchWorker(Generic[Q, T]):
             InvalidInputError: ``timeout`` is not ``None`` or a number >= 0.
         """
         check_timeout(timeout)
-        if self._task is None:
-            return
-        if not self.running and not self.stopping:
-            self._discard()  # the loop that ran it is gone
+        run = self._current()
+        if run is None or (not self.running and not self.stopping):
+            self._discard()  # never started, stopped, or the loop that ran it is gone
             return
         loop = asyncio.get_running_loop()
         self._check_loop(loop)
         if not drain:
             self._fail(queued=True, inflight=False)
-        stopper = self._stopper
+        stopper = run.stopper
         if stopper is None or stopper.done():
-            stopper = loop.create_task(self._shutdown(timeout), name="synaptoroute-batch-stop")
-            self._stopper = stopper
+            stopper = loop.create_task(self._shutdown(run, timeout), name="synaptoroute-batch-stop")
+            run.stopper = stopper
         await asyncio.shield(stopper)
 
-    async def _shutdown(self, timeout: float | None) -> None:
-        task = self._task
-        assert task is not None and self._wakeup is not None
+    async def _shutdown(self, run: _Run, timeout: float | None) -> None:
+        task = run.task
         try:
-            self._wakeup.set()
+            run.wakeup.set()
             _, pending = await asyncio.wait({task}, timeout=timeout)
             if pending:
                 task.cancel()
@@ -439,8 +501,9 @@ class BatchWorker(Generic[Q, T]):
         self._queue.extend(zip(requests, futures, strict=True))
         self._waiting.update(zip(futures, costs, strict=True))
         self._queued_cost += cost
-        assert self._wakeup is not None
-        self._wakeup.set()
+        run = self._current()
+        assert run is not None  # started above, on this (open) loop, which holds it
+        run.wakeup.set()
         return futures
 
     async def _wait(
@@ -512,32 +575,12 @@ class BatchWorker(Generic[Q, T]):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), left)
 
-    async def _run(self) -> None:
-        wakeup, loop, executor = self._wakeup, self._loop, self._executor
-        assert wakeup is not None and loop is not None and executor is not None
-        try:
-            while True:
-                if not self._queue:
-                    if self.stopping:
-                        return
-                    wakeup.clear()
-                    await wakeup.wait()
-                    continue
-                if self.max_wait_ms > 0 and not self.stopping:
-                    await self._fill(wakeup)
-                batch = self._take_batch()
-                if batch:
-                    await self._serve(batch, loop, executor)
-        except BaseException:
-            # Cancelled (a stop that timed out, or the loop shutting down) or a bug:
-            # nobody may be left waiting on a future that will never be resolved.
-            if not loop.is_closed():
-                self._fail(queued=True, inflight=True)
-            # Its thread goes too: a loop closed without stop() (asyncio.run ends by
-            # cancelling this task) would otherwise keep an idle thread for good. A
-            # start() afterwards makes a new executor.
-            executor.shutdown(wait=False, cancel_futures=True)
-            raise
+    async def _next_batch(self, run: _Run) -> None:
+        if self.max_wait_ms > 0 and not self.stopping:
+            await self._fill(run.wakeup)
+        batch = self._take_batch()
+        if batch:
+            await self._serve(batch, run.loop, run.executor)
 
     def _process_boxed(self, requests: list[Q]) -> Sequence[T]:
         # In the worker thread. A CancelledError the batch function raises (an encoder
@@ -580,6 +623,36 @@ class BatchWorker(Generic[Q, T]):
         for (_, fut), result in zip(batch, results, strict=True):
             if not fut.done():
                 fut.set_result(result)
+
+
+async def _work(ref: weakref.ref[BatchWorker[Any, Any]], run: _Run) -> None:
+    """A started worker's task: serves its batches until it stops. Holds the worker
+    only while there is work: idle, the loop that owns this task (through ``run``)
+    keeps neither the worker nor its router alive."""
+    try:
+        while True:
+            worker = ref()
+            if worker is None:  # collected while this task waited to run
+                return
+            if worker._queue:
+                await worker._next_batch(run)
+                continue
+            if worker.stopping:
+                return
+            run.wakeup.clear()
+            worker = None  # not held while it waits
+            await run.wakeup.wait()
+    except BaseException:
+        # Cancelled (a stop that timed out, or the loop shutting down) or a bug: nobody
+        # may be left waiting on a future that will never be resolved.
+        worker = ref()
+        if worker is not None and worker._current() is run and not run.loop.is_closed():
+            worker._fail(queued=True, inflight=True)
+        # Its thread goes too: a loop closed without stop() (asyncio.run ends by
+        # cancelling this task) would otherwise keep an idle thread for good. A start()
+        # afterwards makes a new run.
+        run.executor.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

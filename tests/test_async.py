@@ -8,7 +8,9 @@ are on events or queues, each with a generous safety limit that fails the test.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -856,6 +858,117 @@ async def test_loops_closed_without_stop_leave_no_worker_or_thread_behind() -> N
     assert not [t for t in left if t.is_alive()]
     assert router.worker.running and (await router.aquery("refund")).name == "billing"
     await router.stop()
+
+
+def _batch_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("synaptoroute-batch")}
+
+
+def _served_on(loop: asyncio.AbstractEventLoop, router: AdaptiveRouter) -> threading.Thread:
+    """Query ``router`` on ``loop`` (left open) and return its worker's new thread."""
+    before = _batch_threads()
+    assert loop.run_until_complete(router.aquery("I need a refund")).name == "billing"
+    [thread] = _batch_threads() - before
+    return thread
+
+
+async def _worker_here(router: AdaptiveRouter) -> BatchWorker[object, object]:
+    return router.worker  # type: ignore[return-value]
+
+
+@pytest.mark.filterwarnings("ignore:unclosed event loop:ResourceWarning")
+def test_a_loop_dropped_without_close_takes_its_worker_and_thread_along(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The router maps each loop to its worker weakly by loop, but the worker (its task,
+    # its wake-up event) held the loop: the entry kept its own key, and a loop never
+    # closed stayed for good with the worker's thread and its own three fds (50 such
+    # loops: 50 threads, 150 fds, 50 workers).
+    router = AdaptiveRouter(HashingEncoder(dimension=64))
+    router.add_routes([Route(name="billing", utterances=["I need a refund"])])
+    first = asyncio.new_event_loop()
+    first_thread = _served_on(first, router)
+    primary = router.worker  # the first loop took the router's own worker
+    assert primary.loop is first and primary.running
+    second = asyncio.new_event_loop()
+    thread = _served_on(second, router)
+    worker = second.run_until_complete(_worker_here(router))
+    assert worker is not primary and worker.running
+    gone_loop, gone_worker = weakref.ref(second), weakref.ref(worker)
+    del second, worker
+    gc.collect()
+    assert gone_loop() is None and gone_worker() is None
+    thread.join(LIMIT_S)
+    assert not thread.is_alive()
+    assert router.workers == [primary]  # the other loop's is untouched
+
+    # The first loop too: the router keeps its worker (settings, counts), set free.
+    gone_loop = weakref.ref(first)
+    del first
+    gc.collect()
+    assert gone_loop() is None
+    first_thread.join(LIMIT_S)
+    assert not first_thread.is_alive()
+    assert not primary.running and primary.loop is None and router.workers == []
+    assert asyncio.run(router.aquery("I need a refund")).name == "billing"
+    assert router.worker is primary and primary.stats.items == 2
+    # The worker's task went with its loop, idle: nothing was lost, nothing reported.
+    assert not [r for r in caplog.records if r.name == "asyncio"]
+
+
+@pytest.mark.filterwarnings("ignore:unclosed event loop:ResourceWarning")
+def test_a_bare_worker_keeps_no_loop_alive() -> None:
+    worker: BatchWorker[int, int] = BatchWorker(lambda batch: [n + 1 for n in batch])
+    loop = asyncio.new_event_loop()
+    assert loop.run_until_complete(worker.submit_one(1)) == 2
+    assert worker.loop is loop and worker.running
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None
+    assert worker.loop is None and not worker.running
+    assert asyncio.run(worker.submit_one(2)) == 3  # starts afresh on another loop
+
+
+class _RefusingLoop(asyncio.SelectorEventLoop):
+    """A loop that takes no attribute of synaptoroute's."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name.startswith("_synaptoroute"):
+            raise AttributeError(name)
+        super().__setattr__(name, value)
+
+
+def test_a_worker_runs_on_a_loop_that_takes_no_attributes() -> None:
+    # The worker then holds what it runs on the loop itself, as it did before.
+    worker: BatchWorker[int, int] = BatchWorker(lambda batch: [n + 1 for n in batch])
+    loop = _RefusingLoop()
+    try:
+        assert loop.run_until_complete(worker.submit_one(1)) == 2
+        assert worker.loop is loop and worker.running
+        gc.collect()
+        assert worker.running  # nothing but the worker holds its task
+        assert loop.run_until_complete(worker.submit(list(range(5)))) == [1, 2, 3, 4, 5]
+        loop.run_until_complete(worker.stop())
+        assert not worker.running and worker.loop is None
+    finally:
+        loop.close()
+
+
+async def test_a_router_dropped_while_its_loop_runs_takes_its_worker_and_thread_along() -> None:
+    # What the loop holds of a worker (its task) holds no worker while it waits: a
+    # loop that outlives its routers does not keep them, nor their threads.
+    router = AdaptiveRouter(HashingEncoder(dimension=64))
+    router.add_routes([Route(name="billing", utterances=["I need a refund"])])
+    before = _batch_threads()
+    assert (await router.aquery("I need a refund")).name == "billing"
+    [thread] = _batch_threads() - before
+    gone = weakref.ref(router.worker)
+    del router
+    gc.collect()
+    assert gone() is None
+    await asyncio.to_thread(thread.join, LIMIT_S)
+    assert not thread.is_alive()
 
 
 async def test_settings_of_the_first_worker_reach_later_loops(gated: AdaptiveRouter) -> None:

@@ -12,7 +12,8 @@ import importlib.util
 import os
 import socket
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,113 @@ def test_a_child_hook_that_fails_still_gives_back_every_lock() -> None:
         assert not outer._lock.locked() and not failing._lock.locked()
 
     assert in_child(child) == 0
+
+
+class Contended:
+    """A lock that reports a thread having to wait for it (stands in for the registry's)."""
+
+    def __init__(self, waiting: threading.Event) -> None:
+        self._lock, self._waiting = threading.Lock(), waiting
+
+    def __enter__(self) -> Contended:
+        if not self._lock.acquire(blocking=False):
+            self._waiting.set()
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_a_registration_while_a_fork_copies_the_registry_loses_the_fork_no_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A router, encoder or cache made in another thread registers its lock while the
+    # fork reads the registry: iterating the WeakKeyDictionary raised "dictionary
+    # changed size during iteration", the hook's error was only logged, and the child
+    # was forked without the rest of that level's locks or any later level's.
+    taken: list[str] = []
+    first, second, leaf, newcomer = (Owner(n, taken) for n in ("1", "2", "leaf", "new"))
+    landed = threading.Event()  # the registration is done, or waits for the copy
+
+    def register() -> None:
+        try:
+            _fork.hold_across_fork(newcomer, _fork.ROUTER)
+        finally:
+            landed.set()
+
+    registering = threading.Thread(target=register)
+
+    class Interleaved(weakref.WeakKeyDictionary[Any, tuple[str, "str | None"]]):
+        """A level whose copy lets the other thread register once it is under way."""
+
+        def items(self) -> Iterator[tuple[Any, tuple[str, str | None]]]:
+            entries = super().items()
+            yield next(entries)
+            registering.start()
+            assert landed.wait(60)
+            yield from entries
+
+    registry: dict[int, weakref.WeakKeyDictionary[Any, tuple[str, str | None]]] = {
+        level: weakref.WeakKeyDictionary() for level in _fork._LEVELS
+    }
+    registry[_fork.ROUTER] = Interleaved()
+    monkeypatch.setattr(_fork, "_HELD", registry)
+    monkeypatch.setattr(_fork, "_REGISTRY", Contended(landed), raising=False)
+    for owner, level in ((first, _fork.ROUTER), (second, _fork.ROUTER), (leaf, _fork.LEAF)):
+        _fork.hold_across_fork(owner, level)
+    try:
+        _fork._before()
+        assert first._lock.locked() and second._lock.locked() and leaf._lock.locked()
+        assert not newcomer._lock.locked()  # made during the fork: not the fork's to take
+    finally:
+        _fork._after_in_parent()
+        registering.join(60)
+    assert not any(o._lock.locked() for o in (first, second, leaf, newcomer))
+    assert newcomer in registry[_fork.ROUTER]  # it waited for the copy, then registered
+
+
+@needs_fork
+def test_a_child_forked_while_another_thread_registers_can_register() -> None:
+    # The registration takes the registry lock; a child forked while another thread
+    # held it would inherit it held, and its first router or encoder would wait for good.
+    inside, let_go = threading.Event(), threading.Event()
+
+    class Stalls(Owner):
+        def __hash__(self) -> int:  # hashed inside the registry lock, as it is stored
+            inside.set()
+            let_go.wait(60)
+            return id(self)
+
+    stalls = Stalls("stalls", [])
+    registering = threading.Thread(target=_fork.hold_across_fork, args=(stalls, _fork.LEAF))
+
+    class StartsARegistration:
+        """A registered lock: once the fork has read the registry and takes this one,
+        another thread registers and is halfway through when the process forks."""
+
+        def acquire(self) -> bool:
+            if registering.ident is None:  # the first fork only
+                registering.start()
+            assert inside.wait(60)
+            return True
+
+        def release(self) -> None:
+            pass
+
+    starter = Owner("starter", [])
+    starter._lock = StartsARegistration()  # type: ignore[assignment]
+    _fork.hold_across_fork(starter, _fork.LEAF)
+
+    def child() -> None:
+        _fork.hold_across_fork(Owner("made in the child", []), _fork.LEAF)
+
+    try:
+        assert in_child(child, timeout=30) == 0
+    finally:
+        let_go.set()
+        registering.join(60)
+    assert stalls in _fork._HELD[_fork.LEAF]
 
 
 @pytest.fixture
