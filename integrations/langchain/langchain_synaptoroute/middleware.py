@@ -7,8 +7,11 @@ of this repository.
 from __future__ import annotations
 
 import asyncio
+import difflib
+import hashlib
+import json
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,6 +26,7 @@ from synaptoroute import AdaptiveRouter, EncoderProtocol, InvalidInputError, Rou
 # The same repository's core (pinned below 0.3): a fork waits for this selector's lock
 # like the router's own, so a child never inherits it held.
 from synaptoroute.checks import check_count, check_threshold
+from synaptoroute.encoder import check_text
 from synaptoroute.forking import APP, hold_across_fork
 
 from ._inputs import last_human_text
@@ -33,6 +37,11 @@ __all__ = ["SynaptorouteToolSelectorMiddleware"]
 
 #: What to bind when no tool reaches the threshold: every tool, or only ``always_include``.
 NoMatch = Literal["all", "none"]
+
+#: The metadata key of a route this selector generated: a digest of the examples it was
+#: built from. A stored route (``router=`` on a persistent store) whose digest differs
+#: from its tool's examples now is rebuilt; a route without the key is the user's, kept.
+GENERATED_FROM = "synaptoroute_tool_examples"
 
 
 @dataclass(frozen=True)
@@ -55,8 +64,13 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
     do not count against ``max_tools``; provider tool dicts are passed through.
 
     The routes are built on the first model call from the agent's tools and rebuilt
-    only for tools that are new or whose name or description changed; a tool that
-    disappears is dropped from later selections.
+    only for tools that are new or whose name or description changed (also across
+    restarts, with a persisted ``router=``); a tool that disappears is dropped from
+    later selections.
+
+    A tool the request forces (``tool_choice`` naming it, set by the caller or an
+    earlier middleware) is always bound; it takes one of the ``max_tools`` places
+    unless it is in ``always_include``.
 
     With no human message in the conversation, or no tool reaching ``threshold``
     (``on_no_match="all"``), every tool is bound, so the agent works as it would
@@ -99,7 +113,11 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         """Configure the selector.
 
         Args:
-            utterances: tool name -> example requests that should select the tool.
+            utterances: tool name -> example requests that should select the tool
+                (a list of strings per name). Agents with other tools may share this
+                instance, so a name no call has offered yet is taken for another
+                agent's tool, unless it looks like a misspelling of an offered tool
+                that has no utterances of its own: that raises ``InvalidInputError``.
             max_tools: the most tools selected per call (``None``: no limit).
             always_include: tool names bound on every call, outside ``max_tools``.
             threshold: minimum similarity score of a selected tool (``None``: the
@@ -107,16 +125,20 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             on_no_match: ``"all"`` binds every tool when none reaches
                 ``threshold``; ``"none"`` binds only ``always_include``.
             router: the router holding the tool routes (for instance persisted
-                with ``SQLiteStorage``); a tool whose name is already a route in it
-                keeps that route. Default a new in-memory router.
+                with ``SQLiteStorage``). A route this selector generated is rebuilt
+                when its tool's examples changed, even after a restart; a route of
+                the tool's name that it did not generate (one you curated) is kept
+                as it is. Default a new in-memory router.
             encoder: the encoder of the default router (a synaptoroute encoder or a
                 LangChain ``Embeddings``); default the bundled local model.
             timeout: seconds an async call may wait for the batching worker.
 
         Raises:
             InvalidInputError: ``max_tools`` is under 1, ``threshold`` is outside
-                ``[0, 1]``, ``on_no_match`` is unknown, or both ``router`` and
-                ``encoder`` are given.
+                ``[0, 1]``, ``on_no_match`` is unknown, both ``router`` and
+                ``encoder`` are given, or ``utterances`` or ``always_include`` is not
+                what it should be (one str instead of a list of them, a text that is
+                no str, blank, or not valid Unicode); the message names the key.
         """
         super().__init__()
         # The core's checks: numpy scalars are numbers, a bool is none.
@@ -130,25 +152,24 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         if router is not None and encoder is not None:
             msg = "pass router= or encoder=, not both (the router has its encoder)"
             raise InvalidInputError(msg)
-        self.utterances = {name: list(texts) for name, texts in (utterances or {}).items()}
+        self.utterances = _check_utterances(utterances)
         self.max_tools = max_tools
-        self.always_include = list(always_include)
+        self.always_include = _check_names(always_include, "always_include")
         self.threshold = threshold
         self.on_no_match: NoMatch = on_no_match
         self.timeout = timeout
         self._encoder = encoder
         self._router = router
-        # Route name -> the examples this selector stored for it; a tool whose
-        # examples change gets its route replaced, others are never re-encoded.
-        self._built: dict[str, list[str]] = {}
         # The (name, description) signatures of tool sets whose routes all hold what
         # those tools need: a call offering one of them changes nothing and takes no
         # lock. A set, not the last one, so agents with other tools sharing this
         # instance do not re-check (under the lock) on every call.
         self._checked: set[tuple[tuple[str, str], ...]] = set()
-        # Every tool name offered so far: an utterances key must name one of them.
+        # Every tool name offered so far (under the lock): an utterances key none of
+        # them has is another agent's tool, or a typo when it is close to one offered.
         self._seen_names: set[str] = set()
-        self._lock = threading.Lock()  # held while it makes the router or changes routes
+        # Held while it makes the router, changes routes or records offered names.
+        self._lock = threading.Lock()
         hold_across_fork(self, APP)
 
     @property
@@ -166,9 +187,14 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
     def _sync_routes(self, tools: Sequence[BaseTool]) -> None:
         """Give every tool a route; (re)build only routes that are new or changed.
 
+        A route is rebuilt when the digest of the examples it was generated from
+        (its :data:`GENERATED_FROM` metadata) differs from its tool's examples now; a
+        route without that digest was not made here and is kept.
+
         Raises:
             InvalidInputError: tool names repeat, ``always_include`` names a tool this
-                call does not offer, or ``utterances`` names a tool no call offered.
+                call does not offer, or an ``utterances`` key looks like a misspelt
+                name of one of this call's tools (see :meth:`_check_utterance_keys`).
         """
         # Agents offer the same tools on every call: one lookup skips the rest.
         signature = _signature(tools)
@@ -178,23 +204,21 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         if signature in self._checked and all(tool.name in router for tool in tools):
             return
         names = [tool.name for tool in tools]
-        # A call may offer a subset of the tools (another middleware filters them, or
-        # agents with other tools share this instance): an utterances key only has to
-        # name a tool some call offered; a key none did is a typo or a stale name.
-        seen = self._seen_names | set(names)
         check_tool_keys(names, None, "utterances")
-        check_tool_keys(sorted(seen), self.utterances, "utterances")
         check_tool_keys(names, dict.fromkeys(self.always_include), "always_include")
-        self._seen_names = seen
         with self._lock:
+            self._check_utterance_keys(names)
             changed = []
             for tool in tools:
                 examples = tool_utterances(tool, self.utterances.get(tool.name, ()))
-                known = self._built.get(tool.name)
-                if tool.name in router and (known is None or known == examples):
-                    continue
-                changed.append(Route(name=tool.name, utterances=examples))
-                self._built[tool.name] = examples
+                digest = _digest(examples)
+                if tool.name in router:
+                    made_from = router.get_route(tool.name).metadata.get(GENERATED_FROM)
+                    if made_from is None or made_from == digest:
+                        continue  # the user's own route, or built from these examples
+                changed.append(
+                    Route(name=tool.name, utterances=examples, metadata={GENERATED_FROM: digest})
+                )
             if changed:
                 router.add_routes(changed, replace=True)
                 # A replaced route may be another tool set's (same name, another
@@ -208,6 +232,30 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             if len(self._checked) >= _MAX_CHECKED:
                 self._checked.clear()
             self._checked.add(signature)
+
+    def _check_utterance_keys(self, names: Sequence[str]) -> None:
+        """Record this call's tool names; refuse an ``utterances`` key that looks like a
+        misspelt name of one of them (call with the lock held).
+
+        One instance may serve agents with other tools, and a call may offer a subset
+        of the agent's tools (another middleware filters them), so a key that names
+        no tool of this call may be meant for another call's tools, not yet seen. It
+        is refused only when it looks like a typo here: no call so far offered a tool
+        of that name, and it is close to the name of a tool of this call that has no
+        utterances of its own (the tool the key was meant for).
+        """
+        self._seen_names.update(names)  # recorded first: a refused call's tools were seen
+        unknown = sorted(set(self.utterances) - self._seen_names)
+        bare = sorted({name for name in names if name not in self.utterances})
+        for key in unknown:
+            close = difflib.get_close_matches(key, bare, n=1)
+            if close:
+                msg = (
+                    f"utterances names tools that do not exist: [{key!r}] (no call offered a "
+                    f"tool of that name, and tool {close[0]!r} has no utterances: did you mean "
+                    f"{close[0]!r}? tools: {sorted(names)})"
+                )
+                raise InvalidInputError(msg)
 
     def _plan(
         self, offered: Sequence[BaseTool | dict[str, Any]], messages: Sequence[BaseMessage]
@@ -240,19 +288,30 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             return None
         return stored
 
-    def _chosen(self, plan: _Selection, ranked: Sequence[RouteMatch]) -> list[str] | None:
-        """The names of the selected tools, best first; ``None`` binds every tool."""
+    def _chosen(
+        self, plan: _Selection, ranked: Sequence[RouteMatch], tool_choice: Any = None
+    ) -> list[str] | None:
+        """The names of the selected tools, best first; ``None`` binds every tool.
+
+        Candidates that ``tool_choice`` forces come first and take their places among
+        ``max_tools`` (all of them, should they be more); the best ranked fill the rest.
+        """
         present = {tool.name for tool in plan.candidates}
         names = [
             m.candidate
             for m in ranked
-            if m.candidate in present and (self.threshold is None or m.score >= self.threshold)
+            if m.candidate is not None
+            and m.candidate in present
+            and (self.threshold is None or m.score >= self.threshold)
         ]
-        if self.max_tools is not None:
-            names = names[: self.max_tools]
         if not names and self.on_no_match == "all":
             return None
-        return [name for name in names if name is not None]
+        forced = _forced(tool_choice)
+        pinned = [tool.name for tool in plan.candidates if tool.name in forced]
+        names = [*pinned, *(name for name in names if name not in pinned)]
+        if self.max_tools is not None:
+            names = names[: max(self.max_tools, len(pinned))]
+        return names
 
     def _ranked(self, plan: _Selection) -> list[RouteMatch]:
         """The routes ranked for ``plan`` (sync; the async hook awaits the same two steps)."""
@@ -273,16 +332,19 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         ]
         return request.override(tools=tools)
 
-    def select_tools(self, text: str, tools: Sequence[BaseTool]) -> list[str]:
+    def select_tools(
+        self, text: str, tools: Sequence[BaseTool], *, tool_choice: Any = None
+    ) -> list[str]:
         """The names of the tools this middleware would bind for ``text``, best first.
 
         ``always_include`` tools come last; every tool when nothing is selected and
-        ``on_no_match="all"``. Used by the middleware itself, and handy for checks.
+        ``on_no_match="all"``. A tool that ``tool_choice`` (a model request's) forces
+        comes first. Used by the middleware itself, and handy for checks.
         """
         plan = self._plan(tools, [HumanMessage(text)])
         if plan is None:
             return [tool.name for tool in tools]
-        chosen = self._chosen(plan, self._ranked(plan))
+        chosen = self._chosen(plan, self._ranked(plan), tool_choice)
         if chosen is None:
             return [tool.name for tool in tools]
         return [*chosen, *(name for name in self.always_include if name not in chosen)]
@@ -298,7 +360,8 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         plan = self._plan(request.tools, request.messages)
         if plan is None:
             return handler(request)
-        return handler(self._apply(request, self._chosen(plan, self._ranked(plan))))
+        chosen = self._chosen(plan, self._ranked(plan), request.tool_choice)
+        return handler(self._apply(request, chosen))
 
     @override
     async def awrap_model_call(
@@ -318,7 +381,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         wider = self._wider(plan, ranked)
         if wider is not None:
             ranked = await self.router.aquery_top_k(plan.text, wider, timeout=self.timeout)
-        return await handler(self._apply(request, self._chosen(plan, ranked)))
+        return await handler(self._apply(request, self._chosen(plan, ranked, request.tool_choice)))
 
 
 #: Tool sets remembered as checked (agents sharing one instance); past it, all are
@@ -329,3 +392,79 @@ _MAX_CHECKED = 256
 def _signature(tools: Sequence[BaseTool]) -> tuple[tuple[str, str], ...]:
     """What the routes of ``tools`` depend on: each tool's name and description."""
     return tuple((tool.name, tool.description) for tool in tools)
+
+
+def _digest(examples: Sequence[str]) -> str:
+    """What a generated route is marked with: a digest of the examples it holds."""
+    return hashlib.sha256(json.dumps(list(examples)).encode("ascii")).hexdigest()
+
+
+def _forced(tool_choice: Any) -> set[str]:
+    """The tool names a model request's ``tool_choice`` may force.
+
+    A str (a tool's name; ``"auto"``, ``"any"``, ``"required"`` and ``"none"`` name no
+    offered tool, unless one is so called), the provider dicts
+    ``{"type": "function", "function": {"name": ...}}`` (OpenAI),
+    ``{"type": "tool", "name": ...}`` (Anthropic) or ``{"name": ...}``, or a list of
+    tool names (the tools a call is restricted to). Anything else forces none.
+    """
+    if isinstance(tool_choice, str):
+        return {tool_choice}
+    if isinstance(tool_choice, Mapping):
+        function = tool_choice.get("function")
+        name = function.get("name") if isinstance(function, Mapping) else tool_choice.get("name")
+        return {name} if isinstance(name, str) else set()
+    if isinstance(tool_choice, (list, tuple)):
+        return {name for name in tool_choice if isinstance(name, str)}
+    return set()
+
+
+def _check_names(names: Sequence[str], what: str) -> list[str]:
+    """``names`` as a list of tool names; one str (not a list of them) is refused."""
+    if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+        msg = f"{what} must be a list of tool names, got {type(names).__name__} {names!r:.80}"
+        raise InvalidInputError(msg)
+    out = list(names)
+    for index, name in enumerate(out):
+        if not isinstance(name, str):
+            msg = f"{what}[{index}] must be a tool name (a str), got {name!r:.80}"
+            raise InvalidInputError(msg)
+    return out
+
+
+def _check_utterances(utterances: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
+    """The utterances as the routes will hold them; what would fail a model call later
+    (one str instead of a list, a text that is no str, blank or not valid Unicode) is
+    refused now, naming the key."""
+    if utterances is None:
+        return {}
+    if not isinstance(utterances, Mapping):
+        kind = type(utterances).__name__
+        msg = f"utterances must be a dict of {{tool name: [example, ...]}}, got {kind}"
+        raise InvalidInputError(msg)
+    out: dict[str, list[str]] = {}
+    for name, texts in utterances.items():
+        if not isinstance(name, str):
+            msg = f"utterances must be keyed by tool name (a str), got the key {name!r}"
+            raise InvalidInputError(msg)
+        if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
+            got = "one str" if isinstance(texts, str) else type(texts).__name__
+            msg = f"utterances[{name!r}] must be a list of strings, got {got}"
+            raise InvalidInputError(msg)
+        texts = list(texts)
+        for index, text in enumerate(texts):
+            # The core's check of every text it embeds: a lone surrogate would fail
+            # every model call offering the tool, naming nothing.
+            try:
+                check_text(text)
+            except TypeError:
+                msg = f"utterances[{name!r}][{index}] must be a str, got {type(text).__name__}"
+                raise InvalidInputError(msg) from None
+            except InvalidInputError as exc:
+                msg = f"utterances[{name!r}][{index}] ({text[:60]!r}): {exc}"
+                raise InvalidInputError(msg) from None
+            if not text.strip():
+                msg = f"utterances[{name!r}][{index}] is blank"
+                raise InvalidInputError(msg)
+        out[name] = texts
+    return out

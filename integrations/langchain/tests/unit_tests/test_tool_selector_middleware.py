@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 from langchain.agents import create_agent
+from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import BaseTool, tool
 from langchain_synaptoroute import SynaptorouteToolSelectorMiddleware
 from pydantic import Field
 
-from synaptoroute import AdaptiveRouter, InvalidInputError, Route, RouteMatch
+from synaptoroute import AdaptiveRouter, InvalidInputError, Route, RouteMatch, SQLiteStorage
 from synaptoroute.testing import hold_until_the_fork, in_forked_child
 
 if TYPE_CHECKING:
@@ -72,13 +74,16 @@ TOOLS: list[BaseTool] = [
 
 
 class RecordingChatModel(GenericFakeChatModel):
-    """A fake chat model that records the tool names it is bound with on each call."""
+    """A fake chat model that records the tool names (and the tool choice) it is bound
+    with on each call."""
 
     bound: list[list[str]] = Field(default_factory=list)
+    choices: list[Any] = Field(default_factory=list)
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> RecordingChatModel:  # type: ignore[override]
         """Record the tools' names; the model itself answers from its script."""
         self.bound.append([t.name if isinstance(t, BaseTool) else str(t) for t in tools])
+        self.choices.append(kwargs.get("tool_choice"))
         return self
 
 
@@ -143,7 +148,7 @@ def test_a_tool_left_out_of_a_later_call_keeps_its_utterances(
     without = [t for t in TOOLS if t.name != "get_weather"]
     assert selector.select_tools("convert 20 euros to dollars", without) == ["convert_currency"]
     assert selector.select_tools("will it rain tomorrow", without) != ["get_weather"]
-    # A key that no call ever offered is still a typo.
+    # A key no call offered, close to an offered tool without utterances, is a typo.
     typo = _selector(recording_encoder, utterances={"get_wether": ["rain?"]})
     with pytest.raises(InvalidInputError, match=r"\['get_wether'\]"):
         typo.select_tools("rain?", TOOLS)
@@ -384,3 +389,143 @@ def test_a_child_forked_while_the_selector_builds_routes_selects(
         assert in_forked_child(child) == 0
     finally:
         holder.join(60)
+
+
+def test_agents_with_other_tools_share_one_instance(recording_encoder: RecordingEncoder) -> None:
+    # Every utterances key had to name a tool some call had already offered, checked
+    # before the call recorded its own tools: each agent's first call raised
+    # "utterances names tools that do not exist" for the other agent's tool.
+    selector = _selector(
+        recording_encoder,
+        max_tools=1,
+        utterances={"get_weather": ["will it rain tomorrow"], "send_email": ["mail Bob"]},
+    )
+    first, second = _model("a"), _model("b")
+    create_agent(first, tools=[get_weather, book_flight], middleware=[selector]).invoke(
+        {"messages": [HumanMessage("Will it rain in Paris tomorrow?")]}
+    )
+    create_agent(second, tools=[send_email], middleware=[selector]).invoke(
+        {"messages": [HumanMessage("mail Bob the report")]}
+    )
+    assert first.bound == [["get_weather"]]
+    assert second.bound == [["send_email"]]
+    # A key close to a tool that has utterances of its own is another agent's tool...
+    near = _selector(
+        recording_encoder,
+        utterances={"get_weather": ["rain?"], "get_weathers": ["rain in two cities?"]},
+    )
+    assert near.select_tools("rain?", TOOLS)
+    # ... and one close to an offered tool without utterances is a typo, named.
+    typo = _selector(recording_encoder, utterances={"send_emial": ["mail Bob"]})
+    with pytest.raises(InvalidInputError, match=r"'send_emial'.*did you mean 'send_email'"):
+        typo.select_tools("mail Bob", [send_email])
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"utterances": {"get_weather": "forecast"}}, r"utterances\['get_weather'\].*one str"),
+        ({"utterances": {"get_weather": ["rain?", 3]}}, r"utterances\['get_weather'\]\[1\]"),
+        ({"utterances": {"get_weather": ["rain \ud800"]}}, r"utterances\['get_weather'\]\[0\]"),
+        ({"utterances": {"get_weather": ["rain?", " "]}}, r"utterances\['get_weather'\]\[1\]"),
+        ({"utterances": {1: ["rain?"]}}, "keyed by tool name"),
+        ({"utterances": ["rain?"]}, "must be a dict"),
+        ({"always_include": "search_docs"}, "always_include must be a list"),
+        ({"always_include": ["search_docs", None]}, r"always_include\[1\]"),
+    ],
+)
+def test_malformed_utterances_and_always_include_are_refused_at_construction(
+    recording_encoder: RecordingEncoder, settings: dict[str, Any], named: str
+) -> None:
+    # list("forecast") made eight one-letter examples before the "not one str" check
+    # could fire; always_include="search_docs" became eleven one-letter tool names.
+    with pytest.raises(InvalidInputError, match=named):
+        _selector(recording_encoder, **settings)
+
+
+class _ForceTool(AgentMiddleware):
+    """An earlier middleware that forces the model to call a tool."""
+
+    def __init__(self, choice: Any) -> None:
+        super().__init__()
+        self.choice = choice
+
+    def wrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
+    ) -> ModelResponse:
+        return handler(request.override(tool_choice=self.choice))
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest,
+        handler: Callable[[ModelRequest], Awaitable[ModelResponse]],
+    ) -> ModelResponse:
+        return await handler(request.override(tool_choice=self.choice))
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        "set_timer",
+        {"type": "function", "function": {"name": "set_timer"}},
+        {"type": "tool", "name": "set_timer"},
+        {"name": "set_timer"},
+    ],
+)
+async def test_a_tool_the_request_forces_stays_bound(
+    recording_encoder: RecordingEncoder, choice: Any
+) -> None:
+    # The filter ignored tool_choice: the forced set_timer (ranked 4th for this text)
+    # was dropped, and a provider rejects a tool_choice naming no bound tool.
+    text = "Will it rain in Paris tomorrow?"
+    for max_tools, expected in ((2, ["get_weather", "set_timer"]), (1, ["set_timer"])):
+        selector = _selector(recording_encoder, max_tools=max_tools)
+        sync_model, async_model = _model("a"), _model("b")
+        middleware = [_ForceTool(choice), selector]
+        create_agent(sync_model, tools=TOOLS, middleware=middleware).invoke(
+            {"messages": [HumanMessage(text)]}
+        )
+        await create_agent(async_model, tools=TOOLS, middleware=middleware).ainvoke(
+            {"messages": [HumanMessage(text)]}
+        )
+        assert sync_model.bound == async_model.bound == [expected]
+        assert sync_model.choices == [choice]
+    # A forced always_include tool takes no max_tools place; "auto" forces nothing.
+    selector = _selector(recording_encoder, max_tools=1, always_include=["set_timer"])
+    assert selector.select_tools(text, TOOLS, tool_choice=choice) == ["get_weather", "set_timer"]
+    assert _selector(recording_encoder, max_tools=1).select_tools(
+        text, TOOLS, tool_choice="auto"
+    ) == ["get_weather"]
+
+
+def test_a_stored_tool_route_is_rebuilt_after_a_restart_when_its_tool_changed(
+    tmp_path: Path, recording_encoder: RecordingEncoder
+) -> None:
+    # With router= on a persistent store, the routes found at start were kept for
+    # good: a tool whose description changed before the restart kept its old route.
+    path = tmp_path / "tools.sqlite"
+    router = AdaptiveRouter(recording_encoder, SQLiteStorage(path))
+    router.add_route(Route(name="get_weather", utterances=["should I take an umbrella"]))
+    _selector_on(router).select_tools("Book me a plane ticket to Tokyo", TOOLS)
+    router.close()
+
+    # Restarted with new descriptions for a generated route and for the curated one.
+    changed = book_flight.model_copy(update={"description": "Reserve seats on a flight."})
+    moved = get_weather.model_copy(update={"description": "Tell the temperature."})
+    tools = [moved, convert_currency, changed, *TOOLS[3:]]
+    recording_encoder.calls.clear()
+    router = AdaptiveRouter(recording_encoder, SQLiteStorage(path))
+    chosen = _selector_on(router).select_tools("Reserve two seats to Rome", tools)
+    assert chosen == ["book_flight"]
+    encoded = [text for call in recording_encoder.calls for text in call]
+    assert encoded[0] == "book flight: Reserve seats on a flight."  # only the changed tool
+    assert encoded[1:] == ["Reserve two seats to Rome"]
+    router.close()
+    router = AdaptiveRouter(recording_encoder, SQLiteStorage(path))
+    assert router.get_route("book_flight").utterances == ["book flight: Reserve seats on a flight."]
+    assert router.get_route("get_weather").utterances == ["should I take an umbrella"]
+    router.close()
+
+
+def _selector_on(router: AdaptiveRouter) -> SynaptorouteToolSelectorMiddleware:
+    return SynaptorouteToolSelectorMiddleware(router=router, max_tools=1)
