@@ -65,8 +65,9 @@ DEFAULT_MAX_BATCH_SIZE = 512
 #: fill window only adds latency (BENCHMARKS.md, "Async serving").
 DEFAULT_MAX_WAIT_MS = 0.0
 DEFAULT_MAX_QUEUE_SIZE = 10_000
-#: Characters the default encoder reads of one text at most (256 tokens, cut first by
-#: characters, see ``Encoder.truncate``): a longer text costs no more.
+#: What a text at the default encoder's limit of 256 tokens costs, in characters (16
+#: a token; the model's work is bounded by the tokens, though its cut keeps up to 19
+#: characters a token, see ``Encoder.truncate``): a longer text costs no more.
 MAX_TEXT_COST = 4096
 #: Fixed cost of one text (tokenizer call, padding, the result), in characters.
 TEXT_COST_OVERHEAD = 16

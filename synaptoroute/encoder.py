@@ -25,10 +25,10 @@ import sys
 import threading
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -69,14 +69,17 @@ _DEFAULT_DIM = 384
 _DEFAULT_MAX_TOKENS = 256
 # The bundled model's position embeddings: a longer input fails inside onnxruntime.
 _BUNDLED_MAX_TOKENS = 512
-# A WordPiece token covers at least one character, so this many characters hold the
-# first ``max_tokens`` tokens unless the text has long whitespace runs; cutting here
+# A WordPiece token covers at most as many characters as the longest piece of the
+# bundled vocabulary ("telecommunications", 18: tests/test_encoder.py checks it), and
+# words are one space apart: this many characters a token hold the first
+# ``max_tokens`` tokens (but see Encoder.truncate on unknown tokens); cutting there
 # keeps a 1 MB query as cheap as a short one.
-_CHARS_PER_TOKEN_BOUND = 16
+_CHARS_PER_TOKEN_BOUND = 19
 # What BERT's tokenizer treats as whitespace (\t, \n, \r, Unicode's space separators
 # and the line and paragraph separators): any run of it only separates words, so one
 # space stands for the run.
-_BERT_WORD = re.compile(r"[^ \t\n\r\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
+_BERT_SPACE = " \t\n\r\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_BERT_WORD = re.compile(f"[^{_BERT_SPACE}]+")
 # What its normalizer deletes: control, format and private-use characters (\x85, \x0c,
 # zero-width spaces, NUL, U+FFFD...) and, as it strips accents, combining marks.
 _BERT_DELETED_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Mn"})
@@ -94,10 +97,8 @@ _SHRINK_ARENA_CELLS = 2 * 128 * 128
 #: batch the router's batching worker hands over, one call at a time uses all threads.
 BULK_MIN_TEXTS = 2048
 
-
-#: Words of deleted characters only, in a row, after which the rest of a text is
-#: cleaned in one pass (a text of them would otherwise cost a Python step per word).
-_EMPTY_WORDS_IN_A_ROW = 256
+#: A character that is a letter or a digit: never one the tokenizer deletes.
+_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
 
 
 #: The characters BERT's tokenizer splits off one by one (its "Chinese characters").
@@ -128,27 +129,87 @@ def _unknown_stand_in(tokenizer: Any) -> tuple[int, str] | None:
     return None
 
 
-def _read_words(
-    text: str, deleted: re.Pattern[str], unknown: tuple[int, str] | None = None
-) -> Iterator[str]:
-    """The words of ``text`` as the tokenizer reads them, lazily: split on whitespace,
-    without the characters it deletes (they take no room: a long run of them must not
-    push the words after it past the cut), words of deleted characters only left out,
-    and a word the tokenizer reads as one unknown token (``unknown``: a word of letters
-    and digits over its longest) as one character that it reads so: a text of such
-    words within the model's tokens is read whole, not cut by its length."""
-    empty = 0
-    for match in _BERT_WORD.finditer(text):
-        word = deleted.sub("", match.group())
-        if word:
-            empty = 0
-            yield _as_read(word, unknown)
-            continue
-        empty += 1
-        if empty == _EMPTY_WORDS_IN_A_ROW:
-            rest = deleted.sub("", text[match.end() :])
-            yield from (_as_read(m.group(), unknown) for m in _BERT_WORD.finditer(rest))
-            return
+class _Reading(NamedTuple):
+    """How the bundled tokenizer reads a text (see :meth:`Encoder._reading`)."""
+
+    #: A run of whitespace and characters the tokenizer deletes.
+    blank: re.Pattern[str]
+    #: A run of characters it deletes.
+    deleted: re.Pattern[str]
+    #: A character that is neither a letter, a digit nor deleted.
+    other: re.Pattern[str]
+    #: Its unknown-word rule (see :func:`_unknown_stand_in`).
+    unknown: tuple[int, str] | None
+
+
+def _cut_words(text: str, reading: _Reading, limit: int) -> str:
+    """The words of ``text`` as the tokenizer reads them, one space apart, cut to
+    ``limit`` characters: split on whitespace, without the characters it deletes (they
+    take no room: a long run of them must not push the words after it past the cut),
+    words of deleted characters only left out, and a word the tokenizer reads as one
+    unknown token (``unknown``: a word of letters and digits over its longest) as one
+    character that it reads so: a text of such words within the model's tokens is read
+    whole, not cut by its length.
+
+    A run of whitespace and words of deleted characters only is passed in one step,
+    not a Python step per word. The work stops at the cut: a word is cleaned only as
+    far as the cut keeps it (see :func:`_cleaned`), so a megabyte without a space
+    costs about what a megabyte of words does.
+    """
+    words: list[str] = []
+    size = 0  # characters of the words so far, each with the space after it
+    pos, end = 0, len(text)
+    while size <= limit:
+        run = reading.blank.match(text, pos)
+        assert run is not None  # a pattern of the form [...]* matches everywhere
+        pos = run.end()
+        if pos == end:
+            break
+        word = _BERT_WORD.match(text, pos)
+        assert word is not None  # text[pos] is neither whitespace nor deleted
+        pos = word.end()
+        read = _cleaned(word.group(), reading, limit - size)
+        words.append(read)
+        size += len(read) + 1
+    return " ".join(words)[:limit]
+
+
+def _cleaned(word: str, reading: _Reading, room: int) -> str:
+    """``word`` as the tokenizer reads it (see :func:`_cut_words`), or, when only its
+    first ``room`` characters are kept, a longer part of it that begins as it does.
+
+    A word of letters and digits holds no deleted character: it is not cleaned at all.
+    Another is cleaned in slices (each twice the last) until what is cleaned passes
+    ``room`` (and the unknown-word rule's length): a megabyte without a space is not
+    cleaned whole to keep a few thousand characters of it. Where the part cleaned is
+    letters and digits, one search of the rest (no cleaning) tells whether the whole
+    word is too, and so read as one unknown token.
+    """
+    unknown = reading.unknown
+    if word.isalnum():  # no control, format, private-use character or combining mark
+        return _as_read(word, unknown)
+    need = room if unknown is None else max(room, unknown[0])
+    parts: list[str] = []
+    size = start = 0
+    step = need + 1
+    while start < len(word) and size <= need:
+        part = reading.deleted.sub("", word[start : start + step])
+        parts.append(part)
+        size += len(part)
+        start += step
+        step *= 2
+    cleaned = "".join(parts)
+    if start >= len(word):
+        return _as_read(cleaned, unknown)
+    if (
+        unknown is not None
+        and cleaned.isalnum()
+        and not _BERT_CJK.search(cleaned)
+        and reading.other.search(word, start) is None
+        and not _BERT_CJK.search(word, start)
+    ):
+        return unknown[1]  # over ``unknown[0]`` letters and digits once cleaned
+    return cleaned
 
 
 def _as_read(word: str, unknown: tuple[int, str] | None) -> str:
@@ -157,13 +218,14 @@ def _as_read(word: str, unknown: tuple[int, str] | None) -> str:
     # accents shorten none).
     if unknown is None or len(word) <= unknown[0]:
         return word
-    if word.isalnum() and not _BERT_CJK.search(word):
+    if word.isalnum() and (word.isascii() or not _BERT_CJK.search(word)):
         return unknown[1]
     return word
 
 
-def _bert_deleted(normalize: Callable[[str], str]) -> re.Pattern[str]:
-    """The characters the tokenizer's ``normalize`` deletes, as one character class.
+def _bert_deleted(normalize: Callable[[str], str]) -> str:
+    """The characters the tokenizer's ``normalize`` deletes, as the inside of one
+    character class (``""``: none).
 
     Candidates come from Python's Unicode tables (control, format, private-use
     characters, combining marks); only those ``normalize`` does delete are kept, as
@@ -181,7 +243,7 @@ def _bert_deleted(normalize: Callable[[str], str]) -> re.Pattern[str]:
     ]
     parts = normalize("|".join(f"x{c}" for c in candidates)).split("|")
     if len(parts) != len(candidates):  # not a per-character normalizer: delete nothing
-        return re.compile("(?!)")
+        return ""
     ranges: list[tuple[int, int]] = []
     for c, part in zip(candidates, parts, strict=True):
         if part != "x":
@@ -193,10 +255,10 @@ def _bert_deleted(normalize: Callable[[str], str]) -> re.Pattern[str]:
             ranges.append((cp, cp))
     if normalize(f"x{chr(0xF0000)}") == "x":
         ranges += [(0xF0000, 0xFFFFD), (0x100000, 0x10FFFD)]
-    if not ranges:
-        return re.compile("(?!)")
-    spans = "".join(f"{re.escape(chr(lo))}-{re.escape(chr(hi))}" for lo, hi in ranges)
-    return re.compile(f"[{spans}]+")
+    # The regex engine looks a character above U+FFFF up range by range, in order: the
+    # widest first (private use, tags) keeps a text of them a few ms a megabyte.
+    ranges.sort(key=lambda r: (r[0] > 0xFFFF, r[0] - r[1]))
+    return "".join(f"{re.escape(chr(lo))}-{re.escape(chr(hi))}" for lo, hi in ranges)
 
 
 @runtime_checkable
@@ -232,6 +294,14 @@ def l2_normalize(vectors: NDArray[Any]) -> NDArray[np.float32]:
     norms[norms == 0] = 1.0
     normalized: NDArray[np.float32] = out / norms
     return normalized
+
+
+def _check_texts(texts: object) -> None:
+    """Refuse a ``str`` passed as a list of texts: it would be embedded as one text
+    per character."""
+    if isinstance(texts, str):
+        msg = "encode takes a list of texts, not a str"
+        raise TypeError(msg)
 
 
 def check_text(text: object) -> str:
@@ -336,7 +406,9 @@ class Encoder:
     A device or provider this onnxruntime lacks is known when the encoder is made: the
     warning comes then (not again at load), and without ``batch_size`` the batch
     sizes (``batch_size``, :attr:`preferred_batch_size`) are those of the provider the
-    session will run on, the CPU's after a fallback.
+    session will run on, the CPU's after a fallback. A ``device`` that is not a known
+    name or a ``providers`` entry that is neither a name nor a ``(name, options)``
+    pair raises :class:`InvalidInputError`.
 
     Example:
         >>> enc = Encoder()
@@ -360,6 +432,12 @@ class Encoder:
         max_tokens = check_count(max_tokens, "max_tokens", 8)
         if threads is not None:
             threads = check_count(threads, "threads", 1)
+        if providers is not None and not isinstance(providers, str):
+            try:  # once: an iterator is read here, not again by each use below
+                providers = list(providers)
+            except TypeError:
+                msg = f"providers must be a list of execution providers, got {providers!r}"
+                raise InvalidInputError(msg) from None
         # As given (threads and batch size unresolved: a copy in another process
         # resolves them there): what a pickled copy is built from (__reduce__).
         self._arguments: dict[str, Any] = {
@@ -419,8 +497,8 @@ class Encoder:
         self._shrink_options: Any = None
         self._providers: list[str] = []
         self._tokenizer: Any = None
-        self._deleted: re.Pattern[str] | None = None  # see _deleted_characters
-        self._unknown: tuple[int, str] | None = None  # see _unknown_stand_in
+        self._read_as: _Reading | None = None  # see _reading
+        self._deleted: re.Pattern[str] | None = None  # see _reading
         self._fastembed: Any = None
         self._dimension: int | None = _DEFAULT_DIM if self._bundled else None
 
@@ -632,23 +710,58 @@ class Encoder:
         probe = np.asarray(next(iter(self._fastembed.embed(["dimension probe"]))))
         self._dimension = int(probe.shape[-1])
 
-    def _deleted_characters(self) -> re.Pattern[str]:
-        # Built on the first text longer than the model reads (about 0.2 s), from the
-        # tokenizer itself: it is what decides.
-        deleted = self._deleted
-        if deleted is None:
+    def _reading(self) -> _Reading:
+        """How the bundled tokenizer reads a text (see :func:`_cut_words`).
+
+        Built on first use (about 0.2 s, the model loaded first), from the tokenizer
+        itself: it is what decides. A ``_deleted`` set before is kept.
+        """
+        reading = self._read_as
+        if reading is None:
             with self._lock:
                 self.load()
-                if self._deleted is None:
-                    self._unknown = _unknown_stand_in(self._tokenizer)
+                if self._read_as is None:
                     normalizer = self._tokenizer.normalizer  # None in an export without one
-                    self._deleted = (
-                        re.compile("(?!)")  # nothing deleted
-                        if normalizer is None
-                        else _bert_deleted(normalizer.normalize_str)
+                    spans = "" if normalizer is None else _bert_deleted(normalizer.normalize_str)
+                    if self._deleted is None:
+                        # "(?!)": nothing deleted
+                        self._deleted = re.compile(f"[{spans}]+" if spans else "(?!)")
+                    self._read_as = _Reading(
+                        blank=re.compile(f"[{_BERT_SPACE}{spans}]*"),
+                        deleted=self._deleted,
+                        other=re.compile(f"[^\\w{spans}]|_"),
+                        unknown=_unknown_stand_in(self._tokenizer),
                     )
-                deleted = self._deleted
-        return deleted
+                reading = self._read_as
+        return reading
+
+    def _deleted_characters(self) -> re.Pattern[str]:
+        return self._reading().deleted
+
+    def reads_nothing(self, text: str) -> bool:
+        """Whether the model reads no token of ``text``: it holds only whitespace and
+        characters the tokenizer deletes (control and format characters such as a
+        BOM, a zero-width space or NUL, private-use characters, lone combining marks).
+        The model reads such a text as it reads ``""``; the router answers it as an
+        empty query.
+
+        One regex match that stops at the first character the model reads: a usual
+        query answers in about a microsecond. The tokenizer's rules are built on first
+        use (the model loads first, as it would to embed the text); a text of
+        whitespace only, or one with a letter or a digit, never needs them. For a
+        fastembed model, only a text of whitespace reads nothing.
+        """
+        if not self._bundled:
+            return not text.strip()
+        reading = self._read_as
+        if reading is None:
+            if not text.strip():
+                return True
+            if _LETTER_OR_DIGIT.search(text) is not None:
+                return False
+            reading = self._reading()
+        blank = reading.blank.match(text)
+        return blank is not None and blank.end() == len(text)
 
     def truncate(self, text: str) -> str:
         """The part of ``text`` the model reads at most: the same tokens, fewer characters.
@@ -657,20 +770,21 @@ class Encoder:
         splits on them and keeps nothing of them), the characters it deletes are
         left out and a word it reads as one unknown token becomes one character it
         reads so, so words after a long run of such things are not cut off; then the
-        text is cut to ``max_tokens`` x 16 characters. A text within that length is returned as it is. The router's
-        embedding cache is keyed by this text.
+        text is cut to ``max_tokens`` x 19 characters (the longest piece of its
+        vocabulary, 18 characters, and a space: room for ``max_tokens`` tokens). A text
+        within that length is returned as it is. The router's embedding cache is keyed
+        by this text. The work is bounded by the cut, not the text: a 1 MB text costs
+        about what any text longer than the cut costs, spaces in it or not.
+
+        Not covered: a shorter word read as one unknown token (one holding a character
+        the vocabulary lacks, or a run of over 100 letters and digits joined to
+        punctuation) takes its length in the cut, so a text of many of them is cut
+        before the model's limit.
         """
         limit = self.max_tokens * _CHARS_PER_TOKEN_BOUND
         if len(text) <= limit or not self._bundled:
             return text[:limit]  # a text that fits is read whole, unchanged
-        words: list[str] = []
-        size = 0
-        for word in _read_words(text, self._deleted_characters(), self._unknown):
-            words.append(word)
-            size += len(word) + 1
-            if size > limit:  # stops once the limit is reached
-                break
-        return " ".join(words)[:limit]
+        return _cut_words(text, self._reading(), limit)
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Embed ``texts`` into an ``(n, dimension)`` float32 array of unit rows.
@@ -679,9 +793,10 @@ class Encoder:
         batches of ``batch_size`` so padding stays small.
 
         Raises:
-            TypeError: an element is not a ``str``.
+            TypeError: ``texts`` is a ``str``, or an element is not one.
             EncoderError: the model failed.
         """
+        _check_texts(texts)
         items = [self.truncate(check_text(t)) for t in texts]
         if not items:
             return np.zeros((0, self.dimension), dtype=np.float32)
@@ -804,16 +919,23 @@ def _requested_providers(
     device: str | None, providers: Sequence[str | _Provider] | None
 ) -> list[_Provider]:
     """The providers asked for, as ``(name, options)``, in their order, the CPU provider
-    appended when they lack it; validated, not yet checked against onnxruntime's."""
+    appended when they lack it; validated (:class:`InvalidInputError`), not yet checked
+    against onnxruntime's."""
+    if device is not None and not isinstance(device, str):
+        msg = f"device must be a str such as 'cpu' or 'cuda:0', got {type(device).__name__}"
+        raise InvalidInputError(msg)
     if providers is not None:
-        if isinstance(providers, str) or not providers:
+        if isinstance(providers, str) or not isinstance(providers, Sequence) or not providers:
             msg = "providers must be a non-empty list of provider names or (name, options) pairs"
             raise InvalidInputError(msg)
         out: list[_Provider] = []
         for item in providers:
-            name, options = (item, {}) if isinstance(item, str) else item
+            name: object = item
+            options: object = {}
+            if isinstance(item, (tuple, list)) and len(item) == 2:
+                name, options = item
             if not isinstance(name, str) or not isinstance(options, dict):
-                msg = f"not an execution provider: {item!r}"
+                msg = f"not an execution provider: {item!r} (a name or a (name, options) pair)"
                 raise InvalidInputError(msg)
             out.append((name, dict(options)))
     else:
@@ -856,9 +978,9 @@ _PROBE_TEXT = "dimension probe"
 class EncoderWrapper:
     """Another encoder, seen through a wrapper that reads texts exactly as it does.
 
-    Forwards ``model_id``, ``dimension``, ``loaded`` and ``truncate`` (the text the
-    wrapped encoder reads, which keys the router's query cache); subclasses change
-    :meth:`encode`, e.g. to draw progress or record calls.
+    Forwards ``model_id``, ``dimension``, ``loaded``, ``truncate`` (the text the
+    wrapped encoder reads, which keys the router's query cache) and ``reads_nothing``;
+    subclasses change :meth:`encode`, e.g. to draw progress or record calls.
     """
 
     def __init__(self, inner: EncoderProtocol) -> None:
@@ -883,6 +1005,12 @@ class EncoderWrapper:
         """The part of ``text`` the wrapped encoder reads (all of it if it does not say)."""
         truncate = getattr(self.inner, "truncate", None)
         return text if truncate is None else str(truncate(text))
+
+    def reads_nothing(self, text: str) -> bool:
+        """Whether the wrapped encoder reads nothing of ``text`` (if it does not say:
+        whether ``text`` is whitespace only)."""
+        reads_nothing = getattr(self.inner, "reads_nothing", None)
+        return not text.strip() if reads_nothing is None else bool(reads_nothing(text))
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Encode with the wrapped encoder."""
@@ -959,9 +1087,10 @@ class CallableEncoder:
         """Embed ``texts`` into an ``(n, dimension)`` float32 array of unit rows.
 
         Raises:
-            TypeError: an element is not a ``str``.
+            TypeError: ``texts`` is a ``str``, or an element is not one.
             EncoderError: the function failed or returned vectors of the wrong shape.
         """
+        _check_texts(texts)
         items = [check_text(t) for t in texts]
         dimension = self.dimension
         if not items:
@@ -1000,7 +1129,12 @@ class HashingEncoder:
         return self._dimension
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        """Hash each text's words into a unit vector."""
+        """Hash each text's words into a unit vector.
+
+        Raises:
+            TypeError: ``texts`` is a ``str``, or an element is not one.
+        """
+        _check_texts(texts)
         items = [check_text(t) for t in texts]
         self.calls += 1
         self.texts_encoded += len(items)

@@ -295,6 +295,9 @@ class AdaptiveRouter:
             max_queue_cost=max_queue_cost,
             max_batch_cost=max_batch_cost,
         )
+        # Weak by loop, and no worker holds its loop (only its calls in flight do): a
+        # loop dropped without close() takes its entry along, and with it that loop's
+        # worker and its thread (the first worker, held here, is only set free).
         self._loop_workers: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, BatchWorker[_Request, _Answer]
         ] = weakref.WeakKeyDictionary()
@@ -898,12 +901,20 @@ class AdaptiveRouter:
         Serves :meth:`query`, :meth:`query_batch`, :meth:`query_top_k` and the batching
         worker, whose batches mix the three. Requests are scored on one snapshot,
         grouped by how many routes they rank, so each answer is exactly what the
-        request alone would get.
+        request alone would get. A text the model reads nothing of is an empty query:
+        whitespace, or, where the encoder says so (``Encoder.reads_nothing``), only
+        characters its tokenizer deletes (a BOM, zero-width spaces, NUL...), which the
+        model reads as it reads ``""``, a vector that could pass a threshold.
         """
         for request in requests:
             check_text(request.text)
         answers: list[_Answer] = [_EMPTY_QUERY if r.top_k is None else [] for r in requests]
-        live = [i for i, r in enumerate(requests) if r.text.strip()]
+        reads_nothing = getattr(self.encoder, "reads_nothing", None)
+        live = [
+            i
+            for i, r in enumerate(requests)
+            if r.text.strip() and (reads_nothing is None or not reads_nothing(r.text))
+        ]
         if not live:
             return answers
         vectors = self._embed([requests[i].text for i in live])
@@ -1019,8 +1030,10 @@ class AdaptiveRouter:
             worker = self._loop_workers.get(loop)
             if worker is not None:
                 return worker
-            # Forget the workers of loops closed without stop() (asyncio.run): each
-            # holds its loop, so the weak mapping alone would keep them for good.
+            # Release the workers of loops closed without stop() (asyncio.run) that are
+            # still referenced: their threads end now, not when the loop is collected.
+            # (A dropped loop leaves this mapping by itself: a worker refers to its loop
+            # only weakly, the loop holds what the worker runs on it.)
             for other, owned in list(self._loop_workers.items()):
                 if other.is_closed():
                     del self._loop_workers[other]

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import pickle
+import re
 import shutil
 import socket
 import threading
@@ -19,7 +21,13 @@ from synaptoroute import (
     default_encoder,
 )
 from synaptoroute import encoder as encoder_module
-from synaptoroute.encoder import DEFAULT_MODEL_ID, ModelNotAvailableError, _default_model_files
+from synaptoroute.encoder import (
+    _CHARS_PER_TOKEN_BOUND,
+    DEFAULT_MODEL_ID,
+    EncoderWrapper,
+    ModelNotAvailableError,
+    _default_model_files,
+)
 
 
 def test_default_encoder_is_offline_int8_minilm(encoder: Encoder) -> None:
@@ -96,6 +104,59 @@ def test_huge_text_is_truncated_to_the_token_limit(encoder: Encoder) -> None:
     assert np.allclose(vec_huge, vec_prefix, atol=1e-4)
 
 
+def test_the_cut_holds_the_longest_piece_of_the_vocabulary(encoder: Encoder) -> None:
+    # The cut was 16 characters a token, but the vocabulary has longer pieces: 256
+    # tokens of "telecommunications" were cut to 220.
+    vocabulary = json.loads(encoder._tokenizer.to_str())["model"]["vocab"]
+    longest = max(len(piece.removeprefix("##")) for piece in vocabulary)
+    assert longest == 18
+    assert longest + 1 <= _CHARS_PER_TOKEN_BOUND  # and a space between words
+    tokenizer = encoder._tokenizer
+    for text in (" telecommunications" * 600, "telecommunications! " * 600):
+        cut = encoder.truncate(text)
+        assert len(cut) < len(text)
+        assert tokenizer.encode(cut).ids == tokenizer.encode(text).ids
+
+
+class _CleaningCounter:
+    """The tokenizer's deleted characters, counting how many characters are cleaned."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        self.cleaned = 0
+
+    def sub(self, repl: str, text: str) -> str:
+        self.cleaned += len(text)
+        return self.pattern.sub(repl, text)
+
+
+def test_a_long_word_is_cleaned_only_as_far_as_the_cut_keeps_it(encoder: Encoder) -> None:
+    # A word without a space was cleaned whole: a megabyte of "!" or "a" cost a
+    # hundred times a megabyte of words, holding the GIL for 0.1 s.
+    counter = _CleaningCounter(encoder._deleted_characters())
+    copy = Encoder()
+    copy._deleted = counter  # type: ignore[assignment]
+    cut = 256 * _CHARS_PER_TOKEN_BOUND
+    tokenizer = encoder._tokenizer
+    for word, read in [
+        ("a" * 1_000_000, "\u2603"),  # one unknown token
+        ("\u00e9" * 1_000_000, "\u2603"),
+        ("e\u0301" * 500_000, "\u2603"),  # decomposed: letters and combining marks
+        ("e\u0301" * 500_000 + "!", None),  # then punctuation: not one token
+        ("!" * 1_000_000, None),
+        ("\u200b!" * 500_000, None),
+    ]:
+        counter.cleaned = 0
+        text = f"I need a refund {word} tail"
+        got = copy.truncate(text)
+        assert counter.cleaned <= 4 * cut, (word[:3], counter.cleaned)
+        if read is None:  # cut inside the word
+            assert len(got) == cut and got.startswith("I need a refund ")
+        else:  # read whole
+            assert got == f"I need a refund {read} tail"
+            assert tokenizer.encode(got).ids == tokenizer.encode(text).ids
+
+
 def test_unicode_and_emoji(encoder: Encoder) -> None:
     vectors = encoder.encode(["🍕🍕🍕", "¿Dónde está mi reembolso?", "返金してください", "\u200b"])
     assert np.isfinite(vectors).all()
@@ -106,6 +167,48 @@ def test_non_string_raises_type_error(encoder: Encoder) -> None:
     with pytest.raises(TypeError, match="str"):
         encoder.encode(["ok", b"bytes"])  # type: ignore[list-item]
     assert encoder.encode([]).shape == (0, 384)
+
+
+def test_a_str_is_not_a_list_of_texts(encoder: Encoder) -> None:
+    # encode("hello") embedded each character: an array of shape (5, 384).
+    callable_encoder = CallableEncoder(lambda texts: [[1.0, 0.0]] * len(texts), model_id="c")
+    encoders = [encoder, callable_encoder, HashingEncoder(), EncoderWrapper(HashingEncoder())]
+    for enc in encoders:
+        with pytest.raises(TypeError, match="list of texts, not a str"):
+            enc.encode("hello")
+        assert enc.encode(["hello"]).shape[0] == 1
+
+
+@pytest.mark.parametrize(
+    "text", ["", " \t\n", "\ufeff", "\u200b\u200b", "\x00", "\u0301", "\ue000", "\u200b " * 5000]
+)
+def test_a_text_of_characters_the_tokenizer_deletes_reads_nothing(
+    encoder: Encoder, text: str
+) -> None:
+    # The model reads such a text as it reads "": the router answers it as empty.
+    tokenizer = encoder._tokenizer
+    assert tokenizer.encode(text).ids == tokenizer.encode("").ids
+    assert encoder.reads_nothing(text)
+    assert EncoderWrapper(encoder).reads_nothing(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["hi", "\u200bhi", "\U0001f355", "?", "\u00e9", "\u200b " * 5000 + "!"]
+)
+def test_a_text_with_anything_the_model_reads_reads_something(encoder: Encoder, text: str) -> None:
+    tokenizer = encoder._tokenizer
+    assert tokenizer.encode(text).ids != tokenizer.encode("").ids
+    assert not encoder.reads_nothing(text)
+
+
+def test_reads_nothing_loads_no_model_for_whitespace_or_letters() -> None:
+    fresh = Encoder()
+    assert fresh.reads_nothing(" \n") and not fresh.reads_nothing("hello")
+    assert not fresh.reads_nothing("\u200bcaf\u00e9")
+    assert not fresh.loaded
+    # Another encoder knows only whitespace (a fastembed model's tokenizer is its own).
+    assert EncoderWrapper(HashingEncoder()).reads_nothing(" ")
+    assert not EncoderWrapper(HashingEncoder()).reads_nothing("\u200b")
 
 
 @pytest.mark.model

@@ -42,6 +42,13 @@ def test_devices_map_to_providers_with_the_cpu_last() -> None:
         (None, [], "non-empty list"),
         (None, "CPUExecutionProvider", "non-empty list"),
         (None, [("CUDAExecutionProvider", "device_id=0")], "not an execution provider"),
+        # These raised AttributeError, ValueError and TypeError, undocumented.
+        (5, None, "device must be a str"),
+        (b"cpu", None, "device must be a str"),
+        (None, [("CUDAExecutionProvider",)], "not an execution provider"),
+        (None, [("CUDAExecutionProvider", {}, 0)], "not an execution provider"),
+        (None, [None], "not an execution provider"),
+        (None, 5, "providers must be a list"),
     ],
 )
 def test_bad_devices_and_providers_are_refused_at_construction(
@@ -49,6 +56,15 @@ def test_bad_devices_and_providers_are_refused_at_construction(
 ) -> None:
     with pytest.raises(InvalidInputError, match=message):
         Encoder(device=device, providers=providers)  # type: ignore[arg-type]
+
+
+def test_providers_given_as_an_iterator_are_read_once() -> None:
+    # The arguments kept for pickling read it first: the encoder saw an empty list.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # CUDA missing here: on the CPU
+        encoder = Encoder(providers=iter([CUDA, CPU]))
+    assert [name for name, _ in encoder._requested] == [CUDA, CPU]
+    assert encoder._arguments["providers"] == [CUDA, CPU]
 
 
 def test_missing_providers_are_dropped_with_a_warning() -> None:

@@ -17,7 +17,7 @@ from synaptoroute import (
     InvalidInputError,
     Route,
 )
-from synaptoroute.encoder import check_text
+from synaptoroute.encoder import _CHARS_PER_TOKEN_BOUND, check_text
 from synaptoroute.router import EmbeddingCache
 
 ROUTES = [
@@ -25,6 +25,7 @@ ROUTES = [
     Route(name="tech", utterances=["The app crashes on start", "I can't log in"]),
 ]
 LIMIT_S = 60.0
+CUT = 256 * _CHARS_PER_TOKEN_BOUND  # characters the default encoder's cut keeps
 
 
 @pytest.fixture
@@ -85,13 +86,13 @@ def test_cache_is_keyed_by_what_the_encoder_reads(encoder: Encoder) -> None:
     router = AdaptiveRouter(enc)
     router.add_routes(ROUTES)
     calls = enc.calls
-    head = "I need a refund " * 300  # longer than the model reads
+    head = "I need a refund " * 400  # longer than the model reads
     for i in range(20):
         assert router.query(head + f"tail {i} " * 10_000).candidate == "billing"
     assert len(router.cache) == 1
     assert enc.calls == calls + 1
     (key,) = router.cache._data
-    assert len(key) <= encoder.max_tokens * 16
+    assert len(key) <= encoder.max_tokens * _CHARS_PER_TOKEN_BOUND
 
 
 def test_words_after_a_long_whitespace_run_are_read(encoder: Encoder) -> None:
@@ -138,7 +139,7 @@ def test_a_long_text_of_words_the_tokenizer_drops_is_cut_in_few_steps(encoder: E
     assert copy.truncate(text) == "I need a refund"
     assert counting.subs <= 300
     mixed = ("\u200b " * 300 + "word ") * 2000  # runs of them between words
-    assert copy.truncate(mixed) == " ".join(["word"] * 2000)[:4096]
+    assert copy.truncate(mixed) == " ".join(["word"] * 2000)[:CUT]
 
 
 @pytest.mark.model
@@ -154,7 +155,7 @@ def test_a_tokenizer_without_a_normalizer_deletes_nothing() -> None:
     encoder._tokenizer = Tokenizer.from_str(json.dumps(exported))
     assert encoder._tokenizer.normalizer is None
     text = "I need a refund " * 400
-    assert encoder.truncate(text) == text[:4096]
+    assert encoder.truncate(text) == text[:CUT]
     assert encoder.encode([text]).shape == (1, encoder.dimension)
 
 
@@ -191,7 +192,7 @@ def test_what_truncate_drops_the_tokenizer_drops(encoder: Encoder) -> None:
     for sep in " \t\n\r\u00a0\u2028\u2029\u3000":
         assert normalizer.normalize_str(f"a{sep}b") == "a b"
         cut = encoder.truncate(("a" + sep) * 3000)
-        assert cut.split(" ") == ["a"] * 2048 + [""] and len(cut) == 4096
+        assert cut.split(" ") == ["a"] * (CUT // 2) + [""] and len(cut) == CUT
 
 
 def test_cache_is_bounded_in_bytes() -> None:

@@ -99,6 +99,50 @@ def test_empty_query_does_not_call_the_model(router: AdaptiveRouter) -> None:
     assert router.encoder.calls == calls  # type: ignore[attr-defined]
 
 
+INVISIBLE = ["\ufeff", "\u200b\u200b", "\x00", "\u0301", "\ue000", "\u200b \u2060" * 3000]
+
+
+async def test_a_text_the_model_reads_nothing_of_is_an_empty_query(encoder: Encoder) -> None:
+    # The tokenizer deletes these characters, so the model read each text as it reads
+    # "", and that vector passed the threshold: "greet matched 0.526".
+    counting = CountingEncoder(encoder)
+    router = AdaptiveRouter(counting)  # type: ignore[arg-type]
+    router.add_routes(
+        [
+            Route(name="greet", utterances=["hi", "hello", "hey"]),
+            Route(name="refund", utterances=["I need a refund", "Where is my money?"]),
+        ]
+    )
+    calls = counting.calls
+    for text in INVISIBLE:
+        match = router.query(text)
+        assert match.name is None and match.reason == "empty_query", repr(text[:4])
+        assert router.query_top_k(text) == []
+    assert [m.reason for m in router.query_batch([*INVISIBLE, "hello"])] == [
+        *["empty_query"] * len(INVISIBLE),
+        "matched",
+    ]
+    assert [r == [] for r in router.query_top_k_batch(INVISIBLE)] == [True] * len(INVISIBLE)
+    try:
+        assert (await router.aquery("\ufeff")).reason == "empty_query"
+        batch = await router.aquery_batch(["\x00", "\u200b"])
+        assert [m.reason for m in batch] == ["empty_query"] * 2
+        assert await router.aquery_top_k("\u200b\u200b") == []
+    finally:
+        await router.stop()
+    assert counting.calls == calls + 1  # "hello" alone reached the model
+    assert router.query("\u200bhello\ufeff").name == "greet"  # visible words are read
+
+
+def test_an_encoder_without_reads_nothing_keeps_whitespace_as_empty() -> None:
+    router = AdaptiveRouter(HashingEncoder())
+    router.add_routes([BILLING])
+    assert router.query(" \n").reason == "empty_query"
+    assert router.encoder.calls == 1  # type: ignore[attr-defined]
+    router.query("\u200b")  # no tokenizer to ask: embedded like any text
+    assert router.encoder.calls == 2  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("bad", [None, 42, b"bytes", ["list"]])
 def test_non_string_query_raises_type_error(router: AdaptiveRouter, bad: object) -> None:
     with pytest.raises(TypeError):
