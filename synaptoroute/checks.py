@@ -1,4 +1,5 @@
-"""Input checks for numbers given by callers: counts, seconds and score thresholds.
+"""Input checks for what callers give: counts, seconds, score thresholds, and the
+example utterances the integrations take per tool or choice name.
 
 The core uses them for every count, timeout and threshold it takes, and so do the
 LangChain and LlamaIndex integrations, so a value is accepted or refused the same way
@@ -10,14 +11,23 @@ number (Python counts ``True`` as the int 1). Each check raises
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TypeGuard
 
 from .exceptions import InvalidInputError
 from .models import SCORE_MAX, SCORE_MIN
 
-__all__ = ["check_count", "check_seconds", "check_threshold", "is_number"]
+__all__ = [
+    "check_count",
+    "check_seconds",
+    "check_threshold",
+    "check_utterances",
+    "is_number",
+    "misspelt_key",
+]
 
 
 def is_number(value: object) -> TypeGuard[float]:
@@ -63,3 +73,64 @@ def check_threshold(
         msg = f"{field} must be a number in [{low}, {high}], got {value!r}"
         raise InvalidInputError(msg)
     return float(value)
+
+
+def check_utterances(utterances: object, field: str = "utterances") -> dict[str, list[str]]:
+    """``{name: [utterance, ...]}`` as routes will hold them (stripped, duplicates
+    dropped), or :class:`~synaptoroute.exceptions.InvalidInputError` naming the key:
+    not a mapping, a key that is no ``str``, one str (or a set, or anything else that
+    is no sequence) instead of a list of them, an utterance that is no ``str``, blank,
+    or not valid Unicode. ``None`` is ``{}``.
+
+    The integrations check their ``utterances=`` with it when they are made: such a
+    value would otherwise fail every later call that offers its tool, naming nothing.
+    """
+    from .encoder import check_text  # the encoder's module reads this one's checks
+    from .models import clean_utterances
+
+    if utterances is None:
+        return {}
+    if not isinstance(utterances, Mapping):
+        kind = type(utterances).__name__
+        msg = f"{field} must be a dict of {{name: [example, ...]}}, got {kind}"
+        raise InvalidInputError(msg)
+    out: dict[str, list[str]] = {}
+    for name, texts in utterances.items():
+        if not isinstance(name, str):
+            msg = f"{field} must be keyed by tool name (a str), got the key {name!r}"
+            raise InvalidInputError(msg)
+        if isinstance(texts, str | bytes) or not isinstance(texts, Sequence):
+            got = "one str" if isinstance(texts, str) else type(texts).__name__
+            msg = f"{field}[{name!r}] must be a list of strings, got {got}"
+            raise InvalidInputError(msg)
+        texts = list(texts)
+        for index, text in enumerate(texts):
+            try:
+                check_text(text)
+            except TypeError:
+                msg = f"{field}[{name!r}][{index}] must be a str, got {type(text).__name__}"
+                raise InvalidInputError(msg) from None
+            except InvalidInputError as exc:
+                msg = f"{field}[{name!r}][{index}] ({text[:60]!r}): {exc}"
+                raise InvalidInputError(msg) from None
+            if not text.strip():
+                msg = f"{field}[{name!r}][{index}] is empty after stripping whitespace"
+                raise InvalidInputError(msg)
+        out[name] = clean_utterances(texts)
+    return out
+
+
+def misspelt_key(unknown: Iterable[str], bare: Sequence[str]) -> tuple[str, str] | None:
+    """The first of ``unknown`` (keys naming no tool or choice seen so far) that looks
+    like a misspelling of one of ``bare`` (the names offered now that have no
+    utterances of their own), with that name; ``None`` when none does.
+
+    A key that names nothing seen may be meant for another agent's tools or another
+    choice set, not yet seen: it is taken for a typo only when it is close to a name
+    it would have given utterances to.
+    """
+    for key in sorted(unknown):
+        close = difflib.get_close_matches(key, bare, n=1)
+        if close:
+            return key, close[0]
+    return None

@@ -523,6 +523,14 @@ class Encoder:
             return (default_encoder, ())
         return (partial(Encoder, **self._arguments), ())
 
+    def __copy__(self) -> Encoder:
+        # A copy in the same process shares the loaded model (pickling, which
+        # __reduce__ serves, is for other processes): no second model in memory.
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Encoder:
+        return self
+
     @property
     def model_id(self) -> str:
         """``all-MiniLM-L6-v2-onnx-int8`` for the bundled model, else the fastembed name."""

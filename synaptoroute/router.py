@@ -342,6 +342,9 @@ class AdaptiveRouter:
         not load the model.
         """
         self.encoder.encode(["warm-up"])  # loads the model and its runtime's kernels
+        reads_nothing = getattr(self.encoder, "reads_nothing", None)
+        if reads_nothing is not None:
+            reads_nothing("\u200b")  # builds the tokenizer's rules a first such query needs
         self._index.snapshot()
 
     # -- loading -------------------------------------------------------------------
@@ -1199,7 +1202,7 @@ class AdaptiveRouter:
     # by the methods above and not delivered again.
     def _start_follower(self) -> None:
         if isinstance(self.storage, WatchableStorage):
-            self.storage.watch(self._apply_changes, lock=self._lock)
+            self.storage.watch(self._apply_changes, lock=self._lock, weak=True)
 
     def _policy_from_state(self, state: dict[str, Any]) -> DecisionPolicy:
         try:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy as copying
 import json
 import pickle
 import re
@@ -291,6 +292,7 @@ def _two_dims(texts: list[str]) -> list[list[float]]:
     return [[float(len(t)), 1.0] for t in texts]
 
 
+@pytest.mark.model
 def test_an_encoder_pickles_as_the_arguments_it_was_made_with(
     encoder: Encoder, tmp_path: Path
 ) -> None:
@@ -311,6 +313,9 @@ def test_an_encoder_pickles_as_the_arguments_it_was_made_with(
     assert pickle.loads(pickle.dumps(Encoder()))._arguments["threads"] is None
     # The process's shared model stays shared: a copy does not load a second one.
     assert pickle.loads(pickle.dumps(default_encoder())) is default_encoder()
+    # In the same process a copy is the encoder itself (copy used __reduce__ too, and
+    # loaded a second model).
+    assert copying.copy(short) is short and copying.deepcopy({"e": short})["e"] is short
 
     class Shorter(Encoder):
         pass
@@ -394,3 +399,14 @@ def test_callable_encoder_reports_bad_functions() -> None:
         wide.encode(["a"])
     with pytest.raises(ValueError, match="dimension"):
         CallableEncoder(broken, model_id="x", dimension=0)
+
+
+@pytest.mark.model
+def test_warm_builds_what_a_first_query_of_deleted_characters_needs() -> None:
+    # warm() encoded "warm-up" (letters), so the first "\u200b" or "?" query built the
+    # tokenizer's rules (about 0.2 s) under the encoder's lock.
+    from synaptoroute import AdaptiveRouter
+
+    fresh = Encoder()
+    AdaptiveRouter(fresh).warm()
+    assert fresh._read_as is not None

@@ -766,6 +766,33 @@ def test_a_router_dropped_without_close_ends_its_follower_and_its_sessions(
     wait_until(sessions_ended, "the dropped router's sessions to end")
 
 
+def test_watch_holds_a_bound_method_strongly_unless_asked(pg_dsn: str, schema: str) -> None:
+    # The weak hold meant for the router was applied to every bound method: a handler
+    # on an object nobody else kept was collected at once and got no change.
+    got: list[str] = []
+
+    class Handler:
+        __slots__ = ()  # no weak reference possible either: watch() raised TypeError
+
+        def handle(self, changes: Sequence[Any]) -> None:
+            got.extend(change.kind for change in changes)
+
+    enc = HashingEncoder()
+    writer = open_store(pg_dsn, schema)
+    follower = open_store(pg_dsn, schema)
+    try:
+        follower.load()
+        follower.watch(Handler().handle)
+        writer.put_route(
+            ROUTES[0], enc.encode(ROUTES[0].utterances), ModelInfo(enc.model_id, enc.dimension)
+        )
+        assert follower.wait_for_seq(writer.last_write_seq, WAIT)
+        assert got == ["put_route"]
+    finally:
+        follower.close()
+        writer.close()
+
+
 def test_a_foreign_or_newer_schema_is_left_untouched(pg_dsn: str, schema: str) -> None:
     import psycopg
 

@@ -54,7 +54,14 @@ PUBLIC = [
 
 #: The public submodules (docs/reference/core.md) and their names.
 PUBLIC_SUBMODULES = {
-    "synaptoroute.checks": ["check_count", "check_seconds", "check_threshold", "is_number"],
+    "synaptoroute.checks": [
+        "check_count",
+        "check_seconds",
+        "check_threshold",
+        "check_utterances",
+        "is_number",
+        "misspelt_key",
+    ],
     "synaptoroute.forking": ["APP", "APP_CACHE", "hold_across_fork"],
     "synaptoroute.testing": [
         "RecordingEncoder",

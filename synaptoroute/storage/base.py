@@ -217,8 +217,11 @@ class WatchableStorage(Storage, Protocol):
         *,
         lock: threading.RLock | None = None,
         since: int | None = None,
+        weak: bool = False,
     ) -> Any:
-        """Call ``callback`` with every change other writers commit, in order."""
+        """Call ``callback`` with every change other writers commit, in order; with
+        ``weak``, a bound method is held weakly, and following ends once its object
+        is collected (a router dropped without ``close()``)."""
         ...
 
 

@@ -118,16 +118,19 @@ class Watch:
         storage: PostgresStorage,
         callback: Callable[[Sequence[Change]], None],
         lock: threading.RLock,
+        *,
+        weak: bool = False,
     ) -> None:
         self._storage = storage
+        self.weak = weak
         self.lock = lock
         self._conn: psycopg.Connection[Any] | None = None  # the listening session
         self._stop = threading.Event()
-        # A router's method is held weakly: a router dropped without close() is
-        # collected, and its follower then ends and closes its session (a strong
+        # weak: a router's method is held weakly, so a router dropped without close()
+        # is collected, and its follower then ends and closes its session (a strong
         # reference from this thread kept both alive for good).
         self._callback: Callable[[], Callable[[Sequence[Change]], None] | None]
-        if inspect.ismethod(callback):
+        if weak and inspect.ismethod(callback):
             self._callback = weakref.WeakMethod(callback)
             weakref.finalize(callback.__self__, self._stop.set)
         else:

@@ -1003,6 +1003,7 @@ class PostgresStorage:
         *,
         lock: threading.RLock | None = None,
         since: int | None = None,
+        weak: bool = False,
     ) -> Watch:
         """Call ``callback`` with every change committed after ``since``, in order.
 
@@ -1010,7 +1011,10 @@ class PostgresStorage:
         store writes itself are not delivered (the writer applied them already),
         except when they raced another replica's write: then a ``resync`` follows.
         ``lock`` is held while ``callback`` runs and during every write, so pass the
-        lock that guards the state the callback updates (the router's).
+        lock that guards the state the callback updates (the router's). With
+        ``weak`` (the router's own follower), a bound-method ``callback`` is held
+        weakly: once its object is collected, the follower ends and closes its
+        session.
 
         Raises:
             StorageError: the store is already watched, or was never loaded and no
@@ -1025,7 +1029,9 @@ class PostgresStorage:
             if self._applied is None:
                 msg = "call load() first or pass since= to watch()"
                 raise StorageError(msg)
-            self._watch = Watch(self, callback, lock if lock is not None else self._apply_lock)
+            self._watch = Watch(
+                self, callback, lock if lock is not None else self._apply_lock, weak=weak
+            )
             if lock is not None:
                 self._apply_lock = lock
             return self._watch
@@ -1111,7 +1117,7 @@ class PostgresStorage:
             watch.disown()
             callback = watch.callback
             if callback is not None:
-                self._watch = Watch(self, callback, watch.lock)
+                self._watch = Watch(self, callback, watch.lock, weak=watch.weak)
 
     # -- lifetime --------------------------------------------------------------------
     def close(self) -> None:

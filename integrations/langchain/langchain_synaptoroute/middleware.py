@@ -7,7 +7,6 @@ of this repository.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import hashlib
 import json
 import threading
@@ -25,8 +24,7 @@ from synaptoroute import AdaptiveRouter, EncoderProtocol, InvalidInputError, Rou
 
 # The same repository's core (pinned below 0.3): a fork waits for this selector's lock
 # like the router's own, so a child never inherits it held.
-from synaptoroute.checks import check_count, check_threshold
-from synaptoroute.encoder import check_text
+from synaptoroute.checks import check_count, check_threshold, check_utterances, misspelt_key
 from synaptoroute.forking import APP, hold_across_fork
 
 from ._inputs import last_human_text
@@ -152,7 +150,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         if router is not None and encoder is not None:
             msg = "pass router= or encoder=, not both (the router has its encoder)"
             raise InvalidInputError(msg)
-        self.utterances = _check_utterances(utterances)
+        self.utterances = check_utterances(utterances)
         self.max_tools = max_tools
         self.always_include = _check_names(always_include, "always_include")
         self.threshold = threshold
@@ -245,17 +243,16 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         utterances of its own (the tool the key was meant for).
         """
         self._seen_names.update(names)  # recorded first: a refused call's tools were seen
-        unknown = sorted(set(self.utterances) - self._seen_names)
         bare = sorted({name for name in names if name not in self.utterances})
-        for key in unknown:
-            close = difflib.get_close_matches(key, bare, n=1)
-            if close:
-                msg = (
-                    f"utterances names tools that do not exist: [{key!r}] (no call offered a "
-                    f"tool of that name, and tool {close[0]!r} has no utterances: did you mean "
-                    f"{close[0]!r}? tools: {sorted(names)})"
-                )
-                raise InvalidInputError(msg)
+        typo = misspelt_key(set(self.utterances) - self._seen_names, bare)
+        if typo is not None:
+            key, close = typo
+            msg = (
+                f"utterances names tools that do not exist: [{key!r}] (no call offered a "
+                f"tool of that name, and tool {close!r} has no utterances: did you mean "
+                f"{close!r}? tools: {sorted(names)})"
+            )
+            raise InvalidInputError(msg)
 
     def _plan(
         self, offered: Sequence[BaseTool | dict[str, Any]], messages: Sequence[BaseMessage]
@@ -429,42 +426,4 @@ def _check_names(names: Sequence[str], what: str) -> list[str]:
         if not isinstance(name, str):
             msg = f"{what}[{index}] must be a tool name (a str), got {name!r:.80}"
             raise InvalidInputError(msg)
-    return out
-
-
-def _check_utterances(utterances: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
-    """The utterances as the routes will hold them; what would fail a model call later
-    (one str instead of a list, a text that is no str, blank or not valid Unicode) is
-    refused now, naming the key."""
-    if utterances is None:
-        return {}
-    if not isinstance(utterances, Mapping):
-        kind = type(utterances).__name__
-        msg = f"utterances must be a dict of {{tool name: [example, ...]}}, got {kind}"
-        raise InvalidInputError(msg)
-    out: dict[str, list[str]] = {}
-    for name, texts in utterances.items():
-        if not isinstance(name, str):
-            msg = f"utterances must be keyed by tool name (a str), got the key {name!r}"
-            raise InvalidInputError(msg)
-        if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
-            got = "one str" if isinstance(texts, str) else type(texts).__name__
-            msg = f"utterances[{name!r}] must be a list of strings, got {got}"
-            raise InvalidInputError(msg)
-        texts = list(texts)
-        for index, text in enumerate(texts):
-            # The core's check of every text it embeds: a lone surrogate would fail
-            # every model call offering the tool, naming nothing.
-            try:
-                check_text(text)
-            except TypeError:
-                msg = f"utterances[{name!r}][{index}] must be a str, got {type(text).__name__}"
-                raise InvalidInputError(msg) from None
-            except InvalidInputError as exc:
-                msg = f"utterances[{name!r}][{index}] ({text[:60]!r}): {exc}"
-                raise InvalidInputError(msg) from None
-            if not text.strip():
-                msg = f"utterances[{name!r}][{index}] is blank"
-                raise InvalidInputError(msg)
-        out[name] = texts
     return out

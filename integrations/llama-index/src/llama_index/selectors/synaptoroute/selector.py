@@ -11,7 +11,6 @@ pure decision function, :func:`decide_selection`.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import sys
 import threading
 import warnings
@@ -23,7 +22,6 @@ from typing import Any, Literal
 
 from llama_index.core.base.base_selector import BaseSelector, SelectorResult, SingleSelection
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.bridge.pydantic import ValidationError
 from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.schema import QueryBundle
 from llama_index.core.tools.types import ToolMetadata
@@ -37,8 +35,7 @@ from synaptoroute import (
     Route,
     RouteMatch,
 )
-from synaptoroute.checks import check_count, check_threshold
-from synaptoroute.encoder import check_text
+from synaptoroute.checks import check_count, check_threshold, check_utterances, misspelt_key
 from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
 
 from .embeddings import as_encoder
@@ -253,7 +250,7 @@ class SynaptorouteSelector(BaseSelector):
         max_choice_sets: int = 16,
     ) -> None:
         self.encoder = encoder
-        self.utterances = _check_utterances(utterances)
+        self.utterances = check_utterances(utterances)
         # A cosine similarity: the core's check (numpy scalars in, bools and NaN out).
         self.threshold = None if threshold is None else check_threshold(threshold, "threshold")
         self.policy = SelectionPolicy(top_n=top_n, on_no_match=on_no_match, fallback=fallback)
@@ -346,17 +343,16 @@ class SynaptorouteSelector(BaseSelector):
         # Under the cache lock: concurrent first selections of two choice sets must not
         # lose each other's names, nor both warn about the same choice.
         with self._lock:
-            unknown = sorted(set(self.utterances) - self._seen_names - set(names))
             bare = sorted({n for n in names if n not in self.utterances})
-            for key in unknown:
-                close = difflib.get_close_matches(key, bare, n=1)
-                if close:
-                    msg = (
-                        f"utterances are given for {key!r}, which is not the name of any "
-                        f"choice seen, while choice {close[0]!r} has no utterances: did you "
-                        f"mean {close[0]!r}? (choices: {names})"
-                    )
-                    raise InvalidInputError(msg)
+            typo = misspelt_key(set(self.utterances) - self._seen_names - set(names), bare)
+            if typo is not None:
+                key, close = typo
+                msg = (
+                    f"utterances are given for {key!r}, which is not the name of any "
+                    f"choice seen, while choice {close!r} has no utterances: did you "
+                    f"mean {close!r}? (choices: {names})"
+                )
+                raise InvalidInputError(msg)
             self._seen_names.update(names)
             fresh = [label for label in thin if label not in self._warned]
             self._warned.update(fresh)
@@ -469,45 +465,3 @@ class SynaptorouteSelector(BaseSelector):
                 for r in self._retired
                 if _has_running_worker(r) or not any(r is old for old in retired)
             ]
-
-
-def _check_utterances(
-    utterances: Mapping[str, Sequence[str]] | None,
-) -> dict[str, list[str]]:
-    """The utterances as the routes will hold them; anything that would fail a
-    selection later is refused now, naming the key."""
-    if utterances is None:
-        return {}
-    if not isinstance(utterances, Mapping):
-        kind = type(utterances).__name__
-        msg = f"utterances must be a dict of {{tool name: [example, ...]}}, got {kind}"
-        raise InvalidInputError(msg)
-    out: dict[str, list[str]] = {}
-    for name, texts in utterances.items():
-        if not isinstance(name, str):
-            msg = f"utterances must be keyed by tool name (a str), got the key {name!r}"
-            raise InvalidInputError(msg)
-        if isinstance(texts, str):
-            msg = f"utterances[{name!r}] must be a list of strings, not one string"
-            raise InvalidInputError(msg)
-        if not isinstance(texts, Sequence) or isinstance(texts, bytes):
-            msg = f"utterances[{name!r}] must be a list of strings, got {type(texts).__name__}"
-            raise InvalidInputError(msg)
-        for index, text in enumerate(texts):
-            # The core's check of every text it embeds: a lone surrogate would pass the
-            # Route and then fail every selection of its choice set, naming nothing.
-            try:
-                check_text(text)
-            except TypeError:
-                msg = f"utterances[{name!r}][{index}] must be a str, got {type(text).__name__}"
-                raise InvalidInputError(msg) from None
-            except InvalidInputError as exc:
-                msg = f"utterances[{name!r}][{index}] ({text[:60]!r}): {exc}"
-                raise InvalidInputError(msg) from None
-        # Route's own rules (strip, refuse blanks, drop duplicates) apply now, not mid-query.
-        try:
-            out[name] = Route(name=name, utterances=list(texts)).utterances
-        except ValidationError as exc:
-            msg = f"utterances[{name!r}]: {exc.errors()[0]['msg']}"
-            raise InvalidInputError(msg) from None
-    return out

@@ -1,0 +1,43 @@
+"""``synaptoroute.checks``: the example-utterance checks both integrations share."""
+
+from __future__ import annotations
+
+import pytest
+
+from synaptoroute import InvalidInputError
+from synaptoroute.checks import check_utterances, misspelt_key
+
+
+def test_utterances_are_cleaned_as_routes_hold_them() -> None:
+    given = {"billing": ["  I need a refund ", "I need a refund", "invoice"], "tech": ()}
+    assert check_utterances(given) == {"billing": ["I need a refund", "invoice"], "tech": []}
+    assert check_utterances(None) == {}
+
+
+@pytest.mark.parametrize(
+    ("utterances", "message"),
+    [
+        (["billing"], "must be a dict of"),
+        ({3: ["x"]}, "keyed by tool name"),
+        (
+            {"billing": "I need a refund"},
+            r"utterances\['billing'\] must be a list of strings, got one str",
+        ),
+        ({"billing": {"a", "b"}}, "must be a list of strings, got set"),
+        ({"billing": None}, "must be a list of strings, got NoneType"),
+        ({"billing": ["ok", 3]}, r"utterances\['billing'\]\[1\] must be a str, got int"),
+        ({"billing": ["ok", "  "]}, r"utterances\['billing'\]\[1\] is empty"),
+        ({"billing": ["refund \ud800"]}, r"utterances\['billing'\]\[0\] .*valid Unicode"),
+    ],
+)
+def test_bad_utterances_are_refused_naming_the_key(utterances: object, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        check_utterances(utterances)
+
+
+def test_a_key_is_a_typo_only_when_close_to_a_name_without_utterances() -> None:
+    # "billing_eu" beside a "billing" that has utterances is another set's choice.
+    assert misspelt_key({"biling"}, ["billing", "general"]) == ("biling", "billing")
+    assert misspelt_key({"billing_eu"}, ["general"]) is None
+    assert misspelt_key({"weather"}, ["billing", "general"]) is None
+    assert misspelt_key(set(), ["billing"]) is None
