@@ -116,7 +116,10 @@ async def open_idle(port: int, count: int, keep: list[socket.socket]) -> None:
 async def attack_idle(port: int, scale: float, stop: asyncio.Event) -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     keep: list[socket.socket] = []
-    await open_idle(port, min(int(19_980 * scale), soft - 200), keep)
+    wanted = min(int(19_980 * scale), soft - 200)
+    await open_idle(port, wanted, keep)
+    # Stops at the first refused connect: say how many were held, not how many were asked.
+    print(f"idle attack: {len(keep)} connections held (asked {wanted})", flush=True)
     await stop.wait()
     for s in keep:
         s.close()

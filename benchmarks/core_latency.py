@@ -135,6 +135,13 @@ class Workload:
         return PrecomputedEncoder(self.model.model_id, table)
 
 
+#: The index every router here scores with: this script is about the exact index and
+#: its int8 pre-filter (the approximate graph past 50,000 rows is benchmarks/scale.py's);
+#: with the default ("auto") a 100k router would build the graph in the background
+#: while the add and profile parts time it.
+INDEX = "exact"
+
+
 def fmt(summary: dict[str, float]) -> str:
     """``p50 / p99`` in ms."""
     return f"{summary['p50']:.3f} / {summary['p99']:.3f}"
@@ -171,6 +178,7 @@ def part_overhead(
                     "aggregation": aggregation,
                     "blas_threads": threads,
                     "cache_size": 0,
+                    "index": INDEX,
                 }
                 real = AdaptiveRouter(encoder, store, **kwargs)
                 zero = AdaptiveRouter(work.lookup(), store, **kwargs)
@@ -246,7 +254,7 @@ def part_add(work: Workload, sizes: Sequence[int], repeats: int) -> list[dict[st
             extra.update(zip(texts, vecs, strict=True))
         lookup = work.lookup(extra)
 
-        router = AdaptiveRouter(lookup, work.memory_store(n), cache_size=0)
+        router = AdaptiveRouter(lookup, work.memory_store(n), cache_size=0, index=INDEX)
         router.query(query_text)  # compile the loaded routes first
         alone = [time_ms(partial(router.add_route, r)) for r, _ in new_routes[:repeats]]
 
@@ -262,7 +270,7 @@ def part_add(work: Workload, sizes: Sequence[int], repeats: int) -> list[dict[st
         with tempfile.TemporaryDirectory() as tmp:
             store = SQLiteStorage(Path(tmp) / "bench.sqlite")
             store.replace_all(work.routes(n), work.model)
-            sql_router = AdaptiveRouter(lookup, store, cache_size=0)
+            sql_router = AdaptiveRouter(lookup, store, cache_size=0, index=INDEX)
             sql_router.query(query_text)
             sqlite = [
                 time_ms(partial(sql_router.add_route, route))
@@ -321,7 +329,7 @@ def part_reopen(encoder: Encoder, data: str | None, repeats: int) -> dict[str, A
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "reopen.sqlite"
         lookup = PrecomputedEncoder(encoder.model_id, dict(zip(texts, vectors, strict=True)))
-        writer = AdaptiveRouter(lookup, SQLiteStorage(path))
+        writer = AdaptiveRouter(lookup, SQLiteStorage(path), index=INDEX)
         writer.add_routes([Route(name=k, utterances=v) for k, v in picked.items()])
         writer.close()
         reopen, compiled = [], []
@@ -329,7 +337,7 @@ def part_reopen(encoder: Encoder, data: str | None, repeats: int) -> dict[str, A
         for _ in range(repeats):
             fresh = Encoder()
             t0 = time.perf_counter()
-            router = AdaptiveRouter(fresh, SQLiteStorage(path))
+            router = AdaptiveRouter(fresh, SQLiteStorage(path), index=INDEX)
             t1 = time.perf_counter()
             router._index.snapshot()
             t2 = time.perf_counter()
@@ -371,7 +379,7 @@ def part_profile(work: Workload, encoder: Encoder, n: int, n_queries: int) -> di
     ("after encode") and then again at once ("warm"), for every query in turn.
     """
     store = work.memory_store(n)
-    zero = AdaptiveRouter(work.lookup(), store, cache_size=0)
+    zero = AdaptiveRouter(work.lookup(), store, cache_size=0, index=INDEX)
     zero.query(work.queries[0])  # compile the snapshot
     snap = zero._index.snapshot()
     qs = work.query_vectors[:n_queries]

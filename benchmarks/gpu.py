@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import subprocess
+import sys
 import time
 import warnings
 
@@ -48,10 +49,15 @@ def measure(
     device: str, batch: int, routes: list[Route], texts: list[str]
 ) -> tuple[float, float, float]:
     """p50 and p99 single-query latency (ms), and concurrent throughput (queries/s)."""
-    encoder = Encoder(device=device, batch_size=batch)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # no silent CPU fallback
+        # No silent CPU fallback: the encoder warns of a missing provider when it is
+        # made, and onnxruntime may still fall back at load (checked below).
+        warnings.simplefilter("error", RuntimeWarning)
+        encoder = Encoder(device=device, batch_size=batch)
         encoder.load()
+    if device != "cpu" and encoder.device == "cpu":
+        msg = f"asked for {device!r}, the session runs on {encoder.providers}: not a GPU figure"
+        raise SystemExit(msg)
     router = AdaptiveRouter(encoder, max_batch_size=batch, cache_size=0)
     router.add_routes(routes)
     for text in texts[:20]:
@@ -103,7 +109,7 @@ def main() -> None:
     lines = [
         SECTION,
         "",
-        f"Command: `python benchmarks/gpu.py --device {args.device}`. Machine: {machine}; "
+        f"Command: `python {' '.join(sys.argv)}`. Machine: {machine}; "
         f"accelerator: {accelerator()}.",
         "",
         "| batch size | 1 query p50 (ms) | 1 query p99 (ms) | 1,000 concurrent (queries/s) |",

@@ -6,8 +6,11 @@ with ``index="exact"`` (float32 + the int8 pre-filter) and one with ``index="ann
 
 - router overhead per query: ``router.query(text)`` with a zero-cost precomputed
   encoder (validation, cache, scoring, decision; the encoder excluded), p50 and p99;
-- agreement of the approximate router's route with the exact router's, and the share
-  of queries the graph answered itself (the rest took the exact path);
+- agreement of the approximate router's route with the exact router's: of the
+  decision (``agreement``: a query both leave unrouted agrees) and of the route each
+  ranked first whether or not it passed (``candidate_agreement``), and the share of
+  queries the graph answered itself (the rest took the exact path); our overhead
+  over the peer's queries too (``*_overhead_ms_peer_queries``);
 - adding a route of 10 utterances, and the first query after it (medians over 20
   adds), against the same on a 1k-utterance router; ``*_added_ms`` is what the change
   added to that query: its time minus the same query's just before the change;
@@ -52,7 +55,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from common import (
@@ -204,14 +207,25 @@ def make_router(
     return router
 
 
-def time_queries(router: AdaptiveRouter, texts: list[str]) -> tuple[dict[str, float], list[str]]:
-    times, names = [], []
+class Timed(NamedTuple):
+    """Queries timed one by one: the summary, each time (ms), each decision (its route
+    or None) and each candidate (the best route, whether or not it passed)."""
+
+    summary: dict[str, float]
+    times: list[float]
+    names: list[str]
+    candidates: list[str]
+
+
+def time_queries(router: AdaptiveRouter, texts: list[str]) -> Timed:
+    times, names, candidates = [], [], []
     for text in texts:
         start = time.perf_counter()
         match = router.query(text)
         times.append((time.perf_counter() - start) * 1000.0)
         names.append(str(match.name))
-    return summarize_ms(times), names
+        candidates.append(str(match.candidate))
+    return Timed(summarize_ms(times), times, names, candidates)
 
 
 Change = tuple[float, float, float]
@@ -402,7 +416,7 @@ def run_size(
     )
     encoder = PrecomputedEncoder(MODEL, table)
     out: dict[str, object] = {"utterances": n}
-    names: dict[str, list[str]] = {}
+    timed: dict[str, Timed] = {}
     for kind in ("exact", "ann"):
         start = time.perf_counter()
         router = make_router(encoder, data, kind)
@@ -410,7 +424,8 @@ def run_size(
         time_queries(router, texts[:50])  # warm-up
         stats = router.index_stats
         before = (stats.ann_queries, stats.ann_fallbacks)
-        out[f"{kind}_overhead_ms"], names[kind] = time_queries(router, texts)
+        timed[kind] = time_queries(router, texts)
+        out[f"{kind}_overhead_ms"] = timed[kind].summary
         if kind == "ann":
             out["ann_answered"] = (stats.ann_queries - before[0]) / n_queries
             out["ann_graph_bytes_per_utterance"] = round(router._index.ann_bytes / n, 1)
@@ -438,10 +453,19 @@ def run_size(
         router.close()
         del router
         gc.collect()
-    agree = sum(a == b for a, b in zip(names["ann"], names["exact"], strict=True))
+    ann, exact = timed["ann"], timed["exact"]
+    # The decision (a query both routers leave unrouted agrees), and the route each
+    # ranked first whether or not it passed (such queries are the near-ties).
+    agree = sum(a == b for a, b in zip(ann.names, exact.names, strict=True))
     out["agreement"] = agree / n_queries
+    same = sum(a == b for a, b in zip(ann.candidates, exact.candidates, strict=True))
+    out["candidate_agreement"] = same / n_queries
     if n <= peer_max:  # its Python lists of floats make 1M utterances impractical
-        peer_out = peer(data, table, texts[: min(n_queries, 300)])
+        asked_peer = min(n_queries, 300)
+        peer_out = peer(data, table, texts[:asked_peer])
+        # Ours over the same queries as the peer's, for a ratio of like with like.
+        out["ann_overhead_ms_peer_queries"] = summarize_ms(ann.times[:asked_peer])
+        out["exact_overhead_ms_peer_queries"] = summarize_ms(exact.times[:asked_peer])
         if isinstance(peer_out, dict):
             peer_names = peer_out.pop("names")
             assert isinstance(peer_names, list)
