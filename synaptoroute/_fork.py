@@ -40,6 +40,7 @@ __all__ = [
     "ROUTER",
     "STORE",
     "hold_across_fork",
+    "keep_for_good",
 ]
 
 #: Levels, outermost first: a lock of one level is taken in code while those of the
@@ -92,6 +93,20 @@ def hold_across_fork(
         raise TypeError(msg)
     with _REGISTRY:
         _HELD[level][owner] = (lock, in_child)
+
+
+#: What forked children inherited and must never free, whatever becomes of its owner:
+#: an onnxruntime session whose thread pool did not come along (destroying it can hang
+#: joining those threads, onnxruntime#31961), an SQLite connection whose locks are the
+#: parent's. Held by the owner instead, it was freed when a garbage collection in the
+#: child took the owner (a router dropped before the fork, not yet collected): the
+#: child hung in whatever allocation ran that collection.
+_KEPT: list[Any] = []
+
+
+def keep_for_good(obj: Any) -> None:
+    """Hold ``obj`` until the process exits (for what a forked child inherited)."""
+    _KEPT.append(obj)
 
 
 def forking() -> bool:

@@ -23,6 +23,7 @@ from .models import SCORE_MAX, SCORE_MIN
 __all__ = [
     "check_count",
     "check_seconds",
+    "check_text",
     "check_threshold",
     "check_utterances",
     "is_number",
@@ -75,6 +76,27 @@ def check_threshold(
     return float(value)
 
 
+def check_text(text: object) -> str:
+    """Validate one query and return it unchanged.
+
+    Raises:
+        TypeError: ``text`` is not a ``str``.
+        InvalidInputError: ``text`` is not valid Unicode (a lone surrogate such as
+            ``"\\ud800"``): no tokenizer can take it. Checked for each caller's own
+            texts before they join a batch, so one bad text never fails another's.
+    """
+    if not isinstance(text, str):
+        msg = f"query must be str, got {type(text).__name__}"
+        raise TypeError(msg)
+    if not text.isascii():  # an ASCII text is valid Unicode: skip the copy
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            msg = "text must be valid Unicode (no lone surrogates)"
+            raise InvalidInputError(msg) from None
+    return text
+
+
 def check_utterances(utterances: object, field: str = "utterances") -> dict[str, list[str]]:
     """``{name: [utterance, ...]}`` as routes will hold them (stripped, duplicates
     dropped), or :class:`~synaptoroute.exceptions.InvalidInputError` naming the key:
@@ -85,7 +107,6 @@ def check_utterances(utterances: object, field: str = "utterances") -> dict[str,
     The integrations check their ``utterances=`` with it when they are made: such a
     value would otherwise fail every later call that offers its tool, naming nothing.
     """
-    from .encoder import check_text  # the encoder's module reads this one's checks
     from .models import clean_utterances
 
     if utterances is None:

@@ -34,8 +34,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._cpu import available_cpus, side_by_side
-from ._fork import ENCODER, LEAF, hold_across_fork
-from .checks import check_count, check_seconds
+from ._fork import ENCODER, LEAF, hold_across_fork, keep_for_good
+from .checks import check_count, check_seconds, check_text
 from .exceptions import (
     EncoderError,
     InvalidInputError,
@@ -304,27 +304,6 @@ def _check_texts(texts: object) -> None:
         raise TypeError(msg)
 
 
-def check_text(text: object) -> str:
-    """Validate one query and return it unchanged.
-
-    Raises:
-        TypeError: ``text`` is not a ``str``.
-        InvalidInputError: ``text`` is not valid Unicode (a lone surrogate such as
-            ``"\\ud800"``): no tokenizer can take it. Checked for each caller's own
-            texts before they join a batch, so one bad text never fails another's.
-    """
-    if not isinstance(text, str):
-        msg = f"query must be str, got {type(text).__name__}"
-        raise TypeError(msg)
-    if not text.isascii():  # an ASCII text is valid Unicode: skip the copy
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            msg = "text must be valid Unicode (no lone surrogates)"
-            raise InvalidInputError(msg) from None
-    return text
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -492,7 +471,6 @@ class Encoder:
         hold_across_fork(self, ENCODER, in_child="_forked")
         self._session: Any = None
         self._bulk: Any = None
-        self._inherited: list[Any] = []  # a forked child's parent's sessions
         self._model_files: tuple[Path, Path] | None = None
         self._shrink_options: Any = None
         self._providers: list[str] = []
@@ -582,7 +560,7 @@ class Encoder:
         # The child keeps them referenced, never used, and loads its own on first use.
         held = (self._session, self._bulk, self._fastembed)
         if any(part is not None for part in held):
-            self._inherited.append(held)
+            keep_for_good(held)
             self._session = self._bulk = self._fastembed = None
 
     def load(self) -> None:

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 
 from ._buffers import buffer_capacity, take_buffer
 from ._cpu import process_cpus
-from ._fork import INDEX, LEAF, hold_across_fork
+from ._fork import INDEX, LEAF, hold_across_fork, keep_for_good
 from .ann import (  # stdlib and numpy only: usearch loads on use
     CLOSE_MARGIN,
     DEFAULT_DEPTH,
@@ -1425,6 +1425,13 @@ class RouteIndex:
         self._int8_builder = None
         if self._ann is None:
             self._ann_cache_tried = False
+        # The int8 copy's onnxruntime session has the parent's thread pool, which did
+        # not come along: a run may wait for it for good, and destroying the session
+        # can hang joining it (onnxruntime#31961, as for the encoder's sessions). Kept
+        # referenced, never used: the child's next compile builds its own copy.
+        if self._int8 is not None:
+            keep_for_good(self._int8)
+            self._int8 = None
         self._snapshot = None
 
     def reading(self) -> AbstractContextManager[None]:

@@ -8,6 +8,7 @@ encoder's record)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import os
 import socket
@@ -20,7 +21,15 @@ from typing import Any
 import pytest
 from forking import hold_until_the_fork, in_child, needs_fork, wait_for_the_fork
 
-from synaptoroute import AdaptiveRouter, HashingEncoder, Route, SQLiteStorage, StorageError, _fork
+from synaptoroute import (
+    AdaptiveRouter,
+    Encoder,
+    HashingEncoder,
+    Route,
+    SQLiteStorage,
+    StorageError,
+    _fork,
+)
 from synaptoroute import encoder as encoder_module
 from synaptoroute import forking as fork_api  # tests/forking.py is the helpers
 from synaptoroute.testing import RecordingEncoder
@@ -277,6 +286,31 @@ def test_a_child_forked_during_an_index_compile_queries(router: Any) -> None:
     assert router.query("play some music").name == "music"
 
 
+@needs_fork
+def test_a_child_neither_uses_nor_frees_the_parents_int8_copy() -> None:
+    # From 20,000 rows the int8 copy's onnxruntime session has worker threads, which do
+    # not come along into a child: the child scored with it, and its first re-quantise
+    # (or a compaction) freed it there, which never returned (onnxruntime#31961).
+    router = AdaptiveRouter(HashingEncoder(dimension=64))
+    router.add_routes(
+        [Route(name=f"r{i}", utterances=[f"r{i} text {j}" for j in range(600)]) for i in range(40)]
+    )
+    assert router.query("r3 text 5").name == "r3"
+    index = router._index
+    inherited = index._int8
+    assert inherited is not None  # built by the compile of that query
+
+    def child() -> None:
+        assert router.query("r3 text 5").name == "r3"
+        assert index._int8 is not inherited and any(kept is inherited for kept in _fork._KEPT)
+        router.add_utterances("r0", [f"r0 more {j}" for j in range(5000)])
+        assert router.query("r0 more 7").name == "r0"
+        assert router.query("r3 text 5").name == "r3"
+
+    assert in_child(child) == 0
+    assert router.query("r3 text 5").name == "r3" and index._int8 is inherited
+
+
 needs_usearch = pytest.mark.skipif(
     importlib.util.find_spec("usearch") is None, reason="the ann extra is not installed"
 )
@@ -428,6 +462,30 @@ def test_a_fork_waits_for_every_registered_lock(encoder: Any, tmp_path: Path, wh
 
 
 @needs_fork
+@pytest.mark.model
+def test_a_child_never_frees_what_an_owner_collected_there_inherited() -> None:
+    # The parent's sessions and connections were held by their owners: a router
+    # dropped before the fork (a reference cycle, not yet collected) was collected in
+    # the child, and destroying its encoder's onnxruntime session there hung the
+    # child (onnxruntime#31961) in whatever allocation ran that collection.
+    gc.collect()
+    gc.disable()  # the dropped router stays garbage, uncollected, until the child
+    try:
+        dropped = Encoder()
+        AdaptiveRouter(dropped).add_route(Route(name="a", utterances=["hello there"]))
+        session = weakref.ref(dropped._session)
+        del dropped
+
+        def child() -> None:
+            gc.collect()  # takes the router and its encoder
+            assert session() is not None  # the parent's session was not freed here
+
+        assert in_child(child) == 0
+    finally:
+        gc.enable()
+
+
+@needs_fork
 def test_a_forked_child_loads_its_own_model_session(encoder: Any) -> None:
     # An ONNX Runtime session's thread pool is the parent's threads: the child must not
     # run it (a run can wait for them for good) nor destroy it (onnxruntime#31961).
@@ -436,7 +494,7 @@ def test_a_forked_child_loads_its_own_model_session(encoder: Any) -> None:
 
     def child() -> None:
         assert not encoder.loaded  # the parent's session is set aside
-        assert encoder._inherited[-1][0] is parent  # and kept, never destroyed
+        assert _fork._KEPT[-1][0] is parent  # and kept, never destroyed
         assert encoder.encode(["turn the music up"]).shape == (1, encoder.dimension)
         assert encoder._session is not None and encoder._session is not parent
 
@@ -523,7 +581,7 @@ def test_a_forked_child_opens_its_own_sqlite_connection(encoder: Any, tmp_path: 
     inherited = store._db
 
     def child() -> None:
-        assert store._db is not inherited and store._inherited == [inherited]
+        assert store._db is not inherited and _fork._KEPT[-1] is inherited
         router.add_route(Route(name="travel", utterances=["book a flight", "a hotel in rome"]))
         router.close()
 

@@ -57,6 +57,7 @@ PUBLIC_SUBMODULES = {
     "synaptoroute.checks": [
         "check_count",
         "check_seconds",
+        "check_text",
         "check_threshold",
         "check_utterances",
         "is_number",

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._buffers import read_utterances, split_by_route
-from .._fork import STORE, hold_across_fork
+from .._fork import STORE, hold_across_fork, keep_for_good
 from ..checks import check_seconds
 from ..exceptions import InvalidInputError, NotADatabaseError, RouteNotFoundError, StorageError
 from ..models import Route
@@ -183,7 +183,6 @@ class SQLiteStorage:
         self.durability = durability
         self._timeout = check_seconds(timeout, "timeout", zero=True)
         self._closed = False
-        self._inherited: list[sqlite3.Connection] = []  # a forked child's parent's
         self._gone: str | None = None  # why a forked child has no connection
         self._lock = threading.RLock()
         # Held for one read or write; a forked child opens its own connection.
@@ -253,7 +252,7 @@ class SQLiteStorage:
         # parent's locks. An in-memory database is the child's own copy: kept.
         if self._closed or self.path == ":memory:":
             return
-        self._inherited.append(self._db)
+        keep_for_good(self._db)
         try:
             # A file deleted since the parent opened it is not made again, empty, for
             # the child to write routes into and leave behind.
