@@ -141,15 +141,21 @@ def check_utterances(utterances: object, field: str = "utterances") -> dict[str,
     return out
 
 
-def misspelt_key(unknown: Iterable[str], bare: Sequence[str]) -> tuple[str, str] | None:
-    """The first of ``unknown`` (keys naming no tool or choice seen so far) that looks
-    like a misspelling of one of ``bare`` (the names offered now that have no
-    utterances of their own), with that name; ``None`` when none does.
+def misspelt_key(
+    keys: Iterable[str], seen: Iterable[str], offered: Sequence[str]
+) -> tuple[str, str] | None:
+    """The first utterance key that looks like a misspelt name, with that name;
+    ``None`` when none does.
 
-    A key that names nothing seen may be meant for another agent's tools or another
-    choice set, not yet seen: it is taken for a typo only when it is close to a name
-    it would have given utterances to.
+    ``keys``: the names utterances are given for; ``seen``: every tool or choice name
+    offered so far; ``offered``: the names offered now. A key naming nothing seen or
+    offered may be meant for another agent's tools or another choice set, not yet
+    seen: it is taken for a typo only when it is close to a name offered now that has
+    no utterances of its own (the name it would have given utterances to).
     """
+    given = set(keys)
+    unknown = given.difference(seen, offered)
+    bare = sorted(name for name in offered if name not in given)
     for key in sorted(unknown):
         close = difflib.get_close_matches(key, bare, n=1)
         if close:

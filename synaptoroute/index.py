@@ -1643,9 +1643,10 @@ class RouteIndex:
                 return
             self._ann = graph
             self.stats.ann_builds += 1
+        # Asked here before hashing every row for the key, and again under _cache_lock
+        # before the files are replaced (close() may come in between).
         if self.ann_cache is not None and not self._stopped():
             try:
-                # Asked again under _cache_lock before the files are replaced (close()).
                 graph.save(
                     self.ann_cache, content_key(rows), stop=self._stopped, lock=self._cache_lock
                 )

@@ -912,12 +912,8 @@ class AdaptiveRouter:
         for request in requests:
             check_text(request.text)
         answers: list[_Answer] = [_EMPTY_QUERY if r.top_k is None else [] for r in requests]
-        reads_nothing = getattr(self.encoder, "reads_nothing", None)
-        live = [
-            i
-            for i, r in enumerate(requests)
-            if r.text.strip() and (reads_nothing is None or not reads_nothing(r.text))
-        ]
+        reads_nothing = getattr(self.encoder, "reads_nothing", None) or _blank
+        live = [i for i, r in enumerate(requests) if not reads_nothing(r.text)]
         if not live:
             return answers
         vectors = self._embed([requests[i].text for i in live])
@@ -1339,6 +1335,11 @@ def _with_vectors(routes: Sequence[Route], vectors: NDArray[np.float32]) -> list
         stored.append(StoredRoute(route, vectors[start:end]))
         start = end
     return stored
+
+
+def _blank(text: str) -> bool:
+    """An encoder's ``reads_nothing`` for one that has none: whitespace only."""
+    return not text.strip()
 
 
 def _request_cost(request: _Request) -> int:

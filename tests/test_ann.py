@@ -879,16 +879,22 @@ def test_close_stops_a_graph_build_and_saves_no_cache(
     router = open_router(tmp_path / "routes.db")
     router.add_routes(routes_for("b", 60))  # 300 rows: five chunks
     assert router.query("b topic4 word4x1").name == "b4"
-    assert building.wait(60)
-    worker = router._index._ann_worker
-    assert worker is not None and worker.is_alive()
-    router.close()
-    closed.set()
-    worker.join(60)
-    assert not worker.is_alive()
+    _close_while_held(router, building, closed)
     assert router.index_stats.ann_builds == 0
     assert [p.name for p in tmp_path.iterdir() if ".ann" in p.name] == []
     assert router.wait_for_index(timeout=60)  # nothing runs, nothing will
+
+
+def _close_while_held(router: Any, held: threading.Event, release: threading.Event) -> None:
+    """Close ``router`` once its background worker is known to be held (``held``),
+    then let the worker go (``release``) and wait, bounded, for it to end."""
+    assert held.wait(60)
+    worker = router._index._ann_worker
+    assert worker is not None and worker.is_alive()
+    router.close()
+    release.set()
+    worker.join(60)
+    assert not worker.is_alive()
 
 
 def test_close_during_a_cache_write_replaces_no_file(
@@ -921,13 +927,7 @@ def test_close_during_a_cache_write_replaces_no_file(
     router = open_router(tmp_path / "routes.db")
     router.add_routes(routes_for("w", 40))
     assert router.query("w topic4 word4x1").name == "w4"
-    assert writing.wait(60)
-    worker = router._index._ann_worker
-    assert worker is not None and worker.is_alive()
-    router.close()
-    closed.set()
-    worker.join(60)
-    assert not worker.is_alive()
+    _close_while_held(router, writing, closed)
     assert router.index_stats.ann_builds == 1  # the graph was built; only its file is dropped
     assert [p.name for p in tmp_path.iterdir() if ".ann" in p.name] == []
 

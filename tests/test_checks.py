@@ -37,7 +37,11 @@ def test_bad_utterances_are_refused_naming_the_key(utterances: object, message: 
 
 def test_a_key_is_a_typo_only_when_close_to_a_name_without_utterances() -> None:
     # "billing_eu" beside a "billing" that has utterances is another set's choice.
-    assert misspelt_key({"biling"}, ["billing", "general"]) == ("biling", "billing")
-    assert misspelt_key({"billing_eu"}, ["general"]) is None
-    assert misspelt_key({"weather"}, ["billing", "general"]) is None
-    assert misspelt_key(set(), ["billing"]) is None
+    assert misspelt_key({"biling", "general"}, set(), ["billing", "general"]) == (
+        "biling",
+        "billing",
+    )
+    assert misspelt_key({"billing_eu", "billing"}, set(), ["billing", "general"]) is None
+    assert misspelt_key({"weather"}, {"billing", "general"}, ["billing", "general"]) is None
+    assert misspelt_key({"biling"}, {"biling"}, ["billing"]) is None  # another set's name
+    assert misspelt_key(set(), set(), ["billing"]) is None

@@ -184,15 +184,16 @@ def test_ngram_rows_match_a_direct_computation() -> None:
     assert indices.tolist() == pos.tolist() and np.array_equal(flat, values)
 
 
-def test_head_state_round_trips_its_ngrams_and_reads_older_states() -> None:
-    rng = np.random.default_rng(0)
-    grams = NgramFeatures.learn(["reset my password", "reset the router"], scale=0.5, min_df=1)
-    weights = rng.standard_normal((len(grams), 3)).astype(np.float16).astype(np.float32)
-    head = LinearHead(
+def _small_head(
+    rng: np.random.Generator, grams: NgramFeatures, weights: Any, *, has_oos: bool
+) -> LinearHead:
+    """A head over two classes (and out of scope) with n-gram ``weights`` for ``grams``."""
+    outputs = weights.shape[1]
+    return LinearHead(
         classes=("a", "b"),
-        weights=rng.standard_normal((4, 3)).astype(np.float32),
-        bias=np.zeros(3, dtype=np.float32),
-        has_oos=True,
+        weights=rng.standard_normal((4, outputs)).astype(np.float32),
+        bias=np.zeros(outputs, dtype=np.float32),
+        has_oos=has_oos,
         alpha=5.0,
         top_k=2,
         cut=0.5,
@@ -201,6 +202,13 @@ def test_head_state_round_trips_its_ngrams_and_reads_older_states() -> None:
         ngrams=grams,
         ngram_weights=weights,
     )
+
+
+def test_head_state_round_trips_its_ngrams_and_reads_older_states() -> None:
+    rng = np.random.default_rng(0)
+    grams = NgramFeatures.learn(["reset my password", "reset the router"], scale=0.5, min_df=1)
+    weights = rng.standard_normal((len(grams), 3)).astype(np.float16).astype(np.float32)
+    head = _small_head(rng, grams, weights, has_oos=True)
     state = json.loads(json.dumps(head.to_state()))
     back = LinearHead.from_state(state)
     assert back.ngrams is not None and back.ngram_weights is not None
@@ -307,24 +315,13 @@ def test_a_head_fitted_before_the_tokeniser_changed_reads_queries_as_it_was_fitt
     legacy_ids, _ = lexical_module.legacy_text_features(query)
     assert len(pos) and set(old.ids[pos].tolist()) <= set(legacy_ids.tolist())
     # Its features as a caller passes them (the new tokeniser's) are not what it reads.
+    assert not np.array_equal(np.sort(text_features(query)[0]), np.sort(legacy_ids))
     assert np.array_equal(old.row(query, text_features(query))[0], pos)
     pos = new.row(query)[0]
     assert len(pos) and set(new.ids[pos].tolist()) <= set(text_features(query)[0].tolist())
     # A head with the old vocabulary survives its state round trip as such.
     rng = np.random.default_rng(0)
-    head = LinearHead(
-        classes=("a", "b"),
-        weights=rng.standard_normal((4, 2)).astype(np.float32),
-        bias=np.zeros(2, dtype=np.float32),
-        has_oos=False,
-        alpha=5.0,
-        top_k=2,
-        cut=0.5,
-        calibrator=Calibrator("platt", (1.0, 0.0)),
-        model_id="m",
-        ngrams=old,
-        ngram_weights=np.ones((len(old), 2), dtype=np.float32),
-    )
+    head = _small_head(rng, old, np.ones((len(old), 2), dtype=np.float32), has_oos=False)
     stored = json.loads(json.dumps(head.to_state()))
     del stored["ngrams"]["tokeniser"]  # as 0.2 stored it
     back = LinearHead.from_state(stored)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import math
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from synaptoroute import (
 )
 from synaptoroute.index import RouteIndex
 from synaptoroute.models import NEGATIVES_ROUTE
+from synaptoroute.router import _Request, _top_k_request
 from synaptoroute.storage.base import StoredRoute
 from synaptoroute.storage.changes import Change, apply_change
 
@@ -860,13 +860,10 @@ async def test_a_ranking_that_respects_negatives_gives_the_decision_when_one_is_
     assert router.query_top_k_batch(texts, 2, respect_negatives=True) == expected
     assert await router.aquery_top_k(negative, 2, respect_negatives=True) == [decision]
     assert await router.aquery_top_k_batch(texts, 2, respect_negatives=True) == expected
-    # Mixed in one worker batch with plain rankings and decisions, each gets its own.
-    answers = await asyncio.gather(
-        router.aquery_top_k(negative, 2, respect_negatives=True),
-        router.aquery_top_k(negative, 2),
-        router.aquery(negative),
-    )
-    assert answers == [[decision], plain, decision]
+    # Mixed in one batch (as the worker hands them over) with a plain ranking and a
+    # decision, each gets its own.
+    mixed = [_top_k_request(negative, 2, True), _top_k_request(negative, 2), _Request(negative)]
+    assert router._answer(mixed) == [[decision], plain, decision]
     await router.stop()
 
 

@@ -281,10 +281,13 @@ def fit_policy(
         # as one (its vector reused, itself left out of its scores).
         fit_texts = [text.strip() for text in texts]
         fit_vectors = np.empty((n, snapshot.matrix.shape[1]), dtype=np.float32)
-        missing = [i for i, t in enumerate(fit_texts) if t not in layout.text_rows]
+        missing: list[int] = []
         for i, text in enumerate(fit_texts):
-            if text in layout.text_rows:
-                fit_vectors[i] = snapshot.matrix[_owner_rows(layout, layout.text_rows[text])[0]]
+            rows = layout.text_rows.get(text)
+            if rows is None:
+                missing.append(i)
+            else:
+                fit_vectors[i] = snapshot.matrix[_owner_rows(layout, rows)[0]]
         if missing:
             fit_vectors[missing] = inputs.embed([fit_texts[i] for i in missing])
         # Utterances the model cannot tell from a labelled text (the same text cased or

@@ -24,8 +24,8 @@ __all__ = [
     "aclassify_one",
     "arank_batch",
     "arank_one",
-    "aranked",
     "at_threshold",
+    "atop_routes",
     "classify_batch",
     "classify_one",
     "extract_text",
@@ -33,7 +33,7 @@ __all__ = [
     "passing",
     "rank_batch",
     "rank_one",
-    "ranked",
+    "top_routes",
 ]
 
 T = TypeVar("T")
@@ -184,16 +184,16 @@ def _unless_negative(ranked: list[RouteMatch]) -> list[RouteMatch]:
     return [] if _negative(ranked) is not None else ranked
 
 
-def ranked(router: AdaptiveRouter, text: str, k: int) -> list[RouteMatch]:
+def top_routes(router: AdaptiveRouter, text: str, k: int) -> list[RouteMatch]:
     """The ``k`` best routes of ``text`` (``query_top_k``); none when it is nearest to a
     negative example."""
     return _unless_negative(router.query_top_k(text, k, respect_negatives=True))
 
 
-async def aranked(
+async def atop_routes(
     router: AdaptiveRouter, text: str, k: int, timeout: float | None = None
 ) -> list[RouteMatch]:
-    """Like :func:`ranked`, through the router's batching worker."""
+    """Like :func:`top_routes`, through the router's batching worker."""
     best = await router.aquery_top_k(text, k, timeout=timeout, respect_negatives=True)
     return _unless_negative(best)
 
@@ -201,9 +201,9 @@ async def aranked(
 def rank_one(
     router: AdaptiveRouter, value: Any, read: Callable[[Any], str], k: int
 ) -> list[RouteMatch] | Exception:
-    """One input's :func:`ranked` routes, or the error that prevented them."""
+    """One input's :func:`top_routes` routes, or the error that prevented them."""
     try:
-        return ranked(router, read(value), k)
+        return top_routes(router, read(value), k)
     except Exception as exc:
         return exc
 
@@ -217,7 +217,7 @@ async def arank_one(
 ) -> list[RouteMatch] | Exception:
     """Like :func:`rank_one`, through the router's batching worker."""
     try:
-        return await aranked(router, read(value), k, timeout)
+        return await atop_routes(router, read(value), k, timeout)
     except Exception as exc:
         return exc
 

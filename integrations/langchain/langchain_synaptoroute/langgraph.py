@@ -28,7 +28,7 @@ from langchain_core.runnables import RunnableLambda
 from synaptoroute import AdaptiveRouter, InvalidInputError, MissingDependencyError, RouteMatch
 from synaptoroute.exceptions import RouteNotFoundError, install_hint
 
-from ._inputs import TextExtractor, aranked, extract_text, passing, ranked
+from ._inputs import TextExtractor, atop_routes, extract_text, passing, top_routes
 from .classifier import SynaptorouteClassifier
 from .router import SynaptorouteRouter
 
@@ -407,17 +407,17 @@ class SynaptorouteFanOut(_Path, RunnableLambda[Any, str | list[Send]]):
         routing = self.routing
 
         def route(state: Any) -> str | list[Send]:
-            return self._sends(state, ranked(routing.router, routing.text_of(state), k))
+            return self._sends(state, top_routes(routing.router, routing.text_of(state), k))
 
         async def aroute(state: Any) -> str | list[Send]:
             text = routing.text_of(state)
-            return self._sends(state, await aranked(routing.router, text, k, routing.timeout))
+            return self._sends(state, await atop_routes(routing.router, text, k, routing.timeout))
 
         routing.returns(_literal(routing.destinations), route, aroute)
         super().__init__(route, aroute, name=name)
 
     def _sends(self, state: Any, top: Sequence[RouteMatch]) -> str | list[Send]:
-        # ``ranked`` gives no routes for a text nearest to a negative example.
+        # ``top_routes`` gives no routes for a text nearest to a negative example.
         sends: dict[str, Send] = {}
         # "ambiguous" still passes: fanning out is the answer to ambiguity.
         for match in passing(top, self.min_score):

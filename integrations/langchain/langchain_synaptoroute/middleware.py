@@ -202,7 +202,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         if signature in self._checked and all(tool.name in router for tool in tools):
             return
         names = [tool.name for tool in tools]
-        check_tool_keys(names, None, "utterances")
+        check_tool_keys(names, None, "utterances")  # no given keys: tools sharing a name
         check_tool_keys(names, dict.fromkeys(self.always_include), "always_include")
         with self._lock:
             self._check_utterance_keys(names)
@@ -242,9 +242,8 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         of that name, and it is close to the name of a tool of this call that has no
         utterances of its own (the tool the key was meant for).
         """
-        self._seen_names.update(names)  # recorded first: a refused call's tools were seen
-        bare = sorted({name for name in names if name not in self.utterances})
-        typo = misspelt_key(set(self.utterances) - self._seen_names, bare)
+        typo = misspelt_key(self.utterances, self._seen_names, names)
+        self._seen_names.update(names)  # a refused call's tools were seen too
         if typo is not None:
             key, close = typo
             msg = (

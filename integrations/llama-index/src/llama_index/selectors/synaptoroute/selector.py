@@ -343,8 +343,8 @@ class SynaptorouteSelector(BaseSelector):
         # Under the cache lock: concurrent first selections of two choice sets must not
         # lose each other's names, nor both warn about the same choice.
         with self._lock:
-            bare = sorted({n for n in names if n not in self.utterances})
-            typo = misspelt_key(set(self.utterances) - self._seen_names - set(names), bare)
+            typo = misspelt_key(self.utterances, self._seen_names, names)
+            self._seen_names.update(names)  # a refused call's choices were seen too
             if typo is not None:
                 key, close = typo
                 msg = (
@@ -353,7 +353,6 @@ class SynaptorouteSelector(BaseSelector):
                     f"mean {close!r}? (choices: {names})"
                 )
                 raise InvalidInputError(msg)
-            self._seen_names.update(names)
             fresh = [label for label in thin if label not in self._warned]
             self._warned.update(fresh)
         if fresh:
