@@ -108,6 +108,48 @@ def test_a_load_writes_every_vector_once_into_one_buffer(storage: Storage) -> No
         assert taken is not None and taken[1] == 6
 
 
+def test_add_utterances_keeps_a_text_once_in_its_first_place(storage: Storage) -> None:
+    # A text the route has, or one repeated in the call, keeps its first row and
+    # vector: memory appended a copy, SQLite moved it to the end, PostgreSQL replaced
+    # its vector in place (the Storage API used directly, or two replicas at once).
+    storage.put_routes(stored(), MODEL)
+    before = content(storage)["billing"][1]
+    extra = unit(3, seed=7)
+    storage.add_utterances(
+        "billing", ["refund it now", "I need a refund", "refund it now"], extra, MODEL
+    )
+    route, vectors = content(storage)["billing"]
+    assert route.utterances == ["I need a refund", "where is my invoice", "refund it now"]
+    assert vectors == [*before, extra[0].tolist()]
+
+
+def test_a_replica_applies_add_utterances_as_the_stores_keep_it() -> None:
+    # What a follower does with the change row of the call above: the same rows.
+    from synaptoroute.index import RouteIndex
+    from synaptoroute.storage.changes import Change, apply_change
+
+    index = RouteIndex(MODEL.dimension)
+    routes = apply_change(Change(seq=1, kind="reload", routes=tuple(stored())), {}, index)
+    extra = unit(3, seed=7)
+    change = Change(
+        seq=2,
+        kind="add_utterances",
+        name="billing",
+        texts=("refund it now", "I need a refund", "refund it now"),
+        vectors=extra,
+        model=MODEL,
+    )
+    routes = apply_change(change, routes, index)
+    assert routes["billing"].utterances == [
+        "I need a refund",
+        "where is my invoice",
+        "refund it now",
+    ]
+    snap = index.snapshot()
+    live = [t for t, r in zip(snap.texts, snap.row_route.tolist(), strict=True) if r >= 0]
+    assert sorted(live) == sorted(u for r in routes.values() for u in r.utterances)
+
+
 def test_put_routes_replaces_a_route_of_the_same_name(storage: Storage) -> None:
     storage.put_routes(stored(), MODEL)
     new = Route(name="billing", utterances=["refund please"], description="money")

@@ -170,7 +170,12 @@ class Storage(Protocol):
     def add_utterances(
         self, name: str, texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo
     ) -> None:
-        """Append utterances to an existing route."""
+        """Append utterances to an existing route.
+
+        A text the route already has, or one repeated in ``texts``, is stored once:
+        the first row stays where it is, with its vector (every back end, and a
+        replica applying the change, agree).
+        """
         ...
 
     def delete_route(self, name: str) -> None:
@@ -241,6 +246,18 @@ def _refuse_mixing(
             f"refusing to mix in {model.model_id!r} (dimension {model.dimension})"
         )
         raise StorageError(msg)
+
+
+def new_texts(have: Sequence[str], texts: Sequence[str]) -> list[int]:
+    """Positions in ``texts`` of the texts an ``add_utterances`` keeps: not in
+    ``have``, and not repeated earlier in ``texts``."""
+    seen = set(have)
+    keep = []
+    for i, text in enumerate(texts):
+        if text not in seen:
+            seen.add(text)
+            keep.append(i)
+    return keep
 
 
 def _check_vectors(texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo) -> None:

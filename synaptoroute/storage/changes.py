@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..models import Route
-from .base import ModelInfo, StoredRoute
+from .base import ModelInfo, StoredRoute, new_texts
 
 if TYPE_CHECKING:
     from ..index import RouteIndex
@@ -90,8 +90,7 @@ def apply_change(
     if change.kind == "put_route" and change.route is not None:
         install_route(out, index, change.route, vectors)
     elif change.kind == "add_utterances" and current is not None:
-        have = set(current.utterances)
-        new = [i for i, t in enumerate(change.texts) if t not in have]
+        new = new_texts(current.utterances, change.texts)
         if new:
             texts = [change.texts[i] for i in new]
             index.add(name, vectors[new], texts)

@@ -13,7 +13,14 @@ from numpy.typing import NDArray
 from .._fork import STORE, hold_across_fork
 from ..exceptions import RouteNotFoundError
 from ..models import Route
-from .base import ModelInfo, StoredRoute, _check_vectors, _refuse_mixing, check_route
+from .base import (
+    ModelInfo,
+    StoredRoute,
+    _check_vectors,
+    _refuse_mixing,
+    check_route,
+    new_texts,
+)
 
 __all__ = ["MemoryStorage"]
 
@@ -67,14 +74,16 @@ class MemoryStorage:
     def add_utterances(
         self, name: str, texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo
     ) -> None:
-        """Append utterances."""
+        """Append utterances (see :meth:`Storage.add_utterances`)."""
         _check_vectors(texts, vectors, model)
         with self._lock:
             old = self._get(name)
             _refuse_mixing(self._model, model, self._holds_no_vector)
             self._model = model
-            route = old.route.model_copy(update={"utterances": [*old.route.utterances, *texts]})
-            self._routes[name] = StoredRoute(route, np.vstack([old.vectors, vectors]))
+            keep = new_texts(old.route.utterances, texts)
+            added = [texts[i] for i in keep]
+            route = old.route.model_copy(update={"utterances": [*old.route.utterances, *added]})
+            self._routes[name] = StoredRoute(route, np.vstack([old.vectors, vectors[keep]]))
 
     def delete_route(self, name: str) -> None:
         """Remove a route."""

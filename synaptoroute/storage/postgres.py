@@ -914,7 +914,7 @@ class PostgresStorage:
     def add_utterances(
         self, name: str, texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo
     ) -> None:
-        """Append utterances to a route in one transaction (an existing text gets the new vector)."""
+        """Append utterances to a route in one transaction (see :meth:`Storage.add_utterances`)."""
         _check_vectors(texts, vectors, model)
         matrix = np.ascontiguousarray(vectors, dtype=np.float32)
 
@@ -923,7 +923,7 @@ class PostgresStorage:
             rid = self._route_id(cur, name)
             cur.executemany(
                 f"INSERT INTO {self._s}.utterances(route_id, text, vector) VALUES (%s, %s, %s) "
-                "ON CONFLICT (route_id, text) DO UPDATE SET vector = EXCLUDED.vector",
+                "ON CONFLICT (route_id, text) DO NOTHING",
                 [(rid, t, v.tobytes()) for t, v in zip(texts, matrix, strict=True)],
             )
 

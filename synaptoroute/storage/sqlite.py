@@ -450,10 +450,18 @@ class SQLiteStorage:
 
     @staticmethod
     def _insert_utterances(
-        tx: sqlite3.Connection, rid: int, texts: Sequence[str], vectors: NDArray[np.float32]
+        tx: sqlite3.Connection,
+        rid: int,
+        texts: Sequence[str],
+        vectors: NDArray[np.float32],
+        *,
+        keep: bool = False,
     ) -> None:
+        # keep: a text the route has keeps its row (and place), as Storage.add_utterances
+        # says; only that conflict (OR IGNORE would also skip any other constraint's)
         tx.executemany(
-            "INSERT OR REPLACE INTO utterances(route_id, text, vector) VALUES (?, ?, ?)",
+            f"INSERT {'' if keep else 'OR REPLACE '}INTO utterances(route_id, text, vector) "
+            f"VALUES (?, ?, ?){' ON CONFLICT (route_id, text) DO NOTHING' if keep else ''}",
             [
                 (rid, t, np.ascontiguousarray(v, dtype=np.float32).tobytes())
                 for t, v in zip(texts, vectors, strict=True)
@@ -494,12 +502,12 @@ class SQLiteStorage:
     def add_utterances(
         self, name: str, texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo
     ) -> None:
-        """Append utterances to a route in one transaction."""
+        """Append utterances to a route in one transaction (see :meth:`Storage.add_utterances`)."""
         _check_vectors(texts, vectors, model)
 
         def body(tx: sqlite3.Connection) -> None:
             self._set_model(tx, model)
-            self._insert_utterances(tx, self._route_id(tx, name), texts, vectors)
+            self._insert_utterances(tx, self._route_id(tx, name), texts, vectors, keep=True)
 
         self._write(body)
 
