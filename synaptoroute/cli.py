@@ -562,7 +562,7 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     import urllib.request
 
     host = f"[{args.host}]" if ":" in args.host else args.host
-    url = f"http://{host}:{_port(args.port)}/readyz"
+    url = f"http://{host}:{_port(args.port, lowest=1)}/readyz"
     # No proxy: an HTTP(S)_PROXY in the container's environment must not carry a local probe.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -827,7 +827,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(the Docker image's HEALTHCHECK; it follows $SYNAPTOROUTE_PORT like 'serve').",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to ask (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help=f"port (default ${PORT_ENV} or 8000)")
+    p.add_argument(
+        "--port", type=int, default=None, help=f"port, 1-65535 (default ${PORT_ENV} or 8000)"
+    )
     p.add_argument("--timeout", type=float, default=4.0, help="seconds to wait (default 4)")
     p.set_defaults(func=cmd_healthcheck)
 
@@ -845,11 +847,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _port(value: int | None) -> int:
+def _port(value: int | None, *, lowest: int = 0) -> int:
     """``--port`` if given, else ``$SYNAPTOROUTE_PORT``, else 8000.
 
+    Args:
+        value: ``--port``.
+        lowest: 0 where the port is one to listen on (0: the system picks one), 1
+            where it is one to ask (no service listens on port 0).
+
     Raises:
-        BadInput: not a number, or out of 0-65535 (the socket layer would wrap it
+        BadInput: not a number, or out of lowest-65535 (the socket layer would wrap it
             around to another port).
     """
     if value is not None:
@@ -864,8 +871,8 @@ def _port(value: int | None) -> int:
             msg = f"{PORT_ENV} must be a port number, got {text!r}"
             raise BadInput(msg) from None
         what = PORT_ENV
-    if not 0 <= port <= 65535:
-        msg = f"{what} must be a port number (0-65535), got {port}"
+    if not lowest <= port <= 65535:
+        msg = f"{what} must be a port number ({lowest}-65535), got {port}"
         raise BadInput(msg)
     return port
 

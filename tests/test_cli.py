@@ -564,6 +564,12 @@ def test_healthcheck_follows_the_port_variable(
     monkeypatch.setenv(cli.PORT_ENV, "not-a-port")
     assert run(capsys, "healthcheck", "--port", str(port))[0] == EXIT_OK
     assert run(capsys, "healthcheck")[0] == EXIT_BAD_INPUT
+    # Port 0 is serve's "pick one"; no service listens there, so there is none to ask.
+    code, _, err = run(capsys, "healthcheck", "--port", "0")
+    assert code == EXIT_BAD_INPUT
+    assert "--port must be a port number (1-65535), got 0" in err
+    monkeypatch.setenv(cli.PORT_ENV, "0")
+    assert run(capsys, "healthcheck")[0] == EXIT_BAD_INPUT
 
 
 def test_healthcheck_fails_when_nothing_listens(capsys: pytest.CaptureFixture[str]) -> None:
@@ -862,11 +868,12 @@ def test_port_out_of_range_is_bad_input(
     extra = ["--store", store] if command == "serve" else []
     code, _, err = run(capsys, command, "--port", port, *extra)
     assert code == EXIT_BAD_INPUT
-    assert f"--port must be a port number (0-65535), got {port}" in err
+    lowest = 0 if command == "serve" else 1  # serve listens (0: pick one); healthcheck asks
+    assert f"--port must be a port number ({lowest}-65535), got {port}" in err
     monkeypatch.setenv(cli.PORT_ENV, port)
     code, _, err = run(capsys, command, *extra)
     assert code == EXIT_BAD_INPUT
-    assert f"{cli.PORT_ENV} must be a port number (0-65535), got {port}" in err
+    assert f"{cli.PORT_ENV} must be a port number ({lowest}-65535), got {port}" in err
     assert not Path(store).exists()
 
 
