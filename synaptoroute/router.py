@@ -476,7 +476,11 @@ class AdaptiveRouter:
             RouteExistsError: a name exists and ``replace`` is false.
             InvalidInputError: two routes share a name, or one is named
                 :data:`~synaptoroute.models.NEGATIVES_ROUTE` (reserved: the negative
-                examples are changed by :meth:`add_negatives` only).
+                examples are changed by :meth:`add_negatives` only), or a new
+                utterance or negative example is one the encoder reads nothing of
+                (only whitespace and characters its tokenizer deletes: a BOM,
+                zero-width spaces, NUL...; ``Encoder.reads_nothing``), which it would
+                embed as ``""``. Nothing is encoded or stored then.
         """
         _not_a_str(negatives, "add_routes(negatives=...)")
         return self._add_routes(self._checked_routes(routes), replace=replace, negatives=negatives)
@@ -549,10 +553,14 @@ class AdaptiveRouter:
         """One row per utterance of ``routes``, in order: the stored vector where the
         route already holds that utterance, else encoded (all in one encoder call)."""
         held = {r.name: self._index.vectors_of(r.name) for r in routes if r.name in self._routes}
-        missing = list(
-            dict.fromkeys(u for r in routes for u in r.utterances if u not in held.get(r.name, {}))
-        )
-        encoded = dict(zip(missing, self._encode(missing), strict=True))
+        missing: dict[str, str] = {}  # each text to encode -> the first route bringing it
+        for r in routes:
+            known = held.get(r.name, {})
+            for u in r.utterances:
+                if u not in known:
+                    missing.setdefault(u, r.name)
+        self._refuse_unread((name, u) for u, name in missing.items())
+        encoded = dict(zip(missing, self._encode(list(missing)), strict=True))
         out = np.empty((sum(len(r.utterances) for r in routes), self.encoder.dimension), np.float32)
         i = 0
         for r in routes:
@@ -562,8 +570,38 @@ class AdaptiveRouter:
                 i += 1
         return out
 
+    def _reads_nothing(self) -> Callable[[str], bool]:
+        """Whether the encoder reads nothing of a text: its ``reads_nothing`` (only
+        whitespace and characters its tokenizer deletes), or for an encoder without
+        one, whether the text is whitespace only. The one test of an empty text, for
+        queries (an empty query) and for new utterances (refused)."""
+        return getattr(self.encoder, "reads_nothing", None) or _blank
+
+    def _refuse_unread(self, utterances: Iterable[tuple[str, str]]) -> None:
+        """:class:`InvalidInputError` for the first ``(route name, utterance)`` whose
+        utterance the encoder reads nothing of: it would be embedded as ``""`` is, a
+        vector that matches queries. Called before anything is encoded or stored."""
+        reads_nothing = self._reads_nothing()
+        for name, text in utterances:
+            if reads_nothing(text):
+                what = (
+                    "negative example" if name == NEGATIVES_ROUTE else f"route {name!r}: utterance"
+                )
+                msg = (
+                    f"{what} {text[:60]!r} is empty to the model: it holds only whitespace "
+                    "and characters its tokenizer deletes (a BOM, zero-width spaces, NUL, "
+                    "control or format characters), so it would be embedded as the empty text"
+                )
+                raise InvalidInputError(msg)
+
     def add_utterances(self, name: str, utterances: Sequence[str]) -> list[str]:
-        """Add example utterances to a route; returns those that were new."""
+        """Add example utterances to a route; returns those that were new.
+
+        Raises:
+            RouteNotFoundError: no such route.
+            InvalidInputError: an utterance is not a string, is blank, or is one the
+                encoder reads nothing of (see :meth:`add_routes`); nothing is changed.
+        """
         _not_a_str(utterances, "add_utterances")
         self.get_route(name)  # an unknown name (the reserved one too) fails before encoding
         return self._add_utterances(name, utterances)
@@ -576,6 +614,7 @@ class AdaptiveRouter:
             new = [u for u in cleaned if u not in have]
             if not new:
                 return []
+            self._refuse_unread((name, u) for u in new)
             vectors = self._encode(new)
             updated = route.model_copy(update={"utterances": [*route.utterances, *new]})
             # From its first utterances on, it scores: a route a fitted head may lack.
@@ -814,6 +853,10 @@ class AdaptiveRouter:
 
         Returns:
             The texts that were new.
+
+        Raises:
+            InvalidInputError: a text is not a string, is blank, or is one the encoder
+                reads nothing of (see :meth:`add_routes`); nothing is changed.
         """
         _not_a_str(texts, "add_negatives")
         cleaned = clean_utterances(list(texts))
@@ -912,7 +955,7 @@ class AdaptiveRouter:
         for request in requests:
             check_text(request.text)
         answers: list[_Answer] = [_EMPTY_QUERY if r.top_k is None else [] for r in requests]
-        reads_nothing = getattr(self.encoder, "reads_nothing", None) or _blank
+        reads_nothing = self._reads_nothing()
         live = [i for i, r in enumerate(requests) if not reads_nothing(r.text)]
         if not live:
             return answers

@@ -1,13 +1,25 @@
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
+from encoder_doubles import CountingEncoder
 from pydantic import ValidationError
 
-from synaptoroute import AdaptiveRouter, HashingEncoder, InvalidInputError, Route, RouteMatch
+from synaptoroute import (
+    AdaptiveRouter,
+    Encoder,
+    HashingEncoder,
+    InvalidInputError,
+    Route,
+    RouteMatch,
+    SQLiteStorage,
+)
 from synaptoroute.decision import DecisionPolicy
+from synaptoroute.routes_file import RoutesDocument, apply_routes
 
 
 def test_route_strips_and_dedupes_utterances() -> None:
@@ -60,6 +72,92 @@ def test_bad_utterances_of_router_calls_raise_invalid_input(
         call(router)
     assert router.get_route("a").utterances == ["x"]  # nothing was changed
     assert router.negatives == []
+
+
+#: Only characters the bundled tokenizer deletes: the model reads it as it reads "".
+UNREAD = "\u200b\ufeff"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda r: r.add_route(Route(name="b", utterances=["hello there", UNREAD])),
+            f"route 'b': utterance {UNREAD!r}",
+        ),
+        (
+            lambda r: r.add_route(Route(name="a", utterances=["x", UNREAD]), replace=True),
+            f"route 'a': utterance {UNREAD!r}",
+        ),
+        (
+            lambda r: r.add_routes(
+                [Route(name="b", utterances=["hello"]), Route(name="c", utterances=[UNREAD])]
+            ),
+            f"route 'c': utterance {UNREAD!r}",
+        ),
+        (
+            lambda r: r.add_utterances("a", ["my money back", UNREAD]),
+            f"route 'a': utterance {UNREAD!r}",
+        ),
+        (lambda r: r.add_negatives(["tell me a joke", UNREAD]), f"negative example {UNREAD!r}"),
+        (
+            lambda r: r.add_routes([Route(name="b", utterances=["hello"])], negatives=[UNREAD]),
+            f"negative example {UNREAD!r}",
+        ),
+        (
+            lambda r: apply_routes(
+                r, RoutesDocument(routes=[Route(name="b", utterances=[UNREAD])])
+            ),
+            f"route 'b': utterance {UNREAD!r}",
+        ),
+    ],
+    ids=[
+        "add-route",
+        "add-route-replace",
+        "add-routes",
+        "add-utterances",
+        "add-negatives",
+        "add-routes-negatives",
+        "routes-file",
+    ],
+)
+def test_an_utterance_the_model_reads_nothing_of_is_refused_and_nothing_is_stored(
+    encoder: Encoder,
+    tmp_path: Path,
+    call: Callable[[AdaptiveRouter], object],
+    message: str,
+) -> None:
+    # The model reads such an utterance as it reads "": its vector was stored and
+    # matched queries, while the same text as a query is an empty query.
+    assert encoder.reads_nothing(UNREAD)
+    path = tmp_path / "routes.db"
+    counting = CountingEncoder(encoder)
+    router = AdaptiveRouter(counting, SQLiteStorage(path))  # type: ignore[arg-type]
+    router.add_route(Route(name="a", utterances=["x"]))
+    router.add_negatives(["what is the weather"])
+    calls = counting.calls
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        call(router)
+    assert counting.calls == calls  # refused before the model was called
+    assert router.list_routes() == [Route(name="a", utterances=["x"])]
+    assert router.negatives == ["what is the weather"]
+    router.close()
+    reopened = AdaptiveRouter.open(path, encoder)
+    try:
+        assert reopened.list_routes() == [Route(name="a", utterances=["x"])]
+        assert reopened.negatives == ["what is the weather"]
+        assert reopened.query(UNREAD).reason == "empty_query"
+    finally:
+        reopened.close()
+
+
+def test_an_encoder_without_reads_nothing_refuses_only_blank_utterances() -> None:
+    # No tokenizer to ask: the whitespace rule, as for its queries.
+    router = AdaptiveRouter(HashingEncoder())
+    router.add_route(Route(name="a", utterances=[UNREAD]))
+    assert router.add_utterances("a", ["\x00"]) == ["\x00"]
+    with pytest.raises(InvalidInputError, match="utterance 0 is empty"):
+        router.add_utterances("a", [" \n"])
 
 
 def test_route_threshold_takes_numpy_scalars_as_floats() -> None:
