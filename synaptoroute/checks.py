@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeGuard
 
 from .exceptions import InvalidInputError
@@ -28,7 +28,22 @@ __all__ = [
     "check_utterances",
     "is_number",
     "misspelt_key",
+    "reads_nothing_of",
 ]
+
+
+def reads_nothing_of(encoder: object) -> Callable[[str], bool]:
+    """Whether ``encoder`` reads nothing of a text: its ``reads_nothing`` (the bundled
+    :class:`~synaptoroute.encoder.Encoder`'s: only whitespace and characters its
+    tokenizer deletes, a BOM, zero-width spaces, NUL...), or for an encoder without
+    one, whether the text is whitespace only. The one test of an empty text: an empty
+    query, a refused utterance, a description an integration skips."""
+    test = getattr(encoder, "reads_nothing", None)
+    return test if callable(test) else _blank
+
+
+def _blank(text: str) -> bool:
+    return not text.strip()
 
 
 def is_number(value: object) -> TypeGuard[float]:

@@ -43,7 +43,7 @@ from .batching import (
     check_timeout,
     text_cost,
 )
-from .checks import check_count, check_threshold, is_number
+from .checks import check_count, check_threshold, is_number, reads_nothing_of
 from .decision import (
     KNN_K,
     DecisionPolicy,
@@ -570,18 +570,11 @@ class AdaptiveRouter:
                 i += 1
         return out
 
-    def _reads_nothing(self) -> Callable[[str], bool]:
-        """Whether the encoder reads nothing of a text: its ``reads_nothing`` (only
-        whitespace and characters its tokenizer deletes), or for an encoder without
-        one, whether the text is whitespace only. The one test of an empty text, for
-        queries (an empty query) and for new utterances (refused)."""
-        return getattr(self.encoder, "reads_nothing", None) or _blank
-
     def _refuse_unread(self, utterances: Iterable[tuple[str, str]]) -> None:
         """:class:`InvalidInputError` for the first ``(route name, utterance)`` whose
         utterance the encoder reads nothing of: it would be embedded as ``""`` is, a
         vector that matches queries. Called before anything is encoded or stored."""
-        reads_nothing = self._reads_nothing()
+        reads_nothing = reads_nothing_of(self.encoder)
         for name, text in utterances:
             if reads_nothing(text):
                 what = (
@@ -955,7 +948,7 @@ class AdaptiveRouter:
         for request in requests:
             check_text(request.text)
         answers: list[_Answer] = [_EMPTY_QUERY if r.top_k is None else [] for r in requests]
-        reads_nothing = self._reads_nothing()
+        reads_nothing = reads_nothing_of(self.encoder)
         live = [i for i, r in enumerate(requests) if not reads_nothing(r.text)]
         if not live:
             return answers
@@ -1378,11 +1371,6 @@ def _with_vectors(routes: Sequence[Route], vectors: NDArray[np.float32]) -> list
         stored.append(StoredRoute(route, vectors[start:end]))
         start = end
     return stored
-
-
-def _blank(text: str) -> bool:
-    """An encoder's ``reads_nothing`` for one that has none: whitespace only."""
-    return not text.strip()
 
 
 def _request_cost(request: _Request) -> int:

@@ -62,6 +62,7 @@ PUBLIC_SUBMODULES = {
         "check_utterances",
         "is_number",
         "misspelt_key",
+        "reads_nothing_of",
     ],
     "synaptoroute.forking": ["APP", "APP_CACHE", "hold_across_fork"],
     "synaptoroute.testing": [

@@ -204,6 +204,16 @@ def test_a_name_without_words_routes_on_the_description(encoder: Encoder) -> Non
         utterances={"_": ["I want my money back"]}, encoder=encoder
     )
     assert keyed.select(nameless, "I want a refund").ind == 0
+    # A description the model reads nothing of is skipped like a blank one (the core
+    # refuses it as an utterance: it would be embedded as "").
+    for description in ("\u200b\ufeff", " \x00 "):
+        invisible = [
+            ToolMetadata(name="refunds", description=description),
+            ToolMetadata(name="tech", description="Crashes and log-in problems"),
+        ]
+        assert selector.select(invisible, "I want a refund").ind == 0, repr(description)
+        with pytest.raises(InvalidInputError, match="choice '_' has nothing to route by"):
+            selector.select([invisible[1], ToolMetadata(name="_", description=description)], "x")
 
 
 def test_aclose_stops_routers_evicted_from_the_cache(

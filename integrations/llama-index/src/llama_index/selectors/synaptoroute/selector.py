@@ -35,7 +35,13 @@ from synaptoroute import (
     Route,
     RouteMatch,
 )
-from synaptoroute.checks import check_count, check_threshold, check_utterances, misspelt_key
+from synaptoroute.checks import (
+    check_count,
+    check_threshold,
+    check_utterances,
+    misspelt_key,
+    reads_nothing_of,
+)
 from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
 
 from .embeddings import as_encoder
@@ -368,8 +374,11 @@ class SynaptorouteSelector(BaseSelector):
             raise InvalidInputError(msg)
         self._check_choices(choices)
         routes = []
+        skip = reads_nothing_of(self.encoder)
         for index, choice in enumerate(choices):
-            texts = [choice.description] if choice.description.strip() else []
+            # A description the model reads nothing of (blank, or only a BOM or
+            # zero-width spaces) is no text to route by.
+            texts = [] if skip(choice.description) else [choice.description]
             if choice.name:
                 # A name of only "_", "-" or spaces has no words: the description
                 # (and any utterances) describe the choice without it.
