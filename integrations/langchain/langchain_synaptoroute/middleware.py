@@ -24,7 +24,13 @@ from synaptoroute import AdaptiveRouter, EncoderProtocol, InvalidInputError, Rou
 
 # The same repository's core (pinned below 0.3): a fork waits for this selector's lock
 # like the router's own, so a child never inherits it held.
-from synaptoroute.checks import check_count, check_threshold, check_utterances, misspelt_key
+from synaptoroute.checks import (
+    check_count,
+    check_threshold,
+    check_utterances,
+    misspelt_key,
+    reads_nothing_of,
+)
 from synaptoroute.forking import APP, hold_across_fork
 
 from ._inputs import last_human_text
@@ -262,7 +268,9 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             self._sync_routes(tools)  # validates the names on every call
         candidates = [tool for tool in tools if tool.name not in self.always_include]
         text = last_human_text(messages)
-        if not candidates or text is None or not text.strip():
+        # A text the model reads nothing of (blank, or only a BOM or zero-width
+        # spaces) ranks no tool: it leaves the tools as they are, as no text does.
+        if not candidates or text is None or reads_nothing_of(self.router.encoder)(text):
             return None
         # Routes of tools that are no candidate (absent from this call, or always
         # included) may rank above the candidates; ask for enough that max_tools

@@ -241,6 +241,16 @@ def test_no_user_message_binds_every_tool(recording_encoder: RecordingEncoder) -
     assert model.bound == [[t.name for t in TOOLS]]
 
 
+@pytest.mark.parametrize("text", ["   ", "\u200b\ufeff", "\x00 \u200b"])
+def test_a_text_the_model_reads_nothing_of_binds_every_tool(
+    recording_encoder: RecordingEncoder, text: str
+) -> None:
+    # Like no text: an invisible-only message ranked no tool, so with on_no_match
+    # "none" only the always-included tools were bound.
+    selector = _selector(recording_encoder, on_no_match="none", always_include=["search_docs"])
+    assert selector.select_tools(text, TOOLS) == [t.name for t in TOOLS]
+
+
 @pytest.mark.parametrize(
     ("on_no_match", "expected"),
     [("all", [t.name for t in TOOLS]), ("none", ["search_docs"])],
