@@ -14,14 +14,37 @@ from typing import Any, TypeGuard
 
 from .encoder import CallableEncoder, EncoderProtocol, default_encoder
 
-__all__ = ["as_encoder", "langchain_model_id", "llama_index_model_id"]
+__all__ = [
+    "as_encoder",
+    "langchain_former_model_ids",
+    "langchain_model_id",
+    "llama_index_model_id",
+]
 
 
 def langchain_model_id(embeddings: Any) -> str:
-    """``langchain:<class>:<model name>`` for a LangChain ``Embeddings`` (stored with vectors)."""
-    name = getattr(embeddings, "model", None) or getattr(embeddings, "model_name", None)
+    """``langchain:<class>:<model name>`` for a LangChain ``Embeddings`` (stored with
+    vectors). The name is its ``model``, ``model_name`` or ``model_id`` (Bedrock,
+    watsonx), the first that is a non-empty str; ``langchain:<class>`` without one."""
     kind = type(embeddings).__name__
-    return f"langchain:{kind}:{name}" if isinstance(name, str) and name else f"langchain:{kind}"
+    for attr in ("model", "model_name", "model_id"):
+        name = getattr(embeddings, attr, None)
+        if isinstance(name, str) and name:
+            return f"langchain:{kind}:{name}"
+    return f"langchain:{kind}"
+
+
+def langchain_former_model_ids(embeddings: Any) -> tuple[str, ...]:
+    """The ids versions before 0.3 stored for ``embeddings`` where
+    :func:`langchain_model_id` now names it otherwise: ``langchain:<class>`` for a
+    class named by ``model_id`` only. A store of such an id opens with it
+    (:attr:`CallableEncoder.former_model_ids`)."""
+    kind = type(embeddings).__name__
+    old = [getattr(embeddings, attr, None) for attr in ("model", "model_name")]
+    if any(isinstance(name, str) and name for name in old):
+        return ()
+    current = langchain_model_id(embeddings)
+    return () if current == f"langchain:{kind}" else (f"langchain:{kind}",)
 
 
 def llama_index_model_id(embed_model: Any) -> str:
@@ -77,7 +100,11 @@ def as_encoder(source: Any) -> EncoderProtocol:
     if _is_encoder(source):
         return source
     if _is_langchain_embeddings(source):
-        return CallableEncoder(source.embed_documents, model_id=langchain_model_id(source))
+        return CallableEncoder(
+            source.embed_documents,
+            model_id=langchain_model_id(source),
+            former_model_ids=langchain_former_model_ids(source),
+        )
     if _is_llama_index_embedding(source):
         return CallableEncoder(
             source.get_text_embedding_batch, model_id=llama_index_model_id(source)

@@ -1015,6 +1015,9 @@ class CallableEncoder:
         model_id: stored next to every vector; name the model, not the wrapper.
         dimension: vector length; if omitted, one probe text is embedded the first
             time it is needed.
+        former_model_ids: ids earlier versions stored for this same model (a store
+            of one of them, of the same dimension, opens, and its record is
+            rewritten to ``model_id``; see :class:`~synaptoroute.AdaptiveRouter`).
     """
 
     def __init__(
@@ -1023,12 +1026,18 @@ class CallableEncoder:
         *,
         model_id: str,
         dimension: int | None = None,
+        former_model_ids: Sequence[str] = (),
     ) -> None:
         if dimension is not None and dimension < 1:
             msg = "dimension must be at least 1"
             raise InvalidInputError(msg)
+        if isinstance(former_model_ids, str):
+            msg = "former_model_ids must be a list of ids, not one str"
+            raise InvalidInputError(msg)
         self._embed = embed
         self._model_id = model_id
+        #: Ids earlier versions stored for this model (never ``model_id`` itself).
+        self.former_model_ids = tuple(i for i in former_model_ids if i != model_id)
         self._dimension = dimension
         # Reentrant: the user's function runs under it and may fork (a process pool).
         self._lock = threading.RLock()

@@ -373,6 +373,17 @@ class AdaptiveRouter:
         # A store whose routes hold no utterance holds no vector: its model is no one's
         # (as every back end's write path agrees), and the encoder's takes its place.
         holds_vectors = any(item.route.utterances for item in stored)
+        if holds_vectors and info is not None and self._former_model(info):
+            # The same model under the id an earlier version gave it: the vectors
+            # stand, the record takes the current id (one transaction).
+            _log.warning(
+                "the store records model %r, the id versions before 0.3 gave %r; the "
+                "record is rewritten to the new id and the vectors are kept",
+                info.model_id,
+                self.model.model_id,
+            )
+            self.storage.replace_all(stored, self.model)
+            stored, info = self._read_store()
         if holds_vectors and info is not None and info != self.model:
             if not reencode:
                 msg = (
@@ -391,6 +402,18 @@ class AdaptiveRouter:
         state = self.storage.get_state(_POLICY_KEY)
         if state is not None:
             self._policy = self._policy_from_state(state)
+
+    def _former_model(self, info: ModelInfo) -> bool:
+        """Whether the store's ``info`` names this encoder's model by an id an earlier
+        version stored (``former_model_ids``: a LangChain class named by
+        ``model_id`` only), at this dimension."""
+        former = getattr(self.encoder, "former_model_ids", ())
+        return (
+            info.model_id != self.model.model_id
+            and info.dimension == self.model.dimension
+            and isinstance(former, tuple)
+            and info.model_id in former
+        )
 
     def _reencode(self, stored: list[StoredRoute]) -> list[StoredRoute]:
         # Encoding a large store takes minutes, while processes still on the old model

@@ -399,6 +399,11 @@ def test_callable_encoder_reports_bad_functions() -> None:
         wide.encode(["a"])
     with pytest.raises(ValueError, match="dimension"):
         CallableEncoder(broken, model_id="x", dimension=0)
+    with pytest.raises(ValueError, match="former_model_ids must be a list"):
+        CallableEncoder(broken, model_id="x", former_model_ids="old")
+    assert CallableEncoder(broken, model_id="x", former_model_ids=["x", "o"]).former_model_ids == (
+        "o",
+    )
 
 
 @pytest.mark.model

@@ -11,7 +11,7 @@ from typing_extensions import override
 from synaptoroute import CallableEncoder, Encoder, EncoderProtocol, InvalidInputError
 from synaptoroute import default_encoder as _default_encoder
 from synaptoroute.adapters import as_encoder as _core_as_encoder
-from synaptoroute.adapters import langchain_model_id
+from synaptoroute.adapters import langchain_former_model_ids, langchain_model_id
 
 __all__ = ["LangChainEncoder", "SynaptorouteEmbeddings", "as_encoder"]
 
@@ -154,6 +154,7 @@ class LangChainEncoder(CallableEncoder):
             embeddings.embed_documents,
             model_id=model_id or langchain_model_id(embeddings),
             dimension=dimension,
+            former_model_ids=() if model_id else langchain_former_model_ids(embeddings),
         )
         self.embeddings = embeddings
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +20,13 @@ from synaptoroute import (
     EncoderProtocol,
     HashingEncoder,
     InvalidInputError,
+    ModelMismatchError,
     Route,
+    SQLiteStorage,
     default_encoder,
 )
+from synaptoroute.adapters import as_encoder
+from synaptoroute.storage import ModelInfo
 
 
 class TestSynaptorouteEmbeddingsStandard(EmbeddingsUnitTests):
@@ -148,3 +153,59 @@ def test_a_router_on_langchain_embeddings_routes_like_the_encoder(encoder: Encod
 def test_from_branches_rejects_other_encoders() -> None:
     with pytest.raises(TypeError, match="LangChain Embeddings"):
         SynaptorouteRouter.from_branches({"a": (["x"], lambda x: x)}, encoder=42)  # type: ignore[arg-type]
+
+
+class _ByModelId(DeterministicFakeEmbedding):
+    """Named like BedrockEmbeddings and watsonx's: by ``model_id`` alone."""
+
+    model_id: str = "amazon.titan-embed-text-v2:0"
+
+
+def _store(path: Path, encoder: EncoderProtocol) -> None:
+    router = AdaptiveRouter(encoder, SQLiteStorage(path))
+    router.add_route(Route(name="billing", utterances=["refund", "invoice"]))
+    router.close()
+
+
+def test_a_class_named_by_model_id_stores_that_name(tmp_path: Path) -> None:
+    # Two Bedrock models of one dimension shared the id "langchain:<class>", so a store
+    # of one opened with the other and mixed their vectors.
+    titan, cohere = _ByModelId(size=8), _ByModelId(size=8, model_id="cohere.embed-v3")
+    assert LangChainEncoder(titan).model_id == "langchain:_ByModelId:amazon.titan-embed-text-v2:0"
+    assert as_encoder(cohere).model_id == "langchain:_ByModelId:cohere.embed-v3"
+    assert LangChainEncoder(titan).former_model_ids == ("langchain:_ByModelId",)
+    assert LangChainEncoder(titan, model_id="mine").former_model_ids == ()
+    assert LangChainEncoder(DeterministicFakeEmbedding(size=8)).former_model_ids == ()
+    path = tmp_path / "routes.db"
+    _store(path, LangChainEncoder(titan))
+    with pytest.raises(ModelMismatchError, match=r"cohere\.embed-v3"):
+        AdaptiveRouter(LangChainEncoder(cohere), SQLiteStorage(path))
+
+
+def test_a_store_of_the_id_earlier_versions_gave_opens_and_takes_the_new_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    titan = _ByModelId(size=8)
+    path = tmp_path / "routes.db"
+    _store(path, LangChainEncoder(titan, model_id="langchain:_ByModelId"))  # what 0.2 stored
+    written = SQLiteStorage(path)
+    vectors = written.load()[0].vectors
+    written.close()
+    with caplog.at_level("WARNING", logger="synaptoroute.router"):
+        router = AdaptiveRouter(as_encoder(titan), SQLiteStorage(path))
+    assert "rewritten to the new id" in caplog.text
+    assert router.query("refund").name == "billing"
+    router.close()
+    reopened = SQLiteStorage(path)
+    assert reopened.model_info() == ModelInfo(
+        "langchain:_ByModelId:amazon.titan-embed-text-v2:0", 8
+    )
+    np.testing.assert_array_equal(reopened.load()[0].vectors, vectors)
+    reopened.close()
+    # Only the former id of this same class, at its dimension, is taken for it.
+    other, wide = tmp_path / "other.db", tmp_path / "wide.db"
+    _store(other, LangChainEncoder(titan, model_id="langchain:Other"))
+    _store(wide, LangChainEncoder(_ByModelId(size=16), model_id="langchain:_ByModelId"))
+    for path in (other, wide):
+        with pytest.raises(ModelMismatchError):
+            AdaptiveRouter(LangChainEncoder(titan), SQLiteStorage(path))
