@@ -1188,6 +1188,9 @@ class RouteIndex:
         self._segments: _Segments | None = None  # the last compile's arrays
         self._version = 0
         self.int8_min_rows = int8_min_rows  # None: never use the int8 pre-filter
+        # Threads of the int8 copies built from now on (None: by their rows; the
+        # router's blas_threads, which it sets here).
+        self.blas_threads: int | None = None
         self._int8: Int8Scan | None = None
         self._int8_generation = 0  # bumped when row positions move (compaction)
         self._int8_builder: threading.Thread | None = None
@@ -1516,7 +1519,7 @@ class RouteIndex:
                 self._start_int8_build(n)
             return
         if self._int8 is None:  # the first copy, or the first after a compaction
-            self._int8 = _build_int8(self._buf[:n])
+            self._int8 = _build_int8(self._buf[:n], self.blas_threads)
             if self._int8 is None:  # no int8 kernel here: stop trying
                 self.int8_min_rows = None
                 return
@@ -1535,10 +1538,10 @@ class RouteIndex:
         # Rows below n never change in place (appends go past n, deletes only mark
         # rows, a reallocation copies them), so this view stays valid; a compaction
         # moves rows and bumps the generation, and a copy of the old rows is dropped.
-        rows, generation = self._buf[:n], self._int8_generation
+        rows, generation, threads = self._buf[:n], self._int8_generation, self.blas_threads
 
         def build() -> None:
-            scan = _build_int8(rows)
+            scan = _build_int8(rows, threads)
             with self._lock:
                 self._int8_builder = None
                 if scan is None:  # no int8 kernel here: stop trying

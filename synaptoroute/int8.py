@@ -119,6 +119,7 @@ class Int8Scan:
         import onnxruntime as ort
 
         self.n = len(rows)
+        self.threads = threads
         dim = rows.shape[1]
         peak = max((float(np.abs(b).max()) for b in _blocks(rows)), default=1.0)
         self.scale = _LEVELS / max(peak, 1e-12)
@@ -165,10 +166,13 @@ def _blocks(rows: NDArray[np.float32], size: int = 65_536) -> Iterator[NDArray[n
         yield rows[start : start + size]
 
 
-def build(rows: NDArray[np.float32]) -> Int8Scan | None:
-    """The int8 copy of ``rows``, or ``None`` where onnxruntime has no int8 kernel."""
+def build(rows: NDArray[np.float32], threads: int | None = None) -> Int8Scan | None:
+    """The int8 copy of ``rows``, or ``None`` where onnxruntime has no int8 kernel.
+
+    ``threads``: its scan's threads (the router's ``blas_threads``); ``None`` picks
+    them by the rows (:func:`~synaptoroute._cpu.blas_threads`)."""
     try:
-        return Int8Scan(rows, threads=blas_threads(len(rows)))
+        return Int8Scan(rows, threads=blas_threads(len(rows), threads))
     except Exception:  # no int8 kernel here: the float32 product still gives the answer
         _log.warning("int8 pre-filter unavailable; scoring in float32", exc_info=True)
         return None

@@ -187,7 +187,8 @@ class AdaptiveRouter:
         cache_size: query embeddings kept in the LRU cache (also bounded to
             ``DEFAULT_CACHE_BYTES`` of keys and vectors; keyed by the text the encoder
             reads, so long queries cost no more than their first tokens).
-        blas_threads: BLAS threads for the similarity product; ``None`` picks 1 when
+        blas_threads: BLAS threads for the similarity product, and the threads of
+            the int8 pre-filter's scan (from its next copy on); ``None`` picks 1 when
             a query's float32 products cover fewer than 20,000 rows (the int8 copy and
             the approximate graph leave only a few; ``docs/concepts.md``) and, above,
             the CPUs the process may use (cgroup quota).
@@ -277,6 +278,7 @@ class AdaptiveRouter:
                 index, ann_threshold, ann_cache, aggregation, self.storage, ann_depth, ann_margin
             ),
         )
+        self._index.blas_threads = self._blas_threads
         self._lexical = LexicalIndex()
         #: Use the lexical signal of a hybrid head (set False to route dense only).
         self.hybrid = True
@@ -706,12 +708,16 @@ class AdaptiveRouter:
 
     @property
     def blas_threads(self) -> int | None:
-        """BLAS threads for the similarity product (``None``: by the rows it covers)."""
+        """BLAS threads for the similarity product and the int8 scan's next copy
+        (``None``: by the rows each covers)."""
         return self._blas_threads
 
     @blas_threads.setter
     def blas_threads(self, value: int | None) -> None:
         self._blas_threads = None if value is None else check_count(value, "blas_threads", 1)
+        index = getattr(self, "_index", None)  # None while __init__ sets the first value
+        if index is not None:
+            index.blas_threads = self._blas_threads
 
     @property
     def policy(self) -> DecisionPolicy:

@@ -412,9 +412,9 @@ def test_first_int8_copy_builds_in_the_background_when_the_graph_comes_from_the_
     release = threading.Event()
     real_build = index_module._build_int8
 
-    def held_build(rows: np.ndarray) -> object:
+    def held_build(rows: np.ndarray, threads: int | None = None) -> object:
         release.wait(timeout=60)
-        return real_build(rows)
+        return real_build(rows, threads)
 
     monkeypatch.setattr(index_module, "_build_int8", held_build)
     second = opened()
@@ -736,6 +736,26 @@ def test_the_router_budgets_the_blas_threads_of_the_lost_search_sample(
     limits = record_blas_limits(monkeypatch)
     assert router.query("r topic3 word3x1").name == "r3"
     assert limits == [1]
+
+
+def test_the_int8_scan_takes_the_routers_blas_threads() -> None:
+    # The int8 copy's ONNX Runtime session sized its threads by the rows alone, so
+    # blas_threads=1 (2 cores, the encoder's threads beside it) still woke a second
+    # scan thread from 20,000 rows. A changed setting applies to the next copy.
+    router = AdaptiveRouter(HashingEncoder(), blas_threads=3)
+    router._index.int8_min_rows = 16
+    router.add_routes(routes_for("r", 20))
+    assert router.query("r topic3 word3x1").name == "r3"
+    scan = router._index.snapshot().int8
+    assert scan is not None and scan.n == 100 and scan.threads == 3
+    router.blas_threads = 1
+    router.add_routes(routes_for("s", 20))  # 100 new rows: a new copy (over an eighth)
+    assert router.query("s topic3 word3x1").name == "s3"
+    assert router._index.wait_for_int8(timeout=None)
+    router.query("s topic4 word4x1")
+    scan = router._index.snapshot().int8
+    assert scan is not None and scan.n == 200 and scan.threads == 1
+    router.close()
 
 
 def test_blas_threads_follow_the_rows_the_products_cover_not_the_matrix(

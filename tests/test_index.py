@@ -606,10 +606,10 @@ def test_background_int8_copy_of_moved_rows_is_dropped(monkeypatch: pytest.Monke
     gate, started = th.Event(), th.Event()
     real_build = index_module._build_int8
 
-    def held_build(rows: np.ndarray) -> index_module.Int8Scan | None:
+    def held_build(rows: np.ndarray, threads: int | None = None) -> index_module.Int8Scan | None:
         started.set()
         assert gate.wait(30)
-        return real_build(rows)
+        return real_build(rows, threads)
 
     monkeypatch.setattr(index_module, "_build_int8", held_build)
     for i in range(20, 40):  # the tail outgrows an eighth: a background build starts
