@@ -55,6 +55,7 @@ __all__ = [
     "BatchWorker",
     "WorkerStats",
     "text_cost",
+    "text_cost_cap",
 ]
 
 #: The encoder sorts a batch by token length, so a batch needs a few hundred texts
@@ -79,23 +80,37 @@ DEFAULT_MAX_QUEUE_COST = 1_000_000
 DEFAULT_MAX_BATCH_COST = 32_768
 
 
-def text_cost(text: str) -> int:
-    """What one text costs the encoder, in characters (bounded by what it reads)."""
-    return min(len(text), MAX_TEXT_COST) + TEXT_COST_OVERHEAD
+def text_cost(text: str, cap: int = MAX_TEXT_COST) -> int:
+    """What one text costs the encoder, in characters (bounded by what it reads:
+    ``cap``, the encoder's :func:`text_cost_cap`)."""
+    return min(len(text), cap) + TEXT_COST_OVERHEAD
+
+
+def text_cost_cap(encoder: object) -> int:
+    """What a text at ``encoder``'s token limit costs: 16 characters a token of its
+    ``max_tokens`` (the bundled encoder's; :data:`MAX_TEXT_COST` at its default of
+    256), or :data:`MAX_TEXT_COST` for an encoder without one."""
+    tokens = getattr(encoder, "max_tokens", None)
+    if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens > 0:
+        return tokens * (MAX_TEXT_COST // 256)
+    return MAX_TEXT_COST
 
 
 def runs_by_cost(
-    texts: Sequence[str], max_cost: int | None, max_count: int | None = None
+    texts: Sequence[str],
+    max_cost: int | None,
+    max_count: int | None = None,
+    cap: int = MAX_TEXT_COST,
 ) -> list[list[str]]:
-    """``texts`` in order, cut into runs of at most ``max_cost`` (:func:`text_cost`)
-    and ``max_count`` texts (``None``: no bound); a text costing more than
-    ``max_cost`` alone is a run of its own. The pieces a caller submits one after
+    """``texts`` in order, cut into runs of at most ``max_cost`` (:func:`text_cost`
+    with ``cap``) and ``max_count`` texts (``None``: no bound); a text costing more
+    than ``max_cost`` alone is a run of its own. The pieces a caller submits one after
     another: to fit a worker's queue whole, or to let other calls in between."""
     runs: list[list[str]] = []
     run: list[str] = []
     cost = 0
     for text in texts:
-        c = text_cost(text)
+        c = text_cost(text, cap)
         full = max_count is not None and len(run) >= max_count
         if run and (full or (max_cost is not None and cost + c > max_cost)):
             runs.append(run)

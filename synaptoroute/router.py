@@ -10,6 +10,7 @@ replicas' changes to :mod:`~synaptoroute.storage`, fitting to
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -42,6 +43,7 @@ from .batching import (
     BatchWorker,
     check_timeout,
     text_cost,
+    text_cost_cap,
 )
 from .checks import check_count, check_threshold, is_number, reads_nothing_of
 from .decision import (
@@ -285,6 +287,9 @@ class AdaptiveRouter:
         # One batching worker per event loop: the first loop to query takes this one,
         # other loops (threads running asyncio.run, notebooks, Celery/Django workers)
         # get their own with the same settings, so batching stays within each loop.
+        #: What a text at the encoder's token limit costs the queue (characters;
+        #: :func:`~synaptoroute.batching.text_cost_cap`): a longer text costs no more.
+        self.text_cost_cap = text_cost_cap(self.encoder)
         if max_batch_size is None:
             hint = getattr(self.encoder, "preferred_batch_size", None)
             max_batch_size = hint if isinstance(hint, int) else DEFAULT_MAX_BATCH_SIZE
@@ -293,7 +298,8 @@ class AdaptiveRouter:
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
             max_queue_size=max_queue_size,
-            cost=_request_cost,
+            # A partial, not a bound method: the worker must not hold the router.
+            cost=functools.partial(_request_cost, cap=self.text_cost_cap),
             max_queue_cost=max_queue_cost,
             max_batch_cost=max_batch_cost,
         )
@@ -1402,8 +1408,8 @@ def _with_vectors(routes: Sequence[Route], vectors: NDArray[np.float32]) -> list
     return stored
 
 
-def _request_cost(request: _Request) -> int:
-    return text_cost(request.text)
+def _request_cost(request: _Request, cap: int) -> int:
+    return text_cost(request.text, cap)
 
 
 def _top_k_request(text: str, k: int, respect_negatives: bool = False) -> _Request:

@@ -41,6 +41,7 @@ from synaptoroute.batching import (
     BatchWorker,
     runs_by_cost,
     text_cost,
+    text_cost_cap,
 )
 from synaptoroute.exceptions import EventLoopMismatchError
 from synaptoroute.testing import RecordingEncoder
@@ -348,6 +349,28 @@ def test_text_cost_counts_what_the_model_reads() -> None:
     assert text_cost("") == TEXT_COST_OVERHEAD
     assert text_cost("abc") == 3 + TEXT_COST_OVERHEAD
     assert text_cost("x" * 10 * MAX_TEXT_COST) == text_cost("x" * MAX_TEXT_COST)
+
+
+async def test_a_text_costs_up_to_the_encoders_token_limit(encoder: Encoder) -> None:
+    # The cost of a long text stopped at the default encoder's 256 tokens, so with
+    # max_tokens=512 the queue held twice the work its bound says.
+    assert text_cost_cap(encoder) == MAX_TEXT_COST
+    assert text_cost_cap(HashingEncoder()) == MAX_TEXT_COST
+    wide = Encoder(max_tokens=512)
+    assert text_cost_cap(wide) == 2 * MAX_TEXT_COST
+    long = "refund " * 2000
+    assert text_cost(long, text_cost_cap(wide)) == 2 * MAX_TEXT_COST + TEXT_COST_OVERHEAD
+    bound = MAX_TEXT_COST + TEXT_COST_OVERHEAD + 100
+    router = AdaptiveRouter(wide, max_queue_cost=bound)
+    assert router.text_cost_cap == 2 * MAX_TEXT_COST
+    router.add_route(Route(name="billing", utterances=["I need a refund"]))
+    with pytest.raises(InvalidInputError, match="can ever hold"):
+        await router.aquery(long)
+    await router.stop()
+    usual = AdaptiveRouter(encoder, max_queue_cost=bound)
+    usual.add_route(Route(name="billing", utterances=["I need a refund"]))
+    assert (await usual.aquery(long)).candidate == "billing"  # admitted and scored
+    await usual.stop()
 
 
 async def test_the_queue_is_bounded_by_cost_not_only_by_count(

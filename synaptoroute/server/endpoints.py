@@ -136,10 +136,11 @@ def endpoints_router(
         more than `max_batch_cost` is refused with 413, one more than
         `max_batches_in_flight` with 429. The request timeout bounds the whole batch.
         """
-        admission.check_cost(body.queries)
+        router = state.get_router()
+        admission.check_cost(body.queries, router.text_cost_cap)
         # Chunks the worker's queue can hold (it refuses more texts, or more cost, than
         # it may ever hold with 422), each given what is left of one deadline.
-        matches = await admission.run(body.queries, state.get_router(), timeout)
+        matches = await admission.run(body.queries, router, timeout)
         record(matches)
         answer = BatchResponse(results=[RouteResult.from_match(m) for m in matches])
         return Response(answer.model_dump_json(), media_type=_JSON)
