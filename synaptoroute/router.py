@@ -415,13 +415,13 @@ class AdaptiveRouter:
         """Whether the store's ``info`` names this encoder's model by an id an earlier
         version stored (``former_model_ids``: a LangChain class named by
         ``model_id`` only), at this dimension."""
+        return info.dimension == self.model.dimension and self._former_id(info.model_id)
+
+    def _former_id(self, model_id: object) -> bool:
+        """Whether ``model_id`` is one of the encoder's ``former_model_ids`` (never its
+        current id)."""
         former = getattr(self.encoder, "former_model_ids", ())
-        return (
-            info.model_id != self.model.model_id
-            and info.dimension == self.model.dimension
-            and isinstance(former, tuple)
-            and info.model_id in former
-        )
+        return isinstance(former, tuple) and model_id != self.model.model_id and model_id in former
 
     def _reencode(self, stored: list[StoredRoute]) -> list[StoredRoute]:
         # Encoding a large store takes minutes, while processes still on the old model
@@ -1288,14 +1288,20 @@ class AdaptiveRouter:
         # the policy, a route change's included) refuses: JSON has none.
         policy = _replace(policy, info=_finite_json(policy.info))
         fitted_on = policy.info.get("model")
-        if policy.head is not None and policy.head.model_id != self.model.model_id:
+        # A head or cuts fitted under a former id of this model (the store was
+        # migrated, _load) are this model's.
+        if (
+            policy.head is not None
+            and policy.head.model_id != self.model.model_id
+            and not self._former_id(policy.head.model_id)
+        ):
             warnings.warn(
                 f"the stored fitted head was trained on {policy.head.model_id!r} embeddings, "
                 f"not {self.model.model_id!r}; it is ignored until the next fit()",
                 stacklevel=3,
             )
             policy = without_head(policy)
-        elif fitted_on not in (None, self.model.model_id):
+        elif fitted_on not in (None, self.model.model_id) and not self._former_id(fitted_on):
             # Thresholds and the calibrator are cuts on another model's scores: kept
             # (they may still route), but they no longer mean what the fit measured.
             warnings.warn(

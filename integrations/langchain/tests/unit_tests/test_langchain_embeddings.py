@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +203,27 @@ def test_a_store_of_the_id_earlier_versions_gave_opens_and_takes_the_new_id(
     )
     np.testing.assert_array_equal(reopened.load()[0].vectors, vectors)
     reopened.close()
+    # A head fitted under the former id is this model's: kept, without a warning.
+    fitted = tmp_path / "fitted.db"
+    router = AdaptiveRouter(
+        LangChainEncoder(titan, model_id="langchain:_ByModelId"), SQLiteStorage(fitted)
+    )
+    words = ["refund", "invoice", "charge", "crash", "login", "error"]
+    router.add_route(
+        Route(name="billing", utterances=[f"{w} {i}" for w in words[:3] for i in range(4)])
+    )
+    router.add_route(
+        Route(name="tech", utterances=[f"{w} {i}" for w in words[3:] for i in range(4)])
+    )
+    texts = [f"{w} {i}" for w in words for i in range(4, 8)]
+    router.fit(texts, ["billing"] * 12 + ["tech"] * 12, head=True)
+    assert router.policy.head is not None
+    router.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        router = AdaptiveRouter(as_encoder(titan), SQLiteStorage(fitted))
+    assert router.policy.head is not None
+    router.close()
     # Only the former id of this same class, at its dimension, is taken for it.
     other, wide = tmp_path / "other.db", tmp_path / "wide.db"
     _store(other, LangChainEncoder(titan, model_id="langchain:Other"))
