@@ -86,13 +86,22 @@ def text_cost(text: str, cap: int = MAX_TEXT_COST) -> int:
     return min(len(text), cap) + TEXT_COST_OVERHEAD
 
 
+_MAX_COST_TOKENS = 8192
+
+
 def text_cost_cap(encoder: object) -> int:
     """What a text at ``encoder``'s token limit costs: 16 characters a token of its
     ``max_tokens`` (the bundled encoder's; :data:`MAX_TEXT_COST` at its default of
-    256), or :data:`MAX_TEXT_COST` for an encoder without one."""
-    tokens = getattr(encoder, "max_tokens", None)
+    256; counted up to 8,192 tokens), or :data:`MAX_TEXT_COST` for an encoder without
+    one (or whose ``max_tokens`` cannot be read)."""
+    try:
+        tokens = getattr(encoder, "max_tokens", None)
+    except Exception:  # a property that cannot answer yet (a model not loaded)
+        tokens = None
     if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens > 0:
-        return tokens * (MAX_TEXT_COST // 256)
+        # Bounded: a limit of millions of tokens (a long-context API model) would make
+        # one long text cost a whole queue's worth.
+        return min(tokens, _MAX_COST_TOKENS) * (MAX_TEXT_COST // 256)
     return MAX_TEXT_COST
 
 

@@ -37,7 +37,8 @@ def reads_nothing_of(encoder: object) -> Callable[[str], bool]:
     :class:`~synaptoroute.encoder.Encoder`'s: only whitespace and characters its
     tokenizer deletes, a BOM, zero-width spaces, NUL...), or for an encoder without
     one, whether the text is whitespace only. The one test of an empty text: an empty
-    query, a refused utterance, a description an integration skips."""
+    query, a refused utterance or fit text, a description an integration skips, and
+    an integration's ``utterances=`` refused at construction."""
     test = getattr(encoder, "reads_nothing", None)
     return test if callable(test) else _blank
 
@@ -112,12 +113,17 @@ def check_text(text: object) -> str:
     return text
 
 
-def check_utterances(utterances: object, field: str = "utterances") -> dict[str, list[str]]:
+def check_utterances(
+    utterances: object,
+    field: str = "utterances",
+    reads_nothing: Callable[[str], bool] | None = None,
+) -> dict[str, list[str]]:
     """``{name: [utterance, ...]}`` as routes will hold them (stripped, duplicates
     dropped), or :class:`~synaptoroute.exceptions.InvalidInputError` naming the key:
     not a mapping, a key that is no ``str``, one str (or a set, or anything else that
-    is no sequence) instead of a list of them, an utterance that is no ``str``, blank,
-    or not valid Unicode. ``None`` is ``{}``.
+    is no sequence) instead of a list of them, an utterance that is no ``str``, blank
+    (or one ``reads_nothing`` says the encoder reads nothing of:
+    :func:`reads_nothing_of`), or not valid Unicode. ``None`` is ``{}``.
 
     The integrations check their ``utterances=`` with it when they are made: such a
     value would otherwise fail every later call that offers its tool, naming nothing.
@@ -151,6 +157,13 @@ def check_utterances(utterances: object, field: str = "utterances") -> dict[str,
                 raise InvalidInputError(msg) from None
             if not text.strip():
                 msg = f"{field}[{name!r}][{index}] is empty after stripping whitespace"
+                raise InvalidInputError(msg)
+            if reads_nothing is not None and reads_nothing(text):
+                msg = (
+                    f"{field}[{name!r}][{index}] ({text[:60]!r}) is empty to the model: only "
+                    "whitespace and characters its tokenizer deletes (a BOM, zero-width "
+                    "spaces, NUL...)"
+                )
                 raise InvalidInputError(msg)
         out[name] = clean_utterances(texts)
     return out

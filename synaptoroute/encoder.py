@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 
 from ._cpu import available_cpus, side_by_side
 from ._fork import ENCODER, LEAF, hold_across_fork, keep_for_good
-from .checks import check_count, check_seconds, check_text
+from .checks import check_count, check_seconds, check_text, reads_nothing_of
 from .exceptions import (
     EncoderError,
     InvalidInputError,
@@ -965,7 +965,8 @@ class EncoderWrapper:
     """Another encoder, seen through a wrapper that reads texts exactly as it does.
 
     Forwards ``model_id``, ``dimension``, ``loaded``, ``truncate`` (the text the
-    wrapped encoder reads, which keys the router's query cache) and ``reads_nothing``;
+    wrapped encoder reads, which keys the router's query cache), ``reads_nothing``,
+    ``max_tokens`` (the queue's cost of a long text) and ``former_model_ids``;
     subclasses change :meth:`encode`, e.g. to draw progress or record calls.
     """
 
@@ -995,8 +996,19 @@ class EncoderWrapper:
     def reads_nothing(self, text: str) -> bool:
         """Whether the wrapped encoder reads nothing of ``text`` (if it does not say:
         whether ``text`` is whitespace only)."""
-        reads_nothing = getattr(self.inner, "reads_nothing", None)
-        return not text.strip() if reads_nothing is None else bool(reads_nothing(text))
+        return bool(reads_nothing_of(self.inner)(text))
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The wrapped encoder's token limit (``None`` if it has none)."""
+        tokens = getattr(self.inner, "max_tokens", None)
+        return tokens if isinstance(tokens, int) else None
+
+    @property
+    def former_model_ids(self) -> tuple[str, ...]:
+        """The ids earlier versions stored for the wrapped encoder's model."""
+        former = getattr(self.inner, "former_model_ids", ())
+        return tuple(former) if isinstance(former, Sequence) and not isinstance(former, str) else ()
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Encode with the wrapped encoder."""

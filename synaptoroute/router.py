@@ -262,6 +262,9 @@ class AdaptiveRouter:
         top_k = check_count(top_k, "top_k", 1)
         cache_size = check_count(cache_size, "cache_size", 0)
         self.encoder: EncoderProtocol = encoder if encoder is not None else default_encoder()
+        # The id the store records for the encoder's model when it is one of the
+        # encoder's former_model_ids (_load); None: the encoder's own.
+        self._stored_id: str | None = None
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self.cache = EmbeddingCache(cache_size)
         self._blas_threads: int | None = None
@@ -358,8 +361,10 @@ class AdaptiveRouter:
     # -- loading -------------------------------------------------------------------
     @property
     def model(self) -> ModelInfo:
-        """The encoder's model id and dimension."""
-        return ModelInfo(self.encoder.model_id, self.encoder.dimension)
+        """The model id the router's vectors are stored under, and their dimension:
+        the encoder's, or the id an earlier version gave the same model where the
+        store records that one (the encoder's ``former_model_ids``)."""
+        return ModelInfo(self._stored_id or self.encoder.model_id, self.encoder.dimension)
 
     def _read_store(self) -> tuple[list[StoredRoute], ModelInfo | None]:
         # The routes and the model they were encoded with, as of one moment: another
@@ -381,17 +386,19 @@ class AdaptiveRouter:
         # A store whose routes hold no utterance holds no vector: its model is no one's
         # (as every back end's write path agrees), and the encoder's takes its place.
         holds_vectors = any(item.route.utterances for item in stored)
-        if holds_vectors and info is not None and self._former_model(info):
-            # The same model under the id an earlier version gave it: the vectors
-            # stand, the record takes the current id (one transaction).
+        self._stored_id = None
+        if holds_vectors and info is not None and not reencode and self._former_model(info):
+            # The id an earlier version gave this model: the store keeps it (nothing is
+            # rewritten, so replicas of that version still follow), and so do this
+            # router's writes. reencode=True re-encodes it under the encoder's own id.
+            self._stored_id = info.model_id
             _log.warning(
-                "the store records model %r, the id versions before 0.3 gave %r; the "
-                "record is rewritten to the new id and the vectors are kept",
+                "the store records model %r, the id versions before 0.3 gave %r and every "
+                "other model of its class: it is opened as that model's and keeps its id; "
+                "if another model wrote it, reopen with reencode=True",
                 info.model_id,
-                self.model.model_id,
+                self.encoder.model_id,
             )
-            self.storage.replace_all(stored, self.model)
-            stored, info = self._read_store()
         if holds_vectors and info is not None and info != self.model:
             if not reencode:
                 msg = (
@@ -415,13 +422,14 @@ class AdaptiveRouter:
         """Whether the store's ``info`` names this encoder's model by an id an earlier
         version stored (``former_model_ids``: a LangChain class named by
         ``model_id`` only), at this dimension."""
-        return info.dimension == self.model.dimension and self._former_id(info.model_id)
-
-    def _former_id(self, model_id: object) -> bool:
-        """Whether ``model_id`` is one of the encoder's ``former_model_ids`` (never its
-        current id)."""
         former = getattr(self.encoder, "former_model_ids", ())
-        return isinstance(former, tuple) and model_id != self.model.model_id and model_id in former
+        return (
+            isinstance(former, Sequence)
+            and not isinstance(former, str)
+            and info.model_id != self.encoder.model_id
+            and info.model_id in former
+            and info.dimension == self.encoder.dimension
+        )
 
     def _reencode(self, stored: list[StoredRoute]) -> list[StoredRoute]:
         # Encoding a large store takes minutes, while processes still on the old model
@@ -816,6 +824,7 @@ class AdaptiveRouter:
                 features=self._lexical.features,
                 model_id=self.model.model_id,
                 blas_threads=self.blas_threads,
+                reads_nothing=reads_nothing_of(self.encoder),
             )
             policy, report = fit_policy(inputs, texts, labels, **options)
             self.set_policy(policy)
@@ -1288,20 +1297,14 @@ class AdaptiveRouter:
         # the policy, a route change's included) refuses: JSON has none.
         policy = _replace(policy, info=_finite_json(policy.info))
         fitted_on = policy.info.get("model")
-        # A head or cuts fitted under a former id of this model (the store was
-        # migrated, _load) are this model's.
-        if (
-            policy.head is not None
-            and policy.head.model_id != self.model.model_id
-            and not self._former_id(policy.head.model_id)
-        ):
+        if policy.head is not None and policy.head.model_id != self.model.model_id:
             warnings.warn(
                 f"the stored fitted head was trained on {policy.head.model_id!r} embeddings, "
                 f"not {self.model.model_id!r}; it is ignored until the next fit()",
                 stacklevel=3,
             )
             policy = without_head(policy)
-        elif fitted_on not in (None, self.model.model_id) and not self._former_id(fitted_on):
+        elif fitted_on not in (None, self.model.model_id):
             # Thresholds and the calibrator are cuts on another model's scores: kept
             # (they may still route), but they no longer mean what the fit measured.
             warnings.warn(

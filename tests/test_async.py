@@ -358,6 +358,20 @@ async def test_a_text_costs_up_to_the_encoders_token_limit(encoder: Encoder) -> 
     assert text_cost_cap(HashingEncoder()) == MAX_TEXT_COST
     wide = Encoder(max_tokens=512)
     assert text_cost_cap(wide) == 2 * MAX_TEXT_COST
+
+    class Odd:
+        def __init__(self, tokens: object) -> None:
+            self.tokens = tokens
+
+        @property
+        def max_tokens(self) -> object:
+            if self.tokens is None:
+                raise RuntimeError("model not loaded yet")
+            return self.tokens
+
+    assert text_cost_cap(Odd(None)) == MAX_TEXT_COST  # cannot be read: the default
+    assert text_cost_cap(Odd(True)) == text_cost_cap(Odd(0)) == MAX_TEXT_COST
+    assert text_cost_cap(Odd(10**9)) == 8192 * 16  # bounded
     long = "refund " * 2000
     assert text_cost(long, text_cost_cap(wide)) == 2 * MAX_TEXT_COST + TEXT_COST_OVERHEAD
     bound = MAX_TEXT_COST + TEXT_COST_OVERHEAD + 100

@@ -326,6 +326,11 @@ def test_map_projects_the_stored_vectors(client: httpx.Client, live: Service) ->
     again = client.post("/console/api/map", json={}).json()
     assert again["x"] == doc["x"] and again["query"] is None
     assert live.router.encoder.calls == calls  # type: ignore[attr-defined]
+    # A query the model reads nothing of is an empty query: nothing to place, nothing
+    # encoded (it was embedded as "" and drawn).
+    empty = client.post("/console/api/map", json={"query": "\u200b\ufeff"}).json()
+    assert empty["query"] is None
+    assert live.router.encoder.calls == calls  # type: ignore[attr-defined]
     # A new query is encoded once, by the batching worker (its limits apply).
     items = sum(w.stats.items for w in live.router.workers)
     placed = client.post("/console/api/map", json={"query": "my parcel never came"}).json()

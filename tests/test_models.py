@@ -151,6 +151,24 @@ def test_an_utterance_the_model_reads_nothing_of_is_refused_and_nothing_is_store
         reopened.close()
 
 
+def test_fit_refuses_a_text_the_model_reads_nothing_of(encoder: Encoder) -> None:
+    # Such a query is an empty query; the fit trained on its embedding of "".
+    router = AdaptiveRouter(encoder)
+    router.add_routes(
+        [
+            Route(name="billing", utterances=["I need a refund", "where is my invoice"]),
+            Route(name="tech", utterances=["the app crashes", "I cannot log in"]),
+        ]
+    )
+    before = router.policy
+    with pytest.raises(InvalidInputError, match=r"text 2 .*empty to the model"):
+        router.fit(
+            ["refund please", "app crash", "\u200b\ufeff", "my invoice"],
+            ["billing", "tech", None, "billing"],
+        )
+    assert router.policy == before
+
+
 def test_an_encoder_without_reads_nothing_refuses_only_blank_utterances() -> None:
     # No tokenizer to ask: the whitespace rule, as for its queries.
     router = AdaptiveRouter(HashingEncoder())

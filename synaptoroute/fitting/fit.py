@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from .._blas import blas_limit
 from .._cpu import blas_threads, process_cpus, side_by_side
-from ..checks import check_count, is_number
+from ..checks import check_count, is_number, reads_nothing_of
 from ..datasets import NONE, check_labelled, label_indexes
 from ..decision import (
     KNN_K,
@@ -92,6 +92,10 @@ def _tokenise(texts: Sequence[str]) -> list[_Features]:
     return [text_features(t) for t in texts]
 
 
+#: The empty-text test of an encoder that has none of its own.
+_WHITESPACE_ONLY = reads_nothing_of(None)
+
+
 @dataclass(frozen=True)
 class FitInputs:
     """What a fit reads of a router, taken under the router's lock."""
@@ -113,6 +117,9 @@ class FitInputs:
     #: :func:`~synaptoroute.lexical.text_features` of each text (the router's reads
     #: its cache of the utterances' features).
     features: Callable[[Sequence[str]], list[_Features]] = _tokenise
+    #: Whether the encoder reads nothing of a text (``checks.reads_nothing_of``): such
+    #: a text is refused, as a blank one is (a query of it is an empty query).
+    reads_nothing: Callable[[str], bool] = _WHITESPACE_ONLY
 
 
 class _Fits(Protocol):
@@ -229,6 +236,12 @@ def fit_policy(
     for i, text in enumerate(texts):
         if not text.strip():
             msg = f"text {i} is empty"
+            raise InvalidInputError(msg)
+        if inputs.reads_nothing(text):
+            msg = (
+                f"text {i} ({text[:60]!r}) is empty to the model: only whitespace and "
+                "characters its tokenizer deletes (a query of it is an empty query)"
+            )
             raise InvalidInputError(msg)
     snapshot = inputs.snapshot
     with _fit_threads(len(snapshot.layout.live), len(texts), inputs.blas_threads):

@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from ..checks import reads_nothing_of
 from ..datasets import parse_jsonl
 from ..evaluation import evaluate_matches
 from ..exceptions import InvalidInputError
@@ -574,7 +575,7 @@ def _effective(router: AdaptiveRouter, route: Route) -> float:
 async def _query_vector(router: AdaptiveRouter, query: str) -> NDArray[np.float32] | None:
     """The query's embedding through the router's own cache (keyed by the text the
     encoder reads), so a query the router has just answered is not encoded again."""
-    if not query.strip():
+    if reads_nothing_of(router.encoder)(query):  # an empty query: nothing to place
         return None
     vectors = await anyio.to_thread.run_sync(router._embed, [query])
     first: NDArray[np.float32] = vectors[0]

@@ -61,7 +61,9 @@ _WS = (
 NAME_PATTERN = f"^[^{_WS}]([\\s\\S]*[^{_WS}])?$"
 #: A route name: what :class:`~synaptoroute.Route` keeps after stripping.
 Name = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(_encodable)]
-#: An example utterance: at least one character that is not whitespace.
+#: An example utterance: at least one character that is not whitespace (one the
+#: model reads nothing of, such as only zero-width characters, is refused by the
+#: router with 422: no portable pattern says which characters a tokenizer deletes).
 Utterance = Annotated[str, Field(pattern=f"[^{_WS}]"), AfterValidator(_encodable)]
 #: Utterances as the library keeps them: stripped, none blank, duplicates dropped.
 Utterances = Annotated[list[Utterance], AfterValidator(clean_utterances)]

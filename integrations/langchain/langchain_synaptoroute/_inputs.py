@@ -349,7 +349,10 @@ async def _asubmit(
     # queue is served (as the sync batch is), not refused as one that can never fit.
     worker = router.worker
     out: list[T] = []
-    for run in runs_by_cost(texts, worker.max_queue_cost, worker.max_queue_size):
+    runs = runs_by_cost(
+        texts, worker.max_queue_cost, worker.max_queue_size, cap=router.text_cost_cap
+    )
+    for run in runs:
         out.extend(await submit(run))
     return out
 

@@ -156,7 +156,10 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         if router is not None and encoder is not None:
             msg = "pass router= or encoder=, not both (the router has its encoder)"
             raise InvalidInputError(msg)
-        self.utterances = check_utterances(utterances)
+        # Checked with the encoder the routes will have (the router's, or the shared
+        # bundled one: only its tokenizer's rules are read, the model is not loaded).
+        model = router.encoder if router is not None else as_encoder(encoder)
+        self.utterances = check_utterances(utterances, reads_nothing=reads_nothing_of(model))
         self.max_tools = max_tools
         self.always_include = _check_names(always_include, "always_include")
         self.threshold = threshold

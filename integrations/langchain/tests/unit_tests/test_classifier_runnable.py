@@ -13,6 +13,7 @@ from langchain_synaptoroute import (
 )
 
 from synaptoroute import AdaptiveRouter, Encoder, Route, RouteMatch
+from synaptoroute.encoder import EncoderWrapper
 
 if TYPE_CHECKING:
     from conftest import RecordingEncoder, RunRecorder
@@ -64,6 +65,26 @@ async def test_abatch_larger_than_the_workers_queue_is_served_as_batch_is(
         classifier = SynaptorouteClassifier(router=router, threshold=threshold)
         assert await classifier.abatch(texts) == classifier.batch(texts)
     assert router.worker.queue_depth == 0 and router.worker.queue_cost == 0
+    await router.stop()
+
+
+class _WideTokens(EncoderWrapper):
+    """The shared encoder, declaring twice its token limit: its long texts cost twice."""
+
+    max_tokens = 512  # type: ignore[assignment]
+
+
+async def test_abatch_runs_are_cut_by_what_the_queue_charges_a_long_text(
+    encoder: Encoder, routes: dict[str, list[str]]
+) -> None:
+    # The runs were cut at 4,096 characters a text while the worker charges up to the
+    # encoder's token limit (8,192 here): a run that "fit" was refused whole.
+    router = AdaptiveRouter(_WideTokens(encoder), max_queue_cost=3 * 4112 + 100)
+    assert router.text_cost_cap == 8192
+    router.add_routes(Route(name=name, utterances=utts) for name, utts in routes.items())
+    texts = [f"I need a refund {i} " + "x" * 8000 for i in range(3)]
+    classifier = SynaptorouteClassifier(router=router)
+    assert await classifier.abatch(texts) == classifier.batch(texts)
     await router.stop()
 
 

@@ -28,6 +28,7 @@ from synaptoroute import (
 )
 from synaptoroute.adapters import as_encoder
 from synaptoroute.storage import ModelInfo
+from synaptoroute.testing import RecordingEncoder
 
 
 class TestSynaptorouteEmbeddingsStandard(EmbeddingsUnitTests):
@@ -183,26 +184,30 @@ def test_a_class_named_by_model_id_stores_that_name(tmp_path: Path) -> None:
         AdaptiveRouter(LangChainEncoder(cohere), SQLiteStorage(path))
 
 
-def test_a_store_of_the_id_earlier_versions_gave_opens_and_takes_the_new_id(
+def test_a_store_of_the_id_earlier_versions_gave_opens_and_keeps_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     titan = _ByModelId(size=8)
+    old_id = "langchain:_ByModelId"  # what versions before 0.3 stored for it
     path = tmp_path / "routes.db"
-    _store(path, LangChainEncoder(titan, model_id="langchain:_ByModelId"))  # what 0.2 stored
-    written = SQLiteStorage(path)
-    vectors = written.load()[0].vectors
-    written.close()
+    _store(path, LangChainEncoder(titan, model_id=old_id))
     with caplog.at_level("WARNING", logger="synaptoroute.router"):
         router = AdaptiveRouter(as_encoder(titan), SQLiteStorage(path))
-    assert "rewritten to the new id" in caplog.text
+    assert "reopen with reencode=True" in caplog.text
+    assert router.model == ModelInfo(old_id, 8)
     assert router.query("refund").name == "billing"
+    router.add_route(Route(name="tech", utterances=["it crashes"]))  # written under old_id
     router.close()
-    reopened = SQLiteStorage(path)
-    assert reopened.model_info() == ModelInfo(
-        "langchain:_ByModelId:amazon.titan-embed-text-v2:0", 8
-    )
-    np.testing.assert_array_equal(reopened.load()[0].vectors, vectors)
-    reopened.close()
+    # Nothing was rewritten: a replica of the earlier version still opens the store.
+    again = AdaptiveRouter(LangChainEncoder(titan, model_id=old_id), SQLiteStorage(path))
+    assert again.route_names == ["billing", "tech"]
+    again.close()
+    # reencode=True re-encodes it under the id that names the model.
+    recording = RecordingEncoder(LangChainEncoder(titan))
+    router = AdaptiveRouter(recording, SQLiteStorage(path), reencode=True)
+    assert recording.texts_encoded == 3
+    assert router.model == ModelInfo("langchain:_ByModelId:amazon.titan-embed-text-v2:0", 8)
+    router.close()
     # A head fitted under the former id is this model's: kept, without a warning.
     fitted = tmp_path / "fitted.db"
     router = AdaptiveRouter(

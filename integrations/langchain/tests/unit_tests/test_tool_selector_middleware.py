@@ -438,6 +438,10 @@ def test_agents_with_other_tools_share_one_instance(recording_encoder: Recording
         ({"utterances": {"get_weather": ["rain?", 3]}}, r"utterances\['get_weather'\]\[1\]"),
         ({"utterances": {"get_weather": ["rain \ud800"]}}, r"utterances\['get_weather'\]\[0\]"),
         ({"utterances": {"get_weather": ["rain?", " "]}}, r"utterances\['get_weather'\]\[1\]"),
+        (
+            {"utterances": {"get_weather": ["rain?", "\u200b\ufeff"]}},
+            r"utterances\['get_weather'\]\[1\].*empty to the model",
+        ),
         ({"utterances": {1: ["rain?"]}}, "keyed by tool name"),
         ({"utterances": ["rain?"]}, "must be a dict"),
         ({"always_include": "search_docs"}, "always_include must be a list"),

@@ -256,7 +256,7 @@ class SynaptorouteSelector(BaseSelector):
         max_choice_sets: int = 16,
     ) -> None:
         self.encoder = encoder
-        self.utterances = check_utterances(utterances)
+        self.utterances = check_utterances(utterances, reads_nothing=reads_nothing_of(encoder))
         # A cosine similarity: the core's check (numpy scalars in, bools and NaN out).
         self.threshold = None if threshold is None else check_threshold(threshold, "threshold")
         self.policy = SelectionPolicy(top_n=top_n, on_no_match=on_no_match, fallback=fallback)
