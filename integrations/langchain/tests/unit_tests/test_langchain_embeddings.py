@@ -221,7 +221,8 @@ def test_a_store_of_the_id_earlier_versions_gave_opens_and_keeps_it(
         Route(name="tech", utterances=[f"{w} {i}" for w in words[3:] for i in range(4)])
     )
     texts = [f"{w} {i}" for w in words for i in range(4, 8)]
-    router.fit(texts, ["billing"] * 12 + ["tech"] * 12, head=True)
+    # Dense only: the lexical head needs SciPy, which the "latest" CI job leaves out.
+    router.fit(texts, ["billing"] * 12 + ["tech"] * 12, head=True, hybrid=False)
     assert router.policy.head is not None
     router.close()
     with warnings.catch_warnings():
