@@ -75,15 +75,47 @@ def _quota(quota: str, period: str) -> float | None:
     return q / p
 
 
-def _own_cgroup_v2(root: Path, self_cgroup: Path) -> Path:
-    """The process's own cgroup v2 folder (``/proc/self/cgroup``'s ``0::/path`` line)."""
-    text = _read(self_cgroup) or ""
-    for line in text.splitlines():
-        if line.startswith("0::"):
-            own = root / line[3:].lstrip("/")
-            if own.is_dir():
-                return own
-    return root
+def _own_path(self_cgroup: Path, v1: bool) -> str:
+    """The process's cgroup path in ``/proc/self/cgroup``: the v2 line (``0::/path``),
+    or the v1 line of the hierarchy holding the ``cpu`` controller
+    (``4:cpu,cpuacct:/path``); ``""`` where there is none."""
+    for line in (_read(self_cgroup) or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        v2_line = hierarchy == "0" and not controllers
+        if ("cpu" in controllers.split(",")) if v1 else v2_line:
+            return path.strip().lstrip("/")
+    return ""
+
+
+def _limits_up(mount: Path, own: str, read: Callable[[Path], float | None]) -> list[float]:
+    """The limits ``read`` finds in the process's own cgroup folder under ``mount`` and
+    in each folder above it up to ``mount`` (a limit set on a parent applies). Inside a
+    container the own path may not exist under the mount (it shows the container's
+    own cgroup at its root): the walk then starts at the root."""
+    folder = mount / own if own and (mount / own).is_dir() else mount
+    limits: list[float] = []
+    # Bounded walk: each step goes one folder up, and stops at the mount point.
+    while True:
+        limit = read(folder)
+        if limit is not None:
+            limits.append(limit)
+        if folder == mount or mount not in folder.parents:
+            break
+        folder = folder.parent
+    return limits
+
+
+def _v2_limit(folder: Path) -> float | None:
+    parts = (_read(folder / "cpu.max") or "").split()
+    return _quota(parts[0], parts[1]) if len(parts) == 2 else None
+
+
+def _v1_limit(folder: Path) -> float | None:
+    quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+    return None if quota is None or period is None else _quota(quota, period)
 
 
 def cgroup_cpu_limit(
@@ -93,7 +125,8 @@ def cgroup_cpu_limit(
 
     Looks for cgroup v2 ``cpu.max`` in the process's own cgroup and then its ancestors
     up to ``root`` (a limit set on a parent applies), then for cgroup v1
-    ``cpu/cpu.cfs_quota_us`` and ``cpu/cpu.cfs_period_us`` under ``root``.
+    ``cpu.cfs_quota_us`` and ``cpu.cfs_period_us`` the same way under the ``cpu``
+    controller's mount (``root/cpu``, ``root/cpu,cpuacct`` or ``root``).
 
     Args:
         root: where the cgroup filesystem is mounted (a test passes a folder of fake files).
@@ -102,28 +135,12 @@ def cgroup_cpu_limit(
     Returns:
         The smallest quota found as a number of CPUs (may be fractional), or ``None``.
     """
-    base = Path(root)
-    limits: list[float] = []
-    folder = _own_cgroup_v2(base, Path(self_cgroup))
-    # Bounded walk: each step goes one folder up, and stops at the mount point.
-    while True:
-        text = _read(folder / "cpu.max")
-        if text:
-            parts = text.split()
-            if len(parts) == 2:
-                limit = _quota(parts[0], parts[1])
-                if limit is not None:
-                    limits.append(limit)
-        if folder == base or base not in folder.parents:
-            break
-        folder = folder.parent
+    base, own = Path(root), Path(self_cgroup)
+    limits = _limits_up(base, _own_path(own, v1=False), _v2_limit)
     if not limits:
-        for v1 in (base / "cpu", base / "cpu,cpuacct", base):
-            quota, period = _read(v1 / "cpu.cfs_quota_us"), _read(v1 / "cpu.cfs_period_us")
-            if quota is not None and period is not None:
-                limit = _quota(quota, period)
-                if limit is not None:
-                    limits.append(limit)
+        for mount in (base / "cpu", base / "cpu,cpuacct", base):
+            if _read(mount / "cpu.cfs_period_us") is not None:
+                limits = _limits_up(mount, _own_path(own, v1=True), _v1_limit)
                 break
     return min(limits) if limits else None
 

@@ -75,6 +75,31 @@ def test_cgroup_v1_quota(tmp_path: Path, quota: str, expected: float | None) -> 
     assert cgroup_cpu_limit(root, tmp_path / "no_such_file") == expected
 
 
+def test_cgroup_v1_limit_on_the_processs_own_cgroup_and_its_parents(tmp_path: Path) -> None:
+    # A v1 host (a systemd slice, a container without its own cgroup namespace): the
+    # quota sits on the process's own cgroup, not on the mount's root, which has none.
+    root = tmp_path / "cgroup"
+    mount = root / "cpu,cpuacct"
+    for folder in (mount, mount / "system.slice"):
+        write(folder / "cpu.cfs_quota_us", "-1")
+        write(folder / "cpu.cfs_period_us", "100000")
+    write(mount / "system.slice/app.service/cpu.cfs_quota_us", "150000")
+    write(mount / "system.slice/app.service/cpu.cfs_period_us", "100000")
+    proc = tmp_path / "proc_self_cgroup"
+    write(proc, "5:memory:/system.slice/app.service\n4:cpu,cpuacct:/system.slice/app.service")
+    assert cgroup_cpu_limit(root, proc) == 1.5
+    # A limit on a parent applies, the smaller one wins.
+    write(mount / "system.slice/cpu.cfs_quota_us", "100000")
+    assert cgroup_cpu_limit(root, proc) == 1.0
+    # A container shows its own cgroup at the mount's root, and /proc/self/cgroup a
+    # host path that does not exist under it: the root's quota applies.
+    container = tmp_path / "container"
+    write(container / "cpu/cpu.cfs_quota_us", "200000")
+    write(container / "cpu/cpu.cfs_period_us", "100000")
+    write(proc, "4:cpu,cpuacct:/docker/0123abcd")
+    assert cgroup_cpu_limit(container, proc) == 2.0
+
+
 def test_no_cgroup_files_means_no_limit(tmp_path: Path) -> None:
     assert cgroup_cpu_limit(tmp_path / "empty", tmp_path / "no_such_file") is None
 
