@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeGuard
 
 from .exceptions import InvalidInputError
-from .models import SCORE_MAX, SCORE_MIN
+from .models import SCORE_MAX, SCORE_MIN, clean_utterances
 
 __all__ = [
     "check_count",
@@ -29,6 +29,7 @@ __all__ = [
     "is_number",
     "misspelt_key",
     "reads_nothing_of",
+    "refuse_misspelt_key",
 ]
 
 
@@ -128,8 +129,6 @@ def check_utterances(
     The integrations check their ``utterances=`` with it when they are made: such a
     value would otherwise fail every later call that offers its tool, naming nothing.
     """
-    from .models import clean_utterances
-
     if utterances is None:
         return {}
     if not isinstance(utterances, Mapping):
@@ -189,3 +188,23 @@ def misspelt_key(
         if close:
             return key, close[0]
     return None
+
+
+def refuse_misspelt_key(
+    keys: Iterable[str], seen: set[str], offered: Sequence[str], what: str
+) -> None:
+    """Record the names ``offered`` in ``seen`` (a refused call's names count as
+    seen too), and refuse the first utterance key that looks like a misspelt one of
+    them (:func:`misspelt_key`) with :class:`~synaptoroute.exceptions.InvalidInputError`;
+    ``what`` names the kind of name ("tool", "choice"). The caller holds the lock that
+    guards ``seen``."""
+    typo = misspelt_key(keys, seen, offered)
+    seen.update(offered)
+    if typo is not None:
+        key, close = typo
+        msg = (
+            f"utterances are given for {key!r}, which is not the name of any {what} "
+            f"seen, while {what} {close!r} has no utterances: did you mean {close!r}? "
+            f"({what}s: {sorted(offered)})"
+        )
+        raise InvalidInputError(msg)

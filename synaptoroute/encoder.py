@@ -1027,9 +1027,10 @@ class CallableEncoder:
         model_id: stored next to every vector; name the model, not the wrapper.
         dimension: vector length; if omitted, one probe text is embedded the first
             time it is needed.
-        former_model_ids: ids earlier versions stored for this same model (a store
-            of one of them, of the same dimension, opens, and its record is
-            rewritten to ``model_id``; see :class:`~synaptoroute.AdaptiveRouter`).
+        former_model_ids: ids earlier versions stored for this same model: a store
+            recording one of them, at this dimension, opens as this model's and keeps
+            that id (the router writes under it); ``reencode=True`` re-encodes it
+            under ``model_id`` (docs/persistence.md).
     """
 
     def __init__(

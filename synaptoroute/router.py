@@ -267,8 +267,6 @@ class AdaptiveRouter:
         self._stored_id: str | None = None
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self.cache = EmbeddingCache(cache_size)
-        self._blas_threads: int | None = None
-        self.blas_threads = blas_threads
         self._lock = threading.RLock()
         hold_across_fork(self, ROUTER)  # a route change holds it while it encodes
         self._routes: dict[str, Route] = {}
@@ -283,7 +281,8 @@ class AdaptiveRouter:
                 index, ann_threshold, ann_cache, aggregation, self.storage, ann_depth, ann_margin
             ),
         )
-        self._index.blas_threads = self._blas_threads
+        self._blas_threads: int | None = None
+        self.blas_threads = blas_threads  # the setter hands it to the index too
         self._lexical = LexicalIndex()
         #: Use the lexical signal of a hybrid head (set False to route dense only).
         self.hybrid = True
@@ -353,9 +352,8 @@ class AdaptiveRouter:
         not load the model.
         """
         self.encoder.encode(["warm-up"])  # loads the model and its runtime's kernels
-        reads_nothing = getattr(self.encoder, "reads_nothing", None)
-        if reads_nothing is not None:
-            reads_nothing("\u200b")  # builds the tokenizer's rules a first such query needs
+        # Builds the tokenizer's rules the first such query needs (encoders with them).
+        reads_nothing_of(self.encoder)("\u200b")
         self._index.snapshot()
 
     # -- loading -------------------------------------------------------------------
@@ -729,9 +727,7 @@ class AdaptiveRouter:
     @blas_threads.setter
     def blas_threads(self, value: int | None) -> None:
         self._blas_threads = None if value is None else check_count(value, "blas_threads", 1)
-        index = getattr(self, "_index", None)  # None while __init__ sets the first value
-        if index is not None:
-            index.blas_threads = self._blas_threads
+        self._index.blas_threads = self._blas_threads
 
     @property
     def policy(self) -> DecisionPolicy:

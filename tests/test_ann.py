@@ -751,7 +751,7 @@ def test_the_int8_scan_takes_the_routers_blas_threads() -> None:
     router.blas_threads = 1
     router.add_routes(routes_for("s", 20))  # 100 new rows: a new copy (over an eighth)
     assert router.query("s topic3 word3x1").name == "s3"
-    assert router._index.wait_for_int8(timeout=None)
+    assert router._index.wait_for_int8(timeout=60)
     router.query("s topic4 word4x1")
     scan = router._index.snapshot().int8
     assert scan is not None and scan.n == 200 and scan.threads == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from synaptoroute import InvalidInputError
-from synaptoroute.checks import check_utterances, misspelt_key
+from synaptoroute.checks import check_utterances, misspelt_key, refuse_misspelt_key
 
 
 def test_utterances_are_cleaned_as_routes_hold_them() -> None:
@@ -45,3 +45,12 @@ def test_a_key_is_a_typo_only_when_close_to_a_name_without_utterances() -> None:
     assert misspelt_key({"weather"}, {"billing", "general"}, ["billing", "general"]) is None
     assert misspelt_key({"biling"}, {"biling"}, ["billing"]) is None  # another set's name
     assert misspelt_key(set(), set(), ["billing"]) is None
+
+
+def test_a_misspelt_key_is_refused_and_the_offered_names_are_seen_either_way() -> None:
+    seen: set[str] = set()
+    with pytest.raises(InvalidInputError, match=r"'biling'.*choice 'billing'.*did you mean"):
+        refuse_misspelt_key({"biling"}, seen, ["billing", "general"], "choice")
+    assert seen == {"billing", "general"}  # a refused call's names were offered too
+    refuse_misspelt_key({"weather"}, seen, ["tech"], "tool")  # another call's tool
+    assert seen == {"billing", "general", "tech"}

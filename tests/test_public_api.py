@@ -63,6 +63,7 @@ PUBLIC_SUBMODULES = {
         "is_number",
         "misspelt_key",
         "reads_nothing_of",
+        "refuse_misspelt_key",
     ],
     "synaptoroute.forking": ["APP", "APP_CACHE", "hold_across_fork"],
     "synaptoroute.testing": [

@@ -28,8 +28,8 @@ from synaptoroute.checks import (
     check_count,
     check_threshold,
     check_utterances,
-    misspelt_key,
     reads_nothing_of,
+    refuse_misspelt_key,
 )
 from synaptoroute.forking import APP, hold_across_fork
 
@@ -251,16 +251,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         of that name, and it is close to the name of a tool of this call that has no
         utterances of its own (the tool the key was meant for).
         """
-        typo = misspelt_key(self.utterances, self._seen_names, names)
-        self._seen_names.update(names)  # a refused call's tools were seen too
-        if typo is not None:
-            key, close = typo
-            msg = (
-                f"utterances names tools that do not exist: [{key!r}] (no call offered a "
-                f"tool of that name, and tool {close!r} has no utterances: did you mean "
-                f"{close!r}? tools: {sorted(names)})"
-            )
-            raise InvalidInputError(msg)
+        refuse_misspelt_key(self.utterances, self._seen_names, names, "tool")
 
     def _plan(
         self, offered: Sequence[BaseTool | dict[str, Any]], messages: Sequence[BaseMessage]

@@ -105,7 +105,7 @@ def test_decide_with_nothing_scored() -> None:
         ({"max_choice_sets": 2.5}, "max_choice_sets"),
         ({"utterances": {"billing": "I need a refund"}}, "list of strings"),
         ({"utterances": {"billing": ["  "]}}, "empty"),
-        # Refused at the first selection, naming the positional route, before.
+        # Only zero-width characters: once refused at the first selection, naming route '0'.
         ({"utterances": {"billing": ["ok", "\u200b"]}}, r"\['billing'\]\[1\].*empty to the model"),
         # A bare TypeError; a lone surrogate passed and failed every selection later.
         ({"utterances": {"billing": None}}, r"utterances\['billing'\] must be a list.*NoneType"),

@@ -39,8 +39,8 @@ from synaptoroute.checks import (
     check_count,
     check_threshold,
     check_utterances,
-    misspelt_key,
     reads_nothing_of,
+    refuse_misspelt_key,
 )
 from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
 
@@ -349,16 +349,7 @@ class SynaptorouteSelector(BaseSelector):
         # Under the cache lock: concurrent first selections of two choice sets must not
         # lose each other's names, nor both warn about the same choice.
         with self._lock:
-            typo = misspelt_key(self.utterances, self._seen_names, names)
-            self._seen_names.update(names)  # a refused call's choices were seen too
-            if typo is not None:
-                key, close = typo
-                msg = (
-                    f"utterances are given for {key!r}, which is not the name of any "
-                    f"choice seen, while choice {close!r} has no utterances: did you "
-                    f"mean {close!r}? (choices: {names})"
-                )
-                raise InvalidInputError(msg)
+            refuse_misspelt_key(self.utterances, self._seen_names, names, "choice")
             fresh = [label for label in thin if label not in self._warned]
             self._warned.update(fresh)
         if fresh:
