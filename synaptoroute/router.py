@@ -1268,10 +1268,11 @@ class AdaptiveRouter:
         self.storage.close()
 
     # -- replication: applying changes other replicas committed ----------------------
-    # A store with a change feed (a WatchableStorage: PostgresStorage) has ``watch``; the router
-    # then follows it and applies other replicas' changes here, from the vectors in the
-    # change, without encoding and without writing back. Its own writes are applied
-    # by the methods above and not delivered again.
+    # A store with a change feed (a WatchableStorage: PostgresStorage, and SQLiteStorage,
+    # which polls for other connections' commits) has ``watch``; the router then follows
+    # it and applies other replicas' changes here, from the vectors in the change,
+    # without encoding and without writing back. Its own writes are applied by the
+    # methods above and not delivered again.
     def _start_follower(self) -> None:
         if isinstance(self.storage, WatchableStorage):
             self.storage.watch(self._apply_changes, lock=self._lock, weak=True)

@@ -43,6 +43,7 @@ from synaptoroute import (
     StorageError,
 )
 from synaptoroute.storage import ModelInfo, StoredRoute
+from synaptoroute.storage.polling import PollingWatch
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_DIR = os.environ.get("SYNAPTOROUTE_TEST_PG_DIR", "")
@@ -1555,11 +1556,15 @@ def test_database_restart_while_both_replicas_run(
     assert b.call("query", texts=["play jazz"])[0][0] == "music"
 
 
-def test_sqlite_and_memory_routers_have_no_follower(tmp_path: Path) -> None:
-    router = AdaptiveRouter(HashingEncoder(), SQLiteStorage(tmp_path / "r.sqlite"))
+def test_a_memory_router_has_no_follower_and_a_sqlite_one_polls(tmp_path: Path) -> None:
+    router = AdaptiveRouter(HashingEncoder())
     router.add_routes(ROUTES)
     assert not hasattr(router.storage, "watch")
     assert router.query("I need a refund").name == "billing"
+    router.close()
+    # SQLite has no change feed to listen to: its follower polls (test_sqlite_follow.py).
+    router = AdaptiveRouter(HashingEncoder(), SQLiteStorage(tmp_path / "r.sqlite"))
+    assert isinstance(router.storage.watching, PollingWatch)  # type: ignore[attr-defined]
     router.close()
 
 

@@ -649,10 +649,14 @@ def test_a_replica_reload_is_seen_whole_or_not_at_all(encoder: Encoder) -> None:
         seen.append(_snapshot_seen_from_another_thread(index))
 
     index.delete_route = delete_and_look  # type: ignore[method-assign]
+    # Both routes changed (a route the replica holds as it is keeps its rows: not deleted).
     reload = Change(
         seq=2,
         kind="reload",
-        routes=tuple(StoredRoute(routes[n], vectors[i : i + 1]) for i, n in enumerate(routes)),
+        routes=tuple(
+            StoredRoute(routes[n].model_copy(update={"threshold": 0.5}), vectors[i : i + 1])
+            for i, n in enumerate(routes)
+        ),
     )
     apply_change(reload, routes, index)
     assert len(seen) == 2 and seen == [None, None], seen

@@ -285,10 +285,10 @@ def test_state_documents(storage: Storage) -> None:
 def test_only_a_store_with_a_change_feed_is_watchable(
     storage: Storage, request: pytest.FixtureRequest
 ) -> None:
-    # The router follows a WatchableStorage (other replicas' changes); the others are
-    # plain stores it only reads at start-up.
+    # The router follows a WatchableStorage (other replicas' changes, other processes'
+    # commits to a SQLite file); the memory store is a plain one, read at start-up.
     assert isinstance(storage, Storage)
-    expected = request.node.callspec.params["storage"] == "postgres"
+    expected = request.node.callspec.params["storage"] in ("postgres", "sqlite")
     assert isinstance(storage, WatchableStorage) is expected
 
 

@@ -109,10 +109,18 @@ def apply_change(
         out[name] = change.route.model_copy(update={"utterances": current.utterances})
     elif change.kind in ("reload", "resync"):
         reset = list(out) if change.kind == "reload" else list(change.names)
+        # A route as the replica has it already (its own write, read back by a SQLite
+        # poll, or most of a reload) keeps its rows: same model, same texts, same vectors.
+        same = {
+            item.route.name
+            for item in change.routes
+            if item.route.name in out and out[item.route.name] == item.route
+        }
         with index.changing():  # queries see the routes before or after, never between
             for old in reset:
-                if out.pop(old, None) is not None:
+                if old not in same and out.pop(old, None) is not None:
                     index.delete_route(old)
             for item in change.routes:
-                install_route(out, index, item.route, item.vectors)
+                if item.route.name not in same:
+                    install_route(out, index, item.route, item.vectors)
     return out

@@ -2,7 +2,7 @@
 
 It listens for ``NOTIFY``, reads the change log past the last sequence number it
 applied and hands the changes to the router's callback; after a lost connection it
-reconnects and catches up.
+reconnects and catches up. (SQLite's follower polls instead: ``polling``.)
 """
 
 from __future__ import annotations
@@ -25,7 +25,14 @@ if TYPE_CHECKING:
 
     from .postgres import PostgresStorage
 
-__all__ = ["UnreadableChangeError", "Watch", "disown", "first_line", "shut_down"]
+__all__ = [
+    "UnreadableChangeError",
+    "Watch",
+    "disown",
+    "first_line",
+    "held_callback",
+    "shut_down",
+]
 
 _log = logging.getLogger("synaptoroute.postgres")
 
@@ -110,6 +117,21 @@ def _needs_read(note: psycopg.Notify, applied: int, own: int | None) -> bool:
         return True
 
 
+def held_callback(
+    callback: Callable[[Sequence[Change]], None], weak: bool, stop: threading.Event
+) -> Callable[[], Callable[[Sequence[Change]], None] | None]:
+    """How a follower holds ``callback``: with ``weak``, a bound method weakly.
+
+    A router's method is held weakly so that a router dropped without ``close()`` is
+    collected; ``stop`` is then set, and its follower ends (a strong reference from
+    the follower's thread kept both alive for good).
+    """
+    if weak and inspect.ismethod(callback):
+        weakref.finalize(callback.__self__, stop.set)
+        return weakref.WeakMethod(callback)
+    return lambda: callback
+
+
 class Watch:
     """A running follower of a store's change feed; :meth:`stop` ends it."""
 
@@ -126,15 +148,8 @@ class Watch:
         self.lock = lock
         self._conn: psycopg.Connection[Any] | None = None  # the listening session
         self._stop = threading.Event()
-        # weak: a router's method is held weakly, so a router dropped without close()
-        # is collected, and its follower then ends and closes its session (a strong
-        # reference from this thread kept both alive for good).
-        self._callback: Callable[[], Callable[[Sequence[Change]], None] | None]
-        if weak and inspect.ismethod(callback):
-            self._callback = weakref.WeakMethod(callback)
-            weakref.finalize(callback.__self__, self._stop.set)
-        else:
-            self._callback = lambda: callback
+        # weak: once the router is collected its follower ends and closes its session.
+        self._callback = held_callback(callback, weak, self._stop)
         self._connected = threading.Event()
         self.reconnects = 0
         self.backend_pid: int | None = None  # the listening session, for pg_stat_activity

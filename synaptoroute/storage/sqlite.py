@@ -6,12 +6,14 @@ transaction are checked against each other here, as in the PostgreSQL store."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,9 +33,12 @@ from .base import (
     _refuse_mixing,
     check_route,
 )
+from .changes import Change
+from .polling import PollingWatch
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Durability", "SQLiteStorage"]
 
+_log = logging.getLogger("synaptoroute.sqlite")
 _APP_ID = "synaptoroute"
 #: Utterance rows fetched at a time when loading the store.
 _LOAD_CHUNK = 4096
@@ -42,6 +47,41 @@ SCHEMA_VERSION = 3
 #: ``"normal"``: WAL's cheaper mode; the last commits can roll back after a power
 #: loss (never after a process crash).
 Durability = Literal["full", "normal"]
+#: The columns of a route row, in the order every reader takes them.
+_ROUTES_SQL = "SELECT id, name, description, threshold, metadata FROM routes ORDER BY id"
+#: More changed routes than this are read with every other route (one ``IN`` list
+#: stays under SQLite's older limit of 999 bound parameters).
+_IN_LIST_MAX = 900
+
+
+#: What a route holds, as of one read: its row (``_ROUTES_SQL``'s columns), the number
+#: of its utterances and their largest id. Ids only grow (schema 3's ``AUTOINCREMENT``
+#: never reuses one) and a replace is a delete and an insert, so an added utterance
+#: raises the largest id and a deleted one lowers the number: every change to a route
+#: or its utterances changes it. SQLite computes it from an index, reading no text.
+_Print = tuple[tuple[Any, ...], int, int]
+
+
+def _fingerprints(db: sqlite3.Connection, rows: Sequence[Any]) -> dict[str, _Print]:
+    """Each route's :data:`_Print` (``rows``: its route rows, read in the same snapshot)."""
+    sums = {
+        rid: (count, last)
+        for rid, count, last in db.execute(
+            "SELECT route_id, COUNT(*), MAX(id) FROM utterances GROUP BY route_id"
+        )
+    }
+    return {row[1]: (tuple(row), *sums.get(row[0], (0, 0))) for row in rows}
+
+
+@dataclass
+class _Seen:
+    """The store as this connection last read it: what a poll compares with. A route
+    written here since is ``None``, a key ``""`` (no JSON text is empty): neither
+    equals what the store holds, or its absence, so the next poll compares them."""
+
+    version: int | None  # PRAGMA data_version then; None: unknown (compare everything)
+    routes: dict[str, _Print | None] = field(default_factory=dict)
+    state: dict[str, str] = field(default_factory=dict)  # key -> stored JSON text
 
 
 def _busy(exc: sqlite3.DatabaseError) -> bool:
@@ -147,6 +187,12 @@ class SQLiteStorage:
     Every read (:meth:`load`, :meth:`model_info`) is one snapshot: a concurrent
     writer's change is seen whole or not at all.
 
+    A router on this store follows other connections' commits (another process's
+    ``synaptoroute routes add``, another worker of the service): every
+    ``poll_interval`` seconds its follower asks SQLite whether another connection
+    committed (``PRAGMA data_version``, one cheap call) and, if so, hands the router
+    the routes and state that differ from what it last read, with their vectors.
+
     Args:
         path: the database file (``~`` is expanded; a relative path is resolved
             against the working directory of the moment it is opened, so a later
@@ -156,6 +202,9 @@ class SQLiteStorage:
         durability: ``"full"`` (default): when a change returns, it survives a power
             loss. ``"normal"``: fewer fsyncs; the last changes can roll back after a
             power loss, never after a crash of the process.
+        poll_interval: seconds between checks for other connections' commits while
+            a router follows the store (:meth:`watch`); ``None``: no thread checks,
+            :meth:`poll` does on demand.
 
     Example:
         >>> store = SQLiteStorage("data/routes.sqlite")  # doctest: +SKIP
@@ -167,10 +216,17 @@ class SQLiteStorage:
         *,
         timeout: float = 10.0,
         durability: Durability = "full",
+        poll_interval: float | None = 1.0,
     ) -> None:
         if durability not in ("full", "normal"):
             msg = f"durability must be 'full' or 'normal', got {durability!r}"
             raise InvalidInputError(msg)
+        self.poll_interval = (
+            None if poll_interval is None else check_seconds(poll_interval, "poll_interval")
+        )
+        self._watch: PollingWatch | None = None
+        self._seen: _Seen | None = None  # set by load(): the base a poll compares with
+        self._polls = 0  # the seq of the changes a poll delivers
         self.path = str(path)
         if not self.path.strip():  # sqlite3 would open a private temporary file
             msg = "SQLiteStorage needs a file path (or ':memory:'), got an empty one"
@@ -267,6 +323,15 @@ class SQLiteStorage:
             db = sqlite3.connect(":memory:", check_same_thread=False)
             db.close()  # reads fail as on a closed store
         self._db = db
+        # A new connection counts data_version anew: the next poll compares everything.
+        if self._seen is not None:
+            self._seen.version = None
+        # The follower's thread did not come along: the child's follows on its own.
+        watch, self._watch = self._watch, None
+        if watch is not None and not self._closed:
+            callback = watch.callback
+            if callback is not None:
+                self._watch = self._follower(callback, watch.lock, watch.weak)
 
     def _open(self) -> None:
         db = self._db
@@ -342,7 +407,15 @@ class SQLiteStorage:
             msg = f"{why}; cannot {doing}"
             raise StorageError(msg)
 
-    def _write(self, body: Callable[[sqlite3.Connection], object]) -> None:
+    def _write(
+        self,
+        body: Callable[[sqlite3.Connection], object],
+        *,
+        routes: Sequence[str] | None = (),
+        keys: Sequence[str] = (),
+    ) -> None:
+        """Run ``body`` in one write transaction; ``routes`` and ``keys`` name what it
+        may change (``routes=None``: every route)."""
         with self._lock:
             self._refuse_if_closed("write: nothing was written")
             try:
@@ -351,6 +424,22 @@ class SQLiteStorage:
             except sqlite3.Error as exc:
                 msg = f"SQLite store {self.path!r}: {exc}; nothing was written"
                 raise StorageError(msg) from exc
+            finally:
+                self._forget(routes, keys)
+
+    def _forget(self, routes: Sequence[str] | None, keys: Sequence[str]) -> None:
+        # A poll sees no change in what this connection wrote (data_version counts
+        # other connections' commits), so what it last read of those routes and keys
+        # is forgotten: the next poll compares them, and a route written here and
+        # deleted by another process since is found gone. The writer's own state
+        # comes back equal and is left as it is (apply_change).
+        seen = self._seen
+        if seen is None:
+            return
+        for name in list(seen.routes) if routes is None else routes:
+            seen.routes[name] = None
+        for key in keys:
+            seen.state[key] = ""
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -401,17 +490,32 @@ class SQLiteStorage:
         """Every route with its vectors, in insertion order, without any encoding.
 
         One read transaction: another process's change is seen whole or not at all.
+        It is also what a follower's :meth:`poll` compares the store with.
         """
         with self._reading() as db:
+            # Read before the snapshot: a commit after it changes it, so the next
+            # poll compares (a commit already in the snapshot then shows no change).
+            version = self._data_version(db)
             db.execute("BEGIN")
             try:
                 info = self._model_info(db)
-                routes = db.execute(
-                    "SELECT id, name, description, threshold, metadata FROM routes ORDER BY id"
-                ).fetchall()
-                route_ids, texts, matrix = self._read_utterances(info)
+                routes = db.execute(_ROUTES_SQL).fetchall()
+                state = dict(db.execute("SELECT key, value FROM state"))
+                out = self._stored_routes(routes, *self._read_utterances(info))
+                if self._watch is None:  # once followed, only a poll moves the base
+                    self._seen = _Seen(version, dict(_fingerprints(db, routes)), dict(state))
             finally:
                 db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
+        return out
+
+    @staticmethod
+    def _stored_routes(
+        routes: Sequence[Any],
+        route_ids: NDArray[np.int64],
+        texts: list[str],
+        matrix: NDArray[np.float32],
+    ) -> list[StoredRoute]:
+        """Route rows (``_ROUTES_SQL``'s, ascending ids) with their utterances' rows."""
         if not routes:
             return []
         out = []
@@ -430,13 +534,18 @@ class SQLiteStorage:
         return out
 
     def _read_utterances(
-        self, info: ModelInfo | None
+        self, info: ModelInfo | None, ids: Sequence[int] | None = None
     ) -> tuple[NDArray[np.int64], list[str], NDArray[np.float32]]:
         # Streamed into one buffer the router's index takes over (synaptoroute._buffers):
-        # fetchall() and a join held every vector twice more.
-        (count,) = self._db.execute("SELECT COUNT(*) FROM utterances").fetchone()
+        # fetchall() and a join held every vector twice more. ids: only those routes'.
+        where, args = "", tuple(ids or ())
+        if ids is not None and len(ids) <= _IN_LIST_MAX:
+            where = f" WHERE route_id IN ({', '.join('?' * len(ids))})"
+        else:
+            args = ()
+        (count,) = self._db.execute(f"SELECT COUNT(*) FROM utterances{where}", args).fetchone()
         cursor = self._db.execute(
-            "SELECT route_id, text, vector FROM utterances ORDER BY route_id, id"
+            f"SELECT route_id, text, vector FROM utterances{where} ORDER BY route_id, id", args
         )
         chunks = iter(lambda: cursor.fetchmany(_LOAD_CHUNK), [])
         dim = info.dimension if info else 0
@@ -497,7 +606,7 @@ class SQLiteStorage:
             for item, meta in zip(routes, metadata, strict=True):
                 self._insert_route(tx, item.route, item.vectors, meta)
 
-        self._write(body)
+        self._write(body, routes=[item.route.name for item in routes])
 
     def add_utterances(
         self, name: str, texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo
@@ -509,12 +618,13 @@ class SQLiteStorage:
             self._set_model(tx, model)
             self._insert_utterances(tx, self._route_id(tx, name), texts, vectors, keep=True)
 
-        self._write(body)
+        self._write(body, routes=[name])
 
     def delete_route(self, name: str) -> None:
         """Remove a route and its utterances."""
         self._write(
-            lambda tx: tx.execute("DELETE FROM routes WHERE id=?", (self._route_id(tx, name),))
+            lambda tx: tx.execute("DELETE FROM routes WHERE id=?", (self._route_id(tx, name),)),
+            routes=[name],
         )
 
     def delete_utterances(self, name: str, texts: Sequence[str]) -> None:
@@ -526,7 +636,7 @@ class SQLiteStorage:
                 "DELETE FROM utterances WHERE route_id=? AND text=?", [(rid, t) for t in texts]
             )
 
-        self._write(body)
+        self._write(body, routes=[name])
 
     def update_route(self, route: Route) -> None:
         """Store a route's description, threshold and metadata."""
@@ -539,7 +649,7 @@ class SQLiteStorage:
                 (route.description, route.threshold, metadata, rid),
             )
 
-        self._write(body)
+        self._write(body, routes=[route.name])
 
     def replace_all(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
         """Replace every route and the model record in one transaction."""
@@ -554,8 +664,9 @@ class SQLiteStorage:
             self._set_model(tx, model)
             for item, meta in zip(routes, metadata, strict=True):
                 self._insert_route(tx, item.route, item.vectors, meta)
+            self._forget([item.route.name for item in routes], ())  # the new ones too
 
-        self._write(body)
+        self._write(body, routes=None)
 
     def get_state(self, key: str) -> dict[str, Any] | None:
         """A JSON document stored under ``key``."""
@@ -566,17 +677,138 @@ class SQLiteStorage:
     def set_state(self, key: str, value: dict[str, Any] | None) -> None:
         """Store (or delete) a JSON document."""
         if value is None:
-            self._write(lambda tx: tx.execute("DELETE FROM state WHERE key=?", (key,)))
+            self._write(lambda tx: tx.execute("DELETE FROM state WHERE key=?", (key,)), keys=[key])
         else:
             text = json.dumps(value)
             self._write(
                 lambda tx: tx.execute(
                     "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (key, text)
-                )
+                ),
+                keys=[key],
             )
 
+    # -- following other connections' commits ----------------------------------------
+    def watch(
+        self,
+        callback: Callable[[Sequence[Change]], None],
+        *,
+        lock: threading.RLock | None = None,
+        since: int | None = None,
+        weak: bool = False,
+    ) -> PollingWatch:
+        """Call ``callback`` with what other connections commit, every ``poll_interval``.
+
+        SQLite keeps no change log, so a change is not each write but a ``resync``:
+        the routes (with their vectors) and the state keys that differ from what this
+        store last read, the names of the routes gone, and the model of the vectors.
+        Commits through this store's own connection are not delivered (the writer
+        applied them already). ``lock`` is held while the store is read and
+        ``callback`` runs, so pass the lock the writer holds around its writes (the
+        router's): a poll then never hands over a state older than a write already
+        applied. With ``weak``, a bound-method ``callback`` is held weakly.
+
+        Raises:
+            StorageError: already watched, never loaded (the base to compare with is
+                the last :meth:`load`), or ``since`` given (there is no log to read from).
+        """
+        with self._lock:
+            if since is not None:
+                msg = "a SQLite store keeps no change log: watch() takes no since="
+                raise StorageError(msg)
+            if self._watch is not None:
+                msg = "this SQLiteStorage is already watched; open one store per router"
+                raise StorageError(msg)
+            if self._seen is None:
+                msg = "call load() before watch(): a poll compares the store with it"
+                raise StorageError(msg)
+            self._watch = self._follower(callback, lock or self._lock, weak)
+            return self._watch
+
+    def _follower(
+        self, callback: Callable[[Sequence[Change]], None], lock: threading.RLock, weak: bool
+    ) -> PollingWatch:
+        # No other connection can reach an in-memory database: nothing to poll for.
+        interval = None if self.path == ":memory:" else self.poll_interval
+        return PollingWatch(self.poll, callback, lock, interval=interval, weak=weak)
+
+    @property
+    def watching(self) -> PollingWatch | None:
+        """The running follower, if any."""
+        return self._watch
+
+    def poll(self) -> bool:
+        """Hand what other connections committed since the last look to the watcher's
+        callback now; whether anything differed. The follower's thread calls it every
+        ``poll_interval`` seconds; call it yourself to see a change at once.
+
+        Raises:
+            StorageError: the store is closed or cannot be read; nothing was applied.
+        """
+        watch = self._watch
+        if watch is None:
+            return False
+        with watch.lock, self._reading() as db:
+            callback = watch.callback
+            seen = self._seen
+            if callback is None or seen is None or watch is not self._watch:
+                return False
+            version = self._data_version(db)
+            if version == seen.version:
+                return False
+            change = self._read_changes(db, seen, version)
+            if change is None:
+                return False
+            try:
+                callback([change])
+            except Exception:
+                _log.exception("applying the changes of poll %d failed", change.seq)
+            return True
+
+    @staticmethod
+    def _data_version(db: sqlite3.Connection) -> int:
+        # Changes when another connection commits, never for this one's own commits.
+        return int(db.execute("PRAGMA data_version").fetchone()[0])
+
+    def _read_changes(self, db: sqlite3.Connection, seen: _Seen, version: int) -> Change | None:
+        """What differs from ``seen`` (one snapshot), as one ``resync``; ``seen`` becomes
+        the store as read now. Only the routes that differ are read with their vectors."""
+        db.execute("BEGIN")
+        try:
+            info = self._model_info(db)
+            rows = db.execute(_ROUTES_SQL).fetchall()
+            state: dict[str, str] = dict(db.execute("SELECT key, value FROM state"))
+            prints: dict[str, _Print | None] = dict(_fingerprints(db, rows))
+            changed = [row for row in rows if seen.routes.get(row[1]) != prints[row[1]]]
+            stored = (
+                self._stored_routes(changed, *self._read_utterances(info, [r[0] for r in changed]))
+                if changed
+                else []
+            )
+        finally:
+            db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
+        gone = [name for name in seen.routes if name not in prints]
+        keys = sorted(
+            k for k in seen.state.keys() | state.keys() if seen.state.get(k) != state.get(k)
+        )
+        self._seen = _Seen(version, prints, state)
+        if not changed and not gone and not keys:
+            return None
+        self._polls += 1
+        return Change(
+            self._polls,
+            "resync",
+            routes=tuple(stored),
+            names=(*(row[1] for row in changed), *gone),
+            state={k: json.loads(state[k]) if k in state else None for k in keys},
+            model=info,
+            origin=self.path,
+        )
+
     def close(self) -> None:
-        """Close the connection."""
+        """Stop the follower, if any, and close the connection."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()  # before the lock: a poll under way holds it
         with self._lock:
             self._closed = True
             self._db.close()

@@ -1,0 +1,372 @@
+"""A router on a SQLite file follows other connections' commits (another process's
+``synaptoroute routes add``, another worker of the service) by polling
+``PRAGMA data_version``; see ``SQLiteStorage.watch`` and docs/deployment.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from threaded_server import ThreadedServer
+
+from synaptoroute import (
+    AdaptiveRouter,
+    Encoder,
+    InvalidInputError,
+    Route,
+    SQLiteStorage,
+    StorageError,
+)
+from synaptoroute.encoder import HashingEncoder
+from synaptoroute.index import RouteIndex
+from synaptoroute.server import ServerSettings, create_app
+from synaptoroute.storage import ModelInfo, StoredRoute
+from synaptoroute.storage.changes import Change, apply_change
+from synaptoroute.storage.polling import PollingWatch
+from synaptoroute.testing import in_forked_child
+
+LIMIT_S = 60.0  # a hang bound only: every wait below ends as soon as its event happens
+
+
+def until(check: object, what: str) -> None:
+    """Wait until ``check()`` is true; fail after LIMIT_S (a hang, not a slow machine)."""
+    assert callable(check)
+    deadline = time.monotonic() + LIMIT_S
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {LIMIT_S:g} s")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "routes.db"
+
+
+@pytest.fixture
+def pair(path: Path) -> Iterator[tuple[AdaptiveRouter, AdaptiveRouter]]:
+    """Two routers on one file, each on its own connection; polled by hand."""
+    enc = HashingEncoder(dimension=64)
+    a = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
+    b = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
+    yield a, b
+    a.close()
+    b.close()
+
+
+def poll(router: AdaptiveRouter) -> bool:
+    store = router.storage
+    assert isinstance(store, SQLiteStorage)
+    return store.poll()
+
+
+def same(a: AdaptiveRouter, b: AdaptiveRouter) -> bool:
+    return a.list_routes() == b.list_routes() and a.policy == b.policy
+
+
+def test_every_kind_of_change_reaches_the_other_router(
+    pair: tuple[AdaptiveRouter, AdaptiveRouter],
+) -> None:
+    a, b = pair
+    assert not poll(b)  # nothing committed yet
+    a.add_route(Route(name="billing", utterances=["I need a refund", "where is my invoice"]))
+    a.add_route(Route(name="weather", utterances=["will it rain"], description="forecasts"))
+    assert b.list_routes() == []
+    assert poll(b) and same(a, b)
+    assert b.query("I need a refund").name == "billing"
+    assert not poll(b)  # read once
+
+    a.add_utterances("weather", ["is it sunny"])
+    a.delete_utterances("billing", ["where is my invoice"])
+    a.set_threshold("weather", 0.42)
+    assert poll(b) and same(a, b)
+    assert b.get_route("weather").threshold == 0.42
+    assert b.query("is it sunny").name == "weather"
+
+    a.set_policy(dataclasses.replace(a.policy, threshold=0.33, min_margin=0.05))
+    assert poll(b) and b.policy.threshold == 0.33 and b.policy.min_margin == 0.05
+
+    a.delete_route("billing")
+    assert poll(b) and same(a, b)
+    assert b.query("I need a refund").name != "billing"
+
+
+def test_own_writes_are_not_delivered_back(pair: tuple[AdaptiveRouter, AdaptiveRouter]) -> None:
+    a, _ = pair
+    a.add_route(Route(name="billing", utterances=["I need a refund"]))
+    a.set_policy(dataclasses.replace(a.policy, threshold=0.2))
+    assert not poll(a)
+
+
+def test_a_route_written_here_and_deleted_there_is_gone_here(
+    pair: tuple[AdaptiveRouter, AdaptiveRouter],
+) -> None:
+    a, b = pair
+    b.add_route(Route(name="bye", utterances=["goodbye", "see you"]))
+    assert poll(a)
+    a.delete_route("bye")
+    assert poll(b)
+    assert b.list_routes() == [] and b.query("goodbye").name is None
+
+
+def test_a_policy_set_here_and_deleted_there_is_the_default_here(
+    pair: tuple[AdaptiveRouter, AdaptiveRouter],
+) -> None:
+    a, b = pair
+    default = a.policy
+    a.set_policy(dataclasses.replace(default, threshold=0.6))
+    assert poll(b) and b.policy.threshold == 0.6
+    b.storage.set_state("policy", None)  # as a restored backup without a policy
+    assert poll(a) and a.policy == default
+
+
+def test_a_load_after_watch_keeps_what_the_next_poll_delivers(
+    pair: tuple[AdaptiveRouter, AdaptiveRouter],
+) -> None:
+    a, b = pair
+    a.add_route(Route(name="billing", utterances=["I need a refund"]))
+    assert [s.route.name for s in b.storage.load()] == ["billing"]  # an export, say
+    assert poll(b) and b.query("I need a refund").name == "billing"
+
+
+def test_writes_on_both_sides_converge(pair: tuple[AdaptiveRouter, AdaptiveRouter]) -> None:
+    a, b = pair
+    a.add_route(Route(name="billing", utterances=["I need a refund"]))
+    b.add_route(Route(name="tech", utterances=["the app crashes"]))
+    b.add_route(Route(name="billing", utterances=["money back please"]), replace=True)
+    a.set_threshold("billing", 0.3)  # a's copy of billing is out of date here
+    poll(a)
+    poll(b)
+    assert same(a, b)
+    stored = {s.route.name: s.route for s in a.storage.load()}
+    assert {r.name: r for r in a.list_routes()} == stored
+    assert stored["billing"].utterances == ["money back please"]
+    assert stored["billing"].threshold == 0.3
+
+
+def test_a_route_read_back_unchanged_keeps_its_rows() -> None:
+    # A SQLite poll hands back routes this replica wrote itself (it cannot tell them
+    # from others' changes); they must not be taken out of the index and put back.
+    index = RouteIndex(4)
+    route = Route(name="billing", utterances=["refund", "invoice"])
+    vectors = np.eye(4, dtype=np.float32)[:2]
+    index.add("billing", vectors, route.utterances)
+    deleted: list[str] = []
+    real = index.delete_route
+
+    def spy(name: str) -> None:
+        deleted.append(name)
+        real(name)
+
+    index.delete_route = spy  # type: ignore[method-assign]
+    changed = route.model_copy(update={"utterances": ["refund"]})
+    change = Change(
+        1,
+        "resync",
+        routes=(
+            StoredRoute(route, vectors),
+            StoredRoute(changed.model_copy(update={"name": "x"}), vectors[:1]),
+        ),
+        names=("billing", "x"),
+        model=ModelInfo("m", 4),
+    )
+    out = apply_change(change, {"billing": route}, index)
+    assert deleted == [] and set(out) == {"billing", "x"}
+    out = apply_change(
+        Change(2, "resync", routes=(StoredRoute(changed, vectors[:1]),), names=("billing",)),
+        out,
+        index,
+    )
+    assert deleted == ["billing"] and out["billing"].utterances == ["refund"]
+
+
+def test_the_follower_thread_applies_changes_by_itself(path: Path) -> None:
+    enc = HashingEncoder(dimension=64)
+    follower = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=0.01))
+    writer = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
+    try:
+        store = follower.storage
+        assert isinstance(store, SQLiteStorage) and store.watching is not None
+        assert store.watching.running
+        writer.add_route(Route(name="billing", utterances=["I need a refund"]))
+        until(lambda: follower.query("I need a refund").name == "billing", "following")
+    finally:
+        writer.close()
+        follower.close()
+    assert store.watching is None
+
+
+def test_close_stops_the_follower_and_a_dropped_router_ends_it(path: Path) -> None:
+    enc = HashingEncoder(dimension=64)
+    router = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=0.01))
+    store = router.storage
+    assert isinstance(store, SQLiteStorage)
+    watch = store.watching
+    assert watch is not None and watch.running
+    gone = weakref.ref(router)
+    del router
+    gc.collect()
+    assert gone() is None  # the follower holds the router weakly
+    until(lambda: not watch.running, "the follower's end")
+    store.close()
+
+
+def test_watch_refuses_what_it_cannot_do(path: Path) -> None:
+    store = SQLiteStorage(path, poll_interval=None)
+    with pytest.raises(StorageError, match="load"):
+        store.watch(lambda changes: None)
+    store.load()
+    with pytest.raises(StorageError, match="no change log"):
+        store.watch(lambda changes: None, since=3)
+    store.watch(lambda changes: None)
+    with pytest.raises(StorageError, match="already watched"):
+        store.watch(lambda changes: None)
+    store.close()
+    assert store.watching is None and not store.poll()
+
+
+def test_poll_of_a_closed_store_is_refused_by_name(path: Path) -> None:
+    store = SQLiteStorage(path, poll_interval=None)
+    store.load()
+    watch = store.watch(lambda changes: None)
+    store._watch = watch  # close() let go of it; poll as a thread caught mid-way would
+    store.close()
+    store._watch = watch
+    with pytest.raises(StorageError, match="closed"):
+        store.poll()
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "1", True])
+def test_poll_interval_must_be_seconds(path: Path, bad: object) -> None:
+    with pytest.raises(InvalidInputError, match="poll_interval"):
+        SQLiteStorage(path, poll_interval=bad)  # type: ignore[arg-type]
+    assert not path.exists()
+
+
+def test_an_in_memory_store_runs_no_thread() -> None:
+    router = AdaptiveRouter(HashingEncoder(dimension=64), SQLiteStorage(":memory:"))
+    store = router.storage
+    assert isinstance(store, SQLiteStorage) and store.watching is not None
+    assert not store.watching.running and not store.poll()
+    router.close()
+
+
+def test_vectors_of_another_model_are_not_applied(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    follower = AdaptiveRouter(HashingEncoder(dimension=64), SQLiteStorage(path, poll_interval=None))
+    other = AdaptiveRouter(HashingEncoder(dimension=32), SQLiteStorage(path, poll_interval=None))
+    other.add_route(Route(name="billing", utterances=["I need a refund"]))
+    with caplog.at_level(logging.ERROR, logger="synaptoroute"):
+        assert poll(follower)
+    assert follower.list_routes() == []
+    assert "restart this replica with the store's model" in caplog.text
+    other.close()
+    follower.close()
+
+
+def test_a_failing_poll_is_logged_once_and_following_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[int] = []
+    recovered = threading.Event()
+
+    def flaky() -> bool:
+        calls.append(1)
+        if len(calls) <= 3:
+            raise StorageError("database is locked")
+        recovered.set()
+        return False
+
+    with caplog.at_level(logging.WARNING, logger="synaptoroute.sqlite"):
+        watch = PollingWatch(flaky, lambda changes: None, threading.RLock(), interval=0.001)
+        assert recovered.wait(LIMIT_S)
+        watch.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("could not read other processes' changes" in m for m in messages) == 1
+    assert "database is locked" in messages[0]
+    assert any("reading other processes' changes again" in m for m in messages)
+    assert not watch.running
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_a_forked_child_follows_on_its_own_connection(path: Path) -> None:
+    enc = HashingEncoder(dimension=64)
+    router = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
+    router.add_route(Route(name="billing", utterances=["I need a refund"]))
+    parent_watch = router.storage.watching  # type: ignore[attr-defined]
+
+    def check() -> None:
+        store = router.storage
+        assert isinstance(store, SQLiteStorage)
+        assert store.watching is not None and store.watching is not parent_watch
+        writer = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
+        writer.add_route(Route(name="tech", utterances=["the app crashes"]))
+        assert store.poll()
+        assert router.query("the app crashes").name == "tech"
+        assert router.query("I need a refund").name == "billing"
+
+    assert in_forked_child(check) == 0
+    assert router.storage.watching is parent_watch  # type: ignore[attr-defined]
+    router.close()
+
+
+# -- the real model, the real CLI in another process, the real service ------------------
+def cli(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "synaptoroute", *args, "--store", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.model
+def test_a_route_added_by_the_cli_reaches_a_router_that_is_open(
+    encoder: Encoder, path: Path
+) -> None:
+    router = AdaptiveRouter(encoder, SQLiteStorage(path, poll_interval=None))
+    router.add_route(Route(name="billing", utterances=["I need a refund", "where is my invoice"]))
+    done = cli("routes", "add", "weather", "will it rain tomorrow", "is it sunny", store=path)
+    assert done.returncode == 0, done.stderr
+    assert router.query("is it going to rain today").name != "weather"
+    assert poll(router)
+    assert router.query("is it going to rain today").name == "weather"
+    assert router.query("I want my money back").name == "billing"
+    done = cli("routes", "delete", "billing", store=path)
+    assert done.returncode == 0, done.stderr
+    assert poll(router)
+    assert router.route_names == ["weather"]
+    router.close()
+
+
+@pytest.mark.model
+def test_the_service_serves_a_route_the_cli_added_while_it_runs(path: Path) -> None:
+    server = ThreadedServer(create_app(ServerSettings(store=str(path))))
+    try:
+        with httpx.Client(base_url=server.url, timeout=LIMIT_S) as client:
+            until(lambda: client.get("/readyz").status_code == 200, "readiness")
+            assert client.get("/routes").json() == []
+            done = cli("routes", "add", "weather", "will it rain tomorrow", store=path)
+            assert done.returncode == 0, done.stderr
+
+            def routed() -> bool:
+                r = client.post("/route", json={"query": "is it going to rain today"})
+                return bool(r.status_code == 200 and r.json()["route"] == "weather")
+
+            until(routed, "the service following the CLI's change")
+    finally:
+        server.stop()
