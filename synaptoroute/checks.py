@@ -48,6 +48,16 @@ def _blank(text: str) -> bool:
     return not text.strip()
 
 
+def _empty_to_the_model(what: str, text: str) -> InvalidInputError:
+    """The one refusal of a text :func:`reads_nothing_of` finds empty, naming ``what``
+    it is (a route's utterance, a fit text, an integration's ``utterances=`` entry)."""
+    return InvalidInputError(
+        f"{what} ({text[:60]!r}) is empty to the model: it holds only whitespace and "
+        "characters its tokenizer deletes (a BOM, zero-width spaces, NUL, control or "
+        "format characters), so it would be embedded as the empty text"
+    )
+
+
 def is_number(value: object) -> TypeGuard[float]:
     """Whether ``value`` is a real number, numpy's scalars included; a bool is not one
     (Python counts ``True`` as the int 1, but it is no threshold, timeout or margin)."""
@@ -158,12 +168,7 @@ def check_utterances(
                 msg = f"{field}[{name!r}][{index}] is empty after stripping whitespace"
                 raise InvalidInputError(msg)
             if reads_nothing is not None and reads_nothing(text):
-                msg = (
-                    f"{field}[{name!r}][{index}] ({text[:60]!r}) is empty to the model: only "
-                    "whitespace and characters its tokenizer deletes (a BOM, zero-width "
-                    "spaces, NUL...)"
-                )
-                raise InvalidInputError(msg)
+                raise _empty_to_the_model(f"{field}[{name!r}][{index}]", text)
         out[name] = clean_utterances(texts)
     return out
 

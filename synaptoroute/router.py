@@ -45,7 +45,13 @@ from .batching import (
     text_cost,
     text_cost_cap,
 )
-from .checks import check_count, check_threshold, is_number, reads_nothing_of
+from .checks import (
+    _empty_to_the_model,
+    check_count,
+    check_threshold,
+    is_number,
+    reads_nothing_of,
+)
 from .decision import (
     KNN_K,
     DecisionPolicy,
@@ -617,12 +623,7 @@ class AdaptiveRouter:
                 what = (
                     "negative example" if name == NEGATIVES_ROUTE else f"route {name!r}: utterance"
                 )
-                msg = (
-                    f"{what} {text[:60]!r} is empty to the model: it holds only whitespace "
-                    "and characters its tokenizer deletes (a BOM, zero-width spaces, NUL, "
-                    "control or format characters), so it would be embedded as the empty text"
-                )
-                raise InvalidInputError(msg)
+                raise _empty_to_the_model(what, text)
 
     def add_utterances(self, name: str, utterances: Sequence[str]) -> list[str]:
         """Add example utterances to a route; returns those that were new.

@@ -83,32 +83,32 @@ UNREAD = "\u200b\ufeff"
     [
         (
             lambda r: r.add_route(Route(name="b", utterances=["hello there", UNREAD])),
-            f"route 'b': utterance {UNREAD!r}",
+            f"route 'b': utterance ({UNREAD!r})",
         ),
         (
             lambda r: r.add_route(Route(name="a", utterances=["x", UNREAD]), replace=True),
-            f"route 'a': utterance {UNREAD!r}",
+            f"route 'a': utterance ({UNREAD!r})",
         ),
         (
             lambda r: r.add_routes(
                 [Route(name="b", utterances=["hello"]), Route(name="c", utterances=[UNREAD])]
             ),
-            f"route 'c': utterance {UNREAD!r}",
+            f"route 'c': utterance ({UNREAD!r})",
         ),
         (
             lambda r: r.add_utterances("a", ["my money back", UNREAD]),
-            f"route 'a': utterance {UNREAD!r}",
+            f"route 'a': utterance ({UNREAD!r})",
         ),
-        (lambda r: r.add_negatives(["tell me a joke", UNREAD]), f"negative example {UNREAD!r}"),
+        (lambda r: r.add_negatives(["tell me a joke", UNREAD]), f"negative example ({UNREAD!r})"),
         (
             lambda r: r.add_routes([Route(name="b", utterances=["hello"])], negatives=[UNREAD]),
-            f"negative example {UNREAD!r}",
+            f"negative example ({UNREAD!r})",
         ),
         (
             lambda r: apply_routes(
                 r, RoutesDocument(routes=[Route(name="b", utterances=[UNREAD])])
             ),
-            f"route 'b': utterance {UNREAD!r}",
+            f"route 'b': utterance ({UNREAD!r})",
         ),
     ],
     ids=[

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from .._blas import blas_limit
 from .._cpu import blas_threads, process_cpus, side_by_side
-from ..checks import check_count, is_number, reads_nothing_of
+from ..checks import _empty_to_the_model, check_count, is_number, reads_nothing_of
 from ..datasets import NONE, check_labelled, label_indexes
 from ..decision import (
     KNN_K,
@@ -238,11 +238,7 @@ def fit_policy(
             msg = f"text {i} is empty"
             raise InvalidInputError(msg)
         if inputs.reads_nothing(text):
-            msg = (
-                f"text {i} ({text[:60]!r}) is empty to the model: only whitespace and "
-                "characters its tokenizer deletes (a query of it is an empty query)"
-            )
-            raise InvalidInputError(msg)
+            raise _empty_to_the_model(f"text {i}", text)
     snapshot = inputs.snapshot
     with _fit_threads(len(snapshot.layout.live), len(texts), inputs.blas_threads):
         layout = snapshot.layout
