@@ -49,6 +49,15 @@ SCHEMA_VERSION = 3
 Durability = Literal["full", "normal"]
 #: The columns of a route row, in the order every reader takes them.
 _ROUTES_SQL = "SELECT id, name, description, threshold, metadata FROM routes ORDER BY id"
+#: ``add_utterances``: a text the route has keeps its row (and place), as
+#: Storage.add_utterances says; only that conflict is skipped (OR IGNORE would skip
+#: any other constraint's too).
+_INSERT_KEEP = (
+    "INSERT INTO utterances(route_id, text, vector) VALUES (?, ?, ?) "
+    "ON CONFLICT (route_id, text) DO NOTHING"
+)
+#: A route's utterances written whole (``put_routes``, ``replace_all``).
+_INSERT_REPLACE = "INSERT OR REPLACE INTO utterances(route_id, text, vector) VALUES (?, ?, ?)"
 #: More changed routes than this are read with every other route (one ``IN`` list
 #: stays under SQLite's older limit of 999 bound parameters).
 _IN_LIST_MAX = 900
@@ -566,11 +575,8 @@ class SQLiteStorage:
         *,
         keep: bool = False,
     ) -> None:
-        # keep: a text the route has keeps its row (and place), as Storage.add_utterances
-        # says; only that conflict (OR IGNORE would also skip any other constraint's)
         tx.executemany(
-            f"INSERT {'' if keep else 'OR REPLACE '}INTO utterances(route_id, text, vector) "
-            f"VALUES (?, ?, ?){' ON CONFLICT (route_id, text) DO NOTHING' if keep else ''}",
+            _INSERT_KEEP if keep else _INSERT_REPLACE,
             [
                 (rid, t, np.ascontiguousarray(v, dtype=np.float32).tobytes())
                 for t, v in zip(texts, vectors, strict=True)
