@@ -284,6 +284,15 @@ class EncoderProtocol(Protocol):
         ...
 
 
+def former_model_ids_of(encoder: object) -> tuple[str, ...]:
+    """The ids earlier versions stored for ``encoder``'s model (its
+    ``former_model_ids``, a sequence of str; a lone str or anything else: none)."""
+    former = getattr(encoder, "former_model_ids", ())
+    if isinstance(former, str) or not isinstance(former, Sequence):
+        return ()
+    return tuple(former)
+
+
 def l2_normalize(vectors: NDArray[Any]) -> NDArray[np.float32]:
     """Return ``vectors`` as float32 rows of unit length (zero rows stay zero)."""
     out = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -1007,8 +1016,7 @@ class EncoderWrapper:
     @property
     def former_model_ids(self) -> tuple[str, ...]:
         """The ids earlier versions stored for the wrapped encoder's model."""
-        former = getattr(self.inner, "former_model_ids", ())
-        return tuple(former) if isinstance(former, Sequence) and not isinstance(former, str) else ()
+        return former_model_ids_of(self.inner)
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Encode with the wrapped encoder."""

@@ -62,7 +62,7 @@ from .decision import (
     without_head,
     without_negatives,
 )
-from .encoder import EncoderProtocol, check_text, default_encoder
+from .encoder import EncoderProtocol, check_text, default_encoder, former_model_ids_of
 from .exceptions import (
     EncoderError,
     InvalidInputError,
@@ -426,12 +426,9 @@ class AdaptiveRouter:
         """Whether the store's ``info`` names this encoder's model by an id an earlier
         version stored (``former_model_ids``: a LangChain class named by
         ``model_id`` only), at this dimension."""
-        former = getattr(self.encoder, "former_model_ids", ())
         return (
-            isinstance(former, Sequence)
-            and not isinstance(former, str)
-            and info.model_id != self.encoder.model_id
-            and info.model_id in former
+            info.model_id != self.encoder.model_id
+            and info.model_id in former_model_ids_of(self.encoder)
             and info.dimension == self.encoder.dimension
         )
 
