@@ -1299,6 +1299,15 @@ class RouteIndex:
             self._flush_pending()
             return {self._texts[row]: self._buf[row].copy() for row in self._rows[rid]}
 
+    def texts_of(self, name: str) -> list[str]:
+        """The utterances route ``name`` has rows for, in row order (``[]`` if unknown)."""
+        with self._lock:
+            rid = self._ids.get(name)
+            if rid is None:
+                return []
+            self._flush_pending()
+            return [self._texts[row] for row in self._rows[rid]]
+
     def delete_texts(self, name: str, texts: Sequence[str]) -> int:
         """Mask the rows of ``texts`` in route ``name``; returns how many were removed."""
         drop = set(texts)

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 from threaded_server import ThreadedServer
 
 from synaptoroute import (
@@ -121,6 +122,61 @@ def test_a_route_written_here_and_deleted_there_is_gone_here(
     assert b.list_routes() == [] and b.query("goodbye").name is None
 
 
+def test_own_writes_are_not_read_back_unless_another_commit_came_first(path: Path) -> None:
+    mine, other = SQLiteStorage(path, poll_interval=None), SQLiteStorage(path, poll_interval=None)
+    model = ModelInfo("m", 4)
+
+    def put(store: SQLiteStorage, name: str) -> None:
+        store.put_routes([StoredRoute(Route(name=name, utterances=[name]), unit(1))], model)
+
+    got: list[Change] = []
+    mine.load()
+    mine.watch(got.extend)
+    put(mine, "a")  # no other commit since the load: noted as seen
+    put(other, "b")
+    assert mine.poll()
+    assert [c.names for c in got] == [("b",)]  # a's vectors were not read back
+    put(other, "c")  # then a write here after another connection's commit: compared
+    put(mine, "a")
+    got.clear()
+    assert mine.poll()
+    assert sorted(got[0].names) == ["a", "c"]
+    mine.delete_route("a")
+    mine.set_state("policy", {"threshold": 0.5})
+    put(other, "d")
+    got.clear()
+    assert mine.poll()
+    assert [(c.names, c.state) for c in got] == [(("d",), {})]
+    mine.close()
+    other.close()
+
+
+def unit(rows: int, dim: int = 4) -> NDArray[np.float32]:
+    out = np.zeros((rows, dim), dtype=np.float32)
+    out[:, 0] = 1.0
+    return out
+
+
+def test_a_change_without_vectors_is_applied_whatever_model_the_store_records(
+    path: Path,
+) -> None:
+    # A store whose routes hold no utterance still records the model of whoever last
+    # wrote vectors; such a store is no one's model's (as a router opening it decides).
+    earlier = AdaptiveRouter(HashingEncoder(dimension=32), SQLiteStorage(path))
+    earlier.add_route(Route(name="old", utterances=["hello"]))
+    earlier.delete_route("old")
+    earlier.close()
+    enc = HashingEncoder(dimension=64)
+    a = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
+    b = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
+    b.set_policy(dataclasses.replace(b.policy, threshold=0.77))
+    b.add_route(Route(name="empty", utterances=[]))
+    assert poll(a)
+    assert a.policy.threshold == 0.77 and a.route_names == ["empty"]
+    a.close()
+    b.close()
+
+
 def test_a_policy_set_here_and_deleted_there_is_the_default_here(
     pair: tuple[AdaptiveRouter, AdaptiveRouter],
 ) -> None:
@@ -190,6 +246,14 @@ def test_a_route_read_back_unchanged_keeps_its_rows() -> None:
         index,
     )
     assert deleted == ["billing"] and out["billing"].utterances == ["refund"]
+    # An index that a failed change left apart from the routes is repaired by a reload.
+    index.delete_texts("x", ["refund"])
+    apply_change(
+        Change(3, "reload", routes=tuple(StoredRoute(r, vectors[:1]) for r in out.values())),
+        out,
+        index,
+    )
+    assert deleted == ["billing", "x"] and index.texts_of("x") == ["refund"]
 
 
 def test_the_follower_thread_applies_changes_by_itself(path: Path) -> None:
@@ -208,19 +272,30 @@ def test_the_follower_thread_applies_changes_by_itself(path: Path) -> None:
     assert store.watching is None
 
 
-def test_close_stops_the_follower_and_a_dropped_router_ends_it(path: Path) -> None:
+def test_a_dropped_router_ends_its_follower_and_frees_the_store_for_another(
+    path: Path,
+) -> None:
     enc = HashingEncoder(dimension=64)
-    router = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=0.01))
-    store = router.storage
-    assert isinstance(store, SQLiteStorage)
+    store = SQLiteStorage(path, poll_interval=0.01)
+    router = AdaptiveRouter(enc, store)
     watch = store.watching
     assert watch is not None and watch.running
+    with pytest.raises(StorageError, match="already watched"):
+        AdaptiveRouter(enc, store)  # one live router per store object, as with PostgreSQL
     gone = weakref.ref(router)
     del router
-    gc.collect()
-    assert gone() is None  # the follower holds the router weakly
+
+    def collected() -> bool:
+        gc.collect()
+        return gone() is None  # the follower holds the router weakly
+
+    until(collected, "the dropped router's collection")
     until(lambda: not watch.running, "the follower's end")
-    store.close()
+    again = AdaptiveRouter(enc, store)  # the ended watch is replaced
+    assert store.watching is not watch and store.watching is not None
+    assert store.watching.running
+    again.close()
+    assert store.watching is None
 
 
 def test_watch_refuses_what_it_cannot_do(path: Path) -> None:

@@ -110,11 +110,14 @@ def apply_change(
     elif change.kind in ("reload", "resync"):
         reset = list(out) if change.kind == "reload" else list(change.names)
         # A route as the replica has it already (its own write, read back by a SQLite
-        # poll, or most of a reload) keeps its rows: same model, same texts, same vectors.
+        # poll, or most of a reload) keeps its rows: same model, same texts, same
+        # vectors. Only if the index holds exactly its texts: a reload still repairs an
+        # index that a failed change left apart from the routes.
         same = {
             item.route.name
             for item in change.routes
-            if item.route.name in out and out[item.route.name] == item.route
+            if out.get(item.route.name) == item.route
+            and sorted(index.texts_of(item.route.name)) == sorted(item.route.utterances)
         }
         with index.changing():  # queries see the routes before or after, never between
             for old in reset:

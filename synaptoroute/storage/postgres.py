@@ -1017,11 +1017,12 @@ class PostgresStorage:
         session.
 
         Raises:
-            StorageError: the store is already watched, or was never loaded and no
-                ``since`` was given.
+            StorageError: the store is already watched for a router that is still
+                alive, or was never loaded and no ``since`` was given.
         """
         with self._apply_lock:
-            if self._watch is not None:
+            # A watch whose router is gone (collected without close()) is ending: replaced.
+            if self._watch is not None and self._watch.callback is not None:
                 msg = "this PostgresStorage is already watched; open one store per router"
                 raise StorageError(msg)
             if since is not None:

@@ -71,15 +71,31 @@ _IN_LIST_MAX = 900
 _Print = tuple[tuple[Any, ...], int, int]
 
 
-def _fingerprints(db: sqlite3.Connection, rows: Sequence[Any]) -> dict[str, _Print]:
-    """Each route's :data:`_Print` (``rows``: its route rows, read in the same snapshot)."""
+def _fingerprints(
+    db: sqlite3.Connection, rows: Sequence[Any], *, every: bool = True
+) -> dict[str, _Print]:
+    """Each route's :data:`_Print` (``rows``: route rows read in the same transaction;
+    ``every``: they are all the store's, so one pass over the index serves them all)."""
+    where, args = _in_list("route_id", [row[0] for row in rows], every)
     sums = {
         rid: (count, last)
         for rid, count, last in db.execute(
-            "SELECT route_id, COUNT(*), MAX(id) FROM utterances GROUP BY route_id"
+            f"SELECT route_id, COUNT(*), MAX(id) FROM utterances{where} GROUP BY route_id", args
         )
     }
     return {row[1]: (tuple(row), *sums.get(row[0], (0, 0))) for row in rows}
+
+
+def _in_list(
+    column: str, values: Sequence[Any], every: bool = False
+) -> tuple[str, tuple[Any, ...]]:
+    """A ``WHERE column IN (...)`` clause and its arguments; none (every row, for the
+    caller to filter) with ``every`` or past :data:`_IN_LIST_MAX` values."""
+    if every or len(values) > _IN_LIST_MAX:
+        return "", ()
+    if not values:
+        return " WHERE 0", ()
+    return f" WHERE {column} IN ({', '.join('?' * len(values))})", tuple(values)
 
 
 @dataclass
@@ -90,7 +106,31 @@ class _Seen:
 
     version: int | None  # PRAGMA data_version then; None: unknown (compare everything)
     routes: dict[str, _Print | None] = field(default_factory=dict)
-    state: dict[str, str] = field(default_factory=dict)  # key -> stored JSON text
+    state: dict[str, str | None] = field(default_factory=dict)  # key -> stored JSON text
+    every: bool = False  # a note of a write: holds every route (replace_all)
+
+    def take(self, note: _Seen) -> None:
+        """What a write of this connection left (``note``: absent is ``None``)."""
+        if note.every:
+            self.routes.clear()
+        for name, held in note.routes.items():
+            if held is None:
+                self.routes.pop(name, None)
+            else:
+                self.routes[name] = held
+        for key, text in note.state.items():
+            if text is None:
+                self.state.pop(key, None)
+            else:
+                self.state[key] = text
+
+    def forget(self, routes: Sequence[str], keys: Sequence[str], every: bool) -> None:
+        """Mark what a write may have changed as unknown, for the next poll to compare:
+        a route written here and deleted elsewhere since is then found gone."""
+        for name in [*self.routes, *routes] if every else routes:
+            self.routes[name] = None
+        for key in keys:
+            self.state[key] = ""
 
 
 def _busy(exc: sqlite3.DatabaseError) -> bool:
@@ -420,35 +460,65 @@ class SQLiteStorage:
         self,
         body: Callable[[sqlite3.Connection], object],
         *,
-        routes: Sequence[str] | None = (),
+        routes: Sequence[str] = (),
         keys: Sequence[str] = (),
+        every: bool = False,
     ) -> None:
         """Run ``body`` in one write transaction; ``routes`` and ``keys`` name what it
-        may change (``routes=None``: every route)."""
+        may change (``every``: every route too, as ``replace_all`` does)."""
         with self._lock:
             self._refuse_if_closed("write: nothing was written")
+            seen, noted = self._seen, None
             try:
                 with self._transaction() as tx:
+                    # A poll never sees this connection's own commits (data_version
+                    # counts other connections'). If no other connection committed
+                    # since the last look (checked under the write lock, so none can
+                    # now), what this write leaves is noted as seen: a poll does not
+                    # read it back. Otherwise it is forgotten, for the next poll to
+                    # compare (the writer's own state then comes back equal and is
+                    # left as it is: apply_change).
+                    current = seen is not None and self._data_version(tx) == seen.version
                     body(tx)
+                    if current:
+                        noted = self._note(tx, routes, keys, every)
             except sqlite3.Error as exc:
+                noted = None
                 msg = f"SQLite store {self.path!r}: {exc}; nothing was written"
                 raise StorageError(msg) from exc
+            except BaseException:
+                noted = None
+                raise
             finally:
-                self._forget(routes, keys)
+                if seen is not None and seen is self._seen:
+                    if noted is not None:
+                        seen.take(noted)
+                    else:
+                        seen.forget(routes, keys, every)
 
-    def _forget(self, routes: Sequence[str] | None, keys: Sequence[str]) -> None:
-        # A poll sees no change in what this connection wrote (data_version counts
-        # other connections' commits), so what it last read of those routes and keys
-        # is forgotten: the next poll compares them, and a route written here and
-        # deleted by another process since is found gone. The writer's own state
-        # comes back equal and is left as it is (apply_change).
-        seen = self._seen
-        if seen is None:
-            return
-        for name in list(seen.routes) if routes is None else routes:
-            seen.routes[name] = None
-        for key in keys:
-            seen.state[key] = ""
+    @staticmethod
+    def _note(
+        tx: sqlite3.Connection, routes: Sequence[str], keys: Sequence[str], every: bool
+    ) -> _Seen:
+        """What ``routes`` and ``keys`` (``every``: every route) hold now, in ``tx``;
+        ``None`` for those that no longer exist."""
+        where, args = _in_list("name", routes, every)
+        rows = tx.execute(
+            f"SELECT id, name, description, threshold, metadata FROM routes{where} ORDER BY id",
+            args,
+        ).fetchall()
+        if not every:
+            wanted = set(routes)
+            rows = [row for row in rows if row[1] in wanted]
+        found: dict[str, _Print | None] = dict(_fingerprints(tx, rows, every=every))
+        where, args = _in_list("key", keys)
+        state = dict(tx.execute(f"SELECT key, value FROM state{where}", args))
+        return _Seen(
+            None,
+            found if every else {name: found.get(name) for name in routes},
+            {key: state.get(key) for key in keys},
+            every=every,
+        )
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -547,11 +617,7 @@ class SQLiteStorage:
     ) -> tuple[NDArray[np.int64], list[str], NDArray[np.float32]]:
         # Streamed into one buffer the router's index takes over (synaptoroute._buffers):
         # fetchall() and a join held every vector twice more. ids: only those routes'.
-        where, args = "", tuple(ids or ())
-        if ids is not None and len(ids) <= _IN_LIST_MAX:
-            where = f" WHERE route_id IN ({', '.join('?' * len(ids))})"
-        else:
-            args = ()
+        where, args = _in_list("route_id", ids or (), ids is None)
         (count,) = self._db.execute(f"SELECT COUNT(*) FROM utterances{where}", args).fetchone()
         cursor = self._db.execute(
             f"SELECT route_id, text, vector FROM utterances{where} ORDER BY route_id, id", args
@@ -670,9 +736,8 @@ class SQLiteStorage:
             self._set_model(tx, model)
             for item, meta in zip(routes, metadata, strict=True):
                 self._insert_route(tx, item.route, item.vectors, meta)
-            self._forget([item.route.name for item in routes], ())  # the new ones too
 
-        self._write(body, routes=None)
+        self._write(body, routes=[item.route.name for item in routes], every=True)
 
     def get_state(self, key: str) -> dict[str, Any] | None:
         """A JSON document stored under ``key``."""
@@ -708,20 +773,23 @@ class SQLiteStorage:
         the routes (with their vectors) and the state keys that differ from what this
         store last read, the names of the routes gone, and the model of the vectors.
         Commits through this store's own connection are not delivered (the writer
-        applied them already). ``lock`` is held while the store is read and
+        applied them already), except the routes a write changed after another
+        connection's commit, which come back as the writer holds them. ``lock`` is held while the store is read and
         ``callback`` runs, so pass the lock the writer holds around its writes (the
         router's): a poll then never hands over a state older than a write already
         applied. With ``weak``, a bound-method ``callback`` is held weakly.
 
         Raises:
-            StorageError: already watched, never loaded (the base to compare with is
-                the last :meth:`load`), or ``since`` given (there is no log to read from).
+            StorageError: already watched for a router that is still alive, never
+                loaded (the base to compare with is the last :meth:`load`), or
+                ``since`` given (there is no log to read from).
         """
         with self._lock:
             if since is not None:
                 msg = "a SQLite store keeps no change log: watch() takes no since="
                 raise StorageError(msg)
-            if self._watch is not None:
+            # A watch whose router is gone (collected without close()) has ended: replaced.
+            if self._watch is not None and self._watch.callback is not None:
                 msg = "this SQLiteStorage is already watched; open one store per router"
                 raise StorageError(msg)
             if self._seen is None:
@@ -754,12 +822,16 @@ class SQLiteStorage:
         if watch is None:
             return False
         with watch.lock, self._reading() as db:
-            callback = watch.callback
             seen = self._seen
-            if callback is None or seen is None or watch is not self._watch:
+            if seen is None or watch is not self._watch:
                 return False
             version = self._data_version(db)
             if version == seen.version:
+                return False
+            # Only now: a reference to a router held at every tick would keep a dropped
+            # router alive through a collection that lands in it.
+            callback = watch.callback
+            if callback is None:
                 return False
             change = self._read_changes(db, seen, version)
             if change is None:
@@ -796,7 +868,7 @@ class SQLiteStorage:
         keys = sorted(
             k for k in seen.state.keys() | state.keys() if seen.state.get(k) != state.get(k)
         )
-        self._seen = _Seen(version, prints, state)
+        self._seen = _Seen(version, prints, dict(state))
         if not changed and not gone and not keys:
             return None
         self._polls += 1
@@ -806,7 +878,9 @@ class SQLiteStorage:
             routes=tuple(stored),
             names=(*(row[1] for row in changed), *gone),
             state={k: json.loads(state[k]) if k in state else None for k in keys},
-            model=info,
+            # The model matters only for vectors: a store whose routes hold none keeps the
+            # record of whoever wrote vectors last, which is no one's (as in _load).
+            model=info if any(len(item.vectors) for item in stored) else None,
             origin=self.path,
         )
 
