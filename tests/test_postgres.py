@@ -767,6 +767,26 @@ def test_a_router_dropped_without_close_ends_its_follower_and_its_sessions(
     wait_until(sessions_ended, "the dropped router's sessions to end")
 
 
+def test_a_store_whose_router_was_collected_takes_a_new_router(pg_dsn: str, schema: str) -> None:
+    # It raised "already watched": the ended follower stayed registered.
+    import gc
+    import weakref
+
+    store = open_store(pg_dsn, schema)
+    router = AdaptiveRouter(HashingEncoder(), store)
+    router.add_route(ROUTES[0])
+    with pytest.raises(StorageError, match="already watched"):
+        AdaptiveRouter(HashingEncoder(), store)  # one live router per store object
+    first = store.watching
+    gone = weakref.ref(router)
+    del router
+    wait_until(lambda: (gc.collect(), gone() is None)[1], "the dropped router to be collected")
+    again = AdaptiveRouter(HashingEncoder(), store)
+    assert store.watching is not None and store.watching is not first
+    assert again.query(ROUTES[0].utterances[0]).name == ROUTES[0].name
+    again.close()
+
+
 def test_watch_holds_a_bound_method_strongly_unless_asked(pg_dsn: str, schema: str) -> None:
     # The weak hold meant for the router was applied to every bound method: a handler
     # on an object nobody else kept was collected at once and got no change.
