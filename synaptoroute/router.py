@@ -327,6 +327,8 @@ class AdaptiveRouter:
         cls,
         store: str | os.PathLike[str] | None = None,
         encoder: EncoderProtocol | None = None,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> AdaptiveRouter:
         """A router on the store that ``store`` names, as the CLI and the service open one.
@@ -336,6 +338,9 @@ class AdaptiveRouter:
                 database in memory), a ``postgresql://`` URL, or ``None`` for a
                 :class:`~synaptoroute.storage.MemoryStorage`.
             encoder: as for the constructor (default: the shared bundled model).
+            storage_options: keyword arguments of the store's class
+                (:class:`~synaptoroute.storage.SQLiteStorage`, e.g. ``poll_interval``,
+                or :class:`~synaptoroute.postgres.PostgresStorage`).
             options: the constructor's other keyword arguments.
 
         The store is closed again if the router cannot be built (a model mismatch,
@@ -344,7 +349,9 @@ class AdaptiveRouter:
         Example:
             >>> router = AdaptiveRouter.open("routes.db")  # doctest: +SKIP
         """
-        storage: Storage = MemoryStorage() if store is None else open_storage(store)
+        storage: Storage = (
+            MemoryStorage() if store is None else open_storage(store, **(storage_options or {}))
+        )
         try:
             return cls(encoder, storage, **options)
         except BaseException:

@@ -433,7 +433,14 @@ def test_refuses_exposed_host_with_changes_and_no_key() -> None:
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
 @pytest.mark.parametrize(
     "field",
-    ["drain_timeout", "request_timeout", "max_wait_ms", "memory_trim_interval", "rate_limit"],
+    [
+        "drain_timeout",
+        "request_timeout",
+        "max_wait_ms",
+        "memory_trim_interval",
+        "rate_limit",
+        "store_poll_interval",
+    ],
 )
 def test_float_settings_refuse_inf_and_nan(field: str, value: float) -> None:
     # --drain-timeout inf passed (nan did not) and crashed start-up with OverflowError
@@ -451,6 +458,19 @@ def test_serve_refuses_an_infinite_drain_timeout_as_bad_input(
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT, err
     assert "drain_timeout: Input should be a finite number" in err
+    assert not store_path.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_serve_refuses_a_store_poll_interval_that_is_no_duration(
+    capsys: pytest.CaptureFixture[str], store_path: Path, value: str
+) -> None:
+    from synaptoroute.cli import EXIT_BAD_INPUT, main
+
+    code = main(["serve", "--store", str(store_path), "--store-poll-interval", value])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT, err
+    assert "store_poll_interval" in err
     assert not store_path.exists()
 
 

@@ -428,9 +428,30 @@ def test_a_route_added_by_the_cli_reaches_a_router_that_is_open(
     router.close()
 
 
+def test_the_store_poll_interval_reaches_a_sqlite_store_only(path: Path) -> None:
+    settings = ServerSettings(store=str(path), store_poll_interval=0.25)
+    assert settings.storage_options == {"poll_interval": 0.25}
+    assert ServerSettings().storage_options == {}  # memory
+    url = ServerSettings(store="postgresql://u@127.0.0.1/db", store_poll_interval=0.25)
+    assert url.storage_options == {}  # told by notifications; keeps its own safety net
+    router = AdaptiveRouter.open(
+        path, HashingEncoder(dimension=64), storage_options=settings.storage_options
+    )
+    store = router.storage
+    assert isinstance(store, SQLiteStorage) and store.poll_interval == 0.25
+    router.close()
+    router = AdaptiveRouter.open(
+        path, HashingEncoder(dimension=64), storage_options={"poll_interval": None}
+    )
+    assert router.storage.watching is not None  # type: ignore[attr-defined]
+    assert not router.storage.watching.running  # type: ignore[attr-defined]
+    router.close()
+
+
 @pytest.mark.model
 def test_the_service_serves_a_route_the_cli_added_while_it_runs(path: Path) -> None:
-    server = ThreadedServer(create_app(ServerSettings(store=str(path))))
+    app = create_app(ServerSettings(store=str(path), store_poll_interval=0.05))
+    server = ThreadedServer(app)
     try:
         with httpx.Client(base_url=server.url, timeout=LIMIT_S) as client:
             until(lambda: client.get("/readyz").status_code == 200, "readiness")
@@ -443,5 +464,7 @@ def test_the_service_serves_a_route_the_cli_added_while_it_runs(path: Path) -> N
                 return bool(r.status_code == 200 and r.json()["route"] == "weather")
 
             until(routed, "the service following the CLI's change")
+            store = app.state.synaptoroute.router.storage
+            assert isinstance(store, SQLiteStorage) and store.poll_interval == 0.05
     finally:
         server.stop()

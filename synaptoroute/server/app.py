@@ -75,6 +75,7 @@ def build_router(settings: ServerSettings) -> AdaptiveRouter:
     return AdaptiveRouter.open(
         settings.store or None,
         Encoder(threads=settings.encoder_threads, spin=settings.encoder_spin),
+        storage_options=settings.storage_options,
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
         max_queue_size=settings.max_queue_size,

@@ -18,6 +18,7 @@ from ..batching import (
     TEXT_COST_OVERHEAD,
 )
 from ..exceptions import InvalidInputError
+from ..storage import is_database_url
 
 __all__ = [
     "API_KEY_ENV",
@@ -89,6 +90,9 @@ class ServerSettings(BaseModel):
             bucket of ``rate_burst``; 429 beyond); ``None`` turns it off. Probes
             (``/healthz``, ``/readyz``) are never limited.
         console: serve the browser console at ``/console`` (read-only without the API key).
+        store_poll_interval: seconds between two checks of a SQLite store for other
+            processes' commits (``synaptoroute routes add``, other workers on the
+            file). A PostgreSQL store is told by notifications and keeps its own.
 
     Example:
         >>> ServerSettings(host="0.0.0.0", api_key="s3cret").changes_enabled
@@ -134,6 +138,14 @@ class ServerSettings(BaseModel):
     rate_limit: float | None = Field(default=None, gt=0)
     rate_burst: int = Field(default=50, ge=1)
     console: bool = True
+    store_poll_interval: float = Field(default=1.0, gt=0)
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """What :meth:`AdaptiveRouter.open` passes to the store named by ``store``."""
+        if not self.store or is_database_url(self.store):
+            return {}
+        return {"poll_interval": self.store_poll_interval}
 
     @classmethod
     def from_env(cls, **values: object) -> ServerSettings:
@@ -207,6 +219,12 @@ _LIMIT_OPTIONS: list[tuple[str, str, type, str]] = [
     ("--rate-limit", "rate_limit", float, "requests a second per client address (429 above)"),
     ("--rate-burst", "rate_burst", int, "requests a client may send at once"),
     ("--routes-page-size", "routes_page_size", int, "routes in one GET /routes page"),
+    (
+        "--store-poll-interval",
+        "store_poll_interval",
+        float,
+        "seconds between checks of a SQLite store for other processes' changes",
+    ),
 ]
 
 
