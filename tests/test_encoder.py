@@ -28,6 +28,7 @@ from synaptoroute.encoder import (
     EncoderWrapper,
     ModelNotAvailableError,
     _default_model_files,
+    former_model_ids_of,
 )
 
 
@@ -404,6 +405,20 @@ def test_callable_encoder_reports_bad_functions() -> None:
     assert CallableEncoder(broken, model_id="x", former_model_ids=["x", "o"]).former_model_ids == (
         "o",
     )
+
+
+def test_former_model_ids_are_read_alike_everywhere() -> None:
+    # The router (opening a store of a former id) and EncoderWrapper read them here.
+    class With:
+        def __init__(self, former: object) -> None:
+            self.former_model_ids = former
+
+    assert former_model_ids_of(With(["a", "b"])) == ("a", "b")
+    assert former_model_ids_of(With(("a",))) == ("a",)
+    assert former_model_ids_of(With("ab")) == ()  # one str is not two ids "a" and "b"
+    assert former_model_ids_of(With(None)) == ()
+    assert former_model_ids_of(object()) == ()
+    assert EncoderWrapper(With(["a"])).former_model_ids == ("a",)  # type: ignore[arg-type]
 
 
 @pytest.mark.model

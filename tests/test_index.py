@@ -863,3 +863,15 @@ def test_load_refuses_vectors_and_texts_of_unequal_lengths() -> None:
         index.load(routes)
     assert index.stats.rows_taken == 0
     assert take_buffer([buf[:5]], DIM) is not None  # still on offer: nothing was taken
+
+
+def test_texts_of_lists_a_routes_rows_in_order() -> None:
+    index = RouteIndex(4)
+    assert index.texts_of("billing") == []
+    index.add("billing", np.eye(4, dtype=np.float32)[:3], ["refund", "invoice", "receipt"])
+    index.add("billing", np.eye(4, dtype=np.float32)[3:], ["money back"])
+    assert index.texts_of("billing") == ["refund", "invoice", "receipt", "money back"]
+    index.delete_texts("billing", ["invoice"])
+    assert index.texts_of("billing") == ["refund", "receipt", "money back"]
+    index.delete_route("billing")
+    assert index.texts_of("billing") == []

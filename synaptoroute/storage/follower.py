@@ -160,8 +160,9 @@ class Watch:
 
     @property
     def callback(self) -> Callable[[Sequence[Change]], None] | None:
-        """What changes are handed to; ``None`` once the router it belonged to is gone."""
-        return self._callback()
+        """What changes are handed to; ``None`` once stopped, or once the router it
+        belonged to is gone."""
+        return None if self._stop.is_set() else self._callback()
 
     @property
     def connected(self) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,7 +33,7 @@ from .base import (
     _refuse_mixing,
     check_route,
 )
-from .changes import Change
+from .changes import Change, ChangeKind
 from .polling import PollingWatch
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Durability", "SQLiteStorage"]
@@ -47,8 +47,9 @@ SCHEMA_VERSION = 3
 #: ``"normal"``: WAL's cheaper mode; the last commits can roll back after a power
 #: loss (never after a process crash).
 Durability = Literal["full", "normal"]
-#: The columns of a route row, in the order every reader takes them.
-_ROUTES_SQL = "SELECT id, name, description, threshold, metadata FROM routes ORDER BY id"
+#: A route row's columns, in the order every reader takes them.
+_ROUTE_ROWS = "SELECT id, name, description, threshold, metadata FROM routes"
+_ROUTES_SQL = f"{_ROUTE_ROWS} ORDER BY id"
 #: ``add_utterances``: a text the route has keeps its row (and place), as
 #: Storage.add_utterances says; only that conflict is skipped (OR IGNORE would skip
 #: any other constraint's too).
@@ -98,6 +99,15 @@ def _in_list(
     return f" WHERE {column} IN ({', '.join('?' * len(values))})", tuple(values)
 
 
+class _Note(NamedTuple):
+    """What a write of this connection left: its routes' prints and its keys' texts
+    (``None``: no longer there); ``every``: it holds every route (``replace_all``)."""
+
+    routes: dict[str, _Print | None]
+    state: dict[str, str | None]
+    every: bool
+
+
 @dataclass
 class _Seen:
     """The store as this connection last read it: what a poll compares with. A route
@@ -107,9 +117,8 @@ class _Seen:
     version: int | None  # PRAGMA data_version then; None: unknown (compare everything)
     routes: dict[str, _Print | None] = field(default_factory=dict)
     state: dict[str, str | None] = field(default_factory=dict)  # key -> stored JSON text
-    every: bool = False  # a note of a write: holds every route (replace_all)
 
-    def take(self, note: _Seen) -> None:
+    def take(self, note: _Note) -> None:
         """What a write of this connection left (``note``: absent is ``None``)."""
         if note.every:
             self.routes.clear()
@@ -499,25 +508,21 @@ class SQLiteStorage:
     @staticmethod
     def _note(
         tx: sqlite3.Connection, routes: Sequence[str], keys: Sequence[str], every: bool
-    ) -> _Seen:
+    ) -> _Note:
         """What ``routes`` and ``keys`` (``every``: every route) hold now, in ``tx``;
         ``None`` for those that no longer exist."""
         where, args = _in_list("name", routes, every)
-        rows = tx.execute(
-            f"SELECT id, name, description, threshold, metadata FROM routes{where} ORDER BY id",
-            args,
-        ).fetchall()
+        rows = tx.execute(f"{_ROUTE_ROWS}{where} ORDER BY id", args).fetchall()
         if not every:
             wanted = set(routes)
             rows = [row for row in rows if row[1] in wanted]
         found: dict[str, _Print | None] = dict(_fingerprints(tx, rows, every=every))
         where, args = _in_list("key", keys)
         state = dict(tx.execute(f"SELECT key, value FROM state{where}", args))
-        return _Seen(
-            None,
+        return _Note(
             found if every else {name: found.get(name) for name in routes},
             {key: state.get(key) for key in keys},
-            every=every,
+            every,
         )
 
     @contextmanager
@@ -833,13 +838,13 @@ class SQLiteStorage:
             callback = watch.callback
             if callback is None:
                 return False
-            change = self._read_changes(db, seen, version)
-            if change is None:
+            changes = self._read_changes(db, seen, version)
+            if not changes:
                 return False
             try:
-                callback([change])
+                callback(changes)
             except Exception:
-                _log.exception("applying the changes of poll %d failed", change.seq)
+                _log.exception("applying the changes up to %d failed", changes[-1].seq)
             return True
 
     @staticmethod
@@ -847,9 +852,9 @@ class SQLiteStorage:
         # Changes when another connection commits, never for this one's own commits.
         return int(db.execute("PRAGMA data_version").fetchone()[0])
 
-    def _read_changes(self, db: sqlite3.Connection, seen: _Seen, version: int) -> Change | None:
-        """What differs from ``seen`` (one snapshot), as one ``resync``; ``seen`` becomes
-        the store as read now. Only the routes that differ are read with their vectors."""
+    def _read_changes(self, db: sqlite3.Connection, seen: _Seen, version: int) -> list[Change]:
+        """What differs from ``seen`` (one snapshot), as ``resync`` changes; ``seen``
+        becomes the store as read now. Only the routes that differ are read whole."""
         db.execute("BEGIN")
         try:
             info = self._model_info(db)
@@ -870,19 +875,32 @@ class SQLiteStorage:
         )
         self._seen = _Seen(version, prints, dict(state))
         if not changed and not gone and not keys:
-            return None
+            return []
+        # Routes with vectors apart from the rest: a router refuses a change whose
+        # vectors are another model's (another process re-encoded the store), and the
+        # state, the routes gone and the routes without utterances must not go with it.
+        # The model matters only for vectors: a store whose routes hold none keeps the
+        # record of whoever wrote vectors last, which is no one's (as in _load).
+        held = [item for item in stored if len(item.vectors)]
+        rest = [item for item in stored if not len(item.vectors)]
+        changes = []
+        if rest or gone or keys:
+            changes.append(
+                self._change(
+                    "resync",
+                    routes=tuple(rest),
+                    names=(*(item.route.name for item in rest), *gone),
+                    state={k: json.loads(state[k]) if k in state else None for k in keys},
+                )
+            )
+        if held:
+            names = tuple(item.route.name for item in held)
+            changes.append(self._change("resync", routes=tuple(held), names=names, model=info))
+        return changes
+
+    def _change(self, kind: ChangeKind, **fields: Any) -> Change:
         self._polls += 1
-        return Change(
-            self._polls,
-            "resync",
-            routes=tuple(stored),
-            names=(*(row[1] for row in changed), *gone),
-            state={k: json.loads(state[k]) if k in state else None for k in keys},
-            # The model matters only for vectors: a store whose routes hold none keeps the
-            # record of whoever wrote vectors last, which is no one's (as in _load).
-            model=info if any(len(item.vectors) for item in stored) else None,
-            origin=self.path,
-        )
+        return Change(self._polls, kind, origin=self.path, **fields)
 
     def close(self) -> None:
         """Stop the follower, if any, and close the connection."""
