@@ -26,11 +26,11 @@ if TYPE_CHECKING:
     from .postgres import PostgresStorage
 
 __all__ = [
+    "Following",
     "UnreadableChangeError",
     "Watch",
     "disown",
     "first_line",
-    "held_callback",
     "shut_down",
 ]
 
@@ -117,22 +117,37 @@ def _needs_read(note: psycopg.Notify, applied: int, own: int | None) -> bool:
         return True
 
 
-def held_callback(
-    callback: Callable[[Sequence[Change]], None], weak: bool, stop: threading.Event
-) -> Callable[[], Callable[[Sequence[Change]], None] | None]:
-    """How a follower holds ``callback``: with ``weak``, a bound method weakly.
+class Following:
+    """What every follower has: the callback it hands changes to, the lock held
+    meanwhile, and the event that stops it.
 
-    A router's method is held weakly so that a router dropped without ``close()`` is
-    collected; ``stop`` is then set, and its follower ends (a strong reference from
-    the follower's thread kept both alive for good).
+    With ``weak``, a bound-method callback (a router's) is held weakly, so that a
+    router dropped without ``close()`` is collected; the event is then set and its
+    follower ends (a strong reference from the follower's thread kept both alive for
+    good).
     """
-    if weak and inspect.ismethod(callback):
-        weakref.finalize(callback.__self__, stop.set)
-        return weakref.WeakMethod(callback)
-    return lambda: callback
+
+    def __init__(
+        self, callback: Callable[[Sequence[Change]], None], lock: threading.RLock, weak: bool
+    ) -> None:
+        self.lock = lock
+        self.weak = weak
+        self._stop = threading.Event()
+        self._callback: Callable[[], Callable[[Sequence[Change]], None] | None]
+        if weak and inspect.ismethod(callback):
+            weakref.finalize(callback.__self__, self._stop.set)
+            self._callback = weakref.WeakMethod(callback)
+        else:
+            self._callback = lambda: callback
+
+    @property
+    def callback(self) -> Callable[[Sequence[Change]], None] | None:
+        """What changes are handed to; ``None`` once stopped, or once the router it
+        belonged to is gone."""
+        return None if self._stop.is_set() else self._callback()
 
 
-class Watch:
+class Watch(Following):
     """A running follower of a store's change feed; :meth:`stop` ends it."""
 
     def __init__(
@@ -143,13 +158,10 @@ class Watch:
         *,
         weak: bool = False,
     ) -> None:
-        self._storage = storage
-        self.weak = weak
-        self.lock = lock
-        self._conn: psycopg.Connection[Any] | None = None  # the listening session
-        self._stop = threading.Event()
         # weak: once the router is collected its follower ends and closes its session.
-        self._callback = held_callback(callback, weak, self._stop)
+        super().__init__(callback, lock, weak)
+        self._storage = storage
+        self._conn: psycopg.Connection[Any] | None = None  # the listening session
         self._connected = threading.Event()
         self.reconnects = 0
         self.backend_pid: int | None = None  # the listening session, for pg_stat_activity
@@ -157,12 +169,6 @@ class Watch:
             target=self._run, name="synaptoroute-pg-follower", daemon=True
         )
         self._thread.start()
-
-    @property
-    def callback(self) -> Callable[[Sequence[Change]], None] | None:
-        """What changes are handed to; ``None`` once stopped, or once the router it
-        belonged to is gone."""
-        return None if self._stop.is_set() else self._callback()
 
     @property
     def connected(self) -> bool:

@@ -12,14 +12,14 @@ import threading
 from collections.abc import Callable, Sequence
 
 from .changes import Change
-from .follower import first_line, held_callback
+from .follower import Following, first_line
 
 __all__ = ["PollingWatch"]
 
 _log = logging.getLogger("synaptoroute.sqlite")
 
 
-class PollingWatch:
+class PollingWatch(Following):
     """A running follower of a store without a log (SQLite); :meth:`stop` ends it.
 
     Every ``interval`` seconds it calls ``poll``, which reads what other connections
@@ -37,22 +37,13 @@ class PollingWatch:
         weak: bool = False,
         name: str = "synaptoroute-sqlite-follower",
     ) -> None:
-        self.lock = lock
-        self.weak = weak
+        super().__init__(callback, lock, weak)
         self.interval = interval
         self._poll = poll
-        self._stop = threading.Event()
-        self._callback = held_callback(callback, weak, self._stop)
         self._thread: threading.Thread | None = None
         if interval is not None:
             self._thread = threading.Thread(target=self._run, name=name, daemon=True)
             self._thread.start()
-
-    @property
-    def callback(self) -> Callable[[Sequence[Change]], None] | None:
-        """What changes are handed to; ``None`` once stopped, or once the router it
-        belonged to is gone."""
-        return None if self._stop.is_set() else self._callback()
 
     @property
     def running(self) -> bool:
