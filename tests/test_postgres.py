@@ -18,7 +18,6 @@ import random
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import pytest
 from encoder_doubles import CountingEncoder
 from forking import in_child, needs_fork
 from numpy.typing import NDArray
+from waiting import wait_until as _wait_until
 
 from synaptoroute import (
     AdaptiveRouter,
@@ -291,12 +291,9 @@ def unit(rows: int, dim: int, seed: int) -> NDArray[np.float32]:
     return out
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
+def wait_until(condition: Callable[[], object], what: str) -> None:
     """Wait for ``condition`` for up to WAIT seconds; fail the test if it never holds."""
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up after {WAIT} s waiting for {what}"
-        time.sleep(0.05)
+    _wait_until(condition, what, WAIT)
 
 
 _STORE_TABLES = ("meta", "routes", "utterances", "state", "changes")  # parents first

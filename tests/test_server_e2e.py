@@ -14,13 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
+from waiting import wait_until
 
 from synaptoroute import SQLiteStorage
 
@@ -53,12 +53,7 @@ def free_port() -> int:
 
 
 def wait_for(condition: Callable[[], bool], what: str, limit: float = LIMIT_S) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+    wait_until(condition, what, limit)
 
 
 class Server:

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 from threaded_server import ThreadedServer
+from waiting import LIMIT_S, wait_until
 
 from synaptoroute import (
     AdaptiveRouter,
@@ -37,18 +37,6 @@ from synaptoroute.storage import ModelInfo, StoredRoute
 from synaptoroute.storage.changes import Change, apply_change
 from synaptoroute.storage.polling import PollingWatch
 from synaptoroute.testing import in_forked_child
-
-LIMIT_S = 60.0  # a hang bound only: every wait below ends as soon as its event happens
-
-
-def until(check: object, what: str) -> None:
-    """Wait until ``check()`` is true; fail after LIMIT_S (a hang, not a slow machine)."""
-    assert callable(check)
-    deadline = time.monotonic() + LIMIT_S
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {LIMIT_S:g} s")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -258,7 +246,7 @@ def test_the_follower_thread_applies_changes_by_itself(path: Path) -> None:
         assert isinstance(store, SQLiteStorage) and store.watching is not None
         assert store.watching.running
         writer.add_route(Route(name="billing", utterances=["I need a refund"]))
-        until(lambda: follower.query("I need a refund").name == "billing", "following")
+        wait_until(lambda: follower.query("I need a refund").name == "billing", "following")
     finally:
         writer.close()
         follower.close()
@@ -282,8 +270,8 @@ def test_a_dropped_router_ends_its_follower_and_frees_the_store_for_another(
         gc.collect()
         return gone() is None  # the follower holds the router weakly
 
-    until(collected, "the dropped router's collection")
-    until(lambda: not watch.running, "the follower's end")
+    wait_until(collected, "the dropped router's collection")
+    wait_until(lambda: not watch.running, "the follower's end")
     again = AdaptiveRouter(enc, store)  # the ended watch is replaced
     assert store.watching is not watch and store.watching is not None
     assert store.watching.running
@@ -385,7 +373,7 @@ def test_a_forked_child_follows_on_its_own_connection(path: Path) -> None:
         assert store.watching.running  # the parent's thread did not come along
         writer = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
         writer.add_route(Route(name="tech", utterances=["the app crashes"]))
-        until(lambda: router.query("the app crashes").name == "tech", "the child following")
+        wait_until(lambda: router.query("the app crashes").name == "tech", "the child following")
         assert router.query("I need a refund").name == "billing"
 
     assert in_forked_child(check) == 0
@@ -467,7 +455,7 @@ def test_the_service_serves_a_route_the_cli_added_while_it_runs(path: Path) -> N
     server = ThreadedServer(app)
     try:
         with httpx.Client(base_url=server.url, timeout=LIMIT_S) as client:
-            until(lambda: client.get("/readyz").status_code == 200, "readiness")
+            wait_until(lambda: client.get("/readyz").status_code == 200, "readiness")
             assert client.get("/routes").json() == []
             done = cli("routes", "add", "weather", "will it rain tomorrow", store=path)
             assert done.returncode == 0, done.stderr
@@ -476,7 +464,7 @@ def test_the_service_serves_a_route_the_cli_added_while_it_runs(path: Path) -> N
                 r = client.post("/route", json={"query": "is it going to rain today"})
                 return bool(r.status_code == 200 and r.json()["route"] == "weather")
 
-            until(routed, "the service following the CLI's change")
+            wait_until(routed, "the service following the CLI's change")
             store = app.state.synaptoroute.router.storage
             assert isinstance(store, SQLiteStorage) and store.poll_interval == 0.05
     finally:
