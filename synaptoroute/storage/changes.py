@@ -57,7 +57,16 @@ def install_route(
 ) -> None:
     """Put ``route`` and its utterances' ``vectors`` into ``routes`` and ``index``,
     replacing a route of the same name: the one step of a local add and of a
-    replica's ``put_route`` / ``reload``. Queries never see the route missing."""
+    replica's ``put_route`` / ``reload``. Queries never see the route missing.
+
+    A route already held as it is keeps its rows (its own write read back by a SQLite
+    poll, most of a reload): same model, same texts, same vectors. Only if the index
+    holds exactly its texts: a reload still repairs an index a failed change left
+    apart from the routes."""
+    if routes.get(route.name) == route and sorted(index.texts_of(route.name)) == sorted(
+        route.utterances
+    ):
+        return
     with index.changing():
         if route.name in routes:
             index.delete_route(route.name)
@@ -109,21 +118,11 @@ def apply_change(
         out[name] = change.route.model_copy(update={"utterances": current.utterances})
     elif change.kind in ("reload", "resync"):
         reset = list(out) if change.kind == "reload" else list(change.names)
-        # A route as the replica has it already (its own write, read back by a SQLite
-        # poll, or most of a reload) keeps its rows: same model, same texts, same
-        # vectors. Only if the index holds exactly its texts: a reload still repairs an
-        # index that a failed change left apart from the routes.
-        same = {
-            item.route.name
-            for item in change.routes
-            if out.get(item.route.name) == item.route
-            and sorted(index.texts_of(item.route.name)) == sorted(item.route.utterances)
-        }
+        kept = {item.route.name for item in change.routes}  # install_route replaces them
         with index.changing():  # queries see the routes before or after, never between
             for old in reset:
-                if old not in same and out.pop(old, None) is not None:
+                if old not in kept and out.pop(old, None) is not None:
                     index.delete_route(old)
             for item in change.routes:
-                if item.route.name not in same:
-                    install_route(out, index, item.route, item.vectors)
+                install_route(out, index, item.route, item.vectors)
     return out
