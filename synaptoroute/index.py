@@ -1293,20 +1293,20 @@ class RouteIndex:
     def vectors_of(self, name: str) -> dict[str, NDArray[np.float32]]:
         """The stored vector of each utterance of route ``name`` (copies; ``{}`` if unknown)."""
         with self._lock:
-            rid = self._ids.get(name)
-            if rid is None:
-                return {}
-            self._flush_pending()
-            return {self._texts[row]: self._buf[row].copy() for row in self._rows[rid]}
+            return {self._texts[row]: self._buf[row].copy() for row in self._route_rows(name)}
 
     def texts_of(self, name: str) -> list[str]:
         """The utterances route ``name`` has rows for, in row order (``[]`` if unknown)."""
         with self._lock:
-            rid = self._ids.get(name)
-            if rid is None:
-                return []
-            self._flush_pending()
-            return [self._texts[row] for row in self._rows[rid]]
+            return [self._texts[row] for row in self._route_rows(name)]
+
+    def _route_rows(self, name: str) -> list[int]:
+        # Under the lock: route ``name``'s rows, pending appends included ([] if unknown).
+        rid = self._ids.get(name)
+        if rid is None:
+            return []
+        self._flush_pending()
+        return list(self._rows[rid])
 
     def delete_texts(self, name: str, texts: Sequence[str]) -> int:
         """Mask the rows of ``texts`` in route ``name``; returns how many were removed."""

@@ -287,8 +287,7 @@ class AdaptiveRouter:
                 index, ann_threshold, ann_cache, aggregation, self.storage, ann_depth, ann_margin
             ),
         )
-        self._blas_threads: int | None = None
-        self.blas_threads = blas_threads  # the setter hands it to the index too
+        self.blas_threads = blas_threads  # held by the index, which its copies read
         self._lexical = LexicalIndex()
         #: Use the lexical signal of a hybrid head (set False to route dense only).
         self.hybrid = True
@@ -727,12 +726,11 @@ class AdaptiveRouter:
     def blas_threads(self) -> int | None:
         """BLAS threads for the similarity product and the int8 scan's next copy
         (``None``: by the rows each covers)."""
-        return self._blas_threads
+        return self._index.blas_threads
 
     @blas_threads.setter
     def blas_threads(self, value: int | None) -> None:
-        self._blas_threads = None if value is None else check_count(value, "blas_threads", 1)
-        self._index.blas_threads = self._blas_threads
+        self._index.blas_threads = None if value is None else check_count(value, "blas_threads", 1)
 
     @property
     def policy(self) -> DecisionPolicy:
