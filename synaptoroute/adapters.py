@@ -39,12 +39,15 @@ def langchain_former_model_ids(embeddings: Any) -> tuple[str, ...]:
     :func:`langchain_model_id` now names it otherwise: ``langchain:<class>`` for a
     class named by ``model_id`` only. A store of such an id opens with it
     (:attr:`CallableEncoder.former_model_ids`)."""
-    kind = type(embeddings).__name__
-    old = [getattr(embeddings, attr, None) for attr in ("model", "model_name")]
-    if any(isinstance(name, str) and name for name in old):
-        return ()
-    current = langchain_model_id(embeddings)
-    return () if current == f"langchain:{kind}" else (f"langchain:{kind}",)
+    named = [getattr(embeddings, attr, None) for attr in ("model", "model_name", "model_id")]
+    if any(isinstance(name, str) and name for name in named[:2]):
+        return ()  # named as before
+    model_id = named[2]
+    return (
+        (f"langchain:{type(embeddings).__name__}",)
+        if isinstance(model_id, str) and model_id
+        else ()
+    )
 
 
 def llama_index_model_id(embed_model: Any) -> str:

@@ -35,14 +35,15 @@ class PollingWatch(Following):
         *,
         interval: float | None,
         weak: bool = False,
-        name: str = "synaptoroute-sqlite-follower",
     ) -> None:
         super().__init__(callback, lock, weak)
         self.interval = interval
         self._poll = poll
         self._thread: threading.Thread | None = None
         if interval is not None:
-            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="synaptoroute-sqlite-follower", daemon=True
+            )
             self._thread.start()
 
     @property

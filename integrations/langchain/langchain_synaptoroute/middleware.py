@@ -156,8 +156,9 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         if router is not None and encoder is not None:
             msg = "pass router= or encoder=, not both (the router has its encoder)"
             raise InvalidInputError(msg)
-        # Checked with the encoder the routes will have (the router's, or the shared
-        # bundled one: only its tokenizer's rules are read, the model is not loaded).
+        # Converted once: the utterances are checked with the encoder the routes will
+        # have (the router's, or the shared bundled one: only its tokenizer's rules are
+        # read, the model is not loaded).
         model = router.encoder if router is not None else as_encoder(encoder)
         self.utterances = check_utterances(utterances, reads_nothing=reads_nothing_of(model))
         self.max_tools = max_tools
@@ -165,7 +166,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         self.threshold = threshold
         self.on_no_match: NoMatch = on_no_match
         self.timeout = timeout
-        self._encoder = encoder
+        self._encoder = model
         self._router = router
         # The (name, description) signatures of tool sets whose routes all hold what
         # those tools need: a call offering one of them changes nothing and takes no
@@ -187,7 +188,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             return router
         with self._lock:
             if self._router is None:
-                self._router = AdaptiveRouter(encoder=as_encoder(self._encoder))
+                self._router = AdaptiveRouter(encoder=self._encoder)
             return self._router
 
     # -- the selection, shared by the sync and async paths ---------------------------
