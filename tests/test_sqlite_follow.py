@@ -62,7 +62,12 @@ def poll(router: AdaptiveRouter) -> bool:
 
 
 def same(a: AdaptiveRouter, b: AdaptiveRouter) -> bool:
-    return a.list_routes() == b.list_routes() and a.policy == b.policy
+    # By name: a route replaced in place keeps its place in one router (as a local
+    # replace does) while another, which first saw it later, holds it further on.
+    def held(r: AdaptiveRouter) -> dict[str, Route]:
+        return {route.name: route for route in r.list_routes()}
+
+    return held(a) == held(b) and a.policy == b.policy
 
 
 def test_every_kind_of_change_reaches_the_other_router(
@@ -302,6 +307,39 @@ def test_poll_of_a_closed_store_is_refused_by_name(path: Path) -> None:
     store._watch = watch
     with pytest.raises(StorageError, match="closed"):
         store.poll()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_file_deleted_or_replaced_is_reported_and_routing_goes_on(
+    path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The open connection goes on reading the old file: without a check, a poll saw
+    # no change for good, and a file made anew at the path was never followed.
+    enc = HashingEncoder(dimension=64)
+    router = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
+    router.add_route(Route(name="billing", utterances=["I need a refund"]))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    if how == "replaced":
+        AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None)).add_route(
+            Route(name="tech", utterances=["the app crashes"])
+        )
+    with pytest.raises(StorageError, match="deleted or replaced"):
+        poll(router)
+    assert router.query("I need a refund").name == "billing"  # routing goes on
+    store = router.storage
+    assert isinstance(store, SQLiteStorage)
+    store._watch = None  # the follower thread, on the same file, logs it once
+    store.poll_interval = 0.01
+    with caplog.at_level(logging.WARNING, logger="synaptoroute.sqlite"):
+        store.watch(router._apply_changes, lock=router._lock, weak=True)
+
+        def warned() -> bool:
+            return any("deleted or replaced" in r.getMessage() for r in caplog.records)
+
+        wait_until(warned, "the follower's warning")
+    router.close()
+    assert sum("deleted or replaced" in r.getMessage() for r in caplog.records) == 1
 
 
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "1", True])

@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,16 +122,8 @@ class _Seen:
         """What a write of this connection left (``note``: absent is ``None``)."""
         if note.every:
             self.routes.clear()
-        for name, held in note.routes.items():
-            if held is None:
-                self.routes.pop(name, None)
-            else:
-                self.routes[name] = held
-        for key, text in note.state.items():
-            if text is None:
-                self.state.pop(key, None)
-            else:
-                self.state[key] = text
+        _update(self.routes, note.routes)
+        _update(self.state, note.state)
 
     def forget(self, routes: Sequence[str], keys: Sequence[str], every: bool) -> None:
         """Mark what a write may have changed as unknown, for the next poll to compare:
@@ -140,6 +132,24 @@ class _Seen:
             self.routes[name] = None
         for key in keys:
             self.state[key] = ""
+
+
+def _update(seen: dict[str, Any], now: Mapping[str, Any]) -> None:
+    """Set each of ``now`` in ``seen``; a ``None`` is no longer there: removed."""
+    for key, value in now.items():
+        if value is None:
+            seen.pop(key, None)
+        else:
+            seen[key] = value
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """Which file ``path`` names now (device, inode); ``None`` if none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _busy(exc: sqlite3.DatabaseError) -> bool:
@@ -285,6 +295,7 @@ class SQLiteStorage:
         self._watch: PollingWatch | None = None
         self._seen: _Seen | None = None  # set by load(): the base a poll compares with
         self._polls = 0  # the seq of the changes a poll delivers
+        self._opened: tuple[int, int] | None = None  # the file opened (device, inode)
         self.path = str(path)
         if not self.path.strip():  # sqlite3 would open a private temporary file
             msg = "SQLiteStorage needs a file path (or ':memory:'), got an empty one"
@@ -316,6 +327,7 @@ class SQLiteStorage:
         while True:
             try:
                 self._open()
+                self._opened = self._file_identity()
                 return
             except sqlite3.DatabaseError as exc:
                 if _busy(exc) and time.monotonic() < deadline:
@@ -381,6 +393,7 @@ class SQLiteStorage:
             db = sqlite3.connect(":memory:", check_same_thread=False)
             db.close()  # reads fail as on a closed store
         self._db = db
+        self._opened = self._file_identity()
         # A new connection counts data_version anew: the next poll compares everything.
         if self._seen is not None:
             self._seen.version = None
@@ -390,6 +403,9 @@ class SQLiteStorage:
             callback = watch.callback
             if callback is not None:
                 self._watch = self._follower(callback, watch.lock, watch.weak)
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        return None if self.path == ":memory:" else _file_id(self.file)
 
     def _open(self) -> None:
         db = self._db
@@ -491,19 +507,18 @@ class SQLiteStorage:
                     body(tx)
                     if current:
                         noted = self._note(tx, routes, keys, every)
-            except sqlite3.Error as exc:
-                noted = None
-                msg = f"SQLite store {self.path!r}: {exc}; nothing was written"
-                raise StorageError(msg) from exc
-            except BaseException:
-                noted = None
+            except BaseException as exc:
+                if seen is not None:
+                    seen.forget(routes, keys, every)
+                if isinstance(exc, sqlite3.Error):
+                    msg = f"SQLite store {self.path!r}: {exc}; nothing was written"
+                    raise StorageError(msg) from exc
                 raise
-            finally:
-                if seen is not None and seen is self._seen:
-                    if noted is not None:
-                        seen.take(noted)
-                    else:
-                        seen.forget(routes, keys, every)
+            if seen is not None:
+                if noted is not None:
+                    seen.take(noted)
+                else:
+                    seen.forget(routes, keys, every)
 
     @staticmethod
     def _note(
@@ -821,17 +836,21 @@ class SQLiteStorage:
         ``poll_interval`` seconds; call it yourself to see a change at once.
 
         Raises:
-            StorageError: the store is closed or cannot be read; nothing was applied.
+            StorageError: the store is closed or cannot be read, or its file was
+                deleted or replaced since it was opened; nothing was applied.
         """
         watch = self._watch
         if watch is None:
             return False
-        with watch.lock, self._reading() as db:
-            seen = self._seen
-            if seen is None or watch is not self._watch:
+        # The store's lock alone for the usual answer, "nothing": the router's lock (a
+        # route change holds it while it encodes) only to read and apply a change.
+        with self._reading() as db:
+            if self._committed_since(db) is None:
                 return False
-            version = self._data_version(db)
-            if version == seen.version:
+        with watch.lock, self._reading() as db:
+            version = self._committed_since(db)
+            seen = self._seen
+            if version is None or seen is None or watch is not self._watch:
                 return False
             # Only now: a reference to a router held at every tick would keep a dropped
             # router alive through a collection that lands in it.
@@ -846,6 +865,25 @@ class SQLiteStorage:
             except Exception:
                 _log.exception("applying the changes up to %d failed", changes[-1].seq)
             return True
+
+    def _committed_since(self, db: sqlite3.Connection) -> int | None:
+        """``PRAGMA data_version`` if another connection committed since the last
+        look, else ``None``. Under the store's lock.
+
+        Raises:
+            StorageError: the file was deleted or replaced since it was opened: this
+                connection still reads the old one and would never see a change.
+        """
+        if self._opened is not None and _file_id(self.file) != self._opened:
+            msg = (
+                f"SQLite store {self.path!r} was deleted or replaced since this process "
+                "opened it: it goes on routing with the routes it has; restart it to "
+                "follow the file there now"
+            )
+            raise StorageError(msg)
+        version = self._data_version(db)
+        seen = self._seen
+        return None if seen is None or version == seen.version else version
 
     @staticmethod
     def _data_version(db: sqlite3.Connection) -> int:
