@@ -281,6 +281,30 @@ async def test_concurrent_identical_creates_answer_one_201_and_one_409(
     router.close()
 
 
+async def test_an_utterance_the_model_reads_nothing_of_is_a_422_that_changes_nothing(
+    svc: Service,
+) -> None:
+    # Only a BOM and zero-width spaces: the schema admits it (no portable pattern says
+    # what a tokenizer deletes), the router refuses it, naming it, before any write.
+    unread = "\ufeff\u200b"
+    before = (await svc.client.get("/routes")).json()
+    calls = [
+        svc.client.post(
+            "/routes", json={"name": "music", "utterances": ["play", unread]}, headers=AUTH
+        ),
+        svc.client.post(
+            "/routes/billing/utterances", json={"utterances": ["refund", unread]}, headers=AUTH
+        ),
+        svc.client.post("/negatives", json={"texts": ["tell me a joke", unread]}, headers=AUTH),
+    ]
+    for call in calls:
+        r = await call
+        assert r.status_code == 422, r.text
+        assert "is empty to the model" in r.text and repr(unread) in r.json()["detail"]
+    assert (await svc.client.get("/routes")).json() == before
+    assert (await svc.client.get("/negatives")).json()["negatives"] == []
+
+
 async def test_add_and_delete_utterances(svc: Service) -> None:
     q = {"query": "my parcel never arrived"}
     assert (await svc.client.post("/route", json=q)).json()["route"] is None
