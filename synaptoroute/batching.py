@@ -109,23 +109,25 @@ def runs_by_cost(
     texts: Sequence[str],
     max_cost: int | None,
     max_count: int | None = None,
-    cap: int = MAX_TEXT_COST,
+    *,
+    cost: Callable[[str], int],
 ) -> list[list[str]]:
-    """``texts`` in order, cut into runs of at most ``max_cost`` (:func:`text_cost`
-    with ``cap``) and ``max_count`` texts (``None``: no bound); a text costing more
-    than ``max_cost`` alone is a run of its own. The pieces a caller submits one after
-    another: to fit a worker's queue whole, or to let other calls in between."""
+    """``texts`` in order, cut into runs of at most ``max_cost`` (summed ``cost``, the
+    router's :meth:`~synaptoroute.AdaptiveRouter.text_cost`) and ``max_count`` texts
+    (``None``: no bound); a text costing more than ``max_cost`` alone is a run of its
+    own. The pieces a caller submits one after another: to fit a worker's queue
+    whole, or to let other calls in between."""
     runs: list[list[str]] = []
     run: list[str] = []
-    cost = 0
+    total = 0
     for text in texts:
-        c = text_cost(text, cap)
+        c = cost(text)
         full = max_count is not None and len(run) >= max_count
-        if run and (full or (max_cost is not None and cost + c > max_cost)):
+        if run and (full or (max_cost is not None and total + c > max_cost)):
             runs.append(run)
-            run, cost = [], 0
+            run, total = [], 0
         run.append(text)
-        cost += c
+        total += c
     if run:
         runs.append(run)
     return runs

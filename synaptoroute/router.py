@@ -1234,6 +1234,13 @@ class AdaptiveRouter:
             return self._worker
         return self._worker_for(loop)
 
+    def text_cost(self, text: str) -> int:
+        """What ``text`` costs this router's batching queue, in characters the encoder
+        reads (:func:`~synaptoroute.batching.text_cost` up to :attr:`text_cost_cap`):
+        the measure of ``max_queue_cost`` and ``max_batch_cost``, for a caller that
+        cuts a large batch into runs the queue can hold."""
+        return text_cost(text, self.text_cost_cap)
+
     @property
     def workers(self) -> list[BatchWorker[_Request, _Answer]]:
         """The batching workers of every event loop that has used the router and is open."""

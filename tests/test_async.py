@@ -430,14 +430,19 @@ def test_runs_by_cost_keep_order_and_bounds() -> None:
     texts = ["a" * 10, "b" * 10, "c" * 500, "d", "e", "f"]
     cost = text_cost
     for max_cost, max_count in ((None, None), (2 * cost("a" * 10), None), (100, 2), (None, 4)):
-        runs = runs_by_cost(texts, max_cost, max_count)
+        runs = runs_by_cost(texts, max_cost, max_count, cost=cost)
         assert [t for run in runs for t in run] == texts and all(runs)
         for run in runs:
             assert max_count is None or len(run) <= max_count
             # Over the cost bound only as a text on its own.
             assert max_cost is None or sum(map(cost, run)) <= max_cost or len(run) == 1
-    assert runs_by_cost(texts, 100, 2) == [["a" * 10, "b" * 10], ["c" * 500], ["d", "e"], ["f"]]
-    assert runs_by_cost([], 100) == []
+    assert runs_by_cost(texts, 100, 2, cost=cost) == [
+        ["a" * 10, "b" * 10],
+        ["c" * 500],
+        ["d", "e"],
+        ["f"],
+    ]
+    assert runs_by_cost([], 100, cost=cost) == []
 
 
 def test_cost_bounds_are_validated() -> None:

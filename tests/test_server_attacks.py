@@ -407,6 +407,25 @@ async def test_batch_cost_is_refused_at_once_and_single_queries_pass_between_chu
     r.close()
 
 
+@pytest.mark.model
+async def test_batch_cost_is_what_the_routers_encoder_reads(tmp_path: Path) -> None:
+    # An encoder reading 512 tokens charges a long text up to 8,192 characters: the
+    # service judged /route/batch by whatever cap its caller remembered to pass.
+    wide = Encoder(max_tokens=512)
+    r = AdaptiveRouter(wide, SQLiteStorage(tmp_path / "w.db"))
+    long = "refund " * 2000
+    assert r.text_cost(long) == 8192 + 16 and r.text_cost("abc") == 3 + 16
+    settings = ServerSettings(max_batch_cost=12_000)
+    app = create_app(settings, router=r)
+    async with app.router.lifespan_context(app), await _asgi(app) as c:
+        # Two texts at the default model's cap (4,112 each) would fit; at this one's
+        # (8,208 each) they cannot.
+        refused = await c.post("/route/batch", json={"queries": [long, long]})
+        assert refused.status_code == 413
+        assert "costs 16416" in refused.json()["detail"]
+    r.close()
+
+
 @pytest.mark.parametrize(
     ("queue", "texts"),
     [

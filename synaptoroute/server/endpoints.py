@@ -137,7 +137,7 @@ def endpoints_router(
         `max_batches_in_flight` with 429. The request timeout bounds the whole batch.
         """
         router = state.get_router()
-        admission.check_cost(body.queries, router.text_cost_cap)
+        admission.check_cost(body.queries, router.text_cost)
         # Chunks the worker's queue can hold (it refuses more texts, or more cost, than
         # it may ever hold with 422), each given what is left of one deadline.
         matches = await admission.run(body.queries, router, timeout)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..batching import MAX_TEXT_COST, TEXT_COST_OVERHEAD, runs_by_cost, text_cost
+from ..batching import TEXT_COST_OVERHEAD, runs_by_cost
 from ..exceptions import RouterTimeoutError, SynaptorouteError
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ __all__ = [
     "InternalErrorMiddleware",
     "RateLimitMiddleware",
     "host_allowed",
-    "text_cost",
 ]
 
 log = logging.getLogger("synaptoroute.server")
@@ -237,14 +236,14 @@ class BatchAdmission:
         self.clock = clock
         self.in_flight = 0
 
-    def check_cost(self, texts: Sequence[str], cap: int = MAX_TEXT_COST) -> None:
+    def check_cost(self, texts: Sequence[str], cost: Callable[[str], int]) -> None:
         """Refuse a batch costing more than ``max_cost`` (it could never be admitted);
-        ``cap``: the router's ``text_cost_cap``.
+        ``cost``: the router's :meth:`~synaptoroute.AdaptiveRouter.text_cost`.
 
         Raises:
             AdmissionError: 413.
         """
-        total = sum(text_cost(text, cap) for text in texts)
+        total = sum(map(cost, texts))
         if total > self.max_cost:
             msg = (
                 f"this batch costs {total} (characters the model reads, plus "
@@ -275,9 +274,7 @@ class BatchAdmission:
         worker = router.worker
         queue_cost = worker.max_queue_cost
         cost = self.chunk_cost if queue_cost is None else min(self.chunk_cost, queue_cost)
-        chunks = runs_by_cost(
-            texts, cost, max_count=worker.max_queue_size, cap=router.text_cost_cap
-        )
+        chunks = runs_by_cost(texts, cost, worker.max_queue_size, cost=router.text_cost)
         if self.in_flight >= self.max_in_flight:
             msg = f"{self.in_flight} batches are being served, the most at once; retry later"
             raise AdmissionError(429, msg)

@@ -349,9 +349,7 @@ async def _asubmit(
     # queue is served (as the sync batch is), not refused as one that can never fit.
     worker = router.worker
     out: list[T] = []
-    runs = runs_by_cost(
-        texts, worker.max_queue_cost, worker.max_queue_size, cap=router.text_cost_cap
-    )
+    runs = runs_by_cost(texts, worker.max_queue_cost, worker.max_queue_size, cost=router.text_cost)
     for run in runs:
         out.extend(await submit(run))
     return out
