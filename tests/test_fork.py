@@ -472,9 +472,14 @@ def test_a_child_never_frees_what_an_owner_collected_there_inherited() -> None:
     gc.disable()  # the dropped router stays garbage, uncollected, until the child
     try:
         dropped = Encoder()
-        AdaptiveRouter(dropped).add_route(Route(name="a", utterances=["hello there"]))
+        router = AdaptiveRouter(dropped)
+        router.add_route(Route(name="a", utterances=["hello there"]))
+        # A cycle of its own: garbage only a collection frees, whether or not the
+        # router happens to hold one.
+        cycle: list[object] = [router]
+        cycle.append(cycle)
         session = weakref.ref(dropped._session)
-        del dropped
+        del dropped, router, cycle
 
         def child() -> None:
             gc.collect()  # takes the router and its encoder
