@@ -74,6 +74,24 @@ def test_a_copy_embeds_with_the_same_model(encoder: Encoder) -> None:
     assert isinstance(named.encoder, Encoder) and named.encoder.model_id == "BAAI/bge-small-en-v1.5"
     with pytest.raises(ValueError, match="is not the encoder's model"):
         SynaptorouteEmbedding(HashingEncoder(dimension=16), model_name=DEFAULT_MODEL_ID)
+    # A bare AttributeError before: a LlamaIndex embedding is no synaptoroute encoder.
+    with pytest.raises(TypeError, match=r"synaptoroute encoder, got MockEmbedding.*as_encoder"):
+        SynaptorouteEmbedding(MockEmbedding(embed_dim=8))  # type: ignore[arg-type]
+
+
+def test_a_chunk_is_read_up_to_the_encoders_token_limit(encoder: Encoder) -> None:
+    # As documented: the bundled model reads a text's first 256 tokens, so a fact
+    # further into a long chunk moves nothing; an encoder reading 512 sees it.
+    filler = " ".join(f"Section {i} covers shipping zones and parcel sizes." for i in range(40))
+    fact = " Refunds take five business days to reach your card."
+    short = SynaptorouteEmbedding(encoder)
+    assert np.allclose(
+        short.get_text_embedding(filler + fact), short.get_text_embedding(filler), atol=1e-6
+    )
+    wide = SynaptorouteEmbedding(Encoder(max_tokens=512))
+    assert not np.allclose(
+        wide.get_text_embedding(filler + fact), wide.get_text_embedding(filler), atol=1e-3
+    )
 
 
 def _lengths(texts: list[str]) -> list[list[float]]:

@@ -100,6 +100,9 @@ def test_decide_with_nothing_scored() -> None:
         ({"threshold": "0.3"}, "threshold"),
         ({"on_no_match": "first"}, "on_no_match"),
         ({"on_no_match": "fallback"}, "fallback="),
+        # Ignored before: an unmatched query went to the best choice, not this one.
+        ({"fallback": "general"}, r"only with on_no_match='fallback'.*'best'"),
+        ({"fallback": "general", "on_no_match": "raise"}, "only with on_no_match"),
         ({"threshold": 1.5}, "threshold"),
         ({"threshold": float("nan")}, "threshold"),
         ({"max_choice_sets": 2.5}, "max_choice_sets"),
@@ -191,6 +194,13 @@ def test_no_match_policies_with_the_model(encoder: Encoder, choices: list[ToolMe
     )
     assert fallback.select(choices, OFF_TOPIC).inds == [2]
     assert fallback.select(choices, CLEAR_QUERIES[0][0]).inds == [0]
+    # A misspelt fallback surfaced only at the first query that matched nothing.
+    misspelt = SynaptorouteSelector.from_defaults(
+        utterances=UTTERANCES, encoder=encoder, on_no_match="fallback", fallback="genral"
+    )
+    for _ in range(2):
+        with pytest.raises(InvalidInputError, match=r"'genral' is not among"):
+            misspelt.select(choices, CLEAR_QUERIES[0][0])
     strict = SynaptorouteSelector.from_defaults(
         utterances=UTTERANCES, encoder=encoder, on_no_match="raise"
     )

@@ -28,8 +28,8 @@ from synaptoroute import (
     ModelNotAvailableError,
     default_encoder,
 )
+from synaptoroute.adapters import _is_encoder, llama_index_model_id
 from synaptoroute.adapters import as_encoder as _core_as_encoder
-from synaptoroute.adapters import llama_index_model_id
 
 __all__ = ["LlamaIndexEncoder", "SynaptorouteEmbedding", "as_encoder"]
 
@@ -66,6 +66,8 @@ class SynaptorouteEmbedding(BaseEmbedding):
 
     Raises:
         ValueError: ``model_name`` is not the given encoder's model.
+        TypeError: ``encoder`` is not a synaptoroute encoder (a LlamaIndex
+            ``BaseEmbedding``, say: :func:`as_encoder` wraps one).
 
     Example:
         >>> from llama_index.core import Document, VectorStoreIndex
@@ -95,6 +97,14 @@ class SynaptorouteEmbedding(BaseEmbedding):
             # The name decides: a copy rebuilt from its fields (unpickling, from_dict)
             # gets its model back, not silently the bundled one.
             encoder = default_encoder() if name in (None, DEFAULT_MODEL_ID) else Encoder(name)
+        elif not _is_encoder(encoder):
+            # A bare AttributeError on model_id before.
+            msg = (
+                f"encoder must be a synaptoroute encoder, got {type(encoder).__name__}; "
+                "a LlamaIndex embedding is an embed_model already (use it as it is), and "
+                "as_encoder() makes one a synaptoroute encoder"
+            )
+            raise TypeError(msg)
         elif name is not None and name != encoder.model_id:
             msg = (
                 f"model_name {name!r} is not the encoder's model {encoder.model_id!r}; "

@@ -90,6 +90,14 @@ class SelectionPolicy:
         if self.on_no_match == "fallback" and not self.fallback:
             msg = "on_no_match='fallback' needs fallback=<the name of a choice>"
             raise InvalidInputError(msg)
+        # Else ignored: a query that matched nothing would go to the best choice, not
+        # to the one named.
+        if self.fallback is not None and self.on_no_match != "fallback":
+            msg = (
+                f"fallback={self.fallback!r} is used only with on_no_match='fallback' "
+                f"(got on_no_match={self.on_no_match!r}); pass both"
+            )
+            raise InvalidInputError(msg)
 
 
 def _label(choices: Sequence[ToolMetadata], index: int) -> str:
@@ -228,7 +236,9 @@ class SynaptorouteSelector(BaseSelector):
         on_no_match: when nothing reaches the threshold: ``"best"`` selects the
             best-scoring choice anyway, ``"fallback"`` the choice named
             ``fallback``, ``"raise"`` raises :class:`synaptoroute.NoRouteMatchedError`.
-        fallback: the choice name for ``on_no_match="fallback"``.
+        fallback: the choice name for ``on_no_match="fallback"`` (given with any other
+            ``on_no_match``, it raises :class:`synaptoroute.InvalidInputError`); a
+            choice set without a choice of that name raises it at its first selection.
         max_choice_sets: how many choice sets keep their embedded routes (least
             recently used dropped first; a dropped set is embedded again if it returns).
 
@@ -364,6 +374,10 @@ class SynaptorouteSelector(BaseSelector):
             msg = "there are no choices to select from"
             raise InvalidInputError(msg)
         self._check_choices(choices)
+        if self.policy.fallback is not None:
+            # At the set's first selection, whatever it matches: a misspelt fallback
+            # otherwise surfaced only at the first query that matched nothing.
+            _fallback_index(choices, self.policy.fallback)
         routes = []
         skip = reads_nothing_of(self.encoder)
         for index, choice in enumerate(choices):
