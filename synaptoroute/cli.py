@@ -25,6 +25,7 @@ import codecs
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -60,6 +61,7 @@ from .storage import check_route, is_database_url
 
 __all__ = [
     "EXIT_BAD_INPUT",
+    "EXIT_BROKEN_PIPE",
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
     "EXIT_MISSING_EXTRA",
@@ -73,6 +75,8 @@ EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_MISSING_EXTRA = 3
 EXIT_INTERRUPTED = 130
+#: stdout was closed before the command had written it all (128 + SIGPIPE).
+EXIT_BROKEN_PIPE = 141
 
 #: Used when ``--store`` is not given.
 STORE_ENV = "SYNAPTOROUTE_STORE"
@@ -155,6 +159,10 @@ def _progress(
 
 # -- helpers ---------------------------------------------------------------------------
 def _store_path(args: argparse.Namespace) -> str:
+    if args.store is not None and not args.store.strip():
+        # Not the default: `--store "$STORE"` with STORE unset would change another store.
+        msg = "--store is empty; give a path (or leave --store out for the default)"
+        raise BadInput(msg)
     return str(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE)
 
 
@@ -318,6 +326,8 @@ def cmd_routes_add(args: argparse.Namespace) -> int:
             if taken:
                 msg = f"route {taken[0]!r} exists; pass --replace to replace it"
                 raise RouteExistsError(msg)
+            _refuse_threshold_change(router, doc)
+        before = router.threshold
         total = sum(len(r.utterances) for r in doc.routes)
         with _progress(router, total, "encoding", args):
             report = apply_routes(router, doc)
@@ -329,7 +339,25 @@ def cmd_routes_add(args: argparse.Namespace) -> int:
                 print(f"{key}\t{name}")
         if report.negatives_added:
             print(f"negatives added\t{len(report.negatives_added)}")
+        if report.threshold_changed:
+            print(f"threshold\t{before:.3f} -> {doc.threshold:.3f}")
     return EXIT_OK
+
+
+def _refuse_threshold_change(router: AdaptiveRouter, doc: RoutesDocument) -> None:
+    """Refuse a file's default threshold that would replace a store's own (``--replace``
+    allows it): an export carries its store's, fitted or not, and importing it into
+    another store changed that store's silently.
+
+    Raises:
+        BadInput: the store holds routes and another default threshold.
+    """
+    if doc.threshold is not None and len(router) and doc.threshold != router.threshold:
+        msg = (
+            f"the file sets the default threshold {doc.threshold:.3f}, and the store's is "
+            f"{router.threshold:.3f}; pass --replace to change it"
+        )
+        raise BadInput(msg)
 
 
 def _check_route_arguments(route: Route) -> None:
@@ -429,6 +457,8 @@ def cmd_import(args: argparse.Namespace) -> int:
                     "existing routes"
                 )
                 raise RouteExistsError(msg)
+            _refuse_threshold_change(router, doc)
+        before = router.threshold
         total = sum(len(r.utterances) for r in doc.routes) + len(doc.negatives)
         with _progress(router, total, "encoding", args):
             report = apply_routes(router, doc)
@@ -441,6 +471,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             f"{summary['routes']} routes from {rows} rows: {len(report.created)} created, "
             f"{len(report.replaced)} replaced, {len(report.unchanged)} unchanged{negatives}"
         )
+        if report.threshold_changed:
+            print(f"default threshold {before:.3f} -> {router.threshold:.3f}")
     return EXIT_OK
 
 
@@ -467,13 +499,31 @@ def _write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to a new temporary file beside ``path``, then rename it over
     ``path``: a reader never sees half a file, and the temporary file has a name of its
     own (as the graph cache's, ``ann.py``), so no other file is overwritten and two
-    exports do not collide."""
+    exports do not collide.
+
+    A symbolic link is followed (its target is replaced, the link kept), a replaced
+    file keeps its permission bits, and what is not a regular file (``/dev/stdout``, a
+    named pipe) is written to, never renamed over: as root, the rename replaced a
+    device node with a file.
+    """
+    import stat
     import uuid
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    target = Path(os.path.realpath(path))
+    try:
+        mode: int | None = target.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        with target.open("w", encoding="utf-8") as out:
+            out.write(text)
+        return
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        if mode is not None:
+            tmp.chmod(stat.S_IMODE(mode))
+        os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)  # left only when the write or the rename failed
 
@@ -610,14 +660,27 @@ def _add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="same as --no-progress")
 
 
-def _threshold(value: str) -> float:
+def _number(value: str) -> float:
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         msg = f"not a number: {value!r}"
         raise argparse.ArgumentTypeError(msg) from None
+
+
+def _threshold(value: str) -> float:
+    number = _number(value)
     if not -1.0 <= number <= 1.0:
         msg = f"threshold must be in [-1, 1], got {number}"
+        raise argparse.ArgumentTypeError(msg)
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = _number(value)
+    # A usage error, not "not ready": the check would otherwise fail for good.
+    if not 0 < number < float("inf"):
+        msg = f"must be a finite number of seconds > 0, got {value!r}"
         raise argparse.ArgumentTypeError(msg)
     return number
 
@@ -830,7 +893,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--port", type=int, default=None, help=f"port, 1-65535 (default ${PORT_ENV} or 8000)"
     )
-    p.add_argument("--timeout", type=float, default=4.0, help="seconds to wait (default 4)")
+    p.add_argument("--timeout", type=_seconds, default=4.0, help="seconds to wait (default 4)")
     p.set_defaults(func=cmd_healthcheck)
 
     p = sub.add_parser(
@@ -915,10 +978,30 @@ def main(argv: Sequence[str] | None = None, *, encoder: EncoderProtocol | None =
     ``encoder`` replaces the bundled model for the commands that open a store (an
     embedding service, a test double); ``serve`` always builds its own.
     """
-    with _escaping_output():  # usage errors and --help print too
+    with _escaping_output(), _warnings_as_lines():  # usage errors and --help print too
         args = build_parser().parse_args(argv)
         args.encoder = encoder
         return _run(args)
+
+
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Print the library's warnings as the CLI prints its errors, one line each
+    (``synaptoroute: warning: ...``), not with a source path and a line of code."""
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        print(f"synaptoroute: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 @contextmanager
@@ -948,10 +1031,19 @@ def _escaping_output() -> Iterator[None]:
 def _run(args: argparse.Namespace) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except KeyboardInterrupt:
         print("synaptoroute: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): quiet, as a shell tool SIGPIPE ends, and
+        # stdout goes nowhere so that the interpreter's flush at exit does not fail too.
+        with suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         if args.traceback:
             raise

@@ -15,9 +15,11 @@ import re
 import shlex
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,7 +130,9 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_is_documented(command: str) -> None:
     headings = re.findall(r"^#+ `synaptoroute ([^`]+)`", DOCS.read_text(), flags=re.MULTILINE)
-    assert any(h.split(" [")[0].split(" ARG")[0].startswith(command) for h in headings), headings
+    # Whole words: "routes list" started with "route", so `route` passed undocumented.
+    words = command.split()
+    assert any(h.split()[: len(words)] == words for h in headings), headings
 
 
 def test_progress_options_are_documented() -> None:
@@ -289,6 +293,123 @@ def test_export_writes_through_a_temporary_file_of_its_own(
     umask = os.umask(0)
     os.umask(umask)
     assert out_file.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain write makes it
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes and symbolic links")
+def test_export_writes_through_links_and_pipes_and_keeps_a_files_mode(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    # The rename replaced whatever -o named: a link became a file (its target kept
+    # the old export), a named pipe (or, as root, a device node) became a file, and a
+    # private file became readable by all.
+    seed(capsys, store)
+    expected = run(capsys, "export", "--store", store)[1]
+    target = tmp_path / "real.yaml"
+    target.write_text("an older export")
+    target.chmod(0o600)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(target)
+    assert run(capsys, "export", "--store", store, "-o", str(link))[0] == EXIT_OK
+    assert link.is_symlink() and target.read_text() == expected
+    assert target.stat().st_mode & 0o777 == 0o600
+    pipe = tmp_path / "pipe.yaml"
+    os.mkfifo(pipe)
+    read: list[str] = []
+    reader = threading.Thread(target=lambda: read.append(pipe.read_text()))
+    reader.start()
+    try:
+        assert run(capsys, "export", "--store", store, "-o", str(pipe))[0] == EXIT_OK
+    finally:
+        if reader.is_alive():  # the export failed before opening the pipe: let go
+            with open(pipe, "w"):
+                pass
+        reader.join(60)
+    assert read == [expected]
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [Path(store).name, "real.yaml", "link.yaml", "pipe.yaml"]
+    )
+
+
+def test_an_empty_store_option_is_bad_input(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--store "$STORE"` with STORE unset used $SYNAPTOROUTE_STORE, or made ./routes.db.
+    seed(capsys, store)
+    monkeypatch.setenv("SYNAPTOROUTE_STORE", store)
+    monkeypatch.chdir(tmp_path)
+    before = stored_routes(store)
+    for argv in (["routes", "add", "x", "hello there"], ["routes", "delete", "billing"]):
+        code, out, err = run(capsys, *argv, "--store", " ")
+        assert code == EXIT_BAD_INPUT and "--store is empty" in err and not out
+    assert stored_routes(store) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [Path(store).name]
+
+
+def test_a_files_default_threshold_needs_replace_and_is_reported(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    # Every export carries its store's threshold: importing one into another store
+    # replaced that store's (a fitted one too) while the output said "unchanged".
+    seed(capsys, store)
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        "threshold: 0.9\nroutes:\n- name: billing\n"
+        "  utterances: [I need a refund, Where is my receipt]\n"
+    )
+    for command in (["routes", "add", "--file"], ["import"]):
+        code, out, err = run(capsys, *command, str(routes), "--store", store)
+        assert code == EXIT_BAD_INPUT and not out
+        assert "default threshold 0.900, and the store's is 0.500; pass --replace" in err
+    assert AdaptiveRouter.open(store, cli.Encoder()).threshold == 0.5
+    code, out, _ = run(
+        capsys, "routes", "add", "--file", str(routes), "--store", store, "--replace"
+    )
+    assert code == EXIT_OK and out == "unchanged\tbilling\nthreshold\t0.500 -> 0.900\n"
+    code, out, _ = run(capsys, "import", str(routes), "--store", store)  # the same now
+    assert code == EXIT_OK and "threshold" not in out
+    fresh = str(tmp_path / "fresh.db")  # a new store takes the file's
+    code, out, _ = run(capsys, "import", str(routes), "--store", fresh)
+    assert code == EXIT_OK and out.endswith("default threshold 0.500 -> 0.900\n")
+
+
+def test_a_closed_stdout_ends_the_command_quietly(
+    store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `synaptoroute export | head -1` failed with "error: [Errno 32] Broken pipe", exit 1.
+    seed(capsys, store)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the command starts: every write to it fails
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "synaptoroute", "export", "--store", store],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (cli.EXIT_BROKEN_PIPE, b"")
+
+
+def test_library_warnings_are_one_line(
+    capsys: pytest.CaptureFixture[str], store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A warning printed its source path and line of code, against the one-line rule.
+    def warn(args: argparse.Namespace) -> int:
+        warnings.warn("the fitted head was dropped", UserWarning, stacklevel=1)
+        return EXIT_OK
+
+    parser = build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub.choices["export"].set_defaults(func=warn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        code, _, err = run(capsys, "export", "--store", store)
+    assert code == EXIT_OK
+    assert err == "synaptoroute: warning: the fitted head was dropped\n"
 
 
 # Characters a YAML writer or reader may fold, escape or read as something else.
@@ -570,6 +691,17 @@ def test_healthcheck_follows_the_port_variable(
     assert "--port must be a port number (1-65535), got 0" in err
     monkeypatch.setenv(cli.PORT_ENV, "0")
     assert run(capsys, "healthcheck")[0] == EXIT_BAD_INPUT
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan", "inf", "soon"])
+def test_a_bad_healthcheck_timeout_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], timeout: str
+) -> None:
+    # Reported as "not ready" (exit 1) before: a wrong HEALTHCHECK line looked unhealthy.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["healthcheck", "--timeout", timeout])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert "--timeout" in capsys.readouterr().err
 
 
 def test_healthcheck_fails_when_nothing_listens(capsys: pytest.CaptureFixture[str]) -> None:
