@@ -171,7 +171,11 @@ def _open_router(args: argparse.Namespace, *, create: bool) -> AdaptiveRouter:
     if not create and not is_database_url(path) and path != ":memory:":
         _check_store_exists(path)
     encoder: EncoderProtocol = getattr(args, "encoder", None) or Encoder()
-    return AdaptiveRouter.open(path, ProgressEncoder(encoder))
+    try:
+        return AdaptiveRouter.open(path, ProgressEncoder(encoder), reencode=args.reencode)
+    except ModelMismatchError as exc:
+        msg = f"{exc}; on the command line: --reencode"
+        raise BadInput(msg) from exc
 
 
 def _check_store_exists(path: str) -> None:
@@ -638,12 +642,19 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------
-def _add_store(p: argparse.ArgumentParser) -> None:
+def _add_store(p: argparse.ArgumentParser, *, reencode: bool = True) -> None:
     p.add_argument(
         "--store",
         metavar="PATH",
         help=f"SQLite store (default: ${STORE_ENV} or {DEFAULT_STORE}; ':memory:' for none)",
     )
+    if reencode:
+        p.add_argument(
+            "--reencode",
+            action="store_true",
+            help="re-encode a store written with another model with this one (its "
+            "vectors are replaced; without it such a store is refused)",
+        )
 
 
 def _add_json(p: argparse.ArgumentParser, what: str = "print JSON instead of text") -> None:
@@ -839,7 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
             "without it the service only starts on a loopback host or with --read-only."
         ),
     )
-    _add_store(p)
+    _add_store(p, reencode=False)
     p.add_argument("--routes", metavar="FILE", help="routes file applied to the store at start")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument(

@@ -26,9 +26,18 @@ from typing import Any
 
 import pytest
 
-from synaptoroute import AdaptiveRouter, Encoder, Route, SQLiteStorage, __version__, cli
+from synaptoroute import (
+    AdaptiveRouter,
+    Encoder,
+    HashingEncoder,
+    Route,
+    SQLiteStorage,
+    __version__,
+    cli,
+)
 from synaptoroute.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, build_parser, main
 from synaptoroute.routes_file import parse_routes
+from synaptoroute.storage.base import ModelInfo
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -691,6 +700,31 @@ def test_healthcheck_follows_the_port_variable(
     assert "--port must be a port number (1-65535), got 0" in err
     monkeypatch.setenv(cli.PORT_ENV, "0")
     assert run(capsys, "healthcheck")[0] == EXIT_BAD_INPUT
+
+
+def test_a_store_of_another_model_is_refused_or_reencoded_on_request(
+    capsys: pytest.CaptureFixture[str], store: str, encoder: Encoder
+) -> None:
+    # The refusal said "pass reencode=True", which no command took.
+    other = AdaptiveRouter(HashingEncoder(dimension=64), SQLiteStorage(store))
+    other.add_route(Route(name="billing", utterances=["I need a refund", "Where is my receipt"]))
+    other.close()
+    code, out, err = run(capsys, "routes", "list", "--store", store)
+    assert code == EXIT_BAD_INPUT and not out
+    assert "'hashing-bow-64'" in err and "on the command line: --reencode" in err
+
+    def model() -> ModelInfo | None:
+        storage = SQLiteStorage(store)
+        try:
+            return storage.model_info()
+        finally:
+            storage.close()
+
+    assert model() == ModelInfo("hashing-bow-64", 64)  # left as it was
+    code, out, _ = run(capsys, "route", "I want my money back", "--store", store, "--reencode")
+    assert code == EXIT_OK and out.startswith("billing\t")
+    assert model() == ModelInfo(encoder.model_id, encoder.dimension)
+    assert run(capsys, "routes", "list", "--store", store)[0] == EXIT_OK
 
 
 @pytest.mark.parametrize("timeout", ["-1", "0", "nan", "inf", "soon"])
