@@ -106,10 +106,30 @@ class Misrouted:
     runner_up_score: float | None
 
 
+def _rows(values: object, name: str, like: NDArray[Any] | None = None) -> NDArray[Any]:
+    """``values`` as a 1-D array (a mask as booleans: 0/1 integers indexed rows, and
+    ``~`` of them is -1/-2), as long as ``like``.
+
+    Raises:
+        InvalidInputError: not one value per row.
+    """
+    array = np.asarray(values, dtype=np.float64 if like is None else np.bool_)
+    if array.ndim != 1 or (like is not None and len(array) != len(like)):
+        expected = "a 1-D sequence" if like is None else f"{len(like)} values, one per score"
+        msg = f"{name} must be {expected}, got shape {array.shape}"
+        raise InvalidInputError(msg)
+    return array
+
+
 def auroc(score: NDArray[np.floating], positive: NDArray[np.bool_]) -> float | None:
     """Area under the ROC curve of ``score`` ranking ``positive`` rows above the others
-    (ties count half); ``None`` without both kinds of rows."""
-    values = np.asarray(score, dtype=np.float64)
+    (ties count half); ``None`` without both kinds of rows.
+
+    Raises:
+        InvalidInputError: the two are not 1-D and of one length.
+    """
+    values = _rows(score, "score")
+    positive = _rows(positive, "positive", values)
     n_pos = int(positive.sum())
     n_neg = len(values) - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -145,8 +165,12 @@ def oos_curve(
 
     Returns:
         Cuts (increasing), in-scope accuracy and out-of-scope recall at each.
+
+    Raises:
+        InvalidInputError: the three are not 1-D and of one length.
     """
-    values = np.asarray(score, dtype=np.float64)
+    values = _rows(score, "score")
+    correct, oos = _rows(correct, "correct", values), _rows(oos, "oos", values)
     cuts = np.unique(values[values > -np.inf])
     # Every row turned away: the one operating point routes none.
     if (route_nothing or not len(cuts)) and not (len(cuts) and cuts[-1] == np.inf):
@@ -163,8 +187,17 @@ def expected_calibration_error(
     confidence: NDArray[np.floating], correct: NDArray[np.bool_], bins: int = 10
 ) -> float | None:
     """Expected calibration error: the row-weighted mean gap between the mean
-    confidence and the share correct in equal-width confidence bins."""
-    conf = np.asarray(confidence, dtype=np.float64)
+    confidence and the share correct in equal-width confidence bins.
+
+    Raises:
+        InvalidInputError: the two are not 1-D and of one length, or a confidence is
+            not a number in [0, 1].
+    """
+    conf = _rows(confidence, "confidence")
+    correct = _rows(correct, "correct", conf)
+    if not ((conf >= 0) & (conf <= 1)).all():  # NaN too
+        msg = "confidence must be numbers in [0, 1]"
+        raise InvalidInputError(msg)
     if len(conf) == 0:
         return None
     which = np.minimum((conf * bins).astype(np.int64), bins - 1)
@@ -245,7 +278,8 @@ class EvaluationReport:
     candidate_correct: NDArray[np.bool_] = field(
         default_factory=lambda: np.zeros(0, dtype=bool), repr=False
     )
-    #: The router's cut: the head's confidence cut, or the default score threshold.
+    #: The router's cut: the head's confidence cut, or the default score threshold;
+    #: ``None`` when routes are cut at thresholds of their own or by a margin.
     cut: float | None = None
     #: What ``cut`` applies to: ``"confidence"`` or ``"score"``.
     cut_on: str = "score"
@@ -468,6 +502,14 @@ class EvaluationReport:
                 zorder=3,
                 label=f"router's cut ({self.cut_on} {self.cut:.3f})",
             )
+        elif self.cut is None and None not in (self.oos_recall, self.in_scope_accuracy):
+            ax.scatter(
+                [self.oos_recall],
+                [self.in_scope_accuracy],
+                color="tab:red",
+                zorder=3,
+                label="router (thresholds of its routes, or a margin)",
+            )
         auc = self.oos_auroc
         ax.set_xlabel("out-of-scope recall")
         ax.set_ylabel("in-scope accuracy")
@@ -619,9 +661,16 @@ def evaluate_router(
     for start in range(0, len(texts), batch_size):
         matches.extend(router.query_batch(list(texts[start : start + batch_size])))
     report = evaluate_matches(texts, labels, matches, names, top_pairs=top_pairs)
-    head = router.policy.head
-    if head is not None:
-        report.cut, report.cut_on = head.cut, "confidence"
+    policy = router.policy
+    if policy.head is not None:
+        report.cut, report.cut_on = policy.head.cut, "confidence"
+    elif policy.min_margin == 0 and all(
+        m.threshold == policy.threshold for m in matches if m.threshold is not None
+    ):
+        report.cut, report.cut_on = policy.threshold, "score"
     else:
-        report.cut, report.cut_on = router.policy.threshold, "score"
+        # Routes cut at thresholds of their own, or by a margin: the default threshold
+        # is not where the router works, and no single cut is (the plot marks the
+        # router's own figures instead).
+        report.cut, report.cut_on = None, "score"
     return report

@@ -146,6 +146,14 @@ def test_evaluate_real_router(
         assert wrong.text == texts[wrong.index]
     with pytest.raises(InvalidInputError, match="no_such_route"):
         router.evaluate(texts[:2], ["no_such_route", None])
+    assert (report.cut, report.cut_on) == (0.45, "score")
+    # A route with a threshold of its own: the default one was reported (and marked)
+    # as the router's cut, where the router does not work.
+    router.set_threshold(next(iter(by_label)), 0.9)
+    own = router.evaluate(texts, labels)
+    assert own.cut is None and own.in_scope_accuracy != report.in_scope_accuracy
+    if own.oos_recall is not None and own.in_scope_accuracy is not None:
+        assert marker(own) == [(own.oos_recall, own.in_scope_accuracy)]
 
 
 def test_oos_f1_is_zero_when_no_row_was_rejected() -> None:

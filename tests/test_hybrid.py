@@ -848,6 +848,20 @@ def test_auroc_curve_and_ece_against_direct_computations() -> None:
     conf = np.array([0.95, 0.95, 0.15, 0.15])
     right = np.array([True, False, False, False])
     assert expected_calibration_error(conf, right) == pytest.approx((0.45 * 2 + 0.15 * 2) / 4)
+    # 0/1 masks and plain lists are the same masks (integers indexed rows: 1.75).
+    assert auroc(list(score), inside.astype(int)) == pytest.approx(expected)
+    assert np.array_equal(
+        np.array(oos_curve(score, correct.astype(int), (~inside).astype(int))),
+        np.array([cuts, in_acc, recall]),
+    )
+    assert expected_calibration_error(list(conf), list(right.astype(int))) == pytest.approx(0.3)
+    for bad in ([-0.1, 0.5, 0.5, 0.5], [np.nan, 0.5, 0.5, 0.5], [1.5, 0.5, 0.5, 0.5]):
+        with pytest.raises(InvalidInputError, match=r"confidence must be numbers in \[0, 1\]"):
+            expected_calibration_error(np.array(bad), right)
+    with pytest.raises(InvalidInputError, match="positive must be 6 values"):
+        auroc(score, inside[:3])
+    with pytest.raises(InvalidInputError, match="oos must be 6 values"):
+        oos_curve(score, correct, ~inside[:5])
 
 
 def test_evaluate_reports_auroc_ece_curve_and_cut(
