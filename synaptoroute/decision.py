@@ -675,7 +675,14 @@ def decide(
             if head.needs_knn:
                 found = scores.knn  # from the scan that ranked the routes, if it saw every row
                 knn = np.array([knn_similarity(snapshot, vector) if found is None else found])
-            return _decide_by_head(head, scores, snapshot, names, columns, vector, lex, knn, text)
+            match = _decide_by_head(head, scores, snapshot, names, columns, vector, lex, knn, text)
+            own = None if match.name is None else route_thresholds.get(match.name)
+            if own is not None and match.score < own:
+                # A route's own threshold comes first, whoever decides (the head's
+                # probabilities do not know it was set).
+                update = {"name": None, "threshold": own, "reason": "below_threshold"}
+                return match.model_copy(update=update)
+            return match
     best = snapshot.names[int(scores.route_ids[0])]
     assert best is not None
     score = float(scores.scores[0])

@@ -12,6 +12,7 @@ import math
 import shutil
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +36,7 @@ from synaptoroute.fitting import FitReport, routes_from_labelled
 from synaptoroute.fitting import fit as fit_module
 from synaptoroute.fitting import head as head_module
 from synaptoroute.fitting.calibration import _isotonic, _newton_logistic, _platt
-from synaptoroute.fitting.cuts import _objective_value, _Scored, _search
+from synaptoroute.fitting.cuts import _objective_value, _Scored, _search, _single_cut
 from synaptoroute.fitting.fit import _policy_predictions
 from synaptoroute.fitting.head import (
     _credits,
@@ -166,6 +167,21 @@ def test_head_decides_explainably(
         else:
             assert m.reason == "rejected_by_head"
             assert m.name is None and m.confidence < head.cut
+    # A route's own threshold comes first, a head deciding too: the head routed
+    # queries that scored below it.
+    counts = Counter(m.name for m in matches if m.name is not None)
+    name = counts.most_common(1)[0][0]
+    own = sorted(m.score for m in matches if m.name == name)[counts[name] // 2]
+    router.set_threshold(name, own)
+    assert router.policy.head is head
+    gated = router.query_batch(val_texts)
+    for before, after in zip(matches, gated, strict=True):
+        if before.name == name and before.score < own:
+            assert after.name is None and after.reason == "below_threshold"
+            assert after.threshold == own and after.confidence == before.confidence
+        else:
+            assert after == before
+    assert any(m.reason == "below_threshold" for m in gated)
 
 
 def test_fold_models_side_by_side_equal_one_after_another(
@@ -260,6 +276,19 @@ def test_fit_predicts_exactly_what_the_router_does(
         )
         simulated = [None if p == NONE else layout.names[p] for p in sim]
         assert predicted(router, val_texts) == simulated, aggregation
+        if use_head:
+            # A route's own threshold gates the head's choice, in both.
+            counts = Counter(name for name in simulated if name is not None)
+            name = counts.most_common(1)[0][0]
+            router.set_threshold(name, 0.75)
+            fixed[layout.names.index(name)] = 0.75
+            gated = _policy_predictions(
+                router.policy, data, rows, layout.names, fixed, vectors, val_texts
+            )
+            simulated = [None if p == NONE else layout.names[p] for p in gated]
+            assert simulated.count(name) < counts[name]
+            assert predicted(router, val_texts) == simulated, aggregation
+            router.set_threshold(name, None)  # the next router opens the same store
 
 
 def test_routes_changed_after_fit_keep_the_router_consistent(
@@ -562,6 +591,36 @@ def test_global_macro_f1_search_is_exact(seed: int) -> None:
         for cut in np.r_[np.inf, np.unique(values)]
     )
     assert figures(y, found.pred, n_routes).macro_f1 == pytest.approx(best)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_one_cut_for_a_target_recall_is_exact(seed: int) -> None:
+    # The multiplier's cut overshot the target where the best cut meeting it lies off
+    # the hull of (rows routed right, out-of-scope rows accepted), e.g. routing 1 row
+    # in 4 right at recall 1.0 where 2 in 4 at the target's 0.5 were possible.
+    rng = np.random.default_rng(seed)
+    n, n_routes = int(rng.integers(4, 16)), 3
+    values = np.round(rng.uniform(0, 1, n), 1)
+    cand = rng.integers(0, n_routes, n)
+    y = np.where(rng.uniform(size=n) < 0.5, cand, rng.integers(-1, n_routes, n))
+    y[0] = NONE  # at least one out-of-scope row
+    target = float(rng.choice([0.3, 0.5, 0.7, 0.9, 1.0]))
+    found = _single_cut(values, cand, y, np.ones(n, dtype=bool), n_routes, "oos_recall", target)
+
+    def right_and_recall(pred: np.ndarray) -> tuple[int, float]:
+        return int(((pred == y) & (y != NONE)).sum()), float(
+            ((pred == NONE) & (y == NONE)).sum() / (y == NONE).sum()
+        )
+
+    options = [
+        right_and_recall(np.where(values >= cut, cand, NONE))
+        for cut in np.r_[np.inf, np.unique(values)]
+    ]
+    feasible = [o for o in options if o[1] >= target] or [max(options, key=lambda o: o[1])]
+    right, recall = right_and_recall(found.pred)
+    assert recall >= min(target, max(o[1] for o in options))
+    assert right == max(o[0] for o in feasible)
+    assert np.array_equal(np.where(values >= found.cut[0], cand, NONE), found.pred)
 
 
 @pytest.mark.parametrize("target", [0.5, 0.75, 1.0])

@@ -102,8 +102,10 @@ def _search(
     least its segment's cut; an inactive row's prediction is ``forced``.
 
     Accuracy and (per segment) macro-F1 are separable over segments and are searched
-    exactly; the target out-of-scope recall is met through a Lagrange multiplier on
-    rejected out-of-scope rows, bisected.
+    exactly, and so is the target out-of-scope recall of one segment (one cut); with
+    several, the target is met through a Lagrange multiplier on rejected out-of-scope
+    rows, bisected (which finds the cuts on the hull of the trade-off only, so it may
+    reject more than the target needs).
     """
     rows = np.flatnonzero(active)
     order, starts, ends = _segment_order(values, seg, rows)
@@ -135,6 +137,9 @@ def _search(
         if total_oos == 0:
             return finish(_best_per_segment(_segment_cumsum(right, starts, n), starts, ends, n))
 
+        if len(starts) == 1:
+            return finish(_best_recall_cut(right, oos, ends, forced, y, active, target))
+
         def solve(lam: float) -> tuple[NDArray[np.int64], float]:
             taken = _best_per_segment(
                 _segment_cumsum(right - lam * oos, starts, n), starts, ends, n
@@ -164,6 +169,32 @@ def _search(
         gain = np.where(n_r > 0, 2 * tp / (accepted + n_r), -1.0)
         return finish(_best_per_segment(gain, starts, ends, n))
     return finish(_global_f1(c, t, ends, forced, y, support, n_routes, starts, n))
+
+
+def _best_recall_cut(
+    right: NDArray[np.float64],
+    oos: NDArray[np.float64],
+    ends: NDArray[np.bool_],
+    forced: NDArray[np.int64],
+    y: NDArray[np.int64],
+    active: NDArray[np.bool_],
+    target: float,
+) -> NDArray[np.int64]:
+    """The accepted count of one segment (rows sorted by descending value) routing the
+    most rows right while rejecting at least ``target`` of the out-of-scope rows; the
+    smallest count among ties. Every cut is tried (the multiplier sees only the hull)."""
+    total = int((y == NONE).sum())
+    # Out-of-scope rows rejected whatever the cut: the inactive ones forced nowhere.
+    fixed = int(((forced == NONE) & (y == NONE) & ~active).sum())
+    accepted_oos = np.r_[0.0, np.cumsum(oos)]
+    gain = np.r_[0.0, np.cumsum(right)]
+    # Accepting none, or through the end of a tie group.
+    allowed = np.r_[True, ends]
+    recall = (fixed + accepted_oos[-1] - accepted_oos) / total
+    # A target out of reach: the most recall a cut gives, then the most right.
+    ok = allowed & (recall >= min(target, float(recall[allowed].max())))
+    best = np.where(ok, gain, -np.inf)
+    return np.array([int(np.argmax(best))], dtype=np.int64)
 
 
 def _single_cut(

@@ -541,7 +541,9 @@ def fit_policy(
             },
         )  # fmt: skip
         after_pred = (
-            head_fit.pred if final_head is not None and head_fit is not None else held[best_key]
+            _below_own_thresholds(head_fit.pred, data, fit_rows, fixed)
+            if final_head is not None and head_fit is not None
+            else held[best_key]
         )
         after = figures(y_fit, np.where(blocked, NONE, after_pred), n_routes)
         unfitted = old.head is None and not old.thresholds and "fitted_at" not in old.info
@@ -568,7 +570,8 @@ def fit_policy(
         )
     if any(not np.isnan(v) for v in fixed):
         notes.append(
-            "routes with their own threshold (Route.threshold) kept it; clear it with "
+            "routes with their own threshold (Route.threshold) kept it (a head's choice "
+            "of such a route scoring below it is no route); clear it with "
             "set_threshold(name, None) to let fit choose"
         )
     seconds["total"] = time.perf_counter() - started
@@ -814,6 +817,19 @@ def _policy_predictions(
     verdict = head.judge(vectors, cols, data.top_vals[rows, :k], lex, knn, texts)
     chosen = data.top_ids[rows, :k][np.arange(len(rows)), verdict.choice]
     out: NDArray[np.int64] = np.where(verdict.accepted, chosen, NONE).astype(np.int64)
+    return _below_own_thresholds(out, data, rows, fixed)
+
+
+def _below_own_thresholds(
+    pred: NDArray[np.int64], data: _Scored, rows: NDArray[np.intp], fixed: NDArray[np.float64]
+) -> NDArray[np.int64]:
+    """``pred`` with no route for the rows a head sent to a route with a threshold of
+    its own (``fixed``, NaN: none) that they score below, as ``decide`` answers them."""
+    routed = pred != NONE
+    own = np.full(len(pred), np.nan)
+    own[routed] = fixed[pred[routed]]
+    sim = np.where(data.top_ids[rows] == pred[:, None], data.top_vals[rows], -np.inf).max(axis=1)
+    out: NDArray[np.int64] = np.where(~np.isnan(own) & (sim < own), NONE, pred)
     return out
 
 
