@@ -8,6 +8,7 @@ import dataclasses
 import gc
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -133,6 +134,47 @@ def test_own_writes_are_not_read_back_unless_another_commit_came_first(path: Pat
     got.clear()
     assert mine.poll()
     assert [(c.names, c.state) for c in got] == [(("d",), {})]
+    mine.close()
+    other.close()
+
+
+def test_a_poll_hands_over_the_routes_each_kind_of_write_touched(path: Path) -> None:
+    # Schema 4: the routes a commit touched are recorded by triggers, whatever wrote
+    # them, and a poll reads those alone (it compared every route's fingerprint).
+    mine, other = SQLiteStorage(path, poll_interval=None), SQLiteStorage(path, poll_interval=None)
+    model = ModelInfo("m", 4)
+    other.put_routes(
+        [StoredRoute(Route(name=f"r{i}", utterances=["x", "y"]), unit(2)) for i in range(50)],
+        model,
+    )
+    got: list[Change] = []
+    mine.load()
+    mine.watch(got.extend)
+    writes = {
+        "r1": lambda: other.add_utterances("r1", ["z"], unit(1), model),
+        "r2": lambda: other.delete_utterances("r2", ["x"]),
+        "r3": lambda: other.update_route(Route(name="r3", utterances=[], threshold=0.7)),
+        "r4": lambda: other.delete_route("r4"),
+        "new": lambda: other.put_routes(
+            [StoredRoute(Route(name="new", utterances=["n"]), unit(1))], model
+        ),
+    }
+    for name, write in writes.items():
+        got.clear()
+        write()
+        assert mine.poll(), name
+        assert [c.names for c in got] == [(name,)]
+        assert [s.route.name for c in got for s in c.routes] == ([] if name == "r4" else [name])
+    # A row written by another program (or an older synaptoroute) is seen too.
+    raw = sqlite3.connect(path)
+    with raw:
+        raw.execute("DELETE FROM utterances WHERE text = 'y' AND route_id = "
+                    "(SELECT id FROM routes WHERE name = 'r5')")  # fmt: skip
+    raw.close()
+    got.clear()
+    assert mine.poll()
+    assert [(s.route.name, s.route.utterances) for c in got for s in c.routes] == [("r5", ["x"])]
+    assert not mine.poll()  # nothing since
     mine.close()
     other.close()
 

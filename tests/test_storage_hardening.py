@@ -140,10 +140,19 @@ def test_a_version_2_store_is_migrated_with_its_routes(tmp_path: Path) -> None:
     db.commit()
     db.close()
     store = SQLiteStorage(path)
-    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.schema_version == SCHEMA_VERSION == 4
     (loaded,) = store.load()
     assert loaded.route == Route(name="old", utterances=["hi"], metadata={"a": 1})
     assert loaded.vectors.tolist() == [[1.0] * 4]
+    # Migrated stores record what a commit touches (schema 4): a follower sees it.
+    follower = SQLiteStorage(path, poll_interval=None)
+    follower.load()
+    got: list[Any] = []
+    follower.watch(got.extend)
+    store.add_utterances("old", ["hello"], np.ones((1, 4), np.float32), ModelInfo("m", 4))
+    assert follower.poll()
+    assert [s.route.utterances for c in got for s in c.routes] == [["hi", "hello"]]
+    follower.close()
     store.delete_route("old")  # foreign keys are back on: the utterance goes with it
     check = sqlite3.connect(path)
     assert check.execute("SELECT count(*) FROM utterances").fetchone() == (0,)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,7 +42,7 @@ _log = logging.getLogger("synaptoroute.sqlite")
 _APP_ID = "synaptoroute"
 #: Utterance rows fetched at a time when loading the store.
 _LOAD_CHUNK = 4096
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: ``"full"``: every acknowledged change survives a power loss (an fsync per commit).
 #: ``"normal"``: WAL's cheaper mode; the last commits can roll back after a power
 #: loss (never after a process crash).
@@ -64,29 +64,6 @@ _INSERT_REPLACE = "INSERT OR REPLACE INTO utterances(route_id, text, vector) VAL
 _IN_LIST_MAX = 900
 
 
-#: What a route holds, as of one read: its row (``_ROUTES_SQL``'s columns), the number
-#: of its utterances and their largest id. Ids only grow (schema 3's ``AUTOINCREMENT``
-#: never reuses one) and a replace is a delete and an insert, so an added utterance
-#: raises the largest id and a deleted one lowers the number: every change to a route
-#: or its utterances changes it. SQLite computes it from an index, reading no text.
-_Print = tuple[tuple[Any, ...], int, int]
-
-
-def _fingerprints(
-    db: sqlite3.Connection, rows: Sequence[Any], *, every: bool = True
-) -> dict[str, _Print]:
-    """Each route's :data:`_Print` (``rows``: route rows read in the same transaction;
-    ``every``: they are all the store's, so one pass over the index serves them all)."""
-    where, args = _in_list("route_id", [row[0] for row in rows], every)
-    sums = {
-        rid: (count, last)
-        for rid, count, last in db.execute(
-            f"SELECT route_id, COUNT(*), MAX(id) FROM utterances{where} GROUP BY route_id", args
-        )
-    }
-    return {row[1]: (tuple(row), *sums.get(row[0], (0, 0))) for row in rows}
-
-
 def _in_list(
     column: str, values: Sequence[Any], every: bool = False
 ) -> tuple[str, tuple[Any, ...]]:
@@ -99,37 +76,19 @@ def _in_list(
     return f" WHERE {column} IN ({', '.join('?' * len(values))})", tuple(values)
 
 
-class _Note(NamedTuple):
-    """What a write of this connection left: its routes' prints and its keys' texts
-    (``None``: no longer there); ``every``: it holds every route (``replace_all``)."""
-
-    routes: dict[str, _Print | None]
-    state: dict[str, str | None]
-    every: bool
-
-
 @dataclass
 class _Seen:
-    """The store as this connection last read it: what a poll compares with. A route
-    written here since is ``None``, a key ``""`` (no JSON text is empty): neither
-    equals what the store holds, or its absence, so the next poll compares them."""
+    """The store as this connection last read it: what a poll compares with. A key
+    written here since another connection's commit is ``""`` (no JSON text is empty):
+    it equals neither what the store holds nor its absence, so the next poll compares
+    it."""
 
-    version: int | None  # PRAGMA data_version then; None: unknown (compare everything)
-    routes: dict[str, _Print | None] = field(default_factory=dict)
+    version: int | None  # PRAGMA data_version then; None: unknown (look at the store)
+    seq: int  # the largest change number of ``touched`` then
     state: dict[str, str | None] = field(default_factory=dict)  # key -> stored JSON text
 
-    def take(self, note: _Note) -> None:
-        """What a write of this connection left (``note``: absent is ``None``)."""
-        if note.every:
-            self.routes.clear()
-        _update(self.routes, note.routes)
-        _update(self.state, note.state)
-
-    def forget(self, routes: Sequence[str], keys: Sequence[str], every: bool) -> None:
-        """Mark what a write may have changed as unknown, for the next poll to compare:
-        a route written here and deleted elsewhere since is then found gone."""
-        for name in [*self.routes, *routes] if every else routes:
-            self.routes[name] = None
+    def forget(self, keys: Sequence[str]) -> None:
+        """Mark the keys a write may have changed as unknown, for the next poll."""
         for key in keys:
             self.state[key] = ""
 
@@ -237,11 +196,47 @@ def _migration_3(db: sqlite3.Connection) -> None:
     )
 
 
+#: Records a route name (``{name}``: an expression of the trigger's row) as touched,
+#: with the next change number.
+_TOUCH = (
+    "INSERT INTO touched(name, seq) SELECT {name}, "
+    "(SELECT IFNULL(MAX(seq), 0) + 1 FROM touched) WHERE {name} IS NOT NULL "
+    "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq"
+)
+#: The route name of an utterance row (``NEW`` or ``OLD``); NULL once its route is
+#: gone (a route deleted with its utterances is recorded by the routes' trigger).
+_ROUTE_OF = "(SELECT name FROM routes WHERE id = {row}.route_id)"
+
+
+def _migration_4(db: sqlite3.Connection) -> None:
+    # Each route name a commit touched, with the store's change number then, written
+    # by triggers (by any connection, whatever writes the rows): a follower reads the
+    # names touched since it last looked, O(changes), where comparing every route's
+    # count of utterances cost O(routes) a poll (0.5 s at 1M utterances, BENCHMARKS.md
+    # "SQLite: following another process's commits"). One row per name ever written.
+    db.execute("CREATE TABLE touched (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
+    db.execute("CREATE INDEX touched_seq ON touched(seq)")
+    on_routes = {"INSERT": ["NEW.name"], "UPDATE": ["OLD.name", "NEW.name"], "DELETE": ["OLD.name"]}
+    on_utterances = {
+        "INSERT": [_ROUTE_OF.format(row="NEW")],
+        "UPDATE": [_ROUTE_OF.format(row="OLD"), _ROUTE_OF.format(row="NEW")],
+        "DELETE": [_ROUTE_OF.format(row="OLD")],
+    }
+    for table, events in (("routes", on_routes), ("utterances", on_utterances)):
+        for event, names in events.items():
+            body = "; ".join(_TOUCH.format(name=name) for name in names)
+            db.execute(
+                f"CREATE TRIGGER {table}_touched_{event.lower()} AFTER {event} ON {table} "
+                f"BEGIN {body}; END"
+            )
+
+
 # Index i holds the step from schema version i to i + 1. Append, never edit.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
+    _migration_4,
 ]
 
 
@@ -394,7 +389,7 @@ class SQLiteStorage:
             db.close()  # reads fail as on a closed store
         self._db = db
         self._opened = self._file_identity()
-        # A new connection counts data_version anew: the next poll compares everything.
+        # A new connection counts data_version anew: the next poll looks at the store.
         if self._seen is not None:
             self._seen.version = None
         # The follower's thread did not come along: the child's follows on its own.
@@ -482,15 +477,10 @@ class SQLiteStorage:
             raise StorageError(msg)
 
     def _write(
-        self,
-        body: Callable[[sqlite3.Connection], object],
-        *,
-        routes: Sequence[str] = (),
-        keys: Sequence[str] = (),
-        every: bool = False,
+        self, body: Callable[[sqlite3.Connection], object], *, keys: Sequence[str] = ()
     ) -> None:
-        """Run ``body`` in one write transaction; ``routes`` and ``keys`` name what it
-        may change (``every``: every route too, as ``replace_all`` does)."""
+        """Run ``body`` in one write transaction; ``keys`` name the state it may change
+        (the routes it changes are recorded by the ``touched`` triggers)."""
         with self._lock:
             self._refuse_if_closed("write: nothing was written")
             seen, noted = self._seen, None
@@ -499,46 +489,34 @@ class SQLiteStorage:
                     # A poll never sees this connection's own commits (data_version
                     # counts other connections'). If no other connection committed
                     # since the last look (checked under the write lock, so none can
-                    # now), what this write leaves is noted as seen: a poll does not
-                    # read it back. Otherwise it is forgotten, for the next poll to
-                    # compare (the writer's own state then comes back equal and is
-                    # left as it is: apply_change).
+                    # now), every change number up to this write's last is one seen
+                    # or this write's: a poll does not read them back. Otherwise they
+                    # are left for the next poll, which hands the routes back as the
+                    # writer holds them (left as they are: install_route).
                     current = seen is not None and self._data_version(tx) == seen.version
                     body(tx)
                     if current:
-                        noted = self._note(tx, routes, keys, every)
+                        where, args = _in_list("key", keys)
+                        state = dict(tx.execute(f"SELECT key, value FROM state{where}", args))
+                        noted = self._last_seq(tx), {key: state.get(key) for key in keys}
             except BaseException as exc:
                 if seen is not None:
-                    seen.forget(routes, keys, every)
+                    seen.forget(keys)
                 if isinstance(exc, sqlite3.Error):
                     msg = f"SQLite store {self.path!r}: {exc}; nothing was written"
                     raise StorageError(msg) from exc
                 raise
             if seen is not None:
                 if noted is not None:
-                    seen.take(noted)
+                    seen.seq = noted[0]
+                    _update(seen.state, noted[1])
                 else:
-                    seen.forget(routes, keys, every)
+                    seen.forget(keys)
 
     @staticmethod
-    def _note(
-        tx: sqlite3.Connection, routes: Sequence[str], keys: Sequence[str], every: bool
-    ) -> _Note:
-        """What ``routes`` and ``keys`` (``every``: every route) hold now, in ``tx``;
-        ``None`` for those that no longer exist."""
-        where, args = _in_list("name", routes, every)
-        rows = tx.execute(f"{_ROUTE_ROWS}{where} ORDER BY id", args).fetchall()
-        if not every:
-            wanted = set(routes)
-            rows = [row for row in rows if row[1] in wanted]
-        found: dict[str, _Print | None] = dict(_fingerprints(tx, rows, every=every))
-        where, args = _in_list("key", keys)
-        state = dict(tx.execute(f"SELECT key, value FROM state{where}", args))
-        return _Note(
-            found if every else {name: found.get(name) for name in routes},
-            {key: state.get(key) for key in keys},
-            every,
-        )
+    def _last_seq(db: sqlite3.Connection) -> int:
+        """The store's last change number (``touched``)."""
+        return int(db.execute("SELECT IFNULL(MAX(seq), 0) FROM touched").fetchone()[0])
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -602,7 +580,7 @@ class SQLiteStorage:
                 state = dict(db.execute("SELECT key, value FROM state"))
                 out = self._stored_routes(routes, *self._read_utterances(info))
                 if self._watch is None:  # once followed, only a poll moves the base
-                    self._seen = _Seen(version, dict(_fingerprints(db, routes)), dict(state))
+                    self._seen = _Seen(version, self._last_seq(db), dict(state))
             finally:
                 db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
         return out
@@ -698,7 +676,7 @@ class SQLiteStorage:
             for item, meta in zip(routes, metadata, strict=True):
                 self._insert_route(tx, item.route, item.vectors, meta)
 
-        self._write(body, routes=[item.route.name for item in routes])
+        self._write(body)
 
     def add_utterances(
         self, name: str, texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo
@@ -710,13 +688,12 @@ class SQLiteStorage:
             self._set_model(tx, model)
             self._insert_utterances(tx, self._route_id(tx, name), texts, vectors, keep=True)
 
-        self._write(body, routes=[name])
+        self._write(body)
 
     def delete_route(self, name: str) -> None:
         """Remove a route and its utterances."""
         self._write(
-            lambda tx: tx.execute("DELETE FROM routes WHERE id=?", (self._route_id(tx, name),)),
-            routes=[name],
+            lambda tx: tx.execute("DELETE FROM routes WHERE id=?", (self._route_id(tx, name),))
         )
 
     def delete_utterances(self, name: str, texts: Sequence[str]) -> None:
@@ -728,7 +705,7 @@ class SQLiteStorage:
                 "DELETE FROM utterances WHERE route_id=? AND text=?", [(rid, t) for t in texts]
             )
 
-        self._write(body, routes=[name])
+        self._write(body)
 
     def update_route(self, route: Route) -> None:
         """Store a route's description, threshold and metadata."""
@@ -741,7 +718,7 @@ class SQLiteStorage:
                 (route.description, route.threshold, metadata, rid),
             )
 
-        self._write(body, routes=[route.name])
+        self._write(body)
 
     def replace_all(self, routes: Sequence[StoredRoute], model: ModelInfo) -> None:
         """Replace every route and the model record in one transaction."""
@@ -757,7 +734,7 @@ class SQLiteStorage:
             for item, meta in zip(routes, metadata, strict=True):
                 self._insert_route(tx, item.route, item.vectors, meta)
 
-        self._write(body, routes=[item.route.name for item in routes], every=True)
+        self._write(body)
 
     def get_state(self, key: str) -> dict[str, Any] | None:
         """A JSON document stored under ``key``."""
@@ -891,27 +868,37 @@ class SQLiteStorage:
         return int(db.execute("PRAGMA data_version").fetchone()[0])
 
     def _read_changes(self, db: sqlite3.Connection, seen: _Seen, version: int) -> list[Change]:
-        """What differs from ``seen`` (one snapshot), as ``resync`` changes; ``seen``
-        becomes the store as read now. Only the routes that differ are read whole."""
+        """What changed since ``seen`` (one snapshot), as ``resync`` changes; ``seen``
+        becomes the store as read now. Only the routes touched since are read."""
         db.execute("BEGIN")
         try:
             info = self._model_info(db)
-            rows = db.execute(_ROUTES_SQL).fetchall()
-            state: dict[str, str] = dict(db.execute("SELECT key, value FROM state"))
-            prints: dict[str, _Print | None] = dict(_fingerprints(db, rows))
-            changed = [row for row in rows if seen.routes.get(row[1]) != prints[row[1]]]
+            last = self._last_seq(db)
+            names = [
+                name
+                for (name,) in db.execute(
+                    "SELECT name FROM touched WHERE seq > ? ORDER BY seq", (seen.seq,)
+                )
+            ]
+            where, args = _in_list("name", names)
+            rows = db.execute(f"{_ROUTE_ROWS}{where} ORDER BY id", args).fetchall() if names else []
+            wanted = set(names)
+            changed = [row for row in rows if row[1] in wanted]
             stored = (
                 self._stored_routes(changed, *self._read_utterances(info, [r[0] for r in changed]))
                 if changed
                 else []
             )
+            state: dict[str, str] = dict(db.execute("SELECT key, value FROM state"))
         finally:
             db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
-        gone = [name for name in seen.routes if name not in prints]
+        present = {row[1] for row in changed}
+        # Touched and not there: deleted (a router that never held it ignores it).
+        gone = [name for name in names if name not in present]
         keys = sorted(
             k for k in seen.state.keys() | state.keys() if seen.state.get(k) != state.get(k)
         )
-        self._seen = _Seen(version, prints, dict(state))
+        self._seen = _Seen(version, last, dict(state))
         if not changed and not gone and not keys:
             return []
         # Routes with vectors apart from the rest: a router refuses a change whose
@@ -932,8 +919,8 @@ class SQLiteStorage:
                 )
             )
         if held:
-            names = tuple(item.route.name for item in held)
-            changes.append(self._change("resync", routes=tuple(held), names=names, model=info))
+            held_names = tuple(item.route.name for item in held)
+            changes.append(self._change("resync", routes=tuple(held), names=held_names, model=info))
         return changes
 
     def _change(self, kind: ChangeKind, **fields: Any) -> Change:
