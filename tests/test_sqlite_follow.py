@@ -165,7 +165,8 @@ def test_a_poll_hands_over_the_routes_each_kind_of_write_touched(path: Path) -> 
         assert mine.poll(), name
         assert [c.names for c in got] == [(name,)]
         assert [s.route.name for c in got for s in c.routes] == ([] if name == "r4" else [name])
-    # A row written by another program (or an older synaptoroute) is seen too.
+    # A row written by another program (or an older synaptoroute that opened the
+    # file before it was migrated) is seen too.
     raw = sqlite3.connect(path)
     with raw:
         raw.execute("DELETE FROM utterances WHERE text = 'y' AND route_id = "
@@ -175,6 +176,69 @@ def test_a_poll_hands_over_the_routes_each_kind_of_write_touched(path: Path) -> 
     assert mine.poll()
     assert [(s.route.name, s.route.utterances) for c in got for s in c.routes] == [("r5", ["x"])]
     assert not mine.poll()  # nothing since
+    mine.close()
+    other.close()
+
+
+def test_a_backup_restored_into_the_file_reloads_the_follower(
+    path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The change numbers go back with the content: reading on from the last one seen
+    # found nothing, and the follower kept routes the file no longer held.
+    mine, other = SQLiteStorage(path, poll_interval=None), SQLiteStorage(path, poll_interval=None)
+    model = ModelInfo("m", 4)
+    other.put_routes([StoredRoute(Route(name="a", utterances=["hello"]), unit(1))], model)
+    other.set_state("policy", {"threshold": 0.3})
+    backup = sqlite3.connect(tmp_path / "backup.db")
+    live = sqlite3.connect(path)
+    live.backup(backup)
+    got: list[Change] = []
+    mine.load()
+    mine.watch(got.extend)
+    for i in range(3):
+        other.add_utterances("a", [f"more {i}"], unit(1), model)
+    other.put_routes([StoredRoute(Route(name="b", utterances=["bee"]), unit(1))], model)
+    other.set_state("policy", None)
+    assert mine.poll()
+    got.clear()
+    backup.backup(live)  # restored in place: same file, older content
+    backup.close()
+    live.close()
+    with caplog.at_level(logging.WARNING, logger="synaptoroute.sqlite"):
+        assert mine.poll()
+    assert "went back" in caplog.text
+    (change,) = got
+    assert change.kind == "reload"
+    assert [(s.route.name, s.route.utterances) for s in change.routes] == [("a", ["hello"])]
+    assert change.state == {"policy": {"threshold": 0.3}}
+    got.clear()
+    other.add_utterances("a", ["after"], unit(1), model)  # and it follows on from there
+    assert mine.poll()
+    assert [s.route.utterances for c in got for s in c.routes] == [["hello", "after"]]
+    mine.close()
+    other.close()
+
+
+def test_a_poll_reads_the_state_documents_touched_alone(path: Path) -> None:
+    # Every state document (a fitted policy holds megabytes) was read at every poll.
+    mine, other = SQLiteStorage(path, poll_interval=None), SQLiteStorage(path, poll_interval=None)
+    model = ModelInfo("m", 4)
+    other.set_state("big", {"weights": "x" * 100_000})
+    got: list[Change] = []
+    mine.load()
+    mine.watch(got.extend)
+    read: list[str] = []
+    mine._db.set_trace_callback(read.append)
+    other.put_routes([StoredRoute(Route(name="a", utterances=["hello"]), unit(1))], model)
+    assert mine.poll()
+    assert [c.state for c in got] == [{}]
+    assert not [sql for sql in read if "FROM state" in sql]
+    got.clear()
+    other.set_state("small", {"k": 1})
+    other.set_state("gone", {"k": 2})
+    other.set_state("gone", None)
+    assert mine.poll()
+    assert [c.state for c in got] == [{"gone": None, "small": {"k": 1}}]
     mine.close()
     other.close()
 

@@ -11,9 +11,9 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,28 +78,10 @@ def _in_list(
 
 @dataclass
 class _Seen:
-    """The store as this connection last read it: what a poll compares with. A key
-    written here since another connection's commit is ``""`` (no JSON text is empty):
-    it equals neither what the store holds nor its absence, so the next poll compares
-    it."""
+    """Where this connection last looked at the store: what a poll reads on from."""
 
     version: int | None  # PRAGMA data_version then; None: unknown (look at the store)
     seq: int  # the largest change number of ``touched`` then
-    state: dict[str, str | None] = field(default_factory=dict)  # key -> stored JSON text
-
-    def forget(self, keys: Sequence[str]) -> None:
-        """Mark the keys a write may have changed as unknown, for the next poll."""
-        for key in keys:
-            self.state[key] = ""
-
-
-def _update(seen: dict[str, Any], now: Mapping[str, Any]) -> None:
-    """Set each of ``now`` in ``seen``; a ``None`` is no longer there: removed."""
-    for key, value in now.items():
-        if value is None:
-            seen.pop(key, None)
-        else:
-            seen[key] = value
 
 
 def _file_id(path: str) -> tuple[int, int] | None:
@@ -196,35 +178,46 @@ def _migration_3(db: sqlite3.Connection) -> None:
     )
 
 
-#: Records a route name (``{name}``: an expression of the trigger's row) as touched,
-#: with the next change number.
+#: Records a route name or a state key (``{name}``: an expression of the trigger's
+#: row; ``{kind}``: :data:`_ROUTE` or :data:`_KEY`) as touched, with the next change
+#: number.
 _TOUCH = (
-    "INSERT INTO touched(name, seq) SELECT {name}, "
+    "INSERT INTO touched(kind, name, seq) SELECT '{kind}', {name}, "
     "(SELECT IFNULL(MAX(seq), 0) + 1 FROM touched) WHERE {name} IS NOT NULL "
-    "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq"
+    "ON CONFLICT (kind, name) DO UPDATE SET seq = excluded.seq"
 )
+_ROUTE, _KEY = "r", "s"
 #: The route name of an utterance row (``NEW`` or ``OLD``); NULL once its route is
 #: gone (a route deleted with its utterances is recorded by the routes' trigger).
 _ROUTE_OF = "(SELECT name FROM routes WHERE id = {row}.route_id)"
 
 
 def _migration_4(db: sqlite3.Connection) -> None:
-    # Each route name a commit touched, with the store's change number then, written
-    # by triggers (by any connection, whatever writes the rows): a follower reads the
-    # names touched since it last looked, O(changes), where comparing every route's
-    # count of utterances cost O(routes) a poll (0.5 s at 1M utterances, BENCHMARKS.md
-    # "SQLite: following another process's commits"). One row per name ever written.
-    db.execute("CREATE TABLE touched (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
+    # Each route name and state key a commit touched, with the store's change number
+    # then, written by triggers (by any connection, whatever writes the rows): a
+    # follower reads what was touched since it last looked, O(changes), where
+    # comparing every route's count of utterances (and every state document) cost
+    # O(store) a poll (336 ms at 1M utterances, BENCHMARKS.md "SQLite: following
+    # another process's commits"). One row per name or key ever written.
+    db.execute(
+        "CREATE TABLE touched (kind TEXT NOT NULL, name TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "PRIMARY KEY (kind, name))"
+    )
     db.execute("CREATE INDEX touched_seq ON touched(seq)")
-    on_routes = {"INSERT": ["NEW.name"], "UPDATE": ["OLD.name", "NEW.name"], "DELETE": ["OLD.name"]}
+    both = {"INSERT": ["NEW.{}"], "UPDATE": ["OLD.{}", "NEW.{}"], "DELETE": ["OLD.{}"]}
     on_utterances = {
         "INSERT": [_ROUTE_OF.format(row="NEW")],
         "UPDATE": [_ROUTE_OF.format(row="OLD"), _ROUTE_OF.format(row="NEW")],
         "DELETE": [_ROUTE_OF.format(row="OLD")],
     }
-    for table, events in (("routes", on_routes), ("utterances", on_utterances)):
+    tables = (
+        ("routes", _ROUTE, {e: [n.format("name") for n in ns] for e, ns in both.items()}),
+        ("utterances", _ROUTE, on_utterances),
+        ("state", _KEY, {e: [n.format("key") for n in ns] for e, ns in both.items()}),
+    )
+    for table, kind, events in tables:
         for event, names in events.items():
-            body = "; ".join(_TOUCH.format(name=name) for name in names)
+            body = "; ".join(_TOUCH.format(kind=kind, name=name) for name in names)
             db.execute(
                 f"CREATE TRIGGER {table}_touched_{event.lower()} AFTER {event} ON {table} "
                 f"BEGIN {body}; END"
@@ -476,11 +469,9 @@ class SQLiteStorage:
             msg = f"{why}; cannot {doing}"
             raise StorageError(msg)
 
-    def _write(
-        self, body: Callable[[sqlite3.Connection], object], *, keys: Sequence[str] = ()
-    ) -> None:
-        """Run ``body`` in one write transaction; ``keys`` name the state it may change
-        (the routes it changes are recorded by the ``touched`` triggers)."""
+    def _write(self, body: Callable[[sqlite3.Connection], object]) -> None:
+        """Run ``body`` in one write transaction (the ``touched`` triggers record the
+        routes and state keys it changes)."""
         with self._lock:
             self._refuse_if_closed("write: nothing was written")
             seen, noted = self._seen, None
@@ -496,22 +487,12 @@ class SQLiteStorage:
                     current = seen is not None and self._data_version(tx) == seen.version
                     body(tx)
                     if current:
-                        where, args = _in_list("key", keys)
-                        state = dict(tx.execute(f"SELECT key, value FROM state{where}", args))
-                        noted = self._last_seq(tx), {key: state.get(key) for key in keys}
-            except BaseException as exc:
-                if seen is not None:
-                    seen.forget(keys)
-                if isinstance(exc, sqlite3.Error):
-                    msg = f"SQLite store {self.path!r}: {exc}; nothing was written"
-                    raise StorageError(msg) from exc
-                raise
-            if seen is not None:
-                if noted is not None:
-                    seen.seq = noted[0]
-                    _update(seen.state, noted[1])
-                else:
-                    seen.forget(keys)
+                        noted = self._last_seq(tx)
+            except sqlite3.Error as exc:
+                msg = f"SQLite store {self.path!r}: {exc}; nothing was written"
+                raise StorageError(msg) from exc
+            if seen is not None and noted is not None:
+                seen.seq = noted
 
     @staticmethod
     def _last_seq(db: sqlite3.Connection) -> int:
@@ -567,20 +548,19 @@ class SQLiteStorage:
         """Every route with its vectors, in insertion order, without any encoding.
 
         One read transaction: another process's change is seen whole or not at all.
-        It is also what a follower's :meth:`poll` compares the store with.
+        It is also where a follower's :meth:`poll` reads on from.
         """
         with self._reading() as db:
             # Read before the snapshot: a commit after it changes it, so the next
-            # poll compares (a commit already in the snapshot then shows no change).
+            # poll looks (a commit already in the snapshot then shows no change).
             version = self._data_version(db)
             db.execute("BEGIN")
             try:
                 info = self._model_info(db)
                 routes = db.execute(_ROUTES_SQL).fetchall()
-                state = dict(db.execute("SELECT key, value FROM state"))
                 out = self._stored_routes(routes, *self._read_utterances(info))
                 if self._watch is None:  # once followed, only a poll moves the base
-                    self._seen = _Seen(version, self._last_seq(db), dict(state))
+                    self._seen = _Seen(version, self._last_seq(db))
             finally:
                 db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
         return out
@@ -745,14 +725,13 @@ class SQLiteStorage:
     def set_state(self, key: str, value: dict[str, Any] | None) -> None:
         """Store (or delete) a JSON document."""
         if value is None:
-            self._write(lambda tx: tx.execute("DELETE FROM state WHERE key=?", (key,)), keys=[key])
+            self._write(lambda tx: tx.execute("DELETE FROM state WHERE key=?", (key,)))
         else:
             text = json.dumps(value)
             self._write(
                 lambda tx: tx.execute(
                     "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (key, text)
-                ),
-                keys=[key],
+                )
             )
 
     # -- following other connections' commits ----------------------------------------
@@ -767,12 +746,13 @@ class SQLiteStorage:
         """Call ``callback`` with what other connections commit, every ``poll_interval``.
 
         SQLite keeps no change log, so a change is not each write but a ``resync``:
-        the routes (with their vectors) and the state keys that differ from what this
-        store last read, the names of the routes gone, and the model of the vectors.
-        Commits through this store's own connection are not delivered (the writer
-        applied them already), except the routes a write changed after another
-        connection's commit, which come back as the writer holds them. ``lock`` is held while the store is read and
-        ``callback`` runs, so pass the lock the writer holds around its writes (the
+        the routes (with their vectors) and the state keys touched since this store
+        last read (schema 4's ``touched`` table), the names of the routes gone, and
+        the model of the vectors; a ``reload`` of everything when the change numbers
+        went back (a backup restored into the file). Commits through this store's own
+        connection are not delivered (the writer applied them already), except what a
+        write changed after another connection's commit, which comes back as the
+        writer holds it. ``lock`` is held while the store is read and ``callback`` runs, so pass the lock the writer holds around its writes (the
         router's): a poll then never hands over a state older than a write already
         applied. With ``weak``, a bound-method ``callback`` is held weakly.
 
@@ -869,17 +849,27 @@ class SQLiteStorage:
 
     def _read_changes(self, db: sqlite3.Connection, seen: _Seen, version: int) -> list[Change]:
         """What changed since ``seen`` (one snapshot), as ``resync`` changes; ``seen``
-        becomes the store as read now. Only the routes touched since are read."""
+        becomes the store as read now. Only the routes and keys touched since are read."""
         db.execute("BEGIN")
         try:
             info = self._model_info(db)
             last = self._last_seq(db)
-            names = [
-                name
-                for (name,) in db.execute(
-                    "SELECT name FROM touched WHERE seq > ? ORDER BY seq", (seen.seq,)
+            if last < seen.seq:
+                # The change numbers went back: the file's content was replaced in
+                # place (a backup restored into it); what was seen names nothing.
+                _log.warning(
+                    "the change numbers of SQLite store %r went back (%d, after %d seen "
+                    "here): was a backup restored into it? Reloading everything",
+                    self.path,
+                    last,
+                    seen.seq,
                 )
-            ]
+                return [self._whole(db, info, version, last)]
+            touched = db.execute(
+                "SELECT kind, name FROM touched WHERE seq > ? ORDER BY seq", (seen.seq,)
+            ).fetchall()
+            names = [name for kind, name in touched if kind == _ROUTE]
+            keys = sorted(name for kind, name in touched if kind == _KEY)
             where, args = _in_list("name", names)
             rows = db.execute(f"{_ROUTE_ROWS}{where} ORDER BY id", args).fetchall() if names else []
             wanted = set(names)
@@ -889,16 +879,14 @@ class SQLiteStorage:
                 if changed
                 else []
             )
-            state: dict[str, str] = dict(db.execute("SELECT key, value FROM state"))
+            where, args = _in_list("key", keys)
+            state = dict(db.execute(f"SELECT key, value FROM state{where}", args)) if keys else {}
         finally:
             db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
+        self._seen = _Seen(version, last)
         present = {row[1] for row in changed}
         # Touched and not there: deleted (a router that never held it ignores it).
         gone = [name for name in names if name not in present]
-        keys = sorted(
-            k for k in seen.state.keys() | state.keys() if seen.state.get(k) != state.get(k)
-        )
-        self._seen = _Seen(version, last, dict(state))
         if not changed and not gone and not keys:
             return []
         # Routes with vectors apart from the rest: a router refuses a change whose
@@ -922,6 +910,17 @@ class SQLiteStorage:
             held_names = tuple(item.route.name for item in held)
             changes.append(self._change("resync", routes=tuple(held), names=held_names, model=info))
         return changes
+
+    def _whole(
+        self, db: sqlite3.Connection, info: ModelInfo | None, version: int, last: int
+    ) -> Change:
+        """The whole store (read in ``db``'s snapshot) as a ``reload``; it becomes the
+        base of the next poll."""
+        rows = db.execute(_ROUTES_SQL).fetchall()
+        stored = self._stored_routes(rows, *self._read_utterances(info))
+        state = {key: json.loads(text) for key, text in db.execute("SELECT key, value FROM state")}
+        self._seen = _Seen(version, last)
+        return self._change("reload", routes=tuple(stored), model=info, state=state)
 
     def _change(self, kind: ChangeKind, **fields: Any) -> Change:
         self._polls += 1
