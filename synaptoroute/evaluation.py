@@ -111,9 +111,16 @@ def _rows(values: object, name: str, like: NDArray[Any] | None = None) -> NDArra
     ``~`` of them is -1/-2), as long as ``like``.
 
     Raises:
-        InvalidInputError: not one value per row.
+        InvalidInputError: not one number per row.
     """
-    array = np.asarray(values, dtype=np.float64 if like is None else np.bool_)
+    try:
+        array = np.asarray(values, dtype=np.float64 if like is None else np.bool_)
+    except (TypeError, ValueError) as exc:  # text, ragged rows
+        msg = f"{name} must be numbers, one per row ({exc})"
+        raise InvalidInputError(msg) from exc
+    if like is None and np.isnan(array).any():  # None reads as NaN, which ranks nowhere
+        msg = f"{name} must be numbers, one per row (not NaN or None)"
+        raise InvalidInputError(msg)
     if array.ndim != 1 or (like is not None and len(array) != len(like)):
         expected = "a 1-D sequence" if like is None else f"{len(like)} values, one per score"
         msg = f"{name} must be {expected}, got shape {array.shape}"
@@ -662,15 +669,13 @@ def evaluate_router(
         matches.extend(router.query_batch(list(texts[start : start + batch_size])))
     report = evaluate_matches(texts, labels, matches, names, top_pairs=top_pairs)
     policy = router.policy
-    if policy.head is not None:
-        report.cut, report.cut_on = policy.head.cut, "confidence"
-    elif policy.min_margin == 0 and all(
-        m.threshold == policy.threshold for m in matches if m.threshold is not None
-    ):
-        report.cut, report.cut_on = policy.threshold, "score"
-    else:
-        # Routes cut at thresholds of their own, or by a margin: the default threshold
-        # is not where the router works, and no single cut is (the plot marks the
-        # router's own figures instead).
-        report.cut, report.cut_on = None, "score"
+    cut, on = (
+        (policy.threshold, "score") if policy.head is None else (policy.head.cut, "confidence")
+    )
+    # Routes cut at thresholds of their own (a head's choice too), or by a margin: no
+    # single cut is where the router works (the plot marks its own figures instead).
+    single = (policy.head is not None or policy.min_margin == 0) and all(
+        m.threshold == cut for m in matches if m.threshold is not None
+    )
+    report.cut, report.cut_on = (cut if single else None), on
     return report

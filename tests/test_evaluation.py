@@ -152,8 +152,8 @@ def test_evaluate_real_router(
     router.set_threshold(next(iter(by_label)), 0.9)
     own = router.evaluate(texts, labels)
     assert own.cut is None and own.in_scope_accuracy != report.in_scope_accuracy
-    if own.oos_recall is not None and own.in_scope_accuracy is not None:
-        assert marker(own) == [(own.oos_recall, own.in_scope_accuracy)]
+    assert own.oos_recall is not None and own.in_scope_accuracy is not None
+    assert marker(own) == [(own.oos_recall, own.in_scope_accuracy)]
 
 
 def test_oos_f1_is_zero_when_no_row_was_rejected() -> None:

@@ -172,7 +172,10 @@ def test_head_decides_explainably(
     counts = Counter(m.name for m in matches if m.name is not None)
     name = counts.most_common(1)[0][0]
     own = sorted(m.score for m in matches if m.name == name)[counts[name] // 2]
+    assert router.evaluate(val_texts, val_labels).cut == head.cut
     router.set_threshold(name, own)
+    # No single cut is the router's now: evaluate reported (and marked) the head's.
+    assert router.evaluate(val_texts, val_labels).cut is None
     assert router.policy.head is head
     gated = router.query_batch(val_texts)
     for before, after in zip(matches, gated, strict=True):
@@ -245,6 +248,20 @@ def test_fitted_state_survives_reopening(
     assert np.array_equal(fresh.policy.head.weights, policy.head.weights)
     assert fresh.policy.thresholds == policy.thresholds
     assert [m.model_dump() for m in fresh.query_batch(val_texts)] == expected
+
+
+def test_a_heads_held_out_figures_count_the_routes_own_thresholds(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows
+) -> None:
+    # The head was judged (and chosen against the thresholds) as if no route had a
+    # threshold of its own, while decide turns its choices below one away.
+    router = open_router()
+    texts, labels = split(clinc_train)
+    free = router.fit(texts, labels, head=True).candidates["head"]["held_out"]
+    name = Counter(label for label in labels if label is not None).most_common(1)[0][0]
+    router.set_threshold(name, 0.99)
+    gated = router.fit(texts, labels, head=True).candidates["head"]["held_out"]
+    assert gated["in_scope_accuracy"] < free["in_scope_accuracy"]
 
 
 def test_fit_predicts_exactly_what_the_router_does(

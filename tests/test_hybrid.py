@@ -855,11 +855,15 @@ def test_auroc_curve_and_ece_against_direct_computations() -> None:
         np.array([cuts, in_acc, recall]),
     )
     assert expected_calibration_error(list(conf), list(right.astype(int))) == pytest.approx(0.3)
-    for bad in ([-0.1, 0.5, 0.5, 0.5], [np.nan, 0.5, 0.5, 0.5], [1.5, 0.5, 0.5, 0.5]):
+    for bad in ([-0.1, 0.5, 0.5, 0.5], [1.5, 0.5, 0.5, 0.5]):
         with pytest.raises(InvalidInputError, match=r"confidence must be numbers in \[0, 1\]"):
             expected_calibration_error(np.array(bad), right)
+    with pytest.raises(InvalidInputError, match=r"confidence must be numbers.*NaN"):
+        expected_calibration_error(np.array([np.nan, 0.5, 0.5, 0.5]), right)
     with pytest.raises(InvalidInputError, match="positive must be 6 values"):
         auroc(score, inside[:3])
+    with pytest.raises(InvalidInputError, match="score must be numbers"):
+        auroc([0.5, None, 0.2], [True, False, True])  # type: ignore[list-item]
     with pytest.raises(InvalidInputError, match="oos must be 6 values"):
         oos_curve(score, correct, ~inside[:5])
 

@@ -471,9 +471,15 @@ def fit_policy(
                 {model: oof[:n] for model, oof in oofs.items()}, data, fit_rows, fold,
                 folds, k, objective, target, calibration, maha, betas,
             )  # fmt: skip
+            # Routes' own thresholds turn away some of the head's choices, as decide
+            # does: the head is judged (and chosen) with them.
+            gated = _below_own_thresholds(head_fit.pred, data, fit_rows, fixed)
+            head_value = head_fit.value
+            if not np.array_equal(gated, head_fit.pred):
+                head_value = _objective_value(figures(y_fit, gated, n_routes), objective, target)
             candidates["head"] = {
-                "objective": head_fit.value,
-                "held_out": asdict(figures(y_fit, head_fit.pred, n_routes)),
+                "objective": head_value,
+                "held_out": asdict(figures(y_fit, gated, n_routes)),
                 "alpha": head_fit.alpha,
                 "beta": head_fit.beta,
                 "features": _features(head_fit.inputs == "ngrams", head_fit.beta),
@@ -481,7 +487,7 @@ def fit_policy(
                 "scorer": head_fit.scorer,
                 "scorers": head_fit.scorers,
             }
-            use_head = head is True or head_fit.value > candidates[best_key]["objective"] + 1e-9
+            use_head = head is True or head_value > candidates[best_key]["objective"] + 1e-9
             if use_head:
                 # The mean of the fold models, not a refit on all rows: its logits
                 # are on the scale the calibrator and the cut were fitted on, and it
