@@ -513,15 +513,17 @@ def _write_atomically(path: Path, text: str) -> None:
     import stat
     import uuid
 
-    target = Path(os.path.realpath(path))
     try:
-        mode: int | None = target.stat().st_mode
+        # stat() follows links, /proc's too: /dev/stdout on a pipe is a pipe, where its
+        # realpath ("/proc/<pid>/fd/pipe:[N]") names nothing.
+        mode: int | None = path.stat().st_mode
     except FileNotFoundError:
         mode = None
     if mode is not None and not stat.S_ISREG(mode):
-        with target.open("w", encoding="utf-8") as out:
+        with path.open("w", encoding="utf-8") as out:
             out.write(text)
         return
+    target = Path(os.path.realpath(path))
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
@@ -70,6 +71,12 @@ class Route(BaseModel):
         value = value.strip()
         if not value:
             msg = "route name must be non-empty after stripping whitespace"
+            raise ValueError(msg)
+        # A tab or a line break inside split the CLI's tab-separated lines, and no
+        # control character can be typed or shown where names are listed.
+        control = next((c for c in value if unicodedata.category(c) == "Cc"), None)
+        if control is not None:
+            msg = f"route name {value!r} holds a control character ({control!r})"
             raise ValueError(msg)
         return value
 

@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -315,26 +316,31 @@ def test_export_writes_through_links_and_pipes_and_keeps_a_files_mode(
     expected = run(capsys, "export", "--store", store)[1]
     target = tmp_path / "real.yaml"
     target.write_text("an older export")
-    target.chmod(0o600)
+    target.chmod(0o604)  # not what a umask of 022 or 077 would give a new file
     link = tmp_path / "link.yaml"
     link.symlink_to(target)
     assert run(capsys, "export", "--store", store, "-o", str(link))[0] == EXIT_OK
     assert link.is_symlink() and target.read_text() == expected
-    assert target.stat().st_mode & 0o777 == 0o600
+    assert target.stat().st_mode & 0o777 == 0o604
     pipe = tmp_path / "pipe.yaml"
     os.mkfifo(pipe)
-    read: list[str] = []
-    reader = threading.Thread(target=lambda: read.append(pipe.read_text()))
-    reader.start()
+    # Opened for reading first, without waiting: the export's open then finds a reader.
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
     try:
         assert run(capsys, "export", "--store", store, "-o", str(pipe))[0] == EXIT_OK
+        read = os.read(reader, 1 << 20).decode()
     finally:
-        if reader.is_alive():  # the export failed before opening the pipe: let go
-            with open(pipe, "w"):
-                pass
-        reader.join(60)
-    assert read == [expected]
+        os.close(reader)
+    assert read == expected
     assert stat.S_ISFIFO(pipe.stat().st_mode)
+    # /dev/stdout on a pipe: its realpath names nothing (a temporary file was made there).
+    done = subprocess.run(
+        [sys.executable, "-m", "synaptoroute", "export", "--store", store, "-o", "/dev/stdout"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.decode(), done.stderr) == (EXIT_OK, expected, b"")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [Path(store).name, "real.yaml", "link.yaml", "pipe.yaml"]
     )
@@ -349,8 +355,9 @@ def test_an_empty_store_option_is_bad_input(
     monkeypatch.chdir(tmp_path)
     before = stored_routes(store)
     for argv in (["routes", "add", "x", "hello there"], ["routes", "delete", "billing"]):
-        code, out, err = run(capsys, *argv, "--store", " ")
-        assert code == EXIT_BAD_INPUT and "--store is empty" in err and not out
+        for empty in ("", " "):
+            code, out, err = run(capsys, *argv, "--store", empty)
+            assert code == EXIT_BAD_INPUT and "--store is empty" in err and not out
     assert stored_routes(store) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [Path(store).name]
 
@@ -399,7 +406,8 @@ def test_a_closed_stdout_ends_the_command_quietly(
         )
     finally:
         os.close(write_end)
-    assert (done.returncode, done.stderr) == (cli.EXIT_BROKEN_PIPE, b"")
+    assert done.returncode == cli.EXIT_BROKEN_PIPE
+    assert b"Broken pipe" not in done.stderr and b"synaptoroute:" not in done.stderr
 
 
 def test_library_warnings_are_one_line(
@@ -748,6 +756,26 @@ def test_healthcheck_fails_when_nothing_listens(capsys: pytest.CaptureFixture[st
 
 
 # -- bad input vs failures ------------------------------------------------------------------
+def test_a_route_name_with_a_control_character_is_refused_and_an_old_one_still_opens(
+    capsys: pytest.CaptureFixture[str], store: str
+) -> None:
+    # A tab or a line break in a name split `route` and `routes list` lines.
+    for name in ("bad\tname", "multi\nline"):
+        code, out, err = run(capsys, "routes", "add", name, "hello there", "--store", store)
+        assert code == EXIT_BAD_INPUT and not out and "control character" in err
+    assert not Path(store).exists()
+    # One stored before the rule: the store opens, lists it, and can delete it.
+    seed(capsys, store)
+    raw = sqlite3.connect(store)
+    with raw:
+        raw.execute("UPDATE routes SET name = 'old\tname' WHERE name = 'tech'")
+    raw.close()
+    code, out, _ = run(capsys, "routes", "list", "--store", store, "--json")
+    assert code == EXIT_OK and {r["name"] for r in json.loads(out)} == {"billing", "old\tname"}
+    assert run(capsys, "routes", "delete", "old\tname", "--store", store)[0] == EXIT_OK
+    assert set(stored_routes(store)) == {"billing"}
+
+
 def test_missing_store_is_bad_input_and_creates_nothing(
     capsys: pytest.CaptureFixture[str], store: str
 ) -> None:

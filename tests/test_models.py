@@ -34,6 +34,11 @@ def test_route_strips_and_dedupes_utterances() -> None:
     ("kwargs", "field"),
     [
         ({"name": "   ", "utterances": ["x"]}, "name"),
+        # Split the CLI's tab-separated output into other columns and lines.
+        ({"name": "bad\tname", "utterances": ["x"]}, "control character ('\\t')"),
+        ({"name": "multi\nline", "utterances": ["x"]}, "control character"),
+        ({"name": "nul\x00", "utterances": ["x"]}, "control character"),
+        ({"name": "c1\x85c1", "utterances": ["x"]}, "control character"),
         ({"name": "a", "utterances": ["ok", "  "]}, "utterances"),
         ({"name": "a", "utterances": ["ok", 3]}, "utterances"),
         ({"name": "a", "utterances": ["ok"], "threshold": 1.5}, "threshold"),

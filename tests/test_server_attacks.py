@@ -332,6 +332,21 @@ def test_an_unexpected_error_logs_one_traceback_and_keeps_the_connection(
         r.close()
 
 
+def test_a_route_name_with_a_control_character_is_422(router: AdaptiveRouter) -> None:
+    srv = serve(router)
+    try:
+        with srv.client(HOST) as c:
+            for name in ("bad%09name", "multi%0Aline", "c1%C2%96"):
+                r = c.put(f"/routes/{name}", json={"utterances": ["hello"]})
+                assert r.status_code == 422, r.text
+                assert r.json()["detail"][0]["loc"] == ["path", "name"]
+            r = c.post("/routes", json={"name": "bad\tname", "utterances": ["hello"]})
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "name"
+            assert [route["name"] for route in c.get("/routes").json()] == ["billing", "tech"]
+    finally:
+        srv.stop()
+
+
 def test_a_poisoned_change_never_commits_over_http(router: AdaptiveRouter) -> None:
     srv = serve(router)
     try:

@@ -57,8 +57,10 @@ _WS = (
     "\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a"
     "\\u2028\\u2029\\u202f\\u205f\\u3000"
 )
-#: Non-empty, no leading or trailing whitespace.
-NAME_PATTERN = f"^[^{_WS}]([\\s\\S]*[^{_WS}])?$"
+# Control characters (Unicode category Cc), which no route name may hold.
+_CC = "\\u0000-\\u001f\\u007f-\\u009f"
+#: Non-empty, no leading or trailing whitespace, no control character.
+NAME_PATTERN = f"^[^{_WS}{_CC}]([^{_CC}]*[^{_WS}{_CC}])?$"
 #: A route name: what :class:`~synaptoroute.Route` keeps after stripping.
 Name = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(_encodable)]
 #: An example utterance: at least one character that is not whitespace (one the
