@@ -204,12 +204,19 @@ def test_a_backup_restored_into_the_file_reloads_the_follower(
     backup.backup(live)  # restored in place: same file, older content
     backup.close()
     live.close()
+    # Writes after the restore carry the numbers past the last one seen again: the
+    # follower read on from there, and kept route b the file no longer holds.
+    many = [f"c{i}" for i in range(20)]
+    other.put_routes([StoredRoute(Route(name="c", utterances=many), unit(20))], model)
     with caplog.at_level(logging.WARNING, logger="synaptoroute.sqlite"):
         assert mine.poll()
     assert "went back" in caplog.text
     (change,) = got
     assert change.kind == "reload"
-    assert [(s.route.name, s.route.utterances) for s in change.routes] == [("a", ["hello"])]
+    assert [(s.route.name, s.route.utterances) for s in change.routes] == [
+        ("a", ["hello"]),
+        ("c", many),
+    ]
     assert change.state == {"policy": {"threshold": 0.3}}
     got.clear()
     other.add_utterances("a", ["after"], unit(1), model)  # and it follows on from there

@@ -82,6 +82,9 @@ class _Seen:
 
     version: int | None  # PRAGMA data_version then; None: unknown (look at the store)
     seq: int  # the largest change number of ``touched`` then
+    # The (kind, name) holding ``seq`` then: a backup restored into the file takes it
+    # back, or away, even once later writes carry the numbers past ``seq`` again.
+    mark: tuple[str, str] | None = None
 
 
 def _file_id(path: str) -> tuple[int, int] | None:
@@ -487,17 +490,34 @@ class SQLiteStorage:
                     current = seen is not None and self._data_version(tx) == seen.version
                     body(tx)
                     if current:
-                        noted = self._last_seq(tx)
+                        noted = self._position(tx)
             except sqlite3.Error as exc:
                 msg = f"SQLite store {self.path!r}: {exc}; nothing was written"
                 raise StorageError(msg) from exc
             if seen is not None and noted is not None:
-                seen.seq = noted
+                seen.seq, seen.mark = noted
 
     @staticmethod
-    def _last_seq(db: sqlite3.Connection) -> int:
-        """The store's last change number (``touched``)."""
-        return int(db.execute("SELECT IFNULL(MAX(seq), 0) FROM touched").fetchone()[0])
+    def _position(db: sqlite3.Connection) -> tuple[int, tuple[str, str] | None]:
+        """The store's last change number (``touched``) and the (kind, name) holding it."""
+        row = db.execute("SELECT seq, kind, name FROM touched ORDER BY seq DESC LIMIT 1").fetchone()
+        return (0, None) if row is None else (int(row[0]), (row[1], row[2]))
+
+    @staticmethod
+    def _went_back(db: sqlite3.Connection, seen: _Seen) -> bool:
+        """Whether the change last seen is gone or older now: the file's content was
+        replaced in place (a backup restored into it), so ``seen.seq`` names nothing."""
+        if seen.mark is None:
+            return False
+        row = db.execute(
+            "SELECT seq FROM touched WHERE kind = ? AND name = ?", seen.mark
+        ).fetchone()
+        return row is None or int(row[0]) < seen.seq
+
+    def _all_routes(self, db: sqlite3.Connection, info: ModelInfo | None) -> list[StoredRoute]:
+        """Every route with its vectors, read in ``db``'s transaction."""
+        rows = db.execute(_ROUTES_SQL).fetchall()
+        return self._stored_routes(rows, *self._read_utterances(info))
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -556,11 +576,9 @@ class SQLiteStorage:
             version = self._data_version(db)
             db.execute("BEGIN")
             try:
-                info = self._model_info(db)
-                routes = db.execute(_ROUTES_SQL).fetchall()
-                out = self._stored_routes(routes, *self._read_utterances(info))
+                out = self._all_routes(db, self._model_info(db))
                 if self._watch is None:  # once followed, only a poll moves the base
-                    self._seen = _Seen(version, self._last_seq(db))
+                    self._seen = _Seen(version, *self._position(db))
             finally:
                 db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
         return out
@@ -853,18 +871,15 @@ class SQLiteStorage:
         db.execute("BEGIN")
         try:
             info = self._model_info(db)
-            last = self._last_seq(db)
-            if last < seen.seq:
-                # The change numbers went back: the file's content was replaced in
-                # place (a backup restored into it); what was seen names nothing.
+            position = self._position(db)
+            if self._went_back(db, seen):
                 _log.warning(
-                    "the change numbers of SQLite store %r went back (%d, after %d seen "
-                    "here): was a backup restored into it? Reloading everything",
+                    "the change numbers of SQLite store %r went back (change %d seen "
+                    "here is gone): was a backup restored into it? Reloading everything",
                     self.path,
-                    last,
                     seen.seq,
                 )
-                return [self._whole(db, info, version, last)]
+                return [self._whole(db, info, version, position)]
             touched = db.execute(
                 "SELECT kind, name FROM touched WHERE seq > ? ORDER BY seq", (seen.seq,)
             ).fetchall()
@@ -883,7 +898,7 @@ class SQLiteStorage:
             state = dict(db.execute(f"SELECT key, value FROM state{where}", args)) if keys else {}
         finally:
             db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
-        self._seen = _Seen(version, last)
+        self._seen = _Seen(version, *position)
         present = {row[1] for row in changed}
         # Touched and not there: deleted (a router that never held it ignores it).
         gone = [name for name in names if name not in present]
@@ -912,14 +927,17 @@ class SQLiteStorage:
         return changes
 
     def _whole(
-        self, db: sqlite3.Connection, info: ModelInfo | None, version: int, last: int
+        self,
+        db: sqlite3.Connection,
+        info: ModelInfo | None,
+        version: int,
+        position: tuple[int, tuple[str, str] | None],
     ) -> Change:
         """The whole store (read in ``db``'s snapshot) as a ``reload``; it becomes the
         base of the next poll."""
-        rows = db.execute(_ROUTES_SQL).fetchall()
-        stored = self._stored_routes(rows, *self._read_utterances(info))
+        stored = self._all_routes(db, info)
         state = {key: json.loads(text) for key, text in db.execute("SELECT key, value FROM state")}
-        self._seen = _Seen(version, last)
+        self._seen = _Seen(version, *position)
         return self._change("reload", routes=tuple(stored), model=info, state=state)
 
     def _change(self, kind: ChangeKind, **fields: Any) -> Change:
