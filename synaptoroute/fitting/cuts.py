@@ -138,7 +138,9 @@ def _search(
             return finish(_best_per_segment(_segment_cumsum(right, starts, n), starts, ends, n))
 
         if len(starts) == 1:
-            return finish(_best_recall_cut(right, oos, ends, forced, y, active, target))
+            # The inactive out-of-scope rows forced nowhere are rejected whatever the cut.
+            rejected = int(((forced == NONE) & (y == NONE) & ~active).sum())
+            return finish(_best_recall_cut(right, oos, starts, ends, rejected, total_oos, target))
 
         def solve(lam: float) -> tuple[NDArray[np.int64], float]:
             taken = _best_per_segment(
@@ -174,27 +176,21 @@ def _search(
 def _best_recall_cut(
     right: NDArray[np.float64],
     oos: NDArray[np.float64],
+    starts: NDArray[np.intp],
     ends: NDArray[np.bool_],
-    forced: NDArray[np.int64],
-    y: NDArray[np.int64],
-    active: NDArray[np.bool_],
+    rejected: int,
+    total: int,
     target: float,
 ) -> NDArray[np.int64]:
-    """The accepted count of one segment (rows sorted by descending value) routing the
-    most rows right while rejecting at least ``target`` of the out-of-scope rows; the
-    smallest count among ties. Every cut is tried (the multiplier sees only the hull)."""
-    total = int((y == NONE).sum())
-    # Out-of-scope rows rejected whatever the cut: the inactive ones forced nowhere.
-    fixed = int(((forced == NONE) & (y == NONE) & ~active).sum())
-    accepted_oos = np.r_[0.0, np.cumsum(oos)]
-    gain = np.r_[0.0, np.cumsum(right)]
-    # Accepting none, or through the end of a tie group.
-    allowed = np.r_[True, ends]
-    recall = (fixed + accepted_oos[-1] - accepted_oos) / total
-    # A target out of reach: the most recall a cut gives, then the most right.
-    ok = allowed & (recall >= min(target, float(recall[allowed].max())))
-    best = np.where(ok, gain, -np.inf)
-    return np.array([int(np.argmax(best))], dtype=np.int64)
+    """:func:`_best_per_segment` for one segment under a target out-of-scope recall:
+    the most rows right among the cuts that reject at least ``target`` of the ``total``
+    out-of-scope rows (``rejected`` of them whatever the cut). Every cut is tried (the
+    multiplier sees only the hull); a target out of reach takes the most recall."""
+    accepted_oos = np.cumsum(oos)
+    recall = (rejected + accepted_oos[-1] - accepted_oos) / total
+    most = (rejected + accepted_oos[-1]) / total  # accepting none
+    gain = np.where(recall >= min(target, most), np.cumsum(right), -np.inf)
+    return _best_per_segment(gain, starts, ends, len(right))
 
 
 def _single_cut(
