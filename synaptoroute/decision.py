@@ -675,14 +675,9 @@ def decide(
             if head.needs_knn:
                 found = scores.knn  # from the scan that ranked the routes, if it saw every row
                 knn = np.array([knn_similarity(snapshot, vector) if found is None else found])
-            match = _decide_by_head(head, scores, snapshot, names, columns, vector, lex, knn, text)
-            own = None if match.name is None else route_thresholds.get(match.name)
-            if own is not None and match.score < own:
-                # A route's own threshold comes first, whoever decides (the head's
-                # probabilities do not know it was set).
-                update = {"name": None, "threshold": own, "reason": "below_threshold"}
-                return match.model_copy(update=update)
-            return match
+            return _decide_by_head(
+                head, scores, snapshot, names, columns, vector, lex, knn, text, route_thresholds
+            )
     best = snapshot.names[int(scores.route_ids[0])]
     assert best is not None
     score = float(scores.scores[0])
@@ -720,6 +715,7 @@ def _decide_by_head(
     lexical: NDArray[np.float64] | None,
     knn: NDArray[np.float64] | None,
     text: str | None,
+    route_thresholds: Mapping[str, float | None],
 ) -> RouteMatch:
     k = len(names)
     sims = scores.scores[:k]
@@ -737,14 +733,21 @@ def _decide_by_head(
         runner_up, runner_score = names[other], float(sims[other])
     row = int(scores.nearest_rows[pos])
     name = names[pos]
+    reason: MatchReason = "matched" if accepted else "rejected_by_head"
+    threshold = head.cut
+    own = route_thresholds.get(name)
+    if accepted and own is not None and sims[pos] < own:
+        # A route's own threshold comes first, whoever decides (the head's
+        # probabilities do not know it was set).
+        reason, threshold = "below_threshold", own
     return RouteMatch(
-        name=name if accepted else None,
+        name=name if reason == "matched" else None,
         score=float(sims[pos]),
         candidate=name,
-        threshold=head.cut,
+        threshold=threshold,
         runner_up=runner_up,
         runner_up_score=runner_score,
-        reason="matched" if accepted else "rejected_by_head",
+        reason=reason,
         confidence=float(verdict.confidence[0]),
         nearest_utterance=snapshot.texts[row] if row >= 0 else None,
     )

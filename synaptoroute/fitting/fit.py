@@ -474,12 +474,14 @@ def fit_policy(
             # Routes' own thresholds turn away some of the head's choices, as decide
             # does: the head is judged (and chosen) with them.
             gated = _below_own_thresholds(head_fit.pred, data, fit_rows, fixed)
+            held_head = figures(y_fit, gated, n_routes)
             head_value = head_fit.value
             if not np.array_equal(gated, head_fit.pred):
-                head_value = _objective_value(figures(y_fit, gated, n_routes), objective, target)
+                head_value = _objective_value(held_head, objective, target)
+            head_fit = replace(head_fit, pred=gated)
             candidates["head"] = {
                 "objective": head_value,
-                "held_out": asdict(figures(y_fit, gated, n_routes)),
+                "held_out": asdict(held_head),
                 "alpha": head_fit.alpha,
                 "beta": head_fit.beta,
                 "features": _features(head_fit.inputs == "ngrams", head_fit.beta),
@@ -547,9 +549,7 @@ def fit_policy(
             },
         )  # fmt: skip
         after_pred = (
-            _below_own_thresholds(head_fit.pred, data, fit_rows, fixed)
-            if final_head is not None and head_fit is not None
-            else held[best_key]
+            head_fit.pred if final_head is not None and head_fit is not None else held[best_key]
         )
         after = figures(y_fit, np.where(blocked, NONE, after_pred), n_routes)
         unfitted = old.head is None and not old.thresholds and "fitted_at" not in old.info
