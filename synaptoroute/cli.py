@@ -331,7 +331,6 @@ def cmd_routes_add(args: argparse.Namespace) -> int:
                 msg = f"route {taken[0]!r} exists; pass --replace to replace it"
                 raise RouteExistsError(msg)
             _refuse_threshold_change(router, doc)
-        before = router.threshold
         total = sum(len(r.utterances) for r in doc.routes)
         with _progress(router, total, "encoding", args):
             report = apply_routes(router, doc)
@@ -344,7 +343,7 @@ def cmd_routes_add(args: argparse.Namespace) -> int:
         if report.negatives_added:
             print(f"negatives added\t{len(report.negatives_added)}")
         if report.threshold_changed:
-            print(f"threshold\t{before:.3f} -> {doc.threshold:.3f}")
+            print(f"threshold\t{report.threshold_before:.3f} -> {doc.threshold:.3f}")
     return EXIT_OK
 
 
@@ -462,7 +461,6 @@ def cmd_import(args: argparse.Namespace) -> int:
                 )
                 raise RouteExistsError(msg)
             _refuse_threshold_change(router, doc)
-        before = router.threshold
         total = sum(len(r.utterances) for r in doc.routes) + len(doc.negatives)
         with _progress(router, total, "encoding", args):
             report = apply_routes(router, doc)
@@ -476,7 +474,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             f"{len(report.replaced)} replaced, {len(report.unchanged)} unchanged{negatives}"
         )
         if report.threshold_changed:
-            print(f"default threshold {before:.3f} -> {router.threshold:.3f}")
+            print(f"default threshold {report.threshold_before:.3f} -> {router.threshold:.3f}")
     return EXIT_OK
 
 

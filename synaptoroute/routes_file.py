@@ -70,8 +70,14 @@ class ApplyReport:
     created: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
-    threshold_changed: bool = False
+    #: The default threshold the file replaced; ``None``: it was left as it was.
+    threshold_before: float | None = None
     negatives_added: list[str] = field(default_factory=list)
+
+    @property
+    def threshold_changed(self) -> bool:
+        """Whether the file changed the router's default threshold."""
+        return self.threshold_before is not None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary."""
@@ -325,8 +331,8 @@ def apply_routes(router: AdaptiveRouter, doc: RoutesDocument) -> ApplyReport:
     if changed or doc.negatives:
         report.negatives_added = router.add_routes(changed, replace=True, negatives=doc.negatives)
     if doc.threshold is not None and doc.threshold != router.threshold:
+        report.threshold_before = router.threshold
         router.threshold = doc.threshold
-        report.threshold_changed = True
     return report
 
 
