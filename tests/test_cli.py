@@ -340,7 +340,8 @@ def test_export_writes_through_links_and_pipes_and_keeps_a_files_mode(
         timeout=120,
         check=False,
     )
-    assert (done.returncode, done.stdout.decode(), done.stderr) == (EXIT_OK, expected, b"")
+    assert (done.returncode, done.stdout.decode()) == (EXIT_OK, expected)
+    assert b"synaptoroute:" not in done.stderr  # no error (onnxruntime may log there)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [Path(store).name, "real.yaml", "link.yaml", "pipe.yaml"]
     )
@@ -407,7 +408,8 @@ def test_a_closed_stdout_ends_the_command_quietly(
     finally:
         os.close(write_end)
     assert done.returncode == cli.EXIT_BROKEN_PIPE
-    assert b"Broken pipe" not in done.stderr and b"synaptoroute:" not in done.stderr
+    for noise in (b"Broken pipe", b"synaptoroute:", b"Traceback", b"Exception ignored"):
+        assert noise not in done.stderr
 
 
 def test_library_warnings_are_one_line(
