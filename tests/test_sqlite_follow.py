@@ -455,6 +455,31 @@ def test_a_file_deleted_or_replaced_is_reported_and_routing_goes_on(
     assert sum("deleted or replaced" in r.getMessage() for r in caplog.records) == 1
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_write_to_a_file_deleted_or_replaced_is_refused(path: Path, how: str) -> None:
+    # The connection still writes to the file it opened: the write was acknowledged
+    # and served, and lost when the process started again on the file at the path.
+    enc = HashingEncoder(dimension=64)
+    router = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
+    router.add_route(Route(name="billing", utterances=["I need a refund"]))
+    moved = path.with_name("moved.db")
+    if how == "replaced":
+        SQLiteStorage(moved, poll_interval=None).close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+        if how == "replaced" and Path(f"{moved}{suffix}").exists():
+            os.replace(f"{moved}{suffix}", f"{path}{suffix}")
+    with pytest.raises(StorageError, match=r"deleted or replaced.*nothing was written"):
+        router.add_route(Route(name="tech", utterances=["the app crashes"]))
+    assert router.route_names == ["billing"]  # the router holds what the store took
+    assert router.query("I need a refund").name == "billing"  # routing goes on
+    router.close()
+    if how == "replaced":
+        store = SQLiteStorage(path, poll_interval=None)
+        assert store.load() == []
+        store.close()
+
+
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "1", True])
 def test_poll_interval_must_be_seconds(path: Path, bad: object) -> None:
     with pytest.raises(InvalidInputError, match="poll_interval"):

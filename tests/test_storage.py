@@ -221,6 +221,27 @@ def test_add_routes_is_one_transaction(tmp_path: Path) -> None:
     assert sorted(fresh.route_names) == ["billing", "support", "weather"]
 
 
+def test_a_failed_commit_is_rolled_back_and_the_store_goes_on(tmp_path: Path) -> None:
+    # A real COMMIT failure: a deferred foreign key is checked at COMMIT, which then
+    # fails and leaves the transaction open. Without a rollback every later write
+    # failed with "cannot start a transaction within a transaction".
+    path = tmp_path / "commit.db"
+    store = SQLiteStorage(path)
+    router = AdaptiveRouter(HashingEncoder(), store)
+    router.add_route(ROUTES[0])
+
+    def orphan(tx: sqlite3.Connection) -> None:
+        tx.execute("PRAGMA defer_foreign_keys=ON")
+        tx.execute("INSERT INTO utterances(route_id, text, vector) VALUES (999, 'x', x'00')")
+
+    with pytest.raises(StorageError, match=r"FOREIGN KEY.*nothing was written"):
+        store._write(orphan)
+    assert not store._db.in_transaction
+    router.add_route(ROUTES[1])
+    fresh = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path))
+    assert sorted(fresh.route_names) == sorted([ROUTES[0].name, ROUTES[1].name])
+
+
 def test_memory_put_routes_checks_every_route_before_writing() -> None:
     store = MemoryStorage()
     model = ModelInfo("m", 4)

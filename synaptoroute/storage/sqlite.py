@@ -462,7 +462,14 @@ class SQLiteStorage:
                 self._db.execute("ROLLBACK")
                 raise
             else:
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    # A COMMIT that fails (disk full, I/O error) may leave the
+                    # transaction open, and every later BEGIN would then fail.
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
 
     def _refuse_if_closed(self, doing: str) -> None:
         # Under the lock. A closed store says so, as PostgresStorage does, instead of
@@ -472,11 +479,23 @@ class SQLiteStorage:
             msg = f"{why}; cannot {doing}"
             raise StorageError(msg)
 
+    def _refuse_if_moved(self) -> None:
+        # The connection writes to the file it opened: after a ``mv`` or a deploy that
+        # replaced the path, a write would be acknowledged into a file nobody opens
+        # again, and lost at the next start.
+        if self._opened is not None and _file_id(self.file) != self._opened:
+            msg = (
+                f"SQLite store {self.path!r} was deleted or replaced since this process "
+                "opened it; nothing was written: restart the process on the file there now"
+            )
+            raise StorageError(msg)
+
     def _write(self, body: Callable[[sqlite3.Connection], object]) -> None:
         """Run ``body`` in one write transaction (the ``touched`` triggers record the
         routes and state keys it changes)."""
         with self._lock:
             self._refuse_if_closed("write: nothing was written")
+            self._refuse_if_moved()
             seen, noted = self._seen, None
             try:
                 with self._transaction() as tx:
