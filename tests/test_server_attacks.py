@@ -307,6 +307,21 @@ def test_per_client_rate_limit(router: AdaptiveRouter) -> None:
         srv.stop()
 
 
+def test_a_rate_too_small_for_a_float_still_answers_429(router: AdaptiveRouter) -> None:
+    # 1e-320 is above 0, as the setting requires, but the wait it gives is infinite:
+    # math.ceil raised OverflowError and the client got a plain-text 500.
+    srv = serve(router, rate_limit=1e-320, rate_burst=1)
+    try:
+        with srv.client(HOST) as c:
+            assert c.get("/routes").status_code == 200
+            refused = c.get("/routes")
+            assert refused.status_code == 429
+            assert "requests a second" in refused.json()["detail"]
+            assert refused.headers["retry-after"] == "86400"  # a day at most
+    finally:
+        srv.stop()
+
+
 # -- errors ------------------------------------------------------------------------------
 def test_an_unexpected_error_logs_one_traceback_and_keeps_the_connection(
     encoder: Encoder, tmp_path: Path, caplog: pytest.LogCaptureFixture

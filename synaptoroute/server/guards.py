@@ -50,6 +50,9 @@ log = logging.getLogger("synaptoroute.server")
 
 #: Paths that stay open to every client: probes must not be rate limited.
 _PROBES = frozenset({"/healthz", "/readyz", "/healthz/store"})
+# The longest Retry-After the rate limit sends: a day. A longer wait tells a client
+# nothing more, and a rate too small for a float makes the wait infinite.
+_MAX_RETRY_AFTER_S = 86_400
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -190,7 +193,7 @@ class RateLimitMiddleware:
                 response = _json_error(
                     429,
                     f"more than {self.rate:g} requests a second from this client; retry later",
-                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                    {"Retry-After": str(max(1, math.ceil(min(wait, _MAX_RETRY_AFTER_S))))},
                 )
                 await response(scope, _never_receive, send)
                 return
