@@ -19,6 +19,7 @@ from synaptoroute.decision import VERDICTS, empty_match, threshold_verdicts
 from synaptoroute.encoder import check_text
 
 __all__ = [
+    "NoHumanMessageError",
     "TextExtractor",
     "aclassify_batch",
     "aclassify_one",
@@ -50,7 +51,8 @@ def extract_text(
     ``extractor`` wins when given. Otherwise a ``str`` is routed as is; a dict is read
     at ``input_key`` (and its value read by these same rules); one message is routed
     on its text, whatever its type (so ``chat_model | router`` routes on the model's
-    answer); a prompt value or a list of messages (or message-like tuples and dicts)
+    answer), and so is one message dict (``role`` or ``type``, and ``content``, without
+    ``input_key``); a prompt value or a list of messages (or message-like tuples and dicts)
     is routed on the text of its last human message.
 
     Raises:
@@ -66,6 +68,10 @@ def extract_text(
     if isinstance(value, str):
         return value
     if isinstance(value, Mapping):
+        if input_key not in value and "content" in value and ("role" in value or "type" in value):
+            # One message written as a dict (``{"role": "user", "content": ...}``):
+            # routed on its text, whatever its role, as one message object is.
+            return _messages([value])[0].text
         if input_key not in value:
             keys = ", ".join(repr(k) for k in value)
             msg = (
@@ -79,17 +85,22 @@ def extract_text(
     if isinstance(value, BaseMessage):
         return value.text
     if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
-        try:
-            messages = convert_to_messages(value)
-        except (ValueError, TypeError, NotImplementedError) as exc:
-            msg = f"cannot read a list input as chat messages: {exc}"
-            raise TypeError(msg) from exc
-        return _last_human_text(messages)
+        # A lone tuple is a sequence, as LangChain reads a chat model's input: each
+        # str in it is a human message. One ("ai", "...") tuple goes in a list.
+        return _last_human_text(_messages(value))
     msg = (
         f"cannot route an input of type {type(value).__name__}: pass a str, a dict, "
         "chat messages, or set text_extractor= on the router"
     )
     raise TypeError(msg)
+
+
+def _messages(value: Sequence[Any]) -> list[BaseMessage]:
+    try:
+        return convert_to_messages(value)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        msg = f"cannot read the input as chat messages: {exc}"
+        raise TypeError(msg) from exc
 
 
 def last_human_text(messages: Sequence[BaseMessage]) -> str | None:
@@ -100,11 +111,15 @@ def last_human_text(messages: Sequence[BaseMessage]) -> str | None:
     return None
 
 
+class NoHumanMessageError(InvalidInputError):
+    """The messages to route on hold no human message."""
+
+
 def _last_human_text(messages: Sequence[BaseMessage]) -> str:
     text = last_human_text(messages)
     if text is None:
         msg = "the messages hold no human message to route on"
-        raise InvalidInputError(msg)
+        raise NoHumanMessageError(msg)
     return text
 
 

@@ -28,7 +28,14 @@ from langchain_core.runnables import RunnableLambda
 from synaptoroute import AdaptiveRouter, InvalidInputError, MissingDependencyError, RouteMatch
 from synaptoroute.exceptions import RouteNotFoundError, install_hint
 
-from ._inputs import TextExtractor, atop_routes, extract_text, passing, top_routes
+from ._inputs import (
+    NoHumanMessageError,
+    TextExtractor,
+    atop_routes,
+    extract_text,
+    passing,
+    top_routes,
+)
 from .classifier import SynaptorouteClassifier
 from .router import SynaptorouteRouter
 
@@ -168,6 +175,11 @@ class _Routing:
                 raise InvalidInputError(msg)
         try:
             return extract_text(value)
+        except NoHumanMessageError:
+            # No question asked yet (an empty thread, only AI or tool messages): no
+            # text, which matches no route and goes to the default node, as an empty
+            # message does, instead of failing the graph's run.
+            return ""
         except (InvalidInputError, TypeError) as exc:
             msg = f"{self.kind}: cannot read the text to route from {self.input_key!r}: {exc}"
             raise type(exc)(msg) from exc

@@ -214,13 +214,22 @@ def test_state_without_messages_is_a_clear_error(adaptive_router: AdaptiveRouter
         graph.compile().invoke({"question": "I need a refund"})
 
 
-def test_messages_without_a_human_message_are_a_clear_error(
-    adaptive_router: AdaptiveRouter,
+@pytest.mark.parametrize(
+    "messages", [[], [AIMessage("Hello, how can I help?")]], ids=["empty", "only-ai"]
+)
+def test_messages_without_a_human_message_go_to_the_default(
+    adaptive_router: AdaptiveRouter, messages: list[Any]
 ) -> None:
-    graph = _graph()
-    graph.add_conditional_edges(START, SynaptorouteEdge(adaptive_router, default="general"))
-    with pytest.raises(InvalidInputError, match=r"'messages'.*no human message"):
-        graph.compile().invoke({"messages": [AIMessage("Hello, how can I help?")]})
+    # No question asked yet: no text, which matches no route, as an empty message
+    # does. It raised, and failed the graph's run, where default= names the node.
+    edge = _graph()
+    edge.add_conditional_edges(START, SynaptorouteEdge(adaptive_router, default="general"))
+    assert edge.compile().invoke({"messages": messages})["seen"] == ["general"]
+    out = _node_graph(adaptive_router).compile().invoke({"messages": messages})
+    assert out["seen"] == ["general:None"]
+    assert (out["route"]["node"], out["route"]["reason"]) == ("general", "empty_query")
+    fan = _fan_graph(SynaptorouteFanOut(adaptive_router, default="general"))
+    assert fan.invoke({"messages": messages})["seen"] == ["general"]
 
 
 def test_mapping_an_unknown_route_is_refused(adaptive_router: AdaptiveRouter) -> None:

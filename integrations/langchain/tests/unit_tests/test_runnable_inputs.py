@@ -89,6 +89,33 @@ def test_message_like_tuples_dicts_and_nested_keys(adaptive_router: AdaptiveRout
     assert router.invoke(state) == ("billing", state)
 
 
+def test_one_message_dict_is_read_as_a_message(adaptive_router: AdaptiveRouter) -> None:
+    # As one message object is: routed on its text, whatever its role. It raised
+    # "the input dict has no key 'input'".
+    router = _echo_router(adaptive_router)
+    message = {"role": "user", "content": "I was charged twice this month"}
+    assert router.invoke(message) == ("billing", message)
+    answer = {"role": "assistant", "content": [{"type": "text", "text": "Reset it here."}]}
+    assert router.text_of(answer) == "Reset it here."
+    assert router.text_of({"type": "human", "content": "hello"}) == "hello"
+    # The dict's input_key wins: an input dict that also has these keys is read there.
+    both = {"input": "Reset my password", "role": "user", "content": "refund"}
+    assert router.text_of(both) == "Reset my password"
+    with pytest.raises(TypeError, match="cannot read the input as chat messages"):
+        router.text_of({"role": "robot", "content": "hello"})
+    with pytest.raises(InvalidInputError, match="no key 'input'"):
+        router.text_of({"content": "no role, no type: an input dict"})
+
+
+def test_a_lone_tuple_is_read_as_langchain_reads_it(adaptive_router: AdaptiveRouter) -> None:
+    # LangChain reads a chat model's tuple input as a sequence of messages, each str a
+    # human message; the router does the same. One role tuple goes in a list.
+    router = _echo_router(adaptive_router)
+    assert router.text_of(("Good morning", "I need a refund")) == "I need a refund"
+    with pytest.raises(InvalidInputError, match="no human message"):
+        router.invoke([("ai", "I need a refund")])
+
+
 def test_prompt_values_and_single_messages(adaptive_router: AdaptiveRouter) -> None:
     router = _echo_router(adaptive_router)
     prompt = ChatPromptTemplate.from_messages([("system", "billing desk"), ("human", "{q}")])
