@@ -423,7 +423,8 @@ async def test_read_only_with_guarded_reads_refuses_no_read(
         for path in ("/console/api/try", "/console/api/map"):
             bad = await s.client.post(path, json={"query": "hi", "bogus": 1}, headers=AUTH)
             assert bad.status_code == 422, path
-            broken = await s.client.post(path, content=b"garbage{", headers=AUTH)
+            json_type = {**AUTH, "content-type": "application/json"}
+            broken = await s.client.post(path, content=b"garbage{", headers=json_type)
             assert broken.status_code == 422, path
             assert (await s.client.post(path, json={"query": "hi"})).status_code == 401
             assert (await s.client.post(path, json={"query": "hi"}, headers=AUTH)).is_success

@@ -322,6 +322,51 @@ def test_a_rate_too_small_for_a_float_still_answers_429(router: AdaptiveRouter) 
         srv.stop()
 
 
+def test_a_body_not_sent_as_json_is_415_and_changes_nothing(router: AdaptiveRouter) -> None:
+    # A web page can send a POST with a text/plain body, or with none declared,
+    # without the browser asking the service first (no CORS preflight). FastAPI
+    # before its strict content type read a body without a type as JSON: a page
+    # could add a route to a keyless service on the user's machine.
+    srv = serve(router)
+    body = json.dumps({"name": "evil", "utterances": ["hello"]}).encode()
+    try:
+        with srv.client(HOST) as c:
+            for headers in ({}, {"content-type": "text/plain;charset=UTF-8"}):
+                r = c.post("/routes", content=body, headers=headers)
+                assert r.status_code == 415, headers
+                assert "Content-Type: application/json" in r.json()["detail"]
+            r = c.post(
+                "/route", content=b'{"query": "refund"}', headers={"content-type": "text/plain"}
+            )
+            assert (r.status_code, r.json()["detail"]) == (
+                415,
+                "send the body as JSON with Content-Type: application/json (not 'text/plain')",
+            )
+            r = c.post("/negatives", content=b'{"texts": ["x"]}')
+            assert r.status_code == 415
+            r = c.post("/console/api/try", content=b'{"query": "refund"}')
+            assert r.status_code == 415
+            # JSON under its parameters or a +json type is JSON; an empty body is
+            # missing (422), as before.
+            for kind in ("application/json; charset=utf-8", "application/merge-patch+json"):
+                r = c.post("/route", content=b'{"query": "refund"}', headers={"content-type": kind})
+                assert r.json()["route"] == "billing", kind
+            assert c.post("/route").status_code == 422
+        assert router.route_names == ["billing", "tech"]
+        assert router.negatives == []
+    finally:
+        srv.stop()
+    # With a key: a client without the token learns nothing of its body, 401 first.
+    srv = serve(router, api_key=SecretStr(KEY))
+    try:
+        with srv.client(HOST) as c:
+            assert c.post("/routes", content=body).status_code == 401
+            auth = {"authorization": f"Bearer {KEY}"}
+            assert c.post("/routes", content=body, headers=auth).status_code == 415
+    finally:
+        srv.stop()
+
+
 # -- errors ------------------------------------------------------------------------------
 def test_an_unexpected_error_logs_one_traceback_and_keeps_the_connection(
     encoder: Encoder, tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -31,7 +31,7 @@ from ..exceptions import InvalidInputError, RouterClosedError, SynaptorouteError
 from ..router import AdaptiveRouter
 from ..routes_file import apply_routes, load_routes_file
 from .endpoints import _blocking, _check_addressable, endpoints_router
-from .errors import _install_error_handlers, _responses
+from .errors import _install_error_handlers, _responses, require_json_body
 from .guards import (
     BatchAdmission,
     HostGuardMiddleware,
@@ -260,8 +260,11 @@ def create_app(
         return None
 
     state.precheck = precheck
-    app.include_router(endpoints_router(state, admission, change, read))
-    app.include_router(negatives_router(state.get_router, change, read, _responses))
+    json_body = [Depends(require_json_body)]
+    app.include_router(endpoints_router(state, admission, change, read), dependencies=json_body)
+    app.include_router(
+        negatives_router(state.get_router, change, read, _responses), dependencies=json_body
+    )
 
     if settings.console:
         from .console import console_router

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +41,7 @@ from ..exceptions import InvalidInputError
 from ..index import Snapshot
 from ..models import NEGATIVES_ROUTE, Route, RouteMatch
 from ..router import AdaptiveRouter, _finite_json
+from .errors import require_json_body
 from .guards import BatchAdmission
 from .metrics import ServiceMetrics
 from .paths import RouteName, RouteNameRoute, _check_name
@@ -503,7 +504,7 @@ def console_router(
         # Reached only past the change endpoints' own checks: the key is right.
         return _json({"changes": True})
 
-    @api.post("/api/try", dependencies=list(read))
+    @api.post("/api/try", dependencies=[*read, Depends(require_json_body)])
     async def try_query(body: TryRequest) -> Response:
         r = get_router()
         timeout = settings.request_timeout
@@ -538,7 +539,7 @@ def console_router(
         doc["misrouted"] = doc["misrouted"][:MAX_MISROUTED]
         return _json(_finite_json(doc))
 
-    @api.post("/api/map", dependencies=list(read))
+    @api.post("/api/map", dependencies=[*read, Depends(require_json_body)])
     async def utterance_map(body: MapRequest) -> Response:
         r = get_router()
         vector = None

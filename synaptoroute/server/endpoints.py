@@ -114,7 +114,7 @@ def endpoints_router(
         "/route",
         response_model=RouteResult,
         tags=["routing"],
-        responses=_responses(413, 422, 429, 500, 503),
+        responses=_responses(413, 415, 422, 429, 500, 503),
     )
     async def route_query(body: QueryRequest) -> Response:
         """Route one text: the route (or `null`), its score and the runner-up."""
@@ -127,7 +127,7 @@ def endpoints_router(
         "/route/batch",
         response_model=BatchResponse,
         tags=["routing"],
-        responses=_responses(413, 422, 429, 500, 503),
+        responses=_responses(413, 415, 422, 429, 500, 503),
     )
     async def route_batch(body: BatchRequest) -> Response:
         """Route several texts; results come in the order of `queries`.
@@ -192,7 +192,7 @@ def endpoints_router(
         tags=["routes"],
         dependencies=change,
         status_code=201,
-        responses=_responses(401, 403, 409, 413, 422, 500, 503),
+        responses=_responses(401, 403, 409, 413, 415, 422, 500, 503),
     )
     async def create_route(body: NewRoute) -> RouteOut:
         """Create a route; 409 if the name is taken."""
@@ -216,7 +216,7 @@ def endpoints_router(
         response_model=UtterancesAdded,
         tags=["routes"],
         dependencies=change,
-        responses=_responses(401, 403, 404, 413, 422, 500, 503),
+        responses=_responses(401, 403, 404, 413, 415, 422, 500, 503),
     )
     async def add_utterances(name: RouteName, body: UtteranceChange) -> UtterancesAdded:
         """Add example utterances to a route; answers those that were new."""
@@ -228,7 +228,7 @@ def endpoints_router(
         response_model=UtterancesDeleted,
         tags=["routes"],
         dependencies=change,
-        responses=_responses(401, 403, 404, 413, 422, 500, 503),
+        responses=_responses(401, 403, 404, 413, 415, 422, 500, 503),
     )
     async def delete_utterances(name: RouteName, body: UtteranceChange) -> UtterancesDeleted:
         """Remove utterances from a route; answers how many were there."""
@@ -240,7 +240,7 @@ def endpoints_router(
         response_model=RouteOut,
         tags=["routes"],
         dependencies=change,
-        responses=_responses(401, 403, 404, 413, 422, 500, 503),
+        responses=_responses(401, 403, 404, 413, 415, 422, 500, 503),
     )
     async def set_route_threshold(name: RouteName, body: ThresholdBody) -> RouteOut:
         """Set a route's own threshold (`null` clears it)."""
@@ -266,7 +266,7 @@ def endpoints_router(
         status_code=200,
         responses={
             201: {"model": RouteOut, "description": "Created."},
-            **_responses(401, 403, 413, 422, 500, 503),
+            **_responses(401, 403, 413, 415, 422, 500, 503),
         },
     )
     async def put_route(name: RouteName, body: RouteBody, response: Response) -> RouteOut:
@@ -307,7 +307,7 @@ def endpoints_router(
         response_model=DefaultThreshold,
         tags=["routes"],
         dependencies=change,
-        responses=_responses(401, 403, 413, 422, 500, 503),
+        responses=_responses(401, 403, 413, 415, 422, 500, 503),
     )
     async def set_default_threshold(body: DefaultThreshold) -> DefaultThreshold:
         """Set the default threshold of routes without their own."""

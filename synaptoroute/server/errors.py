@@ -63,6 +63,32 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+_JSON_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+async def require_json_body(request: Request) -> None:
+    """Refuse a request body not declared as JSON (``application/json`` or
+    ``application/*+json``): 415, naming the type sent.
+
+    FastAPI hands such a body to the model as bytes, and the client was told "Input
+    should be a valid dictionary" about what may be a valid JSON object. Versions
+    before its strict content type read a body sent without a type as JSON: a web
+    page could then send a route change to a keyless loopback service without the
+    browser asking the service first (no CORS preflight).
+
+    Raises:
+        HTTPException: 415 for a non-empty body of another type (or none).
+    """
+    if request.method not in _JSON_BODY_METHODS or not await request.body():
+        return
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip()
+    kind = media.lower()
+    if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
+        return
+    got = f"not {media[:80]!r}" if media else "no Content-Type was sent"
+    raise HTTPException(415, f"send the body as JSON with Content-Type: application/json ({got})")
+
+
 def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
     retry = {"Retry-After": str(state.settings.retry_after)}
     rejections = state.metrics.rejections
@@ -85,9 +111,9 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        if exc.status_code in (400, 415) and (refusal := await refused(request)) is not None:
+            return refusal
         if exc.status_code == 400:
-            if (refusal := await refused(request)) is not None:
-                return refusal
             # FastAPI answers 400 when a body cannot be decoded at all (bad UTF-8, or
             # nesting too deep): to a client that is just more bad JSON.
             detail = [{"loc": ["body"], "msg": "body is not valid JSON", "type": "json_invalid"}]
@@ -169,6 +195,7 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         404: "No such route.",
         409: "The route exists (use PUT to replace it), or the store holds another model.",
         413: "Request body too large, or a batch costing more than max_batch_cost.",
+        415: "The body was not sent as JSON (Content-Type: application/json).",
         421: "A keyless service answers only loopback Host names.",
         422: "Malformed JSON or a body of the wrong shape.",
         429: "Too many requests from this client, or batches in flight; see Retry-After.",

@@ -76,7 +76,7 @@ def negatives_router(
         "/negatives",
         response_model=NegativesAdded,
         dependencies=list(change),
-        responses=responses(401, 403, 413, 422, 500, 503),
+        responses=responses(401, 403, 413, 415, 422, 500, 503),
     )
     async def add_negatives(body: NegativesChange) -> NegativesAdded:
         """Add negative examples: a query nearer to one of them than to every route
@@ -88,7 +88,7 @@ def negatives_router(
         "/negatives",
         response_model=NegativesDeleted,
         dependencies=list(change),
-        responses=responses(401, 403, 413, 422, 500, 503),
+        responses=responses(401, 403, 413, 415, 422, 500, 503),
     )
     async def delete_negatives(body: NegativesChange) -> NegativesDeleted:
         """Remove negative examples; answers how many were there."""
