@@ -25,7 +25,8 @@ import sys
 import threading
 import unicodedata
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -420,6 +421,14 @@ class Encoder:
         max_tokens = check_count(max_tokens, "max_tokens", 8)
         if threads is not None:
             threads = check_count(threads, "threads", 1)
+        if isinstance(providers, Mapping | AbstractSet):
+            # list() would keep a dict's keys and drop their options (a device_id), and
+            # a set's order is its hash's: the order of the providers is their priority.
+            msg = (
+                f"providers must be a list of provider names or (name, options) pairs, got "
+                f"a {type(providers).__name__}: write {{name: options}} as [(name, options)]"
+            )
+            raise InvalidInputError(msg)
         if providers is not None and not isinstance(providers, str):
             try:  # once: an iterator is read here, not again by each use below
                 providers = list(providers)
@@ -1049,9 +1058,8 @@ class CallableEncoder:
         dimension: int | None = None,
         former_model_ids: Sequence[str] = (),
     ) -> None:
-        if dimension is not None and dimension < 1:
-            msg = "dimension must be at least 1"
-            raise InvalidInputError(msg)
+        if dimension is not None:
+            dimension = check_count(dimension, "dimension", 1)
         if isinstance(former_model_ids, str):
             msg = "former_model_ids must be a list of ids, not one str"
             raise InvalidInputError(msg)
@@ -1093,7 +1101,14 @@ class CallableEncoder:
         except Exception as exc:
             msg = f"{self._model_id} failed to embed {len(texts)} texts: {exc}"
             raise EncoderError(msg) from exc
-        out = np.asarray(rows, dtype=np.float32)
+        try:
+            out = np.asarray(rows, dtype=np.float32)
+        except (TypeError, ValueError) as exc:  # ragged rows, strings, None
+            msg = (
+                f"{self._model_id} returned vectors that are not a table of numbers "
+                f"for {len(texts)} texts: {exc}"
+            )
+            raise EncoderError(msg) from exc
         if out.ndim != 2 or out.shape[0] != len(texts):
             msg = f"{self._model_id} returned shape {out.shape} for {len(texts)} texts"
             raise EncoderError(msg)

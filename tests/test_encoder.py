@@ -398,8 +398,18 @@ def test_callable_encoder_reports_bad_functions() -> None:
     wide = CallableEncoder(lambda texts: [[1.0, 0.0, 0.0]], model_id="wide", dimension=2)
     with pytest.raises(EncoderError, match="3 dimensions, expected 2"):
         wide.encode(["a"])
-    with pytest.raises(ValueError, match="dimension"):
-        CallableEncoder(broken, model_id="x", dimension=0)
+    # numpy's ValueError escaped, which callers catching EncoderError missed.
+    ragged = CallableEncoder(lambda texts: [[1.0, 2.0], [1.0]], model_id="ragged", dimension=2)
+    with pytest.raises(EncoderError, match="ragged returned vectors that are not a table"):
+        ragged.encode(["a", "b"])
+    words = CallableEncoder(lambda texts: [["a", "b"]] * len(texts), model_id="words")
+    with pytest.raises(EncoderError, match="words returned vectors that are not a table"):
+        words.encode(["a"])
+    # "4" failed at the first comparison with a TypeError; True was taken as 1.
+    for dimension in (0, "4", True, 2.5):
+        with pytest.raises(ValueError, match=r"dimension must be at least 1 \(a whole number\)"):
+            CallableEncoder(broken, model_id="x", dimension=dimension)  # type: ignore[arg-type]
+    assert CallableEncoder(broken, model_id="x", dimension=np.int64(3)).dimension == 3
     with pytest.raises(ValueError, match="former_model_ids must be a list"):
         CallableEncoder(broken, model_id="x", former_model_ids="old")
     assert CallableEncoder(broken, model_id="x", former_model_ids=["x", "o"]).former_model_ids == (

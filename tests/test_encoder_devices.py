@@ -49,6 +49,10 @@ def test_devices_map_to_providers_with_the_cpu_last() -> None:
         (None, [("CUDAExecutionProvider", {}, 0)], "not an execution provider"),
         (None, [None], "not an execution provider"),
         (None, 5, "providers must be a list"),
+        # list() kept a dict's keys (its options, a device_id, were lost) and a set's
+        # order is its hash's, where the order is the providers' priority.
+        (None, {CUDA: {"device_id": 1}}, r"got a dict: write \{name: options\} as"),
+        (None, {CUDA, CPU}, "got a set"),
     ],
 )
 def test_bad_devices_and_providers_are_refused_at_construction(
