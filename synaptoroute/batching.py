@@ -591,10 +591,14 @@ class BatchWorker(Generic[Q, T]):
         return batch
 
     async def _fill(self, wakeup: asyncio.Event) -> None:
-        """Wait up to ``max_wait_ms`` for the queue to hold a full batch."""
+        """Wait up to ``max_wait_ms`` for the queue to hold a full batch: as many
+        requests as ``max_batch_size``, or as much cost as ``max_batch_cost``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_ms / 1000
-        while len(self._waiting) < self.max_batch_size:
+        limit = self.max_batch_cost
+        while len(self._waiting) < self.max_batch_size and (
+            limit is None or self._queued_cost < limit
+        ):
             left = deadline - loop.time()
             if left <= 0 or self.stopping:
                 return

@@ -585,6 +585,22 @@ async def test_a_broken_batch_function_fails_its_callers_not_the_worker() -> Non
     assert calls == [["short", "xx"], ["abc", "de"]]
 
 
+async def test_a_batch_full_by_cost_does_not_wait_to_fill() -> None:
+    """Pure algorithm: the wait for company ended only at max_batch_size requests, so
+    a batch full by cost waited max_wait_ms (here ten minutes) for no one."""
+    worker: BatchWorker[str, int] = BatchWorker(
+        lambda texts: [len(t) for t in texts],
+        max_wait_ms=600_000,
+        max_batch_size=100,
+        cost=len,
+        max_batch_cost=10,
+    )
+    answer = await asyncio.wait_for(worker.submit(["aaaaa", "bbbbb"]), LIMIT_S)
+    assert answer == [5, 5]
+    assert worker.stats.batch_sizes == [2]
+    await worker.stop()
+
+
 async def test_a_timed_out_batch_logs_no_unretrieved_exception(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
