@@ -11,11 +11,13 @@ import asyncio
 import json
 import math
 import re
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
+import anyio
 import anyio.to_thread
 import httpx
 import pytest
@@ -787,6 +789,41 @@ async def test_health_and_readiness(encoder: Encoder, store_path: Path) -> None:
             assert r.status_code == 503
             assert r.json() == {"store": "unavailable"}
             assert "synaptoroute_store_up 0" in (await c.get("/metrics")).text
+
+
+async def test_store_probes_share_one_check(
+    encoder: Encoder, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Against a store that hangs, each probe took a thread of the pool that route
+    # changes need: monitors probing every second could take them all.
+    router = make_router(encoder, store_path)
+    app = create_app(ServerSettings(), router=router)
+    held, calls = threading.Event(), []
+
+    def hanging() -> Any:
+        calls.append(1)
+        assert held.wait(LIMIT_S)
+        return None
+
+    monkeypatch.setattr(router.storage, "model_info", hanging)
+    in_flight = app.state.synaptoroute.metrics.in_flight
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c,
+        app.router.lifespan_context(app),
+    ):
+        probes = [asyncio.ensure_future(c.get("/healthz/store")) for _ in range(20)]
+        with anyio.fail_after(LIMIT_S):
+            while in_flight.value < 20:  # every probe waits on the store now
+                await asyncio.sleep(0.01)
+        held.set()
+        answers = await asyncio.gather(*probes)
+        assert [r.status_code for r in answers] == [200] * 20
+        assert calls == [1]
+        # A later probe checks again; one that gives up leaves the others' check.
+        assert (await c.get("/healthz/store")).status_code == 200
+        assert calls == [1, 1]
+    router.close()
 
 
 def _samples(text: str) -> dict[str, float]:

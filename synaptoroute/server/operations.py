@@ -9,6 +9,7 @@ browser checks against their sha384 hashes. None of them takes the service's tok
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,6 +23,7 @@ from .metrics import CONTENT_TYPE, Gauge
 from .schemas import ErrorBody
 
 if TYPE_CHECKING:
+    from ..router import AdaptiveRouter
     from .app import ServiceState
 
 __all__ = ["SWAGGER_UI_VERSION", "operations_router"]
@@ -49,6 +51,7 @@ def operations_router(state: ServiceState, store_up: Gauge) -> APIRouter:
     """
     api = APIRouter()
     metrics = state.metrics
+    checking: asyncio.Future[bool] | None = None  # the store check in flight
 
     def probe(path: str, **options: Any) -> Callable[[_Endpoint], _Endpoint]:
         # Some load balancers and uptime monitors probe with HEAD: the same answer
@@ -95,14 +98,18 @@ def operations_router(state: ServiceState, store_up: Gauge) -> APIRouter:
 
         Also exported as the `synaptoroute_store_up` gauge.
         """
+        nonlocal checking
         r = state.router
         ok = False
         if r is not None:
-            try:
-                await _blocking(r.storage.model_info)
-                ok = True
-            except Exception:
-                log.warning("store check: the store cannot be read", exc_info=True)
+            # One check at a time, shared by the probes that come meanwhile: against a
+            # store that hangs (a database not answering), probes from every monitor
+            # took a thread each, until the pool that route changes need ran dry.
+            task = checking
+            if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+                checking = task = asyncio.ensure_future(_store_readable(r))
+            # Shielded: a probe that gives up does not cancel the others' check.
+            ok = await asyncio.shield(task)
         store_up.set(1 if ok else 0)
         return JSONResponse(
             {"store": "ok" if ok else "unavailable"}, status_code=200 if ok else 503
@@ -121,6 +128,16 @@ def operations_router(state: ServiceState, store_up: Gauge) -> APIRouter:
         return Response(text, media_type=CONTENT_TYPE)
 
     return api
+
+
+async def _store_readable(router: AdaptiveRouter) -> bool:
+    """Whether ``router``'s store answers a read (in a thread: it may block)."""
+    try:
+        await _blocking(router.storage.model_info)
+    except Exception:
+        log.warning("store check: the store cannot be read", exc_info=True)
+        return False
+    return True
 
 
 def _swagger_page(title: str) -> HTMLResponse:
