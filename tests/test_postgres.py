@@ -729,6 +729,37 @@ def test_close_does_not_wait_for_good_on_a_stalled_server(pg_dsn: str, schema: s
         os.kill(pid, signal.SIGCONT)
 
 
+def test_a_follower_stopped_while_connecting_listens_to_nothing(
+    pg_dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stop() gives up waiting after its timeout; a follower still connecting then went
+    # on to LISTEN and read the log, after close() had returned.
+    import threading
+
+    store = open_store(pg_dsn, schema)
+    connect, entered, release = store._connect, threading.Event(), threading.Event()
+    sessions: list[Any] = []
+
+    def slow_connect() -> Any:
+        entered.set()
+        assert release.wait(WAIT)
+        conn = connect()
+        sessions.append(conn)
+        return conn
+
+    monkeypatch.setattr(store, "_connect", slow_connect)
+    router = AdaptiveRouter(HashingEncoder(), store)
+    assert entered.wait(WAIT)  # the follower is connecting
+    watch = store._watch
+    watch.stop(timeout=0)  # as close() does once its wait is over
+    release.set()
+    watch._thread.join(WAIT)
+    assert not watch._thread.is_alive()
+    assert len(sessions) == 1 and sessions[0].closed
+    assert watch.backend_pid is None  # it never listened
+    router.close()
+
+
 def test_a_router_dropped_without_close_ends_its_follower_and_its_sessions(
     pg_dsn: str, schema: str
 ) -> None:

@@ -201,6 +201,10 @@ class Watch(Following):
             conn = None
             try:
                 conn = self._conn = store._connect()
+                if self._stop.is_set():
+                    # Stopped while connecting (a slow server): stop() may have returned
+                    # already, and close() with it; the session is closed below.
+                    break
                 self.backend_pid = conn.info.backend_pid
                 conn.execute(f'LISTEN "{store._channel}"')
                 if down_since is not None:
