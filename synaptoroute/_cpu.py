@@ -32,6 +32,7 @@ _R = TypeVar("_R")
 
 __all__ = [
     "BLAS_PARALLEL_ROWS",
+    "MAX_THREADS",
     "THREADS_ENV",
     "available_cpus",
     "blas_threads",
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 THREADS_ENV = "SYNAPTOROUTE_THREADS"
+#: The most threads one may ask of ONNX Runtime: far past any machine's CPUs. A count
+#: past a C int failed only when the model loaded, in onnxruntime's own words.
+MAX_THREADS = 65_535
 #: Below this many matrix rows one BLAS thread is faster than waking a second one
 #: (and much faster on a busy machine).
 BLAS_PARALLEL_ROWS = 20_000
@@ -178,12 +182,10 @@ def available_cpus(
     environ = os.environ if env is None else env
     forced = environ.get(THREADS_ENV, "").strip()
     if forced:
-        try:
-            threads = int(forced)
-        except ValueError:
-            threads = 0
-        if threads < 1:
-            msg = f"{THREADS_ENV} must be a positive integer, got {forced!r}"
+        # ASCII digits only: int() also takes "4_0" (40) and other scripts' digits.
+        threads = int(forced) if forced.isascii() and forced.isdigit() else 0
+        if not 1 <= threads <= MAX_THREADS:
+            msg = f"{THREADS_ENV} must be a whole number from 1 to {MAX_THREADS}, got {forced!r}"
             raise InvalidInputError(msg)
         return threads
     cpus = _affinity_count()
@@ -205,6 +207,12 @@ def process_cpus() -> int:
         return available_cpus()
     except InvalidInputError:
         return available_cpus({})
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    # A forked worker (gunicorn, Celery prefork, a pool) may be pinned to fewer CPUs
+    # than its parent, which read the count first: each process reads its own.
+    os.register_at_fork(after_in_child=process_cpus.cache_clear)
 
 
 def side_by_side(fn: Callable[[_T], _R], items: Sequence[_T], workers: int) -> list[_R]:

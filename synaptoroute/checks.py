@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeGuard
 
@@ -81,13 +82,21 @@ def check_count(value: object, field: str, minimum: int) -> int:
 
 def check_seconds(value: object, field: str, *, zero: bool = False) -> float:
     """``value`` as a float if it is a finite number of seconds, above 0 (or at least 0
-    with ``zero``); else :class:`~synaptoroute.exceptions.InvalidInputError` naming
-    ``field``."""
-    if not is_number(value) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+    with ``zero``) and at most ``threading.TIMEOUT_MAX`` (the longest wait a lock or
+    an event takes; past it they raise ``OverflowError``); else
+    :class:`~synaptoroute.exceptions.InvalidInputError` naming ``field``."""
+    try:
+        seconds = float(value) if is_number(value) else math.nan
+    except OverflowError:  # an int past a float's range
+        seconds = math.inf
+    if not 0 <= seconds <= threading.TIMEOUT_MAX or (seconds == 0 and not zero):
         bound = ">= 0" if zero else "> 0"
-        msg = f"{field} must be a finite number of seconds {bound}, got {value!r}"
+        msg = (
+            f"{field} must be a finite number of seconds {bound} (at most "
+            f"{threading.TIMEOUT_MAX:g}), got {value!r}"
+        )
         raise InvalidInputError(msg)
-    return float(value)
+    return seconds
 
 
 def check_threshold(

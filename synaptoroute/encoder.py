@@ -34,7 +34,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from ._cpu import available_cpus, side_by_side
+from ._cpu import MAX_THREADS, available_cpus, side_by_side
 from ._fork import ENCODER, LEAF, hold_across_fork, keep_for_good
 from .checks import check_count, check_seconds, check_text, reads_nothing_of
 from .exceptions import (
@@ -421,6 +421,9 @@ class Encoder:
         max_tokens = check_count(max_tokens, "max_tokens", 8)
         if threads is not None:
             threads = check_count(threads, "threads", 1)
+            if threads > MAX_THREADS:
+                msg = f"threads must be at most {MAX_THREADS}, got {threads}"
+                raise InvalidInputError(msg)
         if isinstance(providers, Mapping | AbstractSet):
             # list() would keep a dict's keys and drop their options (a device_id), and
             # a set's order is its hash's: the order of the providers is their priority.

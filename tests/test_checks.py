@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+
+import numpy as np
 import pytest
 
 from synaptoroute import InvalidInputError
-from synaptoroute.checks import check_utterances, misspelt_key, refuse_misspelt_key
+from synaptoroute.checks import (
+    check_seconds,
+    check_utterances,
+    misspelt_key,
+    refuse_misspelt_key,
+)
 
 
 def test_utterances_are_cleaned_as_routes_hold_them() -> None:
@@ -54,3 +62,19 @@ def test_a_misspelt_key_is_refused_and_the_offered_names_are_seen_either_way() -
     assert seen == {"billing", "general"}  # a refused call's names were offered too
     refuse_misspelt_key({"weather"}, seen, ["tech"], "tool")  # another call's tool
     assert seen == {"billing", "general", "tech"}
+
+
+@pytest.mark.parametrize(
+    "value", [10**400, 1e300, threading.TIMEOUT_MAX * 2, float("nan"), -1, True, "5"]
+)
+def test_seconds_a_wait_cannot_take_are_refused(value: object) -> None:
+    # 10**400 raised OverflowError from the check; 1e300 passed it and raised
+    # OverflowError from the first wait (a timeout, a poll interval), far from here.
+    with pytest.raises(InvalidInputError, match="timeout must be a finite number of seconds"):
+        check_seconds(value, "timeout")
+
+
+def test_seconds_up_to_the_longest_wait_are_taken() -> None:
+    assert check_seconds(threading.TIMEOUT_MAX, "t") == threading.TIMEOUT_MAX
+    assert check_seconds(np.float32(0.5), "t") == 0.5
+    assert check_seconds(0, "t", zero=True) == 0.0

@@ -135,7 +135,9 @@ def test_the_environment_variable_wins(tmp_path: Path, self_cgroup: Path) -> Non
     assert available_cpus({THREADS_ENV: "6"}, root, self_cgroup) == 6
 
 
-@pytest.mark.parametrize("value", ["0", "-2", "two"])
+# int() took "4_0" as 40 and other scripts' digits; a count past a C int failed only
+# when the model loaded, in onnxruntime's words.
+@pytest.mark.parametrize("value", ["0", "-2", "two", "4_0", "\u0663", "+3", "99999999999", "65536"])
 def test_a_bad_environment_variable_is_refused(value: str) -> None:
     with pytest.raises(InvalidInputError, match=THREADS_ENV):
         available_cpus({THREADS_ENV: value})
@@ -155,6 +157,30 @@ def test_the_index_and_blas_count_ignores_a_bad_variable(monkeypatch: pytest.Mon
         assert process_cpus() == available_cpus({})
     finally:
         process_cpus.cache_clear()
+
+
+def test_a_forked_child_counts_its_own_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Read once per process: a worker forked from a parent that had read it, then
+    # pinned to one CPU, kept the parent's count for its BLAS products and builds.
+    if not hasattr(os, "fork") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs fork and at least two CPUs")
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    process_cpus.cache_clear()
+    assert process_cpus() >= 2
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without running the parent's cleanup
+        try:
+            os.sched_setaffinity(0, {next(iter(os.sched_getaffinity(0)))})
+            os.write(write, str(process_cpus()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    assert child == "1"
+    process_cpus.cache_clear()
 
 
 def test_the_encoder_defaults_to_available_cpus(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -346,6 +346,9 @@ def test_invalid_settings() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         Encoder(batch_size=0)
     # Each of these was taken and failed at the model's load, or ran as 1.
+    # Past a C int, onnxruntime refused the count only when the model loaded.
+    with pytest.raises(InvalidInputError, match="threads must be at most 65535"):
+        Encoder(threads=10**12)
     for options in ({"threads": "2"}, {"threads": 0}, {"threads": True}, {"batch_size": True}):
         name = next(iter(options))
         with pytest.raises(ValueError, match=rf"{name} must be at least 1 \(a whole number\)"):
