@@ -245,6 +245,9 @@ def main() -> None:
         "--attacks",
         nargs="*",
         default=["idle", "slow", "header", "cache", "cpu", "poison", "reads"],
+        # A misspelt name ran as an idle phase and reported 100% success.
+        choices=["none", "idle", "slow", "header", "cache", "cpu", "poison", "reads"],
+        help="phases after the warm-up, in order ('none': legitimate traffic alone)",
     )
     args = parser.parse_args()
     print(machine_info(), flush=True)  # load at start: the run's own traffic raises it

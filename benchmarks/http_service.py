@@ -182,7 +182,9 @@ def _run_child(role: str, concurrency: int, texts: list[str], tmp: Path, **extra
             cmd.append(flag)
         elif value not in (False, None):
             cmd += [flag, str(value)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
+    if out.returncode:  # its traceback, which check=True kept to itself
+        sys.exit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -285,6 +285,10 @@ def grown_route(a: int) -> str:
     return f"r{7 * a + 1}"
 
 
+#: The fewest utterances a size may hold: the routes :func:`grown_route` edits exist.
+MIN_SIZE = (7 * (ADDS - 1) + 2) * PER_ROUTE
+
+
 def time_add_utterances(router: AdaptiveRouter, prefix: str, queries: list[str]) -> Change:
     """Two more utterances for a stored route (not the newest: its rows are no longer
     the last ones), and the first query after them."""
@@ -513,7 +517,9 @@ def startup(encoder: PrecomputedEncoder, data: Data, folder: Path) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[100_000], help=f"at least {MIN_SIZE} each"
+    )
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/sr-scale"))
     parser.add_argument(
@@ -534,6 +540,9 @@ def main() -> None:
     )
     add_data_argument(parser)
     args = parser.parse_args()
+    if min(args.sizes) < MIN_SIZE:
+        # Smaller stores lack the routes the utterance-level timings edit.
+        parser.error(f"--sizes must be at least {MIN_SIZE}")
     ANN_DEPTH[0] = args.ann_depth
     ANN_MARGIN[0] = args.ann_margin
     print(
