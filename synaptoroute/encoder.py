@@ -1071,9 +1071,9 @@ class CallableEncoder:
         #: Ids earlier versions stored for this model (never ``model_id`` itself).
         self.former_model_ids = tuple(i for i in former_model_ids if i != model_id)
         self._dimension = dimension
-        # Reentrant: the user's function runs under it and may fork (a process pool).
-        self._lock = threading.RLock()
-        hold_across_fork(self, ENCODER)  # held while the first call finds the dimension
+        # Held only to set the dimension found: the user's function runs outside it.
+        self._lock = threading.Lock()
+        hold_across_fork(self, ENCODER)
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy (pickle, a process pool's worker) gets a lock of its own; it pickles
@@ -1082,7 +1082,7 @@ class CallableEncoder:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         hold_across_fork(self, ENCODER)
 
     @property
@@ -1093,10 +1093,18 @@ class CallableEncoder:
     @property
     def dimension(self) -> int:
         """Vector length (the first access may embed one probe text)."""
-        with self._lock:
-            if self._dimension is None:
-                self._dimension = int(self._call([_PROBE_TEXT]).shape[1])
-            return self._dimension
+        dimension = self._dimension
+        if dimension is None:
+            # The probe runs outside the lock: the function may use another encoder,
+            # whose lock a fork takes first (registered first) and then waited here for
+            # this one, held by a thread that waited for that one. Two threads asking
+            # at once may both probe; both find the same length.
+            probed = int(self._call([_PROBE_TEXT]).shape[1])
+            with self._lock:
+                if self._dimension is None:
+                    self._dimension = probed
+                dimension = self._dimension
+        return dimension
 
     def _call(self, texts: list[str]) -> NDArray[np.float32]:
         try:

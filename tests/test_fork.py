@@ -12,6 +12,8 @@ import gc
 import importlib.util
 import os
 import socket
+import subprocess
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -727,3 +729,59 @@ def test_a_fork_inside_an_embedding_function_does_not_wait_for_itself() -> None:
     assert not asking.is_alive()
     assert encoder.dimension == 3
     assert children == [0]
+
+
+_NESTED_ENCODERS = """
+import os, sys, threading, time
+from synaptoroute import CallableEncoder
+
+inner = CallableEncoder(lambda t: [[1.0, 0.0]] * len(t), model_id="inner")  # registered first
+entered, gate, forked = threading.Event(), threading.Event(), threading.Event()
+
+def outer_embed(texts):
+    entered.set()
+    gate.wait(30)
+    return inner.encode(texts)  # finds inner's dimension, under inner's lock
+
+outer = CallableEncoder(outer_embed, model_id="outer")
+asking = threading.Thread(target=lambda: outer.dimension, daemon=True)
+asking.start()
+entered.wait(30)
+
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    forked.set()
+
+forking = threading.Thread(target=fork, daemon=True)
+forking.start()
+deadline = time.monotonic() + 30
+while not forked.is_set() and time.monotonic() < deadline:
+    if not inner._lock.acquire(blocking=False):
+        break  # the fork holds inner's lock and takes outer's next
+    inner._lock.release()
+    time.sleep(0.001)
+gate.set()
+asking.join(30)
+forking.join(30)
+print("ok" if forked.is_set() and not asking.is_alive() else "deadlock", flush=True)
+os._exit(0)
+"""
+
+
+@needs_fork
+def test_a_fork_while_one_encoder_probes_through_another_does_not_deadlock() -> None:
+    # A CallableEncoder over another encoder held its lock while its function ran:
+    # a fork took the inner encoder's lock (registered first), then waited for the
+    # outer one's, held by a thread that waited for the inner one's. Run apart, so a
+    # deadlock ends with its process.
+    result = subprocess.run(
+        [sys.executable, "-c", _NESTED_ENCODERS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.stdout.strip() == "ok", result.stderr
