@@ -19,7 +19,7 @@ def test_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     answers, retrieved = rest.split("RouterRetriever", 1)
     for answers_of in (sync, answers):
         assert "the billing team answers: 'How do I get my money back?'" in answers_of
-        assert "the tech_support team answers: \"my password doesn't work anymore\"" in answers_of
+        assert 'the tech_support team answers: "my password doesn\'t work anymore"' in answers_of
         assert "the general team answers: 'what time do you open on saturday'" in answers_of
         # Fits nothing: the selector falls back to the general engine.
         assert "the general team answers: 'what is the boiling point of mercury'" in answers_of
