@@ -939,11 +939,11 @@ def _port(value: int | None, *, lowest: int = 0) -> int:
         text = os.environ.get(PORT_ENV, "").strip()
         if not text:
             return DEFAULT_PORT
-        try:
-            port = int(text)
-        except ValueError:
+        digits = text.removeprefix("-")
+        if not (digits.isascii() and digits.isdigit()):  # int() takes "8_000", other digits
             msg = f"{PORT_ENV} must be a port number, got {text!r}"
-            raise BadInput(msg) from None
+            raise BadInput(msg)
+        port = int(text)
         what = PORT_ENV
     if not lowest <= port <= 65535:
         msg = f"{what} must be a port number ({lowest}-65535), got {port}"

@@ -704,6 +704,12 @@ def test_healthcheck_follows_the_port_variable(
     monkeypatch.setenv(cli.PORT_ENV, "not-a-port")
     assert run(capsys, "healthcheck", "--port", str(port))[0] == EXIT_OK
     assert run(capsys, "healthcheck")[0] == EXIT_BAD_INPUT
+    # int() read "8_000" as 8000, and other scripts' digits as ASCII ones.
+    for odd in ("8_000", "\u0668\u0660\u0660\u0660", "+8000"):
+        monkeypatch.setenv(cli.PORT_ENV, odd)
+        code, _, err = run(capsys, "healthcheck")
+        assert code == EXIT_BAD_INPUT
+        assert f"{cli.PORT_ENV} must be a port number, got {odd!r}" in err
     # Port 0 is serve's "pick one"; no service listens there, so there is none to ask.
     code, _, err = run(capsys, "healthcheck", "--port", "0")
     assert code == EXIT_BAD_INPUT

@@ -37,6 +37,7 @@ from synaptoroute.routes_file import (
 )
 from synaptoroute.server import ServerSettings, create_app
 from synaptoroute.server import app as app_module
+from synaptoroute.server.operations import SharedStoreCheck
 from synaptoroute.server.schemas import MAX_BATCH_QUERIES
 from synaptoroute.server.settings import is_loopback
 
@@ -791,13 +792,10 @@ async def test_health_and_readiness(encoder: Encoder, store_path: Path) -> None:
             assert "synaptoroute_store_up 0" in (await c.get("/metrics")).text
 
 
-async def test_store_probes_share_one_check(
-    encoder: Encoder, store_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Against a store that hangs, each probe took a thread of the pool that route
-    # changes need: monitors probing every second could take them all.
-    router = make_router(encoder, store_path)
-    app = create_app(ServerSettings(), router=router)
+def _hanging_store(
+    router: AdaptiveRouter, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Event, list[int]]:
+    """Make ``router``'s store check hang until the event is set; each call is listed."""
     held, calls = threading.Event(), []
 
     def hanging() -> Any:
@@ -806,6 +804,41 @@ async def test_store_probes_share_one_check(
         return None
 
     monkeypatch.setattr(router.storage, "model_info", hanging)
+    return held, calls
+
+
+async def test_store_checks_are_shared_while_one_runs(
+    encoder: Encoder, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Against a store that hangs, each /healthz/store probe took a thread of the pool
+    # that route changes need: monitors probing every second could take them all.
+    router = make_router(encoder, store_path)
+    other = make_router(encoder, store_path.with_name("other.db"))
+    held, calls = _hanging_store(router, monkeypatch)
+    check = SharedStoreCheck()
+    probes = [asyncio.ensure_future(check(router)) for _ in range(20)]
+    with anyio.fail_after(LIMIT_S):
+        while check.waiting < 20:  # every call waits on the check in flight
+            await asyncio.sleep(0.01)
+    quitter = probes.pop()
+    quitter.cancel()  # one that gives up leaves the others' check running
+    # Another router (a lifespan restart) gets a check of its own, not the old one's.
+    assert await check(other) is True
+    held.set()
+    assert await asyncio.gather(*probes) == [True] * 19
+    assert calls == [1]
+    assert await check(router) is True  # a later call checks again
+    assert calls == [1, 1]
+    router.close()
+    other.close()
+
+
+async def test_store_probes_answer_through_the_shared_check(
+    encoder: Encoder, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    router = make_router(encoder, store_path)
+    app = create_app(ServerSettings(), router=router)
+    held, calls = _hanging_store(router, monkeypatch)
     in_flight = app.state.synaptoroute.metrics.in_flight
     transport = httpx.ASGITransport(app=app)
     async with (
@@ -814,15 +847,15 @@ async def test_store_probes_share_one_check(
     ):
         probes = [asyncio.ensure_future(c.get("/healthz/store")) for _ in range(20)]
         with anyio.fail_after(LIMIT_S):
-            while in_flight.value < 20:  # every probe waits on the store now
+            while in_flight.value < 20:
                 await asyncio.sleep(0.01)
         held.set()
         answers = await asyncio.gather(*probes)
         assert [r.status_code for r in answers] == [200] * 20
-        assert calls == [1]
-        # A later probe checks again; one that gives up leaves the others' check.
-        assert (await c.get("/healthz/store")).status_code == 200
-        assert calls == [1, 1]
+        assert [r.json() for r in answers] == [{"store": "ok"}] * 20
+        checks = len(calls)
+        assert (await c.get("/healthz/store")).json() == {"store": "ok"}
+        assert len(calls) == checks + 1
     router.close()
 
 

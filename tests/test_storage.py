@@ -94,6 +94,9 @@ def test_sqlite_settings_and_schema(tmp_path: Path) -> None:
     for bad in (-1, "10", True, float("nan")):
         with pytest.raises(InvalidInputError, match="timeout must be a finite number"):
             SQLiteStorage(tmp_path / "t.db", timeout=bad)  # type: ignore[arg-type]
+    # Past SQLite's int milliseconds the busy timeout wrapped to 0: never wait.
+    with pytest.raises(InvalidInputError, match="timeout must be at most 2147483 seconds"):
+        SQLiteStorage(tmp_path / "t.db", timeout=3e6)
     assert not (tmp_path / "t.db").exists()  # refused before the file was made
     for empty in ("", "  "):
         with pytest.raises(InvalidInputError, match="needs a file path"):

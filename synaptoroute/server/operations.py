@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..router import AdaptiveRouter
     from .app import ServiceState
 
-__all__ = ["SWAGGER_UI_VERSION", "operations_router"]
+__all__ = ["SWAGGER_UI_VERSION", "SharedStoreCheck", "operations_router"]
 
 log = logging.getLogger("synaptoroute.server")
 
@@ -51,7 +51,7 @@ def operations_router(state: ServiceState, store_up: Gauge) -> APIRouter:
     """
     api = APIRouter()
     metrics = state.metrics
-    checking: asyncio.Future[bool] | None = None  # the store check in flight
+    check = SharedStoreCheck()
 
     def probe(path: str, **options: Any) -> Callable[[_Endpoint], _Endpoint]:
         # Some load balancers and uptime monitors probe with HEAD: the same answer
@@ -98,18 +98,8 @@ def operations_router(state: ServiceState, store_up: Gauge) -> APIRouter:
 
         Also exported as the `synaptoroute_store_up` gauge.
         """
-        nonlocal checking
         r = state.router
-        ok = False
-        if r is not None:
-            # One check at a time, shared by the probes that come meanwhile: against a
-            # store that hangs (a database not answering), probes from every monitor
-            # took a thread each, until the pool that route changes need ran dry.
-            task = checking
-            if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
-                checking = task = asyncio.ensure_future(_store_readable(r))
-            # Shielded: a probe that gives up does not cancel the others' check.
-            ok = await asyncio.shield(task)
+        ok = await check(r) if r is not None else False
         store_up.set(1 if ok else 0)
         return JSONResponse(
             {"store": "ok" if ok else "unavailable"}, status_code=200 if ok else 503
@@ -128,6 +118,40 @@ def operations_router(state: ServiceState, store_up: Gauge) -> APIRouter:
         return Response(text, media_type=CONTENT_TYPE)
 
     return api
+
+
+class SharedStoreCheck:
+    """Whether a router's store answers a read: one check at a time, whose answer the
+    calls that come while it runs share.
+
+    Against a store that hangs (a database not answering), each probe of
+    ``/healthz/store`` took a thread of its own, until the pool that route changes
+    need ran dry; now the store holds one.
+    """
+
+    def __init__(self) -> None:
+        self._task: asyncio.Future[bool] | None = None
+        self._router: AdaptiveRouter | None = None
+        #: Calls waiting for the check in flight now.
+        self.waiting = 0
+
+    async def __call__(self, router: AdaptiveRouter) -> bool:
+        """Whether ``router``'s store can be read now (the check in flight, if any)."""
+        task = self._task
+        if (
+            task is None
+            or task.done()
+            or self._router is not router  # another router since (a lifespan restart)
+            or task.get_loop() is not asyncio.get_running_loop()
+        ):
+            task = self._task = asyncio.ensure_future(_store_readable(router))
+            self._router = router
+        self.waiting += 1
+        try:
+            # Shielded: a caller that gives up does not cancel the others' check.
+            return await asyncio.shield(task)
+        finally:
+            self.waiting -= 1
 
 
 async def _store_readable(router: AdaptiveRouter) -> bool:

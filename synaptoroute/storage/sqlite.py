@@ -87,6 +87,10 @@ class _Seen:
     mark: tuple[str, str] | None = None
 
 
+#: The longest lock wait SQLite takes: its busy timeout is an int of milliseconds.
+_MAX_TIMEOUT_S = 2_147_483
+
+
 def _file_id(path: str) -> tuple[int, int] | None:
     """Which file ``path`` names now (device, inode); ``None`` if none."""
     try:
@@ -298,6 +302,10 @@ class SQLiteStorage:
         )
         self.durability = durability
         self._timeout = check_seconds(timeout, "timeout", zero=True)
+        if self._timeout > _MAX_TIMEOUT_S:
+            # SQLite keeps it in int milliseconds: more wrapped to 0, "never wait".
+            msg = f"timeout must be at most {_MAX_TIMEOUT_S} seconds (SQLite's limit), got {timeout!r}"
+            raise InvalidInputError(msg)
         self._closed = False
         self._gone: str | None = None  # why a forked child has no connection
         self._lock = threading.RLock()

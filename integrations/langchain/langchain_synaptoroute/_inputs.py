@@ -51,8 +51,8 @@ def extract_text(
     ``extractor`` wins when given. Otherwise a ``str`` is routed as is; a dict is read
     at ``input_key`` (and its value read by these same rules); one message is routed
     on its text, whatever its type (so ``chat_model | router`` routes on the model's
-    answer), and so is one message dict (``role`` or ``type``, and ``content``, without
-    ``input_key``); a prompt value or a list of messages (or message-like tuples and dicts)
+    answer), and so is one message dict (a message ``role`` or ``type``, and
+    ``content``, without ``input_key``); a prompt value or a list of messages (or message-like tuples and dicts)
     is routed on the text of its last human message.
 
     Raises:
@@ -68,7 +68,7 @@ def extract_text(
     if isinstance(value, str):
         return value
     if isinstance(value, Mapping):
-        if input_key not in value and "content" in value and ("role" in value or "type" in value):
+        if input_key not in value and "content" in value and _is_message_role(value):
             # One message written as a dict (``{"role": "user", "content": ...}``):
             # routed on its text, whatever its role, as one message object is.
             return _messages([value])[0].text
@@ -93,6 +93,19 @@ def extract_text(
         "chat messages, or set text_extractor= on the router"
     )
     raise TypeError(msg)
+
+
+#: The roles (``role``) and types (``type``) LangChain reads a message dict by.
+_MESSAGE_ROLES = frozenset(
+    {"human", "user", "ai", "assistant", "system", "developer", "tool", "function"}
+)
+
+
+def _is_message_role(value: Mapping[Any, Any]) -> bool:
+    # By its role only: an application's own dict ({"type": "question", "content":
+    # ...}) stays an input dict, refused for lacking input_key as before.
+    role = value.get("role", value.get("type"))
+    return isinstance(role, str) and role in _MESSAGE_ROLES
 
 
 def _messages(value: Sequence[Any]) -> list[BaseMessage]:

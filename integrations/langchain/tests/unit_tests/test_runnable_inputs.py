@@ -101,10 +101,10 @@ def test_one_message_dict_is_read_as_a_message(adaptive_router: AdaptiveRouter) 
     # The dict's input_key wins: an input dict that also has these keys is read there.
     both = {"input": "Reset my password", "role": "user", "content": "refund"}
     assert router.text_of(both) == "Reset my password"
-    with pytest.raises(TypeError, match="cannot read the input as chat messages"):
-        router.text_of({"role": "robot", "content": "hello"})
-    with pytest.raises(InvalidInputError, match="no key 'input'"):
-        router.text_of({"content": "no role, no type: an input dict"})
+    # An application's own dict, with no message role, stays an input dict.
+    for own in ({"type": "question", "content": "refund"}, {"content": "no role, no type"}):
+        with pytest.raises(InvalidInputError, match="no key 'input'"):
+            router.text_of(own)
 
 
 def test_a_lone_tuple_is_read_as_langchain_reads_it(adaptive_router: AdaptiveRouter) -> None:
