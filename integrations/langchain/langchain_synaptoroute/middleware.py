@@ -204,13 +204,10 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
                 call does not offer, or an ``utterances`` key looks like a misspelt
                 name of one of this call's tools (see :meth:`_check_utterance_keys`).
         """
-        # Agents offer the same tools on every call: one lookup skips the rest.
+        if self._routes_ready(tools):
+            return
         signature = _signature(tools)
         router = self.router
-        # ... unless a tool's route was deleted from a shared ``router=`` since: then
-        # it is built again (a tool without a route could never be selected).
-        if signature in self._checked and all(tool.name in router for tool in tools):
-            return
         names = [tool.name for tool in tools]
         check_tool_keys(names, None, "utterances")  # no given keys: tools sharing a name
         check_tool_keys(names, dict.fromkeys(self.always_include), "always_include")
@@ -240,6 +237,15 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             if len(self._checked) >= _MAX_CHECKED:
                 self._checked.clear()
             self._checked.add(signature)
+
+    def _routes_ready(self, tools: Sequence[BaseTool]) -> bool:
+        """Whether ``tools`` need no route built: the set was checked before (agents
+        offer the same tools on every call: one lookup skips the rest) and no tool's
+        route was deleted from a shared ``router=`` since (it is then built again: a
+        tool without a route could never be selected)."""
+        return _signature(tools) in self._checked and all(
+            tool.name in self.router for tool in tools
+        )
 
     def _check_utterance_keys(self, names: Sequence[str]) -> None:
         """Record this call's tool names; refuse an ``utterances`` key that looks like a
@@ -370,7 +376,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
     ) -> ModelResponse | AIMessage:
         """Like :meth:`wrap_model_call`; new routes are encoded off the event loop."""
         offered = [tool for tool in request.tools if isinstance(tool, BaseTool)]
-        if _signature(offered) in self._checked:  # nothing to encode: no thread hop
+        if self._routes_ready(offered):  # nothing to encode: no thread hop
             plan = self._plan(request.tools, request.messages)
         else:
             plan = await asyncio.to_thread(self._plan, request.tools, request.messages)

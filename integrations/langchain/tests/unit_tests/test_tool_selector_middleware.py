@@ -328,6 +328,29 @@ def test_a_tool_route_deleted_from_a_shared_router_is_built_again(
     assert "get_weather" in router
 
 
+async def test_a_deleted_tool_route_is_built_again_off_the_event_loop(
+    recording_encoder: RecordingEncoder,
+) -> None:
+    # The async hook skipped the thread hop on the tool set's signature alone: a route
+    # deleted from a shared router was built again, encoding, on the event loop.
+    router = AdaptiveRouter(recording_encoder)
+    selector = SynaptorouteToolSelectorMiddleware(router=router, max_tools=1)
+    agent = create_agent(_model("a", "b"), tools=TOOLS, middleware=[selector])
+    question = {"messages": [HumanMessage("Should I take an umbrella today?")]}
+    await agent.ainvoke(question)
+    router.delete_route("get_weather")
+    recording_encoder.clear()
+    await agent.ainvoke(question)
+    assert "get_weather" in router
+    rebuilt = [
+        thread
+        for call, thread in zip(recording_encoder.calls, recording_encoder.threads, strict=True)
+        if any(text.startswith("get weather") for text in call)
+    ]
+    assert rebuilt and threading.get_ident() not in rebuilt
+    await router.stop()
+
+
 def test_routes_another_call_adds_while_one_ranks_do_not_crowd_out_its_tools(
     recording_encoder: RecordingEncoder,
 ) -> None:
