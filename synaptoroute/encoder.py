@@ -16,6 +16,7 @@ with each other, and the small encoders beside it share its normalisation.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -472,6 +473,7 @@ class Encoder:
         self._model_path = Path(model_path) if model_path is not None else None
         # The container's CPU quota, not the host's cores (see _cpu.available_cpus).
         self.threads = threads if threads is not None else available_cpus()
+        self._count_threads = False  # set in a forked child (see _forked)
         self.max_tokens = max_tokens
         self.batch_size = batch_size
         self.download_timeout = check_seconds(download_timeout, "download_timeout")
@@ -583,12 +585,20 @@ class Encoder:
         if any(part is not None for part in held):
             keep_for_good(held)
             self._session = self._bulk = self._fastembed = None
+        # A count of the parent's CPUs: counted again when the child loads its session,
+        # after a worker is pinned to fewer CPUs (gunicorn's post_fork), unless given.
+        self._count_threads = self._arguments["threads"] is None
 
     def load(self) -> None:
         """Load the model now instead of on the first :meth:`encode`."""
         with self._lock:
             if self.loaded:
                 return
+            if self._count_threads:
+                self._count_threads = False
+                # A bad variable (refused in the parent too): the parent's count stands.
+                with contextlib.suppress(InvalidInputError):
+                    self.threads = available_cpus()
             if self._bundled:
                 self._load_bundled()
             else:

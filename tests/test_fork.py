@@ -511,6 +511,31 @@ def test_a_forked_child_loads_its_own_model_session(encoder: Any) -> None:
 
 
 @needs_fork
+@pytest.mark.model
+def test_a_forked_worker_pinned_to_fewer_cpus_loads_with_its_own_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The count made in the parent (a preloaded gunicorn app) ran a worker pinned to
+    # one CPU (its post_fork hook) on the parent's threads.
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs at least two CPUs")
+    monkeypatch.delenv("SYNAPTOROUTE_THREADS", raising=False)
+    counted, given = Encoder(), Encoder(threads=2)
+    counted.load()
+    assert counted.threads >= 2
+
+    def child() -> None:
+        os.sched_setaffinity(0, {next(iter(os.sched_getaffinity(0)))})
+        assert counted.encode(["hello"]).shape == (1, counted.dimension)
+        assert counted.threads == 1
+        given.load()
+        assert given.threads == 2  # given: kept
+
+    assert in_child(child) == 0
+    assert counted.threads >= 2  # the parent's is untouched
+
+
+@needs_fork
 def test_a_fork_waits_for_a_recording_encoders_lock(encoder: Any) -> None:
     recording = RecordingEncoder(encoder)
     router = AdaptiveRouter(recording)
