@@ -22,7 +22,9 @@ from .exceptions import InvalidInputError
 from .models import SCORE_MAX, SCORE_MIN, clean_utterances
 
 __all__ = [
+    "MAX_INT_MS_SECONDS",
     "check_count",
+    "check_int_ms_seconds",
     "check_seconds",
     "check_text",
     "check_threshold",
@@ -94,6 +96,24 @@ def check_seconds(value: object, field: str, *, zero: bool = False) -> float:
         msg = (
             f"{field} must be a finite number of seconds {bound} (at most "
             f"{threading.TIMEOUT_MAX:g}), got {value!r}"
+        )
+        raise InvalidInputError(msg)
+    return seconds
+
+
+#: The longest duration kept in a C int of milliseconds (SQLite's busy timeout,
+#: PostgreSQL's and libpq's timeouts): 2,147,483 s, about 24.8 days.
+MAX_INT_MS_SECONDS = (2**31 - 1) // 1000
+
+
+def check_int_ms_seconds(value: object, field: str, owner: str, *, zero: bool = False) -> float:
+    """:func:`check_seconds` for a duration ``owner`` keeps in a C int of milliseconds:
+    at most :data:`MAX_INT_MS_SECONDS` (longer ones wrapped around, or were refused
+    later in the owner's words); else :class:`InvalidInputError` naming ``field``."""
+    seconds = check_seconds(value, field, zero=zero)
+    if seconds > MAX_INT_MS_SECONDS:
+        msg = (
+            f"{field} must be at most {MAX_INT_MS_SECONDS} seconds ({owner}'s limit), got {value!r}"
         )
         raise InvalidInputError(msg)
     return seconds

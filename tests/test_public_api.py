@@ -55,7 +55,9 @@ PUBLIC = [
 #: The public submodules (docs/reference/core.md) and their names.
 PUBLIC_SUBMODULES = {
     "synaptoroute.checks": [
+        "MAX_INT_MS_SECONDS",
         "check_count",
+        "check_int_ms_seconds",
         "check_seconds",
         "check_text",
         "check_threshold",

@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 
 from .._buffers import read_utterances, split_by_route
 from .._fork import CONNECTION, LEAF, STORE, hold_across_fork
-from ..checks import check_seconds
+from ..checks import MAX_INT_MS_SECONDS, check_int_ms_seconds
 from ..exceptions import (
     InvalidInputError,
     MissingDependencyError,
@@ -73,7 +73,7 @@ _T = TypeVar("_T")
 # tcp_user_timeout) or seconds (connect_timeout): a longer duration is refused by the
 # server or the driver, so it is refused here by name, before connecting.
 _INT_MAX = 2**31 - 1
-MAX_SECONDS = _INT_MAX // 1000  # 2,147,483 s: about 24.8 days
+MAX_SECONDS = MAX_INT_MS_SECONDS  # 2,147,483 s: about 24.8 days
 # Rows per fetch of the server-side cursor that loads utterances.
 _LOAD_CHUNK = 4096
 
@@ -100,14 +100,6 @@ def _refused_value(exc: Exception, data_error: type[Exception]) -> str | None:
             "long for the store's index"
         )
     return None
-
-
-def _check_duration(value: object, field: str) -> float:
-    seconds = check_seconds(value, field)
-    if seconds > MAX_SECONDS:
-        msg = f"{field} must be at most {MAX_SECONDS} seconds (PostgreSQL's limit), got {value!r}"
-        raise InvalidInputError(msg)
-    return seconds
 
 
 # SQLSTATE program_limit_exceeded: a value past a fixed limit of the server, on a write
@@ -282,11 +274,15 @@ class PostgresStorage:
             msg = f"keep_changes must be at least 1, as an int; got {keep_changes!r}"
             raise StorageError(msg)
         self.schema = schema
-        self.connect_timeout = _check_duration(connect_timeout, "connect_timeout")
+        self.connect_timeout = check_int_ms_seconds(
+            connect_timeout, "connect_timeout", "PostgreSQL"
+        )
         # PostgreSQL reads a lock_timeout of 0 ms as "wait for good": at least 1 ms.
-        self.lock_timeout = max(_check_duration(lock_timeout, "lock_timeout"), 0.001)
+        self.lock_timeout = max(
+            check_int_ms_seconds(lock_timeout, "lock_timeout", "PostgreSQL"), 0.001
+        )
         self.keep_changes = keep_changes
-        self.poll_interval = _check_duration(poll_interval, "poll_interval")
+        self.poll_interval = check_int_ms_seconds(poll_interval, "poll_interval", "PostgreSQL")
         self.origin = uuid.uuid4().hex
         self._s = f'"{schema}"'
         self._channel = f"synaptoroute_{schema}"

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from .._buffers import read_utterances, split_by_route
 from .._fork import STORE, hold_across_fork, keep_for_good
-from ..checks import check_seconds
+from ..checks import check_int_ms_seconds, check_seconds
 from ..exceptions import InvalidInputError, NotADatabaseError, RouteNotFoundError, StorageError
 from ..models import Route
 from .base import (
@@ -85,10 +85,6 @@ class _Seen:
     # The (kind, name) holding ``seq`` then: a backup restored into the file takes it
     # back, or away, even once later writes carry the numbers past ``seq`` again.
     mark: tuple[str, str] | None = None
-
-
-#: The longest lock wait SQLite takes: its busy timeout is an int of milliseconds.
-_MAX_TIMEOUT_S = 2_147_483
 
 
 def _file_id(path: str) -> tuple[int, int] | None:
@@ -301,11 +297,8 @@ class SQLiteStorage:
             self.path if self.path == ":memory:" else str(Path(self.path).expanduser().absolute())
         )
         self.durability = durability
-        self._timeout = check_seconds(timeout, "timeout", zero=True)
-        if self._timeout > _MAX_TIMEOUT_S:
-            # SQLite keeps it in int milliseconds: more wrapped to 0, "never wait".
-            msg = f"timeout must be at most {_MAX_TIMEOUT_S} seconds (SQLite's limit), got {timeout!r}"
-            raise InvalidInputError(msg)
+        # SQLite keeps it in int milliseconds: a longer one wrapped to 0, "never wait".
+        self._timeout = check_int_ms_seconds(timeout, "timeout", "SQLite", zero=True)
         self._closed = False
         self._gone: str | None = None  # why a forked child has no connection
         self._lock = threading.RLock()
