@@ -480,14 +480,15 @@ class SQLiteStorage:
             msg = f"{why}; cannot {doing}"
             raise StorageError(msg)
 
-    def _refuse_if_moved(self) -> None:
-        # The connection writes to the file it opened: after a ``mv`` or a deploy that
-        # replaced the path, a write would be acknowledged into a file nobody opens
-        # again, and lost at the next start.
+    def _refuse_if_moved(self, outcome: str) -> None:
+        """Raise :class:`StorageError` (``outcome`` says what follows) when the file at
+        the path was deleted or replaced since it was opened: the connection still
+        reads and writes the old one. A write there would be acknowledged into a file
+        nobody opens again (lost at the next start), and a poll never sees a change."""
         if self._opened is not None and _file_id(self.file) != self._opened:
             msg = (
                 f"SQLite store {self.path!r} was deleted or replaced since this process "
-                "opened it; nothing was written: restart the process on the file there now"
+                f"opened it; {outcome}"
             )
             raise StorageError(msg)
 
@@ -496,7 +497,7 @@ class SQLiteStorage:
         routes and state keys it changes)."""
         with self._lock:
             self._refuse_if_closed("write: nothing was written")
-            self._refuse_if_moved()
+            self._refuse_if_moved("nothing was written: restart the process on the file there now")
             seen, noted = self._seen, None
             try:
                 with self._transaction() as tx:
@@ -869,13 +870,9 @@ class SQLiteStorage:
             StorageError: the file was deleted or replaced since it was opened: this
                 connection still reads the old one and would never see a change.
         """
-        if self._opened is not None and _file_id(self.file) != self._opened:
-            msg = (
-                f"SQLite store {self.path!r} was deleted or replaced since this process "
-                "opened it: it goes on routing with the routes it has; restart it to "
-                "follow the file there now"
-            )
-            raise StorageError(msg)
+        self._refuse_if_moved(
+            "it goes on routing with the routes it has; restart it to follow the file there now"
+        )
         version = self._data_version(db)
         seen = self._seen
         return None if seen is None or version == seen.version else version
