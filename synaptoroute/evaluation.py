@@ -197,9 +197,10 @@ def expected_calibration_error(
     confidence and the share correct in equal-width confidence bins.
 
     Raises:
-        InvalidInputError: the two are not 1-D and of one length, or a confidence is
-            not a number in [0, 1].
+        InvalidInputError: the two are not 1-D and of one length, a confidence is
+            not a number in [0, 1], or ``bins`` is not a whole number of at least 1.
     """
+    bins = check_count(bins, "bins", 1)
     conf = _rows(confidence, "confidence")
     correct = _rows(correct, "correct", conf)
     if not ((conf >= 0) & (conf <= 1)).all():  # NaN too

@@ -63,6 +63,7 @@ Pairs = tuple[NDArray[np.int64], NDArray[np.int64]]
 _NEG = np.float32(-np.inf)
 #: Queries per matrix product when scoring many vectors against every row.
 _CHUNK = 1024
+_CANONICAL_BLOCK = 4096  # matrix rows gathered per product (see Snapshot.products_by_name)
 
 
 @dataclass
@@ -337,7 +338,7 @@ class Snapshot:
         out = np.empty((n, self.n_routes), dtype=np.float32)
         for start in range(0, n, _CHUNK):
             stop = min(start + _CHUNK, n)
-            sims = vectors[start:stop] @ self.matrix.T
+            sims = self.products_by_name(vectors[start:stop])
             sel = (hide_q >= start) & (hide_q < stop)
             sims[hide_q[sel] - start, hide_r[sel]] = -np.inf
             if self.aggregation == "max":
@@ -358,6 +359,29 @@ class Snapshot:
                 knn_out[start : min(stop, m)] = self._kth_live(sims[: min(stop, m) - start], k)
         out[~np.isfinite(out)] = SCORE_MIN
         return out, knn_out
+
+    def products_by_name(self, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+        """``vectors @ matrix.T`` (``-inf`` in dead rows' columns), each product computed
+        with its matrix row at a place that follows (route name, text), not the order
+        routes were added: BLAS's blocked products round a row's last bit by where it
+        sits (AVX-512 kernels do), and a fit must not depend on that order."""
+        rows = self.canonical_rows
+        out = np.full((len(vectors), len(self.matrix)), -np.inf, dtype=np.float32)
+        for first in range(0, len(rows), _CANONICAL_BLOCK):
+            cols = rows[first : first + _CANONICAL_BLOCK]
+            out[:, cols] = vectors @ self.matrix[cols].T
+        return out
+
+    @cached_property
+    def canonical_rows(self) -> NDArray[np.intp]:
+        """The live rows by route name, then text (computed once per snapshot)."""
+        layout = self.layout
+        order = sorted(
+            (layout.names[pos], self.texts[row], row)
+            for pos, rows in enumerate(layout.route_rows)
+            for row in rows.tolist()
+        )
+        return np.array([row for _, _, row in order], dtype=np.intp)
 
     def _centroid_scores(
         self,

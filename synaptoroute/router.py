@@ -637,8 +637,8 @@ class AdaptiveRouter:
                 encoder reads nothing of (see :meth:`add_routes`); nothing is changed.
         """
         _not_a_str(utterances, "add_utterances")
-        self.get_route(name)  # an unknown name (the reserved one too) fails before encoding
-        return self._add_utterances(name, utterances)
+        # An unknown name (the reserved one too) fails before encoding.
+        return self._add_utterances(self.get_route(name).name, utterances)
 
     def _add_utterances(self, name: str, utterances: Sequence[str]) -> list[str]:
         cleaned = clean_utterances(list(utterances))
@@ -668,8 +668,8 @@ class AdaptiveRouter:
         Raises:
             RouteNotFoundError: no such route (a ``KeyError``).
         """
-        self.get_route(name)  # the reserved name is no route: delete_negatives
-        self._delete_route(name)
+        # The reserved name is no route: delete_negatives.
+        self._delete_route(self.get_route(name).name)
 
     def _delete_route(self, name: str) -> None:
         with self._lock:
@@ -686,8 +686,7 @@ class AdaptiveRouter:
     def delete_utterances(self, name: str, utterances: Sequence[str]) -> int:
         """Remove utterances from a route; returns how many were removed."""
         _not_a_str(utterances, "delete_utterances")
-        self.get_route(name)
-        return self._delete_utterances(name, utterances)
+        return self._delete_utterances(self.get_route(name).name, utterances)
 
     def _delete_utterances(self, name: str, utterances: Sequence[str]) -> int:
         with self._lock:
@@ -709,7 +708,7 @@ class AdaptiveRouter:
         with self._lock:
             route = self.get_route(name).model_copy(update={"threshold": threshold})
             self.storage.update_route(route)
-            self._routes[name] = route
+            self._routes[route.name] = route
             return route
 
     @property
@@ -742,11 +741,25 @@ class AdaptiveRouter:
 
         Raises:
             InvalidInputError: a threshold outside the score range (a fitted cut may
-                lie up to 0.001 past it), ``min_margin`` outside [0, 2], or an
-                ``info`` that is not JSON (NaN and infinity included); nothing is
-                changed.
+                lie up to 0.001 past it), ``min_margin`` outside [0, 2], an ``info``
+                that is not JSON (NaN and infinity included), or a fitted head
+                trained on another model's embeddings (another router's policy:
+                ``fit`` this one); nothing is changed.
         """
         _check_policy(policy)
+        head = policy.head
+        if head is not None and (
+            head.model_id != self.model.model_id or head.weights.shape[0] != self.model.dimension
+        ):
+            # Reopening drops such a head (_policy_from_state): kept here, it would
+            # decide on vectors it was not trained on, or fail every query's product.
+            msg = (
+                f"the policy's fitted head was trained on {head.model_id!r} embeddings "
+                f"(dimension {head.weights.shape[0]}), not this router's "
+                f"{self.model.model_id!r} (dimension {self.model.dimension}); fit() this "
+                "router, or set the policy without its head"
+            )
+            raise InvalidInputError(msg)
         with self._lock:
             self.storage.set_state(_POLICY_KEY, policy.to_state())
             self._policy = policy
@@ -843,9 +856,14 @@ class AdaptiveRouter:
     def get_route(self, name: str) -> Route:
         """The route called ``name``.
 
+        A name is looked up as :class:`Route` keeps it, without the whitespace around
+        it, here and wherever a route is named (``delete_route``, ``add_utterances``).
+
         Raises:
             RouteNotFoundError: no such route (a ``KeyError``).
         """
+        if isinstance(name, str):
+            name = name.strip()
         if name == NEGATIVES_ROUTE:  # held like a route, but none: see add_negatives
             raise RouteNotFoundError(name)
         return self._held(name)

@@ -495,6 +495,29 @@ def test_head_that_cannot_be_fitted_is_reported_not_a_crash() -> None:
     assert any("two routes" in note for note in report.notes)
 
 
+@pytest.mark.parametrize("dimension", [64, 384])
+def test_set_policy_refuses_a_head_fitted_on_another_models_embeddings(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows, dimension: int
+) -> None:
+    # Another router's policy: a head of another dimension failed every query (and
+    # fit) with numpy's matmul error; of the same dimension it decided on vectors it
+    # never saw, and a reopen then dropped it, changing the answers after a restart.
+    from synaptoroute import HashingEncoder
+
+    fitted = open_router()
+    fitted.fit(*split(clinc_train), head=True, hybrid=False)
+    assert fitted.policy.head is not None
+    other = AdaptiveRouter(HashingEncoder(dimension))
+    other.add_routes(fitted.list_routes())
+    before = other.policy
+    with pytest.raises(InvalidInputError, match="fitted head was trained on"):
+        other.set_policy(fitted.policy)
+    assert other.policy is before
+    assert other.query(clinc_train[0]["text"]).reason != "rejected_by_head"
+    other.set_policy(replace(fitted.policy, head=None))  # its thresholds alone are kept
+    assert other.policy.thresholds == fitted.policy.thresholds
+
+
 @pytest.mark.parametrize("changed", ["knn", "lexical"])
 def test_before_judges_the_current_head_whatever_the_new_fit_computes(
     open_router: Callable[..., AdaptiveRouter], clinc_train: Rows, clinc_val: Rows, changed: str

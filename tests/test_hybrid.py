@@ -860,6 +860,10 @@ def test_auroc_curve_and_ece_against_direct_computations() -> None:
             expected_calibration_error(np.array(bad), right)
     with pytest.raises(InvalidInputError, match=r"confidence must be numbers.*NaN"):
         expected_calibration_error(np.array([np.nan, 0.5, 0.5, 0.5]), right)
+    for bins in (0, -1, 1.5, True):  # numpy's errors before ("'minlength' must not be ...")
+        with pytest.raises(InvalidInputError, match="bins must be at least 1"):
+            expected_calibration_error(conf, right, bins=bins)  # type: ignore[arg-type]
+    assert expected_calibration_error(conf, right, bins=1) == pytest.approx(0.3)
     with pytest.raises(InvalidInputError, match="positive must be 6 values"):
         auroc(score, inside[:3])
     with pytest.raises(InvalidInputError, match="score must be numbers"):

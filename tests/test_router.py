@@ -231,6 +231,21 @@ def test_route_management(router: AdaptiveRouter) -> None:
         router.add_utterances("billing", ["  "])
 
 
+def test_a_route_is_named_as_route_keeps_its_name(router: AdaptiveRouter) -> None:
+    # Route strips its name: every method that names a route reads the name that way,
+    # or "  billing " was both unknown (get_route) and already there (add_route).
+    padded = "  billing \t"
+    assert router.get_route(padded).name == "billing"
+    assert router.add_utterances(padded, ["Refund my order"]) == ["Refund my order"]
+    assert router.delete_utterances(padded, ["Refund my order"]) == 1
+    assert router.set_threshold(padded, 0.4).threshold == 0.4
+    assert router.get_route("billing").threshold == 0.4
+    router.delete_route(padded)
+    assert router.route_names == ["support"]
+    with pytest.raises(RouteNotFoundError):
+        router.get_route("  ")
+
+
 def test_no_routes_gives_a_documented_no_match(encoder: Encoder) -> None:
     match = AdaptiveRouter(encoder).query("hello")
     assert match.name is None and match.reason == "no_routes"

@@ -646,14 +646,13 @@ def lexical_left_out(
 def _same_rows(snapshot: Snapshot, vectors: NDArray[np.float32]) -> Pairs:
     """(vector index, matrix row) of each live utterance at least ``1 - _SAME`` similar
     to one of ``vectors``: one the model does not tell from it, whatever its text."""
-    live = snapshot.live_rows
     found_q, found_r = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
     for start in range(0, len(vectors), _CHUNK):
-        sims = vectors[start : start + _CHUNK] @ snapshot.matrix.T
+        # Dead rows' columns are -inf: only live utterances are found.
+        sims = snapshot.products_by_name(vectors[start : start + _CHUNK])
         q, r = np.nonzero(sims >= 1.0 - _SAME)
-        keep = live[r]
-        found_q.append(q[keep].astype(np.int64) + start)
-        found_r.append(r[keep].astype(np.int64))
+        found_q.append(q.astype(np.int64) + start)
+        found_r.append(r.astype(np.int64))
     return np.concatenate(found_q), np.concatenate(found_r)
 
 
