@@ -33,10 +33,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
     # DPkg::Lock::Timeout (here and in chromium.sh, postgres.sh): another install on the
     # machine (a second test run, an unattended upgrade) is waited for, not a failure.
     apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
-    # policy-rc.d keeps the package from starting a system nginx on port 80.
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod +x /usr/sbin/policy-rc.d
-    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    # policy-rc.d keeps the package from starting a system nginx on port 80. A machine's
+    # own (Docker's images ship one) is left as it is; only the one written here goes.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -q install --no-install-recommends \
         "${missing[@]}" >/dev/null
 fi

@@ -100,13 +100,17 @@ synaptoroute_pg_start() {
     if [ "$(id -u)" = 0 ]; then
         if id postgres >/dev/null 2>&1; then user=postgres; else user=nobody; fi
     fi
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/synaptoroute-pg.XXXXXX") || return 1
+    # A server run as another user (root's) must reach its folder: TMPDIR may be
+    # under a folder only root can enter (/root/tmp), /tmp never is.
+    local base=${TMPDIR:-/tmp}
+    [ "$(id -un)" = "$user" ] || base=/tmp
+    dir=$(mktemp -d "$base/synaptoroute-pg.XXXXXX") || return 1
     chmod 700 "$dir"
     [ "$(id -un)" = "$user" ] || chown "$user" "$dir"
     port=${SYNAPTOROUTE_PG_PORT:-$(_sr_pg_free_port)}
     printf 'PG_BIN=%q\nPG_USER=%q\nPG_PORT=%q\n' "$bin" "$user" "$port" >"$dir/cluster.env"
     _sr_pg_as "$user" "$bin/initdb" -D "$dir/data" -U synaptoroute -A trust -E UTF8 \
-        --no-sync >"$dir/initdb.log" 2>&1 || {
+        --no-locale --no-sync >"$dir/initdb.log" 2>&1 || {
         _sr_pg_log "initdb failed:"
         cat "$dir/initdb.log" >&2
         rm -rf "$dir"
@@ -141,8 +145,13 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
             dir=${2:-${SYNAPTOROUTE_TEST_PG_DIR:-}}
             if [ -z "$dir" ] || [ ! -f "$dir/cluster.env" ]; then
                 _sr_pg_log "no cluster to stop: ${dir:-neither DIR nor SYNAPTOROUTE_TEST_PG_DIR given}"
-                for found in "${TMPDIR:-/tmp}"/synaptoroute-pg.*; do
-                    [ -f "$found/cluster.env" ] && _sr_pg_log "a cluster is left in $found (stop $found)"
+                # Root's clusters are under /tmp whatever TMPDIR says (see start).
+                bases=("${TMPDIR:-/tmp}")
+                [ "${TMPDIR:-/tmp}" = /tmp ] || bases+=(/tmp)
+                for base in "${bases[@]}"; do
+                    for found in "$base"/synaptoroute-pg.*; do
+                        [ -f "$found/cluster.env" ] && _sr_pg_log "a cluster is left in $found (stop $found)"
+                    done
                 done
                 exit 1
             fi

@@ -357,6 +357,40 @@ def test_stopping_by_hand_without_a_cluster_says_so_and_names_the_ones_left(
     assert missing.returncode == 1 and f"no cluster to stop: {tmp_path / 'gone'}" in missing.stderr
 
 
+@pytest.mark.timeout(120)
+def test_a_cluster_starts_under_a_locale_the_machine_lacks_and_a_private_tmpdir(
+    tmp_path: Path,
+) -> None:
+    # initdb took its locale from LANG: one the machine has not generated (a CI image
+    # without en_US.UTF-8, an SSH session's) stopped the script before any test ran.
+    # As root the server runs as another user, who cannot enter a root-only TMPDIR.
+    psycopg = pytest.importorskip("psycopg")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNAPTOROUTE_TEST_PG")}
+    env.update(LANG="xx_XX.UTF-8", LC_ALL="", TMPDIR=str(private))
+    script = str(ROOT / "scripts" / "postgres.sh")
+    started = subprocess.run(
+        ["bash", script, "start"], env=env, capture_output=True, text=True, timeout=100
+    )
+    if started.returncode != 0 and "no PostgreSQL" in started.stderr:
+        pytest.skip(started.stderr.strip())
+    assert started.returncode == 0, started.stderr
+    exports = dict(
+        line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines()
+    )
+    cluster = exports["SYNAPTOROUTE_TEST_PG_DIR"]
+    try:
+        with psycopg.connect(exports["SYNAPTOROUTE_TEST_PG_DSN"], connect_timeout=10) as conn:
+            assert conn.execute("SHOW server_encoding").fetchone() == ("UTF8",)
+    finally:
+        stopped = subprocess.run(
+            ["bash", script, "stop", cluster], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert stopped.returncode == 0, stopped.stderr
+    assert not Path(cluster).exists()
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.model
 def test_bad_dsn_and_unreachable_servers_give_clear_errors() -> None:

@@ -812,8 +812,8 @@ def _nginx() -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     if os.environ.get("SYNAPTOROUTE_TEST_NGINX_REQUIRED") == "1":
-        pytest.fail("nginx is required here: bash scripts/nginx.sh")
-    pytest.skip("needs nginx (bash scripts/nginx.sh installs the distribution's)")
+        pytest.fail("nginx is required here: bash scripts/hardening_tools.sh")
+    pytest.skip("needs nginx (bash scripts/hardening_tools.sh installs the distribution's)")
 
 
 class Proxy:
