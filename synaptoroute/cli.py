@@ -239,6 +239,17 @@ def _write_document(text: str) -> None:
     buffer.flush()
 
 
+def _field(text: str) -> str:
+    """``text`` as one field of a text-mode line: a tab or a line break inside (a query
+    or a description may hold them) is written as its escape (``\\t``, ``\\n``,
+    ``\\x0b`` ...), or it split the line a script reads."""
+    return text.translate(_FIELD_ESCAPES)
+
+
+# The characters str.splitlines breaks at, and the tab.
+_FIELD_ESCAPES = {ord(c): repr(c)[1:-1] for c in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 def _match_dict(match: Any) -> dict[str, Any]:
     from .server.schemas import RouteResult
 
@@ -276,7 +287,7 @@ def cmd_route(args: argparse.Namespace) -> int:
             print(_json_text({"query": text, "result": item}))
             continue
         for m in matches:
-            print(f"{m['route'] or '-'}\t{m['score']:.4f}\t{m['reason']}\t{text}")
+            print(f"{m['route'] or '-'}\t{m['score']:.4f}\t{m['reason']}\t{_field(text)}")
     return EXIT_OK
 
 
@@ -290,7 +301,7 @@ def cmd_routes_list(args: argparse.Namespace) -> int:
     print(f"{'route':24} {'utterances':>10} {'threshold':>9}  description")
     for r in doc["routes"]:
         threshold = f"{r['threshold']:.3f}" if "threshold" in r else "-"
-        desc = r.get("description") or ""
+        desc = _field(r.get("description") or "")
         print(f"{r['name']:24} {len(r['utterances']):>10} {threshold:>9}  {desc}")
     print(f"default threshold: {doc['threshold']:.3f}", file=sys.stderr)
     return EXIT_OK
@@ -418,7 +429,7 @@ def cmd_negatives_add(args: argparse.Namespace) -> int:
         _print_json({"added": added})
     else:
         for text in added:
-            print(f"added\t{text}")
+            print(f"added\t{_field(text)}")
     return EXIT_OK
 
 
@@ -487,6 +498,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmt: Literal["yaml", "json"] = (
         "json" if args.json or args.format == "json" or by_suffix else "yaml"
     )
+    if args.output:
+        _refuse_to_overwrite(args.output, args)
     with _router(args) as router:
         doc = dump_routes(router)
     text = render_routes(doc, fmt)
@@ -495,6 +508,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         _write_document(text)
     return EXIT_OK
+
+
+def _refuse_to_overwrite(output: str, args: argparse.Namespace, *inputs: str) -> None:
+    """Refuse, before any work, an output file that is the store (or one of its
+    journal files), one of ``inputs``, or any SQLite database: ``export -o routes.db``
+    renamed a YAML file over the store, and its fitted policy was gone for good."""
+    path = Path(output)
+    if not path.is_file():
+        return  # nothing there, or a pipe or a device (written to, never replaced)
+    store = _store_path(args)
+    named = {store: "the store", **{f"{store}{end}": "the store's journal" for end in _JOURNALS}}
+    named.update({name: "an input file" for name in inputs})
+    for other, what in named.items():
+        with suppress(OSError, ValueError):  # not a file (a PostgreSQL DSN), or gone
+            if os.path.samefile(path, other):
+                msg = f"{output} is {what}: write the output elsewhere"
+                raise BadInput(msg)
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(_SQLITE_HEADER))
+    except OSError:
+        return  # unreadable: the write says why
+    if head == _SQLITE_HEADER:
+        msg = f"{output} is a SQLite database (a store?): write the output elsewhere"
+        raise BadInput(msg)
+
+
+_JOURNALS = ("-wal", "-shm", "-journal")
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -563,6 +605,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the store's router on labelled data; optionally plot the report."""
+    if args.plot:
+        _refuse_to_overwrite(args.plot, args, args.file)
     texts, labels = _read_labelled(args.file)
     with _router(args) as router:
         _require_routes(router, args)

@@ -305,6 +305,35 @@ def test_export_writes_through_a_temporary_file_of_its_own(
     assert out_file.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain write makes it
 
 
+def test_an_output_file_that_is_the_store_an_input_or_a_database_is_refused(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    # 'export -o routes.db' renamed YAML over the store and 'eval --plot' wrote a PNG
+    # over it or over the data file, exiting 0: the fitted policy was gone for good.
+    seed(capsys, store)
+    before = Path(store).read_bytes()
+    other = tmp_path / "other.db"
+    SQLiteStorage(str(other)).close()
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "I need a refund", "label": "billing"}\n')
+    link = tmp_path / "link.db"
+    link.symlink_to(store)
+    for argv, said in (
+        (("export", "-o", store), "is the store"),
+        (("export", "-o", str(link)), "is the store"),
+        (("export", "-o", str(other)), "is a SQLite database"),
+        (("eval", str(data), "--plot", store, "-q"), "is the store"),
+        (("eval", str(data), "--plot", str(data), "-q"), "is an input file"),
+    ):
+        code, out, err = run(capsys, *argv, "--store", store)
+        assert code == EXIT_BAD_INPUT, (argv, err)
+        assert said in err and out == ""
+    assert Path(store).read_bytes() == before and stored_routes(store)
+    assert data.read_text().startswith('{"text"')
+    fresh = tmp_path / "routes.yaml"
+    assert run(capsys, "export", "-o", str(fresh), "--store", store)[0] == EXIT_OK
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes and symbolic links")
 def test_export_writes_through_links_and_pipes_and_keeps_a_files_mode(
     capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
@@ -451,6 +480,27 @@ AWKWARD = [
     "'single' and \"double\" quotes",
     "key: value # not a comment",
 ]
+
+
+def test_text_output_keeps_one_record_per_line(
+    capsys: pytest.CaptureFixture[str], store: str
+) -> None:
+    # Names refuse control characters, but a query, a negative example and a
+    # description may hold a line break: printed raw, it split a record over two lines.
+    argv = ["--description", "line1\nline2\tend", "--store", store]
+    assert run(capsys, "routes", "add", "billing", "I need a refund", *argv)[0] == EXIT_OK
+    code, out, _ = run(capsys, "routes", "list", "--store", store)
+    assert code == EXIT_OK and out.splitlines()[1].endswith("line1\\nline2\\tend")
+    assert len(out.splitlines()) == 2
+    code, out, _ = run(capsys, "route", "refund\nplease", "fine\u2028ok", "--store", store)
+    assert code == EXIT_OK
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[0].split("\t")[3] == "refund\\nplease"
+    assert lines[1].endswith("\tfine\\u2028ok")
+    code, out, _ = run(capsys, "negatives", "add", "tell\nme a joke", "--store", store)
+    assert code == EXIT_OK and out == "added\ttell\\nme a joke\n"
+    code, out, _ = run(capsys, "route", "refund\nplease", "--store", store, "--json")
+    assert json.loads(out)["query"] == "refund\nplease"  # JSON keeps the text as it is
 
 
 def test_export_keeps_every_character(
