@@ -18,6 +18,7 @@ __all__ = [
     "as_encoder",
     "langchain_former_model_ids",
     "langchain_model_id",
+    "llama_index_former_model_ids",
     "llama_index_model_id",
 ]
 
@@ -51,8 +52,25 @@ def langchain_former_model_ids(embeddings: Any) -> tuple[str, ...]:
 
 
 def llama_index_model_id(embed_model: Any) -> str:
-    """``llama-index/<class>/<model name>`` for a LlamaIndex ``BaseEmbedding``."""
-    return f"llama-index/{embed_model.class_name()}/{embed_model.model_name}"
+    """``llama-index/<class>/<model name>`` for a LlamaIndex ``BaseEmbedding``: the
+    class as its ``class_name()`` gives it, or the Python class's qualified name where
+    that is LlamaIndex's inherited default (``base_component``), which every custom
+    embedding class without its own shared."""
+    kind = embed_model.class_name()
+    if kind == _LLAMA_INDEX_DEFAULT_CLASS:
+        kind = type(embed_model).__qualname__
+    return f"llama-index/{kind}/{embed_model.model_name}"
+
+
+def llama_index_former_model_ids(embed_model: Any) -> tuple[str, ...]:
+    """The id versions before 0.3 stored for ``embed_model`` where
+    :func:`llama_index_model_id` now names it otherwise (a class without its own
+    ``class_name()``): a store of that id opens with it, as it did."""
+    old = f"llama-index/{embed_model.class_name()}/{embed_model.model_name}"
+    return () if old == llama_index_model_id(embed_model) else (old,)
+
+
+_LLAMA_INDEX_DEFAULT_CLASS = "base_component"  # BaseComponent.class_name()
 
 
 def _is_encoder(source: object) -> TypeGuard[EncoderProtocol]:
@@ -110,7 +128,9 @@ def as_encoder(source: Any) -> EncoderProtocol:
         )
     if _is_llama_index_embedding(source):
         return CallableEncoder(
-            source.get_text_embedding_batch, model_id=llama_index_model_id(source)
+            source.get_text_embedding_batch,
+            model_id=llama_index_model_id(source),
+            former_model_ids=llama_index_former_model_ids(source),
         )
     msg = (
         "encoder must be a synaptoroute encoder (model_id, dimension, encode), a LangChain "

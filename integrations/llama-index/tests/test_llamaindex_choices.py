@@ -161,6 +161,21 @@ def test_a_choice_with_fewer_than_three_utterances_warns_once(
         full.select(choices, "I need a refund")
 
 
+def test_choices_without_a_name_warn_once_that_they_take_no_utterances(
+    encoder: Encoder,
+) -> None:
+    # Plain strings were named "choice 0, choice 1" with advice to pass utterances by
+    # name (which they have none of), and a later set warned of its new positions only.
+    selector = SynaptorouteSelector.from_defaults(encoder=encoder)
+    with pytest.warns(UserWarning, match="without a name") as caught:
+        assert selector.select(["Invoices and refunds", "Bugs and crashes"], "refund").ind == 0
+    assert len(caught) == 1 and "ToolMetadata(name=" in str(caught[0].message)
+    assert "choice 0" not in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        selector.select(["Shipping", "Returns", "Careers"], "where is my parcel")
+
+
 async def test_the_few_examples_warning_names_the_callers_line(
     encoder: Encoder, engine_tools: list[QueryEngineTool]
 ) -> None:
@@ -226,12 +241,44 @@ def test_aclose_stops_routers_evicted_from_the_cache(
     async def main() -> list[bool]:
         await selector.aselect(choices, "I need a refund")
         first = selector.router_for(choices)
-        await selector.aselect(choices[:2], "my app crashes")  # evicts the first set
         assert first.worker.running
+        await selector.aselect(choices[:2], "my app crashes")  # evicts the first set
         await selector.aclose()
         return [first.worker.running, selector.router_for(choices[:2]).worker.running]
 
     assert asyncio.run(main()) == [False, False]
+
+
+@pytest.mark.filterwarnings("ignore:choices without a name")
+def test_evicted_choice_sets_stop_their_workers_on_a_long_lived_loop(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    # Each evicted router kept its batching worker (a thread) until aclose(): a
+    # service whose tool sets vary ran out of threads on its one loop.
+    selector = SynaptorouteSelector.from_defaults(encoder=encoder, max_choice_sets=2)
+
+    def workers() -> int:
+        return sum(t.name == "synaptoroute-batch-worker" for t in threading.enumerate())
+
+    async def main() -> tuple[int, int]:
+        before = workers()
+        for i in range(12):
+            tools = [f"topic {i} invoices", f"topic {i} crashes", "refunds and money back"]
+            selection = await selector.aselect(tools, "I want my money back")
+            assert selection.ind == 2
+        # A worker stops on this loop, when it next runs: give it the turns it needs.
+        for _ in range(200):
+            if workers() - before <= 2:
+                break
+            await asyncio.sleep(0.05)
+        left = workers() - before
+        running = sum(any(w.running for w in r.workers) for r in selector._retired)
+        await selector.aclose()
+        return left, running
+
+    left, running = asyncio.run(main())
+    assert running == 0  # only the two cached choice sets kept a worker
+    assert left <= 2
 
 
 def test_aclose_on_one_loop_keeps_evicted_routers_another_loop_runs(

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from llama_index.core import VectorStoreIndex
-from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.embeddings import BaseEmbedding, MockEmbedding
 from llama_index.core.schema import TextNode
 from llama_index.core.tools import ToolMetadata
 from llama_index.selectors.synaptoroute import (
@@ -217,6 +217,46 @@ def test_llamaindex_encoder_over_a_llamaindex_model(encoder: Encoder) -> None:
     router = AdaptiveRouter(encoder=wrapped)
     router.add_routes(Route(name=n, utterances=u) for n, u in UTTERANCES.items())
     assert router.query("How do I get my money back?").name == "billing"
+
+
+class _Letters(BaseEmbedding):
+    """A custom embedding class without its own class_name(), as users write them."""
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._get_text_embedding(query)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_text_embedding(query)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return [1.0 + text.count("a"), 1.0 + text.count("e"), 1.0]
+
+
+class _Digits(_Letters):
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return [1.0 + sum(c.isdigit() for c in text), 1.0, 2.0]
+
+
+def test_custom_embedding_classes_are_told_apart_by_a_store(tmp_path: Path) -> None:
+    # Every class without its own class_name() was "llama-index/base_component/
+    # unknown": a store written with one opened with another's vectors, unnoticed.
+    from synaptoroute import ModelMismatchError, SQLiteStorage
+
+    letters, digits = LlamaIndexEncoder(_Letters()), LlamaIndexEncoder(_Digits())
+    assert letters.model_id != digits.model_id
+    assert "_Letters" in letters.model_id and "_Digits" in digits.model_id
+    store = str(tmp_path / "routes.db")
+    router = AdaptiveRouter(encoder=letters, storage=SQLiteStorage(store))
+    router.add_route(Route(name="greeting", utterances=["hello there"]))
+    router.storage.close()
+    with pytest.raises(ModelMismatchError):
+        AdaptiveRouter(encoder=digits, storage=SQLiteStorage(store))
+    # A store the earlier id named opens with the class, as before (its former id).
+    assert letters.former_model_ids == ("llama-index/base_component/unknown",)
+    from synaptoroute.adapters import as_encoder as any_framework  # LangChain's way in
+
+    core = any_framework(_Letters())
+    assert (core.model_id, core.former_model_ids) == (letters.model_id, letters.former_model_ids)
 
 
 def test_llamaindex_encoder_normalises_any_model() -> None:

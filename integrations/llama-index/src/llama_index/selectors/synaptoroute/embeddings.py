@@ -28,7 +28,7 @@ from synaptoroute import (
     ModelNotAvailableError,
     default_encoder,
 )
-from synaptoroute.adapters import _is_encoder, llama_index_model_id
+from synaptoroute.adapters import _is_encoder, llama_index_former_model_ids, llama_index_model_id
 from synaptoroute.adapters import as_encoder as _core_as_encoder
 
 __all__ = ["LlamaIndexEncoder", "SynaptorouteEmbedding", "as_encoder"]
@@ -234,7 +234,8 @@ class LlamaIndexEncoder(CallableEncoder):
     Args:
         embed_model: the LlamaIndex embedding model.
         model_id: stored next to every vector; default
-            ``"llama-index/<class name>/<model name>"``.
+            ``"llama-index/<class name>/<model name>"`` (the class's ``class_name()``, or
+            its Python name where it has none of its own).
         dimension: vector length; if omitted, one probe text is embedded the
             first time it is needed.
 
@@ -254,6 +255,7 @@ class LlamaIndexEncoder(CallableEncoder):
             embed_model.get_text_embedding_batch,
             model_id=model_id if model_id is not None else llama_index_model_id(embed_model),
             dimension=dimension,
+            former_model_ids=llama_index_former_model_ids(embed_model) if model_id is None else (),
         )
         self.embed_model = embed_model
 

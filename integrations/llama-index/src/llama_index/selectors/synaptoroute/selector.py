@@ -100,6 +100,9 @@ class SelectionPolicy:
             raise InvalidInputError(msg)
 
 
+_UNNAMED = "<choices without a name>"  # the one warning about them (see _check_choices)
+
+
 def _label(choices: Sequence[ToolMetadata], index: int) -> str:
     name = choices[index].name
     return repr(name) if name else f"choice {index}"
@@ -183,6 +186,20 @@ def decide_selection(
 
 def _has_running_worker(router: AdaptiveRouter) -> bool:
     return any(worker.running for worker in router.workers)
+
+
+def _stop_soon(router: AdaptiveRouter) -> None:
+    """Stop ``router``'s batching worker on each loop that runs one, from any thread:
+    ``stop()`` is scheduled on that loop (run when the loop next runs)."""
+    for worker in router.workers:
+        loop = worker.loop
+        if not worker.running or loop is None:
+            continue
+        stopping = router.stop()
+        try:
+            asyncio.run_coroutine_threadsafe(stopping, loop)
+        except RuntimeError:  # the loop closed meanwhile: its worker is gone with it
+            stopping.close()
 
 
 def _in_llama_index(frame: FrameType) -> bool:
@@ -274,6 +291,9 @@ class SynaptorouteSelector(BaseSelector):
         self._routers: OrderedDict[ChoiceKey, AdaptiveRouter] = OrderedDict()
         # Evicted routers may still have a batching worker running; aclose() stops them.
         self._retired: list[AdaptiveRouter] = []
+        # aselect calls under way per router: the last one out of an evicted router stops
+        # its worker (a thread), or a long-lived loop kept one per evicted choice set.
+        self._selecting: dict[AdaptiveRouter, int] = {}
         self._warned: set[str] = set()
         self._seen_names: set[str] = set()
         self._lock = threading.Lock()
@@ -352,16 +372,27 @@ class SynaptorouteSelector(BaseSelector):
             )
             raise InvalidInputError(msg)
         thin = [
-            _label(choices, i)
-            for i, c in enumerate(choices)
-            if len(self.utterances.get(c.name or "", ())) < _FEW_EXAMPLES
+            repr(c.name)
+            for c in choices
+            if c.name and len(self.utterances.get(c.name, ())) < _FEW_EXAMPLES
         ]
+        # Choices without a name (plain strings) can have no utterances: one warning,
+        # which says so (it named them by a position that changes from set to set).
+        unnamed = [_UNNAMED] if len(names) < len(choices) else []
         # Under the cache lock: concurrent first selections of two choice sets must not
         # lose each other's names, nor both warn about the same choice.
         with self._lock:
             refuse_misspelt_key(self.utterances, self._seen_names, names, "choice")
-            fresh = [label for label in thin if label not in self._warned]
+            fresh = [label for label in [*thin, *unnamed] if label not in self._warned]
             self._warned.update(fresh)
+        if _UNNAMED in fresh:
+            fresh.remove(_UNNAMED)
+            _warn_user(
+                "choices without a name (plain strings) route on their description alone, "
+                "which is often unreliable, and cannot be given utterances: make them "
+                "ToolMetadata(name=..., description=...) and pass utterances={name: [...]} "
+                "with a few typical queries for each"
+            )
         if fresh:
             _warn_user(
                 f"choices with fewer than {_FEW_EXAMPLES} example utterances route on their "
@@ -401,11 +432,13 @@ class SynaptorouteSelector(BaseSelector):
             routes.append(Route(name=str(index), utterances=texts))
         return routes
 
-    def _cached_router(self, key: ChoiceKey) -> AdaptiveRouter | None:
+    def _cached_router(self, key: ChoiceKey, *, selecting: bool = False) -> AdaptiveRouter | None:
         with self._lock:
             router = self._routers.get(key)
             if router is not None:
                 self._routers.move_to_end(key)
+                if selecting:  # counted under the lock an eviction takes (see _release)
+                    self._selecting[router] = self._selecting.get(router, 0) + 1
             return router
 
     def router_for(self, choices: Sequence[ToolMetadata]) -> AdaptiveRouter:
@@ -416,12 +449,15 @@ class SynaptorouteSelector(BaseSelector):
             return router
         return self._build(key, self._routes(choices))
 
-    def _build(self, key: ChoiceKey, routes: list[Route]) -> AdaptiveRouter:
-        """The router of the choice set ``key``: cached, or built from ``routes``."""
+    def _build(
+        self, key: ChoiceKey, routes: list[Route], selecting: bool = False
+    ) -> AdaptiveRouter:
+        """The router of the choice set ``key``: cached, or built from ``routes``
+        (``selecting``: counted as an aselect under way on it)."""
         # Builds are serialised so that concurrent first queries embed a choice set
         # once; lookups take only the short-held cache lock, never wait for a build.
         with self._build_lock:
-            router = self._cached_router(key)
+            router = self._cached_router(key, selecting=selecting)
             if router is not None:
                 return router
             router = (
@@ -432,12 +468,17 @@ class SynaptorouteSelector(BaseSelector):
             router.add_routes(routes)
             with self._lock:
                 self._routers[key] = router
+                if selecting:
+                    self._selecting[router] = 1
                 while len(self._routers) > self.max_choice_sets:
                     _, evicted = self._routers.popitem(last=False)
-                    # Kept for aclose() while a worker runs; the newest also while an
-                    # aselect may be about to start one. Idle ones are let go.
+                    # Kept for aclose() while a worker runs. Idle ones are let go.
                     self._retired = [r for r in self._retired if _has_running_worker(r)]
                     self._retired.append(evicted)
+                    if evicted not in self._selecting:
+                        # Each worker is a thread: a long-lived loop kept one per
+                        # evicted choice set. The last aselect under way stops the rest.
+                        _stop_soon(evicted)
             return router
 
     # -- selection -----------------------------------------------------------------
@@ -450,14 +491,27 @@ class SynaptorouteSelector(BaseSelector):
     @override
     async def _aselect(self, choices: Sequence[ToolMetadata], query: QueryBundle) -> SelectorResult:
         key = self.choice_key(choices)
-        router = self._cached_router(key)
+        router = self._cached_router(key, selecting=True)
         if router is None:
             # Checked here, so that a warning names the caller's line, not a thread's.
             routes = self._routes(choices)
-            router = await asyncio.to_thread(self._build, key, routes)
-        # Embedding and scoring run on the router's worker thread, off the event loop.
-        ranked = await router.aquery_top_k(query.query_str, self.policy.top_n)
+            router = await asyncio.to_thread(self._build, key, routes, True)
+        try:
+            # Embedding and scoring run on the router's worker thread, off the event loop.
+            ranked = await router.aquery_top_k(query.query_str, self.policy.top_n)
+        finally:
+            self._release(router)
         return decide_selection(ranked, choices, self.policy, query.query_str)
+
+    def _release(self, router: AdaptiveRouter) -> None:
+        """One aselect on ``router`` is done; the last one on a router evicted from the
+        cache meanwhile stops its workers."""
+        with self._lock:
+            left = self._selecting.pop(router) - 1
+            if left:
+                self._selecting[router] = left
+            elif any(r is router for r in self._retired):
+                _stop_soon(router)
 
     async def aclose(self) -> None:
         """Stop the batching workers :meth:`aselect` started on the running loop.
