@@ -649,11 +649,12 @@ def decide(
     if len(scores.route_ids) == 0:
         return empty_match("no_routes")
     # O(k) in the ranked routes, never O(routes): this runs for every query.
-    if negative_first(scores, snapshot):
-        row = int(scores.nearest_rows[0])
+    at = _negative_at(scores, snapshot)
+    if at is not None:
+        row = int(scores.nearest_rows[at])
         return RouteMatch(
             name=None,
-            score=float(scores.scores[0]),
+            score=float(scores.scores[at]),
             reason="negative_example",
             nearest_utterance=snapshot.texts[row] if row >= 0 else None,
         )
@@ -753,11 +754,28 @@ def _decide_by_head(
     )
 
 
+#: Scores this close are one text to the model (the last bits of a product depend on
+#: where its row sits): a negative example this close to the best route's score wins.
+NEGATIVE_TIE = 1e-6
+
+
 def negative_first(scores: RouteScores, snapshot: Snapshot) -> bool:
-    """Whether the negative examples' route ranks first in ``scores`` (:func:`decide`
-    then answers ``negative_example``)."""
-    ids = scores.route_ids
-    return len(ids) > 0 and snapshot.names[int(ids[0])] == NEGATIVES_ROUTE
+    """Whether the negative examples' route ranks first in ``scores``, alone or tied
+    with routes (:func:`decide` then answers ``negative_example``)."""
+    return _negative_at(scores, snapshot) is not None
+
+
+def _negative_at(scores: RouteScores, snapshot: Snapshot) -> int | None:
+    """The negative examples' place in ``scores`` if they score as high as the best
+    route: a tie (a negative example that is also a route's utterance) goes to them,
+    as the fit counts it, not to whichever was added first."""
+    ids, values = scores.route_ids, scores.scores
+    for i in range(len(ids)):
+        if values[i] < values[0] - NEGATIVE_TIE:
+            return None
+        if snapshot.names[int(ids[i])] == NEGATIVES_ROUTE:
+            return i
+    return None
 
 
 def without_negatives(scores: RouteScores, snapshot: Snapshot) -> RouteScores:

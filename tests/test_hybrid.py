@@ -756,6 +756,33 @@ def test_negative_examples_reject_what_they_cover_and_survive_reopen(
     assert again.query(query).reason != "negative_example"
 
 
+def test_a_negative_example_that_is_a_routes_utterance_wins_whatever_the_order(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    # A tie went to whichever was added first, and adding an unrelated negative (which
+    # rebuilds the reserved route after the routes) flipped the answer, also on reopen.
+    text = "please set a 4 minute timer"
+    timer = Route(name="timer", utterances=[text, "start a timer"])
+    hotel = Route(name="hotel", utterances=["book a hotel"])
+    for n, negatives_first in enumerate((True, False)):
+        router = AdaptiveRouter(encoder, SQLiteStorage(tmp_path / f"{n}.db"))
+        if negatives_first:
+            router.add_negatives([text])
+        router.add_routes([timer, hotel])
+        if not negatives_first:
+            router.add_negatives([text])
+        for _ in range(2):
+            assert router.query(text).reason == "negative_example"
+            assert router.query_batch([text])[0].reason == "negative_example"
+            ranked = router.query_top_k(text, 2, respect_negatives=True)
+            assert [m.reason for m in ranked] == ["negative_example"]
+            router.add_routes([], negatives=["tell me a joke"])
+        router.close()
+        again = AdaptiveRouter(encoder, SQLiteStorage(tmp_path / f"{n}.db"))
+        assert again.query(text).reason == "negative_example"
+        again.close()
+
+
 def test_fit_trains_the_head_to_reject_negative_examples(
     store: Path, encoder: Encoder, opened: list[AdaptiveRouter], clinc_train: Rows
 ) -> None:

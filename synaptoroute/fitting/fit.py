@@ -29,6 +29,7 @@ from ..checks import _empty_to_the_model, check_count, is_number, reads_nothing_
 from ..datasets import NONE, check_labelled, label_indexes
 from ..decision import (
     KNN_K,
+    NEGATIVE_TIE,
     DecisionPolicy,
     LinearHead,
     mahalanobis_score,
@@ -335,7 +336,7 @@ def fit_policy(
         blocked = np.zeros(n, dtype=bool)
         if len(keep_cols) < scores_all.shape[1]:
             neg = int(np.setdiff1d(np.arange(scores_all.shape[1]), keep_cols)[0])
-            blocked = scores_all[:n, neg] >= scores[:n].max(axis=1)
+            blocked = scores_all[:n, neg] >= scores[:n].max(axis=1) - NEGATIVE_TIE
         top_ids, top_vals = _rank(scores, k_rank)
         data = _Scored(top_ids, top_vals, y_all, n_routes)
         found: list[_Features] | None = None  # the texts' n-gram features, read once
