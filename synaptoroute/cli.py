@@ -231,11 +231,20 @@ def _write_document(text: str) -> None:
     whatever the terminal's: escapes in its place would read back as other text."""
     stream = sys.stdout
     buffer = getattr(stream, "buffer", None)
-    if buffer is None or _takes_unicode(stream):
+    try:
+        utf8 = codecs.lookup(getattr(stream, "encoding", None) or "utf-8").name == "utf-8"
+    except LookupError:
+        utf8 = False
+    if buffer is None or (_takes_unicode(stream) and not utf8):
         stream.write(text)
         return
     stream.flush()
-    buffer.write(text.encode("utf-8"))
+    # Until every byte is out: a pipe whose reader left (`| head -1`) takes part of a
+    # large write and says so only in the count, where the next write raises
+    # BrokenPipeError (exit code 141); one write exited 0 with the rest dropped.
+    data = memoryview(text.encode("utf-8"))
+    while data:
+        data = data[buffer.write(data) :]
     buffer.flush()
 
 

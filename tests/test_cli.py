@@ -441,6 +441,21 @@ def test_a_closed_stdout_ends_the_command_quietly(
         assert noise not in done.stderr
 
 
+def test_a_reader_that_leaves_midway_is_a_broken_pipe_not_a_success() -> None:
+    # `export | head -1` of a large store exited 0: the one write the pipe took part of
+    # returned a short count, and the rest of the document was dropped silently.
+    script = "from synaptoroute.cli import _write_document; _write_document('x' * 2**22)"
+    read_end, write_end = os.pipe()
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=write_end, stderr=subprocess.PIPE
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        assert reader.read(10) == b"x" * 10  # then leave, as head does
+    _, err = child.communicate(timeout=120)
+    assert child.returncode != 0 and b"BrokenPipeError" in err
+
+
 def test_library_warnings_are_one_line(
     capsys: pytest.CaptureFixture[str], store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
