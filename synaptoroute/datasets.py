@@ -134,7 +134,9 @@ def _parse_lines(lines: Iterable[bytes], name: str) -> tuple[list[str], list[str
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            # Without its line break: a line cut short was reported at "column 1" (of
+            # the line after it, for the decoder).
+            row = json.loads(line.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
             errors.append((number, f"invalid JSON ({exc.msg} at column {exc.colno})"))
             continue
