@@ -24,6 +24,7 @@ import argparse
 import codecs
 import json
 import os
+import select
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -244,7 +245,11 @@ def _write_document(text: str) -> None:
     # BrokenPipeError (exit code 141); one write exited 0 with the rest dropped.
     data = memoryview(text.encode("utf-8"))
     while data:
-        data = data[buffer.write(data) :]
+        written = buffer.write(data)
+        if written is None:  # a non-blocking stdout that is full: wait until it drains
+            select.select([], [buffer], [])
+            continue
+        data = data[written:]
     buffer.flush()
 
 

@@ -8,6 +8,7 @@ import threading
 import warnings
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
+from typing import Any
 
 import pytest
 from llama_index.core.llms import MockLLM
@@ -279,6 +280,66 @@ def test_evicted_choice_sets_stop_their_workers_on_a_long_lived_loop(
     left, running = asyncio.run(main())
     assert running == 0  # only the two cached choice sets kept a worker
     assert left <= 2
+
+
+def test_a_selection_cancelled_while_its_choice_set_builds_is_not_counted_for_good(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    # The build (in a thread) counted the aselect; cancelled meanwhile (wait_for around
+    # a slow first embedding), nothing released it: the set's worker was never
+    # stopped once evicted, and the selector held its router for good.
+    entered, release = threading.Event(), threading.Event()
+
+    class Held:
+        model_id, dimension = encoder.model_id, encoder.dimension
+
+        def encode(self, texts: list[str]) -> Any:
+            entered.set()
+            release.wait(60)
+            return encoder.encode(texts)
+
+    selector = SynaptorouteSelector.from_defaults(
+        utterances=UTTERANCES, encoder=Held(), max_choice_sets=1
+    )
+
+    async def main() -> bool:
+        task = asyncio.create_task(selector.aselect(choices, "I need a refund"))
+        await asyncio.to_thread(entered.wait, 60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        for _ in range(600):  # the build ends in its thread, then releases on this loop
+            if not selector._selecting and selector._routers:
+                break
+            await asyncio.sleep(0.05)
+        return not selector._selecting and bool(selector._routers)
+
+    assert asyncio.run(main())
+
+
+def test_an_evicted_set_whose_selection_has_not_started_its_worker_is_kept_to_stop(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    # An evicted router without a running worker was let go at the next eviction, even
+    # while an aselect that had built it was about to start one: that worker then ran
+    # past aclose(). The race, played in order: built and counted, evicted and pruned
+    # by two other builds, then its worker starts.
+    selector = SynaptorouteSelector.from_defaults(
+        utterances=UTTERANCES, encoder=encoder, max_choice_sets=1
+    )
+
+    async def main() -> list[bool]:
+        built = selector._build(selector.choice_key(choices), selector._routes(choices), True)
+        selector.router_for(choices[:2])  # evicts it
+        selector.router_for(choices[1:])  # prunes what runs no worker
+        assert any(r is built for r in selector._retired)  # counted: kept
+        await built.aquery_top_k("I need a refund", 1)  # its worker starts now
+        selector._release(built)
+        await selector.aclose()
+        return [w.running for w in built.workers]
+
+    assert asyncio.run(main()) == [False]
 
 
 def test_aclose_on_one_loop_keeps_evicted_routers_another_loop_runs(

@@ -472,8 +472,11 @@ class SynaptorouteSelector(BaseSelector):
                     self._selecting[router] = 1
                 while len(self._routers) > self.max_choice_sets:
                     _, evicted = self._routers.popitem(last=False)
-                    # Kept for aclose() while a worker runs. Idle ones are let go.
-                    self._retired = [r for r in self._retired if _has_running_worker(r)]
+                    # Kept for aclose() while a worker runs or an aselect on it is under
+                    # way (it may start one yet). Idle ones are let go.
+                    self._retired = [
+                        r for r in self._retired if _has_running_worker(r) or r in self._selecting
+                    ]
                     self._retired.append(evicted)
                     if evicted not in self._selecting:
                         # Each worker is a thread: a long-lived loop kept one per
@@ -495,13 +498,23 @@ class SynaptorouteSelector(BaseSelector):
         if router is None:
             # Checked here, so that a warning names the caller's line, not a thread's.
             routes = self._routes(choices)
-            router = await asyncio.to_thread(self._build, key, routes, True)
+            building = asyncio.ensure_future(asyncio.to_thread(self._build, key, routes, True))
+            try:
+                router = await asyncio.shield(building)
+            except asyncio.CancelledError:
+                # The build goes on in its thread and counts this call: released when done.
+                building.add_done_callback(self._release_built)
+                raise
         try:
             # Embedding and scoring run on the router's worker thread, off the event loop.
             ranked = await router.aquery_top_k(query.query_str, self.policy.top_n)
         finally:
             self._release(router)
         return decide_selection(ranked, choices, self.policy, query.query_str)
+
+    def _release_built(self, building: asyncio.Future[AdaptiveRouter]) -> None:
+        if not building.cancelled() and building.exception() is None:
+            self._release(building.result())
 
     def _release(self, router: AdaptiveRouter) -> None:
         """One aselect on ``router`` is done; the last one on a router evicted from the
@@ -530,5 +543,7 @@ class SynaptorouteSelector(BaseSelector):
             self._retired = [
                 r
                 for r in self._retired
-                if _has_running_worker(r) or not any(r is old for old in retired)
+                if _has_running_worker(r)
+                or r in self._selecting
+                or not any(r is old for old in retired)
             ]
