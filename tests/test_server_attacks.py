@@ -439,6 +439,67 @@ async def _asgi(app: Any, host: str = HOST) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{host}")
 
 
+def test_requests_whose_clients_hung_up_are_dropped_not_served(
+    encoder: Encoder, tmp_path: Path
+) -> None:
+    # A client that hung up (a timeout, a retry) still had its query encoded and its
+    # batch chunk after chunk, holding queue places and the batch slots live clients
+    # then got 429 for. Cancelled now: its texts still queued never reach the model.
+    import threading
+
+    rec = GatedEncoder(encoder)
+    r = AdaptiveRouter(rec, SQLiteStorage(tmp_path / "gone.db"))
+    r.add_routes(ROUTES)
+    srv = serve(r, max_batches_in_flight=1)
+    try:
+        rec.calls.clear()
+        rec.gate.clear()
+        rec.entered.clear()
+        live: list[httpx.Response] = []
+        holder = threading.Thread(
+            target=lambda: live.append(
+                srv.client().post("/route", json={"query": "my app crashes"})
+            )
+        )
+        holder.start()
+        assert rec.entered.wait(LIMIT_S), "the live query never reached the model"
+        gone = [f"abandoned query {i}" for i in range(20)]
+        bodies = [("/route", {"query": text}) for text in gone]
+        bodies.append(("/route/batch", {"queries": [f"abandoned batch {i}" for i in range(5)]}))
+        for path, body in bodies:
+            data = json.dumps(body).encode()
+            sock = srv.connect()
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json"
+                f"\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                + data
+            )
+            sock.close()
+        # With the model held, every one of them is answered 499 (cancelled) and the
+        # queue empties: only the hang-ups can do that (the wait is a bound, not a pace).
+        wanted = ('path="/route",status="499"} 20\n', 'path="/route/batch",status="499"} 1\n')
+        deadline = time.monotonic() + LIMIT_S
+        with srv.client() as c:
+            while time.monotonic() < deadline:
+                metrics = c.get("/metrics").text
+                if all(w in metrics for w in wanted):
+                    break
+                time.sleep(0.05)
+        assert all(w in metrics for w in wanted), metrics
+        assert r.worker.queue_depth == 0
+        rec.gate.set()
+        holder.join(LIMIT_S)
+        assert live and live[0].json()["route"] == "tech"
+        with srv.client() as c:  # the gone batch gave its one slot back
+            assert c.post("/route/batch", json={"queries": ["refund"]}).status_code == 200
+        encoded = {text for call in rec.calls for text in call}
+        assert not encoded & {*gone, *bodies[-1][1]["queries"]}  # type: ignore[arg-type]
+    finally:
+        rec.gate.set()
+        srv.stop()
+        r.close()
+
+
 async def test_batch_cost_is_refused_at_once_and_single_queries_pass_between_chunks(
     encoder: Encoder, tmp_path: Path
 ) -> None:

@@ -10,8 +10,10 @@ paths may contain ``/`` (:mod:`synaptoroute.server.paths`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import quote
 
@@ -46,6 +48,38 @@ __all__ = ["endpoints_router"]
 T = TypeVar("T")
 
 _JSON = "application/json"
+# The answer to a client that hung up before its result (nginx's "client closed
+# request"): no one reads it; the access log and the metrics count it.
+_GONE = Response(status_code=499)
+
+
+async def _unless_gone(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """``work``'s result, or ``None`` when the client hangs up first: ``work`` is then
+    cancelled, so its texts still queued are never encoded and a batch gives back its
+    slot, instead of serving a client that is gone while live ones wait or get 429."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    # Its queued texts are dropped, its slot given back, before we go; how it ended
+    # (cancelled, or an error past the cancel) has no one to be told to.
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    # The body is read: what comes next on this request is its end, the client leaving.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -116,9 +150,12 @@ def endpoints_router(
         tags=["routing"],
         responses=_responses(413, 415, 422, 429, 500, 503),
     )
-    async def route_query(body: QueryRequest) -> Response:
+    async def route_query(body: QueryRequest, request: Request) -> Response:
         """Route one text: the route (or `null`), its score and the runner-up."""
-        match = await state.get_router().aquery(body.query, timeout=timeout)
+        query = state.get_router().aquery(body.query, timeout=timeout)
+        match = await _unless_gone(request, query)
+        if match is None:
+            return _GONE
         record([match])
         # The hot path: serialised once by pydantic's core, not validated again.
         return Response(RouteResult.from_match(match).model_dump_json(), media_type=_JSON)
@@ -129,7 +166,7 @@ def endpoints_router(
         tags=["routing"],
         responses=_responses(413, 415, 422, 429, 500, 503),
     )
-    async def route_batch(body: BatchRequest) -> Response:
+    async def route_batch(body: BatchRequest, request: Request) -> Response:
         """Route several texts; results come in the order of `queries`.
 
         Admitted by cost (characters the model reads), not by count: a batch costing
@@ -140,7 +177,9 @@ def endpoints_router(
         admission.check_cost(body.queries, router.text_cost)
         # Chunks the worker's queue can hold (it refuses more texts, or more cost, than
         # it may ever hold with 422), each given what is left of one deadline.
-        matches = await admission.run(body.queries, router, timeout)
+        matches = await _unless_gone(request, admission.run(body.queries, router, timeout))
+        if matches is None:
+            return _GONE
         record(matches)
         answer = BatchResponse(results=[RouteResult.from_match(m) for m in matches])
         return Response(answer.model_dump_json(), media_type=_JSON)
