@@ -88,9 +88,9 @@ FEED_YIELD = 0.005
 # Rows per insertion call of a build: a build told to stop (the interpreter exits)
 # ends within one such call (about a second on 2 cores).
 BUILD_CHUNK = 8192
-# 4: the key names the graph file it was written with (3: SHA-256 keys of row blocks;
-# 2: blake2b keys; 1: float16 vectors)
-_FORMAT = 4
+# 5: the key holds the graph file's SHA-256 (4: the file's inode, size and time only;
+# 3: SHA-256 keys of row blocks; 2: blake2b keys; 1: float16 vectors)
+_FORMAT = 5
 # Rows per hashed block of the content key (part of the key: changing it is a format change).
 _KEY_BLOCK = 65_536
 # Rows of the graph kept aside (one in LOST_EVERY, evenly spaced, at most LOST_SAMPLE)
@@ -188,10 +188,34 @@ def _new_graph(ndim: int) -> Any:
     )
 
 
-def _read_graph(path: Path, ndim: int) -> Any:
+def _read_graph(path: Path, ndim: int, digest: object) -> Any:
+    # Checked before usearch reads it: a graph file whose bytes changed (bit rot, a
+    # crash before they reached the disk) crashed the process in its first search,
+    # at every start, where its size and times still matched the key.
+    if _digest(path) != digest:
+        msg = f"{path} is not the graph file its key was written for (its SHA-256 differs)"
+        raise ValueError(msg)
     graph = _new_graph(ndim)
     graph.load(str(path))
     return graph
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _flush_to_disk(path: Path) -> None:
+    # Before the rename that publishes it: renamed first, a power loss can leave the
+    # new name on a file whose bytes never reached the disk.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _Read(AbstractContextManager[None]):
@@ -450,6 +474,7 @@ class AnnGraph:
                     self._graph.save(str(tmp))
                 except RuntimeError as exc:  # usearch reports I/O failures so
                     raise OSError(f"could not write {tmp}: {exc}") from exc
+            _flush_to_disk(tmp)
             written = tmp.stat()
             meta = {
                 "format": _FORMAT,
@@ -457,8 +482,10 @@ class AnnGraph:
                 "key": key,
                 "ndim": self._graph.ndim,
                 "file": _file_id(written),
+                "sha256": _digest(tmp),
             }
             meta_tmp.write_text(json.dumps(meta))
+            _flush_to_disk(meta_tmp)
             with lock if lock is not None else nullcontext():
                 if stop is not None and stop():
                     return False
@@ -507,7 +534,7 @@ class AnnGraph:
         try:
             with ThreadPoolExecutor(max_workers=max(2, process_cpus())) as pool:
                 # The graph file is read while its key is checked, not after.
-                loading = pool.submit(_read_graph, path, rows.shape[1])
+                loading = pool.submit(_read_graph, path, rows.shape[1], meta.get("sha256"))
                 if meta["key"] != content_key(rows[:covered], pool):
                     return None
                 graph = loading.result()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -372,6 +373,36 @@ def test_a_graph_file_not_written_with_its_key_is_not_loaded(tmp_path: Path) -> 
     assert narrow is not None
     narrow.save(path, content_key(rows))  # a key that matches rows, beside an 8-d graph
     assert AnnGraph.load(path, rows) is None
+
+
+def test_a_graph_file_whose_bytes_changed_is_rebuilt_not_searched(tmp_path: Path) -> None:
+    # Bytes changed under the same size and times (bit rot, a crash before they reached
+    # the disk) passed the key's check: usearch then crashed the process in the first
+    # search, at every start. The key now holds the file's SHA-256.
+    path = tmp_path / "routes.db"
+    first = open_router(path)
+    first.add_routes(routes_for("t", 300))
+    assert first.wait_for_index(timeout=60)
+    first.close()
+    graph = tmp_path / "routes.db.ann"
+    stat = graph.stat()
+    data = bytearray(graph.read_bytes())
+    middle = int(len(data) * 0.8)
+    for i in range(middle, min(middle + 4096, len(data))):
+        data[i] ^= 0x5A
+    with graph.open("r+b") as fh:  # in place: the same inode, size and (below) times
+        fh.write(data)
+    os.utime(graph, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    reopened = open_router(path)
+    assert reopened.wait_for_index(timeout=60)
+    assert reopened.index_stats.ann_cache_loads == 0
+    assert reopened.index_stats.ann_builds == 1  # rebuilt from the stored vectors
+    assert reopened.query("t topic7 word7x1").name == "t7"
+    reopened.close()
+    again = open_router(path)  # and the file written anew is used again
+    assert again.wait_for_index(timeout=60)
+    assert again.index_stats.ann_cache_loads == 1
+    again.close()
 
 
 def test_an_unwritable_cache_keeps_the_graph(
