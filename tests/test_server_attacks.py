@@ -744,9 +744,45 @@ async def test_keyless_service_refuses_foreign_host_names(router: AdaptiveRouter
                 )
                 assert change.status_code in ((200, 201) if status == 200 else (421,)), host
     assert "evil" in router  # only the loopback requests changed anything
+    # Probes pass whatever the Host: an orchestrator asks by the pod's address (the
+    # documented read-only deployment never turned ready), and they tell only up/down.
+    async with app.router.lifespan_context(app), await _asgi(app, "10.244.1.7:8000") as c:
+        for probe in ("/healthz", "/readyz", "/healthz/store"):
+            assert (await c.get(probe)).status_code == 200, probe
+        assert (await c.get("/routes")).status_code == 421
     keyed = create_app(ServerSettings(api_key=SecretStr(KEY)), router=router)
     async with keyed.router.lifespan_context(keyed), await _asgi(keyed, "router.example") as c:
         assert (await c.get("/routes")).status_code == 200  # a keyed service may be exposed
+
+
+async def test_no_redirect_names_the_host_and_the_api_page_is_never_framed(
+    router: AdaptiveRouter,
+) -> None:
+    # "/routes/" answered 307 to http://<any Host>/routes (an open redirect, a poisoned
+    # cache in front), and /docs could be framed by another site, whose page could then
+    # lure the clicks of its "Try it out" buttons into changing a keyless service.
+    app = create_app(ServerSettings(api_key=SecretStr(KEY)), router=router)
+    async with app.router.lifespan_context(app), await _asgi(app, "evil.example") as c:
+        for path in ("/routes/", "/threshold/", "/route/", "/console/api/overview/"):
+            answer = await c.get(path)
+            assert answer.status_code == 404 and "location" not in answer.headers, path
+        docs = await c.get("/docs")
+        assert docs.status_code == 200 and docs.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in docs.headers["content-security-policy"]
+
+
+async def test_a_route_named_past_the_header_limit_is_refused_by_put_too(
+    router: AdaptiveRouter,
+) -> None:
+    # POST /routes and routes files refused a name no browser URL could carry back;
+    # PUT /routes/{name} took it (201): a route then never read, changed or deleted.
+    settings = ServerSettings(max_header_bytes=8192)
+    app = create_app(settings, router=router)
+    async with app.router.lifespan_context(app), await _asgi(app) as c:
+        name = "b" * 9000
+        answer = await c.put(f"/routes/{name}", json={"utterances": ["x"]})
+        assert answer.status_code == 422 and "leaves for it" in answer.json()["detail"]
+    assert name not in router
 
 
 async def test_auth_reads_and_401_before_422(router: AdaptiveRouter) -> None:

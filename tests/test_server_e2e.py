@@ -315,6 +315,23 @@ async def _partial_request(
     return reader, writer
 
 
+def test_a_forwarded_for_header_does_not_choose_the_rate_limit_bucket(tmp_path: Path) -> None:
+    # uvicorn took X-Forwarded-For from any local peer: a local process, or a same-host
+    # proxy passing the header on, got a fresh bucket per forged address.
+    srv = Server(tmp_path, "--rate-limit", "0.001", "--rate-burst", "2")
+    try:
+        codes = [
+            httpx.get(
+                f"{srv.url}/threshold", headers={"X-Forwarded-For": f"10.0.0.{i}"}, timeout=60
+            ).status_code
+            for i in range(4)
+        ]
+        assert codes == [200, 200, 429, 429]
+        assert "10.0.0." not in srv.log_path.read_text()  # nor does it reach the log
+    finally:
+        assert srv.stop() == 0
+
+
 def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
     srv = Server(
         tmp_path,

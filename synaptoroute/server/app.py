@@ -181,6 +181,9 @@ def create_app(
         # Replaced by /docs (operations.py): a pinned Swagger UI with integrity hashes.
         docs_url=None,
         redoc_url=None,
+        # No "/routes/" -> "/routes" redirect: its Location named whatever Host the
+        # request gave (an open redirect, a poisoned cache in front).
+        redirect_slashes=False,
     )
     app.state.synaptoroute = state
     app.state.memory_trimmer = trimmer
@@ -321,6 +324,10 @@ def run(settings: ServerSettings, *, access_log: bool = False) -> None:
         timeout_keep_alive=settings.keep_alive_timeout,
         http=guarded_protocol(limits),
         backlog=4096,
+        # The client is the connection's peer: uvicorn's default took X-Forwarded-For
+        # from any local peer, so a local process or a same-host proxy passing the
+        # header on chose its own rate-limit bucket (and access-log address).
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     if threading.current_thread() is threading.main_thread():

@@ -310,7 +310,9 @@ def endpoints_router(
     )
     async def put_route(name: RouteName, body: RouteBody, response: Response) -> RouteOut:
         """Create or replace a route; the next query sees it."""
-        name = _check_addressable(name)  # a URL held it, but encoded dots pass clients
+        # A URL held it, but encoded dots pass clients, and one too long for the header
+        # limit arrived in a plain client's URL that browsers and the console exceed.
+        name = _check_addressable(name, state.settings.max_header_bytes)
         route = body.to_route(name)
         # Created or replaced, decided under the router's lock; the body is what was
         # written (a concurrent DELETE after it made a read answer 404).

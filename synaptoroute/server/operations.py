@@ -185,4 +185,9 @@ def _swagger_page(title: str) -> HTMLResponse:
             msg = "cannot add integrity hashes to FastAPI's Swagger UI page"
             raise RuntimeError(msg)
         html = html.replace(plain, checked)
-    return HTMLResponse(html)
+    # Never framed: in a frame of another site, the page's "Try it out" buttons would
+    # change routes of a keyless local service for the clicks they lure.
+    return HTMLResponse(html, headers=_NO_FRAMING)
+
+
+_NO_FRAMING = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
