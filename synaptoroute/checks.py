@@ -231,9 +231,13 @@ def refuse_misspelt_key(
     seen too), and refuse the first utterance key that looks like a misspelt one of
     them (:func:`misspelt_key`) with :class:`~synaptoroute.exceptions.InvalidInputError`;
     ``what`` names the kind of name ("tool", "choice"). The caller holds the lock that
-    guards ``seen``."""
+    guards ``seen``.
+
+    Only the names that are keys are recorded: no other is ever asked about, and a
+    service offering per-user tool names would grow ``seen`` without end."""
+    keys = set(keys)
     typo = misspelt_key(keys, seen, offered)
-    seen.update(offered)
+    seen.update(name for name in offered if name in keys)
     if typo is not None:
         key, close = typo
         msg = (

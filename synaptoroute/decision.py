@@ -634,6 +634,7 @@ def decide(
     *,
     text: str | None = None,
     lexical: LexicalView | None = None,
+    negatives: bool = True,
 ) -> RouteMatch:
     """Choose a route (or none) from one query's ranked route scores.
 
@@ -645,11 +646,13 @@ def decide(
     ``lexical`` when it uses them; ``text=None`` leaves both out); otherwise the best
     route must reach its threshold (and the margin). ``vector`` is ``None`` in
     :meth:`~AdaptiveRouter.query_top_k`, which judges each route by its threshold.
+    ``negatives=False``: ``scores`` hold no negative examples (the caller left them
+    out), so judging each of k positions costs O(k), not O(k^2).
     """
     if len(scores.route_ids) == 0:
         return empty_match("no_routes")
     # O(k) in the ranked routes, never O(routes): this runs for every query.
-    at = _negative_at(scores, snapshot)
+    at = _negative_at(scores, snapshot) if negatives else None
     if at is not None:
         row = int(scores.nearest_rows[at])
         return RouteMatch(
@@ -658,9 +661,10 @@ def decide(
             reason="negative_example",
             nearest_utterance=snapshot.texts[row] if row >= 0 else None,
         )
-    scores = without_negatives(scores, snapshot)
-    if len(scores.route_ids) == 0:
-        return empty_match("no_routes")
+    if negatives:
+        scores = without_negatives(scores, snapshot)
+        if len(scores.route_ids) == 0:
+            return empty_match("no_routes")
     head = policy.head
     if head is not None and vector is not None:
         k = min(head.top_k, len(scores.route_ids))

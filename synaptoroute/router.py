@@ -1458,13 +1458,14 @@ def _each_route(
 ) -> list[RouteMatch]:
     """Every ranked route judged by its own threshold, each named after its route: as
     the threshold rule would judge it were the routes ranked above it gone (its margin
-    is to the route ranked next). No head and no negative example take part."""
+    is to the route ranked next). No head and no negative example take part (``scores``
+    hold none: the caller left them out)."""
     out = []
     for pos in range(len(scores.route_ids)):
         rotated = RouteScores(
             scores.route_ids[pos:], scores.scores[pos:], scores.nearest_rows[pos:]
         )
-        match = decide(rotated, snapshot, policy, thresholds)
+        match = decide(rotated, snapshot, policy, thresholds, negatives=False)
         out.append(match.model_copy(update={"name": match.candidate}))
     return out
 

@@ -246,6 +246,32 @@ def test_a_route_is_named_as_route_keeps_its_name(router: AdaptiveRouter) -> Non
         router.get_route("  ")
 
 
+def test_a_long_ranking_judges_each_route_once_not_its_whole_tail(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # query_top_k judged position i by deciding on the ranking's tail from i, which
+    # walked that whole tail again for negative examples: O(k^2), 1.2 s for k = 4,000.
+    import synaptoroute.decision as decision
+
+    router = AdaptiveRouter(HashingEncoder(), threshold=-1.0)
+    router.add_routes(
+        Route(name=f"r{i}", utterances=[f"topic{i} alpha{i % 7} beta{i % 13}"]) for i in range(300)
+    )
+    router.add_negatives(["nothing alike here"])
+    walked: list[int] = []
+    real = decision.without_negatives
+
+    def counted(scores: Any, snapshot: Any) -> Any:
+        walked.append(len(scores.route_ids))
+        return real(scores, snapshot)
+
+    monkeypatch.setattr(decision, "without_negatives", counted)
+    ranked = router.query_top_k("alpha3 beta5", 300)
+    assert len(ranked) == 300 and all(m.name is not None for m in ranked)
+    assert [m.score for m in ranked] == sorted((m.score for m in ranked), reverse=True)
+    assert sum(walked) == 0  # the ranking's negatives were left out once, before
+
+
 def test_no_routes_gives_a_documented_no_match(encoder: Encoder) -> None:
     match = AdaptiveRouter(encoder).query("hello")
     assert match.name is None and match.reason == "no_routes"

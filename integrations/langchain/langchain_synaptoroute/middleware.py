@@ -7,9 +7,11 @@ of this repository.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,7 +22,14 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.tools import BaseTool
 from typing_extensions import override
 
-from synaptoroute import AdaptiveRouter, EncoderProtocol, InvalidInputError, Route, RouteMatch
+from synaptoroute import (
+    AdaptiveRouter,
+    EncoderProtocol,
+    InvalidInputError,
+    Route,
+    RouteMatch,
+    RouteNotFoundError,
+)
 
 # The same repository's core (pinned below 0.3): a fork waits for this selector's lock
 # like the router's own, so a child never inherits it held.
@@ -176,6 +185,10 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         # Every tool name offered so far (under the lock): an utterances key none of
         # them has is another agent's tool, or a typo when it is close to one offered.
         self._seen_names: set[str] = set()
+        # The routes this instance generated, least recently built or checked first:
+        # past _MAX_GENERATED the oldest not offered now are deleted, or per-user or
+        # per-session tool names grew the router (and every ranking) without end.
+        self._generated: OrderedDict[str, None] = OrderedDict()
         # Held while it makes the router, changes routes or records offered names.
         self._lock = threading.Lock()
         hold_across_fork(self, APP)
@@ -219,13 +232,19 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
                 digest = _digest(examples)
                 if tool.name in router:
                     made_from = router.get_route(tool.name).metadata.get(GENERATED_FROM)
-                    if made_from is None or made_from == digest:
-                        continue  # the user's own route, or built from these examples
+                    if made_from is None:
+                        continue  # the user's own route
+                    self._generated[tool.name] = None
+                    self._generated.move_to_end(tool.name)
+                    if made_from == digest:
+                        continue  # built from these examples
                 changed.append(
                     Route(name=tool.name, utterances=examples, metadata={GENERATED_FROM: digest})
                 )
             if changed:
                 router.add_routes(changed, replace=True)
+                self._generated.update((route.name, None) for route in changed)
+                self._forget_oldest(router, set(names))
                 # A replaced route may be another tool set's (same name, another
                 # description): the sets naming it are checked again on their next call.
                 names_changed = {route.name for route in changed}
@@ -237,6 +256,28 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             if len(self._checked) >= _MAX_CHECKED:
                 self._checked.clear()
             self._checked.add(signature)
+
+    def _forget_oldest(self, router: AdaptiveRouter, offered: set[str]) -> None:
+        """Delete the routes generated longest ago past :data:`_MAX_GENERATED`, but
+        none of ``offered`` and none a user has since replaced with a route of their
+        own (call with the lock held). A tool set offered again rebuilds its routes."""
+        excess = len(self._generated) - _MAX_GENERATED
+        dropped: set[str] = set()
+        for name in list(self._generated):
+            if excess <= 0:
+                break
+            if name in offered:
+                continue
+            del self._generated[name]
+            excess -= 1
+            with contextlib.suppress(RouteNotFoundError):
+                if router.get_route(name).metadata.get(GENERATED_FROM) is not None:
+                    router.delete_route(name)
+                    dropped.add(name)
+        if dropped:
+            self._checked = {
+                checked for checked in self._checked if not any(n in dropped for n, _ in checked)
+            }
 
     def _routes_ready(self, tools: Sequence[BaseTool]) -> bool:
         """Whether ``tools`` need no route built: the set was checked before (agents
@@ -392,6 +433,8 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
 #: Tool sets remembered as checked (agents sharing one instance); past it, all are
 #: forgotten and checked again once.
 _MAX_CHECKED = 256
+#: Routes generated for tools that one instance keeps (see ``_forget_oldest``).
+_MAX_GENERATED = 4096
 
 
 def _signature(tools: Sequence[BaseTool]) -> tuple[tuple[str, str], ...]:

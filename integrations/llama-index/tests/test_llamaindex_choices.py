@@ -162,6 +162,31 @@ def test_a_choice_with_fewer_than_three_utterances_warns_once(
         full.select(choices, "I need a refund")
 
 
+def test_names_remembered_for_warnings_and_typos_stay_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every choice name ever offered was kept twice (seen, warned about): per-user
+    # tool names grew both sets without end while the routers stayed bounded.
+    from llama_index.selectors.synaptoroute import selector as module
+
+    from synaptoroute import HashingEncoder
+
+    monkeypatch.setattr(module, "_MAX_WARNED", 50)
+    selector = SynaptorouteSelector.from_defaults(
+        encoder=HashingEncoder(), utterances={"billing": ["refund", "invoice", "receipt"]}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(40):
+            choices = [
+                ToolMetadata(name=f"u{i}_{kind}", description=f"{kind} questions")
+                for kind in ("billing", "tech", "shipping")
+            ]
+            selector.select([*choices, ToolMetadata(name="billing", description="b")], "x")
+    assert len(selector._warned) <= 50
+    assert selector._seen_names == {"billing"}  # only names utterances are given for
+
+
 def test_choices_without_a_name_warn_once_that_they_take_no_utterances(
     encoder: Encoder,
 ) -> None:

@@ -154,6 +154,37 @@ def test_a_tool_left_out_of_a_later_call_keeps_its_utterances(
         typo.select_tools("rain?", TOOLS)
 
 
+def test_routes_of_tools_no_longer_offered_are_dropped_past_a_bound(
+    recording_encoder: RecordingEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every tool name ever offered kept its route, and each call ranked them all:
+    # per-session tool names grew memory and the time of every call without end.
+    from langchain_core.tools import StructuredTool
+    from langchain_synaptoroute import middleware
+
+    monkeypatch.setattr(middleware, "_MAX_GENERATED", 12)
+    router = AdaptiveRouter(recording_encoder)
+    router.add_route(Route(name="curated", utterances=["my own route"]))  # the user's
+    selector = SynaptorouteToolSelectorMiddleware(max_tools=1, router=router)
+
+    def session(i: int) -> list[BaseTool]:
+        kinds = {"weather": "Get the weather forecast", "mail": "Send an email"}
+        return [
+            StructuredTool.from_function(
+                func=lambda q: q, name=f"s{i}_{kind}", description=description
+            )
+            for kind, description in kinds.items()
+        ]
+
+    for i in range(30):
+        assert selector.select_tools("will it rain tomorrow", session(i)) == [f"s{i}_weather"]
+        assert len(router) <= 12 + 2 + 1  # the bound, this call's tools, the user's route
+    assert "curated" in router and "s29_weather" in router and "s0_weather" not in router
+    # A set offered again has its routes built again.
+    assert selector.select_tools("send an email to Bob", session(0)) == ["s0_mail"]
+    assert "s0_mail" in router
+
+
 def test_a_tool_call_loop_keeps_the_selection_and_runs_the_tool(
     recording_encoder: RecordingEncoder,
 ) -> None:

@@ -100,6 +100,7 @@ class SelectionPolicy:
             raise InvalidInputError(msg)
 
 
+_MAX_WARNED = 4096  # names warned about that are remembered (see _check_choices)
 _UNNAMED = "<choices without a name>"  # the one warning about them (see _check_choices)
 
 
@@ -384,6 +385,10 @@ class SynaptorouteSelector(BaseSelector):
         with self._lock:
             refuse_misspelt_key(self.utterances, self._seen_names, names, "choice")
             fresh = [label for label in [*thin, *unnamed] if label not in self._warned]
+            if len(self._warned) + len(fresh) > _MAX_WARNED:
+                # Per-user choice names would grow it without end: a name may then be
+                # warned about once more.
+                self._warned.clear()
             self._warned.update(fresh)
         if _UNNAMED in fresh:
             fresh.remove(_UNNAMED)
