@@ -255,6 +255,12 @@ def main() -> None:
             str(port),
             "--log-level",
             "warning",
+            # One load generator holds every connection: the per-client limit (100 by
+            # default, since the service's connection limits) refused the rest.
+            "--max-connections-per-client",
+            str(max(args.levels) + 16),
+            "--max-connections",
+            str(max(args.levels) + 16),
         ]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
