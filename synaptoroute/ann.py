@@ -210,10 +210,17 @@ def _digest(path: Path) -> str:
 
 def _flush_to_disk(path: Path) -> None:
     # Before the rename that publishes it: renamed first, a power loss can leave the
-    # new name on a file whose bytes never reached the disk.
-    fd = os.open(path, os.O_RDONLY)
+    # new name on a file whose bytes never reached the disk. Best effort: Windows
+    # needs a writable handle, and some network filesystems refuse fsync; a file
+    # whose bytes did not arrive is refused at load by its SHA-256 anyway.
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
@@ -441,9 +448,10 @@ class AnnGraph:
     ) -> bool:
         """Write the graph and its key next to each other, each replaced atomically.
 
-        The key names the graph file it belongs to (its inode, size and modification
-        time), so a graph whose key was never written (a writer stopped between the
-        two replacements, or another writer's graph) is not taken for this one.
+        The key names the graph file it belongs to (its inode, size, modification
+        time and SHA-256), so a graph whose key was never written (a writer stopped
+        between the two replacements, or another writer's graph), or whose bytes
+        changed since, is not taken for this one.
 
         Args:
             path: the graph file; its key goes to ``path`` + ``.json``.

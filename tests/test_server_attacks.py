@@ -450,7 +450,7 @@ def test_requests_whose_clients_hung_up_are_dropped_not_served(
     rec = GatedEncoder(encoder)
     r = AdaptiveRouter(rec, SQLiteStorage(tmp_path / "gone.db"))
     r.add_routes(ROUTES)
-    srv = serve(r, max_batches_in_flight=1)
+    srv = serve(r, max_batches_in_flight=2)  # the batch and the evaluation
     try:
         rec.calls.clear()
         rec.gate.clear()
@@ -466,18 +466,26 @@ def test_requests_whose_clients_hung_up_are_dropped_not_served(
         gone = [f"abandoned query {i}" for i in range(20)]
         bodies = [("/route", {"query": text}) for text in gone]
         bodies.append(("/route/batch", {"queries": [f"abandoned batch {i}" for i in range(5)]}))
-        for path, body in bodies:
-            data = json.dumps(body).encode()
+        evaluated = [f"abandoned evaluation {i}" for i in range(5)]
+        upload = "".join(json.dumps({"text": t, "label": "billing"}) + "\n" for t in evaluated)
+        sent = [(path, "application/json", json.dumps(body)) for path, body in bodies]
+        sent.append(("/console/api/evaluate", "application/x-ndjson", upload))
+        for path, kind, text in sent:
+            data = text.encode()
             sock = srv.connect()
             sock.sendall(
-                f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json"
+                f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: {kind}"
                 f"\r\nContent-Length: {len(data)}\r\n\r\n".encode()
                 + data
             )
             sock.close()
         # With the model held, every one of them is answered 499 (cancelled) and the
         # queue empties: only the hang-ups can do that (the wait is a bound, not a pace).
-        wanted = ('path="/route",status="499"} 20\n', 'path="/route/batch",status="499"} 1\n')
+        wanted = (
+            'path="/route",status="499"} 20\n',
+            'path="/route/batch",status="499"} 1\n',
+            'path="/console/api/evaluate",status="499"} 1\n',
+        )
         deadline = time.monotonic() + LIMIT_S
         with srv.client() as c:
             while time.monotonic() < deadline:
@@ -490,10 +498,10 @@ def test_requests_whose_clients_hung_up_are_dropped_not_served(
         rec.gate.set()
         holder.join(LIMIT_S)
         assert live and live[0].json()["route"] == "tech"
-        with srv.client() as c:  # the gone batch gave its one slot back
+        with srv.client() as c:  # the gone batch and evaluation gave their slots back
             assert c.post("/route/batch", json={"queries": ["refund"]}).status_code == 200
         encoded = {text for call in rec.calls for text in call}
-        assert not encoded & {*gone, *bodies[-1][1]["queries"]}  # type: ignore[arg-type]
+        assert not encoded & {*gone, *evaluated, *bodies[-1][1]["queries"]}  # type: ignore[arg-type]
     finally:
         rec.gate.set()
         srv.stop()

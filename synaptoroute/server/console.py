@@ -41,6 +41,7 @@ from ..exceptions import InvalidInputError
 from ..index import Snapshot
 from ..models import NEGATIVES_ROUTE, Route, RouteMatch
 from ..router import AdaptiveRouter, _finite_json
+from .endpoints import _GONE, _unless_gone
 from .errors import require_json_body
 from .guards import BatchAdmission
 from .metrics import ServiceMetrics
@@ -505,14 +506,18 @@ def console_router(
         return _json({"changes": True})
 
     @api.post("/api/try", dependencies=[*read, Depends(require_json_body)])
-    async def try_query(body: TryRequest) -> Response:
+    async def try_query(body: TryRequest, request: Request) -> Response:
         r = get_router()
         timeout = settings.request_timeout
         # Queued together, so both usually ride in the same batch (one encoding).
-        decision, ranked = await asyncio.gather(
+        both = asyncio.gather(
             r.aquery(body.query, timeout=timeout),
             r.aquery_top_k(body.query, body.k, timeout=timeout),
         )
+        answers = await _unless_gone(request, both)
+        if answers is None:
+            return _GONE
+        decision, ranked = answers
         vector = await _query_vector(r, body.query)
         explained = await anyio.to_thread.run_sync(_explain, r, body, decision, ranked, vector)
         return _json(explained)
@@ -530,7 +535,10 @@ def console_router(
         # --max-batches-in-flight batches and evaluations at once (429 beyond). Each
         # chunk may wait the request timeout: an upload is bounded by its rows and the
         # body limit, not by --max-batch-cost or one query's timeout.
-        matches = await admission.run(texts, r, settings.request_timeout, per_chunk=True)
+        run = admission.run(texts, r, settings.request_timeout, per_chunk=True)
+        matches = await _unless_gone(request, run)  # a client gone gives its slot back
+        if matches is None:
+            return _GONE
         report = await anyio.to_thread.run_sync(
             lambda: evaluate_matches(texts, labels, matches, r.route_names)
         )
@@ -540,13 +548,15 @@ def console_router(
         return _json(_finite_json(doc))
 
     @api.post("/api/map", dependencies=[*read, Depends(require_json_body)])
-    async def utterance_map(body: MapRequest) -> Response:
+    async def utterance_map(body: MapRequest, request: Request) -> Response:
         r = get_router()
         vector = None
         if body.query:
             # Encoded by the batching worker like any query, so its queue limits and
             # overload refusals apply; the vector is then read from the router's cache.
-            await r.aquery(body.query, timeout=settings.request_timeout)
+            query = r.aquery(body.query, timeout=settings.request_timeout)
+            if await _unless_gone(request, query) is None:
+                return _GONE
             vector = await _query_vector(r, body.query)
         return _json(await anyio.to_thread.run_sync(_map, r, views, vector, body.query))
 

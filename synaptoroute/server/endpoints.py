@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import quote
 
@@ -49,11 +49,12 @@ T = TypeVar("T")
 
 _JSON = "application/json"
 # The answer to a client that hung up before its result (nginx's "client closed
-# request"): no one reads it; the access log and the metrics count it.
+# request"): no one reads it, and uvicorn logs no response to a client that is gone;
+# the metrics count it.
 _GONE = Response(status_code=499)
 
 
-async def _unless_gone(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+async def _unless_gone(request: Request, work: Awaitable[T]) -> T | None:
     """``work``'s result, or ``None`` when the client hangs up first: ``work`` is then
     cancelled, so its texts still queued are never encoded and a batch gives back its
     slot, instead of serving a client that is gone while live ones wait or get 429."""

@@ -155,7 +155,7 @@ def test_a_tool_left_out_of_a_later_call_keeps_its_utterances(
 
 
 def test_routes_of_tools_no_longer_offered_are_dropped_past_a_bound(
-    recording_encoder: RecordingEncoder, monkeypatch: pytest.MonkeyPatch
+    recording_encoder: RecordingEncoder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # Every tool name ever offered kept its route, and each call ranked them all:
     # per-session tool names grew memory and the time of every call without end.
@@ -163,9 +163,11 @@ def test_routes_of_tools_no_longer_offered_are_dropped_past_a_bound(
     from langchain_synaptoroute import middleware
 
     monkeypatch.setattr(middleware, "_MAX_GENERATED", 12)
-    router = AdaptiveRouter(recording_encoder)
+    monkeypatch.setattr(middleware, "_MAX_CHECKED", 3)  # the sets kept as in use
+    router = AdaptiveRouter(recording_encoder, SQLiteStorage(tmp_path / "tools.db"))
     router.add_route(Route(name="curated", utterances=["my own route"]))  # the user's
     selector = SynaptorouteToolSelectorMiddleware(max_tools=1, router=router)
+    hot = [get_weather, send_email]  # an agent's own tools, offered between sessions
 
     def session(i: int) -> list[BaseTool]:
         kinds = {"weather": "Get the weather forecast", "mail": "Send an email"}
@@ -176,13 +178,27 @@ def test_routes_of_tools_no_longer_offered_are_dropped_past_a_bound(
             for kind, description in kinds.items()
         ]
 
+    assert selector.select_tools("will it rain tomorrow", hot) == ["get_weather"]
+    hot_texts = set(router.get_route("get_weather").utterances)
     for i in range(30):
         assert selector.select_tools("will it rain tomorrow", session(i)) == [f"s{i}_weather"]
-        assert len(router) <= 12 + 2 + 1  # the bound, this call's tools, the user's route
+        assert selector.select_tools("will it rain tomorrow", hot) == ["get_weather"]
+        # The bound, the sets checked lately (3 of 2 tools), this call's, the user's.
+        assert len(router) <= 12 + 3 * 2 + 2 + 1
     assert "curated" in router and "s29_weather" in router and "s0_weather" not in router
+    # The set in use between the others was never dropped, so never encoded again.
+    assert sum(bool(hot_texts & set(call)) for call in recording_encoder.calls) == 1
     # A set offered again has its routes built again.
     assert selector.select_tools("send an email to Bob", session(0)) == ["s0_mail"]
     assert "s0_mail" in router
+    # A new process on the stored router counts the routes earlier ones generated.
+    router.close()
+    again = AdaptiveRouter(recording_encoder, SQLiteStorage(tmp_path / "tools.db"))
+    later = SynaptorouteToolSelectorMiddleware(max_tools=1, router=again)
+    for i in range(100, 110):
+        later.select_tools("will it rain tomorrow", session(i))
+    assert len(again) <= 12 + 3 * 2 + 2 + 1
+    again.close()
 
 
 def test_a_tool_call_loop_keeps_the_selection_and_runs_the_tool(
