@@ -211,10 +211,15 @@ def _router(args: argparse.Namespace, *, create: bool = False) -> Iterator[Adapt
 
 def _takes_unicode(stream: TextIO) -> bool:
     """Whether ``stream`` encodes every character (UTF-8, -16 or -32)."""
+    return _codec(stream).startswith("utf")
+
+
+def _codec(stream: TextIO) -> str:
+    """The normalised name of ``stream``'s encoding (``""`` for an unknown one)."""
     try:
-        return codecs.lookup(getattr(stream, "encoding", None) or "utf-8").name.startswith("utf")
+        return codecs.lookup(getattr(stream, "encoding", None) or "utf-8").name
     except LookupError:
-        return False
+        return ""
 
 
 def _json_text(data: Any, indent: int | None = None, out: TextIO | None = None) -> str:
@@ -232,11 +237,8 @@ def _write_document(text: str) -> None:
     whatever the terminal's: escapes in its place would read back as other text."""
     stream = sys.stdout
     buffer = getattr(stream, "buffer", None)
-    try:
-        utf8 = codecs.lookup(getattr(stream, "encoding", None) or "utf-8").name == "utf-8"
-    except LookupError:
-        utf8 = False
-    if buffer is None or (_takes_unicode(stream) and not utf8):
+    codec = _codec(stream)
+    if buffer is None or (codec.startswith("utf") and codec != "utf-8"):
         stream.write(text)
         return
     stream.flush()

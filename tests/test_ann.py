@@ -243,6 +243,16 @@ def open_router(path: Path) -> AdaptiveRouter:
     return AdaptiveRouter(HashingEncoder(), SQLiteStorage(path), index="ann")
 
 
+def cached_store(tmp_path: Path, prefix: str, count: int) -> Path:
+    """A closed store of ``count`` routes whose graph is in its cache file."""
+    path = tmp_path / "routes.db"
+    first = open_router(path)
+    first.add_routes(routes_for(prefix, count))
+    assert first.wait_for_index(timeout=60)
+    first.close()
+    return path
+
+
 def fed_index(rng: np.random.Generator, dim: int) -> RouteIndex:
     """An index of 50 random 10-row routes whose graph holds all 500 rows."""
     index = RouteIndex(dim, ann_min_rows=1)
@@ -379,11 +389,7 @@ def test_a_graph_file_whose_bytes_changed_is_rebuilt_not_searched(tmp_path: Path
     # Bytes changed under the same size and times (bit rot, a crash before they reached
     # the disk) passed the key's check: usearch then crashed the process in the first
     # search, at every start. The key now holds the file's SHA-256.
-    path = tmp_path / "routes.db"
-    first = open_router(path)
-    first.add_routes(routes_for("t", 300))
-    assert first.wait_for_index(timeout=60)
-    first.close()
+    path = cached_store(tmp_path, "t", 300)
     graph = tmp_path / "routes.db.ann"
     stat = graph.stat()
     data = bytearray(graph.read_bytes())
@@ -855,11 +861,7 @@ def test_a_cache_file_without_the_library_logs_one_warning_and_scores_exactly(
     # usearch. The first query, warm() and the HTTP service's start used to raise
     # AnnUnavailableError from the compile; now the index logs one warning and scores
     # exactly, as without a cache file, and leaves the file for a router that can read it.
-    path = tmp_path / "routes.db"
-    first = open_router(path)
-    first.add_routes(routes_for("c", 30))
-    assert first.wait_for_index(timeout=60)
-    first.close()
+    path = cached_store(tmp_path, "c", 30)
     cache = tmp_path / "routes.db.ann"
     files = {p: p.read_bytes() for p in (cache, tmp_path / "routes.db.ann.json")}
 

@@ -41,7 +41,7 @@ from ..exceptions import InvalidInputError
 from ..index import Snapshot
 from ..models import NEGATIVES_ROUTE, Route, RouteMatch
 from ..router import AdaptiveRouter, _finite_json
-from .endpoints import _GONE, _unless_gone
+from .endpoints import _gone, _unless_gone
 from .errors import require_json_body
 from .guards import BatchAdmission
 from .metrics import ServiceMetrics
@@ -516,7 +516,7 @@ def console_router(
         )
         answers = await _unless_gone(request, both)
         if answers is None:
-            return _GONE
+            return _gone()
         decision, ranked = answers
         vector = await _query_vector(r, body.query)
         explained = await anyio.to_thread.run_sync(_explain, r, body, decision, ranked, vector)
@@ -538,7 +538,7 @@ def console_router(
         run = admission.run(texts, r, settings.request_timeout, per_chunk=True)
         matches = await _unless_gone(request, run)  # a client gone gives its slot back
         if matches is None:
-            return _GONE
+            return _gone()
         report = await anyio.to_thread.run_sync(
             lambda: evaluate_matches(texts, labels, matches, r.route_names)
         )
@@ -556,7 +556,7 @@ def console_router(
             # overload refusals apply; the vector is then read from the router's cache.
             query = r.aquery(body.query, timeout=settings.request_timeout)
             if await _unless_gone(request, query) is None:
-                return _GONE
+                return _gone()
             vector = await _query_vector(r, body.query)
         return _json(await anyio.to_thread.run_sync(_map, r, views, vector, body.query))
 

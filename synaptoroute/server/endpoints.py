@@ -48,10 +48,14 @@ __all__ = ["endpoints_router"]
 T = TypeVar("T")
 
 _JSON = "application/json"
-# The answer to a client that hung up before its result (nginx's "client closed
-# request"): no one reads it, and uvicorn logs no response to a client that is gone;
-# the metrics count it.
-_GONE = Response(status_code=499)
+
+
+def _gone() -> Response:
+    """The answer to a client that hung up before its result (nginx's "client closed
+    request"): no one reads it, and uvicorn logs no response to a client that is gone;
+    the metrics count it. A new one each time: a response's header list travels with
+    its messages, where a middleware may add to it."""
+    return Response(status_code=499)
 
 
 async def _unless_gone(request: Request, work: Awaitable[T]) -> T | None:
@@ -156,7 +160,7 @@ def endpoints_router(
         query = state.get_router().aquery(body.query, timeout=timeout)
         match = await _unless_gone(request, query)
         if match is None:
-            return _GONE
+            return _gone()
         record([match])
         # The hot path: serialised once by pydantic's core, not validated again.
         return Response(RouteResult.from_match(match).model_dump_json(), media_type=_JSON)
@@ -180,7 +184,7 @@ def endpoints_router(
         # it may ever hold with 422), each given what is left of one deadline.
         matches = await _unless_gone(request, admission.run(body.queries, router, timeout))
         if matches is None:
-            return _GONE
+            return _gone()
         record(matches)
         answer = BatchResponse(results=[RouteResult.from_match(m) for m in matches])
         return Response(answer.model_dump_json(), media_type=_JSON)
