@@ -29,6 +29,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -272,16 +273,52 @@ def _match_dict(match: Any) -> dict[str, Any]:
     return RouteResult.from_match(match).model_dump()
 
 
-def _read_labelled(path: str) -> tuple[list[str], list[str | None]]:
-    """Texts and labels of a JSON-lines file, every line validated before anything is written.
+@dataclass(frozen=True)
+class _Labelled:
+    """A JSON-lines file's rows, each with its line number."""
+
+    path: str
+    texts: list[str]
+    labels: list[str | None]
+    lines: list[int]
+
+    def refuse_unknown_labels(self, router: AdaptiveRouter) -> None:
+        """Name, by line, labels that no route of ``router`` with utterances has (the
+        API names them by index, which is not the file's line).
+
+        Raises:
+            DatasetError: such labels, before anything is encoded.
+        """
+        from .datasets import DatasetError
+
+        scored = {r.name for r in router.list_routes() if r.utterances}
+        first: dict[str, int] = {}
+        for label, line in zip(self.labels, self.lines, strict=True):
+            if label is not None and label not in scored:
+                first.setdefault(label, line)
+        if not first:
+            return
+        shown = ", ".join(f"{k!r} (line {v})" for k, v in list(first.items())[:5])
+        more = f" and {len(first) - 5} more" if len(first) > 5 else ""
+        msg = (
+            f"{len(first)} {'label names' if len(first) == 1 else 'labels name'} no route "
+            f"with utterances in the store: {shown}{more}; "
+            "add those routes first ('synaptoroute import'), or label such rows null "
+            "(out of scope)"
+        )
+        raise DatasetError(self.path, [(v, f"label {k!r}") for k, v in first.items()], msg)
+
+
+def _read_labelled(path: str) -> _Labelled:
+    """The rows of a JSON-lines file, every line validated before anything is written.
 
     Raises:
         InvalidInputError: malformed lines, each named by its line number.
     """
-    from .datasets import load_jsonl
+    from .datasets import _load_numbered
 
     try:
-        return load_jsonl(path)
+        return _Labelled(path, *_load_numbered(path))
     except OSError as exc:
         msg = f"cannot read {path!r}: {exc.strerror or exc}"
         raise BadInput(msg) from exc
@@ -469,7 +506,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     else:
         from .datasets import routes_from_labelled
 
-        texts, labels = _read_labelled(args.file)
+        data = _read_labelled(args.file)
+        texts, labels = data.texts, data.labels
         doc = RoutesDocument(routes=routes_from_labelled(texts, labels))
         check_document(doc, args.file)  # before the store is opened (or made)
         if not doc.routes:
@@ -598,9 +636,11 @@ def _require_routes(router: AdaptiveRouter, args: argparse.Namespace) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit thresholds (and more) on labelled data; the fitted state is saved in the store."""
-    texts, labels = _read_labelled(args.file)
+    data = _read_labelled(args.file)
+    texts, labels = data.texts, data.labels
     with _router(args) as router:
         _require_routes(router, args)
+        data.refuse_unknown_labels(router)
         with _progress(router, len(texts), "encoding", args):
             options: dict[str, Any] = {}
             if args.regularization is not None:
@@ -623,9 +663,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the store's router on labelled data; optionally plot the report."""
     if args.plot:
         _refuse_to_overwrite(args.plot, args, args.file)
-    texts, labels = _read_labelled(args.file)
+    data = _read_labelled(args.file)
+    texts, labels = data.texts, data.labels
     with _router(args) as router:
         _require_routes(router, args)
+        data.refuse_unknown_labels(router)
         with _progress(router, len(texts), "encoding", args):
             report = router.evaluate(texts, labels)
     if args.plot:

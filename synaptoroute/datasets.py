@@ -119,7 +119,17 @@ def parse_jsonl(data: bytes, name: str = "<data>") -> tuple[list[str], list[str 
     return _parse_lines(data.splitlines(keepends=True), name)
 
 
-def _parse_lines(lines: Iterable[bytes], name: str) -> tuple[list[str], list[str | None]]:
+def _load_numbered(path: str) -> tuple[list[str], list[str | None], list[int]]:
+    """:func:`load_jsonl`, with each row's line number (from 1): the command line names
+    a row by its line."""
+    numbers: list[int] = []
+    texts, labels = _parse_lines(Path(path).read_bytes().splitlines(keepends=True), path, numbers)
+    return texts, labels, numbers
+
+
+def _parse_lines(
+    lines: Iterable[bytes], name: str, numbers: list[int] | None = None
+) -> tuple[list[str], list[str | None]]:
     texts: list[str] = []
     labels: list[str | None] = []
     errors: list[tuple[int, str]] = []
@@ -152,6 +162,8 @@ def _parse_lines(lines: Iterable[bytes], name: str) -> tuple[list[str], list[str
             continue
         texts.append(checked[0])
         labels.append(checked[1])
+        if numbers is not None:
+            numbers.append(number)
     if errors:
         raise DatasetError(name, errors)
     if not texts:

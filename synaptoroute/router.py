@@ -695,10 +695,11 @@ class AdaptiveRouter:
             if not drop:
                 return 0
             self.storage.delete_utterances(name, sorted(drop))
-            self._routes[name] = route.model_copy(
-                update={"utterances": [u for u in route.utterances if u not in drop]}
-            )
-            return self._index.delete_texts(name, sorted(drop))
+            with self._index.changing():  # the route and its rows change together
+                self._routes[name] = route.model_copy(
+                    update={"utterances": [u for u in route.utterances if u not in drop]}
+                )
+                return self._index.delete_texts(name, sorted(drop))
 
     def set_threshold(self, name: str, threshold: float | None) -> Route:
         """Set (or with ``None`` clear) a route's own threshold; returns the route as
@@ -708,7 +709,8 @@ class AdaptiveRouter:
         with self._lock:
             route = self.get_route(name).model_copy(update={"threshold": threshold})
             self.storage.update_route(route)
-            self._routes[route.name] = route
+            with self._index.changing():
+                self._routes[route.name] = route
             return route
 
     @property
@@ -925,12 +927,15 @@ class AdaptiveRouter:
         """Remove negative examples; returns how many were removed."""
         _not_a_str(texts, "delete_negatives")
         with self._lock:
-            if NEGATIVES_ROUTE not in self._routes:
+            route = self._routes.get(NEGATIVES_ROUTE)
+            if route is None:
                 return 0
-            removed = self._delete_utterances(NEGATIVES_ROUTE, texts)
-            if not self._routes[NEGATIVES_ROUTE].utterances:
+            have = set(route.utterances)
+            if have <= {t.strip() for t in texts if isinstance(t, str)}:
+                # All of them: one transaction, so no crash can leave an empty reserved route.
                 self._delete_route(NEGATIVES_ROUTE)
-            return removed
+                return len(have)
+            return self._delete_utterances(NEGATIVES_ROUTE, texts)
 
     # The negative examples are no route here either, as in route_names.
     def __contains__(self, name: object) -> bool:

@@ -1250,6 +1250,33 @@ def test_malformed_lines_are_named_and_nothing_is_written(
         storage.close()
 
 
+def test_unknown_labels_are_named_by_their_line(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    # The API names a row by its index; a file's reader looks for its line, and blank
+    # lines make the two differ.
+    seed(capsys, store)
+    data = tmp_path / "labelled.jsonl"
+    data.write_text(
+        '{"text": "I need a refund", "label": "billing"}\n'
+        "\n"
+        '{"text": "tell me a joke", "label": null}\n'
+        '{"text": "cancel my order", "label": "orders"}\n'
+        '{"text": "the app froze", "label": "tech"}\n'
+        '{"text": "where is my parcel", "label": "orders"}\n'
+    )
+    for command in ("fit", "eval"):
+        code, _, err = run(capsys, command, str(data), "--store", store)
+        assert code == EXIT_BAD_INPUT, command
+        assert "1 label names no route with utterances in the store: 'orders' (line 4)" in err
+        assert "index" not in err
+    storage = SQLiteStorage(store)
+    try:
+        assert storage.get_state("policy") is None  # no fit was saved
+    finally:
+        storage.close()
+
+
 def test_fit_needs_routes_and_a_readable_file(
     capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
 ) -> None:

@@ -381,6 +381,39 @@ def test_the_reserved_name_of_the_negatives_is_no_route_to_any_method() -> None:
     assert router.negatives == [] and router.route_names == ["billing"]
 
 
+def test_deleting_every_negative_example_is_one_write() -> None:
+    # Emptying the reserved route, then deleting it, was two writes: a failure of the
+    # second left the store with an empty reserved route and the router without
+    # negatives. All of them go in one delete of the route, which fails as a whole.
+    from synaptoroute.exceptions import StorageError
+
+    class Failing(MemoryStorage):
+        writes: list[str] = []  # noqa: RUF012
+
+        def delete_route(self, name: str) -> None:
+            self.writes.append("delete_route")
+            raise StorageError("disk full")
+
+        def delete_utterances(self, name: str, texts: Sequence[str]) -> None:
+            self.writes.append("delete_utterances")
+            super().delete_utterances(name, texts)
+
+    storage = Failing()
+    router = AdaptiveRouter(HashingEncoder(dimension=64), storage)
+    router.add_routes([BILLING])
+    router.add_negatives(["tell me a joke", "what is the weather"])
+    with pytest.raises(StorageError, match="disk full"):
+        router.delete_negatives(["what is the weather", "tell me a joke", "unknown"])
+    assert storage.writes == ["delete_route"]
+    assert router.negatives == ["tell me a joke", "what is the weather"]
+    stored = {r.route.name: r.route.utterances for r in storage.load()}
+    assert stored[NEGATIVES_ROUTE] == ["tell me a joke", "what is the weather"]
+    # Some of them: their utterances alone.
+    assert router.delete_negatives(["tell me a joke"]) == 1
+    assert storage.writes == ["delete_route", "delete_utterances"]
+    assert router.negatives == ["what is the weather"]
+
+
 def test_a_reencode_committed_while_the_routes_load_is_not_mixed_up() -> None:
     # Another process re-encodes the store with the new model between the read of the
     # routes and the read of the model: the routes (old vectors) must not be taken for
