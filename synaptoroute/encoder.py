@@ -83,8 +83,11 @@ _CHARS_PER_TOKEN_BOUND = 19
 _BERT_SPACE = " \t\n\r\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _BERT_WORD = re.compile(f"[^{_BERT_SPACE}]+")
 # What its normalizer deletes: control, format and private-use characters (\x85, \x0c,
-# zero-width spaces, NUL, U+FFFD...) and, as it strips accents, combining marks.
-_BERT_DELETED_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Mn"})
+# zero-width spaces, NUL, U+FFFD...) and, as it strips accents, combining marks. Every
+# mark category is a candidate: the tokenizer's Unicode tables are older than Python's,
+# where a character may have moved from Mn to Mc (U+1734 in Unicode 14), and only what
+# ``normalize`` deletes is kept.
+_BERT_DELETED_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Mn", "Mc", "Me"})
 _FASTEMBED_HOST = ("huggingface.co", 443)
 # Where set, a fetch goes through a mirror or a proxy, not straight to _FASTEMBED_HOST.
 _HUB_ROUTES_ENV = ("HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")

@@ -589,8 +589,14 @@ class AdaptiveRouter:
                 created.extend(n for n in names if n not in self._routes)
 
             def install() -> None:  # stored in one transaction, served at once
+                routes = self._routes
+                if any(item.route.name in routes for item in stored):
+                    # A replaced route moves last (install_route): built aside and
+                    # swapped in, so no query finds it missing meanwhile.
+                    routes = dict(routes)
                 for item in stored:
-                    install_route(self._routes, self._index, item.route, item.vectors)
+                    install_route(routes, self._index, item.route, item.vectors)
+                self._routes = routes
 
             self._install(install, policy, notes)
             return new_negatives
@@ -878,7 +884,9 @@ class AdaptiveRouter:
             raise RouteNotFoundError(name) from None
 
     def list_routes(self) -> list[Route]:
-        """Every route, in insertion order (the negative examples are not a route)."""
+        """Every route, in the order they were added, a replaced route as added when it
+        was replaced (as every store and replica lists them); the negative examples are
+        not a route."""
         # A copy (one C call, atomic under the GIL): a route change may add or delete
         # a name while this runs, and changes the dict in place (O(1) per add).
         return [r for name, r in self._routes.copy().items() if name != NEGATIVES_ROUTE]
@@ -1095,9 +1103,7 @@ class AdaptiveRouter:
 
     def query_batch(self, texts: Sequence[str]) -> list[RouteMatch]:
         """Route many texts with one encoder call; results in input order."""
-        if isinstance(texts, str):
-            msg = "query_batch takes a list of texts, not a str"
-            raise TypeError(msg)
+        texts = _text_list(texts, "query_batch")
         return cast(list[RouteMatch], self._answer([_Request(t) for t in texts]))
 
     def query_top_k(
@@ -1118,9 +1124,8 @@ class AdaptiveRouter:
         self, texts: Sequence[str], k: int = 3, *, respect_negatives: bool = False
     ) -> list[list[RouteMatch]]:
         """:meth:`query_top_k` for many texts with one encoder call; results in input order."""
-        if isinstance(texts, str):
-            msg = "query_top_k_batch takes a list of texts, not a str"
-            raise TypeError(msg)
+        texts = _text_list(texts, "query_top_k_batch")
+        k = check_count(k, "k", 1)  # an empty list too
         items = [_top_k_request(t, k, respect_negatives) for t in texts]
         return cast(list[list[RouteMatch]], self._answer(items))
 
@@ -1191,6 +1196,8 @@ class AdaptiveRouter:
 
         Raises:
             TypeError: ``text`` is not a ``str``.
+            InvalidInputError: ``text`` is not valid Unicode (a lone surrogate), or a
+                bad ``timeout``.
             RouterOverloadedError: the queue is full; nothing was queued.
             RouterTimeoutError: ``timeout`` seconds passed first.
             RouterClosedError: the router is stopping or was stopped meanwhile.
@@ -1205,11 +1212,11 @@ class AdaptiveRouter:
         """Route many texts through the batching worker; results in input order.
 
         All texts are queued or none is (:class:`RouterOverloadedError`); they may be
-        served in several batches, together with other callers' texts.
+        served in several batches, together with other callers' texts. Errors as
+        :meth:`aquery`'s, and :class:`InvalidInputError` for a batch that could never
+        be queued (more texts than ``max_queue_size``, or above ``max_queue_cost``).
         """
-        if isinstance(texts, str):
-            msg = "aquery_batch takes a list of texts, not a str"
-            raise TypeError(msg)
+        texts = _text_list(texts, "aquery_batch")
         items = [_Request(check_text(t)) for t in texts]
         worker = self._current_worker()
         return cast(list[RouteMatch], await worker.submit(items, timeout))
@@ -1237,9 +1244,8 @@ class AdaptiveRouter:
     ) -> list[list[RouteMatch]]:
         """:meth:`query_top_k_batch` through the batching worker; all texts are queued
         or none is (:class:`RouterOverloadedError`), as with :meth:`aquery_batch`."""
-        if isinstance(texts, str):
-            msg = "aquery_top_k_batch takes a list of texts, not a str"
-            raise TypeError(msg)
+        texts = _text_list(texts, "aquery_top_k_batch")
+        k = check_count(k, "k", 1)  # an empty list too
         items = [_top_k_request(t, k, respect_negatives) for t in texts]
         worker = self._current_worker()
         return cast(list[list[RouteMatch]], await worker.submit(items, timeout))
@@ -1531,6 +1537,19 @@ def _ann_options(
         "ann_depth": depth,
         "ann_margin": float(margin),
     }
+
+
+def _text_list(texts: Iterable[str], method: str) -> list[str]:
+    """The texts of a batch call as a list; a str or bytes (whose items are letters or
+    ints) or no collection at all is refused, naming ``method``."""
+    if isinstance(texts, str | bytes | bytearray | memoryview):
+        msg = f"{method} takes a list of texts, not a {type(texts).__name__}"
+        raise TypeError(msg)
+    try:
+        return list(texts)
+    except TypeError:
+        msg = f"{method} takes a list of texts, got {type(texts).__name__}"
+        raise TypeError(msg) from None
 
 
 def _not_a_str(values: object, method: str) -> None:

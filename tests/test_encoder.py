@@ -188,7 +188,18 @@ def test_a_str_is_not_a_list_of_texts(encoder: Encoder) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", " \t\n", "\ufeff", "\u200b\u200b", "\x00", "\u0301", "\ue000", "\u200b " * 5000]
+    "text",
+    [
+        "",
+        " \t\n",
+        "\ufeff",
+        "\u200b\u200b",
+        "\x00",
+        "\u0301",
+        "\ue000",
+        "\u200b " * 5000,
+        " \u1734 ",
+    ],
 )
 def test_a_text_of_characters_the_tokenizer_deletes_reads_nothing(
     encoder: Encoder, text: str
@@ -207,6 +218,27 @@ def test_a_text_with_anything_the_model_reads_reads_something(encoder: Encoder, 
     tokenizer = encoder._tokenizer
     assert tokenizer.encode(text).ids != tokenizer.encode("").ids
     assert not encoder.reads_nothing(text)
+
+
+def test_reads_nothing_agrees_with_the_tokenizer_on_every_character(encoder: Encoder) -> None:
+    # The tokenizer's Unicode tables are not Python's: U+1734 is a spacing mark (Mc)
+    # in Python's and deleted by the tokenizer as a non-spacing one (Mn), so a text of
+    # it was read as "" by the model but not answered as an empty query.
+    tokenizer = encoder._tokenizer
+    empty = sum(tokenizer.encode("").attention_mask)
+    chars = [
+        chr(c)
+        for first, last in ((0, 0x2FFFF), (0xE0000, 0xE01FF))
+        for c in range(first, last + 1)
+        if not 0xD800 <= c <= 0xDFFF
+    ]
+    read = tokenizer.encode_batch(chars)
+    wrong = [
+        f"U+{ord(c):04X}"
+        for c, ids in zip(chars, read, strict=True)
+        if (sum(ids.attention_mask) == empty) != encoder.reads_nothing(c)
+    ]
+    assert wrong == []
 
 
 def test_reads_nothing_loads_no_model_for_whitespace_or_letters() -> None:

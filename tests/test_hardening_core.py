@@ -228,6 +228,41 @@ def test_strings_are_not_lists_of_utterances(router: AdaptiveRouter) -> None:
     assert router.get_route("tech").utterances == ROUTES[1].utterances
 
 
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        ("hello", "not a str"),
+        (b"hello", "not a bytes"),  # iterated, it gave "query must be str, got int"
+        (bytearray(b"hello"), "not a bytearray"),
+        (None, "got NoneType"),
+        (5, "got int"),
+    ],
+)
+def test_batch_calls_take_a_list_of_texts(
+    router: AdaptiveRouter, texts: object, message: str
+) -> None:
+    calls = {
+        "query_batch": lambda: router.query_batch(texts),  # type: ignore[arg-type]
+        "query_top_k_batch": lambda: router.query_top_k_batch(texts),  # type: ignore[arg-type]
+        "aquery_batch": lambda: asyncio.run(router.aquery_batch(texts)),  # type: ignore[arg-type]
+        "aquery_top_k_batch": lambda: asyncio.run(
+            router.aquery_top_k_batch(texts)  # type: ignore[arg-type]
+        ),
+    }
+    for method, call in calls.items():
+        with pytest.raises(TypeError, match=f"^{method} takes a list of texts, {message}"):
+            call()
+
+
+def test_a_bad_k_is_refused_for_an_empty_batch_too(router: AdaptiveRouter) -> None:
+    # query_top_k_batch([], k=0) returned [] while one text got "k must be at least 1".
+    with pytest.raises(InvalidInputError, match="k must be at least 1"):
+        router.query_top_k_batch([], k=0)
+    with pytest.raises(InvalidInputError, match="k must be at least 1"):
+        asyncio.run(router.aquery_top_k_batch([], k=0))
+    assert router.query_top_k_batch([], k=2) == []
+
+
 @pytest.mark.parametrize("value", [True, False, float("nan"), "0.5", 1.5])
 def test_threshold_must_be_a_real_number_in_range(router: AdaptiveRouter, value: object) -> None:
     with pytest.raises(InvalidInputError):

@@ -1380,6 +1380,30 @@ def test_deleting_a_route_another_replica_is_routing_to(pg_dsn: str, schema: str
         b.close()
 
 
+def test_a_replaced_route_is_listed_last_by_the_writer_a_replica_and_a_reopen(
+    pg_dsn: str, schema: str
+) -> None:
+    enc = HashingEncoder()
+    a = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    b = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+    try:
+        a.add_routes(ROUTES)
+        assert b.storage.wait_for_seq(a.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        first = ROUTES[0]
+        a.add_route(first.model_copy(update={"utterances": ["refund it now"]}), replace=True)
+        assert b.storage.wait_for_seq(a.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        order = [*(r.name for r in ROUTES[1:]), first.name]
+        reopened = AdaptiveRouter(enc, open_store(pg_dsn, schema))
+        try:
+            for router in (a, b, reopened):
+                assert router.route_names == order
+        finally:
+            reopened.close()
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_lost_connection_is_caught_up_from_the_last_sequence_number(
     pg_dsn: str, schema: str
 ) -> None:

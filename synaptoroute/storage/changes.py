@@ -70,6 +70,9 @@ def install_route(
     with index.changing():
         if route.name in routes:
             index.delete_route(route.name)
+            # Last, as every store lists a replaced route (a new row) and as the index
+            # ranks it: a writer, its followers and a reopened router list one order.
+            del routes[route.name]
         routes[route.name] = route
         index.add(route.name, vectors, route.utterances)
 
