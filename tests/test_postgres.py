@@ -1380,6 +1380,59 @@ def test_deleting_a_route_another_replica_is_routing_to(pg_dsn: str, schema: str
         b.close()
 
 
+@pytest.fixture
+def database(pg_dsn: str) -> Iterator[Callable[[str], str]]:
+    """Makes a database of the given encoding; returns its DSN. Dropped afterwards."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    made: list[str] = []
+
+    def make(encoding: str) -> str:
+        name = f"enc_{encoding.lower()}_{os.getpid()}_{len(made)}"
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(
+                f"CREATE DATABASE {name} ENCODING '{encoding}' TEMPLATE template0 "
+                "LC_COLLATE 'C' LC_CTYPE 'C'"
+            )
+        made.append(name)
+        return make_conninfo(pg_dsn, dbname=name)
+
+    yield make
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        for name in made:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_database_of_encoding_sql_ascii_is_refused_before_anything_is_made(
+    database: Callable[[str], str],
+) -> None:
+    # psycopg reads such a database's text as bytes: a store made there opened once,
+    # then every open failed with a bare TypeError (its own records read as bytes).
+    import psycopg
+
+    dsn = database("SQL_ASCII")
+    for _ in range(2):
+        with pytest.raises(StorageError, match=r"encoding SQL_ASCII.*ENCODING 'UTF8'"):
+            open_store(dsn, "routes")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regnamespace('routes')").fetchone() == (None,)
+
+
+def test_text_a_database_encoding_cannot_hold_is_bad_input(
+    database: Callable[[str], str],
+) -> None:
+    enc = HashingEncoder()
+    router = AdaptiveRouter(enc, open_store(database("LATIN1"), "routes"))
+    try:
+        router.add_route(Route(name="café", utterances=["crème brûlée"]))  # in Latin-1
+        with pytest.raises(InvalidInputError, match=r"encoding cannot hold.*UTF8"):
+            router.add_route(Route(name="日本", utterances=["こんにちは"]))
+        assert router.route_names == ["café"]
+    finally:
+        router.close()
+
+
 def test_a_replaced_route_is_listed_last_by_the_writer_a_replica_and_a_reopen(
     pg_dsn: str, schema: str
 ) -> None:

@@ -93,7 +93,12 @@ def _refused_value(exc: Exception, data_error: type[Exception]) -> str | None:
     """What PostgreSQL refused to store, when ``exc`` says a value cannot be stored:
     bad input to report as such, not a failure of the store."""
     if isinstance(exc, data_error):  # psycopg's own (NUL in text), or class 22
-        return "a value PostgreSQL cannot store, such as text with a NUL character"
+        # One SQLSTATE (22P05) says both: jsonb's \u0000 and a character a LATIN1 database lacks.
+        return (
+            "a value PostgreSQL cannot store, such as text with a NUL character, or text "
+            "the database's encoding cannot hold (a store's database should have "
+            "ENCODING 'UTF8')"
+        )
     if getattr(exc, "sqlstate", None) == _PROGRAM_LIMIT_EXCEEDED:
         return (
             "a value over PostgreSQL's size limit, most likely an utterance or name too "
@@ -105,6 +110,27 @@ def _refused_value(exc: Exception, data_error: type[Exception]) -> str | None:
 # SQLSTATE program_limit_exceeded: a value past a fixed limit of the server, on a write
 # almost always an utterance or a name too long for a unique B-tree index's entry.
 _PROGRAM_LIMIT_EXCEEDED = "54000"
+
+
+def _check_encoding(conn: psycopg.Connection[Any], target: str) -> None:
+    """Refuse a database whose encoding is SQL_ASCII, before anything is created in it.
+
+    Such a database stores bytes, not text: psycopg hands its text columns back as
+    ``bytes``, so a store made there opened once and never again (its own records read
+    back as bytes), and any non-ASCII text failed as an outage to retry.
+
+    Raises:
+        StorageError: the database's encoding is SQL_ASCII.
+    """
+    raw = conn.info.parameter_status("server_encoding")
+    encoding = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+    if encoding.upper() == "SQL_ASCII":
+        msg = (
+            f"the database at {target} has encoding SQL_ASCII, which holds bytes, not "
+            "text: create the store's database with ENCODING 'UTF8' (for example "
+            "CREATE DATABASE routes ENCODING 'UTF8' TEMPLATE template0)"
+        )
+        raise StorageError(msg)
 
 
 def _psycopg() -> Any:
@@ -292,6 +318,10 @@ class PostgresStorage:
                 dsn,
                 connect_timeout=max(2, math.ceil(self.connect_timeout)),
                 application_name=params.get("application_name") or "synaptoroute",
+                # Text goes out as UTF-8 whatever the database's encoding: the server
+                # refuses what that encoding cannot hold (22P05: bad input), where a
+                # client encoding of LATIN1 failed in the driver with a UnicodeEncodeError.
+                client_encoding="UTF8",
                 keepalives=1,
                 keepalives_idle=5,
                 keepalives_interval=2,
@@ -335,6 +365,7 @@ class PostgresStorage:
         hold_across_fork(self, LEAF, lock="_cond")
         self._conn = self._connect()
         try:
+            _check_encoding(self._conn, self._target)
             self._migrate(self._conn)
         except _psycopg().Error as exc:
             # A schema name PostgreSQL reserves (pg_*), a role that may not create
