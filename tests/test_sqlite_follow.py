@@ -67,6 +67,26 @@ def same(a: AdaptiveRouter, b: AdaptiveRouter) -> bool:
     return a.list_routes() == b.list_routes() and a.policy == b.policy
 
 
+def test_a_follower_gets_the_routes_before_the_policy_they_came_with(path: Path) -> None:
+    # A writer stores a route, then the policy it leads to; one poll that finds both
+    # handed the policy over first, so a query between the two changes could meet a
+    # fitted head knowing a route the follower did not hold yet.
+    enc = HashingEncoder(dimension=64)
+    writer = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
+    follower = SQLiteStorage(path, poll_interval=None)
+    seen: list[Change] = []
+    follower.load()
+    follower.watch(seen.extend)
+    try:
+        writer.add_route(Route(name="one", utterances=["hello there"]))
+        writer.set_policy(dataclasses.replace(writer.policy, thresholds={"one": 0.4}))
+        assert follower.poll()
+        assert [(bool(c.routes), bool(c.state)) for c in seen] == [(True, False), (False, True)]
+    finally:
+        follower.close()
+        writer.close()
+
+
 def test_a_replaced_route_is_listed_last_by_the_writer_its_follower_and_a_reopen(
     pair: tuple[AdaptiveRouter, AdaptiveRouter], path: Path
 ) -> None:

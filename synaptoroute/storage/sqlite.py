@@ -929,6 +929,12 @@ class SQLiteStorage:
         held = [item for item in stored if len(item.vectors)]
         rest = [item for item in stored if not len(item.vectors)]
         changes = []
+        # The routes first, as a writer stores them before the policy they lead to: a
+        # query between the two changes never meets a fitted head that knows a route
+        # the router does not hold yet (it rejected what that route would have taken).
+        if held:
+            held_names = tuple(item.route.name for item in held)
+            changes.append(self._change("resync", routes=tuple(held), names=held_names, model=info))
         if rest or gone or keys:
             changes.append(
                 self._change(
@@ -938,9 +944,6 @@ class SQLiteStorage:
                     state={k: json.loads(state[k]) if k in state else None for k in keys},
                 )
             )
-        if held:
-            held_names = tuple(item.route.name for item in held)
-            changes.append(self._change("resync", routes=tuple(held), names=held_names, model=info))
         return changes
 
     def _whole(
