@@ -44,6 +44,7 @@ from common import (
     Example,
     PrecomputedEncoder,
     add_data_argument,
+    command_line,
     encode_cached,
     load_split,
     machine_info,
@@ -369,7 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--aggregation", help="router aggregation (default: the router's default)")
     parser.add_argument("--json", help="also write every number to this JSON file")
     args = parser.parse_args(argv)
-    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    titles = [title for title, *_ in SETTINGS]
+    unmatched = [o for o in args.only or () if not any(t.startswith(o) for t in titles)]
+    if unmatched:  # a mistyped title ran nothing and exited 0 with an empty table
+        parser.error(f"--only {unmatched!r} starts no setting's title: {'; '.join(titles)}")
+    command = command_line("accuracy.py", argv)
     results: dict[str, Any] = {"machine": machine_info(), "settings": {}}
     peer_version = None if args.no_peer else peer_available()
     if not args.no_peer and peer_version is None:

@@ -26,7 +26,6 @@ import json
 import os
 import random
 import string
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -35,7 +34,15 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from common import REPO_ROOT, add_data_argument, by_label, load_split, machine_info, percentile
+from common import (
+    REPO_ROOT,
+    add_data_argument,
+    by_label,
+    command_line,
+    load_split,
+    machine_info,
+    percentile,
+)
 from pydantic import PrivateAttr
 from semantic_router import IndexedRouter
 from semantic_router import Route as SrRoute
@@ -562,7 +569,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
 
-    command = " ".join([sys.executable, "benchmarks/async_serving.py", *sys.argv[1:]])
+    command = command_line("async_serving.py")
     machine = machine_info()
     print(machine)
     started = time.perf_counter()

@@ -16,7 +16,9 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +124,12 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def command_line(script: str, argv: Sequence[str] | None = None) -> str:
+    """How to rerun this run: ``python benchmarks/<script>`` and its arguments, quoted
+    for a shell (a title given to ``--only`` keeps its spaces)."""
+    return shlex.join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def machine_info() -> str:

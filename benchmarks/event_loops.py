@@ -27,7 +27,14 @@ import threading
 import time
 from statistics import median
 
-from common import add_data_argument, by_label, load_split, machine_info, replace_section
+from common import (
+    add_data_argument,
+    by_label,
+    command_line,
+    load_split,
+    machine_info,
+    replace_section,
+)
 
 from synaptoroute import AdaptiveRouter, Route
 
@@ -150,8 +157,7 @@ def main() -> None:
     lines = [
         SECTION,
         "",
-        f"Command: `.venv/bin/python benchmarks/event_loops.py --rounds {args.rounds}`. "
-        f"Machine: {machine}.",
+        f"Command: `{command_line('event_loops.py')}`. Machine: {machine}.",
         "",
         "| workload | queries/s (median of rounds) |",
         "|---|---|",

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import REPO_ROOT, machine_info, replace_section
+from common import REPO_ROOT, command_line, machine_info, replace_section
 
 SECTION = "## Install footprint and cold start (issue 14)"
 SEEDED = {"pip", "setuptools", "wheel"}  # what `python -m venv` or pip itself brings
@@ -219,7 +219,7 @@ def report(results: list[Result], command: str, machine: str) -> str:
     against = (
         f"{base.label} in this run: {base.distributions} distributions, {base.megabytes:.0f} MB"
         if base is not None
-        else "0.2.0 as recorded then: 29 distributions, 236 MB"
+        else "not measured in this run: pass --baseline"
     )
     lines += [
         "",
@@ -244,9 +244,7 @@ def main() -> None:
     args = parser.parse_args()
     machine = machine_info()
     results = measure(args.repeats, args.baseline or None)
-    command = f"python benchmarks/footprint.py --repeats {args.repeats}" + (
-        " --write" if args.write else ""
-    )
+    command = command_line("footprint.py")
     text = report(results, command, machine)
     print(text)
     if args.write:

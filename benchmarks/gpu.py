@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import subprocess
-import sys
 import time
 import warnings
 
 from common import (
     add_data_argument,
     by_label,
+    command_line,
     load_split,
     machine_info,
     percentile,
@@ -109,8 +109,7 @@ def main() -> None:
     lines = [
         SECTION,
         "",
-        f"Command: `python {' '.join(sys.argv)}`. Machine: {machine}; "
-        f"accelerator: {accelerator()}.",
+        f"Command: `{command_line('gpu.py')}`. Machine: {machine}; accelerator: {accelerator()}.",
         "",
         "| batch size | 1 query p50 (ms) | 1 query p99 (ms) | 1,000 concurrent (queries/s) |",
         "|---|---|---|---|",

@@ -23,7 +23,7 @@ from time import perf_counter, process_time
 from typing import Any
 
 import numpy as np
-from common import add_data_argument, load_split, machine_info
+from common import add_data_argument, command_line, load_split, machine_info
 from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_synaptoroute import SynaptorouteEmbeddings, SynaptorouteRouter
 from numpy.typing import NDArray
@@ -131,7 +131,7 @@ def main() -> None:
     print(f"### {n} distinct inputs through `batch` ({len(in_rows)} in scope, {len(oos_rows)} out)")
     print()
     print(f"Machine: {machine_info()}")
-    print(f"Command: `{' '.join([sys.executable.split('/')[-1], *sys.argv])}`")
+    print(f"Command: `{command_line('langchain_batch.py')}`")
     print(
         f"Routes: {len(names)} CLINC150 intents x {ARGS.per_intent} train examples; "
         f"{ARGS.repeats} timed runs of each Runnable, alternating; "

@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from common import machine_info, replace_section
+from common import command_line, machine_info, replace_section
 from scale import PER_ROUTE
 
 from synaptoroute import Route
@@ -142,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             size_mb = path.stat().st_size / 1e6
             print(f"{n}: seeded in {seed_s:.1f} s ({size_mb:.0f} MB), {result}", flush=True)
             rows.append((n, size_mb, seed_s, result))
-    cmd = "python " + " ".join(["benchmarks/sqlite_follow.py", *(argv or sys.argv[1:])])
+    cmd = command_line("sqlite_follow.py", argv)
     lines = [
         args.section,
         "",

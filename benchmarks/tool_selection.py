@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from time import perf_counter
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 from common import (
     add_data_argument,
     by_label,
+    command_line,
     load_split,
     machine_info,
     percentile,
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results["names + descriptions only"] = measure(names_only, tools, rows)
 
-    command = "python benchmarks/tool_selection.py " + " ".join(argv or sys.argv[1:])
+    command = command_line("tool_selection.py", argv)
     lines = [
         SECTION,
         "",
