@@ -717,7 +717,9 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    host = f"[{args.host}]" if ":" in args.host else args.host
+    # An IPv6 address, bracketed or not (as in a URL): "[[::1]]" is no host.
+    bare = args.host[1:-1] if args.host.startswith("[") and args.host.endswith("]") else args.host
+    host = f"[{bare}]" if ":" in bare else bare
     url = f"http://{host}:{_port(args.port, lowest=1)}/readyz"
     # No proxy: an HTTP(S)_PROXY in the container's environment must not carry a local probe.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -783,6 +783,20 @@ def test_healthcheck_follows_the_port_variable(
     assert run(capsys, "healthcheck")[0] == EXIT_BAD_INPUT
 
 
+def test_healthcheck_takes_an_ipv6_address_with_or_without_brackets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # "[::1]" became "http://[[::1]]:.../readyz", an error that looked like a failed probe.
+    with socket.socket() as closed:  # a port nothing listens on: the probe fails either way
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    for host in ("::1", "[::1]"):
+        code, _, err = run(capsys, "healthcheck", "--host", host, "--port", str(port))
+        assert code == EXIT_FAILURE
+        assert f"http://[::1]:{port}/readyz: " in err
+        assert "does not appear to be" not in err
+
+
 def test_a_store_of_another_model_is_refused_or_reencoded_on_request(
     capsys: pytest.CaptureFixture[str], store: str, encoder: Encoder
 ) -> None:

@@ -768,14 +768,23 @@ async def test_queries_keep_flowing_while_routes_change(svc: Service) -> None:
 
 # -- operations -------------------------------------------------------------------------
 async def test_health_and_readiness(encoder: Encoder, store_path: Path) -> None:
+    from synaptoroute.server.schemas import Readiness, StoreHealth
+
     router = make_router(encoder, store_path)
     app = create_app(ServerSettings(), router=router)
     transport = httpx.ASGITransport(app=app)
+    # The probes' bodies are their own, 503 included (declared as ErrorBody before,
+    # whose `detail` they lack): what the schema says is what comes.
+    spec = app.openapi()["paths"]
+    for path, model in (("/readyz", Readiness), ("/healthz/store", StoreHealth)):
+        for status in ("200", "503"):
+            body = spec[path]["get"]["responses"][status]["content"]["application/json"]
+            assert body["schema"]["$ref"].endswith(f"/{model.__name__}"), (path, status)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
         assert (await c.get("/healthz")).json() == {"status": "ok"}
         r = await c.get("/readyz")  # lifespan not started: the worker is not running
         assert r.status_code == 503
-        assert r.json()["checks"]["started"] is False
+        assert Readiness.model_validate(r.json()).checks.started is False
         async with app.router.lifespan_context(app):
             r = await c.get("/readyz")
             assert r.status_code == 200
@@ -788,7 +797,7 @@ async def test_health_and_readiness(encoder: Encoder, store_path: Path) -> None:
             assert (await c.post("/route", json={"query": "I need a refund"})).status_code == 200
             r = await c.get("/healthz/store")
             assert r.status_code == 503
-            assert r.json() == {"store": "unavailable"}
+            assert StoreHealth.model_validate(r.json()).store == "unavailable"
             assert "synaptoroute_store_up 0" in (await c.get("/metrics")).text
 
 

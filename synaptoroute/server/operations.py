@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from .endpoints import _blocking
 from .metrics import CONTENT_TYPE, Gauge
-from .schemas import ErrorBody
+from .schemas import Readiness, StoreHealth
 
 if TYPE_CHECKING:
     from ..router import AdaptiveRouter
@@ -73,7 +73,12 @@ def operations_router(state: ServiceState, store_up: Gauge) -> APIRouter:
         """The process is up and answering."""
         return {"status": "ok"}
 
-    @probe("/readyz", tags=["operations"], responses={503: {"model": ErrorBody}})
+    @probe(
+        "/readyz",
+        tags=["operations"],
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready"}},
+    )
     async def readyz() -> JSONResponse:
         """Ready to route: started, model loaded, batching worker running.
 
@@ -92,7 +97,12 @@ def operations_router(state: ServiceState, store_up: Gauge) -> APIRouter:
             status_code=200 if ok else 503,
         )
 
-    @probe("/healthz/store", tags=["operations"], responses={503: {"model": ErrorBody}})
+    @probe(
+        "/healthz/store",
+        tags=["operations"],
+        response_model=StoreHealth,
+        responses={503: {"model": StoreHealth, "description": "The store cannot be read"}},
+    )
     async def store_health() -> JSONResponse:
         """Whether the store can be read now (route changes need it; queries do not).
 

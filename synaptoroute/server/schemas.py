@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -207,6 +207,27 @@ class DefaultThreshold(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every error's body."""
+    """Every error's body (but the probes': :class:`Readiness`, :class:`StoreHealth`)."""
 
     detail: Any
+
+
+class ReadinessChecks(BaseModel):
+    """What ``/readyz`` checked."""
+
+    started: bool
+    model: bool
+    worker: bool
+
+
+class Readiness(BaseModel):
+    """``/readyz``'s body, 200 (``ready``) or 503 (``not ready``) alike."""
+
+    status: Literal["ready", "not ready"]
+    checks: ReadinessChecks
+
+
+class StoreHealth(BaseModel):
+    """``/healthz/store``'s body, 200 (``ok``) or 503 (``unavailable``) alike."""
+
+    store: Literal["ok", "unavailable"]
