@@ -818,7 +818,7 @@ class AdaptiveRouter:
                 if written:
                     self._policy = policy
         for note in notes:
-            warnings.warn(note, stacklevel=4)
+            warnings.warn(note, stacklevel=_outside_the_package())
 
     def fit(self, texts: Sequence[str], labels: Sequence[str | None], **options: Any) -> FitReport:
         """Fit the decision policy on labelled texts (label ``None``: no route fits).
@@ -1327,7 +1327,7 @@ class AdaptiveRouter:
                 f"the stored decision policy holds values that are not numbers ({exc}), "
                 "written by an older version: read as numbers, as that version did; the "
                 "next change of the policy stores numbers",
-                stacklevel=3,
+                stacklevel=_outside_the_package(),
             )
         # Older versions stored NaN in info, which set_policy (every later change of
         # the policy, a route change's included) refuses: JSON has none.
@@ -1337,7 +1337,7 @@ class AdaptiveRouter:
             warnings.warn(
                 f"the stored fitted head was trained on {policy.head.model_id!r} embeddings, "
                 f"not {self.model.model_id!r}; it is ignored until the next fit()",
-                stacklevel=3,
+                stacklevel=_outside_the_package(),
             )
             policy = without_head(policy)
         elif fitted_on not in (None, self.model.model_id):
@@ -1347,7 +1347,7 @@ class AdaptiveRouter:
                 f"the stored policy was fitted on {fitted_on!r} scores, not "
                 f"{self.model.model_id!r}; its thresholds and confidence calibration "
                 "were kept, call fit() again",
-                stacklevel=3,
+                stacklevel=_outside_the_package(),
             )
         return policy
 
@@ -1550,6 +1550,21 @@ def _text_list(texts: Iterable[str], method: str) -> list[str]:
     except TypeError:
         msg = f"{method} takes a list of texts, got {type(texts).__name__}"
         raise TypeError(msg) from None
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _outside_the_package() -> int:
+    """The ``stacklevel`` that makes a warning raised by this function's caller name the
+    first frame outside synaptoroute: the user's call, however many of the library's
+    own frames lie between (``add_route`` calls ``add_routes``; the service deeper)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _not_a_str(values: object, method: str) -> None:

@@ -317,9 +317,11 @@ def test_routes_changed_after_fit_keep_the_router_consistent(
     assert router.policy.head is not None and fitted
     victim = next(iter(fitted))
 
-    with pytest.warns(UserWarning, match="head was dropped"):
+    with pytest.warns(UserWarning, match="head was dropped") as caught:
         router.delete_route(victim)
     assert router.policy.head is None
+    # Named at the call that dropped it, for filters keyed on the caller's module.
+    assert [w.filename for w in caught] == [__file__]
     assert victim not in router.policy.thresholds
     assert {k: v for k, v in fitted.items() if k != victim} == dict(router.policy.thresholds)
     assert router.query("what's the exchange rate for euros").reason in (
@@ -334,6 +336,23 @@ def test_routes_changed_after_fit_keep_the_router_consistent(
     reopened = open_router()
     assert reopened.policy.head is None
     assert reopened.policy.thresholds == router.policy.thresholds
+
+
+def test_the_head_dropped_warning_names_the_call_that_dropped_it(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows
+) -> None:
+    # add_route warns through add_routes, one frame deeper: it named its own line in
+    # router.py, which filters keyed on the caller's module never match.
+    router = open_router()
+    for change in (
+        lambda: router.add_route(Route(name="farewell", utterances=["goodbye for now"])),
+        lambda: router.add_routes([Route(name="greeting", utterances=["hello there"])]),
+        lambda: router.delete_route("greeting"),
+    ):
+        router.fit(*split(clinc_train), head=True)
+        with pytest.warns(UserWarning, match="head was dropped") as caught:
+            change()
+        assert [w.filename for w in caught] == [__file__]
 
 
 def test_a_route_without_utterances_is_no_class_a_change_can_add(
@@ -368,8 +387,9 @@ def test_a_route_without_utterances_is_no_class_a_change_can_add(
     assert router.policy.thresholds == {"placeholder": 0.7}
     # Once it holds utterances it is a route the head does not know: dropped, and the
     # policy's info says what decides now.
-    with pytest.warns(UserWarning, match=r"head was dropped.*added \['placeholder'\]"):
+    with pytest.warns(UserWarning, match=r"head was dropped.*added \['placeholder'\]") as caught:
         router.add_utterances("placeholder", ["a new kind of request"])
+    assert [w.filename for w in caught] == [__file__]
     assert router.policy.head is None
     assert router.policy.thresholds == {"placeholder": 0.7}
     assert router.policy.info["decision"] == "thresholds"
