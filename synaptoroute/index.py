@@ -1218,6 +1218,10 @@ class RouteIndex:
         self._int8: Int8Scan | None = None
         self._int8_generation = 0  # bumped when row positions move (compaction)
         self._int8_builder: threading.Thread | None = None
+        # A forked child whose parent held an int8 copy builds its own in the background
+        # (scoring exactly meanwhile), not in its first query: a worker forked after
+        # wait_for_index() took 0.5 s at 100,000 rows for its first answer.
+        self._int8_aside = False
         # The approximate graph ("max" only; docs/scale.md): built or loaded once the
         # index holds ann_min_rows rows, fed new rows in the background, dropped when
         # a compaction moves rows. None: never.
@@ -1468,6 +1472,7 @@ class RouteIndex:
         if self._int8 is not None:
             keep_for_good(self._int8)
             self._int8 = None
+            self._int8_aside = True
         self._snapshot = None
 
     def reading(self) -> AbstractContextManager[None]:
@@ -1544,10 +1549,10 @@ class RouteIndex:
         if self.aggregation == "centroid" or self.int8_min_rows is None or n < self.int8_min_rows:
             self._int8 = None
             return
-        if self._int8 is None and self._ann is not None:
-            # A graph (loaded from the cache file at start-up) answers the queries: the
-            # first copy, only the exact path's, is built in the background (4 s at 1M
-            # utterances) instead of in the first query.
+        if self._int8 is None and (self._ann is not None or self._int8_aside):
+            # A graph (loaded from the cache file at start-up) answers the queries, or
+            # this is a forked child (_forked): the first copy is built in the background
+            # (4 s at 1M utterances) instead of in the first query.
             if self._int8_builder is None:
                 self._start_int8_build(n)
             return
@@ -1581,6 +1586,7 @@ class RouteIndex:
                     self.int8_min_rows = None
                 elif generation == self._int8_generation:
                     self._int8 = scan
+                    self._int8_aside = False
                     self.stats.int8_builds += 1
                     self._snapshot = None  # the next query compiles with the new copy
 

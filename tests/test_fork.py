@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from forking import hold_until_the_fork, in_child, needs_fork, wait_for_the_fork
+from waiting import LIMIT_S
 
 from synaptoroute import (
     AdaptiveRouter,
@@ -34,6 +35,7 @@ from synaptoroute import (
 )
 from synaptoroute import encoder as encoder_module
 from synaptoroute import forking as fork_api  # tests/forking.py is the helpers
+from synaptoroute import index as index_module
 from synaptoroute.testing import RecordingEncoder
 
 
@@ -311,6 +313,40 @@ def test_a_child_neither_uses_nor_frees_the_parents_int8_copy() -> None:
 
     assert in_child(child) == 0
     assert router.query("r3 text 5").name == "r3" and index._int8 is inherited
+
+
+def test_a_child_makes_its_int8_copy_in_the_background_not_in_its_first_query() -> None:
+    # A worker forked after wait_for_index() built the copy inside its first query,
+    # which waited for it (0.5 s at 100,000 rows).
+    router = AdaptiveRouter(HashingEncoder(dimension=64), index="exact")
+    router.add_routes(
+        [Route(name=f"r{i}", utterances=[f"r{i} text {j}" for j in range(600)]) for i in range(40)]
+    )
+    assert router.query("r3 text 5").name == "r3"
+    assert router.wait_for_index(LIMIT_S)
+    index = router._index
+    assert index._int8 is not None and index.stats.int8_builds == 1
+    release = threading.Event()
+
+    def child() -> None:
+        real = index_module._build_int8
+
+        def held(*args: Any) -> Any:  # the child's build waits until the query is answered
+            assert release.wait(LIMIT_S)
+            return real(*args)
+
+        index_module._build_int8 = held
+        try:
+            assert router.query("r3 text 5").name == "r3"  # scored exactly meanwhile
+            assert index._int8 is None and index.stats.int8_builds == 1
+            release.set()
+            assert router.wait_for_index(LIMIT_S)
+            assert index._int8 is not None and index.stats.int8_builds == 2
+            assert router.query("r3 text 5").name == "r3"
+        finally:
+            index_module._build_int8 = real
+
+    assert in_child(child) == 0
 
 
 needs_usearch = pytest.mark.skipif(
