@@ -792,10 +792,15 @@ def _similarities(matrix: NDArray[np.float32], queries: NDArray[np.float32]) -> 
 
 
 def _top_indices(row: NDArray[np.float32], k: int) -> NDArray[np.intp]:
+    """The ``k`` best positions, best first, ties by position: what a stable sort of the
+    whole row gives, in O(n). ``argpartition`` alone hands tied entries over in an order
+    that changes with the row's length, so two routes holding the same utterance took
+    turns winning as unrelated routes were added (the int8 path ranks ties by position)."""
     if k >= len(row):
         return np.argsort(-row, kind="stable")
-    part = np.argpartition(-row, k - 1)[:k]
-    return part[np.argsort(-row[part], kind="stable")]
+    kth = row[np.argpartition(-row, k - 1)[k - 1]]
+    tied = np.flatnonzero(row >= kth)  # the k best and every tie of the k-th, in order
+    return tied[np.argsort(-row[tied], kind="stable")][:k]
 
 
 def _group(route_starts: NDArray[np.intp], n_order: int, pos: int) -> tuple[int, int]:

@@ -8,9 +8,10 @@ import threading
 import numpy as np
 import pytest
 
+from synaptoroute import AdaptiveRouter, Route
 from synaptoroute._buffers import take_buffer, vector_buffer
-from synaptoroute.encoder import l2_normalize
-from synaptoroute.index import RouteIndex, Snapshot
+from synaptoroute.encoder import HashingEncoder, l2_normalize
+from synaptoroute.index import RouteIndex, Snapshot, _top_indices
 from synaptoroute.int8 import Int8Scan
 
 DIM = 16
@@ -875,3 +876,43 @@ def test_texts_of_lists_a_routes_rows_in_order() -> None:
     assert index.texts_of("billing") == ["refund", "receipt", "money back"]
     index.delete_route("billing")
     assert index.texts_of("billing") == []
+
+
+def test_the_top_routes_break_ties_by_position_whatever_the_length() -> None:
+    # argpartition handed tied entries over in an order that changed with the row's
+    # length: a stable sort of the whole row is the reference.
+    rng = np.random.default_rng(7)
+    for n in (3, 17, 545, 4100):
+        row = rng.integers(0, 4, size=n).astype(np.float32)  # many exact ties
+        for k in (1, 2, 3, n // 2, n - 1):
+            expected = np.argsort(-row, kind="stable")[:k]
+            assert _top_indices(row, k).tolist() == expected.tolist(), (n, k)
+
+
+def test_of_two_routes_tied_the_first_added_wins_as_routes_are_added() -> None:
+    # Two routes holding the same utterance score bit for bit the same: the winner
+    # flipped back and forth as unrelated routes were added, and settled only past
+    # the int8 copy's threshold (which ranks ties by position).
+    router = AdaptiveRouter(HashingEncoder(dimension=64), index="exact", threshold=0.1)
+
+    def fillers(batch: int, n: int) -> list[Route]:
+        return [
+            Route(name=f"x{batch}_{i}", utterances=[f"filler{batch}_{i}", f"a{i} b{batch}"])
+            for i in range(n)
+        ]
+
+    router.add_routes(
+        [
+            *fillers(-1, 3),
+            Route(name="refunds", utterances=["cancel my order"]),
+            *fillers(-2, 100),
+            Route(name="orders", utterances=["cancel my order"]),
+        ]
+    )
+    winners = set()
+    for batch in range(110):  # from 105 routes to past 4,096 rows
+        router.add_routes(fillers(batch, 20))
+        top = router.query_top_k("cancel my order", 2)
+        assert top[0].score == top[1].score
+        winners.add((router.query("cancel my order").name, top[0].name, top[1].name))
+    assert winners == {("refunds", "refunds", "orders")}
