@@ -1151,6 +1151,9 @@ class CallableEncoder:
     ) -> None:
         if dimension is not None:
             dimension = check_count(dimension, "dimension", 1)
+        if not isinstance(model_id, str) or not model_id.strip():
+            msg = f"model_id must be a non-empty str naming the model, got {model_id!r}"
+            raise InvalidInputError(msg)
         if isinstance(former_model_ids, str):
             msg = "former_model_ids must be a list of ids, not one str"
             raise InvalidInputError(msg)
@@ -1188,6 +1191,9 @@ class CallableEncoder:
             # this one, held by a thread that waited for that one. Two threads asking
             # at once may both probe; both find the same length.
             probed = int(self._call([_PROBE_TEXT]).shape[1])
+            if probed < 1:  # an API answering empty embeddings: nothing would ever match
+                msg = f"{self._model_id} returned vectors of length 0 for a probe text"
+                raise EncoderError(msg)
             with self._lock:
                 if self._dimension is None:
                     self._dimension = probed

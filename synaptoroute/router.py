@@ -268,6 +268,7 @@ class AdaptiveRouter:
         top_k = check_count(top_k, "top_k", 1)
         cache_size = check_count(cache_size, "cache_size", 0)
         self.encoder: EncoderProtocol = encoder if encoder is not None else default_encoder()
+        _check_encoder(self.encoder)
         # The id the store records for the encoder's model when it is one of the
         # encoder's former_model_ids (_load); None: the encoder's own.
         self._stored_id: str | None = None
@@ -374,7 +375,7 @@ class AdaptiveRouter:
         """The model id the router's vectors are stored under, and their dimension:
         the encoder's, or the id an earlier version gave the same model where the
         store records that one (the encoder's ``former_model_ids``)."""
-        return ModelInfo(self._stored_id or self.encoder.model_id, self.encoder.dimension)
+        return ModelInfo(self._stored_id or self.encoder.model_id, self._index.dimension)
 
     def _read_store(self) -> tuple[list[StoredRoute], ModelInfo | None]:
         # The routes and the model they were encoded with, as of one moment: another
@@ -467,18 +468,42 @@ class AdaptiveRouter:
         raise StorageError(msg)
 
     def _encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """The encoder's vectors for ``texts``, checked against the protocol: a fault of
+        the encoder is an :class:`EncoderError`, before anything uses them."""
+        dimension = self._index.dimension  # the router's, fixed: not what the encoder says now
         if not texts:
-            return np.zeros((0, self.encoder.dimension), dtype=np.float32)
-        vectors = np.asarray(self.encoder.encode(list(texts)), dtype=np.float32)
-        if vectors.shape != (len(texts), self.encoder.dimension):
+            return np.zeros((0, dimension), dtype=np.float32)
+        raw = self.encoder.encode(list(texts))
+        # A copy when the encoder hands over an array it may write again (a pooled
+        # output buffer): the index keeps these rows.
+        vectors = (
+            np.array(raw, dtype=np.float32)
+            if isinstance(raw, np.ndarray)
+            else np.asarray(raw, dtype=np.float32)
+        )
+        if vectors.shape != (len(texts), dimension):
             msg = (
                 f"encoder {self.encoder.model_id!r} returned shape {vectors.shape}, "
-                f"expected ({len(texts)}, {self.encoder.dimension})"
+                f"expected ({len(texts)}, {dimension}): one row of the router's "
+                "dimension per text"
             )
-            raise ModelMismatchError(msg)
+            raise EncoderError(msg)
         if not np.isfinite(vectors).all():
             # A NaN score compares false with every threshold and would pass as a match.
             msg = f"encoder {self.encoder.model_id!r} returned NaN or infinite values"
+            raise EncoderError(msg)
+        squares = np.einsum("ij,ij->i", vectors, vectors)
+        # Unit rows (a row of zeros, a text with nothing to hash, scores 0 everywhere):
+        # a score is a cosine, and every threshold reads it as one.
+        off = (np.abs(squares - 1.0) > _UNIT_TOLERANCE) & (squares > 0.0)
+        if off.any():
+            row = int(np.flatnonzero(off)[0])
+            msg = (
+                f"encoder {self.encoder.model_id!r} returned a row of L2 norm "
+                f"{math.sqrt(float(squares[row])):.4g} (text {row}); the router needs unit "
+                "rows: normalise them (e.g. normalize_embeddings=True), or wrap the "
+                "function in CallableEncoder, which does"
+            )
             raise EncoderError(msg)
         return vectors
 
@@ -613,7 +638,7 @@ class AdaptiveRouter:
                     missing.setdefault(u, r.name)
         self._refuse_unread((name, u) for u, name in missing.items())
         encoded = dict(zip(missing, self._encode(list(missing)), strict=True))
-        out = np.empty((sum(len(r.utterances) for r in routes), self.encoder.dimension), np.float32)
+        out = np.empty((sum(len(r.utterances) for r in routes), self._index.dimension), np.float32)
         i = 0
         for r in routes:
             known = held.get(r.name, {})
@@ -975,7 +1000,7 @@ class AdaptiveRouter:
     # -- queries -------------------------------------------------------------------
     def _embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Embed queries through the LRU cache; each distinct miss is encoded once."""
-        out = np.empty((len(texts), self.encoder.dimension), dtype=np.float32)
+        out = np.empty((len(texts), self._index.dimension), dtype=np.float32)
         missing: dict[str, list[int]] = {}
         # Keyed by what the encoder reads: a 1 MB query is cached as its first tokens.
         truncate = getattr(self.encoder, "truncate", None)
@@ -1552,7 +1577,33 @@ def _text_list(texts: Iterable[str], method: str) -> list[str]:
         raise TypeError(msg) from None
 
 
+def _check_encoder(encoder: object) -> None:
+    """Refuse an encoder without a usable ``model_id`` or ``dimension`` when the router
+    is made: a ``None`` id failed its first write as a store outage, an int id was
+    stored as text and then refused the same encoder at reopening.
+
+    Raises:
+        InvalidInputError: ``model_id`` is not a non-empty ``str``, or ``dimension`` not
+            a positive int.
+    """
+    kind = type(encoder).__name__
+    model_id = getattr(encoder, "model_id", None)
+    if not isinstance(model_id, str) or not model_id.strip():
+        msg = (
+            f"the encoder ({kind}) needs a model_id, a non-empty str naming its model "
+            f"(the store records it), got {model_id!r}"
+        )
+        raise InvalidInputError(msg)
+    dimension = getattr(encoder, "dimension", None)
+    if isinstance(dimension, bool) or not isinstance(dimension, int | np.integer) or dimension < 1:
+        msg = f"the encoder ({kind}) needs a dimension, a positive int, got {dimension!r}"
+        raise InvalidInputError(msg)
+
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# How far an encoder's row may be from unit length, in squared norm: float32
+# normalisation is off by about 1e-7; a model that does not normalise, by far more.
+_UNIT_TOLERANCE = 1e-3
 
 
 def _outside_the_package() -> int:

@@ -23,6 +23,7 @@ import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -209,9 +210,16 @@ def _format_of(path: Path) -> Format:
 
 def _describe(exc: ValidationError) -> str:
     parts = []
-    for err in exc.errors(include_url=False, include_input=False):
+    for err in exc.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        parts.append(f"{where}: {err['msg']}")
+        said = f"{where}: {err['msg']}"
+        value = err.get("input")
+        if err["type"] == "string_type" and isinstance(value, bool | int | float | date):
+            # YAML reads yes, no, on, 12 and 2024-01-01 as other things than text: say so
+            # (only such short scalars: the inputs are otherwise left out).
+            shown = value.isoformat() if isinstance(value, date) else repr(value)
+            said += f" (read as {type(value).__name__} {shown}: put the text in quotes)"
+        parts.append(said)
     return "; ".join(parts)
 
 
@@ -233,7 +241,11 @@ def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -
     except ValueError as exc:
         if fmt != "json":  # the loader turns a value's error into a YAMLError with its line
             raise
-        msg = f"{source}: not valid JSON: {exc}"
+        # An integer past Python's digit limit (4,300 by default): its message advises
+        # sys.set_int_max_str_digits(), of no use to a file's author.
+        digits = "int_max_str_digits" in str(exc)
+        reason = "a number too long to read" if digits else str(exc)
+        msg = f"{source}: not valid JSON: {reason}"
         raise InvalidInputError(msg) from exc
     except Exception as exc:
         yaml = _yaml()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from synaptoroute import (
     InvalidInputError,
     Route,
 )
-from synaptoroute.encoder import _CHARS_PER_TOKEN_BOUND, check_text
+from synaptoroute.encoder import _CHARS_PER_TOKEN_BOUND, CallableEncoder, HashingEncoder, check_text
 from synaptoroute.router import EmbeddingCache
 
 ROUTES = [
@@ -218,6 +219,102 @@ def test_nan_from_an_encoder_is_an_error_not_a_match() -> None:
     with pytest.raises(EncoderError, match="NaN"):
         router.add_route(Route(name="b", utterances=["nan bread"]))
     assert router.route_names == ["a"]
+
+
+class _Misbehaving:
+    """A bare EncoderProtocol object over HashingEncoder, its output changed by ``how``."""
+
+    model_id = "misbehaving"
+
+    def __init__(self, how: str = "") -> None:
+        self.how = how
+        self.dimension = 16
+        self._inner = HashingEncoder(dimension=16)
+        self._buffer = np.zeros((64, 16), dtype=np.float32)
+
+    def encode(self, texts: list[str]) -> Any:
+        rows = self._inner.encode(texts)
+        if self.how == "reused buffer":  # pooled output: the next call writes over it
+            self._buffer[: len(rows)] = rows
+            return self._buffer[: len(rows)]
+        if self.how == "scaled":  # a model that does not normalise
+            return rows * 10
+        if self.how == "short":  # an API that dropped an item
+            return rows[:-1]
+        if self.how == "lists":
+            return rows.tolist()
+        return rows
+
+
+def test_an_encoder_reusing_its_output_buffer_does_not_change_the_index() -> None:
+    router = AdaptiveRouter(_Misbehaving("reused buffer"))
+    router.add_route(Route(name="a", utterances=["alpha beta"]))
+    router.add_utterances("a", ["gamma delta"])  # its rows were the buffer the next call fills
+    router.add_route(Route(name="b", utterances=["epsilon zeta"]))
+    # This query's encode writes the buffer again before the index takes in its rows.
+    assert router.query("epsilon zeta").name == "b"
+    assert router.query("gamma delta").name == "a"
+    assert router.query_top_k("gamma delta", 1)[0].score == pytest.approx(1.0)
+
+
+def test_an_encoder_fault_is_an_encoder_error_and_changes_nothing() -> None:
+    good = AdaptiveRouter(_Misbehaving("lists"))  # lists of floats are fine
+    good.add_route(Route(name="a", utterances=["alpha beta"]))
+    assert good.query("alpha beta").name == "a"
+    for how, message in (
+        # Scores of 100 passed every threshold: a score is a cosine.
+        ("scaled", r"a row of L2 norm 10 \(text 0\); the router needs unit rows"),
+        # Was a ModelMismatchError: HTTP 409, "the store holds another model".
+        ("short", r"returned shape \(0, 16\), expected \(1, 16\)"),
+    ):
+        encoder = _Misbehaving()
+        router = AdaptiveRouter(encoder)
+        router.add_route(Route(name="a", utterances=["alpha beta"]))
+        encoder.how = how
+        with pytest.raises(EncoderError, match=message):
+            router.add_route(Route(name="b", utterances=["gamma delta"]))
+        with pytest.raises(EncoderError, match=message):
+            router.query("something new")
+        assert router.route_names == ["a"]
+    # A row of zeros (a text with nothing to hash) is no fault: it scores 0.
+    zero = AdaptiveRouter(HashingEncoder(dimension=16))
+    zero.add_route(Route(name="a", utterances=["alpha beta"]))
+    assert zero.query("!!!").score == 0.0
+    # The dimension is the router's, fixed: an encoder that changes its own is refused.
+    changing = _Misbehaving()
+    router = AdaptiveRouter(changing)
+    router.add_route(Route(name="a", utterances=["alpha beta"]))
+    changing._inner, changing.dimension = HashingEncoder(dimension=8), 8
+    with pytest.raises(EncoderError, match=r"expected \(1, 16\)"):
+        router.query("something else")
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "message"),
+    [
+        ("model_id", None, "needs a model_id, a non-empty str"),
+        ("model_id", 5, "needs a model_id, a non-empty str"),  # stored '5', then refused
+        ("model_id", " ", "needs a model_id, a non-empty str"),
+        ("dimension", "8", "needs a dimension, a positive int"),
+        ("dimension", 0, "needs a dimension, a positive int"),
+        ("dimension", True, "needs a dimension, a positive int"),
+    ],
+)
+def test_an_encoder_without_a_usable_id_or_dimension_is_refused_at_once(
+    attribute: str, value: object, message: str
+) -> None:
+    encoder = _Misbehaving()
+    setattr(encoder, attribute, value)
+    with pytest.raises(InvalidInputError, match=f"the encoder \\(_Misbehaving\\) {message}"):
+        AdaptiveRouter(encoder)
+
+
+def test_a_callable_encoder_needs_an_id_and_vectors_of_some_length() -> None:
+    with pytest.raises(InvalidInputError, match="model_id must be a non-empty str"):
+        CallableEncoder(lambda texts: [[1.0, 0.0]] * len(texts), model_id=None)  # type: ignore[arg-type]
+    empty = CallableEncoder(lambda texts: [[] for _ in texts], model_id="empty-api")
+    with pytest.raises(EncoderError, match="vectors of length 0"):
+        AdaptiveRouter(empty)
 
 
 def test_strings_are_not_lists_of_utterances(router: AdaptiveRouter) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from synaptoroute import InvalidInputError
-from synaptoroute.routes_file import load_routes_file, parse_routes
+from synaptoroute.routes_file import load_routes_file, parse_routes, render_routes
 
 pytest.importorskip("yaml")
 
@@ -98,3 +98,38 @@ def test_yaml_aliases_are_bounded_not_refused() -> None:
     with pytest.raises(InvalidInputError, match="aliases expand to more than 100,000") as info:
         parse_routes(bomb, "yaml")
     assert "(line " in str(info.value)
+
+
+def test_a_yaml_word_read_as_no_text_says_what_yaml_read() -> None:
+    # "Input should be a valid string" left a user looking at `- yes` in the file.
+    text = (
+        "routes:\n"
+        "  - name: confirm\n"
+        "    utterances: [yes, sure, 2024-01-01]\n"
+        "  - name: 12\n"
+        "    utterances: [x]\n"
+    )
+    with pytest.raises(InvalidInputError) as caught:
+        parse_routes(text)
+    message = str(caught.value)
+    assert (
+        "routes.0.utterances.0: Input should be a valid string (read as bool True: put the text in quotes)"
+        in message
+    )
+    assert (
+        "routes.0.utterances.2: Input should be a valid string (read as date 2024-01-01: "
+        in message
+    )
+    assert "routes.1.name: Input should be a valid string (read as int 12: " in message
+    assert "sure" not in message  # what was read as text is not repeated
+    # What export writes reads back as the same text.
+    doc = {"routes": [{"name": "12", "utterances": ["yes", "no", "on", "2024-01-01"]}]}
+    again = parse_routes(render_routes(doc, "yaml"))
+    assert again.routes[0].name == "12"
+    assert again.routes[0].utterances == ["yes", "no", "on", "2024-01-01"]
+
+
+def test_a_json_number_too_long_to_read_is_said_so() -> None:
+    with pytest.raises(InvalidInputError, match=r"not valid JSON: a number too long to read$"):
+        parse_routes('{"routes": [], "threshold": ' + "9" * 5000 + "}", "json")
+
