@@ -799,8 +799,10 @@ def _top_indices(row: NDArray[np.float32], k: int) -> NDArray[np.intp]:
     if k >= len(row):
         return np.argsort(-row, kind="stable")
     kth = row[np.argpartition(-row, k - 1)[k - 1]]
-    tied = np.flatnonzero(row >= kth)  # the k best and every tie of the k-th, in order
-    return tied[np.argsort(-row[tied], kind="stable")][:k]
+    above = np.flatnonzero(row > kth)  # fewer than k: sorted
+    # Those equal to the k-th are in position order already: no sort, however many.
+    tied = np.flatnonzero(row == kth)[: k - len(above)]
+    return np.concatenate((above[np.argsort(-row[above], kind="stable")], tied))
 
 
 def _group(route_starts: NDArray[np.intp], n_order: int, pos: int) -> tuple[int, int]:

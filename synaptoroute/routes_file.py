@@ -15,6 +15,10 @@ A bare list of routes is accepted too. Applying a file creates the routes it
 names, replaces those that differ from the store, leaves identical ones alone
 (nothing is re-encoded), keeps routes the file does not mention, and adds the
 negative examples the store lacks.
+
+Why one module over 400 lines: reading (YAML's loader with its bounds, JSON, the
+messages naming a field or a line), checking and writing one format belong together:
+what export writes, import must read back unchanged.
 """
 
 from __future__ import annotations

@@ -243,6 +243,9 @@ class _Misbehaving:
             return rows[:-1]
         if self.how == "lists":
             return rows.tolist()
+        if self.how == "bfloat16":  # normalised, then rounded to bfloat16's 8-bit mantissa
+            bits = rows.view(np.uint32) + np.uint32(0x8000)
+            return (bits & np.uint32(0xFFFF0000)).view(np.float32)
         return rows
 
 
@@ -258,9 +261,10 @@ def test_an_encoder_reusing_its_output_buffer_does_not_change_the_index() -> Non
 
 
 def test_an_encoder_fault_is_an_encoder_error_and_changes_nothing() -> None:
-    good = AdaptiveRouter(_Misbehaving("lists"))  # lists of floats are fine
-    good.add_route(Route(name="a", utterances=["alpha beta"]))
-    assert good.query("alpha beta").name == "a"
+    for fine in ("lists", "bfloat16"):  # lists of floats; unit rows at 16-bit precision
+        good = AdaptiveRouter(_Misbehaving(fine))
+        good.add_route(Route(name="a", utterances=["alpha beta", "one two three"]))
+        assert good.query("alpha beta").name == "a"
     for how, message in (
         # Scores of 100 passed every threshold: a score is a cosine.
         ("scaled", r"a row of L2 norm 10 \(text 0\); the router needs unit rows"),

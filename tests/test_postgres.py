@@ -1433,7 +1433,7 @@ def test_text_a_database_encoding_cannot_hold_is_bad_input(
         router.close()
 
 
-def test_a_replaced_route_is_listed_last_by_the_writer_a_replica_and_a_reopen(
+def test_a_replaced_route_keeps_its_place_in_the_writer_a_replica_and_a_reopen(
     pg_dsn: str, schema: str
 ) -> None:
     enc = HashingEncoder()
@@ -1445,7 +1445,9 @@ def test_a_replaced_route_is_listed_last_by_the_writer_a_replica_and_a_reopen(
         first = ROUTES[0]
         a.add_route(first.model_copy(update={"utterances": ["refund it now"]}), replace=True)
         assert b.storage.wait_for_seq(a.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
-        order = [*(r.name for r in ROUTES[1:]), first.name]
+        a.add_utterances(ROUTES[1].name, ["my app froze"])
+        assert b.storage.wait_for_seq(a.storage.last_write_seq, WAIT)  # type: ignore[attr-defined]
+        order = [r.name for r in ROUTES]
         reopened = AdaptiveRouter(enc, open_store(pg_dsn, schema))
         try:
             for router in (a, b, reopened):

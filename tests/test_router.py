@@ -716,13 +716,14 @@ def test_a_replica_reload_is_seen_whole_or_not_at_all(encoder: Encoder) -> None:
         index,
     )
     seen: list[list[str] | None] = []
-    delete_route = index.delete_route
+    delete_texts = index.delete_texts
 
-    def delete_and_look(name: str) -> None:
-        delete_route(name)
+    def delete_and_look(name: str, texts: Sequence[str]) -> int:
+        removed = delete_texts(name, texts)
         seen.append(_snapshot_seen_from_another_thread(index))
+        return removed
 
-    index.delete_route = delete_and_look  # type: ignore[method-assign]
+    index.delete_texts = delete_and_look  # type: ignore[method-assign]
     # Both routes changed (a route the replica holds as it is keeps its rows: not deleted).
     reload = Change(
         seq=2,

@@ -132,4 +132,3 @@ def test_a_yaml_word_read_as_no_text_says_what_yaml_read() -> None:
 def test_a_json_number_too_long_to_read_is_said_so() -> None:
     with pytest.raises(InvalidInputError, match=r"not valid JSON: a number too long to read$"):
         parse_routes('{"routes": [], "threshold": ' + "9" * 5000 + "}", "json")
-

@@ -157,8 +157,8 @@ def test_put_routes_replaces_a_route_of_the_same_name(storage: Storage) -> None:
     got = content(storage)
     assert got["billing"][0] == new
     assert got["billing"][1] == unit(1, seed=9).tolist()
-    # Last, as a new route: every back end lists a replaced route in the same place.
-    assert list(got) == ["support", "weather", "billing"]
+    # In its place: every back end keeps a replaced route where it was.
+    assert list(got) == ["billing", "support", "weather"]
 
 
 def test_utterances_are_added_and_deleted_with_their_vectors(storage: Storage) -> None:

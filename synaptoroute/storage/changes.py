@@ -69,10 +69,10 @@ def install_route(
         return
     with index.changing():
         if route.name in routes:
-            index.delete_route(route.name)
-            # Last, as every store lists a replaced route (a new row) and as the index
-            # ranks it: a writer, its followers and a reopened router list one order.
-            del routes[route.name]
+            # Its rows go, the route stays: a replaced route keeps its place among the
+            # routes (ties go to the earlier one), as the stores keep its row, so a
+            # writer, its followers and a reopened router rank and list alike.
+            index.delete_texts(route.name, index.texts_of(route.name))
         routes[route.name] = route
         index.add(route.name, vectors, route.utterances)
 

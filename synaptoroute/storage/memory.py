@@ -57,8 +57,7 @@ class MemoryStorage:
             if routes:
                 _refuse_mixing(self._model, model, self._holds_no_vector)
                 self._model = model
-            for item in routes:
-                self._routes.pop(item.route.name, None)
+            for item in routes:  # a route replaced keeps its place, as in the SQL stores
                 self._routes[item.route.name] = StoredRoute(item.route, item.vectors.copy())
 
     def _holds_no_vector(self) -> bool:

@@ -889,15 +889,19 @@ class PostgresStorage:
     ) -> None:
         s = self._s
         pg = _psycopg()
-        cur.execute(f"DELETE FROM {s}.routes WHERE name=%s", (route.name,))
+        # A route replaced keeps its row, so its place among the routes (the ids' order),
+        # as in the router that replaced it: every replica lists one order.
         cur.execute(
             f"INSERT INTO {s}.routes(name, description, threshold, metadata) "
-            "VALUES (%s, %s, %s, %s) RETURNING id",
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+            "description=EXCLUDED.description, threshold=EXCLUDED.threshold, "
+            "metadata=EXCLUDED.metadata RETURNING id",
             (route.name, route.description, route.threshold, pg.types.json.Jsonb(route.metadata)),
         )
         row = cur.fetchone()
         assert row is not None
         rid = int(row[0])
+        cur.execute(f"DELETE FROM {s}.utterances WHERE route_id=%s", (rid,))
         matrix = np.ascontiguousarray(vectors, dtype=np.float32)
         with cur.copy(
             f"COPY {s}.utterances (route_id, text, vector) FROM STDIN (FORMAT BINARY)"

@@ -669,13 +669,24 @@ class SQLiteStorage:
     def _insert_route(
         self, tx: sqlite3.Connection, route: Route, vectors: NDArray[np.float32], metadata: str
     ) -> None:
-        tx.execute("DELETE FROM routes WHERE name=?", (route.name,))
-        cur = tx.execute(
-            "INSERT INTO routes(name, description, threshold, metadata) VALUES (?, ?, ?, ?)",
-            (route.name, route.description, route.threshold, metadata),
-        )
-        assert cur.lastrowid is not None
-        self._insert_utterances(tx, cur.lastrowid, route.utterances, vectors)
+        # A route replaced keeps its row, so its place among the routes (the ids' order),
+        # as in the router that replaced it: every process lists one order.
+        row = tx.execute("SELECT id FROM routes WHERE name=?", (route.name,)).fetchone()
+        if row is not None:
+            rid = int(row[0])
+            tx.execute(
+                "UPDATE routes SET description=?, threshold=?, metadata=? WHERE id=?",
+                (route.description, route.threshold, metadata, rid),
+            )
+            tx.execute("DELETE FROM utterances WHERE route_id=?", (rid,))
+        else:
+            cur = tx.execute(
+                "INSERT INTO routes(name, description, threshold, metadata) VALUES (?, ?, ?, ?)",
+                (route.name, route.description, route.threshold, metadata),
+            )
+            assert cur.lastrowid is not None
+            rid = cur.lastrowid
+        self._insert_utterances(tx, rid, route.utterances, vectors)
 
     def put_route(self, route: Route, vectors: NDArray[np.float32], model: ModelInfo) -> None:
         """Create or replace one route and its utterances (see :meth:`put_routes`)."""
