@@ -62,7 +62,16 @@ from .decision import (
     without_head,
     without_negatives,
 )
-from .encoder import EncoderProtocol, check_text, default_encoder, former_model_ids_of
+from .encoder import (
+    CallableEncoder,
+    Encoder,
+    EncoderProtocol,
+    EncoderWrapper,
+    HashingEncoder,
+    check_text,
+    default_encoder,
+    former_model_ids_of,
+)
 from .exceptions import (
     EncoderError,
     InvalidInputError,
@@ -269,6 +278,7 @@ class AdaptiveRouter:
         cache_size = check_count(cache_size, "cache_size", 0)
         self.encoder: EncoderProtocol = encoder if encoder is not None else default_encoder()
         _check_encoder(self.encoder)
+        self._fresh_output = _returns_new_arrays(self.encoder)
         # The id the store records for the encoder's model when it is one of the
         # encoder's former_model_ids (_load); None: the encoder's own.
         self._stored_id: str | None = None
@@ -474,11 +484,12 @@ class AdaptiveRouter:
         if not texts:
             return np.zeros((0, dimension), dtype=np.float32)
         raw = self.encoder.encode(list(texts))
-        # A copy when the encoder hands over an array it may write again (a pooled
-        # output buffer): the index keeps these rows.
+        # A copy when an encoder of another kind hands over an array it may write
+        # again (a pooled output buffer): the index keeps these rows. The library's own
+        # return new arrays (no second copy of a bulk encode at 1M rows).
         vectors = (
             np.array(raw, dtype=np.float32)
-            if isinstance(raw, np.ndarray)
+            if isinstance(raw, np.ndarray) and not self._fresh_output
             else np.asarray(raw, dtype=np.float32)
         )
         if vectors.shape != (len(texts), dimension):
@@ -1591,6 +1602,13 @@ def _check_encoder(encoder: object) -> None:
     if isinstance(dimension, bool) or not isinstance(dimension, int | np.integer) or dimension < 1:
         msg = f"the encoder ({kind}) needs a dimension, a positive int, got {dimension!r}"
         raise InvalidInputError(msg)
+
+
+def _returns_new_arrays(encoder: object) -> bool:
+    """Whether ``encoder`` is one of the library's, which return a new array per call."""
+    while type(encoder) is EncoderWrapper:
+        encoder = encoder.inner
+    return type(encoder) in (Encoder, CallableEncoder, HashingEncoder)
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
