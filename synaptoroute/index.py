@@ -1361,6 +1361,10 @@ class RouteIndex:
                 else:
                     keep.append(row)
             self._rows[rid] = keep
+            if not keep and self.aggregation == "centroid":
+                # Emptied (a replace empties a route, then adds): no rounding of its
+                # earlier rows left in the sum, which a new router's would not hold.
+                self._sums[rid] = np.zeros_like(self._sums[rid])
             self._dead += len(gone)
             table = self._segments
             # Rows the table does not hold yet come in dead; "centroid" always rebuilds.

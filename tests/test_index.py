@@ -916,3 +916,24 @@ def test_of_two_routes_tied_the_first_added_wins_as_routes_are_added() -> None:
         assert top[0].score == top[1].score
         winners.add((router.query("cancel my order").name, top[0].name, top[1].name))
     assert winners == {("refunds", "refunds", "orders")}
+
+
+def test_a_replaced_centroid_route_scores_as_a_new_router_scores_it() -> None:
+    # A replace empties the route's rows, then adds the new ones: the centroid sum kept
+    # the rounding of every earlier version, so a tie that belongs to the earlier route
+    # went to the later one, unlike in a router opened afresh.
+    words = [f"w{i} v{i % 7}" for i in range(60)]
+    final = words[:20]
+    router = AdaptiveRouter(HashingEncoder(dimension=32), aggregation="centroid", threshold=-1)
+    router.add_routes([Route(name="a", utterances=words[30:50]), Route(name="b", utterances=final)])
+    for start in range(5):
+        router.add_route(Route(name="a", utterances=words[start : start + 40]), replace=True)
+    router.add_route(Route(name="a", utterances=final), replace=True)
+    fresh = AdaptiveRouter(HashingEncoder(dimension=32), aggregation="centroid", threshold=-1)
+    fresh.add_routes(router.list_routes())
+    for query in ("w3 v3", "w11 v4", "nothing alike"):
+        ranked = router.query_top_k(query, 2)
+        assert [(m.name, m.score) for m in ranked] == [
+            (m.name, m.score) for m in fresh.query_top_k(query, 2)
+        ]
+        assert [m.name for m in ranked] == ["a", "b"] and ranked[0].score == ranked[1].score
