@@ -72,6 +72,41 @@ def same(a: AdaptiveRouter, b: AdaptiveRouter) -> bool:
     return held(a) == held(b) and a.policy == b.policy
 
 
+def test_a_route_deleted_and_created_again_between_two_polls_is_last_everywhere(
+    path: Path,
+) -> None:
+    # A poll sees only the route as it is now: the follower put a route deleted and
+    # created again back in its old place, where the writer, the store and a reopened
+    # router hold it last (a new row), and ties went another way there.
+    enc = HashingEncoder(dimension=64)
+    writer = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
+    follower = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
+    try:
+        writer.add_routes(
+            [
+                Route(name="one", utterances=["alpha beta"]),
+                Route(name="two", utterances=["see you"]),
+                Route(name="three", utterances=["gamma"]),
+            ]
+        )
+        assert poll(follower)
+        writer.delete_route("one")
+        writer.add_route(Route(name="one", utterances=["see you"]))
+        writer.add_route(Route(name="four", utterances=["delta"]))
+        assert poll(follower)
+        poll(writer)  # its own writes read back: no news, nothing moves
+        reopened = AdaptiveRouter(enc, SQLiteStorage(path))
+        try:
+            for router in (writer, follower, reopened):
+                assert router.route_names == ["two", "three", "one", "four"]
+                assert [m.name for m in router.query_top_k("see you", 2)] == ["two", "one"]
+        finally:
+            reopened.close()
+    finally:
+        writer.close()
+        follower.close()
+
+
 def test_a_follower_gets_the_routes_before_the_policy_they_came_with(path: Path) -> None:
     # A writer stores a route, then the policy it leads to; one poll that finds both
     # handed the policy over first, so a query between the two changes could meet a

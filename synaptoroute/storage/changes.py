@@ -48,6 +48,9 @@ class Change:
     model: ModelInfo | None = None  # the model of ``vectors`` / ``routes``
     routes: tuple[StoredRoute, ...] = ()  # ``reload``: all routes; ``resync``: those that exist
     names: tuple[str, ...] = ()  # ``resync``: every route to reset (absent from routes: deleted)
+    # ``resync``/``reload``: routes deleted and created again since the follower's last
+    # look (a new row, last in the store): installed anew, last, not in their old place.
+    moved: tuple[str, ...] = ()
     state: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     origin: str = ""
 
@@ -123,8 +126,8 @@ def apply_change(
         reset = list(out) if change.kind == "reload" else list(change.names)
         kept = {item.route.name for item in change.routes}  # install_route replaces them
         with index.changing():  # queries see the routes before or after, never between
-            for old in reset:
-                if old not in kept and out.pop(old, None) is not None:
+            for old in (*reset, *change.moved):
+                if (old not in kept or old in change.moved) and out.pop(old, None) is not None:
                     index.delete_route(old)
             for item in change.routes:
                 install_route(out, index, item.route, item.vectors)

@@ -285,6 +285,9 @@ class SQLiteStorage:
         )
         self._watch: PollingWatch | None = None
         self._seen: _Seen | None = None  # set by load(): the base a poll compares with
+        # Each route's row id in that base, and after this connection's own writes: a
+        # route a poll finds under another id was deleted and created again (last).
+        self._row_ids: dict[str, int] = {}
         self._polls = 0  # the seq of the changes a poll delivers
         self._opened: tuple[int, int] | None = None  # the file opened (device, inode)
         self.path = str(path)
@@ -535,10 +538,13 @@ class SQLiteStorage:
         ).fetchone()
         return row is None or int(row[0]) < seen.seq
 
-    def _all_routes(self, db: sqlite3.Connection, info: ModelInfo | None) -> list[StoredRoute]:
-        """Every route with its vectors, read in ``db``'s transaction."""
+    def _all_routes(
+        self, db: sqlite3.Connection, info: ModelInfo | None
+    ) -> tuple[list[StoredRoute], dict[str, int]]:
+        """Every route with its vectors, and each one's row id, read in ``db``'s transaction."""
         rows = db.execute(_ROUTES_SQL).fetchall()
-        return self._stored_routes(rows, *self._read_utterances(info))
+        ids = {row[1]: int(row[0]) for row in rows}
+        return self._stored_routes(rows, *self._read_utterances(info)), ids
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -597,9 +603,10 @@ class SQLiteStorage:
             version = self._data_version(db)
             db.execute("BEGIN")
             try:
-                out = self._all_routes(db, self._model_info(db))
+                out, ids = self._all_routes(db, self._model_info(db))
                 if self._watch is None:  # once followed, only a poll moves the base
                     self._seen = _Seen(version, *self._position(db))
+                    self._row_ids = ids
             finally:
                 db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
         return out
@@ -668,7 +675,7 @@ class SQLiteStorage:
 
     def _insert_route(
         self, tx: sqlite3.Connection, route: Route, vectors: NDArray[np.float32], metadata: str
-    ) -> None:
+    ) -> int:
         # A route replaced keeps its row, so its place among the routes (the ids' order),
         # as in the router that replaced it: every process lists one order.
         row = tx.execute("SELECT id FROM routes WHERE name=?", (route.name,)).fetchone()
@@ -687,6 +694,7 @@ class SQLiteStorage:
             assert cur.lastrowid is not None
             rid = cur.lastrowid
         self._insert_utterances(tx, rid, route.utterances, vectors)
+        return rid
 
     def put_route(self, route: Route, vectors: NDArray[np.float32], model: ModelInfo) -> None:
         """Create or replace one route and its utterances (see :meth:`put_routes`)."""
@@ -701,12 +709,16 @@ class SQLiteStorage:
         if not routes:
             return
 
+        made: dict[str, int] = {}
+
         def body(tx: sqlite3.Connection) -> None:
             self._set_model(tx, model)
             for item, meta in zip(routes, metadata, strict=True):
-                self._insert_route(tx, item.route, item.vectors, meta)
+                made[item.route.name] = self._insert_route(tx, item.route, item.vectors, meta)
 
         self._write(body)
+        with self._lock:  # committed: this connection's own routes are no news to a poll
+            self._row_ids.update(made)
 
     def add_utterances(
         self, name: str, texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo
@@ -725,6 +737,8 @@ class SQLiteStorage:
         self._write(
             lambda tx: tx.execute("DELETE FROM routes WHERE id=?", (self._route_id(tx, name),))
         )
+        with self._lock:
+            self._row_ids.pop(name, None)
 
     def delete_utterances(self, name: str, texts: Sequence[str]) -> None:
         """Remove some utterances of a route."""
@@ -757,14 +771,19 @@ class SQLiteStorage:
             _check_vectors(item.route.utterances, item.vectors, model)
             metadata.append(check_route(item.route))
 
+        made: dict[str, int] = {}
+
         def body(tx: sqlite3.Connection) -> None:
+            made.clear()  # a retried body starts again
             tx.execute("DELETE FROM routes")
             tx.execute("DELETE FROM meta WHERE key IN ('model_id', 'dimension')")
             self._set_model(tx, model)
             for item, meta in zip(routes, metadata, strict=True):
-                self._insert_route(tx, item.route, item.vectors, meta)
+                made[item.route.name] = self._insert_route(tx, item.route, item.vectors, meta)
 
         self._write(body)
+        with self._lock:
+            self._row_ids = made
 
     def get_state(self, key: str) -> dict[str, Any] | None:
         """A JSON document stored under ``key``."""
@@ -928,6 +947,12 @@ class SQLiteStorage:
             db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
         self._seen = _Seen(version, *position)
         present = {row[1] for row in changed}
+        ids = {row[1]: int(row[0]) for row in changed}
+        moved = self._moved(ids)
+        self._row_ids.update(ids)
+        for name in names:
+            if name not in present:
+                self._row_ids.pop(name, None)
         # Touched and not there: deleted (a router that never held it ignores it).
         gone = [name for name in names if name not in present]
         if not changed and not gone and not keys:
@@ -945,7 +970,15 @@ class SQLiteStorage:
         # the router does not hold yet (it rejected what that route would have taken).
         if held:
             held_names = tuple(item.route.name for item in held)
-            changes.append(self._change("resync", routes=tuple(held), names=held_names, model=info))
+            changes.append(
+                self._change(
+                    "resync",
+                    routes=tuple(held),
+                    names=held_names,
+                    model=info,
+                    moved=tuple(n for n in held_names if n in moved),
+                )
+            )
         if rest or gone or keys:
             changes.append(
                 self._change(
@@ -953,6 +986,7 @@ class SQLiteStorage:
                     routes=tuple(rest),
                     names=(*(item.route.name for item in rest), *gone),
                     state={k: json.loads(state[k]) if k in state else None for k in keys},
+                    moved=tuple(item.route.name for item in rest if item.route.name in moved),
                 )
             )
         return changes
@@ -966,10 +1000,17 @@ class SQLiteStorage:
     ) -> Change:
         """The whole store (read in ``db``'s snapshot) as a ``reload``; it becomes the
         base of the next poll."""
-        stored = self._all_routes(db, info)
+        stored, ids = self._all_routes(db, info)
         state = {key: json.loads(text) for key, text in db.execute("SELECT key, value FROM state")}
         self._seen = _Seen(version, *position)
-        return self._change("reload", routes=tuple(stored), model=info, state=state)
+        moved = self._moved(ids)
+        self._row_ids = ids
+        return self._change("reload", routes=tuple(stored), model=info, state=state, moved=moved)
+
+    def _moved(self, ids: dict[str, int]) -> tuple[str, ...]:
+        """The routes of ``ids`` (name: row id, as read now) held under another row id
+        in the base: deleted and created again since, so now last."""
+        return tuple(name for name, rid in ids.items() if self._row_ids.get(name, rid) != rid)
 
     def _change(self, kind: ChangeKind, **fields: Any) -> Change:
         self._polls += 1
