@@ -1393,13 +1393,24 @@ class AdaptiveRouter:
         if change.model is not None and change.model != self.model:
             _log.error(
                 "change %d holds vectors of %r (dimension %d) but this router encodes with %r; "
-                "it was not applied: restart this replica with the store's model",
+                "they were not applied: restart this replica with the store's model",
                 change.seq,
                 change.model.model_id,
                 change.model.dimension,
                 self.model.model_id,
             )
-            return
+            if change.kind != "resync":
+                return
+            # What holds no vector still applies: routes gone, routes without
+            # utterances, the state (a resync of a SQLite poll carries all of them).
+            refused = {item.route.name for item in change.routes if len(item.vectors)}
+            change = _replace(
+                change,
+                routes=tuple(item for item in change.routes if item.route.name not in refused),
+                names=tuple(name for name in change.names if name not in refused),
+                moved=tuple(name for name in change.moved if name not in refused),
+                model=None,
+            )
         policy = self._policy
         state = change.state.get(_POLICY_KEY)
         if state is None and (change.kind == "reload" or _POLICY_KEY in change.state):

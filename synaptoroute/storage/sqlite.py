@@ -495,9 +495,14 @@ class SQLiteStorage:
             )
             raise StorageError(msg)
 
-    def _write(self, body: Callable[[sqlite3.Connection], object]) -> None:
+    def _write(
+        self,
+        body: Callable[[sqlite3.Connection], object],
+        then: Callable[[], None] | None = None,
+    ) -> None:
         """Run ``body`` in one write transaction (the ``touched`` triggers record the
-        routes and state keys it changes)."""
+        routes and state keys it changes), and ``then`` once it is committed, under the
+        same lock (no poll in between)."""
         with self._lock:
             self._refuse_if_closed("write: nothing was written")
             self._refuse_if_moved("nothing was written: restart the process on the file there now")
@@ -520,6 +525,8 @@ class SQLiteStorage:
                 raise StorageError(msg) from exc
             if seen is not None and noted is not None:
                 seen.seq, seen.mark = noted
+            if then is not None:
+                then()
 
     @staticmethod
     def _position(db: sqlite3.Connection) -> tuple[int, tuple[str, str] | None]:
@@ -716,9 +723,15 @@ class SQLiteStorage:
             for item, meta in zip(routes, metadata, strict=True):
                 made[item.route.name] = self._insert_route(tx, item.route, item.vectors, meta)
 
-        self._write(body)
-        with self._lock:  # committed: this connection's own routes are no news to a poll
-            self._row_ids.update(made)
+        def note() -> None:
+            # Routes this connection made are no news to a poll. A route it already
+            # knew keeps the id it knew: one another connection deleted and created
+            # again (a new row, found here and replaced in place) is news, and the next
+            # poll moves it last, where the store has it.
+            for name, rid in made.items():
+                self._row_ids.setdefault(name, rid)
+
+        self._write(body, note)
 
     def add_utterances(
         self, name: str, texts: Sequence[str], vectors: NDArray[np.float32], model: ModelInfo
@@ -734,11 +747,14 @@ class SQLiteStorage:
 
     def delete_route(self, name: str) -> None:
         """Remove a route and its utterances."""
-        self._write(
-            lambda tx: tx.execute("DELETE FROM routes WHERE id=?", (self._route_id(tx, name),))
-        )
-        with self._lock:
+
+        def forget() -> None:
             self._row_ids.pop(name, None)
+
+        self._write(
+            lambda tx: tx.execute("DELETE FROM routes WHERE id=?", (self._route_id(tx, name),)),
+            forget,
+        )
 
     def delete_utterances(self, name: str, texts: Sequence[str]) -> None:
         """Remove some utterances of a route."""
@@ -781,9 +797,10 @@ class SQLiteStorage:
             for item, meta in zip(routes, metadata, strict=True):
                 made[item.route.name] = self._insert_route(tx, item.route, item.vectors, meta)
 
-        self._write(body)
-        with self._lock:
+        def note() -> None:
             self._row_ids = made
+
+        self._write(body, note)
 
     def get_state(self, key: str) -> dict[str, Any] | None:
         """A JSON document stored under ``key``."""
@@ -957,39 +974,23 @@ class SQLiteStorage:
         gone = [name for name in names if name not in present]
         if not changed and not gone and not keys:
             return []
-        # Routes with vectors apart from the rest: a router refuses a change whose
-        # vectors are another model's (another process re-encoded the store), and the
-        # state, the routes gone and the routes without utterances must not go with it.
-        # The model matters only for vectors: a store whose routes hold none keeps the
-        # record of whoever wrote vectors last, which is no one's (as in _load).
-        held = [item for item in stored if len(item.vectors)]
-        rest = [item for item in stored if not len(item.vectors)]
-        changes = []
-        # The routes first, as a writer stores them before the policy they lead to: a
-        # query between the two changes never meets a fitted head that knows a route
-        # the router does not hold yet (it rejected what that route would have taken).
-        if held:
-            held_names = tuple(item.route.name for item in held)
-            changes.append(
-                self._change(
-                    "resync",
-                    routes=tuple(held),
-                    names=held_names,
-                    model=info,
-                    moved=tuple(n for n in held_names if n in moved),
-                )
+        # One change, its routes in the store's order (positions of new routes follow
+        # it), routes and the policy they lead to applied together. The model matters
+        # only for vectors: a router refuses those of another model (another process
+        # re-encoded the store) and applies the rest (routes gone, routes without
+        # utterances, the state). A store whose routes hold none keeps the record of
+        # whoever wrote vectors last, which is no one's (as in _load).
+        has_vectors = any(len(item.vectors) for item in stored)
+        return [
+            self._change(
+                "resync",
+                routes=tuple(stored),
+                names=(*(item.route.name for item in stored), *gone),
+                state={k: json.loads(state[k]) if k in state else None for k in keys},
+                model=info if has_vectors else None,
+                moved=moved,
             )
-        if rest or gone or keys:
-            changes.append(
-                self._change(
-                    "resync",
-                    routes=tuple(rest),
-                    names=(*(item.route.name for item in rest), *gone),
-                    state={k: json.loads(state[k]) if k in state else None for k in keys},
-                    moved=tuple(item.route.name for item in rest if item.route.name in moved),
-                )
-            )
-        return changes
+        ]
 
     def _whole(
         self,
