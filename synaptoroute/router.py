@@ -1071,10 +1071,7 @@ class AdaptiveRouter:
     ) -> None:
         """Score ``requests[live]`` (their ``vectors``) on one snapshot and write each
         decision into ``answers``."""
-        snapshot = self._index.snapshot()
-        # After the snapshot: a query whose compile waited for a change reads the
-        # policy that change installed with its routes.
-        policy = self._policy
+        snapshot, policy = self._snapshot_and_policy()
         thresholds = self._route_thresholds()
         # One more ranked route when the negative examples' route may take a place.
         extra = int(NEGATIVES_ROUTE in self._routes)
@@ -1111,6 +1108,21 @@ class AdaptiveRouter:
                 else:
                     scores = without_negatives(scores, snapshot)
                     answers[live[j]] = _each_route(scores, snapshot, policy, thresholds)[:top_k]
+
+    def _snapshot_and_policy(self) -> tuple[Snapshot, DecisionPolicy]:
+        """The compiled routes and the policy installed with them, without a lock.
+
+        A change installs its routes (which drops the cached snapshot) and then its
+        policy, in one ``changing()`` block. A cached snapshot is returned at once,
+        so a change applied between the two reads paired the old routes with the new
+        policy (a fitted head knowing a route the snapshot lacks). Read the policy on
+        both sides of the snapshot: equal, they belong together.
+        """
+        while True:
+            policy = self._policy
+            snapshot = self._index.snapshot()
+            if self._policy is policy:
+                return snapshot, policy
 
     def _route_thresholds(self) -> Mapping[str, float | None]:
         return _OwnThresholds(self._routes)

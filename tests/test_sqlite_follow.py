@@ -15,6 +15,7 @@ import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -102,6 +103,41 @@ def test_a_route_deleted_and_created_again_between_two_polls_is_last_everywhere(
                 assert [m.name for m in router.query_top_k("see you", 2)] == ["two", "one"]
         finally:
             reopened.close()
+    finally:
+        writer.close()
+        follower.close()
+
+
+def test_a_query_never_pairs_the_routes_before_a_poll_with_the_policy_after_it(
+    path: Path,
+) -> None:
+    # A query took the cached snapshot without a lock, then read the policy: a poll
+    # applied in between paired the old routes with the new policy.
+    enc = HashingEncoder(dimension=64)
+    writer = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
+    follower = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
+    try:
+        writer.add_route(Route(name="a", utterances=["alpha one"]))
+        assert poll(follower)
+        assert follower.query("alpha one").name == "a"  # the snapshot is cached now
+        writer.add_route(Route(name="r", utterances=["tie words"]))
+        writer.set_policy(dataclasses.replace(writer.policy, thresholds={"r": 0.99}))
+        index = follower._index
+        real = index.snapshot
+        polled: list[bool] = []
+
+        def snapshot_then_poll() -> Any:
+            taken = real()
+            if not polled:  # the poll lands right after the cached snapshot is taken
+                thread = threading.Thread(target=lambda: polled.append(poll(follower)))
+                thread.start()
+                thread.join(LIMIT_S)
+            return taken
+
+        index.snapshot = snapshot_then_poll  # type: ignore[method-assign]
+        match = follower.query("tie words")
+        assert polled == [True]
+        assert (match.name, match.threshold) == ("r", 0.99)
     finally:
         writer.close()
         follower.close()
