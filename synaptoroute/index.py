@@ -1369,9 +1369,15 @@ class RouteIndex:
             table = self._segments
             # Rows the table does not hold yet come in dead; "centroid" always rebuilds.
             if gone and table is not None and self.aggregation != "centroid":
-                inside = np.array([r for r in gone if r < table.n_rows], dtype=np.intp)
-                if len(inside):
-                    self._segments = table.without_rows(inside)
+                self._deletes_since_compile += 1
+                if self._deletes_since_compile > _PATCHED_DELETES:
+                    # Many in one go (a bulk replace empties each route): one full
+                    # compile, not a patch of the whole table each (quadratic).
+                    self._segments = None
+                else:
+                    inside = np.array([r for r in gone if r < table.n_rows], dtype=np.intp)
+                    if len(inside):
+                        self._segments = table.without_rows(inside)
             self._snapshot = None
             return len(gone)
 

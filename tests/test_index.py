@@ -937,3 +937,24 @@ def test_a_replaced_centroid_route_scores_as_a_new_router_scores_it() -> None:
             (m.name, m.score) for m in fresh.query_top_k(query, 2)
         ]
         assert [m.name for m in ranked] == ["a", "b"] and ranked[0].score == ranked[1].score
+
+
+@pytest.mark.parametrize("aggregation", ["max", "mean_topk", "centroid"])
+def test_a_bulk_replace_answers_as_a_router_opened_afresh(aggregation: str) -> None:
+    # Past 16 deletes between two compiles the table is rebuilt once, not patched per
+    # route: the answers are the same either way.
+    router = AdaptiveRouter(HashingEncoder(dimension=32), aggregation=aggregation, threshold=-1)
+    router.add_routes(
+        [Route(name=f"r{i}", utterances=[f"r{i} old {j}" for j in range(4)]) for i in range(60)]
+    )
+    router.query("r1 old 1")  # compiled: the replaces below change a compiled table
+    router.add_routes(
+        [Route(name=f"r{i}", utterances=[f"r{i} new {j}" for j in range(3)]) for i in range(40)],
+        replace=True,
+    )
+    fresh = AdaptiveRouter(HashingEncoder(dimension=32), aggregation=aggregation, threshold=-1)
+    fresh.add_routes(router.list_routes())
+    for query in ("r3 new 1", "r3 old 1", "r50 old 2", "r45 new 0"):
+        assert [(m.name, m.score) for m in router.query_top_k(query, 3)] == [
+            (m.name, m.score) for m in fresh.query_top_k(query, 3)
+        ]
