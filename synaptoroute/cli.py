@@ -283,30 +283,21 @@ class _Labelled:
     lines: list[int]
 
     def refuse_unknown_labels(self, router: AdaptiveRouter) -> None:
-        """Name, by line, labels that no route of ``router`` with utterances has (the
-        API names them by index, which is not the file's line).
+        """The API's label check, naming rows by their line in the file (the API's
+        index is not the line), before anything is encoded.
 
         Raises:
-            DatasetError: such labels, before anything is encoded.
+            InvalidInputError: a label names no route, or one without utterances.
         """
-        from .datasets import DatasetError
+        from .datasets import label_indexes
 
-        scored = {r.name for r in router.list_routes() if r.utterances}
-        first: dict[str, int] = {}
-        for label, line in zip(self.labels, self.lines, strict=True):
-            if label is not None and label not in scored:
-                first.setdefault(label, line)
-        if not first:
-            return
-        shown = ", ".join(f"{k!r} (line {v})" for k, v in list(first.items())[:5])
-        more = f" and {len(first) - 5} more" if len(first) > 5 else ""
-        msg = (
-            f"{len(first)} {'label names' if len(first) == 1 else 'labels name'} no route "
-            f"with utterances in the store: {shown}{more}; "
-            "add those routes first ('synaptoroute import'), or label such rows null "
-            "(out of scope)"
+        routes = router.list_routes()
+        label_indexes(
+            self.labels,
+            [r.name for r in routes if r.utterances],
+            empty={r.name for r in routes if not r.utterances},
+            lines=self.lines,
         )
-        raise DatasetError(self.path, [(v, f"label {k!r}") for k, v in first.items()], msg)
 
 
 def _read_labelled(path: str) -> _Labelled:

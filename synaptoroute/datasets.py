@@ -100,10 +100,8 @@ def load_jsonl(path: str | os.PathLike[str]) -> tuple[list[str], list[str | None
             rows. The message names each bad line's number (an ``InvalidInputError``).
         OSError: the file cannot be read.
     """
-    name = os.fspath(path)
-    # Split as parse_jsonl splits an upload (\n, \r\n or a lone \r), so a file reads
-    # the same from the command line and the console.
-    return _parse_lines(Path(name).read_bytes().splitlines(keepends=True), name)
+    texts, labels, _ = _load_numbered(os.fspath(path))
+    return texts, labels
 
 
 def parse_jsonl(data: bytes, name: str = "<data>") -> tuple[list[str], list[str | None]]:
@@ -123,6 +121,8 @@ def _load_numbered(path: str) -> tuple[list[str], list[str | None], list[int]]:
     """:func:`load_jsonl`, with each row's line number (from 1): the command line names
     a row by its line."""
     numbers: list[int] = []
+    # Split as parse_jsonl splits an upload (\n, \r\n or a lone \r), so a file reads
+    # the same from the command line and the console.
     texts, labels = _parse_lines(Path(path).read_bytes().splitlines(keepends=True), path, numbers)
     return texts, labels, numbers
 
@@ -173,7 +173,11 @@ def _parse_lines(
 
 # -- labelled rows in memory ------------------------------------------------------------
 def label_indexes(
-    labels: Sequence[str | None], names: Sequence[str], empty: Collection[str] = ()
+    labels: Sequence[str | None],
+    names: Sequence[str],
+    empty: Collection[str] = (),
+    *,
+    lines: Sequence[int] | None = None,
 ) -> NDArray[np.int64]:
     """Route index of each label (``NONE`` for ``None``).
 
@@ -182,6 +186,8 @@ def label_indexes(
         names: the routes a label may name, in index order.
         empty: routes of the router that are not among ``names`` because they hold
             no utterances (a label naming one is told so).
+        lines: each row's line in the file it was read from, to name rows by in
+            messages (else by their index).
 
     Raises:
         InvalidInputError: a label is not a string or ``None``, or names no route
@@ -205,12 +211,12 @@ def label_indexes(
     problems = []
     if hollow:
         problems.append(
-            f"{_some_labels(hollow)} name a route with no utterances; a route is scored "
+            f"{_some_labels(hollow, lines)} name a route with no utterances; a route is scored "
             "by its utterances, so add some to it first"
         )
     if unknown:
         problems.append(
-            f"{_some_labels(unknown)} name no route of this router; add those routes "
+            f"{_some_labels(unknown, lines)} name no route of this router; add those routes "
             "first (for example with routes_from_labelled or 'synaptoroute import')"
         )
     if problems:
@@ -219,9 +225,13 @@ def label_indexes(
     return out
 
 
-def _some_labels(found: dict[str, int]) -> str:
-    """``found`` (label: first index) as a message shows it: at most five of them."""
-    shown = ", ".join(f"{k!r} (at index {v})" for k, v in list(found.items())[:5])
+def _some_labels(found: dict[str, int], lines: Sequence[int] | None = None) -> str:
+    """``found`` (label: first index) as a message shows it: at most five of them, each
+    at its row's index, or its line where ``lines`` are given."""
+    shown = ", ".join(
+        f"{k!r} ({f'at index {v}' if lines is None else f'line {lines[v]}'})"
+        for k, v in list(found.items())[:5]
+    )
     more = f" and {len(found) - 5} more" if len(found) > 5 else ""
     return f"{len(found)} labels: {shown}{more}"
 

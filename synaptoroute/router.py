@@ -731,11 +731,10 @@ class AdaptiveRouter:
             if not drop:
                 return 0
             self.storage.delete_utterances(name, sorted(drop))
-            with self._index.changing():  # the route and its rows change together
-                self._routes[name] = route.model_copy(
-                    update={"utterances": [u for u in route.utterances if u not in drop]}
-                )
-                return self._index.delete_texts(name, sorted(drop))
+            self._routes[name] = route.model_copy(
+                update={"utterances": [u for u in route.utterances if u not in drop]}
+            )
+            return self._index.delete_texts(name, sorted(drop))
 
     def set_threshold(self, name: str, threshold: float | None) -> Route:
         """Set (or with ``None`` clear) a route's own threshold; returns the route as
@@ -745,8 +744,7 @@ class AdaptiveRouter:
         with self._lock:
             route = self.get_route(name).model_copy(update={"threshold": threshold})
             self.storage.update_route(route)
-            with self._index.changing():
-                self._routes[route.name] = route
+            self._routes[route.name] = route
             return route
 
     @property

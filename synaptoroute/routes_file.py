@@ -104,13 +104,17 @@ def _yaml() -> Any:
     return yaml
 
 
+class _RepeatedKey(ValueError):
+    """A key twice in one JSON object (json.loads lets the last one win)."""
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # json.loads' object_pairs_hook: a repeated key is refused, not silently dropped.
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
             msg = f"key {key!r} appears more than once in one object"
-            raise ValueError(msg)
+            raise _RepeatedKey(msg)
         out[key] = value
     return out
 
@@ -245,10 +249,10 @@ def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -
     except ValueError as exc:
         if fmt != "json":  # the loader turns a value's error into a YAMLError with its line
             raise
-        # An integer past Python's digit limit (4,300 by default): its message advises
-        # sys.set_int_max_str_digits(), of no use to a file's author.
-        digits = "int_max_str_digits" in str(exc)
-        reason = "a number too long to read" if digits else str(exc)
+        # Else an integer past Python's digit limit (4,300 by default): its message
+        # advises sys.set_int_max_str_digits(), of no use to a file's author.
+        said = isinstance(exc, json.JSONDecodeError | _RepeatedKey)
+        reason = str(exc) if said else "a number too long to read"
         msg = f"{source}: not valid JSON: {reason}"
         raise InvalidInputError(msg) from exc
     except Exception as exc:

@@ -62,6 +62,14 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def stored_policy(path: str) -> dict[str, Any] | None:
+    storage = SQLiteStorage(path)
+    try:
+        return storage.get_state("policy")
+    finally:
+        storage.close()
+
+
 def stored_routes(path: str) -> dict[str, list[str]]:
     storage = SQLiteStorage(path)
     try:
@@ -1200,11 +1208,7 @@ def test_import_fit_eval(
     code, _, err = run(capsys, "fit", TRAIN, "--store", store, "--regularization", "0", "-q")
     assert code == EXIT_BAD_INPUT
     assert "regularization must be a positive number" in err
-    storage = SQLiteStorage(store)
-    try:
-        assert storage.get_state("policy") is None
-    finally:
-        storage.close()
+    assert stored_policy(store) is None  # no fit was saved
 
     code, out, _ = run(capsys, "fit", TRAIN, "--store", store, "--json", "-q")
     assert code == 0
@@ -1257,11 +1261,7 @@ def test_malformed_lines_are_named_and_nothing_is_written(
         assert code == EXIT_BAD_INPUT, command
         assert "3 malformed lines" in err
     assert stored_routes(store) == before
-    storage = SQLiteStorage(store)
-    try:
-        assert storage.get_state("policy") is None  # no fit was saved
-    finally:
-        storage.close()
+    assert stored_policy(store) is None  # no fit was saved
 
 
 def test_unknown_labels_are_named_by_their_line(
@@ -1282,13 +1282,9 @@ def test_unknown_labels_are_named_by_their_line(
     for command in ("fit", "eval"):
         code, _, err = run(capsys, command, str(data), "--store", store)
         assert code == EXIT_BAD_INPUT, command
-        assert "1 label names no route with utterances in the store: 'orders' (line 4)" in err
+        assert "'orders' (line 4) name no route of this router" in err
         assert "index" not in err
-    storage = SQLiteStorage(store)
-    try:
-        assert storage.get_state("policy") is None  # no fit was saved
-    finally:
-        storage.close()
+    assert stored_policy(store) is None  # no fit was saved
 
 
 def test_fit_needs_routes_and_a_readable_file(

@@ -14,6 +14,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,127 +74,110 @@ def same(a: AdaptiveRouter, b: AdaptiveRouter) -> bool:
     return held(a) == held(b) and a.policy == b.policy
 
 
+@contextmanager
+def reopened(path: Path) -> Iterator[AdaptiveRouter]:
+    """A router opened afresh on the file (the pair's encoder, polled by hand): what a
+    restart serves."""
+    router = AdaptiveRouter(HashingEncoder(dimension=64), SQLiteStorage(path, poll_interval=None))
+    try:
+        yield router
+    finally:
+        router.close()
+
+
 def test_a_route_deleted_and_created_again_between_two_polls_is_last_everywhere(
-    path: Path,
+    pair: tuple[AdaptiveRouter, AdaptiveRouter], path: Path
 ) -> None:
     # A poll sees only the route as it is now: the follower put a route deleted and
     # created again back in its old place, where the writer, the store and a reopened
     # router hold it last (a new row), and ties went another way there.
-    enc = HashingEncoder(dimension=64)
-    writer = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
-    follower = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
-    try:
-        writer.add_routes(
-            [
-                Route(name="one", utterances=["alpha beta"]),
-                Route(name="two", utterances=["see you"]),
-                Route(name="three", utterances=["gamma"]),
-            ]
-        )
-        assert poll(follower)
-        writer.delete_route("one")
-        writer.add_route(Route(name="one", utterances=["see you"]))
-        writer.add_route(Route(name="four", utterances=["delta"]))
-        assert poll(follower)
-        poll(writer)  # its own writes read back: no news, nothing moves
-        reopened = AdaptiveRouter(enc, SQLiteStorage(path))
-        try:
-            for router in (writer, follower, reopened):
-                assert router.route_names == ["two", "three", "one", "four"]
-                assert [m.name for m in router.query_top_k("see you", 2)] == ["two", "one"]
-        finally:
-            reopened.close()
-    finally:
-        writer.close()
-        follower.close()
+    writer, follower = pair
+    writer.add_routes(
+        [
+            Route(name="one", utterances=["alpha beta"]),
+            Route(name="two", utterances=["see you"]),
+            Route(name="three", utterances=["gamma"]),
+        ]
+    )
+    assert poll(follower)
+    writer.delete_route("one")
+    writer.add_route(Route(name="one", utterances=["see you"]))
+    writer.add_route(Route(name="four", utterances=["delta"]))
+    assert poll(follower)
+    poll(writer)  # its own writes read back: no news, nothing moves
+    with reopened(path) as fresh:
+        for router in (writer, follower, fresh):
+            assert router.route_names == ["two", "three", "one", "four"]
+            assert [m.name for m in router.query_top_k("see you", 2)] == ["two", "one"]
 
 
 def test_a_query_never_pairs_the_routes_before_a_poll_with_the_policy_after_it(
-    path: Path,
+    pair: tuple[AdaptiveRouter, AdaptiveRouter],
 ) -> None:
     # A query took the cached snapshot without a lock, then read the policy: a poll
     # applied in between paired the old routes with the new policy.
-    enc = HashingEncoder(dimension=64)
-    writer = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
-    follower = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
-    try:
-        writer.add_route(Route(name="a", utterances=["alpha one"]))
-        assert poll(follower)
-        assert follower.query("alpha one").name == "a"  # the snapshot is cached now
-        writer.add_route(Route(name="r", utterances=["tie words"]))
-        writer.set_policy(dataclasses.replace(writer.policy, thresholds={"r": 0.99}))
-        index = follower._index
-        real = index.snapshot
-        polled: list[bool] = []
+    writer, follower = pair
+    writer.add_route(Route(name="a", utterances=["alpha one"]))
+    assert poll(follower)
+    assert follower.query("alpha one").name == "a"  # the snapshot is cached now
+    writer.add_route(Route(name="r", utterances=["tie words"]))
+    writer.set_policy(dataclasses.replace(writer.policy, thresholds={"r": 0.99}))
+    index = follower._index
+    real = index.snapshot
+    polled: list[bool] = []
 
-        def snapshot_then_poll() -> Any:
-            taken = real()
-            if not polled:  # the poll lands right after the cached snapshot is taken
-                thread = threading.Thread(target=lambda: polled.append(poll(follower)))
-                thread.start()
-                thread.join(LIMIT_S)
-            return taken
+    def snapshot_then_poll() -> Any:
+        taken = real()
+        if not polled:  # the poll lands right after the cached snapshot is taken
+            thread = threading.Thread(target=lambda: polled.append(poll(follower)))
+            thread.start()
+            thread.join(LIMIT_S)
+        return taken
 
-        index.snapshot = snapshot_then_poll  # type: ignore[method-assign]
-        match = follower.query("tie words")
-        assert polled == [True]
-        assert (match.name, match.threshold) == ("r", 0.99)
-    finally:
-        writer.close()
-        follower.close()
+    index.snapshot = snapshot_then_poll  # type: ignore[method-assign]
+    match = follower.query("tie words")
+    assert polled == [True]
+    assert (match.name, match.threshold) == ("r", 0.99)
 
 
-def test_routes_without_utterances_take_their_place_in_the_store_order(path: Path) -> None:
+def test_routes_without_utterances_take_their_place_in_the_store_order(
+    pair: tuple[AdaptiveRouter, AdaptiveRouter],
+) -> None:
     # Routes with vectors and routes without came in two changes of one poll, so an
     # empty route went after routes created after it, and, once it had utterances,
     # ties went another way than in the writer.
-    enc = HashingEncoder(dimension=64)
-    writer = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
-    follower = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
-    try:
-        writer.add_route(Route(name="a", utterances=["alpha"]))
-        writer.add_route(Route(name="empty"))
-        assert poll(follower)
-        writer.delete_route("empty")
-        writer.add_route(Route(name="empty"))  # created again: last, before "z"
-        writer.add_route(Route(name="z", utterances=["tie words"]))
-        assert poll(follower)
-        writer.add_utterances("empty", ["tie words"])
-        assert poll(follower)
-        for router in (writer, follower):
-            assert router.route_names == ["a", "empty", "z"]
-            assert router.query("tie words").candidate == "empty"
-    finally:
-        writer.close()
-        follower.close()
+    writer, follower = pair
+    writer.add_route(Route(name="a", utterances=["alpha"]))
+    writer.add_route(Route(name="empty"))
+    assert poll(follower)
+    writer.delete_route("empty")
+    writer.add_route(Route(name="empty"))  # created again: last, before "z"
+    writer.add_route(Route(name="z", utterances=["tie words"]))
+    assert poll(follower)
+    writer.add_utterances("empty", ["tie words"])
+    assert poll(follower)
+    for router in (writer, follower):
+        assert router.route_names == ["a", "empty", "z"]
+        assert router.query("tie words").candidate == "empty"
 
 
 def test_two_writers_agree_on_a_route_one_replaced_after_the_other_made_it_again(
-    path: Path,
+    pair: tuple[AdaptiveRouter, AdaptiveRouter], path: Path
 ) -> None:
     # W replaced "a" in place before polling, over the row X had just made again: W
     # took the new row's id as known, so its poll never moved "a" last.
-    enc = HashingEncoder(dimension=64)
-    w = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
-    x = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
-    try:
-        w.add_routes([Route(name=n, utterances=["tie words"]) for n in ("a", "b", "c")])
-        assert poll(x)
-        x.delete_route("a")
-        x.add_route(Route(name="a", utterances=["tie words"]))
-        w.add_route(Route(name="a", utterances=["tie words", "more"]), replace=True)
-        poll(w)
-        poll(x)
-        reopened = AdaptiveRouter(enc, SQLiteStorage(path))
-        try:
-            for router in (w, x, reopened):
-                assert router.route_names == ["b", "c", "a"]
-                assert router.query("tie words").candidate == "b"
-        finally:
-            reopened.close()
-    finally:
-        w.close()
-        x.close()
+    w, x = pair
+    w.add_routes([Route(name=n, utterances=["tie words"]) for n in ("a", "b", "c")])
+    assert poll(x)
+    x.delete_route("a")
+    x.add_route(Route(name="a", utterances=["tie words"]))
+    w.add_route(Route(name="a", utterances=["tie words", "more"]), replace=True)
+    poll(w)
+    poll(x)
+    with reopened(path) as fresh:
+        for router in (w, x, fresh):
+            assert router.route_names == ["b", "c", "a"]
+            assert router.query("tie words").candidate == "b"
 
 
 def test_a_follower_gets_the_routes_and_the_policy_they_came_with_at_once(path: Path) -> None:
@@ -217,40 +201,31 @@ def test_a_follower_gets_the_routes_and_the_policy_they_came_with_at_once(path: 
 
 
 def test_a_changed_or_replaced_route_keeps_its_place_in_every_router(
-    path: Path,
+    pair: tuple[AdaptiveRouter, AdaptiveRouter], path: Path
 ) -> None:
     # The writer kept a replaced route in its place while the store (a new row) and
     # so every reopened router listed it last: 'routes list' differed between the
     # workers of one service, and before and after a restart. A follower that saw
     # the add and the replace in one poll listed it last too.
-    enc = HashingEncoder(dimension=64)
-    a = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
-    early = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
-    late = AdaptiveRouter(enc, SQLiteStorage(path, poll_interval=None))
-    try:
-        a.add_route(Route(name="one", utterances=["hello there", "hi"]))
-        a.add_route(Route(name="two", utterances=["bye now"]))
-        assert poll(early)
+    a, early = pair
+    a.add_route(Route(name="one", utterances=["hello there", "hi"]))
+    a.add_route(Route(name="two", utterances=["bye now"]))
+    assert poll(early)
+    with reopened(path) as late:  # opened before the changes below, polled after
         a.add_route(Route(name="one", utterances=["yo", "see you"]), replace=True)
         a.add_route(Route(name="three", utterances=["good night"]))
         a.add_utterances("two", ["see you"])
         a.set_threshold("one", 0.7)
         a.delete_utterances("three", ["good night"])
         assert poll(early) and poll(late)
-        reopened = AdaptiveRouter(enc, SQLiteStorage(path))
-        try:
-            for router in (a, early, late, reopened):
+        with reopened(path) as fresh:
+            for router in (a, early, late, fresh):
                 assert router.route_names == ["one", "two", "three"]
                 assert router.list_routes() == a.list_routes()
                 # Ties ("see you" is in both) go to the earlier route in every one.
                 first, second = router.query_top_k("see you", 2)
                 assert (first.name, second.name) == ("one", "two")
                 assert first.score == second.score
-        finally:
-            reopened.close()
-    finally:
-        for router in (a, early, late):
-            router.close()
 
 
 def test_every_kind_of_change_reaches_the_other_router(

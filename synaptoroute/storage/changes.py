@@ -126,8 +126,9 @@ def apply_change(
         reset = list(out) if change.kind == "reload" else list(change.names)
         kept = {item.route.name for item in change.routes}  # install_route replaces them
         with index.changing():  # queries see the routes before or after, never between
-            for old in (*reset, *change.moved):
-                if (old not in kept or old in change.moved) and out.pop(old, None) is not None:
+            # Deleted, or deleted and created again (installed anew below, last).
+            for old in [*(n for n in reset if n not in kept), *change.moved]:
+                if out.pop(old, None) is not None:
                     index.delete_route(old)
             for item in change.routes:
                 install_route(out, index, item.route, item.vectors)

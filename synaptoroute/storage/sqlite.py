@@ -963,15 +963,13 @@ class SQLiteStorage:
         finally:
             db.execute("COMMIT")  # a read: ends the snapshot, writes nothing
         self._seen = _Seen(version, *position)
-        present = {row[1] for row in changed}
         ids = {row[1]: int(row[0]) for row in changed}
+        # Touched and not there: deleted (a router that never held it ignores it).
+        gone = [name for name in names if name not in ids]
         moved = self._moved(ids)
         self._row_ids.update(ids)
-        for name in names:
-            if name not in present:
-                self._row_ids.pop(name, None)
-        # Touched and not there: deleted (a router that never held it ignores it).
-        gone = [name for name in names if name not in present]
+        for name in gone:
+            self._row_ids.pop(name, None)
         if not changed and not gone and not keys:
             return []
         # One change, its routes in the store's order (positions of new routes follow
