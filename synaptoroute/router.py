@@ -54,6 +54,7 @@ from .checks import (
 )
 from .decision import (
     KNN_K,
+    NEGATIVE_TIE,
     DecisionPolicy,
     decide,
     empty_match,
@@ -1089,6 +1090,8 @@ class AdaptiveRouter:
             knn = KNN_K if top_k is None and head is not None and head.needs_knn else 0
             _, ranked = self._score(batch, k, snapshot, knn)
             for j, scores in zip(rows, ranked, strict=True):
+                if extra and (top_k is None or requests[live[j]].negatives):
+                    scores = self._tied_negatives(vectors[j], scores, snapshot, knn)
                 if top_k is None:
                     answers[live[j]] = decide(
                         scores,
@@ -1106,6 +1109,26 @@ class AdaptiveRouter:
                 else:
                     scores = without_negatives(scores, snapshot)
                     answers[live[j]] = _each_route(scores, snapshot, policy, thresholds)[:top_k]
+
+    def _tied_negatives(
+        self, vector: NDArray[np.float32], scores: RouteScores, snapshot: Snapshot, knn: int
+    ) -> RouteScores:
+        """``scores`` ranked past k when every ranked route ties with the best and the
+        negative examples' route ties too: a tie goes to it (``decide``, as the fit
+        counts it), but ties rank by position, so a negative example that is the
+        utterance of more routes than k fell out of the ranking. Rare (an exact tie
+        of k routes), so the wider scan costs nothing on other queries."""
+        wider = scores
+        while (
+            not negative_first(wider, snapshot)
+            and 0 < len(wider.route_ids) < snapshot.n_routes
+            and wider.scores[-1] >= wider.scores[0] - NEGATIVE_TIE
+        ):
+            k = min(snapshot.n_routes, 2 * len(wider.route_ids))
+            _, (wider,) = self._score(vector[None, :], k, snapshot, knn)
+            if len(wider.route_ids) < k:  # the scan ranks no more than it has
+                break
+        return wider if negative_first(wider, snapshot) else scores
 
     def _snapshot_and_policy(self) -> tuple[Snapshot, DecisionPolicy]:
         """The compiled routes and the policy installed with them, without a lock.

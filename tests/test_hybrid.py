@@ -783,6 +783,41 @@ def test_a_negative_example_that_is_a_routes_utterance_wins_whatever_the_order(
         again.close()
 
 
+@pytest.mark.parametrize("index", ["exact", "ann"])
+async def test_a_negative_example_wins_a_tie_with_more_routes_than_are_ranked(
+    encoder: Encoder, index: str
+) -> None:
+    # Ties rank by position and a query ranks three routes (five for a top 3): with
+    # the text in more routes than that, the negative examples fell out of the
+    # ranking and the first route won, though the fit and the docs give it to them.
+    text = "hello there"
+    if index == "ann":
+        pytest.importorskip("usearch")
+    for n in (1, 3, 8):
+        router = AdaptiveRouter(encoder, index=index)  # type: ignore[arg-type]
+        router.add_routes(
+            [Route(name=f"r{i}", utterances=[text, f"topic {i} stuff"]) for i in range(n)]
+        )
+        router.add_negatives([text])
+        router.wait_for_index()
+        assert router.query(text).reason == "negative_example", n
+        batch = router.query_batch([text, "topic 0 stuff"])
+        assert [(m.name, m.reason) for m in batch] == [
+            (None, "negative_example"),
+            ("r0", "matched"),
+        ]
+        assert (await router.aquery(text)).reason == "negative_example"
+        ranked = router.query_top_k(text, 3, respect_negatives=True)
+        assert [m.reason for m in ranked] == ["negative_example"]
+        # Without respect_negatives the ranking is the routes, tied, in their order.
+        assert [m.candidate for m in router.query_top_k(text, 3)] == [
+            f"r{i}" for i in range(min(n, 3))
+        ]
+        assert router.evaluate([text], [None]).oos_recall == 1.0
+        await router.stop()
+        router.close()
+
+
 def test_fit_trains_the_head_to_reject_negative_examples(
     store: Path, encoder: Encoder, opened: list[AdaptiveRouter], clinc_train: Rows
 ) -> None:
