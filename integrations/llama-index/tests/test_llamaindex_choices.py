@@ -18,7 +18,7 @@ from llama_index.selectors.synaptoroute import SynaptorouteEmbedding, Synaptorou
 from llamaindex_support import DESCRIPTIONS, UTTERANCES, EchoEngine
 from typing_extensions import Self
 
-from synaptoroute import Encoder, InvalidInputError, default_encoder
+from synaptoroute import Encoder, InvalidInputError, NoRouteMatchedError, default_encoder
 
 
 def test_an_utterance_key_misspelling_a_choice_is_refused(
@@ -341,6 +341,69 @@ def test_a_selection_cancelled_while_its_choice_set_builds_is_not_counted_for_go
         return not selector._selecting and bool(selector._routers)
 
     assert asyncio.run(main())
+
+
+def test_a_selection_cancelled_as_its_loop_ends_is_not_counted_for_good(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    # asyncio.run's teardown cancels the task running the build's thread too, so a
+    # callback of that task never released the count (a service calling asyncio.run
+    # per request with a timeout kept one router per time-out).
+    entered, release = threading.Event(), threading.Event()
+
+    class Held:
+        model_id, dimension = encoder.model_id, encoder.dimension
+
+        def encode(self, texts: list[str]) -> Any:
+            entered.set()
+            release.wait(60)
+            return encoder.encode(texts)
+
+    selector = SynaptorouteSelector.from_defaults(encoder=Held(), max_choice_sets=1)
+
+    async def main() -> None:
+        task = asyncio.create_task(selector.aselect(choices, "I need a refund"))
+        await asyncio.to_thread(entered.wait, 60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()  # and return: the teardown cancels the build's task, then
+        # waits for its thread (shutdown_default_executor)
+
+    asyncio.run(main())
+    assert selector._routers and not selector._selecting
+
+
+def test_choices_sharing_a_name_route_on_their_descriptions() -> None:
+    # QueryEngineTool.from_defaults names every tool "query_engine_tool": the name
+    # became a text of each choice, so a query near it matched them all, tied, and the
+    # first was selected over on_no_match="raise".
+    selector = SynaptorouteSelector.from_defaults(on_no_match="raise", threshold=0.5)
+    tools = [
+        QueryEngineTool.from_defaults(query_engine=EchoEngine(name="a"), description=description)
+        for description in ("Refunds and invoices", "Crashes and log-in problems")
+    ]
+    shared = [tool.metadata for tool in tools]
+    assert {m.name for m in shared} == {"query_engine_tool"}
+    with pytest.raises(NoRouteMatchedError):
+        selector.select(shared, "which query engine tool")
+    result = selector.select(shared, "I want a refund for my invoice")
+    assert result.ind == 0 and "'query_engine_tool' (choice 0)" in result.reason
+    assert selector.select(shared, "the app crashes when I log in").ind == 1
+
+
+def test_a_choice_whose_fields_are_not_text_is_a_clear_error(encoder: Encoder) -> None:
+    selector = SynaptorouteSelector.from_defaults(encoder=encoder)
+    fine = ToolMetadata(name="tech", description="Crashes")
+    for bad in (
+        ToolMetadata(name="a", description=None),  # type: ignore[arg-type]
+        ToolMetadata(name=5, description="Refunds"),  # type: ignore[arg-type]
+        ToolMetadata(name="a", description=["Refunds"]),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(InvalidInputError, match="choice 1: a choice's description must"):
+            selector.select([fine, bad], "x")
+        with pytest.raises(InvalidInputError, match="choice 1: a choice's description must"):
+            asyncio.run(selector.aselect([fine, bad], "x"))
 
 
 def test_an_evicted_set_whose_selection_has_not_started_its_worker_is_kept_to_stop(

@@ -94,6 +94,35 @@ def test_a_chunk_is_read_up_to_the_encoders_token_limit(encoder: Encoder) -> Non
     )
 
 
+def test_an_ingestion_cache_tells_two_token_limits_apart(encoder: Encoder) -> None:
+    # IngestionPipeline keys its cache by the transformation's to_dict(), which named
+    # the model alone: a 512-token encoder got the 256-token encoder's vectors.
+    from llama_index.core.ingestion import IngestionCache, IngestionPipeline
+
+    filler = " ".join(f"Section {i} covers shipping zones and parcel sizes." for i in range(40))
+    text = filler + " Refunds take five business days to reach your card."
+    short, wide = SynaptorouteEmbedding(encoder), SynaptorouteEmbedding(Encoder(max_tokens=512))
+    assert (short.max_tokens, wide.max_tokens) == (256, 512)
+    assert short.to_dict() != wide.to_dict()
+    cache = IngestionCache()
+    got = [
+        IngestionPipeline(transformations=[model], cache=cache)
+        .run(nodes=[TextNode(text=text, id_="n")])[0]
+        .embedding
+        for model in (short, wide)
+    ]
+    assert np.allclose(got[1], wide.get_text_embedding(text), atol=1e-6)
+    assert not np.allclose(got[0], got[1], atol=1e-3)
+    # from_dict and pickling rebuild the setting; a mismatch with the encoder is refused.
+    again = SynaptorouteEmbedding.from_dict(wide.to_dict())
+    assert isinstance(again.encoder, Encoder) and again.encoder.max_tokens == 512
+    assert SynaptorouteEmbedding.from_dict(short.to_dict()).encoder is default_encoder()
+    assert pickle.loads(pickle.dumps(wide)).max_tokens == 512
+    assert SynaptorouteEmbedding(HashingEncoder(dimension=16)).max_tokens is None
+    with pytest.raises(ValueError, match="max_tokens 256 is not the encoder's 512"):
+        SynaptorouteEmbedding(Encoder(max_tokens=512), max_tokens=256)
+
+
 def _lengths(texts: list[str]) -> list[list[float]]:
     """A module-level embedding function: the function itself pickles."""
     return [[float(len(t)), 1.0, 0.5] for t in texts]

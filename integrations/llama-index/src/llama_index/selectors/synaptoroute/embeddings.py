@@ -50,6 +50,10 @@ class SynaptorouteEmbedding(BaseEmbedding):
             shared with every router, adapter and selector in the process built
             without an explicit encoder; any other name is a fastembed model, fetched
             on first use); with ``encoder``, it must be the encoder's ``model_id``.
+            ``max_tokens`` likewise: without ``encoder``, the tokens of a text the
+            model reads; with it, the encoder's (``None`` for an encoder that does not
+            say). A field, so ``to_dict()``, by which LlamaIndex's ``IngestionCache``
+            keys a transformation, tells two settings of one model apart.
 
     A copy made by pickling (LlamaIndex sends transformations to worker processes
     that way) embeds as the original does. An ``Encoder`` (the bundled model, a
@@ -62,7 +66,8 @@ class SynaptorouteEmbedding(BaseEmbedding):
     a subclass of ``Encoder`` that does not pickle) stays behind: the pickled copy
     raises ``ModelNotAvailableError`` when it is first asked to embed, saying so. A
     ``copy.deepcopy`` shares the encoder. A copy made by ``from_dict``/``from_json``
-    has the fields alone: it loads the model by its name, with default settings.
+    has the fields alone: it loads the model by its name and ``max_tokens``, with
+    default settings otherwise.
 
     Raises:
         ValueError: ``model_name`` is not the given encoder's model.
@@ -80,6 +85,10 @@ class SynaptorouteEmbedding(BaseEmbedding):
     """
 
     model_name: str = Field(default=DEFAULT_MODEL_ID, description="The synaptoroute model id.")
+    max_tokens: int | None = Field(
+        default=None,
+        description="The tokens of a text the encoder reads (None: it does not say).",
+    )
     embed_batch_size: int = Field(
         default=64, gt=0, le=2048, description="Texts handed to the encoder at once."
     )
@@ -88,15 +97,21 @@ class SynaptorouteEmbedding(BaseEmbedding):
     def __init__(self, encoder: EncoderProtocol | None = None, **kwargs: Any) -> None:
         left_behind = kwargs.pop(_LEFT_BEHIND, None)
         name = kwargs.get("model_name")
+        tokens = kwargs.get("max_tokens")
         if encoder is None and left_behind is not None:
             # A pickled copy whose encoder could not travel: loading a model by the
             # encoder's name would fail, or run another model, and vectors of two
             # models would be mixed in one index.
-            encoder = _LeftBehind(str(name), str(left_behind))
+            encoder = _LeftBehind(str(name), str(left_behind), tokens)
         elif encoder is None:
             # The name decides: a copy rebuilt from its fields (unpickling, from_dict)
-            # gets its model back, not silently the bundled one.
-            encoder = default_encoder() if name in (None, DEFAULT_MODEL_ID) else Encoder(name)
+            # gets its model back, not silently the bundled one; and so does max_tokens.
+            shared = default_encoder() if name in (None, DEFAULT_MODEL_ID) else None
+            if shared is not None and tokens in (None, _tokens_of(shared)):
+                encoder = shared
+            else:
+                options = {} if tokens is None else {"max_tokens": tokens}
+                encoder = Encoder(name, **options)
         elif not _is_encoder(encoder):
             # A bare AttributeError on model_id before.
             msg = (
@@ -111,7 +126,17 @@ class SynaptorouteEmbedding(BaseEmbedding):
                 "pass the encoder alone, or model_name alone"
             )
             raise ValueError(msg)
+        elif tokens is not None and tokens != _tokens_of(encoder):
+            msg = (
+                f"max_tokens {tokens!r} is not the encoder's {_tokens_of(encoder)!r}; "
+                "pass the encoder alone, or max_tokens alone"
+            )
+            raise ValueError(msg)
         kwargs["model_name"] = encoder.model_id
+        # A field, so to_dict() tells two settings of one model apart: LlamaIndex's
+        # IngestionCache keys a transformation by it, and handed the vectors of a
+        # 256-token encoder to a 512-token one.
+        kwargs["max_tokens"] = _tokens_of(encoder)
         super().__init__(**kwargs)
         self._encoder = encoder
 
@@ -188,6 +213,12 @@ class SynaptorouteEmbedding(BaseEmbedding):
 _LEFT_BEHIND = "synaptoroute_encoder_left_behind"
 
 
+def _tokens_of(encoder: EncoderProtocol) -> int | None:
+    """The tokens of a text ``encoder`` reads, if it says (``Encoder.max_tokens``)."""
+    tokens = getattr(encoder, "max_tokens", None)
+    return tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
+
+
 class _LeftBehind:
     """The encoder of a pickled copy whose original encoder could not be pickled.
 
@@ -195,9 +226,10 @@ class _LeftBehind:
     happened and what to do instead.
     """
 
-    def __init__(self, model_id: str, why: str) -> None:
+    def __init__(self, model_id: str, why: str, max_tokens: int | None = None) -> None:
         self._model_id = model_id
         self._why = why
+        self.max_tokens = max_tokens  # the original's, so the copy's fields match it
 
     @property
     def model_id(self) -> str:

@@ -106,7 +106,29 @@ _UNNAMED = "<choices without a name>"  # the one warning about them (see _check_
 
 def _label(choices: Sequence[ToolMetadata], index: int) -> str:
     name = choices[index].name
-    return repr(name) if name else f"choice {index}"
+    if not name:
+        return f"choice {index}"
+    return f"{name!r} (choice {index})" if name in _shared_names(choices) else repr(name)
+
+
+def _shared_names(choices: Sequence[ToolMetadata]) -> set[str]:
+    """Names more than one choice has (``QueryEngineTool.from_defaults`` names every
+    tool ``query_engine_tool`` unless told otherwise)."""
+    return {n for n, count in Counter(c.name for c in choices if c.name).items() if count > 1}
+
+
+def _check_fields(choices: Sequence[ToolMetadata]) -> None:
+    """Refuse a choice whose name or description is not text (``ToolMetadata`` does
+    not check): it failed deep inside, differently in select and aselect."""
+    for index, choice in enumerate(choices):
+        name, description = getattr(choice, "name", None), getattr(choice, "description", None)
+        if not isinstance(description, str) or not (name is None or isinstance(name, str)):
+            msg = (
+                f"choice {index}: a choice's description must be a str and its name a str "
+                f"or None, got description {type(description).__name__} and name "
+                f"{type(name).__name__}"
+            )
+            raise InvalidInputError(msg)
 
 
 def _index(match: RouteMatch) -> int:
@@ -187,6 +209,15 @@ def decide_selection(
 
 def _has_running_worker(router: AdaptiveRouter) -> bool:
     return any(worker.running for worker in router.workers)
+
+
+class _Build:
+    """An aselect's first build of a choice set, run in a thread (under the
+    selector's lock: whether the call was cancelled, and the router once built)."""
+
+    def __init__(self) -> None:
+        self.abandoned = False
+        self.router: AdaptiveRouter | None = None
 
 
 def _stop_soon(router: AdaptiveRouter) -> None:
@@ -347,7 +378,12 @@ class SynaptorouteSelector(BaseSelector):
     # -- choice sets ---------------------------------------------------------------
     @staticmethod
     def choice_key(choices: Sequence[ToolMetadata]) -> ChoiceKey:
-        """The cache key of a choice set: each choice's name and description, in order."""
+        """The cache key of a choice set: each choice's name and description, in order.
+
+        Raises:
+            InvalidInputError: a choice's name or description is not text.
+        """
+        _check_fields(choices)
         return tuple((c.name, c.description) for c in choices)
 
     def _check_choices(self, choices: Sequence[ToolMetadata]) -> None:
@@ -372,11 +408,13 @@ class SynaptorouteSelector(BaseSelector):
                 "QueryEngineTool.from_defaults(engine, name='billing', description=...))"
             )
             raise InvalidInputError(msg)
-        thin = [
-            repr(c.name)
-            for c in choices
-            if c.name and len(self.utterances.get(c.name, ())) < _FEW_EXAMPLES
-        ]
+        thin = list(
+            dict.fromkeys(
+                repr(c.name)
+                for c in choices
+                if c.name and len(self.utterances.get(c.name, ())) < _FEW_EXAMPLES
+            )
+        )
         # Choices without a name (plain strings) can have no utterances: one warning,
         # which says so (it named them by a position that changes from set to set).
         unnamed = [_UNNAMED] if len(names) < len(choices) else []
@@ -416,18 +454,27 @@ class SynaptorouteSelector(BaseSelector):
             _fallback_index(choices, self.policy.fallback)
         routes = []
         skip = reads_nothing_of(self.encoder)
+        shared = _shared_names(choices)
         for index, choice in enumerate(choices):
             # A description the model reads nothing of (blank, or only a BOM or
             # zero-width spaces) is no text to route by.
             texts = [] if skip(choice.description) else [choice.description]
-            if choice.name:
+            if choice.name and choice.name not in shared:
                 # A name of only "_", "-" or spaces has no words: the description
-                # (and any utterances) describe the choice without it.
+                # (and any utterances) describe the choice without it. A name several
+                # choices share (LlamaIndex's default "query_engine_tool") tells none
+                # apart: as a text of each, a query near it matched them all, tied.
                 phrase = _phrase(choice.name)
                 texts.extend([phrase] if phrase else [])
                 texts.extend(self.utterances.get(choice.name, ()))
             if not texts:
-                what = f"choice {choice.name!r}" if choice.name else f"choice {index}"
+                what = f"choice {index}"
+                if choice.name:
+                    what = (
+                        f"{what} ({choice.name!r})"
+                        if choice.name in shared
+                        else f"choice {choice.name!r}"
+                    )
                 msg = (
                     f"{what} has nothing to route by (no words in its name, no "
                     "description): give it a description or utterances"
@@ -503,12 +550,26 @@ class SynaptorouteSelector(BaseSelector):
         if router is None:
             # Checked here, so that a warning names the caller's line, not a thread's.
             routes = self._routes(choices)
-            building = asyncio.ensure_future(asyncio.to_thread(self._build, key, routes, True))
+            build = _Build()
+
+            def built() -> AdaptiveRouter:
+                made = self._build(key, routes, True)
+                with self._lock:
+                    build.router, abandoned = made, build.abandoned
+                if abandoned:
+                    self._release(made)
+                return made
+
             try:
-                router = await asyncio.shield(building)
+                router = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(built)))
             except asyncio.CancelledError:
-                # The build goes on in its thread and counts this call: released when done.
-                building.add_done_callback(self._release_built)
+                # The build goes on in its thread and counts this call. Whichever of the
+                # two ends second releases it: the task that runs the thread may itself
+                # be cancelled (asyncio.run's teardown), so no callback of it can.
+                with self._lock:
+                    build.abandoned, made = True, build.router
+                if made is not None:
+                    self._release(made)
                 raise
         try:
             # Embedding and scoring run on the router's worker thread, off the event loop.
@@ -516,10 +577,6 @@ class SynaptorouteSelector(BaseSelector):
         finally:
             self._release(router)
         return decide_selection(ranked, choices, self.policy, query.query_str)
-
-    def _release_built(self, building: asyncio.Future[AdaptiveRouter]) -> None:
-        if not building.cancelled() and building.exception() is None:
-            self._release(building.result())
 
     def _release(self, router: AdaptiveRouter) -> None:
         """One aselect on ``router`` is done; the last one on a router evicted from the
