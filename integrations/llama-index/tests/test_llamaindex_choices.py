@@ -307,13 +307,8 @@ def test_evicted_choice_sets_stop_their_workers_on_a_long_lived_loop(
     assert left <= 2
 
 
-def test_a_selection_cancelled_while_its_choice_set_builds_is_not_counted_for_good(
-    encoder: Encoder, choices: list[ToolMetadata]
-) -> None:
-    # The build (in a thread) counted the aselect; cancelled meanwhile (wait_for around
-    # a slow first embedding), nothing released it: the set's worker was never
-    # stopped once evicted, and the selector held its router for good.
-    entered, release = threading.Event(), threading.Event()
+def _held(encoder: Encoder, entered: threading.Event, release: threading.Event) -> type:
+    """An encoder class that says when it is entered and waits to be released."""
 
     class Held:
         model_id, dimension = encoder.model_id, encoder.dimension
@@ -323,6 +318,17 @@ def test_a_selection_cancelled_while_its_choice_set_builds_is_not_counted_for_go
             release.wait(60)
             return encoder.encode(texts)
 
+    return Held
+
+
+def test_a_selection_cancelled_while_its_choice_set_builds_is_not_counted_for_good(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    # The build (in a thread) counted the aselect; cancelled meanwhile (wait_for around
+    # a slow first embedding), nothing released it: the set's worker was never
+    # stopped once evicted, and the selector held its router for good.
+    entered, release = threading.Event(), threading.Event()
+    Held = _held(encoder, entered, release)
     selector = SynaptorouteSelector.from_defaults(
         utterances=UTTERANCES, encoder=Held(), max_choice_sets=1
     )
@@ -350,15 +356,7 @@ def test_a_selection_cancelled_as_its_loop_ends_is_not_counted_for_good(
     # callback of that task never released the count (a service calling asyncio.run
     # per request with a timeout kept one router per time-out).
     entered, release = threading.Event(), threading.Event()
-
-    class Held:
-        model_id, dimension = encoder.model_id, encoder.dimension
-
-        def encode(self, texts: list[str]) -> Any:
-            entered.set()
-            release.wait(60)
-            return encoder.encode(texts)
-
+    Held = _held(encoder, entered, release)
     selector = SynaptorouteSelector.from_defaults(encoder=Held(), max_choice_sets=1)
 
     async def main() -> None:
