@@ -16,7 +16,7 @@ import math
 import numbers
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 from .exceptions import InvalidInputError
 from .models import SCORE_MAX, SCORE_MIN, clean_utterances
@@ -59,6 +59,26 @@ def _empty_to_the_model(what: str, text: str) -> InvalidInputError:
         "characters its tokenizer deletes (a BOM, zero-width spaces, NUL, control or "
         "format characters), so it would be embedded as the empty text"
     )
+
+
+class RepeatedKeyError(ValueError):
+    """A key twice in one JSON object (``json.loads`` lets the last one win)."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' ``object_pairs_hook`` for files users write (routes files,
+    labelled JSON lines): a repeated key is refused, not silently dropped.
+
+    Raises:
+        RepeatedKeyError: a key appears twice in one object.
+    """
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            msg = f"key {key!r} appears more than once in one object"
+            raise RepeatedKeyError(msg)
+        out[key] = value
+    return out
 
 
 def is_number(value: object) -> TypeGuard[float]:

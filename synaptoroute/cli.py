@@ -27,7 +27,7 @@ import os
 import select
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from . import __version__
+from .checks import _empty_to_the_model, reads_nothing_of
 from .encoder import Encoder, EncoderProtocol, EncoderWrapper, check_text
 from .exceptions import (
     InvalidInputError,
@@ -172,12 +173,45 @@ def _open_router(args: argparse.Namespace, *, create: bool) -> AdaptiveRouter:
     path = _store_path(args)
     if not create and not is_database_url(path) and path != ":memory:":
         _check_store_exists(path)
-    encoder: EncoderProtocol = getattr(args, "encoder", None) or Encoder()
+    encoder = _encoder(args)
     try:
         return AdaptiveRouter.open(path, ProgressEncoder(encoder), reencode=args.reencode)
     except ModelMismatchError as exc:
         msg = f"{exc}; on the command line: --reencode"
         raise BadInput(msg) from exc
+
+
+def _encoder(args: argparse.Namespace) -> EncoderProtocol:
+    """The command's encoder, made once: the checks run before the store is opened
+    and the router share it (the model loads once)."""
+    encoder: EncoderProtocol | None = getattr(args, "encoder", None)
+    if encoder is None:
+        encoder = args.encoder = Encoder()
+    return encoder
+
+
+def _refuse_unread(encoder: EncoderProtocol, texts: Iterable[tuple[str, str]]) -> None:
+    """Refuse a text ``encoder`` reads nothing of, named by ``what`` of each ``(what,
+    text)``, before the store is opened (or made): the router refuses it too, but
+    after the store was created.
+
+    Raises:
+        InvalidInputError: the first such text.
+    """
+    reads_nothing = reads_nothing_of(encoder)
+    for what, text in texts:
+        if reads_nothing(text):
+            raise _empty_to_the_model(what, text)
+
+
+def _document_texts(doc: RoutesDocument, source: str) -> Iterator[tuple[str, str]]:
+    """Each utterance and negative example of ``doc``, named by its field in the
+    file (as ``check_document`` names them)."""
+    for i, route in enumerate(doc.routes):
+        for j, text in enumerate(route.utterances):
+            yield f"{source}: routes.{i} ({route.name!r}).utterances.{j}", text
+    for i, text in enumerate(doc.negatives):
+        yield f"{source}: negatives.{i}", text
 
 
 def _check_store_exists(path: str) -> None:
@@ -299,6 +333,22 @@ class _Labelled:
             lines=self.lines,
         )
 
+    def refuse_unread(self, args: argparse.Namespace, *, labelled: bool) -> None:
+        """Refuse a text the model reads nothing of (of a labelled row only, with
+        ``labelled``), naming its line.
+
+        Raises:
+            InvalidInputError: the first such text.
+        """
+        _refuse_unread(
+            _encoder(args),
+            (
+                (f"{self.path}: line {line}: text", text)
+                for text, label, line in zip(self.texts, self.labels, self.lines, strict=True)
+                if label is not None or not labelled
+            ),
+        )
+
 
 def _read_labelled(path: str) -> _Labelled:
     """The rows of a JSON-lines file, every line validated before anything is written.
@@ -377,6 +427,12 @@ def cmd_routes_add(args: argparse.Namespace) -> int:
         )
         _check_route_arguments(route)
         doc = RoutesDocument(routes=[route])
+    if args.file:
+        _refuse_unread(_encoder(args), _document_texts(doc, args.file))
+    else:
+        _refuse_unread(
+            _encoder(args), ((f"route {args.name!r}: utterance", t) for t in route.utterances)
+        )
     with _router(args, create=True) as router:
         if not args.replace:
             taken = [
@@ -465,8 +521,10 @@ def cmd_negatives_list(args: argparse.Namespace) -> int:
 def cmd_negatives_add(args: argparse.Namespace) -> int:
     """Add negative examples (texts that must route nowhere)."""
     # Checked before the store is opened (or made): a refusal leaves no empty store.
-    for text in clean_utterances(args.texts):
+    texts = clean_utterances(args.texts)
+    for text in texts:
         check_text(text)
+    _refuse_unread(_encoder(args), (("negative example", text) for text in texts))
     with _router(args, create=True) as router:
         added = router.add_negatives(args.texts)
     if args.json:
@@ -493,6 +551,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     suffix = Path(args.file).suffix.lower()
     if suffix in (".yaml", ".yml", ".json"):
         doc = load_routes_file(args.file)
+        _refuse_unread(_encoder(args), _document_texts(doc, args.file))
         rows = sum(len(r.utterances) for r in doc.routes)
     else:
         from .datasets import routes_from_labelled
@@ -501,6 +560,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         texts, labels = data.texts, data.labels
         doc = RoutesDocument(routes=routes_from_labelled(texts, labels))
         check_document(doc, args.file)  # before the store is opened (or made)
+        data.refuse_unread(args, labelled=True)
         if not doc.routes:
             msg = f"{args.file}: every row is labelled null; there is no route to build"
             raise BadInput(msg)
@@ -543,12 +603,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmt: Literal["yaml", "json"] = (
         "json" if args.json or args.format == "json" or by_suffix else "yaml"
     )
-    if args.output:
+    if args.output is not None:
         _refuse_to_overwrite(args.output, args)
     with _router(args) as router:
         doc = dump_routes(router)
+        policy = router.policy
     text = render_routes(doc, fmt)
-    if args.output:
+    fitted = [
+        what
+        for what, there in (
+            ("per-route thresholds", policy.thresholds),
+            ("a margin", policy.min_margin),
+            ("a calibrator", policy.calibrator is not None),
+            ("a head", policy.head is not None),
+        )
+        if there
+    ]
+    if fitted:
+        # "Reads back exactly" holds for the routes; the fitted state is the store's.
+        print(
+            f"synaptoroute: warning: the store's fitted policy ({', '.join(fitted)}) is not "
+            "part of a routes file; after importing it into another store, run "
+            "'synaptoroute fit' there",
+            file=sys.stderr,
+        )
+    if args.output is not None:
         _write_atomically(Path(args.output), text)
     else:
         _write_document(text)
@@ -558,8 +637,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _refuse_to_overwrite(output: str, args: argparse.Namespace, *inputs: str) -> None:
     """Refuse, before any work, an output file that is the store (or one of its
     journal files), one of ``inputs``, or any SQLite database: ``export -o routes.db``
-    renamed a YAML file over the store, and its fitted policy was gone for good."""
+    renamed a YAML file over the store, and its fitted policy was gone for good. And
+    an output that cannot be written, an empty name, a folder or a file in a folder
+    that does not exist: ``eval --plot`` failed there after the whole evaluation."""
+    if not output.strip():
+        msg = "the output file name is empty: give a path"
+        raise BadInput(msg)
     path = Path(output)
+    if path.is_dir():
+        msg = f"{output} is a folder: give a file name"
+        raise BadInput(msg)
+    if not path.parent.is_dir():
+        msg = f"{output}: there is no folder {str(path.parent)!r}"
+        raise BadInput(msg)
     if not path.is_file():
         return  # nothing there, or a pipe or a device (written to, never replaced)
     store = _store_path(args)
@@ -632,6 +722,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     with _router(args) as router:
         _require_routes(router, args)
         data.refuse_unknown_labels(router)
+        data.refuse_unread(args, labelled=False)
         with _progress(router, len(texts), "encoding", args):
             options: dict[str, Any] = {}
             if args.regularization is not None:
@@ -652,7 +743,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the store's router on labelled data; optionally plot the report."""
-    if args.plot:
+    if args.plot is not None:
         _refuse_to_overwrite(args.plot, args, args.file)
     data = _read_labelled(args.file)
     texts, labels = data.texts, data.labels
@@ -661,7 +752,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data.refuse_unknown_labels(router)
         with _progress(router, len(texts), "encoding", args):
             report = router.evaluate(texts, labels)
-    if args.plot:
+    if args.plot is not None:
         report.plot(args.plot)
     if args.json:
         _print_json(report.to_dict())
@@ -677,6 +768,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from .server import ServerSettings, run
+    from .server.app import check_routes_file
     from .server.settings import limit_values
 
     settings = ServerSettings.from_env(
@@ -697,10 +789,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     settings.check_safe()
     if args.routes:
-        load_routes_file(args.routes)  # a bad file fails here with exit code 2
+        # A bad file fails here with exit code 2, before the store is opened (or made).
+        doc = load_routes_file(args.routes)
+        check_routes_file(doc, settings)
+        # The service's model is the bundled one, whatever encoder main() was given.
+        _refuse_unread(Encoder(), _document_texts(doc, args.routes))
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     run(settings, access_log=args.access_log)
     return EXIT_OK
+
+
+def _check_host(host: str) -> None:
+    """Refuse a ``--host`` no URL can carry as a host (exit code 2, as a bad
+    ``--port``): the probe would report "not ready" (exit 1), or, for a ``/`` in it,
+    probe another port than ``--port``.
+
+    Raises:
+        BadInput: ``host`` is empty, holds a space or one of ``/?#@[]\\``, or holds
+            ``:`` and is no IPv6 address (a port goes in ``--port``).
+    """
+    import ipaddress
+
+    bad = not host or any(c.isspace() or c in "/?#@[]\\" for c in host)
+    if not bad and ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            bad = True
+    if bad:
+        msg = f"--host {host!r} is no host name or IP address (give a port with --port)"
+        raise BadInput(msg)
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
@@ -710,6 +828,7 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
 
     # An IPv6 address, bracketed or not (as in a URL): "[[::1]]" is no host.
     bare = args.host[1:-1] if args.host.startswith("[") and args.host.endswith("]") else args.host
+    _check_host(bare)
     host = f"[{bare}]" if ":" in bare else bare
     url = f"http://{host}:{_port(args.port, lowest=1)}/readyz"
     # No proxy: an HTTP(S)_PROXY in the container's environment must not carry a local probe.

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .checks import RepeatedKeyError, unique_keys
 from .encoder import check_text
 from .exceptions import InvalidInputError
-from .models import Route
+from .models import Route, control_character
 
 __all__ = [
     "NONE",
@@ -74,6 +75,9 @@ def _check_row(row: Any) -> tuple[str, str | None] | str:
         return f"'label' must be a string or null, got {type(label).__name__}"
     if isinstance(label, str) and not label.strip():
         return "'label' is empty (use null for a text that fits no route)"
+    control = control_character(label.strip()) if isinstance(label, str) else None
+    if control is not None:  # a label names a route, and no route name holds one
+        return f"'label' holds a control character ({control!r}), which no route name may"
     # JSON escapes can spell lone surrogates ("\ud800"), which no tokenizer or store
     # takes: refused here, with the line, not later without it.
     for key, value in (("text", text), ("label", label)):
@@ -146,9 +150,12 @@ def _parse_lines(
         try:
             # Without its line break: a line cut short was reported at "column 1" (of
             # the line after it, for the decoder).
-            row = json.loads(line.rstrip("\r\n"))
+            row = json.loads(line.rstrip("\r\n"), object_pairs_hook=unique_keys)
         except json.JSONDecodeError as exc:
             errors.append((number, f"invalid JSON ({exc.msg} at column {exc.colno})"))
+            continue
+        except RepeatedKeyError as exc:  # the last value won, silently, before
+            errors.append((number, str(exc)))
             continue
         except RecursionError:
             errors.append((number, "invalid JSON (nested too deeply)"))

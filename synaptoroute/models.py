@@ -74,7 +74,7 @@ class Route(BaseModel):
             raise ValueError(msg)
         # A tab or a line break inside split the CLI's tab-separated lines, and no
         # control character can be typed or shown where names are listed.
-        control = next((c for c in value if unicodedata.category(c) == "Cc"), None)
+        control = control_character(value)
         if control is not None:
             msg = f"route name {value!r} holds a control character ({control!r})"
             raise ValueError(msg)
@@ -84,6 +84,12 @@ class Route(BaseModel):
     @classmethod
     def _clean_utterances(cls, values: list[str]) -> list[str]:
         return clean_utterances(values)
+
+
+def control_character(name: str) -> str | None:
+    """The first control character of ``name``, which no route name may hold (``None``
+    if it holds none)."""
+    return next((c for c in name if unicodedata.category(c) == "Cc"), None)
 
 
 def clean_utterances(values: list[str]) -> list[str]:

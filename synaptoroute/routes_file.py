@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .checks import RepeatedKeyError, unique_keys
 from .encoder import check_text
 from .exceptions import InvalidInputError, MissingDependencyError, install_hint
 from .models import NEGATIVES_ROUTE, OptionalThreshold, Route, clean_utterances
@@ -102,21 +103,6 @@ def _yaml() -> Any:
         msg = f"YAML routes files need PyYAML: {install_hint('cli')}"
         raise MissingDependencyError(msg) from exc
     return yaml
-
-
-class _RepeatedKey(ValueError):
-    """A key twice in one JSON object (json.loads lets the last one win)."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json.loads' object_pairs_hook: a repeated key is refused, not silently dropped.
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            msg = f"key {key!r} appears more than once in one object"
-            raise _RepeatedKey(msg)
-        out[key] = value
-    return out
 
 
 #: Values (YAML nodes) the aliases of one routes file may stand for, all together: a
@@ -240,7 +226,7 @@ def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -
     """
     try:
         if fmt == "json":
-            data = json.loads(text, object_pairs_hook=_unique_keys)
+            data = json.loads(text, object_pairs_hook=unique_keys)
         else:
             data = _yaml().load(text, Loader=_yaml_loader())  # a SafeLoader
     except RecursionError as exc:
@@ -251,7 +237,7 @@ def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -
             raise
         # Else an integer past Python's digit limit (4,300 by default): its message
         # advises sys.set_int_max_str_digits(), of no use to a file's author.
-        said = isinstance(exc, json.JSONDecodeError | _RepeatedKey)
+        said = isinstance(exc, json.JSONDecodeError | RepeatedKeyError)
         reason = str(exc) if said else "a number too long to read"
         msg = f"{source}: not valid JSON: {reason}"
         raise InvalidInputError(msg) from exc

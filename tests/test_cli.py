@@ -1318,3 +1318,116 @@ def test_the_encoder_can_be_injected(capsys: pytest.CaptureFixture[str], tmp_pat
         assert info is not None and info.model_id == hashing.model_id
     finally:
         storage.close()
+
+
+# -- bad input found before the store is made ---------------------------------------------
+def test_a_text_the_model_reads_nothing_of_makes_no_store(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The router refused it, but after the store was created: an empty store was left.
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text(
+        '{"text": "ok", "label": "b"}\n{"text": "x", "label": null}\n'
+        '{"text": "\\u200b", "label": "a"}\n',
+        encoding="utf-8",
+    )
+    yaml_file = tmp_path / "routes.yaml"
+    yaml_file.write_text('routes:\n- name: a\n  utterances: [fine, "\\u200b"]\n', encoding="utf-8")
+    cases = [
+        (["routes", "add", "a", "\u200b"], "route 'a': utterance"),
+        (["negatives", "add", "\ufeff"], "negative example"),
+        (["import", str(jsonl)], f"{jsonl}: line 3: text"),
+        (["import", str(yaml_file)], f"{yaml_file}: routes.0 ('a').utterances.1"),
+        (["routes", "add", "--file", str(yaml_file)], "routes.0 ('a').utterances.1"),
+    ]
+    for n, (argv, named) in enumerate(cases):
+        path = tmp_path / f"{n}.db"
+        code, _, err = run(capsys, *argv, "--store", str(path))
+        assert code == EXIT_BAD_INPUT, argv
+        assert named in err and "is empty to the model" in err, err
+        assert not path.exists(), argv
+    # A null-labelled row is no utterance: import takes the file without it.
+    jsonl.write_text('{"text": "ok", "label": "b"}\n{"text": "\\u200b", "label": null}\n')
+    assert run(capsys, "import", str(jsonl), "--store", str(tmp_path / "ok.db"))[0] == EXIT_OK
+    # fit names the line too (it named the row's 0-based index).
+    code, _, err = run(capsys, "fit", str(jsonl), "--store", str(tmp_path / "ok.db"))
+    assert code == EXIT_BAD_INPUT and f"{jsonl}: line 2: text" in err
+
+
+def test_serve_refuses_a_bad_routes_file_before_making_the_store(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for n, (body, named) in enumerate(
+        [
+            ('routes:\n- name: ".."\n  utterances: [a]\n', "path segment"),
+            ('routes:\n- name: a\n  utterances: ["\\u200b"]\n', "is empty to the model"),
+        ]
+    ):
+        routes = tmp_path / f"{n}.yaml"
+        routes.write_text(body, encoding="utf-8")
+        path = tmp_path / f"{n}.db"
+        code, _, err = run(
+            capsys, "serve", "--port", "0", "--store", str(path), "--routes", str(routes)
+        )
+        assert code == EXIT_BAD_INPUT and named in err and str(routes) in err, err
+        assert not path.exists()
+
+
+def test_a_repeated_key_or_a_control_character_in_a_label_names_its_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # json.loads kept the last value: text "e" and label "y" were dropped silently; a
+    # label no route may have gave pydantic's message with no file or line.
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        '{"text": "e", "label": "x", "text": "f"}\n{"text": "g", "label": "y", "label": "z"}\n'
+        '{"text": "h", "label": "x\\ny"}\n{"text": "i", "label": " w\\n"}\n',
+        encoding="utf-8",
+    )
+    path = tmp_path / "s.db"
+    code, _, err = run(capsys, "import", str(rows), "--store", str(path))
+    assert code == EXIT_BAD_INPUT and not path.exists()
+    assert "3 malformed lines" in err
+    assert "line 1: key 'text' appears more than once" in err
+    assert "line 2: key 'label' appears more than once" in err
+    assert "line 3: 'label' holds a control character ('\\n')" in err
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    # eval --plot failed after the whole evaluation (its report lost); "" was ignored.
+    assert run(capsys, "routes", "add", "a", "hello there", "--store", store)[0] == EXIT_OK
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "hello", "label": "a"}\n', encoding="utf-8")
+    for output, said in [
+        ("", "the output file name is empty"),
+        (str(tmp_path), "is a folder"),
+        (str(tmp_path / "nodir" / "out.png"), "there is no folder"),
+    ]:
+        for argv in (["eval", str(rows), "--plot", output], ["export", "-o", output]):
+            code, out, err = run(capsys, *argv, "--store", store)
+            assert code == EXIT_BAD_INPUT and said in err and out == "", (argv, err)
+
+
+def test_export_says_the_fitted_policy_stays_behind(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    assert run(capsys, "import", TRAIN, "--store", store)[0] == EXIT_OK
+    code, _, err = run(capsys, "export", "-o", str(tmp_path / "a.yaml"), "--store", store)
+    assert code == EXIT_OK and "warning" not in err
+    assert run(capsys, "fit", VAL, "--store", store)[0] == EXIT_OK
+    code, _, err = run(capsys, "export", "-o", str(tmp_path / "b.yaml"), "--store", store)
+    assert code == EXIT_OK
+    assert (
+        "synaptoroute: warning: the store's fitted policy (" in err and "'synaptoroute fit'" in err
+    )
+
+
+@pytest.mark.parametrize("host", ["a b", "x/y", "[::1", "localhost:9999", ""])
+def test_a_healthcheck_host_no_url_can_carry_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], host: str
+) -> None:
+    # Exit 1 ("not ready") before; "x/y" probed port 80 at path "/y:PORT/readyz".
+    code, _, err = run(capsys, "healthcheck", "--host", host, "--port", "1")
+    assert code == EXIT_BAD_INPUT and "is no host name or IP address" in err

@@ -29,7 +29,7 @@ from .. import __version__
 from ..encoder import Encoder
 from ..exceptions import InvalidInputError, RouterClosedError, SynaptorouteError
 from ..router import AdaptiveRouter
-from ..routes_file import apply_routes, load_routes_file
+from ..routes_file import RoutesDocument, apply_routes, load_routes_file
 from .endpoints import _blocking, _check_addressable, endpoints_router
 from .errors import _install_error_handlers, _responses, require_json_body
 from .guards import (
@@ -83,6 +83,22 @@ def build_router(settings: ServerSettings) -> AdaptiveRouter:
     )
 
 
+def check_routes_file(doc: RoutesDocument, settings: ServerSettings) -> None:
+    """Refuse, as ``POST /routes`` does, a route of ``settings.routes_file`` that no URL
+    can address: it could be served but never read, changed or deleted over HTTP (or
+    the console). ``synaptoroute serve`` runs it before the store is opened.
+
+    Raises:
+        InvalidInputError: the first such route, named with the file.
+    """
+    for route in doc.routes:
+        try:
+            _check_addressable(route.name, settings.max_header_bytes)
+        except InvalidInputError as exc:
+            msg = f"routes file {settings.routes_file!r}: route {route.name!r}: {exc}"
+            raise InvalidInputError(msg) from exc
+
+
 def create_app(
     settings: ServerSettings | None = None, *, router: AdaptiveRouter | None = None
 ) -> FastAPI:
@@ -129,14 +145,7 @@ def create_app(
         try:
             if settings.routes_file:
                 doc = await _blocking(load_routes_file, settings.routes_file)
-                # As POST /routes refuses them: a route no URL can address could be
-                # served but never read, changed or deleted over HTTP (or the console).
-                for route in doc.routes:
-                    try:
-                        _check_addressable(route.name, settings.max_header_bytes)
-                    except InvalidInputError as exc:
-                        msg = f"routes file {settings.routes_file!r}: route {route.name!r}: {exc}"
-                        raise InvalidInputError(msg) from exc
+                check_routes_file(doc, settings)
                 report = await _blocking(apply_routes, r, doc)
                 log.info("routes file %s applied: %s", settings.routes_file, report.to_dict())
             # Load the model and compile the index (with its int8 copy), so the first
