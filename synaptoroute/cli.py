@@ -27,7 +27,7 @@ import os
 import select
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,6 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from . import __version__
-from .checks import _empty_to_the_model, reads_nothing_of
 from .encoder import Encoder, EncoderProtocol, EncoderWrapper, check_text
 from .exceptions import (
     InvalidInputError,
@@ -55,8 +54,10 @@ from .routes_file import (
     RoutesDocument,
     apply_routes,
     check_document,
+    check_readable,
     dump_routes,
     load_routes_file,
+    refuse_unread,
     render_routes,
 )
 from .server.settings import add_limit_arguments
@@ -190,30 +191,6 @@ def _encoder(args: argparse.Namespace) -> EncoderProtocol:
     return encoder
 
 
-def _refuse_unread(encoder: EncoderProtocol, texts: Iterable[tuple[str, str]]) -> None:
-    """Refuse a text ``encoder`` reads nothing of, named by ``what`` of each ``(what,
-    text)``, before the store is opened (or made): the router refuses it too, but
-    after the store was created.
-
-    Raises:
-        InvalidInputError: the first such text.
-    """
-    reads_nothing = reads_nothing_of(encoder)
-    for what, text in texts:
-        if reads_nothing(text):
-            raise _empty_to_the_model(what, text)
-
-
-def _document_texts(doc: RoutesDocument, source: str) -> Iterator[tuple[str, str]]:
-    """Each utterance and negative example of ``doc``, named by its field in the
-    file (as ``check_document`` names them)."""
-    for i, route in enumerate(doc.routes):
-        for j, text in enumerate(route.utterances):
-            yield f"{source}: routes.{i} ({route.name!r}).utterances.{j}", text
-    for i, text in enumerate(doc.negatives):
-        yield f"{source}: negatives.{i}", text
-
-
 def _check_store_exists(path: str) -> None:
     """Refuse, for a command that only reads, a store that is not there: no file, or an
     empty one (SQLite would make a new store of it, and the file would be changed).
@@ -333,14 +310,14 @@ class _Labelled:
             lines=self.lines,
         )
 
-    def refuse_unread(self, args: argparse.Namespace, *, labelled: bool) -> None:
+    def refuse_unread_rows(self, args: argparse.Namespace, *, labelled: bool) -> None:
         """Refuse a text the model reads nothing of (of a labelled row only, with
         ``labelled``), naming its line.
 
         Raises:
             InvalidInputError: the first such text.
         """
-        _refuse_unread(
+        refuse_unread(
             _encoder(args),
             (
                 (f"{self.path}: line {line}: text", text)
@@ -428,9 +405,9 @@ def cmd_routes_add(args: argparse.Namespace) -> int:
         _check_route_arguments(route)
         doc = RoutesDocument(routes=[route])
     if args.file:
-        _refuse_unread(_encoder(args), _document_texts(doc, args.file))
+        check_readable(doc, args.file, _encoder(args))
     else:
-        _refuse_unread(
+        refuse_unread(
             _encoder(args), ((f"route {args.name!r}: utterance", t) for t in route.utterances)
         )
     with _router(args, create=True) as router:
@@ -524,7 +501,7 @@ def cmd_negatives_add(args: argparse.Namespace) -> int:
     texts = clean_utterances(args.texts)
     for text in texts:
         check_text(text)
-    _refuse_unread(_encoder(args), (("negative example", text) for text in texts))
+    refuse_unread(_encoder(args), (("negative example", text) for text in texts))
     with _router(args, create=True) as router:
         added = router.add_negatives(args.texts)
     if args.json:
@@ -551,7 +528,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     suffix = Path(args.file).suffix.lower()
     if suffix in (".yaml", ".yml", ".json"):
         doc = load_routes_file(args.file)
-        _refuse_unread(_encoder(args), _document_texts(doc, args.file))
+        check_readable(doc, args.file, _encoder(args))
         rows = sum(len(r.utterances) for r in doc.routes)
     else:
         from .datasets import routes_from_labelled
@@ -560,7 +537,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         texts, labels = data.texts, data.labels
         doc = RoutesDocument(routes=routes_from_labelled(texts, labels))
         check_document(doc, args.file)  # before the store is opened (or made)
-        data.refuse_unread(args, labelled=True)
+        data.refuse_unread_rows(args, labelled=True)
         if not doc.routes:
             msg = f"{args.file}: every row is labelled null; there is no route to build"
             raise BadInput(msg)
@@ -722,7 +699,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     with _router(args) as router:
         _require_routes(router, args)
         data.refuse_unknown_labels(router)
-        data.refuse_unread(args, labelled=False)
+        data.refuse_unread_rows(args, labelled=False)
         with _progress(router, len(texts), "encoding", args):
             options: dict[str, Any] = {}
             if args.regularization is not None:
@@ -789,11 +766,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     settings.check_safe()
     if args.routes:
-        # A bad file fails here with exit code 2, before the store is opened (or made).
-        doc = load_routes_file(args.routes)
-        check_routes_file(doc, settings)
-        # The service's model is the bundled one, whatever encoder main() was given.
-        _refuse_unread(Encoder(), _document_texts(doc, args.routes))
+        # A bad file fails here with exit code 2 (a text the model reads nothing of,
+        # at start-up, with the service's encoder: still before the store is opened).
+        check_routes_file(load_routes_file(args.routes), settings)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     run(settings, access_log=args.access_log)
     return EXIT_OK

@@ -271,6 +271,32 @@ class Snapshot:
         seg_max = np.maximum.reduceat(sims, self.seg_starts, axis=1)
         return np.maximum.reduceat(seg_max[:, self.seg_order], self.route_starts, axis=1)
 
+    @cached_property
+    def _live_positions(self) -> dict[str, int]:
+        # Built on first use only (O(routes)): route_score's callers are rare.
+        return {str(self.names[rid]): pos for pos, rid in enumerate(self.live_routes.tolist())}
+
+    def route_score(self, query: NDArray[np.float32], name: str) -> RouteScores | None:
+        """The live route ``name``'s exact score for ``query`` alone, by the aggregation
+        (with its nearest row), or ``None`` if no live route has that name. It costs
+        the route's rows, not the index's."""
+        pos = self._live_positions.get(name)
+        if pos is None:
+            return None
+        rid = self.live_routes[pos : pos + 1]
+        if self.aggregation == "centroid":
+            value = np.float32(self.centroids[pos] @ query)
+            return RouteScores(rid, np.array([value], np.float32), np.full(1, -1, np.int64))
+        rows = self._route_rows(pos)
+        vals = self.matrix[rows] @ query
+        nearest = np.array([rows[int(np.argmax(vals))]], dtype=np.int64)
+        if self.aggregation == "max":
+            value = np.float32(vals.max())
+        else:
+            t = min(self.top_k, len(vals))
+            value = np.float32(np.partition(vals, len(vals) - t)[len(vals) - t :].mean())
+        return RouteScores(rid, np.array([value], np.float32), nearest)
+
     def _route_rows(self, pos: int) -> NDArray[np.intp]:
         first, last = _group(self.route_starts, len(self.seg_order), pos)
         segs = self.seg_order[first:last]

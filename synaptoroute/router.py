@@ -1091,7 +1091,7 @@ class AdaptiveRouter:
             _, ranked = self._score(batch, k, snapshot, knn)
             for j, scores in zip(rows, ranked, strict=True):
                 if extra and (top_k is None or requests[live[j]].negatives):
-                    scores = self._tied_negatives(vectors[j], scores, snapshot, knn)
+                    scores = self._tied_negatives(vectors[j], scores, snapshot)
                 if top_k is None:
                     answers[live[j]] = decide(
                         scores,
@@ -1111,24 +1111,29 @@ class AdaptiveRouter:
                     answers[live[j]] = _each_route(scores, snapshot, policy, thresholds)[:top_k]
 
     def _tied_negatives(
-        self, vector: NDArray[np.float32], scores: RouteScores, snapshot: Snapshot, knn: int
+        self, vector: NDArray[np.float32], scores: RouteScores, snapshot: Snapshot
     ) -> RouteScores:
-        """``scores`` ranked past k when every ranked route ties with the best and the
-        negative examples' route ties too: a tie goes to it (``decide``, as the fit
-        counts it), but ties rank by position, so a negative example that is the
-        utterance of more routes than k fell out of the ranking. Rare (an exact tie
-        of k routes), so the wider scan costs nothing on other queries."""
-        wider = scores
-        while (
-            not negative_first(wider, snapshot)
-            and 0 < len(wider.route_ids) < snapshot.n_routes
-            and wider.scores[-1] >= wider.scores[0] - NEGATIVE_TIE
+        """``scores`` with the negative examples' route added when it ties with the
+        best route but fell out of the ranking: a tie goes to it (``decide``, as the
+        fit counts it), but ties rank by position, so a negative example that is the
+        utterance of more routes than k was not seen. Only a ranking whose every route
+        ties with the best can have lost it; then that route alone is scored (its
+        rows, not the index's again)."""
+        if (
+            not len(scores.route_ids)
+            or scores.scores[-1] < scores.scores[0] - NEGATIVE_TIE
+            or negative_first(scores, snapshot)
         ):
-            k = min(snapshot.n_routes, 2 * len(wider.route_ids))
-            _, (wider,) = self._score(vector[None, :], k, snapshot, knn)
-            if len(wider.route_ids) < k:  # the scan ranks no more than it has
-                break
-        return wider if negative_first(wider, snapshot) else scores
+            return scores
+        alone = snapshot.route_score(vector, NEGATIVES_ROUTE)
+        if alone is None or alone.scores[0] < scores.scores[0] - NEGATIVE_TIE:
+            return scores
+        return RouteScores(
+            np.concatenate([scores.route_ids, alone.route_ids]),
+            np.concatenate([scores.scores, alone.scores]),
+            np.concatenate([scores.nearest_rows, alone.nearest_rows]),
+            scores.knn,
+        )
 
     def _snapshot_and_policy(self) -> tuple[Snapshot, DecisionPolicy]:
         """The compiled routes and the policy installed with them, without a lock.

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -33,8 +33,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .checks import RepeatedKeyError, unique_keys
-from .encoder import check_text
+from .checks import RepeatedKeyError, _empty_to_the_model, reads_nothing_of, unique_keys
+from .encoder import EncoderProtocol, check_text
 from .exceptions import InvalidInputError, MissingDependencyError, install_hint
 from .models import NEGATIVES_ROUTE, OptionalThreshold, Route, clean_utterances
 from .router import AdaptiveRouter
@@ -263,6 +263,40 @@ def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -
         raise InvalidInputError(msg) from None
     check_document(doc, source)
     return doc
+
+
+def refuse_unread(encoder: EncoderProtocol, texts: Iterable[tuple[str, str]]) -> None:
+    """Refuse a text ``encoder`` reads nothing of, named by ``what`` of each ``(what,
+    text)``. Run before a store is opened (or made): the router refuses such a text
+    too, but after the store was created.
+
+    Raises:
+        InvalidInputError: the first such text.
+    """
+    reads_nothing = reads_nothing_of(encoder)
+    for what, text in texts:
+        if reads_nothing(text):
+            raise _empty_to_the_model(what, text)
+
+
+def check_readable(doc: RoutesDocument, source: str, encoder: EncoderProtocol) -> None:
+    """:func:`refuse_unread` for each utterance and negative example of ``doc``, named
+    by its field in ``source`` (as :func:`check_document` names them).
+
+    Raises:
+        InvalidInputError: the first text ``encoder`` reads nothing of.
+    """
+    refuse_unread(
+        encoder,
+        (
+            *(
+                (f"{source}: routes.{i} ({route.name!r}).utterances.{j}", text)
+                for i, route in enumerate(doc.routes)
+                for j, text in enumerate(route.utterances)
+            ),
+            *((f"{source}: negatives.{i}", text) for i, text in enumerate(doc.negatives)),
+        ),
+    )
 
 
 def check_document(doc: RoutesDocument, source: str) -> None:

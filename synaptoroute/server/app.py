@@ -29,7 +29,7 @@ from .. import __version__
 from ..encoder import Encoder
 from ..exceptions import InvalidInputError, RouterClosedError, SynaptorouteError
 from ..router import AdaptiveRouter
-from ..routes_file import RoutesDocument, apply_routes, load_routes_file
+from ..routes_file import RoutesDocument, apply_routes, check_readable, load_routes_file
 from .endpoints import _blocking, _check_addressable, endpoints_router
 from .errors import _install_error_handlers, _responses, require_json_body
 from .guards import (
@@ -70,17 +70,23 @@ class ServiceState:
         return self.router
 
 
-def build_router(settings: ServerSettings) -> AdaptiveRouter:
-    """Open the store named in ``settings`` (memory when ``None``) with the bundled model."""
+def build_router(settings: ServerSettings, encoder: Encoder | None = None) -> AdaptiveRouter:
+    """Open the store named in ``settings`` (memory when ``None``) with the bundled model
+    (``encoder``, when given, is one made by :func:`service_encoder`)."""
     return AdaptiveRouter.open(
         settings.store or None,
-        Encoder(threads=settings.encoder_threads, spin=settings.encoder_spin),
+        encoder if encoder is not None else service_encoder(settings),
         storage_options=settings.storage_options,
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
         max_queue_size=settings.max_queue_size,
         max_queue_cost=settings.max_queue_cost,
     )
+
+
+def service_encoder(settings: ServerSettings) -> Encoder:
+    """The bundled model, with the service's thread settings."""
+    return Encoder(threads=settings.encoder_threads, spin=settings.encoder_spin)
 
 
 def check_routes_file(doc: RoutesDocument, settings: ServerSettings) -> None:
@@ -139,13 +145,18 @@ def create_app(
             state.router = None  # a restarted lifespan opens the store again
 
     async def start_up() -> AdaptiveRouter:
+        doc = None
+        if settings.routes_file:
+            doc = await _blocking(load_routes_file, settings.routes_file)
+            check_routes_file(doc, settings)
         if state.router is None:
-            state.router = await _blocking(build_router, settings)
+            encoder = service_encoder(settings)
+            if doc is not None:  # before the store is opened (or made)
+                await _blocking(check_readable, doc, settings.routes_file, encoder)
+            state.router = await _blocking(build_router, settings, encoder)
         r = state.router
         try:
-            if settings.routes_file:
-                doc = await _blocking(load_routes_file, settings.routes_file)
-                check_routes_file(doc, settings)
+            if doc is not None:
                 report = await _blocking(apply_routes, r, doc)
                 log.info("routes file %s applied: %s", settings.routes_file, report.to_dict())
             # Load the model and compile the index (with its int8 copy), so the first
