@@ -308,6 +308,34 @@ def test_fit_predicts_exactly_what_the_router_does(
             router.set_threshold(name, None)  # the next router opens the same store
 
 
+def test_the_threshold_search_holds_rows_a_negative_example_rejects_at_no_route(
+    open_router: Callable[..., AdaptiveRouter], clinc_train: Rows, clinc_val: Rows
+) -> None:
+    # The search treated them as routable: it raised the threshold above their scores,
+    # rejecting in-scope rows for nothing, and a refit installed a worse policy.
+    router = open_router()
+    router.add_negatives([str(r["text"]) for r in clinc_train if r["label"] is None])
+    texts, labels = split(clinc_val)
+    router.set_policy(replace(router.policy, threshold=-1.0))  # every candidate passes
+    seen = router.query_batch(texts)
+    blocked = [m.reason == "negative_example" for m in seen]
+    assert any(b and label is None for b, label in zip(blocked, labels, strict=True))
+
+    def accuracy_at(cut: float) -> float:
+        right = 0
+        for match, label, rejected in zip(seen, labels, blocked, strict=True):
+            name = None if rejected or match.score < cut else match.candidate
+            right += name == label
+        return right / len(labels)
+
+    best = max(accuracy_at(c) for c in [m.score for m in seen] + [math.inf])
+    # The threshold is the in-sample optimum of the rows (the report's 'after' is
+    # held out).
+    router.fit(texts, labels, head=False, per_route=False, margin=False, objective="accuracy")
+    assert accuracy_at(router.policy.threshold) == pytest.approx(best)
+    assert router.evaluate(texts, labels).figures.accuracy == pytest.approx(best)
+
+
 def test_routes_changed_after_fit_keep_the_router_consistent(
     open_router: Callable[..., AdaptiveRouter], clinc_train: Rows
 ) -> None:

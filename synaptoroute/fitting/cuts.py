@@ -276,6 +276,18 @@ class _Scored:
     n_routes: int
     lex: NDArray[np.float64] | None = None  # (n_labelled, K) lexical scores of the ranked
     knn: NDArray[np.float64] | None = None  # (n_labelled,) k-th nearest utterance similarity
+    # (n_labelled,) rows a negative example ties or outranks every route for: rejected
+    # at query time before any threshold or head, so every search holds them at NONE.
+    blocked: NDArray[np.bool_] | None = None
+
+    def blocked_at(self, rows: NDArray[np.intp]) -> NDArray[np.bool_]:
+        """Which of ``rows`` a negative example rejects whatever the policy (rows past
+        the labelled ones, a head's extra route utterances, never)."""
+        out = np.zeros(len(rows), dtype=bool)
+        if self.blocked is not None:
+            inside = rows < len(self.blocked)
+            out[inside] = self.blocked[rows[inside]]
+        return out
 
     @property
     def s1(self) -> NDArray[np.float64]:
@@ -309,7 +321,7 @@ def _threshold_predictions(
     thr = fit.vector(fixed)
     top1 = data.top_ids[rows, 0]
     verdict = threshold_verdicts(data.s1[rows], data.s2[rows], thr[top1], fit.margin)
-    return np.where(verdict == 0, top1, NONE).astype(np.int64)
+    return np.where((verdict == 0) & ~data.blocked_at(rows), top1, NONE).astype(np.int64)
 
 
 def _fit_thresholds(
@@ -329,11 +341,14 @@ def _fit_thresholds(
     gap = s1 - data.s2[rows]
     is_fixed = ~np.isnan(fixed[top1])
     fixed_pass = is_fixed & (s1 >= np.nan_to_num(fixed[top1], nan=np.inf))
+    blocked = data.blocked_at(rows)
     best: tuple[float, _ThresholdFit] | None = None
     for margin in margins:
         ambiguous = (gap < margin) if margin > 0 else np.zeros(len(rows), dtype=bool)
-        forced = np.where(fixed_pass & ~ambiguous, top1, NONE).astype(np.int64)
-        active = ~is_fixed & ~ambiguous
+        # Rows a negative example rejects go nowhere whatever the cut: searched as
+        # routable, they pushed the threshold up for nothing.
+        forced = np.where(fixed_pass & ~ambiguous & ~blocked, top1, NONE).astype(np.int64)
+        active = ~is_fixed & ~ambiguous & ~blocked
         zeros = np.zeros(len(rows), dtype=np.int64)
         glob = _search(
             s1, top1, y, active, forced, zeros, 1, data.n_routes, objective, target, False

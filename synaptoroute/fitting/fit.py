@@ -338,7 +338,7 @@ def fit_policy(
             neg = int(np.setdiff1d(np.arange(scores_all.shape[1]), keep_cols)[0])
             blocked = scores_all[:n, neg] >= scores[:n].max(axis=1) - NEGATIVE_TIE
         top_ids, top_vals = _rank(scores, k_rank)
-        data = _Scored(top_ids, top_vals, y_all, n_routes)
+        data = _Scored(top_ids, top_vals, y_all, n_routes, blocked=blocked)
         found: list[_Features] | None = None  # the texts' n-gram features, read once
         seconds["score"] = time.perf_counter() - t0
         if need_knn:
@@ -727,6 +727,7 @@ def _slack(
     out: NDArray[np.float64] = data.s1[rows] - thr[top1]
     if fit.margin > 0:
         out[data.s1[rows] - data.s2[rows] < fit.margin] = -np.inf
+    out[data.blocked_at(rows)] = -np.inf  # a negative example rejects it at any shift
     return out
 
 

@@ -196,16 +196,18 @@ def _held_out_cuts(
     n_routes: int,
     objective: Objective,
     target: float,
+    blocked: NDArray[np.bool_],
 ) -> NDArray[np.int64]:
     """Predictions where each fold's rows are cut at a value chosen on the other folds
-    (their out-of-scope rows included), so no row judges the cut it chose."""
+    (their out-of-scope rows included), so no row judges the cut it chose. ``blocked``
+    rows (a negative example rejects them first) go nowhere whatever the cut."""
     pred = np.empty(len(y), dtype=np.int64)
     for f in range(folds):
         test = fold == f
         if not test.any():
             continue
-        part = _single_cut(conf, cand, y, ~test, n_routes, objective, target)
-        pred[test] = np.where(conf[test] >= part.cut[0], cand[test], NONE)
+        part = _single_cut(conf, cand, y, ~test & ~blocked, n_routes, objective, target)
+        pred[test] = np.where((conf[test] >= part.cut[0]) & ~blocked[test], cand[test], NONE)
     return pred
 
 
@@ -216,9 +218,11 @@ def _pooled_cut(
     n_routes: int,
     objective: Objective,
     target: float,
+    blocked: NDArray[np.bool_],
 ) -> tuple[float, float]:
-    """The objective at the best single cut of all rows, and that cut."""
-    whole = _single_cut(conf, cand, y, np.ones(len(y), dtype=bool), n_routes, objective, target)
+    """The objective at the best single cut of all rows (``blocked`` ones held at no
+    route), and that cut."""
+    whole = _single_cut(conf, cand, y, ~blocked, n_routes, objective, target)
     value = _objective_value(figures(y, whole.pred, n_routes), objective, target)
     cut = float(whole.cut[0]) if np.isfinite(whole.cut[0]) else 1.0 + _BEYOND
     return value, cut
@@ -313,6 +317,7 @@ def _choose_head(
     """
     y = data.y[rows]
     n_routes = data.n_routes
+    blocked = data.blocked_at(rows)
     # Platt keeps the order of the raw values, so a cut on the confidence is as fine
     # as a cut on the raw value; isotonic steps would tie many rows.
     kind = "platt" if calibration == "auto" else calibration
@@ -322,7 +327,7 @@ def _choose_head(
         model, alpha, beta = point
         cand, raw, _, _ = _head_pred(oofs[model], data, rows, k, alpha, beta)
         conf = _calibrate(raw, cand == y, kind, True)(raw)
-        return _pooled_cut(conf, cand, y, n_routes, objective, target)[0]
+        return _pooled_cut(conf, cand, y, n_routes, objective, target, blocked)[0]
 
     # Each point is mostly numpy over every row, so two run side by side; not one per
     # CPU, as each holds a few rows x classes float64 arrays (about 18 MB each here).
@@ -361,7 +366,7 @@ def _choose_head(
     for scorer, raw in raws.items():
         calibrators[scorer] = _calibrate(raw, cand == y, kind, scorer == "max_prob")
         conf = calibrators[scorer](raw)
-        pred = _held_out_cuts(conf, cand, y, fold, folds, n_routes, objective, target)
+        pred = _held_out_cuts(conf, cand, y, fold, folds, n_routes, objective, target, blocked)
         held = figures(y, pred, n_routes)
         held_preds[scorer] = pred
         report[scorer] = {
@@ -373,7 +378,7 @@ def _choose_head(
     scorer = _pick_scorer(report, held_preds, raws, cand, y, objective, target)
     calibrator, pred = calibrators[scorer], held_preds[scorer]
     conf = calibrator(raws[scorer])
-    value, cut = _pooled_cut(conf, cand, y, n_routes, objective, target)
+    value, cut = _pooled_cut(conf, cand, y, n_routes, objective, target, blocked)
     return _HeadFit(
         model[0],
         model[1],
