@@ -147,6 +147,8 @@ class _Reading(NamedTuple):
     other: re.Pattern[str]
     #: Its unknown-word rule (see :func:`_unknown_stand_in`).
     unknown: tuple[int, str] | None
+    #: Characters a token covers at most, and a space: its longest vocabulary piece + 1.
+    chars_per_token: int = _CHARS_PER_TOKEN_BOUND
 
 
 def _cut_words(text: str, reading: _Reading, limit: int) -> str:
@@ -217,6 +219,16 @@ def _cleaned(word: str, reading: _Reading, room: int) -> str:
     ):
         return unknown[1]  # over ``unknown[0]`` letters and digits once cleaned
     return cleaned
+
+
+def _longest_piece(tokenizer: Any) -> int:
+    """The characters of the tokenizer's longest vocabulary piece, without a
+    word-piece marker (``##``, ``Ġ``, ``▁``); the bundled model's is 18."""
+    pieces = tokenizer.get_vocab()
+    return max(
+        (len(p.removeprefix("##").removeprefix("\u0120").removeprefix("\u2581")) for p in pieces),
+        default=_CHARS_PER_TOKEN_BOUND - 1,
+    )
 
 
 def _as_read(word: str, unknown: tuple[int, str] | None) -> str:
@@ -826,6 +838,7 @@ class Encoder:
                         deleted=self._deleted,
                         other=re.compile(f"[^\\w{spans}]|_"),
                         unknown=_unknown_stand_in(self._tokenizer),
+                        chars_per_token=_longest_piece(self._tokenizer) + 1,
                     )
                 reading = self._read_as
         return reading
@@ -866,7 +879,8 @@ class Encoder:
         left out and a word it reads as one unknown token becomes one character it
         reads so, so words after a long run of such things are not cut off; then the
         text is cut to ``max_tokens`` x 19 characters (the longest piece of its
-        vocabulary, 18 characters, and a space: room for ``max_tokens`` tokens). A text
+        vocabulary, 18 characters, and a space: room for ``max_tokens`` tokens; for an
+        export of its own, ``model_path``, its own longest piece and a space). A text
         within that length is returned as it is. The router's embedding cache is keyed
         by this text. The work is bounded by the cut, not the text: a 1 MB text costs
         about what any text longer than the cut costs, spaces in it or not.
@@ -874,9 +888,16 @@ class Encoder:
         Not covered: a shorter word read as one unknown token (one holding a character
         the vocabulary lacks, or a run of over 100 letters and digits joined to
         punctuation) takes its length in the cut, so a text of many of them is cut
-        before the model's limit.
+        before the model's limit; and a word of symbols (emoji, box drawing...) it
+        reads as one unknown token is kept as it is, so one longer than the cut hides
+        the words after it.
         """
-        limit = self.max_tokens * _CHARS_PER_TOKEN_BOUND
+        per_token = _CHARS_PER_TOKEN_BOUND
+        if self._bundled and self._model_path is not None:
+            # An export of its own: its vocabulary may hold longer pieces (read once,
+            # the model loaded first), so the cut kept fewer than max_tokens tokens.
+            per_token = self._reading().chars_per_token
+        limit = self.max_tokens * per_token
         if len(text) <= limit or not self._bundled:
             return text[:limit]  # a text that fits is read whole, unchanged
         return _cut_words(text, self._reading(), limit)

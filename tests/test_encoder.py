@@ -123,6 +123,25 @@ def test_the_cut_holds_the_longest_piece_of_the_vocabulary(encoder: Encoder) -> 
         assert tokenizer.encode(cut).ids == tokenizer.encode(text).ids
 
 
+@pytest.mark.model
+def test_the_cut_of_an_export_holds_its_own_longest_piece(tmp_path: Path) -> None:
+    # An export of its own (model_path) was cut at the bundled vocabulary's 19
+    # characters a token: 300 words of a 40-character piece kept 133 of 256 tokens.
+    model, tokenizer = _default_model_files()
+    shutil.copy(model, tmp_path / "model.onnx")
+    spec = json.loads(tokenizer.read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    vocab["x" * 40] = vocab.pop("[unused0]")
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    export = Encoder(model_path=tmp_path)
+    text = " ".join(["x" * 40] * 300)
+    export.load()
+    read = export._tokenizer.encode(text).ids
+    assert len(read) == export.max_tokens
+    assert export._tokenizer.encode(export.truncate(text)).ids == read
+    assert np.allclose(export.encode([text]), export.encode([text + " more words"]), atol=1e-6)
+
+
 class _CleaningCounter:
     """The tokenizer's deleted characters, counting how many characters are cleaned."""
 
