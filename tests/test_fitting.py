@@ -40,6 +40,7 @@ from synaptoroute.fitting.cuts import _objective_value, _Scored, _search, _singl
 from synaptoroute.fitting.fit import _policy_predictions
 from synaptoroute.fitting.head import (
     _credits,
+    _held_out_cuts,
     _pick_scorer,
     _row_weights,
     _softmax_regression,
@@ -732,6 +733,35 @@ def test_target_recall_search_meets_the_target(target: float) -> None:
         and f.oos_recall >= target
     )
     assert fig.in_scope_accuracy is not None and fig.in_scope_accuracy >= best - 1e-12
+
+
+@pytest.mark.parametrize("objective", ["oos_recall", "macro_f1"])
+def test_a_held_out_cut_is_chosen_on_the_other_folds_alone(objective: str) -> None:
+    # Two identical folds: a cut chosen on one meets the target on the other. The held
+    # fold's rows were given to the search as inactive, counted as rejected whatever
+    # the cut, so half the out-of-scope rows were "recalled" for free and the held-out
+    # recall came out under the target.
+    per_fold = 40
+    conf = np.tile(np.linspace(0.0, 1.0, per_fold), 2)
+    cand = np.zeros(2 * per_fold, dtype=np.int64)
+    y = np.where(np.arange(2 * per_fold) % 2 == 0, NONE, 0)  # alternate: out, in
+    fold = np.repeat([0, 1], per_fold)
+    blocked = np.zeros(2 * per_fold, dtype=bool)
+    pred = _held_out_cuts(conf, cand, y, fold, 2, 1, objective, 0.9, blocked)  # type: ignore[arg-type]
+    for f in range(2):
+        test = fold == f
+        alone = _single_cut(
+            conf[~test],
+            cand[~test],
+            y[~test],
+            ~blocked[~test],
+            1,
+            objective,
+            0.9,  # type: ignore[arg-type]
+        )
+        assert np.array_equal(pred[test], np.where(conf[test] >= alone.cut[0], 0, NONE))
+    if objective == "oos_recall":
+        assert (figures(y, pred, 1).oos_recall or 0.0) >= 0.9
 
 
 def test_isotonic_and_platt_calibrators() -> None:

@@ -206,7 +206,13 @@ def _held_out_cuts(
         test = fold == f
         if not test.any():
             continue
-        part = _single_cut(conf, cand, y, ~test & ~blocked, n_routes, objective, target)
+        # The other folds alone: given whole, with this fold's rows inactive, the
+        # search counted them as rejected whatever the cut (an out-of-scope recall
+        # met more easily than asked; macro-F1 judged with rows it does not cut).
+        train = ~test
+        part = _single_cut(
+            conf[train], cand[train], y[train], ~blocked[train], n_routes, objective, target
+        )
         pred[test] = np.where((conf[test] >= part.cut[0]) & ~blocked[test], cand[test], NONE)
     return pred
 
