@@ -483,6 +483,10 @@ class DecisionPolicy:
         if not isinstance(self.thresholds, Mapping):
             msg = f"thresholds must map route names to numbers, got {self.thresholds!r}"
             raise InvalidInputError(msg)
+        keys = [k for k in self.thresholds if not isinstance(k, str)]
+        if keys:  # a store writes JSON: an int key came back a str, a tuple failed
+            msg = f"thresholds must map route names (str) to numbers, got the key {keys[0]!r}"
+            raise InvalidInputError(msg)
         bad = {k: v for k, v in self.thresholds.items() if not is_number(v) or math.isnan(v)}
         if bad:
             msg = f"thresholds must map route names to numbers, got {bad!r}"

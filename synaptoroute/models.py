@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -84,6 +84,25 @@ class Route(BaseModel):
     @classmethod
     def _clean_utterances(cls, values: list[str]) -> list[str]:
         return clean_utterances(values)
+
+    @field_validator("metadata")
+    @classmethod
+    def _as_stored(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Tuples as the lists a store reads back (JSON): a route given a tuple was
+        # not equal to itself reopened, so rerunning add_routes raised RouteExistsError.
+        return cast(dict[str, Any], _lists_for_tuples(value))
+
+
+def _lists_for_tuples(value: Any, depth: int = 0) -> Any:
+    """``value`` with every tuple inside it a list (other values as they are; a depth
+    past the stores' limit is left to their check, which names it)."""
+    if depth > 64:
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_lists_for_tuples(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {k: _lists_for_tuples(v, depth + 1) for k, v in value.items()}
+    return value
 
 
 def control_character(name: str) -> str | None:

@@ -488,11 +488,18 @@ class AdaptiveRouter:
         # A copy when an encoder of another kind hands over an array it may write
         # again (a pooled output buffer): the index keeps these rows. The library's own
         # return new arrays (no second copy of a bulk encode at 1M rows).
-        vectors = (
-            np.array(raw, dtype=np.float32)
-            if isinstance(raw, np.ndarray) and not self._fresh_output
-            else np.asarray(raw, dtype=np.float32)
-        )
+        try:
+            vectors = (
+                np.array(raw, dtype=np.float32)
+                if isinstance(raw, np.ndarray) and not self._fresh_output
+                else np.asarray(raw, dtype=np.float32)
+            )
+        except (TypeError, ValueError) as exc:  # ragged or non-numeric rows: the model's fault
+            msg = (
+                f"encoder {self.encoder.model_id!r} returned rows that are not a matrix "
+                f"of numbers: {exc}"
+            )
+            raise EncoderError(msg) from exc
         if vectors.shape != (len(texts), dimension):
             msg = (
                 f"encoder {self.encoder.model_id!r} returned shape {vectors.shape}, "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ from synaptoroute import (
     EncoderError,
     InvalidInputError,
     Route,
+    SQLiteStorage,
 )
 from synaptoroute.encoder import _CHARS_PER_TOKEN_BOUND, CallableEncoder, HashingEncoder, check_text
 from synaptoroute.router import EmbeddingCache
@@ -243,6 +246,8 @@ class _Misbehaving:
             return rows[:-1]
         if self.how == "lists":
             return rows.tolist()
+        if self.how == "ragged":  # rows of two lengths: numpy's own ValueError before
+            return [row.tolist()[: 1 + i % 2] for i, row in enumerate(rows)]
         if self.how == "bfloat16":  # normalised, then rounded to bfloat16's 8-bit mantissa
             bits = rows.view(np.uint32) + np.uint32(0x8000)
             return (bits & np.uint32(0xFFFF0000)).view(np.float32)
@@ -280,6 +285,12 @@ def test_an_encoder_fault_is_an_encoder_error_and_changes_nothing() -> None:
         with pytest.raises(EncoderError, match=message):
             router.query("something new")
         assert router.route_names == ["a"]
+    # Rows of two lengths: numpy's ValueError, which the CLI told as bad input (exit
+    # code 2); the fault is the model's.
+    ragged = AdaptiveRouter(_Misbehaving("ragged"))
+    with pytest.raises(EncoderError, match="returned rows that are not a matrix of numbers"):
+        ragged.add_route(Route(name="a", utterances=["alpha beta", "gamma delta"]))
+    assert ragged.route_names == []
     # A row of zeros (a text with nothing to hash) is no fault: it scores 0.
     zero = AdaptiveRouter(HashingEncoder(dimension=16))
     zero.add_route(Route(name="a", utterances=["alpha beta"]))
@@ -398,3 +409,27 @@ def test_a_batch_of_long_texts_does_not_pin_its_memory(encoder: Encoder) -> None
     assert vectors.shape == (16, encoder.dimension)
     grown = _rss_after_trim() - before
     assert grown < 64 * 1024 * 1024, f"{grown / 2**20:.0f} MiB kept after the batch"
+
+
+def test_metadata_tuples_are_the_lists_a_store_reads_back(tmp_path: Path) -> None:
+    # The router kept the tuple and the store gave a list: after a restart the same
+    # add_routes (a start-up script's) raised RouteExistsError.
+    routes = [
+        Route(name="billing", utterances=["refund my money"], metadata={"tags": ("a", ("b",))})
+    ]
+    assert routes[0].metadata == {"tags": ["a", ["b"]]}
+    path = tmp_path / "routes.db"
+    for _ in range(2):
+        router = AdaptiveRouter(HashingEncoder(dimension=16), SQLiteStorage(path))
+        router.add_routes(routes)  # a no-op the second time
+        assert router.get_route("billing").metadata == {"tags": ["a", ["b"]]}
+        router.close()
+
+
+def test_policy_thresholds_are_keyed_by_route_names() -> None:
+    # An int key was kept in memory and read back as a str; a tuple key failed the
+    # store's JSON with a bare TypeError.
+    router = AdaptiveRouter(HashingEncoder(dimension=16))
+    for key in (1, ("billing",)):
+        with pytest.raises(InvalidInputError, match="route names \\(str\\)"):
+            router.set_policy(replace(router.policy, thresholds={key: 0.5}))
