@@ -93,16 +93,54 @@ class Route(BaseModel):
         return cast(dict[str, Any], _lists_for_tuples(value))
 
 
-def _lists_for_tuples(value: Any, depth: int = 0) -> Any:
-    """``value`` with every tuple inside it a list (other values as they are; a depth
-    past the stores' limit is left to their check, which names it)."""
-    if depth > 64:
+def _lists_for_tuples(value: Any) -> Any:
+    """``value`` with every tuple inside it a list (as it is when it holds none). Each
+    container is visited and converted once, however many paths reach it (a shared
+    or cyclic structure costs its size, not its paths); past 64 levels values are
+    left as they are, for the stores' depth check to name."""
+    if not _holds_tuple(value):
         return value
-    if isinstance(value, (tuple, list)):
-        return [_lists_for_tuples(v, depth + 1) for v in value]
-    if isinstance(value, dict):
-        return {k: _lists_for_tuples(v, depth + 1) for k, v in value.items()}
-    return value
+    memo: dict[int, Any] = {}
+
+    def convert(item: Any, depth: int) -> Any:
+        if depth > _DEEPEST or not isinstance(item, tuple | list | dict):
+            return item
+        done = memo.get(id(item))
+        if done is not None:
+            return done
+        if isinstance(item, dict):
+            mapped: dict[Any, Any] = {}
+            memo[id(item)] = mapped  # before its values: a cycle ends here
+            for key, inner in item.items():
+                mapped[key] = convert(inner, depth + 1)
+            return mapped
+        listed: list[Any] = []
+        memo[id(item)] = listed
+        listed.extend(convert(inner, depth + 1) for inner in item)
+        return listed
+
+    return convert(value, 0)
+
+
+def _holds_tuple(value: Any) -> bool:
+    """Whether a tuple is anywhere in ``value`` (within 64 levels), each container
+    looked at once."""
+    seen: set[int] = set()
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, tuple):
+            return True
+        if depth > _DEEPEST or not isinstance(item, list | dict) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        inner = item.values() if isinstance(item, dict) else item
+        stack.extend((x, depth + 1) for x in inner)
+    return False
+
+
+#: Levels of metadata ``Route`` looks into (the stores refuse more than 32).
+_DEEPEST = 64
 
 
 def control_character(name: str) -> str | None:

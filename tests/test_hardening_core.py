@@ -418,6 +418,15 @@ def test_metadata_tuples_are_the_lists_a_store_reads_back(tmp_path: Path) -> Non
         Route(name="billing", utterances=["refund my money"], metadata={"tags": ("a", ("b",))})
     ]
     assert routes[0].metadata == {"tags": ["a", ["b"]]}
+    # Each container is converted once: a shared structure costs its size, not its
+    # paths (2^40 here), and stays shared; without a tuple, metadata is as given.
+    shared: Any = ("leaf",)
+    for _ in range(40):
+        shared = (shared, shared)
+    converted = Route(name="r", utterances=["x"], metadata={"k": shared}).metadata["k"]
+    assert isinstance(converted, list) and converted[0] is converted[1]
+    plain = {"k": [["a"], {"b": 1}]}
+    assert Route(name="r", utterances=["x"], metadata=plain).metadata == plain
     path = tmp_path / "routes.db"
     for _ in range(2):
         router = AdaptiveRouter(HashingEncoder(dimension=16), SQLiteStorage(path))
