@@ -94,6 +94,18 @@ def tool_fields(tool: BaseTool) -> dict[str, Any]:
     return dict(properties)
 
 
+def _injected_required(tool: BaseTool) -> list[str]:
+    """The required arguments of ``tool`` that a model does not give (they are left
+    out of ``tool_call_schema``): LangChain injects them when an agent calls the tool
+    (``runtime: ToolRuntime``, ``InjectedToolCallId``, ``InjectedState``)."""
+    schema = tool.get_input_schema()
+    fields = getattr(schema, "model_fields", None)
+    if not isinstance(fields, Mapping):  # a pydantic v1 model or a JSON schema: no check
+        return []
+    given = tool_fields(tool)
+    return [name for name, f in fields.items() if f.is_required() and name not in given]
+
+
 def _takes_text(spec: Mapping[str, Any]) -> bool:
     """Whether a JSON-schema property accepts a string (``str``, ``Optional[str]``)."""
     if spec.get("type") == "string":
@@ -144,6 +156,15 @@ def tool_runnable(
     Raises:
         InvalidInputError: no ``convert`` and the tool does not take one text.
     """
+    injected = _injected_required(tool)
+    if injected:
+        msg = (
+            f"tool {tool.name!r} needs arguments an agent injects ({', '.join(injected)}; "
+            "e.g. a ToolRuntime or an InjectedToolCallId), which a routed text cannot "
+            "supply, so every call would fail; route to a Runnable that calls it with "
+            "them, or give them defaults"
+        )
+        raise InvalidInputError(msg)
     auto = _single_text_field(tool) if convert is None else None
 
     def arguments(value: Any) -> dict[str, Any]:

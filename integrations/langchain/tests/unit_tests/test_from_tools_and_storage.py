@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from langchain_core.runnables import RunnableLambda
-from langchain_core.tools import BaseTool, tool
+from langchain_core.tools import BaseTool, InjectedToolArg, InjectedToolCallId, tool
 from langchain_synaptoroute import SynaptorouteRouter
 
 from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, SQLiteStorage
@@ -96,6 +96,41 @@ def test_a_tool_needing_more_than_text_fails_at_build_time_naming_its_fields(
 ) -> None:
     with pytest.raises(InvalidInputError, match=r"'convert_currency' takes \(amount: number"):
         SynaptorouteRouter.from_tools([get_weather, convert_currency], encoder=encoder)
+
+
+@tool
+def weather_for(city: str, user: Annotated[str, InjectedToolArg]) -> str:
+    """Get the weather forecast for a city."""
+    return city
+
+
+@tool
+def take_note(note: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> str:
+    """Write a note in the notebook."""
+    return note
+
+
+@tool
+def take_note_as(note: str, user: Annotated[str, InjectedToolArg] = "anon") -> str:
+    """Write a note in the notebook for a user."""
+    return f"{user}: {note}"
+
+
+def test_a_tool_needing_injected_arguments_fails_at_build_time(encoder: Encoder) -> None:
+    # Built fine, then every routed call failed inside the tool (pydantic's "Field
+    # required", LangChain's "must always be invoked with a full model ToolCall"):
+    # tool_call_schema leaves injected arguments (a ToolRuntime too) out, and
+    # args_from_text cannot give them.
+    for injected, name in ((weather_for, "user"), (take_note, "tool_call_id")):
+        with pytest.raises(InvalidInputError, match=f"needs arguments an agent injects \\({name}"):
+            SynaptorouteRouter.from_tools([injected], encoder=encoder)
+        with pytest.raises(InvalidInputError, match="an agent injects"):
+            SynaptorouteRouter.from_tools(
+                [injected], encoder=encoder, args_from_text=lambda text, _t: {"note": text}
+            )
+    # An injected argument with a default is no obstacle.
+    router = SynaptorouteRouter.from_tools([take_note_as], encoder=encoder, threshold=0.0)
+    assert router.invoke("write a note: buy milk") == "anon: write a note: buy milk"
 
 
 def test_a_tool_with_one_optional_text_field_gets_the_text(encoder: Encoder) -> None:
