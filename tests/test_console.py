@@ -247,6 +247,10 @@ def test_try_names_a_hybrid_heads_lexical_signals(client: httpx.Client, live: Se
         assert answer["decided_by"] == "head"
         assert answer["lexical_weight"] == head.beta > 0
         assert answer["ngram_features"] == len(head.ngrams) > 0
+        # An empty query ranks nothing and asks no head (it said "the fitted head").
+        empty = client.post("/console/api/try", json={"query": "\u200b"}).json()
+        assert empty["decision"]["reason"] == "empty_query"
+        assert empty["decided_by"] == "threshold" and empty["lexical_weight"] is None
     finally:
         router.set_policy(policy)
 
@@ -337,6 +341,74 @@ def test_map_projects_the_stored_vectors(client: httpx.Client, live: Service) ->
     assert placed["query"]["text"] == "my parcel never came"
     assert sum(w.stats.items for w in live.router.workers) == items + 1
     assert live.router.encoder.calls == calls + 1  # type: ignore[attr-defined]
+
+
+async def test_the_map_follows_a_router_opened_again(tmp_path: Path, encoder: Encoder) -> None:
+    # The map was cached by the snapshot's version, which a router opened again (a
+    # lifespan restart) counts from the start: the old routes came back.
+    path = tmp_path / "routes.db"
+
+    def change(delete: str | None, route: Route) -> None:
+        writer = AdaptiveRouter(encoder, SQLiteStorage(path))
+        if delete is not None:
+            writer.delete_route(delete)
+        writer.add_routes([route])
+        writer.close()
+
+    change(None, Route(name="alpha", utterances=["first text", "second text"]))
+    app = create_app(ServerSettings(store=str(path)))
+    for delete, route in ((None, None), ("alpha", Route(name="beta", utterances=["third text"]))):
+        if route is not None:
+            change(delete, route)  # another process, between the two lifespans
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c,
+        ):
+            doc = (await c.post("/console/api/map", json={})).json()
+            expected = ["alpha"] if route is None else ["beta"]
+            assert doc["routes"] == expected
+            assert doc["texts"] == (
+                ["first text", "second text"] if route is None else ["third text"]
+            )
+
+
+def test_an_evaluation_keeps_a_route_deleted_while_it_runs(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    # The names were read after the run: a row routed to a route deleted meanwhile
+    # failed the upload with a 422 blaming its labels (all null here).
+    armed: dict[str, Any] = {}
+
+    class DeletesOnce:
+        model_id, dimension = encoder.model_id, encoder.dimension
+
+        def encode(self, texts: list[str]) -> Any:
+            vectors = encoder.encode(texts)
+            if "router" in armed:
+                armed["calls"] += 1
+                if armed["calls"] == 2:  # the first row was routed to tech: it goes now
+                    armed.pop("router").delete_route("tech")
+            return vectors
+
+    storage = SQLiteStorage(tmp_path / "routes.db")
+    router = AdaptiveRouter(DeletesOnce(), storage)
+    router.add_routes(BASE)
+    svc = Service(router, ServerSettings(batch_chunk_cost=1))  # one row a chunk
+    try:
+        armed.update(router=router, calls=0)
+        body = "".join(
+            json.dumps({"text": f"the app crashes when I open screen {i}", "label": None}) + "\n"
+            for i in range(5)
+        )
+        with httpx.Client(base_url=svc.url, timeout=LIMIT_S) as c:
+            answer = c.post("/console/api/evaluate", content=body.encode(), headers=NDJSON)
+        assert answer.status_code == 200, answer.text
+        assert "tech" not in router and "router" not in armed
+        assert answer.json()["rows"] == 5
+    finally:
+        svc.stop()
+        storage.close()
 
 
 def test_map_leaves_the_negative_examples_out(client: httpx.Client, live: Service) -> None:
@@ -661,6 +733,12 @@ def test_with_the_key_routes_and_utterances_are_edited(console: Console, live: S
     expect(page.locator("#route-info dd").nth(1)).to_have_text("0.70")
     route = live.router.get_route("returns")
     assert route.utterances == ["How do I send a parcel back?"] and route.threshold == 0.7
+    # Any precision the API takes: the field's step of 0.01 made the browser refuse
+    # 0.7351 ("the two nearest valid values are 0.73 and 0.74") and send nothing.
+    page.fill("#threshold-input", "0.7351")
+    page.click("#threshold-form button[type=submit]")
+    expect(page.locator("#route-info dd").nth(1)).to_have_text("0.74")
+    assert live.router.get_route("returns").threshold == 0.7351
     page.click("#delete-route")
     page.click("#delete-route-confirm")
     expect(page.locator("#routes-table tbody tr")).to_have_count(3)

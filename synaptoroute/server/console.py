@@ -20,6 +20,7 @@ import asyncio
 import json
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from ..checks import reads_nothing_of
-from ..datasets import parse_jsonl
+from ..datasets import label_indexes, parse_jsonl
 from ..evaluation import evaluate_matches
 from ..exceptions import InvalidInputError
 from ..index import Snapshot
@@ -317,13 +318,17 @@ class _Views:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._version = -1
+        # The snapshot the map was computed from, by identity: a version number is
+        # the index's own, and a router opened again (a lifespan restart) counts from
+        # the start, so the old map came back. Weak: the map must not keep an old
+        # snapshot's matrix alive.
+        self._of: weakref.ref[Snapshot] | None = None
         self._map: tuple[Projection, list[dict[str, Any]]] | None = None
 
     def projection(self, snapshot: Snapshot) -> tuple[Projection, list[dict[str, Any]]]:
         """The 2-D map and the closest route pairs."""
         with self._lock:
-            if self._map is None or self._version != snapshot.version:
+            if self._map is None or self._of is None or self._of() is not snapshot:
                 layout = snapshot.layout
                 live, route_ids, names = layout.live, layout.row_pos[layout.live], layout.names
                 if NEGATIVES_ROUTE in names:
@@ -337,7 +342,7 @@ class _Views:
                 texts = [snapshot.texts[i] for i in live.tolist()]
                 projection = project(vectors, route_ids, texts, names)
                 self._map = (projection, _closest_pairs(projection, vectors))
-                self._version = snapshot.version
+                self._of = weakref.ref(snapshot)
             return self._map
 
 
@@ -530,6 +535,10 @@ def console_router(
             msg = f"an evaluation upload holds at most {MAX_EVALUATION_ROWS} rows, got {len(texts)}"
             raise InvalidInputError(msg)
         r = get_router()
+        # The routes as the upload starts: its labels are checked against them now,
+        # not after the whole run (and a route deleted meanwhile is no bad label).
+        routes = r.route_names
+        label_indexes(labels, routes)
         # Through the batching worker like /route/batch: chunks of batch_chunk_cost
         # that its queue can hold (queries are served between two), at most
         # --max-batches-in-flight batches and evaluations at once (429 beyond). Each
@@ -539,8 +548,11 @@ def console_router(
         matches = await _unless_gone(request, run)  # a client gone gives its slot back
         if matches is None:
             return _gone()
+        # And the routes answers name that were created while it ran.
+        known = set(routes)
+        routes += list(dict.fromkeys(m.name for m in matches if m.name and m.name not in known))
         report = await anyio.to_thread.run_sync(
-            lambda: evaluate_matches(texts, labels, matches, r.route_names)
+            lambda: evaluate_matches(texts, labels, matches, routes)
         )
         doc = report.to_dict()
         doc["misrouted_total"] = len(doc["misrouted"])
@@ -624,7 +636,14 @@ def _explain(
     if vector is not None:
         nearest = _nearest(_snapshot(router), vector, names, body.nearest)
     head = router.policy.head
-    by_head = head is not None and head.columns_of(names[: head.top_k]) is not None
+    # The router asks the head only when it ranked routes and no negative example
+    # decided first: an empty query was shown as "decided by the head".
+    by_head = (
+        head is not None
+        and bool(names)
+        and decision.reason not in ("empty_query", "no_routes", "negative_example")
+        and head.columns_of(names[: head.top_k]) is not None
+    )
     # A hybrid head also weighs each route's lexical (word overlap) score, and reads
     # the query's n-gram features.
     lexical = float(head.beta) if head is not None and by_head else 0.0
