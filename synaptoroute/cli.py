@@ -599,8 +599,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if fitted:
         # "Reads back exactly" holds for the routes; the fitted state is the store's.
         print(
-            f"synaptoroute: warning: the store's fitted policy ({', '.join(fitted)}) is not "
-            "part of a routes file; after importing it into another store, run "
+            f"synaptoroute: warning: the store's decision policy ({', '.join(fitted)}) is "
+            "not part of a routes file; after importing it into another store, run "
             "'synaptoroute fit' there",
             file=sys.stderr,
         )

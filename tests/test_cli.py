@@ -1419,9 +1419,8 @@ def test_export_says_the_fitted_policy_stays_behind(
     assert run(capsys, "fit", VAL, "--store", store)[0] == EXIT_OK
     code, _, err = run(capsys, "export", "-o", str(tmp_path / "b.yaml"), "--store", store)
     assert code == EXIT_OK
-    assert (
-        "synaptoroute: warning: the store's fitted policy (" in err and "'synaptoroute fit'" in err
-    )
+    assert "synaptoroute: warning: the store's decision policy (" in err
+    assert "'synaptoroute fit'" in err
 
 
 @pytest.mark.parametrize("host", ["a b", "x/y", "[::1", "localhost:9999", ""])
