@@ -206,13 +206,10 @@ def _held_out_cuts(
         test = fold == f
         if not test.any():
             continue
-        # The other folds alone: given whole, with this fold's rows inactive, the
-        # search counted them as rejected whatever the cut (an out-of-scope recall
-        # met more easily than asked; macro-F1 judged with rows it does not cut).
-        train = ~test
-        part = _single_cut(
-            conf[train], cand[train], y[train], ~blocked[train], n_routes, objective, target
-        )
+        # The other folds alone: this fold's rows, given as inactive, were counted as
+        # rejected whatever the cut (an out-of-scope recall met for free).
+        t = ~test
+        part = _single_cut(conf[t], cand[t], y[t], ~blocked[t], n_routes, objective, target)
         pred[test] = np.where((conf[test] >= part.cut[0]) & ~blocked[test], cand[test], NONE)
     return pred
 
