@@ -93,54 +93,42 @@ class Route(BaseModel):
         return cast(dict[str, Any], _lists_for_tuples(value))
 
 
+#: Levels route metadata may nest: the stores refuse more (``InvalidInputError``).
+MAX_METADATA_DEPTH = 32
+
+
 def _lists_for_tuples(value: Any) -> Any:
-    """``value`` with every tuple inside it a list (as it is when it holds none). Each
-    container is visited and converted once, however many paths reach it (a shared
-    or cyclic structure costs its size, not its paths); past 64 levels values are
-    left as they are, for the stores' depth check to name."""
-    if not _holds_tuple(value):
+    """A copy of ``value`` with every tuple inside it a list, as a store reads it back.
+    Metadata nested deeper than :data:`MAX_METADATA_DEPTH` (or cyclic) is returned as
+    it is: the stores refuse it, naming why, and a walk of it could take time by its
+    paths. A copy, never a shared container: equal tuples may be one object."""
+    if _deeper_than(value, MAX_METADATA_DEPTH):
         return value
-    memo: dict[int, Any] = {}
-
-    def convert(item: Any, depth: int) -> Any:
-        if depth > _DEEPEST or not isinstance(item, tuple | list | dict):
-            return item
-        done = memo.get(id(item))
-        if done is not None:
-            return done
-        if isinstance(item, dict):
-            mapped: dict[Any, Any] = {}
-            memo[id(item)] = mapped  # before its values: a cycle ends here
-            for key, inner in item.items():
-                mapped[key] = convert(inner, depth + 1)
-            return mapped
-        listed: list[Any] = []
-        memo[id(item)] = listed
-        listed.extend(convert(inner, depth + 1) for inner in item)
-        return listed
-
-    return convert(value, 0)
+    return _copied(value)
 
 
-def _holds_tuple(value: Any) -> bool:
-    """Whether a tuple is anywhere in ``value`` (within 64 levels), each container
-    looked at once."""
-    seen: set[int] = set()
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers nest in ``value`` past ``limit`` levels (depth first: a too
+    deep or cyclic value is told after about ``limit`` steps)."""
     stack = [(value, 0)]
     while stack:
-        item, depth = stack.pop()
-        if isinstance(item, tuple):
-            return True
-        if depth > _DEEPEST or not isinstance(item, list | dict) or id(item) in seen:
-            continue
-        seen.add(id(item))
-        inner = item.values() if isinstance(item, dict) else item
-        stack.extend((x, depth + 1) for x in inner)
+        item, level = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            level += 1
+            if level > limit:
+                return True
+            stack.extend(
+                (child, level) for child in (item.values() if isinstance(item, dict) else item)
+            )
     return False
 
 
-#: Levels of metadata ``Route`` looks into (the stores refuse more than 32).
-_DEEPEST = 64
+def _copied(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _copied(inner) for key, inner in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copied(inner) for inner in value]
+    return value
 
 
 def control_character(name: str) -> str | None:

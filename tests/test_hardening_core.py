@@ -418,15 +418,18 @@ def test_metadata_tuples_are_the_lists_a_store_reads_back(tmp_path: Path) -> Non
         Route(name="billing", utterances=["refund my money"], metadata={"tags": ("a", ("b",))})
     ]
     assert routes[0].metadata == {"tags": ["a", ["b"]]}
-    # Each container is converted once: a shared structure costs its size, not its
-    # paths (2^40 here), and stays shared; without a tuple, metadata is as given.
+    # A copy: equal tuples may be one object, and were one shared list.
+    twice = Route(name="r", utterances=["x"], metadata={"x": (1, 2), "y": (1, 2)}).metadata
+    twice["x"].append(3)
+    assert twice == {"x": [1, 2, 3], "y": [1, 2]}
+    # Metadata deeper than the stores take is left to their refusal, at once: a shared
+    # structure of 40 levels has 2^40 paths, which a walk by paths never finished.
     shared: Any = ("leaf",)
     for _ in range(40):
         shared = (shared, shared)
-    converted = Route(name="r", utterances=["x"], metadata={"k": shared}).metadata["k"]
-    assert isinstance(converted, list) and converted[0] is converted[1]
-    plain = {"k": [["a"], {"b": 1}]}
-    assert Route(name="r", utterances=["x"], metadata=plain).metadata == plain
+    deep = Route(name="r", utterances=["x"], metadata={"k": shared})
+    with pytest.raises(InvalidInputError, match="nests deeper than 32 levels"):
+        AdaptiveRouter(HashingEncoder(dimension=16)).add_route(deep)
     path = tmp_path / "routes.db"
     for _ in range(2):
         router = AdaptiveRouter(HashingEncoder(dimension=16), SQLiteStorage(path))

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..exceptions import InvalidInputError, StorageError
-from ..models import Route
+from ..models import MAX_METADATA_DEPTH, Route
 
 if TYPE_CHECKING:
     from .changes import Change
@@ -41,9 +41,9 @@ __all__ = [
 
 _log = logging.getLogger("synaptoroute.storage")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-#: Deepest nesting of a route's metadata: JSON encoders and pydantic serialisers
-#: recurse per level, so an unbounded depth would fail when the route is read back.
-MAX_METADATA_DEPTH = 32
+# MAX_METADATA_DEPTH (models): the deepest nesting of a route's metadata. JSON
+# encoders and pydantic serialisers recurse per level, so an unbounded depth would
+# fail when the route is read back.
 #: Largest serialised metadata of one route (UTF-8 bytes).
 MAX_METADATA_BYTES = 64 * 1024
 

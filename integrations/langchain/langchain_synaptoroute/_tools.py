@@ -98,9 +98,13 @@ def _injected_required(tool: BaseTool) -> list[str]:
     """The required arguments of ``tool`` that a model does not give (they are left
     out of ``tool_call_schema``): LangChain injects them when an agent calls the tool
     (``runtime: ToolRuntime``, ``InjectedToolCallId``, ``InjectedState``)."""
+    if isinstance(tool.args_schema, dict):
+        # A JSON schema (MCP adapters' tools): its input model is a generated one with
+        # a single "root" field, and nothing in a JSON schema is injected.
+        return []
     schema = tool.get_input_schema()
     fields = getattr(schema, "model_fields", None)
-    if not isinstance(fields, Mapping):  # a pydantic v1 model or a JSON schema: no check
+    if not isinstance(fields, Mapping):  # a pydantic v1 model: no check
         return []
     given = tool_fields(tool)
     return [name for name, f in fields.items() if f.is_required() and name not in given]

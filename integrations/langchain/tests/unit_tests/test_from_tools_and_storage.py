@@ -7,7 +7,13 @@ from typing import Annotated, Any
 
 import pytest
 from langchain_core.runnables import RunnableLambda
-from langchain_core.tools import BaseTool, InjectedToolArg, InjectedToolCallId, tool
+from langchain_core.tools import (
+    BaseTool,
+    InjectedToolArg,
+    InjectedToolCallId,
+    StructuredTool,
+    tool,
+)
 from langchain_synaptoroute import SynaptorouteRouter
 
 from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, SQLiteStorage
@@ -128,9 +134,22 @@ def test_a_tool_needing_injected_arguments_fails_at_build_time(encoder: Encoder)
             SynaptorouteRouter.from_tools(
                 [injected], encoder=encoder, args_from_text=lambda text, _t: {"note": text}
             )
-    # An injected argument with a default is no obstacle.
+    # An injected argument with a default is no obstacle, nor a JSON schema (an MCP
+    # adapter's tool: its input model has one generated "root" field, refused at first).
     router = SynaptorouteRouter.from_tools([take_note_as], encoder=encoder, threshold=0.0)
     assert router.invoke("write a note: buy milk") == "anon: write a note: buy milk"
+    searched = StructuredTool.from_function(
+        lambda query: f"found {query}",
+        name="web_search",
+        description="Search the web",
+        args_schema={
+            "type": "object",
+            "properties": {"query": {"type": "string"}},
+            "required": ["query"],
+        },
+    )
+    router = SynaptorouteRouter.from_tools([searched], encoder=encoder, threshold=0.0)
+    assert router.invoke("search the web for cats") == "found search the web for cats"
 
 
 def test_a_tool_with_one_optional_text_field_gets_the_text(encoder: Encoder) -> None:
