@@ -95,27 +95,35 @@ class Route(BaseModel):
 
 #: Levels route metadata may nest: the stores refuse more (``InvalidInputError``).
 MAX_METADATA_DEPTH = 32
+#: Largest serialised metadata of one route (UTF-8 bytes): the stores refuse more.
+MAX_METADATA_BYTES = 64 * 1024
 
 
 def _lists_for_tuples(value: Any) -> Any:
     """A copy of ``value`` with every tuple inside it a list, as a store reads it back.
-    Metadata nested deeper than :data:`MAX_METADATA_DEPTH` (or cyclic) is returned as
-    it is: the stores refuse it, naming why, and a walk of it could take time by its
-    paths. A copy, never a shared container: equal tuples may be one object."""
-    if _deeper_than(value, MAX_METADATA_DEPTH):
+    Metadata the stores refuse for its depth (or a cycle) or its size is returned as it
+    is, for them to name why: a walk of it could take time by its paths (a structure
+    sharing its parts). A copy, never a shared container: equal tuples may be one
+    object."""
+    if _past_limits(value):
         return value
     return _copied(value)
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether containers nest in ``value`` past ``limit`` levels (depth first: a too
-    deep or cyclic value is told after about ``limit`` steps)."""
+def _past_limits(value: Any) -> bool:
+    """Whether ``value`` nests past :data:`MAX_METADATA_DEPTH` levels or holds more
+    values than :data:`MAX_METADATA_BYTES` (each takes a byte of JSON at least), told
+    depth first after at most that many steps."""
     stack = [(value, 0)]
+    seen = 0
     while stack:
         item, level = stack.pop()
+        seen += 1
+        if seen > MAX_METADATA_BYTES:
+            return True
         if isinstance(item, dict | list | tuple):
             level += 1
-            if level > limit:
+            if level > MAX_METADATA_DEPTH:
                 return True
             stack.extend(
                 (child, level) for child in (item.values() if isinstance(item, dict) else item)

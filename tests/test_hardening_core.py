@@ -430,6 +430,12 @@ def test_metadata_tuples_are_the_lists_a_store_reads_back(tmp_path: Path) -> Non
     deep = Route(name="r", utterances=["x"], metadata={"k": shared})
     with pytest.raises(InvalidInputError, match="nests deeper than 32 levels"):
         AdaptiveRouter(HashingEncoder(dimension=16)).add_route(deep)
+    # So is metadata of more values than the stores' 64 KiB could hold (a structure
+    # of 20 shared levels: 2^20 paths, copied one by one before).
+    wide: Any = ["leaf"]
+    for _ in range(20):
+        wide = [wide, wide]
+    assert Route(name="r", utterances=["x"], metadata={"k": wide}).metadata["k"] is wide
     path = tmp_path / "routes.db"
     for _ in range(2):
         router = AdaptiveRouter(HashingEncoder(dimension=16), SQLiteStorage(path))

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..exceptions import InvalidInputError, StorageError
-from ..models import MAX_METADATA_DEPTH, Route
+from ..models import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, Route
 
 if TYPE_CHECKING:
     from .changes import Change
@@ -44,8 +44,6 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # MAX_METADATA_DEPTH (models): the deepest nesting of a route's metadata. JSON
 # encoders and pydantic serialisers recurse per level, so an unbounded depth would
 # fail when the route is read back.
-#: Largest serialised metadata of one route (UTF-8 bytes).
-MAX_METADATA_BYTES = 64 * 1024
 
 
 def _check_shape(metadata: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ that a tool is described the same way wherever it is routed to.
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -100,14 +101,42 @@ def _injected_required(tool: BaseTool) -> list[str]:
     (``runtime: ToolRuntime``, ``InjectedToolCallId``, ``InjectedState``)."""
     if isinstance(tool.args_schema, dict):
         # A JSON schema (MCP adapters' tools): its input model is a generated one with
-        # a single "root" field, and nothing in a JSON schema is injected.
-        return []
+        # a single "root" field. What an agent injects is then read from the
+        # function's signature (as LangGraph's ToolNode does): its required parameters
+        # the schema does not name.
+        return _unnamed_parameters(tool, tool.args_schema)
     schema = tool.get_input_schema()
     fields = getattr(schema, "model_fields", None)
     if not isinstance(fields, Mapping):  # a pydantic v1 model: no check
         return []
     given = tool_fields(tool)
     return [name for name, f in fields.items() if f.is_required() and name not in given]
+
+
+#: Parameters LangChain itself fills when it runs a tool.
+_RUN_PARAMETERS = frozenset({"callbacks", "run_manager", "config"})
+
+
+def _unnamed_parameters(tool: BaseTool, schema: Mapping[str, Any]) -> list[str]:
+    """The required parameters of ``tool``'s function that its JSON ``schema`` does not
+    name (``[]`` for a tool without a function of its own)."""
+    function = getattr(tool, "func", None) or getattr(tool, "coroutine", None)
+    if not callable(function):
+        return []
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C function: nothing to read
+        return []
+    named = schema.get("properties") or {}
+    loose = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [
+        p.name
+        for p in parameters
+        if p.default is inspect.Parameter.empty
+        and p.kind not in loose
+        and p.name not in named
+        and p.name not in _RUN_PARAMETERS
+    ]
 
 
 def _takes_text(spec: Mapping[str, Any]) -> bool:

@@ -150,6 +150,16 @@ def test_a_tool_needing_injected_arguments_fails_at_build_time(encoder: Encoder)
     )
     router = SynaptorouteRouter.from_tools([searched], encoder=encoder, threshold=0.0)
     assert router.invoke("search the web for cats") == "found search the web for cats"
+    # With a JSON schema, what an agent injects is read from the function (as
+    # LangGraph's ToolNode does): a required parameter the schema does not name.
+    injected_search = StructuredTool.from_function(
+        lambda query, runtime: f"found {query}",
+        name="web_search",
+        description="Search the web",
+        args_schema={"type": "object", "properties": {"query": {"type": "string"}}},
+    )
+    with pytest.raises(InvalidInputError, match=r"an agent injects \(runtime"):
+        SynaptorouteRouter.from_tools([injected_search], encoder=encoder)
 
 
 def test_a_tool_with_one_optional_text_field_gets_the_text(encoder: Encoder) -> None:
