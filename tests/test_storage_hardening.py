@@ -160,6 +160,27 @@ def test_a_version_2_store_is_migrated_with_its_routes(tmp_path: Path) -> None:
     check.close()
 
 
+def test_a_version_2_route_of_the_negatives_name_stops_the_migration(tmp_path: Path) -> None:
+    # 0.2.0 took any name; the current code read such a route as negative examples:
+    # hidden (its metadata too) and rejecting the queries it matched, silently.
+    path = tmp_path / "v2.db"
+    db = sqlite3.connect(path)
+    for step in MIGRATIONS[:2]:
+        step(db)
+    db.execute("INSERT INTO meta(key, value) VALUES ('app', 'synaptoroute')")
+    db.execute("INSERT INTO meta(key, value) VALUES ('model_id', 'm'), ('dimension', '4')")
+    db.execute("INSERT INTO routes(id, name, metadata) VALUES (1, '__negatives__', '{}')")
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    with pytest.raises(StorageError, match="holds a route named '__negatives__'"):
+        SQLiteStorage(path)
+    check = sqlite3.connect(path)  # nothing migrated: the version that wrote it can rename it
+    assert check.execute("PRAGMA user_version").fetchone() == (2,)
+    assert check.execute("SELECT name FROM routes").fetchall() == [("__negatives__",)]
+    check.close()
+
+
 def test_a_store_made_by_another_process_while_this_one_looks_is_no_foreign_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

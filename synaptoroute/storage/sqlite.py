@@ -24,7 +24,7 @@ from .._buffers import read_utterances, split_by_route
 from .._fork import STORE, hold_across_fork, keep_for_good
 from ..checks import check_int_ms_seconds, check_seconds
 from ..exceptions import InvalidInputError, NotADatabaseError, RouteNotFoundError, StorageError
-from ..models import Route
+from ..models import NEGATIVES_ROUTE, Route
 from .base import (
     ModelInfo,
     StoredRoute,
@@ -150,6 +150,17 @@ def _migration_2(db: sqlite3.Connection) -> None:
 
 
 def _migration_3(db: sqlite3.Connection) -> None:
+    # The step every store written before negative examples existed (0.2.0) takes: a
+    # route of their reserved name would silently become negative examples (hidden,
+    # its metadata too, and rejecting what it matched). Refused, nothing migrated.
+    if db.execute("SELECT 1 FROM routes WHERE name = ?", (NEGATIVES_ROUTE,)).fetchone():
+        msg = (
+            f"this store (written by synaptoroute 0.2.0) holds a route named "
+            f"{NEGATIVES_ROUTE!r}, a name this version keeps for negative examples; "
+            "rename that route with the version that wrote the store (delete it and "
+            "add it under another name), then open the store again"
+        )
+        raise StorageError(msg)
     # AUTOINCREMENT: a deleted route's id is never given to a new one, so an id read
     # in one statement can never name another route in the next. Runs with foreign
     # keys off (see _open), so dropping the old tables cascades nothing.
