@@ -126,17 +126,24 @@ def test_route_ids_are_never_reused(tmp_path: Path) -> None:
     assert c_utterance > last_utterance
 
 
-def test_a_version_2_store_is_migrated_with_its_routes(tmp_path: Path) -> None:
-    path = tmp_path / "v2.db"
+def _version_2_store(path: Path, route: tuple[int, str, str]) -> sqlite3.Connection:
+    """A store of schema 2 (0.2.0) holding ``route`` (id, name, metadata), left open
+    for more rows; the caller commits and closes."""
     db = sqlite3.connect(path)
     for step in MIGRATIONS[:2]:
         step(db)
     db.execute("INSERT INTO meta(key, value) VALUES ('app', 'synaptoroute')")
     db.execute("INSERT INTO meta(key, value) VALUES ('model_id', 'm'), ('dimension', '4')")
-    db.execute("INSERT INTO routes(id, name, metadata) VALUES (7, 'old', '{\"a\": 1}')")
+    db.execute("INSERT INTO routes(id, name, metadata) VALUES (?, ?, ?)", route)
+    db.execute("PRAGMA user_version=2")
+    return db
+
+
+def test_a_version_2_store_is_migrated_with_its_routes(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    db = _version_2_store(path, (7, "old", '{"a": 1}'))
     vector = np.ones(4, np.float32).tobytes()
     db.execute("INSERT INTO utterances(route_id, text, vector) VALUES (7, 'hi', ?)", (vector,))
-    db.execute("PRAGMA user_version=2")
     db.commit()
     db.close()
     store = SQLiteStorage(path)
@@ -164,13 +171,7 @@ def test_a_version_2_route_of_the_negatives_name_stops_the_migration(tmp_path: P
     # 0.2.0 took any name; the current code read such a route as negative examples:
     # hidden (its metadata too) and rejecting the queries it matched, silently.
     path = tmp_path / "v2.db"
-    db = sqlite3.connect(path)
-    for step in MIGRATIONS[:2]:
-        step(db)
-    db.execute("INSERT INTO meta(key, value) VALUES ('app', 'synaptoroute')")
-    db.execute("INSERT INTO meta(key, value) VALUES ('model_id', 'm'), ('dimension', '4')")
-    db.execute("INSERT INTO routes(id, name, metadata) VALUES (1, '__negatives__', '{}')")
-    db.execute("PRAGMA user_version=2")
+    db = _version_2_store(path, (1, "__negatives__", "{}"))
     db.commit()
     db.close()
     with pytest.raises(StorageError, match="holds a route named '__negatives__'"):
