@@ -436,6 +436,11 @@ def test_metadata_tuples_are_the_lists_a_store_reads_back(tmp_path: Path) -> Non
     for _ in range(20):
         wide = [wide, wide]
     assert Route(name="r", utterances=["x"], metadata={"k": wide}).metadata["k"] is wide
+    # And the stores refuse it by counting values, not by writing 2^20 paths of JSON.
+    with pytest.raises(InvalidInputError, match="more values than 65536 bytes of JSON can"):
+        AdaptiveRouter(HashingEncoder(dimension=16)).add_route(
+            Route(name="r", utterances=["x"], metadata={"k": wide})
+        )
     path = tmp_path / "routes.db"
     for _ in range(2):
         router = AdaptiveRouter(HashingEncoder(dimension=16), SQLiteStorage(path))

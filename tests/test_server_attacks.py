@@ -11,6 +11,7 @@ how long it took.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -180,6 +181,39 @@ def test_a_body_that_never_arrives_is_dropped(router: AdaptiveRouter) -> None:
             b'Content-Length: 100000\r\n\r\n{"query": "'
         )
         assert b"200 OK" not in closed_by_server(stalled)
+        srv.still_serves()
+    finally:
+        srv.stop()
+
+
+def test_a_client_that_never_reads_its_responses_gives_its_connection_back(
+    router: AdaptiveRouter,
+) -> None:
+    # uvicorn waits for the socket to drain without a limit, so a connection whose
+    # client read nothing of its responses outlived every timeout: a few addresses
+    # held all of max_connections, and the probes got 503.
+    srv = serve(router, body_timeout=2.0)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind((HOST, 0))
+        sock.settimeout(LIMIT_S)
+        sock.connect((HOST, srv.port))
+        request = f"GET /openapi.json HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+        with contextlib.suppress(OSError):  # the server may give up on it meanwhile
+            sock.sendall(request * 300)  # responses of megabytes, never read
+        state = srv.server.server_state
+
+        def counted() -> int:
+            return int(getattr(state, "synaptoroute_clients", {}).get(HOST, 0))
+
+        deadline = time.monotonic() + LIMIT_S  # bounds a hang; the states are what count
+        seen = False  # the server accepted it (its loop may not have yet)
+        while (not seen or counted()) and time.monotonic() < deadline:
+            seen = seen or counted() > 0
+            time.sleep(0.05)
+        assert seen and not counted()  # counted, then dropped by the server
+        sock.close()
         srv.still_serves()
     finally:
         srv.stop()

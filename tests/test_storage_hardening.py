@@ -174,8 +174,9 @@ def test_a_version_2_route_of_the_negatives_name_stops_the_migration(tmp_path: P
     db = _version_2_store(path, (1, "__negatives__", "{}"))
     db.commit()
     db.close()
-    with pytest.raises(StorageError, match="holds a route named '__negatives__'"):
+    with pytest.raises(StorageError, match="holds a route named '__negatives__'") as refused:
         SQLiteStorage(path)
+    assert str(path) in str(refused.value)  # which file to take back to 0.2.0
     check = sqlite3.connect(path)  # nothing migrated: the version that wrote it can rename it
     assert check.execute("PRAGMA user_version").fetchone() == (2,)
     assert check.execute("SELECT name FROM routes").fetchall() == [("__negatives__",)]

@@ -9,7 +9,11 @@ unterminated header is buffered whole) and no per-client connection limit;
 
 - ``header_timeout``: from the connection's start (or a request's first byte) to
   the end of its headers; then the connection is closed.
-- ``body_timeout``: from the end of the headers to the end of the body.
+- ``body_timeout``: from the end of the headers to the end of the body; and, while
+  the connection's send buffer is full (its client reads nothing of a response), to
+  the buffer draining again: then the connection is aborted. uvicorn waits for the
+  socket to drain without a limit, so a client that never read kept its connection,
+  and its slot, past every other timeout.
 - ``max_header_bytes``: request line and headers; more gets 431 and a close (a head
   that arrives in one read with the end of the request before it, pipelined, is
   counted as what that read holds besides the ended requests' heads, bodies and
@@ -114,6 +118,7 @@ class _GuardedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._send_deadline: asyncio.TimerHandle | None = None
         self._in_headers = True
         self._headers_ended = False  # a request's headers ended in the current chunk
         self._messages_ended = 0  # requests that ended in the current chunk
@@ -156,6 +161,26 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._deadline = None
         if not self.transport.is_closing():
             self.transport.close()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        # The response waits for the client to read: give it body_timeout to read some.
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(self.limits.body_timeout, self._unread)
+
+    def resume_writing(self) -> None:
+        self._stop_send_deadline()
+        super().resume_writing()
+
+    def _stop_send_deadline(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _unread(self) -> None:
+        # close() would wait to flush what the client does not read: abort.
+        self._send_deadline = None
+        self.transport.abort()
 
     def _refuse(self, response: bytes) -> None:
         self._refused = True
@@ -205,6 +230,7 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_send_deadline()
         if self._counted_refusal:
             self._pending_refusals()[0] -= 1
         counts = self._per_client()

@@ -51,8 +51,15 @@ def _check_shape(metadata: dict[str, Any]) -> None:
     is not a ``str`` (JSON would turn ``1``, ``None`` or ``True`` into a string, and
     ``1`` and ``"1"`` into one key: the route read back would differ)."""
     stack: list[tuple[object, int]] = [(metadata, 0)]
+    values = 0
     while stack:  # iterative: a deep document cannot exhaust the interpreter stack
         item, level = stack.pop()
+        values += 1
+        if values > MAX_METADATA_BYTES:
+            # Each value is a byte of JSON at least: refused before a walk (or a
+            # json.dumps) of a structure sharing its parts takes time by its paths.
+            msg = f"metadata holds more values than {MAX_METADATA_BYTES} bytes of JSON can"
+            raise InvalidInputError(msg)
         if isinstance(item, dict | list | tuple):
             level += 1
             if level > MAX_METADATA_DEPTH:

@@ -155,10 +155,10 @@ def _migration_3(db: sqlite3.Connection) -> None:
     # its metadata too, and rejecting what it matched). Refused, nothing migrated.
     if db.execute("SELECT 1 FROM routes WHERE name = ?", (NEGATIVES_ROUTE,)).fetchone():
         msg = (
-            f"this store (written by synaptoroute 0.2.0) holds a route named "
-            f"{NEGATIVES_ROUTE!r}, a name this version keeps for negative examples; "
-            "rename that route with the version that wrote the store (delete it and "
-            "add it under another name), then open the store again"
+            f"the store (written before negative examples existed, by 0.2.0 or "
+            f"earlier) holds a route named {NEGATIVES_ROUTE!r}, a name this version "
+            "keeps for negative examples; rename that route with the version that "
+            "wrote the store (delete it and add it under another name), then open it again"
         )
         raise StorageError(msg)
     # AUTOINCREMENT: a deleted route's id is never given to a new one, so an id read
@@ -460,7 +460,11 @@ class SQLiteStorage:
                 # first look: read the version again under the write lock.
                 version = int(tx.execute("PRAGMA user_version").fetchone()[0])
                 for step in range(version, SCHEMA_VERSION):
-                    MIGRATIONS[step](tx)
+                    try:
+                        MIGRATIONS[step](tx)
+                    except StorageError as exc:  # a store it must not migrate: named
+                        msg = f"{self.path!r}: {exc}"
+                        raise StorageError(msg) from None
                 if version == 0:
                     tx.execute("INSERT INTO meta(key, value) VALUES ('app', ?)", (_APP_ID,))
                 if version < SCHEMA_VERSION:

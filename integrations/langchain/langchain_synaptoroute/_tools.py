@@ -7,6 +7,7 @@ that a tool is described the same way wherever it is routed to.
 from __future__ import annotations
 
 import inspect
+import typing
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -102,9 +103,8 @@ def _injected_required(tool: BaseTool) -> list[str]:
     if isinstance(tool.args_schema, dict):
         # A JSON schema (MCP adapters' tools): its input model is a generated one with
         # a single "root" field. What an agent injects is then read from the
-        # function's signature (as LangGraph's ToolNode does): its required parameters
-        # the schema does not name.
-        return _unnamed_parameters(tool, tool.args_schema)
+        # function's signature, as LangGraph's ToolNode reads it.
+        return _unnamed_parameters(tool)
     schema = tool.get_input_schema()
     fields = getattr(schema, "model_fields", None)
     if not isinstance(fields, Mapping):  # a pydantic v1 model: no check
@@ -113,13 +113,11 @@ def _injected_required(tool: BaseTool) -> list[str]:
     return [name for name, f in fields.items() if f.is_required() and name not in given]
 
 
-#: Parameters LangChain itself fills when it runs a tool.
-_RUN_PARAMETERS = frozenset({"callbacks", "run_manager", "config"})
-
-
-def _unnamed_parameters(tool: BaseTool, schema: Mapping[str, Any]) -> list[str]:
-    """The required parameters of ``tool``'s function that its JSON ``schema`` does not
-    name (``[]`` for a tool without a function of its own)."""
+def _unnamed_parameters(tool: BaseTool) -> list[str]:
+    """The required parameters of ``tool``'s function that an agent injects, read as
+    LangGraph's ``ToolNode`` reads them: annotated as injected (``ToolRuntime``,
+    ``InjectedToolCallId``, ``InjectedState``...) or named ``runtime`` (``[]`` for a
+    tool without a function of its own)."""
     function = getattr(tool, "func", None) or getattr(tool, "coroutine", None)
     if not callable(function):
         return []
@@ -127,16 +125,30 @@ def _unnamed_parameters(tool: BaseTool, schema: Mapping[str, Any]) -> list[str]:
         parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):  # a builtin or C function: nothing to read
         return []
-    named = schema.get("properties") or {}
+    try:
+        hints = typing.get_type_hints(function, include_extras=True)
+    except Exception:  # an annotation that does not resolve: read them as written
+        hints = {}
     loose = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     return [
         p.name
         for p in parameters
         if p.default is inspect.Parameter.empty
         and p.kind not in loose
-        and p.name not in named
-        and p.name not in _RUN_PARAMETERS
+        and (p.name == "runtime" or _injected_type(hints.get(p.name, p.annotation)))
     ]
+
+
+def _injected_type(annotation: Any) -> bool:
+    """Whether LangChain injects an argument of this annotation (its own test)."""
+    try:
+        from langchain_core.tools.base import _is_injected_arg_type
+    except ImportError:  # a langchain-core without it: nothing is known to be injected
+        return False
+    try:
+        return bool(_is_injected_arg_type(annotation))
+    except Exception:  # an annotation it cannot read
+        return False
 
 
 def _takes_text(spec: Mapping[str, Any]) -> bool:

@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langchain_core.tools import (
     BaseTool,
     InjectedToolArg,
     InjectedToolCallId,
     StructuredTool,
+    Tool,
     tool,
 )
 from langchain_synaptoroute import SynaptorouteRouter
@@ -160,6 +161,27 @@ def test_a_tool_needing_injected_arguments_fails_at_build_time(encoder: Encoder)
     )
     with pytest.raises(InvalidInputError, match=r"an agent injects \(runtime"):
         SynaptorouteRouter.from_tools([injected_search], encoder=encoder)
+    # Only what is injected: a RunnableConfig of any name, a single-input Tool's
+    # parameter of another name, a schema without top-level properties all run.
+    schema = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+
+    def with_config(query: str, cfg: RunnableConfig) -> str:
+        return f"found {query}"
+
+    def look_up(text: str) -> str:
+        return f"looked up {text}"
+
+    for valid in (
+        StructuredTool(name="s", description="Search", args_schema=schema, func=with_config),
+        Tool(name="s", description="Look a word up", args_schema=schema, func=look_up),
+        StructuredTool(
+            name="s",
+            description="Search",
+            args_schema={"$ref": "#/$defs/I", "$defs": {"I": schema}},
+            func=lambda query: f"found {query}",
+        ),
+    ):
+        assert SynaptorouteRouter.from_tools([valid], encoder=encoder, threshold=0.0)
 
 
 def test_a_tool_with_one_optional_text_field_gets_the_text(encoder: Encoder) -> None:
