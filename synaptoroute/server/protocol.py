@@ -112,6 +112,12 @@ async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _cancel(handle: asyncio.TimerHandle | None) -> None:
+    """Cancel ``handle`` if there is one."""
+    if handle is not None:
+        handle.cancel()
+
+
 class _GuardedProtocol(HttpToolsProtocol):
     limits = ConnectionLimits()
 
@@ -153,9 +159,8 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._deadline = self.loop.call_later(seconds, self._expire)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        _cancel(self._deadline)
+        self._deadline = None
 
     def _expire(self) -> None:
         self._deadline = None
@@ -173,9 +178,8 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().resume_writing()
 
     def _stop_send_deadline(self) -> None:
-        if self._send_deadline is not None:
-            self._send_deadline.cancel()
-            self._send_deadline = None
+        _cancel(self._send_deadline)
+        self._send_deadline = None
 
     def _unread(self) -> None:
         # close() would wait to flush what the client does not read: abort.
