@@ -219,6 +219,49 @@ def test_a_client_that_never_reads_its_responses_gives_its_connection_back(
         srv.stop()
 
 
+async def _large_answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An ASGI app answering every request with 4 MB in one write (as a Starlette
+    ``Response`` sends a ``GET /routes`` page)."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    body = b"x" * (4 << 20)
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.model
+def test_a_slow_but_steady_reader_gets_its_whole_response() -> None:
+    # The send deadline must not cut off a client that reads: one write fills the
+    # buffer, which stays above the low-water mark until nearly all of it is read, so
+    # a deadline armed once aborted a reader slower than size / body_timeout.
+    srv = ThreadedServer(_large_answer, http=guarded_protocol(ConnectionLimits(body_timeout=2.0)))
+    # A small send buffer (accepted connections inherit it): the kernel takes little of
+    # the response, so the transport holds it, paused, for as long as the client reads.
+    srv.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.settimeout(LIMIT_S)
+        sock.connect((HOST, srv.port))
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        got = b""
+        while len(got) < 4 << 20:  # about 800 KB/s: some 5 s, past the 2 s deadline
+            chunk = sock.recv(16384)
+            if not chunk:
+                break
+            got += chunk
+            time.sleep(0.02)
+        sock.close()
+        assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"x" * 1024)
+        assert len(got.partition(b"\r\n\r\n")[2]) == 4 << 20
+    finally:
+        srv.stop()
+
+
 def refused_before_8_mb(sock: socket.socket, piece: int) -> bool:
     """Send ``piece`` bytes of ``a`` at a time until the server closes the connection;
     whether it did so before 8 MB, answering 431 (or nothing, if it closed first)."""

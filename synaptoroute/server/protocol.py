@@ -10,10 +10,10 @@ unterminated header is buffered whole) and no per-client connection limit;
 - ``header_timeout``: from the connection's start (or a request's first byte) to
   the end of its headers; then the connection is closed.
 - ``body_timeout``: from the end of the headers to the end of the body; and, while
-  the connection's send buffer is full (its client reads nothing of a response), to
-  the buffer draining again: then the connection is aborted. uvicorn waits for the
-  socket to drain without a limit, so a client that never read kept its connection,
-  and its slot, past every other timeout.
+  the connection's send buffer is full, for its client to read some of it (a slow
+  reader gets another period each time it does): then the connection is aborted.
+  uvicorn waits for the socket to drain without a limit, so a client that never read
+  kept its connection, and its slot, past every other timeout.
 - ``max_header_bytes``: request line and headers; more gets 431 and a close (a head
   that arrives in one read with the end of the request before it, pipelined, is
   counted as what that read holds besides the ended requests' heads, bodies and
@@ -125,6 +125,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._send_deadline: asyncio.TimerHandle | None = None
+        self._unsent = 0  # the send buffer's size when its deadline was last set
         self._in_headers = True
         self._headers_ended = False  # a request's headers ended in the current chunk
         self._messages_ended = 0  # requests that ended in the current chunk
@@ -171,6 +172,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().pause_writing()
         # The response waits for the client to read: give it body_timeout to read some.
         if self._send_deadline is None:
+            self._unsent = self.transport.get_write_buffer_size()
             self._send_deadline = self.loop.call_later(self.limits.body_timeout, self._unread)
 
     def resume_writing(self) -> None:
@@ -182,8 +184,15 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._send_deadline = None
 
     def _unread(self) -> None:
-        # close() would wait to flush what the client does not read: abort.
         self._send_deadline = None
+        unsent = self.transport.get_write_buffer_size()
+        if unsent < self._unsent:
+            # It read some: a slow reader of a large response (one write: the buffer
+            # stays above the low-water mark until nearly all of it is read) goes on.
+            self._unsent = unsent
+            self._send_deadline = self.loop.call_later(self.limits.body_timeout, self._unread)
+            return
+        # close() would wait to flush what the client does not read: abort.
         self.transport.abort()
 
     def _refuse(self, response: bytes) -> None:

@@ -6,6 +6,8 @@ that a tool is described the same way wherever it is routed to.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import typing
 from collections import Counter
@@ -125,10 +127,13 @@ def _unnamed_parameters(tool: BaseTool) -> list[str]:
         parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):  # a builtin or C function: nothing to read
         return []
+    inner = function
+    while isinstance(inner, functools.partial):  # its signature is the partial's
+        inner = inner.func
     try:
-        hints = typing.get_type_hints(function, include_extras=True)
-    except Exception:  # an annotation that does not resolve: read them as written
-        hints = {}
+        hints = typing.get_type_hints(inner, include_extras=True)
+    except Exception:  # one annotation that does not resolve: each on its own
+        hints = _hints_one_by_one(inner)
     loose = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     return [
         p.name
@@ -137,6 +142,21 @@ def _unnamed_parameters(tool: BaseTool) -> list[str]:
         and p.kind not in loose
         and (p.name == "runtime" or _injected_type(hints.get(p.name, p.annotation)))
     ]
+
+
+def _hints_one_by_one(function: Any) -> dict[str, Any]:
+    """``function``'s annotations, each string one (``from __future__ import
+    annotations``) evaluated on its own in the function's module; one that does not
+    resolve stays a string (a name imported only for type checkers)."""
+    names = getattr(function, "__globals__", {})
+    hints: dict[str, Any] = {}
+    for name, annotation in getattr(function, "__annotations__", {}).items():
+        if isinstance(annotation, str):
+            # As typing.get_type_hints evaluates it: the function's own module's code.
+            with contextlib.suppress(Exception):  # left as written
+                annotation = eval(annotation, names)
+        hints[name] = annotation
+    return hints
 
 
 def _injected_type(annotation: Any) -> bool:

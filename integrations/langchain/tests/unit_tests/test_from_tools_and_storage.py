@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pytest
 from langchain_core.runnables import RunnableConfig, RunnableLambda
@@ -18,6 +19,9 @@ from langchain_core.tools import (
 from langchain_synaptoroute import SynaptorouteRouter
 
 from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, SQLiteStorage
+
+if TYPE_CHECKING:
+    from collections import OrderedDict
 
 CALLS: list[tuple[str, dict[str, Any]]] = []
 
@@ -123,6 +127,18 @@ def take_note_as(note: str, user: Annotated[str, InjectedToolArg] = "anon") -> s
     return f"{user}: {note}"
 
 
+def _noted(
+    query: str, order: OrderedDict[str, int], call_id: Annotated[str, InjectedToolCallId]
+) -> str:
+    """A function whose annotations do not all resolve (OrderedDict is imported for
+    type checkers only)."""
+    return query
+
+
+def _noted_plainly(query: str, call_id: Annotated[str, InjectedToolCallId]) -> str:
+    return query
+
+
 def test_a_tool_needing_injected_arguments_fails_at_build_time(encoder: Encoder) -> None:
     # Built fine, then every routed call failed inside the tool (pydantic's "Field
     # required", LangChain's "must always be invoked with a full model ToolCall"):
@@ -171,6 +187,12 @@ def test_a_tool_needing_injected_arguments_fails_at_build_time(encoder: Encoder)
     def look_up(text: str) -> str:
         return f"looked up {text}"
 
+    # This module's annotations are strings (from __future__): read one by one when
+    # one of them does not resolve, and through a functools.partial.
+    for hidden in (_noted, functools.partial(_noted_plainly)):
+        unresolved = StructuredTool(name="s", description="Note", args_schema=schema, func=hidden)
+        with pytest.raises(InvalidInputError, match=r"an agent injects \(call_id"):
+            SynaptorouteRouter.from_tools([unresolved], encoder=encoder)
     for valid in (
         StructuredTool(name="s", description="Search", args_schema=schema, func=with_config),
         Tool(name="s", description="Look a word up", args_schema=schema, func=look_up),
