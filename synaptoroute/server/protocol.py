@@ -10,10 +10,11 @@ unterminated header is buffered whole) and no per-client connection limit;
 - ``header_timeout``: from the connection's start (or a request's first byte) to
   the end of its headers; then the connection is closed.
 - ``body_timeout``: from the end of the headers to the end of the body; and, while
-  the connection's send buffer is full, for its client to read some of it (a slow
-  reader gets another period each time it does): then the connection is aborted.
-  uvicorn waits for the socket to drain without a limit, so a client that never read
-  kept its connection, and its slot, past every other timeout.
+  a response waits for its client to read (the kernel keeps only 16 KiB of it
+  unsent), for the client to read some of it (a slow reader gets another period
+  each time it does): then the connection is aborted. uvicorn waits for the socket
+  to drain without a limit, so a client that never read kept its connection, and
+  its slot, past every other timeout.
 - ``max_header_bytes``: request line and headers; more gets 431 and a close (a head
   that arrives in one read with the end of the request before it, pipelined, is
   counted as what that read holds besides the ended requests' heads, bodies and
@@ -35,7 +36,9 @@ The keep-alive idle timeout between requests stays uvicorn's (``timeout_keep_ali
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +115,24 @@ async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+#: Bytes the kernel may hold unsent for a connection (``TCP_NOTSENT_LOWAT``).
+_KERNEL_UNSENT = 16 * 1024
+
+
+def _send_in_view(transport: asyncio.Transport) -> None:
+    """Keep what a client has not read in the transport's buffer, where the send
+    deadline sees it: the kernel holds little unsent (else a loopback socket took
+    megabytes, and a client reading slowly showed no progress for a period), and any
+    byte left unsent pauses writing (else a response under the 64 KiB high-water mark
+    never armed the deadline, and uvicorn's close waited on it for ever)."""
+    sock = transport.get_extra_info("socket")
+    lowat = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if sock is not None and lowat is not None:
+        with contextlib.suppress(OSError):  # not TCP (a Unix socket), or not supported
+            sock.setsockopt(socket.IPPROTO_TCP, lowat, _KERNEL_UNSENT)
+    transport.set_write_buffer_limits(high=0)
+
+
 def _cancel(handle: asyncio.TimerHandle | None) -> None:
     """Cancel ``handle`` if there is one."""
     if handle is not None:
@@ -126,6 +147,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._send_deadline: asyncio.TimerHandle | None = None
         self._unsent = 0  # the send buffer's size when its deadline was last set
+        self._running_cycle: Any = None  # the request whose app runs (see _start_asgi_task)
         self._in_headers = True
         self._headers_ended = False  # a request's headers ended in the current chunk
         self._messages_ended = 0  # requests that ended in the current chunk
@@ -217,6 +239,7 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        _send_in_view(transport)
         limits = self.limits
         self._client_key = self.client[0] if self.client else ""
         counts = self._per_client()
@@ -241,9 +264,20 @@ class _GuardedProtocol(HttpToolsProtocol):
             return
         self._arm(limits.header_timeout)
 
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # uvicorn marks only the newest parsed request disconnected when a connection
+        # is lost; with requests pipelined, the one running is another, and its next
+        # write (to a closed transport) failed with a logged traceback.
+        self._running_cycle = cycle
+        super()._start_asgi_task(cycle, app)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._stop_send_deadline()
+        running = self._running_cycle
+        if running is not None and not running.response_complete:
+            running.disconnected = True
+            running.message_event.set()
         if self._counted_refusal:
             self._pending_refusals()[0] -= 1
         counts = self._per_client()
