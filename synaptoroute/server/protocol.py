@@ -130,7 +130,9 @@ def _send_in_view(transport: asyncio.Transport) -> None:
     if sock is not None and lowat is not None:
         with contextlib.suppress(OSError):  # not TCP (a Unix socket), or not supported
             sock.setsockopt(socket.IPPROTO_TCP, lowat, _KERNEL_UNSENT)
-    transport.set_write_buffer_limits(high=0)
+    # high=1, not 0: a TLS transport pauses at size >= high, so 0 paused it with
+    # nothing buffered, and every response waited for a drain that never came.
+    transport.set_write_buffer_limits(high=1, low=0)
 
 
 def _cancel(handle: asyncio.TimerHandle | None) -> None:
@@ -147,7 +149,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._send_deadline: asyncio.TimerHandle | None = None
         self._unsent = 0  # the send buffer's size when its deadline was last set
-        self._running_cycle: Any = None  # the request whose app runs (see _start_asgi_task)
+        self._running_cycle: Any = None  # the request whose app runs (see on_headers_complete)
         self._in_headers = True
         self._headers_ended = False  # a request's headers ended in the current chunk
         self._messages_ended = 0  # requests that ended in the current chunk
@@ -264,13 +266,6 @@ class _GuardedProtocol(HttpToolsProtocol):
             return
         self._arm(limits.header_timeout)
 
-    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        # uvicorn marks only the newest parsed request disconnected when a connection
-        # is lost; with requests pipelined, the one running is another, and its next
-        # write (to a closed transport) failed with a logged traceback.
-        self._running_cycle = cycle
-        super()._start_asgi_task(cycle, app)
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._stop_send_deadline()
@@ -350,6 +345,18 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._chunk_heads += max(0, size - self._header_bytes)
         self._arm(self.limits.body_timeout)
         super().on_headers_complete()
+        # uvicorn marks only the newest parsed request disconnected when a connection
+        # is lost; with requests pipelined, the one running is another, and its next
+        # write (to a closed transport) failed with a logged traceback. Tracked here
+        # and in on_response_complete, which every supported uvicorn has.
+        if self.cycle is not None and not any(c is self.cycle for c, _ in self.pipeline):
+            self._running_cycle = self.cycle
+
+    def on_response_complete(self) -> None:
+        waiting = self.pipeline[-1][0] if self.pipeline else None  # the next to start
+        super().on_response_complete()
+        if waiting is not None and not any(c is waiting for c, _ in self.pipeline):
+            self._running_cycle = waiting
 
     def on_chunk_header(self) -> None:
         self._chunk_frames += 1
