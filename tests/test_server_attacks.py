@@ -307,6 +307,44 @@ def test_a_slow_but_steady_reader_gets_its_whole_response() -> None:
         srv.stop()
 
 
+@pytest.mark.model
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_one_unsent_byte_pauses_writing(loop: str) -> None:
+    # What arms the send deadline: a socket transport pauses at size > high, so the
+    # limit must be 0 (1 let a last byte wait, unwatched, for ever).
+    from synaptoroute.server.protocol import _send_in_view
+
+    class Counting(asyncio.Protocol):
+        paused = 0
+
+        def pause_writing(self) -> None:
+            self.paused += 1
+
+    async def one_byte() -> tuple[int, int]:
+        ours, theirs = socket.socketpair()  # theirs never reads
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ours.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # the kernel's buffers full: the transport keeps what follows
+                ours.send(b"x" * 4096)
+        running = asyncio.get_running_loop()
+        transport, protocol = await running.connect_accepted_socket(Counting, ours)
+        _send_in_view(transport)  # type: ignore[arg-type]
+        transport.write(b"y")
+        left = transport.get_write_buffer_size()
+        transport.abort()
+        theirs.close()
+        return left, protocol.paused
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        left, paused = uvloop.run(one_byte())
+    else:
+        left, paused = asyncio.run(one_byte())
+    assert (left, paused) == (1, 1)
+
+
 def refused_before_8_mb(sock: socket.socket, piece: int) -> bool:
     """Send ``piece`` bytes of ``a`` at a time until the server closes the connection;
     whether it did so before 8 MB, answering 431 (or nothing, if it closed first)."""

@@ -130,9 +130,11 @@ def _send_in_view(transport: asyncio.Transport) -> None:
     if sock is not None and lowat is not None:
         with contextlib.suppress(OSError):  # not TCP (a Unix socket), or not supported
             sock.setsockopt(socket.IPPROTO_TCP, lowat, _KERNEL_UNSENT)
-    # high=1, not 0: a TLS transport pauses at size >= high, so 0 paused it with
-    # nothing buffered, and every response waited for a drain that never came.
-    transport.set_write_buffer_limits(high=1, low=0)
+    # Socket transports (asyncio's, uvloop's) pause at size > high: 0. A TLS one
+    # pauses at size >= high, so 0 paused it with nothing buffered and every response
+    # waited for a drain that never came: 1.
+    tls = transport.get_extra_info("ssl_object") is not None
+    transport.set_write_buffer_limits(high=1 if tls else 0, low=0)
 
 
 def _cancel(handle: asyncio.TimerHandle | None) -> None:
