@@ -1321,6 +1321,14 @@ def test_the_encoder_can_be_injected(capsys: pytest.CaptureFixture[str], tmp_pat
 
 
 # -- bad input found before the store is made ---------------------------------------------
+def refused_without_a_store(capsys: pytest.CaptureFixture[str], store: Path, *argv: str) -> str:
+    """Run ``argv`` on ``store``, expect bad input and no store made; its stderr."""
+    code, _, err = run(capsys, *argv, "--store", str(store))
+    assert code == EXIT_BAD_INPUT, (argv, err)
+    assert not store.exists(), argv
+    return err
+
+
 def test_a_text_the_model_reads_nothing_of_makes_no_store(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -1341,11 +1349,8 @@ def test_a_text_the_model_reads_nothing_of_makes_no_store(
         (["routes", "add", "--file", str(yaml_file)], "routes.0 ('a').utterances.1"),
     ]
     for n, (argv, named) in enumerate(cases):
-        path = tmp_path / f"{n}.db"
-        code, _, err = run(capsys, *argv, "--store", str(path))
-        assert code == EXIT_BAD_INPUT, argv
+        err = refused_without_a_store(capsys, tmp_path / f"{n}.db", *argv)
         assert named in err and "is empty to the model" in err, err
-        assert not path.exists(), argv
     # A null-labelled row is no utterance: import takes the file without it.
     jsonl.write_text('{"text": "ok", "label": "b"}\n{"text": "\\u200b", "label": null}\n')
     assert run(capsys, "import", str(jsonl), "--store", str(tmp_path / "ok.db"))[0] == EXIT_OK
@@ -1365,12 +1370,9 @@ def test_serve_refuses_a_bad_routes_file_before_making_the_store(
     ):
         routes = tmp_path / f"{n}.yaml"
         routes.write_text(body, encoding="utf-8")
-        path = tmp_path / f"{n}.db"
-        code, _, err = run(
-            capsys, "serve", "--port", "0", "--store", str(path), "--routes", str(routes)
-        )
-        assert code == EXIT_BAD_INPUT and named in err and str(routes) in err, err
-        assert not path.exists()
+        serve = ["serve", "--port", "0", "--routes", str(routes)]
+        err = refused_without_a_store(capsys, tmp_path / f"{n}.db", *serve)
+        assert named in err and str(routes) in err, err
 
 
 def test_a_repeated_key_or_a_control_character_in_a_label_names_its_line(
@@ -1384,9 +1386,7 @@ def test_a_repeated_key_or_a_control_character_in_a_label_names_its_line(
         '{"text": "h", "label": "x\\ny"}\n{"text": "i", "label": " w\\n"}\n',
         encoding="utf-8",
     )
-    path = tmp_path / "s.db"
-    code, _, err = run(capsys, "import", str(rows), "--store", str(path))
-    assert code == EXIT_BAD_INPUT and not path.exists()
+    err = refused_without_a_store(capsys, tmp_path / "s.db", "import", str(rows))
     assert "3 malformed lines" in err
     assert "line 1: key 'text' appears more than once" in err
     assert "line 2: key 'label' appears more than once" in err

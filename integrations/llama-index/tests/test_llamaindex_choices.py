@@ -321,6 +321,22 @@ def _held(encoder: Encoder, entered: threading.Event, release: threading.Event) 
     return Held
 
 
+async def _cancelled_while_building(
+    selector: SynaptorouteSelector,
+    choices: list[ToolMetadata],
+    entered: threading.Event,
+    release: threading.Event,
+) -> None:
+    """An aselect cancelled while its choice set's first build is held, then the
+    build let go."""
+    task = asyncio.create_task(selector.aselect(choices, "I need a refund"))
+    await asyncio.to_thread(entered.wait, 60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+
+
 def test_a_selection_cancelled_while_its_choice_set_builds_is_not_counted_for_good(
     encoder: Encoder, choices: list[ToolMetadata]
 ) -> None:
@@ -334,12 +350,7 @@ def test_a_selection_cancelled_while_its_choice_set_builds_is_not_counted_for_go
     )
 
     async def main() -> bool:
-        task = asyncio.create_task(selector.aselect(choices, "I need a refund"))
-        await asyncio.to_thread(entered.wait, 60)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        release.set()
+        await _cancelled_while_building(selector, choices, entered, release)
         for _ in range(600):  # the build ends in its thread, then releases on this loop
             if not selector._selecting and selector._routers:
                 break
@@ -359,16 +370,9 @@ def test_a_selection_cancelled_as_its_loop_ends_is_not_counted_for_good(
     Held = _held(encoder, entered, release)
     selector = SynaptorouteSelector.from_defaults(encoder=Held(), max_choice_sets=1)
 
-    async def main() -> None:
-        task = asyncio.create_task(selector.aselect(choices, "I need a refund"))
-        await asyncio.to_thread(entered.wait, 60)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        release.set()  # and return: the teardown cancels the build's task, then
-        # waits for its thread (shutdown_default_executor)
-
-    asyncio.run(main())
+    # Returns at once: the teardown cancels the build's task, then waits for its
+    # thread (shutdown_default_executor).
+    asyncio.run(_cancelled_while_building(selector, choices, entered, release))
     assert selector._routers and not selector._selecting
 
 
