@@ -101,34 +101,42 @@ MAX_METADATA_BYTES = 64 * 1024
 
 def _lists_for_tuples(value: Any) -> Any:
     """A copy of ``value`` with every tuple inside it a list, as a store reads it back.
-    Metadata the stores refuse for its depth (or a cycle) or its size is returned as it
-    is, for them to name why: a walk of it could take time by its paths (a structure
-    sharing its parts). A copy, never a shared container: equal tuples may be one
-    object."""
-    if _past_limits(value):
+    Metadata the stores refuse for its shape (:func:`metadata_shape_problem`) is
+    returned as it is, for them to name why: a walk of it could take time by its paths
+    (a structure sharing its parts). A copy, never a shared container: equal tuples may
+    be one object."""
+    if metadata_shape_problem(value) is not None:
         return value
     return _copied(value)
 
 
-def _past_limits(value: Any) -> bool:
-    """Whether ``value`` nests past :data:`MAX_METADATA_DEPTH` levels or holds more
-    values than :data:`MAX_METADATA_BYTES` (each takes a byte of JSON at least), told
-    depth first after at most that many steps."""
-    stack = [(value, 0)]
-    seen = 0
-    while stack:
+def metadata_shape_problem(metadata: Any) -> str | None:
+    """Why the stores refuse ``metadata`` for its shape, or ``None``: it nests deeper
+    than :data:`MAX_METADATA_DEPTH` levels, holds more values than
+    :data:`MAX_METADATA_BYTES` of JSON can (each takes a byte at least, so this is told
+    after at most that many steps, before a walk of a structure sharing its parts takes
+    time by its paths), or has a key that is not a ``str`` (JSON would turn ``1``,
+    ``None`` or ``True`` into a string, and ``1`` and ``"1"`` into one key: the route
+    read back would differ)."""
+    stack: list[tuple[object, int]] = [(metadata, 0)]
+    values = 0
+    while stack:  # iterative: a deep document cannot exhaust the interpreter stack
         item, level = stack.pop()
-        seen += 1
-        if seen > MAX_METADATA_BYTES:
-            return True
+        values += 1
+        if values > MAX_METADATA_BYTES:
+            return f"metadata holds more values than {MAX_METADATA_BYTES} bytes of JSON can"
         if isinstance(item, dict | list | tuple):
             level += 1
             if level > MAX_METADATA_DEPTH:
-                return True
-            stack.extend(
-                (child, level) for child in (item.values() if isinstance(item, dict) else item)
-            )
-    return False
+                return f"metadata nests deeper than {MAX_METADATA_DEPTH} levels"
+            if isinstance(item, dict):
+                keys = [k for k in item if not isinstance(k, str)]
+                if keys:
+                    return f"metadata keys must be strings, got {keys[0]!r}"
+                stack.extend((child, level) for child in item.values())
+            else:
+                stack.extend((child, level) for child in item)
+    return None
 
 
 def _copied(value: Any) -> Any:

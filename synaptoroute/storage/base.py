@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..exceptions import InvalidInputError, StorageError
-from ..models import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, Route
+from ..models import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, Route, metadata_shape_problem
 
 if TYPE_CHECKING:
     from .changes import Change
@@ -46,35 +46,6 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # fail when the route is read back.
 
 
-def _check_shape(metadata: dict[str, Any]) -> None:
-    """Refuse metadata nesting deeper than :data:`MAX_METADATA_DEPTH` or with a key that
-    is not a ``str`` (JSON would turn ``1``, ``None`` or ``True`` into a string, and
-    ``1`` and ``"1"`` into one key: the route read back would differ)."""
-    stack: list[tuple[object, int]] = [(metadata, 0)]
-    values = 0
-    while stack:  # iterative: a deep document cannot exhaust the interpreter stack
-        item, level = stack.pop()
-        values += 1
-        if values > MAX_METADATA_BYTES:
-            # Each value is a byte of JSON at least: refused before a walk (or a
-            # json.dumps) of a structure sharing its parts takes time by its paths.
-            msg = f"metadata holds more values than {MAX_METADATA_BYTES} bytes of JSON can"
-            raise InvalidInputError(msg)
-        if isinstance(item, dict | list | tuple):
-            level += 1
-            if level > MAX_METADATA_DEPTH:
-                msg = f"metadata nests deeper than {MAX_METADATA_DEPTH} levels"
-                raise InvalidInputError(msg)
-            if isinstance(item, dict):
-                keys = [k for k in item if not isinstance(k, str)]
-                if keys:
-                    msg = f"metadata keys must be strings, got {keys[0]!r}"
-                    raise InvalidInputError(msg)
-                stack.extend((child, level) for child in item.values())
-            else:
-                stack.extend((child, level) for child in item)
-
-
 def metadata_json(metadata: dict[str, Any]) -> str:
     """Serialise route metadata for the store, refusing what could not be read back.
 
@@ -84,7 +55,9 @@ def metadata_json(metadata: dict[str, Any]) -> str:
             the nesting is deeper than :data:`MAX_METADATA_DEPTH` or the text longer than
             :data:`MAX_METADATA_BYTES`. Nothing is written.
     """
-    _check_shape(metadata)
+    problem = metadata_shape_problem(metadata)
+    if problem is not None:
+        raise InvalidInputError(problem)
     try:
         text = json.dumps(metadata, ensure_ascii=False, allow_nan=False)
         size = len(text.encode("utf-8"))
