@@ -45,7 +45,8 @@ def _a_number(value: object) -> object:
 #: A model field holding a score threshold: a number in [SCORE_MIN, SCORE_MAX] (numpy
 #: scalars read as floats), never a bool, or None.
 OptionalThreshold = Annotated[
-    Annotated[float, Field(ge=SCORE_MIN, le=SCORE_MAX)] | None, BeforeValidator(_a_number)
+    Annotated[float, Field(ge=SCORE_MIN, le=SCORE_MAX, allow_inf_nan=False)] | None,
+    BeforeValidator(_a_number),
 ]
 
 

@@ -132,3 +132,11 @@ def test_a_yaml_word_read_as_no_text_says_what_yaml_read() -> None:
 def test_a_json_number_too_long_to_read_is_said_so() -> None:
     with pytest.raises(InvalidInputError, match=r"not valid JSON: a number too long to read$"):
         parse_routes('{"routes": [], "threshold": ' + "9" * 5000 + "}", "json")
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_json_threshold_that_is_not_finite_is_said_so(value: str) -> None:
+    # Python's json reads these words; NaN was refused as "less than or equal to 1".
+    text = '{"routes": [{"name": "a", "utterances": ["x"], "threshold": ' + value + "}]}"
+    with pytest.raises(InvalidInputError, match=r"routes\.0\.threshold: Input should be a finite"):
+        parse_routes(text, "json")
