@@ -343,3 +343,9 @@ def test_a_store_path_with_a_tilde_is_the_home_folders(
     assert [item.route.name for item in SQLiteStorage(tmp_path / "sub" / "routes.db").load()] == [
         "a"
     ]
+
+
+def test_a_store_path_naming_a_folder_is_said_to_be_one(tmp_path: Path) -> None:
+    # SQLite's own message is "unable to open database file", which names no cause.
+    with pytest.raises(StorageError, match=r"cannot open SQLite store '.*': it is a folder$"):
+        SQLiteStorage(str(tmp_path))

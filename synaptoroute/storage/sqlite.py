@@ -323,7 +323,9 @@ class SQLiteStorage:
         try:
             self._db = self._connect()
         except sqlite3.Error as exc:
-            msg = f"cannot open SQLite store {self.path!r}: {exc}"
+            # SQLite says "unable to open database file" for a folder too.
+            why = "it is a folder" if Path(self.file).is_dir() else str(exc)
+            msg = f"cannot open SQLite store {self.path!r}: {why}"
             raise StorageError(msg) from exc
         # Opening reads and may set WAL mode and migrate. While other connections do
         # the same to a new file, SQLite can answer "locked" without waiting (its busy
