@@ -27,7 +27,7 @@ import os
 import select
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -746,24 +746,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .server import ServerSettings, run
     from .server.app import check_routes_file
-    from .server.settings import limit_values
+    from .server.settings import limit_flags, limit_values
 
-    settings = ServerSettings.from_env(
-        store=_store_path(args),
-        routes_file=args.routes,
-        host=args.host,
-        port=_port(args.port),
-        read_only=args.read_only,
-        console=args.console,
-        max_body_bytes=args.max_body_bytes,
-        max_queue_size=args.max_queue,
-        request_timeout=args.request_timeout,
-        drain_timeout=args.drain_timeout,
-        encoder_threads=args.threads,
-        encoder_spin=args.spin,
-        log_level=args.log_level,
+    values = {
+        "store": _store_path(args),
+        "routes_file": args.routes,
+        "host": args.host,
+        "port": _port(args.port),
+        "read_only": args.read_only,
+        "console": args.console,
+        "max_body_bytes": args.max_body_bytes,
+        "max_queue_size": args.max_queue,
+        "request_timeout": args.request_timeout,
+        "drain_timeout": args.drain_timeout,
+        "encoder_threads": args.threads,
+        "encoder_spin": args.spin,
+        "log_level": args.log_level,
         **limit_values(args),
-    )
+    }
+    try:
+        settings = ServerSettings.from_env(**values)
+    except ValidationError as exc:
+        # Named by the option that set it, not by the settings field.
+        raise BadInput(_message(exc, names=_SERVE_FLAGS | limit_flags())) from exc
     settings.check_safe()
     if args.routes:
         # A bad file fails here with exit code 2 (a text the model reads nothing of,
@@ -1163,12 +1168,33 @@ def _exit_code(exc: BaseException) -> int:
     return EXIT_FAILURE
 
 
-def _message(exc: BaseException) -> str:
+#: ``serve``'s options by the settings field each sets (the limits' come from
+#: ``limit_flags``); the API key comes from the environment.
+_SERVE_FLAGS = {
+    "store": "--store",
+    "routes_file": "--routes",
+    "host": "--host",
+    "port": "--port",
+    "max_body_bytes": "--max-body-bytes",
+    "max_queue_size": "--max-queue",
+    "request_timeout": "--request-timeout",
+    "drain_timeout": "--drain-timeout",
+    "encoder_threads": "--threads",
+    "log_level": "--log-level",
+    "api_key": "SYNAPTOROUTE_API_KEY",
+}
+
+
+def _message(exc: BaseException, names: Mapping[str, str] | None = None) -> str:
     if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
-            for e in exc.errors(include_url=False, include_input=False)
-        )
+        names = names or {}
+        parts = []
+        for e in exc.errors(include_url=False, include_input=False):
+            path = [str(p) for p in e["loc"]]
+            if path and path[0] in names:
+                path[0] = names[path[0]]
+            parts.append(f"{'.'.join(path) or 'value'}: {e['msg']}")
+        return "; ".join(parts)
     return str(exc) or type(exc).__name__
 
 

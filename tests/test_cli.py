@@ -1183,6 +1183,30 @@ def test_serve_refuses_a_set_but_empty_key_on_loopback(
     assert "SYNAPTOROUTE_API_KEY is set but empty" in err
 
 
+def test_serve_names_a_bad_value_by_its_option(
+    capsys: pytest.CaptureFixture[str], store: str
+) -> None:
+    # pydantic named the settings field ("max_connections", "encoder_threads").
+    code, _, err = run(
+        capsys,
+        "serve",
+        "--store",
+        store,
+        "--max-connections",
+        "0",
+        "--threads",
+        "0",
+        "--max-queue",
+        "0",
+    )
+    assert code == EXIT_BAD_INPUT
+    assert "--max-connections: Input should be greater than or equal to 1" in err
+    assert "--threads: Input should be greater than or equal to 1" in err
+    assert "--max-queue: Input should be greater than or equal to 1" in err
+    assert "max_connections" not in err and "encoder_threads" not in err
+    assert not Path(store).exists()
+
+
 # -- import, fit, eval (issue 4's library calls) -------------------------------------------
 TRAIN = str(FIXTURES / "clinc150_train_slice.jsonl")
 VAL = str(FIXTURES / "clinc150_val_slice.jsonl")

@@ -249,6 +249,14 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def limit_flags() -> dict[str, str]:
+    """:func:`add_limit_arguments`' options by the settings field each sets."""
+    return {field: flag for flag, field, _, _ in _LIMIT_OPTIONS} | {
+        "auth_reads": "--auth-reads",
+        "allowed_hosts": "--allowed-host",
+    }
+
+
 def limit_values(args: argparse.Namespace) -> dict[str, Any]:
     """The settings that :func:`add_limit_arguments`' options were given."""
     values: dict[str, Any] = {
