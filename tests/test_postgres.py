@@ -140,7 +140,7 @@ def _replica_main(dsn: str, schema: str, encoder_kind: str) -> None:
 
     inner = Encoder() if encoder_kind == "real" else HashingEncoder()
     encoder = CountingEncoder(inner)
-    store = PostgresStorage(dsn, schema=schema, connect_timeout=2, poll_interval=1.0)
+    store = PostgresStorage(dsn, schema=schema, connect_timeout=10, poll_interval=1.0)
     router = AdaptiveRouter(encoder, store)
 
     def handle(op: str, args: dict[str, Any]) -> Any:
@@ -263,7 +263,7 @@ def replicas(pg_dsn: str, schema: str) -> Iterator[list[Replica]]:
 def open_store(dsn: str, schema: str, **options: Any) -> Any:
     from synaptoroute.postgres import PostgresStorage
 
-    return PostgresStorage(dsn, schema=schema, connect_timeout=2, **options)
+    return PostgresStorage(dsn, schema=schema, connect_timeout=10, **options)
 
 
 def db_state(dsn: str, schema: str) -> dict[str, Any]:

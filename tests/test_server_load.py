@@ -64,8 +64,11 @@ def test_5000_concurrent_requests_all_answered_nothing_lost(tmp_path: Path) -> N
         "--max-connections-per-client",
         "10000",
         # Nor about slow clients: a busy machine may accept a connection long before this
-        # client's loop, busy with 5,000 others, writes its request.
+        # client's loop, busy with 5,000 others, writes its request (headers and body
+        # are two writes, so the body may wait too) or reads its answer.
         "--header-timeout",
+        str(BOUND_S),
+        "--body-timeout",
         str(BOUND_S),
         env={"SYNAPTOROUTE_API_KEY": KEY},
     )

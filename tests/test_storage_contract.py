@@ -60,7 +60,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
         from synaptoroute.postgres import PostgresStorage
 
         dsn = request.getfixturevalue("pg_dsn")
-        store = PostgresStorage(dsn, schema=request.getfixturevalue("schema"), connect_timeout=2)
+        store = PostgresStorage(dsn, schema=request.getfixturevalue("schema"), connect_timeout=10)
     yield store
     store.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import warnings
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
@@ -293,9 +294,8 @@ def test_evicted_choice_sets_stop_their_workers_on_a_long_lived_loop(
             selection = await selector.aselect(tools, "I want my money back")
             assert selection.ind == 2
         # A worker stops on this loop, when it next runs: give it the turns it needs.
-        for _ in range(200):
-            if workers() - before <= 2:
-                break
+        deadline = time.monotonic() + 60  # a bound for a hang, not a speed
+        while workers() - before > 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         left = workers() - before
         running = sum(any(w.running for w in r.workers) for r in selector._retired)
