@@ -614,14 +614,20 @@ class BatchWorker(Generic[Q, T]):
             await self._serve(batch, run.loop, run.executor)
 
     def _process_boxed(self, requests: list[Q]) -> Sequence[T]:
-        # In the worker thread. A CancelledError the batch function raises (an encoder
-        # built on futures) would read, in the awaiting task, as the worker itself being
-        # cancelled: it stopped and failed every queued caller. It is this batch's error.
+        # In the worker thread. What the awaiting task cannot take as this batch's
+        # error is made one: a CancelledError (an encoder built on futures) read as the
+        # worker itself being cancelled, which stopped it and failed every queued
+        # caller; so did any other BaseException (KeyboardInterrupt and SystemExit
+        # ended the loop); and asyncio cannot set a StopIteration on a future, so the
+        # await never ended and every later call on the loop hung.
         try:
             return self._process(requests)
-        except (asyncio.CancelledError, concurrent.futures.CancelledError) as exc:
-            msg = f"the batch function raised {type(exc).__name__}: {exc}"
-            raise RuntimeError(msg) from exc
+        except (StopIteration, concurrent.futures.CancelledError) as exc:
+            raise _boxed(exc) from exc
+        except Exception:
+            raise
+        except BaseException as exc:
+            raise _boxed(exc) from exc
 
     async def _serve(
         self,
@@ -654,6 +660,10 @@ class BatchWorker(Generic[Q, T]):
         for (_, fut), result in zip(batch, results, strict=True):
             if not fut.done():
                 fut.set_result(result)
+
+
+def _boxed(exc: BaseException) -> RuntimeError:
+    return RuntimeError(f"the batch function raised {type(exc).__name__}: {exc}")
 
 
 async def _work(ref: weakref.ref[BatchWorker[Any, Any]], run: _Run) -> None:

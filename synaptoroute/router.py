@@ -310,8 +310,11 @@ class AdaptiveRouter:
         #: :func:`~synaptoroute.batching.text_cost_cap`): a longer text costs no more.
         self.text_cost_cap = text_cost_cap(self.encoder)
         if max_batch_size is None:
+            # A custom encoder's hint that is no whole number above 0 is ignored: the
+            # refusal would have named max_batch_size, which the caller never passed.
             hint = getattr(self.encoder, "preferred_batch_size", None)
-            max_batch_size = hint if isinstance(hint, int) else DEFAULT_MAX_BATCH_SIZE
+            usable = isinstance(hint, int) and not isinstance(hint, bool) and hint >= 1
+            max_batch_size = cast(int, hint) if usable else DEFAULT_MAX_BATCH_SIZE
         self._worker: BatchWorker[_Request, _Answer] = BatchWorker(
             self._answer,
             max_batch_size=max_batch_size,
@@ -1270,8 +1273,9 @@ class AdaptiveRouter:
 
         Raises:
             TypeError: ``text`` is not a ``str``.
-            InvalidInputError: ``text`` is not valid Unicode (a lone surrogate), or a
-                bad ``timeout``.
+            InvalidInputError: ``text`` is not valid Unicode (a lone surrogate), costs
+                more than ``max_queue_cost`` (it could never be queued), or a bad
+                ``timeout``.
             RouterOverloadedError: the queue is full; nothing was queued.
             RouterTimeoutError: ``timeout`` seconds passed first.
             RouterClosedError: the router is stopping or was stopped meanwhile.

@@ -653,6 +653,38 @@ async def test_a_batch_functions_own_timeout_or_cancellation_is_its_batchs_error
     await worker.stop()
 
 
+class _Abort(BaseException):
+    """A framework's own BaseException (as gevent's or trio's)."""
+
+
+@pytest.mark.parametrize(
+    "raised", [StopIteration, _Abort, KeyboardInterrupt, SystemExit, GeneratorExit]
+)
+async def test_whatever_a_batch_function_raises_fails_its_batch_alone(
+    raised: type[BaseException],
+) -> None:
+    """Pure algorithm: asyncio cannot set a StopIteration on a future (the await never
+    ended: every later call hung), and a BaseException stopped the worker, failing
+    every queued caller with "stopped" (KeyboardInterrupt and SystemExit ended the loop)."""
+
+    def flaky(texts: list[str]) -> list[int]:
+        if "bad" in texts:
+            raise raised("from the batch function")
+        return [len(t) for t in texts]
+
+    worker: BatchWorker[str, int] = BatchWorker(flaky, max_batch_size=1)
+    calls = [worker.submit_one(text) for text in ("bad", "good", "better")]
+    # A bound for a hang, not a speed.
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 60)
+    assert isinstance(outcomes[0], RuntimeError)
+    assert f"raised {raised.__name__}: from the batch function" in str(outcomes[0])
+    assert outcomes[1:] == [4, 6]  # queued behind it, served as usual
+    assert worker.running
+    assert worker.stats.failed_batches == 1
+    assert await asyncio.wait_for(worker.submit_one("again"), 60) == 5
+    await worker.stop()
+
+
 async def test_an_encoders_timeout_reaches_aquery_as_query_raises_it(encoder: Encoder) -> None:
     class TimesOut(RecordingEncoder):
         def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:

@@ -29,6 +29,7 @@ from synaptoroute import (
     SQLiteStorage,
     StorageError,
 )
+from synaptoroute.batching import DEFAULT_MAX_BATCH_SIZE
 from synaptoroute.index import RouteIndex
 from synaptoroute.models import NEGATIVES_ROUTE
 from synaptoroute.router import _Request, _top_k_request
@@ -331,6 +332,24 @@ def test_router_counts_are_ints_in_range(options: dict[str, object], field: str)
     # first query, a negative BLAS count inside the BLAS library).
     with pytest.raises(InvalidInputError, match=f"{field} must be at least"):
         AdaptiveRouter(HashingEncoder(dimension=64), **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("hint", [0, -5, True, 2.5, "64", None])
+def test_an_encoders_unusable_batch_size_hint_is_ignored(hint: object) -> None:
+    # It was taken as max_batch_size, whose refusal named a setting never passed.
+    class Hinting(HashingEncoder):
+        preferred_batch_size = hint
+
+    router = AdaptiveRouter(Hinting(dimension=64))
+    assert router.worker.max_batch_size == DEFAULT_MAX_BATCH_SIZE
+    assert AdaptiveRouter(Hinting(dimension=64), max_batch_size=3).worker.max_batch_size == 3
+
+
+def test_an_encoders_batch_size_hint_sizes_the_batches() -> None:
+    class Hinting(HashingEncoder):
+        preferred_batch_size = 64
+
+    assert AdaptiveRouter(Hinting(dimension=64)).worker.max_batch_size == 64
 
 
 def test_blas_threads_set_later_are_checked_as_at_construction() -> None:
