@@ -462,3 +462,20 @@ def test_a_busy_open_is_tried_again_not_called_corrupt(
     monkeypatch.setattr(SQLiteStorage, "_open", corrupt)
     with pytest.raises(NotADatabaseError, match="not a readable SQLite database"):
         SQLiteStorage(tmp_path / "third.db")
+
+
+def test_a_write_sqlite_rolled_back_itself_reports_its_own_error(tmp_path: Path) -> None:
+    # SQLite ends the transaction itself on some failures (an interrupt, some I/O
+    # errors); the store's ROLLBACK then raised "no transaction is active" over the cause.
+    store = SQLiteStorage(tmp_path / "r.db")
+    with pytest.raises(sqlite3.OperationalError, match=r"^interrupted$"):  # noqa: SIM117
+        with store._transaction() as tx:
+            tx.execute("ROLLBACK")  # as SQLite's own
+            raise sqlite3.OperationalError("interrupted")
+    assert not store._db.in_transaction
+    store.put_routes(
+        [StoredRoute(Route(name="a", utterances=["x"]), np.ones((1, 4), np.float32))],
+        MODEL,
+    )
+    assert [item.route.name for item in store.load()] == ["a"]
+    store.close()

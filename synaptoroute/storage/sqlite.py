@@ -480,7 +480,10 @@ class SQLiteStorage:
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite rolls some failures back itself (an interrupt, I/O errors);
+                # a ROLLBACK then would raise "no transaction is active" and hide why.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             else:
                 try:
