@@ -21,7 +21,8 @@ unterminated header is buffered whole) and no per-client connection limit;
   framing, with a few bytes of room per ended request). After
   the headers, what is not body (chunk-size lines, trailers) may add up to
   ``max_header_bytes`` + ``max_body_bytes``; more gets 431 and a close (the body
-  itself is limited by the app's body limit).
+  itself is limited by the app's body limit). A refusal is written after the answers
+  of the requests pipelined before it, never in their place.
 - no WebSocket upgrade: the service has no WebSocket route, and an upgraded
   connection would escape these limits (and never give back its client's count).
 - ``max_connections`` / ``max_connections_per_client``: one more connection is
@@ -163,6 +164,8 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._body_bytes = 0  # this request's body bytes, as the parser hands them on
         self._framing_bytes = 0  # its other bytes after the headers (chunk lines, trailers)
         self._refused = False
+        # A refusal waiting for the answer of the request before it: (response, request).
+        self._refusal: tuple[bytes, Any] | None = None
         self._counted_refusal = False
         self._client_key = ""
 
@@ -221,11 +224,32 @@ class _GuardedProtocol(HttpToolsProtocol):
         # close() would wait to flush what the client does not read: abort.
         self.transport.abort()
 
-    def _refuse(self, response: bytes) -> None:
+    def _refuse(self, response: bytes, *, its_own_cycle: bool = False) -> None:
+        """Answer ``response`` and close, after the responses of earlier pipelined
+        requests still being answered: written at once, a client read it as theirs and
+        never saw them (a ``POST`` it took as refused had run). ``its_own_cycle``: the
+        refused request's headers were passed on (a refusal of its body's framing)."""
         self._refused = True
         self._disarm()
+        after = self._last_before_refusal(its_own_cycle)
+        if after is not None and not after.response_complete:
+            self._refusal = (response, after)
+            return
         self.transport.write(response)
         self.transport.close()
+
+    def _last_before_refusal(self, its_own_cycle: bool) -> Any:
+        """The last request before the refused one, whose answer goes first."""
+        if not its_own_cycle:
+            return self.cycle  # the refused request has none
+        refused = self.cycle
+        if not any(c is refused for c, _ in self.pipeline):
+            return None  # it runs: every earlier request was answered
+        # Still queued: it never runs (its body is cut off).
+        waiting = [(c, app) for c, app in self.pipeline if c is not refused]
+        self.pipeline.clear()
+        self.pipeline.extend(waiting)
+        return waiting[0][0] if waiting else self._running_cycle
 
     # -- the protocol ---------------------------------------------------------------
     def _should_upgrade_to_ws(self, *upgrade: Any) -> bool:  # uvicorn < 0.30 passes one
@@ -323,7 +347,7 @@ class _GuardedProtocol(HttpToolsProtocol):
             self._framing_bytes += len(data) - (self._body_bytes - body_before)
             limits = self.limits
             if self._framing_bytes > limits.max_header_bytes + limits.max_body_bytes:
-                self._refuse(_FRAMING_TOO_LARGE)
+                self._refuse(_FRAMING_TOO_LARGE, its_own_cycle=True)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -359,6 +383,12 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if waiting is not None and not any(c is waiting for c, _ in self.pipeline):
             self._running_cycle = waiting
+        refusal = self._refusal
+        if refusal is not None and refusal[1].response_complete:
+            self._refusal = None
+            if not self.transport.is_closing():
+                self.transport.write(refusal[0])
+                self.transport.close()
 
     def on_chunk_header(self) -> None:
         self._chunk_frames += 1
