@@ -92,6 +92,16 @@ def router(encoder: Encoder, tmp_path: Path) -> Iterator[AdaptiveRouter]:
     r.close()
 
 
+def gated_router(
+    encoder: Encoder, path: Path, **options: Any
+) -> tuple[GatedEncoder, AdaptiveRouter]:
+    """A router on ``path`` holding ROUTES, its encoder behind a gate."""
+    gated = GatedEncoder(encoder)
+    r = AdaptiveRouter(gated, SQLiteStorage(path), **options)
+    r.add_routes(ROUTES)
+    return gated, r
+
+
 def serve(router: AdaptiveRouter, **values: Any) -> LiveServer:
     return LiveServer(router, ServerSettings(**values))
 
@@ -485,9 +495,7 @@ def test_a_refused_chunked_body_is_answered_after_the_request_before_it(
 ) -> None:
     # More framing (chunk extensions) than head and body limits allow, in a request
     # queued behind one being answered: refused after that answer, and never run.
-    held = GatedEncoder(encoder)
-    r = AdaptiveRouter(held, SQLiteStorage(tmp_path / "held.db"))
-    r.add_routes(ROUTES)
+    held, r = gated_router(encoder, tmp_path / "held.db")
     srv = serve(r, max_header_bytes=16 * 1024, max_body_bytes=1024, header_timeout=LIMIT_S)
     body = b'{"utterances": ["play some jazz"]}'
     try:
@@ -669,9 +677,7 @@ def test_requests_whose_clients_hung_up_are_dropped_not_served(
     # then got 429 for. Cancelled now: its texts still queued never reach the model.
     import threading
 
-    rec = GatedEncoder(encoder)
-    r = AdaptiveRouter(rec, SQLiteStorage(tmp_path / "gone.db"))
-    r.add_routes(ROUTES)
+    rec, r = gated_router(encoder, tmp_path / "gone.db")
     srv = serve(r, max_batches_in_flight=2)  # the batch and the evaluation
     try:
         rec.calls.clear()
@@ -733,9 +739,7 @@ def test_requests_whose_clients_hung_up_are_dropped_not_served(
 async def test_batch_cost_is_refused_at_once_and_single_queries_pass_between_chunks(
     encoder: Encoder, tmp_path: Path
 ) -> None:
-    rec = GatedEncoder(encoder)
-    r = AdaptiveRouter(rec, SQLiteStorage(tmp_path / "b.db"))
-    r.add_routes(ROUTES)
+    rec, r = gated_router(encoder, tmp_path / "b.db")
     settings = ServerSettings(max_batch_cost=4096, batch_chunk_cost=1024, max_batches_in_flight=1)
     app = create_app(settings, router=r)
     async with app.router.lifespan_context(app), await _asgi(app) as c:
@@ -805,9 +809,7 @@ async def test_a_batch_is_cut_into_chunks_the_workers_queue_can_hold(
     # Chunks were cut by batch_chunk_cost alone: a queue smaller than one chunk (300
     # short texts past --max-queue 100, two 2,000-character texts past a queue cost
     # of 5,000) refused a valid batch with 422 ("can never fit the queue").
-    rec = GatedEncoder(encoder)
-    r = AdaptiveRouter(rec, SQLiteStorage(tmp_path / "q.db"), **queue)
-    r.add_routes(ROUTES)
+    rec, r = gated_router(encoder, tmp_path / "q.db", **queue)
     app = create_app(ServerSettings(), router=r)
     async with app.router.lifespan_context(app), await _asgi(app) as c:
         rec.calls.clear()
@@ -844,9 +846,7 @@ async def test_the_request_timeout_bounds_the_whole_batch_not_each_chunk(
     # each chunk gets what is left, and a chunk whose turn comes with nothing left
     # is a 503, like a query that timed out. A fake clock says how long each chunk
     # took: nothing here depends on how fast the machine is.
-    rec = GatedEncoder(encoder)
-    r = AdaptiveRouter(rec, SQLiteStorage(tmp_path / "t.db"))
-    r.add_routes(ROUTES)
+    rec, r = gated_router(encoder, tmp_path / "t.db")
     settings = ServerSettings(request_timeout=100.0, batch_chunk_cost=1024)
     app = create_app(settings, router=r)
     clock = _FakeClock()
@@ -885,9 +885,7 @@ async def test_console_evaluations_are_admitted_and_chunked_like_batches(
     # The console's evaluation queued slices of 256 rows, whatever they cost: an upload
     # of long rows got 422 ("can never fit the queue"), and it bypassed the batch
     # admission (a reader's uploads could fill the queue and delay /route).
-    rec = GatedEncoder(encoder)
-    r = AdaptiveRouter(rec, SQLiteStorage(tmp_path / "e.db"), max_queue_cost=5000)
-    r.add_routes(ROUTES)
+    rec, r = gated_router(encoder, tmp_path / "e.db", max_queue_cost=5000)
     settings = ServerSettings(batch_chunk_cost=1024, max_batches_in_flight=1)
     app = create_app(settings, router=r)
     rows = [{"text": f"{i} " + "refund please " * 150, "label": "billing"} for i in range(3)]
