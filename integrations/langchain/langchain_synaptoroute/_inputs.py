@@ -171,7 +171,13 @@ def passing(ranked: Sequence[RouteMatch], threshold: float | None = None) -> lis
     """
     if threshold is None:
         return [m for m in ranked if m.reason != "below_threshold"]
-    return [m for m in ranked if m.score >= threshold]
+    # Each reports the threshold it passed, as at_threshold's match does (the router's
+    # verdict said "below_threshold" of a route the per-call threshold let through).
+    return [
+        m.model_copy(update={"name": m.candidate, "threshold": threshold, "reason": "matched"})
+        for m in ranked
+        if m.score >= threshold
+    ]
 
 
 #: Routes ranked for one decision under a per-call threshold: the best and the

@@ -46,8 +46,23 @@ def test_multi_classifier_returns_every_passing_route(adaptive_router: AdaptiveR
     classifier = SynaptorouteMultiClassifier(router=adaptive_router, top_k=3, threshold=0.4)
     matches = classifier.invoke({"input": BOTH})
     assert [m.name for m in matches] == [m.name for m in ranked[:2]]
+    assert [(m.threshold, m.reason) for m in matches] == [(0.4, "matched")] * 2
     assert classifier.invoke("who won the world cup") == []
     assert classifier.batch([BOTH, "who won the world cup"]) == [matches, []]
+
+
+def test_a_route_passing_a_per_call_threshold_reports_it(
+    adaptive_router: AdaptiveRouter,
+) -> None:
+    # Below the router's own 0.5, these kept its verdict: "below_threshold", 0.5.
+    text = "who won the world cup"
+    ranked = adaptive_router.query_top_k(text, 3)
+    assert all(m.reason == "below_threshold" and m.score > 0.01 for m in ranked)
+    matches = SynaptorouteMultiClassifier(router=adaptive_router, top_k=3, threshold=0.01).invoke(
+        text
+    )
+    assert [m.name for m in matches] == [m.candidate for m in ranked]
+    assert [(m.threshold, m.reason) for m in matches] == [(0.01, "matched")] * 3
 
 
 async def test_multi_classifier_async_agrees(adaptive_router: AdaptiveRouter) -> None:
