@@ -511,17 +511,19 @@ class Snapshot:
         k = min(k, self.n_routes)
         if self.ann is not None and not exact and self.aggregation == "max":
             return self._score_ann(queries, k, knn)
+        # BLAS rounds a row's product by where the row sits (its kernel's blocks), so
+        # the same utterance in two routes scored an ulp apart and their tie went by
+        # row blocking, not by place, and changed once the int8 path took over. The
+        # rows that could rank within the products' rounding (ROUNDING) are scored again
+        # as that path scores them, which no position changes.
+        rounding = _rounding(self.matrix.shape[1])
         if self.aggregation == "centroid":
             sims = _similarities(self.centroids, queries)
             out = []
-            for row in sims:
-                top = _top_indices(row, k)
+            for query, row in zip(queries, sims, strict=True):
+                top, scores = _top_rescored(row, k, rounding, self.centroids, query)
                 out.append(
-                    RouteScores(
-                        self.live_routes[top],
-                        row[top].astype(np.float32),
-                        np.full(k, -1, dtype=np.int64),
-                    )
+                    RouteScores(self.live_routes[top], scores, np.full(k, -1, dtype=np.int64))
                 )
             return out
         if self.int8 is not None:
@@ -536,24 +538,15 @@ class Snapshot:
             return out
         sims = _similarities(self.matrix, queries)
         maxima = self.route_max(sims)
-        if self.aggregation == "mean_topk":
-            return [
-                self._with_knn(self._mean_topk(sims[qi], maxima[qi], k), sims[qi], 0.0, q, knn)
-                for qi, q in enumerate(queries)
-            ]
         results = []
-        for qi in range(m):
-            top = _top_indices(maxima[qi], k)
-            nearest = np.array(
-                [
-                    int(rows[np.argmax(sims[qi][rows])])
-                    for rows in (self._route_rows(p) for p in top)
-                ],
-                dtype=np.int64,
-            )
-            scores = maxima[qi][top].astype(np.float32)
-            ranked = RouteScores(self.live_routes[top], scores, nearest)
-            results.append(self._with_knn(ranked, sims[qi], 0.0, queries[qi], knn))
+        for qi, query in enumerate(queries):
+            if self.aggregation == "mean_topk":
+                ranked = self._mean_topk(sims[qi], maxima[qi], k, rounding, query, counted=False)
+            else:
+                ranked = self._max_prefiltered(
+                    sims[qi], rounding, maxima[qi], query, k, counted=False
+                )
+            results.append(self._with_knn(ranked, sims[qi], 0.0, query, knn))
         return results
 
     def _with_knn(
@@ -725,6 +718,8 @@ class Snapshot:
         route_max: NDArray[np.float32],
         query: NDArray[np.float32],
         k: int,
+        *,
+        counted: bool = True,
     ) -> RouteScores:
         # Exact top-k of the max aggregation. Every approximate score is within eps of
         # the exact one, so a route's true maximum lies within eps of its approximate
@@ -739,7 +734,8 @@ class Snapshot:
         pos = self.positions(rows)  # dead rows have position -1: their bar is +inf
         keep = approx[rows] >= np.append(route_max - two, np.inf)[pos]
         rows, pos = rows[keep], pos[keep]
-        self._count_rescored(len(rows))
+        if counted:
+            self._count_rescored(len(rows))
         # Not BLAS: re-scoring a few rows must not wake BLAS threads (see the router).
         exact = (self.matrix[rows] * query).sum(axis=1)
         best: dict[int, tuple[float, int]] = {}  # route position -> (score, row)
@@ -764,6 +760,8 @@ class Snapshot:
         k: int,
         eps: float = 0.0,
         query: NDArray[np.float32] | None = None,
+        *,
+        counted: bool = True,
     ) -> RouteScores:
         # ``values`` are every row's exact scores (eps 0), or int8 scores within eps of
         # them, with ``maxima`` each route's maximum of ``values``. A route's top-t mean
@@ -784,11 +782,12 @@ class Snapshot:
             if eps > 0:
                 assert query is not None
                 rows = rows[vals >= np.partition(vals, len(vals) - t)[len(vals) - t] - 2 * eps]
-                self._count_rescored(len(rows))
+                if counted:
+                    self._count_rescored(len(rows))
                 vals = (self.matrix[rows] * query).sum(axis=1)  # not BLAS, as above
             mean = float(np.partition(vals, len(vals) - t)[len(vals) - t :].mean())
             best.append((mean, pos, int(rows[np.argmax(vals)])))
-            best.sort(key=lambda item: -item[0])
+            best.sort(key=lambda item: (-item[0], item[1]))  # a tie goes by place
         best = best[:k]
         return RouteScores(
             self.live_routes[[p for _, p, _ in best]],
@@ -817,18 +816,29 @@ def _similarities(matrix: NDArray[np.float32], queries: NDArray[np.float32]) -> 
     return out
 
 
-def _top_indices(row: NDArray[np.float32], k: int) -> NDArray[np.intp]:
-    """The ``k`` best positions, best first, ties by position: what a stable sort of the
-    whole row gives, in O(n). ``argpartition`` alone hands tied entries over in an order
-    that changes with the row's length, so two routes holding the same utterance took
-    turns winning as unrelated routes were added (the int8 path ranks ties by position)."""
-    if k >= len(row):
-        return np.argsort(-row, kind="stable")
-    kth = row[np.argpartition(-row, k - 1)[k - 1]]
-    above = np.flatnonzero(row > kth)  # fewer than k: sorted
-    # Those equal to the k-th are in position order already: no sort, however many.
-    tied = np.flatnonzero(row == kth)[: k - len(above)]
-    return np.concatenate((above[np.argsort(-row[above], kind="stable")], tied))
+def _rounding(dimension: int) -> float:
+    """How far two float32 dot products of unit vectors of ``dimension`` summed in
+    different orders can differ: each is within ``dimension`` units of rounding
+    (2**-24) of the exact value (the standard bound, the sum of |x_i y_i| being at
+    most 1), so twice that, doubled again for room."""
+    return 4.0 * dimension * 2.0**-24
+
+
+def _top_rescored(
+    row: NDArray[np.float32],
+    k: int,
+    rounding: float,
+    vectors: NDArray[np.float32],
+    query: NDArray[np.float32],
+) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
+    """The ``k`` best positions of ``row`` (products of ``vectors`` with ``query``)
+    and their scores, those within ``rounding`` of the ``k``-th scored again
+    position-independently; ties by position."""
+    kth = np.partition(row, len(row) - k)[len(row) - k]
+    rows = np.flatnonzero(row >= kth - 2 * rounding)
+    exact = (vectors[rows] * query).sum(axis=1)  # not BLAS, as in Snapshot._max_prefiltered
+    order = np.lexsort((rows, -exact))[:k]
+    return rows[order], exact[order].astype(np.float32)
 
 
 def _group(route_starts: NDArray[np.intp], n_order: int, pos: int) -> tuple[int, int]:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from synaptoroute import AdaptiveRouter, Route
 from synaptoroute._buffers import take_buffer, vector_buffer
 from synaptoroute.encoder import HashingEncoder, l2_normalize
-from synaptoroute.index import RouteIndex, Snapshot, _top_indices
+from synaptoroute.index import Aggregation, RouteIndex, Snapshot, _rounding, _top_rescored
 from synaptoroute.int8 import Int8Scan
 
 DIM = 16
@@ -884,11 +887,56 @@ def test_the_top_routes_break_ties_by_position_whatever_the_length() -> None:
     # argpartition handed tied entries over in an order that changed with the row's
     # length: a stable sort of the whole row is the reference.
     rng = np.random.default_rng(7)
+    one = np.ones(1, dtype=np.float32)
     for n in (3, 17, 545, 4100):
         row = rng.integers(0, 4, size=n).astype(np.float32)  # many exact ties
         for k in (1, 2, 3, n // 2, n - 1):
             expected = np.argsort(-row, kind="stable")[:k]
-            assert _top_indices(row, k).tolist() == expected.tolist(), (n, k)
+            top, scores = _top_rescored(row, k, _rounding(1), row[:, None], one)
+            assert top.tolist() == expected.tolist(), (n, k)
+            assert scores.tolist() == row[expected].tolist()
+
+
+class _SeededEncoder:
+    """Each text a fixed random unit vector (dense: BLAS rounds its products by row)."""
+
+    model_id = "seeded"
+
+    def __init__(self, dimension: int) -> None:
+        self.dimension = dimension
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        rows = []
+        for text in texts:
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+            v = np.random.default_rng(seed).standard_normal(self.dimension)
+            rows.append(v / np.linalg.norm(v))
+        return np.array(rows, dtype=np.float32)
+
+
+@pytest.mark.parametrize("aggregation", ["max", "mean_topk", "centroid"])
+@pytest.mark.parametrize("dimension", [32, 48])
+def test_routes_holding_the_same_utterance_tie_in_the_order_they_were_added(
+    aggregation: Aggregation, dimension: int
+) -> None:
+    # BLAS rounded the same utterance's product by the row's place (its kernel's
+    # blocks): of six routes holding "s", the fifth or sixth won, and the winner
+    # changed once unrelated rows passed the int8 copy's threshold.
+    router = AdaptiveRouter(
+        _SeededEncoder(dimension), index="exact", aggregation=aggregation, threshold=0.1
+    )
+    names = [f"r{i}" for i in range(6)]
+    router.add_routes([Route(name=n, utterances=["s"]) for n in names])
+    for step in range(7):  # 20 routes of 41 utterances a step: past 4,096 rows (int8)
+        if step:
+            router.add_routes(
+                Route(name=f"f{step}_{i}", utterances=[f"f{step}-{i}-{j}" for j in range(41)])
+                for i in range(20)
+            )
+        top = router.query_top_k("s", 6)
+        assert [m.candidate for m in top] == names, step
+        assert len({m.score for m in top}) == 1
+        assert router.query("s").name == "r0"
 
 
 def test_of_two_routes_tied_the_first_added_wins_as_routes_are_added() -> None:
