@@ -1042,6 +1042,9 @@ async def test_auth_reads_and_401_before_422(router: AdaptiveRouter) -> None:
             assert r.status_code == 422, raw
     with pytest.raises(ValueError, match="auth_reads needs an API key"):
         ServerSettings(auth_reads=True).check_safe()
+    # An app built in code (uvicorn.run(create_app(...))) left those reads open.
+    with pytest.raises(ValueError, match="auth_reads needs an API key"):
+        create_app(ServerSettings(auth_reads=True), router=router)
 
 
 async def test_store_failure_mid_change_is_503_and_leaves_nothing(

@@ -117,7 +117,8 @@ def create_app(
 
     Raises:
         InvalidInputError: the API key is set but blank (``SYNAPTOROUTE_API_KEY=``),
-            which would otherwise leave route changes open.
+            which would otherwise leave route changes open, or ``auth_reads`` is set
+            without a key (the reads would be open).
 
     Example:
         >>> app = create_app(ServerSettings(store="routes.db"))  # doctest: +SKIP

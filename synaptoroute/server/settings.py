@@ -166,10 +166,17 @@ class ServerSettings(BaseModel):
         an HTTP header cannot carry as such (non-ASCII, spaces, control characters),
         which no client could ever present.
 
+        Also refuses ``auth_reads`` without a key: the reads it asks to protect would be
+        open.
+
         Raises:
-            InvalidInputError: the key is set and blank, or not printable ASCII.
+            InvalidInputError: the key is set and blank, or not printable ASCII; or
+                ``auth_reads`` with no key.
         """
         if self.api_key is None:
+            if self.auth_reads:
+                msg = f"auth_reads needs an API key: set {API_KEY_ENV}"
+                raise InvalidInputError(msg)
             return
         key = self.api_key.get_secret_value()
         if not key.strip():
@@ -187,15 +194,12 @@ class ServerSettings(BaseModel):
         """Refuse an exposed service that anyone could change.
 
         Raises:
-            InvalidInputError: the API key is set but blank or not printable ASCII
-                (:meth:`check_key`), or
+            InvalidInputError: the API key is set but blank or not printable ASCII, or
+                ``auth_reads`` has none (:meth:`check_key`), or
                 changes are enabled, no API key is set, and ``host`` is not a loopback
                 address.
         """
         self.check_key()
-        if self.auth_reads and self.api_key is None:
-            msg = f"auth_reads needs an API key: set {API_KEY_ENV}"
-            raise InvalidInputError(msg)
         if self.changes_enabled and self.api_key is None and not is_loopback(self.host):
             msg = (
                 f"refusing to listen on {self.host!r} with route changes enabled and no API "
