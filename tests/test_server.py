@@ -884,6 +884,8 @@ async def test_metrics_in_prometheus_text_format(svc: Service) -> None:
     await svc.client.put("/routes/x", json={"utterances": ["a"]})  # 401
     big = b'{"query": "' + b"a" * (2 << 20) + b'"}'
     await svc.client.post("/route", content=big)  # 413
+    await svc.client.get("/openapi.json")  # a plain Starlette route: it was "unmatched"
+    await svc.client.get("/no/such/page")
     r = await svc.client.get("/metrics")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -899,6 +901,10 @@ async def test_metrics_in_prometheus_text_format(svc: Service) -> None:
     assert (
         s['synaptoroute_http_requests_total{method="PUT",path="/routes/{name}",status="401"}'] == 1
     )
+    assert (
+        s['synaptoroute_http_requests_total{method="GET",path="/openapi.json",status="200"}'] == 1
+    )
+    assert s['synaptoroute_http_requests_total{method="GET",path="unmatched",status="404"}'] == 1
     assert s['synaptoroute_rejections_total{reason="unauthorized"}'] == 1
     assert s['synaptoroute_rejections_total{reason="body_too_large"}'] == 1
     assert s['synaptoroute_queries_total{outcome="matched"}'] >= 2

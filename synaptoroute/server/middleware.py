@@ -11,6 +11,7 @@ Host names, rate limits) lives in :mod:`synaptoroute.server.guards`.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -112,12 +113,25 @@ class MetricsMiddleware:
             await self.app(scope, receive, recording_send)
         finally:
             metrics.in_flight.add(-1)
-            route = scope.get("route")
             # Unmatched paths share one label so random URLs cannot grow the series.
             # path_format: the template without convertors ("/routes/{name}").
-            path = getattr(route, "path_format", None) or "unmatched"
+            path = getattr(_matched_route(scope), "path_format", None) or "unmatched"
             method = scope["method"] if scope["method"] in _COUNTED_METHODS else "other"
             for hook in metrics.on_request:  # before the request is counted
                 hook()
             metrics.requests.inc((method, path, str(status)))
             metrics.latency.observe(time.perf_counter() - start, (method, path))
+
+
+def _matched_route(scope: Scope) -> Any:
+    """The route that answered: FastAPI's own routes say so in the scope; a plain
+    Starlette route (FastAPI's ``/openapi.json``) only names its endpoint."""
+    route = scope.get("route")
+    endpoint = scope.get("endpoint")
+    if route is not None or endpoint is None:
+        return route
+    router = scope.get("router")
+    return next(
+        (r for r in getattr(router, "routes", ()) if getattr(r, "endpoint", None) is endpoint),
+        None,
+    )
