@@ -104,8 +104,8 @@ def _check_addressable(name: str, max_header_bytes: int | None = None) -> str:
     cannot address it (422): a path segment ``.`` or ``..``
     (browsers, the console's included, and HTTP clients remove them, so ``a/../b``
     reached route ``b``), or, given ``max_header_bytes``, one whose URL would not fit
-    in this service's request head (a request naming it gets 431): the route could be created but never read,
-    changed or deleted over HTTP."""
+    in this service's request head (a request naming it gets 431): the route could be
+    created but never read, changed or deleted over HTTP."""
     name = _check_name(name)
     if any(part in (".", "..") for part in name.split("/")):
         msg = "a route name may not hold a path segment '.' or '..' (URLs drop them)"
