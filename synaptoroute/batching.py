@@ -702,7 +702,16 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 def check_timeout(timeout: float | None) -> None:
-    """Refuse a timeout that is neither None nor a number of seconds >= 0."""
-    if timeout is not None and (not is_number(timeout) or not timeout >= 0):
-        msg = f"timeout must be None or a number >= 0, got {timeout!r}"
-        raise InvalidInputError(msg)
+    """Refuse a timeout that is neither None nor a number of seconds >= 0 (one a float
+    can hold: the event loop's clock is one)."""
+    if timeout is None:
+        return
+    if is_number(timeout):
+        try:
+            if float(timeout) >= 0:
+                return
+        except OverflowError:  # an int past 1e308: OverflowError from the loop's timer
+            msg = "timeout must be None or a number >= 0 a float can hold (None: no bound)"
+            raise InvalidInputError(msg) from None
+    msg = f"timeout must be None or a number >= 0, got {timeout!r}"
+    raise InvalidInputError(msg)

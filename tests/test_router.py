@@ -549,10 +549,13 @@ async def test_stop_checks_its_timeout() -> None:
     router = AdaptiveRouter(HashingEncoder(dimension=64))
     router.add_routes([BILLING])
     await router.aquery("refund")
-    for bad in ("5", -1, math.nan):
+    for bad in ("5", -1, math.nan, 10**400):  # 10**400: OverflowError from the timer
         with pytest.raises(InvalidInputError, match="timeout must be None or a number"):
             await router.stop(timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="timeout must be None or a number"):
+            await router.aquery("refund", timeout=bad)  # type: ignore[arg-type]
     assert router.worker.running  # nothing was stopped
+    assert (await router.aquery("refund", timeout=math.inf)).name == "billing"
     await router.stop(timeout=5)
     assert not router.worker.running
 
