@@ -19,6 +19,7 @@ all routes with leave-one-out) must agree on it; the int8 scan and the graph liv
 from __future__ import annotations
 
 import atexit
+import bisect
 import logging
 import os
 import threading
@@ -541,7 +542,7 @@ class Snapshot:
         results = []
         for qi, query in enumerate(queries):
             if self.aggregation == "mean_topk":
-                ranked = self._mean_topk(sims[qi], maxima[qi], k, rounding, query, counted=False)
+                ranked = self._mean_topk(sims[qi], maxima[qi], k, query=query, rounding=rounding)
             else:
                 ranked = self._max_prefiltered(
                     sims[qi], rounding, maxima[qi], query, k, counted=False
@@ -762,6 +763,7 @@ class Snapshot:
         query: NDArray[np.float32] | None = None,
         *,
         counted: bool = True,
+        rounding: float = 0.0,
     ) -> RouteScores:
         # ``values`` are every row's exact scores (eps 0), or int8 scores within eps of
         # them, with ``maxima`` each route's maximum of ``values``. A route's top-t mean
@@ -770,11 +772,14 @@ class Snapshot:
         # mean found is exact and touches few routes. With eps > 0, a row can be in a
         # route's exact top t only if its value is within 2 eps of the route's t-th
         # largest value (order statistics move by at most eps): only those rows are
-        # re-scored, exactly.
+        # re-scored, exactly. ``rounding``: the values are BLAS products, each within
+        # it of a position-independent one; routes whose means lie that close to
+        # another's are scored again so (_rescored_ties), the rest keep their order.
         order = np.argsort(-maxima, kind="stable")
-        best: list[tuple[float, int, int]] = []  # (mean, route position, nearest row)
+        best: list[tuple[float, int, int]] = []  # (-mean, route position, nearest row)
+        room = eps + 2 * rounding
         for pos in order.tolist():
-            if len(best) >= k and maxima[pos] + eps < best[k - 1][0]:
+            if len(best) >= k and maxima[pos] + room < -best[k - 1][0]:
                 break
             rows = self._route_rows(pos)
             vals = values[rows]
@@ -786,14 +791,42 @@ class Snapshot:
                     self._count_rescored(len(rows))
                 vals = (self.matrix[rows] * query).sum(axis=1)  # not BLAS, as above
             mean = float(np.partition(vals, len(vals) - t)[len(vals) - t :].mean())
-            best.append((mean, pos, int(rows[np.argmax(vals)])))
-            best.sort(key=lambda item: (-item[0], item[1]))  # a tie goes by place
+            bisect.insort(best, (-mean, pos, int(rows[np.argmax(vals)])))  # ties by place
+            if len(best) > k:  # what can no longer rank goes (a sort of all was O(n^2))
+                floor = -best[k - 1][0] - 2 * rounding
+                while len(best) > k and -best[-1][0] < floor:
+                    best.pop()
+        if rounding > 0:
+            assert query is not None
+            best = self._rescored_ties(best, rounding, query)
         best = best[:k]
         return RouteScores(
             self.live_routes[[p for _, p, _ in best]],
-            np.array([s for s, _, _ in best], dtype=np.float32),
+            np.array([-s for s, _, _ in best], dtype=np.float32),
             np.array([r for _, _, r in best], dtype=np.int64),
         )
+
+    def _rescored_ties(
+        self, best: list[tuple[float, int, int]], rounding: float, query: NDArray[np.float32]
+    ) -> list[tuple[float, int, int]]:
+        """``best`` ((-mean, position, nearest row), ranked) with every route whose
+        mean lies within 2 ``rounding`` of a neighbour's scored again
+        position-independently, ranked again: the others' order cannot change."""
+        near: set[int] = set()
+        for i in range(len(best) - 1):
+            if best[i + 1][0] - best[i][0] <= 2 * rounding:
+                near.update((i, i + 1))
+        if not near:
+            return best
+        out = list(best)
+        for i in near:
+            pos = best[i][1]
+            rows = self._route_rows(pos)
+            vals = (self.matrix[rows] * query).sum(axis=1)  # not BLAS, as above
+            t = min(self.top_k, len(vals))
+            mean = float(np.partition(vals, len(vals) - t)[len(vals) - t :].mean())
+            out[i] = (-mean, pos, int(rows[np.argmax(vals)]))
+        return sorted(out)
 
 
 def _kth_above(values: NDArray[np.float32], k: int, horizon: float) -> float | None:

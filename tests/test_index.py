@@ -939,6 +939,23 @@ def test_routes_holding_the_same_utterance_tie_in_the_order_they_were_added(
         assert router.query("s").name == "r0"
 
 
+def test_mean_topk_routes_of_equal_means_rank_by_place_not_by_their_best() -> None:
+    # Routes were visited by their best utterance, and equal means kept that order.
+    def unit(cos: float, axis: int) -> NDArray[np.float32]:
+        v = np.zeros(8, dtype=np.float32)
+        v[0], v[axis] = cos, np.sqrt(1 - cos * cos)
+        return v
+
+    index = RouteIndex(8, aggregation="mean_topk", top_k=3)
+    index.add("first", np.stack([unit(0.5, 1), unit(0.5, 2), unit(0.0, 3)]), ["a", "b", "c"])
+    index.add("second", np.stack([unit(1.0, 4), unit(0.0, 5), unit(0.0, 6)]), ["d", "e", "f"])
+    query = np.eye(8, dtype=np.float32)[:1]
+    snap = index.snapshot()
+    [ranked] = snap.score(query, 2)
+    assert ranked.scores[0] == ranked.scores[1]
+    assert [snap.names[int(r)] for r in ranked.route_ids] == ["first", "second"]
+
+
 def test_of_two_routes_tied_the_first_added_wins_as_routes_are_added() -> None:
     # Two routes holding the same utterance score bit for bit the same: the winner
     # flipped back and forth as unrelated routes were added, and settled only past

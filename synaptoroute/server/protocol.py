@@ -32,6 +32,10 @@ unterminated header is buffered whole) and no per-client connection limit;
   During a flood (more than 64 such connections waiting) the excess is closed at once.
 
 The keep-alive idle timeout between requests stays uvicorn's (``timeout_keep_alive``).
+
+Why one module over 400 lines: every limit hooks the same parser callbacks of one
+uvicorn class and shares its per-connection counters; split, each part would reach
+into the others' state.
 """
 
 from __future__ import annotations
