@@ -485,7 +485,7 @@ def test_serve_refuses_an_infinite_drain_timeout_as_bad_input(
     code = main(["serve", "--store", str(store_path), "--drain-timeout", "inf"])
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT, err
-    assert "drain_timeout: Input should be a finite number" in err
+    assert "--drain-timeout: Input should be a finite number" in err
     assert not store_path.exists()
 
 
@@ -498,7 +498,7 @@ def test_serve_refuses_a_store_poll_interval_that_is_no_duration(
     code = main(["serve", "--store", str(store_path), "--store-poll-interval", value])
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT, err
-    assert "store_poll_interval" in err
+    assert "--store-poll-interval: Input should be" in err
     assert not store_path.exists()
 
 
