@@ -739,6 +739,16 @@ class Snapshot:
             self._count_rescored(len(rows))
         # Not BLAS: re-scoring a few rows must not wake BLAS threads (see the router).
         exact = (self.matrix[rows] * query).sum(axis=1)
+        if len(rows) > _PLAIN_RANKING_ROWS:  # many routes tied: numpy ranks them
+            by_score = np.lexsort((rows, -exact))  # best first, ties by the lowest row
+            # Each route's first row in that order is its best.
+            firsts = by_score[np.unique(pos[by_score], return_index=True)[1]]
+            top_rows = firsts[np.lexsort((pos[firsts], -exact[firsts]))][:k]
+            return RouteScores(
+                self.live_routes[pos[top_rows]],
+                exact[top_rows].astype(np.float32),
+                rows[top_rows].astype(np.int64),
+            )
         best: dict[int, tuple[float, int]] = {}  # route position -> (score, row)
         for row, p, score in zip(rows.tolist(), pos.tolist(), exact.tolist(), strict=True):
             if p not in best or score > best[p][0]:  # ties keep the lowest row
@@ -1239,6 +1249,10 @@ class _Segments:
         self.last_rid = int(live_routes[-1]) if len(live_routes) else -1
         self._spans_from_arrays()
 
+
+# Re-scored rows ranked in plain Python up to this many (cheaper right after the
+# encoder, when numpy calls are slow); past it, numpy ranks them (many routes tied).
+_PLAIN_RANKING_ROWS = 64
 
 # Deletes between two compiles patched into the last compile's arrays (each O(routes)
 # and O(segments)); past this many, the next compile rebuilds them once (O(rows)).

@@ -939,6 +939,41 @@ def test_routes_holding_the_same_utterance_tie_in_the_order_they_were_added(
         assert router.query("s").name == "r0"
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_many_tied_routes_rank_alike_in_numpy_and_in_plain_python(
+    monkeypatch: pytest.MonkeyPatch, int8: bool
+) -> None:
+    # Past _PLAIN_RANKING_ROWS re-scored rows numpy ranks them: the same routes, order,
+    # scores and nearest rows as the plain loop, ties by place and by the lowest row.
+    import synaptoroute.index as index_module
+
+    rng = np.random.default_rng(3)
+    shared = l2_normalize(rng.standard_normal((3, 32)).astype(np.float32))
+    index = RouteIndex(32, int8_min_rows=64 if int8 else None)
+    for r in range(150):
+        own = l2_normalize(rng.standard_normal((2, 32)).astype(np.float32))
+        picks = shared[rng.permutation(3)[: 1 + r % 3]]  # held in another order each
+        rows = np.vstack([own, picks]) if r % 2 else np.vstack([picks, own])
+        index.add(f"r{r}", rows, [f"t{r}-{i}" for i in range(len(rows))])
+    index.delete_route("r7")
+    if int8:
+        assert index.wait_for_int8(30)
+    snap = index.snapshot()
+    queries = np.vstack([shared, l2_normalize(rng.standard_normal((4, 32)).astype(np.float32))])
+    answers = []
+    for limit in (10**9, 0):  # plain Python, then numpy
+        monkeypatch.setattr(index_module, "_PLAIN_RANKING_ROWS", limit)
+        answers.append([snap.score(queries, k) for k in (1, 5, 40)])
+    for plain, vectorised in zip(*answers, strict=True):
+        for a, b in zip(plain, vectorised, strict=True):
+            assert a.route_ids.tolist() == b.route_ids.tolist()
+            assert a.scores.tolist() == b.scores.tolist()
+            assert a.nearest_rows.tolist() == b.nearest_rows.tolist()
+    [first] = snap.score(shared[:1], 40)
+    held = [snap.names[int(r)] for r in first.route_ids]
+    assert held == sorted(held, key=lambda name: int(name[1:]))[: len(held)]  # by place
+
+
 def test_mean_topk_routes_of_equal_means_rank_by_place_not_by_their_best() -> None:
     # Routes were visited by their best utterance, and equal means kept that order.
     def unit(cos: float, axis: int) -> NDArray[np.float32]:
