@@ -848,3 +848,63 @@ def test_a_fork_while_one_encoder_probes_through_another_does_not_deadlock() -> 
         check=False,
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+_EXITS = r"""
+import atexit, logging, os, signal, sys
+from synaptoroute import AdaptiveRouter, Encoder, HashingEncoder, Route
+
+marks = sys.argv[1]
+logging.basicConfig(filename=os.path.join(marks, "log.txt"), level=logging.INFO)
+atexit.register(lambda: open(os.path.join(marks, f"atexit-{os.getpid()}"), "w").close())
+if sys.argv[2] == "model":  # the encoder's session, loaded before the fork
+    router = AdaptiveRouter(Encoder())
+    router.add_route(Route(name="billing", utterances=["I need a refund"]))
+else:  # only the int8 copy's session (a hashing encoder runs no onnxruntime)
+    router = AdaptiveRouter(HashingEncoder(dimension=64))
+    router.add_routes(
+        [Route(name=f"r{i}", utterances=[f"r{i} text {j}" for j in range(200)]) for i in range(25)]
+    )
+    assert router._index.wait_for_int8(60)
+first = router.query_top_k("r3 text 5", 1)[0].candidate
+for how in ("exit 0", "exit 3", "raise"):
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(60)  # a hang ends as -14: the bound of a hang, not a speed
+        assert router.query_top_k("r3 text 5", 1)[0].candidate == first
+        logging.getLogger("child").info("child %s", how)
+        if how == "raise":
+            raise RuntimeError("an uncaught exception")
+        sys.exit(int(how.split()[1]))
+    _, status = os.waitpid(pid, 0)
+    print(how, os.waitstatus_to_exitcode(status), pid, flush=True)
+"""
+
+
+@needs_fork
+@pytest.mark.model
+@pytest.mark.parametrize("session", ["model", "int8"])
+def test_a_child_holding_an_inherited_session_exits_as_it_should(
+    tmp_path: Path, session: str
+) -> None:
+    # onnxruntime's teardown destroys what the parent's pool threads waited on, which
+    # hangs in a child where they do not exist: a gunicorn worker of a preloaded app
+    # (it ends with sys.exit) hung until killed, or aborted. Its atexit handlers and
+    # logging still run, and the status is sys.exit's (1 after an uncaught exception).
+    done = subprocess.run(
+        [sys.executable, "-c", _EXITS, str(tmp_path), session],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines()]
+    statuses = {" ".join(parts[:-2]): int(parts[-2]) for parts in lines}
+    assert statuses == {"exit 0": 0, "exit 3": 3, "raise": 1}, done.stdout + done.stderr
+    for parts in lines:
+        assert (tmp_path / f"atexit-{parts[-1]}").exists()  # the program's handlers ran
+    logged = (tmp_path / "log.txt").read_text()
+    assert all(f"child {how}" in logged for how in statuses)
+    assert "an uncaught exception" in done.stderr  # told as Python tells it
