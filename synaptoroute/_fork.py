@@ -21,15 +21,14 @@ flight, never for a thread's whole life. Nothing is registered on platforms with
 
 from __future__ import annotations
 
-import atexit
-import contextlib
+import ctypes
 import logging
 import os
 import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 __all__ = [
     "APP",
@@ -107,70 +106,35 @@ def hold_across_fork(
 _KEPT: list[Any] = []
 
 
-def keep_for_good(obj: Any, *, native_threads: bool = False) -> None:
-    """Hold ``obj`` until the process exits (for what a forked child inherited).
-
-    ``native_threads``: ``obj`` holds an onnxruntime session made before the fork.
-    The interpreter's teardown frees it, and onnxruntime's own exit handlers destroy
-    what its pool's threads waited on, which hangs for good in a child where those
-    threads do not exist (or aborts): such a child ends without that teardown
-    (:func:`_end_without_teardown`).
-    """
+def keep_for_good(obj: Any) -> None:
+    """Hold ``obj`` until the process exits (for what a forked child inherited)."""
     _KEPT.append(obj)
-    if native_threads:
-        _end_without_teardown()
 
 
-# This process's exit status, as far as the child's guard can tell: sys.exit's in the
-# main thread, or 1 for an exception the main thread did not catch.
-_STATUS: dict[str, int] = {}
-
-
-def _end_without_teardown() -> None:
-    """Once per process: after the ``atexit`` handlers (the program's, run by this one,
-    registered last, in their usual order), flush logging and the standard streams and
-    end with :func:`os._exit`, so neither the interpreter's teardown nor the C
-    library's exit handlers run. The exit status is the one ``sys.exit`` gave in the
-    main thread (``raise SystemExit(n)`` itself is not seen: 0), or 1 after an
-    uncaught exception. A gunicorn worker forked from a preloaded app ends with
-    ``sys.exit``: it hung until its graceful timeout, then was killed."""
-    if _STATUS.get("pid") == os.getpid():
+def _end_without_native_teardown() -> None:
+    """In a child forked from a process that loaded onnxruntime, skip the teardown
+    that hangs there: the C library's exit handlers (onnxruntime's own destroy what
+    its threads waited on, and glibc's ``pthread_cond_destroy`` waits for good for
+    waiters that did not come along; it aborts at times) and the interpreter's freeing
+    of the sessions kept for good. A gunicorn worker of a preloaded app ends with
+    ``sys.exit`` and hung until it was killed. glibc's ``on_exit`` hands ``_exit`` the
+    status ``exit`` was given, once the interpreter's own finalisation (``atexit``
+    handlers, logging, open files) is done, so the status and the program's cleanup
+    stay what they are. Nothing is done elsewhere (no ``on_exit``: not glibc, whose
+    condition variables are the ones that wait)."""
+    if "onnxruntime" not in sys.modules:
         return
-    _STATUS.update(pid=os.getpid(), status=0)
-    plain_exit, plain_hook = sys.exit, sys.excepthook
-
-    def recording_exit(status: Any = None) -> NoReturn:
-        if threading.current_thread() is threading.main_thread():
-            _STATUS["status"] = _status_of(status)
-        plain_exit(status)
-
-    def recording_hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        _STATUS["status"] = 1
-        plain_hook(kind, value, tb)
-
-    sys.exit = recording_exit
-    sys.excepthook = recording_hook
-    atexit.register(_end_now)
-
-
-def _status_of(status: object) -> int:
-    if status is None:
-        return 0
-    if isinstance(status, int):
-        return status & 0xFF
-    return 1  # Python prints any other value and exits with 1
-
-
-def _end_now() -> None:
-    atexit.unregister(_end_now)
-    run_the_others = getattr(atexit, "_run_exitfuncs", None)
-    if run_the_others is not None:
-        run_the_others()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(_STATUS.get("status", 0))
+    try:
+        libc = ctypes.CDLL(None)
+        on_exit, end = libc.on_exit, libc._exit
+    except (AttributeError, OSError):
+        return
+    # _exit(int) called as on_exit's void (*)(int, void *): the extra argument is
+    # ignored by every C calling convention glibc runs on.
+    if on_exit(ctypes.cast(end, ctypes.c_void_p), None) == 0:
+        # Never freed, even by the interpreter's finalisation: sessions kept here
+        # would be destroyed then, which hangs as above.
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(_KEPT))
 
 
 def forking() -> bool:
@@ -206,6 +170,10 @@ def _after_in_child() -> None:
     # gone, and the child's copy of the lock would stay held (the dict itself is whole:
     # the insertion is one step under the GIL).
     _REGISTRY = threading.Lock()
+    try:
+        _end_without_native_teardown()
+    except Exception:  # the child goes on; only its exit is at stake
+        _log.exception("a forked child could not guard its exit")
     for lock, hook in reversed(_FORKING or ()):
         try:
             if hook is not None:

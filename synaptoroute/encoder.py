@@ -672,7 +672,7 @@ class Encoder:
         # The child keeps them referenced, never used, and loads its own on first use.
         held = (self._session, self._bulk, self._fastembed)
         if any(part is not None for part in held):
-            keep_for_good(held, native_threads=True)
+            keep_for_good(held)
             self._session = self._bulk = self._fastembed = None
         # A count of the parent's CPUs: counted again when the child loads its session,
         # after a worker is pinned to fewer CPUs (gunicorn's post_fork), unless given.

@@ -1570,7 +1570,7 @@ class RouteIndex:
         # can hang joining it (onnxruntime#31961, as for the encoder's sessions). Kept
         # referenced, never used: the child's next compile builds its own copy.
         if self._int8 is not None:
-            keep_for_good(self._int8, native_threads=True)
+            keep_for_good(self._int8)
             self._int8 = None
             self._int8_aside = True
         self._snapshot = None

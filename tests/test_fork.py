@@ -851,31 +851,49 @@ def test_a_fork_while_one_encoder_probes_through_another_does_not_deadlock() -> 
 
 
 _EXITS = r"""
-import atexit, logging, os, signal, sys
+import atexit, gc, logging, os, signal, sys
 from synaptoroute import AdaptiveRouter, Encoder, HashingEncoder, Route
 
-marks = sys.argv[1]
+marks, session = sys.argv[1], sys.argv[2]
 logging.basicConfig(filename=os.path.join(marks, "log.txt"), level=logging.INFO)
-atexit.register(lambda: open(os.path.join(marks, f"atexit-{os.getpid()}"), "w").close())
-if sys.argv[2] == "model":  # the encoder's session, loaded before the fork
+atexit.register(lambda: open(os.path.join(marks, f"parent-handler-{os.getpid()}"), "a").write("x"))
+if session == "model":  # the encoder's session, loaded before the fork
     router = AdaptiveRouter(Encoder())
     router.add_route(Route(name="billing", utterances=["I need a refund"]))
-else:  # only the int8 copy's session (a hashing encoder runs no onnxruntime)
+elif session == "import":  # onnxruntime imported, no session ever made
+    import onnxruntime  # noqa: F401
+
+    router = AdaptiveRouter(HashingEncoder(dimension=64))
+    router.add_route(Route(name="r3", utterances=["r3 text 5"]))
+else:  # the int8 copy's session (a hashing encoder runs no onnxruntime)
     router = AdaptiveRouter(HashingEncoder(dimension=64))
     router.add_routes(
         [Route(name=f"r{i}", utterances=[f"r{i} text {j}" for j in range(200)]) for i in range(25)]
     )
     assert router._index.wait_for_int8(60)
+    if session == "none":  # below the int8 size again: no session, onnxruntime loaded
+        for i in range(5, 10):
+            router.delete_route(f"r{i}")
+        router.query("r3 text 5")
+        assert router._index._int8 is None
+        gc.collect()  # the copy's session is freed: its threads are gone
 first = router.query_top_k("r3 text 5", 1)[0].candidate
-for how in ("exit 0", "exit 3", "raise"):
+for how in ("exit 0", "exit 3", "builtin 4", "raise 1", "return 0"):
     pid = os.fork()
     if pid == 0:
         signal.alarm(60)  # a hang ends as -14: the bound of a hang, not a speed
+        atexit.register(
+            lambda: open(os.path.join(marks, f"child-handler-{os.getpid()}"), "a").write("x")
+        )
         assert router.query_top_k("r3 text 5", 1)[0].candidate == first
         logging.getLogger("child").info("child %s", how)
-        if how == "raise":
+        if how == "raise 1":
             raise RuntimeError("an uncaught exception")
-        sys.exit(int(how.split()[1]))
+        if how == "builtin 4":
+            exit(4)
+        if how in ("exit 0", "exit 3"):
+            sys.exit(int(how.split()[1]))
+        break  # return 0: the end of the script
     _, status = os.waitpid(pid, 0)
     print(how, os.waitstatus_to_exitcode(status), pid, flush=True)
 """
@@ -883,28 +901,30 @@ for how in ("exit 0", "exit 3", "raise"):
 
 @needs_fork
 @pytest.mark.model
-@pytest.mark.parametrize("session", ["model", "int8"])
-def test_a_child_holding_an_inherited_session_exits_as_it_should(
+@pytest.mark.parametrize("session", ["model", "int8", "none", "import"])
+def test_a_child_of_a_process_that_loaded_onnxruntime_exits_as_it_should(
     tmp_path: Path, session: str
 ) -> None:
-    # onnxruntime's teardown destroys what the parent's pool threads waited on, which
-    # hangs in a child where they do not exist: a gunicorn worker of a preloaded app
-    # (it ends with sys.exit) hung until killed, or aborted. Its atexit handlers and
-    # logging still run, and the status is sys.exit's (1 after an uncaught exception).
+    # onnxruntime's exit handlers (and freeing a session the parent's threads waited
+    # on) wait for good where those threads do not exist, or abort: a gunicorn worker
+    # of a preloaded app (it ends with sys.exit) hung until killed. The child now ends
+    # with the status and the cleanup (atexit handlers, logging) it would have had.
     done = subprocess.run(
         [sys.executable, "-c", _EXITS, str(tmp_path), session],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
         check=False,
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    lines = [line.split() for line in done.stdout.splitlines()]
-    statuses = {" ".join(parts[:-2]): int(parts[-2]) for parts in lines}
-    assert statuses == {"exit 0": 0, "exit 3": 3, "raise": 1}, done.stdout + done.stderr
-    for parts in lines:
-        assert (tmp_path / f"atexit-{parts[-1]}").exists()  # the program's handlers ran
+    lines = [line.rsplit(" ", 2) for line in done.stdout.splitlines()]
+    statuses = {how: int(status) for how, status, _ in lines}
+    expected = {"exit 0": 0, "exit 3": 3, "builtin 4": 4, "raise 1": 1, "return 0": 0}
+    assert statuses == expected, done.stdout + done.stderr
+    for _, _, pid in lines:  # each handler ran once: the child's and the inherited one
+        assert (tmp_path / f"child-handler-{pid}").read_text() == "x"
+        assert (tmp_path / f"parent-handler-{pid}").read_text() == "x"
     logged = (tmp_path / "log.txt").read_text()
     assert all(f"child {how}" in logged for how in statuses)
     assert "an uncaught exception" in done.stderr  # told as Python tells it
