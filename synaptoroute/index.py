@@ -515,8 +515,8 @@ class Snapshot:
         # BLAS rounds a row's product by where the row sits (its kernel's blocks), so
         # the same utterance in two routes scored an ulp apart and their tie went by
         # row blocking, not by place, and changed once the int8 path took over. The
-        # rows that could rank within the products' rounding (ROUNDING) are scored again
-        # as that path scores them, which no position changes.
+        # rows that could rank within the products' rounding (_rounding) are scored
+        # again as that path scores them, which no position changes.
         rounding = _rounding(self.matrix.shape[1])
         if self.aggregation == "centroid":
             sims = _similarities(self.centroids, queries)
@@ -772,7 +772,6 @@ class Snapshot:
         eps: float = 0.0,
         query: NDArray[np.float32] | None = None,
         *,
-        counted: bool = True,
         rounding: float = 0.0,
     ) -> RouteScores:
         # ``values`` are every row's exact scores (eps 0), or int8 scores within eps of
@@ -797,11 +796,9 @@ class Snapshot:
             if eps > 0:
                 assert query is not None
                 rows = rows[vals >= np.partition(vals, len(vals) - t)[len(vals) - t] - 2 * eps]
-                if counted:
-                    self._count_rescored(len(rows))
+                self._count_rescored(len(rows))
                 vals = (self.matrix[rows] * query).sum(axis=1)  # not BLAS, as above
-            mean = float(np.partition(vals, len(vals) - t)[len(vals) - t :].mean())
-            bisect.insort(best, (-mean, pos, int(rows[np.argmax(vals)])))  # ties by place
+            bisect.insort(best, self._top_mean(pos, rows, vals))  # ties by place
             if len(best) > k:  # what can no longer rank goes (a sort of all was O(n^2))
                 floor = -best[k - 1][0] - 2 * rounding
                 while len(best) > k and -best[-1][0] < floor:
@@ -832,11 +829,17 @@ class Snapshot:
         for i in near:
             pos = best[i][1]
             rows = self._route_rows(pos)
-            vals = (self.matrix[rows] * query).sum(axis=1)  # not BLAS, as above
-            t = min(self.top_k, len(vals))
-            mean = float(np.partition(vals, len(vals) - t)[len(vals) - t :].mean())
-            out[i] = (-mean, pos, int(rows[np.argmax(vals)]))
+            out[i] = self._top_mean(pos, rows, (self.matrix[rows] * query).sum(axis=1))
         return sorted(out)
+
+    def _top_mean(
+        self, pos: int, rows: NDArray[np.intp], vals: NDArray[np.float32]
+    ) -> tuple[float, int, int]:
+        """(-mean of the route's ``top_k`` best ``vals``, ``pos``, its best row): how
+        :meth:`_mean_topk` ranks a route."""
+        t = min(self.top_k, len(vals))
+        mean = float(np.partition(vals, len(vals) - t)[len(vals) - t :].mean())
+        return (-mean, pos, int(rows[np.argmax(vals)]))
 
 
 def _kth_above(values: NDArray[np.float32], k: int, horizon: float) -> float | None:
