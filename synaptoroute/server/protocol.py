@@ -239,8 +239,12 @@ class _GuardedProtocol(HttpToolsProtocol):
         if after is not None and not after.response_complete:
             self._refusal = (response, after)
             return
-        self.transport.write(response)
-        self.transport.close()
+        self._answer_and_close(response)
+
+    def _answer_and_close(self, response: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(response)
+            self.transport.close()
 
     def _last_before_refusal(self, its_own_cycle: bool) -> Any:
         """The last request before the refused one, whose answer goes first."""
@@ -390,9 +394,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         refusal = self._refusal
         if refusal is not None and refusal[1].response_complete:
             self._refusal = None
-            if not self.transport.is_closing():
-                self.transport.write(refusal[0])
-                self.transport.close()
+            self._answer_and_close(refusal[0])
 
     def on_chunk_header(self) -> None:
         self._chunk_frames += 1
