@@ -1207,6 +1207,21 @@ def test_serve_names_a_bad_value_by_its_option(
     assert not Path(store).exists()
 
 
+def test_serves_option_names_are_its_parsers() -> None:
+    # The table that names a bad value's option is written by hand: it must name
+    # options that exist, each for the settings field it sets.
+    from synaptoroute.server import ServerSettings
+    from synaptoroute.server.settings import limit_flags
+
+    serve = next(
+        a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices["serve"]
+    options = {o for a in serve._actions for o in a.option_strings}
+    for field, flag in {**cli._SERVE_FLAGS, **limit_flags()}.items():
+        assert flag in options or flag == "SYNAPTOROUTE_API_KEY", (field, flag)
+        assert field in ServerSettings.model_fields, field
+
+
 # -- import, fit, eval (issue 4's library calls) -------------------------------------------
 TRAIN = str(FIXTURES / "clinc150_train_slice.jsonl")
 VAL = str(FIXTURES / "clinc150_val_slice.jsonl")
