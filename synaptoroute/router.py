@@ -10,6 +10,7 @@ replicas' changes to :mod:`~synaptoroute.storage`, fitting to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -312,9 +313,10 @@ class AdaptiveRouter:
         if max_batch_size is None:
             # A custom encoder's hint that is no whole number above 0 is ignored: the
             # refusal would have named max_batch_size, which the caller never passed.
-            hint = getattr(self.encoder, "preferred_batch_size", None)
-            usable = isinstance(hint, int) and not isinstance(hint, bool) and hint >= 1
-            max_batch_size = cast(int, hint) if usable else DEFAULT_MAX_BATCH_SIZE
+            max_batch_size = DEFAULT_MAX_BATCH_SIZE
+            with contextlib.suppress(InvalidInputError):
+                hint = getattr(self.encoder, "preferred_batch_size", None)
+                max_batch_size = check_count(hint, "preferred_batch_size", 1)
         self._worker: BatchWorker[_Request, _Answer] = BatchWorker(
             self._answer,
             max_batch_size=max_batch_size,
