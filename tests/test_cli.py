@@ -1469,3 +1469,25 @@ def test_a_healthcheck_host_no_url_can_carry_is_a_usage_error(
     # Exit 1 ("not ready") before; "x/y" probed port 80 at path "/y:PORT/readyz".
     code, _, err = run(capsys, "healthcheck", "--host", host, "--port", "1")
     assert code == EXIT_BAD_INPUT and "is no host name or IP address" in err
+
+
+@pytest.mark.parametrize("name", ["a b", "", "bücher.example", "x/y"])
+def test_serve_refuses_an_allowed_host_no_host_header_carries(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str
+) -> None:
+    # Such a name never matches a request's Host: the service would answer 421 to the
+    # very clients it was told to serve, and nothing would say why.
+    store = str(tmp_path / "r.db")
+    # A second bad value keeps serve from starting should the name pass.
+    args = ("--store", store, "--allowed-host", name, "--max-connections", "0")
+    code, _, err = run(capsys, "serve", *args)
+    assert code == EXIT_BAD_INPUT
+    assert f"--allowed-host: Value error, {name!r} is not a host name" in err
+    assert not Path(store).exists()
+
+
+def test_allowed_hosts_take_names_addresses_and_ports() -> None:
+    from synaptoroute.server import ServerSettings
+
+    hosts = ("router.internal", "xn--bcher-kva.example", "[::1]:8000", "10.0.0.7", " Router ")
+    assert ServerSettings(allowed_hosts=hosts).allowed_hosts == hosts

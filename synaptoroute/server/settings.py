@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import string
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from ..batching import (
     DEFAULT_MAX_BATCH_SIZE,
@@ -32,6 +33,9 @@ __all__ = [
 #: The environment variable that holds the bearer token for route changes.
 API_KEY_ENV = "SYNAPTOROUTE_API_KEY"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+# What a Host header's name may hold (RFC 3986 reg-name, IP literals, a port).
+_HOST_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._~!$&'()*+,;=%:[]")
 
 
 def is_loopback(host: str) -> bool:
@@ -139,6 +143,21 @@ class ServerSettings(BaseModel):
     rate_burst: int = Field(default=50, ge=1)
     console: bool = True
     store_poll_interval: float = Field(default=1.0, gt=0)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        # A name no Host header can carry would never match: the service would refuse
+        # the very clients it was told to answer, with nothing said at start.
+        for host in hosts:
+            if not host.strip() or not set(host.strip()) <= _HOST_CHARACTERS:
+                msg = (
+                    f"{host!r} is not a host name: a Host header carries ASCII letters, "
+                    "digits, '-' and '.', or an address (a non-ASCII name in its "
+                    "punycode form, xn--...)"
+                )
+                raise ValueError(msg)
+        return hosts
 
     @property
     def storage_options(self) -> dict[str, Any]:
