@@ -54,8 +54,19 @@ def test_decide_keeps_all_passing_up_to_top_n_best_first() -> None:
     ranked = [_match(2, 0.9), _match(0, 0.7), _match(1, 0.6)]
     result = decide_selection(ranked, _CHOICES, SelectionPolicy(top_n=2), "q")
     assert result.inds == [2, 0]
-    assert "'c' scored 0.900 (threshold 0.50)" in result.reasons[0]
+    assert "'c' scored 0.900 (threshold 0.500)" in result.reasons[0]
     assert "'a' scored 0.700" in result.reasons[1]
+
+
+def test_decide_prints_the_digits_that_tell_the_side() -> None:
+    # A threshold calibrated to four decimals: at three, "scored 0.809 (threshold
+    # 0.809)" could be a pass or a miss.
+    passed = decide_selection([_match(1, 0.8090, 0.8089)], _CHOICES, SelectionPolicy(), "q")
+    assert "'b' scored 0.8090 (threshold 0.8089)" in passed.reason
+    missed = decide_selection([_match(1, 0.8088, 0.8089)], _CHOICES, SelectionPolicy(), "q")
+    assert "the threshold 0.8089; the best was 'b' with score 0.8088" in missed.reason
+    level = decide_selection([_match(1, 0.7, 0.7)], _CHOICES, SelectionPolicy(), "q")
+    assert "scored 0.700 (threshold 0.700)" in level.reason
 
 
 def test_decide_stops_at_the_threshold() -> None:

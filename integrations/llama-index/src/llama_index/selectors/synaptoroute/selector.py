@@ -104,6 +104,21 @@ _MAX_WARNED = 4096  # names warned about that are remembered (see _check_choices
 _UNNAMED = "<choices without a name>"  # the one warning about them (see _check_choices)
 
 
+def _sides(score: float, threshold: float | None) -> tuple[str, str]:
+    """A score and its threshold, with the digits that show which side the score is on.
+
+    Three decimals, more where both would print alike: "scored 0.809 (threshold
+    0.809)" read as a pass whichever way it went.
+    """
+    if threshold is None:
+        return f"{score:.3f}", "none"
+    for digits in range(3, 17):
+        sides = f"{score:.{digits}f}", f"{threshold:.{digits}f}"
+        if sides[0] != sides[1] or score == threshold:
+            return sides
+    return repr(score), repr(threshold)
+
+
 def _label(choices: Sequence[ToolMetadata], index: int) -> str:
     name = choices[index].name
     if not name:
@@ -173,9 +188,11 @@ def decide_selection(
                 SingleSelection(
                     index=_index(m),
                     reason=(
-                        f"{_label(choices, _index(m))} scored {m.score:.3f} "
-                        f"(threshold {m.threshold:.2f}); nearest example: "
-                        f"{m.nearest_utterance!r}"
+                        "{} scored {} (threshold {}); nearest example: {!r}".format(
+                            _label(choices, _index(m)),
+                            *_sides(m.score, m.threshold),
+                            m.nearest_utterance,
+                        )
                     ),
                 )
                 for m in passed
@@ -185,9 +202,10 @@ def decide_selection(
     if best is None:
         why = "the query is empty, so no choice was scored"
     else:
+        score, threshold = _sides(best.score, best.threshold)
         why = (
-            f"no choice reached the threshold {best.threshold:.2f}; the best was "
-            f"{_label(choices, _index(best))} with score {best.score:.3f}"
+            f"no choice reached the threshold {threshold}; the best was "
+            f"{_label(choices, _index(best))} with score {score}"
         )
     if policy.on_no_match == "raise":
         msg = (
@@ -438,8 +456,8 @@ class SynaptorouteSelector(BaseSelector):
             )
         if fresh:
             _warn_user(
-                f"choices with fewer than {_FEW_EXAMPLES} example utterances route on their "
-                f"description and name alone, which is often unreliable: {', '.join(fresh)}; "
+                f"choices with fewer than {_FEW_EXAMPLES} example utterances route mostly on "
+                f"their description and name, which is often unreliable: {', '.join(fresh)}; "
                 "pass utterances={name: [...]} with a few typical queries for each"
             )
 
