@@ -200,7 +200,9 @@ class AdaptiveRouter:
             in the store are loaded without calling the encoder.
         threshold: default minimum score for a route to match.
         aggregation: how a route's utterance similarities become its score:
-            ``"max"`` (nearest utterance), ``"mean_topk"`` or ``"centroid"``.
+            ``"max"`` (nearest utterance), ``"mean_topk"`` or ``"centroid"``. A stored
+            policy fitted under another one is kept with a warning (its cuts are on
+            other scores); :meth:`open` takes the fitted one by itself.
         top_k: ``k`` for ``"mean_topk"``.
         min_margin: top-1 minus top-2 under this gives no route (0 disables).
         cache_size: query embeddings kept in the LRU cache (also bounded to
@@ -359,6 +361,11 @@ class AdaptiveRouter:
                 or :class:`~synaptoroute.postgres.PostgresStorage`).
             options: the constructor's other keyword arguments.
 
+        Without ``aggregation`` in ``options``, the router scores with the aggregation
+        (and ``top_k``) the store's fitted policy was fitted on, if it records one
+        (``fit`` does): its cuts are on those scores. A store never fitted gets the
+        constructor's default.
+
         The store is closed again if the router cannot be built (a model mismatch,
         a bad option), so a failed open leaves nothing behind.
 
@@ -369,6 +376,13 @@ class AdaptiveRouter:
             MemoryStorage() if store is None else open_storage(store, **(storage_options or {}))
         )
         try:
+            if "aggregation" not in options and options.get("index") != "ann":
+                # Score as the store's last fit did: its cuts are on those scores (the
+                # CLI and the service have no aggregation option of their own).
+                info = (storage.get_state(_POLICY_KEY) or {}).get("info")
+                fitted = _fitted_scoring(info) if isinstance(info, dict) else None
+                if fitted is not None:
+                    options = {"aggregation": fitted[0], "top_k": fitted[1], **options}
             return cls(encoder, storage, **options)
         except BaseException:
             storage.close()
@@ -1429,6 +1443,21 @@ class AdaptiveRouter:
                 "were kept, call fit() again",
                 stacklevel=_outside_the_package(),
             )
+        fitted = _fitted_scoring(policy.info)
+        own = (self._index.aggregation, self._index.top_k)
+        if fitted is not None and _scoring_name(*fitted) != _scoring_name(*own):
+            # Cuts chosen on one aggregation's scores mean something else on another's
+            # (a centroid's scores sit well below a max's): kept, but said.
+            warnings.warn(
+                f"the stored policy was fitted on {_scoring_name(*fitted)} scores, but this "
+                f"router aggregates by {_scoring_name(*own)}: its thresholds, head and "
+                "confidence calibration were kept and no longer mean what the fit "
+                f"measured; open it with aggregation={fitted[0]!r}"
+                + (f", top_k={fitted[1]}" if fitted[0] == "mean_topk" else "")
+                + " (AdaptiveRouter.open, the CLI and the service do so by themselves), "
+                "or call fit() again",
+                stacklevel=_outside_the_package(),
+            )
         return policy
 
     def _apply_changes(self, changes: Sequence[Change]) -> None:
@@ -1589,6 +1618,22 @@ class _OwnThresholds(Mapping[str, "float | None"]):
 
     def __len__(self) -> int:
         return len(self._routes)
+
+
+def _fitted_scoring(info: Mapping[str, Any]) -> tuple[Aggregation, int] | None:
+    """The aggregation (and ``mean_topk``'s k) a stored fit chose its cuts on; ``None``
+    for a policy that records none (set by hand, or fitted before 0.3)."""
+    aggregation = info.get("aggregation")
+    if aggregation in ("max", "centroid"):
+        return cast("Aggregation", aggregation), 3
+    k = info.get("aggregation_top_k")
+    if aggregation == "mean_topk" and type(k) is int and k >= 1:
+        return "mean_topk", k
+    return None
+
+
+def _scoring_name(aggregation: Aggregation, top_k: int) -> str:
+    return f"'mean_topk' (top_k={top_k})" if aggregation == "mean_topk" else repr(aggregation)
 
 
 def _ann_options(

@@ -1491,3 +1491,31 @@ def test_allowed_hosts_take_names_addresses_and_ports() -> None:
 
     hosts = ("router.internal", "xn--bcher-kva.example", "[::1]:8000", "10.0.0.7", " Router ")
     assert ServerSettings(allowed_hosts=hosts).allowed_hosts == hosts
+
+
+def test_the_cli_scores_as_the_stores_fit_was_made(
+    capsys: pytest.CaptureFixture[str], clinc_store: Path, tmp_path: Path, encoder: Encoder
+) -> None:
+    # The CLI has no aggregation option: it routed and re-fitted a store fitted under
+    # centroid with max scores, and saved thresholds that were wrong for its owner.
+    store = str(tmp_path / "routes.db")
+    shutil.copy(clinc_store, store)
+    router = AdaptiveRouter.open(store, encoder, aggregation="centroid")
+    router.fit(*_labelled(TRAIN), head=False)
+    text = "how do i get my money back"
+    expected = router.query(text)
+    router.close()
+
+    code, out, _ = run(capsys, "route", text, "--store", store, "--json")
+    assert code == 0
+    result = json.loads(out)["result"]
+    assert (result["route"], result["score"]) == (expected.name, expected.score)
+
+    assert run(capsys, "fit", TRAIN, "--store", store, "-q")[0] == 0
+    policy = stored_policy(store)
+    assert policy is not None and policy["info"]["aggregation"] == "centroid"
+
+
+def _labelled(path: str) -> tuple[list[str], list[str | None]]:
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    return [r["text"] for r in rows], [r["label"] for r in rows]

@@ -463,6 +463,51 @@ def test_a_policy_fitted_on_another_models_scores_is_flagged_on_opening(
     assert reopened.policy.thresholds == router.policy.thresholds  # kept, flagged
 
 
+def test_a_fit_records_its_aggregation_and_open_scores_with_it(
+    open_router: Callable[..., AdaptiveRouter],
+    clinc_train: Rows,
+    clinc_val: Rows,
+    encoder: Encoder,
+    tmp_path: Path,
+) -> None:
+    # The fitted cuts are on one aggregation's scores: a router reopened with the
+    # default (max) applied a centroid fit's thresholds to max scores without a word,
+    # and the CLI and the service (no aggregation option) always did.
+    router = open_router(aggregation="mean_topk", top_k=2)
+    router.fit(*split(clinc_train), head=False)
+    assert router.policy.info["aggregation"] == "mean_topk"
+    assert router.policy.info["aggregation_top_k"] == 2
+    val_texts, _ = split(clinc_val)
+    expected = [m.model_dump() for m in router.query_batch(val_texts)]
+    router.close()
+
+    with pytest.warns(
+        UserWarning,
+        match=r"fitted on 'mean_topk' \(top_k=2\) scores, but "
+        r"this router aggregates by 'max'.*aggregation='mean_topk', top_k=2",
+    ):
+        open_router().close()
+    with pytest.warns(
+        UserWarning,
+        match=r"\(top_k=2\) scores, but this router aggregates "
+        r"by 'mean_topk' \(top_k=3\)",
+    ):
+        open_router(aggregation="mean_topk").close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = open_router(aggregation="mean_topk", top_k=2)
+        assert [m.model_dump() for m in same.query_batch(val_texts)] == expected
+        same.close()
+        path = str(tmp_path / "routes.db")
+        opened = AdaptiveRouter.open(path, encoder)  # takes the fitted aggregation
+        assert [m.model_dump() for m in opened.query_batch(val_texts)] == expected
+        opened.close()
+        told = AdaptiveRouter.open(path, encoder, top_k=2, aggregation="mean_topk")
+        told.close()
+    with pytest.warns(UserWarning, match="aggregates by 'centroid'"):
+        AdaptiveRouter.open(path, encoder, aggregation="centroid").close()
+
+
 def test_fit_validates_before_changing_anything(
     open_router: Callable[..., AdaptiveRouter], clinc_train: Rows
 ) -> None:

@@ -546,6 +546,11 @@ def fit_policy(
                 "scorer": final_head.scorer if final_head is not None else "similarity",
                 "rows": n,
                 "model": inputs.model_id,  # the scores its cuts were chosen on
+                # ... and how a route's score was made of its utterances' similarities
+                "aggregation": inputs.snapshot.aggregation,
+                "aggregation_top_k": (
+                    inputs.snapshot.top_k if inputs.snapshot.aggregation == "mean_topk" else None
+                ),
                 "fitted_at": time.time(),
             },
         )  # fmt: skip
