@@ -13,7 +13,8 @@ search whose every proposed row scores below the best of a sample of the graph's
 (:func:`rounds_for`); a first round whose best row barely stands out from that sample
 (:data:`HARD_CONTRAST`) is confirmed by the second round. Otherwise the query takes
 the exact path. Rows added after the graph was built are fed into it by a background
-thread one at a time (:data:`FEED_CHUNK`), and are scored exactly until they are in.
+thread one at a time (:data:`FEED_CHUNK`; in bulk past :data:`FEED_TAIL_MAX`), and are
+scored exactly until they are in.
 usearch calls are serialised by one lock: the library does not promise that a search
 is safe while another thread inserts.
 
@@ -88,6 +89,13 @@ FEED_YIELD = 0.005
 # Rows per insertion call of a build: a build told to stop (the interpreter exits)
 # ends within one such call (about a second on 2 cores).
 BUILD_CHUNK = 8192
+# Rows a serving graph may lack. Past this a query scores exactly: re-scoring them in
+# every search round costs more than the int8 scan. The feed then inserts them
+# BUILD_CHUNK at a time with every thread, as a build does (no query searches the
+# graph meanwhile): one row at a time, the rows a store gained since the cache file
+# was written took minutes under load, at every start. And a feed that has inserted
+# as many since the file was written saves it again.
+FEED_TAIL_MAX = 2048
 # 5: the key holds the graph file's SHA-256 (4: the file's inode, size and time only;
 # 3: SHA-256 keys of row blocks; 2: blake2b keys; 1: float16 vectors)
 _FORMAT = 5
@@ -414,12 +422,13 @@ class AnnGraph:
         """Rows in the sample :meth:`sample_stats` scores (a float32 product per query)."""
         return len(self._sample)
 
-    def feed(self, rows: NDArray[np.float32], start: int) -> bool:
+    def feed(self, rows: NDArray[np.float32], start: int, threads: int = 1) -> bool:
         """Insert ``rows`` as rows ``start..`` if ``start`` is the next uncovered row.
 
         Args:
             rows: at most a chunk of vectors.
             start: the row number of ``rows[0]``.
+            threads: usearch worker threads for the insertion.
 
         Returns:
             False when ``start`` is stale (another feed got there first).
@@ -429,7 +438,7 @@ class AnnGraph:
             if start != self.covered:
                 return False
             keys = np.arange(start, start + len(rows), dtype=np.uint64)
-            self._graph.add(keys, rows, threads=1)
+            self._graph.add(keys, rows, threads=threads)
             self.covered = start + len(rows)
             return True
 

@@ -41,6 +41,8 @@ from ._fork import INDEX, LEAF, hold_across_fork, keep_for_good
 from .ann import (  # stdlib and numpy only: usearch loads on use
     CLOSE_MARGIN,
     DEFAULT_DEPTH,
+    FEED_CHUNK,
+    FEED_TAIL_MAX,
     HARD_CONTRAST,
     LOST_ROUND,
     RESCORE_BUDGET,
@@ -510,7 +512,12 @@ class Snapshot:
         if self.n_routes == 0:
             return [_NO_ROUTES] * m
         k = min(k, self.n_routes)
-        if self.ann is not None and not exact and self.aggregation == "max":
+        if (
+            self.ann is not None
+            and not exact
+            and self.aggregation == "max"
+            and len(self.matrix) - self.ann.covered <= FEED_TAIL_MAX
+        ):
             return self._score_ann(queries, k, knn)
         # BLAS rounds a row's product by where the row sits (its kernel's blocks), so
         # the same utterance in two routes scored an ulp apart and their tie went by
@@ -1326,6 +1333,8 @@ class RouteIndex:
         self._ann: AnnGraph | None = None
         self._ann_worker: threading.Thread | None = None
         self._ann_cache_tried = False
+        # Rows the cache file this index last wrote or loaded covers (0: none).
+        self._ann_saved = 0
         self._gate = ReadGate()  # shared with every graph this index builds or loads
         # close(): background work stops (a build at its next chunk, a feed at its next
         # row), none starts, and no cache file is replaced. A cache write checks the flag
@@ -1743,6 +1752,7 @@ class RouteIndex:
                 return
             if self._ann is not None:
                 self.stats.ann_cache_loads += 1
+                self._ann_saved = self._ann.covered
         if self._ann is None:
             self._start_ann_worker(n, build=True)
         elif self._ann.covered < n:
@@ -1778,7 +1788,7 @@ class RouteIndex:
         self._ann = None
 
     def _build_ann(self, rows: NDArray[np.float32], generation: int) -> None:
-        from .ann import AnnGraph, content_key
+        from .ann import AnnGraph
 
         graph = AnnGraph.build(rows, threads=process_cpus(), stop=self._stopped, gate=self._gate)
         if graph is None:  # closed, or the interpreter is exiting
@@ -1788,32 +1798,48 @@ class RouteIndex:
                 return
             self._ann = graph
             self.stats.ann_builds += 1
+        self._save_ann(graph, rows)
+        self._feed_ann(generation)
+
+    def _save_ann(self, graph: AnnGraph, rows: NDArray[np.float32]) -> None:
         # Asked here before hashing every row for the key, and again under _cache_lock
         # before the files are replaced (close() may come in between).
-        if self.ann_cache is not None and not self._stopped():
-            try:
-                graph.save(
-                    self.ann_cache, content_key(rows), stop=self._stopped, lock=self._cache_lock
-                )
-            except OSError:
-                _log.warning("could not write the approximate index cache", exc_info=True)
-        self._feed_ann(generation)
+        from .ann import content_key
+
+        if self.ann_cache is None or self._stopped():
+            return
+        try:
+            if graph.save(
+                self.ann_cache, content_key(rows), stop=self._stopped, lock=self._cache_lock
+            ):
+                self._ann_saved = len(rows)
+        except OSError:
+            _log.warning("could not write the approximate index cache", exc_info=True)
 
     def _feed_ann(self, generation: int) -> None:
         # Chunks are copied under the index lock (the buffer may be reallocated) and
         # inserted under the graph's lock only, so a query waits for one chunk at most.
-        from .ann import FEED_CHUNK
-
+        # While the graph lacks more than FEED_TAIL_MAX rows no query searches it (but
+        # one compiled just before): the rows go in chunks of as many, with every thread.
         while not self._stopped():
             with self._lock:
                 graph = self._ann
                 if graph is None or generation != self._int8_generation:
                     return
                 start = graph.covered
-                chunk = self._buf[start : min(start + FEED_CHUNK, self._n)].copy()
+                bulk = self._n - start > FEED_TAIL_MAX
+                size = FEED_TAIL_MAX if bulk else FEED_CHUNK
+                chunk = self._buf[start : min(start + size, self._n)].copy()
+                # Rows below n never change in place: a view stays right if reallocated.
+                held = self._buf[:start]
             if not len(chunk):
+                # Caught up. The cache file is written again once it lacks many rows,
+                # so a restart does not insert them all again (a share of it, so a
+                # store growing row by row writes it O(log n) times).
+                if start - self._ann_saved >= max(FEED_TAIL_MAX, self._ann_saved // 8):
+                    self._save_ann(graph, held)
                 return
-            if not graph.feed(chunk, start):
+            if not graph.feed(chunk, start, threads=process_cpus() if bulk else 1):
                 return
             self.stats.ann_rows_fed += len(chunk)
 

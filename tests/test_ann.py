@@ -360,6 +360,78 @@ def test_cache_reused_at_start_up_and_invalidated_by_another_replica(tmp_path: P
         router.close()
 
 
+def test_rows_fed_since_the_cache_was_written_are_saved_and_not_fed_again(
+    tmp_path: Path,
+) -> None:
+    # The cache file was written after a build only: every restart fed the rows the
+    # store gained since, one at a time (minutes under load at 1M), scoring them all
+    # exactly in every search round meanwhile.
+    import json
+
+    from synaptoroute.ann import FEED_TAIL_MAX
+
+    path = tmp_path / "routes.db"
+    first = open_router(path)
+    first.add_routes(routes_for("t", 300))  # 1,500 rows: built, then saved
+    assert first.wait_for_index(timeout=60)
+    assert first.index_stats.ann_builds == 1
+    first.add_routes(routes_for("u", 500))  # 2,500 more: fed
+    assert first.query("u topic9 word9x1").name == "u9"
+    assert first.wait_for_index(timeout=60)
+    assert first.index_stats.ann_rows_fed == 2500 > FEED_TAIL_MAX
+    key = json.loads((tmp_path / "routes.db.ann.json").read_text())
+    assert key["covered"] == 4000  # written again once the feed caught up
+    first.close()
+
+    reopened = open_router(path)
+    assert reopened.wait_for_index(timeout=60)
+    assert reopened.index_stats.ann_cache_loads == 1
+    assert reopened.index_stats.ann_builds == 0
+    assert reopened.index_stats.ann_rows_fed == 0  # nothing to insert again
+    assert reopened.query("u topic9 word9x1").name == "u9"
+    assert reopened.index_stats.ann_queries == 1
+    reopened.close()
+
+
+def test_a_graph_lacking_many_rows_is_not_searched_until_they_are_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Re-scoring thousands of rows the graph lacks in every search round cost more
+    # than the exact path; past FEED_TAIL_MAX rows the query is scored exactly, and
+    # the feed inserts them in chunks of that size.
+    from synaptoroute.ann import FEED_TAIL_MAX, AnnGraph
+
+    rng = np.random.default_rng(21)
+    dim = 16
+    index = fed_index(rng, dim)
+    go = threading.Event()
+    chunks: list[int] = []
+    feed = AnnGraph.feed
+
+    def held_feed(self: AnnGraph, rows: np.ndarray, start: int, threads: int = 1) -> bool:
+        go.wait(60)
+        chunks.append(len(rows))
+        return feed(self, rows, start, threads)
+
+    monkeypatch.setattr(AnnGraph, "feed", held_feed)
+    many = FEED_TAIL_MAX + 500
+    new = l2_normalize(rng.standard_normal((many, dim)))
+    index.add("new", new, [f"new-{j}" for j in range(many)])
+    snapshot = index.snapshot()  # starts the feed, held before its first chunk
+    assert snapshot.ann is not None and snapshot.ann.covered == 500
+    searches = index.stats.ann_searches
+    (got,) = snapshot.score(new[7:8], 1)
+    assert snapshot.names[int(got.route_ids[0])] == "new"
+    assert index.stats.ann_searches == searches  # scored exactly, graph untouched
+    go.set()
+    assert index.wait_for_ann(timeout=60)
+    # In bulk while the graph lacks more than FEED_TAIL_MAX rows, then row by row.
+    assert chunks == [FEED_TAIL_MAX] + [1] * 500
+    (got,) = index.snapshot().score(new[7:8], 1)
+    assert index.snapshot().names[int(got.route_ids[0])] == "new"
+    assert index.stats.ann_searches > searches  # the graph holds them all now
+
+
 def test_a_graph_file_not_written_with_its_key_is_not_loaded(tmp_path: Path) -> None:
     # A writer stopped between replacing the graph and its key, or a graph of another
     # dimension beside a matching key, must not be taken for the key's graph: the first
