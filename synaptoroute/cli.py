@@ -167,7 +167,13 @@ def _store_path(args: argparse.Namespace) -> str:
         # Not the default: `--store "$STORE"` with STORE unset would change another store.
         msg = "--store is empty; give a path (or leave --store out for the default)"
         raise BadInput(msg)
-    return str(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE)
+    from_env = os.environ.get(STORE_ENV)
+    if args.store is None and from_env is not None and not from_env.strip():
+        # As for --store "": SYNAPTOROUTE_STORE="$STORE" with STORE unset would change
+        # the current folder's store.
+        msg = f"{STORE_ENV} is set but empty; give a path, or unset it for the default"
+        raise BadInput(msg)
+    return str(args.store or from_env or DEFAULT_STORE)
 
 
 def _open_router(args: argparse.Namespace, *, create: bool) -> AdaptiveRouter:
@@ -249,8 +255,7 @@ def _write_document(text: str) -> None:
     whatever the terminal's: escapes in its place would read back as other text."""
     stream = sys.stdout
     buffer = getattr(stream, "buffer", None)
-    codec = _codec(stream)
-    if buffer is None or (codec.startswith("utf") and codec != "utf-8"):
+    if buffer is None:  # a stream of text only (a test's StringIO)
         stream.write(text)
         return
     stream.flush()
@@ -491,7 +496,7 @@ def cmd_negatives_list(args: argparse.Namespace) -> int:
         _print_json({"negatives": negatives})
     else:
         for text in negatives:
-            print(text)
+            print(_field(text))
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -170,7 +171,11 @@ def _yaml_loader() -> Any:
                 return super().construct_object(node, deep=deep)
             except (ValueError, OverflowError) as exc:
                 problem = f"cannot read the value {node.value!r}: {exc}"
-                if len(problem) > 200:
+                if _past_digit_limit(node):
+                    # Python's message advises sys.set_int_max_str_digits(), of no use
+                    # to a file's author (as for JSON below).
+                    problem = "a number too long to read"
+                elif len(problem) > 200:
                     problem = f"cannot read the value: {exc}"
                 raise ConstructorError(None, None, problem, node.start_mark) from exc
 
@@ -215,6 +220,18 @@ def _describe(exc: ValidationError) -> str:
             said += f" (read as {type(value).__name__} {shown}: put the text in quotes)"
         parts.append(said)
     return "; ".join(parts)
+
+
+def _past_digit_limit(node: Any) -> bool:
+    """Whether ``node`` is a YAML integer longer than Python reads (4,300 digits by default)."""
+    limit = getattr(sys, "get_int_max_str_digits", lambda: 0)()
+    value = getattr(node, "value", None)
+    return (
+        getattr(node, "tag", None) == "tag:yaml.org,2002:int"
+        and isinstance(value, str)
+        and limit > 0
+        and sum(c.isdigit() for c in value) > limit
+    )
 
 
 def parse_routes(text: str, fmt: Format = "yaml", *, source: str = "<routes>") -> RoutesDocument:

@@ -398,6 +398,14 @@ def test_an_empty_store_option_is_bad_input(
             assert code == EXIT_BAD_INPUT and "--store is empty" in err and not out
     assert stored_routes(store) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [Path(store).name]
+    # So is the variable set but empty (SYNAPTOROUTE_STORE="$STORE", STORE unset):
+    # it meant ./routes.db.
+    for empty in ("", "  "):
+        monkeypatch.setenv("SYNAPTOROUTE_STORE", empty)
+        code, out, err = run(capsys, "routes", "add", "x", "hello there")
+        assert code == EXIT_BAD_INPUT and "SYNAPTOROUTE_STORE is set but empty" in err
+        assert not out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [Path(store).name]
 
 
 def test_a_files_default_threshold_needs_replace_and_is_reported(
@@ -966,6 +974,12 @@ def test_output_the_terminal_cannot_encode_is_escaped(
     out.flush()
     exported = out.buffer.getvalue().decode("utf-8")
     assert [r.name for r in parse_routes(exported, "yaml").routes] == [name]
+    # ... whatever the stream's encoding: a UTF-16 one wrote UTF-16, which import refuses.
+    utf16 = io.TextIOWrapper(io.BytesIO(), encoding="utf-16", errors="strict")
+    monkeypatch.setattr(sys, "stdout", utf16)
+    assert main(["export", "--store", store]) == EXIT_OK
+    utf16.flush()
+    assert utf16.buffer.getvalue().decode("utf-8") == exported
 
 
 def test_an_output_that_fails_is_no_bad_input() -> None:

@@ -921,6 +921,11 @@ def test_negatives_from_the_cli(
     capsys.readouterr()
     assert main(["negatives", "list", *args]) == 0
     assert json.loads(capsys.readouterr().out) == {"negatives": ["tell me a joke"]}
+    # The text output keeps one negative a line: a line break inside is escaped.
+    assert main(["negatives", "add", "two\nlines", "tab\there", "--store", str(store)]) == 0
+    capsys.readouterr()
+    assert main(["negatives", "list", "--store", str(store)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["tell me a joke", "two\\nlines", "tab\\there"]
 
 
 # -- evaluation figures -------------------------------------------------------------------

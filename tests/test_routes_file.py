@@ -134,6 +134,14 @@ def test_a_json_number_too_long_to_read_is_said_so() -> None:
         parse_routes('{"routes": [], "threshold": ' + "9" * 5000 + "}", "json")
 
 
+def test_a_yaml_number_too_long_to_read_is_said_so() -> None:
+    # Python's own message advised sys.set_int_max_str_digits(), as JSON's did.
+    with pytest.raises(InvalidInputError, match="a number too long to read") as caught:
+        parse_routes("routes: []\nthreshold: " + "9" * 5000 + "\n", "yaml")
+    assert "set_int_max_str_digits" not in str(caught.value)
+    assert "line 2" in str(caught.value)
+
+
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
 def test_a_json_threshold_that_is_not_finite_is_said_so(value: str) -> None:
     # Python's json reads these words; NaN was refused as "less than or equal to 1".
