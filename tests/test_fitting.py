@@ -508,6 +508,26 @@ def test_a_fit_records_its_aggregation_and_open_scores_with_it(
         AdaptiveRouter.open(path, encoder, aggregation="centroid").close()
 
 
+def test_a_fit_that_judges_no_row_right_keeps_the_defaults(
+    encoder: Encoder, clinc_train: Rows
+) -> None:
+    # One utterance a route, fitted on those utterances: each row's own is left out of
+    # its scores, so no row can be judged right under any cut. The search broke a tie
+    # of zeros and installed (and saved) a threshold of no evidence.
+    first: dict[str, str] = {}
+    for row in clinc_train:
+        label, text = row["label"], row["text"]
+        if label is not None and text is not None and label not in first:
+            first[label] = text
+    router = AdaptiveRouter(encoder)
+    router.add_routes([Route(name=name, utterances=[text]) for name, text in first.items()])
+    report = router.fit(list(first.values()), list(first), head=False)
+    assert report.before.accuracy == report.after.accuracy == 0.0
+    assert router.threshold == 0.5 and report.threshold == (0.5, 0.5)
+    assert router.policy.info["decision"] == "unchanged"
+    assert any("kept" in note for note in report.notes)
+
+
 def test_fit_validates_before_changing_anything(
     open_router: Callable[..., AdaptiveRouter], clinc_train: Rows
 ) -> None:
@@ -523,6 +543,12 @@ def test_fit_validates_before_changing_anything(
         router.fit([t for t, _ in in_scope], [lab for _, lab in in_scope], objective="oos_recall")
     with pytest.raises(InvalidInputError, match="objective"):
         router.fit(texts, labels, objective="precision")
+    # Only out-of-scope rows: every objective raised the cuts with nothing to weigh
+    # against (in-scope accuracy 0.85 -> 0.75 on the val slice), and said nothing.
+    oos = [t for t, lab in zip(texts, labels, strict=True) if lab is None]
+    for objective in ("auto", "balanced", "accuracy", "oos_recall"):
+        with pytest.raises(InvalidInputError, match="all out of scope"):
+            router.fit(oos, [None] * len(oos), objective=objective)
     for bad in (0.0, -1.0, float("nan"), float("inf"), (), (10.0, 0.0), "10", True, None):
         with pytest.raises(InvalidInputError, match="regularization"):
             router.fit(texts, labels, regularization=bad)

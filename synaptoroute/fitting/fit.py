@@ -266,6 +266,15 @@ def fit_policy(
         y_fit = label_indexes(labels, names, empty=hollow)
         n = len(texts)
         n_oos = int((y_fit == NONE).sum())
+        if n_oos == n:
+            # Nothing weighs against turning queries away: every search would raise the
+            # cuts until all rows are rejected, and in-scope routing would pay for it.
+            msg = (
+                "a fit needs rows labelled with a route: these are all out of scope "
+                "(label None); add labelled rows (negative examples take texts alone: "
+                "add_negatives)"
+            )
+            raise InvalidInputError(msg)
         if objective == "auto":
             objective = "balanced" if n_oos else "accuracy"
         # The searches take one number: the recall to reach, or the out-of-scope share.
@@ -559,9 +568,11 @@ def fit_policy(
         )
         after = figures(y_fit, np.where(blocked, NONE, after_pred), n_routes)
         unfitted = old.head is None and not old.thresholds and "fitted_at" not in old.info
-        worse = _objective_value(after, objective, target) < _objective_value(
-            before, objective, target
-        )
+        fitted_value = _objective_value(after, objective, target)
+        current_value = _objective_value(before, objective, target)
+        # Equal at nothing right (too few rows to judge any): the search broke a tie of
+        # zeros, which is no evidence for its cuts.
+        worse = fitted_value < current_value or fitted_value == current_value <= 0
         if unfitted and worse:
             # Few rows can make every fitted candidate worse than the defaults on held-out
             # rows; then the fit changes nothing (the defaults are judged without fitting).
