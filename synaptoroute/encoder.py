@@ -303,6 +303,19 @@ class EncoderProtocol(Protocol):
         ...
 
 
+def _check_model_id(value: object, field: str) -> None:
+    # Stores write it as text: a lone surrogate passed here and failed the first write
+    # with a UnicodeEncodeError from inside the store, naming neither.
+    if not isinstance(value, str) or not value.strip():
+        msg = f"{field} must be a non-empty str naming the model, got {value!r}"
+        raise InvalidInputError(msg)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        msg = f"{field} must be valid Unicode (it holds a lone surrogate), got {value!r}"
+        raise InvalidInputError(msg) from None
+
+
 def former_model_ids_of(encoder: object) -> tuple[str, ...]:
     """The ids earlier versions stored for ``encoder``'s model (its
     ``former_model_ids``, a sequence of str; a lone str or anything else: none)."""
@@ -549,6 +562,10 @@ class Encoder:
         self.max_tokens = max_tokens
         self.batch_size = batch_size
         self.download_timeout = check_seconds(download_timeout, "download_timeout")
+        if not isinstance(spin, bool):
+            # "false" or "no" would be true, and spin.
+            msg = f"spin must be True or False, got {spin!r}"
+            raise InvalidInputError(msg)
         self.spin = spin
         self._bundled = model is None or model == DEFAULT_MODEL_ID
         if self._bundled and max_tokens > _BUNDLED_MAX_TOKENS:
@@ -1172,16 +1189,17 @@ class CallableEncoder:
     ) -> None:
         if dimension is not None:
             dimension = check_count(dimension, "dimension", 1)
-        if not isinstance(model_id, str) or not model_id.strip():
-            msg = f"model_id must be a non-empty str naming the model, got {model_id!r}"
-            raise InvalidInputError(msg)
+        _check_model_id(model_id, "model_id")
         if isinstance(former_model_ids, str):
             msg = "former_model_ids must be a list of ids, not one str"
             raise InvalidInputError(msg)
+        former = tuple(former_model_ids)
+        for i, old_id in enumerate(former):
+            _check_model_id(old_id, f"former_model_ids[{i}]")
         self._embed = embed
         self._model_id = model_id
         #: Ids earlier versions stored for this model (never ``model_id`` itself).
-        self.former_model_ids = tuple(i for i in former_model_ids if i != model_id)
+        self.former_model_ids = tuple(i for i in former if i != model_id)
         self._dimension = dimension
         # Held only to set the dimension found: the user's function runs outside it.
         self._lock = threading.Lock()

@@ -1333,7 +1333,8 @@ class RouteIndex:
         self._ann: AnnGraph | None = None
         self._ann_worker: threading.Thread | None = None
         self._ann_cache_tried = False
-        # Rows the cache file this index last wrote or loaded covers (0: none).
+        # Rows the cache file covers as this index last loaded or tried to write it (0:
+        # none): a write that failed is tried again only after as many rows again.
         self._ann_saved = 0
         self._gate = ReadGate()  # shared with every graph this index builds or loads
         # close(): background work stops (a build at its next chunk, a feed at its next
@@ -1808,11 +1809,9 @@ class RouteIndex:
 
         if self.ann_cache is None or self._stopped():
             return
+        self._ann_saved = len(rows)
         try:
-            if graph.save(
-                self.ann_cache, content_key(rows), stop=self._stopped, lock=self._cache_lock
-            ):
-                self._ann_saved = len(rows)
+            graph.save(self.ann_cache, content_key(rows), stop=self._stopped, lock=self._cache_lock)
         except OSError:
             _log.warning("could not write the approximate index cache", exc_info=True)
 

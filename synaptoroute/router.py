@@ -1454,8 +1454,8 @@ class AdaptiveRouter:
                 "confidence calibration were kept and no longer mean what the fit "
                 f"measured; open it with aggregation={fitted[0]!r}"
                 + (f", top_k={fitted[1]}" if fitted[0] == "mean_topk" else "")
-                + " (AdaptiveRouter.open, the CLI and the service do so by themselves), "
-                "or call fit() again",
+                + " (AdaptiveRouter.open, and so the CLI and the service, take the fitted "
+                "one when they open the store: restart them), or call fit() again",
                 stacklevel=_outside_the_package(),
             )
         return policy

@@ -496,6 +496,19 @@ def test_an_unwritable_cache_keeps_the_graph(
     assert "could not write the approximate index cache" in caplog.text
     assert index.ann_min_rows == 1 and index.snapshot().ann is not None
     assert not (tmp_path / "missing").exists()
+    # A failed write is tried again only after as many rows again: each feed that
+    # caught up wrote the whole file again (and logged it), one per added route.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="synaptoroute"):
+        big = l2_normalize(rng.standard_normal((2000, 16)))
+        index.add("big", big, [f"big-{j}" for j in range(2000)])
+        assert index.wait_for_ann(timeout=60)
+        for r in range(6):
+            vectors = l2_normalize(rng.standard_normal((10, 16)))
+            index.add(f"more{r}", vectors, [f"more{r}-{j}" for j in range(10)])
+            assert index.wait_for_ann(timeout=60)
+    assert index.stats.ann_rows_fed == 2060
+    assert caplog.text.count("could not write the approximate index cache") == 1
 
 
 def test_first_int8_copy_builds_in_the_background_when_the_graph_comes_from_the_cache(

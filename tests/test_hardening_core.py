@@ -332,6 +332,30 @@ def test_a_callable_encoder_needs_an_id_and_vectors_of_some_length() -> None:
         AdaptiveRouter(empty)
 
 
+def test_a_callable_encoder_refuses_ids_no_store_can_write(tmp_path: Path) -> None:
+    # A lone surrogate passed, and the first write to a SQLite store failed with a
+    # UnicodeEncodeError from inside the store, naming neither the id nor the encoder.
+    def embed(texts: list[str]) -> list[list[float]]:
+        return [[1.0, 0.0]] * len(texts)
+
+    with pytest.raises(InvalidInputError, match=r"model_id must be valid Unicode"):
+        CallableEncoder(embed, model_id="\ud800")
+    for former, field in (([None], "former_model_ids\\[0\\]"), (["a", "\udfff"], "\\[1\\]")):
+        with pytest.raises(InvalidInputError, match=field):
+            CallableEncoder(embed, model_id="x", former_model_ids=former)  # type: ignore[arg-type]
+    good = CallableEncoder(embed, model_id="caf\u00e9/\u2603", former_model_ids=["old"])
+    router = AdaptiveRouter(good, SQLiteStorage(tmp_path / "r.db"))
+    router.add_route(Route(name="a", utterances=["hello"]))
+    router.close()
+
+
+def test_an_encoders_spin_is_a_bool() -> None:
+    # "false" was true, and spun.
+    for bad in ("false", "no", 0, None):
+        with pytest.raises(InvalidInputError, match="spin must be True or False"):
+            Encoder(spin=bad)  # type: ignore[arg-type]
+
+
 def test_strings_are_not_lists_of_utterances(router: AdaptiveRouter) -> None:
     with pytest.raises(TypeError, match="not a str"):
         router.add_utterances("tech", "hello")

@@ -271,8 +271,8 @@ def fit_policy(
             # cuts until all rows are rejected, and in-scope routing would pay for it.
             msg = (
                 "a fit needs rows labelled with a route: these are all out of scope "
-                "(label None); add labelled rows (negative examples take texts alone: "
-                "add_negatives)"
+                "(label None); add labelled rows (texts that must route nowhere are "
+                "negative examples: add_negatives, or synaptoroute negatives add)"
             )
             raise InvalidInputError(msg)
         if objective == "auto":
