@@ -18,7 +18,7 @@ ROUTE = "routes:\n  - name: billing\n    utterances: [refund]\n"
     ("value", "problem"),
     [
         ("2024-02-30", "day is out of range for month"),  # PyYAML builds a date of it
-        ("1" * 5000, "digits"),  # over Python's int() digit limit
+        ("1" * 5000, "a number too long to read"),  # over Python's int() digit limit
     ],
 )
 def test_a_yaml_value_that_cannot_be_built_is_a_yaml_error_with_its_line(
