@@ -501,7 +501,32 @@ def test_console_can_be_turned_off_and_is_read_only_with_read_only(
     ro, _, storage = _service(tmp_path / "ro", encoder, read_only=True)
     try:
         assert httpx.get(ro.url + "/console/api/overview").json()["access"] == "read_only"
-        assert httpx.get(ro.url + "/console/api/access").status_code == 403
+        assert httpx.get(ro.url + "/console/api/access").json() == {"changes": False}
+    finally:
+        ro.stop()
+        storage.close()
+
+
+def test_a_read_only_service_with_auth_reads_takes_the_key_to_read(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    # The key check answered 403 "route changes are disabled" to every key on a
+    # read-only service, so under --auth-reads the console never stored the key and
+    # could never read.
+    ro, _, storage = _service(tmp_path, encoder, read_only=True, auth_reads=True, api_key=KEY)
+    try:
+        assert httpx.get(ro.url + "/console/api/overview").status_code == 401
+        wrong = {"Authorization": "Bearer no"}
+        assert httpx.get(ro.url + "/console/api/access", headers=wrong).status_code == 401
+        access = httpx.get(ro.url + "/console/api/access", headers=AUTH)
+        assert access.status_code == 200 and access.json() == {"changes": False}
+        overview = httpx.get(ro.url + "/console/api/overview", headers=AUTH)
+        assert overview.status_code == 200 and overview.json()["access"] == "read_only"
+        # Changes stay refused, with the key too.
+        refused = httpx.post(
+            ro.url + "/routes", headers=AUTH, json={"name": "x", "utterances": ["y"]}
+        )
+        assert refused.status_code == 403
     finally:
         ro.stop()
         storage.close()

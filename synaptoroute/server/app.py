@@ -294,7 +294,15 @@ def create_app(
         from .console import console_router
 
         app.include_router(
-            console_router(settings, metrics, state.get_router, change, read, admission)
+            console_router(
+                settings,
+                metrics,
+                state.get_router,
+                change,
+                read,
+                admission,
+                keyed=[] if key is None else [Depends(checked_reads)],
+            )
         )
 
     app.include_router(operations_router(state, store_up))

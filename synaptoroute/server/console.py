@@ -421,6 +421,7 @@ def console_router(
     change: Sequence[Any],
     read: Sequence[Any],
     admission: BatchAdmission,
+    keyed: Sequence[Any] = (),
 ) -> APIRouter:
     """The console's pages and read-only API, to include in the service's app.
 
@@ -428,13 +429,16 @@ def console_router(
         settings: the service's settings (what the page may offer to change).
         metrics: the service's metrics, read by the live figures.
         get_router: the open router (raises while the service starts or stops).
-        change: the dependencies of the service's route-changing endpoints; the
-            page's key check uses them, so it accepts exactly the keys they accept.
+        change: the dependencies of the service's route-changing endpoints.
         read: the dependencies guarding the service's reads (``--auth-reads``): the
             console's data endpoints take them too; the page and its assets stay open.
         admission: the service's ``/route/batch`` admission: an evaluation upload is
             served through it (in chunks its queue can hold, counted among the batches
             in flight).
+        keyed: the service's check of the bearer key alone (empty without a key): the
+            page's key check uses it, so it accepts exactly the keys the route
+            endpoints accept, on a read-only service too (where ``--auth-reads`` needs
+            the key to read at all).
     """
     api = APIRouter(prefix="/console", include_in_schema=False, route_class=RouteNameRoute)
     changes = _ChangeTimes()
@@ -505,10 +509,12 @@ def console_router(
             }
         )
 
-    @api.get("/api/access", dependencies=list(change))
+    @api.get("/api/access", dependencies=list(keyed))
     async def check_access() -> Response:
-        # Reached only past the change endpoints' own checks: the key is right.
-        return _json({"changes": True})
+        # Reached only past the key check: the key is right (or none is needed). Not
+        # the change endpoints' checks: on a read-only service they refuse every key,
+        # and with --auth-reads the page could then never be unlocked to read.
+        return _json({"changes": not settings.read_only})
 
     @api.post("/api/try", dependencies=[*read, Depends(require_json_body)])
     async def try_query(body: TryRequest, request: Request) -> Response:
