@@ -751,7 +751,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .server import ServerSettings, run
     from .server.app import check_routes_file
-    from .server.settings import limit_flags, limit_values
+    from .server.settings import is_loopback, limit_flags, limit_values
 
     values = {
         "store": _store_path(args),
@@ -775,6 +775,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Named by the option that set it, not by the settings field.
         raise BadInput(_message(exc, names=_SERVE_FLAGS | limit_flags())) from exc
     settings.check_safe()
+    if settings.api_key is None and not is_loopback(settings.host) and not settings.allowed_hosts:
+        # It starts (read-only), then answers 421 to every client that names it by
+        # its address or DNS name: the guard against DNS rebinding.
+        warnings.warn(
+            f"listening on {settings.host} without an API key: only requests addressed to "
+            "a loopback name are answered, others get 421; give the names clients use "
+            "with --allowed-host NAME (or set SYNAPTOROUTE_API_KEY)",
+            stacklevel=1,
+        )
     if args.routes:
         # A bad file fails here with exit code 2 (a text the model reads nothing of,
         # at start-up, with the service's encoder: still before the store is opened).

@@ -1533,3 +1533,24 @@ def test_the_cli_scores_as_the_stores_fit_was_made(
 def _labelled(path: str) -> tuple[list[str], list[str | None]]:
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
     return [r["text"] for r in rows], [r["label"] for r in rows]
+
+
+def test_serve_says_a_keyless_exposed_service_answers_loopback_names_only(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It started without a word, then answered 421 to every client naming it by its
+    # address: --read-only alone reads as enough to serve others.
+    import synaptoroute.server
+
+    started: list[Any] = []
+    monkeypatch.setattr(synaptoroute.server, "run", lambda settings, **_: started.append(settings))
+    store = str(tmp_path / "r.db")
+    exposed = ("serve", "--store", store, "--host", "0.0.0.0", "--read-only")
+    code, _, err = run(capsys, *exposed)
+    assert code == EXIT_OK and len(started) == 1
+    assert "warning: listening on 0.0.0.0 without an API key" in err
+    assert "--allowed-host NAME" in err
+    code, _, err = run(capsys, *exposed, "--allowed-host", "router.internal")
+    assert code == EXIT_OK and "warning" not in err
+    code, _, err = run(capsys, "serve", "--store", store)  # loopback
+    assert code == EXIT_OK and "warning" not in err and len(started) == 3
