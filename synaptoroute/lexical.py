@@ -73,14 +73,17 @@ def _mark_ranges() -> str:
     return "".join(out)
 
 
-#: A word: letters, digits and the combining marks inside it (a vowel sign, an accent
-#: left decomposed): ``\w`` alone split "दिन" into "द" and "न", as it did "दान".
-_WORD = re.compile(rf"[\w{_mark_ranges()}]+")
+#: A word: a letter or digit, then letters, digits and the combining marks inside it (a
+#: vowel sign, an accent left decomposed): ``\w`` alone split "दिन" into "द" and "न", as
+#: it did "दान". Marks alone are no word: the emoji variation selector (U+FE0F) left by
+#: "❤️", "⚠️" or "☀️" (the emoji is no ``\w``) made them all share one.
+_WORD = re.compile(rf"\w[\w{_mark_ranges()}]*")
 #: How words were read before 0.3 (see :data:`TOKENISER`); kept for the heads fitted then.
 _LEGACY_WORD = re.compile(r"\w+")
 #: The version of the tokeniser: 2 reads the NFC normal form, case-folded, and keeps
-#: combining marks in words (1, before: ``str.lower`` and ``\w+`` on the text as given,
-#: so canonically equal texts could get different features). A vocabulary records the
+#: combining marks in words that start with a letter or digit (1, before: ``str.lower``
+#: and ``\w+`` on the text as given, so canonically equal texts could get different
+#: features). A vocabulary records the
 #: version that learned it (:attr:`NgramFeatures.tokeniser`; a head stored before has
 #: none, read as 1) and reads queries with it, so a head decides as it was fitted to
 #: until the next fit.

@@ -900,6 +900,7 @@ class AdaptiveRouter:
                 model_id=self.model.model_id,
                 blas_threads=self.blas_threads,
                 reads_nothing=reads_nothing_of(self.encoder),
+                hybrid=self.hybrid,
             )
             policy, report = fit_policy(inputs, texts, labels, **options)
             self.set_policy(policy)

@@ -278,6 +278,11 @@ def test_canonically_equal_texts_have_the_same_lexical_features() -> None:
         assert np.array_equal(text_features(nfc)[0], text_features(nfd)[0])
     crème = unicodedata.normalize("NFD", "crème")
     assert lexical_module._WORD.findall(crème) == [crème]  # one word, not "cre", "me"
+    # Marks alone are no word: "❤️" and "⚠️" (each emoji, no word character, then the
+    # variation selector U+FE0F) shared the selector's features, and a hybrid head sent
+    # "⚠️" to a route of "I ❤️ this app".
+    assert not len(text_features("\u26a0\ufe0f")[0])
+    assert np.array_equal(text_features("i \u2764\ufe0f pizza")[0], text_features("i pizza")[0])
     assert not np.intersect1d(text_features("दिन")[0], text_features("दान")[0]).size
     assert np.array_equal(text_features("STRASSE")[0], text_features("straße")[0])
     # Past the read prefix too: a decomposed Hangul text is three times as long.
@@ -379,6 +384,23 @@ def test_switching_hybrid_off_routes_dense_only(encoder: Encoder) -> None:
     dense = router.evaluate(texts, labels).in_scope_accuracy
     assert hybrid is not None and dense is not None
     assert hybrid == 1.0 and dense < hybrid
+
+
+def test_a_fit_judges_the_current_head_as_a_router_with_hybrid_off_decides(
+    encoder: Encoder,
+) -> None:
+    # With hybrid off, queries judge the head on dense terms; the fit's "before" read
+    # the n-grams and the lexical score anyway, and reported the hybrid figures.
+    routes, texts, labels = code_routes()
+    router = AdaptiveRouter(encoder)
+    router.add_routes(routes)
+    utterances = [u for r in routes for u in r.utterances]
+    router.fit(utterances, [r.name for r in routes for _ in r.utterances], head=True, hybrid=True)
+    router.hybrid = False
+    served = router.evaluate(texts, labels)
+    report = router.fit(texts, labels, head=True)
+    assert report.before.accuracy == served.accuracy < 1.0
+    assert report.before.in_scope_accuracy == served.in_scope_accuracy
 
 
 def test_a_router_with_hybrid_off_fits_a_dense_head(

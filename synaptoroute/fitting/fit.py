@@ -121,6 +121,9 @@ class FitInputs:
     #: Whether the encoder reads nothing of a text (``checks.reads_nothing_of``): such
     #: a text is refused, as a blank one is (a query of it is an empty query).
     reads_nothing: Callable[[str], bool] = _WHITESPACE_ONLY
+    #: The router's ``hybrid``: whether its queries read the lexical signals (off, the
+    #: current head is judged on dense terms, as it then decides).
+    hybrid: bool = True
 
 
 class _Fits(Protocol):
@@ -334,7 +337,9 @@ def fit_policy(
         k_rank = min(max(k, old.ranked_k), n_routes)
         # What the heads read, the new one's and the current one's (for 'before').
         need_knn = want_head or (old.head is not None and old.head.needs_knn)
-        need_lex = (want_head and hybrid is not False) or bool(old.head and old.head.beta)
+        need_lex = (want_head and hybrid is not False) or bool(
+            inputs.hybrid and old.head and old.head.beta
+        )
         # The head's k-NN input (the fit rows' k-th neighbour) from the same products.
         with _scoring_threads(len(layout.live), len(all_texts), inputs.blas_threads):
             scores_all, knn = snapshot.scores_and_knn(
@@ -368,7 +373,9 @@ def fit_policy(
         fold = fold_all[:n]
         own_thresholds = [inputs.route_thresholds.get(name) for name in names]
         fixed = np.array([np.nan if t is None else float(t) for t in own_thresholds])
-        before_pred = _policy_predictions(old, data, fit_rows, names, fixed, vectors[:n], fit_texts)
+        before_pred = _policy_predictions(
+            old, data, fit_rows, names, fixed, vectors[:n], fit_texts if inputs.hybrid else None
+        )
         before = figures(y_fit, np.where(blocked, NONE, before_pred), n_routes)
 
         # Threshold candidates, judged on held-out folds.
@@ -817,9 +824,10 @@ def _policy_predictions(
     names: list[str],
     fixed: NDArray[np.float64],
     vectors: NDArray[np.float32],
-    texts: Sequence[str],
+    texts: Sequence[str] | None,
 ) -> NDArray[np.int64]:
-    """What ``policy`` decides for ``rows`` (as :func:`~synaptoroute.decision.decide`)."""
+    """What ``policy`` decides for ``rows`` (as :func:`~synaptoroute.decision.decide`);
+    ``texts`` ``None``: dense terms only, as a router whose ``hybrid`` is off."""
     thr = np.array([policy.thresholds.get(name, policy.threshold) for name in names])
     fit = _ThresholdFit(
         policy.threshold, {p: float(v) for p, v in enumerate(thr)}, policy.min_margin
@@ -833,7 +841,7 @@ def _policy_predictions(
     if column_of is None:  # the head does not know every route: thresholds decide
         return pred
     cols = column_of[data.top_ids[rows, :k]]
-    lex = None if data.lex is None else data.lex[rows, :k]
+    lex = None if data.lex is None or texts is None else data.lex[rows, :k]
     knn = None if data.knn is None else data.knn[rows]
     if head.needs_knn and knn is None:
         return pred
