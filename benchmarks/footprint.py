@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -115,11 +116,27 @@ def _median_run(argv: list[str], repeats: int, measure_wall: bool) -> float:
 
 
 def _wheel(work: Path, ref: str | None = None) -> Path:
-    """The core wheel built from the working tree, or from the commit ``ref``."""
-    source = REPO_ROOT
+    """The core wheel built from the working tree, or from the commit ``ref``.
+
+    Both from a copy: built in the checkout, setuptools wrote ``build/`` and an
+    ``egg-info`` into it, and a module deleted since an earlier build stayed in the
+    wheel from ``build/lib``. The tree's copy holds what git sees (tracked files as
+    they are now, and untracked ones it does not ignore).
+    """
     out = work / (ref or "tree")
-    if ref is not None:
-        source = work / f"src-{ref}"
+    source = work / f"src-{ref or 'tree'}"
+    if ref is None:
+        listed = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "ls-files", "-z", "-co", "--exclude-standard"],
+            check=True,
+            capture_output=True,
+        ).stdout.decode()
+        for name in filter(None, listed.split("\0")):
+            path = REPO_ROOT / name
+            if path.is_file():  # a tracked file deleted in the tree is left out
+                (source / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, source / name)
+    else:
         source.mkdir()
         archive = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "archive", ref], check=True, capture_output=True

@@ -65,7 +65,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -665,7 +665,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_data_argument(parser)
     parser.add_argument("--cache", help="keep encoded vectors here (.npy)")
-    parser.add_argument("--only", nargs="*", default=["main", "few", "folds", "latency"])
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=["main", "few", "folds", "latency"],
+        choices=_SECTION_NAMES,
+        help="sections to run, in this order",
+    )
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--json", help="write all numbers to this file")
     parser.add_argument("--no-peer", action="store_true", help="skip semantic-router")
@@ -679,6 +685,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "oos_scores": section_oos_scores,
         "latency": section_latency,
     }
+    try:
+        _run_sections(args, out, sections)
+    finally:  # what ran is kept: the later sections take many minutes each
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(out, fh, indent=1)
+    return 0
+
+
+_SECTION_NAMES = [
+    "main", "regularization", "norms", "pooling", "e2e",
+    "few", "folds", "head", "ceiling", "oos_scores", "latency",
+]  # fmt: skip
+
+
+def _run_sections(
+    args: argparse.Namespace, out: dict[str, Any], sections: dict[str, Callable[..., None]]
+) -> None:
     for key in args.only:
         if key == "main":
             section_main(args.data, args.cache, out, args.datasets, not args.no_peer)
@@ -692,10 +716,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             section_e2e(args.data, out)
         else:
             sections[key](args.data, args.cache, out)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(out, fh, indent=1)
-    return 0
 
 
 if __name__ == "__main__":

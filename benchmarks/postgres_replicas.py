@@ -154,6 +154,8 @@ def startup(dsn: str, schema: str, size: int, sample: int, full: bool) -> dict[s
         t0 = time.perf_counter()
         encoder.encode(texts)
         reencode_s = time.perf_counter() - t0
+    elif sample >= size:
+        reencode_s, full = sample_s, True  # the sample was all of them
     else:
         reencode_s = sample_s * size / sample
     # Store real vectors of the model (the sample's, repeated): start-up does not depend
@@ -234,7 +236,7 @@ def report(prop: dict[str, Any] | None, start: dict[str, Any] | None, command: s
             "measured"
             if start["reencode_measured"]
             else f"estimated: {start['sample']:,} texts encoded in {start['sample_encode_s']:.2f} s"
-            f" x {start['size'] // start['sample']}"
+            f" x {start['size'] / start['sample']:g}"
         )
         lines += [
             f"**Start-up on {start['size']:,} stored utterances** (median of 3 opens; the "
@@ -257,13 +259,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dsn", default=os.environ.get("SYNAPTOROUTE_TEST_PG_DSN"))
     parser.add_argument("--changes", type=int, default=1000)
-    parser.add_argument("--size", type=int, default=100_000)
-    parser.add_argument("--sample", type=int, default=2000)
+    parser.add_argument(
+        "--size", type=int, default=100_000, help="stored utterances: a multiple of 1,000"
+    )
+    parser.add_argument(
+        "--sample", type=int, default=2000, help="texts encoded to estimate a re-encode"
+    )
     parser.add_argument("--full-reencode", action="store_true")
     parser.add_argument("--parts", nargs="+", default=["propagation", "startup"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write all numbers to this file")
     args = parser.parse_args(argv)
+    if args.size < 1000 or args.size % 1000:
+        # Routes of 1,000 utterances each: the rest was dropped, and a bare
+        # AssertionError ended the run after the propagation part.
+        parser.error(f"--size must be a positive multiple of 1,000, got {args.size}")
+    if args.sample < 1:
+        parser.error(f"--sample must be at least 1, got {args.sample}")
+    args.sample = min(args.sample, args.size)  # more encodes all of them: measured
     started = None
     if not args.dsn:
         out = subprocess.run(

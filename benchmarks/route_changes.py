@@ -91,6 +91,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--repeat", type=int, default=50)
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    fewest = 4 * args.repeat * PER_ROUTE  # each repeat changes four distinct routes
+    if min(args.sizes) < fewest:
+        parser.error(f"--sizes must be at least {fewest:,} with --repeat {args.repeat}")
     print(machine_info())
     for n in args.sizes:
         print(json.dumps(run_size(n, args.repeat)))

@@ -51,6 +51,7 @@ import gc
 import importlib.metadata
 import json
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -169,6 +170,8 @@ def unseen_dataset(data: Data, name: str, queries: int) -> Data:
     first, past = data.sources[name]
     bounds = [*data.starts.tolist(), len(data.rows)]
     lo, hi = bounds[first], bounds[past]
+    if hi <= lo:  # the size cut the data before that dataset's rows
+        sys.exit(f"{len(data.rows):,} rows hold none of {name}'s routes: give a larger size")
     picks = np.random.default_rng(queries).permutation(hi - lo)[:queries] + lo
     keep = np.ones(len(data.rows), dtype=bool)
     keep[lo:hi] = False
@@ -397,6 +400,14 @@ def run_size(
         data = text_dataset(n, args.queries, cache, args.data)
     else:
         data = dataset(real, n, args.queries)
+    held = len(data.routes())
+    if held < 7 * (ADDS - 1) + 2:
+        # With --vectors text the routes are the datasets' labels (about 160 rows
+        # each), so MIN_SIZE rows hold too few: it failed after the first timings.
+        sys.exit(
+            f"scale.py: {n:,} rows make {held} routes, fewer than the utterance-level "
+            f"timings edit ({grown_route(ADDS - 1)}); give a larger --sizes"
+        )
     rows, asked = data.rows, data.asked
     n_queries = len(asked)
     texts = [f"q{i}" for i in range(n_queries)]

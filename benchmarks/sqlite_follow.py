@@ -130,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--section", default=SECTION, help="the BENCHMARKS.md heading to write under"
     )
     args = parser.parse_args(argv)
+    if min(args.sizes) < PER_ROUTE:
+        parser.error(f"--sizes must be at least {PER_ROUTE} (one route)")
     machine = machine_info()
     rng = np.random.default_rng(args.seed)
     rows = []

@@ -76,8 +76,10 @@ def _mark_ranges() -> str:
 #: A word: a letter or digit, then letters, digits and the combining marks inside it (a
 #: vowel sign, an accent left decomposed): ``\w`` alone split "दिन" into "द" and "न", as
 #: it did "दान". Marks alone are no word: the emoji variation selector (U+FE0F) left by
-#: "❤️", "⚠️" or "☀️" (the emoji is no ``\w``) made them all share one.
-_WORD = re.compile(rf"\w[\w{_mark_ranges()}]*")
+#: "❤️", "⚠️" or "☀️" (the emoji is no ``\w``) made them all share one. The zero-width
+#: joiner and non-joiner continue a word: Bengali "র‍্যাব" (ra, ZWJ, hasant, ya) is one
+#: word, not "র" and the word "যাব".
+_WORD = re.compile(rf"\w[\w{_mark_ranges()}\u200c\u200d]*")
 #: How words were read before 0.3 (see :data:`TOKENISER`); kept for the heads fitted then.
 _LEGACY_WORD = re.compile(r"\w+")
 #: The version of the tokeniser: 2 reads the NFC normal form, case-folded, and keeps

@@ -1695,8 +1695,8 @@ def _check_encoder(encoder: object) -> None:
     stored as text and then refused the same encoder at reopening.
 
     Raises:
-        InvalidInputError: ``model_id`` is not a non-empty ``str``, or ``dimension`` not
-            a positive int.
+        InvalidInputError: ``model_id`` is not a non-empty ``str`` of valid Unicode, or
+            ``dimension`` not a positive int.
     """
     kind = type(encoder).__name__
     model_id = getattr(encoder, "model_id", None)
@@ -1706,6 +1706,11 @@ def _check_encoder(encoder: object) -> None:
             f"(the store records it), got {model_id!r}"
         )
         raise InvalidInputError(msg)
+    try:
+        model_id.encode("utf-8")
+    except UnicodeEncodeError:  # the store's first write failed, naming neither
+        msg = f"the encoder ({kind}) has a model_id that is not valid Unicode: {model_id!r}"
+        raise InvalidInputError(msg) from None
     dimension = getattr(encoder, "dimension", None)
     if isinstance(dimension, bool) or not isinstance(dimension, int | np.integer) or dimension < 1:
         msg = f"the encoder ({kind}) needs a dimension, a positive int, got {dimension!r}"

@@ -840,6 +840,37 @@ def test_with_auth_reads_the_key_form_unlocks_the_page(
         storage.close()
 
 
+def test_a_read_only_service_with_auth_reads_unlocks_to_read_and_forgets_the_key(
+    browser: Any, tmp_path: Path, encoder: Encoder
+) -> None:
+    # The key check refused every key on a read-only service (so the page stayed
+    # blank), and once it took one "Forget key" was hidden (shown only with changes).
+    expect = _expect()
+    svc, _, storage = _service(tmp_path, encoder, api_key=KEY, auth_reads=True, read_only=True)
+    context = browser.new_context()
+    try:
+        console = Console(context.new_page(), svc.url)
+        console.open("routes")
+        page = console.page
+        expect(page.locator("#key-form")).to_be_visible()
+        page.fill("#key-input", KEY)
+        page.click("#key-form button[type=submit]")
+        expect(page.locator("#access-status")).to_have_text(
+            "Read-only service: route changes are disabled.", timeout=LIMIT_MS
+        )
+        expect(page.locator("#routes-table tbody tr")).to_have_count(len(BASE))
+        assert page.locator(".edit:visible").count() == 0
+        forget = page.locator("#key-forget")
+        expect(forget).to_be_visible()
+        forget.click()
+        expect(page.locator("#key-form")).to_be_visible()
+        assert page.evaluate("sessionStorage.length") == 0
+    finally:
+        context.close()
+        svc.stop()
+        storage.close()
+
+
 def test_route_text_is_escaped(console: Console, live: Service) -> None:
     expect = _expect()
     live.router.add_route(

@@ -349,6 +349,17 @@ def test_a_callable_encoder_refuses_ids_no_store_can_write(tmp_path: Path) -> No
     router.close()
 
 
+def test_any_encoder_with_an_id_no_store_can_write_is_refused_at_once() -> None:
+    # A custom encoder class (the documented extension point) failed the first write.
+    class Surrogate(HashingEncoder):
+        @property
+        def model_id(self) -> str:
+            return "my-model\ud800"
+
+    with pytest.raises(InvalidInputError, match=r"\(Surrogate\) has a model_id that is not valid"):
+        AdaptiveRouter(Surrogate())
+
+
 def test_an_encoders_spin_is_a_bool() -> None:
     # "false" was true, and spun.
     for bad in ("false", "no", 0, None):

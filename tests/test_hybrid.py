@@ -282,6 +282,11 @@ def test_canonically_equal_texts_have_the_same_lexical_features() -> None:
     # variation selector U+FE0F) shared the selector's features, and a hybrid head sent
     # "⚠️" to a route of "I ❤️ this app".
     assert not len(text_features("\u26a0\ufe0f")[0])
+    # The zero-width joiner continues a word: Bengali "র‍্যাব" (ra, ZWJ, hasant, ya) was
+    # the letter "র" and the word "যাব" ("will go").
+    assert lexical_module._WORD.findall("\u09b0\u200d\u09cd\u09af\u09be\u09ac") == [
+        "\u09b0\u200d\u09cd\u09af\u09be\u09ac"
+    ]
     assert np.array_equal(text_features("i \u2764\ufe0f pizza")[0], text_features("i pizza")[0])
     assert not np.intersect1d(text_features("दिन")[0], text_features("दान")[0]).size
     assert np.array_equal(text_features("STRASSE")[0], text_features("straße")[0])
@@ -426,8 +431,11 @@ def test_a_router_with_hybrid_off_fits_a_dense_head(
     report = router.fit(texts, labels, head=True)
     assert report.head is not None and report.head["features"] == "dense"
     router.fit(texts, labels, head=True, hybrid="auto")
-    router.fit(texts, labels, head=True, hybrid=True)  # asked for: kept
+    with pytest.warns(UserWarning, match="router.hybrid is False"):
+        asked_for = router.fit(texts, labels, head=True, hybrid=True)  # kept, and said
     assert asked == ["auto", False, False, True]
+    assert asked_for.head is not None and asked_for.head["features"] != "dense"
+    assert any("set router.hybrid = True" in note for note in asked_for.notes)
 
 
 def test_lexical_scores_match_a_direct_tfidf_computation(encoder: Encoder) -> None:

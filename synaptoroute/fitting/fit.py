@@ -546,6 +546,14 @@ def fit_policy(
                     ngram_weights=ngram_weights,
                 )
             seconds["head"] = time.perf_counter() - t0
+        if final_head is not None and not inputs.hybrid and _head_features(final_head) != "dense":
+            # hybrid=True was asked for: obeyed, but the figures are not what this
+            # router serves until its hybrid is on.
+            notes.append(
+                "the head reads the lexical signals, which this router's queries leave out "
+                "(router.hybrid is False): set router.hybrid = True to route as fitted"
+            )
+            warnings.warn(notes[-1], stacklevel=3)
 
         new_policy = DecisionPolicy(
             threshold=chosen.default,

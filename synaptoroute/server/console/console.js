@@ -157,7 +157,8 @@
     const keyForm = $("key-form");
     const forget = $("key-forget");
     keyForm.hidden = !(state.access === "token" && token() === null);
-    forget.hidden = !(state.access === "token" && token() !== null);
+    // A key unlocks reads on a read-only service too: it can be dropped there as well.
+    forget.hidden = state.access === "open" || token() === null;
     if (state.access === "read_only") status.textContent = "Read-only service: route changes are disabled.";
     else if (state.access === "open") status.textContent = "Changes are open: this service has no API key.";
     else if (token() === null) status.textContent = "Read-only: enter the API key to change routes.";
