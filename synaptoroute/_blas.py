@@ -41,6 +41,10 @@ class BlasBudget:
     in flight in two threads already keep two cores busy, so more BLAS threads would
     only oversubscribe them). A count is set only when it changes, and a block costs
     about 60% of a threadpoolctl ``limit`` (``benchmarks/core_latency.py``).
+    A block asked ``at_most_found`` never raises a library above the count it had
+    when the first block entered: the count an application set
+    (``OPENBLAS_NUM_THREADS=1`` in each worker of a prefork server, an enclosing
+    threadpoolctl limit) holds against the library's default rule.
     An OpenMP build keeps a count per calling thread: each block sets its own
     thread's and restores it.
 
@@ -61,18 +65,24 @@ class BlasBudget:
         self._lock = threading.Lock()
         self._libs: list[Any] | None = None  # libraries with one count per process
         self._own: list[Any] = []  # libraries with one count per thread (OpenMP)
-        self._held: dict[int, list[int]] = {}  # thread id -> its blocks' counts, nested
+        # thread id -> its blocks' counts (and whether each is capped at the count
+        # found), nested
+        self._held: dict[int, list[tuple[int, bool]]] = {}
         self._saved: dict[str, int] = {}  # each library's count before the first block
         self._set: dict[str, int] = {}  # what this budget last set, by library
         hold_across_fork(self, LEAF, in_child="_forked")
 
-    def limit(self, threads: int, *, rescan: bool = False) -> _BlasBlock:
+    def limit(
+        self, threads: int, *, rescan: bool = False, at_most_found: bool = False
+    ) -> _BlasBlock:
         """A ``with`` block in which BLAS runs at most ``threads`` threads (at least 1).
 
         ``rescan`` looks for BLAS libraries loaded since the last scan first (a fit,
-        which may load SciPy's); a query reuses the last scan.
+        which may load SciPy's); a query reuses the last scan. ``at_most_found``:
+        never more than the library had when the first block entered (a count
+        chosen by a default rule, not asked for).
         """
-        return _BlasBlock(self, max(1, int(threads)), rescan)
+        return _BlasBlock(self, max(1, int(threads)), rescan, at_most_found)
 
     def threads(self) -> dict[str, int]:
         """Each scanned library's thread count now (this thread's for an OpenMP
@@ -81,7 +91,7 @@ class BlasBudget:
             libs = [*(self._libs or ()), *self._own]
             return {lib.filepath: lib.get_num_threads() for lib in libs}
 
-    def _enter(self, threads: int, rescan: bool) -> list[tuple[Any, int]]:
+    def _enter(self, threads: int, rescan: bool, capped: bool) -> list[tuple[Any, int]]:
         """Returns the per-thread libraries' counts to restore on leaving."""
         with self._lock:
             if self._libs is None or rescan:
@@ -89,17 +99,17 @@ class BlasBudget:
                 self._libs = [lib for lib in scanned if not _per_thread(lib)]
                 self._own = [lib for lib in scanned if _per_thread(lib)]
             stack = self._held.setdefault(threading.get_ident(), [])
-            stack.append(threads)
+            stack.append((threads, capped))
             try:
-                self._apply(self._wanted())
+                self._apply()
             except BaseException:  # the block is not entered: it must not stay counted
                 self._leave()
                 raise
             own = self._own
         # OpenMP builds keep a count per calling thread: set here, for this block only.
         restore = [(lib, lib.get_num_threads()) for lib in own]
-        for lib, _ in restore:
-            lib.set_num_threads(threads)
+        for lib, found in restore:
+            lib.set_num_threads(min(threads, found) if capped else threads)
         return restore
 
     def _exit(self) -> None:
@@ -118,7 +128,7 @@ class BlasBudget:
     def _settle(self) -> None:
         # Under the lock: the count the open blocks want, or none open: the saved one.
         if self._held:
-            self._apply(self._wanted())
+            self._apply()
             return
         saved, self._saved, self._set = self._saved, {}, {}
         for lib in self._libs or ():
@@ -133,14 +143,16 @@ class BlasBudget:
         self._held = {me: self._held[me]} if me in self._held else {}
         self._settle()
 
-    def _wanted(self) -> int:
-        return min(stack[-1] for stack in self._held.values())
-
-    def _apply(self, threads: int) -> None:
+    def _apply(self) -> None:
+        # Under the lock: each library runs the smallest count of the threads'
+        # innermost blocks (a capped one at most the library's count found).
+        innermost = [stack[-1] for stack in self._held.values()]
         for lib in self._libs or ():
             key = lib.filepath
             if key not in self._saved:  # first block in, or a library found since
                 self._saved[key] = self._set[key] = lib.get_num_threads()
+            found = self._saved[key]
+            threads = min(min(n, found) if capped else n for n, capped in innermost)
             if self._set[key] != threads:
                 _set_shared(lib, threads)
                 self._set[key] = threads
@@ -160,14 +172,15 @@ def _set_shared(lib: Any, threads: int) -> None:
 
 class _BlasBlock:
     # A plain class, not @contextmanager: this runs around every query's product.
-    __slots__ = ("_budget", "_rescan", "_restore", "_threads")
+    __slots__ = ("_budget", "_capped", "_rescan", "_restore", "_threads")
 
-    def __init__(self, budget: BlasBudget, threads: int, rescan: bool) -> None:
+    def __init__(self, budget: BlasBudget, threads: int, rescan: bool, capped: bool) -> None:
         self._budget, self._threads, self._rescan = budget, threads, rescan
+        self._capped = capped
         self._restore: list[tuple[Any, int]] = []
 
     def __enter__(self) -> None:
-        self._restore = self._budget._enter(self._threads, self._rescan)
+        self._restore = self._budget._enter(self._threads, self._rescan, self._capped)
 
     def __exit__(
         self,
@@ -184,6 +197,6 @@ class _BlasBlock:
 BLAS_BUDGET = BlasBudget()
 
 
-def blas_limit(threads: int, *, rescan: bool = False) -> _BlasBlock:
+def blas_limit(threads: int, *, rescan: bool = False, at_most_found: bool = False) -> _BlasBlock:
     """:meth:`BlasBudget.limit` of the process's budget (:data:`BLAS_BUDGET`)."""
-    return BLAS_BUDGET.limit(threads, rescan=rescan)
+    return BLAS_BUDGET.limit(threads, rescan=rescan, at_most_found=at_most_found)

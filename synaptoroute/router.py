@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._blas import blas_limit
-from ._cpu import blas_threads
+from ._cpu import MAX_THREADS, blas_threads
 from ._fork import LEAF, ROUTER, hold_across_fork
 from .ann import CLOSE_MARGIN
 from .batching import (
@@ -183,10 +183,11 @@ class EmbeddingCache:
             self.nbytes = 0
 
 
-def _blas_limit(threads: int) -> AbstractContextManager[Any]:
+def _blas_limit(threads: int, configured: bool) -> AbstractContextManager[Any]:
     # The process's one budget (_blas.BlasBudget), shared with fit: queries in
-    # different threads do not undo each other's limits.
-    return blas_limit(threads)
+    # different threads do not undo each other's limits. The default rule never
+    # raises the count the process had (OPENBLAS_NUM_THREADS=1 per worker).
+    return blas_limit(threads, at_most_found=not configured)
 
 
 class AdaptiveRouter:
@@ -792,7 +793,14 @@ class AdaptiveRouter:
 
     @blas_threads.setter
     def blas_threads(self, value: int | None) -> None:
-        self._index.blas_threads = None if value is None else check_count(value, "blas_threads", 1)
+        if value is not None:
+            # Past MAX_THREADS the int8 copy's session refused it (the pre-filter was
+            # dropped for good, said only in a log) and ctypes cut it for BLAS.
+            value = check_count(value, "blas_threads", 1)
+            if value > MAX_THREADS:
+                msg = f"blas_threads must be at most {MAX_THREADS}, got {value}"
+                raise InvalidInputError(msg)
+        self._index.blas_threads = value
 
     @property
     def policy(self) -> DecisionPolicy:
@@ -1059,7 +1067,11 @@ class AdaptiveRouter:
         # Sized by the rows the products cover, not the matrix: in the graph's path they
         # are a few thousand, and a second thread would fight the graph's feed.
         threads = blas_threads(snapshot.blas_rows, self.blas_threads)
-        limit = _blas_limit(threads) if len(vectors) and snapshot.blas_rows else nullcontext()
+        limit = (
+            _blas_limit(threads, self.blas_threads is not None)
+            if len(vectors) and snapshot.blas_rows
+            else nullcontext()
+        )
         with limit:
             return snapshot, snapshot.score(vectors, k, knn=knn)
 

@@ -90,6 +90,28 @@ def test_nested_blocks_in_one_thread_take_the_innermost_count() -> None:
     assert lib.count == 4
 
 
+def test_a_default_rule_never_raises_the_count_the_process_had() -> None:
+    # OPENBLAS_NUM_THREADS=1 in each prefork worker (or an enclosing threadpoolctl
+    # limit): the router's default rule raised it to every CPU for large products.
+    lib, per_thread = FakeBlas("openblas", 1), FakeBlas("omp", 1)
+    per_thread.threading_layer = "openmp"  # type: ignore[attr-defined]
+    budget = BlasBudget(lambda: [lib, per_thread])
+    with budget.limit(2, at_most_found=True):
+        assert (lib.count, per_thread.count) == (1, 1)
+        other = BlockInThread(budget.limit(3, at_most_found=True))
+        other.enter()
+        assert lib.count == 1
+        other.leave()
+    with budget.limit(2):  # asked for (router.blas_threads): given
+        assert (lib.count, per_thread.count) == (2, 2)
+    assert (lib.count, per_thread.count) == (1, 1)
+    wide = FakeBlas("openblas", 4)
+    budget = BlasBudget(lambda: [wide])
+    with budget.limit(2, at_most_found=True):  # lowering is still the rule's to do
+        assert wide.count == 2
+    assert wide.count == 4
+
+
 def test_the_count_is_set_only_when_it_changes_and_restored_after_an_error() -> None:
     lib = FakeBlas("openblas", 1)
     budget = BlasBudget(lambda: [lib])
@@ -217,6 +239,35 @@ def test_a_query_runs_its_product_at_its_budget_and_restores_blas(
     assert router.query("is it raining").name == "weather"
     assert seen == [{1}]
     assert set(_blas.BLAS_BUDGET.threads().values()) == {2}
+
+
+def test_a_query_by_the_default_rule_keeps_a_limit_the_application_set(
+    two_blas_threads: BlasBudget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past BLAS_PARALLEL_ROWS the rule asks for every CPU: under the application's
+    # own limit of one thread (OPENBLAS_NUM_THREADS=1, threadpoolctl) the product
+    # ran two.
+    from threadpoolctl import threadpool_limits
+
+    from synaptoroute import AdaptiveRouter, HashingEncoder, Route, _cpu
+    from synaptoroute.index import Snapshot
+
+    seen: list[set[int]] = []
+    real_score = Snapshot.score
+
+    def score(self: Snapshot, *args: Any, **kwargs: Any) -> Any:
+        seen.append(set(_blas.BLAS_BUDGET.threads().values()))
+        return real_score(self, *args, **kwargs)
+
+    monkeypatch.setattr(Snapshot, "score", score)
+    monkeypatch.setattr(_cpu, "BLAS_PARALLEL_ROWS", 1)  # every product "large"
+    monkeypatch.setattr(_cpu, "process_cpus", lambda: 2)
+    router = AdaptiveRouter(HashingEncoder())
+    router.add_route(Route(name="weather", utterances=["is it raining", "weather today"]))
+    assert router.query("is it raining").name == "weather"  # the rule's two threads
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert router.query("weather today").name == "weather"
+    assert seen == [{2}, {1}]
 
 
 def test_queries_from_many_threads_leave_blas_as_they_found_it(

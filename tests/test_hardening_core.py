@@ -360,6 +360,15 @@ def test_any_encoder_with_an_id_no_store_can_write_is_refused_at_once() -> None:
         AdaptiveRouter(Surrogate())
 
 
+def test_blas_threads_are_bounded_as_the_encoders_are() -> None:
+    # 2**31 was taken: the int8 copy's session refused it (the pre-filter was dropped
+    # for good, said only in a log), and ctypes cut 2**32 + 1 to one BLAS thread.
+    for bad in (2**31, 2**32 + 1, 65_536):
+        with pytest.raises(InvalidInputError, match="blas_threads must be at most 65535"):
+            AdaptiveRouter(HashingEncoder(), blas_threads=bad)
+    assert AdaptiveRouter(HashingEncoder(), blas_threads=65_535).blas_threads == 65_535
+
+
 def test_an_encoders_spin_is_a_bool() -> None:
     # "false" was true, and spun.
     for bad in ("false", "no", 0, None):

@@ -731,7 +731,7 @@ def _strengths(regularization: float | Sequence[float]) -> tuple[float, ...]:
 def _fit_threads(index_rows: int, rows: int, setting: int | None) -> AbstractContextManager[Any]:
     """BLAS threads for the fit, by the router's rule: waking a second thread costs
     more than it saves on small products (and much more on a busy machine)."""
-    return _blas_limit(blas_threads(max(index_rows, rows), setting))
+    return _blas_limit(blas_threads(max(index_rows, rows), setting), setting is not None)
 
 
 def _scoring_threads(
@@ -740,13 +740,14 @@ def _scoring_threads(
     """BLAS threads for scoring every fit text against the index at once: by the
     same rule, ``rows`` queries' products over ``index_rows`` rows each. Only this
     product gets them: the regressions' results would change with the thread count."""
-    return _blas_limit(blas_threads(index_rows * rows, setting))
+    return _blas_limit(blas_threads(index_rows * rows, setting), setting is not None)
 
 
-def _blas_limit(threads: int) -> AbstractContextManager[Any]:
+def _blas_limit(threads: int, configured: bool = True) -> AbstractContextManager[Any]:
     # The router's budget (_blas.BlasBudget), so queries served during a fit do not
-    # undo its limits; rescanned, since a fit may have loaded SciPy's BLAS.
-    return blas_limit(threads, rescan=True)
+    # undo its limits; rescanned, since a fit may have loaded SciPy's BLAS. The
+    # default rule never raises the count the process had.
+    return blas_limit(threads, rescan=True, at_most_found=not configured)
 
 
 def _slack(
