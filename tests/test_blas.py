@@ -218,12 +218,8 @@ def test_the_real_blas_is_restored_after_overlapping_blocks(two_blas_threads: Bl
     assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {2}
 
 
-def test_a_query_runs_its_product_at_its_budget_and_restores_blas(
-    two_blas_threads: BlasBudget, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Real OpenBLAS, the router's own budget: during the scoring BLAS runs the one
-    # thread blas_threads asks for; after it the count the process had.
-    from synaptoroute import AdaptiveRouter, HashingEncoder, Route
+def _blas_counts_while_scoring(monkeypatch: pytest.MonkeyPatch) -> list[set[int]]:
+    """The budget's BLAS counts seen at each scoring of the index, appended as it runs."""
     from synaptoroute.index import Snapshot
 
     seen: list[set[int]] = []
@@ -234,6 +230,17 @@ def test_a_query_runs_its_product_at_its_budget_and_restores_blas(
         return real_score(self, *args, **kwargs)
 
     monkeypatch.setattr(Snapshot, "score", score)
+    return seen
+
+
+def test_a_query_runs_its_product_at_its_budget_and_restores_blas(
+    two_blas_threads: BlasBudget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Real OpenBLAS, the router's own budget: during the scoring BLAS runs the one
+    # thread blas_threads asks for; after it the count the process had.
+    from synaptoroute import AdaptiveRouter, HashingEncoder, Route
+
+    seen = _blas_counts_while_scoring(monkeypatch)
     router = AdaptiveRouter(HashingEncoder(), blas_threads=1)
     router.add_route(Route(name="weather", utterances=["is it raining", "weather today"]))
     assert router.query("is it raining").name == "weather"
@@ -250,16 +257,8 @@ def test_a_query_by_the_default_rule_keeps_a_limit_the_application_set(
     from threadpoolctl import threadpool_limits
 
     from synaptoroute import AdaptiveRouter, HashingEncoder, Route, _cpu
-    from synaptoroute.index import Snapshot
 
-    seen: list[set[int]] = []
-    real_score = Snapshot.score
-
-    def score(self: Snapshot, *args: Any, **kwargs: Any) -> Any:
-        seen.append(set(_blas.BLAS_BUDGET.threads().values()))
-        return real_score(self, *args, **kwargs)
-
-    monkeypatch.setattr(Snapshot, "score", score)
+    seen = _blas_counts_while_scoring(monkeypatch)
     monkeypatch.setattr(_cpu, "BLAS_PARALLEL_ROWS", 1)  # every product "large"
     monkeypatch.setattr(_cpu, "process_cpus", lambda: 2)
     router = AdaptiveRouter(HashingEncoder())
