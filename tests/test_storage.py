@@ -345,6 +345,57 @@ def test_a_store_path_with_a_tilde_is_the_home_folders(
     ]
 
 
+@pytest.mark.parametrize("content", [b"\n", b"x", b"{" * 99])
+def test_a_file_too_short_to_be_a_database_is_refused_and_untouched(
+    tmp_path: Path, content: bytes
+) -> None:
+    # SQLite reads a one-byte file (echo > routes.db) as empty: it was made a new
+    # store, by read-only commands too.
+    path = tmp_path / "stub.db"
+    path.write_bytes(content)
+    with pytest.raises(NotADatabaseError, match=r"shorter than a SQLite header.*left untouched"):
+        SQLiteStorage(path)
+    assert path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stub.db"]
+    empty = tmp_path / "empty.db"
+    empty.touch()  # an empty file is a new store, as documented
+    SQLiteStorage(empty).close()
+
+
+def test_a_store_path_through_a_file_is_a_storage_error(tmp_path: Path) -> None:
+    # mkdir raised a bare FileExistsError (the CLI: "error: [Errno 17] File exists").
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(StorageError, match="its folder cannot be made"):
+        SQLiteStorage(tmp_path / "plain" / "routes.db")
+
+
+def test_a_store_on_a_read_only_mount_is_said_not_writable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a read-only mount SQLite cannot make the -wal and -shm files and says it
+    # cannot open the file (SQLITE_CANTOPEN), which read as a corrupt database. A
+    # mount needs privileges tests do not have: SQLite's answer and the folder's
+    # access are played here.
+    import synaptoroute.storage.sqlite as sqlite_module
+
+    path = tmp_path / "routes.db"
+    SQLiteStorage(path).close()
+    cantopen = sqlite3.OperationalError("unable to open database file")
+    cantopen.sqlite_errorcode = 14  # type: ignore[attr-defined]
+
+    def refuse(self: SQLiteStorage) -> None:
+        raise cantopen
+
+    monkeypatch.setattr(SQLiteStorage, "_open", refuse)
+    monkeypatch.setattr(sqlite_module.os, "access", lambda *_: False)
+    with pytest.raises(StorageError, match="is not writable") as caught:
+        SQLiteStorage(path)
+    assert not isinstance(caught.value, NotADatabaseError)
+    monkeypatch.setattr(sqlite_module.os, "access", lambda *_: True)  # a writable folder
+    with pytest.raises(NotADatabaseError):
+        SQLiteStorage(path)
+
+
 def test_a_store_path_naming_a_folder_is_said_to_be_one(tmp_path: Path) -> None:
     # SQLite's own message is "unable to open database file", which names no cause.
     with pytest.raises(StorageError, match=r"cannot open SQLite store '.*': it is a folder$"):

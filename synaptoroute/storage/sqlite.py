@@ -114,6 +114,45 @@ def _not_writable(exc: sqlite3.DatabaseError) -> bool:
     return "readonly database" in str(exc).lower()
 
 
+def _cannot_open(exc: sqlite3.DatabaseError) -> bool:
+    """Whether ``exc`` is SQLITE_CANTOPEN."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return bool(code & 0xFF == 14)
+    return "unable to open database file" in str(exc).lower()
+
+
+def _cannot_write_beside(file: str) -> bool:
+    """Whether ``file`` exists but its folder cannot be written (a read-only mount):
+    SQLite then says it cannot open the file, not that it is read-only, as it cannot
+    make the ``-wal`` and ``-shm`` files."""
+    folder = os.path.dirname(file)
+    return os.path.isfile(file) and not os.access(folder, os.W_OK)
+
+
+#: Bytes of a SQLite file's header: a shorter file that is not empty is no database.
+_HEADER_BYTES = 100
+
+
+def _refuse_a_stub(file: str, shown: str) -> None:
+    """Refuse a file too short to be a database (``echo > routes.db``): SQLite reads a
+    one-byte file as empty and would make a new store of it.
+
+    Raises:
+        NotADatabaseError: the file holds 1 to 99 bytes.
+    """
+    try:
+        size = os.stat(file).st_size
+    except OSError:
+        return  # none yet (or unreadable: connecting says so)
+    if 0 < size < _HEADER_BYTES and os.path.isfile(file):
+        msg = (
+            f"{shown!r} is not a readable SQLite database ({size} bytes, shorter than "
+            "a SQLite header); it was left untouched"
+        )
+        raise NotADatabaseError(msg)
+
+
 def _run_script(db: sqlite3.Connection, script: str) -> None:
     # executescript() would COMMIT the migration's transaction; run statements one by one.
     for statement in script.split(";"):
@@ -319,7 +358,13 @@ class SQLiteStorage:
         # Held for one read or write; a forked child opens its own connection.
         hold_across_fork(self, STORE, in_child="_forked")
         if self.path != ":memory:":
-            Path(self.file).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(self.file).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a path through a file: a bare FileExistsError
+                msg = f"cannot open SQLite store {self.path!r}: its folder cannot be made ({exc})"
+                raise StorageError(msg) from exc
+            _refuse_a_stub(self.file, self.path)
         try:
             self._db = self._connect()
         except sqlite3.Error as exc:
@@ -348,7 +393,7 @@ class SQLiteStorage:
                         f"{timeout:g} s ({exc}); nothing was changed"
                     )
                     raise StorageError(msg) from exc
-                if _not_writable(exc):
+                if _not_writable(exc) or (_cannot_open(exc) and _cannot_write_beside(self.file)):
                     msg = (
                         f"SQLite store {self.path!r} cannot be opened: the file or its folder "
                         f"is not writable ({exc}); SQLite writes the file and its -wal and "
