@@ -688,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _run_sections(args, out, sections)
     finally:  # what ran is kept: the later sections take many minutes each
-        if args.json:
+        if args.json and len(out) > 2:  # not over an earlier file, when nothing ran
             with open(args.json, "w", encoding="utf-8") as fh:
                 json.dump(out, fh, indent=1)
     return 0

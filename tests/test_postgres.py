@@ -416,6 +416,19 @@ def test_bad_dsn_and_unreachable_servers_give_clear_errors() -> None:
             PostgresStorage(f"postgresql://nobody:secret@127.0.0.1:{port}/db", connect_timeout=2)
     assert "secret" not in str(info.value)  # the password never reaches a message
 
+    # A '/' or '@' left unencoded in a password: libpq read it as the host, port or
+    # database, and every message naming the target showed it.
+    for password in ("Xy7/Qw9Zk", "Xy7@Qw9Zk", "123/456"):
+        with pytest.raises(StorageError, match="not percent-encoded") as info:
+            PostgresStorage(f"postgresql://app:{password}@127.0.0.1:{closed_port}/db")
+        assert "Xy7" not in str(info.value) and "Qw9Zk" not in str(info.value)
+        assert "123" not in str(info.value) and info.value.__cause__ is None
+    # Encoded, and a list of hosts and ports, are read as meant.
+    with pytest.raises(StorageError, match=r"cannot connect to PostgreSQL app@127\.0\.0\.1"):
+        PostgresStorage(
+            f"postgresql://app:Xy7%2FQw9Zk@127.0.0.1:{closed_port}/db", connect_timeout=2
+        )
+
 
 @pytest.mark.model
 @pytest.mark.parametrize(
@@ -433,7 +446,10 @@ def test_bad_dsn_and_unreachable_servers_give_clear_errors() -> None:
         ({"connect_timeout": 3e6}, "connect_timeout must be at most 2147483 seconds"),
         ({"poll_interval": 3e6}, "poll_interval must be at most 2147483 seconds"),
         # Past any wait Python takes (threading.TIMEOUT_MAX): refused by every store.
-        ({"poll_interval": 1e300}, "poll_interval must be a finite number of seconds"),
+        # Past a lock's bound too, named by PostgreSQL's (it said "at most 9.22337e+09").
+        ({"poll_interval": 1e300}, "poll_interval must be at most 2147483 seconds"),
+        ({"lock_timeout": 1e10}, "lock_timeout must be at most 2147483 seconds"),
+        ({"lock_timeout": float("nan")}, r"> 0 \(at most 2147483, PostgreSQL's limit\)"),
     ],
 )
 def test_bad_timeouts_are_refused_before_connecting(

@@ -362,6 +362,31 @@ def test_a_file_too_short_to_be_a_database_is_refused_and_untouched(
     SQLiteStorage(empty).close()
 
 
+@pytest.mark.parametrize("dimension", ["abc", "-4", "0", None])
+def test_a_damaged_model_record_is_a_storage_error_naming_the_store(
+    tmp_path: Path, dimension: str | None
+) -> None:
+    # int() of it raised a bare ValueError, or a KeyError (a RouteNotFoundError's
+    # parent) for a missing row, naming no store.
+    path = tmp_path / "routes.db"
+    store = SQLiteStorage(path)
+    route = Route(name="a", utterances=["x"])
+    store.put_routes([StoredRoute(route, np.ones((1, 4), np.float32) / 2)], ModelInfo("m", 4))
+    store.close()
+    with sqlite3.connect(path) as db:
+        if dimension is None:
+            db.execute("DELETE FROM meta WHERE key='dimension'")
+        else:
+            db.execute("UPDATE meta SET value=? WHERE key='dimension'", (dimension,))
+    db.close()
+    damaged = SQLiteStorage(path)
+    with pytest.raises(StorageError, match=r"routes\.db'\) records a damaged model"):
+        damaged.model_info()
+    with pytest.raises(StorageError, match="records a damaged model"):
+        damaged.load()
+    damaged.close()
+
+
 def test_a_store_path_through_a_file_is_a_storage_error(tmp_path: Path) -> None:
     # mkdir raised a bare FileExistsError (the CLI: "error: [Errno 17] File exists").
     (tmp_path / "plain").write_text("x")

@@ -37,6 +37,7 @@ __all__ = [
     "is_database_url",
     "metadata_json",
     "open_storage",
+    "stored_model",
 ]
 
 _log = logging.getLogger("synaptoroute.storage")
@@ -119,6 +120,32 @@ class ModelInfo:
 
     model_id: str
     dimension: int
+
+
+def stored_model(rows: dict[str, Any], store: str) -> ModelInfo | None:
+    """The model record of a store's ``meta`` rows (``model_id``, ``dimension``), or
+    ``None`` for a store that records none yet.
+
+    Raises:
+        StorageError: the record was damaged outside the library (a dimension that is
+            not a positive whole number, or missing); it names ``store``.
+    """
+    model_id, dimension = rows.get("model_id"), rows.get("dimension")
+    if model_id is None:
+        return None
+    if (
+        not isinstance(model_id, str)
+        or not model_id
+        or not re.fullmatch(r"[1-9][0-9]{0,8}", str(dimension) if dimension is not None else "")
+    ):
+        # int() of it raised a bare ValueError, or a KeyError (a RouteNotFoundError's
+        # parent) for a missing row, naming no store.
+        msg = (
+            f"{store} records a damaged model (model_id {model_id!r}, dimension "
+            f"{dimension!r}); it was left untouched"
+        )
+        raise StorageError(msg)
+    return ModelInfo(model_id, int(str(dimension)))
 
 
 @dataclass(frozen=True)

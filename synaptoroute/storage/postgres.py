@@ -54,6 +54,7 @@ from .base import (
     _check_vectors,
     _refuse_mixing,
     check_route,
+    stored_model,
 )
 from .changes import Change, ChangeKind
 from .follower import UnreadableChangeError, Watch, disown, first_line, shut_down
@@ -110,6 +111,20 @@ def _refused_value(exc: Exception, data_error: type[Exception]) -> str | None:
 # SQLSTATE program_limit_exceeded: a value past a fixed limit of the server, on a write
 # almost always an utterance or a name too long for a unique B-tree index's entry.
 _PROGRAM_LIMIT_EXCEEDED = "54000"
+
+
+def _misread_url(dsn: str, params: dict[str, Any]) -> bool:
+    """Whether libpq read a URL's password as its host, port or database: an unencoded
+    '/' or '@' in it ends the user information early (``app:Xy7/Qw9@host`` reads as host
+    ``app``, port ``Xy7``), and every message naming the target then showed it."""
+    if not dsn.lstrip().lower().startswith(("postgresql://", "postgres://")):
+        return False
+    port = str(params.get("port") or "")
+    return (
+        "@" in str(params.get("host") or "")
+        or "@" in str(params.get("dbname") or "")
+        or not re.fullmatch(r"[0-9]*(,[0-9]*)*", port)
+    )
 
 
 def _check_encoding(conn: psycopg.Connection[Any], target: str) -> None:
@@ -333,6 +348,13 @@ class PostgresStorage:
             reason = re.sub(r'"[^"]*"', '"..."', first_line(exc))
             msg = f"not a valid PostgreSQL DSN ({reason}; the DSN is not shown, it may hold a password)"
             raise StorageError(msg) from None
+        if _misread_url(dsn, params):
+            msg = (
+                "not a valid PostgreSQL DSN (its user name or password holds a '/', '@' or "
+                "':' that is not percent-encoded: write %2F, %40 and %3A; the DSN is not "
+                "shown, it may hold a password)"
+            )
+            raise StorageError(msg)
         self._target = "{}@{}:{}/{}".format(
             params.get("user") or os.environ.get("PGUSER", "?"),
             params.get("host") or os.environ.get("PGHOST", "localhost"),
@@ -613,10 +635,7 @@ class PostgresStorage:
 
     def _model(self, cur: psycopg.Cursor[Any]) -> ModelInfo | None:
         cur.execute(f"SELECT key, value FROM {self._s}.meta WHERE key IN ('model_id', 'dimension')")
-        rows = dict(cur.fetchall())
-        if "model_id" not in rows:
-            return None
-        return ModelInfo(rows["model_id"], int(rows["dimension"]))
+        return stored_model(dict(cur.fetchall()), repr(self))
 
     def _read_routes(
         self, conn: psycopg.Connection[Any], names: Sequence[str] | None = None

@@ -32,6 +32,7 @@ from .base import (
     _read_metadata,
     _refuse_mixing,
     check_route,
+    stored_model,
 )
 from .changes import Change, ChangeKind
 from .polling import PollingWatch
@@ -126,7 +127,7 @@ def _cannot_write_beside(file: str) -> bool:
     """Whether ``file`` exists but its folder cannot be written (a read-only mount):
     SQLite then says it cannot open the file, not that it is read-only, as it cannot
     make the ``-wal`` and ``-shm`` files."""
-    folder = os.path.dirname(file)
+    folder = os.path.dirname(os.path.realpath(file))  # a link: SQLite writes by its target
     return os.path.isfile(file) and not os.access(folder, os.W_OK)
 
 
@@ -640,21 +641,15 @@ class SQLiteStorage:
         with self._reading() as db:
             return self._model_info(db)
 
-    @staticmethod
-    def _model_info(db: sqlite3.Connection) -> ModelInfo | None:
+    def _model_info(self, db: sqlite3.Connection) -> ModelInfo | None:
         rows = dict(
             db.execute("SELECT key, value FROM meta WHERE key IN ('model_id', 'dimension')")
         )
-        if "model_id" not in rows:
-            return None
-        return ModelInfo(rows["model_id"], int(rows["dimension"]))
+        return stored_model(rows, repr(self))
 
-    @staticmethod
-    def _set_model(tx: sqlite3.Connection, model: ModelInfo) -> None:
-        row = tx.execute("SELECT value FROM meta WHERE key='model_id'").fetchone()
-        dim = tx.execute("SELECT value FROM meta WHERE key='dimension'").fetchone()
+    def _set_model(self, tx: sqlite3.Connection, model: ModelInfo) -> None:
         _refuse_mixing(
-            None if row is None else ModelInfo(row[0], int(dim[0])),
+            self._model_info(tx),
             model,
             lambda: tx.execute("SELECT 1 FROM utterances LIMIT 1").fetchone() is None,
         )
