@@ -69,6 +69,8 @@ class BlasBudget:
         # found), nested
         self._held: dict[int, list[tuple[int, bool]]] = {}
         self._saved: dict[str, int] = {}  # each library's count before the first block
+        # thread id -> its per-thread (OpenMP) libraries' counts before its first block
+        self._own_found: dict[int, dict[str, int]] = {}
         self._set: dict[str, int] = {}  # what this budget last set, by library
         hold_across_fork(self, LEAF, in_child="_forked")
 
@@ -98,7 +100,8 @@ class BlasBudget:
                 scanned = list(self._scan())
                 self._libs = [lib for lib in scanned if not _per_thread(lib)]
                 self._own = [lib for lib in scanned if _per_thread(lib)]
-            stack = self._held.setdefault(threading.get_ident(), [])
+            me = threading.get_ident()
+            stack = self._held.setdefault(me, [])
             stack.append((threads, capped))
             try:
                 self._apply()
@@ -106,10 +109,16 @@ class BlasBudget:
                 self._leave()
                 raise
             own = self._own
+            # A capped block is held to the count this thread had before its first
+            # block, not to an enclosing block's (a fit's one thread around its scoring).
+            found = self._own_found.setdefault(
+                me, {lib.filepath: lib.get_num_threads() for lib in own}
+            )
         # OpenMP builds keep a count per calling thread: set here, for this block only.
         restore = [(lib, lib.get_num_threads()) for lib in own]
-        for lib, found in restore:
-            lib.set_num_threads(min(threads, found) if capped else threads)
+        for lib, current in restore:
+            base = found.setdefault(lib.filepath, current)  # one found by a rescan since
+            lib.set_num_threads(min(threads, base) if capped else threads)
         return restore
 
     def _exit(self) -> None:
@@ -123,6 +132,7 @@ class BlasBudget:
         stack.pop()
         if not stack:
             del self._held[me]
+            self._own_found.pop(me, None)
         self._settle()
 
     def _settle(self) -> None:
@@ -141,6 +151,7 @@ class BlasBudget:
         # that forked runs here, so the other threads' blocks will never leave.
         me = threading.get_ident()
         self._held = {me: self._held[me]} if me in self._held else {}
+        self._own_found = {me: self._own_found[me]} if me in self._own_found else {}
         self._settle()
 
     def _apply(self) -> None:

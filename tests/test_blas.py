@@ -105,6 +105,16 @@ def test_a_default_rule_never_raises_the_count_the_process_had() -> None:
     with budget.limit(2):  # asked for (router.blas_threads): given
         assert (lib.count, per_thread.count) == (2, 2)
     assert (lib.count, per_thread.count) == (1, 1)
+    # Capped at the count found before the thread's first block, not at an enclosing
+    # block's: a fit at one thread gives its scoring product every CPU it had.
+    wide_omp = FakeBlas("omp", 4)
+    wide_omp.threading_layer = "openmp"  # type: ignore[attr-defined]
+    budget = BlasBudget(lambda: [wide_omp])
+    with budget.limit(1, at_most_found=True):
+        with budget.limit(2, at_most_found=True):
+            assert wide_omp.count == 2
+        assert wide_omp.count == 1
+    assert wide_omp.count == 4
     wide = FakeBlas("openblas", 4)
     budget = BlasBudget(lambda: [wide])
     with budget.limit(2, at_most_found=True):  # lowering is still the rule's to do
