@@ -1425,17 +1425,16 @@ class AdaptiveRouter:
 
     def _policy_from_state(self, state: dict[str, Any]) -> DecisionPolicy:
         try:
-            policy = DecisionPolicy.from_state(state, self._default_policy)
-        except InvalidInputError as exc:
-            # 0.2's set_policy took a bool or a numeric string and its reader converted
-            # them: such a store must still open, deciding as it did then.
-            policy = DecisionPolicy.from_state(state, self._default_policy, lenient=True)
-            warnings.warn(
-                f"the stored decision policy holds values that are not numbers ({exc}), "
-                "written by an older version: read as numbers, as that version did; the "
-                "next change of the policy stores numbers",
-                stacklevel=_outside_the_package(),
+            policy = self._read_policy(state)
+        except (InvalidInputError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            # Damaged outside the library (a head without its classes, a calibrator
+            # without its points): a bare KeyError named neither the store nor a way out.
+            msg = (
+                f"the decision policy stored in {self.storage!r} is damaged "
+                f"({type(exc).__name__}: {exc}); it was left as it is: restore a backup, "
+                "or delete it to start from the defaults (storage.set_state('policy', None))"
             )
+            raise StorageError(msg) from exc
         # Older versions stored NaN in info, which set_policy (every later change of
         # the policy, a route change's included) refuses: JSON has none.
         policy = _replace(policy, info=_finite_json(policy.info))
@@ -1472,6 +1471,24 @@ class AdaptiveRouter:
                 stacklevel=_outside_the_package(),
             )
         return policy
+
+    def _read_policy(self, state: dict[str, Any]) -> DecisionPolicy:
+        if not isinstance(state, Mapping):
+            msg = f"a mapping was expected, got {type(state).__name__}"
+            raise TypeError(msg)
+        try:
+            return DecisionPolicy.from_state(state, self._default_policy)
+        except InvalidInputError as exc:
+            # 0.2's set_policy took a bool or a numeric string and its reader converted
+            # them: such a store must still open, deciding as it did then.
+            policy = DecisionPolicy.from_state(state, self._default_policy, lenient=True)
+            warnings.warn(
+                f"the stored decision policy holds values that are not numbers ({exc}), "
+                "written by an older version: read as numbers, as that version did; the "
+                "next change of the policy stores numbers",
+                stacklevel=_outside_the_package(),
+            )
+            return policy
 
     def _apply_changes(self, changes: Sequence[Change]) -> None:
         """Apply committed changes in order (called by the store's follower thread)."""

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from synaptoroute import AdaptiveRouter, HashingEncoder, InvalidInputError, Route, SQLiteStorage
+from synaptoroute import (
+    AdaptiveRouter,
+    HashingEncoder,
+    InvalidInputError,
+    Route,
+    SQLiteStorage,
+    StorageError,
+)
 from synaptoroute.decision import DecisionPolicy
 
 DEFAULT = DecisionPolicy(0.5, min_margin=0.1)
@@ -59,9 +66,21 @@ def test_a_store_with_an_older_versions_policy_values_still_opens(tmp_path: Path
             reopened = AdaptiveRouter(HashingEncoder(), storage)
         assert reopened.policy.threshold == 0.4 and reopened.policy.min_margin == 1.0
         assert reopened.policy.thresholds == {"a": 0.3}
-        # What float() cannot read is refused, naming the value.
+        # What float() cannot read is refused, naming the value, the store and a way out.
         storage.set_state("policy", {"threshold": "high"})
-        with pytest.raises(InvalidInputError, match="cannot be read"):
+        with pytest.raises(StorageError, match=r"SQLiteStorage.* is damaged .*cannot be read"):
             AdaptiveRouter(HashingEncoder(), storage)
+        # So is a head or a calibrator missing a part (a bare KeyError: 'classes').
+        for damaged in ({"head": {"weights": "x"}}, {"calibrator": {"kind": "platt"}}):
+            storage.set_state("policy", damaged)
+            with pytest.raises(
+                StorageError, match=r"damaged \(KeyError.*set_state\('policy', None\)"
+            ):
+                AdaptiveRouter(HashingEncoder(), storage)
+            assert storage.get_state("policy") == damaged  # left as it is
+        storage.set_state("policy", None)  # the way out the message gives
+        fresh = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path))
+        assert fresh.policy.threshold == 0.5
+        fresh.close()
     finally:
         storage.close()
