@@ -8,6 +8,7 @@ product gets is :func:`synaptoroute._cpu.blas_threads`'s rule.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -115,10 +116,21 @@ class BlasBudget:
                 me, {lib.filepath: lib.get_num_threads() for lib in own}
             )
         # OpenMP builds keep a count per calling thread: set here, for this block only.
-        restore = [(lib, lib.get_num_threads()) for lib in own]
-        for lib, current in restore:
-            base = found.setdefault(lib.filepath, current)  # one found by a rescan since
-            lib.set_num_threads(min(threads, base) if capped else threads)
+        restore: list[tuple[Any, int]] = []
+        try:
+            for lib in own:
+                current = lib.get_num_threads()
+                restore.append((lib, current))
+                base = found.setdefault(lib.filepath, current)  # one found by a rescan since
+                lib.set_num_threads(min(threads, base) if capped else threads)
+        except BaseException:  # not entered: nothing of it may stay set or counted
+            try:
+                for lib, count in reversed(restore):
+                    with contextlib.suppress(Exception):  # the library that just failed
+                        lib.set_num_threads(count)
+            finally:
+                self._exit()
+            raise
         return restore
 
     def _exit(self) -> None:

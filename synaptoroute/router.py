@@ -380,8 +380,10 @@ class AdaptiveRouter:
             if "aggregation" not in options and options.get("index") != "ann":
                 # Score as the store's last fit did: its cuts are on those scores (the
                 # CLI and the service have no aggregation option of their own).
-                info = (storage.get_state(_POLICY_KEY) or {}).get("info")
-                fitted = _fitted_scoring(info) if isinstance(info, dict) else None
+                state = storage.get_state(_POLICY_KEY)
+                # A damaged one (not a mapping) is the constructor's to refuse, by name.
+                info = state.get("info") if isinstance(state, Mapping) else None
+                fitted = _fitted_scoring(info) if isinstance(info, Mapping) else None
                 if fitted is not None:
                     options = {"aggregation": fitted[0], "top_k": fitted[1], **options}
             return cls(encoder, storage, **options)

@@ -122,6 +122,22 @@ def test_a_default_rule_never_raises_the_count_the_process_had() -> None:
     assert wide.count == 4
 
 
+def test_a_block_whose_per_thread_count_cannot_be_set_is_not_entered() -> None:
+    # The per-thread libraries were set after the block was counted: a library that
+    # raised left the block counted for good, and the shared library at its count.
+    class Failing(FakeBlas):
+        threading_layer = "openmp"
+
+        def set_num_threads(self, threads: int) -> None:
+            raise RuntimeError("cannot set")
+
+    lib = FakeBlas("openblas", 4)
+    budget = BlasBudget(lambda: [lib, Failing("omp", 4)])
+    with pytest.raises(RuntimeError, match="cannot set"), budget.limit(1):
+        pass
+    assert lib.count == 4 and not budget._held and not budget._own_found
+
+
 def test_the_count_is_set_only_when_it_changes_and_restored_after_an_error() -> None:
     lib = FakeBlas("openblas", 1)
     budget = BlasBudget(lambda: [lib])

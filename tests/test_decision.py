@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,12 @@ def test_a_store_with_an_older_versions_policy_values_still_opens(tmp_path: Path
             ):
                 AdaptiveRouter(HashingEncoder(), storage)
             assert storage.get_state("policy") == damaged  # left as it is
+        # Not even a mapping, and through open() (the CLI's and the service's way).
+        with sqlite3.connect(path) as db:  # as an outside tool could write it
+            db.execute("UPDATE state SET value='[1, 2]' WHERE key='policy'")
+        db.close()
+        with pytest.raises(StorageError, match=r"damaged \(TypeError: a mapping"):
+            AdaptiveRouter.open(path, HashingEncoder())
         storage.set_state("policy", None)  # the way out the message gives
         fresh = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path))
         assert fresh.policy.threshold == 0.5

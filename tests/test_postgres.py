@@ -392,6 +392,12 @@ def test_a_cluster_starts_under_a_locale_the_machine_lacks_and_a_private_tmpdir(
 
 
 @pytest.mark.timeout(60)
+def psycopg_conninfo(dsn: str) -> dict[str, object]:
+    import psycopg
+
+    return dict(psycopg.conninfo.conninfo_to_dict(dsn))
+
+
 @pytest.mark.model
 def test_bad_dsn_and_unreachable_servers_give_clear_errors() -> None:
     pytest.importorskip("psycopg")
@@ -423,7 +429,20 @@ def test_bad_dsn_and_unreachable_servers_give_clear_errors() -> None:
             PostgresStorage(f"postgresql://app:{password}@127.0.0.1:{closed_port}/db")
         assert "Xy7" not in str(info.value) and "Qw9Zk" not in str(info.value)
         assert "123" not in str(info.value) and info.value.__cause__ is None
-    # Encoded, and a list of hosts and ports, are read as meant.
+    # Encoded, and a list of hosts and ports, are read as meant; so is an '@' that a
+    # database name or a socket folder holds legitimately.
+    from synaptoroute.storage.postgres import _misread_url
+
+    for fine in (
+        "postgresql://u@h/db%40x",
+        "postgresql://u@h/db?host=/run/pg@x",
+        "postgresql://u:p@[::1]:5432/db",
+        "postgresql://u:p@h1:5432,h2:5433/db",
+        "postgresql:///db?host=/var/run/postgresql",
+        "postgresql://user%40srv:pw@h/db",
+        "host=h password='a/b@c'",
+    ):
+        assert not _misread_url(fine, psycopg_conninfo(fine)), fine
     with pytest.raises(StorageError, match=r"cannot connect to PostgreSQL app@127\.0\.0\.1"):
         PostgresStorage(
             f"postgresql://app:Xy7%2FQw9Zk@127.0.0.1:{closed_port}/db", connect_timeout=2

@@ -387,6 +387,20 @@ def test_a_damaged_model_record_is_a_storage_error_naming_the_store(
     damaged.close()
 
 
+def test_a_store_recording_an_empty_model_id_is_read_not_damaged(tmp_path: Path) -> None:
+    # 0.2 stored ids unchecked, an empty one too: such a store must still move to a
+    # model of its own (it is a model mismatch, not damage).
+    path = tmp_path / "routes.db"
+    store = SQLiteStorage(path)
+    route = Route(name="a", utterances=["x"])
+    store.put_routes([StoredRoute(route, np.ones((1, 4), np.float32) / 2)], ModelInfo("m", 4))
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value='' WHERE key='model_id'")
+    db.close()
+    assert SQLiteStorage(path).model_info() == ModelInfo("", 4)
+
+
 def test_a_store_path_through_a_file_is_a_storage_error(tmp_path: Path) -> None:
     # mkdir raised a bare FileExistsError (the CLI: "error: [Errno 17] File exists").
     (tmp_path / "plain").write_text("x")

@@ -133,10 +133,10 @@ def stored_model(rows: dict[str, Any], store: str) -> ModelInfo | None:
     model_id, dimension = rows.get("model_id"), rows.get("dimension")
     if model_id is None:
         return None
-    if (
-        not isinstance(model_id, str)
-        or not model_id
-        or not re.fullmatch(r"[1-9][0-9]{0,8}", str(dimension) if dimension is not None else "")
+    # Any str id: 0.2 stored ids unchecked (an empty one too), and reencode=True must
+    # still be able to move such a store to a model of its own.
+    if not isinstance(model_id, str) or not re.fullmatch(
+        r"[1-9][0-9]{0,8}", str(dimension) if dimension is not None else ""
     ):
         # int() of it raised a bare ValueError, or a KeyError (a RouteNotFoundError's
         # parent) for a missing row, naming no store.

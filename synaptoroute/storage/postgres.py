@@ -117,14 +117,15 @@ def _misread_url(dsn: str, params: dict[str, Any]) -> bool:
     """Whether libpq read a URL's password as its host, port or database: an unencoded
     '/' or '@' in it ends the user information early (``app:Xy7/Qw9@host`` reads as host
     ``app``, port ``Xy7``), and every message naming the target then showed it."""
-    if not dsn.lstrip().lower().startswith(("postgresql://", "postgres://")):
+    text = dsn.strip()
+    if not text.lower().startswith(("postgresql://", "postgres://")):
         return False
+    rest = text.split("://", 1)[1]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    path = rest[len(authority) :].split("?", 1)[0].split("#", 1)[0]
+    # Raw, before percent-decoding: an encoded %40 in a database name is no sign.
     port = str(params.get("port") or "")
-    return (
-        "@" in str(params.get("host") or "")
-        or "@" in str(params.get("dbname") or "")
-        or not re.fullmatch(r"[0-9]*(,[0-9]*)*", port)
-    )
+    return authority.count("@") > 1 or "@" in path or not re.fullmatch(r"[0-9]*(,[0-9]*)*", port)
 
 
 def _check_encoding(conn: psycopg.Connection[Any], target: str) -> None:
@@ -350,9 +351,9 @@ class PostgresStorage:
             raise StorageError(msg) from None
         if _misread_url(dsn, params):
             msg = (
-                "not a valid PostgreSQL DSN (its user name or password holds a '/', '@' or "
-                "':' that is not percent-encoded: write %2F, %40 and %3A; the DSN is not "
-                "shown, it may hold a password)"
+                "not a valid PostgreSQL DSN (its user name or password holds a '/' or '@' "
+                "that is not percent-encoded: write %2F and %40; the DSN is not shown, it "
+                "may hold a password)"
             )
             raise StorageError(msg)
         self._target = "{}@{}:{}/{}".format(
