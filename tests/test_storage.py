@@ -368,17 +368,7 @@ def test_a_damaged_model_record_is_a_storage_error_naming_the_store(
 ) -> None:
     # int() of it raised a bare ValueError, or a KeyError (a RouteNotFoundError's
     # parent) for a missing row, naming no store.
-    path = tmp_path / "routes.db"
-    store = SQLiteStorage(path)
-    route = Route(name="a", utterances=["x"])
-    store.put_routes([StoredRoute(route, np.ones((1, 4), np.float32) / 2)], ModelInfo("m", 4))
-    store.close()
-    with sqlite3.connect(path) as db:
-        if dimension is None:
-            db.execute("DELETE FROM meta WHERE key='dimension'")
-        else:
-            db.execute("UPDATE meta SET value=? WHERE key='dimension'", (dimension,))
-    db.close()
+    path = _store_with_meta(tmp_path, "dimension", dimension)
     damaged = SQLiteStorage(path)
     with pytest.raises(StorageError, match=r"routes\.db'\) records a damaged model"):
         damaged.model_info()
@@ -390,15 +380,25 @@ def test_a_damaged_model_record_is_a_storage_error_naming_the_store(
 def test_a_store_recording_an_empty_model_id_is_read_not_damaged(tmp_path: Path) -> None:
     # 0.2 stored ids unchecked, an empty one too: such a store must still move to a
     # model of its own (it is a model mismatch, not damage).
+    path = _store_with_meta(tmp_path, "model_id", "")
+    assert SQLiteStorage(path).model_info() == ModelInfo("", 4)
+
+
+def _store_with_meta(tmp_path: Path, key: str, value: str | None) -> Path:
+    """A store of one 4-d route whose ``meta`` row ``key`` was then set to ``value``
+    (``None``: deleted) by an outside tool."""
     path = tmp_path / "routes.db"
     store = SQLiteStorage(path)
     route = Route(name="a", utterances=["x"])
     store.put_routes([StoredRoute(route, np.ones((1, 4), np.float32) / 2)], ModelInfo("m", 4))
     store.close()
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE meta SET value='' WHERE key='model_id'")
+        if value is None:
+            db.execute("DELETE FROM meta WHERE key=?", (key,))
+        else:
+            db.execute("UPDATE meta SET value=? WHERE key=?", (value, key))
     db.close()
-    assert SQLiteStorage(path).model_info() == ModelInfo("", 4)
+    return path
 
 
 def test_a_store_path_through_a_file_is_a_storage_error(tmp_path: Path) -> None:
