@@ -214,7 +214,7 @@ class SynaptorouteMultiClassifier(_Classifying[list[RouteMatch]]):
         ```python
         classifier = SynaptorouteMultiClassifier(router=router, top_k=2, threshold=0.4)
         [m.name for m in classifier.invoke("refund me and fix the login")]
-        # ['billing', 'tech']
+        # ['tech', 'billing'] (best first)
         ```
     """
 

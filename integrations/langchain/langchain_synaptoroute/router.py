@@ -960,7 +960,7 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
         ```python
         multi = router.as_multi_router(top_k=2, threshold=0.4)
         multi.invoke("refund me and fix the login")
-        # {'billing': 'billing: ...', 'tech': 'tech: ...'}
+        # {'tech': 'tech: ...', 'billing': 'billing: ...'} (best first)
         ```
     """
 
