@@ -835,9 +835,9 @@ def record_blas_limits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     limits: list[int] = []
     real_limit = router_module._blas_limit
 
-    def recording_limit(threads: int) -> object:
+    def recording_limit(threads: int, configured: bool) -> object:
         limits.append(threads)
-        return real_limit(threads)
+        return real_limit(threads, configured)
 
     monkeypatch.setattr(router_module, "_blas_limit", recording_limit)
     return limits
