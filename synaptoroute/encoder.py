@@ -58,6 +58,9 @@ __all__ = [
     "l2_normalize",
 ]
 
+#: The id of the bundled default model (all-MiniLM-L6-v2 as INT8 ONNX): what
+#: ``Encoder()`` reports as ``model_id`` and a store records for its vectors;
+#: ``Encoder(DEFAULT_MODEL_ID)`` is ``Encoder()``.
 DEFAULT_MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
 DEFAULT_MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 DEFAULT_TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
