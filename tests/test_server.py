@@ -801,6 +801,29 @@ async def test_health_and_readiness(encoder: Encoder, store_path: Path) -> None:
             assert "synaptoroute_store_up 0" in (await c.get("/metrics")).text
 
 
+async def test_the_store_probe_says_when_the_file_was_replaced(
+    encoder: Encoder, store_path: Path
+) -> None:
+    # The probe read through the connection still open on the old, unlinked file and
+    # said "ok" (store_up 1) while every route change failed with 503 until a restart.
+    router = make_router(encoder, store_path)
+    app = create_app(ServerSettings(), router=router)
+    transport = httpx.ASGITransport(app=app)
+    client = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
+    async with client as c, app.router.lifespan_context(app):
+        assert (await c.get("/healthz/store")).status_code == 200
+        for suffix in ("", "-wal", "-shm"):
+            moved = Path(f"{store_path}{suffix}")
+            if moved.exists():
+                moved.rename(f"{moved}.gone")
+        r = await c.get("/healthz/store")
+        assert r.status_code == 503 and r.json()["store"] == "unavailable"
+        assert "synaptoroute_store_up 0" in (await c.get("/metrics")).text
+        refused = await c.post("/routes/billing/utterances", json={"utterances": ["x"]})
+        assert refused.status_code == 503
+        assert (await c.post("/route", json={"query": "I need a refund"})).status_code == 200
+
+
 def _hanging_store(
     router: AdaptiveRouter, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[threading.Event, list[int]]:

@@ -978,6 +978,9 @@ async def test_keyless_service_refuses_foreign_host_names(router: AdaptiveRouter
     async with app.router.lifespan_context(app), await _asgi(app, "10.244.1.7:8000") as c:
         for probe in ("/healthz", "/readyz", "/healthz/store"):
             assert (await c.get(probe)).status_code == 200, probe
+        # So do the metrics: a Prometheus scrape by the pod's address got 421.
+        metrics = await c.get("/metrics")
+        assert metrics.status_code == 200 and "synaptoroute_routes" in metrics.text
         assert (await c.get("/routes")).status_code == 421
     keyed = create_app(ServerSettings(api_key=SecretStr(KEY)), router=router)
     async with keyed.router.lifespan_context(keyed), await _asgi(keyed, "router.example") as c:
@@ -1249,3 +1252,37 @@ def test_nginx_config_closes_slow_clients_and_refuses_big_headers(proxied: Proxy
     assert closed_by_server(big).startswith(b"HTTP/1.1 400")
     for s in idle:
         s.close()
+
+
+def test_a_request_cut_short_by_the_drain_timeout_gets_the_services_503(
+    encoder: Encoder, tmp_path: Path
+) -> None:
+    # uvicorn cancels what still runs when the drain is over: the client got its
+    # plain-text 500 ("Internal Server Error") and the log a traceback.
+    import threading
+
+    gated, router = gated_router(encoder, tmp_path / "r.db")
+    srv = ThreadedServer(create_app(ServerSettings(), router=router), timeout_graceful_shutdown=1)
+    gated.gate.clear()
+    gated.entered.clear()
+    answers: list[httpx.Response] = []
+    asking = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(
+                f"{srv.url}/route", json={"query": "a query held at the model"}, timeout=LIMIT_S
+            )
+        )
+    )
+    asking.start()
+    try:
+        assert gated.entered.wait(LIMIT_S)
+        stopping = threading.Thread(target=srv.stop)
+        stopping.start()
+        asking.join(LIMIT_S)
+    finally:
+        gated.gate.set()
+    stopping.join(LIMIT_S)
+    (answer,) = answers
+    assert answer.status_code == 503
+    assert answer.json() == {"detail": "the service is stopping; retry later"}
+    assert answer.headers["retry-after"] == "1"

@@ -210,7 +210,11 @@ def create_app(
     app.state.memory_trimmer = trimmer
     _install_error_handlers(app, state)
     # Innermost first: the last added runs first.
-    app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(
+        InternalErrorMiddleware,
+        retry_after=settings.retry_after,
+        on_stopped=lambda: metrics.rejections.inc(("shutting_down",)),
+    )
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics)
     key = settings.api_key.get_secret_value().encode() if settings.api_key else None
     if key is None:

@@ -18,6 +18,7 @@ counts) live in :mod:`synaptoroute.server.protocol`.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import math
@@ -50,6 +51,9 @@ log = logging.getLogger("synaptoroute.server")
 
 #: Paths that stay open to every client: probes must not be rate limited.
 _PROBES = frozenset({"/healthz", "/readyz", "/healthz/store"})
+# What answers any Host: the probes, and the metrics a scraper reads by the pod's
+# address (counts only, no route names; as the probes, nothing a rebound page can use).
+_ANY_HOST = _PROBES | {"/metrics"}
 # The longest Retry-After the rate limit sends: a day. A longer wait tells a client
 # nothing more, and a rate too small for a float makes the wait infinite.
 _MAX_RETRY_AFTER_S = 86_400
@@ -65,10 +69,19 @@ async def _never_receive() -> Message:
 
 
 class InternalErrorMiddleware:
-    """Turns an exception that no handler took into one logged 500, connection kept."""
+    """Turns an exception that no handler took into one logged 500, connection kept,
+    and a request cut short by the end of the drain (uvicorn cancels what still runs
+    when ``drain_timeout`` is over) into the service's 503 for stopping."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        retry_after: int = 1,
+        on_stopped: Callable[[], None] | None = None,
+    ) -> None:
         self.app = app
+        self.retry_after = retry_after
+        self.on_stopped = on_stopped
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,6 +97,20 @@ class InternalErrorMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            # uvicorn answered a plain-text 500 and logged a traceback: every error of
+            # the service is JSON, and a stopping one says when to retry.
+            log.warning("%s %s cut short: the drain timed out", scope["method"], scope["path"])
+            if self.on_stopped is not None:
+                self.on_stopped()
+            response = _json_error(
+                503,
+                "the service is stopping; retry later",
+                {"Retry-After": str(self.retry_after), "Connection": "close"},
+            )
+            await response(scope, _never_receive, send)
         except Exception as exc:
             # The traceback goes to the server log once, never to the client.
             log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
@@ -134,9 +161,9 @@ class HostGuardMiddleware:
                 if key == b"host":
                     host = value.decode("latin-1")
                     break
-            # Probes pass: an orchestrator asks by the pod's address, and they tell
-            # nothing but up or down.
-            if scope["path"] not in _PROBES and not host_allowed(host, self.allowed):
+            # Probes and metrics pass: an orchestrator and a scraper ask by the pod's
+            # address, and they tell nothing but up, down and counts.
+            if scope["path"] not in _ANY_HOST and not host_allowed(host, self.allowed):
                 response = _json_error(
                     421,
                     "this service only answers requests addressed to a loopback name "

@@ -165,9 +165,12 @@ class SharedStoreCheck:
 
 
 async def _store_readable(router: AdaptiveRouter) -> bool:
-    """Whether ``router``'s store answers a read (in a thread: it may block)."""
+    """Whether ``router``'s store answers a read (in a thread: it may block), and can
+    take writes as far as it can tell without one (a SQLite file deleted or replaced
+    under the service still reads, but refuses every change)."""
+    check = getattr(router.storage, "check_health", None)
     try:
-        await _blocking(router.storage.model_info)
+        await _blocking(check if callable(check) else router.storage.model_info)
     except Exception:
         log.warning("store check: the store cannot be read", exc_info=True)
         return False

@@ -641,6 +641,18 @@ class SQLiteStorage:
         with self._reading() as db:
             return self._model_info(db)
 
+    def check_health(self) -> None:
+        """Read the store, and refuse one whose file was deleted or replaced since it
+        was opened: reads still answer from the old file, but every write fails until
+        the process is restarted (the service's ``/healthz/store``).
+
+        Raises:
+            StorageError: the store is closed, cannot be read, or its file moved.
+        """
+        self.model_info()
+        with self._lock:
+            self._refuse_if_moved("route changes fail until the process is restarted on it")
+
     def _model_info(self, db: sqlite3.Connection) -> ModelInfo | None:
         rows = dict(
             db.execute("SELECT key, value FROM meta WHERE key IN ('model_id', 'dimension')")
