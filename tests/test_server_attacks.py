@@ -1284,5 +1284,41 @@ def test_a_request_cut_short_by_the_drain_timeout_gets_the_services_503(
     stopping.join(LIMIT_S)
     (answer,) = answers
     assert answer.status_code == 503
-    assert answer.json() == {"detail": "the service is stopping; retry later"}
+    assert "the service stopped before it answered" in answer.json()["detail"]
     assert answer.headers["retry-after"] == "1"
+
+
+async def test_only_the_drains_cancel_is_answered_503() -> None:
+    # A host app's own timeout around the service, or a force quit, cancels the request
+    # too: that cancel was swallowed as the drain's (the owner's timeout never fired,
+    # and the client was told the service was stopping).
+    from synaptoroute.server.guards import InternalErrorMiddleware
+
+    entered = asyncio.Event()
+
+    async def forever(scope: Any, receive: Any, send: Any) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    async def answered(message: str | None) -> tuple[bool, list[dict[str, Any]]]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(item: dict[str, Any]) -> None:
+            sent.append(item)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.disconnect"}
+
+        middleware = InternalErrorMiddleware(forever)
+        scope = {"type": "http", "method": "POST", "path": "/route"}
+        entered.clear()
+        task = asyncio.ensure_future(middleware(scope, receive, send))
+        await asyncio.wait_for(entered.wait(), LIMIT_S)
+        task.cancel(msg=message)
+        await asyncio.wait((task,), timeout=LIMIT_S)
+        return task.cancelled(), sent
+
+    cancelled, sent = await answered(None)  # an enclosing timeout's cancel
+    assert cancelled and not sent
+    cancelled, sent = await answered("Task cancelled, timeout graceful shutdown exceeded")
+    assert not cancelled and sent[0]["status"] == 503  # uvicorn's, at the end of the drain

@@ -97,9 +97,14 @@ class InternalErrorMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except asyncio.CancelledError:
-            if started:
+        except asyncio.CancelledError as cancel:
+            # Only uvicorn's cancel at the end of the drain (it says so): another (an
+            # enclosing timeout of a host app, a force quit) must reach its owner.
+            if started or not _drain_over(cancel):
                 raise
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):  # Python 3.11+
+                task.uncancel()
             # uvicorn answered a plain-text 500 and logged a traceback: every error of
             # the service is JSON, and a stopping one says when to retry.
             log.warning("%s %s cut short: the drain timed out", scope["method"], scope["path"])
@@ -107,7 +112,8 @@ class InternalErrorMiddleware:
                 self.on_stopped()
             response = _json_error(
                 503,
-                "the service is stopping; retry later",
+                "the service stopped before it answered (drain timeout); a route change "
+                "may have been applied; retry later",
                 {"Retry-After": str(self.retry_after), "Connection": "close"},
             )
             await response(scope, _never_receive, send)
@@ -118,6 +124,12 @@ class InternalErrorMiddleware:
                 return
             response = _json_error(500, "internal server error")
             await response(scope, _never_receive, send)
+
+
+def _drain_over(cancel: asyncio.CancelledError) -> bool:
+    """Whether ``cancel`` is uvicorn's at the end of its graceful shutdown
+    (``timeout_graceful_shutdown``): the message it cancels the tasks still running with."""
+    return any("graceful shutdown" in str(arg) for arg in cancel.args)
 
 
 def _host_name(value: str) -> str:
