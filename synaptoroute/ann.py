@@ -90,11 +90,11 @@ FEED_YIELD = 0.005
 # ends within one such call (about a second on 2 cores).
 BUILD_CHUNK = 8192
 # Rows a serving graph may lack. Past this a query scores exactly: re-scoring them in
-# every search round costs more than the int8 scan. The feed then inserts them
-# BUILD_CHUNK at a time with every thread, as a build does (no query searches the
-# graph meanwhile): one row at a time, the rows a store gained since the cache file
-# was written took minutes under load, at every start. And a feed that has inserted
-# as many since the file was written saves it again.
+# every search round costs more than the int8 scan. The feed then inserts them this
+# many at a time with every thread, as a build does (no query searches the graph
+# meanwhile): one row at a time, the rows a store gained since the cache file was
+# written took minutes under load, at every start. And a feed that has inserted as
+# many (and an eighth of the file's) since the file was written saves it again.
 FEED_TAIL_MAX = 2048
 # 5: the key holds the graph file's SHA-256 (4: the file's inode, size and time only;
 # 3: SHA-256 keys of row blocks; 2: blake2b keys; 1: float16 vectors)

@@ -909,7 +909,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="synaptoroute",
         description="A local semantic router: route texts, manage routes, fit, evaluate, serve.",
-        epilog="Exit codes: 0 ok, 1 failure, 2 bad input, 3 missing extra, 130 interrupted.",
+        epilog=(
+            "Exit codes: 0 ok, 1 failure, 2 bad input, 3 missing extra, 130 interrupted, "
+            "141 output closed early (| head)."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"synaptoroute {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show tracebacks on errors")

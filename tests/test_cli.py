@@ -202,6 +202,10 @@ def test_exit_codes_are_documented() -> None:
         cli.EXIT_INTERRUPTED,
     ):
         assert re.search(rf"^\| `?{code}`? \|", text, flags=re.MULTILINE), code
+    # And --help's epilog names every code the docs' table lists (it lacked 141).
+    documented = re.findall(r"^\| `?(\d+)`? \|", text, flags=re.MULTILINE)
+    epilog = build_parser().epilog or ""
+    assert documented and all(re.search(rf"\b{code}\b", epilog) for code in documented)
 
 
 # -- route management -----------------------------------------------------------------------
