@@ -145,17 +145,24 @@ def machine_info() -> str:
 def replace_section(section: str, text: str) -> None:
     """Put ``text`` (which starts with the ``section`` heading) into BENCHMARKS.md.
 
-    It replaces the section of that heading, up to the next ``## `` heading, or is
-    appended at the end when the section does not exist yet.
+    ``section`` is a whole heading line (``"## GPU (issue 17)"``): it matches only a
+    line equal to it (trailing spaces aside), never a longer heading that contains
+    it nor the same words in a section's body. The first such line's section, up to
+    the next ``## `` heading, is replaced; the text is appended at the end when no
+    heading matches.
     """
     path = REPO_ROOT / "BENCHMARKS.md"
     doc = path.read_text(encoding="utf-8")
-    start = doc.find(section)
-    if start == -1:
+    heading = section.strip()
+    lines = doc.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
+    if start is None:
         doc = doc.rstrip("\n") + "\n\n" + text
     else:
-        end = doc.find("\n## ", start + len(section))
-        doc = doc[:start] + text + (doc[end + 1 :] if end != -1 else "")
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        doc = "".join([*lines[:start], text, *lines[end:]])
     path.write_text(doc, encoding="utf-8")
 
 

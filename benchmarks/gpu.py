@@ -93,9 +93,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     add_data_argument(parser)
     parser.add_argument("--device", default="cuda", help="cpu, cuda, cuda:<n>, tensorrt, ...")
-    parser.add_argument("--batches", type=int, nargs="*", default=list(BATCHES))
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=list(BATCHES),
+        help="encoder batch sizes to measure, one table row each (default: %(default)s)",
+    )
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
+    if any(batch < 1 for batch in args.batches):
+        # nargs="+" refuses an empty list (an empty table); a size below 1 is no batch.
+        parser.error(f"--batches must be positive integers, got {args.batches}")
 
     machine = machine_info()
     groups = by_label(load_split("clinc150", "train", args.data))

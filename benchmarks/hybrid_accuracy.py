@@ -10,6 +10,8 @@ Sections (``--only`` picks some):
   (dense only), and scikit-learn ``LogisticRegression`` on the same embeddings
   (C=10, the head's regularisation; no out-of-scope handling beyond a class);
   for CLINC150 the fit report's held-out figures of every out-of-scope scorer.
+  Without scikit-learn (or semantic-router) installed, that comparison's entry is
+  ``{"skipped": "<why>"}`` and the run says so on stdout.
 * ``few``: CLINC150 with 10 utterances per intent (the first 10, and a seeded random
   10), fitted on those rows, before and after fitting.
 * ``folds``: CLINC150 train+val in 5 stratified folds; each fold's rows (its
@@ -89,6 +91,19 @@ from synaptoroute.router import AdaptiveRouter
 
 OOS_SHARE = DEFAULT_OOS_SHARE  # the default objective's ("balanced")
 
+#: Stands in the numbers for a comparison that could not run, and says why.
+SKLEARN_SKIPPED = {"skipped": "scikit-learn is not installed"}
+SEMANTIC_ROUTER_SKIPPED = {"skipped": "semantic-router is not installed"}
+
+
+def sklearn_available() -> bool:
+    """Whether scikit-learn can be imported (its comparisons are skipped otherwise)."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
 
 def shared_encoder(rows: Sequence[Example], cache: str | None) -> PrecomputedEncoder:
     """Encode every distinct text once with the bundled model."""
@@ -146,12 +161,13 @@ def fitted(
 
 def logistic_peer(
     encoder: PrecomputedEncoder, train: Sequence[Example], val: Sequence[Example]
-) -> dict[str, Any] | None:
-    """scikit-learn LogisticRegression on the same embeddings (out of scope = a class)."""
+) -> dict[str, Any]:
+    """scikit-learn LogisticRegression on the same embeddings (out of scope = a class),
+    or ``SKLEARN_SKIPPED`` when scikit-learn is not installed."""
     try:
         from sklearn.linear_model import LogisticRegression
     except ImportError:
-        return None
+        return dict(SKLEARN_SKIPPED)
     x = encoder.encode([r.text for r in train])
     y = [r.label or "<oos>" for r in train]
     model = LogisticRegression(C=10.0, max_iter=300)
@@ -170,12 +186,13 @@ DATASETS = ("clinc150", "banking77", "snips")
 
 def semantic_router_peer(
     encoder: PrecomputedEncoder, train: Sequence[Example], val: Sequence[Example]
-) -> dict[str, Any] | None:
-    """semantic-router 1.1.1, dense and hybrid (TF-IDF), before and after its ``fit``."""
+) -> dict[str, Any]:
+    """semantic-router 1.1.1, dense and hybrid (TF-IDF), before and after its ``fit``
+    (``SEMANTIC_ROUTER_SKIPPED`` when it is not installed)."""
     from accuracy import peer_available, run_peer
 
     if peer_available() is None:
-        return None
+        return dict(SEMANTIC_ROUTER_SKIPPED)
     return {
         "dense": run_peer(encoder, train, val),
         "hybrid_tfidf": run_peer(encoder, train, val, hybrid=True),
@@ -405,7 +422,7 @@ class InScope:
 
 def top1_ceilings(
     encoder: PrecomputedEncoder, train: Sequence[Example], val: Sequence[Example]
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Top-1 on val's in-scope rows, nothing rejected, of classifiers fitted on train's
     in-scope rows (see ``ceiling`` in the module docstring)."""
     from threadpoolctl import threadpool_limits
@@ -416,7 +433,7 @@ def top1_ceilings(
 
     s = InScope.of(encoder, train, val)
     labels, texts, val_texts, x, xv, y, yv = s.labels, s.texts, s.val_texts, s.x, s.xv, s.y, s.yv
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     sims = xv @ x.T
     route_sims = np.stack([sims[:, y == c].max(axis=1) for c in range(len(labels))], axis=1)
     grams = NgramFeatures.learn(texts, 0.5)
@@ -438,6 +455,7 @@ def top1_ceilings(
     try:
         from sklearn.linear_model import LogisticRegression
     except ImportError:
+        out["sklearn_logreg"] = dict(SKLEARN_SKIPPED)
         return out
     for c in (1.0, 10.0, 100.0):
         model = LogisticRegression(C=c, max_iter=1000).fit(x, y)
@@ -676,7 +694,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", help="write all numbers to this file")
     parser.add_argument("--no-peer", action="store_true", help="skip semantic-router")
     args = parser.parse_args(argv)
-    out: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv)}
+    machine = machine_info()
+    print(f"machine: {machine}", flush=True)
+    out: dict[str, Any] = {"machine": machine, "command": " ".join(sys.argv)}
+    if not sklearn_available() and {"main", "head", "ceiling"} & set(args.only):
+        # Said once up front, and in the numbers as a "skipped" entry, not a bare null.
+        print(
+            "scikit-learn comparison skipped: scikit-learn is not installed "
+            "(pip install scikit-learn)",
+            flush=True,
+        )
     sections = {
         "few": section_few,
         "folds": section_folds,

@@ -15,6 +15,11 @@ Needs a PostgreSQL server: ``--dsn``, else ``$SYNAPTOROUTE_TEST_PG_DSN``, else o
 started with ``scripts/postgres.sh`` for the run. Both parts use the real bundled
 model. Each run works in a fresh schema and drops it afterwards.
 
+The texts are CLINC150 train's (repeated with a suffix when more are needed) from the
+data folder: ``--data``, else ``$SYNAPTOROUTE_DATA``, else ``../shared/data``; when
+neither option is set and the default folder has no CLINC150, the test slice in
+``tests/fixtures`` is used instead. The run says which file it read.
+
     .venv/bin/python benchmarks/postgres_replicas.py
 """
 
@@ -36,21 +41,48 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, machine_info, percentile
+from common import REPO_ROOT, add_data_argument, data_dir, machine_info, percentile
 
 from synaptoroute import AdaptiveRouter, Encoder, Route
 from synaptoroute.postgres import PostgresStorage
 from synaptoroute.storage import ModelInfo, StoredRoute
 
+FIXTURE = REPO_ROOT / "tests/fixtures/clinc150_train_slice.jsonl"
 
-def sample_texts(n: int) -> list[str]:
-    """``n`` distinct, realistic texts: CLINC150 rows (shared data or the test slice)."""
+
+def text_source(data: str | None = None) -> Path:
+    """CLINC150 train in the data folder (``--data``, else ``$SYNAPTOROUTE_DATA``, else
+    ``../shared/data``); the test slice only when no folder was asked for and the
+    default one has no CLINC150.
+
+    Raises:
+        FileNotFoundError: the folder asked for (``--data`` or the environment
+            variable) does not exist or holds no ``clinc150/train.jsonl``.
+    """
+    asked = data or os.environ.get("SYNAPTOROUTE_DATA")
+    try:
+        path = data_dir(data) / "clinc150" / "train.jsonl"
+    except FileNotFoundError:
+        if asked:
+            raise
+        return FIXTURE
+    if path.is_file():
+        return path
+    if asked:
+        msg = f"no CLINC150 train split in the data folder: {path} not found"
+        raise FileNotFoundError(msg)
+    return FIXTURE
+
+
+def sample_texts(n: int, source: Path) -> list[str]:
+    """``n`` distinct, realistic texts: the rows of ``source`` (CLINC150 train, see
+    :func:`text_source`), repeated with a numbered suffix when there are too few."""
     rows: list[str] = []
-    shared = REPO_ROOT.parent / "shared" / "data" / "clinc150" / "train.jsonl"
-    source = shared if shared.is_file() else REPO_ROOT / "tests/fixtures/clinc150_train_slice.jsonl"
     with source.open(encoding="utf-8") as fh:
         rows = [json.loads(line)["text"] for line in fh if line.strip()]
-    out, seen, k = [], set(), 0
+    out: list[str] = []
+    seen: set[str] = set()
+    k = 0
     while len(out) < n:
         for text in rows:
             candidate = text if k == 0 else f"{text} ({k})"
@@ -86,7 +118,7 @@ def follower_main(dsn: str, schema: str, count: int) -> None:
 
 
 # -- replica A and the measurements ---------------------------------------------------
-def propagation(dsn: str, schema: str, changes: int, seed: int) -> dict[str, Any]:
+def propagation(dsn: str, schema: str, changes: int, seed: int, source: Path) -> dict[str, Any]:
     """Time from a commit on A to the change being routable on B, for ``changes`` changes."""
     encoder = Encoder()
     encoder.load()
@@ -99,7 +131,7 @@ def propagation(dsn: str, schema: str, changes: int, seed: int) -> dict[str, Any
     assert b.stdout is not None
     json.loads(b.stdout.readline())  # B has loaded the store and follows it
     rng = random.Random(seed)
-    texts = sample_texts(4 * changes)
+    texts = sample_texts(4 * changes, source)
     commits: dict[int, tuple[str, float]] = {}
     live: list[str] = []
     for i in range(changes):
@@ -142,11 +174,13 @@ def propagation(dsn: str, schema: str, changes: int, seed: int) -> dict[str, Any
     }
 
 
-def startup(dsn: str, schema: str, size: int, sample: int, full: bool) -> dict[str, Any]:
+def startup(
+    dsn: str, schema: str, size: int, sample: int, full: bool, source: Path
+) -> dict[str, Any]:
     """Open a replica on ``size`` stored utterances vs encoding them."""
     encoder = Encoder()
     encoder.load()
-    texts = sample_texts(size)
+    texts = sample_texts(size, source)
     t0 = time.perf_counter()
     sample_vectors = encoder.encode(texts[:sample])
     sample_s = time.perf_counter() - t0
@@ -257,6 +291,7 @@ def report(prop: dict[str, Any] | None, start: dict[str, Any] | None, command: s
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the Markdown results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_data_argument(parser)
     parser.add_argument("--dsn", default=os.environ.get("SYNAPTOROUTE_TEST_PG_DSN"))
     parser.add_argument("--changes", type=int, default=1000)
     parser.add_argument(
@@ -266,7 +301,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sample", type=int, default=2000, help="texts encoded to estimate a re-encode"
     )
     parser.add_argument("--full-reencode", action="store_true")
-    parser.add_argument("--parts", nargs="+", default=["propagation", "startup"])
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["propagation", "startup"],
+        choices=["propagation", "startup"],
+        help="what to measure (default: both)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write all numbers to this file")
     args = parser.parse_args(argv)
@@ -277,6 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sample < 1:
         parser.error(f"--sample must be at least 1, got {args.sample}")
     args.sample = min(args.sample, args.size)  # more encodes all of them: measured
+    try:
+        source = text_source(args.data)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
+    print(f"texts: {source}", flush=True)
     started = None
     if not args.dsn:
         out = subprocess.run(
@@ -293,9 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     prop = start = None
     try:
         if "propagation" in args.parts:
-            prop = propagation(args.dsn, schema, args.changes, args.seed)
+            prop = propagation(args.dsn, schema, args.changes, args.seed, source)
         if "startup" in args.parts:
-            start = startup(args.dsn, schema + "_s", args.size, args.sample, args.full_reencode)
+            start = startup(
+                args.dsn, schema + "_s", args.size, args.sample, args.full_reencode, source
+            )
     finally:
         with psycopg.connect(args.dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -308,7 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python benchmarks/postgres_replicas.py " + shlex.join(shown)
     print(report(prop, start, command.strip()))
     if args.json:
-        Path(args.json).write_text(json.dumps({"propagation": prop, "startup": start}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"texts": str(source), "propagation": prop, "startup": start}, indent=2)
+        )
     return 0
 
 

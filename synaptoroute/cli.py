@@ -446,9 +446,11 @@ def _refuse_threshold_change(router: AdaptiveRouter, doc: RoutesDocument) -> Non
     another store changed that store's silently.
 
     Raises:
-        BadInput: the store holds routes and another default threshold.
+        BadInput: the store holds routes or negative examples, and another default
+            threshold.
     """
-    if doc.threshold is not None and len(router) and doc.threshold != router.threshold:
+    holds = len(router) > 0 or bool(router.negatives)  # a store of negatives is not new
+    if doc.threshold is not None and holds and doc.threshold != router.threshold:
         msg = (
             f"the file sets the default threshold {doc.threshold:.3f}, and the store's is "
             f"{router.threshold:.3f}; pass --replace to change it"

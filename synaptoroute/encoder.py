@@ -400,9 +400,22 @@ def _folder_model_id(folder: Path) -> str:
     return "onnx-" + hashlib.sha256(" ".join(digests).encode()).hexdigest()[:16]
 
 
+#: The inputs :meth:`Encoder.encode` feeds an export.
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
 def _hidden_width(session: Any, model_file: Path) -> int:
     """The width of an export's token states ``(batch, sequence, width)``, which the
-    encoder mean-pools into the vector."""
+    encoder mean-pools into the vector; an export whose inputs the encoder cannot feed
+    is refused here, at load, not at each encode."""
+    inputs = [i.name for i in session.get_inputs()]
+    unknown = [name for name in inputs if name not in _INPUTS]
+    if unknown or not {"input_ids", "attention_mask"} <= set(inputs):
+        msg = (
+            f"{model_file}: its inputs must be input_ids and attention_mask (token_type_ids "
+            f"optional), as a sentence-transformers export's, got {inputs}"
+        )
+        raise EncoderError(msg)
     shape = session.get_outputs()[0].shape
     if len(shape) != 3 or not isinstance(shape[-1], int) or shape[-1] < 1:
         msg = (
@@ -552,7 +565,7 @@ class Encoder:
             available = (_CPU,)  # no import: the CPU-only default loads lazily
         self._session_providers = _available(self._requested, available, stacklevel=3)
         first = self._session_providers[0]
-        on_accelerator = (first if isinstance(first, str) else first[0]) != _CPU
+        on_accelerator = (first if isinstance(first, str) else first[0]) not in _NOT_ACCELERATORS
         self._on_accelerator = on_accelerator
         if batch_size is None:
             batch_size = _ACCELERATOR_BATCH if on_accelerator else _CPU_BATCH
@@ -677,7 +690,9 @@ class Encoder:
         Before loading it follows the provider the session will run on (the CPU when
         the device asked for is not available); after, the one it runs on.
         """
-        on_accelerator = self.device != "cpu" if self._providers else self._on_accelerator
+        on_accelerator = (
+            self._providers[0] not in _NOT_ACCELERATORS if self._providers else self._on_accelerator
+        )
         return _ACCELERATOR_WORKER_BATCH if on_accelerator else _CPU_WORKER_BATCH
 
     @property
@@ -1048,6 +1063,9 @@ _DEVICES: dict[str, list[str]] = {
     "openvino": ["OpenVINOExecutionProvider", _CPU],
 }
 _SHORT_NAMES = {names[0]: device for device, names in _DEVICES.items()}
+#: Providers that compute on the CPU, or send the work elsewhere (Azure's calls an
+#: endpoint, and onnxruntime lists it as available): the CPU's batch sizes suit them.
+_NOT_ACCELERATORS = frozenset({_CPU, "AzureExecutionProvider"})
 _Provider = tuple[str, dict[str, Any]]
 
 
@@ -1075,10 +1093,10 @@ def _requested_providers(
                 raise InvalidInputError(msg)
             out.append((name, dict(options)))
     else:
-        kind, _, index = (device or "cpu").strip().lower().partition(":")
+        kind, colon, index = (device or "cpu").strip().lower().partition(":")
         if kind == "gpu":
             kind = "cuda"
-        if kind not in _DEVICES or (index and not (kind == "cuda" and index.isdigit())):
+        if kind not in _DEVICES or (colon and not (kind == "cuda" and index.isdigit())):
             msg = f"unknown device {device!r}: use one of {sorted(_DEVICES)} (or 'cuda:<n>')"
             raise InvalidInputError(msg)
         options = {"device_id": int(index)} if index else {}

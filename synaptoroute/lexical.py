@@ -99,7 +99,8 @@ MAX_CHARS = 4096
 
 def text_features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     """The hashed features of the first :data:`MAX_CHARS` characters of ``text`` (in
-    Unicode normal form NFC, case-folded): word uni- and bigrams and the character 3-
+    Unicode normal form NFC, case-folded; a whitespace run counts as one character
+    there): word uni- and bigrams and the character 3-
     and 4-grams of each word (with boundary marks), with sublinear counts. Canonically
     equivalent texts (NFC and NFD, say) have the same features, as they have the same
     embedding.
@@ -110,7 +111,31 @@ def text_features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     """
     # An NFC character is at most 4 in any other form (Greek with three marks; a
     # Hangul syllable is 3): this cut keeps MAX_CHARS of the NFC text whatever the form.
-    return _features(text[: 4 * MAX_CHARS])
+    return _features(_squeezed(text)[: 4 * MAX_CHARS])
+
+
+_NOT_SPACE = re.compile(r"\S+")
+
+
+def _squeezed(text: str) -> str:
+    """``text`` with its whitespace runs as one space, when it is longer than the cut.
+
+    The encoder reads the words after a long whitespace run (its tokenizer keeps
+    nothing of the run); cut first, a text starting with 4,096 spaces had no features.
+    Words and their order are those of ``text``, so a text within the cut, whose
+    features are read whole, is returned as it is. The work stops at the cut's length
+    of words (the scan through whitespace is the regex engine's).
+    """
+    if len(text) <= MAX_CHARS:
+        return text
+    pieces: list[str] = []
+    kept = 0
+    for match in _NOT_SPACE.finditer(text):
+        pieces.append(match.group())
+        kept += len(pieces[-1]) + 1
+        if kept > 4 * MAX_CHARS:
+            break
+    return " ".join(pieces)
 
 
 def legacy_text_features(text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:

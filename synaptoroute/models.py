@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, field_validator
 
 from .exceptions import InvalidInputError
 
@@ -60,9 +60,11 @@ class Route(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str
-    utterances: list[str] = Field(default_factory=list)
-    description: str | None = None
+    # Strict: pydantic's lax mode took bytes as their UTF-8 text (a YAML ``!!binary``
+    # utterance was stored decoded), where every other non-text is refused.
+    name: StrictStr
+    utterances: list[StrictStr] = Field(default_factory=list)
+    description: StrictStr | None = None
     threshold: OptionalThreshold = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 

@@ -32,7 +32,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from .checks import RepeatedKeyError, _empty_to_the_model, reads_nothing_of, unique_keys
 from .encoder import EncoderProtocol, check_text
@@ -62,7 +62,7 @@ class RoutesDocument(BaseModel):
 
     threshold: OptionalThreshold = None
     routes: list[Route] = Field(default_factory=list)
-    negatives: list[str] = Field(default_factory=list)
+    negatives: list[StrictStr] = Field(default_factory=list)
 
     @field_validator("negatives")
     @classmethod
@@ -218,6 +218,8 @@ def _describe(exc: ValidationError) -> str:
             # (only such short scalars: the inputs are otherwise left out).
             shown = value.isoformat() if isinstance(value, date) else repr(value)
             said += f" (read as {type(value).__name__} {shown}: put the text in quotes)"
+        elif err["type"] == "string_type" and isinstance(value, bytes):
+            said += " (read as binary data, a !!binary value: write the text itself)"
         parts.append(said)
     return "; ".join(parts)
 

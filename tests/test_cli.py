@@ -437,6 +437,14 @@ def test_a_files_default_threshold_needs_replace_and_is_reported(
     fresh = str(tmp_path / "fresh.db")  # a new store takes the file's
     code, out, _ = run(capsys, "import", str(routes), "--store", fresh)
     assert code == EXIT_OK and out.endswith("default threshold 0.500 -> 0.900\n")
+    # A store of negative examples only is not new: it counted as one, and a file's
+    # default replaced its own without --replace.
+    negatives = str(tmp_path / "negatives.db")
+    code, _, _ = run(capsys, "negatives", "add", "what is the weather", "--store", negatives)
+    assert code == EXIT_OK
+    code, out, err = run(capsys, "import", str(routes), "--store", negatives)
+    assert code == EXIT_BAD_INPUT and not out and "pass --replace" in err
+    assert AdaptiveRouter.open(negatives, cli.Encoder()).threshold == 0.5
 
 
 def test_a_closed_stdout_ends_the_command_quietly(

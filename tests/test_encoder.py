@@ -321,6 +321,25 @@ def test_a_folders_export_is_known_by_its_files_not_as_the_bundled_model(
 
 
 @pytest.mark.model
+def test_an_export_whose_inputs_the_encoder_cannot_feed_is_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    # It loaded, and every encode then failed with onnxruntime's own message about a
+    # missing input: the export is refused when it loads, naming the inputs it has.
+    _, tokenizer = _default_model_files()
+    tiny = (Path(__file__).parent / "fixtures" / "tiny_onnx" / "model.onnx").read_bytes()
+    assert tiny.count(b"input_ids") == 2  # the graph's input and the node reading it
+    (tmp_path / "model.onnx").write_bytes(tiny.replace(b"input_ids", b"token_ids"))
+    shutil.copy(tokenizer, tmp_path / "tokenizer.json")
+    with pytest.raises(
+        EncoderError,
+        match=r"inputs must be input_ids and attention_mask.*"
+        r"'token_ids', 'attention_mask'",
+    ):
+        Encoder(model_path=tmp_path).load()
+
+
+@pytest.mark.model
 def test_the_bulk_session_checks_the_model_file_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

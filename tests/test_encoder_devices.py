@@ -39,6 +39,9 @@ def test_devices_map_to_providers_with_the_cpu_last() -> None:
         ("tpu", None, "unknown device 'tpu'"),
         ("cpu:0", None, "unknown device"),
         ("cuda:x", None, "unknown device"),
+        # A trailing colon named no device and was read as "cuda".
+        ("cuda:", None, "unknown device"),
+        ("cpu:", None, "unknown device"),
         (None, [], "non-empty list"),
         (None, "CPUExecutionProvider", "non-empty list"),
         (None, [("CUDAExecutionProvider", "device_id=0")], "not an execution provider"),
@@ -129,6 +132,18 @@ def test_an_available_accelerator_gets_its_batch_sizes(monkeypatch: pytest.Monke
     # A list that names the CPU first runs on the CPU: passed as it is, in its order.
     cpu_first = Encoder(providers=[CPU, CUDA])
     assert (cpu_first.batch_size, cpu_first.preferred_batch_size) == (32, 512)
+
+
+def test_the_azure_provider_gets_the_cpus_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # onnxruntime lists AzureExecutionProvider as available; it calls an endpoint and
+    # computes nothing here, yet it counted as an accelerator (batches of 256 and 2048).
+    azure = "AzureExecutionProvider"
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [azure, CPU])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder = Encoder(providers=[azure])
+    assert (encoder.batch_size, encoder.preferred_batch_size) == (32, 512)
+    assert AdaptiveRouter(encoder).worker.max_batch_size == 512
 
 
 def test_an_explicit_batch_size_wins_over_the_device_default() -> None:

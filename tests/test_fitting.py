@@ -110,6 +110,15 @@ def test_fit_repairs_a_misset_threshold(
     data = report.to_dict()
     assert data["accuracy_after"] == report.after.accuracy
     assert "before" in str(report) and "after" in str(report)
+    # Routes that only moved with the new default are said to have (they read as that
+    # many per-route cuts: "150 routes got a new threshold").
+    moved = report.thresholds_changed
+    with_default = [name for name, values in moved.items() if values == report.threshold]
+    assert moved and with_default
+    assert (
+        f"{len(moved)} routes' thresholds changed ({len(with_default)} of them with the "
+        "default)" in str(report)
+    )
 
 
 def test_fit_reuses_stored_vectors(

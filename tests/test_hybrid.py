@@ -360,6 +360,24 @@ def test_text_features_read_a_bounded_prefix_and_share_read_only_results() -> No
         weights *= 2
 
 
+def test_text_features_read_the_words_after_a_long_whitespace_run() -> None:
+    # The encoder reads the words after a run of whitespace (its tokenizer keeps
+    # nothing of the run); the lexical features were cut first: none at all.
+    words = text_features("reset my router please")
+    for text in [
+        " " * (2 * MAX_CHARS) + "reset my router please",
+        "reset my" + "\n\t " * MAX_CHARS + "router   please",
+        "\u3000" * (5 * MAX_CHARS) + "reset my router please  ",
+    ]:
+        got = text_features(text)
+        assert np.array_equal(got[0], words[0]) and np.array_equal(got[1], words[1])
+    # Past the cut the words are still cut: the whitespace counts one character a run.
+    many = " ".join(f"w{i}" for i in range(3 * MAX_CHARS))
+    spaced = many.replace(" ", " " * 7)
+    assert np.array_equal(text_features(spaced)[0], text_features(many)[0])
+    assert np.array_equal(text_features(many)[0], text_features(many[:MAX_CHARS])[0])
+
+
 def test_a_hybrid_fit_on_a_handful_of_rows_reads_no_ngrams_and_says_so(
     encoder: Encoder,
 ) -> None:

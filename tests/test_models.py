@@ -215,3 +215,13 @@ def test_route_match_explains_itself() -> None:
     assert match.margin == pytest.approx(0.11)
     assert RouteMatch(name="x", score=0.9).matched
     assert RouteMatch(name="x", score=0.9).margin is None
+
+
+def test_a_route_takes_text_not_bytes() -> None:
+    for fields in [
+        {"name": b"greet", "utterances": ["hello"]},
+        {"name": "greet", "utterances": ["hello", b"hi"]},
+        {"name": "greet", "utterances": ["hello"], "description": b"greetings"},
+    ]:
+        with pytest.raises(ValidationError, match="Input should be a valid string"):
+            Route(**fields)  # type: ignore[arg-type]

@@ -129,6 +129,19 @@ def test_a_yaml_word_read_as_no_text_says_what_yaml_read() -> None:
     assert again.routes[0].utterances == ["yes", "no", "on", "2024-01-01"]
 
 
+def test_a_yaml_binary_value_is_not_text() -> None:
+    # Pydantic's lax mode took the bytes as their UTF-8 text: "!!binary aGVsbG8=" was
+    # stored as the utterance "hello", and a route name or negative so too.
+    for text in [
+        "routes:\n  - name: greet\n    utterances: [!!binary aGVsbG8=]\n",
+        "routes:\n  - name: !!binary Z3JlZXQ=\n    utterances: [hello]\n",
+        "routes:\n  - name: greet\n    description: !!binary aGk=\n    utterances: [hello]\n",
+        "negatives: [!!binary aGVsbG8=]\n",
+    ]:
+        with pytest.raises(InvalidInputError, match=r"valid string \(read as binary data"):
+            parse_routes(text)
+
+
 def test_a_json_number_too_long_to_read_is_said_so() -> None:
     with pytest.raises(InvalidInputError, match=r"not valid JSON: a number too long to read$"):
         parse_routes('{"routes": [], "threshold": ' + "9" * 5000 + "}", "json")

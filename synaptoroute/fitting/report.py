@@ -89,10 +89,18 @@ class FitReport:
             lines.append(
                 f"{key:20}{fmt(getattr(self.before, key)):>10}{fmt(getattr(self.after, key)):>10}"
             )
+        # A route without a threshold of its own moves with the default: counted apart,
+        # so a new default does not read as that many per-route cuts.
+        with_default = sum(
+            1
+            for before, after in self.thresholds_changed.values()
+            if before == self.threshold[0] and after == self.threshold[1]
+        )
         lines.append(
             f"default threshold {self.threshold[0]:.4f} -> {self.threshold[1]:.4f}; "
             f"margin {self.min_margin[0]:.4f} -> {self.min_margin[1]:.4f}; "
-            f"{len(self.thresholds_changed)} routes got a new threshold"
+            f"{len(self.thresholds_changed)} routes' thresholds changed ({with_default} of "
+            "them with the default)"
         )
         for name, values in self.candidates.items():
             lines.append(f"  candidate {name}: held-out objective {fmt(values.get('objective'))}")

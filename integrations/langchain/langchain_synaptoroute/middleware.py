@@ -64,6 +64,9 @@ class _Selection:
     text: str
     candidates: list[BaseTool]
     k: int
+    #: Whether tools stay bound whatever is selected (``always_include`` tools offered,
+    #: or provider tool dicts).
+    others: bool = False
 
 
 class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
@@ -88,6 +91,11 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
     With no human message in the conversation, or no tool reaching ``threshold``
     (``on_no_match="all"``), every tool is bound, so the agent works as it would
     without this middleware; ``on_no_match="none"`` binds only ``always_include``.
+    But when the request demands a tool call without naming one (``tool_choice``
+    ``"any"``, ``"required"``, ``True``, or ``{"type": "any"}``/``{"type": "required"}``)
+    and that would leave no tool bound (no ``always_include`` tool offered, no provider
+    tool dict), the best-ranked tool is bound even under ``threshold``: a demanded tool
+    call needs a tool to call.
 
     ``wrap_model_call`` and ``awrap_model_call`` share one selection; the async one
     embeds through the router's batching worker.
@@ -136,7 +144,9 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             threshold: minimum similarity score of a selected tool (``None``: the
                 ``max_tools`` best are selected whatever their score).
             on_no_match: ``"all"`` binds every tool when none reaches
-                ``threshold``; ``"none"`` binds only ``always_include``.
+                ``threshold``; ``"none"`` binds only ``always_include`` (or, when the
+                request demands a tool call and nothing else would be bound, the one
+                best-ranked tool).
             router: the router holding the tool routes (for instance persisted
                 with ``SQLiteStorage``). A route this selector generated is rebuilt
                 when its tool's examples changed, even after a restart; a route of
@@ -293,10 +303,13 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             }
 
     def _routes_ready(self, tools: Sequence[BaseTool]) -> bool:
-        """Whether ``tools`` need no route built: the set was checked before (agents
-        offer the same tools on every call: one lookup skips the rest) and no tool's
-        route was deleted from a shared ``router=`` since (it is then built again: a
-        tool without a route could never be selected)."""
+        """Whether ``tools`` need no route built: there are none (a call offering only
+        provider tool dicts), or the set was checked before (agents offer the same
+        tools on every call: one lookup skips the rest) and no tool's route was deleted
+        from a shared ``router=`` since (it is then built again: a tool without a route
+        could never be selected)."""
+        if not tools:
+            return True
         return _signature(tools) in self._checked and all(
             tool.name in self.router for tool in tools
         )
@@ -333,7 +346,8 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         stored = len(self.router)
         wanted = len(candidates) if self.max_tools is None else self.max_tools
         k = max(1, min(stored, wanted + max(stored - len(candidates), 0)))
-        return _Selection(text=text, candidates=candidates, k=k)
+        others = len(candidates) < len(tools) or len(tools) < len(offered)
+        return _Selection(text=text, candidates=candidates, k=k, others=others)
 
     def _wider(self, plan: _Selection, ranked: Sequence[RouteMatch]) -> int | None:
         """A larger k when ``ranked`` was cut before it held ``max_tools`` candidates:
@@ -354,6 +368,8 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
 
         Candidates that ``tool_choice`` forces come first and take their places among
         ``max_tools`` (all of them, should they be more); the best ranked fill the rest.
+        A ``tool_choice`` demanding a tool call keeps the best-ranked candidate, under
+        ``threshold`` too, when nothing would be bound otherwise.
         """
         present = {tool.name for tool in plan.candidates}
         names = [
@@ -368,6 +384,13 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         forced = _forced(tool_choice)
         pinned = [tool.name for tool in plan.candidates if tool.name in forced]
         names = [*pinned, *(name for name in names if name not in pinned)]
+        if not names and not plan.others and _demands_call(tool_choice):
+            # A demanded tool call needs a tool: providers refuse a forced choice of none.
+            best = next(
+                (m.candidate for m in ranked if m.candidate is not None and m.candidate in present),
+                plan.candidates[0].name,
+            )
+            names = [best]
         if self.max_tools is not None:
             names = names[: max(self.max_tools, len(pinned))]
         return names
@@ -398,7 +421,9 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
 
         ``always_include`` tools come last; every tool when nothing is selected and
         ``on_no_match="all"``. A tool that ``tool_choice`` (a model request's) forces
-        comes first. Used by the middleware itself, and handy for checks.
+        comes first; one that demands a tool call (``"any"``, ``"required"``...) keeps
+        the best-ranked tool when nothing else would be bound. Used by the middleware
+        itself, and handy for checks.
         """
         plan = self._plan(tools, [HumanMessage(text)])
         if plan is None:
@@ -478,6 +503,24 @@ def _forced(tool_choice: Any) -> set[str]:
     if isinstance(tool_choice, (list, tuple)):
         return {name for name in tool_choice if isinstance(name, str)}
     return set()
+
+
+#: The ``tool_choice`` values that demand a tool call without naming one: LangChain's
+#: and OpenAI's strings, ``True``, and Anthropic's ``{"type": "any"}``.
+_DEMANDING = ("any", "required")
+
+
+def _demands_call(tool_choice: Any) -> bool:
+    """Whether ``tool_choice`` demands some tool call: ``"any"``, ``"required"``,
+    ``True``, or a provider dict ``{"type": "any"}`` / ``{"type": "required"}``."""
+    if tool_choice is True:
+        return True
+    if isinstance(tool_choice, str):
+        return tool_choice in _DEMANDING
+    if isinstance(tool_choice, Mapping):
+        kind = tool_choice.get("type")
+        return isinstance(kind, str) and kind in _DEMANDING
+    return False
 
 
 def _check_names(names: Sequence[str], what: str) -> list[str]:

@@ -319,3 +319,125 @@ def test_a_child_forked_while_the_selector_holds_a_lock_selects(
         assert in_forked_child(child) == 0
     finally:
         holder.join(60)
+
+
+# -- settings assigned after the first selection -------------------------------------
+
+#: A query no example of UTTERANCES is about (billing, the nearest, scores ~0.19).
+_GIFT_CARD = "Can I buy a gift card for a friend?"
+_GIFT_UTTERANCES = {
+    **UTTERANCES,
+    "general": [*UTTERANCES["general"], "Do you sell gift cards?", "Can I buy a voucher?"],
+}
+
+
+def test_threshold_assigned_later_reaches_cached_choice_sets(
+    recording: RecordingEncoder, choices: list[ToolMetadata]
+) -> None:
+    # A plain attribute: routers already cached kept the threshold they were built
+    # with, so an assignment reached only choice sets seen for the first time after it.
+    selector = SynaptorouteSelector.from_defaults(
+        utterances=UTTERANCES, encoder=recording, top_n=3, on_no_match="raise"
+    )
+    query = CLEAR_QUERIES[0][0]  # billing ~0.64, tech_support ~0.36
+    assert selector.select(choices, query).inds == [0]
+    selector.threshold = 0.9
+    assert selector.threshold == 0.9
+    with pytest.raises(NoRouteMatchedError, match=r"threshold 0\.900"):
+        selector.select(choices, query)
+    selector.threshold = np.float32(0.3)  # type: ignore[assignment]
+    assert type(selector.threshold) is float
+    result = selector.select(choices, query)
+    assert result.inds == [0, 1]
+    assert "(threshold 0.300)" in result.reasons[1]
+    assert asyncio.run(selector.aselect(choices, query)).inds == [0, 1]
+    selector.threshold = None  # the router's default again
+    assert selector.select(choices, query).inds == [0]
+    # The cached router took each threshold: the choices were embedded once.
+    assert [len(call) > 1 for call in recording.calls] == [
+        True,
+        *[False] * (len(recording.calls) - 1),
+    ]
+
+
+def test_utterances_assigned_later_reach_cached_choice_sets(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    # A plain attribute: the cached choice sets kept routing on the old utterances.
+    selector = SynaptorouteSelector.from_defaults(utterances=UTTERANCES, encoder=encoder)
+    assert selector.select(choices, _GIFT_CARD).inds == [0]  # best of nothing matched
+    assert selector.select(choices[1:], _GIFT_CARD).inds == [1]  # a second cached set
+    selector.utterances = _GIFT_UTTERANCES
+    assert selector.utterances["general"][-1] == "Can I buy a voucher?"
+    result = selector.select(choices, _GIFT_CARD)
+    assert result.inds == [2], result.reasons
+    assert "'general' scored" in result.reason and "gift cards" in result.reason
+    assert selector.select(choices[1:], _GIFT_CARD).inds == [1]  # general, here index 1
+    assert "'general' scored" in selector.select(choices[1:], _GIFT_CARD).reason
+    # Read-only: changed in place, they reached only choice sets built afterwards.
+    with pytest.raises(TypeError):
+        selector.utterances["billing"] = ["a refund"]  # type: ignore[index]
+
+
+async def test_utterances_assigned_during_async_selections(
+    choices: list[ToolMetadata], make_selector: Callable[..., SynaptorouteSelector]
+) -> None:
+    selector = make_selector()
+    assert (await selector.aselect(choices, _GIFT_CARD)).inds == [0]
+    old = selector.router_for(choices)
+    assert old.worker.running
+    selector.utterances = _GIFT_UTTERANCES
+    results = await asyncio.gather(*(selector.aselect(choices, _GIFT_CARD) for _ in range(3)))
+    assert [r.inds for r in results] == [[2]] * 3
+    new = selector.router_for(choices)
+    assert new is not old and new.worker.running
+    await selector.aclose()
+    assert not old.worker.running and not new.worker.running
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "message"),
+    [
+        ("threshold", 1.5, "threshold must be a number"),
+        ("threshold", True, "threshold must be a number"),
+        ("threshold", "0.3", "threshold must be a number"),
+        ("threshold", float("nan"), "threshold must be a number"),
+        ("utterances", {"billing": "I need a refund"}, "list of strings"),
+        ("utterances", {"billing": ["ok", "\u200b"]}, r"\['billing'\]\[1\].*empty to the model"),
+        ("utterances", {3: ["I need a refund"]}, "keyed by tool name"),
+        ("utterances", [("billing", ["I need a refund"])], "must be a dict"),
+    ],
+)
+def test_a_bad_value_assigned_is_refused_and_the_old_one_kept(
+    encoder: Encoder, choices: list[ToolMetadata], attribute: str, value: object, message: str
+) -> None:
+    selector = SynaptorouteSelector.from_defaults(
+        utterances=UTTERANCES, encoder=encoder, threshold=0.6
+    )
+    query, expected = CLEAR_QUERIES[0]  # billing ~0.64
+    before = selector.select(choices, query)
+    old = getattr(selector, attribute)
+    # The error construction raises for the same value.
+    with pytest.raises(InvalidInputError, match=message):
+        SynaptorouteSelector.from_defaults(encoder=encoder, **{attribute: value})  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match=message):
+        setattr(selector, attribute, value)
+    assert getattr(selector, attribute) == old
+    assert before.inds == [expected]
+    assert selector.select(choices, query) == before
+
+
+def test_a_set_built_from_utterances_assigned_over_is_not_cached(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    # The race, played in order: a first selection reads the utterances and makes its
+    # routes, the utterances are assigned, then the selection builds its router. It
+    # serves that selection, but cached it would serve the old utterances for good.
+    selector = SynaptorouteSelector.from_defaults(utterances=UTTERANCES, encoder=encoder)
+    key, generation = selector.choice_key(choices), selector._generation
+    routes = selector._routes(choices)
+    selector.utterances = _GIFT_UTTERANCES
+    stale = selector._build(key, routes, generation=generation)
+    assert stale.query_top_k(_GIFT_CARD, 1)[0].name == "0"  # the old utterances
+    assert selector.router_for(choices) is not stale
+    assert selector.select(choices, _GIFT_CARD).inds == [2]

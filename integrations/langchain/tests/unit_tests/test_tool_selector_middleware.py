@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,6 +17,7 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import BaseTool, tool
 from langchain_synaptoroute import SynaptorouteToolSelectorMiddleware
+from langchain_synaptoroute import middleware as middleware_module
 from pydantic import Field
 
 from synaptoroute import AdaptiveRouter, InvalidInputError, Route, RouteMatch, SQLiteStorage
@@ -564,14 +566,7 @@ async def test_a_tool_the_request_forces_stays_bound(
     text = "Will it rain in Paris tomorrow?"
     for max_tools, expected in ((2, ["get_weather", "set_timer"]), (1, ["set_timer"])):
         selector = _selector(recording_encoder, max_tools=max_tools)
-        sync_model, async_model = _model("a"), _model("b")
-        middleware = [_ForceTool(choice), selector]
-        create_agent(sync_model, tools=TOOLS, middleware=middleware).invoke(
-            {"messages": [HumanMessage(text)]}
-        )
-        await create_agent(async_model, tools=TOOLS, middleware=middleware).ainvoke(
-            {"messages": [HumanMessage(text)]}
-        )
+        sync_model, async_model = await _both_agents([_ForceTool(choice), selector], text)
         assert sync_model.bound == async_model.bound == [expected]
         assert sync_model.choices == [choice]
     # A forced always_include tool takes no max_tools place; "auto" forces nothing.
@@ -580,6 +575,81 @@ async def test_a_tool_the_request_forces_stays_bound(
     assert _selector(recording_encoder, max_tools=1).select_tools(
         text, TOOLS, tool_choice="auto"
     ) == ["get_weather"]
+
+
+async def _both_agents(
+    middleware: list[Any], text: str
+) -> tuple[RecordingChatModel, RecordingChatModel]:
+    """A sync and an async agent over ``middleware``, each run once on ``text``: their
+    recording models."""
+    sync_model, async_model = _model("a"), _model("b")
+    create_agent(sync_model, tools=TOOLS, middleware=middleware).invoke(
+        {"messages": [HumanMessage(text)]}
+    )
+    await create_agent(async_model, tools=TOOLS, middleware=middleware).ainvoke(
+        {"messages": [HumanMessage(text)]}
+    )
+    return sync_model, async_model
+
+
+@pytest.mark.parametrize("choice", ["any", "required", {"type": "any"}, True])
+async def test_a_demanded_tool_call_keeps_the_best_tool_under_the_threshold(
+    recording_encoder: RecordingEncoder, choice: Any
+) -> None:
+    # With on_no_match="none" and no tool reaching the threshold, a request demanding
+    # a tool call (naming none) was left with no tool: the model was called with a
+    # forced tool call and nothing to call.
+    text = "What is the boiling point of mercury?"
+    (best,) = _selector(recording_encoder, max_tools=1).select_tools(text, TOOLS)
+    selector = _selector(recording_encoder, threshold=0.9, on_no_match="none")
+    middleware = [_ForceTool(choice), selector]
+    sync_model, async_model = await _both_agents(middleware, text)
+    assert sync_model.bound == async_model.bound == [[best]]
+    assert sync_model.choices == async_model.choices == [choice]
+    assert selector.select_tools(text, TOOLS, tool_choice=choice) == [best]
+    # Nothing is added when another tool stays bound, nor when no call is demanded.
+    included = _selector(
+        recording_encoder, threshold=0.9, on_no_match="none", always_include=["search_docs"]
+    )
+    assert included.select_tools(text, TOOLS, tool_choice=choice) == ["search_docs"]
+    assert selector.select_tools(text, TOOLS, tool_choice="auto") == []
+    web_search = {"type": "web_search"}
+    with_dict = _model("c")
+    create_agent(with_dict, tools=[*TOOLS, web_search], middleware=middleware).invoke(
+        {"messages": [HumanMessage(text)]}
+    )
+    assert with_dict.bound == [[str(web_search)]]
+
+
+async def test_no_thread_hop_when_nothing_needs_encoding(
+    recording_encoder: RecordingEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A call offering only provider tool dicts hopped to a thread on every call: the
+    # empty tool set was never recorded as checked.
+    hops: list[Callable[..., Any]] = []
+    to_thread = asyncio.to_thread
+
+    async def recording_to_thread(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        if getattr(func, "__self__", None) is selector:
+            hops.append(func)
+        return await to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(middleware_module.asyncio, "to_thread", recording_to_thread)
+    selector = _selector(recording_encoder, max_tools=2)
+    question = {"messages": [HumanMessage("Will it rain in Paris tomorrow?")]}
+    web_search = {"type": "web_search"}
+    dicts_only = _model("a", "b")
+    agent = create_agent(dicts_only, tools=[web_search], middleware=[selector])
+    await agent.ainvoke(question)
+    await agent.ainvoke(question)
+    assert hops == []
+    assert dicts_only.bound == [[str(web_search)]] * 2
+    # New tools to encode still go to a thread, once.
+    agent = create_agent(_model("a", "b"), tools=[*TOOLS, web_search], middleware=[selector])
+    await agent.ainvoke(question)
+    assert len(hops) == 1
+    await agent.ainvoke(question)
+    assert len(hops) == 1
 
 
 def test_a_stored_tool_route_is_rebuilt_after_a_restart_when_its_tool_changed(

@@ -17,7 +17,7 @@ import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType
+from types import FrameType, MappingProxyType
 from typing import Any, Literal
 
 from llama_index.core.base.base_selector import BaseSelector, SelectorResult, SingleSelection
@@ -43,6 +43,7 @@ from synaptoroute.checks import (
     refuse_misspelt_key,
 )
 from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
+from synaptoroute.router import DEFAULT_THRESHOLD
 
 from .embeddings import as_encoder
 
@@ -273,6 +274,17 @@ def _warn_user(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=level)
 
 
+def _frozen(utterances: Mapping[str, Sequence[str]]) -> Mapping[str, Sequence[str]]:
+    """A read-only copy: changed in place, the utterances reached only choice sets
+    built afterwards. They are changed by assigning them."""
+    return MappingProxyType({name: tuple(texts) for name, texts in utterances.items()})
+
+
+def _checked_threshold(value: object) -> float | None:
+    # A cosine similarity: the core's check (numpy scalars in, bools and NaN out).
+    return None if value is None else check_threshold(value, "threshold")
+
+
 def _phrase(name: str) -> str:
     return " ".join(name.replace("_", " ").replace("-", " ").split())
 
@@ -309,6 +321,11 @@ class SynaptorouteSelector(BaseSelector):
         max_choice_sets: how many choice sets keep their embedded routes (least
             recently used dropped first; a dropped set is embedded again if it returns).
 
+    ``threshold`` and ``utterances`` may be assigned later, checked as here: every
+    choice set's next selection uses the new value (a new threshold applies to the
+    cached routers; new utterances drop them, so each set is embedded again). The
+    encoder is fixed at construction.
+
     Example:
         >>> from llama_index.core.query_engine import RouterQueryEngine
         >>> selector = SynaptorouteSelector.from_defaults(
@@ -333,9 +350,13 @@ class SynaptorouteSelector(BaseSelector):
         max_choice_sets: int = 16,
     ) -> None:
         self.encoder = encoder
-        self.utterances = check_utterances(utterances, reads_nothing=reads_nothing_of(encoder))
-        # A cosine similarity: the core's check (numpy scalars in, bools and NaN out).
-        self.threshold = None if threshold is None else check_threshold(threshold, "threshold")
+        self._utterances = _frozen(
+            check_utterances(utterances, reads_nothing=reads_nothing_of(encoder))
+        )
+        # Bumped when utterances are assigned: a router built from routes made before
+        # is not cached (see _build).
+        self._generation = 0
+        self._threshold = _checked_threshold(threshold)
         self.policy = SelectionPolicy(top_n=top_n, on_no_match=on_no_match, fallback=fallback)
         self.max_choice_sets = check_count(max_choice_sets, "max_choice_sets", 1)
         self._routers: OrderedDict[ChoiceKey, AdaptiveRouter] = OrderedDict()
@@ -384,6 +405,56 @@ class SynaptorouteSelector(BaseSelector):
             max_choice_sets=max_choice_sets,
         )
 
+    # -- settings that cached routers depend on ------------------------------------
+    @property
+    def threshold(self) -> float | None:
+        """Minimum score for a choice to be selected (``None``: the router's default,
+        0.5). Assigned, it is checked as at construction and applies to every cached
+        choice set's next selection."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float | None) -> None:
+        value = _checked_threshold(value)
+        # Under the build lock: a router being built reads the threshold under it.
+        with self._build_lock:
+            with self._lock:
+                self._threshold = value
+                routers = list(self._routers.values())
+            # Router calls stay outside the cache lock (see forking.APP_CACHE). A router
+            # evicted meanwhile, still finishing an aselect, keeps the old one.
+            for router in routers:
+                router.threshold = DEFAULT_THRESHOLD if value is None else value
+
+    @property
+    def utterances(self) -> Mapping[str, Sequence[str]]:
+        """Example utterances per choice name, as checked (stripped, duplicates
+        dropped), read-only. Assign a new mapping (checked as at construction) to
+        change them: every cached choice set is dropped and embedded again at its next
+        selection (a selection already under way finishes with the old ones)."""
+        return self._utterances
+
+    @utterances.setter
+    def utterances(self, value: Mapping[str, Sequence[str]] | None) -> None:
+        checked = _frozen(check_utterances(value, reads_nothing=reads_nothing_of(self.encoder)))
+        with self._build_lock, self._lock:
+            # In this order: _routes reads the generation, then the utterances.
+            self._utterances = checked
+            self._generation += 1
+            while self._routers:
+                self._retire(self._routers.popitem(last=False)[1])
+
+    def _retire(self, router: AdaptiveRouter) -> None:
+        """Drop ``router`` from use (under the cache lock): kept for aclose() while a
+        worker runs or an aselect on it is under way (it may start one yet); its workers
+        stopped now unless an aselect is under way (the last one out stops them)."""
+        self._retired = [r for r in self._retired if _has_running_worker(r) or r in self._selecting]
+        self._retired.append(router)
+        if router not in self._selecting:
+            # Each worker is a thread: a long-lived loop kept one per evicted choice
+            # set. The last aselect under way stops the rest.
+            _stop_soon(router)
+
     # -- PromptMixin: this selector has no prompts ---------------------------------
     @override
     def _get_prompts(self) -> dict[str, Any]:
@@ -404,7 +475,9 @@ class SynaptorouteSelector(BaseSelector):
         _check_fields(choices)
         return tuple((c.name, c.description) for c in choices)
 
-    def _check_choices(self, choices: Sequence[ToolMetadata]) -> None:
+    def _check_choices(
+        self, choices: Sequence[ToolMetadata], utterances: Mapping[str, Sequence[str]]
+    ) -> None:
         """Refuse an utterance key that looks like a misspelt choice name, and tools
         that share a name when utterances are keyed by name; warn once about choices
         with few examples.
@@ -419,7 +492,7 @@ class SynaptorouteSelector(BaseSelector):
         """
         names = [c.name for c in choices if c.name]
         repeated = sorted(n for n, count in Counter(names).items() if count > 1)
-        if repeated and self.utterances:
+        if repeated and utterances:
             msg = (
                 f"several choices share the name {repeated[0]!r}, so utterances keyed by name "
                 "cannot tell them apart; give each tool its own name (e.g. "
@@ -430,7 +503,7 @@ class SynaptorouteSelector(BaseSelector):
             dict.fromkeys(
                 repr(c.name)
                 for c in choices
-                if c.name and len(self.utterances.get(c.name, ())) < _FEW_EXAMPLES
+                if c.name and len(utterances.get(c.name, ())) < _FEW_EXAMPLES
             )
         )
         # Choices without a name (plain strings) can have no utterances: one warning,
@@ -439,7 +512,7 @@ class SynaptorouteSelector(BaseSelector):
         # Under the cache lock: concurrent first selections of two choice sets must not
         # lose each other's names, nor both warn about the same choice.
         with self._lock:
-            refuse_misspelt_key(self.utterances, self._seen_names, names, "choice")
+            refuse_misspelt_key(utterances, self._seen_names, names, "choice")
             fresh = [label for label in [*thin, *unnamed] if label not in self._warned]
             if len(self._warned) + len(fresh) > _MAX_WARNED:
                 # Per-user choice names would grow it without end: a name may then be
@@ -465,7 +538,9 @@ class SynaptorouteSelector(BaseSelector):
         if not choices:
             msg = "there are no choices to select from"
             raise InvalidInputError(msg)
-        self._check_choices(choices)
+        # One reading of the utterances for the whole set (they may be reassigned).
+        utterances = self._utterances
+        self._check_choices(choices, utterances)
         if self.policy.fallback is not None:
             # At the set's first selection, whatever it matches: a misspelt fallback
             # otherwise surfaced only at the first query that matched nothing.
@@ -484,7 +559,7 @@ class SynaptorouteSelector(BaseSelector):
                 # apart: as a text of each, a query near it matched them all, tied.
                 phrase = _phrase(choice.name)
                 texts.extend([phrase] if phrase else [])
-                texts.extend(self.utterances.get(choice.name, ()))
+                texts.extend(utterances.get(choice.name, ()))
             if not texts:
                 what = f"choice {index}"
                 if choice.name:
@@ -517,13 +592,19 @@ class SynaptorouteSelector(BaseSelector):
         router = self._cached_router(key)
         if router is not None:
             return router
-        return self._build(key, self._routes(choices))
+        generation = self._generation  # before the routes read the utterances
+        return self._build(key, self._routes(choices), generation=generation)
 
     def _build(
-        self, key: ChoiceKey, routes: list[Route], selecting: bool = False
+        self,
+        key: ChoiceKey,
+        routes: list[Route],
+        selecting: bool = False,
+        generation: int | None = None,
     ) -> AdaptiveRouter:
         """The router of the choice set ``key``: cached, or built from ``routes``
-        (``selecting``: counted as an aselect under way on it)."""
+        (``selecting``: counted as an aselect under way on it; ``generation``: the
+        utterances' when the routes were made, ``None`` for the current ones)."""
         # Builds are serialised so that concurrent first queries embed a choice set
         # once; lookups take only the short-held cache lock, never wait for a build.
         with self._build_lock:
@@ -531,27 +612,22 @@ class SynaptorouteSelector(BaseSelector):
             if router is not None:
                 return router
             router = (
-                AdaptiveRouter(self.encoder, threshold=self.threshold)
-                if self.threshold is not None
+                AdaptiveRouter(self.encoder, threshold=self._threshold)
+                if self._threshold is not None
                 else AdaptiveRouter(self.encoder)
             )
             router.add_routes(routes)
             with self._lock:
-                self._routers[key] = router
                 if selecting:
                     self._selecting[router] = 1
+                if generation is not None and generation != self._generation:
+                    # Made from utterances assigned over since: it serves the selection
+                    # that made it (begun before the assignment), and is not cached.
+                    self._retire(router)
+                    return router
+                self._routers[key] = router
                 while len(self._routers) > self.max_choice_sets:
-                    _, evicted = self._routers.popitem(last=False)
-                    # Kept for aclose() while a worker runs or an aselect on it is under
-                    # way (it may start one yet). Idle ones are let go.
-                    self._retired = [
-                        r for r in self._retired if _has_running_worker(r) or r in self._selecting
-                    ]
-                    self._retired.append(evicted)
-                    if evicted not in self._selecting:
-                        # Each worker is a thread: a long-lived loop kept one per
-                        # evicted choice set. The last aselect under way stops the rest.
-                        _stop_soon(evicted)
+                    self._retire(self._routers.popitem(last=False)[1])
             return router
 
     # -- selection -----------------------------------------------------------------
@@ -567,11 +643,12 @@ class SynaptorouteSelector(BaseSelector):
         router = self._cached_router(key, selecting=True)
         if router is None:
             # Checked here, so that a warning names the caller's line, not a thread's.
+            generation = self._generation  # before the routes read the utterances
             routes = self._routes(choices)
             build = _Build()
 
             def built() -> AdaptiveRouter:
-                made = self._build(key, routes, True)
+                made = self._build(key, routes, True, generation)
                 with self._lock:
                     build.router, abandoned = made, build.abandoned
                 if abandoned:
