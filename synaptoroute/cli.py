@@ -449,7 +449,7 @@ def _refuse_threshold_change(router: AdaptiveRouter, doc: RoutesDocument) -> Non
         BadInput: the store holds routes or negative examples, and another default
             threshold.
     """
-    holds = len(router) > 0 or bool(router.negatives)  # a store of negatives is not new
+    holds = len(router) > 0 or router.has_negatives  # a store of negatives is not new
     if doc.threshold is not None and holds and doc.threshold != router.threshold:
         msg = (
             f"the file sets the default threshold {doc.threshold:.3f}, and the store's is "

@@ -374,9 +374,13 @@ def test_utterances_assigned_later_reach_cached_choice_sets(
     assert "'general' scored" in result.reason and "gift cards" in result.reason
     assert selector.select(choices[1:], _GIFT_CARD).inds == [1]  # general, here index 1
     assert "'general' scored" in selector.select(choices[1:], _GIFT_CARD).reason
-    # Read-only: changed in place, they reached only choice sets built afterwards.
-    with pytest.raises(TypeError):
-        selector.utterances["billing"] = ["a refund"]  # type: ignore[index]
+    # A copy, a dict of lists as 0.2's: changed in place, it changes nothing (the
+    # attribute's lists reached only choice sets built afterwards); assigned, it does.
+    assert selector.utterances == _GIFT_UTTERANCES
+    selector.utterances["general"].clear()
+    assert selector.utterances["general"][-1] == "Can I buy a voucher?"
+    selector.utterances = {**selector.utterances, "general": ["the weather"]}
+    assert selector.select(choices, _GIFT_CARD).inds == [0]
 
 
 async def test_utterances_assigned_during_async_selections(

@@ -427,12 +427,14 @@ class SynaptorouteSelector(BaseSelector):
                 router.threshold = DEFAULT_THRESHOLD if value is None else value
 
     @property
-    def utterances(self) -> Mapping[str, Sequence[str]]:
+    def utterances(self) -> dict[str, list[str]]:
         """Example utterances per choice name, as checked (stripped, duplicates
-        dropped), read-only. Assign a new mapping (checked as at construction) to
-        change them: every cached choice set is dropped and embedded again at its next
-        selection (a selection already under way finishes with the old ones)."""
-        return self._utterances
+        dropped): a copy, as 0.2 gave a dict of lists. Assign a new mapping (checked as
+        at construction) to change them, e.g. ``selector.utterances = {**selector.
+        utterances, "billing": [...]}``: every cached choice set is dropped and
+        embedded again at its next selection (a selection already under way finishes
+        with the old ones). A change made to the copy changes nothing."""
+        return {name: list(texts) for name, texts in self._utterances.items()}
 
     @utterances.setter
     def utterances(self, value: Mapping[str, Sequence[str]] | None) -> None:
