@@ -215,7 +215,9 @@ class AdaptiveRouter:
             the approximate graph leave only a few; ``docs/concepts.md``) and, above,
             the CPUs the process may use (cgroup quota).
         reencode: if the store's vectors come from another model, re-encode them
-            with this encoder (otherwise :class:`ModelMismatchError`).
+            with this encoder (otherwise :class:`ModelMismatchError`); so too if some
+            are not finite numbers, damaged outside the library (otherwise
+            :class:`StorageError`).
         max_batch_size, max_wait_ms, max_queue_size: the async batching worker of
             each event loop (defaults: the encoder's ``preferred_batch_size`` if it
             has one, else 512; 0; 10,000; see ``docs/async.md``).
@@ -443,7 +445,19 @@ class AdaptiveRouter:
                 info.model_id,
                 self.encoder.model_id,
             )
-        if holds_vectors and info is not None and info != self.model:
+        damaged = _damaged_routes(stored)
+        if damaged and not reencode:
+            # A NaN in a stored vector made its route's every score NaN, read as no
+            # score: the route was never chosen again, and nothing said why.
+            shown = ", ".join(repr(name) for name in damaged[:5])
+            more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+            msg = (
+                f"the store holds vectors that are not finite numbers (damaged outside the "
+                f"library) in route(s) {shown}{more}; reopen with reencode=True (the CLI's "
+                "--reencode) to encode every utterance again from its stored text"
+            )
+            raise StorageError(msg)
+        if holds_vectors and info is not None and (info != self.model or damaged):
             if not reencode:
                 msg = (
                     f"the store holds vectors of model {info.model_id!r} (dimension "
@@ -1593,6 +1607,11 @@ class _Request(NamedTuple):
 
 #: What :meth:`AdaptiveRouter._answer` gives a request: a decision, or the k best routes.
 _Answer = RouteMatch | list[RouteMatch]
+
+
+def _damaged_routes(stored: list[StoredRoute]) -> list[str]:
+    """The names of the stored routes holding a vector that is not finite."""
+    return [item.route.name for item in stored if not np.isfinite(item.vectors).all()]
 
 
 def _with_vectors(routes: Sequence[Route], vectors: NDArray[np.float32]) -> list[StoredRoute]:

@@ -174,6 +174,9 @@ def test_pages_are_served_with_a_strict_policy(client: httpx.Client) -> None:
         assert response.status_code == 200, path
         assert response.headers["content-security-policy"] == CONSOLE_CSP
         assert response.headers["x-content-type-options"] == "nosniff"
+        # The pages revalidate; the API's answers (routes, texts) are never stored.
+        cache = "no-store" if "/api/" in path else "no-cache"
+        assert response.headers["cache-control"] == cache, path
     assert "'unsafe-inline'" not in CONSOLE_CSP and "script-src 'self'" in CONSOLE_CSP
     page = client.get("/console/").text
     assert '<script src="console.js" defer></script>' in page

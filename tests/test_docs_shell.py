@@ -252,12 +252,13 @@ def test_a_failing_example_fails(prepared: Path, tmp_path: Path) -> None:
     doc = tmp_path / "old.md"
     doc.write_text(
         "```bash\nsynaptoroute serve --store routes.db --port 8000\n```\n\n"
-        '```bash\ncurl -s localhost:8000/route --json \'{"query": "refund"}\'\n'
+        "```bash\ncurl -s localhost:8000/route -H 'Content-Type: application/json' "
+        '-d \'{"query": "refund"}\'\n'
         'curl -s localhost:8000/route -d \'{"query": "refund"}\'\necho never\n```\n'
     )
     done = run_doc(doc, prepared, tmp_path)
     assert done.returncode != 0
-    assert '"route":' in done.stdout  # the --json request was answered
+    assert '"route":' in done.stdout  # the JSON request was answered
     assert "422" in done.stdout or "Unprocessable" in done.stdout or "detail" in done.stdout
     assert "never" not in done.stdout
 

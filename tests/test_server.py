@@ -433,6 +433,14 @@ async def test_read_only_with_guarded_reads_refuses_no_read(
             assert (await s.client.post(path, json={"query": "hi"}, headers=AUTH)).is_success
         r = await s.client.put("/routes/x", json={"utterances": ["a"]}, headers=AUTH)
         assert r.status_code == 403
+        # HEAD, answered as GET, takes GET's key check.
+        for path in ("/routes", "/routes/billing", "/console/api/overview"):
+            head = await s.client.head(path)
+            assert head.status_code == 401 and head.content == b"", path
+            head = await s.client.head(path, headers=AUTH)
+            get = await s.client.get(path, headers=AUTH)
+            assert head.status_code == get.status_code == 200 and head.content == b"", path
+            assert head.headers["content-length"] == str(len(get.content)), path
         metrics = (await s.client.get("/metrics")).text
         assert 'synaptoroute_rejections_total{reason="read_only"} 1\n' in metrics
     router.close()
@@ -909,6 +917,7 @@ async def test_metrics_in_prometheus_text_format(svc: Service) -> None:
     await svc.client.post("/route", content=big)  # 413
     await svc.client.get("/openapi.json")  # a plain Starlette route: it was "unmatched"
     await svc.client.get("/no/such/page")
+    await svc.client.head("/routes/billing")  # answered as GET, counted as HEAD
     r = await svc.client.get("/metrics")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -928,6 +937,9 @@ async def test_metrics_in_prometheus_text_format(svc: Service) -> None:
         s['synaptoroute_http_requests_total{method="GET",path="/openapi.json",status="200"}'] == 1
     )
     assert s['synaptoroute_http_requests_total{method="GET",path="unmatched",status="404"}'] == 1
+    assert (
+        s['synaptoroute_http_requests_total{method="HEAD",path="/routes/{name}",status="200"}'] == 1
+    )
     assert s['synaptoroute_rejections_total{reason="unauthorized"}'] == 1
     assert s['synaptoroute_rejections_total{reason="body_too_large"}'] == 1
     assert s['synaptoroute_queries_total{outcome="matched"}'] >= 2

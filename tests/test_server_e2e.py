@@ -195,8 +195,15 @@ def test_metrics_and_docs(client: httpx.Client) -> None:
     assert client.get("/docs").status_code == 200
 
 
-def test_probes_answer_head_like_get_without_a_body(server: Server, client: httpx.Client) -> None:
-    for path in ("/healthz", "/readyz", "/healthz/store"):
+def test_every_get_resource_answers_head_like_get_without_a_body(
+    server: Server, client: httpx.Client
+) -> None:
+    # Only the probes took HEAD: every other resource answered 405 (RFC 9110: a
+    # server answering GET for a resource answers HEAD for it).
+    name = client.get("/routes").json()[0]["name"]
+    paths = ["/healthz", "/readyz", "/healthz/store", "/routes", f"/routes/{quote(name)}"]
+    paths += ["/negatives", "/openapi.json", "/docs", "/metrics", "/routes/no-such-route"]
+    for path in paths:
         got = client.get(path)
         with socket.create_connection((HOST, server.port), timeout=LIMIT_S) as s:
             s.sendall(f"HEAD {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
@@ -206,9 +213,18 @@ def test_probes_answer_head_like_get_without_a_body(server: Server, client: http
         head, _, body = data.partition(b"\r\n\r\n")
         lines = head.decode().split("\r\n")
         headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-        assert lines[0].startswith(f"HTTP/1.1 {got.status_code} "), path
+        assert lines[0].startswith(f"HTTP/1.1 {got.status_code} "), (path, lines[0])
         assert body == b"", path
-        assert headers["content-length"] == str(len(got.content)), path
+        assert headers["content-type"] == got.headers["content-type"], path
+        if path != "/metrics":  # its counters moved between the two requests
+            assert headers["content-length"] == str(len(got.content)), path
+    assert client.get(f"/routes/{quote(name)}").status_code == 200
+    assert client.get("/routes/no-such-route").status_code == 404
+    # A resource that takes no GET takes no HEAD, and says which methods it takes.
+    r = client.head("/route")
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and r.content == b""
+    r = client.put("/routes")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, POST"
 
 
 def test_a_route_is_created_only_with_a_name_its_url_can_carry(client: httpx.Client) -> None:

@@ -81,7 +81,7 @@ print(json.dumps({{"loaded": loaded_on_open, "routes": routes, "matches": matche
     assert by_name["weather"]["utterances"] == ["Will it rain tomorrow?", "Do I need an umbrella?"]
 
 
-def test_sqlite_settings_and_schema(tmp_path: Path) -> None:
+def test_sqlite_settings_and_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = SQLiteStorage(tmp_path / "s.db")
     assert store.schema_version == SCHEMA_VERSION
     mode = store._db.execute("PRAGMA journal_mode").fetchone()[0]
@@ -101,6 +101,18 @@ def test_sqlite_settings_and_schema(tmp_path: Path) -> None:
     for empty in ("", "  "):
         with pytest.raises(InvalidInputError, match="needs a file path"):
             SQLiteStorage(empty)
+
+    # A SQLite URI was opened as a path: a folder "file:" and a store in it.
+    for uri in ("file:///srv/routes.db", "FILE:routes.db?mode=ro"):
+        with pytest.raises(InvalidInputError, match="a file path, not a SQLite URI"):
+            SQLiteStorage(uri)
+    folder = tmp_path / "here"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    with pytest.raises(InvalidInputError, match=r"\./file:x\.db"):
+        SQLiteStorage("file:x.db")
+    SQLiteStorage("./file:x.db").close()  # a file named so, when meant
+    assert sorted(p.name for p in folder.iterdir()) == ["file:x.db"]
 
 
 def test_old_schema_is_migrated(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from .guards import (
 )
 from .memory import MemoryTrimmer
 from .metrics import Gauge, ServiceMetrics
-from .middleware import BodyLimitMiddleware, MetricsMiddleware
+from .middleware import BodyLimitMiddleware, HeadMiddleware, MetricsMiddleware
 from .negatives import negatives_router
 from .operations import operations_router
 from .protocol import ConnectionLimits, guarded_protocol
@@ -210,6 +210,7 @@ def create_app(
     app.state.memory_trimmer = trimmer
     _install_error_handlers(app, state)
     # Innermost first: the last added runs first.
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(
         InternalErrorMiddleware,
         retry_after=settings.retry_after,

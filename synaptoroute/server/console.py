@@ -392,11 +392,16 @@ def _closest_pairs(
     ]
 
 
+#: The console's API answers hold routes and texts, read with a key where one is set:
+#: kept out of the browser's disk cache, where "no-cache" let them be stored.
+_API_HEADERS = {**_SECURITY_HEADERS, "Cache-Control": "no-store"}
+
+
 def _json(payload: Any) -> Response:
     return Response(
         json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")),
         media_type=_JSON,
-        headers=_SECURITY_HEADERS,
+        headers=_API_HEADERS,
     )
 
 

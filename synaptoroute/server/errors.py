@@ -60,6 +60,8 @@ def _allowed_methods(request: Request) -> list[str]:
                 for method in _METHODS
                 if route.matches({**request.scope, "method": method})[0] is Match.FULL
             }
+    if "GET" in methods:
+        methods.add("HEAD")  # answered as GET (middleware.HeadMiddleware)
     return sorted(methods)
 
 

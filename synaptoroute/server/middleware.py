@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .guards import _json_error, _never_receive
 from .metrics import ServiceMetrics
 
-__all__ = ["BodyLimitMiddleware", "MetricsMiddleware"]
+__all__ = ["BodyLimitMiddleware", "HeadMiddleware", "MetricsMiddleware"]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Methods counted under their own name; the others (the parser takes some thirty:
@@ -85,6 +85,45 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return await receive()
 
     return replayed
+
+
+#: What routing leaves in the scope that outer middleware reads (the metrics' path
+#: template): copied back from the GET scope a HEAD request is answered with.
+_ROUTING_KEYS = ("route", "endpoint", "router", "path_params")
+
+
+class HeadMiddleware:
+    """Answers ``HEAD`` as ``GET`` without the body (RFC 9110: a server that answers
+    ``GET`` for a resource answers ``HEAD`` for it), with the same status and headers
+    (``Content-Length`` included) and the same checks: keys, Host names, limits.
+
+    FastAPI routes a ``GET`` route for ``GET`` only, so every resource but the probes
+    answered ``HEAD`` with 405. The application sees a ``GET`` in a copy of the
+    scope; the server's own scope keeps ``HEAD`` (uvicorn then sends no body either).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def bodiless_send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        inner = {**scope, "method": "GET"}
+        try:
+            await self.app(inner, receive, bodiless_send)
+        finally:
+            for key in _ROUTING_KEYS:
+                if key in inner:
+                    scope[key] = inner[key]
 
 
 class MetricsMiddleware:

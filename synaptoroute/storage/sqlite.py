@@ -345,6 +345,14 @@ class SQLiteStorage:
         if not self.path.strip():  # sqlite3 would open a private temporary file
             msg = "SQLiteStorage needs a file path (or ':memory:'), got an empty one"
             raise InvalidInputError(msg)
+        if self.path[:5].lower() == "file:":
+            # Opened as a path: "file:///srv/x.db" made a folder "file:" here and a
+            # store in it, and "file:x.db?mode=ro" a file of that name, writable.
+            msg = (
+                f"SQLiteStorage takes a file path, not a SQLite URI: got {self.path!r}; "
+                "pass the path itself (a file named so: './" + self.path + "')"
+            )
+            raise InvalidInputError(msg)
         #: The file every connection opens: ``path`` with ``~`` expanded, made
         #: absolute when the store is opened (``":memory:"`` stays itself).
         self.file = (
