@@ -777,19 +777,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Named by the option that set it, not by the settings field.
         raise BadInput(_message(exc, names=_SERVE_FLAGS | limit_flags())) from exc
     settings.check_safe()
-    if settings.api_key is None and not is_loopback(settings.host) and not settings.allowed_hosts:
-        # It starts (read-only), then answers 421 to every client that names it by
-        # its address or DNS name: the guard against DNS rebinding.
-        warnings.warn(
-            f"listening on {settings.host} without an API key: only requests addressed to "
-            "a loopback name are answered, others get 421; give the names clients use "
-            "with --allowed-host NAME (or set SYNAPTOROUTE_API_KEY)",
-            stacklevel=1,
-        )
     if args.routes:
         # A bad file fails here with exit code 2 (a text the model reads nothing of,
         # at start-up, with the service's encoder: still before the store is opened).
         check_routes_file(load_routes_file(args.routes), settings)
+    if settings.api_key is None and not is_loopback(settings.host) and not settings.allowed_hosts:
+        # It starts (read-only), then answers 421 to every client that names it by
+        # its address or DNS name: the guard against DNS rebinding. Said after the
+        # checks above, so a start that fails on bad input does not print it first.
+        warnings.warn(
+            f"listening on {settings.host} without an API key: requests addressed to "
+            "another name than a loopback one get 421 (the probes and /metrics aside); "
+            "give the names clients use with --allowed-host NAME (or set "
+            "SYNAPTOROUTE_API_KEY)",
+            stacklevel=1,
+        )
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     run(settings, access_log=args.access_log)
     return EXIT_OK

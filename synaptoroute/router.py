@@ -1515,6 +1515,42 @@ class AdaptiveRouter:
                 except Exception:
                     _log.exception("could not apply change %d (%s)", change.seq, change.kind)
 
+    def _without_damage(self, change: Change) -> Change | None:
+        """``change`` less the routes whose vectors are not finite numbers (damaged
+        outside the library), logged; ``None`` when nothing of it is left to apply.
+
+        Applied, a NaN made its route's every score NaN, read as no score: the route
+        was never chosen again, and nothing said why (opening the store refuses it).
+        This replica keeps what it had for those routes.
+        """
+        if change.vectors is not None and not np.isfinite(change.vectors).all():
+            damaged = [change.name or ""]
+        else:
+            damaged = _damaged_routes(change.routes)
+        if not damaged:
+            return change
+        _log.error(
+            "change %d holds vectors that are not finite numbers (damaged outside the "
+            "library) in route(s) %s: not applied to them, this replica keeps what it had; "
+            "open the store with reencode=True to mend it",
+            change.seq,
+            ", ".join(repr(name) for name in damaged),
+        )
+        if change.kind == "reload":
+            # A reload drops every route it lacks: as a resync of every route, but the
+            # damaged ones, it leaves them as they are (and still resets a policy
+            # the store no longer holds).
+            names = [*self._routes, *(item.route.name for item in change.routes)]
+            change = _replace(
+                change,
+                kind="resync",
+                names=tuple(dict.fromkeys(names)),
+                state={_POLICY_KEY: None, **change.state},
+            )
+        elif change.kind != "resync":
+            return None
+        return _without(change, set(damaged))
+
     def _apply_change(self, change: Change) -> None:
         if change.model is not None and change.model != self.model:
             _log.error(
@@ -1530,13 +1566,11 @@ class AdaptiveRouter:
             # What holds no vector still applies: routes gone, routes without
             # utterances, the state (a resync of a SQLite poll carries all of them).
             refused = {item.route.name for item in change.routes if len(item.vectors)}
-            change = _replace(
-                change,
-                routes=tuple(item for item in change.routes if item.route.name not in refused),
-                names=tuple(name for name in change.names if name not in refused),
-                moved=tuple(name for name in change.moved if name not in refused),
-                model=None,
-            )
+            change = _replace(_without(change, refused), model=None)
+        mended = self._without_damage(change)
+        if mended is None:
+            return
+        change = mended
         policy = self._policy
         state = change.state.get(_POLICY_KEY)
         if state is None and (change.kind == "reload" or _POLICY_KEY in change.state):
@@ -1609,9 +1643,20 @@ class _Request(NamedTuple):
 _Answer = RouteMatch | list[RouteMatch]
 
 
-def _damaged_routes(stored: list[StoredRoute]) -> list[str]:
+def _damaged_routes(stored: Iterable[StoredRoute]) -> list[str]:
     """The names of the stored routes holding a vector that is not finite."""
     return [item.route.name for item in stored if not np.isfinite(item.vectors).all()]
+
+
+def _without(change: Change, refused: set[str]) -> Change:
+    """``change`` less what it holds of the routes ``refused`` (a replica keeps what it
+    had for them)."""
+    return _replace(
+        change,
+        routes=tuple(item for item in change.routes if item.route.name not in refused),
+        names=tuple(name for name in change.names if name not in refused),
+        moved=tuple(name for name in change.moved if name not in refused),
+    )
 
 
 def _with_vectors(routes: Sequence[Route], vectors: NDArray[np.float32]) -> list[StoredRoute]:

@@ -1566,3 +1566,8 @@ def test_serve_says_a_keyless_exposed_service_answers_loopback_names_only(
     assert code == EXIT_OK and "warning" not in err
     code, _, err = run(capsys, "serve", "--store", store)  # loopback
     assert code == EXIT_OK and "warning" not in err and len(started) == 3
+    # A start refused for a bad routes file says why, and nothing about the host.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes: [{name: x, utterances: [7]}]\n")
+    code, _, err = run(capsys, *exposed, "--routes", str(bad))
+    assert code == EXIT_BAD_INPUT and "warning" not in err and len(started) == 3

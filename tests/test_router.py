@@ -1088,3 +1088,44 @@ def test_a_reload_finding_no_stored_policy_goes_back_to_the_constructors() -> No
     router.set_policy(DecisionPolicy(threshold=0.95))
     router._apply_changes([Change(seq=4, kind="set_state", name="other", state={"other": None})])
     assert router.threshold == 0.95
+
+
+def test_a_replica_change_with_vectors_that_are_not_finite_leaves_those_routes_as_they_were(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Applied, a NaN made the route's every score NaN, read as no score: the route was
+    # never chosen again, and nothing said why (opening such a store refuses it).
+    enc = HashingEncoder()
+    router = AdaptiveRouter(enc, threshold=0.1)
+    router.add_routes([BILLING, SUPPORT])
+    before = router.query_top_k("I need a refund", 2)
+    damaged = enc.encode(["I need my money back"])
+    damaged[0, 3] = np.nan
+    new = Route(name="new", utterances=["a new route"])
+    for change in (
+        Change(seq=1, kind="put_route", name="billing", route=BILLING, vectors=damaged),
+        Change(seq=2, kind="add_utterances", name="billing", texts=("money back",),
+               vectors=damaged),
+        # A reload drops every route it lacks: the damaged one is kept as it was, the
+        # rest applies (a route gone, a route new).
+        Change(seq=3, kind="reload", state={}, routes=(
+            StoredRoute(BILLING.model_copy(update={"utterances": ["I need my money back"]}),
+                        damaged),
+            StoredRoute(new, enc.encode(new.utterances)),
+        )),
+    ):  # fmt: skip
+        caplog.clear()
+        router._apply_changes([change])
+        assert "not finite numbers" in caplog.text and "'billing'" in caplog.text
+        assert router.get_route("billing") == BILLING
+        best = router.query_top_k("I need a refund", 1)[0]
+        assert (best.name, best.score) == (before[0].name, before[0].score)
+    assert router.route_names == ["billing", "new"]
+    # A resync applies all but the damaged route.
+    router._apply_changes([Change(seq=4, kind="resync", names=("billing", "new"), routes=(
+        StoredRoute(BILLING, damaged[[0, 0]]),
+        StoredRoute(SUPPORT, enc.encode(SUPPORT.utterances)),
+    ))])  # fmt: skip
+    assert router.route_names == ["billing", "support"]
+    best = router.query_top_k("I need a refund", 1)[0]
+    assert (best.name, best.score) == (before[0].name, before[0].score)

@@ -804,3 +804,31 @@ def test_the_service_serves_a_route_the_cli_added_while_it_runs(path: Path) -> N
             assert isinstance(store, SQLiteStorage) and store.poll_interval == 0.05
     finally:
         server.stop()
+
+
+def test_a_poll_bringing_vectors_that_are_not_finite_leaves_those_routes_as_they_were(
+    pair: tuple[AdaptiveRouter, AdaptiveRouter], path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another process's write of a damaged vector reached a running replica: the
+    # route's every score was NaN, read as no score, and it was never chosen again.
+    writer, follower = pair
+    writer.add_routes(
+        [
+            Route(name="billing", utterances=["refund please"]),
+            Route(name="weather", utterances=["will it rain"]),
+        ]
+    )
+    assert poll(follower)
+    assert follower.query("will it rain").name == "weather"
+    vector = writer.encoder.encode(["will it snow"])
+    vector[0, 0] = np.nan
+    other = SQLiteStorage(path, poll_interval=None)
+    other.add_utterances("weather", ["will it snow"], vector, writer.model)
+    other.close()
+    writer.add_route(Route(name="music", utterances=["play jazz"]))
+    caplog.clear()
+    assert poll(follower)
+    assert "not finite numbers" in caplog.text and "'weather'" in caplog.text
+    assert follower.get_route("weather").utterances == ["will it rain"]
+    assert follower.query("will it rain").name == "weather"
+    assert follower.query("play jazz").name == "music"  # the rest applied

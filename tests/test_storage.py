@@ -103,9 +103,13 @@ def test_sqlite_settings_and_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             SQLiteStorage(empty)
 
     # A SQLite URI was opened as a path: a folder "file:" and a store in it.
-    for uri in ("file:///srv/routes.db", "FILE:routes.db?mode=ro"):
-        with pytest.raises(InvalidInputError, match="a file path, not a SQLite URI"):
+    for uri, hint in (
+        ("file:///srv/my%20routes.db?mode=ro", "'/srv/my routes.db'"),
+        ("FILE:routes.db?mode=ro", "'./FILE:routes.db?mode=ro' for a file named so"),
+    ):
+        with pytest.raises(InvalidInputError, match="a file path, not a SQLite URI") as info:
             SQLiteStorage(uri)
+        assert f"pass the path itself ({hint})" in str(info.value)
     folder = tmp_path / "here"
     folder.mkdir()
     monkeypatch.chdir(folder)

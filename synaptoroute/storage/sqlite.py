@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 from numpy.typing import NDArray
@@ -348,9 +349,11 @@ class SQLiteStorage:
         if self.path[:5].lower() == "file:":
             # Opened as a path: "file:///srv/x.db" made a folder "file:" here and a
             # store in it, and "file:x.db?mode=ro" a file of that name, writable.
+            meant = unquote(urlsplit(self.path).path) if self.path[5:7] == "//" else None
+            hint = f"{meant!r}" if meant else f"'./{self.path}' for a file named so"
             msg = (
                 f"SQLiteStorage takes a file path, not a SQLite URI: got {self.path!r}; "
-                "pass the path itself (a file named so: './" + self.path + "')"
+                f"pass the path itself ({hint})"
             )
             raise InvalidInputError(msg)
         #: The file every connection opens: ``path`` with ``~`` expanded, made
