@@ -334,9 +334,17 @@ def l2_normalize(vectors: NDArray[Any]) -> NDArray[np.float32]:
     if out.ndim != 2:
         msg = f"expected a 2-D array of vectors, got shape {out.shape}"
         raise EncoderError(msg)
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    with np.errstate(over="ignore", under="ignore"):  # such rows are mended below
+        norms: NDArray[Any] = np.linalg.norm(out, axis=1, keepdims=True)
+    # A row past float32's range once squared (components of about 1e19 and up) had
+    # an infinite norm, and one of tiny components (1e-23 and down) a norm of 0: both
+    # became silent zero rows. Their norms are taken in float64.
+    off = ~np.isfinite(norms[:, 0]) | ((norms[:, 0] == 0) & out.any(axis=1))
+    if off.any():
+        norms = norms.astype(np.float64)
+        norms[off] = np.linalg.norm(out[off].astype(np.float64), axis=1, keepdims=True)
     norms[norms == 0] = 1.0
-    normalized: NDArray[np.float32] = out / norms
+    normalized: NDArray[np.float32] = (out / norms).astype(np.float32, copy=False)
     return normalized
 
 
@@ -1250,7 +1258,7 @@ class CallableEncoder:
             # whose lock a fork takes first (registered first) and then waited here for
             # this one, held by a thread that waited for that one. Two threads asking
             # at once may both probe; both find the same length.
-            probed = int(self._call([_PROBE_TEXT]).shape[1])
+            probed = int(self._call([_PROBE_TEXT], probe=True).shape[1])
             if probed < 1:  # an API answering empty embeddings: nothing would ever match
                 msg = f"{self._model_id} returned vectors of length 0 for a probe text"
                 raise EncoderError(msg)
@@ -1260,11 +1268,12 @@ class CallableEncoder:
                 dimension = self._dimension
         return dimension
 
-    def _call(self, texts: list[str]) -> NDArray[np.float32]:
+    def _call(self, texts: list[str], *, probe: bool = False) -> NDArray[np.float32]:
         try:
             rows = self._embed(texts)
         except Exception as exc:
-            msg = f"{self._model_id} failed to embed {len(texts)} texts: {exc}"
+            what = "a probe text (to learn its dimension)" if probe else f"{len(texts)} texts"
+            msg = f"{self._model_id} failed to embed {what}: {exc}"
             raise EncoderError(msg) from exc
         try:
             out = np.asarray(rows, dtype=np.float32)

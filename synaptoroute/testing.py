@@ -121,12 +121,15 @@ class RecordingEncoder(EncoderWrapper):
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Record the call, then encode with the wrapped encoder."""
+        if isinstance(texts, str | bytes):
+            return self.inner.encode(texts)  # the wrapped encoder's refusal, unrecorded
+        items = list(texts)  # read once: an iterator handed on was found empty
         thread = threading.current_thread()
         with self._lock:
-            self.calls.append(list(texts))
+            self.calls.append(items)
             self.threads.append(thread.ident or 0)
             self.thread_names.append(thread.name)
-        return self.inner.encode(texts)
+        return self.inner.encode(items)
 
     def clear(self) -> None:
         """Forget what was recorded."""

@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 
 from synaptoroute import (
+    AdaptiveRouter,
     CallableEncoder,
     Encoder,
     EncoderError,
     EncoderProtocol,
     HashingEncoder,
     InvalidInputError,
+    Route,
     default_encoder,
 )
 from synaptoroute import encoder as encoder_module
@@ -611,7 +613,7 @@ def test_callable_encoder_reports_bad_functions() -> None:
     def broken(texts: list[str]) -> list[list[float]]:
         raise ConnectionError("service unavailable")
 
-    with pytest.raises(EncoderError, match="hosted failed to embed 1 texts: service unavailable"):
+    with pytest.raises(EncoderError, match=r"hosted failed to embed a probe text .*: service un"):
         CallableEncoder(broken, model_id="hosted").encode(["x"])
     short = CallableEncoder(lambda texts: [[1.0, 0.0]], model_id="short", dimension=2)
     with pytest.raises(EncoderError, match=r"shape \(1, 2\) for 2 texts"):
@@ -661,3 +663,30 @@ def test_warm_builds_what_a_first_query_of_deleted_characters_needs() -> None:
     fresh = Encoder()
     AdaptiveRouter(fresh).warm()
     assert fresh._read_as is not None
+
+
+def test_rows_past_float32s_range_once_squared_are_made_unit_not_zero() -> None:
+    # Their float32 norm was infinite (components of 1e19 and up) or 0 (1e-23 and
+    # down): each became a silent zero row, and a router answered "below_threshold"
+    # for a query identical to an utterance.
+    from synaptoroute.encoder import l2_normalize
+
+    rows = np.array([[1e25, 1e25, 0.0], [1e-30, 0.0, -1e-30], [3.0, 4.0, 0.0], [0, 0, 0]])
+    out = l2_normalize(rows)
+    assert out.dtype == np.float32
+    s = np.float32(np.sqrt(0.5))
+    np.testing.assert_allclose(out, [[s, s, 0], [s, 0, -s], [0.6, 0.8, 0], [0, 0, 0]], rtol=1e-6)
+    encoder = CallableEncoder(lambda texts: [[1e25, 1e25, 0.0]] * len(texts), model_id="big")
+    router = AdaptiveRouter(encoder)
+    router.add_route(Route(name="r", utterances=["x"]))
+    assert router.query("x").name == "r"
+
+
+def test_a_failing_probe_is_named_as_such() -> None:
+    def down(texts: list[str]) -> list[list[float]]:
+        raise ConnectionError("api down")
+
+    with pytest.raises(EncoderError, match=r"failed to embed a probe text \(to learn its "):
+        CallableEncoder(down, model_id="remote").encode(["hello", "world"])
+    with pytest.raises(EncoderError, match="failed to embed 2 texts: api down"):
+        CallableEncoder(down, model_id="remote", dimension=3).encode(["hello", "world"])

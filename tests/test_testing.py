@@ -36,3 +36,20 @@ def test_it_records_calls_texts_and_threads_and_changes_no_vector() -> None:
     assert recording.thread_names == [threading.current_thread().name, "recorded-worker"]
     recording.clear()
     assert (recording.calls, recording.threads, recording.thread_names) == ([], [], [])
+
+
+def test_it_reads_an_iterator_once_and_records_no_refused_call() -> None:
+    # The iterator was read into the record, and the wrapped encoder got it empty:
+    # zero rows for two texts. A str, refused by the wrapped encoder, was recorded.
+    inner = HashingEncoder(dimension=8)
+    recording = RecordingEncoder(inner)
+    got = recording.encode(t for t in ["a b", "c d"])
+    np.testing.assert_array_equal(got, inner.encode(["a b", "c d"]))
+    assert recording.calls == [["a b", "c d"]] and recording.texts_encoded == 2
+    try:
+        recording.encode("abc")
+    except TypeError:
+        pass
+    else:  # pragma: no cover - the wrapped encoder refuses a str
+        raise AssertionError("a str was encoded")
+    assert recording.calls == [["a b", "c d"]]

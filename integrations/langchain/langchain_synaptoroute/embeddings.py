@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, PrivateAttr
-from typing_extensions import override
+from pydantic import BaseModel, ConfigDict, PrivateAttr, SkipValidation, field_validator
+from typing_extensions import Self, override
 
 from synaptoroute import CallableEncoder, Encoder, EncoderProtocol, InvalidInputError
 from synaptoroute import default_encoder as _default_encoder
+from synaptoroute.adapters import _is_encoder, langchain_former_model_ids, langchain_model_id
 from synaptoroute.adapters import as_encoder as _core_as_encoder
-from synaptoroute.adapters import langchain_former_model_ids, langchain_model_id
 
 __all__ = ["LangChainEncoder", "SynaptorouteEmbeddings", "as_encoder"]
 
@@ -32,6 +33,9 @@ class SynaptorouteEmbeddings(BaseModel, Embeddings):
         encoder: any synaptoroute encoder to expose instead (then leave ``model``,
             ``model_path`` and ``threads`` unset).
 
+    The fields are fixed once it is built (assigning one raises); ``model_copy(update=
+    {...})`` builds a copy with other fields, and its own encoder.
+
     Example:
         ```python
         from langchain_synaptoroute import SynaptorouteEmbeddings
@@ -48,16 +52,43 @@ class SynaptorouteEmbeddings(BaseModel, Embeddings):
     """A local folder holding ``model``."""
     threads: int | None = None
     """ONNX Runtime threads; default every core."""
-    encoder: EncoderProtocol | None = None
+    # Checked by _check_encoder, not by pydantic: its isinstance with the runtime
+    # protocol reads ``dimension`` before Python 3.12, which embeds a probe text through
+    # a wrapped model (a remote API called when the object is built, or failing it).
+    encoder: Annotated[EncoderProtocol | None, SkipValidation] = None
     """An encoder to expose instead of building one."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", protected_namespaces=())
+    # Frozen: the encoder is built from the fields once; an assigned field left it as
+    # it was (vectors of another model than the fields said).
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, extra="forbid", protected_namespaces=(), frozen=True
+    )
 
     _encoder: EncoderProtocol = PrivateAttr()
+
+    @field_validator("encoder")
+    @classmethod
+    def _check_encoder(cls, value: object) -> object:
+        if value is not None and not _is_encoder(value):
+            msg = (
+                f"encoder must be a synaptoroute encoder, got {type(value).__name__}; "
+                "as_encoder() makes one of a LangChain Embeddings"
+            )
+            raise ValueError(msg)
+        return value
 
     @override
     def model_post_init(self, context: Any, /) -> None:
         self._build()
+
+    @override
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; one with ``update`` is built from the fields, its encoder with them
+        (pydantic's copy kept the old encoder under the new fields)."""
+        if not update:
+            return super().model_copy(deep=deep)
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self)(**{**fields, **update})
 
     def _build(self) -> None:
         if self.encoder is not None:

@@ -94,6 +94,29 @@ def test_a_chunk_is_read_up_to_the_encoders_token_limit(encoder: Encoder) -> Non
     )
 
 
+def test_a_copy_with_another_token_limit_reads_that_many_and_the_fields_are_fixed(
+    encoder: Encoder,
+) -> None:
+    # pydantic's copy, and an assignment, left the encoder as it was under the new
+    # field: vectors of a 256-token encoder filed under max_tokens=512.
+    filler = " ".join(f"Section {i} covers shipping zones and parcel sizes." for i in range(40))
+    fact = " Refunds take five business days to reach your card."
+    short = SynaptorouteEmbedding(encoder)
+    wide = short.model_copy(update={"max_tokens": 512})
+    assert wide.to_dict()["max_tokens"] == wide.encoder.max_tokens == 512  # type: ignore[attr-defined]
+    assert not np.allclose(
+        wide.get_text_embedding(filler + fact), wide.get_text_embedding(filler), atol=1e-3
+    )
+    assert short.model_copy(update={"embed_batch_size": 8}).encoder is encoder
+    with pytest.raises(AttributeError, match="max_tokens is fixed"):
+        short.max_tokens = 512
+    with pytest.raises(AttributeError, match="model_name is fixed"):
+        short.model_name = "BAAI/bge-small-en-v1.5"
+    short.embed_batch_size = 16  # not the encoder's: may change
+    short.max_tokens = short.max_tokens  # the same value: nothing changes
+    assert (short.to_dict()["max_tokens"], short.encoder.max_tokens) == (256, 256)  # type: ignore[attr-defined]
+
+
 def test_an_ingestion_cache_tells_two_token_limits_apart(encoder: Encoder) -> None:
     # IngestionPipeline keys its cache by the transformation's to_dict(), which named
     # the model alone: a 512-token encoder got the 256-token encoder's vectors.

@@ -12,10 +12,12 @@ import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from langchain_synaptoroute import LangChainEncoder, SynaptorouteEmbeddings, SynaptorouteRouter
 from langchain_tests.unit_tests import EmbeddingsUnitTests
+from pydantic import ValidationError
 
 from synaptoroute import (
     DEFAULT_MODEL_ID,
     AdaptiveRouter,
+    CallableEncoder,
     Encoder,
     EncoderError,
     EncoderProtocol,
@@ -89,6 +91,37 @@ def test_copies_share_or_reload_the_model(encoder: Encoder) -> None:
     assert copy.deepcopy(given).synaptoroute_encoder is given.synaptoroute_encoder
     shared = SynaptorouteEmbeddings(encoder=encoder)
     assert copy.deepcopy(shared).synaptoroute_encoder is encoder
+
+
+def test_a_copy_with_other_fields_gets_its_own_encoder_and_fields_are_fixed() -> None:
+    # pydantic's copy kept the old encoder under the new fields, and an assigned field
+    # left the encoder as it was: vectors of another model than the fields said.
+    eight = SynaptorouteEmbeddings(encoder=HashingEncoder(dimension=8))
+    four = eight.model_copy(update={"encoder": HashingEncoder(dimension=4)})
+    assert four.model_id == four.encoder.model_id == "hashing-bow-4"  # type: ignore[union-attr]
+    assert len(four.embed_query("a")) == 4 and len(eight.embed_query("a")) == 8
+    assert eight.model_copy().synaptoroute_encoder is eight.synaptoroute_encoder
+    with pytest.raises(ValueError, match="not both"):  # as the constructor refuses it
+        eight.model_copy(update={"threads": 2})
+    with pytest.raises(ValidationError, match="frozen"):
+        eight.encoder = HashingEncoder(dimension=4)
+    assert eight.model_id == "hashing-bow-8"
+
+
+def test_an_encoder_given_is_not_asked_to_embed_when_it_is_built() -> None:
+    # Pydantic's isinstance with the runtime protocol read `dimension` before Python
+    # 3.12: a remote model was called (or failed) when the object was built.
+    calls: list[list[str]] = []
+
+    def remote(texts: list[str]) -> list[list[float]]:
+        calls.append(list(texts))
+        return [[1.0, 0.0]] * len(texts)
+
+    embeddings = SynaptorouteEmbeddings(encoder=CallableEncoder(remote, model_id="remote"))
+    assert calls == []
+    assert embeddings.embed_query("hi") == [1.0, 0.0] and len(calls) == 2  # probe, text
+    with pytest.raises(ValidationError, match="must be a synaptoroute encoder"):
+        SynaptorouteEmbeddings(encoder=DeterministicFakeEmbedding(size=4))  # type: ignore[arg-type]
 
 
 def test_langchain_encoder_normalises_any_embeddings() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,10 @@ from synaptoroute.adapters import _is_encoder, llama_index_former_model_ids, lla
 from synaptoroute.adapters import as_encoder as _core_as_encoder
 
 __all__ = ["LlamaIndexEncoder", "SynaptorouteEmbedding", "as_encoder"]
+
+
+#: The fields the encoder is built for (see ``SynaptorouteEmbedding.__setattr__``).
+_ENCODER_FIELDS = ("model_name", "max_tokens")
 
 
 class SynaptorouteEmbedding(BaseEmbedding):
@@ -156,6 +160,29 @@ class SynaptorouteEmbedding(BaseEmbedding):
             extra = {"encoder": self._encoder}
         state["__dict__"] = {**state["__dict__"], **extra}
         return state
+
+    @override
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _ENCODER_FIELDS and getattr(self, name, value) != value:
+            # The encoder was built for them: assigned, the vectors stayed the old
+            # encoder's under the new field (the key LlamaIndex's IngestionCache files).
+            msg = (
+                f"{name} is fixed when a SynaptorouteEmbedding is built: make another "
+                f"(or model_copy(update={{{name!r}: ...}}))"
+            )
+            raise AttributeError(msg)
+        super().__setattr__(name, value)
+
+    @override
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; one whose ``update`` changes ``model_name`` or ``max_tokens`` is
+        built from its fields (as ``from_dict`` does), with an encoder for them."""
+        if not update or all(
+            name not in update or update[name] == getattr(self, name) for name in _ENCODER_FIELDS
+        ):
+            return super().model_copy(update=update, deep=deep)
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self)(**{**fields, **update})
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
         # The encoder (a loaded model, with a lock) is shared, as by the LangChain
