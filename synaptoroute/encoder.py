@@ -337,9 +337,10 @@ def l2_normalize(vectors: NDArray[Any]) -> NDArray[np.float32]:
     with np.errstate(over="ignore", under="ignore"):  # such rows are mended below
         norms: NDArray[Any] = np.linalg.norm(out, axis=1, keepdims=True)
     # A row past float32's range once squared (components of about 1e19 and up) had
-    # an infinite norm, and one of tiny components (1e-23 and down) a norm of 0: both
-    # became silent zero rows. Their norms are taken in float64.
-    off = ~np.isfinite(norms[:, 0]) | ((norms[:, 0] == 0) & out.any(axis=1))
+    # an infinite norm, and one of tiny components (1e-19 and down, squares below
+    # float32's normal range) a norm of 0 or a wrong one: silent zero rows, or rows of
+    # another length. Their norms are taken in float64.
+    off = ~np.isfinite(norms[:, 0]) | ((norms[:, 0] < 1e-15) & out.any(axis=1))
     if off.any():
         norms = norms.astype(np.float64)
         norms[off] = np.linalg.norm(out[off].astype(np.float64), axis=1, keepdims=True)

@@ -1004,10 +1004,16 @@ class AdaptiveRouter:
         _not_a_str(texts, "add_negatives")
         cleaned = clean_utterances(list(texts))
         with self._lock:
-            if NEGATIVES_ROUTE in self._routes:
-                return self._add_utterances(NEGATIVES_ROUTE, cleaned)
+            held = NEGATIVES_ROUTE in self._routes
+            if held:
+                try:
+                    return self._add_utterances(NEGATIVES_ROUTE, cleaned)
+                except RouteNotFoundError:
+                    # Another replica deleted them all, and this one has not applied it
+                    # yet: they are made anew (the negatives are no route to a caller).
+                    pass
             if cleaned:
-                self._add_routes([Route(name=NEGATIVES_ROUTE, utterances=cleaned)], replace=False)
+                self._add_routes([Route(name=NEGATIVES_ROUTE, utterances=cleaned)], replace=held)
             return cleaned
 
     def delete_negatives(self, texts: Sequence[str]) -> int:
@@ -1018,11 +1024,15 @@ class AdaptiveRouter:
             if route is None:
                 return 0
             have = set(route.utterances)
-            if have <= {t.strip() for t in texts if isinstance(t, str)}:
-                # All of them: one transaction, so no crash can leave an empty reserved route.
-                self._delete_route(NEGATIVES_ROUTE)
-                return len(have)
-            return self._delete_utterances(NEGATIVES_ROUTE, texts)
+            try:
+                if have <= {t.strip() for t in texts if isinstance(t, str)}:
+                    # All of them: one transaction, so no crash can leave an empty
+                    # reserved route.
+                    self._delete_route(NEGATIVES_ROUTE)
+                    return len(have)
+                return self._delete_utterances(NEGATIVES_ROUTE, texts)
+            except RouteNotFoundError:
+                return 0  # another replica deleted them all; this one follows soon
 
     # The negative examples are no route here either, as in route_names.
     def __contains__(self, name: object) -> bool:

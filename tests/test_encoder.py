@@ -676,6 +676,9 @@ def test_rows_past_float32s_range_once_squared_are_made_unit_not_zero() -> None:
     assert out.dtype == np.float32
     s = np.float32(np.sqrt(0.5))
     np.testing.assert_allclose(out, [[s, s, 0], [s, 0, -s], [0.6, 0.8, 0], [0, 0, 0]], rtol=1e-6)
+    for c in (1e-21, 3e-22, 1e-22, 3e-23, 1e-23, 1e-30):  # squares below float32's normal
+        row = l2_normalize(np.full((1, 384), c))
+        assert abs(float(np.linalg.norm(row.astype(np.float64))) - 1.0) < 1e-5, c
     encoder = CallableEncoder(lambda texts: [[1e25, 1e25, 0.0]] * len(texts), model_id="big")
     router = AdaptiveRouter(encoder)
     router.add_route(Route(name="r", utterances=["x"]))

@@ -832,3 +832,24 @@ def test_a_poll_bringing_vectors_that_are_not_finite_leaves_those_routes_as_they
     assert follower.get_route("weather").utterances == ["will it rain"]
     assert follower.query("will it rain").name == "weather"
     assert follower.query("play jazz").name == "music"  # the rest applied
+
+
+def test_negatives_changed_on_a_replica_that_missed_their_deletion_elsewhere(
+    pair: tuple[AdaptiveRouter, AdaptiveRouter],
+) -> None:
+    # The replica held negatives another process had deleted since: its add and delete
+    # raised RouteNotFoundError for '__negatives__', a route no caller knows of.
+    writer, follower = pair
+    writer.add_route(Route(name="greet", utterances=["hello there"]))
+    writer.add_negatives(["what is the weather"])
+    assert poll(follower) and follower.negatives == ["what is the weather"]
+    writer.delete_negatives(["what is the weather"])
+    assert follower.delete_negatives(["what is the weather"]) == 0
+    assert follower.add_negatives(["tell me a joke"]) == ["tell me a joke"]
+    assert follower.negatives == ["tell me a joke"]
+    poll(writer)
+    poll(follower)
+    with reopened(follower.storage.path) as fresh:  # type: ignore[attr-defined]
+        for router in (writer, follower, fresh):
+            assert router.negatives == ["tell me a joke"]
+            assert router.query("tell me a joke").reason == "negative_example"

@@ -31,6 +31,7 @@ from synaptoroute import (
     Encoder,
     EncoderProtocol,
     HashingEncoder,
+    InvalidInputError,
     ModelNotAvailableError,
     Route,
     default_encoder,
@@ -108,6 +109,15 @@ def test_a_copy_with_another_token_limit_reads_that_many_and_the_fields_are_fixe
         wide.get_text_embedding(filler + fact), wide.get_text_embedding(filler), atol=1e-3
     )
     assert short.model_copy(update={"embed_batch_size": 8}).encoder is encoder
+    # The encoder's other settings go with it; an encoder without settings cannot.
+    tuned = SynaptorouteEmbedding(Encoder(threads=1, batch_size=8))
+    copied = tuned.model_copy(update={"max_tokens": 128, "embed_batch_size": 4})
+    assert copied.encoder._arguments["threads"] == 1  # type: ignore[attr-defined]
+    assert copied.encoder._arguments["batch_size"] == 8  # type: ignore[attr-defined]
+    assert (copied.max_tokens, copied.embed_batch_size) == (128, 4)
+    hashing = SynaptorouteEmbedding(HashingEncoder(dimension=8))
+    with pytest.raises(InvalidInputError, match=r"cannot make a copy .* of a HashingEncoder"):
+        hashing.model_copy(update={"max_tokens": 64})
     with pytest.raises(AttributeError, match="max_tokens is fixed"):
         short.max_tokens = 512
     with pytest.raises(AttributeError, match="model_name is fixed"):

@@ -25,6 +25,7 @@ from synaptoroute import (
     CallableEncoder,
     Encoder,
     EncoderProtocol,
+    InvalidInputError,
     ModelNotAvailableError,
     default_encoder,
 )
@@ -175,14 +176,38 @@ class SynaptorouteEmbedding(BaseEmbedding):
 
     @override
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy; one whose ``update`` changes ``model_name`` or ``max_tokens`` is
-        built from its fields (as ``from_dict`` does), with an encoder for them."""
+        """A copy; one whose ``update`` changes ``model_name`` or ``max_tokens`` gets an
+        ``Encoder`` for them, with the original's other settings (threads, device...;
+        another model drops ``model_path``).
+
+        Raises:
+            InvalidInputError: such an ``update`` on an encoder that is not an
+                ``Encoder`` (a ``CallableEncoder``, say), which has no settings to
+                rebuild it with: make a new ``SynaptorouteEmbedding`` with one.
+        """
         if not update or all(
             name not in update or update[name] == getattr(self, name) for name in _ENCODER_FIELDS
         ):
             return super().model_copy(update=update, deep=deep)
+        if type(self._encoder) is not Encoder:
+            msg = (
+                f"cannot make a copy with other {', '.join(_ENCODER_FIELDS)} of a "
+                f"{type(self._encoder).__name__}: make a SynaptorouteEmbedding with an "
+                "encoder for them"
+            )
+            raise InvalidInputError(msg)
+        arguments = dict(self._encoder._arguments)
+        name = update.get("model_name", self.model_name)
+        if name != self.model_name:  # another model: its own path and token limit
+            arguments.update(model=None if name == DEFAULT_MODEL_ID else name, model_path=None)
+            arguments["max_tokens"] = update.get("max_tokens")
+        else:
+            arguments["max_tokens"] = update.get("max_tokens", self.max_tokens)
         fields = {name: getattr(self, name) for name in type(self).model_fields}
-        return type(self)(**{**fields, **update})
+        fields.update(update)
+        for key in _ENCODER_FIELDS:  # read from the new encoder
+            fields.pop(key)
+        return type(self)(Encoder(**arguments), **fields)
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
         # The encoder (a loaded model, with a lock) is shared, as by the LangChain
