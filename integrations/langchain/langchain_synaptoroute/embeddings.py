@@ -85,8 +85,9 @@ class SynaptorouteEmbeddings(BaseModel, Embeddings):
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy; one with ``update`` is built from the fields, its encoder with them
         (pydantic's copy kept the old encoder under the new fields)."""
-        if not update:
-            return super().model_copy(deep=deep)
+        if not update or all(getattr(self, name, None) == value for name, value in update.items()):
+            # Nothing changes: the copy shares the model.
+            return super().model_copy(update=update, deep=deep)
         fields = {name: getattr(self, name) for name in type(self).model_fields}
         return type(self)(**{**fields, **update})
 

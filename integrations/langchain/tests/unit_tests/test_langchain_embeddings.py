@@ -101,6 +101,8 @@ def test_a_copy_with_other_fields_gets_its_own_encoder_and_fields_are_fixed() ->
     assert four.model_id == four.encoder.model_id == "hashing-bow-4"  # type: ignore[union-attr]
     assert len(four.embed_query("a")) == 4 and len(eight.embed_query("a")) == 8
     assert eight.model_copy().synaptoroute_encoder is eight.synaptoroute_encoder
+    same = eight.model_copy(update={"encoder": eight.encoder, "threads": None})
+    assert same.synaptoroute_encoder is eight.synaptoroute_encoder  # no second model
     with pytest.raises(ValueError, match="not both"):  # as the constructor refuses it
         eight.model_copy(update={"threads": 2})
     with pytest.raises(ValidationError, match="frozen"):
