@@ -28,7 +28,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 __all__ = [
     "APP",
@@ -41,6 +41,7 @@ __all__ = [
     "LEXICAL",
     "ROUTER",
     "STORE",
+    "cached_property",
     "hold_across_fork",
     "keep_for_good",
 ]
@@ -189,3 +190,43 @@ if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
     os.register_at_fork(
         before=_before, after_in_parent=_after_in_parent, after_in_child=_after_in_child
     )
+
+
+_T = TypeVar("_T")
+
+
+class cached_property(Generic[_T]):
+    """:func:`functools.cached_property` without its lock.
+
+    Before Python 3.12 ``functools.cached_property`` holds one lock per property, for
+    every instance of the class, while it computes: a child forked while a thread of
+    the parent computed one (a query's first look at a new snapshot's live rows)
+    inherited that lock held, and hung at its first use of the property, on any
+    snapshot, for good. No registered lock can cover it. The values cached here are
+    pure functions of an immutable object, so two threads computing one at once only
+    compute it twice; the first one stored is kept.
+    """
+
+    def __init__(self, func: Callable[[Any], _T]) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> cached_property[_T]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> _T: ...
+
+    def __get__(
+        self, instance: object | None, owner: type | None = None
+    ) -> cached_property[_T] | _T:
+        if instance is None:
+            return self
+        # Not a data descriptor: once stored, the instance's own attribute is found
+        # first and this is not called again.
+        value: _T = instance.__dict__.setdefault(self.name, self.func(instance))
+        return value

@@ -28,7 +28,6 @@ import weakref
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -37,7 +36,7 @@ from numpy.typing import NDArray
 
 from ._buffers import buffer_capacity, take_buffer
 from ._cpu import process_cpus
-from ._fork import INDEX, LEAF, hold_across_fork, keep_for_good
+from ._fork import INDEX, LEAF, cached_property, hold_across_fork, keep_for_good
 from .ann import (  # stdlib and numpy only: usearch loads on use
     CLOSE_MARGIN,
     DEFAULT_DEPTH,

@@ -36,14 +36,13 @@ import unicodedata
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ._fork import LEXICAL, hold_across_fork
+from ._fork import LEXICAL, cached_property, hold_across_fork
 from .index import Snapshot
 
 __all__ = ["LexicalIndex", "LexicalView", "NgramFeatures", "text_features"]

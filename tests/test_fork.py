@@ -930,3 +930,47 @@ def test_a_child_of_a_process_that_loaded_onnxruntime_exits_as_it_should(
     logged = (tmp_path / "log.txt").read_text()
     assert all(f"child {how}" in logged for how in statuses)
     assert "an uncaught exception" in done.stderr  # told as Python tells it
+
+
+@needs_fork
+def test_a_child_forked_while_a_thread_computes_a_cached_property_uses_it() -> None:
+    # Before Python 3.12 functools.cached_property holds one lock per property, for
+    # every instance, while it computes: a child forked while a parent thread computed
+    # a snapshot's live rows (a query with a k-NN head) hung at its first use of it.
+    from synaptoroute import _fork
+    from synaptoroute.lexical import LexicalView
+
+    inside, release = threading.Event(), threading.Event()
+
+    class Holder:
+        @_fork.cached_property
+        def value(self) -> int:
+            if self.slow:
+                inside.set()
+                release.wait(LIMIT_S)
+            return 7
+
+        def __init__(self, slow: bool) -> None:
+            self.slow = slow
+
+    thread = threading.Thread(target=lambda: Holder(slow=True).value)
+    thread.start()
+    try:
+        assert inside.wait(LIMIT_S)
+
+        def child() -> None:
+            assert Holder(slow=False).value == 7
+
+        assert in_child(child, timeout=30) == 0
+    finally:
+        release.set()
+        thread.join(LIMIT_S)
+    holder = Holder(slow=False)
+    assert holder.value == 7 and holder.__dict__["value"] == 7  # cached as before
+    # Every cached property of the index and the lexical view is this one.
+    import functools
+
+    for cls in (index_module.Snapshot, index_module.RouteLayout, LexicalView):
+        kinds = {type(v) for v in vars(cls).values()}
+        assert functools.cached_property not in kinds, cls
+        assert _fork.cached_property in kinds, cls
