@@ -85,11 +85,13 @@ class SynaptorouteEmbeddings(BaseModel, Embeddings):
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy; one with ``update`` is built from the fields, its encoder with them
         (pydantic's copy kept the old encoder under the new fields)."""
-        if not update or all(getattr(self, name, None) == value for name, value in update.items()):
+        fields = type(self).model_fields
+        if not update or all(
+            name in fields and getattr(self, name) == value for name, value in update.items()
+        ):
             # Nothing changes: the copy shares the model.
             return super().model_copy(update=update, deep=deep)
-        fields = {name: getattr(self, name) for name in type(self).model_fields}
-        return type(self)(**{**fields, **update})
+        return type(self)(**{**{name: getattr(self, name) for name in fields}, **update})
 
     def _build(self) -> None:
         if self.encoder is not None:

@@ -115,6 +115,16 @@ def test_a_copy_with_another_token_limit_reads_that_many_and_the_fields_are_fixe
     assert copied.encoder._arguments["threads"] == 1  # type: ignore[attr-defined]
     assert copied.encoder._arguments["batch_size"] == 8  # type: ignore[attr-defined]
     assert (copied.max_tokens, copied.embed_batch_size) == (128, 4)
+    # Another model, and back: its own token limit; back to the bundled default, the
+    # shared model (a copy built by default shares it, as SynaptorouteEmbedding() does).
+    other = short.model_copy(update={"model_name": "BAAI/bge-small-en-v1.5"})
+    assert (other.model_name, other.encoder._arguments["model"]) == (  # type: ignore[attr-defined]
+        "BAAI/bge-small-en-v1.5",
+        "BAAI/bge-small-en-v1.5",
+    )
+    back = other.model_copy(update={"model_name": DEFAULT_MODEL_ID})
+    assert back.encoder is default_encoder() and back.to_dict()["max_tokens"] == 256
+    assert wide.model_copy(update={"max_tokens": 256}).encoder is default_encoder()
     hashing = SynaptorouteEmbedding(HashingEncoder(dimension=8))
     with pytest.raises(InvalidInputError, match=r"cannot make a copy .* of a HashingEncoder"):
         hashing.model_copy(update={"max_tokens": 64})

@@ -103,6 +103,8 @@ def test_a_copy_with_other_fields_gets_its_own_encoder_and_fields_are_fixed() ->
     assert eight.model_copy().synaptoroute_encoder is eight.synaptoroute_encoder
     same = eight.model_copy(update={"encoder": eight.encoder, "threads": None})
     assert same.synaptoroute_encoder is eight.synaptoroute_encoder  # no second model
+    with pytest.raises(ValidationError, match="modle"):  # a typo is refused, None or not
+        eight.model_copy(update={"modle": None})
     with pytest.raises(ValueError, match="not both"):  # as the constructor refuses it
         eight.model_copy(update={"threads": 2})
     with pytest.raises(ValidationError, match="frozen"):

@@ -200,14 +200,17 @@ class SynaptorouteEmbedding(BaseEmbedding):
         name = update.get("model_name", self.model_name)
         if name != self.model_name:  # another model: its own path and token limit
             arguments.update(model=None if name == DEFAULT_MODEL_ID else name, model_path=None)
-            arguments["max_tokens"] = update.get("max_tokens")
-        else:
-            arguments["max_tokens"] = update.get("max_tokens", self.max_tokens)
+            del arguments["max_tokens"]
+        if update.get("max_tokens") is not None:
+            arguments["max_tokens"] = update["max_tokens"]
+        encoder = Encoder(**arguments)
+        if encoder._arguments == default_encoder()._arguments:
+            encoder = default_encoder()  # the bundled model as built by default: shared
         fields = {name: getattr(self, name) for name in type(self).model_fields}
         fields.update(update)
         for key in _ENCODER_FIELDS:  # read from the new encoder
             fields.pop(key)
-        return type(self)(Encoder(**arguments), **fields)
+        return type(self)(encoder, **fields)
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
         # The encoder (a loaded model, with a lock) is shared, as by the LangChain
