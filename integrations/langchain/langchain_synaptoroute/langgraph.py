@@ -21,9 +21,14 @@ Each reads the text to route from the state (by default the last human message o
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, cast
 
 from langchain_core.runnables import RunnableLambda
+
+# typing_extensions': pydantic refuses typing's TypedDict before Python 3.12, so a
+# pydantic state with a RouteDecision field, and LangGraph's JSON schemas of a graph
+# whose state holds one (LangGraph Server, Studio), failed on 3.10 and 3.11.
+from typing_extensions import TypedDict
 
 from synaptoroute import AdaptiveRouter, InvalidInputError, MissingDependencyError, RouteMatch
 from synaptoroute.exceptions import RouteNotFoundError, install_hint
@@ -364,7 +369,24 @@ class SynaptorouteNode(_Destinations, RunnableLambda[Any, Command[str]]):
         Args:
             graph: the graph being built.
             name: the node's name.
+
+        Raises:
+            InvalidInputError: ``state_key`` is no key of the graph's state (LangGraph
+                drops an update to such a key: the decision was lost without a word),
+                or is the key the text is read from.
         """
+        channels = getattr(graph, "channels", None)
+        if isinstance(channels, Mapping) and self.state_key not in channels:
+            msg = (
+                f"state_key {self.state_key!r} is no key of the graph's state (keys: "
+                f"{', '.join(map(repr, channels)) or 'none'}): the decision would be "
+                "dropped; add it to the state schema (e.g. route: RouteDecision | None) "
+                "or pass state_key= naming one"
+            )
+            raise InvalidInputError(msg)
+        if self.state_key == self.routing.input_key:
+            msg = f"state_key {self.state_key!r} is the key the text is read from"
+            raise InvalidInputError(msg)
         graph.add_node(name, self, destinations=self.destinations)
 
 
@@ -376,7 +398,14 @@ class SynaptorouteFanOut(_Path, RunnableLambda[Any, str | list[Send]]):
     (or what ``payload(state, decision)`` returns) to its node; the nodes run in the
     same step and their updates merge through the state's reducers. With no route
     selected the path returns ``default``. Add it with ``add_conditional_edges`` (or
-    :meth:`add_to`); ``get_graph()`` draws one edge per route.
+    :meth:`add_to`); ``get_graph()`` draws one edge per route. A route mapped to
+    ``END`` sends nothing (no packet can go to ``END``): selected alone, the path
+    returns ``END``.
+
+    From ``START``, LangGraph hands a path the graph's raw input: each ``Send`` then
+    carries the messages as given (tuples or dicts, without ids), and a subgraph
+    agent that returns them adds them to the parent's messages again. Fan out after
+    a first node, or send only what each agent needs with ``payload``.
     """
 
     def __init__(
@@ -432,13 +461,19 @@ class SynaptorouteFanOut(_Path, RunnableLambda[Any, str | list[Send]]):
         # ``top_routes`` gives no routes for a text nearest to a negative example.
         sends: dict[str, Send] = {}
         # "ambiguous" still passes: fanning out is the answer to ambiguity.
+        ends = False
         for match in passing(top, self.min_score):
             if match.name is None:
                 continue
             node = self.routing.node_of(match)
+            if node == END:  # no packet can go to END (LangGraph refuses it at run time)
+                ends = True
+                continue
             if node in sends:  # two routes of one node: the best one's decision is kept
                 continue
             decision = decision_of(match, node)
             arg = state if self.payload is None else self.payload(state, decision)
             sends[node] = Send(node, arg)
-        return list(sends.values()) if sends else self.routing.default
+        if sends:
+            return list(sends.values())  # a route to END among others: the others run
+        return END if ends else self.routing.default

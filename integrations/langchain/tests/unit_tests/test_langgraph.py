@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langchain_synaptoroute import SynaptorouteClassifier, SynaptorouteRouter
 from langchain_synaptoroute.langgraph import (
     RouteDecision,
@@ -21,7 +21,9 @@ from langchain_synaptoroute.langgraph import (
 )
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
+from pydantic import BaseModel
 from typing_extensions import TypedDict
 
 from synaptoroute import (
@@ -416,3 +418,54 @@ def test_classifier_as_path_replaces_the_keyerror_call(adaptive_router: Adaptive
     # Every helper refuses a wrapper's threshold rather than silently dropping it.
     with pytest.raises(InvalidInputError, match="threshold"):
         SynaptorouteFanOut(classifier.model_copy(update={"threshold": 0.3}))
+
+
+async def test_fan_out_to_a_route_mapped_to_end_sends_nothing_there(
+    adaptive_router: AdaptiveRouter,
+) -> None:
+    # It built Send("__end__", ...), which LangGraph refuses at run time: the first
+    # message matching that route failed the graph (compile() had passed).
+    fan = SynaptorouteFanOut(adaptive_router, default="general", routes={"billing": END})
+    app = _fan_graph(fan)
+    assert app.invoke(_ask(TWO_TOPICS))["seen"] == ["tech"]  # the others run
+    assert app.invoke(_ask("I was charged twice")).get("seen", []) == []  # alone: END
+    assert (await app.ainvoke(_ask(TWO_TOPICS)))["seen"] == ["tech"]
+    assert (await app.ainvoke(_ask("I was charged twice"))).get("seen", []) == []
+    assert app.invoke(_ask("who won the world cup"))["seen"] == ["general"]
+
+
+def test_a_route_decision_in_a_pydantic_state_and_in_the_graphs_schemas(
+    adaptive_router: AdaptiveRouter,
+) -> None:
+    # typing.TypedDict: pydantic refuses it nested in a model before Python 3.12, so a
+    # pydantic state holding a RouteDecision failed at run time, and LangGraph's JSON
+    # schemas of a graph whose state holds one (LangGraph Server, Studio) failed too.
+    class PydanticState(BaseModel):
+        messages: Annotated[list[AnyMessage], add_messages] = []
+        route: RouteDecision | None = None
+
+    graph = StateGraph(PydanticState)
+    for name in (*ROUTE_NAMES, "general"):
+        graph.add_node(name, lambda state: {})
+        graph.add_edge(name, END)
+    SynaptorouteNode(adaptive_router, default="general").add_to(graph, "router")
+    graph.add_edge(START, "router")
+    out = graph.compile().invoke(_ask("I was charged twice"))
+    assert out["route"]["node"] == "billing"
+    app = _node_graph(adaptive_router).compile()
+    for schema in (app.get_input_jsonschema(), app.get_output_jsonschema()):
+        assert "route" in schema["properties"]
+
+
+def test_a_router_node_refuses_a_state_key_the_state_lacks(
+    adaptive_router: AdaptiveRouter,
+) -> None:
+    # LangGraph drops an update to a key the state lacks: the decision was lost, and
+    # the graph ran as if nothing were wrong.
+    plain = StateGraph(MessagesState)
+    with pytest.raises(InvalidInputError, match=r"state_key 'route' is no key .*'messages'"):
+        SynaptorouteNode(adaptive_router, default="general").add_to(plain, "router")
+    with pytest.raises(InvalidInputError, match="the key the text is read from"):
+        SynaptorouteNode(adaptive_router, default="general", state_key="messages").add_to(
+            _graph(), "router"
+        )
