@@ -47,4 +47,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s CMD ["synaptoroute", "healthcheck"]
 STOPSIGNAL SIGTERM
 # Listening on all interfaces: route changes need SYNAPTOROUTE_API_KEY (or add --read-only).
-CMD ["synaptoroute", "serve", "--host", "0.0.0.0", "--store", "/data/routes.db"]
+# The store is SYNAPTOROUTE_STORE's (above): a --store here won over -e SYNAPTOROUTE_STORE,
+# and the service and `docker exec ... synaptoroute routes` used two stores.
+CMD ["synaptoroute", "serve", "--host", "0.0.0.0"]

@@ -60,7 +60,7 @@ from .routes_file import (
     refuse_unread,
     render_routes,
 )
-from .server.settings import add_limit_arguments
+from .server.settings import add_limit_arguments, whole_number
 from .storage import check_route, is_database_url
 
 __all__ = [
@@ -924,7 +924,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("route", help="route texts", description="Route each TEXT; print its route.")
     p.add_argument("text", nargs="+", metavar="TEXT", help="text to route")
-    p.add_argument("--top-k", type=int, metavar="K", help="print the K best routes of each text")
+    p.add_argument(
+        "--top-k", type=whole_number, metavar="K", help="print the K best routes of each text"
+    )
     _add_store(p)
     _add_json(p, "print one JSON object per text (JSON lines)")
     p.set_defaults(func=cmd_route)
@@ -1069,7 +1071,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--routes", metavar="FILE", help="routes file applied to the store at start")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument(
-        "--port", type=int, default=None, help=f"port (default ${PORT_ENV} or 8000; 0 picks one)"
+        "--port",
+        type=whole_number,
+        default=None,
+        help=f"port (default ${PORT_ENV} or 8000; 0 picks one)",
     )
     p.add_argument("--read-only", action="store_true", help="refuse every route change (403)")
     p.add_argument(
@@ -1079,9 +1084,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not serve the browser console at /console",
     )
     p.add_argument(
-        "--max-body-bytes", type=int, default=1 << 20, help="413 above this (default 1 MiB)"
+        "--max-body-bytes",
+        type=whole_number,
+        default=1 << 20,
+        help="413 above this (default 1 MiB)",
     )
-    p.add_argument("--max-queue", type=int, default=10_000, help="queued texts before 503")
+    p.add_argument("--max-queue", type=whole_number, default=10_000, help="queued texts before 503")
     p.add_argument(
         "--request-timeout", type=float, default=30.0, help="seconds a query may wait (503 after)"
     )
@@ -1090,7 +1098,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=whole_number,
         help="ONNX Runtime threads (default: $SYNAPTOROUTE_THREADS, else the CPU quota)",
     )
     p.add_argument(
@@ -1117,7 +1125,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to ask (default 127.0.0.1)")
     p.add_argument(
-        "--port", type=int, default=None, help=f"port, 1-65535 (default ${PORT_ENV} or 8000)"
+        "--port",
+        type=whole_number,
+        default=None,
+        help=f"port, 1-65535 (default ${PORT_ENV} or 8000)",
     )
     p.add_argument("--timeout", type=_seconds, default=4.0, help="seconds to wait (default 4)")
     p.set_defaults(func=cmd_healthcheck)
@@ -1151,9 +1162,12 @@ def _port(value: int | None, *, lowest: int = 0) -> int:
     if value is not None:
         port, what = value, "--port"
     else:
-        text = os.environ.get(PORT_ENV, "").strip()
-        if not text:
+        if PORT_ENV not in os.environ:
             return DEFAULT_PORT
+        text = os.environ[PORT_ENV].strip()
+        if not text:  # PORT="$P" with P unset meant 8000, as an empty store meant ./routes.db
+            msg = f"{PORT_ENV} is set but empty; give a port, or unset it"
+            raise BadInput(msg)
         digits = text.removeprefix("-")
         if not (digits.isascii() and digits.isdigit()):  # int() takes "8_000", other digits
             msg = f"{PORT_ENV} must be a port number, got {text!r}"

@@ -809,6 +809,18 @@ def test_healthcheck_follows_the_port_variable(
     assert "--port must be a port number (1-65535), got 0" in err
     monkeypatch.setenv(cli.PORT_ENV, "0")
     assert run(capsys, "healthcheck")[0] == EXIT_BAD_INPUT
+    # Set but empty (PORT="$P" with P unset) meant 8000, where an empty store is refused.
+    for empty in ("", "  "):
+        monkeypatch.setenv(cli.PORT_ENV, empty)
+        code, _, err = run(capsys, "healthcheck")
+        assert code == EXIT_BAD_INPUT and f"{cli.PORT_ENV} is set but empty" in err
+    # The flags read whole numbers as the variables do.
+    monkeypatch.delenv(cli.PORT_ENV)
+    for odd in ("8_000", "\u0668\u0660\u0660\u0660"):
+        with pytest.raises(SystemExit) as exit_info:
+            run(capsys, "healthcheck", "--port", odd)
+        assert exit_info.value.code == EXIT_BAD_INPUT
+        assert f"invalid int value: {odd!r}" in capsys.readouterr().err
 
 
 def test_healthcheck_takes_an_ipv6_address_with_or_without_brackets(
@@ -1230,6 +1242,22 @@ def test_serve_names_a_bad_value_by_its_option(
     assert "--threads: Input should be greater than or equal to 1" in err
     assert "--max-queue: Input should be greater than or equal to 1" in err
     assert "max_connections" not in err and "encoder_threads" not in err
+    assert not Path(store).exists()
+    # Past what the store's poll or ONNX Runtime can take: refused here, by the option,
+    # not by the store or the encoder inside the start-up, by the field's name.
+    for option, value, said in (
+        ("--store-poll-interval", "1e10", "--store-poll-interval: Input should be less than"),
+        ("--threads", "100000", "--threads: Input should be less than or equal to 65535"),
+        ("--rate-burst", "5", "--rate-burst (rate_burst) needs --rate-limit"),
+        ("--auth-reads", None, "--auth-reads (auth_reads) needs an API key"),
+    ):
+        argv = [option] if value is None else [option, value]
+        code, _, err = run(capsys, "serve", "--store", store, *argv)
+        assert code == EXIT_BAD_INPUT and said in err, (option, err)
+    with pytest.raises(SystemExit) as exit_info:  # another script's digit, as the variable
+        run(capsys, "serve", "--store", store, "--threads", "\u0662")
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert "invalid int value" in capsys.readouterr().err
     assert not Path(store).exists()
 
 

@@ -1237,10 +1237,11 @@ def test_run_hands_uvicorn_the_drain_timeout_rounded_up(
 
     seen: list[object] = []
 
-    def capture(self: uvicorn.Server) -> None:
+    def capture(self: uvicorn.Server, sockets: list[object] | None = None) -> None:
         seen.append(self.config.timeout_graceful_shutdown)
 
     monkeypatch.setattr(uvicorn.Server, "run", capture)
+    monkeypatch.setattr(uvicorn.Config, "bind_socket", lambda self: object())
     from fastapi import FastAPI
 
     monkeypatch.setattr(app_module, "create_app", lambda settings: FastAPI())

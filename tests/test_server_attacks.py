@@ -1044,10 +1044,10 @@ async def test_auth_reads_and_401_before_422(router: AdaptiveRouter) -> None:
             assert r.status_code == 401, raw
             r = await c.put("/routes/x", content=raw, headers={**json_headers, **auth})
             assert r.status_code == 422, raw
-    with pytest.raises(ValueError, match="auth_reads needs an API key"):
+    with pytest.raises(ValueError, match=r"--auth-reads \(auth_reads\) needs an API key"):
         ServerSettings(auth_reads=True).check_safe()
     # An app built in code (uvicorn.run(create_app(...))) left those reads open.
-    with pytest.raises(ValueError, match="auth_reads needs an API key"):
+    with pytest.raises(ValueError, match=r"--auth-reads \(auth_reads\) needs an API key"):
         create_app(ServerSettings(auth_reads=True), router=router)
 
 

@@ -313,14 +313,25 @@ def test_start_up_failures_exit_as_documented_without_a_traceback(tmp_path: Path
     assert out.returncode == 2, out.stderr
     assert "is not a readable SQLite database" in out.stderr and "Traceback" not in out.stderr
     assert notdb.read_text() == "not a database"
+    # The port is bound first: a taken one failed after the start-up had made the
+    # store and applied the routes file (a failed deployment changed the store).
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("routes:\n  - name: greet\n    utterances: [hello there]\n")
     with socket.socket() as taken:
         taken.bind((HOST, 0))
         taken.listen()
         out = serve_until_it_fails(
-            "--store", str(tmp_path / "y.db"), "--port", str(taken.getsockname()[1])
+            "--store",
+            str(tmp_path / "y.db"),
+            "--routes",
+            str(routes),
+            "--port",
+            str(taken.getsockname()[1]),
         )
     assert out.returncode == 1, out.stderr
-    assert "address already in use" in out.stderr
+    assert "address already in use" in out.stderr.lower()
+    assert "Application startup complete" not in out.stderr
+    assert not (tmp_path / "y.db").exists()
 
 
 async def _partial_request(

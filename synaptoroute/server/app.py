@@ -373,7 +373,12 @@ def run(settings: ServerSettings, *, access_log: bool = False) -> None:
     uvicorn_log.addFilter(quiet)
     exit_code: str | int | None = None
     try:
-        server.run()
+        # Bound before the app starts: a port in use, or a host no address resolves
+        # to, failed only after the start-up had opened the store and applied the
+        # routes file (a failed deployment changed the store other replicas serve).
+        # uvicorn exits with 1, saying why, when it cannot bind.
+        sockets = [config.bind_socket()]
+        server.run(sockets=sockets)
     except SystemExit as exc:
         # Recent uvicorn exits with 3 ("startup failure") whatever the cause; older
         # releases return with started false. Either way an error of ours (a bad

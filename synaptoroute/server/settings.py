@@ -6,10 +6,12 @@ import argparse
 import ipaddress
 import os
 import string
+import threading
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from .._cpu import MAX_THREADS
 from ..batching import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_COST,
@@ -124,7 +126,7 @@ class ServerSettings(BaseModel):
     max_queue_cost: int = Field(
         default=DEFAULT_MAX_QUEUE_COST, ge=MAX_TEXT_COST + TEXT_COST_OVERHEAD
     )
-    encoder_threads: int | None = Field(default=None, ge=1)
+    encoder_threads: int | None = Field(default=None, ge=1, le=MAX_THREADS)
     encoder_spin: bool = False
     log_level: str = "info"
     auth_reads: bool = False
@@ -142,7 +144,7 @@ class ServerSettings(BaseModel):
     rate_limit: float | None = Field(default=None, gt=0)
     rate_burst: int = Field(default=50, ge=1)
     console: bool = True
-    store_poll_interval: float = Field(default=1.0, gt=0)
+    store_poll_interval: float = Field(default=1.0, gt=0, le=threading.TIMEOUT_MAX)
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -194,7 +196,7 @@ class ServerSettings(BaseModel):
         """
         if self.api_key is None:
             if self.auth_reads:
-                msg = f"auth_reads needs an API key: set {API_KEY_ENV}"
+                msg = f"--auth-reads (auth_reads) needs an API key: set {API_KEY_ENV}"
                 raise InvalidInputError(msg)
             return
         key = self.api_key.get_secret_value()
@@ -216,15 +218,37 @@ class ServerSettings(BaseModel):
             InvalidInputError: the API key is set but blank or not printable ASCII, or
                 ``auth_reads`` has none (:meth:`check_key`), or
                 changes are enabled, no API key is set, and ``host`` is not a loopback
-                address.
+                address; or ``rate_burst`` is given without ``rate_limit`` (it was
+                ignored: no limit applied).
         """
         self.check_key()
+        if "rate_burst" in self.model_fields_set and self.rate_limit is None:
+            msg = "--rate-burst (rate_burst) needs --rate-limit (rate_limit): no limit is set"
+            raise InvalidInputError(msg)
         if self.changes_enabled and self.api_key is None and not is_loopback(self.host):
             msg = (
                 f"refusing to listen on {self.host!r} with route changes enabled and no API "
                 f"key: set {API_KEY_ENV}, pass --read-only, or listen on 127.0.0.1"
             )
             raise InvalidInputError(msg)
+
+
+def whole_number(text: str) -> int:
+    """An option's whole number: ASCII digits, an optional ``-`` (the type of every
+    integer option of the command line).
+
+    ``int()`` also reads "8_000" and other scripts' digits ("٨٠٠٠"), which the
+    environment variables (``SYNAPTOROUTE_PORT``, ``SYNAPTOROUTE_THREADS``) refuse:
+    a flag and its variable now agree.
+    """
+    digits = text.strip().removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(text)
+    return int(text)
+
+
+# argparse names the type in its message: "invalid int value: '8_000'", as before.
+whole_number.__name__ = "int"
 
 
 #: ``serve`` options for the hardening settings: (flag, field, type, help).
@@ -257,7 +281,8 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, field, kind, text in _LIMIT_OPTIONS:
         default = fields[field].default
         suffix = "off" if default is None else default
-        parser.add_argument(flag, dest=field, type=kind, help=f"{text} (default {suffix})")
+        kind_of = whole_number if kind is int else kind
+        parser.add_argument(flag, dest=field, type=kind_of, help=f"{text} (default {suffix})")
     parser.add_argument(
         "--auth-reads",
         action="store_true",
