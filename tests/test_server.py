@@ -1241,7 +1241,7 @@ def test_run_hands_uvicorn_the_drain_timeout_rounded_up(
         seen.append(self.config.timeout_graceful_shutdown)
 
     monkeypatch.setattr(uvicorn.Server, "run", capture)
-    monkeypatch.setattr(uvicorn.Config, "bind_socket", lambda self: object())
+    monkeypatch.setattr(app_module, "_check_bindable", lambda host, port: None)
     from fastapi import FastAPI
 
     monkeypatch.setattr(app_module, "create_app", lambda settings: FastAPI())

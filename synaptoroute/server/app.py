@@ -329,6 +329,32 @@ class _ExpectedStartupError(logging.Filter):
         return not str(record.msg).startswith("Traceback (most recent call last)")
 
 
+def _check_bindable(host: str, port: int) -> None:
+    """Exit with 1, saying why as uvicorn does, when ``host``:``port`` cannot be bound.
+
+    Each address the host resolves to is bound and let go, as asyncio's server binds
+    them (``SO_REUSEADDR``, IPv6 only on IPv6 sockets); uvicorn binds them again once
+    the app has started. Another process may still take the port in between: uvicorn
+    then fails as before, after the start-up.
+    """
+    import socket
+
+    log = logging.getLogger("uvicorn.error")
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+    except OSError as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from exc
+
+
 def run(settings: ServerSettings, *, access_log: bool = False) -> None:
     """Serve ``settings`` with uvicorn until SIGINT/SIGTERM; requests in flight finish first.
 
@@ -373,12 +399,11 @@ def run(settings: ServerSettings, *, access_log: bool = False) -> None:
     uvicorn_log.addFilter(quiet)
     exit_code: str | int | None = None
     try:
-        # Bound before the app starts: a port in use, or a host no address resolves
+        # Tried before the app starts: a port in use, or a host no address resolves
         # to, failed only after the start-up had opened the store and applied the
         # routes file (a failed deployment changed the store other replicas serve).
-        # uvicorn exits with 1, saying why, when it cannot bind.
-        sockets = [config.bind_socket()]
-        server.run(sockets=sockets)
+        _check_bindable(settings.host, settings.port)
+        server.run()
     except SystemExit as exc:
         # Recent uvicorn exits with 3 ("startup failure") whatever the cause; older
         # releases return with started false. Either way an error of ours (a bad

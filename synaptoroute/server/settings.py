@@ -218,13 +218,9 @@ class ServerSettings(BaseModel):
             InvalidInputError: the API key is set but blank or not printable ASCII, or
                 ``auth_reads`` has none (:meth:`check_key`), or
                 changes are enabled, no API key is set, and ``host`` is not a loopback
-                address; or ``rate_burst`` is given without ``rate_limit`` (it was
-                ignored: no limit applied).
+                address.
         """
         self.check_key()
-        if "rate_burst" in self.model_fields_set and self.rate_limit is None:
-            msg = "--rate-burst (rate_burst) needs --rate-limit (rate_limit): no limit is set"
-            raise InvalidInputError(msg)
         if self.changes_enabled and self.api_key is None and not is_loopback(self.host):
             msg = (
                 f"refusing to listen on {self.host!r} with route changes enabled and no API "

@@ -20,6 +20,7 @@ Each reads the text to route from the state (by default the last human message o
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -370,20 +371,23 @@ class SynaptorouteNode(_Destinations, RunnableLambda[Any, Command[str]]):
             graph: the graph being built.
             name: the node's name.
 
+        Warns when ``state_key`` is no key of the graph's state yet (LangGraph drops
+        an update to such a key: the decision was lost without a word), unless a node
+        added later declares it (a private schema's key).
+
         Raises:
-            InvalidInputError: ``state_key`` is no key of the graph's state (LangGraph
-                drops an update to such a key: the decision was lost without a word),
-                or is the key the text is read from.
+            InvalidInputError: ``state_key`` is the key the text is read from.
         """
         channels = getattr(graph, "channels", None)
         if isinstance(channels, Mapping) and self.state_key not in channels:
-            msg = (
+            warnings.warn(
                 f"state_key {self.state_key!r} is no key of the graph's state (keys: "
-                f"{', '.join(map(repr, channels)) or 'none'}): the decision would be "
-                "dropped; add it to the state schema (e.g. route: RouteDecision | None) "
-                "or pass state_key= naming one"
+                f"{', '.join(map(repr, channels)) or 'none'}): unless a node added later "
+                "declares it, LangGraph drops the decision; add it to the state schema "
+                "(e.g. route: RouteDecision | None) or pass state_key= naming one",
+                UserWarning,
+                stacklevel=2,
             )
-            raise InvalidInputError(msg)
         if self.state_key == self.routing.input_key:
             msg = f"state_key {self.state_key!r} is the key the text is read from"
             raise InvalidInputError(msg)

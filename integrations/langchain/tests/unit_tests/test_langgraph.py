@@ -7,6 +7,7 @@ import operator
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -457,14 +458,17 @@ def test_a_route_decision_in_a_pydantic_state_and_in_the_graphs_schemas(
         assert "route" in schema["properties"]
 
 
-def test_a_router_node_refuses_a_state_key_the_state_lacks(
+def test_a_router_node_warns_of_a_state_key_the_state_lacks(
     adaptive_router: AdaptiveRouter,
 ) -> None:
     # LangGraph drops an update to a key the state lacks: the decision was lost, and
     # the graph ran as if nothing were wrong.
     plain = StateGraph(MessagesState)
-    with pytest.raises(InvalidInputError, match=r"state_key 'route' is no key .*'messages'"):
+    with pytest.warns(UserWarning, match=r"state_key 'route' is no key .*'messages'"):
         SynaptorouteNode(adaptive_router, default="general").add_to(plain, "router")
+    with warnings.catch_warnings():  # a key the state has: no word
+        warnings.simplefilter("error")
+        SynaptorouteNode(adaptive_router, default="general").add_to(_graph(), "router")
     with pytest.raises(InvalidInputError, match="the key the text is read from"):
         SynaptorouteNode(adaptive_router, default="general", state_key="messages").add_to(
             _graph(), "router"
