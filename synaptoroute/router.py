@@ -70,6 +70,7 @@ from .encoder import (
     EncoderProtocol,
     EncoderWrapper,
     HashingEncoder,
+    _check_model_id,
     check_text,
     default_encoder,
     former_model_ids_of,
@@ -1804,18 +1805,9 @@ def _check_encoder(encoder: object) -> None:
             ``dimension`` not a positive int.
     """
     kind = type(encoder).__name__
-    model_id = getattr(encoder, "model_id", None)
-    if not isinstance(model_id, str) or not model_id.strip():
-        msg = (
-            f"the encoder ({kind}) needs a model_id, a non-empty str naming its model "
-            f"(the store records it), got {model_id!r}"
-        )
-        raise InvalidInputError(msg)
-    try:
-        model_id.encode("utf-8")
-    except UnicodeEncodeError:  # the store's first write failed, naming neither
-        msg = f"the encoder ({kind}) has a model_id that is not valid Unicode: {model_id!r}"
-        raise InvalidInputError(msg) from None
+    # The store records it: the encoders' own check (a lone surrogate failed the
+    # store's first write, naming neither).
+    _check_model_id(getattr(encoder, "model_id", None), f"the encoder ({kind})'s model_id")
     dimension = getattr(encoder, "dimension", None)
     if isinstance(dimension, bool) or not isinstance(dimension, int | np.integer) or dimension < 1:
         msg = f"the encoder ({kind}) needs a dimension, a positive int, got {dimension!r}"

@@ -307,12 +307,12 @@ def test_an_encoder_fault_is_an_encoder_error_and_changes_nothing() -> None:
 @pytest.mark.parametrize(
     ("attribute", "value", "message"),
     [
-        ("model_id", None, "needs a model_id, a non-empty str"),
-        ("model_id", 5, "needs a model_id, a non-empty str"),  # stored '5', then refused
-        ("model_id", " ", "needs a model_id, a non-empty str"),
-        ("dimension", "8", "needs a dimension, a positive int"),
-        ("dimension", 0, "needs a dimension, a positive int"),
-        ("dimension", True, "needs a dimension, a positive int"),
+        ("model_id", None, "'s model_id must be a non-empty str"),
+        ("model_id", 5, "'s model_id must be a non-empty str"),  # stored '5', then refused
+        ("model_id", " ", "'s model_id must be a non-empty str"),
+        ("dimension", "8", " needs a dimension, a positive int"),
+        ("dimension", 0, " needs a dimension, a positive int"),
+        ("dimension", True, " needs a dimension, a positive int"),
     ],
 )
 def test_an_encoder_without_a_usable_id_or_dimension_is_refused_at_once(
@@ -320,7 +320,7 @@ def test_an_encoder_without_a_usable_id_or_dimension_is_refused_at_once(
 ) -> None:
     encoder = _Misbehaving()
     setattr(encoder, attribute, value)
-    with pytest.raises(InvalidInputError, match=f"the encoder \\(_Misbehaving\\) {message}"):
+    with pytest.raises(InvalidInputError, match=f"the encoder \\(_Misbehaving\\){message}"):
         AdaptiveRouter(encoder)
 
 
@@ -356,7 +356,7 @@ def test_any_encoder_with_an_id_no_store_can_write_is_refused_at_once() -> None:
         def model_id(self) -> str:
             return "my-model\ud800"
 
-    with pytest.raises(InvalidInputError, match=r"\(Surrogate\) has a model_id that is not valid"):
+    with pytest.raises(InvalidInputError, match=r"\(Surrogate\)'s model_id must be valid Unicode"):
         AdaptiveRouter(Surrogate())
 
 
