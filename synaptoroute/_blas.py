@@ -112,9 +112,9 @@ class BlasBudget:
             own = self._own
             # A capped block is held to the count this thread had before its first
             # block, not to an enclosing block's (a fit's one thread around its scoring).
-            found = self._own_found.setdefault(
-                me, {lib.filepath: lib.get_num_threads() for lib in own}
-            )
+            found = self._own_found.get(me)
+            if found is None:  # read once per outermost block, not at each nested one
+                found = self._own_found[me] = {lib.filepath: lib.get_num_threads() for lib in own}
         # OpenMP builds keep a count per calling thread: set here, for this block only.
         restore: list[tuple[Any, int]] = []
         try:
