@@ -1171,11 +1171,11 @@ def _port(value: int | None, *, lowest: int = 0) -> int:
         if not text:  # PORT="$P" with P unset meant 8000, as an empty store meant ./routes.db
             msg = f"{PORT_ENV} is set but empty; give a port, or unset it"
             raise BadInput(msg)
-        digits = text.removeprefix("-")
-        if not (digits.isascii() and digits.isdigit()):  # int() takes "8_000", other digits
+        try:
+            port = whole_number(text)  # as --port reads it: not "8_000", other digits
+        except ValueError:
             msg = f"{PORT_ENV} must be a port number, got {text!r}"
-            raise BadInput(msg)
-        port = int(text)
+            raise BadInput(msg) from None
         what = PORT_ENV
     if not lowest <= port <= 65535:
         msg = f"{what} must be a port number ({lowest}-65535), got {port}"

@@ -413,18 +413,21 @@ def _folder_model_id(folder: Path) -> str:
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def _hidden_width(session: Any, model_file: Path) -> int:
-    """The width of an export's token states ``(batch, sequence, width)``, which the
-    encoder mean-pools into the vector; an export whose inputs the encoder cannot feed
-    is refused here, at load, not at each encode."""
-    inputs = [i.name for i in session.get_inputs()]
+def _check_inputs(inputs: Sequence[str], model_file: Path) -> None:
+    """Refuse an export whose inputs the encoder cannot feed, at load (it failed at
+    each encode)."""
     unknown = [name for name in inputs if name not in _INPUTS]
     if unknown or not {"input_ids", "attention_mask"} <= set(inputs):
         msg = (
             f"{model_file}: its inputs must be input_ids and attention_mask (token_type_ids "
-            f"optional), as a sentence-transformers export's, got {inputs}"
+            f"optional), as a sentence-transformers export's, got {list(inputs)}"
         )
         raise EncoderError(msg)
+
+
+def _hidden_width(session: Any, model_file: Path) -> int:
+    """The width of an export's token states ``(batch, sequence, width)``, which the
+    encoder mean-pools into the vector."""
     shape = session.get_outputs()[0].shape
     if len(shape) != 3 or not isinstance(shape[-1], int) or shape[-1] < 1:
         msg = (
@@ -783,8 +786,10 @@ class Encoder:
             if problems:
                 raise problems[0]
         self._providers = list(session.get_providers())
-        self._input_names = {i.name for i in session.get_inputs()}
+        inputs = [i.name for i in session.get_inputs()]
+        self._input_names = set(inputs)
         if self._model_path is not None:
+            _check_inputs(inputs, model_file)
             self._dimension = _hidden_width(session, model_file)
         shrink = ort.RunOptions()
         shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
