@@ -347,7 +347,12 @@ class SynaptorouteNode(_Destinations, RunnableLambda[Any, Command[str]]):
 
         Raises:
             RouteNotFoundError: ``routes`` names a route the router lacks.
+            InvalidInputError: ``state_key`` is ``input_key``, the key the text is read
+                from (with no ``text_extractor``): the decision would replace it.
         """
+        if state_key == input_key and text_extractor is None:
+            msg = f"state_key {state_key!r} is the key the text is read from (input_key)"
+            raise InvalidInputError(msg)
         self.routing = _Routing(router, default, routes, input_key, text_extractor, timeout, name)
         self.state_key = state_key
         routing = self.routing
@@ -374,9 +379,6 @@ class SynaptorouteNode(_Destinations, RunnableLambda[Any, Command[str]]):
         Warns when ``state_key`` is no key of the graph's state yet (LangGraph drops
         an update to such a key: the decision was lost without a word), unless a node
         added later declares it (a private schema's key).
-
-        Raises:
-            InvalidInputError: ``state_key`` is the key the text is read from.
         """
         channels = getattr(graph, "channels", None)
         if isinstance(channels, Mapping) and self.state_key not in channels:
@@ -388,9 +390,6 @@ class SynaptorouteNode(_Destinations, RunnableLambda[Any, Command[str]]):
                 UserWarning,
                 stacklevel=2,
             )
-        if self.state_key == self.routing.input_key:
-            msg = f"state_key {self.state_key!r} is the key the text is read from"
-            raise InvalidInputError(msg)
         graph.add_node(name, self, destinations=self.destinations)
 
 

@@ -420,7 +420,9 @@ def test_an_evicted_set_whose_selection_has_not_started_its_worker_is_kept_to_st
     )
 
     async def main() -> list[bool]:
-        built = selector._build(selector.choice_key(choices), selector._routes(choices), True)
+        built = selector._build(
+            selector.choice_key(choices), selector._routes(choices, selector._utterances), True
+        )
         selector.router_for(choices[:2])  # evicts it
         selector.router_for(choices[1:])  # prunes what runs no worker
         assert any(r is built for r in selector._retired)  # counted: kept

@@ -383,7 +383,7 @@ def test_utterances_assigned_later_reach_cached_choice_sets(
     assert selector.select(choices, _GIFT_CARD).inds == [0]
 
 
-async def test_utterances_assigned_during_async_selections(
+async def test_utterances_assigned_between_async_selections_reach_them(
     choices: list[ToolMetadata], make_selector: Callable[..., SynaptorouteSelector]
 ) -> None:
     selector = make_selector()
@@ -438,10 +438,10 @@ def test_a_set_built_from_utterances_assigned_over_is_not_cached(
     # routes, the utterances are assigned, then the selection builds its router. It
     # serves that selection, but cached it would serve the old utterances for good.
     selector = SynaptorouteSelector.from_defaults(utterances=UTTERANCES, encoder=encoder)
-    key, generation = selector.choice_key(choices), selector._generation
-    routes = selector._routes(choices)
+    key, old = selector.choice_key(choices), selector._utterances
+    routes = selector._routes(choices, old)
     selector.utterances = _GIFT_UTTERANCES
-    stale = selector._build(key, routes, generation=generation)
+    stale = selector._build(key, routes, utterances=old)
     assert stale.query_top_k(_GIFT_CARD, 1)[0].name == "0"  # the old utterances
     assert selector.router_for(choices) is not stale
     assert selector.select(choices, _GIFT_CARD).inds == [2]

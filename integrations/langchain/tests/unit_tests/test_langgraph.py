@@ -470,6 +470,7 @@ def test_a_router_node_warns_of_a_state_key_the_state_lacks(
         warnings.simplefilter("error")
         SynaptorouteNode(adaptive_router, default="general").add_to(_graph(), "router")
     with pytest.raises(InvalidInputError, match="the key the text is read from"):
-        SynaptorouteNode(adaptive_router, default="general", state_key="messages").add_to(
-            _graph(), "router"
-        )
+        SynaptorouteNode(adaptive_router, default="general", state_key="messages")
+    SynaptorouteNode(  # the text comes from the extractor: the key is free
+        adaptive_router, default="general", state_key="messages", text_extractor=str
+    )

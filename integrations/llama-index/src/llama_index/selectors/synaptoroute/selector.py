@@ -353,9 +353,6 @@ class SynaptorouteSelector(BaseSelector):
         self._utterances = _frozen(
             check_utterances(utterances, reads_nothing=reads_nothing_of(encoder))
         )
-        # Bumped when utterances are assigned: a router built from routes made before
-        # is not cached (see _build).
-        self._generation = 0
         self._threshold = _checked_threshold(threshold)
         self.policy = SelectionPolicy(top_n=top_n, on_no_match=on_no_match, fallback=fallback)
         self.max_choice_sets = check_count(max_choice_sets, "max_choice_sets", 1)
@@ -424,7 +421,12 @@ class SynaptorouteSelector(BaseSelector):
             # Router calls stay outside the cache lock (see forking.APP_CACHE). A router
             # evicted meanwhile, still finishing an aselect, keeps the old one.
             for router in routers:
-                router.threshold = DEFAULT_THRESHOLD if value is None else value
+                router.threshold = self._router_threshold
+
+    @property
+    def _router_threshold(self) -> float:
+        """The threshold a choice set's router takes (``None``: the router's default)."""
+        return DEFAULT_THRESHOLD if self._threshold is None else self._threshold
 
     @property
     def utterances(self) -> dict[str, list[str]]:
@@ -440,9 +442,9 @@ class SynaptorouteSelector(BaseSelector):
     def utterances(self, value: Mapping[str, Sequence[str]] | None) -> None:
         checked = _frozen(check_utterances(value, reads_nothing=reads_nothing_of(self.encoder)))
         with self._build_lock, self._lock:
-            # In this order: _routes reads the generation, then the utterances.
+            # A new mapping: a router built from routes made of the old one is not
+            # cached (_build tells them apart by identity).
             self._utterances = checked
-            self._generation += 1
             while self._routers:
                 self._retire(self._routers.popitem(last=False)[1])
 
@@ -536,12 +538,12 @@ class SynaptorouteSelector(BaseSelector):
                 "pass utterances={name: [...]} with a few typical queries for each"
             )
 
-    def _routes(self, choices: Sequence[ToolMetadata]) -> list[Route]:
+    def _routes(
+        self, choices: Sequence[ToolMetadata], utterances: Mapping[str, Sequence[str]]
+    ) -> list[Route]:
         if not choices:
             msg = "there are no choices to select from"
             raise InvalidInputError(msg)
-        # One reading of the utterances for the whole set (they may be reassigned).
-        utterances = self._utterances
         self._check_choices(choices, utterances)
         if self.policy.fallback is not None:
             # At the set's first selection, whatever it matches: a misspelt fallback
@@ -594,35 +596,31 @@ class SynaptorouteSelector(BaseSelector):
         router = self._cached_router(key)
         if router is not None:
             return router
-        generation = self._generation  # before the routes read the utterances
-        return self._build(key, self._routes(choices), generation=generation)
+        utterances = self._utterances  # one reading for the set (it may be reassigned)
+        return self._build(key, self._routes(choices, utterances), utterances=utterances)
 
     def _build(
         self,
         key: ChoiceKey,
         routes: list[Route],
         selecting: bool = False,
-        generation: int | None = None,
+        utterances: Mapping[str, Sequence[str]] | None = None,
     ) -> AdaptiveRouter:
         """The router of the choice set ``key``: cached, or built from ``routes``
-        (``selecting``: counted as an aselect under way on it; ``generation``: the
-        utterances' when the routes were made, ``None`` for the current ones)."""
+        (``selecting``: counted as an aselect under way on it; ``utterances``: the
+        mapping the routes were made from, ``None`` for the current one)."""
         # Builds are serialised so that concurrent first queries embed a choice set
         # once; lookups take only the short-held cache lock, never wait for a build.
         with self._build_lock:
             router = self._cached_router(key, selecting=selecting)
             if router is not None:
                 return router
-            router = (
-                AdaptiveRouter(self.encoder, threshold=self._threshold)
-                if self._threshold is not None
-                else AdaptiveRouter(self.encoder)
-            )
+            router = AdaptiveRouter(self.encoder, threshold=self._router_threshold)
             router.add_routes(routes)
             with self._lock:
                 if selecting:
                     self._selecting[router] = 1
-                if generation is not None and generation != self._generation:
+                if utterances is not None and utterances is not self._utterances:
                     # Made from utterances assigned over since: it serves the selection
                     # that made it (begun before the assignment), and is not cached.
                     self._retire(router)
@@ -645,12 +643,12 @@ class SynaptorouteSelector(BaseSelector):
         router = self._cached_router(key, selecting=True)
         if router is None:
             # Checked here, so that a warning names the caller's line, not a thread's.
-            generation = self._generation  # before the routes read the utterances
-            routes = self._routes(choices)
+            utterances = self._utterances  # one reading for the set (it may be reassigned)
+            routes = self._routes(choices, utterances)
             build = _Build()
 
             def built() -> AdaptiveRouter:
-                made = self._build(key, routes, True, generation)
+                made = self._build(key, routes, True, utterances)
                 with self._lock:
                     build.router, abandoned = made, build.abandoned
                 if abandoned:
