@@ -96,15 +96,6 @@ SKLEARN_SKIPPED = {"skipped": "scikit-learn is not installed"}
 SEMANTIC_ROUTER_SKIPPED = {"skipped": "semantic-router is not installed"}
 
 
-def sklearn_available() -> bool:
-    """Whether scikit-learn can be imported (its comparisons are skipped otherwise)."""
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def shared_encoder(rows: Sequence[Example], cache: str | None) -> PrecomputedEncoder:
     """Encode every distinct text once with the bundled model."""
     encoder = Encoder()
@@ -697,13 +688,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_info()
     print(f"machine: {machine}", flush=True)
     out: dict[str, Any] = {"machine": machine, "command": " ".join(sys.argv)}
-    if not sklearn_available() and {"main", "head", "ceiling"} & set(args.only):
-        # Said once up front, and in the numbers as a "skipped" entry, not a bare null.
-        print(
-            "scikit-learn comparison skipped: scikit-learn is not installed "
-            "(pip install scikit-learn)",
-            flush=True,
-        )
     sections = {
         "few": section_few,
         "folds": section_folds,

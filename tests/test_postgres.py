@@ -391,13 +391,13 @@ def test_a_cluster_starts_under_a_locale_the_machine_lacks_and_a_private_tmpdir(
     assert not Path(cluster).exists()
 
 
-@pytest.mark.timeout(60)
 def psycopg_conninfo(dsn: str) -> dict[str, object]:
     import psycopg
 
     return dict(psycopg.conninfo.conninfo_to_dict(dsn))
 
 
+@pytest.mark.timeout(60)
 @pytest.mark.model
 def test_bad_dsn_and_unreachable_servers_give_clear_errors() -> None:
     pytest.importorskip("psycopg")

@@ -1237,7 +1237,7 @@ def test_run_hands_uvicorn_the_drain_timeout_rounded_up(
 
     seen: list[object] = []
 
-    def capture(self: uvicorn.Server, sockets: list[object] | None = None) -> None:
+    def capture(self: uvicorn.Server) -> None:
         seen.append(self.config.timeout_graceful_shutdown)
 
     monkeypatch.setattr(uvicorn.Server, "run", capture)
