@@ -777,9 +777,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Named by the option that set it, not by the settings field.
         raise BadInput(_message(exc, names=_SERVE_FLAGS | limit_flags())) from exc
     settings.check_safe()
-    if args.rate_burst is not None and args.rate_limit is None:
-        # It was ignored: no limit applied, while the operator thought one was set.
-        raise BadInput("--rate-burst needs --rate-limit: no rate limit is set")
     if args.routes:
         # A bad file fails here with exit code 2 (a text the model reads nothing of,
         # at start-up, with the service's encoder: still before the store is opened).

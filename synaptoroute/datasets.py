@@ -108,16 +108,25 @@ def load_jsonl(path: str | os.PathLike[str]) -> tuple[list[str], list[str | None
     return texts, labels
 
 
-def parse_jsonl(data: bytes, name: str = "<data>") -> tuple[list[str], list[str | None]]:
-    """Labelled rows from JSON-lines bytes (an upload), checked like :func:`load_jsonl`.
+def parse_jsonl(data: bytes | str, name: str = "<data>") -> tuple[list[str], list[str | None]]:
+    """Labelled rows from JSON lines (an upload), checked like :func:`load_jsonl`.
 
     Args:
-        data: the JSON lines, UTF-8.
+        data: the JSON lines, as UTF-8 bytes or as text.
         name: what error messages call the data.
 
     Raises:
         DatasetError: as :func:`load_jsonl`.
+        TypeError: ``data`` is neither bytes nor text.
     """
+    if isinstance(data, str):
+        # A lone surrogate stays one, so its line is reported as not valid UTF-8.
+        data = data.encode("utf-8", "surrogatepass")
+    elif isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    elif not isinstance(data, bytes):
+        msg = f"parse_jsonl takes bytes or str, not {type(data).__name__}"
+        raise TypeError(msg)
     return _parse_lines(data.splitlines(keepends=True), name)
 
 

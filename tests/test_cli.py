@@ -1248,7 +1248,7 @@ def test_serve_names_a_bad_value_by_its_option(
     for option, value, said in (
         ("--store-poll-interval", "1e10", "--store-poll-interval: Input should be less than"),
         ("--threads", "100000", "--threads: Input should be less than or equal to 65535"),
-        ("--rate-burst", "5", "--rate-burst needs --rate-limit"),
+        ("--rate-burst", "5", "--rate-burst: Value error, needs --rate-limit"),
         ("--auth-reads", None, "--auth-reads (auth_reads) needs an API key"),
     ):
         argv = [option] if value is None else [option, value]
@@ -1545,6 +1545,32 @@ def test_allowed_hosts_take_names_addresses_and_ports() -> None:
 
     hosts = ("router.internal", "xn--bcher-kva.example", "[::1]:8000", "10.0.0.7", " Router ")
     assert ServerSettings(allowed_hosts=hosts).allowed_hosts == hosts
+
+
+@pytest.mark.parametrize("name", ["*", "*example.com", "a.*.example.com", "*.*.example.com"])
+def test_serve_refuses_a_wildcard_other_than_a_leading_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str
+) -> None:
+    # Matched literally, it would match no Host at all (and "*" is no opt-out of the
+    # DNS-rebinding guard: set an API key for that).
+    store = str(tmp_path / "r.db")
+    args = ("--store", store, "--allowed-host", name, "--max-connections", "0")
+    code, _, err = run(capsys, "serve", *args)
+    assert code == EXIT_BAD_INPUT
+    assert f"--allowed-host: Value error, {name!r}: '*' is only read as a leading '*.'" in err
+    assert not Path(store).exists()
+
+
+def test_a_rate_burst_needs_a_rate_limit_in_python_too() -> None:
+    # The CLI refused it; ServerSettings(rate_burst=10) alone served with no limit.
+    from pydantic import ValidationError
+
+    from synaptoroute.server import ServerSettings
+
+    with pytest.raises(ValidationError, match="needs --rate-limit"):
+        ServerSettings(rate_burst=10)
+    assert ServerSettings(rate_limit=5, rate_burst=10).rate_burst == 10
+    assert ServerSettings().rate_limit is None  # the default burst alone is no error
 
 
 def test_the_cli_scores_as_the_stores_fit_was_made(

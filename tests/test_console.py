@@ -159,6 +159,18 @@ def test_parse_jsonl_reads_an_upload_like_a_file() -> None:
         parse_jsonl(b'{"text": 1, "label": "a"}\nnot json\n', "up")
     with pytest.raises(DatasetError, match="no labelled rows"):
         parse_jsonl(b"\n")
+    # Text reads as its UTF-8 bytes (it raised a bare AttributeError); a lone
+    # surrogate is that line's error, anything else a TypeError naming the type.
+    # (split as a file is: U+2028 is no line break there)
+    assert parse_jsonl('{"text": "caf\u00e9\u2028x", "label": "a"}\n') == (
+        ["caf\u00e9\u2028x"],
+        ["a"],
+    )
+    assert parse_jsonl(bytearray(data)) == (["hi", "x"], ["a", None])
+    with pytest.raises(DatasetError, match="line 2: not valid UTF-8"):
+        parse_jsonl('{"text": "a", "label": "a"}\n{"text": "\ud800", "label": "a"}\n')
+    with pytest.raises(TypeError, match="parse_jsonl takes bytes or str, not list"):
+        parse_jsonl([b"{}"])  # type: ignore[arg-type]
 
 
 # -- the API over HTTP --------------------------------------------------------------------------

@@ -973,6 +973,21 @@ async def test_keyless_service_refuses_foreign_host_names(router: AdaptiveRouter
                 )
                 assert change.status_code in ((200, 201) if status == 200 else (421,)), host
     assert "evil" in router  # only the loopback requests changed anything
+    # A leading "*." answers every name under the domain, not the domain itself.
+    wild = create_app(ServerSettings(allowed_hosts=("*.Internal.Example",)), router=router)
+    async with wild.router.lifespan_context(wild):
+        for host, status in [
+            ("router.internal.example", 200),
+            ("a.b.internal.example:8000", 200),
+            ("ROUTER.INTERNAL.EXAMPLE", 200),
+            ("internal.example", 421),
+            (".internal.example", 421),
+            ("routerinternal.example", 421),
+            ("router.internal.example.attacker.example", 421),
+        ]:
+            async with await _asgi(wild) as c:
+                r = await c.get("/routes", headers={"host": host})
+                assert r.status_code == status, host
     # Probes pass whatever the Host: an orchestrator asks by the pod's address (the
     # documented read-only deployment never turned ready), and they tell only up/down.
     async with app.router.lifespan_context(app), await _asgi(app, "10.244.1.7:8000") as c:

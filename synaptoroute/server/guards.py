@@ -154,9 +154,18 @@ def _is_loopback_address(name: str) -> bool:
 
 def host_allowed(host_header: str, allowed: Sequence[str]) -> bool:
     """Whether a ``Host`` header names a loopback name or address, or one of
-    ``allowed`` (port ignored)."""
+    ``allowed`` (port ignored; a leading ``*.`` in one matches any name under it)."""
     name = _host_name(host_header)
-    return name in _LOOPBACK_NAMES or _is_loopback_address(name) or name in allowed
+    return (
+        name in _LOOPBACK_NAMES
+        or _is_loopback_address(name)
+        or name in allowed
+        # "*.example.com" answers any name under example.com, not example.com itself
+        # (as Starlette's TrustedHostMiddleware reads it).
+        or any(
+            a.startswith("*.") and name.endswith(a[1:]) and len(name) > len(a) - 1 for a in allowed
+        )
+    )
 
 
 class HostGuardMiddleware:

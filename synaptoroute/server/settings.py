@@ -9,7 +9,7 @@ import string
 import threading
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from .._cpu import MAX_THREADS
 from ..batching import (
@@ -159,7 +159,25 @@ class ServerSettings(BaseModel):
                     "punycode form, xn--...)"
                 )
                 raise ValueError(msg)
+            wildcard = host.strip().startswith("*.")
+            if "*" in (host.strip()[2:] if wildcard else host.strip()):
+                # Matched literally, a '*' would match no Host a client sends: the
+                # service would refuse every client it was told to answer.
+                msg = (
+                    f"{host!r}: '*' is only read as a leading '*.' (any name under a "
+                    "domain, as in '*.example.com'); give each name otherwise"
+                )
+                raise ValueError(msg)
         return hosts
+
+    @field_validator("rate_burst")
+    @classmethod
+    def _burst_of_a_limit(cls, burst: int, info: ValidationInfo) -> int:
+        # Given without a limit it was ignored: no limit applied, while the operator
+        # thought one was set. (Only a burst given is checked: the default is not.)
+        if "rate_limit" in info.data and info.data["rate_limit"] is None:
+            raise ValueError("needs --rate-limit (rate_limit): no rate limit is set")
+        return burst
 
     @property
     def storage_options(self) -> dict[str, Any]:

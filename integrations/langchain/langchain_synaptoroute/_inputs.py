@@ -10,7 +10,7 @@ import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from langchain_core.messages import BaseMessage, convert_to_messages
+from langchain_core.messages import BaseMessage, ChatMessage, convert_to_messages
 from langchain_core.prompt_values import PromptValue
 
 from synaptoroute import AdaptiveRouter, InvalidInputError, RouteMatch
@@ -117,11 +117,22 @@ def _messages(value: Sequence[Any]) -> list[BaseMessage]:
 
 
 def last_human_text(messages: Sequence[BaseMessage]) -> str | None:
-    """The text of the last human message, or ``None`` when there is none."""
+    """The text of the last human message, or ``None`` when there is none.
+
+    A ``ChatMessage`` whose role is ``"user"`` or ``"human"`` is one (chat models send
+    it as the user's).
+    """
     for message in reversed(messages):
-        if message.type == "human":
+        if message.type == "human" or (
+            isinstance(message, ChatMessage) and message.role in _HUMAN_ROLES
+        ):
             return message.text
     return None
+
+
+#: The roles a ``ChatMessage`` holds a human message by (as ``convert_to_messages``
+#: reads a message dict's role).
+_HUMAN_ROLES = frozenset({"human", "user"})
 
 
 class NoHumanMessageError(InvalidInputError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_synaptoroute import SynaptorouteRouter
@@ -77,6 +77,19 @@ def test_chat_messages_route_on_the_last_human_message(adaptive_router: Adaptive
     branch, received = router.invoke(messages)
     assert branch == "billing"
     assert received is messages
+
+
+def test_a_chat_message_with_the_user_role_is_a_human_message(
+    adaptive_router: AdaptiveRouter,
+) -> None:
+    # Chat models send ChatMessage(role="user") as the user's; it was skipped (its
+    # type is "chat"), so the router routed an older message, or refused the list.
+    router = _echo_router(adaptive_router)
+    messages = [HumanMessage("Hi there!"), ChatMessage(role="user", content="I was charged twice")]
+    assert router.text_of(messages) == "I was charged twice"
+    assert router.text_of([ChatMessage(role="human", content="refund")]) == "refund"
+    with pytest.raises(InvalidInputError, match="no human message"):
+        router.text_of([ChatMessage(role="critic", content="I was charged twice")])
 
 
 def test_message_like_tuples_dicts_and_nested_keys(adaptive_router: AdaptiveRouter) -> None:
