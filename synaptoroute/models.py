@@ -150,10 +150,15 @@ def _copied(value: Any) -> Any:
     return value
 
 
+#: Control characters, and the line and paragraph separators (U+2028, U+2029), which
+#: ``str.splitlines``, YAML and JavaScript read as line breaks.
+_NOT_IN_NAMES = frozenset({"Cc", "Zl", "Zp"})
+
+
 def control_character(name: str) -> str | None:
-    """The first control character of ``name``, which no route name may hold (``None``
-    if it holds none)."""
-    return next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    """The first control character or line separator of ``name``, which no route name
+    may hold (``None`` if it holds none)."""
+    return next((c for c in name if unicodedata.category(c) in _NOT_IN_NAMES), None)
 
 
 def clean_utterances(values: list[str]) -> list[str]:

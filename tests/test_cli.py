@@ -886,8 +886,9 @@ def test_healthcheck_fails_when_nothing_listens(capsys: pytest.CaptureFixture[st
 def test_a_route_name_with_a_control_character_is_refused_and_an_old_one_still_opens(
     capsys: pytest.CaptureFixture[str], store: str
 ) -> None:
-    # A tab or a line break in a name split `route` and `routes list` lines.
-    for name in ("bad\tname", "multi\nline"):
+    # A tab or a line break in a name split `route` and `routes list` lines (U+2028
+    # too, to str.splitlines() and JavaScript).
+    for name in ("bad\tname", "multi\nline", "bill\u2028ing"):
         code, out, err = run(capsys, "routes", "add", name, "hello there", "--store", store)
         assert code == EXIT_BAD_INPUT and not out and "control character" in err
     assert not Path(store).exists()

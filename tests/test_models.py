@@ -39,6 +39,9 @@ def test_route_strips_and_dedupes_utterances() -> None:
         ({"name": "multi\nline", "utterances": ["x"]}, "control character"),
         ({"name": "nul\x00", "utterances": ["x"]}, "control character"),
         ({"name": "c1\x85c1", "utterances": ["x"]}, "control character"),
+        # Line breaks to splitlines(), YAML and JavaScript: they split the CLI's records.
+        ({"name": "bill\u2028ing", "utterances": ["x"]}, "control character ('\\u2028')"),
+        ({"name": "x\u2029y", "utterances": ["x"]}, "control character"),
         ({"name": "a", "utterances": ["ok", "  "]}, "utterances"),
         ({"name": "a", "utterances": ["ok", 3]}, "utterances"),
         ({"name": "a", "utterances": ["ok"], "threshold": 1.5}, "threshold"),

@@ -75,8 +75,8 @@ class ServerSettings(BaseModel):
             spinning takes the cores that the event loop needs to parse requests
             (measured in ``benchmarks/http_service.py``).
         log_level: uvicorn's log level.
-        auth_reads: route reads (``GET /routes``, ``/routes/{name}``, ``/threshold``)
-            need the bearer token too.
+        auth_reads: route reads (``GET /routes``, ``/routes/{name}``, ``/threshold``,
+            ``/negatives``) need the bearer token too.
         allowed_hosts: ``Host`` names a keyless service answers besides loopback
             names (a keyless service refuses others with 421: DNS rebinding).
         routes_page_size: routes in one ``GET /routes`` page unless ``limit`` says
@@ -300,7 +300,7 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--auth-reads",
         action="store_true",
-        help="route reads (GET /routes, /routes/NAME, /threshold) need the API key too",
+        help="route reads (GET /routes, /routes/NAME, /threshold, /negatives) need the API key too",
     )
     parser.add_argument(
         "--allowed-host",
