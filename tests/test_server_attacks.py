@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -423,6 +425,36 @@ def test_oversized_headers_get_431_without_being_buffered(router: AdaptiveRouter
         srv.stop()
 
 
+def test_a_request_the_parser_cannot_read_gets_the_json_error_body(
+    router: AdaptiveRouter,
+) -> None:
+    # uvicorn answered these with a text/plain 400: a client reading every error's
+    # JSON "detail" failed on them.
+    head = b"POST /route HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    body = b'{"query": "refund"}'
+    srv = serve(router)
+    try:
+        for request in (
+            head + b"Content-Length: -1\r\n\r\n" + body,
+            head + b"Content-Length: 19\r\nTransfer-Encoding: chunked\r\n\r\n" + body,
+            head + b"Content-Length: 19\r\nContent-Length: 20\r\n\r\n" + body,
+            head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n" + body,
+            b"GET /routes?q=\xff HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        ):
+            sock = srv.connect()
+            sock.sendall(request)
+            answer = closed_by_server(sock)
+            sock.close()
+            status, _, rest = answer.partition(b"\r\n")
+            assert status == b"HTTP/1.1 400 Bad Request", (request, answer)
+            headers, _, payload = rest.partition(b"\r\n\r\n")
+            assert b"content-type: application/json" in headers.lower(), answer
+            assert json.loads(payload) == {"detail": "malformed HTTP request"}
+        srv.still_serves()
+    finally:
+        srv.stop()
+
+
 def test_a_pipelined_requests_headers_are_bounded_too(router: AdaptiveRouter) -> None:
     # A read holding the end of one request and the start of the next one's headers
     # counted none of them: an unterminated header pipelined behind a GET stayed
@@ -583,6 +615,25 @@ def test_a_body_not_sent_as_json_is_415_and_changes_nothing(router: AdaptiveRout
                 r = c.post("/route", content=b'{"query": "refund"}', headers={"content-type": kind})
                 assert r.json()["route"] == "billing", kind
             assert c.post("/route").status_code == 422
+            # A compressed body was read as plain: gzipped JSON was "not valid JSON"
+            # (422) and a plain body labelled gzip was served. Both 415 now.
+            kind = {"content-type": "application/json"}
+            for coding, content in (
+                ("gzip", gzip.compress(body)),
+                ("gzip", body),
+                ("deflate", zlib.compress(body)),
+                ("br, gzip", body),
+            ):
+                r = c.post("/routes", content=content, headers={**kind, "content-encoding": coding})
+                assert r.status_code == 415, coding
+                assert r.headers["accept-encoding"] == "identity"
+                assert f"Content-Encoding {coding!r} is not taken" in r.json()["detail"]
+            plain = {**kind, "content-encoding": "Identity"}
+            r = c.post("/route", content=b'{"query": "refund"}', headers=plain)
+            assert r.json()["route"] == "billing"
+            # A request without a body has nothing to decode, whatever it names.
+            r = c.delete("/routes/nothing", headers={"content-encoding": "gzip"})
+            assert r.status_code == 404
         assert router.route_names == ["billing", "tech"]
         assert router.negatives == []
     finally:

@@ -110,6 +110,31 @@ def test_metadata_at_the_limits_is_stored_and_read_back(tmp_path: Path) -> None:
     ]
 
 
+def test_a_route_stored_before_the_metadata_limits_is_named_when_changed(
+    tmp_path: Path,
+) -> None:
+    # 0.2.0 stored any metadata. Such a route opens and routes; a change of it (a
+    # threshold set, by a caller who gave no metadata) was refused as "metadata is
+    # 100012 bytes as JSON", naming neither the route nor the way out.
+    path = tmp_path / "old.db"
+    router = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path))
+    router.add_route(Route(name="big", utterances=["hello there"]))
+    router.close()
+    raw = sqlite3.connect(path)
+    with raw:
+        big = json.dumps({"k": "x" * MAX_METADATA_BYTES})
+        raw.execute("UPDATE routes SET metadata = ? WHERE name = 'big'", (big,))
+    raw.close()
+    router = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path))
+    assert router.query("hello there").name == "big"
+    with pytest.raises(InvalidInputError, match=r"route 'big': metadata is \d+ bytes") as info:
+        router.set_threshold("big", 0.5)
+    assert "add_route(..., replace=True)" in str(info.value)
+    router.add_route(Route(name="big", utterances=["hello there"], metadata={}), replace=True)
+    assert router.set_threshold("big", 0.5).threshold == 0.5
+    router.close()
+
+
 def test_route_ids_are_never_reused(tmp_path: Path) -> None:
     path = tmp_path / "ids.db"
     router = AdaptiveRouter(HashingEncoder(), SQLiteStorage(path))

@@ -31,6 +31,11 @@ class BodyLimitMiddleware:
 
     A declared ``Content-Length`` over the limit is refused before any byte is
     read; otherwise the body is counted as it streams in (chunked uploads too).
+
+    A body sent compressed (a ``Content-Encoding`` other than ``identity``) gets 415
+    with ``Accept-Encoding: identity`` (RFC 9110 15.5.16), unread: it was read as
+    uncompressed, so gzipped JSON was "not valid JSON" and a plain body labelled gzip
+    was served.
     """
 
     def __init__(self, app: ASGIApp, limit: int, metrics: ServiceMetrics) -> None:
@@ -42,13 +47,28 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        declared = None
+        declared = coding = None
+        chunked = False
         for key, value in scope["headers"]:
-            if key == b"content-length":
+            if key == b"content-length" and declared is None:
                 declared = value
-                break
+            elif key == b"content-encoding" and coding is None:
+                coding = value.strip()
+            elif key == b"transfer-encoding":
+                chunked = True
         if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
             await self._refuse(send)
+            return
+        has_body = chunked or (declared is not None and declared.strip() != b"0")
+        if has_body and coding and coding.lower() != b"identity":
+            shown = coding.decode("latin-1")[:80]
+            response = _json_error(
+                415,
+                f"send the body uncompressed (Content-Encoding {shown!r} is not taken)",
+                # Unread, like a 413's: the connection cannot serve another request.
+                {"Accept-Encoding": "identity", "Connection": "close"},
+            )
+            await response({"type": "http"}, _never_receive, send)
             return
         chunks: list[bytes] = []
         size = 0

@@ -99,6 +99,7 @@ _HEADERS_TOO_LARGE = _error_response(
 _FRAMING_TOO_LARGE = _error_response(
     b"431 Request Header Fields Too Large", "chunk framing or trailers too large"
 )
+_MALFORMED = _error_response(b"400 Bad Request", "malformed HTTP request")
 # Bytes of a parsed head that its size (URL and header fields) leaves out: the method,
 # the version, the line ends, spacing around values. Per request ended in a read.
 _HEAD_SLACK = 64
@@ -267,6 +268,15 @@ class _GuardedProtocol(HttpToolsProtocol):
         # good (503) after max_connections_per_client of them. Upgrade requests are
         # answered as plain HTTP instead.
         return False
+
+    def send_400_response(self, msg: str) -> None:
+        # A request the HTTP parser cannot read (conflicting lengths, a bad chunk, a
+        # raw non-ASCII byte in the target): answered with the JSON body of every
+        # other error, where uvicorn wrote a text/plain one. At once, as uvicorn does:
+        # the parser cannot go on, and the request the error is in may be running.
+        self._refused = True
+        self._disarm()
+        self._answer_and_close(_MALFORMED)
 
     def _unsupported_upgrade_warning(self) -> None:
         # uvicorn logs two warnings per upgrade request (one blames a missing library):
