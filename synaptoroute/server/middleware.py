@@ -47,21 +47,22 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        declared = coding = None
+        declared = None
+        codings: list[bytes] = []  # every line's: "identity" then "gzip" is gzip
         chunked = False
         for key, value in scope["headers"]:
             if key == b"content-length" and declared is None:
                 declared = value
-            elif key == b"content-encoding" and coding is None:
-                coding = value.strip()
+            elif key == b"content-encoding":
+                codings.extend(c.strip() for c in value.split(b","))
             elif key == b"transfer-encoding":
                 chunked = True
         if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
             await self._refuse(send)
             return
-        has_body = chunked or (declared is not None and declared.strip() != b"0")
-        if has_body and coding and coding.lower() != b"identity":
-            shown = coding.decode("latin-1")[:80]
+        has_body = chunked or (declared is not None and declared.strip().strip(b"0") != b"")
+        if has_body and any(c and c.lower() != b"identity" for c in codings):
+            shown = b", ".join(c for c in codings if c).decode("latin-1")[:80]
             response = _json_error(
                 415,
                 f"send the body uncompressed (Content-Encoding {shown!r} is not taken)",

@@ -272,11 +272,16 @@ class _GuardedProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         # A request the HTTP parser cannot read (conflicting lengths, a bad chunk, a
         # raw non-ASCII byte in the target): answered with the JSON body of every
-        # other error, where uvicorn wrote a text/plain one. At once, as uvicorn does:
-        # the parser cannot go on, and the request the error is in may be running.
-        self._refused = True
-        self._disarm()
-        self._answer_and_close(_MALFORMED)
+        # other error, where uvicorn wrote a text/plain one. An error in a new head
+        # is answered after the requests pipelined before it (uvicorn wrote it at
+        # once: a client read it as the answer to a request that had run); one in a
+        # running request's body, at once (that request gets a disconnect).
+        if self._in_headers:
+            self._refuse(_MALFORMED)
+        else:
+            self._refused = True
+            self._disarm()
+            self._answer_and_close(_MALFORMED)
 
     def _unsupported_upgrade_warning(self) -> None:
         # uvicorn logs two warnings per upgrade request (one blames a missing library):

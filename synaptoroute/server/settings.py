@@ -160,12 +160,14 @@ class ServerSettings(BaseModel):
                 )
                 raise ValueError(msg)
             wildcard = host.strip().startswith("*.")
-            if "*" in (host.strip()[2:] if wildcard else host.strip()):
+            domain = host.strip()[2:] if wildcard else host.strip()
+            if "*" in domain or (wildcard and "" in domain.split(".")):
                 # Matched literally, a '*' would match no Host a client sends: the
-                # service would refuse every client it was told to answer.
+                # service would refuse every client it was told to answer ('*.' would
+                # answer any name ending in a dot, an attacker's included).
                 msg = (
-                    f"{host!r}: '*' is only read as a leading '*.' (any name under a "
-                    "domain, as in '*.example.com'); give each name otherwise"
+                    f"{host!r}: '*' is only read as a leading '*.' before a domain (any "
+                    "name under it, as in '*.example.com'); give each name otherwise"
                 )
                 raise ValueError(msg)
         return hosts
@@ -174,8 +176,10 @@ class ServerSettings(BaseModel):
     @classmethod
     def _burst_of_a_limit(cls, burst: int, info: ValidationInfo) -> int:
         # Given without a limit it was ignored: no limit applied, while the operator
-        # thought one was set. (Only a burst given is checked: the default is not.)
-        if "rate_limit" in info.data and info.data["rate_limit"] is None:
+        # thought one was set. (Only a burst given, and not the default: settings
+        # dumped and read back name every field.)
+        default = cls.model_fields["rate_burst"].default
+        if burst != default and "rate_limit" in info.data and info.data["rate_limit"] is None:
             raise ValueError("needs --rate-limit (rate_limit): no rate limit is set")
         return burst
 

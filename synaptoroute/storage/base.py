@@ -117,8 +117,8 @@ def check_route(route: Route) -> str:
         # Named: a route stored before the limits existed is refused on its next change
         # (a threshold set), whose caller gave no metadata at all.
         msg = (
-            f"route {route.name!r}: {exc}; give it metadata within the limits "
-            "(add_route(..., replace=True))"
+            f"route {route.name!r}: {exc} (limits since 0.3: a route stored before "
+            "with more is changed only by replacing it with smaller metadata)"
         )
         raise InvalidInputError(msg) from None
 
