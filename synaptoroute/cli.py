@@ -109,6 +109,7 @@ class ProgressEncoder(EncoderWrapper):
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Encode ``texts``, advancing the progress bar if one is shown."""
         bar = self.bar
+        texts = texts if isinstance(texts, list) else list(texts)
         if bar is None or len(texts) <= _PROGRESS_CHUNK:
             out = self.inner.encode(texts)
             if bar is not None:

@@ -301,8 +301,9 @@ class EncoderProtocol(Protocol):
         """Length of each vector."""
         ...
 
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        """Embed ``texts``; rows are L2-normalised."""
+    def encode(self, texts: list[str]) -> NDArray[np.float32]:
+        """Embed ``texts`` (the library always passes a list, so an encoder may take
+        ``list[str]`` or any wider type); rows are L2-normalised."""
         ...
 
 
@@ -1193,7 +1194,7 @@ class EncoderWrapper:
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Encode with the wrapped encoder."""
-        return self.inner.encode(texts)
+        return self.inner.encode(texts if isinstance(texts, list) else list(texts))
 
 
 class CallableEncoder:

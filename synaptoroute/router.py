@@ -800,7 +800,8 @@ class AdaptiveRouter:
     @threshold.setter
     def threshold(self, value: float) -> None:
         value = check_threshold(value, "threshold")
-        self.set_policy(_replace(self._policy, threshold=value))
+        with self._lock:  # read and replaced as one: a fit or route change meanwhile stays
+            self.set_policy(_replace(self._policy, threshold=value))
 
     @property
     def blas_threads(self) -> int | None:
@@ -825,7 +826,10 @@ class AdaptiveRouter:
         return self._policy
 
     def set_policy(self, policy: DecisionPolicy) -> None:
-        """Replace the decision policy and persist it.
+        """Replace the decision policy and persist it, reconciled with the routes as
+        route changes reconcile it (a head that does not know the current routes, and
+        thresholds of routes that are gone, are dropped, with a warning): a policy read
+        before a route change cannot bring back what the change dropped.
 
         Raises:
             InvalidInputError: a threshold outside the score range (a fitted cut may
@@ -849,22 +853,21 @@ class AdaptiveRouter:
             )
             raise InvalidInputError(msg)
         with self._lock:
+            policy, notes = _reconciled(policy, self._routes)
             self.storage.set_state(_POLICY_KEY, policy.to_state())
             self._policy = policy
+        for note in notes:
+            warnings.warn(note, stacklevel=_outside_the_package())
 
     def _policy_for(self, changed: Mapping[str, Route | None]) -> tuple[DecisionPolicy, list[str]]:
         """The policy reconciled with the routes as ``changed`` leaves them (``None``:
         deleted; empty: as they are) and the notes on what it dropped: pure, and
         checked, before the change is stored, so a policy that cannot be kept stops
         the change before anything is written."""
-        # A fitted head knows a fixed set of routes; see docs/accuracy.md.
-        if not changed or (self._policy.head is None and not self._policy.thresholds):
-            return self._policy, []  # nothing fitted: adds stay O(1) in the routes
+        if not changed:
+            return self._policy, []
         after = {n: r for n, r in {**self._routes, **changed}.items() if r is not None}
-        # A route without utterances scores nothing: no new class of a head.
-        scored = [n for n, r in after.items() if r.utterances and n != NEGATIVES_ROUTE]
-        names = [n for n in after if n != NEGATIVES_ROUTE]
-        policy, notes = policy_for_routes(self._policy, names, scored)
+        policy, notes = _reconciled(self._policy, after)
         if policy is not self._policy:
             _check_policy(policy)
         return policy, notes
@@ -1602,6 +1605,20 @@ class AdaptiveRouter:
         with self._index.changing():  # a query compiling meanwhile sees both changed
             self._routes = apply_change(change, self._routes, self._index)
             self._policy = policy
+
+
+def _reconciled(
+    policy: DecisionPolicy, routes: Mapping[str, Route]
+) -> tuple[DecisionPolicy, list[str]]:
+    """``policy`` kept consistent with ``routes`` (:func:`policy_for_routes`) and the
+    notes on what it dropped."""
+    # A fitted head knows a fixed set of routes; see docs/accuracy.md.
+    if policy.head is None and not policy.thresholds:
+        return policy, []  # nothing fitted: adds stay O(1) in the routes
+    # A route without utterances scores nothing: no new class of a head.
+    scored = [n for n, r in routes.items() if r.utterances and n != NEGATIVES_ROUTE]
+    names = [n for n in routes if n != NEGATIVES_ROUTE]
+    return policy_for_routes(policy, names, scored)
 
 
 def _finite_json(value: Any) -> Any:

@@ -122,7 +122,8 @@ class RecordingEncoder(EncoderWrapper):
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Record the call, then encode with the wrapped encoder."""
         if isinstance(texts, str | bytes):
-            return self.inner.encode(texts)  # the wrapped encoder's refusal, unrecorded
+            # The wrapped encoder's refusal, unrecorded.
+            return self.inner.encode(texts)  # type: ignore[arg-type]
         items = list(texts)  # read once: an iterator handed on was found empty
         thread = threading.current_thread()
         with self._lock:

@@ -144,3 +144,10 @@ def test_importing_the_package_loads_nothing_heavy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert json.loads(out.stdout) == []
+
+
+def test_typed_user_code_runs() -> None:
+    # tests/typed_usage.py is type-checked by mypy in CI; here it runs.
+    from typed_usage import route_with_a_custom_encoder
+
+    assert route_with_a_custom_encoder("I need a refund").name == "billing"

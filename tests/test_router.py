@@ -545,6 +545,64 @@ def test_set_policy_refuses_what_the_rest_of_the_api_refuses(tmp_path: Path) -> 
     router.close()
 
 
+class _SpyLock:
+    """The router's lock, telling when another thread than the holder waits for it."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.holder: int | None = None
+        self.waited = threading.Event()
+
+    def __enter__(self) -> None:
+        if self.holder is not None and threading.get_ident() != self.holder:
+            self.waited.set()
+        self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_the_threshold_setter_keeps_a_policy_set_while_it_waited(tmp_path: Path) -> None:
+    # It read the policy before taking the lock: a fit (or a route change's
+    # reconciliation) that held the lock then was overwritten by the old policy with
+    # the new threshold, in memory and in the store, silently.
+    router = AdaptiveRouter(HashingEncoder(dimension=64), SQLiteStorage(tmp_path / "t.db"))
+    router.add_routes([BILLING, SUPPORT])
+    spy = _SpyLock(router._lock)
+    router._lock = spy  # type: ignore[assignment]
+    with spy:
+        spy.holder = threading.get_ident()
+        setter = threading.Thread(target=setattr, args=(router, "threshold", 0.42))
+        setter.start()
+        assert spy.waited.wait(60)  # the setter waits for the lock (as for a fit)
+        router.set_policy(DecisionPolicy(threshold=0.3, min_margin=0.05))
+    setter.join(60)
+    assert (router.policy.threshold, router.policy.min_margin) == (0.42, 0.05)
+    router.close()
+
+
+def test_set_policy_reconciles_the_policy_with_the_routes(tmp_path: Path) -> None:
+    # A policy read before a route change (router.policy kept by user code) brought
+    # back thresholds and a head of a deleted route, stored too.
+    router = AdaptiveRouter(HashingEncoder(dimension=64), SQLiteStorage(tmp_path / "r.db"))
+    router.add_routes([BILLING, SUPPORT])
+    texts = [*BILLING.utterances, *SUPPORT.utterances] * 5
+    router.fit(texts, [("billing" if t in BILLING.utterances else "support") for t in texts])
+    old = DecisionPolicy(
+        threshold=0.3, thresholds={"billing": 0.4, "support": 0.5}, head=router.policy.head
+    )
+    assert router.policy.head is not None
+    with pytest.warns(UserWarning, match="fitted head was dropped"):
+        router.delete_route("support")
+    with pytest.warns(UserWarning, match="fitted head was dropped"):
+        router.set_policy(old)
+    assert router.policy.head is None and router.policy.thresholds == {"billing": 0.4}
+    router.close()
+    again = AdaptiveRouter(HashingEncoder(dimension=64), SQLiteStorage(tmp_path / "r.db"))
+    assert again.policy.head is None and again.policy.thresholds == {"billing": 0.4}
+    again.close()
+
+
 async def test_stop_checks_its_timeout() -> None:
     router = AdaptiveRouter(HashingEncoder(dimension=64))
     router.add_routes([BILLING])
