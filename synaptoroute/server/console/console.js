@@ -139,10 +139,12 @@
     $("notice").hidden = true;
   }
 
-  // Run an action; its errors are shown instead of thrown.
+  // Run an action; its errors are shown instead of thrown. What an earlier action
+  // said is cleared first: an old error stayed beside the next action's result.
   function guarded(action) {
     return async (event) => {
       if (event && event.preventDefault) event.preventDefault();
+      clearMessages();
       try {
         await action(event);
       } catch (error) {
@@ -307,6 +309,7 @@
         await api("DELETE", routePath(name, "utterances"), { utterances: [text] });
         showNotice("Utterance changed.");
         await showRoute(name);
+        $("add-utterance-input").focus(); // the edited item was rebuilt: focus was lost
       })
     );
     clear(item).append(form);
@@ -317,6 +320,7 @@
     await api("DELETE", routePath(name, "utterances"), { utterances: [text] });
     showNotice("Utterance deleted.");
     await showRoute(name);
+    $("add-utterance-input").focus(); // its item is gone: focus was lost with it
   }
 
   function shownRoute() {
@@ -343,6 +347,7 @@
     await api("PUT", routePath(name, "threshold"), { threshold });
     showNotice("Threshold set.");
     await showRoute(name);
+    $("threshold-input").focus();
   }
 
   async function deleteRoute() {
@@ -366,6 +371,7 @@
 
   async function tryQuery() {
     const query = $("try-input").value;
+    clear($("try-result")); // a failed query leaves no earlier answer under its error
     const answer = await api("POST", "api/try", { query, k: 5, nearest: 3 });
     state.lastQuery = query;
     const d = answer.decision;
@@ -421,6 +427,7 @@
     const file = $("eval-file").files[0];
     const raw = file ? await file.text() : $("eval-text").value;
     if (!raw.trim()) throw new Error("Choose a file or paste labelled rows first.");
+    clear($("eval-result")); // a failed upload leaves no earlier report under its error
     const report = await api("POST", "api/evaluate", undefined, { raw });
     const out = clear($("eval-result"));
     out.append(
@@ -441,7 +448,10 @@
             report.confused_pairs.map((p) => el("li", {}, `${p.label === null ? "(out of scope)" : p.label} → ${routeLabel(p.predicted)}: ${p.count}`))
           )
         : el("p", { id: "confused-pairs", text: "Nothing was confused." }),
-      el("h3", { text: `Misrouted rows (${report.misrouted_total})` })
+      el("h3", { text: `Misrouted rows (${report.misrouted_total})` }),
+      report.misrouted.length < report.misrouted_total
+        ? el("p", { id: "misrouted-shown", text: `Showing the first ${report.misrouted.length} of ${report.misrouted_total}.` })
+        : null
     );
     if (!report.misrouted.length) return;
     const rows = report.misrouted.map((m) => {
@@ -528,7 +538,15 @@
     const xs = data.query ? data.x.concat([data.query.x]) : data.x;
     const ys = data.query ? data.y.concat([data.query.y]) : data.y;
     if (!xs.length) return;
-    let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+    // One pass: Math.min(...xs) passes every point as an argument, past the engine's
+    // limit (about 125,000 in V8) for a large store.
+    let [x0, x1, y0, y1] = [Infinity, -Infinity, Infinity, -Infinity];
+    for (let i = 0; i < xs.length; i++) {
+      x0 = Math.min(x0, xs[i]);
+      x1 = Math.max(x1, xs[i]);
+      y0 = Math.min(y0, ys[i]);
+      y1 = Math.max(y1, ys[i]);
+    }
     const pad = 12;
     const sx = (width - 2 * pad) / (x1 - x0 || 1);
     const sy = (height - 2 * pad) / (y1 - y0 || 1);
@@ -656,7 +674,16 @@
     window.addEventListener("hashchange", async () => {
       clearMessages();
       await render();
-      if (state.notice) showNotice(state.notice);
+      if (state.notice) {
+        // After a change that left the view (a route created or deleted): focus goes
+        // to the new view's heading, not back to the top of the page.
+        showNotice(state.notice);
+        const heading = document.querySelector("main > section:not([hidden]) h2");
+        if (heading) {
+          heading.tabIndex = -1;
+          heading.focus();
+        }
+      }
       state.notice = null;
     });
     render();
