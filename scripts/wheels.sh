@@ -5,8 +5,12 @@
 #   min     every declared minimum pinned (scripts/min_constraints.py), one environment
 #           per package: the core with its dev extra and the core tests; each integration
 #           (with the core wheel) with its test extra and its tests;
-#   latest  the newest release each range allows, all three packages, every test.
-# Usage: bash scripts/wheels.sh [build|min|latest|all] [pytest args...]   (default: all)
+#   latest  the newest release each range allows, all three packages, every test;
+#   pythons the same under each other Python this machine has of those the packages
+#           support (SYNAPTOROUTE_OTHER_PYTHONS, default "3.10 3.13": the oldest and
+#           the newest; python3.X on the PATH or pyenv's), each one missing skipped
+#           with a line saying so.
+# Usage: bash scripts/wheels.sh [build|min|latest|pythons|all] [pytest args...]   (default: all)
 # Tests are run from the repository with PYTHONSAFEPATH=1, so they import the installed
 # wheels, never the source tree; a test checks that (SYNAPTOROUTE_EXPECT_INSTALLED=1).
 set -euo pipefail
@@ -83,27 +87,54 @@ minimum() {
     done
 }
 
-latest() {
-    venv latest
-    install_core latest
-    install_with_core latest langchain_synaptoroute langchain-synaptoroute
-    install_with_core latest llama_index_selectors_synaptoroute llama-index-selectors-synaptoroute
-    echo "== latest versions: $("$WORK/latest/bin/pip" freeze | tr '\n' ' ')"
-    run_tests latest "$@" tests integrations/langchain/tests integrations/llama-index/tests
+latest() {  # latest [pytest args...], in the environment $LATEST (made with $PY)
+    local env=${LATEST:-latest}
+    venv "$env"
+    install_core "$env"
+    install_with_core "$env" langchain_synaptoroute langchain-synaptoroute
+    install_with_core "$env" llama_index_selectors_synaptoroute llama-index-selectors-synaptoroute
+    echo "== latest versions ($("$WORK/$env/bin/python" -V)): $("$WORK/$env/bin/pip" freeze | tr '\n' ' ')"
+    run_tests "$env" "$@" tests integrations/langchain/tests integrations/llama-index/tests
+}
+
+find_python() {  # find_python X.Y: prints an interpreter of that version, if there is one
+    local want=$1 candidate
+    for candidate in "python$want" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$want".*/bin/python; do
+        # A pyenv shim answers for versions it does not enable (and fails): ask it.
+        if "$candidate" -c "import sys; sys.exit(f'{sys.version_info[0]}.{sys.version_info[1]}' != '$want')" \
+            >/dev/null 2>&1; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+pythons() {  # the latest tests under each other supported Python found (see the top)
+    local version found
+    for version in ${SYNAPTOROUTE_OTHER_PYTHONS-3.10 3.13}; do
+        if ! found=$(find_python "$version"); then
+            echo "== Python $version: none on this machine, skipped"
+            continue
+        fi
+        PY=$found LATEST="latest-$version" latest "$@"
+    done
 }
 
 case $MODE in
 build) build ;;
 min) minimum "$@" ;;
 latest) latest "$@" ;;
+pythons) pythons "$@" ;;
 all)
     build
     minimum "$@"
     latest "$@"
+    pythons "$@"
     [ -n "${WHEELS_WORK:-}" ] || rm -rf "$WORK"
     ;;
 *)
-    echo "usage: $0 [build|min|latest|all] [pytest args...]" >&2
+    echo "usage: $0 [build|min|latest|pythons|all] [pytest args...]" >&2
     exit 2
     ;;
 esac

@@ -84,8 +84,15 @@ def _is_encoder(source: object) -> TypeGuard[EncoderProtocol]:
     )
     if model_id is not missing and dimension is not missing and callable(encode):
         return True
-    # A proxy that forwards its members through __getattr__ can only be asked.
-    return hasattr(type(source), "__getattr__") and isinstance(source, EncoderProtocol)
+    # A proxy that forwards its members through __getattr__ can only be asked, and
+    # asked here: isinstance with the runtime protocol looks members up statically from
+    # Python 3.12 on, so it refused every proxy there. Its dimension is not read (it
+    # may embed a probe text); the router reads it when it takes the encoder.
+    return (
+        hasattr(type(source), "__getattr__")
+        and hasattr(source, "model_id")
+        and callable(getattr(source, "encode", None))
+    )
 
 
 def _is_langchain_embeddings(source: Any) -> bool:

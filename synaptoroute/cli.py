@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from . import __version__
-from .encoder import Encoder, EncoderProtocol, EncoderWrapper, check_text
+from .encoder import Encoder, EncoderProtocol, EncoderWrapper, check_text, text_list
 from .exceptions import (
     InvalidInputError,
     MissingDependencyError,
@@ -109,7 +109,7 @@ class ProgressEncoder(EncoderWrapper):
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Encode ``texts``, advancing the progress bar if one is shown."""
         bar = self.bar
-        texts = texts if isinstance(texts, list) else list(texts)
+        texts = text_list(texts)
         if bar is None or len(texts) <= _PROGRESS_CHUNK:
             out = self.inner.encode(texts)
             if bar is not None:

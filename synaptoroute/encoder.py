@@ -307,6 +307,15 @@ class EncoderProtocol(Protocol):
         ...
 
 
+def text_list(texts: Sequence[str]) -> list[str]:
+    """``texts`` as the list :meth:`EncoderProtocol.encode` takes, copied only when it
+    is another sequence; a ``str`` or ``bytes`` is handed on as it is, for the encoder
+    to refuse (``list("hello")`` would be five texts)."""
+    if isinstance(texts, list | str | bytes | bytearray):
+        return texts  # type: ignore[return-value]
+    return list(texts)
+
+
 def _check_model_id(value: object, field: str) -> None:
     # Stores write it as text: a lone surrogate passed here and failed the first write
     # with a UnicodeEncodeError from inside the store, naming neither.
@@ -1194,7 +1203,7 @@ class EncoderWrapper:
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Encode with the wrapped encoder."""
-        return self.inner.encode(texts if isinstance(texts, list) else list(texts))
+        return self.inner.encode(text_list(texts))
 
 
 class CallableEncoder:

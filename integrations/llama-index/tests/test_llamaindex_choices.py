@@ -442,17 +442,22 @@ def test_aclose_on_one_loop_keeps_evicted_routers_another_loop_runs(
     selector = SynaptorouteSelector.from_defaults(
         utterances=UTTERANCES, encoder=encoder, max_choice_sets=1
     )
-    with asyncio.Runner() as one, asyncio.Runner() as two:
-        one.run(selector.aselect(choices, "I need a refund"))
-        two.run(selector.aselect(choices, "my app crashes"))
+    # Two loops by hand: asyncio.Runner is Python 3.11+, and the package supports 3.10.
+    one, two = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        one.run_until_complete(selector.aselect(choices, "I need a refund"))
+        two.run_until_complete(selector.aselect(choices, "my app crashes"))
         first = selector.router_for(choices)
         assert [w.running for w in first.workers] == [True, True]
-        one.run(selector.aselect(choices[:2], "my app crashes"))  # evicts the first set
-        one.run(selector.aclose())
+        one.run_until_complete(selector.aselect(choices[:2], "my app crashes"))  # evicts it
+        one.run_until_complete(selector.aclose())
         assert [w.running for w in first.workers] == [False, True]  # the other loop's
-        two.run(selector.aclose())
+        two.run_until_complete(selector.aclose())
         assert not any(w.running for w in first.workers)
         assert selector._retired == []  # nothing left to stop: forgotten
+    finally:
+        one.close()
+        two.close()
 
 
 def test_selectors_and_embeddings_built_without_an_encoder_share_one_model() -> None:
