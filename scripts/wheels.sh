@@ -99,7 +99,7 @@ latest() {  # latest [pytest args...], in the environment $LATEST (made with $PY
 
 find_python() {  # find_python X.Y: prints an interpreter of that version, if there is one
     local want=$1 candidate
-    for candidate in "python$want" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$want".*/bin/python; do
+    for candidate in "python$want" "${PYENV_ROOT:-${HOME:-}/.pyenv}"/versions/"$want".*/bin/python; do
         # A pyenv shim answers for versions it does not enable (and fails): ask it.
         if "$candidate" -c "import sys; sys.exit(f'{sys.version_info[0]}.{sys.version_info[1]}' != '$want')" \
             >/dev/null 2>&1; then

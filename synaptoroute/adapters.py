@@ -74,6 +74,11 @@ _LLAMA_INDEX_DEFAULT_CLASS = "base_component"  # BaseComponent.class_name()
 
 
 def _is_encoder(source: object) -> TypeGuard[EncoderProtocol]:
+    """Whether ``source`` has an :class:`EncoderProtocol`'s members (a proxy's asked)."""
+    return _has_encoder_members(source) or _is_proxy_encoder(source)
+
+
+def _has_encoder_members(source: object) -> TypeGuard[EncoderProtocol]:
     """Whether ``source`` has an :class:`EncoderProtocol`'s members, looked up without
     running them: ``isinstance`` with the runtime protocol reads ``dimension`` before
     Python 3.12, which embeds a probe text through a remote model's API."""
@@ -82,12 +87,14 @@ def _is_encoder(source: object) -> TypeGuard[EncoderProtocol]:
         inspect.getattr_static(source, name, missing)
         for name in ("model_id", "dimension", "encode")
     )
-    if model_id is not missing and dimension is not missing and callable(encode):
-        return True
-    # A proxy that forwards its members through __getattr__ can only be asked, and
-    # asked here: isinstance with the runtime protocol looks members up statically from
-    # Python 3.12 on, so it refused every proxy there. Its dimension is not read (it
-    # may embed a probe text); the router reads it when it takes the encoder.
+    return model_id is not missing and dimension is not missing and callable(encode)
+
+
+def _is_proxy_encoder(source: object) -> TypeGuard[EncoderProtocol]:
+    """Whether ``source`` forwards an encoder's members through ``__getattr__``: it can
+    only be asked, and is asked here (``isinstance`` with the runtime protocol looks
+    members up statically from Python 3.12 on, so it refused every proxy there). Its
+    dimension is not read (it may embed a probe text); the router reads it."""
     return (
         hasattr(type(source), "__getattr__")
         and hasattr(source, "model_id")
@@ -125,7 +132,7 @@ def as_encoder(source: Any) -> EncoderProtocol:
     inner = getattr(source, "synaptoroute_encoder", None)
     if _is_encoder(inner):
         return inner
-    if _is_encoder(source):
+    if _has_encoder_members(source):
         return source
     if _is_langchain_embeddings(source):
         return CallableEncoder(
@@ -139,6 +146,10 @@ def as_encoder(source: Any) -> EncoderProtocol:
             model_id=llama_index_model_id(source),
             former_model_ids=llama_index_former_model_ids(source),
         )
+    # Last: every pydantic model's class has __getattr__, so an Embeddings with a
+    # model_id field and an encode helper would pass for a proxy.
+    if _is_proxy_encoder(source):
+        return source
     msg = (
         "encoder must be a synaptoroute encoder (model_id, dimension, encode), a LangChain "
         f"Embeddings or a LlamaIndex BaseEmbedding, got {type(source).__name__}"

@@ -826,10 +826,10 @@ class AdaptiveRouter:
         return self._policy
 
     def set_policy(self, policy: DecisionPolicy) -> None:
-        """Replace the decision policy and persist it, reconciled with the routes as
-        route changes reconcile it (a head that does not know the current routes, and
-        thresholds of routes that are gone, are dropped, with a warning): a policy read
-        before a route change cannot bring back what the change dropped.
+        """Replace the decision policy and persist it. A fitted head that does not know
+        the current routes is dropped, with a warning, as a route change drops it: a
+        policy read before a route change cannot bring back the head it dropped.
+        Thresholds are kept as given (a route they name may be added after).
 
         Raises:
             InvalidInputError: a threshold outside the score range (a fitted cut may
@@ -853,7 +853,10 @@ class AdaptiveRouter:
             )
             raise InvalidInputError(msg)
         with self._lock:
-            policy, notes = _reconciled(policy, self._routes)
+            # The head only: thresholds may name routes to be added after (as before).
+            checked, notes = _reconciled(policy, self._routes)
+            if checked.head is not policy.head:
+                policy = without_head(policy)
             self.storage.set_state(_POLICY_KEY, policy.to_state())
             self._policy = policy
         for note in notes:

@@ -51,6 +51,25 @@ def test_a_proxy_encoder_and_a_non_encoder() -> None:
 
     proxy = Proxy(HashingEncoder())
     assert as_encoder(proxy) is proxy
+    # A pydantic Embeddings (its class has __getattr__) with a model_id field and an
+    # encode helper of its own is an Embeddings, not a proxy: wrapped, as before.
+    from pydantic import BaseModel, ConfigDict
+
+    class TitanLike(BaseModel):  # LangChain's Embeddings by its methods
+        model_config = ConfigDict(protected_namespaces=())
+        model_id: str = "amazon.titan-embed-text-v2:0"
+
+        def encode(self, text: str) -> list[float]:
+            return [0.6, 0.8]
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return [self.encode(t) for t in texts]
+
+        def embed_query(self, text: str) -> list[float]:
+            return self.encode(text)
+
+    wrapped = as_encoder(TitanLike())
+    assert isinstance(wrapped, CallableEncoder) and wrapped.dimension == 2
     with pytest.raises(TypeError, match="encoder must be a synaptoroute encoder"):
         as_encoder(object())
     with pytest.raises(TypeError):

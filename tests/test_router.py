@@ -596,10 +596,17 @@ def test_set_policy_reconciles_the_policy_with_the_routes(tmp_path: Path) -> Non
         router.delete_route("support")
     with pytest.warns(UserWarning, match="fitted head was dropped"):
         router.set_policy(old)
-    assert router.policy.head is None and router.policy.thresholds == {"billing": 0.4}
+    # Thresholds are kept as given: a route they name may be added after.
+    kept = {"billing": 0.4, "support": 0.5}
+    assert router.policy.head is None and router.policy.thresholds == kept
     router.close()
     again = AdaptiveRouter(HashingEncoder(dimension=64), SQLiteStorage(tmp_path / "r.db"))
-    assert again.policy.head is None and again.policy.thresholds == {"billing": 0.4}
+    assert again.policy.head is None and again.policy.thresholds == kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say about thresholds alone
+        again.set_policy(DecisionPolicy(threshold=0.5, thresholds={"refunds": 0.9}))
+    again.add_routes([Route(name="refunds", utterances=["money back please"])])
+    assert again.policy.thresholds == {"refunds": 0.9}
     again.close()
 
 

@@ -426,8 +426,8 @@
   async function evaluate() {
     const file = $("eval-file").files[0];
     const raw = file ? await file.text() : $("eval-text").value;
-    if (!raw.trim()) throw new Error("Choose a file or paste labelled rows first.");
     clear($("eval-result")); // a failed upload leaves no earlier report under its error
+    if (!raw.trim()) throw new Error("Choose a file or paste labelled rows first.");
     const report = await api("POST", "api/evaluate", undefined, { raw });
     const out = clear($("eval-result"));
     out.append(
