@@ -584,7 +584,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json and args.format == "yaml":
         msg = "--json means --format json; give one format"
         raise BadInput(msg)
-    by_suffix = args.format is None and str(args.output or "").lower().endswith(".json")
+    to_json_file = str(args.output or "").lower().endswith(".json")
+    if to_json_file and args.format == "yaml":
+        # import (and serve --routes) read a file by its suffix: it would not load.
+        msg = f"--format yaml into {args.output}: a .json file is read as JSON; name it .yaml"
+        raise BadInput(msg)
+    by_suffix = args.format is None and to_json_file
     fmt: Literal["yaml", "json"] = (
         "json" if args.json or args.format == "json" or by_suffix else "yaml"
     )

@@ -1181,6 +1181,24 @@ def test_export_refuses_two_formats(capsys: pytest.CaptureFixture[str], store: s
     code, out, _ = run(capsys, "export", "--format", "json", "--json", "--store", store)
     assert code == EXIT_OK
     assert [r["name"] for r in json.loads(out)["routes"]] == ["billing", "tech"]
+    # YAML into a .json file: import (and serve --routes) read it as JSON and failed.
+    target = Path(store).with_name("routes.json")
+    code, _, err = run(capsys, "export", "--format", "yaml", "-o", str(target), "--store", store)
+    assert code == EXIT_BAD_INPUT and "a .json file is read as JSON" in err
+    assert not target.exists()
+    assert (
+        run(
+            capsys,
+            "export",
+            "-o",
+            str(target.with_suffix(".yaml")),
+            "--format",
+            "json",
+            "--store",
+            store,
+        )[0]
+        == EXIT_OK
+    )  # JSON is YAML: a .yaml file of it loads
 
 
 @pytest.mark.parametrize("command", ["healthcheck", "serve"])
