@@ -11,8 +11,9 @@
 #           the newest; python3.X on the PATH or pyenv's), each one missing skipped
 #           with a line saying so.
 # Usage: bash scripts/wheels.sh [build|min|latest|pythons|all] [pytest args...]   (default: all)
-# Tests are run from the repository with PYTHONSAFEPATH=1, so they import the installed
-# wheels, never the source tree; a test checks that (SYNAPTOROUTE_EXPECT_INSTALLED=1).
+# Tests are run from the repository by pytest's own script (with PYTHONSAFEPATH=1), so
+# they import the installed wheels, never the source tree; a test checks that
+# (SYNAPTOROUTE_EXPECT_INSTALLED=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -49,8 +50,11 @@ wheel() {  # wheel PREFIX: the built wheel whose file name starts with PREFIX
 run_tests() {  # run_tests VENV PATHS...: pytest from the repository against the installed wheels
     local env=$1
     shift
+    # pytest's own script, not `python -m pytest`, which puts the repository (the
+    # working directory) first on sys.path: PYTHONSAFEPATH keeps it off only from
+    # Python 3.11 on, and under 3.10 the tests imported the source tree.
     PYTHONSAFEPATH=1 SYNAPTOROUTE_EXPECT_INSTALLED=1 \
-        "$WORK/$env/bin/python" -m pytest -q -p no:cacheprovider "$@"
+        "$WORK/$env/bin/pytest" -q -p no:cacheprovider "$@"
 }
 
 install_core() {  # install_core VENV [pip args...]: the core wheel with its dev extra
