@@ -94,11 +94,16 @@ def _is_proxy_encoder(source: object) -> TypeGuard[EncoderProtocol]:
     """Whether ``source`` forwards an encoder's members through ``__getattr__``: it can
     only be asked, and is asked here (``isinstance`` with the runtime protocol looks
     members up statically from Python 3.12 on, so it refused every proxy there). Its
-    dimension is not read (it may embed a probe text); the router reads it."""
+    dimension is not read (it may embed a probe text); the router reads it. A LangChain
+    or LlamaIndex embeddings object is none: every pydantic model's class has
+    ``__getattr__``, and one with a ``model_id`` field and an ``encode`` helper of its
+    own would pass."""
     return (
         hasattr(type(source), "__getattr__")
         and hasattr(source, "model_id")
         and callable(getattr(source, "encode", None))
+        and not _is_langchain_embeddings(source)
+        and not _is_llama_index_embedding(source)
     )
 
 
@@ -146,8 +151,6 @@ def as_encoder(source: Any) -> EncoderProtocol:
             model_id=llama_index_model_id(source),
             former_model_ids=llama_index_former_model_ids(source),
         )
-    # Last: every pydantic model's class has __getattr__, so an Embeddings with a
-    # model_id field and an encode helper would pass for a proxy.
     if _is_proxy_encoder(source):
         return source
     msg = (

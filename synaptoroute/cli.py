@@ -777,6 +777,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         **limit_values(args),
     }
+    if args.rate_burst is not None and args.rate_limit is None:
+        # The settings refuse a burst other than the default; the CLI knows it was
+        # given at all (--rate-burst 50 is the default, and as ignored).
+        raise BadInput("--rate-burst needs --rate-limit: no rate limit is set")
     try:
         settings = ServerSettings.from_env(**values)
     except ValidationError as exc:

@@ -854,9 +854,11 @@ class AdaptiveRouter:
             raise InvalidInputError(msg)
         with self._lock:
             # The head only: thresholds may name routes to be added after (as before).
-            checked, notes = _reconciled(policy, self._routes)
-            if checked.head is not policy.head:
-                policy = without_head(policy)
+            notes: list[str] = []
+            if policy.head is not None:
+                checked, notes = _reconciled(policy, self._routes)
+                if checked.head is None:
+                    policy = without_head(policy)
             self.storage.set_state(_POLICY_KEY, policy.to_state())
             self._policy = policy
         for note in notes:

@@ -1267,7 +1267,8 @@ def test_serve_names_a_bad_value_by_its_option(
     for option, value, said in (
         ("--store-poll-interval", "1e10", "--store-poll-interval: Input should be less than"),
         ("--threads", "100000", "--threads: Input should be less than or equal to 65535"),
-        ("--rate-burst", "5", "--rate-burst: Value error, needs --rate-limit"),
+        ("--rate-burst", "5", "--rate-burst needs --rate-limit"),
+        ("--rate-burst", "50", "--rate-burst needs --rate-limit"),  # the default, given
         ("--auth-reads", None, "--auth-reads (auth_reads) needs an API key"),
     ):
         argv = [option] if value is None else [option, value]

@@ -533,11 +533,19 @@ def test_a_refusal_is_answered_after_the_pipelined_requests_before_it(
         srv.stop()
 
 
+@pytest.mark.parametrize(
+    ("framing", "status"),
+    [
+        (b"".join(b"1;" + b"x" * 200 + b"\r\n \r\n" for _ in range(200)), b"431"),
+        (b"zz\r\n", b"400"),  # a chunk size the parser cannot read: malformed
+    ],
+)
 def test_a_refused_chunked_body_is_answered_after_the_request_before_it(
-    encoder: Encoder, tmp_path: Path
+    encoder: Encoder, tmp_path: Path, framing: bytes, status: bytes
 ) -> None:
-    # More framing (chunk extensions) than head and body limits allow, in a request
-    # queued behind one being answered: refused after that answer, and never run.
+    # More framing (chunk extensions) than head and body limits allow, or framing the
+    # parser cannot read, in a request queued behind one being answered: refused
+    # after that answer, and never run.
     held, r = gated_router(encoder, tmp_path / "held.db")
     srv = serve(r, max_header_bytes=16 * 1024, max_body_bytes=1024, header_timeout=LIMIT_S)
     body = b'{"utterances": ["play some jazz"]}'
@@ -553,10 +561,10 @@ def test_a_refused_chunked_body_is_answered_after_the_request_before_it(
             b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
         )
         assert held.entered.wait(LIMIT_S)  # the first is being answered
-        sock.sendall(b"".join(b"1;" + b"x" * 200 + b"\r\n \r\n" for _ in range(200)))
+        sock.sendall(framing)
         held.gate.set()
         answer = closed_by_server(sock)
-        assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"201", b"431"], answer[:300]
+        assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"201", status], answer[:300]
         assert [x.name for x in r.list_routes()][-1] == "jazz"
         srv.still_serves()
     finally:

@@ -272,16 +272,11 @@ class _GuardedProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         # A request the HTTP parser cannot read (conflicting lengths, a bad chunk, a
         # raw non-ASCII byte in the target): answered with the JSON body of every
-        # other error, where uvicorn wrote a text/plain one. An error in a new head
-        # is answered after the requests pipelined before it (uvicorn wrote it at
-        # once: a client read it as the answer to a request that had run); one in a
-        # running request's body, at once (that request gets a disconnect).
-        if self._in_headers:
-            self._refuse(_MALFORMED)
-        else:
-            self._refused = True
-            self._disarm()
-            self._answer_and_close(_MALFORMED)
+        # other error, where uvicorn wrote a text/plain one, and after the answers of
+        # the requests pipelined before it (uvicorn wrote it at once: a client read it
+        # as the answer to a request that had run). An error in a running request's
+        # body is answered at once (that request gets a disconnect).
+        self._refuse(_MALFORMED, its_own_cycle=not self._in_headers)
 
     def _unsupported_upgrade_warning(self) -> None:
         # uvicorn logs two warnings per upgrade request (one blames a missing library):

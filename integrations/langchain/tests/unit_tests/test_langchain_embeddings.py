@@ -126,6 +126,17 @@ def test_an_encoder_given_is_not_asked_to_embed_when_it_is_built() -> None:
     assert embeddings.embed_query("hi") == [1.0, 0.0] and len(calls) == 2  # probe, text
     with pytest.raises(ValidationError, match="must be a synaptoroute encoder"):
         SynaptorouteEmbeddings(encoder=DeterministicFakeEmbedding(size=4))  # type: ignore[arg-type]
+    # Nor is a pydantic Embeddings with a model_id field and an encode helper (its
+    # class has __getattr__, as every pydantic model's): it passed for a proxy.
+
+    class TitanLike(DeterministicFakeEmbedding):
+        model_id: str = "amazon.titan-embed-text-v2:0"
+
+        def encode(self, text: str) -> list[float]:
+            return self.embed_query(text)
+
+    with pytest.raises(ValidationError, match="must be a synaptoroute encoder"):
+        SynaptorouteEmbeddings(encoder=TitanLike(size=4))  # type: ignore[arg-type]
 
 
 def test_langchain_encoder_normalises_any_embeddings() -> None:
