@@ -1060,8 +1060,7 @@ async def test_keyless_service_refuses_foreign_host_names(router: AdaptiveRouter
             ("router.internal.example.attacker.example", 421),
         ]:
             async with await _asgi(wild) as c:
-                r = await c.get("/routes", headers={"host": host})
-                assert r.status_code == status, host
+                assert (await c.get("/routes", headers={"host": host})).status_code == status, host
     # Probes pass whatever the Host: an orchestrator asks by the pod's address (the
     # documented read-only deployment never turned ready), and they tell only up/down.
     async with app.router.lifespan_context(app), await _asgi(app, "10.244.1.7:8000") as c:

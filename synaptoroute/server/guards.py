@@ -162,9 +162,7 @@ def host_allowed(host_header: str, allowed: Sequence[str]) -> bool:
         or name in allowed
         # "*.example.com" answers any name under example.com, not example.com itself
         # (as Starlette's TrustedHostMiddleware reads it).
-        or any(
-            a.startswith("*.") and name.endswith(a[1:]) and len(name) > len(a) - 1 for a in allowed
-        )
+        or any(a.startswith("*.") and name.endswith(a[1:]) and name != a[1:] for a in allowed)
     )
 
 

@@ -63,13 +63,8 @@ class BodyLimitMiddleware:
         has_body = chunked or (declared is not None and declared.strip().strip(b"0") != b"")
         if has_body and any(c and c.lower() != b"identity" for c in codings):
             shown = b", ".join(c for c in codings if c).decode("latin-1")[:80]
-            response = _json_error(
-                415,
-                f"send the body uncompressed (Content-Encoding {shown!r} is not taken)",
-                # Unread, like a 413's: the connection cannot serve another request.
-                {"Accept-Encoding": "identity", "Connection": "close"},
-            )
-            await response({"type": "http"}, _never_receive, send)
+            detail = f"send the body uncompressed (Content-Encoding {shown!r} is not taken)"
+            await _unread(send, 415, detail, {"Accept-Encoding": "identity"})
             return
         chunks: list[bytes] = []
         size = 0
@@ -91,10 +86,16 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, send: Send) -> None:
         self.metrics.rejections.inc(("body_too_large",))
-        response = _json_error(
-            413, f"request body larger than {self.limit} bytes", {"Connection": "close"}
-        )
-        await response({"type": "http"}, _never_receive, send)
+        await _unread(send, 413, f"request body larger than {self.limit} bytes")
+
+
+async def _unread(
+    send: Send, status: int, detail: str, headers: dict[str, str] | None = None
+) -> None:
+    """Answer a request whose body is left unread: the connection closes after it (it
+    cannot serve another request)."""
+    response = _json_error(status, detail, {**(headers or {}), "Connection": "close"})
+    await response({"type": "http"}, _never_receive, send)
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
