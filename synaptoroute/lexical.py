@@ -182,13 +182,19 @@ def _counted(words: list[str]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
 
 #: Words whose feature ids are kept (a query's words repeat across queries; hashing
 #: each of a word's n-grams again was most of a query's lexical cost). Cleared when
-#: full, so a hostile stream of new words costs memory for at most this many.
+#: full, so a hostile stream of new words costs memory for at most this many words
+#: and :data:`_WORD_CACHE_IDS` ids (about 16 MB): a text without spaces (Chinese,
+#: Thai, a long token) is one word of up to 4,096 characters, with 8,000 ids, and a
+#: stream of them held 6.5 GB under the word count alone.
 _WORD_CACHE_SIZE = 20_000
+_WORD_CACHE_IDS = 400_000
 _word_cache: dict[str, tuple[int, ...]] = {}
+_word_cache_ids = 0
 
 
 def _word_ids(word: str) -> tuple[int, ...]:
     """The feature ids of one word: its unigram and its character 3- and 4-grams."""
+    global _word_cache_ids
     ids = _word_cache.get(word)
     if ids is None:
         marked = f"<{word}>"
@@ -196,9 +202,12 @@ def _word_ids(word: str) -> tuple[int, ...]:
         for n in (3, 4):
             grams += [marked[i : i + n] for i in range(len(marked) - n + 1)]
         ids = tuple(zlib.crc32(g.encode()) & _MASK for g in grams)
-        if len(_word_cache) >= _WORD_CACHE_SIZE:
+        if len(_word_cache) >= _WORD_CACHE_SIZE or _word_cache_ids + len(ids) > _WORD_CACHE_IDS:
             _word_cache.clear()
-        _word_cache[word] = ids
+            _word_cache_ids = 0
+        if len(ids) <= _WORD_CACHE_IDS:
+            _word_cache[word] = ids
+            _word_cache_ids += len(ids)
     return ids
 
 

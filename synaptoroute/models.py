@@ -161,15 +161,24 @@ def control_character(name: str) -> str | None:
     return next((c for c in name if unicodedata.category(c) in _NOT_IN_NAMES), None)
 
 
+def utterance_key(text: str) -> str:
+    """What makes two utterances the same one: their NFC form. The model and the
+    lexical features read a decomposed text (``e`` + U+0301, as macOS and some
+    keyboards type it) as the composed one, so a copy in the other form added
+    nothing but a row, and survived a delete of the form the user could see."""
+    return unicodedata.normalize("NFC", text)
+
+
 def clean_utterances(values: list[str]) -> list[str]:
-    """Strip each utterance and drop duplicates (first occurrence kept).
+    """Strip each utterance and drop duplicates, forms equal under NFC included
+    (:func:`utterance_key`; the first occurrence is kept as it was written).
 
     Raises:
         InvalidInputError: an utterance is not a string or is blank (a ``ValueError``,
             so a :class:`Route` field validator turns it into pydantic's
             ``ValidationError``).
     """
-    seen: dict[str, None] = {}
+    seen: dict[str, str] = {}
     for i, value in enumerate(values):
         if not isinstance(value, str):
             msg = f"utterance {i} must be a string, got {type(value).__name__}"
@@ -178,8 +187,8 @@ def clean_utterances(values: list[str]) -> list[str]:
         if not stripped:
             msg = f"utterance {i} is empty after stripping whitespace"
             raise InvalidInputError(msg)
-        seen.setdefault(stripped, None)
-    return list(seen)
+        seen.setdefault(utterance_key(stripped), stripped)
+    return list(seen.values())
 
 
 class RouteMatch(BaseModel):

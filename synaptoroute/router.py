@@ -93,6 +93,7 @@ from .models import (
     Route,
     RouteMatch,
     clean_utterances,
+    utterance_key,
 )
 from .storage import (
     MemoryStorage,
@@ -725,8 +726,8 @@ class AdaptiveRouter:
         cleaned = clean_utterances(list(utterances))
         with self._lock:
             route = self._held(name)
-            have = set(route.utterances)
-            new = [u for u in cleaned if u not in have]
+            have = {utterance_key(u) for u in route.utterances}
+            new = [u for u in cleaned if utterance_key(u) not in have]
             if not new:
                 return []
             self._refuse_unread((name, u) for u in new)
@@ -772,7 +773,9 @@ class AdaptiveRouter:
     def _delete_utterances(self, name: str, utterances: Sequence[str]) -> int:
         with self._lock:
             route = self._held(name)
-            drop = {u.strip() for u in utterances if isinstance(u, str)} & set(route.utterances)
+            # The stored forms equal under NFC to those named (an old store may hold both).
+            wanted = {utterance_key(u.strip()) for u in utterances if isinstance(u, str)}
+            drop = {u for u in route.utterances if utterance_key(u) in wanted}
             if not drop:
                 return 0
             self.storage.delete_utterances(name, sorted(drop))
@@ -1034,7 +1037,8 @@ class AdaptiveRouter:
                 return 0
             have = set(route.utterances)
             try:
-                if have <= {t.strip() for t in texts if isinstance(t, str)}:
+                named = {utterance_key(t.strip()) for t in texts if isinstance(t, str)}
+                if {utterance_key(h) for h in have} <= named:
                     # All of them: one transaction, so no crash can leave an empty
                     # reserved route.
                     self._delete_route(NEGATIVES_ROUTE)

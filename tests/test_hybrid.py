@@ -265,6 +265,26 @@ def test_text_features_match_a_direct_tokenisation(monkeypatch: pytest.MonkeyPat
             np.testing.assert_allclose(weights, [want[i] for i in ids.tolist()], rtol=1e-6)
 
 
+def test_the_word_cache_is_bounded_by_ids_not_only_words(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A text without spaces is one word of up to MAX_CHARS characters (about 8,000
+    # ids): 20,000 such words held about 6.5 GB within the word count.
+    monkeypatch.setattr(lexical_module, "_word_cache", {})
+    monkeypatch.setattr(lexical_module, "_word_cache_ids", 0)
+    rng = np.random.default_rng(7)
+    for _ in range(120):
+        text = "".join(chr(c) for c in rng.integers(0x4E00, 0x9FFF, lexical_module.MAX_CHARS))
+        ids, _ = lexical_module._features.__wrapped__(text)
+        held = sum(len(v) for v in lexical_module._word_cache.values())
+        assert held == lexical_module._word_cache_ids <= lexical_module._WORD_CACHE_IDS
+    # The features do not depend on what the cache held.
+    monkeypatch.setattr(lexical_module, "_word_cache", {})
+    monkeypatch.setattr(lexical_module, "_word_cache_ids", 0)
+    again, _ = lexical_module._features.__wrapped__(text)
+    assert again.tolist() == ids.tolist()
+
+
 def _is_mark(char: str) -> bool:
     return unicodedata.category(char).startswith("M")
 

@@ -433,6 +433,41 @@ def test_deleting_every_negative_example_is_one_write() -> None:
     assert router.negatives == ["what is the weather"]
 
 
+@pytest.mark.model
+def test_utterances_equal_under_nfc_are_one_utterance(encoder: Encoder, tmp_path: Path) -> None:
+    # The model reads "résiliation" typed decomposed (NFD) as the composed one: the
+    # copy was added as a second row, and deleting the form the user saw left the
+    # other, which still matched the "deleted" text at 1.0.
+    import unicodedata
+
+    nfc = unicodedata.normalize("NFC", "résiliation")
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfc != nfd
+    assert Route(name="cancel", utterances=[nfc, nfd, f" {nfc} "]).utterances == [nfc]
+    path = tmp_path / "routes.db"
+    router = AdaptiveRouter(encoder, SQLiteStorage(path))
+    router.add_routes([Route(name="cancel", utterances=[nfc, "je veux annuler"]), BILLING])
+    assert router.add_utterances("cancel", [nfd]) == []
+    assert router.add_negatives(["tell me a joke"]) == ["tell me a joke"]
+    joke = unicodedata.normalize("NFD", "tell me a joké")
+    assert router.add_negatives([joke]) == [joke]
+    assert router.add_negatives([unicodedata.normalize("NFC", joke)]) == []
+    # A store written before holds both forms: a delete of either removes both.
+    router.storage.add_utterances("cancel", [nfd], np.asarray(encoder.encode([nfd])), router.model)
+    router.close()
+    router = AdaptiveRouter(encoder, SQLiteStorage(path))
+    assert router.get_route("cancel").utterances == [nfc, "je veux annuler", nfd]
+    assert router.delete_utterances("cancel", [nfc]) == 2
+    assert router.get_route("cancel").utterances == ["je veux annuler"]
+    assert router.query(nfc).score < 0.99
+    assert router.delete_negatives([unicodedata.normalize("NFC", joke), "tell me a joke"]) == 2
+    assert router.negatives == []
+    router.close()
+    reopened = AdaptiveRouter(encoder, SQLiteStorage(path))
+    assert reopened.get_route("cancel").utterances == ["je veux annuler"]
+    reopened.close()
+
+
 def test_a_reencode_committed_while_the_routes_load_is_not_mixed_up() -> None:
     # Another process re-encodes the store with the new model between the read of the
     # routes and the read of the model: the routes (old vectors) must not be taken for

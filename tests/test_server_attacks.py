@@ -33,6 +33,7 @@ from pydantic import SecretStr
 from threaded_server import ThreadedServer
 
 from synaptoroute import AdaptiveRouter, DecisionPolicy, Encoder, Route, SQLiteStorage
+from synaptoroute.exceptions import InvalidInputError
 from synaptoroute.server import ServerSettings, create_app
 from synaptoroute.server.protocol import ConnectionLimits, guarded_protocol
 
@@ -1019,6 +1020,85 @@ async def test_routes_are_paginated(encoder: Encoder, tmp_path: Path) -> None:
         assert [x["name"] for x in (await c.get("/routes?offset=4&limit=100")).json()] == ["r4"]
         assert (await c.get("/routes?limit=0")).status_code == 422
     r.close()
+
+
+async def test_a_mounted_service_runs_under_its_prefix(router: AdaptiveRouter) -> None:
+    # Mounted in a user's app (docs/server.md, "Inside your own application"): the
+    # probes and /metrics under the prefix got 421 by the pod's address and 429 from
+    # the rate limit (their exemptions compared the full path), /docs loaded the
+    # parent's /openapi.json, and /console redirected out of the prefix.
+    from fastapi import FastAPI
+
+    service = create_app(ServerSettings(rate_limit=0.01, rate_burst=2), router=router)
+    parent = FastAPI()
+    parent.mount("/router", service)
+    async with (
+        service.router.lifespan_context(service),
+        await _asgi(parent, "10.244.1.7:8000") as c,
+    ):
+        assert (await c.get("/router/metrics")).status_code == 200  # one of the 2
+        for _ in range(3):  # past the burst: the probes are never limited
+            for probe in ("/healthz", "/readyz", "/healthz/store"):
+                assert (await c.get(f"/router{probe}")).status_code == 200, probe
+        assert (await c.get("/router/routes")).status_code == 421
+    service = create_app(ServerSettings(), router=router)
+    parent = FastAPI()
+    parent.mount("/router", service)
+    async with service.router.lifespan_context(service), await _asgi(parent) as c:
+        docs = (await c.get("/router/docs")).text
+        assert re.findall(r"url: '([^']*)'", docs) == ["/router/openapi.json"]
+        moved = await c.get("/router/console")
+        assert moved.status_code == 307
+        target = moved.url.join(moved.headers["location"])
+        assert target.path == "/router/console/"
+        assert (await c.get(target)).status_code == 200
+    # uvicorn's --root-path: the path keeps the prefix, as a mount's does.
+    app = create_app(ServerSettings(), router=router)
+    transport = httpx.ASGITransport(app=app, root_path="/api")
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://10.244.1.7:8000") as c,
+    ):
+        assert (await c.get("/api/healthz")).status_code == 200
+        assert (await c.get("/api/metrics")).status_code == 200
+        assert (await c.get("/api/routes")).status_code == 421
+
+
+async def test_a_service_whose_lifespan_never_ran_says_so(router: AdaptiveRouter) -> None:
+    # Starlette runs no lifespan of a mounted app: every request got "starting or
+    # stopping; retry later" (with Retry-After) for ever, and a router given as
+    # router= was served with /readyz at 503 (its worker started by the first query).
+    from fastapi import FastAPI
+
+    service = create_app(ServerSettings(), router=router)
+    parent = FastAPI()
+    parent.mount("/router", service)
+    async with await _asgi(parent) as c:
+        r = await c.post("/router/route", json={"query": "I need a refund"})
+        assert r.status_code == 503 and "retry-after" not in r.headers
+        assert "lifespan has not run" in r.json()["detail"]
+        assert (await c.get("/router/routes")).status_code == 503
+        assert (await c.get("/router/readyz")).status_code == 503
+    assert not router.worker.running
+    async with service.router.lifespan_context(service), await _asgi(parent) as c:
+        assert (await c.post("/router/route", json={"query": "I need a refund"})).json()[
+            "route"
+        ] == "billing"
+        assert (await c.get("/router/readyz")).status_code == 200
+    # After the lifespan: refused, and the worker is not started again.
+    async with await _asgi(parent) as c:
+        r = await c.post("/router/route", json={"query": "I need a refund"})
+        assert r.status_code == 503 and "stopping" in r.json()["detail"]
+    assert not router.worker.running
+    assert router.query("I need a refund").name == "billing"  # the router itself is open
+
+
+def test_create_app_refuses_what_serve_refuses() -> None:
+    # run() checked the host; create_app (embedded in a user's app) did not.
+    with pytest.raises(InvalidInputError, match="no API key"):
+        create_app(ServerSettings(host="0.0.0.0"))
+    create_app(ServerSettings(host="0.0.0.0", read_only=True))
+    create_app(ServerSettings(host="0.0.0.0", api_key=SecretStr(KEY)))
 
 
 async def test_keyless_service_refuses_foreign_host_names(router: AdaptiveRouter) -> None:

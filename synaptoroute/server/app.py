@@ -64,11 +64,30 @@ class ServiceState:
     #: Checks a request's token before its body is judged (401 before 422).
     precheck: Callable[[Request], HTTPException | None] | None = None
 
+    #: Set when the lifespan first starts: Starlette runs none for an app mounted in
+    #: another, and such an app must say so rather than "retry later" for ever.
+    lifespan_ran: bool = False
+
     def get_router(self) -> AdaptiveRouter:
-        """The router, once the lifespan has opened it."""
-        if self.router is None:
-            raise RouterClosedError("the service is starting")
+        """The router, while the lifespan holds it open.
+
+        Raises:
+            HTTPException: 503 without ``Retry-After``: the lifespan never ran.
+            RouterClosedError: the service is starting or has stopped (a router
+                given to :func:`create_app` is not served past its lifespan: a request
+                then would start its batching worker again, never to be stopped).
+        """
+        if not self.lifespan_ran:
+            raise HTTPException(503, _NO_LIFESPAN)
+        if self.router is None or not self.ready:
+            raise RouterClosedError("the service is starting or stopping")
         return self.router
+
+
+_NO_LIFESPAN = (
+    "the service's lifespan has not run: an app mounted in another app needs the "
+    "parent's lifespan to run it (docs/server.md, 'Inside your own application')"
+)
 
 
 def build_router(settings: ServerSettings, encoder: Encoder | None = None) -> AdaptiveRouter:
@@ -118,15 +137,19 @@ def create_app(
 
     Raises:
         InvalidInputError: the API key is set but blank (``SYNAPTOROUTE_API_KEY=``),
-            which would otherwise leave route changes open, or ``auth_reads`` is set
-            without a key (the reads would be open).
+            which would otherwise leave route changes open, ``auth_reads`` is set
+            without a key (the reads would be open), or ``settings.host`` is not a
+            loopback address while changes are enabled without a key
+            (:meth:`ServerSettings.check_safe`).
 
     Example:
         >>> app = create_app(ServerSettings(store="routes.db"))  # doctest: +SKIP
         >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
     """
     settings = settings if settings is not None else ServerSettings.from_env()
-    settings.check_key()
+    # As run() does: settings naming a host other than loopback without a key were
+    # served with changes open to whoever reached the host app.
+    settings.check_safe()
 
     def queue_depth() -> float:
         return float(state.router.worker.queue_depth) if state.router is not None else 0.0
@@ -172,6 +195,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.lifespan_ran = True
         try:
             r = await start_up()
         except SynaptorouteError as exc:

@@ -457,8 +457,9 @@ def console_router(
 
     @api.get("")
     async def console_root() -> Response:
-        # Relative asset URLs in the page need the trailing slash.
-        return RedirectResponse("/console/", status_code=307, headers=_SECURITY_HEADERS)
+        # Relative asset URLs in the page need the trailing slash. The Location is
+        # relative too: "/console/" left a mount's prefix (or --root-path) behind.
+        return RedirectResponse("console/", status_code=307, headers=_SECURITY_HEADERS)
 
     @api.get("/")
     async def console_page() -> Response:

@@ -146,7 +146,9 @@ def endpoints_router(
     def record(matches: list[RouteMatch]) -> None:
         for m in matches:
             metrics.queries.inc(("matched" if m.name is not None else "no_route",))
-        metrics.fold_batches(state.get_router().worker.stats)
+        router = state.router  # answered already: a stop begun meanwhile refuses nothing
+        if router is not None:
+            metrics.fold_batches(router.worker.stats)
 
     # -- queries -------------------------------------------------------------------
     @api.post(

@@ -60,6 +60,17 @@ _MAX_RETRY_AFTER_S = 86_400
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
+def app_path(scope: Scope) -> str:
+    """The request's path inside this app: without the ``root_path`` a mount in a
+    parent app or uvicorn's ``--root-path`` puts in front of it (both leave it in
+    ``scope["path"]``), so ``/api/healthz`` is this app's ``/healthz``."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
 def _json_error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
@@ -182,7 +193,7 @@ class HostGuardMiddleware:
                     break
             # Probes and metrics pass: an orchestrator and a scraper ask by the pod's
             # address, and they tell nothing but up, down and counts.
-            if scope["path"] not in _ANY_HOST and not host_allowed(host, self.allowed):
+            if app_path(scope) not in _ANY_HOST and not host_allowed(host, self.allowed):
                 response = _json_error(
                     421,
                     "this service only answers requests addressed to a loopback name "
@@ -233,7 +244,7 @@ class RateLimitMiddleware:
         return wait
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in _PROBES:
+        if scope["type"] == "http" and app_path(scope) not in _PROBES:
             client = scope.get("client")
             wait = self._take(client[0] if client else "")
             if wait > 0:

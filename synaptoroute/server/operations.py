@@ -51,7 +51,9 @@ def operations_router(state: ServiceState, store_up: Gauge) -> APIRouter:
 
     @api.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        return _swagger_page(request.app.title)
+        # Under a mount or uvicorn's --root-path the schema is below that prefix too.
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return _swagger_page(request.app.title, f"{root}/openapi.json")
 
     @api.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -162,10 +164,10 @@ async def _store_readable(router: AdaptiveRouter) -> bool:
     return True
 
 
-def _swagger_page(title: str) -> HTMLResponse:
+def _swagger_page(title: str, openapi_url: str) -> HTMLResponse:
     js, css = f"{_SWAGGER_CDN}/swagger-ui-bundle.js", f"{_SWAGGER_CDN}/swagger-ui.css"
     page = get_swagger_ui_html(
-        openapi_url="/openapi.json",
+        openapi_url=openapi_url,
         title=f"{title} - Swagger UI",
         swagger_js_url=js,
         swagger_css_url=css,
