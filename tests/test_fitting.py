@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from encoder_doubles import CountingEncoder
 from synaptoroute import (
     AdaptiveRouter,
     Encoder,
+    HashingEncoder,
     InvalidInputError,
     MissingDependencyError,
     Route,
@@ -813,6 +815,55 @@ def test_target_recall_search_meets_the_target(target: float) -> None:
         and f.oos_recall >= target
     )
     assert fig.in_scope_accuracy is not None and fig.in_scope_accuracy >= best - 1e-12
+
+
+def test_copies_of_a_text_share_a_fold() -> None:
+    # Folds were stratified by label alone: a held-out row whose copy (logs repeat
+    # queries) sat in the training folds made the held-out figures optimistic.
+    _folds = head_module._folds
+    rng = np.random.default_rng(3)
+    y = rng.integers(-1, 6, 300)
+    texts = np.array([f"text {i}" for i in range(300)])
+    alone = _folds(y, 5, 11)
+    # Without copies, the folds are those of the rows alone.
+    assert _folds(y, 5, 11, texts).tolist() == alone.tolist()
+    copies = rng.integers(0, 300, 200)
+    grouped_y = np.concatenate([y, y[copies]])
+    grouped = _folds(grouped_y, 5, 11, np.concatenate([texts, texts[copies]]))
+    assert grouped[:300].tolist() == alone.tolist()
+    assert grouped[300:].tolist() == alone[copies].tolist()
+    assert np.bincount(grouped, minlength=5).min() > 0
+
+
+def test_fit_deals_folds_by_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    real = fit_module._folds
+
+    def spy(y: Any, k: int, seed: int, groups: Any = None) -> Any:
+        seen.append(groups.tolist())
+        return real(y, k, seed, groups)
+
+    monkeypatch.setattr(fit_module, "_folds", spy)
+    router = AdaptiveRouter(HashingEncoder(dimension=64))
+    router.add_routes(
+        [
+            Route(name="a", utterances=["alpha one", "alpha two"]),
+            Route(name="b", utterances=["beta"]),
+        ]
+    )
+    texts = [
+        "alpha three",
+        "Alpha Three",
+        "beta two",
+        "beta two",
+        "caf\u00e9",
+        "cafe\u0301",
+        "x",
+    ] * 2
+    labels: list[str | None] = ["a", "a", "b", "b", None, None, None] * 2
+    router.fit(texts, labels, head=False)
+    groups = seen[0]
+    assert groups[0] == groups[1] and groups[4] == groups[5] and groups[2] == groups[3]
 
 
 @pytest.mark.parametrize("objective", ["oos_recall", "macro_f1"])

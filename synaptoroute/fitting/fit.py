@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -369,7 +370,9 @@ def fit_policy(
             seconds["lexical"] = time.perf_counter() - t0
 
         fit_rows = np.arange(n, dtype=np.intp)
-        fold_all = _folds(y_all, folds, seed)
+        # Copies of one text (the model reads case and NFC forms alike) share a fold.
+        copies = np.array([unicodedata.normalize("NFC", t).casefold() for t in all_texts])
+        fold_all = _folds(y_all, folds, seed, copies)
         fold = fold_all[:n]
         own_thresholds = [inputs.route_thresholds.get(name) for name in names]
         fixed = np.array([np.nan if t is None else float(t) for t in own_thresholds])

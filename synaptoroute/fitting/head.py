@@ -85,8 +85,20 @@ def _softmax_regression(
     return lbfgs(loss_grad, theta0.astype(np.float32), max_iter, gtol=1e-4)
 
 
-def _folds(y: NDArray[np.int64], k: int, seed: int) -> NDArray[np.int64]:
-    """Stratified fold of each row: within each label, rows are dealt round-robin."""
+def _folds(
+    y: NDArray[np.int64], k: int, seed: int, groups: NDArray[Any] | None = None
+) -> NDArray[np.int64]:
+    """Stratified fold of each row: within each label, rows are dealt round-robin.
+
+    Rows with equal ``groups`` (copies of one text) share the fold of the first of
+    them: a held-out row whose copy sat in the training folds made the held-out
+    figures optimistic (logs repeat queries). Without repeats the folds are those
+    of the rows alone.
+    """
+    if groups is not None:
+        _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+        reps = np.sort(first)
+        return _folds(y[reps], k, seed)[np.searchsorted(reps, first)[inverse.ravel()]]
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(y))
     order = perm[np.argsort(y[perm], kind="stable")]
