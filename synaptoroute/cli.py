@@ -15,6 +15,7 @@ Exit codes:
     1: the operation failed (the store or the model could not be used, an I/O error).
     2: bad input (usage, a malformed or invalid file, an unknown route, a missing store).
     3: an optional extra is not installed (the message names the ``pip install``).
+    4: ``eval --fail-under``: a figure is under its bar.
     130: interrupted.
 """
 
@@ -65,6 +66,7 @@ from .storage import check_route, is_database_url
 
 __all__ = [
     "EXIT_BAD_INPUT",
+    "EXIT_BELOW_BAR",
     "EXIT_BROKEN_PIPE",
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
@@ -78,6 +80,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_MISSING_EXTRA = 3
+#: ``eval --fail-under``: a figure is under its bar (or could not be measured).
+EXIT_BELOW_BAR = 4
 EXIT_INTERRUPTED = 130
 #: stdout was closed before the command had written it all (128 + SIGPIPE).
 EXIT_BROKEN_PIPE = 141
@@ -750,7 +754,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(report)
         if args.plot:
             print(f"plot written to {args.plot}")
-    return EXIT_OK
+    below = []
+    for metric, bar in args.fail_under or []:
+        value = getattr(report, metric)
+        if value is None:  # a gate on a figure the data cannot give must not pass
+            below.append(f"{metric} is not measured on this data (under --fail-under {bar})")
+        elif value < bar:
+            below.append(f"{metric} {value:.4f} is under {bar} (--fail-under)")
+    for line in below:
+        print(f"synaptoroute: eval: {line}", file=sys.stderr)
+    return EXIT_BELOW_BAR if below else EXIT_OK
+
+
+#: The figures ``eval --fail-under`` can hold a bar for (higher is better).
+_BAR_METRICS = (
+    "accuracy",
+    "in_scope_accuracy",
+    "oos_precision",
+    "oos_recall",
+    "oos_f1",
+    "macro_f1",
+    "oos_auroc",
+)
+
+
+def _bar(value: str) -> tuple[str, float]:
+    metric, sep, number = value.partition("=")
+    metric = metric.strip()
+    if not sep or metric not in _BAR_METRICS:
+        msg = f"expected METRIC=VALUE with METRIC one of {', '.join(_BAR_METRICS)}, got {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    bar = _number(number)
+    if not 0.0 <= bar <= 1.0:
+        msg = f"{metric}'s bar must be in [0, 1], got {bar}"
+        raise argparse.ArgumentTypeError(msg)
+    return metric, bar
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -924,7 +962,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="synaptoroute",
         description="A local semantic router: route texts, manage routes, fit, evaluate, serve.",
         epilog=(
-            "Exit codes: 0 ok, 1 failure, 2 bad input, 3 missing extra, 130 interrupted, "
+            "Exit codes: 0 ok, 1 failure, 2 bad input, 3 missing extra, 4 under an eval "
+            "--fail-under bar, 130 interrupted, "
             "141 output closed early (| head)."
         ),
     )
@@ -1063,6 +1102,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", metavar="DATA.jsonl", help="labelled rows (label null = out of scope)")
     p.add_argument("--plot", metavar="OUT.png", help="also write a PNG report")
+    p.add_argument(
+        "--fail-under",
+        metavar="METRIC=VALUE",
+        type=_bar,
+        action="append",
+        help=(
+            f"exit with {EXIT_BELOW_BAR} when METRIC ({', '.join(_BAR_METRICS)}) is under "
+            "VALUE, or cannot be measured on the data; repeatable (a gate in CI)"
+        ),
+    )
     _add_store(p)
     _add_json(p, "print the evaluation report as JSON")
     _add_quiet(p)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import sys
 import threading
 import unicodedata
 import zlib
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ._fork import LEXICAL, cached_property, hold_across_fork
+from ._fork import LEAF, LEXICAL, cached_property, hold_across_fork
 from .index import Snapshot
 
 __all__ = ["LexicalIndex", "LexicalView", "NgramFeatures", "text_features"]
@@ -190,6 +191,9 @@ _WORD_CACHE_SIZE = 20_000
 _WORD_CACHE_IDS = 400_000
 _word_cache: dict[str, tuple[int, ...]] = {}
 _word_cache_ids = 0
+_word_cache_lock = threading.Lock()
+# Held for one insertion: a fork waits for it, so no child inherits it held.
+hold_across_fork(sys.modules[__name__], LEAF, "_word_cache_lock")
 
 
 def _word_ids(word: str) -> tuple[int, ...]:
@@ -202,12 +206,14 @@ def _word_ids(word: str) -> tuple[int, ...]:
         for n in (3, 4):
             grams += [marked[i : i + n] for i in range(len(marked) - n + 1)]
         ids = tuple(zlib.crc32(g.encode()) & _MASK for g in grams)
-        if len(_word_cache) >= _WORD_CACHE_SIZE or _word_cache_ids + len(ids) > _WORD_CACHE_IDS:
-            _word_cache.clear()
-            _word_cache_ids = 0
-        if len(ids) <= _WORD_CACHE_IDS:
-            _word_cache[word] = ids
-            _word_cache_ids += len(ids)
+        # Queries run in several threads: the count and the cache change together.
+        with _word_cache_lock:
+            if len(_word_cache) >= _WORD_CACHE_SIZE or _word_cache_ids + len(ids) > _WORD_CACHE_IDS:
+                _word_cache.clear()
+                _word_cache_ids = 0
+            if word not in _word_cache and len(ids) <= _WORD_CACHE_IDS:
+                _word_cache[word] = ids
+                _word_cache_ids += len(ids)
     return ids
 
 

@@ -651,8 +651,8 @@ class AdaptiveRouter:
         with self._lock:
             if new_negatives:
                 have = self.negatives
-                held = set(have)
-                new_negatives = [t for t in new_negatives if t not in held]
+                held = {utterance_key(t) for t in have}
+                new_negatives = [t for t in new_negatives if utterance_key(t) not in held]
                 if new_negatives:  # the held ones plus the new: replaces the reserved route
                     routes.append(Route(name=NEGATIVES_ROUTE, utterances=[*have, *new_negatives]))
             # Re-adding an identical route is a no-op, so start-up scripts can rerun.

@@ -199,6 +199,7 @@ def test_exit_codes_are_documented() -> None:
         EXIT_FAILURE,
         EXIT_BAD_INPUT,
         cli.EXIT_MISSING_EXTRA,
+        cli.EXIT_BELOW_BAR,
         cli.EXIT_INTERRUPTED,
     ):
         assert re.search(rf"^\| `?{code}`? \|", text, flags=re.MULTILINE), code
@@ -1344,6 +1345,50 @@ def test_import_fit_eval(
     code, out, _ = run(capsys, "eval", VAL, "--store", store, "--json", "-q")
     after = json.loads(out)
     assert after["accuracy"] > before["accuracy"]
+
+
+def test_eval_fail_under_is_a_gate(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    assert run(capsys, "import", TRAIN, "--store", store, "-q")[0] == 0
+    code, out, _ = run(capsys, "eval", VAL, "--store", store, "--json", "-q")
+    figures = json.loads(out)
+    low, high = figures["accuracy"] - 0.01, figures["accuracy"] + 0.01
+    code, out, err = run(
+        capsys, "eval", VAL, "--store", store, "-q", "--fail-under", f"accuracy={low}"
+    )
+    assert code == 0 and "accuracy" in out and err == ""
+    code, out, err = run(
+        capsys,
+        "eval",
+        VAL,
+        "--store",
+        store,
+        "--json",
+        "-q",
+        "--fail-under",
+        f"accuracy={high}",
+        "--fail-under",
+        "oos_recall=0",
+    )
+    assert code == cli.EXIT_BELOW_BAR
+    assert json.loads(out)["accuracy"] == figures["accuracy"]  # the report still comes
+    assert err.count("synaptoroute: eval:") == 1 and "accuracy" in err and "under" in err
+    # A bar on a figure the data cannot give fails rather than passing unchecked.
+    in_scope = Path(store).with_name("in_scope.jsonl")
+    in_scope.write_text(
+        "".join(
+            line + "\n"
+            for line in Path(VAL).read_text().splitlines()
+            if '"label": null' not in line
+        )
+    )
+    code, _, err = run(
+        capsys, "eval", str(in_scope), "--store", store, "-q", "--fail-under", "oos_recall=0"
+    )
+    assert code == cli.EXIT_BELOW_BAR and "oos_recall is not measured" in err
+    for bad in ("accuracy", "ece=0.1", "accuracy=1.5", "accuracy=nan", "=0.5"):
+        with pytest.raises(SystemExit) as exc:
+            run(capsys, "eval", VAL, "--store", store, "--fail-under", bad)
+        assert exc.value.code == EXIT_BAD_INPUT, bad
 
 
 MALFORMED = (

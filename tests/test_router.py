@@ -452,6 +452,8 @@ def test_utterances_equal_under_nfc_are_one_utterance(encoder: Encoder, tmp_path
     joke = unicodedata.normalize("NFD", "tell me a joké")
     assert router.add_negatives([joke]) == [joke]
     assert router.add_negatives([unicodedata.normalize("NFC", joke)]) == []
+    # add_routes(negatives=...) is what a routes file's negatives go through.
+    assert router.add_routes([], negatives=[unicodedata.normalize("NFC", joke)]) == []
     # A store written before holds both forms: a delete of either removes both.
     router.storage.add_utterances("cancel", [nfd], np.asarray(encoder.encode([nfd])), router.model)
     router.close()

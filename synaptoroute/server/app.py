@@ -86,7 +86,8 @@ class ServiceState:
 
 _NO_LIFESPAN = (
     "the service's lifespan has not run: an app mounted in another app needs the "
-    "parent's lifespan to run it (docs/server.md, 'Inside your own application')"
+    "parent's lifespan to run it, a test client must run it (`with TestClient(app)`) "
+    "(docs/server.md, 'Inside your own application')"
 )
 
 
