@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .decision import DecisionPolicy
 
 __all__ = [
+    "HEADLINE_FIGURES",
     "ConfusedPair",
     "EvaluationReport",
     "Figures",
@@ -268,6 +269,18 @@ def figures(y_true: NDArray[np.int64], y_pred: NDArray[np.int64], n_routes: int)
     )
 
 
+#: The figures every report leads with (attributes of :class:`Figures` and of
+#: :class:`EvaluationReport`), in the order it prints them.
+HEADLINE_FIGURES = (
+    "accuracy",
+    "in_scope_accuracy",
+    "oos_precision",
+    "oos_recall",
+    "oos_f1",
+    "macro_f1",
+)
+
+
 @dataclass
 class EvaluationReport:
     """What :func:`evaluate_router` found. ``to_json()`` and ``plot(path)`` export it."""
@@ -420,14 +433,7 @@ class EvaluationReport:
     def __str__(self) -> str:
         f = self.figures
         lines = [f"rows {f.rows} (in scope {f.in_scope}, out of scope {f.out_of_scope})"]
-        for key in (
-            "accuracy",
-            "in_scope_accuracy",
-            "oos_precision",
-            "oos_recall",
-            "oos_f1",
-            "macro_f1",
-        ):
+        for key in HEADLINE_FIGURES:
             value = getattr(f, key)
             lines.append(f"{key:18} {'-' if value is None else f'{value:.4f}'}")
         for key, value in (("oos_auroc", self.oos_auroc), ("ece", self.ece), ("cut", self.cut)):
