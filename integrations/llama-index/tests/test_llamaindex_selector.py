@@ -163,6 +163,33 @@ def test_single_selection(encoder: Encoder, choices: list[ToolMetadata]) -> None
         assert _scores(result)[0] >= 0.5
 
 
+def test_copies_and_pickles_are_selectors_of_their_own(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    # A shallow copy shared the cache of routers: its threshold changed the original's
+    # answers. deepcopy and pickle failed on the settings' read-only mapping.
+    import copy
+    import pickle
+
+    selector = SynaptorouteSelector.from_defaults(
+        utterances=UTTERANCES, encoder=encoder, top_n=2, max_choice_sets=3
+    )
+    query, expected = CLEAR_QUERIES[0]
+    assert selector.select(choices, query).inds[0] == expected  # a cached router
+    shallow = copy.copy(selector)
+    shallow.threshold = 0.999
+    assert "0.999" in " ".join(shallow.select(choices, query).reasons)
+    assert selector.threshold is None
+    assert "0.999" not in " ".join(selector.select(choices, query).reasons)
+    copies = [shallow, copy.deepcopy(selector), pickle.loads(pickle.dumps(selector))]
+    for other in copies:
+        assert other is not selector
+        assert (other.policy, other.max_choice_sets) == (selector.policy, 3)
+        assert other.utterances == selector.utterances
+        assert other.select(choices, query).inds[0] == expected
+    assert copies[0].encoder is encoder and copies[1].encoder is encoder
+
+
 def test_routes_on_descriptions_alone(encoder: Encoder, choices: list[ToolMetadata]) -> None:
     selector = SynaptorouteSelector.from_defaults(encoder=encoder, threshold=0.2)
     assert selector.select(choices, "Where can I download my invoices?").inds == [0]

@@ -285,6 +285,13 @@ def _checked_threshold(value: object) -> float | None:
     return None if value is None else check_threshold(value, "threshold")
 
 
+def _rebuilt(
+    cls: type[SynaptorouteSelector], encoder: EncoderProtocol, arguments: dict[str, Any]
+) -> SynaptorouteSelector:
+    # Unpickling: the constructor checks the settings again.
+    return cls(encoder, **arguments)
+
+
 def _phrase(name: str) -> str:
     return " ".join(name.replace("_", " ").replace("-", " ").split())
 
@@ -370,6 +377,30 @@ class SynaptorouteSelector(BaseSelector):
         # first: it is held while a router is made, and the cache lock is taken under it.
         hold_across_fork(self, APP, lock="_build_lock")
         hold_across_fork(self, APP_CACHE)
+
+    def _arguments(self) -> dict[str, Any]:
+        # What the constructor was given, as it kept it: enough to make the selector again.
+        return {
+            "utterances": {name: list(texts) for name, texts in self._utterances.items()},
+            "threshold": self._threshold,
+            "top_n": self.policy.top_n,
+            "on_no_match": self.policy.on_no_match,
+            "fallback": self.policy.fallback,
+            "max_choice_sets": self.max_choice_sets,
+        }
+
+    def __copy__(self) -> SynaptorouteSelector:
+        """A selector with the same encoder and settings and a cache of its own (a
+        copy that shared the cache changed the original's answers with its threshold)."""
+        return type(self)(self.encoder, **self._arguments())
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SynaptorouteSelector:
+        """As :func:`copy.copy`: the encoder (a loaded model) is shared, not copied."""
+        return self.__copy__()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its encoder and settings; the choice sets are embedded again."""
+        return (_rebuilt, (type(self), self.encoder, self._arguments()))
 
     @classmethod
     def from_defaults(
