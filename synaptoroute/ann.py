@@ -30,6 +30,7 @@ import hashlib
 import importlib
 import json
 import os
+import stat
 import threading
 import uuid
 from collections.abc import Callable
@@ -454,6 +455,7 @@ class AnnGraph:
         key: str,
         stop: Callable[[], bool] | None = None,
         lock: AbstractContextManager[Any] | None = None,
+        mode_of: Path | None = None,
     ) -> bool:
         """Write the graph and its key next to each other, each replaced atomically.
 
@@ -472,6 +474,9 @@ class AnnGraph:
                 replaced: whoever makes ``stop`` say ``True`` and then takes ``lock``
                 knows that this call replaces no file afterwards (the router's
                 ``close()``).
+            mode_of: a file whose permission bits (less any execute bit) both files
+                take (the store's: the graph holds its vectors, and a private store got a
+                world-readable copy of them); else the process's umask decides.
 
         Returns:
             ``True`` if the files were replaced, ``False`` if ``stop`` said ``True``.
@@ -503,6 +508,8 @@ class AnnGraph:
             }
             meta_tmp.write_text(json.dumps(meta))
             _flush_to_disk(meta_tmp)
+            if mode_of is not None:
+                _take_mode(mode_of, (tmp, meta_tmp))
             with lock if lock is not None else nullcontext():
                 if stop is not None and stop():
                     return False
@@ -568,6 +575,15 @@ class AnnGraph:
 # What a missing, truncated or tampered cache file raises while it is read and checked
 # (usearch's errors are RuntimeErrors; OverflowError: int() of Infinity in the key file).
 _UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, TypeError, OverflowError)
+
+
+def _take_mode(source: Path, files: tuple[Path, ...]) -> None:
+    try:
+        mode = stat.S_IMODE(source.stat().st_mode) & 0o666
+    except OSError:  # gone (a moved store): the umask's mode stays
+        return
+    for file in files:
+        os.chmod(file, mode)
 
 
 def _file_id(stat: os.stat_result) -> list[int]:

@@ -64,6 +64,7 @@ from .routes_file import (
 )
 from .server.settings import add_limit_arguments, whole_number
 from .storage import check_route, is_database_url
+from .storage.base import check_store_path
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -184,6 +185,7 @@ def _store_path(args: argparse.Namespace) -> str:
 
 def _open_router(args: argparse.Namespace, *, create: bool) -> AdaptiveRouter:
     path = _store_path(args)
+    check_store_path(path)  # before a message could show it (it may hold a password)
     if not create and not is_database_url(path) and path != ":memory:":
         _check_store_exists(path)
     encoder = _encoder(args)
@@ -683,6 +685,7 @@ def _write_atomically(path: Path, text: str) -> None:
     import stat
     import uuid
 
+    _refuse_a_planted_link(path)
     try:
         # stat() follows links, /proc's too: /dev/stdout on a pipe is a pipe, where its
         # realpath ("/proc/<pid>/fd/pipe:[N]") names nothing.
@@ -704,9 +707,37 @@ def _write_atomically(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)  # left only when the write or the rename failed
 
 
+def _refuse_a_planted_link(path: Path) -> None:
+    """Refuse, as the kernel's ``protected_symlinks`` does for an open, a link in a
+    sticky world-writable folder (``/tmp``) owned by neither this user nor the folder's
+    owner: resolved and replaced, another user's link made the export overwrite any
+    file this user may write."""
+    import stat
+
+    if not hasattr(os, "geteuid"):  # Windows: no such folders
+        return
+    try:
+        link = path.lstat()
+        folder = path.parent.stat()
+    except OSError:
+        return
+    if not stat.S_ISLNK(link.st_mode):
+        return
+    shared = folder.st_mode & stat.S_ISVTX and folder.st_mode & stat.S_IWOTH
+    if shared and link.st_uid not in (os.geteuid(), folder.st_uid):
+        msg = (
+            f"{str(path)!r} is another user's link in a shared folder: not followed "
+            "(write to a path of your own)"
+        )
+        raise BadInput(msg)
+
+
 def _require_routes(router: AdaptiveRouter, args: argparse.Namespace) -> None:
     if not len(router):
-        msg = f"the store {_store_path(args)!r} holds no routes; run 'synaptoroute import' first"
+        path = _store_path(args)
+        # A PostgreSQL URL may hold a password: its store names it without one.
+        shown = repr(router.storage) if is_database_url(path) else f"the store {path!r}"
+        msg = f"{shown} holds no routes; run 'synaptoroute import' first"
         raise BadInput(msg)
 
 

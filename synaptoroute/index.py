@@ -1286,6 +1286,7 @@ class RouteIndex:
         ann_cache: str | os.PathLike[str] | None = None,
         ann_depth: int = 128,
         ann_margin: float = CLOSE_MARGIN,
+        ann_cache_mode_of: str | os.PathLike[str] | None = None,
     ) -> None:
         self.dimension = dimension
         self.aggregation: Aggregation = aggregation
@@ -1326,6 +1327,8 @@ class RouteIndex:
         # a compaction moves rows. None: never.
         self.ann_min_rows = ann_min_rows
         self.ann_cache = Path(ann_cache) if ann_cache is not None else None
+        # The cache holds the store's vectors: its files take the store file's mode.
+        self._ann_cache_mode_of = Path(ann_cache_mode_of) if ann_cache_mode_of else None
 
         self._ann_rounds = rounds_for(ann_depth)
         self._ann_margin = ann_margin
@@ -1810,7 +1813,13 @@ class RouteIndex:
             return
         self._ann_saved = len(rows)
         try:
-            graph.save(self.ann_cache, content_key(rows), stop=self._stopped, lock=self._cache_lock)
+            graph.save(
+                self.ann_cache,
+                content_key(rows),
+                stop=self._stopped,
+                lock=self._cache_lock,
+                mode_of=self._ann_cache_mode_of,
+            )
         except OSError:
             _log.warning("could not write the approximate index cache", exc_info=True)
 

@@ -1797,12 +1797,15 @@ def _ann_options(
 
         load_usearch()  # AnnUnavailableError (an ImportError) says how to install it
     # With "auto" and no library, the first build logs a warning and stays exact.
-    if cache is None and isinstance(storage, SQLiteStorage) and storage.path != ":memory:":
-        path = Path(storage.file)  # absolute: a later chdir does not move the cache
-        cache = path.with_name(path.name + ".ann")
+    store = None
+    if isinstance(storage, SQLiteStorage) and storage.path != ":memory:":
+        store = Path(storage.file)  # absolute: a later chdir does not move the cache
+        if cache is None:
+            cache = store.with_name(store.name + ".ann")
     return {
         "ann_min_rows": 1 if index == "ann" else threshold,
         "ann_cache": cache if cache is not False else None,
+        "ann_cache_mode_of": store,
         "ann_depth": depth,
         "ann_margin": float(margin),
     }

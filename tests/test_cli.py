@@ -547,6 +547,52 @@ def test_text_output_keeps_one_record_per_line(
     assert json.loads(out)["query"] == "refund\nplease"  # JSON keeps the text as it is
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="gives a link to another user"
+)
+def test_export_refuses_another_users_link_in_a_shared_folder(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    # The link was resolved and the file it names replaced: a link another user
+    # planted in /tmp made the export overwrite any file of this user (the kernel's
+    # protected_symlinks refuses such a link to open(), not to readlink and rename).
+    seed(capsys, store)
+    victim = tmp_path / "victim.conf"
+    victim.write_text("keep me")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    planted = shared / "routes.yaml"
+    planted.symlink_to(victim)
+    os.lchown(planted, 65534, 65534)
+    code, _, err = run(capsys, "export", "--store", store, "-o", str(planted))
+    assert code == EXIT_BAD_INPUT and "another user's link" in err
+    assert victim.read_text() == "keep me"
+    os.lchown(planted, os.geteuid(), os.getegid())  # one's own link is followed
+    assert run(capsys, "export", "--store", store, "-o", str(planted))[0] == EXIT_OK
+    assert victim.read_text().startswith("threshold")
+
+
+def test_a_server_url_the_store_cannot_read_is_refused_unshown(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "postgresql+psycopg://" was read as a SQLite path: a read command said "no store
+    # at '<the URL, password included>'", a writing one made a file of that name.
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql+psycopg://pwuser:TopSecretPW@127.0.0.1:1/db"
+    for args in (("routes", "list"), ("routes", "add", "r", "hello there")):
+        code, out, err = run(capsys, *args, "--store", url)
+        assert code == EXIT_BAD_INPUT and "TopSecretPW" not in out + err, args
+    assert list(tmp_path.iterdir()) == []
+    # A store with no routes is named without its password.
+    from synaptoroute import AdaptiveRouter, HashingEncoder
+
+    args = argparse.Namespace(store="postgresql://pwuser:TopSecretPW@127.0.0.1:1/db")
+    with pytest.raises(cli.BadInput, match="holds no routes") as exc:
+        cli._require_routes(AdaptiveRouter(HashingEncoder(dimension=8)), args)
+    assert "TopSecretPW" not in str(exc.value)
+
+
 def test_export_keeps_every_character(
     capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
 ) -> None:

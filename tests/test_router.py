@@ -623,8 +623,11 @@ def test_set_policy_reconciles_the_policy_with_the_routes(tmp_path: Path) -> Non
     # back thresholds and a head of a deleted route, stored too.
     router = AdaptiveRouter(HashingEncoder(dimension=64), SQLiteStorage(tmp_path / "r.db"))
     router.add_routes([BILLING, SUPPORT])
-    texts = [*BILLING.utterances, *SUPPORT.utterances] * 5
-    router.fit(texts, [("billing" if t in BILLING.utterances else "support") for t in texts])
+    # Distinct texts: copies of one text share a fold, and held out together they do
+    # not make a head win.
+    rows = [(t, r.name) for r in (BILLING, SUPPORT) for t in r.utterances]
+    texts = [f"{t} {'please ' * i}" for i in range(5) for t, _ in rows]
+    router.fit(texts, [name for _ in range(5) for _, name in rows])
     old = DecisionPolicy(
         threshold=0.3, thresholds={"billing": 0.4, "support": 0.5}, head=router.policy.head
     )

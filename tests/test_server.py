@@ -22,7 +22,7 @@ import anyio.to_thread
 import httpx
 import pytest
 from encoder_doubles import CountingEncoder, GatedEncoder
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 import synaptoroute.router as router_module
 from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError, Route, SQLiteStorage
@@ -534,6 +534,26 @@ def test_a_key_no_client_could_send_is_refused(value: str) -> None:
     with pytest.raises(InvalidInputError, match="printable ASCII"):
         create_app(ServerSettings(api_key=SecretStr(value)))
     ServerSettings(api_key=SecretStr("Az09-._~+/=!")).check_key()
+
+
+def test_settings_print_no_secret() -> None:
+    # repr() and str() are what a log prints: a PostgreSQL URL's password was in them
+    # (the key was masked), and a key given as a number was echoed by the error.
+    settings = ServerSettings(
+        store="postgresql://pwuser:TopSecretPW@db:5432/routes?password=AlsoSecret",
+        api_key=SecretStr("KeySecret"),
+    )
+    for shown in (repr(settings), str(settings)):
+        assert "pwuser:***@db:5432/routes" in shown
+        for secret in ("TopSecretPW", "AlsoSecret", "KeySecret"):
+            assert secret not in shown
+    assert settings.store is not None and "TopSecretPW" in settings.store  # the value as set
+    assert (
+        ServerSettings(store="routes.db").__repr__().startswith("ServerSettings(store='routes.db'")
+    )
+    with pytest.raises(ValidationError) as exc:
+        ServerSettings(api_key=123456789)  # type: ignore[arg-type]
+    assert "123456789" not in str(exc.value)
 
 
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

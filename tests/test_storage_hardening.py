@@ -504,3 +504,30 @@ def test_a_write_sqlite_rolled_back_itself_reports_its_own_error(tmp_path: Path)
     )
     assert [item.route.name for item in store.load()] == ["a"]
     store.close()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "postgresql+psycopg://pwuser:TopSecretPW@127.0.0.1:1/db",
+        "PostgreSQL://pwuser:TopSecretPW@127.0.0.1:1/db",
+        "host=127.0.0.1 port=1 user=pwuser password=TopSecretPW dbname=db",
+        "dbname=db password=TopSecretPW",
+    ],
+)
+def test_a_server_named_another_way_is_no_sqlite_path(
+    target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Opened as a path, it made a file (and folders) named after it, password included,
+    # and the router served an empty store instead of the database.
+    from synaptoroute.storage import open_storage
+
+    monkeypatch.chdir(tmp_path)
+    for opening in (SQLiteStorage, open_storage):
+        with pytest.raises(InvalidInputError, match="not shown") as exc:
+            opening(target)
+        assert "TopSecretPW" not in str(exc.value)
+    assert list(tmp_path.iterdir()) == []
+    # A file of such a name, asked for as one, still opens.
+    SQLiteStorage("./host=a.db").close()
+    assert (tmp_path / "host=a.db").exists()

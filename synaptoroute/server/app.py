@@ -8,6 +8,10 @@ changes (a bearer token, the read-only switch), and the endpoint routers
 :mod:`~synaptoroute.server.console`, :mod:`~synaptoroute.server.operations`). The
 application's lifespan opens the router and starts its batching worker, and drains
 and stops it; :func:`run` serves it with uvicorn.
+
+Why one module over 400 lines: :func:`create_app`'s guards, handlers and lifespan are
+closures over one state (the router, the key, the metrics), and :func:`run` serves
+exactly what it builds; split, each part would take that whole state as arguments.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import ipaddress
 import os
 import string
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
@@ -22,6 +23,7 @@ from ..batching import (
 )
 from ..exceptions import InvalidInputError
 from ..storage import is_database_url
+from ..storage.base import redact_url
 
 __all__ = [
     "API_KEY_ENV",
@@ -107,10 +109,14 @@ class ServerSettings(BaseModel):
 
     # inf and nan refused on every float (pydantic took inf): --drain-timeout inf
     # crashed start-up (uvicorn takes whole seconds); no limit here means "never" by it.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Inputs out of validation errors too: a key given as a number was echoed in them.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, hide_input_in_errors=True
+    )
 
     store: str | None = None
     routes_file: str | None = None
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     api_key: SecretStr | None = None
@@ -189,6 +195,12 @@ class ServerSettings(BaseModel):
         if not self.store or is_database_url(self.store):
             return {}
         return {"poll_interval": self.store_poll_interval}
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() are what logs print: a PostgreSQL URL's password stays out
+        # (the API key is a SecretStr already). model_dump() gives the value as set.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "store" and value else value
 
     @classmethod
     def from_env(cls, **values: object) -> ServerSettings:

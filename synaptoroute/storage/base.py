@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,9 +35,11 @@ __all__ = [
     "StoredRoute",
     "WatchableStorage",
     "check_route",
+    "check_store_path",
     "is_database_url",
     "metadata_json",
     "open_storage",
+    "redact_url",
     "stored_model",
 ]
 
@@ -289,6 +292,52 @@ _URL_PREFIXES = ("postgresql://", "postgres://")
 def is_database_url(target: str | os.PathLike[str]) -> bool:
     """Whether ``target`` names a PostgreSQL server rather than a SQLite file."""
     return os.fspath(target).startswith(_URL_PREFIXES)
+
+
+def redact_url(target: str) -> str:
+    """``target`` with a PostgreSQL URL's password (in its user part or its query)
+    shown as ``***``; any other ``target`` as it is."""
+    if not is_database_url(target):
+        return target
+    parts = urlsplit(target)
+    user, at, host = parts.netloc.rpartition("@")
+    if at and ":" in user:
+        user = user.split(":", 1)[0] + ":***"
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return urlunsplit(parts._replace(netloc=f"{user}{at}{host}", query=query))
+
+
+# A URL of another scheme ("postgresql+psycopg://", "PostgreSQL://") or a libpq
+# "key=value" string is no SQLite path: opened as one, it made a file (and folders)
+# named after it, password included, and the router served an empty store.
+_OTHER_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_CONNINFO = re.compile(
+    r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|passfile|service|sslmode)\s*=",
+    re.IGNORECASE,
+)
+
+
+def check_store_path(target: str | os.PathLike[str]) -> None:
+    """Refuse, as a SQLite path, what names a server another way than
+    ``postgresql://``: the message does not show it (it may hold a password).
+
+    Raises:
+        InvalidInputError: ``target`` starts with a URL scheme other than
+            ``postgresql://``/``postgres://``, or reads as a libpq connection string.
+    """
+    path = os.fspath(target)
+    if is_database_url(path):
+        return
+    scheme = _OTHER_URL.match(path)
+    if scheme is None and _CONNINFO.search(path) is None:
+        return
+    what = f"a URL ({path[: scheme.end()]}...)" if scheme else "a libpq connection string"
+    msg = (
+        f"a store is a SQLite path or a 'postgresql://' URL (lower case), not {what}: give "
+        "a server as postgresql://user@host:port/db (what was given is not shown: it may "
+        "hold a password); for a file whose name holds '://' or '=', start the path with './'"
+    )
+    raise InvalidInputError(msg)
 
 
 def open_storage(target: str | os.PathLike[str], **options: Any) -> Storage:

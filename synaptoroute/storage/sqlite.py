@@ -33,6 +33,7 @@ from .base import (
     _read_metadata,
     _refuse_mixing,
     check_route,
+    check_store_path,
     stored_model,
 )
 from .changes import Change, ChangeKind
@@ -356,6 +357,7 @@ class SQLiteStorage:
                 f"pass the path itself ({hint})"
             )
             raise InvalidInputError(msg)
+        check_store_path(self.path)
         #: The file every connection opens: ``path`` with ``~`` expanded, made
         #: absolute when the store is opened (``":memory:"`` stays itself).
         self.file = (
