@@ -708,28 +708,42 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _refuse_a_planted_link(path: Path) -> None:
-    """Refuse, as the kernel's ``protected_symlinks`` does for an open, a link in a
-    sticky world-writable folder (``/tmp``) owned by neither this user nor the folder's
-    owner: resolved and replaced, another user's link made the export overwrite any
-    file this user may write."""
+    """Refuse, as the kernel's ``protected_symlinks`` does for an open, a path through
+    a link in a sticky world-writable folder (``/tmp``) owned by neither this user nor
+    the folder's owner: resolved and replaced, another user's link made the export
+    overwrite any file this user may write. Every link on the way is checked."""
     import stat
 
     if not hasattr(os, "geteuid"):  # Windows: no such folders
         return
-    try:
-        link = path.lstat()
-        folder = path.parent.stat()
-    except OSError:
-        return
-    if not stat.S_ISLNK(link.st_mode):
-        return
-    shared = folder.st_mode & stat.S_ISVTX and folder.st_mode & stat.S_IWOTH
-    if shared and link.st_uid not in (os.geteuid(), folder.st_uid):
-        msg = (
-            f"{str(path)!r} is another user's link in a shared folder: not followed "
-            "(write to a path of your own)"
-        )
-        raise BadInput(msg)
+    pending = list(Path(os.path.abspath(path)).parts)
+    done = Path(pending.pop(0))
+    for _ in range(256):  # links followed and parts walked; a loop fails on its own later
+        if not pending:
+            return
+        part = pending.pop(0)
+        if part == "..":
+            done = done.parent
+            continue
+        try:
+            link = (done / part).lstat()
+            folder = done.stat()
+        except OSError:
+            return  # missing from here on: nothing more to follow
+        if not stat.S_ISLNK(link.st_mode):
+            done = done / part
+            continue
+        shared = folder.st_mode & stat.S_ISVTX and folder.st_mode & stat.S_IWOTH
+        if shared and link.st_uid not in (os.geteuid(), folder.st_uid):
+            msg = (
+                f"{str(path)!r} goes through another user's link in a shared folder "
+                f"({str(done / part)!r}): not followed (write to a path of your own)"
+            )
+            raise BadInput(msg)
+        target = Path(os.readlink(done / part))
+        pending = [*target.parts, *pending]
+        if target.is_absolute():
+            done = Path(pending.pop(0))
 
 
 def _require_routes(router: AdaptiveRouter, args: argparse.Namespace) -> None:

@@ -565,8 +565,14 @@ def test_export_refuses_another_users_link_in_a_shared_folder(
     planted = shared / "routes.yaml"
     planted.symlink_to(victim)
     os.lchown(planted, 65534, 65534)
-    code, _, err = run(capsys, "export", "--store", store, "-o", str(planted))
-    assert code == EXIT_BAD_INPUT and "another user's link" in err
+    mine = tmp_path / "mine.yaml"  # a link of one's own to theirs
+    mine.symlink_to(planted)
+    folder_link = shared / "dir"  # theirs, to a folder
+    folder_link.symlink_to(tmp_path)
+    os.lchown(folder_link, 65534, 65534)
+    for target in (planted, mine, folder_link / "victim.conf"):
+        code, _, err = run(capsys, "export", "--store", store, "-o", str(target))
+        assert code == EXIT_BAD_INPUT and "another user's link" in err, target
     assert victim.read_text() == "keep me"
     os.lchown(planted, os.geteuid(), os.getegid())  # one's own link is followed
     assert run(capsys, "export", "--store", store, "-o", str(planted))[0] == EXIT_OK

@@ -554,6 +554,10 @@ def test_settings_print_no_secret() -> None:
     with pytest.raises(ValidationError) as exc:
         ServerSettings(api_key=123456789)  # type: ignore[arg-type]
     assert "123456789" not in str(exc.value)
+    # A server named so that no redaction knows it is refused, unshown.
+    with pytest.raises(ValidationError, match="not shown") as exc:
+        ServerSettings(store="postgresql+psycopg://pwuser:TopSecretPW@db/routes")
+    assert "TopSecretPW" not in str(exc.value)
 
 
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -528,6 +528,8 @@ def test_a_server_named_another_way_is_no_sqlite_path(
             opening(target)
         assert "TopSecretPW" not in str(exc.value)
     assert list(tmp_path.iterdir()) == []
-    # A file of such a name, asked for as one, still opens.
+    # A file of such a name, asked for as one, still opens; so does a path that holds
+    # "user=" but is no connection string from end to end.
     SQLiteStorage("./host=a.db").close()
-    assert (tmp_path / "host=a.db").exists()
+    SQLiteStorage("./a user=b.db").close()
+    assert (tmp_path / "host=a.db").exists() and (tmp_path / "a user=b.db").exists()

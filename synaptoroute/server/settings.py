@@ -23,7 +23,7 @@ from ..batching import (
 )
 from ..exceptions import InvalidInputError
 from ..storage import is_database_url
-from ..storage.base import redact_url
+from ..storage.base import check_store_path, redact_url
 
 __all__ = [
     "API_KEY_ENV",
@@ -151,6 +151,15 @@ class ServerSettings(BaseModel):
     rate_burst: int = Field(default=50, ge=1)
     console: bool = True
     store_poll_interval: float = Field(default=1.0, gt=0, le=threading.TIMEOUT_MAX)
+
+    @field_validator("store")
+    @classmethod
+    def _store_named_so(cls, store: str | None) -> str | None:
+        # Refused here, before a log line could print it (a server named another way
+        # than postgresql:// is not redacted): the lifespan refused it only at start.
+        if store:
+            check_store_path(store)
+        return store
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -311,7 +311,8 @@ def redact_url(target: str) -> str:
 # "key=value" string is no SQLite path: opened as one, it made a file (and folders)
 # named after it, password included, and the router served an empty store.
 _OTHER_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-_CONNINFO = re.compile(
+_CONNINFO = re.compile(r"\s*(?:\w+\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S+)\s*)+")
+_CONNINFO_KEYS = re.compile(
     r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|passfile|service|sslmode)\s*=",
     re.IGNORECASE,
 )
@@ -329,7 +330,9 @@ def check_store_path(target: str | os.PathLike[str]) -> None:
     if is_database_url(path):
         return
     scheme = _OTHER_URL.match(path)
-    if scheme is None and _CONNINFO.search(path) is None:
+    # A connection string is key=value pairs from end to end ("./a user=b.db" is a path).
+    conninfo = _CONNINFO.fullmatch(path) is not None and _CONNINFO_KEYS.search(path) is not None
+    if scheme is None and not conninfo:
         return
     what = f"a URL ({path[: scheme.end()]}...)" if scheme else "a libpq connection string"
     msg = (

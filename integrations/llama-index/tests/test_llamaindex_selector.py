@@ -189,6 +189,19 @@ def test_copies_and_pickles_are_selectors_of_their_own(
         assert other.select(choices, query).inds[0] == expected
     assert copies[0].encoder is encoder and copies[1].encoder is encoder
 
+    class Tagged(SynaptorouteSelector):  # a subclass with a constructor and state of its own
+        def __init__(self, utterances: dict[str, list[str]], encoder: Encoder, tag: str) -> None:
+            super().__init__(encoder, utterances=utterances)
+            self.tag = tag
+            self.seen: list[str] = []
+
+    tagged = Tagged(UTTERANCES, encoder, "custom")
+    tagged.seen.append("x")
+    for other in (copy.copy(tagged), copy.deepcopy(tagged)):
+        assert type(other) is Tagged and other.tag == "custom" and other.seen == ["x"]
+        assert other.select(choices, query).inds[0] == expected
+    assert copy.deepcopy(tagged).seen is not tagged.seen
+
 
 def test_routes_on_descriptions_alone(encoder: Encoder, choices: list[ToolMetadata]) -> None:
     selector = SynaptorouteSelector.from_defaults(encoder=encoder, threshold=0.2)

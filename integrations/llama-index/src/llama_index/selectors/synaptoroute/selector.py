@@ -11,6 +11,7 @@ pure decision function, :func:`decide_selection`.
 from __future__ import annotations
 
 import asyncio
+import copy
 import sys
 import threading
 import warnings
@@ -285,11 +286,19 @@ def _checked_threshold(value: object) -> float | None:
     return None if value is None else check_threshold(value, "threshold")
 
 
-def _rebuilt(
-    cls: type[SynaptorouteSelector], encoder: EncoderProtocol, arguments: dict[str, Any]
-) -> SynaptorouteSelector:
-    # Unpickling: the constructor checks the settings again.
-    return cls(encoder, **arguments)
+#: A selector's cache and its guards (:meth:`SynaptorouteSelector._start_cache`).
+_CACHE_STATE = frozenset(
+    {"_routers", "_retired", "_selecting", "_warned", "_seen_names", "_lock", "_build_lock"}
+)
+
+
+def _rebuilt(cls: type[SynaptorouteSelector], settings: dict[str, Any]) -> SynaptorouteSelector:
+    # A copy or an unpickled selector: the settings as they were, a cache of its own.
+    selector = cls.__new__(cls)
+    selector.__dict__.update(settings)
+    selector._utterances = _frozen(selector._utterances)
+    selector._start_cache()
+    return selector
 
 
 def _phrase(name: str) -> str:
@@ -363,6 +372,11 @@ class SynaptorouteSelector(BaseSelector):
         self._threshold = _checked_threshold(threshold)
         self.policy = SelectionPolicy(top_n=top_n, on_no_match=on_no_match, fallback=fallback)
         self.max_choice_sets = check_count(max_choice_sets, "max_choice_sets", 1)
+        self._start_cache()
+
+    def _start_cache(self) -> None:
+        # The routers built per choice set and what guards them: a selector's own,
+        # never shared with a copy.
         self._routers: OrderedDict[ChoiceKey, AdaptiveRouter] = OrderedDict()
         # Evicted routers may still have a batching worker running; aclose() stops them.
         self._retired: list[AdaptiveRouter] = []
@@ -378,29 +392,29 @@ class SynaptorouteSelector(BaseSelector):
         hold_across_fork(self, APP, lock="_build_lock")
         hold_across_fork(self, APP_CACHE)
 
-    def _arguments(self) -> dict[str, Any]:
-        # What the constructor was given, as it kept it: enough to make the selector again.
-        return {
-            "utterances": {name: list(texts) for name, texts in self._utterances.items()},
-            "threshold": self._threshold,
-            "top_n": self.policy.top_n,
-            "on_no_match": self.policy.on_no_match,
-            "fallback": self.policy.fallback,
-            "max_choice_sets": self.max_choice_sets,
-        }
+    def _settings(self) -> dict[str, Any]:
+        # Every attribute but the cache (a subclass's own included).
+        return {k: v for k, v in self.__dict__.items() if k not in _CACHE_STATE}
 
     def __copy__(self) -> SynaptorouteSelector:
         """A selector with the same encoder and settings and a cache of its own (a
         copy that shared the cache changed the original's answers with its threshold)."""
-        return type(self)(self.encoder, **self._arguments())
+        return _rebuilt(type(self), self._settings())
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SynaptorouteSelector:
-        """As :func:`copy.copy`: the encoder (a loaded model) is shared, not copied."""
-        return self.__copy__()
+        """As :func:`copy.copy`, the other attributes deep-copied: the encoder (a loaded
+        model) and the utterances (read-only) are shared."""
+        shared = {"encoder", "_utterances"}
+        settings = {
+            k: v if k in shared else copy.deepcopy(v, memo) for k, v in self._settings().items()
+        }
+        return _rebuilt(type(self), settings)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled as its encoder and settings; the choice sets are embedded again."""
-        return (_rebuilt, (type(self), self.encoder, self._arguments()))
+        settings = self._settings()
+        settings["_utterances"] = dict(settings["_utterances"])  # a mappingproxy does not pickle
+        return (_rebuilt, (type(self), settings))
 
     @classmethod
     def from_defaults(
