@@ -211,7 +211,7 @@ def _word_ids(word: str) -> tuple[int, ...]:
             if len(_word_cache) >= _WORD_CACHE_SIZE or _word_cache_ids + len(ids) > _WORD_CACHE_IDS:
                 _word_cache.clear()
                 _word_cache_ids = 0
-            if word not in _word_cache and len(ids) <= _WORD_CACHE_IDS:
+            if word not in _word_cache:
                 _word_cache[word] = ids
                 _word_cache_ids += len(ids)
     return ids

@@ -651,8 +651,7 @@ class AdaptiveRouter:
         with self._lock:
             if new_negatives:
                 have = self.negatives
-                held = {utterance_key(t) for t in have}
-                new_negatives = [t for t in new_negatives if utterance_key(t) not in held]
+                new_negatives = _new_texts(new_negatives, have)
                 if new_negatives:  # the held ones plus the new: replaces the reserved route
                     routes.append(Route(name=NEGATIVES_ROUTE, utterances=[*have, *new_negatives]))
             # Re-adding an identical route is a no-op, so start-up scripts can rerun.
@@ -726,8 +725,7 @@ class AdaptiveRouter:
         cleaned = clean_utterances(list(utterances))
         with self._lock:
             route = self._held(name)
-            have = {utterance_key(u) for u in route.utterances}
-            new = [u for u in cleaned if utterance_key(u) not in have]
+            new = _new_texts(cleaned, route.utterances)
             if not new:
                 return []
             self._refuse_unread((name, u) for u in new)
@@ -774,7 +772,7 @@ class AdaptiveRouter:
         with self._lock:
             route = self._held(name)
             # The stored forms equal under NFC to those named (an old store may hold both).
-            wanted = {utterance_key(u.strip()) for u in utterances if isinstance(u, str)}
+            wanted = _named_keys(utterances)
             drop = {u for u in route.utterances if utterance_key(u) in wanted}
             if not drop:
                 return 0
@@ -1037,8 +1035,7 @@ class AdaptiveRouter:
                 return 0
             have = set(route.utterances)
             try:
-                named = {utterance_key(t.strip()) for t in texts if isinstance(t, str)}
-                if {utterance_key(h) for h in have} <= named:
+                if {utterance_key(h) for h in have} <= _named_keys(texts):
                     # All of them: one transaction, so no crash can leave an empty
                     # reserved route.
                     self._delete_route(NEGATIVES_ROUTE)
@@ -1867,6 +1864,17 @@ def _outside_the_package() -> int:
         frame = frame.f_back
         level += 1
     return level
+
+
+def _new_texts(candidates: list[str], held: Iterable[str]) -> list[str]:
+    """The candidates that no held text equals under NFC (:func:`utterance_key`)."""
+    keys = {utterance_key(t) for t in held}
+    return [t for t in candidates if utterance_key(t) not in keys]
+
+
+def _named_keys(texts: Iterable[object]) -> set[str]:
+    """The NFC keys of the texts a delete names (stripped; a non-string names none)."""
+    return {utterance_key(t.strip()) for t in texts if isinstance(t, str)}
 
 
 def _not_a_str(values: object, method: str) -> None:

@@ -373,9 +373,8 @@ def run(settings: ServerSettings, *, access_log: bool = False) -> None:
     """
     import uvicorn
 
-    settings.check_safe()
     limits = ConnectionLimits.from_settings(settings)
-    app = create_app(settings)
+    app = create_app(settings)  # refuses an exposed host first (check_safe)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..batching import TEXT_COST_OVERHEAD, runs_by_cost
 from ..exceptions import RouterTimeoutError, SynaptorouteError
+from .paths import within_root
 
 if TYPE_CHECKING:
     from ..models import RouteMatch
@@ -61,14 +62,9 @@ _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def app_path(scope: Scope) -> str:
-    """The request's path inside this app: without the ``root_path`` a mount in a
-    parent app or uvicorn's ``--root-path`` puts in front of it (both leave it in
-    ``scope["path"]``), so ``/api/healthz`` is this app's ``/healthz``."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
-        return path[len(root) :] or "/"
-    return path
+    """The request's path inside this app (:func:`~synaptoroute.server.paths.within_root`):
+    ``/api/healthz`` under a mount or ``--root-path`` of ``/api`` is its ``/healthz``."""
+    return within_root(scope["path"], scope.get("root_path", ""))
 
 
 def _json_error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:

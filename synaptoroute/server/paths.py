@@ -110,9 +110,7 @@ class RouteNameRoute(APIRoute):
         if not isinstance(raw, bytes):
             return
         path = unquote_to_bytes(raw.split(b"?", 1)[0]).decode("utf-8", "surrogateescape")
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
+        path = within_root(path, scope.get("root_path", ""))
         found = self.path_regex.match(path)
         if found is None or path == scope["path"]:
             return
@@ -120,6 +118,14 @@ class RouteNameRoute(APIRoute):
         for key, value in found.groupdict().items():
             params[key] = self.param_convertors[key].convert(value)
         child_scope["path_params"] = params
+
+
+def within_root(path: str, root: str) -> str:
+    """``path`` inside this app: without the ``root`` (``scope["root_path"]``) that a
+    mount in a parent app or uvicorn's ``--root-path`` leaves in front of it."""
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
 
 
 def _check_name(name: str) -> str:

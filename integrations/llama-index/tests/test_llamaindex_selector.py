@@ -201,6 +201,12 @@ def test_copies_and_pickles_are_selectors_of_their_own(
         assert type(other) is Tagged and other.tag == "custom" and other.seen == ["x"]
         assert other.select(choices, query).inds[0] == expected
     assert copy.deepcopy(tagged).seen is not tagged.seen
+    # What a copy starts afresh is exactly what _start_cache makes.
+    from llama_index.selectors.synaptoroute import selector as module
+
+    blank = SynaptorouteSelector.__new__(SynaptorouteSelector)
+    blank._start_cache()
+    assert set(vars(blank)) == module._CACHE_STATE
 
 
 def test_routes_on_descriptions_alone(encoder: Encoder, choices: list[ToolMetadata]) -> None:

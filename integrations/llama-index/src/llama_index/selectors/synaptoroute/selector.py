@@ -293,12 +293,15 @@ _CACHE_STATE = frozenset(
 
 
 def _rebuilt(cls: type[SynaptorouteSelector], settings: dict[str, Any]) -> SynaptorouteSelector:
-    # A copy or an unpickled selector: the settings as they were, a cache of its own.
+    # A copy: the settings as they were, a cache of its own.
     selector = cls.__new__(cls)
     selector.__dict__.update(settings)
-    selector._utterances = _frozen(selector._utterances)
     selector._start_cache()
     return selector
+
+
+def _unpickled(cls: type[SynaptorouteSelector], settings: dict[str, Any]) -> SynaptorouteSelector:
+    return _rebuilt(cls, {**settings, "_utterances": _frozen(settings["_utterances"])})
 
 
 def _phrase(name: str) -> str:
@@ -414,7 +417,7 @@ class SynaptorouteSelector(BaseSelector):
         """Pickled as its encoder and settings; the choice sets are embedded again."""
         settings = self._settings()
         settings["_utterances"] = dict(settings["_utterances"])  # a mappingproxy does not pickle
-        return (_rebuilt, (type(self), settings))
+        return (_unpickled, (type(self), settings))
 
     @classmethod
     def from_defaults(
