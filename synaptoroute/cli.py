@@ -64,7 +64,7 @@ from .routes_file import (
 )
 from .server.settings import add_limit_arguments, whole_number
 from .storage import check_route, is_database_url
-from .storage.base import check_store_path
+from .storage.base import check_store_path, redact_url
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -748,10 +748,11 @@ def _refuse_a_planted_link(path: Path) -> None:
 
 def _require_routes(router: AdaptiveRouter, args: argparse.Namespace) -> None:
     if not len(router):
-        path = _store_path(args)
-        # A PostgreSQL URL may hold a password: its store names it without one.
-        shown = repr(router.storage) if is_database_url(path) else f"the store {path!r}"
-        msg = f"{shown} holds no routes; run 'synaptoroute import' first"
+        # A PostgreSQL URL may hold a password.
+        msg = (
+            f"the store {redact_url(_store_path(args))!r} holds no routes; "
+            "run 'synaptoroute import' first"
+        )
         raise BadInput(msg)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -38,7 +37,7 @@ from ..decision import (
 from ..evaluation import figures
 from ..exceptions import InvalidInputError, MissingDependencyError
 from ..lexical import NgramFeatures, text_features
-from ..models import NEGATIVES_ROUTE
+from ..models import NEGATIVES_ROUTE, utterance_key
 from .calibration import _calibrate
 from .cuts import (
     Objective,
@@ -371,7 +370,7 @@ def fit_policy(
 
         fit_rows = np.arange(n, dtype=np.intp)
         # Copies of one text (the model reads case and NFC forms alike) share a fold.
-        copies = np.array([unicodedata.normalize("NFC", t).casefold() for t in all_texts])
+        copies = np.array([utterance_key(t).casefold() for t in all_texts])
         fold_all = _folds(y_all, folds, seed, copies)
         fold = fold_all[:n]
         own_thresholds = [inputs.route_thresholds.get(name) for name in names]
