@@ -1118,15 +1118,25 @@ async def test_keyless_service_refuses_foreign_host_names(router: AdaptiveRouter
             ("127.0.0.1.attacker.example:8000", 421),
             ("[::1].attacker.example", 421),
             ("[::1]x:8000", 421),
+            # A port is ASCII digits: these are not loopback names with a port.
+            ("127.0.0.1:80@attacker.example", 421),
+            ("localhost:8000@attacker.example", 421),
+            ("[::1]:80@attacker.example", 421),
+            ("localhost:8\u00b2", 421),
+            ("localhost:", 200),
         ]:
             async with await _asgi(app) as c:
-                r = await c.get("/routes", headers={"host": host})
+                raw = {"host": host.encode("latin-1")}
+                r = await c.get("/routes", headers=raw)
                 assert r.status_code == status, host
-                change = await c.put(
-                    "/routes/evil", json={"utterances": ["x"]}, headers={"host": host}
-                )
+                change = await c.put("/routes/evil", json={"utterances": ["x"]}, headers=raw)
                 assert change.status_code in ((200, 201) if status == 200 else (421,)), host
     assert "evil" in router  # only the loopback requests changed anything
+    # Two Host headers (a proxy and the guard could each read another) are refused.
+    async with app.router.lifespan_context(app), await _asgi(app) as c:
+        for hosts in (["localhost", "attacker.example"], ["attacker.example", "localhost"]):
+            r = await c.get("/routes", headers=[("host", h) for h in hosts])
+            assert r.status_code == 421, hosts
     # A leading "*." answers every name under the domain, not the domain itself.
     wild = create_app(ServerSettings(allowed_hosts=("*.Internal.Example",)), router=router)
     async with wild.router.lifespan_context(wild):

@@ -139,15 +139,24 @@ def _drain_over(cancel: asyncio.CancelledError) -> bool:
     return any("graceful shutdown" in str(arg) for arg in cancel.args)
 
 
+def _is_port(text: str) -> bool:
+    # RFC 9110's port is *DIGIT (ASCII): str.isdigit() also takes "²" and other scripts'.
+    return all("0" <= c <= "9" for c in text)
+
+
 def _host_name(value: str) -> str:
     value = value.strip().lower()
     if value.startswith("["):  # [::1] or [::1]:8000, nothing else after the bracket
         end = value.find("]")
         rest = value[end + 1 :] if end > 0 else "?"
-        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        if rest and not (rest.startswith(":") and _is_port(rest[1:])):
             return value  # not a bracketed address: matches no allowed name
         return value[1:end]
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    if value.count(":") == 1:
+        name, port = value.split(":")
+        # "127.0.0.1:80@evil.com" is not a loopback name with a port: a port is digits.
+        return name if _is_port(port) else value
+    return value
 
 
 def _is_loopback_address(name: str) -> bool:
@@ -182,11 +191,10 @@ class HostGuardMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            host = ""
-            for key, value in scope["headers"]:
-                if key == b"host":
-                    host = value.decode("latin-1")
-                    break
+            hosts = [value.decode("latin-1") for key, value in scope["headers"] if key == b"host"]
+            # Two Host headers are a malformed request (RFC 9112 section 3.2): a proxy
+            # and this guard could each read a different one.
+            host = hosts[0] if len(hosts) == 1 else ""
             # Probes and metrics pass: an orchestrator and a scraper ask by the pod's
             # address, and they tell nothing but up, down and counts.
             if app_path(scope) not in _ANY_HOST and not host_allowed(host, self.allowed):
