@@ -287,6 +287,24 @@ def _field(text: str) -> str:
     return text.translate(_FIELD_ESCAPES)
 
 
+def _pad(text: str, width: int) -> str:
+    """``text`` padded with spaces to ``width`` terminal columns: a wide character
+    (CJK, full-width forms) takes two, a combining mark or a format character none,
+    so a column after a route name lines up whatever its script (``:24`` counts code
+    points)."""
+    import unicodedata
+
+    columns = sum(
+        0
+        if unicodedata.category(c) in ("Mn", "Me", "Cf")
+        else 2
+        if unicodedata.east_asian_width(c) in ("W", "F")
+        else 1
+        for c in text
+    )
+    return text + " " * max(0, width - columns)
+
+
 # The characters str.splitlines breaks at, and the tab.
 _FIELD_ESCAPES = {ord(c): repr(c)[1:-1] for c in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
 
@@ -386,7 +404,7 @@ def cmd_routes_list(args: argparse.Namespace) -> int:
     for r in doc["routes"]:
         threshold = f"{r['threshold']:.3f}" if "threshold" in r else "-"
         desc = _field(r.get("description") or "")
-        print(f"{r['name']:24} {len(r['utterances']):>10} {threshold:>9}  {desc}")
+        print(f"{_pad(r['name'], 24)} {len(r['utterances']):>10} {threshold:>9}  {desc}")
     print(f"default threshold: {doc['threshold']:.3f}", file=sys.stderr)
     return EXIT_OK
 
