@@ -963,7 +963,10 @@ def _add_store(p: argparse.ArgumentParser, *, reencode: bool = True) -> None:
     p.add_argument(
         "--store",
         metavar="PATH",
-        help=f"SQLite store (default: ${STORE_ENV} or {DEFAULT_STORE}; ':memory:' for none)",
+        help=(
+            f"SQLite file or postgresql:// URL (default: ${STORE_ENV} or {DEFAULT_STORE}; "
+            "':memory:' for none)"
+        ),
     )
     if reencode:
         p.add_argument(
