@@ -107,6 +107,9 @@ from .storage import (
 from .storage.changes import Change, apply_change, install_route
 
 if TYPE_CHECKING:
+    # typing.Self is Python 3.11's; typing_extensions comes with pydantic.
+    from typing_extensions import Self
+
     from .evaluation import EvaluationReport
     from .fitting import FitReport
 
@@ -1419,7 +1422,7 @@ class AdaptiveRouter:
         with self._workers_lock:
             return [w for loop, w in self._loop_workers.items() if not loop.is_closed()]
 
-    async def __aenter__(self) -> AdaptiveRouter:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

@@ -151,3 +151,11 @@ def test_typed_user_code_runs() -> None:
     from typed_usage import route_with_a_custom_encoder
 
     assert route_with_a_custom_encoder("I need a refund").name == "billing"
+
+
+def test_typed_subclass_code_runs() -> None:
+    import asyncio
+
+    from typed_usage import route_in_a_subclass
+
+    assert asyncio.run(route_in_a_subclass("I need a refund")) == "acme:billing"

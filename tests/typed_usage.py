@@ -32,3 +32,18 @@ def route_with_a_custom_encoder(query: str) -> RouteMatch:
     batch: list[RouteMatch] = router.query_batch([query])
     assert batch[0] == router.query(query)
     return router.query(query)
+
+
+class TenantRouter(AdaptiveRouter):
+    """An application's subclass: ``async with`` must give it back as itself."""
+
+    tenant = "acme"
+
+
+async def route_in_a_subclass(query: str) -> str:
+    """Routes ``query`` inside ``async with TenantRouter(...)``, naming the tenant
+    (``__aenter__`` was annotated to return ``AdaptiveRouter``: mypy refused
+    ``router.tenant``)."""
+    async with TenantRouter(encoder=ListEncoder()) as router:
+        router.add_route(Route(name="billing", utterances=["I need a refund", "my invoice"]))
+        return f"{router.tenant}:{(await router.aquery(query)).name}"
