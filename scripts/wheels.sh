@@ -107,8 +107,13 @@ find_python() {  # find_python X.Y: prints an interpreter of that version, if th
         # A pyenv shim answers for versions it does not enable (and fails): ask it.
         if "$candidate" -c "import sys; sys.exit(f'{sys.version_info[0]}.{sys.version_info[1]}' != '$want')" \
             >/dev/null 2>&1; then
-            echo "$candidate"
-            return 0
+            # A distribution's Python without its venv package (Debian's python3.X-venv)
+            # has no ensurepip: `-m venv` fails, which ended the whole run.
+            if "$candidate" -c "import ensurepip, venv" >/dev/null 2>&1; then
+                echo "$candidate"
+                return 0
+            fi
+            echo "== Python $want: $candidate cannot make a virtual environment (no ensurepip; install its venv package)" >&2
         fi
     done
     return 1
@@ -118,7 +123,7 @@ pythons() {  # the latest tests under each other supported Python found (see the
     local version found
     for version in ${SYNAPTOROUTE_OTHER_PYTHONS-3.10 3.13}; do
         if ! found=$(find_python "$version"); then
-            echo "== Python $version: none on this machine, skipped"
+            echo "== Python $version: none usable on this machine, skipped"
             continue
         fi
         PY=$found LATEST="latest-$version" latest "$@"

@@ -120,3 +120,29 @@ def test_the_installed_wheels_are_under_test() -> None:
         checked.append(name)
     assert checked[0] == "synaptoroute"
     assert Path(synaptoroute.__file__).parent.joinpath("_model", "tokenizer.json").is_file()
+
+
+def test_wheels_script_skips_a_python_that_cannot_make_a_venv(tmp_path: Path) -> None:
+    # A distribution's Python without its venv package passed the version check, then
+    # `-m venv` failed and ended the whole release run instead of skipping that Python.
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3.99"
+    fake.write_text('#!/bin/sh\ncase "$*" in *ensurepip*) exit 1 ;; esac\nexit 0\n')
+    fake.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYENV_ROOT": str(tmp_path / "no-pyenv"),
+        "SYNAPTOROUTE_OTHER_PYTHONS": "3.99",
+        "WHEELS_WORK": str(tmp_path / "work"),
+    }
+    script = ROOT / "scripts" / "wheels.sh"
+    done = subprocess.run(
+        ["bash", str(script), "pythons"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cannot make a virtual environment" in done.stderr
+    assert "== Python 3.99: none usable on this machine, skipped" in done.stdout
