@@ -217,6 +217,38 @@ def _digest(path: Path) -> str:
     return sha.hexdigest()
 
 
+#: A temporary graph file older than this is a killed writer's (a save writes its
+#: files in seconds, minutes on a slow disk at a million rows).
+LEFTOVER_AGE_S = 3600.0
+
+
+def _sweep_leftovers(path: Path, *, older_than: float = LEFTOVER_AGE_S) -> int:
+    """Remove the temporary files of saves of ``path`` whose writer was killed (SIGKILL,
+    the OOM killer, a power cut: its ``finally`` never ran): those not modified for
+    ``older_than`` seconds. Judged by age, not by the writer's pid: a folder on a
+    network share is written from several hosts. Returns how many went."""
+    import re
+    import time
+
+    pattern = re.compile(re.escape(path.name) + r"\.\d+\.[0-9a-f]{32}(?:\.json)?\.tmp")
+    cutoff = time.time() - older_than
+    removed = 0
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not pattern.fullmatch(entry.name):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            continue  # gone already (another router's sweep), or not ours to remove
+    return removed
+
+
 def _flush_to_disk(path: Path) -> None:
     # Before the rename that publishes it: renamed first, a power loss can leave the
     # new name on a file whose bytes never reached the disk. Best effort: Windows
@@ -515,6 +547,7 @@ class AnnGraph:
                     return False
                 os.replace(tmp, path)  # a rename keeps the size and modification time
                 os.replace(meta_tmp, path.with_name(path.name + ".json"))
+            _sweep_leftovers(path)
             return True
         finally:
             for leftover in (tmp, meta_tmp):

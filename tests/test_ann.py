@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -373,6 +374,30 @@ def test_the_cache_files_take_the_store_files_mode(tmp_path: Path) -> None:
     router.close()
     for cache in (tmp_path / "routes.db.ann", tmp_path / "routes.db.ann.json"):
         assert cache.stat().st_mode & 0o777 == 0o640, cache
+
+
+def test_a_killed_saves_leftover_files_are_swept_by_a_later_save(tmp_path: Path) -> None:
+    # A save killed (SIGKILL, the OOM killer) between writing its temporary files and
+    # replacing the cache left them for good: each up to the graph's size.
+    from synaptoroute.ann import LEFTOVER_AGE_S
+
+    path = tmp_path / "routes.db"
+    stem = "routes.db.ann.4242." + "ab" * 16
+    old = [tmp_path / f"{stem}.tmp", tmp_path / f"{stem}.json.tmp"]
+    fresh = tmp_path / ("routes.db.ann.4343." + "cd" * 16 + ".tmp")  # a live writer's
+    other = tmp_path / ("other.db.ann.4242." + "ab" * 16 + ".tmp")  # another store's
+    for leftover in (*old, fresh, other):
+        leftover.write_bytes(b"x" * 64)
+    long_ago = time.time() - LEFTOVER_AGE_S - 60
+    for leftover in (*old, other):
+        os.utime(leftover, (long_ago, long_ago))
+    router = open_router(path)
+    router.add_routes(routes_for("t", 20))
+    assert router.wait_for_index(timeout=60)
+    router.close()
+    assert (tmp_path / "routes.db.ann").is_file()  # a save ran
+    assert not any(p.exists() for p in old)
+    assert fresh.exists() and other.exists()
 
 
 def test_rows_fed_since_the_cache_was_written_are_saved_and_not_fed_again(
