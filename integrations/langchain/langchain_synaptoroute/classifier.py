@@ -187,18 +187,14 @@ class SynaptorouteClassifier(_Classifying[RouteMatch]):
 
         Raises:
             InvalidInputError: this classifier has a ``threshold``, which the path
-                cannot apply (it follows the router's thresholds).
+                cannot apply (it follows the router's thresholds). A state without
+                the classifier's ``input_key`` raises it when the path runs; the
+                message says to build the classifier with ``input_key=`` or
+                ``text_extractor=`` (``as_path`` takes neither).
         """
-        from .langgraph import SynaptorouteEdge
+        from .langgraph import _classifier_path
 
-        return SynaptorouteEdge(
-            self,
-            default=default,
-            routes=routes,
-            input_key=self.input_key,
-            text_extractor=self.text_extractor,
-            timeout=self.timeout,
-        )
+        return _classifier_path(self, default=default, routes=routes)
 
 
 class SynaptorouteMultiClassifier(_Classifying[list[RouteMatch]]):

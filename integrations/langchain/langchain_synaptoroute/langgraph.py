@@ -16,6 +16,10 @@ Each reads the text to route from the state (by default the last human message o
 (the batching worker) when it is awaited, and declares its destinations so that
 ``graph.get_graph()`` draws one edge per route. Needs the ``langgraph`` extra:
 ``pip install 'integrations/langchain[langgraph]'`` in a checkout of this repository.
+
+Why one module over 400 lines: the three helpers share reading the state and naming
+nodes (``_Routing``) and the one guard that turns a missing LangGraph into a clear
+error; split, each module would repeat that guard.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, cast
 
 from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables.configurable import DynamicRunnable
 
 # typing_extensions': pydantic refuses typing's TypedDict before Python 3.12, so a
 # pydantic state with a RouteDecision field, and LangGraph's JSON schemas of a graph
@@ -68,7 +73,8 @@ __all__ = [
     "decision_of",
 ]
 
-#: What the graph helpers route with: the core router, or a LangChain wrapper of one.
+#: What the graph helpers route with: the core router, or a LangChain wrapper of one
+#: (not a ``configurable_fields``/``configurable_alternatives`` one: pass its ``.default``).
 RouterLike = AdaptiveRouter | SynaptorouteRouter[Any, Any] | SynaptorouteClassifier
 
 
@@ -126,6 +132,9 @@ class _Routing:
     clear error instead of LangGraph's ``KeyError``.
     """
 
+    #: What the caller can do about a state the text cannot be read from.
+    remedy = "pass input_key= or text_extractor="
+
     def __init__(
         self,
         router: RouterLike,
@@ -136,6 +145,17 @@ class _Routing:
         timeout: float | None,
         kind: str,
     ) -> None:
+        if isinstance(router, DynamicRunnable):
+            # Its attributes are the wrapped Runnable's (LangChain forwards them), but
+            # its values are chosen per call, while a helper reads its router once and
+            # follows the router's thresholds: a per-call threshold would be ignored.
+            msg = (
+                f"{kind} cannot route with a configurable Runnable (from "
+                "configurable_fields or configurable_alternatives): it reads the router "
+                "once, when built, so values set per call could not apply; pass the "
+                "Runnable it wraps (its .default) or that Runnable's AdaptiveRouter"
+            )
+            raise TypeError(msg)
         if not isinstance(router, AdaptiveRouter) and router.threshold is not None:
             msg = (
                 f"{kind} follows the router's thresholds and cannot apply the "
@@ -165,7 +185,7 @@ class _Routing:
                 keys = ", ".join(repr(k) for k in state) or "none"
                 msg = (
                     f"{self.kind}: the graph state has no key {self.input_key!r} "
-                    f"(keys: {keys}); pass input_key= or text_extractor="
+                    f"(keys: {keys}); {self.remedy}"
                 )
                 raise InvalidInputError(msg)
             value = state[self.input_key]
@@ -176,7 +196,7 @@ class _Routing:
             if value is missing:
                 msg = (
                     f"{self.kind}: the graph state ({type(state).__name__}) has no "
-                    f"{self.input_key!r}; pass input_key= or text_extractor="
+                    f"{self.input_key!r}; {self.remedy}"
                 )
                 raise InvalidInputError(msg)
         try:
@@ -300,6 +320,8 @@ class SynaptorouteEdge(_Path, RunnableLambda[Any, str]):
             RouteNotFoundError: ``routes`` names a route the router lacks.
             InvalidInputError: ``router`` is a wrapper with a ``threshold``, which
                 the graph helpers cannot apply (they follow the router's thresholds).
+            TypeError: ``router`` is a ``configurable_fields`` (or
+                ``configurable_alternatives``) wrapper; pass its ``.default``.
         """
         self.routing = _Routing(router, default, routes, input_key, text_extractor, timeout, name)
         routing = self.routing
@@ -480,3 +502,27 @@ class SynaptorouteFanOut(_Path, RunnableLambda[Any, str | list[Send]]):
         if sends:
             return list(sends.values())  # a route to END among others: the others run
         return END if ends else self.routing.default
+
+
+def _classifier_path(
+    classifier: SynaptorouteClassifier, *, default: str, routes: Mapping[str, str] | None
+) -> SynaptorouteEdge:
+    """``classifier.as_path()``: an edge reading the state as ``classifier`` reads its input.
+
+    ``as_path`` takes no ``input_key=`` or ``text_extractor=`` of its own, so a state
+    the text cannot be read from names the classifier's instead.
+    """
+    edge = SynaptorouteEdge(
+        classifier,
+        default=default,
+        routes=routes,
+        input_key=classifier.input_key,
+        text_extractor=classifier.text_extractor,
+        timeout=classifier.timeout,
+    )
+    edge.routing.remedy = (
+        "as_path() reads the state as the SynaptorouteClassifier reads its input: build "
+        "the classifier with input_key= (e.g. 'messages') or text_extractor=, or use "
+        "SynaptorouteEdge(classifier.router, input_key=...)"
+    )
+    return edge

@@ -1,17 +1,21 @@
-"""A Runnable that sends its input to one of several Runnables by semantic similarity."""
+"""A Runnable that sends its input to one of several Runnables by semantic similarity.
+
+Why one module over 400 lines: the single-route and the multi-route Runnables share
+how a decision is traced (:func:`_open_and_decide`, the ``synaptoroute.route`` child
+run), the branch's config and the graph drawing; split, these helpers would be
+private names imported across modules.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, wait
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 
 from langchain_core.callbacks import (
-    AsyncCallbackManager,
     AsyncCallbackManagerForChainRun,
-    CallbackManager,
     CallbackManagerForChainRun,
 )
 from langchain_core.embeddings import Embeddings
@@ -75,12 +79,17 @@ from .embeddings import as_encoder
 if TYPE_CHECKING:
     from synaptoroute.fitting import FitReport
 
-__all__ = ["DEFAULT_BRANCH", "SynaptorouteMultiRouter", "SynaptorouteRouter"]
+__all__ = ["DEFAULT_BRANCH", "ROUTE_RUN_NAME", "SynaptorouteMultiRouter", "SynaptorouteRouter"]
 
 T = TypeVar("T")
+D = TypeVar("D")
 
 #: Name of the default branch in tags (``route:default``) and run metadata.
 DEFAULT_BRANCH = "default"
+
+#: Name of the child run in which a router decides: its input is the router's input,
+#: its outputs the decision (the ``synaptoroute_*`` fields).
+ROUTE_RUN_NAME = "synaptoroute.route"
 
 
 class SynaptorouteRouter(RunnableSerializable[Input, Output]):
@@ -95,12 +104,15 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
     ``input_key`` (default ``"input"``), chat messages (or a prompt value) by their
     last human message, or anything through ``text_extractor``.
 
-    Tracing follows ``RunnableBranch``: one chain run for the router, whose metadata
-    holds ``synaptoroute_route``, ``synaptoroute_score``, ``synaptoroute_candidate``
-    and ``synaptoroute_reason``; the chosen Runnable runs as its child, named after
-    the route (or ``default``) and tagged ``route:<name>``, with the caller's config
-    and kwargs. The route fields are inherited by every run below the router (the
-    chat model's run inside a chain branch too), so traces can be sliced by route.
+    Tracing follows ``RunnableBranch``: one chain run for the router, in which the
+    decision runs first as a child chain run named ``synaptoroute.route`` (so the
+    embedding and the batching worker's wait are timed inside the router's run),
+    whose outputs are ``synaptoroute_route``, ``synaptoroute_score``,
+    ``synaptoroute_candidate`` and ``synaptoroute_reason``; the chosen Runnable runs
+    as the next child, named after the route (or ``default``) and tagged
+    ``route:<name>``, with the caller's config and kwargs. The route fields are
+    metadata of the branch's run and are inherited by every run below it (the chat
+    model's run inside a chain branch too), so traces can be sliced by route.
     ``get_graph()`` draws an edge from the router to each branch.
 
     ``threshold`` replaces the router's thresholds for this Runnable's calls without
@@ -452,22 +464,36 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
     ) -> RunnableConfig:
         return _branch_config(config, run_manager, branch, _route_metadata(match))
 
-    def _callback_manager(
-        self, config: RunnableConfig, match: RouteMatch | Exception
-    ) -> CallbackManager:
-        manager = get_callback_manager_for_config(config)
-        manager.add_metadata(_route_metadata(match), inherit=False)
-        return manager
+    def _decide(
+        self, inputs: Sequence[Input], configs: list[RunnableConfig], *, batch: bool = False
+    ) -> tuple[list[CallbackManagerForChainRun], list[RouteMatch | Exception]]:
+        """Open each input's run and classify the inputs inside it.
 
-    def _async_callback_manager(
-        self, config: RunnableConfig, match: RouteMatch | Exception
-    ) -> AsyncCallbackManager:
-        manager = get_async_callback_manager_for_config(config)
-        manager.add_metadata(_route_metadata(match), inherit=False)
-        return manager
+        Every entry point decides here. A ``batch`` classifies every input with one
+        encoder call (``query_batch``); a single input is asked with ``query``.
+        """
 
-    def _run_name(self, config: RunnableConfig) -> str:
-        return config.get("run_name") or self.get_name()
+        def decide() -> list[RouteMatch | Exception]:
+            if batch:
+                return classify_batch(self.router, inputs, self.text_of, self.threshold)
+            (value,) = inputs
+            return [classify_one(self.router, value, self.text_of, self.threshold)]
+
+        return _open_and_decide(self, inputs, configs, decide, _route_metadata)
+
+    async def _adecide(
+        self, inputs: Sequence[Input], configs: list[RunnableConfig], *, batch: bool = False
+    ) -> tuple[list[AsyncCallbackManagerForChainRun], list[RouteMatch | Exception]]:
+        """Like :meth:`_decide`, through the router's batching worker."""
+
+        async def decide() -> list[RouteMatch | Exception]:
+            router, read, timeout, cut = self.router, self.text_of, self.timeout, self.threshold
+            if batch:
+                return await aclassify_batch(router, inputs, read, timeout, cut)
+            (value,) = inputs
+            return [await aclassify_one(router, value, read, timeout, cut)]
+
+        return await _aopen_and_decide(self, inputs, configs, decide, _route_metadata)
 
     # -- single input ----------------------------------------------------------------
     @override
@@ -477,16 +503,19 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         Raises:
             NoRouteMatchedError: nothing matched and there is no ``default``.
         """
-        match = classify_one(self.router, input, self.text_of, self.threshold)
-        return self._invoke_matched(input, ensure_config(config), match, **kwargs)
+        config = ensure_config(config)
+        (run_manager,), (match,) = self._decide([input], [config])
+        return self._invoke_matched(input, config, run_manager, match, **kwargs)
 
     def _invoke_matched(
-        self, input: Input, config: RunnableConfig, match: RouteMatch | Exception, **kwargs: Any
+        self,
+        input: Input,
+        config: RunnableConfig,
+        run_manager: CallbackManagerForChainRun,
+        match: RouteMatch | Exception,
+        **kwargs: Any,
     ) -> Output:
-        """Invoke the branch ``match`` chose for ``input``, inside this router's run."""
-        run_manager = self._callback_manager(config, match).on_chain_start(
-            None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
-        )
+        """Invoke the branch ``match`` chose for ``input`` and end this router's run."""
         try:
             branch, runnable = self._select(match)
             output = runnable.invoke(
@@ -504,10 +533,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
     ) -> Output:
         """Like :meth:`invoke`; the input is embedded by the router's batching worker."""
         config = ensure_config(config)
-        match = await aclassify_one(self.router, input, self.text_of, self.timeout, self.threshold)
-        run_manager = await self._async_callback_manager(config, match).on_chain_start(
-            None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
-        )
+        (run_manager,), (match,) = await self._adecide([input], [config])
         try:
             branch, runnable = self._select(match)
             output = await runnable.ainvoke(
@@ -525,10 +551,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
     ) -> Iterator[Output]:
         """Route ``input`` and yield the chosen Runnable's chunks as they come."""
         config = ensure_config(config)
-        match = classify_one(self.router, input, self.text_of, self.threshold)
-        run_manager = self._callback_manager(config, match).on_chain_start(
-            None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
-        )
+        (run_manager,), (match,) = self._decide([input], [config])
         final = _Accumulator[Output]()
         try:
             branch, runnable = self._select(match)
@@ -548,10 +571,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
     ) -> AsyncIterator[Output]:
         """Like :meth:`stream`; the input is embedded by the router's batching worker."""
         config = ensure_config(config)
-        match = await aclassify_one(self.router, input, self.text_of, self.timeout, self.threshold)
-        run_manager = await self._async_callback_manager(config, match).on_chain_start(
-            None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
-        )
+        (run_manager,), (match,) = await self._adecide([input], [config])
         final = _Accumulator[Output]()
         try:
             branch, runnable = self._select(match)
@@ -584,13 +604,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         if not inputs:
             return []
         configs = get_config_list(config, len(inputs))
-        matches = classify_batch(self.router, inputs, self.text_of, self.threshold)
-        run_managers = [
-            self._callback_manager(c, match).on_chain_start(
-                None, value, name=self._run_name(c), run_id=c.pop("run_id", None)
-            )
-            for c, value, match in zip(configs, inputs, matches, strict=True)
-        ]
+        run_managers, matches = self._decide(inputs, configs, batch=True)
         plan = _Plan(self, matches)
 
         def run_group(branch: str, rows: list[int]) -> None:
@@ -666,18 +680,23 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         if not inputs:
             return
         configs = get_config_list(config, len(inputs))
-        matches = classify_batch(self.router, inputs, self.text_of, self.threshold)
+        run_managers, matches = self._decide(inputs, configs, batch=True)
 
         def run(i: int) -> tuple[int, Output | Exception]:
             try:
-                return i, self._invoke_matched(inputs[i], configs[i], matches[i], **kwargs)
+                return i, self._invoke_matched(
+                    inputs[i], configs[i], run_managers[i], matches[i], **kwargs
+                )
             except Exception as exc:
                 if return_exceptions:
                     return i, exc
                 raise
 
         with get_executor_for_config(configs[0]) as executor:
-            pending = {executor.submit(run, i) for i in range(len(inputs))}
+            rows: dict[Future[tuple[int, Output | Exception]], int] = {
+                executor.submit(run, i): i for i in range(len(inputs))
+            }
+            pending = set(rows)
             try:
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -685,7 +704,11 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
                         yield future.result()
             finally:
                 for future in pending:
-                    future.cancel()
+                    # Each input's run opened before the decision; one that will
+                    # never run (the caller stopped early, or an error was raised)
+                    # is ended here rather than left open in the trace.
+                    if future.cancel():
+                        run_managers[rows[future]].on_chain_error(CancelledError())
 
     @override
     async def abatch(
@@ -700,17 +723,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
         if not inputs:
             return []
         configs = get_config_list(config, len(inputs))
-        matches = await aclassify_batch(
-            self.router, inputs, self.text_of, self.timeout, self.threshold
-        )
-        run_managers: list[AsyncCallbackManagerForChainRun] = await asyncio.gather(
-            *(
-                self._async_callback_manager(c, match).on_chain_start(
-                    None, value, name=self._run_name(c), run_id=c.pop("run_id", None)
-                )
-                for c, value, match in zip(configs, inputs, matches, strict=True)
-            )
-        )
+        run_managers, matches = await self._adecide(inputs, configs, batch=True)
         plan = _Plan(self, matches)
 
         async def run_group(branch: str, rows: list[int]) -> None:
@@ -797,6 +810,90 @@ class _ConfiguredRouter(RunnableConfigurableFields[Input, Output]):
 
 
 # -- helpers shared by the sync and async paths -------------------------------------------
+def _open_and_decide(
+    owner: Runnable[Any, Any],
+    inputs: Sequence[Any],
+    configs: Sequence[RunnableConfig],
+    decide: Callable[[], Sequence[D | Exception]],
+    describe: Callable[[D], dict[str, Any]],
+) -> tuple[list[CallbackManagerForChainRun], list[D | Exception]]:
+    """Open ``owner``'s run for each input, then ``decide`` inside it, as a child run.
+
+    As ``RunnableBranch`` evaluates its conditions: the decision is a child chain run
+    of the router's run, named :data:`ROUTE_RUN_NAME`, whose input is the router's
+    input and whose outputs are ``describe(decision)`` (or whose error is the one
+    that prevented it). So the routing time (the embedding; on the async path the
+    wait in the batching worker's queue) falls inside the router's run. One
+    ``decide`` call serves every input (one encoder call for a batch), and each
+    input's child run spans it. The decision cannot go into the router's run's
+    metadata: LangChain fixes a run's metadata when the run starts.
+    """
+    runs = [
+        get_callback_manager_for_config(c).on_chain_start(
+            None, value, name=c.get("run_name") or owner.get_name(), run_id=c.pop("run_id", None)
+        )
+        for c, value in zip(configs, inputs, strict=True)
+    ]
+    routing = [
+        run.get_child().on_chain_start(None, value, name=ROUTE_RUN_NAME)
+        for run, value in zip(runs, inputs, strict=True)
+    ]
+    try:
+        decisions = list(decide())
+    except BaseException as exc:  # an interrupt: decide returns the errors it expects
+        for manager in [*routing, *runs]:
+            manager.on_chain_error(exc)
+        raise
+    for child, decision in zip(routing, decisions, strict=True):
+        if isinstance(decision, Exception):
+            child.on_chain_error(decision)
+        else:
+            child.on_chain_end(describe(decision))
+    return runs, decisions
+
+
+async def _aopen_and_decide(
+    owner: Runnable[Any, Any],
+    inputs: Sequence[Any],
+    configs: Sequence[RunnableConfig],
+    decide: Callable[[], Awaitable[Sequence[D | Exception]]],
+    describe: Callable[[D], dict[str, Any]],
+) -> tuple[list[AsyncCallbackManagerForChainRun], list[D | Exception]]:
+    """Like :func:`_open_and_decide`, awaiting the callbacks and the decision."""
+    runs: list[AsyncCallbackManagerForChainRun] = await asyncio.gather(
+        *(
+            get_async_callback_manager_for_config(c).on_chain_start(
+                None,
+                value,
+                name=c.get("run_name") or owner.get_name(),
+                run_id=c.pop("run_id", None),
+            )
+            for c, value in zip(configs, inputs, strict=True)
+        )
+    )
+    routing: list[AsyncCallbackManagerForChainRun] = await asyncio.gather(
+        *(
+            run.get_child().on_chain_start(None, value, name=ROUTE_RUN_NAME)
+            for run, value in zip(runs, inputs, strict=True)
+        )
+    )
+    try:
+        decisions = list(await decide())
+    except BaseException as exc:  # a cancellation or timeout of the awaiting task
+        for managers in (routing, runs):
+            await asyncio.gather(*(manager.on_chain_error(exc) for manager in managers))
+        raise
+    await asyncio.gather(
+        *(
+            child.on_chain_error(decision)
+            if isinstance(decision, Exception)
+            else child.on_chain_end(describe(decision))
+            for child, decision in zip(routing, decisions, strict=True)
+        )
+    )
+    return runs, decisions
+
+
 def _route_metadata(match: RouteMatch | Exception) -> dict[str, Any]:
     if isinstance(match, Exception):
         return {}
@@ -851,11 +948,7 @@ class _Plan(Generic[Input, Output]):
 
     def outcome(self, return_exceptions: bool) -> list[Output]:
         """The results in input order, or the first error when errors are not returned."""
-        if not return_exceptions:
-            for result in self.results:
-                if isinstance(result, Exception):
-                    raise result
-        return cast("list[Output]", self.results)
+        return _raise_first(self.results, return_exceptions)
 
 
 class _Accumulator(Generic[T]):
@@ -950,9 +1043,10 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
     unchanged input. The dict holds the routes best first. An input that matches no
     route runs ``default`` (key ``"default"``), or raises ``NoRouteMatchedError``.
 
-    Each branch runs as a child of the router's run, named after its route and
-    tagged ``route:<name>``; its route and score are inherited by every run below
-    it. The router's own run lists ``synaptoroute_routes`` and ``synaptoroute_scores``.
+    The ranking runs first, as a child run named ``synaptoroute.route`` of the router's
+    run whose outputs list ``synaptoroute_routes`` and ``synaptoroute_scores``. Each
+    branch runs as a child of the router's run, named after its route and tagged
+    ``route:<name>``; its route and score are inherited by every run below it.
     ``top_k`` and ``threshold`` are fields, so ``configurable_fields`` can set them per
     call. ``invoke`` runs the branches in threads, ``ainvoke`` as concurrent tasks.
 
@@ -1001,17 +1095,42 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
             raise NoRouteMatchedError(_no_match_message(best))
         return [(DEFAULT_BRANCH, self.routing.default, best)]
 
-    def _metadata(self, ranked: list[RouteMatch] | Exception) -> dict[str, Any]:
-        if isinstance(ranked, Exception):
-            return {}
+    def _summary(self, ranked: list[RouteMatch]) -> dict[str, Any]:
+        """The decision, as the ``synaptoroute.route`` run's outputs."""
         matches = passing(ranked, self.threshold)
         return {
             "synaptoroute_routes": [m.name for m in matches],
             "synaptoroute_scores": [m.score for m in matches],
         }
 
-    def _run_name(self, config: RunnableConfig) -> str:
-        return config.get("run_name") or self.get_name()
+    def _decide(
+        self, inputs: Sequence[Input], configs: list[RunnableConfig], *, batch: bool = False
+    ) -> tuple[list[CallbackManagerForChainRun], list[list[RouteMatch] | Exception]]:
+        """Open each input's run and rank the inputs inside it (a batch: one encoder call)."""
+        routing = self.routing
+
+        def decide() -> list[list[RouteMatch] | Exception]:
+            if batch:
+                return rank_batch(routing.router, inputs, routing.text_of, self.top_k)
+            (value,) = inputs
+            return [rank_one(routing.router, value, routing.text_of, self.top_k)]
+
+        return _open_and_decide(self, inputs, configs, decide, self._summary)
+
+    async def _adecide(
+        self, inputs: Sequence[Input], configs: list[RunnableConfig], *, batch: bool = False
+    ) -> tuple[list[AsyncCallbackManagerForChainRun], list[list[RouteMatch] | Exception]]:
+        """Like :meth:`_decide`, through the router's batching worker."""
+        routing = self.routing
+        router, read, k, timeout = routing.router, routing.text_of, self.top_k, routing.timeout
+
+        async def decide() -> list[list[RouteMatch] | Exception]:
+            if batch:
+                return await arank_batch(router, inputs, read, k, timeout)
+            (value,) = inputs
+            return [await arank_one(router, value, read, k, timeout)]
+
+        return await _aopen_and_decide(self, inputs, configs, decide, self._summary)
 
     @override
     def invoke(
@@ -1022,22 +1141,19 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
         Raises:
             NoRouteMatchedError: nothing matched and there is no ``default``.
         """
-        ranked = rank_one(self.routing.router, input, self.routing.text_of, self.top_k)
-        return self._invoke_ranked(input, ensure_config(config), ranked, **kwargs)
+        config = ensure_config(config)
+        (run_manager,), (ranked,) = self._decide([input], [config])
+        return self._invoke_ranked(input, config, run_manager, ranked, **kwargs)
 
     def _invoke_ranked(
         self,
         input: Input,
         config: RunnableConfig,
+        run_manager: CallbackManagerForChainRun,
         ranked: list[RouteMatch] | Exception,
         **kwargs: Any,
     ) -> dict[str, Output]:
-        """Run the branches ``ranked`` chose for ``input``, inside this router's run."""
-        manager = get_callback_manager_for_config(config)
-        manager.add_metadata(self._metadata(ranked), inherit=False)
-        run_manager = manager.on_chain_start(
-            None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
-        )
+        """Run the branches ``ranked`` chose for ``input`` and end this router's run."""
         try:
             chosen = self._chosen(ranked)
 
@@ -1063,25 +1179,19 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
         self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Output]:
         """Like :meth:`invoke`; the branches run as concurrent tasks."""
-        routing = self.routing
-        ranked = await arank_one(
-            routing.router, input, routing.text_of, self.top_k, routing.timeout
-        )
-        return await self._ainvoke_ranked(input, ensure_config(config), ranked, **kwargs)
+        config = ensure_config(config)
+        (run_manager,), (ranked,) = await self._adecide([input], [config])
+        return await self._ainvoke_ranked(input, config, run_manager, ranked, **kwargs)
 
     async def _ainvoke_ranked(
         self,
         input: Input,
         config: RunnableConfig,
+        run_manager: AsyncCallbackManagerForChainRun,
         ranked: list[RouteMatch] | Exception,
         **kwargs: Any,
     ) -> dict[str, Output]:
         """Like :meth:`_invoke_ranked`, awaiting the branches."""
-        manager = get_async_callback_manager_for_config(config)
-        manager.add_metadata(self._metadata(ranked), inherit=False)
-        run_manager = await manager.on_chain_start(
-            None, input, name=self._run_name(config), run_id=config.pop("run_id", None)
-        )
         try:
             chosen = self._chosen(ranked)
             outputs = await asyncio.gather(
@@ -1113,25 +1223,27 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
         """Rank every input with one encoder call, then run each as :meth:`invoke` does.
 
         Inputs run in LangChain's executor (bounded by ``max_concurrency``); results in
-        input order. Without ``return_exceptions`` the first error is raised.
-        The sync and async twins differ only in how they wait: threads, or tasks.
+        input order. Without ``return_exceptions`` the first error in input order is
+        raised, after every input has run (each input's run is open from the ranking
+        on, so every one is run and ended). The sync and async twins differ only in
+        how they wait: threads, or tasks.
         """
         if not inputs:
             return []
         configs = get_config_list(config, len(inputs))
-        routing = self.routing
-        ranked = rank_batch(routing.router, inputs, routing.text_of, self.top_k)
+        run_managers, ranked = self._decide(inputs, configs, batch=True)
 
         def run(i: int) -> dict[str, Output] | Exception:
             try:
-                return self._invoke_ranked(inputs[i], configs[i], ranked[i], **kwargs)
+                return self._invoke_ranked(
+                    inputs[i], configs[i], run_managers[i], ranked[i], **kwargs
+                )
             except Exception as exc:
-                if return_exceptions:
-                    return exc
-                raise
+                return exc
 
         with get_executor_for_config(configs[0]) as executor:
-            return cast("list[dict[str, Output]]", list(executor.map(run, range(len(inputs)))))
+            outputs = list(executor.map(run, range(len(inputs))))
+        return _raise_first(outputs, return_exceptions)
 
     @override
     async def abatch(
@@ -1146,19 +1258,25 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
         if not inputs:
             return []
         configs = get_config_list(config, len(inputs))
-        routing = self.routing
-        ranked = await arank_batch(
-            routing.router, inputs, routing.text_of, self.top_k, routing.timeout
-        )
+        run_managers, ranked = await self._adecide(inputs, configs, batch=True)
 
         async def run(i: int) -> dict[str, Output] | Exception:
             try:
-                return await self._ainvoke_ranked(inputs[i], configs[i], ranked[i], **kwargs)
+                return await self._ainvoke_ranked(
+                    inputs[i], configs[i], run_managers[i], ranked[i], **kwargs
+                )
             except Exception as exc:
-                if return_exceptions:
-                    return exc
-                raise
+                return exc
 
         limit = configs[0].get("max_concurrency")
         outputs = await gather_with_concurrency(limit, *(run(i) for i in range(len(inputs))))
-        return cast("list[dict[str, Output]]", outputs)
+        return _raise_first(outputs, return_exceptions)
+
+
+def _raise_first(outputs: Sequence[T | Exception], return_exceptions: bool) -> list[T]:
+    """``outputs``, or the first error among them when errors are not returned."""
+    if not return_exceptions:
+        for output in outputs:
+            if isinstance(output, Exception):
+                raise output
+    return cast("list[T]", list(outputs))

@@ -166,6 +166,16 @@ class RunRecorder(BaseCallbackHandler):
         """Direct children of ``run``, in start order."""
         return [self.runs[i] for i in self.order if self.runs[i].parent_run_id == run.run_id]
 
+    def decision(self, run: Run) -> Run:
+        """The ``synaptoroute.route`` run a router's ``run`` decided in: its first child."""
+        first, *_ = self.children(run)
+        assert first.name == "synaptoroute.route", first.name
+        return first
+
+    def branches(self, run: Run) -> list[Run]:
+        """The children of a router's ``run`` after its decision: the branches it ran."""
+        return [child for child in self.children(run) if child is not self.decision(run)]
+
 
 @pytest.fixture
 def recorder() -> RunRecorder:

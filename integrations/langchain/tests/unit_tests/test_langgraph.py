@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import pytest
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langchain_core.runnables import ConfigurableField
 from langchain_synaptoroute import SynaptorouteClassifier, SynaptorouteRouter
 from langchain_synaptoroute.langgraph import (
     RouteDecision,
@@ -205,6 +206,30 @@ def test_edge_takes_the_router_of_a_classifier_or_a_runnable_router(
         graph = _graph()
         graph.add_conditional_edges(START, SynaptorouteEdge(wrapper, default="general"))
         assert graph.compile().invoke(_ask("Reset my password"))["seen"] == ["tech"]
+
+
+@pytest.mark.parametrize("helper", [SynaptorouteEdge, SynaptorouteNode, SynaptorouteFanOut])
+def test_a_configurable_wrapper_is_refused_naming_what_to_pass(
+    adaptive_router: AdaptiveRouter, helper: Callable[..., Any]
+) -> None:
+    # configurable_fields sets values per call, while a helper reads its router once:
+    # a per-call threshold would be silently dropped. Its .default is what to pass.
+    runnable = SynaptorouteRouter(
+        router=adaptive_router, runnables={n: (lambda x: x) for n in ROUTE_NAMES}
+    )
+    classifier = SynaptorouteClassifier(router=adaptive_router, input_key="messages")
+    threshold = ConfigurableField(id="threshold")
+    wrappers = [
+        runnable.configurable_fields(threshold=threshold),
+        classifier.configurable_fields(threshold=threshold),
+        classifier.configurable_alternatives(ConfigurableField(id="which"), other=classifier),
+    ]
+    for wrapper in wrappers:
+        with pytest.raises(TypeError, match=r"configurable_fields.*pass the Runnable it wraps"):
+            helper(wrapper, default="general")
+    graph = _graph()
+    graph.add_conditional_edges(START, SynaptorouteEdge(wrappers[0].default, default="general"))
+    assert graph.compile().invoke(_ask("Reset my password"))["seen"] == ["tech"]
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -416,6 +441,13 @@ def test_classifier_as_path_replaces_the_keyerror_call(adaptive_router: Adaptive
     assert app.invoke(_ask("who won the world cup"))["seen"] == ["general"]
     with pytest.raises(InvalidInputError, match="threshold"):
         classifier.model_copy(update={"threshold": 0.3}).as_path()
+    # A state without the classifier's input_key: as_path takes no input_key=, so the
+    # message names the classifier's, not options of as_path.
+    path = SynaptorouteClassifier(router=adaptive_router).as_path(default="general")
+    with pytest.raises(InvalidInputError, match=r"no key 'input'") as missing:
+        path.invoke({"messages": [HumanMessage("I need a refund")]})
+    assert "build the classifier with input_key=" in str(missing.value)
+    assert "pass input_key=" not in str(missing.value)
     # Every helper refuses a wrapper's threshold rather than silently dropping it.
     with pytest.raises(InvalidInputError, match="threshold"):
         SynaptorouteFanOut(classifier.model_copy(update={"threshold": 0.3}))

@@ -36,13 +36,16 @@ def _constant(value: str) -> RunnableLambda[Any, str]:
     return RunnableLambda(lambda x: value)
 
 
-def _tree(recorder: RunRecorder) -> list[tuple[str, list[str], Any, Any]]:
-    """Every run as (name, sorted tags, parent's name, route metadata), in start order."""
+def _tree(recorder: RunRecorder) -> list[tuple[str, list[str], Any, Any, Any]]:
+    """Every run as (name, sorted tags, parent's name, route metadata, decided route),
+    in start order; the decided route is the ``synaptoroute.route`` run's output."""
     out = []
     for run_id in recorder.order:
         run = recorder.runs[run_id]
         parent = recorder.runs[run.parent_run_id].name if run.parent_run_id else None
-        out.append((run.name, sorted(run.tags), parent, run.metadata.get("synaptoroute_route")))
+        decided = run.outputs["synaptoroute_route"] if run.name == "synaptoroute.route" else None
+        route = run.metadata.get("synaptoroute_route")
+        out.append((run.name, sorted(run.tags), parent, route, decided))
     return out
 
 
@@ -63,9 +66,10 @@ async def test_sync_and_async_trace_the_same_tree(
     router.invoke({"input": "I need a refund"}, {"callbacks": [sync_rec], "tags": ["t"]})
     await router.ainvoke({"input": "I need a refund"}, {"callbacks": [async_rec], "tags": ["t"]})
     assert _tree(sync_rec) == _tree(async_rec)
-    assert _tree(sync_rec)[:2] == [
-        ("SynaptorouteRouter", ["t"], None, "billing"),
-        ("billing", ["route:billing", "t"], "SynaptorouteRouter", "billing"),
+    assert _tree(sync_rec)[:3] == [
+        ("SynaptorouteRouter", ["t"], None, None, None),
+        ("synaptoroute.route", ["t"], "SynaptorouteRouter", None, "billing"),
+        ("billing", ["route:billing", "t"], "SynaptorouteRouter", "billing", None),
     ]
 
 

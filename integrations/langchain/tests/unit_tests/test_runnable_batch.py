@@ -140,9 +140,12 @@ def test_batch_traces_one_run_per_input(
 
     runs = recorder.roots("SynaptorouteRouter")
     assert [r.tags for r in runs] == [["item-0"], ["item-1"], ["item-2"]]
-    assert [r.metadata["synaptoroute_route"] for r in runs] == ["billing", "tech", None]
+    decisions = [recorder.decision(r) for r in runs]
+    assert [d.outputs["synaptoroute_route"] for d in decisions] == ["billing", "tech", None]
+    assert [d.inputs for d in decisions] == inputs
     assert [r.metadata["i"] for r in runs] == [0, 1, 2]
-    children = [recorder.children(r) for r in runs]
+    assert [d.metadata["i"] for d in decisions] == [0, 1, 2]
+    children = [recorder.branches(r) for r in runs]
     assert [sorted(c.tags) for (c,) in children] == [
         ["item-0", "route:billing"],
         ["item-1", "route:tech"],
@@ -241,7 +244,7 @@ def test_batch_as_completed_embeds_once_and_yields_each_result(
     assert seen[0] == f"billing:{inputs[0]}" and seen[1] == f"tech:{inputs[1]}"
     assert seen[2] == f"default:{inputs[2]}" and isinstance(seen[3], RuntimeError)
     runs = recorder.roots("SynaptorouteRouter")
-    routes = [str(r.metadata["synaptoroute_route"]) for r in runs]
+    routes = [str(recorder.decision(r).outputs["synaptoroute_route"]) for r in runs]
     assert sorted(routes) == ["None", "billing", "billing", "tech"]
     assert all(r.ended for r in runs)
     with pytest.raises(RuntimeError, match="billing failed"):

@@ -90,8 +90,8 @@ async def test_multi_router_runs_every_matching_branch(
     assert list(out) == [m.name for m in adaptive_router.query_top_k(BOTH, 2)]
 
     (root,) = recorder.roots("SynaptorouteMultiRouter")
-    assert root.metadata["synaptoroute_routes"] == list(out)
-    branches = recorder.children(root)
+    assert recorder.decision(root).outputs["synaptoroute_routes"] == list(out)
+    branches = recorder.branches(root)
     assert sorted(b.name for b in branches) == ["billing", "tech"]
     for branch in branches:
         assert branch.tags == [f"route:{branch.name}"]

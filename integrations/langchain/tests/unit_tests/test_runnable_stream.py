@@ -60,8 +60,8 @@ def test_stream_yields_each_chunk_before_the_next_is_produced(
     assert log == INTERLEAVED
     (root,) = recorder.roots("SynaptorouteRouter")
     assert root.outputs == "onetwothree"  # chunks added up, like RunnableBranch
-    assert root.metadata["synaptoroute_route"] == "tech"
-    assert [c.tags for c in recorder.children(root)] == [["route:tech"]]
+    assert recorder.decision(root).outputs["synaptoroute_route"] == "tech"
+    assert [c.tags for c in recorder.branches(root)] == [["route:tech"]]
 
 
 async def test_astream_yields_each_chunk_before_the_next_is_produced(
@@ -74,7 +74,8 @@ async def test_astream_yields_each_chunk_before_the_next_is_produced(
     assert log == INTERLEAVED
     (root,) = recorder.roots("SynaptorouteRouter")
     assert root.outputs == "onetwothree"
-    assert [c.tags for c in recorder.children(root)] == [["route:tech"]]
+    assert recorder.decision(root).outputs["synaptoroute_route"] == "tech"
+    assert [c.tags for c in recorder.branches(root)] == [["route:tech"]]
 
 
 def test_transform_routes_the_gathered_input(adaptive_router: AdaptiveRouter) -> None:

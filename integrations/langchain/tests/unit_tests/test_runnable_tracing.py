@@ -1,4 +1,4 @@
-"""The run tree: the router's own chain run, the chosen branch as a tagged child run."""
+"""The run tree: the router's own chain run, its decision and the chosen branch as child runs."""
 
 from __future__ import annotations
 
@@ -45,14 +45,20 @@ def test_invoke_traces_like_runnable_branch(
     (root,) = recorder.roots("support-router")
     assert root.ended and root.error is None and root.outputs == "billing answer"
     assert root.tags == ["support"]
-    meta = root.metadata
-    assert meta["tenant"] == "acme"
+    assert root.metadata["tenant"] == "acme"
+    # The decision is made inside the router's run, as RunnableBranch's conditions are:
+    # a first child run whose input is the router's and whose outputs are the decision.
+    decision, branch = recorder.children(root)
+    assert decision.name == "synaptoroute.route" and decision.kind == "chain"
+    assert decision.inputs == {"input": "I was charged twice this month"}
+    assert decision.ended and decision.error is None
+    meta = decision.outputs
     assert meta["synaptoroute_route"] == "billing"
     assert meta["synaptoroute_candidate"] == "billing"
     assert meta["synaptoroute_reason"] == "matched"
     assert 0.5 <= meta["synaptoroute_score"] <= 1.0
+    assert decision.tags == ["support"] and decision.metadata["tenant"] == "acme"
 
-    (branch,) = recorder.children(root)
     assert branch.name == "billing"  # the chosen branch's run is named after its route
     assert sorted(branch.tags) == ["route:billing", "support"]
     assert branch.metadata["tenant"] == "acme"
@@ -73,10 +79,12 @@ def test_unmatched_input_runs_the_default_tagged_route_default(
     out = router.invoke({"input": "who won the world cup"}, {"callbacks": [recorder]})
     assert out == "general answer"
     (root,) = recorder.roots("SynaptorouteRouter")
-    assert root.metadata["synaptoroute_route"] is None
-    assert root.metadata["synaptoroute_reason"] == "below_threshold"
-    assert root.metadata["synaptoroute_candidate"] in adaptive_router.route_names
-    (branch,) = recorder.children(root)
+    decision = recorder.decision(root).outputs
+    assert decision["synaptoroute_route"] is None
+    assert decision["synaptoroute_reason"] == "below_threshold"
+    assert decision["synaptoroute_candidate"] in adaptive_router.route_names
+    (branch,) = recorder.branches(root)
+    assert branch.metadata["synaptoroute_route"] is None
     assert branch.tags == ["route:default"]
     assert branch.name == "default"
 
@@ -100,13 +108,15 @@ def test_errors_end_the_router_run(adaptive_router: AdaptiveRouter, recorder: Ru
 
     failed_branch, no_match, bad_input = recorder.roots("SynaptorouteRouter")
     assert isinstance(failed_branch.error, RuntimeError)
-    assert [c.tags for c in recorder.children(failed_branch)] == [["route:billing"]]
+    assert recorder.decision(failed_branch).error is None
+    assert [c.tags for c in recorder.branches(failed_branch)] == [["route:billing"]]
     assert isinstance(no_match.error, NoRouteMatchedError)
-    assert no_match.metadata["synaptoroute_route"] is None
-    assert recorder.children(no_match) == []
-    # Input that could not be read: the run still opens and records the error.
+    assert recorder.decision(no_match).outputs["synaptoroute_route"] is None
+    assert recorder.branches(no_match) == []
+    # Input that could not be read: both runs open; the decision's ends with the error.
     assert isinstance(bad_input.error, TypeError)
-    assert "synaptoroute_route" not in bad_input.metadata
+    assert recorder.decision(bad_input).error is bad_input.error
+    assert recorder.branches(bad_input) == []
 
 
 def test_nested_in_a_chain_the_router_is_a_child_run(
@@ -119,8 +129,8 @@ def test_nested_in_a_chain_the_router_is_a_child_run(
     _first_step, router_run = recorder.children(sequence)
     assert router_run.name == "SynaptorouteRouter"
     assert router_run.tags == ["seq:step:2"]
-    assert router_run.metadata["synaptoroute_route"] == "tech"
-    assert [c.tags for c in recorder.children(router_run)] == [["route:tech"]]
+    assert recorder.decision(router_run).outputs["synaptoroute_route"] == "tech"
+    assert [c.tags for c in recorder.branches(router_run)] == [["route:tech"]]
 
 
 def _nested_router(adaptive_router: AdaptiveRouter) -> SynaptorouteRouter[Any, Any]:
@@ -156,7 +166,9 @@ async def test_route_and_score_reach_every_run_below_the_router(
     out = router.invoke(value, config) if mode == "sync" else await router.ainvoke(value, config)
     assert out == "tech answer"
     (root,) = recorder.roots("SynaptorouteRouter")
-    below = _below(recorder, root)
+    decision = recorder.decision(root)
+    (branch,) = recorder.branches(root)
+    below = [branch, *_below(recorder, branch)]
     names = [run.name for run in below]
     assert names[:3] == ["tech", "ChatPromptTemplate", "inner"]
     assert "FakeListChatModel" in names
@@ -164,7 +176,7 @@ async def test_route_and_score_reach_every_run_below_the_router(
     assert recorder.runs[chat.parent_run_id].name == "inner"  # type: ignore[index]
     for run in below:
         assert run.metadata["synaptoroute_route"] == "tech", run.name
-        assert run.metadata["synaptoroute_score"] == root.metadata["synaptoroute_score"]
+        assert run.metadata["synaptoroute_score"] == decision.outputs["synaptoroute_score"]
         assert run.metadata["tenant"] == "acme"
 
 
