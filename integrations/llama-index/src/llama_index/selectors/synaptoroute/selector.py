@@ -5,7 +5,14 @@ the choice's description, its name written as a phrase, and any example utteranc
 given for that name. One :class:`synaptoroute.AdaptiveRouter` is built per choice
 set and cached, so a selection costs one query embedding, never a re-embedding of
 the choices. Sync and async selections rank the choices the same way and share one
-pure decision function, :func:`decide_selection`.
+pure decision function, :func:`decide_selection`; each dispatches LlamaIndex's
+embedding events for its query (see ``observability.py``).
+
+Why one module over 400 lines: the selector's cache of choice sets (their routers, the
+batching workers still running on evicted ones, the names seen and warned about), the
+checks that build a choice set's routes, and sync and async selection share that cache,
+its two locks and the choice-set key; split apart, each part would reach into the
+others' private state.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import threading
 import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import FrameType, MappingProxyType
 from typing import Any, Literal
@@ -46,7 +54,8 @@ from synaptoroute.checks import (
 from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
 from synaptoroute.router import DEFAULT_THRESHOLD
 
-from .embeddings import as_encoder
+from .embeddings import SynaptorouteEmbedding, as_encoder
+from .observability import QueryEmbeddingEvents, SelectionRouter, query_embedding_events
 
 __all__ = [
     "ChoiceKey",
@@ -301,6 +310,8 @@ def _rebuilt(cls: type[SynaptorouteSelector], settings: dict[str, Any]) -> Synap
 
 
 def _unpickled(cls: type[SynaptorouteSelector], settings: dict[str, Any]) -> SynaptorouteSelector:
+    # A selector pickled before its queries dispatched embedding events gets them too.
+    settings.setdefault("_embedding_events", QueryEmbeddingEvents.of(settings["encoder"]))
     return _rebuilt(cls, {**settings, "_utterances": _frozen(settings["_utterances"])})
 
 
@@ -375,6 +386,8 @@ class SynaptorouteSelector(BaseSelector):
         self._threshold = _checked_threshold(threshold)
         self.policy = SelectionPolicy(top_n=top_n, on_no_match=on_no_match, fallback=fallback)
         self.max_choice_sets = check_count(max_choice_sets, "max_choice_sets", 1)
+        # LlamaIndex's embedding events of each query (see observability.py).
+        self._embedding_events = QueryEmbeddingEvents.of(encoder)
         self._start_cache()
 
     def _start_cache(self) -> None:
@@ -438,9 +451,11 @@ class SynaptorouteSelector(BaseSelector):
         :class:`~llama_index.selectors.synaptoroute.SynaptorouteEmbedding` (or the
         LangChain package's ``SynaptorouteEmbeddings``) shares its encoder with the
         selector; any LlamaIndex ``BaseEmbedding`` or LangChain ``Embeddings`` is
-        wrapped.
+        wrapped. A query's embedding dispatches LlamaIndex's embedding events (as
+        ``get_query_embedding`` does): a ``SynaptorouteEmbedding``'s go to its
+        ``callback_manager``; otherwise to ``Settings.callback_manager``.
         """
-        return cls(
+        selector = cls(
             as_encoder(encoder),
             utterances=utterances,
             threshold=threshold,
@@ -449,6 +464,10 @@ class SynaptorouteSelector(BaseSelector):
             fallback=fallback,
             max_choice_sets=max_choice_sets,
         )
+        if isinstance(encoder, SynaptorouteEmbedding):
+            # Its encoder routes; the embedding names the events and takes them.
+            selector._embedding_events = QueryEmbeddingEvents(encoder)
+        return selector
 
     # -- settings that cached routers depend on ------------------------------------
     @property
@@ -663,7 +682,7 @@ class SynaptorouteSelector(BaseSelector):
             router = self._cached_router(key, selecting=selecting)
             if router is not None:
                 return router
-            router = AdaptiveRouter(self.encoder, threshold=self._router_threshold)
+            router = SelectionRouter(self.encoder, threshold=self._router_threshold)
             router.add_routes(routes)
             with self._lock:
                 if selecting:
@@ -682,7 +701,8 @@ class SynaptorouteSelector(BaseSelector):
     @override
     def _select(self, choices: Sequence[ToolMetadata], query: QueryBundle) -> SelectorResult:
         router = self.router_for(choices)
-        ranked = router.query_top_k(query.query_str, self.policy.top_n)
+        with self._query_embedding(router, query.query_str):
+            ranked = router.query_top_k(query.query_str, self.policy.top_n)
         return decide_selection(ranked, choices, self.policy, query.query_str)
 
     @override
@@ -715,11 +735,28 @@ class SynaptorouteSelector(BaseSelector):
                     self._release(made)
                 raise
         try:
-            # Embedding and scoring run on the router's worker thread, off the event loop.
-            ranked = await router.aquery_top_k(query.query_str, self.policy.top_n)
+            # Embedding and scoring run on the router's worker thread, off the event loop;
+            # the embedding's events are dispatched here, in this selection's context.
+            with self._query_embedding(router, query.query_str):
+                ranked = await router.aquery_top_k(query.query_str, self.policy.top_n)
         finally:
             self._release(router)
         return decide_selection(ranked, choices, self.policy, query.query_str)
+
+    def _query_embedding(self, router: AdaptiveRouter, query: str) -> AbstractContextManager[None]:
+        """LlamaIndex's embedding events around a router call that embeds ``query``:
+        none for a query the model reads nothing of (the router embeds none) or one
+        that is not text (the router refuses it), nor for a wrapped LlamaIndex
+        embedding, which dispatches its own."""
+        events = self._embedding_events
+        if (
+            events is None
+            or not isinstance(router, SelectionRouter)
+            or not isinstance(query, str)
+            or reads_nothing_of(self.encoder)(query)
+        ):
+            return nullcontext()
+        return query_embedding_events(events, router, query)
 
     def _release(self, router: AdaptiveRouter) -> None:
         """One aselect on ``router`` is done; the last one on a router evicted from the
