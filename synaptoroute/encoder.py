@@ -1250,6 +1250,12 @@ class CallableEncoder:
         self._lock = threading.Lock()
         hold_across_fork(self, ENCODER)
 
+    @property
+    def embed_function(self) -> Callable[[list[str]], Any]:
+        """The function this encoder calls (an integration asks whether it is a
+        framework's embedding, whose own calls are traced)."""
+        return self._embed
+
     def __getstate__(self) -> dict[str, Any]:
         # A copy (pickle, a process pool's worker) gets a lock of its own; it pickles
         # when the function does (a module-level function, not a lambda or closure).

@@ -2,15 +2,19 @@
 
 As ``BaseEmbedding.get_query_embedding`` does for LlamaIndex's own
 ``EmbeddingSingleSelector``: an ``EmbeddingStartEvent`` and an ``EmbeddingEndEvent``
-(instrumentation, under the selector's span) and a ``CBEventType.EMBEDDING`` callback
-event (under the caller's trace), once per query, sync and async, with the encoder
-called no more often than without them.
+(instrumentation, in a ``SynaptorouteEmbedding.get_query_embedding`` span, a child of
+the selector's) and a ``CBEventType.EMBEDDING`` callback event (under the caller's
+trace), once per query, sync and async, with the encoder called no more often than
+without them; none of the selector's own when the encoder calls a LlamaIndex embedding.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+import inspect
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,14 +35,24 @@ from llama_index.core.instrumentation.events.embedding import (
     EmbeddingEndEvent,
     EmbeddingStartEvent,
 )
+from llama_index.core.instrumentation.span import active_span_id
+from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
 from llama_index.core.llms import MockLLM
 from llama_index.core.query_engine import RouterQueryEngine
 from llama_index.core.tools import QueryEngineTool, ToolMetadata
-from llama_index.selectors.synaptoroute import SynaptorouteEmbedding, SynaptorouteSelector
+from llama_index.selectors.synaptoroute import (
+    LlamaIndexEncoder,
+    SynaptorouteEmbedding,
+    SynaptorouteSelector,
+)
+from llama_index.selectors.synaptoroute.observability import SelectionRouter
 from llamaindex_support import UTTERANCES
+from numpy.typing import NDArray
 
-from synaptoroute import Encoder
-from synaptoroute.testing import RecordingEncoder
+from synaptoroute import Encoder, EncoderProtocol
+from synaptoroute.adapters import as_encoder
+from synaptoroute.encoder import EncoderWrapper
+from synaptoroute.testing import RecordingEncoder, in_forked_child
 
 QUERY = "How do I get my money back?"
 OTHER = "my password doesn't work anymore"
@@ -71,15 +85,60 @@ def instrumented() -> Iterator[EmbeddingEvents]:
     root.event_handlers.remove(handler)
 
 
+class Spans(SimpleSpanHandler):
+    """Records the spans the root dispatcher opens, with each one's instance, bound
+    arguments and result (what tracers such as OpenInference read)."""
+
+    calls: dict[str, tuple[Any, dict[str, Any], Any]] = Field(default_factory=dict)
+
+    def span_enter(
+        self, id_: str, bound_args: inspect.BoundArguments, instance: Any = None, **kw: Any
+    ) -> None:
+        self.calls[id_] = (instance, dict(bound_args.arguments), None)
+        super().span_enter(id_, bound_args, instance, **kw)
+
+    def span_exit(
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any = None,
+        result: Any = None,
+        **kw: Any,
+    ) -> None:
+        self.calls[id_] = (*self.calls[id_][:2], result)
+        super().span_exit(id_, bound_args, instance, result, **kw)
+
+    def named(self, prefix: str, *, dropped: bool = False) -> list[Any]:
+        """The spans ended (or dropped) whose id starts with ``prefix``."""
+        spans = self.dropped_spans if dropped else self.completed_spans
+        return [s for s in spans if s.id_.startswith(prefix)]
+
+    def parent_of(self, id_: str) -> str | None:
+        """The parent id of the ended or dropped span ``id_``."""
+        (span,) = [s for s in [*self.completed_spans, *self.dropped_spans] if s.id_ == id_]
+        return span.parent_id
+
+
+@pytest.fixture
+def spans() -> Iterator[Spans]:
+    """A span handler on LlamaIndex's root dispatcher, removed afterwards."""
+    handler = Spans()
+    root = get_dispatcher()
+    root.add_span_handler(handler)
+    yield handler
+    root.span_handlers.remove(handler)
+
+
 def _close_to_the_model(embedding: list[float], encoder: Encoder, text: str) -> None:
     assert np.allclose(embedding, encoder.encode([text])[0], atol=1e-5)
 
 
-def test_select_dispatches_one_embedding_pair_under_its_span(
+def test_select_dispatches_one_embedding_pair_in_an_embedding_span_under_its_own(
     recording: RecordingEncoder,
     encoder: Encoder,
     choices: list[ToolMetadata],
     instrumented: EmbeddingEvents,
+    spans: Spans,
 ) -> None:
     selector = SynaptorouteSelector.from_defaults(utterances=UTTERANCES, encoder=recording)
     selector.router_for(choices)  # the choices' embedding is no query's
@@ -94,9 +153,19 @@ def test_select_dispatches_one_embedding_pair_under_its_span(
     assert start.model_dict["model_name"] == encoder.model_id
     assert end.chunks == [QUERY]
     _close_to_the_model(end.embeddings[0], encoder, QUERY)
-    # Nested under the selector's own span, as get_query_embedding's under a selector's.
-    assert start.span_id == end.span_id
-    assert str(end.span_id).startswith("SynaptorouteSelector._select-")
+    # In a span of their own, a child of the selector's, as get_query_embedding's
+    # under EmbeddingSingleSelector._select: tracers (OpenInference) label a span by the
+    # events in it, and the selection's is no embedding.
+    (selection,) = spans.named("SynaptorouteSelector._select-")
+    (embedding,) = spans.named("SynaptorouteEmbedding.get_query_embedding-")
+    assert start.span_id == end.span_id == embedding.id_ != selection.id_
+    assert spans.parent_of(embedding.id_) == selection.id_
+    instance, arguments, result = spans.calls[embedding.id_]
+    assert isinstance(instance, SynaptorouteEmbedding)
+    assert instance.to_payload() == start.model_dict
+    assert arguments == {"query": QUERY}
+    assert result == end.embeddings[0]
+    assert spans.open_spans == {}
     assert recording.calls == [[QUERY]]  # encoded once: the events cost no encoder call
 
     # A query the model reads nothing of is embedded by no one: no events.
@@ -111,6 +180,7 @@ async def test_aselect_dispatches_one_pair_per_query_in_its_own_span(
     choices: list[ToolMetadata],
     make_selector: Callable[..., SynaptorouteSelector],
     instrumented: EmbeddingEvents,
+    spans: Spans,
 ) -> None:
     selector = make_selector(encoder=recording)
     await selector.aselect(choices, "warm up")  # builds the router, starts its worker
@@ -127,13 +197,18 @@ async def test_aselect_dispatches_one_pair_per_query_in_its_own_span(
     assert len(starts) == len(ends) == 2
     by_query = {e.chunks[0]: e for e in ends}
     assert sorted(by_query) == sorted([QUERY, OTHER])
+    selections = {s.id_ for s in spans.named("SynaptorouteSelector._aselect-")}
     for text, end in by_query.items():
         assert end.chunks == [text]
         _close_to_the_model(end.embeddings[0], encoder, text)
-        assert str(end.span_id).startswith("SynaptorouteSelector._aselect-")
+        # An aget_query_embedding span, a child of its selection's _aselect span.
+        assert str(end.span_id).startswith("SynaptorouteEmbedding.aget_query_embedding-")
+        assert spans.parent_of(str(end.span_id)) in selections
+        assert spans.calls[str(end.span_id)][1:] == ({"query": text}, end.embeddings[0])
     # Each in its own selection's span (the worker's thread has none).
-    assert len({e.span_id for e in ends}) == 2
+    assert len({spans.parent_of(str(e.span_id)) for e in ends}) == 2
     assert {s.span_id for s in starts} == {e.span_id for e in ends}
+    assert spans.open_spans == {}
     encoded = [text for call in recording.calls for text in call]
     assert sorted(encoded) == sorted([QUERY, OTHER])  # each encoded once
 
@@ -185,16 +260,121 @@ async def test_without_an_embedding_the_global_callback_manager_gets_them(
     assert [end.payload[EventPayload.CHUNKS] for _, end in pairs] == [[QUERY], [OTHER]]
 
 
-def test_a_wrapped_llamaindex_embedding_dispatches_its_own_events_once(
-    choices: list[ToolMetadata], instrumented: EmbeddingEvents
+class Gated(EncoderWrapper):
+    """The real encoder, whose call for the text ``GATED`` waits for ``gate`` (after
+    setting ``entered``) and raises for the text ``FAILING``."""
+
+    GATED, FAILING = "a query held up in the encoder", "a query the encoder fails on"
+
+    def __init__(self, inner: EncoderProtocol) -> None:
+        super().__init__(inner)
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        if self.FAILING in texts:
+            raise RuntimeError("the model is down")
+        if self.GATED in texts:
+            self.entered.set()
+            assert self.gate.wait(60)
+        return super().encode(texts)
+
+
+def test_an_error_drops_the_embedding_span_and_restores_the_active_one(
+    encoder: Encoder, choices: list[ToolMetadata], instrumented: EmbeddingEvents, spans: Spans
 ) -> None:
-    # Its own get_text_embedding_batch dispatches them: the selector adds none. (A
-    # guard against doubling them: it passed before the selector dispatched any.)
+    selector = SynaptorouteSelector.from_defaults(utterances=UTTERANCES, encoder=Gated(encoder))
+    selector.router_for(choices)
+    instrumented.events.clear()
+    with pytest.raises(RuntimeError, match="the model is down"):
+        selector.select(choices, Gated.FAILING)
+    (dropped,) = spans.named("SynaptorouteEmbedding.get_query_embedding-", dropped=True)
+    (selection,) = spans.named("SynaptorouteSelector._select-", dropped=True)
+    assert spans.parent_of(dropped.id_) == selection.id_
+    assert "the model is down" in dropped.metadata["error"]
+    assert spans.open_spans == {}
+    assert active_span_id.get() is None
+    (start,) = instrumented.of(EmbeddingStartEvent)
+    assert start.span_id == dropped.id_
+    assert instrumented.of(EmbeddingEndEvent) == []
+
+
+async def test_a_cancelled_aselect_drops_its_embedding_span(
+    encoder: Encoder,
+    choices: list[ToolMetadata],
+    make_selector: Callable[..., SynaptorouteSelector],
+    spans: Spans,
+) -> None:
+    gated = Gated(encoder)
+    selector = make_selector(encoder=gated)
+    await selector.aselect(choices, "warm up")
+    selection = asyncio.create_task(selector.aselect(choices, Gated.GATED))
+    try:
+        assert await asyncio.to_thread(gated.entered.wait, 60)  # in the worker's encoder call
+        selection.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await selection
+    finally:
+        gated.gate.set()
+    (dropped,) = spans.named("SynaptorouteEmbedding.aget_query_embedding-", dropped=True)
+    (cancelled,) = spans.named("SynaptorouteSelector._aselect-", dropped=True)
+    assert spans.parent_of(dropped.id_) == cancelled.id_
+    assert [s for s in spans.open_spans if "get_query_embedding" in s] == []
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(lambda model: model, id="the package wraps it"),
+        pytest.param(as_encoder, id="core as_encoder"),
+        pytest.param(lambda model: RecordingEncoder(as_encoder(model)), id="wrapped as_encoder"),
+        pytest.param(
+            lambda model: RecordingEncoder(LlamaIndexEncoder(model)), id="wrapped LlamaIndexEncoder"
+        ),
+    ],
+)
+def test_a_wrapped_llamaindex_embedding_dispatches_its_own_events_once(
+    choices: list[ToolMetadata],
+    instrumented: EmbeddingEvents,
+    wrap: Callable[[MockEmbedding], Any],
+) -> None:
+    # Its own get_text_embedding_batch dispatches them: the selector adds none, however
+    # the embedding reaches it (core's adapter, inside an EncoderWrapper).
     selector = SynaptorouteSelector.from_defaults(
-        utterances=UTTERANCES, encoder=MockEmbedding(embed_dim=8)
+        utterances=UTTERANCES, encoder=wrap(MockEmbedding(embed_dim=8))
     )
     selector.router_for(choices)
     instrumented.events.clear()
     selector.select(choices, QUERY)
-    assert len(instrumented.of(EmbeddingStartEvent)) == 1
+    (start,) = instrumented.of(EmbeddingStartEvent)
+    assert start.model_dict["class_name"] == "MockEmbedding"
     assert [e.chunks for e in instrumented.of(EmbeddingEndEvent)] == [[QUERY]]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_during_a_selection_keeps_no_wait_of_it(
+    encoder: Encoder, choices: list[ToolMetadata]
+) -> None:
+    # A selection in flight in another thread at the fork never ends in the child (its
+    # thread did not come along): its wait must not stay registered there for good.
+    gated = Gated(encoder)
+    selector = SynaptorouteSelector.from_defaults(utterances=UTTERANCES, encoder=gated)
+    router = selector.router_for(choices)
+    assert isinstance(router, SelectionRouter)
+    in_flight = threading.Thread(target=selector.select, args=(choices, Gated.GATED))
+    in_flight.start()
+    try:
+        assert gated.entered.wait(60)  # registered, in the encoder call
+
+        def child() -> None:
+            # The forking thread's own wait stays: its block goes on in the child.
+            assert list(router._waiting._by_text) == ["mine"]
+            assert selector.select(choices, QUERY).ind == 0
+            assert list(router._waiting._by_text) == ["mine"]
+
+        with router.waiting_for("mine"):
+            assert sorted(router._waiting._by_text) == sorted([Gated.GATED, "mine"])
+            assert in_forked_child(child) == 0
+    finally:
+        gated.gate.set()
+        in_flight.join(60)
+    assert not router._waiting  # the parent's selection ended, its wait with it

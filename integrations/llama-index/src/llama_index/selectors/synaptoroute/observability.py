@@ -8,48 +8,74 @@ query inside its router instead: one place, ``AdaptiveRouter._embed``, serves
 ``query_top_k`` and the batching worker alike (through the router's query cache, and
 for a batch of several callers' queries with one encoder call). So the selector
 dispatches the same events itself, with :func:`query_embedding_events`: in the
-selection's own context (nested under its ``_select``/``_aselect`` span and under the
-caller's callback trace, which a worker thread would not be), around the router call,
-with the vector the router embedded the query into, which :class:`SelectionRouter`
-hands over. Nothing is embedded twice and the encoder is called no more often.
+selection's own context (under the caller's callback trace, which a worker thread would
+not be), around the router call, with the vector the router embedded the query into,
+which :class:`SelectionRouter` hands over. Nothing is embedded twice and the encoder is
+called no more often. They go in a span of their own, named as LlamaIndex names the
+embedding's call (``SynaptorouteEmbedding.get_query_embedding``, or
+``aget_query_embedding`` under ``_aselect``), a child of the selection's span: tracers
+such as OpenInference give a span the kind of the events in it, and the selection's
+span is no embedding.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from contextvars import Token
+from typing import Any, Literal
 
 import numpy as np
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
 
-# Where LlamaIndex's own modules get their dispatchers; that module imports it without
-# re-exporting it by name (mypy's no_implicit_reexport).
+# Where LlamaIndex's own modules get them (the dispatcher's span decorator, its tags and
+# drop event); these modules import them from llama-index-instrumentation without
+# re-exporting them by name (mypy's no_implicit_reexport).
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
+from llama_index.core.instrumentation.dispatcher import (  # type: ignore[attr-defined]
+    active_instrument_tags,
+)
 from llama_index.core.instrumentation.events.embedding import (
     EmbeddingEndEvent,
     EmbeddingStartEvent,
 )
+from llama_index.core.instrumentation.events.span import (  # type: ignore[attr-defined]
+    SpanDropEvent,
+)
+from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.settings import Settings
 from numpy.typing import NDArray
 from typing_extensions import override
 
-from synaptoroute import AdaptiveRouter, EncoderProtocol
+from synaptoroute import AdaptiveRouter, CallableEncoder, EncoderProtocol
+from synaptoroute.encoder import EncoderWrapper
 from synaptoroute.forking import APP_CACHE, hold_across_fork
 
-from .embeddings import LlamaIndexEncoder, SynaptorouteEmbedding
+from .embeddings import SynaptorouteEmbedding
 
-__all__ = ["QueryEmbeddingEvents", "SelectionRouter", "query_embedding_events"]
+__all__ = [
+    "QueryEmbeddingCall",
+    "QueryEmbeddingEvents",
+    "SelectionRouter",
+    "query_embedding_events",
+]
 
 _dispatcher = get_dispatcher(__name__)
 
+#: The embedding call whose span a selection's events go in: ``_select``'s, ``_aselect``'s.
+QueryEmbeddingCall = Literal["get_query_embedding", "aget_query_embedding"]
+
 
 class _Wait:
-    """One selection waiting for the vector of its query."""
+    """One selection waiting for the vector of its query, in the thread that made it."""
 
     def __init__(self) -> None:
         self.vector: NDArray[np.float32] | None = None
+        self.thread = threading.get_ident()
 
 
 class _Waiting:
@@ -62,10 +88,18 @@ class _Waiting:
     def __init__(self) -> None:
         self._by_text: dict[str, list[_Wait]] = {}
         self._lock = threading.Lock()
-        hold_across_fork(self, APP_CACHE)
+        hold_across_fork(self, APP_CACHE, in_child="_forked")
 
     def __bool__(self) -> bool:
         return bool(self._by_text)
+
+    def _forked(self) -> None:
+        # In a forked child, under the lock: only the thread that forked came along, so
+        # the other threads' selections never end there to remove their waits, and a
+        # router that kept them would hand every later query's vector over for nothing.
+        me = threading.get_ident()
+        kept = {text: [w for w in waits if w.thread == me] for text, waits in self._by_text.items()}
+        self._by_text = {text: waits for text, waits in kept.items() if waits}
 
     @contextmanager
     def waiting_for(self, text: str) -> Iterator[_Wait]:
@@ -122,14 +156,28 @@ class SelectionRouter(AdaptiveRouter):
         return vectors
 
 
+def _embeds_with_llama_index(encoder: object) -> bool:
+    """Whether ``encoder``, or one it wraps, calls a LlamaIndex embedding, whose own
+    calls dispatch the embedding events: a ``LlamaIndexEncoder``, or core's
+    ``as_encoder`` adapter (a ``CallableEncoder`` over the embedding's
+    ``get_text_embedding_batch``), bare or inside any ``EncoderWrapper`` (a
+    ``RecordingEncoder``, a progress bar)."""
+    while isinstance(encoder, EncoderWrapper):
+        encoder = encoder.inner
+    # Both adapters hold the embedding's bound method as their function.
+    embed = encoder.embed_function if isinstance(encoder, CallableEncoder) else None
+    return isinstance(getattr(embed, "__self__", None), BaseEmbedding)
+
+
 class QueryEmbeddingEvents:
     """What a selector's query-embedding events name and where they go.
 
-    Built from the ``SynaptorouteEmbedding`` the selector was given, its
-    ``to_payload()`` is the events' ``model_dict`` and its ``callback_manager`` gets
-    the callback events, as for any LlamaIndex embedding. Built from an encoder, the
-    payload is that of a ``SynaptorouteEmbedding`` over it (made at the first event, so
-    that building a selector stays free), and the callback manager LlamaIndex's global
+    Built from the ``SynaptorouteEmbedding`` the selector was given, it is the
+    events' embedding: its ``to_payload()`` is their ``model_dict``, it is the
+    instance of their span and its ``callback_manager`` gets the callback events, as
+    for any LlamaIndex embedding. Built from an encoder, the embedding is a
+    ``SynaptorouteEmbedding`` over it (made at the first event, so that building a
+    selector stays free), and the callback manager LlamaIndex's global
     ``Settings.callback_manager`` (as ``Settings.embed_model``'s), read at each selection.
 
     Copies of a selector share it: a deep copy would have copied the embedding's
@@ -139,25 +187,30 @@ class QueryEmbeddingEvents:
     def __init__(self, source: EncoderProtocol | SynaptorouteEmbedding) -> None:
         self._embed_model = source if isinstance(source, SynaptorouteEmbedding) else None
         self._encoder = None if isinstance(source, SynaptorouteEmbedding) else source
-        self._payload: dict[str, Any] | None = None
+        self._built: SynaptorouteEmbedding | None = None
 
     @classmethod
     def of(cls, encoder: EncoderProtocol) -> QueryEmbeddingEvents | None:
-        """The events of a selector built with ``encoder``; ``None`` for a wrapped
-        LlamaIndex embedding (``LlamaIndexEncoder``), whose own calls dispatch them."""
-        return None if isinstance(encoder, LlamaIndexEncoder) else cls(encoder)
+        """The events of a selector built with ``encoder``; ``None`` for an encoder over
+        a LlamaIndex embedding (wrapped or not), whose own calls dispatch them."""
+        return None if _embeds_with_llama_index(encoder) else cls(encoder)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> QueryEmbeddingEvents:
         return self
 
+    def embedding(self) -> SynaptorouteEmbedding:
+        """The embedding the events are of: the one given, or one over the encoder."""
+        if self._embed_model is not None:
+            return self._embed_model
+        if self._built is None:
+            assert self._encoder is not None
+            # Two first selections at once may both make one: either will do.
+            self._built = SynaptorouteEmbedding(self._encoder)
+        return self._built
+
     def payload(self) -> dict[str, Any]:
         """The ``model_dict`` of the events (the embedding's current ``to_payload()``)."""
-        if self._embed_model is not None:
-            return self._embed_model.to_payload()
-        if self._payload is None:
-            assert self._encoder is not None
-            self._payload = SynaptorouteEmbedding(self._encoder).to_payload()
-        return dict(self._payload)
+        return self.embedding().to_payload()
 
     @property
     def callback_manager(self) -> CallbackManager:
@@ -167,25 +220,72 @@ class QueryEmbeddingEvents:
         return Settings.callback_manager
 
 
+class _Call:
+    """What a span's call returned (``None`` until it is known)."""
+
+    result: list[float] | None = None
+
+
+@contextmanager
+def _call_span(embed_model: BaseEmbedding, method: str, query: str) -> Iterator[_Call]:
+    """A span for ``embed_model.<method>(query)``, opened and closed as LlamaIndex's
+    ``@dispatcher.span`` does for that call: its id ``<Class>.<method>-<uuid>``, its
+    parent the active span, the call's instance and bound arguments given to the span
+    handlers; ended with ``_Call.result`` or, on an exception (a cancellation too),
+    dropped with a ``SpanDropEvent``. The span is the active one inside the block."""
+    bound_args = inspect.signature(getattr(embed_model, method)).bind(query)
+    id_ = f"{type(embed_model).__name__}.{method}-{uuid.uuid4()}"
+    token = active_span_id.set(id_)
+    parent_id = None if token.old_value is Token.MISSING else token.old_value
+    call = _Call()
+    try:
+        _dispatcher.span_enter(
+            id_=id_,
+            bound_args=bound_args,
+            instance=embed_model,
+            parent_id=parent_id,
+            tags=active_instrument_tags.get(),
+        )
+        try:
+            yield call
+        except BaseException as exc:
+            _dispatcher.event(SpanDropEvent(span_id=id_, err_str=str(exc)))
+            _dispatcher.span_drop(id_=id_, bound_args=bound_args, instance=embed_model, err=exc)
+            raise
+        _dispatcher.span_exit(
+            id_=id_, bound_args=bound_args, instance=embed_model, result=call.result
+        )
+    finally:
+        active_span_id.reset(token)
+
+
 @contextmanager
 def query_embedding_events(
-    events: QueryEmbeddingEvents, router: SelectionRouter, query: str
+    events: QueryEmbeddingEvents,
+    router: SelectionRouter,
+    query: str,
+    method: QueryEmbeddingCall = "get_query_embedding",
 ) -> Iterator[None]:
     """Dispatch LlamaIndex's events of one query embedding around a router call in
-    the block, as ``BaseEmbedding.get_query_embedding`` dispatches them: an
+    the block, as ``BaseEmbedding.get_query_embedding`` (or, with ``method``,
+    ``aget_query_embedding``) dispatches them: in a span of that call, an
     ``EmbeddingStartEvent``, a ``CBEventType.EMBEDDING`` callback event (ended with
     the query and its vector, or the exception), an ``EmbeddingEndEvent``."""
-    model_dict = events.payload()
-    _dispatcher.event(EmbeddingStartEvent(model_dict=model_dict))
-    with (
-        events.callback_manager.event(
-            CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: model_dict}
-        ) as event,
-        router.waiting_for(query) as wait,
-    ):
-        yield
-        if wait.vector is None:  # pragma: no cover - the router embedded no query
-            return
-        embedding: list[float] = wait.vector.tolist()
-        event.on_end(payload={EventPayload.CHUNKS: [query], EventPayload.EMBEDDINGS: [embedding]})
-    _dispatcher.event(EmbeddingEndEvent(chunks=[query], embeddings=[embedding]))
+    embed_model = events.embedding()
+    with _call_span(embed_model, method, query) as call:
+        model_dict = events.payload()
+        _dispatcher.event(EmbeddingStartEvent(model_dict=model_dict))
+        with (
+            events.callback_manager.event(
+                CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: model_dict}
+            ) as event,
+            router.waiting_for(query) as wait,
+        ):
+            yield
+            if wait.vector is None:  # pragma: no cover - the router embedded no query
+                return
+            call.result = wait.vector.tolist()
+            event.on_end(
+                payload={EventPayload.CHUNKS: [query], EventPayload.EMBEDDINGS: [call.result]}
+            )
+        _dispatcher.event(EmbeddingEndEvent(chunks=[query], embeddings=[call.result]))

@@ -55,7 +55,12 @@ from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
 from synaptoroute.router import DEFAULT_THRESHOLD
 
 from .embeddings import SynaptorouteEmbedding, as_encoder
-from .observability import QueryEmbeddingEvents, SelectionRouter, query_embedding_events
+from .observability import (
+    QueryEmbeddingCall,
+    QueryEmbeddingEvents,
+    SelectionRouter,
+    query_embedding_events,
+)
 
 __all__ = [
     "ChoiceKey",
@@ -701,7 +706,7 @@ class SynaptorouteSelector(BaseSelector):
     @override
     def _select(self, choices: Sequence[ToolMetadata], query: QueryBundle) -> SelectorResult:
         router = self.router_for(choices)
-        with self._query_embedding(router, query.query_str):
+        with self._query_embedding(router, query.query_str, "get_query_embedding"):
             ranked = router.query_top_k(query.query_str, self.policy.top_n)
         return decide_selection(ranked, choices, self.policy, query.query_str)
 
@@ -737,17 +742,22 @@ class SynaptorouteSelector(BaseSelector):
         try:
             # Embedding and scoring run on the router's worker thread, off the event loop;
             # the embedding's events are dispatched here, in this selection's context.
-            with self._query_embedding(router, query.query_str):
+            with self._query_embedding(router, query.query_str, "aget_query_embedding"):
                 ranked = await router.aquery_top_k(query.query_str, self.policy.top_n)
         finally:
             self._release(router)
         return decide_selection(ranked, choices, self.policy, query.query_str)
 
-    def _query_embedding(self, router: AdaptiveRouter, query: str) -> AbstractContextManager[None]:
-        """LlamaIndex's embedding events around a router call that embeds ``query``:
-        none for a query the model reads nothing of (the router embeds none) or one
-        that is not text (the router refuses it), nor for a wrapped LlamaIndex
-        embedding, which dispatches its own."""
+    def _query_embedding(
+        self,
+        router: AdaptiveRouter,
+        query: str,
+        method: QueryEmbeddingCall,
+    ) -> AbstractContextManager[None]:
+        """LlamaIndex's embedding events around a router call that embeds ``query``, in
+        a span named for the embedding's ``method``: none for a query the model reads
+        nothing of (the router embeds none) or one that is not text (the router refuses
+        it), nor for a wrapped LlamaIndex embedding, which dispatches its own."""
         events = self._embedding_events
         if (
             events is None
@@ -756,7 +766,7 @@ class SynaptorouteSelector(BaseSelector):
             or reads_nothing_of(self.encoder)(query)
         ):
             return nullcontext()
-        return query_embedding_events(events, router, query)
+        return query_embedding_events(events, router, query, method)
 
     def _release(self, router: AdaptiveRouter) -> None:
         """One aselect on ``router`` is done; the last one on a router evicted from the
