@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, cast
 
 from langchain_core.runnables import RunnableLambda
-from langchain_core.runnables.configurable import DynamicRunnable
 
 # typing_extensions': pydantic refuses typing's TypedDict before Python 3.12, so a
 # pydantic state with a RouteDecision field, and LangGraph's JSON schemas of a graph
@@ -73,9 +72,11 @@ __all__ = [
     "decision_of",
 ]
 
-#: What the graph helpers route with: the core router, or a LangChain wrapper of one
-#: (not a ``configurable_fields``/``configurable_alternatives`` one: pass its ``.default``).
+#: What the graph helpers route with: the core router, or a LangChain Runnable over one
+#: (not a wrapper of that Runnable, such as ``configurable_fields`` or ``with_retry``).
 RouterLike = AdaptiveRouter | SynaptorouteRouter[Any, Any] | SynaptorouteClassifier
+#: The classes of :data:`RouterLike`, which the helpers check (anything else is refused).
+_ROUTERS = (AdaptiveRouter, SynaptorouteRouter, SynaptorouteClassifier)
 
 
 class RouteDecision(TypedDict):
@@ -145,15 +146,20 @@ class _Routing:
         timeout: float | None,
         kind: str,
     ) -> None:
-        if isinstance(router, DynamicRunnable):
-            # Its attributes are the wrapped Runnable's (LangChain forwards them), but
-            # its values are chosen per call, while a helper reads its router once and
-            # follows the router's thresholds: a per-call threshold would be ignored.
+        if not isinstance(router, _ROUTERS):
+            # A wrapper (configurable_fields/alternatives, with_retry, with_fallbacks,
+            # with_config, ...) forwards some attributes to what it wraps, but a helper
+            # reads the router once, when built, and then queries its AdaptiveRouter
+            # directly: what the wrapper does per call (values chosen per call, retries,
+            # fallbacks, config) could never apply, so it is refused, whatever it is.
             msg = (
-                f"{kind} cannot route with a configurable Runnable (from "
-                "configurable_fields or configurable_alternatives): it reads the router "
-                "once, when built, so values set per call could not apply; pass the "
-                "Runnable it wraps (its .default) or that Runnable's AdaptiveRouter"
+                f"{kind} routes with an AdaptiveRouter, a SynaptorouteRouter or a "
+                f"SynaptorouteClassifier, not {type(router).__name__}; a wrapper of one "
+                "(configurable_fields, configurable_alternatives, with_retry, "
+                "with_fallbacks, with_config, ...) is refused: the helper reads the "
+                "router once, when built, and queries its AdaptiveRouter itself, so what "
+                "the wrapper does per call could not apply; pass the Runnable it wraps "
+                "or that Runnable's AdaptiveRouter"
             )
             raise TypeError(msg)
         if not isinstance(router, AdaptiveRouter) and router.threshold is not None:
@@ -320,8 +326,9 @@ class SynaptorouteEdge(_Path, RunnableLambda[Any, str]):
             RouteNotFoundError: ``routes`` names a route the router lacks.
             InvalidInputError: ``router`` is a wrapper with a ``threshold``, which
                 the graph helpers cannot apply (they follow the router's thresholds).
-            TypeError: ``router`` is a ``configurable_fields`` (or
-                ``configurable_alternatives``) wrapper; pass its ``.default``.
+            TypeError: ``router`` is none of those three, e.g. a wrapper of one
+                (``configurable_fields``, ``with_retry``, ``with_fallbacks``, ...);
+                pass the Runnable it wraps.
         """
         self.routing = _Routing(router, default, routes, input_key, text_extractor, timeout, name)
         routing = self.routing

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
+from contextlib import AbstractAsyncContextManager, nullcontext
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 
@@ -40,7 +41,6 @@ from langchain_core.runnables.utils import (
     ConfigurableFieldSpec,
     Input,
     Output,
-    gather_with_concurrency,
     get_unique_config_specs,
 )
 from langchain_core.tools import BaseTool
@@ -624,7 +624,7 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
                 outputs = [exc for _ in rows]
             plan.record(rows, outputs)
 
-        try:
+        def run_groups() -> list[Output | Exception]:
             groups = list(plan.groups.items())
             if len(groups) > 1 and _groups_in_parallel(configs):
                 with get_executor_for_config(configs[0]) as executor:
@@ -632,16 +632,9 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
             else:
                 for branch, rows in groups:
                     run_group(branch, rows)
-        except BaseException as exc:
-            for run_manager in run_managers:
-                run_manager.on_chain_error(exc)
-            raise
-        for run_manager, result in zip(run_managers, plan.results, strict=True):
-            if isinstance(result, Exception):
-                run_manager.on_chain_error(result)
-            else:
-                run_manager.on_chain_end(result)
-        return plan.outcome(return_exceptions)
+            return plan.results
+
+        return _raise_first(_end_runs(run_managers, run_groups), return_exceptions)
 
     @overload
     def batch_as_completed(
@@ -743,25 +736,17 @@ class SynaptorouteRouter(RunnableSerializable[Input, Output]):
                 outputs = [exc for _ in rows]
             plan.record(rows, outputs)
 
-        try:
+        async def run_groups() -> list[Output | Exception]:
             groups = list(plan.groups.items())
             if len(groups) > 1 and _groups_in_parallel(configs):
                 await asyncio.gather(*(run_group(branch, rows) for branch, rows in groups))
             else:
                 for branch, rows in groups:
                     await run_group(branch, rows)
-        except BaseException as exc:
-            await asyncio.gather(*(rm.on_chain_error(exc) for rm in run_managers))
-            raise
-        await asyncio.gather(
-            *(
-                rm.on_chain_error(result)
-                if isinstance(result, Exception)
-                else rm.on_chain_end(result)
-                for rm, result in zip(run_managers, plan.results, strict=True)
-            )
-        )
-        return plan.outcome(return_exceptions)
+            return plan.results
+
+        outcomes = await _aend_runs(run_managers, run_groups())
+        return _raise_first(outcomes, return_exceptions)
 
 
 #: The router that :class:`_ConfiguredRouter` is copying for one call, while it does.
@@ -828,27 +813,31 @@ def _open_and_decide(
     input's child run spans it. The decision cannot go into the router's run's
     metadata: LangChain fixes a run's metadata when the run starts.
     """
-    runs = [
-        get_callback_manager_for_config(c).on_chain_start(
-            None, value, name=c.get("run_name") or owner.get_name(), run_id=c.pop("run_id", None)
-        )
-        for c, value in zip(configs, inputs, strict=True)
-    ]
-    routing = [
-        run.get_child().on_chain_start(None, value, name=ROUTE_RUN_NAME)
-        for run, value in zip(runs, inputs, strict=True)
-    ]
+    runs: list[CallbackManagerForChainRun] = []
+    routing: list[CallbackManagerForChainRun] = []  # route runs started and not yet ended
+    # Once a router run has started, anything raised until the decision is returned
+    # (an interrupt in a callback handler included) ends it, as RunnableBranch ends
+    # its run when a condition fails; the caller takes over from there.
     try:
-        decisions = list(decide())
-    except BaseException as exc:  # an interrupt: decide returns the errors it expects
+        for c, value in zip(configs, inputs, strict=True):
+            callbacks = get_callback_manager_for_config(c)
+            name = c.get("run_name") or owner.get_name()
+            runs.append(
+                callbacks.on_chain_start(None, value, name=name, run_id=c.pop("run_id", None))
+            )
+        for run, value in zip(runs, inputs, strict=True):
+            routing.append(run.get_child().on_chain_start(None, value, name=ROUTE_RUN_NAME))
+        decisions = list(decide())  # returns the errors it expects; raises an interrupt
+        for child, decision in zip(list(routing), decisions, strict=True):
+            del routing[0]  # ended once, even when a handler interrupts its end
+            if isinstance(decision, Exception):
+                child.on_chain_error(decision)
+            else:
+                child.on_chain_end(describe(decision))
+    except BaseException as exc:
         for manager in [*routing, *runs]:
             manager.on_chain_error(exc)
         raise
-    for child, decision in zip(routing, decisions, strict=True):
-        if isinstance(decision, Exception):
-            child.on_chain_error(decision)
-        else:
-            child.on_chain_end(describe(decision))
     return runs, decisions
 
 
@@ -859,7 +848,14 @@ async def _aopen_and_decide(
     decide: Callable[[], Awaitable[Sequence[D | Exception]]],
     describe: Callable[[D], dict[str, Any]],
 ) -> tuple[list[AsyncCallbackManagerForChainRun], list[D | Exception]]:
-    """Like :func:`_open_and_decide`, awaiting the callbacks and the decision."""
+    """Like :func:`_open_and_decide`, awaiting the callbacks and the decision.
+
+    A cancellation while a callback handler is awaited (a slow or non-inline one, in
+    the route runs' start or end) ends the router's runs too. One landing inside
+    LangChain's own ``on_chain_start`` (of the router's runs, or of the route runs)
+    leaves that run open, as for any LangChain Runnable: the run manager is never
+    returned, so nothing can end it.
+    """
     runs: list[AsyncCallbackManagerForChainRun] = await asyncio.gather(
         *(
             get_async_callback_manager_for_config(c).on_chain_start(
@@ -871,26 +867,28 @@ async def _aopen_and_decide(
             for c, value in zip(configs, inputs, strict=True)
         )
     )
-    routing: list[AsyncCallbackManagerForChainRun] = await asyncio.gather(
-        *(
-            run.get_child().on_chain_start(None, value, name=ROUTE_RUN_NAME)
-            for run, value in zip(runs, inputs, strict=True)
-        )
-    )
+    routing: list[AsyncCallbackManagerForChainRun] = []  # started and not yet ended
     try:
-        decisions = list(await decide())
+        routing = await asyncio.gather(
+            *(
+                run.get_child().on_chain_start(None, value, name=ROUTE_RUN_NAME)
+                for run, value in zip(runs, inputs, strict=True)
+            )
+        )
+        decisions = list(await decide())  # returns the errors it expects
+        ending, routing = routing, []  # their ends are not repeated if interrupted
+        await asyncio.gather(
+            *(
+                child.on_chain_error(decision)
+                if isinstance(decision, Exception)
+                else child.on_chain_end(describe(decision))
+                for child, decision in zip(ending, decisions, strict=True)
+            )
+        )
     except BaseException as exc:  # a cancellation or timeout of the awaiting task
         for managers in (routing, runs):
             await asyncio.gather(*(manager.on_chain_error(exc) for manager in managers))
         raise
-    await asyncio.gather(
-        *(
-            child.on_chain_error(decision)
-            if isinstance(decision, Exception)
-            else child.on_chain_end(describe(decision))
-            for child, decision in zip(routing, decisions, strict=True)
-        )
-    )
     return runs, decisions
 
 
@@ -945,10 +943,6 @@ class _Plan(Generic[Input, Output]):
         """Store a group's outputs (or errors) at their inputs' positions."""
         for i, output in zip(rows, outputs, strict=True):
             self.results[i] = output
-
-    def outcome(self, return_exceptions: bool) -> list[Output]:
-        """The results in input order, or the first error when errors are not returned."""
-        return _raise_first(self.results, return_exceptions)
 
 
 class _Accumulator(Generic[T]):
@@ -1143,9 +1137,15 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
         """
         config = ensure_config(config)
         (run_manager,), (ranked,) = self._decide([input], [config])
-        return self._invoke_ranked(input, config, run_manager, ranked, **kwargs)
+        try:
+            result = self._run_ranked(input, config, run_manager, ranked, **kwargs)
+        except BaseException as exc:
+            run_manager.on_chain_error(exc)
+            raise
+        run_manager.on_chain_end(result)
+        return result
 
-    def _invoke_ranked(
+    def _run_ranked(
         self,
         input: Input,
         config: RunnableConfig,
@@ -1153,26 +1153,20 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
         ranked: list[RouteMatch] | Exception,
         **kwargs: Any,
     ) -> dict[str, Output]:
-        """Run the branches ``ranked`` chose for ``input`` and end this router's run."""
-        try:
-            chosen = self._chosen(ranked)
+        """Run the branches ``ranked`` chose for ``input``; the caller ends the run."""
+        chosen = self._chosen(ranked)
 
-            def run(item: tuple[str, Runnable[Input, Output], RouteMatch]) -> Output:
-                branch, runnable, match = item
-                child = _branch_config(config, run_manager, branch, _route_metadata(match))
-                return runnable.invoke(input, child, **kwargs)
+        def run(item: tuple[str, Runnable[Input, Output], RouteMatch]) -> Output:
+            branch, runnable, match = item
+            child = _branch_config(config, run_manager, branch, _route_metadata(match))
+            return runnable.invoke(input, child, **kwargs)
 
-            if len(chosen) == 1:
-                outputs = [run(chosen[0])]
-            else:
-                with get_executor_for_config(config) as executor:
-                    outputs = list(executor.map(run, chosen))
-            result = {branch: out for (branch, _, _), out in zip(chosen, outputs, strict=True)}
-        except BaseException as exc:
-            run_manager.on_chain_error(exc)
-            raise
-        run_manager.on_chain_end(result)
-        return result
+        if len(chosen) == 1:
+            outputs = [run(chosen[0])]
+        else:
+            with get_executor_for_config(config) as executor:
+                outputs = list(executor.map(run, chosen))
+        return {branch: out for (branch, _, _), out in zip(chosen, outputs, strict=True)}
 
     @override
     async def ainvoke(
@@ -1181,9 +1175,15 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
         """Like :meth:`invoke`; the branches run as concurrent tasks."""
         config = ensure_config(config)
         (run_manager,), (ranked,) = await self._adecide([input], [config])
-        return await self._ainvoke_ranked(input, config, run_manager, ranked, **kwargs)
+        try:
+            result = await self._arun_ranked(input, config, run_manager, ranked, **kwargs)
+        except BaseException as exc:
+            await run_manager.on_chain_error(exc)
+            raise
+        await run_manager.on_chain_end(result)
+        return result
 
-    async def _ainvoke_ranked(
+    async def _arun_ranked(
         self,
         input: Input,
         config: RunnableConfig,
@@ -1191,25 +1191,19 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
         ranked: list[RouteMatch] | Exception,
         **kwargs: Any,
     ) -> dict[str, Output]:
-        """Like :meth:`_invoke_ranked`, awaiting the branches."""
-        try:
-            chosen = self._chosen(ranked)
-            outputs = await asyncio.gather(
-                *(
-                    runnable.ainvoke(
-                        input,
-                        _branch_config(config, run_manager, branch, _route_metadata(match)),
-                        **kwargs,
-                    )
-                    for branch, runnable, match in chosen
+        """Like :meth:`_run_ranked`, awaiting the branches."""
+        chosen = self._chosen(ranked)
+        outputs = await asyncio.gather(
+            *(
+                runnable.ainvoke(
+                    input,
+                    _branch_config(config, run_manager, branch, _route_metadata(match)),
+                    **kwargs,
                 )
+                for branch, runnable, match in chosen
             )
-            result = {branch: out for (branch, _, _), out in zip(chosen, outputs, strict=True)}
-        except BaseException as exc:
-            await run_manager.on_chain_error(exc)
-            raise
-        await run_manager.on_chain_end(result)
-        return result
+        )
+        return {branch: out for (branch, _, _), out in zip(chosen, outputs, strict=True)}
 
     @override
     def batch(
@@ -1223,10 +1217,11 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
         """Rank every input with one encoder call, then run each as :meth:`invoke` does.
 
         Inputs run in LangChain's executor (bounded by ``max_concurrency``); results in
-        input order. Without ``return_exceptions`` the first error in input order is
-        raised, after every input has run (each input's run is open from the ranking
-        on, so every one is run and ended). The sync and async twins differ only in
-        how they wait: threads, or tasks.
+        input order. Every input's run is open from the ranking on and ends, as in
+        ``SynaptorouteRouter.batch``, once every input has run (an interrupt ends
+        every run with it). Without ``return_exceptions`` the first error in input
+        order is then raised. The sync and async twins differ only in how they wait:
+        threads, or tasks.
         """
         if not inputs:
             return []
@@ -1235,15 +1230,15 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
 
         def run(i: int) -> dict[str, Output] | Exception:
             try:
-                return self._invoke_ranked(
-                    inputs[i], configs[i], run_managers[i], ranked[i], **kwargs
-                )
+                return self._run_ranked(inputs[i], configs[i], run_managers[i], ranked[i], **kwargs)
             except Exception as exc:
                 return exc
 
-        with get_executor_for_config(configs[0]) as executor:
-            outputs = list(executor.map(run, range(len(inputs))))
-        return _raise_first(outputs, return_exceptions)
+        def run_all() -> list[dict[str, Output] | Exception]:
+            with get_executor_for_config(configs[0]) as executor:
+                return list(executor.map(run, range(len(inputs))))
+
+        return _raise_first(_end_runs(run_managers, run_all), return_exceptions)
 
     @override
     async def abatch(
@@ -1254,23 +1249,80 @@ class SynaptorouteMultiRouter(RunnableSerializable[Input, dict[str, Output]]):
         return_exceptions: bool = False,
         **kwargs: Any | None,
     ) -> list[dict[str, Output]]:
-        """Like :meth:`batch`; every input is submitted to the batching worker at once."""
+        """Like :meth:`batch`; every input is submitted to the batching worker at once.
+
+        A cancellation (``asyncio.wait_for``, a task's ``cancel``) ends every input's
+        run, those still waiting for a ``max_concurrency`` slot included.
+        """
         if not inputs:
             return []
         configs = get_config_list(config, len(inputs))
         run_managers, ranked = await self._adecide(inputs, configs, batch=True)
+        limit = configs[0].get("max_concurrency")
+        # The slot is taken inside each task (not around it, as gather_with_concurrency
+        # does): a task cancelled while it waits then never leaves a coroutine unawaited.
+        slots: AbstractAsyncContextManager[Any] = (
+            nullcontext() if limit is None else asyncio.Semaphore(limit)
+        )
 
         async def run(i: int) -> dict[str, Output] | Exception:
             try:
-                return await self._ainvoke_ranked(
-                    inputs[i], configs[i], run_managers[i], ranked[i], **kwargs
-                )
+                async with slots:
+                    return await self._arun_ranked(
+                        inputs[i], configs[i], run_managers[i], ranked[i], **kwargs
+                    )
             except Exception as exc:
                 return exc
 
-        limit = configs[0].get("max_concurrency")
-        outputs = await gather_with_concurrency(limit, *(run(i) for i in range(len(inputs))))
-        return _raise_first(outputs, return_exceptions)
+        outcomes = await _aend_runs(
+            run_managers, asyncio.gather(*(run(i) for i in range(len(inputs))))
+        )
+        return _raise_first(outcomes, return_exceptions)
+
+
+def _end_runs(
+    run_managers: Sequence[CallbackManagerForChainRun],
+    work: Callable[[], Sequence[T | Exception]],
+) -> list[T | Exception]:
+    """``work()``'s outcome for each input of a batch, each input's run ended with its own.
+
+    ``work`` returns each input's output or error; anything it raises (an interrupt)
+    ends every run with it and is raised, so no run is left open whatever stopped
+    the batch. Both routers' ``batch`` and ``abatch`` end their runs here.
+    """
+    try:
+        outcomes = list(work())
+    except BaseException as exc:
+        for run_manager in run_managers:
+            run_manager.on_chain_error(exc)
+        raise
+    for run_manager, outcome in zip(run_managers, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            run_manager.on_chain_error(outcome)
+        else:
+            run_manager.on_chain_end(outcome)
+    return outcomes
+
+
+async def _aend_runs(
+    run_managers: Sequence[AsyncCallbackManagerForChainRun],
+    work: Awaitable[Sequence[T | Exception]],
+) -> list[T | Exception]:
+    """Like :func:`_end_runs`, awaiting ``work``: a cancellation ends every run with it."""
+    try:
+        outcomes = list(await work)
+    except BaseException as exc:
+        await asyncio.gather(*(run_manager.on_chain_error(exc) for run_manager in run_managers))
+        raise
+    await asyncio.gather(
+        *(
+            run_manager.on_chain_error(outcome)
+            if isinstance(outcome, Exception)
+            else run_manager.on_chain_end(outcome)
+            for run_manager, outcome in zip(run_managers, outcomes, strict=True)
+        )
+    )
+    return outcomes
 
 
 def _raise_first(outputs: Sequence[T | Exception], return_exceptions: bool) -> list[T]:

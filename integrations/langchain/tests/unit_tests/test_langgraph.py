@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import pytest
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
-from langchain_core.runnables import ConfigurableField
+from langchain_core.runnables import ConfigurableField, RunnableLambda
 from langchain_synaptoroute import SynaptorouteClassifier, SynaptorouteRouter
 from langchain_synaptoroute.langgraph import (
     RouteDecision,
@@ -209,23 +209,32 @@ def test_edge_takes_the_router_of_a_classifier_or_a_runnable_router(
 
 
 @pytest.mark.parametrize("helper", [SynaptorouteEdge, SynaptorouteNode, SynaptorouteFanOut])
-def test_a_configurable_wrapper_is_refused_naming_what_to_pass(
+def test_a_wrapper_is_refused_naming_what_to_pass(
     adaptive_router: AdaptiveRouter, helper: Callable[..., Any]
 ) -> None:
-    # configurable_fields sets values per call, while a helper reads its router once:
-    # a per-call threshold would be silently dropped. Its .default is what to pass.
+    # A helper reads its router once and queries its AdaptiveRouter itself: what a
+    # wrapper does per call (a per-call threshold, retries, fallbacks, config) would be
+    # silently dropped. Every wrapper gets the same TypeError, naming what to pass,
+    # instead of an AttributeError or a TypeError from deep inside (with_retry,
+    # with_fallbacks) or a silent acceptance (with_config).
     runnable = SynaptorouteRouter(
         router=adaptive_router, runnables={n: (lambda x: x) for n in ROUTE_NAMES}
     )
     classifier = SynaptorouteClassifier(router=adaptive_router, input_key="messages")
     threshold = ConfigurableField(id="threshold")
-    wrappers = [
+    wrappers: list[Any] = [
         runnable.configurable_fields(threshold=threshold),
         classifier.configurable_fields(threshold=threshold),
         classifier.configurable_alternatives(ConfigurableField(id="which"), other=classifier),
+        runnable.with_retry(),
+        classifier.with_retry(),
+        runnable.with_fallbacks([RunnableLambda(lambda x: x)]),
+        runnable.with_config(tags=["support"]),
+        runnable.as_multi_router(),
     ]
     for wrapper in wrappers:
-        with pytest.raises(TypeError, match=r"configurable_fields.*pass the Runnable it wraps"):
+        name = type(wrapper).__name__
+        with pytest.raises(TypeError, match=rf"not {name}; .*pass the Runnable it wraps"):
             helper(wrapper, default="general")
     graph = _graph()
     graph.add_conditional_edges(START, SynaptorouteEdge(wrappers[0].default, default="general"))
