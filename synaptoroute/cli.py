@@ -287,22 +287,34 @@ def _field(text: str) -> str:
     return text.translate(_FIELD_ESCAPES)
 
 
-def _pad(text: str, width: int) -> str:
-    """``text`` padded with spaces to ``width`` terminal columns: a wide character
-    (CJK, full-width forms) takes two, a combining mark or a format character none,
-    so a column after a route name lines up whatever its script (``:24`` counts code
-    points)."""
+def _columns(text: str) -> int:
+    """The terminal columns ``text`` takes, as terminals draw it: a wide character (CJK,
+    full-width forms, most emoji) two, a combining mark, a format character or a Hangul
+    vowel or final consonant joining the syllable before it none, a character joined
+    by a zero-width joiner (an emoji sequence) none more, and a variation selector 16
+    makes the character before it an emoji (two)."""
     import unicodedata
 
-    columns = sum(
-        0
-        if unicodedata.category(c) in ("Mn", "Me", "Cf")
-        else 2
-        if unicodedata.east_asian_width(c) in ("W", "F")
-        else 1
-        for c in text
-    )
-    return text + " " * max(0, width - columns)
+    columns, last, joined = 0, 0, False
+    for c in text:
+        if c == "\ufe0f":  # VS16: the character before is drawn as an emoji
+            columns, last = columns + (2 - last if last == 1 else 0), 2
+            continue
+        if c == "\u200d":  # joins an emoji sequence: the next emoji is drawn in this one
+            joined = last == 2
+            continue
+        if joined or unicodedata.category(c) in ("Mn", "Me", "Cf") or "\u1160" <= c <= "\u11ff":
+            joined = False
+            continue
+        last = 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+        columns += last
+    return columns
+
+
+def _pad(text: str, width: int) -> str:
+    """``text`` padded with spaces to ``width`` terminal columns (``:24`` counts code
+    points), so a column after a route name lines up whatever its script."""
+    return text + " " * max(0, width - _columns(text))
 
 
 # The characters str.splitlines breaks at, and the tab.

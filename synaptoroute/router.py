@@ -356,7 +356,7 @@ class AdaptiveRouter:
         *,
         storage_options: Mapping[str, Any] | None = None,
         **options: Any,
-    ) -> AdaptiveRouter:
+    ) -> Self:
         """A router on the store that ``store`` names, as the CLI and the service open one.
 
         Args:

@@ -526,21 +526,28 @@ AWKWARD = [
 ]
 
 
+FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+
+
 def test_routes_list_lines_up_names_of_every_script(
     capsys: pytest.CaptureFixture[str], store: str
 ) -> None:
     # The name column was padded by code points: a CJK name (two columns a character)
     # pushed its line's counts right, a decomposed accent (no column) pulled them left.
-    for name in ("billing", "\u8acb\u6c42\u66f8", "cafe\u0301"):
+    for name in ("billing", "\u8acb\u6c42\u66f8", "cafe\u0301", FAMILY, "love\u2764\ufe0f"):
         assert run(capsys, "routes", "add", name, "I need a refund", "--store", store)[0] == 0
     code, out, _ = run(capsys, "routes", "list", "--store", store)
     lines = out.splitlines()
-    assert code == EXIT_OK and len(lines) == 4
-    wide = {"\u8acb", "\u6c42", "\u66f8"}
+    assert code == EXIT_OK and len(lines) == 6
+    # As terminals draw them: the family emoji (three joined by ZWJ) and the heart
+    # made an emoji by VS16 take two columns each.
+    drawn = {"\u8acb": 2, "\u6c42": 2, "\u66f8": 2, "\u0301": 0, FAMILY: 2, "\u2764\ufe0f": 2}
 
     def columns_before_count(line: str) -> int:
         head = line[: line.index(" 1 ") if " 1 " in line else 0]
-        return sum(2 if c in wide else 0 if c == "\u0301" else 1 for c in head)
+        for text, columns in drawn.items():
+            head = head.replace(text, "x" * columns)
+        return len(head)
 
     assert len({columns_before_count(line) for line in lines[1:]}) == 1, lines
 

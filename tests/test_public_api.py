@@ -156,6 +156,7 @@ def test_typed_user_code_runs() -> None:
 def test_typed_subclass_code_runs() -> None:
     import asyncio
 
-    from typed_usage import route_in_a_subclass
+    from typed_usage import route_in_a_subclass, route_in_an_opened_subclass
 
     assert asyncio.run(route_in_a_subclass("I need a refund")) == "acme:billing"
+    assert asyncio.run(route_in_an_opened_subclass("I need a refund")) == "acme:billing"

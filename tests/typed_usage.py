@@ -47,3 +47,10 @@ async def route_in_a_subclass(query: str) -> str:
     async with TenantRouter(encoder=ListEncoder()) as router:
         router.add_route(Route(name="billing", utterances=["I need a refund", "my invoice"]))
         return f"{router.tenant}:{(await router.aquery(query)).name}"
+
+
+async def route_in_an_opened_subclass(query: str) -> str:
+    """The same through ``TenantRouter.open(...)`` (annotated ``AdaptiveRouter`` too)."""
+    async with TenantRouter.open(":memory:", ListEncoder()) as router:
+        router.add_route(Route(name="billing", utterances=["I need a refund", "my invoice"]))
+        return f"{router.tenant}:{(await router.aquery(query)).name}"
