@@ -127,6 +127,47 @@ async def test_a_cancellation_in_the_route_runs_callbacks_ends_the_router_runs(
     # their run managers (RunnableBranch's conditions' runs stay open alike).
 
 
+class _HoldingOneStart(AsyncCallbackHandler):
+    """Holds the router run's start of one input of a batch (a remote exporter stalled)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.reached = asyncio.Event()
+
+    async def on_chain_start(self, serialized: Any, inputs: Any, **kwargs: Any) -> None:
+        """Hold the start of the router run of ``text``."""
+        if kwargs.get("parent_run_id") is None and inputs == self.text:
+            self.reached.set()
+            await asyncio.Event().wait()  # never set: only the cancellation ends it
+
+
+@pytest.mark.parametrize("multi", [False, True])
+async def test_a_cancellation_while_a_batch_starts_its_runs_ends_those_started(
+    adaptive_router: AdaptiveRouter, recorder: RunRecorder, multi: bool
+) -> None:
+    # The batch's router runs were started side by side and kept only once all had
+    # started: a cancellation while one start was held lost the others, started and
+    # never ended.
+    holding = _HoldingOneStart(CRASH)
+    router = _router(adaptive_router)
+    runnable = router.as_multi_router() if multi else router
+    task = asyncio.ensure_future(
+        runnable.abatch([REFUND, CRASH], {"callbacks": [recorder, holding]})
+    )
+    await asyncio.wait_for(holding.reached.wait(), 60)  # a guard: it is reached at once
+    # No thread takes part (the recorder is inline, the holder a coroutine): these loop
+    # turns let the first input's start return its run manager, whatever the order.
+    for _ in range(50):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (first,) = [root for root in _roots(recorder) if root.inputs == REFUND]
+    assert first.ended and isinstance(first.error, asyncio.CancelledError)
+    # The held input's run stays open: the cancellation landed inside LangChain's own
+    # on_chain_start, which never returned its run manager.
+
+
 async def test_a_cancelled_multi_router_abatch_ends_the_runs_of_inputs_still_queued(
     adaptive_router: AdaptiveRouter, recorder: RunRecorder
 ) -> None:
