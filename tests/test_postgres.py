@@ -44,6 +44,7 @@ from synaptoroute import (
 )
 from synaptoroute.storage import ModelInfo, StoredRoute
 from synaptoroute.storage.polling import PollingWatch
+from synaptoroute.storage.postgres import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_DIR = os.environ.get("SYNAPTOROUTE_TEST_PG_DIR", "")
@@ -520,7 +521,7 @@ def test_storage_round_trip_is_exact(pg_dsn: str, schema: str) -> None:
     again = open_store(pg_dsn, schema)  # a second connection, as another replica would
     try:
         assert again.model_info() == model
-        assert again.schema_version == 1
+        assert again.schema_version == SCHEMA_VERSION == 2
         loaded = {s.route.name: s for s in again.load()}
         assert list(loaded) == ["billing", "support", "weather"]
         assert loaded["billing"].route == ROUTES[0]
@@ -705,7 +706,7 @@ def test_a_current_store_opens_while_another_replica_holds_the_writers_lock(
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"synaptoroute:{schema}",))
         store = open_store(pg_dsn, schema, lock_timeout=1)
         try:
-            assert store.schema_version == 1 and store.load() == []
+            assert store.schema_version == SCHEMA_VERSION and store.load() == []
         finally:
             store.close()
     new = f"{schema}_new"
@@ -932,6 +933,51 @@ def test_a_foreign_or_newer_schema_is_left_untouched(pg_dsn: str, schema: str) -
         conn.execute(f"UPDATE \"{schema}\".meta SET value = '99' WHERE key = 'version'")
     with pytest.raises(StorageError, match="version 99, newer"):
         open_store(pg_dsn, schema)
+
+
+def test_a_version_1_store_is_marked_version_2_so_0_2_0_refuses_it(
+    pg_dsn: str, schema: str, encoder: Encoder
+) -> None:
+    # 0.2.0 wrote version 1 and refuses a newer one at open; the store's version stayed
+    # 1 while negative examples (the reserved route __negatives__) and fitted heads
+    # with fields 0.2.0 does not know were added, so a 0.2.0 replica started on a store
+    # a newer one had used answered queries with "__negatives__" and misread the head.
+    import psycopg
+
+    router = AdaptiveRouter(encoder, open_store(pg_dsn, schema))
+    router.add_route(Route(name="billing", utterances=["I need a refund", "my invoice"]))
+    router.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # as 0.2.0 left it
+        conn.execute(f"UPDATE \"{schema}\".meta SET value = '1' WHERE key = 'version'")
+    store = open_store(pg_dsn, schema)
+    try:
+        assert store.schema_version == 2
+        assert [s.route.name for s in store.load()] == ["billing"]
+    finally:
+        store.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute(f"SELECT value FROM \"{schema}\".meta WHERE key = 'version'")
+        assert row.fetchone() == ("2",)  # what 0.2.0 compares with its own 1
+
+
+def test_a_version_1_store_with_a_route_of_the_reserved_name_is_refused_untouched(
+    pg_dsn: str, schema: str, encoder: Encoder
+) -> None:
+    # A 0.2.0 user's route named __negatives__ would silently become negative
+    # examples; SQLite refused such a store, PostgreSQL could not tell.
+    import psycopg
+
+    router = AdaptiveRouter(encoder, open_store(pg_dsn, schema))
+    router.add_route(Route(name="billing", utterances=["I need a refund", "my invoice"]))
+    router.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # as 0.2.0 could leave it
+        conn.execute(f"UPDATE \"{schema}\".meta SET value = '1' WHERE key = 'version'")
+        conn.execute(f"UPDATE \"{schema}\".routes SET name = '__negatives__'")
+    with pytest.raises(StorageError, match="holds a route named '__negatives__'"):
+        open_store(pg_dsn, schema)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute(f"SELECT value FROM \"{schema}\".meta WHERE key = 'version'")
+        assert row.fetchone() == ("1",)  # nothing migrated
 
 
 def test_a_schema_the_server_refuses_is_a_storage_error(pg_dsn: str) -> None:

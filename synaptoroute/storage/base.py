@@ -22,7 +22,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..exceptions import InvalidInputError, StorageError
-from ..models import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, Route, metadata_shape_problem
+from ..models import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    NEGATIVES_ROUTE,
+    Route,
+    metadata_shape_problem,
+)
 
 if TYPE_CHECKING:
     from .changes import Change
@@ -39,6 +45,7 @@ __all__ = [
     "is_database_url",
     "metadata_json",
     "open_storage",
+    "pre_negatives_route_error",
     "redact_url",
     "stored_model",
 ]
@@ -287,6 +294,19 @@ def _check_vectors(texts: Sequence[str], vectors: NDArray[np.float32], model: Mo
 
 
 _URL_PREFIXES = ("postgresql://", "postgres://")
+
+
+def pre_negatives_route_error() -> StorageError:
+    """The refusal of a store written before negative examples existed (0.2.0) that
+    holds a route of their reserved name: migrated, that route would silently become
+    negative examples (hidden, its metadata too, rejecting what it matched)."""
+    msg = (
+        f"the store (written before negative examples existed, by 0.2.0 or "
+        f"earlier) holds a route named {NEGATIVES_ROUTE!r}, a name this version "
+        "keeps for negative examples; rename that route with the version that "
+        "wrote the store (delete it and add it under another name), then open it again"
+    )
+    return StorageError(msg)
 
 
 def is_database_url(target: str | os.PathLike[str]) -> bool:

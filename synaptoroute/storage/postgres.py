@@ -47,13 +47,14 @@ from ..exceptions import (
     StorageError,
     install_hint,
 )
-from ..models import Route
+from ..models import NEGATIVES_ROUTE, Route
 from .base import (
     ModelInfo,
     StoredRoute,
     _check_vectors,
     _refuse_mixing,
     check_route,
+    pre_negatives_route_error,
     stored_model,
 )
 from .changes import Change, ChangeKind
@@ -67,7 +68,7 @@ __all__ = ["SCHEMA_VERSION", "PostgresStorage"]
 _log = logging.getLogger("synaptoroute.postgres")
 
 _APP_ID = "synaptoroute"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 _T = TypeVar("_T")
 # PostgreSQL and libpq hold their timeouts in a C int of milliseconds (lock_timeout,
@@ -192,8 +193,21 @@ def _migration_1(cur: psycopg.Cursor[Any], s: str) -> None:
         cur.execute(statement)
 
 
+def _migration_2(cur: psycopg.Cursor[Any], s: str) -> None:
+    """Version 2: no table changes; what the tables hold changed since 0.2.0 wrote
+    version 1: negative examples as the reserved route ``__negatives__`` and fitted
+    policies with fields 0.2.0 does not know (n-gram features, the out-of-scope
+    scorer). 0.2.0 read them as a route it answered with and as a head without them;
+    it refuses a newer version at open, so the number is what makes it refuse. A
+    version-1 store holding a route of the reserved name (a 0.2.0 user's) is refused,
+    nothing migrated, as SQLite's step to its version 3 refuses it."""
+    cur.execute(f"SELECT 1 FROM {s}.routes WHERE name = %s", (NEGATIVES_ROUTE,))
+    if cur.fetchone() is not None:
+        raise pre_negatives_route_error()
+
+
 # Index i holds the step from schema version i to i + 1. Append, never edit.
-MIGRATIONS: list[Callable[[psycopg.Cursor[Any], str], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[psycopg.Cursor[Any], str], None]] = [_migration_1, _migration_2]
 
 
 def _route_doc(route: Route, *, utterances: bool) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from .base import (
     _refuse_mixing,
     check_route,
     check_store_path,
+    pre_negatives_route_error,
     stored_model,
 )
 from .changes import Change, ChangeKind
@@ -196,13 +197,7 @@ def _migration_3(db: sqlite3.Connection) -> None:
     # route of their reserved name would silently become negative examples (hidden,
     # its metadata too, and rejecting what it matched). Refused, nothing migrated.
     if db.execute("SELECT 1 FROM routes WHERE name = ?", (NEGATIVES_ROUTE,)).fetchone():
-        msg = (
-            f"the store (written before negative examples existed, by 0.2.0 or "
-            f"earlier) holds a route named {NEGATIVES_ROUTE!r}, a name this version "
-            "keeps for negative examples; rename that route with the version that "
-            "wrote the store (delete it and add it under another name), then open it again"
-        )
-        raise StorageError(msg)
+        raise pre_negatives_route_error()
     # AUTOINCREMENT: a deleted route's id is never given to a new one, so an id read
     # in one statement can never name another route in the next. Runs with foreign
     # keys off (see _open), so dropping the old tables cascades nothing.
