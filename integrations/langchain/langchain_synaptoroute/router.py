@@ -83,7 +83,6 @@ __all__ = ["DEFAULT_BRANCH", "ROUTE_RUN_NAME", "SynaptorouteMultiRouter", "Synap
 
 T = TypeVar("T")
 D = TypeVar("D")
-M = TypeVar("M")  # a run manager, sync or async
 
 #: Name of the default branch in tags (``route:default``) and run metadata.
 DEFAULT_BRANCH = "default"
@@ -858,52 +857,42 @@ async def _aopen_and_decide(
     """
     runs: dict[int, AsyncCallbackManagerForChainRun] = {}
     routing: dict[int, AsyncCallbackManagerForChainRun] = {}  # started and not yet ended
+
+    # Each run is recorded as soon as its start returns, and taken out as its end
+    # starts: a cancellation of the others (a gather) still finds every run started
+    # and not yet ended, and a run whose end a handler interrupted is ended once.
+    # Each start's coroutine is made when its task runs (one made before and dropped
+    # by a cancellation warns "never awaited").
+    async def start_run(i: int, config: RunnableConfig, value: Any) -> None:
+        runs[i] = await get_async_callback_manager_for_config(config).on_chain_start(
+            None,
+            value,
+            name=config.get("run_name") or owner.get_name(),
+            run_id=config.pop("run_id", None),
+        )
+
+    async def start_route(i: int, value: Any) -> None:
+        routing[i] = await runs[i].get_child().on_chain_start(None, value, name=ROUTE_RUN_NAME)
+
+    async def end_route(i: int, decision: D | Exception) -> None:
+        child = routing.pop(i)
+        if isinstance(decision, Exception):
+            await child.on_chain_error(decision)
+        else:
+            await child.on_chain_end(describe(decision))
+
     try:
         await _aeach(
-            [
-                _astarted(
-                    runs,
-                    i,
-                    get_async_callback_manager_for_config(c).on_chain_start(
-                        None,
-                        value,
-                        name=c.get("run_name") or owner.get_name(),
-                        run_id=c.pop("run_id", None),
-                    ),
-                )
-                for i, (c, value) in enumerate(zip(configs, inputs, strict=True))
-            ]
+            [start_run(i, c, v) for i, (c, v) in enumerate(zip(configs, inputs, strict=True))]
         )
-        await _aeach(
-            [
-                _astarted(
-                    routing, i, runs[i].get_child().on_chain_start(None, value, name=ROUTE_RUN_NAME)
-                )
-                for i, value in enumerate(inputs)
-            ]
-        )
+        await _aeach([start_route(i, value) for i, value in enumerate(inputs)])
         decisions = list(await decide())  # returns the errors it expects
-        ending = [routing[i] for i in range(len(inputs))]
-        routing.clear()  # their ends are not repeated if interrupted
-        await _aeach(
-            [
-                child.on_chain_error(decision)
-                if isinstance(decision, Exception)
-                else child.on_chain_end(describe(decision))
-                for child, decision in zip(ending, decisions, strict=True)
-            ]
-        )
+        await _aeach([end_route(i, decision) for i, decision in enumerate(decisions)])
     except BaseException as exc:  # a cancellation or timeout of the awaiting task
         for managers in (routing, runs):
             await _aeach([manager.on_chain_error(exc) for manager in managers.values()])
         raise
     return [runs[i] for i in range(len(inputs))], decisions
-
-
-async def _astarted(started: dict[int, M], i: int, start: Awaitable[M]) -> None:
-    # Recorded as soon as its start returns: a cancellation of the others (a gather)
-    # must still find it to end it.
-    started[i] = await start
 
 
 async def _aeach(calls: list[Awaitable[Any]]) -> None:
@@ -1309,21 +1298,24 @@ def _end_runs(
 ) -> list[T | Exception]:
     """``work()``'s outcome for each input of a batch, each input's run ended with its own.
 
-    ``work`` returns each input's output or error; anything it raises (an interrupt)
-    ends every run with it and is raised, so no run is left open whatever stopped
-    the batch. Both routers' ``batch`` and ``abatch`` end their runs here.
+    ``work`` returns each input's output or error; anything it raises (an interrupt),
+    or a handler raises while the runs are ended, ends every run not yet ended with
+    it and is raised, so no run is left open whatever stopped the batch. Both
+    routers' ``batch`` and ``abatch`` end their runs here.
     """
+    pending = dict(enumerate(run_managers))  # not yet ended
     try:
         outcomes = list(work())
+        for i, outcome in enumerate(outcomes):
+            run_manager = pending.pop(i)  # ended once, even when a handler interrupts
+            if isinstance(outcome, Exception):
+                run_manager.on_chain_error(outcome)
+            else:
+                run_manager.on_chain_end(outcome)
     except BaseException as exc:
-        for run_manager in run_managers:
+        for run_manager in pending.values():
             run_manager.on_chain_error(exc)
         raise
-    for run_manager, outcome in zip(run_managers, outcomes, strict=True):
-        if isinstance(outcome, Exception):
-            run_manager.on_chain_error(outcome)
-        else:
-            run_manager.on_chain_end(outcome)
     return outcomes
 
 
@@ -1332,19 +1324,21 @@ async def _aend_runs(
     work: Awaitable[Sequence[T | Exception]],
 ) -> list[T | Exception]:
     """Like :func:`_end_runs`, awaiting ``work``: a cancellation ends every run with it."""
+    pending = dict(enumerate(run_managers))  # not yet ended
+
+    async def end(i: int, outcome: T | Exception) -> None:
+        run_manager = pending.pop(i)  # ended once, even when a handler interrupts
+        if isinstance(outcome, Exception):
+            await run_manager.on_chain_error(outcome)
+        else:
+            await run_manager.on_chain_end(outcome)
+
     try:
         outcomes = list(await work)
+        await _aeach([end(i, outcome) for i, outcome in enumerate(outcomes)])
     except BaseException as exc:
-        await asyncio.gather(*(run_manager.on_chain_error(exc) for run_manager in run_managers))
+        await _aeach([run_manager.on_chain_error(exc) for run_manager in pending.values()])
         raise
-    await asyncio.gather(
-        *(
-            run_manager.on_chain_error(outcome)
-            if isinstance(outcome, Exception)
-            else run_manager.on_chain_end(outcome)
-            for run_manager, outcome in zip(run_managers, outcomes, strict=True)
-        )
-    )
     return outcomes
 
 

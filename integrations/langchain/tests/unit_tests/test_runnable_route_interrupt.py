@@ -168,6 +168,67 @@ async def test_a_cancellation_while_a_batch_starts_its_runs_ends_those_started(
     # on_chain_start, which never returned its run manager.
 
 
+@pytest.mark.parametrize("helper", ["_aopen_and_decide", "_aend_runs"])
+async def test_a_batch_cancelled_at_any_loop_turn_leaves_no_run_open(
+    recorder: RunRecorder, helper: str
+) -> None:
+    # The two helpers every async entry point opens and ends its runs with, driven
+    # with real callback managers and an inline recorder (LangChain's callbacks then
+    # never suspend) and a decision or work that takes one loop turn: their own
+    # gathers are the only places a cancellation lands, and it is tried at every loop
+    # turn until they finish. A gather's tasks cancelled before their first step
+    # dropped the ends they were to make, and starts made in advance warned "never
+    # awaited". No thread takes part: the turn a cancellation lands at is fixed.
+    from langchain_core.callbacks.manager import AsyncCallbackManager
+    from langchain_synaptoroute import router as module
+
+    inputs = [REFUND, CRASH, "hi there"]
+    owner = RunnableLambda(lambda x: x, name="owner")
+
+    async def decide() -> list[Any]:
+        await asyncio.sleep(0)
+        return [*inputs[:2], ValueError("unreadable")]
+
+    async def attempt(turns: int) -> bool:
+        recorder.runs.clear()
+        if helper == "_aopen_and_decide":
+            configs: list[RunnableConfig] = [{"callbacks": [recorder]} for _ in inputs]
+            call = module._aopen_and_decide(owner, inputs, configs, decide, lambda d: {"d": d})
+        else:
+            manager = AsyncCallbackManager(handlers=[recorder])
+            runs = [await manager.on_chain_start(None, value, name="run") for value in inputs]
+            call = module._aend_runs(runs, decide())
+        task = asyncio.ensure_future(call)
+        # Its first step (as the entry points, which await the helpers in their own
+        # task, always take), then ``turns`` more.
+        for _ in range(1 + turns):
+            await asyncio.sleep(0)
+        finished = task.done()
+        task.cancel()
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            pass
+        else:  # the router's runs are the caller's to end once they are returned
+            if helper == "_aopen_and_decide":
+                for run in result[0]:
+                    await run.on_chain_end({})
+        still_open = [run for run in recorder.runs.values() if not run.ended]
+        assert still_open == [], (turns, still_open)
+        return finished
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        turns = 0
+        while not await attempt(turns):
+            turns += 1
+        recorder.runs.clear()
+        await asyncio.sleep(0)
+        gc.collect()
+    assert turns > 1  # the cancellation was tried inside the helper's gathers too
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+
+
 async def test_a_cancelled_multi_router_abatch_ends_the_runs_of_inputs_still_queued(
     adaptive_router: AdaptiveRouter, recorder: RunRecorder
 ) -> None:
