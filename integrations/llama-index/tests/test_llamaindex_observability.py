@@ -45,7 +45,7 @@ from llama_index.selectors.synaptoroute import (
     SynaptorouteEmbedding,
     SynaptorouteSelector,
 )
-from llama_index.selectors.synaptoroute.observability import SelectionRouter
+from llama_index.selectors.synaptoroute.observability import SelectionRouter, model_dict
 from llamaindex_support import UTTERANCES
 from numpy.typing import NDArray
 
@@ -162,7 +162,7 @@ def test_select_dispatches_one_embedding_pair_in_an_embedding_span_under_its_own
     assert spans.parent_of(embedding.id_) == selection.id_
     instance, arguments, result = spans.calls[embedding.id_]
     assert isinstance(instance, SynaptorouteEmbedding)
-    assert instance.to_payload() == start.model_dict
+    assert model_dict(instance) == start.model_dict
     assert arguments == {"query": QUERY}
     assert result == end.embeddings[0]
     assert spans.open_spans == {}
@@ -234,7 +234,7 @@ def test_a_synaptoroute_embeddings_callback_manager_gets_the_embedding_events(
         (pair,) = debug.get_event_pairs(CBEventType.EMBEDDING)
         start, end = pair
         assert start.payload is not None and end.payload is not None
-        assert start.payload[EventPayload.SERIALIZED] == embed_model.to_payload()
+        assert start.payload[EventPayload.SERIALIZED] == model_dict(embed_model)
         (text,) = end.payload[EventPayload.CHUNKS]
         _close_to_the_model(end.payload[EventPayload.EMBEDDINGS][0], encoder, text)
         # Under the engine's query event, in sync and async alike.

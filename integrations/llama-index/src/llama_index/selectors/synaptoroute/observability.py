@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import Token
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -61,6 +61,7 @@ __all__ = [
     "QueryEmbeddingCall",
     "QueryEmbeddingEvents",
     "SelectionRouter",
+    "model_dict",
     "query_embedding_events",
 ]
 
@@ -169,6 +170,18 @@ def _embeds_with_llama_index(encoder: object) -> bool:
     return isinstance(getattr(embed, "__self__", None), BaseEmbedding)
 
 
+def model_dict(embedding: BaseEmbedding) -> dict[str, Any]:
+    """What the installed llama-index-core's ``get_query_embedding`` sends as an
+    embedding's ``model_dict``: its ``to_payload()``, or, in the releases before that
+    method (0.14.0 has none), its ``to_dict()`` less an ``api_key``."""
+    to_payload = getattr(embedding, "to_payload", None)
+    if to_payload is not None:
+        return cast("dict[str, Any]", to_payload())
+    payload = embedding.to_dict()
+    payload.pop("api_key", None)
+    return payload
+
+
 class QueryEmbeddingEvents:
     """What a selector's query-embedding events name and where they go.
 
@@ -209,8 +222,8 @@ class QueryEmbeddingEvents:
         return self._built
 
     def payload(self) -> dict[str, Any]:
-        """The ``model_dict`` of the events (the embedding's current ``to_payload()``)."""
-        return self.embedding().to_payload()
+        """The ``model_dict`` of the events: :func:`model_dict` of the embedding."""
+        return model_dict(self.embedding())
 
     @property
     def callback_manager(self) -> CallbackManager:
