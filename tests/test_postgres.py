@@ -935,6 +935,27 @@ def test_a_foreign_or_newer_schema_is_left_untouched(pg_dsn: str, schema: str) -
         open_store(pg_dsn, schema)
 
 
+def _as_0_2_0_left_it(dsn: str, schema: str, encoder: Encoder, *sql: str) -> None:
+    """A store of one route at schema version 1, as 0.2.0 wrote it, then ``sql`` run."""
+    import psycopg
+
+    router = AdaptiveRouter(encoder, open_store(dsn, schema))
+    router.add_route(Route(name="billing", utterances=["I need a refund", "my invoice"]))
+    router.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in (f"UPDATE \"{schema}\".meta SET value = '1' WHERE key = 'version'", *sql):
+            conn.execute(statement)
+
+
+def _recorded_version(dsn: str, schema: str) -> str:
+    """The version in the store's ``meta`` table, as 0.2.0 reads it at open."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(f"SELECT value FROM \"{schema}\".meta WHERE key = 'version'")
+        return str(row.fetchone()[0])
+
+
 def test_a_version_1_store_is_marked_version_2_so_0_2_0_refuses_it(
     pg_dsn: str, schema: str, encoder: Encoder
 ) -> None:
@@ -942,22 +963,14 @@ def test_a_version_1_store_is_marked_version_2_so_0_2_0_refuses_it(
     # 1 while negative examples (the reserved route __negatives__) and fitted heads
     # with fields 0.2.0 does not know were added, so a 0.2.0 replica started on a store
     # a newer one had used answered queries with "__negatives__" and misread the head.
-    import psycopg
-
-    router = AdaptiveRouter(encoder, open_store(pg_dsn, schema))
-    router.add_route(Route(name="billing", utterances=["I need a refund", "my invoice"]))
-    router.close()
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # as 0.2.0 left it
-        conn.execute(f"UPDATE \"{schema}\".meta SET value = '1' WHERE key = 'version'")
+    _as_0_2_0_left_it(pg_dsn, schema, encoder)
     store = open_store(pg_dsn, schema)
     try:
         assert store.schema_version == 2
         assert [s.route.name for s in store.load()] == ["billing"]
     finally:
         store.close()
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        row = conn.execute(f"SELECT value FROM \"{schema}\".meta WHERE key = 'version'")
-        assert row.fetchone() == ("2",)  # what 0.2.0 compares with its own 1
+    assert _recorded_version(pg_dsn, schema) == "2"  # what 0.2.0 compares with its own 1
 
 
 def test_a_version_1_store_with_a_route_of_the_reserved_name_is_refused_untouched(
@@ -965,19 +978,11 @@ def test_a_version_1_store_with_a_route_of_the_reserved_name_is_refused_untouche
 ) -> None:
     # A 0.2.0 user's route named __negatives__ would silently become negative
     # examples; SQLite refused such a store, PostgreSQL could not tell.
-    import psycopg
-
-    router = AdaptiveRouter(encoder, open_store(pg_dsn, schema))
-    router.add_route(Route(name="billing", utterances=["I need a refund", "my invoice"]))
-    router.close()
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # as 0.2.0 could leave it
-        conn.execute(f"UPDATE \"{schema}\".meta SET value = '1' WHERE key = 'version'")
-        conn.execute(f"UPDATE \"{schema}\".routes SET name = '__negatives__'")
+    rename = f"UPDATE \"{schema}\".routes SET name = '__negatives__'"
+    _as_0_2_0_left_it(pg_dsn, schema, encoder, rename)
     with pytest.raises(StorageError, match="holds a route named '__negatives__'"):
         open_store(pg_dsn, schema)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        row = conn.execute(f"SELECT value FROM \"{schema}\".meta WHERE key = 'version'")
-        assert row.fetchone() == ("1",)  # nothing migrated
+    assert _recorded_version(pg_dsn, schema) == "1"  # nothing migrated
 
 
 def test_a_schema_the_server_refuses_is_a_storage_error(pg_dsn: str) -> None:

@@ -15,7 +15,7 @@ import inspect
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -78,11 +78,19 @@ class EmbeddingEvents(BaseEventHandler):
 @pytest.fixture
 def instrumented() -> Iterator[EmbeddingEvents]:
     """An event handler on LlamaIndex's root dispatcher, removed afterwards."""
-    handler = EmbeddingEvents()
-    root = get_dispatcher()
-    root.add_event_handler(handler)
-    yield handler
-    root.event_handlers.remove(handler)
+    yield from _on_root(EmbeddingEvents(), get_dispatcher().event_handlers)
+
+
+H = TypeVar("H")
+
+
+def _on_root(handler: H, handlers: list[Any]) -> Iterator[H]:
+    """``handler`` in one of the root dispatcher's lists of handlers while the test runs."""
+    handlers.append(handler)
+    try:
+        yield handler
+    finally:
+        handlers.remove(handler)
 
 
 class Spans(SimpleSpanHandler):
@@ -122,11 +130,7 @@ class Spans(SimpleSpanHandler):
 @pytest.fixture
 def spans() -> Iterator[Spans]:
     """A span handler on LlamaIndex's root dispatcher, removed afterwards."""
-    handler = Spans()
-    root = get_dispatcher()
-    root.add_span_handler(handler)
-    yield handler
-    root.span_handlers.remove(handler)
+    yield from _on_root(Spans(), get_dispatcher().span_handlers)
 
 
 def _close_to_the_model(embedding: list[float], encoder: Encoder, text: str) -> None:
