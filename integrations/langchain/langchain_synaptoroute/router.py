@@ -813,32 +813,30 @@ def _open_and_decide(
     input's child run spans it. The decision cannot go into the router's run's
     metadata: LangChain fixes a run's metadata when the run starts.
     """
-    runs: list[CallbackManagerForChainRun] = []
-    routing: list[CallbackManagerForChainRun] = []  # route runs started and not yet ended
+    runs: dict[int, CallbackManagerForChainRun] = {}
+    routing: dict[int, CallbackManagerForChainRun] = {}  # route runs started, not ended
     # Once a router run has started, anything raised until the decision is returned
     # (an interrupt in a callback handler included) ends it, as RunnableBranch ends
-    # its run when a condition fails; the caller takes over from there.
+    # its run when a condition fails; the caller takes over from there. A run is taken
+    # out of ``routing`` as its end starts: ended once, even when a handler interrupts.
     try:
-        for c, value in zip(configs, inputs, strict=True):
-            callbacks = get_callback_manager_for_config(c)
-            name = c.get("run_name") or owner.get_name()
-            runs.append(
-                callbacks.on_chain_start(None, value, name=name, run_id=c.pop("run_id", None))
+        for i, (c, value) in enumerate(zip(configs, inputs, strict=True)):
+            runs[i] = get_callback_manager_for_config(c).on_chain_start(
+                None,
+                value,
+                name=c.get("run_name") or owner.get_name(),
+                run_id=c.pop("run_id", None),
             )
-        for run, value in zip(runs, inputs, strict=True):
-            routing.append(run.get_child().on_chain_start(None, value, name=ROUTE_RUN_NAME))
+        for i, value in enumerate(inputs):
+            routing[i] = runs[i].get_child().on_chain_start(None, value, name=ROUTE_RUN_NAME)
         decisions = list(decide())  # returns the errors it expects; raises an interrupt
-        for child, decision in zip(list(routing), decisions, strict=True):
-            del routing[0]  # ended once, even when a handler interrupts its end
-            if isinstance(decision, Exception):
-                child.on_chain_error(decision)
-            else:
-                child.on_chain_end(describe(decision))
+        for i, decision in enumerate(decisions):
+            _end(routing.pop(i), _described(decision, describe))
     except BaseException as exc:
-        for manager in [*routing, *runs]:
+        for manager in [*routing.values(), *runs.values()]:
             manager.on_chain_error(exc)
         raise
-    return runs, decisions
+    return [runs[i] for i in range(len(inputs))], decisions
 
 
 async def _aopen_and_decide(
@@ -875,11 +873,7 @@ async def _aopen_and_decide(
         routing[i] = await runs[i].get_child().on_chain_start(None, value, name=ROUTE_RUN_NAME)
 
     async def end_route(i: int, decision: D | Exception) -> None:
-        child = routing.pop(i)
-        if isinstance(decision, Exception):
-            await child.on_chain_error(decision)
-        else:
-            await child.on_chain_end(describe(decision))
+        await _aend(routing.pop(i), _described(decision, describe))
 
     try:
         await _aeach(
@@ -893,6 +887,27 @@ async def _aopen_and_decide(
             await _aeach([manager.on_chain_error(exc) for manager in managers.values()])
         raise
     return [runs[i] for i in range(len(inputs))], decisions
+
+
+def _described(decision: D | Exception, describe: Callable[[D], dict[str, Any]]) -> Any:
+    """What a route run ends with: the decision described, or the error in its place."""
+    return decision if isinstance(decision, Exception) else describe(decision)
+
+
+def _end(run_manager: CallbackManagerForChainRun, outcome: Any) -> None:
+    """End a run with ``outcome``: its error if it is one, else its output."""
+    if isinstance(outcome, Exception):
+        run_manager.on_chain_error(outcome)
+    else:
+        run_manager.on_chain_end(outcome)
+
+
+async def _aend(run_manager: AsyncCallbackManagerForChainRun, outcome: Any) -> None:
+    """Like :func:`_end`, awaited."""
+    if isinstance(outcome, Exception):
+        await run_manager.on_chain_error(outcome)
+    else:
+        await run_manager.on_chain_end(outcome)
 
 
 async def _aeach(calls: list[Awaitable[Any]]) -> None:
@@ -1307,11 +1322,7 @@ def _end_runs(
     try:
         outcomes = list(work())
         for i, outcome in enumerate(outcomes):
-            run_manager = pending.pop(i)  # ended once, even when a handler interrupts
-            if isinstance(outcome, Exception):
-                run_manager.on_chain_error(outcome)
-            else:
-                run_manager.on_chain_end(outcome)
+            _end(pending.pop(i), outcome)  # taken out first: ended once, even if interrupted
     except BaseException as exc:
         for run_manager in pending.values():
             run_manager.on_chain_error(exc)
@@ -1327,11 +1338,7 @@ async def _aend_runs(
     pending = dict(enumerate(run_managers))  # not yet ended
 
     async def end(i: int, outcome: T | Exception) -> None:
-        run_manager = pending.pop(i)  # ended once, even when a handler interrupts
-        if isinstance(outcome, Exception):
-            await run_manager.on_chain_error(outcome)
-        else:
-            await run_manager.on_chain_end(outcome)
+        await _aend(pending.pop(i), outcome)  # taken out first: ended once, even if interrupted
 
     try:
         outcomes = list(await work)
