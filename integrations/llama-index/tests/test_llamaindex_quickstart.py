@@ -5,7 +5,8 @@ Each page's Python block that builds a ``SynaptorouteSelector`` runs with stand-
 engines for the ones it names (``billing_engine``...; for the top-level README, whose
 block takes ``tools`` and ``llm`` as given, two tools named as its comment says). An
 expression statement followed by ``# ...`` lines shows its value: the value's
-``repr``, the comment's lines joined by a space, must read the same.
+``repr``, the comment's lines joined by a space, must read the same (its scores
+within 0.01).
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ PAGES = [
     ROOT / "integrations" / "llama-index" / "README.md",
 ]
 FENCE = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+NUMBER = re.compile(r"-?\d+\.\d+")
+
+
+def _same_output(actual: str, shown: str) -> bool:
+    """Whether ``actual`` reads as ``shown``, a score within 0.01 of the one shown: the
+    model's scores move in their third decimal with the CPU's int8 kernels and the
+    onnxruntime release (a shown 0.643 is 0.64345 here, 5e-5 from printing 0.644)."""
+    return NUMBER.sub("#", actual) == NUMBER.sub("#", shown) and all(
+        abs(float(a) - float(b)) <= 0.01
+        for a, b in zip(NUMBER.findall(actual), NUMBER.findall(shown), strict=True)
+    )
 
 
 def _quick_start(page: Path) -> str:
@@ -80,7 +92,7 @@ def test_quick_start_runs_without_a_warning_and_shows_its_output(page: Path) -> 
                 value = eval(compile(ast.Expression(statement.value), page.name, "eval"), namespace)
                 shown = _shown(source, statement, following)
                 if shown is not None:
-                    assert repr(value) == shown, f"{page.name} shows another output"
+                    assert _same_output(repr(value), shown), (page.name, repr(value), shown)
                     checked += 1
             else:
                 exec(
