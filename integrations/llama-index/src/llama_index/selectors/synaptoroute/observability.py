@@ -193,8 +193,8 @@ class QueryEmbeddingEvents:
     selector stays free), and the callback manager LlamaIndex's global
     ``Settings.callback_manager`` (as ``Settings.embed_model``'s), read at each selection.
 
-    Copies of a selector share it: a deep copy would have copied the embedding's
-    callback handlers, and the copy's events gone to the copies.
+    Copies of a selector share it (a deep copy of the embedding would copy its
+    callback handlers, and the copy's events go to the copies).
     """
 
     def __init__(self, source: EncoderProtocol | SynaptorouteEmbedding) -> None:
@@ -207,9 +207,6 @@ class QueryEmbeddingEvents:
         """The events of a selector built with ``encoder``; ``None`` for an encoder over
         a LlamaIndex embedding (wrapped or not), whose own calls dispatch them."""
         return None if _embeds_with_llama_index(encoder) else cls(encoder)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> QueryEmbeddingEvents:
-        return self
 
     def embedding(self) -> SynaptorouteEmbedding:
         """The embedding the events are of: the one given, or one over the encoder."""
@@ -308,8 +305,8 @@ def query_embedding_events(
             router.waiting_for(query) as wait,
         ):
             yield
-            if wait.vector is None:  # pragma: no cover - the router embedded no query
-                return
+            # The selector asks for events only for a query the router embeds.
+            assert wait.vector is not None, "the router embedded no query"
             call.result = wait.vector.tolist()
             event.on_end(
                 payload={EventPayload.CHUNKS: [query], EventPayload.EMBEDDINGS: [call.result]}

@@ -398,7 +398,7 @@ class SynaptorouteSelector(BaseSelector):
     def _start_cache(self) -> None:
         # The routers built per choice set and what guards them: a selector's own,
         # never shared with a copy.
-        self._routers: OrderedDict[ChoiceKey, AdaptiveRouter] = OrderedDict()
+        self._routers: OrderedDict[ChoiceKey, SelectionRouter] = OrderedDict()
         # Evicted routers may still have a batching worker running; aclose() stops them.
         self._retired: list[AdaptiveRouter] = []
         # aselect calls under way per router: the last one out of an evicted router stops
@@ -424,8 +424,9 @@ class SynaptorouteSelector(BaseSelector):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SynaptorouteSelector:
         """As :func:`copy.copy`, the other attributes deep-copied: the encoder (a loaded
-        model) and the utterances (read-only) are shared."""
-        shared = {"encoder", "_utterances"}
+        model), the utterances (read-only) and where the embedding events go (an
+        embedding's callback handlers) are shared."""
+        shared = {"encoder", "_utterances", "_embedding_events"}
         settings = {
             k: v if k in shared else copy.deepcopy(v, memo) for k, v in self._settings().items()
         }
@@ -653,7 +654,7 @@ class SynaptorouteSelector(BaseSelector):
             routes.append(Route(name=str(index), utterances=texts))
         return routes
 
-    def _cached_router(self, key: ChoiceKey, *, selecting: bool = False) -> AdaptiveRouter | None:
+    def _cached_router(self, key: ChoiceKey, *, selecting: bool = False) -> SelectionRouter | None:
         with self._lock:
             router = self._routers.get(key)
             if router is not None:
@@ -662,7 +663,7 @@ class SynaptorouteSelector(BaseSelector):
                     self._selecting[router] = self._selecting.get(router, 0) + 1
             return router
 
-    def router_for(self, choices: Sequence[ToolMetadata]) -> AdaptiveRouter:
+    def router_for(self, choices: Sequence[ToolMetadata]) -> SelectionRouter:
         """The router of this choice set, built (one encoder call) the first time."""
         key = self.choice_key(choices)
         router = self._cached_router(key)
@@ -677,7 +678,7 @@ class SynaptorouteSelector(BaseSelector):
         routes: list[Route],
         selecting: bool = False,
         utterances: Mapping[str, Sequence[str]] | None = None,
-    ) -> AdaptiveRouter:
+    ) -> SelectionRouter:
         """The router of the choice set ``key``: cached, or built from ``routes``
         (``selecting``: counted as an aselect under way on it; ``utterances``: the
         mapping the routes were made from, ``None`` for the current one)."""
@@ -720,7 +721,7 @@ class SynaptorouteSelector(BaseSelector):
             routes = self._routes(choices, utterances)
             build = _Build()
 
-            def built() -> AdaptiveRouter:
+            def built() -> SelectionRouter:
                 made = self._build(key, routes, True, utterances)
                 with self._lock:
                     build.router, abandoned = made, build.abandoned
@@ -750,7 +751,7 @@ class SynaptorouteSelector(BaseSelector):
 
     def _query_embedding(
         self,
-        router: AdaptiveRouter,
+        router: SelectionRouter,
         query: str,
         method: QueryEmbeddingCall,
     ) -> AbstractContextManager[None]:
@@ -759,12 +760,7 @@ class SynaptorouteSelector(BaseSelector):
         nothing of (the router embeds none) or one that is not text (the router refuses
         it), nor for a wrapped LlamaIndex embedding, which dispatches its own."""
         events = self._embedding_events
-        if (
-            events is None
-            or not isinstance(router, SelectionRouter)
-            or not isinstance(query, str)
-            or reads_nothing_of(self.encoder)(query)
-        ):
+        if events is None or not isinstance(query, str) or reads_nothing_of(self.encoder)(query):
             return nullcontext()
         return query_embedding_events(events, router, query, method)
 
