@@ -222,31 +222,34 @@ def _digest(path: Path) -> str:
 LEFTOVER_AGE_S = 3600.0
 
 
-def _sweep_leftovers(path: Path, *, older_than: float = LEFTOVER_AGE_S) -> int:
-    """Remove the temporary files of saves of ``path`` whose writer was killed (SIGKILL,
-    the OOM killer, a power cut: its ``finally`` never ran): those not modified for
-    ``older_than`` seconds. Judged by age, not by the writer's pid: a folder on a
-    network share is written from several hosts. Returns how many went."""
+def _temporary_files(path: Path) -> tuple[Path, Path]:
+    """This writer's temporary graph and key files for ``path``: unique per writer, so
+    two routers of one process on one store never share one."""
+    stem = f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}"
+    return path.with_name(stem + ".tmp"), path.with_name(stem + ".json.tmp")
+
+
+def _sweep_leftovers(path: Path) -> None:
+    """Remove the :func:`_temporary_files` of ``path`` (any writer's) not modified for
+    :data:`LEFTOVER_AGE_S`: their writer was killed (SIGKILL, the OOM killer, a power
+    cut: its ``finally`` never ran). Judged by age, not by the writer's pid: a folder
+    on a network share is written from several hosts."""
     import re
     import time
 
     pattern = re.compile(re.escape(path.name) + r"\.\d+\.[0-9a-f]{32}(?:\.json)?\.tmp")
-    cutoff = time.time() - older_than
-    removed = 0
+    cutoff = time.time() - LEFTOVER_AGE_S
     try:
         entries = list(os.scandir(path.parent))
     except OSError:
-        return 0
+        return
     for entry in entries:
-        if not pattern.fullmatch(entry.name):
-            continue
-        try:
-            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                os.unlink(entry.path)
-                removed += 1
-        except OSError:
-            continue  # gone already (another router's sweep), or not ours to remove
-    return removed
+        if pattern.fullmatch(entry.name):
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except OSError:
+                continue  # gone already (another router's sweep), or not ours to remove
 
 
 def _flush_to_disk(path: Path) -> None:
@@ -518,9 +521,7 @@ class AnnGraph:
         """
         if stop is not None and stop():
             return False
-        # Unique per writer, so two routers of one process on one store never share one.
-        stem = f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}"
-        tmp, meta_tmp = path.with_name(stem + ".tmp"), path.with_name(stem + ".json.tmp")
+        tmp, meta_tmp = _temporary_files(path)
         try:
             with self._lock:
                 covered = self.covered

@@ -140,8 +140,9 @@ def _drain_over(cancel: asyncio.CancelledError) -> bool:
 
 
 def _is_port(text: str) -> bool:
-    # RFC 9110's port is *DIGIT (ASCII): str.isdigit() also takes "²" and other scripts'.
-    return all("0" <= c <= "9" for c in text)
+    # RFC 9110's port is *DIGIT (ASCII): str.isdigit() alone also takes "²" and other
+    # scripts' digits.
+    return not text or (text.isascii() and text.isdigit())
 
 
 def _host_name(value: str) -> str:
