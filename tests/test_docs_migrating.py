@@ -27,12 +27,11 @@ from typing import Any
 
 import pytest
 import yaml
+from doc_blocks import fenced
 
 from synaptoroute import AdaptiveRouter
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "migrating.md"
-FENCE = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
-SKIP = re.compile(r"<!--\s*doc-test:\s*skip\b.*-->")
 SHOWN = re.compile(r"#\s*->\s*(.+?)\s*$")
 
 #: What semantic-router's routes look like once written out by the page's block: one
@@ -68,13 +67,8 @@ class Block:
 
 def blocks(text: str) -> list[Block]:
     """The page's python blocks, in order."""
-    found = []
-    for match in FENCE.finditer(text):
-        above = text[: match.start()].rstrip("\n").splitlines()
-        skipped = bool(above) and SKIP.fullmatch(above[-1].strip()) is not None
-        line = text[: match.start(1)].count("\n") + 1
-        found.append(Block(line, match[1], skipped))
-    return found
+    # The code starts on the line after the fence.
+    return [Block(f.line + 1, f.code, f.skipped) for f in fenced(text, ("python",))]
 
 
 def shown_values(source: str) -> dict[int, str]:

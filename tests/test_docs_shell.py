@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from doc_blocks import FENCE, fenced
 
 # Integration tier: the real model (and, for some, a real server).
 pytestmark = pytest.mark.model
@@ -43,8 +44,6 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: Pages whose examples run an integration package.
 _NEEDS = {"langchain.md": "langchain_synaptoroute", "langgraph.md": "langchain_synaptoroute"}
 SKIP = "doc-test: skip"
-FENCE = re.compile(r"^([ \t]*)```(\w*)[^\n]*\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
-MARKER = re.compile(r"<!--\s*doc-test:\s*(skip-lines|skip)\b\s*(.*?)\s*-->")
 
 ROUTES_YAML = """\
 threshold: 0.5
@@ -68,25 +67,13 @@ class Block:
 
 def blocks(path: Path) -> list[Block]:
     """The runnable commands of every bash block of ``path``, in order."""
-    text = path.read_text(encoding="utf-8")
     found = []
-    for match in FENCE.finditer(text):
-        if match[2] not in ("bash", "sh", "shell", "console"):
+    for fence in fenced(path.read_text(encoding="utf-8"), ("bash", "sh", "shell", "console")):
+        if fence.skipped:
             continue
-        # The markers on the lines just above the fence, up to the first other line.
-        above = text[: match.start()].rstrip("\n").splitlines()
-        kinds: list[str] = []
-        markers: list[str] = []  # prefixes of the lines not to run
-        while above and (marker := MARKER.fullmatch(above[-1].strip())):
-            above.pop()
-            kinds.append(marker[1])
-            if marker[1] == "skip-lines":
-                markers.append(marker[2])
-        if "skip" in kinds:
-            continue
-        block = Block(path, text[: match.start()].count("\n") + 1)
-        indent = len(match[1])  # a block inside a list item
-        lines = [line[indent:] for line in match[3].splitlines()]
+        block = Block(path, fence.line)
+        markers = fence.skipped_prefixes  # prefixes of the lines not to run
+        lines = fence.code.splitlines()
         prompted = any(line.startswith("$ ") for line in lines)
         command = ""
         for line in lines:
