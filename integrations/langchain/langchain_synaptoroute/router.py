@@ -911,8 +911,8 @@ async def _aend(run_manager: AsyncCallbackManagerForChainRun, outcome: Any) -> N
 
 
 async def _aeach(calls: list[Awaitable[Any]]) -> None:
-    """Await ``calls``, side by side when there are several (one input's are awaited in
-    turn: a gather's tasks and loop turns cost a single call about a third of a ms)."""
+    """Await ``calls``, side by side when there are several (a single call is awaited
+    directly: a gather would wrap it in a task and cost it loop turns)."""
     if len(calls) == 1:
         await calls[0]
     elif calls:
