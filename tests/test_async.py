@@ -146,6 +146,45 @@ async def test_aquery_equals_query_over_the_val_slice(
     assert max(clinc_router.worker.stats.batch_sizes) > 1  # it really batched
 
 
+async def test_routers_sharing_one_encoder_each_answer_from_their_own_routes(
+    encoder: Encoder,
+) -> None:
+    # docs/deployment.md, "Many tenants in one process": routers given one Encoder,
+    # queried at once on one loop and from threads (each with its own loop), answer
+    # each from its own routes, as their sync queries do.
+    kinds = [
+        {"billing": ["I need a refund", "I was charged twice"], "tech": ["the app crashes"]},
+        {"weather": ["will it rain tomorrow", "how hot is it"], "music": ["play some jazz"]},
+    ]
+    tenants = [AdaptiveRouter(encoder) for _ in range(6)]
+    for i, tenant in enumerate(tenants):
+        tenant.add_routes(Route(name=n, utterances=u) for n, u in kinds[i % 2].items())
+    queries = ["refund my order please", "is it going to rain", "the app keeps crashing"]
+    expected = [[tenant.query(q) for q in queries] for tenant in tenants]
+
+    def in_a_thread(tenant: AdaptiveRouter) -> list[RouteMatch]:
+        async def ask() -> list[RouteMatch]:
+            try:
+                return list(await asyncio.gather(*(tenant.aquery(q) for q in queries)))
+            finally:
+                await tenant.stop()
+
+        return asyncio.run(ask())
+
+    here, there = tenants[:3], tenants[3:]
+    threads = [asyncio.to_thread(in_a_thread, tenant) for tenant in there]
+    on_this_loop = [tenant.aquery(q) for tenant in here for q in queries]
+    answers = await asyncio.gather(*on_this_loop, *threads)
+    for tenant in here:
+        await tenant.stop()
+    flat = answers[: len(on_this_loop)]
+    got = [flat[i : i + len(queries)] for i in range(0, len(flat), len(queries))]
+    got += answers[len(on_this_loop) :]
+    assert got == expected
+    assert {m.name for row in expected[::2] for m in row} <= {"billing", "tech", None}
+    assert {m.name for row in expected[1::2] for m in row} <= {"weather", "music", None}
+
+
 async def test_aquery_before_start_starts_the_worker_on_this_loop(
     clinc_router: AdaptiveRouter,
 ) -> None:
