@@ -86,13 +86,18 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
 
     A tool the request forces (``tool_choice`` naming it, set by the caller or an
     earlier middleware) is always bound; it takes one of the ``max_tools`` places
-    unless it is in ``always_include``.
+    unless it is in ``always_include``. So are the tools a provider ``tool_choice``
+    restricts the call to (OpenAI's ``{"type": "allowed_tools", ...}``, Gemini's
+    ``{"function_calling_config": {"allowed_function_names": [...]}}``) or names
+    (``{"tool": {"name": ...}}``, Bedrock's spelling, as well as OpenAI's and Anthropic's).
 
     With no human message in the conversation, or no tool reaching ``threshold``
     (``on_no_match="all"``), every tool is bound, so the agent works as it would
     without this middleware; ``on_no_match="none"`` binds only ``always_include``.
     But when the request demands a tool call without naming one (``tool_choice``
-    ``"any"``, ``"required"``, ``True``, or ``{"type": "any"}``/``{"type": "required"}``)
+    ``"any"``, ``"required"``, ``True``, ``{"type": "any"}``/``{"type": "required"}``,
+    Bedrock's ``{"any": {}}``, OpenAI's ``allowed_tools`` in mode ``"required"`` or
+    Gemini's ``function_calling_config`` in mode ``"ANY"``)
     and that would leave no tool bound (no ``always_include`` tool offered, no provider
     tool dict), the best-ranked tool is bound even under ``threshold``: a demanded tool
     call needs a tool to call.
@@ -491,33 +496,80 @@ def _forced(tool_choice: Any) -> set[str]:
     A str (a tool's name; ``"auto"``, ``"any"``, ``"required"`` and ``"none"`` name no
     offered tool, unless one is so called), the provider dicts
     ``{"type": "function", "function": {"name": ...}}`` (OpenAI),
-    ``{"type": "tool", "name": ...}`` (Anthropic) or ``{"name": ...}``, or a list of
-    tool names (the tools a call is restricted to). Anything else forces none.
+    ``{"type": "tool", "name": ...}`` (Anthropic), ``{"tool": {"name": ...}}`` (Bedrock)
+    or ``{"name": ...}``, a list of tool names, or the provider dicts that restrict a
+    call to some tools: OpenAI's ``{"type": "allowed_tools", ...}`` (Responses and
+    Chat Completions spellings) and Gemini's ``{"function_calling_config":
+    {"allowed_function_names": [...]}}``. Anything else forces none.
     """
     if isinstance(tool_choice, str):
         return {tool_choice}
     if isinstance(tool_choice, Mapping):
-        function = tool_choice.get("function")
-        name = function.get("name") if isinstance(function, Mapping) else tool_choice.get("name")
-        return {name} if isinstance(name, str) else set()
+        allowed = _allowed(tool_choice)
+        if allowed is not None:
+            return {name for name in map(_tool_name, allowed) if name is not None}
+        name = _tool_name(tool_choice.get("tool", tool_choice))  # Bedrock nests it
+        return set() if name is None else {name}
     if isinstance(tool_choice, (list, tuple)):
         return {name for name in tool_choice if isinstance(name, str)}
     return set()
 
 
+def _tool_name(spec: Any) -> str | None:
+    """The tool name in one provider spelling of a tool (``{"name": ...}``,
+    ``{"function": {"name": ...}}``, or the name itself), else ``None``."""
+    if isinstance(spec, str):
+        return spec
+    if not isinstance(spec, Mapping):
+        return None
+    function = spec.get("function")
+    name = function.get("name") if isinstance(function, Mapping) else spec.get("name")
+    return name if isinstance(name, str) else None
+
+
+def _restriction(tool_choice: Mapping[Any, Any]) -> Mapping[Any, Any] | None:
+    """The part of a provider ``tool_choice`` dict that restricts a call to some tools
+    and says its mode: OpenAI's ``allowed_tools`` (the Responses API spells it flat,
+    Chat Completions under an ``allowed_tools`` key) or Gemini's
+    ``function_calling_config``; ``None`` for other dicts."""
+    if tool_choice.get("type") == "allowed_tools":
+        nested = tool_choice.get("allowed_tools")
+        return nested if isinstance(nested, Mapping) else tool_choice
+    config = tool_choice.get("function_calling_config")
+    return config if isinstance(config, Mapping) else None
+
+
+def _allowed(tool_choice: Mapping[Any, Any]) -> list[Any] | None:
+    """The tools a restricting ``tool_choice`` dict allows (see :func:`_restriction`);
+    ``None`` when it restricts nothing."""
+    restriction = _restriction(tool_choice)
+    if restriction is None:
+        return None
+    tools = restriction.get("tools", restriction.get("allowed_function_names"))
+    return list(tools) if isinstance(tools, (list, tuple)) else None
+
+
 #: The ``tool_choice`` values that demand a tool call without naming one: LangChain's
-#: and OpenAI's strings, ``True``, and Anthropic's ``{"type": "any"}``.
+#: and OpenAI's strings, ``True``, Anthropic's ``{"type": "any"}``, Bedrock's
+#: ``{"any": {}}``, OpenAI's ``allowed_tools`` in mode ``"required"`` and Gemini's
+#: ``function_calling_config`` in mode ``"ANY"``.
 _DEMANDING = ("any", "required")
 
 
 def _demands_call(tool_choice: Any) -> bool:
     """Whether ``tool_choice`` demands some tool call: ``"any"``, ``"required"``,
-    ``True``, or a provider dict ``{"type": "any"}`` / ``{"type": "required"}``."""
+    ``True``, or a provider dict that does (see :data:`_DEMANDING`)."""
     if tool_choice is True:
         return True
     if isinstance(tool_choice, str):
         return tool_choice in _DEMANDING
     if isinstance(tool_choice, Mapping):
+        restriction = _restriction(tool_choice)
+        if restriction is not None:
+            mode = restriction.get("mode")
+            return isinstance(mode, str) and mode.lower() in _DEMANDING
+        if len(tool_choice) == 1 and "any" in tool_choice:  # Bedrock's {"any": {}}
+            return True
         kind = tool_choice.get("type")
         return isinstance(kind, str) and kind in _DEMANDING
     return False

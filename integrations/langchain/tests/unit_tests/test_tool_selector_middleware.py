@@ -556,6 +556,22 @@ class _ForceTool(AgentMiddleware):
         {"type": "function", "function": {"name": "set_timer"}},
         {"type": "tool", "name": "set_timer"},
         {"name": "set_timer"},
+        # Provider spellings: Bedrock's, and those restricting a call to some tools
+        # (OpenAI Responses, OpenAI Chat Completions, Gemini).
+        {"tool": {"name": "set_timer"}},
+        {
+            "type": "allowed_tools",
+            "mode": "auto",
+            "tools": [{"type": "function", "name": "set_timer"}],
+        },
+        {
+            "type": "allowed_tools",
+            "allowed_tools": {
+                "mode": "required",
+                "tools": [{"type": "function", "function": {"name": "set_timer"}}],
+            },
+        },
+        {"function_calling_config": {"mode": "ANY", "allowed_function_names": ["set_timer"]}},
     ],
 )
 async def test_a_tool_the_request_forces_stays_bound(
@@ -592,7 +608,18 @@ async def _both_agents(
     return sync_model, async_model
 
 
-@pytest.mark.parametrize("choice", ["any", "required", {"type": "any"}, True])
+@pytest.mark.parametrize(
+    "choice",
+    [
+        "any",
+        "required",
+        {"type": "any"},
+        True,
+        {"any": {}},  # Bedrock
+        {"function_calling_config": {"mode": "ANY"}},  # Gemini
+        {"type": "allowed_tools", "mode": "required", "tools": []},  # OpenAI Responses
+    ],
+)
 async def test_a_demanded_tool_call_keeps_the_best_tool_under_the_threshold(
     recording_encoder: RecordingEncoder, choice: Any
 ) -> None:
@@ -612,7 +639,8 @@ async def test_a_demanded_tool_call_keeps_the_best_tool_under_the_threshold(
         recording_encoder, threshold=0.9, on_no_match="none", always_include=["search_docs"]
     )
     assert included.select_tools(text, TOOLS, tool_choice=choice) == ["search_docs"]
-    assert selector.select_tools(text, TOOLS, tool_choice="auto") == []
+    for auto in ("auto", {"auto": {}}, {"function_calling_config": {"mode": "AUTO"}}):
+        assert selector.select_tools(text, TOOLS, tool_choice=auto) == []
     web_search = {"type": "web_search"}
     with_dict = _model("c")
     create_agent(with_dict, tools=[*TOOLS, web_search], middleware=middleware).invoke(
