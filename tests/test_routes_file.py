@@ -100,6 +100,29 @@ def test_yaml_aliases_are_bounded_not_refused() -> None:
     assert "(line " in str(info.value)
 
 
+def test_libyaml_reads_yaml_and_pyyaml_decides_what_it_refuses() -> None:
+    # PyYAML's own parser read about 0.5 MB/s (a 100k-route file took minutes at
+    # `serve --routes`); libyaml's reads it several times faster (benchmarks/routes_file.py).
+    yaml = pytest.importorskip("yaml")
+    if not yaml.__with_libyaml__:
+        pytest.skip("this PyYAML has no libyaml")
+    # A tab after a colon: YAML allows it, PyYAML's own parser alone refused it.
+    tabbed = parse_routes("routes:\n  - name:\tbilling\n    utterances: [refund]\n")
+    assert tabbed.routes[0].name == "billing"
+    # What libyaml refuses, PyYAML's parser reads as before: no file that loaded fails now.
+    flow = parse_routes("routes: [{name: billing, utterances:[refund]}]\n")
+    assert flow.routes[0].utterances == ["refund"]
+    # libyaml takes no lone surrogate: PyYAML's refusal, not a UnicodeEncodeError.
+    with pytest.raises(InvalidInputError, match="special characters are not allowed"):
+        parse_routes(f"{ROUTE}    metadata: {{a: \ud800}}\n", source="r.yaml")
+    # Aliases are bounded on libyaml's parser itself, not only by the second reading.
+    from synaptoroute.routes_file import _yaml_loader
+
+    laughs = "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+    with pytest.raises(yaml.composer.ComposerError, match="aliases expand"):
+        yaml.load(f"a0: &a0 [x, x]\n{laughs}", Loader=_yaml_loader(fast=True))
+
+
 def test_a_yaml_word_read_as_no_text_says_what_yaml_read() -> None:
     # "Input should be a valid string" left a user looking at `- yes` in the file.
     text = (
