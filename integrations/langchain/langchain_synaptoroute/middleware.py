@@ -65,7 +65,8 @@ class _Selection:
     candidates: list[BaseTool]
     k: int
     #: Whether tools stay bound whatever is selected (``always_include`` tools offered,
-    #: or provider tool dicts).
+    #: provider tool dicts, or a response format's tool), so a demanded tool call never
+    #: needs a selected one.
     others: bool = False
 
 
@@ -333,7 +334,10 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         refuse_misspelt_key(self.utterances, self._seen_names, names, "tool")
 
     def _plan(
-        self, offered: Sequence[BaseTool | dict[str, Any]], messages: Sequence[BaseMessage]
+        self,
+        offered: Sequence[BaseTool | dict[str, Any]],
+        messages: Sequence[BaseMessage],
+        response_format: Any = None,
     ) -> _Selection | None:
         """What to select among for a model call, or ``None`` when its tools stay as they are."""
         tools = [tool for tool in offered if isinstance(tool, BaseTool)]
@@ -351,7 +355,12 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         stored = len(self.router)
         wanted = len(candidates) if self.max_tools is None else self.max_tools
         k = max(1, min(stored, wanted + max(stored - len(candidates), 0)))
-        others = len(candidates) < len(tools) or len(tools) < len(offered)
+        # With a response format, create_agent binds its structured-output tool and
+        # forces "any" itself (ToolStrategy), or drops tool_choice (ProviderStrategy):
+        # a request's demand for a tool call never lacks a tool to call.
+        others = (
+            len(candidates) < len(tools) or len(tools) < len(offered) or response_format is not None
+        )
         return _Selection(text=text, candidates=candidates, k=k, others=others)
 
     def _wider(self, plan: _Selection, ranked: Sequence[RouteMatch]) -> int | None:
@@ -420,17 +429,23 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         return request.override(tools=tools)
 
     def select_tools(
-        self, text: str, tools: Sequence[BaseTool], *, tool_choice: Any = None
+        self,
+        text: str,
+        tools: Sequence[BaseTool],
+        *,
+        tool_choice: Any = None,
+        response_format: Any = None,
     ) -> list[str]:
         """The names of the tools this middleware would bind for ``text``, best first.
 
         ``always_include`` tools come last; every tool when nothing is selected and
         ``on_no_match="all"``. A tool that ``tool_choice`` (a model request's) forces
         comes first; one that demands a tool call (``"any"``, ``"required"``...) keeps
-        the best-ranked tool when nothing else would be bound. Used by the middleware
-        itself, and handy for checks.
+        the best-ranked tool when nothing else would be bound (a ``response_format``,
+        as a model request's, binds its own tool or drops ``tool_choice``). Used by the
+        middleware itself, and handy for checks.
         """
-        plan = self._plan(tools, [HumanMessage(text)])
+        plan = self._plan(tools, [HumanMessage(text)], response_format)
         if plan is None:
             return [tool.name for tool in tools]
         chosen = self._chosen(plan, self._ranked(plan), tool_choice)
@@ -446,7 +461,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         handler: Callable[[ModelRequest], ModelResponse],
     ) -> ModelResponse | AIMessage:
         """Bind the selected tools, then call the model."""
-        plan = self._plan(request.tools, request.messages)
+        plan = self._plan(request.tools, request.messages, request.response_format)
         if plan is None:
             return handler(request)
         chosen = self._chosen(plan, self._ranked(plan), request.tool_choice)
@@ -461,9 +476,11 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         """Like :meth:`wrap_model_call`; new routes are encoded off the event loop."""
         offered = [tool for tool in request.tools if isinstance(tool, BaseTool)]
         if self._routes_ready(offered):  # nothing to encode: no thread hop
-            plan = self._plan(request.tools, request.messages)
+            plan = self._plan(request.tools, request.messages, request.response_format)
         else:
-            plan = await asyncio.to_thread(self._plan, request.tools, request.messages)
+            plan = await asyncio.to_thread(
+                self._plan, request.tools, request.messages, request.response_format
+            )
         if plan is None:
             return await handler(request)
         ranked = await self.router.aquery_top_k(plan.text, plan.k, timeout=self.timeout)

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+from langchain.agents.structured_output import ProviderStrategy, ToolStrategy
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import BaseTool, tool
 from langchain_synaptoroute import SynaptorouteToolSelectorMiddleware
 from langchain_synaptoroute import middleware as middleware_module
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from synaptoroute import AdaptiveRouter, InvalidInputError, Route, RouteMatch, SQLiteStorage
 from synaptoroute.testing import hold_until_the_fork, in_forked_child
@@ -647,6 +648,37 @@ async def test_a_demanded_tool_call_keeps_the_best_tool_under_the_threshold(
         {"messages": [HumanMessage(text)]}
     )
     assert with_dict.bound == [[str(web_search)]]
+
+
+class Forecast(BaseModel):
+    """The agent's structured answer."""
+
+    summary: str
+
+
+async def test_a_response_format_s_tool_answers_a_demanded_call(
+    recording_encoder: RecordingEncoder,
+) -> None:
+    # With a structured response format create_agent binds its own tool and forces
+    # "any" (ToolStrategy), or drops tool_choice (ProviderStrategy): the selector bound
+    # a tool under its threshold for a demand that never lacked a tool to call.
+    text = "What is the boiling point of mercury?"
+    selector = _selector(recording_encoder, threshold=0.9, on_no_match="none")
+    for response_format in (ToolStrategy(Forecast), ProviderStrategy(Forecast)):
+        assert (
+            selector.select_tools(text, TOOLS, tool_choice="any", response_format=response_format)
+            == []
+        )
+    model = _model("a")
+    agent = create_agent(
+        model,
+        tools=TOOLS,
+        middleware=[_ForceTool("any"), selector],
+        response_format=ToolStrategy(Forecast),
+    )
+    await agent.ainvoke({"messages": [HumanMessage(text)]})
+    assert model.bound == [["Forecast"]]
+    assert model.choices == ["any"]
 
 
 async def test_no_thread_hop_when_nothing_needs_encoding(
