@@ -14,6 +14,7 @@ EXPECTED_ALL = [
     "SelectionPolicy",
     "SynaptorouteEmbedding",
     "SynaptorouteSelector",
+    "SynaptorouteToolRetriever",
     "__version__",
     "decide_selection",
 ]

@@ -1,6 +1,7 @@
 """A LlamaIndex selector that routes by example utterances, built on synaptoroute.
 
 ``SynaptorouteSelector`` plugs into ``RouterQueryEngine`` and ``RouterRetriever``;
+``SynaptorouteToolRetriever`` is an agent's ``tool_retriever``;
 ``SynaptorouteEmbedding`` exposes the bundled offline model as a LlamaIndex
 embedding; ``LlamaIndexEncoder`` lets any LlamaIndex embedding drive the router.
 """
@@ -12,6 +13,7 @@ from importlib.metadata import version as _distribution_version
 
 from .embeddings import LlamaIndexEncoder, SynaptorouteEmbedding
 from .selector import NoMatchPolicy, SelectionPolicy, SynaptorouteSelector, decide_selection
+from .tools import SynaptorouteToolRetriever
 
 try:  # the version is written once, in pyproject.toml; the installed metadata carries it
     __version__ = _distribution_version("llama-index-selectors-synaptoroute")
@@ -24,6 +26,7 @@ __all__ = [
     "SelectionPolicy",
     "SynaptorouteEmbedding",
     "SynaptorouteSelector",
+    "SynaptorouteToolRetriever",
     "__version__",
     "decide_selection",
 ]

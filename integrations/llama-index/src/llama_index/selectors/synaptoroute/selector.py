@@ -618,10 +618,6 @@ class SynaptorouteSelector(BaseSelector):
             msg = "there are no choices to select from"
             raise InvalidInputError(msg)
         self._check_choices(choices, utterances)
-        if self.policy.fallback is not None:
-            # At the set's first selection, whatever it matches: a misspelt fallback
-            # otherwise surfaced only at the first query that matched nothing.
-            _fallback_index(choices, self.policy.fallback)
         routes = []
         skip = reads_nothing_of(self.encoder)
         shared = _shared_names(choices)
@@ -706,13 +702,53 @@ class SynaptorouteSelector(BaseSelector):
     # -- selection -----------------------------------------------------------------
     @override
     def _select(self, choices: Sequence[ToolMetadata], query: QueryBundle) -> SelectorResult:
-        router = self.router_for(choices)
-        with self._query_embedding(router, query.query_str, "get_query_embedding"):
-            ranked = router.query_top_k(query.query_str, self.policy.top_n)
+        ranked = self.rank(choices, query.query_str, self.policy.top_n)
+        self._check_fallback(choices)
         return decide_selection(ranked, choices, self.policy, query.query_str)
 
     @override
     async def _aselect(self, choices: Sequence[ToolMetadata], query: QueryBundle) -> SelectorResult:
+        ranked = await self.arank(choices, query.query_str, self.policy.top_n)
+        self._check_fallback(choices)
+        return decide_selection(ranked, choices, self.policy, query.query_str)
+
+    def _check_fallback(self, choices: Sequence[ToolMetadata]) -> None:
+        """Refuse a fallback that names no choice, whatever the query matched: a
+        misspelt one otherwise surfaced only at the first query that matched nothing.
+        Checked per selection, not when a set's routes are built: a selector shared
+        with a ``SynaptorouteToolRetriever`` builds routes for tool sets that have no
+        use for the fallback."""
+        if self.policy.fallback is not None:
+            _fallback_index(choices, self.policy.fallback)
+
+    # -- ranking: the selection's, shared with SynaptorouteToolRetriever -----------
+    def rank(self, choices: Sequence[ToolMetadata], query: str, k: int) -> list[RouteMatch]:
+        """The ``k`` best choices for ``query``, best first, as :meth:`select` ranks them.
+
+        Each element is named after its choice's index in ``choices`` and judged
+        against this selector's threshold; an empty query gives ``[]``. The choice
+        set's routes are built at its first ranking (see :meth:`router_for`); the
+        query's embedding dispatches LlamaIndex's embedding events.
+
+        Raises:
+            InvalidInputError: the choices or the query are not acceptable.
+        """
+        router = self.router_for(choices)
+        with self._query_embedding(router, query, "get_query_embedding"):
+            return router.query_top_k(query, k)
+
+    async def arank(
+        self,
+        choices: Sequence[ToolMetadata],
+        query: str,
+        k: int,
+        *,
+        timeout: float | None = None,
+    ) -> list[RouteMatch]:
+        """:meth:`rank` as :meth:`aselect` ranks: the query is embedded on the router's
+        batching worker, off the event loop (``timeout``: the seconds it may wait for
+        the worker, ``None`` for no bound), and a choice set's first build runs in a
+        thread."""
         key = self.choice_key(choices)
         router = self._cached_router(key, selecting=True)
         if router is None:
@@ -743,11 +779,10 @@ class SynaptorouteSelector(BaseSelector):
         try:
             # Embedding and scoring run on the router's worker thread, off the event loop;
             # the embedding's events are dispatched here, in this selection's context.
-            with self._query_embedding(router, query.query_str, "aget_query_embedding"):
-                ranked = await router.aquery_top_k(query.query_str, self.policy.top_n)
+            with self._query_embedding(router, query, "aget_query_embedding"):
+                return await router.aquery_top_k(query, k, timeout=timeout)
         finally:
             self._release(router)
-        return decide_selection(ranked, choices, self.policy, query.query_str)
 
     def _query_embedding(
         self,
