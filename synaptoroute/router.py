@@ -1885,3 +1885,19 @@ def _not_a_str(values: object, method: str) -> None:
     if isinstance(values, str):
         msg = f"{method} takes a list of utterances, not a str"
         raise TypeError(msg)
+
+
+def stop_workers_soon(router: AdaptiveRouter) -> None:
+    """Stop ``router``'s batching worker on each event loop that runs one, from any
+    thread and without waiting: ``stop()`` is scheduled on that loop, to run when it
+    next runs. For caches that drop a router other loops may still have a worker for
+    (each worker is a thread a long-lived loop would otherwise keep)."""
+    for worker in router.workers:
+        loop = worker.loop
+        if not worker.running or loop is None:
+            continue
+        stopping = router.stop()
+        try:
+            asyncio.run_coroutine_threadsafe(stopping, loop)
+        except RuntimeError:  # the loop closed meanwhile: its worker is gone with it
+            stopping.close()

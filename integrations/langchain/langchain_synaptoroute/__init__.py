@@ -9,7 +9,10 @@ exposes synaptoroute's local encoder as LangChain ``Embeddings``, and
 returns every matching route, and ``SynaptorouteToolSelectorMiddleware`` binds only the
 tools that match the user's message in a LangChain 1.x agent (extra ``agents``).
 ``SynaptorouteEdge``, ``SynaptorouteNode`` and ``SynaptorouteFanOut`` route LangGraph
-graphs (extra ``langgraph``; imported only when used).
+graphs (extra ``langgraph``; imported only when used). ``SynaptorouteDecisions`` is a
+local LangChain decision model answering ``Choice`` questions (``ModelRouterMiddleware``'s
+classifier); it needs langchain-core >= 1.8, so it is imported only when used and, on an
+older core, its import raises an ``ImportError`` naming the release needed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .classifier import SynaptorouteClassifier, SynaptorouteMultiClassifier
+    from .decisions import SynaptorouteDecisions
     from .embeddings import LangChainEncoder, SynaptorouteEmbeddings
     from .langgraph import SynaptorouteEdge, SynaptorouteFanOut, SynaptorouteNode
     from .middleware import SynaptorouteToolSelectorMiddleware
@@ -34,6 +38,7 @@ except PackageNotFoundError:  # pragma: no cover - a source tree that was never 
 __all__ = [
     "LangChainEncoder",
     "SynaptorouteClassifier",
+    "SynaptorouteDecisions",
     "SynaptorouteEdge",
     "SynaptorouteEmbeddings",
     "SynaptorouteFanOut",
@@ -49,6 +54,7 @@ __all__ = [
 _DYNAMIC_IMPORTS = {
     "LangChainEncoder": "embeddings",
     "SynaptorouteClassifier": "classifier",
+    "SynaptorouteDecisions": "decisions",
     "SynaptorouteEdge": "langgraph",
     "SynaptorouteEmbeddings": "embeddings",
     "SynaptorouteFanOut": "langgraph",

@@ -33,30 +33,38 @@ ArgsFromText = Callable[[str, BaseTool], dict[str, Any]]
 
 
 def tool_utterances(tool: BaseTool, extra: Sequence[str] = ()) -> list[str]:
-    """The example texts of ``tool``'s route: its name and description, then ``extra``.
+    """The example texts of ``tool``'s route: its name and description, then ``extra``
+    (see :func:`named_utterances`)."""
+    return named_utterances(tool.name, tool.description or "", extra, what="tool")
+
+
+def named_utterances(
+    name: str, description: str, extra: Sequence[str] = (), *, what: str = "tool"
+) -> list[str]:
+    """The example texts of a route for something named ``name`` (a tool, a decision
+    label): its name and description, then ``extra``.
 
     The name is spelled as words (``get_weather`` -> ``get weather``) and joined with
-    the description, so a query is compared with what the tool is for.
+    the description, so a query is compared with what the thing is for.
 
     Raises:
-        InvalidInputError: ``extra`` is one str instead of a list of them, or the tool
-            has nothing to route by (a blank name, or one of only ``_`` and ``-``, no
-            description and no ``extra``).
+        InvalidInputError: ``extra`` is one str instead of a list of them, or there is
+            nothing to route by (a blank name, or one of only ``_`` and ``-``, no
+            description and no ``extra``); the message names ``what`` it is.
     """
     if isinstance(extra, str):
-        msg = f"tool {tool.name!r}: pass a list of utterances, not one str"
+        msg = f"{what} {name!r}: pass a list of utterances, not one str"
         raise InvalidInputError(msg)
-    if not tool.name.strip():
-        msg = f"tool name {tool.name!r} is blank: a route needs a name"
+    if not name.strip():
+        msg = f"{what} name {name!r} is blank: a route needs a name"
         raise InvalidInputError(msg)
-    words = " ".join(tool.name.replace("_", " ").replace("-", " ").split())
-    description = " ".join((tool.description or "").split())
-    head = ": ".join(part for part in (words, description) if part)
+    words = " ".join(name.replace("_", " ").replace("-", " ").split())
+    head = ": ".join(part for part in (words, " ".join(description.split())) if part)
     texts = [head] if head else []
     texts += [text for text in extra if text != head]
     if not texts:
         msg = (
-            f"tool {tool.name!r} has nothing to route by (no words in its name, no "
+            f"{what} {name!r} has nothing to route by (no words in its name, no "
             "description): give it a description or utterances"
         )
         raise InvalidInputError(msg)

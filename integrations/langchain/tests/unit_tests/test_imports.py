@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from importlib.metadata import version
 
 import langchain_synaptoroute
@@ -10,6 +11,7 @@ import pytest
 EXPECTED_ALL = [
     "LangChainEncoder",
     "SynaptorouteClassifier",
+    "SynaptorouteDecisions",
     "SynaptorouteEdge",
     "SynaptorouteEmbeddings",
     "SynaptorouteFanOut",
@@ -21,12 +23,26 @@ EXPECTED_ALL = [
     "__version__",
 ]
 
+#: Names whose module needs langchain-core >= 1.8 (its decision models), above the
+#: package's floor: the minimum-versions tier imports them to see them refused.
+NEEDS_DECISIONS = {"SynaptorouteDecisions"}
+HAS_DECISIONS = importlib.util.find_spec("langchain_core.decisions") is not None
+
 
 def test_all_imports() -> None:
     assert sorted(langchain_synaptoroute.__all__) == sorted(EXPECTED_ALL)
     assert langchain_synaptoroute.__all__ == sorted(langchain_synaptoroute.__all__)
     for name in langchain_synaptoroute.__all__:
+        if name in NEEDS_DECISIONS and not HAS_DECISIONS:
+            continue  # test_decisions_import_names_the_core_needed
         assert getattr(langchain_synaptoroute, name) is not None
+
+
+@pytest.mark.skipif(HAS_DECISIONS, reason="langchain-core has decision models (>= 1.8)")
+def test_decisions_import_names_the_core_needed() -> None:
+    for name in NEEDS_DECISIONS:
+        with pytest.raises(ImportError, match=r"langchain-core >= 1\.8"):
+            getattr(langchain_synaptoroute, name)
 
 
 def test_unknown_attribute_raises() -> None:

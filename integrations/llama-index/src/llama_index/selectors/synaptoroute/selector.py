@@ -52,7 +52,7 @@ from synaptoroute.checks import (
     refuse_misspelt_key,
 )
 from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
-from synaptoroute.router import DEFAULT_THRESHOLD
+from synaptoroute.router import DEFAULT_THRESHOLD, stop_workers_soon
 
 from .embeddings import SynaptorouteEmbedding, as_encoder
 from .observability import (
@@ -252,20 +252,6 @@ class _Build:
     def __init__(self) -> None:
         self.abandoned = False
         self.router: AdaptiveRouter | None = None
-
-
-def _stop_soon(router: AdaptiveRouter) -> None:
-    """Stop ``router``'s batching worker on each loop that runs one, from any thread:
-    ``stop()`` is scheduled on that loop (run when the loop next runs)."""
-    for worker in router.workers:
-        loop = worker.loop
-        if not worker.running or loop is None:
-            continue
-        stopping = router.stop()
-        try:
-            asyncio.run_coroutine_threadsafe(stopping, loop)
-        except RuntimeError:  # the loop closed meanwhile: its worker is gone with it
-            stopping.close()
 
 
 def _in_llama_index(frame: FrameType) -> bool:
@@ -530,7 +516,7 @@ class SynaptorouteSelector(BaseSelector):
         if router not in self._selecting:
             # Each worker is a thread: a long-lived loop kept one per evicted choice
             # set. The last aselect under way stops the rest.
-            _stop_soon(router)
+            stop_workers_soon(router)
 
     # -- PromptMixin: this selector has no prompts ---------------------------------
     @override
@@ -807,7 +793,7 @@ class SynaptorouteSelector(BaseSelector):
             if left:
                 self._selecting[router] = left
             elif any(r is router for r in self._retired):
-                _stop_soon(router)
+                stop_workers_soon(router)
 
     async def aclose(self) -> None:
         """Stop the batching workers :meth:`aselect` started on the running loop.
