@@ -71,7 +71,7 @@ def extract_text(
         if input_key not in value and "content" in value and _is_message_role(value):
             # One message written as a dict (``{"role": "user", "content": ...}``):
             # routed on its text, whatever its role, as one message object is.
-            return _messages([value])[0].text
+            return message_text(_messages([value])[0])
         if input_key not in value:
             keys = ", ".join(repr(k) for k in value)
             msg = (
@@ -83,7 +83,7 @@ def extract_text(
     if isinstance(value, PromptValue):
         return _last_human_text(value.to_messages())
     if isinstance(value, BaseMessage):
-        return value.text
+        return message_text(value)
     if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
         # A lone tuple is a sequence, as LangChain reads a chat model's input: each
         # str in it is a human message. One ("ai", "...") tuple goes in a list.
@@ -117,17 +117,48 @@ def _messages(value: Sequence[Any]) -> list[BaseMessage]:
 
 
 def last_human_text(messages: Sequence[BaseMessage]) -> str | None:
-    """The text of the last human message, or ``None`` when there is none.
+    """The text of the last human message the user wrote, or ``None`` when there is none.
 
     A ``ChatMessage`` whose role is ``"user"`` or ``"human"`` is one (chat models send
-    it as the user's).
+    it as the user's). A human message the agent harness added is not: LangChain marks
+    those with ``additional_kwargs["lc_source"]`` (``SummarizationMiddleware``'s
+    summary of the conversation, ``add_notification_metadata``'s background-task
+    updates), and routing on them followed text the user never typed.
     """
     for message in reversed(messages):
-        if message.type == "human" or (
-            isinstance(message, ChatMessage) and message.role in _HUMAN_ROLES
-        ):
-            return message.text
+        if (
+            message.type == "human"
+            or (isinstance(message, ChatMessage) and message.role in _HUMAN_ROLES)
+        ) and not _from_harness(message):
+            return message_text(message)
     return None
+
+
+def _from_harness(message: BaseMessage) -> bool:
+    # Read from additional_kwargs itself: the key predates langchain-core 1.7.2's
+    # notification helpers (SummarizationMiddleware sets it), and older cores lack them.
+    return isinstance(message.additional_kwargs.get("lc_source"), str)
+
+
+def message_text(message: BaseMessage) -> str:
+    """A message's text: its str content, or its text blocks (and str parts) joined
+    with line breaks.
+
+    LangChain's ``message.text`` joins the blocks with nothing between them, so a
+    message sent as ``"will it rain"`` and ``"tomorrow in Oslo?"`` read "will it
+    raintomorrow in Oslo?". Other blocks (images, audio, files, reasoning, tool calls)
+    hold no text to route by and are left out, as ``message.text`` leaves them.
+    """
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif block.get("type") == "text" and isinstance(block.get("text"), str):
+            parts.append(block["text"])
+    return "\n".join(parts)
 
 
 #: The roles a ``ChatMessage`` holds a human message by (as ``convert_to_messages``

@@ -61,7 +61,7 @@ from synaptoroute.checks import (
 from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
 from synaptoroute.router import stop_workers_soon
 
-from ._inputs import last_human_text
+from ._inputs import last_human_text, message_text
 from ._tools import named_utterances
 from .embeddings import as_encoder
 
@@ -478,7 +478,7 @@ def state_text(state: Any) -> str:
     if isinstance(state, str):
         return state
     if isinstance(state, BaseMessage):
-        return state.text
+        return message_text(state)
     if isinstance(state, Mapping) and "messages" in state:
         return state_text(state["messages"])
     if isinstance(state, Sequence) and not isinstance(state, (bytes, bytearray)):

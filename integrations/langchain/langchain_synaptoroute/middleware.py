@@ -221,7 +221,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             return self._router
 
     # -- the selection, shared by the sync and async paths ---------------------------
-    def _sync_routes(self, tools: Sequence[BaseTool]) -> None:
+    def _sync_routes(self, tools: Sequence[BaseTool], deferred: Sequence[str] = ()) -> None:
         """Give every tool a route; (re)build only routes that are new or changed.
 
         A route is rebuilt when the digest of the examples it was generated from
@@ -230,7 +230,8 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
 
         Raises:
             InvalidInputError: tool names repeat, ``always_include`` names a tool this
-                call does not offer, or an ``utterances`` key looks like a misspelt
+                call does not offer (``deferred``: the names of its deferred tools,
+                which have no route but may be always included), or an ``utterances`` key looks like a misspelt
                 name of one of this call's tools (see :meth:`_check_utterance_keys`).
         """
         if self._routes_ready(tools):
@@ -239,7 +240,8 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         router = self.router
         names = [tool.name for tool in tools]
         check_tool_keys(names, None, "utterances")  # no given keys: tools sharing a name
-        check_tool_keys(names, dict.fromkeys(self.always_include), "always_include")
+        offered = [*names, *deferred]
+        check_tool_keys(offered, dict.fromkeys(self.always_include), "always_include")
         with self._lock:
             self._check_utterance_keys(names)
             if not self._generated:
@@ -340,9 +342,10 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         response_format: Any = None,
     ) -> _Selection | None:
         """What to select among for a model call, or ``None`` when its tools stay as they are."""
-        tools = [tool for tool in offered if isinstance(tool, BaseTool)]
+        tools = _selectable(offered)
         if tools:
-            self._sync_routes(tools)  # validates the names on every call
+            deferred = [t.name for t in offered if isinstance(t, BaseTool) and _deferred(t)]
+            self._sync_routes(tools, deferred)  # validates the names on every call
         candidates = [tool for tool in tools if tool.name not in self.always_include]
         text = last_human_text(messages)
         # A text the model reads nothing of (blank, or only a BOM or zero-width
@@ -424,7 +427,9 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             return request
         keep = set(chosen) | set(self.always_include)
         tools = [
-            tool for tool in request.tools if not isinstance(tool, BaseTool) or tool.name in keep
+            tool
+            for tool in request.tools
+            if not isinstance(tool, BaseTool) or _deferred(tool) or tool.name in keep
         ]
         return request.override(tools=tools)
 
@@ -474,7 +479,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         handler: Callable[[ModelRequest], Awaitable[ModelResponse]],
     ) -> ModelResponse | AIMessage:
         """Like :meth:`wrap_model_call`; new routes are encoded off the event loop."""
-        offered = [tool for tool in request.tools if isinstance(tool, BaseTool)]
+        offered = _selectable(request.tools)
         if self._routes_ready(offered):  # nothing to encode: no thread hop
             plan = self._plan(request.tools, request.messages, request.response_format)
         else:
@@ -495,6 +500,21 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
 _MAX_CHECKED = 256
 #: Routes generated for tools that one instance keeps (see ``_forget_oldest``).
 _MAX_GENERATED = 4096
+
+
+def _selectable(offered: Sequence[BaseTool | dict[str, Any]]) -> list[BaseTool]:
+    """The offered tools this middleware selects among: ``BaseTool`` objects not
+    deferred. Provider tool dicts and deferred tools are passed through as they are."""
+    return [tool for tool in offered if isinstance(tool, BaseTool) and not _deferred(tool)]
+
+
+def _deferred(tool: BaseTool) -> bool:
+    """Whether ``tool`` is deferred behind a provider's tool search
+    (``extras["defer_loading"]``, as ``ProviderToolSearchMiddleware`` marks it): the
+    provider loads its schema only when the model searches for it, so it costs no
+    place among the bound tools, and dropping it would leave the search nothing to find."""
+    extras = getattr(tool, "extras", None)
+    return isinstance(extras, dict) and extras.get("defer_loading") is True
 
 
 def _signature(tools: Sequence[BaseTool]) -> tuple[tuple[str, str], ...]:

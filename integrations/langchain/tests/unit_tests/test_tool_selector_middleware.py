@@ -109,6 +109,44 @@ def test_the_model_sees_only_the_selected_tools(recording_encoder: RecordingEnco
     assert bound == [t.name for t in TOOLS if t.name in bound]
 
 
+def test_a_message_the_harness_added_is_not_routed_on(recording_encoder: RecordingEncoder) -> None:
+    # A background task's update (add_notification_metadata) or SummarizationMiddleware's
+    # summary is a human message the user did not type: the selector routed on it and
+    # dropped the tools of the user's request.
+    text = "Will it rain in Paris tomorrow?"
+    selector = _selector(recording_encoder, max_tools=2)
+    expected = selector.select_tools(text, TOOLS)
+    update = HumanMessage(
+        "Background task finished: the email to Bob was sent.",
+        additional_kwargs={"lc_source": "async_subagent"},
+    )
+    model = _model("It will be sunny.")
+    create_agent(model, tools=TOOLS, middleware=[selector]).invoke(
+        {"messages": [HumanMessage(text), update]}
+    )
+    assert model.bound == [[t.name for t in TOOLS if t.name in expected]]
+    # Only the harness's message: no user text, every tool stays bound.
+    summary = HumanMessage("Summary: emails", additional_kwargs={"lc_source": "summarization"})
+    model = _model("Done.")
+    create_agent(model, tools=TOOLS, middleware=[selector]).invoke({"messages": [summary]})
+    assert model.bound == [[t.name for t in TOOLS]]
+
+
+def test_deferred_tools_pass_through(recording_encoder: RecordingEncoder) -> None:
+    # A tool deferred behind a provider's tool search (extras["defer_loading"], as
+    # ProviderToolSearchMiddleware marks it) was dropped like any unselected tool,
+    # leaving the provider's search nothing to find; always_include naming it raised.
+    deferred = send_email.model_copy(update={"extras": {"defer_loading": True}})
+    tools = [deferred if t.name == "send_email" else t for t in TOOLS]
+    for options in ({"max_tools": 1}, {"max_tools": 1, "always_include": ["send_email"]}):
+        model = _model("It will be sunny.")
+        selector = _selector(recording_encoder, **options)
+        create_agent(model, tools=tools, middleware=[selector]).invoke(
+            {"messages": [HumanMessage("Will it rain in Paris tomorrow?")]}
+        )
+        assert model.bound == [["get_weather", "send_email"]]
+
+
 def test_max_tools_and_always_include(recording_encoder: RecordingEncoder) -> None:
     model = _model("Booked.")
     selector = _selector(recording_encoder, max_tools=1, always_include=["search_docs"])
