@@ -284,6 +284,28 @@ def test_node_postprocessors_apply(make: Callable[..., SynaptorouteToolRetriever
     assert len(cut.node_postprocessors) == 1
 
 
+async def test_postprocessors_leave_the_fallback_and_a_name_lookup_alone(
+    make: Callable[..., SynaptorouteToolRetriever],
+) -> None:
+    # The no-match fallback's tools are unscored: a SimilarityPostprocessor dropped them
+    # all, and on_no_match="all" ("the agent works as without the retriever") bound no
+    # tool; a name lookup must not depend on a postprocessor either.
+    drop_all = SimilarityPostprocessor(similarity_cutoff=1.1)
+    cut = make(threshold=0.4, node_postprocessors=[drop_all])
+    for query in ("", OFF_TOPIC):
+        assert len(cut.retrieve(query)) == len(FUNCTIONS)
+        assert len(await cut.aretrieve(query)) == len(FUNCTIONS)
+    assert _names(cut.retrieve("get_weather")) == ["get_weather"]
+    assert cut.retrieve(CLEAR[0][0]) == []  # ranked tools are postprocessed
+
+
+def test_plain_functions_are_tools(make: Callable[..., SynaptorouteToolRetriever]) -> None:
+    # Agents take plain functions as tools=; the retriever refused them.
+    retriever = make(tools=list(FUNCTIONS))
+    assert _names(retriever.retrieve(CLEAR[0][0]))[0] == CLEAR[0][1]
+    assert all(isinstance(tool, FunctionTool) for tool in retriever.tools)
+
+
 class _Retrievals(BaseEventHandler):
     """Records LlamaIndex's retrieval end events."""
 
@@ -418,7 +440,7 @@ def test_selector_with_encoder_or_utterances_is_refused(
     [
         ([], "tools is empty"),
         ("get_weather", "tools must be a list of LlamaIndex tools"),
-        ([get_weather], r"tools\[0\] must be a LlamaIndex BaseTool"),
+        ([get_weather, 3], r"tools\[1\] must be a LlamaIndex BaseTool or a function, got int"),
         (
             [
                 FunctionTool.from_defaults(get_weather),

@@ -18,7 +18,7 @@ function, :func:`choose_tools`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,7 +29,7 @@ from llama_index.core.objects.tool_node_mapping import SimpleToolNodeMapping
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle, QueryType
 from llama_index.core.settings import Settings
-from llama_index.core.tools import BaseTool
+from llama_index.core.tools import BaseTool, FunctionTool
 from llama_index.core.tools.types import ToolMetadata
 from typing_extensions import override
 
@@ -113,6 +113,7 @@ class _ToolRouteRetriever(BaseRetriever):
         nodes: Sequence[BaseNode],
         policy: ToolPolicy,
         timeout: float | None,
+        postprocessors: Sequence[BaseNodePostprocessor],
     ) -> None:
         # The global callback manager, as LlamaIndex's index retrievers take by default.
         super().__init__(callback_manager=Settings.callback_manager)
@@ -121,6 +122,7 @@ class _ToolRouteRetriever(BaseRetriever):
         self._nodes = tuple(nodes)
         self._policy = policy
         self._timeout = timeout
+        self.postprocessors = list(postprocessors)
         self._by_name = {choice.name: index for index, choice in enumerate(self._choices)}
 
     def _nodes_of(self, chosen: Sequence[tuple[int, float | None]]) -> list[NodeWithScore]:
@@ -148,7 +150,7 @@ class _ToolRouteRetriever(BaseRetriever):
         if named is not None:
             return named
         ranked = self._selector.rank(self._choices, query, self._policy.k(len(self._choices)))
-        return self._nodes_of(choose_tools(ranked, len(self._nodes), self._policy))
+        return self._chosen(ranked, query_bundle)
 
     @override
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
@@ -158,25 +160,50 @@ class _ToolRouteRetriever(BaseRetriever):
             return named
         k = self._policy.k(len(self._choices))
         ranked = await self._selector.arank(self._choices, query, k, timeout=self._timeout)
-        return self._nodes_of(choose_tools(ranked, len(self._nodes), self._policy))
+        return self._chosen(ranked, query_bundle)
+
+    def _chosen(
+        self, ranked: Sequence[RouteMatch], query_bundle: QueryBundle
+    ) -> list[NodeWithScore]:
+        """The nodes of the tools :func:`choose_tools` retrieves, the postprocessors
+        applied to ranked ones only: the no-match fallback's unscored tools (every
+        tool, so the agent works as without the retriever) would fall to a score cutoff
+        such as ``SimilarityPostprocessor``'s, leaving the agent no tool at all."""
+        chosen = choose_tools(ranked, len(self._nodes), self._policy)
+        nodes = self._nodes_of(chosen)
+        if chosen and chosen[0][1] is not None:  # ranked, not the fallback
+            for postprocessor in self.postprocessors:
+                nodes = postprocessor.postprocess_nodes(nodes, query_bundle=query_bundle)
+        return nodes
 
 
-def _checked_tools(tools: Sequence[BaseTool]) -> tuple[BaseTool, ...]:
-    """``tools`` as a tuple of named tools with distinct names, else InvalidInputError."""
+def _checked_tools(tools: Sequence[BaseTool | Callable[..., Any]]) -> tuple[BaseTool, ...]:
+    """``tools`` as a tuple of named tools with distinct names, else InvalidInputError.
+
+    A plain function is made a ``FunctionTool``, as agents make the ``tools=`` they are
+    given (its docstring is its description)."""
     if isinstance(tools, (str, bytes, BaseTool)) or not isinstance(tools, Sequence):
         msg = f"tools must be a list of LlamaIndex tools, got {type(tools).__name__}"
         raise InvalidInputError(msg)
     if not tools:
         msg = "tools is empty: give the retriever the tools to retrieve from"
         raise InvalidInputError(msg)
-    for index, tool in enumerate(tools):
+    checked: list[BaseTool] = []
+    for index, given in enumerate(tools):
+        tool = given if isinstance(given, BaseTool) or not callable(given) else None
+        if tool is None:
+            tool = FunctionTool.from_defaults(given)
         if not isinstance(tool, BaseTool):
-            msg = f"tools[{index}] must be a LlamaIndex BaseTool, got {type(tool).__name__}"
+            msg = (
+                f"tools[{index}] must be a LlamaIndex BaseTool or a function, got "
+                f"{type(tool).__name__}"
+            )
             raise InvalidInputError(msg)
         if not isinstance(tool.metadata.name, str) or not tool.metadata.name:
             msg = f"tools[{index}] has no name: the retriever maps tools by name"
             raise InvalidInputError(msg)
-    names = [str(tool.metadata.name) for tool in tools]
+        checked.append(tool)
+    names = [str(tool.metadata.name) for tool in checked]
     repeated = sorted(name for name, count in Counter(names).items() if count > 1)
     if repeated:
         msg = (
@@ -184,7 +211,7 @@ def _checked_tools(tools: Sequence[BaseTool]) -> tuple[BaseTool, ...]:
             "name, so give each its own (e.g. FunctionTool.from_defaults(fn, name=...))"
         )
         raise InvalidInputError(msg)
-    return tuple(tools)
+    return tuple(checked)
 
 
 def _query(value: object) -> QueryType:
@@ -242,7 +269,7 @@ class SynaptorouteToolRetriever(ObjectRetriever[BaseTool]):
 
     def __init__(
         self,
-        tools: Sequence[BaseTool],
+        tools: Sequence[BaseTool | Callable[..., Any]],
         *,
         utterances: Mapping[str, Sequence[str]] | None = None,
         max_tools: int | None = 5,
@@ -256,7 +283,9 @@ class SynaptorouteToolRetriever(ObjectRetriever[BaseTool]):
         """Build the tools' routes (one encoder call, or none when ``selector`` has them).
 
         Args:
-            tools: the tools to retrieve from; each needs a name of its own.
+            tools: the tools to retrieve from (a plain function is made a
+                ``FunctionTool``, as an agent's ``tools=`` are); each needs a name of
+                its own.
             utterances: tool name -> example requests that should retrieve the tool. A
                 name of no tool that looks like a misspelling of a tool without
                 utterances of its own is refused (the selector's rule).
@@ -303,11 +332,13 @@ class SynaptorouteToolRetriever(ObjectRetriever[BaseTool]):
         selector.router_for(choices)
         mapping = SimpleToolNodeMapping.from_objects(tools)
         nodes = [mapping.to_node(tool) for tool in tools]
-        super().__init__(
-            retriever=_ToolRouteRetriever(selector, choices, nodes, policy, timeout),
-            object_node_mapping=mapping,
-            node_postprocessors=node_postprocessors,
+        # The postprocessors run inside the BaseRetriever, on ranked tools only (see
+        # _ToolRouteRetriever._chosen), not after it as ObjectRetriever would run them.
+        retriever = _ToolRouteRetriever(
+            selector, choices, nodes, policy, timeout, node_postprocessors or []
         )
+        super().__init__(retriever=retriever, object_node_mapping=mapping)
+        self._route_retriever = retriever
         self._tools = tools
         self._selector = selector
         self._policy = policy
@@ -322,6 +353,13 @@ class SynaptorouteToolRetriever(ObjectRetriever[BaseTool]):
     def selector(self) -> SynaptorouteSelector:
         """The selector that builds and ranks the tools' routes."""
         return self._selector
+
+    @property
+    @override
+    def node_postprocessors(self) -> list[BaseNodePostprocessor]:
+        """The postprocessors applied to ranked tools (not to the no-match fallback's
+        tools, nor to a tool looked up by its name)."""
+        return self._route_retriever.postprocessors
 
     @property
     def policy(self) -> ToolPolicy:
