@@ -50,6 +50,9 @@ __all__ = ["SynaptorouteToolSelectorMiddleware"]
 
 #: What to bind when no tool reaches the threshold: every tool, or only ``always_include``.
 NoMatch = Literal["all", "none"]
+#: What becomes of the tools not selected: dropped from the call, or deferred behind a
+#: provider's tool search.
+Unselected = Literal["drop", "defer"]
 
 #: The metadata key of a route this selector generated: a digest of the examples it was
 #: built from. A stored route (``router=`` on a persistent store) whose digest differs
@@ -103,6 +106,12 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
     tool dict), the best-ranked tool is bound even under ``threshold``: a demanded tool
     call needs a tool to call.
 
+    ``unselected="defer"`` keeps the tools not selected bound, deferred behind the
+    provider's tool search (``extras["defer_loading"]``) instead of dropping them: with
+    LangChain's ``ProviderToolSearchMiddleware`` listed after this one (Anthropic and
+    OpenAI models), the model gets the selected tools' schemas and can still search
+    for any other. Tools already deferred are passed through either way.
+
     ``wrap_model_call`` and ``awrap_model_call`` share one selection; the async one
     embeds through the router's batching worker.
 
@@ -136,6 +145,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         router: AdaptiveRouter | None = None,
         encoder: EncoderProtocol | Embeddings | Any | None = None,
         timeout: float | None = None,
+        unselected: Unselected = "drop",
     ) -> None:
         """Configure the selector.
 
@@ -161,10 +171,15 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             encoder: the encoder of the default router (a synaptoroute encoder or a
                 LangChain ``Embeddings``); default the bundled local model.
             timeout: seconds an async call may wait for the batching worker.
+            unselected: ``"drop"`` leaves the tools not selected out of the model
+                call; ``"defer"`` binds them deferred behind the provider's tool
+                search (``extras["defer_loading"]``, for ``ProviderToolSearchMiddleware``
+                listed after this one to serve): the model sees the selected tools'
+                schemas and can still search for the others.
 
         Raises:
             InvalidInputError: ``max_tools`` is under 1, ``threshold`` is outside
-                ``[0, 1]``, ``on_no_match`` is unknown, both ``router`` and
+                ``[0, 1]``, ``on_no_match`` or ``unselected`` is unknown, both ``router`` and
                 ``encoder`` are given, or ``utterances`` or ``always_include`` is not
                 what it should be (one str instead of a list of them, a text that is
                 no str, blank, or not valid Unicode); the message names the key.
@@ -177,6 +192,15 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
             threshold = check_threshold(threshold, "threshold", low=0.0, high=1.0)
         if on_no_match not in ("all", "none"):
             msg = f"on_no_match must be 'all' or 'none', got {on_no_match!r}"
+            raise InvalidInputError(msg)
+        if unselected not in ("drop", "defer"):
+            msg = f"unselected must be 'drop' or 'defer', got {unselected!r}"
+            raise InvalidInputError(msg)
+        if unselected == "defer" and "extras" not in BaseTool.model_fields:
+            msg = (
+                "unselected='defer' marks tools with BaseTool.extras, which this "
+                "langchain-core lacks: upgrade it (pip install -U langchain-core)"
+            )
             raise InvalidInputError(msg)
         if router is not None and encoder is not None:
             msg = "pass router= or encoder=, not both (the router has its encoder)"
@@ -191,6 +215,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         self.threshold = threshold
         self.on_no_match: NoMatch = on_no_match
         self.timeout = timeout
+        self.unselected: Unselected = unselected
         self._encoder = model
         self._router = router
         # The (name, description) signatures of tool sets whose routes all hold what
@@ -426,11 +451,13 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         if chosen is None:
             return request
         keep = set(chosen) | set(self.always_include)
-        tools = [
-            tool
-            for tool in request.tools
-            if not isinstance(tool, BaseTool) or _deferred(tool) or tool.name in keep
-        ]
+        tools = []
+        for tool in request.tools:
+            if not isinstance(tool, BaseTool) or _deferred(tool) or tool.name in keep:
+                tools.append(tool)
+            elif self.unselected == "defer":
+                extras = {**(tool.extras or {}), "defer_loading": True}
+                tools.append(tool.model_copy(update={"extras": extras}))
         return request.override(tools=tools)
 
     def select_tools(

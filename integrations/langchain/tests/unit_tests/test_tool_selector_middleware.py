@@ -147,6 +147,43 @@ def test_deferred_tools_pass_through(recording_encoder: RecordingEncoder) -> Non
         assert model.bound == [["get_weather", "send_email"]]
 
 
+class DeferralRecordingModel(RecordingChatModel):
+    """Records, besides the names, which bound tools are deferred."""
+
+    deferred: list[list[str]] = Field(default_factory=list)
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> DeferralRecordingModel:  # type: ignore[override]
+        """Record the deferred tools' names, then as the parent."""
+        self.deferred.append(
+            [t.name for t in tools if (getattr(t, "extras", None) or {}).get("defer_loading")]
+        )
+        super().bind_tools(tools, **kwargs)
+        return self
+
+
+def test_unselected_tools_can_be_deferred(recording_encoder: RecordingEncoder) -> None:
+    # For ProviderToolSearchMiddleware (listed after this one) to serve: the model gets
+    # the selected tools' schemas and can search for the others.
+    if "extras" not in BaseTool.model_fields:
+        with pytest.raises(InvalidInputError, match=r"BaseTool\.extras"):
+            _selector(recording_encoder, unselected="defer")
+        return
+    selector = _selector(
+        recording_encoder, max_tools=1, always_include=["search_docs"], unselected="defer"
+    )
+    model = DeferralRecordingModel(messages=iter(["It will be sunny."]))
+    create_agent(model, tools=TOOLS, middleware=[selector]).invoke(
+        {"messages": [HumanMessage("Will it rain in Paris tomorrow?")]}
+    )
+    assert model.bound == [[t.name for t in TOOLS]]
+    assert model.deferred == [
+        [t.name for t in TOOLS if t.name not in ("get_weather", "search_docs")]
+    ]
+    assert not any(getattr(t, "extras", None) for t in TOOLS)  # copies were marked
+    with pytest.raises(InvalidInputError, match="unselected must be"):
+        _selector(recording_encoder, unselected="hide")
+
+
 def test_max_tools_and_always_include(recording_encoder: RecordingEncoder) -> None:
     model = _model("Booked.")
     selector = _selector(recording_encoder, max_tools=1, always_include=["search_docs"])
