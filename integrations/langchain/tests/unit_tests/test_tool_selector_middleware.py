@@ -184,6 +184,41 @@ def test_unselected_tools_can_be_deferred(recording_encoder: RecordingEncoder) -
         _selector(recording_encoder, unselected="hide")
 
 
+class ChatAnthropic(DeferralRecordingModel):
+    """Named as the model ProviderToolSearchMiddleware recognises as Anthropic's."""
+
+
+def test_composes_with_provider_tool_search(recording_encoder: RecordingEncoder) -> None:
+    # Both orders: the provider's search defers tools the selector passes through, and
+    # the selector's deferred tools get the provider's search tool.
+    search = pytest.importorskip("langchain.agents.middleware.provider_tool_search")
+    text = "Will it rain in Paris tomorrow?"
+    for middleware, deferred in [
+        (
+            [
+                search.ProviderToolSearchMiddleware(searchable_tools=["send_email"]),
+                _selector(recording_encoder, max_tools=1),
+            ],
+            ["send_email"],
+        ),
+        (
+            [
+                _selector(recording_encoder, max_tools=1, unselected="defer"),
+                search.ProviderToolSearchMiddleware(),
+            ],
+            [t.name for t in TOOLS if t.name != "get_weather"],
+        ),
+    ]:
+        model = ChatAnthropic(messages=iter(["It will be sunny."]))
+        create_agent(model, tools=TOOLS, middleware=middleware).invoke(
+            {"messages": [HumanMessage(text)]}
+        )
+        ((*names, search_tool),) = model.bound
+        assert "tool_search" in search_tool
+        assert names == [t.name for t in TOOLS if t.name == "get_weather" or t.name in deferred]
+        assert model.deferred == [deferred]
+
+
 def test_max_tools_and_always_include(recording_encoder: RecordingEncoder) -> None:
     model = _model("Booked.")
     selector = _selector(recording_encoder, max_tools=1, always_include=["search_docs"])
