@@ -21,6 +21,7 @@ import asyncio
 import json
 import math
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -235,7 +236,7 @@ class SynaptorouteDecisions(BaseDecisionModel):
         super().__init__(**fields, **kwargs)
         self._encoder = model_encoder
         self._checked = checked
-        self._cache = _QuestionRouters(max_question_sets)
+        self._cache = _shared_cache(encoder, model_encoder, checked, max_question_sets)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # The routers are built from these when a question is first asked, and they
@@ -247,6 +248,27 @@ class SynaptorouteDecisions(BaseDecisionModel):
             )
             raise InvalidInputError(msg)
         super().__setattr__(name, value)
+
+    def _fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+    @override
+    def model_copy(
+        self, *, update: Mapping[str, Any] | None = None, deep: bool = False
+    ) -> SynaptorouteDecisions:
+        """A copy built from the fields and ``update``, checked as the constructor
+        checks them (pydantic's copy skipped the checks and kept the routers of the old
+        utterances). It shares the encoder (``deep`` too, as LangChain's models share
+        their clients) and, with the same utterances, the routers."""
+        return type(self)(**{**self._fields(), **(update or {})})
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> SynaptorouteDecisions:
+        return self.model_copy()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from the fields in the new process (the routers hold locks and
+        # threads): the encoder pickles, the routers are built again when asked.
+        return (_rebuilt, (type(self), self._fields()))
 
     @property
     def _provider(self) -> str:
@@ -304,7 +326,7 @@ class SynaptorouteDecisions(BaseDecisionModel):
         """One route per label: the label as a phrase with its description, then its
         utterances (see :func:`~langchain_synaptoroute._tools.named_utterances`)."""
         skip = reads_nothing_of(self._encoder)
-        routes = []
+        routes: list[Route] = []
         for label in asked.labels:
             description = _readable(asked.criteria[label])
             # A description the model reads nothing of is no text to route by.
@@ -314,7 +336,9 @@ class SynaptorouteDecisions(BaseDecisionModel):
                 self._checked.get(label, ()),
                 what="Choice label",
             )
-            routes.append(Route(name=label, utterances=examples))
+            # Named by the label's place: a label may be any str (spaces around it,
+            # control characters), a route name may not.
+            routes.append(Route(name=str(len(routes)), utterances=examples))
         return routes
 
     def _router_for(self, asked: _Asked) -> AdaptiveRouter:
@@ -373,8 +397,9 @@ class _QuestionRouters:
     examples once. Both are held across a fork, so a child never inherits one held.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, keep: Any = None) -> None:
         self.size = size
+        self._keep = keep  # the encoder as given, kept alive with the cache (its id keys it)
         self._routers: OrderedDict[_Key, AdaptiveRouter] = OrderedDict()
         # Async calls under way on each router: a router evicted under one has its
         # worker stopped by the last of them, not under them.
@@ -441,6 +466,34 @@ class _QuestionRouters:
             stop_workers_soon(router)
 
 
+#: The routers of every instance made with one encoder, the same utterances and the
+#: same ``max_question_sets``: LangChain makes an instance per call to apply
+#: ``configurable_fields`` (a temperature, a timeout), which otherwise embedded every
+#: label again on each call.
+_SHARED: weakref.WeakValueDictionary[tuple[int, str, int], _QuestionRouters] = (
+    weakref.WeakValueDictionary()
+)
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_cache(
+    given: Any, encoder: EncoderProtocol, utterances: Mapping[str, Sequence[str]], size: int
+) -> _QuestionRouters:
+    """The router cache for these settings, shared while an instance holds it."""
+    # The encoder as given (a LangChain Embeddings is wrapped anew by each instance);
+    # the cache keeps it alive, so its id is not reused while the entry exists.
+    key = (id(encoder if given is None else given), json.dumps(utterances, sort_keys=True), size)
+    with _SHARED_LOCK:
+        cache = _SHARED.get(key)
+        if cache is None:
+            cache = _SHARED[key] = _QuestionRouters(size, keep=given)
+        return cache
+
+
+def _rebuilt(cls: type[SynaptorouteDecisions], fields: dict[str, Any]) -> SynaptorouteDecisions:
+    return cls(**fields)
+
+
 def choice_answer(
     labels: Sequence[str], ranked: Sequence[RouteMatch], temperature: float
 ) -> ChoiceAnswer:
@@ -450,7 +503,8 @@ def choice_answer(
 
     Shared by the sync and async paths, which differ only in how they rank.
     """
-    scores = {m.candidate: m.score for m in ranked if m.candidate is not None}
+    # The routes are named by the labels' places (see SynaptorouteDecisions._routes).
+    scores = {labels[int(m.candidate)]: m.score for m in ranked if m.candidate is not None}
     missing = [label for label in labels if label not in scores]
     if missing or not ranked:  # every label is a route of the question's router
         msg = f"the router ranked no score for the labels {missing}"
@@ -462,7 +516,7 @@ def choice_answer(
     total = math.fsum(weights.values())
     return ChoiceAnswer(
         type="choice",
-        choice=str(best.candidate),
+        choice=labels[int(str(best.candidate))],
         probabilities={label: weight / total for label, weight in weights.items()},
         confidence=min(max(top, 0.0), 1.0),
     )

@@ -6,8 +6,12 @@ where test_imports.py checks that the import names the release needed.
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
+import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +22,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.decisions import Box, Choice, ClassifierRequest, Noul, Score
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import ConfigurableField, RunnableConfig
 from langchain_synaptoroute import SynaptorouteDecisions
 from langchain_synaptoroute.decisions import UnsupportedQuestionError
 
@@ -79,17 +84,20 @@ def test_probabilities_cover_every_label_sum_to_one_and_follow_scores(
     router = decisions._cache.get(decisions._asked({"q": desk()})["q"].key)
     assert router is not None
     ranked = router.query_top_k(text, len(DESK))
-    assert [m.candidate for m in ranked] == sorted(
-        answer.probabilities, key=lambda label: -answer.probabilities[label]
+    labels = list(DESK)  # the routes are named by the labels' places
+
+    def label(match: Any) -> str:
+        return labels[int(match.candidate)]
+
+    assert [label(m) for m in ranked] == sorted(
+        answer.probabilities, key=lambda name: -answer.probabilities[name]
     )
-    assert answer.choice == ranked[0].candidate
+    assert answer.choice == label(ranked[0])
     assert 0 < ranked[0].score < 1
     assert answer.confidence == pytest.approx(ranked[0].score)
     # Softmax of score / temperature: the log-odds of two labels is their score gap / T.
     best, second = ranked[0], ranked[1]
-    gap = math.log(
-        answer.probabilities[str(best.candidate)] / answer.probabilities[str(second.candidate)]
-    )
+    gap = math.log(answer.probabilities[label(best)] / answer.probabilities[label(second)])
     assert gap == pytest.approx((best.score - second.score) / decisions.temperature)
 
 
@@ -302,6 +310,41 @@ def test_settings_are_fixed_once_made(decisions: SynaptorouteDecisions) -> None:
     assert decisions.temperature > 0
 
 
+def test_any_label_string_is_answered(decisions: SynaptorouteDecisions) -> None:
+    # A label is a route; a route name is stripped and refuses control characters, so
+    # "refund " failed every call (RuntimeError) and "a\tb" with pydantic's error.
+    odd = {"refund ": DESK["billing"], " tech\tsupport": DESK["technical"], "sales\n": None}
+    answer = decisions.invoke(ask("I was charged twice", dept=desk(**odd))).choices["dept"]
+    assert answer.choice == "refund "
+    assert set(answer.probabilities) == set(odd)
+
+
+def test_configurable_settings_share_the_routers(recording_encoder: RecordingEncoder) -> None:
+    # configurable_fields makes an instance per call: each embedded every label again.
+    decisions = SynaptorouteDecisions(encoder=recording_encoder).configurable_fields(
+        temperature=ConfigurableField(id="temperature")
+    )
+    decisions.invoke(ask("I was charged twice"))
+    recording_encoder.clear()
+    for temperature in (0.02, 0.1):
+        config: RunnableConfig = {"configurable": {"temperature": temperature}}
+        decisions.invoke(ask("my parcel never arrived"), config)
+    assert recording_encoder.calls == [["my parcel never arrived"]]  # the text, once (cached)
+
+
+def test_copies_are_checked_and_pickle(decisions: SynaptorouteDecisions) -> None:
+    # pydantic's model_copy skipped the checks and kept the old utterances' routers;
+    # deepcopy and pickle failed on the routers' locks.
+    with pytest.raises(InvalidInputError, match="temperature"):
+        decisions.model_copy(update={"temperature": -1})
+    text = "the weather forecast for tomorrow"
+    updated = decisions.model_copy(update={"utterances": {"shipping": [text]}})
+    assert updated.invoke(ask(text)).choices["dept"].choice == "shipping"
+    for copy_of in (copy.deepcopy(decisions), pickle.loads(pickle.dumps(decisions))):
+        assert copy_of.temperature == decisions.temperature
+        assert copy_of.invoke(ask("I was charged twice")).choices["dept"].choice == "billing"
+
+
 def test_misspelt_utterance_label_is_refused(encoder: Encoder) -> None:
     decisions = SynaptorouteDecisions(encoder=encoder, utterances={"biling": ["refund please"]})
     with pytest.raises(InvalidInputError, match="did you mean 'billing'"):
@@ -386,3 +429,16 @@ async def test_model_router_middleware_routes_an_agent(decisions: SynaptorouteDe
     assert proof["messages"][-1].content == "powerful answer"
     assert proof["model_route"].choice == "powerful"
     assert set(proof["model_route"].probabilities) == {"fast", "powerful"}
+
+
+def test_the_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("langchain.agents.middleware.model_router")
+    page = (Path(__file__).resolve().parents[4] / "docs" / "langchain.md").read_text("utf-8")
+    (block,) = [
+        b
+        for b in re.findall(r"^```python\n(.*?)^```", page, re.MULTILINE | re.DOTALL)
+        if "SynaptorouteDecisions(" in b and "print(" in b
+    ]
+    exec(compile(block, "docs/langchain.md", "exec"), {})
+    shown = re.findall(r"^# (\S.*)$", block, re.MULTILINE)
+    assert capsys.readouterr().out.splitlines() == shown
