@@ -7,7 +7,9 @@ exposes synaptoroute's local encoder as LangChain ``Embeddings``, and
 ``LangChainEncoder`` lets any LangChain ``Embeddings`` serve as a synaptoroute encoder.
 ``SynaptorouteMultiRouter`` runs every matching branch, ``SynaptorouteMultiClassifier``
 returns every matching route, and ``SynaptorouteToolSelectorMiddleware`` binds only the
-tools that match the user's message in a LangChain 1.x agent (extra ``agents``).
+tools that match the user's message in a LangChain 1.x agent (extra ``agents``);
+``SynaptorouteToolSearchMiddleware`` gives such an agent a local ``search_tools`` tool
+to find the tools it lacks, on any provider.
 ``SynaptorouteEdge``, ``SynaptorouteNode`` and ``SynaptorouteFanOut`` route LangGraph
 graphs (extra ``langgraph``; imported only when used). ``SynaptorouteDecisions`` is a
 local LangChain decision model answering ``Choice`` questions (``ModelRouterMiddleware``'s
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from .langgraph import SynaptorouteEdge, SynaptorouteFanOut, SynaptorouteNode
     from .middleware import SynaptorouteToolSelectorMiddleware
     from .router import SynaptorouteMultiRouter, SynaptorouteRouter
+    from .tool_search import SynaptorouteToolSearchMiddleware
 
 try:  # the version is written once, in pyproject.toml; the installed metadata carries it
     __version__ = _distribution_version("langchain-synaptoroute")
@@ -46,6 +49,7 @@ __all__ = [
     "SynaptorouteMultiRouter",
     "SynaptorouteNode",
     "SynaptorouteRouter",
+    "SynaptorouteToolSearchMiddleware",
     "SynaptorouteToolSelectorMiddleware",
     "__version__",
 ]
@@ -62,6 +66,7 @@ _DYNAMIC_IMPORTS = {
     "SynaptorouteMultiRouter": "router",
     "SynaptorouteNode": "langgraph",
     "SynaptorouteRouter": "router",
+    "SynaptorouteToolSearchMiddleware": "tool_search",
     "SynaptorouteToolSelectorMiddleware": "middleware",
 }
 

@@ -443,6 +443,26 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         wider = self._wider(plan, ranked)
         return ranked if wider is None else self.router.query_top_k(plan.text, wider)
 
+    async def _aplan(
+        self,
+        offered: Sequence[BaseTool | dict[str, Any]],
+        messages: Sequence[BaseMessage],
+        response_format: Any = None,
+    ) -> _Selection | None:
+        """Like :meth:`_plan`; new routes are encoded off the event loop (and when there
+        are none to encode, nothing leaves it: no thread hop)."""
+        if self._routes_ready(_selectable(offered)):
+            return self._plan(offered, messages, response_format)
+        return await asyncio.to_thread(self._plan, offered, messages, response_format)
+
+    async def _aranked(self, plan: _Selection) -> list[RouteMatch]:
+        """Like :meth:`_ranked`, embedding through the router's batching worker."""
+        ranked = await self.router.aquery_top_k(plan.text, plan.k, timeout=self.timeout)
+        wider = self._wider(plan, ranked)
+        if wider is None:
+            return ranked
+        return await self.router.aquery_top_k(plan.text, wider, timeout=self.timeout)
+
     def _apply(
         self,
         request: ModelRequest,
@@ -506,19 +526,10 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         handler: Callable[[ModelRequest], Awaitable[ModelResponse]],
     ) -> ModelResponse | AIMessage:
         """Like :meth:`wrap_model_call`; new routes are encoded off the event loop."""
-        offered = _selectable(request.tools)
-        if self._routes_ready(offered):  # nothing to encode: no thread hop
-            plan = self._plan(request.tools, request.messages, request.response_format)
-        else:
-            plan = await asyncio.to_thread(
-                self._plan, request.tools, request.messages, request.response_format
-            )
+        plan = await self._aplan(request.tools, request.messages, request.response_format)
         if plan is None:
             return await handler(request)
-        ranked = await self.router.aquery_top_k(plan.text, plan.k, timeout=self.timeout)
-        wider = self._wider(plan, ranked)
-        if wider is not None:
-            ranked = await self.router.aquery_top_k(plan.text, wider, timeout=self.timeout)
+        ranked = await self._aranked(plan)
         return await handler(self._apply(request, self._chosen(plan, ranked, request.tool_choice)))
 
 

@@ -19,6 +19,7 @@ EXPECTED_ALL = [
     "SynaptorouteMultiRouter",
     "SynaptorouteNode",
     "SynaptorouteRouter",
+    "SynaptorouteToolSearchMiddleware",
     "SynaptorouteToolSelectorMiddleware",
     "__version__",
 ]
