@@ -494,8 +494,10 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         ``on_no_match="all"``. A tool that ``tool_choice`` (a model request's) forces
         comes first; one that demands a tool call (``"any"``, ``"required"``...) keeps
         the best-ranked tool when nothing else would be bound (a ``response_format``,
-        as a model request's, binds its own tool or drops ``tool_choice``). Used by the
-        middleware itself, and handy for checks.
+        as a model request's, binds its own tool or drops ``tool_choice``). Tools
+        already deferred (``extras["defer_loading"]``) are bound as they are: they come
+        last. With ``unselected="defer"`` the tools this middleware defers are not
+        listed. Used by the middleware itself, and handy for checks.
         """
         plan = self._plan(tools, [HumanMessage(text)], response_format)
         if plan is None:
@@ -503,7 +505,8 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         chosen = self._chosen(plan, self._ranked(plan), tool_choice)
         if chosen is None:
             return [tool.name for tool in tools]
-        return [*chosen, *(name for name in self.always_include if name not in chosen)]
+        bound = [*chosen, *(name for name in self.always_include if name not in chosen)]
+        return [*bound, *(t.name for t in tools if _deferred(t) and t.name not in bound)]
 
     # -- the middleware hooks ----------------------------------------------------------
     @override

@@ -145,6 +145,11 @@ def test_deferred_tools_pass_through(recording_encoder: RecordingEncoder) -> Non
             {"messages": [HumanMessage("Will it rain in Paris tomorrow?")]}
         )
         assert model.bound == [["get_weather", "send_email"]]
+        # select_tools names what is bound: the deferred tool too, last.
+        assert selector.select_tools("Will it rain in Paris tomorrow?", tools) == [
+            "get_weather",
+            "send_email",
+        ]
 
 
 class DeferralRecordingModel(RecordingChatModel):
