@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+from pathlib import Path
+
 from llama_index.core.query_engine import CustomQueryEngine
 
 DESCRIPTIONS = {
@@ -36,3 +40,24 @@ class EchoEngine(CustomQueryEngine):
 
     async def acustom_query(self, query_str: str) -> str:
         return f"[{self.name}] {query_str}"
+
+
+#: The repository's root (the docs are read from there).
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def docs_example(marker: str) -> tuple[str, list[str]]:
+    """Run docs/llamaindex.md's one Python block holding ``marker``, with a
+    ``UserWarning`` as an error (the examples give enough utterances); return the block
+    and the output lines its ``# ...`` comments show (those at a line's start)."""
+    page = (ROOT / "docs" / "llamaindex.md").read_text(encoding="utf-8")
+    blocks = [
+        b
+        for b in re.findall(r"^```python\n(.*?)^```", page, re.MULTILINE | re.DOTALL)
+        if marker in b
+    ]
+    assert len(blocks) == 1, f"{len(blocks)} blocks hold {marker!r}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        exec(compile(blocks[0], "docs/llamaindex.md", "exec"), {})
+    return blocks[0], re.findall(r"^# (\S.*)$", blocks[0], re.MULTILINE)

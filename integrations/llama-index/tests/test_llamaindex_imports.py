@@ -9,9 +9,11 @@ from pathlib import Path
 import llama_index.selectors.synaptoroute as package
 
 EXPECTED_ALL = [
+    "AgentRouteEvent",
     "LlamaIndexEncoder",
     "NoMatchPolicy",
     "SelectionPolicy",
+    "SynaptorouteAgentWorkflow",
     "SynaptorouteEmbedding",
     "SynaptorouteSelector",
     "SynaptorouteToolRetriever",

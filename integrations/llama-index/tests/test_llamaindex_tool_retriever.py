@@ -5,10 +5,8 @@ Real bundled model, real LlamaIndex tools, postprocessors, agents and mock LLM.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import llama_index.core.llms.mock
@@ -29,6 +27,7 @@ from llama_index.selectors.synaptoroute import (
     SynaptorouteSelector,
     SynaptorouteToolRetriever,
 )
+from llamaindex_support import docs_example
 from pydantic import Field
 
 from synaptoroute import Encoder, InvalidInputError
@@ -136,7 +135,6 @@ CLEAR = [
 ]
 #: No tool is about it: every score under 0.3 (0.22 the best).
 OFF_TOPIC = "what is the boiling point of mercury"
-ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -537,15 +535,5 @@ async def test_function_agent_run_calls_the_retrieved_tools(
 def test_the_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     if not hasattr(llama_index.core.llms.mock, "MockFunctionCallingLLM"):
         pytest.skip("the example's mock LLM came after llama-index-core 0.14.0")
-    page = (ROOT / "docs" / "llamaindex.md").read_text(encoding="utf-8")
-    blocks = [
-        b
-        for b in re.findall(r"^```python\n(.*?)^```", page, re.MULTILINE | re.DOTALL)
-        if "SynaptorouteToolRetriever(" in b
-    ]
-    assert len(blocks) == 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # the example gives utterances enough
-        exec(compile(blocks[0], "docs/llamaindex.md", "exec"), {})
-    shown = re.findall(r"^# (\[.*\])$", blocks[0], re.MULTILINE)
-    assert capsys.readouterr().out.splitlines() == shown
+    _, shown = docs_example("SynaptorouteToolRetriever(")
+    assert capsys.readouterr().out.splitlines() == [line for line in shown if line.startswith("[")]

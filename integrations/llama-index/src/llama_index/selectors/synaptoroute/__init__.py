@@ -2,6 +2,8 @@
 
 ``SynaptorouteSelector`` plugs into ``RouterQueryEngine`` and ``RouterRetriever``;
 ``SynaptorouteToolRetriever`` is an agent's ``tool_retriever``;
+``SynaptorouteAgentWorkflow`` starts each run of an ``AgentWorkflow`` at the agent its
+user message matches (``AgentRouteEvent`` records the decision);
 ``SynaptorouteEmbedding`` exposes the bundled offline model as a LlamaIndex
 embedding; ``LlamaIndexEncoder`` lets any LlamaIndex embedding drive the router.
 """
@@ -14,6 +16,7 @@ from importlib.metadata import version as _distribution_version
 from .embeddings import LlamaIndexEncoder, SynaptorouteEmbedding
 from .selector import NoMatchPolicy, SelectionPolicy, SynaptorouteSelector, decide_selection
 from .tools import SynaptorouteToolRetriever
+from .workflow import AgentRouteEvent, SynaptorouteAgentWorkflow
 
 try:  # the version is written once, in pyproject.toml; the installed metadata carries it
     __version__ = _distribution_version("llama-index-selectors-synaptoroute")
@@ -21,9 +24,11 @@ except PackageNotFoundError:  # pragma: no cover - a source tree that was never 
     __version__ = "0+unknown"
 
 __all__ = [
+    "AgentRouteEvent",
     "LlamaIndexEncoder",
     "NoMatchPolicy",
     "SelectionPolicy",
+    "SynaptorouteAgentWorkflow",
     "SynaptorouteEmbedding",
     "SynaptorouteSelector",
     "SynaptorouteToolRetriever",
