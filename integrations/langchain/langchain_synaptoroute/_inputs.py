@@ -68,7 +68,7 @@ def extract_text(
     if isinstance(value, str):
         return value
     if isinstance(value, Mapping):
-        if input_key not in value and "content" in value and _is_message_role(value):
+        if input_key not in value and is_message_dict(value):
             # One message written as a dict (``{"role": "user", "content": ...}``):
             # routed on its text, whatever its role, as one message object is.
             return message_text(_messages([value])[0])
@@ -99,6 +99,11 @@ def extract_text(
 _MESSAGE_ROLES = frozenset(
     {"human", "user", "ai", "assistant", "system", "developer", "tool", "function"}
 )
+
+
+def is_message_dict(value: Mapping[Any, Any]) -> bool:
+    """Whether ``value`` is one message written as a dict: a message role and content."""
+    return "content" in value and _is_message_role(value)
 
 
 def _is_message_role(value: Mapping[Any, Any]) -> bool:

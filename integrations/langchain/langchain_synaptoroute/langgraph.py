@@ -43,6 +43,7 @@ from ._inputs import (
     TextExtractor,
     atop_routes,
     extract_text,
+    is_message_dict,
     passing,
     top_routes,
 )
@@ -213,7 +214,16 @@ class _Routing:
             # message does, instead of failing the graph's run.
             return ""
         except (InvalidInputError, TypeError) as exc:
-            msg = f"{self.kind}: cannot read the text to route from {self.input_key!r}: {exc}"
+            if isinstance(value, Mapping) and "input" not in value and not is_message_dict(value):
+                # extract_text's advice ("set input_key= ... on the router") is about
+                # the router's input, not this state: a dict here is read at "input".
+                keys = ", ".join(repr(k) for k in value) or "none"
+                msg = (
+                    f"{self.kind}: state[{self.input_key!r}] is a dict without an 'input' "
+                    f"key (keys: {keys}); pass text_extractor= to say where its text is"
+                )
+            else:
+                msg = f"{self.kind}: cannot read the text to route from {self.input_key!r}: {exc}"
             raise type(exc)(msg) from exc
 
     def node_of(self, match: RouteMatch) -> str:

@@ -251,6 +251,18 @@ def test_state_without_messages_is_a_clear_error(adaptive_router: AdaptiveRouter
         graph.compile().invoke({"question": "I need a refund"})
 
 
+def test_a_dict_under_the_input_key_names_the_way_out(adaptive_router: AdaptiveRouter) -> None:
+    # The message passed on extract_text's "set input_key= or text_extractor= on the
+    # router": input_key already named the state's key, and there is no router option.
+    edge = SynaptorouteEdge(adaptive_router, default="general", input_key="ticket")
+    with pytest.raises(InvalidInputError) as info:
+        edge.routing.text_of({"ticket": {"body": "I need a refund", "id": 3}})
+    said = str(info.value)
+    assert "state['ticket'] is a dict without an 'input' key (keys: 'body', 'id')" in said
+    assert "text_extractor=" in said and "on the router" not in said
+    assert edge.routing.text_of({"ticket": {"input": "I need a refund"}}) == "I need a refund"
+
+
 @pytest.mark.parametrize(
     "messages", [[], [AIMessage("Hello, how can I help?")]], ids=["empty", "only-ai"]
 )
