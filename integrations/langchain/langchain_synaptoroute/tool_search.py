@@ -50,8 +50,6 @@ QUERY_DESCRIPTION = "What you need a tool for, in a few words."
 
 #: Search tool calls whose searchable tools are remembered (see ``_catalogs``).
 _MAX_CATALOGS = 1024
-#: Searchable tools remembered for a search call whose model call was not seen.
-_MAX_SEEN = 4096
 
 
 def _union(left: Sequence[str] | None, right: Sequence[str] | None) -> list[str]:
@@ -181,11 +179,13 @@ class SynaptorouteToolSearchMiddleware(AgentMiddleware):
         self.tool_name = tool_name
         self.tools = [self._search_tool(tool_name, tool_description)]
         # The searchable tools of the model call that asked for each search, by the
-        # search's tool call id: the search runs in the tool node, which does not see
-        # the agent's tools. Bounded: a call whose id was forgotten (or never seen,
-        # after a restart) searches ``_seen``, every searchable tool offered so far.
-        self._catalogs: OrderedDict[str, list[BaseTool]] = OrderedDict()
-        self._seen: OrderedDict[str, BaseTool] = OrderedDict()
+        # id of the model's message and the search's tool call id (ids alone repeat
+        # across agents sharing this instance with some servers): the search runs in
+        # the tool node, which does not see the model call's tools. A search whose
+        # model call this process did not see (a run resumed after a restart) searches
+        # the tool node's own tools where LangGraph hands them over (runtime.tools),
+        # else asks the model to search again (see _catalog).
+        self._catalogs: OrderedDict[tuple[str | None, str], list[BaseTool]] = OrderedDict()
         self._lock = threading.Lock()
         hold_across_fork(self, APP)
 
@@ -214,20 +214,17 @@ class SynaptorouteToolSearchMiddleware(AgentMiddleware):
             ("always_bound", self.always_bound),
         ):
             check_tool_keys(names, dict.fromkeys(given or ()), what)
-        searchable = [
+        return self._deferrable(offered)
+
+    def _deferrable(self, offered: Sequence[BaseTool | dict[str, Any]]) -> list[BaseTool]:
+        """The tools of ``offered`` that the search defers (no check)."""
+        return [
             tool
             for tool in _selectable(offered)
             if tool.name != self.tool_name
             and tool.name not in self.always_bound
             and (self.searchable_tools is None or tool.name in self.searchable_tools)
         ]
-        with self._lock:
-            for tool in searchable:
-                self._seen[tool.name] = tool
-                self._seen.move_to_end(tool.name)
-            while len(self._seen) > _MAX_SEEN:
-                self._seen.popitem(last=False)
-        return searchable
 
     def _bind(
         self, request: ModelRequest, searchable: Sequence[BaseTool], preselected: Sequence[str]
@@ -248,25 +245,35 @@ class SynaptorouteToolSearchMiddleware(AgentMiddleware):
 
     def _remember(self, response: Any, searchable: list[BaseTool]) -> None:
         """Record ``searchable`` for each search the model's ``response`` asks for."""
-        ids = [
-            call_id
+        keys = [
+            (message.id, call_id)
             for message in _ai_messages(response)
             for call in message.tool_calls
             if call["name"] == self.tool_name and (call_id := call.get("id"))
         ]
-        if not ids:
+        if not keys:
             return
         with self._lock:
-            for call_id in ids:
-                self._catalogs[call_id] = searchable
+            for key in keys:
+                self._catalogs[key] = searchable
             while len(self._catalogs) > _MAX_CATALOGS:
                 self._catalogs.popitem(last=False)
 
-    def _catalog(self, call_id: str | None) -> list[BaseTool]:
-        """The tools the search call ``call_id`` searches (see ``_catalogs``)."""
+    def _catalog(self, runtime: ToolRuntime) -> list[BaseTool] | None:
+        """The tools the search call of ``runtime`` searches: its model call's
+        searchable tools, or, for a model call this process did not see (a run resumed
+        after a restart, or a forgotten one), the tool node's deferrable tools where
+        LangGraph hands them over (``runtime.tools``, langgraph 1.2 on); ``None`` when
+        neither is known."""
+        call_id = runtime.tool_call_id or ""
         with self._lock:
-            found = self._catalogs.get(call_id) if call_id else None
-            return list(self._seen.values()) if found is None else found
+            found = self._catalogs.get((_asking_message_id(runtime.state, call_id), call_id))
+        if found is not None:
+            return found
+        tools = getattr(runtime, "tools", None)
+        if isinstance(tools, list):
+            return self._deferrable(tools)
+        return None
 
     # -- the ranking, shared by the search and the preselection ----------------------
     def _rank(
@@ -298,18 +305,33 @@ class SynaptorouteToolSearchMiddleware(AgentMiddleware):
         )
         return Command(update={FOUND_TOOLS_KEY: list(names), "messages": [message]})
 
+    def _unknown(self, call_id: str | None) -> Command[Any]:
+        """The answer to a search whose tools are not known here (see :meth:`_catalog`):
+        not "nothing matches", which would tell the model the capability is missing."""
+        message = ToolMessage(
+            f"The tool list is not available to this search. Call {self.tool_name} "
+            "again, with the same words, on your next step.",
+            tool_call_id=call_id or "",
+            name=self.tool_name,
+        )
+        return Command(update={"messages": [message]})
+
     def _search_tool(self, name: str, description: str) -> BaseTool:
         """The search tool the agent's tool node runs (sync and async paths)."""
 
         def search(query: Annotated[str, QUERY_DESCRIPTION], runtime: ToolRuntime) -> Command[Any]:
-            catalog = self._catalog(runtime.tool_call_id)
+            catalog = self._catalog(runtime)
+            if catalog is None:
+                return self._unknown(runtime.tool_call_id)
             names = self._rank(catalog, [HumanMessage(query)], self.max_results)
             return self._answer(query, catalog, names, runtime.tool_call_id)
 
         async def asearch(
             query: Annotated[str, QUERY_DESCRIPTION], runtime: ToolRuntime
         ) -> Command[Any]:
-            catalog = self._catalog(runtime.tool_call_id)
+            catalog = self._catalog(runtime)
+            if catalog is None:
+                return self._unknown(runtime.tool_call_id)
             names = await self._arank(catalog, [HumanMessage(query)], self.max_results)
             return self._answer(query, catalog, names, runtime.tool_call_id)
 
@@ -355,6 +377,18 @@ def _found(state: Mapping[str, Any]) -> list[str]:
     """The names of the tools found so far in the thread whose ``state`` this is."""
     names = state.get(FOUND_TOOLS_KEY)
     return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
+
+
+def _asking_message_id(state: Any, call_id: str) -> str | None:
+    """The id of the AI message in ``state`` that made the tool call ``call_id`` (the
+    last one: ids may repeat across turns with some servers)."""
+    messages = state.get("messages", ()) if isinstance(state, Mapping) else ()
+    for message in reversed(messages):
+        if isinstance(message, AIMessage) and any(
+            call.get("id") == call_id for call in message.tool_calls
+        ):
+            return message.id
+    return None
 
 
 def _ai_messages(response: Any) -> list[AIMessage]:

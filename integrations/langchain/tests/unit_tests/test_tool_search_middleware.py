@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+from langchain.tools import ToolRuntime
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -290,3 +292,68 @@ def test_a_tool_named_as_the_search_tool_is_refused(recording_encoder: Recording
         return
     with pytest.raises(InvalidInputError, match="search_tools"):
         agent.invoke({"messages": [HumanMessage("Hi")]})
+
+
+def test_a_search_resumed_in_a_new_process(recording_encoder: RecordingEncoder) -> None:
+    # The search tool runs in the tool node, which does not see the model call's tools:
+    # a run interrupted before it and resumed by another middleware instance (another
+    # process after a restart) searched nothing and answered "No tool matches", telling
+    # the model the capability did not exist.
+    saver = InMemorySaver()
+    config: Any = {"configurable": {"thread_id": "t"}}
+    question = {"messages": [HumanMessage("How much is 5 dollars in euros?")]}
+    first = create_agent(
+        _model(_search("convert currencies")),
+        tools=TOOLS,
+        middleware=[_search_mw(recording_encoder, always_bound=["get_weather"])],
+        checkpointer=saver,
+        interrupt_before=["tools"],
+    )
+    first.invoke(question, config)
+    resumed = create_agent(
+        _model("Done."),
+        tools=TOOLS,
+        middleware=[_search_mw(recording_encoder, always_bound=["get_weather"])],
+        checkpointer=saver,
+    )
+    (answer,) = _tool_texts(resumed.invoke(None, config))
+    state = resumed.get_state(config).values
+    if "tools" in {f.name for f in dataclasses.fields(ToolRuntime)}:
+        # LangGraph hands the tool node's tools over: this agent's tools are searched.
+        assert "convert_currency" in answer and "get_weather" not in answer
+        assert "convert_currency" in state[FOUND_TOOLS_KEY]
+    else:
+        assert "not available" in answer and "search_tools again" in answer
+        assert not state.get(FOUND_TOOLS_KEY)
+
+
+def test_agents_sharing_an_instance_with_repeated_call_ids(
+    recording_encoder: RecordingEncoder,
+) -> None:
+    # The searchable tools were kept by tool call id alone: two agents sharing the
+    # instance whose models repeat ids (some servers, scripted models) searched each
+    # other's tools.
+    search = _search_mw(recording_encoder)
+    saver = InMemorySaver()
+    travel = create_agent(
+        _model(_search("book a plane ticket", "same"), "ok"),
+        tools=[get_weather, book_flight],
+        middleware=[search],
+        checkpointer=saver,
+        interrupt_before=["tools"],
+    )
+    office = create_agent(
+        _model(_search("book a plane ticket", "same"), "ok"),
+        tools=[send_email],
+        middleware=[search],
+        checkpointer=saver,
+        interrupt_before=["tools"],
+    )
+    one: Any = {"configurable": {"thread_id": "travel"}}
+    two: Any = {"configurable": {"thread_id": "office"}}
+    travel.invoke({"messages": [HumanMessage("fly me to Rome")]}, one)
+    office.invoke({"messages": [HumanMessage("write to Bob")]}, two)  # the later model call
+    (travel_answer,) = _tool_texts(travel.invoke(None, one))
+    (office_answer,) = _tool_texts(office.invoke(None, two))
+    assert "book_flight" in travel_answer and "send_email" not in travel_answer
+    assert "send_email" in office_answer and "book_flight" not in office_answer
