@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -246,6 +247,28 @@ async def test_routes_are_built_at_construction(encoder: Encoder) -> None:
     await workflow.aroute(TRAVEL, "billing")
     assert recording.calls[1:] == [[TRAVEL]]  # a run costs its message's embedding
     await workflow.aclose()
+
+
+async def test_one_agent_is_not_routed(encoder: Encoder) -> None:
+    # from_tools_or_functions makes one agent and takes no utterances: its workflow
+    # warned about the agent's few examples and embedded every message for nothing.
+    recording = RecordingEncoder(encoder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        workflow = SynaptorouteAgentWorkflow(_agents(lambda name: MockLLM())[:1], encoder=recording)
+    route = await workflow.aroute(TRAVEL, "billing")
+    assert (route.agent_name, route.routed, route.best_agent) == ("billing", False, None)
+    assert recording.calls == []
+    await workflow.aclose()
+
+
+async def test_a_busy_router_keeps_the_current_agent(
+    make: Callable[..., SynaptorouteAgentWorkflow],
+) -> None:
+    # Routing saves a handoff, no more: a route_timeout that ran out failed the run.
+    workflow = make(route_timeout=0)
+    route = await workflow.aroute(TRAVEL, "billing")
+    assert (route.agent_name, route.routed, route.score) == ("billing", False, None)
 
 
 def test_few_utterances_are_warned_about_at_construction(

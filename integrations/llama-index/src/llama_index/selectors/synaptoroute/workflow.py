@@ -25,7 +25,13 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.tools.types import ToolMetadata
 from llama_index.core.workflow import Context, Event, step
 
-from synaptoroute import EncoderProtocol, InvalidInputError, RouteMatch
+from synaptoroute import (
+    EncoderProtocol,
+    InvalidInputError,
+    RouteMatch,
+    RouterOverloadedError,
+    RouterTimeoutError,
+)
 from synaptoroute.batching import check_timeout
 from synaptoroute.checks import check_threshold
 from synaptoroute.router import DEFAULT_THRESHOLD
@@ -96,8 +102,10 @@ class SynaptorouteAgentWorkflow(AgentWorkflow):
     base ``init_run`` has stored the user's text, that text is ranked (on the router's
     batching worker, off the event loop): when the best agent's score reaches
     ``threshold``, it becomes ``ctx.store["current_agent_name"]`` and the run starts
-    there, with no handoff; below it, or for an empty message, the current agent is
-    kept (the root agent in a new conversation, else the agent the last run ended at).
+    there, with no handoff; below it, for an empty message, with a single agent, or
+    when the router is too busy (``route_timeout`` passed, or the text refused as
+    overload), the current agent is kept (the root agent in a new conversation, else
+    the agent the last run ended at).
     Handoffs work as in ``AgentWorkflow``, and the next run is routed again. Routing
     ignores ``can_handoff_to``, which limits handoffs only.
 
@@ -141,7 +149,9 @@ class SynaptorouteAgentWorkflow(AgentWorkflow):
                 :meth:`SynaptorouteSelector.from_defaults` takes it; default the bundled
                 local model.
             route_timeout: seconds a run's routing may wait for the batching worker
-                (``None``: no bound).
+                (``None``: no bound); past it, or when the worker refuses the text
+                as overloaded, the run starts at the current agent (routing only
+                saves a handoff) and the decision says ``routed=False``.
 
         Raises:
             InvalidInputError: ``threshold`` or ``route_timeout`` is out of range,
@@ -188,8 +198,10 @@ class SynaptorouteAgentWorkflow(AgentWorkflow):
         )
         # Built now, as SynaptorouteToolRetriever builds its tools' routes: an agent with
         # nothing to route by, or a warning about few examples, comes from this line,
-        # not from the first run.
-        selector.router_for(self._choices)
+        # not from the first run. One agent has nothing to choose from: no routes (and
+        # no warning about its examples, which from_tools_or_functions cannot pass).
+        if len(self._choices) > 1:
+            selector.router_for(self._choices)
 
     @property
     def selector(self) -> SynaptorouteSelector:
@@ -215,8 +227,14 @@ class SynaptorouteAgentWorkflow(AgentWorkflow):
         :attr:`threshold`, else the current one. An empty text ranks nothing."""
         threshold = self.threshold
         ranked: list[RouteMatch] = []
-        if text:
-            ranked = await self._selector.arank(self._choices, text, 1, timeout=self._route_timeout)
+        if text and len(self._choices) > 1:
+            try:
+                ranked = await self._selector.arank(
+                    self._choices, text, 1, timeout=self._route_timeout
+                )
+            except (RouterTimeoutError, RouterOverloadedError):
+                # Routing saves a handoff, no more: a busy router does not fail the run.
+                ranked = []
         chosen = choose_agent(ranked, self._agent_names, threshold)
         best = ranked[0] if ranked else None
         return AgentRouteEvent(
