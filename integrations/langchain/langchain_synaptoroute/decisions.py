@@ -102,6 +102,13 @@ class _Asked:
     key: _Key
     criteria: Mapping[str, JsonValue]
 
+    @property
+    def routed(self) -> tuple[str, ...]:
+        """The labels in the key's order: route ``i`` of the question's router is
+        ``routed[i]``, whatever order the question (or the one that built the
+        cached router) listed them in."""
+        return tuple(label for label, _ in self.key)
+
 
 class SynaptorouteDecisions(BaseDecisionModel):
     """Answers ``Choice`` questions locally, by similarity, with no model call and no tokens.
@@ -327,7 +334,7 @@ class SynaptorouteDecisions(BaseDecisionModel):
         utterances (see :func:`~langchain_synaptoroute._tools.named_utterances`)."""
         skip = reads_nothing_of(self._encoder)
         routes: list[Route] = []
-        for label in asked.labels:
+        for label in asked.routed:
             description = _readable(asked.criteria[label])
             # A description the model reads nothing of is no text to route by.
             examples = named_utterances(
@@ -336,8 +343,9 @@ class SynaptorouteDecisions(BaseDecisionModel):
                 self._checked.get(label, ()),
                 what="Choice label",
             )
-            # Named by the label's place: a label may be any str (spaces around it,
-            # control characters), a route name may not.
+            # Named by the label's place in the key's order (see _Asked.routed): a
+            # label may be any str (spaces around it, control characters), a route
+            # name may not.
             routes.append(Route(name=str(len(routes)), utterances=examples))
         return routes
 
@@ -383,7 +391,8 @@ class SynaptorouteDecisions(BaseDecisionModel):
         self, asked: Mapping[str, _Asked], ranked: Mapping[str, Sequence[RouteMatch]]
     ) -> ClassifierResponse:
         answers: dict[str, Any] = {
-            qid: choice_answer(a.labels, ranked[qid], self.temperature) for qid, a in asked.items()
+            qid: choice_answer(a.labels, a.routed, ranked[qid], self.temperature)
+            for qid, a in asked.items()
         }
         # No tokens: usage stays None, so nothing is recorded as token usage.
         return ClassifierResponse(model=self.model, answers=answers, usage=None)
@@ -495,16 +504,19 @@ def _rebuilt(cls: type[SynaptorouteDecisions], fields: dict[str, Any]) -> Synapt
 
 
 def choice_answer(
-    labels: Sequence[str], ranked: Sequence[RouteMatch], temperature: float
+    labels: Sequence[str],
+    routed: Sequence[str],
+    ranked: Sequence[RouteMatch],
+    temperature: float,
 ) -> ChoiceAnswer:
     """A ``Choice`` question's answer from its labels ranked by a router (every label,
     best first): the best label, a softmax of the scores over ``temperature`` for every
-    label, and the best score clipped to ``[0, 1]`` as the confidence.
+    label (in the question's order, ``labels``), and the best score clipped to
+    ``[0, 1]`` as the confidence. Route ``i`` is the label ``routed[i]``.
 
     Shared by the sync and async paths, which differ only in how they rank.
     """
-    # The routes are named by the labels' places (see SynaptorouteDecisions._routes).
-    scores = {labels[int(m.candidate)]: m.score for m in ranked if m.candidate is not None}
+    scores = {routed[int(m.candidate)]: m.score for m in ranked if m.candidate is not None}
     missing = [label for label in labels if label not in scores]
     if missing or not ranked:  # every label is a route of the question's router
         msg = f"the router ranked no score for the labels {missing}"
@@ -516,7 +528,7 @@ def choice_answer(
     total = math.fsum(weights.values())
     return ChoiceAnswer(
         type="choice",
-        choice=labels[int(str(best.candidate))],
+        choice=routed[int(str(best.candidate))],
         probabilities={label: weight / total for label, weight in weights.items()},
         confidence=min(max(top, 0.0), 1.0),
     )

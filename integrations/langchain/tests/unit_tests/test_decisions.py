@@ -84,7 +84,7 @@ def test_probabilities_cover_every_label_sum_to_one_and_follow_scores(
     router = decisions._cache.get(decisions._asked({"q": desk()})["q"].key)
     assert router is not None
     ranked = router.query_top_k(text, len(DESK))
-    labels = list(DESK)  # the routes are named by the labels' places
+    labels = sorted(DESK)  # route i is the i-th label in the cache key's (sorted) order
 
     def label(match: Any) -> str:
         return labels[int(match.candidate)]
@@ -317,6 +317,22 @@ def test_any_label_string_is_answered(decisions: SynaptorouteDecisions) -> None:
     answer = decisions.invoke(ask("I was charged twice", dept=desk(**odd))).choices["dept"]
     assert answer.choice == "refund "
     assert set(answer.probabilities) == set(odd)
+
+
+def test_the_same_labels_in_another_order(encoder: Encoder) -> None:
+    # The cached router is keyed by the labels and criteria in any order; routes were
+    # named by their place in the question that built it, so the same question with
+    # its labels in another order swapped the answer (and across instances sharing it).
+    text = "I was charged twice this month, I want a refund"
+    forward = {"billing": DESK["billing"], "technical": DESK["technical"]}
+    backward = dict(reversed(forward.items()))
+    first = SynaptorouteDecisions(encoder=encoder)
+    for criteria in (forward, backward, forward):
+        answer = first.invoke(ask(text, dept=desk(**criteria))).choices["dept"]
+        assert answer.choice == "billing"
+        assert list(answer.probabilities) == list(criteria)  # the question's order
+    other = SynaptorouteDecisions(encoder=encoder)  # shares first's routers
+    assert other.invoke(ask(text, dept=desk(**backward))).choices["dept"].choice == "billing"
 
 
 def test_configurable_settings_share_the_routers(recording_encoder: RecordingEncoder) -> None:
