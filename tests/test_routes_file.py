@@ -112,6 +112,11 @@ def test_libyaml_reads_yaml_and_pyyaml_decides_what_it_refuses() -> None:
     # What libyaml refuses, PyYAML's parser reads as before: no file that loaded fails now.
     flow = parse_routes("routes: [{name: billing, utterances:[refund]}]\n")
     assert flow.routes[0].utterances == ["refund"]
+    # Where the two parsers read a value differently, PyYAML's reading stands: an empty
+    # value tagged "!" is None (libyaml: ""), a byte-order mark inside the text is kept.
+    assert parse_routes(f"threshold: !\n{ROUTE}").threshold is None
+    marked = parse_routes(f"{ROUTE}    metadata: {{k: \ufeffv}}\n")
+    assert marked.routes[0].metadata == {"k": "\ufeffv"}
     # libyaml takes no lone surrogate: PyYAML's refusal, not a UnicodeEncodeError.
     with pytest.raises(InvalidInputError, match="special characters are not allowed"):
         parse_routes(f"{ROUTE}    metadata: {{a: \ud800}}\n", source="r.yaml")
