@@ -266,8 +266,13 @@ class SynaptorouteToolSearchMiddleware(AgentMiddleware):
         LangGraph hands them over (``runtime.tools``, langgraph 1.2 on); ``None`` when
         neither is known."""
         call_id = runtime.tool_call_id or ""
+        asking = _asking_message_id(runtime.state, call_id)
         with self._lock:
-            found = self._catalogs.get((_asking_message_id(runtime.state, call_id), call_id))
+            found = self._catalogs.get((asking, call_id))
+            if found is None:
+                # A model message that had no id when the model returned it: the graph
+                # gave it one afterwards (add_messages), so it was kept by its call id.
+                found = self._catalogs.get((None, call_id))
         if found is not None:
             return found
         tools = getattr(runtime, "tools", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -357,3 +358,18 @@ def test_agents_sharing_an_instance_with_repeated_call_ids(
     (office_answer,) = _tool_texts(office.invoke(None, two))
     assert "book_flight" in travel_answer and "send_email" not in travel_answer
     assert "send_email" in office_answer and "book_flight" not in office_answer
+
+
+def test_a_search_from_a_model_message_without_an_id(recording_encoder: RecordingEncoder) -> None:
+    # A model message returned without an id gets one from the graph afterwards
+    # (add_messages): its search was kept under no id and must still be found by its
+    # tool call's id, not be taken for a search from an unseen model call.
+    search = _search_mw(recording_encoder)
+    asked = _search("convert currencies", "call-9")
+    assert asked.id is None
+    search._remember(asked, [book_flight])
+    stamped = asked.model_copy(update={"id": "given-by-the-graph"})
+    runtime = SimpleNamespace(state={"messages": [stamped]}, tool_call_id="call-9", tools=None)
+    assert search._catalog(runtime) == [book_flight]  # type: ignore[arg-type]
+    runtime.tool_call_id = "call-10"  # a search this process never saw, no tool node's tools
+    assert search._catalog(runtime) is None  # type: ignore[arg-type]
