@@ -107,6 +107,11 @@ def _yaml() -> Any:
     return yaml
 
 
+#: Levels a YAML routes file may nest: PyYAML's own parser stopped near 350 (Python's
+#: recursion limit), libyaml's has no such bound, and a document's validation then
+#: failed in different words on different machines. Metadata holds 32 at most.
+MAX_YAML_DEPTH = 256
+
 #: Values (YAML nodes) the aliases of one routes file may stand for, all together: a
 #: few lines of nested aliases (a "billion laughs") expand to billions, which every
 #: later walk of the document (the metadata's checks) would visit.
@@ -129,16 +134,20 @@ def _node_size(node: Any, sizes: dict[int, int]) -> int:
 
 def _check_aliases(root: Any) -> None:
     """Refuse a composed document whose aliases stand for more than
-    :data:`MAX_ALIAS_NODES` values all together: each later occurrence of a node (an
-    alias: composers share the anchored node) counts the nodes it expands to."""
+    :data:`MAX_ALIAS_NODES` values all together (each later occurrence of a node, an
+    alias: composers share the anchored node, counts the nodes it expands to), or that
+    nests deeper than :data:`MAX_YAML_DEPTH` levels."""
     from yaml.composer import ComposerError
 
     sizes: dict[int, int] = {}
     seen: set[int] = set()
     expanded = 0
-    stack = [root]
+    stack = [(root, 1)]
     while stack:  # a walk in document order, each node's children once
-        node = stack.pop()
+        node, depth = stack.pop()
+        if depth > MAX_YAML_DEPTH:
+            problem = f"it nests too deeply (more than {MAX_YAML_DEPTH} levels)"
+            raise ComposerError(None, None, problem, node.start_mark)
         if id(node) in seen:
             expanded += _node_size(node, sizes)
             if expanded > MAX_ALIAS_NODES:
@@ -151,7 +160,7 @@ def _check_aliases(root: Any) -> None:
         seen.add(id(node))
         if isinstance(node.value, list):
             children = [part for item in node.value for part in _parts(item)]
-            stack.extend(reversed(children))
+            stack.extend((child, depth + 1) for child in reversed(children))
 
 
 def _parts(item: Any) -> tuple[Any, ...]:

@@ -126,6 +126,13 @@ def test_libyaml_reads_yaml_and_pyyaml_decides_what_it_refuses() -> None:
     laughs = "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
     with pytest.raises(yaml.composer.ComposerError, match="aliases expand"):
         yaml.load(f"a0: &a0 [x, x]\n{laughs}", Loader=_yaml_loader(fast=True))
+    # So is the depth: libyaml has no recursion limit, and a 5,000-deep document was
+    # read, then refused by validation in words that differ between machines.
+    deep = "a: " + "[" * 300 + "]" * 300
+    with pytest.raises(yaml.composer.ComposerError, match="nests too deeply"):
+        yaml.load(deep, Loader=_yaml_loader(fast=True))
+    with pytest.raises(InvalidInputError, match="not valid YAML: it nests too deeply"):
+        parse_routes(deep)
 
 
 def test_a_yaml_word_read_as_no_text_says_what_yaml_read() -> None:
