@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter, thread_time
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -264,3 +265,54 @@ def encode_cached(
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, vectors)
     return vectors
+
+
+#: The k of recall@k that the tool-selection benchmarks report.
+RECALL_AT = (1, 3, 5)
+
+
+def intent_description(intent: str) -> str:
+    """A CLINC150 intent as a tool's description: CLINC150 has none, so its name in words."""
+    return f"Tool for: {intent.replace('_', ' ')}"
+
+
+def measure_selection(
+    build: Callable[[], Callable[[str], Sequence[str]]], rows: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
+    """Recall@k (:data:`RECALL_AT`) and time per message of the tool selection ``build``
+    returns (its build timed too), over ``rows`` of (text, intent): the selection maps a
+    message to the names of the tools it picks, best first."""
+    start = perf_counter()
+    select = build()
+    build_s = perf_counter() - start
+    hits = dict.fromkeys(RECALL_AT, 0)
+    times: list[float] = []
+    for text, intent in rows:
+        start = perf_counter()
+        names = list(select(text))
+        times.append((perf_counter() - start) * 1000.0)
+        for k in RECALL_AT:
+            hits[k] += intent in names[:k]
+    n = len(rows)
+    return {
+        "recall": {k: hits[k] / n for k in RECALL_AT},
+        "p50_ms": percentile(times, 50),
+        "p99_ms": percentile(times, 99),
+        "build_s": build_s,
+        "rows": n,
+    }
+
+
+def selection_table(first_column: str, results: dict[str, dict[str, Any]]) -> list[str]:
+    """The Markdown table of :func:`measure_selection` results, one row per label."""
+    lines = [
+        f"| {first_column} | recall@1 | recall@3 | recall@5 | p50 ms | p99 ms | build s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, r in results.items():
+        rec = r["recall"]
+        lines.append(
+            f"| {label} | {rec[1]:.1%} | {rec[3]:.1%} | {rec[5]:.1%} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['build_s']:.1f} |"
+        )
+    return lines

@@ -27,10 +27,17 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Sequence
-from time import perf_counter
-from typing import Any
 
-from common import add_data_argument, by_label, command_line, load_split, machine_info, percentile
+from common import (
+    add_data_argument,
+    by_label,
+    command_line,
+    intent_description,
+    load_split,
+    machine_info,
+    measure_selection,
+    selection_table,
+)
 from llama_index.core import VectorStoreIndex
 from llama_index.core.objects import ObjectIndex
 from llama_index.core.tools import BaseTool, FunctionTool
@@ -39,7 +46,6 @@ from llama_index.selectors.synaptoroute import SynaptorouteEmbedding, Synaptorou
 from synaptoroute import Encoder
 
 TOP = 5
-RECALL_AT = (1, 3, 5)
 
 
 def make_tools(intents: Sequence[str]) -> list[BaseTool]:
@@ -49,37 +55,14 @@ def make_tools(intents: Sequence[str]) -> list[BaseTool]:
         return query
 
     return [
-        FunctionTool.from_defaults(
-            run, name=intent, description=f"Tool for: {intent.replace('_', ' ')}"
-        )
+        FunctionTool.from_defaults(run, name=intent, description=intent_description(intent))
         for intent in intents
     ]
 
 
-def measure(
-    build: Callable[[], Callable[[str], list[BaseTool]]], rows: Sequence[tuple[str, str]]
-) -> dict[str, Any]:
-    """Recall@k and retrieval times over ``rows`` of (text, intent) of the retrieval
-    function ``build`` makes (timed as the build)."""
-    start = perf_counter()
-    retrieve = build()
-    build_s = perf_counter() - start
-    hits = dict.fromkeys(RECALL_AT, 0)
-    times: list[float] = []
-    for text, intent in rows:
-        start = perf_counter()
-        names = [tool.metadata.name for tool in retrieve(text)]
-        times.append((perf_counter() - start) * 1000.0)
-        for k in RECALL_AT:
-            hits[k] += intent in names[:k]
-    n = len(rows)
-    return {
-        "recall": {k: hits[k] / n for k in RECALL_AT},
-        "p50_ms": percentile(times, 50),
-        "p99_ms": percentile(times, 99),
-        "build_s": build_s,
-        "rows": n,
-    }
+def names(retrieve: Callable[[str], list[BaseTool]]) -> Callable[[str], list[str]]:
+    """A retriever's ``retrieve`` as :func:`measure_selection` takes it: tool names."""
+    return lambda text: [str(tool.metadata.name) for tool in retrieve(text)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,27 +82,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     encoder.load()
     utterances = {name: texts[: args.examples] for name, texts in train.items()}
 
-    def ours(examples: bool) -> Callable[[], Callable[[str], list[BaseTool]]]:
-        def build() -> Callable[[str], list[BaseTool]]:
+    def ours(examples: bool) -> Callable[[], Callable[[str], list[str]]]:
+        def build() -> Callable[[str], list[str]]:
             given = utterances if examples else None
-            return SynaptorouteToolRetriever(
-                tools, utterances=given, encoder=encoder, max_tools=TOP
-            ).retrieve
+            return names(
+                SynaptorouteToolRetriever(
+                    tools, utterances=given, encoder=encoder, max_tools=TOP
+                ).retrieve
+            )
 
         return build
 
-    def object_index() -> Callable[[str], list[BaseTool]]:
+    def object_index() -> Callable[[str], list[str]]:
         index = ObjectIndex.from_objects(
             tools, index_cls=VectorStoreIndex, embed_model=SynaptorouteEmbedding(encoder=encoder)
         )
-        return index.as_retriever(similarity_top_k=TOP).retrieve
+        return names(index.as_retriever(similarity_top_k=TOP).retrieve)
 
     results = {
         f"SynaptorouteToolRetriever, names + descriptions + {args.examples} examples per tool": (
-            measure(ours(True), rows)
+            measure_selection(ours(True), rows)
         ),
-        "SynaptorouteToolRetriever, names + descriptions only": measure(ours(False), rows),
-        "ObjectIndex + VectorStoreIndex retriever, same model": measure(object_index, rows),
+        "SynaptorouteToolRetriever, names + descriptions only": measure_selection(
+            ours(False), rows
+        ),
+        "ObjectIndex + VectorStoreIndex retriever, same model": measure_selection(
+            object_index, rows
+        ),
     }
 
     command = command_line("llamaindex_tool_retrieval.py", argv)
@@ -128,15 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"CLINC150 val rows, {TOP} tools retrieved per message, bundled all-MiniLM-L6-v2 "
         "INT8 for every retriever; time is `retrieve` per message, embedding included.",
         "",
-        "| retriever | recall@1 | recall@3 | recall@5 | p50 ms | p99 ms | build s |",
-        "|---|---|---|---|---|---|---|",
+        *selection_table("retriever", results),
     ]
-    for label, r in results.items():
-        rec = r["recall"]
-        lines.append(
-            f"| {label} | {rec[1]:.1%} | {rec[3]:.1%} | {rec[5]:.1%} | "
-            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['build_s']:.1f} |"
-        )
     print("\n".join(lines))
     print(json.dumps(results, indent=1, default=str))
     return 0

@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
-from time import perf_counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from common import (
     add_data_argument,
     by_label,
     command_line,
+    intent_description,
     load_split,
     machine_info,
-    percentile,
+    measure_selection,
     replace_section,
+    selection_table,
 )
 from langchain_core.tools import BaseTool, StructuredTool
 from langchain_synaptoroute import SynaptorouteToolSelectorMiddleware
@@ -42,7 +43,6 @@ from synaptoroute import Encoder
 
 SECTION = "## Tool selection for agents: CLINC150 as 150 tools (issue 12)"
 MAX_TOOLS = 5
-RECALL_AT = (1, 3, 5)
 
 
 def make_tools(intents: Sequence[str]) -> list[BaseTool]:
@@ -52,38 +52,22 @@ def make_tools(intents: Sequence[str]) -> list[BaseTool]:
         return query
 
     return [
-        StructuredTool.from_function(
-            run, name=intent, description=f"Tool for: {intent.replace('_', ' ')}"
-        )
+        StructuredTool.from_function(run, name=intent, description=intent_description(intent))
         for intent in intents
     ]
 
 
-def measure(
-    selector: SynaptorouteToolSelectorMiddleware,
-    tools: list[BaseTool],
-    rows: Sequence[tuple[str, str]],
-) -> dict[str, Any]:
-    """Recall@k and selection times of ``selector`` over ``rows`` of (text, intent)."""
-    build = perf_counter()
-    selector.select_tools("warm up: build the routes", tools)
-    build_s = perf_counter() - build
-    hits = dict.fromkeys(RECALL_AT, 0)
-    times: list[float] = []
-    for text, intent in rows:
-        start = perf_counter()
-        chosen = selector.select_tools(text, tools)
-        times.append((perf_counter() - start) * 1000.0)
-        for k in RECALL_AT:
-            hits[k] += intent in chosen[:k]
-    n = len(rows)
-    return {
-        "recall": {k: hits[k] / n for k in RECALL_AT},
-        "p50_ms": percentile(times, 50),
-        "p99_ms": percentile(times, 99),
-        "build_s": build_s,
-        "rows": n,
-    }
+def selection(
+    selector: SynaptorouteToolSelectorMiddleware, tools: list[BaseTool]
+) -> Callable[[], Callable[[str], list[str]]]:
+    """What :func:`measure_selection` builds and times: ``selector``'s routes (the
+    first model call builds them; later calls reuse them), then its selection."""
+
+    def build() -> Callable[[str], list[str]]:
+        selector.select_tools("warm up: build the routes", tools)
+        return lambda text: selector.select_tools(text, tools)
+
+    return build
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,10 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         utterances={name: texts[: args.examples] for name, texts in train.items()},
     )
     names_only = SynaptorouteToolSelectorMiddleware(encoder=encoder, max_tools=MAX_TOOLS)
-    results[f"names + descriptions + {args.examples} examples per tool"] = measure(
-        with_examples, tools, rows
+    results[f"names + descriptions + {args.examples} examples per tool"] = measure_selection(
+        selection(with_examples, tools), rows
     )
-    results["names + descriptions only"] = measure(names_only, tools, rows)
+    results["names + descriptions only"] = measure_selection(selection(names_only, tools), rows)
 
     command = command_line("tool_selection.py", argv)
     lines = [
@@ -124,15 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "selection time is `select_tools` (the body of `wrap_model_call`) per message, "
         "embedding included.",
         "",
-        "| tool examples | recall@1 | recall@3 | recall@5 | p50 ms | p99 ms | build s |",
-        "|---|---|---|---|---|---|---|",
+        *selection_table("tool examples", results),
     ]
-    for label, r in results.items():
-        rec = r["recall"]
-        lines.append(
-            f"| {label} | {rec[1]:.1%} | {rec[3]:.1%} | {rec[5]:.1%} | "
-            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['build_s']:.1f} |"
-        )
     text = "\n".join(lines) + "\n"
     print(text)
     print(json.dumps(results, indent=1, default=str))
