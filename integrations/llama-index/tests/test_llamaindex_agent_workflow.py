@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import llama_index.core.llms.mock
+import llamaindex_support as support
 import pytest
 from llama_index.core.agent.workflow import AgentOutput, FunctionAgent
 from llama_index.core.llms import ChatMessage, MockLLM
@@ -29,14 +30,15 @@ from llamaindex_support import docs_example
 from synaptoroute import Encoder, InvalidInputError, RouteMatch
 from synaptoroute.testing import RecordingEncoder
 
+# The support desk's billing and tech support (llamaindex_support), and a travel desk.
 DESCRIPTIONS = {
-    "billing": "Answers questions about invoices, payments and refunds",
-    "tech_support": "Helps with log-in problems, crashes and bugs in the app",
+    "billing": support.DESCRIPTIONS["billing"],
+    "tech_support": support.DESCRIPTIONS["tech_support"],
     "travel": "Books flights, trains and hotels for business trips",
 }
 UTTERANCES = {
-    "billing": ["I need a refund", "Where is my invoice?", "I was charged twice"],
-    "tech_support": ["The app crashes on start", "I can't log in", "Reset my password"],
+    "billing": support.UTTERANCES["billing"],
+    "tech_support": support.UTTERANCES["tech_support"],
     "travel": [
         "Book me a flight to Tokyo",
         "Find a hotel in Rome for two nights",
