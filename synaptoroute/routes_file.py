@@ -168,35 +168,56 @@ def _parts(item: Any) -> tuple[Any, ...]:
     return item if isinstance(item, tuple) else (item,)
 
 
-#: What the two parsers read differently (a differential fuzz of 745,000 documents):
-#: an empty value tagged ``!`` (PyYAML's parser: ``None``; libyaml: ``""``) and a
-#: byte-order mark after the text's start (PyYAML's keeps it, libyaml drops it).
-#: Documents holding either are read by PyYAML's parser, as before (a plain scalar
-#: ending in " !" takes that slower path too: correct, only slower).
-_PURE_ONLY = re.compile(r"(?:^|[\s\[{,])!(?=[ \t]*(?:$|[,\]}#]))|.\ufeff", re.MULTILINE | re.DOTALL)
+#: An empty value tagged ``!``, which the two parsers read differently (see
+#: :func:`_reads_differently`); a plain scalar ending in " !" matches too (it then
+#: takes the slower parser: correct, only slower).
+_EMPTY_TAG = re.compile(r"(?:^|[\s\[{,])!(?=[ \t]*(?:$|[,\]}#]))", re.MULTILINE)
 
 
-def _load_yaml(text: str) -> Any:
-    """The YAML document ``text``, read by libyaml's parser when PyYAML has it (about
-    six times faster on a large routes file), else by PyYAML's own.
+def _reads_differently(text: str) -> bool:
+    """Whether ``text`` holds what libyaml's parser reads otherwise than PyYAML's (a
+    differential fuzz of 745,000 documents found two): an empty value tagged ``!``
+    (PyYAML's parser: ``None``; libyaml: ``""``) and a byte-order mark after the
+    text's start (PyYAML's keeps it, libyaml drops it)."""
+    return "\ufeff" in text[1:] or ("!" in text and _EMPTY_TAG.search(text) is not None)
 
-    Whatever libyaml refuses is read again by PyYAML's parser, which decides: the two
-    differ on a few spellings (``{a:[1]}`` is refused by libyaml only) and libyaml
-    takes no lone surrogate, so a file that loaded with PyYAML's parser still loads,
-    and a refusal keeps PyYAML's wording."""
+
+def _load_yaml(text: str, *, fast: bool = True) -> Any:
+    """The YAML document ``text``, parsed by libyaml when PyYAML has it (several times
+    faster on a large routes file), else by PyYAML's own parser, then checked
+    (:func:`_check_aliases`) and built by the routes loader.
+
+    What libyaml cannot parse is parsed again by PyYAML's parser, which decides: the
+    two differ on a few spellings (``{a:[1]}`` is refused by libyaml only) and libyaml
+    takes no lone surrogate, so a file that loaded with PyYAML's parser still loads, and
+    a refusal keeps PyYAML's wording. The checks and the building run once, after the
+    parse: a document they refuse is not parsed twice. ``fast=False`` parses with
+    PyYAML's parser alone (``benchmarks/routes_file.py``'s baseline)."""
     yaml = _yaml()
-    fast, pure = _yaml_loader(fast=True), _yaml_loader(fast=False)
-    if fast is not pure and not _PURE_ONLY.search(text):
+    loader = None
+    if fast and hasattr(yaml, "CSafeLoader") and not _reads_differently(text):
         try:
-            return yaml.load(text, Loader=fast)
+            loader = _yaml_loader(fast=True)(text)
+            node = loader.get_single_node()
         except (yaml.YAMLError, UnicodeEncodeError):
-            pass
-    return yaml.load(text, Loader=pure)
+            if loader is not None:
+                loader.dispose()
+            loader = None
+    if loader is None:
+        loader = _yaml_loader(fast=False)(text)
+        node = loader.get_single_node()
+    try:
+        if node is None:  # an empty document
+            return None
+        _check_aliases(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 @functools.cache
 def _yaml_loader(*, fast: bool) -> Any:
-    """PyYAML's safe loader (on libyaml's parser if ``fast`` and PyYAML has it),
+    """PyYAML's safe loader (on libyaml's parser if ``fast``: PyYAML must have it),
     stricter where a routes file would otherwise lose data or
     memory: a key repeated in a mapping is refused (PyYAML keeps the last value),
     aliases (``*name``, merge keys) that expand to more than :data:`MAX_ALIAS_NODES`
@@ -208,15 +229,9 @@ def _yaml_loader(*, fast: bool) -> Any:
 
     merge = "tag:yaml.org,2002:merge"
     # The constructor (the checks below) is Python either way; only parsing differs.
-    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader) if fast else yaml.SafeLoader
+    base = yaml.CSafeLoader if fast else yaml.SafeLoader
 
     class RoutesLoader(base):  # type: ignore[misc,valid-type]
-        def get_single_node(self) -> Any:
-            node = super().get_single_node()
-            if node is not None:
-                _check_aliases(node)
-            return node
-
         def construct_object(self, node: Any, deep: bool = False) -> Any:
             try:
                 return super().construct_object(node, deep=deep)

@@ -120,19 +120,30 @@ def test_libyaml_reads_yaml_and_pyyaml_decides_what_it_refuses() -> None:
     # libyaml takes no lone surrogate: PyYAML's refusal, not a UnicodeEncodeError.
     with pytest.raises(InvalidInputError, match="special characters are not allowed"):
         parse_routes(f"{ROUTE}    metadata: {{a: \ud800}}\n", source="r.yaml")
-    # Aliases are bounded on libyaml's parser itself, not only by the second reading.
-    from synaptoroute.routes_file import _yaml_loader
+    # The checks (aliases, depth, repeated keys) run once, on libyaml's parse: a file
+    # they refuse was parsed again by PyYAML's parser (seven times slower), which
+    # reached the same refusal in other words (or hit Python's recursion limit).
+    from synaptoroute import routes_file
+
+    parsers: list[bool] = []
+    loader = routes_file._yaml_loader
+
+    def counted(*, fast: bool) -> object:
+        parsers.append(fast)
+        return loader(fast=fast)
 
     laughs = "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
-    with pytest.raises(yaml.composer.ComposerError, match="aliases expand"):
-        yaml.load(f"a0: &a0 [x, x]\n{laughs}", Loader=_yaml_loader(fast=True))
-    # So is the depth: libyaml has no recursion limit, and a 5,000-deep document was
-    # read, then refused by validation in words that differ between machines.
-    deep = "a: " + "[" * 300 + "]" * 300
-    with pytest.raises(yaml.composer.ComposerError, match="nests too deeply"):
-        yaml.load(deep, Loader=_yaml_loader(fast=True))
-    with pytest.raises(InvalidInputError, match="not valid YAML: it nests too deeply"):
-        parse_routes(deep)
+    refused = [
+        (f"a0: &a0 [x, x]\n{laughs}", "aliases expand"),
+        ("routes: " + "[" * 300 + "]" * 300, "it nests too deeply \\(more than 256 levels\\)"),
+        (f"{ROUTE}routes: []\n", "found key 'routes' more than once"),
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(routes_file, "_yaml_loader", counted)
+        for text, match in refused:
+            with pytest.raises(InvalidInputError, match=match):
+                parse_routes(text)
+    assert parsers == [True] * len(refused)
 
 
 def test_a_yaml_word_read_as_no_text_says_what_yaml_read() -> None:
