@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from llama_index.selectors.synaptoroute.workflow import ROUTE_KEY, choose_agent
 from llamaindex_support import docs_example
 
 from synaptoroute import Encoder, InvalidInputError, RouteMatch
+from synaptoroute.encoder import EncoderWrapper
 from synaptoroute.testing import RecordingEncoder
 
 # The support desk's billing and tech support (llamaindex_support), and a travel desk.
@@ -264,12 +266,33 @@ async def test_one_agent_is_not_routed(encoder: Encoder) -> None:
     await workflow.aclose()
 
 
+class _Held(EncoderWrapper):
+    """Encodes the agents' texts, then holds every later call until ``release`` is set."""
+
+    def __init__(self, inner: Encoder) -> None:
+        super().__init__(inner)
+        self.release = threading.Event()
+        self.built = False
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        if self.built:
+            self.release.wait()
+        self.built = True
+        return self.inner.encode(texts)
+
+
 async def test_a_busy_router_keeps_the_current_agent(
-    make: Callable[..., SynaptorouteAgentWorkflow],
+    make: Callable[..., SynaptorouteAgentWorkflow], encoder: Encoder
 ) -> None:
     # Routing saves a handoff, no more: a route_timeout that ran out failed the run.
-    workflow = make(route_timeout=0)
-    route = await workflow.aroute(TRAVEL, "billing")
+    # The message's embedding is held until after the wait, so the timeout runs out on
+    # any machine.
+    held = _Held(encoder)
+    workflow = make(encoder=held, route_timeout=0.01)
+    try:
+        route = await workflow.aroute(TRAVEL, "billing")
+    finally:
+        held.release.set()
     assert (route.agent_name, route.routed, route.score) == ("billing", False, None)
 
 

@@ -20,7 +20,8 @@ from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent
 from llama_index.core.llms import MockLLM
 from llama_index.core.objects.tool_node_mapping import SimpleToolNodeMapping
 from llama_index.core.postprocessor import SimilarityPostprocessor
-from llama_index.core.schema import QueryBundle
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.tools import BaseTool, FunctionTool
 from llama_index.selectors.synaptoroute import (
     SynaptorouteEmbedding,
@@ -295,6 +296,30 @@ async def test_postprocessors_leave_the_fallback_and_a_name_lookup_alone(
         assert len(await cut.aretrieve(query)) == len(FUNCTIONS)
     assert _names(cut.retrieve("get_weather")) == ["get_weather"]
     assert cut.retrieve(CLEAR[0][0]) == []  # ranked tools are postprocessed
+
+
+class _Rename(BaseNodePostprocessor):
+    """A postprocessor that changes the nodes it is given."""
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        for node in nodes:
+            node.node.metadata["name"] = "renamed"
+        return nodes
+
+
+def test_a_postprocessor_changes_copies_only(
+    make: Callable[..., SynaptorouteToolRetriever],
+) -> None:
+    # The retriever hands the tools' own nodes over when nothing may change them (no
+    # postprocessor, a name lookup, the fallback): a postprocessor gets copies.
+    query = CLEAR[0][0]
+    changing = make(max_tools=1)
+    changing.retriever.postprocessors.append(_Rename())
+    assert [n.node.metadata["name"] for n in changing.retriever.retrieve(query)] == ["renamed"]
+    assert [n.node.metadata["name"] for n in changing.retriever.retrieve(query)] == ["renamed"]
+    assert _names(changing.retrieve("get_weather")) == ["get_weather"]  # the originals
 
 
 def test_plain_functions_are_tools(make: Callable[..., SynaptorouteToolRetriever]) -> None:

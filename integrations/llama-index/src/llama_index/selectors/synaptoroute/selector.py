@@ -480,12 +480,42 @@ class SynaptorouteSelector(BaseSelector):
             # Router calls stay outside the cache lock (see forking.APP_CACHE). A router
             # evicted meanwhile, still finishing an aselect, keeps the old one.
             for router in routers:
-                router.threshold = self._router_threshold
+                router.threshold = self.effective_threshold
 
     @property
-    def _router_threshold(self) -> float:
-        """The threshold a choice set's router takes (``None``: the router's default)."""
+    def effective_threshold(self) -> float:
+        """The threshold its choice sets' routers take: :attr:`threshold`, else the
+        router's default (0.5)."""
         return DEFAULT_THRESHOLD if self._threshold is None else self._threshold
+
+    @classmethod
+    def given_or_made(
+        cls,
+        selector: SynaptorouteSelector | None,
+        *,
+        encoder: EncoderProtocol | BaseEmbedding | Any | None,
+        utterances: Mapping[str, Sequence[str]] | None,
+    ) -> SynaptorouteSelector:
+        """``selector``, or one made from ``encoder`` and ``utterances``
+        (:meth:`from_defaults`): for the classes that rank with a selector
+        (``SynaptorouteToolRetriever``, ``SynaptorouteAgentWorkflow``).
+
+        Raises:
+            InvalidInputError: ``selector`` is given with ``encoder`` or ``utterances``
+                (it has its own), or is no ``SynaptorouteSelector``.
+        """
+        if selector is None:
+            return cls.from_defaults(utterances=utterances, encoder=encoder)
+        if encoder is not None or utterances is not None:
+            msg = (
+                "pass selector= or encoder=/utterances=, not both (the selector has its "
+                "encoder and utterances)"
+            )
+            raise InvalidInputError(msg)
+        if not isinstance(selector, SynaptorouteSelector):
+            msg = f"selector must be a SynaptorouteSelector, got {type(selector).__name__}"
+            raise InvalidInputError(msg)
+        return selector
 
     @property
     def utterances(self) -> dict[str, list[str]]:
@@ -670,7 +700,7 @@ class SynaptorouteSelector(BaseSelector):
             router = self._cached_router(key, selecting=selecting)
             if router is not None:
                 return router
-            router = SelectionRouter(self.encoder, threshold=self._router_threshold)
+            router = SelectionRouter(self.encoder, threshold=self.effective_threshold)
             router.add_routes(routes)
             with self._lock:
                 if selecting:

@@ -117,20 +117,18 @@ class _ToolRouteRetriever(BaseRetriever):
     ) -> None:
         # The global callback manager, as LlamaIndex's index retrievers take by default.
         super().__init__(callback_manager=Settings.callback_manager)
-        self._selector = selector
+        self.selector = selector
+        self.policy = policy
+        self.timeout = timeout
+        self.postprocessors = list(postprocessors)
         self._choices = tuple(choices)
         self._nodes = tuple(nodes)
-        self._policy = policy
-        self._timeout = timeout
-        self.postprocessors = list(postprocessors)
         self._by_name = {choice.name: index for index, choice in enumerate(self._choices)}
 
     def _nodes_of(self, chosen: Sequence[tuple[int, float | None]]) -> list[NodeWithScore]:
-        # A copy per retrieval: a postprocessor may change the node it is given.
-        return [
-            NodeWithScore(node=self._nodes[index].model_copy(deep=True), score=score)
-            for index, score in chosen
-        ]
+        # The tools' own nodes: ObjectRetriever reads only their names to map them back
+        # (the postprocessors get copies, see _chosen).
+        return [NodeWithScore(node=self._nodes[index], score=score) for index, score in chosen]
 
     def _named(self, query: str) -> list[NodeWithScore] | None:
         """The tool a query names exactly, alone, with the score 1.0; ``None`` for a
@@ -149,7 +147,7 @@ class _ToolRouteRetriever(BaseRetriever):
         named = self._named(query)
         if named is not None:
             return named
-        ranked = self._selector.rank(self._choices, query, self._policy.k(len(self._choices)))
+        ranked = self.selector.rank(self._choices, query, self.policy.k(len(self._choices)))
         return self._chosen(ranked, query_bundle)
 
     @override
@@ -158,8 +156,8 @@ class _ToolRouteRetriever(BaseRetriever):
         named = self._named(query)
         if named is not None:
             return named
-        k = self._policy.k(len(self._choices))
-        ranked = await self._selector.arank(self._choices, query, k, timeout=self._timeout)
+        k = self.policy.k(len(self._choices))
+        ranked = await self.selector.arank(self._choices, query, k, timeout=self.timeout)
         return self._chosen(ranked, query_bundle)
 
     def _chosen(
@@ -169,9 +167,11 @@ class _ToolRouteRetriever(BaseRetriever):
         applied to ranked ones only: the no-match fallback's unscored tools (every
         tool, so the agent works as without the retriever) would fall to a score cutoff
         such as ``SimilarityPostprocessor``'s, leaving the agent no tool at all."""
-        chosen = choose_tools(ranked, len(self._nodes), self._policy)
+        chosen = choose_tools(ranked, len(self._nodes), self.policy)
         nodes = self._nodes_of(chosen)
-        if chosen and chosen[0][1] is not None:  # ranked, not the fallback
+        if self.postprocessors and chosen and chosen[0][1] is not None:  # ranked ones
+            # Copies: a postprocessor may change the nodes it is given.
+            nodes = [NodeWithScore(node=n.node.model_copy(deep=True), score=n.score) for n in nodes]
             for postprocessor in self.postprocessors:
                 nodes = postprocessor.postprocess_nodes(nodes, query_bundle=query_bundle)
         return nodes
@@ -190,13 +190,14 @@ def _checked_tools(tools: Sequence[BaseTool | Callable[..., Any]]) -> tuple[Base
         raise InvalidInputError(msg)
     checked: list[BaseTool] = []
     for index, given in enumerate(tools):
-        tool = given if isinstance(given, BaseTool) or not callable(given) else None
-        if tool is None:
+        if isinstance(given, BaseTool):
+            tool = given
+        elif callable(given):
             tool = FunctionTool.from_defaults(given)
-        if not isinstance(tool, BaseTool):
+        else:
             msg = (
                 f"tools[{index}] must be a LlamaIndex BaseTool or a function, got "
-                f"{type(tool).__name__}"
+                f"{type(given).__name__}"
             )
             raise InvalidInputError(msg)
         if not isinstance(tool.metadata.name, str) or not tool.metadata.name:
@@ -314,17 +315,9 @@ class SynaptorouteToolRetriever(ObjectRetriever[BaseTool]):
         tools = _checked_tools(tools)
         policy = ToolPolicy(max_tools=max_tools, threshold=threshold, on_no_match=on_no_match)
         check_timeout(timeout)
-        if selector is not None and (encoder is not None or utterances is not None):
-            msg = (
-                "pass selector= or encoder=/utterances=, not both (the selector has its "
-                "encoder and utterances)"
-            )
-            raise InvalidInputError(msg)
-        if selector is None:
-            selector = SynaptorouteSelector.from_defaults(utterances=utterances, encoder=encoder)
-        elif not isinstance(selector, SynaptorouteSelector):
-            msg = f"selector must be a SynaptorouteSelector, got {type(selector).__name__}"
-            raise InvalidInputError(msg)
+        selector = SynaptorouteSelector.given_or_made(
+            selector, encoder=encoder, utterances=utterances
+        )
         choices = [tool.metadata for tool in tools]
         # Built now, as ObjectIndex embeds its tools when made: a misspelt utterances key,
         # a tool with nothing to route by or a warning about few examples comes from this
@@ -340,9 +333,6 @@ class SynaptorouteToolRetriever(ObjectRetriever[BaseTool]):
         super().__init__(retriever=retriever, object_node_mapping=mapping)
         self._route_retriever = retriever
         self._tools = tools
-        self._selector = selector
-        self._policy = policy
-        self._timeout = timeout
 
     @property
     def tools(self) -> tuple[BaseTool, ...]:
@@ -352,7 +342,7 @@ class SynaptorouteToolRetriever(ObjectRetriever[BaseTool]):
     @property
     def selector(self) -> SynaptorouteSelector:
         """The selector that builds and ranks the tools' routes."""
-        return self._selector
+        return self._route_retriever.selector
 
     @property
     @override
@@ -364,12 +354,12 @@ class SynaptorouteToolRetriever(ObjectRetriever[BaseTool]):
     @property
     def policy(self) -> ToolPolicy:
         """``max_tools``, ``threshold`` and ``on_no_match``, as checked."""
-        return self._policy
+        return self._route_retriever.policy
 
     @property
     def timeout(self) -> float | None:
         """Seconds ``aretrieve`` may wait for the batching worker (``None``: no bound)."""
-        return self._timeout
+        return self._route_retriever.timeout
 
     @override
     def retrieve(self, str_or_query_bundle: QueryType) -> list[BaseTool]:
@@ -389,4 +379,4 @@ class SynaptorouteToolRetriever(ObjectRetriever[BaseTool]):
         """Stop the batching workers ``aretrieve`` started on the running loop (the
         selector's: with a shared selector, its other choice sets' too; they start
         again at the next call)."""
-        await self._selector.aclose()
+        await self.selector.aclose()

@@ -34,7 +34,6 @@ from synaptoroute import (
 )
 from synaptoroute.batching import check_timeout
 from synaptoroute.checks import check_threshold
-from synaptoroute.router import DEFAULT_THRESHOLD
 
 from .selector import SynaptorouteSelector, _index
 
@@ -169,19 +168,13 @@ class SynaptorouteAgentWorkflow(AgentWorkflow):
         except InvalidInputError as error:
             raise InvalidInputError(f"route_timeout: {error}") from None
         self._route_timeout = route_timeout
-        if selector is not None and (encoder is not None or utterances is not None):
-            msg = (
-                "pass selector= or encoder=/utterances=, not both (the selector has its "
-                "encoder and utterances)"
-            )
-            raise InvalidInputError(msg)
-        if selector is not None and not isinstance(selector, SynaptorouteSelector):
-            msg = f"selector must be a SynaptorouteSelector, got {type(selector).__name__}"
-            raise InvalidInputError(msg)
+        given = selector
+        # Checks the utterances' types (a mapping of lists of strings) first.
+        selector = SynaptorouteSelector.given_or_made(
+            selector, encoder=encoder, utterances=utterances
+        )
         super().__init__(list(agents), *args, **kwargs)
-        if selector is None:
-            # Checks the utterances' types (a mapping of lists of strings) first.
-            selector = SynaptorouteSelector.from_defaults(utterances=utterances, encoder=encoder)
+        if given is None:
             unknown = sorted(set(utterances or {}) - set(self.agents))
             if unknown:
                 # The agents are fixed here: a key for no agent is a typo or a leftover.
@@ -214,7 +207,7 @@ class SynaptorouteAgentWorkflow(AgentWorkflow):
         else the router's default (0.5)."""
         if self._threshold is not None:
             return self._threshold
-        return DEFAULT_THRESHOLD if self._selector.threshold is None else self._selector.threshold
+        return self._selector.effective_threshold
 
     @property
     def route_timeout(self) -> float | None:
