@@ -43,8 +43,16 @@ T = TypeVar("T")
 TextExtractor = Callable[[Any], str]
 
 
+#: What a caller of :func:`extract_text` can do about a dict without its key.
+ROUTER_REMEDY = "set input_key= or text_extractor= on the router"
+
+
 def extract_text(
-    value: Any, input_key: str = "input", extractor: TextExtractor | None = None
+    value: Any,
+    input_key: str = "input",
+    extractor: TextExtractor | None = None,
+    *,
+    remedy: str = ROUTER_REMEDY,
 ) -> str:
     """The text to route for one Runnable input.
 
@@ -56,7 +64,9 @@ def extract_text(
     is routed on the text of its last human message.
 
     Raises:
-        InvalidInputError: a dict lacks ``input_key``, or messages hold no human message.
+        InvalidInputError: a dict lacks ``input_key`` (the message ends with
+            ``remedy``, what the caller's user can do about it), or messages hold no
+            human message.
         TypeError: the input (or the extractor's result) is of an unsupported type.
     """
     if extractor is not None:
@@ -68,18 +78,15 @@ def extract_text(
     if isinstance(value, str):
         return value
     if isinstance(value, Mapping):
-        if input_key not in value and is_message_dict(value):
+        if input_key not in value and "content" in value and _is_message_role(value):
             # One message written as a dict (``{"role": "user", "content": ...}``):
             # routed on its text, whatever its role, as one message object is.
             return message_text(_messages([value])[0])
         if input_key not in value:
             keys = ", ".join(repr(k) for k in value)
-            msg = (
-                f"the input dict has no key {input_key!r} (keys: {keys}); "
-                "set input_key= or text_extractor= on the router"
-            )
+            msg = f"the input dict has no key {input_key!r} (keys: {keys}); {remedy}"
             raise InvalidInputError(msg)
-        return extract_text(value[input_key], input_key)
+        return extract_text(value[input_key], input_key, remedy=remedy)
     if isinstance(value, PromptValue):
         return _last_human_text(value.to_messages())
     if isinstance(value, BaseMessage):
@@ -99,11 +106,6 @@ def extract_text(
 _MESSAGE_ROLES = frozenset(
     {"human", "user", "ai", "assistant", "system", "developer", "tool", "function"}
 )
-
-
-def is_message_dict(value: Mapping[Any, Any]) -> bool:
-    """Whether ``value`` is one message written as a dict: a message role and content."""
-    return "content" in value and _is_message_role(value)
 
 
 def _is_message_role(value: Mapping[Any, Any]) -> bool:

@@ -46,12 +46,12 @@ except ImportError as exc:  # langchain-core < 1.8
     ) from exc
 
 from langchain_core.embeddings import Embeddings
-from langchain_core.messages import BaseMessage, convert_to_messages
 from pydantic import ConfigDict, JsonValue, PrivateAttr, TypeAdapter
 from typing_extensions import override
 
 from synaptoroute import AdaptiveRouter, EncoderProtocol, InvalidInputError, Route, RouteMatch
 from synaptoroute.checks import (
+    _empty_to_the_model,
     check_count,
     check_seconds,
     check_utterances,
@@ -62,7 +62,7 @@ from synaptoroute.checks import (
 from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
 from synaptoroute.router import stop_workers_soon
 
-from ._inputs import last_human_text, message_text
+from ._inputs import extract_text
 from ._tools import named_utterances
 from .embeddings import as_encoder
 
@@ -188,7 +188,6 @@ class SynaptorouteDecisions(BaseDecisionModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     _encoder: EncoderProtocol = PrivateAttr()
-    _checked: dict[str, list[str]] = PrivateAttr(default_factory=dict)
     _cache: _QuestionRouters = PrivateAttr()
 
     def __init__(
@@ -242,7 +241,6 @@ class SynaptorouteDecisions(BaseDecisionModel):
         }
         super().__init__(**fields, **kwargs)
         self._encoder = model_encoder
-        self._checked = checked
         self._cache = _shared_cache(encoder, model_encoder, checked, max_question_sets)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -292,6 +290,7 @@ class SynaptorouteDecisions(BaseDecisionModel):
             qid: _QUESTION.validate_python(q) if isinstance(q, Mapping) else q
             for qid, q in questions.items()
         }
+        asked = {}
         for qid, question in questions.items():
             if not isinstance(question, Choice):
                 kind = getattr(question, "type", type(question).__name__)
@@ -302,8 +301,7 @@ class SynaptorouteDecisions(BaseDecisionModel):
                     "(box) judgment needs a model that reads the instructions"
                 )
                 raise UnsupportedQuestionError(msg)
-        return {
-            qid: _Asked(
+            asked[qid] = _Asked(
                 labels=tuple(question.criteria),
                 key=tuple(
                     sorted(
@@ -313,19 +311,13 @@ class SynaptorouteDecisions(BaseDecisionModel):
                 ),
                 criteria=question.criteria,
             )
-            for qid, question in questions.items()
-            if isinstance(question, Choice)
-        }
+        return asked
 
     def _text(self, state: State) -> str:
         """The state's text, or ``InvalidInputError`` when there is none to compare."""
         text = state_text(state)
         if reads_nothing_of(self._encoder)(text):
-            msg = (
-                f"the state's text ({text[:60]!r}) is empty to the model: it holds only "
-                "whitespace and characters its tokenizer deletes, so no label is nearer"
-            )
-            raise InvalidInputError(msg)
+            raise _empty_to_the_model("the state's text", text)
         return text
 
     # -- the routers, one per question ---------------------------------------------
@@ -340,7 +332,7 @@ class SynaptorouteDecisions(BaseDecisionModel):
             examples = named_utterances(
                 label,
                 "" if skip(description) else description,
-                self._checked.get(label, ()),
+                (self.utterances or {}).get(label, ()),
                 what="Choice label",
             )
             # Named by the label's place in the key's order (see _Asked.routed): a
@@ -354,7 +346,7 @@ class SynaptorouteDecisions(BaseDecisionModel):
         router = self._cache.get(asked.key)
         if router is not None:
             return router
-        self._cache.check_labels(self._checked, asked.labels)
+        self._cache.check_labels(self.utterances or {}, asked.labels)
         return self._cache.build(asked.key, self._encoder, self._routes(asked))
 
     # -- BaseDecisionModel ------------------------------------------------------------
@@ -516,11 +508,8 @@ def choice_answer(
 
     Shared by the sync and async paths, which differ only in how they rank.
     """
-    scores = {routed[int(m.candidate)]: m.score for m in ranked if m.candidate is not None}
-    missing = [label for label in labels if label not in scores]
-    if missing or not ranked:  # every label is a route of the question's router
-        msg = f"the router ranked no score for the labels {missing}"
-        raise RuntimeError(msg)
+    # The router holds one route per label and ranks them all (k is their number).
+    scores = {routed[int(str(m.candidate))]: m.score for m in ranked}
     best = ranked[0]
     top = best.score
     # Shifted by the best score, so that no exponent overflows.
@@ -536,30 +525,17 @@ def choice_answer(
 
 def state_text(state: Any) -> str:
     """The text a decision is made on: a str as is; a message's text; the last human
-    message's text of a list of messages (or message dicts); a dict's ``"messages"``.
+    message's text of a list of messages (or message dicts); a dict's ``"messages"``
+    (read as the Runnables read their input, :func:`~langchain_synaptoroute._inputs.extract_text`).
 
     Raises:
         InvalidInputError: any other state, or messages without a human one.
     """
-    if isinstance(state, str):
-        return state
-    if isinstance(state, BaseMessage):
-        return message_text(state)
-    if isinstance(state, Mapping) and "messages" in state:
-        return state_text(state["messages"])
-    if isinstance(state, Sequence) and not isinstance(state, (bytes, bytearray)):
-        try:
-            messages = convert_to_messages(state)
-        except (ValueError, TypeError, NotImplementedError) as exc:
-            msg = f"cannot read the state as chat messages: {exc}. {_ACCEPTED}"
-            raise InvalidInputError(msg) from exc
-        text = last_human_text(messages)
-        if text is None:
-            msg = f"the state's messages hold no human message. {_ACCEPTED}"
-            raise InvalidInputError(msg)
-        return text
-    msg = f"cannot read a text from a state of type {type(state).__name__}. {_ACCEPTED}"
-    raise InvalidInputError(msg)
+    try:
+        return extract_text(state, "messages", remedy=_ACCEPTED)
+    except TypeError as exc:  # the Runnables' advice (text_extractor=) is not ours
+        msg = f"cannot read a text from a state of type {type(state).__name__}. {_ACCEPTED}"
+        raise InvalidInputError(msg) from exc
 
 
 _QUESTION: TypeAdapter[Question] = TypeAdapter(Question)

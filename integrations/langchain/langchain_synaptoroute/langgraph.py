@@ -43,7 +43,6 @@ from ._inputs import (
     TextExtractor,
     atop_routes,
     extract_text,
-    is_message_dict,
     passing,
     top_routes,
 )
@@ -207,23 +206,16 @@ class _Routing:
                 )
                 raise InvalidInputError(msg)
         try:
-            return extract_text(value)
+            # A dict at input_key is read at its "input" key: the router's advice
+            # (set input_key= ... on the router) is not this state's way out.
+            return extract_text(value, remedy="pass text_extractor= to say where its text is")
         except NoHumanMessageError:
             # No question asked yet (an empty thread, only AI or tool messages): no
             # text, which matches no route and goes to the default node, as an empty
             # message does, instead of failing the graph's run.
             return ""
         except (InvalidInputError, TypeError) as exc:
-            if isinstance(value, Mapping) and "input" not in value and not is_message_dict(value):
-                # extract_text's advice ("set input_key= ... on the router") is about
-                # the router's input, not this state: a dict here is read at "input".
-                keys = ", ".join(repr(k) for k in value) or "none"
-                msg = (
-                    f"{self.kind}: state[{self.input_key!r}] is a dict without an 'input' "
-                    f"key (keys: {keys}); pass text_extractor= to say where its text is"
-                )
-            else:
-                msg = f"{self.kind}: cannot read the text to route from {self.input_key!r}: {exc}"
+            msg = f"{self.kind}: cannot read the text to route from {self.input_key!r}: {exc}"
             raise type(exc)(msg) from exc
 
     def node_of(self, match: RouteMatch) -> str:

@@ -150,11 +150,11 @@ class SynaptorouteToolSearchMiddleware(AgentMiddleware):
         super().__init__()
         self.max_results = check_count(max_results, "max_results", 1)
         self.preselect = check_count(preselect, "preselect", 0)
-        # One ranking for the search and the preselection: the selector's, with every
-        # candidate over the threshold ranked (each caller takes its own count).
+        # One ranking for the search and the preselection: the selector's, asking the
+        # router for as many tools as either takes (each caller keeps its own count).
         self.selector = SynaptorouteToolSelectorMiddleware(
             utterances=utterances,
-            max_tools=None,
+            max_tools=max(self.max_results, self.preselect),
             threshold=threshold,
             on_no_match="none",
             router=router,
@@ -288,7 +288,7 @@ class SynaptorouteToolSearchMiddleware(AgentMiddleware):
         plan = self.selector._plan(tools, messages)
         if plan is None:  # no tools, or no text to rank them by
             return []
-        return (self.selector._chosen(plan, self.selector._ranked(plan)) or [])[:n]
+        return self._first(self.selector._chosen(plan, self.selector._ranked(plan)), n)
 
     async def _arank(
         self, tools: Sequence[BaseTool], messages: Sequence[BaseMessage], n: int
@@ -297,7 +297,13 @@ class SynaptorouteToolSearchMiddleware(AgentMiddleware):
         plan = await self.selector._aplan(tools, messages)
         if plan is None:
             return []
-        return (self.selector._chosen(plan, await self.selector._aranked(plan)) or [])[:n]
+        return self._first(self.selector._chosen(plan, await self.selector._aranked(plan)), n)
+
+    @staticmethod
+    def _first(chosen: list[str] | None, n: int) -> list[str]:
+        # on_no_match="none": the selector's choice is never None (every tool).
+        assert chosen is not None
+        return chosen[:n]
 
     def _answer(
         self, query: str, catalog: Sequence[BaseTool], names: Sequence[str], call_id: str | None

@@ -269,9 +269,9 @@ async def test_other_questions_are_refused(
     ("state", "match"),
     [
         (42, "type int"),
-        ({"input": "hi"}, "type dict"),
+        ({"input": "hi"}, "no key 'messages' \\(keys: 'input'\\); SynaptorouteDecisions takes"),
         ([AIMessage("hello")], "no human message"),
-        (["not", 3], "chat messages"),
+        (["not", 3], "type list"),
         ("  \u200b\n", "empty to the model"),
         (HumanMessage(""), "empty to the model"),
     ],

@@ -258,8 +258,12 @@ def test_a_dict_under_the_input_key_names_the_way_out(adaptive_router: AdaptiveR
     with pytest.raises(InvalidInputError) as info:
         edge.routing.text_of({"ticket": {"body": "I need a refund", "id": 3}})
     said = str(info.value)
-    assert "state['ticket'] is a dict without an 'input' key (keys: 'body', 'id')" in said
-    assert "text_extractor=" in said and "on the router" not in said
+    assert "'ticket': the input dict has no key 'input' (keys: 'body', 'id')" in said
+    assert "pass text_extractor=" in said and "on the router" not in said
+    # Nested deeper too: the advice is the graph helper's at every level.
+    with pytest.raises(InvalidInputError, match="pass text_extractor=") as info:
+        edge.routing.text_of({"ticket": {"input": {"body": "x"}}})
+    assert "on the router" not in str(info.value)
     assert edge.routing.text_of({"ticket": {"input": "I need a refund"}}) == "I need a refund"
 
 

@@ -373,3 +373,22 @@ def test_a_search_from_a_model_message_without_an_id(recording_encoder: Recordin
     assert search._catalog(runtime) == [book_flight]  # type: ignore[arg-type]
     runtime.tool_call_id = "call-10"  # a search this process never saw, no tool node's tools
     assert search._catalog(runtime) is None  # type: ignore[arg-type]
+
+
+def test_a_search_asks_the_router_for_the_tools_it_lists(
+    recording_encoder: RecordingEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The selector inside had no max_tools: every search (and every preselection)
+    # scored all the stored tools to keep max_results of them.
+    search = _search_mw(recording_encoder, max_results=2)
+    asked: list[int] = []
+    ranked = search.selector.router.query_top_k
+
+    def spy(text: str, k: int) -> Any:
+        asked.append(k)
+        return ranked(text, k)
+
+    monkeypatch.setattr(search.selector.router, "query_top_k", spy)
+    found = search._rank(TOOLS, [HumanMessage("convert currencies")], 2)
+    assert found[0] == "convert_currency" and len(found) == 2
+    assert asked == [2] and len(TOOLS) > 2
