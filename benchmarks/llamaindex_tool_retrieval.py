@@ -28,6 +28,7 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 
+import llama_index.core
 from common import (
     add_data_argument,
     by_label,
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="val rows (0: all in scope)")
     args = parser.parse_args(argv)
 
-    machine = machine_info()
+    machine = f"{machine_info()}, llama-index-core {llama_index.core.__version__}"
     train = by_label(load_split("clinc150", "train", args.data))
     val = [(r.text, r.label) for r in load_split("clinc150", "val", args.data) if r.label]
     rows = val[: args.limit] if args.limit else val
