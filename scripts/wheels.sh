@@ -10,7 +10,13 @@
 #           support (SYNAPTOROUTE_OTHER_PYTHONS, default "3.10 3.13": the oldest and
 #           the newest; python3.X on the PATH or pyenv's), each one missing skipped
 #           with a line saying so.
-# Usage: bash scripts/wheels.sh [build|min|latest|pythons|all] [pytest args...]   (default: all)
+#   tiers   pythons, and latest under $PY only where pythons found no other Python:
+#           scripts/test.sh has already run every test at the latest versions under $PY
+#           (editable installs) and the other Pythons test the installed wheels at the
+#           latest versions, so a third full run under $PY added a fifth of CI's time
+#           and no coverage.
+# `all` is build, min and tiers.
+# Usage: bash scripts/wheels.sh [build|min|latest|pythons|tiers|all] [pytest args...]   (default: all)
 # Tests are run from the repository by pytest's own script (with PYTHONSAFEPATH=1), so
 # they import the installed wheels, never the source tree; a test checks that
 # (SYNAPTOROUTE_EXPECT_INSTALLED=1).
@@ -119,6 +125,7 @@ find_python() {  # find_python X.Y: prints an interpreter of that version, if th
     return 1
 }
 
+PYTHONS_RUN=0
 pythons() {  # the latest tests under each other supported Python found (see the top)
     local version found
     for version in ${SYNAPTOROUTE_OTHER_PYTHONS-3.10 3.13}; do
@@ -127,7 +134,16 @@ pythons() {  # the latest tests under each other supported Python found (see the
             continue
         fi
         PY=$found LATEST="latest-$version" latest "$@"
+        PYTHONS_RUN=$((PYTHONS_RUN + 1))
     done
+}
+
+tiers() {  # the other Pythons, or the default one where there is none (see the top)
+    pythons "$@"
+    if [ "$PYTHONS_RUN" -eq 0 ]; then
+        echo "== no other Python ran the installed wheels: latest versions under $("$PY" -V 2>&1)"
+        latest "$@"
+    fi
 }
 
 case $MODE in
@@ -135,15 +151,15 @@ build) build ;;
 min) minimum "$@" ;;
 latest) latest "$@" ;;
 pythons) pythons "$@" ;;
+tiers) tiers "$@" ;;
 all)
     build
     minimum "$@"
-    latest "$@"
-    pythons "$@"
+    tiers "$@"
     [ -n "${WHEELS_WORK:-}" ] || rm -rf "$WORK"
     ;;
 *)
-    echo "usage: $0 [build|min|latest|pythons|all] [pytest args...]" >&2
+    echo "usage: $0 [build|min|latest|pythons|tiers|all] [pytest args...]" >&2
     exit 2
     ;;
 esac

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -122,27 +123,91 @@ def test_the_installed_wheels_are_under_test() -> None:
     assert Path(synaptoroute.__file__).parent.joinpath("_model", "tokenizer.json").is_file()
 
 
+def _wheels_script(mode: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """scripts/wheels.sh MODE with tmp_path/bin first on the PATH, asked for Python 3.99."""
+    bin_dir = tmp_path / "bin"
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "wheels.sh"), mode],
+        env={
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYENV_ROOT": str(tmp_path / "no-pyenv"),
+            "SYNAPTOROUTE_OTHER_PYTHONS": "3.99",
+            "WHEELS_WORK": str(tmp_path / "work"),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_wheels_script_skips_a_python_that_cannot_make_a_venv(tmp_path: Path) -> None:
     # A distribution's Python without its venv package passed the version check, then
     # `-m venv` failed and ended the whole release run instead of skipping that Python.
-    import subprocess
-
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "python3.99"
     fake.write_text('#!/bin/sh\ncase "$*" in *ensurepip*) exit 1 ;; esac\nexit 0\n')
     fake.chmod(0o755)
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYENV_ROOT": str(tmp_path / "no-pyenv"),
-        "SYNAPTOROUTE_OTHER_PYTHONS": "3.99",
-        "WHEELS_WORK": str(tmp_path / "work"),
-    }
-    script = ROOT / "scripts" / "wheels.sh"
-    done = subprocess.run(
-        ["bash", str(script), "pythons"], env=env, capture_output=True, text=True, timeout=120
-    )
+    done = _wheels_script("pythons", tmp_path)
     assert done.returncode == 0, done.stderr
     assert "cannot make a virtual environment" in done.stderr
     assert "== Python 3.99: none usable on this machine, skipped" in done.stdout
+
+
+def _fake_python(path: Path, log: Path, *, usable: bool) -> Path:
+    """A python that logs its calls; a usable one makes environments of logging no-ops."""
+    version = path.name.removeprefix("python")
+    tool = f'#!/bin/sh\necho "$0 $*" >> "{log}"\nexit 0\n'
+    path.write_text(
+        "#!/bin/sh\n"
+        f'echo "$0 $*" >> "{log}"\n'
+        f'[ "$1" = -V ] && echo "Python {version}.0" && exit 0\n'
+        f"[ {int(usable)} = 1 ] || exit 1\n"
+        'if [ "$1 $2" = "-m venv" ]; then\n'
+        '  mkdir -p "$3/bin"\n'
+        "  for name in python pip pytest; do\n"
+        f"    printf '%s' '{tool}' > \"$3/bin/$name\"\n"
+        '    chmod +x "$3/bin/$name"\n'
+        "  done\n"
+        "fi\n"
+        "exit 0\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("other_usable", [False, True])
+def test_wheels_script_runs_the_latest_tier_under_the_default_python_only_alone(
+    tmp_path: Path, other_usable: bool
+) -> None:
+    # scripts/test.sh already runs every test at the latest versions under the default
+    # Python: the installed wheels' latest tier runs there only where no other Python can.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    default = _fake_python(bin_dir / "python3.98", log, usable=True)
+    _fake_python(bin_dir / "python3.99", log, usable=other_usable)
+    dist = tmp_path / "work" / "dist"
+    dist.mkdir(parents=True)
+    for prefix in (
+        "synaptoroute",
+        "langchain_synaptoroute",
+        "llama_index_selectors_synaptoroute",
+    ):
+        (dist / f"{prefix}-0.0.0-py3-none-any.whl").write_text("")
+    done = _wheels_script("tiers", tmp_path, PYTHON=str(default))
+    assert done.returncode == 0, done.stderr
+    made = [line.split()[-1] for line in log.read_text().splitlines() if " -m venv " in line]
+    tested = [line for line in log.read_text().splitlines() if "/bin/pytest " in line]
+    assert len(tested) == 1
+    if other_usable:
+        assert made == [str(tmp_path / "work" / "latest-3.99")]
+        assert "no other Python ran" not in done.stdout
+    else:
+        assert "== Python 3.99: none usable on this machine, skipped" in done.stdout
+        assert "no other Python ran the installed wheels: latest versions under Python 3.98.0" in (
+            done.stdout
+        )
+        assert made == [str(tmp_path / "work" / "latest")]
