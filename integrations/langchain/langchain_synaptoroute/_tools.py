@@ -71,13 +71,20 @@ def named_utterances(
     return texts
 
 
-def check_tool_keys(names: Sequence[str], given: Mapping[str, Any] | None, what: str) -> None:
+def check_tool_keys(
+    names: Sequence[str],
+    given: Mapping[str, Any] | None,
+    what: str,
+    absent: str = "do not exist",
+    hint: str = "",
+) -> None:
     """Fail on a duplicate tool name, or a key of ``given`` that names no tool.
 
     Args:
         names: the tools' names.
         given: a per-tool setting (``utterances``, ``args_from_text``), or ``None``.
         what: the setting's name, for the message.
+        absent: what the message says of the unknown names, and ``hint`` what it adds.
 
     Raises:
         InvalidInputError: names repeat, or ``given`` has a key that is no tool's name
@@ -89,8 +96,23 @@ def check_tool_keys(names: Sequence[str], given: Mapping[str, Any] | None, what:
         raise InvalidInputError(msg)
     unknown = sorted(key for key in (given or {}) if key not in names)
     if unknown:
-        msg = f"{what} names tools that do not exist: {unknown} (tools: {sorted(names)})"
+        msg = f"{what} names tools that {absent}: {unknown} (tools: {sorted(names)}){hint}"
         raise InvalidInputError(msg)
+
+
+def check_offered(names: Sequence[str], given: Sequence[str] | None, what: str) -> None:
+    """:func:`check_tool_keys` for a middleware setting naming tools a model call must offer.
+
+    The tools may exist: a middleware listed earlier may have filtered them out, and the
+    message says so.
+    """
+    check_tool_keys(
+        names,
+        dict.fromkeys(given or ()),
+        what,
+        absent="this model call does not offer",
+        hint="; a middleware listed before this one may have removed them",
+    )
 
 
 def tool_fields(tool: BaseTool) -> dict[str, Any]:

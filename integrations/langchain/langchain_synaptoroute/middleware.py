@@ -43,7 +43,7 @@ from synaptoroute.checks import (
 from synaptoroute.forking import APP, hold_across_fork
 
 from ._inputs import last_human_text
-from ._tools import check_tool_keys, tool_utterances
+from ._tools import check_offered, check_tool_keys, tool_utterances
 from .embeddings import as_encoder
 
 __all__ = ["SynaptorouteToolSelectorMiddleware"]
@@ -266,7 +266,7 @@ class SynaptorouteToolSelectorMiddleware(AgentMiddleware):
         names = [tool.name for tool in tools]
         check_tool_keys(names, None, "utterances")  # no given keys: tools sharing a name
         offered = [*names, *deferred]
-        check_tool_keys(offered, dict.fromkeys(self.always_include), "always_include")
+        check_offered(offered, self.always_include, "always_include")
         with self._lock:
             self._check_utterance_keys(names)
             if not self._generated:

@@ -25,7 +25,7 @@ from synaptoroute import AdaptiveRouter, EncoderProtocol, InvalidInputError
 from synaptoroute.checks import check_count
 from synaptoroute.forking import APP, hold_across_fork
 
-from ._tools import check_tool_keys
+from ._tools import check_offered, check_tool_keys
 from .middleware import (
     SynaptorouteToolSelectorMiddleware,
     _check_names,
@@ -213,7 +213,7 @@ class SynaptorouteToolSearchMiddleware(AgentMiddleware):
             ("searchable_tools", self.searchable_tools),
             ("always_bound", self.always_bound),
         ):
-            check_tool_keys(names, dict.fromkeys(given or ()), what)
+            check_offered(names, given, what)
         return self._deferrable(offered)
 
     def _deferrable(self, offered: Sequence[BaseTool | dict[str, Any]]) -> list[BaseTool]:

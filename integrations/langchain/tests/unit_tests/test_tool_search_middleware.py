@@ -268,7 +268,11 @@ def test_malformed_settings_are_refused_at_construction(
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"searchable_tools": ["convert_curency"]}, r"searchable_tools.*convert_curency"),
+        (
+            {"searchable_tools": ["convert_curency"]},
+            r"searchable_tools names tools that this model call does not offer: "
+            r"\['convert_curency'\].*a middleware listed before this one may have removed",
+        ),
         ({"always_bound": ["get_wether"]}, r"always_bound.*get_wether"),
     ],
 )

@@ -453,7 +453,11 @@ def test_misnamed_settings_fail_clearly(recording_encoder: RecordingEncoder) -> 
             {"messages": [HumanMessage("rain?")]}
         )
     missing = _selector(recording_encoder, always_include=["search"])
-    with pytest.raises(InvalidInputError, match="always_include"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"always_include names tools that this model call does not offer: \['search'\] "
+        r"\(tools: .*\); a middleware listed before this one may have removed them",
+    ):
         missing.select_tools("rain?", TOOLS)
     for bad_count in (0, True, 2.5):
         with pytest.raises(InvalidInputError, match="max_tools"):
