@@ -126,10 +126,13 @@ def test_the_installed_wheels_are_under_test() -> None:
 def _wheels_script(mode: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """scripts/wheels.sh MODE with tmp_path/bin first on the PATH, asked for Python 3.99."""
     bin_dir = tmp_path / "bin"
+    # Run by wheels.sh itself, the tests inherit the settings of the tier running them
+    # (LATEST names that tier's environment): none of them may reach this run.
+    inherited = {k: v for k, v in os.environ.items() if k not in {"LATEST", "PYTHON", "PY"}}
     return subprocess.run(
         ["bash", str(ROOT / "scripts" / "wheels.sh"), mode],
         env={
-            **os.environ,
+            **inherited,
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYENV_ROOT": str(tmp_path / "no-pyenv"),
             "SYNAPTOROUTE_OTHER_PYTHONS": "3.99",
