@@ -30,9 +30,9 @@ WORK=${WHEELS_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/synaptoroute-wheels.XXXXXX")}
 DIST=$WORK/dist
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-venv() {  # venv NAME: a fresh virtual environment under $WORK
+venv() {  # venv NAME [PYTHON]: a fresh virtual environment under $WORK (made with $PY)
     rm -rf "${WORK:?}/$1"
-    "$PY" -m venv "$WORK/$1"
+    "${2:-$PY}" -m venv "$WORK/$1"
     "$WORK/$1/bin/python" -m pip install -q --upgrade pip
 }
 
@@ -97,9 +97,13 @@ minimum() {
     done
 }
 
-latest() {  # latest [pytest args...], in the environment $LATEST (made with $PY)
-    local env=${LATEST:-latest}
-    venv "$env"
+# Arguments, not `VAR=value latest` settings: bash exports those to the function's
+# children, so pytest and every test it ran saw them (a test running this script read
+# the tier's environment name).
+latest() {  # latest PYTHON NAME [pytest args...], in the environment NAME made with PYTHON
+    local env=$2
+    venv "$env" "$1"
+    shift 2
     install_core "$env"
     install_with_core "$env" langchain_synaptoroute langchain-synaptoroute
     install_with_core "$env" llama_index_selectors_synaptoroute llama-index-selectors-synaptoroute
@@ -133,7 +137,7 @@ pythons() {  # the latest tests under each other supported Python found (see the
             echo "== Python $version: none usable on this machine, skipped"
             continue
         fi
-        PY=$found LATEST="latest-$version" latest "$@"
+        latest "$found" "latest-$version" "$@"
         PYTHONS_RUN=$((PYTHONS_RUN + 1))
     done
 }
@@ -142,14 +146,14 @@ tiers() {  # the other Pythons, or the default one where there is none (see the 
     pythons "$@"
     if [ "$PYTHONS_RUN" -eq 0 ]; then
         echo "== no other Python ran the installed wheels: latest versions under $("$PY" -V 2>&1)"
-        latest "$@"
+        latest "$PY" latest "$@"
     fi
 }
 
 case $MODE in
 build) build ;;
 min) minimum "$@" ;;
-latest) latest "$@" ;;
+latest) latest "$PY" latest "$@" ;;
 pythons) pythons "$@" ;;
 tiers) tiers "$@" ;;
 all)

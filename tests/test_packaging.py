@@ -126,9 +126,8 @@ def test_the_installed_wheels_are_under_test() -> None:
 def _wheels_script(mode: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """scripts/wheels.sh MODE with tmp_path/bin first on the PATH, asked for Python 3.99."""
     bin_dir = tmp_path / "bin"
-    # Run by wheels.sh itself, the tests inherit the settings of the tier running them
-    # (LATEST names that tier's environment): none of them may reach this run.
-    inherited = {k: v for k, v in os.environ.items() if k not in {"LATEST", "PYTHON", "PY"}}
+    # Without the script's own setting names: what the tools it runs see of them is its.
+    inherited = {k: v for k, v in os.environ.items() if k not in {"LATEST", "PY"}}
     return subprocess.run(
         ["bash", str(ROOT / "scripts" / "wheels.sh"), mode],
         env={
@@ -162,7 +161,8 @@ def test_wheels_script_skips_a_python_that_cannot_make_a_venv(tmp_path: Path) ->
 def _fake_python(path: Path, log: Path, *, usable: bool) -> Path:
     """A python that logs its calls; a usable one makes environments of logging no-ops."""
     version = path.name.removeprefix("python")
-    tool = f'#!/bin/sh\necho "$0 $*" >> "{log}"\nexit 0\n'
+    # The tools log the script's own settings too, which must not reach the tests.
+    tool = f'#!/bin/sh\necho "$0 $* [${{LATEST-}}${{PY-}}]" >> "{log}"\nexit 0\n'
     path.write_text(
         "#!/bin/sh\n"
         f'echo "$0 $*" >> "{log}"\n'
@@ -205,6 +205,9 @@ def test_wheels_script_runs_the_latest_tier_under_the_default_python_only_alone(
     made = [line.split()[-1] for line in log.read_text().splitlines() if " -m venv " in line]
     tested = [line for line in log.read_text().splitlines() if "/bin/pytest " in line]
     assert len(tested) == 1
+    # `LATEST=... latest` in the script exported LATEST to the tests, and this test, run
+    # by the script's Python 3.10 tier, then ran its own tiers in that tier's environment.
+    assert tested[0].endswith(" []"), tested[0]
     if other_usable:
         assert made == [str(tmp_path / "work" / "latest-3.99")]
         assert "no other Python ran" not in done.stdout
