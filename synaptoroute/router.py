@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace as _replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -114,6 +114,8 @@ if TYPE_CHECKING:
     from .fitting import FitReport
 
 __all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_THRESHOLD", "AdaptiveRouter", "EmbeddingCache"]
+
+_R = TypeVar("_R")
 
 #: Default minimum cosine similarity; chosen on the val splits (see BENCHMARKS.md).
 DEFAULT_THRESHOLD = 0.5
@@ -1901,3 +1903,36 @@ def stop_workers_soon(router: AdaptiveRouter) -> None:
             asyncio.run_coroutine_threadsafe(stopping, loop)
         except RuntimeError:  # the loop closed meanwhile: its worker is gone with it
             stopping.close()
+
+
+async def counted_build(build: Callable[[], _R], release: Callable[[_R], None]) -> _R:
+    """Await ``build()`` run in a thread, for caches that count the async calls under
+    way on each router: ``build`` returns a router (cached or made) with this call
+    already counted on it, so that no other call can stop its workers in between.
+
+    If the awaiting call is cancelled, the build goes on in its thread and its count
+    is released by whichever of the two ends second: the task that runs the thread
+    may itself be cancelled (``asyncio.run``'s teardown), so no callback of it can.
+    """
+    lock = threading.Lock()
+    abandoned = False
+    made: list[_R] = []
+
+    def run() -> _R:
+        router = build()
+        with lock:
+            made.append(router)
+            gone = abandoned
+        if gone:
+            release(router)
+        return router
+
+    try:
+        return await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(run)))
+    except asyncio.CancelledError:
+        with lock:
+            abandoned = True
+            built = made[:]
+        for router in built:
+            release(router)
+        raise

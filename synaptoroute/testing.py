@@ -2,7 +2,8 @@
 
 :class:`RecordingEncoder` wraps any encoder and records what reaches it, so a test can
 check what a cache, a batcher or an integration sent to the model, and on which
-thread, without timing anything. :func:`in_forked_child` and
+thread, without timing anything; :class:`GatedEncoder` holds every call until the
+test opens its gate, so a test can act while a build or a query is under way. :func:`in_forked_child` and
 :func:`hold_until_the_fork` test fork safety (a child forked while another thread
 holds a lock must not inherit it held) by events, not by sleeping. The project's own
 tests and both integration packages use them.
@@ -24,8 +25,15 @@ from numpy.typing import NDArray
 from . import _fork
 from ._fork import LEAF, hold_across_fork
 from .encoder import EncoderProtocol, EncoderWrapper
+from .exceptions import EncoderError
 
-__all__ = ["RecordingEncoder", "hold_until_the_fork", "in_forked_child", "wait_for_the_fork"]
+__all__ = [
+    "GatedEncoder",
+    "RecordingEncoder",
+    "hold_until_the_fork",
+    "in_forked_child",
+    "wait_for_the_fork",
+]
 
 
 def in_forked_child(check: Callable[[], None], timeout: int = 60) -> int:
@@ -138,3 +146,39 @@ class RecordingEncoder(EncoderWrapper):
             self.calls.clear()
             self.threads.clear()
             self.thread_names.clear()
+
+
+class GatedEncoder(EncoderWrapper):
+    """Wraps an encoder and holds each ``encode`` call at a gate until :meth:`open`.
+
+    :attr:`entered` is set when a call reaches the gate, so a test can act while a
+    router is built or queried (cancel the call, evict the router) by events, not by
+    sleeping. A call held longer than ``limit`` seconds raises :class:`EncoderError`:
+    a test that never opens the gate fails instead of hanging.
+
+    Example:
+        >>> from synaptoroute import HashingEncoder
+        >>> gated = GatedEncoder(HashingEncoder(8))
+        >>> gated.open()  # a call made now passes at once
+        >>> gated.encode(["hello"]).shape, gated.entered.is_set()
+        ((1, 8), True)
+    """
+
+    def __init__(self, inner: EncoderProtocol, *, limit: float = 60.0) -> None:
+        super().__init__(inner)
+        #: Set once a call has reached the gate.
+        self.entered = threading.Event()
+        self.limit = limit
+        self._gate = threading.Event()
+
+    def open(self) -> None:
+        """Let every call held now or made later through."""
+        self._gate.set()
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Wait at the gate, then encode with the wrapped encoder."""
+        self.entered.set()
+        if not self._gate.wait(self.limit):
+            msg = f"the test never opened the gate ({self.limit} s)"
+            raise EncoderError(msg)
+        return super().encode(texts)

@@ -44,6 +44,7 @@ from synaptoroute.batching import (
     text_cost_cap,
 )
 from synaptoroute.exceptions import EventLoopMismatchError
+from synaptoroute.router import counted_build
 from synaptoroute.testing import RecordingEncoder
 
 Rows = list[dict[str, str | None]]
@@ -1162,3 +1163,38 @@ async def test_start_compiles_the_index_off_the_loop(encoder: Encoder) -> None:
         assert router.index_stats.compiles == 1
         assert (await router.aquery("alpha one")).name == "a"
         assert router.index_stats.compiles == 1  # the first query found it compiled
+
+
+@pytest.mark.parametrize("cancelled", ["while building", "as the build returns"])
+def test_counted_build_releases_a_cancelled_call_once(cancelled: str) -> None:
+    # counted_build (the integrations' router caches): the build counts the call in
+    # its thread; a call cancelled before it resumes is released exactly once, by
+    # whichever of the call and the build ends second.
+    released: list[str] = []
+    entered, go = threading.Event(), threading.Event()
+    tasks: list[asyncio.Task[str]] = []
+
+    def build() -> str:
+        entered.set()
+        if cancelled == "while building":
+            go.wait(LIMIT_S)
+        else:  # queued on the loop before the build's result is
+            tasks[0].get_loop().call_soon_threadsafe(tasks[0].cancel)
+        return "router"
+
+    async def main() -> None:
+        tasks.append(asyncio.create_task(counted_build(build, released.append)))
+        await asyncio.to_thread(entered.wait, LIMIT_S)
+        tasks[0].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+        go.set()
+
+    asyncio.run(main())  # returns once the build's thread has ended
+    assert released == ["router"]
+
+
+async def test_counted_build_returns_the_build_uncounted_by_itself() -> None:
+    released: list[str] = []
+    assert await counted_build(lambda: "router", released.append) == "router"
+    assert released == []  # the caller releases it once done with it

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import synaptoroute.testing
-from synaptoroute import HashingEncoder
-from synaptoroute.testing import RecordingEncoder
+from synaptoroute import EncoderError, HashingEncoder
+from synaptoroute.testing import GatedEncoder, RecordingEncoder
 
 
 def test_the_docstring_example_runs() -> None:
@@ -50,3 +50,23 @@ def test_it_reads_an_iterator_once_and_records_no_refused_call() -> None:
     with pytest.raises(TypeError):  # the wrapped encoder refuses a str
         recording.encode("abc")
     assert recording.calls == [["a b", "c d"]]
+
+
+def test_the_gated_encoder_holds_calls_until_opened() -> None:
+    inner = HashingEncoder(8)
+    gated = GatedEncoder(inner)
+    assert (gated.model_id, gated.dimension) == (inner.model_id, 8)
+    got: list[np.ndarray] = []
+    worker = threading.Thread(target=lambda: got.append(gated.encode(["a refund"])))
+    worker.start()
+    assert gated.entered.wait(60)
+    assert got == []  # held at the gate
+    gated.open()
+    worker.join(60)
+    np.testing.assert_array_equal(got[0], inner.encode(["a refund"]))
+
+
+def test_a_gate_never_opened_fails_the_call_instead_of_hanging() -> None:
+    gated = GatedEncoder(HashingEncoder(8), limit=0.01)
+    with pytest.raises(EncoderError, match="never opened the gate"):
+        gated.encode(["x"])

@@ -18,6 +18,7 @@ every part would import ``langchain_core.decisions`` behind the same guard.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import threading
@@ -60,7 +61,7 @@ from synaptoroute.checks import (
     refuse_misspelt_key,
 )
 from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
-from synaptoroute.router import stop_workers_soon
+from synaptoroute.router import counted_build, stop_workers_soon
 
 from ._inputs import extract_text
 from ._tools import named_utterances
@@ -341,13 +342,14 @@ class SynaptorouteDecisions(BaseDecisionModel):
             routes.append(Route(name=str(len(routes)), utterances=examples))
         return routes
 
-    def _router_for(self, asked: _Asked) -> AdaptiveRouter:
-        """The router of ``asked``: cached, or built (its examples embedded) and cached."""
-        router = self._cache.get(asked.key)
+    def _router_for(self, asked: _Asked, *, busy: bool = False) -> AdaptiveRouter:
+        """The router of ``asked``: cached, or built (its examples embedded) and cached
+        (``busy``: counted as an async call under way on it, see ``_QuestionRouters``)."""
+        router = self._cache.get(asked.key, busy=busy)
         if router is not None:
             return router
         self._cache.check_labels(self.utterances or {}, asked.labels)
-        return self._cache.build(asked.key, self._encoder, self._routes(asked))
+        return self._cache.build(asked.key, self._encoder, self._routes(asked), busy=busy)
 
     # -- BaseDecisionModel ------------------------------------------------------------
     @override
@@ -367,10 +369,9 @@ class SynaptorouteDecisions(BaseDecisionModel):
         async def rank(a: _Asked) -> list[RouteMatch]:
             router = self._cache.get(a.key, busy=True)
             if router is None:  # a first build embeds every label's examples
-                # Counted once back here: a cancelled call's build goes on in its
-                # thread and must not count a call that never releases it.
-                router = await asyncio.to_thread(self._router_for, a)
-                self._cache.acquire(router)
+                router = await counted_build(
+                    functools.partial(self._router_for, a, busy=True), self._cache.release
+                )
             try:
                 return await router.aquery_top_k(text, len(a.labels), timeout=self.timeout)
             finally:
@@ -430,17 +431,22 @@ class _QuestionRouters:
         with self._lock:
             refuse_misspelt_key(utterances, self._seen, labels, "choice label")
 
-    def build(self, key: _Key, encoder: EncoderProtocol, routes: list[Route]) -> AdaptiveRouter:
+    def build(
+        self, key: _Key, encoder: EncoderProtocol, routes: list[Route], *, busy: bool = False
+    ) -> AdaptiveRouter:
         """The router of ``key``: built from ``routes`` unless another call built it
-        meanwhile; the least recently used past ``size`` are dropped."""
+        meanwhile; the least recently used past ``size`` are dropped. ``busy``: count
+        an async call under way on it, before any other build can evict it."""
         with self._build_lock:
-            router = self.get(key)
+            router = self.get(key, busy=busy)
             if router is not None:
                 return router
             router = AdaptiveRouter(encoder)
             router.add_routes(routes)
             with self._lock:
                 self._routers[key] = router
+                if busy:
+                    self._busy[router] = 1
                 evicted = []
                 while len(self._routers) > self.size:
                     _, old = self._routers.popitem(last=False)
@@ -449,11 +455,6 @@ class _QuestionRouters:
         for old in evicted:
             stop_workers_soon(old)
         return router
-
-    def acquire(self, router: AdaptiveRouter) -> None:
-        """Count an async call under way on ``router`` (:meth:`release` ends it)."""
-        with self._lock:
-            self._busy[router] = self._busy.get(router, 0) + 1
 
     def release(self, router: AdaptiveRouter) -> None:
         """One async call on ``router`` is done; the last one on a router evicted

@@ -9,7 +9,6 @@ import time
 import warnings
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
-from typing import Any
 
 import pytest
 from llama_index.core.llms import MockLLM
@@ -20,6 +19,7 @@ from llamaindex_support import DESCRIPTIONS, UTTERANCES, EchoEngine
 from typing_extensions import Self
 
 from synaptoroute import Encoder, InvalidInputError, NoRouteMatchedError, default_encoder
+from synaptoroute.testing import GatedEncoder
 
 
 def test_an_utterance_key_misspelling_a_choice_is_refused(
@@ -307,34 +307,19 @@ def test_evicted_choice_sets_stop_their_workers_on_a_long_lived_loop(
     assert left <= 2
 
 
-def _held(encoder: Encoder, entered: threading.Event, release: threading.Event) -> type:
-    """An encoder class that says when it is entered and waits to be released."""
-
-    class Held:
-        model_id, dimension = encoder.model_id, encoder.dimension
-
-        def encode(self, texts: list[str]) -> Any:
-            entered.set()
-            release.wait(60)
-            return encoder.encode(texts)
-
-    return Held
-
-
 async def _cancelled_while_building(
     selector: SynaptorouteSelector,
     choices: list[ToolMetadata],
-    entered: threading.Event,
-    release: threading.Event,
+    gated: GatedEncoder,
 ) -> None:
     """An aselect cancelled while its choice set's first build is held, then the
     build let go."""
     task = asyncio.create_task(selector.aselect(choices, "I need a refund"))
-    await asyncio.to_thread(entered.wait, 60)
+    await asyncio.to_thread(gated.entered.wait, 60)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    release.set()
+    gated.open()
 
 
 def test_a_selection_cancelled_while_its_choice_set_builds_is_not_counted_for_good(
@@ -343,14 +328,13 @@ def test_a_selection_cancelled_while_its_choice_set_builds_is_not_counted_for_go
     # The build (in a thread) counted the aselect; cancelled meanwhile (wait_for around
     # a slow first embedding), nothing released it: the set's worker was never
     # stopped once evicted, and the selector held its router for good.
-    entered, release = threading.Event(), threading.Event()
-    Held = _held(encoder, entered, release)
+    gated = GatedEncoder(encoder)
     selector = SynaptorouteSelector.from_defaults(
-        utterances=UTTERANCES, encoder=Held(), max_choice_sets=1
+        utterances=UTTERANCES, encoder=gated, max_choice_sets=1
     )
 
     async def main() -> bool:
-        await _cancelled_while_building(selector, choices, entered, release)
+        await _cancelled_while_building(selector, choices, gated)
         for _ in range(600):  # the build ends in its thread, then releases on this loop
             if not selector._selecting and selector._routers:
                 break
@@ -366,13 +350,12 @@ def test_a_selection_cancelled_as_its_loop_ends_is_not_counted_for_good(
     # asyncio.run's teardown cancels the task running the build's thread too, so a
     # callback of that task never released the count (a service calling asyncio.run
     # per request with a timeout kept one router per time-out).
-    entered, release = threading.Event(), threading.Event()
-    Held = _held(encoder, entered, release)
-    selector = SynaptorouteSelector.from_defaults(encoder=Held(), max_choice_sets=1)
+    gated = GatedEncoder(encoder)
+    selector = SynaptorouteSelector.from_defaults(encoder=gated, max_choice_sets=1)
 
     # Returns at once: the teardown cancels the build's task, then waits for its
     # thread (shutdown_default_executor).
-    asyncio.run(_cancelled_while_building(selector, choices, entered, release))
+    asyncio.run(_cancelled_while_building(selector, choices, gated))
     assert selector._routers and not selector._selecting
 
 

@@ -6,10 +6,12 @@ where test_imports.py checks that the import names the release needed.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import math
 import pickle
 import re
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 
 pytest.importorskip("langchain_core.decisions")
 
+import langchain_synaptoroute.decisions as decisions_module
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.decisions import Box, Choice, ClassifierRequest, Noul, Score
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
@@ -26,8 +29,8 @@ from langchain_core.runnables import ConfigurableField, RunnableConfig
 from langchain_synaptoroute import SynaptorouteDecisions
 from langchain_synaptoroute.decisions import UnsupportedQuestionError
 
-from synaptoroute import Encoder, InvalidInputError
-from synaptoroute.testing import RecordingEncoder
+from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError
+from synaptoroute.testing import GatedEncoder, RecordingEncoder
 
 #: A support desk's departments, described as a provider's Choice would be.
 DESK = {
@@ -183,6 +186,93 @@ def test_least_recently_used_question_is_dropped(recording_encoder: RecordingEnc
     recording_encoder.clear()
     decisions.invoke(ask("hi", q=first))  # rebuilt: its examples are embedded again
     assert len(recording_encoder.calls[0]) == len(DESK)
+
+
+async def test_a_router_built_for_an_async_call_is_not_stopped_under_it(
+    encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The async path counted its call on a router it had to build only once the
+    # build's thread had returned: a build of another question in between evicted the
+    # router uncounted and stopped its worker (started by a call that had finished),
+    # and this call's query met the stopping worker (RouterClosedError). Played in
+    # order: the call finds no router, another call's router is there by the time its
+    # thread looks, and a third question's build evicts it before the thread returns.
+    decisions = SynaptorouteDecisions(encoder=encoder, max_question_sets=1)
+    await decisions.ainvoke(ask("I was charged twice"))  # built; its worker started
+    cache = decisions._cache
+    first = cache.get(decisions._asked({"dept": desk()})["dept"].key)
+    assert first is not None and any(w.running for w in first.workers)
+
+    looked: list[bool] = []
+    real_get = cache.get
+
+    def get(key: Any, *, busy: bool = False) -> Any:
+        if busy and not looked:  # this call looks before the other has built it
+            looked.append(True)
+            return None
+        return real_get(key, busy=busy)
+
+    real_router_for = SynaptorouteDecisions._router_for
+    other = decisions._asked({"q": desk(yes="agree", no="disagree")})["q"]
+
+    def router_for(self: SynaptorouteDecisions, asked: Any, **kwargs: Any) -> Any:
+        router = real_router_for(self, asked, **kwargs)
+        if threading.current_thread() is not threading.main_thread():  # the build's
+            real_router_for(self, other)  # a third question's build evicts it
+        return router
+
+    events: list[tuple[str, Any]] = []
+    real_stop, real_query = decisions_module.stop_workers_soon, AdaptiveRouter.aquery_top_k
+
+    def stop(router: AdaptiveRouter) -> None:
+        events.append(("stop", router))
+        real_stop(router)
+
+    async def query(self: AdaptiveRouter, *args: Any, **kwargs: Any) -> Any:
+        events.append(("query", self))
+        return await real_query(self, *args, **kwargs)
+
+    monkeypatch.setattr(cache, "get", get)
+    monkeypatch.setattr(SynaptorouteDecisions, "_router_for", router_for)
+    monkeypatch.setattr(decisions_module, "stop_workers_soon", stop)
+    monkeypatch.setattr(AdaptiveRouter, "aquery_top_k", query)
+
+    response = await decisions.ainvoke(ask("Where is my parcel? The tracking hasn't moved"))
+    assert response.choices["dept"].choice == "shipping"
+    # Stopped once its call was done (evicted meanwhile), not before the call queried it.
+    assert [what for what, router in events if router is first] == ["query", "stop"]
+    assert looked and not cache._busy
+
+
+@pytest.mark.parametrize("as_the_loop_ends", [False, True])
+def test_a_call_cancelled_while_its_router_builds_is_not_counted_for_good(
+    encoder: Encoder, as_the_loop_ends: bool
+) -> None:
+    # The build counts the call in its thread; cancelled meanwhile (a timeout around a
+    # slow first embedding, or asyncio.run's teardown, which cancels the thread's task
+    # too), whichever of the call and the build ends second releases it.
+    gated = GatedEncoder(encoder)
+    decisions = SynaptorouteDecisions(encoder=gated)
+    cache = decisions._cache
+
+    async def cancelled() -> None:
+        task = asyncio.create_task(decisions.ainvoke(ask("I need a refund")))
+        await asyncio.to_thread(gated.entered.wait, 60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gated.open()
+
+    async def main() -> None:
+        await cancelled()
+        for _ in range(1200):  # the build ends in its thread, then releases
+            if len(cache) and not cache._busy:
+                break
+            await asyncio.sleep(0.05)
+
+    # Returns once the build's thread is done (asyncio.run waits for its executor).
+    asyncio.run(cancelled() if as_the_loop_ends else main())
+    assert len(cache) == 1 and not cache._busy
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,6 @@ others' private state.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import sys
 import threading
@@ -52,7 +51,7 @@ from synaptoroute.checks import (
     refuse_misspelt_key,
 )
 from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
-from synaptoroute.router import DEFAULT_THRESHOLD, stop_workers_soon
+from synaptoroute.router import DEFAULT_THRESHOLD, counted_build, stop_workers_soon
 
 from .embeddings import SynaptorouteEmbedding, as_encoder
 from .observability import (
@@ -243,15 +242,6 @@ def decide_selection(
 
 def _has_running_worker(router: AdaptiveRouter) -> bool:
     return any(worker.running for worker in router.workers)
-
-
-class _Build:
-    """An aselect's first build of a choice set, run in a thread (under the
-    selector's lock: whether the call was cancelled, and the router once built)."""
-
-    def __init__(self) -> None:
-        self.abandoned = False
-        self.router: AdaptiveRouter | None = None
 
 
 def _in_llama_index(frame: FrameType) -> bool:
@@ -771,27 +761,9 @@ class SynaptorouteSelector(BaseSelector):
             # Checked here, so that a warning names the caller's line, not a thread's.
             utterances = self._utterances  # one reading for the set (it may be reassigned)
             routes = self._routes(choices, utterances)
-            build = _Build()
-
-            def built() -> SelectionRouter:
-                made = self._build(key, routes, True, utterances)
-                with self._lock:
-                    build.router, abandoned = made, build.abandoned
-                if abandoned:
-                    self._release(made)
-                return made
-
-            try:
-                router = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(built)))
-            except asyncio.CancelledError:
-                # The build goes on in its thread and counts this call. Whichever of the
-                # two ends second releases it: the task that runs the thread may itself
-                # be cancelled (asyncio.run's teardown), so no callback of it can.
-                with self._lock:
-                    build.abandoned, made = True, build.router
-                if made is not None:
-                    self._release(made)
-                raise
+            router = await counted_build(
+                lambda: self._build(key, routes, True, utterances), self._release
+            )
         try:
             # Embedding and scoring run on the router's worker thread, off the event loop;
             # the embedding's events are dispatched here, in this selection's context.
