@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace as _replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -116,6 +116,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_THRESHOLD", "AdaptiveRouter", "EmbeddingCache"]
 
 _R = TypeVar("_R")
+_K = TypeVar("_K")
+_RT = TypeVar("_RT", bound="AdaptiveRouter")
 
 #: Default minimum cosine similarity; chosen on the val splits (see BENCHMARKS.md).
 DEFAULT_THRESHOLD = 0.5
@@ -1903,6 +1905,131 @@ def stop_workers_soon(router: AdaptiveRouter) -> None:
             asyncio.run_coroutine_threadsafe(stopping, loop)
         except RuntimeError:  # the loop closed meanwhile: its worker is gone with it
             stopping.close()
+
+
+class RouterCache(Generic[_K, _RT]):
+    """Routers by key, least recently used first, with the async calls under way on
+    each: the cache of the integrations that build a router per choice set or question.
+
+    A router dropped from use (evicted past the owner's size, or retired by it) has its
+    batching workers stopped at once when no async call is under way on it, else by
+    the last such call's :meth:`release`: each worker is a thread a long-lived event
+    loop would otherwise keep. A dropped router that may still run a worker is kept
+    for :meth:`aclose`.
+
+    The locks are the owner's (``lock`` may guard more of its state; it registers
+    both with :func:`~synaptoroute.forking.hold_across_fork`). ``lock`` is never held
+    around a router call: :meth:`get`, :meth:`build`, :meth:`release`,
+    :meth:`routers` and :meth:`aclose` take it; :meth:`retire` and :meth:`clear` are
+    called with it held. ``build_lock`` serialises builds, so that concurrent first
+    calls of one key make its router once.
+    """
+
+    def __init__(self, lock: threading.Lock, build_lock: threading.Lock) -> None:
+        self.lock = lock
+        self.build_lock = build_lock
+        self._routers: OrderedDict[_K, _RT] = OrderedDict()
+        self._retired: list[_RT] = []
+        self._busy: dict[_RT, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._routers)
+
+    def get(self, key: _K, *, busy: bool = False) -> _RT | None:
+        """The router of ``key`` (now the most recently used), or ``None``; ``busy``:
+        count an async call under way on it (:meth:`release` ends it)."""
+        with self.lock:
+            router = self._routers.get(key)
+            if router is not None:
+                self._routers.move_to_end(key)
+                if busy:
+                    self._busy[router] = self._busy.get(router, 0) + 1
+            return router
+
+    def routers(self) -> list[_RT]:
+        """The cached routers, least recently used first."""
+        with self.lock:
+            return list(self._routers.values())
+
+    def busy(self, router: _RT) -> int:
+        """The async calls under way on ``router``."""
+        with self.lock:
+            return self._busy.get(router, 0)
+
+    def build(
+        self,
+        key: _K,
+        make: Callable[[], _RT],
+        *,
+        size: int,
+        busy: bool = False,
+        keep: Callable[[], bool] | None = None,
+    ) -> _RT:
+        """The router of ``key``: cached, or made by ``make()`` unless another call
+        made it meanwhile, and cached; the least recently used past ``size`` routers
+        are retired. ``busy``: count an async call under way on it, before any other
+        build can evict it. ``keep``: asked under ``lock`` once the router is made,
+        whether to cache it (``False``: it serves the call that made it, then retires).
+        """
+        with self.build_lock:
+            router = self.get(key, busy=busy)
+            if router is not None:
+                return router
+            router = make()
+            with self.lock:
+                if busy:
+                    self._busy[router] = 1
+                if keep is not None and not keep():
+                    self.retire(router)
+                    return router
+                self._routers[key] = router
+                while len(self._routers) > size:
+                    self.retire(self._routers.popitem(last=False)[1])
+        return router
+
+    def clear(self) -> None:
+        """Retire every cached router (under ``lock``)."""
+        while self._routers:
+            self.retire(self._routers.popitem(last=False)[1])
+
+    def retire(self, router: _RT) -> None:
+        """Drop ``router`` from use (under ``lock``; it is no longer cached): its
+        workers stopped now unless an async call is under way on it."""
+        self._retired = [r for r in self._retired if _runs_a_worker(r) or r in self._busy]
+        self._retired.append(router)
+        if router not in self._busy:
+            stop_workers_soon(router)
+
+    def release(self, router: _RT) -> None:
+        """One async call on ``router`` is done: the last one on a router retired
+        meanwhile stops its workers."""
+        with self.lock:
+            left = self._busy.pop(router) - 1
+            if left:
+                self._busy[router] = left
+            elif any(r is router for r in self._retired):
+                stop_workers_soon(router)
+
+    async def aclose(self) -> None:
+        """Stop the running loop's workers of every router, cached or retired; a
+        retired router is forgotten once no event loop runs a worker of it (one whose
+        worker runs on another loop is kept for that loop's ``aclose()``)."""
+        with self.lock:
+            retired = list(self._retired)
+            routers = [*retired, *self._routers.values()]
+        for router in routers:
+            await router.stop()
+        with self.lock:
+            # Routers retired meanwhile are left to the retirement's own rule.
+            self._retired = [
+                r
+                for r in self._retired
+                if _runs_a_worker(r) or r in self._busy or not any(r is old for old in retired)
+            ]
+
+
+def _runs_a_worker(router: AdaptiveRouter) -> bool:
+    return any(worker.running for worker in router.workers)
 
 
 async def counted_build(build: Callable[[], _R], release: Callable[[_R], None]) -> _R:

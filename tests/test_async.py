@@ -44,7 +44,7 @@ from synaptoroute.batching import (
     text_cost_cap,
 )
 from synaptoroute.exceptions import EventLoopMismatchError
-from synaptoroute.router import counted_build
+from synaptoroute.router import RouterCache, counted_build
 from synaptoroute.testing import RecordingEncoder
 
 Rows = list[dict[str, str | None]]
@@ -1198,3 +1198,47 @@ async def test_counted_build_returns_the_build_uncounted_by_itself() -> None:
     released: list[str] = []
     assert await counted_build(lambda: "router", released.append) == "router"
     assert released == []  # the caller releases it once done with it
+
+
+def test_router_cache_stops_a_retired_router_once_its_last_call_is_done() -> None:
+    # RouterCache (the integrations' caches): an evicted router's worker is a thread a
+    # long-lived loop would keep; it is stopped at once when no async call is under way
+    # on it, else by the last call's release; aclose() stops what is left.
+    cache: RouterCache[str, AdaptiveRouter] = RouterCache(threading.Lock(), threading.Lock())
+    made: list[AdaptiveRouter] = []
+
+    def make() -> AdaptiveRouter:
+        made.append(AdaptiveRouter(HashingEncoder(16)))
+        made[-1].add_route(Route(name="greet", utterances=["hello there"]))
+        return made[-1]
+
+    async def stopped(router: AdaptiveRouter) -> bool:
+        for _ in range(1200):  # a stop is scheduled on this loop: give it turns
+            if not any(w.running for w in router.workers):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def main() -> None:
+        first = cache.build("a", make, size=1, busy=True)  # counts this call
+        assert cache.build("a", make, size=1) is first and len(made) == 1  # cached
+        await first.aquery("hello")  # its worker starts
+        second = cache.build("b", make, size=1)  # evicts the first, busy: not stopped
+        assert len(cache) == 1 and cache.get("a") is None
+        assert (await first.aquery("hello")).name == "greet"  # the call goes on
+        cache.release(first)  # the last call out stops it
+        assert await stopped(first) and cache.busy(first) == 0
+        await second.aquery("hello")
+        third = cache.build("c", make, size=1)  # evicts the second, idle: stopped at once
+        assert await stopped(second)
+        # Not kept: it serves the call that made it, which stops it on release.
+        fourth = cache.build("d", make, size=1, busy=True, keep=lambda: False)
+        assert cache.routers() == [third]
+        await fourth.aquery("hello")
+        cache.release(fourth)
+        assert await stopped(fourth)
+        await third.aquery("hello")
+        await cache.aclose()
+        assert not any(w.running for w in third.workers)
+
+    asyncio.run(main())

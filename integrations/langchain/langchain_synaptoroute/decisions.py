@@ -23,7 +23,6 @@ import json
 import math
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +60,7 @@ from synaptoroute.checks import (
     refuse_misspelt_key,
 )
 from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
-from synaptoroute.router import counted_build, stop_workers_soon
+from synaptoroute.router import RouterCache, counted_build
 
 from ._inputs import extract_text
 from ._tools import named_utterances
@@ -349,7 +348,14 @@ class SynaptorouteDecisions(BaseDecisionModel):
         if router is not None:
             return router
         self._cache.check_labels(self.utterances or {}, asked.labels)
-        return self._cache.build(asked.key, self._encoder, self._routes(asked), busy=busy)
+        routes = self._routes(asked)
+
+        def made() -> AdaptiveRouter:
+            router = AdaptiveRouter(self._encoder)
+            router.add_routes(routes)
+            return router
+
+        return self._cache.build(asked.key, made, size=self._cache.size, busy=busy)
 
     # -- BaseDecisionModel ------------------------------------------------------------
     @override
@@ -391,81 +397,25 @@ class SynaptorouteDecisions(BaseDecisionModel):
         return ClassifierResponse(model=self.model, answers=answers, usage=None)
 
 
-class _QuestionRouters:
-    """The routers of the questions asked, least recently used first, and their locks.
-
-    ``_lock`` guards the cache and is never held around a router call; ``_build_lock``
-    serialises builds, so that concurrent first calls of one question embed its
-    examples once. Both are held across a fork, so a child never inherits one held.
-    """
+class _QuestionRouters(RouterCache[_Key, AdaptiveRouter]):
+    """The routers of the questions asked (the core's cache), its size, and the
+    labels seen; both locks are held across a fork, so a child never inherits one
+    held."""
 
     def __init__(self, size: int, *, keep: Any = None) -> None:
+        self._lock, self._build_lock = threading.Lock(), threading.Lock()
+        super().__init__(self._lock, self._build_lock)
         self.size = size
         self._keep = keep  # the encoder as given, kept alive with the cache (its id keys it)
-        self._routers: OrderedDict[_Key, AdaptiveRouter] = OrderedDict()
-        # Async calls under way on each router: a router evicted under one has its
-        # worker stopped by the last of them, not under them.
-        self._busy: dict[AdaptiveRouter, int] = {}
         # Every label asked so far that has utterances (see refuse_misspelt_key).
         self._seen: set[str] = set()
-        self._lock = threading.Lock()
-        self._build_lock = threading.Lock()
         hold_across_fork(self, APP, "_build_lock")
         hold_across_fork(self, APP_CACHE, "_lock")
-
-    def __len__(self) -> int:
-        return len(self._routers)
-
-    def get(self, key: _Key, *, busy: bool = False) -> AdaptiveRouter | None:
-        """The cached router of ``key`` (now the most recently used), or ``None``."""
-        with self._lock:
-            router = self._routers.get(key)
-            if router is not None:
-                self._routers.move_to_end(key)
-                if busy:
-                    self._busy[router] = self._busy.get(router, 0) + 1
-            return router
 
     def check_labels(self, utterances: Mapping[str, Sequence[str]], labels: Sequence[str]) -> None:
         """Refuse an ``utterances`` key that looks like a misspelt label of ``labels``."""
         with self._lock:
             refuse_misspelt_key(utterances, self._seen, labels, "choice label")
-
-    def build(
-        self, key: _Key, encoder: EncoderProtocol, routes: list[Route], *, busy: bool = False
-    ) -> AdaptiveRouter:
-        """The router of ``key``: built from ``routes`` unless another call built it
-        meanwhile; the least recently used past ``size`` are dropped. ``busy``: count
-        an async call under way on it, before any other build can evict it."""
-        with self._build_lock:
-            router = self.get(key, busy=busy)
-            if router is not None:
-                return router
-            router = AdaptiveRouter(encoder)
-            router.add_routes(routes)
-            with self._lock:
-                self._routers[key] = router
-                if busy:
-                    self._busy[router] = 1
-                evicted = []
-                while len(self._routers) > self.size:
-                    _, old = self._routers.popitem(last=False)
-                    if old not in self._busy:
-                        evicted.append(old)
-        for old in evicted:
-            stop_workers_soon(old)
-        return router
-
-    def release(self, router: AdaptiveRouter) -> None:
-        """One async call on ``router`` is done; the last one on a router evicted
-        meanwhile stops its workers (each is a thread a long-lived loop would keep)."""
-        with self._lock:
-            left = self._busy.pop(router) - 1
-            if left:
-                self._busy[router] = left
-            evicted = not left and all(r is not router for r in self._routers.values())
-        if evicted:
-            stop_workers_soon(router)
 
 
 #: The routers of every instance made with one encoder, the same utterances and the

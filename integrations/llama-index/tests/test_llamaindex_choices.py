@@ -298,7 +298,7 @@ def test_evicted_choice_sets_stop_their_workers_on_a_long_lived_loop(
         while workers() - before > 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         left = workers() - before
-        running = sum(any(w.running for w in r.workers) for r in selector._retired)
+        running = sum(any(w.running for w in r.workers) for r in selector._cache._retired)
         await selector.aclose()
         return left, running
 
@@ -336,10 +336,10 @@ def test_a_selection_cancelled_while_its_choice_set_builds_is_not_counted_for_go
     async def main() -> bool:
         await _cancelled_while_building(selector, choices, gated)
         for _ in range(600):  # the build ends in its thread, then releases on this loop
-            if not selector._selecting and selector._routers:
+            if not selector._cache._busy and selector._cache._routers:
                 break
             await asyncio.sleep(0.05)
-        return not selector._selecting and bool(selector._routers)
+        return not selector._cache._busy and bool(selector._cache._routers)
 
     assert asyncio.run(main())
 
@@ -356,7 +356,7 @@ def test_a_selection_cancelled_as_its_loop_ends_is_not_counted_for_good(
     # Returns at once: the teardown cancels the build's task, then waits for its
     # thread (shutdown_default_executor).
     asyncio.run(_cancelled_while_building(selector, choices, gated))
-    assert selector._routers and not selector._selecting
+    assert selector._cache._routers and not selector._cache._busy
 
 
 def test_choices_sharing_a_name_route_on_their_descriptions() -> None:
@@ -408,9 +408,9 @@ def test_an_evicted_set_whose_selection_has_not_started_its_worker_is_kept_to_st
         )
         selector.router_for(choices[:2])  # evicts it
         selector.router_for(choices[1:])  # prunes what runs no worker
-        assert any(r is built for r in selector._retired)  # counted: kept
+        assert any(r is built for r in selector._cache._retired)  # counted: kept
         await built.aquery_top_k("I need a refund", 1)  # its worker starts now
-        selector._release(built)
+        selector._cache.release(built)
         await selector.aclose()
         return [w.running for w in built.workers]
 
@@ -437,7 +437,7 @@ def test_aclose_on_one_loop_keeps_evicted_routers_another_loop_runs(
         assert [w.running for w in first.workers] == [False, True]  # the other loop's
         two.run_until_complete(selector.aclose())
         assert not any(w.running for w in first.workers)
-        assert selector._retired == []  # nothing left to stop: forgotten
+        assert selector._cache._retired == []  # nothing left to stop: forgotten
     finally:
         one.close()
         two.close()

@@ -339,7 +339,7 @@ def test_least_recently_used_choice_set_is_dropped(
     # Three choice sets built (the first one twice), each followed by its query.
     assert [len(c) for c in recording.calls] == [4, 1, 4, 1, 4, 1]
     # No worker ran: of the two evicted routers only the newest is kept for aclose().
-    assert len(selector._retired) == 1
+    assert len(selector._cache._retired) == 1
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")

@@ -20,7 +20,6 @@ import pytest
 
 pytest.importorskip("langchain_core.decisions")
 
-import langchain_synaptoroute.decisions as decisions_module
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.decisions import Box, Choice, ClassifierRequest, Noul, Score
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
@@ -29,6 +28,7 @@ from langchain_core.runnables import ConfigurableField, RunnableConfig
 from langchain_synaptoroute import SynaptorouteDecisions
 from langchain_synaptoroute.decisions import UnsupportedQuestionError
 
+import synaptoroute.router as router_module
 from synaptoroute import AdaptiveRouter, Encoder, InvalidInputError
 from synaptoroute.testing import GatedEncoder, RecordingEncoder
 
@@ -222,7 +222,7 @@ async def test_a_router_built_for_an_async_call_is_not_stopped_under_it(
         return router
 
     events: list[tuple[str, Any]] = []
-    real_stop, real_query = decisions_module.stop_workers_soon, AdaptiveRouter.aquery_top_k
+    real_stop, real_query = router_module.stop_workers_soon, AdaptiveRouter.aquery_top_k
 
     def stop(router: AdaptiveRouter) -> None:
         events.append(("stop", router))
@@ -234,7 +234,7 @@ async def test_a_router_built_for_an_async_call_is_not_stopped_under_it(
 
     monkeypatch.setattr(cache, "get", get)
     monkeypatch.setattr(SynaptorouteDecisions, "_router_for", router_for)
-    monkeypatch.setattr(decisions_module, "stop_workers_soon", stop)
+    monkeypatch.setattr(router_module, "stop_workers_soon", stop)  # the cache's
     monkeypatch.setattr(AdaptiveRouter, "aquery_top_k", query)
 
     response = await decisions.ainvoke(ask("Where is my parcel? The tracking hasn't moved"))

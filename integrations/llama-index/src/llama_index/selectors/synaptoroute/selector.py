@@ -21,7 +21,7 @@ import copy
 import sys
 import threading
 import warnings
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -36,7 +36,6 @@ from llama_index.core.tools.types import ToolMetadata
 from typing_extensions import override
 
 from synaptoroute import (
-    AdaptiveRouter,
     EncoderProtocol,
     InvalidInputError,
     NoRouteMatchedError,
@@ -51,7 +50,7 @@ from synaptoroute.checks import (
     refuse_misspelt_key,
 )
 from synaptoroute.forking import APP, APP_CACHE, hold_across_fork
-from synaptoroute.router import DEFAULT_THRESHOLD, counted_build, stop_workers_soon
+from synaptoroute.router import DEFAULT_THRESHOLD, RouterCache, counted_build
 
 from .embeddings import SynaptorouteEmbedding, as_encoder
 from .observability import (
@@ -240,10 +239,6 @@ def decide_selection(
     return SelectorResult(selections=[SingleSelection(index=index, reason=reason)])
 
 
-def _has_running_worker(router: AdaptiveRouter) -> bool:
-    return any(worker.running for worker in router.workers)
-
-
 def _in_llama_index(frame: FrameType) -> bool:
     # LlamaIndex's frames (the selector's callers, this package, the instrumentation
     # wrapper around _select), by module: the same whatever the install layout.
@@ -277,9 +272,7 @@ def _checked_threshold(value: object) -> float | None:
 
 
 #: A selector's cache and its guards (:meth:`SynaptorouteSelector._start_cache`).
-_CACHE_STATE = frozenset(
-    {"_routers", "_retired", "_selecting", "_warned", "_seen_names", "_lock", "_build_lock"}
-)
+_CACHE_STATE = frozenset({"_cache", "_warned", "_seen_names", "_lock", "_build_lock"})
 
 
 def _rebuilt(cls: type[SynaptorouteSelector], settings: dict[str, Any]) -> SynaptorouteSelector:
@@ -374,16 +367,14 @@ class SynaptorouteSelector(BaseSelector):
     def _start_cache(self) -> None:
         # The routers built per choice set and what guards them: a selector's own,
         # never shared with a copy.
-        self._routers: OrderedDict[ChoiceKey, SelectionRouter] = OrderedDict()
-        # Evicted routers may still have a batching worker running; aclose() stops them.
-        self._retired: list[AdaptiveRouter] = []
-        # aselect calls under way per router: the last one out of an evicted router stops
-        # its worker (a thread), or a long-lived loop kept one per evicted choice set.
-        self._selecting: dict[AdaptiveRouter, int] = {}
+        self._lock, self._build_lock = threading.Lock(), threading.Lock()
+        # The aselect calls under way on each router are counted: the last one out of
+        # an evicted router stops its worker (a thread); aclose() stops the rest.
+        self._cache: RouterCache[ChoiceKey, SelectionRouter] = RouterCache(
+            self._lock, self._build_lock
+        )
         self._warned: set[str] = set()
         self._seen_names: set[str] = set()
-        self._lock = threading.Lock()
-        self._build_lock = threading.Lock()
         # A fork waits for both (the core's locks, same repository), the build lock
         # first: it is held while a router is made, and the cache lock is taken under it.
         hold_across_fork(self, APP, lock="_build_lock")
@@ -466,7 +457,7 @@ class SynaptorouteSelector(BaseSelector):
         with self._build_lock:
             with self._lock:
                 self._threshold = value
-                routers = list(self._routers.values())
+            routers = self._cache.routers()  # builds and evictions wait for the build lock
             # Router calls stay outside the cache lock (see forking.APP_CACHE). A router
             # evicted meanwhile, still finishing an aselect, keeps the old one.
             for router in routers:
@@ -524,19 +515,7 @@ class SynaptorouteSelector(BaseSelector):
             # A new mapping: a router built from routes made of the old one is not
             # cached (_build tells them apart by identity).
             self._utterances = checked
-            while self._routers:
-                self._retire(self._routers.popitem(last=False)[1])
-
-    def _retire(self, router: AdaptiveRouter) -> None:
-        """Drop ``router`` from use (under the cache lock): kept for aclose() while a
-        worker runs or an aselect on it is under way (it may start one yet); its workers
-        stopped now unless an aselect is under way (the last one out stops them)."""
-        self._retired = [r for r in self._retired if _has_running_worker(r) or r in self._selecting]
-        self._retired.append(router)
-        if router not in self._selecting:
-            # Each worker is a thread: a long-lived loop kept one per evicted choice
-            # set. The last aselect under way stops the rest.
-            stop_workers_soon(router)
+            self._cache.clear()
 
     # -- PromptMixin: this selector has no prompts ---------------------------------
     @override
@@ -656,19 +635,10 @@ class SynaptorouteSelector(BaseSelector):
             routes.append(Route(name=str(index), utterances=texts))
         return routes
 
-    def _cached_router(self, key: ChoiceKey, *, selecting: bool = False) -> SelectionRouter | None:
-        with self._lock:
-            router = self._routers.get(key)
-            if router is not None:
-                self._routers.move_to_end(key)
-                if selecting:  # counted under the lock an eviction takes (see _release)
-                    self._selecting[router] = self._selecting.get(router, 0) + 1
-            return router
-
     def router_for(self, choices: Sequence[ToolMetadata]) -> SelectionRouter:
         """The router of this choice set, built (one encoder call) the first time."""
         key = self.choice_key(choices)
-        router = self._cached_router(key)
+        router = self._cache.get(key)
         if router is not None:
             return router
         utterances = self._utterances  # one reading for the set (it may be reassigned)
@@ -684,26 +654,18 @@ class SynaptorouteSelector(BaseSelector):
         """The router of the choice set ``key``: cached, or built from ``routes``
         (``selecting``: counted as an aselect under way on it; ``utterances``: the
         mapping the routes were made from, ``None`` for the current one)."""
-        # Builds are serialised so that concurrent first queries embed a choice set
-        # once; lookups take only the short-held cache lock, never wait for a build.
-        with self._build_lock:
-            router = self._cached_router(key, selecting=selecting)
-            if router is not None:
-                return router
+
+        def made() -> SelectionRouter:
             router = SelectionRouter(self.encoder, threshold=self.effective_threshold)
             router.add_routes(routes)
-            with self._lock:
-                if selecting:
-                    self._selecting[router] = 1
-                if utterances is not None and utterances is not self._utterances:
-                    # Made from utterances assigned over since: it serves the selection
-                    # that made it (begun before the assignment), and is not cached.
-                    self._retire(router)
-                    return router
-                self._routers[key] = router
-                while len(self._routers) > self.max_choice_sets:
-                    self._retire(self._routers.popitem(last=False)[1])
             return router
+
+        def current() -> bool:
+            # Made from utterances assigned over since: it serves the selection that
+            # made it (begun before the assignment), and is not cached.
+            return utterances is None or utterances is self._utterances
+
+        return self._cache.build(key, made, size=self.max_choice_sets, busy=selecting, keep=current)
 
     # -- selection -----------------------------------------------------------------
     @override
@@ -756,13 +718,13 @@ class SynaptorouteSelector(BaseSelector):
         the worker, ``None`` for no bound), and a choice set's first build runs in a
         thread."""
         key = self.choice_key(choices)
-        router = self._cached_router(key, selecting=True)
+        router = self._cache.get(key, busy=True)
         if router is None:
             # Checked here, so that a warning names the caller's line, not a thread's.
             utterances = self._utterances  # one reading for the set (it may be reassigned)
             routes = self._routes(choices, utterances)
             router = await counted_build(
-                lambda: self._build(key, routes, True, utterances), self._release
+                lambda: self._build(key, routes, True, utterances), self._cache.release
             )
         try:
             # Embedding and scoring run on the router's worker thread, off the event loop;
@@ -770,7 +732,7 @@ class SynaptorouteSelector(BaseSelector):
             with self._query_embedding(router, query, "aget_query_embedding"):
                 return await router.aquery_top_k(query, k, timeout=timeout)
         finally:
-            self._release(router)
+            self._cache.release(router)
 
     def _query_embedding(
         self,
@@ -787,16 +749,6 @@ class SynaptorouteSelector(BaseSelector):
             return nullcontext()
         return query_embedding_events(events, router, query, method)
 
-    def _release(self, router: AdaptiveRouter) -> None:
-        """One aselect on ``router`` is done; the last one on a router evicted from the
-        cache meanwhile stops its workers."""
-        with self._lock:
-            left = self._selecting.pop(router) - 1
-            if left:
-                self._selecting[router] = left
-            elif any(r is router for r in self._retired):
-                stop_workers_soon(router)
-
     async def aclose(self) -> None:
         """Stop the batching workers :meth:`aselect` started on the running loop.
 
@@ -804,17 +756,4 @@ class SynaptorouteSelector(BaseSelector):
         forgotten once no event loop runs a worker of it (one whose worker runs on
         another loop is kept for that loop's ``aclose()``).
         """
-        with self._lock:
-            retired = list(self._retired)
-            routers = [*retired, *self._routers.values()]
-        for router in routers:
-            await router.stop()
-        with self._lock:
-            # Routers retired meanwhile are left to the eviction's own rule.
-            self._retired = [
-                r
-                for r in self._retired
-                if _has_running_worker(r)
-                or r in self._selecting
-                or not any(r is old for old in retired)
-            ]
+        await self._cache.aclose()
