@@ -69,6 +69,7 @@ PUBLIC_SUBMODULES = {
     ],
     "synaptoroute.forking": ["APP", "APP_CACHE", "hold_across_fork"],
     "synaptoroute.testing": [
+        "GatedEncoder",
         "RecordingEncoder",
         "hold_until_the_fork",
         "in_forked_child",
