@@ -1951,11 +1951,6 @@ class RouterCache(Generic[_K, _RT]):
         with self.lock:
             return list(self._routers.values())
 
-    def busy(self, router: _RT) -> int:
-        """The async calls under way on ``router``."""
-        with self.lock:
-            return self._busy.get(router, 0)
-
     def build(
         self,
         key: _K,

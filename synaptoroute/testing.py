@@ -3,10 +3,10 @@
 :class:`RecordingEncoder` wraps any encoder and records what reaches it, so a test can
 check what a cache, a batcher or an integration sent to the model, and on which
 thread, without timing anything; :class:`GatedEncoder` holds every call until the
-test opens its gate, so a test can act while a build or a query is under way. :func:`in_forked_child` and
-:func:`hold_until_the_fork` test fork safety (a child forked while another thread
-holds a lock must not inherit it held) by events, not by sleeping. The project's own
-tests and both integration packages use them.
+test opens its gate, so a test can act while a build or a query is under way.
+:func:`in_forked_child` and :func:`hold_until_the_fork` test fork safety (a child
+forked while another thread holds a lock must not inherit it held) by events, not by
+sleeping. The project's own tests and both integration packages use them.
 """
 
 from __future__ import annotations

@@ -1227,7 +1227,7 @@ def test_router_cache_stops_a_retired_router_once_its_last_call_is_done() -> Non
         assert len(cache) == 1 and cache.get("a") is None
         assert (await first.aquery("hello")).name == "greet"  # the call goes on
         cache.release(first)  # the last call out stops it
-        assert await stopped(first) and cache.busy(first) == 0
+        assert await stopped(first) and first not in cache._busy
         await second.aquery("hello")
         third = cache.build("c", make, size=1)  # evicts the second, idle: stopped at once
         assert await stopped(second)

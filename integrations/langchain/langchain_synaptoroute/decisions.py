@@ -403,18 +403,17 @@ class _QuestionRouters(RouterCache[_Key, AdaptiveRouter]):
     held."""
 
     def __init__(self, size: int, *, keep: Any = None) -> None:
-        self._lock, self._build_lock = threading.Lock(), threading.Lock()
-        super().__init__(self._lock, self._build_lock)
+        super().__init__(threading.Lock(), threading.Lock())
         self.size = size
         self._keep = keep  # the encoder as given, kept alive with the cache (its id keys it)
         # Every label asked so far that has utterances (see refuse_misspelt_key).
         self._seen: set[str] = set()
-        hold_across_fork(self, APP, "_build_lock")
-        hold_across_fork(self, APP_CACHE, "_lock")
+        hold_across_fork(self, APP, "build_lock")
+        hold_across_fork(self, APP_CACHE, "lock")
 
     def check_labels(self, utterances: Mapping[str, Sequence[str]], labels: Sequence[str]) -> None:
         """Refuse an ``utterances`` key that looks like a misspelt label of ``labels``."""
-        with self._lock:
+        with self.lock:
             refuse_misspelt_key(utterances, self._seen, labels, "choice label")
 
 
