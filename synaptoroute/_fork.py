@@ -153,9 +153,22 @@ def _before() -> None:
         held = [list(_HELD[level].items()) for level in _LEVELS]
     for owners in held:  # outer levels first
         for owner, (name, hook) in owners:
-            lock = getattr(owner, name)
-            lock.acquire()
-            _FORKING.append((lock, getattr(owner, hook) if hook else None))
+            try:
+                lock = getattr(owner, name)
+                reset = getattr(owner, hook) if hook else None
+                lock.acquire()
+            except Exception:
+                # Registration checked a lock, but the attribute can be replaced later
+                # (a test's spy, user code). A hook's exception ends the hook, and the
+                # fork goes on: stopping here left every lock after this one untaken
+                # and its child reset unrun, so one odd owner made all of them unsafe.
+                _log.exception(
+                    "a fork could not take %s.%s; it takes the other locks",
+                    type(owner).__name__,
+                    name,
+                )
+                continue
+            _FORKING.append((lock, reset))
 
 
 def _after_in_parent() -> None:

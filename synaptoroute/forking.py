@@ -36,7 +36,9 @@ def hold_across_fork(
     ``in_child`` names a method of ``owner`` the child calls while it holds the lock,
     before giving it back (to drop what belonged to threads that did not come along).
     ``owner`` is held weakly: once collected, it is forgotten. On platforms without
-    ``os.register_at_fork`` nothing happens. ``ValueError`` for a level other than
+    ``os.register_at_fork`` nothing happens. An attribute replaced later by something
+    a fork cannot take is logged (logger ``synaptoroute.fork``) and skipped, the other
+    locks still taken. ``ValueError`` for a level other than
     :data:`APP` and :data:`APP_CACHE` (the others are synaptoroute's own);
     ``TypeError`` when ``lock`` names no lock or ``in_child`` no method.
     """

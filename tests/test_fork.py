@@ -110,6 +110,32 @@ def test_a_child_hook_that_fails_still_gives_back_every_lock() -> None:
     assert in_child(child) == 0
 
 
+@needs_fork
+def test_a_lock_a_fork_cannot_take_leaves_it_the_other_locks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A spy that replaced a router's lock (no acquire) made the fork's first step raise
+    # there: every lock after it went untaken and its child hook unrun (a later test's
+    # child used its parent's int8 copy).
+    taken: list[str] = []
+    broken, inner = Owner("broken", taken), Owner("inner", taken)
+    _fork.hold_across_fork(broken, _fork.ROUTER)
+    _fork.hold_across_fork(inner, _fork.LEAF, in_child="in_child")
+    broken._lock = object()  # type: ignore[assignment]  # replaced after registration
+
+    def child() -> None:
+        assert inner.children == 1  # its hook ran, holding its lock
+        assert not inner._real.locked()
+
+    try:
+        with caplog.at_level("ERROR", logger="synaptoroute.fork"):
+            assert in_child(child) == 0
+    finally:
+        broken._lock = broken._real
+    assert "a fork could not take Owner._lock; it takes the other locks" in caplog.text
+    assert not inner._real.locked()  # given back in the parent too
+
+
 class Contended:
     """A lock that reports a thread having to wait for it (stands in for the registry's)."""
 
